@@ -1,0 +1,140 @@
+"""Recording a decision and producing what follows from it: one path for policy and people.
+
+Every decision is a row (at most one by policy and one by a person per revision: the unique
+constraint settles races), an audit entry, a goal state, and one outgoing message. An approve
+decision also issues the signed, single-use approval that binds the plan's hash.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from plangate.signing import Signer
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from plangate.bus import Envelope
+from plangate.errors import Conflict
+from plangate.store import ApprovalRow, DecisionRow, PlanRow
+from plangate.store.goals import plan_of, transition
+from plangate.store.models import GoalStatus
+from plangate.store.outbox import emit
+from schemas import Approval, Decision, PlanApproved, PlanDecided, SignedEnvelope, utcnow
+
+_OUTCOMES: dict[str, tuple[str, GoalStatus]] = {
+    "deny": ("plan.denied", "denied"),
+    "hold": ("plan.held", "held"),
+    "reject": ("plan.rejected", "rejected"),
+    "expire": ("plan.expired", "expired"),
+}
+
+
+def record_decision(session: Session, plan: PlanRow, stage: str, decision: Decision) -> DecisionRow:
+    """Store a decision; raise Conflict if this revision already has one from this stage."""
+    row = DecisionRow(
+        plan_id=plan.plan_id,
+        goal_id=plan.goal_id,
+        stage=stage,
+        action=decision.action,
+        decided_by=decision.decided_by,
+        rule=decision.rule,
+        reason=decision.reason,
+        policy_version=decision.policy_version,
+        shadow_action=decision.shadow_action,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError as exc:
+        raise Conflict(
+            f"revision {plan.revision} of plan {plan.plan_id} was already decided; reload it"
+        ) from exc
+    return row
+
+
+def decision_of(row: DecisionRow) -> Decision:
+    """Return the Decision model of a stored decision."""
+    return Decision(
+        action=row.action,
+        decided_by=row.decided_by,
+        rule=row.rule,
+        reason=row.reason,
+        policy_version=row.policy_version,
+        shadow_action=row.shadow_action,
+    )
+
+
+def follow_decision(
+    session: Session, plan: PlanRow, decision: Decision, signer: Signer, ttl: timedelta
+) -> Envelope:
+    """Move the goal on and emit the decision's message (approve: with a signed approval)."""
+    data = {
+        "plan_id": plan.plan_id,
+        "revision": plan.revision,
+        "plan_hash": plan.plan_hash,
+        "decided_by": decision.decided_by,
+        "rule": decision.rule,
+        "policy_version": decision.policy_version,
+    }
+    if decision.action == "approve":
+        approval = _approval_for(session, plan, decision, signer, ttl)
+        transition(
+            session,
+            plan.goal_id,
+            "approved",
+            actor=decision.decided_by,
+            reason=decision.reason,
+            data=data,
+        )
+        return emit(
+            session, PlanApproved(goal_id=plan.goal_id, plan=plan_of(plan), approval=approval)
+        )
+    message_type, status = _OUTCOMES[decision.action]
+    transition(
+        session, plan.goal_id, status, actor=decision.decided_by, reason=decision.reason, data=data
+    )
+    return emit(
+        session,
+        PlanDecided(
+            type=message_type,
+            goal_id=plan.goal_id,
+            plan_id=plan.plan_id,
+            revision=plan.revision,
+            plan_hash=plan.plan_hash,
+            decision=decision,
+        ),
+    )
+
+
+def _approval_for(
+    session: Session, plan: PlanRow, decision: Decision, signer: Signer, ttl: timedelta
+) -> SignedEnvelope:
+    """Return the plan's approval, issuing and storing it the first time."""
+    existing = session.query(ApprovalRow).filter_by(plan_id=plan.plan_id).one_or_none()
+    if existing is not None:
+        return SignedEnvelope.model_validate(existing.envelope)
+    now = utcnow()
+    approval = Approval(
+        plan_id=plan.plan_id,
+        plan_hash=plan.plan_hash,
+        goal_id=plan.goal_id,
+        revision=plan.revision,
+        decided_by=decision.decided_by,
+        rule=decision.rule,
+        policy_version=decision.policy_version,
+        key_id=signer.key_id,
+        issued_at=now,
+        expires_at=now + ttl,
+    )
+    envelope = signer.sign(approval)
+    session.add(
+        ApprovalRow(
+            approval_id=approval.approval_id,
+            plan_id=plan.plan_id,
+            goal_id=plan.goal_id,
+            plan_hash=plan.plan_hash,
+            envelope=envelope.model_dump(mode="json"),
+            expires_at=approval.expires_at,
+        )
+    )
+    return envelope

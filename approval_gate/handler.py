@@ -1,0 +1,86 @@
+"""The gate stage's handler: plan.proposed in; approved, denied or held out.
+
+The plan is validated again here (nothing crosses a boundary unchecked) and its hash
+recomputed; then the policy decides. Redelivery republishes the decision already taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from plangate.signing import Signer
+from sqlalchemy import select
+
+from approval_gate.decisions import decision_of, follow_decision, record_decision
+from approval_gate.policy import Policy
+from plangate import telemetry
+from plangate.bus import Delivery, Envelope
+from plangate.catalog import load_catalog
+from plangate.errors import Reject
+from plangate.store import DecisionRow, GoalRow, PlanRow, Store
+from schemas import Decision, Message, PlanInvalid, PlanProposed, plan_hash, validate_plan
+
+
+class GateHandler:
+    """Decides each proposed plan revision by policy: approve, deny or hold for a person."""
+
+    def __init__(self, store: Store, policy: Policy, signer: Signer, ttl: timedelta) -> None:
+        self._store = store
+        self._policy = policy
+        self._signer = signer
+        self._ttl = ttl
+
+    def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
+        """Handle one plan.proposed message."""
+        if not isinstance(message, PlanProposed):
+            raise Reject(f"the gate does not handle {type(message).__name__}")
+        plan = message.plan
+        digest = plan_hash(plan)
+        if digest != message.plan_hash:
+            raise Reject(f"plan {plan.plan_id}: its hash does not match the plan it carries")
+        with self._store.session() as session:
+            row = session.get(PlanRow, plan.plan_id)
+            if row is None or row.plan_hash != digest:
+                raise Reject(f"plan {plan.plan_id} revision {plan.revision} is not in the store")
+            earlier = (
+                session.execute(
+                    select(DecisionRow)
+                    .where(DecisionRow.plan_id == plan.plan_id)
+                    .order_by(DecisionRow.id.desc())
+                )
+                .scalars()
+                .first()
+            )
+            if earlier is not None:
+                return [
+                    follow_decision(session, row, decision_of(earlier), self._signer, self._ttl)
+                ]
+            goal = session.get(GoalRow, plan.goal_id)
+            goal_text, goal_meta = (goal.text, dict(goal.meta)) if goal else ("", {})
+        decision = self._decide(message, goal_text, goal_meta)
+        with self._store.session() as session:
+            row = session.get_one(PlanRow, plan.plan_id)
+            record_decision(session, row, "policy", decision)
+            return [follow_decision(session, row, decision, self._signer, self._ttl)]
+
+    def _decide(self, message: PlanProposed, goal_text: str, goal_meta: dict[str, str]) -> Decision:
+        with telemetry.tracer().start_as_current_span("decide") as span:
+            catalog = load_catalog(self._store)
+            try:
+                validate_plan(message.plan, catalog)
+            except PlanInvalid as invalid:
+                decision = Decision(
+                    action="deny",
+                    decided_by="gate",
+                    reason=str(invalid),
+                    policy_version=self._policy.version,
+                )
+            else:
+                decision = self._policy.decide(message.plan, catalog, goal_text, goal_meta)
+            span.set_attribute("plangate.decision.action", decision.action)
+            span.set_attribute("plangate.decision.decided_by", decision.decided_by)
+            span.set_attribute("plangate.decision.rule", decision.rule or "")
+            span.set_attribute("plangate.plan_hash", message.plan_hash)
+            span.set_attribute("plangate.policy_version", decision.policy_version)
+            return decision

@@ -1,0 +1,1 @@
+"""The executor stage: runs exactly the approved plan, each write effect once."""

@@ -1,0 +1,157 @@
+"""The DAG engine: runs a validated plan's steps as their dependencies allow, in parallel.
+
+References (`${id}`, `${id.field}`) are resolved from earlier outputs; `when` is CEL over
+`steps.<id>.output`. A step whose dependency failed or was skipped does not run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import cel
+
+from executor_worker.ledger import StepLedger
+from plangate import telemetry
+from plangate.errors import ToolError
+from plangate.tools import ToolContext, ToolRegistry
+from schemas import Plan, Step
+from schemas.hashing import sha256_hex
+from schemas.references import UnresolvedReference, dependencies, resolve
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """How one step ended."""
+
+    step_id: str
+    tool: str
+    status: str  # succeeded, failed, skipped, unknown
+    output: Any = None
+    error: str | None = None
+    duration_ms: float = 0.0
+
+
+def idempotency_key(plan_hash: str, step_id: str) -> str:
+    """Return the key a write tool passes downstream: the same for every re-run of a step."""
+    return sha256_hex(f"{plan_hash}/{step_id}".encode())[:40]
+
+
+class PlanRun:
+    """One execution of one approved plan."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        plan_hash: str,
+        registry: ToolRegistry,
+        ledger: StepLedger,
+        on_finished: Callable[[StepOutcome], None],
+        max_parallel: int = 8,
+    ) -> None:
+        self._plan = plan
+        self._plan_hash = plan_hash
+        self._registry = registry
+        self._ledger = ledger
+        self._on_finished = on_finished
+        self._max_parallel = max_parallel
+        self.outcomes: dict[str, StepOutcome] = {}
+
+    def run(self) -> dict[str, StepOutcome]:
+        """Run every step to an outcome; return the outcomes by step id."""
+        waiting = {step.id: step for step in self._plan.steps}
+        deps = {step.id: dependencies(step) for step in self._plan.steps}
+        running: dict[Future[StepOutcome], str] = {}
+        with ThreadPoolExecutor(self._max_parallel, "plangate-step") as pool:
+            while waiting or running:
+                for step_id in [s for s in waiting if deps[s] <= self.outcomes.keys()]:
+                    step = waiting.pop(step_id)
+                    settled = self._settle_without_running(step, deps[step_id])
+                    if settled is None:
+                        try:
+                            args = resolve(dict(step.args), self._outputs())
+                        except UnresolvedReference as exc:
+                            settled = StepOutcome(step.id, step.tool, "failed", error=str(exc))
+                    if settled is not None:
+                        self._ledger.record(step, settled.status, None, settled.error)
+                        self._finish(settled)
+                        continue
+                    context = contextvars.copy_context()
+                    running[pool.submit(context.run, self._call, step, args)] = step_id
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    self._finish(future.result())
+        return self.outcomes
+
+    def _outputs(self) -> dict[str, Any]:
+        return {step_id: outcome.output for step_id, outcome in self.outcomes.items()}
+
+    def _finish(self, outcome: StepOutcome) -> None:
+        self.outcomes[outcome.step_id] = outcome
+        self._on_finished(outcome)
+
+    def _settle_without_running(self, step: Step, deps: set[str]) -> StepOutcome | None:
+        """Return the outcome of a step that must not run (dependency or condition), else None."""
+        blocked = sorted(d for d in deps if self.outcomes[d].status != "succeeded")
+        if blocked:
+            first = self.outcomes[blocked[0]]
+            reason = f"not run: step {first.step_id!r} {first.status}"
+            return StepOutcome(step.id, step.tool, "skipped", error=reason)
+        if step.when is None:
+            return None
+        view = {
+            "steps": {k: {"output": v.output, "status": v.status} for k, v in self.outcomes.items()}
+        }
+        try:
+            verdict = cel.compile(step.when).execute(view)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            return StepOutcome(step.id, step.tool, "failed", error=f"`when` failed: {exc}")
+        if not isinstance(verdict, bool):
+            return StepOutcome(step.id, step.tool, "failed", error="`when` is not a boolean")
+        if not verdict:
+            return StepOutcome(step.id, step.tool, "skipped", error=f"`when` is false: {step.when}")
+        return None
+
+    def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
+        tool = self._registry.get(step.tool)
+        with telemetry.tracer().start_as_current_span(f"execute_tool {step.tool}") as span:
+            span.set_attribute("gen_ai.operation.name", "execute_tool")
+            span.set_attribute("gen_ai.tool.name", step.tool)
+            span.set_attribute("plangate.step_id", step.id)
+            claim = self._ledger.claim(step, tool.spec)
+            if claim.kind != "run":
+                return StepOutcome(
+                    step.id, step.tool, claim.status or "unknown", claim.output, claim.error
+                )
+            started = time.perf_counter()
+            context = ToolContext(
+                goal_id=self._plan.goal_id,
+                plan_id=self._plan.plan_id,
+                step_id=step.id,
+                idempotency_key=idempotency_key(self._plan_hash, step.id),
+                attempt=claim.attempt,
+            )
+            try:
+                output = tool.invoke(args, context)
+            except ToolError as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                outcome = StepOutcome(
+                    step.id, step.tool, "failed", error=str(exc), duration_ms=_ms_since(started)
+                )
+            else:
+                outcome = StepOutcome(
+                    step.id, step.tool, "succeeded", output, duration_ms=_ms_since(started)
+                )
+            self._ledger.record(step, outcome.status, outcome.output, outcome.error)
+            return outcome
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,176 @@
+"""The executor stage's handler: plan.approved in; steps run; execution.completed/failed out.
+
+Before any tool is called: the plan is validated against this executor's own tools, the
+approval's signature, plan hash and expiry are checked, and the approval is recorded as used
+(a unique key: one approval, one plan). A redelivered message resumes the same run; finished
+steps are not run again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from executor_worker.engine import PlanRun, StepOutcome
+from executor_worker.ledger import StepLedger
+from plangate import telemetry
+from plangate.bus import Delivery, Envelope
+from plangate.errors import ApprovalInvalid, Reject
+from plangate.signing import TrustedKeys
+from plangate.store import ApprovalUseRow, GoalRow, Store, audit
+from plangate.store.claims import insert_if_absent
+from plangate.store.goals import transition
+from plangate.store.outbox import emit
+from plangate.tools import ToolRegistry
+from schemas import (
+    Approval,
+    ExecutionCompleted,
+    ExecutionFailed,
+    Message,
+    PlanApproved,
+    PlanInvalid,
+    StepFinished,
+    plan_hash,
+    validate_plan,
+)
+
+ACTOR = "executor"
+Notify = Callable[[Envelope], None]
+
+
+class ExecutorHandler:
+    """Runs approved plans exactly as approved."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: ToolRegistry,
+        trusted: TrustedKeys,
+        notify: Notify | None = None,
+        max_parallel: int = 8,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._trusted = trusted
+        self._notify = notify
+        self._max_parallel = max_parallel
+
+    def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
+        """Handle one plan.approved message."""
+        if not isinstance(message, PlanApproved):
+            raise Reject(f"the executor does not handle {type(message).__name__}")
+        with self._store.session() as session:
+            goal = session.get(GoalRow, message.goal_id)
+            if goal is None or message.plan.goal_id != message.goal_id:
+                raise Reject(f"plan.approved for unknown goal {message.goal_id!r}")
+        try:
+            approval = self._check(message)
+        except (ApprovalInvalid, PlanInvalid) as refusal:
+            return self._refuse(message, str(refusal))
+        with telemetry.tracer().start_as_current_span("run plan") as span:
+            span.set_attribute("plangate.plan_id", message.plan.plan_id)
+            span.set_attribute("plangate.approval_id", approval.approval_id)
+            return self._run(message, approval)
+
+    def _check(self, message: PlanApproved) -> Approval:
+        validate_plan(message.plan, self._registry.catalog())
+        approval = self._trusted.verify_for_plan(message.approval, message.plan)
+        with self._store.session() as session:
+            first_use = insert_if_absent(
+                session,
+                ApprovalUseRow,
+                {"approval_id": approval.approval_id, "plan_id": message.plan.plan_id},
+            )
+            if not first_use:
+                used = session.get_one(ApprovalUseRow, approval.approval_id)
+                if used.plan_id != message.plan.plan_id:
+                    raise ApprovalInvalid(f"approval {approval.approval_id} was already used")
+        return approval
+
+    def _refuse(self, message: PlanApproved, reason: str) -> Sequence[Envelope]:
+        with self._store.session() as session:
+            transition(session, message.goal_id, "failed", actor=ACTOR, reason=reason)
+            return [
+                emit(
+                    session,
+                    ExecutionFailed(
+                        goal_id=message.goal_id, plan_id=message.plan.plan_id, reason=reason
+                    ),
+                )
+            ]
+
+    def _run(self, message: PlanApproved, approval: Approval) -> Sequence[Envelope]:
+        plan = message.plan
+        with self._store.session() as session:
+            goal = session.get_one(GoalRow, plan.goal_id)
+            if goal.status != "running":
+                transition(
+                    session,
+                    plan.goal_id,
+                    "running",
+                    actor=ACTOR,
+                    data={"plan_id": plan.plan_id, "approval_id": approval.approval_id},
+                )
+        run = PlanRun(
+            plan,
+            plan_hash(plan),
+            self._registry,
+            StepLedger(self._store, plan),
+            lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),
+            self._max_parallel,
+        )
+        outcomes = run.run()
+        statuses = {step_id: o.status for step_id, o in outcomes.items()}
+        troubled = [o for o in outcomes.values() if o.status in ("failed", "unknown")]
+        with self._store.session() as session:
+            if not troubled:
+                transition(
+                    session, plan.goal_id, "completed", actor=ACTOR, data={"steps": statuses}
+                )
+                done = ExecutionCompleted(
+                    goal_id=plan.goal_id, plan_id=plan.plan_id, steps=statuses
+                )
+                return [emit(session, done)]
+            first = troubled[0]
+            reason = f"step {first.step_id!r} {first.status}: {first.error}"
+            transition(
+                session,
+                plan.goal_id,
+                "failed",
+                actor=ACTOR,
+                reason=reason,
+                data={"steps": statuses},
+            )
+            failed = ExecutionFailed(
+                goal_id=plan.goal_id, plan_id=plan.plan_id, reason=reason, steps=statuses
+            )
+            return [emit(session, failed)]
+
+    def _step_finished(self, goal_id: str, plan_id: str, outcome: StepOutcome) -> None:
+        """Audit a step's outcome and tell observers at once (progress, not a hand-off)."""
+        with self._store.session() as session:
+            audit.append(
+                session,
+                f"step.{outcome.status}",
+                actor=ACTOR,
+                goal_id=goal_id,
+                data={
+                    "plan_id": plan_id,
+                    "step_id": outcome.step_id,
+                    "tool": outcome.tool,
+                    "error": outcome.error,
+                },
+            )
+        if self._notify is not None:
+            headers: dict[str, str] = {}
+            telemetry.inject(headers)
+            event = StepFinished(
+                goal_id=goal_id,
+                plan_id=plan_id,
+                step_id=outcome.step_id,
+                tool=outcome.tool,
+                status=outcome.status,
+                output=outcome.output,
+                error=outcome.error,
+                duration_ms=outcome.duration_ms,
+            )
+            self._notify(Envelope.of(event, headers))

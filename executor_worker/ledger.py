@@ -1,0 +1,108 @@
+"""Step claims and checkpoints in the store, so a step's effect happens once per plan.
+
+A claim is an `INSERT ... ON CONFLICT DO NOTHING` with a lease. A step found finished is not
+run again; one found running past its lease is re-run only if its tool is idempotent, and is
+otherwise marked `unknown` for a person to settle: never run twice silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import update
+
+from plangate.errors import Retry
+from plangate.store import StepRunRow, Store
+from plangate.store.claims import insert_if_absent
+from schemas import Plan, Step, ToolSpec, utcnow
+
+ClaimKind = Literal["run", "done", "unknown"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What to do with a step: run it (attempt n), or reuse what is already recorded."""
+
+    kind: ClaimKind
+    attempt: int = 1
+    status: str | None = None
+    output: Any = None
+    error: str | None = None
+
+
+class StepLedger:
+    """The step records of one plan."""
+
+    def __init__(self, store: Store, plan: Plan, lease: timedelta = timedelta(minutes=5)) -> None:
+        self._store = store
+        self._plan = plan
+        self._lease = lease
+
+    def claim(self, step: Step, spec: ToolSpec) -> Claim:
+        """Claim a step for this executor, or say why it must not run now."""
+        now = utcnow()
+        with self._store.session() as session:
+            won = insert_if_absent(
+                session,
+                StepRunRow,
+                {
+                    "plan_id": self._plan.plan_id,
+                    "step_id": step.id,
+                    "goal_id": self._plan.goal_id,
+                    "tool": step.tool,
+                    "status": "running",
+                    "attempt": 1,
+                    "lease_until": now + self._lease,
+                    "started_at": now,
+                },
+            )
+            if won:
+                return Claim("run")
+            row = session.get_one(StepRunRow, (self._plan.plan_id, step.id))
+            if row.status != "running":
+                kind: ClaimKind = "unknown" if row.status == "unknown" else "done"
+                return Claim(kind, row.attempt, row.status, row.output, row.error)
+            lease_until = row.lease_until
+            if lease_until is not None and _aware(lease_until) > now:
+                raise Retry(f"step {step.id!r} is being run by another executor", delay=5.0)
+            if not spec.idempotent:
+                row.status, row.finished_at = "unknown", now
+                row.error = "an executor died during this call; it may or may not have happened"
+                return Claim("unknown", row.attempt, "unknown", None, row.error)
+            taken = session.execute(
+                update(StepRunRow)
+                .where(
+                    StepRunRow.plan_id == self._plan.plan_id,
+                    StepRunRow.step_id == step.id,
+                    StepRunRow.attempt == row.attempt,
+                )
+                .values(attempt=row.attempt + 1, lease_until=now + self._lease, started_at=now)
+            )
+            if getattr(taken, "rowcount", 0) != 1:
+                raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
+            return Claim("run", row.attempt + 1)
+
+    def record(self, step: Step, status: str, output: Any, error: str | None) -> None:
+        """Store a step's final status and output (insert for steps never claimed)."""
+        now = utcnow()
+        with self._store.session() as session:
+            row = session.get(StepRunRow, (self._plan.plan_id, step.id))
+            if row is None:
+                row = StepRunRow(
+                    plan_id=self._plan.plan_id,
+                    step_id=step.id,
+                    goal_id=self._plan.goal_id,
+                    tool=step.tool,
+                    started_at=now,
+                    status=status,
+                )
+                session.add(row)
+            row.status, row.output, row.error = status, output, error
+            row.finished_at, row.lease_until = now, None
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they were stored in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -1,0 +1,205 @@
+"""A stage's consume loop: one thread owns the connection; handlers run in a bounded pool.
+
+Acks happen in exactly one place, `_settle`, after the handler's effects are committed and its
+outgoing messages published. Handlers return the envelopes to publish, or raise Reject (dead
+letter) or anything else (retry, then dead letter after `max_attempts`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.message import Message as KombuMessage
+from kombu.messaging import Consumer, Producer
+
+from plangate import telemetry
+from plangate.bus.dead_letters import dead_letter_envelope
+from plangate.bus.envelope import ATTEMPT_HEADER, CONTENT_TYPE, Delivery, Envelope
+from plangate.bus.topology import Stage, Topology
+from plangate.errors import Reject
+from schemas import Message, MessageRejected, decode_message
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message, Delivery], Sequence[Envelope]]
+PublishedHook = Callable[[Sequence[Envelope]], None]
+
+_POLL_SECONDS = 0.05
+RETRY_DELAYS = (0.2, 1.0, 5.0, 30.0)
+
+
+@dataclass
+class _Done:
+    raw: KombuMessage
+    delivery: Delivery
+    future: Future[Sequence[Envelope]]
+
+
+def publish(producer: Producer, topology: Topology, envelope: Envelope) -> None:
+    """Publish one envelope under a producer span; the trace context travels in its headers."""
+    headers = dict(envelope.headers)
+    with telemetry.producer_span(envelope.routing_key, headers):
+        producer.publish(
+            envelope.body,
+            exchange=topology.exchange,
+            routing_key=envelope.routing_key,
+            headers=headers,
+            content_type=CONTENT_TYPE,
+            content_encoding="utf-8",
+            delivery_mode=2,
+            retry=True,
+        )
+
+
+def _text_headers(raw: KombuMessage) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (raw.headers or {}).items()}
+
+
+class StageConsumer:
+    """Consumes one stage's queue until `stop` is set, then finishes in-flight work."""
+
+    def __init__(
+        self,
+        connection_factory: Callable[[], Connection],
+        topology: Topology,
+        stage: Stage,
+        handler: Handler,
+        *,
+        concurrency: int = 4,
+        max_attempts: int = 3,
+        on_published: PublishedHook | None = None,
+    ) -> None:
+        self._connect = connection_factory
+        self._topology = topology
+        self._stage = stage
+        self._queue_name = topology.queue_name(stage)
+        self._handler = handler
+        self._concurrency = concurrency
+        self._max_attempts = max_attempts
+        self._on_published = on_published
+        self._done: queue.Queue[_Done] = queue.Queue()
+        self._retries: list[tuple[float, KombuMessage, int]] = []
+        self._in_flight = 0
+        self.ready = threading.Event()
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until `stop` is set; in-flight handlers finish and are settled first."""
+        with (
+            self._connect() as connection,
+            ThreadPoolExecutor(self._concurrency, f"plangate-{self._stage}") as pool,
+        ):
+            channel = connection.channel()
+            self._producer = Producer(channel, exchange=self._topology.exchange)
+            for q in self._topology.durable_queues():
+                q.bind(channel).declare()
+            self._pool = pool
+            consumer = Consumer(
+                channel,
+                queues=[self._topology.stage_queue(self._stage)],
+                on_message=self._receive,
+                prefetch_count=self._concurrency,
+                accept=["application/json"],
+            )
+            with consumer:
+                self.ready.set()
+                while not stop.is_set():
+                    self._settle_finished()
+                    self._drain(connection)
+                while self._in_flight:
+                    self._settle_finished(block=True)
+                for _, raw, _ in self._retries:
+                    raw.requeue()  # hand back on shutdown: the broker redelivers it
+
+    def _drain(self, connection: Connection) -> None:
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=_POLL_SECONDS)
+
+    def _receive(self, raw: KombuMessage) -> None:
+        headers = _text_headers(raw)
+        delivery = Delivery(
+            queue=self._queue_name,
+            routing_key=str(raw.delivery_info.get("routing_key", "")),
+            headers=headers,
+            attempt=int(headers.get(ATTEMPT_HEADER, "1") or 1),
+            redelivered=bool(raw.delivery_info.get("redelivered", False)),
+        )
+        try:
+            if raw.errors:
+                raise MessageRejected(f"the broker client could not read it: {raw.errors[0][1]}")
+            message = decode_message(
+                raw.body, raw.content_type, raw.content_encoding, raw.headers or {}
+            )
+        except MessageRejected as exc:
+            self._dead_letter(raw, delivery, exc.reason)
+            return
+        self._in_flight += 1
+        future = self._pool.submit(self._call_handler, message, delivery)
+        future.add_done_callback(lambda f: self._done.put(_Done(raw, delivery, f)))
+
+    def _call_handler(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
+        with telemetry.consumer_span(delivery.queue, delivery.routing_key, delivery.headers):
+            return self._handler(message, delivery)
+
+    def _settle_finished(self, block: bool = False) -> None:
+        self._republish_due_retries()
+        try:
+            done = self._done.get(timeout=_POLL_SECONDS) if block else self._done.get_nowait()
+        except queue.Empty:
+            return
+        self._in_flight -= 1
+        self._settle(done)
+        while not self._done.empty():
+            self._in_flight -= 1
+            self._settle(self._done.get_nowait())
+
+    def _settle(self, done: _Done) -> None:
+        """Ack or dead-letter a finished message: the one place acks happen, after publishing."""
+        error = done.future.exception()
+        if error is None:
+            envelopes = done.future.result()
+            for envelope in envelopes:
+                publish(self._producer, self._topology, envelope)
+            if self._on_published and envelopes:
+                self._on_published(envelopes)
+            done.raw.ack()
+        elif isinstance(error, Reject):
+            log.info("rejected %s: %s", done.delivery.routing_key, error.reason)
+            self._dead_letter(done.raw, done.delivery, error.reason)
+        elif done.delivery.attempt >= self._max_attempts:
+            log.error("giving up on %s: %r", done.delivery.routing_key, error, exc_info=error)
+            reason = f"failed {done.delivery.attempt} times; last error: {error!r}"
+            self._dead_letter(done.raw, done.delivery, reason)
+        else:
+            log.warning("will retry %s: %r", done.delivery.routing_key, error)
+            delay = RETRY_DELAYS[min(done.delivery.attempt, len(RETRY_DELAYS)) - 1]
+            self._retries.append((time.monotonic() + delay, done.raw, done.delivery.attempt + 1))
+
+    def _republish_due_retries(self) -> None:
+        now = time.monotonic()
+        due = [r for r in self._retries if r[0] <= now]
+        self._retries = [r for r in self._retries if r[0] > now]
+        for _, raw, attempt in due:
+            headers = _text_headers(raw) | {ATTEMPT_HEADER: str(attempt)}
+            retry_key = self._topology.retry_key(self._stage)
+            publish(self._producer, self._topology, Envelope(retry_key, raw.body, headers))
+            raw.ack()
+
+    def _dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
+        envelope = dead_letter_envelope(raw_body(raw), raw.content_type, delivery, reason)
+        publish(self._producer, self._topology, envelope)
+        raw.ack()
+
+
+def raw_body(raw: KombuMessage) -> bytes:
+    """Return a kombu message's body as bytes, whatever the transport handed over."""
+    body: Any = raw.body
+    return body if isinstance(body, bytes) else str(body).encode("utf-8")

@@ -1,0 +1,44 @@
+"""Dead letters: what could never be handled, kept with its reason and nothing secret."""
+
+from __future__ import annotations
+
+import base64
+
+from plangate.bus.envelope import Delivery, Envelope
+from plangate.bus.topology import Topology
+from schemas import DeadLetter
+
+# Only these headers are copied into a dead letter: anything else may carry a secret.
+_KEPT_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "x-plangate-goal-id",
+    "x-plangate-message-id",
+    "x-plangate-attempt",
+)
+
+
+def dead_letter_envelope(
+    body: bytes, content_type: str | None, delivery: Delivery, reason: str
+) -> Envelope:
+    """Build the envelope that carries a failed message to the dead-letter queue."""
+    letter = DeadLetter(
+        reason=reason,
+        queue=delivery.queue,
+        routing_key=delivery.routing_key,
+        content_type=content_type,
+        headers={k: v for k, v in delivery.headers.items() if k in _KEPT_HEADERS},
+        body_b64=base64.b64encode(body).decode("ascii"),
+    )
+    headers = {k: v for k, v in delivery.headers.items() if k in ("traceparent", "tracestate")}
+    return Envelope(Topology.dead_key(delivery.queue), encode_message_bytes(letter), headers)
+
+
+def encode_message_bytes(letter: DeadLetter) -> bytes:
+    """Serialise a dead letter (it is not a stage message, so it has no goal id)."""
+    return letter.model_dump_json().encode("utf-8")
+
+
+def decode_dead_letter(body: bytes) -> DeadLetter:
+    """Parse a dead letter read back from the dead-letter queue."""
+    return DeadLetter.model_validate_json(body)

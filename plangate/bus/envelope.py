@@ -1,0 +1,42 @@
+"""What the bus moves: routing key, headers and body bytes. Decoding happens elsewhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas import Message, encode_message
+
+CONTENT_TYPE = "application/json"
+ATTEMPT_HEADER = "x-plangate-attempt"
+GOAL_HEADER = "x-plangate-goal-id"
+MESSAGE_ID_HEADER = "x-plangate-message-id"
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A message ready to publish. `outbox_id` ties it to the outbox row it came from."""
+
+    routing_key: str
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+    outbox_id: int | None = None
+
+    @classmethod
+    def of(cls, message: Message, headers: dict[str, str] | None = None) -> Envelope:
+        """Wrap a message; its routing key is its type and the ids go into headers."""
+        merged = dict(headers or {})
+        merged[GOAL_HEADER] = message.goal_id
+        merged[MESSAGE_ID_HEADER] = message.message_id
+        routing_key: str = getattr(message, "type")  # noqa: B009 - every concrete message has one
+        return cls(routing_key=routing_key, body=encode_message(message), headers=merged)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a handler may know of how a message arrived."""
+
+    queue: str
+    routing_key: str
+    headers: dict[str, str]
+    attempt: int
+    redelivered: bool

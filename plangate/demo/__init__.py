@@ -1,0 +1,1 @@
+"""The seed example: count open tickets, compare with the SLA, notify on-call once."""

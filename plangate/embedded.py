@@ -1,0 +1,127 @@
+"""The embedded mode: the three stages as threads in one process, on one bus and one store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Mapping
+from types import TracebackType
+
+from approval_gate.review import Review
+from plangate import telemetry
+from plangate.bus import STAGES, Bus
+from plangate.config import Settings
+from plangate.errors import PlangateError
+from plangate.relay import deliver, relay_pending
+from plangate.stages import build_handler, build_review
+from plangate.store import TERMINAL_STATUSES, GoalRow, Store, open_store
+from plangate.store import outbox as outbox_rows
+from plangate.submission import Submitted, submit_goal
+from plangate.tools import ToolRegistry
+
+
+class Pipeline:
+    """planner, gate and executor consuming in threads; use as a context manager."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        broker_url: str = "memory://",
+        registry: ToolRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store: Store = open_store(settings.resolved_database_url())
+        self.bus = Bus(broker_url, settings.namespace)
+        self._registry = registry
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._review: Review | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Build the handlers, start the consumer threads and wait until all consume."""
+        telemetry.setup_tracing()
+        self.bus.declare()
+        for stage in STAGES:
+            handler = build_handler(stage, self.settings, self.store, self.bus, self._registry)
+            consumer = self.bus.stage_consumer(
+                stage,
+                handler,
+                concurrency=self.settings.concurrency,
+                max_attempts=self.settings.max_attempts,
+                on_published=lambda envelopes: outbox_rows.mark_sent(self.store, envelopes),
+            )
+            thread = threading.Thread(
+                target=consumer.run, args=(self._stop,), name=f"plangate-{stage}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+            if not consumer.ready.wait(timeout):
+                raise PlangateError(f"the {stage} stage did not start within {timeout} s")
+        relay_pending(self.store, self.bus)
+
+    def stop(self) -> None:
+        """Stop consuming, let in-flight work finish, and release connections."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        self.bus.close()
+        self.store.close()
+
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def review(self) -> Review:
+        """The human review service of this pipeline."""
+        if self._review is None:
+            self._review = build_review(self.settings, self.store)
+        return self._review
+
+    def submit(
+        self,
+        text: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Submitted:
+        """Submit a goal to the pipeline."""
+        return submit_goal(
+            self.store, self.bus, text, metadata=metadata, idempotency_key=idempotency_key
+        )
+
+    def approve(self, plan_id: str, reviewer: str, expected_hash: str | None = None) -> None:
+        """Approve a held plan as `reviewer` and release it to the executor."""
+        deliver(
+            self.store,
+            self.bus,
+            self.review.approve(plan_id, reviewer, expected_hash=expected_hash),
+        )
+
+    def reject(self, plan_id: str, reviewer: str, comment: str) -> None:
+        """Reject a held plan as `reviewer`, with a comment."""
+        deliver(self.store, self.bus, self.review.reject(plan_id, reviewer, comment))
+
+    def wait_for(
+        self, goal_id: str, statuses: Collection[str] = TERMINAL_STATUSES, timeout: float = 30.0
+    ) -> GoalRow:
+        """Poll the store until the goal reaches one of `statuses`; TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.store.session() as session:
+                goal = session.get(GoalRow, goal_id)
+                if goal is not None and goal.status in statuses:
+                    return goal
+            if time.monotonic() > deadline:
+                status = goal.status if goal else "unknown"
+                raise TimeoutError(f"goal {goal_id} is still {status} after {timeout} s")
+            time.sleep(0.02)

@@ -1,0 +1,91 @@
+"""plangate's errors: a small hierarchy rooted at PlangateError, each saying what to do next.
+
+The contract's own errors (PlanInvalid, MessageRejected) live in `schemas.errors` because
+`schemas` imports nothing of the project; they are re-exported here so users import one place.
+"""
+
+from __future__ import annotations
+
+from schemas.errors import MessageRejected, PlangateError, PlanInvalid, PlanProblem
+
+__all__ = [
+    "ApprovalInvalid",
+    "ConfigError",
+    "Conflict",
+    "MessageRejected",
+    "NotFound",
+    "PlanInvalid",
+    "PlanProblem",
+    "PlangateError",
+    "PlanningFailed",
+    "PolicyError",
+    "Reject",
+    "Retry",
+    "ToolError",
+    "ToolLoadError",
+]
+
+
+class ConfigError(PlangateError):
+    """A setting or file is missing or wrong; the message names it and how to fix it."""
+
+
+class PolicyError(PlangateError):
+    """A policy file cannot be loaded or a rule does not compile."""
+
+    def __init__(self, message: str, rule: str | None = None, line: int | None = None) -> None:
+        self.rule = rule
+        self.line = line
+        where = "".join(
+            [f"rule {rule!r}" if rule else "", f" (line {line})" if line is not None else ""]
+        )
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class ApprovalInvalid(PlangateError):
+    """An approval does not hold (bad signature, unknown key, wrong hash, expired, reused)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"approval refused: {reason}")
+
+
+class ToolLoadError(PlangateError):
+    """A tool module could not be imported or declares a tool wrongly."""
+
+
+class ToolError(PlangateError):
+    """A tool call failed; the step is marked failed with this message."""
+
+
+class NotFound(PlangateError):
+    """A goal, plan or record asked for does not exist."""
+
+
+class Conflict(PlangateError):
+    """Someone else already decided or changed this; reload and try again."""
+
+
+class Reject(PlangateError):
+    """Raised by a handler: this message can never be handled; dead-letter it with `reason`."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class Retry(PlangateError):
+    """Raised by a handler: try this message again later (a passing failure)."""
+
+    def __init__(self, reason: str, delay: float = 1.0) -> None:
+        self.reason = reason
+        self.delay = delay
+        super().__init__(reason)
+
+
+class PlanningFailed(PlangateError):
+    """No valid plan could be made for a goal; `reasons` says why, each a full sentence."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(reasons))

@@ -1,0 +1,74 @@
+"""The one place that opens the store: engine, schema and transactions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from plangate.errors import ConfigError
+from plangate.store.models import Base
+
+
+class Store:
+    """A database: `session()` opens one transaction, committed on success."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """Open a transaction; commit when the block ends, roll back if it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+
+def _sqlite_serialised_writes(engine: Engine) -> None:
+    """Make SQLite transactions take the write lock up front.
+
+    pysqlite's deferred BEGIN lets two writers both read and then fail to upgrade; an
+    immediate BEGIN makes the second wait (up to the busy timeout) instead.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def open_store(url: str) -> Store:
+    """Open (and create, if new) the store at a SQLAlchemy URL."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigError(
+            f"PLANGATE_DATABASE_URL {url!r} is not a database URL "
+            "(e.g. sqlite:///path/plangate.db or postgresql+psycopg://user@host/db)"
+        ) from exc
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+        _sqlite_serialised_writes(engine)
+    else:
+        engine = create_engine(parsed, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return Store(engine)

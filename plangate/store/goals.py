@@ -1,0 +1,77 @@
+"""Goal records: create once, move between states, and audit every move."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from plangate.errors import NotFound
+from plangate.store import audit
+from plangate.store.models import GoalRow, GoalStatus, PlanRow
+from schemas import GoalSubmitted, Plan
+
+
+def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str, str]) -> GoalRow:
+    """Return the goal's row, creating it (and its audit entry) if this is its first sight."""
+    row = session.get(GoalRow, message.goal_id)
+    if row is None:
+        row = GoalRow(
+            id=message.goal_id,
+            text=message.text,
+            status="submitted",
+            meta=dict(message.metadata),
+            idempotency_key=message.idempotency_key,
+            trace_headers=dict(trace_headers),
+        )
+        session.add(row)
+        session.flush()
+        audit.append(
+            session,
+            "goal.submitted",
+            actor=message.metadata.get("submitted_by", "client"),
+            goal_id=message.goal_id,
+            data={"text": message.text, "metadata": dict(message.metadata)},
+        )
+    return row
+
+
+def get_goal(session: Session, goal_id: str) -> GoalRow:
+    """Return a goal's row or raise NotFound."""
+    row = session.get(GoalRow, goal_id)
+    if row is None:
+        raise NotFound(f"no goal {goal_id!r}; check the id (plangate status lists recent goals)")
+    return row
+
+
+def transition(
+    session: Session,
+    goal_id: str,
+    status: GoalStatus,
+    *,
+    actor: str,
+    reason: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> GoalRow:
+    """Move a goal to `status` and record the move in the audit log."""
+    row = get_goal(session, goal_id)
+    row.status = status
+    row.status_reason = reason
+    entry = dict(data or {})
+    if reason:
+        entry["reason"] = reason
+    audit.append(session, f"goal.{status}", actor=actor, goal_id=goal_id, data=entry)
+    return row
+
+
+def latest_plan(session: Session, goal_id: str) -> PlanRow | None:
+    """Return the newest plan revision of a goal, if any."""
+    return session.execute(
+        select(PlanRow).where(PlanRow.goal_id == goal_id).order_by(PlanRow.revision.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def plan_of(row: PlanRow) -> Plan:
+    """Return the Plan model stored in a plan row."""
+    return Plan.model_validate(row.body)

@@ -1,0 +1,183 @@
+"""The store's tables. The broker moves work; these rows remember it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from schemas import utcnow
+
+GoalStatus = Literal[
+    "submitted",
+    "proposed",
+    "held",
+    "approved",
+    "running",
+    "completed",
+    "failed",
+    "plan_failed",
+    "denied",
+    "rejected",
+    "expired",
+]
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {"completed", "failed", "plan_failed", "denied", "rejected", "expired"}
+)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every plangate table."""
+
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class GoalRow(Base):
+    """A goal and where it stands."""
+
+    __tablename__ = "goals"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    trace_headers: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PlanRow(Base):
+    """One revision of a goal's plan, exactly as proposed."""
+
+    __tablename__ = "plans"
+    __table_args__ = (UniqueConstraint("goal_id", "revision"),)
+
+    plan_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    goal_id: Mapped[str] = mapped_column(ForeignKey("goals.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]]
+    plan_hash: Mapped[str] = mapped_column(String(80))
+    planner: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DecisionRow(Base):
+    """A decision on one plan revision; at most one by policy and one by a person."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (UniqueConstraint("plan_id", "stage"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.plan_id"), index=True)
+    goal_id: Mapped[str] = mapped_column(String(64), index=True)
+    stage: Mapped[str] = mapped_column(String(16))  # "policy" or "human"
+    action: Mapped[str] = mapped_column(String(16))
+    decided_by: Mapped[str] = mapped_column(String(200))
+    rule: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    policy_version: Mapped[str] = mapped_column(String(80))
+    shadow_action: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApprovalRow(Base):
+    """A signed approval as issued by the gate."""
+
+    __tablename__ = "approvals"
+
+    approval_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.plan_id"), unique=True)
+    goal_id: Mapped[str] = mapped_column(String(64), index=True)
+    plan_hash: Mapped[str] = mapped_column(String(80))
+    envelope: Mapped[dict[str, Any]]
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApprovalUseRow(Base):
+    """An approval an executor has acted on; the primary key makes each approval single-use."""
+
+    __tablename__ = "approval_uses"
+
+    approval_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StepRunRow(Base):
+    """A step's claim, checkpoint and result; the primary key is the claim."""
+
+    __tablename__ = "step_runs"
+
+    plan_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    goal_id: Mapped[str] = mapped_column(String(64), index=True)
+    tool: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, skipped, unknown
+    output: Mapped[Any] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    lease_until: Mapped[datetime | None]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class ToolCatalogRow(Base):
+    """A tool spec an executor offers; the planner plans with these."""
+
+    __tablename__ = "tool_catalog"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    spec: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class OutboxRow(Base):
+    """A message written in the same transaction as the effects that caused it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    routing_key: Mapped[str] = mapped_column(String(200))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    headers: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class AuditRow(Base):
+    """One entry of the append-only audit log; `hash` chains it to the entry before."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[str] = mapped_column(String(40))
+    goal_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(200))
+    data: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class AuditHeadRow(Base):
+    """The chain's head: locked by each append so that entries form a single line."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,59 @@
+"""Submitting a goal: stored and queued in one transaction, published, traced from the start."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from plangate import telemetry
+from plangate.bus import Bus
+from plangate.relay import deliver
+from plangate.store import GoalRow, Store
+from plangate.store.goals import ensure_goal
+from plangate.store.outbox import emit
+from schemas import GoalSubmitted, new_id
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submitted goal: its id, its trace, and whether it already existed (same key)."""
+
+    goal_id: str
+    trace_id: str | None
+    duplicate: bool = False
+
+
+def submit_goal(
+    store: Store,
+    bus: Bus,
+    text: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Store a new goal and publish goal.submitted; the same idempotency key yields one goal."""
+    with store.session() as session:
+        if idempotency_key is not None:
+            existing = session.execute(
+                select(GoalRow).where(GoalRow.idempotency_key == idempotency_key)
+            ).scalar_one_or_none()
+            if existing is not None:
+                trace_id = telemetry.trace_id_of(existing.trace_headers)
+                return Submitted(existing.id, trace_id, duplicate=True)
+    with telemetry.tracer().start_as_current_span("submit goal") as span:
+        message = GoalSubmitted(
+            goal_id=new_id(),
+            text=text,
+            metadata=dict(metadata or {}),
+            idempotency_key=idempotency_key,
+        )
+        span.set_attribute("plangate.goal_id", message.goal_id)
+        headers: dict[str, str] = {}
+        telemetry.inject(headers)
+        with store.session() as session:
+            ensure_goal(session, message, headers)
+            envelope = emit(session, message)
+        deliver(store, bus, [envelope])
+        return Submitted(message.goal_id, telemetry.current_trace_id())

@@ -1,0 +1,199 @@
+"""`@tool`: turn a typed function into a `Tool` whose spec the planner and the policy can read."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from pydantic.errors import PydanticUserError
+from pydantic_core import PydanticSerializationError
+
+from plangate.errors import ToolError, ToolLoadError
+from plangate.tools.context import ToolContext
+from schemas.tool_spec import Effect, ToolSpec
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Preview = Callable[[Mapping[str, Any]], str]
+"""Say in one sentence what a call with these (possibly unresolved) arguments would do."""
+
+
+@dataclass(frozen=True)
+class _Params:
+    """How a validated args model maps back onto the function's parameters."""
+
+    model: type[BaseModel]
+    whole_model: str | None  # the parameter that receives the model itself, if any
+    fields: dict[str, str]  # parameter name -> model field name
+    context: str | None
+
+
+class Tool(Generic[P, R]):
+    """A function with its spec: still callable as before, invoked by the executor with checks."""
+
+    def __init__(
+        self,
+        func: Callable[P, R],
+        *,
+        effect: Effect,
+        name: str | None = None,
+        description: str | None = None,
+        idempotent: bool = False,
+        tags: Iterable[str] = (),
+        preview: Preview | None = None,
+    ) -> None:
+        functools.update_wrapper(self, func)
+        self._func = func
+        self._preview = preview
+        self.module: str = func.__module__
+        tool_name = name or func.__name__
+        where = f"tool {tool_name!r} ({func.__module__}.{func.__qualname__})"
+        if effect not in ("read", "write"):
+            raise ToolLoadError(f"{where}: effect must be 'read' or 'write', not {effect!r}")
+        if inspect.iscoroutinefunction(func):
+            raise ToolLoadError(f"{where}: async functions are not supported; use a plain def")
+        try:
+            hints = typing.get_type_hints(func, include_extras=True)
+        except Exception as exc:
+            raise ToolLoadError(
+                f"{where}: cannot resolve its type annotations ({exc}); "
+                "define the types it uses at module level"
+            ) from exc
+        self._params = _build_params(func, hints, tool_name, where)
+        returns = hints.get("return", Any)
+        doc = " ".join((inspect.getdoc(func) or "").split("\n\n", 1)[0].split())
+        try:
+            self._output: TypeAdapter[Any] = TypeAdapter(returns)
+            self.spec = ToolSpec(
+                name=tool_name,
+                description=doc if description is None else description,
+                args_schema={"type": "object", **self._params.model.model_json_schema()},
+                output_schema=None if returns is Any else self._output.json_schema(),
+                effect=effect,
+                idempotent=idempotent,
+                tags=tuple(tags),
+            )
+        except PydanticUserError as exc:
+            raise ToolLoadError(f"{where}: a type has no JSON schema: {exc}") from exc
+        except ValidationError as exc:
+            raise ToolLoadError(f"{where}: invalid spec: {_describe(exc)}") from exc
+
+    @property
+    def name(self) -> str:
+        """Return the tool's name, as plans refer to it."""
+        return self.spec.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function itself, as if it were not a tool."""
+        return self._func(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Tool {self.spec.name} ({self.spec.effect}) from {self.module}>"
+
+    def invoke(self, args: Mapping[str, Any], context: ToolContext) -> Any:
+        """Validate `args`, call the function and return its output as JSON-able data."""
+        try:
+            validated = self._params.model.model_validate(dict(args))
+        except ValidationError as exc:
+            raise ToolError(f"tool {self.name}: bad arguments: {_describe(exc)}") from exc
+        params = self._params
+        if params.whole_model is not None:
+            kwargs: dict[str, Any] = {params.whole_model: validated}
+        else:
+            kwargs = {p: getattr(validated, f) for p, f in params.fields.items()}
+        if params.context is not None:
+            kwargs[params.context] = context
+        try:
+            result = self._func(**kwargs)  # type: ignore[call-arg]
+        except ToolError:
+            raise
+        except Exception as exc:
+            raise ToolError(f"tool {self.name} failed: {str(exc) or type(exc).__name__}") from exc
+        return self._to_json(result)
+
+    def preview(self, args: Mapping[str, Any]) -> str | None:
+        """Return what a call with `args` would do, for reviewers; None if the tool cannot say."""
+        return None if self._preview is None else self._preview(args)
+
+    def _to_json(self, result: Any) -> Any:
+        try:
+            # Checked against the declared type because plans reference outputs by that type.
+            value = self._output.validate_python(result)
+            return self._output.dump_python(value, mode="json")
+        except ValidationError as exc:
+            raise ToolError(
+                f"tool {self.name} returned a value that does not match its return type: "
+                f"{_describe(exc)}"
+            ) from exc
+        except PydanticSerializationError as exc:
+            raise ToolError(f"tool {self.name} returned a non-JSON value: {exc}") from exc
+
+
+def tool(
+    *,
+    effect: Effect,
+    name: str | None = None,
+    description: str | None = None,
+    idempotent: bool = False,
+    tags: Iterable[str] = (),
+    preview: Preview | None = None,
+) -> Callable[[Callable[P, R]], Tool[P, R]]:
+    """Declare a function as a tool; `effect` says whether it changes the world."""
+    options: dict[str, Any] = {"name": name, "description": description, "tags": tags}
+    return lambda func: Tool(func, effect=effect, idempotent=idempotent, preview=preview, **options)
+
+
+def _build_params(
+    func: Callable[..., Any], hints: dict[str, Any], name: str, where: str
+) -> _Params:
+    fields: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    context: str | None = None
+    for param in inspect.signature(func).parameters.values():
+        if param.kind not in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+            raise ToolLoadError(
+                f"{where}: parameter {param.name!r} is {param.kind.description}; "
+                "tools take named parameters only"
+            )
+        if param.name not in hints:
+            raise ToolLoadError(
+                f"{where}: parameter {param.name!r} needs a type, e.g. `{param.name}: str`"
+            )
+        hint = hints[param.name]
+        if hint is ToolContext:
+            context = param.name
+            continue
+        # A parameter named like a BaseModel attribute (`json`, `schema`) or private (`_x`)
+        # cannot be a field; it keeps its name in the schema through an alias.
+        field = param.name
+        if hasattr(BaseModel, field) or field.startswith("_"):
+            field = f"arg_{field.lstrip('_')}_"
+        default = ... if param.default is param.empty else param.default
+        fields[field] = (hint, Field(default, alias=param.name))
+        names[param.name] = field
+    if len(names) == 1:
+        (only,) = names
+        hint = hints[only]
+        if isinstance(hint, type) and issubclass(hint, BaseModel):
+            return _Params(model=hint, whole_model=only, fields={}, context=context)
+    title = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name)) + "Args"
+    config = ConfigDict(extra="forbid", protected_namespaces=())
+    try:
+        model = create_model(title, __config__=config, **fields)
+    except PydanticUserError as exc:
+        raise ToolLoadError(f"{where}: a parameter type has no JSON schema: {exc}") from exc
+    return _Params(model=model, whole_model=None, fields=names, context=context)
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(part) for part in err['loc']) or 'arguments'}: {err['msg']}"
+        for err in exc.errors()
+    )

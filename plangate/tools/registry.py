@@ -1,0 +1,87 @@
+"""The tools an executor offers, by name, loaded from the modules `PLANGATE_TOOLS` lists."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from plangate.errors import ToolError, ToolLoadError
+from plangate.tools.decorator import Tool
+from schemas.tool_spec import ToolSpec
+
+
+class ToolRegistry:
+    """Tools by name; the catalog of their specs is what the planner and the policy see."""
+
+    def __init__(self, tools: Iterable[Tool[..., Any]] = ()) -> None:
+        self._tools: dict[str, Tool[..., Any]] = {}
+        for each in tools:
+            self.register(each)
+
+    def register(self, tool: Tool[..., Any]) -> None:
+        """Add `tool`; another tool under the same name is an error."""
+        known = self._tools.get(tool.name)
+        # The same object seen twice is one tool: a module may re-export another module's tools.
+        if known is not None and known is not tool:
+            raise ToolLoadError(
+                f"two tools are named {tool.name!r}: one in {known.module}, one in {tool.module}; "
+                "rename one with @tool(name=...) or load only one of the modules"
+            )
+        self._tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool[..., Any]:
+        """Return the tool called `name`."""
+        try:
+            return self._tools[name]
+        except KeyError:
+            known = ", ".join(sorted(self._tools)) or "none"
+            raise ToolError(
+                f"unknown tool {name!r}; known tools: {known}; check PLANGATE_TOOLS or --tools"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[Tool[..., Any]]:
+        return iter(list(self._tools.values()))
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
+    def catalog(self) -> dict[str, ToolSpec]:
+        """Return every tool's spec by name."""
+        return {name: each.spec for name, each in self._tools.items()}
+
+    def load_module(self, dotted_name: str) -> list[Tool[..., Any]]:
+        """Import `dotted_name` and register every tool among its globals; return those tools."""
+        try:
+            module = importlib.import_module(dotted_name)
+        except ToolLoadError:
+            raise
+        except ImportError as exc:
+            raise ToolLoadError(
+                f"could not import tool module {dotted_name!r}: {exc}; "
+                "check PLANGATE_TOOLS or --tools"
+            ) from exc
+        except Exception as exc:
+            raise ToolLoadError(
+                f"tool module {dotted_name!r} failed while importing: {type(exc).__name__}: {exc}"
+            ) from exc
+        found = [value for value in vars(module).values() if isinstance(value, Tool)]
+        if not found:
+            raise ToolLoadError(
+                f"tool module {dotted_name!r} defines no tools; "
+                "decorate its functions with @tool(effect='read') or @tool(effect='write')"
+            )
+        for each in found:
+            self.register(each)
+        return found
+
+
+def load_tools(module_names: Iterable[str]) -> ToolRegistry:
+    """Return a registry holding the tools of every module named."""
+    registry = ToolRegistry()
+    for name in module_names:
+        registry.load_module(name)
+    return registry

@@ -1,0 +1,116 @@
+"""The offline playbook planner: goal patterns (regular expressions) mapped to plan templates.
+
+Named groups of a pattern fill `{{name}}` placeholders in the template's summary and string
+arguments. Goal text is untrusted: a value can never introduce a `${...}` step reference.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from plangate.config import Settings
+from plangate.errors import ConfigError, PlanningFailed
+from planner_worker.planner import Draft
+from schemas import Catalog, GoalSubmitted, Step
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+class PlaybookEntry(BaseModel):
+    """One goal pattern and the plan it produces."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    pattern: str
+    summary: str = ""
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
+        return value
+
+
+class PlaybookFile(BaseModel):
+    """A playbook file: entries tried in order, first match wins."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    playbooks: list[PlaybookEntry]
+
+
+def _fill(value: Any, groups: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return _PLACEHOLDER.sub(lambda m: groups.get(m.group(1), ""), value)
+    if isinstance(value, dict):
+        return {key: _fill(item, groups) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fill(item, groups) for item in value]
+    return value
+
+
+def _defang(text: str) -> str:
+    """Keep goal text from forming a step reference once placed in an argument."""
+    return text.replace("${", "$ {")
+
+
+class PlaybookPlanner:
+    """Plans by matching the goal against playbook patterns, in order."""
+
+    def __init__(self, entries: list[PlaybookEntry], source: str) -> None:
+        self.entries = entries
+        self.source = source
+        self._patterns = [re.compile(entry.pattern) for entry in entries]
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> PlaybookPlanner:
+        """Load a playbook file (default: the packaged playbook for the seed example)."""
+        if path is None:
+            text = resources.files("planner_worker").joinpath("default_playbook.yaml").read_text()
+            source = "the built-in playbook (set PLANGATE_PLAYBOOK_FILE to use your own)"
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"cannot read playbook file {path}: {exc.strerror}") from exc
+            source = str(path)
+        try:
+            parsed = PlaybookFile.model_validate(yaml.safe_load(text))
+        except (yaml.YAMLError, ValidationError) as exc:
+            raise ConfigError(f"playbook file {source} is invalid: {exc}") from exc
+        return cls(parsed.playbooks, source)
+
+    def draft(self, goal: GoalSubmitted, catalog: Catalog) -> Draft:
+        """Return the plan of the first playbook whose pattern matches the goal."""
+        for entry, pattern in zip(self.entries, self._patterns, strict=True):
+            match = pattern.search(goal.text)
+            if match is None:
+                continue
+            groups = {k: _defang(v) for k, v in match.groupdict().items() if v is not None}
+            steps = tuple(
+                step.model_copy(update={"args": _fill(dict(step.args), groups)})
+                for step in entry.steps
+            )
+            return Draft(_fill(entry.summary, groups), steps, f"playbook:{entry.name}")
+        raise PlanningFailed(
+            [
+                f"no playbook matched the goal; add a pattern for it to {self.source}, "
+                "or configure an LLM planner (PLANGATE_PLANNER=openai)"
+            ]
+        )
+
+
+def load_playbook_planner(settings: Settings) -> PlaybookPlanner:
+    """Return the playbook planner configured by `PLANGATE_PLAYBOOK_FILE` (or the default)."""
+    return PlaybookPlanner.load(settings.playbook_file)

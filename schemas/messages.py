@@ -1,0 +1,208 @@
+"""Every message that crosses a stage boundary. The routing key of a message is its `type`."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.plan import Plan
+
+SCHEMA_VERSION: Literal[1] = 1
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+
+Action = Literal["approve", "deny", "hold"]
+StepStatus = Literal["succeeded", "failed", "skipped", "unknown"]
+
+
+def new_id() -> str:
+    """Return a new random identifier (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Fields every message carries: its version, its own id, the goal it belongs to, when."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    message_id: str = Field(default_factory=new_id, max_length=64)
+    goal_id: str = Field(min_length=1, max_length=64)
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class GoalSubmitted(Message):
+    """A goal, written by a person or a service: untrusted text to plan for."""
+
+    type: Literal["goal.submitted"] = "goal.submitted"
+    text: str = Field(min_length=1, max_length=10_000)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+
+class PlanProposed(Message):
+    """A validated plan revision, offered to the gate."""
+
+    type: Literal["plan.proposed"] = "plan.proposed"
+    plan: Plan
+    plan_hash: str
+    planner: str = Field(description="What made the plan: `playbook:<name>`, a model, a person.")
+
+
+class PlanFailed(Message):
+    """No valid plan could be made for the goal; `reasons` says why, each a sentence."""
+
+    type: Literal["plan.failed"] = "plan.failed"
+    reasons: list[str] = Field(min_length=1)
+
+
+class Decision(BaseModel):
+    """What the gate decided of one plan revision, by rule or by a person, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    action: Literal["approve", "deny", "hold", "reject", "expire"]
+    decided_by: str = Field(description="`policy` or a reviewer's name.")
+    rule: str | None = None
+    reason: str
+    policy_version: str
+    shadow_action: Action | None = Field(
+        default=None, description="In shadow mode: what the policy would have decided."
+    )
+
+
+class PlanDecided(Message):
+    """A plan that will not run now: held for a person, denied, rejected or expired."""
+
+    type: Literal["plan.held", "plan.denied", "plan.rejected", "plan.expired"]
+    plan_id: str
+    revision: int
+    plan_hash: str
+    decision: Decision
+
+
+class Approval(BaseModel):
+    """The record the gate signs: this exact plan (by hash) may run once, until `expires_at`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    approval_id: str = Field(default_factory=new_id)
+    plan_id: str
+    plan_hash: str
+    goal_id: str
+    revision: int
+    decision: Literal["approve"] = "approve"
+    decided_by: str
+    rule: str | None = None
+    policy_version: str
+    key_id: str
+    issued_at: datetime
+    expires_at: datetime
+
+
+class Signature(BaseModel):
+    """One DSSE signature: the signing key's id and the base64 signature."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keyid: str
+    sig: str
+
+
+class SignedEnvelope(BaseModel):
+    """A DSSE envelope: base64 payload, its type, and signatures over PAE(type, payload)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    payload_type: str
+    payload: str
+    signatures: list[Signature] = Field(min_length=1)
+
+
+class PlanApproved(Message):
+    """A plan released for execution, with the signed approval that binds its hash."""
+
+    type: Literal["plan.approved"] = "plan.approved"
+    plan: Plan
+    approval: SignedEnvelope
+
+
+class StepFinished(Message):
+    """One step's outcome, as the executor recorded it."""
+
+    type: Literal["step.finished"] = "step.finished"
+    plan_id: str
+    step_id: str
+    tool: str
+    status: StepStatus
+    output: Any = None
+    error: str | None = None
+    duration_ms: float = 0.0
+
+
+class ExecutionCompleted(Message):
+    """Every step of an approved plan ran or was skipped by its condition."""
+
+    type: Literal["execution.completed"] = "execution.completed"
+    plan_id: str
+    steps: dict[str, StepStatus]
+
+
+class ExecutionFailed(Message):
+    """An approved plan stopped: a step failed, or the approval did not hold."""
+
+    type: Literal["execution.failed"] = "execution.failed"
+    plan_id: str
+    reason: str
+    steps: dict[str, StepStatus] = Field(default_factory=dict)
+
+
+class DeadLetter(BaseModel):
+    """A message that can never be handled, kept with the reason for an operator to inspect."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    type: Literal["dead.letter"] = "dead.letter"
+    message_id: str = Field(default_factory=new_id)
+    reason: str
+    queue: str
+    routing_key: str | None = None
+    content_type: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    body_b64: str = Field(description="The original body, base64, for replay.")
+    failed_at: datetime = Field(default_factory=utcnow)
+
+
+StageMessage = (
+    GoalSubmitted
+    | PlanProposed
+    | PlanFailed
+    | PlanDecided
+    | PlanApproved
+    | StepFinished
+    | ExecutionCompleted
+    | ExecutionFailed
+)
+
+MESSAGE_MODELS: dict[str, type[Message]] = {
+    "goal.submitted": GoalSubmitted,
+    "plan.proposed": PlanProposed,
+    "plan.failed": PlanFailed,
+    "plan.held": PlanDecided,
+    "plan.denied": PlanDecided,
+    "plan.rejected": PlanDecided,
+    "plan.expired": PlanDecided,
+    "plan.approved": PlanApproved,
+    "step.finished": StepFinished,
+    "execution.completed": ExecutionCompleted,
+    "execution.failed": ExecutionFailed,
+}
+"""Message type (= routing key) to the model that decodes it."""
