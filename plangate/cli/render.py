@@ -1,0 +1,85 @@
+"""How the CLI shows plans, decisions and steps: rich for people, JSON lines for scripts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from schemas import Catalog, Decision, Plan, StepFinished
+
+_ACTION_STYLE = {
+    "approve": "bold green",
+    "deny": "bold red",
+    "hold": "bold yellow",
+    "reject": "bold red",
+    "expire": "bold magenta",
+}
+_STEP_MARK = {
+    "succeeded": ("✓", "green"),
+    "skipped": ("○", "dim"),
+    "failed": ("✗", "red"),
+    "unknown": ("?", "magenta"),
+}
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """Return compact JSON of a value, cut to `limit` characters."""
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plan_table(plan: Plan, catalog: Catalog, planner: str) -> Table:
+    """Return the plan as a table: step, tool, effect, args, when."""
+    table = Table(
+        title=f"Plan {plan.plan_id[:8]} · revision {plan.revision} · by {planner}",
+        caption=plan.summary or None,
+        title_justify="left",
+    )
+    for column in ("step", "tool", "effect", "args", "when"):
+        table.add_column(column, overflow="fold")
+    for step in plan.steps:
+        spec = catalog.get(step.tool)
+        effect = spec.effect if spec else "?"
+        table.add_row(
+            step.id,
+            step.tool,
+            Text(effect, style="yellow" if effect == "write" else "cyan"),
+            short(dict(step.args)) if step.args else "",
+            step.when or "",
+        )
+    return table
+
+
+def decision_text(decision: Decision) -> Text:
+    """Return one line stating what was decided, by what, and why."""
+    text = Text("Decision: ")
+    text.append(decision.action, style=_ACTION_STYLE.get(decision.action, "bold"))
+    who = f"rule {decision.rule}" if decision.rule else decision.decided_by
+    text.append(f" by {who} — {decision.reason}")
+    text.append(f"  (policy {decision.policy_version})", style="dim")
+    if decision.shadow_action:
+        text.append(f"  shadow: would {decision.shadow_action}", style="dim")
+    return text
+
+
+def step_text(event: StepFinished) -> Text:
+    """Return one line for a finished step: mark, id, tool, duration, output or reason."""
+    mark, style = _STEP_MARK.get(event.status, ("·", ""))
+    text = Text(f"  {mark} ", style=style)
+    text.append(f"{event.step_id:<12} ", style="bold")
+    text.append(f"{event.tool:<20} ")
+    text.append(f"{event.status:<9} ", style=style)
+    text.append(f"{event.duration_ms:>8.1f} ms  ", style="dim")
+    if event.status == "succeeded":
+        text.append("→ " + short(event.output))
+    elif event.error:
+        text.append(event.error, style=style)
+    return text
+
+
+def json_line(event: str, data: dict[str, Any]) -> str:
+    """Return one event as a single JSON line (for `--json`)."""
+    return json.dumps({"event": event, **data}, default=str, separators=(",", ":"))

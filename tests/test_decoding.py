@@ -1,0 +1,311 @@
+"""Strict decoding: every message is decoded here first, and anything doubtful is refused.
+
+Each refusal is a MessageRejected whose reason goes to the dead-letter queue, so the tests
+check that the reason says what was wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from schemas import (
+    MESSAGE_MODELS,
+    Decision,
+    ExecutionCompleted,
+    ExecutionFailed,
+    GoalSubmitted,
+    Message,
+    MessageRejected,
+    Plan,
+    PlanApproved,
+    PlanDecided,
+    PlanFailed,
+    PlanProposed,
+    Signature,
+    SignedEnvelope,
+    Step,
+    StepFinished,
+    decode_message,
+    encode_message,
+    plan_hash,
+)
+from schemas.decoding import MAX_MESSAGE_BYTES
+
+GOAL = "goal-1"
+JSON = "application/json"
+MISSING = object()
+
+PLAN = Plan(
+    plan_id="plan-1",
+    goal_id=GOAL,
+    revision=1,
+    steps=(
+        Step(id="count", tool="ticket_count"),
+        Step(id="notify", tool="notify_oncall", args={"message": "n=${count}"}),
+    ),
+)
+
+
+def decided(kind: str, action: Any) -> PlanDecided:
+    decision = Decision(action=action, decided_by="policy", reason="why", policy_version="v1")
+    return PlanDecided(
+        type=kind,
+        goal_id=GOAL,
+        plan_id=PLAN.plan_id,
+        revision=1,
+        plan_hash=plan_hash(PLAN),
+        decision=decision,
+    )
+
+
+def approved() -> PlanApproved:
+    envelope = SignedEnvelope(
+        payload_type="application/vnd.plangate.approval+json",
+        payload="e30=",
+        signatures=[Signature(keyid="gate-1", sig="c2lnbmF0dXJl")],
+    )
+    return PlanApproved(goal_id=GOAL, plan=PLAN, approval=envelope)
+
+
+BUILDERS: dict[str, Callable[[], Message]] = {
+    "goal.submitted": lambda: GoalSubmitted(goal_id=GOAL, text="check", metadata={"team": "ops"}),
+    "plan.proposed": lambda: PlanProposed(
+        goal_id=GOAL, plan=PLAN, plan_hash=plan_hash(PLAN), planner="playbook:sla"
+    ),
+    "plan.failed": lambda: PlanFailed(goal_id=GOAL, reasons=["no tool can count tickets"]),
+    "plan.held": lambda: decided("plan.held", "hold"),
+    "plan.denied": lambda: decided("plan.denied", "deny"),
+    "plan.rejected": lambda: decided("plan.rejected", "reject"),
+    "plan.expired": lambda: decided("plan.expired", "expire"),
+    "plan.approved": approved,
+    "step.finished": lambda: StepFinished(
+        goal_id=GOAL,
+        plan_id=PLAN.plan_id,
+        step_id="count",
+        tool="ticket_count",
+        status="succeeded",
+        output={"open": 12, "labels": ["p1"]},
+        duration_ms=3.5,
+    ),
+    "execution.completed": lambda: ExecutionCompleted(
+        goal_id=GOAL, plan_id=PLAN.plan_id, steps={"count": "succeeded", "notify": "skipped"}
+    ),
+    "execution.failed": lambda: ExecutionFailed(
+        goal_id=GOAL, plan_id=PLAN.plan_id, reason="notify failed", steps={"notify": "failed"}
+    ),
+}
+
+
+def goal_fields(**changes: Any) -> dict[str, Any]:
+    """A valid goal.submitted as a dict; a change to MISSING removes the field."""
+    fields: dict[str, Any] = {
+        "schema_version": 1,
+        "type": "goal.submitted",
+        "goal_id": GOAL,
+        "text": "check the ticket count",
+        **changes,
+    }
+    return {key: value for key, value in fields.items() if value is not MISSING}
+
+
+def goal_body(**changes: Any) -> bytes:
+    return json.dumps(goal_fields(**changes)).encode()
+
+
+def rejection(body: bytes, content_type: str | None = JSON, **options: Any) -> str:
+    """Decode `body`, expect a refusal, and return its reason."""
+    with pytest.raises(MessageRejected) as raised:
+        decode_message(body, content_type, **options)
+    assert str(raised.value) == raised.value.reason
+    return raised.value.reason
+
+
+# --- round trips -------------------------------------------------------------------------------
+
+
+def test_there_is_a_builder_for_every_message_type() -> None:
+    assert set(BUILDERS) == set(MESSAGE_MODELS)
+
+
+@pytest.mark.parametrize("kind", sorted(MESSAGE_MODELS))
+def test_every_message_type_survives_an_encode_decode_round_trip(kind: str) -> None:
+    """Given a valid message, When encoded and decoded, Then the same model comes back."""
+    message = BUILDERS[kind]()
+
+    decoded = decode_message(encode_message(message), JSON, "utf-8")
+
+    assert type(decoded) is MESSAGE_MODELS[kind]
+    assert decoded == message
+    assert getattr(decoded, "type", None) == kind
+
+
+def test_a_json_content_type_with_a_charset_parameter_is_accepted() -> None:
+    decoded = decode_message(goal_body(), "application/json; charset=utf-8")
+
+    assert isinstance(decoded, GoalSubmitted)
+
+
+# --- the JSON itself ---------------------------------------------------------------------------
+
+
+def test_truncated_json_is_rejected_as_invalid_json() -> None:
+    assert rejection(goal_body()[:-3]).startswith("body is not valid JSON")
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_rejected_by_name(constant: str) -> None:
+    body = goal_body()[:-1] + f', "metadata": {{"n": {constant}}}}}'.encode()
+
+    assert rejection(body) == f"JSON contains {constant}, which is not allowed"
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400"])
+def test_a_number_that_overflows_to_infinity_is_rejected(number: str) -> None:
+    body = goal_body()[:-1] + f', "extra": [{number}]}}'.encode()
+
+    assert "overflows to infinity" in rejection(body)
+
+
+def test_a_repeated_key_is_rejected_naming_the_key() -> None:
+    body = b'{"schema_version": 1, "type": "goal.submitted", "goal_id": "a", "goal_id": "b"}'
+
+    assert rejection(body) == "JSON object repeats the key 'goal_id'"
+
+
+def test_a_repeated_key_in_a_nested_object_is_rejected_too() -> None:
+    body = goal_body()[:-1] + b', "metadata": {"team": "ops", "team": "sre"}}'
+
+    assert rejection(body) == "JSON object repeats the key 'team'"
+
+
+def test_a_body_that_is_not_utf8_is_rejected() -> None:
+    body = goal_body(text="caf\u00e9").replace(b"\\u00e9", b"\xe9")
+
+    assert rejection(body).startswith("body is not UTF-8")
+
+
+def test_a_body_that_is_a_json_array_is_rejected() -> None:
+    assert rejection(b"[" + goal_body() + b"]") == "body is not a JSON object"
+
+
+def test_deeply_nested_json_is_rejected_rather_than_crashing_the_worker() -> None:
+    assert rejection(b"[" * 100_000) == "JSON is nested too deeply"
+
+
+def test_an_integer_too_long_to_convert_is_rejected_rather_than_crashing_the_worker() -> None:
+    body = goal_body()[:-1] + b', "n": ' + b"9" * 5000 + b"}"
+
+    assert rejection(body).startswith("JSON cannot be read")
+
+
+# --- size --------------------------------------------------------------------------------------
+
+
+def test_an_oversized_body_is_refused_by_its_size_before_it_is_parsed() -> None:
+    """Given a body past the limit that is not even JSON, Then the reason is its size."""
+    body = b"\xff not json at all " * (MAX_MESSAGE_BYTES // 10)
+
+    reason = rejection(body)
+
+    assert reason == f"body is {len(body)} bytes; the limit is {MAX_MESSAGE_BYTES}"
+
+
+def test_the_size_limit_can_be_lowered_per_call() -> None:
+    body = goal_body()
+
+    assert rejection(body, max_bytes=len(body) - 1).startswith(f"body is {len(body)} bytes")
+    assert isinstance(decode_message(body, JSON, max_bytes=len(body)), GoalSubmitted)
+
+
+# --- content type, encoding, compression -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-python-serialize", "application/data", "text/plain", "application/yaml", None],
+)
+def test_any_content_type_but_json_is_refused(content_type: str | None) -> None:
+    reason = rejection(goal_body(), content_type)
+
+    assert reason == f"content type {content_type!r} is not accepted; only application/json"
+
+
+def test_a_compression_header_is_refused() -> None:
+    reason = rejection(goal_body(), headers={"compression": "application/x-gzip"})
+
+    assert reason == "compressed messages are not accepted"
+
+
+@pytest.mark.parametrize("encoding", ["binary", "gzip", "latin-1"])
+def test_a_content_encoding_other_than_utf8_is_refused(encoding: str) -> None:
+    reason = rejection(goal_body(), content_encoding=encoding)
+
+    assert reason == f"content encoding {encoding!r} is not accepted"
+
+
+# --- version and type --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "shown"),
+    [
+        pytest.param(2, "2", id="newer"),
+        pytest.param(MISSING, "None", id="missing"),
+        pytest.param("1", "'1'", id="string"),
+        pytest.param(True, "True", id="boolean"),
+        pytest.param(1.0, "1.0", id="float"),
+        pytest.param([1], "[1]", id="list"),
+    ],
+)
+def test_an_unknown_schema_version_is_refused(version: Any, shown: str) -> None:
+    reason = rejection(goal_body(schema_version=version))
+
+    assert reason == f"schema_version {shown} is not supported (supported: [1])"
+
+
+@pytest.mark.parametrize(
+    ("kind", "shown"),
+    [
+        pytest.param("goal.exploded", "'goal.exploded'", id="unknown"),
+        pytest.param(MISSING, "None", id="missing"),
+        pytest.param(["goal.submitted"], "['goal.submitted']", id="not-a-string"),
+    ],
+)
+def test_an_unknown_message_type_is_refused(kind: Any, shown: str) -> None:
+    assert rejection(goal_body(type=kind)) == f"message type {shown} is unknown"
+
+
+def test_untrusted_values_echoed_in_a_reason_are_cut_short() -> None:
+    reason = rejection(goal_body(type="x" * 10_000))
+
+    assert len(reason) < 120
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+def test_a_missing_field_is_refused_naming_the_field() -> None:
+    reason = rejection(goal_body(text=MISSING))
+
+    assert reason == "goal.submitted does not match its schema: text: Field required"
+
+
+def test_an_extra_field_is_refused_naming_the_field() -> None:
+    reason = rejection(goal_body(colour="blue"))
+
+    assert (
+        reason == "goal.submitted does not match its schema: colour: Extra inputs are not permitted"
+    )
+
+
+def test_a_mismatch_deep_inside_a_plan_names_the_path_to_it() -> None:
+    fields = json.loads(encode_message(BUILDERS["plan.proposed"]()))
+    del fields["plan"]["steps"][1]["tool"]
+
+    reason = rejection(json.dumps(fields).encode())
+
+    assert "plan.steps.1.tool: Field required" in reason
