@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.decisions import follow_decision, record_decision
+from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.errors import Conflict, NotFound
 from plangate.signing import Signer
@@ -90,8 +91,15 @@ class Review:
                 reason=reason,
                 policy_version=policy_version,
             )
-            record_decision(session, held.plan, "human", decision)
-            return [follow_decision(session, held.plan, decision, self._signer, self._ttl)]
+            # A person may decide hours later, in another process: continue the goal's trace.
+            with telemetry.tracer().start_as_current_span(
+                "review decision", context=telemetry.extract(held.goal.trace_headers)
+            ) as span:
+                span.set_attribute("plangate.decision.action", action)
+                span.set_attribute("plangate.decision.decided_by", reviewer)
+                span.set_attribute("plangate.plan_hash", held.plan.plan_hash)
+                record_decision(session, held.plan, "human", decision)
+                return [follow_decision(session, held.plan, decision, self._signer, self._ttl)]
 
     def _held_for_decision(
         self, session: Session, plan_id: str, expected_hash: str | None

@@ -1,0 +1,254 @@
+"""The gate's policy: ordered CEL rules over a plan; first match wins, no match holds."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import cel
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from plangate.config import Settings
+from plangate.errors import ConfigError, PolicyError
+from schemas import Decision, Plan, ToolSpec
+
+Mode = Literal["enforce", "shadow"]
+RuleAction = Literal["approve", "deny", "hold"]
+MAX_MATCH_CHARS = 2000
+DEFAULT_POLICY_FILE = "default_policy.yaml"
+NO_MATCH_REASON = "no rule matched; held for a person"
+_PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}
+
+
+class RuleSpec(BaseModel):
+    """One rule as written in the policy file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    match: str = Field(min_length=1, max_length=MAX_MATCH_CHARS)
+    action: RuleAction
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+class PolicyFile(BaseModel):
+    """The structure of a policy file: a mode and ordered rules with unique names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    mode: Mode = "enforce"
+    rules: list[RuleSpec] = Field(min_length=1)
+
+    @field_validator("rules")
+    @classmethod
+    def _names_are_unique(cls, rules: list[RuleSpec]) -> list[RuleSpec]:
+        names = [rule.name for rule in rules]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                message = "the rule name '{name}' is used twice; names must be unique"
+                raise PydanticCustomError("duplicate_name", message, {"name": name, "index": index})
+        return rules
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule with its compiled CEL program and its (1-based) line in the policy file."""
+
+    name: str
+    match: str
+    action: RuleAction
+    reason: str
+    line: int | None
+    program: Any = field(repr=False, compare=False)
+
+
+class Policy:
+    """A loaded policy: compiled rules, a mode, and a version (a hash of the file's bytes)."""
+
+    def __init__(self, rules: Sequence[Rule], mode: Mode, version: str, source: str) -> None:
+        self.rules = tuple(rules)
+        self.mode: Mode = mode
+        self.version = version
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Load and compile a policy file; PolicyError if it cannot be read or is wrong."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc
+        return cls.from_bytes(data, source=str(path))
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<text>") -> Policy:
+        """Load and compile a policy from YAML text; PolicyError if it is wrong."""
+        return cls.from_bytes(text.encode("utf-8"), source=source)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Policy:
+        """Load and compile a policy from the bytes of a YAML file; PolicyError if it is wrong."""
+        spec, lines = _parse(data, source)
+        rules = []
+        for rule, line in zip(spec.rules, lines, strict=True):
+            try:
+                program = cel.compile(rule.match)
+            except Exception as exc:  # any failure to compile is the author's to fix
+                problem = f"the match expression does not compile (in {source}): {exc}"
+                raise PolicyError(problem, rule.name, line) from exc
+            rules.append(Rule(rule.name, rule.match, rule.action, rule.reason, line, program))
+        version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+        return cls(rules, spec.mode, version, source)
+
+    def decide(
+        self,
+        plan: Plan,
+        catalog: Mapping[str, ToolSpec],
+        goal_text: str = "",
+        goal_metadata: Mapping[str, str] | None = None,
+    ) -> Decision:
+        """Decide a plan: the first matching rule's action, else hold; shadow mode holds all."""
+        variables = policy_context(plan, catalog, goal_text, goal_metadata)
+        action, rule, reason = self._evaluate(variables)
+        shadow_action: RuleAction | None = None
+        if self.mode == "shadow":
+            said = f"rule {rule!r}: {reason}" if rule else reason
+            reason = f"shadow mode: the policy would have {_PAST_TENSE[action]} ({said})"
+            action, shadow_action = "hold", action
+        return Decision(
+            action=action,
+            decided_by="policy",
+            rule=rule,
+            reason=reason,
+            policy_version=self.version,
+            shadow_action=shadow_action,
+        )
+
+    def _evaluate(self, variables: dict[str, Any]) -> tuple[RuleAction, str | None, str]:
+        try:  # converted to CEL values once per decision, not once per rule
+            context = cel.Context(variables=variables)
+        except Exception as exc:  # a value CEL cannot hold: no rule can judge this plan
+            return "hold", None, _held("the plan", exc)
+        for rule in self.rules:
+            try:
+                result = rule.program.execute(context)
+            except Exception as exc:  # fail closed: never fall through to a later approve rule
+                result = exc
+            if not isinstance(result, bool):
+                return "hold", rule.name, _held(f"rule {rule.name!r}", result)
+            if result:
+                return rule.action, rule.name, rule.reason
+        return "hold", None, NO_MATCH_REASON
+
+
+def policy_context(
+    plan: Plan,
+    catalog: Mapping[str, ToolSpec],
+    goal_text: str = "",
+    goal_metadata: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Return the CEL variables a rule sees: `plan` (steps enriched from specs), `goal`, `tools`."""
+    steps = []
+    for step in plan.steps:
+        spec = catalog.get(step.tool)
+        # An unknown tool might do anything, so it reads as a write that no rule can trust.
+        traits = (
+            spec.model_dump(mode="json", include={"effect", "idempotent", "tags"})
+            if spec
+            else {"effect": "write", "idempotent": False, "tags": ["unknown-tool"]}
+        )
+        step_fields = step.model_dump(mode="json", include={"id", "tool", "args"})
+        steps.append(step_fields | {"when": step.when or ""} | traits)
+    fields = {"plan_id", "goal_id", "revision", "summary"}
+    return {
+        "plan": plan.model_dump(mode="json", include=fields) | {"steps": steps},
+        "goal": {"text": goal_text, "metadata": dict(goal_metadata or {})},
+        "tools": {name: spec.model_dump(mode="json") for name, spec in catalog.items()},
+    }
+
+
+def load_policy(settings: Settings) -> Policy:
+    """Load `settings.policy_file`, or the packaged default policy when it is not set."""
+    path = settings.policy_file
+    if path is None:
+        data = resources.files("approval_gate").joinpath(DEFAULT_POLICY_FILE).read_bytes()
+        return Policy.from_bytes(data, source=f"the packaged {DEFAULT_POLICY_FILE}")
+    if not path.is_file():
+        hint = "fix the path, or unset it to use the default policy"
+        raise ConfigError(f"PLANGATE_POLICY_FILE names {path}, which is not a file; {hint}")
+    return Policy.load(path)
+
+
+def _held(subject: str, outcome: object) -> str:
+    if isinstance(outcome, Exception):
+        problem = f"{type(outcome).__name__}: {outcome}"
+    else:
+        problem = f"it returned {type(outcome).__name__}, not a bool"
+    problem = " ".join(problem.split())[:300]  # a reason is read by a person, not a parser
+    return f"{subject} could not be evaluated ({problem}); held for a person"
+
+
+def _parse(data: bytes, source: str) -> tuple[PolicyFile, list[int]]:
+    """Validate the file; return it and the line of each rule."""
+    try:
+        text = data.decode("utf-8")
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{source} is not UTF-8 text") from exc
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise PolicyError(f"{source} is not valid YAML: {exc.problem}", line=line) from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{source} is not valid YAML: {exc}") from exc
+    if not isinstance(root, yaml.MappingNode) or not isinstance(raw, dict):
+        raise PolicyError(f"{source} must be a YAML mapping with `mode` and `rules`", line=1)
+    _refuse_repeated_keys(root, source)
+    rules = next((value for key, value in root.value if key.value == "rules"), None)
+    nodes = rules.value if isinstance(rules, yaml.SequenceNode) else []
+    lines = [node.start_mark.line + 1 for node in nodes]
+    try:
+        return PolicyFile.model_validate(raw), lines
+    except ValidationError as exc:
+        raise _explain(exc, raw, lines, source) from exc
+
+
+def _refuse_repeated_keys(node: yaml.Node, source: str) -> None:
+    # YAML lets a later key silently replace an earlier one: a second `match:` would hide the first.
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value in seen:
+                problem = f"the key {key.value!r} appears twice (in {source})"
+                raise PolicyError(problem, line=key.start_mark.line + 1)
+            seen.add(key.value)
+            _refuse_repeated_keys(value, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_repeated_keys(item, source)
+
+
+def _explain(exc: ValidationError, raw: Any, lines: list[int], source: str) -> PolicyError:
+    """Turn pydantic's errors into one PolicyError naming the first bad rule and its line."""
+    errors = exc.errors()
+    loc = errors[0]["loc"]
+    index = loc[1] if len(loc) > 1 and loc[0] == "rules" else errors[0].get("ctx", {}).get("index")
+    rule_name, line = None, None
+    if isinstance(index, int) and index < len(lines):
+        rule = raw["rules"][index]
+        name = rule.get("name") if isinstance(rule, dict) else None
+        rule_name = str(name) if name else f"#{index + 1}"
+        line = lines[index]
+    problems = []
+    for error in (e for e in errors if e["loc"][:2] == loc[:2]):  # one rule at a time
+        about_one_rule = len(error["loc"]) > 1 or "index" in error.get("ctx", {})
+        in_rule = error["loc"][:1] == ("rules",) and about_one_rule
+        field_name = ".".join(str(part) for part in error["loc"][2 if in_rule else 0 :])
+        problems.append(f"{field_name}: {error['msg']}" if field_name else error["msg"])
+    return PolicyError(f"{'; '.join(problems)} (in {source})", rule_name, line)

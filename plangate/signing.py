@@ -1,0 +1,249 @@
+"""Signed approvals: an Approval in a DSSE envelope, signed with Ed25519.
+
+The gate signs; executors hold only public keys, pinned by key id. This lives in `plangate`
+because the gate and the executor both need it and stage packages may not import each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
+
+from plangate.config import Settings
+from plangate.errors import ApprovalInvalid, ConfigError
+from schemas import Approval, Decision, MessageRejected, Plan, Signature, SignedEnvelope, utcnow
+from schemas.decoding import strict_json_loads
+from schemas.hashing import canonical_json, plan_hash
+
+PAYLOAD_TYPE = "application/vnd.plangate.approval+json"
+SIGNING_KEY_NAME = "approval-signing.pem"
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """Return the DSSEv1 pre-authentication encoding of a payload and its type."""
+    kind = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(payload), payload)
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Return `ed25519:<first 16 hex of sha256(raw public key)>`, the id keys are pinned by."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+class Signer:
+    """Signs approvals with one Ed25519 private key."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._private_key = private_key
+        self.public_key = private_key.public_key()
+        self.key_id = key_id(self.public_key)
+
+    def approval(self, plan: Plan, decision: Decision, ttl: timedelta) -> Approval:
+        """Return the unsigned approval, by this key, of this exact plan, valid for `ttl`."""
+        if decision.action != "approve":
+            raise ValueError(f"a {decision.action!r} decision cannot be an approval")
+        now = utcnow()
+        return Approval(
+            plan_id=plan.plan_id,
+            plan_hash=plan_hash(plan),
+            goal_id=plan.goal_id,
+            revision=plan.revision,
+            decided_by=decision.decided_by,
+            rule=decision.rule,
+            policy_version=decision.policy_version,
+            key_id=self.key_id,
+            issued_at=now,
+            expires_at=now + ttl,
+        )
+
+    def sign(self, approval: Approval) -> SignedEnvelope:
+        """Return a DSSE envelope of the approval's canonical JSON, signed over PAE."""
+        if approval.key_id != self.key_id:
+            raise ValueError(f"the approval names key {approval.key_id}, not {self.key_id}")
+        payload = canonical_json(approval)
+        sig = self._private_key.sign(pae(PAYLOAD_TYPE, payload))
+        return SignedEnvelope(
+            payload_type=PAYLOAD_TYPE,
+            payload=base64.b64encode(payload).decode("ascii"),
+            signatures=[Signature(keyid=self.key_id, sig=base64.b64encode(sig).decode("ascii"))],
+        )
+
+
+class TrustedKeys(Mapping[str, Ed25519PublicKey]):
+    """The public keys an executor accepts approvals from, by key id."""
+
+    def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
+        self._keys = {key_id(key): key for key in keys}
+
+    def __getitem__(self, keyid: str) -> Ed25519PublicKey:
+        return self._keys[keyid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def verify(self, envelope: SignedEnvelope, now: datetime | None = None) -> Approval:
+        """Return the approval if a trusted key signed it and it has not expired; else refuse."""
+        if envelope.payload_type != PAYLOAD_TYPE:
+            kind = _short(envelope.payload_type)
+            raise ApprovalInvalid(f"the payload type is {kind}, not {PAYLOAD_TYPE}")
+        payload = _b64decode(envelope.payload, "payload")
+        signature = self._verified_signature(pae(envelope.payload_type, payload), envelope)
+        approval = _decode_approval(payload)
+        if approval.key_id != signature.keyid:
+            problem = f"the approval names key {_short(approval.key_id)}, not its signer's"
+            raise ApprovalInvalid(f"{problem} ({signature.keyid})")
+        now = now or utcnow()
+        if approval.expires_at.tzinfo is None:
+            raise ApprovalInvalid("the approval's expiry has no time zone")
+        if approval.expires_at <= now:
+            raise ApprovalInvalid(f"the approval expired at {approval.expires_at.isoformat()}")
+        return approval
+
+    def verify_for_plan(
+        self, envelope: SignedEnvelope, plan: Plan, now: datetime | None = None
+    ) -> Approval:
+        """Verify the envelope, then check that it approves exactly this plan (by hash)."""
+        approval = self.verify(envelope, now)
+        ours = (plan.plan_id, plan.goal_id, plan.revision, plan_hash(plan))
+        approved = (approval.plan_id, approval.goal_id, approval.revision, approval.plan_hash)
+        names = ("plan_id", "goal_id", "revision", "plan_hash")
+        differences = [name for name, a, b in zip(names, ours, approved, strict=True) if a != b]
+        if differences:
+            problem = f"the plan differs from the one approved ({', '.join(differences)} differ)"
+            raise ApprovalInvalid(f"{problem}; it must be approved again")
+        return approval
+
+    def _verified_signature(self, message: bytes, envelope: SignedEnvelope) -> Signature:
+        trusted = [s for s in envelope.signatures if s.keyid in self._keys]
+        if not trusted:
+            unknown = ", ".join(_short(s.keyid) for s in envelope.signatures)
+            hint = "add its public key to the trusted keys folder"
+            raise ApprovalInvalid(f"signed by unknown key {unknown}; {hint}")
+        for signature in trusted:
+            with contextlib.suppress(InvalidSignature, ApprovalInvalid):
+                self._keys[signature.keyid].verify(_b64decode(signature.sig, "signature"), message)
+                return signature
+        problem = f"the signature by key {trusted[0].keyid} does not match the payload"
+        raise ApprovalInvalid(f"{problem}: it was altered or forged")
+
+
+def trusted_keys_dir(settings: Settings) -> Path:
+    """Return the trusted keys folder: `trusted_keys_dir`, else `<data_dir>/keys/trusted`."""
+    return settings.trusted_keys_dir or settings.data_dir / "keys" / "trusted"
+
+
+def load_or_create_signer(settings: Settings) -> Signer:
+    """Load the signing key; the default one is created and its public key trusted on first use."""
+    path = settings.signing_key_file
+    if path is not None:
+        if not path.is_file():
+            hint = "create the key there, or unset it to use a generated key"
+            raise ConfigError(f"PLANGATE_SIGNING_KEY_FILE: {path} does not exist; {hint}")
+        return Signer(_read_private_key(path))
+    path = settings.data_dir / "keys" / SIGNING_KEY_NAME
+    if not path.exists():
+        _create_private_key(path)
+    signer = Signer(_read_private_key(path))
+    # Checked on every start, so a crash between creating the key and publishing it heals itself.
+    _publish_public_key(signer.public_key, trusted_keys_dir(settings))
+    return signer
+
+
+def load_trusted_keys(settings: Settings) -> TrustedKeys:
+    """Load every `*.pub` (PEM Ed25519 public key) in the trusted keys folder."""
+    directory = trusted_keys_dir(settings)
+    if not directory.is_dir():
+        if settings.trusted_keys_dir is not None:
+            raise ConfigError(f"PLANGATE_TRUSTED_KEYS_DIR names {directory}, which is no folder")
+        return TrustedKeys()
+    keys = []
+    for path in sorted(directory.glob("*.pub")):
+        try:
+            key = serialization.load_pem_public_key(path.read_bytes())
+        except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+            problem = f"trusted key file {path} is unreadable: {exc}; fix or remove it"
+            raise ConfigError(problem) from exc
+        if not isinstance(key, Ed25519PublicKey):
+            raise ConfigError(f"trusted key file {path} is not an Ed25519 key; fix or remove it")
+        keys.append(key)
+    return TrustedKeys(keys)
+
+
+def _create_private_key(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # Written whole to a private temporary file, then linked into place: the link fails if
+    # another process got there first (we then use its key), and no one reads half a key.
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temporary, "xb", opener=lambda name, flags: os.open(name, flags, 0o600)) as file:
+            file.write(pem)
+            file.flush()
+            os.fsync(file.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won; use its key
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _publish_public_key(public_key: Ed25519PublicKey, directory: Path) -> None:
+    target = directory / (key_id(public_key).replace(":", "_") + ".pub")
+    if target.exists():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    pem = public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    # Renamed into place so a reader never sees a half-written (malformed) key file.
+    temporary = directory / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    temporary.write_bytes(pem)
+    os.replace(temporary, target)
+
+
+def _read_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"signing key file {path} is unreadable: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"signing key file {path} is not an Ed25519 private key")
+    return key
+
+
+def _decode_approval(payload: bytes) -> Approval:
+    try:
+        return Approval.model_validate(strict_json_loads(payload))
+    except (MessageRejected, ValidationError) as exc:
+        first_line = str(exc).splitlines()[0]  # pydantic goes on to echo the input values
+        raise ApprovalInvalid(f"the payload is not a valid approval: {first_line}") from exc
+
+
+def _b64decode(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise ApprovalInvalid(f"the {what} is not valid base64") from exc
+
+
+def _short(text: str) -> str:
+    # Envelope fields come from the wire; keep what we echo into reasons short and printable.
+    return "".join(c if c.isprintable() else "?" for c in text[:80])

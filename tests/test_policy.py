@@ -1,0 +1,244 @@
+"""The gate's policy: ordered CEL rules, first match wins, no match and any error hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from approval_gate.policy import Policy, load_policy
+from plangate.config import Settings
+from plangate.errors import ConfigError, PolicyError
+from schemas import Plan, Step, ToolSpec
+
+CATALOG = {
+    "search": ToolSpec(name="search", effect="read", idempotent=True),
+    "notify": ToolSpec(name="notify", effect="write"),
+    "drop_table": ToolSpec(name="drop_table", effect="write", tags=("destructive",)),
+}
+
+
+def plan_of(*tools: str, **args: Any) -> Plan:
+    steps = tuple(Step(id=f"s{i}", tool=name, args=args) for i, name in enumerate(tools))
+    return Plan(plan_id="p1", goal_id="g1", revision=1, summary="a test plan", steps=steps)
+
+
+def policy_of(rules: str, mode: str = "enforce") -> Policy:
+    return Policy.from_text(f"mode: {mode}\nrules:\n{rules}", source="test.yaml")
+
+
+def rule(name: str, match: str, action: str = "approve", reason: str = "because") -> str:
+    return f"  - name: {name}\n    match: '{match}'\n    action: {action}\n    reason: {reason}\n"
+
+
+@pytest.fixture
+def default_policy() -> Policy:
+    return load_policy(Settings(policy_file=None))
+
+
+# --- the default policy ---------------------------------------------------------------------
+
+
+def test_default_policy_holds_a_plan_that_writes(default_policy: Policy) -> None:
+    # Given a plan that reads, then writes
+    plan = plan_of("search", "notify")
+    # When the default policy decides it
+    decision = default_policy.decide(plan, CATALOG)
+    # Then it is held for a person, saying why
+    assert decision.action == "hold"
+    assert decision.rule == "hold-writes"
+    assert decision.reason == "the plan writes; a person must approve it"
+    assert decision.decided_by == "policy"
+    assert decision.shadow_action is None
+
+
+def test_default_policy_approves_a_read_only_plan(default_policy: Policy) -> None:
+    decision = default_policy.decide(plan_of("search", "search"), CATALOG)
+    assert decision.action == "approve"
+    assert decision.rule == "approve-read-only"
+    assert decision.policy_version == default_policy.version
+
+
+def test_default_policy_denies_a_destructive_step(default_policy: Policy) -> None:
+    decision = default_policy.decide(plan_of("search", "drop_table"), CATALOG)
+    assert decision.action == "deny"
+    assert decision.rule == "deny-destructive"
+
+
+def test_an_unknown_tool_is_treated_as_a_write(default_policy: Policy) -> None:
+    # Given a step whose tool the catalog does not know
+    plan = plan_of("search", "mystery")
+    # Then the read-only rule cannot approve it
+    assert default_policy.decide(plan, CATALOG).action == "hold"
+    # And rules see it as a write tagged unknown-tool
+    policy = policy_of(
+        rule("unknown", 'plan.steps.exists(s, s.effect == "write" && "unknown-tool" in s.tags)')
+    )
+    assert policy.decide(plan, CATALOG).rule == "unknown"
+
+
+def test_a_policy_file_path_that_does_not_exist_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="PLANGATE_POLICY_FILE"):
+        load_policy(Settings(policy_file=tmp_path / "missing.yaml"))
+
+
+def test_load_policy_reads_the_configured_file(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("rules:\n" + rule("all", "true", "deny"))
+    policy = load_policy(Settings(policy_file=path))
+    assert policy.mode == "enforce"
+    assert policy.decide(plan_of("search"), CATALOG).action == "deny"
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+
+def test_first_match_wins() -> None:
+    # Given two rules that both match a read-only plan
+    deny_first = rule("deny-all", "true", "deny") + rule("approve-all", "true", "approve")
+    approve_first = rule("approve-all", "true", "approve") + rule("deny-all", "true", "deny")
+    plan = plan_of("search")
+    # Then the earlier one decides, whichever it is
+    assert policy_of(deny_first).decide(plan, CATALOG).action == "deny"
+    assert policy_of(approve_first).decide(plan, CATALOG).action == "approve"
+
+
+def test_no_match_holds() -> None:
+    decision = policy_of(rule("never", "false", "approve")).decide(plan_of("search"), CATALOG)
+    assert decision.action == "hold"
+    assert decision.rule is None
+    assert decision.reason == "no rule matched; held for a person"
+
+
+def test_a_rule_that_fails_to_evaluate_holds_even_if_a_later_rule_would_approve() -> None:
+    # Given a rule that reads a missing argument, then a rule that approves everything
+    policy = policy_of(
+        rule("broken", "plan.steps[0].args.missing == 1", "deny") + rule("all", "true")
+    )
+    # When the policy decides
+    decision = policy.decide(plan_of("search"), CATALOG)
+    # Then the plan is held (fail closed), naming the broken rule
+    assert decision.action == "hold"
+    assert decision.rule == "broken"
+    assert decision.reason.startswith("rule 'broken' could not be evaluated (")
+    assert decision.reason.endswith("); held for a person")
+
+
+def test_an_undefined_variable_holds() -> None:
+    policy = policy_of(rule("typo", "plna.revision == 1") + rule("all", "true"))
+    assert policy.decide(plan_of("search"), CATALOG).action == "hold"
+
+
+def test_a_rule_that_returns_a_non_bool_holds() -> None:
+    policy = policy_of(rule("count", "size(plan.steps)") + rule("all", "true"))
+    decision = policy.decide(plan_of("search"), CATALOG)
+    assert decision.action == "hold"
+    assert decision.rule == "count"
+    assert "not a bool" in decision.reason
+
+
+def test_goal_text_and_metadata_are_usable_in_rules() -> None:
+    policy = policy_of(
+        rule("ops-status", 'goal.metadata.team == "ops" && goal.text.contains("status")')
+    )
+    plan = plan_of("notify")
+    approved = policy.decide(plan, CATALOG, "post the status", {"team": "ops"})
+    assert approved.action == "approve"
+    other_team = policy.decide(plan, CATALOG, "post the status", {"team": "sales"})
+    assert other_team.action == "hold"
+
+
+def test_rules_see_args_and_the_tool_catalog() -> None:
+    policy = policy_of(
+        rule("small", "plan.steps.all(s, s.args.limit <= 10)")
+        + rule("idempotent", 'tools["search"].idempotent', "deny")
+    )
+    assert policy.decide(plan_of("search", limit=5), CATALOG).action == "approve"
+    assert policy.decide(plan_of("search", limit=50), CATALOG).action == "deny"
+
+
+def test_shadow_mode_holds_and_records_what_it_would_have_done() -> None:
+    # Given a shadow-mode policy that would deny
+    policy = policy_of(
+        rule("no-writes", 'plan.steps.exists(s, s.effect == "write")', "deny"), "shadow"
+    )
+    # When it decides a plan that writes
+    decision = policy.decide(plan_of("notify"), CATALOG)
+    # Then the plan is held, and the decision records the would-be denial
+    assert decision.action == "hold"
+    assert decision.shadow_action == "deny"
+    assert decision.rule == "no-writes"
+    assert (
+        decision.reason == "shadow mode: the policy would have denied (rule 'no-writes': because)"
+    )
+
+
+def test_shadow_mode_records_a_would_be_approval() -> None:
+    decision = policy_of(rule("all", "true"), "shadow").decide(plan_of("search"), CATALOG)
+    assert (decision.action, decision.shadow_action) == ("hold", "approve")
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def test_a_syntax_error_names_the_rule_and_its_line() -> None:
+    # Given a policy whose second rule does not compile (the rule starts on line 7)
+    text = "mode: enforce\nrules:\n" + rule("fine", "true") + rule("broken", "plan.steps.all(s,")
+    # When it is loaded
+    with pytest.raises(PolicyError) as raised:
+        Policy.from_text(text, source="test.yaml")
+    # Then the error names the rule and its line
+    assert raised.value.rule == "broken"
+    assert raised.value.line == 7
+    assert "does not compile" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "rule_name", "line", "needle"),
+    [
+        ("rules:\n" + rule("a", "true") + "    extra: 1\n", "a", 2, "extra: Extra inputs"),
+        ("rules:\n" + rule("a", "true", "allow"), "a", 2, "action: Input should be"),
+        ("rules:\n" + rule("a", "true") + rule("a", "false"), "a", 6, "used twice"),
+        ("rules:\n" + rule("a", "x" * 2001), "a", 2, "match: String should have at most"),
+        ("rules:\n" + rule("no", "true"), "#1", 2, "name: Input should be a valid string"),
+        ("mode: enforce\nmodes: shadow\nrules:\n" + rule("a", "true"), None, None, "modes"),
+        ("mode: loud\nrules:\n" + rule("a", "true"), None, None, "mode: Input should be"),
+        ("rules: []\n", None, None, "rules: List should have at least 1 item"),
+        ("rules:\n" + rule("a", "true") + "    match: 'false'\n", None, 6, "appears twice"),
+        ("rules: [\n", None, 2, "not valid YAML"),
+        ("- just a list\n", None, 1, "mapping"),
+    ],
+)
+def test_a_malformed_policy_file_is_refused(
+    text: str, rule_name: str | None, line: int | None, needle: str
+) -> None:
+    # `no` is YAML for false: a rule named no has no name, so it is named by its position.
+    with pytest.raises(PolicyError, match=needle) as raised:
+        Policy.from_text(text)
+    assert raised.value.rule == rule_name
+    assert raised.value.line == line
+
+
+def test_load_reads_a_file_and_a_missing_file_is_a_policy_error(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("rules:\n" + rule("all", "true"))
+    assert Policy.load(path).source == str(path)
+    with pytest.raises(PolicyError, match="cannot read"):
+        Policy.load(tmp_path / "missing.yaml")
+
+
+def test_the_version_changes_when_the_file_changes(tmp_path: Path) -> None:
+    # Given a policy file, loaded twice without change
+    path = tmp_path / "policy.yaml"
+    path.write_text("rules:\n" + rule("all", "true"))
+    first = Policy.load(path).version
+    assert Policy.load(path).version == first
+    assert first.startswith("sha256:")
+    assert len(first) == len("sha256:") + 16
+    # When even a comment changes
+    path.write_text("# reviewed\nrules:\n" + rule("all", "true"))
+    # Then the version changes, and decisions record it
+    second = Policy.load(path)
+    assert second.version != first
+    assert second.decide(plan_of("search"), CATALOG).policy_version == second.version

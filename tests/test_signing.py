@@ -1,0 +1,288 @@
+"""Signed approvals: DSSE envelopes, Ed25519, pinned key ids, expiry, the plan hash, key files."""
+
+from __future__ import annotations
+
+import base64
+import stat
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from plangate.config import Settings
+from plangate.errors import ApprovalInvalid, ConfigError
+from plangate.signing import (
+    PAYLOAD_TYPE,
+    Signer,
+    TrustedKeys,
+    key_id,
+    load_or_create_signer,
+    load_trusted_keys,
+    pae,
+)
+from schemas import Decision, Plan, Signature, SignedEnvelope, Step, canonical_json
+
+PLAN = Plan(
+    plan_id="p1",
+    goal_id="g1",
+    revision=1,
+    steps=(Step(id="notify", tool="notify", args={"to": "ops", "text": "status"}),),
+)
+APPROVE = Decision(
+    action="approve", decided_by="policy", rule="read-only", reason="ok", policy_version="v1"
+)
+HOUR = timedelta(hours=1)
+
+
+@pytest.fixture
+def signer() -> Signer:
+    return Signer(Ed25519PrivateKey.generate())
+
+
+@pytest.fixture
+def trusted(signer: Signer) -> TrustedKeys:
+    return TrustedKeys([signer.public_key])
+
+
+def settings_in(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, signing_key_file=None, trusted_keys_dir=None)
+
+
+def reencoded(envelope: SignedEnvelope, payload: bytes) -> SignedEnvelope:
+    return envelope.model_copy(update={"payload": base64.b64encode(payload).decode()})
+
+
+def test_pae_matches_the_dsse_specification_example() -> None:
+    assert (
+        pae("http://example.com/HelloWorld", b"hello world")
+        == b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
+
+
+def test_pae_counts_bytes_not_characters() -> None:
+    assert pae("t", "é".encode()) == b"DSSEv1 1 t 2 " + "é".encode()
+
+
+def test_key_id_is_a_short_hash_of_the_public_key(signer: Signer) -> None:
+    assert signer.key_id == key_id(signer.public_key)
+    assert signer.key_id.startswith("ed25519:")
+    assert len(signer.key_id) == len("ed25519:") + 16
+
+
+def test_sign_and_verify_round_trip(signer: Signer, trusted: TrustedKeys) -> None:
+    # Given an approval of a plan, signed
+    approval = signer.approval(PLAN, APPROVE, HOUR)
+    envelope = signer.sign(approval)
+    # Then the envelope is DSSE over the approval's canonical JSON
+    assert envelope.payload_type == PAYLOAD_TYPE
+    assert base64.b64decode(envelope.payload) == canonical_json(approval)
+    assert [s.keyid for s in envelope.signatures] == [signer.key_id]
+    # And a holder of the public key gets the same approval back
+    assert trusted.verify(envelope) == approval
+    assert trusted.verify_for_plan(envelope, PLAN) == approval
+
+
+def test_the_approval_records_the_plan_and_the_decision(signer: Signer) -> None:
+    approval = signer.approval(PLAN, APPROVE, HOUR)
+    assert (approval.plan_id, approval.goal_id, approval.revision) == ("p1", "g1", 1)
+    assert (approval.decided_by, approval.rule, approval.policy_version) == (
+        "policy",
+        "read-only",
+        "v1",
+    )
+    assert approval.expires_at - approval.issued_at == HOUR
+
+
+def test_only_an_approve_decision_becomes_an_approval(signer: Signer) -> None:
+    with pytest.raises(ValueError, match="hold"):
+        signer.approval(PLAN, APPROVE.model_copy(update={"action": "hold"}), HOUR)
+
+
+def test_a_payload_changed_by_one_byte_is_refused(signer: Signer, trusted: TrustedKeys) -> None:
+    # Given a signed approval whose payload is altered after signing
+    envelope = signer.sign(signer.approval(PLAN, APPROVE, HOUR))
+    payload = base64.b64decode(envelope.payload).replace(b'"p1"', b'"p2"')
+    # When it is verified
+    with pytest.raises(ApprovalInvalid, match="does not match the payload"):
+        trusted.verify(reencoded(envelope, payload))
+
+
+def test_a_different_payload_type_is_refused(signer: Signer, trusted: TrustedKeys) -> None:
+    envelope = signer.sign(signer.approval(PLAN, APPROVE, HOUR))
+    with pytest.raises(ApprovalInvalid, match="payload type"):
+        trusted.verify(envelope.model_copy(update={"payload_type": "application/json"}))
+
+
+def test_a_signature_by_an_untrusted_key_is_refused(trusted: TrustedKeys) -> None:
+    # Given an approval signed by a key the executor does not hold
+    stranger = Signer(Ed25519PrivateKey.generate())
+    envelope = stranger.sign(stranger.approval(PLAN, APPROVE, HOUR))
+    # Then it is refused, saying what to do
+    expected = (
+        f"signed by unknown key {stranger.key_id}; add its public key to the trusted keys folder"
+    )
+    with pytest.raises(ApprovalInvalid) as raised:
+        trusted.verify(envelope)
+    assert raised.value.reason == expected
+
+
+def test_a_forged_signature_under_a_trusted_key_id_is_refused(
+    signer: Signer, trusted: TrustedKeys
+) -> None:
+    # Given an envelope signed by a stranger but claiming the trusted key's id
+    stranger = Signer(Ed25519PrivateKey.generate())
+    forged = stranger.sign(stranger.approval(PLAN, APPROVE, HOUR))
+    claimed = forged.signatures[0].model_copy(update={"keyid": signer.key_id})
+    # Then the signature does not verify
+    with pytest.raises(ApprovalInvalid, match="does not match the payload"):
+        trusted.verify(forged.model_copy(update={"signatures": [claimed]}))
+
+
+def test_an_approval_naming_another_key_than_its_signer_is_refused() -> None:
+    # Given a trusted key that signs an approval naming another key id (Signer.sign refuses
+    # to, so the envelope is made by hand)
+    private_key = Ed25519PrivateKey.generate()
+    trusted = TrustedKeys([private_key.public_key()])
+    other = Signer(Ed25519PrivateKey.generate())
+    payload = canonical_json(other.approval(PLAN, APPROVE, HOUR))
+    sig = private_key.sign(pae(PAYLOAD_TYPE, payload))
+    envelope = SignedEnvelope(
+        payload_type=PAYLOAD_TYPE,
+        payload=base64.b64encode(payload).decode(),
+        signatures=[
+            Signature(keyid=key_id(private_key.public_key()), sig=base64.b64encode(sig).decode())
+        ],
+    )
+    # Then it is refused
+    with pytest.raises(ApprovalInvalid, match="names key"):
+        trusted.verify(envelope)
+
+
+def test_signing_an_approval_that_names_another_key_is_an_error(signer: Signer) -> None:
+    approval = signer.approval(PLAN, APPROVE, HOUR).model_copy(update={"key_id": "ed25519:0"})
+    with pytest.raises(ValueError, match="names key"):
+        signer.sign(approval)
+
+
+def test_an_expired_approval_is_refused(signer: Signer, trusted: TrustedKeys) -> None:
+    # Given an approval valid for an hour
+    approval = signer.approval(PLAN, APPROVE, HOUR)
+    envelope = signer.sign(approval)
+    # Then it holds a moment before it expires, and is refused from then on
+    assert trusted.verify(envelope, now=approval.expires_at - timedelta(seconds=1))
+    with pytest.raises(ApprovalInvalid, match="expired at") as raised:
+        trusted.verify(envelope, now=approval.expires_at)
+    assert approval.expires_at.isoformat() in raised.value.reason
+
+
+def test_a_plan_changed_after_approval_is_refused(signer: Signer, trusted: TrustedKeys) -> None:
+    # Given an approved plan
+    envelope = signer.sign(signer.approval(PLAN, APPROVE, HOUR))
+    # When one argument of one step changes
+    step = PLAN.steps[0].model_copy(update={"args": {"to": "everyone", "text": "status"}})
+    changed = PLAN.model_copy(update={"steps": (step,)})
+    # Then the approval does not hold for it
+    with pytest.raises(ApprovalInvalid, match="the plan differs from the one approved"):
+        trusted.verify_for_plan(envelope, changed)
+
+
+def test_another_revision_of_the_plan_is_refused(signer: Signer, trusted: TrustedKeys) -> None:
+    envelope = signer.sign(signer.approval(PLAN, APPROVE, HOUR))
+    with pytest.raises(ApprovalInvalid, match="revision"):
+        trusted.verify_for_plan(envelope, PLAN.model_copy(update={"revision": 2}))
+
+
+def test_a_signed_payload_that_is_not_an_approval_is_refused() -> None:
+    private_key = Ed25519PrivateKey.generate()
+    payload = b'{"plan_id": "p1"}'
+    sig = private_key.sign(pae(PAYLOAD_TYPE, payload))
+    envelope = SignedEnvelope(
+        payload_type=PAYLOAD_TYPE,
+        payload=base64.b64encode(payload).decode(),
+        signatures=[
+            Signature(keyid=key_id(private_key.public_key()), sig=base64.b64encode(sig).decode())
+        ],
+    )
+    with pytest.raises(ApprovalInvalid, match="not a valid approval"):
+        TrustedKeys([private_key.public_key()]).verify(envelope)
+
+
+# --- key files ------------------------------------------------------------------------------
+
+
+def test_the_signing_key_is_created_once_and_private(tmp_path: Path) -> None:
+    # Given an empty data folder
+    settings = settings_in(tmp_path)
+    # When the signer is loaded twice
+    first = load_or_create_signer(settings)
+    second = load_or_create_signer(settings)
+    # Then one key was made, readable by its owner only, and reused
+    key_file = tmp_path / "keys" / "approval-signing.pem"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert key_file.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert second.key_id == first.key_id
+    # And its public key is trusted, so approvals it signs verify
+    public_file = tmp_path / "keys" / "trusted" / (first.key_id.replace(":", "_") + ".pub")
+    assert public_file.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
+    trusted = load_trusted_keys(settings)
+    assert list(trusted) == [first.key_id]
+    assert trusted.verify(second.sign(second.approval(PLAN, APPROVE, HOUR)))
+
+
+def test_concurrent_first_runs_make_one_key(tmp_path: Path) -> None:
+    # Given eight threads that all start on an empty data folder at once
+    settings = settings_in(tmp_path)
+    barrier = threading.Barrier(8)
+    key_ids: list[str] = []
+
+    def start() -> None:
+        barrier.wait()
+        key_ids.append(load_or_create_signer(settings).key_id)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Then they all use one key, and no temporary files are left behind
+    assert len(key_ids) == 8
+    assert len(set(key_ids)) == 1
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
+        "approval-signing.pem",
+        "trusted",
+    ]
+    assert len(list((tmp_path / "keys" / "trusted").iterdir())) == 1
+
+
+def test_a_configured_signing_key_file_must_exist(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, signing_key_file=tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match="PLANGATE_SIGNING_KEY_FILE"):
+        load_or_create_signer(settings)
+
+
+def test_a_configured_signing_key_file_is_used(tmp_path: Path) -> None:
+    made = load_or_create_signer(settings_in(tmp_path / "elsewhere"))
+    key_file = tmp_path / "elsewhere" / "keys" / "approval-signing.pem"
+    settings = Settings(data_dir=tmp_path / "data", signing_key_file=key_file)
+    assert load_or_create_signer(settings).key_id == made.key_id
+
+
+def test_a_malformed_trusted_key_file_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "trusted"
+    folder.mkdir()
+    (folder / "broken.pub").write_text("not a key")
+    settings = Settings(data_dir=tmp_path, trusted_keys_dir=folder)
+    with pytest.raises(ConfigError, match=r"broken\.pub"):
+        load_trusted_keys(settings)
+
+
+def test_no_trusted_keys_folder_trusts_no_one(tmp_path: Path) -> None:
+    assert len(load_trusted_keys(settings_in(tmp_path))) == 0
+
+
+def test_a_configured_trusted_keys_folder_must_exist(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, trusted_keys_dir=tmp_path / "missing")
+    with pytest.raises(ConfigError, match="PLANGATE_TRUSTED_KEYS_DIR"):
+        load_trusted_keys(settings)

@@ -1,0 +1,71 @@
+"""One trace per goal: the context travels in message headers through every stage."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from plangate import telemetry
+from plangate.embedded import Pipeline
+from tests.conftest import SEED_GOAL
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    telemetry.setup_tracing()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    yield exporter
+    processor.shutdown()
+
+
+def test_a_held_goal_is_one_trace_from_submission_to_the_last_tool_call(
+    pipeline: Pipeline, spans: InMemorySpanExporter
+) -> None:
+    """Given the seed goal, when a person approves it, then every span shares the goal's trace."""
+    submitted = pipeline.submit(SEED_GOAL)
+    pipeline.wait_for(submitted.goal_id, {"held"})
+    plan_id = pipeline.review.held()[0].plan.plan_id
+    pipeline.approve(plan_id, "alice")
+    pipeline.wait_for(submitted.goal_id, {"completed"})
+
+    ours = [s for s in spans.get_finished_spans() if s.context is not None]
+    trace_ids = {format(s.context.trace_id, "032x") for s in ours}
+    names = {s.name for s in ours}
+
+    assert trace_ids == {submitted.trace_id}
+    for expected in (
+        "submit goal",
+        "publish goal.submitted",
+        "process goal.submitted",
+        "plan",
+        "decide",
+        "review decision",
+        "process plan.approved",
+        "run plan",
+        "execute_tool ticket_count",
+        "execute_tool sla_threshold",
+        "execute_tool notify_oncall",
+    ):
+        assert expected in names, f"no {expected!r} span in {sorted(names)}"
+
+
+def test_tool_arguments_and_outputs_are_not_recorded_on_spans(
+    pipeline: Pipeline, spans: InMemorySpanExporter
+) -> None:
+    """Given a run, then no span attribute carries the notify message or a tool's output."""
+    submitted = pipeline.submit(SEED_GOAL)
+    pipeline.wait_for(submitted.goal_id, {"held"})
+    pipeline.approve(pipeline.review.held()[0].plan.plan_id, "alice")
+    pipeline.wait_for(submitted.goal_id, {"completed"})
+
+    values = [str(v) for s in spans.get_finished_spans() for v in (s.attributes or {}).values()]
+    assert not any("exceeded SLA" in v for v in values)
