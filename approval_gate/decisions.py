@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from plangate.signing import Signer
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from plangate.bus import Envelope
 from plangate.errors import Conflict
+from plangate.signing import Signer
 from plangate.store import ApprovalRow, DecisionRow, PlanRow
 from plangate.store.goals import plan_of, transition
 from plangate.store.models import GoalStatus

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from plangate.signing import Signer
 from sqlalchemy import select
 
 from approval_gate.decisions import decision_of, follow_decision, record_decision
@@ -18,6 +17,7 @@ from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import load_catalog
 from plangate.errors import Reject
+from plangate.signing import Signer
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
 from schemas import Decision, Message, PlanInvalid, PlanProposed, plan_hash, validate_plan
 

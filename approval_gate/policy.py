@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,9 +21,10 @@ from schemas import Decision, Plan, ToolSpec
 Mode = Literal["enforce", "shadow"]
 RuleAction = Literal["approve", "deny", "hold"]
 MAX_MATCH_CHARS = 2000
-DEFAULT_POLICY_FILE = "default_policy.yaml"
 NO_MATCH_REASON = "no rule matched; held for a person"
 _PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}
+# An unknown tool might do anything, so it reads as a write that no rule can trust.
+_UNKNOWN_TOOL: dict[str, Any] = {"effect": "write", "idempotent": False, "tags": ("unknown-tool",)}
 
 
 class RuleSpec(BaseModel):
@@ -68,14 +69,14 @@ class Rule:
     program: Any = field(repr=False, compare=False)
 
 
+@dataclass(frozen=True)
 class Policy:
     """A loaded policy: compiled rules, a mode, and a version (a hash of the file's bytes)."""
 
-    def __init__(self, rules: Sequence[Rule], mode: Mode, version: str, source: str) -> None:
-        self.rules = tuple(rules)
-        self.mode: Mode = mode
-        self.version = version
-        self.source = source
+    rules: tuple[Rule, ...]
+    mode: Mode
+    version: str
+    source: str
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -104,7 +105,7 @@ class Policy:
                 raise PolicyError(problem, rule.name, line) from exc
             rules.append(Rule(rule.name, rule.match, rule.action, rule.reason, line, program))
         version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
-        return cls(rules, spec.mode, version, source)
+        return cls(tuple(rules), spec.mode, version, source)
 
     def decide(
         self,
@@ -157,12 +158,7 @@ def policy_context(
     steps = []
     for step in plan.steps:
         spec = catalog.get(step.tool)
-        # An unknown tool might do anything, so it reads as a write that no rule can trust.
-        traits = (
-            spec.model_dump(mode="json", include={"effect", "idempotent", "tags"})
-            if spec
-            else {"effect": "write", "idempotent": False, "tags": ["unknown-tool"]}
-        )
+        traits = spec.model_dump(mode="json", include=set(_UNKNOWN_TOOL)) if spec else _UNKNOWN_TOOL
         step_fields = step.model_dump(mode="json", include={"id", "tool", "args"})
         steps.append(step_fields | {"when": step.when or ""} | traits)
     fields = {"plan_id", "goal_id", "revision", "summary"}
@@ -177,8 +173,8 @@ def load_policy(settings: Settings) -> Policy:
     """Load `settings.policy_file`, or the packaged default policy when it is not set."""
     path = settings.policy_file
     if path is None:
-        data = resources.files("approval_gate").joinpath(DEFAULT_POLICY_FILE).read_bytes()
-        return Policy.from_bytes(data, source=f"the packaged {DEFAULT_POLICY_FILE}")
+        data = resources.files("approval_gate").joinpath("default_policy.yaml").read_bytes()
+        return Policy.from_bytes(data, source="the packaged default_policy.yaml")
     if not path.is_file():
         hint = "fix the path, or unset it to use the default policy"
         raise ConfigError(f"PLANGATE_POLICY_FILE names {path}, which is not a file; {hint}")
@@ -202,11 +198,10 @@ def _parse(data: bytes, source: str) -> tuple[PolicyFile, list[int]]:
         raw = yaml.safe_load(text)
     except UnicodeDecodeError as exc:
         raise PolicyError(f"{source} is not UTF-8 text") from exc
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise PolicyError(f"{source} is not valid YAML: {exc.problem}", line=line) from exc
     except yaml.YAMLError as exc:
-        raise PolicyError(f"{source} is not valid YAML: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)  # most YAML errors say where they are
+        problem = f"{source} is not valid YAML: {getattr(exc, 'problem', None) or exc}"
+        raise PolicyError(problem, line=mark.line + 1 if mark else None) from exc
     if not isinstance(root, yaml.MappingNode) or not isinstance(raw, dict):
         raise PolicyError(f"{source} must be a YAML mapping with `mode` and `rules`", line=1)
     _refuse_repeated_keys(root, source)

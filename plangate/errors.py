@@ -36,8 +36,10 @@ class PolicyError(PlangateError):
     def __init__(self, message: str, rule: str | None = None, line: int | None = None) -> None:
         self.rule = rule
         self.line = line
-        where = "".join(
-            [f"rule {rule!r}" if rule else "", f" (line {line})" if line is not None else ""]
+        where = " ".join(
+            part
+            for part in (f"rule {rule!r}" if rule else "", f"(line {line})" if line else "")
+            if part
         )
         super().__init__(f"{where}: {message}" if where else message)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import cel
 import pytest
 
 from approval_gate.policy import Policy, load_policy
@@ -136,6 +137,18 @@ def test_a_rule_that_returns_a_non_bool_holds() -> None:
     assert decision.action == "hold"
     assert decision.rule == "count"
     assert "not a bool" in decision.reason
+
+
+def test_a_plan_cel_cannot_hold_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given values the CEL engine refuses to convert
+    def refuse(variables: dict[str, Any]) -> None:
+        raise ValueError("Failed to convert variable 'plan'")
+
+    monkeypatch.setattr(cel, "Context", refuse)
+    # Then no rule runs, and the plan is held
+    decision = policy_of(rule("all", "true")).decide(plan_of("search"), CATALOG)
+    assert (decision.action, decision.rule) == ("hold", None)
+    assert decision.reason.startswith("the plan could not be evaluated (ValueError: Failed")
 
 
 def test_goal_text_and_metadata_are_usable_in_rules() -> None:
