@@ -19,7 +19,7 @@ from plangate.store import ApprovalRow, DecisionRow, PlanRow
 from plangate.store.goals import plan_of, transition
 from plangate.store.models import GoalStatus
 from plangate.store.outbox import emit
-from schemas import Approval, Decision, PlanApproved, PlanDecided, SignedEnvelope, utcnow
+from schemas import Decision, PlanApproved, PlanDecided, SignedEnvelope
 
 _OUTCOMES: dict[str, tuple[str, GoalStatus]] = {
     "deny": ("plan.denied", "denied"),
@@ -32,15 +32,7 @@ _OUTCOMES: dict[str, tuple[str, GoalStatus]] = {
 def record_decision(session: Session, plan: PlanRow, stage: str, decision: Decision) -> DecisionRow:
     """Store a decision; raise Conflict if this revision already has one from this stage."""
     row = DecisionRow(
-        plan_id=plan.plan_id,
-        goal_id=plan.goal_id,
-        stage=stage,
-        action=decision.action,
-        decided_by=decision.decided_by,
-        rule=decision.rule,
-        reason=decision.reason,
-        policy_version=decision.policy_version,
-        shadow_action=decision.shadow_action,
+        plan_id=plan.plan_id, goal_id=plan.goal_id, stage=stage, **decision.model_dump()
     )
     try:
         with session.begin_nested():
@@ -54,14 +46,7 @@ def record_decision(session: Session, plan: PlanRow, stage: str, decision: Decis
 
 def decision_of(row: DecisionRow) -> Decision:
     """Return the Decision model of a stored decision."""
-    return Decision(
-        action=row.action,
-        decided_by=row.decided_by,
-        rule=row.rule,
-        reason=row.reason,
-        policy_version=row.policy_version,
-        shadow_action=row.shadow_action,
-    )
+    return Decision.model_validate(row, from_attributes=True)
 
 
 def follow_decision(
@@ -113,19 +98,7 @@ def _approval_for(
     existing = session.query(ApprovalRow).filter_by(plan_id=plan.plan_id).one_or_none()
     if existing is not None:
         return SignedEnvelope.model_validate(existing.envelope)
-    now = utcnow()
-    approval = Approval(
-        plan_id=plan.plan_id,
-        plan_hash=plan.plan_hash,
-        goal_id=plan.goal_id,
-        revision=plan.revision,
-        decided_by=decision.decided_by,
-        rule=decision.rule,
-        policy_version=decision.policy_version,
-        key_id=signer.key_id,
-        issued_at=now,
-        expires_at=now + ttl,
-    )
+    approval = signer.approval(plan_of(plan), decision, ttl)
     envelope = signer.sign(approval)
     session.add(
         ApprovalRow(
