@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
-from plangate.store.models import Base
+from plangate.store import schema
 
 
 class Store:
@@ -54,8 +54,12 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def open_store(url: str) -> Store:
-    """Open (and create, if new) the store at a SQLAlchemy URL."""
+def open_store(url: str, *, upgrade: bool = True) -> Store:
+    """Open the store at a SQLAlchemy URL.
+
+    With `upgrade` (the embedded mode, `plangate db upgrade`) the schema is migrated to the
+    newest revision; without it (workers) an old schema is refused with what to run.
+    """
     try:
         parsed = make_url(url)
     except Exception as exc:
@@ -70,5 +74,8 @@ def open_store(url: str) -> Store:
         _sqlite_serialised_writes(engine)
     else:
         engine = create_engine(parsed, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    if upgrade:
+        schema.upgrade(engine)
+    else:
+        schema.require_current(engine)
     return Store(engine)
