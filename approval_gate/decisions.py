@@ -50,9 +50,19 @@ def decision_of(row: DecisionRow) -> Decision:
 
 
 def follow_decision(
-    session: Session, plan: PlanRow, decision: Decision, signer: Signer, ttl: timedelta
+    session: Session,
+    plan: PlanRow,
+    decision: Decision,
+    signer: Signer,
+    ttl: timedelta,
+    *,
+    move_goal: bool = True,
 ) -> Envelope:
-    """Move the goal on and emit the decision's message (approve: with a signed approval)."""
+    """Move the goal on and emit the decision's message (approve: with a signed approval).
+
+    With `move_goal=False` (a redelivery of a decided plan) only the message is emitted again:
+    the goal may have moved on since (running, completed) and must not be moved back.
+    """
     data = {
         "plan_id": plan.plan_id,
         "revision": plan.revision,
@@ -63,21 +73,28 @@ def follow_decision(
     }
     if decision.action == "approve":
         approval = _approval_for(session, plan, decision, signer, ttl)
-        transition(
-            session,
-            plan.goal_id,
-            "approved",
-            actor=decision.decided_by,
-            reason=decision.reason,
-            data=data,
-        )
+        if move_goal:
+            transition(
+                session,
+                plan.goal_id,
+                "approved",
+                actor=decision.decided_by,
+                reason=decision.reason,
+                data=data,
+            )
         return emit(
             session, PlanApproved(goal_id=plan.goal_id, plan=plan_of(plan), approval=approval)
         )
     message_type, status = _OUTCOMES[decision.action]
-    transition(
-        session, plan.goal_id, status, actor=decision.decided_by, reason=decision.reason, data=data
-    )
+    if move_goal:
+        transition(
+            session,
+            plan.goal_id,
+            status,
+            actor=decision.decided_by,
+            reason=decision.reason,
+            data=data,
+        )
     return emit(
         session,
         PlanDecided(

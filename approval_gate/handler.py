@@ -52,9 +52,10 @@ class GateHandler:
                 .scalars()
                 .first()
             )
-            if earlier is not None:
+            if earlier is not None:  # a redelivery: say again what was decided, move nothing
+                decided = decision_of(earlier)
                 return [
-                    follow_decision(session, row, decision_of(earlier), self._signer, self._ttl)
+                    follow_decision(session, row, decided, self._signer, self._ttl, move_goal=False)
                 ]
             goal = session.get(GoalRow, plan.goal_id)
             goal_text, goal_meta = (goal.text, dict(goal.meta)) if goal else ("", {})

@@ -3,12 +3,16 @@
 Before any tool is called: the plan is validated against this executor's own tools, the
 approval's signature, plan hash and expiry are checked, and the approval is recorded as used
 (a unique key: one approval, one plan). A redelivered message resumes the same run; finished
-steps are not run again.
+steps are not run again, and a run that already ended has its outcome republished, unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from executor_worker.engine import PlanRun, StepOutcome
 from executor_worker.ledger import StepLedger
@@ -16,7 +20,15 @@ from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.errors import ApprovalInvalid, Reject
 from plangate.signing import TrustedKeys
-from plangate.store import ApprovalUseRow, GoalRow, Store, audit
+from plangate.store import (
+    TERMINAL_STATUSES,
+    ApprovalRow,
+    ApprovalUseRow,
+    GoalRow,
+    StepRunRow,
+    Store,
+    audit,
+)
 from plangate.store.claims import insert_if_absent
 from plangate.store.goals import transition
 from plangate.store.outbox import emit
@@ -35,6 +47,8 @@ from schemas import (
 
 ACTOR = "executor"
 Notify = Callable[[Envelope], None]
+# Goals that a refused message must leave as they are: a run or an outcome is never undone.
+_SETTLED = frozenset({"running", *TERMINAL_STATUSES})
 
 
 class ExecutorHandler:
@@ -88,6 +102,20 @@ class ExecutorHandler:
 
     def _refuse(self, message: PlanApproved, reason: str) -> Sequence[Envelope]:
         with self._store.session() as session:
+            goal = session.get_one(GoalRow, message.goal_id)
+            if goal.status in _SETTLED or (
+                goal.status == "approved" and not _issued_by_gate(session, message)
+            ):
+                # A forged or replayed message must not undo a run, an outcome, or the genuine
+                # approval still on its way; it is recorded, and the goal left as it is.
+                audit.append(
+                    session,
+                    "approval.refused",
+                    actor=ACTOR,
+                    goal_id=message.goal_id,
+                    data={"plan_id": message.plan.plan_id, "reason": reason},
+                )
+                return []
             transition(session, message.goal_id, "failed", actor=ACTOR, reason=reason)
             return [
                 emit(
@@ -102,6 +130,8 @@ class ExecutorHandler:
         plan = message.plan
         with self._store.session() as session:
             goal = session.get_one(GoalRow, plan.goal_id)
+            if goal.status in TERMINAL_STATUSES:  # a redelivery: republish the outcome
+                return [emit(session, _outcome_of(session, goal, plan.plan_id))]
             if goal.status != "running":
                 transition(
                     session,
@@ -122,6 +152,9 @@ class ExecutorHandler:
         statuses = {step_id: o.status for step_id, o in outcomes.items()}
         troubled = [o for o in outcomes.values() if o.status in ("failed", "unknown")]
         with self._store.session() as session:
+            goal = session.get_one(GoalRow, plan.goal_id)
+            if goal.status in TERMINAL_STATUSES:  # a concurrent delivery of it finished first
+                return [emit(session, _outcome_of(session, goal, plan.plan_id))]
             if not troubled:
                 transition(
                     session, plan.goal_id, "completed", actor=ACTOR, data={"steps": statuses}
@@ -174,3 +207,26 @@ class ExecutorHandler:
                 duration_ms=outcome.duration_ms,
             )
             self._notify(Envelope.of(event, headers))
+
+
+def _outcome_of(session: Session, goal: GoalRow, plan_id: str) -> Message:
+    """Rebuild the outcome message of a goal whose run already ended."""
+    rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
+    steps: dict[str, Any] = {row.step_id: row.status for row in rows}
+    if goal.status == "completed":
+        return ExecutionCompleted(goal_id=goal.id, plan_id=plan_id, steps=steps)
+    reason = goal.status_reason or f"the goal is {goal.status}"
+    return ExecutionFailed(goal_id=goal.id, plan_id=plan_id, reason=reason, steps=steps)
+
+
+def _issued_by_gate(session: Session, message: PlanApproved) -> bool:
+    """Return True if the message carries the approval the gate issued, with its own plan."""
+    issued = session.execute(
+        select(ApprovalRow).where(ApprovalRow.plan_id == message.plan.plan_id)
+    ).scalar_one_or_none()
+    return (
+        issued is not None
+        and issued.goal_id == message.goal_id
+        and issued.plan_hash == plan_hash(message.plan)
+        and issued.envelope == message.approval.model_dump(mode="json")
+    )

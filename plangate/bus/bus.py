@@ -15,7 +15,14 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.messaging import Consumer, Producer
 
-from plangate.bus.consumer import Handler, PublishedHook, StageConsumer, publish, raw_body
+from plangate.bus.consumer import (
+    RETRY_DELAYS,
+    Handler,
+    PublishedHook,
+    StageConsumer,
+    publish,
+    raw_body,
+)
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import Envelope
 from plangate.bus.topology import Stage, Topology
@@ -72,6 +79,7 @@ class Bus:
         concurrency: int = 4,
         max_attempts: int = 3,
         on_published: PublishedHook | None = None,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> StageConsumer:
         """Return the consume loop of one stage; call `.run(stop)` in the thread that owns it."""
         return StageConsumer(
@@ -82,6 +90,7 @@ class Bus:
             concurrency=concurrency,
             max_attempts=max_attempts,
             on_published=on_published,
+            retry_delays=retry_delays,
         )
 
     @contextmanager
@@ -95,7 +104,9 @@ class Bus:
         """Return how many messages wait in a stage's queue."""
         with self.connection() as connection:
             queue = self.topology.stage_queue(stage).bind(connection.channel())
-            _, count, _ = queue.queue_declare(passive=True)
+            # Not passive: Redis keeps no empty lists, so a passive declare of an empty queue
+            # fails with NOT_FOUND. Declaring an existing queue again changes nothing.
+            _, count, _ = queue.queue_declare()
             return int(count)
 
     def take_dead_letters(self) -> list[DeadLetter]:

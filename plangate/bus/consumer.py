@@ -2,7 +2,8 @@
 
 Acks happen in exactly one place, `_settle`, after the handler's effects are committed and its
 outgoing messages published. Handlers return the envelopes to publish, or raise Reject (dead
-letter) or anything else (retry, then dead letter after `max_attempts`).
+letter), Retry (try again after its delay) or anything else (try again after `retry_delays`);
+either retry counts towards `max_attempts`, after which the message is dead-lettered.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from plangate import telemetry
 from plangate.bus.dead_letters import dead_letter_envelope
 from plangate.bus.envelope import ATTEMPT_HEADER, CONTENT_TYPE, Delivery, Envelope
 from plangate.bus.topology import Stage, Topology
-from plangate.errors import Reject
+from plangate.errors import Reject, Retry
 from schemas import Message, MessageRejected, decode_message
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,10 @@ class StageConsumer:
         concurrency: int = 4,
         max_attempts: int = 3,
         on_published: PublishedHook | None = None,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
+        if not retry_delays:
+            raise ValueError("retry_delays needs at least one delay")
         self._connect = connection_factory
         self._topology = topology
         self._stage = stage
@@ -86,6 +90,7 @@ class StageConsumer:
         self._concurrency = concurrency
         self._max_attempts = max_attempts
         self._on_published = on_published
+        self._retry_delays = tuple(retry_delays)
         self._done: queue.Queue[_Done] = queue.Queue()
         self._retries: list[tuple[float, KombuMessage, int]] = []
         self._in_flight = 0
@@ -179,9 +184,17 @@ class StageConsumer:
             reason = f"failed {done.delivery.attempt} times; last error: {error!r}"
             self._dead_letter(done.raw, done.delivery, reason)
         else:
+            self._schedule_retry(done, error)
+
+    def _schedule_retry(self, done: _Done, error: BaseException) -> None:
+        if isinstance(error, Retry):  # an expected outcome: the handler says when to come back
+            log.info("retrying %s in %g s: %s", done.delivery.routing_key, error.delay, error)
+            delay = error.delay
+        else:
             log.warning("will retry %s: %r", done.delivery.routing_key, error)
-            delay = RETRY_DELAYS[min(done.delivery.attempt, len(RETRY_DELAYS)) - 1]
-            self._retries.append((time.monotonic() + delay, done.raw, done.delivery.attempt + 1))
+            delays = self._retry_delays
+            delay = delays[min(done.delivery.attempt, len(delays)) - 1]
+        self._retries.append((time.monotonic() + delay, done.raw, done.delivery.attempt + 1))
 
     def _republish_due_retries(self) -> None:
         now = time.monotonic()

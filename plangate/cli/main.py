@@ -28,11 +28,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help and usage errors: no boxes, no `<bool>` beside every flag, one-line errors.
+    rich_markup_mode=None,
 )
 schema_app = typer.Typer(
-    help="Export the message contract for other languages.", no_args_is_help=True
+    help="Export the message contract for other languages.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
-audit_app = typer.Typer(help="Check the hash-chained audit log.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="Check the hash-chained audit log.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(schema_app, name="schema")
 app.add_typer(audit_app, name="audit")
 
@@ -83,10 +89,26 @@ def main(
     """Plangate: the planner decides, the gate authorises, the executor does."""
 
 
-@app.command()
+def _require_file(ctx: typer.Context, name: str, path: Path | None, what: str) -> None:
+    """Fail before anything starts when a file named by an option or its variable is missing."""
+    if path is None or path.is_file():
+        return
+    source = ctx.get_parameter_source(name)
+    from_env = source is not None and source.name == "ENVIRONMENT"
+    given = f"PLANGATE_{name.upper()}_FILE" if from_env else f"--{name}"
+    raise ConfigError(
+        f"{given} names {path}, which is not a file; fix the path, or leave it out to use "
+        f"the built-in {what}"
+    )
+
+
+@app.command(short_help="Run a goal end to end in one process: plan, decide, execute.")
 @friendly_errors
 def run(
-    goal: Annotated[str, typer.Argument(help="What you want done, in plain words.")],
+    ctx: typer.Context,
+    goal: Annotated[
+        str, typer.Argument(metavar="GOAL", help="What you want done, in plain words.")
+    ],
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Approve a held plan without asking (for scripts).")
     ] = False,
@@ -95,39 +117,60 @@ def run(
     ] = False,
     tools: Annotated[
         str | None,
-        typer.Option(help="Comma-separated tool modules to load.", envvar="PLANGATE_TOOLS"),
+        typer.Option(
+            metavar="MODULES",
+            help="Comma-separated tool modules to load.",
+            envvar="PLANGATE_TOOLS",
+        ),
     ] = None,
     policy: Annotated[
         Path | None,
-        typer.Option(help="Policy YAML file.", envvar="PLANGATE_POLICY_FILE", dir_okay=False),
+        typer.Option(
+            metavar="FILE",
+            help="Policy YAML file.",
+            envvar="PLANGATE_POLICY_FILE",
+            dir_okay=False,
+        ),
     ] = None,
     playbook: Annotated[
         Path | None,
-        typer.Option(help="Playbook YAML file.", envvar="PLANGATE_PLAYBOOK_FILE", dir_okay=False),
+        typer.Option(
+            metavar="FILE",
+            help="Playbook YAML file.",
+            envvar="PLANGATE_PLAYBOOK_FILE",
+            dir_okay=False,
+        ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(min=0.1, help="Give up after this many seconds.")
+        float, typer.Option(min=0.1, metavar="SECONDS", help="Give up after this many seconds.")
     ] = 300.0,
     reviewer: Annotated[
-        str, typer.Option(help="Name recorded on a terminal approval (default: user@terminal).")
+        str,
+        typer.Option(
+            metavar="NAME", help="Name recorded on a terminal approval (default: user@terminal)."
+        ),
     ] = "",
 ) -> None:
     """Run GOAL end to end in one process: plan, decide (ask you if held), execute.
 
     Uses the in-memory broker and the SQLite store in the data folder
     ($XDG_DATA_HOME/plangate, or ~/.local/share/plangate; PLANGATE_DATA_DIR overrides).
+
     Exit codes: 0 completed, 1 failed, 2 usage error, 3 rejected, denied or left unanswered.
     """
+    _require_file(ctx, "policy", policy, "policy")
+    _require_file(ctx, "playbook", playbook, "playbook")
     settings = load_settings(tools=tools, policy_file=policy, playbook_file=playbook)
     options = RunOptions(yes=yes, as_json=as_json, timeout=timeout, reviewer=reviewer)
     raise typer.Exit(run_goal(goal, settings, options))
 
 
-@schema_app.command("export")
+@schema_app.command("export", short_help="Write a JSON Schema file for every message.")
 @friendly_errors
 def schema_export(
     directory: Annotated[
-        Path, typer.Argument(help="Folder to write the schemas into.", file_okay=False)
+        Path,
+        typer.Argument(metavar="DIR", help="Folder to write the schemas into.", file_okay=False),
     ],
 ) -> None:
     """Write a JSON Schema file for every message, the plan and the tool spec."""
@@ -137,7 +180,7 @@ def schema_export(
         typer.echo(path)
 
 
-@audit_app.command("verify")
+@audit_app.command("verify", short_help="Check every link of the audit log's hash chain.")
 @friendly_errors
 def audit_verify() -> None:
     """Check every link of the audit log's hash chain; exit 1 at the first broken one."""

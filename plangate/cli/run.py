@@ -43,6 +43,13 @@ class RunOptions:
     reviewer: str = ""
 
 
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid, e.g. an arbitrary uid in a container
+        return "unknown"
+
+
 class GoalRun:
     """Follows one goal's events and answers a hold at the terminal."""
 
@@ -104,7 +111,7 @@ class GoalRun:
         return self._ask(message) if message.type == "plan.held" else None
 
     def _ask(self, held: PlanDecided) -> int | None:
-        reviewer = self.options.reviewer or f"{getpass.getuser()}@terminal"
+        reviewer = self.options.reviewer or f"{_login_name()}@terminal"
         if self.options.yes:
             self.pipeline.approve(held.plan_id, reviewer, expected_hash=held.plan_hash)
             return None
@@ -116,7 +123,8 @@ class GoalRun:
                     console=self.err,
                 )
             except EOFError:
-                self.err.print("no answer: nothing was run. Use --yes to approve in scripts.")
+                # A newline first: the prompt left the cursor at the end of its line.
+                self.err.print("\nno answer: nothing was run. Use --yes to approve in scripts.")
                 return self._finish(EXIT_REFUSED, "held")
             if answer == "s":
                 self.err.print(Syntax(self._plan_json(held.plan_id), "json"))
@@ -124,7 +132,10 @@ class GoalRun:
                 self.pipeline.approve(held.plan_id, reviewer, expected_hash=held.plan_hash)
                 return None
             else:
-                comment = Prompt.ask("Why? (a comment for the record)", console=self.err)
+                try:
+                    comment = Prompt.ask("Why? (a comment for the record)", console=self.err)
+                except EOFError:  # input ended after "r": the rejection stands, uncommented
+                    comment = ""
                 self.pipeline.reject(held.plan_id, reviewer, comment or "rejected at the terminal")
                 return None
 

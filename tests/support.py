@@ -1,0 +1,161 @@
+"""Helpers for end-to-end tests: read what the pipeline stored, wait for what it publishes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from sqlalchemy import select
+
+from plangate.bus import Envelope, Observer
+from plangate.config import Settings
+from plangate.embedded import Pipeline
+from plangate.signing import Signer
+from plangate.store import ApprovalRow, AuditRow, OutboxRow, PlanRow, StepRunRow, Store
+from plangate.store.goals import plan_of
+from schemas import DeadLetter, Decision, Message, Plan, PlanApproved
+
+T = TypeVar("T")
+
+HELD = frozenset({"held"})
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 5.0, what: str = "it") -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        pause.wait(0.02)
+
+
+@contextmanager
+def running_pipeline(settings: Settings, **overrides: Any) -> Iterator[Pipeline]:
+    """A pipeline on `settings` changed by `overrides` (a policy, a playbook, a registry)."""
+    registry = overrides.pop("registry", None)
+    changed = settings.model_copy(update=overrides)
+    with Pipeline(changed, registry=registry) as pipeline:
+        yield pipeline
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    """Write `data` as YAML to `path` and return the path."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def plans_of(store: Store, goal_id: str) -> list[PlanRow]:
+    """Every plan revision stored for a goal, oldest first."""
+    with store.session() as session:
+        rows = session.execute(
+            select(PlanRow).where(PlanRow.goal_id == goal_id).order_by(PlanRow.revision)
+        ).scalars()
+        return list(rows)
+
+
+def only_plan(store: Store, goal_id: str) -> Plan:
+    """The goal's one plan revision (fails if there is not exactly one)."""
+    rows = plans_of(store, goal_id)
+    assert len(rows) == 1, f"expected one plan revision, found {len(rows)}"
+    return plan_of(rows[0])
+
+
+def audit_kinds(store: Store, goal_id: str) -> list[str]:
+    """The kinds of the goal's audit entries, in order."""
+    return [entry.kind for entry in audit_entries(store, goal_id)]
+
+
+def audit_entries(store: Store, goal_id: str) -> list[AuditRow]:
+    """The goal's audit entries, in order."""
+    with store.session() as session:
+        rows = session.execute(
+            select(AuditRow).where(AuditRow.goal_id == goal_id).order_by(AuditRow.seq)
+        ).scalars()
+        return list(rows)
+
+
+def step_runs(store: Store, plan_id: str) -> dict[str, str]:
+    """Step id to recorded status, for every step the executor touched."""
+    with store.session() as session:
+        rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
+        return {row.step_id: row.status for row in rows}
+
+
+def stored_approval(store: Store, plan_id: str) -> PlanApproved:
+    """The plan.approved message the gate issued for a plan, rebuilt from the store."""
+    with store.session() as session:
+        plan = session.get_one(PlanRow, plan_id)
+        approval = session.execute(
+            select(ApprovalRow).where(ApprovalRow.plan_id == plan_id)
+        ).scalar_one()
+        return PlanApproved.model_validate(
+            {"goal_id": plan.goal_id, "plan": plan.body, "approval": approval.envelope}
+        )
+
+
+def first_envelope(store: Store, routing_key: str, goal_id: str) -> Envelope:
+    """The first envelope of this type stored in the outbox for a goal, exactly as published."""
+    with store.session() as session:
+        rows = session.execute(
+            select(OutboxRow).where(OutboxRow.routing_key == routing_key).order_by(OutboxRow.id)
+        ).scalars()
+        for row in rows:
+            if row.headers.get("x-plangate-goal-id") == goal_id:
+                return Envelope(row.routing_key, row.body, dict(row.headers))
+    raise AssertionError(f"no {routing_key} envelope stored for goal {goal_id}")
+
+
+def sign_approval(
+    signer: Signer,
+    plan: Plan,
+    *,
+    ttl: timedelta = timedelta(minutes=5),
+    issued_ago: timedelta = timedelta(0),
+) -> PlanApproved:
+    """A plan.approved for `plan`, signed by `signer` as a reviewer named `mallory` would be."""
+    decision = Decision(
+        action="approve", decided_by="mallory", reason="looks fine", policy_version="test"
+    )
+    approval = signer.approval(plan, decision, ttl)
+    if issued_ago:
+        approval = approval.model_copy(
+            update={
+                "issued_at": approval.issued_at - issued_ago,
+                "expires_at": approval.expires_at - issued_ago,
+            }
+        )
+    return PlanApproved(goal_id=plan.goal_id, plan=plan, approval=signer.sign(approval))
+
+
+def next_message(observer: Observer, kind: str, goal_id: str, timeout: float = 5.0) -> Message:
+    """The next message of type `kind` for the goal that the observer sees; fail on timeout."""
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = observer.next(timeout=left)
+        if message is None or message.goal_id != goal_id:
+            continue
+        if getattr(message, "type", None) == kind:
+            return message
+    raise AssertionError(f"no {kind} for goal {goal_id} within {timeout} s")
+
+
+def dead_letters(pipeline: Pipeline, count: int = 1, timeout: float = 5.0) -> list[DeadLetter]:
+    """Wait until `count` dead letters have arrived; return them all."""
+    letters: list[DeadLetter] = []
+
+    def arrived() -> bool:
+        letters.extend(pipeline.bus.take_dead_letters())
+        return len(letters) >= count
+
+    eventually(arrived, timeout, f"{count} dead letter(s)")
+    return letters

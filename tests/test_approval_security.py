@@ -1,0 +1,253 @@
+"""Nothing runs that was not approved: the executor checks every approval before any tool."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from plangate.bus import Envelope
+from plangate.config import Settings
+from plangate.demo.tools import read_notifications
+from plangate.embedded import Pipeline
+from plangate.signing import Signer, load_or_create_signer
+from schemas import Plan, PlanApproved, SignedEnvelope
+from tests.conftest import SEED_GOAL
+from tests.support import (
+    HELD,
+    audit_entries,
+    eventually,
+    next_message,
+    only_plan,
+    running_pipeline,
+    sign_approval,
+    step_runs,
+    stored_approval,
+)
+
+FAILED = frozenset({"failed"})
+
+
+@pytest.fixture
+def held_plan(pipeline: Pipeline) -> Plan:
+    """The seed goal's plan, held for a person (it pages on-call)."""
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    return only_plan(pipeline.store, goal_id)
+
+
+@pytest.fixture
+def gate_signer(pipeline: Pipeline) -> Signer:
+    """The gate's own signing key, which the executor trusts."""
+    return load_or_create_signer(pipeline.settings)
+
+
+def deliver(pipeline: Pipeline, message: PlanApproved) -> None:
+    pipeline.bus.publish([Envelope.of(message)])
+
+
+def assert_nothing_ran(pipeline: Pipeline, plan: Plan) -> None:
+    assert step_runs(pipeline.store, plan.plan_id) == {}
+    kinds = [entry.kind for entry in audit_entries(pipeline.store, plan.goal_id)]
+    assert not [kind for kind in kinds if kind.startswith("step.")]
+    assert read_notifications() == []
+
+
+def test_plan_changed_by_one_character_after_approval_runs_nothing(
+    pipeline: Pipeline, held_plan: Plan, gate_signer: Signer
+) -> None:
+    """Given a genuine approval of the held seed plan,
+    When the plan it travels with has one character of the page's text changed,
+    Then no tool runs, no page is sent, and the goal fails saying the plan differs.
+    """
+    approved = sign_approval(gate_signer, held_plan)
+    notify = held_plan.step("notify")
+    message = notify.args["message"]
+    edited_step = notify.model_copy(update={"args": {"message": "t" + message[1:]}})
+    edited = held_plan.model_copy(
+        update={"steps": tuple(edited_step if s.id == "notify" else s for s in held_plan.steps)}
+    )
+    assert len(json.dumps(edited.model_dump())) == len(json.dumps(held_plan.model_dump()))
+
+    deliver(pipeline, approved.model_copy(update={"plan": edited}))
+
+    goal = pipeline.wait_for(held_plan.goal_id, FAILED, timeout=5)
+    assert "the plan differs from the one approved" in (goal.status_reason or "")
+    assert "plan_hash" in (goal.status_reason or "")
+    assert_nothing_ran(pipeline, held_plan)
+
+
+def test_approval_signed_by_an_untrusted_key_runs_nothing(
+    pipeline: Pipeline, held_plan: Plan
+) -> None:
+    """Given an approval of exactly the held plan, signed by a key the executor does not trust,
+    When it is delivered to the executor,
+    Then no tool runs and the goal fails naming the unknown key.
+    """
+    rogue = Signer(Ed25519PrivateKey.generate())
+
+    deliver(pipeline, sign_approval(rogue, held_plan))
+
+    goal = pipeline.wait_for(held_plan.goal_id, FAILED, timeout=5)
+    reason = goal.status_reason or ""
+    assert "signed by unknown key" in reason
+    assert rogue.key_id in reason
+    assert_nothing_ran(pipeline, held_plan)
+
+
+def test_expired_approval_is_refused(
+    pipeline: Pipeline, held_plan: Plan, gate_signer: Signer
+) -> None:
+    """Given an approval of the held plan by the gate's key that expired an hour ago,
+    When it is delivered to the executor,
+    Then no tool runs and the goal fails saying the approval expired.
+    """
+    stale = sign_approval(
+        gate_signer, held_plan, ttl=timedelta(hours=1), issued_ago=timedelta(hours=2)
+    )
+
+    deliver(pipeline, stale)
+
+    goal = pipeline.wait_for(held_plan.goal_id, FAILED, timeout=5)
+    assert "the approval expired at" in (goal.status_reason or "")
+    assert_nothing_ran(pipeline, held_plan)
+
+
+def test_approval_whose_expiry_was_extended_after_signing_is_refused(
+    pipeline: Pipeline, held_plan: Plan, gate_signer: Signer
+) -> None:
+    """Given an expired approval whose payload was edited to expire next year, signature kept,
+    When it is delivered to the executor,
+    Then no tool runs and the goal fails saying the signature does not match the payload.
+    """
+    stale = sign_approval(
+        gate_signer, held_plan, ttl=timedelta(hours=1), issued_ago=timedelta(hours=2)
+    )
+    payload = json.loads(base64.b64decode(stale.approval.payload))
+    payload["expires_at"] = "2099-01-01T00:00:00Z"
+    forged = SignedEnvelope(
+        payload_type=stale.approval.payload_type,
+        payload=base64.b64encode(json.dumps(payload).encode()).decode(),
+        signatures=stale.approval.signatures,
+    )
+
+    deliver(pipeline, stale.model_copy(update={"approval": forged}))
+
+    goal = pipeline.wait_for(held_plan.goal_id, FAILED, timeout=5)
+    assert "does not match the payload" in (goal.status_reason or "")
+    assert_nothing_ran(pipeline, held_plan)
+
+
+def test_approval_reused_for_a_different_plan_is_refused(pipeline: Pipeline) -> None:
+    """Given two held seed goals, the first approved by alice and completed (one page),
+    When the first plan's approval is delivered with the second goal's plan,
+    Then the second plan runs nothing, its goal fails saying the plan differs, one page in all.
+    """
+    first = pipeline.submit(SEED_GOAL).goal_id
+    second = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(first, HELD, timeout=5)
+    pipeline.wait_for(second, HELD, timeout=5)
+    first_plan = only_plan(pipeline.store, first)
+    second_plan = only_plan(pipeline.store, second)
+    pipeline.approve(first_plan.plan_id, "alice")
+    assert pipeline.wait_for(first, timeout=5).status == "completed"
+    used = stored_approval(pipeline.store, first_plan.plan_id)
+
+    deliver(pipeline, PlanApproved(goal_id=second, plan=second_plan, approval=used.approval))
+
+    goal = pipeline.wait_for(second, FAILED, timeout=5)
+    assert "the plan differs from the one approved" in (goal.status_reason or "")
+    assert step_runs(pipeline.store, second_plan.plan_id) == {}
+    assert [n["goal_id"] for n in read_notifications()] == [first]
+
+
+def test_valid_approval_delivered_twice_pages_once(pipeline: Pipeline, held_plan: Plan) -> None:
+    """Given the held seed plan approved by alice and run to completion (one page),
+    When the same plan.approved message is delivered to the executor again,
+    Then the executor republishes the outcome: the page is not sent twice and the goal stays
+    completed, with one run in its audit log.
+    """
+    with pipeline.bus.observe() as observer:
+        pipeline.approve(held_plan.plan_id, "alice")
+        next_message(observer, "execution.completed", held_plan.goal_id)
+        again = stored_approval(pipeline.store, held_plan.plan_id)
+
+        deliver(pipeline, again)
+
+        outcome = next_message(observer, "execution.completed", held_plan.goal_id)
+    assert outcome.steps == {  # type: ignore[attr-defined]
+        "count": "succeeded",
+        "sla": "succeeded",
+        "notify": "succeeded",
+    }
+    assert [n["message"] for n in read_notifications()] == ["Ticket count 128 exceeded SLA 100"]
+    assert pipeline.wait_for(held_plan.goal_id, timeout=1).status == "completed"
+    kinds = [e.kind for e in audit_entries(pipeline.store, held_plan.goal_id)]
+    assert (kinds.count("goal.running"), kinds.count("goal.completed")) == (1, 1)
+    assert kinds.count("step.succeeded") == 3
+
+
+def test_forged_approval_after_completion_leaves_the_goal_completed(
+    pipeline: Pipeline, held_plan: Plan
+) -> None:
+    """Given the held seed plan approved by alice and run to completion,
+    When its genuine approval is replayed with the page's text changed,
+    Then the executor refuses it and records why, but the goal stays completed: a refused
+    message cannot rewrite an outcome. One page in all.
+    """
+    pipeline.approve(held_plan.plan_id, "alice")
+    assert pipeline.wait_for(held_plan.goal_id, timeout=5).status == "completed"
+    genuine = stored_approval(pipeline.store, held_plan.plan_id)
+    notify = held_plan.step("notify").model_copy(update={"args": {"message": "all clear"}})
+    edited = held_plan.model_copy(
+        update={"steps": tuple(notify if s.id == "notify" else s for s in held_plan.steps)}
+    )
+
+    deliver(pipeline, genuine.model_copy(update={"plan": edited}))
+
+    refused = eventually(
+        lambda: [
+            e
+            for e in audit_entries(pipeline.store, held_plan.goal_id)
+            if e.kind == "approval.refused"
+        ],
+        what="the refusal",
+    )
+    assert "the plan differs from the one approved" in refused[0].data["reason"]
+    assert pipeline.wait_for(held_plan.goal_id, timeout=1).status == "completed"
+    assert [n["message"] for n in read_notifications()] == ["Ticket count 128 exceeded SLA 100"]
+
+
+def test_executor_that_does_not_trust_the_gates_key_fails_the_goal_naming_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a gate signing with its own key file, and an executor whose trusted keys folder is
+    empty,
+    When a read-only goal is approved by policy,
+    Then its genuine approval is refused before any tool runs, and the goal fails naming the
+    key to add to the trusted keys folder.
+    """
+    key_file = tmp_path / "gate.pem"
+    private_key = Ed25519PrivateKey.generate()
+    key_file.write_bytes(
+        private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    gate_key = Signer(private_key).key_id
+
+    with running_pipeline(settings, signing_key_file=key_file, trusted_keys_dir=trusted) as pipe:
+        goal_id = pipe.submit("how many tickets are open").goal_id
+
+        goal = pipe.wait_for(goal_id, timeout=5)
+
+        assert goal.status == "failed"
+        reason = goal.status_reason or ""
+        assert f"signed by unknown key {gate_key}" in reason
+        assert "add its public key to the trusted keys folder" in reason
+        assert step_runs(pipe.store, only_plan(pipe.store, goal_id).plan_id) == {}

@@ -1,0 +1,151 @@
+"""The audit log is hash-chained: a real run verifies, and any edit or removal shows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from plangate.embedded import Pipeline
+from plangate.store import audit
+from tests.conftest import SEED_GOAL
+from tests.support import HELD, audit_entries, only_plan
+
+# submitted, proposed, held, approved, running, three steps, completed
+SEED_RUN_ENTRIES = 9
+
+
+@pytest.fixture
+def completed_run(pipeline: Pipeline) -> str:
+    """The seed goal, approved by alice and completed; returns its goal id."""
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    pipeline.approve(only_plan(pipeline.store, goal_id).plan_id, "alice")
+    assert pipeline.wait_for(goal_id, timeout=5).status == "completed"
+    return goal_id
+
+
+def run_sql(pipeline: Pipeline, statement: str, **params: object) -> None:
+    """Change the database behind plangate's back, as someone with file access could."""
+    with pipeline.store.engine.begin() as connection:
+        connection.execute(text(statement), params)
+
+
+def seq_of(pipeline: Pipeline, goal_id: str, kind: str) -> int:
+    return next(e.seq for e in audit_entries(pipeline.store, goal_id) if e.kind == kind)
+
+
+def plangate_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed `plangate` command against one data folder."""
+    script = Path(sys.executable).with_name("plangate")
+    fallback = [sys.executable, "-c", "from plangate.cli.main import app; app()"]
+    command = [str(script)] if script.exists() else fallback
+    env = {**os.environ, "PLANGATE_DATA_DIR": str(data_dir)}
+    env.pop("PLANGATE_DATABASE_URL", None)
+    return subprocess.run(
+        [*command, *args], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_audit_log_of_a_real_run_verifies(pipeline: Pipeline, completed_run: str) -> None:
+    """Given the seed goal run to completion,
+    When the audit chain is verified,
+    Then every link holds, over all of the run's entries.
+    """
+    report = audit.verify(pipeline.store)
+
+    assert report.ok, report.problem
+    assert report.entries == SEED_RUN_ENTRIES
+    assert report.broken_at is None
+
+
+def test_edited_audit_entry_is_reported_by_its_seq(pipeline: Pipeline, completed_run: str) -> None:
+    """Given the seed goal's audit log,
+    When the approval entry's data is rewritten in SQL to name mallory as the approver, not alice,
+    Then verification fails at exactly that entry, saying its content does not match its hash.
+    """
+    approved = seq_of(pipeline, completed_run, "goal.approved")
+    entry = next(e for e in audit_entries(pipeline.store, completed_run) if e.seq == approved)
+    forged = {**entry.data, "decided_by": "mallory"}
+
+    run_sql(
+        pipeline,
+        "UPDATE audit_log SET data = :data WHERE seq = :seq",
+        data=json.dumps(forged),
+        seq=approved,
+    )
+
+    report = audit.verify(pipeline.store)
+    assert not report.ok
+    assert report.broken_at == approved
+    assert report.problem == "its content does not match its hash"
+
+
+def test_deleted_last_audit_entry_is_detected(pipeline: Pipeline, completed_run: str) -> None:
+    """Given the seed goal's audit log, ending with goal.completed,
+    When that last entry is deleted in SQL,
+    Then verification fails, saying entries after the (new) last one were removed.
+    """
+    last = seq_of(pipeline, completed_run, "goal.completed")
+    assert last == SEED_RUN_ENTRIES
+
+    run_sql(pipeline, "DELETE FROM audit_log WHERE seq = :seq", seq=last)
+
+    report = audit.verify(pipeline.store)
+    assert not report.ok
+    assert report.entries == SEED_RUN_ENTRIES - 1
+    assert report.broken_at == last
+    assert report.problem == "entries after this one were removed"
+
+
+def test_deleted_middle_audit_entry_is_detected(pipeline: Pipeline, completed_run: str) -> None:
+    """Given the seed goal's audit log,
+    When the goal.held entry is deleted in SQL (hiding that policy held the plan),
+    Then verification fails at the entry that took its place.
+    """
+    held = seq_of(pipeline, completed_run, "goal.held")
+
+    run_sql(pipeline, "DELETE FROM audit_log WHERE seq = :seq", seq=held)
+
+    report = audit.verify(pipeline.store)
+    assert not report.ok
+    assert report.broken_at == held + 1
+    assert report.problem == f"entry {held} is missing"
+
+
+def test_cli_audit_verify_exits_0_on_an_intact_log(pipeline: Pipeline, completed_run: str) -> None:
+    """Given the seed goal's intact audit log in a data folder,
+    When `plangate audit verify` runs with PLANGATE_DATA_DIR pointing at it,
+    Then it exits 0 and says how many entries it checked.
+    """
+    result = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"audit log intact: {SEED_RUN_ENTRIES} entries"
+
+
+def test_cli_audit_verify_exits_1_naming_the_broken_entry(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given the seed goal's audit log with one entry's data rewritten in SQL,
+    When `plangate audit verify` runs against it,
+    Then it exits 1 and names the broken entry and what is wrong with it.
+    """
+    approved = seq_of(pipeline, completed_run, "goal.approved")
+    run_sql(
+        pipeline,
+        "UPDATE audit_log SET data = :data WHERE seq = :seq",
+        data=json.dumps({"decided_by": "mallory"}),
+        seq=approved,
+    )
+
+    result = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert result.returncode == 1, result.stdout
+    assert f"audit log broken at entry {approved}" in result.stderr
+    assert "its content does not match its hash" in result.stderr

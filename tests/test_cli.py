@@ -1,0 +1,333 @@
+"""The `plangate` command, run as a user runs it: a real process, its output and exit code.
+
+Each test gets its own data folder and notifications file; the demo tools read the seed numbers
+(128 open tickets against an SLA of 100) unless a test overrides them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plangate import __version__
+
+SEED_GOAL = "Check Jira ticket count, compare with SLA, and notify on-call engineer if breached"
+EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+RUN_OPTIONS = ("--yes", "-y", "--json", "--tools", "--policy", "--playbook", "--timeout")
+
+
+@dataclass
+class Cli:
+    """Runs `python -m plangate` in a clean environment rooted in one test's folder."""
+
+    folder: Path
+    env: dict[str, str]
+
+    def __call__(
+        self, *args: str, answers: str = "", env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run plangate with `args`, typing `answers` on stdin (none: stdin is at its end)."""
+        return subprocess.run(
+            [sys.executable, "-m", "plangate", *args],
+            input=answers,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            env=self.env | (env or {}),
+            cwd=self.folder,
+            timeout=60,
+            check=False,
+        )
+
+    @property
+    def data_folder(self) -> Path:
+        return self.folder / "xdg" / "plangate"
+
+    def notifications(self) -> list[dict[str, Any]]:
+        """Return the pages the demo notify tool has sent so far."""
+        path = self.folder / "notifications.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """The command with no PLANGATE_*, OPENAI_* or OTEL_* settings of the outer environment."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PLANGATE_", "OPENAI_", "OTEL_"))
+        and name not in ("XDG_DATA_HOME", "COLUMNS", "LINES", "FORCE_COLOR", "NO_COLOR")
+    }
+    env = inherited | {
+        "XDG_DATA_HOME": str(tmp_path / "xdg"),
+        "PLANGATE_DEMO_NOTIFICATIONS": str(tmp_path / "notifications.jsonl"),
+        "PYTHONIOENCODING": "utf-8",
+    }
+    return Cli(tmp_path, env)
+
+
+def step_line(output: str, step: str, tool: str, status: str) -> str:
+    """Return the line showing one finished step, failing the test if there is none."""
+    match = re.search(rf"^.*\b{step}\s+{tool}\s+{status}\b.*$", output, re.MULTILINE)
+    assert match, f"no line shows step {step} ({tool}) {status} in:\n{output}"
+    return match.group(0)
+
+
+def test_run_with_yes_plans_approves_and_runs_the_seed_goal(cli: Cli) -> None:
+    """Given the seed numbers: 128 open tickets, SLA 100.
+
+    When `plangate run SEED --yes` runs,
+    Then it exits 0 and shows the plan held by policy, approved, and its three steps run: the
+    count (128), the SLA (100) and the notification; one page is sent to on-call.
+    """
+    result = cli("run", SEED_GOAL, "--yes")
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    out = result.stdout
+    assert "Decision: hold by rule hold-writes" in out
+    assert "Decision: approve by " in out
+    assert step_line(out, "count", "ticket_count", "succeeded").endswith("→ 128")
+    assert step_line(out, "sla", "sla_threshold", "succeeded").endswith("→ 100")
+    step_line(out, "notify", "notify_oncall", "succeeded")
+    assert "Completed · 3 succeeded" in out
+    [page] = cli.notifications()
+    assert page["message"] == "Ticket count 128 exceeded SLA 100"
+
+
+def test_run_under_the_sla_skips_the_notification(cli: Cli) -> None:
+    """Given 42 open tickets (PLANGATE_DEMO_TICKET_COUNT=42), under the SLA of 100.
+
+    When the seed goal runs with --yes,
+    Then it completes, the notify step is shown as skipped, and no page is sent.
+    """
+    result = cli("run", SEED_GOAL, "--yes", env={"PLANGATE_DEMO_TICKET_COUNT": "42"})
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    assert step_line(result.stdout, "count", "ticket_count", "succeeded").endswith("→ 42")
+    step_line(result.stdout, "notify", "notify_oncall", "skipped")
+    assert "Completed · 2 succeeded, 1 skipped" in result.stdout
+    assert cli.notifications() == []
+
+
+def test_typing_a_at_the_prompt_approves_the_held_plan(cli: Cli) -> None:
+    """Given the seed goal, held by policy because it writes.
+
+    When the person at the terminal types "a",
+    Then the plan runs to completion and on-call is paged once.
+    """
+    result = cli("run", SEED_GOAL, answers="a\n")
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    assert "[a]pprove, [r]eject or [s]how the plan JSON?" in result.stderr
+    assert "Decision: approve by " in result.stdout
+    assert len(cli.notifications()) == 1
+
+
+def test_typing_s_shows_the_plan_json_then_a_approves_it(cli: Cli) -> None:
+    """Given the seed goal, held by policy.
+
+    When the person types "s" and then "a",
+    Then the plan's JSON is shown (its three steps and tools), and then the plan runs.
+    """
+    result = cli("run", SEED_GOAL, answers="s\na\n")
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    for tool in ("ticket_count", "sla_threshold", "notify_oncall"):
+        assert f'"tool": "{tool}"' in result.stderr
+    assert result.stderr.count("[a]pprove, [r]eject or [s]how the plan JSON?") == 2
+    assert len(cli.notifications()) == 1
+
+
+def test_typing_r_with_a_comment_rejects_the_plan_and_runs_nothing(cli: Cli) -> None:
+    """Given the seed goal, held by policy.
+
+    When the person types "r" and the comment "too noisy",
+    Then plangate exits 3, the decision shows the rejection with the comment, and no page is
+    sent.
+    """
+    result = cli("run", SEED_GOAL, answers="r\ntoo noisy\n")
+
+    assert result.returncode == EXIT_REFUSED, result.stderr
+    assert "Decision: reject by " in result.stdout
+    assert "too noisy" in result.stdout
+    assert "Rejected" in result.stdout
+    assert "✓" not in result.stdout
+    assert cli.notifications() == []
+
+
+def test_input_ending_after_r_still_rejects_the_plan(cli: Cli) -> None:
+    """Given the seed goal, held by policy.
+
+    When the person types "r" and the input ends before a comment,
+    Then the plan is rejected with the default comment, plangate exits 3, and no page is sent.
+    """
+    result = cli("run", SEED_GOAL, answers="r\n")
+
+    assert result.returncode == EXIT_REFUSED, result.stderr
+    assert "rejected at the terminal" in result.stdout
+    assert "Aborted" not in result.stderr
+    assert cli.notifications() == []
+
+
+def test_no_answer_on_stdin_leaves_the_plan_held_and_runs_nothing(cli: Cli) -> None:
+    """Given the seed goal, held by policy, and nobody to answer (stdin is empty).
+
+    When plangate asks,
+    Then it exits 3 and says that nothing was run and how to approve in scripts.
+    """
+    result = cli("run", SEED_GOAL, answers="")
+
+    assert result.returncode == EXIT_REFUSED, result.stderr
+    assert "\nno answer: nothing was run. Use --yes to approve in scripts.\n" in result.stderr
+    assert cli.notifications() == []
+
+
+def test_a_goal_no_playbook_matches_fails_with_one_line_saying_how_to_add_one(cli: Cli) -> None:
+    """Given no LLM configured, so the playbook planner plans.
+
+    When the goal matches no playbook,
+    Then plangate exits 1 and stderr is one line: no playbook matched, and how to add one.
+    """
+    result = cli("run", "bake a chocolate cake", "--yes")
+
+    assert result.returncode == EXIT_FAILED
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: no playbook matched")
+    assert "add a pattern" in line
+    assert "PLANGATE_PLAYBOOK_FILE" in line
+
+
+def test_an_unknown_option_is_a_usage_error(cli: Cli) -> None:
+    """When `plangate run` gets an option it does not have, it exits 2 and names it."""
+    result = cli("run", SEED_GOAL, "--bogus")
+
+    assert result.returncode == EXIT_USAGE
+    assert "No such option: --bogus" in result.stderr
+    assert "plangate run --help" in result.stderr
+
+
+def test_a_missing_policy_file_is_a_one_line_usage_error_before_anything_starts(
+    cli: Cli,
+) -> None:
+    """Given --policy naming a file that does not exist.
+
+    When plangate runs,
+    Then it exits 2 with one line naming the option and the file, and has created nothing.
+    """
+    result = cli("run", SEED_GOAL, "--yes", "--policy", "/nope.yaml")
+
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.splitlines() == [
+        "error: --policy names /nope.yaml, which is not a file; fix the path, or leave it out "
+        "to use the built-in policy"
+    ]
+    assert not cli.data_folder.exists()
+    assert cli.notifications() == []
+
+
+def test_a_missing_policy_file_named_by_the_environment_names_the_variable(cli: Cli) -> None:
+    """Given PLANGATE_POLICY_FILE naming a file that does not exist.
+
+    When plangate runs, then it exits 2 with one line naming the variable and the file.
+    """
+    result = cli("run", SEED_GOAL, "--yes", env={"PLANGATE_POLICY_FILE": "/nope.yaml"})
+
+    assert result.returncode == EXIT_USAGE
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: PLANGATE_POLICY_FILE names /nope.yaml, which is not a file")
+
+
+def test_json_prints_one_event_per_line_ending_with_the_result(cli: Cli) -> None:
+    """When the seed goal runs with --yes --json,
+    Then every stdout line is one JSON object with an event name, in order: the goal, the plan,
+    the decisions, the three steps, and last the result with exit code 0.
+    """
+    result = cli("run", SEED_GOAL, "--yes", "--json")
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events] == [
+        "goal.submitted",
+        "plan.proposed",
+        "decision",
+        "decision",
+        "step.finished",
+        "step.finished",
+        "step.finished",
+        "result",
+    ]
+    assert [e["action"] for e in events if e["event"] == "decision"] == ["hold", "approve"]
+    outputs = {e["step_id"]: e["output"] for e in events if e["event"] == "step.finished"}
+    assert (outputs["count"], outputs["sla"]) == (128, 100)
+    goal_id = events[0]["goal_id"]
+    assert events[-1] == {
+        "event": "result",
+        "goal_id": goal_id,
+        "trace_id": events[0]["trace_id"],
+        "outcome": "completed",
+        "exit_code": 0,
+        "steps": {"count": "succeeded", "sla": "succeeded", "notify": "succeeded"},
+    }
+    assert all(e["goal_id"] == goal_id for e in events if "goal_id" in e)
+
+
+def test_help_lists_the_commands_and_options(cli: Cli) -> None:
+    """When a user asks `plangate --help`, it exits 0 and names every command and option."""
+    result = cli("--help")
+
+    assert result.returncode == 0
+    for word in ("run", "schema", "audit", "--version", "--help"):
+        assert word in result.stdout
+    assert "<bool>" not in result.stdout
+
+
+def test_run_help_mentions_every_option_and_the_exit_codes(cli: Cli) -> None:
+    """When a user asks `plangate run --help`,
+    Then it names GOAL, every option with its environment variable, and the exit codes, and
+    flags are shown without a value placeholder.
+    """
+    result = cli("run", "--help")
+
+    assert result.returncode == 0
+    out = result.stdout
+    for option in (*RUN_OPTIONS, "--reviewer", "--help", "GOAL"):
+        assert option in out
+    for variable in ("PLANGATE_TOOLS", "PLANGATE_POLICY_FILE", "PLANGATE_PLAYBOOK_FILE"):
+        assert variable in out
+    assert "Exit codes: 0 completed, 1 failed, 2 usage error, 3 rejected" in out
+    assert re.search(r"^\s+-y, --yes\s+Approve", out, re.MULTILINE)
+    assert "<bool>" not in out
+
+
+def test_schema_export_writes_a_json_schema_per_message(cli: Cli) -> None:
+    """When `plangate schema export DIR` runs,
+    Then it exits 0, prints each file it wrote, and each is a JSON Schema (2020-12).
+    """
+    result = cli("schema", "export", "contract")
+
+    assert result.returncode == 0, result.stderr
+    written = [Path(line) for line in result.stdout.splitlines()]
+    names = {path.name for path in written}
+    assert {"goal.submitted.schema.json", "plan.schema.json", "dead.letter.schema.json"} <= names
+    for path in written:
+        schema = json.loads((cli.folder / path).read_text())
+        assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert sorted(p.name for p in (cli.folder / "contract").iterdir()) == sorted(names)
+
+
+def test_version_prints_the_installed_version(cli: Cli) -> None:
+    """When a user asks `plangate --version`, it prints `plangate <version>` and exits 0."""
+    result = cli("--version")
+
+    assert result.returncode == 0
+    assert result.stdout == f"plangate {__version__}\n"

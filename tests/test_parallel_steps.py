@@ -1,0 +1,134 @@
+"""The executor runs a plan as a DAG: independent steps at once, dependent ones in order."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from plangate.config import Settings
+from plangate.tools import ToolRegistry, tool
+from tests.support import only_plan, running_pipeline, step_runs, write_yaml
+
+
+def test_independent_steps_run_in_parallel(settings: Settings, tmp_path: Path) -> None:
+    """Given two read steps that do not depend on each other, each of which waits at a barrier
+    until the other has started too (a sequential engine would time out there),
+    When a goal planned with both runs,
+    Then both pass the barrier and the goal completes.
+    """
+    both_started = threading.Barrier(2, timeout=5)
+
+    @tool(effect="read", idempotent=True)
+    def left_census() -> int:
+        """Count the left side, once the right side is counting too."""
+        both_started.wait()
+        return 1
+
+    @tool(effect="read", idempotent=True)
+    def right_census() -> int:
+        """Count the right side, once the left side is counting too."""
+        both_started.wait()
+        return 2
+
+    playbook = write_yaml(
+        tmp_path / "playbook.yaml",
+        {
+            "playbooks": [
+                {
+                    "name": "census",
+                    "pattern": "census",
+                    "steps": [
+                        {"id": "left", "tool": "left_census"},
+                        {"id": "right", "tool": "right_census"},
+                    ],
+                }
+            ]
+        },
+    )
+    registry = ToolRegistry([left_census, right_census])
+
+    with running_pipeline(settings, playbook_file=playbook, registry=registry) as pipeline:
+        goal_id = pipeline.submit("take the census").goal_id
+
+        goal = pipeline.wait_for(goal_id, timeout=10)
+
+        assert goal.status == "completed", goal.status_reason
+        plan = only_plan(pipeline.store, goal_id)
+        assert step_runs(pipeline.store, plan.plan_id) == {
+            "left": "succeeded",
+            "right": "succeeded",
+        }
+    assert not both_started.broken
+
+
+def test_step_referencing_another_starts_after_it_finishes(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan where `double` takes `${base}` as its argument and `report` runs `after`
+    `double`, next to an independent `noise` step,
+    When it runs,
+    Then `double` starts only after `base` finished, and `report` only after `double` did,
+    with each output fed to the next.
+    """
+    events: list[str] = []
+    lock = threading.Lock()
+
+    def record(event: str) -> None:
+        with lock:
+            events.append(event)
+
+    @tool(effect="read", idempotent=True)
+    def base_value() -> int:
+        """Return the base value."""
+        record("base:start")
+        record("base:end")
+        return 21
+
+    @tool(effect="read", idempotent=True)
+    def doubled(value: int) -> int:
+        """Return twice `value`."""
+        record(f"double:start:{value}")
+        record("double:end")
+        return value * 2
+
+    @tool(effect="read", idempotent=True)
+    def report_done() -> str:
+        """Say that everything before it finished."""
+        record("report:start")
+        return "done"
+
+    @tool(effect="read", idempotent=True)
+    def noise() -> str:
+        """Do something unrelated."""
+        record("noise:start")
+        return "noise"
+
+    playbook = write_yaml(
+        tmp_path / "playbook.yaml",
+        {
+            "playbooks": [
+                {
+                    "name": "chain",
+                    "pattern": "chain",
+                    "steps": [
+                        {"id": "base", "tool": "base_value"},
+                        {"id": "noise", "tool": "noise"},
+                        {"id": "double", "tool": "doubled", "args": {"value": "${base}"}},
+                        {"id": "report", "tool": "report_done", "after": ["double"]},
+                    ],
+                }
+            ]
+        },
+    )
+    registry = ToolRegistry([base_value, doubled, report_done, noise])
+
+    with running_pipeline(settings, playbook_file=playbook, registry=registry) as pipeline:
+        goal_id = pipeline.submit("run the chain").goal_id
+
+        goal = pipeline.wait_for(goal_id, timeout=10)
+
+    assert goal.status == "completed", goal.status_reason
+    assert "double:start:21" in events
+    assert events.index("base:end") < events.index("double:start:21")
+    assert events.index("double:end") < events.index("report:start")
+    assert "noise:start" in events
