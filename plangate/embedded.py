@@ -69,7 +69,11 @@ class Pipeline:
         self.store.close()
 
     def __enter__(self) -> Pipeline:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.stop()  # threads already started must not outlive a failed start
+            raise
         return self
 
     def __exit__(

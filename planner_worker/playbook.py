@@ -78,7 +78,10 @@ class PlaybookPlanner:
         """Load a playbook file (default: the packaged playbook for the seed example)."""
         if path is None:
             text = resources.files("planner_worker").joinpath("default_playbook.yaml").read_text()
-            source = "the built-in playbook (set PLANGATE_PLAYBOOK_FILE to use your own)"
+            source = (
+                "a playbook file of your own (start from a copy of the built-in one: "
+                "`plangate playbook show > playbook.yaml`) and set PLANGATE_PLAYBOOK_FILE to it"
+            )
         else:
             try:
                 text = path.read_text(encoding="utf-8")
@@ -105,7 +108,7 @@ class PlaybookPlanner:
             return Draft(_fill(entry.summary, groups), steps, f"playbook:{entry.name}")
         raise PlanningFailed(
             [
-                f"no playbook matched the goal; add a pattern for it to {self.source}, "
+                f"no playbook matched the goal; add a pattern for it to {self.source}; "
                 "or configure an LLM planner (PLANGATE_PLANNER=openai)"
             ]
         )

@@ -144,16 +144,6 @@ def test_compressed_message_is_dead_lettered(pipeline: Pipeline) -> None:
     assert_seed_goal_still_completes(pipeline)
 
 
-# The crash reaches pytest as an unhandled-thread-exception warning; the xfail covers it.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "plangate/bus/consumer.py: the kombu Consumer has no on_decode_error, so a body that "
-        "fails to decompress raises out of drain_events and kills the stage's consumer thread "
-        "instead of being dead-lettered"
-    ),
-)
 def test_compression_header_on_a_body_that_does_not_decompress_is_dead_lettered(
     pipeline: Pipeline,
 ) -> None:

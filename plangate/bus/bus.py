@@ -142,6 +142,8 @@ class Observer:
 
     def _on_message(self, raw: Any) -> None:
         raw.ack()
+        if str(raw.delivery_info.get("routing_key", "")).startswith(("retry.", "dead.")):
+            return  # a retry is not news, and dead letters are read from their own queue
         try:
             message = decode_message(raw_body(raw), raw.content_type, raw.content_encoding)
         except MessageRejected:

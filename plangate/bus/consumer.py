@@ -111,6 +111,7 @@ class StageConsumer:
                 channel,
                 queues=[self._topology.stage_queue(self._stage)],
                 on_message=self._receive,
+                on_decode_error=self._undecodable,
                 prefetch_count=self._concurrency,
                 accept=["application/json"],
             )
@@ -128,15 +129,19 @@ class StageConsumer:
         with contextlib.suppress(TimeoutError):
             connection.drain_events(timeout=_POLL_SECONDS)
 
-    def _receive(self, raw: KombuMessage) -> None:
+    def _delivery(self, raw: KombuMessage) -> Delivery:
         headers = _text_headers(raw)
-        delivery = Delivery(
+        attempt = headers.get(ATTEMPT_HEADER, "1")
+        return Delivery(
             queue=self._queue_name,
             routing_key=str(raw.delivery_info.get("routing_key", "")),
             headers=headers,
-            attempt=int(headers.get(ATTEMPT_HEADER, "1") or 1),
+            attempt=int(attempt) if attempt.isdigit() else 1,
             redelivered=bool(raw.delivery_info.get("redelivered", False)),
         )
+
+    def _receive(self, raw: KombuMessage) -> None:
+        delivery = self._delivery(raw)
         try:
             if raw.errors:
                 raise MessageRejected(f"the broker client could not read it: {raw.errors[0][1]}")
@@ -167,15 +172,10 @@ class StageConsumer:
             self._settle(self._done.get_nowait())
 
     def _settle(self, done: _Done) -> None:
-        """Ack or dead-letter a finished message: the one place acks happen, after publishing."""
+        """Decide what a finished message leads to: its results, a dead letter, or a retry."""
         error = done.future.exception()
         if error is None:
-            envelopes = done.future.result()
-            for envelope in envelopes:
-                publish(self._producer, self._topology, envelope)
-            if self._on_published and envelopes:
-                self._on_published(envelopes)
-            done.raw.ack()
+            self._publish_then_ack(done.raw, done.future.result(), from_outbox=True)
         elif isinstance(error, Reject):
             log.info("rejected %s: %s", done.delivery.routing_key, error.reason)
             self._dead_letter(done.raw, done.delivery, error.reason)
@@ -203,13 +203,34 @@ class StageConsumer:
         for _, raw, attempt in due:
             headers = _text_headers(raw) | {ATTEMPT_HEADER: str(attempt)}
             retry_key = self._topology.retry_key(self._stage)
-            publish(self._producer, self._topology, Envelope(retry_key, raw.body, headers))
-            raw.ack()
+            self._publish_then_ack(raw, [Envelope(retry_key, raw_body(raw), headers)])
 
     def _dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
         envelope = dead_letter_envelope(raw_body(raw), raw.content_type, delivery, reason)
-        publish(self._producer, self._topology, envelope)
+        self._publish_then_ack(raw, [envelope])
+
+    def _publish_then_ack(
+        self, raw: KombuMessage, envelopes: Sequence[Envelope], *, from_outbox: bool = False
+    ) -> None:
+        """Publish what a message led to, then ack it: the one place a message is acked."""
+        for envelope in envelopes:
+            publish(self._producer, self._topology, envelope)
+        if from_outbox and envelopes and self._on_published is not None:
+            try:
+                self._on_published(envelopes)
+            except Exception:
+                # Published but not marked sent: the relay sends them again, and handlers are
+                # idempotent, so a duplicate is harmless where a lost ack would not be.
+                log.exception("could not mark %d outbox rows sent", len(envelopes))
         raw.ack()
+
+    def _undecodable(self, raw: Any, error: Exception) -> None:
+        """Dead-letter what kombu itself could not read (e.g. a body that fails to decompress)."""
+        if not isinstance(raw, KombuMessage):
+            log.error("dropping a message kombu could not even parse: %r", error)
+            return
+        delivery = self._delivery(raw)
+        self._dead_letter(raw, delivery, f"the broker client could not read it: {error}")
 
 
 def raw_body(raw: KombuMessage) -> bytes:

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
@@ -54,12 +55,8 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def open_store(url: str, *, upgrade: bool = True) -> Store:
-    """Open the store at a SQLAlchemy URL.
-
-    With `upgrade` (the embedded mode, `plangate db upgrade`) the schema is migrated to the
-    newest revision; without it (workers) an old schema is refused with what to run.
-    """
+def make_engine(url: str) -> Engine:
+    """Create the SQLAlchemy engine for a store URL (SQLite gets serialised writes)."""
     try:
         parsed = make_url(url)
     except Exception as exc:
@@ -72,10 +69,28 @@ def open_store(url: str, *, upgrade: bool = True) -> Store:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": 30})
         _sqlite_serialised_writes(engine)
-    else:
-        engine = create_engine(parsed, pool_pre_ping=True)
-    if upgrade:
-        schema.upgrade(engine)
-    else:
-        schema.require_current(engine)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def open_store(url: str, *, upgrade: bool = True) -> Store:
+    """Open the store at a SQLAlchemy URL.
+
+    With `upgrade` (the embedded mode) the schema is migrated to the newest revision; without
+    it (workers) an old schema is refused with what to run.
+    """
+    engine = make_engine(url)
+    try:
+        if upgrade:
+            schema.upgrade(engine)
+        else:
+            schema.require_current(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        where = engine.url.render_as_string(hide_password=True)
+        cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise ConfigError(
+            f"cannot open the store at {where}: {cause}; check PLANGATE_DATABASE_URL, "
+            "and that the database is reachable and was made by plangate"
+        ) from exc
     return Store(engine)

@@ -1,0 +1,70 @@
+"""What every command shares: settings from the environment, one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from plangate.config import Settings
+from plangate.errors import ConfigError, PlangateError, PolicyError, ToolLoadError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+
+
+def group(help_text: str) -> typer.Typer:
+    """Return a command group with plangate's plain help style."""
+    return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None)
+
+
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+_USAGE_ERRORS = (ConfigError, PolicyError, ToolLoadError)
+
+
+def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn plangate's errors into one line on stderr and an exit code (2: fix your input)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except _USAGE_ERRORS as exc:
+            err_console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(EXIT_USAGE) from exc
+        except PlangateError as exc:
+            err_console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(EXIT_FAILED) from exc
+
+    return wrapper
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, then apply the command line's overrides."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        name = "PLANGATE_" + str(problem["loc"][0]).upper()
+        raise ConfigError(f"{name}: {problem['msg']}") from exc
+
+
+def require_file(ctx: typer.Context, name: str, path: Path | None, what: str) -> None:
+    """Fail before anything starts when a file named by an option or its variable is missing."""
+    if path is None or path.is_file():
+        return
+    source = ctx.get_parameter_source(name)
+    from_env = source is not None and source.name == "ENVIRONMENT"
+    given = f"PLANGATE_{name.upper()}_FILE" if from_env else f"--{name}"
+    raise ConfigError(
+        f"{given} names {path}, which is not a file; fix the path, or leave it out to use "
+        f"the built-in {what}"
+    )

@@ -1,0 +1,201 @@
+"""Following one goal through the embedded pipeline, shown as it happens (`plangate run`)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.prompt import Prompt
+from rich.syntax import Syntax
+
+from approval_gate.decisions import decision_of
+from plangate.catalog import load_catalog
+from plangate.cli import render
+from plangate.cli.common import EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED
+from plangate.config import Settings
+from plangate.embedded import Pipeline
+from plangate.store import DecisionRow, PlanRow
+from schemas import (
+    ExecutionCompleted,
+    ExecutionFailed,
+    Message,
+    PlanApproved,
+    PlanDecided,
+    PlanFailed,
+    PlanProposed,
+    StepFinished,
+)
+
+_REFUSED = {"plan.denied", "plan.rejected", "plan.expired"}
+
+
+@dataclass
+class RunOptions:
+    """How `plangate run` behaves."""
+
+    yes: bool = False
+    as_json: bool = False
+    timeout: float = 300.0
+    reviewer: str = ""
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid, e.g. an arbitrary uid in a container
+        return "unknown"
+
+
+class GoalRun:
+    """Follows one goal's events and answers a hold at the terminal."""
+
+    def __init__(self, pipeline: Pipeline, options: RunOptions, out: Console, err: Console):
+        self.pipeline = pipeline
+        self.options = options
+        self.out = out
+        self.err = err
+        self.goal_id = ""
+        self.trace_id: str | None = None
+        self.steps: dict[str, str] = {}
+
+    def run(self, text: str) -> int:
+        """Submit `text` and follow it to the end; return the exit code."""
+        with self.pipeline.bus.observe() as observer:
+            submitted = self.pipeline.submit(text, metadata={"submitted_by": "cli"})
+            self.goal_id, self.trace_id = submitted.goal_id, submitted.trace_id
+            if self.options.as_json:
+                ids = {"goal_id": self.goal_id, "trace_id": self.trace_id}
+                self._json("goal.submitted", {**ids, "text": text})
+            deadline = time.monotonic() + self.options.timeout
+            while time.monotonic() < deadline:
+                message = observer.next(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+                if message is None or message.goal_id != self.goal_id:
+                    continue
+                code = self._on(message)
+                if code is not None:
+                    return code
+        return self._finish(EXIT_FAILED, f"timed out after {self.options.timeout:g} s")
+
+    def _on(self, message: Message) -> int | None:
+        if isinstance(message, PlanProposed):
+            self._show_plan(message)
+        elif isinstance(message, PlanFailed):
+            if self.options.as_json:
+                return self._finish(EXIT_FAILED, "plan_failed", reasons=message.reasons)
+            self.err.print(f"[red]error:[/] {'; '.join(message.reasons)}", highlight=False)
+            return EXIT_FAILED
+        elif isinstance(message, PlanApproved):
+            self._show_decision(message.plan.plan_id)
+        elif isinstance(message, PlanDecided):
+            return self._on_decided(message)
+        elif isinstance(message, StepFinished):
+            self.steps[message.step_id] = message.status
+            if self.options.as_json:
+                self._json(message.type, message.model_dump(mode="json"))
+            else:
+                self.out.print(render.step_text(message))
+        elif isinstance(message, ExecutionCompleted):
+            return self._finish(EXIT_COMPLETED, "completed", steps=message.steps)
+        elif isinstance(message, ExecutionFailed):
+            return self._finish(EXIT_FAILED, f"failed: {message.reason}", steps=message.steps)
+        return None
+
+    def _on_decided(self, message: PlanDecided) -> int | None:
+        self._show_decision(message.plan_id, message)
+        if message.type in _REFUSED:
+            return self._finish(EXIT_REFUSED, message.type.removeprefix("plan."))
+        return self._ask(message) if message.type == "plan.held" else None
+
+    def _ask(self, held: PlanDecided) -> int | None:
+        reviewer = self.options.reviewer or f"{_login_name()}@terminal"
+        if self.options.yes:
+            self.pipeline.approve(held.plan_id, reviewer, expected_hash=held.plan_hash)
+            return None
+        while True:
+            try:
+                answer = Prompt.ask(
+                    r"Held for a person. \[a]pprove, \[r]eject or \[s]how the plan JSON?",
+                    choices=["a", "r", "s"],
+                    console=self.err,
+                )
+            except EOFError:
+                # A newline first: the prompt left the cursor at the end of its line.
+                self.err.print("\nno answer: nothing was run. Use --yes to approve in scripts.")
+                return self._finish(EXIT_REFUSED, "held")
+            if answer == "s":
+                self.err.print(Syntax(self._plan_json(held.plan_id), "json"))
+            elif answer == "a":
+                self.pipeline.approve(held.plan_id, reviewer, expected_hash=held.plan_hash)
+                return None
+            else:
+                try:
+                    comment = Prompt.ask("Why? (a comment for the record)", console=self.err)
+                except EOFError:  # input ended after "r": the rejection stands, uncommented
+                    comment = ""
+                self.pipeline.reject(held.plan_id, reviewer, comment or "rejected at the terminal")
+                return None
+
+    def _plan_json(self, plan_id: str) -> str:
+        with self.pipeline.store.session() as session:
+            return json.dumps(session.get_one(PlanRow, plan_id).body, indent=2)
+
+    def _show_plan(self, message: PlanProposed) -> None:
+        if self.options.as_json:
+            self._json(message.type, message.model_dump(mode="json"))
+            return
+        catalog = load_catalog(self.pipeline.store)
+        self.out.print(f"Goal {self.goal_id}  ·  trace {self.trace_id}", style="dim")
+        self.out.print(render.plan_table(message.plan, catalog, message.planner))
+
+    def _show_decision(self, plan_id: str, message: PlanDecided | None = None) -> None:
+        if message is not None:
+            decision = message.decision
+        else:
+            with self.pipeline.store.session() as session:
+                rows = (
+                    session.query(DecisionRow).filter_by(plan_id=plan_id).order_by(DecisionRow.id)
+                )
+                decision = decision_of(rows.all()[-1])
+        if self.options.as_json:
+            self._json("decision", {"plan_id": plan_id, **decision.model_dump(mode="json")})
+        else:
+            self.out.print(render.decision_text(decision))
+
+    def _finish(self, code: int, outcome: str, **extra: object) -> int:
+        if self.options.as_json:
+            self._json(
+                "result",
+                {
+                    "goal_id": self.goal_id,
+                    "trace_id": self.trace_id,
+                    "outcome": outcome,
+                    "exit_code": code,
+                    **extra,
+                },
+            )
+            return code
+        style = "green" if code == EXIT_COMPLETED else "red" if code == EXIT_FAILED else "yellow"
+        counts = ", ".join(
+            f"{sum(1 for s in self.steps.values() if s == k)} {k}"
+            for k in ("succeeded", "skipped", "failed", "unknown")
+            if k in self.steps.values()
+        )
+        self.out.print(f"[{style}]{outcome.capitalize()}[/]" + (f" · {counts}" if counts else ""))
+        self.out.print(f"goal {self.goal_id}  ·  trace {self.trace_id}", style="dim")
+        return code
+
+    def _json(self, event: str, data: dict[str, object]) -> None:
+        sys.stdout.write(render.json_line(event, dict(data)) + "\n")
+        sys.stdout.flush()
+
+
+def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
+    """Run one goal in the embedded pipeline; return the process exit code."""
+    out = Console(highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    with Pipeline(settings) as pipeline:
+        return GoalRun(pipeline, options, out, err).run(text)
