@@ -16,7 +16,7 @@ from typing import Any
 import cel
 
 from executor_worker.ledger import StepLedger
-from plangate import telemetry
+from plangate import faults, telemetry
 from plangate.errors import ToolError
 from plangate.tools import ToolContext, ToolRegistry
 from schemas import Plan, Step
@@ -140,6 +140,7 @@ class PlanRun:
             )
             try:
                 output = tool.invoke(args, context)
+                faults.trip("mid_tool")  # the effect happened; its record did not
             except ToolError as exc:
                 span.set_attribute("error.type", type(exc).__name__)
                 outcome = StepOutcome(

@@ -8,7 +8,9 @@ steps are not run again, and a run that already ended has its outcome republishe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -46,6 +48,7 @@ from schemas import (
 )
 
 ACTOR = "executor"
+log = logging.getLogger(__name__)
 Notify = Callable[[Envelope], None]
 # Goals that a refused message must leave as they are: a run or an outcome is never undone.
 _SETTLED = frozenset({"running", *TERMINAL_STATUSES})
@@ -61,12 +64,14 @@ class ExecutorHandler:
         trusted: TrustedKeys,
         notify: Notify | None = None,
         max_parallel: int = 8,
+        step_lease: timedelta = timedelta(minutes=5),
     ) -> None:
         self._store = store
         self._registry = registry
         self._trusted = trusted
         self._notify = notify
         self._max_parallel = max_parallel
+        self._step_lease = step_lease
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.approved message."""
@@ -144,7 +149,7 @@ class ExecutorHandler:
             plan,
             plan_hash(plan),
             self._registry,
-            StepLedger(self._store, plan),
+            StepLedger(self._store, plan, self._step_lease),
             lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),
             self._max_parallel,
         )
@@ -206,7 +211,10 @@ class ExecutorHandler:
                 error=outcome.error,
                 duration_ms=outcome.duration_ms,
             )
-            self._notify(Envelope.of(event, headers))
+            try:
+                self._notify(Envelope.of(event, headers))
+            except Exception:  # progress for observers only; the store has the record
+                log.warning("could not announce step %s", outcome.step_id, exc_info=True)
 
 
 def _outcome_of(session: Session, goal: GoalRow, plan_id: str) -> Message:

@@ -8,7 +8,7 @@ otherwise marked `unknown` for a person to settle: never run twice silently.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Literal
 
 from sqlalchemy import update
@@ -65,7 +65,7 @@ class StepLedger:
                 kind: ClaimKind = "unknown" if row.status == "unknown" else "done"
                 return Claim(kind, row.attempt, row.status, row.output, row.error)
             lease_until = row.lease_until
-            if lease_until is not None and _aware(lease_until) > now:
+            if lease_until is not None and lease_until > now:
                 raise Retry(f"step {step.id!r} is being run by another executor", delay=5.0)
             if not spec.idempotent:
                 row.status, row.finished_at = "unknown", now
@@ -101,8 +101,3 @@ class StepLedger:
                 session.add(row)
             row.status, row.output, row.error = status, output, error
             row.finished_at, row.lease_until = now, None
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; they were stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

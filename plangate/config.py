@@ -35,8 +35,27 @@ class Settings(BaseSettings):
         pattern=r"^[a-z][a-z0-9_-]{0,31}$",
         description="Prefix of the exchange and queue names.",
     )
-    planner: Literal["auto", "openai", "playbook"] = "auto"
+    planner: Literal["auto", "openai", "playbook"] = Field(
+        default="auto",
+        description="`auto`: openai when OPENAI_API_KEY or OPENAI_BASE_URL is set, else playbook.",
+    )
     playbook_file: Path | None = None
+    model: str = Field(default="gpt-4o-mini", min_length=1, description="The LLM planner's model.")
+    planner_attempts: int = Field(default=3, ge=1, le=10, description="Tries per plan revision.")
+    planner_timeout_seconds: float = Field(default=60.0, gt=0, description="Per LLM request.")
+    planner_max_tokens: int = Field(default=4096, ge=16, description="Per LLM answer.")
+    planner_max_retries: int = Field(
+        default=2, ge=0, le=10, description="The openai SDK's own retries (429, 5xx, timeouts)."
+    )
+    goal_token_budget: int = Field(
+        default=60_000, ge=1, description="LLM tokens one goal may use, across every revision."
+    )
+    replan_limit: int = Field(
+        default=2, ge=0, le=20, description="Revisions made after rejections (or failures)."
+    )
+    replan_on_failure: bool = Field(
+        default=False, description="Also revise a plan whose execution failed."
+    )
     policy_file: Path | None = None
     tools: str = Field(
         default="plangate.demo.tools", description="Comma-separated tool modules to load."
@@ -46,6 +65,21 @@ class Settings(BaseSettings):
     approval_ttl_seconds: int = Field(default=3600, gt=0)
     concurrency: int = Field(default=4, ge=1, le=256)
     max_attempts: int = Field(default=3, ge=1)
+    step_lease_seconds: float = Field(
+        default=300.0, gt=0, description="How long a step's claim holds before another may act."
+    )
+    reconcile_after_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A goal unchanged this long is republished by a worker (then 2x, 4x, ...).",
+    )
+    relay_after_seconds: float = Field(
+        default=30.0, gt=0, description="An outbox row unsent this long is published by a worker."
+    )
+    sweep_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often a worker relays the outbox and reconciles."
+    )
+    log_level: str = "INFO"
 
     def resolved_database_url(self) -> str:
         """Return the database URL, defaulting to `plangate.db` in the data folder."""

@@ -23,6 +23,7 @@ __all__ = [
     "Retry",
     "ToolError",
     "ToolLoadError",
+    "Unavailable",
 ]
 
 
@@ -91,3 +92,7 @@ class PlanningFailed(PlangateError):
     def __init__(self, reasons: list[str]) -> None:
         self.reasons = reasons
         super().__init__("; ".join(reasons))
+
+
+class Unavailable(Retry):
+    """Raised by a handler: a dependency (the database) is down; retry without using an attempt."""

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -84,8 +84,13 @@ class Signer:
 class TrustedKeys(Mapping[str, Ed25519PublicKey]):
     """The public keys an executor accepts approvals from, by key id."""
 
-    def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
+    def __init__(
+        self,
+        keys: Iterable[Ed25519PublicKey] = (),
+        reload: Callable[[], Iterable[Ed25519PublicKey]] | None = None,
+    ) -> None:
         self._keys = {key_id(key): key for key in keys}
+        self._reload = reload
 
     def __getitem__(self, keyid: str) -> Ed25519PublicKey:
         return self._keys[keyid]
@@ -130,6 +135,10 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
 
     def _verified_signature(self, message: bytes, envelope: SignedEnvelope) -> Signature:
         trusted = [s for s in envelope.signatures if s.keyid in self._keys]
+        if not trusted and self._reload is not None:
+            # A gate may have made its key after this executor started: look at the folder again.
+            self._keys = {key_id(key): key for key in self._reload()}
+            trusted = [s for s in envelope.signatures if s.keyid in self._keys]
         if not trusted:
             unknown = ", ".join(_short(s.keyid) for s in envelope.signatures)
             hint = "add its public key to the trusted keys folder"
@@ -167,10 +176,14 @@ def load_or_create_signer(settings: Settings) -> Signer:
 def load_trusted_keys(settings: Settings) -> TrustedKeys:
     """Load every `*.pub` (PEM Ed25519 public key) in the trusted keys folder."""
     directory = trusted_keys_dir(settings)
+    if not directory.is_dir() and settings.trusted_keys_dir is not None:
+        raise ConfigError(f"PLANGATE_TRUSTED_KEYS_DIR names {directory}, which is no folder")
+    return TrustedKeys(_read_public_keys(directory), reload=lambda: _read_public_keys(directory))
+
+
+def _read_public_keys(directory: Path) -> list[Ed25519PublicKey]:
     if not directory.is_dir():
-        if settings.trusted_keys_dir is not None:
-            raise ConfigError(f"PLANGATE_TRUSTED_KEYS_DIR names {directory}, which is no folder")
-        return TrustedKeys()
+        return []
     keys = []
     for path in sorted(directory.glob("*.pub")):
         try:
@@ -181,7 +194,7 @@ def load_trusted_keys(settings: Settings) -> TrustedKeys:
         if not isinstance(key, Ed25519PublicKey):
             raise ConfigError(f"trusted key file {path} is not an Ed25519 key; fix or remove it")
         keys.append(key)
-    return TrustedKeys(keys)
+    return keys
 
 
 def _create_private_key(path: Path) -> None:

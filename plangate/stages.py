@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from approval_gate.handler import GateHandler
 from approval_gate.policy import load_policy
 from approval_gate.review import Review
 from executor_worker.handler import ExecutorHandler
-from plangate.bus import Bus, Envelope, Handler, Stage
+from plangate.bus import Bus, Delivery, Envelope, Handler, Stage
 from plangate.catalog import publish_catalog
 from plangate.config import Settings
+from plangate.errors import Unavailable
 from plangate.signing import load_or_create_signer, load_trusted_keys
 from plangate.store import Store
+from plangate.store.engine import is_outage
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
-from planner_worker.playbook import load_playbook_planner
+from planner_worker.loading import load_planner
+from planner_worker.replan import ReplanPolicy
+from schemas import Message
+
+
+def survive_outages(handler: Handler) -> Handler:
+    """Turn a database outage inside a handler into Unavailable: wait, never dead-letter."""
+
+    def guarded(message: Message, delivery: Delivery) -> Sequence[Envelope]:
+        try:
+            return handler(message, delivery)
+        except Exception as exc:
+            if is_outage(exc):
+                raise Unavailable(f"the database is unavailable ({type(exc).__name__})") from exc
+            raise
+
+    return guarded
 
 
 def build_handler(
@@ -26,8 +45,18 @@ def build_handler(
     registry: ToolRegistry | None = None,
 ) -> Handler:
     """Return the handler of one stage, configured from `settings`."""
+    return survive_outages(_stage_handler(stage, settings, store, bus, registry))
+
+
+def _stage_handler(
+    stage: Stage,
+    settings: Settings,
+    store: Store,
+    bus: Bus,
+    registry: ToolRegistry | None,
+) -> Handler:
     if stage == "planner":
-        return PlannerHandler(store, load_playbook_planner(settings))
+        return PlannerHandler(store, load_planner(settings), ReplanPolicy.from_settings(settings))
     if stage == "gate":
         signer = load_or_create_signer(settings)
         ttl = timedelta(seconds=settings.approval_ttl_seconds)
@@ -38,7 +67,8 @@ def build_handler(
     def notify(envelope: Envelope) -> None:
         bus.publish([envelope])
 
-    return ExecutorHandler(store, tools, load_trusted_keys(settings), notify)
+    lease = timedelta(seconds=settings.step_lease_seconds)
+    return ExecutorHandler(store, tools, load_trusted_keys(settings), notify, step_lease=lease)
 
 
 def build_review(settings: Settings, store: Store) -> Review:

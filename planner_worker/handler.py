@@ -1,115 +1,230 @@
-"""The planner stage's handler: goal.submitted in; plan.proposed or plan.failed out.
+"""The planner stage's handler: goals in, validated plan revisions (or clear failures) out.
 
-Idempotent on redelivery: a goal that already has a plan (or a failure) gets the same answer
-again instead of a second plan.
+`goal.submitted` makes revision 1. `plan.rejected` (and `execution.failed`, when configured)
+makes revision n+1 from that feedback, if the planner takes feedback and the replan policy
+allows it. Idempotent on redelivery: a goal or feedback already answered gets the same answer
+again, and the store's unique (goal, revision) keeps two deliveries from making two revisions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
-from plangate.catalog import load_catalog
-from plangate.errors import PlanningFailed, Reject
-from plangate.store import PlanRow, Store
-from plangate.store.goals import ensure_goal, latest_plan, plan_of, transition
+from plangate.errors import PlanningFailed, Reject, Unavailable
+from plangate.store import GoalRow, PlanRow, Store, ToolCatalogRow
+from plangate.store.goals import ensure_goal, get_goal, latest_plan, plan_of, transition
 from plangate.store.outbox import emit
-from planner_worker.planner import Planner
+from planner_worker.planner import Draft, Feedback, Planner, RevisingPlanner
+from planner_worker.replan import FeedbackSource, ReplanPolicy
 from schemas import (
+    Catalog,
+    ExecutionFailed,
     GoalSubmitted,
     Message,
     Plan,
+    PlanDecided,
     PlanFailed,
     PlanInvalid,
     PlanProposed,
+    ToolSpec,
     new_id,
     plan_hash,
     validate_plan,
 )
+from schemas.messages import TokenUsage
 
 ACTOR = "planner"
+_AWAITING_FEEDBACK: dict[FeedbackSource, str] = {"reviewer": "rejected", "execution": "failed"}
 
 
 class PlannerHandler:
-    """Turns each goal into one validated plan revision, or a failure that says why."""
+    """Turns each goal into validated plan revisions, or a failure that says why."""
 
-    def __init__(self, store: Store, planner: Planner) -> None:
+    def __init__(self, store: Store, planner: Planner, replan: ReplanPolicy | None = None) -> None:
         self._store = store
         self._planner = planner
+        self._replan = replan or ReplanPolicy()
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
-        """Handle one goal.submitted message."""
-        if not isinstance(message, GoalSubmitted):
-            raise Reject(f"the planner does not handle {type(message).__name__}")
+        """Handle goal.submitted, plan.rejected or execution.failed."""
+        if isinstance(message, GoalSubmitted):
+            return self._on_goal(message, delivery)
+        if isinstance(message, PlanDecided) and message.type == "plan.rejected":
+            return self._on_feedback(message.plan_id, message.decision.reason, "reviewer")
+        if isinstance(message, ExecutionFailed):
+            return self._on_feedback(message.plan_id, message.reason, "execution")
+        raise Reject(f"the planner does not handle {type(message).__name__}")
+
+    def _on_goal(self, message: GoalSubmitted, delivery: Delivery) -> Sequence[Envelope]:
         with self._store.session() as session:
             goal = ensure_goal(session, message, delivery.headers)
             existing = latest_plan(session, message.goal_id)
             if existing is not None:
                 return [emit(session, _proposal(existing))]
             if goal.status == "plan_failed":
-                reasons = [goal.status_reason or "planning failed"]
-                return [emit(session, PlanFailed(goal_id=message.goal_id, reasons=reasons))]
+                return [emit(session, _failure(goal))]
+            catalog = _catalog_in(session)
         with telemetry.tracer().start_as_current_span("plan") as span:
             span.set_attribute("gen_ai.operation.name", "plan")
             span.set_attribute("plangate.goal_id", message.goal_id)
+            span.set_attribute("plangate.revision", 1)
             try:
-                plan, planner_name = self._make_plan(message)
+                draft = self._planner.draft(message, catalog)
+                plan = _validated(draft, message.goal_id, 1, catalog)
             except PlanningFailed as failure:
                 span.set_attribute("error.type", "planning_failed")
-                return self._fail(message, failure.reasons)
+                return self._fail(message.goal_id, failure.reasons)
             # Inside the span: the gate and executor continue the trace under `plan`.
-            return self._propose(plan, planner_name)
+            return self._propose(plan, draft)
 
-    def _make_plan(self, goal: GoalSubmitted) -> tuple[Plan, str]:
-        catalog = load_catalog(self._store)
-        if not catalog:
-            raise PlanningFailed(
-                ["no executor has published its tools yet; start an executor, then resubmit"]
-            )
-        draft = self._planner.draft(goal, catalog)
-        plan = Plan(
-            plan_id=new_id(),
-            goal_id=goal.goal_id,
-            revision=1,
-            summary=draft.summary,
-            steps=draft.steps,
-        )
-        try:
-            validate_plan(plan, catalog)
-        except PlanInvalid as invalid:
-            raise PlanningFailed([str(p) for p in invalid.problems]) from invalid
-        return plan, draft.planner
+    def _on_feedback(
+        self, plan_id: str, comment: str, source: FeedbackSource
+    ) -> Sequence[Envelope]:
+        """Make the next revision from feedback on `plan_id`, when that is allowed."""
+        if not self._replan.allows(1, source) or not isinstance(self._planner, RevisingPlanner):
+            return []  # nothing to do; the message is acknowledged
+        with self._store.session() as session:
+            row = session.get(PlanRow, plan_id)
+            if row is None:
+                raise Reject(f"feedback on plan {plan_id}, which is not in the store")
+            goal = get_goal(session, row.goal_id)
+            newest = latest_plan(session, row.goal_id)
+            assert newest is not None  # `row` itself is one of the goal's plans
+            if newest.revision == row.revision + 1:  # a redelivery: this feedback was answered
+                return [emit(session, _proposal(newest))]
+            if newest.revision > row.revision or not self._replan.allows(row.revision, source):
+                return []
+            if goal.status == "plan_failed":  # revising after this feedback failed before
+                return [emit(session, _failure(goal))]
+            if goal.status != _AWAITING_FEEDBACK[source]:
+                return []  # the goal moved on (another decision, a newer run): leave it
+            request = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
+            feedback = Feedback(plan_of(row), comment, source, _tokens_spent(session, goal.id))
+            catalog = _catalog_in(session)
+        return self._revise(self._planner, request, catalog, feedback)
 
-    def _propose(self, plan: Plan, planner_name: str) -> Sequence[Envelope]:
+    def _revise(
+        self, planner: RevisingPlanner, goal: GoalSubmitted, catalog: Catalog, feedback: Feedback
+    ) -> Sequence[Envelope]:
+        revision = feedback.previous.revision + 1
+        with telemetry.tracer().start_as_current_span("plan") as span:
+            span.set_attribute("gen_ai.operation.name", "plan")
+            span.set_attribute("plangate.goal_id", goal.goal_id)
+            span.set_attribute("plangate.revision", revision)
+            span.set_attribute("plangate.feedback.source", feedback.source)
+            try:
+                draft = planner.revise(goal, catalog, feedback)
+                plan = _validated(draft, goal.goal_id, revision, catalog)
+            except PlanningFailed as failure:
+                span.set_attribute("error.type", "planning_failed")
+                what = "rejection" if feedback.source == "reviewer" else "failed execution"
+                reasons = [f"no revision {revision} after the {what}:", *failure.reasons]
+                return self._fail(goal.goal_id, reasons)
+            return self._propose(plan, draft)
+
+    def _propose(self, plan: Plan, draft: Draft) -> Sequence[Envelope]:
         digest = plan_hash(plan)
-        with self._store.session() as session:
-            row = PlanRow(
-                plan_id=plan.plan_id,
-                goal_id=plan.goal_id,
-                revision=plan.revision,
-                body=plan.model_dump(mode="json"),
-                plan_hash=digest,
-                planner=planner_name,
-            )
-            session.add(row)
-            session.flush()
-            transition(
-                session,
-                plan.goal_id,
-                "proposed",
-                actor=ACTOR,
-                data={"plan_id": plan.plan_id, "revision": 1, "plan_hash": digest},
-            )
-            return [emit(session, _proposal(row))]
+        usage = draft.usage
+        try:
+            with self._store.session() as session:
+                row = PlanRow(
+                    plan_id=plan.plan_id,
+                    goal_id=plan.goal_id,
+                    revision=plan.revision,
+                    body=plan.model_dump(mode="json"),
+                    plan_hash=digest,
+                    planner=draft.planner,
+                    model=draft.model,
+                    input_tokens=usage.input_tokens if usage else None,
+                    output_tokens=usage.output_tokens if usage else None,
+                )
+                session.add(row)
+                session.flush()
+                transition(
+                    session,
+                    plan.goal_id,
+                    "proposed",
+                    actor=ACTOR,
+                    data={"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": digest},
+                )
+                return [emit(session, _proposal(row))]
+        except IntegrityError:
+            # Two deliveries of one goal (or one piece of feedback) planned at once; the
+            # other stored this revision first. Its plan is the answer, ours is dropped.
+            with self._store.session() as session:
+                existing = session.execute(
+                    select(PlanRow).where(
+                        PlanRow.goal_id == plan.goal_id, PlanRow.revision == plan.revision
+                    )
+                ).scalar_one()
+                return [emit(session, _proposal(existing))]
 
-    def _fail(self, goal: GoalSubmitted, reasons: list[str]) -> Sequence[Envelope]:
+    def _fail(self, goal_id: str, reasons: list[str]) -> Sequence[Envelope]:
         with self._store.session() as session:
-            transition(session, goal.goal_id, "plan_failed", actor=ACTOR, reason="; ".join(reasons))
-            return [emit(session, PlanFailed(goal_id=goal.goal_id, reasons=reasons))]
+            transition(session, goal_id, "plan_failed", actor=ACTOR, reason="; ".join(reasons))
+            return [emit(session, PlanFailed(goal_id=goal_id, reasons=reasons))]
+
+
+def _catalog_in(session: Session) -> Catalog:
+    """Return the tool catalog, read in the caller's transaction.
+
+    Not `plangate.catalog.load_catalog`, which opens a transaction of its own: on SQLite each
+    takes the write lock, and one fewer per goal shows with 32 goals in flight.
+    """
+    rows = session.execute(select(ToolCatalogRow)).scalars()
+    catalog = {row.name: ToolSpec.model_validate(row.spec) for row in rows}
+    if not catalog:
+        # Executors may still be starting: wait for them rather than fail the goal.
+        raise Unavailable("no executor has published its tools yet; start an executor")
+    return catalog
+
+
+def _validated(draft: Draft, goal_id: str, revision: int, catalog: Catalog) -> Plan:
+    """Return the draft numbered as a plan, validated: nothing invalid leaves the planner."""
+    plan = Plan(
+        plan_id=new_id(),
+        goal_id=goal_id,
+        revision=revision,
+        summary=draft.summary,
+        steps=draft.steps,
+    )
+    try:
+        validate_plan(plan, catalog)
+    except PlanInvalid as invalid:
+        raise PlanningFailed([str(p) for p in invalid.problems]) from invalid
+    return plan
+
+
+def _tokens_spent(session: Session, goal_id: str) -> int:
+    """LLM tokens every stored revision of the goal took (its budget spans them all)."""
+    total = session.execute(
+        select(
+            func.coalesce(func.sum(PlanRow.input_tokens), 0)
+            + func.coalesce(func.sum(PlanRow.output_tokens), 0)
+        ).where(PlanRow.goal_id == goal_id)
+    ).scalar_one()
+    return int(total or 0)
 
 
 def _proposal(row: PlanRow) -> PlanProposed:
+    usage = None
+    if row.input_tokens is not None or row.output_tokens is not None:
+        usage = TokenUsage(input_tokens=row.input_tokens or 0, output_tokens=row.output_tokens or 0)
     return PlanProposed(
-        goal_id=row.goal_id, plan=plan_of(row), plan_hash=row.plan_hash, planner=row.planner
+        goal_id=row.goal_id,
+        plan=plan_of(row),
+        plan_hash=row.plan_hash,
+        planner=row.planner,
+        model=row.model,
+        usage=usage,
     )
+
+
+def _failure(goal: GoalRow) -> PlanFailed:
+    return PlanFailed(goal_id=goal.id, reasons=[goal.status_reason or "planning failed"])

@@ -47,6 +47,26 @@ class GoalSubmitted(Message):
     idempotency_key: str | None = Field(default=None, max_length=200)
 
 
+class TokenUsage(BaseModel):
+    """LLM tokens spent on something (a call, a plan revision, a goal)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+
+    @property
+    def total(self) -> int:
+        """Input and output tokens together."""
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+
 class PlanProposed(Message):
     """A validated plan revision, offered to the gate."""
 
@@ -54,6 +74,9 @@ class PlanProposed(Message):
     plan: Plan
     plan_hash: str
     planner: str = Field(description="What made the plan: `playbook:<name>`, a model, a person.")
+    # Optional and additive: messages from before these fields still decode.
+    model: str | None = Field(default=None, description="The LLM that answered, if one did.")
+    usage: TokenUsage | None = Field(default=None, description="LLM tokens this revision took.")
 
 
 class PlanFailed(Message):

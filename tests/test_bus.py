@@ -439,3 +439,71 @@ def test_queue_depth_counts_the_messages_waiting_in_a_stage_queue(bus: Bus) -> N
     assert bus.queue_depth("planner") == 2
     assert bus.queue_depth("gate") == 0
     assert bus.queue_depth("executor") == 0
+
+
+def rejected_letters(bus: Bus, count: int) -> list[DeadLetter]:
+    """Wait until `count` dead letters wait in the queue; return them (they stay there)."""
+    deadline = time.monotonic() + WAIT
+    while len(letters := bus.dead_letters()) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(letters) == count, f"expected {count} dead letters, found {len(letters)}"
+    return letters
+
+
+def test_listing_dead_letters_leaves_them_in_the_queue(
+    bus: Bus, start_consumer: Callable[..., Running]
+) -> None:
+    """Given two messages a handler rejected,
+    When an operator lists the dead letters twice,
+    Then both lists show both letters, with their reasons.
+    """
+
+    def refuse(message: Message, delivery: Delivery) -> Sequence[Envelope]:
+        raise Reject(f"cannot plan {message.goal_id}")
+
+    start_consumer(refuse)
+    first, second = goal(), goal()
+    bus.publish([Envelope.of(first), Envelope.of(second)])
+
+    listed = rejected_letters(bus, 2)
+
+    assert {letter.reason for letter in listed} == {
+        f"cannot plan {first.goal_id}",
+        f"cannot plan {second.goal_id}",
+    }
+    assert len(bus.dead_letters()) == 2
+
+
+def test_a_replayed_dead_letter_reaches_its_stage_again(
+    bus: Bus, start_consumer: Callable[..., Running]
+) -> None:
+    """Given a message dead-lettered while its handler was broken, and another one,
+    When the handler is fixed and the operator replays only the first letter,
+    Then the handler receives that message again at attempt 1, and the other letter stays.
+    """
+    broken = threading.Event()
+    broken.set()
+    received: queue.Queue[tuple[Message, Delivery]] = queue.Queue()
+
+    def handler(message: Message, delivery: Delivery) -> Sequence[Envelope]:
+        if broken.is_set():
+            raise Reject("the handler is broken")
+        received.put((message, delivery))
+        return []
+
+    start_consumer(handler)
+    wanted, other = goal("replay me"), goal("leave me")
+    bus.publish([Envelope.of(wanted), Envelope.of(other)])
+    letters = {
+        letter.headers["x-plangate-message-id"]: letter for letter in rejected_letters(bus, 2)
+    }
+    broken.clear()
+
+    replayed = bus.replay_dead_letters([letters[wanted.message_id].message_id])
+
+    assert [letter.message_id for letter in replayed] == [letters[wanted.message_id].message_id]
+    message, delivery = received.get(timeout=WAIT)
+    assert message == wanted
+    assert delivery.attempt == 1
+    (left,) = bus.dead_letters()
+    assert left.message_id == letters[other.message_id].message_id

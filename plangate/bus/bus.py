@@ -6,9 +6,10 @@ channels are not thread-safe), and each consumer loop opens its own.
 
 from __future__ import annotations
 
+import base64
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,12 +25,20 @@ from plangate.bus.consumer import (
     raw_body,
 )
 from plangate.bus.dead_letters import decode_dead_letter
-from plangate.bus.envelope import Envelope
-from plangate.bus.topology import Stage, Topology
+from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
+from plangate.bus.topology import STAGES, Stage, Topology
 from schemas import DeadLetter, Message, MessageRejected, decode_message
 
 # The memory transport polls; 10 ms keeps the embedded pipeline snappy without burning a core.
-_TRANSPORT_OPTIONS: dict[str, dict[str, Any]] = {"memory": {"polling_interval": 0.01}}
+# AMQP publishes are fire-and-forget unless confirmed: with confirms, `publish` returns once
+# RabbitMQ has the message (or raises), so "publish, then ack" cannot lose it.
+_CONFIRMED: dict[str, Any] = {"confirm_publish": True}
+_TRANSPORT_OPTIONS: dict[str, dict[str, Any]] = {
+    "memory": {"polling_interval": 0.01},
+    "amqp": _CONFIRMED,
+    "amqps": _CONFIRMED,
+    "pyamqp": _CONFIRMED,
+}
 
 
 class Bus:
@@ -45,7 +54,7 @@ class Bus:
     def connection(self) -> Connection:
         """Open a new kombu connection to the broker (the caller owns and closes it)."""
         scheme = self.url.split("://", 1)[0]
-        options = _TRANSPORT_OPTIONS.get(scheme, {})
+        options = dict(_TRANSPORT_OPTIONS.get(scheme, {}))  # a copy: kombu keeps what it gets
         return Connection(self.url, transport_options=options, connect_timeout=5)
 
     def _producer(self) -> Producer:
@@ -111,14 +120,72 @@ class Bus:
 
     def take_dead_letters(self) -> list[DeadLetter]:
         """Remove and return every dead letter waiting in the dead-letter queue."""
-        letters = []
+        return self._sort_dead_letters(lambda _: False)[1]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Return every dead letter, leaving them in the queue (oldest first)."""
+        return self._sort_dead_letters(lambda _: True)[0]
+
+    def replay_dead_letters(self, message_ids: Collection[str] | None = None) -> list[DeadLetter]:
+        """Send dead letters (all, or those with these ids) back to the stage that failed them.
+
+        The original body and headers go to that stage's retry key with a fresh attempt count;
+        the rest stay in the dead-letter queue. Returns the letters replayed.
+        """
+        wanted = None if message_ids is None else set(message_ids)
+        stages = {self.topology.queue_name(stage): stage for stage in STAGES}
+
+        def stays(letter: DeadLetter) -> bool:
+            # A letter from a queue we do not know stays for a person to look at.
+            chosen = wanted is None or letter.message_id in wanted
+            return not chosen or letter.queue not in stages
+
+        replayed = self._sort_dead_letters(stays)[1]
+        self.publish(
+            [
+                Envelope(
+                    self.topology.retry_key(stages[letter.queue]),
+                    base64.b64decode(letter.body_b64),
+                    {k: v for k, v in letter.headers.items() if k != ATTEMPT_HEADER},
+                )
+                for letter in replayed
+            ]
+        )
+        return replayed
+
+    def _sort_dead_letters(
+        self, keep: Callable[[DeadLetter], bool]
+    ) -> tuple[list[DeadLetter], list[DeadLetter]]:
+        """Take every dead letter; put back those `keep` accepts; return (kept, taken).
+
+        A letter that cannot be read is always put back: the queue is never emptied of
+        something an operator has not seen.
+        """
+        kept: list[DeadLetter] = []
+        taken: list[DeadLetter] = []
         with self.connection() as connection:
-            queue = self.topology.dead_letter_queue().bind(connection.channel())
+            channel = connection.channel()
+            queue = self.topology.dead_letter_queue().bind(channel)
             queue.declare()
+            producer = Producer(channel, exchange=self.topology.exchange)
+            raws = []
             while (raw := queue.get(no_ack=False, accept=["application/json"])) is not None:
-                letters.append(decode_dead_letter(raw_body(raw)))
+                raws.append(raw)
+            for raw in raws:
+                body = raw_body(raw)
+                try:
+                    letter = decode_dead_letter(body)
+                except ValueError:
+                    letter = None
+                if letter is None or keep(letter):
+                    if letter is not None:
+                        kept.append(letter)
+                    routing_key = str(raw.delivery_info.get("routing_key") or "dead.unknown")
+                    publish(producer, self.topology, Envelope(routing_key, body, {}))
+                else:
+                    taken.append(letter)
                 raw.ack()
-        return letters
+        return kept, taken
 
     def close(self) -> None:
         """Close every publishing connection this bus opened."""

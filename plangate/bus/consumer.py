@@ -1,9 +1,9 @@
 """A stage's consume loop: one thread owns the connection; handlers run in a bounded pool.
 
-Acks happen in exactly one place, `_settle`, after the handler's effects are committed and its
-outgoing messages published. Handlers return the envelopes to publish, or raise Reject (dead
-letter), Retry (try again after its delay) or anything else (try again after `retry_delays`);
-either retry counts towards `max_attempts`, after which the message is dead-lettered.
+Acks happen in exactly one place, `_publish_then_ack`, after the handler's effects are
+committed and its outgoing messages published. Handlers return the envelopes to publish, or
+raise Reject (dead letter), Retry (try again after its delay) or anything else (try again after
+`retry_delays`); either retry counts towards `max_attempts`, then the message is dead-lettered.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from kombu.connection import Connection
 from kombu.message import Message as KombuMessage
 from kombu.messaging import Consumer, Producer
 
-from plangate import telemetry
+from plangate import faults, logs, telemetry
 from plangate.bus.dead_letters import dead_letter_envelope
 from plangate.bus.envelope import ATTEMPT_HEADER, CONTENT_TYPE, Delivery, Envelope
 from plangate.bus.topology import Stage, Topology
-from plangate.errors import Reject, Retry
+from plangate.errors import Reject, Retry, Unavailable
 from schemas import Message, MessageRejected, decode_message
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,23 @@ class StageConsumer:
                 for _, raw, _ in self._retries:
                     raw.requeue()  # hand back on shutdown: the broker redelivers it
 
+    def run_until_stopped(self, stop: threading.Event, max_backoff: float = 30.0) -> None:
+        """Run, reconnecting with backoff whenever the broker goes away, until `stop` is set."""
+        backoff = 0.5
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                self.run(stop)
+            except Exception as exc:  # the broker (or its client) failed: reconnect
+                if time.monotonic() - started > 60:
+                    backoff = 0.5  # it ran well for a while: this is a new outage
+                log.warning("lost the broker (%s); reconnecting in %g s", exc, backoff)
+                self._done = queue.Queue()
+                self._retries = []
+                self._in_flight = 0
+                stop.wait(backoff)
+                backoff = min(max_backoff, backoff * 2)
+
     def _drain(self, connection: Connection) -> None:
         with contextlib.suppress(TimeoutError):
             connection.drain_events(timeout=_POLL_SECONDS)
@@ -146,17 +163,21 @@ class StageConsumer:
             if raw.errors:
                 raise MessageRejected(f"the broker client could not read it: {raw.errors[0][1]}")
             message = decode_message(
-                raw.body, raw.content_type, raw.content_encoding, raw.headers or {}
+                raw_body(raw), raw.content_type, raw.content_encoding, raw.headers or {}
             )
         except MessageRejected as exc:
             self._dead_letter(raw, delivery, exc.reason)
             return
+        faults.trip("after_receive")
         self._in_flight += 1
         future = self._pool.submit(self._call_handler, message, delivery)
         future.add_done_callback(lambda f: self._done.put(_Done(raw, delivery, f)))
 
     def _call_handler(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
-        with telemetry.consumer_span(delivery.queue, delivery.routing_key, delivery.headers):
+        with (
+            logs.bound(goal_id=message.goal_id, message_id=message.message_id),
+            telemetry.consumer_span(delivery.queue, delivery.routing_key, delivery.headers),
+        ):
             return self._handler(message, delivery)
 
     def _settle_finished(self, block: bool = False) -> None:
@@ -175,11 +196,12 @@ class StageConsumer:
         """Decide what a finished message leads to: its results, a dead letter, or a retry."""
         error = done.future.exception()
         if error is None:
+            faults.trip("after_commit")
             self._publish_then_ack(done.raw, done.future.result(), from_outbox=True)
         elif isinstance(error, Reject):
             log.info("rejected %s: %s", done.delivery.routing_key, error.reason)
             self._dead_letter(done.raw, done.delivery, error.reason)
-        elif done.delivery.attempt >= self._max_attempts:
+        elif done.delivery.attempt >= self._max_attempts and not isinstance(error, Unavailable):
             log.error("giving up on %s: %r", done.delivery.routing_key, error, exc_info=error)
             reason = f"failed {done.delivery.attempt} times; last error: {error!r}"
             self._dead_letter(done.raw, done.delivery, reason)
@@ -187,6 +209,11 @@ class StageConsumer:
             self._schedule_retry(done, error)
 
     def _schedule_retry(self, done: _Done, error: BaseException) -> None:
+        if isinstance(error, Unavailable):  # an outage is nobody's fault: no attempt is used
+            delay = min(30.0, error.delay * 2 ** min(done.delivery.attempt, 5))
+            log.warning("%s; retrying %s in %g s", error, done.delivery.routing_key, delay)
+            self._retries.append((time.monotonic() + delay, done.raw, done.delivery.attempt))
+            return
         if isinstance(error, Retry):  # an expected outcome: the handler says when to come back
             log.info("retrying %s in %g s: %s", done.delivery.routing_key, error.delay, error)
             delay = error.delay
@@ -222,6 +249,8 @@ class StageConsumer:
                 # Published but not marked sent: the relay sends them again, and handlers are
                 # idempotent, so a duplicate is harmless where a lost ack would not be.
                 log.exception("could not mark %d outbox rows sent", len(envelopes))
+        if from_outbox:
+            faults.trip("after_publish")
         raw.ack()
 
     def _undecodable(self, raw: Any, error: Exception) -> None:
@@ -234,6 +263,15 @@ class StageConsumer:
 
 
 def raw_body(raw: KombuMessage) -> bytes:
-    """Return a kombu message's body as bytes, whatever the transport handed over."""
+    """Return a kombu message's body as bytes, whatever the transport handed over.
+
+    py-amqp hands over text when the body decodes in its declared content encoding (and bytes
+    when it does not); encoding it back the same way gives the bytes that were sent.
+    """
     body: Any = raw.body
-    return body if isinstance(body, bytes) else str(body).encode("utf-8")
+    if isinstance(body, bytes):
+        return body
+    try:
+        return str(body).encode(raw.content_encoding or "utf-8")
+    except (LookupError, UnicodeError):
+        return str(body).encode("utf-8", "surrogateescape")

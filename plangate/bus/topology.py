@@ -16,7 +16,9 @@ Stage = Literal["planner", "gate", "executor"]
 STAGES: tuple[Stage, ...] = ("planner", "gate", "executor")
 
 STAGE_BINDINGS: dict[Stage, tuple[str, ...]] = {
-    "planner": ("goal.submitted",),
+    # Feedback makes new revisions: a rejection (and, if PLANGATE_REPLAN_ON_FAILURE is set, a
+    # failed run; bound always, since a durable queue keeps its bindings across restarts).
+    "planner": ("goal.submitted", "plan.rejected", "execution.failed"),
     "gate": ("plan.proposed",),
     "executor": ("plan.approved",),
 }

@@ -19,6 +19,7 @@ from plangate.cli.common import EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.store import DecisionRow, PlanRow
+from planner_worker.replan import FeedbackSource, replan_expected
 from schemas import (
     ExecutionCompleted,
     ExecutionFailed,
@@ -101,11 +102,15 @@ class GoalRun:
         elif isinstance(message, ExecutionCompleted):
             return self._finish(EXIT_COMPLETED, "completed", steps=message.steps)
         elif isinstance(message, ExecutionFailed):
+            if self._replanning(self._revision(message.plan_id), "execution"):
+                return None
             return self._finish(EXIT_FAILED, f"failed: {message.reason}", steps=message.steps)
         return None
 
     def _on_decided(self, message: PlanDecided) -> int | None:
         self._show_decision(message.plan_id, message)
+        if message.type == "plan.rejected" and self._replanning(message.revision, "reviewer"):
+            return None
         if message.type in _REFUSED:
             return self._finish(EXIT_REFUSED, message.type.removeprefix("plan."))
         return self._ask(message) if message.type == "plan.held" else None
@@ -133,11 +138,31 @@ class GoalRun:
                 return None
             else:
                 try:
-                    comment = Prompt.ask("Why? (a comment for the record)", console=self.err)
+                    comment = Prompt.ask(self._why(held.revision), console=self.err)
                 except EOFError:  # input ended after "r": the rejection stands, uncommented
                     comment = ""
                 self.pipeline.reject(held.plan_id, reviewer, comment or "rejected at the terminal")
                 return None
+
+    def _why(self, revision: int) -> str:
+        if replan_expected(self.pipeline.settings, revision, "reviewer"):
+            return "Why? (the planner revises the plan from your comment)"
+        return "Why? (a comment for the record)"
+
+    def _replanning(self, revision: int, source: FeedbackSource) -> bool:
+        """Say so, and keep following the goal, when the planner will revise the plan."""
+        if not replan_expected(self.pipeline.settings, revision, source):
+            return False
+        self.steps = {}
+        if self.options.as_json:
+            self._json("replanning", {"goal_id": self.goal_id, "revision": revision + 1})
+        else:
+            self.out.print(f"The planner is making revision {revision + 1} from that feedback.")
+        return True
+
+    def _revision(self, plan_id: str) -> int:
+        with self.pipeline.store.session() as session:
+            return session.get_one(PlanRow, plan_id).revision
 
     def _plan_json(self, plan_id: str) -> str:
         with self.pipeline.store.session() as session:
@@ -149,7 +174,8 @@ class GoalRun:
             return
         catalog = load_catalog(self.pipeline.store)
         self.out.print(f"Goal {self.goal_id}  ·  trace {self.trace_id}", style="dim")
-        self.out.print(render.plan_table(message.plan, catalog, message.planner))
+        planner = message.planner + (f" · {message.usage.total} tokens" if message.usage else "")
+        self.out.print(render.plan_table(message.plan, catalog, planner))
 
     def _show_decision(self, plan_id: str, message: PlanDecided | None = None) -> None:
         if message is not None:

@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 
 from plangate import __version__
-from plangate.cli import audit, db, playbook, schema
+from plangate.cli import audit, db, dlq, playbook, schema
 from plangate.cli.run import run
+from plangate.cli.submit import status, submit
+from plangate.cli.worker import worker
 
 app = typer.Typer(
     name="plangate",
@@ -23,9 +25,13 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.command(short_help="Run a goal end to end in one process: plan, decide, execute.")(run)
+app.command(short_help="Submit a goal to the workers; --wait follows it.")(submit)
+app.command(short_help="Show where a goal stands.")(status)
+app.command(short_help="Run one stage (planner, gate, executor) as a worker process.")(worker)
 app.add_typer(schema.app, name="schema")
 app.add_typer(audit.app, name="audit")
 app.add_typer(db.app, name="db")
+app.add_typer(dlq.app, name="dlq")
 app.add_typer(playbook.app, name="playbook")
 
 

@@ -4,6 +4,11 @@ The numbers come from `data.json` beside this module, or from the JSON file name
 `PLANGATE_DEMO_DATA`; `PLANGATE_DEMO_TICKET_COUNT` and `PLANGATE_DEMO_SLA` override one value
 each. Notifications are appended to `PLANGATE_DEMO_NOTIFICATIONS`, else to
 `notifications.jsonl` in the data folder.
+
+Set `JIRA_URL` and the ticket count comes from Jira's search (`plangate.integrations.jira`);
+set `PAGERDUTY_ROUTING_KEY` and notify_oncall pages through PagerDuty
+(`plangate.integrations.pagerduty`), deduplicated by the same idempotency key. Both are
+imported as modules: a tool imported by name would join this module's catalog.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 
 from plangate.config import Settings
 from plangate.errors import ConfigError
+from plangate.integrations import jira, pagerduty
 from plangate.tools import ToolContext, tool
 from schemas.messages import new_id, utcnow
 
@@ -80,6 +86,8 @@ def read_notifications(path: Path | None = None) -> list[dict[str, Any]]:
 @tool(effect="read", idempotent=True, tags=("tickets",))
 def ticket_count() -> int:
     """Return how many support tickets are open now."""
+    if jira.is_configured():
+        return jira.count_issues()
     return load_data().open_tickets
 
 
@@ -96,6 +104,10 @@ def _preview_notify(args: Mapping[str, Any]) -> str:
 @tool(effect="write", idempotent=True, tags=("notify",), preview=_preview_notify)
 def notify_oncall(message: str, context: ToolContext) -> Notification:
     """Page the on-call engineer with `message`, at most once per idempotency key."""
+    if pagerduty.is_configured():
+        # PagerDuty deduplicates on its side, by the dedup_key the key becomes.
+        event = pagerduty.trigger(message, context)
+        return Notification(notification_id=event.dedup_key, deduplicated=False)
     path = notifications_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+", encoding="utf-8") as file:

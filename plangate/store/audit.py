@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from plangate.store.claims import insert_if_absent
 from plangate.store.engine import Store
 from plangate.store.models import AuditHeadRow, AuditRow
 from schemas import canonical_json, utcnow
@@ -39,12 +40,11 @@ def append(
     data: dict[str, Any] | None = None,
 ) -> AuditRow:
     """Append an entry in the caller's transaction (so it commits with the effect it records)."""
+    # The head row exists before it is locked, so two first appends cannot both create it.
+    insert_if_absent(session, AuditHeadRow, {"id": 1, "seq": 0, "hash": GENESIS})
     head = session.execute(
         select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
-    ).scalar_one_or_none()
-    if head is None:
-        head = AuditHeadRow(id=1, seq=0, hash=GENESIS)
-        session.add(head)
+    ).scalar_one()
     payload = dict(data or {})
     seq = head.seq + 1
     at = utcnow().isoformat()

@@ -20,5 +20,6 @@ def insert_if_absent(session: Session, model: type[Base], values: dict[str, Any]
         statement = postgresql.insert(model).values(**values).on_conflict_do_nothing()
     else:
         raise NotImplementedError(f"claims are not implemented for {dialect}")
-    result = session.execute(statement)
+    # psycopg reports -1 for an INSERT's rowcount unless asked to keep it.
+    result = session.execute(statement, execution_options={"preserve_rowcount": True})
     return bool(getattr(result, "rowcount", 0) == 1)

@@ -9,7 +9,13 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
@@ -85,8 +91,10 @@ def open_store(url: str, *, upgrade: bool = True) -> Store:
             schema.upgrade(engine)
         else:
             schema.require_current(engine)
-    except SQLAlchemyError as exc:
+    except BaseException as exc:
         engine.dispose()
+        if not isinstance(exc, SQLAlchemyError):
+            raise
         where = engine.url.render_as_string(hide_password=True)
         cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise ConfigError(
@@ -94,3 +102,10 @@ def open_store(url: str, *, upgrade: bool = True) -> Store:
             "and that the database is reachable and was made by plangate"
         ) from exc
     return Store(engine)
+
+
+def is_outage(error: BaseException) -> bool:
+    """Return True when `error` means the database is unreachable, not that a query is wrong."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, OperationalError | InterfaceError | DisconnectionError)

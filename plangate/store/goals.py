@@ -58,6 +58,7 @@ def transition(
     row = get_goal(session, goal_id)
     row.status = status
     row.status_reason = reason
+    row.reconciled = 0  # it moved: the reconciler's backoff starts over
     entry = dict(data or {})
     if reason:
         entry["reason"] = reason

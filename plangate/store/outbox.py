@@ -6,9 +6,9 @@ publishes them and marks them sent. `pending` finds rows left unsent by a crash,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
@@ -28,10 +28,18 @@ def add(session: Session, envelope: Envelope) -> Envelope:
     return Envelope(envelope.routing_key, envelope.body, dict(envelope.headers), outbox_id=row.id)
 
 
-def emit(session: Session, message: Message) -> Envelope:
-    """Store a message to publish after this transaction commits, with the current trace."""
+def emit(
+    session: Session, message: Message, trace_headers: Mapping[str, str] | None = None
+) -> Envelope:
+    """Store a message to publish after this transaction commits.
+
+    It carries the current trace, or the one in `trace_headers` (a message sent again later).
+    """
     headers: dict[str, str] = {}
-    telemetry.inject(headers)
+    if trace_headers is not None:
+        headers.update({k: v for k, v in trace_headers.items() if k in telemetry.TRACE_HEADERS})
+    else:
+        telemetry.inject(headers)
     return add(session, Envelope.of(message, headers))
 
 
@@ -41,12 +49,3 @@ def mark_sent(store: Store, envelopes: Sequence[Envelope]) -> None:
     if ids:
         with store.session() as session:
             session.execute(update(OutboxRow).where(OutboxRow.id.in_(ids)).values(sent_at=utcnow()))
-
-
-def pending(store: Store, limit: int = 100) -> list[Envelope]:
-    """Return the oldest envelopes not yet marked sent."""
-    with store.session() as session:
-        rows = session.execute(
-            select(OutboxRow).where(OutboxRow.sent_at.is_(None)).order_by(OutboxRow.id).limit(limit)
-        ).scalars()
-        return [Envelope(r.routing_key, r.body, dict(r.headers), outbox_id=r.id) for r in rows]

@@ -1,0 +1,616 @@
+"""plangate's distributed pipeline beside a raw-kombu 3-hop baseline, on one Redis, in one run.
+
+plangate: `plangate db upgrade`, then one worker process per stage (`python -m plangate worker
+STAGE`) with the playbook planner, a policy that approves every plan (`approve_all.yaml`) and
+tools that answer at once (`instant_tools.py`; the write step still takes the executor's real
+claim path). Goals are the seed example, submitted with `plangate.client.Client`; completion is
+seen on an observer queue bound to the terminal message types (no store polling).
+
+Baseline: three `kombu_hop.py` processes that only consume, parse and republish (hop 1 -> hop 2
+-> hop 3 -> done) the very bodies and headers plangate sent for its first goal, with the same
+message properties, prefetch and kind of topic exchange, measured the same way.
+
+Both sides run side by side and are measured in turns, so that both see the same machine (the
+idle side only waits on the broker): sequential latency from submit to completion, one goal at
+a time, alternating sides (p50/p99 over --sequential goals each, after 3 warm-up goals); then
+pipelined throughput, --goals submitted at once and timed until all complete (baseline, then
+plangate, then baseline again; the baseline's figure is the mean of its two batches). Figures
+are printed, never asserted; issue 4's targets are printed beside them.
+
+    python bench/pipeline.py [--redis-url redis://...] [--goals 200] [--sequential 50]
+                             [--concurrency 4] [--database-url postgresql+psycopg://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from kombu import Connection, Consumer, Exchange, Producer, Queue, binding
+from sqlalchemy import select
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
+
+from plangate.client import Client  # noqa: E402
+from plangate.config import Settings  # noqa: E402
+from plangate.store import AuditRow, GoalRow, StepRunRow, open_store  # noqa: E402
+
+SEED_GOAL = "Check Jira ticket count, compare with SLA, and notify on-call engineer if breached"
+STAGES = ("planner", "gate", "executor")
+HOPS = ("goal.submitted", "plan.proposed", "plan.approved", "execution.completed")
+TERMINAL_KEYS = (
+    "execution.completed",
+    "execution.failed",
+    "plan.failed",
+    "plan.denied",
+    "plan.held",
+    "plan.expired",
+    "plan.rejected",
+)
+WARMUP_GOALS = 3
+PAUSE = 0.01  # seconds between sequential goals, so that no two goals overlap
+P50_TARGET, RATE_TARGET = 1.5, 0.8  # issue 4: p50 <= 1.5 x baseline, goals/s >= 0.8 x baseline
+
+_STARTED = time.monotonic()
+
+
+def say(text: str) -> None:
+    """Print one progress line with the time since the start."""
+    print(f"[{time.monotonic() - _STARTED:6.1f} s] {text}", flush=True)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """Every process this benchmark starts, so that each one is stopped whatever happens."""
+
+    folder: Path
+    running: list[tuple[str, subprocess.Popen[bytes], IO[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        """Start `command` in its own session (Ctrl-C reaches us, not it); log to a file."""
+        log = (self.folder / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.running.append((name, process, log))
+
+    def stop(
+        self, names: Callable[[str], bool] = lambda _: True, timeout: float = 20
+    ) -> dict[str, int | None]:
+        """SIGTERM the matching processes, SIGKILL what is left after `timeout`; return codes."""
+        chosen = [entry for entry in self.running if names(entry[0])]
+        for _, process, _ in chosen:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        deadline = time.monotonic() + timeout
+        for name, process, log in chosen:
+            try:
+                codes[name] = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                codes[name] = None
+            log.close()
+            self.running.remove((name, process, log))
+        return codes
+
+    def cpu_seconds(self, names: tuple[str, ...]) -> float:
+        """Return the CPU time (user + system) the named processes have used so far (Linux)."""
+        total = 0.0
+        for name, process, _ in self.running:
+            if name in names:
+                try:
+                    stat = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1]
+                except OSError:
+                    return float("nan")
+                utime, stime = stat.split()[11:13]
+                total += (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def check_alive(self) -> None:
+        """Raise with the log tail of any process that exited early."""
+        for name, process, _ in self.running:
+            if process.poll() is not None:
+                tail = (self.folder / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
+
+
+def start_redis(processes: Processes) -> str:
+    """Start a throwaway redis-server on a free port; return its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit(
+            "no --redis-url and no redis-server on PATH (apt-get install redis-server)"
+        )
+    port = free_port()
+    folder = processes.folder / "redis"
+    folder.mkdir()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+    command += ["--save", "", "--appendonly", "no"]
+    processes.start("redis", command, dict(os.environ))
+    deadline = time.monotonic() + 10
+    while True:
+        with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return f"redis://127.0.0.1:{port}/0"
+        processes.check_alive()
+        if time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not answer within 10 s")
+        time.sleep(0.05)
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def observer_queue(exchange: Exchange, name: str, keys: tuple[str, ...]) -> Queue:
+    """Return an auto-deleted queue bound to `keys` on `exchange`."""
+    return Queue(
+        name,
+        exchange=exchange,
+        bindings=[binding(exchange, routing_key=key) for key in keys],
+        durable=False,
+        auto_delete=True,
+    )
+
+
+class Arrivals:
+    """Terminal messages of one side: when each goal's outcome arrived, and which it was.
+
+    Every side's queue is consumed on one connection, so draining it serves them all.
+    """
+
+    def __init__(self, connection: Connection, queue: Queue) -> None:
+        self.connection = connection
+        self.seen: dict[str, tuple[float, str]] = {}
+        self.consumer = Consumer(
+            connection.channel(),
+            queues=[queue],
+            on_message=self._on_message,
+            accept=["application/json"],
+        )
+        self.consumer.consume()
+
+    def _on_message(self, raw: Any) -> None:
+        now = time.perf_counter()
+        raw.ack()
+        body = raw.body if isinstance(raw.body, bytes) else str(raw.body).encode("utf-8")
+        key = str(raw.delivery_info.get("routing_key", ""))
+        self.seen.setdefault(str(json.loads(body)["goal_id"]), (now, key))
+
+    def wait(self, goal_ids: set[str], timeout: float, check: Callable[[], None]) -> None:
+        """Drain until every goal in `goal_ids` has arrived; TimeoutError if not in time."""
+        deadline = time.monotonic() + timeout
+        while not goal_ids <= self.seen.keys():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = len(goal_ids - self.seen.keys())
+                raise TimeoutError(f"{missing} of {len(goal_ids)} goals not done in {timeout:g} s")
+            with suppress(TimeoutError):
+                self.connection.drain_events(timeout=min(remaining, 1.0))
+            if remaining < timeout - 5:  # slow: make sure nobody died
+                check()
+
+    def close(self) -> None:
+        """Stop consuming (the queue is auto-deleted)."""
+        with suppress(Exception):
+            self.consumer.cancel()
+
+
+@dataclass
+class Side:
+    """One system under test: how to submit a goal, and where its outcomes arrive."""
+
+    name: str
+    submit: Callable[[], str]
+    arrivals: Arrivals
+    check: Callable[[], None]
+    latencies: list[float] = field(default_factory=list)  # seconds, sequential goals
+    ids: list[str] = field(default_factory=list)  # the sequential goals
+    walls: list[tuple[float, float]] = field(default_factory=list)  # their wall-clock ends
+    rates: list[float] = field(default_factory=list)  # goals/s, one per pipelined batch
+    cpu_ms: float = float("nan")  # CPU per measured goal, of the side's worker/hop processes
+
+    def one(self, record: bool = True) -> None:
+        """Submit one goal and wait for its outcome; record its latency."""
+        wall, started = time.time(), time.perf_counter()
+        goal_id = self.submit()
+        self.arrivals.wait({goal_id}, 60, self.check)
+        latency = self.arrivals.seen[goal_id][0] - started
+        if record:
+            self.latencies.append(latency)
+            self.ids.append(goal_id)
+            self.walls.append((wall, wall + latency))
+
+    def batch(self, goals: int) -> None:
+        """Submit `goals` goals at once and time until every one has its outcome."""
+        started = time.perf_counter()
+        batch = {self.submit() for _ in range(goals)}
+        submitted = time.perf_counter() - started
+        self.arrivals.wait(batch, max(120.0, goals / 2), self.check)
+        elapsed = max(self.arrivals.seen[g][0] for g in batch) - started
+        self.rates.append(goals / elapsed)
+        say(f"{self.name}: {goals} submitted in {submitted:.2f} s, all done in {elapsed:.2f} s")
+
+    def p(self, q: float) -> float:
+        """Return the q-quantile (nearest rank) of the sequential latencies, in ms."""
+        ordered = sorted(self.latencies)
+        return 1000 * ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    @property
+    def rate(self) -> float:
+        """Return the mean pipelined throughput, in goals per second."""
+        return statistics.fmean(self.rates)
+
+    def outcomes(self) -> set[str]:
+        """Return the message types the goals ended with."""
+        return {key for _, key in self.arrivals.seen.values()}
+
+
+# --- plangate ---------------------------------------------------------------------------------
+
+
+def plangate_env(settings: Settings) -> dict[str, str]:
+    """Return the environment of every plangate process of this run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+    path = [str(BENCH), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    env.update(
+        PLANGATE_BROKER_URL=settings.broker_url,
+        PLANGATE_DATABASE_URL=settings.resolved_database_url(),
+        PLANGATE_DATA_DIR=str(settings.data_dir),
+        PLANGATE_NAMESPACE=settings.namespace,
+        PLANGATE_POLICY_FILE=str(BENCH / "approve_all.yaml"),
+        PLANGATE_PLANNER="playbook",
+        PLANGATE_TOOLS="instant_tools",
+        PYTHONPATH=os.pathsep.join(path),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def upgrade_store(settings: Settings) -> None:
+    """Run `plangate db upgrade`, as an operator would before starting workers."""
+    upgrade = subprocess.run(
+        [sys.executable, "-m", "plangate", "db", "upgrade"],
+        env=plangate_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if upgrade.returncode != 0:
+        raise RuntimeError(f"plangate db upgrade failed:\n{upgrade.stdout}{upgrade.stderr}")
+    say(f"plangate: {upgrade.stdout.strip()}")
+
+
+def start_plangate(
+    args: argparse.Namespace,
+    processes: Processes,
+    settings: Settings,
+    connection: Connection,
+    client: Client,
+) -> tuple[Side, dict[str, Any]]:
+    """Start one worker per stage, run a first goal and capture its messages' bodies."""
+    env = plangate_env(settings)
+    exchange = Exchange(settings.namespace, type="topic", durable=True)
+    # Bound before the first goal: a copy of its every message (read back once, then deleted),
+    # and the terminal messages of all goals.
+    everything = observer_queue(exchange, f"{settings.namespace}.bench-all", ("#",))
+    everything.bind(connection.channel()).declare()
+    done = Arrivals(
+        connection, observer_queue(exchange, f"{settings.namespace}.bench-done", TERMINAL_KEYS)
+    )
+    for stage in STAGES:
+        command = [sys.executable, "-m", "plangate", "worker", stage]
+        processes.start(stage, [*command, "--concurrency", str(args.concurrency)], env)
+    say(f"plangate: started one worker per stage (concurrency {args.concurrency})")
+
+    def submit() -> str:
+        return client.submit(SEED_GOAL).goal_id
+
+    first = submit()
+    done.wait({first}, 90, processes.check_alive)
+    bodies = capture_bodies(everything.bind(connection.channel()), first)
+    say("plangate: the first goal completed; its messages are the baseline's")
+    return Side("plangate", submit, done, processes.check_alive), bodies
+
+
+def capture_bodies(queue: Queue, goal_id: str) -> dict[str, Any]:
+    """Read back the first goal's four hop messages (body and headers), then drop the queue."""
+    found: dict[str, Any] = {"goal_id": goal_id}
+    while (raw := queue.get(no_ack=True, accept=["application/json"])) is not None:
+        key = str(raw.delivery_info.get("routing_key", ""))
+        body = raw.body if isinstance(raw.body, bytes) else str(raw.body).encode("utf-8")
+        if key in HOPS and key not in found and json.loads(body).get("goal_id") == goal_id:
+            headers = {str(k): str(v) for k, v in raw.headers.items()}
+            found[key] = {"body": body.decode("utf-8"), "headers": headers}
+    queue.delete()
+    missing = [key for key in HOPS if key not in found]
+    if missing:
+        raise RuntimeError(f"the first goal's messages {missing} were not seen")
+    return found
+
+
+def audit_breakdown(side: Side, settings: Settings) -> dict[str, float]:
+    """Check the store, and return the median ms per hop of the sequential goals (audit log)."""
+    ids = side.ids
+    store = open_store(settings.resolved_database_url(), upgrade=False)
+    try:
+        with store.session() as session:
+            rows = session.execute(
+                select(AuditRow.goal_id, AuditRow.kind, AuditRow.at).where(
+                    AuditRow.goal_id.in_(ids)
+                )
+            ).all()
+            statuses = set(
+                session.execute(select(GoalRow.status).where(GoalRow.id.in_(ids))).scalars()
+            )
+            steps = list(
+                session.execute(
+                    select(StepRunRow.status).where(StepRunRow.goal_id.in_(ids))
+                ).scalars()
+            )
+    finally:
+        store.close()
+    if statuses != {"completed"} or len(steps) != 3 * len(ids) or set(steps) != {"succeeded"}:
+        raise RuntimeError(f"the store disagrees: goals {sorted(statuses)}, {len(steps)} steps")
+    at: dict[str, dict[str, float]] = {}
+    for goal_id, kind, when in rows:
+        at.setdefault(str(goal_id), {}).setdefault(kind, datetime.fromisoformat(when).timestamp())
+    spans = {
+        "client stored the goal": ("start", "goal.submitted"),
+        "-> planner stored the plan": ("goal.submitted", "goal.proposed"),
+        "-> gate stored the approval": ("goal.proposed", "goal.approved"),
+        "-> executor started the run": ("goal.approved", "goal.running"),
+        "-> executor ran the 3 steps": ("goal.running", "goal.completed"),
+        "-> the client saw the outcome": ("goal.completed", "end"),
+    }
+    medians: dict[str, float] = {}
+    for label, (a, b) in spans.items():
+        gaps = []
+        for goal_id, (start, end) in zip(ids, side.walls, strict=True):
+            marks = {**at.get(goal_id, {}), "start": start, "end": end}
+            if a in marks and b in marks:
+                gaps.append(1000 * (marks[b] - marks[a]))
+        medians[label] = statistics.median(gaps) if gaps else float("nan")
+    return medians
+
+
+# --- baseline ---------------------------------------------------------------------------------
+
+
+def start_baseline(
+    args: argparse.Namespace,
+    processes: Processes,
+    connection: Connection,
+    broker_url: str,
+    namespace: str,
+    bodies: dict[str, Any],
+) -> Side:
+    """Start the three raw-kombu hops; return the side that submits to hop 1."""
+    template = processes.folder / "baseline-bodies.json"
+    template.write_text(json.dumps(bodies), encoding="utf-8")
+    exchange_name = f"{namespace}-baseline"
+    exchange = Exchange(exchange_name, type="topic", durable=True)
+    channel = connection.channel()
+    for i in range(3):
+        queue = Queue(f"{exchange_name}.hop{i + 1}", exchange=exchange, routing_key=HOPS[i])
+        queue.bind(channel).declare()
+    done = Arrivals(connection, observer_queue(exchange, f"{exchange_name}.done", (HOPS[-1],)))
+    for i in range(3):
+        command = [sys.executable, str(BENCH / "kombu_hop.py"), broker_url]
+        command += [exchange_name, f"{exchange_name}.hop{i + 1}", HOPS[i], HOPS[i + 1]]
+        command += [str(template), str(args.concurrency)]
+        processes.start(f"hop{i + 1}", command, {**os.environ, "PYTHONUNBUFFERED": "1"})
+    say("baseline: started 3 raw-kombu hop processes")
+    producer = Producer(channel, exchange=exchange)
+    first, old = bodies[HOPS[0]], bodies["goal_id"]
+
+    def submit() -> str:
+        goal_id = uuid.uuid4().hex
+        producer.publish(
+            first["body"].replace(old, goal_id).encode("utf-8"),
+            exchange=exchange,
+            routing_key=HOPS[0],
+            headers={k: v.replace(old, goal_id) for k, v in first["headers"].items()},
+            content_type="application/json",
+            content_encoding="utf-8",
+            delivery_mode=2,
+            retry=True,
+        )
+        return goal_id
+
+    return Side("baseline", submit, done, processes.check_alive)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def compare(
+    args: argparse.Namespace, processes: Processes, settings: Settings
+) -> tuple[Side, Side, dict[str, float], dict[str, Any]]:
+    """Start both sides, measure them in turns, stop them; return both and plangate's hops."""
+    upgrade_store(settings)
+    client = Client(settings)
+    try:
+        with Connection(settings.broker_url) as connection:
+            ours, bodies = start_plangate(args, processes, settings, connection, client)
+            theirs = start_baseline(
+                args, processes, connection, settings.broker_url, settings.namespace, bodies
+            )
+            sides = (ours, theirs)
+            for side in sides:
+                for _ in range(WARMUP_GOALS):
+                    side.one(record=False)
+            names = {"plangate": STAGES, "baseline": ("hop1", "hop2", "hop3")}
+            cpu = {side.name: processes.cpu_seconds(names[side.name]) for side in sides}
+            say(f"sequential: {args.sequential} goals per side, one at a time, in turns")
+            for i in range(args.sequential):
+                for side in sides if i % 2 else reversed(sides):
+                    side.one()
+                    time.sleep(PAUSE)  # let the side's tail (e.g. marking outbox rows) end
+            say(f"pipelined: {args.goals} goals at once: baseline, plangate, baseline")
+            for side in (theirs, ours, theirs):
+                side.batch(args.goals)
+            for side in sides:
+                measured = len(side.latencies) + args.goals * len(side.rates)
+                used = processes.cpu_seconds(names[side.name]) - cpu[side.name]
+                side.cpu_ms = 1000 * used / measured
+                if side.outcomes() != {HOPS[-1]}:
+                    raise RuntimeError(f"{side.name} goals ended with {sorted(side.outcomes())}")
+                side.arrivals.close()
+    finally:
+        client.close()
+    breakdown = audit_breakdown(ours, settings)
+    say("every goal completed; the store holds 3 succeeded steps per goal")
+    codes = processes.stop(lambda name: name != "redis")
+    say(f"stopped the workers and hops (exit codes {codes})")
+    return ours, theirs, breakdown, bodies
+
+
+def report(ours: Side, theirs: Side, breakdown: dict[str, float], bodies: dict[str, Any]) -> None:
+    """Print the side-by-side table, the ratios and whether each target is met."""
+    sizes = ", ".join(f"{key} {len(bodies[key]['body'].encode())} B" for key in HOPS)
+    print(f"\nmessages (the same bytes on both sides): {sizes}")
+    print(
+        f"sequential: {len(ours.latencies)} goals per side; pipelined: {len(ours.rates)} "
+        f"plangate batch, {len(theirs.rates)} baseline batches (mean)"
+    )
+    print(f"load average (1 min) now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    rows = [
+        ("sequential p50 (ms)", ours.p(0.5), theirs.p(0.5), "<=", P50_TARGET),
+        ("sequential p99 (ms)", ours.p(0.99), theirs.p(0.99), "", 0.0),
+        ("pipelined goals/s", ours.rate, theirs.rate, ">=", RATE_TARGET),
+        ("CPU per goal (ms)", ours.cpu_ms, theirs.cpu_ms, "", 0.0),
+    ]
+    print(f"{'':22}{'plangate':>10}{'baseline':>10}{'ratio':>9}   {'target':<10}{'met':>4}")
+    for label, mine, base, sense, target in rows:
+        ratio = mine / base
+        met = ""
+        if sense:
+            met = "yes" if (ratio <= target if sense == "<=" else ratio >= target) else "NO"
+        goal = f"{sense} {target} x" if sense else ""
+        print(f"{label:22}{mine:10.1f}{base:10.1f}{ratio:8.2f}x   {goal:<10}{met:>4}")
+    print("\nplangate, median ms per hop of the sequential goals (audit log timestamps):")
+    for label, ms in breakdown.items():
+        print(f"  {label:34}{ms:8.1f}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Read the command line."""
+    parser = argparse.ArgumentParser(
+        description="plangate's distributed pipeline beside a raw-kombu 3-hop baseline."
+    )
+    parser.add_argument("--redis-url", help="a Redis to use (default: start a redis-server)")
+    parser.add_argument("--goals", type=int, default=200, help="pipelined goals (default 200)")
+    parser.add_argument(
+        "--sequential", type=int, default=50, help="sequential goals per side (default 50)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="per worker, and hop prefetch (default 4)"
+    )
+    parser.add_argument(
+        "--database-url", help="plangate's store (default: SQLite in a temporary folder)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
+    args = parser.parse_args(argv)
+    if min(args.goals, args.sequential, args.concurrency) < 1:
+        parser.error("--goals, --sequential and --concurrency must be at least 1")
+    return args
+
+
+def interrupt_on_signals() -> None:
+    """Make SIGINT (even if inherited as ignored) and SIGTERM raise KeyboardInterrupt."""
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+
+
+def forget_namespace(broker_url: str, namespace: str) -> None:
+    """Remove this run's keys (queues, bindings) from a Redis we did not start."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    try:
+        for key in client.scan_iter(match=f"*{namespace}*", count=500):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both sides and print the comparison."""
+    args = parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="plangate-bench-"))
+    processes = Processes(folder)
+    namespace = f"bench{uuid.uuid4().hex[:8]}"
+    interrupt_on_signals()
+    try:
+        broker_url = args.redis_url or start_redis(processes)
+        say(f"redis at {broker_url}; files in {folder}")
+        settings = Settings(
+            broker_url=broker_url,
+            database_url=args.database_url or f"sqlite:///{folder / 'plangate.db'}",
+            data_dir=folder / "data",
+            namespace=namespace,
+        )
+        report(*compare(args, processes, settings))
+        return 0
+    except KeyboardInterrupt:
+        say("interrupted; cleaning up")
+        return 130
+    except (RuntimeError, TimeoutError) as exc:
+        say(f"failed: {exc}\n(--keep keeps the worker logs)")
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not stop the cleanup
+            signal.signal(sig, signal.SIG_IGN)
+        processes.stop(lambda name: name != "redis")
+        if args.redis_url is not None:
+            with suppress(Exception):
+                forget_namespace(args.redis_url, namespace)
+        processes.stop()
+        if args.keep:
+            say(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""`plangate dlq`: messages that could never be handled, with their reasons."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
+
+if TYPE_CHECKING:
+    from plangate.bus import Bus
+
+app = group("Inspect and replay the dead-letter queue.")
+
+
+def _bus() -> Bus:
+    from plangate.bus import Bus
+
+    settings = load_settings()
+    return Bus(settings.broker_url, settings.namespace)
+
+
+@app.command("list", short_help="List dead letters: id, queue, when, why.")
+@friendly_errors
+def list_letters(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List the dead letters, oldest first; they stay in the queue."""
+    bus = _bus()
+    try:
+        letters = bus.dead_letters()
+    finally:
+        bus.close()
+    for letter in letters:
+        if as_json:
+            typer.echo(letter.model_dump_json(exclude={"body_b64"}))
+        else:
+            when = letter.failed_at.strftime("%Y-%m-%d %H:%M:%S")
+            typer.echo(f"{letter.message_id}  {when}  {letter.queue:<20} {letter.reason}")
+    if not letters and not as_json:
+        typer.echo("no dead letters")
+
+
+@app.command("show", short_help="Show one dead letter, with its original body.")
+@friendly_errors
+def show(letter_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Print a dead letter as JSON, its body as text when it is UTF-8.
+
+    The body is never deserialised further: a pickle stays bytes.
+    """
+    bus = _bus()
+    try:
+        letters = {letter.message_id: letter for letter in bus.dead_letters()}
+    finally:
+        bus.close()
+    letter = letters.get(letter_id)
+    if letter is None:
+        err_console.print(
+            f"[red]error:[/] no dead letter {letter_id}; `plangate dlq list` shows them"
+        )
+        raise typer.Exit(EXIT_FAILED)
+    shown = letter.model_dump(mode="json")
+    body = base64.b64decode(letter.body_b64)
+    try:
+        shown["body"] = body.decode("utf-8")
+        del shown["body_b64"]
+    except UnicodeDecodeError:
+        pass
+    typer.echo(json.dumps(shown, indent=2))
+
+
+@app.command("replay", short_help="Send dead letters back to the stage that failed them.")
+@friendly_errors
+def replay(
+    letter_ids: Annotated[list[str] | None, typer.Argument(metavar="ID...")] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+) -> None:
+    """Replay the given dead letters (or --all) once the cause is fixed."""
+    if not letter_ids and not replay_all:
+        raise typer.BadParameter("name the dead letters to replay, or pass --all")
+    bus = _bus()
+    try:
+        replayed = bus.replay_dead_letters(None if replay_all else letter_ids)
+    finally:
+        bus.close()
+    for letter in replayed:
+        typer.echo(f"replayed {letter.message_id} to {letter.queue}")
+    missing = set(letter_ids or []) - {letter.message_id for letter in replayed}
+    if missing:
+        names = ", ".join(sorted(missing))
+        err_console.print(
+            f"[red]error:[/] not replayed (unknown, or from an unknown queue): {names}"
+        )
+        raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,111 @@
+"""`plangate submit` and `plangate status`: goals for the workers, from the command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from plangate.cli.common import (
+    EXIT_COMPLETED,
+    EXIT_FAILED,
+    EXIT_REFUSED,
+    err_console,
+    friendly_errors,
+    load_settings,
+)
+
+if TYPE_CHECKING:
+    from plangate.client import GoalStatus
+
+_REFUSED = {"denied", "rejected", "expired"}
+
+
+def _exit_code(status: str) -> int:
+    if status == "completed":
+        return EXIT_COMPLETED
+    return EXIT_REFUSED if status in _REFUSED else EXIT_FAILED
+
+
+def _print(current: GoalStatus, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps({**asdict(current), "terminal": current.terminal}, default=str))
+        return
+    typer.echo(
+        f"goal {current.goal_id}: {current.status}"
+        + (f" — {current.reason}" if current.reason else "")
+    )
+    if current.plan_id:
+        typer.echo(f"  plan {current.plan_id} rev {current.revision}: {current.summary}")
+    if current.decision:
+        d = current.decision
+        typer.echo(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
+    for step_id, status in current.steps.items():
+        typer.echo(f"  step {step_id}: {status}")
+    if current.trace_id:
+        typer.echo(f"  trace {current.trace_id}")
+
+
+def _metadata(pairs: list[str]) -> dict[str, str]:
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--meta")
+        metadata[key] = value
+    return metadata
+
+
+@friendly_errors
+def submit(
+    goal: Annotated[
+        str, typer.Argument(metavar="GOAL", help="What you want done, in plain words.")
+    ],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the goal ends.")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, metavar="SECONDS", help="How long --wait waits.")
+    ] = 300.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    key: Annotated[
+        str | None,
+        typer.Option(metavar="KEY", help="Idempotency key: the same key twice yields one goal."),
+    ] = None,
+    meta: Annotated[
+        list[str] | None, typer.Option(metavar="KEY=VALUE", help="Metadata (repeatable).")
+    ] = None,
+) -> None:
+    """Submit GOAL to the workers (they must be running: `plangate worker ...`).
+
+    Prints the goal id. With --wait, follows it to the end; exit codes as for `run`:
+    0 completed, 1 failed or timed out, 3 rejected, denied or expired.
+    """
+    from plangate.client import Client
+
+    with Client(load_settings()) as client:
+        handle = client.submit(goal, metadata=_metadata(meta or []), idempotency_key=key)
+        if not wait:
+            _print(handle.status(), as_json)
+            return
+        try:
+            final = handle.wait(timeout)
+        except TimeoutError as exc:
+            err_console.print(
+                f"[red]error:[/] {exc}; `plangate status {handle.goal_id}` follows it"
+            )
+            raise typer.Exit(EXIT_FAILED) from exc
+        _print(final, as_json)
+        raise typer.Exit(_exit_code(final.status))
+
+
+@friendly_errors
+def status(
+    goal_id: Annotated[str, typer.Argument(metavar="GOAL_ID")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Show where a goal stands: state, plan, decision, steps, trace id."""
+    from plangate.client import Client
+
+    with Client(load_settings()) as client:
+        _print(client.status(goal_id), as_json)

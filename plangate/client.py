@@ -1,0 +1,162 @@
+"""The Python client: submit goals and follow them.
+
+from plangate.client import Client
+
+with Client() as client:            # PLANGATE_BROKER_URL, PLANGATE_DATABASE_URL
+    goal = client.submit("Check Jira ticket count ...", idempotency_key="ticket-42")
+    print(goal.wait(timeout=120).status)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import TracebackType
+
+from sqlalchemy import select
+
+from plangate import telemetry
+from plangate.bus import Bus
+from plangate.config import Settings
+from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, open_store
+from plangate.store.goals import get_goal, latest_plan
+from plangate.submission import submit_goal
+
+
+@dataclass(frozen=True)
+class GoalStatus:
+    """Where a goal stands: its state, its latest plan, the decision on it and its steps."""
+
+    goal_id: str
+    status: str
+    reason: str | None
+    updated_at: datetime
+    trace_id: str | None = None
+    plan_id: str | None = None
+    revision: int | None = None
+    summary: str | None = None
+    decision: dict[str, str | None] | None = None
+    steps: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def terminal(self) -> bool:
+        """True once the goal will not change by itself any more."""
+        return self.status in TERMINAL_STATUSES
+
+
+class GoalHandle:
+    """A submitted goal: look it up or wait for it."""
+
+    def __init__(self, client: Client, goal_id: str, trace_id: str | None, duplicate: bool):
+        self._client = client
+        self.goal_id = goal_id
+        self.trace_id = trace_id
+        self.duplicate = duplicate
+
+    def status(self) -> GoalStatus:
+        """Return the goal's current status."""
+        return self._client.status(self.goal_id)
+
+    def wait(
+        self, timeout: float = 300.0, until: Collection[str] = TERMINAL_STATUSES
+    ) -> GoalStatus:
+        """Poll until the goal reaches one of `until`; TimeoutError with its last state if not."""
+        deadline = time.monotonic() + timeout
+        pause = 0.02
+        while True:
+            current = self.status()
+            if current.status in until:
+                return current
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"goal {self.goal_id} is still {current.status} after {timeout:g} s"
+                )
+            time.sleep(pause)
+            pause = min(0.5, pause * 1.5)
+
+
+class Client:
+    """Submits goals to the broker and reads their state from the store."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        telemetry.setup_tracing()
+        self._store: Store = open_store(self.settings.resolved_database_url(), upgrade=False)
+        self._bus = Bus(self.settings.broker_url, self.settings.namespace)
+
+    def submit(
+        self,
+        text: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> GoalHandle:
+        """Submit a goal; the same idempotency key again returns the first goal's handle."""
+        submitted = submit_goal(
+            self._store, self._bus, text, metadata=metadata, idempotency_key=idempotency_key
+        )
+        return GoalHandle(self, submitted.goal_id, submitted.trace_id, submitted.duplicate)
+
+    def goal(self, goal_id: str) -> GoalHandle:
+        """Return a handle on an existing goal (NotFound if there is none)."""
+        current = self.status(goal_id)
+        return GoalHandle(self, goal_id, current.trace_id, duplicate=True)
+
+    def status(self, goal_id: str) -> GoalStatus:
+        """Return where a goal stands (NotFound if there is none)."""
+        with self._store.session() as session:
+            goal = get_goal(session, goal_id)
+            plan = latest_plan(session, goal_id)
+            base = GoalStatus(
+                goal_id=goal.id,
+                status=goal.status,
+                reason=goal.status_reason,
+                updated_at=goal.updated_at,
+                trace_id=telemetry.trace_id_of(goal.trace_headers),
+            )
+            if plan is None:
+                return base
+            decision = session.execute(
+                select(DecisionRow)
+                .where(DecisionRow.plan_id == plan.plan_id)
+                .order_by(DecisionRow.id.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            steps = session.execute(
+                select(StepRunRow.step_id, StepRunRow.status).where(
+                    StepRunRow.plan_id == plan.plan_id
+                )
+            ).all()
+            return replace(
+                base,
+                plan_id=plan.plan_id,
+                revision=plan.revision,
+                summary=str(plan.body.get("summary", "")),
+                decision=None
+                if decision is None
+                else {
+                    "action": decision.action,
+                    "decided_by": decision.decided_by,
+                    "rule": decision.rule,
+                    "reason": decision.reason,
+                },
+                steps={step_id: status for step_id, status in steps},
+            )
+
+    def close(self) -> None:
+        """Release the broker and database connections."""
+        self._bus.close()
+        self._store.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()

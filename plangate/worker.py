@@ -1,0 +1,85 @@
+"""A stage worker process: consume one stage's queue until SIGTERM.
+
+Beside the consume loop, a sweeper thread relays outbox rows left unsent and republishes the
+last message of stalled goals (the reconciler), so no goal depends on the broker keeping a
+message. Any number of workers of each stage may run against one broker and one database.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import timedelta
+from types import FrameType
+
+from plangate import telemetry
+from plangate.bus import Bus, Stage
+from plangate.config import Settings
+from plangate.reconciler import reconcile
+from plangate.relay import deliver, relay_pending
+from plangate.stages import build_handler
+from plangate.store import Store, open_store
+from plangate.store import outbox as outbox_rows
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    """One stage's worker: the consume loop in the calling thread, the sweeper beside it."""
+
+    def __init__(self, stage: Stage, settings: Settings, concurrency: int | None = None) -> None:
+        self.stage = stage
+        self.settings = settings
+        self.concurrency = concurrency or settings.concurrency
+        self.stop = threading.Event()
+
+    def run(self) -> int:
+        """Work until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
+        telemetry.setup_tracing()
+        store = open_store(self.settings.resolved_database_url(), upgrade=False)
+        bus = Bus(self.settings.broker_url, self.settings.namespace)
+        try:
+            handler = build_handler(self.stage, self.settings, store, bus)
+            consumer = bus.stage_consumer(
+                self.stage,
+                handler,
+                concurrency=self.concurrency,
+                max_attempts=self.settings.max_attempts,
+                on_published=lambda envelopes: outbox_rows.mark_sent(store, envelopes),
+            )
+            self._handle_signals()
+            sweeper = threading.Thread(
+                target=self._sweep, args=(store, bus), name="plangate-sweeper", daemon=True
+            )
+            sweeper.start()
+            log.info("%s worker consuming %s", self.stage, bus.topology.queue_name(self.stage))
+            consumer.run_until_stopped(self.stop)
+            sweeper.join(timeout=10)
+        finally:
+            bus.close()
+            store.close()
+        log.info("%s worker stopped", self.stage)
+        return 0
+
+    def _handle_signals(self) -> None:
+        def request_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("received %s: finishing in-flight work", signal.Signals(signum).name)
+            self.stop.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, request_stop)
+            signal.signal(signal.SIGINT, request_stop)
+
+    def _sweep(self, store: Store, bus: Bus) -> None:
+        interval = self.settings.sweep_interval_seconds
+        stale = timedelta(seconds=self.settings.relay_after_seconds)
+        stalled = timedelta(seconds=self.settings.reconcile_after_seconds)
+        while not self.stop.wait(interval):
+            try:
+                relayed = relay_pending(store, bus, older_than=stale)
+                if relayed:
+                    log.warning("relayed %d outbox messages left unsent", relayed)
+                deliver(store, bus, reconcile(store, stalled))
+            except Exception:  # the broker or database is down: try again next sweep
+                log.warning("sweep failed; will try again in %g s", interval, exc_info=True)

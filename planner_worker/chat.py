@@ -1,0 +1,145 @@
+"""One chat completion through the openai SDK, traced as a GenAI `chat {model}` span.
+
+The span follows the OpenTelemetry GenAI conventions: operation, provider, request and
+response model, token usage, finish reasons. Prompts and completions are never recorded on it.
+Transport and HTTP failures (after the SDK's own retries) become PlanningFailed with a reason
+that says what to do; what the model answered (a refusal, a cut-off) is the caller's to judge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.shared_params import ResponseFormatJSONSchema
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from plangate import telemetry
+from plangate.errors import PlanningFailed
+from schemas.messages import TokenUsage
+
+PROVIDER = "openai"
+_DETAIL_CHARS = 300
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    """What one call returned: the content (or refusal), why it stopped, and what it cost."""
+
+    content: str | None
+    refusal: str | None
+    finish_reason: str
+    model: str
+    usage: TokenUsage
+
+
+class ChatModel:
+    """A model behind an OpenAI-compatible API. Thread-safe: the SDK client is shared."""
+
+    def __init__(self, client: openai.OpenAI, model: str, max_tokens: int) -> None:
+        self._client = client
+        self.model = model
+        self.max_tokens = max_tokens
+
+    def ask(
+        self, messages: Sequence[dict[str, str]], response_format: dict[str, Any]
+    ) -> ChatAnswer:
+        """Send one chat completion request; raise PlanningFailed if no answer came back."""
+        url = self._client.base_url
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": PROVIDER,
+            "gen_ai.system": PROVIDER,
+            "gen_ai.request.model": self.model,
+            "gen_ai.request.max_tokens": self.max_tokens,
+            "gen_ai.output.type": "json",
+            "server.address": url.host,
+        }
+        if url.port is not None:
+            attributes["server.port"] = url.port
+        with telemetry.tracer().start_as_current_span(
+            f"chat {self.model}", kind=SpanKind.CLIENT, attributes=attributes
+        ) as span:
+            try:
+                completion = self._client.chat.completions.create(
+                    model=self.model,
+                    # Plain dicts are what the SDK sends; its TypedDicts only describe them.
+                    messages=cast("list[ChatCompletionMessageParam]", list(messages)),
+                    response_format=cast("ResponseFormatJSONSchema", response_format),
+                    max_completion_tokens=self.max_tokens,
+                )
+            except openai.OpenAIError as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(Status(StatusCode.ERROR))
+                raise PlanningFailed([self._reason(exc)]) from exc
+            usage = TokenUsage(
+                input_tokens=completion.usage.prompt_tokens if completion.usage else 0,
+                output_tokens=completion.usage.completion_tokens if completion.usage else 0,
+            )
+            span.set_attribute("gen_ai.response.model", completion.model or self.model)
+            span.set_attribute("gen_ai.response.id", completion.id or "")
+            span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+            if not completion.choices:
+                span.set_attribute("error.type", "no_choices")
+                raise PlanningFailed([f"the model server at {url} answered with no choices"])
+            choice = completion.choices[0]
+            span.set_attribute("gen_ai.response.finish_reasons", [str(choice.finish_reason)])
+            return ChatAnswer(
+                content=choice.message.content,
+                refusal=getattr(choice.message, "refusal", None),
+                finish_reason=str(choice.finish_reason),
+                model=completion.model or self.model,
+                usage=usage,
+            )
+
+    def _reason(self, exc: openai.OpenAIError) -> str:
+        """Say in one sentence what went wrong and what to do about it."""
+        url = self._client.base_url
+        count = self._client.max_retries
+        retries = f"after {count} {'retry' if count == 1 else 'retries'}"
+        detail = _detail(exc)
+        if isinstance(exc, openai.APITimeoutError):
+            return (
+                f"the model server at {url} did not answer within {self._client.timeout} s "
+                f"({retries}); raise PLANGATE_PLANNER_TIMEOUT_SECONDS or check the server"
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return f"cannot reach the model server at {url} ({detail}); check OPENAI_BASE_URL"
+        if isinstance(exc, openai.RateLimitError):
+            return (
+                f"the model server rate-limited the planner (HTTP 429 {retries}: {detail}); "
+                "wait and resubmit, lower the planner's concurrency, or raise your rate limit"
+            )
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            return (
+                f"the model server refused the API key (HTTP {exc.status_code}: {detail}); "
+                "check OPENAI_API_KEY"
+            )
+        if isinstance(exc, openai.NotFoundError):
+            return (
+                f"the model server at {url} has no model {self.model!r} (HTTP 404: {detail}); "
+                "check PLANGATE_MODEL and OPENAI_BASE_URL"
+            )
+        if isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
+            return (
+                f"the model server failed (HTTP {exc.status_code} {retries}: {detail}); "
+                "try again later"
+            )
+        if isinstance(exc, openai.BadRequestError):
+            return (
+                f"the model server refused the request (HTTP 400: {detail}); it must support "
+                f"structured outputs (response_format json_schema) for model {self.model!r}"
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return f"the model server answered HTTP {exc.status_code}: {detail}"
+        return f"the openai client failed: {detail}"
+
+
+def _detail(exc: openai.OpenAIError) -> str:
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    text = " ".join(str(message).split())
+    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"

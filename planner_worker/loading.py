@@ -1,0 +1,32 @@
+"""Choosing the planner from settings: the one place that knows every planner there is."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from plangate.config import Settings
+from planner_worker.planner import Planner
+
+PlannerKind = Literal["openai", "playbook"]
+
+
+def planner_kind(settings: Settings) -> PlannerKind:
+    """Return which planner runs: `auto` means openai when an OpenAI server is configured."""
+    if settings.planner != "auto":
+        return settings.planner
+    configured = os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")
+    return "openai" if configured else "playbook"
+
+
+def load_planner(settings: Settings) -> Planner:
+    """Return the planner `PLANGATE_PLANNER` selects (ConfigError if it cannot be set up)."""
+    if planner_kind(settings) == "openai":
+        # Imported here: the playbook planner (and `plangate run` without an LLM) never
+        # pays for importing the openai SDK.
+        from planner_worker.openai_planner import load_openai_planner
+
+        return load_openai_planner(settings)
+    from planner_worker.playbook import load_playbook_planner
+
+    return load_playbook_planner(settings)

@@ -1,0 +1,111 @@
+"""Worker processes for the distributed tests: start, kill, restart, stop — all for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+STAGES = ("planner", "gate", "executor")
+
+FAST_SWEEPS = {
+    "PLANGATE_SWEEP_INTERVAL_SECONDS": "0.5",
+    "PLANGATE_RECONCILE_AFTER_SECONDS": "2",
+    "PLANGATE_RELAY_AFTER_SECONDS": "2",
+    "PLANGATE_STEP_LEASE_SECONDS": "2",
+}
+
+
+@dataclass
+class Fleet:
+    """Worker processes of every stage sharing one broker, database and data folder."""
+
+    broker_url: str
+    database_url: str
+    folder: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    log_files: list[IO[bytes]] = field(default_factory=list)
+    namespace: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """Return the environment every plangate process of this fleet runs with."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+        env.update(
+            PLANGATE_BROKER_URL=self.broker_url,
+            PLANGATE_DATABASE_URL=self.database_url,
+            PLANGATE_DATA_DIR=str(self.folder / "data"),
+            PLANGATE_NAMESPACE=self.namespace,
+            PLANGATE_DEMO_NOTIFICATIONS=str(self.folder / "notifications.jsonl"),
+            PLANGATE_PLANNER="playbook",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def plangate(
+        self, *args: str, timeout: float = 60, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one plangate command to completion and return what it printed."""
+        return subprocess.run(
+            [sys.executable, "-m", "plangate", *args],
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self, stage: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start one worker of `stage`; its log goes to a file in the folder."""
+        log = open(self.folder / f"{stage}-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        self.log_files.append(log)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "plangate", "worker", stage],
+            env=self.env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append((stage, process))
+        return process
+
+    def start_all(self, **env: str) -> None:
+        """Start one worker of every stage."""
+        for stage in STAGES:
+            self.start(stage, **env)
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a worker: no cleanup, no goodbye, as when a machine dies."""
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def stop_all(self, timeout: float = 20) -> list[int | None]:
+        """SIGTERM every live worker and return their exit codes."""
+        live = [p for _, p in self.processes if p.poll() is None]
+        for process in live:
+            process.send_signal(signal.SIGTERM)
+        codes = []
+        deadline = time.monotonic() + timeout
+        for process in live:
+            try:
+                codes.append(process.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes.append(None)
+        for log in self.log_files:
+            log.close()
+        return codes
+
+    def logs(self) -> str:
+        """Return every worker's log, for a failure message."""
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+            for path in sorted(self.folder.glob("*.log"))
+        )

@@ -1,0 +1,280 @@
+"""Distributed mode: separate worker processes on a real Redis, and nothing lost when they die."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plangate.bus import Bus
+from plangate.demo.tools import read_notifications
+from tests.conftest import SEED_GOAL
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.servers import accepts_connections, free_port, missing, stop_process, wait_until_ready
+
+pytestmark = pytest.mark.redis
+
+APPROVE_ALL = """
+rules:
+  - name: approve-everything
+    match: "true"
+    action: approve
+    reason: the distributed tests approve every plan
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
+    """A migrated SQLite store, a policy that approves everything, and no workers yet."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(APPROVE_ALL)
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
+        folder=tmp_path,
+        extra_env={"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS},
+    )
+    upgrade = fleet.plangate("db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+def submit_and_wait(fleet: Fleet, goal: str = SEED_GOAL, timeout: float = 40) -> dict[str, object]:
+    done = fleet.plangate("submit", goal, "--wait", "--json", "--timeout", str(timeout))
+    assert done.stdout, f"submit printed nothing: {done.stderr}\n{fleet.logs()}"
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["exit_code"] = done.returncode
+    return result
+
+
+def notifications(fleet: Fleet) -> list[dict[str, object]]:
+    return read_notifications(fleet.folder / "notifications.jsonl")
+
+
+def test_the_seed_goal_runs_through_three_worker_processes(fleet: Fleet) -> None:
+    """Given a planner, a gate and an executor as separate processes on Redis,
+    When the seed goal is submitted with `plangate submit --wait`,
+    Then it completes, every step ran, and on-call was notified once.
+    """
+    fleet.start_all()
+
+    result = submit_and_wait(fleet)
+
+    assert result["status"] == "completed", fleet.logs()
+    assert result["exit_code"] == 0
+    assert result["steps"] == {"count": "succeeded", "sla": "succeeded", "notify": "succeeded"}
+    assert len(notifications(fleet)) == 1
+    assert fleet.stop_all() == [0, 0, 0]
+
+
+def test_status_shows_the_plan_decision_and_steps(fleet: Fleet) -> None:
+    fleet.start_all()
+    result = submit_and_wait(fleet)
+
+    shown = fleet.plangate("status", str(result["goal_id"]))
+
+    assert shown.returncode == 0
+    assert "completed" in shown.stdout
+    assert "approve-everything" in shown.stdout
+    assert "step notify: succeeded" in shown.stdout
+
+
+def test_the_same_idempotency_key_twice_yields_one_goal(fleet: Fleet) -> None:
+    first = fleet.plangate("submit", SEED_GOAL, "--key", "ticket-42", "--json")
+    second = fleet.plangate("submit", SEED_GOAL, "--key", "ticket-42", "--json")
+
+    assert json.loads(first.stdout)["goal_id"] == json.loads(second.stdout)["goal_id"]
+
+
+def test_a_worker_refuses_to_start_on_an_old_schema(tmp_path: Path, redis_url: str) -> None:
+    """Given a database nobody migrated, a worker exits 2 and says to run `plangate db upgrade`."""
+    fleet = Fleet(redis_url, f"sqlite:///{tmp_path / 'fresh.db'}", tmp_path)
+    process = fleet.start("planner")
+    code = process.wait(timeout=30)
+    fleet.stop_all()
+
+    assert code == 2
+    assert "plangate db upgrade" in fleet.logs()
+
+
+def test_sigterm_lets_workers_finish_and_exit_0(fleet: Fleet) -> None:
+    fleet.start_all()
+    submit_and_wait(fleet)
+
+    assert fleet.stop_all() == [0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("stage", "point"),
+    [
+        (stage, point)
+        for stage in ("planner", "gate", "executor")
+        for point in ("after_receive", "after_commit", "after_publish")
+    ]
+    + [("executor", "mid_tool")],
+)
+def test_a_worker_killed_at_any_point_loses_no_goal_and_repeats_no_effect(
+    fleet: Fleet, stage: str, point: str
+) -> None:
+    """Given a worker that SIGKILLs itself at one point of handling a message,
+    When a replacement worker of that stage starts,
+    Then the goal still completes and on-call was notified exactly once.
+    """
+    marker = fleet.folder / "fault-fired"
+    doomed = fleet.start(stage, PLANGATE_FAULT=point, PLANGATE_FAULT_MARKER=str(marker))
+    for other in {"planner", "gate", "executor"} - {stage}:
+        fleet.start(other)
+
+    submitted = fleet.plangate("submit", SEED_GOAL, "--json")
+    goal_id = json.loads(submitted.stdout)["goal_id"]
+    assert doomed.wait(timeout=30) == -9, fleet.logs()
+    fleet.start(stage)
+    waited = fleet.plangate("status", goal_id, "--json")
+    deadline = time.monotonic() + 40
+    while json.loads(waited.stdout)["status"] != "completed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        waited = fleet.plangate("status", goal_id, "--json")
+
+    assert json.loads(waited.stdout)["status"] == "completed", fleet.logs()
+    assert len(notifications(fleet)) == 1
+
+
+class _Trap:
+    """Unpickling this creates a file: proof that a pickle was loaded."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.path), "w"))
+
+
+def test_bad_input_on_every_queue_is_dead_lettered_and_no_pickle_is_loaded(fleet: Fleet) -> None:
+    """Given workers of every stage on Redis,
+    When malformed messages (a pickle, a compression header, NaN, truncated JSON) are put
+    straight onto each stage's routing key,
+    Then each lands in the dead-letter queue with its reason, the pickle was never loaded,
+    `plangate dlq list` shows them, and the workers go on to complete the seed goal.
+    """
+    import pickle
+
+    from kombu import Connection, Exchange, Producer
+
+    fleet.start_all()
+    topology = Bus(fleet.broker_url, fleet.namespace)
+    topology.declare()  # the queues exist before anything is published: nothing is dropped
+    topology.close()
+    trap = fleet.folder / "pickle-was-loaded"
+    bodies: list[tuple[bytes, str, dict[str, str], str]] = [
+        (pickle.dumps(_Trap(trap)), "application/x-python-serialize", {}, "content type"),
+        (b'{"schema_version": 1}', "application/json", {"compression": "zlib"}, "compress"),
+        (b'{"schema_version": 1, "n": NaN}', "application/json", {}, "NaN"),
+        (b'{"schema_version": 1, "type": "goal.sub', "application/json", {}, "not valid JSON"),
+    ]
+    keys = ("goal.submitted", "plan.proposed", "plan.approved")
+    with Connection(fleet.broker_url) as connection:
+        producer = Producer(connection.channel(), exchange=Exchange(fleet.namespace, "topic"))
+        for key in keys:
+            for body, content_type, headers, _ in bodies:
+                encoding = "utf-8" if content_type == "application/json" else "binary"
+                producer.publish(
+                    body,
+                    routing_key=key,
+                    content_type=content_type,
+                    content_encoding=encoding,
+                    headers=headers,
+                )
+
+    expected = len(keys) * len(bodies)
+    deadline = time.monotonic() + 20
+    letters: list[dict[str, str]] = []
+    while len(letters) < expected and time.monotonic() < deadline:
+        listed = fleet.plangate("dlq", "list", "--json")
+        letters = [json.loads(line) for line in listed.stdout.splitlines() if line.strip()]
+    assert len(letters) == expected, fleet.logs()
+    for key in keys:
+        reasons = [letter["reason"] for letter in letters if letter["routing_key"] == key]
+        for _, _, _, why in bodies:
+            assert any(why in reason for reason in reasons), (key, why, reasons)
+    assert not trap.exists()
+    assert submit_and_wait(fleet)["status"] == "completed"
+
+
+def _start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        missing("redis-server")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until_ready("redis-server", lambda: accepts_connections(port), process, [], 10)
+    return process
+
+
+def test_redis_restarted_without_persistence_loses_no_goal(tmp_path: Path) -> None:
+    """Given workers on a Redis that keeps nothing on disk, and goals in flight,
+    When Redis is killed and restarted empty,
+    Then the workers reconnect, the reconciler sends every stalled goal's last message again,
+    and every goal completes with one notification each.
+    """
+    port = free_port()
+    redis = _start_redis(port, tmp_path)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(APPROVE_ALL)
+    fleet = Fleet(
+        f"redis://127.0.0.1:{port}/0",
+        f"sqlite:///{tmp_path / 'plangate.db'}",
+        tmp_path,
+        extra_env={"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS},
+    )
+    try:
+        assert fleet.plangate("db", "upgrade").returncode == 0
+        fleet.start_all()
+        goal_ids = []
+        for number in range(12):
+            submitted = fleet.plangate("submit", f"{SEED_GOAL} #{number}", "--json")
+            goal_ids.append(json.loads(submitted.stdout)["goal_id"])
+            if number == 5:  # half of them are in flight when Redis dies
+                redis.kill()
+                redis.wait(timeout=10)
+                redis = _start_redis(port, tmp_path)
+
+        deadline = time.monotonic() + 90
+        statuses: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            statuses = {
+                goal_id: json.loads(fleet.plangate("status", goal_id, "--json").stdout)["status"]
+                for goal_id in goal_ids
+            }
+            if all(status == "completed" for status in statuses.values()):
+                break
+            time.sleep(0.5)
+
+        assert set(statuses.values()) == {"completed"}, (statuses, fleet.logs())
+        notified = [n["goal_id"] for n in notifications(fleet)]
+        assert sorted(notified) == sorted(goal_ids)
+    finally:
+        fleet.stop_all()
+        stop_process(redis)

@@ -1,0 +1,208 @@
+"""The store on a real PostgreSQL: migrations, claims and the audit chain under concurrency.
+
+Each test gets a database of its own (`postgres_database_url`); threads race on purpose, lined up
+by a barrier so that their transactions really overlap.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import pytest
+from sqlalchemy import func, inspect, select
+
+from plangate.config import Settings
+from plangate.demo.tools import read_notifications
+from plangate.errors import ConfigError
+from plangate.store import AuditRow, StepRunRow, Store, audit, open_store, schema
+from plangate.store.claims import insert_if_absent
+from plangate.store.engine import make_engine
+from tests.conftest import SEED_GOAL
+from tests.support import HELD, only_plan, running_pipeline, step_runs
+
+pytestmark = pytest.mark.postgres
+
+T = TypeVar("T")
+THREADS = 8
+WAIT = 30.0
+
+
+@pytest.fixture
+def store(postgres_database_url: str) -> Iterator[Store]:
+    """A migrated plangate store in a fresh PostgreSQL database."""
+    opened = open_store(postgres_database_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def race(work: Callable[[int], T], threads: int = THREADS) -> list[T]:
+    """Run `work(n)` in `threads` threads released together; return the results in order."""
+    start = threading.Barrier(threads, timeout=WAIT)
+
+    def lined_up(n: int) -> T:
+        start.wait()
+        return work(n)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lined_up, range(threads), timeout=WAIT))
+
+
+def test_the_store_opens_and_migrates_an_empty_postgres_database(
+    postgres_database_url: str,
+) -> None:
+    """Given an empty PostgreSQL database.
+
+    When a worker checks its schema, then the embedded mode opens it (which upgrades),
+    Then the worker is refused with what to run, and after the upgrade the schema is at the
+    newest revision, holds plangate's tables, and a worker opens it.
+    """
+    # Checked on an engine of our own: `open_store(url, upgrade=False)` does not yet dispose
+    # its engine when it refuses, and the pooled connection it leaks fails the test.
+    engine = make_engine(postgres_database_url)
+    try:
+        with pytest.raises(ConfigError, match="run `plangate db upgrade` first"):
+            schema.require_current(engine)
+    finally:
+        engine.dispose()
+
+    upgraded = open_store(postgres_database_url)
+    try:
+        engine = upgraded.engine
+        assert engine.dialect.name == "postgresql"
+        assert schema.current_revision(engine) == schema.head_revision(engine)
+        tables = set(inspect(engine).get_table_names())
+        assert {"goals", "plans", "step_runs", "outbox", "audit_log", "audit_head"} <= tables
+    finally:
+        upgraded.close()
+    open_store(postgres_database_url, upgrade=False).close()
+
+
+def test_a_second_upgrade_changes_nothing(postgres_database_url: str) -> None:
+    """Given a PostgreSQL database already at the newest revision.
+
+    When it is upgraded again,
+    Then the upgrade reports it was already at the head.
+    """
+    open_store(postgres_database_url).close()
+    again = open_store(postgres_database_url, upgrade=False)
+    try:
+        head = schema.head_revision(again.engine)
+        assert schema.upgrade(again.engine) == (head, head)
+    finally:
+        again.close()
+
+
+def test_racing_step_claims_have_exactly_one_winner(store: Store) -> None:
+    """Given eight executors about to run the same step of the same plan.
+
+    When they all claim it at once (`INSERT ... ON CONFLICT DO NOTHING`), for twenty steps,
+    Then each step has exactly one winner, the others are told they lost, and each step has
+    one row, the winner's.
+    """
+    steps = [f"step-{n}" for n in range(20)]
+
+    def claim(step_id: str) -> Callable[[int], bool]:
+        def attempt(n: int) -> bool:
+            with store.session() as session:
+                values = {
+                    "plan_id": "plan-1",
+                    "step_id": step_id,
+                    "goal_id": "goal-1",
+                    "tool": "notify_oncall",
+                    "status": "running",
+                    "error": f"claimed by executor {n}",  # says who won, read back below
+                }
+                return insert_if_absent(session, StepRunRow, values)
+
+        return attempt
+
+    for step_id in steps:
+        won = race(claim(step_id))
+        assert won.count(True) == 1, f"{step_id}: {won.count(True)} winners"
+        with store.session() as session:
+            row = session.get_one(StepRunRow, ("plan-1", step_id))
+            assert row.error == f"claimed by executor {won.index(True)}"
+
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(StepRunRow)) == len(steps)
+
+
+@pytest.mark.parametrize(
+    "already_started",
+    [
+        pytest.param(
+            False,
+            id="first-entries",
+        ),
+        pytest.param(True, id="chain-already-started"),
+    ],
+)
+def test_concurrent_audit_appends_form_one_chain_that_verifies(
+    store: Store, already_started: bool
+) -> None:
+    """Given an audit log (empty, or already holding an entry).
+
+    When eight threads each append ten entries, all at once, each in its own transaction,
+    Then the log is one line: seq runs 1..n without a gap or a fork, each entry follows the one
+    before, and the chain verifies.
+    """
+    before = 0
+    if already_started:
+        with store.session() as session:
+            audit.append(session, "test.started", actor="setup")
+        before = 1
+    per_thread = 10
+
+    def append_entries(n: int) -> int:
+        for k in range(per_thread):
+            with store.session() as session:
+                audit.append(
+                    session, "test.append", actor=f"thread-{n}", data={"thread": n, "k": k}
+                )
+        return n
+
+    race(append_entries)
+
+    total = before + THREADS * per_thread
+    with store.session() as session:
+        rows = list(session.execute(select(AuditRow).order_by(AuditRow.seq)).scalars())
+    assert [row.seq for row in rows] == list(range(1, total + 1))
+    assert all(row.prev_hash == prev.hash for prev, row in itertools.pairwise(rows))
+    report = audit.verify(store)
+    assert report.ok, report.problem
+    assert report.entries == total
+
+
+def test_the_seed_goal_completes_on_postgres_with_one_page(
+    settings: Settings, postgres_database_url: str
+) -> None:
+    """Given the embedded pipeline on a PostgreSQL store, and the seed goal held for a person.
+
+    When alice approves its plan,
+    Then the goal completes, every step succeeded, one page is sent, and the audit chain in
+    PostgreSQL verifies.
+    """
+    with running_pipeline(settings, database_url=postgres_database_url) as pipeline:
+        assert pipeline.store.engine.dialect.name == "postgresql"
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=10)
+        plan = only_plan(pipeline.store, goal_id)
+
+        pipeline.approve(plan.plan_id, "alice")
+
+        goal = pipeline.wait_for(goal_id, timeout=10)
+        assert goal.status == "completed", goal.status_reason
+        assert step_runs(pipeline.store, plan.plan_id) == {
+            "count": "succeeded",
+            "sla": "succeeded",
+            "notify": "succeeded",
+        }
+        assert audit.verify(pipeline.store).ok
+    [page] = read_notifications()
+    assert page["goal_id"] == goal_id
