@@ -10,13 +10,14 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from approval_gate.decisions import decision_of, follow_decision, record_decision
 from approval_gate.policy import Policy
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import load_catalog
-from plangate.errors import Reject
+from plangate.errors import Conflict, Reject
 from plangate.signing import Signer
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
 from schemas import Decision, Message, PlanInvalid, PlanProposed, plan_hash, validate_plan
@@ -43,27 +44,39 @@ class GateHandler:
             row = session.get(PlanRow, plan.plan_id)
             if row is None or row.plan_hash != digest:
                 raise Reject(f"plan {plan.plan_id} revision {plan.revision} is not in the store")
-            earlier = (
-                session.execute(
-                    select(DecisionRow)
-                    .where(DecisionRow.plan_id == plan.plan_id)
-                    .order_by(DecisionRow.id.desc())
-                )
-                .scalars()
-                .first()
-            )
-            if earlier is not None:  # a redelivery: say again what was decided, move nothing
-                decided = decision_of(earlier)
-                return [
-                    follow_decision(session, row, decided, self._signer, self._ttl, move_goal=False)
-                ]
+            repeated = self._repeat_earlier_decision(session, row)
+            if repeated is not None:
+                return repeated
             goal = session.get(GoalRow, plan.goal_id)
             goal_text, goal_meta = (goal.text, dict(goal.meta)) if goal else ("", {})
         decision = self._decide(message, goal_text, goal_meta)
-        with self._store.session() as session:
-            row = session.get_one(PlanRow, plan.plan_id)
-            record_decision(session, row, "policy", decision)
-            return [follow_decision(session, row, decision, self._signer, self._ttl)]
+        try:
+            with self._store.session() as session:
+                row = session.get_one(PlanRow, plan.plan_id)
+                record_decision(session, row, "policy", decision)
+                return [follow_decision(session, row, decision, self._signer, self._ttl)]
+        except Conflict:  # another gate decided this revision meanwhile: say what it decided
+            with self._store.session() as session:
+                row = session.get_one(PlanRow, plan.plan_id)
+                repeated = self._repeat_earlier_decision(session, row)
+                assert repeated is not None
+                return repeated
+
+    def _repeat_earlier_decision(self, session: Session, row: PlanRow) -> list[Envelope] | None:
+        """On a redelivery (or a lost race), say again what was decided; move nothing."""
+        earlier = (
+            session.execute(
+                select(DecisionRow)
+                .where(DecisionRow.plan_id == row.plan_id)
+                .order_by(DecisionRow.id.desc())
+            )
+            .scalars()
+            .first()
+        )
+        if earlier is None:
+            return None
+        decided = decision_of(earlier)
+        return [follow_decision(session, row, decided, self._signer, self._ttl, move_goal=False)]
 
     def _decide(self, message: PlanProposed, goal_text: str, goal_meta: dict[str, str]) -> Decision:
         with telemetry.tracer().start_as_current_span("decide") as span:
