@@ -184,20 +184,7 @@ class ExecutorHandler:
             return [emit(session, failed)]
 
     def _step_finished(self, goal_id: str, plan_id: str, outcome: StepOutcome) -> None:
-        """Audit a step's outcome and tell observers at once (progress, not a hand-off)."""
-        with self._store.session() as session:
-            audit.append(
-                session,
-                f"step.{outcome.status}",
-                actor=ACTOR,
-                goal_id=goal_id,
-                data={
-                    "plan_id": plan_id,
-                    "step_id": outcome.step_id,
-                    "tool": outcome.tool,
-                    "error": outcome.error,
-                },
-            )
+        """Tell observers at once (progress, not a hand-off: the ledger has the record)."""
         if self._notify is not None:
             headers: dict[str, str] = {}
             telemetry.inject(headers)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from sqlalchemy import update
 
 from plangate.errors import Retry
-from plangate.store import StepRunRow, Store
+from plangate.store import StepRunRow, Store, audit
 from plangate.store.claims import insert_if_absent
 from schemas import Plan, Step, ToolSpec, utcnow
 
@@ -85,7 +85,7 @@ class StepLedger:
             return Claim("run", row.attempt + 1)
 
     def record(self, step: Step, status: str, output: Any, error: str | None) -> None:
-        """Store a step's final status and output (insert for steps never claimed)."""
+        """Store a step's final status and output, and audit it, in one transaction."""
         now = utcnow()
         with self._store.session() as session:
             row = session.get(StepRunRow, (self._plan.plan_id, step.id))
@@ -101,3 +101,15 @@ class StepLedger:
                 session.add(row)
             row.status, row.output, row.error = status, output, error
             row.finished_at, row.lease_until = now, None
+            audit.append(
+                session,
+                f"step.{status}",
+                actor="executor",
+                goal_id=self._plan.goal_id,
+                data={
+                    "plan_id": self._plan.plan_id,
+                    "step_id": step.id,
+                    "tool": step.tool,
+                    "error": error,
+                },
+            )

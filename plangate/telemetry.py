@@ -6,6 +6,7 @@ the first message and appear in the CLI and logs; exporters are added from `OTEL
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
@@ -25,8 +26,9 @@ def setup_tracing() -> None:
         trace.set_tracer_provider(TracerProvider())
 
 
+@functools.cache
 def tracer() -> trace.Tracer:
-    """Return plangate's tracer."""
+    """Return plangate's tracer (a proxy: it follows a provider installed later)."""
     return trace.get_tracer("plangate")
 
 

@@ -32,6 +32,9 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         "PLANGATE_DEMO_SLA",
         "PLANGATE_DEMO_DATA",
         *INTEGRATION_VARIABLES,
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "PLANGATE_PLANNER",
     ):
         monkeypatch.delenv(name, raising=False)
     return Settings(data_dir=tmp_path / "data", namespace=f"t{uuid.uuid4().hex[:12]}")

@@ -8,7 +8,6 @@ raise Reject (dead letter), Retry (try again after its delay) or anything else (
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -35,6 +34,7 @@ Handler = Callable[[Message, Delivery], Sequence[Envelope]]
 PublishedHook = Callable[[Sequence[Envelope]], None]
 
 _POLL_SECONDS = 0.05
+_FIRST_POLL_SECONDS = 0.001
 RETRY_DELAYS = (0.2, 1.0, 5.0, 30.0)
 
 
@@ -94,6 +94,7 @@ class StageConsumer:
         self._done: queue.Queue[_Done] = queue.Queue()
         self._retries: list[tuple[float, KombuMessage, int]] = []
         self._in_flight = 0
+        self._poll = _FIRST_POLL_SECONDS
         self.ready = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -143,8 +144,14 @@ class StageConsumer:
                 backoff = min(max_backoff, backoff * 2)
 
     def _drain(self, connection: Connection) -> None:
-        with contextlib.suppress(TimeoutError):
-            connection.drain_events(timeout=_POLL_SECONDS)
+        # kombu cannot be woken when a handler finishes, so while handlers run the loop looks
+        # often (1 ms, backing off to 50 ms): a finished message waits for its publish and ack
+        # no longer than that, and an idle worker does not spin.
+        timeout = min(self._poll, _POLL_SECONDS) if self._in_flight else _POLL_SECONDS
+        try:
+            connection.drain_events(timeout=timeout)
+        except TimeoutError:
+            self._poll = min(self._poll * 2, _POLL_SECONDS)
 
     def _delivery(self, raw: KombuMessage) -> Delivery:
         headers = _text_headers(raw)
@@ -170,6 +177,7 @@ class StageConsumer:
             return
         faults.trip("after_receive")
         self._in_flight += 1
+        self._poll = _FIRST_POLL_SECONDS
         future = self._pool.submit(self._call_handler, message, delivery)
         future.add_done_callback(lambda f: self._done.put(_Done(raw, delivery, f)))
 
@@ -187,6 +195,7 @@ class StageConsumer:
         except queue.Empty:
             return
         self._in_flight -= 1
+        self._poll = _FIRST_POLL_SECONDS
         self._settle(done)
         while not self._done.empty():
             self._in_flight -= 1

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,16 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # SQLite lets one writer in at a time and makes the others sleep and poll for the lock;
+        # within a process a plain lock hands it over at once instead.
+        self._writers: AbstractContextManager[object] = (
+            threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """Open a transaction; commit when the block ends, roll back if it raises."""
-        with self._sessions.begin() as session:
+        with self._writers, self._sessions.begin() as session:
             yield session
 
     def close(self) -> None:
