@@ -37,3 +37,14 @@ def chaos_write(number: int, context: ToolContext) -> str:
             file.flush()
             os.fsync(file.fileno())
     return context.idempotency_key
+
+
+@tool(effect="write", idempotent=False)
+def charge_card(amount: int, context: ToolContext) -> str:
+    """Record a charge: not idempotent, so it must never run twice for one step."""
+    effects = Path(os.environ["CHAOS_EFFECTS"])
+    with open(effects, "a") as file:
+        file.write(json.dumps({"key": context.idempotency_key, "goal_id": context.goal_id}) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    return "charged"

@@ -278,3 +278,66 @@ def test_redis_restarted_without_persistence_loses_no_goal(tmp_path: Path) -> No
     finally:
         fleet.stop_all()
         stop_process(redis)
+
+
+def test_the_seed_goal_runs_through_three_worker_processes_on_postgres(
+    tmp_path: Path, redis_url: str, postgres_database_url: str
+) -> None:
+    """Given the three stages as separate processes on Redis and PostgreSQL,
+    When the seed goal is submitted with `plangate submit --wait`, then it completes once.
+    """
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(APPROVE_ALL)
+    fleet = Fleet(
+        redis_url,
+        postgres_database_url,
+        tmp_path,
+        extra_env={"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS},
+    )
+    try:
+        assert fleet.plangate("db", "upgrade").returncode == 0
+        fleet.start_all()
+        result = submit_and_wait(fleet)
+        assert result["status"] == "completed", fleet.logs()
+        assert len(notifications(fleet)) == 1
+    finally:
+        fleet.stop_all()
+
+
+def test_a_non_idempotent_write_cut_off_mid_call_is_marked_unknown_not_run_again(
+    fleet: Fleet,
+) -> None:
+    """Given an executor that dies right after a non-idempotent tool did its effect,
+    When another executor picks the plan up,
+    Then the step is `unknown`, the goal stops for a person with that reason, and the effect
+    happened exactly once.
+    """
+    root = Path(__file__).resolve().parent.parent
+    effects = fleet.folder / "effects.jsonl"
+    fleet.extra_env.update(
+        PLANGATE_PLAYBOOK_FILE=str(root / "tests" / "data" / "chaos_playbook.yaml"),
+        PLANGATE_TOOLS="tests.chaos_tools",
+        PYTHONPATH=str(root),
+        CHAOS_EFFECTS=str(effects),
+        CHAOS_DUPLICATES=str(fleet.folder / "duplicates.jsonl"),
+    )
+    marker = fleet.folder / "fault-fired"
+    doomed = fleet.start("executor", PLANGATE_FAULT="mid_tool", PLANGATE_FAULT_MARKER=str(marker))
+    fleet.start("planner")
+    fleet.start("gate")
+    goal_id = json.loads(fleet.plangate("submit", "charge 5", "--json").stdout)["goal_id"]
+    assert doomed.wait(timeout=30) == -9, fleet.logs()
+    fleet.start("executor")
+
+    deadline = time.monotonic() + 40
+    status: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        status = json.loads(fleet.plangate("status", goal_id, "--json").stdout)
+        if status["status"] in ("failed", "completed"):
+            break
+        time.sleep(0.3)
+
+    assert status["status"] == "failed", fleet.logs()
+    assert status["steps"] == {"charge": "unknown"}
+    assert "may or may not have happened" in str(status["reason"])
+    assert len(effects.read_text().splitlines()) == 1
