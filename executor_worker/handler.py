@@ -65,6 +65,7 @@ class ExecutorHandler:
         notify: Notify | None = None,
         max_parallel: int = 8,
         step_lease: timedelta = timedelta(minutes=5),
+        link_only: bool | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -72,6 +73,7 @@ class ExecutorHandler:
         self._notify = notify
         self._max_parallel = max_parallel
         self._step_lease = step_lease
+        self._link_only = telemetry.link_only() if link_only is None else link_only
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.approved message."""
@@ -85,7 +87,8 @@ class ExecutorHandler:
             approval = self._check(message)
         except (ApprovalInvalid, PlanInvalid) as refusal:
             return self._refuse(message, str(refusal))
-        with telemetry.tracer().start_as_current_span("run plan") as span:
+        # Linked to the incoming message always; parented by it unless configured otherwise.
+        with telemetry.run_span("run plan", linked_only=self._link_only) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
             return self._run(message, approval)

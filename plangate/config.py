@@ -80,6 +80,10 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How often a worker relays the outbox and reconciles."
     )
     log_level: str = "INFO"
+    jaeger_url: str = Field(
+        default="http://localhost:16686",
+        description="The Jaeger UI that `plangate trace` links to.",
+    )
 
     def resolved_database_url(self) -> str:
         """Return the database URL, defaulting to `plangate.db` in the data folder."""

@@ -1,29 +1,109 @@
 """Trace context: one trace per goal, carried in message headers (W3C `traceparent`).
 
 The SDK's TracerProvider is installed even when nothing exports, so that trace ids exist from
-the first message and appear in the CLI and logs; exporters are added from `OTEL_*` settings.
+the first message and appear in the CLI and logs. Export follows the standard `OTEL_*`
+variables: with `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) set, spans go over
+OTLP, HTTP/protobuf unless `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`; `OTEL_SERVICE_NAME` names the
+service and `OTEL_TRACES_SAMPLER` (read by the SDK) samples. Without an endpoint, or with
+`OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`, nothing exports and no thread starts.
+`PLANGATE_TRACE_LINK_ONLY=1` starts the executor's run in a trace of its own, linked to the
+goal's: a run may start hours after the plan.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Link, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from plangate.errors import ConfigError
 
 _propagator = TraceContextTextMapPropagator()
 TRACE_HEADERS = ("traceparent", "tracestate")
+_TRUE = {"1", "true", "yes", "on"}
 
 
-def setup_tracing() -> None:
-    """Install an SDK TracerProvider unless the application already installed one."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        trace.set_tracer_provider(TracerProvider())
+def setup_tracing(service_name: str = "plangate") -> None:
+    """Install an SDK TracerProvider (exporting if `OTEL_*` asks) unless one is installed.
+
+    `service_name` is the default of `service.name`; `OTEL_SERVICE_NAME` overrides it.
+    """
+    if isinstance(trace.get_tracer_provider(), TracerProvider):
+        return
+    name = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    exporter = exporter_from_env(os.environ)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+
+def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
+    """Return the OTLP span exporter the `OTEL_*` variables ask for, or None."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return None
+    if not (
+        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return None
+    protocol = (
+        environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
+    if protocol.strip().lower() == "grpc":
+        return _grpc_exporter()
+    # The exporter reads the endpoint, headers, timeout and compression from the environment.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
+
+
+def _grpc_exporter() -> SpanExporter:
+    try:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found, unused-ignore]
+            OTLPSpanExporter,
+        )
+    except ImportError as exc:
+        raise ConfigError(
+            "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
+            "pip install opentelemetry-exporter-otlp-proto-grpc (or use http/protobuf)"
+        ) from exc
+    exporter: SpanExporter = OTLPSpanExporter()
+    return exporter
+
+
+def flush(timeout_millis: int = 5000) -> None:
+    """Export the spans still buffered (at shutdown); does nothing when nothing exports."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(timeout_millis)
+
+
+@contextmanager
+def flushing() -> Iterator[None]:
+    """Flush buffered spans when the block ends, however it ends (for short-lived commands)."""
+    try:
+        yield
+    finally:
+        flush()
+
+
+def link_only() -> bool:
+    """Return True if `PLANGATE_TRACE_LINK_ONLY` asks for runs linked to the goal, unparented."""
+    return os.environ.get("PLANGATE_TRACE_LINK_ONLY", "").strip().lower() in _TRUE
 
 
 @functools.cache
@@ -90,3 +170,13 @@ def consumer_span(queue: str, routing_key: str, headers: Mapping[str, str]) -> I
             yield span
     finally:
         otel_context.detach(token)
+
+
+@contextmanager
+def run_span(name: str, *, linked_only: bool) -> Iterator[Span]:
+    """Open a span linked to the current one; parented by it too unless `linked_only`."""
+    incoming = trace.get_current_span().get_span_context()
+    links = [Link(incoming)] if incoming.is_valid else []
+    parent = otel_context.Context() if linked_only else None  # an empty context: a new trace
+    with tracer().start_as_current_span(name, context=parent, links=links) as span:
+        yield span

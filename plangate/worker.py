@@ -36,7 +36,7 @@ class Worker:
 
     def run(self) -> int:
         """Work until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
-        telemetry.setup_tracing()
+        telemetry.setup_tracing(f"plangate-{self.stage}")
         store = open_store(self.settings.resolved_database_url(), upgrade=False)
         bus = Bus(self.settings.broker_url, self.settings.namespace)
         try:
@@ -59,6 +59,7 @@ class Worker:
         finally:
             bus.close()
             store.close()
+            telemetry.flush()  # the last spans, before the process exits
         log.info("%s worker stopped", self.stage)
         return 0
 

@@ -13,6 +13,7 @@ from rich.prompt import Prompt
 from rich.syntax import Syntax
 
 from approval_gate.decisions import decision_of
+from plangate import telemetry
 from plangate.catalog import load_catalog
 from plangate.cli import render
 from plangate.cli.common import EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED
@@ -223,5 +224,5 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
     """Run one goal in the embedded pipeline; return the process exit code."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    with Pipeline(settings) as pipeline:
+    with telemetry.flushing(), Pipeline(settings) as pipeline:
         return GoalRun(pipeline, options, out, err).run(text)

@@ -10,6 +10,7 @@ from plangate import __version__
 from plangate.cli import audit, db, dlq, playbook, schema
 from plangate.cli.run import run
 from plangate.cli.submit import status, submit
+from plangate.cli.trace import trace
 from plangate.cli.worker import worker
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.command(short_help="Run a goal end to end in one process: plan, decide, execute.")(run)
 app.command(short_help="Submit a goal to the workers; --wait follows it.")(submit)
 app.command(short_help="Show where a goal stands.")(status)
+app.command(short_help="Print a goal's trace id and its Jaeger link.")(trace)
 app.command(short_help="Run one stage (planner, gate, executor) as a worker process.")(worker)
 app.add_typer(schema.app, name="schema")
 app.add_typer(audit.app, name="audit")

@@ -81,9 +81,10 @@ def submit(
     Prints the goal id. With --wait, follows it to the end; exit codes as for `run`:
     0 completed, 1 failed or timed out, 3 rejected, denied or expired.
     """
+    from plangate import telemetry
     from plangate.client import Client
 
-    with Client(load_settings()) as client:
+    with telemetry.flushing(), Client(load_settings()) as client:
         handle = client.submit(goal, metadata=_metadata(meta or []), idempotency_key=key)
         if not wait:
             _print(handle.status(), as_json)

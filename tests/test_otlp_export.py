@@ -1,0 +1,248 @@
+"""Export over OTLP to a real receiver process: one trace per goal across three workers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from plangate import telemetry
+from tests.conftest import SEED_GOAL
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
+from tests.test_distributed import APPROVE_ALL, submit_and_wait
+
+SECRET = "sk-live-0123456789abcdef"
+PLAYBOOK = f"""
+playbooks:
+  - name: ticket-sla-breach
+    pattern: '(?i)ticket count'
+    summary: Notify on-call if open tickets exceed the SLA
+    steps:
+      - id: count
+        tool: ticket_count
+      - id: sla
+        tool: sla_threshold
+      - id: notify
+        tool: notify_oncall
+        args:
+          message: "Ticket count ${{count}} exceeded SLA ${{sla}}; token {SECRET}"
+        when: steps.count.output > steps.sla.output
+"""
+
+
+@dataclass
+class Receiver:
+    """The OTLP receiver process and the file it writes spans to."""
+
+    endpoint: str
+    spans_file: Path
+
+    def spans(self) -> list[dict[str, Any]]:
+        text = self.spans_file.read_text(encoding="utf-8") if self.spans_file.exists() else ""
+        return [json.loads(line) for line in text.splitlines() if line]
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    """`python -m tests.otlp_receiver` as its own process on a free port."""
+    port = free_port()
+    spans_file = tmp_path / "spans.jsonl"
+    log = tmp_path / "receiver.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.otlp_receiver", str(port), str(spans_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_ready("otlp receiver", lambda: accepts_connections(port), process, [log])
+        yield Receiver(f"http://127.0.0.1:{port}", spans_file)
+    finally:
+        stop_process(process)
+
+
+@pytest.mark.redis
+def test_a_goal_through_three_workers_is_one_exported_trace(
+    tmp_path: Path, redis_url: str, receiver: Receiver
+) -> None:
+    """Given three worker processes exporting to an OTLP receiver process,
+    When a goal runs with a secret in a tool argument,
+    Then the receiver holds one trace with every hop, decision, run and tool call,
+    from three services, and the secret is in no attribute.
+    """
+    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
+    (tmp_path / "playbook.yaml").write_text(PLAYBOOK)
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
+        folder=tmp_path,
+        extra_env={
+            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
+            "PLANGATE_PLAYBOOK_FILE": str(tmp_path / "playbook.yaml"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            **FAST_SWEEPS,
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    try:
+        fleet.start_all()
+        result = submit_and_wait(fleet, SEED_GOAL)
+        assert result["status"] == "completed", fleet.logs()
+    finally:
+        assert fleet.stop_all() == [0, 0, 0]  # SIGTERM flushes what is still buffered
+
+    spans = receiver.spans()
+    ours = [s for s in spans if s["trace_id"] == result["trace_id"]]
+    names = [s["name"] for s in ours]
+    assert {s["trace_id"] for s in spans} == {result["trace_id"]}
+    for hop in ("goal.submitted", "plan.proposed", "plan.approved"):
+        assert f"publish {hop}" in names, names
+        assert f"process {hop}" in names, names
+    for name in ("plan", "decide", "run plan"):
+        assert names.count(name) == 1, names
+    for tool in ("ticket_count", "sla_threshold", "notify_oncall"):
+        assert names.count(f"execute_tool {tool}") == 1, names
+    kinds = {s["name"]: s["kind"] for s in ours}
+    assert kinds["publish plan.approved"] == "SPAN_KIND_PRODUCER"
+    assert kinds["process plan.approved"] == "SPAN_KIND_CONSUMER"
+    services = {s["service"] for s in ours}
+    assert {"plangate-planner", "plangate-gate", "plangate-executor"} <= services
+    by_id = {s["span_id"]: s for s in ours}
+    run = next(s for s in ours if s["name"] == "run plan")
+    assert by_id[run["parent_span_id"]]["name"] == "process plan.approved"
+    assert run["links"] == [{"trace_id": result["trace_id"], "span_id": run["parent_span_id"]}]
+    tool_parents = {s["parent_span_id"] for s in ours if s["name"].startswith("execute_tool")}
+    assert tool_parents == {run["span_id"]}
+    exported = json.dumps([s["attributes"] for s in spans])
+    assert SECRET not in exported
+    assert "exceeded SLA" not in exported
+
+    shown = fleet.plangate(
+        "trace", str(result["goal_id"]), "--json", PLANGATE_JAEGER_URL="http://j:1/"
+    )
+    assert json.loads(shown.stdout) == {
+        "goal_id": result["goal_id"],
+        "trace_id": result["trace_id"],
+        "jaeger_url": f"http://j:1/trace/{result['trace_id']}",
+    }
+    text = fleet.plangate("trace", str(result["goal_id"])).stdout
+    assert f"http://localhost:16686/trace/{result['trace_id']}" in text
+
+
+def test_with_no_otel_variables_nothing_exports_and_no_thread_runs(tmp_path: Path) -> None:
+    """Given no OTEL_* variables, setup_tracing installs a provider with no exporter thread."""
+    script = (
+        "import threading\n"
+        "from plangate import telemetry\n"
+        "telemetry.setup_tracing()\n"
+        "with telemetry.tracer().start_as_current_span('x'):\n"
+        "    assert telemetry.current_trace_id()\n"
+        "telemetry.flush()\n"
+        "print(sorted(t.name for t in threading.enumerate()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['MainThread']"
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "switch", [{"OTEL_SDK_DISABLED": "true"}, {"OTEL_TRACES_EXPORTER": "none"}]
+)
+def test_an_endpoint_switched_off_exports_nothing(
+    tmp_path: Path, receiver: Receiver, switch: dict[str, str]
+) -> None:
+    """Given an endpoint but export switched off, `plangate run` sends the receiver nothing."""
+    done = _run_goal(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, **switch})
+
+    assert done.returncode == 0, done.stderr
+    assert receiver.spans() == []
+
+
+def test_plangate_run_flushes_its_spans_before_it_exits(tmp_path: Path, receiver: Receiver) -> None:
+    """Given an endpoint and the default 5 s batch delay, `plangate run` still exports it all."""
+    done = _run_goal(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+
+    assert done.returncode == 0, done.stderr
+    names = {s["name"] for s in receiver.spans()}
+    assert {"submit goal", "plan", "decide", "run plan", "execute_tool notify_oncall"} <= names
+    assert {s["service"] for s in receiver.spans()} == {"plangate"}
+
+
+def test_grpc_without_its_exporter_is_a_clear_config_error(tmp_path: Path) -> None:
+    if importlib.util.find_spec("opentelemetry.exporter.otlp.proto.grpc") is not None:
+        pytest.skip("the gRPC exporter is installed here")
+    grpc = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    done = _run_goal(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", **grpc})
+
+    assert done.returncode == 2
+    assert "pip install opentelemetry-exporter-otlp-proto-grpc" in done.stderr
+
+
+def _run_goal(tmp_path: Path, otel: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+    env.update(
+        PLANGATE_DATA_DIR=str(tmp_path / "data"),
+        PLANGATE_DEMO_NOTIFICATIONS=str(tmp_path / "notifications.jsonl"),
+        PLANGATE_PLANNER="playbook",
+        PLANGATE_POLICY_FILE=str(tmp_path / "policy.yaml"),
+        **otel,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", "run", "--yes", "--json", SEED_GOAL],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("linked_only", [False, True])
+def test_the_run_span_is_linked_and_parented_unless_link_only(linked_only: bool) -> None:
+    """Given an incoming span, the run span links to it; link-only starts a new trace."""
+    telemetry.setup_tracing()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    try:
+        with (
+            telemetry.tracer().start_as_current_span("incoming") as incoming,
+            telemetry.run_span("run plan", linked_only=linked_only) as run,
+        ):
+            pass
+    finally:
+        processor.shutdown()
+
+    came, ran = incoming.get_span_context(), run.get_span_context()
+    assert [link.context for link in run.links] == [came]  # type: ignore[attr-defined]
+    parent = run.parent  # type: ignore[attr-defined]
+    if linked_only:
+        assert parent is None
+        assert ran.trace_id != came.trace_id
+    else:
+        assert parent is not None
+        assert parent.span_id == came.span_id
+        assert ran.trace_id == came.trace_id
