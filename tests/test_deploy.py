@@ -102,3 +102,39 @@ def test_the_example_policy_loads_and_the_configmap_carries_it(tmp_path: Path) -
     assert policy.version
     assert mounted["policy.yaml"] == (DEPLOY / "policy.yaml").read_text(encoding="utf-8")
     assert yaml.safe_load(mounted["playbook.yaml"])["playbooks"]
+
+
+def test_compose_serves_the_http_api_on_8080() -> None:
+    (compose,) = documents(DEPLOY / "docker-compose.yml")
+    serve = compose["services"]["serve"]
+
+    assert serve["command"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert "8080:8080" in serve["ports"]
+    assert serve["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
+    env = serve["environment"]
+    assert env["OTEL_SERVICE_NAME"] == "plangate-serve"
+    assert env["PLANGATE_BROKER_URL"].startswith("redis://redis")
+    assert "PLANGATE_INTAKE_TOKEN" in env
+
+
+def test_kubernetes_serves_the_http_api_behind_a_service() -> None:
+    objects = kubernetes_objects()
+    (deployment,) = [
+        o
+        for o in objects
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "plangate-serve"
+    ]
+    (service,) = [o for o in objects if o["kind"] == "Service"]
+    pod = deployment["spec"]["template"]
+    (container,) = pod["spec"]["containers"]
+
+    assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8080}]
+    token = {e["name"]: e for e in container["env"]}["PLANGATE_INTAKE_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["optional"] is True
+    # The Service reaches exactly the serve pods, on the container's named port.
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    )
+    assert service["spec"]["ports"][0]["targetPort"] == "http"

@@ -9,6 +9,7 @@ import typer
 from plangate import __version__
 from plangate.cli import audit, db, dlq, playbook, schema
 from plangate.cli.run import run
+from plangate.cli.serve import serve
 from plangate.cli.submit import status, submit
 from plangate.cli.trace import trace
 from plangate.cli.worker import worker
@@ -30,6 +31,7 @@ app.command(short_help="Submit a goal to the workers; --wait follows it.")(submi
 app.command(short_help="Show where a goal stands.")(status)
 app.command(short_help="Print a goal's trace id and its Jaeger link.")(trace)
 app.command(short_help="Run one stage (planner, gate, executor) as a worker process.")(worker)
+app.command(short_help="Serve the HTTP API: goal intake (JSON, CloudEvents); /docs.")(serve)
 app.add_typer(schema.app, name="schema")
 app.add_typer(audit.app, name="audit")
 app.add_typer(db.app, name="db")

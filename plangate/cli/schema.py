@@ -25,3 +25,31 @@ def schema_export(
 
     for path in export_json_schemas(directory):
         typer.echo(path)
+
+
+@app.command("asyncapi", short_help="Write the AsyncAPI 3 document of every channel and message.")
+@friendly_errors
+def schema_asyncapi(
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE", help="Where to write it: .json, else YAML.", dir_okay=False),
+    ],
+    namespace: Annotated[
+        str, typer.Option(help="The exchange and queue prefix to describe.")
+    ] = "plangate",
+) -> None:
+    """Write the AsyncAPI 3.0.0 document of plangate's bus (YAML, or JSON for a .json FILE)."""
+    import json
+
+    import yaml
+
+    from schemas.asyncapi import asyncapi_document
+
+    document = asyncapi_document(namespace)
+    if file.suffix.lower() == ".json":
+        text = json.dumps(document, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(text, encoding="utf-8")
+    typer.echo(file)

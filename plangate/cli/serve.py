@@ -1,0 +1,38 @@
+"""`plangate serve`: the HTTP server (goal intake; OpenAPI at /docs)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from plangate.cli.common import friendly_errors, load_settings
+
+
+@friendly_errors
+def serve(
+    host: Annotated[
+        str, typer.Option(metavar="HOST", help="Address to listen on (0.0.0.0: every one).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, metavar="PORT", help="Port to listen on.")
+    ] = 8080,
+) -> None:
+    """Serve the HTTP API until SIGTERM: POST /api/v1/goals, GET /api/v1/goals/{id}, /docs.
+
+    Goals arrive as plain JSON ({"text": ..., "metadata": {...}, "idempotency_key": ...}) or
+    as a CloudEvent 1.0 of type dev.plangate.goal.submitted (structured or binary mode; the
+    same source and id twice make one goal). Set PLANGATE_INTAKE_TOKEN to require
+    `Authorization: Bearer <token>`; without it, anyone who reaches the port can submit goals.
+    Uses PLANGATE_BROKER_URL and PLANGATE_DATABASE_URL like the workers.
+    """
+    import uvicorn
+
+    from plangate.client import Client
+    from plangate.server import create_app
+
+    settings = load_settings()
+    # Opened here, not at startup, so a wrong URL or an old schema is a one-line error.
+    with Client(settings) as client:
+        app = create_app(settings, client=client)
+        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())

@@ -1,0 +1,53 @@
+"""The application factory: one FastAPI app sharing one `Client` for the process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from plangate import __version__
+from plangate.client import Client
+from plangate.config import Settings
+from plangate.server import goals
+from plangate.server.errors import install_handlers
+
+INTAKE_TOKEN_VARIABLE = "PLANGATE_INTAKE_TOKEN"
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    client: Client | None = None,
+    intake_token: str | None = None,
+) -> FastAPI:
+    """Build the server; without `client`, one is opened at startup and closed at shutdown.
+
+    `intake_token` defaults to `PLANGATE_INTAKE_TOKEN`; when set, goal intake needs it as a
+    bearer token.
+    """
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if client is not None:
+            app.state.client = client
+            yield
+            return
+        with Client(settings) as own:
+            app.state.client = own
+            yield
+
+    app = FastAPI(
+        title="plangate",
+        version=__version__,
+        summary="Submit goals and follow them: the planner decides, the gate authorises.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.intake_token = intake_token or os.environ.get(INTAKE_TOKEN_VARIABLE) or None
+    install_handlers(app)
+    app.include_router(goals.router)
+    return app

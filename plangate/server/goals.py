@@ -1,0 +1,144 @@
+"""`/api/v1/goals`: submit a goal (plain JSON or a CloudEvent) and read where it stands."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from opentelemetry import context as otel_context
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+
+from plangate import telemetry
+from plangate.client import Client, GoalHandle
+from plangate.server.auth import require_intake_token
+from plangate.server.deps import get_client
+from plangate.server.errors import ApiError
+from plangate.server.intake import CLOUDEVENT_JSON, JSON, GoalRequest, parse_goal
+
+MAX_BODY_BYTES = 64 * 1024
+
+router = APIRouter(
+    prefix="/api/v1/goals", tags=["goals"], dependencies=[Depends(require_intake_token)]
+)
+
+
+class GoalAccepted(BaseModel):
+    """The answer to a submission: the goal (new, or the first one for the same key)."""
+
+    goal_id: str
+    status: str
+    trace_id: str | None
+    duplicate: bool
+
+
+class GoalState(BaseModel):
+    """Where a goal stands: its state, its latest plan, the decision on it and its steps."""
+
+    goal_id: str
+    status: str
+    reason: str | None
+    updated_at: datetime
+    terminal: bool
+    trace_id: str | None = None
+    plan_id: str | None = None
+    revision: int | None = None
+    summary: str | None = None
+    decision: dict[str, str | None] | None = None
+    steps: dict[str, str] = {}
+
+
+class ErrorBody(BaseModel):
+    """Every error: what went wrong and what to do."""
+
+    error: str
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """Return the body, refusing (413) one over `limit` bytes before reading all of it."""
+    too_big = ApiError(413, f"the body is over {limit // 1024} KiB; send a shorter goal")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_big
+    return bytes(body)
+
+
+_SUBMIT_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        JSON: {"schema": GoalRequest.model_json_schema()},
+        CLOUDEVENT_JSON: {
+            "schema": {
+                "type": "object",
+                "description": "A CloudEvent 1.0 of type dev.plangate.goal.submitted; "
+                "data: {text, metadata}. Binary mode: ce-* headers and JSON data.",
+            }
+        },
+    },
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422)
+}
+
+
+def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalHandle:
+    # A caller's W3C `traceparent` makes the goal's trace a child of the caller's.
+    token = otel_context.attach(telemetry.extract(headers))
+    try:
+        try:
+            return client.submit(
+                goal.text, metadata=goal.metadata, idempotency_key=goal.idempotency_key
+            )
+        except IntegrityError:
+            # The same key arrived twice at once and the other request stored it first:
+            # asking again finds that goal.
+            if goal.idempotency_key is None:
+                raise
+            return client.submit(
+                goal.text, metadata=goal.metadata, idempotency_key=goal.idempotency_key
+            )
+    finally:
+        otel_context.detach(token)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=GoalAccepted,
+    responses={200: {"model": GoalAccepted, "description": "Already submitted"}, **_ERRORS},
+    openapi_extra={"requestBody": _SUBMIT_BODY},
+)
+async def submit_goal(
+    request: Request, client: Annotated[Client, Depends(get_client)]
+) -> JSONResponse:
+    """Submit a goal; the same idempotency key (or CloudEvent source and id) yields one goal."""
+    goal = parse_goal(request.headers, await read_body(request))
+    handle = await run_in_threadpool(_submit, client, goal, dict(request.headers))
+    current = await run_in_threadpool(client.status, handle.goal_id)
+    accepted = GoalAccepted(
+        goal_id=handle.goal_id,
+        status=current.status,
+        trace_id=handle.trace_id,
+        duplicate=handle.duplicate,
+    )
+    return JSONResponse(
+        accepted.model_dump(),
+        status_code=200 if handle.duplicate else 201,
+        headers={"Location": f"{router.prefix}/{handle.goal_id}"},
+    )
+
+
+@router.get("/{goal_id}", response_model=GoalState, responses={404: {"model": ErrorBody}})
+def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) -> GoalState:
+    """Return where a goal stands (404 if there is no such goal)."""
+    current = client.status(goal_id)
+    return GoalState(**asdict(current), terminal=current.terminal)

@@ -1,0 +1,134 @@
+"""Reading a goal from a request body: plain JSON, or a CloudEvent (structured or binary mode).
+
+Every refusal is an `ApiError` whose message says what to send instead. A CloudEvent's goal is
+idempotent on the event: its key is `{source}/{id}`, so the same event twice yields one goal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings.http import HTTPMessage, from_http
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plangate.server.errors import ApiError
+
+GOAL_EVENT_TYPE = "dev.plangate.goal.submitted"
+JSON = "application/json"
+CLOUDEVENT_JSON = "application/cloudevents+json"
+_KEY_LIMIT = 200  # GoalSubmitted.idempotency_key's max_length
+_REQUIRED = ("specversion", "id", "source", "type")
+_NEEDS = "a CloudEvent 1.0 needs specversion, id, source and type"
+
+
+class GoalRequest(BaseModel):
+    """A goal submitted as plain JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=10_000, description="What you want done.")
+    metadata: dict[str, str] = Field(default_factory=dict, description="Kept with the goal.")
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=_KEY_LIMIT,
+        description="The same key twice yields one goal.",
+    )
+
+
+def media_type(headers: Mapping[str, str]) -> str:
+    """Return the request's media type without parameters, lower-cased ('' if none)."""
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
+    """Return the goal a request carries, whichever of the three forms it uses."""
+    kind = media_type(headers)
+    if kind == CLOUDEVENT_JSON:
+        return _event_goal({"content-type": headers["content-type"]}, body)
+    if kind == JSON and "ce-specversion" in headers:
+        binary = {k: v for k, v in headers.items() if k == "content-type" or k.startswith("ce-")}
+        return _event_goal(binary, body)
+    if kind == JSON:
+        return _validated(_json_object(body, "the body"))
+    raise ApiError(
+        415,
+        f"unsupported content type {kind or '(none)'!r}; send {JSON} "
+        f'({{"text": ...}}), a CloudEvent as {CLOUDEVENT_JSON}, or a binary-mode CloudEvent '
+        f"(ce-* headers) with {JSON} data",
+    )
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"{what} is not valid JSON ({exc}); send a JSON object") from exc
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _validated(fields: Mapping[str, Any]) -> GoalRequest:
+    try:
+        return GoalRequest.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise ApiError(
+            422, f'invalid goal: {problems}; send {{"text": "what you want done"}}'
+        ) from exc
+
+
+def _event_goal(headers: dict[str, str], body: bytes) -> GoalRequest:
+    if "ce-specversion" in headers:
+        given = {name.removeprefix("ce-"): value for name, value in headers.items()}
+    else:
+        given = _json_object(body, "the CloudEvent")  # a clear 400 before the SDK's own errors
+    # The SDK fills in a missing id with a random one, which would defeat idempotency.
+    missing = [name for name in _REQUIRED if not given.get(name)]
+    if missing:
+        raise ApiError(400, f"the CloudEvent lacks {', '.join(missing)}; {_NEEDS}")
+    if given["specversion"] != "1.0":
+        raise ApiError(400, f"CloudEvents specversion {given['specversion']!r}; send 1.0")
+    event = _read_event(headers, body)
+    if event.get_type() != GOAL_EVENT_TYPE:
+        raise ApiError(
+            422, f"unsupported event type {event.get_type()!r}; send type {GOAL_EVENT_TYPE!r}"
+        )
+    data = event.get_data()
+    if not isinstance(data, dict):
+        raise ApiError(
+            422, 'the event\'s data must be a JSON object: {"text": "what you want done"}'
+        )
+    key = f"{event.get_source()}/{event.get_id()}"
+    if len(key) > _KEY_LIMIT:
+        key = "ce-sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    metadata = data.get("metadata", {})
+    if isinstance(metadata, dict):
+        metadata = {
+            **metadata,
+            "ce.source": event.get_source(),
+            "ce.id": event.get_id(),
+            "ce.type": event.get_type(),
+        }
+    return _validated({"text": data.get("text"), "metadata": metadata, "idempotency_key": key})
+
+
+def _read_event(headers: dict[str, str], body: bytes) -> BaseCloudEvent:
+    try:
+        return from_http(HTTPMessage(headers=headers, body=body), JSONFormat())
+    except (BaseCloudEventException, ValueError, TypeError, AttributeError, KeyError) as exc:
+        # The SDK signals a bad event with many types; any of them means "not a CloudEvent".
+        raise ApiError(
+            400,
+            f"not a valid CloudEvent ({exc}); {_NEEDS}",
+        ) from exc

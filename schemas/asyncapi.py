@@ -1,0 +1,191 @@
+"""The AsyncAPI 3.0.0 document of plangate's bus: every channel, message and stage operation.
+
+Pure: builds a dict; `plangate schema asyncapi` writes it. The payloads are the pydantic models'
+JSON Schemas, with their shared definitions moved to `components.schemas`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from schemas.export import ENVELOPE_FIELDS
+from schemas.messages import MESSAGE_MODELS, DeadLetter
+
+ASYNCAPI_VERSION = "3.0.0"
+_REF_TEMPLATE = "#/components/schemas/{model}"
+
+# Which stage receives and which sends each message type (the routing key).
+STAGE_RECEIVES: dict[str, tuple[str, ...]] = {
+    "planner": ("goal.submitted", "plan.rejected", "execution.failed"),
+    "gate": ("plan.proposed",),
+    "executor": ("plan.approved",),
+}
+STAGE_SENDS: dict[str, tuple[str, ...]] = {
+    "intake": ("goal.submitted",),
+    "planner": ("plan.proposed", "plan.failed"),
+    "gate": ("plan.approved", "plan.held", "plan.denied", "plan.rejected", "plan.expired"),
+    "executor": ("step.finished", "execution.completed", "execution.failed"),
+}
+DEAD_LETTER = "dead.letter"
+
+HEADERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "AMQP message headers (on Redis: the kombu envelope's `headers`).",
+    "required": ["x-plangate-goal-id", "x-plangate-message-id"],
+    "properties": {
+        "x-plangate-goal-id": {"type": "string", "description": "The body's `goal_id`."},
+        "x-plangate-message-id": {"type": "string", "description": "The body's `message_id`."},
+        "x-plangate-attempt": {
+            "type": "string",
+            "description": "Set by plangate on a retry: the attempt number, from 1.",
+        },
+        "traceparent": {
+            "type": "string",
+            "description": "W3C trace context: the span that published the message.",
+            "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        },
+        "tracestate": {"type": "string", "description": "W3C trace state, if any."},
+    },
+}
+
+
+def _ident(message_type: str) -> str:
+    """Return a component id for a routing key: `goal.submitted` -> `goalSubmitted`."""
+    first, *rest = message_type.split(".")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+def _component_schemas() -> tuple[dict[str, Any], dict[str, str]]:
+    """Return every model's schema and shared definition by name, and each model's name."""
+    models: set[type[BaseModel]] = {*MESSAGE_MODELS.values(), DeadLetter}
+    refs, top = models_json_schema(
+        [(model, "validation") for model in sorted(models, key=lambda m: m.__name__)],
+        ref_template=_REF_TEMPLATE,
+    )
+    schemas: dict[str, Any] = top.get("$defs", {})
+    names = {model.__name__: str(ref["$ref"]).rsplit("/", 1)[1] for (model, _), ref in refs.items()}
+    for name in names.values():
+        required: list[str] = schemas[name].setdefault("required", [])
+        for field in ENVELOPE_FIELDS:  # defaulted in Python, yet refused when missing
+            if field in schemas[name].get("properties", {}) and field not in required:
+                required.append(field)
+    return schemas, names
+
+
+def _message(message_type: str, model_name: str, shared: bool, summary: str) -> dict[str, Any]:
+    payload: dict[str, Any] = {"$ref": _REF_TEMPLATE.format(model=model_name)}
+    if shared:  # one model, several types: pin this channel's `type`
+        payload = {"allOf": [payload, {"properties": {"type": {"const": message_type}}}]}
+    return {
+        "name": message_type,
+        "title": message_type,
+        "summary": summary,
+        "contentType": "application/json",
+        "headers": {"$ref": "#/components/schemas/Headers"},
+        "payload": payload,
+        "bindings": {"amqp": {"contentEncoding": "utf-8", "bindingVersion": "0.3.0"}},
+    }
+
+
+def _channel(address: str, ident: str, description: str, namespace: str) -> dict[str, Any]:
+    return {
+        "address": address,
+        "description": description,
+        "messages": {ident: {"$ref": f"#/components/messages/{ident}"}},
+        "bindings": {
+            "amqp": {
+                "is": "routingKey",
+                "exchange": {"name": namespace, "type": "topic", "durable": True, "vhost": "/"},
+                "bindingVersion": "0.3.0",
+            }
+        },
+    }
+
+
+def _operation(stage: str, action: str, message_type: str) -> tuple[str, dict[str, Any]]:
+    ident = _ident(message_type)
+    verb = "Receives" if action == "receive" else "Sends"
+    return f"{stage}{verb}{ident[0].upper()}{ident[1:]}", {
+        "action": action,
+        "channel": {"$ref": f"#/channels/{ident}"},
+        "messages": [{"$ref": f"#/channels/{ident}/messages/{ident}"}],
+        "summary": f"The {stage} {verb.lower()} {message_type}.",
+    }
+
+
+def _operations() -> dict[str, Any]:
+    operations: dict[str, Any] = {}
+    for action, table in (("send", STAGE_SENDS), ("receive", STAGE_RECEIVES)):
+        for stage, types in table.items():
+            for message_type in types:
+                key, operation = _operation(stage, action, message_type)
+                operations[key] = operation
+    for stage in STAGE_RECEIVES:
+        key, operation = _operation(stage, "send", DEAD_LETTER)
+        operations[key] = operation
+    key, operation = _operation("operator", "receive", DEAD_LETTER)
+    operations[key] = operation
+    return operations
+
+
+def asyncapi_document(namespace: str = "plangate") -> dict[str, Any]:
+    """Return the AsyncAPI 3.0.0 document of the bus in `namespace` (a JSON-ready dict)."""
+    schemas, names = _component_schemas()
+    counts: dict[str, int] = {}
+    for model in MESSAGE_MODELS.values():
+        counts[model.__name__] = counts.get(model.__name__, 0) + 1
+    messages: dict[str, Any] = {}
+    channels: dict[str, Any] = {}
+    for message_type, model in MESSAGE_MODELS.items():
+        ident = _ident(message_type)
+        summary = (model.__doc__ or message_type).strip().splitlines()[0]
+        shared = counts[model.__name__] > 1
+        messages[ident] = _message(message_type, names[model.__name__], shared, summary)
+        description = f"Messages of type `{message_type}` (routing key = type)."
+        channels[ident] = _channel(message_type, ident, description, namespace)
+    dead = _ident(DEAD_LETTER)
+    summary = (DeadLetter.__doc__ or DEAD_LETTER).strip().splitlines()[0]
+    messages[dead] = _message(DEAD_LETTER, names[DeadLetter.__name__], False, summary)
+    channels[dead] = _channel("dead.{queue}", dead, "Dead letters, by source queue.", namespace)
+    channels[dead]["parameters"] = {
+        "queue": {
+            "description": "The queue the message could not be handled on.",
+            "enum": [f"{namespace}.{stage}" for stage in STAGE_RECEIVES],
+        }
+    }
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {
+            "title": "plangate",
+            "version": "1",
+            "description": (
+                f"plangate's message bus. Every message is JSON (`schema_version` 1) published to "
+                f"the durable topic exchange `{namespace}` with its `type` as the routing key; "
+                f"each stage consumes its own durable queue `{namespace}.<stage>`, and messages "
+                f"that can never be handled go to `{namespace}.dead`."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "redis": {
+                "host": "localhost:6379",
+                "protocol": "redis",
+                "description": "Example: Redis through kombu's Redis transport.",
+            },
+            "amqp": {
+                "host": "localhost:5672",
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+                "description": "Example: RabbitMQ.",
+            },
+        },
+        "channels": channels,
+        "operations": _operations(),
+        "components": {
+            "schemas": {**schemas, "Headers": HEADERS_SCHEMA},
+            "messages": messages,
+        },
+    }

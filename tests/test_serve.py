@@ -1,0 +1,318 @@
+"""`plangate serve`: goals over real HTTP (plain JSON and CloudEvents) into a real worker fleet."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from cloudevents.core.bindings.http import to_binary_event
+from cloudevents.core.v1.event import CloudEvent
+
+from plangate.client import Client
+from plangate.config import Settings
+from plangate.server import create_app
+from tests.conftest import SEED_GOAL
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.servers import free_port
+
+pytestmark = pytest.mark.redis
+
+APPROVE_ALL = """
+rules:
+  - name: approve-everything
+    match: "true"
+    action: approve
+    reason: the serve tests approve every plan
+"""
+TOKEN = "s3cret-intake-token"
+GOAL_EVENT = "dev.plangate.goal.submitted"
+
+Answer = tuple[int, dict[str, str], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Fleet]:
+    """A migrated SQLite store, an approve-everything policy and one worker of each stage."""
+    folder = tmp_path_factory.mktemp("serve")
+    policy = folder / "policy.yaml"
+    policy.write_text(APPROVE_ALL)
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{folder / 'plangate.db'}",
+        folder=folder,
+        extra_env={"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS},
+    )
+    upgrade = fleet.plangate("db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    fleet.start_all()
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+@pytest.fixture(scope="module")
+def client(fleet: Fleet) -> Iterator[Client]:
+    settings = Settings(
+        data_dir=Path(fleet.folder) / "data",
+        database_url=fleet.database_url,
+        broker_url=fleet.broker_url,
+        namespace=fleet.namespace,
+    )
+    with Client(settings) as shared:
+        yield shared
+
+
+@contextmanager
+def serving(client: Client, token: str | None) -> Iterator[str]:
+    """Run the app under uvicorn in a thread on a free port; yield its base URL."""
+    app = create_app(client.settings, client=client, intake_token=token)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "uvicorn exited while starting"
+        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(client: Client) -> Iterator[str]:
+    with serving(client, token=None) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def secured_url(client: Client) -> Iterator[str]:
+    with serving(client, token=TOKEN) as url:
+        yield url
+
+
+def call(
+    url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None
+) -> Answer:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, dict(error.headers), json.loads(error.read())
+
+
+def post_json(base_url: str, payload: object, **headers: str) -> Answer:
+    return call(
+        f"{base_url}/api/v1/goals",
+        "POST",
+        json.dumps(payload).encode(),
+        {"Content-Type": "application/json", **headers},
+    )
+
+
+def structured_event(event_id: str, text: str = SEED_GOAL) -> bytes:
+    return json.dumps(
+        {
+            "specversion": "1.0",
+            "type": GOAL_EVENT,
+            "source": "/tests/serve",
+            "id": event_id,
+            "datacontenttype": "application/json",
+            "data": {"text": text, "metadata": {"team": "sre"}},
+        }
+    ).encode()
+
+
+def post_structured(base_url: str, body: bytes) -> Answer:
+    headers = {"Content-Type": "application/cloudevents+json"}
+    return call(f"{base_url}/api/v1/goals", "POST", body, headers)
+
+
+def test_a_plain_json_goal_is_accepted_and_completes(base_url: str, fleet: Fleet) -> None:
+    """Given the server and a fleet of workers,
+    When a goal is POSTed as plain JSON,
+    Then it answers 201 with the goal's id and Location, and the goal completes.
+    """
+    status, headers, body = post_json(base_url, {"text": SEED_GOAL, "metadata": {"by": "test"}})
+
+    assert status == 201, body
+    assert body["duplicate"] is False
+    assert body["trace_id"]
+    assert headers["location"] == f"/api/v1/goals/{body['goal_id']}"
+    deadline = time.monotonic() + 30
+    while True:
+        status, _, state = call(base_url + headers["location"])
+        assert status == 200, state
+        if state["terminal"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert state["status"] == "completed", fleet.logs()
+    assert state["steps"] == {"count": "succeeded", "sla": "succeeded", "notify": "succeeded"}
+
+
+def test_a_structured_cloudevent_makes_a_goal(base_url: str, client: Client) -> None:
+    status, _, body = post_structured(base_url, structured_event(uuid.uuid4().hex))
+
+    assert status == 201, body
+    goal = client.status(body["goal_id"])
+    assert goal.goal_id == body["goal_id"]
+
+
+def test_a_binary_cloudevent_made_with_the_sdk_makes_a_goal(base_url: str) -> None:
+    event = CloudEvent(
+        attributes={
+            "type": GOAL_EVENT,
+            "source": "urn:other-service",
+            "id": uuid.uuid4().hex,
+            "datacontenttype": "application/json",
+        },
+        data={"text": SEED_GOAL},
+    )
+    message = to_binary_event(event)
+
+    status, _, body = call(f"{base_url}/api/v1/goals", "POST", message.body, message.headers)
+
+    assert status == 201, body
+    assert body["duplicate"] is False
+
+
+def test_the_same_cloudevent_twice_makes_one_goal(base_url: str) -> None:
+    """Given one CloudEvent (source + id), sent twice (a retrying publisher),
+    Then the first answer is 201, the second 200 with the same goal and duplicate=true.
+    """
+    event = structured_event(uuid.uuid4().hex)
+
+    first = post_structured(base_url, event)
+    second = post_structured(base_url, event)
+
+    assert first[0] == 201, first
+    assert second[0] == 200, second
+    assert second[2]["goal_id"] == first[2]["goal_id"]
+    assert second[2]["duplicate"] is True
+
+
+def test_bad_json_is_400_with_a_message(base_url: str) -> None:
+    status, _, body = call(
+        f"{base_url}/api/v1/goals", "POST", b"{not json", {"Content-Type": "application/json"}
+    )
+
+    assert status == 400
+    assert "not valid JSON" in body["error"]
+
+
+def test_an_event_without_an_id_is_400(base_url: str) -> None:
+    event = json.loads(structured_event("x"))
+    del event["id"]
+
+    status, _, body = post_structured(base_url, json.dumps(event).encode())
+
+    assert status == 400
+    assert "CloudEvent" in body["error"]
+
+
+def test_another_event_type_is_422(base_url: str) -> None:
+    event = json.loads(structured_event(uuid.uuid4().hex))
+    event["type"] = "com.example.other"
+
+    status, _, body = post_structured(base_url, json.dumps(event).encode())
+
+    assert status == 422
+    assert GOAL_EVENT in body["error"]
+
+
+def test_a_wrong_content_type_is_415(base_url: str) -> None:
+    status, _, body = call(
+        f"{base_url}/api/v1/goals", "POST", b"text=hello", {"Content-Type": "text/plain"}
+    )
+
+    assert status == 415
+    assert "application/json" in body["error"]
+
+
+def test_an_oversized_body_is_413(base_url: str) -> None:
+    status, _, body = post_json(base_url, {"text": "x" * (70 * 1024)})
+
+    assert status == 413
+    assert "KiB" in body["error"]
+
+
+def test_a_goal_without_text_is_422(base_url: str) -> None:
+    status, _, body = post_json(base_url, {"metadata": {"team": "sre"}})
+
+    assert status == 422
+    assert "text" in body["error"]
+
+
+def test_an_unknown_goal_is_404(base_url: str) -> None:
+    status, _, body = call(f"{base_url}/api/v1/goals/no-such-goal")
+
+    assert status == 404
+    assert "no-such-goal" in body["error"]
+
+
+def test_a_token_is_required_when_set(secured_url: str) -> None:
+    """Given PLANGATE_INTAKE_TOKEN, a goal without the bearer token is 401, with it 201."""
+    without = post_json(secured_url, {"text": SEED_GOAL})
+    wrong = post_json(secured_url, {"text": SEED_GOAL}, Authorization="Bearer nope")
+    with_token = post_json(secured_url, {"text": SEED_GOAL}, Authorization=f"Bearer {TOKEN}")
+
+    assert without[0] == 401
+    assert "PLANGATE_INTAKE_TOKEN" in without[2]["error"]
+    assert without[1]["www-authenticate"] == "Bearer"
+    assert wrong[0] == 401
+    assert with_token[0] == 201, with_token
+
+
+def test_the_openapi_document_describes_intake(base_url: str) -> None:
+    with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=10) as response:
+        spec = json.loads(response.read())
+    with urllib.request.urlopen(f"{base_url}/docs", timeout=10) as response:
+        assert response.status == 200
+
+    content = spec["paths"]["/api/v1/goals"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/cloudevents+json"} <= set(content)
+
+
+def test_a_callers_traceparent_becomes_the_goals_trace(base_url: str) -> None:
+    trace_id = uuid.uuid4().hex
+    traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+
+    status, _, body = post_json(base_url, {"text": SEED_GOAL}, traceparent=traceparent)
+
+    assert status == 201, body
+    assert body["trace_id"] == trace_id
+
+
+def test_the_same_event_racing_makes_one_goal(base_url: str) -> None:
+    """Given one CloudEvent sent by 8 clients at once, every answer names the same goal."""
+    event = structured_event(uuid.uuid4().hex)
+    answers: list[Answer] = []
+
+    threads = [
+        threading.Thread(target=lambda: answers.append(post_structured(base_url, event)))
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=20)
+
+    assert len(answers) == 8
+    assert len({answer[2]["goal_id"] for answer in answers}) == 1, answers
+    assert sorted(answer[0] for answer in answers) == [200] * 7 + [201]
