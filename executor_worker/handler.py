@@ -27,6 +27,7 @@ from plangate.store import (
     ApprovalRow,
     ApprovalUseRow,
     GoalRow,
+    PlanRow,
     StepRunRow,
     Store,
     audit,
@@ -88,10 +89,18 @@ class ExecutorHandler:
         except (ApprovalInvalid, PlanInvalid) as refusal:
             return self._refuse(message, str(refusal))
         # Linked to the incoming message always; parented by it unless configured otherwise.
-        with telemetry.run_span("run plan", linked_only=self._link_only) as span:
+        with telemetry.run_span(
+            "run plan", linked_only=self._link_only, link_to=self._plan_trace(message)
+        ) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
             return self._run(message, approval)
+
+    def _plan_trace(self, message: PlanApproved) -> dict[str, str]:
+        """Return the trace context the planner stored with this plan (its `plan` span)."""
+        with self._store.session() as session:
+            row = session.get(PlanRow, message.plan.plan_id)
+            return {str(k): str(v) for k, v in (row.trace_headers if row else {}).items()}
 
     def _check(self, message: PlanApproved) -> Approval:
         validate_plan(message.plan, self._registry.catalog())

@@ -117,6 +117,13 @@ def inject(headers: MutableMapping[str, str]) -> None:
     _propagator.inject(headers)
 
 
+def current_headers() -> dict[str, str]:
+    """Return the current trace context as message headers (empty when there is none)."""
+    headers: dict[str, str] = {}
+    inject(headers)
+    return headers
+
+
 def extract(headers: Mapping[str, str]) -> otel_context.Context:
     """Read a trace context from message headers (an empty context if there is none)."""
     return _propagator.extract({k: v for k, v in headers.items() if k in TRACE_HEADERS})
@@ -173,10 +180,20 @@ def consumer_span(queue: str, routing_key: str, headers: Mapping[str, str]) -> I
 
 
 @contextmanager
-def run_span(name: str, *, linked_only: bool) -> Iterator[Span]:
-    """Open a span linked to the current one; parented by it too unless `linked_only`."""
+def run_span(
+    name: str, *, linked_only: bool, link_to: Mapping[str, str] | None = None
+) -> Iterator[Span]:
+    """Open a span linked to the current one (and to the span in `link_to`, e.g. the plan's).
+
+    It is parented by the current span unless `linked_only`: a run may start hours after the
+    plan, in another process, and some teams want it as its own trace.
+    """
     incoming = trace.get_current_span().get_span_context()
     links = [Link(incoming)] if incoming.is_valid else []
+    if link_to:
+        planned = trace.get_current_span(extract(link_to)).get_span_context()
+        if planned.is_valid and planned != incoming:
+            links.append(Link(planned, {"plangate.link": "plan"}))
     parent = otel_context.Context() if linked_only else None  # an empty context: a new trace
     with tracer().start_as_current_span(name, context=parent, links=links) as span:
         yield span

@@ -143,6 +143,8 @@ class PlannerHandler:
                     model=draft.model,
                     input_tokens=usage.input_tokens if usage else None,
                     output_tokens=usage.output_tokens if usage else None,
+                    # The `plan` span, so that the run of this plan can link to it later.
+                    trace_headers=telemetry.current_headers(),
                 )
                 session.add(row)
                 session.flush()

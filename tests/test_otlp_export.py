@@ -125,7 +125,11 @@ def test_a_goal_through_three_workers_is_one_exported_trace(
     by_id = {s["span_id"]: s for s in ours}
     run = next(s for s in ours if s["name"] == "run plan")
     assert by_id[run["parent_span_id"]]["name"] == "process plan.approved"
-    assert run["links"] == [{"trace_id": result["trace_id"], "span_id": run["parent_span_id"]}]
+    plan = next(s for s in ours if s["name"] == "plan")
+    assert run["links"] == [
+        {"trace_id": result["trace_id"], "span_id": run["parent_span_id"]},
+        {"trace_id": result["trace_id"], "span_id": plan["span_id"]},
+    ]
     tool_parents = {s["parent_span_id"] for s in ours if s["name"].startswith("execute_tool")}
     assert tool_parents == {run["span_id"]}
     exported = json.dumps([s["attributes"] for s in spans])

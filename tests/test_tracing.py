@@ -69,3 +69,20 @@ def test_tool_arguments_and_outputs_are_not_recorded_on_spans(
 
     values = [str(v) for s in spans.get_finished_spans() for v in (s.attributes or {}).values()]
     assert not any("exceeded SLA" in v for v in values)
+
+
+def test_the_run_of_a_plan_links_to_the_span_that_made_the_plan(
+    pipeline: Pipeline, spans: InMemorySpanExporter
+) -> None:
+    """Given a held plan approved later by a person, then its `run plan` span links to `plan`."""
+    submitted = pipeline.submit(SEED_GOAL)
+    pipeline.wait_for(submitted.goal_id, {"held"})
+    pipeline.approve(pipeline.review.held()[0].plan.plan_id, "alice")
+    pipeline.wait_for(submitted.goal_id, {"completed"})
+
+    finished = spans.get_finished_spans()
+    (plan,) = [s for s in finished if s.name == "plan"]
+    (run,) = [s for s in finished if s.name == "run plan"]
+    assert plan.context is not None
+    linked = {(link.context.trace_id, link.context.span_id) for link in run.links}
+    assert (plan.context.trace_id, plan.context.span_id) in linked

@@ -85,6 +85,7 @@ class PlanRow(Base):
     body: Mapped[dict[str, Any]]
     plan_hash: Mapped[str] = mapped_column(String(80))
     planner: Mapped[str] = mapped_column(String(200))
+    trace_headers: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     # What an LLM planner spent on this revision (all its attempts); null for other planners.
     model: Mapped[str | None] = mapped_column(String(200))
     input_tokens: Mapped[int | None] = mapped_column(Integer)
