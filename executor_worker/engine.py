@@ -7,6 +7,7 @@ References (`${id}`, `${id.field}`) are resolved from earlier outputs; `when` is
 from __future__ import annotations
 
 import contextvars
+import json
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -138,6 +139,8 @@ class PlanRun:
                 idempotency_key=idempotency_key(self._plan_hash, step.id),
                 attempt=claim.attempt,
             )
+            if telemetry.record_content():
+                span.set_attribute("gen_ai.tool.call.arguments", json.dumps(args, default=str))
             try:
                 output = tool.invoke(args, context)
                 faults.trip("mid_tool")  # the effect happened; its record did not
@@ -147,6 +150,8 @@ class PlanRun:
                     step.id, step.tool, "failed", error=str(exc), duration_ms=_ms_since(started)
                 )
             else:
+                if telemetry.record_content():
+                    span.set_attribute("gen_ai.tool.call.result", json.dumps(output, default=str))
                 outcome = StepOutcome(
                     step.id, step.tool, "succeeded", output, duration_ms=_ms_since(started)
                 )

@@ -106,6 +106,14 @@ def link_only() -> bool:
     return os.environ.get("PLANGATE_TRACE_LINK_ONLY", "").strip().lower() in _TRUE
 
 
+def record_content() -> bool:
+    """Return True if `PLANGATE_TRACE_CONTENT` opts in to tool arguments and results on spans.
+
+    Off by default: arguments and results may carry personal data or secrets.
+    """
+    return os.environ.get("PLANGATE_TRACE_CONTENT", "").strip().lower() in _TRUE
+
+
 @functools.cache
 def tracer() -> trace.Tracer:
     """Return plangate's tracer (a proxy: it follows a provider installed later)."""

@@ -86,3 +86,19 @@ def test_the_run_of_a_plan_links_to_the_span_that_made_the_plan(
     assert plan.context is not None
     linked = {(link.context.trace_id, link.context.span_id) for link in run.links}
     assert (plan.context.trace_id, plan.context.span_id) in linked
+
+
+def test_tool_arguments_and_results_are_recorded_only_when_the_operator_opts_in(
+    pipeline: Pipeline, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given PLANGATE_TRACE_CONTENT=1, then execute_tool spans carry the arguments and result."""
+    monkeypatch.setenv("PLANGATE_TRACE_CONTENT", "1")
+    submitted = pipeline.submit(SEED_GOAL)
+    pipeline.wait_for(submitted.goal_id, {"held"})
+    pipeline.approve(pipeline.review.held()[0].plan.plan_id, "alice")
+    pipeline.wait_for(submitted.goal_id, {"completed"})
+
+    (notify,) = [s for s in spans.get_finished_spans() if s.name == "execute_tool notify_oncall"]
+    attributes = dict(notify.attributes or {})
+    assert "exceeded SLA" in str(attributes["gen_ai.tool.call.arguments"])
+    assert "notification_id" in str(attributes["gen_ai.tool.call.result"])
