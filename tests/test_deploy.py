@@ -138,3 +138,20 @@ def test_kubernetes_serves_the_http_api_behind_a_service() -> None:
         deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     )
     assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+
+# Custom resources have no schema in kubernetes-validate; KEDA's is checked for shape above.
+_CUSTOM_KINDS = {"ScaledObject", "Kustomization"}
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [m for m in kubernetes_objects() if m.get("kind") not in _CUSTOM_KINDS],
+    ids=lambda m: f"{m['kind']}/{m['metadata']['name']}",
+)
+def test_every_kubernetes_object_validates_against_the_kubernetes_schema(
+    manifest: dict[str, Any],
+) -> None:
+    """Given a manifest of a built-in kind, it validates strictly (no unknown fields)."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
