@@ -6,13 +6,14 @@ recomputed; then the policy decides. Redelivery republishes the decision already
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.decisions import decision_of, follow_decision, record_decision
+from approval_gate.notify import HeldNotice
 from approval_gate.policy import Policy
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
@@ -26,11 +27,19 @@ from schemas import Decision, Message, PlanInvalid, PlanProposed, plan_hash, val
 class GateHandler:
     """Decides each proposed plan revision by policy: approve, deny or hold for a person."""
 
-    def __init__(self, store: Store, policy: Policy, signer: Signer, ttl: timedelta) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        signer: Signer,
+        ttl: timedelta,
+        on_held: Callable[[HeldNotice], object] | None = None,
+    ) -> None:
         self._store = store
         self._policy = policy
         self._signer = signer
         self._ttl = ttl
+        self._on_held = on_held
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.proposed message."""
@@ -54,7 +63,19 @@ class GateHandler:
             with self._store.session() as session:
                 row = session.get_one(PlanRow, plan.plan_id)
                 record_decision(session, row, "policy", decision)
-                return [follow_decision(session, row, decision, self._signer, self._ttl)]
+                envelopes = [follow_decision(session, row, decision, self._signer, self._ttl)]
+            if decision.action == "hold" and self._on_held is not None:
+                # After the commit, once per revision: a redelivery repeats, it does not re-notify.
+                notice = HeldNotice(
+                    plan.goal_id,
+                    plan.plan_id,
+                    plan.revision,
+                    decision.rule,
+                    decision.reason,
+                    plan.summary,
+                )
+                self._on_held(notice)
+            return envelopes
         except Conflict:  # another gate decided this revision meanwhile: say what it decided
             with self._store.session() as session:
                 row = session.get_one(PlanRow, plan.plan_id)

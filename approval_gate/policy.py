@@ -36,6 +36,8 @@ class RuleSpec(BaseModel):
     match: str = Field(min_length=1, max_length=MAX_MATCH_CHARS)
     action: RuleAction
     reason: str = Field(min_length=1, max_length=1000)
+    requires_role: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    hold_ttl_seconds: int | None = Field(default=None, gt=0)
 
 
 class PolicyFile(BaseModel):
@@ -67,6 +69,8 @@ class Rule:
     reason: str
     line: int | None
     program: Any = field(repr=False, compare=False)
+    requires_role: str | None = None  # a person deciding a plan this rule held needs this role
+    hold_ttl_seconds: int | None = None  # a plan this rule held expires after this long
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,24 @@ class Policy:
             except Exception as exc:  # any failure to compile is the author's to fix
                 problem = f"the match expression does not compile (in {source}): {exc}"
                 raise PolicyError(problem, rule.name, line) from exc
-            rules.append(Rule(rule.name, rule.match, rule.action, rule.reason, line, program))
+            rules.append(
+                Rule(
+                    rule.name,
+                    rule.match,
+                    rule.action,
+                    rule.reason,
+                    line,
+                    program,
+                    requires_role=rule.requires_role,
+                    hold_ttl_seconds=rule.hold_ttl_seconds,
+                )
+            )
         version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
         return cls(tuple(rules), spec.mode, version, source)
+
+    def rule(self, name: str | None) -> Rule | None:
+        """Return the rule called `name`, if this policy has one."""
+        return next((rule for rule in self.rules if rule.name == name), None)
 
     def decide(
         self,

@@ -1,26 +1,48 @@
-"""Human review: list what is held, approve or reject a revision, as a named reviewer.
+"""Human review: list what is held, approve, reject or edit a revision, as a named reviewer.
 
 A reviewer acts on the revision (and hash) they saw: if the plan changed since, or someone
-else decided first, they get a Conflict, never a silent overwrite.
+else decided first, they get a Conflict, never a silent overwrite. A rule may require a role
+(`requires_role`) of whoever decides or edits a plan it held: without it, Forbidden.
+
+An edit is a new revision (a new plan id and hash), proposed to the gate like a planner's: the
+policy decides it again, and no approval of an earlier revision can cover it.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from approval_gate.decisions import follow_decision, record_decision
+from approval_gate.expiry import DEFAULT_HOLD_TTL, expires_at
+from approval_gate.policy import Policy
 from plangate import telemetry
 from plangate.bus import Envelope
-from plangate.errors import Conflict, NotFound
+from plangate.catalog import load_catalog
+from plangate.errors import Conflict, Forbidden, NotFound
 from plangate.signing import Signer
-from plangate.store import DecisionRow, GoalRow, PlanRow, Store
-from plangate.store.goals import latest_plan
-from schemas import Decision
+from plangate.store import DecisionRow, GoalRow, PlanRow, Store, audit
+from plangate.store.goals import latest_plan, transition
+from plangate.store.outbox import emit
+from schemas import (
+    Decision,
+    Plan,
+    PlanInvalid,
+    PlanProblem,
+    PlanProposed,
+    new_id,
+    plan_hash,
+    validate_plan,
+)
 
 
 @dataclass(frozen=True)
@@ -30,15 +52,27 @@ class HeldPlan:
     plan: PlanRow
     goal: GoalRow
     policy_decision: DecisionRow | None
+    previous: PlanRow | None = None  # the revision before, for a diff
+    required_role: str | None = None  # the role the holding rule asks of a reviewer
+    expires_at: datetime | None = None  # when a held plan expires if nobody decides
 
 
 class Review:
     """Decisions by people on held plans, recorded and followed like policy decisions."""
 
-    def __init__(self, store: Store, signer: Signer, ttl: timedelta) -> None:
+    def __init__(
+        self,
+        store: Store,
+        signer: Signer,
+        ttl: timedelta,
+        policy: Policy | None = None,
+        hold_ttl: timedelta = DEFAULT_HOLD_TTL,
+    ) -> None:
         self._store = store
         self._signer = signer
         self._ttl = ttl
+        self._policy = policy
+        self._hold_ttl = hold_ttl
 
     def held(self) -> list[HeldPlan]:
         """Return every plan revision waiting for a person, oldest first."""
@@ -54,22 +88,101 @@ class Review:
             plan = session.get(PlanRow, plan_id)
             if plan is None:
                 raise NotFound(f"no plan {plan_id!r}; `plangate review list` shows held plans")
-            return self._held(session, session.get_one(GoalRow, plan.goal_id))
+            return self._held(session, session.get_one(GoalRow, plan.goal_id), plan)
 
     def approve(
-        self, plan_id: str, reviewer: str, *, expected_hash: str | None = None, comment: str = ""
+        self,
+        plan_id: str,
+        reviewer: str,
+        *,
+        expected_hash: str | None = None,
+        roles: frozenset[str] = frozenset(),
+        comment: str = "",
     ) -> Sequence[Envelope]:
         """Approve a held revision; return the envelopes to publish (plan.approved)."""
-        return self._decide(plan_id, reviewer, "approve", comment or "approved", expected_hash)
+        return self._decide(
+            plan_id, reviewer, "approve", comment or "approved", expected_hash, roles
+        )
 
     def reject(
-        self, plan_id: str, reviewer: str, comment: str, *, expected_hash: str | None = None
+        self,
+        plan_id: str,
+        reviewer: str,
+        comment: str,
+        *,
+        expected_hash: str | None = None,
+        roles: frozenset[str] = frozenset(),
     ) -> Sequence[Envelope]:
         """Reject a held revision with a comment; return the envelopes to publish."""
-        return self._decide(plan_id, reviewer, "reject", comment or "rejected", expected_hash)
+        return self._decide(
+            plan_id, reviewer, "reject", comment or "rejected", expected_hash, roles
+        )
 
-    def _held(self, session: Session, goal: GoalRow) -> HeldPlan:
-        plan = latest_plan(session, goal.id)
+    def edit(
+        self,
+        plan_id: str,
+        reviewer: str,
+        steps: list[dict[str, Any]],
+        *,
+        summary: str | None = None,
+        expected_hash: str | None = None,
+        roles: frozenset[str] = frozenset(),
+    ) -> Sequence[Envelope]:
+        """Replace a held revision by the reviewer's edit, revision n+1, for the gate to decide.
+
+        PlanInvalid if the edit is not a valid plan for the catalog; returns plan.proposed.
+        """
+        catalog = load_catalog(self._store)
+        with self._store.session() as session:
+            held = self._held_for_decision(session, plan_id, expected_hash)
+            self._check_role(held, reviewer, roles, "edit")
+            old = held.plan
+            plan = _edited_plan(old, steps, summary)
+            validate_plan(plan, catalog)
+            digest = plan_hash(plan)
+            planner = f"edit:{reviewer}"
+            # The old revision's slot for a person's decision is taken by the edit, so an
+            # approval racing this edit loses (or wins, and the edit gets the Conflict).
+            replaced = Decision(
+                action="reject",
+                decided_by=reviewer,
+                reason=f"edited into revision {plan.revision}",
+                policy_version=_policy_version(held),
+            )
+            record_decision(session, old, "human", replaced)
+            row = PlanRow(
+                plan_id=plan.plan_id,
+                goal_id=plan.goal_id,
+                revision=plan.revision,
+                body=plan.model_dump(mode="json"),
+                plan_hash=digest,
+                planner=planner,
+                trace_headers=dict(old.trace_headers),
+            )
+            try:
+                with session.begin_nested():
+                    session.add(row)
+            except IntegrityError as exc:
+                raise Conflict(
+                    f"revision {plan.revision} of goal {plan.goal_id} exists already; reload it"
+                ) from exc
+            moved = {"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": digest}
+            audit.append(
+                session,
+                "plan.edited",
+                actor=reviewer,
+                goal_id=plan.goal_id,
+                data={"from_plan_id": old.plan_id, "from_plan_hash": old.plan_hash, **moved},
+            )
+            transition(session, plan.goal_id, "proposed", actor=reviewer, data=moved)
+            proposal = PlanProposed(
+                goal_id=plan.goal_id, plan=plan, plan_hash=digest, planner=planner
+            )
+            return [emit(session, proposal, trace_headers=held.goal.trace_headers)]
+
+    def _held(self, session: Session, goal: GoalRow, plan: PlanRow | None = None) -> HeldPlan:
+        """Return `plan` (default: the goal's newest revision) with what a reviewer needs."""
+        plan = plan or latest_plan(session, goal.id)
         if plan is None:
             raise NotFound(f"goal {goal.id} has no plan")
         policy = session.execute(
@@ -77,19 +190,47 @@ class Review:
                 DecisionRow.plan_id == plan.plan_id, DecisionRow.stage == "policy"
             )
         ).scalar_one_or_none()
-        return HeldPlan(plan, goal, policy)
+        previous = None
+        if plan.revision > 1:
+            previous = session.execute(
+                select(PlanRow).where(
+                    PlanRow.goal_id == goal.id, PlanRow.revision == plan.revision - 1
+                )
+            ).scalar_one_or_none()
+        rule = self._policy.rule(policy.rule) if self._policy and policy else None
+        role = rule.requires_role if rule else None
+        expiry = None
+        if policy is not None and policy.action == "hold" and goal.status == "held":
+            expiry = expires_at(policy, self._policy, self._hold_ttl)
+        return HeldPlan(plan, goal, policy, previous, role, expiry)
+
+    def _check_role(self, held: HeldPlan, reviewer: str, roles: frozenset[str], what: str) -> None:
+        role = held.required_role
+        if role is not None and role not in roles:
+            rule = held.policy_decision.rule if held.policy_decision else None
+            raise Forbidden(
+                f"rule {rule!r} requires the role {role!r} to {what} plan {held.plan.plan_id}; "
+                f"{reviewer} does not have it: ask a reviewer who does",
+                role,
+            )
 
     def _decide(
-        self, plan_id: str, reviewer: str, action: str, reason: str, expected_hash: str | None
+        self,
+        plan_id: str,
+        reviewer: str,
+        action: str,
+        reason: str,
+        expected_hash: str | None,
+        roles: frozenset[str],
     ) -> Sequence[Envelope]:
         with self._store.session() as session:
             held = self._held_for_decision(session, plan_id, expected_hash)
-            policy_version = held.policy_decision.policy_version if held.policy_decision else ""
+            self._check_role(held, reviewer, roles, action)
             decision = Decision(
                 action=action,
                 decided_by=reviewer,
                 reason=reason,
-                policy_version=policy_version,
+                policy_version=_policy_version(held),
             )
             # A person may decide hours later, in another process: continue the goal's trace.
             with telemetry.tracer().start_as_current_span(
@@ -119,3 +260,49 @@ class Review:
         if goal.status != "held":
             raise Conflict(f"plan {plan_id} is not waiting for review (the goal is {goal.status})")
         return self._held(session, goal)
+
+
+def plan_diff(previous: PlanRow | None, plan: PlanRow) -> str:
+    """Return a unified diff of two revisions' summary and steps as JSON ("" if no previous)."""
+    if previous is None:
+        return ""
+
+    def lines(row: PlanRow) -> list[str]:
+        body = {"summary": row.body.get("summary", ""), "steps": row.body.get("steps", [])}
+        return json.dumps(body, indent=2, sort_keys=True).splitlines(keepends=True)
+
+    return "".join(
+        difflib.unified_diff(
+            lines(previous),
+            lines(plan),
+            fromfile=f"revision {previous.revision}",
+            tofile=f"revision {plan.revision}",
+        )
+    )
+
+
+def _policy_version(held: HeldPlan) -> str:
+    return held.policy_decision.policy_version if held.policy_decision else ""
+
+
+def _edited_plan(old: PlanRow, steps: list[dict[str, Any]], summary: str | None) -> Plan:
+    """Return revision n+1 with the reviewer's steps; PlanInvalid if they are malformed."""
+    try:
+        return Plan.model_validate(
+            {
+                "plan_id": new_id(),
+                "goal_id": old.goal_id,
+                "revision": old.revision + 1,
+                "summary": old.body.get("summary", "") if summary is None else summary,
+                "steps": steps,
+            }
+        )
+    except ValidationError as exc:
+        problems = [
+            PlanProblem(
+                code="malformed",
+                message=f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}",
+            )
+            for e in exc.errors()
+        ]
+        raise PlanInvalid(problems) from exc

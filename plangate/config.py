@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     signing_key_file: Path | None = None
     trusted_keys_dir: Path | None = None
     approval_ttl_seconds: int = Field(default=3600, gt=0)
+    hold_ttl_seconds: int = Field(
+        default=86400, gt=0, description="A plan held this long for a person expires."
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Receives a JSON POST (Slack-compatible) when a plan is held."
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8080", description="Where reviewers reach `plangate serve`."
+    )
     concurrency: int = Field(default=4, ge=1, le=256)
     max_attempts: int = Field(default=3, ge=1)
     step_lease_seconds: float = Field(

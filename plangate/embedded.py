@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Collection, Mapping
@@ -13,11 +14,14 @@ from plangate.bus import STAGES, Bus
 from plangate.config import Settings
 from plangate.errors import PlangateError
 from plangate.relay import deliver, relay_pending
-from plangate.stages import build_handler, build_review
+from plangate.stages import build_expiry, build_handler, build_review
 from plangate.store import TERMINAL_STATUSES, GoalRow, Store, open_store
 from plangate.store import outbox as outbox_rows
 from plangate.submission import Submitted, submit_goal
 from plangate.tools import ToolRegistry
+from schemas import utcnow
+
+log = logging.getLogger(__name__)
 
 
 class Pipeline:
@@ -59,6 +63,18 @@ class Pipeline:
             if not consumer.ready.wait(timeout):
                 raise PlangateError(f"the {stage} stage did not start within {timeout} s")
         relay_pending(self.store, self.bus)
+        expiry = threading.Thread(target=self._expire, name="plangate-expiry", daemon=True)
+        expiry.start()
+        self._threads.append(expiry)
+
+    def _expire(self) -> None:
+        """Every sweep interval, expire held plans past their TTL (they never run)."""
+        expire = build_expiry(self.settings)
+        while not self._stop.wait(self.settings.sweep_interval_seconds):
+            try:
+                deliver(self.store, self.bus, expire(self.store, utcnow()))
+            except Exception:  # the database is busy or down: try again next time
+                log.warning("expiring held plans failed; will try again", exc_info=True)
 
     def stop(self) -> None:
         """Stop consuming, let in-flight work finish, and release connections."""
@@ -103,17 +119,41 @@ class Pipeline:
             self.store, self.bus, text, metadata=metadata, idempotency_key=idempotency_key
         )
 
-    def approve(self, plan_id: str, reviewer: str, expected_hash: str | None = None) -> None:
+    def approve(
+        self,
+        plan_id: str,
+        reviewer: str,
+        expected_hash: str | None = None,
+        roles: frozenset[str] = frozenset(),
+    ) -> None:
         """Approve a held plan as `reviewer` and release it to the executor."""
         deliver(
             self.store,
             self.bus,
-            self.review.approve(plan_id, reviewer, expected_hash=expected_hash),
+            self.review.approve(plan_id, reviewer, expected_hash=expected_hash, roles=roles),
         )
 
-    def reject(self, plan_id: str, reviewer: str, comment: str) -> None:
+    def reject(
+        self, plan_id: str, reviewer: str, comment: str, roles: frozenset[str] = frozenset()
+    ) -> None:
         """Reject a held plan as `reviewer`, with a comment."""
-        deliver(self.store, self.bus, self.review.reject(plan_id, reviewer, comment))
+        deliver(self.store, self.bus, self.review.reject(plan_id, reviewer, comment, roles=roles))
+
+    def edit(
+        self,
+        plan_id: str,
+        reviewer: str,
+        steps: list[dict[str, object]],
+        *,
+        summary: str | None = None,
+        expected_hash: str | None = None,
+        roles: frozenset[str] = frozenset(),
+    ) -> None:
+        """Replace a held plan by `reviewer`'s edit: a new revision the gate decides again."""
+        envelopes = self.review.edit(
+            plan_id, reviewer, steps, summary=summary, expected_hash=expected_hash, roles=roles
+        )
+        deliver(self.store, self.bus, envelopes)
 
     def wait_for(
         self, goal_id: str, statuses: Collection[str] = TERMINAL_STATUSES, timeout: float = 30.0

@@ -12,6 +12,7 @@ __all__ = [
     "ApprovalInvalid",
     "ConfigError",
     "Conflict",
+    "Forbidden",
     "MessageRejected",
     "NotFound",
     "PlanInvalid",
@@ -67,6 +68,14 @@ class NotFound(PlangateError):
 
 class Conflict(PlangateError):
     """Someone else already decided or changed this; reload and try again."""
+
+
+class Forbidden(PlangateError):
+    """A reviewer lacks the role a policy rule requires to decide or edit this plan."""
+
+    def __init__(self, message: str, role: str) -> None:
+        self.role = role
+        super().__init__(message)
 
 
 class Reject(PlangateError):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
+from approval_gate.expiry import expire_held
 from approval_gate.handler import GateHandler
+from approval_gate.notify import WebhookNotifier
 from approval_gate.policy import load_policy
 from approval_gate.review import Review
 from executor_worker.handler import ExecutorHandler
@@ -60,7 +62,10 @@ def _stage_handler(
     if stage == "gate":
         signer = load_or_create_signer(settings)
         ttl = timedelta(seconds=settings.approval_ttl_seconds)
-        return GateHandler(store, load_policy(settings), signer, ttl)
+        notifier = None
+        if settings.webhook_url:
+            notifier = WebhookNotifier(settings.webhook_url, settings.public_url)
+        return GateHandler(store, load_policy(settings), signer, ttl, on_held=notifier)
     tools = registry or load_tools(settings.tool_modules())
     publish_catalog(store, tools.catalog().values())
 
@@ -74,4 +79,17 @@ def _stage_handler(
 def build_review(settings: Settings, store: Store) -> Review:
     """Return the human review service (it signs approvals like the gate)."""
     ttl = timedelta(seconds=settings.approval_ttl_seconds)
-    return Review(store, load_or_create_signer(settings), ttl)
+    hold_ttl = timedelta(seconds=settings.hold_ttl_seconds)
+    signer = load_or_create_signer(settings)
+    return Review(store, signer, ttl, load_policy(settings), hold_ttl=hold_ttl)
+
+
+def build_expiry(settings: Settings) -> Callable[[Store, datetime], list[Envelope]]:
+    """Return the function that expires held plans past their TTL (by rule or setting)."""
+    policy = load_policy(settings)
+    default = timedelta(seconds=settings.hold_ttl_seconds)
+
+    def expire(store: Store, now: datetime) -> list[Envelope]:
+        return expire_held(store, now, policy=policy, default_ttl=default)
+
+    return expire

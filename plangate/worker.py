@@ -18,9 +18,10 @@ from plangate.bus import Bus, Stage
 from plangate.config import Settings
 from plangate.reconciler import reconcile
 from plangate.relay import deliver, relay_pending
-from plangate.stages import build_handler
+from plangate.stages import build_expiry, build_handler
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
+from schemas import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,15 @@ class Worker:
         interval = self.settings.sweep_interval_seconds
         stale = timedelta(seconds=self.settings.relay_after_seconds)
         stalled = timedelta(seconds=self.settings.reconcile_after_seconds)
+        # Gate workers also expire held plans (idempotent: any number of them may sweep).
+        expire = build_expiry(self.settings) if self.stage == "gate" else None
         while not self.stop.wait(interval):
             try:
                 relayed = relay_pending(store, bus, older_than=stale)
                 if relayed:
                     log.warning("relayed %d outbox messages left unsent", relayed)
                 deliver(store, bus, reconcile(store, stalled))
+                if expire is not None:
+                    deliver(store, bus, expire(store, utcnow()))
             except Exception:  # the broker or database is down: try again next sweep
                 log.warning("sweep failed; will try again in %g s", interval, exc_info=True)

@@ -1,4 +1,4 @@
-"""`plangate serve`: the HTTP server (goal intake; OpenAPI at /docs)."""
+"""`plangate serve`: the HTTP server (goal intake, review; OpenAPI at /docs)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ def serve(
         int, typer.Option(min=0, max=65535, metavar="PORT", help="Port to listen on.")
     ] = 8080,
 ) -> None:
-    """Serve the HTTP API until SIGTERM: POST /api/v1/goals, GET /api/v1/goals/{id}, /docs.
+    """Serve the HTTP API until SIGTERM: /api/v1/goals, /api/v1/reviews, /reviews, /docs.
 
     Goals arrive as plain JSON ({"text": ..., "metadata": {...}, "idempotency_key": ...}) or
     as a CloudEvent 1.0 of type dev.plangate.goal.submitted (structured or binary mode; the
     same source and id twice make one goal). Set PLANGATE_INTAKE_TOKEN to require
     `Authorization: Bearer <token>`; without it, anyone who reaches the port can submit goals.
+    Reviewers listed in PLANGATE_REVIEWERS_FILE (name, token, roles) decide held plans at
+    /reviews (a web page) or /api/v1/reviews (JSON, `Authorization: Bearer <token>`).
     Uses PLANGATE_BROKER_URL and PLANGATE_DATABASE_URL like the workers.
     """
     import uvicorn

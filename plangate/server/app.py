@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
 from plangate import __version__
 from plangate.client import Client
 from plangate.config import Settings
-from plangate.server import goals
+from plangate.server import goals, pages, reviews
 from plangate.server.errors import install_handlers
+from plangate.server.reviewers import Reviewers
 
 INTAKE_TOKEN_VARIABLE = "PLANGATE_INTAKE_TOKEN"
 
@@ -22,22 +23,22 @@ def create_app(
     *,
     client: Client | None = None,
     intake_token: str | None = None,
+    reviewers: Reviewers | None = None,
 ) -> FastAPI:
     """Build the server; without `client`, one is opened at startup and closed at shutdown.
 
     `intake_token` defaults to `PLANGATE_INTAKE_TOKEN`; when set, goal intake needs it as a
-    bearer token.
+    bearer token. `reviewers` default to those in `PLANGATE_REVIEWERS_FILE`.
     """
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if client is not None:
-            app.state.client = client
-            yield
-            return
-        with Client(settings) as own:
-            app.state.client = own
+        with ExitStack() as stack:
+            app.state.client = client or stack.enter_context(Client(settings))
+            desk = reviews.ReviewDesk(settings)
+            stack.callback(desk.close)
+            app.state.desk = desk
             yield
 
     app = FastAPI(
@@ -48,6 +49,9 @@ def create_app(
     )
     app.state.settings = settings
     app.state.intake_token = intake_token or os.environ.get(INTAKE_TOKEN_VARIABLE) or None
+    app.state.reviewers = reviewers if reviewers is not None else Reviewers.from_environment()
     install_handlers(app)
     app.include_router(goals.router)
+    app.include_router(reviews.router)
+    app.include_router(pages.router)
     return app

@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from plangate.errors import NotFound
+from plangate.errors import Conflict, Forbidden, NotFound, PlanInvalid
 
 
 class ApiError(Exception):
@@ -36,6 +36,25 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return error_response(404, str(exc))
 
 
+async def _conflict(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(409, str(exc))
+
+
+async def _forbidden(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(403, str(exc))
+
+
+async def _plan_invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, PlanInvalid)
+    body = {
+        "error": f"{exc}; fix the steps and send them again",
+        "problems": [
+            {"code": p.code, "message": p.message, "step_id": p.step_id} for p in exc.problems
+        ],
+    }
+    return JSONResponse(body, status_code=422)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
@@ -53,5 +72,8 @@ def install_handlers(app: FastAPI) -> None:
     """Make every error, ours or the framework's, answer `{"error": ...}`."""
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(PlanInvalid, _plan_invalid)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)

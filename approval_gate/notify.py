@@ -1,0 +1,86 @@
+"""Telling people a plan waits for them: a JSON POST to `PLANGATE_WEBHOOK_URL` when one is held.
+
+The body has a Slack-compatible `text` with the review link, and the same facts as fields. It is
+sent in a background thread after the decision is committed, once, with a short timeout: a slow
+or failing webhook is logged and never blocks or fails the gate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+from dataclasses import asdict, dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+TIMEOUT_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class HeldNotice:
+    """A plan revision the policy held for a person."""
+
+    goal_id: str
+    plan_id: str
+    revision: int
+    rule: str | None
+    reason: str
+    summary: str = ""
+
+
+def review_url(public_url: str, plan_id: str) -> str:
+    """Return the link to a plan's review page."""
+    return f"{public_url.rstrip('/')}/reviews/{plan_id}"
+
+
+def held_payload(notice: HeldNotice, public_url: str) -> dict[str, Any]:
+    """Return the webhook's JSON body for a held plan."""
+    link = review_url(public_url, notice.plan_id)
+    by = f"rule `{notice.rule}`" if notice.rule else "the policy"
+    what = f": {notice.summary}" if notice.summary else ""
+    text = (
+        f"Plan revision {notice.revision} of goal {notice.goal_id} is held for review{what}\n"
+        f"Held by {by}: {notice.reason}\n<{link}|Review it>"
+    )
+    fields = asdict(notice)
+    fields.pop("summary")
+    return {"text": text, **fields, "review_url": link}
+
+
+class WebhookNotifier:
+    """Posts a held notice to a webhook in a daemon thread; failures are only logged."""
+
+    def __init__(self, url: str, public_url: str, timeout: float = TIMEOUT_SECONDS) -> None:
+        self.url = url
+        self.public_url = public_url
+        self.timeout = timeout
+
+    def __call__(self, notice: HeldNotice) -> threading.Thread:
+        """Start sending `notice`; return the sending thread (tests may join it)."""
+        thread = threading.Thread(
+            target=self.send, args=(notice,), name="plangate-webhook", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def send(self, notice: HeldNotice) -> bool:
+        """Send `notice` now; return whether the webhook accepted it."""
+        if not self.url.startswith(("http://", "https://")):
+            log.warning("PLANGATE_WEBHOOK_URL must be an http(s) URL; not notifying")
+            return False
+        body = json.dumps(held_payload(notice, self.public_url)).encode()
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            headers={"Content-Type": "application/json", "User-Agent": "plangate"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+                answer.read(1024)
+        except Exception as exc:  # any failure: the gate goes on, an operator reads the log
+            log.warning("the review webhook failed for plan %s: %s", notice.plan_id, exc)
+            return False
+        return True

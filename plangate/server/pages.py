@@ -1,0 +1,238 @@
+"""The review web page: log in with a reviewer token, see held plans, approve, reject, edit.
+
+Server-rendered (Jinja2, autoescaped). The token lives in an HttpOnly, SameSite=Strict cookie;
+every form carries a CSRF token derived from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from plangate.errors import Conflict, Forbidden, NotFound, PlanInvalid
+from plangate.server.goals import read_body
+from plangate.server.reviewers import TOKEN_COOKIE, Reviewer, get_reviewers
+from plangate.server.reviews import ReviewDesk, detail_of, get_desk, outcome_of, summary_of
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
+# Shown as text (autoescaped), unlike `tojson`, which escapes `<`, `>` and `&` for scripts.
+templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
+
+NOTICES = {
+    "approved": "Approved — running.",
+    "rejected": "Rejected — it will not run.",
+    "edited": "Edited — this new revision goes to the policy again; reload to see its decision.",
+}
+Desk = Annotated[ReviewDesk, Depends(get_desk)]
+
+
+def _session(request: Request) -> tuple[Reviewer, str] | None:
+    token = request.cookies.get(TOKEN_COOKIE, "")
+    reviewer = get_reviewers(request).identify(token) if token else None
+    return (reviewer, token) if reviewer else None
+
+
+async def _form(request: Request) -> dict[str, str]:
+    fields = parse_qs((await read_body(request, 256 * 1024)).decode(), keep_blank_values=True)
+    return {name: values[0] for name, values in fields.items()}
+
+
+def _to_login() -> RedirectResponse:
+    return RedirectResponse("/login", status_code=303)
+
+
+@router.get("/")
+def home() -> RedirectResponse:
+    """Send a visitor to the list of held plans."""
+    return RedirectResponse("/reviews", status_code=303)
+
+
+@router.get("/login")
+def login_page(request: Request) -> Response:
+    """Show the login form."""
+    return templates.TemplateResponse(request, "login.html", {"error": None})
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    """Check the token and keep it in an HttpOnly cookie."""
+    token = (await _form(request)).get("token", "").strip()
+    if get_reviewers(request).identify(token) is None:
+        context = {"error": "That token is not a reviewer's; check it and try again."}
+        return templates.TemplateResponse(request, "login.html", context, status_code=401)
+    response = RedirectResponse("/reviews", status_code=303)
+    response.set_cookie(
+        TOKEN_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=12 * 3600,
+    )
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    """Forget the token."""
+    response = _to_login()
+    response.delete_cookie(TOKEN_COOKIE)
+    return response
+
+
+@router.get("/reviews")
+def review_list(request: Request, desk: Desk) -> Response:
+    """List every held plan."""
+    session = _session(request)
+    if session is None:
+        return _to_login()
+    held = [summary_of(h) for h in desk.review.held()]
+    return templates.TemplateResponse(request, "list.html", {"reviewer": session[0], "held": held})
+
+
+def _plan_page(
+    request: Request,
+    desk: ReviewDesk,
+    plan_id: str,
+    session: tuple[Reviewer, str],
+    *,
+    notice: str | None = None,
+    error: str | None = None,
+    problems: list[str] | None = None,
+    status: int = 200,
+    draft: str | None = None,
+) -> Response:
+    held = desk.review.get(plan_id)
+    detail = detail_of(held, desk.catalog())
+    steps = [step.model_dump() for step in detail.steps]
+    editable = [
+        {k: v for k, v in s.items() if k != "effect" and v not in (None, [], {})} for s in steps
+    ]
+    context: dict[str, Any] = {
+        "reviewer": session[0],
+        "csrf": get_reviewers(request).csrf_token(session[1]),
+        "plan": detail,
+        "replaced": held.plan.plan_id != plan_id,
+        "decidable": held.plan.plan_id == plan_id and held.goal.status == "held",
+        "notice": notice,
+        "error": error,
+        "problems": problems or [],
+        "steps_json": draft or json.dumps(editable, indent=2, ensure_ascii=False),
+    }
+    return templates.TemplateResponse(request, "plan.html", context, status_code=status)
+
+
+@router.get("/reviews/{plan_id}")
+def plan_view(request: Request, plan_id: str, desk: Desk, done: str = "") -> Response:
+    """Show one plan: steps, the policy's decision, the diff, the goal text, the forms."""
+    session = _session(request)
+    if session is None:
+        return _to_login()
+    try:
+        return _plan_page(request, desk, plan_id, session, notice=NOTICES.get(done))
+    except NotFound as exc:
+        context = {"reviewer": session[0], "held": [], "error": str(exc)}
+        return templates.TemplateResponse(request, "list.html", context, status_code=404)
+
+
+@router.post("/reviews/{plan_id}/{action}")
+async def act(request: Request, plan_id: str, action: str, desk: Desk) -> Response:
+    """Approve, reject or edit from the page; show the outcome or why it was refused."""
+    session = _session(request)
+    if session is None:
+        return _to_login()
+    form = await _form(request)
+    return await run_in_threadpool(_act, request, desk, plan_id, action, session, form)
+
+
+def _act(
+    request: Request,
+    desk: ReviewDesk,
+    plan_id: str,
+    action: str,
+    session: tuple[Reviewer, str],
+    form: dict[str, str],
+) -> Response:
+    reviewer, token = session
+    draft = form.get("steps") if action == "edit" else None
+    if not get_reviewers(request).csrf_valid(token, form.get("csrf", "")):
+        expired = "The form expired; reload and try again."
+        return _plan_page(request, desk, plan_id, session, error=expired, status=403)
+    try:
+        target = _decide(desk, plan_id, action, reviewer, form)
+    except (Conflict, Forbidden, NotFound, ValueError) as exc:
+        status = {Conflict: 409, Forbidden: 403, NotFound: 404}.get(type(exc), 422)
+        return _plan_page(
+            request, desk, plan_id, session, error=str(exc), status=status, draft=draft
+        )
+    except PlanInvalid as exc:
+        return _plan_page(
+            request,
+            desk,
+            plan_id,
+            session,
+            error="The edited plan is invalid.",
+            problems=[str(p) for p in exc.problems],
+            status=422,
+            draft=draft,
+        )
+    done = {"approve": "approved", "reject": "rejected", "edit": "edited"}[action]
+    return RedirectResponse(f"/reviews/{target}?done={done}", status_code=303)
+
+
+def _decide(
+    desk: ReviewDesk, plan_id: str, action: str, reviewer: Reviewer, form: dict[str, str]
+) -> str:
+    """Run one decision from a form; return the plan id to show next."""
+    expected = form.get("plan_hash") or None
+    goal_id = desk.review.get(plan_id).goal.id
+    if action == "approve":
+        desk.decide(
+            lambda r: r.approve(
+                plan_id, reviewer.name, expected_hash=expected, roles=reviewer.roles
+            )
+        )
+    elif action == "reject":
+        comment = form.get("comment", "").strip()
+        if not comment:
+            raise ValueError("Say why you reject the plan: a comment is required.")
+        desk.decide(
+            lambda r: r.reject(
+                plan_id, reviewer.name, comment, expected_hash=expected, roles=reviewer.roles
+            )
+        )
+    elif action == "edit":
+        steps = _steps(form.get("steps", ""))
+        summary = form.get("summary") or None
+        desk.decide(
+            lambda r: r.edit(
+                plan_id,
+                reviewer.name,
+                steps,
+                summary=summary,
+                expected_hash=expected,
+                roles=reviewer.roles,
+            )
+        )
+        return outcome_of(desk, goal_id, "edited").plan_id or plan_id
+    else:
+        raise NotFound(f"no action {action!r}; use approve, reject or edit")
+    return plan_id
+
+
+def _steps(text: str) -> list[dict[str, Any]]:
+    try:
+        steps = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"The steps are not valid JSON: {exc}.") from None
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise ValueError("The steps must be a JSON list of objects, one per step.")
+    return steps

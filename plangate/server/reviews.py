@@ -1,0 +1,253 @@
+"""`/api/v1/reviews`: held plans, and a reviewer's approve, reject and edit.
+
+Every decision names the hash the reviewer saw; a plan that changed since, or that someone
+else decided first, answers 409. What a decision produced is published at once (`deliver`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from approval_gate.review import HeldPlan, Review, plan_diff
+from plangate.bus import Bus, Envelope
+from plangate.catalog import load_catalog
+from plangate.config import Settings
+from plangate.relay import deliver
+from plangate.server.goals import ErrorBody
+from plangate.server.reviewers import Reviewer, require_reviewer
+from plangate.stages import build_review
+from plangate.store import Store, open_store
+from plangate.store.goals import get_goal, latest_plan
+from schemas import Catalog
+
+router = APIRouter(prefix="/api/v1/reviews", tags=["reviews"])
+
+
+class ReviewDesk:
+    """What the review routes share: the store, the bus and the review service."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.store: Store = open_store(settings.resolved_database_url(), upgrade=False)
+        self.bus = Bus(settings.broker_url, settings.namespace)
+        self.review: Review = build_review(settings, self.store)
+
+    def decide(self, action: Callable[[Review], Sequence[Envelope]]) -> None:
+        """Run a decision and publish the envelopes it committed."""
+        deliver(self.store, self.bus, action(self.review))
+
+    def catalog(self) -> Catalog:
+        """Return the tool catalog the executors published."""
+        return load_catalog(self.store)
+
+    def close(self) -> None:
+        """Release the broker and database connections."""
+        self.bus.close()
+        self.store.close()
+
+
+def get_desk(request: Request) -> ReviewDesk:
+    """Return the app's review desk (opened by the app's lifespan)."""
+    desk: ReviewDesk = request.app.state.desk
+    return desk
+
+
+class ReviewStep(BaseModel):
+    """One step as a reviewer sees it: `effect` comes from the tool catalog."""
+
+    id: str
+    tool: str
+    effect: str = Field(description="read or write; a tool missing from the catalog is write")
+    args: dict[str, Any]
+    when: str | None = None
+    after: list[str] = []
+
+
+class PolicyDecision(BaseModel):
+    """What the policy decided of the revision, and why."""
+
+    action: str
+    rule: str | None
+    reason: str
+
+
+class ReviewSummary(BaseModel):
+    """A held plan in the list."""
+
+    plan_id: str
+    goal_id: str
+    revision: int
+    plan_hash: str
+    summary: str
+    goal_text: str = Field(description="As submitted: untrusted data, not instructions.")
+    goal_status: str
+    held_since: datetime
+    policy: PolicyDecision | None
+
+
+class ReviewDetail(ReviewSummary):
+    """A held plan in full: its steps, and the diff to the previous revision."""
+
+    steps: list[ReviewStep]
+    previous_revision: int | None
+    diff: list[str] = Field(description="Unified diff of summary and steps to the previous one.")
+    required_role: str | None = Field(description="The role the holding rule asks of you.")
+
+
+class Approve(BaseModel):
+    """Approve the revision whose hash you saw."""
+
+    plan_hash: str = Field(min_length=1)
+    comment: str = ""
+
+
+class RejectBody(BaseModel):
+    """Reject the revision whose hash you saw, saying why."""
+
+    plan_hash: str = Field(min_length=1)
+    comment: str = Field(min_length=1, max_length=2000)
+
+
+class Edit(BaseModel):
+    """Replace the steps (and summary) of the revision whose hash you saw: revision n+1."""
+
+    plan_hash: str = Field(min_length=1)
+    steps: list[dict[str, Any]] = Field(min_length=1)
+    summary: str | None = None
+
+
+class Outcome(BaseModel):
+    """What a decision did: the goal's state now and its newest revision."""
+
+    goal_id: str
+    status: str
+    plan_id: str | None
+    revision: int | None
+    message: str
+
+
+def summary_of(held: HeldPlan) -> ReviewSummary:
+    """Return a held plan as the list shows it."""
+    decision = held.policy_decision
+    return ReviewSummary(
+        plan_id=held.plan.plan_id,
+        goal_id=held.goal.id,
+        revision=held.plan.revision,
+        plan_hash=held.plan.plan_hash,
+        summary=str(held.plan.body.get("summary", "")),
+        goal_text=held.goal.text,
+        goal_status=held.goal.status,
+        held_since=held.goal.updated_at,
+        policy=None
+        if decision is None
+        else PolicyDecision(action=decision.action, rule=decision.rule, reason=decision.reason),
+    )
+
+
+def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
+    """Return a held plan in full, each step's effect read from `catalog`."""
+    steps = [
+        ReviewStep(
+            id=str(step["id"]),
+            tool=str(step["tool"]),
+            effect=catalog[step["tool"]].effect if step["tool"] in catalog else "write",
+            args=dict(step.get("args") or {}),
+            when=step.get("when"),
+            after=list(step.get("after") or []),
+        )
+        for step in held.plan.body.get("steps", [])
+    ]
+    previous = held.previous
+    return ReviewDetail(
+        **summary_of(held).model_dump(),
+        steps=steps,
+        previous_revision=previous.revision if previous else None,
+        diff=plan_diff(previous, held.plan).splitlines(),
+        required_role=held.required_role,
+    )
+
+
+def outcome_of(desk: ReviewDesk, goal_id: str, message: str) -> Outcome:
+    """Return the goal's state after a decision, and its newest revision."""
+    with desk.store.session() as session:
+        goal = get_goal(session, goal_id)
+        plan = latest_plan(session, goal_id)
+        return Outcome(
+            goal_id=goal_id,
+            status=goal.status,
+            plan_id=plan.plan_id if plan else None,
+            revision=plan.revision if plan else None,
+            message=message,
+        )
+
+
+Desk = Annotated[ReviewDesk, Depends(get_desk)]
+Person = Annotated[Reviewer, Depends(require_reviewer)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)
+}
+
+
+@router.get("", response_model=list[ReviewSummary], responses=_ERRORS)
+def list_reviews(desk: Desk, reviewer: Person) -> list[ReviewSummary]:
+    """Return every plan revision waiting for a person, oldest first."""
+    return [summary_of(held) for held in desk.review.held()]
+
+
+@router.get("/{plan_id}", response_model=ReviewDetail, responses=_ERRORS)
+def show_review(plan_id: str, desk: Desk, reviewer: Person) -> ReviewDetail:
+    """Return one plan: steps with their effect, the policy's decision, the diff, the goal."""
+    return detail_of(desk.review.get(plan_id), desk.catalog())
+
+
+@router.post("/{plan_id}/approve", response_model=Outcome, responses=_ERRORS)
+def approve(plan_id: str, body: Approve, desk: Desk, reviewer: Person) -> Outcome:
+    """Approve the revision with hash `plan_hash`; it runs (409 if it changed or was decided)."""
+    goal_id = desk.review.get(plan_id).goal.id
+    desk.decide(
+        lambda review: review.approve(
+            plan_id,
+            reviewer.name,
+            expected_hash=body.plan_hash,
+            roles=reviewer.roles,
+            comment=body.comment,
+        )
+    )
+    return outcome_of(desk, goal_id, f"approved by {reviewer.name}; the plan runs")
+
+
+@router.post("/{plan_id}/reject", response_model=Outcome, responses=_ERRORS)
+def reject(plan_id: str, body: RejectBody, desk: Desk, reviewer: Person) -> Outcome:
+    """Reject the revision with hash `plan_hash`, with a comment; it never runs."""
+    goal_id = desk.review.get(plan_id).goal.id
+    desk.decide(
+        lambda review: review.reject(
+            plan_id,
+            reviewer.name,
+            body.comment,
+            expected_hash=body.plan_hash,
+            roles=reviewer.roles,
+        )
+    )
+    return outcome_of(desk, goal_id, f"rejected by {reviewer.name}")
+
+
+@router.post("/{plan_id}/edit", response_model=Outcome, responses=_ERRORS)
+def edit(plan_id: str, body: Edit, desk: Desk, reviewer: Person) -> Outcome:
+    """Make revision n+1 from these steps; the policy decides it again (422 if invalid)."""
+    goal_id = desk.review.get(plan_id).goal.id
+    desk.decide(
+        lambda review: review.edit(
+            plan_id,
+            reviewer.name,
+            body.steps,
+            summary=body.summary,
+            expected_hash=body.plan_hash,
+            roles=reviewer.roles,
+        )
+    )
+    return outcome_of(desk, goal_id, f"edited by {reviewer.name}; the policy decides it again")

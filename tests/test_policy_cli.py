@@ -1,0 +1,184 @@
+"""`plangate policy check` and `plangate policy test`, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+REPO = str(Path(__file__).resolve().parents[1])
+EXIT_USAGE = 2
+DEFAULT_POLICY = str(resources.files("approval_gate").joinpath("default_policy.yaml"))
+BROKEN_POLICY = """\
+mode: enforce
+rules:
+  - name: approve-read-only
+    match: 'plan.steps.all(s, s.effect == "read")'
+    action: approve
+    reason: every step only reads
+
+  - name: broken-rule
+    match: 'plan.steps.exists(s, s.effect ==)'
+    action: hold
+    reason: never compiles
+"""
+FINANCE_POLICY = """\
+rules:
+  - name: hold-pages-for-finance
+    match: 'plan.steps.exists(s, s.tool == "notify_oncall")'
+    action: hold
+    reason: paging costs money
+    requires_role: finance
+    hold_ttl_seconds: 3600
+"""
+SEED_STEPS = {
+    "summary": "count, compare, page",
+    "steps": [
+        {"id": "count", "tool": "ticket_count"},
+        {"id": "sla", "tool": "sla_threshold"},
+        {
+            "id": "notify",
+            "tool": "notify_oncall",
+            "args": {"message": "over SLA"},
+            "when": "steps.count.output > steps.sla.output",
+        },
+    ],
+}
+
+
+@pytest.fixture
+def plangate(tmp_path: Path) -> Run:
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PLANGATE_", "OPENAI_", "OTEL_"))
+    } | {
+        "XDG_DATA_HOME": str(tmp_path / "xdg"),
+        "PYTHONIOENCODING": "utf-8",
+        "PYTHONPATH": REPO,  # this checkout, whatever else is installed
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "plangate", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_check_compiles_every_rule_of_a_good_policy(plangate: Run) -> None:
+    """Given the packaged default policy,
+    When `plangate policy check` reads it,
+    Then it exits 0 saying its three rules compile.
+    """
+    result = plangate("policy", "check", DEFAULT_POLICY)
+
+    assert result.returncode == 0, result.stderr
+    assert "3 rules compile" in result.stdout
+
+
+def test_check_names_the_rule_and_line_that_does_not_compile(plangate: Run, tmp_path: Path) -> None:
+    """Given a policy whose second rule's CEL is broken (it starts on line 8),
+    When `plangate policy check` reads it,
+    Then it exits 2 and the error names `broken-rule` and line 8.
+    """
+    path = write(tmp_path / "broken.yaml", BROKEN_POLICY)
+
+    result = plangate("policy", "check", path)
+
+    assert result.returncode == EXIT_USAGE
+    assert "rule 'broken-rule' (line 8)" in result.stderr
+    assert "does not compile" in result.stderr
+
+
+def test_check_json_lists_roles_and_ttls(plangate: Run, tmp_path: Path) -> None:
+    """Given a policy with a rule requiring `finance` and its own hold TTL,
+    When `plangate policy check --json` reads it,
+    Then the rule is listed with its role and TTL.
+    """
+    path = write(tmp_path / "finance.yaml", FINANCE_POLICY)
+
+    result = plangate("policy", "check", path, "--json")
+
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["ok"] is True
+    assert body["rules"] == [
+        {
+            "name": "hold-pages-for-finance",
+            "action": "hold",
+            "line": 2,
+            "requires_role": "finance",
+            "hold_ttl_seconds": 3600,
+        }
+    ]
+
+
+def test_test_prints_the_decision_the_rule_and_the_reason(plangate: Run, tmp_path: Path) -> None:
+    """Given the default policy and the seed plan's steps (it pages on-call),
+    When `plangate policy test` decides it with the demo tools,
+    Then it prints hold, by rule hold-writes, with the rule's reason.
+    """
+    plan = write(tmp_path / "plan.json", json.dumps(SEED_STEPS))
+
+    result = plangate("policy", "test", DEFAULT_POLICY, plan, "--tools", "plangate.demo.tools")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "decision: hold",
+        "rule: hold-writes",
+        "reason: the plan writes; a person must approve it",
+    ]
+
+
+def test_test_json_approves_a_read_only_plan_and_denies_an_unknown_tool(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """Given the default policy, a plan that only reads and one with a tool nobody offers,
+    When `plangate policy test --json` decides each,
+    Then the first is approved by approve-read-only, the second denied as invalid.
+    """
+    reads = write(tmp_path / "reads.json", json.dumps({"steps": SEED_STEPS["steps"][:2]}))
+    unknown = write(tmp_path / "unknown.json", json.dumps({"steps": [{"id": "x", "tool": "rm"}]}))
+    tools = ("--tools", "plangate.demo.tools", "--json")
+
+    approved = plangate("policy", "test", DEFAULT_POLICY, reads, *tools)
+    denied = plangate("policy", "test", DEFAULT_POLICY, unknown, *tools)
+
+    assert approved.returncode == 0, approved.stderr
+    assert json.loads(approved.stdout)["action"] == "approve"
+    assert json.loads(approved.stdout)["rule"] == "approve-read-only"
+    assert denied.returncode == 0, denied.stderr
+    assert json.loads(denied.stdout)["action"] == "deny"
+    assert "rm" in json.loads(denied.stdout)["reason"]
+
+
+def test_test_without_a_catalog_says_to_pass_tools(plangate: Run, tmp_path: Path) -> None:
+    """Given an empty store (no executor has published tools),
+    When `plangate policy test` runs without --tools,
+    Then it exits 2 and says to pass --tools.
+    """
+    plan = write(tmp_path / "plan.json", json.dumps(SEED_STEPS))
+
+    result = plangate("policy", "test", DEFAULT_POLICY, plan)
+
+    assert result.returncode == EXIT_USAGE
+    assert "--tools" in result.stderr

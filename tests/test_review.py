@@ -1,0 +1,411 @@
+"""Human review: edits become new revisions the policy decides again; races, stale hashes,
+roles, and the webhook that tells people a plan waits for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from approval_gate.review import plan_diff
+from plangate.config import Settings
+from plangate.demo.tools import read_notifications
+from plangate.embedded import Pipeline
+from plangate.errors import Conflict, Forbidden, PlanInvalid
+from plangate.store import ApprovalRow, DecisionRow
+from tests.conftest import SEED_GOAL
+from tests.support import (
+    HELD,
+    audit_kinds,
+    eventually,
+    only_plan,
+    plans_of,
+    running_pipeline,
+    step_runs,
+    write_yaml,
+)
+
+REPO = str(Path(__file__).resolve().parents[1])
+FINANCE_POLICY = {
+    "mode": "enforce",
+    "rules": [
+        {
+            "name": "approve-read-only",
+            "match": 'plan.steps.all(s, s.effect == "read")',
+            "action": "approve",
+            "reason": "every step only reads",
+        },
+        {
+            "name": "hold-pages-for-finance",
+            "match": 'plan.steps.exists(s, s.tool == "notify_oncall")',
+            "action": "hold",
+            "reason": "paging costs money; finance decides",
+            "requires_role": "finance",
+        },
+    ],
+}
+
+
+def held_seed(pipeline: Pipeline) -> tuple[str, Any]:
+    """Submit the seed goal and wait until its first revision is held; return goal id and plan."""
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    return goal_id, only_plan(pipeline.store, goal_id)
+
+
+def steps_of(plan: Any) -> list[dict[str, Any]]:
+    return [step.model_dump(mode="json", exclude_defaults=True) for step in plan.steps]
+
+
+def policy_decision(pipeline: Pipeline, plan_id: str) -> DecisionRow:
+    with pipeline.store.session() as session:
+        return session.execute(
+            select(DecisionRow).where(DecisionRow.plan_id == plan_id, DecisionRow.stage == "policy")
+        ).scalar_one()
+
+
+def approvals(pipeline: Pipeline) -> list[tuple[str, str]]:
+    with pipeline.store.session() as session:
+        rows = session.execute(select(ApprovalRow)).scalars()
+        return [(row.plan_id, row.plan_hash) for row in rows]
+
+
+def test_edit_swapping_in_a_read_tool_is_decided_again_and_approved_by_policy(
+    pipeline: Pipeline,
+) -> None:
+    """Given the seed plan held because its last step pages on-call,
+    When bob edits it to call a read tool instead,
+    Then revision 2 (a new plan id, planned by `edit:bob`) is decided again by the policy,
+    which approves it; it runs, nobody is paged, and revision 1 can no longer be approved.
+    """
+    goal_id, first = held_seed(pipeline)
+    steps = steps_of(first)
+    steps[2] = {"id": "notify", "tool": "ticket_count"}
+
+    pipeline.edit(first.plan_id, "bob", steps, summary="count twice instead of paging")
+
+    goal = pipeline.wait_for(goal_id, timeout=5)
+    assert goal.status == "completed", goal.status_reason
+    revisions = plans_of(pipeline.store, goal_id)
+    assert [(p.revision, p.planner) for p in revisions][1] == (2, "edit:bob")
+    second = revisions[1]
+    assert second.plan_id != first.plan_id
+    assert second.body["summary"] == "count twice instead of paging"
+    decision = policy_decision(pipeline, second.plan_id)
+    assert (decision.action, decision.rule) == ("approve", "approve-read-only")
+    assert step_runs(pipeline.store, second.plan_id)["notify"] == "succeeded"
+    assert read_notifications() == []
+    assert "plan.edited" in audit_kinds(pipeline.store, goal_id)
+    with pytest.raises(Conflict, match="revision 2 replaced it"):
+        pipeline.review.approve(first.plan_id, "alice")
+
+
+def test_edit_changing_an_argument_is_held_again_and_runs_exactly_as_edited(
+    pipeline: Pipeline,
+) -> None:
+    """Given the seed plan held,
+    When bob changes the page's message,
+    Then revision 2 is held again by the policy (it still writes), the diff shows the change,
+    no approval exists for it until alice approves it, and what runs is the edited message.
+    """
+    goal_id, first = held_seed(pipeline)
+    steps = steps_of(first)
+    steps[2]["args"] = {"message": "edited: tickets over SLA"}
+
+    pipeline.edit(first.plan_id, "bob", steps, expected_hash=None)
+
+    eventually(lambda: len(plans_of(pipeline.store, goal_id)) == 2 or None, what="revision 2")
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    second = plans_of(pipeline.store, goal_id)[1]
+    assert policy_decision(pipeline, second.plan_id).action == "hold"
+    held = pipeline.review.get(second.plan_id)
+    assert held.previous is not None
+    assert held.previous.plan_id == first.plan_id
+    assert pipeline.review.get(first.plan_id).plan.plan_id == first.plan_id
+    assert held.expires_at is not None
+    diff = plan_diff(held.previous, held.plan)
+    added = [line for line in diff.splitlines() if line.startswith("+ ")]
+    assert added == ['+        "message": "edited: tickets over SLA"']
+    assert second.plan_hash != plans_of(pipeline.store, goal_id)[0].plan_hash
+    assert approvals(pipeline) == []
+
+    pipeline.approve(second.plan_id, "alice", expected_hash=second.plan_hash)
+
+    goal = pipeline.wait_for(goal_id, timeout=5)
+    assert goal.status == "completed", goal.status_reason
+    assert approvals(pipeline) == [(second.plan_id, second.plan_hash)]
+    assert [n["message"] for n in read_notifications()] == ["edited: tickets over SLA"]
+
+
+def test_an_invalid_edit_is_refused_and_the_plan_stays_held(pipeline: Pipeline) -> None:
+    """Given the seed plan held,
+    When bob edits in a tool the catalog does not have,
+    Then PlanInvalid names the problem, and revision 1 is still held and can be approved.
+    """
+    goal_id, first = held_seed(pipeline)
+    steps = steps_of(first)
+    steps[2] = {"id": "notify", "tool": "delete_everything"}
+
+    with pytest.raises(PlanInvalid, match="delete_everything"):
+        pipeline.edit(first.plan_id, "bob", steps)
+
+    assert [p.revision for p in plans_of(pipeline.store, goal_id)] == [1]
+    assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
+    pipeline.approve(first.plan_id, "alice")
+    assert pipeline.wait_for(goal_id, timeout=5).status == "completed"
+
+
+def test_two_reviewers_racing_on_one_revision_one_wins_the_other_gets_conflict(
+    pipeline: Pipeline,
+) -> None:
+    """Given held plans, each raced by alice approving and bob rejecting at the same moment,
+    When they decide together (five races),
+    Then in each exactly one wins and the other gets Conflict.
+    """
+    for _ in range(5):
+        goal_id, plan = held_seed(pipeline)
+        barrier = threading.Barrier(2)
+        outcomes: dict[str, str] = {}
+
+        def decide(
+            who: str,
+            plan_id: str = plan.plan_id,
+            barrier: Any = barrier,
+            outcomes: dict[str, str] = outcomes,
+        ) -> None:
+            barrier.wait()
+            try:
+                if who == "alice":
+                    pipeline.approve(plan_id, who)
+                else:
+                    pipeline.reject(plan_id, who, "not now")
+                outcomes[who] = "won"
+            except Conflict:
+                outcomes[who] = "conflict"
+
+        threads = [threading.Thread(target=decide, args=(who,)) for who in ("alice", "bob")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+
+        assert sorted(outcomes.values()) == ["conflict", "won"], outcomes
+        winner = next(who for who, outcome in outcomes.items() if outcome == "won")
+        expected = "completed" if winner == "alice" else "rejected"
+        assert pipeline.wait_for(goal_id, timeout=5).status == expected
+
+
+def test_approving_with_a_stale_hash_is_a_conflict(pipeline: Pipeline) -> None:
+    """Given the seed plan held,
+    When alice approves it naming a hash other than the plan's,
+    Then Conflict, and the plan stays held.
+    """
+    goal_id, plan = held_seed(pipeline)
+
+    with pytest.raises(Conflict, match="changed since you loaded it"):
+        pipeline.approve(plan.plan_id, "alice", expected_hash="sha256:" + "0" * 64)
+
+    assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
+    assert approvals(pipeline) == []
+
+
+def test_a_rule_requiring_a_role_refuses_a_reviewer_without_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a policy whose holding rule requires the role `finance`,
+    When bob (no roles) approves or edits, and then carol (finance) approves,
+    Then bob is Forbidden both times, and carol's approval runs the plan.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", FINANCE_POLICY)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id, plan = held_seed(pipeline)
+        held = pipeline.review.get(plan.plan_id)
+        assert held.required_role == "finance"
+
+        with pytest.raises(Forbidden, match="requires the role 'finance'"):
+            pipeline.approve(plan.plan_id, "bob")
+        with pytest.raises(Forbidden):
+            pipeline.edit(plan.plan_id, "bob", steps_of(plan), summary="mine now")
+        with pytest.raises(Forbidden):
+            pipeline.approve(plan.plan_id, "bob", roles=frozenset({"sre"}))
+
+        pipeline.approve(plan.plan_id, "carol", roles=frozenset({"finance"}))
+
+        goal = pipeline.wait_for(goal_id, timeout=5)
+        assert goal.status == "completed", goal.status_reason
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]]
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        self.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A local webhook receiver: its URL and the JSON bodies it has received."""
+    received: list[dict[str, Any]] = []
+    handler = type("Hook", (_Hook,), {"received": received})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_webhook_receives_the_held_notification(
+    settings: Settings, webhook: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """Given PLANGATE_WEBHOOK_URL set to a local receiver and a public URL,
+    When the seed plan is held,
+    Then the receiver gets one JSON POST with a Slack-style text carrying the review link.
+    """
+    url, received = webhook
+    public = "https://review.example.test"
+    with running_pipeline(settings, webhook_url=url, public_url=public) as pipeline:
+        goal_id, plan = held_seed(pipeline)
+
+        body = eventually(lambda: received[0] if received else None, what="the webhook call")
+
+    link = f"{public}/reviews/{plan.plan_id}"
+    assert body["goal_id"] == goal_id
+    assert body["plan_id"] == plan.plan_id
+    assert body["revision"] == 1
+    assert body["rule"] == "hold-writes"
+    assert body["reason"] == "the plan writes; a person must approve it"
+    assert body["review_url"] == link
+    assert link in body["text"]
+    assert len(received) == 1
+
+
+def test_a_dead_webhook_does_not_stop_the_gate(settings: Settings) -> None:
+    """Given PLANGATE_WEBHOOK_URL pointing at a port nobody listens on,
+    When the seed goal is submitted and approved,
+    Then it is held and, approved, completes as usual.
+    """
+    with running_pipeline(settings, webhook_url="http://127.0.0.1:9/hook") as pipeline:
+        goal_id, plan = held_seed(pipeline)
+        pipeline.approve(plan.plan_id, "alice")
+        assert pipeline.wait_for(goal_id, timeout=5).status == "completed"
+
+
+def cli_env(pipeline: Pipeline, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `plangate` process using this pipeline's store."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PLANGATE_", "OPENAI_", "OTEL_"))
+    }
+    return inherited | {
+        "PLANGATE_DATA_DIR": str(pipeline.settings.data_dir),
+        "PLANGATE_BROKER_URL": "memory://",
+        "XDG_DATA_HOME": str(tmp_path / "xdg"),
+        "PYTHONPATH": REPO,  # this checkout, whatever else is installed
+        **extra,
+    }
+
+
+def plangate(env: dict[str, str], *args: str) -> Any:
+    """Run `plangate ARGS`; return its JSON output, failing the test on a non-zero exit."""
+    result = subprocess.run(
+        [sys.executable, "-m", "plangate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_review_list_json_shows_the_held_plan(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Given the seed plan held in the store,
+    When `plangate review list --json` and `review show ID --json` run in another process,
+    Then they show the plan, its steps, the policy's decision and when it expires.
+    """
+    goal_id, plan = held_seed(pipeline)
+    env = cli_env(pipeline, tmp_path)
+
+    listed = plangate(env, "review", "list", "--json")
+    shown = plangate(env, "review", "show", plan.plan_id, "--json")
+
+    assert [view["plan_id"] for view in listed] == [plan.plan_id]
+    view = listed[0]
+    assert view["goal_id"] == goal_id
+    assert [step["tool"] for step in view["steps"]] == [s.tool for s in plan.steps]
+    assert view["decision"]["rule"] == "hold-writes"
+    assert view["expires_at"]
+    assert view["previous"] is None
+    assert shown == view
+
+
+def test_review_edit_opens_the_editor_and_stores_the_next_revision(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Given the seed plan held, and an $EDITOR that rewrites the page's message,
+    When `plangate review edit ID --reviewer bob --json` runs,
+    Then revision 2 with the new message, planned by `edit:bob`, is stored and proposed.
+    """
+    goal_id, plan = held_seed(pipeline)
+    editor = tmp_path / "editor.py"
+    editor.write_text(
+        "import json, sys\n"
+        "path = sys.argv[1]\n"
+        "draft = json.load(open(path))\n"
+        "draft['steps'][2]['args']['message'] = 'from the editor'\n"
+        "json.dump(draft, open(path, 'w'))\n",
+        encoding="utf-8",
+    )
+    env = cli_env(pipeline, tmp_path, EDITOR=f"{sys.executable} {editor}")
+
+    result = plangate(env, "review", "edit", plan.plan_id, "--reviewer", "bob", "--json")
+
+    assert result["published"] == ["plan.proposed"]
+    revisions = plans_of(pipeline.store, goal_id)
+    assert [(p.revision, p.planner) for p in revisions][1] == (2, "edit:bob")
+    assert revisions[1].body["steps"][2]["args"] == {"message": "from the editor"}
+
+
+def test_review_approve_in_another_process_records_the_reviewer(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Given the seed plan held,
+    When `plangate review approve ID --reviewer alice --hash HASH --json` runs,
+    Then the goal is approved by alice and plan.approved is published.
+    """
+    goal_id, plan = held_seed(pipeline)
+    env = cli_env(pipeline, tmp_path)
+    digest = plans_of(pipeline.store, goal_id)[0].plan_hash
+
+    result = plangate(
+        env, "review", "approve", plan.plan_id, "--reviewer", "alice", "--hash", digest, "--json"
+    )
+
+    assert result == {"plan_id": plan.plan_id, "action": "approved", "published": ["plan.approved"]}
+    with pipeline.store.session() as session:
+        human = session.execute(
+            select(DecisionRow).where(
+                DecisionRow.plan_id == plan.plan_id, DecisionRow.stage == "human"
+            )
+        ).scalar_one()
+        assert (human.action, human.decided_by) == ("approve", "alice")

@@ -1,0 +1,321 @@
+"""The review API over real HTTP, against a worker fleet on Redis with the default policy.
+
+The default policy holds the seed plan (notify_oncall writes), so every goal here waits for a
+reviewer: approve it and it runs; reject it and nothing runs; edit it and the policy decides the
+new revision again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from plangate.client import Client, GoalStatus
+from plangate.config import Settings
+from plangate.errors import ConfigError
+from plangate.server import create_app
+from plangate.server.reviewers import Reviewer, Reviewers
+from tests.conftest import SEED_GOAL
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.servers import free_port
+
+pytestmark = pytest.mark.redis
+
+ALICE = "alice-token-0123456789abcdef"
+BOB = "bob-token-0123456789abcdefgh"
+REVIEWERS = Reviewers(
+    [Reviewer("alice", frozenset({"finance"}), ALICE), Reviewer("bob", frozenset(), BOB)]
+)
+
+Answer = tuple[int, dict[str, Any]]
+
+
+def start_fleet(folder: Path, redis_url: str) -> Fleet:
+    """Migrate a SQLite store and start one worker of each stage, with the default policy."""
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{folder / 'plangate.db'}",
+        folder=folder,
+        extra_env=dict(FAST_SWEEPS),
+    )
+    upgrade = fleet.plangate("db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    fleet.start_all()
+    return fleet
+
+
+def fleet_settings(fleet: Fleet) -> Settings:
+    """Settings that reach the fleet's store, broker and signing key."""
+    return Settings(
+        data_dir=Path(fleet.folder) / "data",
+        database_url=fleet.database_url,
+        broker_url=fleet.broker_url,
+        namespace=fleet.namespace,
+    )
+
+
+@contextmanager
+def serving(client: Client, reviewers: Reviewers = REVIEWERS) -> Iterator[str]:
+    """Run the app under uvicorn in a thread on a free port; yield its base URL."""
+    app = create_app(client.settings, client=client, reviewers=reviewers)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "uvicorn exited while starting"
+        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def held_goal(client: Client) -> GoalStatus:
+    """Submit the seed goal and return it once the default policy has held it."""
+    state = client.submit(SEED_GOAL).wait(timeout=30, until={"held", "completed", "failed"})
+    assert state.status == "held", state
+    return state
+
+
+def wait_for(client: Client, goal_id: str, until: set[str], timeout: float = 30) -> GoalStatus:
+    """Poll a goal until it reaches one of `until`."""
+    return client.goal(goal_id).wait(timeout=timeout, until=until)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Fleet]:
+    running = start_fleet(tmp_path_factory.mktemp("review-api"), redis_url)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
+
+@pytest.fixture(scope="module")
+def client(fleet: Fleet) -> Iterator[Client]:
+    with Client(fleet_settings(fleet)) as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def base_url(client: Client) -> Iterator[str]:
+    with serving(client) as url:
+        yield url
+
+
+def call(
+    url: str, method: str = "GET", payload: object = None, token: str | None = ALICE
+) -> Answer:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    body = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def review(base_url: str, plan_id: str, action: str, payload: object, **kw: Any) -> Answer:
+    return call(f"{base_url}/api/v1/reviews/{plan_id}/{action}", "POST", payload, **kw)
+
+
+def test_a_held_plan_is_listed_shown_and_runs_once_approved(
+    base_url: str, client: Client, fleet: Fleet
+) -> None:
+    """Given the seed goal held by the default policy,
+    When a reviewer lists, opens and approves it with the hash they saw,
+    Then the list and the view show it, and the goal completes.
+    """
+    goal = held_goal(client)
+    assert goal.plan_id is not None
+
+    status, listed = call(f"{base_url}/api/v1/reviews")
+    assert status == 200, listed
+    assert goal.plan_id in {item["plan_id"] for item in listed}
+
+    status, plan = call(f"{base_url}/api/v1/reviews/{goal.plan_id}")
+    assert status == 200, plan
+    assert plan["goal_text"] == SEED_GOAL
+    assert [(s["id"], s["effect"]) for s in plan["steps"]] == [
+        ("count", "read"),
+        ("sla", "read"),
+        ("notify", "write"),
+    ]
+    assert plan["policy"]["rule"] == "hold-writes"
+    assert plan["previous_revision"] is None
+
+    status, outcome = review(base_url, goal.plan_id, "approve", {"plan_hash": plan["plan_hash"]})
+    assert status == 200, outcome
+    done = wait_for(client, goal.goal_id, {"completed", "failed"})
+    assert done.status == "completed", fleet.logs()
+    assert done.decision is not None
+    assert done.decision["decided_by"] == "alice"
+
+
+def test_a_rejected_plan_never_runs(base_url: str, client: Client) -> None:
+    goal = held_goal(client)
+    assert goal.plan_id is not None
+    _, plan = call(f"{base_url}/api/v1/reviews/{goal.plan_id}")
+
+    status, outcome = review(
+        base_url,
+        goal.plan_id,
+        "reject",
+        {"plan_hash": plan["plan_hash"], "comment": "not during the freeze"},
+        token=BOB,
+    )
+
+    assert status == 200, outcome
+    assert outcome["status"] == "rejected"
+    state = client.status(goal.goal_id)
+    assert state.status == "rejected"
+    assert state.decision is not None
+    assert state.decision["reason"] == "not during the freeze"
+    assert state.steps == {}
+
+
+def test_a_reject_without_a_comment_is_422(base_url: str, client: Client) -> None:
+    goal = held_goal(client)
+    assert goal.plan_id is not None
+    _, plan = call(f"{base_url}/api/v1/reviews/{goal.plan_id}")
+
+    status, body = review(base_url, goal.plan_id, "reject", {"plan_hash": plan["plan_hash"]})
+
+    assert status == 422
+    assert "comment" in body["error"]
+    assert client.status(goal.goal_id).status == "held"
+
+
+def test_an_edit_makes_a_new_revision_the_policy_decides_again(
+    base_url: str, client: Client
+) -> None:
+    """Given a held plan,
+    When a reviewer edits notify's message,
+    Then revision 2 exists, the default policy holds it again, its diff shows the change,
+    and the old revision's hash is refused with 409.
+    """
+    goal = held_goal(client)
+    assert goal.plan_id is not None
+    _, plan = call(f"{base_url}/api/v1/reviews/{goal.plan_id}")
+    steps = [
+        {k: v for k, v in s.items() if k != "effect" and v not in (None, [])} for s in plan["steps"]
+    ]
+    steps[2]["args"]["message"] = "Tickets ${count} over SLA ${sla}: please look"
+
+    status, outcome = review(
+        base_url, goal.plan_id, "edit", {"plan_hash": plan["plan_hash"], "steps": steps}
+    )
+
+    assert status == 200, outcome
+    assert outcome["revision"] == 2
+    assert outcome["plan_id"] != goal.plan_id
+    again = wait_for(client, goal.goal_id, {"held", "completed", "failed"})
+    assert again.status == "held"
+    assert again.revision == 2
+    status, new = call(f"{base_url}/api/v1/reviews/{outcome['plan_id']}")
+    assert status == 200, new
+    assert new["previous_revision"] == 1
+    assert any("please look" in line for line in new["diff"] if line.startswith("+"))
+    stale = review(base_url, goal.plan_id, "approve", {"plan_hash": plan["plan_hash"]})
+    assert stale[0] == 409, stale
+    assert "revision 2" in stale[1]["error"]
+
+
+def test_an_invalid_edit_is_422_with_the_problems(base_url: str, client: Client) -> None:
+    goal = held_goal(client)
+    assert goal.plan_id is not None
+    _, plan = call(f"{base_url}/api/v1/reviews/{goal.plan_id}")
+
+    status, body = review(
+        base_url,
+        goal.plan_id,
+        "edit",
+        {"plan_hash": plan["plan_hash"], "steps": [{"id": "x", "tool": "no_such_tool"}]},
+    )
+
+    assert status == 422, body
+    assert body["problems"]
+    assert client.status(goal.goal_id).status == "held"
+
+
+def test_two_racing_approvals_one_wins(base_url: str, client: Client) -> None:
+    """Given one held revision and two reviewers approving it at once: one 200, one 409."""
+    goal = held_goal(client)
+    assert goal.plan_id is not None
+    plan_id = goal.plan_id
+    _, plan = call(f"{base_url}/api/v1/reviews/{plan_id}")
+    answers: list[Answer] = []
+    start = threading.Barrier(2)
+
+    def approve(token: str) -> None:
+        start.wait()
+        answers.append(
+            review(base_url, plan_id, "approve", {"plan_hash": plan["plan_hash"]}, token=token)
+        )
+
+    threads = [threading.Thread(target=approve, args=(t,)) for t in (ALICE, BOB)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sorted(status for status, _ in answers) == [200, 409], answers
+    refused = next(body for status, body in answers if status == 409)
+    assert "not waiting for review" in refused["error"]
+    assert wait_for(client, goal.goal_id, {"completed", "failed"}).status == "completed"
+
+
+def test_a_missing_or_wrong_token_is_401(base_url: str) -> None:
+    missing = call(f"{base_url}/api/v1/reviews", token=None)
+    wrong = call(f"{base_url}/api/v1/reviews", token="not-a-reviewer-token-at-all")
+    approve = review(base_url, "any", "approve", {"plan_hash": "x"}, token=None)
+
+    assert missing[0] == 401
+    assert "Bearer" in missing[1]["error"]
+    assert wrong[0] == 401
+    assert approve[0] == 401
+
+
+def test_the_reviewers_file_is_read_and_its_tokens_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "reviewers.yaml"
+    path.write_text(f"reviewers:\n  - {{name: alice, token: {ALICE}, roles: [finance]}}\n")
+    reviewers = Reviewers.from_file(path)
+
+    alice = reviewers.identify(ALICE)
+    assert alice is not None
+    assert alice.name == "alice"
+    assert alice.roles == {"finance"}
+    assert ALICE not in repr(alice)
+    assert reviewers.identify(BOB) is None
+
+    path.write_text("reviewers:\n  - {name: eve, token: short-secret}\n")
+    with pytest.raises(ConfigError, match="reviewers file") as error:
+        Reviewers.from_file(path)
+    assert "short-secret" not in str(error.value)
+
+
+def test_the_openapi_document_lists_the_review_routes(base_url: str) -> None:
+    with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=10) as response:
+        spec = json.loads(response.read())
+
+    assert "/api/v1/reviews" in spec["paths"]
+    assert "/api/v1/reviews/{plan_id}/approve" in spec["paths"]
+    assert "/reviews" not in spec["paths"]

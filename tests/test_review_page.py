@@ -1,0 +1,200 @@
+"""The review page in headless Chromium (Playwright): approve, reject and edit by clicking.
+
+Debian's `chromium` is driven directly (never `playwright install`). Without it the tests skip
+locally and fail in CI. Screenshots of the list and the plan view go to the system temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from plangate.client import Client
+from tests.conftest import SEED_GOAL
+from tests.fleet import Fleet
+from tests.test_review_api import ALICE, call, fleet_settings, held_goal, serving, start_fleet
+
+pytestmark = pytest.mark.redis
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The playbook still matches; the markup must show as text, never run or render.
+HOSTILE_GOAL = SEED_GOAL + " <b>now</b><script>window.pwned = 1</script>"
+SCREENSHOTS = Path(tempfile.gettempdir())
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        message = "chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Fleet]:
+    running = start_fleet(tmp_path_factory.mktemp("review-page"), redis_url)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+
+
+@pytest.fixture(scope="module")
+def client(fleet: Fleet) -> Iterator[Client]:
+    with Client(fleet_settings(fleet)) as shared:
+        yield shared
+
+
+@pytest.fixture(scope="module")
+def base_url(client: Client) -> Iterator[str]:
+    with serving(client) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser: Any, base_url: str) -> Iterator[Any]:
+    """A fresh browser session, logged in as alice."""
+    context = browser.new_context(base_url=base_url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto("/reviews")
+    assert page.url.endswith("/login")
+    page.fill("#token", ALICE)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/reviews")
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def api_status(base_url: str, goal_id: str, until: set[str], timeout: float = 30) -> dict[str, Any]:
+    """Poll GET /api/v1/goals/{id} until the goal reaches one of `until`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, state = call(f"{base_url}/api/v1/goals/{goal_id}")
+        assert status == 200, state
+        if state["status"] in until or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
+def notifications(fleet: Fleet) -> int:
+    path = fleet.folder / "notifications.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_approving_in_the_page_runs_the_plan(
+    page: Any, base_url: str, client: Client, fleet: Fleet
+) -> None:
+    """Given a held seed goal whose text carries markup,
+    When alice opens it from the list and clicks Approve,
+    Then the table shows 3 steps (notify_oncall marked write), the goal text shows as
+    escaped text in the untrusted box, and the goal completes.
+    """
+    goal = client.submit(HOSTILE_GOAL).wait(timeout=30, until={"held", "completed", "failed"})
+    assert goal.status == "held", goal
+
+    page.reload()
+    page.screenshot(path=str(SCREENSHOTS / "plangate-review-list.png"), full_page=True)
+    page.click(f"a[href='/reviews/{goal.plan_id}']")
+    rows = page.locator("#steps tbody tr")
+    assert rows.count() == 3
+    notify = rows.filter(has_text="notify_oncall")
+    assert notify.locator(".badge.write").inner_text() == "write"
+    assert rows.filter(has_text="ticket_count").locator(".badge.read").count() == 1
+    assert page.inner_text("#goal-text") == HOSTILE_GOAL
+    assert page.locator("#goal-text b, #goal-text script").count() == 0
+    assert page.evaluate("window.pwned") is None
+    assert "hold-writes" in page.content()
+    page.screenshot(path=str(SCREENSHOTS / "plangate-review-plan.png"), full_page=True)
+
+    page.click("#approve")
+
+    page.wait_for_url("**done=approved")
+    assert "Approved — running" in page.inner_text("#outcome")
+    state = api_status(base_url, goal.goal_id, {"completed", "failed"})
+    assert state["status"] == "completed", fleet.logs()
+    assert state["decision"]["decided_by"] == "alice"
+
+
+def test_rejecting_with_a_comment_in_the_page_runs_nothing(
+    page: Any, base_url: str, client: Client, fleet: Fleet
+) -> None:
+    goal = held_goal(client)
+    before = notifications(fleet)
+    page.goto(f"/reviews/{goal.plan_id}")
+
+    page.fill("#comment", "not during the change freeze")
+    page.click("#reject")
+
+    page.wait_for_url("**done=rejected")
+    assert "Rejected" in page.inner_text("#outcome")
+    state = api_status(base_url, goal.goal_id, {"rejected"})
+    assert state["status"] == "rejected"
+    assert state["decision"]["reason"] == "not during the change freeze"
+    assert state["steps"] == {}
+    assert notifications(fleet) == before
+
+
+def test_editing_an_argument_in_the_page_makes_a_new_revision(
+    page: Any, base_url: str, client: Client
+) -> None:
+    goal = held_goal(client)
+    page.goto(f"/reviews/{goal.plan_id}")
+    steps = json.loads(page.input_value("#steps-json"))
+    steps[2]["args"]["message"] = "Edited in the page: ${count} > ${sla}"
+
+    page.fill("#steps-json", json.dumps(steps, indent=2))
+    page.click("#edit")
+
+    page.wait_for_url("**done=edited")
+    assert goal.plan_id not in page.url
+    state = api_status(base_url, goal.goal_id, {"held"})
+    assert state["status"] == "held"
+    assert state["revision"] == 2
+    page.goto(f"/reviews/{state['plan_id']}")
+    assert "revision 2" in page.inner_text("main")
+    assert "Edited in the page" in page.inner_text(".diff")
+    assert "Edited in the page: ${count} > ${sla}" in page.inner_text("#steps")
+    page.screenshot(path=str(SCREENSHOTS / "plangate-review-revision.png"), full_page=True)
+    assert page.locator("#approve").count() == 1
+
+
+def test_a_stale_form_shows_the_409_message(page: Any, client: Client) -> None:
+    """Given a plan page open in two tabs, approving in one makes the other's click a 409."""
+    goal = held_goal(client)
+    page.goto(f"/reviews/{goal.plan_id}")
+    other = page.context.new_page()
+    other.goto(f"/reviews/{goal.plan_id}")
+
+    other.click("#approve")
+    other.wait_for_url("**done=approved")
+    page.click("#approve")
+
+    assert "not waiting for review" in page.inner_text("#outcome")
