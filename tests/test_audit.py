@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -149,3 +150,47 @@ def test_cli_audit_verify_exits_1_naming_the_broken_entry(
     assert result.returncode == 1, result.stdout
     assert f"audit log broken at entry {approved}" in result.stderr
     assert "its content does not match its hash" in result.stderr
+
+
+def test_audit_export_writes_every_entry_with_its_hashes_as_json_lines(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a completed run, `plangate audit export` writes one JSON object per entry, in chain
+    order, each carrying the hash of the entry before it."""
+    exported = plangate_cli(pipeline.settings.data_dir, "audit", "export")
+
+    assert exported.returncode == 0, exported.stderr
+    entries = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert len(entries) == SEED_RUN_ENTRIES
+    assert [e["seq"] for e in entries] == list(range(1, SEED_RUN_ENTRIES + 1))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(entries))
+    assert entries[0]["kind"] == "goal.submitted"
+
+
+def test_audit_export_filters_by_goal_and_time_and_writes_csv(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    other = pipeline.submit("make me a sandwich").goal_id
+    pipeline.wait_for(other, timeout=5)
+    target = tmp_path / "audit.csv"
+
+    only_ours = plangate_cli(
+        pipeline.settings.data_dir,
+        "audit",
+        "export",
+        "--goal",
+        completed_run,
+        "--format",
+        "csv",
+        "--output",
+        str(target),
+    )
+    future = plangate_cli(pipeline.settings.data_dir, "audit", "export", "--since", "2999-01-01")
+
+    assert only_ours.returncode == 0, only_ours.stderr
+    rows = target.read_text().splitlines()
+    assert rows[0] == "seq,at,goal_id,kind,actor,data,prev_hash,hash"
+    assert len(rows) == 1 + SEED_RUN_ENTRIES
+    assert all(completed_run in row for row in rows[1:])
+    assert future.returncode == 0
+    assert future.stdout == ""

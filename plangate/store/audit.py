@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -97,3 +99,29 @@ def verify(store: Store) -> AuditReport:
     if head is not None and (head.seq, head.hash) != (count, prev):
         return AuditReport(count, count + 1, "entries after this one were removed")
     return AuditReport(count)
+
+
+EXPORT_FIELDS = ("seq", "at", "goal_id", "kind", "actor", "data", "prev_hash", "hash")
+
+
+def export(
+    store: Store, *, since: datetime | None = None, goal_id: str | None = None, batch: int = 500
+) -> Iterator[dict[str, Any]]:
+    """Yield audit entries in chain order (optionally from `since`, for one goal), with hashes.
+
+    Read in batches so an export of a long history never holds it all in memory.
+    """
+    after = 0
+    while True:
+        query = select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(batch)
+        if goal_id is not None:
+            query = query.where(AuditRow.goal_id == goal_id)
+        with store.session() as session:
+            rows = list(session.execute(query).scalars())
+            entries = [{field: getattr(row, field) for field in EXPORT_FIELDS} for row in rows]
+        if not entries:
+            return
+        for entry in entries:
+            if since is None or datetime.fromisoformat(entry["at"]) >= since:
+                yield entry
+        after = entries[-1]["seq"]
