@@ -85,6 +85,44 @@ class Tool(Generic[P, R]):
         except ValidationError as exc:
             raise ToolLoadError(f"{where}: invalid spec: {_describe(exc)}") from exc
 
+    @classmethod
+    def from_model_callable(
+        cls,
+        call: Callable[[BaseModel], Any],
+        *,
+        args_model: type[BaseModel],
+        name: str,
+        description: str,
+        effect: Effect,
+        module: str,
+        idempotent: bool = False,
+        tags: Iterable[str] = (),
+    ) -> Tool[..., Any]:
+        """Wrap a foreign callable that takes its validated `args_model` whole (an adapter's)."""
+        where = f"tool {name!r} ({module})"
+        if effect not in ("read", "write"):
+            raise ToolLoadError(f"{where}: effect must be 'read' or 'write', not {effect!r}")
+        self: Tool[..., Any] = cls.__new__(cls)
+        self._func = call
+        self._preview = None
+        self.module = module
+        self._params = _Params(model=args_model, whole_model="args", fields={}, context=None)
+        self._output = TypeAdapter(Any)
+        try:
+            self.spec = ToolSpec(
+                name=name,
+                description=description,
+                args_schema={"type": "object", **args_model.model_json_schema()},
+                effect=effect,
+                idempotent=idempotent,
+                tags=tuple(tags),
+            )
+        except PydanticUserError as exc:
+            raise ToolLoadError(f"{where}: its arguments have no JSON schema: {exc}") from exc
+        except ValidationError as exc:
+            raise ToolLoadError(f"{where}: invalid spec: {_describe(exc)}") from exc
+        return self
+
     @property
     def name(self) -> str:
         """Return the tool's name, as plans refer to it."""
