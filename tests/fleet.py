@@ -6,11 +6,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import uvicorn
+
+from plangate.config import Settings
+from tests.servers import free_port
 
 STAGES = ("planner", "gate", "executor")
 
@@ -103,9 +111,37 @@ class Fleet:
             log.close()
         return codes
 
+    def settings(self) -> Settings:
+        """Settings that reach the fleet's store, broker, namespace and signing key in-process."""
+        return Settings(
+            data_dir=self.folder / "data",
+            database_url=self.database_url,
+            broker_url=self.broker_url,
+            namespace=self.namespace,
+        )
+
     def logs(self) -> str:
         """Return every worker's log, for a failure message."""
         return "\n".join(
             f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
             for path in sorted(self.folder.glob("*.log"))
         )
+
+
+@contextmanager
+def serving_app(app: Any) -> Iterator[str]:
+    """Run an ASGI app under uvicorn in a thread on a free port; yield its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "uvicorn exited while starting"
+        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

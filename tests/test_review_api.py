@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
 from plangate.client import Client, GoalStatus
 from plangate.config import Settings
@@ -26,8 +24,7 @@ from plangate.errors import ConfigError
 from plangate.server import create_app
 from plangate.server.reviewers import Reviewer, Reviewers
 from tests.conftest import SEED_GOAL
-from tests.fleet import FAST_SWEEPS, Fleet
-from tests.servers import free_port
+from tests.fleet import FAST_SWEEPS, Fleet, serving_app
 
 pytestmark = pytest.mark.redis
 
@@ -56,32 +53,14 @@ def start_fleet(folder: Path, redis_url: str) -> Fleet:
 
 def fleet_settings(fleet: Fleet) -> Settings:
     """Settings that reach the fleet's store, broker and signing key."""
-    return Settings(
-        data_dir=Path(fleet.folder) / "data",
-        database_url=fleet.database_url,
-        broker_url=fleet.broker_url,
-        namespace=fleet.namespace,
-    )
+    return fleet.settings()
 
 
 @contextmanager
 def serving(client: Client, reviewers: Reviewers = REVIEWERS) -> Iterator[str]:
     """Run the app under uvicorn in a thread on a free port; yield its base URL."""
-    app = create_app(client.settings, client=client, reviewers=reviewers)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_app(create_app(client.settings, client=client, reviewers=reviewers)) as url:
+        yield url
 
 
 def held_goal(client: Client) -> GoalStatus:

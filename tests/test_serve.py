@@ -10,20 +10,16 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 
 from plangate.client import Client
-from plangate.config import Settings
 from plangate.server import create_app
 from tests.conftest import SEED_GOAL
-from tests.fleet import FAST_SWEEPS, Fleet
-from tests.servers import free_port
+from tests.fleet import FAST_SWEEPS, Fleet, serving_app
 
 pytestmark = pytest.mark.redis
 
@@ -63,12 +59,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
 
 @pytest.fixture(scope="module")
 def client(fleet: Fleet) -> Iterator[Client]:
-    settings = Settings(
-        data_dir=Path(fleet.folder) / "data",
-        database_url=fleet.database_url,
-        broker_url=fleet.broker_url,
-        namespace=fleet.namespace,
-    )
+    settings = fleet.settings()
     with Client(settings) as shared:
         yield shared
 
@@ -76,21 +67,8 @@ def client(fleet: Fleet) -> Iterator[Client]:
 @contextmanager
 def serving(client: Client, token: str | None) -> Iterator[str]:
     """Run the app under uvicorn in a thread on a free port; yield its base URL."""
-    app = create_app(client.settings, client=client, intake_token=token)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "uvicorn exited while starting"
-        assert time.monotonic() < deadline, "uvicorn did not start within 10 s"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving_app(create_app(client.settings, client=client, intake_token=token)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
