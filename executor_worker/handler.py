@@ -84,23 +84,22 @@ class ExecutorHandler:
             goal = session.get(GoalRow, message.goal_id)
             if goal is None or message.plan.goal_id != message.goal_id:
                 raise Reject(f"plan.approved for unknown goal {message.goal_id!r}")
+            # The planner's `plan` span, stored with the plan: the run links to it.
+            planned = session.get(PlanRow, message.plan.plan_id)
+            plan_trace = {
+                str(k): str(v) for k, v in (planned.trace_headers if planned else {}).items()
+            }
         try:
             approval = self._check(message)
         except (ApprovalInvalid, PlanInvalid) as refusal:
             return self._refuse(message, str(refusal))
         # Linked to the incoming message always; parented by it unless configured otherwise.
         with telemetry.run_span(
-            "run plan", linked_only=self._link_only, link_to=self._plan_trace(message)
+            "run plan", linked_only=self._link_only, link_to=plan_trace
         ) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
             return self._run(message, approval)
-
-    def _plan_trace(self, message: PlanApproved) -> dict[str, str]:
-        """Return the trace context the planner stored with this plan (its `plan` span)."""
-        with self._store.session() as session:
-            row = session.get(PlanRow, message.plan.plan_id)
-            return {str(k): str(v) for k, v in (row.trace_headers if row else {}).items()}
 
     def _check(self, message: PlanApproved) -> Approval:
         validate_plan(message.plan, self._registry.catalog())
