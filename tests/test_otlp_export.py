@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from plangate import telemetry
 from tests.conftest import SEED_GOAL
-from tests.fleet import FAST_SWEEPS, Fleet
+from tests.fleet import Fleet
 from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
 from tests.test_distributed import APPROVE_ALL, submit_and_wait
 
@@ -95,7 +95,8 @@ def test_a_goal_through_three_workers_is_one_exported_trace(
             "PLANGATE_PLAYBOOK_FILE": str(tmp_path / "playbook.yaml"),
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "100",
-            **FAST_SWEEPS,
+            # No fast sweeps: a resend while workers start would (rightly) add a second span,
+            # and this test counts spans exactly.
         },
     )
     assert fleet.plangate("db", "upgrade").returncode == 0
