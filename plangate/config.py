@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     tools: str = Field(
         default="plangate.demo.tools", description="Comma-separated tool modules to load."
     )
+    mcp_servers: Path | None = Field(
+        default=None,
+        description="A JSON (or YAML) file of MCP servers whose tools the executor offers too.",
+    )
     signing_key_file: Path | None = None
     trusted_keys_dir: Path | None = None
     approval_ttl_seconds: int = Field(default=3600, gt=0)

@@ -66,7 +66,7 @@ def _stage_handler(
         if settings.webhook_url:
             notifier = WebhookNotifier(settings.webhook_url, settings.public_url)
         return GateHandler(store, load_policy(settings), signer, ttl, on_held=notifier)
-    tools = registry or load_tools(settings.tool_modules())
+    tools = registry or _configured_tools(settings)
     publish_catalog(store, tools.catalog().values())
 
     def notify(envelope: Envelope) -> None:
@@ -74,6 +74,22 @@ def _stage_handler(
 
     lease = timedelta(seconds=settings.step_lease_seconds)
     return ExecutorHandler(store, tools, load_trusted_keys(settings), notify, step_lease=lease)
+
+
+def _configured_tools(settings: Settings) -> ToolRegistry:
+    tools = load_tools(settings.tool_modules())
+    if settings.mcp_servers is not None:
+        # Imported here: the mcp SDK is an optional extra, needed only when servers are set.
+        from plangate.tools.mcp import open_mcp_servers
+
+        servers = open_mcp_servers(settings.mcp_servers)
+        try:
+            for each in servers.tools:
+                tools.register(each)
+        except BaseException:
+            servers.close()
+            raise
+    return tools
 
 
 def build_review(settings: Settings, store: Store) -> Review:
