@@ -1,0 +1,264 @@
+"""The event-loop thread the SDK's coroutines run on, and one server's session on it."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+from plangate.errors import ToolError, ToolLoadError
+from plangate.tools.mcp.servers_file import HttpServer, ServerConfig, StdioServer
+
+if TYPE_CHECKING:
+    from mcp import ClientSession
+    from mcp.types import CallToolResult, RequestParamsMeta
+    from mcp.types import Tool as RemoteTool
+
+T = TypeVar("T")
+
+_CLOSE_TIMEOUT = 10.0
+
+
+class Connection:
+    """One server's session, held open by a task on the shared loop; reopened when it breaks."""
+
+    def __init__(self, name: str, config: ServerConfig, source: Path, loop: Loop) -> None:
+        self.name = name
+        self.config = config
+        self.where = f"MCP server {name!r} (from {source})"
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._session: ClientSession | None = None
+        self._stop: asyncio.Event | None = None
+        self._holder: concurrent.futures.Future[None] | None = None
+        self._generation = 0
+
+    def open(self) -> None:
+        """Start or connect to the server and initialize the session, within the timeout."""
+        ready: concurrent.futures.Future[ClientSession] = concurrent.futures.Future()
+        self._stop = asyncio.Event()
+        self._holder = self._loop.submit(self._hold(ready, self._stop))
+        try:
+            self._session = ready.result(timeout=self.config.timeout_seconds)
+        except concurrent.futures.TimeoutError:
+            self._holder.cancel()
+            self.close()
+            raise ToolLoadError(
+                f"{self.where} did not answer within {self.config.timeout_seconds:g} s; "
+                f"check that it starts and speaks MCP, or raise its timeout_seconds"
+            ) from None
+        except Exception as exc:
+            self.close()
+            raise ToolLoadError(f"{self.where} {self._failure(exc)}") from exc
+
+    def _failure(self, exc: BaseException) -> str:
+        reason = "; ".join(f"{type(e).__name__}: {e}" for e in leaves(exc))
+        if isinstance(self.config, StdioServer):
+            return f"could not be started with {self.config.command!r}: {reason}; fix its command"
+        url = _without_secrets(self.config.url)
+        return f"is unreachable at {url}: {reason}; check its url and that it runs"
+
+    async def _hold(
+        self, ready: concurrent.futures.Future[ClientSession], stop: asyncio.Event
+    ) -> None:
+        from mcp import ClientSession
+
+        try:
+            async with AsyncExitStack() as stack:
+                read, write = await stack.enter_async_context(self._transport())
+                session = await stack.enter_async_context(ClientSession(read, write))
+                await session.initialize()
+                ready.set_result(session)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
+        if isinstance(self.config, StdioServer):
+            from mcp import StdioServerParameters, stdio_client
+
+            params = StdioServerParameters(
+                command=self.config.command,
+                args=self.config.args,
+                env=self.config.env,
+                cwd=self.config.cwd,
+            )
+            return stdio_client(params)
+        return _http_transport(self.config)
+
+    def close(self) -> None:
+        """End the session (and a stdio server's process); wait for that, within a bound."""
+        stop, holder = self._stop, self._holder
+        self._session = self._stop = self._holder = None
+        if stop is not None:
+            self._loop.call(stop.set)
+        if holder is not None:
+            try:
+                holder.result(timeout=_CLOSE_TIMEOUT)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                holder.cancel()
+
+    def list_tools(self) -> list[RemoteTool]:
+        """Return every tool the server lists, following pagination."""
+        from mcp.types import PaginatedRequestParams
+
+        session = self._live()
+        tools: list[RemoteTool] = []
+        cursor: str | None = None
+        while True:
+            params = None if cursor is None else PaginatedRequestParams(cursor=cursor)
+            page = self._loop.run(session.list_tools(params=params), self.config.timeout_seconds)
+            tools.extend(page.tools)
+            cursor = page.next_cursor
+            if cursor is None:
+                return tools
+
+    def call(
+        self, tool: str, args: dict[str, Any], meta: dict[str, Any], *, repeatable: bool
+    ) -> CallToolResult:
+        """Call `tool`; on a lost connection, reconnect and call again only if `repeatable`."""
+        from mcp import MCPError
+        from mcp.types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+
+        unknown = "" if repeatable else "; whether it took effect is unknown"
+        session, generation = self._checked(repeatable)
+        try:
+            return self._request(session, tool, args, meta)
+        except MCPError as exc:
+            if exc.code == REQUEST_TIMEOUT:
+                raise ToolError(f"{self._silent(tool)}{unknown}") from exc
+            if exc.code != CONNECTION_CLOSED:
+                raise
+            self._reopen(generation)
+            if not repeatable:
+                raise ToolError(
+                    f"the connection to {self.where} broke during the call to {tool}{unknown}, "
+                    "so it is not sent again: check the server, then retry the goal"
+                ) from exc
+        session, _ = self._checked(repeatable=True)
+        return self._request(session, tool, args, meta)
+
+    def _silent(self, tool: str) -> str:
+        timeout = self.config.timeout_seconds
+        return f"{self.where}: {tool} gave no answer within {timeout:g} s (its timeout_seconds)"
+
+    def _checked(self, repeatable: bool) -> tuple[ClientSession, int]:
+        session, generation = self._live(), self._generation
+        if not repeatable:
+            # A call that must not run twice is only sent over a session known to be alive,
+            # so a lost connection during it really means "outcome unknown".
+            try:
+                self._loop.run(session.send_ping(), self.config.timeout_seconds)
+            except Exception:
+                self._reopen(generation)
+                session, generation = self._live(), self._generation
+        return session, generation
+
+    def _request(
+        self, session: ClientSession, tool: str, args: dict[str, Any], meta: dict[str, Any]
+    ) -> CallToolResult:
+        timeout = self.config.timeout_seconds
+        request_meta = cast("RequestParamsMeta", meta)
+        call = session.call_tool(tool, args, read_timeout_seconds=timeout, meta=request_meta)
+        try:
+            # The SDK's own timeout answers first; this one guards against a stuck transport.
+            return self._loop.run(call, timeout + 5)
+        except concurrent.futures.TimeoutError:
+            raise ToolError(self._silent(tool)) from None
+
+    def _live(self) -> ClientSession:
+        with self._lock:
+            if self._session is None or self._holder is None or self._holder.done():
+                self._reconnect()
+            assert self._session is not None
+            return self._session
+
+    def _reopen(self, generation: int) -> None:
+        with self._lock:
+            # Another thread may have reopened it already, after the same failure.
+            if generation == self._generation:
+                self._reconnect()
+
+    def _reconnect(self) -> None:
+        self.close()
+        try:
+            self.open()
+        except ToolLoadError as exc:
+            raise ToolError(str(exc)) from exc
+        self._generation += 1
+
+
+@asynccontextmanager
+async def _http_transport(config: HttpServer) -> AsyncIterator[tuple[Any, Any]]:
+    import httpx2
+    from mcp.client.streamable_http import streamable_http_client
+
+    # The SDK's own defaults: a server may hold a response stream open for long.
+    timeout = httpx2.Timeout(30.0, read=300.0)
+    async with (
+        httpx2.AsyncClient(headers=config.headers, timeout=timeout) as client,
+        streamable_http_client(config.url, http_client=client) as (read, write),
+    ):
+        yield read, write
+
+
+def _without_secrets(url: str) -> str:
+    # Messages reach step records and spans: keep a URL's userinfo and query (tokens) out.
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """Yield the exceptions inside `exc`, exception groups flattened; `exc` itself if none."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc
+
+
+class Loop:
+    """An event loop on its own thread, for the SDK's coroutines."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="plangate-mcp", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule `coro` on the loop; return its future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        """Run `coro` on the loop and wait for its result; cancel it after `timeout` seconds."""
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def call(self, func: Any) -> None:
+        """Call `func()` on the loop's thread."""
+        self._loop.call_soon_threadsafe(func)
+
+    def stop(self) -> None:
+        """Stop the loop and wait for its thread."""
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(_CLOSE_TIMEOUT)

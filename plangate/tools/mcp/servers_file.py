@@ -1,0 +1,125 @@
+"""The MCP server list file: its models, its reading, `${VAR}` expansion from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plangate.errors import ToolLoadError
+from schemas.tool_spec import Effect
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ToolOverride(BaseModel):
+    """What plangate is to believe of one tool, in place of the server's hints, field by field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    effect: Effect | None = None
+    idempotent: bool | None = None
+    tags: tuple[str, ...] | None = None
+
+
+class _Server(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["stdio", "http", "streamable-http"] | None = None
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    prefix: str | None = None
+    include: list[str] | None = None
+    tools: dict[str, ToolOverride] = Field(default_factory=dict)
+
+
+class StdioServer(_Server):
+    """A server plangate starts as a process and talks to over its stdin and stdout."""
+
+    command: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+
+
+class HttpServer(_Server):
+    """A server plangate reaches over streamable HTTP."""
+
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+ServerConfig = StdioServer | HttpServer
+
+
+def read_server_list(path: Path) -> dict[str, ServerConfig]:
+    """Parse a server list file; every mistake is a ToolLoadError naming the file and server."""
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ToolLoadError(
+            f"cannot read the MCP server list {path}: {exc.strerror}; check PLANGATE_MCP_SERVERS"
+        ) from exc
+    try:
+        data = yaml.safe_load(text) if yaml_file else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        kind = "YAML" if yaml_file else "JSON (name it .yaml for YAML)"
+        raise ToolLoadError(f"MCP server list {path} is not valid {kind}: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("mcpServers"), dict):
+        raise ToolLoadError(
+            f'MCP server list {path} must be an object with "mcpServers": {{name: server, ...}}'
+        )
+    if unknown := sorted(set(data) - {"mcpServers"}):
+        raise ToolLoadError(f'MCP server list {path}: unknown key "{unknown[0]}"')
+    if not data["mcpServers"]:
+        raise ToolLoadError(f'MCP server list {path} lists no servers under "mcpServers"')
+    return {str(name): _server(str(name), raw, path) for name, raw in data["mcpServers"].items()}
+
+
+def _server(name: str, raw: Any, path: Path) -> ServerConfig:
+    where = f"MCP server {name!r} in {path}"
+    if not isinstance(raw, dict):
+        raise ToolLoadError(f"{where} must be an object")
+    kind = raw.get("type") or ("stdio" if "command" in raw else "http" if "url" in raw else None)
+    if kind is None:
+        raise ToolLoadError(f'{where} needs "command" (a stdio server) or "url" (streamable HTTP)')
+    model: type[ServerConfig] = StdioServer if kind == "stdio" else HttpServer
+    try:
+        server = model.model_validate(raw)
+    except ValidationError as exc:
+        raise ToolLoadError(f"{where}: {describe(exc, model)}") from exc
+    # Values from the environment keep secrets (a token) out of the file.
+    if isinstance(server, StdioServer):
+        server.env = {k: _expand(v, f"{where}, env {k}") for k, v in server.env.items()}
+    else:
+        server.headers = {k: _expand(v, f"{where}, header {k}") for k, v in server.headers.items()}
+    return server
+
+
+def describe(exc: ValidationError, model: type[BaseModel]) -> str:
+    """Summarize `exc` for a message, with the known keys of `model` when a key is unknown."""
+    # Only locations and messages: an input may be a secret (a header).
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(model.model_fields)
+            parts.append(f'unknown key "{loc}" (known keys: {allowed})')
+        else:
+            parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _expand(value: str, where: str) -> str:
+    def variable(match: re.Match[str]) -> str:
+        found = os.environ.get(match.group(1))
+        if found is None:
+            raise ToolLoadError(f"{where}: environment variable {match.group(1)} is not set")
+        return found
+
+    return _VARIABLE.sub(variable, value)

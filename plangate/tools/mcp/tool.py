@@ -1,0 +1,155 @@
+"""An MCP server's tool as a plangate tool: its policy from the server's hints, spec and calls."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from jsonschema.exceptions import SchemaError
+from jsonschema.validators import validator_for
+from pydantic import ValidationError
+
+from plangate.errors import ToolError, ToolLoadError
+from plangate.tools.context import ToolContext
+from plangate.tools.decorator import Tool
+from plangate.tools.mcp.connection import Connection, leaves
+from plangate.tools.mcp.servers_file import ToolOverride, describe
+from schemas.tool_spec import Effect, ToolSpec
+
+if TYPE_CHECKING:
+    from mcp.types import Tool as RemoteTool
+    from mcp.types import ToolAnnotations
+
+META_PREFIX = "plangate/"
+"""Prefix of the `_meta` keys a call carries: idempotency_key, goal_id, plan_id, step_id."""
+
+
+def derive_policy(annotations: ToolAnnotations | None) -> tuple[Effect, bool, tuple[str, ...]]:
+    """Return (effect, idempotent, tags) as the MCP spec reads a tool's hints, absent ones too."""
+    read_only = bool(annotations and annotations.read_only_hint)
+    destructive = not read_only
+    idempotent = read_only  # reading again changes nothing more
+    if annotations is not None:
+        # An explicit destructiveHint counts even on a read-only tool: the safer reading.
+        if annotations.destructive_hint is not None:
+            destructive = annotations.destructive_hint
+        if annotations.idempotent_hint is not None:
+            idempotent = annotations.idempotent_hint
+    return ("read" if read_only else "write"), idempotent, ("destructive",) if destructive else ()
+
+
+class McpTool(Tool[..., Any]):
+    """One tool of an MCP server: its arguments checked against its input schema, then sent."""
+
+    def __init__(self, spec: ToolSpec, remote_name: str, connection: Connection) -> None:
+        # Not Tool.__init__: that reads a Python signature, and this tool is a JSON schema.
+        self.spec = spec
+        self.module = connection.where
+        self._remote = remote_name
+        self._connection = connection
+        self._preview = None
+        self._func = self._call_outside_a_plan
+        try:
+            self._validator = validator_for(spec.args_schema)(spec.args_schema)
+            self._validator.check_schema(spec.args_schema)
+        except SchemaError as exc:
+            raise ToolLoadError(
+                f"{connection.where}: tool {remote_name!r} has an invalid input schema: "
+                f"{exc.message}"
+            ) from exc
+
+    def invoke(self, args: Mapping[str, Any], context: ToolContext) -> Any:
+        """Check `args` against the input schema, call the tool on its server, return its output."""
+        problems = sorted(self._validator.iter_errors(dict(args)), key=lambda e: list(e.path))
+        if problems:
+            described = "; ".join(
+                f"{'.'.join(str(p) for p in e.path) or 'arguments'}: {e.message}" for e in problems
+            )
+            raise ToolError(f"tool {self.name}: bad arguments: {described}")
+        meta = {
+            f"{META_PREFIX}idempotency_key": context.idempotency_key,
+            f"{META_PREFIX}goal_id": context.goal_id,
+            f"{META_PREFIX}plan_id": context.plan_id,
+            f"{META_PREFIX}step_id": context.step_id,
+        }
+        return self._send(dict(args), meta)
+
+    def _call_outside_a_plan(self, **args: Any) -> Any:
+        return self._send(args, {})
+
+    def _send(self, args: dict[str, Any], meta: dict[str, Any]) -> Any:
+        repeatable = self.spec.effect == "read" or self.spec.idempotent
+        try:
+            result = self._connection.call(self._remote, args, meta, repeatable=repeatable)
+        except ToolError:
+            raise
+        except Exception as exc:
+            reason = "; ".join(str(e) or type(e).__name__ for e in leaves(exc))
+            raise ToolError(f"tool {self.name} failed: {reason}") from exc
+        texts = [_describe_block(block) for block in result.content]
+        if result.is_error:
+            reason = " ".join(texts) or "the server gave no reason"
+            raise ToolError(f"tool {self.name} failed: {reason}")
+        if result.structured_content is not None:
+            return result.structured_content
+        if not texts:
+            return None
+        return texts[0] if len(texts) == 1 else texts
+
+
+def _describe_block(block: Any) -> str:
+    if block.type == "text":
+        return str(block.text)
+    if block.type in ("image", "audio"):
+        return f"[{block.type} {block.mime_type}, {len(block.data)} base64 characters]"
+    if block.type == "resource_link":
+        return f"[resource link {block.uri}]"
+    resource = block.resource
+    text = getattr(resource, "text", None)
+    return str(text) if text is not None else f"[resource {resource.uri}]"
+
+
+def tools_of(connection: Connection) -> list[McpTool]:
+    """Return the plangate tools of `connection`'s server, chosen and overridden as configured."""
+    config = connection.config
+    remote = {tool.name: tool for tool in connection.list_tools()}
+    for key, names in (("include", config.include or []), ("tools", list(config.tools))):
+        if unknown := sorted(set(names) - set(remote)):
+            raise ToolLoadError(
+                f'{connection.where}: "{key}" names {", ".join(unknown)}, which the server does '
+                f"not list; it lists: {', '.join(sorted(remote)) or 'nothing'}"
+            )
+    prefix = f"{connection.name}." if config.prefix is None else config.prefix
+    chosen = config.include if config.include is not None else sorted(remote)
+    return [
+        McpTool(_spec(remote[name], prefix, config.tools.get(name), connection), name, connection)
+        for name in chosen
+    ]
+
+
+def _spec(
+    remote: RemoteTool, prefix: str, override: ToolOverride | None, connection: Connection
+) -> ToolSpec:
+    effect, idempotent, tags = derive_policy(remote.annotations)
+    if override is not None:
+        effect = override.effect or effect
+        idempotent = idempotent if override.idempotent is None else override.idempotent
+        tags = tags if override.tags is None else override.tags
+    try:
+        return ToolSpec(
+            name=prefix + remote.name,
+            description=remote.description or remote.title or "",
+            args_schema=remote.input_schema,
+            output_schema=remote.output_schema,
+            effect=effect,
+            idempotent=idempotent,
+            tags=tags,
+        )
+    except ValidationError as exc:
+        fix = 'leave the tool out with "include"'
+        if any(err["loc"] == ("name",) for err in exc.errors()):
+            fix = f"a name has at most 64 letters, digits, _ . or -: set a shorter prefix, or {fix}"
+        raise ToolLoadError(
+            f"{connection.where}: tool {remote.name!r} as {prefix + remote.name!r}: "
+            f"{describe(exc, ToolSpec)}; {fix}"
+        ) from exc
