@@ -21,7 +21,16 @@ from plangate.catalog import load_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
-from schemas import Decision, Message, PlanInvalid, PlanProposed, plan_hash, validate_plan
+from plangate.store.outbox import emit
+from schemas import (
+    Decision,
+    Message,
+    PlanInvalid,
+    PlanProposed,
+    PreviewRequested,
+    plan_hash,
+    validate_plan,
+)
 
 
 class GateHandler:
@@ -64,6 +73,10 @@ class GateHandler:
                 row = session.get_one(PlanRow, plan.plan_id)
                 record_decision(session, row, "policy", decision)
                 envelopes = [follow_decision(session, row, decision, self._signer, self._ttl)]
+                if self._policy.wants_preview(decision):
+                    # An executor has the tools: it runs the reads and asks the writes.
+                    ask = PreviewRequested(goal_id=plan.goal_id, plan=plan, plan_hash=digest)
+                    envelopes.append(emit(session, ask))
             if decision.action == "hold" and self._on_held is not None:
                 # After the commit, once per revision: a redelivery repeats, it does not re-notify.
                 notice = HeldNotice(

@@ -38,6 +38,7 @@ class RuleSpec(BaseModel):
     reason: str = Field(min_length=1, max_length=1000)
     requires_role: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     hold_ttl_seconds: int | None = Field(default=None, gt=0)
+    preview: bool = False
 
 
 class PolicyFile(BaseModel):
@@ -71,6 +72,7 @@ class Rule:
     program: Any = field(repr=False, compare=False)
     requires_role: str | None = None  # a person deciding a plan this rule held needs this role
     hold_ttl_seconds: int | None = None  # a plan this rule held expires after this long
+    preview: bool = False  # a plan this rule held gets a dry run (reads run, writes only say)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class Policy:
                     program,
                     requires_role=rule.requires_role,
                     hold_ttl_seconds=rule.hold_ttl_seconds,
+                    preview=rule.preview,
                 )
             )
         version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
@@ -125,6 +128,11 @@ class Policy:
     def rule(self, name: str | None) -> Rule | None:
         """Return the rule called `name`, if this policy has one."""
         return next((rule for rule in self.rules if rule.name == name), None)
+
+    def wants_preview(self, decision: Decision) -> bool:
+        """Return True if `decision` holds the plan by a rule that asks for a dry run."""
+        rule = self.rule(decision.rule)
+        return decision.action == "hold" and rule is not None and rule.preview
 
     def decide(
         self,

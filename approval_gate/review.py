@@ -30,7 +30,7 @@ from plangate.bus import Envelope
 from plangate.catalog import load_catalog
 from plangate.errors import Conflict, Forbidden, NotFound
 from plangate.signing import Signer
-from plangate.store import DecisionRow, GoalRow, PlanRow, Store, audit
+from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.goals import latest_plan, transition
 from plangate.store.outbox import emit
 from schemas import (
@@ -39,6 +39,7 @@ from schemas import (
     PlanInvalid,
     PlanProblem,
     PlanProposed,
+    StepPreview,
     new_id,
     plan_hash,
     validate_plan,
@@ -55,6 +56,15 @@ class HeldPlan:
     previous: PlanRow | None = None  # the revision before, for a diff
     required_role: str | None = None  # the role the holding rule asks of a reviewer
     expires_at: datetime | None = None  # when a held plan expires if nobody decides
+    preview: list[StepPreview] | None = None  # its dry run, once an executor has made it
+    preview_requested: bool = False  # the holding rule asked for a dry run
+
+    @property
+    def preview_state(self) -> str:
+        """`ready` (a dry run is stored), `waiting` (asked, not made yet) or `none`."""
+        if self.preview is not None:
+            return "ready"
+        return "waiting" if self.preview_requested else "none"
 
 
 class Review:
@@ -202,7 +212,12 @@ class Review:
         expiry = None
         if policy is not None and policy.action == "hold" and goal.status == "held":
             expiry = expires_at(policy, self._policy, self._hold_ttl)
-        return HeldPlan(plan, goal, policy, previous, role, expiry)
+        stored = session.get(PlanPreviewRow, plan.plan_id)
+        preview = None
+        if stored is not None and stored.plan_hash == plan.plan_hash:
+            preview = [StepPreview.model_validate(step) for step in stored.steps]
+        requested = rule is not None and rule.preview and policy is not None
+        return HeldPlan(plan, goal, policy, previous, role, expiry, preview, requested)
 
     def _check_role(self, held: HeldPlan, reviewer: str, roles: frozenset[str], what: str) -> None:
         role = held.required_role

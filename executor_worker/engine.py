@@ -9,17 +9,19 @@ from __future__ import annotations
 import contextvars
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import cel
+from opentelemetry.trace import Span
 
 from executor_worker.ledger import StepLedger
 from plangate import faults, telemetry
 from plangate.errors import ToolError
-from plangate.tools import ToolContext, ToolRegistry
+from plangate.tools import Tool, ToolContext, ToolRegistry
 from schemas import Plan, Step
 from schemas.hashing import sha256_hex
 from schemas.references import UnresolvedReference, dependencies, resolve
@@ -42,28 +44,27 @@ def idempotency_key(plan_hash: str, step_id: str) -> str:
     return sha256_hex(f"{plan_hash}/{step_id}".encode())[:40]
 
 
-class PlanRun:
-    """One execution of one approved plan."""
+class DagWalk:
+    """Walks a validated plan's steps in dependency order, independent ones in parallel.
+
+    What calling a step means is the subclass's: an execution claims and runs it, a preview runs
+    only reads. A step whose dependency did not succeed, or whose `when` is false, is settled
+    without a call.
+    """
 
     def __init__(
         self,
         plan: Plan,
-        plan_hash: str,
-        registry: ToolRegistry,
-        ledger: StepLedger,
-        on_finished: Callable[[StepOutcome], None],
+        on_finished: Callable[[StepOutcome], None] = lambda outcome: None,
         max_parallel: int = 8,
     ) -> None:
         self._plan = plan
-        self._plan_hash = plan_hash
-        self._registry = registry
-        self._ledger = ledger
         self._on_finished = on_finished
         self._max_parallel = max_parallel
         self.outcomes: dict[str, StepOutcome] = {}
 
     def run(self) -> dict[str, StepOutcome]:
-        """Run every step to an outcome; return the outcomes by step id."""
+        """Bring every step to an outcome; return the outcomes by step id."""
         waiting = {step.id: step for step in self._plan.steps}
         deps = {step.id: dependencies(step) for step in self._plan.steps}
         running: dict[Future[StepOutcome], str] = {}
@@ -78,7 +79,7 @@ class PlanRun:
                         except UnresolvedReference as exc:
                             settled = StepOutcome(step.id, step.tool, "failed", error=str(exc))
                     if settled is not None:
-                        self._ledger.record(step, settled.status, None, settled.error)
+                        self._settled(step, settled)
                         self._finish(settled)
                         continue
                     context = contextvars.copy_context()
@@ -90,6 +91,22 @@ class PlanRun:
                     running.pop(future)
                     self._finish(future.result())
         return self.outcomes
+
+    def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
+        """Call one step whose dependencies succeeded, with its references resolved."""
+        raise NotImplementedError
+
+    def _settled(self, step: Step, outcome: StepOutcome) -> None:
+        """Take note of a step settled without a call (skipped, or failed before it)."""
+
+    def _context(self, step: Step, key: str, attempt: int = 1) -> ToolContext:
+        return ToolContext(
+            goal_id=self._plan.goal_id,
+            plan_id=self._plan.plan_id,
+            step_id=step.id,
+            idempotency_key=key,
+            attempt=attempt,
+        )
 
     def _outputs(self) -> dict[str, Any]:
         return {step_id: outcome.output for step_id, outcome in self.outcomes.items()}
@@ -120,43 +137,70 @@ class PlanRun:
             return StepOutcome(step.id, step.tool, "skipped", error=f"`when` is false: {step.when}")
         return None
 
+
+class PlanRun(DagWalk):
+    """One execution of one approved plan: each step claimed, run once, and recorded."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        plan_hash: str,
+        registry: ToolRegistry,
+        ledger: StepLedger,
+        on_finished: Callable[[StepOutcome], None],
+        max_parallel: int = 8,
+    ) -> None:
+        super().__init__(plan, on_finished, max_parallel)
+        self._plan_hash = plan_hash
+        self._registry = registry
+        self._ledger = ledger
+
+    def _settled(self, step: Step, outcome: StepOutcome) -> None:
+        self._ledger.record(step, outcome.status, None, outcome.error)
+
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         tool = self._registry.get(step.tool)
-        with telemetry.tracer().start_as_current_span(f"execute_tool {step.tool}") as span:
-            span.set_attribute("gen_ai.operation.name", "execute_tool")
-            span.set_attribute("gen_ai.tool.name", step.tool)
-            span.set_attribute("plangate.step_id", step.id)
+        with tool_span(step) as span:
             claim = self._ledger.claim(step, tool.spec)
             if claim.kind != "run":
                 return StepOutcome(
                     step.id, step.tool, claim.status or "unknown", claim.output, claim.error
                 )
-            started = time.perf_counter()
-            context = ToolContext(
-                goal_id=self._plan.goal_id,
-                plan_id=self._plan.plan_id,
-                step_id=step.id,
-                idempotency_key=idempotency_key(self._plan_hash, step.id),
-                attempt=claim.attempt,
-            )
-            if telemetry.record_content():
-                span.set_attribute("gen_ai.tool.call.arguments", json.dumps(args, default=str))
-            try:
-                output = tool.invoke(args, context)
+            key = idempotency_key(self._plan_hash, step.id)
+            outcome = invoke(tool, step, args, self._context(step, key, claim.attempt), span)
+            if outcome.status == "succeeded":
                 faults.trip("mid_tool")  # the effect happened; its record did not
-            except ToolError as exc:
-                span.set_attribute("error.type", type(exc).__name__)
-                outcome = StepOutcome(
-                    step.id, step.tool, "failed", error=str(exc), duration_ms=_ms_since(started)
-                )
-            else:
-                if telemetry.record_content():
-                    span.set_attribute("gen_ai.tool.call.result", json.dumps(output, default=str))
-                outcome = StepOutcome(
-                    step.id, step.tool, "succeeded", output, duration_ms=_ms_since(started)
-                )
             self._ledger.record(step, outcome.status, outcome.output, outcome.error)
             return outcome
+
+
+@contextmanager
+def tool_span(step: Step) -> Iterator[Span]:
+    """Open the `execute_tool {name}` span of one tool call."""
+    with telemetry.tracer().start_as_current_span(f"execute_tool {step.tool}") as span:
+        span.set_attribute("gen_ai.operation.name", "execute_tool")
+        span.set_attribute("gen_ai.tool.name", step.tool)
+        span.set_attribute("plangate.step_id", step.id)
+        yield span
+
+
+def invoke(
+    tool: Tool[..., Any], step: Step, args: dict[str, Any], context: ToolContext, span: Span
+) -> StepOutcome:
+    """Call `tool` for `step`; a ToolError is the step's failure, not the run's."""
+    started = time.perf_counter()
+    if telemetry.record_content():
+        span.set_attribute("gen_ai.tool.call.arguments", json.dumps(args, default=str))
+    try:
+        output = tool.invoke(args, context)
+    except ToolError as exc:
+        span.set_attribute("error.type", type(exc).__name__)
+        return StepOutcome(
+            step.id, step.tool, "failed", error=str(exc), duration_ms=_ms_since(started)
+        )
+    if telemetry.record_content():
+        span.set_attribute("gen_ai.tool.call.result", json.dumps(output, default=str))
+    return StepOutcome(step.id, step.tool, "succeeded", output, duration_ms=_ms_since(started))
 
 
 def _ms_since(started: float) -> float:

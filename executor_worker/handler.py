@@ -1,5 +1,7 @@
 """The executor stage's handler: plan.approved in; steps run; execution.completed/failed out.
 
+It also answers the gate's plan.preview_requested with a dry run (see `preview`).
+
 Before any tool is called: the plan is validated against this executor's own tools, the
 approval's signature, plan hash and expiry are checked, and the approval is recorded as used
 (a unique key: one approval, one plan). A redelivered message resumes the same run; finished
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from executor_worker.engine import PlanRun, StepOutcome
 from executor_worker.ledger import StepLedger
+from executor_worker.preview import Previewer
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.errors import ApprovalInvalid, Reject
@@ -43,6 +46,7 @@ from schemas import (
     Message,
     PlanApproved,
     PlanInvalid,
+    PreviewRequested,
     StepFinished,
     plan_hash,
     validate_plan,
@@ -75,9 +79,12 @@ class ExecutorHandler:
         self._max_parallel = max_parallel
         self._step_lease = step_lease
         self._link_only = telemetry.link_only() if link_only is None else link_only
+        self._previewer = Previewer(store, registry, max_parallel)
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
-        """Handle one plan.approved message."""
+        """Handle one plan.approved message (or a held plan's preview request)."""
+        if isinstance(message, PreviewRequested):
+            return self._previewer(message)
         if not isinstance(message, PlanApproved):
             raise Reject(f"the executor does not handle {type(message).__name__}")
         with self._store.session() as session:

@@ -157,6 +157,47 @@ class PlanApproved(Message):
     approval: SignedEnvelope
 
 
+class PreviewRequested(Message):
+    """The gate asks an executor what a held plan would do: reads run, writes only say."""
+
+    type: Literal["plan.preview_requested"] = "plan.preview_requested"
+    plan: Plan
+    plan_hash: str
+
+
+PreviewStatus = Literal["ran", "failed", "previewed", "skipped", "pending"]
+
+
+class StepPreview(BaseModel):
+    """One step of a dry run: a read's real output, or what a write would do."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step_id: str
+    tool: str
+    effect: Literal["read", "write"]
+    status: PreviewStatus = Field(
+        description="`ran`: a read ran for real; `previewed`: a write said what it would do; "
+        "`skipped`: its `when` is false or a read it needs failed; `pending`: it needs the "
+        "output of a write, which a preview never runs; `failed`: the read failed."
+    )
+    args: dict[str, Any] = Field(
+        default_factory=dict, description="Arguments with every reference a read could resolve."
+    )
+    output: Any = None
+    preview: str | None = Field(default=None, description="What the write would do.")
+    note: str | None = None
+
+
+class PlanPreviewed(Message):
+    """A held plan's dry run is ready for reviewers (the store keeps it with the plan)."""
+
+    type: Literal["plan.previewed"] = "plan.previewed"
+    plan_id: str
+    plan_hash: str
+    steps: list[StepPreview]
+
+
 class StepFinished(Message):
     """One step's outcome, as the executor recorded it."""
 
@@ -210,6 +251,8 @@ StageMessage = (
     | PlanFailed
     | PlanDecided
     | PlanApproved
+    | PreviewRequested
+    | PlanPreviewed
     | StepFinished
     | ExecutionCompleted
     | ExecutionFailed
@@ -224,6 +267,8 @@ MESSAGE_MODELS: dict[str, type[Message]] = {
     "plan.rejected": PlanDecided,
     "plan.expired": PlanDecided,
     "plan.approved": PlanApproved,
+    "plan.preview_requested": PreviewRequested,
+    "plan.previewed": PlanPreviewed,
     "step.finished": StepFinished,
     "execution.completed": ExecutionCompleted,
     "execution.failed": ExecutionFailed,

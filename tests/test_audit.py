@@ -15,10 +15,10 @@ from sqlalchemy import text
 from plangate.embedded import Pipeline
 from plangate.store import audit
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, audit_entries, only_plan
+from tests.support import HELD, audit_entries, eventually, only_plan
 
-# submitted, proposed, held, approved, running, three steps, completed
-SEED_RUN_ENTRIES = 9
+# submitted, proposed, held, previewed, approved, running, three steps, completed
+SEED_RUN_ENTRIES = 10
 
 
 @pytest.fixture
@@ -26,7 +26,9 @@ def completed_run(pipeline: Pipeline) -> str:
     """The seed goal, approved by alice and completed; returns its goal id."""
     goal_id = pipeline.submit(SEED_GOAL).goal_id
     pipeline.wait_for(goal_id, HELD, timeout=5)
-    pipeline.approve(only_plan(pipeline.store, goal_id).plan_id, "alice")
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+    eventually(lambda: pipeline.review.get(plan_id).preview, what="the hold's dry run")
+    pipeline.approve(plan_id, "alice")
     assert pipeline.wait_for(goal_id, timeout=5).status == "completed"
     return goal_id
 

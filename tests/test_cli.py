@@ -250,7 +250,7 @@ def test_a_missing_policy_file_named_by_the_environment_names_the_variable(cli: 
 def test_json_prints_one_event_per_line_ending_with_the_result(cli: Cli) -> None:
     """When the seed goal runs with --yes --json,
     Then every stdout line is one JSON object with an event name, in order: the goal, the plan,
-    the decisions, the three steps, and last the result with exit code 0.
+    the hold, its dry run, the approval, the three steps, and last the result with exit code 0.
     """
     result = cli("run", SEED_GOAL, "--yes", "--json")
 
@@ -260,6 +260,7 @@ def test_json_prints_one_event_per_line_ending_with_the_result(cli: Cli) -> None
         "goal.submitted",
         "plan.proposed",
         "decision",
+        "plan.previewed",
         "decision",
         "step.finished",
         "step.finished",

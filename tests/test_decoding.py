@@ -24,11 +24,14 @@ from schemas import (
     PlanApproved,
     PlanDecided,
     PlanFailed,
+    PlanPreviewed,
     PlanProposed,
+    PreviewRequested,
     Signature,
     SignedEnvelope,
     Step,
     StepFinished,
+    StepPreview,
     decode_message,
     encode_message,
     plan_hash,
@@ -82,6 +85,17 @@ BUILDERS: dict[str, Callable[[], Message]] = {
     "plan.rejected": lambda: decided("plan.rejected", "reject"),
     "plan.expired": lambda: decided("plan.expired", "expire"),
     "plan.approved": approved,
+    "plan.preview_requested": lambda: PreviewRequested(
+        goal_id=GOAL, plan=PLAN, plan_hash=plan_hash(PLAN)
+    ),
+    "plan.previewed": lambda: PlanPreviewed(
+        goal_id=GOAL,
+        plan_id=PLAN.plan_id,
+        plan_hash=plan_hash(PLAN),
+        steps=[
+            StepPreview(step_id="count", tool="ticket_count", effect="read", status="ran", output=3)
+        ],
+    ),
     "step.finished": lambda: StepFinished(
         goal_id=GOAL,
         plan_id=PLAN.plan_id,

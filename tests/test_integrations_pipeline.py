@@ -50,10 +50,12 @@ def pipeline(settings: Settings, server: HttpRecorder) -> Iterator[Pipeline]:
 
 
 def approve_seed_goal(pipeline: Pipeline) -> Plan:
-    """Submit the seed goal, approve it as alice, and return once its outcome is published."""
+    """Submit the seed goal, approve it as alice once its dry run is shown, and return once
+    its outcome is published."""
     with pipeline.bus.observe() as observer:
         goal_id = pipeline.submit(SEED_GOAL).goal_id
         pipeline.wait_for(goal_id, HELD, timeout=5)
+        next_message(observer, "plan.previewed", goal_id)
         plan = only_plan(pipeline.store, goal_id)
         pipeline.approve(plan.plan_id, "alice")
         next_message(observer, "execution.completed", goal_id)
@@ -81,12 +83,13 @@ def test_seed_example_counts_in_jira_and_pages_pagerduty_once(
 ) -> None:
     """Given Jira reporting 131 open tickets (SLA 100) and a PagerDuty routing key,
     When the seed goal is approved and runs,
-    Then Jira was asked once, and PagerDuty paged once with dedup_key = the notify step's
-    idempotency key (plan hash + step id); nothing is written to the local notifications file.
+    Then Jira was asked twice (the reviewer's dry run, then the run), and PagerDuty paged once
+    with dedup_key = the notify step's idempotency key (plan hash + step id); nothing is written
+    to the local notifications file.
     """
     plan = approve_seed_goal(pipeline)
 
-    assert [r.path for r in server.requests].count(SEARCH) == 1
+    assert [r.path for r in server.requests].count(SEARCH) == 2
     [page] = pages(server)
     assert page["routing_key"] == ROUTING_KEY
     assert page["dedup_key"] == idempotency_key(plan_hash(plan), "notify")
@@ -126,6 +129,7 @@ def test_a_page_re_run_after_a_crash_carries_the_same_dedup_key(
     """
     plan = approve_seed_goal(pipeline)
     rewind_to_mid_call(pipeline.store, plan, "notify")
+    searches = [r.path for r in server.requests].count(SEARCH)
 
     with pipeline.bus.observe() as observer:
         pipeline.bus.publish([Envelope.of(stored_approval(pipeline.store, plan.plan_id))])
@@ -133,7 +137,7 @@ def test_a_page_re_run_after_a_crash_carries_the_same_dedup_key(
 
     expected = idempotency_key(plan_hash(plan), "notify")
     assert [page["dedup_key"] for page in pages(server)] == [expected, expected]
-    assert [r.path for r in server.requests].count(SEARCH) == 1
+    assert [r.path for r in server.requests].count(SEARCH) == searches
     assert completed.steps["notify"] == "succeeded"  # type: ignore[attr-defined]
     with pipeline.store.session() as session:
         assert session.get_one(StepRunRow, (plan.plan_id, "notify")).attempt == 2

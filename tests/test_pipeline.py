@@ -189,6 +189,7 @@ def test_redelivered_goal_submitted_yields_one_plan_revision(pipeline: Pipeline)
     with pipeline.bus.observe() as observer:
         goal_id = pipeline.submit(SEED_GOAL).goal_id
         next_message(observer, "plan.held", goal_id)
+        next_message(observer, "plan.previewed", goal_id)  # the hold's dry run, done once
         envelope = first_envelope(pipeline.store, "goal.submitted", goal_id)
         story = audit_kinds(pipeline.store, goal_id)
 

@@ -339,11 +339,12 @@ def plangate(env: dict[str, str], *args: str) -> Any:
 
 
 def test_review_list_json_shows_the_held_plan(pipeline: Pipeline, tmp_path: Path) -> None:
-    """Given the seed plan held in the store,
+    """Given the seed plan held in the store, with its dry run made,
     When `plangate review list --json` and `review show ID --json` run in another process,
-    Then they show the plan, its steps, the policy's decision and when it expires.
+    Then they show the plan, its steps, the policy's decision, when it expires and the preview.
     """
     goal_id, plan = held_seed(pipeline)
+    eventually(lambda: pipeline.review.get(plan.plan_id).preview, what="the dry run")
     env = cli_env(pipeline, tmp_path)
 
     listed = plangate(env, "review", "list", "--json")
@@ -356,7 +357,36 @@ def test_review_list_json_shows_the_held_plan(pipeline: Pipeline, tmp_path: Path
     assert view["decision"]["rule"] == "hold-writes"
     assert view["expires_at"]
     assert view["previous"] is None
+    assert view["preview_state"] == "ready"
+    assert [(s["step_id"], s["status"]) for s in view["preview"]] == [
+        ("count", "ran"),
+        ("sla", "ran"),
+        ("notify", "previewed"),
+    ]
     assert shown == view
+
+
+def test_review_show_prints_the_preview_beside_the_plan(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Given the seed plan held and previewed,
+    When `plangate review show ID` runs,
+    Then it prints the steps and the preview: the reads' outputs and the page it would send.
+    """
+    _, plan = held_seed(pipeline)
+    eventually(lambda: pipeline.review.get(plan.plan_id).preview, what="the dry run")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "plangate", "review", "show", plan.plan_id],
+        capture_output=True,
+        text=True,
+        env=cli_env(pipeline, tmp_path, COLUMNS="200"),
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "Preview (a dry run: reads ran for real, nothing was written)" in result.stdout
+    assert "page the on-call engineer: 'Ticket count 128 exceeded SLA 100'" in result.stdout
+    assert read_notifications() == []
 
 
 def test_review_edit_opens_the_editor_and_stores_the_next_revision(

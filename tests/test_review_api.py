@@ -25,6 +25,7 @@ from plangate.server import create_app
 from plangate.server.reviewers import Reviewer, Reviewers
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
+from tests.support import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -147,6 +148,33 @@ def test_a_held_plan_is_listed_shown_and_runs_once_approved(
     assert done.status == "completed", fleet.logs()
     assert done.decision is not None
     assert done.decision["decided_by"] == "alice"
+
+
+def test_a_held_plans_view_carries_its_dry_run(base_url: str, client: Client) -> None:
+    """Given the seed goal held by the default policy, whose `hold-writes` rule asks for a preview,
+    When a reviewer opens it once an executor worker has made the dry run,
+    Then the view has each read's real output and what the write would do, and nothing ran.
+    """
+    goal = held_goal(client)
+
+    def ready() -> dict[str, Any] | None:
+        status, plan = call(f"{base_url}/api/v1/reviews/{goal.plan_id}")
+        assert status == 200, plan
+        return plan if plan["preview_state"] == "ready" else None
+
+    plan = eventually(ready, timeout=30, what="the dry run")
+    shown = [(s["step_id"], s["status"], s["output"], s["preview"]) for s in plan["preview"]]
+    assert shown == [
+        ("count", "ran", 128, None),
+        ("sla", "ran", 100, None),
+        (
+            "notify",
+            "previewed",
+            None,
+            "page the on-call engineer: 'Ticket count 128 exceeded SLA 100'",
+        ),
+    ]
+    assert client.status(goal.goal_id).steps == {}
 
 
 def test_a_rejected_plan_never_runs(base_url: str, client: Client) -> None:

@@ -20,6 +20,7 @@ import pytest
 from plangate.client import Client
 from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
+from tests.support import eventually
 from tests.test_review_api import ALICE, call, fleet_settings, held_goal, serving, start_fleet
 
 pytestmark = pytest.mark.redis
@@ -198,3 +199,31 @@ def test_a_stale_form_shows_the_409_message(page: Any, client: Client) -> None:
     page.click("#approve")
 
     assert "not waiting for review" in page.inner_text("#outcome")
+
+
+def test_the_plan_page_shows_the_dry_run_beside_the_steps(
+    page: Any, client: Client, fleet: Fleet
+) -> None:
+    """Given a held seed goal (the default policy previews what it holds),
+    When alice opens its page once the executor has made the dry run,
+    Then the preview table shows the reads' real outputs and the page notify would send,
+    and nothing was paged.
+    """
+    goal = client.submit(SEED_GOAL).wait(timeout=30, until={"held", "completed", "failed"})
+    assert goal.status == "held", goal
+    before = notifications(fleet)
+
+    def shown() -> bool:
+        page.goto(f"/reviews/{goal.plan_id}")
+        return page.locator("#preview").count() == 1
+
+    eventually(shown, timeout=30, what="the dry run on the page")
+    rows = page.locator("#preview tbody tr")
+    assert rows.count() == 3
+    assert "128" in rows.filter(has_text="ticket_count").inner_text()
+    assert "100" in rows.filter(has_text="sla_threshold").inner_text()
+    notify = rows.filter(has_text="notify_oncall")
+    assert "previewed" in notify.inner_text()
+    assert "page the on-call engineer: 'Ticket count 128 exceeded SLA 100'" in notify.inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "plangate-review-preview.png"), full_page=True)
+    assert notifications(fleet) == before

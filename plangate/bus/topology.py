@@ -20,7 +20,7 @@ STAGE_BINDINGS: dict[Stage, tuple[str, ...]] = {
     # failed run; bound always, since a durable queue keeps its bindings across restarts).
     "planner": ("goal.submitted", "plan.rejected", "execution.failed"),
     "gate": ("plan.proposed",),
-    "executor": ("plan.approved",),
+    "executor": ("plan.approved", "plan.preview_requested"),
 }
 
 

@@ -6,6 +6,7 @@ import getpass
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -28,11 +29,15 @@ from schemas import (
     PlanApproved,
     PlanDecided,
     PlanFailed,
+    PlanPreviewed,
     PlanProposed,
     StepFinished,
+    StepPreview,
 )
 
 _REFUSED = {"plan.denied", "plan.rejected", "plan.expired"}
+# How long a hold waits for its dry run before asking without it (reads may be slow).
+PREVIEW_WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -63,6 +68,8 @@ class GoalRun:
         self.goal_id = ""
         self.trace_id: str | None = None
         self.steps: dict[str, str] = {}
+        # A hold whose dry run is on its way: asked about once the preview arrives (or is late).
+        self._awaiting_preview: tuple[PlanDecided, float] | None = None
 
     def run(self, text: str) -> int:
         """Submit `text` and follow it to the end; return the exit code."""
@@ -76,8 +83,9 @@ class GoalRun:
             while time.monotonic() < deadline:
                 message = observer.next(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
                 if message is None or message.goal_id != self.goal_id:
-                    continue
-                code = self._on(message)
+                    code = self._preview_late()
+                else:
+                    code = self._on(message)
                 if code is not None:
                     return code
         return self._finish(EXIT_FAILED, f"timed out after {self.options.timeout:g} s")
@@ -94,6 +102,8 @@ class GoalRun:
             self._show_decision(message.plan.plan_id)
         elif isinstance(message, PlanDecided):
             return self._on_decided(message)
+        elif isinstance(message, PlanPreviewed):
+            return self._on_preview(message)
         elif isinstance(message, StepFinished):
             self.steps[message.step_id] = message.status
             if self.options.as_json:
@@ -114,7 +124,41 @@ class GoalRun:
             return None
         if message.type in _REFUSED:
             return self._finish(EXIT_REFUSED, message.type.removeprefix("plan."))
-        return self._ask(message) if message.type == "plan.held" else None
+        if message.type != "plan.held":
+            return None
+        held = self.pipeline.review.get(message.plan_id)
+        if held.preview is not None:
+            self._show_preview(message.plan_id, held.preview)
+        elif held.preview_state == "waiting":
+            if not self.options.as_json:
+                self.err.print("Making a dry run of the plan for you (reads only)…", style="dim")
+            self._awaiting_preview = (message, time.monotonic() + PREVIEW_WAIT_SECONDS)
+            return None
+        return self._ask(message)
+
+    def _on_preview(self, message: PlanPreviewed) -> int | None:
+        if self._awaiting_preview is None or self._awaiting_preview[0].plan_id != message.plan_id:
+            return None
+        held, _ = self._awaiting_preview
+        self._awaiting_preview = None
+        self._show_preview(message.plan_id, message.steps)
+        return self._ask(held)
+
+    def _preview_late(self) -> int | None:
+        if self._awaiting_preview is None or time.monotonic() < self._awaiting_preview[1]:
+            return None
+        held, _ = self._awaiting_preview
+        self._awaiting_preview = None
+        if not self.options.as_json:
+            self.err.print("The dry run is late; deciding without it.", style="yellow")
+        return self._ask(held)
+
+    def _show_preview(self, plan_id: str, steps: Sequence[StepPreview]) -> None:
+        if self.options.as_json:
+            previews = [step.model_dump(mode="json") for step in steps]
+            self._json("plan.previewed", {"plan_id": plan_id, "steps": previews})
+        else:
+            self.out.print(render.preview_table(steps))
 
     def _ask(self, held: PlanDecided) -> int | None:
         reviewer = self.options.reviewer or f"{_login_name()}@terminal"

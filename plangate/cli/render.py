@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
-from schemas import Catalog, Decision, Plan, StepFinished
+from schemas import Catalog, Decision, Plan, StepFinished, StepPreview
 
 _ACTION_STYLE = {
     "approve": "bold green",
@@ -78,6 +79,25 @@ def step_text(event: StepFinished) -> Text:
     elif event.error:
         text.append(event.error, style=style)
     return text
+
+
+_PREVIEW_STYLE = {"ran": "cyan", "previewed": "yellow", "failed": "red"}
+
+
+def preview_table(steps: Sequence[StepPreview]) -> Table:
+    """Return a plan's dry run: what each read returned, what each write would do."""
+    table = Table(
+        title="Preview (a dry run: reads ran for real, nothing was written)", title_justify="left"
+    )
+    for column in ("step", "tool", "status", "returned, or would do"):
+        table.add_column(column, overflow="fold")
+    for step in steps:
+        said = short(step.output, 200) if step.status == "ran" else step.preview or ""
+        if step.note:
+            said = f"{said} ({step.note})" if said else step.note
+        status = Text(step.status, style=_PREVIEW_STYLE.get(step.status, "dim"))
+        table.add_row(step.step_id, step.tool, status, said)
+    return table
 
 
 def json_line(event: str, data: dict[str, Any]) -> str:

@@ -110,6 +110,10 @@ def held_json(held: HeldPlan) -> dict[str, Any]:
             "plan_hash": held.previous.plan_hash,
         },
         "diff": plan_diff(held.previous, held.plan),
+        "preview_state": held.preview_state,
+        "preview": None
+        if held.preview is None
+        else [step.model_dump(mode="json") for step in held.preview],
     }
 
 
@@ -136,6 +140,9 @@ def _steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
 
 
 def _show(view: dict[str, Any], catalog: Catalog) -> None:
+    from plangate.cli import render
+    from schemas import StepPreview
+
     console.print(Text(f"Goal {view['goal_id']} ({view['status']}): ", style="bold"), end="")
     console.print(Text(view["goal_text"], style="dim"), "  [dim](untrusted text)[/]")
     console.print(_steps_table(view, catalog))
@@ -147,6 +154,11 @@ def _show(view: dict[str, Any], catalog: Catalog) -> None:
         console.print(f"Requires the role: [bold]{view['required_role']}[/]")
     if view["expires_at"]:
         console.print(f"Expires at {view['expires_at']}")
+    if view["preview"] is not None:
+        steps = [StepPreview.model_validate(step) for step in view["preview"]]
+        console.print(render.preview_table(steps))
+    elif view["preview_state"] == "waiting":
+        console.print("Preview: asked of an executor, not ready yet", style="dim")
     console.print(f"Hash {view['plan_hash']}", style="dim")
     if view["diff"]:
         console.print(f"Changes since revision {view['previous']['revision']}:")

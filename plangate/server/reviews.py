@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
@@ -23,7 +23,7 @@ from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.stages import build_review
 from plangate.store import Store, open_store
 from plangate.store.goals import get_goal, latest_plan
-from schemas import Catalog
+from schemas import Catalog, StepPreview
 
 router = APIRouter(prefix="/api/v1/reviews", tags=["reviews"])
 
@@ -96,6 +96,13 @@ class ReviewDetail(ReviewSummary):
     previous_revision: int | None
     diff: list[str] = Field(description="Unified diff of summary and steps to the previous one.")
     required_role: str | None = Field(description="The role the holding rule asks of you.")
+    preview_state: Literal["none", "waiting", "ready"] = Field(
+        description="`ready`: the dry run below is stored; `waiting`: the holding rule asked "
+        "an executor for one; `none`: the rule asks for none (policy `preview: true`)."
+    )
+    preview: list[StepPreview] | None = Field(
+        description="The dry run: each read step's real output, each write step's preview."
+    )
 
 
 class Approve(BaseModel):
@@ -168,6 +175,8 @@ def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
         previous_revision=previous.revision if previous else None,
         diff=plan_diff(previous, held.plan).splitlines(),
         required_role=held.required_role,
+        preview_state=held.preview_state,
+        preview=held.preview,
     )
 
 

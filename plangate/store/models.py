@@ -154,6 +154,18 @@ class StepRunRow(Base):
     finished_at: Mapped[datetime | None]
 
 
+class PlanPreviewRow(Base):
+    """A held revision's dry run: what its reads returned and what its writes would do."""
+
+    __tablename__ = "plan_previews"
+
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.plan_id"), primary_key=True)
+    goal_id: Mapped[str] = mapped_column(String(64), index=True)
+    plan_hash: Mapped[str] = mapped_column(String(80))
+    steps: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ToolCatalogRow(Base):
     """A tool spec an executor offers; the planner plans with these."""
 

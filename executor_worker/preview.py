@@ -1,0 +1,185 @@
+"""Dry runs of held plans, for reviewers: read steps run for real, write steps only say.
+
+The gate asks for one when the rule that held a plan says `preview: true`. What counts as a
+write is this executor's own declaration of the tool, never the message's: a write tool is
+never called here, only its `preview` (what it would do with these arguments). A step that
+needs a write's output stays `pending`, since a preview never has that output.
+
+Nothing of a preview is approval: it is stored beside the plan for people to read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from executor_worker.engine import DagWalk, StepOutcome, idempotency_key, invoke, tool_span
+from plangate import telemetry
+from plangate.bus import Envelope
+from plangate.errors import Reject
+from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store, audit
+from plangate.store.claims import insert_if_absent
+from plangate.store.outbox import emit
+from plangate.tools import ToolRegistry
+from schemas import (
+    Plan,
+    PlanInvalid,
+    PlanPreviewed,
+    PreviewRequested,
+    Step,
+    StepPreview,
+    plan_hash,
+    validate_plan,
+)
+
+ACTOR = "executor"
+log = logging.getLogger(__name__)
+NO_PREVIEW = "this tool declares no preview; it would be called with the arguments shown"
+
+
+class PreviewRun(DagWalk):
+    """One dry run of a plan: reads are called, writes are asked what they would do."""
+
+    def __init__(self, plan: Plan, digest: str, registry: ToolRegistry, max_parallel: int) -> None:
+        super().__init__(plan, max_parallel=max_parallel)
+        self._digest = digest
+        self._registry = registry
+        self._args: dict[str, dict[str, Any]] = {}
+        self._previews: dict[str, str | None] = {}
+
+    def steps(self) -> list[StepPreview]:
+        """Run the walk; return each step's preview, in plan order."""
+        outcomes = self.run()
+        return [self._preview_of(step, outcomes[step.id]) for step in self._plan.steps]
+
+    def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
+        tool = self._registry.get(step.tool)
+        self._args[step.id] = args
+        if tool.spec.effect == "write":
+            try:
+                self._previews[step.id] = tool.preview(args)
+            except Exception as exc:  # a reviewer aid: its failure is shown, never fatal
+                self._previews[step.id] = None
+                note = f"the tool's preview failed: {type(exc).__name__}: {exc}"
+                return StepOutcome(step.id, step.tool, "previewed", error=note)
+            return StepOutcome(step.id, step.tool, "previewed")
+        # Distinct from the execution's key: a read has no effect to deduplicate, and a
+        # preview must never be mistaken downstream for the approved run.
+        key = "preview-" + idempotency_key(self._digest, step.id)
+        with tool_span(step) as span:
+            span.set_attribute("plangate.preview", True)
+            return invoke(tool, step, args, self._context(step, key), span)
+
+    def _settle_without_running(self, step: Step, deps: set[str]) -> StepOutcome | None:
+        settled = super()._settle_without_running(step, deps)
+        waits_on = sorted(d for d in deps if self.outcomes[d].status in ("previewed", "pending"))
+        if settled is not None and settled.status == "skipped" and waits_on:
+            note = f"needs the output of write step {waits_on[0]!r}, which a preview does not run"
+            return StepOutcome(step.id, step.tool, "pending", error=note)
+        return settled
+
+    def _preview_of(self, step: Step, outcome: StepOutcome) -> StepPreview:
+        spec = self._registry.get(step.tool).spec
+        status = {"succeeded": "ran"}.get(outcome.status, outcome.status)
+        preview = self._previews.get(step.id)
+        note = outcome.error
+        if status == "previewed" and preview is None and note is None:
+            note = NO_PREVIEW
+        return StepPreview(
+            step_id=step.id,
+            tool=step.tool,
+            effect=spec.effect,
+            status=status,
+            args=self._args.get(step.id, dict(step.args)),
+            output=outcome.output,
+            preview=preview,
+            note=note,
+        )
+
+
+class Previewer:
+    """Handles plan.preview_requested: dry-runs a held plan and stores what it found."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: ToolRegistry,
+        max_parallel: int = 8,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._max_parallel = max_parallel
+
+    def __call__(self, message: PreviewRequested) -> Sequence[Envelope]:
+        """Dry-run the plan if it is still held; on a redelivery, say the stored result again."""
+        plan = message.plan
+        digest = plan_hash(plan)
+        if digest != message.plan_hash or plan.goal_id != message.goal_id:
+            raise Reject(f"plan {plan.plan_id}: the preview request does not match its plan")
+        with self._store.session() as session:
+            row = session.get(PlanRow, plan.plan_id)
+            if row is None or row.plan_hash != digest:
+                raise Reject(f"plan {plan.plan_id}: a preview was asked of a plan not in the store")
+            stored = session.get(PlanPreviewRow, plan.plan_id)
+            if stored is not None:
+                return [emit(session, _previewed(stored))]
+            if not _held_for_preview(session, plan):
+                log.info("plan %s is no longer held; no preview", plan.plan_id)
+                return []
+        try:
+            validate_plan(plan, self._registry.catalog())
+        except PlanInvalid as invalid:
+            raise Reject(f"plan {plan.plan_id} cannot be previewed here: {invalid}") from invalid
+        with telemetry.tracer().start_as_current_span("preview plan") as span:
+            span.set_attribute("plangate.plan_id", plan.plan_id)
+            steps = PreviewRun(plan, digest, self._registry, self._max_parallel).steps()
+        with self._store.session() as session:
+            if not _held_for_preview(session, plan):
+                # Decided while the reads ran: a preview now would only muddle the record.
+                log.info(
+                    "plan %s was decided during its preview; the preview is dropped", plan.plan_id
+                )
+                return []
+            body = {
+                "plan_id": plan.plan_id,
+                "goal_id": plan.goal_id,
+                "plan_hash": digest,
+                "steps": [step.model_dump(mode="json") for step in steps],
+            }
+            if insert_if_absent(session, PlanPreviewRow, body):
+                audit.append(
+                    session,
+                    "plan.previewed",
+                    actor=ACTOR,
+                    goal_id=plan.goal_id,
+                    data={
+                        "plan_id": plan.plan_id,
+                        "plan_hash": digest,
+                        "steps": {step.step_id: step.status for step in steps},
+                    },
+                )
+            stored = session.get_one(PlanPreviewRow, plan.plan_id)
+            return [emit(session, _previewed(stored))]
+
+
+def _held_for_preview(session: Session, plan: Plan) -> bool:
+    """Return True if the policy held this revision and nobody has decided it since."""
+    goal = session.get(GoalRow, plan.goal_id)
+    decisions = session.execute(
+        select(DecisionRow.stage, DecisionRow.action).where(DecisionRow.plan_id == plan.plan_id)
+    ).all()
+    actions = dict(decisions)
+    return goal is not None and goal.status == "held" and actions == {"policy": "hold"}
+
+
+def _previewed(row: PlanPreviewRow) -> PlanPreviewed:
+    return PlanPreviewed(
+        goal_id=row.goal_id,
+        plan_id=row.plan_id,
+        plan_hash=row.plan_hash,
+        steps=[StepPreview.model_validate(step) for step in row.steps],
+    )
