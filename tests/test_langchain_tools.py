@@ -17,7 +17,7 @@ from plangate.errors import ToolError, ToolLoadError
 from plangate.tools import ToolContext, ToolRegistry
 from plangate.tools.langchain import from_langchain
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, only_plan, running_pipeline, step_runs
+from tests.support import HELD, eventually, only_plan, running_pipeline, step_runs
 
 CONTEXT = ToolContext(goal_id="g1", plan_id="p1", step_id="notify", idempotency_key="hash:notify")
 
@@ -141,3 +141,32 @@ def test_seed_example_with_langchain_tools_is_held_approved_and_pages_once(
             "notify": "succeeded",
         }
     assert pages(records) == ["Ticket count 128 exceeded SLA 100"]
+
+
+def test_a_langchain_write_with_a_declared_preview_shows_it_in_the_held_plans_dry_run(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed tools as LangChain tools, notify registered with a preview,
+    When the seed goal is held (the default policy previews what it holds),
+    Then the dry run shows the reads' outputs and notify's preview, and nothing was paged.
+    """
+    registry = ToolRegistry(
+        [
+            from_langchain(ticket_count, effect="read", idempotent=True),
+            from_langchain(sla_threshold, effect="read", idempotent=True),
+            from_langchain(notify_oncall, preview=lambda args: f"would page: {args['message']}"),
+        ]
+    )
+
+    with running_pipeline(settings, registry=registry) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+        preview = eventually(lambda: pipeline.review.get(plan_id).preview, what="the dry run")
+
+    assert [(s.step_id, s.status, s.output, s.preview) for s in preview] == [
+        ("count", "ran", 128, None),
+        ("sla", "ran", 100, None),
+        ("notify", "previewed", None, "would page: Ticket count 128 exceeded SLA 100"),
+    ]
+    assert pages(tmp_path / "notifications.jsonl") == []

@@ -97,6 +97,7 @@ class Tool(Generic[P, R]):
         module: str,
         idempotent: bool = False,
         tags: Iterable[str] = (),
+        preview: Preview | None = None,
     ) -> Tool[..., Any]:
         """Wrap a foreign callable that takes its validated `args_model` whole (an adapter's)."""
         where = f"tool {name!r} ({module})"
@@ -104,7 +105,7 @@ class Tool(Generic[P, R]):
             raise ToolLoadError(f"{where}: effect must be 'read' or 'write', not {effect!r}")
         self: Tool[..., Any] = cls.__new__(cls)
         self._func = call
-        self._preview = None
+        self._preview = preview
         self.module = module
         self._params = _Params(model=args_model, whole_model="args", fields={}, context=None)
         self._output = TypeAdapter(Any)

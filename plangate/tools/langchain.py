@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from plangate.errors import ToolLoadError
-from plangate.tools.decorator import Tool
+from plangate.tools.decorator import Preview, Tool
 from schemas.tool_spec import Effect
 
 
@@ -18,11 +18,13 @@ def from_langchain(
     effect: Effect = "write",
     idempotent: bool = False,
     tags: Iterable[str] = (),
+    preview: Preview | None = None,
 ) -> Tool[..., Any]:
     """Return a plangate tool that calls `lc_tool.invoke(args)`.
 
     Name, description and argument schema come from the LangChain tool. Its effect cannot be
     read off it, so it is declared here; undeclared, it is a `write`, which the policy holds.
+    `preview` says what a call would do, for a held plan's dry run.
     """
     try:
         from langchain_core.tools import BaseTool
@@ -52,6 +54,7 @@ def from_langchain(
         module=module,
         idempotent=idempotent,
         tags=tags,
+        preview=preview,
     )
 
 
