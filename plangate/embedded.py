@@ -41,6 +41,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._review: Review | None = None
+        self._marker = outbox_rows.SentMarker(self.store)
 
     def start(self, timeout: float = 10.0) -> None:
         """Build the handlers, start the consumer threads and wait until all consume."""
@@ -53,7 +54,7 @@ class Pipeline:
                 handler,
                 concurrency=self.settings.concurrency,
                 max_attempts=self.settings.max_attempts,
-                on_published=lambda envelopes: outbox_rows.mark_sent(self.store, envelopes),
+                on_published=self._marker,
             )
             thread = threading.Thread(
                 target=consumer.run, args=(self._stop,), name=f"plangate-{stage}", daemon=True
@@ -81,6 +82,7 @@ class Pipeline:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+        self._marker.close()
         self.bus.close()
         self.store.close()
 

@@ -40,6 +40,7 @@ class Worker:
         telemetry.setup_tracing(f"plangate-{self.stage}")
         store = open_store(self.settings.resolved_database_url(), upgrade=False)
         bus = Bus(self.settings.broker_url, self.settings.namespace)
+        marker = outbox_rows.SentMarker(store)
         try:
             handler = build_handler(self.stage, self.settings, store, bus)
             consumer = bus.stage_consumer(
@@ -47,7 +48,7 @@ class Worker:
                 handler,
                 concurrency=self.concurrency,
                 max_attempts=self.settings.max_attempts,
-                on_published=lambda envelopes: outbox_rows.mark_sent(store, envelopes),
+                on_published=marker,
             )
             self._handle_signals()
             sweeper = threading.Thread(
@@ -58,6 +59,7 @@ class Worker:
             consumer.run_until_stopped(self.stop)
             sweeper.join(timeout=10)
         finally:
+            marker.close()
             bus.close()
             store.close()
             telemetry.flush()  # the last spans, before the process exits

@@ -6,6 +6,8 @@ publishes them and marks them sent. `pending` finds rows left unsent by a crash,
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 
 from sqlalchemy import update
@@ -16,6 +18,8 @@ from plangate.bus import Envelope
 from plangate.store.engine import Store
 from plangate.store.models import OutboxRow
 from schemas import Message, utcnow
+
+log = logging.getLogger(__name__)
 
 
 def add(session: Session, envelope: Envelope) -> Envelope:
@@ -49,3 +53,52 @@ def mark_sent(store: Store, envelopes: Sequence[Envelope]) -> None:
     if ids:
         with store.session() as session:
             session.execute(update(OutboxRow).where(OutboxRow.id.in_(ids)).values(sent_at=utcnow()))
+
+
+class SentMarker:
+    """Marks published envelopes sent from a thread of its own, many rows per transaction.
+
+    A consumer acks as soon as it has published; marking is bookkeeping for the relay, which
+    resends only rows unsent for `PLANGATE_RELAY_AFTER_SECONDS`, so a mark made a moment later
+    (or lost with the process) costs at most a harmless duplicate, never a message.
+    """
+
+    def __init__(self, store: Store, interval: float = 0.05) -> None:
+        self._store = store
+        self._interval = interval
+        self._pending: list[Envelope] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="plangate-outbox", daemon=True)
+        self._thread.start()
+
+    def __call__(self, envelopes: Sequence[Envelope]) -> None:
+        """Queue these envelopes to be marked sent."""
+        with self._lock:
+            self._pending.extend(e for e in envelopes if e.outbox_id is not None)
+        self._wake.set()
+
+    def close(self) -> None:
+        """Mark what is queued, then stop."""
+        self._closing.set()
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            self._wake.wait()
+            self._closing.wait(self._interval)  # let a batch gather, unless closing
+            self._wake.clear()
+            self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            mark_sent(self._store, batch)
+        except Exception:  # the relay resends them: a duplicate, never a loss
+            log.warning("could not mark %d outbox rows sent", len(batch), exc_info=True)
