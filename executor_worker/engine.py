@@ -170,7 +170,8 @@ class PlanRun(DagWalk):
             outcome = invoke(tool, step, args, self._context(step, key, claim.attempt), span)
             if outcome.status == "succeeded":
                 faults.trip("mid_tool")  # the effect happened; its record did not
-            self._ledger.record(step, outcome.status, outcome.output, outcome.error)
+            read = tool.spec.effect == "read"
+            self._ledger.record(step, outcome.status, outcome.output, outcome.error, read=read)
             return outcome
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from executor_worker.engine import PlanRun, StepOutcome
-from executor_worker.ledger import StepLedger
+from executor_worker.ledger import RecordedStep, StepLedger
 from executor_worker.preview import Previewer
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
@@ -59,6 +60,14 @@ Notify = Callable[[Envelope], None]
 _SETTLED = frozenset({"running", *TERMINAL_STATUSES})
 
 
+@dataclass(frozen=True)
+class _Started:
+    """A run that may go on: where its trace links to, and what its steps already recorded."""
+
+    plan_trace: dict[str, str]
+    known_steps: dict[str, RecordedStep]
+
+
 class ExecutorHandler:
     """Runs approved plans exactly as approved."""
 
@@ -87,45 +96,66 @@ class ExecutorHandler:
             return self._previewer(message)
         if not isinstance(message, PlanApproved):
             raise Reject(f"the executor does not handle {type(message).__name__}")
-        with self._store.session() as session:
-            goal = session.get(GoalRow, message.goal_id)
-            if goal is None or message.plan.goal_id != message.goal_id:
-                raise Reject(f"plan.approved for unknown goal {message.goal_id!r}")
-            # The planner's `plan` span, stored with the plan: the run links to it.
-            planned = session.get(PlanRow, message.plan.plan_id)
-            plan_trace = {
-                str(k): str(v) for k, v in (planned.trace_headers if planned else {}).items()
-            }
+        if message.plan.goal_id != message.goal_id:
+            raise Reject(f"plan.approved for goal {message.goal_id!r} carries another goal's plan")
         try:
-            approval = self._check(message)
+            validate_plan(message.plan, self._registry.catalog())
+            approval = self._trusted.verify_for_plan(message.approval, message.plan)
+            started = self._start(message, approval)
         except (ApprovalInvalid, PlanInvalid) as refusal:
             return self._refuse(message, str(refusal))
+        if isinstance(started, Envelope):  # a redelivery of a run that already ended
+            return [started]
         # Linked to the incoming message always; parented by it unless configured otherwise.
         with telemetry.run_span(
-            "run plan", linked_only=self._link_only, link_to=plan_trace
+            "run plan", linked_only=self._link_only, link_to=started.plan_trace
         ) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
-            return self._run(message, approval)
+            return self._run(message, started.known_steps)
 
-    def _check(self, message: PlanApproved) -> Approval:
-        validate_plan(message.plan, self._registry.catalog())
-        approval = self._trusted.verify_for_plan(message.approval, message.plan)
+    def _start(self, message: PlanApproved, approval: Approval) -> _Started | Envelope:
+        """In one transaction: use the approval (once), and move the goal to `running`.
+
+        Returns what the run needs (the plan's stored trace context, the steps already
+        recorded), or, when the run already ended, its outcome to publish again.
+        """
+        plan = message.plan
         with self._store.session() as session:
+            goal = session.get(GoalRow, message.goal_id)
+            if goal is None:
+                raise Reject(f"plan.approved for unknown goal {message.goal_id!r}")
             first_use = insert_if_absent(
                 session,
                 ApprovalUseRow,
-                {"approval_id": approval.approval_id, "plan_id": message.plan.plan_id},
+                {"approval_id": approval.approval_id, "plan_id": plan.plan_id},
             )
             if not first_use:
                 used = session.get_one(ApprovalUseRow, approval.approval_id)
-                if used.plan_id != message.plan.plan_id:
+                if used.plan_id != plan.plan_id:
                     raise ApprovalInvalid(f"approval {approval.approval_id} was already used")
-        return approval
+            if goal.status in TERMINAL_STATUSES:
+                return emit(session, _outcome_of(session, goal, plan.plan_id))
+            if goal.status != "running":
+                transition(
+                    session,
+                    plan.goal_id,
+                    "running",
+                    actor=ACTOR,
+                    data={"plan_id": plan.plan_id, "approval_id": approval.approval_id},
+                )
+            # The planner's `plan` span, stored with the plan: the run links to it.
+            planned = session.get(PlanRow, plan.plan_id)
+            trace = {str(k): str(v) for k, v in (planned.trace_headers if planned else {}).items()}
+            rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan.plan_id))
+            known = {row.step_id: RecordedStep.of(row) for row in rows.scalars()}
+            return _Started(trace, known)
 
     def _refuse(self, message: PlanApproved, reason: str) -> Sequence[Envelope]:
         with self._store.session() as session:
-            goal = session.get_one(GoalRow, message.goal_id)
+            goal = session.get(GoalRow, message.goal_id)
+            if goal is None:
+                raise Reject(f"plan.approved for unknown goal {message.goal_id!r}: {reason}")
             if goal.status in _SETTLED or (
                 goal.status == "approved" and not _issued_by_gate(session, message)
             ):
@@ -149,25 +179,13 @@ class ExecutorHandler:
                 )
             ]
 
-    def _run(self, message: PlanApproved, approval: Approval) -> Sequence[Envelope]:
+    def _run(self, message: PlanApproved, known: dict[str, RecordedStep]) -> Sequence[Envelope]:
         plan = message.plan
-        with self._store.session() as session:
-            goal = session.get_one(GoalRow, plan.goal_id)
-            if goal.status in TERMINAL_STATUSES:  # a redelivery: republish the outcome
-                return [emit(session, _outcome_of(session, goal, plan.plan_id))]
-            if goal.status != "running":
-                transition(
-                    session,
-                    plan.goal_id,
-                    "running",
-                    actor=ACTOR,
-                    data={"plan_id": plan.plan_id, "approval_id": approval.approval_id},
-                )
         run = PlanRun(
             plan,
             plan_hash(plan),
             self._registry,
-            StepLedger(self._store, plan, self._step_lease),
+            StepLedger(self._store, plan, self._step_lease, known),
             lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),
             self._max_parallel,
         )
