@@ -17,12 +17,13 @@ from approval_gate.notify import HeldNotice
 from approval_gate.policy import Policy
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
-from plangate.catalog import load_catalog
+from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
 from plangate.store.outbox import emit
 from schemas import (
+    Catalog,
     Decision,
     Message,
     PlanInvalid,
@@ -67,7 +68,8 @@ class GateHandler:
                 return repeated
             goal = session.get(GoalRow, plan.goal_id)
             goal_text, goal_meta = (goal.text, dict(goal.meta)) if goal else ("", {})
-        decision = self._decide(message, goal_text, goal_meta)
+            catalog = read_catalog(session)
+        decision = self._decide(message, catalog, goal_text, goal_meta)
         try:
             with self._store.session() as session:
                 row = session.get_one(PlanRow, plan.plan_id)
@@ -112,9 +114,10 @@ class GateHandler:
         decided = decision_of(earlier)
         return [follow_decision(session, row, decided, self._signer, self._ttl, move_goal=False)]
 
-    def _decide(self, message: PlanProposed, goal_text: str, goal_meta: dict[str, str]) -> Decision:
+    def _decide(
+        self, message: PlanProposed, catalog: Catalog, goal_text: str, goal_meta: dict[str, str]
+    ) -> Decision:
         with telemetry.tracer().start_as_current_span("decide") as span:
-            catalog = load_catalog(self._store)
             try:
                 validate_plan(message.plan, catalog)
             except PlanInvalid as invalid:

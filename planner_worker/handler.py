@@ -16,8 +16,9 @@ from sqlalchemy.orm import Session
 
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
+from plangate.catalog import read_catalog
 from plangate.errors import PlanningFailed, Reject, Unavailable
-from plangate.store import GoalRow, PlanRow, Store, ToolCatalogRow
+from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import ensure_goal, get_goal, latest_plan, plan_of, transition
 from plangate.store.outbox import emit
 from planner_worker.planner import Draft, Feedback, Planner, RevisingPlanner
@@ -32,7 +33,6 @@ from schemas import (
     PlanFailed,
     PlanInvalid,
     PlanProposed,
-    ToolSpec,
     new_id,
     plan_hash,
     validate_plan,
@@ -174,13 +174,8 @@ class PlannerHandler:
 
 
 def _catalog_in(session: Session) -> Catalog:
-    """Return the tool catalog, read in the caller's transaction.
-
-    Not `plangate.catalog.load_catalog`, which opens a transaction of its own: on SQLite each
-    takes the write lock, and one fewer per goal shows with 32 goals in flight.
-    """
-    rows = session.execute(select(ToolCatalogRow)).scalars()
-    catalog = {row.name: ToolSpec.model_validate(row.spec) for row in rows}
+    """Return the tool catalog, read in the caller's transaction; Unavailable while empty."""
+    catalog = read_catalog(session)
     if not catalog:
         # Executors may still be starting: wait for them rather than fail the goal.
         raise Unavailable("no executor has published its tools yet; start an executor")

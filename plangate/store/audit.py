@@ -42,11 +42,13 @@ def append(
     data: dict[str, Any] | None = None,
 ) -> AuditRow:
     """Append an entry in the caller's transaction (so it commits with the effect it records)."""
-    # The head row exists before it is locked, so two first appends cannot both create it.
-    insert_if_absent(session, AuditHeadRow, {"id": 1, "seq": 0, "hash": GENESIS})
-    head = session.execute(
-        select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
-    ).scalar_one()
+    locked = select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
+    head = session.execute(locked).scalar_one_or_none()
+    if head is None:
+        # Only the very first append creates the head, and two first appends cannot both
+        # create it: whichever inserts second inserts nothing, then waits on the lock.
+        insert_if_absent(session, AuditHeadRow, {"id": 1, "seq": 0, "hash": GENESIS})
+        head = session.execute(locked).scalar_one()
     payload = dict(data or {})
     seq = head.seq + 1
     at = utcnow().isoformat()
