@@ -52,6 +52,10 @@ class DagWalk:
     without a call.
     """
 
+    # A dependency in one of these states leaves a step `pending` (it may run later), not skipped.
+    waits_on: frozenset[str] = frozenset()
+    wait_note = "waits on step {step!r}"
+
     def __init__(
         self,
         plan: Plan,
@@ -118,6 +122,10 @@ class DagWalk:
     def _settle_without_running(self, step: Step, deps: set[str]) -> StepOutcome | None:
         """Return the outcome of a step that must not run (dependency or condition), else None."""
         blocked = sorted(d for d in deps if self.outcomes[d].status != "succeeded")
+        waiting = [d for d in blocked if self.outcomes[d].status in {*self.waits_on, "pending"}]
+        if waiting:
+            note = self.wait_note.format(step=waiting[0])
+            return StepOutcome(step.id, step.tool, "pending", error=note)
         if blocked:
             first = self.outcomes[blocked[0]]
             reason = f"not run: step {first.step_id!r} {first.status}"
@@ -141,6 +149,9 @@ class DagWalk:
 class PlanRun(DagWalk):
     """One execution of one approved plan: each step claimed, run once, and recorded."""
 
+    waits_on = frozenset({"unknown"})
+    wait_note = "waits until a person settles step {step!r}"
+
     def __init__(
         self,
         plan: Plan,
@@ -156,7 +167,9 @@ class PlanRun(DagWalk):
         self._ledger = ledger
 
     def _settled(self, step: Step, outcome: StepOutcome) -> None:
-        self._ledger.record(step, outcome.status, None, outcome.error)
+        if outcome.status != "pending":  # pending is not an outcome: it runs once settled
+            self._ledger.record(step, outcome.status, None, outcome.error)
+
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         tool = self._registry.get(step.tool)

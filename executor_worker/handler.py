@@ -25,7 +25,7 @@ from executor_worker.preview import Previewer
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.errors import ApprovalInvalid, Reject
-from plangate.signing import TrustedKeys
+from plangate.signing import TrustedKeys, ensure_unexpired
 from plangate.store import (
     TERMINAL_STATUSES,
     ApprovalRow,
@@ -44,6 +44,7 @@ from schemas import (
     Approval,
     ExecutionCompleted,
     ExecutionFailed,
+    ExecutionPaused,
     Message,
     PlanApproved,
     PlanInvalid,
@@ -100,7 +101,10 @@ class ExecutorHandler:
             raise Reject(f"plan.approved for goal {message.goal_id!r} carries another goal's plan")
         try:
             validate_plan(message.plan, self._registry.catalog())
-            approval = self._trusted.verify_for_plan(message.approval, message.plan)
+            # Expiry bounds when a run may start, so it is checked on the approval's first use.
+            approval = self._trusted.verify_for_plan(
+                message.approval, message.plan, allow_expired=True
+            )
             started = self._start(message, approval)
         except (ApprovalInvalid, PlanInvalid) as refusal:
             return self._refuse(message, str(refusal))
@@ -130,7 +134,9 @@ class ExecutorHandler:
                 ApprovalUseRow,
                 {"approval_id": approval.approval_id, "plan_id": plan.plan_id},
             )
-            if not first_use:
+            if first_use:
+                ensure_unexpired(approval)  # raising rolls the use back
+            else:
                 used = session.get_one(ApprovalUseRow, approval.approval_id)
                 if used.plan_id != plan.plan_id:
                     raise ApprovalInvalid(f"approval {approval.approval_id} was already used")
@@ -204,7 +210,9 @@ class ExecutorHandler:
                     goal_id=plan.goal_id, plan_id=plan.plan_id, steps=statuses
                 )
                 return [emit(session, done)]
-            first = troubled[0]
+            if not any(o.status == "failed" for o in troubled):
+                return [emit(session, _pause(session, plan.goal_id, plan.plan_id, troubled))]
+            first = next(o for o in troubled if o.status == "failed")
             reason = f"step {first.step_id!r} {first.status}: {first.error}"
             transition(
                 session,
@@ -238,6 +246,22 @@ class ExecutorHandler:
                 self._notify(Envelope.of(event, headers))
             except Exception:  # progress for observers only; the store has the record
                 log.warning("could not announce step %s", outcome.step_id, exc_info=True)
+
+
+def _pause(
+    session: Session, goal_id: str, plan_id: str, unknown: Sequence[StepOutcome]
+) -> ExecutionPaused:
+    """Stop the run for a person: each unknown step must be settled before it goes on."""
+    names = ", ".join(repr(o.step_id) for o in unknown)
+    reason = (
+        f"step {names} may or may not have happened (its executor died mid-call and its tool is "
+        f"not idempotent); check, then `plangate review settle {plan_id} STEP --happened` or "
+        "`--not-happened` (it then runs again)"
+    )
+    rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
+    statuses: dict[str, Any] = {row.step_id: row.status for row in rows}
+    transition(session, goal_id, "needs_attention", actor=ACTOR, reason=reason)
+    return ExecutionPaused(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=statuses)
 
 
 def _outcome_of(session: Session, goal: GoalRow, plan_id: str) -> Message:

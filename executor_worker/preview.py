@@ -44,6 +44,9 @@ NO_PREVIEW = "this tool declares no preview; it would be called with the argumen
 class PreviewRun(DagWalk):
     """One dry run of a plan: reads are called, writes are asked what they would do."""
 
+    waits_on = frozenset({"previewed"})
+    wait_note = "needs the output of write step {step!r}, which a preview does not run"
+
     def __init__(self, plan: Plan, digest: str, registry: ToolRegistry, max_parallel: int) -> None:
         super().__init__(plan, max_parallel=max_parallel)
         self._digest = digest
@@ -73,14 +76,6 @@ class PreviewRun(DagWalk):
         with tool_span(step) as span:
             span.set_attribute("plangate.preview", True)
             return invoke(tool, step, args, self._context(step, key), span)
-
-    def _settle_without_running(self, step: Step, deps: set[str]) -> StepOutcome | None:
-        settled = super()._settle_without_running(step, deps)
-        waits_on = sorted(d for d in deps if self.outcomes[d].status in ("previewed", "pending"))
-        if settled is not None and settled.status == "skipped" and waits_on:
-            note = f"needs the output of write step {waits_on[0]!r}, which a preview does not run"
-            return StepOutcome(step.id, step.tool, "pending", error=note)
-        return settled
 
     def _preview_of(self, step: Step, outcome: StepOutcome) -> StepPreview:
         spec = self._registry.get(step.tool).spec

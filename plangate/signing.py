@@ -101,8 +101,14 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def verify(self, envelope: SignedEnvelope, now: datetime | None = None) -> Approval:
-        """Return the approval if a trusted key signed it and it has not expired; else refuse."""
+    def verify(
+        self, envelope: SignedEnvelope, now: datetime | None = None, *, allow_expired: bool = False
+    ) -> Approval:
+        """Return the approval if a trusted key signed it and it has not expired; else refuse.
+
+        `allow_expired` leaves the expiry to the caller, who knows whether the approval is
+        starting a run (it must not have expired) or resuming one it already started.
+        """
         if envelope.payload_type != PAYLOAD_TYPE:
             kind = _short(envelope.payload_type)
             raise ApprovalInvalid(f"the payload type is {kind}, not {PAYLOAD_TYPE}")
@@ -112,18 +118,22 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
         if approval.key_id != signature.keyid:
             problem = f"the approval names key {_short(approval.key_id)}, not its signer's"
             raise ApprovalInvalid(f"{problem} ({signature.keyid})")
-        now = now or utcnow()
         if approval.expires_at.tzinfo is None:
             raise ApprovalInvalid("the approval's expiry has no time zone")
-        if approval.expires_at <= now:
-            raise ApprovalInvalid(f"the approval expired at {approval.expires_at.isoformat()}")
+        if not allow_expired:
+            ensure_unexpired(approval, now)
         return approval
 
     def verify_for_plan(
-        self, envelope: SignedEnvelope, plan: Plan, now: datetime | None = None
+        self,
+        envelope: SignedEnvelope,
+        plan: Plan,
+        now: datetime | None = None,
+        *,
+        allow_expired: bool = False,
     ) -> Approval:
         """Verify the envelope, then check that it approves exactly this plan (by hash)."""
-        approval = self.verify(envelope, now)
+        approval = self.verify(envelope, now, allow_expired=allow_expired)
         ours = (plan.plan_id, plan.goal_id, plan.revision, plan_hash(plan))
         approved = (approval.plan_id, approval.goal_id, approval.revision, approval.plan_hash)
         names = ("plan_id", "goal_id", "revision", "plan_hash")
@@ -149,6 +159,12 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
                 return signature
         problem = f"the signature by key {trusted[0].keyid} does not match the payload"
         raise ApprovalInvalid(f"{problem}: it was altered or forged")
+
+
+def ensure_unexpired(approval: Approval, now: datetime | None = None) -> None:
+    """Refuse an approval past its expiry."""
+    if approval.expires_at <= (now or utcnow()):
+        raise ApprovalInvalid(f"the approval expired at {approval.expires_at.isoformat()}")
 
 
 def trusted_keys_dir(settings: Settings) -> Path:

@@ -14,7 +14,8 @@ SCHEMA_VERSION: Literal[1] = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
 Action = Literal["approve", "deny", "hold"]
-StepStatus = Literal["succeeded", "failed", "skipped", "unknown"]
+# `pending`: not run yet, waiting on a step that may or may not have happened (`unknown`).
+StepStatus = Literal["succeeded", "failed", "skipped", "unknown", "pending"]
 
 
 def new_id() -> str:
@@ -228,6 +229,19 @@ class ExecutionFailed(Message):
     steps: dict[str, StepStatus] = Field(default_factory=dict)
 
 
+class ExecutionPaused(Message):
+    """A run stopped for a person: a write step may or may not have happened (`unknown`).
+
+    The goal waits in `needs_attention` until someone settles each such step (it happened,
+    or it did not and may run again); then the run resumes where it stopped.
+    """
+
+    type: Literal["execution.paused"] = "execution.paused"
+    plan_id: str
+    reason: str
+    steps: dict[str, StepStatus] = Field(default_factory=dict)
+
+
 class DeadLetter(BaseModel):
     """A message that can never be handled, kept with the reason for an operator to inspect."""
 
@@ -256,6 +270,7 @@ StageMessage = (
     | StepFinished
     | ExecutionCompleted
     | ExecutionFailed
+    | ExecutionPaused
 )
 
 MESSAGE_MODELS: dict[str, type[Message]] = {
@@ -272,5 +287,6 @@ MESSAGE_MODELS: dict[str, type[Message]] = {
     "step.finished": StepFinished,
     "execution.completed": ExecutionCompleted,
     "execution.failed": ExecutionFailed,
+    "execution.paused": ExecutionPaused,
 }
 """Message type (= routing key) to the model that decodes it."""

@@ -17,9 +17,9 @@ from plangate.bus import Envelope, Observer
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.signing import Signer
-from plangate.store import ApprovalRow, AuditRow, OutboxRow, PlanRow, StepRunRow, Store
+from plangate.store import ApprovalRow, AuditRow, GoalRow, OutboxRow, PlanRow, StepRunRow, Store
 from plangate.store.goals import plan_of
-from schemas import DeadLetter, Decision, Message, Plan, PlanApproved
+from schemas import DeadLetter, Decision, Message, Plan, PlanApproved, utcnow
 
 T = TypeVar("T")
 
@@ -159,3 +159,13 @@ def dead_letters(pipeline: Pipeline, count: int = 1, timeout: float = 5.0) -> li
 
     eventually(arrived, timeout, f"{count} dead letter(s)")
     return letters
+
+
+def rewind_to_mid_call(store: Store, plan: Plan, step_id: str) -> None:
+    """Leave the store as an executor killed during `step_id`'s tool call leaves it: the goal
+    running, the step claimed, its lease run out, no result recorded."""
+    with store.session() as session:
+        session.get_one(GoalRow, plan.goal_id).status = "running"
+        row = session.get_one(StepRunRow, (plan.plan_id, step_id))
+        row.status, row.output, row.error, row.finished_at = "running", None, None, None
+        row.lease_until = utcnow() - timedelta(seconds=1)

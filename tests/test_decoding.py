@@ -17,6 +17,7 @@ from schemas import (
     Decision,
     ExecutionCompleted,
     ExecutionFailed,
+    ExecutionPaused,
     GoalSubmitted,
     Message,
     MessageRejected,
@@ -107,6 +108,12 @@ BUILDERS: dict[str, Callable[[], Message]] = {
     ),
     "execution.completed": lambda: ExecutionCompleted(
         goal_id=GOAL, plan_id=PLAN.plan_id, steps={"count": "succeeded", "notify": "skipped"}
+    ),
+    "execution.paused": lambda: ExecutionPaused(
+        goal_id=GOAL,
+        plan_id=PLAN.plan_id,
+        reason="step 'notify' may or may not have happened",
+        steps={"count": "succeeded", "notify": "unknown"},
     ),
     "execution.failed": lambda: ExecutionFailed(
         goal_id=GOAL, plan_id=PLAN.plan_id, reason="notify failed", steps={"notify": "failed"}

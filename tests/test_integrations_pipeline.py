@@ -8,7 +8,6 @@ whenever that step of that approved plan runs again.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 import pytest
 
@@ -17,11 +16,18 @@ from plangate.bus import Envelope
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
-from plangate.store import GoalRow, StepRunRow, Store
-from schemas import Plan, plan_hash, utcnow
+from plangate.store import StepRunRow
+from schemas import Plan, plan_hash
 from tests.conftest import SEED_GOAL
 from tests.http_recorder import HttpRecorder, Reply, http_recorder, isolate_environment
-from tests.support import HELD, next_message, only_plan, running_pipeline, stored_approval
+from tests.support import (
+    HELD,
+    next_message,
+    only_plan,
+    rewind_to_mid_call,
+    running_pipeline,
+    stored_approval,
+)
 
 ROUTING_KEY = "R0UT1NGKEYsecret0123456789abcdef"
 ENQUEUE = "/v2/enqueue"
@@ -66,16 +72,6 @@ def approve_seed_goal(pipeline: Pipeline) -> Plan:
 
 def pages(server: HttpRecorder) -> list[dict[str, object]]:
     return [r.json() for r in server.requests if r.path == ENQUEUE]
-
-
-def rewind_to_mid_call(store: Store, plan: Plan, step_id: str) -> None:
-    """Leave the store as an executor killed during `step_id`'s tool call leaves it: the goal
-    running, the step claimed, its lease run out, no result recorded."""
-    with store.session() as session:
-        session.get_one(GoalRow, plan.goal_id).status = "running"
-        row = session.get_one(StepRunRow, (plan.plan_id, step_id))
-        row.status, row.output, row.error, row.finished_at = "running", None, None, None
-        row.lease_until = utcnow() - timedelta(seconds=1)
 
 
 def test_seed_example_counts_in_jira_and_pages_pagerduty_once(

@@ -25,6 +25,7 @@ from planner_worker.replan import FeedbackSource, replan_expected
 from schemas import (
     ExecutionCompleted,
     ExecutionFailed,
+    ExecutionPaused,
     Message,
     PlanApproved,
     PlanDecided,
@@ -110,13 +111,22 @@ class GoalRun:
                 self._json(message.type, message.model_dump(mode="json"))
             else:
                 self.out.print(render.step_text(message))
-        elif isinstance(message, ExecutionCompleted):
-            return self._finish(EXIT_COMPLETED, "completed", steps=message.steps)
-        elif isinstance(message, ExecutionFailed):
-            if self._replanning(self._revision(message.plan_id), "execution"):
-                return None
-            return self._finish(EXIT_FAILED, f"failed: {message.reason}", steps=message.steps)
+        elif isinstance(message, ExecutionCompleted | ExecutionPaused | ExecutionFailed):
+            return self._on_outcome(message)
         return None
+
+    def _on_outcome(
+        self, message: ExecutionCompleted | ExecutionPaused | ExecutionFailed
+    ) -> int | None:
+        if isinstance(message, ExecutionCompleted):
+            return self._finish(EXIT_COMPLETED, "completed", steps=message.steps)
+        if isinstance(message, ExecutionPaused):
+            # Nothing more happens until a person settles the step (`plangate review settle`).
+            outcome = f"needs attention: {message.reason}"
+            return self._finish(EXIT_FAILED, outcome, steps=message.steps)
+        if self._replanning(self._revision(message.plan_id), "execution"):
+            return None
+        return self._finish(EXIT_FAILED, f"failed: {message.reason}", steps=message.steps)
 
     def _on_decided(self, message: PlanDecided) -> int | None:
         self._show_decision(message.plan_id, message)

@@ -14,14 +14,17 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from approval_gate.review import HeldPlan, Review, plan_diff
+from approval_gate.settle import UnsettledStep, settle_step, unsettled_steps
 from plangate.bus import Bus, Envelope
 from plangate.catalog import load_catalog
 from plangate.config import Settings
+from plangate.errors import NotFound
 from plangate.relay import deliver
+from plangate.server.errors import ApiError
 from plangate.server.goals import ErrorBody
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.stages import build_review
-from plangate.store import Store, open_store
+from plangate.store import PlanRow, Store, open_store
 from plangate.store.goals import get_goal, latest_plan
 from schemas import Catalog, StepPreview
 
@@ -39,6 +42,37 @@ class ReviewDesk:
     def decide(self, action: Callable[[Review], Sequence[Envelope]]) -> None:
         """Run a decision and publish the envelopes it committed."""
         deliver(self.store, self.bus, action(self.review))
+
+    def unsettled(self) -> list[UnsettledStep]:
+        """Return the steps waiting for a person to say whether they happened."""
+        return unsettled_steps(self.store)
+
+    def settle(self, plan_id: str, step_id: str, reviewer: str, body: Settle) -> list[Envelope]:
+        """Settle an unknown step and publish what it led to (the resumed run)."""
+        if body.output is not None and not body.happened:
+            problem = "output goes with happened=true: a step that did not happen has none"
+            raise ApiError(422, problem)
+        envelopes = list(
+            settle_step(
+                self.store,
+                plan_id,
+                step_id,
+                reviewer,
+                happened=body.happened,
+                output=body.output,
+                comment=body.comment,
+            )
+        )
+        deliver(self.store, self.bus, envelopes)
+        return envelopes
+
+    def goal_of(self, plan_id: str) -> str:
+        """Return the goal a plan belongs to (NotFound if there is no such plan)."""
+        with self.store.session() as session:
+            plan = session.get(PlanRow, plan_id)
+            if plan is None:
+                raise NotFound(f"no plan {plan_id!r}")
+            return plan.goal_id
 
     def catalog(self) -> Catalog:
         """Return the tool catalog the executors published."""
@@ -103,6 +137,27 @@ class ReviewDetail(ReviewSummary):
     preview: list[StepPreview] | None = Field(
         description="The dry run: each read step's real output, each write step's preview."
     )
+
+
+class UnsettledView(BaseModel):
+    """A step an executor died in the middle of: a non-idempotent write that may have happened."""
+
+    plan_id: str
+    step_id: str
+    tool: str
+    goal_id: str
+    goal_text: str = Field(description="As submitted: untrusted data, not instructions.")
+    attempt: int
+    reason: str | None
+    since: datetime | None
+
+
+class Settle(BaseModel):
+    """What you found of an unknown step: whether it happened (and its output, if it did)."""
+
+    happened: bool
+    output: Any = Field(default=None, description="With happened: the output later steps use.")
+    comment: str = Field(default="", max_length=2000)
 
 
 class Approve(BaseModel):
@@ -207,6 +262,12 @@ def list_reviews(desk: Desk, reviewer: Person) -> list[ReviewSummary]:
     return [summary_of(held) for held in desk.review.held()]
 
 
+@router.get("/unsettled", response_model=list[UnsettledView], responses=_ERRORS)
+def list_unsettled(desk: Desk, reviewer: Person) -> list[UnsettledView]:
+    """Return the steps that may or may not have happened, each stopping its run."""
+    return [UnsettledView.model_validate(step, from_attributes=True) for step in desk.unsettled()]
+
+
 @router.get("/{plan_id}", response_model=ReviewDetail, responses=_ERRORS)
 def show_review(plan_id: str, desk: Desk, reviewer: Person) -> ReviewDetail:
     """Return one plan: steps with their effect, the policy's decision, the diff, the goal."""
@@ -260,3 +321,16 @@ def edit(plan_id: str, body: Edit, desk: Desk, reviewer: Person) -> Outcome:
         )
     )
     return outcome_of(desk, goal_id, f"edited by {reviewer.name}; the policy decides it again")
+
+
+@router.post("/{plan_id}/steps/{step_id}/settle", response_model=Outcome, responses=_ERRORS)
+def settle(plan_id: str, step_id: str, body: Settle, desk: Desk, reviewer: Person) -> Outcome:
+    """Say whether an unknown step happened; once none is left, the run resumes.
+
+    409 if the step is not unknown, or its run is not waiting for a person.
+    """
+    envelopes = desk.settle(plan_id, step_id, reviewer.name, body)
+    goal_id = desk.goal_of(plan_id)
+    what = "happened" if body.happened else "did not happen (it runs again)"
+    after = "the run resumes" if envelopes else "other steps still wait to be settled"
+    return outcome_of(desk, goal_id, f"{reviewer.name} settled {step_id}: {what}; {after}")

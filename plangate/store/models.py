@@ -27,6 +27,7 @@ GoalStatus = Literal[
     "held",
     "approved",
     "running",
+    "needs_attention",  # a step may or may not have happened: a person settles it
     "completed",
     "failed",
     "plan_failed",

@@ -1,0 +1,138 @@
+"""Settling steps that may or may not have happened: a person says which, and the run resumes.
+
+An executor that dies in the middle of a non-idempotent write leaves that step `unknown`: the
+effect may have happened. The next executor never runs it again on its own; the goal waits in
+`needs_attention`. A person checks the outside world and settles the step:
+
+- it happened: the step is recorded as succeeded (with the output they give, if later steps
+  use it), and nothing is run again;
+- it did not happen: its record is cleared, so the resumed run calls it once more. This is the
+  one way a non-idempotent write runs a second attempt, and it is a person's decision, audited.
+
+Once no step of the plan is unknown, the plan's own approval is sent again and the run resumes
+where it stopped: finished steps are not repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+
+from plangate.bus import Envelope
+from plangate.errors import Conflict, NotFound
+from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, audit
+from plangate.store.goals import plan_of, transition
+from plangate.store.outbox import emit
+from schemas import PlanApproved, SignedEnvelope, utcnow
+
+
+@dataclass(frozen=True)
+class UnsettledStep:
+    """A step that may or may not have happened, waiting for a person."""
+
+    plan_id: str
+    step_id: str
+    tool: str
+    goal_id: str
+    goal_text: str
+    attempt: int
+    reason: str | None
+    since: datetime | None
+
+
+def unsettled_steps(store: Store) -> list[UnsettledStep]:
+    """Return every unknown step of a goal waiting for a person, oldest first."""
+    with store.session() as session:
+        rows = session.execute(
+            select(StepRunRow, GoalRow)
+            .join(GoalRow, GoalRow.id == StepRunRow.goal_id)
+            .where(StepRunRow.status == "unknown", GoalRow.status == "needs_attention")
+            .order_by(StepRunRow.finished_at)
+        ).all()
+        return [
+            UnsettledStep(
+                step.plan_id,
+                step.step_id,
+                step.tool,
+                goal.id,
+                goal.text,
+                step.attempt,
+                step.error,
+                step.finished_at,
+            )
+            for step, goal in rows
+        ]
+
+
+def settle_step(
+    store: Store,
+    plan_id: str,
+    step_id: str,
+    reviewer: str,
+    *,
+    happened: bool,
+    output: Any = None,
+    comment: str = "",
+) -> Sequence[Envelope]:
+    """Record what a person found of an unknown step; return plan.approved once none is left."""
+    with store.session() as session:
+        row = session.execute(
+            select(StepRunRow)
+            .where(StepRunRow.plan_id == plan_id, StepRunRow.step_id == step_id)
+            .with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            raise NotFound(
+                f"plan {plan_id} has no step {step_id!r} on record; "
+                "`plangate review unsettled` lists the steps waiting for a person"
+            )
+        if row.status != "unknown":
+            raise Conflict(f"step {step_id!r} is {row.status}, not unknown: nothing to settle")
+        goal = session.get_one(GoalRow, row.goal_id)
+        if goal.status != "needs_attention":
+            raise Conflict(
+                f"goal {goal.id} is {goal.status}; a step is settled only while its run "
+                "waits for a person"
+            )
+        data = {
+            "plan_id": plan_id,
+            "step_id": step_id,
+            "tool": row.tool,
+            "happened": happened,
+            "attempt": row.attempt,
+            "comment": comment,
+        }
+        if happened:
+            row.status, row.output, row.error = "succeeded", output, None
+            row.finished_at, row.lease_until = utcnow(), None
+        else:
+            session.delete(row)  # no claim left: the resumed run claims and calls it afresh
+        audit.append(session, "step.settled", actor=reviewer, goal_id=goal.id, data=data)
+        session.flush()
+        left = session.scalar(
+            select(func.count())
+            .select_from(StepRunRow)
+            .where(StepRunRow.plan_id == plan_id, StepRunRow.status == "unknown")
+        )
+        if left:
+            return []
+        transition(
+            session,
+            goal.id,
+            "approved",
+            actor=reviewer,
+            reason="every step that may or may not have happened is settled; the run resumes",
+            data={"plan_id": plan_id},
+        )
+        # The plan's own approval, already used by this run: it resumes the run, nothing more.
+        approval = session.execute(
+            select(ApprovalRow).where(ApprovalRow.plan_id == plan_id)
+        ).scalar_one()
+        plan = plan_of(session.get_one(PlanRow, plan_id))
+        envelope = SignedEnvelope.model_validate(approval.envelope)
+        resumed = PlanApproved(goal_id=goal.id, plan=plan, approval=envelope)
+        return [emit(session, resumed, trace_headers=goal.trace_headers)]

@@ -1,0 +1,310 @@
+"""A write that may or may not have happened stops its run for a person, who settles it.
+
+The state an executor killed mid-call leaves behind (the step claimed, its lease run out, no
+result) is made here by rewinding the store after a real run, then redelivering the plan's own
+approval, as the reconciler would; `tests/test_distributed.py` does it with a real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from approval_gate.settle import settle_step, unsettled_steps
+from plangate.bus import Envelope
+from plangate.client import Client
+from plangate.config import Settings
+from plangate.embedded import Pipeline
+from plangate.errors import Conflict, NotFound
+from plangate.server import create_app
+from plangate.server.reviewers import Reviewer, Reviewers
+from plangate.store import StepRunRow
+from plangate.tools import ToolRegistry, tool
+from schemas import ExecutionPaused, Plan
+from tests.fleet import serving_app
+from tests.support import (
+    audit_entries,
+    next_message,
+    only_plan,
+    rewind_to_mid_call,
+    running_pipeline,
+    step_runs,
+    stored_approval,
+    write_yaml,
+)
+
+REPO = str(Path(__file__).resolve().parents[1])
+CHARGES: list[int] = []
+RECEIPTS: list[str] = []
+TOKEN = "settle-token-0123456789abcdef"
+
+
+class Charge(BaseModel):
+    """A card charge."""
+
+    charge_id: str
+    amount: int
+
+
+@tool(effect="write")  # not idempotent: a second call charges the card twice
+def charge_card(amount: int) -> Charge:
+    """Charge the customer's card."""
+    CHARGES.append(amount)
+    return Charge(charge_id=f"ch_{len(CHARGES)}", amount=amount)
+
+
+@tool(effect="write", idempotent=True)
+def send_receipt(charge_id: str) -> str:
+    """Email the receipt of a charge."""
+    RECEIPTS.append(charge_id)
+    return f"receipt for {charge_id}"
+
+
+PLAYBOOK = {
+    "playbooks": [
+        {
+            "name": "charge",
+            "pattern": "^charge and receipt$",
+            "summary": "Charge the card, then send the receipt",
+            "steps": [
+                {"id": "charge", "tool": "charge_card", "args": {"amount": 5}},
+                {
+                    "id": "receipt",
+                    "tool": "send_receipt",
+                    "args": {"charge_id": "${charge.charge_id}"},
+                },
+            ],
+        }
+    ]
+}
+APPROVE_ALL = {
+    "rules": [{"name": "approve-all", "match": "true", "action": "approve", "reason": "a test"}]
+}
+
+
+@pytest.fixture
+def billing(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    CHARGES.clear()
+    RECEIPTS.clear()
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([charge_card, send_receipt]),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", PLAYBOOK),
+        policy_file=write_yaml(tmp_path / "policy.yaml", APPROVE_ALL),
+    ) as pipeline:
+        yield pipeline
+
+
+def cut_off_mid_charge(pipeline: Pipeline) -> tuple[Plan, ExecutionPaused]:
+    """Run the plan, rewind it to `charge` cut off mid-call, and redeliver its approval.
+
+    Returns the plan and the pause the executor announced.
+    """
+    goal_id = pipeline.submit("charge and receipt").goal_id
+    pipeline.wait_for(goal_id, timeout=5)
+    plan = only_plan(pipeline.store, goal_id)
+    rewind_to_mid_call(pipeline.store, plan, "charge")
+    with pipeline.store.session() as session:  # the receipt had not been sent either
+        session.delete(session.get_one(StepRunRow, (plan.plan_id, "receipt")))
+    CHARGES.clear()
+    RECEIPTS.clear()
+    with pipeline.bus.observe() as observer:
+        pipeline.bus.publish([Envelope.of(stored_approval(pipeline.store, plan.plan_id))])
+        paused = next_message(observer, "execution.paused", goal_id)
+    assert isinstance(paused, ExecutionPaused)
+    return plan, paused
+
+
+def test_a_write_cut_off_mid_call_stops_the_run_for_a_person(billing: Pipeline) -> None:
+    """Given `charge` (not idempotent) cut off mid-call, and `receipt` needing its output,
+    When the approval is delivered again,
+    Then the card is not charged again: `charge` is unknown, `receipt` waits (pending, not
+    skipped), and the goal needs attention with a reason that says how to settle it.
+    """
+    plan, paused = cut_off_mid_charge(billing)
+
+    assert CHARGES == []
+    assert RECEIPTS == []
+    assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}
+    goal = billing.wait_for(plan.goal_id, {"needs_attention"}, timeout=5)
+    assert goal.status == "needs_attention"
+    assert paused.steps == {"charge": "unknown"}
+    assert "may or may not have happened" in paused.reason
+    assert f"plangate review settle {plan.plan_id} STEP --happened" in paused.reason
+    [waiting] = unsettled_steps(billing.store)
+    assert (waiting.plan_id, waiting.step_id, waiting.tool) == (
+        plan.plan_id,
+        "charge",
+        "charge_card",
+    )
+
+
+def test_settled_as_happened_the_run_resumes_without_charging_again(billing: Pipeline) -> None:
+    """Given the run stopped on the unknown charge,
+    When a person settles it as happened, giving its output,
+    Then the run resumes: the receipt is sent for that charge, the card is not charged again,
+    and the audit log names who settled it and what they found.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+
+    with billing.bus.observe() as observer:
+        resumed = settle_step(
+            billing.store,
+            plan.plan_id,
+            "charge",
+            "alice",
+            happened=True,
+            output={"charge_id": "ch_1", "amount": 5},
+            comment="the processor shows ch_1",
+        )
+        billing.bus.publish(resumed)
+        next_message(observer, "execution.completed", plan.goal_id)
+
+    assert CHARGES == []
+    assert RECEIPTS == ["ch_1"]
+    assert step_runs(billing.store, plan.plan_id) == {"charge": "succeeded", "receipt": "succeeded"}
+    [settled] = [e for e in audit_entries(billing.store, plan.goal_id) if e.kind == "step.settled"]
+    assert settled.actor == "alice"
+    assert settled.data["happened"] is True
+    assert settled.data["comment"] == "the processor shows ch_1"
+    assert unsettled_steps(billing.store) == []
+
+
+def test_settled_as_not_happened_the_step_runs_once_more(billing: Pipeline) -> None:
+    plan, _ = cut_off_mid_charge(billing)
+
+    with billing.bus.observe() as observer:
+        billing.bus.publish(
+            settle_step(billing.store, plan.plan_id, "charge", "alice", happened=False)
+        )
+        next_message(observer, "execution.completed", plan.goal_id)
+
+    assert CHARGES == [5]
+    assert RECEIPTS == ["ch_1"]
+
+
+def test_only_an_unknown_step_of_a_waiting_run_can_be_settled(billing: Pipeline) -> None:
+    """Given a run stopped on its unknown charge,
+    When someone settles a step that is not unknown, a step with no record, or a plan that
+    does not exist, or settles the charge twice,
+    Then each is refused saying why, and nothing is published.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+
+    with pytest.raises(NotFound, match="no step 'receipt' on record"):
+        settle_step(billing.store, plan.plan_id, "receipt", "alice", happened=True)
+    with pytest.raises(NotFound):
+        settle_step(billing.store, "no-such-plan", "charge", "alice", happened=True)
+    assert settle_step(billing.store, plan.plan_id, "charge", "alice", happened=True)
+    with pytest.raises(Conflict, match="is succeeded, not unknown"):
+        settle_step(billing.store, plan.plan_id, "charge", "bob", happened=False)
+
+
+def run_cli(pipeline: Pipeline, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+    env |= {
+        "PLANGATE_DATA_DIR": str(pipeline.settings.data_dir),
+        "PLANGATE_BROKER_URL": "memory://",
+        "XDG_DATA_HOME": str(tmp_path / "xdg"),
+        "PYTHONPATH": REPO,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_cli_lists_unsettled_steps_and_settles_one(billing: Pipeline, tmp_path: Path) -> None:
+    """Given a run stopped on its unknown charge,
+    When `plangate review unsettled --json` and `review settle PLAN charge --happened` run,
+    Then the list names the step, and settling it records the step as succeeded.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+
+    listed = run_cli(billing, tmp_path, "review", "unsettled", "--json")
+    settled = run_cli(
+        billing,
+        tmp_path,
+        *("review", "settle", plan.plan_id, "charge", "--happened", "--reviewer", "carol"),
+        *("--output", '{"charge_id": "ch_9", "amount": 5}', "--json"),
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    [view] = json.loads(listed.stdout)
+    assert (view["plan_id"], view["step_id"], view["tool"]) == (
+        plan.plan_id,
+        "charge",
+        "charge_card",
+    )
+    assert settled.returncode == 0, settled.stderr
+    assert json.loads(settled.stdout) == {
+        "plan_id": plan.plan_id,
+        "step_id": "charge",
+        "happened": True,
+        "resumed": True,
+    }
+    assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"
+
+
+def test_the_cli_asks_what_was_found(billing: Pipeline, tmp_path: Path) -> None:
+    plan, _ = cut_off_mid_charge(billing)
+
+    result = run_cli(billing, tmp_path, "review", "settle", plan.plan_id, "charge")
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: say what you found: --happened or --not-happened"
+    assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}
+
+
+def call(url: str, payload: object = None) -> tuple[int, Any]:
+    body = None if payload is None else json.dumps(payload).encode()
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    request = urllib.request.Request(url, data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline) -> None:
+    """Given a run stopped on its unknown charge and the API served beside the pipeline,
+    When a reviewer lists the unsettled steps and settles the charge as not happened,
+    Then the list has it, the run resumes and charges once more, and a second settle is 409.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+    reviewers = Reviewers([Reviewer("alice", frozenset(), TOKEN)])
+    # The in-memory broker is shared within this process: the app publishes to the pipeline.
+    settings = billing.settings.model_copy(update={"broker_url": "memory://"})
+    with (
+        Client(settings) as client,
+        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
+    ):
+        status, listed = call(f"{url}/api/v1/reviews/unsettled")
+        assert status == 200, listed
+        assert [(s["plan_id"], s["step_id"]) for s in listed] == [(plan.plan_id, "charge")]
+
+        settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
+        status, outcome = call(settle_url, {"happened": False, "comment": "declined at the bank"})
+        assert status == 200, outcome
+        assert "the run resumes" in outcome["message"]
+        assert billing.wait_for(plan.goal_id, timeout=5).status == "completed"
+        assert CHARGES == [5]
+
+        status, again = call(settle_url, {"happened": True})
+        assert status == 409, again
