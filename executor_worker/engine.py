@@ -170,7 +170,6 @@ class PlanRun(DagWalk):
         if outcome.status != "pending":  # pending is not an outcome: it runs once settled
             self._ledger.record(step, outcome.status, None, outcome.error)
 
-
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         tool = self._registry.get(step.tool)
         with tool_span(step) as span:
@@ -183,8 +182,7 @@ class PlanRun(DagWalk):
             outcome = invoke(tool, step, args, self._context(step, key, claim.attempt), span)
             if outcome.status == "succeeded":
                 faults.trip("mid_tool")  # the effect happened; its record did not
-            read = tool.spec.effect == "read"
-            self._ledger.record(step, outcome.status, outcome.output, outcome.error, read=read)
+            self._ledger.record(step, outcome.status, outcome.output, outcome.error)
             return outcome
 
 

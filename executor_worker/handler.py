@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from executor_worker.engine import PlanRun, StepOutcome
-from executor_worker.ledger import RecordedStep, StepLedger
+from executor_worker.ledger import StepLedger
 from executor_worker.preview import Previewer
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
@@ -37,7 +37,7 @@ from plangate.store import (
     audit,
 )
 from plangate.store.claims import insert_if_absent
-from plangate.store.goals import transition
+from plangate.store.goals import latest_plan, transition
 from plangate.store.outbox import emit
 from plangate.tools import ToolRegistry
 from schemas import (
@@ -63,10 +63,9 @@ _SETTLED = frozenset({"running", *TERMINAL_STATUSES})
 
 @dataclass(frozen=True)
 class _Started:
-    """A run that may go on: where its trace links to, and what its steps already recorded."""
+    """A run that may go on, and where its trace links to."""
 
     plan_trace: dict[str, str]
-    known_steps: dict[str, RecordedStep]
 
 
 class ExecutorHandler:
@@ -108,6 +107,8 @@ class ExecutorHandler:
             started = self._start(message, approval)
         except (ApprovalInvalid, PlanInvalid) as refusal:
             return self._refuse(message, str(refusal))
+        if started is None:
+            return []
         if isinstance(started, Envelope):  # a redelivery of a run that already ended
             return [started]
         # Linked to the incoming message always; parented by it unless configured otherwise.
@@ -116,13 +117,13 @@ class ExecutorHandler:
         ) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
-            return self._run(message, started.known_steps)
+            return self._run(message)
 
-    def _start(self, message: PlanApproved, approval: Approval) -> _Started | Envelope:
+    def _start(self, message: PlanApproved, approval: Approval) -> _Started | Envelope | None:
         """In one transaction: use the approval (once), and move the goal to `running`.
 
-        Returns what the run needs (the plan's stored trace context, the steps already
-        recorded), or, when the run already ended, its outcome to publish again.
+        Returns what the run needs (the plan's stored trace context); when the run already
+        ended, its outcome to publish again; None for a revision the goal has moved past.
         """
         plan = message.plan
         with self._store.session() as session:
@@ -140,6 +141,12 @@ class ExecutorHandler:
                 used = session.get_one(ApprovalUseRow, approval.approval_id)
                 if used.plan_id != plan.plan_id:
                     raise ApprovalInvalid(f"approval {approval.approval_id} was already used")
+            newest = latest_plan(session, goal.id)
+            if newest is not None and newest.plan_id != plan.plan_id:
+                # A late copy for a revision since replaced: running it would trample the new one.
+                data = {"plan_id": plan.plan_id, "newest_plan_id": newest.plan_id}
+                audit.append(session, "approval.stale", actor=ACTOR, goal_id=goal.id, data=data)
+                return None
             if goal.status in TERMINAL_STATUSES:
                 return emit(session, _outcome_of(session, goal, plan.plan_id))
             if goal.status != "running":
@@ -153,9 +160,7 @@ class ExecutorHandler:
             # The planner's `plan` span, stored with the plan: the run links to it.
             planned = session.get(PlanRow, plan.plan_id)
             trace = {str(k): str(v) for k, v in (planned.trace_headers if planned else {}).items()}
-            rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan.plan_id))
-            known = {row.step_id: RecordedStep.of(row) for row in rows.scalars()}
-            return _Started(trace, known)
+            return _Started(trace)
 
     def _refuse(self, message: PlanApproved, reason: str) -> Sequence[Envelope]:
         with self._store.session() as session:
@@ -185,13 +190,13 @@ class ExecutorHandler:
                 )
             ]
 
-    def _run(self, message: PlanApproved, known: dict[str, RecordedStep]) -> Sequence[Envelope]:
+    def _run(self, message: PlanApproved) -> Sequence[Envelope]:
         plan = message.plan
         run = PlanRun(
             plan,
             plan_hash(plan),
             self._registry,
-            StepLedger(self._store, plan, self._step_lease, known),
+            StepLedger(self._store, plan, self._step_lease),
             lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),
             self._max_parallel,
         )

@@ -4,10 +4,8 @@ A claim is an `INSERT ... ON CONFLICT DO NOTHING` with a lease. A step found fin
 run again; one found running past its lease is re-run only if its tool is idempotent, and is
 otherwise marked `unknown` for a person to settle: never run twice silently.
 
-A read step takes no claim: it has no effect to protect, so a read cut off mid-call simply runs
-again. Its result is still recorded before any step that uses it runs, and a read recorded by an
-earlier attempt (`known`, loaded when the run starts) is reused, never re-run, so what a write
-receives does not change between attempts.
+Reads are claimed too: two runs of one plan (a redelivery while it runs) then share one read's
+result, so they cannot decide a `when` or a write's arguments differently.
 """
 
 from __future__ import annotations
@@ -27,21 +25,6 @@ ClaimKind = Literal["run", "done", "unknown"]
 
 
 @dataclass(frozen=True)
-class RecordedStep:
-    """A step's record as the run found it when it started."""
-
-    status: str
-    attempt: int
-    output: Any = None
-    error: str | None = None
-
-    @classmethod
-    def of(cls, row: StepRunRow) -> RecordedStep:
-        """Return the record of a stored step row."""
-        return cls(row.status, row.attempt, row.output, row.error)
-
-
-@dataclass(frozen=True)
 class Claim:
     """What to do with a step: run it (attempt n), or reuse what is already recorded."""
 
@@ -55,26 +38,13 @@ class Claim:
 class StepLedger:
     """The step records of one plan."""
 
-    def __init__(
-        self,
-        store: Store,
-        plan: Plan,
-        lease: timedelta = timedelta(minutes=5),
-        known: dict[str, RecordedStep] | None = None,
-    ) -> None:
+    def __init__(self, store: Store, plan: Plan, lease: timedelta = timedelta(minutes=5)) -> None:
         self._store = store
         self._plan = plan
         self._lease = lease
-        self._known = known
 
     def claim(self, step: Step, spec: ToolSpec) -> Claim:
         """Claim a step for this executor, or say why it must not run now."""
-        if spec.effect == "read" and self._known is not None:
-            earlier = self._known.get(step.id)
-            if earlier is None or earlier.status == "running":
-                return Claim("run", earlier.attempt + 1 if earlier else 1)
-            kind: ClaimKind = "unknown" if earlier.status == "unknown" else "done"
-            return Claim(kind, earlier.attempt, earlier.status, earlier.output, earlier.error)
         now = utcnow()
         with self._store.session() as session:
             won = insert_if_absent(
@@ -95,7 +65,7 @@ class StepLedger:
                 return Claim("run")
             row = session.get_one(StepRunRow, (self._plan.plan_id, step.id))
             if row.status != "running":
-                kind = "unknown" if row.status == "unknown" else "done"
+                kind: ClaimKind = "unknown" if row.status == "unknown" else "done"
                 return Claim(kind, row.attempt, row.status, row.output, row.error)
             lease_until = row.lease_until
             if lease_until is not None and lease_until > now:
@@ -117,19 +87,11 @@ class StepLedger:
                 raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
             return Claim("run", row.attempt + 1)
 
-    def record(
-        self, step: Step, status: str, output: Any, error: str | None, *, read: bool = False
-    ) -> None:
-        """Store a step's final status and output, and audit it, in one transaction.
-
-        A read's first record stands: another executor that ran the same read meanwhile must
-        not replace the output a write may already have used.
-        """
+    def record(self, step: Step, status: str, output: Any, error: str | None) -> None:
+        """Store a step's final status and output, and audit it, in one transaction."""
         now = utcnow()
         with self._store.session() as session:
             row = session.get(StepRunRow, (self._plan.plan_id, step.id))
-            if read and row is not None and row.status != "running":
-                return
             if row is None:
                 row = StepRunRow(
                     plan_id=self._plan.plan_id,

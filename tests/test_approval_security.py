@@ -251,3 +251,28 @@ def test_executor_that_does_not_trust_the_gates_key_fails_the_goal_naming_it(
         assert f"signed by unknown key {gate_key}" in reason
         assert "add its public key to the trusted keys folder" in reason
         assert step_runs(pipe.store, only_plan(pipe.store, goal_id).plan_id) == {}
+
+
+def test_a_late_approval_of_a_replaced_revision_runs_nothing(
+    pipeline: Pipeline, held_plan: Plan, gate_signer: Signer
+) -> None:
+    """Given the seed plan held, then edited by a reviewer into revision 2 (held again),
+    When a gate-signed approval of revision 1 arrives late (a resend, a duplicate),
+    Then nothing of revision 1 runs, the goal stays held for revision 2, and the audit log
+    records the stale approval.
+    """
+    steps = [step.model_dump(mode="json", exclude_defaults=True) for step in held_plan.steps]
+    steps[2]["args"] = {"message": "Paging the secondary"}
+    with pipeline.bus.observe() as observer:
+        pipeline.edit(held_plan.plan_id, "bob", steps)
+        next_message(observer, "plan.held", held_plan.goal_id)
+
+        deliver(pipeline, sign_approval(gate_signer, held_plan))
+
+        eventually(
+            lambda: "approval.stale"
+            in [e.kind for e in audit_entries(pipeline.store, held_plan.goal_id)],
+            what="the stale approval recorded",
+        )
+    assert_nothing_ran(pipeline, held_plan)
+    assert pipeline.wait_for(held_plan.goal_id, HELD, timeout=1).status == "held"
