@@ -20,7 +20,7 @@ from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer
-from plangate.store import DecisionRow, GoalRow, PlanRow, Store
+from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store
 from plangate.store.outbox import emit
 from schemas import (
     Catalog,
@@ -76,7 +76,11 @@ class GateHandler:
                 record_decision(session, row, "policy", decision)
                 envelopes = [follow_decision(session, row, decision, self._signer, self._ttl)]
                 if self._policy.wants_preview(decision):
-                    # An executor has the tools: it runs the reads and asks the writes.
+                    # An executor has the tools: it runs the reads and asks the writes. The
+                    # row is the request it checks; the message only wakes it.
+                    session.add(
+                        PlanPreviewRow(plan_id=plan.plan_id, goal_id=plan.goal_id, plan_hash=digest)
+                    )
                     ask = PreviewRequested(goal_id=plan.goal_id, plan=plan, plan_hash=digest)
                     envelopes.append(emit(session, ask))
             if decision.action == "hold" and self._on_held is not None:

@@ -57,7 +57,7 @@ class HeldPlan:
     required_role: str | None = None  # the role the holding rule asks of a reviewer
     expires_at: datetime | None = None  # when a held plan expires if nobody decides
     preview: list[StepPreview] | None = None  # its dry run, once an executor has made it
-    preview_requested: bool = False  # the holding rule asked for a dry run
+    preview_requested: bool = False  # the rule that held it asked an executor for a dry run
 
     @property
     def preview_state(self) -> str:
@@ -214,10 +214,9 @@ class Review:
             expiry = expires_at(policy, self._policy, self._hold_ttl)
         stored = session.get(PlanPreviewRow, plan.plan_id)
         preview = None
-        if stored is not None and stored.plan_hash == plan.plan_hash:
+        if stored is not None and stored.steps is not None:
             preview = [StepPreview.model_validate(step) for step in stored.steps]
-        requested = rule is not None and rule.preview and policy is not None
-        return HeldPlan(plan, goal, policy, previous, role, expiry, preview, requested)
+        return HeldPlan(plan, goal, policy, previous, role, expiry, preview, stored is not None)
 
     def _check_role(self, held: HeldPlan, reviewer: str, roles: frozenset[str], what: str) -> None:
         role = held.required_role

@@ -20,7 +20,7 @@ from opentelemetry.trace import Span
 
 from executor_worker.ledger import StepLedger
 from plangate import faults, telemetry
-from plangate.errors import ToolError
+from plangate.errors import OutcomeUnknown, ToolError
 from plangate.tools import Tool, ToolContext, ToolRegistry
 from schemas import Plan, Step
 from schemas.hashing import sha256_hex
@@ -207,8 +207,9 @@ def invoke(
         output = tool.invoke(args, context)
     except ToolError as exc:
         span.set_attribute("error.type", type(exc).__name__)
+        status = "unknown" if isinstance(exc, OutcomeUnknown) else "failed"
         return StepOutcome(
-            step.id, step.tool, "failed", error=str(exc), duration_ms=_ms_since(started)
+            step.id, step.tool, status, error=str(exc), duration_ms=_ms_since(started)
         )
     if telemetry.record_content():
         span.set_attribute("gen_ai.tool.call.result", json.dumps(output, default=str))

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from executor_worker.engine import DagWalk, StepOutcome, idempotency_key, invoke, tool_span
@@ -22,7 +22,6 @@ from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.errors import Reject
 from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store, audit
-from plangate.store.claims import insert_if_absent
 from plangate.store.outbox import emit
 from plangate.tools import ToolRegistry
 from schemas import (
@@ -120,7 +119,9 @@ class Previewer:
             if row is None or row.plan_hash != digest:
                 raise Reject(f"plan {plan.plan_id}: a preview was asked of a plan not in the store")
             stored = session.get(PlanPreviewRow, plan.plan_id)
-            if stored is not None:
+            if stored is None or stored.plan_hash != digest:
+                raise Reject(f"plan {plan.plan_id}: no rule asked for a preview of it")
+            if stored.steps is not None:  # a redelivery: say the stored result again
                 return [emit(session, _previewed(stored))]
             if not _held_for_preview(session, plan):
                 log.info("plan %s is no longer held; no preview", plan.plan_id)
@@ -139,13 +140,12 @@ class Previewer:
                     "plan %s was decided during its preview; the preview is dropped", plan.plan_id
                 )
                 return []
-            body = {
-                "plan_id": plan.plan_id,
-                "goal_id": plan.goal_id,
-                "plan_hash": digest,
-                "steps": [step.model_dump(mode="json") for step in steps],
-            }
-            if insert_if_absent(session, PlanPreviewRow, body):
+            made = session.execute(
+                update(PlanPreviewRow)
+                .where(PlanPreviewRow.plan_id == plan.plan_id, PlanPreviewRow.steps.is_(None))
+                .values(steps=[step.model_dump(mode="json") for step in steps])
+            )
+            if getattr(made, "rowcount", 0) == 1:  # not another executor's, made meanwhile
                 audit.append(
                     session,
                     "plan.previewed",
@@ -176,5 +176,5 @@ def _previewed(row: PlanPreviewRow) -> PlanPreviewed:
         goal_id=row.goal_id,
         plan_id=row.plan_id,
         plan_hash=row.plan_hash,
-        steps=[StepPreview.model_validate(step) for step in row.steps],
+        steps=[StepPreview.model_validate(step) for step in row.steps or []],
     )

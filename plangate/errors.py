@@ -62,6 +62,13 @@ class ToolError(PlangateError):
     """A tool call failed; the step is marked failed with this message."""
 
 
+class OutcomeUnknown(ToolError):
+    """A call was cut off (a timeout, a dropped connection) after it may have taken effect.
+
+    The step is marked `unknown`, not failed: its run waits for a person to settle it.
+    """
+
+
 class NotFound(PlangateError):
     """A goal, plan or record asked for does not exist."""
 

@@ -270,8 +270,10 @@ def test_a_late_approval_of_a_replaced_revision_runs_nothing(
         deliver(pipeline, sign_approval(gate_signer, held_plan))
 
         eventually(
-            lambda: "approval.stale"
-            in [e.kind for e in audit_entries(pipeline.store, held_plan.goal_id)],
+            lambda: (
+                "approval.stale"
+                in [e.kind for e in audit_entries(pipeline.store, held_plan.goal_id)]
+            ),
             what="the stale approval recorded",
         )
     assert_nothing_ran(pipeline, held_plan)

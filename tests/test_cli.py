@@ -123,11 +123,14 @@ def test_typing_a_at_the_prompt_approves_the_held_plan(cli: Cli) -> None:
     """Given the seed goal, held by policy because it writes.
 
     When the person at the terminal types "a",
-    Then the plan runs to completion and on-call is paged once.
+    Then they were shown the dry run first (the reads' outputs, the page notify would send),
+    and the plan runs to completion and on-call is paged once.
     """
     result = cli("run", SEED_GOAL, answers="a\n")
 
     assert result.returncode == EXIT_COMPLETED, result.stderr
+    assert "Preview (a dry run: reads ran for real, nothing was written)" in result.stdout
+    assert "previewed" in result.stdout
     assert "[a]pprove, [r]eject or [s]how the plan JSON?" in result.stderr
     assert "Decision: approve by " in result.stdout
     assert len(cli.notifications()) == 1
@@ -250,7 +253,8 @@ def test_a_missing_policy_file_named_by_the_environment_names_the_variable(cli: 
 def test_json_prints_one_event_per_line_ending_with_the_result(cli: Cli) -> None:
     """When the seed goal runs with --yes --json,
     Then every stdout line is one JSON object with an event name, in order: the goal, the plan,
-    the hold, its dry run, the approval, the three steps, and last the result with exit code 0.
+    the decisions, the three steps, and last the result with exit code 0 (--yes does not wait
+    for the hold's dry run).
     """
     result = cli("run", SEED_GOAL, "--yes", "--json")
 
@@ -260,7 +264,6 @@ def test_json_prints_one_event_per_line_ending_with_the_result(cli: Cli) -> None
         "goal.submitted",
         "plan.proposed",
         "decision",
-        "plan.previewed",
         "decision",
         "step.finished",
         "step.finished",

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from approval_gate.policy import Policy
 from plangate.bus import Envelope
@@ -242,6 +241,32 @@ def test_a_failing_read_is_shown_as_failed_and_what_needs_it_is_skipped(billing:
     assert CALLS == ["broken_lookup"]
 
 
+def test_a_forged_request_for_a_plan_no_rule_asked_to_preview_runs_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan held by a rule that does not ask for a preview,
+    When a preview request for it is put on the broker anyway,
+    Then it is dead-lettered, saying no rule asked for one, and no tool is called.
+    """
+    CALLS.clear()
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry(BILLING_TOOLS),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", PLAYBOOK),
+        policy_file=write_yaml(tmp_path / "policy.yaml", policy(preview=False)),
+    ) as pipeline:
+        goal_id = pipeline.submit("remind").goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+
+        request = PreviewRequested(goal_id=goal_id, plan=plan, plan_hash=plan_hash(plan))
+        pipeline.bus.publish([Envelope.of(request)])
+
+        [letter] = dead_letters(pipeline)
+    assert "no rule asked for a preview of it" in letter.reason
+    assert CALLS == []
+
+
 def test_a_rule_without_preview_asks_for_none(settings: Settings, tmp_path: Path) -> None:
     """Given a policy whose holding rule does not set `preview`,
     When a plan is held,
@@ -291,8 +316,8 @@ def test_a_request_for_a_plan_no_longer_held_calls_nothing(billing: Pipeline) ->
         goal_id = billing.submit("quiet").goal_id
         next_message(observer, "plan.previewed", goal_id)
     plan = only_plan(billing.store, goal_id)
-    with billing.store.session() as session:
-        session.delete(session.get_one(PlanPreviewRow, plan.plan_id))
+    with billing.store.session() as session:  # as it was when the gate asked for it
+        session.get_one(PlanPreviewRow, plan.plan_id).steps = None
     billing.approve(plan.plan_id, "alice")
     assert billing.wait_for(goal_id, timeout=5).status == "completed"
     CALLS.clear()
@@ -305,7 +330,7 @@ def test_a_request_for_a_plan_no_longer_held_calls_nothing(billing: Pipeline) ->
 
     assert CALLS == []
     with billing.store.session() as session:
-        assert session.execute(select(PlanPreviewRow)).scalars().all() == []
+        assert session.get_one(PlanPreviewRow, plan.plan_id).steps is None
 
 
 def test_a_request_whose_plan_differs_from_the_stored_one_is_dead_lettered(

@@ -25,7 +25,7 @@ from plangate.bus import Envelope
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.errors import Conflict, NotFound
+from plangate.errors import Conflict, NotFound, OutcomeUnknown
 from plangate.server import create_app
 from plangate.server.reviewers import Reviewer, Reviewers
 from plangate.store import StepRunRow
@@ -308,3 +308,40 @@ def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline) -> None:
 
         status, again = call(settle_url, {"happened": True})
         assert status == 409, again
+
+
+@tool(effect="write")
+def wire_money(amount: int) -> str:
+    """Send a wire, through a bank API that can time out after accepting it."""
+    raise OutcomeUnknown("the bank did not answer within 30 s; the wire may have been sent")
+
+
+def test_a_tool_that_cannot_tell_whether_it_acted_stops_the_run(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a write tool that raises OutcomeUnknown (a timeout after the request went out),
+    When its plan runs,
+    Then the step is unknown, not failed, and the goal waits for a person.
+    """
+    playbook = {
+        "playbooks": [
+            {
+                "name": "wire",
+                "pattern": "^wire$",
+                "summary": "Wire the money",
+                "steps": [{"id": "wire", "tool": "wire_money", "args": {"amount": 10}}],
+            }
+        ]
+    }
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([wire_money]),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", playbook),
+        policy_file=write_yaml(tmp_path / "policy.yaml", APPROVE_ALL),
+    ) as pipeline:
+        goal_id = pipeline.submit("wire").goal_id
+        goal = pipeline.wait_for(goal_id, {"needs_attention", "failed", "completed"}, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+
+    assert goal.status == "needs_attention", goal.status_reason
+    assert step_runs(pipeline.store, plan.plan_id) == {"wire": "unknown"}

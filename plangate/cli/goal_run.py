@@ -100,6 +100,8 @@ class GoalRun:
             self.err.print(f"[red]error:[/] {'; '.join(message.reasons)}", highlight=False)
             return EXIT_FAILED
         elif isinstance(message, PlanApproved):
+            if self._awaiting_preview and self._awaiting_preview[0].plan_id == message.plan.plan_id:
+                self._awaiting_preview = None  # approved elsewhere meanwhile
             self._show_decision(message.plan.plan_id)
         elif isinstance(message, PlanDecided):
             return self._on_decided(message)
@@ -129,6 +131,8 @@ class GoalRun:
         return self._finish(EXIT_FAILED, f"failed: {message.reason}", steps=message.steps)
 
     def _on_decided(self, message: PlanDecided) -> int | None:
+        if self._awaiting_preview and self._awaiting_preview[0].plan_id == message.plan_id:
+            self._awaiting_preview = None  # decided elsewhere meanwhile: nothing left to ask
         self._show_decision(message.plan_id, message)
         if message.type == "plan.rejected" and self._replanning(message.revision, "reviewer"):
             return None
@@ -139,7 +143,7 @@ class GoalRun:
         held = self.pipeline.review.get(message.plan_id)
         if held.preview is not None:
             self._show_preview(message.plan_id, held.preview)
-        elif held.preview_state == "waiting":
+        elif held.preview_state == "waiting" and not self.options.yes:
             if not self.options.as_json:
                 self.err.print("Making a dry run of the plan for you (reads only)…", style="dim")
             self._awaiting_preview = (message, time.monotonic() + PREVIEW_WAIT_SECONDS)

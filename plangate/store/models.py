@@ -163,7 +163,9 @@ class PlanPreviewRow(Base):
     plan_id: Mapped[str] = mapped_column(ForeignKey("plans.plan_id"), primary_key=True)
     goal_id: Mapped[str] = mapped_column(String(64), index=True)
     plan_hash: Mapped[str] = mapped_column(String(80))
-    steps: Mapped[list[Any]] = mapped_column(JSON)
+    # None until an executor has made it: the row itself is the gate's request, so an
+    # executor dry-runs only what a rule asked for, whatever a message claims.
+    steps: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -79,11 +79,15 @@ class SentMarker:
             self._pending.extend(e for e in envelopes if e.outbox_id is not None)
         self._wake.set()
 
-    def close(self) -> None:
-        """Mark what is queued, then stop."""
+    def close(self, timeout: float = 10.0) -> None:
+        """Mark what is queued, then stop (rows left unmarked are resent later: harmless)."""
         self._closing.set()
         self._wake.set()
-        self._thread.join()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning(
+                "outbox rows were not all marked sent within %g s; the relay resends them", timeout
+            )
 
     def _run(self) -> None:
         while not self._closing.is_set():

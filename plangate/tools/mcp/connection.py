@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from plangate.errors import ToolError, ToolLoadError
+from plangate.errors import OutcomeUnknown, ToolError, ToolLoadError
 from plangate.tools.mcp.servers_file import HttpServer, ServerConfig, StdioServer
 
 if TYPE_CHECKING:
@@ -134,12 +134,13 @@ class Connection:
             return self._request(session, tool, args, meta)
         except MCPError as exc:
             if exc.code == REQUEST_TIMEOUT:
-                raise ToolError(f"{self._silent(tool)}{unknown}") from exc
+                cut_off = ToolError if repeatable else OutcomeUnknown
+                raise cut_off(f"{self._silent(tool)}{unknown}") from exc
             if exc.code != CONNECTION_CLOSED:
                 raise
             self._reopen(generation)
             if not repeatable:
-                raise ToolError(
+                raise OutcomeUnknown(
                     f"the connection to {self.where} broke during the call to {tool}{unknown}, "
                     "so it is not sent again: check the server, then retry the goal"
                 ) from exc

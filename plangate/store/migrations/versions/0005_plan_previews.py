@@ -22,7 +22,7 @@ def upgrade() -> None:
         sa.Column("plan_id", sa.String(length=64), nullable=False),
         sa.Column("goal_id", sa.String(length=64), nullable=False),
         sa.Column("plan_hash", sa.String(length=80), nullable=False),
-        sa.Column("steps", sa.JSON(), nullable=False),
+        sa.Column("steps", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["plan_id"], ["plans.plan_id"]),
         sa.PrimaryKeyConstraint("plan_id"),
