@@ -69,11 +69,9 @@ def _stage_handler(
     tools = registry or _configured_tools(settings)
     publish_catalog(store, tools.catalog().values())
 
-    def notify(envelope: Envelope) -> None:
-        bus.publish([envelope])
-
     lease = timedelta(seconds=settings.step_lease_seconds)
-    return ExecutorHandler(store, tools, load_trusted_keys(settings), notify, step_lease=lease)
+    trusted = load_trusted_keys(settings)
+    return ExecutorHandler(store, tools, trusted, bus.publish_soon, step_lease=lease)
 
 
 def _configured_tools(settings: Settings) -> ToolRegistry:
