@@ -10,7 +10,7 @@ import contextvars
 import json
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -59,12 +59,14 @@ class DagWalk:
     def __init__(
         self,
         plan: Plan,
+        pool: Executor,
         on_finished: Callable[[StepOutcome], None] = lambda outcome: None,
-        max_parallel: int = 8,
     ) -> None:
         self._plan = plan
+        # Shared by the runs of one executor: long-lived threads keep their broker and store
+        # connections, where a pool per run would open (and strand) new ones every time.
+        self._pool = pool
         self._on_finished = on_finished
-        self._max_parallel = max_parallel
         self.outcomes: dict[str, StepOutcome] = {}
 
     def run(self) -> dict[str, StepOutcome]:
@@ -72,28 +74,27 @@ class DagWalk:
         waiting = {step.id: step for step in self._plan.steps}
         deps = {step.id: dependencies(step) for step in self._plan.steps}
         running: dict[Future[StepOutcome], str] = {}
-        with ThreadPoolExecutor(self._max_parallel, "plangate-step") as pool:
-            while waiting or running:
-                for step_id in [s for s in waiting if deps[s] <= self.outcomes.keys()]:
-                    step = waiting.pop(step_id)
-                    settled = self._settle_without_running(step, deps[step_id])
-                    if settled is None:
-                        try:
-                            args = resolve(dict(step.args), self._outputs())
-                        except UnresolvedReference as exc:
-                            settled = StepOutcome(step.id, step.tool, "failed", error=str(exc))
-                    if settled is not None:
-                        self._settled(step, settled)
-                        self._finish(settled)
-                        continue
-                    context = contextvars.copy_context()
-                    running[pool.submit(context.run, self._call, step, args)] = step_id
-                if not running:
+        while waiting or running:
+            for step_id in [s for s in waiting if deps[s] <= self.outcomes.keys()]:
+                step = waiting.pop(step_id)
+                settled = self._settle_without_running(step, deps[step_id])
+                if settled is None:
+                    try:
+                        args = resolve(dict(step.args), self._outputs())
+                    except UnresolvedReference as exc:
+                        settled = StepOutcome(step.id, step.tool, "failed", error=str(exc))
+                if settled is not None:
+                    self._settled(step, settled)
+                    self._finish(settled)
                     continue
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    running.pop(future)
-                    self._finish(future.result())
+                context = contextvars.copy_context()
+                running[self._pool.submit(context.run, self._call, step, args)] = step_id
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                running.pop(future)
+                self._finish(future.result())
         return self.outcomes
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
@@ -159,9 +160,9 @@ class PlanRun(DagWalk):
         registry: ToolRegistry,
         ledger: StepLedger,
         on_finished: Callable[[StepOutcome], None],
-        max_parallel: int = 8,
+        pool: Executor,
     ) -> None:
-        super().__init__(plan, on_finished, max_parallel)
+        super().__init__(plan, pool, on_finished)
         self._plan_hash = plan_hash
         self._registry = registry
         self._ledger = ledger

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -77,7 +78,7 @@ class ExecutorHandler:
         registry: ToolRegistry,
         trusted: TrustedKeys,
         notify: Notify | None = None,
-        max_parallel: int = 8,
+        max_parallel: int = 16,
         step_lease: timedelta = timedelta(minutes=5),
         link_only: bool | None = None,
     ) -> None:
@@ -85,10 +86,11 @@ class ExecutorHandler:
         self._registry = registry
         self._trusted = trusted
         self._notify = notify
-        self._max_parallel = max_parallel
+        # Steps of all this executor's runs share these threads (and their connections).
+        self._steps = ThreadPoolExecutor(max_parallel, "plangate-step")
         self._step_lease = step_lease
         self._link_only = telemetry.link_only() if link_only is None else link_only
-        self._previewer = Previewer(store, registry, max_parallel)
+        self._previewer = Previewer(store, registry, self._steps)
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.approved message (or a held plan's preview request)."""
@@ -198,7 +200,7 @@ class ExecutorHandler:
             self._registry,
             StepLedger(self._store, plan, self._step_lease),
             lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),
-            self._max_parallel,
+            self._steps,
         )
         outcomes = run.run()
         statuses = {step_id: o.status for step_id, o in outcomes.items()}

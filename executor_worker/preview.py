@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from typing import Any
 
 from sqlalchemy import select, update
@@ -46,8 +47,8 @@ class PreviewRun(DagWalk):
     waits_on = frozenset({"previewed"})
     wait_note = "needs the output of write step {step!r}, which a preview does not run"
 
-    def __init__(self, plan: Plan, digest: str, registry: ToolRegistry, max_parallel: int) -> None:
-        super().__init__(plan, max_parallel=max_parallel)
+    def __init__(self, plan: Plan, digest: str, registry: ToolRegistry, pool: Executor) -> None:
+        super().__init__(plan, pool)
         self._digest = digest
         self._registry = registry
         self._args: dict[str, dict[str, Any]] = {}
@@ -102,11 +103,11 @@ class Previewer:
         self,
         store: Store,
         registry: ToolRegistry,
-        max_parallel: int = 8,
+        pool: Executor,
     ) -> None:
         self._store = store
         self._registry = registry
-        self._max_parallel = max_parallel
+        self._pool = pool
 
     def __call__(self, message: PreviewRequested) -> Sequence[Envelope]:
         """Dry-run the plan if it is still held; on a redelivery, say the stored result again."""
@@ -132,7 +133,7 @@ class Previewer:
             raise Reject(f"plan {plan.plan_id} cannot be previewed here: {invalid}") from invalid
         with telemetry.tracer().start_as_current_span("preview plan") as span:
             span.set_attribute("plangate.plan_id", plan.plan_id)
-            steps = PreviewRun(plan, digest, self._registry, self._max_parallel).steps()
+            steps = PreviewRun(plan, digest, self._registry, self._pool).steps()
         with self._store.session() as session:
             if not _held_for_preview(session, plan):
                 # Decided while the reads ran: a preview now would only muddle the record.

@@ -71,7 +71,7 @@ def _stage_handler(
 
     lease = timedelta(seconds=settings.step_lease_seconds)
     trusted = load_trusted_keys(settings)
-    return ExecutorHandler(store, tools, trusted, bus.publish_soon, step_lease=lease)
+    return ExecutorHandler(store, tools, trusted, bus.publish_one, step_lease=lease)
 
 
 def _configured_tools(settings: Settings) -> ToolRegistry:

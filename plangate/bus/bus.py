@@ -7,8 +7,6 @@ channels are not thread-safe), and each consumer loop opens its own.
 from __future__ import annotations
 
 import base64
-import logging
-import queue
 import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -31,8 +29,6 @@ from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
 from plangate.bus.topology import STAGES, Stage, Topology
 from schemas import DeadLetter, Message, MessageRejected, decode_message
 
-log = logging.getLogger(__name__)
-
 # The memory transport polls; 10 ms keeps the embedded pipeline snappy without burning a core.
 # AMQP publishes are fire-and-forget unless confirmed: with confirms, `publish` returns once
 # RabbitMQ has the message (or raises), so "publish, then ack" cannot lose it.
@@ -54,8 +50,6 @@ class Bus:
         self._local = threading.local()
         self._all: list[Connection] = []
         self._lock = threading.Lock()
-        self._soon: queue.SimpleQueue[Envelope | None] | None = None
-        self._soon_thread: threading.Thread | None = None
 
     def connection(self) -> Connection:
         """Open a new kombu connection to the broker (the caller owns and closes it)."""
@@ -86,30 +80,9 @@ class Bus:
         for envelope in envelopes:
             publish(producer, self.topology, envelope)
 
-    def publish_soon(self, envelope: Envelope) -> None:
-        """Hand an envelope to this bus's one publishing thread and return at once.
-
-        For progress events from short-lived threads (a run's step threads): publishing
-        there would open a connection per thread; here one connection serves them all.
-        """
-        with self._lock:
-            if self._soon is None:
-                self._soon = queue.SimpleQueue()
-                self._soon_thread = threading.Thread(
-                    target=self._publish_queued,
-                    args=(self._soon,),
-                    name="plangate-publish-soon",
-                    daemon=True,
-                )
-                self._soon_thread.start()
-            self._soon.put(envelope)
-
-    def _publish_queued(self, pending: queue.SimpleQueue[Envelope | None]) -> None:
-        while (envelope := pending.get()) is not None:
-            try:
-                self.publish([envelope])
-            except Exception:  # progress for observers only: the store has the record
-                log.warning("could not publish %s", envelope.routing_key, exc_info=True)
+    def publish_one(self, envelope: Envelope) -> None:
+        """Publish one envelope from the calling thread (on its own connection)."""
+        self.publish([envelope])
 
     def stage_consumer(
         self,
@@ -219,17 +192,7 @@ class Bus:
         return kept, taken
 
     def close(self) -> None:
-        """Publish what was handed over to `publish_soon`, then close every connection."""
-        with self._lock:
-            pending, thread, self._soon, self._soon_thread = (
-                self._soon,
-                self._soon_thread,
-                None,
-                None,
-            )
-        if pending is not None and thread is not None:
-            pending.put(None)
-            thread.join(timeout=5)
+        """Close every publishing connection this bus opened."""
         with self._lock:
             for connection in self._all:
                 connection.release()
