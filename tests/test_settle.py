@@ -8,14 +8,10 @@ approval, as the reconciler would; `tests/test_distributed.py` does it with a re
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -42,6 +38,8 @@ from tests.support import (
     stored_approval,
     write_yaml,
 )
+from tests.test_review import cli_env
+from tests.test_review_api import call
 
 REPO = str(Path(__file__).resolve().parents[1])
 CHARGES: list[int] = []
@@ -211,18 +209,11 @@ def test_only_an_unknown_step_of_a_waiting_run_can_be_settled(billing: Pipeline)
 
 
 def run_cli(pipeline: Pipeline, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
-    env |= {
-        "PLANGATE_DATA_DIR": str(pipeline.settings.data_dir),
-        "PLANGATE_BROKER_URL": "memory://",
-        "XDG_DATA_HOME": str(tmp_path / "xdg"),
-        "PYTHONPATH": REPO,
-    }
     return subprocess.run(
         [sys.executable, "-m", "plangate", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=cli_env(pipeline, tmp_path),
         timeout=60,
         check=False,
     )
@@ -270,18 +261,6 @@ def test_the_cli_asks_what_was_found(billing: Pipeline, tmp_path: Path) -> None:
     assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}
 
 
-def call(url: str, payload: object = None) -> tuple[int, Any]:
-    body = None if payload is None else json.dumps(payload).encode()
-    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    request = urllib.request.Request(url, data=body, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read())
-
-
 def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline) -> None:
     """Given a run stopped on its unknown charge and the API served beside the pipeline,
     When a reviewer lists the unsettled steps and settles the charge as not happened,
@@ -295,18 +274,19 @@ def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline) -> None:
         Client(settings) as client,
         serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
     ):
-        status, listed = call(f"{url}/api/v1/reviews/unsettled")
+        status, listed = call(f"{url}/api/v1/reviews/unsettled", token=TOKEN)
         assert status == 200, listed
         assert [(s["plan_id"], s["step_id"]) for s in listed] == [(plan.plan_id, "charge")]
 
         settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
-        status, outcome = call(settle_url, {"happened": False, "comment": "declined at the bank"})
+        found = {"happened": False, "comment": "declined at the bank"}
+        status, outcome = call(settle_url, "POST", found, token=TOKEN)
         assert status == 200, outcome
         assert "the run resumes" in outcome["message"]
         assert billing.wait_for(plan.goal_id, timeout=5).status == "completed"
         assert CHARGES == [5]
 
-        status, again = call(settle_url, {"happened": True})
+        status, again = call(settle_url, "POST", {"happened": True}, token=TOKEN)
         assert status == 409, again
 
 
