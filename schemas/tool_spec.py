@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import jsonschema
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Effect = Literal["read", "write"]
 
@@ -28,6 +29,19 @@ class ToolSpec(BaseModel):
     effect: Effect = Field(description="`read` has no side effect; `write` changes the world.")
     idempotent: bool = False
     tags: tuple[str, ...] = ()
+
+    @field_validator("args_schema", "output_schema")
+    @classmethod
+    def _is_a_json_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Checked here, once, so a broken schema (say, from an MCP server) stops the executor
+        # that offers it, rather than every plan validation that would meet it.
+        if schema is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                where = "/".join(str(part) for part in exc.path) or "the top level"
+                raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+        return schema
 
 
 Catalog = dict[str, ToolSpec]

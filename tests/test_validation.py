@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from schemas import Plan, PlanInvalid, PlanProblem, Step, ToolSpec, validate_plan
 from schemas.validation import MAX_PLAN_BYTES, MAX_STEPS
@@ -354,3 +355,16 @@ def test_a_cycle_is_reported_alongside_a_dangling_reference() -> None:
     codes = sorted(p.code for p in problems_of(invalid))
 
     assert codes == ["cycle", "dangling_reference"]
+
+
+def test_a_tool_spec_whose_argument_schema_is_not_json_schema_is_refused() -> None:
+    """Given a tool spec whose argument schema says a property has type "nope",
+    When it is built (as an executor does when it loads its tools),
+    Then it is refused at once, naming where the schema is wrong, so no plan meets it later.
+    """
+    broken = {"type": "object", "properties": {"amount": {"type": "nope"}}}
+
+    with pytest.raises(ValidationError) as raised:
+        ToolSpec(name="charge_card", effect="write", args_schema=broken)
+
+    assert "not a valid JSON Schema at properties/amount/type" in str(raised.value)
