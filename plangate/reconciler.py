@@ -57,6 +57,8 @@ def reconcile(store: Store, after: timedelta, limit: int = 100) -> list[Envelope
 
 
 def _last_message(session: Session, goal: GoalRow) -> Envelope | None:
+    if goal.planning_until is not None and goal.planning_until > utcnow():
+        return None  # a planner is on it (a slow LLM): resending would only pay for it twice
     if goal.status == "submitted":
         message = GoalSubmitted(
             goal_id=goal.id,

@@ -20,7 +20,7 @@ from plangate.store import Store
 from plangate.store.engine import is_outage
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
-from planner_worker.loading import load_planner
+from planner_worker.loading import load_planner, planning_lease
 from planner_worker.replan import ReplanPolicy
 from schemas import Message
 
@@ -58,7 +58,12 @@ def _stage_handler(
     registry: ToolRegistry | None,
 ) -> Handler:
     if stage == "planner":
-        return PlannerHandler(store, load_planner(settings), ReplanPolicy.from_settings(settings))
+        return PlannerHandler(
+            store,
+            load_planner(settings),
+            ReplanPolicy.from_settings(settings),
+            lease=planning_lease(settings),
+        )
     if stage == "gate":
         signer = load_or_create_signer(settings)
         ttl = timedelta(seconds=settings.approval_ttl_seconds)

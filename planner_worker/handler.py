@@ -8,7 +8,9 @@ again, and the store's unique (goal, revision) keeps two deliveries from making 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -35,21 +37,30 @@ from schemas import (
     PlanProposed,
     new_id,
     plan_hash,
+    utcnow,
     validate_plan,
 )
 from schemas.messages import TokenUsage
 
 ACTOR = "planner"
+log = logging.getLogger(__name__)
 _AWAITING_FEEDBACK: dict[FeedbackSource, str] = {"reviewer": "rejected", "execution": "failed"}
 
 
 class PlannerHandler:
     """Turns each goal into validated plan revisions, or a failure that says why."""
 
-    def __init__(self, store: Store, planner: Planner, replan: ReplanPolicy | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        planner: Planner,
+        replan: ReplanPolicy | None = None,
+        lease: timedelta = timedelta(minutes=10),
+    ) -> None:
         self._store = store
         self._planner = planner
         self._replan = replan or ReplanPolicy()
+        self._lease = lease  # longer than planning can take, retries and repairs included
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle goal.submitted, plan.rejected or execution.failed."""
@@ -69,6 +80,8 @@ class PlannerHandler:
                 return [emit(session, _proposal(existing))]
             if goal.status == "plan_failed":
                 return [emit(session, _failure(goal))]
+            if not self._take_lease(goal):
+                return []
             catalog = _catalog_in(session)
         with telemetry.tracer().start_as_current_span("plan") as span:
             span.set_attribute("gen_ai.operation.name", "plan")
@@ -104,10 +117,25 @@ class PlannerHandler:
                 return [emit(session, _failure(goal))]
             if goal.status != _AWAITING_FEEDBACK[source]:
                 return []  # the goal moved on (another decision, a newer run): leave it
+            if not self._take_lease(goal):
+                return []
             request = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
             feedback = Feedback(plan_of(row), comment, source, _tokens_spent(session, goal.id))
             catalog = _catalog_in(session)
         return self._revise(self._planner, request, catalog, feedback)
+
+    def _take_lease(self, goal: GoalRow) -> bool:
+        """Claim the planning of `goal`; False if another delivery is planning it right now.
+
+        The other planner publishes the plan; if it dies, its lease runs out and the
+        reconciler sends the goal again.
+        """
+        now = utcnow()
+        if goal.planning_until is not None and goal.planning_until > now:
+            log.info("goal %s is being planned elsewhere until %s", goal.id, goal.planning_until)
+            return False
+        goal.planning_until = now + self._lease
+        return True
 
     def _revise(
         self, planner: RevisingPlanner, goal: GoalSubmitted, catalog: Catalog, feedback: Feedback

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Literal
 
 from plangate.config import Settings
@@ -30,3 +31,15 @@ def load_planner(settings: Settings) -> Planner:
     from planner_worker.playbook import load_playbook_planner
 
     return load_playbook_planner(settings)
+
+
+def planning_lease(settings: Settings) -> timedelta:
+    """Return how long one planning of a goal may take, so a second delivery waits for it.
+
+    An LLM planner may spend every attempt's timeout, with the SDK's retries; the playbook
+    planner answers at once, so a planner killed mid-plan is replaced within seconds.
+    """
+    if planner_kind(settings) != "openai":
+        return timedelta(seconds=5)
+    calls = settings.planner_attempts * (settings.planner_max_retries + 1)
+    return timedelta(seconds=settings.planner_timeout_seconds * calls + 30)

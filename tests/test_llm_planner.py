@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -25,12 +27,13 @@ from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import ConfigError
-from plangate.store import PlanRow
-from plangate.store.goals import plan_of
+from plangate.reconciler import reconcile
+from plangate.store import GoalRow, PlanRow
+from plangate.store.goals import ensure_goal, plan_of
 from planner_worker.loading import load_planner, planner_kind
 from planner_worker.openai_planner import OpenAIPlanner
 from planner_worker.playbook import PlaybookPlanner
-from schemas import PlanProposed, validate_plan
+from schemas import GoalSubmitted, PlanProposed, utcnow, validate_plan
 from tests.conftest import SEED_GOAL
 from tests.openai_stub import (
     OpenAIStub,
@@ -41,7 +44,15 @@ from tests.openai_stub import (
     plan_reply,
     running_stub,
 )
-from tests.support import HELD, next_message, only_plan, plans_of, running_pipeline
+from tests.support import (
+    HELD,
+    eventually,
+    first_envelope,
+    next_message,
+    only_plan,
+    plans_of,
+    running_pipeline,
+)
 
 READ_STEPS = [{"id": "count", "tool": "ticket_count"}, {"id": "sla", "tool": "sla_threshold"}]
 SEED_STEPS = [
@@ -448,3 +459,51 @@ def test_auto_chooses_the_llm_planner_only_when_an_openai_server_is_configured(
     assert planner_kind(settings) == "openai"
     assert isinstance(load_planner(settings), OpenAIPlanner)
     assert planner_kind(settings.model_copy(update={"planner": "playbook"})) == "playbook"
+
+
+def test_a_goal_delivered_again_while_the_model_thinks_is_not_planned_twice(
+    llm: Pipeline, stub: OpenAIStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a model that takes 2 s to answer, and the goal's message delivered a second time
+    while the first planning waits for it (a resend, a broker redelivery),
+    When both deliveries reach planners,
+    Then the model is asked once and one revision is proposed: the second delivery sees the
+    first planner's lease and leaves the goal to it.
+    """
+    stub.script(replace(VALID_ANSWER, delay=2.0))
+    caplog.set_level("INFO", logger="planner_worker.handler")
+    with llm.bus.observe() as observer:
+        goal_id = llm.submit(SEED_GOAL).goal_id
+        eventually(lambda: stub.requests, what="the first call to the model")
+
+        llm.bus.publish([first_envelope(llm.store, "goal.submitted", goal_id)])
+        eventually(lambda: "is being planned elsewhere" in caplog.text, what="the second delivery")
+        next_message(observer, "plan.proposed", goal_id)
+
+    assert len(stub.requests) == 1
+    assert len(plans_of(llm.store, goal_id)) == 1
+
+
+def test_the_reconciler_leaves_a_goal_alone_while_a_planner_holds_its_lease(
+    llm: Pipeline,
+) -> None:
+    """Given a goal still `submitted` long past the reconcile deadline, but under a planner's
+    live lease (its model is slow),
+    When the reconciler sweeps,
+    Then it resends nothing; once the lease has run out, it resends the goal.
+    """
+    with llm.store.session() as session:
+        goal = ensure_goal(session, GoalSubmitted(goal_id="slow-goal", text=SEED_GOAL), {})
+        goal.planning_until = utcnow() + timedelta(minutes=5)
+    with llm.store.session() as session:  # a separate write: `updated_at` follows every update
+        session.get_one(GoalRow, "slow-goal").updated_at = utcnow() - timedelta(hours=1)
+
+    assert reconcile(llm.store, timedelta(seconds=1)) == []
+
+    with llm.store.session() as session:
+        row = session.get_one(GoalRow, "slow-goal")
+        row.planning_until = utcnow() - timedelta(seconds=1)
+    with llm.store.session() as session:
+        session.get_one(GoalRow, "slow-goal").updated_at = utcnow() - timedelta(hours=1)
+    [resent] = reconcile(llm.store, timedelta(seconds=1))
+    assert resent.routing_key == "goal.submitted"

@@ -59,6 +59,7 @@ def transition(
     row.status = status
     row.status_reason = reason
     row.reconciled = 0  # it moved: the reconciler's backoff starts over
+    row.planning_until = None  # whatever planning was under way has ended
     entry = dict(data or {})
     if reason:
         entry["reason"] = reason
