@@ -26,6 +26,7 @@ from plangate.config import Settings
 from plangate.errors import ToolError, ToolLoadError
 from plangate.tools import ToolContext
 from plangate.tools.mcp import McpServers, McpTool, close_all, open_mcp_servers
+from plangate.tools.mcp.connection import urls_without_secrets
 from schemas import plan_hash
 from tests.servers import free_port, wait_until_ready
 from tests.support import HELD, only_plan, running_pipeline, step_runs, write_yaml
@@ -516,3 +517,16 @@ def test_a_prefix_making_names_too_long_is_refused(tmp_path: Path, effects: Path
         ToolLoadError, match=r"tool 'page_oncall' as 'p+page_oncall'.*shorter prefix"
     ):
         open_mcp_servers(path)
+
+
+def test_urls_in_transport_errors_lose_their_credentials_and_query() -> None:
+    """Given a transport error that quotes the server URL with a user, a password and a token,
+    When it becomes a step's error (kept in the store and in spans),
+    Then only scheme, host, port and path remain.
+    """
+    quoted = "Client error '401' for url 'https://bot:pw@mcp.example.com:8443/mcp?token=s3cret'"
+
+    assert (
+        urls_without_secrets(quoted)
+        == "Client error '401' for url 'https://mcp.example.com:8443/mcp'"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
@@ -217,6 +218,11 @@ def _without_secrets(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def urls_without_secrets(text: str) -> str:
+    """Return `text` with every URL in it cut to scheme, host, port and path."""
+    return re.sub(r"https?://[^\s'\"<>]+", lambda m: _without_secrets(m.group(0)), text)
 
 
 def leaves(exc: BaseException) -> Iterator[BaseException]:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from plangate.errors import ToolError, ToolLoadError
 from plangate.tools.context import ToolContext
 from plangate.tools.decorator import Tool
-from plangate.tools.mcp.connection import Connection, leaves
+from plangate.tools.mcp.connection import Connection, leaves, urls_without_secrets
 from plangate.tools.mcp.servers_file import ToolOverride, describe
 from schemas.tool_spec import Effect, ToolSpec
 
@@ -85,6 +85,8 @@ class McpTool(Tool[..., Any]):
             raise
         except Exception as exc:
             reason = "; ".join(str(e) or type(e).__name__ for e in leaves(exc))
+            # Transport errors quote the URL, tokens in its query too: step records keep it.
+            reason = urls_without_secrets(reason)
             raise ToolError(f"tool {self.name} failed: {reason}") from exc
         texts = [_describe_block(block) for block in result.content]
         if result.is_error:
