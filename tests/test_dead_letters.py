@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import resource
+import zlib
 from typing import Any
 
 import pytest
@@ -141,6 +143,32 @@ def test_compressed_message_is_dead_lettered(pipeline: Pipeline) -> None:
     assert letter.reason == "compressed messages are not accepted"
     with pytest.raises(TimeoutError):
         pipeline.wait_for("zipped", {"submitted", "proposed", "held"}, timeout=0.1)
+    assert_seed_goal_still_completes(pipeline)
+
+
+def test_a_compressed_bomb_is_dead_lettered_without_being_inflated(pipeline: Pipeline) -> None:
+    """Given a running pipeline,
+    When 400 KB of zlib that would inflate to 400 MB arrives with a `compression` header,
+    Then it is dead-lettered as compressed, still compressed (the letter keeps the 400 KB),
+    and the process never held the inflated body: its peak memory grew by far less.
+    """
+    bomb = zlib.compress(b"\0" * 400_000_000, 9)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+    publish_raw(
+        pipeline,
+        "goal.submitted",
+        bomb,
+        content_type="application/json",
+        content_encoding="utf-8",
+        headers={"compression": "application/x-gzip"},
+    )
+
+    (letter,) = dead_letters(pipeline)
+    assert letter.reason == "compressed messages are not accepted"
+    assert len(base64.b64decode(letter.body_b64)) == len(bomb)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert grown_mib < 100, f"peak memory grew by {grown_mib:.0f} MiB"
     assert_seed_goal_still_completes(pipeline)
 
 

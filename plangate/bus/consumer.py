@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from kombu import message as kombu_message
 from kombu.connection import Connection
 from kombu.message import Message as KombuMessage
 from kombu.messaging import Consumer, Producer
@@ -65,6 +66,20 @@ def _text_headers(raw: KombuMessage) -> dict[str, str]:
     return {str(k): str(v) for k, v in (raw.headers or {}).items()}
 
 
+def _refuse_to_decompress(body: Any, content_type: str) -> bytes:
+    raise ValueError("compressed messages are not accepted")
+
+
+def refuse_compressed_messages() -> None:
+    """Make kombu leave compressed bodies as they are, in this process.
+
+    kombu inflates a body whose `compression` header says so while it builds the message,
+    before any of our checks: a few kilobytes could inflate to gigabytes. plangate accepts no
+    compressed message, so a worker process refuses to inflate any.
+    """
+    kombu_message.decompress = _refuse_to_decompress  # type: ignore[attr-defined]
+
+
 class StageConsumer:
     """Consumes one stage's queue until `stop` is set, then finishes in-flight work."""
 
@@ -82,6 +97,7 @@ class StageConsumer:
     ) -> None:
         if not retry_delays:
             raise ValueError("retry_delays needs at least one delay")
+        refuse_compressed_messages()
         self._connect = connection_factory
         self._topology = topology
         self._stage = stage
@@ -263,12 +279,17 @@ class StageConsumer:
         raw.ack()
 
     def _undecodable(self, raw: Any, error: Exception) -> None:
-        """Dead-letter what kombu itself could not read (e.g. a body that fails to decompress)."""
+        """Dead-letter what kombu itself could not read (a compressed body: it may not inflate)."""
         if not isinstance(raw, KombuMessage):
             log.error("dropping a message kombu could not even parse: %r", error)
             return
         delivery = self._delivery(raw)
-        self._dead_letter(raw, delivery, f"the broker client could not read it: {error}")
+        reason = f"the broker client could not read it: {error}"
+        try:  # the strict decoder's own reason, when it has one (a compressed body has)
+            decode_message(raw_body(raw), raw.content_type, raw.content_encoding, raw.headers or {})
+        except MessageRejected as exc:
+            reason = exc.reason
+        self._dead_letter(raw, delivery, reason)
 
 
 def raw_body(raw: KombuMessage) -> bytes:
