@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from plangate.client import Client
+from plangate.store import GoalRow, StepRunRow, open_store
 from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
 from tests.support import eventually
@@ -227,3 +228,44 @@ def test_the_plan_page_shows_the_dry_run_beside_the_steps(
     assert "page the on-call engineer: 'Ticket count 128 exceeded SLA 100'" in notify.inner_text()
     page.screenshot(path=str(SCREENSHOTS / "plangate-review-preview.png"), full_page=True)
     assert notifications(fleet) == before
+
+
+def test_a_step_that_may_have_happened_is_settled_from_the_list_page(
+    page: Any, base_url: str, client: Client, fleet: Fleet
+) -> None:
+    """Given the seed goal run to completion, then its notify step left as an executor killed
+    mid-call leaves a non-idempotent write (`unknown`, the goal needing attention),
+    When alice opens the list page and says it happened,
+    Then the page lists the step with its plan, the run resumes and completes, and nothing is
+    paged again.
+    """
+    goal = held_goal(client)
+    _, plan = call(f"{base_url}/api/v1/reviews/{goal.plan_id}")
+    call(
+        f"{base_url}/api/v1/reviews/{goal.plan_id}/approve",
+        "POST",
+        {"plan_hash": plan["plan_hash"]},
+    )
+    assert api_status(base_url, goal.goal_id, {"completed", "failed"})["status"] == "completed"
+    pages_sent = notifications(fleet)
+    store = open_store(fleet_settings(fleet).resolved_database_url(), upgrade=False)
+    try:
+        with store.session() as session:
+            session.get_one(GoalRow, goal.goal_id).status = "needs_attention"
+            step = session.get_one(StepRunRow, (goal.plan_id, "notify"))
+            step.status, step.error = "unknown", "an executor died during this call"
+    finally:
+        store.close()
+
+    page.goto("/reviews")
+    row = page.locator(f"#unsettled tr[data-step='{goal.plan_id}/notify']")
+    assert "notify_oncall" in row.inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "plangate-review-unsettled.png"), full_page=True)
+    row.locator("input[name=comment]").fill("PagerDuty shows the incident")
+    row.locator("button[value=yes]").click()
+
+    page.wait_for_url("**/reviews?done=settled")
+    assert "Settled" in page.inner_text("#outcome")
+    state = api_status(base_url, goal.goal_id, {"completed", "failed"})
+    assert state["status"] == "completed", fleet.logs()
+    assert notifications(fleet) == pages_sent

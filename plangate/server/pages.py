@@ -19,7 +19,14 @@ from fastapi.templating import Jinja2Templates
 from plangate.errors import Conflict, Forbidden, NotFound, PlanInvalid
 from plangate.server.goals import read_body
 from plangate.server.reviewers import TOKEN_COOKIE, Reviewer, get_reviewers
-from plangate.server.reviews import ReviewDesk, detail_of, get_desk, outcome_of, summary_of
+from plangate.server.reviews import (
+    ReviewDesk,
+    Settle,
+    detail_of,
+    get_desk,
+    outcome_of,
+    summary_of,
+)
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
@@ -30,6 +37,7 @@ NOTICES = {
     "approved": "Approved — running.",
     "rejected": "Rejected — it will not run.",
     "edited": "Edited — this new revision goes to the policy again; reload to see its decision.",
+    "settled": "Settled — once no step of its plan is left unsettled, the run resumes.",
 }
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
 
@@ -94,8 +102,67 @@ def review_list(request: Request, desk: Desk) -> Response:
     session = _session(request)
     if session is None:
         return _to_login()
-    held = [summary_of(h) for h in desk.review.held()]
-    return templates.TemplateResponse(request, "list.html", {"reviewer": session[0], "held": held})
+    notice = NOTICES.get(request.query_params.get("done", ""))
+    return _list_page(request, desk, session, notice=notice)
+
+
+def _list_page(
+    request: Request,
+    desk: ReviewDesk,
+    session: tuple[Reviewer, str],
+    *,
+    notice: str | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    context = {
+        "reviewer": session[0],
+        "csrf": get_reviewers(request).csrf_token(session[1]),
+        "held": [summary_of(h) for h in desk.review.held()],
+        "unsettled": desk.unsettled(),
+        "notice": notice,
+        "error": error,
+    }
+    return templates.TemplateResponse(request, "list.html", context, status_code=status)
+
+
+@router.post("/reviews/{plan_id}/steps/{step_id}/settle")
+async def settle_step(request: Request, plan_id: str, step_id: str, desk: Desk) -> Response:
+    """Say from the page whether a step that may or may not have happened did."""
+    session = _session(request)
+    if session is None:
+        return _to_login()
+    form = await _form(request)
+    return await run_in_threadpool(_settle, request, desk, plan_id, step_id, session, form)
+
+
+def _settle(
+    request: Request,
+    desk: ReviewDesk,
+    plan_id: str,
+    step_id: str,
+    session: tuple[Reviewer, str],
+    form: dict[str, str],
+) -> Response:
+    reviewer, token = session
+    if not get_reviewers(request).csrf_valid(token, form.get("csrf", "")):
+        expired = "The form expired; reload and try again."
+        return _list_page(request, desk, session, error=expired, status=403)
+    try:
+        happened = {"yes": True, "no": False}[form.get("happened", "")]
+        text = form.get("output", "").strip()
+        output = json.loads(text) if text and happened else None
+        found = Settle(happened=happened, output=output, comment=form.get("comment", ""))
+        desk.settle(plan_id, step_id, reviewer.name, found)
+    except KeyError:
+        return _list_page(request, desk, session, error="Say whether it happened.", status=422)
+    except json.JSONDecodeError as exc:
+        problem = f"The output is not valid JSON: {exc}."
+        return _list_page(request, desk, session, error=problem, status=422)
+    except (Conflict, NotFound) as exc:
+        status = 409 if isinstance(exc, Conflict) else 404
+        return _list_page(request, desk, session, error=str(exc), status=status)
+    return RedirectResponse("/reviews?done=settled", status_code=303)
 
 
 def _plan_page(
