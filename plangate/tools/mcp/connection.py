@@ -132,7 +132,7 @@ class Connection:
         unknown = "" if repeatable else "; whether it took effect is unknown"
         session, generation = self._checked(repeatable)
         try:
-            return self._request(session, tool, args, meta)
+            return self._request(session, tool, args, meta, repeatable)
         except MCPError as exc:
             if exc.code == REQUEST_TIMEOUT:
                 cut_off = ToolError if repeatable else OutcomeUnknown
@@ -165,7 +165,12 @@ class Connection:
         return session, generation
 
     def _request(
-        self, session: ClientSession, tool: str, args: dict[str, Any], meta: dict[str, Any]
+        self,
+        session: ClientSession,
+        tool: str,
+        args: dict[str, Any],
+        meta: dict[str, Any],
+        repeatable: bool = True,
     ) -> CallToolResult:
         timeout = self.config.timeout_seconds
         request_meta = cast("RequestParamsMeta", meta)
@@ -174,7 +179,11 @@ class Connection:
             # The SDK's own timeout answers first; this one guards against a stuck transport.
             return self._loop.run(call, timeout + 5)
         except concurrent.futures.TimeoutError:
-            raise ToolError(self._silent(tool)) from None
+            if repeatable:
+                raise ToolError(self._silent(tool)) from None
+            raise OutcomeUnknown(
+                f"{self._silent(tool)}; whether it took effect is unknown"
+            ) from None
 
     def _live(self) -> ClientSession:
         with self._lock:
