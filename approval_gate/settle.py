@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import jsonschema
 from sqlalchemy import func, select
 
 from plangate.bus import Envelope
-from plangate.errors import Conflict, NotFound
+from plangate.catalog import read_catalog
+from plangate.errors import Conflict, InputInvalid, NotFound
 from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, audit
 from plangate.store.goals import plan_of, transition
 from plangate.store.outbox import emit
-from schemas import PlanApproved, SignedEnvelope, utcnow
+from schemas import PlanApproved, SignedEnvelope, ToolSpec, utcnow
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,10 @@ def settle_step(
             )
         if row.status != "unknown":
             raise Conflict(f"step {step_id!r} is {row.status}, not unknown: nothing to settle")
-        goal = session.get_one(GoalRow, row.goal_id)
+        # Locked: two people settling two steps of one plan agree on what is left.
+        goal = session.execute(
+            select(GoalRow).where(GoalRow.id == row.goal_id).with_for_update()
+        ).scalar_one()
         if goal.status != "needs_attention":
             raise Conflict(
                 f"goal {goal.id} is {goal.status}; a step is settled only while its run "
@@ -107,6 +112,7 @@ def settle_step(
             "comment": comment,
         }
         if happened:
+            _check_output(read_catalog(session).get(row.tool), output)
             row.status, row.output, row.error = "succeeded", output, None
             row.finished_at, row.lease_until = utcnow(), None
         else:
@@ -136,3 +142,18 @@ def settle_step(
         envelope = SignedEnvelope.model_validate(approval.envelope)
         resumed = PlanApproved(goal_id=goal.id, plan=plan, approval=envelope)
         return [emit(session, resumed, trace_headers=goal.trace_headers)]
+
+
+def _check_output(spec: ToolSpec | None, output: Any) -> None:
+    """Refuse an output that later steps could not use as the tool's own."""
+    if spec is None or spec.output_schema is None or output is None:
+        return
+    schema = spec.output_schema
+    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    problem = jsonschema.exceptions.best_match(validator(schema).iter_errors(output))
+    if problem is not None:
+        where = "/".join(str(part) for part in problem.absolute_path) or "the output"
+        raise InputInvalid(
+            f"that is not what {spec.name} returns ({where}: {problem.message}); "
+            "give its output as the tool would have, or leave it out"
+        )

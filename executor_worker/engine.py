@@ -94,7 +94,15 @@ class DagWalk:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 running.pop(future)
-                self._finish(future.result())
+                try:
+                    outcome = future.result()
+                except BaseException:
+                    # The pool outlives this run: leave none of its steps running behind.
+                    for other in running:
+                        other.cancel()
+                    wait(running)
+                    raise
+                self._finish(outcome)
         return self.outcomes
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
@@ -183,7 +191,9 @@ class PlanRun(DagWalk):
             outcome = invoke(tool, step, args, self._context(step, key, claim.attempt), span)
             if outcome.status == "succeeded":
                 faults.trip("mid_tool")  # the effect happened; its record did not
-            self._ledger.record(step, outcome.status, outcome.output, outcome.error)
+            self._ledger.record(
+                step, outcome.status, outcome.output, outcome.error, attempt=claim.attempt
+            )
             return outcome
 
 

@@ -59,7 +59,7 @@ ACTOR = "executor"
 log = logging.getLogger(__name__)
 Notify = Callable[[Envelope], None]
 # Goals that a refused message must leave as they are: a run or an outcome is never undone.
-_SETTLED = frozenset({"running", *TERMINAL_STATUSES})
+_SETTLED = frozenset({"running", "needs_attention", *TERMINAL_STATUSES})
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,8 @@ class ExecutorHandler:
         """In one transaction: use the approval (once), and move the goal to `running`.
 
         Returns what the run needs (the plan's stored trace context); when the run already
-        ended, its outcome to publish again; None for a revision the goal has moved past.
+        ended, its outcome to publish again; None for a revision the goal has moved past, or a
+        run waiting for a person.
         """
         plan = message.plan
         with self._store.session() as session:
@@ -151,6 +152,8 @@ class ExecutorHandler:
                 return None
             if goal.status in TERMINAL_STATUSES:
                 return emit(session, _outcome_of(session, goal, plan.plan_id))
+            if goal.status == "needs_attention":
+                return None  # a redelivery while a person settles a step: nothing to do yet
             if goal.status != "running":
                 transition(
                     session,
@@ -217,8 +220,11 @@ class ExecutorHandler:
                     goal_id=plan.goal_id, plan_id=plan.plan_id, steps=statuses
                 )
                 return [emit(session, done)]
-            if not any(o.status == "failed" for o in troubled):
-                return [emit(session, _pause(session, plan.goal_id, plan.plan_id, troubled))]
+            unknown = [o for o in troubled if o.status == "unknown"]
+            if unknown:
+                # Even beside a failure: a write that may have happened needs a person before
+                # the goal may end (or be planned again). Resumed, a recorded failure stands.
+                return [emit(session, _pause(session, plan.goal_id, plan.plan_id, unknown))]
             first = next(o for o in troubled if o.status == "failed")
             reason = f"step {first.step_id!r} {first.status}: {first.error}"
             transition(
@@ -261,9 +267,9 @@ def _pause(
     """Stop the run for a person: each unknown step must be settled before it goes on."""
     names = ", ".join(repr(o.step_id) for o in unknown)
     reason = (
-        f"step {names} may or may not have happened (its executor died mid-call and its tool is "
-        f"not idempotent); check, then `plangate review settle {plan_id} STEP --happened` or "
-        "`--not-happened` (it then runs again)"
+        f"step {names} may or may not have happened (its executor stopped answering mid-call and "
+        f"its tool is not idempotent); check, then `plangate review settle {plan_id} STEP "
+        "--happened` or `--not-happened` (it then runs again)"
     )
     rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
     statuses: dict[str, Any] = {row.step_id: row.status for row in rows}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from plangate.errors import Retry
 from plangate.store import StepRunRow, Store, audit
@@ -87,11 +87,45 @@ class StepLedger:
                 raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
             return Claim("run", row.attempt + 1)
 
-    def record(self, step: Step, status: str, output: Any, error: str | None) -> None:
-        """Store a step's final status and output, and audit it, in one transaction."""
+    def record(
+        self,
+        step: Step,
+        status: str,
+        output: Any,
+        error: str | None,
+        *,
+        attempt: int | None = None,
+    ) -> None:
+        """Store a step's final status and output, and audit it, in one transaction.
+
+        `attempt` is the claim the result comes from. If that claim was taken over meanwhile
+        (its lease ran out: the step became unknown, was settled, or runs again), the result is
+        audited as late and replaces nothing. A step settled without a call (no `attempt`) is
+        recorded once; a later walk of the plan finds it already there.
+        """
         now = utcnow()
+        key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
         with self._store.session() as session:
-            row = session.get(StepRunRow, (self._plan.plan_id, step.id))
+            row = session.execute(
+                select(StepRunRow)
+                .where(StepRunRow.plan_id == self._plan.plan_id, StepRunRow.step_id == step.id)
+                .with_for_update()
+            ).scalar_one_or_none()
+            if attempt is not None and (
+                row is None or row.status != "running" or row.attempt != attempt
+            ):
+                late = {**key, "status": status, "attempt": attempt, "error": error}
+                late["recorded"] = row.status if row is not None else None
+                audit.append(
+                    session,
+                    "step.late_result",
+                    actor="executor",
+                    goal_id=self._plan.goal_id,
+                    data=late,
+                )
+                return
+            if row is not None and attempt is None:
+                return
             if row is None:
                 row = StepRunRow(
                     plan_id=self._plan.plan_id,
@@ -109,10 +143,5 @@ class StepLedger:
                 f"step.{status}",
                 actor="executor",
                 goal_id=self._plan.goal_id,
-                data={
-                    "plan_id": self._plan.plan_id,
-                    "step_id": step.id,
-                    "tool": step.tool,
-                    "error": error,
-                },
+                data={**key, "error": error},
             )

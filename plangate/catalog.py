@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plangate.store import Store, ToolCatalogRow
 from schemas import Catalog, ToolSpec
+
+log = logging.getLogger(__name__)
 
 
 def publish_catalog(store: Store, specs: Iterable[ToolSpec]) -> None:
@@ -35,5 +39,12 @@ def read_catalog(session: Session) -> Catalog:
     A handler that already has a transaction open reads it there: on SQLite each transaction
     takes the write lock, and one fewer per goal shows when many goals are in flight.
     """
-    rows = session.execute(select(ToolCatalogRow)).scalars()
-    return {row.name: ToolSpec.model_validate(row.spec) for row in rows}
+    catalog: Catalog = {}
+    for row in session.execute(select(ToolCatalogRow)).scalars():
+        try:
+            catalog[row.name] = ToolSpec.model_validate(row.spec)
+        except ValidationError as exc:
+            # One bad row (written by an older version) must not stop every goal: plans
+            # that use the tool are refused by validation, as for any unknown tool.
+            log.warning("tool %s in the catalog is invalid and left out: %s", row.name, exc)
+    return catalog

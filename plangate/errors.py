@@ -69,6 +69,10 @@ class OutcomeUnknown(ToolError):
     """
 
 
+class InputInvalid(PlangateError):
+    """What a person or service sent does not fit; the message says what to change."""
+
+
 class NotFound(PlangateError):
     """A goal, plan or record asked for does not exist."""
 

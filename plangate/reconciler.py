@@ -45,6 +45,8 @@ def reconcile(store: Store, after: timedelta, limit: int = 100) -> list[Envelope
         for goal in candidates:
             if goal.updated_at > now - after * 2 ** min(goal.reconciled, 6):
                 continue
+            if goal.planning_until is not None and goal.planning_until > now:
+                continue  # a planner is on it (a slow LLM): resending would pay for it twice
             envelope = _last_message(session, goal)
             goal.updated_at = now
             goal.reconciled += 1
@@ -57,8 +59,6 @@ def reconcile(store: Store, after: timedelta, limit: int = 100) -> list[Envelope
 
 
 def _last_message(session: Session, goal: GoalRow) -> Envelope | None:
-    if goal.planning_until is not None and goal.planning_until > utcnow():
-        return None  # a planner is on it (a slow LLM): resending would only pay for it twice
     if goal.status == "submitted":
         message = GoalSubmitted(
             goal_id=goal.id,

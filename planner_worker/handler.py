@@ -9,17 +9,18 @@ again, and the store's unique (goal, revision) keeps two deliveries from making 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
-from plangate.errors import PlanningFailed, Reject, Unavailable
+from plangate.errors import PlanningFailed, Reject, Retry, Unavailable
 from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import ensure_goal, get_goal, latest_plan, plan_of, transition
 from plangate.store.outbox import emit
@@ -80,10 +81,12 @@ class PlannerHandler:
                 return [emit(session, _proposal(existing))]
             if goal.status == "plan_failed":
                 return [emit(session, _failure(goal))]
-            if not self._take_lease(goal):
-                return []
+            self._take_lease(session, goal.id)
             catalog = _catalog_in(session)
-        with telemetry.tracer().start_as_current_span("plan") as span:
+        with (
+            self._leased(message.goal_id),
+            telemetry.tracer().start_as_current_span("plan") as span,
+        ):
             span.set_attribute("gen_ai.operation.name", "plan")
             span.set_attribute("plangate.goal_id", message.goal_id)
             span.set_attribute("plangate.revision", 1)
@@ -117,25 +120,46 @@ class PlannerHandler:
                 return [emit(session, _failure(goal))]
             if goal.status != _AWAITING_FEEDBACK[source]:
                 return []  # the goal moved on (another decision, a newer run): leave it
-            if not self._take_lease(goal):
-                return []
+            self._take_lease(session, goal.id)
             request = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
             feedback = Feedback(plan_of(row), comment, source, _tokens_spent(session, goal.id))
             catalog = _catalog_in(session)
-        return self._revise(self._planner, request, catalog, feedback)
+        with self._leased(goal.id):
+            return self._revise(self._planner, request, catalog, feedback)
 
-    def _take_lease(self, goal: GoalRow) -> bool:
-        """Claim the planning of `goal`; False if another delivery is planning it right now.
+    def _take_lease(self, session: Session, goal_id: str) -> None:
+        """Claim the planning of a goal; Retry once another planner's lease has run out.
 
-        The other planner publishes the plan; if it dies, its lease runs out and the
-        reconciler sends the goal again.
+        The other planner publishes the plan (the retry then finds it); if it died, the retry
+        plans. Taken with one conditional UPDATE, so two planners cannot both take it.
         """
         now = utcnow()
-        if goal.planning_until is not None and goal.planning_until > now:
-            log.info("goal %s is being planned elsewhere until %s", goal.id, goal.planning_until)
-            return False
-        goal.planning_until = now + self._lease
-        return True
+        free = or_(GoalRow.planning_until.is_(None), GoalRow.planning_until <= now)
+        taken = session.execute(
+            update(GoalRow)
+            .where(GoalRow.id == goal_id, free)
+            .values(planning_until=now + self._lease)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(taken, "rowcount", 0) != 1:
+            until = session.scalar(select(GoalRow.planning_until).where(GoalRow.id == goal_id))
+            wait = (until - now).total_seconds() if until is not None else 1.0
+            raise Retry(f"goal {goal_id} is being planned by another planner", delay=max(1.0, wait))
+
+    @contextmanager
+    def _leased(self, goal_id: str) -> Iterator[None]:
+        """Give the lease back if planning stops on an error, so a retry need not wait it out."""
+        try:
+            yield
+        except BaseException:
+            try:
+                with self._store.session() as session:
+                    session.execute(
+                        update(GoalRow).where(GoalRow.id == goal_id).values(planning_until=None)
+                    )
+            except Exception:  # the lease then simply runs out
+                log.warning("could not release the planning lease of %s", goal_id, exc_info=True)
+            raise
 
     def _revise(
         self, planner: RevisingPlanner, goal: GoalSubmitted, catalog: Catalog, feedback: Feedback

@@ -37,7 +37,11 @@ class ToolSpec(BaseModel):
         # that offers it, rather than every plan validation that would meet it.
         if schema is not None:
             try:
-                jsonschema.Draft202012Validator.check_schema(schema)
+                # By the draft the schema names (`$schema`); 2020-12 when it names none.
+                validator = jsonschema.validators.validator_for(
+                    schema, default=jsonschema.Draft202012Validator
+                )
+                validator.check_schema(schema)
             except jsonschema.SchemaError as exc:
                 where = "/".join(str(part) for part in exc.path) or "the top level"
                 raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None

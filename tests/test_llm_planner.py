@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from sqlalchemy import select
 
 from plangate import telemetry
+from plangate.bus import Delivery
 from plangate.catalog import load_catalog
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
@@ -30,10 +31,12 @@ from plangate.errors import ConfigError
 from plangate.reconciler import reconcile
 from plangate.store import GoalRow, PlanRow
 from plangate.store.goals import ensure_goal, plan_of
+from planner_worker.handler import PlannerHandler
 from planner_worker.loading import load_planner, planner_kind
 from planner_worker.openai_planner import OpenAIPlanner
+from planner_worker.planner import Draft
 from planner_worker.playbook import PlaybookPlanner
-from schemas import GoalSubmitted, PlanProposed, utcnow, validate_plan
+from schemas import Catalog, GoalSubmitted, PlanProposed, Step, utcnow, validate_plan
 from tests.conftest import SEED_GOAL
 from tests.openai_stub import (
     OpenAIStub,
@@ -468,16 +471,19 @@ def test_a_goal_delivered_again_while_the_model_thinks_is_not_planned_twice(
     while the first planning waits for it (a resend, a broker redelivery),
     When both deliveries reach planners,
     Then the model is asked once and one revision is proposed: the second delivery sees the
-    first planner's lease and leaves the goal to it.
+    first planner's lease and comes back once it has run out (by then the plan is there).
     """
     stub.script(replace(VALID_ANSWER, delay=2.0))
-    caplog.set_level("INFO", logger="planner_worker.handler")
+    caplog.set_level("INFO", logger="plangate.bus.consumer")
     with llm.bus.observe() as observer:
         goal_id = llm.submit(SEED_GOAL).goal_id
         eventually(lambda: stub.requests, what="the first call to the model")
 
         llm.bus.publish([first_envelope(llm.store, "goal.submitted", goal_id)])
-        eventually(lambda: "is being planned elsewhere" in caplog.text, what="the second delivery")
+        eventually(
+            lambda: "is being planned by another planner" in caplog.text,
+            what="the second delivery put off",
+        )
         next_message(observer, "plan.proposed", goal_id)
 
     assert len(stub.requests) == 1
@@ -507,3 +513,39 @@ def test_the_reconciler_leaves_a_goal_alone_while_a_planner_holds_its_lease(
         session.get_one(GoalRow, "slow-goal").updated_at = utcnow() - timedelta(hours=1)
     [resent] = reconcile(llm.store, timedelta(seconds=1))
     assert resent.routing_key == "goal.submitted"
+
+
+class FlakyPlanner:
+    """Fails with an unexpected error once (a bug, a dropped connection), then plans."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def draft(self, goal: GoalSubmitted, catalog: Catalog) -> Draft:
+        self.calls += 1
+        if self.calls == 1:
+            raise ConnectionResetError("the model server hung up")
+        steps = tuple(Step.model_validate(step) for step in SEED_STEPS)
+        return Draft("Notify on-call if open tickets exceed the SLA", steps, "flaky")
+
+
+def test_a_planner_that_stops_on_an_error_gives_its_lease_back_for_the_retry(
+    pipeline: Pipeline,
+) -> None:
+    """Given a planner whose first attempt stops on an unexpected error,
+    When the goal's message is handled, fails, and is handled again (the consumer's retry),
+    Then the retry plans at once, not after the lease: the failed attempt gave it back.
+    """
+    planner = FlakyPlanner()
+    handler = PlannerHandler(pipeline.store, planner, lease=timedelta(minutes=10))
+    goal = GoalSubmitted(goal_id="flaky-goal", text=SEED_GOAL)
+    delivery = Delivery("plangate.planner", "goal.submitted", {}, attempt=1, redelivered=False)
+
+    with pytest.raises(ConnectionResetError):
+        handler(goal, delivery)
+    [proposal] = handler(goal, replace(delivery, attempt=2, redelivered=True))
+
+    assert proposal.routing_key == "plan.proposed"
+    assert planner.calls == 2
+    with pipeline.store.session() as session:
+        assert session.get_one(GoalRow, "flaky-goal").planning_until is None

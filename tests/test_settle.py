@@ -14,26 +14,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from approval_gate.settle import settle_step, unsettled_steps
+from executor_worker.ledger import StepLedger
 from plangate.bus import Envelope
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.errors import Conflict, NotFound, OutcomeUnknown
+from plangate.errors import Conflict, InputInvalid, NotFound, OutcomeUnknown, ToolError
 from plangate.server import create_app
 from plangate.server.reviewers import Reviewer, Reviewers
+from plangate.signing import Signer
 from plangate.store import StepRunRow
 from plangate.tools import ToolRegistry, tool
 from schemas import ExecutionPaused, Plan
 from tests.fleet import serving_app
 from tests.support import (
     audit_entries,
+    eventually,
     next_message,
     only_plan,
     rewind_to_mid_call,
     running_pipeline,
+    sign_approval,
     step_runs,
     stored_approval,
     write_yaml,
@@ -325,3 +330,125 @@ def test_a_tool_that_cannot_tell_whether_it_acted_stops_the_run(
 
     assert goal.status == "needs_attention", goal.status_reason
     assert step_runs(pipeline.store, plan.plan_id) == {"wire": "unknown"}
+
+
+@tool(effect="write", idempotent=True)
+def close_ticket(ticket: str) -> str:
+    """Close a ticket (its service is down today)."""
+    raise ToolError("the ticket service answered 503")
+
+
+def test_a_failure_beside_a_step_that_may_have_happened_still_waits_for_a_person(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan whose wire may or may not have gone out while another step failed,
+    When it runs,
+    Then the goal waits for a person rather than failing (a wire nobody looked at must not
+    be forgotten, nor planned again); settled, the recorded failure stands and the goal fails.
+    """
+    playbook = {
+        "playbooks": [
+            {
+                "name": "wire and close",
+                "pattern": "^wire and close$",
+                "summary": "Wire the money and close the ticket",
+                "steps": [
+                    {"id": "wire", "tool": "wire_money", "args": {"amount": 10}},
+                    {"id": "close", "tool": "close_ticket", "args": {"ticket": "T-1"}},
+                ],
+            }
+        ]
+    }
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([wire_money, close_ticket]),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", playbook),
+        policy_file=write_yaml(tmp_path / "policy.yaml", APPROVE_ALL),
+    ) as pipeline:
+        goal_id = pipeline.submit("wire and close").goal_id
+        waiting = pipeline.wait_for(goal_id, {"needs_attention", "failed", "completed"}, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+        assert waiting.status == "needs_attention", waiting.status_reason
+        assert step_runs(pipeline.store, plan.plan_id) == {"wire": "unknown", "close": "failed"}
+
+        pipeline.bus.publish(
+            settle_step(pipeline.store, plan.plan_id, "wire", "alice", happened=True)
+        )
+        done = pipeline.wait_for(goal_id, {"failed", "completed"}, timeout=5)
+
+    assert done.status == "failed"
+    assert "step 'close' failed" in (done.status_reason or "")
+
+
+def test_a_forged_approval_leaves_a_waiting_run_waiting(billing: Pipeline) -> None:
+    """Given a run stopped on its unknown charge,
+    When a plan.approved signed by a key the executor does not trust arrives,
+    Then the goal still waits for a person, and the charge is still listed to be settled.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+    forger = Signer(Ed25519PrivateKey.generate())
+
+    billing.bus.publish([Envelope.of(sign_approval(forger, plan))])
+
+    eventually(
+        lambda: "approval.refused" in [e.kind for e in audit_entries(billing.store, plan.goal_id)],
+        what="the forged approval refused",
+    )
+    assert (
+        billing.wait_for(plan.goal_id, {"needs_attention"}, timeout=1).status == "needs_attention"
+    )
+    assert [s.step_id for s in unsettled_steps(billing.store)] == ["charge"]
+
+
+def test_a_result_that_comes_back_after_its_claim_was_taken_over_replaces_nothing(
+    billing: Pipeline,
+) -> None:
+    """Given a step claimed by an executor that then stopped answering (its claim taken over:
+    the step is now unknown),
+    When that executor's result finally arrives,
+    Then the record stays unknown for the person, and the late result is in the audit log.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+    step = plan.steps[0]
+    ledger = StepLedger(billing.store, plan)
+
+    ledger.record(step, "succeeded", {"charge_id": "ch_late", "amount": 5}, None, attempt=1)
+
+    assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}
+    [late] = [e for e in audit_entries(billing.store, plan.goal_id) if e.kind == "step.late_result"]
+    assert (late.data["status"], late.data["recorded"]) == ("succeeded", "unknown")
+
+
+def test_an_output_that_is_not_what_the_tool_returns_is_refused(billing: Pipeline) -> None:
+    """Given a run stopped on its unknown charge, whose tool returns {charge_id, amount},
+    When someone settles it as happened with an output of another shape,
+    Then it is refused naming what is wrong, and the step is still waiting.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+
+    with pytest.raises(InputInvalid, match="that is not what charge_card returns"):
+        settle_step(billing.store, plan.plan_id, "charge", "alice", happened=True, output={"id": 1})
+
+    assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}
+
+
+def test_the_cli_refuses_an_output_that_is_not_strict_json(
+    billing: Pipeline, tmp_path: Path
+) -> None:
+    plan, _ = cut_off_mid_charge(billing)
+
+    result = run_cli(
+        billing,
+        tmp_path,
+        "review",
+        "settle",
+        plan.plan_id,
+        "charge",
+        "--happened",
+        "--output",
+        '{"charge_id": "ch_1", "amount": NaN}',
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --output is not valid JSON")
+    assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}

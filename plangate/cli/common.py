@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from plangate.config import Settings
-from plangate.errors import ConfigError, PlangateError, PolicyError, ToolLoadError
+from plangate.errors import ConfigError, InputInvalid, PlangateError, PolicyError, ToolLoadError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -26,7 +26,7 @@ def group(help_text: str) -> typer.Typer:
 
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-_USAGE_ERRORS = (ConfigError, PolicyError, ToolLoadError)
+_USAGE_ERRORS = (ConfigError, InputInvalid, PolicyError, ToolLoadError)
 
 
 def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:

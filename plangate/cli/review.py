@@ -414,15 +414,16 @@ def review_settle(
     --not-happened. When no step of the plan is left unknown, its run resumes where it stopped.
     """
     from approval_gate.settle import settle_step
+    from schemas import MessageRejected, strict_json_loads
 
     if happened is None:
         raise ConfigError("say what you found: --happened or --not-happened")
     if output is not None and not happened:
         raise ConfigError("--output goes with --happened: a step that did not happen has none")
     try:
-        value = None if output is None else json.loads(output)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--output is not valid JSON: {exc}") from None
+        value = None if output is None else strict_json_loads(output.encode())
+    except MessageRejected as exc:
+        raise ConfigError(f"--output is not valid JSON: {exc.reason}") from None
     with _review() as (settings, store, _review_service):
         envelopes = settle_step(
             store, plan_id, step_id, reviewer, happened=happened, output=value, comment=comment

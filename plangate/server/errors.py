@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from plangate.errors import Conflict, Forbidden, NotFound, PlanInvalid
+from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
 
 
 class ApiError(Exception):
@@ -44,6 +44,10 @@ async def _forbidden(request: Request, exc: Exception) -> JSONResponse:
     return error_response(403, str(exc))
 
 
+async def _input_invalid(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(422, str(exc))
+
+
 async def _plan_invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PlanInvalid)
     body = {
@@ -74,6 +78,7 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
     app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(InputInvalid, _input_invalid)
     app.add_exception_handler(PlanInvalid, _plan_invalid)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)

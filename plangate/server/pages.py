@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from plangate.errors import Conflict, Forbidden, NotFound, PlanInvalid
+from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
 from plangate.server.goals import read_body
 from plangate.server.reviewers import TOKEN_COOKIE, Reviewer, get_reviewers
 from plangate.server.reviews import (
@@ -27,6 +27,7 @@ from plangate.server.reviews import (
     outcome_of,
     summary_of,
 )
+from schemas import MessageRejected, strict_json_loads
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
@@ -151,13 +152,13 @@ def _settle(
     try:
         happened = {"yes": True, "no": False}[form.get("happened", "")]
         text = form.get("output", "").strip()
-        output = json.loads(text) if text and happened else None
+        output = strict_json_loads(text.encode()) if text and happened else None
         found = Settle(happened=happened, output=output, comment=form.get("comment", ""))
         desk.settle(plan_id, step_id, reviewer.name, found)
     except KeyError:
         return _list_page(request, desk, session, error="Say whether it happened.", status=422)
-    except json.JSONDecodeError as exc:
-        problem = f"The output is not valid JSON: {exc}."
+    except (MessageRejected, ValueError, InputInvalid) as exc:  # bad JSON, a long comment, ...
+        problem = f"That cannot be recorded: {exc}"
         return _list_page(request, desk, session, error=problem, status=422)
     except (Conflict, NotFound) as exc:
         status = 409 if isinstance(exc, Conflict) else 404
