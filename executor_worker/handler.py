@@ -280,7 +280,8 @@ def _pause(
 def _outcome_of(session: Session, goal: GoalRow, plan_id: str) -> Message:
     """Rebuild the outcome message of a goal whose run already ended."""
     rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
-    steps: dict[str, Any] = {row.step_id: row.status for row in rows}
+    # A step still claimed (a late run elsewhere) has no outcome to tell yet.
+    steps: dict[str, Any] = {row.step_id: row.status for row in rows if row.status != "running"}
     if goal.status == "completed":
         return ExecutionCompleted(goal_id=goal.id, plan_id=plan_id, steps=steps)
     reason = goal.status_reason or f"the goal is {goal.status}"

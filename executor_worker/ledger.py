@@ -98,9 +98,9 @@ class StepLedger:
     ) -> None:
         """Store a step's final status and output, and audit it, in one transaction.
 
-        `attempt` is the claim the result comes from. If that claim was taken over meanwhile
-        (its lease ran out: the step became unknown, was settled, or runs again), the result is
-        audited as late and replaces nothing. A step settled without a call (no `attempt`) is
+        `attempt` is the claim the result comes from. A result that comes back after the step
+        was marked `unknown` (its lease ran out; a person is asked) is audited as late and
+        replaces nothing: the person decides. A step settled without a call (no `attempt`) is
         recorded once; a later walk of the plan finds it already there.
         """
         now = utcnow()
@@ -111,11 +111,9 @@ class StepLedger:
                 .where(StepRunRow.plan_id == self._plan.plan_id, StepRunRow.step_id == step.id)
                 .with_for_update()
             ).scalar_one_or_none()
-            if attempt is not None and (
-                row is None or row.status != "running" or row.attempt != attempt
-            ):
+            if attempt is not None and row is not None and row.status == "unknown":
                 late = {**key, "status": status, "attempt": attempt, "error": error}
-                late["recorded"] = row.status if row is not None else None
+                late["recorded"] = row.status
                 audit.append(
                     session,
                     "step.late_result",
