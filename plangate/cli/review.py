@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from plangate.store import Store
     from schemas import Catalog
 
-app = group("Review held plans: list, show, approve, reject or edit them.")
+app = group(
+    "Review held plans (list, show, approve, reject, edit) and settle steps that may or may "
+    "not have happened (unsettled, settle)."
+)
 console = Console(highlight=False, soft_wrap=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
