@@ -1,5 +1,7 @@
 """`plangate review`: held plans from the terminal — list, show, approve, reject, edit.
 
+Settling steps that may or may not have happened (`unsettled`, `settle`) is in `settle.py`.
+
 It works on the store and broker named by the settings (the distributed mode): a decision is
 recorded in the store and its messages are published to the workers.
 """
@@ -55,19 +57,28 @@ DEFAULT_REVIEWER = "user@terminal"
 
 
 @contextmanager
-def _review() -> Iterator[tuple[Settings, Store, Review]]:
-    from plangate.stages import build_review
+def opened_store() -> Iterator[tuple[Settings, Store]]:
+    """Open the store the settings name; closed when the block ends."""
     from plangate.store import open_store
 
     settings = load_settings()
     store = open_store(settings.resolved_database_url())
     try:
-        yield settings, store, build_review(settings, store)
+        yield settings, store
     finally:
         store.close()
 
 
-def _publish(settings: Settings, store: Store, envelopes: Sequence[Envelope]) -> None:
+@contextmanager
+def _review() -> Iterator[tuple[Settings, Store, Review]]:
+    from plangate.stages import build_review
+
+    with opened_store() as (settings, store):
+        yield settings, store, build_review(settings, store)
+
+
+def publish(settings: Settings, store: Store, envelopes: Sequence[Envelope]) -> None:
+    """Publish what a decision committed to the outbox, to the broker the settings name."""
     from plangate.bus import Bus
     from plangate.relay import deliver
 
@@ -221,7 +232,7 @@ def _decide(
 ) -> None:
     with _review() as (settings, store, review):
         envelopes = call(review)
-        _publish(settings, store, envelopes)
+        publish(settings, store, envelopes)
     if as_json:
         kinds = [envelope.routing_key for envelope in envelopes]
         typer.echo(json.dumps({"plan_id": plan_id, "action": action, "published": kinds}))
@@ -340,103 +351,3 @@ def review_edit(
             roles=roles,
         ),
     )
-
-
-@app.command("unsettled", short_help="List steps that may or may not have happened.")
-@friendly_errors
-def review_unsettled(as_json: JsonOption = False) -> None:
-    """List the steps an executor died in the middle of (non-idempotent writes), oldest first.
-
-    Each one stops its run until a person settles it with `plangate review settle`.
-    """
-    from approval_gate.settle import unsettled_steps
-
-    with _review() as (_settings, store, _review_service):
-        steps = unsettled_steps(store)
-    views: list[dict[str, Any]] = [
-        {
-            "plan_id": s.plan_id,
-            "step_id": s.step_id,
-            "tool": s.tool,
-            "goal_id": s.goal_id,
-            "goal_text": s.goal_text,
-            "attempt": s.attempt,
-            "reason": s.reason,
-            "since": s.since.isoformat() if s.since else None,
-        }
-        for s in steps
-    ]
-    if as_json:
-        typer.echo(json.dumps(views))
-        return
-    if not views:
-        typer.echo("no step is waiting to be settled")
-        return
-    table = Table(title="Steps that may or may not have happened", title_justify="left")
-    table.add_column("plan", no_wrap=True)
-    for column in ("step", "tool", "goal", "since"):
-        table.add_column(column, overflow="fold")
-    for step in steps:
-        since = step.since.isoformat()[:19] if step.since else ""
-        table.add_row(step.plan_id, step.step_id, step.tool, step.goal_text[:60], since)
-    console.print(table)
-    console.print(
-        "Check whether each happened, then: plangate review settle PLAN STEP "
-        "--happened | --not-happened",
-        style="dim",
-    )
-
-
-@app.command("settle", short_help="Say whether an unknown step happened; the run resumes.")
-@friendly_errors
-def review_settle(
-    plan_id: PlanArgument,
-    step_id: Annotated[str, typer.Argument(metavar="STEP_ID")],
-    happened: Annotated[
-        bool | None,
-        typer.Option(
-            "--happened/--not-happened",
-            help="It happened (recorded as succeeded, not run again), or it did not "
-            "(it runs once more when the run resumes).",
-            show_default=False,
-        ),
-    ] = None,
-    output: Annotated[
-        str | None,
-        typer.Option(
-            metavar="JSON", help="With --happened: the step's output, if later steps use it."
-        ),
-    ] = None,
-    comment: Annotated[str, typer.Option(metavar="TEXT", help="What you found (recorded).")] = "",
-    reviewer: ReviewerOption = DEFAULT_REVIEWER,
-    as_json: JsonOption = False,
-) -> None:
-    """Settle STEP_ID of PLAN_ID, which an executor died in the middle of.
-
-    Look first (did the card get charged? did the page go out?), then say --happened or
-    --not-happened. When no step of the plan is left unknown, its run resumes where it stopped.
-    """
-    from approval_gate.settle import settle_step
-    from schemas import MessageRejected, strict_json_loads
-
-    if happened is None:
-        raise ConfigError("say what you found: --happened or --not-happened")
-    if output is not None and not happened:
-        raise ConfigError("--output goes with --happened: a step that did not happen has none")
-    try:
-        value = None if output is None else strict_json_loads(output.encode())
-    except MessageRejected as exc:
-        raise ConfigError(f"--output is not valid JSON: {exc.reason}") from None
-    with _review() as (settings, store, _review_service):
-        envelopes = settle_step(
-            store, plan_id, step_id, reviewer, happened=happened, output=value, comment=comment
-        )
-        _publish(settings, store, envelopes)
-    resumed = bool(envelopes)
-    if as_json:
-        verdict = {"plan_id": plan_id, "step_id": step_id, "happened": happened}
-        typer.echo(json.dumps({**verdict, "resumed": resumed}))
-    elif resumed:
-        typer.echo(f"plan {plan_id}: step {step_id} settled; the run resumes")
-    else:
-        typer.echo(f"plan {plan_id}: step {step_id} settled; other steps still wait to be settled")

@@ -1,0 +1,124 @@
+"""`plangate review unsettled|settle`: steps an executor died in the middle of, settled by a person.
+
+A non-idempotent write cut off mid-call may or may not have happened; its run waits until
+someone looks and says which (see `approval_gate.settle`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from plangate.cli.common import friendly_errors
+from plangate.cli.review import (
+    DEFAULT_REVIEWER,
+    JsonOption,
+    PlanArgument,
+    ReviewerOption,
+    console,
+    opened_store,
+    publish,
+)
+from plangate.errors import ConfigError
+
+
+@friendly_errors
+def review_unsettled(as_json: JsonOption = False) -> None:
+    """List the steps an executor died in the middle of (non-idempotent writes), oldest first.
+
+    Each one stops its run until a person settles it with `plangate review settle`.
+    """
+    from approval_gate.settle import unsettled_steps
+
+    with opened_store() as (_settings, store):
+        steps = unsettled_steps(store)
+    views = [
+        {**dataclasses.asdict(s), "since": s.since.isoformat() if s.since else None} for s in steps
+    ]
+    if as_json:
+        typer.echo(json.dumps(views))
+        return
+    if not views:
+        typer.echo("no step is waiting to be settled")
+        return
+    table = Table(title="Steps that may or may not have happened", title_justify="left")
+    table.add_column("plan", no_wrap=True)
+    for column in ("step", "tool", "goal", "since"):
+        table.add_column(column, overflow="fold")
+    for step in steps:
+        since = step.since.isoformat()[:19] if step.since else ""
+        table.add_row(step.plan_id, step.step_id, step.tool, step.goal_text[:60], since)
+    console.print(table)
+    console.print(
+        "Check whether each happened, then: plangate review settle PLAN STEP "
+        "--happened | --not-happened",
+        style="dim",
+    )
+
+
+@friendly_errors
+def review_settle(
+    plan_id: PlanArgument,
+    step_id: Annotated[str, typer.Argument(metavar="STEP_ID")],
+    happened: Annotated[
+        bool | None,
+        typer.Option(
+            "--happened/--not-happened",
+            help="It happened (recorded as succeeded, not run again), or it did not "
+            "(it runs once more when the run resumes).",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            metavar="JSON", help="With --happened: the step's output, if later steps use it."
+        ),
+    ] = None,
+    comment: Annotated[str, typer.Option(metavar="TEXT", help="What you found (recorded).")] = "",
+    reviewer: ReviewerOption = DEFAULT_REVIEWER,
+    as_json: JsonOption = False,
+) -> None:
+    """Settle STEP_ID of PLAN_ID, which an executor died in the middle of.
+
+    Look first (did the card get charged? did the page go out?), then say --happened or
+    --not-happened. When no step of the plan is left unknown, its run resumes where it stopped.
+    """
+    from approval_gate.settle import settle_step
+    from schemas import MessageRejected, strict_json_loads
+
+    if happened is None:
+        raise ConfigError("say what you found: --happened or --not-happened")
+    if output is not None and not happened:
+        raise ConfigError("--output goes with --happened: a step that did not happen has none")
+    try:
+        value = None if output is None else strict_json_loads(output.encode())
+    except MessageRejected as exc:
+        raise ConfigError(f"--output is not valid JSON: {exc.reason}") from None
+    with opened_store() as (settings, store):
+        envelopes = settle_step(
+            store, plan_id, step_id, reviewer, happened=happened, output=value, comment=comment
+        )
+        publish(settings, store, envelopes)
+    resumed = bool(envelopes)
+    if as_json:
+        verdict = {"plan_id": plan_id, "step_id": step_id, "happened": happened}
+        typer.echo(json.dumps({**verdict, "resumed": resumed}))
+    elif resumed:
+        typer.echo(f"plan {plan_id}: step {step_id} settled; the run resumes")
+    else:
+        typer.echo(f"plan {plan_id}: step {step_id} settled; other steps still wait to be settled")
+
+
+def register(review: typer.Typer) -> None:
+    """Add `unsettled` and `settle` to the `plangate review` group."""
+    review.command("unsettled", short_help="List steps that may or may not have happened.")(
+        review_unsettled
+    )
+    review.command("settle", short_help="Say whether an unknown step happened; the run resumes.")(
+        review_settle
+    )
