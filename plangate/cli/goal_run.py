@@ -100,8 +100,7 @@ class GoalRun:
             self.err.print(f"[red]error:[/] {'; '.join(message.reasons)}", highlight=False)
             return EXIT_FAILED
         elif isinstance(message, PlanApproved):
-            if self._awaiting_preview and self._awaiting_preview[0].plan_id == message.plan.plan_id:
-                self._awaiting_preview = None  # approved elsewhere meanwhile
+            self._stop_awaiting(message.plan.plan_id)  # approved elsewhere meanwhile
             self._show_decision(message.plan.plan_id)
         elif isinstance(message, PlanDecided):
             return self._on_decided(message)
@@ -131,8 +130,7 @@ class GoalRun:
         return self._finish(EXIT_FAILED, f"failed: {message.reason}", steps=message.steps)
 
     def _on_decided(self, message: PlanDecided) -> int | None:
-        if self._awaiting_preview and self._awaiting_preview[0].plan_id == message.plan_id:
-            self._awaiting_preview = None  # decided elsewhere meanwhile: nothing left to ask
+        self._stop_awaiting(message.plan_id)  # decided elsewhere meanwhile: nothing to ask
         self._show_decision(message.plan_id, message)
         if message.type == "plan.rejected" and self._replanning(message.revision, "reviewer"):
             return None
@@ -150,11 +148,18 @@ class GoalRun:
             return None
         return self._ask(message)
 
-    def _on_preview(self, message: PlanPreviewed) -> int | None:
-        if self._awaiting_preview is None or self._awaiting_preview[0].plan_id != message.plan_id:
+    def _stop_awaiting(self, plan_id: str) -> PlanDecided | None:
+        """Stop waiting for the dry run of `plan_id`; return its hold if it was awaited."""
+        if self._awaiting_preview is None or self._awaiting_preview[0].plan_id != plan_id:
             return None
         held, _ = self._awaiting_preview
         self._awaiting_preview = None
+        return held
+
+    def _on_preview(self, message: PlanPreviewed) -> int | None:
+        held = self._stop_awaiting(message.plan_id)
+        if held is None:
+            return None
         self._show_preview(message.plan_id, message.steps)
         return self._ask(held)
 
@@ -162,7 +167,7 @@ class GoalRun:
         if self._awaiting_preview is None or time.monotonic() < self._awaiting_preview[1]:
             return None
         held, _ = self._awaiting_preview
-        self._awaiting_preview = None
+        self._stop_awaiting(held.plan_id)
         if not self.options.as_json:
             self.err.print("The dry run is late; deciding without it.", style="yellow")
         return self._ask(held)
