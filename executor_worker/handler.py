@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -62,13 +61,6 @@ Notify = Callable[[Envelope], None]
 _SETTLED = frozenset({"running", "needs_attention", *TERMINAL_STATUSES})
 
 
-@dataclass(frozen=True)
-class _Started:
-    """A run that may go on, and where its trace links to."""
-
-    plan_trace: dict[str, str]
-
-
 class ExecutorHandler:
     """Runs approved plans exactly as approved."""
 
@@ -113,18 +105,19 @@ class ExecutorHandler:
             return []
         if isinstance(started, Envelope):  # a redelivery of a run that already ended
             return [started]
+        plan_trace = started
         # Linked to the incoming message always; parented by it unless configured otherwise.
         with telemetry.run_span(
-            "run plan", linked_only=self._link_only, link_to=started.plan_trace
+            "run plan", linked_only=self._link_only, link_to=plan_trace
         ) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
             return self._run(message)
 
-    def _start(self, message: PlanApproved, approval: Approval) -> _Started | Envelope | None:
+    def _start(self, message: PlanApproved, approval: Approval) -> dict[str, str] | Envelope | None:
         """In one transaction: use the approval (once), and move the goal to `running`.
 
-        Returns what the run needs (the plan's stored trace context); when the run already
+        Returns the plan's stored trace context (the run links to it); when the run already
         ended, its outcome to publish again; None for a revision the goal has moved past, or a
         run waiting for a person.
         """
@@ -164,8 +157,7 @@ class ExecutorHandler:
                 )
             # The planner's `plan` span, stored with the plan: the run links to it.
             planned = session.get(PlanRow, plan.plan_id)
-            trace = {str(k): str(v) for k, v in (planned.trace_headers if planned else {}).items()}
-            return _Started(trace)
+            return {str(k): str(v) for k, v in (planned.trace_headers if planned else {}).items()}
 
     def _refuse(self, message: PlanApproved, reason: str) -> Sequence[Envelope]:
         with self._store.session() as session:
