@@ -59,6 +59,8 @@ class GateHandler:
         digest = plan_hash(plan)
         if digest != message.plan_hash:
             raise Reject(f"plan {plan.plan_id}: its hash does not match the plan it carries")
+        # One transaction reads, decides and records: deciding is quick (no I/O), and on
+        # SQLite every transaction queues for the one write lock.
         with self._store.session() as session:
             row = session.get(PlanRow, plan.plan_id)
             if row is None or row.plan_hash != digest:
@@ -68,39 +70,34 @@ class GateHandler:
                 return repeated
             goal = session.get(GoalRow, plan.goal_id)
             goal_text, goal_meta = (goal.text, dict(goal.meta)) if goal else ("", {})
-            catalog = read_catalog(session)
-        decision = self._decide(message, catalog, goal_text, goal_meta)
-        try:
-            with self._store.session() as session:
-                row = session.get_one(PlanRow, plan.plan_id)
+            decision = self._decide(message, read_catalog(session), goal_text, goal_meta)
+            try:
                 record_decision(session, row, "policy", decision)
-                envelopes = [follow_decision(session, row, decision, self._signer, self._ttl)]
-                if self._policy.wants_preview(decision):
-                    # An executor has the tools: it runs the reads and asks the writes. The
-                    # row is the request it checks; the message only wakes it.
-                    session.add(
-                        PlanPreviewRow(plan_id=plan.plan_id, goal_id=plan.goal_id, plan_hash=digest)
-                    )
-                    ask = PreviewRequested(goal_id=plan.goal_id, plan=plan, plan_hash=digest)
-                    envelopes.append(emit(session, ask))
-            if decision.action == "hold" and self._on_held is not None:
-                # After the commit, once per revision: a redelivery repeats, it does not re-notify.
-                notice = HeldNotice(
-                    plan.goal_id,
-                    plan.plan_id,
-                    plan.revision,
-                    decision.rule,
-                    decision.reason,
-                    plan.summary,
-                )
-                self._on_held(notice)
-            return envelopes
-        except Conflict:  # another gate decided this revision meanwhile: say what it decided
-            with self._store.session() as session:
-                row = session.get_one(PlanRow, plan.plan_id)
+            except Conflict:  # another gate decided this revision meanwhile: say what it decided
                 repeated = self._repeat_earlier_decision(session, row)
                 assert repeated is not None
                 return repeated
+            envelopes = [follow_decision(session, row, decision, self._signer, self._ttl)]
+            if self._policy.wants_preview(decision):
+                # An executor has the tools: it runs the reads and asks the writes. The row
+                # is the request it checks; the message only wakes it.
+                session.add(
+                    PlanPreviewRow(plan_id=plan.plan_id, goal_id=plan.goal_id, plan_hash=digest)
+                )
+                ask = PreviewRequested(goal_id=plan.goal_id, plan=plan, plan_hash=digest)
+                envelopes.append(emit(session, ask))
+        if decision.action == "hold" and self._on_held is not None:
+            # After the commit, once per revision: a redelivery repeats, it does not re-notify.
+            notice = HeldNotice(
+                plan.goal_id,
+                plan.plan_id,
+                plan.revision,
+                decision.rule,
+                decision.reason,
+                plan.summary,
+            )
+            self._on_held(notice)
+        return envelopes
 
     def _repeat_earlier_decision(self, session: Session, row: PlanRow) -> list[Envelope] | None:
         """On a redelivery (or a lost race), say again what was decided; move nothing."""

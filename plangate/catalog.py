@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
+from functools import lru_cache
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -42,9 +45,18 @@ def read_catalog(session: Session) -> Catalog:
     catalog: Catalog = {}
     for row in session.execute(select(ToolCatalogRow)).scalars():
         try:
-            catalog[row.name] = ToolSpec.model_validate(row.spec)
+            catalog[row.name] = _spec(json.dumps(row.spec, sort_keys=True))
         except ValidationError as exc:
             # One bad row (written by an older version) must not stop every goal: plans
             # that use the tool are refused by validation, as for any unknown tool.
             log.warning("tool %s in the catalog is invalid and left out: %s", row.name, exc)
     return catalog
+
+
+@lru_cache(maxsize=1024)
+def _spec(spec_json: str) -> ToolSpec:
+    # Checking a spec's schemas against their meta-schema costs milliseconds, and planners and
+    # gates read the catalog for every message: a spec already checked is not checked again.
+    # Keyed by the spec's whole text, so a republished spec is checked afresh.
+    spec: Any = json.loads(spec_json)
+    return ToolSpec.model_validate(spec)
