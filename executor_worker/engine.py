@@ -18,7 +18,7 @@ from typing import Any
 import cel
 from opentelemetry.trace import Span
 
-from executor_worker.ledger import StepLedger
+from executor_worker.ledger import Claim, StepLedger
 from plangate import faults, telemetry
 from plangate.errors import OutcomeUnknown, ToolError
 from plangate.tools import Tool, ToolContext, ToolRegistry
@@ -156,7 +156,7 @@ class DagWalk:
 
 
 class PlanRun(DagWalk):
-    """One execution of one approved plan: each step claimed, run once, and recorded."""
+    """One execution of one approved plan: each write claimed and run once; every step recorded."""
 
     waits_on = frozenset({"unknown"})
     wait_note = "waits until a person settles step {step!r}"
@@ -182,12 +182,17 @@ class PlanRun(DagWalk):
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         tool = self._registry.get(step.tool)
         with tool_span(step) as span:
+            key = idempotency_key(self._plan_hash, step.id)
+            if tool.spec.effect == "read":
+                earlier = self._ledger.recorded(step)
+                if earlier is not None:
+                    return _recorded(step, earlier)
+                called = invoke(tool, step, args, self._context(step, key), span)
+                stands = self._ledger.record_read(step, called.status, called.output, called.error)
+                return _recorded(step, stands, called.duration_ms)
             claim = self._ledger.claim(step, tool.spec)
             if claim.kind != "run":
-                return StepOutcome(
-                    step.id, step.tool, claim.status or "unknown", claim.output, claim.error
-                )
-            key = idempotency_key(self._plan_hash, step.id)
+                return _recorded(step, claim)
             outcome = invoke(tool, step, args, self._context(step, key, claim.attempt), span)
             if outcome.status == "succeeded":
                 faults.trip("mid_tool")  # the effect happened; its record did not
@@ -195,6 +200,12 @@ class PlanRun(DagWalk):
                 step, outcome.status, outcome.output, outcome.error, attempt=claim.attempt
             )
             return outcome
+
+
+def _recorded(step: Step, claim: Claim, duration_ms: float = 0.0) -> StepOutcome:
+    """Return the outcome the ledger holds for a step (it may differ from this run's call)."""
+    status = claim.status or "unknown"
+    return StepOutcome(step.id, step.tool, status, claim.output, claim.error, duration_ms)
 
 
 @contextmanager

@@ -11,8 +11,9 @@ steps are not run again, and a run that already ended has its outcome republishe
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from executor_worker.engine import PlanRun, StepOutcome
-from executor_worker.ledger import StepLedger
+from executor_worker.ledger import Claim, StepLedger, recorded_steps
 from executor_worker.preview import Previewer
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
@@ -59,6 +60,14 @@ log = logging.getLogger(__name__)
 Notify = Callable[[Envelope], None]
 # Goals that a refused message must leave as they are: a run or an outcome is never undone.
 _SETTLED = frozenset({"running", "needs_attention", *TERMINAL_STATUSES})
+
+
+@dataclass(frozen=True)
+class _Started:
+    """A run that may go on: where its trace links to, and the steps recorded before it."""
+
+    plan_trace: dict[str, str]
+    recorded: dict[str, Claim]
 
 
 class ExecutorHandler:
@@ -105,21 +114,19 @@ class ExecutorHandler:
             return []
         if isinstance(started, Envelope):  # a redelivery of a run that already ended
             return [started]
-        plan_trace = started
         # Linked to the incoming message always; parented by it unless configured otherwise.
         with telemetry.run_span(
-            "run plan", linked_only=self._link_only, link_to=plan_trace
+            "run plan", linked_only=self._link_only, link_to=started.plan_trace
         ) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
-            return self._run(message)
+            return self._run(message, started.recorded)
 
-    def _start(self, message: PlanApproved, approval: Approval) -> dict[str, str] | Envelope | None:
+    def _start(self, message: PlanApproved, approval: Approval) -> _Started | Envelope | None:
         """In one transaction: use the approval (once), and move the goal to `running`.
 
-        Returns the plan's stored trace context (the run links to it); when the run already
-        ended, its outcome to publish again; None for a revision the goal has moved past, or a
-        run waiting for a person.
+        Returns what the run needs; when the run already ended, its outcome to publish again;
+        None for a revision the goal has moved past, or a run waiting for a person.
         """
         plan = message.plan
         with self._store.session() as session:
@@ -157,7 +164,8 @@ class ExecutorHandler:
                 )
             # The planner's `plan` span, stored with the plan: the run links to it.
             planned = session.get(PlanRow, plan.plan_id)
-            return {str(k): str(v) for k, v in (planned.trace_headers if planned else {}).items()}
+            trace = {str(k): str(v) for k, v in (planned.trace_headers if planned else {}).items()}
+            return _Started(trace, recorded_steps(session, plan.plan_id))
 
     def _refuse(self, message: PlanApproved, reason: str) -> Sequence[Envelope]:
         with self._store.session() as session:
@@ -187,13 +195,13 @@ class ExecutorHandler:
                 )
             ]
 
-    def _run(self, message: PlanApproved) -> Sequence[Envelope]:
+    def _run(self, message: PlanApproved, recorded: Mapping[str, Claim]) -> Sequence[Envelope]:
         plan = message.plan
         run = PlanRun(
             plan,
             plan_hash(plan),
             self._registry,
-            StepLedger(self._store, plan, self._step_lease),
+            StepLedger(self._store, plan, self._step_lease, recorded),
             lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),
             self._steps,
         )

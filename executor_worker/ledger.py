@@ -4,17 +4,22 @@ A claim is an `INSERT ... ON CONFLICT DO NOTHING` with a lease. A step found fin
 run again; one found running past its lease is re-run only if its tool is idempotent, and is
 otherwise marked `unknown` for a person to settle: never run twice silently.
 
-Reads are claimed too: two runs of one plan (a redelivery while it runs) then share one read's
-result, so they cannot decide a `when` or a write's arguments differently.
+A read takes no claim before its call: it has no effect to protect, and a transaction fewer
+per read shows on every goal. A read recorded before the run started is reused, not called
+again. Otherwise its result is recorded only if no run of the plan recorded one first, and the
+first recorded result is the one every run goes on with: two runs of one plan (a redelivery
+while it runs) cannot decide a `when` or a write's arguments differently.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from plangate.errors import Retry
 from plangate.store import StepRunRow, Store, audit
@@ -35,13 +40,34 @@ class Claim:
     error: str | None = None
 
 
+def recorded_steps(session: Session, plan_id: str) -> dict[str, Claim]:
+    """Return the finished steps of a plan by id, as a run finds them when it starts."""
+    rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
+    return {
+        row.step_id: Claim("done", row.attempt, row.status, row.output, row.error)
+        for row in rows
+        if row.status != "running"
+    }
+
+
 class StepLedger:
     """The step records of one plan."""
 
-    def __init__(self, store: Store, plan: Plan, lease: timedelta = timedelta(minutes=5)) -> None:
+    def __init__(
+        self,
+        store: Store,
+        plan: Plan,
+        lease: timedelta = timedelta(minutes=5),
+        recorded: Mapping[str, Claim] | None = None,
+    ) -> None:
         self._store = store
         self._plan = plan
         self._lease = lease
+        self._recorded = dict(recorded or {})
+
+    def recorded(self, step: Step) -> Claim | None:
+        """Return the step's record from before this run started, if it had finished."""
+        return self._recorded.get(step.id)
 
     def claim(self, step: Step, spec: ToolSpec) -> Claim:
         """Claim a step for this executor, or say why it must not run now."""
@@ -86,6 +112,45 @@ class StepLedger:
             if getattr(taken, "rowcount", 0) != 1:
                 raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
             return Claim("run", row.attempt + 1)
+
+    def record_read(self, step: Step, status: str, output: Any, error: str | None) -> Claim:
+        """Record a read's result unless one is recorded already; return the result that stands."""
+        now = utcnow()
+        key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
+        with self._store.session() as session:
+            first = insert_if_absent(
+                session,
+                StepRunRow,
+                {
+                    **key,
+                    "goal_id": self._plan.goal_id,
+                    "status": status,
+                    "attempt": 1,
+                    "output": output,
+                    "error": error,
+                    "started_at": now,
+                    "finished_at": now,
+                },
+            )
+            if not first:
+                row = session.execute(
+                    select(StepRunRow)
+                    .where(StepRunRow.plan_id == self._plan.plan_id, StepRunRow.step_id == step.id)
+                    .with_for_update()
+                ).scalar_one()
+                if row.status != "running":
+                    return Claim("done", row.attempt, row.status, row.output, row.error)
+                # Claimed by an executor of an older version: a read's result simply replaces it.
+                row.status, row.output, row.error = status, output, error
+                row.finished_at, row.lease_until = now, None
+            audit.append(
+                session,
+                f"step.{status}",
+                actor="executor",
+                goal_id=self._plan.goal_id,
+                data={**key, "error": error},
+            )
+        return Claim("done", 1, status, output, error)
 
     def record(
         self,

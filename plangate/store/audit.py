@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from plangate.store.claims import insert_if_absent
@@ -17,6 +17,16 @@ from schemas import canonical_json, utcnow
 from schemas.hashing import sha256_hex
 
 GENESIS = "0" * 64
+
+# Built once: statements made anew on every append took a third of its time.
+_HEAD_TABLE = cast(Table, AuditHeadRow.__table__)
+_HEAD = select(_HEAD_TABLE.c.seq, _HEAD_TABLE.c.hash).where(_HEAD_TABLE.c.id == 1).with_for_update()
+_INSERT_ENTRY = insert(cast(Table, AuditRow.__table__))
+_MOVE_HEAD = (
+    update(_HEAD_TABLE)
+    .where(_HEAD_TABLE.c.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
 
 
 def entry_hash(
@@ -40,33 +50,28 @@ def append(
     actor: str,
     goal_id: str | None = None,
     data: dict[str, Any] | None = None,
-) -> AuditRow:
-    """Append an entry in the caller's transaction (so it commits with the effect it records)."""
-    locked = select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
-    head = session.execute(locked).scalar_one_or_none()
+) -> int:
+    """Append an entry in the caller's transaction (so it commits with the effect it records).
+
+    Returns the entry's sequence number. Written with plain statements, not the ORM's unit of
+    work: every state change of every goal passes here, and the ORM took four times as long.
+    """
+    head = session.execute(_HEAD).one_or_none()
     if head is None:
         # Only the very first append creates the head, and two first appends cannot both
         # create it: whichever inserts second inserts nothing, then waits on the lock.
         insert_if_absent(session, AuditHeadRow, {"id": 1, "seq": 0, "hash": GENESIS})
-        head = session.execute(locked).scalar_one()
+        head = session.execute(_HEAD).one()
+    prev_seq, prev_hash = int(head.seq), str(head.hash)
     payload = dict(data or {})
-    seq = head.seq + 1
+    seq = prev_seq + 1
     at = utcnow().isoformat()
-    digest = entry_hash(head.hash, seq, at, goal_id, kind, actor, payload)
-    row = AuditRow(
-        seq=seq,
-        at=at,
-        goal_id=goal_id,
-        kind=kind,
-        actor=actor,
-        data=payload,
-        prev_hash=head.hash,
-        hash=digest,
-    )
-    session.add(row)
-    head.seq, head.hash = seq, digest
-    session.flush()
-    return row
+    digest = entry_hash(prev_hash, seq, at, goal_id, kind, actor, payload)
+    entry = {"seq": seq, "at": at, "goal_id": goal_id, "kind": kind, "actor": actor}
+    entry |= {"data": payload, "prev_hash": prev_hash, "hash": digest}
+    session.execute(_INSERT_ENTRY, entry)
+    session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": digest})
+    return seq
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from typing import cast
 
-from sqlalchemy import update
+from sqlalchemy import Table, insert, update
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
@@ -22,14 +23,17 @@ from schemas import Message, utcnow
 log = logging.getLogger(__name__)
 
 
+# A plain INSERT, not the ORM's unit of work: every message of every stage passes here.
+_INSERT = insert(cast(Table, OutboxRow.__table__))
+
+
 def add(session: Session, envelope: Envelope) -> Envelope:
     """Store an envelope in the caller's transaction; return it tagged with its outbox id."""
-    row = OutboxRow(
-        routing_key=envelope.routing_key, body=envelope.body, headers=dict(envelope.headers)
-    )
-    session.add(row)
-    session.flush()
-    return Envelope(envelope.routing_key, envelope.body, dict(envelope.headers), outbox_id=row.id)
+    headers = dict(envelope.headers)
+    row = {"routing_key": envelope.routing_key, "body": envelope.body, "headers": headers}
+    inserted = session.execute(_INSERT, row)
+    outbox_id = int(inserted.inserted_primary_key[0])  # type: ignore[attr-defined]
+    return Envelope(envelope.routing_key, envelope.body, headers, outbox_id=outbox_id)
 
 
 def emit(
