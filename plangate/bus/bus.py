@@ -32,9 +32,16 @@ from schemas import DeadLetter, Message, MessageRejected, decode_message
 # The memory transport polls; 10 ms keeps the embedded pipeline snappy without burning a core.
 # AMQP publishes are fire-and-forget unless confirmed: with confirms, `publish` returns once
 # RabbitMQ has the message (or raises), so "publish, then ack" cannot lose it.
+# kombu's Redis consumer scans for unacked messages to restore on every 10th empty poll; a
+# busy stage polls every millisecond or two (see consumer.py), which made that scan (a lock and
+# a range query) a tenth of a worker's CPU. Every 1000th poll still runs it about every
+# minute when idle, far inside the hour a message stays invisible.
+_REDIS: dict[str, Any] = {"unacked_restore_throttle": 1000}
 _CONFIRMED: dict[str, Any] = {"confirm_publish": True}
 _TRANSPORT_OPTIONS: dict[str, dict[str, Any]] = {
     "memory": {"polling_interval": 0.01},
+    "redis": _REDIS,
+    "rediss": _REDIS,
     "amqp": _CONFIRMED,
     "amqps": _CONFIRMED,
     "pyamqp": _CONFIRMED,
