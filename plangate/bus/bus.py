@@ -7,7 +7,6 @@ channels are not thread-safe), and each consumer loop opens its own.
 from __future__ import annotations
 
 import base64
-import threading
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,16 +15,10 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.messaging import Consumer, Producer
 
-from plangate.bus.consumer import (
-    RETRY_DELAYS,
-    Handler,
-    PublishedHook,
-    StageConsumer,
-    publish,
-    raw_body,
-)
+from plangate.bus.consumer import RETRY_DELAYS, Handler, PublishedHook, StageConsumer, raw_body
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
+from plangate.bus.producers import ThreadProducers, publish
 from plangate.bus.topology import STAGES, Stage, Topology
 from schemas import DeadLetter, Message, MessageRejected, decode_message
 
@@ -54,9 +47,7 @@ class Bus:
     def __init__(self, url: str, namespace: str = "plangate") -> None:
         self.url = url
         self.topology = Topology(namespace)
-        self._local = threading.local()
-        self._all: list[Connection] = []
-        self._lock = threading.Lock()
+        self._producers = ThreadProducers(self.connection, self.topology)
 
     def connection(self) -> Connection:
         """Open a new kombu connection to the broker (the caller owns and closes it)."""
@@ -64,28 +55,13 @@ class Bus:
         options = dict(_TRANSPORT_OPTIONS.get(scheme, {}))  # a copy: kombu keeps what it gets
         return Connection(self.url, transport_options=options, connect_timeout=5)
 
-    def _producer(self) -> Producer:
-        producer: Producer | None = getattr(self._local, "producer", None)
-        if producer is None:
-            connection = self.connection()
-            with self._lock:
-                self._all.append(connection)
-            channel = connection.channel()
-            for queue in self.topology.durable_queues():
-                queue.bind(channel).declare()
-            producer = Producer(channel, exchange=self.topology.exchange)
-            self._local.producer = producer
-        return producer
-
     def declare(self) -> None:
         """Declare the exchange and every durable queue, so no early message is dropped."""
-        self._producer()
+        self._producers.producer()
 
     def publish(self, envelopes: Sequence[Envelope]) -> None:
         """Publish envelopes from the calling thread (on its own connection)."""
-        producer = self._producer()
-        for envelope in envelopes:
-            publish(producer, self.topology, envelope)
+        self._producers.publish(envelopes)
 
     def publish_one(self, envelope: Envelope) -> None:
         """Publish one envelope from the calling thread (on its own connection)."""
@@ -200,11 +176,7 @@ class Bus:
 
     def close(self) -> None:
         """Close every publishing connection this bus opened."""
-        with self._lock:
-            for connection in self._all:
-                connection.release()
-            self._all.clear()
-        self._local = threading.local()
+        self._producers.close()
 
 
 class Observer:

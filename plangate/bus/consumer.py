@@ -1,9 +1,13 @@
 """A stage's consume loop: one thread owns the connection; handlers run in a bounded pool.
 
-Acks happen in exactly one place, `_publish_then_ack`, after the handler's effects are
-committed and its outgoing messages published. Handlers return the envelopes to publish, or
-raise Reject (dead letter), Retry (try again after its delay) or anything else (try again after
-`retry_delays`); either retry counts towards `max_attempts`, then the message is dead-lettered.
+Handlers return the envelopes to publish, or raise Reject (dead letter), Retry (try again after
+its delay) or anything else (try again after `retry_delays`); either retry counts towards
+`max_attempts`, then the message is dead-lettered.
+
+A message is acked only once what it led to is published: a handled one (`_ack`) after its
+handler committed and, from the handler's own thread on a connection of its own, published the
+results (so they go on without waiting for the loop to notice the handler finished); a dead
+letter or a retry (`_publish_then_ack`) after the loop published its copy.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from kombu.messaging import Consumer, Producer
 
 from plangate import faults, logs, telemetry
 from plangate.bus.dead_letters import dead_letter_envelope
-from plangate.bus.envelope import ATTEMPT_HEADER, CONTENT_TYPE, Delivery, Envelope
+from plangate.bus.envelope import ATTEMPT_HEADER, Delivery, Envelope
+from plangate.bus.producers import ThreadProducers, publish
 from plangate.bus.topology import Stage, Topology
 from plangate.errors import Reject, Retry, Unavailable
 from schemas import Message, MessageRejected, decode_message
@@ -40,27 +45,15 @@ _BUSY_POLL_SECONDS = 0.002
 RETRY_DELAYS = (0.2, 1.0, 5.0, 30.0)
 
 
+class _PublishFailed(Exception):
+    """A handler's messages could not be published: the broker is gone (reconnect)."""
+
+
 @dataclass
 class _Done:
     raw: KombuMessage
     delivery: Delivery
     future: Future[Sequence[Envelope]]
-
-
-def publish(producer: Producer, topology: Topology, envelope: Envelope) -> None:
-    """Publish one envelope under a producer span; the trace context travels in its headers."""
-    headers = dict(envelope.headers)
-    with telemetry.producer_span(envelope.routing_key, headers):
-        producer.publish(
-            envelope.body,
-            exchange=topology.exchange,
-            routing_key=envelope.routing_key,
-            headers=headers,
-            content_type=CONTENT_TYPE,
-            content_encoding="utf-8",
-            delivery_mode=2,
-            retry=True,
-        )
 
 
 def _text_headers(raw: KombuMessage) -> dict[str, str]:
@@ -116,6 +109,13 @@ class StageConsumer:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; in-flight handlers finish and are settled first."""
+        self._producers = ThreadProducers(self._connect, self._topology)
+        try:
+            self._consume(stop)
+        finally:
+            self._producers.close()
+
+    def _consume(self, stop: threading.Event) -> None:
         with (
             self._connect() as connection,
             ThreadPoolExecutor(self._concurrency, f"plangate-{self._stage}") as pool,
@@ -203,7 +203,13 @@ class StageConsumer:
             logs.bound(goal_id=message.goal_id, message_id=message.message_id),
             telemetry.consumer_span(delivery.queue, delivery.routing_key, delivery.headers),
         ):
-            return self._handler(message, delivery)
+            envelopes = self._handler(message, delivery)
+        faults.trip("after_commit")
+        try:
+            self._producers.publish(envelopes)
+        except Exception as exc:
+            raise _PublishFailed(f"could not publish what {delivery.routing_key} led to") from exc
+        return envelopes
 
     def _settle_finished(self, block: bool = False) -> None:
         self._republish_due_retries()
@@ -222,8 +228,9 @@ class StageConsumer:
         """Decide what a finished message leads to: its results, a dead letter, or a retry."""
         error = done.future.exception()
         if error is None:
-            faults.trip("after_commit")
-            self._publish_then_ack(done.raw, done.future.result(), from_outbox=True)
+            self._ack(done.raw, done.future.result())
+        elif isinstance(error, _PublishFailed):
+            raise error  # unacked, the message comes back once the broker does
         elif isinstance(error, Reject):
             log.info("rejected %s: %s", done.delivery.routing_key, error.reason)
             self._dead_letter(done.raw, done.delivery, error.reason)
@@ -262,21 +269,22 @@ class StageConsumer:
         envelope = dead_letter_envelope(raw_body(raw), raw.content_type, delivery, reason)
         self._publish_then_ack(raw, [envelope])
 
-    def _publish_then_ack(
-        self, raw: KombuMessage, envelopes: Sequence[Envelope], *, from_outbox: bool = False
-    ) -> None:
-        """Publish what a message led to, then ack it: the one place a message is acked."""
-        for envelope in envelopes:
-            publish(self._producer, self._topology, envelope)
-        if from_outbox and envelopes and self._on_published is not None:
+    def _ack(self, raw: KombuMessage, published: Sequence[Envelope]) -> None:
+        """Ack a message whose results are published: the one place a message is acked."""
+        if published and self._on_published is not None:
             try:
-                self._on_published(envelopes)
+                self._on_published(published)
             except Exception:
                 # Published but not marked sent: the relay sends them again, and handlers are
                 # idempotent, so a duplicate is harmless where a lost ack would not be.
-                log.exception("could not mark %d outbox rows sent", len(envelopes))
-        if from_outbox:
-            faults.trip("after_publish")
+                log.exception("could not mark %d outbox rows sent", len(published))
+        faults.trip("after_publish")
+        raw.ack()
+
+    def _publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:
+        """Publish a dead letter or a retry from the loop's own channel, then ack the message."""
+        for envelope in envelopes:
+            publish(self._producer, self._topology, envelope)
         raw.ack()
 
     def _undecodable(self, raw: Any, error: Exception) -> None:
