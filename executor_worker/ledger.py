@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import select, update
@@ -133,23 +133,13 @@ class StepLedger:
                 },
             )
             if not first:
-                row = session.execute(
-                    select(StepRunRow)
-                    .where(StepRunRow.plan_id == self._plan.plan_id, StepRunRow.step_id == step.id)
-                    .with_for_update()
-                ).scalar_one()
+                row = self._locked(session, step)
+                assert row is not None  # the insert found it
                 if row.status != "running":
                     return Claim("done", row.attempt, row.status, row.output, row.error)
                 # Claimed by an executor of an older version: a read's result simply replaces it.
-                row.status, row.output, row.error = status, output, error
-                row.finished_at, row.lease_until = now, None
-            audit.append(
-                session,
-                f"step.{status}",
-                actor="executor",
-                goal_id=self._plan.goal_id,
-                data={**key, "error": error},
-            )
+                _finish(row, status, output, error, now)
+            self._audit(session, f"step.{status}", {**key, "error": error})
         return Claim("done", 1, status, output, error)
 
     def record(
@@ -171,21 +161,11 @@ class StepLedger:
         now = utcnow()
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
         with self._store.session() as session:
-            row = session.execute(
-                select(StepRunRow)
-                .where(StepRunRow.plan_id == self._plan.plan_id, StepRunRow.step_id == step.id)
-                .with_for_update()
-            ).scalar_one_or_none()
+            row = self._locked(session, step)
             if attempt is not None and row is not None and row.status == "unknown":
                 late = {**key, "status": status, "attempt": attempt, "error": error}
                 late["recorded"] = row.status
-                audit.append(
-                    session,
-                    "step.late_result",
-                    actor="executor",
-                    goal_id=self._plan.goal_id,
-                    data=late,
-                )
+                self._audit(session, "step.late_result", late)
                 return
             if row is not None and attempt is None:
                 return
@@ -199,12 +179,21 @@ class StepLedger:
                     status=status,
                 )
                 session.add(row)
-            row.status, row.output, row.error = status, output, error
-            row.finished_at, row.lease_until = now, None
-            audit.append(
-                session,
-                f"step.{status}",
-                actor="executor",
-                goal_id=self._plan.goal_id,
-                data={**key, "error": error},
-            )
+            _finish(row, status, output, error, now)
+            self._audit(session, f"step.{status}", {**key, "error": error})
+
+    def _locked(self, session: Session, step: Step) -> StepRunRow | None:
+        """Return the step's row, locked until the transaction ends (None if it has none)."""
+        return session.execute(
+            select(StepRunRow)
+            .where(StepRunRow.plan_id == self._plan.plan_id, StepRunRow.step_id == step.id)
+            .with_for_update()
+        ).scalar_one_or_none()
+
+    def _audit(self, session: Session, kind: str, data: dict[str, Any]) -> None:
+        audit.append(session, kind, actor="executor", goal_id=self._plan.goal_id, data=data)
+
+
+def _finish(row: StepRunRow, status: str, output: Any, error: str | None, now: datetime) -> None:
+    row.status, row.output, row.error = status, output, error
+    row.finished_at, row.lease_until = now, None
