@@ -40,13 +40,18 @@ class Claim:
     error: str | None = None
 
 
+# Outcomes that never change once recorded; an `unknown` step may be settled by a person at any
+# time, so it is always read afresh.
+_FINAL = ("succeeded", "failed", "skipped")
+
+
 def recorded_steps(session: Session, plan_id: str) -> dict[str, Claim]:
-    """Return the finished steps of a plan by id, as a run finds them when it starts."""
-    rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
+    """Return the steps of a plan with a final outcome, by id, as a run finds them at its start."""
+    rows = session.execute(
+        select(StepRunRow).where(StepRunRow.plan_id == plan_id, StepRunRow.status.in_(_FINAL))
+    ).scalars()
     return {
-        row.step_id: Claim("done", row.attempt, row.status, row.output, row.error)
-        for row in rows
-        if row.status != "running"
+        row.step_id: Claim("done", row.attempt, row.status, row.output, row.error) for row in rows
     }
 
 
@@ -134,10 +139,14 @@ class StepLedger:
             )
             if not first:
                 row = self._locked(session, step)
-                assert row is not None  # the insert found it
+                if row is None:  # a person's "did not happen" removed it just now
+                    raise Retry(f"step {step.id!r} was settled meanwhile", delay=1.0)
                 if row.status != "running":
                     return Claim("done", row.attempt, row.status, row.output, row.error)
-                # Claimed by an executor of an older version: a read's result simply replaces it.
+                # Claimed by an executor of an older version. Its result will be recorded over
+                # this one, so this run must not go on with its own: wait for that one.
+                if row.lease_until is not None and row.lease_until > now:
+                    raise Retry(f"step {step.id!r} is being run by another executor", delay=5.0)
                 _finish(row, status, output, error, now)
             self._audit(session, f"step.{status}", {**key, "error": error})
         return Claim("done", 1, status, output, error)

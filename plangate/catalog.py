@@ -45,7 +45,7 @@ def read_catalog(session: Session) -> Catalog:
     catalog: Catalog = {}
     for row in session.execute(select(ToolCatalogRow)).scalars():
         try:
-            catalog[row.name] = _spec(json.dumps(row.spec, sort_keys=True))
+            catalog[row.name] = _spec(json.dumps(row.spec))
         except ValidationError as exc:
             # One bad row (written by an older version) must not stop every goal: plans
             # that use the tool are refused by validation, as for any unknown tool.
@@ -57,6 +57,7 @@ def read_catalog(session: Session) -> Catalog:
 def _spec(spec_json: str) -> ToolSpec:
     # Checking a spec's schemas against their meta-schema costs milliseconds, and planners and
     # gates read the catalog for every message: a spec already checked is not checked again.
-    # Keyed by the spec's whole text, so a republished spec is checked afresh.
+    # Keyed by the spec's whole text (its key order kept: prompts show it), so a republished
+    # spec is checked afresh.
     spec: Any = json.loads(spec_json)
     return ToolSpec.model_validate(spec)

@@ -2,8 +2,10 @@
 
 A goal left in a non-terminal state past its deadline gets its last message published again;
 idempotent handlers answer it with what they already did, or do what was lost. A held goal
-waits for a person and is left alone; a running goal whose steps still hold a live lease is
-being worked on and is left alone too.
+waits for a person and is left alone. A running goal is left alone while a step holds a live
+claim, and, since reads take no claim, until a step lease has passed since its run last showed
+life (it started, or a step started or finished): a dead executor's run is taken over then,
+as a dead executor's write is.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ log = logging.getLogger(__name__)
 STALLED_STATUSES = ("submitted", "proposed", "approved", "running")
 
 
-def reconcile(store: Store, after: timedelta, limit: int = 100) -> list[Envelope]:
+def reconcile(
+    store: Store,
+    after: timedelta,
+    limit: int = 100,
+    step_lease: timedelta = timedelta(minutes=5),
+) -> list[Envelope]:
     """Queue the last message of every goal stalled past its deadline; return the envelopes.
 
     A goal's deadline is `after` since it last moved, then twice that after each resend (up to
@@ -47,7 +54,7 @@ def reconcile(store: Store, after: timedelta, limit: int = 100) -> list[Envelope
                 continue
             if goal.planning_until is not None and goal.planning_until > now:
                 continue  # a planner is on it (a slow LLM): resending would pay for it twice
-            envelope = _last_message(session, goal)
+            envelope = _last_message(session, goal, step_lease)
             goal.updated_at = now
             goal.reconciled += 1
             if envelope is not None:
@@ -58,7 +65,7 @@ def reconcile(store: Store, after: timedelta, limit: int = 100) -> list[Envelope
     return envelopes
 
 
-def _last_message(session: Session, goal: GoalRow) -> Envelope | None:
+def _last_message(session: Session, goal: GoalRow, step_lease: timedelta) -> Envelope | None:
     if goal.status == "submitted":
         message = GoalSubmitted(
             goal_id=goal.id,
@@ -75,7 +82,7 @@ def _last_message(session: Session, goal: GoalRow) -> Envelope | None:
             goal_id=goal.id, plan=plan_of(plan), plan_hash=plan.plan_hash, planner=plan.planner
         )
         return emit(session, proposal, trace_headers=goal.trace_headers)
-    if _steps_still_leased(session, plan.plan_id):
+    if _run_in_progress(session, goal, plan.plan_id, step_lease):
         return None
     approval = session.execute(
         select(ApprovalRow).where(ApprovalRow.plan_id == plan.plan_id)
@@ -90,11 +97,18 @@ def _last_message(session: Session, goal: GoalRow) -> Envelope | None:
     return emit(session, released, trace_headers=goal.trace_headers)
 
 
-def _steps_still_leased(session: Session, plan_id: str) -> bool:
+def _run_in_progress(session: Session, goal: GoalRow, plan_id: str, step_lease: timedelta) -> bool:
+    """Return True while a step holds a live claim, or a running goal's run showed life lately."""
     now = utcnow()
-    leases = session.execute(
-        select(StepRunRow.lease_until).where(
-            StepRunRow.plan_id == plan_id, StepRunRow.status == "running"
-        )
-    ).scalars()
-    return any(lease is not None and lease > now for lease in leases)
+    steps = session.execute(
+        select(
+            StepRunRow.status, StepRunRow.lease_until, StepRunRow.started_at, StepRunRow.finished_at
+        ).where(StepRunRow.plan_id == plan_id)
+    ).all()
+    if any(s.status == "running" and s.lease_until and s.lease_until > now for s in steps):
+        return True
+    if goal.status != "running":
+        return False
+    # A read in flight leaves no row: the run's last sign of life stands in for its lease.
+    signs = [goal.updated_at, *(s.started_at for s in steps), *(s.finished_at for s in steps)]
+    return bool(max(sign for sign in signs if sign is not None) > now - step_lease)

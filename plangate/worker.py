@@ -79,6 +79,7 @@ class Worker:
         interval = self.settings.sweep_interval_seconds
         stale = timedelta(seconds=self.settings.relay_after_seconds)
         stalled = timedelta(seconds=self.settings.reconcile_after_seconds)
+        step_lease = timedelta(seconds=self.settings.step_lease_seconds)
         # Gate workers also expire held plans (idempotent: any number of them may sweep).
         expire = build_expiry(self.settings) if self.stage == "gate" else None
         while not self.stop.wait(interval):
@@ -86,7 +87,7 @@ class Worker:
                 relayed = relay_pending(store, bus, older_than=stale)
                 if relayed:
                     log.warning("relayed %d outbox messages left unsent", relayed)
-                deliver(store, bus, reconcile(store, stalled))
+                deliver(store, bus, reconcile(store, stalled, step_lease=step_lease))
                 if expire is not None:
                     deliver(store, bus, expire(store, utcnow()))
             except Exception:  # the broker or database is down: try again next sweep

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+import pytest
+
 from executor_worker.ledger import StepLedger
 from plangate.embedded import Pipeline
+from plangate.errors import Retry
 from plangate.store import StepRunRow
+from schemas import utcnow
 from tests.conftest import SEED_GOAL
 from tests.support import audit_kinds, only_plan
 
@@ -32,3 +38,33 @@ def test_the_first_recorded_result_of_a_read_is_the_one_every_run_goes_on_with(
     with pipeline.store.session() as session:
         assert session.get_one(StepRunRow, (plan.plan_id, "count")).output == 128
     assert audit_kinds(pipeline.store, goal_id).count("step.succeeded") == 1
+
+
+def test_a_read_claimed_by_an_older_executor_is_waited_for_until_its_lease_runs_out(
+    pipeline: Pipeline,
+) -> None:
+    """Given the seed plan's `count` read claimed by an executor of an older version (reads
+    were claimed then), its lease still live,
+    When this version records its own answer,
+    Then it is told to retry later (that executor will record its answer over this one);
+    once the lease has run out, this answer replaces the abandoned claim.
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, {"held"})
+    plan = only_plan(pipeline.store, goal_id)
+    count = plan.step("count")
+    with pipeline.store.session() as session:
+        claim = {"goal_id": goal_id, "tool": count.tool, "status": "running", "attempt": 1}
+        claim["started_at"] = utcnow()
+        live = utcnow() + timedelta(minutes=5)
+        row = StepRunRow(plan_id=plan.plan_id, step_id="count", lease_until=live, **claim)
+        session.add(row)
+    ledger = StepLedger(pipeline.store, plan)
+
+    with pytest.raises(Retry):
+        ledger.record_read(count, "succeeded", 131, None)
+
+    with pipeline.store.session() as session:
+        session.get_one(StepRunRow, (plan.plan_id, "count")).lease_until = utcnow()
+    told = ledger.record_read(count, "succeeded", 131, None)
+    assert (told.status, told.output) == ("succeeded", 131)

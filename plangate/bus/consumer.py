@@ -29,7 +29,7 @@ from kombu.messaging import Consumer, Producer
 from plangate import faults, logs, telemetry
 from plangate.bus.dead_letters import dead_letter_envelope
 from plangate.bus.envelope import ATTEMPT_HEADER, Delivery, Envelope
-from plangate.bus.producers import ThreadProducers, publish
+from plangate.bus.producers import STAGE_RETRY_POLICY, ThreadProducers, publish
 from plangate.bus.topology import Stage, Topology
 from plangate.errors import Reject, Retry, Unavailable
 from schemas import Message, MessageRejected, decode_message
@@ -109,7 +109,7 @@ class StageConsumer:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; in-flight handlers finish and are settled first."""
-        self._producers = ThreadProducers(self._connect, self._topology)
+        self._producers = ThreadProducers(self._connect, self._topology, STAGE_RETRY_POLICY)
         try:
             self._consume(stop)
         finally:
@@ -284,7 +284,7 @@ class StageConsumer:
     def _publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:
         """Publish a dead letter or a retry from the loop's own channel, then ack the message."""
         for envelope in envelopes:
-            publish(self._producer, self._topology, envelope)
+            publish(self._producer, self._topology, envelope, STAGE_RETRY_POLICY)
         raw.ack()
 
     def _undecodable(self, raw: Any, error: Exception) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from kombu.connection import Connection
 from kombu.messaging import Producer
@@ -16,9 +17,26 @@ from plangate import telemetry
 from plangate.bus.envelope import CONTENT_TYPE, Envelope
 from plangate.bus.topology import Topology
 
+# How a stage's publish rides out a broker blip before it gives up (about 5 s), so that the
+# stage can reconnect, and stop when asked, rather than retry forever inside one publish.
+STAGE_RETRY_POLICY: dict[str, Any] = {
+    "max_retries": 3,
+    "interval_start": 0.5,
+    "interval_step": 1.0,
+    "interval_max": 2.0,
+}
 
-def publish(producer: Producer, topology: Topology, envelope: Envelope) -> None:
-    """Publish one envelope under a producer span; the trace context travels in its headers."""
+
+def publish(
+    producer: Producer,
+    topology: Topology,
+    envelope: Envelope,
+    retry_policy: dict[str, Any] | None = None,
+) -> None:
+    """Publish one envelope under a producer span; the trace context travels in its headers.
+
+    Without a `retry_policy` kombu retries a lost connection until the broker is back.
+    """
     headers = dict(envelope.headers)
     with telemetry.producer_span(envelope.routing_key, headers):
         producer.publish(
@@ -30,15 +48,22 @@ def publish(producer: Producer, topology: Topology, envelope: Envelope) -> None:
             content_encoding="utf-8",
             delivery_mode=2,
             retry=True,
+            retry_policy=retry_policy,
         )
 
 
 class ThreadProducers:
     """A producer per publishing thread, each on its own connection."""
 
-    def __init__(self, connect: Callable[[], Connection], topology: Topology) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], Connection],
+        topology: Topology,
+        retry_policy: dict[str, Any] | None = None,
+    ) -> None:
         self._connect = connect
         self._topology = topology
+        self._retry_policy = retry_policy
         self._local = threading.local()
         self._connections: list[Connection] = []
         self._lock = threading.Lock()
@@ -62,7 +87,7 @@ class ThreadProducers:
         if envelopes:
             producer = self.producer()
             for envelope in envelopes:
-                publish(producer, self._topology, envelope)
+                publish(producer, self._topology, envelope, self._retry_policy)
 
     def close(self) -> None:
         """Release every connection opened so far (a thread's next publish opens a new one)."""
