@@ -31,7 +31,7 @@ from plangate.catalog import load_catalog
 from plangate.errors import Conflict, Forbidden, NotFound
 from plangate.signing import Signer
 from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store, audit
-from plangate.store.goals import latest_plan, transition
+from plangate.store.goals import latest_plan, plan_row, transition
 from plangate.store.outbox import emit
 from schemas import (
     Decision,
@@ -41,7 +41,6 @@ from schemas import (
     PlanProposed,
     StepPreview,
     new_id,
-    plan_hash,
     validate_plan,
 )
 
@@ -149,7 +148,6 @@ class Review:
             old = held.plan
             plan = _edited_plan(old, steps, summary)
             validate_plan(plan, catalog)
-            digest = plan_hash(plan)
             planner = f"edit:{reviewer}"
             # The old revision's slot for a person's decision is taken by the edit, so an
             # approval racing this edit loses (or wins, and the edit gets the Conflict).
@@ -160,15 +158,8 @@ class Review:
                 policy_version=_policy_version(held),
             )
             record_decision(session, old, "human", replaced)
-            row = PlanRow(
-                plan_id=plan.plan_id,
-                goal_id=plan.goal_id,
-                revision=plan.revision,
-                body=plan.model_dump(mode="json"),
-                plan_hash=digest,
-                planner=planner,
-                trace_headers=dict(old.trace_headers),
-            )
+            row = plan_row(plan, planner, old.trace_headers)
+            digest = row.plan_hash
             try:
                 with session.begin_nested():
                     session.add(row)

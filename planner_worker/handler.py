@@ -22,7 +22,7 @@ from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import PlanningFailed, Reject, Retry, Unavailable
 from plangate.store import GoalRow, PlanRow, Store
-from plangate.store.goals import ensure_goal, get_goal, latest_plan, plan_of, transition
+from plangate.store.goals import ensure_goal, get_goal, latest_plan, plan_of, plan_row, transition
 from plangate.store.outbox import emit
 from planner_worker.planner import Draft, Feedback, Planner, RevisingPlanner
 from planner_worker.replan import FeedbackSource, ReplanPolicy
@@ -37,7 +37,6 @@ from schemas import (
     PlanInvalid,
     PlanProposed,
     new_id,
-    plan_hash,
     utcnow,
     validate_plan,
 )
@@ -56,12 +55,14 @@ class PlannerHandler:
         store: Store,
         planner: Planner,
         replan: ReplanPolicy | None = None,
-        lease: timedelta = timedelta(minutes=10),
+        lease: timedelta | None = timedelta(minutes=10),
     ) -> None:
         self._store = store
         self._planner = planner
         self._replan = replan or ReplanPolicy()
-        self._lease = lease  # longer than planning can take, retries and repairs included
+        # Longer than planning can take, retries and repairs included; None for a planner that
+        # plans without I/O (it plans inside the goal's transaction instead).
+        self._lease = lease
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle goal.submitted, plan.rejected or execution.failed."""
@@ -81,12 +82,19 @@ class PlannerHandler:
                 return [emit(session, _proposal(existing))]
             if goal.status == "plan_failed":
                 return [emit(session, _failure(goal))]
-            self._take_lease(session, goal.id)
             catalog = _catalog_in(session)
-        with (
-            self._leased(message.goal_id),
-            telemetry.tracer().start_as_current_span("plan") as span,
-        ):
+            if self._lease is None:
+                # Planning without I/O, in microseconds: in this transaction, with no lease.
+                return self._first_revision(message, catalog, session)
+            self._take_lease(session, goal.id)
+        with self._leased(message.goal_id):
+            return self._first_revision(message, catalog)
+
+    def _first_revision(
+        self, message: GoalSubmitted, catalog: Catalog, session: Session | None = None
+    ) -> Sequence[Envelope]:
+        """Plan revision 1 and store it (or the failure), in `session` or a new transaction."""
+        with telemetry.tracer().start_as_current_span("plan") as span:
             span.set_attribute("gen_ai.operation.name", "plan")
             span.set_attribute("plangate.goal_id", message.goal_id)
             span.set_attribute("plangate.revision", 1)
@@ -95,9 +103,9 @@ class PlannerHandler:
                 plan = _validated(draft, message.goal_id, 1, catalog)
             except PlanningFailed as failure:
                 span.set_attribute("error.type", "planning_failed")
-                return self._fail(message.goal_id, failure.reasons)
+                return self._fail(message.goal_id, failure.reasons, session)
             # Inside the span: the gate and executor continue the trace under `plan`.
-            return self._propose(plan, draft)
+            return self._propose(plan, draft, session)
 
     def _on_feedback(
         self, plan_id: str, comment: str, source: FeedbackSource
@@ -120,10 +128,12 @@ class PlannerHandler:
                 return [emit(session, _failure(goal))]
             if goal.status != _AWAITING_FEEDBACK[source]:
                 return []  # the goal moved on (another decision, a newer run): leave it
-            self._take_lease(session, goal.id)
             request = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
             feedback = Feedback(plan_of(row), comment, source, _tokens_spent(session, goal.id))
             catalog = _catalog_in(session)
+            if self._lease is None:
+                return self._revise(self._planner, request, catalog, feedback, session)
+            self._take_lease(session, goal.id)
         with self._leased(goal.id):
             return self._revise(self._planner, request, catalog, feedback)
 
@@ -133,6 +143,7 @@ class PlannerHandler:
         The other planner publishes the plan (the retry then finds it); if it died, the retry
         plans. Taken with one conditional UPDATE, so two planners cannot both take it.
         """
+        assert self._lease is not None  # taken only by a planner that plans with I/O
         now = utcnow()
         free = or_(GoalRow.planning_until.is_(None), GoalRow.planning_until <= now)
         taken = session.execute(
@@ -162,7 +173,12 @@ class PlannerHandler:
             raise
 
     def _revise(
-        self, planner: RevisingPlanner, goal: GoalSubmitted, catalog: Catalog, feedback: Feedback
+        self,
+        planner: RevisingPlanner,
+        goal: GoalSubmitted,
+        catalog: Catalog,
+        feedback: Feedback,
+        session: Session | None = None,
     ) -> Sequence[Envelope]:
         revision = feedback.previous.revision + 1
         with telemetry.tracer().start_as_current_span("plan") as span:
@@ -177,52 +193,61 @@ class PlannerHandler:
                 span.set_attribute("error.type", "planning_failed")
                 what = "rejection" if feedback.source == "reviewer" else "failed execution"
                 reasons = [f"no revision {revision} after the {what}:", *failure.reasons]
-                return self._fail(goal.goal_id, reasons)
-            return self._propose(plan, draft)
+                return self._fail(goal.goal_id, reasons, session)
+            return self._propose(plan, draft, session)
 
-    def _propose(self, plan: Plan, draft: Draft) -> Sequence[Envelope]:
-        digest = plan_hash(plan)
-        usage = draft.usage
+    def _propose(
+        self, plan: Plan, draft: Draft, session: Session | None = None
+    ) -> Sequence[Envelope]:
+        """Store a new revision and emit plan.proposed, in `session` or a new transaction."""
+        if session is not None:
+            # A race with another delivery (PostgreSQL) fails this transaction; the retry of
+            # the message then finds the other's plan and proposes it.
+            return _store_proposal(session, plan, draft)
         try:
-            with self._store.session() as session:
-                row = PlanRow(
-                    plan_id=plan.plan_id,
-                    goal_id=plan.goal_id,
-                    revision=plan.revision,
-                    body=plan.model_dump(mode="json"),
-                    plan_hash=digest,
-                    planner=draft.planner,
-                    model=draft.model,
-                    input_tokens=usage.input_tokens if usage else None,
-                    output_tokens=usage.output_tokens if usage else None,
-                    # The `plan` span, so that the run of this plan can link to it later.
-                    trace_headers=telemetry.current_headers(),
-                )
-                session.add(row)
-                session.flush()
-                transition(
-                    session,
-                    plan.goal_id,
-                    "proposed",
-                    actor=ACTOR,
-                    data={"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": digest},
-                )
-                return [emit(session, _proposal(row))]
+            with self._store.session() as own:
+                return _store_proposal(own, plan, draft)
         except IntegrityError:
             # Two deliveries of one goal (or one piece of feedback) planned at once; the
             # other stored this revision first. Its plan is the answer, ours is dropped.
-            with self._store.session() as session:
-                existing = session.execute(
+            with self._store.session() as own:
+                existing = own.execute(
                     select(PlanRow).where(
                         PlanRow.goal_id == plan.goal_id, PlanRow.revision == plan.revision
                     )
                 ).scalar_one()
-                return [emit(session, _proposal(existing))]
+                return [emit(own, _proposal(existing))]
 
-    def _fail(self, goal_id: str, reasons: list[str]) -> Sequence[Envelope]:
-        with self._store.session() as session:
-            transition(session, goal_id, "plan_failed", actor=ACTOR, reason="; ".join(reasons))
-            return [emit(session, PlanFailed(goal_id=goal_id, reasons=reasons))]
+    def _fail(
+        self, goal_id: str, reasons: list[str], session: Session | None = None
+    ) -> Sequence[Envelope]:
+        if session is not None:
+            return _store_failure(session, goal_id, reasons)
+        with self._store.session() as own:
+            return _store_failure(own, goal_id, reasons)
+
+
+def _store_proposal(session: Session, plan: Plan, draft: Draft) -> list[Envelope]:
+    usage = draft.usage
+    row = plan_row(
+        plan,
+        draft.planner,
+        # The `plan` span, so that the run of this plan can link to it later.
+        telemetry.current_headers(),
+        model=draft.model,
+        input_tokens=usage.input_tokens if usage else None,
+        output_tokens=usage.output_tokens if usage else None,
+    )
+    session.add(row)
+    session.flush()
+    moved = {"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": row.plan_hash}
+    transition(session, plan.goal_id, "proposed", actor=ACTOR, data=moved)
+    return [emit(session, _proposal(row))]
+
+
+def _store_failure(session: Session, goal_id: str, reasons: list[str]) -> list[Envelope]:
+    transition(session, goal_id, "plan_failed", actor=ACTOR, reason="; ".join(reasons))
+    return [emit(session, PlanFailed(goal_id=goal_id, reasons=reasons))]
 
 
 def _catalog_in(session: Session) -> Catalog:

@@ -33,13 +33,13 @@ def load_planner(settings: Settings) -> Planner:
     return load_playbook_planner(settings)
 
 
-def planning_lease(settings: Settings) -> timedelta:
+def planning_lease(settings: Settings) -> timedelta | None:
     """Return how long one planning of a goal may take, so a second delivery waits for it.
 
-    An LLM planner may spend every attempt's timeout, with the SDK's retries; the playbook
-    planner answers at once, so a planner killed mid-plan is replaced within seconds.
+    An LLM planner may spend every attempt's timeout, with the SDK's retries. The playbook
+    planner needs no lease (None): it plans without I/O, inside the goal's transaction.
     """
     if planner_kind(settings) != "openai":
-        return timedelta(seconds=5)
+        return None
     calls = settings.planner_attempts * (settings.planner_max_retries + 1)
     return timedelta(seconds=settings.planner_timeout_seconds * calls + 30)

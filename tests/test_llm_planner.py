@@ -49,6 +49,7 @@ from tests.openai_stub import (
 )
 from tests.support import (
     HELD,
+    audit_kinds,
     eventually,
     first_envelope,
     next_message,
@@ -547,5 +548,30 @@ def test_a_planner_that_stops_on_an_error_gives_its_lease_back_for_the_retry(
 
     assert proposal.routing_key == "plan.proposed"
     assert planner.calls == 2
+    with pipeline.store.session() as session:
+        assert session.get_one(GoalRow, "flaky-goal").planning_until is None
+
+
+def test_a_planner_without_a_lease_plans_in_the_goal_s_transaction_and_leaves_nothing_on_error(
+    pipeline: Pipeline,
+) -> None:
+    """Given a planner that takes no lease (as the playbook planner: no I/O), whose first
+    attempt stops on an unexpected error,
+    When the goal's message is handled, fails, and is handled again,
+    Then the failed attempt left nothing behind (its one transaction rolled back: no lease, no
+    audit entry), and the retry plans at once.
+    """
+    planner = FlakyPlanner()
+    handler = PlannerHandler(pipeline.store, planner, lease=None)
+    goal = GoalSubmitted(goal_id="flaky-goal", text=SEED_GOAL)
+    delivery = Delivery("plangate.planner", "goal.submitted", {}, attempt=1, redelivered=False)
+
+    with pytest.raises(ConnectionResetError):
+        handler(goal, delivery)
+    assert audit_kinds(pipeline.store, "flaky-goal") == []
+    [proposal] = handler(goal, replace(delivery, attempt=2, redelivered=True))
+
+    assert proposal.routing_key == "plan.proposed"
+    assert audit_kinds(pipeline.store, "flaky-goal") == ["goal.submitted", "goal.proposed"]
     with pipeline.store.session() as session:
         assert session.get_one(GoalRow, "flaky-goal").planning_until is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import select
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 from plangate.errors import NotFound
 from plangate.store import audit
 from plangate.store.models import GoalRow, GoalStatus, PlanRow
-from schemas import GoalSubmitted, Plan
+from schemas import GoalSubmitted, Plan, plan_hash
 
 
 def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str, str]) -> GoalRow:
@@ -77,3 +78,27 @@ def latest_plan(session: Session, goal_id: str) -> PlanRow | None:
 def plan_of(row: PlanRow) -> Plan:
     """Return the Plan model stored in a plan row."""
     return Plan.model_validate(row.body)
+
+
+def plan_row(
+    plan: Plan,
+    planner: str,
+    trace_headers: Mapping[str, Any],
+    *,
+    model: str | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+) -> PlanRow:
+    """Return the row that stores a plan revision, with its hash (the inverse of `plan_of`)."""
+    return PlanRow(
+        plan_id=plan.plan_id,
+        goal_id=plan.goal_id,
+        revision=plan.revision,
+        body=plan.model_dump(mode="json"),
+        plan_hash=plan_hash(plan),
+        planner=planner,
+        model=model,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        trace_headers=dict(trace_headers),
+    )
