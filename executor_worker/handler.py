@@ -120,7 +120,8 @@ class ExecutorHandler:
         ) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
-            return self._run(message, started.recorded)
+            # The approval's hash: verification checked that it is this plan's.
+            return self._run(message, approval.plan_hash, started.recorded)
 
     def _start(self, message: PlanApproved, approval: Approval) -> _Started | Envelope | None:
         """In one transaction: use the approval (once), and move the goal to `running`.
@@ -195,12 +196,14 @@ class ExecutorHandler:
                 )
             ]
 
-    def _run(self, message: PlanApproved, recorded: Mapping[str, Claim]) -> Sequence[Envelope]:
+    def _run(
+        self, message: PlanApproved, digest: str, recorded: Mapping[str, Claim]
+    ) -> Sequence[Envelope]:
         plan = message.plan
         ledger = StepLedger(self._store, plan, self._step_lease, recorded)
         run = PlanRun(
             plan,
-            plan_hash(plan),
+            digest,
             self._registry,
             ledger,
             lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),

@@ -67,7 +67,7 @@ class SentMarker:
     (or lost with the process) costs at most a harmless duplicate, never a message.
     """
 
-    def __init__(self, store: Store, interval: float = 0.05) -> None:
+    def __init__(self, store: Store, interval: float = 0.5) -> None:
         self._store = store
         self._interval = interval
         self._pending: list[Envelope] = []
