@@ -188,8 +188,8 @@ class PlanRun(DagWalk):
                 if earlier is not None:
                     return _recorded(step, earlier)
                 called = invoke(tool, step, args, self._context(step, key), span)
-                self._ledger.note_read(step, called.status, called.output, called.error)
-                return called
+                stands = self._ledger.record_read(step, called.status, called.output, called.error)
+                return _recorded(step, stands, called.duration_ms)
             claim = self._ledger.claim(step, tool.spec)
             if claim.kind != "run":
                 return _recorded(step, claim)

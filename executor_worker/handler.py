@@ -200,12 +200,11 @@ class ExecutorHandler:
         self, message: PlanApproved, digest: str, recorded: Mapping[str, Claim]
     ) -> Sequence[Envelope]:
         plan = message.plan
-        ledger = StepLedger(self._store, plan, self._step_lease, recorded)
         run = PlanRun(
             plan,
             digest,
             self._registry,
-            ledger,
+            StepLedger(self._store, plan, self._step_lease, recorded),
             lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),
             self._steps,
         )
@@ -216,7 +215,6 @@ class ExecutorHandler:
             goal = session.get_one(GoalRow, plan.goal_id)
             if goal.status in TERMINAL_STATUSES:  # a concurrent delivery of it finished first
                 return [emit(session, _outcome_of(session, goal, plan.plan_id))]
-            ledger.record_reads(session)  # with the outcome that rests on them
             if not troubled:
                 transition(
                     session, plan.goal_id, "completed", actor=ACTOR, data={"steps": statuses}

@@ -4,19 +4,15 @@ A claim is an `INSERT ... ON CONFLICT DO NOTHING` with a lease. A step found fin
 run again; one found running past its lease is re-run only if its tool is idempotent, and is
 otherwise marked `unknown` for a person to settle: never run twice silently.
 
-A read takes no claim, and no transaction of its own: it has no effect to protect. Its result
-is recorded by the run's next transaction (a claim, a step's record, or the run's outcome), so
-before anything that may depend on it becomes durable. The first result recorded for a read is
-the one that stands: a run that finds another result recorded for a read it called (a
-redelivery that ran beside it) starts over (Retry) and goes on with the recorded one, so two runs
-of one plan cannot decide a `when` or a write's arguments differently. A read recorded before
-the run started is reused, not called again.
+A read takes no claim before its call: it has no effect to protect, and a transaction fewer
+per read shows on every goal. A read recorded before the run started is reused, not called
+again. Otherwise its result is recorded only if no run of the plan recorded one first, and the
+first recorded result is the one every run goes on with: two runs of one plan (a redelivery
+while it runs) cannot decide a `when` or a write's arguments differently.
 """
 
 from __future__ import annotations
 
-import json
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -73,8 +69,6 @@ class StepLedger:
         self._plan = plan
         self._lease = lease
         self._recorded = dict(recorded or {})
-        self._unrecorded: dict[str, tuple[Step, Claim]] = {}  # reads, until the next transaction
-        self._lock = threading.Lock()  # steps finish on several threads
 
     def recorded(self, step: Step) -> Claim | None:
         """Return the step's record from before this run started, if it had finished."""
@@ -84,7 +78,6 @@ class StepLedger:
         """Claim a step for this executor, or say why it must not run now."""
         now = utcnow()
         with self._store.session() as session:
-            self.record_reads(session)
             won = insert_if_absent(
                 session,
                 StepRunRow,
@@ -125,57 +118,38 @@ class StepLedger:
                 raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
             return Claim("run", row.attempt + 1)
 
-    def note_read(self, step: Step, status: str, output: Any, error: str | None) -> None:
-        """Keep a read's result, to be recorded by this run's next transaction."""
-        with self._lock:
-            self._unrecorded[step.id] = (step, Claim("done", 1, status, output, error))
-
-    def record_reads(self, session: Session) -> None:
-        """Record the reads noted since the last transaction, in the caller's transaction.
-
-        Raises Retry when a read has another result recorded (by a run beside this one): this
-        run went on with its own, so it must start over and go on with the recorded one.
-        """
-        with self._lock:
-            noted, self._unrecorded = list(self._unrecorded.values()), {}
-        for step, mine in noted:
-            self._record_read(session, step, mine)
-
-    def _record_read(self, session: Session, step: Step, mine: Claim) -> None:
+    def record_read(self, step: Step, status: str, output: Any, error: str | None) -> Claim:
+        """Record a read's result unless one is recorded already; return the result that stands."""
         now = utcnow()
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
-        first = insert_if_absent(
-            session,
-            StepRunRow,
-            {
-                **key,
-                "goal_id": self._plan.goal_id,
-                "status": mine.status,
-                "attempt": 1,
-                "output": mine.output,
-                "error": mine.error,
-                "started_at": now,
-                "finished_at": now,
-            },
-        )
-        if not first:
-            row = self._locked(session, step)
-            if row is None:  # a person's "did not happen" removed it just now
-                raise Retry(f"step {step.id!r} was settled meanwhile", delay=1.0)
-            if row.status != "running":
-                if (row.status, _json(row.output)) != (mine.status, _json(mine.output)):
-                    raise Retry(
-                        f"step {step.id!r} has another result, recorded by another run of this "
-                        "plan; starting over with it",
-                        delay=0.5,
-                    )
-                return
-            # Claimed by an executor of an older version. Its result will be recorded over
-            # this one, so this run must not go on with its own: wait for that one.
-            if row.lease_until is not None and row.lease_until > now:
-                raise Retry(f"step {step.id!r} is being run by another executor", delay=5.0)
-            _finish(row, mine.status or "unknown", mine.output, mine.error, now)
-        self._audit(session, f"step.{mine.status}", {**key, "error": mine.error})
+        with self._store.session() as session:
+            first = insert_if_absent(
+                session,
+                StepRunRow,
+                {
+                    **key,
+                    "goal_id": self._plan.goal_id,
+                    "status": status,
+                    "attempt": 1,
+                    "output": output,
+                    "error": error,
+                    "started_at": now,
+                    "finished_at": now,
+                },
+            )
+            if not first:
+                row = self._locked(session, step)
+                if row is None:  # a person's "did not happen" removed it just now
+                    raise Retry(f"step {step.id!r} was settled meanwhile", delay=1.0)
+                if row.status != "running":
+                    return Claim("done", row.attempt, row.status, row.output, row.error)
+                # Claimed by an executor of an older version. Its result will be recorded over
+                # this one, so this run must not go on with its own: wait for that one.
+                if row.lease_until is not None and row.lease_until > now:
+                    raise Retry(f"step {step.id!r} is being run by another executor", delay=5.0)
+                _finish(row, status, output, error, now)
+            self._audit(session, f"step.{status}", {**key, "error": error})
+        return Claim("done", 1, status, output, error)
 
     def record(
         self,
@@ -196,7 +170,6 @@ class StepLedger:
         now = utcnow()
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
         with self._store.session() as session:
-            self.record_reads(session)
             row = self._locked(session, step)
             if attempt is not None and row is not None and row.status == "unknown":
                 late = {**key, "status": status, "attempt": attempt, "error": error}
@@ -228,11 +201,6 @@ class StepLedger:
 
     def _audit(self, session: Session, kind: str, data: dict[str, Any]) -> None:
         audit.append(session, kind, actor="executor", goal_id=self._plan.goal_id, data=data)
-
-
-def _json(value: Any) -> str:
-    """Return a value as the store keeps it, for comparing a result with a recorded one."""
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _finish(row: StepRunRow, status: str, output: Any, error: str | None, now: datetime) -> None:
