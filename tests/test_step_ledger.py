@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
 from executor_worker.ledger import StepLedger
+from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Retry
 from plangate.store import StepRunRow
+from plangate.tools import ToolRegistry, tool
 from schemas import utcnow
 from tests.conftest import SEED_GOAL
-from tests.support import audit_kinds, only_plan
+from tests.support import audit_kinds, only_plan, running_pipeline, write_yaml
 
 
 def test_the_first_recorded_result_of_a_read_is_the_one_every_run_goes_on_with(
@@ -68,3 +71,64 @@ def test_a_read_claimed_by_an_older_executor_is_waited_for_until_its_lease_runs_
         session.get_one(StepRunRow, (plan.plan_id, "count")).lease_until = utcnow()
     told = ledger.record_read(count, "succeeded", 131, None)
     assert (told.status, told.output) == ("succeeded", 131)
+
+
+def test_a_run_goes_on_with_the_answer_another_run_recorded_first_for_a_read(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan `count` (read) then `announce(${count})` (write), approved by policy, where
+    another run of the plan records `count` = 128 while this run's own call returns 131,
+    When the run records its answer,
+    Then it goes on with the recorded 128: it announces 128, once, and calls `census` once.
+    """
+    announced: list[int] = []
+    calls: list[int] = []
+
+    @tool(effect="read", idempotent=True)
+    def census() -> int:
+        """Count everyone (another run of the plan records its count first, the first time)."""
+        calls.append(1)
+        if len(calls) == 1:
+            plan = only_plan(pipeline.store, goal_id)
+            other_run = StepLedger(pipeline.store, plan)
+            other_run.record_read(plan.step("count"), "succeeded", 128, None)
+        return 131
+
+    @tool(effect="write", idempotent=True)
+    def announce(n: int) -> None:
+        """Announce the count."""
+        announced.append(n)
+
+    playbook = write_yaml(
+        tmp_path / "playbook.yaml",
+        {
+            "playbooks": [
+                {
+                    "name": "census",
+                    "pattern": "census",
+                    "steps": [
+                        {"id": "count", "tool": "census"},
+                        {"id": "tell", "tool": "announce", "args": {"n": "${count}"}},
+                    ],
+                }
+            ]
+        },
+    )
+    policy = write_yaml(
+        tmp_path / "policy.yaml",
+        {
+            "mode": "enforce",
+            "rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}],
+        },
+    )
+    registry = ToolRegistry([census, announce])
+    with running_pipeline(
+        settings, playbook_file=playbook, policy_file=policy, registry=registry
+    ) as pipeline:
+        goal_id = pipeline.submit("take the census").goal_id
+
+        goal = pipeline.wait_for(goal_id, timeout=10)
+
+    assert goal.status == "completed", goal.status_reason
+    assert announced == [128]
+    assert len(calls) == 1
