@@ -7,7 +7,8 @@ its delay) or anything else (try again after `retry_delays`); either retry count
 A message is acked only once what it led to is published: a handled one (`_ack`) after its
 handler committed and, from the handler's own thread on a connection of its own, published the
 results (so they go on without waiting for the loop to notice the handler finished); a dead
-letter or a retry (`_publish_then_ack`) after the loop published its copy.
+letter or a retry (`_publish_then_ack`) after the loop published its copy. Every thread
+publishes through the one `ThreadProducers`, each on its own connection.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from typing import Any
 from kombu import message as kombu_message
 from kombu.connection import Connection
 from kombu.message import Message as KombuMessage
-from kombu.messaging import Consumer, Producer
+from kombu.messaging import Consumer
 
 from plangate import faults, logs, telemetry
 from plangate.bus.dead_letters import dead_letter_envelope
 from plangate.bus.envelope import ATTEMPT_HEADER, Delivery, Envelope
-from plangate.bus.producers import STAGE_RETRY_POLICY, ThreadProducers, publish
+from plangate.bus.producers import STAGE_RETRY_POLICY, ThreadProducers
 from plangate.bus.topology import Stage, Topology
 from plangate.errors import Reject, Retry, Unavailable
 from schemas import Message, MessageRejected, decode_message
@@ -121,7 +122,6 @@ class StageConsumer:
             ThreadPoolExecutor(self._concurrency, f"plangate-{self._stage}") as pool,
         ):
             channel = connection.channel()
-            self._producer = Producer(channel, exchange=self._topology.exchange)
             for q in self._topology.durable_queues():
                 q.bind(channel).declare()
             self._pool = pool
@@ -282,9 +282,8 @@ class StageConsumer:
         raw.ack()
 
     def _publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:
-        """Publish a dead letter or a retry from the loop's own channel, then ack the message."""
-        for envelope in envelopes:
-            publish(self._producer, self._topology, envelope, STAGE_RETRY_POLICY)
+        """Publish a dead letter or a retry from the loop's thread, then ack the message."""
+        self._producers.publish(envelopes)
         raw.ack()
 
     def _undecodable(self, raw: Any, error: Exception) -> None:

@@ -54,7 +54,7 @@ def append(
     """Append an entry in the caller's transaction (so it commits with the effect it records).
 
     Returns the entry's sequence number. Written with plain statements, not the ORM's unit of
-    work: every state change of every goal passes here, and the ORM took four times as long.
+    work: every state change of every goal passes here, and the ORM took three times as long.
     """
     head = session.execute(_HEAD).one_or_none()
     if head is None:
