@@ -74,6 +74,7 @@ class DagWalk:
         waiting = {step.id: step for step in self._plan.steps}
         deps = {step.id: dependencies(step) for step in self._plan.steps}
         running: dict[Future[StepOutcome], str] = {}
+        finished: list[StepOutcome] = []  # not yet announced
         while waiting or running:
             for step_id in [s for s in waiting if deps[s] <= self.outcomes.keys()]:
                 step = waiting.pop(step_id)
@@ -85,10 +86,13 @@ class DagWalk:
                         settled = StepOutcome(step.id, step.tool, "failed", error=str(exc))
                 if settled is not None:
                     self._settled(step, settled)
-                    self._finish(settled)
+                    self._finish(settled, finished)
                     continue
                 context = contextvars.copy_context()
                 running[self._pool.submit(context.run, self._call, step, args)] = step_id
+            # Announced once the steps they made ready are under way, not before: an
+            # announcement is a broker round trip that the next step need not wait for.
+            self._announce(finished)
             if not running:
                 continue
             done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -102,7 +106,8 @@ class DagWalk:
                         other.cancel()
                     wait(running)
                     raise
-                self._finish(outcome)
+                self._finish(outcome, finished)
+        self._announce(finished)
         return self.outcomes
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
@@ -124,9 +129,14 @@ class DagWalk:
     def _outputs(self) -> dict[str, Any]:
         return {step_id: outcome.output for step_id, outcome in self.outcomes.items()}
 
-    def _finish(self, outcome: StepOutcome) -> None:
+    def _finish(self, outcome: StepOutcome, finished: list[StepOutcome]) -> None:
         self.outcomes[outcome.step_id] = outcome
-        self._on_finished(outcome)
+        finished.append(outcome)
+
+    def _announce(self, finished: list[StepOutcome]) -> None:
+        for outcome in finished:
+            self._on_finished(outcome)
+        finished.clear()
 
     def _settle_without_running(self, step: Step, deps: set[str]) -> StepOutcome | None:
         """Return the outcome of a step that must not run (dependency or condition), else None."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+from executor_worker.engine import DagWalk, StepOutcome
 from plangate.config import Settings
 from plangate.tools import ToolRegistry, tool
+from schemas import Plan, Step
 from tests.support import only_plan, running_pipeline, step_runs, write_yaml
 
 
@@ -132,3 +136,42 @@ def test_step_referencing_another_starts_after_it_finishes(
     assert events.index("base:end") < events.index("double:start:21")
     assert events.index("double:end") < events.index("report:start")
     assert "noise:start" in events
+
+
+def test_a_step_is_under_way_before_the_step_it_waited_on_is_announced() -> None:
+    """Given a plan where `second` runs after `first`, and an announcement of each finished step
+    that, for `first`, lasts until `second` has started (as a slow broker round trip would),
+    When the plan is walked,
+    Then the announcement does not hold `second` back: it starts while `first` is announced,
+    and the steps are announced in the order they finished.
+    """
+    second_started = threading.Event()
+    announced: list[str] = []
+    second_was_under_way: list[bool] = []
+
+    class Walk(DagWalk):
+        def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
+            if step.id == "second":
+                second_started.set()
+            return StepOutcome(step.id, step.tool, "succeeded", output=step.id)
+
+    def announce(outcome: StepOutcome) -> None:
+        if outcome.step_id == "first":
+            second_was_under_way.append(second_started.wait(timeout=5))
+        announced.append(outcome.step_id)
+
+    plan = Plan(
+        plan_id="plan-1",
+        goal_id="goal-1",
+        revision=1,
+        steps=(Step(id="first", tool="census"), Step(id="second", tool="census", after=("first",))),
+    )
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = Walk(plan, pool, announce).run()
+
+    assert second_was_under_way == [True]
+    assert announced == ["first", "second"]
+    assert {step_id: o.status for step_id, o in outcomes.items()} == {
+        "first": "succeeded",
+        "second": "succeeded",
+    }
