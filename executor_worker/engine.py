@@ -71,10 +71,23 @@ class DagWalk:
 
     def run(self) -> dict[str, StepOutcome]:
         """Bring every step to an outcome; return the outcomes by step id."""
-        waiting = {step.id: step for step in self._plan.steps}
-        deps = {step.id: dependencies(step) for step in self._plan.steps}
         running: dict[Future[StepOutcome], str] = {}
         finished: list[StepOutcome] = []  # not yet announced
+        try:
+            self._walk(running, finished)
+        except BaseException:
+            # The pool outlives this run: leave none of its steps running behind.
+            for future in running:
+                future.cancel()
+            wait(running)
+            raise
+        finally:
+            self._announce(finished)  # what did finish is told, even when the run stops short
+        return self.outcomes
+
+    def _walk(self, running: dict[Future[StepOutcome], str], finished: list[StepOutcome]) -> None:
+        waiting = {step.id: step for step in self._plan.steps}
+        deps = {step.id: dependencies(step) for step in self._plan.steps}
         while waiting or running:
             for step_id in [s for s in waiting if deps[s] <= self.outcomes.keys()]:
                 step = waiting.pop(step_id)
@@ -97,18 +110,9 @@ class DagWalk:
                 continue
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
+                outcome = future.result()  # a step that raised stops the run (see `run`)
                 running.pop(future)
-                try:
-                    outcome = future.result()
-                except BaseException:
-                    # The pool outlives this run: leave none of its steps running behind.
-                    for other in running:
-                        other.cancel()
-                    wait(running)
-                    raise
                 self._finish(outcome, finished)
-        self._announce(finished)
-        return self.outcomes
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         """Call one step whose dependencies succeeded, with its references resolved."""
@@ -156,8 +160,9 @@ class DagWalk:
         }
         try:
             verdict = cel.compile(step.when).execute(view)
-        except (ValueError, RuntimeError, TypeError) as exc:
-            return StepOutcome(step.id, step.tool, "failed", error=f"`when` failed: {exc}")
+        except Exception as exc:  # e.g. KeyError for a field the output lacks: the step fails
+            error = f"`when` failed ({type(exc).__name__}): {exc}"
+            return StepOutcome(step.id, step.tool, "failed", error=error)
         if not isinstance(verdict, bool):
             return StepOutcome(step.id, step.tool, "failed", error="`when` is not a boolean")
         if not verdict:

@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from executor_worker.engine import DagWalk, StepOutcome
 from plangate.config import Settings
 from plangate.tools import ToolRegistry, tool
@@ -175,3 +177,100 @@ def test_a_step_is_under_way_before_the_step_it_waited_on_is_announced() -> None
         "first": "succeeded",
         "second": "succeeded",
     }
+
+
+def test_a_when_reading_a_field_the_output_lacks_fails_that_step_and_the_goal(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan whose `report` step runs `when: steps.census.output.count > 0`, and a
+    `census` that answers `{}` (no `count`; CEL raises KeyError there, not a CEL error),
+    When the goal runs,
+    Then `report` fails saying why, and the goal ends failed at once (it is not retried).
+    """
+
+    @tool(effect="read", idempotent=True)
+    def census() -> dict[str, int]:
+        """Count nothing."""
+        return {}
+
+    @tool(effect="read", idempotent=True)
+    def census_report() -> str:
+        """Report the census."""
+        return "reported"
+
+    playbook = write_yaml(
+        tmp_path / "playbook.yaml",
+        {
+            "playbooks": [
+                {
+                    "name": "census",
+                    "pattern": "census",
+                    "steps": [
+                        {"id": "census", "tool": "census"},
+                        {
+                            "id": "report",
+                            "tool": "census_report",
+                            "when": "steps.census.output.count > 0",
+                        },
+                    ],
+                }
+            ]
+        },
+    )
+    registry = ToolRegistry([census, census_report])
+
+    with running_pipeline(settings, playbook_file=playbook, registry=registry) as pipeline:
+        goal_id = pipeline.submit("take the census").goal_id
+
+        goal = pipeline.wait_for(goal_id, timeout=10)
+
+        assert goal.status == "failed"
+        assert "report" in (goal.status_reason or "")
+        assert "KeyError" in (goal.status_reason or "")
+        plan = only_plan(pipeline.store, goal_id)
+        assert step_runs(pipeline.store, plan.plan_id) == {
+            "census": "succeeded",
+            "report": "failed",
+        }
+
+
+def test_a_run_that_stops_short_leaves_no_step_running_and_announces_what_finished() -> None:
+    """Given a plan of `slow`, beside `first` then `skipped` (`when: false`), where recording
+    `skipped` fails (as a store outage would) while `slow` is still running,
+    When the plan is walked,
+    Then the walk raises, but only once `slow` has finished (no step runs on behind it), and
+    `first`, which did finish, is announced.
+    """
+    slow_may_finish = threading.Event()
+    slow_finished = threading.Event()
+    announced: list[str] = []
+
+    class Walk(DagWalk):
+        def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
+            if step.id == "slow":
+                slow_may_finish.wait(timeout=5)
+                slow_finished.set()
+            return StepOutcome(step.id, step.tool, "succeeded")
+
+        def _settled(self, step: Step, outcome: StepOutcome) -> None:
+            slow_may_finish.set()
+            raise ConnectionError("the store went away")
+
+    plan = Plan(
+        plan_id="plan-1",
+        goal_id="goal-1",
+        revision=1,
+        steps=(
+            Step(id="slow", tool="census"),
+            Step(id="first", tool="census"),
+            Step(id="skipped", tool="census", after=("first",), when="false"),
+        ),
+    )
+    with ThreadPoolExecutor(2) as pool:
+        walk = Walk(plan, pool, lambda outcome: announced.append(outcome.step_id))
+        with pytest.raises(ConnectionError):
+            walk.run()
+        slow_was_done = slow_finished.is_set()
+
+    assert slow_was_done
+    assert announced == ["first"]
