@@ -94,7 +94,10 @@ class StepLedger:
             )
             if won:
                 return Claim("run")
-            row = session.get_one(StepRunRow, (self._plan.plan_id, step.id))
+            # Locked: a late `record` of the run whose lease ran out commits first or waits.
+            row = self._locked(session, step)
+            if row is None:  # a person's "did not happen" removed it just now
+                raise Retry(f"step {step.id!r} was settled meanwhile", delay=1.0)
             if row.status != "running":
                 kind: ClaimKind = "unknown" if row.status == "unknown" else "done"
                 return Claim(kind, row.attempt, row.status, row.output, row.error)
@@ -111,6 +114,7 @@ class StepLedger:
                     StepRunRow.plan_id == self._plan.plan_id,
                     StepRunRow.step_id == step.id,
                     StepRunRow.attempt == row.attempt,
+                    StepRunRow.status == "running",
                 )
                 .values(attempt=row.attempt + 1, lease_until=now + self._lease, started_at=now)
             )

@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import TypeVar
 
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text, update
 
+from executor_worker.ledger import StepLedger
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.errors import ConfigError
 from plangate.store import AuditRow, StepRunRow, Store, audit, open_store, schema
 from plangate.store.claims import insert_if_absent
 from plangate.store.engine import make_engine
+from plangate.tools import tool
+from schemas import Plan, Step, utcnow
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, only_plan, running_pipeline, step_runs
 
@@ -206,3 +211,59 @@ def test_the_seed_goal_completes_on_postgres_with_one_page(
         assert audit.verify(pipeline.store).ok
     [page] = read_notifications()
     assert page["goal_id"] == goal_id
+
+
+@pytest.mark.parametrize("idempotent", [True, False], ids=["idempotent", "not-idempotent"])
+def test_a_takeover_waits_for_the_late_result_of_the_run_whose_lease_ran_out(
+    store: Store, idempotent: bool
+) -> None:
+    """Given a write step whose claim's lease has run out, and the executor that claimed it
+    recording its result just now (its transaction not yet committed),
+    When another executor claims the step,
+    Then that claim waits for the transaction, and finds the step succeeded: it neither runs
+    the step again nor marks it unknown.
+    """
+
+    @tool(effect="write", idempotent=idempotent)
+    def page_oncall() -> str:
+        """Page the on-call engineer."""
+        return "paged"
+
+    plan = Plan(
+        plan_id="plan-1", goal_id="goal-1", revision=1, steps=(Step(id="page", tool="page_oncall"),)
+    )
+    step = plan.steps[0]
+    key = (StepRunRow.plan_id == "plan-1", StepRunRow.step_id == "page")
+    expired = utcnow() - timedelta(seconds=1)
+    with store.session() as session:
+        claimed = {"goal_id": "goal-1", "tool": "page_oncall", "status": "running", "attempt": 1}
+        claimed |= {"plan_id": "plan-1", "step_id": "page", "lease_until": expired}
+        insert_if_absent(session, StepRunRow, claimed | {"started_at": expired})
+    recording, committing = threading.Event(), threading.Event()
+
+    def record_late() -> None:
+        with store.session() as session:
+            session.execute(update(StepRunRow).where(*key).values(status="succeeded"))
+            recording.set()
+            committing.wait(WAIT)
+
+    def waiting_for_locks() -> int:
+        with store.session() as session:
+            waiting = select(func.count()).where(text("wait_event_type = 'Lock'"))
+            return int(session.scalar(waiting.select_from(text("pg_stat_activity"))) or 0)
+
+    with ThreadPoolExecutor(2) as pool:
+        late = pool.submit(record_late)
+        assert recording.wait(WAIT)
+        takeover = pool.submit(StepLedger(store, plan).claim, step, page_oncall.spec)
+        deadline = time.monotonic() + WAIT
+        while not waiting_for_locks() and time.monotonic() < deadline and not takeover.done():
+            time.sleep(0.01)  # polling PostgreSQL until the claim waits on the row's lock
+        committing.set()
+        late.result(WAIT)
+        claim = takeover.result(WAIT)
+
+    assert (claim.kind, claim.status) == ("done", "succeeded")
+    with store.session() as session:
+        row = session.execute(select(StepRunRow).where(*key)).scalar_one()
+        assert (row.status, row.attempt) == ("succeeded", 1)
