@@ -42,12 +42,18 @@ _TRANSPORT_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 class Bus:
-    """Publish envelopes and run stage consumers on one broker URL and namespace."""
+    """Publish envelopes and run stage consumers on one broker URL and namespace.
 
-    def __init__(self, url: str, namespace: str = "plangate") -> None:
+    `retry_policy` (kombu's) bounds how long a publish waits out a lost broker before it
+    raises; without one, a publish waits until the broker is back.
+    """
+
+    def __init__(
+        self, url: str, namespace: str = "plangate", retry_policy: dict[str, Any] | None = None
+    ) -> None:
         self.url = url
         self.topology = Topology(namespace)
-        self._producers = ThreadProducers(self.connection, self.topology)
+        self._producers = ThreadProducers(self.connection, self.topology, retry_policy)
 
     def connection(self) -> Connection:
         """Open a new kombu connection to the broker (the caller owns and closes it)."""
