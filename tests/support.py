@@ -54,6 +54,12 @@ def write_yaml(path: Path, data: Any) -> Path:
     return path
 
 
+def write_playbook(folder: Path, name: str, steps: list[dict[str, Any]]) -> Path:
+    """Write a playbook file of one playbook, `name`, for goals that mention `name`."""
+    playbook = {"name": name, "pattern": name, "steps": steps}
+    return write_yaml(folder / "playbook.yaml", {"playbooks": [playbook]})
+
+
 def plans_of(store: Store, goal_id: str) -> list[PlanRow]:
     """Every plan revision stored for a goal, oldest first."""
     with store.session() as session:

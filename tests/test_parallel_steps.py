@@ -13,7 +13,7 @@ from executor_worker.engine import DagWalk, StepOutcome
 from plangate.config import Settings
 from plangate.tools import ToolRegistry, tool
 from schemas import Plan, Step
-from tests.support import only_plan, running_pipeline, step_runs, write_yaml
+from tests.support import only_plan, running_pipeline, step_runs, write_playbook
 
 
 def test_independent_steps_run_in_parallel(settings: Settings, tmp_path: Path) -> None:
@@ -36,20 +36,13 @@ def test_independent_steps_run_in_parallel(settings: Settings, tmp_path: Path) -
         both_started.wait()
         return 2
 
-    playbook = write_yaml(
-        tmp_path / "playbook.yaml",
-        {
-            "playbooks": [
-                {
-                    "name": "census",
-                    "pattern": "census",
-                    "steps": [
-                        {"id": "left", "tool": "left_census"},
-                        {"id": "right", "tool": "right_census"},
-                    ],
-                }
-            ]
-        },
+    playbook = write_playbook(
+        tmp_path,
+        "census",
+        [
+            {"id": "left", "tool": "left_census"},
+            {"id": "right", "tool": "right_census"},
+        ],
     )
     registry = ToolRegistry([left_census, right_census])
 
@@ -109,22 +102,15 @@ def test_step_referencing_another_starts_after_it_finishes(
         record("noise:start")
         return "noise"
 
-    playbook = write_yaml(
-        tmp_path / "playbook.yaml",
-        {
-            "playbooks": [
-                {
-                    "name": "chain",
-                    "pattern": "chain",
-                    "steps": [
-                        {"id": "base", "tool": "base_value"},
-                        {"id": "noise", "tool": "noise"},
-                        {"id": "double", "tool": "doubled", "args": {"value": "${base}"}},
-                        {"id": "report", "tool": "report_done", "after": ["double"]},
-                    ],
-                }
-            ]
-        },
+    playbook = write_playbook(
+        tmp_path,
+        "chain",
+        [
+            {"id": "base", "tool": "base_value"},
+            {"id": "noise", "tool": "noise"},
+            {"id": "double", "tool": "doubled", "args": {"value": "${base}"}},
+            {"id": "report", "tool": "report_done", "after": ["double"]},
+        ],
     )
     registry = ToolRegistry([base_value, doubled, report_done, noise])
 
@@ -198,24 +184,17 @@ def test_a_when_reading_a_field_the_output_lacks_fails_that_step_and_the_goal(
         """Report the census."""
         return "reported"
 
-    playbook = write_yaml(
-        tmp_path / "playbook.yaml",
-        {
-            "playbooks": [
-                {
-                    "name": "census",
-                    "pattern": "census",
-                    "steps": [
-                        {"id": "census", "tool": "census"},
-                        {
-                            "id": "report",
-                            "tool": "census_report",
-                            "when": "steps.census.output.count > 0",
-                        },
-                    ],
-                }
-            ]
-        },
+    playbook = write_playbook(
+        tmp_path,
+        "census",
+        [
+            {"id": "census", "tool": "census"},
+            {
+                "id": "report",
+                "tool": "census_report",
+                "when": "steps.census.output.count > 0",
+            },
+        ],
     )
     registry = ToolRegistry([census, census_report])
 

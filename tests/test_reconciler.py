@@ -11,7 +11,7 @@ from plangate.reconciler import reconcile
 from plangate.store import GoalRow, Store
 from plangate.tools import ToolRegistry, tool
 from schemas import utcnow
-from tests.support import running_pipeline, write_yaml
+from tests.support import running_pipeline, write_playbook
 
 
 def test_a_run_whose_read_is_still_in_flight_is_left_alone_until_a_step_lease_has_passed(
@@ -32,18 +32,7 @@ def test_a_run_whose_read_is_still_in_flight_is_left_alone_until_a_step_lease_ha
         release.wait(10)
         return 7
 
-    playbook = write_yaml(
-        tmp_path / "playbook.yaml",
-        {
-            "playbooks": [
-                {
-                    "name": "census",
-                    "pattern": "census",
-                    "steps": [{"id": "count", "tool": "slow_census"}],
-                }
-            ]
-        },
-    )
+    playbook = write_playbook(tmp_path, "census", [{"id": "count", "tool": "slow_census"}])
     registry = ToolRegistry([slow_census])
     with running_pipeline(settings, playbook_file=playbook, registry=registry) as pipeline:
         goal_id = pipeline.submit("take the census").goal_id

@@ -15,7 +15,7 @@ from plangate.store import StepRunRow
 from plangate.tools import ToolRegistry, tool
 from schemas import utcnow
 from tests.conftest import SEED_GOAL
-from tests.support import audit_kinds, only_plan, running_pipeline, write_yaml
+from tests.support import audit_kinds, only_plan, running_pipeline, write_playbook, write_yaml
 
 
 def test_the_first_recorded_result_of_a_read_is_the_one_every_run_goes_on_with(
@@ -99,20 +99,13 @@ def test_a_run_goes_on_with_the_answer_another_run_recorded_first_for_a_read(
         """Announce the count."""
         announced.append(n)
 
-    playbook = write_yaml(
-        tmp_path / "playbook.yaml",
-        {
-            "playbooks": [
-                {
-                    "name": "census",
-                    "pattern": "census",
-                    "steps": [
-                        {"id": "count", "tool": "census"},
-                        {"id": "tell", "tool": "announce", "args": {"n": "${count}"}},
-                    ],
-                }
-            ]
-        },
+    playbook = write_playbook(
+        tmp_path,
+        "census",
+        [
+            {"id": "count", "tool": "census"},
+            {"id": "tell", "tool": "announce", "args": {"n": "${count}"}},
+        ],
     )
     policy = write_yaml(
         tmp_path / "policy.yaml",
