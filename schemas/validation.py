@@ -103,7 +103,7 @@ def _check_condition(step: Step) -> list[PlanProblem]:
     try:
         cel.compile(step.when)
     except Exception as exc:  # whatever the CEL compiler raises, the plan is refused
-        first_line = str(exc).splitlines()[0]
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]  # some say nothing
         return [PlanProblem("bad_condition", f"`when` is not valid CEL: {first_line}", step.id)]
     if not steps_in_condition(step.when) and "steps" in step.when:
         return [PlanProblem("bad_condition", "`when` must read outputs as steps.<id>", step.id)]
