@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
 from plangate.store import schema
+from plangate.store.sqlite_lock import SqliteWriteLock
 
 
 class Store:
@@ -29,11 +29,10 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        # SQLite lets one writer in at a time and makes the others sleep and poll for the lock;
-        # within a process a plain lock hands it over at once instead.
-        self._writers: AbstractContextManager[object] = (
-            threading.RLock() if engine.dialect.name == "sqlite" else nullcontext()
+        self._sqlite_lock = (
+            SqliteWriteLock(engine.url.database) if engine.dialect.name == "sqlite" else None
         )
+        self._writers: AbstractContextManager[object] = self._sqlite_lock or nullcontext()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -44,6 +43,8 @@ class Store:
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
+        if self._sqlite_lock is not None:
+            self._sqlite_lock.close()
 
 
 def _sqlite_serialised_writes(engine: Engine) -> None:

@@ -1,0 +1,124 @@
+"""One SQLite store shared by several processes, as `plangate worker` runs them on one file.
+
+SQLite lets one writer in at a time. The store hands that turn from process to process through
+a lock the kernel keeps (and releases when its holder dies), so these tests use real processes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from plangate.store import AuditRow, Store, audit, open_store
+
+WAIT = 10.0
+
+# A second process: it writes an audit entry, says so, and commits when told (a line on stdin).
+HOLDER = """
+import sys
+from plangate.store import audit, open_store
+store = open_store(sys.argv[1], upgrade=False)
+with store.session() as session:
+    audit.append(session, "test.held", actor="holder")
+    print("holding", flush=True)
+    sys.stdin.readline()
+store.close()
+"""
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'plangate.db'}"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    opened = open_store(database_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def holder(database_url: str, store: Store) -> Iterator[subprocess.Popen[str]]:
+    """Another process in the middle of a write transaction on the same database."""
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, database_url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "holding"
+            yield process
+        finally:
+            process.kill()
+            process.wait(WAIT)
+
+
+def held_entries_seen_by_next_transaction(store: Store) -> tuple[threading.Thread, list[int]]:
+    """Start a transaction in a thread; it records how many held entries it found."""
+    seen: list[int] = []
+
+    def count() -> None:
+        with store.session() as session:
+            kinds = select(func.count()).where(AuditRow.kind == "test.held")
+            seen.append(session.execute(kinds).scalar_one())
+            audit.append(session, "test.next", actor="test")
+
+    thread = threading.Thread(target=count, daemon=True)
+    thread.start()
+    return thread, seen
+
+
+def test_a_transaction_waits_for_another_process_to_commit_and_then_sees_its_writes(
+    store: Store, holder: subprocess.Popen[str]
+) -> None:
+    thread, seen = held_entries_seen_by_next_transaction(store)
+    thread.join(0.5)
+    assert thread.is_alive(), "a second writer got in while the first was in its transaction"
+    assert holder.stdin is not None
+    holder.stdin.write("commit\n")
+    holder.stdin.flush()
+    thread.join(WAIT)
+    assert seen == [1]
+    assert holder.wait(WAIT) == 0
+
+
+def test_a_process_killed_inside_a_transaction_leaves_the_store_writable(
+    store: Store, holder: subprocess.Popen[str]
+) -> None:
+    thread, seen = held_entries_seen_by_next_transaction(store)
+    holder.kill()
+    # Well within SQLite's 30 s busy timeout: nothing of the dead process stays locked.
+    thread.join(WAIT)
+    assert not thread.is_alive()
+    assert seen == [0], "the killed process's transaction was rolled back"
+
+
+def test_a_transaction_keeps_the_other_threads_of_its_process_out_until_it_commits(
+    store: Store,
+) -> None:
+    with store.session() as outer:
+        audit.append(outer, "test.outer", actor="test")
+        done = threading.Event()
+
+        def other_thread() -> None:
+            with store.session() as session:
+                audit.append(session, "test.other", actor="test")
+            done.set()
+
+        threading.Thread(target=other_thread, daemon=True).start()
+        assert not done.wait(0.2), "another thread got in during this thread's transaction"
+    assert done.wait(WAIT)
+    with store.session() as session:
+        kinds = list(session.execute(select(AuditRow.kind).order_by(AuditRow.seq)).scalars())
+    assert kinds[-2:] == ["test.outer", "test.other"]
