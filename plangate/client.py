@@ -49,11 +49,21 @@ class GoalStatus:
 class GoalHandle:
     """A submitted goal: look it up or wait for it."""
 
-    def __init__(self, client: Client, goal_id: str, trace_id: str | None, duplicate: bool):
+    def __init__(
+        self,
+        client: Client,
+        goal_id: str,
+        trace_id: str | None,
+        duplicate: bool,
+        *,
+        queued: bool = False,
+    ) -> None:
         self._client = client
         self.goal_id = goal_id
         self.trace_id = trace_id
         self.duplicate = duplicate
+        # The broker was unreachable: the goal is stored, and a worker's relay publishes it.
+        self.queued = queued
 
     def status(self) -> GoalStatus:
         """Return the goal's current status."""
@@ -97,7 +107,13 @@ class Client:
         submitted = submit_goal(
             self._store, self._bus, text, metadata=metadata, idempotency_key=idempotency_key
         )
-        return GoalHandle(self, submitted.goal_id, submitted.trace_id, submitted.duplicate)
+        return GoalHandle(
+            self,
+            submitted.goal_id,
+            submitted.trace_id,
+            submitted.duplicate,
+            queued=submitted.queued,
+        )
 
     def goal(self, goal_id: str) -> GoalHandle:
         """Return a handle on an existing goal (NotFound if there is none)."""

@@ -10,6 +10,7 @@ from schemas.errors import MessageRejected, PlangateError, PlanInvalid, PlanProb
 
 __all__ = [
     "ApprovalInvalid",
+    "BrokerUnavailable",
     "ConfigError",
     "Conflict",
     "Forbidden",
@@ -30,6 +31,10 @@ __all__ = [
 
 class ConfigError(PlangateError):
     """A setting or file is missing or wrong; the message names it and how to fix it."""
+
+
+class BrokerUnavailable(PlangateError):
+    """The broker could not be reached for long enough that a publish gave up."""
 
 
 class PolicyError(PlangateError):

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import select
 
 from plangate.bus import Bus, Envelope
+from plangate.errors import BrokerUnavailable
 from plangate.store import OutboxRow, Store, outbox
 from schemas import utcnow
 
+log = logging.getLogger(__name__)
 
-def deliver(store: Store, bus: Bus, envelopes: Sequence[Envelope]) -> None:
-    """Publish committed outbox envelopes from this thread and mark them sent."""
-    if envelopes:
+
+def deliver(store: Store, bus: Bus, envelopes: Sequence[Envelope]) -> bool:
+    """Publish committed outbox envelopes from this thread and mark them sent.
+
+    Returns False when the broker is unreachable: the envelopes stay in the outbox, and a
+    worker's relay sends them once it is back, so the caller has lost nothing and need not wait.
+    """
+    if not envelopes:
+        return True
+    try:
         bus.publish(envelopes)
-        outbox.mark_sent(store, envelopes)
+    except BrokerUnavailable as exc:
+        log.warning("%s; %d message(s) wait in the outbox for the relay", exc, len(envelopes))
+        return False
+    outbox.mark_sent(store, envelopes)
+    return True
 
 
 def relay_pending(store: Store, bus: Bus, older_than: timedelta = timedelta(0)) -> int:

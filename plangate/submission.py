@@ -18,11 +18,16 @@ from schemas import GoalSubmitted, new_id
 
 @dataclass(frozen=True)
 class Submitted:
-    """A submitted goal: its id, its trace, and whether it already existed (same key)."""
+    """A submitted goal: its id, its trace, and whether it already existed (same key).
+
+    `queued`: the broker was unreachable, so the goal waits in the outbox until a worker's relay
+    publishes it.
+    """
 
     goal_id: str
     trace_id: str | None
     duplicate: bool = False
+    queued: bool = False
 
 
 def submit_goal(
@@ -55,5 +60,5 @@ def submit_goal(
         with store.session() as session:
             ensure_goal(session, message, headers)
             envelope = emit(session, message)
-        deliver(store, bus, [envelope])
-        return Submitted(message.goal_id, telemetry.current_trace_id())
+        sent = deliver(store, bus, [envelope])
+        return Submitted(message.goal_id, telemetry.current_trace_id(), queued=not sent)

@@ -15,7 +15,6 @@ from types import FrameType
 
 from plangate import telemetry
 from plangate.bus import Bus, Stage
-from plangate.bus.producers import STAGE_RETRY_POLICY
 from plangate.config import Settings
 from plangate.reconciler import reconcile
 from plangate.relay import deliver, relay_pending
@@ -40,9 +39,7 @@ class Worker:
         """Work until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
         telemetry.setup_tracing(f"plangate-{self.stage}")
         store = open_store(self.settings.resolved_database_url(), upgrade=False)
-        # Bounded, as the consumer's own publishes are: a progress event or a sweep that cannot
-        # publish gives up (the store keeps what it said) instead of holding the worker.
-        bus = Bus(self.settings.broker_url, self.settings.namespace, STAGE_RETRY_POLICY)
+        bus = Bus(self.settings.broker_url, self.settings.namespace)
         marker = outbox_rows.SentMarker(store)
         try:
             handler = build_handler(self.stage, self.settings, store, bus)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from plangate.bus import Bus
+from plangate.bus import Bus, Envelope
 from plangate.demo.tools import read_notifications
+from plangate.errors import BrokerUnavailable
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.servers import accepts_connections, free_port, missing, stop_process, wait_until_ready
@@ -208,76 +209,146 @@ def test_bad_input_on_every_queue_is_dead_lettered_and_no_pickle_is_loaded(fleet
     assert submit_and_wait(fleet)["status"] == "completed"
 
 
-def _start_redis(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        missing("redis-server")
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(folder),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+class OwnRedis:
+    """A redis-server of one test's own, keeping nothing on disk, that the test stops and starts."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.folder = folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            missing("redis-server")
+        process = subprocess.Popen(
+            [
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(self.folder), "--save", "", "--appendonly", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until_ready("redis-server", lambda: accepts_connections(self.port), process, [], 10)
+        return process
+
+    def kill(self) -> None:
+        """Kill it: whatever it held is gone."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Start it again, empty, on the same port."""
+        self.process = self._start()
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    redis = OwnRedis(tmp_path)
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+@pytest.fixture
+def fleet_on_own_redis(tmp_path: Path, own_redis: OwnRedis) -> Iterator[Fleet]:
+    """Workers to come, on a Redis the test may kill, with a store migrated already."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(APPROVE_ALL)
+    fleet = Fleet(
+        own_redis.url,
+        f"sqlite:///{tmp_path / 'plangate.db'}",
+        tmp_path,
+        extra_env={"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS},
     )
-    wait_until_ready("redis-server", lambda: accepts_connections(port), process, [], 10)
-    return process
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
 
 
-def test_redis_restarted_without_persistence_loses_no_goal(tmp_path: Path) -> None:
+def statuses_once_settled(fleet: Fleet, goal_ids: list[str], timeout: float = 90) -> dict[str, str]:
+    """Poll `plangate status` until every goal completed (or time is up); return the statuses."""
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        statuses = {
+            goal_id: json.loads(fleet.plangate("status", goal_id, "--json").stdout)["status"]
+            for goal_id in goal_ids
+        }
+        if all(status == "completed" for status in statuses.values()):
+            break
+        time.sleep(0.5)
+    return statuses
+
+
+def test_redis_restarted_without_persistence_loses_no_goal(
+    fleet_on_own_redis: Fleet, own_redis: OwnRedis
+) -> None:
     """Given workers on a Redis that keeps nothing on disk, and goals in flight,
     When Redis is killed and restarted empty,
     Then the workers reconnect, the reconciler sends every stalled goal's last message again,
     and every goal completes with one notification each.
     """
-    port = free_port()
-    redis = _start_redis(port, tmp_path)
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(APPROVE_ALL)
-    fleet = Fleet(
-        f"redis://127.0.0.1:{port}/0",
-        f"sqlite:///{tmp_path / 'plangate.db'}",
-        tmp_path,
-        extra_env={"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS},
-    )
+    fleet = fleet_on_own_redis
+    fleet.start_all()
+    goal_ids = []
+    for number in range(12):
+        submitted = fleet.plangate("submit", f"{SEED_GOAL} #{number}", "--json")
+        goal_ids.append(json.loads(submitted.stdout)["goal_id"])
+        if number == 5:  # half of them are in flight when Redis dies
+            own_redis.kill()
+            own_redis.restart()
+
+    statuses = statuses_once_settled(fleet, goal_ids)
+
+    assert set(statuses.values()) == {"completed"}, (statuses, fleet.logs())
+    notified = [n["goal_id"] for n in notifications(fleet)]
+    assert sorted(notified) == sorted(goal_ids)
+
+
+def test_a_goal_submitted_while_the_broker_is_down_is_stored_and_runs_once_it_is_back(
+    fleet_on_own_redis: Fleet, own_redis: OwnRedis
+) -> None:
+    """Given running workers and a Redis that is down,
+    When a goal is submitted with `plangate submit`,
+    Then the command returns within seconds with the goal's id and a warning that it waits,
+    and once Redis is back a worker's relay sends it on and it completes, once.
+    """
+    fleet = fleet_on_own_redis
+    fleet.start_all()
+    own_redis.kill()
+
+    submitted = fleet.plangate("submit", SEED_GOAL, "--json", timeout=30)
+
+    assert submitted.returncode == 0, submitted.stderr
+    assert "the broker is unreachable" in submitted.stderr
+    goal_id = json.loads(submitted.stdout)["goal_id"]
+    own_redis.restart()
+    assert statuses_once_settled(fleet, [goal_id]) == {goal_id: "completed"}, fleet.logs()
+    assert [n["goal_id"] for n in notifications(fleet)] == [goal_id]
+
+
+def test_a_publish_gives_up_while_the_broker_is_down_and_works_again_once_it_is_back(
+    own_redis: OwnRedis,
+) -> None:
+    bus = Bus(own_redis.url, "outage")
     try:
-        assert fleet.plangate("db", "upgrade").returncode == 0
-        fleet.start_all()
-        goal_ids = []
-        for number in range(12):
-            submitted = fleet.plangate("submit", f"{SEED_GOAL} #{number}", "--json")
-            goal_ids.append(json.loads(submitted.stdout)["goal_id"])
-            if number == 5:  # half of them are in flight when Redis dies
-                redis.kill()
-                redis.wait(timeout=10)
-                redis = _start_redis(port, tmp_path)
-
-        deadline = time.monotonic() + 90
-        statuses: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            statuses = {
-                goal_id: json.loads(fleet.plangate("status", goal_id, "--json").stdout)["status"]
-                for goal_id in goal_ids
-            }
-            if all(status == "completed" for status in statuses.values()):
-                break
-            time.sleep(0.5)
-
-        assert set(statuses.values()) == {"completed"}, (statuses, fleet.logs())
-        notified = [n["goal_id"] for n in notifications(fleet)]
-        assert sorted(notified) == sorted(goal_ids)
+        bus.publish_one(Envelope("goal.submitted", b"{}", {}))  # this thread's connection is open
+        own_redis.kill()
+        with pytest.raises(BrokerUnavailable, match="cannot reach the broker at redis://"):
+            bus.publish_one(Envelope("goal.submitted", b"{}", {}))
+        own_redis.restart()
+        bus.publish_one(Envelope("goal.submitted", b"{}", {}))
+        assert bus.queue_depth("planner") == 1  # the restarted Redis holds only the last one
     finally:
-        fleet.stop_all()
-        stop_process(redis)
+        bus.close()
 
 
 def test_the_seed_goal_runs_through_three_worker_processes_on_postgres(

@@ -13,13 +13,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from kombu.connection import Connection
+from kombu.exceptions import OperationalError
 from kombu.messaging import Consumer, Producer
+from kombu.utils.url import maybe_sanitize_url
 
 from plangate.bus.consumer import RETRY_DELAYS, Handler, PublishedHook, StageConsumer, raw_body
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
-from plangate.bus.producers import ThreadProducers, publish
+from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
 from plangate.bus.topology import STAGES, Stage, Topology
+from plangate.errors import BrokerUnavailable
 from schemas import DeadLetter, Message, MessageRejected, decode_message
 
 # The memory transport polls; 10 ms keeps the embedded pipeline snappy without burning a core.
@@ -45,15 +48,20 @@ class Bus:
     """Publish envelopes and run stage consumers on one broker URL and namespace.
 
     `retry_policy` (kombu's) bounds how long a publish waits out a lost broker before it
-    raises; without one, a publish waits until the broker is back.
+    raises BrokerUnavailable (about 5 s by default); None waits until the broker is back.
     """
 
     def __init__(
-        self, url: str, namespace: str = "plangate", retry_policy: dict[str, Any] | None = None
+        self,
+        url: str,
+        namespace: str = "plangate",
+        retry_policy: dict[str, Any] | None = PUBLISH_RETRY_POLICY,
     ) -> None:
         self.url = url
         self.topology = Topology(namespace)
         self._producers = ThreadProducers(self.connection, self.topology, retry_policy)
+        with self.connection() as probe:  # not connected: asking the transport is enough
+            self._outages = (OperationalError, *probe.recoverable_connection_errors)
 
     def connection(self) -> Connection:
         """Open a new kombu connection to the broker (the caller owns and closes it)."""
@@ -66,8 +74,23 @@ class Bus:
         self._producers.producer()
 
     def publish(self, envelopes: Sequence[Envelope]) -> None:
-        """Publish envelopes from the calling thread (on its own connection)."""
-        self._producers.publish(envelopes)
+        """Publish envelopes from the calling thread (on its own connection).
+
+        Raises BrokerUnavailable when the broker stays unreachable past the retry policy.
+        """
+        with self._reachable():
+            self._producers.publish(envelopes)
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Raise what the transport says of a broker it cannot reach as BrokerUnavailable."""
+        try:
+            yield
+        except self._outages as exc:
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {maybe_sanitize_url(self.url)} ({exc}); check "
+                "PLANGATE_BROKER_URL and that the broker is running"
+            ) from exc
 
     def publish_one(self, envelope: Envelope) -> None:
         """Publish one envelope from the calling thread (on its own connection)."""
@@ -104,7 +127,7 @@ class Bus:
 
     def queue_depth(self, stage: Stage) -> int:
         """Return how many messages wait in a stage's queue."""
-        with self.connection() as connection:
+        with self._reachable(), self.connection() as connection:
             queue = self.topology.stage_queue(stage).bind(connection.channel())
             # Not passive: Redis keeps no empty lists, so a passive declare of an empty queue
             # fails with NOT_FOUND. Declaring an existing queue again changes nothing.
@@ -156,7 +179,7 @@ class Bus:
         """
         kept: list[DeadLetter] = []
         taken: list[DeadLetter] = []
-        with self.connection() as connection:
+        with self._reachable(), self.connection() as connection:
             channel = connection.channel()
             queue = self.topology.dead_letter_queue().bind(channel)
             queue.declare()

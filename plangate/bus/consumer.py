@@ -30,7 +30,7 @@ from kombu.messaging import Consumer
 from plangate import faults, logs, telemetry
 from plangate.bus.dead_letters import dead_letter_envelope
 from plangate.bus.envelope import ATTEMPT_HEADER, Delivery, Envelope
-from plangate.bus.producers import STAGE_RETRY_POLICY, ThreadProducers
+from plangate.bus.producers import ThreadProducers
 from plangate.bus.topology import Stage, Topology
 from plangate.errors import Reject, Retry, Unavailable
 from schemas import Message, MessageRejected, decode_message
@@ -110,7 +110,7 @@ class StageConsumer:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; in-flight handlers finish and are settled first."""
-        self._producers = ThreadProducers(self._connect, self._topology, STAGE_RETRY_POLICY)
+        self._producers = ThreadProducers(self._connect, self._topology)
         try:
             self._consume(stop)
         finally:

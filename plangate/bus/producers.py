@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any
 
 from kombu.connection import Connection
@@ -17,9 +18,10 @@ from plangate import telemetry
 from plangate.bus.envelope import CONTENT_TYPE, Envelope
 from plangate.bus.topology import Topology
 
-# How a stage's publish rides out a broker blip before it gives up (about 5 s), so that the
-# stage can reconnect, and stop when asked, rather than retry forever inside one publish.
-STAGE_RETRY_POLICY: dict[str, Any] = {
+# How a publish rides out a broker blip before it gives up (about 5 s): a stage then reconnects,
+# and stops when asked, and a caller that committed an outbox row leaves it to the relay, rather
+# than everyone retrying forever inside one publish.
+PUBLISH_RETRY_POLICY: dict[str, Any] = {
     "max_retries": 3,
     "interval_start": 0.5,
     "interval_step": 1.0,
@@ -35,7 +37,8 @@ def publish(
 ) -> None:
     """Publish one envelope under a producer span; the trace context travels in its headers.
 
-    Without a `retry_policy` kombu retries a lost connection until the broker is back.
+    `retry_policy` is kombu's; without one kombu retries a lost connection until the broker is
+    back.
     """
     headers = dict(envelope.headers)
     with telemetry.producer_span(envelope.routing_key, headers):
@@ -59,7 +62,7 @@ class ThreadProducers:
         self,
         connect: Callable[[], Connection],
         topology: Topology,
-        retry_policy: dict[str, Any] | None = None,
+        retry_policy: dict[str, Any] | None = PUBLISH_RETRY_POLICY,
     ) -> None:
         self._connect = connect
         self._topology = topology
@@ -73,21 +76,41 @@ class ThreadProducers:
         producer: Producer | None = getattr(self._local, "producer", None)
         if producer is None:
             connection = self._connect()
+            try:
+                channel = connection.channel()
+                for queue in self._topology.durable_queues():
+                    queue.bind(channel).declare()  # so that no early message is dropped
+            except BaseException:
+                connection.release()
+                raise
             with self._lock:
                 self._connections.append(connection)
-            channel = connection.channel()
-            for queue in self._topology.durable_queues():
-                queue.bind(channel).declare()  # so that no early message is dropped
             producer = Producer(channel, exchange=self._topology.exchange)
-            self._local.producer = producer
+            self._local.producer, self._local.connection = producer, connection
         return producer
 
     def publish(self, envelopes: Sequence[Envelope]) -> None:
         """Publish envelopes from the calling thread, in order."""
         if envelopes:
             producer = self.producer()
-            for envelope in envelopes:
-                publish(producer, self._topology, envelope, self._retry_policy)
+            try:
+                for envelope in envelopes:
+                    publish(producer, self._topology, envelope, self._retry_policy)
+            except BaseException:
+                # A publish that gave up leaves its producer without a channel: the thread's
+                # next publish starts on a new connection.
+                self._forget_thread_producer()
+                raise
+
+    def _forget_thread_producer(self) -> None:
+        connection: Connection | None = getattr(self._local, "connection", None)
+        self._local.producer = self._local.connection = None
+        if connection is not None:
+            with self._lock:
+                if connection in self._connections:
+                    self._connections.remove(connection)
+            with suppress(Exception):  # it is broken already; releasing is tidying up
+                connection.release()
 
     def close(self) -> None:
         """Release every connection opened so far (a thread's next publish opens a new one)."""

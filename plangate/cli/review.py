@@ -84,7 +84,11 @@ def publish(settings: Settings, store: Store, envelopes: Sequence[Envelope]) -> 
 
     bus = Bus(settings.broker_url, settings.namespace)
     try:
-        deliver(store, bus, envelopes)
+        if not deliver(store, bus, envelopes):
+            err_console.print(
+                "[yellow]warning:[/] the broker is unreachable; the "
+                "decision is recorded, and a running worker sends it on once the broker is back"
+            )
     finally:
         bus.close()
 

@@ -86,6 +86,12 @@ def submit(
 
     with telemetry.flushing(), Client(load_settings()) as client:
         handle = client.submit(goal, metadata=_metadata(meta or []), idempotency_key=key)
+        if handle.queued:
+            err_console.print(
+                "[yellow]warning:[/] the broker is unreachable; "
+                f"goal {handle.goal_id} is stored, and a running worker sends it on once the "
+                "broker is back"
+            )
         if not wait:
             _print(handle.status(), as_json)
             return
