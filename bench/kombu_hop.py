@@ -5,7 +5,10 @@ from its queue, parse it, publish the next message of the seed example's pipelin
 and headers plangate itself sent for that hop, with this goal's id put in) to the same kind of
 topic exchange, with the same properties, then ack. No store, no validation, no threads.
 
-    python bench/kombu_hop.py URL EXCHANGE QUEUE IN_KEY OUT_KEY TEMPLATE.json PREFETCH
+Given a SQLite file (DB), it is a hop of the floor instead: the same, plus the least durable
+work the design asks of that stage (`floor.py`) around the publish.
+
+    python bench/kombu_hop.py URL EXCHANGE QUEUE IN_KEY OUT_KEY TEMPLATE.json PREFETCH [DB]
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from floor import DurableStage
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 
 def main(argv: list[str]) -> int:
     """Consume QUEUE until SIGTERM, republishing each message under OUT_KEY."""
-    url, exchange_name, queue_name, in_key, out_key, template_file, prefetch = argv
+    url, exchange_name, queue_name, in_key, out_key, template_file, prefetch, *floor = argv
     template = json.loads(Path(template_file).read_text(encoding="utf-8"))
     out = template[out_key]
     body_template: str = out["body"]
@@ -43,20 +47,29 @@ def main(argv: list[str]) -> int:
     with Connection(url, connect_timeout=5) as connection:
         channel = connection.channel()
         producer = Producer(channel, exchange=exchange)
+        stage = DurableStage(floor[0], in_key) if floor else None
 
         def on_message(body: Any, message: Any) -> None:
             goal_id = body["goal_id"]  # kombu parsed the JSON (application/json only)
             headers = {k: v.replace(template_goal, goal_id) for k, v in headers_template.items()}
-            producer.publish(
-                body_template.replace(template_goal, goal_id).encode("utf-8"),
-                exchange=exchange,
-                routing_key=out_key,
-                headers=headers,
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=2,
-                retry=True,
-            )
+
+            def send(routing_key: str, out_body: bytes) -> None:
+                producer.publish(
+                    out_body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    headers=headers,
+                    content_type="application/json",
+                    content_encoding="utf-8",
+                    delivery_mode=2,
+                    retry=True,
+                )
+
+            out_body = body_template.replace(template_goal, goal_id).encode("utf-8")
+            if stage is None:
+                send(out_key, out_body)
+            else:
+                stage.handle(goal_id, out_key, out_body, send)
             message.ack()
 
         consumer = Consumer(

@@ -1,4 +1,4 @@
-"""plangate's distributed pipeline beside a raw-kombu 3-hop baseline, on one Redis, in one run.
+"""plangate's distributed pipeline beside a raw-kombu 3-hop baseline and a floor, in one run.
 
 plangate: `plangate db upgrade`, then one worker process per stage (`python -m plangate worker
 STAGE`) with the playbook planner, a policy that approves every plan (`approve_all.yaml`) and
@@ -10,12 +10,16 @@ Baseline: three `kombu_hop.py` processes that only consume, parse and republish 
 -> hop 3 -> done) the very bodies and headers plangate sent for its first goal, with the same
 message properties, prefetch and kind of topic exchange, measured the same way.
 
-Both sides run side by side and are measured in turns, so that both see the same machine (the
-idle side only waits on the broker): sequential latency from submit to completion, one goal at
-a time, alternating sides (p50/p99 over --sequential goals each, after 3 warm-up goals); then
-pipelined throughput, --goals submitted at once and timed until all complete (baseline, then
-plangate, then baseline again; the baseline's figure is the mean of its two batches). Figures
-are printed, never asserted; issue 4's targets are printed beside them.
+Floor: the same three hops plus the least durable work DESIGN.md asks of each stage (outbox,
+audit chain, goal state, step claims and records, progress events) in raw sqlite3 (`floor.py`):
+what any implementation of the design must spend at the least, in Python, on this machine.
+
+The sides run side by side and are measured in turns, so that all see the same machine (an idle
+side only waits on the broker): sequential latency from submit to completion, one goal at a
+time, alternating sides (p50/p99 over --sequential goals each, after 3 warm-up goals); then
+pipelined throughput, --goals submitted at once and timed until all complete (baseline,
+plangate, floor, then baseline again; the baseline's figure is the mean of its two batches).
+Figures are printed, never asserted; issue 4's targets are printed beside them.
 
     python bench/pipeline.py [--redis-url redis://...] [--goals 200] [--sequential 50]
                              [--concurrency 4] [--database-url postgresql+psycopg://...]
@@ -66,6 +70,7 @@ WARMUP_GOALS = 3
 PAUSE = 0.01  # seconds between sequential goals, so that no two goals overlap
 P50_TARGET, RATE_TARGET = 1.5, 0.8  # issue 4: p50 <= 1.5 x baseline, goals/s >= 0.8 x baseline
 
+from floor import FloorStore  # noqa: E402
 from harness import (  # noqa: E402
     Arrivals,
     Processes,
@@ -207,48 +212,78 @@ def audit_breakdown(side: Side, settings: Settings) -> dict[str, float]:
 # --- baseline ---------------------------------------------------------------------------------
 
 
-def start_baseline(
+def start_hops(
     args: argparse.Namespace,
     processes: Processes,
     connection: Connection,
-    broker_url: str,
-    namespace: str,
+    settings: Settings,
     bodies: dict[str, Any],
+    floor_db: Path | None = None,
 ) -> Side:
-    """Start the three raw-kombu hops; return the side that submits to hop 1."""
+    """Start three raw-kombu hops (the floor's, given its SQLite file); return their side."""
+    name = "baseline" if floor_db is None else "floor"
     template = processes.folder / "baseline-bodies.json"
     template.write_text(json.dumps(bodies), encoding="utf-8")
-    exchange_name = f"{namespace}-baseline"
+    exchange_name = f"{settings.namespace}-{name}"
     exchange = Exchange(exchange_name, type="topic", durable=True)
     channel = connection.channel()
     for i in range(3):
         queue = Queue(f"{exchange_name}.hop{i + 1}", exchange=exchange, routing_key=HOPS[i])
         queue.bind(channel).declare()
     done = Arrivals(connection, observer_queue(exchange, f"{exchange_name}.done", (HOPS[-1],)))
+    floor = None
+    if floor_db is not None:
+        floor = FloorStore(str(floor_db))
+        floor.create_schema()
     for i in range(3):
-        command = [sys.executable, str(BENCH / "kombu_hop.py"), broker_url]
+        command = [sys.executable, str(BENCH / "kombu_hop.py"), settings.broker_url]
         command += [exchange_name, f"{exchange_name}.hop{i + 1}", HOPS[i], HOPS[i + 1]]
         command += [str(template), str(args.concurrency)]
-        processes.start(f"hop{i + 1}", command, {**os.environ, "PYTHONUNBUFFERED": "1"})
-    say("baseline: started 3 raw-kombu hop processes")
+        command += [] if floor_db is None else [str(floor_db)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        processes.start(f"{name}{i + 1}", command, env)
+    say(f"{name}: started 3 raw-kombu hop processes")
     producer = Producer(channel, exchange=exchange)
     first, old = bodies[HOPS[0]], bodies["goal_id"]
 
     def submit() -> str:
         goal_id = uuid.uuid4().hex
-        producer.publish(
-            first["body"].replace(old, goal_id).encode("utf-8"),
-            exchange=exchange,
-            routing_key=HOPS[0],
-            headers={k: v.replace(old, goal_id) for k, v in first["headers"].items()},
-            content_type="application/json",
-            content_encoding="utf-8",
-            delivery_mode=2,
-            retry=True,
-        )
+        headers = {k: v.replace(old, goal_id) for k, v in first["headers"].items()}
+
+        def send(routing_key: str, body: bytes) -> None:
+            producer.publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                headers=headers,
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                retry=True,
+            )
+
+        body = first["body"].replace(old, goal_id).encode("utf-8")
+        if floor is None:
+            send(HOPS[0], body)
+        else:
+            floor.submit(goal_id, HOPS[0], body, send)
         return goal_id
 
-    return Side("baseline", submit, done, processes.check_alive)
+    return Side(name, submit, done, processes.check_alive)
+
+
+def check_floor(floor_db: Path) -> None:
+    """Check the floor's store: every goal completed, with its three steps succeeded."""
+    store = FloorStore(str(floor_db))
+    try:
+        goals = dict(store.db.execute("SELECT status, count(*) FROM goals GROUP BY status"))
+        (steps,) = store.db.execute(
+            "SELECT count(*) FROM steps WHERE status = 'succeeded'"
+        ).fetchone()
+    finally:
+        store.db.close()
+    if set(goals) != {"completed"} or steps != 3 * goals["completed"]:
+        raise RuntimeError(f"the floor's store disagrees: goals {goals}, {steps} steps")
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -256,29 +291,30 @@ def start_baseline(
 
 def compare(
     args: argparse.Namespace, processes: Processes, settings: Settings
-) -> tuple[Side, Side, dict[str, float], dict[str, Any]]:
-    """Start both sides, measure them in turns, stop them; return both and plangate's hops."""
+) -> tuple[Side, Side, Side, dict[str, float], dict[str, Any]]:
+    """Start the three sides, measure them in turns, stop them; return them and plangate's hops."""
     upgrade_store(settings)
     client = Client(settings)
+    floor_db = processes.folder / "floor.db"
     try:
         with Connection(settings.broker_url) as connection:
             ours, bodies = start_plangate(args, processes, settings, connection, client)
-            theirs = start_baseline(
-                args, processes, connection, settings.broker_url, settings.namespace, bodies
-            )
-            sides = (ours, theirs)
+            theirs = start_hops(args, processes, connection, settings, bodies)
+            floor = start_hops(args, processes, connection, settings, bodies, floor_db)
+            sides = (ours, floor, theirs)
             for side in sides:
                 for _ in range(WARMUP_GOALS):
                     side.one(record=False)
-            names = {"plangate": STAGES, "baseline": ("hop1", "hop2", "hop3")}
+            names = {side.name: tuple(f"{side.name}{i}" for i in (1, 2, 3)) for side in sides}
+            names["plangate"] = STAGES
             cpu = {side.name: processes.cpu_seconds(names[side.name]) for side in sides}
             say(f"sequential: {args.sequential} goals per side, one at a time, in turns")
             for i in range(args.sequential):
                 for side in sides if i % 2 else reversed(sides):
                     side.one()
                     time.sleep(PAUSE)  # let the side's tail (e.g. marking outbox rows) end
-            say(f"pipelined: {args.goals} goals at once: baseline, plangate, baseline")
-            for side in (theirs, ours, theirs):
+            say(f"pipelined: {args.goals} goals at once: baseline, plangate, floor, baseline")
+            for side in (theirs, ours, floor, theirs):
                 side.batch(args.goals)
             for side in sides:
                 measured = len(side.latencies) + args.goals * len(side.rates)
@@ -290,35 +326,47 @@ def compare(
     finally:
         client.close()
     breakdown = audit_breakdown(ours, settings)
-    say("every goal completed; the store holds 3 succeeded steps per goal")
+    check_floor(floor_db)
+    say("every goal completed; each store holds 3 succeeded steps per goal")
     codes = processes.stop(lambda name: name != "redis")
     say(f"stopped the workers and hops (exit codes {codes})")
-    return ours, theirs, breakdown, bodies
+    return ours, floor, theirs, breakdown, bodies
 
 
-def report(ours: Side, theirs: Side, breakdown: dict[str, float], bodies: dict[str, Any]) -> None:
+def report(
+    ours: Side, floor: Side, theirs: Side, breakdown: dict[str, float], bodies: dict[str, Any]
+) -> None:
     """Print the side-by-side table, the ratios and whether each target is met."""
     sizes = ", ".join(f"{key} {len(bodies[key]['body'].encode())} B" for key in HOPS)
-    print(f"\nmessages (the same bytes on both sides): {sizes}")
+    print(f"\nmessages (the same bytes on every side): {sizes}")
     print(
         f"sequential: {len(ours.latencies)} goals per side; pipelined: {len(ours.rates)} "
-        f"plangate batch, {len(theirs.rates)} baseline batches (mean)"
+        f"plangate batch, {len(floor.rates)} floor batch, {len(theirs.rates)} baseline "
+        "batches (mean)"
     )
     print(f"load average (1 min) now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
     rows = [
-        ("sequential p50 (ms)", ours.p(0.5), theirs.p(0.5), "<=", P50_TARGET),
-        ("sequential p99 (ms)", ours.p(0.99), theirs.p(0.99), "", 0.0),
-        ("pipelined goals/s", ours.rate, theirs.rate, ">=", RATE_TARGET),
-        ("CPU per goal (ms)", ours.cpu_ms, theirs.cpu_ms, "", 0.0),
+        ("sequential p50 (ms)", lambda side: side.p(0.5), "<=", P50_TARGET),
+        ("sequential p99 (ms)", lambda side: side.p(0.99), "", 0.0),
+        ("pipelined goals/s", lambda side: side.rate, ">=", RATE_TARGET),
+        ("CPU per goal (ms)", lambda side: side.cpu_ms, "", 0.0),
     ]
-    print(f"{'':22}{'plangate':>10}{'baseline':>10}{'ratio':>9}   {'target':<10}{'met':>4}")
-    for label, mine, base, sense, target in rows:
+    print(
+        f"{'':22}{'plangate':>10}{'floor':>8}{'baseline':>10}"
+        f"{'plangate':>10}{'floor':>8}   {'target':<10}{'met':>4}"
+    )
+    print(f"{'':22}{'':28}{'/ baseline':>18}")
+    for label, figure, sense, target in rows:
+        mine, least, base = figure(ours), figure(floor), figure(theirs)
         ratio = mine / base
         met = ""
         if sense:
             met = "yes" if (ratio <= target if sense == "<=" else ratio >= target) else "NO"
         goal = f"{sense} {target} x" if sense else ""
-        print(f"{label:22}{mine:10.1f}{base:10.1f}{ratio:8.2f}x   {goal:<10}{met:>4}")
+        print(
+            f"{label:22}{mine:10.1f}{least:8.1f}{base:10.1f}"
+            f"{ratio:9.2f}x{least / base:7.2f}x   {goal:<10}{met:>4}"
+        )
     print("\nplangate, median ms per hop of the sequential goals (audit log timestamps):")
     for label, ms in breakdown.items():
         print(f"  {label:34}{ms:8.1f}")
@@ -327,7 +375,8 @@ def report(ours: Side, theirs: Side, breakdown: dict[str, float], bodies: dict[s
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Read the command line."""
     parser = argparse.ArgumentParser(
-        description="plangate's distributed pipeline beside a raw-kombu 3-hop baseline."
+        description="plangate's distributed pipeline beside a raw-kombu 3-hop baseline "
+        "and the design's floor."
     )
     parser.add_argument("--redis-url", help="a Redis to use (default: start a redis-server)")
     parser.add_argument("--goals", type=int, default=200, help="pipelined goals (default 200)")

@@ -1,0 +1,191 @@
+"""The floor of `bench/pipeline.py`: the baseline's hops plus the least durable work DESIGN.md asks.
+
+What the design asks of every hop, and nothing else, done as cheaply as Python allows: raw
+`sqlite3` on one shared file (WAL, synchronous=NORMAL and writers queued on a `flock`, as
+plangate's store), no ORM, no
+validation, no policy, no signing, no tracing, no threads. Per goal:
+
+- the client stores the goal with an audit entry and an outbox row in one transaction,
+  publishes, and marks the row sent;
+- each stage, in one transaction, reads the goal's state (to spot a redelivery), records its
+  effect (plan, decision), moves the goal on, appends a hash-chained audit entry and an outbox
+  row; then publishes and acks; rows are marked sent in batches (as plangate does);
+- the executor uses the approval once (a unique insert), records each read step's result,
+  claims the write step before its call (`INSERT ... ON CONFLICT DO NOTHING`) and records its
+  result after, each with an audit entry, tells observers of each step (`step.finished`), and
+  ends the goal with its outcome.
+
+Whatever plangate spends beyond this is its own; below this no implementation of the design
+can go (short of batching goals into shared transactions).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS goals (id TEXT PRIMARY KEY, status TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY, goal_id TEXT NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS approval_uses (approval_id TEXT PRIMARY KEY, goal_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS steps (
+    goal_id TEXT NOT NULL, step_id TEXT NOT NULL, status TEXT NOT NULL, output TEXT,
+    PRIMARY KEY (goal_id, step_id));
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, goal_id TEXT, kind TEXT NOT NULL, at TEXT NOT NULL,
+    hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY, routing_key TEXT NOT NULL, body BLOB NOT NULL,
+    created_at TEXT NOT NULL, sent_at TEXT);
+"""
+
+# The seed example's steps, in order: (step id, is it a write).
+STEPS = (("count", False), ("sla", False), ("notify", True))
+MARK_SENT_EVERY = 0.5  # seconds, as plangate's outbox marker
+
+Send = Callable[[str, bytes], None]  # publish a body under a routing key
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class FloorStore:
+    """One connection to the shared SQLite file; `tx()` holds its write lock from the start."""
+
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        # Writers queue on a kernel lock, as plangate's do, not on SQLite's sleep-and-retry.
+        self._lock = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self._unsent: list[int] = []
+        self._marked = time.monotonic()
+
+    def create_schema(self) -> None:
+        self.db.executescript(SCHEMA)
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def audit(self, goal_id: str, kind: str) -> None:
+        """Append a hash-chained entry (in the caller's transaction)."""
+        last = self.db.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        at = now()
+        digest = hashlib.sha256(f"{last[0] if last else ''}|{goal_id}|{kind}|{at}".encode())
+        self.db.execute(
+            "INSERT INTO audit (goal_id, kind, at, hash) VALUES (?, ?, ?, ?)",
+            (goal_id, kind, at, digest.hexdigest()),
+        )
+
+    def outbox(self, routing_key: str, body: bytes) -> int:
+        """Queue a message (in the caller's transaction); return its row id."""
+        cursor = self.db.execute(
+            "INSERT INTO outbox (routing_key, body, created_at) VALUES (?, ?, ?)",
+            (routing_key, body, now()),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def sent(self, row_id: int, batch: bool = True) -> None:
+        """Note a row published; mark the noted rows sent every MARK_SENT_EVERY s."""
+        self._unsent.append(row_id)
+        if batch and time.monotonic() - self._marked < MARK_SENT_EVERY:
+            return
+        with self.tx() as db:
+            marks = ",".join("?" * len(self._unsent))
+            db.execute(
+                f"UPDATE outbox SET sent_at = ? WHERE id IN ({marks})", [now(), *self._unsent]
+            )
+        self._unsent.clear()
+        self._marked = time.monotonic()
+
+    def submit(self, goal_id: str, routing_key: str, body: bytes, send: Send) -> None:
+        """What a client does: store the goal and its message, publish, mark it sent."""
+        with self.tx() as db:
+            db.execute("INSERT INTO goals VALUES (?, 'submitted', ?)", (goal_id, now()))
+            self.audit(goal_id, "goal.submitted")
+            row = self.outbox(routing_key, body)
+        send(routing_key, body)
+        self.sent(row, batch=False)
+
+
+class DurableStage:
+    """One stage's durable work around the baseline hop's publish."""
+
+    def __init__(self, path: str, in_key: str) -> None:
+        self.store = FloorStore(path)
+        self.in_key = in_key
+
+    def handle(self, goal_id: str, out_key: str, body: bytes, send: Send) -> None:
+        """Do this stage's work for one message; `send` publishes (the caller then acks)."""
+        if self.in_key == "plan.approved":
+            self._run(goal_id, send)
+            self._move_on(goal_id, "completed", out_key, body, send, record=False)
+        else:
+            status = {"goal.submitted": "proposed", "plan.proposed": "approved"}[self.in_key]
+            self._move_on(goal_id, status, out_key, body, send, record=True)
+
+    def _move_on(
+        self, goal_id: str, status: str, out_key: str, body: bytes, send: Send, *, record: bool
+    ) -> None:
+        """Record the effect, move the goal on and queue the next message; publish it."""
+        store = self.store
+        with store.tx() as db:
+            db.execute("SELECT status FROM goals WHERE id = ?", (goal_id,)).fetchone()
+            if record:  # the plan, the decision
+                db.execute(
+                    "INSERT INTO records (goal_id, kind, body) VALUES (?, ?, ?)",
+                    (goal_id, out_key, body),
+                )
+            db.execute("UPDATE goals SET status = ?, at = ? WHERE id = ?", (status, now(), goal_id))
+            store.audit(goal_id, f"goal.{status}")
+            row = store.outbox(out_key, body)
+        send(out_key, body)
+        store.sent(row)
+
+    def _run(self, goal_id: str, send: Send) -> None:
+        store = self.store
+        with store.tx() as db:
+            db.execute("SELECT status FROM goals WHERE id = ?", (goal_id,)).fetchone()
+            db.execute(
+                "INSERT INTO approval_uses VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (f"approval-{goal_id}", goal_id),
+            )
+            db.execute("UPDATE goals SET status = 'running', at = ? WHERE id = ?", (now(), goal_id))
+            store.audit(goal_id, "goal.running")
+        for step_id, write in STEPS:
+            if write:  # claimed before the call, so that it happens once
+                with store.tx() as db:
+                    db.execute(
+                        "INSERT INTO steps VALUES (?, ?, 'running', NULL) ON CONFLICT DO NOTHING",
+                        (goal_id, step_id),
+                    )
+            output = json.dumps({"ok": True})  # the instant tool's answer
+            with store.tx() as db:
+                db.execute(
+                    "INSERT INTO steps VALUES (?, ?, 'succeeded', ?) "
+                    "ON CONFLICT DO UPDATE SET status = 'succeeded', output = excluded.output",
+                    (goal_id, step_id, output),
+                )
+                store.audit(goal_id, f"step.{step_id}")
+            event = {"goal_id": goal_id, "step_id": step_id, "status": "succeeded"}
+            send("step.finished", json.dumps(event).encode())
