@@ -5,6 +5,10 @@ What the design asks of every hop, and nothing else, done as cheaply as Python a
 plangate's store), no ORM, no
 validation, no policy, no signing, no tracing, no threads. Per goal:
 
+- each stage decodes what it receives strictly (`schemas.decode_message`) and checks what the
+  design makes it check, with the contract's own functions: the planner validates its plan and
+  hashes it, the gate validates the plan, lets the policy decide and signs the approval, the
+  executor verifies the approval's signature, hashes the plan and validates it;
 - the client stores the goal with an audit entry and an outbox row in one transaction,
   publishes, and marks the row sent;
 - each stage, in one transaction, reads the goal's state (to spot a redelivery), records its
@@ -15,8 +19,10 @@ validation, no policy, no signing, no tracing, no threads. Per goal:
   result after, each with an audit entry, tells observers of each step (`step.finished`), and
   ends the goal with its outcome.
 
-Whatever plangate spends beyond this is its own; below this no implementation of the design
-can go (short of batching goals into shared transactions).
+The checks run on the bodies plangate sent for its first goal, with this goal's id put in, so
+the executor verifies the gate's signature over that first goal's approval: the same work, on
+the same bytes. Whatever plangate spends beyond all this is its own; below it no implementation
+of the design can go (short of batching goals into shared transactions).
 """
 
 from __future__ import annotations
@@ -29,7 +35,22 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from approval_gate.policy import load_policy
+from plangate.config import Settings
+from plangate.signing import Signer, load_trusted_keys
+from plangate.tools import load_tools
+from schemas import (
+    GoalSubmitted,
+    PlanApproved,
+    PlanProposed,
+    decode_message,
+    plan_hash,
+    validate_plan,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS goals (id TEXT PRIMARY KEY, status TEXT NOT NULL, at TEXT NOT NULL);
@@ -128,15 +149,55 @@ class FloorStore:
         self.sent(row, batch=False)
 
 
+class ContractChecks:
+    """What the design makes each stage check, done with the contract's own functions."""
+
+    def __init__(self) -> None:
+        settings = Settings()  # the bench gives the hops plangate's environment
+        self.catalog = load_tools(settings.tool_modules()).catalog()
+        self.policy = load_policy(settings)
+        self.signer = Signer(Ed25519PrivateKey.generate())
+        self.trusted = load_trusted_keys(settings)  # the key plangate's gate signed with
+
+    def check(self, in_key: str, received: bytes, headers: dict[str, str], sent: bytes) -> None:
+        """Check one hop's message the way its stage must; raise if it does not hold."""
+        message = decode_message(received, "application/json", "utf-8", headers)
+        if isinstance(message, GoalSubmitted):  # the planner checks the plan it proposes
+            proposed = decode_message(sent, "application/json", "utf-8", headers)
+            assert isinstance(proposed, PlanProposed)
+            validate_plan(proposed.plan, self.catalog)
+            plan_hash(proposed.plan)
+        elif isinstance(message, PlanProposed):
+            validate_plan(message.plan, self.catalog)
+            decision = self.policy.decide(message.plan, self.catalog)
+            approval = self.signer.approval(message.plan, decision, timedelta(hours=1))
+            self.signer.sign(approval)
+        elif isinstance(message, PlanApproved):
+            self.trusted.verify(message.approval, allow_expired=True)
+            plan_hash(message.plan)
+            validate_plan(message.plan, self.catalog)
+        else:
+            raise ValueError(f"a {in_key} hop got {type(message).__name__}")
+
+
 class DurableStage:
-    """One stage's durable work around the baseline hop's publish."""
+    """One stage's checks and durable work around the baseline hop's publish."""
 
     def __init__(self, path: str, in_key: str) -> None:
         self.store = FloorStore(path)
         self.in_key = in_key
+        self.checks = ContractChecks()
 
-    def handle(self, goal_id: str, out_key: str, body: bytes, send: Send) -> None:
+    def handle(
+        self,
+        goal_id: str,
+        received: tuple[bytes, dict[str, str]],
+        out: tuple[str, bytes],
+        send: Send,
+    ) -> None:
         """Do this stage's work for one message; `send` publishes (the caller then acks)."""
+        out_key, body = out
+        self.checks.check(self.in_key, *received, body)
         if self.in_key == "plan.approved":
             self._run(goal_id, send)
             self._move_on(goal_id, "completed", out_key, body, send, record=False)

@@ -69,7 +69,8 @@ def main(argv: list[str]) -> int:
             if stage is None:
                 send(out_key, out_body)
             else:
-                stage.handle(goal_id, out_key, out_body, send)
+                received = (message.body, {str(k): str(v) for k, v in message.headers.items()})
+                stage.handle(goal_id, received, (out_key, out_body), send)
             message.ack()
 
         consumer = Consumer(

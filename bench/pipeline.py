@@ -239,8 +239,11 @@ def start_hops(
         command = [sys.executable, str(BENCH / "kombu_hop.py"), settings.broker_url]
         command += [exchange_name, f"{exchange_name}.hop{i + 1}", HOPS[i], HOPS[i + 1]]
         command += [str(template), str(args.concurrency)]
-        command += [] if floor_db is None else [str(floor_db)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if floor_db is None:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        else:  # its checks load plangate's tools, policy and the gate's public key
+            command.append(str(floor_db))
+            env = plangate_env(settings)
         processes.start(f"{name}{i + 1}", command, env)
     say(f"{name}: started 3 raw-kombu hop processes")
     producer = Producer(channel, exchange=exchange)
