@@ -59,6 +59,7 @@ class Bus:
     ) -> None:
         self.url = url
         self.topology = Topology(namespace)
+        self._retry_policy = retry_policy
         self._producers = ThreadProducers(self.connection, self.topology, retry_policy)
         with self.connection() as probe:  # not connected: asking the transport is enough
             self._outages = (OperationalError, *probe.recoverable_connection_errors)
@@ -156,26 +157,26 @@ class Bus:
             chosen = wanted is None or letter.message_id in wanted
             return not chosen or letter.queue not in stages
 
-        replayed = self._sort_dead_letters(stays)[1]
-        self.publish(
-            [
-                Envelope(
-                    self.topology.retry_key(stages[letter.queue]),
-                    base64.b64decode(letter.body_b64),
-                    {k: v for k, v in letter.headers.items() if k != ATTEMPT_HEADER},
-                )
-                for letter in replayed
-            ]
-        )
-        return replayed
+        def replayed(letter: DeadLetter) -> Envelope:
+            return Envelope(
+                self.topology.retry_key(stages[letter.queue]),
+                base64.b64decode(letter.body_b64),
+                {k: v for k, v in letter.headers.items() if k != ATTEMPT_HEADER},
+            )
+
+        return self._sort_dead_letters(stays, forward=replayed)[1]
 
     def _sort_dead_letters(
-        self, keep: Callable[[DeadLetter], bool]
+        self,
+        keep: Callable[[DeadLetter], bool],
+        forward: Callable[[DeadLetter], Envelope] | None = None,
     ) -> tuple[list[DeadLetter], list[DeadLetter]]:
         """Take every dead letter; put back those `keep` accepts; return (kept, taken).
 
-        A letter that cannot be read is always put back: the queue is never emptied of
-        something an operator has not seen.
+        A taken letter is first published as `forward` makes it, if given. Each letter leaves
+        the queue only once what it became is published: if the broker goes away midway, the
+        letters not yet acked come back. A letter that cannot be read is always put back: the
+        queue is never emptied of something an operator has not seen.
         """
         kept: list[DeadLetter] = []
         taken: list[DeadLetter] = []
@@ -197,8 +198,11 @@ class Bus:
                     if letter is not None:
                         kept.append(letter)
                     routing_key = str(raw.delivery_info.get("routing_key") or "dead.unknown")
-                    publish(producer, self.topology, Envelope(routing_key, body, {}))
+                    envelope = Envelope(routing_key, body, {})
+                    publish(producer, self.topology, envelope, self._retry_policy)
                 else:
+                    if forward is not None:
+                        publish(producer, self.topology, forward(letter), self._retry_policy)
                     taken.append(letter)
                 raw.ack()
         return kept, taken
