@@ -21,7 +21,10 @@ validation, no policy, no signing, no tracing, no threads. Per goal:
 
 The checks run on the bodies plangate sent for its first goal, with this goal's id put in, so
 the executor verifies the gate's signature over that first goal's approval: the same work, on
-the same bytes. Whatever plangate spends beyond all this is its own; below it no implementation
+the same bytes (only the comparison of the approval's ids with the plan's is left out: the ids
+were swapped in). Each hop handles one message at a time, as the baseline's do: its CPU per
+goal and its latency are the floor's; its goals/s is bounded, like every side's, by the CPU of
+the machine. Whatever plangate spends beyond all this is its own; below it no implementation
 of the design can go (short of batching goals into shared transactions).
 """
 

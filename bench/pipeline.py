@@ -81,6 +81,7 @@ from harness import (  # noqa: E402
     say,
     start_redis,
 )
+from kombu_hop import sender  # noqa: E402
 
 
 def plangate_env(settings: Settings) -> dict[str, str]:
@@ -252,19 +253,7 @@ def start_hops(
     def submit() -> str:
         goal_id = uuid.uuid4().hex
         headers = {k: v.replace(old, goal_id) for k, v in first["headers"].items()}
-
-        def send(routing_key: str, body: bytes) -> None:
-            producer.publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                headers=headers,
-                content_type="application/json",
-                content_encoding="utf-8",
-                delivery_mode=2,
-                retry=True,
-            )
-
+        send = sender(producer, exchange, headers)
         body = first["body"].replace(old, goal_id).encode("utf-8")
         if floor is None:
             send(HOPS[0], body)

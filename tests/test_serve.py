@@ -20,6 +20,7 @@ from plangate.client import Client
 from plangate.server import create_app
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
+from tests.servers import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -131,6 +132,7 @@ def test_a_plain_json_goal_is_accepted_and_completes(base_url: str, fleet: Fleet
 
     assert status == 201, body
     assert body["duplicate"] is False
+    assert body["queued"] is False
     assert body["trace_id"]
     assert headers["location"] == f"/api/v1/goals/{body['goal_id']}"
     deadline = time.monotonic() + 30
@@ -142,6 +144,31 @@ def test_a_plain_json_goal_is_accepted_and_completes(base_url: str, fleet: Fleet
         time.sleep(0.2)
     assert state["status"] == "completed", fleet.logs()
     assert state["steps"] == {"count": "succeeded", "sla": "succeeded", "notify": "succeeded"}
+
+
+def test_a_goal_accepted_while_the_servers_broker_is_unreachable_is_queued_and_completes(
+    fleet: Fleet,
+) -> None:
+    """Given a server whose broker cannot be reached (the workers' still can),
+    When a goal is POSTed,
+    Then it answers 201 with `queued: true` within seconds, and the workers' relay sends the
+    stored goal on: it completes.
+    """
+    unreachable = fleet.settings().model_copy(
+        update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"}
+    )
+    with Client(unreachable) as cut_off, serving(cut_off, token=None) as url:
+        status, headers, body = post_json(url, {"text": SEED_GOAL})
+
+        assert status == 201, body
+        assert body["queued"] is True
+        deadline = time.monotonic() + 30
+        while True:
+            _, _, state = call(url + headers["location"])
+            if state["terminal"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert state["status"] == "completed", fleet.logs()
 
 
 def test_a_structured_cloudevent_makes_a_goal(base_url: str, client: Client) -> None:

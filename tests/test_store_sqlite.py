@@ -122,3 +122,25 @@ def test_a_transaction_keeps_the_other_threads_of_its_process_out_until_it_commi
     with store.session() as session:
         kinds = list(session.execute(select(AuditRow.kind).order_by(AuditRow.seq)).scalars())
     assert kinds[-2:] == ["test.outer", "test.other"]
+
+
+def test_two_stores_of_one_process_on_one_file_take_turns(database_url: str, store: Store) -> None:
+    other = open_store(database_url, upgrade=False)
+    try:
+        with store.session() as first:
+            audit.append(first, "test.first", actor="test")
+            done = threading.Event()
+
+            def through_the_other_store() -> None:
+                with other.session() as session:
+                    audit.append(session, "test.second", actor="test")
+                done.set()
+
+            threading.Thread(target=through_the_other_store, daemon=True).start()
+            assert not done.wait(0.2), "the other store got in during this transaction"
+        assert done.wait(WAIT)
+    finally:
+        other.close()
+    with store.session() as session:
+        kinds = list(session.execute(select(AuditRow.kind).order_by(AuditRow.seq)).scalars())
+    assert kinds[-2:] == ["test.first", "test.second"]

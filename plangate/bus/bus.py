@@ -62,7 +62,9 @@ class Bus:
         self._retry_policy = retry_policy
         self._producers = ThreadProducers(self.connection, self.topology, retry_policy)
         with self.connection() as probe:  # not connected: asking the transport is enough
-            self._outages = (OperationalError, *probe.recoverable_connection_errors)
+            # Connection errors only: a channel error (a server's refusal, a KeyError) is no
+            # outage, and must not be reported as one.
+            self._outages = (OperationalError, *probe.connection_errors)
 
     def connection(self) -> Connection:
         """Open a new kombu connection to the broker (the caller owns and closes it)."""
@@ -72,7 +74,8 @@ class Bus:
 
     def declare(self) -> None:
         """Declare the exchange and every durable queue, so no early message is dropped."""
-        self._producers.producer()
+        with self._reachable():
+            self._producers.producer()
 
     def publish(self, envelopes: Sequence[Envelope]) -> None:
         """Publish envelopes from the calling thread (on its own connection).

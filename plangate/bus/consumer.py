@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +108,7 @@ class StageConsumer:
         self._retries: list[tuple[float, KombuMessage, int]] = []
         self._in_flight = 0
         self._poll = _FIRST_POLL_SECONDS
+        self._last_chores = time.monotonic()
         self.ready = threading.Event()
 
     def run(self, stop: threading.Event) -> None:
@@ -146,6 +148,7 @@ class StageConsumer:
                     if self._in_flight >= self._concurrency:
                         # No message can come in until a handler finishes: wait for that.
                         self._settle_finished(block=True)
+                        self._housekeeping(connection)
                     else:
                         self._drain(connection)
                 while self._in_flight:
@@ -169,6 +172,17 @@ class StageConsumer:
                 self._in_flight = 0
                 stop.wait(backoff)
                 backoff = min(max_backoff, backoff * 2)
+
+    def _housekeeping(self, connection: Connection) -> None:
+        """Let kombu do its chores (restoring unacked messages, health checks) once a second.
+
+        Long handlers can keep every slot busy, and the loop out of kombu's wait, for minutes.
+        """
+        now = time.monotonic()
+        if now - self._last_chores >= 1.0:
+            self._last_chores = now
+            with suppress(TimeoutError):
+                connection.drain_events(timeout=0)
 
     def _drain(self, connection: Connection) -> None:
         # A finished handler wakes the wait where the transport allows (Redis). Elsewhere the

@@ -53,14 +53,16 @@ class Wakeup:
 
     def set(self) -> None:
         """Wake the loop (from any thread); a wake-up already pending is enough."""
-        if self._pipe is not None:
+        pipe = self._pipe  # one read: `close` may clear it meanwhile
+        if pipe is not None:
             with suppress(BlockingIOError):  # the pipe is full: the loop is woken already
-                os.write(self._pipe[1], b"\0")
+                os.write(pipe[1], b"\0")
 
     def _empty(self) -> None:
-        if self._pipe is not None:
+        pipe = self._pipe
+        if pipe is not None:
             with suppress(BlockingIOError):
-                while os.read(self._pipe[0], 4096):
+                while os.read(pipe[0], 4096):
                     pass
 
     def close(self) -> None:

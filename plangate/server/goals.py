@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from opentelemetry import context as otel_context
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
 from plangate import telemetry
@@ -34,6 +34,11 @@ class GoalAccepted(BaseModel):
     status: str
     trace_id: str | None
     duplicate: bool
+    queued: bool = Field(
+        default=False,
+        description="The broker was unreachable: the goal is stored, and a running worker "
+        "sends it on once the broker is back.",
+    )
 
 
 class GoalState(BaseModel):
@@ -129,6 +134,7 @@ async def submit_goal(
         status=current.status,
         trace_id=handle.trace_id,
         duplicate=handle.duplicate,
+        queued=handle.queued,
     )
     return JSONResponse(
         accepted.model_dump(),

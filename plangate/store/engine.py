@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
 from plangate.store import schema
-from plangate.store.sqlite_lock import SqliteWriteLock
+from plangate.store.sqlite_lock import acquire_lock, release_lock
 
 
 class Store:
@@ -30,7 +30,7 @@ class Store:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._sqlite_lock = (
-            SqliteWriteLock(engine.url.database) if engine.dialect.name == "sqlite" else None
+            acquire_lock(engine.url.database) if engine.dialect.name == "sqlite" else None
         )
         self._writers: AbstractContextManager[object] = self._sqlite_lock or nullcontext()
 
@@ -44,7 +44,8 @@ class Store:
         """Release every pooled connection."""
         self.engine.dispose()
         if self._sqlite_lock is not None:
-            self._sqlite_lock.close()
+            release_lock(self._sqlite_lock)
+            self._sqlite_lock = None
 
 
 def _sqlite_serialised_writes(engine: Engine) -> None:

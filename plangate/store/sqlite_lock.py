@@ -5,14 +5,14 @@ A SQLite writer that finds the database locked sleeps and tries again (after 1, 
 transactions themselves. So each transaction first takes an advisory lock (`flock`) on a file
 beside the database: the kernel wakes the next waiter, in whichever process, the moment the
 holder is done, and releases the lock of a process that dies. Threads of one process queue on a
-plain lock first, because `flock` belongs to an open file, not to a thread.
+plain lock first, because `flock` belongs to an open file, not to a thread; and every store of a
+process on the same file shares one lock, or two of them would lock each other out.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from types import TracebackType
 
 try:
@@ -20,18 +20,41 @@ try:
 except ImportError:  # pragma: no cover - Windows: threads are still serialised
     fcntl = None  # type: ignore[assignment]
 
+_SHARED: dict[str, SqliteWriteLock] = {}  # by the database file's real path
+_SHARED_GUARD = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _SHARED_GUARD  # another thread may have held it at the fork, and is gone
+    _SHARED_GUARD = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
 
 class SqliteWriteLock:
     """A reentrant lock held around every transaction on one SQLite database."""
 
-    def __init__(self, database: str | None) -> None:
+    def __init__(self, path: str | None) -> None:
+        self._path = path  # None: no file to lock (in memory), threads only
+        self._users = 0
+        self._open()
+
+    def _open(self) -> None:
         self._threads = threading.RLock()
         self._depth = 0  # nested sessions of the thread that holds `_threads`
+        self._pid = os.getpid()
         self._fd: int | None = None
-        if fcntl is not None and database and database != ":memory:":
-            self._fd = os.open(f"{Path(database)}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        if fcntl is not None and self._path is not None:
+            self._fd = os.open(f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
     def __enter__(self) -> None:
+        if self._pid != os.getpid():
+            # A forked child shares the parent's open lock file (and would share its lock):
+            # it gets its own.
+            if self._fd is not None:
+                os.close(self._fd)
+            self._open()
         self._threads.acquire()
         if self._depth == 0 and self._fd is not None:
             try:
@@ -52,8 +75,29 @@ class SqliteWriteLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._threads.release()
 
-    def close(self) -> None:
-        """Close the lock file (a lock still held is released with it)."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+
+def acquire_lock(database: str | None) -> SqliteWriteLock:
+    """Return this process's write lock for a SQLite database; `release_lock` it when done."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return SqliteWriteLock(None)  # nothing on disk to share (or a URI we do not parse)
+    path = os.path.realpath(database)
+    with _SHARED_GUARD:
+        lock = _SHARED.get(path)
+        if lock is None:
+            lock = _SHARED[path] = SqliteWriteLock(path)
+        lock._users += 1
+        return lock
+
+
+def release_lock(lock: SqliteWriteLock) -> None:
+    """Let go of a lock from `acquire_lock`; the last store to let go closes its file."""
+    with _SHARED_GUARD:
+        lock._users -= 1
+        if lock._users > 0:
+            return
+        if lock._path is not None and _SHARED.get(lock._path) is lock:
+            del _SHARED[lock._path]
+        if lock._fd is not None:
+            with lock._threads:  # not under a transaction still running
+                os.close(lock._fd)
+                lock._fd = None
