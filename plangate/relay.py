@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 
 from plangate.bus import Bus, Envelope
 from plangate.errors import BrokerUnavailable
@@ -33,30 +34,50 @@ def deliver(store: Store, bus: Bus, envelopes: Sequence[Envelope]) -> bool:
     return True
 
 
-def relay_pending(store: Store, bus: Bus, older_than: timedelta = timedelta(0)) -> int:
+RELAY_LEASE = timedelta(seconds=60)
+
+
+def relay_pending(
+    store: Store, bus: Bus, older_than: timedelta = timedelta(0), lease: timedelta = RELAY_LEASE
+) -> int:
     """Publish outbox rows left unsent (a crash between commit and publish); return the count.
 
-    Rows are locked while they are published (`SKIP LOCKED` on PostgreSQL), so several
-    workers relaying at once do not send the same row twice.
+    Each batch is leased in a short transaction (`SKIP LOCKED` on PostgreSQL), published with no
+    transaction open, then marked sent: a broker that is slow or gone never holds the store
+    (SQLite's one write lock least of all), and several workers relaying at once do not send
+    the same row twice. A publish that gives up hands its lease back; a relay that dies leaves
+    its lease to run out, and the rows are sent after it.
     """
     count = 0
     while True:
+        now = utcnow()
         with store.session() as session:
             rows = list(
                 session.execute(
                     select(OutboxRow)
                     .where(
-                        OutboxRow.sent_at.is_(None), OutboxRow.created_at <= utcnow() - older_than
+                        OutboxRow.sent_at.is_(None),
+                        OutboxRow.created_at <= now - older_than,
+                        or_(OutboxRow.relay_until.is_(None), OutboxRow.relay_until < now),
                     )
                     .order_by(OutboxRow.id)
                     .limit(100)
                     .with_for_update(skip_locked=True)
                 ).scalars()
             )
-            if not rows:
-                return count
-            bus.publish([Envelope(r.routing_key, r.body, dict(r.headers), r.id) for r in rows])
-            now = utcnow()
             for row in rows:
-                row.sent_at = now
-            count += len(rows)
+                row.relay_until = now + lease
+            batch = [Envelope(r.routing_key, r.body, dict(r.headers), r.id) for r in rows]
+        if not batch:
+            return count
+        try:
+            bus.publish(batch)
+        except BaseException:
+            with suppress(Exception), store.session() as session:  # else the lease runs out
+                ids = [envelope.outbox_id for envelope in batch]
+                session.execute(
+                    update(OutboxRow).where(OutboxRow.id.in_(ids)).values(relay_until=None)
+                )
+            raise
+        outbox.mark_sent(store, batch)
+        count += len(batch)

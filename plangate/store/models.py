@@ -193,6 +193,8 @@ class OutboxRow(Base):
     headers: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(index=True)
+    # A relay publishing the row holds it until then (it publishes with no transaction open).
+    relay_until: Mapped[datetime | None]
 
 
 class AuditRow(Base):

@@ -1,0 +1,153 @@
+"""The outbox relay: rows left unsent are published later, once, without holding the store.
+
+On a real Redis, and on one whose port nothing listens on (a publish there retries for a couple
+of seconds and then gives up), with a real SQLite and PostgreSQL store. SQLite has one write
+lock: a relay that kept its transaction open while it published would hold every writer back.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import select, update
+
+from plangate.bus import Bus
+from plangate.errors import BrokerUnavailable
+from plangate.relay import relay_pending
+from plangate.store import OutboxRow, Store, audit, open_store
+from plangate.store.outbox import emit
+from schemas import GoalSubmitted, utcnow
+from tests.servers import free_port
+from tests.support import eventually
+
+pytestmark = pytest.mark.redis
+
+WAIT = 10.0
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'plangate.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database_url")
+    opened = open_store(url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def bus(redis_url: str, namespace: str) -> Iterator[Bus]:
+    opened = Bus(redis_url, namespace)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def gone(namespace: str) -> Iterator[Bus]:
+    """A bus whose broker does not answer: its publishes retry, then give up."""
+    opened = Bus(f"redis://127.0.0.1:{free_port()}/0", namespace)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def unsent_goal(store: Store) -> int:
+    """Store a goal.submitted in the outbox, as a crash before its publish would leave it."""
+    with store.session() as session:
+        envelope = emit(session, GoalSubmitted(goal_id=uuid4().hex, text="count open tickets"))
+    assert envelope.outbox_id is not None
+    return envelope.outbox_id
+
+
+def row(store: Store, row_id: int) -> OutboxRow:
+    with store.session() as session:
+        return session.execute(select(OutboxRow).where(OutboxRow.id == row_id)).scalar_one()
+
+
+def relaying(store: Store, bus: Bus) -> tuple[threading.Thread, list[BaseException]]:
+    """Run a relay in a thread; what it raised ends up in the list."""
+    raised: list[BaseException] = []
+
+    def relay() -> None:
+        try:
+            relay_pending(store, bus)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    return thread, raised
+
+
+def test_an_unsent_row_is_published_once_and_marked_sent(store: Store, bus: Bus) -> None:
+    row_id = unsent_goal(store)
+
+    assert relay_pending(store, bus) == 1
+    assert relay_pending(store, bus) == 0
+
+    assert row(store, row_id).sent_at is not None
+    assert bus.queue_depth("planner") == 1
+
+
+def test_a_relay_whose_broker_is_gone_keeps_no_transaction_open_while_it_tries(
+    store: Store, gone: Bus
+) -> None:
+    row_id = unsent_goal(store)
+    thread, raised = relaying(store, gone)
+    eventually(lambda: row(store, row_id).relay_until, what="the relay's lease")
+
+    with store.session() as session:  # a writer gets in while the relay is still publishing
+        audit.append(session, "test.meanwhile", actor="test")
+    assert thread.is_alive(), "the relay gave up before the writer was let in"
+
+    thread.join(WAIT)
+    assert [type(exc) for exc in raised] == [BrokerUnavailable]
+    left = row(store, row_id)
+    assert left.sent_at is None
+    assert left.relay_until is None  # handed back: the next sweep tries again
+
+
+def test_a_row_another_relay_is_publishing_is_left_to_it_until_it_hands_it_back(
+    store: Store, bus: Bus, gone: Bus
+) -> None:
+    row_id = unsent_goal(store)
+    thread, _ = relaying(store, gone)
+    eventually(lambda: row(store, row_id).relay_until, what="the first relay's lease")
+
+    assert relay_pending(store, bus) == 0
+
+    thread.join(WAIT)
+    assert relay_pending(store, bus) == 1
+    assert bus.queue_depth("planner") == 1
+
+
+def test_the_lease_of_a_relay_that_died_runs_out_and_its_rows_are_sent(
+    store: Store, bus: Bus
+) -> None:
+    row_id = unsent_goal(store)
+    with store.session() as session:  # as a relay that died mid-publish leaves it
+        lease = utcnow() + timedelta(seconds=60)
+        session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(relay_until=lease))
+    assert relay_pending(store, bus) == 0
+
+    with store.session() as session:
+        ended = utcnow() - timedelta(seconds=1)
+        session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(relay_until=ended))
+
+    assert relay_pending(store, bus) == 1
