@@ -35,6 +35,7 @@ def deliver(store: Store, bus: Bus, envelopes: Sequence[Envelope]) -> bool:
 
 
 RELAY_LEASE = timedelta(seconds=60)
+RELAY_BATCH = 20  # published well within the lease even when each publish needs its retries
 
 
 def relay_pending(
@@ -61,12 +62,13 @@ def relay_pending(
                         or_(OutboxRow.relay_until.is_(None), OutboxRow.relay_until < now),
                     )
                     .order_by(OutboxRow.id)
-                    .limit(100)
+                    .limit(RELAY_BATCH)
                     .with_for_update(skip_locked=True)
                 ).scalars()
             )
+            mine = now + lease
             for row in rows:
-                row.relay_until = now + lease
+                row.relay_until = mine
             batch = [Envelope(r.routing_key, r.body, dict(r.headers), r.id) for r in rows]
         if not batch:
             return count
@@ -76,7 +78,9 @@ def relay_pending(
             with suppress(Exception), store.session() as session:  # else the lease runs out
                 ids = [envelope.outbox_id for envelope in batch]
                 session.execute(
-                    update(OutboxRow).where(OutboxRow.id.in_(ids)).values(relay_until=None)
+                    update(OutboxRow)
+                    .where(OutboxRow.id.in_(ids), OutboxRow.relay_until == mine)  # still ours
+                    .values(relay_until=None)
                 )
             raise
         outbox.mark_sent(store, batch)

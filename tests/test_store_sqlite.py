@@ -6,6 +6,7 @@ a lock the kernel keeps (and releases when its holder dies), so these tests use 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -144,3 +145,40 @@ def test_two_stores_of_one_process_on_one_file_take_turns(database_url: str, sto
     with store.session() as session:
         kinds = list(session.execute(select(AuditRow.kind).order_by(AuditRow.seq)).scalars())
     assert kinds[-2:] == ["test.first", "test.second"]
+
+
+def test_a_forked_child_writes_through_locks_of_its_own(store: Store) -> None:
+    """A store opened before a fork serves the child as a process of its own.
+
+    None of the child's threads is let in on the parent's turn, and none releases the parent's.
+    """
+    with store.session() as session:
+        audit.append(session, "test.parent", actor="test")
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            store.engine.dispose(close=False)  # as a forking program must: fresh connections
+
+            def write() -> None:
+                for _ in range(5):
+                    with store.session() as session:
+                        audit.append(session, "test.child", actor="test")
+
+            threads = [threading.Thread(target=write) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            with store.session() as session:
+                kinds = select(func.count()).where(AuditRow.kind == "test.child")
+                code = 0 if session.execute(kinds).scalar_one() == 20 else 2
+        finally:
+            os._exit(code)
+    with store.session() as session:  # the parent writes on, meanwhile
+        audit.append(session, "test.parent", actor="test")
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with store.session() as session:
+        count = select(func.count()).where(AuditRow.kind == "test.child")
+        assert session.execute(count).scalar_one() == 20

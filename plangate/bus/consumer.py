@@ -174,9 +174,11 @@ class StageConsumer:
                 backoff = min(max_backoff, backoff * 2)
 
     def _housekeeping(self, connection: Connection) -> None:
-        """Let kombu do its chores (restoring unacked messages, health checks) once a second.
+        """Let kombu do its chores once a second, even while every slot is busy.
 
-        Long handlers can keep every slot busy, and the loop out of kombu's wait, for minutes.
+        Its chores: connection health checks and, when due, its restore sweep of unacked
+        messages (throttled: see `unacked_restore_throttle` in bus.py). Long handlers can keep
+        every slot busy, and the loop out of kombu's wait, for minutes.
         """
         now = time.monotonic()
         if now - self._last_chores >= 1.0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from types import TracebackType
 
 try:
@@ -22,14 +23,7 @@ except ImportError:  # pragma: no cover - Windows: threads are still serialised
 
 _SHARED: dict[str, SqliteWriteLock] = {}  # by the database file's real path
 _SHARED_GUARD = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    global _SHARED_GUARD  # another thread may have held it at the fork, and is gone
-    _SHARED_GUARD = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_ALL: weakref.WeakSet[SqliteWriteLock] = weakref.WeakSet()
 
 
 class SqliteWriteLock:
@@ -38,23 +32,22 @@ class SqliteWriteLock:
     def __init__(self, path: str | None) -> None:
         self._path = path  # None: no file to lock (in memory), threads only
         self._users = 0
+        self._fd: int | None = None
         self._open()
+        _ALL.add(self)
 
     def _open(self) -> None:
         self._threads = threading.RLock()
         self._depth = 0  # nested sessions of the thread that holds `_threads`
-        self._pid = os.getpid()
-        self._fd: int | None = None
         if fcntl is not None and self._path is not None:
             self._fd = os.open(f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def __enter__(self) -> None:
-        if self._pid != os.getpid():
-            # A forked child shares the parent's open lock file (and would share its lock):
-            # it gets its own.
-            if self._fd is not None:
-                os.close(self._fd)
-            self._open()
         self._threads.acquire()
         if self._depth == 0 and self._fd is not None:
             try:
@@ -97,7 +90,24 @@ def release_lock(lock: SqliteWriteLock) -> None:
             return
         if lock._path is not None and _SHARED.get(lock._path) is lock:
             del _SHARED[lock._path]
+    with lock._threads:  # after any transaction still running on it
+        lock._close()
+
+
+def _after_fork_in_child() -> None:
+    """Give a forked child locks of its own, taken by none of the threads it did not inherit.
+
+    It shares the parent's open lock files (and so the parent's `flock`), and a thread lock
+    held by a parent thread at the fork stays held forever in the child.
+    """
+    global _SHARED_GUARD
+    _SHARED_GUARD = threading.Lock()
+    for lock in list(_ALL):
         if lock._fd is not None:
-            with lock._threads:  # not under a transaction still running
-                os.close(lock._fd)
-                lock._fd = None
+            lock._close()
+            lock._open()
+        else:
+            lock._threads, lock._depth = threading.RLock(), 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
