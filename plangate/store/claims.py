@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from plangate.store.models import Base
 
+# Built once per table and dialect, and run on the table, not the ORM entity: the ORM's bulk
+# insert machinery took two thirds of a claim's time. Column defaults still apply.
+_CLAIMS: dict[tuple[str, str], sqlite.Insert | postgresql.Insert] = {}
+
+
+def _claim(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
+    statement = _CLAIMS.get((dialect, table.name))
+    if statement is None:
+        if dialect == "sqlite":
+            statement = sqlite.insert(table).on_conflict_do_nothing()
+        elif dialect == "postgresql":
+            statement = postgresql.insert(table).on_conflict_do_nothing()
+        else:
+            raise NotImplementedError(f"claims are not implemented for {dialect}")
+        _CLAIMS[(dialect, table.name)] = statement
+    return statement
+
 
 def insert_if_absent(session: Session, model: type[Base], values: dict[str, Any]) -> bool:
     """Insert a row unless its key exists; return True if this call inserted it (won the claim)."""
-    dialect = session.get_bind().dialect.name
-    statement: sqlite.Insert | postgresql.Insert
-    if dialect == "sqlite":
-        statement = sqlite.insert(model).values(**values).on_conflict_do_nothing()
-    elif dialect == "postgresql":
-        statement = postgresql.insert(model).values(**values).on_conflict_do_nothing()
-    else:
-        raise NotImplementedError(f"claims are not implemented for {dialect}")
+    statement = _claim(session.get_bind().dialect.name, cast(Table, model.__table__))
     # psycopg reports -1 for an INSERT's rowcount unless asked to keep it.
-    result = session.execute(statement, execution_options={"preserve_rowcount": True})
+    result = session.execute(statement, values, execution_options={"preserve_rowcount": True})
     return bool(getattr(result, "rowcount", 0) == 1)
