@@ -105,43 +105,27 @@ def test_a_process_killed_inside_a_transaction_leaves_the_store_writable(
     assert seen == [0], "the killed process's transaction was rolled back"
 
 
+@pytest.mark.parametrize("through", ["the same store", "another store on the file"])
 def test_a_transaction_keeps_the_other_threads_of_its_process_out_until_it_commits(
-    store: Store,
+    database_url: str, store: Store, through: str
 ) -> None:
-    with store.session() as outer:
-        audit.append(outer, "test.outer", actor="test")
-        done = threading.Event()
-
-        def other_thread() -> None:
-            with store.session() as session:
-                audit.append(session, "test.other", actor="test")
-            done.set()
-
-        threading.Thread(target=other_thread, daemon=True).start()
-        assert not done.wait(0.2), "another thread got in during this thread's transaction"
-    assert done.wait(WAIT)
-    with store.session() as session:
-        kinds = list(session.execute(select(AuditRow.kind).order_by(AuditRow.seq)).scalars())
-    assert kinds[-2:] == ["test.outer", "test.other"]
-
-
-def test_two_stores_of_one_process_on_one_file_take_turns(database_url: str, store: Store) -> None:
-    other = open_store(database_url, upgrade=False)
+    other = store if through == "the same store" else open_store(database_url, upgrade=False)
     try:
         with store.session() as first:
             audit.append(first, "test.first", actor="test")
             done = threading.Event()
 
-            def through_the_other_store() -> None:
+            def other_thread() -> None:
                 with other.session() as session:
                     audit.append(session, "test.second", actor="test")
                 done.set()
 
-            threading.Thread(target=through_the_other_store, daemon=True).start()
-            assert not done.wait(0.2), "the other store got in during this transaction"
+            threading.Thread(target=other_thread, daemon=True).start()
+            assert not done.wait(0.2), "another thread got in during this thread's transaction"
         assert done.wait(WAIT)
     finally:
-        other.close()
+        if other is not store:
+            other.close()
     with store.session() as session:
         kinds = list(session.execute(select(AuditRow.kind).order_by(AuditRow.seq)).scalars())
     assert kinds[-2:] == ["test.first", "test.second"]
