@@ -94,6 +94,10 @@ class FloorStore:
         self._unsent: list[int] = []
         self._marked = time.monotonic()
 
+    def close(self) -> None:
+        self.db.close()
+        os.close(self._lock)
+
     def create_schema(self) -> None:
         self.db.executescript(SCHEMA)
 

@@ -43,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Exchange, Queue
 from sqlalchemy import select
 
 BENCH = Path(__file__).resolve().parent
@@ -56,7 +56,6 @@ from plangate.store import AuditRow, GoalRow, StepRunRow, open_store  # noqa: E4
 
 SEED_GOAL = "Check Jira ticket count, compare with SLA, and notify on-call engineer if breached"
 STAGES = ("planner", "gate", "executor")
-HOPS = ("goal.submitted", "plan.proposed", "plan.approved", "execution.completed")
 TERMINAL_KEYS = (
     "execution.completed",
     "execution.failed",
@@ -70,7 +69,6 @@ WARMUP_GOALS = 3
 PAUSE = 0.01  # seconds between sequential goals, so that no two goals overlap
 P50_TARGET, RATE_TARGET = 1.5, 0.8  # issue 4: p50 <= 1.5 x baseline, goals/s >= 0.8 x baseline
 
-from floor import FloorStore  # noqa: E402
 from harness import (  # noqa: E402
     Arrivals,
     Processes,
@@ -81,7 +79,7 @@ from harness import (  # noqa: E402
     say,
     start_redis,
 )
-from kombu_hop import sender  # noqa: E402
+from hops import HOPS, check_floor, start_hops  # noqa: E402
 
 
 def plangate_env(settings: Settings) -> dict[str, str]:
@@ -210,74 +208,6 @@ def audit_breakdown(side: Side, settings: Settings) -> dict[str, float]:
     return medians
 
 
-# --- baseline ---------------------------------------------------------------------------------
-
-
-def start_hops(
-    args: argparse.Namespace,
-    processes: Processes,
-    connection: Connection,
-    settings: Settings,
-    bodies: dict[str, Any],
-    floor_db: Path | None = None,
-) -> Side:
-    """Start three raw-kombu hops (the floor's, given its SQLite file); return their side."""
-    name = "baseline" if floor_db is None else "floor"
-    template = processes.folder / "baseline-bodies.json"
-    template.write_text(json.dumps(bodies), encoding="utf-8")
-    exchange_name = f"{settings.namespace}-{name}"
-    exchange = Exchange(exchange_name, type="topic", durable=True)
-    channel = connection.channel()
-    for i in range(3):
-        queue = Queue(f"{exchange_name}.hop{i + 1}", exchange=exchange, routing_key=HOPS[i])
-        queue.bind(channel).declare()
-    done = Arrivals(connection, observer_queue(exchange, f"{exchange_name}.done", (HOPS[-1],)))
-    floor = None
-    if floor_db is not None:
-        floor = FloorStore(str(floor_db))
-        floor.create_schema()
-    for i in range(3):
-        command = [sys.executable, str(BENCH / "kombu_hop.py"), settings.broker_url]
-        command += [exchange_name, f"{exchange_name}.hop{i + 1}", HOPS[i], HOPS[i + 1]]
-        command += [str(template), str(args.concurrency)]
-        if floor_db is None:
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        else:  # its checks load plangate's tools, policy and the gate's public key
-            command.append(str(floor_db))
-            env = plangate_env(settings)
-        processes.start(f"{name}{i + 1}", command, env)
-    say(f"{name}: started 3 raw-kombu hop processes")
-    producer = Producer(channel, exchange=exchange)
-    first, old = bodies[HOPS[0]], bodies["goal_id"]
-
-    def submit() -> str:
-        goal_id = uuid.uuid4().hex
-        headers = {k: v.replace(old, goal_id) for k, v in first["headers"].items()}
-        send = sender(producer, exchange, headers)
-        body = first["body"].replace(old, goal_id).encode("utf-8")
-        if floor is None:
-            send(HOPS[0], body)
-        else:
-            floor.submit(goal_id, HOPS[0], body, send)
-        return goal_id
-
-    return Side(name, submit, done, processes.check_alive)
-
-
-def check_floor(floor_db: Path) -> None:
-    """Check the floor's store: every goal completed, with its three steps succeeded."""
-    store = FloorStore(str(floor_db))
-    try:
-        goals = dict(store.db.execute("SELECT status, count(*) FROM goals GROUP BY status"))
-        (steps,) = store.db.execute(
-            "SELECT count(*) FROM steps WHERE status = 'succeeded'"
-        ).fetchone()
-    finally:
-        store.db.close()
-    if set(goals) != {"completed"} or steps != 3 * goals["completed"]:
-        raise RuntimeError(f"the floor's store disagrees: goals {goals}, {steps} steps")
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -291,8 +221,10 @@ def compare(
     try:
         with Connection(settings.broker_url) as connection:
             ours, bodies = start_plangate(args, processes, settings, connection, client)
-            theirs = start_hops(args, processes, connection, settings, bodies)
-            floor = start_hops(args, processes, connection, settings, bodies, floor_db)
+            hops = (processes, connection, settings, bodies, args.concurrency)
+            theirs = start_hops(*hops)
+            # The floor's checks load plangate's tools, policy and the gate's public key.
+            floor = start_hops(*hops, floor=(floor_db, plangate_env(settings)))
             sides = (ours, floor, theirs)
             for side in sides:
                 for _ in range(WARMUP_GOALS):
