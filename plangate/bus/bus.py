@@ -29,9 +29,9 @@ from schemas import DeadLetter, Message, MessageRejected, decode_message
 # AMQP publishes are fire-and-forget unless confirmed: with confirms, `publish` returns once
 # RabbitMQ has the message (or raises), so "publish, then ack" cannot lose it.
 # kombu's Redis consumer scans for unacked messages to restore on every 10th empty poll; a
-# busy stage polls every millisecond or two (see consumer.py), which made that scan (a lock and
-# a range query) a tenth of a worker's CPU. Every 1000th poll still runs it about every
-# minute when idle, far inside the hour a message stays invisible.
+# busy stage comes out of its wait every few milliseconds (see consumer.py), and that scan (a
+# lock and a range query) took a tenth of a worker's CPU. Every 1000th poll still runs it about
+# every minute when idle, far inside the hour a message stays invisible.
 _REDIS: dict[str, Any] = {"unacked_restore_throttle": 1000}
 _CONFIRMED: dict[str, Any] = {"confirm_publish": True}
 _TRANSPORT_OPTIONS: dict[str, dict[str, Any]] = {

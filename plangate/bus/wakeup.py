@@ -2,13 +2,13 @@
 
 kombu has no way to interrupt `drain_events` from another thread, so a loop with handlers
 running had to come out every millisecond or two to see whether one had finished (to ack it
-and take the next message): on a busy worker that polling was a third of its CPU. kombu's Redis
+and take the next message): on a busy worker that polling took 13 % of a core. kombu's Redis
 transport waits in one epoll over its sockets; a pipe registered in that poller lets a handler
 thread end the wait at once. Other transports (memory, AMQP) offer no such poller, and their
 loops keep polling: `available` says which.
 
 This reaches into kombu's Redis transport (`Transport.cycle`, a `MultiChannelPoller`, and its
-`poller` and `handle_event`); `tests/test_bus.py` pins the behaviour it relies on.
+`poller` and `handle_event`); `tests/test_wakeup.py` pins the behaviour it relies on.
 """
 
 from __future__ import annotations

@@ -72,7 +72,9 @@ class SqliteWriteLock:
 def acquire_lock(database: str | None) -> SqliteWriteLock:
     """Return this process's write lock for a SQLite database; `release_lock` it when done."""
     if not database or database == ":memory:" or database.startswith("file:"):
-        return SqliteWriteLock(None)  # nothing on disk to share (or a URI we do not parse)
+        unshared = SqliteWriteLock(None)  # nothing on disk to share (or a URI we do not parse)
+        unshared._users = 1
+        return unshared
     path = os.path.realpath(database)
     with _SHARED_GUARD:
         lock = _SHARED.get(path)
