@@ -2,11 +2,13 @@
 
 Every decision is a row (at most one by policy and one by a person per revision: the unique
 constraint settles races), an audit entry, a goal state, and one outgoing message. An approve
-decision also issues the signed, single-use approval that binds the plan's hash.
+decision also issues the signed, single-use approval that binds the plan's hash; only the gate
+holds the key, so a person's approval is handed to it (`hand_to_gate`) to be checked and signed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +21,7 @@ from plangate.store import ApprovalRow, DecisionRow, PlanRow
 from plangate.store.goals import plan_of, transition
 from plangate.store.models import GoalStatus
 from plangate.store.outbox import emit
-from schemas import Decision, PlanApproved, PlanDecided, SignedEnvelope
+from schemas import Decision, PlanApproved, PlanDecided, ReviewDecided, SignedEnvelope
 
 _OUTCOMES: dict[str, tuple[str, GoalStatus]] = {
     "deny": ("plan.denied", "denied"),
@@ -29,10 +31,20 @@ _OUTCOMES: dict[str, tuple[str, GoalStatus]] = {
 }
 
 
-def record_decision(session: Session, plan: PlanRow, stage: str, decision: Decision) -> DecisionRow:
-    """Store a decision; raise Conflict if this revision already has one from this stage."""
+def record_decision(
+    session: Session,
+    plan: PlanRow,
+    stage: str,
+    decision: Decision,
+    roles: frozenset[str] | None = None,
+) -> DecisionRow:
+    """Store a decision (a person's with their roles); Conflict if this stage already decided."""
     row = DecisionRow(
-        plan_id=plan.plan_id, goal_id=plan.goal_id, stage=stage, **decision.model_dump()
+        plan_id=plan.plan_id,
+        goal_id=plan.goal_id,
+        stage=stage,
+        roles=None if roles is None else sorted(roles),
+        **decision.model_dump(),
     )
     try:
         with session.begin_nested():
@@ -49,11 +61,49 @@ def decision_of(row: DecisionRow) -> Decision:
     return Decision.model_validate(row, from_attributes=True)
 
 
+def hand_to_gate(
+    session: Session,
+    plan: PlanRow,
+    decision: Decision,
+    trace_headers: Mapping[str, str] | None = None,
+) -> Envelope:
+    """Move the goal to `approved` and ask the gate to sign a person's approval.
+
+    The message carries the current trace, or `trace_headers` (a message sent again later).
+
+    The store keeps the decision (with the reviewer's roles); the message only wakes a gate
+    worker, which checks the decision against the hold and signs the approval.
+    """
+    reason = f"approved by {decision.decided_by}; the gate checks the hold and releases the plan"
+    data = {
+        "plan_id": plan.plan_id,
+        "revision": plan.revision,
+        "plan_hash": plan.plan_hash,
+        "decided_by": decision.decided_by,
+        "policy_version": decision.policy_version,
+    }
+    transition(
+        session, plan.goal_id, "approved", actor=decision.decided_by, reason=reason, data=data
+    )
+    return emit(session, review_decided(plan, decision.decided_by), trace_headers=trace_headers)
+
+
+def review_decided(plan: PlanRow, reviewer: str) -> ReviewDecided:
+    """Return the message that hands a person's approval of `plan` to the gate."""
+    return ReviewDecided(
+        goal_id=plan.goal_id,
+        plan_id=plan.plan_id,
+        revision=plan.revision,
+        plan_hash=plan.plan_hash,
+        decided_by=reviewer,
+    )
+
+
 def follow_decision(
     session: Session,
     plan: PlanRow,
     decision: Decision,
-    signer: Signer,
+    signer: Signer | None,
     ttl: timedelta,
     *,
     move_goal: bool = True,
@@ -72,6 +122,8 @@ def follow_decision(
         "policy_version": decision.policy_version,
     }
     if decision.action == "approve":
+        if signer is None:  # only a gate worker holds the key: a person's approval goes there
+            raise ValueError("an approval is signed by the gate; hand it over with hand_to_gate")
         approval = _approval_for(session, plan, decision, signer, ttl)
         if move_goal:
             transition(

@@ -1,6 +1,8 @@
 """Expiry: a plan held for a person longer than its TTL expires, and never runs.
 
-The TTL is the holding rule's `hold_ttl_seconds`, else `PLANGATE_HOLD_TTL_SECONDS` (a day). An
+When it expires was fixed by the gate when it held the plan (the hold record: the holding
+rule's `hold_ttl_seconds`, else `PLANGATE_HOLD_TTL_SECONDS`, a day); a policy edited since
+changes nothing. A plan held before holds were recorded expires after the default TTL. An
 expiry takes the revision's slot for a person's decision (decided by `gate`), so an approval
 racing it loses, or wins and the expiry is skipped: never both. Calling this again, from any
 number of workers, expires nothing twice.
@@ -15,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.decisions import record_decision
-from approval_gate.policy import Policy
+from approval_gate.holds import DEFAULT_HOLD_TTL, hold_of, legacy_expiry
 from plangate.bus import Envelope
 from plangate.errors import Conflict
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
@@ -24,32 +26,18 @@ from plangate.store.outbox import emit
 from schemas import Decision, PlanDecided
 
 log = logging.getLogger(__name__)
-DEFAULT_HOLD_TTL = timedelta(days=1)
-
-
-def hold_ttl(
-    decision: DecisionRow | None, policy: Policy | None, default: timedelta = DEFAULT_HOLD_TTL
-) -> timedelta:
-    """Return how long a plan held by `decision` waits for a person before it expires."""
-    rule = policy.rule(decision.rule) if policy and decision else None
-    if rule is not None and rule.hold_ttl_seconds is not None:
-        return timedelta(seconds=rule.hold_ttl_seconds)
-    return default
 
 
 def expires_at(
-    decision: DecisionRow, policy: Policy | None, default: timedelta = DEFAULT_HOLD_TTL
+    session: Session, decision: DecisionRow, default: timedelta = DEFAULT_HOLD_TTL
 ) -> datetime:
-    """Return when a plan held by `decision` expires."""
-    return decision.created_at + hold_ttl(decision, policy, default)
+    """Return when the plan held by `decision` expires: as its hold says, else the default."""
+    hold = hold_of(session, decision.plan_id)
+    return hold.expires_at if hold is not None else legacy_expiry(decision, default)
 
 
 def expire_held(
-    store: Store,
-    now: datetime,
-    *,
-    policy: Policy | None = None,
-    default_ttl: timedelta = DEFAULT_HOLD_TTL,
+    store: Store, now: datetime, *, default_ttl: timedelta = DEFAULT_HOLD_TTL
 ) -> list[Envelope]:
     """Expire every held plan whose TTL has passed by `now`; return the plan.expired envelopes."""
     with store.session() as session:
@@ -58,7 +46,7 @@ def expire_held(
     for goal_id in held:
         try:
             with store.session() as session:
-                envelope = _expire_if_due(session, goal_id, now, policy, default_ttl)
+                envelope = _expire_if_due(session, goal_id, now, default_ttl)
         except Conflict:  # a person decided it meanwhile: theirs stands
             continue
         if envelope is not None:
@@ -67,7 +55,7 @@ def expire_held(
 
 
 def _expire_if_due(
-    session: Session, goal_id: str, now: datetime, policy: Policy | None, default: timedelta
+    session: Session, goal_id: str, now: datetime, default: timedelta
 ) -> Envelope | None:
     goal = session.get(GoalRow, goal_id)
     plan = latest_plan(session, goal_id)
@@ -76,9 +64,10 @@ def _expire_if_due(
     held_by = _policy_decision(session, plan)
     if held_by is None:
         return None
-    ttl = hold_ttl(held_by, policy, default)
-    if now < held_by.created_at + ttl:
+    due = expires_at(session, held_by, default)
+    if now < due:
         return None
+    ttl = due - held_by.created_at
     decision = Decision(
         action="expire",
         decided_by="gate",

@@ -1,7 +1,9 @@
 """The gate stage's handler: plan.proposed in; approved, denied or held out.
 
 The plan is validated again here (nothing crosses a boundary unchecked) and its hash
-recomputed; then the policy decides. Redelivery republishes the decision already taken.
+recomputed; then the policy decides. A hold records what a person's decision on it needs.
+Redelivery republishes the decision already taken. A person's approval (review.decided) is
+checked against its hold and signed here too: the gate is the only signer.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.decisions import decision_of, follow_decision, record_decision
+from approval_gate.holds import DEFAULT_HOLD_TTL, record_hold
 from approval_gate.notify import HeldNotice
 from approval_gate.policy import Policy
+from approval_gate.release import release, release_reviewed
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
@@ -29,6 +33,7 @@ from schemas import (
     PlanInvalid,
     PlanProposed,
     PreviewRequested,
+    ReviewDecided,
     plan_hash,
     validate_plan,
 )
@@ -44,15 +49,21 @@ class GateHandler:
         signer: Signer,
         ttl: timedelta,
         on_held: Callable[[HeldNotice], object] | None = None,
+        hold_ttl: timedelta = DEFAULT_HOLD_TTL,
+        catalog: Callable[[Session], Catalog] = read_catalog,
     ) -> None:
         self._store = store
         self._policy = policy
         self._signer = signer
         self._ttl = ttl
         self._on_held = on_held
+        self._hold_ttl = hold_ttl
+        self._catalog = catalog
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
-        """Handle one plan.proposed message."""
+        """Handle one plan.proposed (or review.decided) message."""
+        if isinstance(message, ReviewDecided):
+            return self._release(message)
         if not isinstance(message, PlanProposed):
             raise Reject(f"the gate does not handle {type(message).__name__}")
         plan = message.plan
@@ -70,7 +81,7 @@ class GateHandler:
                 return repeated
             goal = session.get(GoalRow, plan.goal_id)
             goal_text, goal_meta = (goal.text, dict(goal.meta)) if goal else ("", {})
-            decision = self._decide(message, read_catalog(session), goal_text, goal_meta)
+            decision = self._decide(message, self._catalog(session), goal_text, goal_meta)
             try:
                 record_decision(session, row, "policy", decision)
             except Conflict:  # another gate decided this revision meanwhile: say what it decided
@@ -78,6 +89,8 @@ class GateHandler:
                 assert repeated is not None
                 return repeated
             envelopes = [follow_decision(session, row, decision, self._signer, self._ttl)]
+            if decision.action == "hold":
+                record_hold(session, row, decision, self._policy, self._hold_ttl)
             if self._policy.wants_preview(decision):
                 # An executor has the tools: it runs the reads and asks the writes. The row
                 # is the request it checks; the message only wakes it.
@@ -99,6 +112,14 @@ class GateHandler:
             self._on_held(notice)
         return envelopes
 
+    def _release(self, message: ReviewDecided) -> Sequence[Envelope]:
+        """Check a person's approval against its hold and sign it (refusals: dead letters)."""
+        with self._store.session() as session:
+            released = release_reviewed(session, message, self._signer, self._ttl)
+        if isinstance(released, Reject):  # raised once the audit of the refusal is committed
+            raise released
+        return released
+
     def _repeat_earlier_decision(self, session: Session, row: PlanRow) -> list[Envelope] | None:
         """On a redelivery (or a lost race), say again what was decided; move nothing."""
         earlier = (
@@ -112,6 +133,9 @@ class GateHandler:
         )
         if earlier is None:
             return None
+        if earlier.stage == "human" and earlier.action == "approve":
+            # A person's approval is signed only once checked against its hold.
+            return release(session, row, earlier, self._signer, self._ttl)
         decided = decision_of(earlier)
         return [follow_decision(session, row, decided, self._signer, self._ttl, move_goal=False)]
 

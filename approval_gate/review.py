@@ -1,8 +1,10 @@
 """Human review: list what is held, approve, reject or edit a revision, as a named reviewer.
 
 A reviewer acts on the revision (and hash) they saw: if the plan changed since, or someone
-else decided first, they get a Conflict, never a silent overwrite. A rule may require a role
-(`requires_role`) of whoever decides or edits a plan it held: without it, Forbidden.
+else decided first, they get a Conflict, never a silent overwrite. What a decision needs is
+the hold the gate recorded (a rule's `requires_role`): a reviewer without it gets Forbidden,
+whatever policy file this process has. Nothing is signed here: an approval is recorded with
+the reviewer and their roles and handed to the gate, which checks the hold again and signs.
 
 An edit is a new revision (a new plan id and hash), proposed to the gate like a planner's: the
 policy decides it again, and no approval of an earlier revision can cover it.
@@ -22,18 +24,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from approval_gate.decisions import follow_decision, record_decision
-from approval_gate.expiry import DEFAULT_HOLD_TTL, expires_at
-from approval_gate.policy import Policy
+from approval_gate.decisions import follow_decision, hand_to_gate, record_decision
+from approval_gate.expiry import expires_at
+from approval_gate.holds import DEFAULT_HOLD_TTL, check_reviewer, hold_of, required_roles
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.catalog import load_catalog
-from plangate.errors import Conflict, Forbidden, NotFound
-from plangate.signing import Signer
-from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store, audit
+from plangate.errors import Conflict, NotFound
+from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.goals import latest_plan, plan_row, transition
 from plangate.store.outbox import emit
 from schemas import (
+    Catalog,
     Decision,
     Plan,
     PlanInvalid,
@@ -53,10 +55,11 @@ class HeldPlan:
     goal: GoalRow
     policy_decision: DecisionRow | None
     previous: PlanRow | None = None  # the revision before, for a diff
-    required_role: str | None = None  # the role the holding rule asks of a reviewer
+    required_role: str | None = None  # the role(s) the hold asks of a reviewer, comma-separated
     expires_at: datetime | None = None  # when a held plan expires if nobody decides
     preview: list[StepPreview] | None = None  # its dry run, once an executor has made it
     preview_requested: bool = False  # the rule that held it asked an executor for a dry run
+    hold: HoldRow | None = None  # what a decision needs, as the gate recorded it
 
     @property
     def preview_state(self) -> str:
@@ -70,18 +73,11 @@ class Review:
     """Decisions by people on held plans, recorded and followed like policy decisions."""
 
     def __init__(
-        self,
-        store: Store,
-        signer: Signer,
-        ttl: timedelta,
-        policy: Policy | None = None,
-        hold_ttl: timedelta = DEFAULT_HOLD_TTL,
+        self, store: Store, hold_ttl: timedelta = DEFAULT_HOLD_TTL, catalog: Catalog | None = None
     ) -> None:
         self._store = store
-        self._signer = signer
-        self._ttl = ttl
-        self._policy = policy
-        self._hold_ttl = hold_ttl
+        self._hold_ttl = hold_ttl  # for plans held before holds were recorded
+        self._catalog = catalog  # an edit is validated against it (default: the store's)
 
     def held(self) -> list[HeldPlan]:
         """Return every plan revision waiting for a person, oldest first."""
@@ -141,10 +137,10 @@ class Review:
 
         PlanInvalid if the edit is not a valid plan for the catalog; returns plan.proposed.
         """
-        catalog = load_catalog(self._store)
+        catalog = self._catalog if self._catalog is not None else load_catalog(self._store)
         with self._store.session() as session:
             held = self._held_for_decision(session, plan_id, expected_hash)
-            self._check_role(held, reviewer, roles, "edit")
+            check_reviewer(held.hold, plan_id, reviewer, roles, "edit")
             old = held.plan
             plan = _edited_plan(old, steps, summary)
             validate_plan(plan, catalog)
@@ -157,7 +153,7 @@ class Review:
                 reason=f"edited into revision {plan.revision}",
                 policy_version=_policy_version(held),
             )
-            record_decision(session, old, "human", replaced)
+            record_decision(session, old, "human", replaced, roles)
             row = plan_row(plan, planner, old.trace_headers)
             digest = row.plan_hash
             try:
@@ -198,26 +194,20 @@ class Review:
                     PlanRow.goal_id == goal.id, PlanRow.revision == plan.revision - 1
                 )
             ).scalar_one_or_none()
-        rule = self._policy.rule(policy.rule) if self._policy and policy else None
-        role = rule.requires_role if rule else None
+        hold = hold_of(session, plan.plan_id)
+        role = None
+        if hold is not None and hold.required_roles:
+            role = ", ".join(sorted(required_roles(hold)))
         expiry = None
         if policy is not None and policy.action == "hold" and goal.status == "held":
-            expiry = expires_at(policy, self._policy, self._hold_ttl)
+            expiry = expires_at(session, policy, self._hold_ttl)
         stored = session.get(PlanPreviewRow, plan.plan_id)
         preview = None
         if stored is not None and stored.steps is not None:
             preview = [StepPreview.model_validate(step) for step in stored.steps]
-        return HeldPlan(plan, goal, policy, previous, role, expiry, preview, stored is not None)
-
-    def _check_role(self, held: HeldPlan, reviewer: str, roles: frozenset[str], what: str) -> None:
-        role = held.required_role
-        if role is not None and role not in roles:
-            rule = held.policy_decision.rule if held.policy_decision else None
-            raise Forbidden(
-                f"rule {rule!r} requires the role {role!r} to {what} plan {held.plan.plan_id}; "
-                f"{reviewer} does not have it: ask a reviewer who does",
-                role,
-            )
+        return HeldPlan(
+            plan, goal, policy, previous, role, expiry, preview, stored is not None, hold
+        )
 
     def _decide(
         self,
@@ -230,7 +220,7 @@ class Review:
     ) -> Sequence[Envelope]:
         with self._store.session() as session:
             held = self._held_for_decision(session, plan_id, expected_hash)
-            self._check_role(held, reviewer, roles, action)
+            check_reviewer(held.hold, plan_id, reviewer, roles, action)
             decision = Decision(
                 action=action,
                 decided_by=reviewer,
@@ -244,8 +234,10 @@ class Review:
                 span.set_attribute("plangate.decision.action", action)
                 span.set_attribute("plangate.decision.decided_by", reviewer)
                 span.set_attribute("plangate.plan_hash", held.plan.plan_hash)
-                record_decision(session, held.plan, "human", decision)
-                return [follow_decision(session, held.plan, decision, self._signer, self._ttl)]
+                record_decision(session, held.plan, "human", decision, roles)
+                if action == "approve":
+                    return [hand_to_gate(session, held.plan, decision)]
+                return [follow_decision(session, held.plan, decision, None, timedelta(0))]
 
     def _held_for_decision(
         self, session: Session, plan_id: str, expected_hash: str | None

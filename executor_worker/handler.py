@@ -58,8 +58,6 @@ from schemas import (
 ACTOR = "executor"
 log = logging.getLogger(__name__)
 Notify = Callable[[Envelope], None]
-# Goals that a refused message must leave as they are: a run or an outcome is never undone.
-_SETTLED = frozenset({"running", "needs_attention", *TERMINAL_STATUSES})
 
 
 @dataclass(frozen=True)
@@ -169,32 +167,34 @@ class ExecutorHandler:
             return _Started(trace, recorded_steps(session, plan.plan_id))
 
     def _refuse(self, message: PlanApproved, reason: str) -> Sequence[Envelope]:
+        """Refuse an approval: fail the goal only if it is the gate's own, else dead-letter it.
+
+        The gate's own approval (the one it stored for this plan) that this executor cannot
+        accept, e.g. signed by a key it does not trust or expired before the run started,
+        fails its goal and says why. Anything else (forged, altered, replayed onto another
+        plan) changes nothing: it is audited, and dead-lettered with its reason.
+        """
         with self._store.session() as session:
             goal = session.get(GoalRow, message.goal_id)
             if goal is None:
                 raise Reject(f"plan.approved for unknown goal {message.goal_id!r}: {reason}")
-            if goal.status in _SETTLED or (
-                goal.status == "approved" and not _issued_by_gate(session, message)
-            ):
-                # A forged or replayed message must not undo a run, an outcome, or the genuine
-                # approval still on its way; it is recorded, and the goal left as it is.
-                audit.append(
-                    session,
-                    "approval.refused",
-                    actor=ACTOR,
-                    goal_id=message.goal_id,
-                    data={"plan_id": message.plan.plan_id, "reason": reason},
+            if goal.status == "approved" and _issued_by_gate(session, message):
+                log.error("goal %s: the gate's approval was refused: %s", goal.id, reason)
+                transition(session, message.goal_id, "failed", actor=ACTOR, reason=reason)
+                failed = ExecutionFailed(
+                    goal_id=message.goal_id, plan_id=message.plan.plan_id, reason=reason
                 )
-                return []
-            transition(session, message.goal_id, "failed", actor=ACTOR, reason=reason)
-            return [
-                emit(
-                    session,
-                    ExecutionFailed(
-                        goal_id=message.goal_id, plan_id=message.plan.plan_id, reason=reason
-                    ),
-                )
-            ]
+                return [emit(session, failed)]
+            status = goal.status
+            audit.append(
+                session,
+                "approval.refused",
+                actor=ACTOR,
+                goal_id=message.goal_id,
+                data={"plan_id": message.plan.plan_id, "reason": reason, "goal_status": status},
+            )
+        # Raised once the audit entry is committed: the message goes to the dead letters.
+        raise Reject(f"approval refused, goal {message.goal_id} left {status}: {reason}")
 
     def _run(
         self, message: PlanApproved, digest: str, recorded: Mapping[str, Claim]

@@ -17,10 +17,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plangate.bus import Envelope
-from plangate.store import ApprovalRow, GoalRow, StepRunRow, Store
+from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, StepRunRow, Store
 from plangate.store.goals import latest_plan, plan_of
 from plangate.store.outbox import emit
-from schemas import GoalSubmitted, PlanApproved, PlanProposed, SignedEnvelope, utcnow
+from schemas import (
+    GoalSubmitted,
+    PlanApproved,
+    PlanProposed,
+    ReviewDecided,
+    SignedEnvelope,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +95,34 @@ def _last_message(session: Session, goal: GoalRow, step_lease: timedelta) -> Env
         select(ApprovalRow).where(ApprovalRow.plan_id == plan.plan_id)
     ).scalar_one_or_none()
     if approval is None:
-        return None
+        return _unsigned_review(session, goal, plan)
     released = PlanApproved(
         goal_id=goal.id,
         plan=plan_of(plan),
         approval=SignedEnvelope.model_validate(approval.envelope),
     )
     return emit(session, released, trace_headers=goal.trace_headers)
+
+
+def _unsigned_review(session: Session, goal: GoalRow, plan: PlanRow) -> Envelope | None:
+    """Hand a person's approval that no gate has signed yet to the gate again."""
+    decided = session.execute(
+        select(DecisionRow).where(
+            DecisionRow.plan_id == plan.plan_id,
+            DecisionRow.stage == "human",
+            DecisionRow.action == "approve",
+        )
+    ).scalar_one_or_none()
+    if goal.status != "approved" or decided is None:
+        return None
+    message = ReviewDecided(
+        goal_id=goal.id,
+        plan_id=plan.plan_id,
+        revision=plan.revision,
+        plan_hash=plan.plan_hash,
+        decided_by=decided.decided_by,
+    )
+    return emit(session, message, trace_headers=goal.trace_headers)
 
 
 def _run_in_progress(session: Session, goal: GoalRow, plan_id: str, step_lease: timedelta) -> bool:

@@ -70,7 +70,14 @@ def _stage_handler(
         notifier = None
         if settings.webhook_url:
             notifier = WebhookNotifier(settings.webhook_url, settings.public_url)
-        return GateHandler(store, load_policy(settings), signer, ttl, on_held=notifier)
+        return GateHandler(
+            store,
+            load_policy(settings),
+            signer,
+            ttl,
+            on_held=notifier,
+            hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+        )
     tools = registry or _configured_tools(settings)
     publish_catalog(store, tools.catalog().values())
 
@@ -96,19 +103,15 @@ def _configured_tools(settings: Settings) -> ToolRegistry:
 
 
 def build_review(settings: Settings, store: Store) -> Review:
-    """Return the human review service (it signs approvals like the gate)."""
-    ttl = timedelta(seconds=settings.approval_ttl_seconds)
-    hold_ttl = timedelta(seconds=settings.hold_ttl_seconds)
-    signer = load_or_create_signer(settings)
-    return Review(store, signer, ttl, load_policy(settings), hold_ttl=hold_ttl)
+    """Return the human review service: it records decisions; it holds no key and no policy."""
+    return Review(store, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
 
 
 def build_expiry(settings: Settings) -> Callable[[Store, datetime], list[Envelope]]:
-    """Return the function that expires held plans past their TTL (by rule or setting)."""
-    policy = load_policy(settings)
+    """Return the function that expires held plans past their TTL (as their holds say)."""
     default = timedelta(seconds=settings.hold_ttl_seconds)
 
     def expire(store: Store, now: datetime) -> list[Envelope]:
-        return expire_held(store, now, policy=policy, default_ttl=default)
+        return expire_held(store, now, default_ttl=default)
 
     return expire

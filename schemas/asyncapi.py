@@ -20,11 +20,12 @@ _REF_TEMPLATE = "#/components/schemas/{model}"
 # Which stage receives and which sends each message type (the routing key).
 STAGE_RECEIVES: dict[str, tuple[str, ...]] = {
     "planner": ("goal.submitted", "plan.rejected", "execution.failed"),
-    "gate": ("plan.proposed",),
+    "gate": ("plan.proposed", "review.decided"),
     "executor": ("plan.approved",),
 }
 STAGE_SENDS: dict[str, tuple[str, ...]] = {
     "intake": ("goal.submitted",),
+    "review": ("review.decided", "plan.rejected", "plan.proposed"),
     "planner": ("plan.proposed", "plan.failed"),
     "gate": ("plan.approved", "plan.held", "plan.denied", "plan.rejected", "plan.expired"),
     "executor": ("step.finished", "execution.completed", "execution.failed"),

@@ -112,6 +112,21 @@ class PlanDecided(Message):
     decision: Decision
 
 
+class ReviewDecided(Message):
+    """A person approved a held revision: the gate checks it against the hold, then signs.
+
+    Only the gate holds the signing key. The store is the authority: the gate acts on the
+    person's decision it finds recorded for this plan (who, with which roles), never on what
+    this message claims; the message only wakes it.
+    """
+
+    type: Literal["review.decided"] = "review.decided"
+    plan_id: str = Field(max_length=64)
+    revision: int = Field(ge=1)
+    plan_hash: str = Field(max_length=80)
+    decided_by: str = Field(max_length=200, description="The authenticated reviewer.")
+
+
 class Approval(BaseModel):
     """The record the gate signs: this exact plan (by hash) may run once, until `expires_at`."""
 
@@ -265,6 +280,7 @@ StageMessage = (
     | PlanFailed
     | PlanDecided
     | PlanApproved
+    | ReviewDecided
     | PreviewRequested
     | PlanPreviewed
     | StepFinished
@@ -282,6 +298,7 @@ MESSAGE_MODELS: dict[str, type[Message]] = {
     "plan.rejected": PlanDecided,
     "plan.expired": PlanDecided,
     "plan.approved": PlanApproved,
+    "review.decided": ReviewDecided,
     "plan.preview_requested": PreviewRequested,
     "plan.previewed": PlanPreviewed,
     "step.finished": StepFinished,

@@ -28,6 +28,7 @@ from schemas import (
     PlanPreviewed,
     PlanProposed,
     PreviewRequested,
+    ReviewDecided,
     Signature,
     SignedEnvelope,
     Step,
@@ -86,6 +87,9 @@ BUILDERS: dict[str, Callable[[], Message]] = {
     "plan.rejected": lambda: decided("plan.rejected", "reject"),
     "plan.expired": lambda: decided("plan.expired", "expire"),
     "plan.approved": approved,
+    "review.decided": lambda: ReviewDecided(
+        goal_id="g1", plan_id="p1", revision=1, plan_hash="sha256:" + "0" * 64, decided_by="alice"
+    ),
     "plan.preview_requested": lambda: PreviewRequested(
         goal_id=GOAL, plan=PLAN, plan_hash=plan_hash(PLAN)
     ),

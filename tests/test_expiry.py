@@ -9,13 +9,12 @@ import pytest
 from sqlalchemy import select
 
 from approval_gate.expiry import expire_held
-from approval_gate.policy import Policy
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict
 from plangate.relay import deliver
-from plangate.store import DecisionRow, GoalRow
+from plangate.store import DecisionRow, GoalRow, open_store
 from schemas import PlanDecided, utcnow
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, audit_kinds, only_plan, running_pipeline, step_runs, write_yaml
@@ -78,32 +77,43 @@ def test_expiry_before_the_ttl_does_nothing_and_is_idempotent(pipeline: Pipeline
         assert session.get_one(GoalRow, goal_id).status == "expired"
 
 
-def test_a_rule_sets_its_own_hold_ttl(pipeline: Pipeline) -> None:
-    """Given a policy whose holding rule sets `hold_ttl_seconds: 60`,
-    When the expiry runs two minutes later with that policy,
-    Then the plan expires, although the default TTL (a day) has not passed.
+def test_a_rule_sets_its_own_hold_ttl_recorded_with_the_hold(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a gate whose holding rule sets `hold_ttl_seconds: 60`,
+    When the expiry runs two minutes later, in a process that has no policy file at all,
+    Then the plan expires, although the default TTL (a day) has not passed: the hold
+    recorded its expiry when the gate held it.
     """
-    goal_id = held_goal(pipeline)
-    policy = Policy.from_text(
-        """
-rules:
-  - name: hold-writes
-    match: 'true'
-    action: hold
-    reason: short review window
-    hold_ttl_seconds: 60
-"""
+    policy = write_yaml(
+        tmp_path / "policy.yaml",
+        {
+            "rules": [
+                {
+                    "name": "hold-writes",
+                    "match": "true",
+                    "action": "hold",
+                    "reason": "short review window",
+                    "hold_ttl_seconds": 60,
+                }
+            ]
+        },
     )
-    two_minutes = utcnow() + timedelta(minutes=2)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = held_goal(pipeline)
+    policy.unlink()
+    store = open_store(settings.resolved_database_url())
+    try:
+        assert expire_held(store, utcnow() + timedelta(seconds=30)) == []
+        expired = expire_held(store, utcnow() + timedelta(minutes=2))
 
-    assert expire_held(pipeline.store, two_minutes) == []
-    expired = expire_held(pipeline.store, two_minutes, policy=policy)
-
-    assert len(expired) == 1
-    with pipeline.store.session() as session:
-        goal = session.get_one(GoalRow, goal_id)
-        assert goal.status == "expired"
-        assert "TTL of 60 s" in (goal.status_reason or "")
+        assert len(expired) == 1
+        with store.session() as session:
+            goal = session.get_one(GoalRow, goal_id)
+            assert goal.status == "expired"
+            assert "TTL of 60 s" in (goal.status_reason or "")
+    finally:
+        store.close()
 
 
 def test_an_approved_plan_does_not_expire(pipeline: Pipeline) -> None:

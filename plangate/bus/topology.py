@@ -19,7 +19,8 @@ STAGE_BINDINGS: dict[Stage, tuple[str, ...]] = {
     # Feedback makes new revisions: a rejection (and, if PLANGATE_REPLAN_ON_FAILURE is set, a
     # failed run; bound always, since a durable queue keeps its bindings across restarts).
     "planner": ("goal.submitted", "plan.rejected", "execution.failed"),
-    "gate": ("plan.proposed",),
+    # A person's approval comes to the gate, the only holder of the signing key, to be signed.
+    "gate": ("plan.proposed", "review.decided"),
     "executor": ("plan.approved", "plan.preview_requested"),
 }
 

@@ -113,7 +113,46 @@ class DecisionRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     policy_version: Mapped[str] = mapped_column(String(80))
     shadow_action: Mapped[str | None] = mapped_column(String(16))
+    # A person's decision: the roles the authenticated reviewer held when deciding (the gate
+    # checks them against the hold before it signs); None for the policy's own decisions.
+    roles: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HoldRow(Base):
+    """What a decision on a held revision needs, recorded by the gate when it held the plan.
+
+    Every decision by a person is checked against this record, wherever it is made: the policy
+    file of the deciding process plays no part, and editing the policy while plans are held
+    changes nothing for them.
+    """
+
+    __tablename__ = "holds"
+
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.plan_id"), primary_key=True)
+    goal_id: Mapped[str] = mapped_column(String(64), index=True)
+    rule: Mapped[str | None] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    policy_version: Mapped[str] = mapped_column(String(80))
+    # Every role a deciding reviewer must hold (empty: any authenticated reviewer).
+    required_roles: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReviewSessionRow(Base):
+    """A reviewer's web session: any replica of `serve` accepts it until it expires or ends."""
+
+    __tablename__ = "review_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reviewer: Mapped[str] = mapped_column(String(200))
+    # The hash of the token the reviewer logged in with: a token removed from the reviewers
+    # file ends its sessions too.
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
 
 
 class ApprovalRow(Base):

@@ -1,0 +1,88 @@
+"""The hold: what a decision on a held revision needs, recorded by the gate when it holds.
+
+The gate writes one hold per held revision: the rule that held it, its reason, the policy
+version, the roles a deciding reviewer must hold, and when the hold expires. Every decision by a
+person is checked against that record, in the process that takes the decision and again by the
+gate before it signs. The policy file of whichever process decides plays no part, so a policy
+edited (or absent) while plans are held changes nothing for them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from approval_gate.policy import Policy
+from plangate.errors import Forbidden
+from plangate.store import DecisionRow, HoldRow, PlanRow
+from schemas import Decision, utcnow
+
+DEFAULT_HOLD_TTL = timedelta(days=1)
+
+
+def record_hold(
+    session: Session,
+    plan: PlanRow,
+    decision: Decision,
+    policy: Policy,
+    default_ttl: timedelta = DEFAULT_HOLD_TTL,
+) -> HoldRow:
+    """Store what a decision on this held revision needs, read from the policy that held it."""
+    rule = policy.rule(decision.rule)
+    ttl = default_ttl
+    if rule is not None and rule.hold_ttl_seconds is not None:
+        ttl = timedelta(seconds=rule.hold_ttl_seconds)
+    roles = [rule.requires_role] if rule is not None and rule.requires_role else []
+    now = utcnow()
+    hold = HoldRow(
+        plan_id=plan.plan_id,
+        goal_id=plan.goal_id,
+        rule=decision.rule,
+        reason=decision.reason,
+        policy_version=decision.policy_version,
+        required_roles=roles,
+        expires_at=now + ttl,
+        created_at=now,
+    )
+    session.add(hold)
+    return hold
+
+
+def hold_of(session: Session, plan_id: str) -> HoldRow | None:
+    """Return the hold of a revision, if the gate held it."""
+    return session.get(HoldRow, plan_id)
+
+
+def legacy_expiry(decision: DecisionRow, default_ttl: timedelta = DEFAULT_HOLD_TTL) -> datetime:
+    """Return when a plan held before holds were recorded expires: the default TTL."""
+    return decision.created_at + default_ttl
+
+
+def required_roles(hold: HoldRow) -> frozenset[str]:
+    """Return the roles a reviewer must hold to decide the revision."""
+    return frozenset(str(role) for role in hold.required_roles or [])
+
+
+def check_reviewer(
+    hold: HoldRow | None, plan_id: str, reviewer: str, roles: frozenset[str], what: str
+) -> None:
+    """Refuse a reviewer who lacks a role the hold requires (Forbidden, saying which)."""
+    if hold is None:
+        # Held before this version recorded holds: what the holding rule required is not
+        # known, so nobody may approve it (fail closed); it can be rejected, or it expires.
+        if what == "reject":
+            return
+        raise Forbidden(
+            f"plan {plan_id} was held before plangate recorded what a decision on it needs, "
+            "so it cannot be approved or edited; reject it, and submit the goal again",
+            "",
+        )
+    missing = sorted(required_roles(hold) - roles)
+    if missing:
+        needed = ", ".join(repr(role) for role in missing)
+        raise Forbidden(
+            f"rule {hold.rule!r} requires the role {needed} to {what} plan {plan_id}; "
+            f"{reviewer} does not have it: ask a reviewer who does",
+            missing[0],
+        )

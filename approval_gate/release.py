@@ -1,0 +1,115 @@
+"""Releasing a person's approval: the gate checks it against the hold, then signs.
+
+Only gate workers hold the signing key. A reviewer's approval (web page, API or CLI) is stored
+with the authenticated reviewer and their roles, and a `review.decided` message wakes a gate.
+The gate acts on the stored decision, never on what the message says: it finds the person's
+approval of this exact revision, checks the reviewer against the hold the gate itself recorded
+(required roles), and signs the approval. A decision that fails the check is withdrawn: the
+goal goes back to `held`, and the refusal is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from approval_gate.decisions import decision_of, follow_decision
+from approval_gate.holds import check_reviewer, hold_of
+from plangate.bus import Envelope
+from plangate.errors import Forbidden, Reject
+from plangate.signing import Signer
+from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, audit
+from plangate.store.goals import latest_plan, transition
+from schemas import ReviewDecided
+
+log = logging.getLogger(__name__)
+ACTOR = "gate"
+
+
+def person_decision(session: Session, plan_id: str) -> DecisionRow | None:
+    """Return the decision a person (or the expiry) took on a revision, if any."""
+    return session.execute(
+        select(DecisionRow).where(DecisionRow.plan_id == plan_id, DecisionRow.stage == "human")
+    ).scalar_one_or_none()
+
+
+def release_reviewed(
+    session: Session, message: ReviewDecided, signer: Signer, ttl: timedelta
+) -> list[Envelope] | Reject:
+    """Sign the person's approval that `message` names, if the hold allows it.
+
+    A message that names no stored approval by a person changes nothing: the refusal is
+    audited in this transaction and returned, for the caller to dead-letter once it commits.
+    """
+    plan = session.get(PlanRow, message.plan_id)
+    if plan is None or plan.goal_id != message.goal_id or plan.plan_hash != message.plan_hash:
+        return Reject(f"review.decided names plan {message.plan_id!r}, which is not in the store")
+    decided = person_decision(session, plan.plan_id)
+    if decided is None or decided.action != "approve":
+        refusal = "no approval by a person is recorded for this revision"
+        return Reject(_refused(session, plan, refusal))
+    return release(session, plan, decided, signer, ttl)
+
+
+def release(
+    session: Session, plan: PlanRow, decided: DecisionRow, signer: Signer, ttl: timedelta
+) -> list[Envelope]:
+    """Sign (or say again) the release of a person's approval, checked against the hold."""
+    issued = session.execute(
+        select(ApprovalRow.approval_id).where(ApprovalRow.plan_id == plan.plan_id)
+    ).scalar_one_or_none()
+    decision = decision_of(decided)
+    if issued is not None:  # a redelivery: the same signed approval, again
+        return [follow_decision(session, plan, decision, signer, ttl, move_goal=False)]
+    goal = session.get_one(GoalRow, plan.goal_id)
+    newest = latest_plan(session, goal.id)
+    if goal.status != "approved" or newest is None or newest.plan_id != plan.plan_id:
+        # Cancelled, or moved on meanwhile: there is nothing left to release.
+        _refused(session, plan, f"the goal is {goal.status}, no longer waiting for its release")
+        return []
+    roles = frozenset(str(role) for role in decided.roles or [])
+    try:
+        hold = hold_of(session, plan.plan_id)
+        check_reviewer(hold, plan.plan_id, decided.decided_by, roles, "approve")
+    except Forbidden as refusal:
+        return _withdraw(session, plan, decided, str(refusal))
+    envelope = follow_decision(session, plan, decision, signer, ttl, move_goal=False)
+    audit.append(
+        session,
+        "approval.signed",
+        actor=ACTOR,
+        goal_id=plan.goal_id,
+        data={"plan_id": plan.plan_id, "decided_by": decided.decided_by, "key_id": signer.key_id},
+    )
+    return [envelope]
+
+
+def _withdraw(session: Session, plan: PlanRow, decided: DecisionRow, reason: str) -> list[Envelope]:
+    """Refuse a person's approval the hold does not allow: the plan waits for a person again."""
+    log.warning(
+        "refused the approval of plan %s by %s: %s", plan.plan_id, decided.decided_by, reason
+    )
+    session.delete(decided)  # the revision's slot for a person's decision is free again
+    transition(
+        session,
+        plan.goal_id,
+        "held",
+        actor=ACTOR,
+        reason=f"the approval by {decided.decided_by} was refused: {reason}",
+        data={"plan_id": plan.plan_id, "decided_by": decided.decided_by},
+    )
+    return []
+
+
+def _refused(session: Session, plan: PlanRow, reason: str) -> str:
+    audit.append(
+        session,
+        "review.refused",
+        actor=ACTOR,
+        goal_id=plan.goal_id,
+        data={"plan_id": plan.plan_id, "reason": reason},
+    )
+    return f"plan {plan.plan_id}: {reason}"

@@ -1,0 +1,178 @@
+"""The hold is the contract for people: a decision is checked against what the gate recorded
+when it held the plan, never against the deciding process's own policy file; and only the
+gate signs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from approval_gate.decisions import hand_to_gate, record_decision
+from plangate.bus import Envelope
+from plangate.config import Settings
+from plangate.demo.tools import read_notifications
+from plangate.errors import Forbidden
+from plangate.stages import build_review
+from plangate.store import ApprovalRow, DecisionRow, HoldRow, open_store
+from schemas import Decision, ReviewDecided
+from tests.conftest import SEED_GOAL
+from tests.support import (
+    HELD,
+    audit_entries,
+    dead_letters,
+    eventually,
+    only_plan,
+    plans_of,
+    running_pipeline,
+    step_runs,
+    write_yaml,
+)
+
+FINANCE_POLICY = {
+    "rules": [
+        {
+            "name": "hold-pages-for-finance",
+            "match": 'plan.steps.exists(s, s.tool == "notify_oncall")',
+            "action": "hold",
+            "reason": "paging costs money; finance decides",
+            "requires_role": "finance",
+            "hold_ttl_seconds": 600,
+        }
+    ]
+}
+PAGED = ["Ticket count 128 exceeded SLA 100"]
+
+
+def test_the_gate_records_what_a_decision_on_a_held_plan_needs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a rule that holds pages for the role `finance` for ten minutes,
+    When the gate holds the seed plan,
+    Then its hold names the rule, reason, policy version, the role and the expiry.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", FINANCE_POLICY)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+        with pipeline.store.session() as session:
+            hold = session.get_one(HoldRow, plan.plan_id)
+            policy_version = session.execute(
+                select(DecisionRow.policy_version).where(DecisionRow.plan_id == plan.plan_id)
+            ).scalar_one()
+            assert (hold.rule, hold.reason) == (
+                "hold-pages-for-finance",
+                "paging costs money; finance decides",
+            )
+            assert hold.required_roles == ["finance"]
+            assert hold.policy_version == policy_version
+            assert 590 < (hold.expires_at - hold.created_at).total_seconds() <= 600
+
+
+@pytest.mark.parametrize("reviewing_policy", ["absent", "changed"])
+def test_a_role_required_by_the_hold_is_required_whatever_the_deciding_process_has(
+    settings: Settings, tmp_path: Path, reviewing_policy: str
+) -> None:
+    """Given the seed plan held by a rule that requires `finance`,
+    When a reviewing process with no policy file, or with a policy that renamed the rule and
+    dropped the role, decides it,
+    Then bob (no roles) is Forbidden, nothing runs, and carol (finance) releases it once.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", FINANCE_POLICY)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+        if reviewing_policy == "absent":
+            policy.unlink()
+            elsewhere = settings.model_copy(update={"policy_file": None})
+        else:
+            renamed = {"rules": [{**FINANCE_POLICY["rules"][0], "name": "renamed"}]}  # type: ignore[dict-item]
+            del renamed["rules"][0]["requires_role"]
+            elsewhere = settings.model_copy(
+                update={"policy_file": write_yaml(tmp_path / "edited.yaml", renamed)}
+            )
+        store = open_store(elsewhere.resolved_database_url())
+        review = build_review(elsewhere, store)
+        try:
+            assert review.get(plan.plan_id).required_role == "finance"
+            with pytest.raises(Forbidden, match="requires the role 'finance'"):
+                review.approve(plan.plan_id, "bob")
+            assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
+
+            pipeline.bus.publish(
+                review.approve(plan.plan_id, "carol", roles=frozenset({"finance"}))
+            )
+        finally:
+            store.close()
+
+        goal = pipeline.wait_for(goal_id, timeout=5)
+        assert goal.status == "completed", goal.status_reason
+        assert [n["message"] for n in read_notifications()] == PAGED
+
+
+def test_the_gate_withdraws_a_stored_approval_the_hold_does_not_allow(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed plan held for `finance`, and an approval by mallory (no roles) written
+    straight into the store, past every review check,
+    When the gate is asked to release it,
+    Then it signs nothing: the goal is held again saying why, and a genuine approval by a
+    reviewer with the role still runs the plan once.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", FINANCE_POLICY)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        (row,) = plans_of(pipeline.store, goal_id)
+        decision = Decision(
+            action="approve", decided_by="mallory", reason="trust me", policy_version="x"
+        )
+        with pipeline.store.session() as session:
+            record_decision(session, row, "human", decision, frozenset())
+            envelope = hand_to_gate(session, row, decision)
+        pipeline.bus.publish([envelope])
+
+        eventually(
+            lambda: "refused" in (pipeline.wait_for(goal_id, HELD, timeout=5).status_reason or ""),
+            what="the approval withdrawn",
+        )
+        with pipeline.store.session() as session:
+            assert session.execute(select(ApprovalRow)).first() is None
+        assert step_runs(pipeline.store, row.plan_id) == {}
+
+        pipeline.approve(row.plan_id, "carol", roles=frozenset({"finance"}))
+        assert pipeline.wait_for(goal_id, timeout=5).status == "completed"
+        assert [n["message"] for n in read_notifications()] == PAGED
+
+
+def test_a_forged_review_decided_is_a_dead_letter_and_changes_nothing(
+    settings: Settings,
+) -> None:
+    """Given the seed plan held,
+    When a review.decided naming it arrives with no person's approval in the store,
+    Then it is dead-lettered with its reason and audited, and the goal stays held.
+    """
+    with running_pipeline(settings) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        (row,) = plans_of(pipeline.store, goal_id)
+        forged = ReviewDecided(
+            goal_id=goal_id,
+            plan_id=row.plan_id,
+            revision=row.revision,
+            plan_hash=row.plan_hash,
+            decided_by="alice",
+        )
+
+        pipeline.bus.publish([Envelope.of(forged)])
+
+        (letter,) = dead_letters(pipeline)
+        assert letter.routing_key == "review.decided"
+        assert "no approval by a person is recorded" in letter.reason
+        kinds = [entry.kind for entry in audit_entries(pipeline.store, goal_id)]
+        assert "review.refused" in kinds
+        assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
+        assert step_runs(pipeline.store, row.plan_id) == {}
