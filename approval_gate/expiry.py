@@ -11,6 +11,7 @@ number of workers, expires nothing twice.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -37,11 +38,21 @@ def expires_at(
 
 
 def expire_held(
-    store: Store, now: datetime, *, default_ttl: timedelta = DEFAULT_HOLD_TTL
+    store: Store,
+    now: datetime,
+    *,
+    default_ttl: timedelta = DEFAULT_HOLD_TTL,
+    goal_ids: Collection[str] | None = None,
 ) -> list[Envelope]:
-    """Expire every held plan whose TTL has passed by `now`; return the plan.expired envelopes."""
+    """Expire every held plan (of `goal_ids`, if given) whose TTL has passed by `now`.
+
+    Returns the plan.expired envelopes.
+    """
+    query = select(GoalRow.id).where(GoalRow.status == "held")
+    if goal_ids is not None:
+        query = query.where(GoalRow.id.in_(list(goal_ids)))
     with store.session() as session:
-        held = session.execute(select(GoalRow.id).where(GoalRow.status == "held")).scalars().all()
+        held = session.execute(query).scalars().all()
     envelopes: list[Envelope] = []
     for goal_id in held:
         try:

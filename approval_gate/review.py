@@ -79,6 +79,10 @@ class Review:
         self._hold_ttl = hold_ttl  # for plans held before holds were recorded
         self._catalog = catalog  # an edit is validated against it (default: the store's)
 
+    def with_catalog(self, catalog: Catalog) -> Review:
+        """Return this review validating edits against `catalog` (the tools a process loaded)."""
+        return Review(self._store, self._hold_ttl, catalog)
+
     def held(self) -> list[HeldPlan]:
         """Return every plan revision waiting for a person, oldest first."""
         with self._store.session() as session:

@@ -1,4 +1,10 @@
-"""The embedded mode: the three stages as threads in one process, on one bus and one store."""
+"""The embedded mode: the three stages as threads in one process, on one bus and one store.
+
+Its catalog is exactly the tools it loaded (not whatever earlier runs published to the store).
+With `own_goals_only` (as `plangate run` uses it) it carries out only the goals submitted
+through it: messages that other processes left unsent in the store's outbox (a decision taken
+with `plangate review` while no worker ran, say) stay there for a deployment's workers.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +20,10 @@ from plangate.bus import STAGES, Bus
 from plangate.config import Settings
 from plangate.errors import PlangateError
 from plangate.relay import deliver, relay_pending
-from plangate.stages import build_expiry, build_handler, build_review
+from plangate.stages import build_expiry, build_handler, build_review, configured_tools
 from plangate.store import TERMINAL_STATUSES, GoalRow, Store, open_store
 from plangate.store import outbox as outbox_rows
+from plangate.store.outbox import unsent_elsewhere
 from plangate.submission import Submitted, submit_goal
 from plangate.tools import ToolRegistry
 from schemas import utcnow
@@ -33,11 +40,13 @@ class Pipeline:
         *,
         broker_url: str = "memory://",
         registry: ToolRegistry | None = None,
+        own_goals_only: bool = False,
     ) -> None:
         self.settings = settings
         self.store: Store = open_store(settings.resolved_database_url())
         self.bus = Bus(broker_url, settings.namespace)
         self._registry = registry
+        self._own_goals: set[str] | None = set() if own_goals_only else None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._review: Review | None = None
@@ -47,6 +56,8 @@ class Pipeline:
         """Build the handlers, start the consumer threads and wait until all consume."""
         telemetry.setup_tracing()
         self.bus.declare()
+        if self._registry is None:
+            self._registry = configured_tools(self.settings)
         for stage in STAGES:
             handler = build_handler(stage, self.settings, self.store, self.bus, self._registry)
             consumer = self.bus.stage_consumer(
@@ -63,14 +74,15 @@ class Pipeline:
             self._threads.append(thread)
             if not consumer.ready.wait(timeout):
                 raise PlangateError(f"the {stage} stage did not start within {timeout} s")
-        relay_pending(self.store, self.bus)
+        if self._own_goals is None:
+            relay_pending(self.store, self.bus)
         expiry = threading.Thread(target=self._expire, name="plangate-expiry", daemon=True)
         expiry.start()
         self._threads.append(expiry)
 
     def _expire(self) -> None:
         """Every sweep interval, expire held plans past their TTL (they never run)."""
-        expire = build_expiry(self.settings)
+        expire = build_expiry(self.settings, self._own_goals)
         while not self._stop.wait(self.settings.sweep_interval_seconds):
             try:
                 deliver(self.store, self.bus, expire(self.store, utcnow()))
@@ -106,7 +118,10 @@ class Pipeline:
     def review(self) -> Review:
         """The human review service of this pipeline."""
         if self._review is None:
-            self._review = build_review(self.settings, self.store)
+            review = build_review(self.settings, self.store)
+            self._review = (
+                review if self._registry is None else review.with_catalog(self._registry.catalog())
+            )
         return self._review
 
     def submit(
@@ -117,9 +132,16 @@ class Pipeline:
         idempotency_key: str | None = None,
     ) -> Submitted:
         """Submit a goal to the pipeline."""
-        return submit_goal(
+        submitted = submit_goal(
             self.store, self.bus, text, metadata=metadata, idempotency_key=idempotency_key
         )
+        if self._own_goals is not None:
+            self._own_goals.add(submitted.goal_id)
+        return submitted
+
+    def waiting_elsewhere(self) -> int:
+        """Return how many messages of other goals wait unsent in the store's outbox."""
+        return unsent_elsewhere(self.store, self._own_goals or set())
 
     def approve(
         self,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
 
 from approval_gate.expiry import expire_held
 from approval_gate.handler import GateHandler
@@ -12,7 +14,7 @@ from approval_gate.policy import load_policy
 from approval_gate.review import Review
 from executor_worker.handler import ExecutorHandler
 from plangate.bus import Bus, Delivery, Envelope, Handler, Stage
-from plangate.catalog import publish_catalog
+from plangate.catalog import publish_catalog, read_catalog
 from plangate.config import Settings
 from plangate.errors import Unavailable
 from plangate.signing import load_or_create_signer, load_trusted_keys
@@ -22,7 +24,7 @@ from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
 from planner_worker.loading import load_planner, planning_lease
 from planner_worker.replan import ReplanPolicy
-from schemas import Message
+from schemas import Catalog, Message
 
 
 def survive_outages(handler: Handler) -> Handler:
@@ -57,12 +59,18 @@ def _stage_handler(
     bus: Bus,
     registry: ToolRegistry | None,
 ) -> Handler:
+    # Given the tools (embedded mode), every stage plans and decides with exactly those;
+    # otherwise with the catalog the executors published to the store.
+    catalog: Callable[[Session], Catalog] = read_catalog
+    if registry is not None:
+        catalog = _fixed_catalog(registry.catalog())
     if stage == "planner":
         return PlannerHandler(
             store,
             load_planner(settings),
             ReplanPolicy.from_settings(settings),
             lease=planning_lease(settings),
+            catalog=catalog,
         )
     if stage == "gate":
         signer = load_or_create_signer(settings)
@@ -77,8 +85,9 @@ def _stage_handler(
             ttl,
             on_held=notifier,
             hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+            catalog=catalog,
         )
-    tools = registry or _configured_tools(settings)
+    tools = registry or configured_tools(settings)
     publish_catalog(store, tools.catalog().values())
 
     lease = timedelta(seconds=settings.step_lease_seconds)
@@ -86,7 +95,15 @@ def _stage_handler(
     return ExecutorHandler(store, tools, trusted, bus.publish_one, step_lease=lease)
 
 
-def _configured_tools(settings: Settings) -> ToolRegistry:
+def _fixed_catalog(fixed: Catalog) -> Callable[[Session], Catalog]:
+    def catalog(_session: Session) -> Catalog:
+        return fixed
+
+    return catalog
+
+
+def configured_tools(settings: Settings) -> ToolRegistry:
+    """Return the tools the settings name: Python modules, then MCP servers' tools."""
     tools = load_tools(settings.tool_modules())
     if settings.mcp_servers is not None:
         # Imported here: the mcp SDK is an optional extra, needed only when servers are set.
@@ -107,11 +124,16 @@ def build_review(settings: Settings, store: Store) -> Review:
     return Review(store, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
 
 
-def build_expiry(settings: Settings) -> Callable[[Store, datetime], list[Envelope]]:
-    """Return the function that expires held plans past their TTL (as their holds say)."""
+def build_expiry(
+    settings: Settings, goal_ids: Collection[str] | None = None
+) -> Callable[[Store, datetime], list[Envelope]]:
+    """Return the function that expires held plans past their TTL (as their holds say).
+
+    With `goal_ids`, only those goals' plans (an embedded run looks after its own goal only).
+    """
     default = timedelta(seconds=settings.hold_ttl_seconds)
 
     def expire(store: Store, now: datetime) -> list[Envelope]:
-        return expire_held(store, now, default_ttl=default)
+        return expire_held(store, now, default_ttl=default, goal_ids=goal_ids)
 
     return expire

@@ -9,7 +9,7 @@ again, and the store's unique (goal, revision) keeps two deliveries from making 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -56,9 +56,13 @@ class PlannerHandler:
         planner: Planner,
         replan: ReplanPolicy | None = None,
         lease: timedelta | None = timedelta(minutes=10),
+        catalog: Callable[[Session], Catalog] = read_catalog,
     ) -> None:
         self._store = store
         self._planner = planner
+        # The tools to plan with: what executors published to the store, or (embedded) exactly
+        # the tools this process loaded.
+        self._catalog = catalog
         self._replan = replan or ReplanPolicy()
         # Longer than planning can take, retries and repairs included; None for a planner that
         # plans without I/O (it plans inside the goal's transaction instead).
@@ -82,7 +86,7 @@ class PlannerHandler:
                 return [emit(session, _proposal(existing))]
             if goal.status == "plan_failed":
                 return [emit(session, _failure(goal))]
-            catalog = _catalog_in(session)
+            catalog = _catalog_in(session, self._catalog)
             if self._lease is None:
                 # Planning without I/O, in microseconds: in this transaction, with no lease.
                 return self._first_revision(message, catalog, session)
@@ -130,7 +134,7 @@ class PlannerHandler:
                 return []  # the goal moved on (another decision, a newer run): leave it
             request = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
             feedback = Feedback(plan_of(row), comment, source, _tokens_spent(session, goal.id))
-            catalog = _catalog_in(session)
+            catalog = _catalog_in(session, self._catalog)
             if self._lease is None:
                 return self._revise(self._planner, request, catalog, feedback, session)
             self._take_lease(session, goal.id)
@@ -250,9 +254,9 @@ def _store_failure(session: Session, goal_id: str, reasons: list[str]) -> list[E
     return [emit(session, PlanFailed(goal_id=goal_id, reasons=reasons))]
 
 
-def _catalog_in(session: Session) -> Catalog:
+def _catalog_in(session: Session, source: Callable[[Session], Catalog]) -> Catalog:
     """Return the tool catalog, read in the caller's transaction; Unavailable while empty."""
-    catalog = read_catalog(session)
+    catalog = source(session)
     if not catalog:
         # Executors may still be starting: wait for them rather than fail the goal.
         raise Unavailable("no executor has published its tools yet; start an executor")

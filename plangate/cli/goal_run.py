@@ -287,5 +287,14 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
     """Run one goal in the embedded pipeline; return the process exit code."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    with telemetry.flushing(), Pipeline(settings) as pipeline:
+    with telemetry.flushing(), Pipeline(settings, own_goals_only=True) as pipeline:
+        waiting = pipeline.waiting_elsewhere()
+        if waiting and not options.as_json:
+            err.print(
+                f"note: {waiting} message(s) of other goals wait in this store for a deployment's "
+                "workers (decisions taken with `plangate review`, goals sent with `plangate "
+                "submit`); this run carries out only its own goal. `plangate worker planner|"
+                "gate|executor` on this store carries them out.",
+                style="dim",
+            )
         return GoalRun(pipeline, options, out, err).run(text)

@@ -26,7 +26,8 @@ def run(
         str | None,
         typer.Option(
             metavar="MODULES",
-            help="Comma-separated tool modules to load.",
+            help="Comma-separated tool modules to load. They replace the demo tools: name "
+            "plangate.demo.tools too to keep them. The run plans with exactly these tools.",
             envvar="PLANGATE_TOOLS",
         ),
     ] = None,

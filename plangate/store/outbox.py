@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import cast
 
-from sqlalchemy import Table, insert, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
 from plangate.bus import Envelope
+from plangate.bus.envelope import GOAL_HEADER
 from plangate.store.engine import Store
 from plangate.store.models import OutboxRow
 from schemas import Message, utcnow
@@ -49,6 +50,13 @@ def emit(
     else:
         telemetry.inject(headers)
     return add(session, Envelope.of(message, headers))
+
+
+def unsent_elsewhere(store: Store, goal_ids: Collection[str]) -> int:
+    """Return how many unsent outbox rows belong to goals other than `goal_ids`."""
+    with store.session() as session:
+        headers = session.execute(select(OutboxRow.headers).where(OutboxRow.sent_at.is_(None)))
+        return sum(1 for (row,) in headers if row.get(GOAL_HEADER) not in goal_ids)
 
 
 def mark_sent(store: Store, envelopes: Sequence[Envelope]) -> None:
