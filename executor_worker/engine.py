@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
@@ -39,6 +40,9 @@ class StepOutcome:
     duration_ms: float = 0.0
 
 
+DEFAULT_TOOL_TIMEOUT = 60.0
+
+
 def idempotency_key(plan_hash: str, step_id: str) -> str:
     """Return the key a write tool passes downstream: the same for every re-run of a step."""
     return sha256_hex(f"{plan_hash}/{step_id}".encode())[:40]
@@ -61,8 +65,10 @@ class DagWalk:
         plan: Plan,
         pool: Executor,
         on_finished: Callable[[StepOutcome], None] = lambda outcome: None,
+        tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
     ) -> None:
         self._plan = plan
+        self._tool_timeout = tool_timeout  # for tools that declare no timeout of their own
         # Shared by the runs of one executor: long-lived threads keep their broker and store
         # connections, where a pool per run would open (and strand) new ones every time.
         self._pool = pool
@@ -121,13 +127,14 @@ class DagWalk:
     def _settled(self, step: Step, outcome: StepOutcome) -> None:
         """Take note of a step settled without a call (skipped, or failed before it)."""
 
-    def _context(self, step: Step, key: str, attempt: int = 1) -> ToolContext:
+    def _context(self, step: Step, tool: Tool[..., Any], key: str, attempt: int = 1) -> ToolContext:
         return ToolContext(
             goal_id=self._plan.goal_id,
             plan_id=self._plan.plan_id,
             step_id=step.id,
             idempotency_key=key,
             attempt=attempt,
+            timeout=tool.timeout if tool.timeout is not None else self._tool_timeout,
         )
 
     def _outputs(self) -> dict[str, Any]:
@@ -184,8 +191,9 @@ class PlanRun(DagWalk):
         ledger: StepLedger,
         on_finished: Callable[[StepOutcome], None],
         pool: Executor,
+        tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
     ) -> None:
-        super().__init__(plan, pool, on_finished)
+        super().__init__(plan, pool, on_finished, tool_timeout)
         self._plan_hash = plan_hash
         self._registry = registry
         self._ledger = ledger
@@ -202,13 +210,14 @@ class PlanRun(DagWalk):
                 earlier = self._ledger.recorded(step)
                 if earlier is not None:
                     return _recorded(step, earlier)
-                called = invoke(tool, step, args, self._context(step, key), span)
+                called = invoke(tool, step, args, self._context(step, tool, key), span)
                 stands = self._ledger.record_read(step, called.status, called.output, called.error)
                 return _recorded(step, stands, called.duration_ms)
             claim = self._ledger.claim(step, tool.spec)
             if claim.kind != "run":
                 return _recorded(step, claim)
-            outcome = invoke(tool, step, args, self._context(step, key, claim.attempt), span)
+            context = self._context(step, tool, key, claim.attempt)
+            outcome = invoke(tool, step, args, context, span)
             if outcome.status == "succeeded":
                 faults.trip("mid_tool")  # the effect happened; its record did not
             self._ledger.record(
@@ -236,12 +245,16 @@ def tool_span(step: Step) -> Iterator[Span]:
 def invoke(
     tool: Tool[..., Any], step: Step, args: dict[str, Any], context: ToolContext, span: Span
 ) -> StepOutcome:
-    """Call `tool` for `step`; a ToolError is the step's failure, not the run's."""
+    """Call `tool` for `step` within its deadline; a ToolError is the step's failure, not the run's.
+
+    A call still running at its deadline is left behind: a read fails; a write, which may yet
+    take effect, is `unknown`, so it is never run again without a person.
+    """
     started = time.perf_counter()
     if telemetry.record_content():
         span.set_attribute("gen_ai.tool.call.arguments", json.dumps(args, default=str))
     try:
-        output = tool.invoke(args, context)
+        output = _call_within_deadline(tool, args, context)
     except ToolError as exc:
         span.set_attribute("error.type", type(exc).__name__)
         status = "unknown" if isinstance(exc, OutcomeUnknown) else "failed"
@@ -251,6 +264,41 @@ def invoke(
     if telemetry.record_content():
         span.set_attribute("gen_ai.tool.call.result", json.dumps(output, default=str))
     return StepOutcome(step.id, step.tool, "succeeded", output, duration_ms=_ms_since(started))
+
+
+def _call_within_deadline(tool: Tool[..., Any], args: dict[str, Any], context: ToolContext) -> Any:
+    """Return what the tool returned, raising what it raised, unless it overruns its deadline.
+
+    Python cannot stop a thread, so the call runs in a daemon thread of its own: a call stuck
+    past its deadline costs that one thread, never a step slot, and never blocks shutdown.
+    """
+    result: list[Any] = []
+    failure: list[BaseException] = []
+    finished = threading.Event()
+
+    def call() -> None:
+        try:
+            result.append(tool.invoke(args, context))
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            failure.append(exc)
+        finally:
+            finished.set()
+
+    thread = threading.Thread(
+        target=contextvars.copy_context().run,
+        args=(call,),
+        name=f"plangate-tool-{tool.name}",
+        daemon=True,
+    )
+    thread.start()
+    if not finished.wait(context.timeout):
+        overran = f"tool {tool.name} did not finish within its {context.timeout:g} s deadline"
+        if tool.spec.effect == "write":
+            raise OutcomeUnknown(f"{overran}; it may still take effect")
+        raise ToolError(overran)
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 def _ms_since(started: float) -> float:

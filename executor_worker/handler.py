@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from executor_worker.engine import PlanRun, StepOutcome
+from executor_worker.engine import DEFAULT_TOOL_TIMEOUT, PlanRun, StepOutcome
 from executor_worker.ledger import Claim, StepLedger, recorded_steps
 from executor_worker.preview import Previewer
 from plangate import telemetry
@@ -80,6 +80,7 @@ class ExecutorHandler:
         max_parallel: int = 16,
         step_lease: timedelta = timedelta(minutes=5),
         link_only: bool | None = None,
+        tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -89,7 +90,8 @@ class ExecutorHandler:
         self._steps = ThreadPoolExecutor(max_parallel, "plangate-step")
         self._step_lease = step_lease
         self._link_only = telemetry.link_only() if link_only is None else link_only
-        self._previewer = Previewer(store, registry, self._steps)
+        self._tool_timeout = tool_timeout
+        self._previewer = Previewer(store, registry, self._steps, tool_timeout)
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.approved message (or a held plan's preview request)."""
@@ -207,6 +209,7 @@ class ExecutorHandler:
             StepLedger(self._store, plan, self._step_lease, recorded),
             lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),
             self._steps,
+            self._tool_timeout,
         )
         outcomes = run.run()
         statuses = {step_id: o.status for step_id, o in outcomes.items()}

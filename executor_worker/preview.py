@@ -18,7 +18,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from executor_worker.engine import DagWalk, StepOutcome, idempotency_key, invoke, tool_span
+from executor_worker.engine import (
+    DEFAULT_TOOL_TIMEOUT,
+    DagWalk,
+    StepOutcome,
+    idempotency_key,
+    invoke,
+    tool_span,
+)
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.errors import Reject
@@ -47,8 +54,15 @@ class PreviewRun(DagWalk):
     waits_on = frozenset({"previewed"})
     wait_note = "needs the output of write step {step!r}, which a preview does not run"
 
-    def __init__(self, plan: Plan, digest: str, registry: ToolRegistry, pool: Executor) -> None:
-        super().__init__(plan, pool)
+    def __init__(
+        self,
+        plan: Plan,
+        digest: str,
+        registry: ToolRegistry,
+        pool: Executor,
+        tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
+    ) -> None:
+        super().__init__(plan, pool, tool_timeout=tool_timeout)
         self._digest = digest
         self._registry = registry
         self._args: dict[str, dict[str, Any]] = {}
@@ -75,7 +89,7 @@ class PreviewRun(DagWalk):
         key = "preview-" + idempotency_key(self._digest, step.id)
         with tool_span(step) as span:
             span.set_attribute("plangate.preview", True)
-            return invoke(tool, step, args, self._context(step, key), span)
+            return invoke(tool, step, args, self._context(step, tool, key), span)
 
     def _preview_of(self, step: Step, outcome: StepOutcome) -> StepPreview:
         spec = self._registry.get(step.tool).spec
@@ -104,10 +118,12 @@ class Previewer:
         store: Store,
         registry: ToolRegistry,
         pool: Executor,
+        tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
     ) -> None:
         self._store = store
         self._registry = registry
         self._pool = pool
+        self._tool_timeout = tool_timeout
 
     def __call__(self, message: PreviewRequested) -> Sequence[Envelope]:
         """Dry-run the plan if it is still held; on a redelivery, say the stored result again."""
@@ -133,7 +149,8 @@ class Previewer:
             raise Reject(f"plan {plan.plan_id} cannot be previewed here: {invalid}") from invalid
         with telemetry.tracer().start_as_current_span("preview plan") as span:
             span.set_attribute("plangate.plan_id", plan.plan_id)
-            steps = PreviewRun(plan, digest, self._registry, self._pool).steps()
+            run = PreviewRun(plan, digest, self._registry, self._pool, self._tool_timeout)
+            steps = run.steps()
         with self._store.session() as session:
             if not _held_for_preview(session, plan):
                 # Decided while the reads ran: a preview now would only muddle the record.

@@ -92,7 +92,14 @@ def _stage_handler(
 
     lease = timedelta(seconds=settings.step_lease_seconds)
     trusted = load_trusted_keys(settings)
-    return ExecutorHandler(store, tools, trusted, bus.publish_one, step_lease=lease)
+    return ExecutorHandler(
+        store,
+        tools,
+        trusted,
+        bus.publish_one,
+        step_lease=lease,
+        tool_timeout=settings.tool_timeout_seconds,
+    )
 
 
 def _fixed_catalog(fixed: Catalog) -> Callable[[Session], Catalog]:

@@ -11,7 +11,8 @@ class ToolContext:
 
     The executor derives `idempotency_key` from the plan hash and the step id, so a re-run of the
     same step of the same approved plan carries the same key; write tools pass it downstream
-    (PagerDuty `dedup_key`, an `Idempotency-Key` header).
+    (PagerDuty `dedup_key`, an `Idempotency-Key` header). `timeout` is the call's deadline in
+    seconds: the executor stops waiting then, so a tool doing I/O should give up by then too.
     """
 
     goal_id: str
@@ -19,3 +20,4 @@ class ToolContext:
     step_id: str
     idempotency_key: str
     attempt: int = 1
+    timeout: float = 60.0

@@ -38,6 +38,8 @@ class _Params:
 class Tool(Generic[P, R]):
     """A function with its spec: still callable as before, invoked by the executor with checks."""
 
+    timeout: float | None = None  # seconds per call; None: the executor's default deadline
+
     def __init__(
         self,
         func: Callable[P, R],
@@ -48,10 +50,12 @@ class Tool(Generic[P, R]):
         idempotent: bool = False,
         tags: Iterable[str] = (),
         preview: Preview | None = None,
+        timeout: float | None = None,
     ) -> None:
         functools.update_wrapper(self, func)
         self._func = func
         self._preview = preview
+        self.timeout = _checked_timeout(timeout, name or func.__name__)
         self.module: str = func.__module__
         tool_name = name or func.__name__
         where = f"tool {tool_name!r} ({func.__module__}.{func.__qualname__})"
@@ -98,6 +102,7 @@ class Tool(Generic[P, R]):
         idempotent: bool = False,
         tags: Iterable[str] = (),
         preview: Preview | None = None,
+        timeout: float | None = None,
     ) -> Tool[..., Any]:
         """Wrap a foreign callable that takes its validated `args_model` whole (an adapter's)."""
         where = f"tool {name!r} ({module})"
@@ -106,6 +111,7 @@ class Tool(Generic[P, R]):
         self: Tool[..., Any] = cls.__new__(cls)
         self._func = call
         self._preview = preview
+        self.timeout = _checked_timeout(timeout, name)
         self.module = module
         self._params = _Params(model=args_model, whole_model="args", fields={}, context=None)
         self._output = TypeAdapter(Any)
@@ -183,10 +189,23 @@ def tool(
     idempotent: bool = False,
     tags: Iterable[str] = (),
     preview: Preview | None = None,
+    timeout: float | None = None,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]:
-    """Declare a function as a tool; `effect` says whether it changes the world."""
+    """Declare a function as a tool; `effect` says whether it changes the world.
+
+    `timeout` bounds each call in seconds (default: `PLANGATE_TOOL_TIMEOUT_SECONDS`): a read
+    still running then fails its step; a write becomes `unknown`, for a person to settle.
+    """
     options: dict[str, Any] = {"name": name, "description": description, "tags": tags}
-    return lambda func: Tool(func, effect=effect, idempotent=idempotent, preview=preview, **options)
+    return lambda func: Tool(
+        func, effect=effect, idempotent=idempotent, preview=preview, timeout=timeout, **options
+    )
+
+
+def _checked_timeout(timeout: float | None, name: str) -> float | None:
+    if timeout is not None and not timeout > 0:
+        raise ToolLoadError(f"tool {name!r}: timeout must be a positive number of seconds")
+    return timeout
 
 
 def _build_params(
