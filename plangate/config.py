@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     step_lease_seconds: float = Field(
         default=300.0, gt=0, description="How long a step's claim holds before another may act."
     )
+    tool_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A tool call's deadline unless its tool sets `timeout`: a read still "
+        "running then fails; a write becomes `unknown` for a person to settle.",
+    )
     reconcile_after_seconds: float = Field(
         default=60.0,
         gt=0,
