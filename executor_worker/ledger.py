@@ -108,6 +108,8 @@ class StepLedger:
                 row.status, row.finished_at = "unknown", now
                 row.error = "an executor died during this call; it may or may not have happened"
                 return Claim("unknown", row.attempt, "unknown", None, row.error)
+            # Read before the UPDATE: the ORM then refreshes `row` to the new attempt.
+            attempt = row.attempt + 1
             taken = session.execute(
                 update(StepRunRow)
                 .where(
@@ -116,11 +118,11 @@ class StepLedger:
                     StepRunRow.attempt == row.attempt,
                     StepRunRow.status == "running",
                 )
-                .values(attempt=row.attempt + 1, lease_until=now + self._lease, started_at=now)
+                .values(attempt=attempt, lease_until=now + self._lease, started_at=now)
             )
             if getattr(taken, "rowcount", 0) != 1:
                 raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
-            return Claim("run", row.attempt + 1)
+            return Claim("run", attempt)
 
     def record_read(self, step: Step, status: str, output: Any, error: str | None) -> Claim:
         """Record a read's result unless one is recorded already; return the result that stands."""

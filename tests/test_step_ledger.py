@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from executor_worker.ledger import StepLedger
+from plangate.catalog import load_catalog
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Retry
@@ -125,3 +126,35 @@ def test_a_run_goes_on_with_the_answer_another_run_recorded_first_for_a_read(
     assert goal.status == "completed", goal.status_reason
     assert announced == [128]
     assert len(calls) == 1
+
+
+def test_a_takeover_tells_the_tool_the_attempt_the_store_records(pipeline: Pipeline) -> None:
+    """Given the seed plan's idempotent `notify`-like write claimed by an executor that died
+    (attempt 1, its lease run out),
+    When another executor claims the step,
+    Then it runs attempt 2, and the store records attempt 2.
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, {"held"})
+    plan = only_plan(pipeline.store, goal_id)
+    step = plan.step("count")
+    with pipeline.store.session() as session:
+        claim = {"goal_id": goal_id, "tool": step.tool, "status": "running", "attempt": 1}
+        expired = utcnow() - timedelta(seconds=1)
+        session.add(
+            StepRunRow(
+                plan_id=plan.plan_id,
+                step_id="count",
+                lease_until=expired,
+                started_at=expired,
+                **claim,
+            )
+        )
+    spec = load_catalog(pipeline.store)["ticket_count"]
+    assert spec.idempotent
+
+    taken = StepLedger(pipeline.store, plan).claim(step, spec)
+
+    assert (taken.kind, taken.attempt) == ("run", 2)
+    with pipeline.store.session() as session:
+        assert session.get_one(StepRunRow, (plan.plan_id, "count")).attempt == 2
