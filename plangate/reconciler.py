@@ -6,18 +6,24 @@ waits for a person and is left alone. A running goal is left alone while a step 
 claim, and, since reads take no claim, until a step lease has passed since its run last showed
 life (it started, or a step started or finished): a dead executor's run is taken over then,
 as a dead executor's write is.
+
+A resend is recorded apart from the goal's activity (a count and an audit entry, never its
+`updated_at`), so a resend never reads as a sign of life. A goal whose stage still has a
+backlog waits for it (its message is most likely in it) up to `BACKLOG_PATIENCE` deadlines:
+resending into a backlog only makes it longer.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from plangate.bus import Envelope
-from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, StepRunRow, Store
+from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, StepRunRow, Store, audit
 from plangate.store.goals import latest_plan, plan_of
 from plangate.store.outbox import emit
 from schemas import (
@@ -32,6 +38,20 @@ from schemas import (
 log = logging.getLogger(__name__)
 
 STALLED_STATUSES = ("submitted", "proposed", "approved", "running")
+# The stage whose queue holds a goal's last message while it waits to be handled.
+_WAITS_IN = {"submitted": "planner", "proposed": "gate", "approved": "executor"}
+MAX_DOUBLINGS = 6
+BACKLOG_PATIENCE = 64  # deadlines a goal waits behind its stage's backlog before a resend
+
+
+def due_after(after: timedelta, resends: int) -> timedelta:
+    """Return how long after its last activity a goal resent `resends` times is due again.
+
+    The gaps double after each resend, up to 64x `after`: due at 1x, 3x, 7x, 15x ... `after`.
+    """
+    doubled = min(resends, MAX_DOUBLINGS)
+    longest_gap = after * (1 << MAX_DOUBLINGS)
+    return after * ((1 << (doubled + 1)) - 1) + longest_gap * (resends - doubled)
 
 
 def reconcile(
@@ -39,37 +59,65 @@ def reconcile(
     after: timedelta,
     limit: int = 100,
     step_lease: timedelta = timedelta(minutes=5),
+    waiting: Mapping[str, int] | None = None,
 ) -> list[Envelope]:
     """Queue the last message of every goal stalled past its deadline; return the envelopes.
 
-    A goal's deadline is `after` since it last moved, then twice that after each resend (up to
-    64x): a goal that is merely queued behind a backlog must not be resent into the backlog
-    again and again, which would only make the backlog grow.
+    `waiting` is how many messages each stage's queue holds (as the broker reports it): a
+    goal whose message waits in a stage with a backlog is left to it for a while.
     """
     now = utcnow()
     envelopes: list[Envelope] = []
     with store.session() as session:
         candidates = session.execute(
             select(GoalRow)
-            .where(GoalRow.status.in_(STALLED_STATUSES), GoalRow.updated_at < now - after)
+            .where(GoalRow.status.in_(STALLED_STATUSES), _due(now, after))
             .order_by(GoalRow.updated_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).scalars()
         for goal in candidates:
-            if goal.updated_at > now - after * 2 ** min(goal.reconciled, 6):
-                continue
+            if now - goal.updated_at < due_after(after, goal.reconciled):
+                continue  # resent more often than SQL tells apart (see `_due`), not due yet
             if goal.planning_until is not None and goal.planning_until > now:
                 continue  # a planner is on it (a slow LLM): resending would pay for it twice
+            stage = _WAITS_IN.get(goal.status)
+            behind_backlog = stage is not None and (waiting or {}).get(stage, 0) > 0
+            if behind_backlog and goal.updated_at > now - after * BACKLOG_PATIENCE:
+                continue
             envelope = _last_message(session, goal, step_lease)
-            goal.updated_at = now
-            goal.reconciled += 1
-            if envelope is not None:
-                log.warning(
-                    "goal %s stalled while %s; sending its last message again", goal.id, goal.status
-                )
-                envelopes.append(envelope)
+            if envelope is None:
+                continue
+            _count_resend(session, goal, envelope)
+            envelopes.append(envelope)
     return envelopes
+
+
+def _due(now: datetime, after: timedelta) -> ColumnElement[bool]:
+    """Return the condition of a goal past its deadline, in SQL (any database).
+
+    Exact up to MAX_DOUBLINGS resends; beyond, a goal is a candidate and checked in Python.
+    """
+    cases = [
+        and_(GoalRow.reconciled == n, GoalRow.updated_at < now - due_after(after, n))
+        for n in range(MAX_DOUBLINGS)
+    ]
+    last = due_after(after, MAX_DOUBLINGS)
+    cases.append(and_(GoalRow.reconciled >= MAX_DOUBLINGS, GoalRow.updated_at < now - last))
+    return or_(*cases)
+
+
+def _count_resend(session: Session, goal: GoalRow, envelope: Envelope) -> None:
+    """Record a resend without touching `updated_at`: a resend is no sign of the goal's life."""
+    log.warning("goal %s stalled while %s; sending its last message again", goal.id, goal.status)
+    session.execute(
+        update(GoalRow)
+        .where(GoalRow.id == goal.id)
+        .values(reconciled=GoalRow.reconciled + 1, updated_at=GoalRow.updated_at)
+        .execution_options(synchronize_session=False)
+    )
+    data = {"status": goal.status, "message": envelope.routing_key, "resend": goal.reconciled + 1}
+    audit.append(session, "goal.resent", actor="reconciler", goal_id=goal.id, data=data)
 
 
 def _last_message(session: Session, goal: GoalRow, step_lease: timedelta) -> Envelope | None:
