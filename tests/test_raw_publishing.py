@@ -73,13 +73,12 @@ def goal_body(goal_id: str) -> bytes:
     return json.dumps(goal).encode("utf-8")
 
 
-def goal_headers(body: bytes) -> dict[str, str]:
+def goal_headers(body: bytes, traced: bool = True) -> dict[str, str]:
     goal = json.loads(body)
-    return {
-        "x-plangate-goal-id": goal["goal_id"],
-        "x-plangate-message-id": goal["message_id"],
-        "traceparent": f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01",
-    }
+    headers = {"x-plangate-goal-id": goal["goal_id"], "x-plangate-message-id": goal["message_id"]}
+    if traced:
+        headers["traceparent"] = f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-01"
+    return headers
 
 
 def wait_until_completed(fleet: Fleet, goal_id: str) -> dict[str, Any]:
@@ -97,22 +96,25 @@ def wait_until_completed(fleet: Fleet, goal_id: str) -> dict[str, Any]:
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("traced", [True, False], ids=["with-traceparent", "without"])
 def test_a_goal_lpushed_onto_redis_in_kombu_s_envelope_completes(
-    redis_fleet: Fleet, redis_url: str
+    redis_fleet: Fleet, redis_url: str, traced: bool
 ) -> None:
     """Given workers of every stage on Redis,
     When a goal.submitted in kombu's Redis envelope is LPUSHed onto `<namespace>.planner`
-    with redis-py alone,
-    Then the planner creates the goal, and it runs to `completed`.
+    with redis-py alone (with a `traceparent` header, or without one),
+    Then the planner creates the goal, and it runs to `completed`, as one trace: the one it
+    came with, or one that starts at the planner.
     """
     redis_fleet.start_all()
     goal_id = uuid.uuid4().hex
     body = goal_body(goal_id)
+    headers = goal_headers(body, traced)
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": goal_headers(body),
+        "headers": headers,
         "properties": {
             "body_encoding": "base64",
             "delivery_info": {
@@ -133,6 +135,12 @@ def test_a_goal_lpushed_onto_redis_in_kombu_s_envelope_completes(
 
     status = wait_until_completed(redis_fleet, goal_id)
     assert status.get("status") == "completed", redis_fleet.logs()
+    if traced:
+        assert status["trace_id"] == headers["traceparent"].split("-")[1]
+    shown = redis_fleet.plangate("trace", goal_id)
+    assert shown.returncode == 0, shown.stderr
+    assert status["trace_id"]
+    assert status["trace_id"] in shown.stdout
 
 
 def amqp_connection(url: str) -> amqp.Connection:

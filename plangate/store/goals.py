@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from plangate import telemetry
 from plangate.errors import NotFound
 from plangate.store import audit
 from plangate.store.models import GoalRow, GoalStatus, PlanRow
@@ -18,13 +19,18 @@ def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[st
     """Return the goal's row, creating it (and its audit entry) if this is its first sight."""
     row = session.get(GoalRow, message.goal_id)
     if row is None:
+        headers = dict(trace_headers)
+        if "traceparent" not in headers:
+            # Published raw, without a trace context: the goal's one trace starts here, at the
+            # first stage (the span handling it), and every later message and resend keeps it.
+            telemetry.inject(headers)
         row = GoalRow(
             id=message.goal_id,
             text=message.text,
             status="submitted",
             meta=dict(message.metadata),
             idempotency_key=message.idempotency_key,
-            trace_headers=dict(trace_headers),
+            trace_headers=headers,
         )
         session.add(row)
         session.flush()
