@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -76,6 +76,24 @@ class Settings(BaseSettings):
     public_url: str = Field(
         default="http://127.0.0.1:8080", description="Where reviewers reach `plangate serve`."
     )
+    reviewers_file: Path | None = Field(
+        default=None,
+        description="Reviewers (names, roles, token hashes), written by `plangate reviewers add`.",
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs review-page sessions and forms (32+ characters); the same on every "
+        "replica of `serve`. Unset: one per process, so replicas refuse each other's forms.",
+    )
+    session_ttl_seconds: int = Field(
+        default=12 * 3600, gt=0, description="A review-page login lasts this long."
+    )
+    reviewer_token: SecretStr | None = Field(
+        default=None, description="The CLI's reviewer token (`plangate review approve` ...)."
+    )
+    server_url: str | None = Field(
+        default=None, description="The `plangate serve` the CLI's review commands talk to."
+    )
     concurrency: int = Field(default=4, ge=1, le=256)
     max_attempts: int = Field(default=3, ge=1)
     step_lease_seconds: float = Field(
@@ -97,6 +115,16 @@ class Settings(BaseSettings):
     )
     sweep_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a worker relays the outbox and reconciles."
+    )
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="A worker answers /healthz and /readyz on this port (unset: off; 0: any).",
+    )
+    health_host: str = Field(
+        default="127.0.0.1",
+        description="Where the health endpoint listens (0.0.0.0 for Kubernetes probes).",
     )
     log_level: str = "INFO"
     jaeger_url: str = Field(

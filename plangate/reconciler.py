@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from plangate.bus import Envelope
+from plangate.bus import Envelope, Stage
 from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, StepRunRow, Store, audit
 from plangate.store.goals import latest_plan, plan_of
 from plangate.store.outbox import emit
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 STALLED_STATUSES = ("submitted", "proposed", "approved", "running")
 # The stage whose queue holds a goal's last message while it waits to be handled.
-_WAITS_IN = {"submitted": "planner", "proposed": "gate", "approved": "executor"}
+_WAITS_IN: dict[str, Stage] = {"submitted": "planner", "proposed": "gate", "approved": "executor"}
 MAX_DOUBLINGS = 6
 BACKLOG_PATIENCE = 64  # deadlines a goal waits behind its stage's backlog before a resend
 
@@ -59,7 +59,7 @@ def reconcile(
     after: timedelta,
     limit: int = 100,
     step_lease: timedelta = timedelta(minutes=5),
-    waiting: Mapping[str, int] | None = None,
+    waiting: Mapping[Stage, int] | None = None,
 ) -> list[Envelope]:
     """Queue the last message of every goal stalled past its deadline; return the envelopes.
 

@@ -1,7 +1,8 @@
 """Tools for the takeover test: a quick read, then a read that hangs the first time it runs.
 
-`TAKEOVER_MARKER` is a file: the first call of `stalled_read` creates it, writes its process id in it and hangs (the test
-SIGKILLs that executor); every later call, in the executor that takes over, answers at once.
+`TAKEOVER_MARKER` is a file: the first call of `stalled_read` creates it, writes its process
+id in it and hangs (the test SIGKILLs that executor); every later call, in the executor that
+takes over, answers at once.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import pytest
 from plangate.bus import Bus, Envelope
 from plangate.demo.tools import read_notifications
 from plangate.errors import BrokerUnavailable
+from plangate.reviewers import add_reviewer
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.servers import accepts_connections, free_port, missing, stop_process, wait_until_ready
@@ -413,7 +414,13 @@ def test_a_non_idempotent_write_cut_off_mid_call_is_marked_unknown_not_run_again
     assert "may or may not have happened" in str(status["reason"])
     assert len(effects.read_text().splitlines()) == 1
 
-    settled = fleet.plangate("review", "settle", str(status["plan_id"]), "charge", "--happened")
+    reviewers = fleet.folder / "reviewers.yaml"
+    token = add_reviewer(reviewers, "carol", [])
+    settled = fleet.plangate(
+        *("review", "settle", str(status["plan_id"]), "charge", "--happened"),
+        PLANGATE_REVIEWERS_FILE=str(reviewers),
+        PLANGATE_REVIEWER_TOKEN=token,
+    )
     assert settled.returncode == 0, settled.stderr
     deadline = time.monotonic() + 40
     while time.monotonic() < deadline and status["status"] != "completed":

@@ -21,6 +21,7 @@ from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, PlanInvalid
+from plangate.reviewers import add_reviewer, read_file, remove_reviewer
 from plangate.store import ApprovalRow, DecisionRow
 from tests.conftest import SEED_GOAL
 from tests.support import (
@@ -324,6 +325,15 @@ def cli_env(pipeline: Pipeline, tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def reviewer_env(tmp_path: Path, name: str, roles: list[str] | None = None) -> dict[str, str]:
+    """Add `name` to a reviewers file; return the variables that make the CLI act as them."""
+    path = tmp_path / "reviewers.yaml"
+    if path.exists() and name in {r.name for r in read_file(path)}:
+        remove_reviewer(path, name)  # a new token for them: the old one is not kept
+    token = add_reviewer(path, name, roles or [])
+    return {"PLANGATE_REVIEWERS_FILE": str(path), "PLANGATE_REVIEWER_TOKEN": token}
+
+
 def plangate(env: dict[str, str], *args: str) -> Any:
     """Run `plangate ARGS`; return its JSON output, failing the test on a non-zero exit."""
     result = subprocess.run(
@@ -392,8 +402,8 @@ def test_review_show_prints_the_preview_beside_the_plan(pipeline: Pipeline, tmp_
 def test_review_edit_opens_the_editor_and_stores_the_next_revision(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    """Given the seed plan held, and an $EDITOR that rewrites the page's message,
-    When `plangate review edit ID --reviewer bob --json` runs,
+    """Given the seed plan held, an $EDITOR that rewrites the page's message, and bob's token,
+    When `plangate review edit ID --json` runs,
     Then revision 2 with the new message, planned by `edit:bob`, is stored and proposed.
     """
     goal_id, plan = held_seed(pipeline)
@@ -406,12 +416,16 @@ def test_review_edit_opens_the_editor_and_stores_the_next_revision(
         "json.dump(draft, open(path, 'w'))\n",
         encoding="utf-8",
     )
-    env = cli_env(pipeline, tmp_path, EDITOR=f"{sys.executable} {editor}")
+    env = cli_env(
+        pipeline, tmp_path, EDITOR=f"{sys.executable} {editor}", **reviewer_env(tmp_path, "bob")
+    )
 
-    result = plangate(env, "review", "edit", plan.plan_id, "--reviewer", "bob", "--json")
+    result = plangate(env, "review", "edit", plan.plan_id, "--json")
 
-    assert result["published"] == ["plan.proposed"]
+    assert (result["status"], result["revision"]) == ("proposed", 2)
+    assert result["message"].startswith("edit by bob recorded as a new revision")
     revisions = plans_of(pipeline.store, goal_id)
+    assert result["newest_plan_id"] == revisions[1].plan_id
     assert [(p.revision, p.planner) for p in revisions][1] == (2, "edit:bob")
     assert revisions[1].body["steps"][2]["args"] == {"message": "from the editor"}
 
@@ -419,23 +433,26 @@ def test_review_edit_opens_the_editor_and_stores_the_next_revision(
 def test_review_approve_in_another_process_records_the_reviewer(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    """Given the seed plan held,
-    When `plangate review approve ID --reviewer alice --hash HASH --json` runs,
-    Then the goal is approved by alice and plan.approved is published.
+    """Given the seed plan held, and alice (finance) in the reviewers file,
+    When `plangate review approve ID --hash HASH --json` runs with alice's token,
+    Then the approval is recorded as alice's, with her roles from the file, and the answer
+    says the gate signs it and releases the plan.
     """
     goal_id, plan = held_seed(pipeline)
-    env = cli_env(pipeline, tmp_path)
+    env = cli_env(pipeline, tmp_path, **reviewer_env(tmp_path, "alice", ["finance"]))
     digest = plans_of(pipeline.store, goal_id)[0].plan_hash
 
-    result = plangate(
-        env, "review", "approve", plan.plan_id, "--reviewer", "alice", "--hash", digest, "--json"
-    )
+    result = plangate(env, "review", "approve", plan.plan_id, "--hash", digest, "--json")
 
-    assert result == {"plan_id": plan.plan_id, "action": "approved", "published": ["plan.approved"]}
+    assert result["message"] == (
+        "approval by alice recorded; the gate signs it and releases the plan"
+    )
+    assert (result["plan_id"], result["goal_id"]) == (plan.plan_id, goal_id)
+    assert result["status"] == "approved"
     with pipeline.store.session() as session:
         human = session.execute(
             select(DecisionRow).where(
                 DecisionRow.plan_id == plan.plan_id, DecisionRow.stage == "human"
             )
         ).scalar_one()
-        assert (human.action, human.decided_by) == ("approve", "alice")
+        assert (human.action, human.decided_by, human.roles) == ("approve", "alice", ["finance"])

@@ -139,10 +139,24 @@ def test_approving_in_the_page_runs_the_plan(
     page.click("#approve")
 
     page.wait_for_url("**done=approved")
-    assert "Approved — running" in page.inner_text("#outcome")
+    assert page.inner_text("#outcome") == "Your approval is recorded."
+    assert page.inner_text("#goal-status") in {"approved", "running", "completed"}
+    assert "approved by alice" in page.inner_text("#headline").lower()
+    assert page.locator("#approve").count() == 0
     state = api_status(base_url, goal.goal_id, {"completed", "failed"})
     assert state["status"] == "completed", fleet.logs()
     assert state["decision"]["decided_by"] == "alice"
+
+    page.reload()
+    assert page.inner_text("#headline") == "Completed, approved by alice."
+    results = page.locator("#results tbody tr")
+    assert [results.nth(i).locator(".badge").inner_text() for i in range(3)] == [
+        "succeeded",
+        "succeeded",
+        "succeeded",
+    ]
+    assert page.inner_text("#results tr[data-step='count'] .output") == "128"
+    page.screenshot(path=str(SCREENSHOTS / "plangate-review-completed.png"), full_page=True)
 
 
 def test_rejecting_with_a_comment_in_the_page_runs_nothing(
@@ -156,7 +170,10 @@ def test_rejecting_with_a_comment_in_the_page_runs_nothing(
     page.click("#reject")
 
     page.wait_for_url("**done=rejected")
-    assert "Rejected" in page.inner_text("#outcome")
+    assert page.inner_text("#outcome") == "Your rejection is recorded."
+    assert page.inner_text("#headline") == "Rejected by alice: it will not run."
+    assert page.inner_text("#reason") == "not during the change freeze"
+    assert page.inner_text("#goal-status") == "rejected"
     state = api_status(base_url, goal.goal_id, {"rejected"})
     assert state["status"] == "rejected"
     assert state["decision"]["reason"] == "not during the change freeze"
@@ -264,8 +281,11 @@ def test_a_step_that_may_have_happened_is_settled_from_the_list_page(
     row.locator("input[name=comment]").fill("PagerDuty shows the incident")
     row.locator("button[value=yes]").click()
 
-    page.wait_for_url("**/reviews?done=settled")
-    assert "Settled" in page.inner_text("#outcome")
+    page.wait_for_url(f"**/reviews/{goal.plan_id}?done=settled")
+    assert page.inner_text("#outcome") == "What you found is recorded."
+    assert page.inner_text("#goal-status") != "needs_attention"
     state = api_status(base_url, goal.goal_id, {"completed", "failed"})
     assert state["status"] == "completed", fleet.logs()
     assert notifications(fleet) == pages_sent
+    page.reload()
+    assert page.inner_text("#headline") == "Completed, approved by alice."

@@ -43,7 +43,7 @@ from tests.support import (
     stored_approval,
     write_yaml,
 )
-from tests.test_review import cli_env
+from tests.test_review import cli_env, reviewer_env
 from tests.test_review_api import call
 
 REPO = str(Path(__file__).resolve().parents[1])
@@ -214,11 +214,12 @@ def test_only_an_unknown_step_of_a_waiting_run_can_be_settled(billing: Pipeline)
 
 
 def run_cli(pipeline: Pipeline, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `plangate ARGS` on the pipeline's store as carol, a reviewer with a token."""
     return subprocess.run(
         [sys.executable, "-m", "plangate", *args],
         capture_output=True,
         text=True,
-        env=cli_env(pipeline, tmp_path),
+        env=cli_env(pipeline, tmp_path, **reviewer_env(tmp_path, "carol")),
         timeout=60,
         check=False,
     )
@@ -235,7 +236,7 @@ def test_the_cli_lists_unsettled_steps_and_settles_one(billing: Pipeline, tmp_pa
     settled = run_cli(
         billing,
         tmp_path,
-        *("review", "settle", plan.plan_id, "charge", "--happened", "--reviewer", "carol"),
+        *("review", "settle", plan.plan_id, "charge", "--happened"),
         *("--output", '{"charge_id": "ch_9", "amount": 5}', "--json"),
     )
 
@@ -272,7 +273,7 @@ def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline) -> None:
     Then the list has it, the run resumes and charges once more, and a second settle is 409.
     """
     plan, _ = cut_off_mid_charge(billing)
-    reviewers = Reviewers([Reviewer("alice", frozenset(), TOKEN)])
+    reviewers = Reviewers([Reviewer.with_token("alice", TOKEN)])
     # The in-memory broker is shared within this process: the app publishes to the pipeline.
     settings = billing.settings.model_copy(update={"broker_url": "memory://"})
     with (

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from plangate import __version__
-from plangate.cli import audit, db, dlq, playbook, policy, review, schema, settle
+from plangate.cli import audit, db, dlq, playbook, policy, review, reviewers, schema, settle
 from plangate.cli.run import run
 from plangate.cli.serve import serve
 from plangate.cli.submit import status, submit
@@ -39,6 +39,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(playbook.app, name="playbook")
 settle.register(review.app)
 app.add_typer(review.app, name="review")
+app.add_typer(reviewers.app, name="reviewers")
 app.add_typer(policy.app, name="policy")
 
 

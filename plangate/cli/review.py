@@ -1,9 +1,12 @@
 """`plangate review`: held plans from the terminal — list, show, approve, reject, edit.
 
-Settling steps that may or may not have happened (`unsettled`, `settle`) is in `settle.py`.
+Settling steps that may or may not have happened (`unsettled`, `settle`) is in `settle.py`;
+how a command reaches the deployment and as whom (`--server`, the reviewer token) is in
+`review_access.py`.
 
-It works on the store and broker named by the settings (the distributed mode): a decision is
-recorded in the store and its messages are published to the workers.
+Without `--server` a command works on the store and broker named by the settings: a decision is
+recorded in the store under the reviewer the token names in the reviewers file, and its messages
+are published to the workers. With `--server URL` it calls that `plangate serve`'s review API.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ import os
 import shlex
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,73 +25,37 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from plangate.cli.common import err_console, friendly_errors, group, load_settings
+from plangate.cli.common import err_console, friendly_errors, group
+from plangate.cli.review_access import (
+    Access,
+    ServerOption,
+    TokenFileOption,
+    decide_here,
+    decide_there,
+    opened_review,
+    path_of,
+    resolve,
+)
 from plangate.errors import ConfigError
 
 if TYPE_CHECKING:
-    from approval_gate.review import HeldPlan, Review
-    from plangate.bus import Envelope
-    from plangate.config import Settings
-    from plangate.store import Store
+    from approval_gate.review import HeldPlan
     from schemas import Catalog
 
 app = group(
     "Review held plans (list, show, approve, reject, edit) and settle steps that may or may "
-    "not have happened (unsettled, settle)."
+    "not have happened (unsettled, settle). Deciding needs your reviewer token "
+    "(PLANGATE_REVIEWER_TOKEN or --token-file) and a deployment: --server URL (a plangate "
+    "serve) or the store and broker in your settings."
 )
 console = Console(highlight=False, soft_wrap=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-ReviewerOption = Annotated[
-    str, typer.Option("--reviewer", metavar="NAME", help="Who decides (recorded).")
-]
-RoleOption = Annotated[
-    list[str] | None,
-    typer.Option("--role", metavar="ROLE", help="A role you hold, e.g. finance (repeatable)."),
-]
 HashOption = Annotated[
     str | None,
     typer.Option("--hash", metavar="HASH", help="The plan hash you reviewed; refused if changed."),
 ]
 PlanArgument = Annotated[str, typer.Argument(metavar="PLAN_ID")]
-DEFAULT_REVIEWER = "user@terminal"
-
-
-@contextmanager
-def opened_store() -> Iterator[tuple[Settings, Store]]:
-    """Open the store the settings name; closed when the block ends."""
-    from plangate.store import open_store
-
-    settings = load_settings()
-    store = open_store(settings.resolved_database_url())
-    try:
-        yield settings, store
-    finally:
-        store.close()
-
-
-@contextmanager
-def _review() -> Iterator[tuple[Settings, Store, Review]]:
-    from plangate.stages import build_review
-
-    with opened_store() as (settings, store):
-        yield settings, store, build_review(settings, store)
-
-
-def publish(settings: Settings, store: Store, envelopes: Sequence[Envelope]) -> None:
-    """Publish what a decision committed to the outbox, to the broker the settings name."""
-    from plangate.bus import Bus
-    from plangate.relay import deliver
-
-    bus = Bus(settings.broker_url, settings.namespace)
-    try:
-        if not deliver(store, bus, envelopes):
-            err_console.print(
-                "[yellow]warning:[/] the broker is unreachable; the "
-                "decision is recorded, and a running worker sends it on once the broker is back"
-            )
-    finally:
-        bus.close()
 
 
 def held_json(held: HeldPlan) -> dict[str, Any]:
@@ -135,6 +100,20 @@ def held_json(held: HeldPlan) -> dict[str, Any]:
     }
 
 
+def view_of(detail: dict[str, Any]) -> dict[str, Any]:
+    """Return the API's view of a held plan in the shape `held_json` prints (for text)."""
+    policy = detail.get("policy")
+    lines = detail.get("diff") or []
+    previous = detail.get("previous_revision")
+    return {
+        **detail,
+        "status": detail["goal_status"],
+        "decision": None if policy is None else {**policy, "decided_by": "policy"},
+        "previous": None if previous is None else {"revision": previous},
+        "diff": "\n".join(lines) + "\n" if lines else "",
+    }
+
+
 def _steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
     table = Table(
         title=f"Plan {view['plan_id']} · revision {view['revision']} · by {view['planner']}",
@@ -145,7 +124,7 @@ def _steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
         table.add_column(column, overflow="fold")
     for step in view["steps"]:
         spec = catalog.get(step["tool"])
-        effect = spec.effect if spec else "unknown"
+        effect = step.get("effect") or (spec.effect if spec else "unknown")
         args = json.dumps(step.get("args") or {}, separators=(",", ":"))
         table.add_row(
             step["id"],
@@ -185,10 +164,20 @@ def _show(view: dict[str, Any], catalog: Catalog) -> None:
 
 @app.command("list", short_help="List the plans waiting for a person.")
 @friendly_errors
-def review_list(as_json: JsonOption = False) -> None:
-    """List the plans waiting for a person, oldest first."""
-    with _review() as (_settings, _store, review):
-        views = [held_json(held) for held in review.held()]
+def review_list(
+    server: ServerOption = None, token_file: TokenFileOption = None, as_json: JsonOption = False
+) -> None:
+    """List the plans waiting for a person, oldest first.
+
+    With --server, --json prints the API's answer (GET /api/v1/reviews).
+    """
+    access = resolve(server, token_file, deciding=False)
+    if access.server:
+        with access.api() as api:
+            views: list[dict[str, Any]] = api.get("")
+    else:
+        with opened_review(access.settings) as (_settings, _store, review):
+            views = [held_json(held) for held in review.held()]
     if as_json:
         typer.echo(json.dumps(views))
         return
@@ -197,15 +186,15 @@ def review_list(as_json: JsonOption = False) -> None:
         return
     table = Table(title="Held plans", title_justify="left")
     table.add_column("plan", no_wrap=True)
-    for column in ("rev", "goal", "steps", "rule", "reason", "expires"):
+    for column in ("rev", "goal", "summary", "rule", "reason", "expires"):
         table.add_column(column, overflow="fold")
     for view in views:
-        decision = view["decision"] or {}
+        decision = view.get("decision") or view.get("policy") or {}
         table.add_row(
             view["plan_id"],
             str(view["revision"]),
             view["goal_text"][:60],
-            ", ".join(step["tool"] for step in view["steps"]),
+            view["summary"],
             decision.get("rule") or "",
             decision.get("reason") or "",
             (view["expires_at"] or "")[:19],
@@ -215,55 +204,73 @@ def review_list(as_json: JsonOption = False) -> None:
 
 @app.command("show", short_help="Show a plan: steps, the policy's decision, the diff.")
 @friendly_errors
-def review_show(plan_id: PlanArgument, as_json: JsonOption = False) -> None:
-    """Show a plan: its steps, what the policy said, and the diff to the previous revision."""
+def review_show(
+    plan_id: PlanArgument,
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a plan: its steps, what the policy said, and the diff to the previous revision.
+
+    With --server, --json prints the API's answer (GET /api/v1/reviews/PLAN_ID).
+    """
     from plangate.catalog import load_catalog
 
-    with _review() as (_settings, store, review):
-        view = held_json(review.get(plan_id))
-        catalog = load_catalog(store)
+    access = resolve(server, token_file, deciding=False)
+    if access.server:
+        with access.api() as api:
+            view = api.get(path_of(plan_id))
+        catalog: Catalog = {}
+    else:
+        with opened_review(access.settings) as (_settings, store, review):
+            view = held_json(review.get(plan_id))
+            catalog = load_catalog(store)
     if as_json:
         typer.echo(json.dumps(view))
     else:
-        _show(view, catalog)
+        _show(view_of(view) if access.server else view, catalog)
 
 
-def _decide(
-    action: str,
-    plan_id: str,
-    as_json: bool,
-    call: Callable[[Review], Sequence[Envelope]],
-) -> None:
-    with _review() as (settings, store, review):
-        envelopes = call(review)
-        publish(settings, store, envelopes)
+def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        kinds = [envelope.routing_key for envelope in envelopes]
-        typer.echo(json.dumps({"plan_id": plan_id, "action": action, "published": kinds}))
-    else:
-        typer.echo(f"plan {plan_id}: {action}")
+        typer.echo(json.dumps(outcome))
+        return
+    typer.echo(f"plan {outcome['plan_id']}: {outcome['message']}")
+    now = f"goal {outcome['goal_id']} is {outcome['status']}"
+    if outcome["newest_plan_id"] not in (None, outcome["plan_id"]):
+        now += f"; its revision {outcome['revision']} is plan {outcome['newest_plan_id']}"
+    typer.echo(now)
 
 
-@app.command("approve", short_help="Approve a held plan: it runs.")
+@app.command("approve", short_help="Approve a held plan: the gate signs it and it runs.")
 @friendly_errors
 def review_approve(
     plan_id: PlanArgument,
     comment: Annotated[str, typer.Option(metavar="TEXT", help="Why (recorded).")] = "",
-    reviewer: ReviewerOption = DEFAULT_REVIEWER,
-    role: RoleOption = None,
     expected_hash: HashOption = None,
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Approve PLAN_ID as --reviewer: exactly this revision runs."""
-    roles = frozenset(role or [])
-    _decide(
-        "approved",
-        plan_id,
-        as_json,
-        lambda r: r.approve(
-            plan_id, reviewer, expected_hash=expected_hash, roles=roles, comment=comment
-        ),
-    )
+    """Approve PLAN_ID as the reviewer your token names: exactly this revision runs.
+
+    The approval is recorded; the gate checks it against the hold, signs it and releases the
+    plan. `plangate status GOAL_ID` shows what came of it.
+    """
+    access = resolve(server, token_file, deciding=True)
+    if access.server:
+        body = {"plan_hash": expected_hash, "comment": comment}
+        outcome = decide_there(access, plan_id, "approve", body)
+    else:
+        outcome = decide_here(
+            access,
+            plan_id,
+            lambda r, name, roles: r.approve(
+                plan_id, name, expected_hash=expected_hash, roles=roles, comment=comment
+            ),
+            lambda name: f"approval by {name} recorded; the gate signs it and releases the plan",
+        )
+    _print_outcome(outcome, as_json)
 
 
 @app.command("reject", short_help="Reject a held plan with a comment.")
@@ -271,19 +278,26 @@ def review_approve(
 def review_reject(
     plan_id: PlanArgument,
     comment: Annotated[str, typer.Option(metavar="TEXT", help="Why (the planner may use it).")],
-    reviewer: ReviewerOption = DEFAULT_REVIEWER,
-    role: RoleOption = None,
     expected_hash: HashOption = None,
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Reject PLAN_ID as --reviewer, saying why; it never runs."""
-    roles = frozenset(role or [])
-    _decide(
-        "rejected",
-        plan_id,
-        as_json,
-        lambda r: r.reject(plan_id, reviewer, comment, expected_hash=expected_hash, roles=roles),
-    )
+    """Reject PLAN_ID as the reviewer your token names, saying why; it never runs."""
+    access = resolve(server, token_file, deciding=True)
+    if access.server:
+        body = {"plan_hash": expected_hash, "comment": comment}
+        outcome = decide_there(access, plan_id, "reject", body)
+    else:
+        outcome = decide_here(
+            access,
+            plan_id,
+            lambda r, name, roles: r.reject(
+                plan_id, name, comment, expected_hash=expected_hash, roles=roles
+            ),
+            lambda name: f"rejection by {name} recorded; the plan never runs",
+        )
+    _print_outcome(outcome, as_json)
 
 
 def _edit_in_editor(draft: dict[str, Any]) -> dict[str, Any] | None:
@@ -312,6 +326,22 @@ def _parse_edit(text: str, what: str) -> dict[str, Any]:
     return data
 
 
+def _draft(access: Access, plan_id: str) -> tuple[dict[str, Any], str]:
+    """Return the plan's summary and steps as a reviewer edits them, and its hash."""
+    if access.server:
+        with access.api() as api:
+            detail = api.get(path_of(plan_id))
+        steps = [
+            {k: v for k, v in step.items() if k != "effect" and v not in (None, [], {})}
+            for step in detail["steps"]
+        ]
+        return {"summary": detail["summary"], "steps": steps}, detail["plan_hash"]
+    with opened_review(access.settings) as (_settings, _store, review):
+        held = review.get(plan_id)
+    draft = {"summary": held.plan.body.get("summary", ""), "steps": held.plan.body["steps"]}
+    return draft, held.plan.plan_hash
+
+
 @app.command("edit", short_help="Edit a held plan in $EDITOR: a new revision, decided again.")
 @friendly_errors
 def review_edit(
@@ -322,8 +352,8 @@ def review_edit(
             "--file", metavar="PATH", help="Take the edited plan JSON from PATH, not $EDITOR."
         ),
     ] = None,
-    reviewer: ReviewerOption = DEFAULT_REVIEWER,
-    role: RoleOption = None,
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Edit PLAN_ID (its steps and summary as JSON) in $EDITOR, then submit the edit.
@@ -331,9 +361,10 @@ def review_edit(
     The edit becomes the next revision; the policy decides it again, and unless it approves,
     the new revision waits for a reviewer.
     """
-    with _review() as (_settings, _store, review):
-        held = review.get(plan_id)
-    draft = {"summary": held.plan.body.get("summary", ""), "steps": held.plan.body["steps"]}
+    access = resolve(server, token_file, deciding=True)
+    if not access.server:
+        access.reviewer()  # a wrong token fails before the editor opens
+    draft, digest = _draft(access, plan_id)
     if file is not None:
         edited: dict[str, Any] | None = _parse_edit(file.read_text(encoding="utf-8"), str(file))
     else:
@@ -341,17 +372,17 @@ def review_edit(
     if edited is None or edited == draft:
         err_console.print("no change; nothing submitted")
         return
-    roles = frozenset(role or [])
-    _decide(
-        "edited",
-        plan_id,
-        as_json,
-        lambda r: r.edit(
+    steps, summary = edited["steps"], edited.get("summary")
+    if access.server:
+        body = {"plan_hash": digest, "steps": steps, "summary": summary}
+        outcome = decide_there(access, plan_id, "edit", body)
+    else:
+        outcome = decide_here(
+            access,
             plan_id,
-            reviewer,
-            edited["steps"],
-            summary=edited.get("summary"),
-            expected_hash=held.plan.plan_hash,
-            roles=roles,
-        ),
-    )
+            lambda r, name, roles: r.edit(
+                plan_id, name, steps, summary=summary, expected_hash=digest, roles=roles
+            ),
+            lambda name: f"edit by {name} recorded as a new revision; the policy decides it again",
+        )
+    _print_outcome(outcome, as_json)

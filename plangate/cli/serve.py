@@ -24,8 +24,13 @@ def serve(
     as a CloudEvent 1.0 of type dev.plangate.goal.submitted (structured or binary mode; the
     same source and id twice make one goal). Set PLANGATE_INTAKE_TOKEN to require
     `Authorization: Bearer <token>`; without it, anyone who reaches the port can submit goals.
-    Reviewers listed in PLANGATE_REVIEWERS_FILE (name, token, roles) decide held plans at
-    /reviews (a web page) or /api/v1/reviews (JSON, `Authorization: Bearer <token>`).
+    Reviewers in PLANGATE_REVIEWERS_FILE (made with `plangate reviewers add NAME --role R`,
+    which prints each token once; the file keeps only hashes and is read again when it
+    changes) decide held plans at /reviews (a web page) or /api/v1/reviews (JSON,
+    `Authorization: Bearer <token>`; `plangate review ... --server URL` uses it). Page
+    sessions are signed with PLANGATE_SESSION_SECRET (32+ characters): give every replica
+    the same one, or each refuses the others' forms. Failed logins and bad tokens are limited
+    per client address (10 in 5 minutes, then 429), in each replica.
     Uses PLANGATE_BROKER_URL and PLANGATE_DATABASE_URL like the workers.
     """
     import uvicorn

@@ -8,37 +8,46 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from plangate.cli.common import friendly_errors
-from plangate.cli.review import (
-    DEFAULT_REVIEWER,
-    JsonOption,
-    PlanArgument,
-    ReviewerOption,
-    console,
+from plangate.cli.review import JsonOption, PlanArgument, console
+from plangate.cli.review_access import (
+    Access,
+    ServerOption,
+    TokenFileOption,
     opened_store,
+    path_of,
     publish,
+    resolve,
 )
 from plangate.errors import ConfigError
 
 
 @friendly_errors
-def review_unsettled(as_json: JsonOption = False) -> None:
+def review_unsettled(
+    server: ServerOption = None, token_file: TokenFileOption = None, as_json: JsonOption = False
+) -> None:
     """List the steps an executor died in the middle of (non-idempotent writes), oldest first.
 
     Each one stops its run until a person settles it with `plangate review settle`.
     """
     from approval_gate.settle import unsettled_steps
 
-    with opened_store() as (_settings, store):
-        steps = unsettled_steps(store)
-    views = [
-        {**dataclasses.asdict(s), "since": s.since.isoformat() if s.since else None} for s in steps
-    ]
+    access = resolve(server, token_file, deciding=False)
+    if access.server:
+        with access.api() as api:
+            views: list[dict[str, Any]] = api.get("/unsettled")
+    else:
+        with opened_store(access.settings) as (_settings, store):
+            steps = unsettled_steps(store)
+        views = [
+            {**dataclasses.asdict(s), "since": s.since.isoformat() if s.since else None}
+            for s in steps
+        ]
     if as_json:
         typer.echo(json.dumps(views))
         return
@@ -49,9 +58,9 @@ def review_unsettled(as_json: JsonOption = False) -> None:
     table.add_column("plan", no_wrap=True)
     for column in ("step", "tool", "goal", "since"):
         table.add_column(column, overflow="fold")
-    for step in steps:
-        since = step.since.isoformat()[:19] if step.since else ""
-        table.add_row(step.plan_id, step.step_id, step.tool, step.goal_text[:60], since)
+    for view in views:
+        since = (view["since"] or "")[:19]
+        table.add_row(view["plan_id"], view["step_id"], view["tool"], view["goal_text"][:60], since)
     console.print(table)
     console.print(
         "Check whether each happened, then: plangate review settle PLAN STEP "
@@ -80,7 +89,8 @@ def review_settle(
         ),
     ] = None,
     comment: Annotated[str, typer.Option(metavar="TEXT", help="What you found (recorded).")] = "",
-    reviewer: ReviewerOption = DEFAULT_REVIEWER,
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Settle STEP_ID of PLAN_ID, which an executor died in the middle of.
@@ -88,7 +98,6 @@ def review_settle(
     Look first (did the card get charged? did the page go out?), then say --happened or
     --not-happened. When no step of the plan is left unknown, its run resumes where it stopped.
     """
-    from approval_gate.settle import settle_step
     from schemas import MessageRejected, strict_json_loads
 
     if happened is None:
@@ -99,12 +108,10 @@ def review_settle(
         value = None if output is None else strict_json_loads(output.encode())
     except MessageRejected as exc:
         raise ConfigError(f"--output is not valid JSON: {exc.reason}") from None
-    with opened_store() as (settings, store):
-        envelopes = settle_step(
-            store, plan_id, step_id, reviewer, happened=happened, output=value, comment=comment
-        )
-        publish(settings, store, envelopes)
-    resumed = bool(envelopes)
+    access = resolve(server, token_file, deciding=True)
+    found = {"happened": happened, "output": value, "comment": comment}
+    settle = _settle_there if access.server else _settle_here
+    resumed = settle(access, plan_id, step_id, found)
     if as_json:
         verdict = {"plan_id": plan_id, "step_id": step_id, "happened": happened}
         typer.echo(json.dumps({**verdict, "resumed": resumed}))
@@ -112,6 +119,24 @@ def review_settle(
         typer.echo(f"plan {plan_id}: step {step_id} settled; the run resumes")
     else:
         typer.echo(f"plan {plan_id}: step {step_id} settled; other steps still wait to be settled")
+
+
+def _settle_there(access: Access, plan_id: str, step_id: str, found: dict[str, Any]) -> bool:
+    """Settle through the server; return whether the run resumed."""
+    with access.api() as api:
+        outcome = api.post(path_of(plan_id, "steps", step_id, "settle"), found)
+    return bool(outcome["status"] != "needs_attention")
+
+
+def _settle_here(access: Access, plan_id: str, step_id: str, found: dict[str, Any]) -> bool:
+    """Settle in the store as the reviewer the token names; return whether the run resumed."""
+    from approval_gate.settle import settle_step
+
+    reviewer = access.reviewer()
+    with opened_store(access.settings) as (settings, store):
+        envelopes = settle_step(store, plan_id, step_id, reviewer.name, **found)
+        publish(settings, store, envelopes)
+    return bool(envelopes)
 
 
 def register(review: typer.Typer) -> None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from plangate import __version__
 from plangate.client import Client
 from plangate.config import Settings
-from plangate.server import goals, pages, reviews
+from plangate.server import goals, health, pages, reviews
 from plangate.server.errors import install_handlers
-from plangate.server.reviewers import Reviewers
+from plangate.server.ratelimit import FailureLimit
+from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
+from plangate.server.sessions import SessionKeeper, session_secret
 
 INTAKE_TOKEN_VARIABLE = "PLANGATE_INTAKE_TOKEN"
 
@@ -23,12 +26,14 @@ def create_app(
     *,
     client: Client | None = None,
     intake_token: str | None = None,
-    reviewers: Reviewers | None = None,
+    reviewers: ReviewerSource | None = None,
 ) -> FastAPI:
     """Build the server; without `client`, one is opened at startup and closed at shutdown.
 
     `intake_token` defaults to `PLANGATE_INTAKE_TOKEN`; when set, goal intake needs it as a
-    bearer token. `reviewers` default to those in `PLANGATE_REVIEWERS_FILE`.
+    bearer token. `reviewers` default to those in `PLANGATE_REVIEWERS_FILE`, read again when
+    it changes. Review-page sessions are signed with `PLANGATE_SESSION_SECRET` (ConfigError if
+    it is shorter than 32 characters; unset, a per-process one, with a warning).
     """
     settings = settings or Settings()
 
@@ -49,9 +54,21 @@ def create_app(
     )
     app.state.settings = settings
     app.state.intake_token = intake_token or os.environ.get(INTAKE_TOKEN_VARIABLE) or None
-    app.state.reviewers = reviewers if reviewers is not None else Reviewers.from_environment()
+    app.state.reviewers = reviewers if reviewers is not None else _reviewers(settings)
+    app.state.sessions = SessionKeeper(
+        session_secret(settings),
+        timedelta(seconds=settings.session_ttl_seconds),
+        secure=settings.public_url.startswith("https://"),
+    )
+    app.state.failure_limit = FailureLimit()
     install_handlers(app)
     app.include_router(goals.router)
     app.include_router(reviews.router)
     app.include_router(pages.router)
+    app.include_router(health.router)
     return app
+
+
+def _reviewers(settings: Settings) -> ReviewerSource:
+    path = settings.reviewers_file
+    return ReviewersFile(path) if path is not None else Reviewers()

@@ -1,7 +1,8 @@
-"""The review web page: log in with a reviewer token, see held plans, approve, reject, edit.
+"""The review page: log in with a reviewer token, see held plans, approve, reject, edit.
 
-Server-rendered (Jinja2, autoescaped). The token lives in an HttpOnly, SameSite=Strict cookie;
-every form carries a CSRF token derived from it.
+Server-rendered (Jinja2, autoescaped). A login starts a session (`sessions.py`): the cookie holds
+a signed session id, never the token, and every form carries a CSRF token derived from it.
+After a decision the page shows the plan as the store holds it now (`progress.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from fastapi.templating import Jinja2Templates
 
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
 from plangate.server.goals import read_body
-from plangate.server.reviewers import TOKEN_COOKIE, Reviewer, get_reviewers
+from plangate.server.progress import plan_progress
+from plangate.server.ratelimit import client_address, get_limit
+from plangate.server.reviewers import Reviewer, get_reviewers
 from plangate.server.reviews import (
     ReviewDesk,
     Settle,
@@ -27,6 +30,7 @@ from plangate.server.reviews import (
     outcome_of,
     summary_of,
 )
+from plangate.server.sessions import SessionKeeper, WebSession
 from schemas import MessageRejected, strict_json_loads
 
 router = APIRouter(include_in_schema=False)
@@ -34,19 +38,24 @@ templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 # Shown as text (autoescaped), unlike `tojson`, which escapes `<`, `>` and `&` for scripts.
 templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
 
+# What the reviewer did; what came of it is the plan's state below, read from the store.
 NOTICES = {
-    "approved": "Approved — running.",
-    "rejected": "Rejected — it will not run.",
-    "edited": "Edited — this new revision goes to the policy again; reload to see its decision.",
-    "settled": "Settled — once no step of its plan is left unsettled, the run resumes.",
+    "approved": "Your approval is recorded.",
+    "rejected": "Your rejection is recorded.",
+    "edited": "Your edit is recorded as this new revision, which the policy decides again.",
+    "settled": "What you found is recorded.",
 }
+EXPIRED_FORM = "The form expired; reload and try again."
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
 
 
-def _session(request: Request) -> tuple[Reviewer, str] | None:
-    token = request.cookies.get(TOKEN_COOKIE, "")
-    reviewer = get_reviewers(request).identify(token) if token else None
-    return (reviewer, token) if reviewer else None
+def _keeper(request: Request) -> SessionKeeper:
+    keeper: SessionKeeper = request.app.state.sessions
+    return keeper
+
+
+def _session(request: Request, desk: ReviewDesk) -> WebSession | None:
+    return _keeper(request).find(desk.store, get_reviewers(request), request)
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -58,6 +67,10 @@ def _to_login() -> RedirectResponse:
     return RedirectResponse("/login", status_code=303)
 
 
+def _login_page(request: Request, error: str | None = None, status: int = 200) -> Response:
+    return templates.TemplateResponse(request, "login.html", {"error": error}, status_code=status)
+
+
 @router.get("/")
 def home() -> RedirectResponse:
     """Send a visitor to the list of held plans."""
@@ -67,61 +80,68 @@ def home() -> RedirectResponse:
 @router.get("/login")
 def login_page(request: Request) -> Response:
     """Show the login form."""
-    return templates.TemplateResponse(request, "login.html", {"error": None})
+    return _login_page(request)
 
 
 @router.post("/login")
-async def login(request: Request) -> Response:
-    """Check the token and keep it in an HttpOnly cookie."""
+async def login(request: Request, desk: Desk) -> Response:
+    """Check the token and start a session; too many failures from one address answer 429."""
+    limit, address = get_limit(request), client_address(request)
+    wait = limit.retry_after(address)
+    if wait is not None:
+        response = _login_page(
+            request, f"Too many failed logins from your address; try again in {wait} s.", 429
+        )
+        response.headers["Retry-After"] = str(wait)
+        return response
     token = (await _form(request)).get("token", "").strip()
-    if get_reviewers(request).identify(token) is None:
-        context = {"error": "That token is not a reviewer's; check it and try again."}
-        return templates.TemplateResponse(request, "login.html", context, status_code=401)
+    reviewer = get_reviewers(request).identify(token)
+    if reviewer is None:
+        limit.failed(address)
+        return _login_page(request, "That token is not a reviewer's; check it and try again.", 401)
     response = RedirectResponse("/reviews", status_code=303)
-    response.set_cookie(
-        TOKEN_COOKIE,
-        token,
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        max_age=12 * 3600,
-    )
+    await run_in_threadpool(_keeper(request).start, desk.store, reviewer, response)
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
-    """Forget the token."""
+async def logout(request: Request, desk: Desk) -> Response:
+    """End the session on every replica and forget its cookie."""
+    form = await _form(request)
+    web = await run_in_threadpool(_session, request, desk)
+    keeper = _keeper(request)
     response = _to_login()
-    response.delete_cookie(TOKEN_COOKIE)
+    if web is None:
+        keeper.clear(response)
+    elif not keeper.csrf_valid(web, form.get("csrf", "")):
+        return _list_page(request, desk, web, error=EXPIRED_FORM, status=403)
+    else:
+        await run_in_threadpool(keeper.end, desk.store, web, response)
     return response
 
 
 @router.get("/reviews")
 def review_list(request: Request, desk: Desk) -> Response:
-    """List every held plan."""
-    session = _session(request)
-    if session is None:
+    """List every held plan, and the steps waiting to be settled."""
+    web = _session(request, desk)
+    if web is None:
         return _to_login()
-    notice = NOTICES.get(request.query_params.get("done", ""))
-    return _list_page(request, desk, session, notice=notice)
+    return _list_page(request, desk, web)
 
 
 def _list_page(
     request: Request,
     desk: ReviewDesk,
-    session: tuple[Reviewer, str],
+    web: WebSession,
     *,
-    notice: str | None = None,
     error: str | None = None,
     status: int = 200,
 ) -> Response:
     context = {
-        "reviewer": session[0],
-        "csrf": get_reviewers(request).csrf_token(session[1]),
+        "reviewer": web.reviewer,
+        "csrf": web.csrf,
         "held": [summary_of(h) for h in desk.review.held()],
         "unsettled": desk.unsettled(),
-        "notice": notice,
         "error": error,
     }
     return templates.TemplateResponse(request, "list.html", context, status_code=status)
@@ -130,11 +150,11 @@ def _list_page(
 @router.post("/reviews/{plan_id}/steps/{step_id}/settle")
 async def settle_step(request: Request, plan_id: str, step_id: str, desk: Desk) -> Response:
     """Say from the page whether a step that may or may not have happened did."""
-    session = _session(request)
-    if session is None:
+    web = await run_in_threadpool(_session, request, desk)
+    if web is None:
         return _to_login()
     form = await _form(request)
-    return await run_in_threadpool(_settle, request, desk, plan_id, step_id, session, form)
+    return await run_in_threadpool(_settle, request, desk, plan_id, step_id, web, form)
 
 
 def _settle(
@@ -142,35 +162,33 @@ def _settle(
     desk: ReviewDesk,
     plan_id: str,
     step_id: str,
-    session: tuple[Reviewer, str],
+    web: WebSession,
     form: dict[str, str],
 ) -> Response:
-    reviewer, token = session
-    if not get_reviewers(request).csrf_valid(token, form.get("csrf", "")):
-        expired = "The form expired; reload and try again."
-        return _list_page(request, desk, session, error=expired, status=403)
+    if not _keeper(request).csrf_valid(web, form.get("csrf", "")):
+        return _list_page(request, desk, web, error=EXPIRED_FORM, status=403)
     try:
         happened = {"yes": True, "no": False}[form.get("happened", "")]
         text = form.get("output", "").strip()
         output = strict_json_loads(text.encode()) if text and happened else None
         found = Settle(happened=happened, output=output, comment=form.get("comment", ""))
-        desk.settle(plan_id, step_id, reviewer.name, found)
+        desk.settle(plan_id, step_id, web.reviewer.name, found)
     except KeyError:
-        return _list_page(request, desk, session, error="Say whether it happened.", status=422)
+        return _list_page(request, desk, web, error="Say whether it happened.", status=422)
     except (MessageRejected, ValueError, InputInvalid) as exc:  # bad JSON, a long comment, ...
         problem = f"That cannot be recorded: {exc}"
-        return _list_page(request, desk, session, error=problem, status=422)
+        return _list_page(request, desk, web, error=problem, status=422)
     except (Conflict, NotFound) as exc:
         status = 409 if isinstance(exc, Conflict) else 404
-        return _list_page(request, desk, session, error=str(exc), status=status)
-    return RedirectResponse("/reviews?done=settled", status_code=303)
+        return _list_page(request, desk, web, error=str(exc), status=status)
+    return RedirectResponse(f"/reviews/{plan_id}?done=settled", status_code=303)
 
 
 def _plan_page(
     request: Request,
     desk: ReviewDesk,
     plan_id: str,
-    session: tuple[Reviewer, str],
+    web: WebSession,
     *,
     notice: str | None = None,
     error: str | None = None,
@@ -180,16 +198,17 @@ def _plan_page(
 ) -> Response:
     held = desk.review.get(plan_id)
     detail = detail_of(held, desk.catalog())
+    progress = plan_progress(desk.store, plan_id)
     steps = [step.model_dump() for step in detail.steps]
     editable = [
         {k: v for k, v in s.items() if k != "effect" and v not in (None, [], {})} for s in steps
     ]
     context: dict[str, Any] = {
-        "reviewer": session[0],
-        "csrf": get_reviewers(request).csrf_token(session[1]),
+        "reviewer": web.reviewer,
+        "csrf": web.csrf,
         "plan": detail,
-        "replaced": held.plan.plan_id != plan_id,
-        "decidable": held.plan.plan_id == plan_id and held.goal.status == "held",
+        "progress": progress,
+        "decidable": progress.status == "held",
         "notice": notice,
         "error": error,
         "problems": problems or [],
@@ -200,25 +219,24 @@ def _plan_page(
 
 @router.get("/reviews/{plan_id}")
 def plan_view(request: Request, plan_id: str, desk: Desk, done: str = "") -> Response:
-    """Show one plan: steps, the policy's decision, the diff, the goal text, the forms."""
-    session = _session(request)
-    if session is None:
+    """Show one plan: where it stands, its steps, the policy's decision, the diff, the forms."""
+    web = _session(request, desk)
+    if web is None:
         return _to_login()
     try:
-        return _plan_page(request, desk, plan_id, session, notice=NOTICES.get(done))
+        return _plan_page(request, desk, plan_id, web, notice=NOTICES.get(done))
     except NotFound as exc:
-        context = {"reviewer": session[0], "held": [], "error": str(exc)}
-        return templates.TemplateResponse(request, "list.html", context, status_code=404)
+        return _list_page(request, desk, web, error=str(exc), status=404)
 
 
 @router.post("/reviews/{plan_id}/{action}")
 async def act(request: Request, plan_id: str, action: str, desk: Desk) -> Response:
     """Approve, reject or edit from the page; show the outcome or why it was refused."""
-    session = _session(request)
-    if session is None:
+    web = await run_in_threadpool(_session, request, desk)
+    if web is None:
         return _to_login()
     form = await _form(request)
-    return await run_in_threadpool(_act, request, desk, plan_id, action, session, form)
+    return await run_in_threadpool(_act, request, desk, plan_id, action, web, form)
 
 
 def _act(
@@ -226,27 +244,23 @@ def _act(
     desk: ReviewDesk,
     plan_id: str,
     action: str,
-    session: tuple[Reviewer, str],
+    web: WebSession,
     form: dict[str, str],
 ) -> Response:
-    reviewer, token = session
     draft = form.get("steps") if action == "edit" else None
-    if not get_reviewers(request).csrf_valid(token, form.get("csrf", "")):
-        expired = "The form expired; reload and try again."
-        return _plan_page(request, desk, plan_id, session, error=expired, status=403)
+    if not _keeper(request).csrf_valid(web, form.get("csrf", "")):
+        return _plan_page(request, desk, plan_id, web, error=EXPIRED_FORM, status=403)
     try:
-        target = _decide(desk, plan_id, action, reviewer, form)
+        target = _decide(desk, plan_id, action, web.reviewer, form)
     except (Conflict, Forbidden, NotFound, ValueError) as exc:
         status = {Conflict: 409, Forbidden: 403, NotFound: 404}.get(type(exc), 422)
-        return _plan_page(
-            request, desk, plan_id, session, error=str(exc), status=status, draft=draft
-        )
+        return _plan_page(request, desk, plan_id, web, error=str(exc), status=status, draft=draft)
     except PlanInvalid as exc:
         return _plan_page(
             request,
             desk,
             plan_id,
-            session,
+            web,
             error="The edited plan is invalid.",
             problems=[str(p) for p in exc.problems],
             status=422,

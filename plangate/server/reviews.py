@@ -1,7 +1,11 @@
 """`/api/v1/reviews`: held plans, and a reviewer's approve, reject and edit.
 
 Every decision names the hash the reviewer saw; a plan that changed since, or that someone
-else decided first, answers 409. What a decision produced is published at once (`deliver`).
+else decided first, answers 409; a reviewer without the role the hold asks for, 403. Who decides
+is the reviewer the bearer token names, with the roles the reviewers file gives them. What a
+decision produced is published at once (`deliver`). An approval is recorded here and handed to
+the gate, which signs it and releases the plan: the answer says so, with the goal's state now,
+and `GET /api/v1/goals/{goal_id}` (its `Location`) shows what came of it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from approval_gate.review import HeldPlan, Review, plan_diff
@@ -121,6 +125,10 @@ class ReviewSummary(BaseModel):
     goal_status: str
     held_since: datetime
     policy: PolicyDecision | None
+    planner: str = Field(description="Who made this revision: a planner, or `edit:<reviewer>`.")
+    expires_at: datetime | None = Field(
+        default=None, description="When the held plan expires if nobody decides it."
+    )
 
 
 class ReviewDetail(ReviewSummary):
@@ -186,7 +194,8 @@ class Outcome(BaseModel):
     """What a decision did: the goal's state now and its newest revision."""
 
     goal_id: str
-    status: str
+    status: str = Field(description="The goal's state in the store as the answer is made.")
+    reason: str | None = Field(default=None, description="Why the goal is in that state.")
     plan_id: str | None
     revision: int | None
     message: str
@@ -207,6 +216,8 @@ def summary_of(held: HeldPlan) -> ReviewSummary:
         policy=None
         if decision is None
         else PolicyDecision(action=decision.action, rule=decision.rule, reason=decision.reason),
+        planner=held.plan.planner,
+        expires_at=held.expires_at,
     )
 
 
@@ -243,6 +254,7 @@ def outcome_of(desk: ReviewDesk, goal_id: str, message: str) -> Outcome:
         return Outcome(
             goal_id=goal_id,
             status=goal.status,
+            reason=goal.status_reason,
             plan_id=plan.plan_id if plan else None,
             revision=plan.revision if plan else None,
             message=message,
@@ -275,8 +287,14 @@ def show_review(plan_id: str, desk: Desk, reviewer: Person) -> ReviewDetail:
 
 
 @router.post("/{plan_id}/approve", response_model=Outcome, responses=_ERRORS)
-def approve(plan_id: str, body: Approve, desk: Desk, reviewer: Person) -> Outcome:
-    """Approve the revision with hash `plan_hash`; it runs (409 if it changed or was decided)."""
+def approve(
+    plan_id: str, body: Approve, desk: Desk, reviewer: Person, response: Response
+) -> Outcome:
+    """Approve the revision with hash `plan_hash` (409 if it changed or was decided).
+
+    The answer says the approval is recorded: the gate checks it against the hold, signs it
+    and releases the plan. `Location` (`GET /api/v1/goals/{goal_id}`) shows what came of it.
+    """
     goal_id = desk.review.get(plan_id).goal.id
     desk.decide(
         lambda review: review.approve(
@@ -287,7 +305,9 @@ def approve(plan_id: str, body: Approve, desk: Desk, reviewer: Person) -> Outcom
             comment=body.comment,
         )
     )
-    return outcome_of(desk, goal_id, f"approved by {reviewer.name}; the plan runs")
+    response.headers["Location"] = f"/api/v1/goals/{goal_id}"
+    message = f"approval by {reviewer.name} recorded; the gate signs it and releases the plan"
+    return outcome_of(desk, goal_id, message)
 
 
 @router.post("/{plan_id}/reject", response_model=Outcome, responses=_ERRORS)
@@ -303,7 +323,7 @@ def reject(plan_id: str, body: RejectBody, desk: Desk, reviewer: Person) -> Outc
             roles=reviewer.roles,
         )
     )
-    return outcome_of(desk, goal_id, f"rejected by {reviewer.name}")
+    return outcome_of(desk, goal_id, f"rejection by {reviewer.name} recorded; the plan never runs")
 
 
 @router.post("/{plan_id}/edit", response_model=Outcome, responses=_ERRORS)
@@ -320,7 +340,8 @@ def edit(plan_id: str, body: Edit, desk: Desk, reviewer: Person) -> Outcome:
             roles=reviewer.roles,
         )
     )
-    return outcome_of(desk, goal_id, f"edited by {reviewer.name}; the policy decides it again")
+    message = f"edit by {reviewer.name} recorded as a new revision; the policy decides it again"
+    return outcome_of(desk, goal_id, message)
 
 
 @router.post("/{plan_id}/steps/{step_id}/settle", response_model=Outcome, responses=_ERRORS)

@@ -1,0 +1,119 @@
+"""`plangate reviewers add|list|remove`: who may decide held plans, and with which roles.
+
+The file keeps each token's SHA-256, never the token: `add` prints a new token once, on its own
+line of stdout (`TOKEN=$(plangate reviewers add alice)` captures it), and it cannot be shown
+again. A running `plangate serve` reads the file again when it changes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from plangate.cli.common import err_console, friendly_errors, group, load_settings
+from plangate.errors import ConfigError
+
+app = group(
+    "Manage reviewers: the people who approve, reject or edit held plans. The reviewers file "
+    "(PLANGATE_REVIEWERS_FILE, or --file) keeps names, roles and token hashes, never tokens."
+)
+console = Console(highlight=False, soft_wrap=True)
+
+FileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        metavar="PATH",
+        help="The reviewers file (default: PLANGATE_REVIEWERS_FILE).",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="Who, as recorded on decisions.")]
+
+
+def _path(file: Path | None) -> Path:
+    path = file or load_settings().reviewers_file
+    if path is None:
+        raise ConfigError(
+            "which reviewers file? set PLANGATE_REVIEWERS_FILE (as `plangate serve` has it) "
+            "or pass --file PATH"
+        )
+    return path
+
+
+@app.command("add", short_help="Add a reviewer; print their token once.")
+@friendly_errors
+def reviewers_add(
+    name: NameArgument,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            metavar="ROLE",
+            help="A role they hold, as a policy rule's requires_role names it (repeatable).",
+        ),
+    ] = None,
+    file: FileOption = None,
+) -> None:
+    """Add NAME to the reviewers file (made if missing, readable by you only) with a new token.
+
+    The token is printed once, alone on stdout; only its SHA-256 is kept, so hand it to NAME
+    now (they set PLANGATE_REVIEWER_TOKEN, or log in to the review page with it). A lost token
+    is replaced by `remove` and `add` again.
+    """
+    from plangate.reviewers import add_reviewer
+
+    path = _path(file)
+    token = add_reviewer(path, name, role or [])
+    typer.echo(token)
+    roles = ", ".join(sorted(set(role or []))) or "no roles"
+    err_console.print(
+        f"added {name} ({roles}) to {path}; the token above is not stored anywhere: "
+        "give it to them now, it cannot be shown again"
+    )
+
+
+@app.command("list", short_help="List reviewers and their roles.")
+@friendly_errors
+def reviewers_list(
+    file: FileOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """List the reviewers in the file: names and roles (tokens are not kept, so never shown)."""
+    from plangate.reviewers import read_file
+
+    path = _path(file)
+    reviewers = read_file(path) if path.exists() else []
+    if as_json:
+        views = [{"name": r.name, "roles": sorted(r.roles)} for r in reviewers]
+        typer.echo(json.dumps(views))
+        return
+    if not reviewers:
+        typer.echo(f"no reviewers in {path}; add one with `plangate reviewers add NAME`")
+        return
+    table = Table(title=f"Reviewers ({path})", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("roles", overflow="fold")
+    for reviewer in reviewers:
+        table.add_row(reviewer.name, ", ".join(sorted(reviewer.roles)))
+    console.print(table)
+
+
+@app.command("remove", short_help="Remove a reviewer: their token and sessions stop working.")
+@friendly_errors
+def reviewers_remove(name: NameArgument, file: FileOption = None) -> None:
+    """Remove NAME from the reviewers file: their token stops working.
+
+    Their web sessions stop too, at their next request to any replica of `plangate serve`.
+    """
+    from plangate.reviewers import remove_reviewer
+
+    path = _path(file)
+    remove_reviewer(path, name)
+    typer.echo(f"removed {name} from {path}")

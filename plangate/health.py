@@ -1,0 +1,127 @@
+"""A worker's health endpoint: `/healthz` (the consume loop is alive), `/readyz` (consuming).
+
+Set `PLANGATE_HEALTH_PORT` to turn it on (unset: off). It listens on `PLANGATE_HEALTH_HOST`,
+127.0.0.1 by default: enough for a compose healthcheck, which runs inside the container; a
+Kubernetes probe comes from the node, so the manifests set 0.0.0.0. The answers say only
+`ok` or why not, never a setting or a message.
+
+`python -m plangate.health URL` is the probe itself, for images without curl: it exits 0 when
+URL answers 200 and 1 otherwise (the compose healthchecks run it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the probe (`python -m plangate.health`) starts fast without pydantic
+    from plangate.config import Settings
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], bool]
+
+
+def _handler_for(alive: Check, ready: Check) -> type[BaseHTTPRequestHandler]:
+    checks = {"/healthz": (alive, "the consume loop is not running"), "/readyz": (ready, "")}
+
+    class HealthHandler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            check = checks.get(self.path.partition("?")[0])
+            if check is None:
+                self._answer(404, {"status": "not found", "paths": sorted(checks)})
+                return
+            passes, problem = check
+            if passes():
+                self._answer(200, {"status": "ok"})
+            else:
+                self._answer(503, {"status": "unavailable", "reason": problem or "not consuming"})
+
+        def _answer(self, status: int, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode() + b"\n"
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # a probe every few seconds is not worth a log line
+
+    return HealthHandler
+
+
+class HealthServer:
+    """`/healthz` and `/readyz` on a daemon thread, answered from two checks.
+
+    The standard library's server, not a web framework: workers have none, and two fixed
+    paths need none. Its thread is a daemon so a worker that exits never waits for it.
+    """
+
+    def __init__(self, host: str, port: int, alive: Check, ready: Check) -> None:
+        self._server = ThreadingHTTPServer((host, port), _handler_for(alive, ready))
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="plangate-health", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The port it listens on (the one picked by the system when 0 was asked for)."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> HealthServer:
+        """Start answering; return self."""
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop answering and free the port."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._server.server_close()
+
+
+def start_health_server(settings: Settings, alive: Check, ready: Check) -> HealthServer | None:
+    """Start the health endpoint if `health_port` is set; return it (None when off)."""
+    if settings.health_port is None:
+        return None
+    server = HealthServer(settings.health_host, settings.health_port, alive, ready).start()
+    log.info("health endpoint on http://%s:%d/healthz", settings.health_host, server.port)
+    return server
+
+
+def probe(url: str, timeout: float = 5.0) -> int:
+    """Return 0 if `url` answers 200 within `timeout` seconds, else 1 (saying why on stderr)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            status = int(answer.status)
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        print(f"{url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"{url}: HTTP {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Probe the one URL given; the exit code is the probe's."""
+    if len(argv) != 1:
+        print("usage: python -m plangate.health URL", file=sys.stderr)
+        return 2
+    return probe(argv[0])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,235 @@
+"""Reviewers: names and roles, each with a token whose SHA-256 hash (never the token) is kept.
+
+The reviewers file (`PLANGATE_REVIEWERS_FILE`, YAML or JSON) reads
+`reviewers: [{name: alice, token_sha256: <64 hex digits>, roles: [finance]}]`, and is written
+by `plangate reviewers add` (which prints the token once). A token is checked by hashing it and
+comparing the hash with every entry's in constant time.
+
+Plain SHA-256, not a slow password hash, is enough here: a token is 256 random bits, which no
+dictionary holds and no brute force reaches, so a stretched hash would only slow every request.
+GitHub stores its API tokens the same way. A slow KDF protects low-entropy passwords.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from plangate.errors import ConfigError
+
+log = logging.getLogger(__name__)
+REVIEWERS_FILE_VARIABLE = "PLANGATE_REVIEWERS_FILE"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,199}$"
+ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # as a policy rule's `requires_role`
+_HEADER = (
+    "# plangate reviewers, written by `plangate reviewers add|remove`. Only each token's\n"
+    "# SHA-256 is kept: a lost token cannot be recovered; remove the reviewer and add again.\n"
+)
+
+
+def new_token() -> str:
+    """Return a new reviewer token: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_token(token: str) -> str:
+    """Return the SHA-256 of a token, as 64 hex digits (what the reviewers file keeps)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    name: str = Field(pattern=NAME_PATTERN)
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    roles: list[str] = Field(default_factory=list)
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    reviewers: list[_Entry] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    """A person allowed to decide held plans: their name, roles and token hash."""
+
+    name: str
+    roles: frozenset[str] = frozenset()
+    token_sha256: str = field(default="", repr=False, compare=False)
+
+    @classmethod
+    def with_token(cls, name: str, token: str, roles: Iterable[str] = ()) -> Reviewer:
+        """Return a reviewer identified by `token` (kept only as its hash)."""
+        return cls(name, frozenset(roles), hash_token(token))
+
+
+class Reviewers:
+    """The known reviewers; `identify` finds one by token, `by_hash` by a token's hash."""
+
+    def __init__(self, reviewers: Sequence[Reviewer] = ()) -> None:
+        self._reviewers = tuple(reviewers)
+
+    def __len__(self) -> int:
+        return len(self._reviewers)
+
+    def current(self) -> Reviewers:
+        """Return these reviewers (a `ReviewersFile` re-reads its file here)."""
+        return self
+
+    @classmethod
+    def from_file(cls, path: Path) -> Reviewers:
+        """Read a reviewers file (ConfigError naming the file and the fix)."""
+        return cls(read_file(path))
+
+    def identify(self, token: str) -> Reviewer | None:
+        """Return the reviewer whose token this is (None for an empty or unknown token)."""
+        return self.by_hash(hash_token(token)) if token else None
+
+    def by_hash(self, token_sha256: str) -> Reviewer | None:
+        """Return the reviewer with this token hash, comparing against every entry in full."""
+        found = None
+        given = token_sha256.encode()
+        for reviewer in self._reviewers:
+            if hmac.compare_digest(given, reviewer.token_sha256.encode()):
+                found = reviewer
+        return found
+
+
+class ReviewersFile:
+    """A reviewers file read again whenever it changes, so a removed reviewer is out at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int, int] | None = None
+        self._reviewers = Reviewers.from_file(path)  # a bad file stops `serve` at start
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            status = self.path.stat()
+        except OSError:
+            return None
+        return (status.st_ino, status.st_mtime_ns, status.st_size)
+
+    def current(self) -> Reviewers:
+        """Return the reviewers as the file reads now; nobody while it is missing or invalid."""
+        stamp = self._stamp()
+        with self._lock:
+            if stamp != self._seen:
+                try:
+                    self._reviewers = Reviewers.from_file(self.path)
+                except ConfigError as exc:
+                    # Fail closed: an unreadable file authenticates nobody until it is fixed.
+                    log.error("nobody can review until the reviewers file is fixed: %s", exc)
+                    self._reviewers = Reviewers()
+                self._seen = stamp
+            return self._reviewers
+
+
+def read_file(path: Path) -> list[Reviewer]:
+    """Return the reviewers a file lists; ConfigError (never echoing a token) if it is wrong."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read the reviewers file {path}: {exc}") from None
+    entries = (raw or {}).get("reviewers") if isinstance(raw, dict) else None
+    if isinstance(entries, list) and any(isinstance(e, dict) and "token" in e for e in entries):
+        raise ConfigError(
+            f"the reviewers file {path} holds a plaintext `token:`; plangate keeps only token "
+            "hashes: re-create each reviewer with `plangate reviewers add NAME --role ROLE` "
+            "and hand out the new tokens"
+        )
+    try:
+        parsed = _File.model_validate(raw if raw is not None else {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(
+            f"the reviewers file {path} is invalid ({problems}); write it with "
+            "`plangate reviewers add NAME --role ROLE`"
+        ) from None
+    reviewers = [Reviewer(e.name, frozenset(e.roles), e.token_sha256) for e in parsed.reviewers]
+    _check_unique(path, reviewers)
+    return reviewers
+
+
+def _check_unique(path: Path, reviewers: Sequence[Reviewer]) -> None:
+    names = [r.name for r in reviewers]
+    hashes = [r.token_sha256 for r in reviewers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"the reviewers file {path} names a reviewer twice; keep one entry each")
+    if len(set(hashes)) != len(hashes):
+        raise ConfigError(f"the reviewers file {path} has two reviewers with one token")
+
+
+def add_reviewer(path: Path, name: str, roles: Iterable[str]) -> str:
+    """Add a reviewer to the file (created if missing); return their new token, kept nowhere."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ConfigError(
+            f"{name!r} is not a reviewer name: letters, digits, spaces and ._@+- , "
+            "up to 200 characters, starting with a letter or digit"
+        )
+    wanted = sorted(set(roles))
+    for role in wanted:
+        if not re.fullmatch(ROLE_PATTERN, role):
+            raise ConfigError(
+                f"{role!r} is not a role: letters, digits and _.- , up to 64 characters"
+            )
+    reviewers = read_file(path) if path.exists() else []
+    if any(r.name == name for r in reviewers):
+        raise ConfigError(
+            f"{name} is in {path} already; `plangate reviewers remove {name}` first to "
+            "give them a new token"
+        )
+    token = new_token()
+    _write(path, [*reviewers, Reviewer(name, frozenset(wanted), hash_token(token))])
+    return token
+
+
+def remove_reviewer(path: Path, name: str) -> None:
+    """Remove a reviewer from the file; their token and web sessions stop working."""
+    reviewers = read_file(path)
+    kept = [r for r in reviewers if r.name != name]
+    if len(kept) == len(reviewers):
+        raise ConfigError(f"no reviewer {name!r} in {path}; `plangate reviewers list` names them")
+    _write(path, kept)
+
+
+def _write(path: Path, reviewers: Sequence[Reviewer]) -> None:
+    """Replace the file atomically, readable by its owner only (mode 0600)."""
+    body = {
+        "reviewers": [
+            {"name": r.name, "token_sha256": r.token_sha256, "roles": sorted(r.roles)}
+            for r in reviewers
+        ]
+    }
+    text = _HEADER + yaml.safe_dump(body, sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # mkstemp makes the file 0600; os.replace swaps it in whole, so a reader never sees half.
+    # Two `add`s at the same moment may still lose one: run them one after the other.
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,70 @@
+"""Failed logins and bad bearer tokens, counted per client address: too many answer 429.
+
+The count is kept in this process: each replica of `serve` counts on its own, so behind N
+replicas a guesser gets up to N times the limit. With 256-bit tokens that is still nothing;
+the limit is there to keep logs and the database quiet, not to make tokens safe.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from starlette.requests import Request
+
+MAX_FAILURES = 10
+WINDOW_SECONDS = 300.0
+
+
+class FailureLimit:
+    """At most `limit` failures per address within `window` seconds; then wait."""
+
+    def __init__(
+        self,
+        limit: int = MAX_FAILURES,
+        window: float = WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, address: str) -> int | None:
+        """Return the seconds `address` must wait before trying again, or None if it may."""
+        now = self._clock()
+        with self._lock:
+            failures = self._recent(address, now)
+            if len(failures) < self._limit:
+                return None
+            return max(1, math.ceil(failures[0] + self._window - now))
+
+    def failed(self, address: str) -> None:
+        """Count one failure of `address`."""
+        now = self._clock()
+        with self._lock:
+            self._recent(address, now).append(now)
+            if len(self._failures) > 10_000:  # forget the addresses that went quiet
+                for quiet in [a for a, f in self._failures.items() if not f]:
+                    del self._failures[quiet]
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        failures = self._failures.setdefault(address, deque())
+        while failures and failures[0] <= now - self._window:
+            failures.popleft()
+        return failures
+
+
+def client_address(request: Request) -> str:
+    """Return the address a request came from (a proxy's own, unless uvicorn trusts it)."""
+    return request.client.host if request.client else "unknown"
+
+
+def get_limit(request: Request) -> FailureLimit:
+    """Return the app's failure limit."""
+    limit: FailureLimit = request.app.state.failure_limit
+    return limit

@@ -1,0 +1,303 @@
+"""`plangate review` as a reviewer with a token: through a live `serve` (`--server`), or on the
+store with the token checked against the reviewers file; and the one-line refusals.
+
+The server runs in this process beside an embedded pipeline (the in-memory broker is shared
+within the process), so a decision made through it runs the plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from plangate.config import Settings
+from plangate.embedded import Pipeline
+from plangate.reviewers import add_reviewer
+from plangate.server import create_app
+from plangate.store import DecisionRow
+from tests.conftest import SEED_GOAL
+from tests.fleet import serving_app
+from tests.support import HELD, only_plan, plans_of, running_pipeline, write_yaml
+
+REPO = str(Path(__file__).resolve().parents[1])
+FINANCE_HOLDS_PAGES = {
+    "mode": "enforce",
+    "rules": [
+        {
+            "name": "hold-pages-for-finance",
+            "match": 'plan.steps.exists(s, s.tool == "notify_oncall")',
+            "action": "hold",
+            "reason": "paging costs money; finance decides",
+            "requires_role": "finance",
+        }
+    ],
+}
+
+
+class Team:
+    """A reviewers file with alice (finance) and bob (no roles), and their tokens."""
+
+    def __init__(self, folder: Path) -> None:
+        self.file = folder / "reviewers.yaml"
+        self.alice = add_reviewer(self.file, "alice", ["finance"])
+        self.bob = add_reviewer(self.file, "bob", [])
+
+
+@pytest.fixture
+def team(tmp_path: Path) -> Team:
+    return Team(tmp_path)
+
+
+@pytest.fixture
+def finance_pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    policy = write_yaml(tmp_path / "policy.yaml", FINANCE_HOLDS_PAGES)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        yield pipeline
+
+
+@pytest.fixture
+def server(finance_pipeline: Pipeline, team: Team) -> Iterator[str]:
+    settings = finance_pipeline.settings.model_copy(
+        update={
+            "broker_url": "memory://",
+            "reviewers_file": team.file,
+            "session_secret": SecretStr("s" * 40),
+        }
+    )
+    with serving_app(create_app(settings)) as url:
+        yield url
+
+
+def cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `plangate ARGS` with no PLANGATE_* settings of the outer environment but `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", *args],
+        capture_output=True,
+        text=True,
+        env=clean | {"PYTHONPATH": REPO, "XDG_DATA_HOME": str(tmp_path / "xdg"), **env},
+        timeout=60,
+        check=False,
+    )
+
+
+def held(pipeline: Pipeline) -> tuple[str, str]:
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD)
+    return goal_id, only_plan(pipeline.store, goal_id).plan_id
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_approve_through_a_live_server_with_a_token_runs_the_plan(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    """Given a plan held for finance and `plangate serve` at URL,
+    When alice runs `plangate review approve PLAN --server URL` with her token in
+    PLANGATE_REVIEWER_TOKEN (no hash: the one the server shows now),
+    Then the answer says her approval is recorded and the gate releases the plan, and it runs.
+    """
+    goal_id, plan_id = held(finance_pipeline)
+
+    result = cli(
+        tmp_path, "review", "approve", plan_id, "--server", server,
+        PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    assert first == (
+        f"plan {plan_id}: approval by alice recorded; the gate signs it and releases the plan"
+    )
+    assert second.startswith(f"goal {goal_id} is ")
+    assert finance_pipeline.wait_for(goal_id).status == "completed"
+
+
+def test_list_show_and_reject_through_the_server_from_its_variable(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    goal_id, plan_id = held(finance_pipeline)
+    token_file = tmp_path / "token"
+    token_file.write_text(team.alice + "\n")
+    env = {"PLANGATE_SERVER_URL": server}
+
+    listed = cli(tmp_path, "review", "list", "--json", "--token-file", str(token_file), **env)
+    shown = cli(tmp_path, "review", "show", plan_id, "--token-file", str(token_file), **env)
+    rejected = cli(
+        tmp_path, "review", "reject", plan_id, "--comment", "not today", "--json",
+        "--token-file", str(token_file), **env,
+    )  # fmt: skip
+
+    assert [item["plan_id"] for item in json.loads(listed.stdout)] == [plan_id], listed.stderr
+    assert "notify_oncall" in shown.stdout, shown.stderr
+    assert "Requires the role: finance" in shown.stdout
+    assert rejected.returncode == 0, rejected.stderr
+    outcome = json.loads(rejected.stdout)
+    assert (outcome["goal_id"], outcome["status"]) == (goal_id, "rejected")
+    assert outcome["message"] == "rejection by alice recorded; the plan never runs"
+
+
+def test_edit_through_the_server_makes_the_next_revision(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    goal_id, plan_id = held(finance_pipeline)
+    shown = cli(
+        tmp_path, "review", "show", plan_id, "--json", "--server", server,
+        PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+    steps = [
+        {k: v for k, v in step.items() if k != "effect" and v not in (None, [], {})}
+        for step in json.loads(shown.stdout)["steps"]
+    ]
+    steps[2]["args"]["message"] = "edited over HTTP"
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps({"summary": "paged with care", "steps": steps}))
+
+    result = cli(
+        tmp_path, "review", "edit", plan_id, "--file", str(edit), "--json", "--server", server,
+        PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["revision"] == 2
+    assert outcome["newest_plan_id"] != plan_id
+    revisions = plans_of(finance_pipeline.store, goal_id)
+    assert revisions[1].planner == "edit:alice"
+    assert revisions[1].body["steps"][2]["args"] == {"message": "edited over HTTP"}
+
+
+def test_the_servers_refusals_are_one_line_each_with_the_stores_exit_codes(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    """Given a plan held for finance,
+    When a wrong token, bob (no finance role), a stale hash and an unknown plan are sent,
+    Then each is one line: 401 exits 2 (fix your token); 403, 409 and 404 exit 1.
+    """
+    goal_id, plan_id = held(finance_pipeline)
+    approve = ("review", "approve", plan_id, "--server", server)
+
+    wrong = cli(tmp_path, *approve, PLANGATE_REVIEWER_TOKEN="not-a-reviewer-token-at-all")
+    no_role = cli(tmp_path, *approve, PLANGATE_REVIEWER_TOKEN=team.bob)
+    stale = cli(tmp_path, *approve, "--hash", "0" * 64, PLANGATE_REVIEWER_TOKEN=team.alice)
+    unknown = cli(
+        tmp_path, "review", "approve", "no-such-plan", "--server", server,
+        PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+
+    assert wrong.returncode == 2
+    assert one_line(wrong).startswith("error: the server refused the reviewer token")
+    assert no_role.returncode == 1
+    assert "finance" in one_line(no_role)
+    assert stale.returncode == 1
+    assert "changed since you loaded it" in one_line(stale)
+    assert unknown.returncode == 1
+    assert "no plan 'no-such-plan'" in one_line(unknown)
+    assert finance_pipeline.wait_for(goal_id, HELD).status == "held"
+
+
+def test_an_unreachable_server_is_one_line(tmp_path: Path, team: Team) -> None:
+    result = cli(
+        tmp_path, "review", "approve", "p1", "--server", "http://127.0.0.1:9",
+        PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    assert one_line(result).startswith("error: cannot reach plangate serve at http://127.0.0.1:9")
+
+
+def test_without_a_token_deciding_says_where_a_token_comes_from(tmp_path: Path) -> None:
+    result = cli(tmp_path, "review", "approve", "p1", "--server", "http://127.0.0.1:9")
+
+    assert result.returncode == 2
+    assert one_line(result) == (
+        "error: no reviewer token: set PLANGATE_REVIEWER_TOKEN or pass --token-file PATH (a "
+        "token is printed once by `plangate reviewers add NAME`; ask whoever runs plangate "
+        "for yours)"
+    )
+
+
+@pytest.mark.parametrize("command", ["approve", "reject", "edit", "settle"])
+def test_without_a_deployment_deciding_fails_at_once_naming_what_to_set(
+    tmp_path: Path, team: Team, command: str
+) -> None:
+    extra = {"reject": ["--comment", "no"], "settle": ["step", "--happened"]}.get(command, [])
+
+    result = cli(tmp_path, "review", command, "p1", *extra, PLANGATE_REVIEWER_TOKEN=team.alice)
+
+    assert result.returncode == 2
+    line = one_line(result)
+    assert line.startswith("error: deciding needs a running deployment")
+    for named in ("--server URL", "PLANGATE_SERVER_URL", "PLANGATE_BROKER_URL", "plangate run"):
+        assert named in line
+
+
+@pytest.mark.parametrize("option", ["--reviewer", "--role"])
+def test_self_asserted_reviewer_and_role_are_gone(tmp_path: Path, option: str) -> None:
+    result = cli(tmp_path, "review", "approve", "p1", option, "alice")
+    helped = cli(tmp_path, "review", "approve", "--help")
+
+    assert result.returncode == 2
+    assert f"No such option: {option}" in result.stderr
+    assert option not in helped.stdout
+    assert "--token-file" in helped.stdout
+    assert "--token " not in helped.stdout
+
+
+def test_on_the_store_the_token_is_checked_against_the_reviewers_file(
+    finance_pipeline: Pipeline, team: Team, tmp_path: Path
+) -> None:
+    """Given a plan held for finance, and the CLI on the pipeline's store and a broker,
+    When a token not in the file is used, then bob's (no finance role), then alice's,
+    Then the first is refused in one line naming the file, bob is refused for the role, and
+    alice's approval is recorded with her name and her roles from the file.
+    """
+    goal_id, plan_id = held(finance_pipeline)
+    env = {
+        "PLANGATE_DATA_DIR": str(finance_pipeline.settings.data_dir),
+        "PLANGATE_BROKER_URL": "memory://",
+        "PLANGATE_REVIEWERS_FILE": str(team.file),
+    }
+    digest = plans_of(finance_pipeline.store, goal_id)[0].plan_hash
+    approve = ("review", "approve", plan_id, "--hash", digest, "--json")
+
+    stranger = cli(tmp_path, *approve, PLANGATE_REVIEWER_TOKEN="x" * 43, **env)
+    bob = cli(tmp_path, *approve, PLANGATE_REVIEWER_TOKEN=team.bob, **env)
+    alice = cli(tmp_path, *approve, PLANGATE_REVIEWER_TOKEN=team.alice, **env)
+
+    assert stranger.returncode == 2
+    assert one_line(stranger) == (
+        f"error: that reviewer token is not in the reviewers file {team.file}; check "
+        "PLANGATE_REVIEWER_TOKEN or --token-file"
+    )
+    assert bob.returncode == 1
+    assert "finance" in one_line(bob)
+    assert alice.returncode == 0, alice.stderr
+    assert json.loads(alice.stdout)["status"] == "approved"
+    with finance_pipeline.store.session() as session:
+        human = session.execute(
+            select(DecisionRow).where(DecisionRow.plan_id == plan_id, DecisionRow.stage == "human")
+        ).scalar_one()
+        assert (human.decided_by, human.roles) == ("alice", ["finance"])
+
+
+def test_on_the_store_without_a_reviewers_file_says_to_set_it(tmp_path: Path, team: Team) -> None:
+    result = cli(
+        tmp_path, "review", "approve", "p1",
+        PLANGATE_BROKER_URL="memory://", PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "set PLANGATE_REVIEWERS_FILE, or pass --server URL" in one_line(result)

@@ -1,0 +1,201 @@
+"""Reviewers and their tokens: the file keeps hashes only; `plangate reviewers` manages it."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plangate.errors import ConfigError
+from plangate.reviewers import (
+    Reviewer,
+    Reviewers,
+    ReviewersFile,
+    add_reviewer,
+    hash_token,
+    read_file,
+    remove_reviewer,
+)
+
+REPO = str(Path(__file__).resolve().parents[1])
+
+
+def reviewers_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `plangate reviewers ARGS` with no PLANGATE_* settings but `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PLANGATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", "reviewers", *args],
+        capture_output=True,
+        text=True,
+        env=clean | {"PYTHONPATH": REPO, "COLUMNS": "200", **env},
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_hashed_reviewers_file_authenticates_by_token(tmp_path: Path) -> None:
+    """Given a reviewers file with alice's token hash and roles,
+    When her token is presented, she is found with her roles; any other token finds nobody,
+    and the token shows in no representation of her.
+    """
+    token = "a-random-token-of-plenty-of-entropy"
+    path = tmp_path / "reviewers.yaml"
+    path.write_text(
+        f"reviewers:\n  - {{name: alice, token_sha256: {hash_token(token)}, roles: [finance]}}\n"
+    )
+
+    reviewers = Reviewers.from_file(path)
+
+    alice = reviewers.identify(token)
+    assert alice == Reviewer("alice", frozenset({"finance"}))
+    assert reviewers.identify("another-token-entirely") is None
+    assert reviewers.identify("") is None
+    assert token not in repr(alice)
+    assert hash_token(token) not in repr(alice)
+
+
+def test_a_plaintext_token_in_the_file_is_refused_saying_how_to_fix_it(tmp_path: Path) -> None:
+    path = tmp_path / "reviewers.yaml"
+    path.write_text("reviewers:\n  - {name: eve, token: plaintext-secret-0123456789}\n")
+
+    with pytest.raises(ConfigError) as refused:
+        Reviewers.from_file(path)
+
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "plaintext" in message
+    assert "plangate reviewers add" in message
+    assert "plaintext-secret-0123456789" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("reviewers:\n  - {name: bob, token_sha256: not-a-hash}\n", "token_sha256"),
+        ("reviewers:\n  - {name: bob, token_sha256: " + "a" * 64 + ", colour: red}\n", "colour"),
+        (
+            "reviewers:\n  - {name: bob, token_sha256: " + "a" * 64 + "}\n"
+            "  - {name: bob, token_sha256: " + "b" * 64 + "}\n",
+            "twice",
+        ),
+        ("reviewers: [\n", "cannot read"),
+    ],
+)
+def test_a_malformed_reviewers_file_is_one_line_naming_the_problem(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "reviewers.yaml"
+    path.write_text(text)
+
+    with pytest.raises(ConfigError, match=problem) as refused:
+        read_file(path)
+
+    assert str(path) in str(refused.value)
+
+
+def test_reviewers_add_prints_the_token_once_and_the_file_keeps_only_its_hash(
+    tmp_path: Path,
+) -> None:
+    """When `plangate reviewers add alice --role finance` runs,
+    Then stdout is the token alone on its line, stderr says it is not stored, the file is
+    the owner's only (0600) and holds the token's hash but not the token, and the token
+    authenticates alice with her role.
+    """
+    path = tmp_path / "team" / "reviewers.yaml"
+
+    added = reviewers_cli(tmp_path, "add", "alice", "--role", "finance", "--file", str(path))
+
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.removesuffix("\n")
+    assert "\n" not in token
+    assert len(token) >= 43
+    assert "not stored" in added.stderr
+    assert token not in added.stderr
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    assert token not in text
+    assert hash_token(token) in text
+    alice = Reviewers.from_file(path).identify(token)
+    assert alice == Reviewer("alice", frozenset({"finance"}))
+
+
+def test_reviewers_list_shows_names_and_roles_and_remove_takes_the_token_away(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "reviewers.yaml"
+    env = {"PLANGATE_REVIEWERS_FILE": str(path)}
+    alice = reviewers_cli(tmp_path, "add", "alice", "--role", "finance", **env).stdout.strip()
+    reviewers_cli(tmp_path, "add", "bob", **env)
+
+    listed = reviewers_cli(tmp_path, "list", "--json", **env)
+    removed = reviewers_cli(tmp_path, "remove", "alice", **env)
+    again = reviewers_cli(tmp_path, "remove", "alice", **env)
+
+    assert json.loads(listed.stdout) == [
+        {"name": "alice", "roles": ["finance"]},
+        {"name": "bob", "roles": []},
+    ]
+    assert removed.returncode == 0, removed.stderr
+    assert Reviewers.from_file(path).identify(alice) is None
+    assert [r.name for r in read_file(path)] == ["bob"]
+    assert again.returncode == 2
+    assert again.stderr.strip() == (
+        f"error: no reviewer 'alice' in {path}; `plangate reviewers list` names them"
+    )
+
+
+def test_reviewers_add_refuses_a_second_alice(tmp_path: Path) -> None:
+    path = tmp_path / "reviewers.yaml"
+    first = add_reviewer(path, "alice", ["finance"])
+
+    second = reviewers_cli(tmp_path, "add", "alice", "--file", str(path))
+
+    assert second.returncode == 2
+    assert second.stdout == ""
+    assert "alice is in" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert Reviewers.from_file(path).identify(first) is not None
+
+
+def test_reviewers_without_a_file_says_to_set_it_or_pass_one(tmp_path: Path) -> None:
+    result = reviewers_cli(tmp_path, "add", "alice")
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: which reviewers file? set PLANGATE_REVIEWERS_FILE (as `plangate serve` has it) "
+        "or pass --file PATH"
+    )
+
+
+def test_reviewers_help_says_tokens_are_shown_once(tmp_path: Path) -> None:
+    result = reviewers_cli(tmp_path, "add", "--help")
+
+    assert result.returncode == 0
+    assert "printed once" in result.stdout
+    assert "--role ROLE" in result.stdout
+    assert "PLANGATE_REVIEWERS_FILE" in result.stdout
+
+
+def test_a_watched_reviewers_file_takes_changes_at_once(tmp_path: Path) -> None:
+    """Given `serve`'s view of a reviewers file with alice and bob,
+    When alice is removed, then the file is broken,
+    Then alice is unknown at once; a broken file authenticates nobody (fail closed).
+    """
+    path = tmp_path / "reviewers.yaml"
+    alice = add_reviewer(path, "alice", [])
+    bob = add_reviewer(path, "bob", ["ops"])
+    watched = ReviewersFile(path)
+    assert watched.current().identify(alice) is not None
+
+    remove_reviewer(path, "alice")
+
+    assert watched.current().identify(alice) is None
+    assert watched.current().identify(bob) == Reviewer("bob", frozenset({"ops"}))
+    path.write_text("reviewers:\n  - {name: bob, token: " + bob + "}\n")
+    assert watched.current().identify(bob) is None
