@@ -3,6 +3,7 @@
 Beside the consume loop, a sweeper thread relays outbox rows left unsent and republishes the
 last message of stalled goals (the reconciler), so no goal depends on the broker keeping a
 message. Any number of workers of each stage may run against one broker and one database.
+With `PLANGATE_HEALTH_PORT` set it answers `/healthz` and `/readyz` there (`plangate.health`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from types import FrameType
 
 from plangate import telemetry
 from plangate.bus import Bus, Stage
+from plangate.bus.depths import queue_depths
 from plangate.config import Settings
+from plangate.health import start_health_server
 from plangate.reconciler import reconcile
 from plangate.relay import deliver, relay_pending
 from plangate.stages import build_expiry, build_handler
@@ -55,8 +58,22 @@ class Worker:
                 target=self._sweep, args=(store, bus), name="plangate-sweeper", daemon=True
             )
             sweeper.start()
+            # Alive while the consume loop runs (reconnecting included); ready once it has
+            # subscribed, until shutdown begins.
+            looping = threading.Event()
+            health = start_health_server(
+                self.settings,
+                alive=looping.is_set,
+                ready=lambda: consumer.ready.is_set() and not self.stop.is_set(),
+            )
             log.info("%s worker consuming %s", self.stage, bus.topology.queue_name(self.stage))
-            consumer.run_until_stopped(self.stop)
+            looping.set()
+            try:
+                consumer.run_until_stopped(self.stop)
+            finally:
+                looping.clear()
+                if health is not None:
+                    health.close()
             sweeper.join(timeout=10)
         finally:
             marker.close()
@@ -87,7 +104,11 @@ class Worker:
                 relayed = relay_pending(store, bus, older_than=stale)
                 if relayed:
                     log.warning("relayed %d outbox messages left unsent", relayed)
-                deliver(store, bus, reconcile(store, stalled, step_lease=step_lease))
+                # What waits in each stage's queue: a goal behind a backlog is not resent into it.
+                waiting = queue_depths(bus)
+                deliver(
+                    store, bus, reconcile(store, stalled, step_lease=step_lease, waiting=waiting)
+                )
                 if expire is not None:
                     deliver(store, bus, expire(store, utcnow()))
             except Exception:  # the broker or database is down: try again next sweep

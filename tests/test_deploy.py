@@ -10,6 +10,7 @@ import yaml
 
 from approval_gate.policy import load_policy
 from plangate.config import Settings
+from tests.compose import ComposeError, interpolate
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 STAGES = ("planner", "gate", "executor")
@@ -155,3 +156,226 @@ def test_every_kubernetes_object_validates_against_the_kubernetes_schema(
     """Given a manifest of a built-in kind, it validates strictly (no unknown fields)."""
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+
+
+# --- what each container is given, checked against what its environment names ---------------
+
+WORKER_NAMES = {f"plangate-{stage}" for stage in STAGES}
+# Variables that name a file or a folder the process reads (or writes, for a data folder).
+PATH_SUFFIXES = ("_FILE", "_DIR")
+
+
+def by_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in kubernetes_objects() if o["kind"] == kind}
+
+
+def pod_specs() -> dict[str, dict[str, Any]]:
+    """Every pod template (Deployments and Jobs), by its owner's name."""
+    owners = {**by_kind("Deployment"), **by_kind("Job")}
+    return {name: o["spec"]["template"]["spec"] for name, o in owners.items()}
+
+
+def container_env(container: dict[str, Any]) -> dict[str, Any]:
+    """A container's environment: its ConfigMaps' values first, then its own `env`."""
+    configmaps = by_kind("ConfigMap")
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        env.update(configmaps[source["configMapRef"]["name"]]["data"])
+    env.update({e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])})
+    return env
+
+
+def secret_keys(name: str) -> set[str]:
+    secret = by_kind("Secret")[name]
+    return {*secret.get("stringData", {}), *secret.get("data", {})}
+
+
+def volume_files(volume: dict[str, Any]) -> set[str] | None:
+    """The files a ConfigMap or Secret volume holds (None: a volume of any content)."""
+    if "configMap" in volume:
+        source = volume["configMap"]
+        keys = set(by_kind("ConfigMap")[source["name"]]["data"])
+    elif "secret" in volume:
+        source = volume["secret"]
+        keys = secret_keys(source["secretName"])
+    else:
+        return None
+    items = source.get("items")
+    return {i["path"] for i in items} if items else keys
+
+
+def relative_to_mount(path: str, mount_path: str) -> str | None:
+    """`path` relative to a mount point ("." for the mount point itself), else None."""
+    if path == mount_path:
+        return "."
+    prefix = mount_path.rstrip("/") + "/"
+    return path.removeprefix(prefix) if path.startswith(prefix) else None
+
+
+def mounted_path(pod: dict[str, Any], container: dict[str, Any], path: str) -> bool:
+    """Whether `path` is (or is inside) a mount of the container that holds it."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container.get("volumeMounts", []):
+        relative = relative_to_mount(path, mount["mountPath"])
+        if relative is None:
+            continue
+        files = volume_files(volumes[mount["name"]])
+        return files is None or relative == "." or relative in files
+    return False
+
+
+def test_every_file_a_kubernetes_container_is_told_about_is_mounted_in_it() -> None:
+    """Given each container's environment (its ConfigMaps' and its own), every variable that
+    names a file or folder (`*_FILE`, `*_DIR`) names one mounted in that container, and a file
+    from a ConfigMap or Secret is one the mount carries."""
+    checked = 0
+    for owner, pod in pod_specs().items():
+        for container in pod["containers"]:
+            for name, value in container_env(container).items():
+                if name.endswith(PATH_SUFFIXES) and isinstance(value, str):
+                    assert mounted_path(pod, container, value), (owner, name, value)
+                    checked += 1
+    assert checked >= 5  # policy, playbook, signing key, trusted keys, reviewers
+
+
+def test_every_kubernetes_secret_and_configmap_reference_names_what_is_declared() -> None:
+    configmaps, secrets = by_kind("ConfigMap"), by_kind("Secret")
+    references = 0
+    for owner, pod in pod_specs().items():
+        for container in pod["containers"]:
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in configmaps, owner
+            for entry in container.get("env", []):
+                ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secret_keys(ref["name"]), (owner, entry["name"])
+                    references += 1
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets, (owner, volume)
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in configmaps, (owner, volume)
+            source = volume.get("secret") or volume.get("configMap") or {}
+            name = source.get("secretName") or source.get("name")
+            declared = secret_keys(name) if "secret" in volume else set(configmaps[name]["data"])
+            for item in source.get("items", []):
+                assert item["key"] in declared, (owner, volume["name"], item["key"])
+                references += 1
+    assert references >= 8
+
+
+def test_kubernetes_workers_and_serve_have_liveness_and_readiness_probes() -> None:
+    deployments = by_kind("Deployment")
+    assert {*WORKER_NAMES, "plangate-serve"} <= set(deployments)
+    for name, deployment in deployments.items():
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        live, ready = container["livenessProbe"]["httpGet"], container["readinessProbe"]["httpGet"]
+        assert (live["path"], ready["path"]) == ("/healthz", "/readyz"), name
+        assert live["port"] == ready["port"], name
+        assert live["port"] in ports, name
+        if name in WORKER_NAMES:
+            # The worker listens where the probe knocks, on every address (the kubelet is not
+            # in the pod).
+            env = container_env(container)
+            assert env["PLANGATE_HEALTH_PORT"] == str(ports[live["port"]]), name
+            assert env["PLANGATE_HEALTH_HOST"] == "0.0.0.0", name
+
+
+def test_kubernetes_serve_has_reviewers_a_session_secret_and_no_key_and_only_the_gate_signs() -> (
+    None
+):
+    pods = pod_specs()
+    serve_pod = pods["plangate-serve"]
+    (serve,) = serve_pod["containers"]
+    env = container_env(serve)
+    assert mounted_path(serve_pod, serve, env["PLANGATE_REVIEWERS_FILE"])
+    assert env["PLANGATE_SESSION_SECRET"]["secretKeyRef"]["key"] == "session-secret"
+    assert "optional" not in env["PLANGATE_SESSION_SECRET"]["secretKeyRef"]
+    assert "PLANGATE_POLICY_FILE" not in env
+    assert "PLANGATE_SIGNING_KEY_FILE" not in env
+    # Who sees the signing Secret, and which of its files.
+    seen = {}
+    for owner, pod in pods.items():
+        for volume in pod.get("volumes", []):
+            if volume.get("secret", {}).get("secretName") == "plangate-signing":
+                seen[owner] = {i["key"] for i in volume["secret"]["items"]}
+        for container in pod["containers"]:
+            for entry in container.get("env", []):
+                ref = entry.get("valueFrom", {}).get("secretKeyRef", {})
+                assert ref.get("name") != "plangate-signing", (owner, entry["name"])
+    assert seen == {"plangate-gate": {"signing.key"}, "plangate-executor": {"signing.pub"}}
+
+
+# --- the same for compose ---------------------------------------------------------------------
+
+
+def compose_services() -> dict[str, dict[str, Any]]:
+    (compose,) = documents(DEPLOY / "docker-compose.yml")
+    return {name: spec for name, spec in compose["services"].items() if "build" in spec}
+
+
+def compose_mount_targets(service: dict[str, Any]) -> list[str]:
+    return [entry.split(":")[1] for entry in service.get("volumes", [])]
+
+
+def test_every_file_a_compose_service_is_told_about_is_one_of_its_volumes() -> None:
+    checked = 0
+    for name, service in compose_services().items():
+        targets = compose_mount_targets(service)
+        for variable, value in service.get("environment", {}).items():
+            if variable.endswith(PATH_SUFFIXES):
+                assert any(
+                    value == target or value.startswith(target.rstrip("/") + "/")
+                    for target in targets
+                ), (name, variable, value)
+                checked += 1
+    assert checked >= 4  # the gate's policy and keys, the executor's keys, serve's reviewers
+
+
+def test_compose_serve_has_reviewers_a_session_secret_and_no_key() -> None:
+    services = compose_services()
+    serve = services["serve"]
+    env = serve["environment"]
+
+    assert env["PLANGATE_REVIEWERS_FILE"] == "/etc/plangate/reviewers.yaml"
+    assert "./reviewers.yaml:/etc/plangate/reviewers.yaml:ro" in serve["volumes"]
+    assert env["PLANGATE_SESSION_SECRET"].startswith("${PLANGATE_SESSION_SECRET:?")
+    assert not {"PLANGATE_POLICY_FILE", "PLANGATE_SIGNING_KEY_FILE"} & set(env)
+    assert not any(v.split(":")[0] in {"gate-data", "keys"} for v in serve["volumes"])
+    # Only the gate has a writable data volume, and the keys volume read-write.
+    for name, service in services.items():
+        volumes = service.get("volumes", [])
+        assert ("gate-data:/data" in volumes) == (name == "gate"), name
+        assert ("keys:/keys" in volumes) == (name == "gate"), name
+
+
+def test_compose_healthchecks_probe_the_port_each_service_listens_on() -> None:
+    services = compose_services()
+    for name in (*STAGES, "serve"):
+        service = services[name]
+        test = service["healthcheck"]["test"]
+        assert test[:4] == ["CMD", "python", "-m", "plangate.health"], name
+        if name == "serve":
+            port = service["command"][service["command"].index("--port") + 1]
+            assert test[4] == f"http://127.0.0.1:{port}/readyz"
+        else:
+            assert (
+                test[4]
+                == f"http://127.0.0.1:{service['environment']['PLANGATE_HEALTH_PORT']}/readyz"
+            )
+
+
+def test_compose_refuses_to_start_without_a_session_secret() -> None:
+    raw = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text(encoding="utf-8"))
+
+    with pytest.raises(ComposeError, match=r"PLANGATE_SESSION_SECRET.*deploy/README\.md"):
+        interpolate(raw, {})
+    resolved = interpolate(raw, {"PLANGATE_SESSION_SECRET": "s" * 48})
+    assert resolved["services"]["serve"]["environment"]["PLANGATE_SESSION_SECRET"] == "s" * 48
+    assert resolved["services"]["serve"]["environment"]["PLANGATE_INTAKE_TOKEN"] == ""
+
+
+def test_the_reviewers_file_and_the_env_file_are_kept_out_of_git() -> None:
+    ignored = (DEPLOY / ".gitignore").read_text(encoding="utf-8").split()
+    assert {"reviewers.yaml", ".env"} <= set(ignored)

@@ -1,0 +1,403 @@
+"""deploy/docker-compose.yml, run for real: every plangate service as a local process.
+
+Docker does not run here, so `tests.compose` starts each service the compose file builds
+from deploy/Dockerfile with exactly its command, environment and volumes (see its docstring
+for what is mapped, and how), against a real Redis, PostgreSQL (a `plangate` role and database,
+as the compose file names them) and an OTLP receiver standing in for Jaeger. `serve` runs as
+two replicas, as `docker compose up --scale serve=2` would (and a third, for one check).
+Reviewers are made with `plangate reviewers add`, the session secret as deploy/README.md says.
+
+Through the deployment: a read-only goal runs unattended; a goal whose plan writes is held by
+a rule that requires the `finance` role; a reviewer without it is refused in the page and
+nothing runs; one with it loads the plan on replica 1 and the form is posted to replica 2,
+and the plan runs once; another goal is approved with the CLI and a token; serve has no policy
+file, and a third replica handed one without the rule still requires the role.
+No private key is ever in serve's or the CLI's data folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from tests.compose import Compose, Instance
+from tests.conftest import SEED_GOAL
+from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.postgres,
+    pytest.mark.slow,
+    pytest.mark.timeout(180),
+]
+
+DEPLOY = Path(__file__).parent.parent / "deploy"
+READ_ONLY_GOAL = "How many tickets are open, and what is the SLA?"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
+WORKERS = ("planner", "gate", "executor")
+# PEM private keys of any kind (PKCS#8, OpenSSH, ...), whatever the file is called.
+PRIVATE_KEY_MARK = b"PRIVATE KEY-----"
+
+
+# --- the servers the compose file names but does not build ---------------------------------
+
+
+@pytest.fixture
+def postgres_address(postgres_url: str) -> Iterator[str]:
+    """`postgres:5432` as compose names it: role `plangate` (password `plangate`) owning a
+    fresh database `plangate` on the test's PostgreSQL; yields its host:port."""
+    url = make_url(postgres_url)
+    admin = url.set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = 'plangate'")
+        if exists.fetchone() is None:
+            connection.execute("CREATE ROLE plangate LOGIN PASSWORD 'plangate'")
+        connection.execute("DROP DATABASE IF EXISTS plangate WITH (FORCE)")
+        connection.execute("CREATE DATABASE plangate OWNER plangate")
+    try:
+        yield f"{url.host}:{url.port}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(sql.SQL("DROP DATABASE IF EXISTS plangate WITH (FORCE)"))
+
+
+@pytest.fixture
+def otlp_receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """tests/otlp_receiver.py for `jaeger:4318`; yields its host:port and its spans file."""
+    port, spans = free_port(), tmp_path / "spans.jsonl"
+    log = tmp_path / "otlp.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.otlp_receiver", str(port), str(spans)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_ready("otlp receiver", lambda: accepts_connections(port), process, [log], 10)
+        yield f"127.0.0.1:{port}", spans
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        message = "chromium is not installed (apt-get install chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+# --- what an operator does before `docker compose up` (deploy/README.md) --------------------
+
+
+def plangate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the plangate CLI on this machine with only PATH, HOME and `env`."""
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def add_reviewer(file: Path, home: Path, name: str, *roles: str) -> str:
+    """`plangate reviewers add NAME [--role R] --file FILE`; return the token it printed."""
+    options = [word for role in roles for word in ("--role", role)]
+    added = plangate("reviewers", "add", name, *options, "--file", str(file), HOME=str(home))
+    assert added.returncode == 0, added.stderr
+    (token,) = [line for line in added.stdout.splitlines() if line.strip() and " " not in line]
+    assert token not in file.read_text(encoding="utf-8")  # only its hash is kept
+    return token.strip()
+
+
+def role_policy(path: Path) -> Path:
+    """deploy/policy.yaml with `requires_role: finance` on its rule that holds writes."""
+    text = (DEPLOY / "policy.yaml").read_text(encoding="utf-8")
+    marked = text.replace("    action: hold\n", "    action: hold\n    requires_role: finance\n")
+    assert marked.count("requires_role: finance") == 1
+    path.write_text(marked, encoding="utf-8")
+    return path
+
+
+# --- talking to the deployment --------------------------------------------------------------
+
+
+def call(
+    url: str, method: str = "GET", body: Any = None, token: str | None = None
+) -> tuple[int, Any]:
+    """One HTTP request; return the status and the JSON answer (or the text)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=15) as answer:
+            status, raw = int(answer.status), answer.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+@dataclass
+class Deployment:
+    """The running compose project, its replicas' URLs and the secrets made for it."""
+
+    compose: Compose
+    intake_token: str
+    alice: str  # has the finance role
+    bob: str  # has no role
+    policy: Path  # the file bound to ./policy.yaml
+    folder: Path
+    spans: Path  # what "jaeger" received
+
+    def url(self, replica: int) -> str:
+        return f"http://127.0.0.1:{self.compose.instances['serve'][replica - 1].port(8080)}"
+
+    def instance(self, service: str) -> Instance:
+        (only,) = self.compose.instances[service]
+        return only
+
+    def submit(self, text: str) -> str:
+        status, answer = call(
+            f"{self.url(1)}/api/v1/goals", "POST", {"text": text}, self.intake_token
+        )
+        assert status in (200, 201, 202), answer
+        return str(answer["goal_id"])
+
+    def goal(self, goal_id: str, until: set[str], timeout: float = 45) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            status, state = call(f"{self.url(2)}/api/v1/goals/{goal_id}", token=self.intake_token)
+            assert status == 200, state
+            if state["status"] in until:
+                return dict(state)
+            assert time.monotonic() < deadline, f"goal {goal_id} is {state['status']}: {state}"
+            time.sleep(0.2)
+
+    def held(self, text: str = SEED_GOAL) -> dict[str, Any]:
+        state = self.goal(self.submit(text), {"held", "completed", "failed", "denied"})
+        assert state["status"] == "held", state
+        return state
+
+    def notifications(self) -> int:
+        """How many pages the demo notify_oncall sent (kept in the executor's data folder)."""
+        path = self.instance("executor").host_path("/data") / "notifications.jsonl"
+        return len(path.read_text(encoding="utf-8").splitlines()) if path.exists() else 0
+
+    def cli(self, *args: str, token: str, data: Path) -> subprocess.CompletedProcess[str]:
+        """The CLI on a reviewer's machine: a server URL, a token, its own data folder."""
+        return plangate(
+            *args, HOME=str(data.parent), PLANGATE_DATA_DIR=str(data), PLANGATE_REVIEWER_TOKEN=token
+        )
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path,
+    redis_url: str,
+    postgres_address: str,
+    otlp_receiver: tuple[str, Path],
+) -> Iterator[Deployment]:
+    """Every plangate service of deploy/docker-compose.yml running, serve twice, all healthy."""
+    operator = tmp_path / "operator"
+    operator.mkdir()
+    reviewers = operator / "reviewers.yaml"
+    alice = add_reviewer(reviewers, operator, "alice", "finance")
+    bob = add_reviewer(reviewers, operator, "bob")
+    policy = role_policy(operator / "policy.yaml")
+    relaxed = operator / "policy-without-the-role.yaml"
+    relaxed.write_text(policy.read_text().replace("    requires_role: finance\n", ""))
+    intake_token = secrets.token_urlsafe(24)
+    compose = Compose(
+        DEPLOY / "docker-compose.yml",
+        tmp_path / "compose",
+        variables={
+            # deploy/README.md: python -c "import secrets; print(secrets.token_urlsafe(48))"
+            "PLANGATE_SESSION_SECRET": secrets.token_urlsafe(48),
+            "PLANGATE_INTAKE_TOKEN": intake_token,
+        },
+        addresses={
+            "redis:6379": f"{make_url(redis_url).host}:{make_url(redis_url).port}",
+            "postgres:5432": postgres_address,
+            "jaeger:4318": otlp_receiver[0],
+        },
+        binds={"./policy.yaml": policy, "./reviewers.yaml": reviewers},
+    )
+    assert sorted(compose.provided()) == ["jaeger", "postgres", "redis"]
+    running = Deployment(compose, intake_token, alice, bob, policy, tmp_path, otlp_receiver[1])
+    try:
+        compose.up(scale={"serve": 2})
+        # A third replica, handed a policy file without the role rule (serve reads none).
+        compose.add("serve", PLANGATE_POLICY_FILE=str(relaxed))
+        compose.all_healthy()
+        yield running
+    except BaseException:
+        print(compose.logs())
+        raise
+    finally:
+        compose.down()
+
+
+# --- the test -------------------------------------------------------------------------------
+
+
+def login(browser: Any, base_url: str, token: str) -> Any:
+    """A fresh browser session on `base_url`, logged in with `token`; return its page."""
+    context = browser.new_context(base_url=base_url)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto("/login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/reviews")
+    return page
+
+
+def private_keys(folder: Path) -> list[Path]:
+    """Every file under `folder` that holds a PEM private key, or is named like one."""
+    found = []
+    for path in folder.rglob("*"):
+        if path.is_file() and (
+            path.suffix in {".pem", ".key"} or PRIVATE_KEY_MARK in path.read_bytes()
+        ):
+            found.append(path)
+    return found
+
+
+def test_the_compose_file_runs_as_written(deployment: Deployment, browser: Any) -> None:
+    try:
+        check_the_deployment(deployment, browser)
+    except BaseException:
+        print(deployment.compose.logs())
+        raise
+
+
+def check_the_deployment(deployment: Deployment, browser: Any) -> None:
+    compose, cli_data = deployment.compose, deployment.folder / "reviewer" / "data"
+    cli_data.mkdir(parents=True)
+
+    # Given the deployment up (migrate ran and exited 0; every healthcheck passes),
+    # When a read-only goal is submitted with `docker compose run --rm submit GOAL`,
+    # Then it runs unattended (checked below: meanwhile, the reviews go on).
+    assert compose.instances["migrate"][0].process.returncode == 0  # type: ignore[union-attr]
+    reading = compose.run("submit", READ_ONLY_GOAL)
+
+    # Given a goal whose plan writes, held by a rule that requires `finance`,
+    # When bob (no role) approves it in the page, Then he is refused and nothing runs.
+    first = deployment.held()
+    bob = login(browser, deployment.url(1), deployment.bob)
+    bob.goto(f"/reviews/{first['plan_id']}")
+    with bob.expect_navigation() as refused:
+        bob.click("#approve")
+    assert refused.value.status == 403
+    assert "finance" in bob.inner_text("#outcome")
+    bob.context.close()
+    assert deployment.goal(first["goal_id"], {"held"})["steps"] == {}
+
+    # When alice (finance) loads it on replica 1 and the form goes to replica 2,
+    # Then replica 2 accepts replica 1's form and the plan runs once.
+    alice = login(browser, deployment.url(1), deployment.alice)
+    alice.goto(f"/reviews/{first['plan_id']}")
+    alice.eval_on_selector(
+        "form[action$='/approve']",
+        "(form, base) => { form.action = base + new URL(form.action).pathname; }",
+        deployment.url(2),
+    )
+    with alice.expect_navigation(url="**done=approved") as accepted:
+        alice.click("#approve")
+    assert accepted.value.url.startswith(deployment.url(2)), accepted.value.url
+    alice.context.close()
+    done = deployment.goal(first["goal_id"], {"completed", "failed"})
+    assert done["status"] == "completed", done
+    assert done["steps"]["notify"] == "succeeded", done
+    assert deployment.notifications() == 1
+
+    compose.wait_exit(reading, 60, expect=0)
+    assert "completed" in compose.output(reading)
+
+    # When another held plan is approved with the CLI and alice's token, Then it runs.
+    second = deployment.held()
+    approved = deployment.cli(
+        "review", "approve", second["plan_id"], "--server", deployment.url(1),
+        token=deployment.alice, data=cli_data,
+    )  # fmt: skip
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert deployment.goal(second["goal_id"], {"completed", "failed"})["status"] == "completed"
+    assert deployment.notifications() == 2
+
+    # Given a third plan held by the role rule, and replica 3, which was handed a policy file
+    # without that rule (serve is given none: what the hold recorded is what counts),
+    # When bob approves it there with the CLI or the API, Then he is refused;
+    # When alice then approves it, Then it runs: bob's attempts released nothing.
+    third = deployment.held()
+    refused_cli = deployment.cli(
+        "review", "approve", third["plan_id"], "--server", deployment.url(3),
+        token=deployment.bob, data=cli_data,
+    )  # fmt: skip
+    assert refused_cli.returncode != 0, refused_cli.stdout
+    assert "finance" in refused_cli.stderr, refused_cli.stderr
+    review = f"{deployment.url(3)}/api/v1/reviews/{third['plan_id']}"
+    status, plan = call(review, token=deployment.bob)
+    assert status == 200, plan
+    status, answer = call(
+        f"{review}/approve", "POST", {"plan_hash": plan["plan_hash"]}, deployment.bob
+    )
+    assert status == 403, answer
+    assert deployment.goal(third["goal_id"], {"held"})["steps"] == {}
+    status, answer = call(
+        f"{review}/approve", "POST", {"plan_hash": plan["plan_hash"]}, deployment.alice
+    )
+    assert status in (200, 202), answer
+    assert deployment.goal(third["goal_id"], {"completed", "failed"})["status"] == "completed"
+    assert deployment.notifications() == 3
+
+    # Then: the workers stop cleanly, no private key is in serve's or the CLI's data folder
+    # (nor in the shared `keys` volume, which holds the gate's public key only), every `:ro`
+    # bind was left alone, and the three workers sent their spans to "jaeger".
+    codes = compose.down()
+    assert all(codes[name] == 0 for name in WORKERS), codes
+    assert compose.read_only_changes() == []
+    for serve in compose.instances["serve"]:
+        assert private_keys(serve.root) == [], serve.name
+    assert private_keys(cli_data.parent) == []  # its data folder and its HOME
+    keys = deployment.instance("executor").host_path("/keys")
+    published = [p for p in keys.rglob("*") if p.is_file()]
+    assert published, "the gate published no public key"
+    assert all(p.suffix == ".pub" for p in published), published
+    assert private_keys(keys) == []
+    assert private_keys(deployment.instance("gate").host_path("/data")), "the gate made no key"
+    spans = [json.loads(line) for line in deployment.spans.read_text().splitlines()]
+    assert {f"plangate-{name}" for name in WORKERS} <= {span["service"] for span in spans}

@@ -1,0 +1,136 @@
+"""Health probes: a worker's `/healthz` and `/readyz`, serve's, and the probe command."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+
+from plangate.client import Client
+from plangate.config import Settings
+from plangate.health import HealthServer, main
+from plangate.server import create_app
+from plangate.store import Store, open_store
+from plangate.worker import Worker
+from tests.fleet import serving_app
+from tests.servers import free_port
+from tests.support import eventually
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return int(answer.status), json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def answers(url: str) -> int | None:
+    try:
+        return get(url)[0]
+    except OSError:
+        return None
+
+
+@pytest.fixture
+def flags() -> Iterator[tuple[threading.Event, threading.Event, str]]:
+    alive, ready = threading.Event(), threading.Event()
+    server = HealthServer("127.0.0.1", 0, alive.is_set, ready.is_set).start()
+    try:
+        yield alive, ready, f"http://127.0.0.1:{server.port}"
+    finally:
+        server.close()
+
+
+def test_each_path_answers_its_own_check(
+    flags: tuple[threading.Event, threading.Event, str],
+) -> None:
+    alive, ready, url = flags
+
+    status, body = get(f"{url}/healthz")
+    assert (status, body["status"]) == (503, "unavailable")
+    assert get(f"{url}/readyz")[0] == 503
+    alive.set()
+    assert get(f"{url}/healthz") == (200, {"status": "ok"})
+    assert get(f"{url}/readyz")[0] == 503
+    ready.set()
+    assert get(f"{url}/readyz") == (200, {"status": "ok"})
+    assert get(f"{url}/metrics")[0] == 404
+
+
+def test_the_probe_command_exits_0_only_on_200(
+    flags: tuple[threading.Event, threading.Event, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    alive, _, url = flags
+    alive.set()
+
+    assert main([f"{url}/healthz"]) == 0
+    assert main([f"{url}/readyz"]) == 1
+    assert "HTTP 503" in capsys.readouterr().err
+    assert main([f"http://127.0.0.1:{free_port()}/readyz"]) == 1
+    assert main([]) == 2
+
+
+def test_a_worker_is_ready_once_consuming_and_gone_after_it_stops(tmp_path: Path) -> None:
+    """Given a gate worker with PLANGATE_HEALTH_PORT set, in a thread on the memory broker,
+    When it starts consuming, Then /readyz and /healthz answer 200;
+    When it is stopped, Then the port no longer answers.
+    """
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp_path,
+        broker_url="memory://",
+        namespace="health",
+        health_port=port,
+    )
+    open_store(settings.resolved_database_url()).close()
+    worker = Worker("gate", settings, concurrency=1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        eventually(lambda: answers(f"{url}/readyz") == 200, timeout=20, what="ready")
+        assert get(f"{url}/healthz") == (200, {"status": "ok"})
+    finally:
+        worker.stop.set()
+        thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert answers(f"{url}/healthz") is None
+
+
+def test_a_worker_without_a_health_port_opens_none() -> None:
+    assert Settings(data_dir=Path("/nonexistent")).health_port is None
+
+
+def test_serve_answers_healthz_and_readyz_from_its_store(tmp_path: Path) -> None:
+    """Given serve on a SQLite store, Then /healthz and /readyz answer 200;
+    When its store stops answering, Then /readyz answers 503 with a one-line reason that names
+    no host, and /healthz still answers 200.
+    """
+    settings = Settings(data_dir=tmp_path, broker_url="memory://", namespace="health")
+    open_store(settings.resolved_database_url()).close()
+    with Client(settings) as client:
+        app = create_app(settings, client=client)
+        with serving_app(app) as url:
+            assert get(f"{url}/healthz") == (200, {"status": "ok"})
+            assert get(f"{url}/readyz") == (200, {"status": "ok"})
+
+            nowhere = f"postgresql+psycopg://user:secret@127.0.0.1:{free_port()}/none"
+            working = app.state.desk.store
+            app.state.desk.store = Store(create_engine(nowhere))
+            try:
+                status, body = get(f"{url}/readyz")
+                assert get(f"{url}/healthz")[0] == 200
+            finally:
+                app.state.desk.store.close()
+                app.state.desk.store = working
+
+    assert status == 503
+    assert body == {"status": "unavailable", "reason": "the store does not answer"}
