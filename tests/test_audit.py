@@ -17,8 +17,9 @@ from plangate.store import audit
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, audit_entries, eventually, only_plan
 
-# submitted, proposed, held, previewed, approved, running, three steps, completed
-SEED_RUN_ENTRIES = 10
+# submitted, proposed, held, previewed, approved (by alice), signed (by the gate), running,
+# three steps, completed
+SEED_RUN_ENTRIES = 11
 
 
 @pytest.fixture
