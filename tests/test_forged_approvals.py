@@ -41,6 +41,7 @@ WAIT = 30.0
 def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
     """A planner, a gate and an executor, each with its own data folder."""
     trusted = tmp_path / "trusted-keys"
+    trusted.mkdir()  # the folder the two share, as a deployment's volume; the gate fills it
     fleet = Fleet(
         broker_url=redis_url,
         database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
