@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from plangate import redaction
 
 
 def default_data_dir() -> Path:
@@ -131,6 +133,10 @@ class Settings(BaseSettings):
         default="http://localhost:16686",
         description="The Jaeger UI that `plangate trace` links to.",
     )
+
+    def model_post_init(self, context: Any) -> None:
+        """Make the secrets among these settings known to the one redaction point."""
+        redaction.register_settings(self)
 
     def resolved_database_url(self) -> str:
         """Return the database URL, defaulting to `plangate.db` in the data folder."""

@@ -7,25 +7,29 @@ OTLP, HTTP/protobuf unless `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`; `OTEL_SERVICE_NAM
 service and `OTEL_TRACES_SAMPLER` (read by the SDK) samples. Without an endpoint, or with
 `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`, nothing exports and no thread starts.
 `PLANGATE_TRACE_LINK_ONLY=1` starts the executor's run in a trace of its own, linked to the
-goal's: a run may start hours after the plan.
+goal's: a run may start hours after the plan. Every exported span is redacted first
+(`RedactingExporter`): its name, attributes, events, links and status say no secret.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, Span, SpanKind
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, Span, SpanKind, Status
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from plangate.errors import ConfigError
+from plangate.redaction import redact
+from schemas.decoding import storable_text
 
 _propagator = TraceContextTextMapPropagator()
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -43,7 +47,7 @@ def setup_tracing(service_name: str = "plangate") -> None:
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
     exporter = exporter_from_env(os.environ)
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+        provider.add_span_processor(BatchSpanProcessor(RedactingExporter(exporter)))
     trace.set_tracer_provider(provider)
 
 
@@ -69,6 +73,68 @@ def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()
+
+
+class RedactingExporter(SpanExporter):
+    """Hands another exporter each span redacted: nothing secret leaves the process in a span."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export redacted copies of `spans`."""
+        return self.inner.export([redacted_span(span) for span in spans])
+
+    def shutdown(self) -> None:
+        """Shut the inner exporter down."""
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the inner exporter."""
+        return self.inner.force_flush(timeout_millis)
+
+
+def redacted_span(span: ReadableSpan) -> ReadableSpan:
+    """Return a copy of `span` whose every text (name, attributes, events, status) is redacted."""
+    status = span.status
+    if status.description:
+        status = Status(status.status_code, _text(status.description))
+    return ReadableSpan(
+        name=_text(span.name),
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=_attributes(span.attributes),
+        events=[
+            Event(_text(e.name), _attributes(e.attributes), timestamp=e.timestamp)
+            for e in span.events
+        ],
+        links=[Link(link.context, _attributes(link.attributes)) for link in span.links],
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+def _text(text: str) -> str:
+    # Storable too: a lone surrogate would make the whole export batch fail to encode.
+    return storable_text(redact(text))
+
+
+def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {key: _value(value) for key, value in (attributes or {}).items()}
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, Mapping):
+        return _attributes(value)
+    if isinstance(value, Sequence) and not isinstance(value, bytes):
+        return tuple(_value(item) for item in value)
+    return value
 
 
 def _grpc_exporter() -> SpanExporter:

@@ -4,6 +4,8 @@ The span follows the OpenTelemetry GenAI conventions: operation, provider, reque
 response model, token usage, finish reasons. Prompts and completions are never recorded on it.
 Transport and HTTP failures (after the SDK's own retries) become PlanningFailed with a reason
 that says what to do; what the model answered (a refusal, a cut-off) is the caller's to judge.
+What the server said is quoted redacted: a server that echoes the API key back (verbatim,
+URL- or JSON-escaped) gets `[redacted]` quoted instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from plangate import telemetry
 from plangate.errors import PlanningFailed
+from plangate.redaction import redact
 from schemas.messages import TokenUsage
 
 PROVIDER = "openai"
@@ -75,6 +78,13 @@ class ChatModel:
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR))
                 raise PlanningFailed([self._reason(exc)]) from exc
+            except RecursionError:
+                # The SDK parses the HTTP body with plain json: a body nested thousands deep.
+                span.set_attribute("error.type", "nested_too_deep")
+                span.set_status(Status(StatusCode.ERROR))
+                raise PlanningFailed(
+                    [f"the model server at {url} answered JSON nested too deeply to read"]
+                ) from None
             usage = TokenUsage(
                 input_tokens=completion.usage.prompt_tokens if completion.usage else 0,
                 output_tokens=completion.usage.completion_tokens if completion.usage else 0,
@@ -141,5 +151,6 @@ class ChatModel:
 
 def _detail(exc: openai.OpenAIError) -> str:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    text = " ".join(str(message).split())
+    # Redacted before it is cut, so no prefix of a secret survives at the cut.
+    text = redact(" ".join(str(message).split()))
     return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"

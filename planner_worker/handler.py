@@ -21,6 +21,7 @@ from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import PlanningFailed, Reject, Retry, Unavailable
+from plangate.redaction import redact
 from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import ensure_goal, get_goal, latest_plan, plan_of, plan_row, transition
 from plangate.store.outbox import emit
@@ -40,6 +41,7 @@ from schemas import (
     utcnow,
     validate_plan,
 )
+from schemas.decoding import storable_text
 from schemas.messages import TokenUsage
 
 ACTOR = "planner"
@@ -250,6 +252,8 @@ def _store_proposal(session: Session, plan: Plan, draft: Draft) -> list[Envelope
 
 
 def _store_failure(session: Session, goal_id: str, reasons: list[str]) -> list[Envelope]:
+    # Reasons quote model servers, which may echo a secret: redacted before the bus sees them.
+    reasons = [storable_text(redact(reason)) for reason in reasons]
     transition(session, goal_id, "plan_failed", actor=ACTOR, reason="; ".join(reasons))
     return [emit(session, PlanFailed(goal_id=goal_id, reasons=reasons))]
 

@@ -8,7 +8,6 @@ ramble until `max_tokens`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +20,7 @@ from planner_worker.strict_schema import (
     strict_defs,
 )
 from schemas import Catalog, Step, ToolSpec
+from schemas.decoding import JsonRefused, strict_json_loads
 
 SCHEMA_NAME = "plangate_plan"
 MAX_STEPS = 20  # well under the validator's 50: a model that needs more is rambling
@@ -112,14 +112,16 @@ class _Answer(BaseModel):
 def read_answer(content: str | None, catalog: Catalog) -> tuple[str, tuple[Step, ...]]:
     """Return (summary, steps) from a model's answer; AnswerInvalid when it is not a plan.
 
-    Servers without strict mode may answer anything, so the shape is checked here again.
+    Servers without strict mode may answer anything, so the shape is checked here again; the
+    JSON is read within the one reader's bounds (size, nesting depth, encodable text).
     """
     if not content or not content.strip():
         raise AnswerInvalid(["the answer was empty; answer with one JSON plan"])
     try:
-        answer = _Answer.model_validate(json.loads(content))
-    except json.JSONDecodeError as exc:
-        raise AnswerInvalid([f"the answer is not JSON ({exc.msg} at {exc.pos})"]) from exc
+        answer = _Answer.model_validate(strict_json_loads(content))
+    except JsonRefused as exc:
+        what = "is not JSON" if exc.problem == "syntax" else "cannot be read"
+        raise AnswerInvalid([f"the answer {what} ({exc}); answer with one JSON plan"]) from None
     except ValidationError as exc:
         raise AnswerInvalid([_shape_problem(e) for e in exc.errors()]) from exc
     steps = []

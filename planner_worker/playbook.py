@@ -92,6 +92,8 @@ class PlaybookPlanner:
             parsed = PlaybookFile.model_validate(yaml.safe_load(text))
         except (yaml.YAMLError, ValidationError) as exc:
             raise ConfigError(f"playbook file {source} is invalid: {exc}") from exc
+        except RecursionError:
+            raise ConfigError(f"playbook file {source} is nested too deeply to read") from None
         return cls(parsed.playbooks, source)
 
     def draft(self, goal: GoalSubmitted, catalog: Catalog) -> Draft:

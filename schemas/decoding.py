@@ -2,15 +2,17 @@
 
 Order matters: the size is checked before parsing, the content type and encoding before the
 bytes are trusted, the version before the model. Any failure is a MessageRejected with a reason
-fit for the dead-letter queue.
+fit for the dead-letter queue. `strict_json_loads` is the one bounded JSON reader: the HTTP
+intake and the LLM planner read with it too.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -18,17 +20,36 @@ from schemas.errors import MessageRejected
 from schemas.messages import MESSAGE_MODELS, SUPPORTED_SCHEMA_VERSIONS, Message
 
 MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 64
+"""Arrays and objects nest at most this deep in any JSON plangate reads: far past any real
+message or plan, and far from the recursion limit of what reads it next (pydantic, hashing)."""
 ACCEPTED_CONTENT_TYPE = "application/json"
+JsonProblem = Literal["size", "syntax", "depth", "text"]
+# Code points that cannot be encoded as UTF-8 (a lone surrogate) or stored in PostgreSQL (NUL).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
+# Messages that come from outside plangate, whose text is stored as it is: NUL is refused too.
+_OUTSIDE_TYPES = frozenset({"goal.submitted"})
+
+
+class JsonRefused(MessageRejected):
+    """JSON plangate will not read; `problem` says which limit it broke (size, depth, ...)."""
+
+    def __init__(self, reason: str, problem: JsonProblem) -> None:
+        self.problem = problem
+        super().__init__(reason)
 
 
 def _refuse_constant(name: str) -> Any:
-    raise MessageRejected(f"JSON contains {name}, which is not allowed")
+    raise JsonRefused(f"JSON contains {name}, which is not allowed", "syntax")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # 1e400 parses to inf without ever saying "Infinity"
-        raise MessageRejected(f"JSON number {_shown(text)} overflows to infinity; not allowed")
+        raise JsonRefused(
+            f"JSON number {_shown(text)} overflows to infinity; not allowed", "syntax"
+        )
     return value
 
 
@@ -42,30 +63,89 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise MessageRejected(f"JSON object repeats the key {key!r}")
+            raise JsonRefused(f"JSON object repeats the key {_shown(key)}", "syntax")
         result[key] = value
     return result
 
 
-def strict_json_loads(body: bytes) -> Any:
-    """Parse JSON bytes, refusing NaN, Infinity (also by overflow) and duplicate keys."""
+def strict_json_loads(
+    body: bytes | str,
+    *,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    max_depth: int = MAX_JSON_DEPTH,
+    allow_nul: bool = True,
+) -> Any:
+    """Parse JSON within bounds, or raise JsonRefused saying which one it broke.
+
+    The one JSON reader for anything from outside (messages, HTTP bodies, model answers):
+    at most `max_bytes` (characters, for text), nested at most `max_depth` deep, UTF-8,
+    no NaN or Infinity (also by overflow), no repeated key, no lone surrogate (it cannot be
+    encoded again, so neither hashed nor stored), and no NUL unless `allow_nul`.
+    """
+    if len(body) > max_bytes:
+        raise JsonRefused(f"JSON is {len(body)} bytes long; the limit is {max_bytes}", "size")
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise JsonRefused(f"body is not UTF-8: {exc.reason}", "syntax") from exc
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise MessageRejected(f"body is not UTF-8: {exc.reason}") from exc
-    try:
-        return json.loads(
-            text,
+        value = json.loads(
+            body,
             parse_constant=_refuse_constant,
             parse_float=_finite_float,
             object_pairs_hook=_no_duplicate_keys,
         )
     except json.JSONDecodeError as exc:
-        raise MessageRejected(f"body is not valid JSON: {exc.msg} at char {exc.pos}") from exc
+        raise JsonRefused(f"body is not valid JSON: {exc.msg} at char {exc.pos}", "syntax") from exc
     except RecursionError as exc:
-        raise MessageRejected("JSON is nested too deeply") from exc
+        raise JsonRefused(_too_deep(max_depth), "depth") from exc
     except ValueError as exc:  # e.g. an integer of more digits than int() converts (4300)
-        raise MessageRejected(f"JSON cannot be read: {exc}") from exc
+        raise JsonRefused(f"JSON cannot be read: {exc}", "syntax") from exc
+    check_json_value(value, max_depth=max_depth, allow_nul=allow_nul)
+    return value
+
+
+def check_json_value(
+    value: Any, *, max_depth: int = MAX_JSON_DEPTH, allow_nul: bool = True
+) -> None:
+    """Raise JsonRefused if `value` nests deeper than `max_depth` or holds text not storable.
+
+    Walked with a stack, not recursion: this is what guards the readers that recurse.
+    """
+    bad = _SURROGATE if allow_nul else _UNSTORABLE
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if bad.search(item):
+                raise JsonRefused(_unstorable(item, bad), "text")
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                raise JsonRefused(_too_deep(max_depth), "depth")
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
+def storable_text(text: str) -> str:
+    """Return `text` with what cannot be encoded or stored (lone surrogates, NUL) as U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+
+
+def _too_deep(max_depth: int) -> str:
+    return f"JSON is nested too deeply (more than {max_depth} levels); flatten it"
+
+
+def _unstorable(text: str, bad: re.Pattern[str]) -> str:
+    found = bad.search(text)
+    what = "NUL" if found and found.group(0) == "\x00" else "a lone surrogate"
+    return (
+        f"JSON text {_shown(text, 40)} holds {what}, which cannot be stored; "
+        "send valid Unicode text without NUL"
+    )
 
 
 def decode_message(
@@ -86,9 +166,11 @@ def decode_message(
         raise MessageRejected(f"content encoding {content_encoding!r} is not accepted")
     if headers and "compression" in headers:
         raise MessageRejected("compressed messages are not accepted")
-    data = strict_json_loads(body)
+    data = strict_json_loads(body, max_bytes=max_bytes)
     if not isinstance(data, dict):
         raise MessageRejected("body is not a JSON object")
+    if isinstance(data.get("type"), str) and data["type"] in _OUTSIDE_TYPES:
+        check_json_value(data, allow_nul=False)
     version = data.get("schema_version")
     # type() is int: true == 1 and 1.0 == 1 are not versions; a list is not even hashable
     if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:

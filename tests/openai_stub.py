@@ -3,12 +3,16 @@
 It speaks real HTTP on 127.0.0.1 (a free port), so the planner's real `openai` SDK talks to it
 as it would to OpenAI, vLLM or llama.cpp. Each test queues the replies it wants, in order;
 a request with nothing left to answer gets HTTP 418, which fails the goal loudly.
+`echoing()` answers an error that quotes the request's Authorization header back, as a careless
+or hostile server would.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
+import urllib.parse
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,6 +33,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     gather: int = 0
+    echo: bool = False
+    raw: bytes | None = None  # sent as it is, instead of `body`
 
 
 def completion(
@@ -73,6 +79,23 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> R
     """An OpenAI-style error answer."""
     body = {"error": {"message": message, "type": "stub_error", "code": None, "param": None}}
     return Reply(status=status, body=body, headers=headers or {})
+
+
+def echoing(status: int = 401) -> Reply:
+    """An error quoting the request's Authorization header: raw, URL-encoded, JSON, base64."""
+    return Reply(status=status, echo=True)
+
+
+def echo_body(authorization: str) -> dict[str, Any]:
+    """The body of an echoing answer for `authorization`."""
+    quoted = urllib.parse.quote(authorization, safe="")
+    encoded = base64.b64encode(authorization.encode()).decode()
+    escaped = json.dumps(authorization)
+    message = (
+        f"Incorrect API key provided: {authorization}. url={quoted} json={escaped} b64={encoded}"
+    )
+    body = {"message": message, "type": "invalid_request_error", "code": authorization}
+    return {"error": {**body, "param": json.dumps({"authorization": authorization})}}
 
 
 class OpenAIStub:
@@ -132,7 +155,10 @@ class OpenAIStub:
                         stub._gather(reply.gather)
                     if reply.delay:
                         stub._closing.wait(reply.delay)
-                    data = json.dumps(reply.body).encode()
+                    answer = reply.body
+                    if reply.echo:
+                        answer = echo_body(self.headers.get("Authorization", ""))
+                    data = reply.raw if reply.raw is not None else json.dumps(answer).encode()
                     self.send_response(reply.status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))

@@ -61,6 +61,11 @@ def records_of(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
                             {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()}
                             for link in span.links
                         ],
+                        "events": [
+                            {"name": event.name, "attributes": attributes_of(event.attributes)}
+                            for event in span.events
+                        ],
+                        "status": {"code": span.status.code, "message": span.status.message},
                     }
                 )
     return records

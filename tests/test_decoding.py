@@ -218,7 +218,9 @@ def test_a_body_that_is_a_json_array_is_rejected() -> None:
 
 
 def test_deeply_nested_json_is_rejected_rather_than_crashing_the_worker() -> None:
-    assert rejection(b"[" * 100_000) == "JSON is nested too deeply"
+    assert rejection(b"[" * 100_000).startswith("JSON is nested too deeply")
+    # Within what the parser reads, past what plangate accepts: refused by the bound.
+    assert rejection(b"[" * 65 + b"]" * 65).startswith("JSON is nested too deeply")
 
 
 def test_an_integer_too_long_to_convert_is_rejected_rather_than_crashing_the_worker() -> None:

@@ -84,7 +84,7 @@ def test_a_refusal_never_shows_the_routing_key(server: HttpRecorder) -> None:
     message = str(failure.value)
     assert "PagerDuty refused the request: HTTP 400" in message
     assert "Event object is invalid" in message
-    assert "routing_key *** is not a known integration key" in message
+    assert "routing_key [redacted] is not a known integration key" in message
     assert "Events API v2 integration key" in message
     assert ROUTING_KEY not in message
     assert ROUTING_KEY not in repr(failure.value.__cause__)
@@ -97,7 +97,7 @@ def test_an_answer_quoting_the_routing_key_is_scrubbed_from_the_output(
 
     output = pagerduty_trigger.invoke({"summary": "disk full"}, CONTEXT)
 
-    assert output == {"dedup_key": CONTEXT.idempotency_key, "status": "queued for ***"}
+    assert output == {"dedup_key": CONTEXT.idempotency_key, "status": "queued for [redacted]"}
 
 
 def test_an_answer_that_is_not_json_fails_without_the_routing_key(server: HttpRecorder) -> None:

@@ -6,6 +6,7 @@ import base64
 
 from plangate.bus.envelope import Delivery, Envelope
 from plangate.bus.topology import Topology
+from plangate.redaction import redact
 from schemas import DeadLetter
 
 # Only these headers are copied into a dead letter: anything else may carry a secret.
@@ -21,17 +22,25 @@ _KEPT_HEADERS = (
 def dead_letter_envelope(
     body: bytes, content_type: str | None, delivery: Delivery, reason: str
 ) -> Envelope:
-    """Build the envelope that carries a failed message to the dead-letter queue."""
+    """Build the envelope that carries a failed message to the dead-letter queue.
+
+    Text that came with the message is kept as UTF-8 can carry it (a lone surrogate escaped),
+    so that writing the letter cannot fail on what a hostile sender put in it.
+    """
     letter = DeadLetter(
-        reason=reason,
+        reason=redact(_text(reason)),
         queue=delivery.queue,
-        routing_key=delivery.routing_key,
-        content_type=content_type,
-        headers={k: v for k, v in delivery.headers.items() if k in _KEPT_HEADERS},
+        routing_key=_text(delivery.routing_key),
+        content_type=None if content_type is None else _text(content_type),
+        headers={k: _text(v) for k, v in delivery.headers.items() if k in _KEPT_HEADERS},
         body_b64=base64.b64encode(body).decode("ascii"),
     )
     headers = {k: v for k, v in delivery.headers.items() if k in ("traceparent", "tracestate")}
     return Envelope(Topology.dead_key(delivery.queue), encode_message_bytes(letter), headers)
+
+
+def _text(value: str) -> str:
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def encode_message_bytes(letter: DeadLetter) -> bytes:

@@ -4,6 +4,10 @@ Retries resend the very same request, headers included, so a write carrying an i
 (an `Idempotency-Key` header, a PagerDuty `dedup_key`) is deduplicated by the receiver even
 when an earlier attempt did arrive and only its answer was lost.
 
+Whatever a receiver answers is quoted redacted (`plangate.redaction`): the integrations register
+their keys there when they read them, so a receiver (or a proxy) that echoes one back gets
+`[redacted]` quoted instead.
+
 Timeouts and retries come from `PLANGATE_HTTP_TIMEOUT` (seconds per attempt, default 10),
 `PLANGATE_HTTP_ATTEMPTS` (default 3) and `PLANGATE_HTTP_BACKOFF` (seconds before the first
 retry, doubled each time, default 0.5).
@@ -16,7 +20,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +29,8 @@ from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate.errors import ToolError
+from plangate.redaction import redact
+from schemas.decoding import JsonRefused, strict_json_loads
 
 # Asked again later, these may well succeed; any other 4xx will not.
 _RETRYABLE_4XX = frozenset({408, 429})
@@ -51,14 +57,15 @@ class Response:
     body: bytes
     attempts: int
 
-    def json(self, service: str, secrets: Collection[str] = ()) -> Any:
-        """Return the body parsed as JSON; a ToolError naming `service` if it is not JSON."""
+    def json(self, service: str) -> Any:
+        """Return the body parsed as JSON (bounded); a ToolError naming `service` if it is not."""
         try:
-            return json.loads(self.body)
-        except ValueError:
+            return strict_json_loads(self.body, max_bytes=_MAX_BODY)
+        except JsonRefused as exc:
+            what = "is not JSON" if exc.problem == "syntax" else f"cannot be read ({exc})"
             raise ToolError(
-                f"{service} answered HTTP {self.status} with a body that is not JSON: "
-                f"{excerpt(self.body, secrets)}"
+                f"{service} answered HTTP {self.status} with a body that {what}: "
+                f"{excerpt(self.body)}"
             ) from None
 
 
@@ -78,13 +85,12 @@ def send(
     service: str,
     json_body: Any = None,
     headers: Mapping[str, str] | None = None,
-    secrets: Collection[str] = (),
     hint: str = "",
 ) -> Response:
     """Send one request, retrying 5xx, 408, 429 and network failures; return the 2xx answer.
 
-    `service` names the receiver in errors; `secrets` are blanked out of any text quoted from
-    the receiver; `hint` is added to a refusal (a 4xx) to say what to check.
+    `service` names the receiver in errors; `hint` is added to a refusal (a 4xx) to say what
+    to check. Text quoted from the receiver is redacted.
     """
     if urlsplit(url).scheme not in ("http", "https"):
         raise ToolError(f"{service}: only http and https URLs are supported")
@@ -109,10 +115,10 @@ def send(
         except urllib.error.HTTPError as exc:
             with exc:
                 status, body = exc.code, exc.read(_MAX_BODY)
-            _raise_if_final(service, status, body, secrets, hint)
-            last = f"HTTP {status}: {excerpt(body, secrets)}"
+            _raise_if_final(service, status, body, hint)
+            last = f"HTTP {status}: {excerpt(body)}"
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            last = _describe_failure(exc)
+            last = redact(_describe_failure(exc))
     raise ToolError(
         f"{service} did not answer successfully after {settings.attempts} attempt(s); "
         f"last: {last}; check that it is reachable (PLANGATE_HTTP_TIMEOUT, "
@@ -120,19 +126,14 @@ def send(
     )
 
 
-def excerpt(body: bytes, secrets: Collection[str] = ()) -> str:
-    """Return the start of `body` as one line of text, with every secret blanked out."""
-    text = " ".join(body.decode("utf-8", errors="replace").split())
-    # Blank out before cutting, so no prefix of a secret survives at the cut.
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+def excerpt(body: bytes) -> str:
+    """Return the start of `body` as one line of text, with every known secret redacted."""
+    # Redacted before it is cut, so no prefix of a secret survives at the cut.
+    text = redact(" ".join(body.decode("utf-8", errors="replace").split()))
     return text if len(text) <= _EXCERPT else text[:_EXCERPT] + "..."
 
 
-def _raise_if_final(
-    service: str, status: int, body: bytes, secrets: Collection[str], hint: str
-) -> None:
+def _raise_if_final(service: str, status: int, body: bytes, hint: str) -> None:
     if 300 <= status < 400:
         raise ToolError(
             f"{service} answered HTTP {status} (a redirect); redirects are not followed: "
@@ -140,9 +141,7 @@ def _raise_if_final(
         )
     if 400 <= status < 500 and status not in _RETRYABLE_4XX:
         advice = f"; {hint}" if hint else ""
-        raise ToolError(
-            f"{service} refused the request: HTTP {status}: {excerpt(body, secrets)}{advice}"
-        )
+        raise ToolError(f"{service} refused the request: HTTP {status}: {excerpt(body)}{advice}")
 
 
 def _describe_failure(exc: Exception) -> str:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate.errors import ToolError
 from plangate.integrations.http import send
+from plangate.redaction import register_secrets
 from plangate.tools import tool
 
 OPEN_ISSUES = "statusCategory != Done"
@@ -52,17 +53,16 @@ def count_issues(jql: str | None = None) -> int:
             "JIRA_URL is not set; set it to your Jira site, e.g. https://jira.example.com"
         )
     query = jql or settings.jql.strip() or OPEN_ISSUES
-    headers, secrets = _auth(settings)
+    headers = _auth(settings)
     answer = send(
         "GET",
         f"{site}/rest/api/2/search?{urlencode({'jql': query, 'maxResults': 0})}",
         service="Jira",
         headers=headers,
-        secrets=secrets,
         hint="check JIRA_URL, the JQL, and JIRA_USER with JIRA_API_TOKEN or JIRA_TOKEN",
     )
     try:
-        return _SearchPage.model_validate(answer.json("Jira", secrets)).total
+        return _SearchPage.model_validate(answer.json("Jira")).total
     except ValidationError:
         raise ToolError(
             "Jira's search answer has no total; check that JIRA_URL is the Jira site itself"
@@ -75,16 +75,18 @@ def jira_issue_count(jql: Annotated[str, Field(max_length=2000)] = "") -> int:
     return count_issues(jql or None)
 
 
-def _auth(settings: JiraSettings) -> tuple[dict[str, str], list[str]]:
+def _auth(settings: JiraSettings) -> dict[str, str]:
+    """Return the Authorization header; its secrets are registered for redaction first."""
     user, api_token = settings.user.strip(), settings.api_token.get_secret_value().strip()
     token = settings.token.get_secret_value().strip()
+    basic = base64.b64encode(f"{user}:{api_token}".encode()).decode() if api_token else ""
+    register_secrets([token, api_token, basic])
     if token and (user or api_token):
         raise ToolError("set either JIRA_TOKEN, or JIRA_USER with JIRA_API_TOKEN, not both")
     if token:
-        return {"Authorization": f"Bearer {token}"}, [token]
+        return {"Authorization": f"Bearer {token}"}
     if bool(user) != bool(api_token):
         raise ToolError("JIRA_USER and JIRA_API_TOKEN go together: set both, or JIRA_TOKEN")
     if not user:
-        return {}, []  # an anonymous search, as a public Jira allows
-    basic = base64.b64encode(f"{user}:{api_token}".encode()).decode()
-    return {"Authorization": f"Basic {basic}"}, [api_token, basic]
+        return {}  # an anonymous search, as a public Jira allows
+    return {"Authorization": f"Basic {basic}"}

@@ -3,7 +3,8 @@
 The step's idempotency key is the event's `dedup_key`: PagerDuty folds every trigger with the
 same key into one open incident, so a step re-run after a crash pages nobody twice.
 `PAGERDUTY_ROUTING_KEY` (the service's Events API v2 integration key) is a secret: it goes in
-the request body and nowhere else, not in outputs, errors or logs.
+the request body and nowhere else; it is registered with `plangate.redaction` as it is read,
+so no output, error or log line quotes it, even when PagerDuty (or a proxy) echoes it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate.errors import ToolError
 from plangate.integrations.http import excerpt, send
+from plangate.redaction import register_secret
 from plangate.tools import ToolContext, tool
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
@@ -52,6 +54,7 @@ def trigger(
     """Send a trigger event deduplicated by the step's idempotency key; return what PD said."""
     settings = PagerDutySettings()
     routing_key = settings.routing_key.get_secret_value().strip() if settings.routing_key else ""
+    register_secret(routing_key)
     if not routing_key:
         raise ToolError(
             "PAGERDUTY_ROUTING_KEY is not set; set it to the Events API v2 integration key "
@@ -77,16 +80,15 @@ def trigger(
         settings.events_url,
         service="PagerDuty",
         json_body=event,
-        secrets=[routing_key],
         hint="check that PAGERDUTY_ROUTING_KEY is the service's Events API v2 integration key",
     )
-    reply = answer.json("PagerDuty", [routing_key])
+    reply = answer.json("PagerDuty")
     said = reply.get("status") if isinstance(reply, dict) else None
     # PagerDuty echoes the dedup_key it was sent; ours is reported, and its words are scrubbed
     # in case a proxy or a test double echoes the request back.
     return PagerDutyEvent(
         dedup_key=context.idempotency_key,
-        status=excerpt(str(said or "success").encode(), [routing_key]),
+        status=excerpt(str(said or "success").encode()),
     )
 
 

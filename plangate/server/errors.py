@@ -1,4 +1,9 @@
-"""The server's errors: every failure answers JSON `{"error": "...what to do..."}`."""
+"""The server's errors: every failure answers JSON `{"error": "...what to do..."}`.
+
+Every answer is redacted (`plangate.redaction`): an error quoting a secret says `[redacted]`.
+An unexpected error answers 500 JSON, never the framework's plain text; text that cannot be
+encoded (a lone surrogate that got past the door) answers 422.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
+from plangate.redaction import redact
 
 
 class ApiError(Exception):
@@ -23,8 +29,8 @@ class ApiError(Exception):
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """Return the JSON error body every route answers with."""
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    """Return the JSON error body every route answers with (redacted)."""
+    return JSONResponse({"error": redact(message)}, status_code=status, headers=headers)
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
@@ -51,9 +57,10 @@ async def _input_invalid(request: Request, exc: Exception) -> JSONResponse:
 async def _plan_invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PlanInvalid)
     body = {
-        "error": f"{exc}; fix the steps and send them again",
+        "error": redact(f"{exc}; fix the steps and send them again"),
         "problems": [
-            {"code": p.code, "message": p.message, "step_id": p.step_id} for p in exc.problems
+            {"code": p.code, "message": redact(p.message), "step_id": p.step_id}
+            for p in exc.problems
         ],
     }
     return JSONResponse(body, status_code=422)
@@ -72,6 +79,17 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, f"invalid request: {problems}")
 
 
+async def _unencodable(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(
+        422, "the request holds text that cannot be encoded (a lone surrogate); send valid Unicode"
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # The framework logs the error itself (redacted, as every record); the caller gets JSON.
+    return error_response(500, "the server failed on this request; its log says why")
+
+
 def install_handlers(app: FastAPI) -> None:
     """Make every error, ours or the framework's, answer `{"error": ...}`."""
     app.add_exception_handler(ApiError, _api_error)
@@ -82,3 +100,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PlanInvalid, _plan_invalid)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(UnicodeEncodeError, _unencodable)
+    app.add_exception_handler(Exception, _unexpected)

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from plangate import telemetry
 from plangate.client import Client, GoalHandle
+from plangate.redaction import redact
 from plangate.server.auth import require_intake_token
 from plangate.server.deps import get_client
 from plangate.server.errors import ApiError
@@ -147,4 +148,6 @@ async def submit_goal(
 def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) -> GoalState:
     """Return where a goal stands (404 if there is no such goal)."""
     current = client.status(goal_id)
-    return GoalState(**asdict(current), terminal=current.terminal)
+    state = GoalState(**asdict(current), terminal=current.terminal)
+    # Reasons are stored redacted; this process may know secrets the one that wrote it did not.
+    return state.model_copy(update={"reason": redact(state.reason) if state.reason else None})

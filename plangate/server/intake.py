@@ -2,12 +2,14 @@
 
 Every refusal is an `ApiError` whose message says what to send instead. A CloudEvent's goal is
 idempotent on the event: its key is `{source}/{id}`, so the same event twice yields one goal.
+Bodies are read with the one bounded JSON reader (`schemas.decoding.strict_json_loads`): JSON
+nested too deep is a 422, and so is text that cannot be stored (a lone surrogate, NUL), before
+anything reaches the store.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,12 +20,15 @@ from cloudevents.core.formats.json import JSONFormat
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plangate.server.errors import ApiError
+from schemas.decoding import JsonRefused, strict_json_loads
 
 GOAL_EVENT_TYPE = "dev.plangate.goal.submitted"
 JSON = "application/json"
 CLOUDEVENT_JSON = "application/cloudevents+json"
 _KEY_LIMIT = 200  # GoalSubmitted.idempotency_key's max_length
 _REQUIRED = ("specversion", "id", "source", "type")
+_BODY_LIMIT = 1024 * 1024  # the route's own limit is lower; this bounds any other caller
+_STATUS = {"size": 413, "syntax": 400, "depth": 422, "text": 422}
 _NEEDS = "a CloudEvent 1.0 needs specversion, id, source and type"
 
 
@@ -65,11 +70,17 @@ def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
     )
 
 
-def _json_object(body: bytes, what: str) -> dict[str, Any]:
+def _json_value(body: bytes, what: str) -> Any:
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"{what} is not valid JSON ({exc}); send a JSON object") from exc
+        return strict_json_loads(body, max_bytes=_BODY_LIMIT, allow_nul=False)
+    except JsonRefused as exc:
+        if exc.problem == "syntax":
+            raise ApiError(400, f"{what} is not valid JSON ({exc}); send a JSON object") from exc
+        raise ApiError(_STATUS[exc.problem], f"{what} is refused: {exc}") from exc
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    value = _json_value(body, what)
     if not isinstance(value, dict):
         raise ApiError(400, f"{what} must be a JSON object, not {type(value).__name__}")
     return value
@@ -91,6 +102,8 @@ def _validated(fields: Mapping[str, Any]) -> GoalRequest:
 def _event_goal(headers: dict[str, str], body: bytes) -> GoalRequest:
     if "ce-specversion" in headers:
         given = {name.removeprefix("ce-"): value for name, value in headers.items()}
+        if body.strip():  # bounded and storable before the SDK reads it
+            _json_value(body, "the event's data")
     else:
         given = _json_object(body, "the CloudEvent")  # a clear 400 before the SDK's own errors
     # The SDK fills in a missing id with a random one, which would defeat idempotency.

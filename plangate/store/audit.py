@@ -1,4 +1,8 @@
-"""The append-only audit log: each entry hashes the one before, so tampering shows."""
+"""The append-only audit log: each entry hashes the one before, so tampering shows.
+
+What an entry records is redacted before it is hashed and stored (`plangate.redaction`), and
+text that cannot be encoded is replaced, so a secret never enters the log and no hash fails.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,12 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from plangate.redaction import redact
 from plangate.store.claims import insert_if_absent
 from plangate.store.engine import Store
 from plangate.store.models import AuditHeadRow, AuditRow
 from schemas import canonical_json, utcnow
+from schemas.decoding import storable_text
 from schemas.hashing import sha256_hex
 
 GENESIS = "0" * 64
@@ -63,7 +69,8 @@ def append(
         insert_if_absent(session, AuditHeadRow, {"id": 1, "seq": 0, "hash": GENESIS})
         head = session.execute(_HEAD).one()
     prev_seq, prev_hash = int(head.seq), str(head.hash)
-    payload = dict(data or {})
+    payload: dict[str, Any] = _outward(dict(data or {}))
+    actor = _outward(actor)
     seq = prev_seq + 1
     at = utcnow().isoformat()
     digest = entry_hash(prev_hash, seq, at, goal_id, kind, actor, payload)
@@ -72,6 +79,17 @@ def append(
     session.execute(_INSERT_ENTRY, entry)
     session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": digest})
     return seq
+
+
+def _outward(value: Any) -> Any:
+    """Return `value` with every string (keys too) redacted and made storable."""
+    if isinstance(value, str):
+        return storable_text(redact(value))
+    if isinstance(value, dict):
+        return {_outward(key): _outward(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_outward(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)

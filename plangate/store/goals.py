@@ -10,9 +10,11 @@ from sqlalchemy.orm import Session
 
 from plangate import telemetry
 from plangate.errors import NotFound
+from plangate.redaction import redact
 from plangate.store import audit
 from plangate.store.models import GoalRow, GoalStatus, PlanRow
 from schemas import GoalSubmitted, Plan, plan_hash
+from schemas.decoding import storable_text
 
 
 def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str, str]) -> GoalRow:
@@ -61,7 +63,12 @@ def transition(
     reason: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> GoalRow:
-    """Move a goal to `status` and record the move in the audit log."""
+    """Move a goal to `status` and record the move in the audit log.
+
+    The reason is redacted and made storable: it is shown by every status command and answer.
+    """
+    if reason is not None:
+        reason = storable_text(redact(reason))
     row = get_goal(session, goal_id)
     row.status = status
     row.status_reason = reason

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from plangate.errors import OutcomeUnknown, ToolError, ToolLoadError
+from plangate.redaction import redact
 from plangate.tools.mcp.servers_file import HttpServer, ServerConfig, StdioServer
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class Connection:
             raise ToolLoadError(f"{self.where} {self._failure(exc)}") from exc
 
     def _failure(self, exc: BaseException) -> str:
-        reason = "; ".join(f"{type(e).__name__}: {e}" for e in leaves(exc))
+        reason = redact("; ".join(f"{type(e).__name__}: {e}" for e in leaves(exc)))
         if isinstance(self.config, StdioServer):
             return f"could not be started with {self.config.command!r}: {reason}; fix its command"
         url = _without_secrets(self.config.url)

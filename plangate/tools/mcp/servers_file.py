@@ -11,10 +11,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from plangate import redaction
 from plangate.errors import ToolLoadError
 from schemas.tool_spec import Effect
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Headers and variables whose values are credentials: known to the redaction point once read.
+_SECRET_HEADER = re.compile(r"authorization|cookie|token|key|secret|password|auth", re.I)
 
 
 class ToolOverride(BaseModel):
@@ -70,6 +73,8 @@ def read_server_list(path: Path) -> dict[str, ServerConfig]:
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
         kind = "YAML" if yaml_file else "JSON (name it .yaml for YAML)"
         raise ToolLoadError(f"MCP server list {path} is not valid {kind}: {exc}") from exc
+    except RecursionError:
+        raise ToolLoadError(f"MCP server list {path} is nested too deeply to read") from None
     if not isinstance(data, dict) or not isinstance(data.get("mcpServers"), dict):
         raise ToolLoadError(
             f'MCP server list {path} must be an object with "mcpServers": {{name: server, ...}}'
@@ -93,11 +98,19 @@ def _server(name: str, raw: Any, path: Path) -> ServerConfig:
         server = model.model_validate(raw)
     except ValidationError as exc:
         raise ToolLoadError(f"{where}: {describe(exc, model)}") from exc
-    # Values from the environment keep secrets (a token) out of the file.
+    # Values from the environment keep secrets (a token) out of the file; whatever a header
+    # takes from it, and any credential header or variable, is a secret from then on.
     if isinstance(server, StdioServer):
-        server.env = {k: _expand(v, f"{where}, env {k}") for k, v in server.env.items()}
+        server.env = {
+            k: _expand(v, f"{where}, env {k}", secret=False) for k, v in server.env.items()
+        }
+        secrets = [v for k, v in server.env.items() if _SECRET_HEADER.search(k)]
+        redaction.register_secrets(secrets)
     else:
         server.headers = {k: _expand(v, f"{where}, header {k}") for k, v in server.headers.items()}
+        for name, value in server.headers.items():
+            if _SECRET_HEADER.search(name):
+                redaction.register_header(value)
     return server
 
 
@@ -115,11 +128,13 @@ def describe(exc: ValidationError, model: type[BaseModel]) -> str:
     return "; ".join(parts)
 
 
-def _expand(value: str, where: str) -> str:
+def _expand(value: str, where: str, *, secret: bool = True) -> str:
     def variable(match: re.Match[str]) -> str:
         found = os.environ.get(match.group(1))
         if found is None:
             raise ToolLoadError(f"{where}: environment variable {match.group(1)} is not set")
+        if secret or _SECRET_HEADER.search(match.group(1)):
+            redaction.register_secret(found)
         return found
 
     return _VARIABLE.sub(variable, value)

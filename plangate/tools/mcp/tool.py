@@ -10,6 +10,7 @@ from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
 from plangate.errors import ToolError, ToolLoadError
+from plangate.redaction import redact
 from plangate.tools.context import ToolContext
 from plangate.tools.decorator import Tool
 from plangate.tools.mcp.connection import Connection, leaves, urls_without_secrets
@@ -86,11 +87,12 @@ class McpTool(Tool[..., Any]):
         except Exception as exc:
             reason = "; ".join(str(e) or type(e).__name__ for e in leaves(exc))
             # Transport errors quote the URL, tokens in its query too: step records keep it.
-            reason = urls_without_secrets(reason)
+            reason = redact(urls_without_secrets(reason))
             raise ToolError(f"tool {self.name} failed: {reason}") from exc
         texts = [_describe_block(block) for block in result.content]
         if result.is_error:
-            reason = " ".join(texts) or "the server gave no reason"
+            # The server's own words: it may echo the token it was sent.
+            reason = redact(" ".join(texts)) or "the server gave no reason"
             raise ToolError(f"tool {self.name} failed: {reason}")
         if result.structured_content is not None:
             return result.structured_content
