@@ -225,13 +225,18 @@ def _parse(data: bytes, source: str) -> tuple[PolicyFile, list[int]]:
         raw = yaml.safe_load(text)
     except UnicodeDecodeError as exc:
         raise PolicyError(f"{source} is not UTF-8 text") from exc
+    except RecursionError as exc:  # PyYAML recurses once per level of nesting
+        raise PolicyError(f"{source} nests too deep to be a policy") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)  # most YAML errors say where they are
         problem = f"{source} is not valid YAML: {getattr(exc, 'problem', None) or exc}"
         raise PolicyError(problem, line=mark.line + 1 if mark else None) from exc
     if not isinstance(root, yaml.MappingNode) or not isinstance(raw, dict):
         raise PolicyError(f"{source} must be a YAML mapping with `mode` and `rules`", line=1)
-    _refuse_repeated_keys(root, source)
+    try:
+        _refuse_repeated_keys(root, source)
+    except RecursionError as exc:
+        raise PolicyError(f"{source} nests too deep to be a policy") from exc
     rules = next((value for key, value in root.value if key.value == "rules"), None)
     nodes = rules.value if isinstance(rules, yaml.SequenceNode) else []
     lines = [node.start_mark.line + 1 for node in nodes]

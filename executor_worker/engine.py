@@ -22,6 +22,7 @@ from opentelemetry.trace import Span
 from executor_worker.ledger import Claim, StepLedger
 from plangate import faults, telemetry
 from plangate.errors import OutcomeUnknown, ToolError
+from plangate.redaction import redact
 from plangate.tools import Tool, ToolContext, ToolRegistry
 from schemas import Plan, Step
 from schemas.hashing import sha256_hex
@@ -258,9 +259,10 @@ def invoke(
     except ToolError as exc:
         span.set_attribute("error.type", type(exc).__name__)
         status = "unknown" if isinstance(exc, OutcomeUnknown) else "failed"
-        return StepOutcome(
-            step.id, step.tool, status, error=str(exc), duration_ms=_ms_since(started)
-        )
+        # A tool's own error text may quote what a server sent back: redacted before it is
+        # stored, announced or shown.
+        error = redact(str(exc))
+        return StepOutcome(step.id, step.tool, status, error=error, duration_ms=_ms_since(started))
     if telemetry.record_content():
         span.set_attribute("gen_ai.tool.call.result", json.dumps(output, default=str))
     return StepOutcome(step.id, step.tool, "succeeded", output, duration_ms=_ms_since(started))

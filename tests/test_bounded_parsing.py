@@ -249,3 +249,15 @@ def test_a_goal_with_unstorable_or_too_deep_json_on_the_broker_is_a_dead_letter(
         assert session.scalar(select(func.count()).select_from(GoalRow)) == 0
     goal_id = pipeline.submit(SEED_GOAL).goal_id
     assert pipeline.wait_for(goal_id, HELD, timeout=5).status == "held"
+
+
+def test_a_policy_file_nested_thousands_deep_is_a_policy_error_not_a_crash() -> None:
+    """Given a policy whose `rules` nests 5,000 lists deep,
+    When it is loaded,
+    Then loading fails with a PolicyError saying it nests too deep (no RecursionError).
+    """
+    from approval_gate.policy import Policy
+    from plangate.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="nests too deep"):
+        Policy.from_text("rules: " + "[" * 5000 + "]" * 5000)

@@ -317,10 +317,12 @@ def _edit_in_editor(draft: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _parse_edit(text: str, what: str) -> dict[str, Any]:
+    from schemas import MessageRejected, strict_json_loads
+
     try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"{what} is not JSON: {exc}") from exc
+        data = strict_json_loads(text)
+    except MessageRejected as exc:
+        raise ConfigError(f"{what} is not JSON plangate reads: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
         raise ConfigError(f'{what} must be a JSON object with "steps" (a list) and "summary"')
     return data

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from plangate import __version__
 from plangate.client import Client
 from plangate.config import Settings
+from plangate.redaction import register_secret
 from plangate.server import goals, health, pages, reviews
 from plangate.server.errors import install_handlers
 from plangate.server.ratelimit import FailureLimit
@@ -54,6 +55,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.intake_token = intake_token or os.environ.get(INTAKE_TOKEN_VARIABLE) or None
+    register_secret(app.state.intake_token)
     app.state.reviewers = reviewers if reviewers is not None else _reviewers(settings)
     app.state.sessions = SessionKeeper(
         session_secret(settings),

@@ -312,9 +312,9 @@ def _decide(
 
 def _steps(text: str) -> list[dict[str, Any]]:
     try:
-        steps = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"The steps are not valid JSON: {exc}.") from None
+        steps = strict_json_loads(text)
+    except MessageRejected as exc:
+        raise ValueError(f"The steps are not JSON plangate reads: {exc}.") from None
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise ValueError("The steps must be a JSON list of objects, one per step.")
     return steps

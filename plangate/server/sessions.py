@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from plangate.config import Settings
 from plangate.errors import ConfigError
+from plangate.redaction import register_secret
 from plangate.reviewers import Reviewer, Reviewers
 from plangate.store import ReviewSessionRow, Store
 from schemas import utcnow
@@ -40,7 +41,9 @@ def session_secret(settings: Settings) -> str:
             "of serve refuses its sessions and forms (and a restart logs everyone out); set "
             "the same secret of 32+ characters on every replica"
         )
-        return secrets.token_urlsafe(32)
+        made = secrets.token_urlsafe(32)
+        register_secret(made)
+        return made
     secret = settings.session_secret.get_secret_value()
     if len(secret) < MIN_SECRET_LENGTH:
         raise ConfigError(
