@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a worker relays the outbox and reconciles."
     )
+    amqp_heartbeat_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="AMQP heartbeat of a worker's consuming connection: a RabbitMQ (or a network "
+        "path) gone silent is noticed within two of them; 0 turns heartbeats off.",
+    )
     health_port: int | None = Field(
         default=None,
         ge=0,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from plangate.bus import Bus, Envelope
 from plangate.errors import BrokerUnavailable
@@ -43,6 +43,10 @@ def relay_pending(
 ) -> int:
     """Publish outbox rows left unsent (a crash between commit and publish); return the count.
 
+    A row is left unsent once `older_than` has passed since it was due: since it was made, or,
+    for a delayed retry, since its `not_before` (the consumer that stored it publishes it then;
+    a row not yet due is never sent).
+
     Each batch is leased in a short transaction (`SKIP LOCKED` on PostgreSQL), published with no
     transaction open, then marked sent: a broker that is slow or gone never holds the store
     (SQLite's one write lock least of all), and several workers relaying at once do not send
@@ -58,7 +62,8 @@ def relay_pending(
                     select(OutboxRow)
                     .where(
                         OutboxRow.sent_at.is_(None),
-                        OutboxRow.created_at <= now - older_than,
+                        func.coalesce(OutboxRow.not_before, OutboxRow.created_at)
+                        <= now - older_than,
                         or_(OutboxRow.relay_until.is_(None), OutboxRow.relay_until < now),
                     )
                     .order_by(OutboxRow.id)

@@ -42,7 +42,11 @@ class Worker:
         """Work until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
         telemetry.setup_tracing(f"plangate-{self.stage}")
         store = open_store(self.settings.resolved_database_url(), upgrade=False)
-        bus = Bus(self.settings.broker_url, self.settings.namespace)
+        bus = Bus(
+            self.settings.broker_url,
+            self.settings.namespace,
+            heartbeat=self.settings.amqp_heartbeat_seconds,
+        )
         marker = outbox_rows.SentMarker(store)
         try:
             handler = build_handler(self.stage, self.settings, store, bus)

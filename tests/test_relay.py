@@ -16,11 +16,11 @@ from uuid import uuid4
 import pytest
 from sqlalchemy import select, update
 
-from plangate.bus import Bus
+from plangate.bus import Bus, Envelope
 from plangate.errors import BrokerUnavailable
 from plangate.relay import relay_pending
 from plangate.store import OutboxRow, Store, audit, open_store
-from plangate.store.outbox import emit
+from plangate.store.outbox import defer, emit
 from schemas import GoalSubmitted, utcnow
 from tests.servers import free_port
 from tests.support import eventually
@@ -151,3 +151,51 @@ def test_the_lease_of_a_relay_that_died_runs_out_and_its_rows_are_sent(
         session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(relay_until=ended))
 
     assert relay_pending(store, bus) == 1
+
+
+def deferred_goal(store: Store, delay: float) -> int:
+    """Store a goal.submitted as a consumer stores a retry: due `delay` seconds from now."""
+    envelope = Envelope.of(GoalSubmitted(goal_id=uuid4().hex, text="count open tickets"))
+    stored = defer(store, envelope, delay)
+    assert stored.outbox_id is not None
+    return stored.outbox_id
+
+
+def set_not_before(store: Store, row_id: int, seconds_from_now: float) -> None:
+    with store.session() as session:
+        due = utcnow() + timedelta(seconds=seconds_from_now)
+        session.execute(update(OutboxRow).where(OutboxRow.id == row_id).values(not_before=due))
+
+
+def test_a_delayed_retry_is_not_relayed_before_it_is_due_and_is_once_due(
+    store: Store, bus: Bus
+) -> None:
+    """Given a retry stored in the outbox to be published in an hour,
+    When the relay runs (even taking every unsent row, older_than 0),
+    Then it leaves the row; once the row is due, the relay publishes it, once.
+    """
+    row_id = deferred_goal(store, delay=3600)
+    assert row(store, row_id).not_before is not None
+
+    assert relay_pending(store, bus) == 0
+
+    set_not_before(store, row_id, -1)
+    assert relay_pending(store, bus) == 1
+    assert relay_pending(store, bus) == 0
+    assert bus.queue_depth("planner") == 1
+
+
+def test_a_due_retry_is_left_to_the_consumer_that_stored_it_for_older_than(
+    store: Store, bus: Bus
+) -> None:
+    """Given a retry that fell due 5 s ago (its consumer publishes it when due),
+    When a worker's relay runs with older_than=30 s,
+    Then it leaves the row to that consumer; 30 s after it fell due, the relay sends it.
+    """
+    row_id = deferred_goal(store, delay=0)
+    set_not_before(store, row_id, -5)
+
+    assert relay_pending(store, bus, older_than=timedelta(seconds=30)) == 0
+
+    set_not_before(store, row_id, -31)
+    assert relay_pending(store, bus, older_than=timedelta(seconds=30)) == 1

@@ -7,14 +7,20 @@ leaves kombu as it was.
 
 from __future__ import annotations
 
+import inspect
 import threading
+import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import kombu
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
+from kombu.transport import redis as kombu_redis
 
+from plangate.bus import redis_transport
 from plangate.bus.wakeup import Wakeup
 
 WAIT = 5.0
@@ -106,3 +112,57 @@ def test_on_the_memory_transport_there_is_none_and_the_loop_keeps_polling() -> N
         assert not wakeup.available
         wakeup.set()  # harmless
         wakeup.close()
+
+
+# What else plangate takes from kombu 5.7's Redis transport, pinned here with the version: the
+# restore throttle (bus.py) and the reads that redis_transport.py checks (BRPOP and RPOP replies
+# through the client's response callbacks, on clients made by `Channel._create_client`).
+
+
+def test_kombu_is_the_minor_version_these_tests_pin_and_pyproject_allows() -> None:
+    """When kombu moves past 5.7, read its Redis transport again (wakeup.py, redis_transport.py,
+    the restore throttle in bus.py), make these tests pass, then move the pin in pyproject.toml.
+    """
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "kombu>=5.7,<5.8" in pyproject["project"]["dependencies"]
+    assert kombu.VERSION[:2] == (5, 7), f"kombu {kombu.__version__} is not the pinned 5.7"
+
+
+def test_kombu_reads_redis_entries_where_redis_transport_checks_them() -> None:
+    read = inspect.getsource(kombu_redis.Channel._brpop_read)
+    assert "self.client.parse_response(self.client.connection,\n" in read
+    assert "'BRPOP'" in read
+    assert "loads(bytes_to_str(item))" in read
+    get = inspect.getsource(kombu_redis.Channel._get)
+    assert "client.rpop(" in get
+    assert "conn_or_acquire()" in get
+    assert "self._create_client(" in inspect.getsource(kombu_redis.Channel.conn_or_acquire)
+    assert "self._create_client(" in inspect.getsource(kombu_redis.Channel.client.func)
+    assert redis_transport.Transport.Channel is redis_transport.Channel
+
+
+@pytest.mark.redis
+def test_the_restore_throttle_lets_one_restore_sweep_in_n_run(redis_url: str) -> None:
+    """Given a consuming Redis channel with `unacked_restore_throttle` 3 (bus.py sets 1000),
+    When kombu's poller asks for a restore sweep nine times (once per empty poll),
+    Then only three sweeps reach Redis.
+    """
+    options = {"unacked_restore_throttle": 3}
+    with Connection(redis_url, transport_options=options) as connection:
+        channel = connection.channel()
+        queue = Queue(f"t{uuid4().hex[:10]}", durable=True)
+        queue.bind(channel).declare()
+        sweeps = []
+        acquire = channel.conn_or_acquire
+
+        def counted(client: Any = None) -> Any:
+            sweeps.append(client)
+            return acquire(client)
+
+        with Consumer(channel, queues=[queue], callbacks=[], accept=["application/json"]):
+            channel.conn_or_acquire = counted
+            for _ in range(9):
+                connection.transport.cycle.maybe_restore_messages()
+            channel.conn_or_acquire = acquire
+        queue.bind(channel).delete()
+    assert len(sweeps) == 3

@@ -10,6 +10,7 @@ import base64
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from kombu.connection import Connection
@@ -17,9 +18,17 @@ from kombu.exceptions import OperationalError
 from kombu.messaging import Consumer, Producer
 from kombu.utils.url import maybe_sanitize_url
 
-from plangate.bus.consumer import RETRY_DELAYS, Handler, PublishedHook, StageConsumer, raw_body
+from plangate.bus import redis_transport
+from plangate.bus.consumer import (
+    RETRY_DELAYS,
+    DeferHook,
+    Handler,
+    PublishedHook,
+    StageConsumer,
+)
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
+from plangate.bus.inbound import raw_body
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
 from plangate.bus.topology import STAGES, Stage, Topology
 from plangate.errors import BrokerUnavailable
@@ -42,6 +51,15 @@ _TRANSPORT_OPTIONS: dict[str, dict[str, Any]] = {
     "amqps": _CONFIRMED,
     "pyamqp": _CONFIRMED,
 }
+# Entries pushed raw onto a Redis list are checked before kombu reads them (redis_transport.py).
+_TRANSPORTS: dict[str, type] = {
+    "redis": redis_transport.Transport,
+    "rediss": redis_transport.Transport,
+}
+# A consume loop's AMQP connection exchanges heartbeats, so a broker (or a network path) that
+# went silent is noticed within two of them instead of never; the loop services them.
+# Publishing connections have none: nobody would service them while they sit idle.
+AMQP_HEARTBEAT_SECONDS = 60.0
 
 
 class Bus:
@@ -49,6 +67,7 @@ class Bus:
 
     `retry_policy` (kombu's) bounds how long a publish waits out a lost broker before it
     raises BrokerUnavailable (about 5 s by default); None waits until the broker is back.
+    `heartbeat` is the AMQP heartbeat of consume loops, in seconds (0: none).
     """
 
     def __init__(
@@ -56,21 +75,32 @@ class Bus:
         url: str,
         namespace: str = "plangate",
         retry_policy: dict[str, Any] | None = PUBLISH_RETRY_POLICY,
+        heartbeat: float = AMQP_HEARTBEAT_SECONDS,
     ) -> None:
         self.url = url
         self.topology = Topology(namespace)
         self._retry_policy = retry_policy
+        self.heartbeat = heartbeat
         self._producers = ThreadProducers(self.connection, self.topology, retry_policy)
         with self.connection() as probe:  # not connected: asking the transport is enough
             # Connection errors only: a channel error (a server's refusal, a KeyError) is no
             # outage, and must not be reported as one.
             self._outages = (OperationalError, *probe.connection_errors)
 
-    def connection(self) -> Connection:
-        """Open a new kombu connection to the broker (the caller owns and closes it)."""
+    def connection(self, heartbeat: float = 0) -> Connection:
+        """Open a new kombu connection to the broker (the caller owns and closes it).
+
+        With `heartbeat`, an AMQP connection's owner must call `heartbeat_check` every second.
+        """
         scheme = self.url.split("://", 1)[0]
         options = dict(_TRANSPORT_OPTIONS.get(scheme, {}))  # a copy: kombu keeps what it gets
-        return Connection(self.url, transport_options=options, connect_timeout=5)
+        return Connection(
+            self.url,
+            transport=_TRANSPORTS.get(scheme),  # None: the transport the URL names
+            transport_options=options,
+            connect_timeout=5,
+            heartbeat=heartbeat,
+        )
 
     def declare(self) -> None:
         """Declare the exchange and every durable queue, so no early message is dropped."""
@@ -109,8 +139,13 @@ class Bus:
         max_attempts: int = 3,
         on_published: PublishedHook | None = None,
         retry_delays: Sequence[float] = RETRY_DELAYS,
+        defer: DeferHook | None = None,
     ) -> StageConsumer:
-        """Return the consume loop of one stage; call `.run(stop)` in the thread that owns it."""
+        """Return the consume loop of one stage; call `.run(stop)` in the thread that owns it.
+
+        `defer` (or an `on_published` that can defer) stores delayed retries durably, so that
+        they hold no slot while they wait; see `StageConsumer`.
+        """
         return StageConsumer(
             self.connection,
             self.topology,
@@ -120,6 +155,8 @@ class Bus:
             max_attempts=max_attempts,
             on_published=on_published,
             retry_delays=retry_delays,
+            defer=defer,
+            consume_connection=partial(self.connection, heartbeat=self.heartbeat),
         )
 
     @contextmanager
@@ -200,7 +237,9 @@ class Bus:
                 if letter is None or keep(letter):
                     if letter is not None:
                         kept.append(letter)
-                    routing_key = str(raw.delivery_info.get("routing_key") or "dead.unknown")
+                    routing_key = str(raw.delivery_info.get("routing_key") or "")
+                    if not routing_key.startswith("dead."):  # e.g. junk pushed onto the list
+                        routing_key = "dead.unknown"
                     envelope = Envelope(routing_key, body, {})
                     publish(producer, self.topology, envelope, self._retry_policy)
                 else:

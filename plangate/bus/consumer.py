@@ -2,13 +2,16 @@
 
 Handlers return the envelopes to publish, or raise Reject (dead letter), Retry (try again after
 its delay) or anything else (try again after `retry_delays`); either retry counts towards
-`max_attempts`, then the message is dead-lettered.
+`max_attempts`, then the message is dead-lettered. A retry with a delay is stored (the store's
+outbox, through the `defer` hook) and its message acked, so a waiting retry holds no slot: the
+loop publishes it when it is due, and the relay does if this worker is gone by then.
 
 A message is acked only once what it led to is published: a handled one (`_ack`) after its
 handler committed and, from the handler's own thread on a connection of its own, published the
 results (so they go on without waiting for the loop to notice the handler finished); a dead
-letter or a retry (`_publish_then_ack`) after the loop published its copy. Every thread
-publishes through the one `ThreadProducers`, each on its own connection.
+letter or a held retry (`_publish_then_ack`) after the loop published its copy; a stored retry
+once it is committed to the outbox. Every thread publishes through the one `ThreadProducers`,
+each on its own connection.
 """
 
 from __future__ import annotations
@@ -21,17 +24,26 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from kombu import message as kombu_message
 from kombu.connection import Connection
+from kombu.exceptions import OperationalError
 from kombu.message import Message as KombuMessage
 from kombu.messaging import Consumer
 
 from plangate import faults, logs, telemetry
 from plangate.bus.dead_letters import dead_letter_envelope
 from plangate.bus.envelope import ATTEMPT_HEADER, Delivery, Envelope
+from plangate.bus.inbound import (
+    decode,
+    delivery_of,
+    original_content_type,
+    raw_body,
+    refuse_compressed_messages,
+    text_headers,
+)
 from plangate.bus.producers import ThreadProducers
+from plangate.bus.reconnect import Backoff, run_reconnecting
 from plangate.bus.topology import Stage, Topology
 from plangate.bus.wakeup import Wakeup
 from plangate.errors import Reject, Retry, Unavailable
@@ -41,6 +53,17 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Message, Delivery], Sequence[Envelope]]
 PublishedHook = Callable[[Sequence[Envelope]], None]
+# Store an envelope to be published `delay` seconds from now; return it tagged with its row.
+DeferHook = Callable[[Envelope, float], Envelope]
+
+
+@runtime_checkable
+class Deferring(Protocol):
+    """An `on_published` hook that can also store a retry (the store's `SentMarker` can)."""
+
+    def defer(self, envelope: Envelope, delay: float) -> Envelope:
+        """Store `envelope` to be published `delay` seconds from now."""
+
 
 _POLL_SECONDS = 0.05
 _FIRST_POLL_SECONDS = 0.001
@@ -52,6 +75,15 @@ class _PublishFailed(Exception):
     """A handler's messages could not be published: the broker is gone (reconnect)."""
 
 
+class _Deferred(Exception):
+    """A retry is stored to be published after `delay`: its message can be acked now."""
+
+    def __init__(self, envelope: Envelope, delay: float) -> None:
+        super().__init__(f"stored to be retried in {delay:g} s")
+        self.envelope = envelope
+        self.delay = delay
+
+
 @dataclass
 class _Done:
     raw: KombuMessage
@@ -59,26 +91,14 @@ class _Done:
     future: Future[Sequence[Envelope]]
 
 
-def _text_headers(raw: KombuMessage) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (raw.headers or {}).items()}
-
-
-def _refuse_to_decompress(body: Any, content_type: str) -> bytes:
-    raise ValueError("compressed messages are not accepted")
-
-
-def refuse_compressed_messages() -> None:
-    """Make kombu leave compressed bodies as they are, in this process.
-
-    kombu inflates a body whose `compression` header says so while it builds the message,
-    before any of our checks: a few kilobytes could inflate to gigabytes. plangate accepts no
-    compressed message, so a worker process refuses to inflate any.
-    """
-    kombu_message.decompress = _refuse_to_decompress  # type: ignore[attr-defined]
-
-
 class StageConsumer:
-    """Consumes one stage's queue until `stop` is set, then finishes in-flight work."""
+    """Consumes one stage's queue until `stop` is set, then finishes in-flight work.
+
+    `defer` stores a delayed retry durably (the outbox); without one (and without an
+    `on_published` hook that is `Deferring`), a retry waits here, unacked, holding its slot.
+    `consume_connection` opens the loop's own connection (with AMQP heartbeats, which the loop
+    services); publishing connections come from `connection_factory`.
+    """
 
     def __init__(
         self,
@@ -91,11 +111,14 @@ class StageConsumer:
         max_attempts: int = 3,
         on_published: PublishedHook | None = None,
         retry_delays: Sequence[float] = RETRY_DELAYS,
+        defer: DeferHook | None = None,
+        consume_connection: Callable[[], Connection] | None = None,
     ) -> None:
         if not retry_delays:
             raise ValueError("retry_delays needs at least one delay")
         refuse_compressed_messages()
         self._connect = connection_factory
+        self._connect_consumer = consume_connection or connection_factory
         self._topology = topology
         self._stage = stage
         self._queue_name = topology.queue_name(stage)
@@ -103,13 +126,19 @@ class StageConsumer:
         self._concurrency = concurrency
         self._max_attempts = max_attempts
         self._on_published = on_published
+        if defer is None and isinstance(on_published, Deferring):
+            defer = on_published.defer
+        self._defer = defer
         self._retry_delays = tuple(retry_delays)
         self._done: queue.Queue[_Done] = queue.Queue()
         self._retries: list[tuple[float, KombuMessage, int]] = []
+        self._stored_retries: list[tuple[float, Envelope]] = []
         self._in_flight = 0
         self._poll = _FIRST_POLL_SECONDS
-        self._last_chores = time.monotonic()
+        self._last_chores = self._last_beat = time.monotonic()
         self.ready = threading.Event()
+        with connection_factory() as probe:  # not connected: asking the transport is enough
+            self._outages = (OperationalError, OSError, _PublishFailed, *probe.connection_errors)
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; in-flight handlers finish and are settled first."""
@@ -120,7 +149,7 @@ class StageConsumer:
             self._producers.close()
 
     def _consume(self, stop: threading.Event) -> None:
-        with self._connect() as connection:
+        with self._connect_consumer() as connection:
             self._wakeup = Wakeup(connection)
             try:
                 self._consume_on(connection, stop)
@@ -145,6 +174,7 @@ class StageConsumer:
                 self.ready.set()
                 while not stop.is_set():
                     self._settle_finished()
+                    self._heartbeat(connection)
                     if self._in_flight >= self._concurrency:
                         # No message can come in until a handler finishes: wait for that.
                         self._settle_finished(block=True)
@@ -155,23 +185,31 @@ class StageConsumer:
                     self._settle_finished(block=True)
                 for _, raw, _ in self._retries:
                     raw.requeue()  # hand back on shutdown: the broker redelivers it
+                # Stored retries not yet published stay in the outbox: the relay sends them.
 
     def run_until_stopped(self, stop: threading.Event, max_backoff: float = 30.0) -> None:
-        """Run, reconnecting with backoff whenever the broker goes away, until `stop` is set."""
-        backoff = 0.5
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                self.run(stop)
-            except Exception as exc:  # the broker (or its client) failed: reconnect
-                if time.monotonic() - started > 60:
-                    backoff = 0.5  # it ran well for a while: this is a new outage
-                log.warning("lost the broker (%s); reconnecting in %g s", exc, backoff)
-                self._done = queue.Queue()
-                self._retries = []
-                self._in_flight = 0
-                stop.wait(backoff)
-                backoff = min(max_backoff, backoff * 2)
+        """Run, reconnecting with backoff whenever the broker goes away, until `stop` is set.
+
+        The backoff starts over once the loop consumes again, so each outage begins with the
+        first delay.
+        """
+
+        def run(stop: threading.Event) -> None:
+            self._done = queue.Queue()
+            self._retries = []  # held unacked: the broker hands them out again
+            self._in_flight = 0
+            self.run(stop)
+
+        backoff = Backoff(most=max_backoff)
+        run_reconnecting(run, stop, self.ready, self._outages, backoff, f"the {self._stage}")
+
+    def _heartbeat(self, connection: Connection) -> None:
+        """Send and check AMQP heartbeats (kombu leaves that to the connection's owner)."""
+        now = time.monotonic()
+        if now - self._last_beat >= 1.0:
+            self._last_beat = now
+            if connection.supports_heartbeats and connection.heartbeat:
+                connection.heartbeat_check()
 
     def _housekeeping(self, connection: Connection) -> None:
         """Let kombu do its chores once a second, even while every slot is busy.
@@ -197,46 +235,74 @@ class StageConsumer:
         except TimeoutError:
             self._poll = min(self._poll * 2, _BUSY_POLL_SECONDS)
 
-    def _delivery(self, raw: KombuMessage) -> Delivery:
-        headers = _text_headers(raw)
-        attempt = headers.get(ATTEMPT_HEADER, "1")
-        return Delivery(
-            queue=self._queue_name,
-            routing_key=str(raw.delivery_info.get("routing_key", "")),
-            headers=headers,
-            attempt=int(attempt) if attempt.isdigit() else 1,
-            redelivered=bool(raw.delivery_info.get("redelivered", False)),
-        )
-
     def _receive(self, raw: KombuMessage) -> None:
-        delivery = self._delivery(raw)
+        delivery = delivery_of(raw, self._queue_name)
+        body = raw_body(raw)
         try:
-            if raw.errors:
-                raise MessageRejected(f"the broker client could not read it: {raw.errors[0][1]}")
-            message = decode_message(
-                raw_body(raw), raw.content_type, raw.content_encoding, raw.headers or {}
-            )
+            message = decode(raw, body)
         except MessageRejected as exc:
             self._dead_letter(raw, delivery, exc.reason)
+            return
+        except Exception as exc:  # a fault of the decoder's: no reason to stall the stage either
+            log.exception("could not decode a message on %s", delivery.routing_key)
+            self._dead_letter(raw, delivery, f"it could not be decoded: {type(exc).__name__}")
             return
         faults.trip("after_receive")
         self._in_flight += 1
         self._poll = _FIRST_POLL_SECONDS
-        future = self._pool.submit(self._call_handler, message, delivery)
+        future = self._pool.submit(self._call_handler, message, delivery, body)
         future.add_done_callback(lambda f: self._finished(_Done(raw, delivery, f)))
 
-    def _call_handler(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
-        with (
-            logs.bound(goal_id=message.goal_id, message_id=message.message_id),
-            telemetry.consumer_span(delivery.queue, delivery.routing_key, delivery.headers),
-        ):
-            envelopes = self._handler(message, delivery)
+    def _call_handler(
+        self, message: Message, delivery: Delivery, body: bytes
+    ) -> Sequence[Envelope]:
+        try:
+            with (
+                logs.bound(goal_id=message.goal_id, message_id=message.message_id),
+                telemetry.consumer_span(delivery.queue, delivery.routing_key, delivery.headers),
+            ):
+                envelopes = self._handler(message, delivery)
+        except Exception as exc:
+            self._store_retry(exc, delivery, body)  # raises _Deferred once it is stored
+            raise
         faults.trip("after_commit")
         try:
             self._producers.publish(envelopes)
         except Exception as exc:
             raise _PublishFailed(f"could not publish what {delivery.routing_key} led to") from exc
         return envelopes
+
+    def _store_retry(self, error: Exception, delivery: Delivery, body: bytes) -> None:
+        """In the handler's thread: store a retry to be published after its delay, if it gets one.
+
+        An outage is not stored: the store is what is likely down, and a message held here is
+        the backpressure an outage wants. Storing that fails leaves the retry held here too.
+        """
+        if self._defer is None or isinstance(error, Unavailable):
+            return
+        delay = self._retry_delay(error, delivery.attempt)
+        if delay is None:
+            return
+        headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + 1)}
+        envelope = Envelope(self._topology.retry_key(self._stage), body, headers)
+        try:
+            stored = self._defer(envelope, delay)
+        except Exception:
+            log.warning(
+                "could not store the retry of %s; holding it", delivery.routing_key, exc_info=True
+            )
+            return
+        raise _Deferred(stored, delay) from error
+
+    def _retry_delay(self, error: BaseException, attempt: int) -> float | None:
+        """Return how long until a failed message is tried again; None: dead-letter it."""
+        if isinstance(error, Unavailable):  # an outage is nobody's fault: no attempt is used
+            return min(30.0, error.delay * 2.0 ** min(attempt, 5))
+        if isinstance(error, Reject) or attempt >= self._max_attempts:
+            return None
+        if isinstance(error, Retry):  # an expected outcome: the handler says when to come back
+            return error.delay
+        return self._retry_delays[min(attempt, len(self._retry_delays)) - 1]
 
     def _finished(self, done: _Done) -> None:
         """In the handler's thread: hand its message back to the loop, and wake the loop."""
@@ -263,46 +329,62 @@ class StageConsumer:
             self._ack(done.raw, done.future.result())
         elif isinstance(error, _PublishFailed):
             raise error  # unacked, the message comes back once the broker does
+        elif isinstance(error, _Deferred):
+            self._ack_stored_retry(done, error)
         elif isinstance(error, Reject):
             log.info("rejected %s: %s", done.delivery.routing_key, error.reason)
             self._dead_letter(done.raw, done.delivery, error.reason)
-        elif done.delivery.attempt >= self._max_attempts and not isinstance(error, Unavailable):
+        elif (delay := self._retry_delay(error, done.delivery.attempt)) is None:
             log.error("giving up on %s: %r", done.delivery.routing_key, error, exc_info=error)
             reason = f"failed {done.delivery.attempt} times; last error: {error!r}"
             self._dead_letter(done.raw, done.delivery, reason)
         else:
-            self._schedule_retry(done, error)
+            self._hold_retry(done, error, delay)
 
-    def _schedule_retry(self, done: _Done, error: BaseException) -> None:
-        if isinstance(error, Unavailable):  # an outage is nobody's fault: no attempt is used
-            delay = min(30.0, error.delay * 2 ** min(done.delivery.attempt, 5))
+    def _ack_stored_retry(self, done: _Done, stored: _Deferred) -> None:
+        log.info(
+            "retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, stored.__cause__
+        )
+        self._ack(done.raw, ())
+        self._stored_retries.append((time.monotonic() + stored.delay, stored.envelope))
+
+    def _hold_retry(self, done: _Done, error: BaseException, delay: float) -> None:
+        attempt = done.delivery.attempt
+        if isinstance(error, Unavailable):
             log.warning("%s; retrying %s in %g s", error, done.delivery.routing_key, delay)
-            self._retries.append((time.monotonic() + delay, done.raw, done.delivery.attempt))
-            return
-        if isinstance(error, Retry):  # an expected outcome: the handler says when to come back
-            log.info("retrying %s in %g s: %s", done.delivery.routing_key, error.delay, error)
-            delay = error.delay
+        elif isinstance(error, Retry):
+            log.info("retrying %s in %g s: %s", done.delivery.routing_key, delay, error)
+            attempt += 1
         else:
             log.warning("will retry %s: %r", done.delivery.routing_key, error)
-            delays = self._retry_delays
-            delay = delays[min(done.delivery.attempt, len(delays)) - 1]
-        self._retries.append((time.monotonic() + delay, done.raw, done.delivery.attempt + 1))
+            attempt += 1
+        self._retries.append((time.monotonic() + delay, done.raw, attempt))
 
     def _republish_due_retries(self) -> None:
         now = time.monotonic()
         due = [r for r in self._retries if r[0] <= now]
         self._retries = [r for r in self._retries if r[0] > now]
         for _, raw, attempt in due:
-            headers = _text_headers(raw) | {ATTEMPT_HEADER: str(attempt)}
+            headers = text_headers(raw) | {ATTEMPT_HEADER: str(attempt)}
             retry_key = self._topology.retry_key(self._stage)
             self._publish_then_ack(raw, [Envelope(retry_key, raw_body(raw), headers)])
+        stored = [envelope for at, envelope in self._stored_retries if at <= now]
+        if stored:
+            self._producers.publish(stored)  # if this fails, the relay sends them later
+            self._stored_retries = [r for r in self._stored_retries if r[0] > now]
+            self._mark_published(stored)
 
     def _dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
-        envelope = dead_letter_envelope(raw_body(raw), raw.content_type, delivery, reason)
+        envelope = dead_letter_envelope(raw_body(raw), original_content_type(raw), delivery, reason)
         self._publish_then_ack(raw, [envelope])
 
     def _ack(self, raw: KombuMessage, published: Sequence[Envelope]) -> None:
-        """Ack a message whose results are published: the one place a message is acked."""
+        """Ack a message whose results are stored and published: the one place for that."""
+        self._mark_published(published)
+        faults.trip("after_publish")
+        raw.ack()
+
+    def _mark_published(self, published: Sequence[Envelope]) -> None:
         if published and self._on_published is not None:
             try:
                 self._on_published(published)
@@ -310,8 +392,6 @@ class StageConsumer:
                 # Published but not marked sent: the relay sends them again, and handlers are
                 # idempotent, so a duplicate is harmless where a lost ack would not be.
                 log.exception("could not mark %d outbox rows sent", len(published))
-        faults.trip("after_publish")
-        raw.ack()
 
     def _publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:
         """Publish a dead letter or a retry from the loop's thread, then ack the message."""
@@ -323,25 +403,10 @@ class StageConsumer:
         if not isinstance(raw, KombuMessage):
             log.error("dropping a message kombu could not even parse: %r", error)
             return
-        delivery = self._delivery(raw)
+        delivery = delivery_of(raw, self._queue_name)
         reason = f"the broker client could not read it: {error}"
         try:  # the strict decoder's own reason, when it has one (a compressed body has)
             decode_message(raw_body(raw), raw.content_type, raw.content_encoding, raw.headers or {})
         except MessageRejected as exc:
             reason = exc.reason
         self._dead_letter(raw, delivery, reason)
-
-
-def raw_body(raw: KombuMessage) -> bytes:
-    """Return a kombu message's body as bytes, whatever the transport handed over.
-
-    py-amqp hands over text when the body decodes in its declared content encoding (and bytes
-    when it does not); encoding it back the same way gives the bytes that were sent.
-    """
-    body: Any = raw.body
-    if isinstance(body, bytes):
-        return body
-    try:
-        return str(body).encode(raw.content_encoding or "utf-8")
-    except (LookupError, UnicodeError):
-        return str(body).encode("utf-8", "surrogateescape")

@@ -234,6 +234,8 @@ class OutboxRow(Base):
     sent_at: Mapped[datetime | None] = mapped_column(index=True)
     # A relay publishing the row holds it until then (it publishes with no transaction open).
     relay_until: Mapped[datetime | None]
+    # A delayed retry: not published before then (migration 0009).
+    not_before: Mapped[datetime | None]
 
 
 class AuditRow(Base):

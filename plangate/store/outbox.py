@@ -1,7 +1,9 @@
 """The outbox: messages stored with the effects that caused them, published afterwards.
 
 A handler adds its outgoing envelopes in its own transaction; after the commit the consumer
-publishes them and marks them sent. `pending` finds rows left unsent by a crash, for the relay.
+publishes them and marks them sent. The relay finds rows left unsent by a crash. A delayed retry
+is a row with a `not_before` time: the consumer that stored it publishes it then, or the relay
+does if that consumer is gone.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Collection, Mapping, Sequence
-from typing import cast
+from datetime import datetime, timedelta
+from typing import Any, cast
 
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
@@ -28,10 +31,19 @@ log = logging.getLogger(__name__)
 _INSERT = insert(cast(Table, OutboxRow.__table__))
 
 
-def add(session: Session, envelope: Envelope) -> Envelope:
-    """Store an envelope in the caller's transaction; return it tagged with its outbox id."""
+def add(session: Session, envelope: Envelope, not_before: datetime | None = None) -> Envelope:
+    """Store an envelope in the caller's transaction; return it tagged with its outbox id.
+
+    With `not_before`, the row is not published (by the relay) before that time.
+    """
     headers = dict(envelope.headers)
-    row = {"routing_key": envelope.routing_key, "body": envelope.body, "headers": headers}
+    row: dict[str, Any] = {
+        "routing_key": envelope.routing_key,
+        "body": envelope.body,
+        "headers": headers,
+    }
+    if not_before is not None:
+        row["not_before"] = not_before
     inserted = session.execute(_INSERT, row)
     outbox_id = int(inserted.inserted_primary_key[0])  # type: ignore[attr-defined]
     return Envelope(envelope.routing_key, envelope.body, headers, outbox_id=outbox_id)
@@ -50,6 +62,12 @@ def emit(
     else:
         telemetry.inject(headers)
     return add(session, Envelope.of(message, headers))
+
+
+def defer(store: Store, envelope: Envelope, delay: float) -> Envelope:
+    """Store an envelope to be published `delay` seconds from now, in a transaction of its own."""
+    with store.session() as session:
+        return add(session, envelope, not_before=utcnow() + timedelta(seconds=delay))
 
 
 def unsent_elsewhere(store: Store, goal_ids: Collection[str]) -> int:
@@ -90,6 +108,10 @@ class SentMarker:
         with self._lock:
             self._pending.extend(e for e in envelopes if e.outbox_id is not None)
         self._wake.set()
+
+    def defer(self, envelope: Envelope, delay: float) -> Envelope:
+        """Store a consumer's retry to be published `delay` seconds from now (see `defer`)."""
+        return defer(self._store, envelope, delay)
 
     def close(self, timeout: float = 10.0) -> None:
         """Mark what is queued, then stop (rows left unmarked are resent later: harmless)."""

@@ -1,0 +1,363 @@
+"""Junk pushed straight onto a stage's queue is a dead letter, and never stalls the stage.
+
+On Redis anyone who reaches the server can LPUSH anything onto `<namespace>.<stage>`; on
+RabbitMQ anyone can publish any body with any properties. Each test pushes 100 malformed
+entries onto every stage's queue, then one read-only goal right behind them, and checks that
+every entry is a dead letter with its reason, from its own stage's queue, and that the goal
+completes at once (it used to wait out a growing reconnect backoff per entry: minutes).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import amqp
+import pytest
+import redis
+
+from plangate.bus import Bus
+from plangate.bus.inbound import raw_body
+from plangate.bus.redis_transport import KEPT_BYTES, malformed_reason
+from plangate.config import Settings
+from plangate.embedded import Pipeline
+from schemas import DeadLetter
+from tests.support import eventually
+
+STAGES = ("planner", "gate", "executor")
+ENTRIES = 100  # per stage
+READ_ONLY_GOAL = "how many tickets are open"
+BOUND = 10.0  # seconds; "at once" is well under 2 s, the bound leaves room for a loaded machine
+
+
+def envelope(body: bytes, namespace: str, /, **changes: Any) -> dict[str, Any]:
+    """kombu's Redis envelope as docs/publishing-goals.md describes it; `changes` spoil it."""
+    entry: dict[str, Any] = {
+        "body": base64.b64encode(body).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": namespace, "routing_key": "goal.submitted"},
+            "delivery_mode": 2,
+            "delivery_tag": str(uuid.uuid4()),
+            "priority": 0,
+        },
+    }
+    for path, value in changes.items():
+        *parents, last = path.split("__")
+        target = entry
+        for key in parents:
+            target = target[key]
+        if value is ...:
+            del target[last]
+        else:
+            target[last] = value
+    return entry
+
+
+def spoiled(n: int, namespace: str, /, **changes: Any) -> bytes:
+    """A kombu envelope around a unique body, spoiled by `changes`."""
+    body = json.dumps({"junk": n}).encode()
+    return json.dumps(envelope(body, namespace, **changes)).encode()
+
+
+# name: (how to build the n-th entry, what the dead letter's reason says, is the body the entry)
+RedisJunk = Callable[[int, str], bytes]
+REDIS_JUNK: dict[str, tuple[RedisJunk, str, bool]] = {
+    "not JSON": (lambda n, ns: b"hello plangate %d" % n, "not JSON kombu can read", True),
+    "not UTF-8": (lambda n, ns: b"\xff\xfe%d" % n, "the entry is not UTF-8", True),
+    "a JSON array": (lambda n, ns: b"[%d]" % n, "the entry is not a JSON object", True),
+    "nested 20,000 deep": (
+        lambda n, ns: b"[" * 20_000 + b"%d" % n,
+        "nested too deeply",
+        True,
+    ),
+    "over 64 KiB of junk": (
+        lambda n, ns: b"%06d" % n + b"x" * 70_000,
+        f"(the first {KEPT_BYTES} of 70006 bytes are kept)",
+        True,
+    ),
+    "no properties": (
+        lambda n, ns: spoiled(n, ns, properties=...),
+        "has no `properties` object",
+        True,
+    ),
+    "no delivery tag": (
+        lambda n, ns: spoiled(n, ns, properties__delivery_tag=...),
+        "has no delivery tag",
+        True,
+    ),
+    "an object as delivery tag": (
+        lambda n, ns: spoiled(n, ns, properties__delivery_tag={"a": 1}),
+        "delivery tag is not a string",
+        True,
+    ),
+    "a lone surrogate as delivery tag": (
+        lambda n, ns: spoiled(n, ns, properties__delivery_tag="\udfff"),
+        "delivery tag is not a string",
+        True,
+    ),
+    "no delivery info": (
+        lambda n, ns: spoiled(n, ns, properties__delivery_info=...),
+        "needs an `exchange` and a `routing_key`",
+        True,
+    ),
+    "a body that is not base64": (
+        lambda n, ns: spoiled(n, ns, body=f"%%% {n} %%%"),
+        "body is not valid base64",
+        True,
+    ),
+    "an unknown body encoding": (
+        lambda n, ns: spoiled(n, ns, properties__body_encoding="rot13"),
+        "body encoding 'rot13' is not known",
+        True,
+    ),
+    "null headers": (lambda n, ns: spoiled(n, ns, headers=None), "`headers` is not", True),
+    "a kombu-typed value it cannot decode": (
+        lambda n, ns: spoiled(n, ns, headers={"when": {"__type__": "uuid", "__value__": "x"}}),
+        "not JSON kombu can read",
+        True,
+    ),
+    # Well-formed envelopes whose message is not one plangate accepts: the decoder says why.
+    "an unknown content type": (
+        lambda n, ns: spoiled(n, ns, **{"content-type": "text/plain"}),
+        "content type 'text/plain' is not accepted",
+        False,
+    ),
+    "a wrong content encoding": (
+        lambda n, ns: spoiled(n, ns, **{"content-encoding": "latin-1"}),
+        "content encoding 'latin-1' is not accepted",
+        False,
+    ),
+}
+
+
+def redis_junk(namespace: str, stage: str) -> list[tuple[bytes, bytes, str]]:
+    """Return (entry, body its dead letter keeps, reason) for 100 entries of every kind."""
+    kinds = list(REDIS_JUNK.values())
+    junk = []
+    for n in range(ENTRIES):
+        build, reason, whole = kinds[n % len(kinds)]
+        entry = build(n + 1000 * STAGES.index(stage), namespace)
+        kept = entry[:KEPT_BYTES] if whole else base64.b64decode(json.loads(entry)["body"])
+        junk.append((entry, kept, reason))
+    return junk
+
+
+def redis_goal_entry(namespace: str, goal_id: str) -> bytes:
+    """A read-only goal in kombu's Redis envelope, exactly as the docs tell other services."""
+    body = json.dumps(
+        {"schema_version": 1, "type": "goal.submitted", "goal_id": goal_id, "text": READ_ONLY_GOAL}
+    ).encode()
+    entry = envelope(body, namespace)
+    entry["headers"] = {"x-plangate-goal-id": goal_id}
+    return json.dumps(entry).encode()
+
+
+def dead_letters_by_queue(pipeline: Pipeline, count: int) -> dict[str, list[DeadLetter]]:
+    letters: list[DeadLetter] = []
+
+    def arrived() -> bool:
+        letters.extend(pipeline.bus.take_dead_letters())
+        return len(letters) >= count
+
+    eventually(arrived, 20, f"{count} dead letters")
+    by_queue: dict[str, list[DeadLetter]] = {}
+    for letter in letters:
+        by_queue.setdefault(letter.queue, []).append(letter)
+    return by_queue
+
+
+@pytest.mark.redis
+def test_100_junk_entries_per_stage_on_redis_are_dead_letters_and_a_goal_behind_runs_at_once(
+    settings: Settings, redis_url: str
+) -> None:
+    """Given the three stages consuming from a real Redis,
+    When 100 malformed entries of every kind are LPUSHed raw onto each stage's list, with a
+    read-only goal pushed right behind the planner's, all in one transaction,
+    Then every entry is a dead letter from its stage's queue with its raw bytes (the first
+    64 KiB) and its reason, and the goal completes well within the bound.
+    """
+    ns = settings.namespace
+    client = redis.Redis.from_url(redis_url)
+    goal_id = uuid.uuid4().hex
+    junk = {stage: redis_junk(ns, stage) for stage in STAGES}
+    with Pipeline(settings, broker_url=redis_url) as pipeline:
+        alone = uuid.uuid4().hex  # the baseline: the same goal on empty queues (and warm-up)
+        started = time.monotonic()
+        client.lpush(f"{ns}.planner", redis_goal_entry(ns, alone))
+        pipeline.wait_for(alone, timeout=BOUND)
+        baseline = time.monotonic() - started
+        with client.pipeline(transaction=True) as push:
+            for stage in STAGES:
+                for entry, _, _ in junk[stage]:
+                    push.lpush(f"{ns}.{stage}", entry)
+            push.lpush(f"{ns}.planner", redis_goal_entry(ns, goal_id))
+            started = time.monotonic()
+            push.execute()
+
+        goal = pipeline.wait_for(goal_id, timeout=BOUND)
+        elapsed = time.monotonic() - started
+        print(
+            f"goal behind {ENTRIES} junk entries per stage (Redis): {elapsed:.2f} s "
+            f"(alone: {baseline:.2f} s)"
+        )
+
+        assert goal.status == "completed", goal.status_reason
+        letters = dead_letters_by_queue(pipeline, ENTRIES * len(STAGES))
+    client.close()
+    for stage in STAGES:
+        got = {base64.b64decode(letter.body_b64): letter for letter in letters[f"{ns}.{stage}"]}
+        assert len(got) == ENTRIES
+        for _, kept, reason in junk[stage]:
+            assert reason in got[kept].reason, (stage, kept[:60], got[kept].reason)
+    assert elapsed < BOUND
+
+
+# name: (body, properties as py-amqp takes them, what the dead letter's reason says)
+AMQP_JUNK: dict[str, tuple[bytes, dict[str, Any], str]] = {
+    "not JSON, no properties at all": (b"hello plangate", {}, "content type None"),
+    "not JSON, declared JSON": (
+        b"hello plangate",
+        {"content_type": "application/json"},
+        "body is not valid JSON",
+    ),
+    "not UTF-8, declared UTF-8": (
+        b'{"\xff": 1}',
+        {"content_type": "application/json", "content_encoding": "utf-8"},
+        "body is not UTF-8",
+    ),
+    "an unknown content type": (b"{}", {"content_type": "text/plain"}, "content type 'text/plain'"),
+    "a text codec as content encoding": (
+        b"{}",
+        {"content_type": "application/json", "content_encoding": "rot13"},
+        "content encoding 'rot13' is not accepted",
+    ),
+    "headers of every AMQP type and a bad attempt count": (
+        b"[]",
+        {
+            "content_type": "application/json",
+            "application_headers": {
+                "x-plangate-attempt": "\u00b2",
+                "table": {"nested": [1, 2.5, True]},
+                "raw": b"\xff\x00",
+            },
+        },
+        "body is not a JSON object",
+    ),
+}
+
+
+@pytest.mark.rabbitmq
+def test_100_junk_messages_per_stage_on_rabbitmq_are_dead_letters_and_a_goal_behind_runs(
+    settings: Settings, rabbitmq_url: str
+) -> None:
+    """Given the three stages consuming from a real RabbitMQ,
+    When 100 junk messages (bodies and properties of every kind, published with py-amqp, not
+    kombu) go to each stage's queue, and a read-only goal right behind the planner's,
+    Then every one is a dead letter from its stage's queue with its reason (the broker frames
+    every message, so the decoder sees each body), and the goal completes within the bound.
+    """
+    ns = settings.namespace
+    goal_id = uuid.uuid4().hex
+    kinds = list(AMQP_JUNK.values())
+    with Pipeline(settings, broker_url=rabbitmq_url) as pipeline:
+        url = rabbitmq_url.split("://", 1)[1]
+        credentials, host = url.split("@", 1)
+        user, password = credentials.split(":", 1)
+        with amqp.Connection(host=host.split("/")[0], userid=user, password=password) as conn:
+            channel = conn.channel()
+            for stage in STAGES:
+                for n in range(ENTRIES):
+                    body, properties, _ = kinds[n % len(kinds)]
+                    channel.basic_publish(
+                        amqp.basic_message.Message(body, **properties),
+                        exchange="",
+                        routing_key=f"{ns}.{stage}",  # the default exchange: straight to it
+                    )
+            goal = json.dumps(
+                {
+                    "schema_version": 1,
+                    "type": "goal.submitted",
+                    "goal_id": goal_id,
+                    "text": READ_ONLY_GOAL,
+                }
+            ).encode()
+            started = time.monotonic()
+            channel.basic_publish(
+                amqp.basic_message.Message(
+                    goal, content_type="application/json", content_encoding="utf-8"
+                ),
+                exchange="",
+                routing_key=f"{ns}.planner",
+            )
+
+        done = pipeline.wait_for(goal_id, timeout=BOUND)
+        elapsed = time.monotonic() - started
+        print(f"goal behind {ENTRIES} junk messages per stage (RabbitMQ): {elapsed:.2f} s")
+
+        assert done.status == "completed", done.status_reason
+        letters = dead_letters_by_queue(pipeline, ENTRIES * len(STAGES))
+    for stage in STAGES:
+        reasons = Counter(letter.reason for letter in letters[f"{ns}.{stage}"])
+        assert sum(reasons.values()) == ENTRIES
+        for _, _, reason in kinds:
+            assert any(reason in said for said in reasons), (stage, reason, reasons)
+    assert elapsed < BOUND
+
+
+@pytest.mark.redis
+def test_junk_taken_with_a_get_is_a_stand_in_and_comes_back_if_not_acked(redis_url: str) -> None:
+    """Given junk LPUSHed onto a queue,
+    When it is taken with a synchronous get (kombu's RPOP path) and its connection closes
+    before it is acked,
+    Then what the get returned is a stand-in saying what was wrong, with the junk as its body,
+    and kombu restores that stand-in onto the queue, where the next get finds it again.
+    """
+    bus = Bus(redis_url, f"t{uuid.uuid4().hex[:10]}")
+    bus.declare()
+    queue = bus.topology.queue_name("planner")
+    redis.Redis.from_url(redis_url).lpush(queue, b"not a message")
+
+    for _ in range(2):
+        with bus.connection() as connection:
+            raw = bus.topology.stage_queue("planner").bind(connection.channel()).get()
+            assert raw is not None
+            assert raw_body(raw) == b"not a message"
+            assert malformed_reason(raw.content_type, raw.headers) == (
+                "the broker entry is not a message: the entry is not JSON kombu can read: "
+                "Expecting value: line 1 column 1 (char 0)"
+            )
+        # closed unacked: restored
+    assert bus.queue_depth("planner") == 1
+    bus.close()
+
+
+@pytest.mark.redis
+def test_junk_in_the_dead_letter_queue_stays_there_when_letters_are_listed(
+    redis_url: str,
+) -> None:
+    """Given junk LPUSHed onto the dead-letter queue itself,
+    When the dead letters are listed (each one taken, and put back unless it is taken out),
+    Then the junk is not a letter, and it is still in the queue afterwards.
+    """
+    bus = Bus(redis_url, f"t{uuid.uuid4().hex[:10]}")
+    bus.declare()
+    redis.Redis.from_url(redis_url).lpush(bus.topology.dead_letter_queue_name, b"junk")
+
+    assert bus.dead_letters() == []
+    assert bus.take_dead_letters() == []
+
+    with bus.connection() as connection:
+        raw = bus.topology.dead_letter_queue().bind(connection.channel()).get()
+        assert raw is not None
+        assert raw_body(raw) == b"junk"
+        raw.ack()
+    bus.close()

@@ -1,0 +1,161 @@
+"""A consume loop that loses its broker: the backoff, its reset, and what counts as an outage;
+and the AMQP heartbeats that let a consume loop notice a broker gone silent.
+
+The backoff tests script the loop's runs and record the waits between them on a stop event
+whose `wait` returns at once: no clock, no sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from kombu.connection import Connection
+
+from plangate.bus import Bus, Delivery, Envelope, StageConsumer
+from plangate.config import Settings
+from schemas import GoalSubmitted, Message
+
+
+class RecordingStop(threading.Event):
+    """A stop event whose waits return at once; it is set after `waits` of them."""
+
+    def __init__(self, waits: int) -> None:
+        super().__init__()
+        self.delays: list[float | None] = []
+        self._waits = waits
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.delays.append(timeout)
+        if len(self.delays) >= self._waits:
+            self.set()
+        return self.is_set()
+
+
+def no_answer(message: Message, delivery: Delivery) -> list[Envelope]:
+    return []
+
+
+@pytest.fixture
+def consumer() -> Iterator[StageConsumer]:
+    bus = Bus("memory://", f"t{uuid4().hex[:10]}")
+    yield bus.stage_consumer("planner", no_answer)
+    bus.close()
+
+
+def scripted(consumer: StageConsumer, runs: str, error: Exception) -> None:
+    """Make each run of the loop fail with `error`: `d` before consuming, `u` after."""
+    outcomes = iter(runs)
+
+    def run(stop: threading.Event) -> None:
+        if next(outcomes) == "u":
+            consumer.ready.set()  # what the loop sets once it consumes
+        raise error
+
+    consumer.run = run  # type: ignore[method-assign]
+
+
+def test_an_outage_doubles_the_delay_up_to_the_most(consumer: StageConsumer) -> None:
+    scripted(consumer, "d" * 9, ConnectionError("Connection refused"))
+    stop = RecordingStop(waits=9)
+
+    consumer.run_until_stopped(stop, max_backoff=30.0)
+
+    assert stop.delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+
+
+def test_after_a_recovery_the_next_outage_starts_at_the_first_delay(
+    consumer: StageConsumer,
+) -> None:
+    """Given a broker down for three reconnects, then back (the loop consumes), then down again,
+    When the loop runs,
+    Then the waits are 0.5, 1, 2, and after the recovery 0.5 again, then 1; once more after
+    the next recovery.
+    """
+    scripted(consumer, "dddudud", ConnectionError("Connection reset by peer"))
+    stop = RecordingStop(waits=7)
+
+    consumer.run_until_stopped(stop)
+
+    assert stop.delays == [0.5, 1.0, 2.0, 0.5, 1.0, 0.5, 1.0]
+    assert not consumer.ready.is_set()  # not ready while it waits to reconnect
+
+
+def test_a_fault_that_is_not_a_connection_error_is_not_called_an_outage(
+    consumer: StageConsumer, caplog: pytest.LogCaptureFixture
+) -> None:
+    scripted(consumer, "dd", KeyError("properties"))
+    stop = RecordingStop(waits=2)
+
+    with caplog.at_level(logging.WARNING):
+        consumer.run_until_stopped(stop)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == [
+        "the planner failed (not a broker outage); restarting in 0.5 s",
+        "the planner failed (not a broker outage); restarting in 1 s",
+    ]
+    assert all(record.exc_info for record in caplog.records)
+
+
+@pytest.mark.rabbitmq
+def test_a_consume_loop_on_rabbitmq_keeps_its_heartbeats_and_its_connection(
+    rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a planner on RabbitMQ with a 1 s heartbeat (the broker drops a connection that
+    misses two),
+    When it sits idle for 3.5 s and then a goal arrives,
+    Then the heartbeat was agreed on its connection, the connection is still the same one,
+    and the goal is handled.
+    """
+    bus = Bus(rabbitmq_url, f"t{uuid4().hex[:10]}", heartbeat=1)
+    bus.declare()
+    opened: list[Connection] = []
+    connect = bus.connection
+
+    def recorded(**options: Any) -> Connection:
+        connection = connect(**options)
+        opened.append(connection)
+        return connection
+
+    monkeypatch.setattr(bus, "connection", recorded)
+    handled: queue.Queue[Message] = queue.Queue()
+
+    def handler(message: Message, delivery: Delivery) -> list[Envelope]:
+        handled.put(message)
+        return []
+
+    consumer = bus.stage_consumer("planner", handler)
+    stop = threading.Event()
+    crashed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            consumer.run(stop)  # not run_until_stopped: a lost connection ends it
+        except BaseException as exc:
+            crashed.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        assert consumer.ready.wait(5)
+        [consuming] = [c for c in opened if c.heartbeat]
+        assert consuming.connection.heartbeat == 1  # what py-amqp agreed with the broker
+        assert not threading.Event().wait(3.5)  # idle: three heartbeat intervals and more
+        goal = GoalSubmitted(goal_id=uuid4().hex, text="still there?")
+        bus.publish([Envelope.of(goal)])
+        assert handled.get(timeout=5) == goal
+    finally:
+        stop.set()
+        thread.join(5)
+        bus.close()
+    assert crashed == []
+
+
+def test_heartbeats_are_on_by_default_and_the_setting_says_the_same(settings: Settings) -> None:
+    assert Bus("memory://").heartbeat == settings.amqp_heartbeat_seconds == 60.0
