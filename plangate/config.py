@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     step_lease_seconds: float = Field(
         default=300.0, gt=0, description="How long a step's claim holds before another may act."
     )
+    handler_timeout_seconds: float = Field(
+        default=1800.0,
+        gt=0,
+        description="A worker's handler still running this long is reported, and its message "
+        "handed back to the stage for another attempt (handlers are idempotent).",
+    )
     tool_timeout_seconds: float = Field(
         default=60.0,
         gt=0,

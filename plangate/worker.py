@@ -15,8 +15,7 @@ from datetime import timedelta
 from types import FrameType
 
 from plangate import telemetry
-from plangate.bus import Bus, Stage
-from plangate.bus.depths import queue_depths
+from plangate.bus import STAGES, Bus, Stage
 from plangate.config import Settings
 from plangate.health import start_health_server
 from plangate.reconciler import reconcile
@@ -56,6 +55,7 @@ class Worker:
                 concurrency=self.concurrency,
                 max_attempts=self.settings.max_attempts,
                 on_published=marker,
+                handler_deadline=self.settings.handler_timeout_seconds,
             )
             self._handle_signals()
             sweeper = threading.Thread(
@@ -109,7 +109,7 @@ class Worker:
                 if relayed:
                     log.warning("relayed %d outbox messages left unsent", relayed)
                 # What waits in each stage's queue: a goal behind a backlog is not resent into it.
-                waiting = queue_depths(bus)
+                waiting = {stage: bus.queue_depth(stage) for stage in STAGES}
                 deliver(
                     store, bus, reconcile(store, stalled, step_lease=step_lease, waiting=waiting)
                 )

@@ -140,11 +140,13 @@ class Bus:
         on_published: PublishedHook | None = None,
         retry_delays: Sequence[float] = RETRY_DELAYS,
         defer: DeferHook | None = None,
+        handler_deadline: float | None = None,
     ) -> StageConsumer:
         """Return the consume loop of one stage; call `.run(stop)` in the thread that owns it.
 
         `defer` (or an `on_published` that can defer) stores delayed retries durably, so that
-        they hold no slot while they wait; see `StageConsumer`.
+        they hold no slot while they wait; see `StageConsumer`. A handler still running after
+        `handler_deadline` seconds is reported and its message handed back to the stage.
         """
         return StageConsumer(
             self.connection,
@@ -157,6 +159,7 @@ class Bus:
             retry_delays=retry_delays,
             defer=defer,
             consume_connection=partial(self.connection, heartbeat=self.heartbeat),
+            handler_deadline=handler_deadline,
         )
 
     @contextmanager

@@ -33,7 +33,7 @@ from kombu.messaging import Consumer
 
 from plangate import faults, logs, telemetry
 from plangate.bus.dead_letters import dead_letter_envelope
-from plangate.bus.envelope import ATTEMPT_HEADER, Delivery, Envelope
+from plangate.bus.envelope import ATTEMPT_HEADER, GOAL_HEADER, Delivery, Envelope
 from plangate.bus.inbound import (
     decode,
     delivery_of,
@@ -91,6 +91,14 @@ class _Done:
     future: Future[Sequence[Envelope]]
 
 
+@dataclass
+class _Running:
+    raw: KombuMessage
+    delivery: Delivery
+    body: bytes
+    started: float
+
+
 class StageConsumer:
     """Consumes one stage's queue until `stop` is set, then finishes in-flight work.
 
@@ -113,6 +121,7 @@ class StageConsumer:
         retry_delays: Sequence[float] = RETRY_DELAYS,
         defer: DeferHook | None = None,
         consume_connection: Callable[[], Connection] | None = None,
+        handler_deadline: float | None = None,
     ) -> None:
         if not retry_delays:
             raise ValueError("retry_delays needs at least one delay")
@@ -134,8 +143,12 @@ class StageConsumer:
         self._retries: list[tuple[float, KombuMessage, int]] = []
         self._stored_retries: list[tuple[float, Envelope]] = []
         self._in_flight = 0
+        # A handler running past the deadline is reported and its message handed back.
+        self._handler_deadline = handler_deadline
+        self._running: dict[Future[Sequence[Envelope]], _Running] = {}
+        self._handed_back: set[Future[Sequence[Envelope]]] = set()
         self._poll = _FIRST_POLL_SECONDS
-        self._last_chores = self._last_beat = time.monotonic()
+        self._last_chores = self._last_beat = self._last_watch = time.monotonic()
         self.ready = threading.Event()
         with connection_factory() as probe:  # not connected: asking the transport is enough
             self._outages = (OperationalError, OSError, _PublishFailed, *probe.connection_errors)
@@ -175,6 +188,7 @@ class StageConsumer:
                 while not stop.is_set():
                     self._settle_finished()
                     self._heartbeat(connection)
+                    self._hand_back_overdue()
                     if self._in_flight >= self._concurrency:
                         # No message can come in until a handler finishes: wait for that.
                         self._settle_finished(block=True)
@@ -198,6 +212,7 @@ class StageConsumer:
             self._done = queue.Queue()
             self._retries = []  # held unacked: the broker hands them out again
             self._in_flight = 0
+            self._running, self._handed_back = {}, set()
             self.run(stop)
 
         backoff = Backoff(most=max_backoff)
@@ -251,6 +266,7 @@ class StageConsumer:
         self._in_flight += 1
         self._poll = _FIRST_POLL_SECONDS
         future = self._pool.submit(self._call_handler, message, delivery, body)
+        self._running[future] = _Running(raw, delivery, body, time.monotonic())
         future.add_done_callback(lambda f: self._finished(_Done(raw, delivery, f)))
 
     def _call_handler(
@@ -315,12 +331,49 @@ class StageConsumer:
             done = self._done.get(timeout=_POLL_SECONDS) if block else self._done.get_nowait()
         except queue.Empty:
             return
-        self._in_flight -= 1
         self._poll = _FIRST_POLL_SECONDS
-        self._settle(done)
+        self._settle_one(done)
         while not self._done.empty():
+            self._settle_one(self._done.get_nowait())
+
+    def _settle_one(self, done: _Done) -> None:
+        self._running.pop(done.future, None)
+        if done.future in self._handed_back:  # settled when it was handed back
+            self._handed_back.discard(done.future)
+            log.warning("a handler of %s handed back earlier has ended", done.delivery.routing_key)
+            return
+        self._in_flight -= 1
+        self._settle(done)
+
+    def _hand_back_overdue(self) -> None:
+        """Report a handler past its deadline, and hand its message back to the stage.
+
+        Python cannot stop the thread; the copy goes back through the stage's retry key (the
+        next attempt, to any worker) and the original is acked, so the message is not held
+        here for as long as the handler hangs. Handlers are idempotent: if it ends after all,
+        what it did stands and the copy finds it done.
+        """
+        now = time.monotonic()
+        if self._handler_deadline is None or now - self._last_watch < 1.0:
+            return
+        self._last_watch = now
+        for future, running in list(self._running.items()):
+            if future in self._handed_back or now - running.started < self._handler_deadline:
+                continue
+            delivery = running.delivery
+            log.error(
+                "a handler of %s (goal %s) is still running after %.0f s, past its %g s "
+                "deadline; handing its message back to the stage",
+                delivery.routing_key,
+                delivery.headers.get(GOAL_HEADER, "?"),
+                now - running.started,
+                self._handler_deadline,
+            )
+            headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + 1)}
+            copy = Envelope(self._topology.retry_key(self._stage), running.body, headers)
+            self._publish_then_ack(running.raw, [copy])
+            self._handed_back.add(future)
             self._in_flight -= 1
-            self._settle(self._done.get_nowait())
 
     def _settle(self, done: _Done) -> None:
         """Decide what a finished message leads to: its results, a dead letter, or a retry."""
