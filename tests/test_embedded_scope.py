@@ -11,7 +11,6 @@ from pathlib import Path
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
-from plangate.stages import build_review
 from plangate.store import GoalRow, open_store
 from plangate.tools import ToolRegistry, tool
 from tests.conftest import SEED_GOAL
@@ -34,11 +33,23 @@ def plangate_env(settings: Settings, **extra: str) -> dict[str, str]:
     }
 
 
+def plangate(settings: Settings, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", *args],
+        env=plangate_env(settings, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_a_run_does_not_carry_out_a_decision_left_in_the_store_for_another_goal(
-    settings: Settings,
+    settings: Settings, tmp_path: Path
 ) -> None:
-    """Given the seed goal held in the embedded store, and approved there by a reviewer while
-    no worker runs (the decision waits unsent in the store's outbox),
+    """Given the seed goal held in the embedded store, and approved there with
+    `plangate review approve` while no worker (and no broker) runs: the decision waits unsent
+    in the store's outbox,
     When `plangate run` runs another, read-only goal on the same store,
     Then that goal completes, the held goal's plan runs nothing and pages no one, and the run
     says where the waiting decision goes.
@@ -47,28 +58,35 @@ def test_a_run_does_not_carry_out_a_decision_left_in_the_store_for_another_goal(
         goal_id = pipeline.submit(SEED_GOAL).goal_id
         pipeline.wait_for(goal_id, HELD, timeout=5)
         plan = only_plan(pipeline.store, goal_id)
+    reviewers = tmp_path / "reviewers.yaml"
+    added = plangate(settings, "reviewers", "add", "alice", "--file", str(reviewers))
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip().splitlines()[-1]
+    approved = plangate(
+        settings,
+        "review",
+        "approve",
+        plan.plan_id,
+        PLANGATE_REVIEWERS_FILE=str(reviewers),
+        PLANGATE_REVIEWER_TOKEN=token,
+        PLANGATE_BROKER_URL="redis://127.0.0.1:1/0",  # nothing listens: the decision waits
+    )
+    assert approved.returncode == 0, approved.stderr
+    assert "broker is unreachable" in approved.stderr
+
+    result = plangate(settings, "run", "how many tickets are open")
+
+    assert result.returncode == 0, result.stderr
+    assert "this run carries out only its own goal" in result.stderr
+    assert "plangate worker" in result.stderr
     store = open_store(settings.resolved_database_url())
     try:
-        build_review(settings, store).approve(plan.plan_id, "alice")  # recorded, never sent
-
-        result = subprocess.run(
-            [sys.executable, "-m", "plangate", "run", "how many tickets are open"],
-            env=plangate_env(settings),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-        assert result.returncode == 0, result.stderr
-        assert "this run carries out only its own goal" in result.stderr
-        assert "plangate worker" in result.stderr
         assert step_runs(store, plan.plan_id) == {}
-        assert read_notifications() == []
         with store.session() as session:
             assert session.get_one(GoalRow, goal_id).status == "approved"
     finally:
         store.close()
+    assert read_notifications() == []
 
 
 @tool(effect="read", description="Say hello.")
