@@ -83,7 +83,13 @@ def hand_to_gate(
         "policy_version": decision.policy_version,
     }
     transition(
-        session, plan.goal_id, "approved", actor=decision.decided_by, reason=reason, data=data
+        session,
+        plan.goal_id,
+        "approved",
+        by="person",
+        actor=decision.decided_by,
+        reason=reason,
+        data=data,
     )
     return emit(session, review_decided(plan, decision.decided_by), trace_headers=trace_headers)
 
@@ -130,6 +136,7 @@ def follow_decision(
                 session,
                 plan.goal_id,
                 "approved",
+                by="gate",
                 actor=decision.decided_by,
                 reason=decision.reason,
                 data=data,
@@ -143,6 +150,7 @@ def follow_decision(
             session,
             plan.goal_id,
             status,
+            by="person" if decision.action == "reject" else "gate",
             actor=decision.decided_by,
             reason=decision.reason,
             data=data,

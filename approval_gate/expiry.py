@@ -95,7 +95,9 @@ def _expire_if_due(
         "rule": held_by.rule,
         "policy_version": held_by.policy_version,
     }
-    transition(session, goal_id, "expired", actor="gate", reason=decision.reason, data=data)
+    transition(
+        session, goal_id, "expired", by="gate", actor="gate", reason=decision.reason, data=data
+    )
     log.info("plan %s of goal %s expired after %s", plan.plan_id, goal_id, ttl)
     return emit(
         session,

@@ -97,6 +97,7 @@ def _withdraw(session: Session, plan: PlanRow, decided: DecisionRow, reason: str
         session,
         plan.goal_id,
         "held",
+        by="gate",
         actor=ACTOR,
         reason=f"the approval by {decided.decided_by} was refused: {reason}",
         data={"plan_id": plan.plan_id, "decided_by": decided.decided_by},

@@ -175,7 +175,7 @@ class Review:
                 goal_id=plan.goal_id,
                 data={"from_plan_id": old.plan_id, "from_plan_hash": old.plan_hash, **moved},
             )
-            transition(session, plan.goal_id, "proposed", actor=reviewer, data=moved)
+            transition(session, plan.goal_id, "proposed", by="person", actor=reviewer, data=moved)
             proposal = PlanProposed(
                 goal_id=plan.goal_id, plan=plan, plan_hash=digest, planner=planner
             )

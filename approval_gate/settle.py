@@ -130,6 +130,7 @@ def settle_step(
             session,
             goal.id,
             "approved",
+            by="person",
             actor=reviewer,
             reason="every step that may or may not have happened is settled; the run resumes",
             data={"plan_id": plan_id},

@@ -160,6 +160,7 @@ class ExecutorHandler:
                     session,
                     plan.goal_id,
                     "running",
+                    by="executor",
                     actor=ACTOR,
                     data={"plan_id": plan.plan_id, "approval_id": approval.approval_id},
                 )
@@ -182,7 +183,9 @@ class ExecutorHandler:
                 raise Reject(f"plan.approved for unknown goal {message.goal_id!r}: {reason}")
             if goal.status == "approved" and _issued_by_gate(session, message):
                 log.error("goal %s: the gate's approval was refused: %s", goal.id, reason)
-                transition(session, message.goal_id, "failed", actor=ACTOR, reason=reason)
+                transition(
+                    session, message.goal_id, "failed", by="executor", actor=ACTOR, reason=reason
+                )
                 failed = ExecutionFailed(
                     goal_id=message.goal_id, plan_id=message.plan.plan_id, reason=reason
                 )
@@ -220,7 +223,12 @@ class ExecutorHandler:
                 return [emit(session, _outcome_of(session, goal, plan.plan_id))]
             if not troubled:
                 transition(
-                    session, plan.goal_id, "completed", actor=ACTOR, data={"steps": statuses}
+                    session,
+                    plan.goal_id,
+                    "completed",
+                    by="executor",
+                    actor=ACTOR,
+                    data={"steps": statuses},
                 )
                 done = ExecutionCompleted(
                     goal_id=plan.goal_id, plan_id=plan.plan_id, steps=statuses
@@ -237,6 +245,7 @@ class ExecutorHandler:
                 session,
                 plan.goal_id,
                 "failed",
+                by="executor",
                 actor=ACTOR,
                 reason=reason,
                 data={"steps": statuses},
@@ -279,7 +288,7 @@ def _pause(
     )
     rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
     statuses: dict[str, Any] = {row.step_id: row.status for row in rows}
-    transition(session, goal_id, "needs_attention", actor=ACTOR, reason=reason)
+    transition(session, goal_id, "needs_attention", by="executor", actor=ACTOR, reason=reason)
     return ExecutionPaused(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=statuses)
 
 

@@ -34,10 +34,10 @@ from schemas import (
     SignedEnvelope,
     utcnow,
 )
+from schemas.goal_states import STALLED_WHEN_IDLE
 
 log = logging.getLogger(__name__)
 
-STALLED_STATUSES = ("submitted", "proposed", "approved", "running")
 # The stage whose queue holds a goal's last message while it waits to be handled.
 _WAITS_IN: dict[str, Stage] = {"submitted": "planner", "proposed": "gate", "approved": "executor"}
 MAX_DOUBLINGS = 6
@@ -71,7 +71,7 @@ def reconcile(
     with store.session() as session:
         candidates = session.execute(
             select(GoalRow)
-            .where(GoalRow.status.in_(STALLED_STATUSES), _due(now, after))
+            .where(GoalRow.status.in_(STALLED_WHEN_IDLE), _due(now, after))
             .order_by(GoalRow.updated_at)
             .limit(limit)
             .with_for_update(skip_locked=True)

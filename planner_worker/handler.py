@@ -247,14 +247,16 @@ def _store_proposal(session: Session, plan: Plan, draft: Draft) -> list[Envelope
     session.add(row)
     session.flush()
     moved = {"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": row.plan_hash}
-    transition(session, plan.goal_id, "proposed", actor=ACTOR, data=moved)
+    transition(session, plan.goal_id, "proposed", by="planner", actor=ACTOR, data=moved)
     return [emit(session, _proposal(row))]
 
 
 def _store_failure(session: Session, goal_id: str, reasons: list[str]) -> list[Envelope]:
     # Reasons quote model servers, which may echo a secret: redacted before the bus sees them.
     reasons = [storable_text(redact(reason)) for reason in reasons]
-    transition(session, goal_id, "plan_failed", actor=ACTOR, reason="; ".join(reasons))
+    transition(
+        session, goal_id, "plan_failed", by="planner", actor=ACTOR, reason="; ".join(reasons)
+    )
     return [emit(session, PlanFailed(goal_id=goal_id, reasons=reasons))]
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from tests.browser import chromium
 from tests.compose import Compose, Instance
 from tests.conftest import SEED_GOAL
 from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
@@ -49,7 +49,6 @@ pytestmark = [
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 READ_ONLY_GOAL = "How many tickets are open, and what is the SLA?"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
 WORKERS = ("planner", "gate", "executor")
 # PEM private keys of any kind (PKCS#8, OpenSSH, ...), whatever the file is called.
 PRIVATE_KEY_MARK = b"PRIVATE KEY-----"
@@ -98,19 +97,8 @@ def otlp_receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        message = "chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 # --- what an operator does before `docker compose up` (deploy/README.md) --------------------

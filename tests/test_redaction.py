@@ -221,6 +221,7 @@ def test_audit_entries_and_goal_reasons_are_redacted_and_storable(tmp_path: Path
                 session,
                 "g1",
                 "plan_failed",
+                by="planner",
                 actor="planner",
                 reason=f"the server said {secret} \udfff",
                 data={"detail": {secret: [secret]}},

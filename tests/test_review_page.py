@@ -7,8 +7,6 @@ locally and fail in CI. Screenshots of the list and the plan view go to the syst
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ import pytest
 
 from plangate.client import Client
 from plangate.store import GoalRow, StepRunRow, open_store
+from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
 from tests.support import eventually
@@ -26,15 +25,6 @@ from tests.test_review_api import ALICE, call, fleet_settings, held_goal, servin
 
 pytestmark = pytest.mark.redis
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # The playbook still matches; the markup must show as text, never run or render.
 HOSTILE_GOAL = SEED_GOAL + " <b>now</b><script>window.pwned = 1</script>"
 SCREENSHOTS = Path(tempfile.gettempdir())
@@ -42,19 +32,8 @@ SCREENSHOTS = Path(tempfile.gettempdir())
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        message = "chromium is not installed (apt-get install chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")

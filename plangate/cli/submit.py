@@ -20,7 +20,7 @@ from plangate.cli.common import (
 if TYPE_CHECKING:
     from plangate.client import GoalStatus
 
-_REFUSED = {"denied", "rejected", "expired"}
+_REFUSED = {"denied", "rejected", "expired", "cancelled"}  # decided not to run: exit 3
 
 
 def _exit_code(status: str) -> int:
@@ -79,7 +79,7 @@ def submit(
     """Submit GOAL to the workers (they must be running: `plangate worker ...`).
 
     Prints the goal id. With --wait, follows it to the end; exit codes as for `run`:
-    0 completed, 1 failed or timed out, 3 rejected, denied or expired.
+    0 completed, 1 failed or timed out, 3 rejected, denied, expired or cancelled.
     """
     from plangate import telemetry
     from plangate.client import Client

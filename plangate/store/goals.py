@@ -15,6 +15,7 @@ from plangate.store import audit
 from plangate.store.models import GoalRow, GoalStatus, PlanRow
 from schemas import GoalSubmitted, Plan, plan_hash
 from schemas.decoding import storable_text
+from schemas.goal_states import Mover, check_transition
 
 
 def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str, str]) -> GoalRow:
@@ -59,6 +60,7 @@ def transition(
     goal_id: str,
     status: GoalStatus,
     *,
+    by: Mover,
     actor: str,
     reason: str | None = None,
     data: dict[str, Any] | None = None,
@@ -70,6 +72,7 @@ def transition(
     if reason is not None:
         reason = storable_text(redact(reason))
     row = get_goal(session, goal_id)
+    check_transition(goal_id, row.status, status, by)
     row.status = status
     row.status_reason = reason
     row.reconciled = 0  # it moved: the reconciler's backoff starts over

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -20,24 +20,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from schemas import utcnow
+from schemas.goal_states import TERMINAL, GoalStatus
 
-GoalStatus = Literal[
-    "submitted",
-    "proposed",
-    "held",
-    "approved",
-    "running",
-    "needs_attention",  # a step may or may not have happened: a person settles it
-    "completed",
-    "failed",
-    "plan_failed",
-    "denied",
-    "rejected",
-    "expired",
-]
-TERMINAL_STATUSES: frozenset[str] = frozenset(
-    {"completed", "failed", "plan_failed", "denied", "rejected", "expired"}
-)
+__all__ = ["TERMINAL_STATUSES", "GoalStatus"]  # re-exported: the store's callers know them here
+
+# The states, their moves and the sets of them are declared once, in schemas/goal_states.py.
+TERMINAL_STATUSES = TERMINAL
 
 
 class UTCDateTime(TypeDecorator[datetime]):
