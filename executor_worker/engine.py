@@ -204,6 +204,8 @@ class PlanRun(DagWalk):
             self._ledger.record(step, outcome.status, None, outcome.error)
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
+        if self._ledger.goal_cancelled():  # an operator cancelled the goal: no step starts
+            return StepOutcome(step.id, step.tool, "skipped", error="not run: goal cancelled")
         tool = self._registry.get(step.tool)
         with tool_span(step) as span:
             key = idempotency_key(self._plan_hash, step.id)

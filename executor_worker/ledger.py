@@ -21,6 +21,7 @@ from typing import Any, Literal
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from plangate.cancellation import is_cancelled
 from plangate.errors import Retry
 from plangate.store import StepRunRow, Store, audit
 from plangate.store.claims import insert_if_absent
@@ -69,6 +70,10 @@ class StepLedger:
         self._plan = plan
         self._lease = lease
         self._recorded = dict(recorded or {})
+
+    def goal_cancelled(self) -> bool:
+        """Return whether the plan's goal was cancelled since the run started."""
+        return is_cancelled(self._store, self._plan.goal_id)
 
     def recorded(self, step: Step) -> Claim | None:
         """Return the step's record from before this run started, if it had finished."""

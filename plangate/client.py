@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from plangate import telemetry
 from plangate.bus import Bus
+from plangate.cancellation import cancel_goal
 from plangate.config import Settings
 from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, open_store
 from plangate.store.goals import get_goal, latest_plan
@@ -119,6 +120,11 @@ class Client:
         """Return a handle on an existing goal (NotFound if there is none)."""
         current = self.status(goal_id)
         return GoalHandle(self, goal_id, current.trace_id, duplicate=True)
+
+    def cancel(self, goal_id: str, who: str, reason: str = "") -> GoalStatus:
+        """Cancel a goal that has not ended, as `who` (audited); Conflict if it has ended."""
+        cancel_goal(self._store, goal_id, who, reason)
+        return self.status(goal_id)
 
     def status(self, goal_id: str) -> GoalStatus:
         """Return where a goal stands (NotFound if there is none)."""

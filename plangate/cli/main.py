@@ -7,7 +7,18 @@ from typing import Annotated
 import typer
 
 from plangate import __version__
-from plangate.cli import audit, db, dlq, playbook, policy, review, reviewers, schema, settle
+from plangate.cli import (
+    audit,
+    db,
+    dlq,
+    goals,
+    playbook,
+    policy,
+    review,
+    reviewers,
+    schema,
+    settle,
+)
 from plangate.cli.run import run
 from plangate.cli.serve import serve
 from plangate.cli.submit import status, submit
@@ -36,6 +47,7 @@ app.add_typer(schema.app, name="schema")
 app.add_typer(audit.app, name="audit")
 app.add_typer(db.app, name="db")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(goals.app, name="goals")
 app.add_typer(playbook.app, name="playbook")
 settle.register(review.app)
 app.add_typer(review.app, name="review")

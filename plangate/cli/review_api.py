@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -68,8 +69,14 @@ class ReviewApi:
         """POST `body` as JSON to `path` under /api/v1/reviews; return the JSON answer."""
         return self._send("POST", path, body)
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        url = f"/api/v1/reviews{path}"
+    def cancel_goal(self, goal_id: str, reason: str) -> Any:
+        """POST to /api/v1/goals/{goal_id}/cancel; return the goal's state."""
+        return self._send("POST", f"/{quote(goal_id, safe='')}/cancel", {"reason": reason}, "goals")
+
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None, under: str = "reviews"
+    ) -> Any:
+        url = f"/api/v1/{under}{path}"
         try:
             response = self._http.request(method, url, json=body)
         except httpx.UnsupportedProtocol:

@@ -20,6 +20,7 @@ from plangate.server.auth import require_intake_token
 from plangate.server.deps import get_client
 from plangate.server.errors import ApiError
 from plangate.server.intake import CLOUDEVENT_JSON, JSON, GoalRequest, parse_goal
+from plangate.server.reviewers import Reviewer, require_reviewer
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -151,3 +152,25 @@ def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) ->
     state = GoalState(**asdict(current), terminal=current.terminal)
     # Reasons are stored redacted; this process may know secrets the one that wrote it did not.
     return state.model_copy(update={"reason": redact(state.reason) if state.reason else None})
+
+
+class CancelRequest(BaseModel):
+    """Why the goal is cancelled (recorded with who did it)."""
+
+    reason: str = Field(default="", max_length=2000)
+
+
+@router.post(
+    "/{goal_id}/cancel",
+    response_model=GoalState,
+    responses={code: {"model": ErrorBody} for code in (401, 404, 409, 422)},
+)
+def cancel_goal(
+    goal_id: str,
+    body: CancelRequest,
+    client: Annotated[Client, Depends(get_client)],
+    reviewer: Annotated[Reviewer, Depends(require_reviewer)],
+) -> GoalState:
+    """Cancel a goal that has not ended: no further step of it starts (409 if it has ended)."""
+    client.cancel(goal_id, reviewer.name, body.reason)
+    return goal_status(goal_id, client)

@@ -1,0 +1,39 @@
+"""Cancelling a goal: an operator's decision that nothing more of it runs.
+
+A goal that has not ended may be cancelled (held, approved, running, waiting for a person, or
+still being planned): the gate no longer decides it, an approval on its way finds it ended, and
+a run starts no further step (steps already running finish and are recorded). The move is the
+state machine's `cancelled`, audited with who and why.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from plangate.errors import Conflict, NotFound
+from plangate.store import GoalRow, Store
+from plangate.store.goals import transition
+from schemas.goal_states import TERMINAL
+
+
+def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> GoalRow:
+    """Cancel a goal that has not ended, as `who`, saying why; Conflict if it has ended."""
+    with store.session() as session:
+        goal = session.execute(
+            select(GoalRow).where(GoalRow.id == goal_id).with_for_update()
+        ).scalar_one_or_none()
+        if goal is None:
+            raise NotFound(f"no goal {goal_id!r}; check the id")
+        if goal.status in TERMINAL:
+            raise Conflict(f"goal {goal_id} is {goal.status}: it has ended, nothing to cancel")
+        why = f"cancelled by {who}: {reason}" if reason else f"cancelled by {who}"
+        return transition(
+            session, goal_id, "cancelled", by="operator", actor=who, reason=why, data={}
+        )
+
+
+def is_cancelled(store: Store, goal_id: str) -> bool:
+    """Return whether the goal was cancelled (a run asks before each step it starts)."""
+    with store.session() as session:
+        status = session.scalar(select(GoalRow.status).where(GoalRow.id == goal_id))
+        return status == "cancelled"

@@ -1,0 +1,125 @@
+"""Cancelling a goal: nothing more of it starts; who and why are audited."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from plangate.cancellation import cancel_goal
+from plangate.config import Settings
+from plangate.tools import ToolRegistry, tool
+from tests.conftest import SEED_GOAL
+from tests.support import (
+    HELD,
+    audit_entries,
+    eventually,
+    only_plan,
+    running_pipeline,
+    step_runs,
+    write_playbook,
+    write_yaml,
+)
+
+REPO = str(Path(__file__).resolve().parents[1])
+APPROVE_ALL = {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}]}
+
+
+def test_a_running_goal_cancelled_starts_no_further_step(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a running goal whose first step is slow and whose second step waits on it,
+    When an operator cancels the goal while the first step runs,
+    Then the first step finishes, the second never starts, and the goal is `cancelled`, with
+    who and why in its audit log.
+    """
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    @tool(effect="read", idempotent=True)
+    def slow_count() -> int:
+        """Count slowly."""
+        calls.append("slow")
+        started.set()
+        release.wait(10)
+        return 3
+
+    @tool(effect="write", idempotent=True)
+    def announce(n: int) -> None:
+        """Announce the count."""
+        calls.append("announce")
+
+    playbook = write_playbook(
+        tmp_path,
+        "census",
+        [
+            {"id": "count", "tool": "slow_count"},
+            {"id": "tell", "tool": "announce", "args": {"n": "${count}"}},
+        ],
+    )
+    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
+    registry = ToolRegistry([slow_count, announce])
+    with running_pipeline(
+        settings, playbook_file=playbook, policy_file=policy, registry=registry
+    ) as pipeline:
+        goal_id = pipeline.submit("take the census").goal_id
+        assert started.wait(10)
+
+        cancel_goal(pipeline.store, goal_id, "ops-oncall", "wrong census")
+        release.set()
+
+        plan = only_plan(pipeline.store, goal_id)
+        eventually(lambda: step_runs(pipeline.store, plan.plan_id).get("count") == "succeeded")
+        goal = pipeline.wait_for(goal_id, {"cancelled"}, timeout=5)
+        entries = audit_entries(pipeline.store, goal_id)
+    assert calls == ["slow"]
+    assert goal.status_reason == "cancelled by ops-oncall: wrong census"
+    cancelled = [e for e in entries if e.kind == "goal.cancelled"]
+    assert [(e.actor, e.data["reason"]) for e in cancelled] == [
+        ("ops-oncall", "cancelled by ops-oncall: wrong census")
+    ]
+
+
+def test_the_cli_cancels_a_held_goal_as_the_reviewer_its_token_names(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed goal held, and a reviewer token,
+    When `plangate goals cancel GOAL_ID --reason ...` runs against the store,
+    Then the goal is `cancelled` by that reviewer; cancelling it again exits 1 saying it ended.
+    """
+    with running_pipeline(settings) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+    env |= {
+        "PLANGATE_DATA_DIR": str(settings.data_dir),
+        "PLANGATE_REVIEWERS_FILE": str(tmp_path / "reviewers.yaml"),
+        "PYTHONPATH": REPO,
+    }
+
+    def plangate(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "plangate", *args],
+            env=env | extra,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    token = plangate("reviewers", "add", "carol").stdout.strip().splitlines()[-1]
+
+    first = plangate(
+        "goals", "cancel", goal_id, "--reason", "not today", PLANGATE_REVIEWER_TOKEN=token
+    )
+    again = plangate("goals", "cancel", goal_id, PLANGATE_REVIEWER_TOKEN=token)
+    untokened = plangate("goals", "cancel", goal_id)
+
+    assert first.returncode == 0, first.stderr
+    assert f"goal {goal_id}: cancelled — cancelled by carol: not today" in first.stdout
+    assert again.returncode == 1
+    assert "it has ended, nothing to cancel" in again.stderr
+    assert untokened.returncode == 2
+    assert "PLANGATE_REVIEWER_TOKEN" in untokened.stderr
