@@ -8,9 +8,10 @@ life (it started, or a step started or finished): a dead executor's run is taken
 as a dead executor's write is.
 
 A resend is recorded apart from the goal's activity (a count and an audit entry, never its
-`updated_at`), so a resend never reads as a sign of life. A goal whose stage still has a
-backlog waits for it (its message is most likely in it) up to `BACKLOG_PATIENCE` deadlines:
-resending into a backlog only makes it longer.
+`updated_at`), so a resend never reads as a sign of life. A goal whose message is most likely
+still queued (its stage has a backlog, and has not yet taken messages made after it) waits for
+it, up to `BACKLOG_PATIENCE` deadlines: resending into a backlog only makes it longer. One whose
+stage has moved past it lost its message, and is resent.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 _WAITS_IN: dict[str, Stage] = {"submitted": "planner", "proposed": "gate", "approved": "executor"}
 MAX_DOUBLINGS = 6
 BACKLOG_PATIENCE = 64  # deadlines a goal waits behind its stage's backlog before a resend
+# A message is made a moment before or after its goal's row changes, on hosts whose clocks
+# differ a little: "taken well after" means later than this.
+_CLOCK_MARGIN = timedelta(seconds=1)
 
 
 def due_after(after: timedelta, resends: int) -> timedelta:
@@ -60,11 +64,13 @@ def reconcile(
     limit: int = 100,
     step_lease: timedelta = timedelta(minutes=5),
     waiting: Mapping[Stage, int] | None = None,
+    progress: Mapping[str, datetime] | None = None,
 ) -> list[Envelope]:
     """Queue the last message of every goal stalled past its deadline; return the envelopes.
 
-    `waiting` is how many messages each stage's queue holds (as the broker reports it): a
-    goal whose message waits in a stage with a backlog is left to it for a while.
+    `waiting` is how many messages each stage's queue holds (as the broker reports it), and
+    `progress` the newest message each stage has taken: a goal whose message is most likely
+    still queued behind a backlog is left to it for a while (see `_queued`).
     """
     now = utcnow()
     envelopes: list[Envelope] = []
@@ -82,8 +88,8 @@ def reconcile(
             if goal.planning_until is not None and goal.planning_until > now:
                 continue  # a planner is on it (a slow LLM): resending would pay for it twice
             stage = _WAITS_IN.get(goal.status)
-            behind_backlog = stage is not None and (waiting or {}).get(stage, 0) > 0
-            if behind_backlog and goal.updated_at > now - after * BACKLOG_PATIENCE:
+            queued = stage is not None and _queued(goal, stage, waiting or {}, progress or {})
+            if queued and goal.updated_at > now - after * BACKLOG_PATIENCE:
                 continue
             envelope = _last_message(session, goal, step_lease)
             if envelope is None:
@@ -91,6 +97,20 @@ def reconcile(
             _count_resend(session, goal, envelope)
             envelopes.append(envelope)
     return envelopes
+
+
+def _queued(
+    goal: GoalRow, stage: Stage, waiting: Mapping[Stage, int], progress: Mapping[str, datetime]
+) -> bool:
+    """Return whether the goal's last message is most likely still in its stage's queue.
+
+    Not if the queue is empty; nor once the stage has taken messages made well after it (a
+    queue hands messages out in order: ours was passed over, so it was lost).
+    """
+    if not waiting.get(stage, 0):
+        return False
+    taken = progress.get(stage)
+    return taken is None or taken <= goal.updated_at + _CLOCK_MARGIN
 
 
 def _due(now: datetime, after: timedelta) -> ColumnElement[bool]:

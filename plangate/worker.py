@@ -15,7 +15,7 @@ from datetime import timedelta
 from types import FrameType
 
 from plangate import telemetry
-from plangate.bus import STAGES, Bus, Stage
+from plangate.bus import STAGES, Bus, Stage, StageConsumer
 from plangate.config import Settings
 from plangate.health import start_health_server
 from plangate.reconciler import reconcile
@@ -23,6 +23,7 @@ from plangate.relay import deliver, relay_pending
 from plangate.stages import build_expiry, build_handler
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
+from plangate.store.stage_progress import record_progress, stage_progress
 from schemas import utcnow
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,10 @@ class Worker:
             )
             self._handle_signals()
             sweeper = threading.Thread(
-                target=self._sweep, args=(store, bus), name="plangate-sweeper", daemon=True
+                target=self._sweep,
+                args=(store, bus, consumer),
+                name="plangate-sweeper",
+                daemon=True,
             )
             sweeper.start()
             # Alive while the consume loop runs (reconnecting included); ready once it has
@@ -96,7 +100,7 @@ class Worker:
             signal.signal(signal.SIGTERM, request_stop)
             signal.signal(signal.SIGINT, request_stop)
 
-    def _sweep(self, store: Store, bus: Bus) -> None:
+    def _sweep(self, store: Store, bus: Bus, consumer: StageConsumer) -> None:
         interval = self.settings.sweep_interval_seconds
         stale = timedelta(seconds=self.settings.relay_after_seconds)
         stalled = timedelta(seconds=self.settings.reconcile_after_seconds)
@@ -108,11 +112,19 @@ class Worker:
                 relayed = relay_pending(store, bus, older_than=stale)
                 if relayed:
                     log.warning("relayed %d outbox messages left unsent", relayed)
-                # What waits in each stage's queue: a goal behind a backlog is not resent into it.
+                # How far this stage got, and what waits in each queue: a goal queued behind a
+                # backlog is not resent into it, and one whose message was lost is.
+                if consumer.taken_up_to is not None:
+                    record_progress(store, self.stage, consumer.taken_up_to)
                 waiting = {stage: bus.queue_depth(stage) for stage in STAGES}
-                deliver(
-                    store, bus, reconcile(store, stalled, step_lease=step_lease, waiting=waiting)
+                resent = reconcile(
+                    store,
+                    stalled,
+                    step_lease=step_lease,
+                    waiting=waiting,
+                    progress=stage_progress(store),
                 )
+                deliver(store, bus, resent)
                 if expire is not None:
                     deliver(store, bus, expire(store, utcnow()))
             except Exception:  # the broker or database is down: try again next sweep

@@ -152,7 +152,7 @@ def resent_entries(store: Store, goal_id: str) -> int:
 
 def test_a_goal_behind_a_backlog_waits_for_it_and_the_resends_back_off(settings: Settings) -> None:
     """Given a goal stalled in `submitted` (its message lost, or queued behind others),
-    When the planner's queue holds a backlog,
+    When the planner's queue holds a backlog it has not yet worked through to the goal,
     Then the reconciler leaves it to the backlog; with the queue empty, it resends, and the
     next resend is due only after 3x the deadline, then 7x.
     """
@@ -165,11 +165,37 @@ def test_a_goal_behind_a_backlog_waits_for_it_and_the_resends_back_off(settings:
         after = timedelta(seconds=60)
 
         assert reconcile(store, after, waiting={"planner": 40}) == []
+        before_it = {"planner": utcnow() - timedelta(seconds=120)}
+        assert reconcile(store, after, waiting={"planner": 40}, progress=before_it) == []
         [resent] = reconcile(store, after, waiting={"planner": 0})
         assert resent.routing_key == "goal.submitted"
         assert reconcile(store, after, waiting={}) == []  # due again only at 3x
 
         assert [due_after(after, n) / after for n in range(4)] == [1, 3, 7, 15]
         assert due_after(after, 8) / after == 127 + 2 * 64
+    finally:
+        store.close()
+
+
+def test_a_goal_whose_stage_moved_past_its_message_is_resent_despite_a_backlog(
+    settings: Settings,
+) -> None:
+    """Given a goal stalled in `submitted` for 90 s, and a planner queue with a backlog,
+    When the planner has already taken messages made after the goal's (so its was lost, as
+    when Redis restarts empty while new goals keep coming),
+    Then the reconciler resends it at once rather than waiting for the backlog.
+    """
+    store = open_store(settings.resolved_database_url())
+    try:
+        with store.session() as session:
+            session.add(GoalRow(id="g2", text="count tickets", status="submitted", meta={}))
+        with store.session() as session:
+            session.get_one(GoalRow, "g2").updated_at = utcnow() - timedelta(seconds=90)
+
+        [resent] = reconcile(
+            store, timedelta(seconds=60), waiting={"planner": 40}, progress={"planner": utcnow()}
+        )
+
+        assert resent.routing_key == "goal.submitted"
     finally:
         store.close()

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from kombu.connection import Connection
@@ -143,6 +144,9 @@ class StageConsumer:
         self._retries: list[tuple[float, KombuMessage, int]] = []
         self._stored_retries: list[tuple[float, Envelope]] = []
         self._in_flight = 0
+        # When the newest message this loop has taken was made: the reconciler compares goals
+        # against the stage's mark to tell a message still queued from one lost.
+        self.taken_up_to: datetime | None = None
         # A handler running past the deadline is reported and its message handed back.
         self._handler_deadline = handler_deadline
         self._running: dict[Future[Sequence[Envelope]], _Running] = {}
@@ -263,6 +267,8 @@ class StageConsumer:
             self._dead_letter(raw, delivery, f"it could not be decoded: {type(exc).__name__}")
             return
         faults.trip("after_receive")
+        if self.taken_up_to is None or message.occurred_at > self.taken_up_to:
+            self.taken_up_to = message.occurred_at
         self._in_flight += 1
         self._poll = _FIRST_POLL_SECONDS
         future = self._pool.submit(self._call_handler, message, delivery, body)

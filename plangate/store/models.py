@@ -249,3 +249,16 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class StageProgressRow(Base):
+    """The newest message (by when it was made) any worker of a stage has taken from its queue.
+
+    A queue hands messages out in order: a goal whose last message is older than this, and
+    that has not moved, lost it; one newer is most likely still queued behind a backlog.
+    """
+
+    __tablename__ = "stage_progress"
+
+    stage: Mapped[str] = mapped_column(String(16), primary_key=True)
+    taken_up_to: Mapped[datetime]
