@@ -80,6 +80,8 @@ class GateHandler:
             if repeated is not None:
                 return repeated
             goal = session.get(GoalRow, plan.goal_id)
+            if goal is not None and goal.status == "cancelled":
+                return []  # an operator stopped it: nothing more is decided
             goal_text, goal_meta = (goal.text, dict(goal.meta)) if goal else ("", {})
             decision = self._decide(message, self._catalog(session), goal_text, goal_meta)
             try:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from approval_gate.policy import Policy
-from plangate.errors import Forbidden
+from plangate.errors import Conflict, Forbidden
 from plangate.store import DecisionRow, HoldRow, PlanRow
 from schemas import Decision, utcnow
 
@@ -85,4 +85,13 @@ def check_reviewer(
             f"rule {hold.rule!r} requires the role {needed} to {what} plan {plan_id}; "
             f"{reviewer} does not have it: ask a reviewer who does",
             missing[0],
+        )
+
+
+def check_open(hold: HoldRow | None, plan_id: str, at: datetime) -> None:
+    """Refuse a decision taken at or after the hold expired (Conflict), sweep or no sweep."""
+    if hold is not None and at >= hold.expires_at:
+        raise Conflict(
+            f"plan {plan_id} was held until {hold.expires_at.isoformat()}; the hold has expired "
+            "and the plan can no longer be decided"
         )

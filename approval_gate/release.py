@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.decisions import decision_of, follow_decision
-from approval_gate.holds import check_reviewer, hold_of
+from approval_gate.holds import check_open, check_reviewer, hold_of
 from plangate.bus import Envelope
-from plangate.errors import Forbidden, Reject
+from plangate.errors import Conflict, Forbidden, Reject
 from plangate.signing import Signer
 from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, audit
 from plangate.store.goals import latest_plan, transition
@@ -74,7 +74,8 @@ def release(
     try:
         hold = hold_of(session, plan.plan_id)
         check_reviewer(hold, plan.plan_id, decided.decided_by, roles, "approve")
-    except Forbidden as refusal:
+        check_open(hold, plan.plan_id, decided.created_at)
+    except (Forbidden, Conflict) as refusal:
         return _withdraw(session, plan, decided, str(refusal))
     envelope = follow_decision(session, plan, decision, signer, ttl, move_goal=False)
     audit.append(

@@ -26,7 +26,13 @@ from sqlalchemy.orm import Session
 
 from approval_gate.decisions import follow_decision, hand_to_gate, record_decision
 from approval_gate.expiry import expires_at
-from approval_gate.holds import DEFAULT_HOLD_TTL, check_reviewer, hold_of, required_roles
+from approval_gate.holds import (
+    DEFAULT_HOLD_TTL,
+    check_open,
+    check_reviewer,
+    hold_of,
+    required_roles,
+)
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.catalog import load_catalog
@@ -43,6 +49,7 @@ from schemas import (
     PlanProposed,
     StepPreview,
     new_id,
+    utcnow,
     validate_plan,
 )
 
@@ -260,7 +267,9 @@ class Review:
             raise Conflict(f"plan {plan_id} changed since you loaded it; reload and review again")
         if goal.status != "held":
             raise Conflict(f"plan {plan_id} is not waiting for review (the goal is {goal.status})")
-        return self._held(session, goal)
+        held = self._held(session, goal)
+        check_open(held.hold, plan_id, utcnow())
+        return held
 
 
 def plan_diff(previous: PlanRow | None, plan: PlanRow) -> str:

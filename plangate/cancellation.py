@@ -1,9 +1,10 @@
 """Cancelling a goal: an operator's decision that nothing more of it runs.
 
-A goal that has not ended may be cancelled (held, approved, running, waiting for a person, or
-still being planned): the gate no longer decides it, an approval on its way finds it ended, and
-a run starts no further step (steps already running finish and are recorded). The move is the
-state machine's `cancelled`, audited with who and why.
+A goal that has not ended may be cancelled: held, approved, running, waiting for a person or
+still being planned, and a rejected or failed one that could still be planned again. The
+gate no longer decides it, an approval on its way finds it ended, and a run starts no further
+step (steps already running finish and are recorded). The move is the state machine's
+`cancelled`, audited with who and why.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from sqlalchemy import select
 from plangate.errors import Conflict, NotFound
 from plangate.store import GoalRow, Store
 from plangate.store.goals import transition
-from schemas.goal_states import TERMINAL
+from schemas.goal_states import cancellable
 
 
 def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> GoalRow:
@@ -24,7 +25,7 @@ def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> GoalRow:
         ).scalar_one_or_none()
         if goal is None:
             raise NotFound(f"no goal {goal_id!r}; check the id")
-        if goal.status in TERMINAL:
+        if not cancellable(goal.status):
             raise Conflict(f"goal {goal_id} is {goal.status}: it has ended, nothing to cancel")
         why = f"cancelled by {who}: {reason}" if reason else f"cancelled by {who}"
         return transition(

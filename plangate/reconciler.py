@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from plangate.bus import Envelope, Stage
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # The stage whose queue holds a goal's last message while it waits to be handled.
 _WAITS_IN: dict[str, Stage] = {"submitted": "planner", "proposed": "gate", "approved": "executor"}
 MAX_DOUBLINGS = 6
+MAX_PAGES = 10  # pages of candidates one sweep looks at
 BACKLOG_PATIENCE = 64  # deadlines a goal waits behind its stage's backlog before a resend
 # A message is made a moment before or after its goal's row changes, on hosts whose clocks
 # differ a little: "taken well after" means later than this.
@@ -75,28 +76,69 @@ def reconcile(
     now = utcnow()
     envelopes: list[Envelope] = []
     with store.session() as session:
-        candidates = session.execute(
-            select(GoalRow)
-            .where(GoalRow.status.in_(STALLED_WHEN_IDLE), _due(now, after))
-            .order_by(GoalRow.updated_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        ).scalars()
-        for goal in candidates:
-            if now - goal.updated_at < due_after(after, goal.reconciled):
-                continue  # resent more often than SQL tells apart (see `_due`), not due yet
-            if goal.planning_until is not None and goal.planning_until > now:
-                continue  # a planner is on it (a slow LLM): resending would pay for it twice
-            stage = _WAITS_IN.get(goal.status)
-            queued = stage is not None and _queued(goal, stage, waiting or {}, progress or {})
-            if queued and goal.updated_at > now - after * BACKLOG_PATIENCE:
-                continue
-            envelope = _last_message(session, goal, step_lease)
-            if envelope is None:
-                continue
-            _count_resend(session, goal, envelope)
-            envelopes.append(envelope)
+        # Page on (updated_at, id): goals skipped below (live runs, backlogs) stay oldest, and
+        # must not hide newer ones that lost their message.
+        cursor: tuple[datetime, str] | None = None
+        for _ in range(MAX_PAGES):
+            query = (
+                select(GoalRow)
+                .where(GoalRow.status.in_(STALLED_WHEN_IDLE), _due(now, after))
+                .order_by(GoalRow.updated_at, GoalRow.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            if cursor is not None:
+                query = query.where(tuple_(GoalRow.updated_at, GoalRow.id) > cursor)
+            page = list(session.execute(query).scalars())
+            for goal in page:
+                envelope = _resend_if_stalled(
+                    session, goal, now, after, step_lease, waiting, progress
+                )
+                if envelope is not None:
+                    envelopes.append(envelope)
+            if len(page) < limit or len(envelopes) >= limit:
+                break
+            cursor = (page[-1].updated_at, page[-1].id)
     return envelopes
+
+
+def _resend_if_stalled(
+    session: Session,
+    goal: GoalRow,
+    now: datetime,
+    after: timedelta,
+    step_lease: timedelta,
+    waiting: Mapping[Stage, int] | None,
+    progress: Mapping[str, datetime] | None,
+) -> Envelope | None:
+    """Return the goal's last message, counted as a resend, if it is stalled; else None."""
+    if now - goal.updated_at < due_after(after, goal.reconciled):
+        return None  # resent more often than SQL tells apart (see `_due`), not due yet
+    if goal.planning_until is not None and goal.planning_until > now:
+        return None  # a planner is on it (a slow LLM): resending would pay for it twice
+    stage = _waits_in(session, goal)
+    queued = stage is not None and _queued(goal, stage, waiting or {}, progress or {})
+    if queued and goal.updated_at > now - after * BACKLOG_PATIENCE:
+        return None
+    envelope = _last_message(session, goal, step_lease)
+    if envelope is not None:
+        _count_resend(session, goal, envelope)
+    return envelope
+
+
+def _waits_in(session: Session, goal: GoalRow) -> Stage | None:
+    """Return the stage whose queue holds the goal's last message while it waits."""
+    if goal.status == "approved" and not _signed(session, goal.id):
+        return "gate"  # a person's approval, waiting for the gate to sign it
+    return _WAITS_IN.get(goal.status)
+
+
+def _signed(session: Session, goal_id: str) -> bool:
+    plan = latest_plan(session, goal_id)
+    if plan is None:
+        return False
+    issued = select(ApprovalRow.approval_id).where(ApprovalRow.plan_id == plan.plan_id)
+    return session.execute(issued).first() is not None
 
 
 def _queued(

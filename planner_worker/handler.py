@@ -83,6 +83,8 @@ class PlannerHandler:
     def _on_goal(self, message: GoalSubmitted, delivery: Delivery) -> Sequence[Envelope]:
         with self._store.session() as session:
             goal = ensure_goal(session, message, delivery.headers)
+            if goal.status == "cancelled":
+                return []  # an operator stopped it: nothing more is planned
             existing = latest_plan(session, message.goal_id)
             if existing is not None:
                 return [emit(session, _proposal(existing))]

@@ -62,8 +62,9 @@ TRANSITIONS: Mapping[str, Mapping[str, frozenset[Mover]]] = {
     ),
     "needs_attention": _moves(approved=PERSON, cancelled=_OPERATOR),  # settled: the run resumes
     # Feedback makes a new revision: a rejection, or (if configured) a failed run.
-    "rejected": _moves(proposed=PLANNER, plan_failed=PLANNER),
-    "failed": _moves(proposed=PLANNER, plan_failed=PLANNER),
+    # (Cancelling one stops that.)
+    "rejected": _moves(proposed=PLANNER, plan_failed=PLANNER, cancelled=_OPERATOR),
+    "failed": _moves(proposed=PLANNER, plan_failed=PLANNER, cancelled=_OPERATOR),
     "completed": {},
     "plan_failed": {},
     "denied": {},
@@ -75,6 +76,13 @@ TERMINAL: frozenset[str] = frozenset(
     {"completed", "failed", "plan_failed", "denied", "rejected", "expired", "cancelled"}
 )
 """States in which nothing more happens unless the planner is asked for a new revision."""
+
+
+def cancellable(status: str) -> bool:
+    """Return whether an operator may still cancel a goal in `status`."""
+    return "operator" in TRANSITIONS.get(status, {}).get("cancelled", frozenset())
+
+
 STALLED_WHEN_IDLE: frozenset[str] = frozenset({"submitted", "proposed", "approved", "running"})
 """States a stage is working on: left unchanged past a deadline, the reconciler steps in."""
 WAITING_FOR_PERSON: frozenset[str] = frozenset({"held", "needs_attention"})

@@ -39,7 +39,7 @@ def test_the_sets_of_states_are_read_from_the_one_table() -> None:
     assert not TERMINAL & STALLED_WHEN_IDLE
     assert not TERMINAL & WAITING_FOR_PERSON
     for state in TERMINAL:
-        assert set(TRANSITIONS[state]) <= {"proposed", "plan_failed"}
+        assert set(TRANSITIONS[state]) <= {"proposed", "plan_failed", "cancelled"}
     assert {state for state, targets in TRANSITIONS.items() if not targets} <= TERMINAL
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -54,3 +55,34 @@ def test_a_handler_past_its_deadline_is_reported_and_its_message_handed_back(
         thread.join(WAIT)
         bus.close()
     assert not thread.is_alive()
+
+
+def test_a_message_made_with_a_time_without_a_zone_is_handled_and_the_loop_goes_on() -> None:
+    """Given a goal published raw whose `occurred_at` has no time zone (as a LocalDateTime),
+    When the stage takes it, and then a normal goal,
+    Then both reach the handler: a sender's clock never breaks the loop.
+    """
+    bus = Bus("memory://", namespace=f"t{uuid4().hex[:10]}")
+    bus.declare()
+    seen: queue.Queue[str] = queue.Queue()
+
+    def handler(message: Message, delivery: Delivery) -> list[Envelope]:
+        seen.put(message.goal_id)
+        return []
+
+    naive = GoalSubmitted(goal_id="naive", text="count tickets")
+    body = naive.model_dump(mode="json") | {"occurred_at": "2026-01-01T00:00:00"}
+    raw = Envelope("goal.submitted", json.dumps(body).encode(), {"x-plangate-goal-id": "naive"})
+    consumer = bus.stage_consumer("planner", handler, concurrency=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert consumer.ready.wait(WAIT)
+        bus.publish([raw, Envelope.of(GoalSubmitted(goal_id="aware", text="count tickets"))])
+
+        assert {seen.get(timeout=WAIT), seen.get(timeout=WAIT)} == {"naive", "aware"}
+    finally:
+        stop.set()
+        thread.join(WAIT)
+        bus.close()

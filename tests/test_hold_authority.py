@@ -4,6 +4,7 @@ gate signs."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,10 @@ from approval_gate.decisions import hand_to_gate, record_decision
 from plangate.bus import Envelope
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
-from plangate.errors import Forbidden
+from plangate.errors import Conflict, Forbidden
 from plangate.stages import build_review
 from plangate.store import ApprovalRow, DecisionRow, HoldRow, open_store
-from schemas import Decision, ReviewDecided
+from schemas import Decision, ReviewDecided, utcnow
 from tests.conftest import SEED_GOAL
 from tests.support import (
     HELD,
@@ -176,3 +177,25 @@ def test_a_forged_review_decided_is_a_dead_letter_and_changes_nothing(
         assert "review.refused" in kinds
         assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
         assert step_runs(pipeline.store, row.plan_id) == {}
+
+
+def test_a_hold_past_its_expiry_cannot_be_approved_even_before_the_sweep(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed plan held, its hold's expiry passed but no sweep has expired it yet,
+    When a reviewer with the role approves it,
+    Then the approval is refused as too late (Conflict), and nothing is signed.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", FINANCE_POLICY)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+        with pipeline.store.session() as session:
+            session.get_one(HoldRow, plan.plan_id).expires_at = utcnow() - timedelta(seconds=1)
+
+        with pytest.raises(Conflict, match="the hold has expired"):
+            pipeline.approve(plan.plan_id, "carol", roles=frozenset({"finance"}))
+
+        with pipeline.store.session() as session:
+            assert session.execute(select(ApprovalRow)).first() is None

@@ -199,3 +199,29 @@ def test_a_goal_whose_stage_moved_past_its_message_is_resent_despite_a_backlog(
         assert resent.routing_key == "goal.submitted"
     finally:
         store.close()
+
+
+def test_goals_skipped_at_the_head_of_the_list_do_not_hide_a_lost_one(
+    settings: Settings,
+) -> None:
+    """Given the oldest stalled goal being planned (a slow LLM: skipped), and a newer goal
+    whose message was lost,
+    When the reconciler sweeps one candidate per page,
+    Then it pages past the skipped one and resends the lost one.
+    """
+    store = open_store(settings.resolved_database_url())
+    try:
+        with store.session() as session:
+            session.add(GoalRow(id="old", text="count tickets", status="submitted", meta={}))
+            session.add(GoalRow(id="new", text="count tickets", status="submitted", meta={}))
+        with store.session() as session:
+            old = session.get_one(GoalRow, "old")
+            old.updated_at = utcnow() - timedelta(seconds=300)
+            old.planning_until = utcnow() + timedelta(minutes=5)
+            session.get_one(GoalRow, "new").updated_at = utcnow() - timedelta(seconds=90)
+
+        [resent] = reconcile(store, timedelta(seconds=60), limit=1)
+
+        assert resent.headers["x-plangate-goal-id"] == "new"
+    finally:
+        store.close()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from kombu.connection import Connection
@@ -267,13 +267,24 @@ class StageConsumer:
             self._dead_letter(raw, delivery, f"it could not be decoded: {type(exc).__name__}")
             return
         faults.trip("after_receive")
-        if self.taken_up_to is None or message.occurred_at > self.taken_up_to:
-            self.taken_up_to = message.occurred_at
+        self._note_progress(message.occurred_at)
         self._in_flight += 1
         self._poll = _FIRST_POLL_SECONDS
         future = self._pool.submit(self._call_handler, message, delivery, body)
         self._running[future] = _Running(raw, delivery, body, time.monotonic())
         future.add_done_callback(lambda f: self._finished(_Done(raw, delivery, f)))
+
+    def _note_progress(self, occurred_at: datetime) -> None:
+        """Move the stage's mark to when this message was made (as its sender says).
+
+        A sender's clock is not trusted: a time without a zone is ignored, and one in the future
+        counts as now, so no message can pin the mark ahead.
+        """
+        if occurred_at.tzinfo is None:
+            return
+        made = min(occurred_at, datetime.now(UTC))
+        if self.taken_up_to is None or made > self.taken_up_to:
+            self.taken_up_to = made
 
     def _call_handler(
         self, message: Message, delivery: Delivery, body: bytes
@@ -375,9 +386,13 @@ class StageConsumer:
                 now - running.started,
                 self._handler_deadline,
             )
-            headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + 1)}
-            copy = Envelope(self._topology.retry_key(self._stage), running.body, headers)
-            self._publish_then_ack(running.raw, [copy])
+            if delivery.attempt >= self._max_attempts:
+                reason = f"its handler hung past the {self._handler_deadline:g} s deadline"
+                self._dead_letter(running.raw, delivery, f"{reason} {delivery.attempt} times")
+            else:
+                headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + 1)}
+                copy = Envelope(self._topology.retry_key(self._stage), running.body, headers)
+                self._publish_then_ack(running.raw, [copy])
             self._handed_back.add(future)
             self._in_flight -= 1
 

@@ -71,7 +71,11 @@ def transition(
     """
     if reason is not None:
         reason = storable_text(redact(reason))
-    row = get_goal(session, goal_id)
+    # Locked and read afresh: a move checked against a status another transaction has since
+    # changed (a cancel, a decision) would overwrite it on PostgreSQL.
+    row = session.get(GoalRow, goal_id, with_for_update=True, populate_existing=True)
+    if row is None:
+        row = get_goal(session, goal_id)  # raises NotFound
     check_transition(goal_id, row.status, status, by)
     row.status = status
     row.status_reason = reason
