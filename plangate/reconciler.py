@@ -117,7 +117,7 @@ def _resend_if_stalled(
     if goal.planning_until is not None and goal.planning_until > now:
         return None  # a planner is on it (a slow LLM): resending would pay for it twice
     stage = _waits_in(session, goal)
-    queued = stage is not None and _queued(goal, stage, waiting or {}, progress or {})
+    queued = stage is not None and _queued(goal, stage, waiting or {}, progress or {}, after)
     if queued and goal.updated_at > now - after * BACKLOG_PATIENCE:
         return None
     envelope = _last_message(session, goal, step_lease)
@@ -142,17 +142,22 @@ def _signed(session: Session, goal_id: str) -> bool:
 
 
 def _queued(
-    goal: GoalRow, stage: Stage, waiting: Mapping[Stage, int], progress: Mapping[str, datetime]
+    goal: GoalRow,
+    stage: Stage,
+    waiting: Mapping[Stage, int],
+    progress: Mapping[str, datetime],
+    after: timedelta,
 ) -> bool:
     """Return whether the goal's last message is most likely still in its stage's queue.
 
-    Not if the queue is empty; nor once the stage has taken messages made well after it (a
-    queue hands messages out in order: ours was passed over, so it was lost).
+    Not if the queue is empty; nor once the stage has taken messages made a whole deadline
+    after it (a queue hands messages out in order: ours was passed over, so it was lost; a
+    shorter lead is a message still being handled beside newer ones).
     """
     if not waiting.get(stage, 0):
         return False
     taken = progress.get(stage)
-    return taken is None or taken <= goal.updated_at + _CLOCK_MARGIN
+    return taken is None or taken <= goal.updated_at + max(_CLOCK_MARGIN, after)
 
 
 def _due(now: datetime, after: timedelta) -> ColumnElement[bool]:

@@ -289,6 +289,10 @@ def statuses_once_settled(fleet: Fleet, goal_ids: list[str], timeout: float = 90
     return statuses
 
 
+# Twelve `plangate submit` and a `plangate status` per goal and poll: processes, not threads,
+# so a loaded machine needs more than the default minute.
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_redis_restarted_without_persistence_loses_no_goal(
     fleet_on_own_redis: Fleet, own_redis: OwnRedis
 ) -> None:
