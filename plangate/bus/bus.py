@@ -19,17 +19,12 @@ from kombu.messaging import Consumer, Producer
 from kombu.utils.url import maybe_sanitize_url
 
 from plangate.bus import redis_transport
-from plangate.bus.consumer import (
-    RETRY_DELAYS,
-    DeferHook,
-    Handler,
-    PublishedHook,
-    StageConsumer,
-)
+from plangate.bus.consumer import Handler, PublishedHook, StageConsumer
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
 from plangate.bus.inbound import raw_body
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
+from plangate.bus.retries import RETRY_DELAYS, DeferHook
 from plangate.bus.topology import STAGES, Stage, Topology
 from plangate.errors import BrokerUnavailable
 from schemas import DeadLetter, Message, MessageRejected, decode_message

@@ -21,11 +21,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
 
 from kombu.connection import Connection
 from kombu.exceptions import OperationalError
@@ -33,8 +31,10 @@ from kombu.message import Message as KombuMessage
 from kombu.messaging import Consumer
 
 from plangate import faults, logs, telemetry
+from plangate.bus.chores import Chores
 from plangate.bus.dead_letters import dead_letter_envelope
 from plangate.bus.envelope import ATTEMPT_HEADER, GOAL_HEADER, Delivery, Envelope
+from plangate.bus.in_flight import Done, InFlight, Running
 from plangate.bus.inbound import (
     decode,
     delivery_of,
@@ -42,62 +42,34 @@ from plangate.bus.inbound import (
     raw_body,
     refuse_compressed_messages,
     text_headers,
+    unreadable_reason,
 )
 from plangate.bus.producers import ThreadProducers
 from plangate.bus.reconnect import Backoff, run_reconnecting
+from plangate.bus.retries import (
+    RETRY_DELAYS,
+    DeferHook,
+    Deferred,
+    Deferring,
+    Waiting,
+    retry_delay,
+)
 from plangate.bus.topology import Stage, Topology
 from plangate.bus.wakeup import Wakeup
 from plangate.errors import Reject, Retry, Unavailable
-from schemas import Message, MessageRejected, decode_message
+from schemas import Message, MessageRejected
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message, Delivery], Sequence[Envelope]]
 PublishedHook = Callable[[Sequence[Envelope]], None]
-# Store an envelope to be published `delay` seconds from now; return it tagged with its row.
-DeferHook = Callable[[Envelope, float], Envelope]
-
-
-@runtime_checkable
-class Deferring(Protocol):
-    """An `on_published` hook that can also store a retry (the store's `SentMarker` can)."""
-
-    def defer(self, envelope: Envelope, delay: float) -> Envelope:
-        """Store `envelope` to be published `delay` seconds from now."""
-
-
 _POLL_SECONDS = 0.05
 _FIRST_POLL_SECONDS = 0.001
 _BUSY_POLL_SECONDS = 0.002
-RETRY_DELAYS = (0.2, 1.0, 5.0, 30.0)
 
 
 class _PublishFailed(Exception):
     """A handler's messages could not be published: the broker is gone (reconnect)."""
-
-
-class _Deferred(Exception):
-    """A retry is stored to be published after `delay`: its message can be acked now."""
-
-    def __init__(self, envelope: Envelope, delay: float) -> None:
-        super().__init__(f"stored to be retried in {delay:g} s")
-        self.envelope = envelope
-        self.delay = delay
-
-
-@dataclass
-class _Done:
-    raw: KombuMessage
-    delivery: Delivery
-    future: Future[Sequence[Envelope]]
-
-
-@dataclass
-class _Running:
-    raw: KombuMessage
-    delivery: Delivery
-    body: bytes
-    started: float
 
 
 class StageConsumer:
@@ -140,19 +112,14 @@ class StageConsumer:
             defer = on_published.defer
         self._defer = defer
         self._retry_delays = tuple(retry_delays)
-        self._done: queue.Queue[_Done] = queue.Queue()
-        self._retries: list[tuple[float, KombuMessage, int]] = []
-        self._stored_retries: list[tuple[float, Envelope]] = []
-        self._in_flight = 0
-        # When the newest message this loop has taken was made: the reconciler compares goals
-        # against the stage's mark to tell a message still queued from one lost.
-        self.taken_up_to: datetime | None = None
+        self._done: queue.Queue[Done] = queue.Queue()
+        self._retries: Waiting[tuple[KombuMessage, int]] = Waiting()  # held unacked
+        self._stored_retries: Waiting[Envelope] = Waiting()  # in the outbox, acked
+        self._in_flight = InFlight()
         # A handler running past the deadline is reported and its message handed back.
         self._handler_deadline = handler_deadline
-        self._running: dict[Future[Sequence[Envelope]], _Running] = {}
-        self._handed_back: set[Future[Sequence[Envelope]]] = set()
         self._poll = _FIRST_POLL_SECONDS
-        self._last_chores = self._last_beat = self._last_watch = time.monotonic()
+        self._last_watch = time.monotonic()
         self.ready = threading.Event()
         with connection_factory() as probe:  # not connected: asking the transport is enough
             self._outages = (OperationalError, OSError, _PublishFailed, *probe.connection_errors)
@@ -187,21 +154,22 @@ class StageConsumer:
                 prefetch_count=self._concurrency,
                 accept=["application/json"],
             )
+            chores = Chores(connection)
             with consumer:
                 self.ready.set()
                 while not stop.is_set():
                     self._settle_finished()
-                    self._heartbeat(connection)
+                    chores.heartbeat()
                     self._hand_back_overdue()
-                    if self._in_flight >= self._concurrency:
+                    if self._in_flight.count >= self._concurrency:
                         # No message can come in until a handler finishes: wait for that.
                         self._settle_finished(block=True)
-                        self._housekeeping(connection)
+                        chores.housekeeping()
                     else:
                         self._drain(connection)
-                while self._in_flight:
+                while self._in_flight.count:
                     self._settle_finished(block=True)
-                for _, raw, _ in self._retries:
+                for raw, _ in self._retries:
                     raw.requeue()  # hand back on shutdown: the broker redelivers it
                 # Stored retries not yet published stay in the outbox: the relay sends them.
 
@@ -214,40 +182,18 @@ class StageConsumer:
 
         def run(stop: threading.Event) -> None:
             self._done = queue.Queue()
-            self._retries = []  # held unacked: the broker hands them out again
-            self._in_flight = 0
-            self._running, self._handed_back = {}, set()
+            self._retries = Waiting()  # held unacked: the broker hands them out again
+            self._in_flight = InFlight()
             self.run(stop)
 
         backoff = Backoff(most=max_backoff)
         run_reconnecting(run, stop, self.ready, self._outages, backoff, f"the {self._stage}")
 
-    def _heartbeat(self, connection: Connection) -> None:
-        """Send and check AMQP heartbeats (kombu leaves that to the connection's owner)."""
-        now = time.monotonic()
-        if now - self._last_beat >= 1.0:
-            self._last_beat = now
-            if connection.supports_heartbeats and connection.heartbeat:
-                connection.heartbeat_check()
-
-    def _housekeeping(self, connection: Connection) -> None:
-        """Let kombu do its chores once a second, even while every slot is busy.
-
-        Its chores: connection health checks and, when due, its restore sweep of unacked
-        messages (throttled: see `unacked_restore_throttle` in bus.py). Long handlers can keep
-        every slot busy, and the loop out of kombu's wait, for minutes.
-        """
-        now = time.monotonic()
-        if now - self._last_chores >= 1.0:
-            self._last_chores = now
-            with suppress(TimeoutError):
-                connection.drain_events(timeout=0)
-
     def _drain(self, connection: Connection) -> None:
         # A finished handler wakes the wait where the transport allows (Redis). Elsewhere the
         # loop looks every 1-2 ms while handlers run (waiting up to 50 ms added a fifth to each
         # hop's latency); an idle worker does not spin.
-        polling = self._in_flight and not self._wakeup.available
+        polling = self._in_flight.count and not self._wakeup.available
         timeout = self._poll if polling else _POLL_SECONDS
         try:
             connection.drain_events(timeout=timeout)
@@ -267,24 +213,16 @@ class StageConsumer:
             self._dead_letter(raw, delivery, f"it could not be decoded: {type(exc).__name__}")
             return
         faults.trip("after_receive")
-        self._note_progress(message.occurred_at)
-        self._in_flight += 1
         self._poll = _FIRST_POLL_SECONDS
         future = self._pool.submit(self._call_handler, message, delivery, body)
-        self._running[future] = _Running(raw, delivery, body, time.monotonic())
-        future.add_done_callback(lambda f: self._finished(_Done(raw, delivery, f)))
+        running = Running(raw, delivery, body, time.monotonic())
+        self._in_flight.started(future, running, message.occurred_at)
+        future.add_done_callback(lambda f: self._finished(Done(raw, delivery, f)))
 
-    def _note_progress(self, occurred_at: datetime) -> None:
-        """Move the stage's mark to when this message was made (as its sender says).
-
-        A sender's clock is not trusted: a time without a zone is ignored, and one in the future
-        counts as now, so no message can pin the mark ahead.
-        """
-        if occurred_at.tzinfo is None:
-            return
-        made = min(occurred_at, datetime.now(UTC))
-        if self.taken_up_to is None or made > self.taken_up_to:
-            self.taken_up_to = made
+    @property
+    def taken_up_to(self) -> datetime | None:
+        """When the newest message this loop has taken was made (the stage's progress)."""
+        return self._in_flight.taken_up_to
 
     def _call_handler(
         self, message: Message, delivery: Delivery, body: bytes
@@ -296,7 +234,7 @@ class StageConsumer:
             ):
                 envelopes = self._handler(message, delivery)
         except Exception as exc:
-            self._store_retry(exc, delivery, body)  # raises _Deferred once it is stored
+            self._store_retry(exc, delivery, body)  # raises Deferred once it is stored
             raise
         faults.trip("after_commit")
         try:
@@ -316,28 +254,19 @@ class StageConsumer:
         delay = self._retry_delay(error, delivery.attempt)
         if delay is None:
             return
-        headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + 1)}
-        envelope = Envelope(self._topology.retry_key(self._stage), body, headers)
         try:
-            stored = self._defer(envelope, delay)
+            stored = self._defer(self._next_attempt(delivery, body), delay)
         except Exception:
             log.warning(
                 "could not store the retry of %s; holding it", delivery.routing_key, exc_info=True
             )
             return
-        raise _Deferred(stored, delay) from error
+        raise Deferred(stored, delay) from error
 
     def _retry_delay(self, error: BaseException, attempt: int) -> float | None:
-        """Return how long until a failed message is tried again; None: dead-letter it."""
-        if isinstance(error, Unavailable):  # an outage is nobody's fault: no attempt is used
-            return min(30.0, error.delay * 2.0 ** min(attempt, 5))
-        if isinstance(error, Reject) or attempt >= self._max_attempts:
-            return None
-        if isinstance(error, Retry):  # an expected outcome: the handler says when to come back
-            return error.delay
-        return self._retry_delays[min(attempt, len(self._retry_delays)) - 1]
+        return retry_delay(error, attempt, self._max_attempts, self._retry_delays)
 
-    def _finished(self, done: _Done) -> None:
+    def _finished(self, done: Done) -> None:
         """In the handler's thread: hand its message back to the loop, and wake the loop."""
         self._done.put(done)
         self._wakeup.set()
@@ -353,14 +282,11 @@ class StageConsumer:
         while not self._done.empty():
             self._settle_one(self._done.get_nowait())
 
-    def _settle_one(self, done: _Done) -> None:
-        self._running.pop(done.future, None)
-        if done.future in self._handed_back:  # settled when it was handed back
-            self._handed_back.discard(done.future)
+    def _settle_one(self, done: Done) -> None:
+        if self._in_flight.ended(done.future):
+            self._settle(done)
+        else:  # settled when it was handed back
             log.warning("a handler of %s handed back earlier has ended", done.delivery.routing_key)
-            return
-        self._in_flight -= 1
-        self._settle(done)
 
     def _hand_back_overdue(self) -> None:
         """Report a handler past its deadline, and hand its message back to the stage.
@@ -374,36 +300,36 @@ class StageConsumer:
         if self._handler_deadline is None or now - self._last_watch < 1.0:
             return
         self._last_watch = now
-        for future, running in list(self._running.items()):
-            if future in self._handed_back or now - running.started < self._handler_deadline:
-                continue
+        for running, ran in self._in_flight.overdue(self._handler_deadline):
             delivery = running.delivery
             log.error(
                 "a handler of %s (goal %s) is still running after %.0f s, past its %g s "
                 "deadline; handing its message back to the stage",
                 delivery.routing_key,
                 delivery.headers.get(GOAL_HEADER, "?"),
-                now - running.started,
+                ran,
                 self._handler_deadline,
             )
             if delivery.attempt >= self._max_attempts:
                 reason = f"its handler hung past the {self._handler_deadline:g} s deadline"
                 self._dead_letter(running.raw, delivery, f"{reason} {delivery.attempt} times")
             else:
-                headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + 1)}
-                copy = Envelope(self._topology.retry_key(self._stage), running.body, headers)
+                copy = self._next_attempt(delivery, running.body)
                 self._publish_then_ack(running.raw, [copy])
-            self._handed_back.add(future)
-            self._in_flight -= 1
 
-    def _settle(self, done: _Done) -> None:
+    def _next_attempt(self, delivery: Delivery, body: bytes) -> Envelope:
+        """Return a copy of a message as its next attempt, for this stage's retry key."""
+        headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + 1)}
+        return Envelope(self._topology.retry_key(self._stage), body, headers)
+
+    def _settle(self, done: Done) -> None:
         """Decide what a finished message leads to: its results, a dead letter, or a retry."""
         error = done.future.exception()
         if error is None:
             self._ack(done.raw, done.future.result())
         elif isinstance(error, _PublishFailed):
             raise error  # unacked, the message comes back once the broker does
-        elif isinstance(error, _Deferred):
+        elif isinstance(error, Deferred):
             self._ack_stored_retry(done, error)
         elif isinstance(error, Reject):
             log.info("rejected %s: %s", done.delivery.routing_key, error.reason)
@@ -415,37 +341,30 @@ class StageConsumer:
         else:
             self._hold_retry(done, error, delay)
 
-    def _ack_stored_retry(self, done: _Done, stored: _Deferred) -> None:
-        log.info(
-            "retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, stored.__cause__
-        )
+    def _ack_stored_retry(self, done: Done, stored: Deferred) -> None:
+        why = stored.__cause__
+        log.info("retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, why)
         self._ack(done.raw, ())
-        self._stored_retries.append((time.monotonic() + stored.delay, stored.envelope))
+        self._stored_retries.add(stored.delay, stored.envelope)
 
-    def _hold_retry(self, done: _Done, error: BaseException, delay: float) -> None:
+    def _hold_retry(self, done: Done, error: BaseException, delay: float) -> None:
         attempt = done.delivery.attempt
-        if isinstance(error, Unavailable):
+        if isinstance(error, Unavailable):  # an outage uses no attempt
             log.warning("%s; retrying %s in %g s", error, done.delivery.routing_key, delay)
-        elif isinstance(error, Retry):
-            log.info("retrying %s in %g s: %s", done.delivery.routing_key, delay, error)
+        else:  # a Retry is an expected outcome; anything else is worth a warning
+            level = logging.INFO if isinstance(error, Retry) else logging.WARNING
+            log.log(level, "retrying %s in %g s: %r", done.delivery.routing_key, delay, error)
             attempt += 1
-        else:
-            log.warning("will retry %s: %r", done.delivery.routing_key, error)
-            attempt += 1
-        self._retries.append((time.monotonic() + delay, done.raw, attempt))
+        self._retries.add(delay, (done.raw, attempt))
 
     def _republish_due_retries(self) -> None:
-        now = time.monotonic()
-        due = [r for r in self._retries if r[0] <= now]
-        self._retries = [r for r in self._retries if r[0] > now]
-        for _, raw, attempt in due:
+        for raw, attempt in self._retries.due():
             headers = text_headers(raw) | {ATTEMPT_HEADER: str(attempt)}
             retry_key = self._topology.retry_key(self._stage)
             self._publish_then_ack(raw, [Envelope(retry_key, raw_body(raw), headers)])
-        stored = [envelope for at, envelope in self._stored_retries if at <= now]
+        stored = self._stored_retries.due()
         if stored:
             self._producers.publish(stored)  # if this fails, the relay sends them later
-            self._stored_retries = [r for r in self._stored_retries if r[0] > now]
             self._mark_published(stored)
 
     def _dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
@@ -478,9 +397,4 @@ class StageConsumer:
             log.error("dropping a message kombu could not even parse: %r", error)
             return
         delivery = delivery_of(raw, self._queue_name)
-        reason = f"the broker client could not read it: {error}"
-        try:  # the strict decoder's own reason, when it has one (a compressed body has)
-            decode_message(raw_body(raw), raw.content_type, raw.content_encoding, raw.headers or {})
-        except MessageRejected as exc:
-            reason = exc.reason
-        self._dead_letter(raw, delivery, reason)
+        self._dead_letter(raw, delivery, unreadable_reason(raw, error))

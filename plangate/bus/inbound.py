@@ -92,3 +92,12 @@ def refuse_compressed_messages() -> None:
     compressed message, so a worker process refuses to inflate any.
     """
     kombu_message.decompress = _refuse_to_decompress  # type: ignore[attr-defined]
+
+
+def unreadable_reason(raw: KombuMessage, error: Exception) -> str:
+    """Say why kombu could not read a message: the strict decoder's reason, when it has one."""
+    try:  # a compressed body has one
+        decode_message(raw_body(raw), raw.content_type, raw.content_encoding, raw.headers or {})
+    except MessageRejected as exc:
+        return exc.reason
+    return f"the broker client could not read it: {error}"
