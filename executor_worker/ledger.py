@@ -108,7 +108,7 @@ class StepLedger:
                 return Claim(kind, row.attempt, row.status, row.output, row.error)
             lease_until = row.lease_until
             if lease_until is not None and lease_until > now:
-                raise Retry(f"step {step.id!r} is being run by another executor", delay=5.0)
+                raise _held_elsewhere(step.id, lease_until, now)
             if not spec.idempotent:
                 row.status, row.finished_at = "unknown", now
                 row.error = "an executor died during this call; it may or may not have happened"
@@ -157,7 +157,7 @@ class StepLedger:
                 # Claimed by an executor of an older version. Its result will be recorded over
                 # this one, so this run must not go on with its own: wait for that one.
                 if row.lease_until is not None and row.lease_until > now:
-                    raise Retry(f"step {step.id!r} is being run by another executor", delay=5.0)
+                    raise _held_elsewhere(step.id, row.lease_until, now)
                 _finish(row, status, output, error, now)
             self._audit(session, f"step.{status}", {**key, "error": error})
         return Claim("done", 1, status, output, error)
@@ -217,3 +217,13 @@ class StepLedger:
 def _finish(row: StepRunRow, status: str, output: Any, error: str | None, now: datetime) -> None:
     row.status, row.output, row.error = status, output, error
     row.finished_at, row.lease_until = now, None
+
+
+def _held_elsewhere(step_id: str, lease_until: datetime, now: datetime) -> Retry:
+    """Come back when the other executor's lease runs out (it may have died: then take over).
+
+    Not sooner: each retry spends one of the message's attempts, and a message that a dead
+    executor held comes back long before its lease ends (`plangate.bus.redis_claims`).
+    """
+    wait = max(1.0, (lease_until - now).total_seconds() + 0.1)
+    return Retry(f"step {step_id!r} is being run by another executor", delay=wait)

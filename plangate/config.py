@@ -113,6 +113,12 @@ class Settings(BaseSettings):
         description="A tool call's deadline unless its tool sets `timeout`: a read still "
         "running then fails; a write becomes `unknown` for a person to settle.",
     )
+    redelivery_after_seconds: float = Field(
+        default=30.0,
+        ge=1,
+        description="On Redis, a message that a worker stopped renewing (it died) goes back to "
+        "its queue this long after, restored by any live worker; live workers renew theirs.",
+    )
     reconcile_after_seconds: float = Field(
         default=60.0,
         gt=0,

@@ -17,7 +17,8 @@ stage has moved past it lost its message, and is resent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
@@ -26,7 +27,7 @@ from sqlalchemy.orm import Session
 from plangate.bus import Envelope, Stage
 from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, StepRunRow, Store, audit
 from plangate.store.goals import latest_plan, plan_of
-from plangate.store.outbox import emit
+from plangate.store.outbox import delayed_retries, emit
 from schemas import (
     GoalSubmitted,
     PlanApproved,
@@ -59,6 +60,25 @@ def due_after(after: timedelta, resends: int) -> timedelta:
     return after * ((1 << (doubled + 1)) - 1) + longest_gap * (resends - doubled)
 
 
+class RecentlyHeld:
+    """The goals whose message a consumer held at any sweep within the last deadline.
+
+    A dead worker's message is restored to the front of its queue between two sweeps, and is
+    taken a moment later; in that moment it is neither held nor new, and would look lost.
+    """
+
+    def __init__(self, window: timedelta) -> None:
+        self._window = window.total_seconds()
+        self._seen: dict[str, float] = {}
+
+    def update(self, held: Collection[str]) -> set[str]:
+        """Note the goals held now; return those held now or within the window."""
+        now = time.monotonic()
+        self._seen.update(dict.fromkeys(held, now))
+        self._seen = {g: at for g, at in self._seen.items() if now - at <= self._window}
+        return set(self._seen)
+
+
 def reconcile(
     store: Store,
     after: timedelta,
@@ -66,12 +86,16 @@ def reconcile(
     step_lease: timedelta = timedelta(minutes=5),
     waiting: Mapping[Stage, int] | None = None,
     progress: Mapping[str, datetime] | None = None,
+    held: Collection[str] = (),
 ) -> list[Envelope]:
     """Queue the last message of every goal stalled past its deadline; return the envelopes.
 
     `waiting` is how many messages each stage's queue holds (as the broker reports it), and
     `progress` the newest message each stage has taken: a goal whose message is most likely
-    still queued behind a backlog is left to it for a while (see `_queued`).
+    still queued behind a backlog is left to it for a while (see `_queued`). `held` names the
+    goals whose message a consumer holds unacked: being handled, or coming back by itself.
+    Neither those nor goals with a delayed retry waiting in the outbox are resent; a goal
+    whose message was sent again (retried, resent) is compared from that time on.
     """
     now = utcnow()
     envelopes: list[Envelope] = []
@@ -79,6 +103,7 @@ def reconcile(
         # Page on (updated_at, id): goals skipped below (live runs, backlogs) stay oldest, and
         # must not hide newer ones that lost their message.
         cursor: tuple[datetime, str] | None = None
+        retries = delayed_retries(session, since=now - after * BACKLOG_PATIENCE)
         for _ in range(MAX_PAGES):
             query = (
                 select(GoalRow)
@@ -91,8 +116,12 @@ def reconcile(
                 query = query.where(tuple_(GoalRow.updated_at, GoalRow.id) > cursor)
             page = list(session.execute(query).scalars())
             for goal in page:
+                # Its message is being handled, comes back by itself, or waits as a retry.
+                if goal.id in held or (goal.id in retries and retries[goal.id] is None):
+                    continue
+                sent = _last_sent(goal, retries.get(goal.id))
                 envelope = _resend_if_stalled(
-                    session, goal, now, after, step_lease, waiting, progress
+                    session, goal, now, after, step_lease, waiting, progress, sent
                 )
                 if envelope is not None:
                     envelopes.append(envelope)
@@ -110,15 +139,19 @@ def _resend_if_stalled(
     step_lease: timedelta,
     waiting: Mapping[Stage, int] | None,
     progress: Mapping[str, datetime] | None,
+    sent: datetime,
 ) -> Envelope | None:
-    """Return the goal's last message, counted as a resend, if it is stalled; else None."""
+    """Return the goal's last message, counted as a resend, if it is stalled; else None.
+
+    `sent` is when the goal's message last went to its queue (`_last_sent`).
+    """
     if now - goal.updated_at < due_after(after, goal.reconciled):
         return None  # resent more often than SQL tells apart (see `_due`), not due yet
     if goal.planning_until is not None and goal.planning_until > now:
         return None  # a planner is on it (a slow LLM): resending would pay for it twice
     stage = _waits_in(session, goal)
-    queued = stage is not None and _queued(goal, stage, waiting or {}, progress or {}, after)
-    if queued and goal.updated_at > now - after * BACKLOG_PATIENCE:
+    queued = stage is not None and _queued(sent, stage, waiting or {}, progress or {}, after)
+    if queued and sent > now - after * BACKLOG_PATIENCE:
         return None
     envelope = _last_message(session, goal, step_lease)
     if envelope is not None:
@@ -141,8 +174,17 @@ def _signed(session: Session, goal_id: str) -> bool:
     return session.execute(issued).first() is not None
 
 
+def _last_sent(goal: GoalRow, retried: datetime | None) -> datetime:
+    """Return when the goal's message last joined the back of its queue.
+
+    Its last change (a message sent with it), its last resend, or its last delayed retry,
+    whichever came last: a queue hands out messages in the order they were published.
+    """
+    return max(t for t in (goal.updated_at, goal.resent_at, retried) if t is not None)
+
+
 def _queued(
-    goal: GoalRow,
+    sent: datetime,
     stage: Stage,
     waiting: Mapping[Stage, int],
     progress: Mapping[str, datetime],
@@ -150,14 +192,14 @@ def _queued(
 ) -> bool:
     """Return whether the goal's last message is most likely still in its stage's queue.
 
-    Not if the queue is empty; nor once the stage has taken messages made a whole deadline
+    Not if the queue is empty; nor once the stage has taken messages published a deadline
     after it (a queue hands messages out in order: ours was passed over, so it was lost; a
     shorter lead is a message still being handled beside newer ones).
     """
     if not waiting.get(stage, 0):
         return False
     taken = progress.get(stage)
-    return taken is None or taken <= goal.updated_at + max(_CLOCK_MARGIN, after)
+    return taken is None or taken <= sent + max(_CLOCK_MARGIN, after)
 
 
 def _due(now: datetime, after: timedelta) -> ColumnElement[bool]:
@@ -180,7 +222,9 @@ def _count_resend(session: Session, goal: GoalRow, envelope: Envelope) -> None:
     session.execute(
         update(GoalRow)
         .where(GoalRow.id == goal.id)
-        .values(reconciled=GoalRow.reconciled + 1, updated_at=GoalRow.updated_at)
+        .values(
+            reconciled=GoalRow.reconciled + 1, resent_at=utcnow(), updated_at=GoalRow.updated_at
+        )
         .execution_options(synchronize_session=False)
     )
     data = {"status": goal.status, "message": envelope.routing_key, "resend": goal.reconciled + 1}

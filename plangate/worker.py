@@ -18,7 +18,7 @@ from plangate import telemetry
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
 from plangate.config import Settings
 from plangate.health import start_health_server
-from plangate.reconciler import reconcile
+from plangate.reconciler import RecentlyHeld, reconcile
 from plangate.relay import deliver, relay_pending
 from plangate.stages import build_expiry, build_handler
 from plangate.store import Store, open_store
@@ -46,6 +46,7 @@ class Worker:
             self.settings.broker_url,
             self.settings.namespace,
             heartbeat=self.settings.amqp_heartbeat_seconds,
+            redelivery_after=self.settings.redelivery_after_seconds,
         )
         marker = outbox_rows.SentMarker(store)
         try:
@@ -107,6 +108,7 @@ class Worker:
         step_lease = timedelta(seconds=self.settings.step_lease_seconds)
         # Gate workers also expire held plans (idempotent: any number of them may sweep).
         expire = build_expiry(self.settings) if self.stage == "gate" else None
+        held = RecentlyHeld(stalled)
         while not self.stop.wait(interval):
             try:
                 relayed = relay_pending(store, bus, older_than=stale)
@@ -123,6 +125,7 @@ class Worker:
                     step_lease=step_lease,
                     waiting=waiting,
                     progress=stage_progress(store),
+                    held=held.update(bus.held_goal_ids()),
                 )
                 deliver(store, bus, resent)
                 if expire is not None:

@@ -30,3 +30,12 @@ def stalled_read(number: int) -> int:
     os.close(marker)
     threading.Event().wait()
     return number
+
+
+@tool(effect="read", idempotent=True, timeout=600)
+def slow_read(number: int) -> int:
+    """Take three seconds (longer than the test's redelivery timeout); note each call."""
+    with open(os.environ["TAKEOVER_MARKER"] + ".calls", "a") as calls:
+        calls.write(f"{os.getpid()}\n")
+    threading.Event().wait(3.0)  # the workload itself: a slow call, not a synchronisation
+    return number + 1

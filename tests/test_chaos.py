@@ -152,7 +152,6 @@ def test_chaos_no_goal_lost_and_each_write_happens_once(
     assert all(effect_goals[goal_id] == 1 for goal_id in write_goals), effect_goals
     assert set(effect_goals) == set(write_goals)
     assert not [p for _, p in fleet.processes if p.poll() is None]
-    # Each kill strands what the worker held (up to its concurrency, 8), and a resend can be
-    # stranded again by a later kill; beyond that, the backlog alone must not multiply resends
-    # (tests/test_backlog_resends.py measures that without kills).
-    assert resends * 1000 / GOALS <= 100 + 2 * KILLS * 8 * 1000 / GOALS
+    # A killed worker's messages come back by themselves (plangate.bus.redis_claims), and the
+    # reconciler leaves alone what is held, retried or still queued: resends stay rare.
+    assert resends * 1000 / GOALS <= 100, resends

@@ -22,7 +22,7 @@ from tests.fleet import Fleet
 from tests.support import running_pipeline, write_playbook
 
 ROOT = Path(__file__).resolve().parent.parent
-LEASE, SWEEP, AFTER = 2.0, 0.5, 1.0
+LEASE, SWEEP, AFTER, REDELIVERY = 2.0, 0.5, 1.0, 1.0
 APPROVE_ALL = 'rules:\n  - {name: approve-all, match: "true", action: approve, reason: test}\n'
 
 
@@ -50,6 +50,7 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
             "PLANGATE_STEP_LEASE_SECONDS": str(LEASE),
             "PLANGATE_SWEEP_INTERVAL_SECONDS": str(SWEEP),
             "PLANGATE_RECONCILE_AFTER_SECONDS": str(AFTER),
+            "PLANGATE_REDELIVERY_AFTER_SECONDS": str(REDELIVERY),
             "PLANGATE_RELAY_AFTER_SECONDS": "2",
         },
     )

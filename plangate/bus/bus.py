@@ -18,12 +18,13 @@ from kombu.exceptions import OperationalError
 from kombu.messaging import Consumer, Producer
 from kombu.utils.url import maybe_sanitize_url
 
-from plangate.bus import redis_transport
+from plangate.bus import redis_claims, redis_transport
 from plangate.bus.consumer import Handler, PublishedHook, StageConsumer
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
 from plangate.bus.inbound import raw_body
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
+from plangate.bus.redis_claims import REDELIVERY_AFTER_SECONDS
 from plangate.bus.retries import RETRY_DELAYS, DeferHook
 from plangate.bus.topology import STAGES, Stage, Topology
 from plangate.errors import BrokerUnavailable
@@ -63,6 +64,8 @@ class Bus:
     `retry_policy` (kombu's) bounds how long a publish waits out a lost broker before it
     raises BrokerUnavailable (about 5 s by default); None waits until the broker is back.
     `heartbeat` is the AMQP heartbeat of consume loops, in seconds (0: none).
+    `redelivery_after` is how soon, on Redis, a dead consumer's messages go back to their
+    queues (`plangate.bus.redis_claims`).
     """
 
     def __init__(
@@ -71,8 +74,10 @@ class Bus:
         namespace: str = "plangate",
         retry_policy: dict[str, Any] | None = PUBLISH_RETRY_POLICY,
         heartbeat: float = AMQP_HEARTBEAT_SECONDS,
+        redelivery_after: float = REDELIVERY_AFTER_SECONDS,
     ) -> None:
         self.url = url
+        self._redelivery_after = redelivery_after
         self.topology = Topology(namespace)
         self._retry_policy = retry_policy
         self.heartbeat = heartbeat
@@ -89,6 +94,8 @@ class Bus:
         """
         scheme = self.url.split("://", 1)[0]
         options = dict(_TRANSPORT_OPTIONS.get(scheme, {}))  # a copy: kombu keeps what it gets
+        if scheme in _TRANSPORTS:  # Redis
+            options["visibility_timeout"] = self._redelivery_after
         return Connection(
             self.url,
             transport=_TRANSPORTS.get(scheme),  # None: the transport the URL names
@@ -172,6 +179,17 @@ class Bus:
             # fails with NOT_FOUND. Declaring an existing queue again changes nothing.
             _, count, _ = queue.queue_declare()
             return int(count)
+
+    def held_goal_ids(self) -> set[str]:
+        """Return the goals whose message a consumer holds unacked (Redis; elsewhere none).
+
+        Such a message is being handled, or comes back by itself once its dead holder's claim
+        lapses (`plangate.bus.redis_claims`): sending it again would only double the work.
+        """
+        if self.url.split("://", 1)[0] not in _TRANSPORTS:
+            return set()
+        with self._reachable(), self.connection() as connection:
+            return redis_claims.held_goal_ids(connection.channel(), self.topology.exchange.name)
 
     def take_dead_letters(self) -> list[DeadLetter]:
         """Remove and return every dead letter waiting in the dead-letter queue."""

@@ -33,7 +33,7 @@ from kombu.messaging import Consumer
 from plangate import faults, logs, telemetry
 from plangate.bus.chores import Chores
 from plangate.bus.dead_letters import dead_letter_envelope
-from plangate.bus.envelope import ATTEMPT_HEADER, GOAL_HEADER, Delivery, Envelope
+from plangate.bus.envelope import ATTEMPT_HEADER, GOAL_HEADER, Delivery, Envelope, sent_at
 from plangate.bus.in_flight import Done, InFlight, Running
 from plangate.bus.inbound import (
     decode,
@@ -154,12 +154,13 @@ class StageConsumer:
                 prefetch_count=self._concurrency,
                 accept=["application/json"],
             )
-            chores = Chores(connection)
+            chores = Chores(connection, channel)
             with consumer:
                 self.ready.set()
                 while not stop.is_set():
                     self._settle_finished()
                     chores.heartbeat()
+                    chores.keep_claims()
                     self._hand_back_overdue()
                     if self._in_flight.count >= self._concurrency:
                         # No message can come in until a handler finishes: wait for that.
@@ -216,7 +217,7 @@ class StageConsumer:
         self._poll = _FIRST_POLL_SECONDS
         future = self._pool.submit(self._call_handler, message, delivery, body)
         running = Running(raw, delivery, body, time.monotonic())
-        self._in_flight.started(future, running, message.occurred_at)
+        self._in_flight.started(future, running, sent_at(raw.headers) or message.occurred_at)
         future.add_done_callback(lambda f: self._finished(Done(raw, delivery, f)))
 
     @property

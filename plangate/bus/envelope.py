@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from schemas import Message, encode_message
 
@@ -10,6 +12,21 @@ CONTENT_TYPE = "application/json"
 ATTEMPT_HEADER = "x-plangate-attempt"
 GOAL_HEADER = "x-plangate-goal-id"
 MESSAGE_ID_HEADER = "x-plangate-message-id"
+# When this copy was handed to the broker (every publish: first send, retry, relay, resend).
+# A queue hands messages out in the order they were published, so the reconciler compares a
+# stage's progress in these times, not in when the message was first made.
+SENT_AT_HEADER = "x-plangate-sent-at"
+
+
+def sent_at(headers: Mapping[str, object]) -> datetime | None:
+    """Return when this copy was published, or None if the header is absent or unreadable."""
+    value = headers.get(SENT_AT_HEADER)
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

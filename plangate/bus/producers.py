@@ -9,13 +9,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any
 
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
 from plangate import telemetry
-from plangate.bus.envelope import CONTENT_TYPE, Envelope
+from plangate.bus.envelope import CONTENT_TYPE, SENT_AT_HEADER, Envelope
 from plangate.bus.topology import Topology
 
 # How a publish rides out a broker blip before it gives up (about 5 s): a stage then reconnects,
@@ -40,7 +41,7 @@ def publish(
     `retry_policy` is kombu's; without one kombu retries a lost connection until the broker is
     back.
     """
-    headers = dict(envelope.headers)
+    headers = {**envelope.headers, SENT_AT_HEADER: datetime.now(UTC).isoformat()}
     with telemetry.producer_span(envelope.routing_key, headers):
         producer.publish(
             envelope.body,

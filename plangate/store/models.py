@@ -58,6 +58,8 @@ class GoalRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
     trace_headers: Mapped[dict[str, Any]] = mapped_column(default=dict)
     reconciled: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the reconciler last sent its message again (migration 0011); apart from updated_at.
+    resent_at: Mapped[datetime | None]
     # While a planner works on it (an LLM call can take a minute): a second delivery of the
     # goal is not planned again, and the reconciler waits this long before it resends.
     planning_until: Mapped[datetime | None]

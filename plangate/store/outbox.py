@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
@@ -68,6 +68,35 @@ def defer(store: Store, envelope: Envelope, delay: float) -> Envelope:
     """Store an envelope to be published `delay` seconds from now, in a transaction of its own."""
     with store.session() as session:
         return add(session, envelope, not_before=utcnow() + timedelta(seconds=delay))
+
+
+def delayed_retries(
+    session: Session, since: datetime, limit: int = 10_000
+) -> dict[str, datetime | None]:
+    """Return, per goal, when its latest delayed retry was republished (None: not yet).
+
+    Only retries still waiting in the outbox, or republished after `since`. A waiting one is
+    sent when due (by its consumer or the relay): its goal's message is not lost. A republished
+    one went to the back of its queue at that time.
+    """
+    rows = session.execute(
+        select(OutboxRow.headers, OutboxRow.sent_at)
+        .where(
+            OutboxRow.not_before.is_not(None),
+            or_(OutboxRow.sent_at.is_(None), OutboxRow.sent_at >= since),
+        )
+        .limit(limit)
+    )
+    retries: dict[str, datetime | None] = {}
+    for headers, sent in rows:
+        goal_id = headers.get(GOAL_HEADER)
+        if not isinstance(goal_id, str):
+            continue
+        if sent is None or (goal_id in retries and retries[goal_id] is None):
+            retries[goal_id] = None  # one still waits: that is what counts
+        else:
+            retries[goal_id] = max(sent, retries.get(goal_id) or sent)
+    return retries
 
 
 def unsent_elsewhere(store: Store, goal_ids: Collection[str]) -> int:
