@@ -8,14 +8,16 @@ message, its arguments and its traceback, whichever handler writes it (ours, uvi
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
+
+from pythonjsonlogger import json as json_logger
 
 from plangate import telemetry
 from plangate.redaction import redact
@@ -24,6 +26,7 @@ _bound: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
     "plangate_log", default=MappingProxyType({})
 )
 _PLAIN = (str, int, float, bool, type(None))
+_process_fields: dict[str, str] = {}  # e.g. the worker's stage, on every line of the process
 
 
 @contextmanager
@@ -91,24 +94,40 @@ def install_redaction() -> None:
     logging.setLogRecordFactory(redacting)
 
 
-class JsonFormatter(logging.Formatter):
-    """Format a record as one JSON line with the bound fields and the trace id."""
+class JsonFormatter(json_logger.JsonFormatter):
+    """One JSON object per line, with the bound fields and the current span's ids.
+
+    Its fields: UTC time in milliseconds, level, logger, message, the bound fields (stage,
+    goal_id, message_id) and the current span's trace_id and span_id. python-json-logger does
+    the formatting (extra fields, exceptions, JSON encoding); this adds the time format, the
+    bound fields and the trace, then redacts the line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s",
+            rename_fields={"levelname": "level", "name": "logger", "exc_info": "error"},
+            json_default=str,
+            json_ensure_ascii=False,
+        )
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        """Put the time first, then the record's fields, the bound fields and the trace."""
+        at = datetime.fromtimestamp(record.created, UTC)
+        log_data["time"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        super().add_fields(log_data, record, message_dict)
+        log_data["level"] = record.levelname.lower()
+        log_data.update(_process_fields)
+        log_data.update(_bound.get())
+        ids = telemetry.current_span_ids()
+        if ids:
+            log_data["trace_id"], log_data["span_id"] = ids
 
     def format(self, record: logging.LogRecord) -> str:
-        """Return the record as a JSON object on one line."""
-        entry: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            **_bound.get(),
-        }
-        trace_id = telemetry.current_trace_id()
-        if trace_id:
-            entry["trace_id"] = trace_id
-        if record.exc_info:
-            entry["error"] = record.exc_text or self.formatException(record.exc_info)
-        return redact(json.dumps(entry, default=str))
+        """Return the record as one redacted JSON line."""
+        return redact(super().format(record))
 
 
 def setup_logging(level: str = "INFO", *, json_lines: bool = True, stage: str = "") -> None:
@@ -124,8 +143,10 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = True, stage: str = 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema checks are not news
+    # For every thread of the process: a context variable set here would reach only this one.
+    _process_fields.clear()
     if stage:
-        _bound.set({"stage": stage})
+        _process_fields["stage"] = stage
 
 
 install_redaction()

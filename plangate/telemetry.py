@@ -215,6 +215,14 @@ def current_trace_id() -> str | None:
     return format(span_context.trace_id, "032x") if span_context.is_valid else None
 
 
+def current_span_ids() -> tuple[str, str] | None:
+    """Return the trace id and span id of the current span, if it is valid."""
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return format(span_context.trace_id, "032x"), format(span_context.span_id, "016x")
+
+
 @contextmanager
 def producer_span(destination: str, headers: MutableMapping[str, str]) -> Iterator[Span]:
     """Open a messaging producer span under the headers' context, and re-inject its context."""

@@ -333,7 +333,6 @@ class StageConsumer:
         elif isinstance(error, Deferred):
             self._ack_stored_retry(done, error)
         elif isinstance(error, Reject):
-            log.info("rejected %s: %s", done.delivery.routing_key, error.reason)
             self._dead_letter(done.raw, done.delivery, error.reason)
         elif (delay := self._retry_delay(error, done.delivery.attempt)) is None:
             log.error("giving up on %s: %r", done.delivery.routing_key, error, exc_info=error)
@@ -369,6 +368,7 @@ class StageConsumer:
             self._mark_published(stored)
 
     def _dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
+        log.warning("dead-lettered %s: %s", delivery.routing_key, reason)
         envelope = dead_letter_envelope(raw_body(raw), original_content_type(raw), delivery, reason)
         self._publish_then_ack(raw, [envelope])
 
@@ -383,8 +383,7 @@ class StageConsumer:
             try:
                 self._on_published(published)
             except Exception:
-                # Published but not marked sent: the relay sends them again, and handlers are
-                # idempotent, so a duplicate is harmless where a lost ack would not be.
+                # Unmarked, they are sent again by the relay: harmless (handlers are idempotent).
                 log.exception("could not mark %d outbox rows sent", len(published))
 
     def _publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:

@@ -36,10 +36,15 @@ def serve(
     import uvicorn
 
     from plangate.client import Client
+    from plangate.logs import setup_logging
     from plangate.server import create_app
 
     settings = load_settings()
+    setup_logging(settings.log_level, stage="serve")
     # Opened here, not at startup, so a wrong URL or an old schema is a one-line error.
     with Client(settings) as client:
         app = create_app(settings, client=client)
-        uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower())
+        # log_config=None: uvicorn's own loggers go through ours, as JSON lines like a worker's.
+        uvicorn.run(
+            app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None
+        )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
@@ -16,6 +17,10 @@ from plangate.store.models import GoalRow, GoalStatus, PlanRow
 from schemas import GoalSubmitted, Plan, plan_hash
 from schemas.decoding import storable_text
 from schemas.goal_states import Mover, check_transition
+
+log = logging.getLogger(__name__)
+# Moves made in a transaction, logged once it commits (a rolled-back move never happened).
+_MOVES = "plangate_goal_moves"
 
 
 def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str, str]) -> GoalRow:
@@ -77,6 +82,7 @@ def transition(
     if row is None:
         row = get_goal(session, goal_id)  # raises NotFound
     check_transition(goal_id, row.status, status, by)
+    session.info.setdefault(_MOVES, []).append((goal_id, row.status, status, actor, reason))
     row.status = status
     row.status_reason = reason
     row.reconciled = 0  # it moved: the reconciler's backoff starts over
@@ -86,6 +92,26 @@ def transition(
         entry["reason"] = reason
     audit.append(session, f"goal.{status}", actor=actor, goal_id=goal_id, data=entry)
     return row
+
+
+@event.listens_for(Session, "after_commit")
+def _log_moves(session: Session) -> None:
+    for goal_id, old, new, actor, reason in session.info.pop(_MOVES, ()):
+        fields = {"goal_id": goal_id, "from": old, "to": new, "actor": actor}
+        log.info(
+            "goal %s: %s -> %s by %s%s",
+            goal_id,
+            old,
+            new,
+            actor,
+            f" ({reason})" if reason else "",
+            extra=fields,
+        )
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_moves(session: Session, _transaction: object) -> None:
+    session.info.pop(_MOVES, None)
 
 
 def latest_plan(session: Session, goal_id: str) -> PlanRow | None:
