@@ -4,7 +4,7 @@ from plangate.client import Client
 
 with Client() as client:            # PLANGATE_BROKER_URL, PLANGATE_DATABASE_URL
     goal = client.submit("Check Jira ticket count ...", idempotency_key="ticket-42")
-    print(goal.wait(timeout=120).status)
+    outputs = goal.result(timeout=120)  # {"count": 128, "sla": 100, ...}; GoalNotCompleted if not
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
+from typing import Any
 
 from sqlalchemy import select
 
@@ -21,9 +22,23 @@ from plangate import telemetry
 from plangate.bus import Bus
 from plangate.cancellation import cancel_goal
 from plangate.config import Settings
+from plangate.errors import GoalNotCompleted
 from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, open_store
 from plangate.store.goals import get_goal, latest_plan
 from plangate.submission import submit_goal
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step of the goal's latest plan: what it returned (or why not) and how long it took."""
+
+    step_id: str
+    tool: str
+    status: str  # pending, running, succeeded, failed, skipped, unknown
+    output: Any = None
+    error: str | None = None
+    duration_ms: float | None = None
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,12 @@ class GoalStatus:
     summary: str | None = None
     decision: dict[str, str | None] | None = None
     steps: dict[str, str] = field(default_factory=dict)
+    results: tuple[StepResult, ...] = ()  # every step of the plan, in plan order
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """Each finished step's output, by step id."""
+        return {r.step_id: r.output for r in self.results if r.status == "succeeded"}
 
     @property
     def terminal(self) -> bool:
@@ -86,6 +107,17 @@ class GoalHandle:
                 )
             time.sleep(pause)
             pause = min(0.5, pause * 1.5)
+
+    def result(self, timeout: float = 300.0) -> dict[str, Any]:
+        """Wait for the goal to end and return each step's output, by step id.
+
+        Raises GoalNotCompleted (with the status and the reason) if it failed, was denied,
+        rejected, expired or cancelled, and TimeoutError if it has not ended in `timeout`.
+        """
+        final = self.wait(timeout)
+        if final.status != "completed":
+            raise GoalNotCompleted(final.goal_id, final.status, final.reason)
+        return final.outputs
 
 
 class Client:
@@ -146,11 +178,15 @@ class Client:
                 .order_by(DecisionRow.id.desc())
                 .limit(1)
             ).scalar_one_or_none()
-            steps = session.execute(
-                select(StepRunRow.step_id, StepRunRow.status).where(
-                    StepRunRow.plan_id == plan.plan_id
-                )
-            ).all()
+            runs = {
+                row.step_id: row
+                for row in session.execute(
+                    select(StepRunRow).where(StepRunRow.plan_id == plan.plan_id)
+                ).scalars()
+            }
+            results = tuple(
+                _result(step, runs.get(str(step.get("id")))) for step in plan.body.get("steps", [])
+            )
             return replace(
                 base,
                 plan_id=plan.plan_id,
@@ -164,7 +200,8 @@ class Client:
                     "rule": decision.rule,
                     "reason": decision.reason,
                 },
-                steps={step_id: status for step_id, status in steps},
+                steps={step_id: run.status for step_id, run in runs.items()},
+                results=results,
             )
 
     def close(self) -> None:
@@ -182,3 +219,13 @@ class Client:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _result(step: Mapping[str, Any], run: StepRunRow | None) -> StepResult:
+    step_id, tool = str(step.get("id")), str(step.get("tool"))
+    if run is None:
+        return StepResult(step_id, tool, "pending")
+    duration = None
+    if run.finished_at is not None:
+        duration = round((run.finished_at - run.started_at).total_seconds() * 1000, 1)
+    return StepResult(step_id, tool, run.status, run.output, run.error, duration, run.attempt)

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "Forbidden",
+    "GoalNotCompleted",
     "MessageRejected",
     "NotFound",
     "PlanInvalid",
@@ -76,6 +77,18 @@ class OutcomeUnknown(ToolError):
 
 class InputInvalid(PlangateError):
     """What a person or service sent does not fit; the message says what to change."""
+
+
+class GoalNotCompleted(PlangateError):
+    """A goal ended without completing: failed, denied, rejected, expired or cancelled."""
+
+    def __init__(self, goal_id: str, status: str, reason: str | None) -> None:
+        self.goal_id, self.status, self.reason = goal_id, status, reason
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"goal {goal_id} was not completed, it is {status}{why}; "
+            f"`plangate status {goal_id}` shows its steps and decision"
+        )
 
 
 class NotFound(PlangateError):

@@ -18,6 +18,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+EXIT_HELD = 4  # `submit --wait`: the goal waits for a person, who may take hours
 
 
 def group(help_text: str) -> typer.Typer:

@@ -11,6 +11,7 @@ import typer
 from plangate.cli.common import (
     EXIT_COMPLETED,
     EXIT_FAILED,
+    EXIT_HELD,
     EXIT_REFUSED,
     err_console,
     friendly_errors,
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from plangate.client import GoalStatus
 
 _REFUSED = {"denied", "rejected", "expired", "cancelled"}  # decided not to run: exit 3
+_SHOWN_CHARS = 300  # of a step's output, in text; --json shows all of it
 
 
 def _exit_code(status: str) -> int:
@@ -42,10 +44,29 @@ def _print(current: GoalStatus, as_json: bool) -> None:
     if current.decision:
         d = current.decision
         typer.echo(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
-    for step_id, status in current.steps.items():
-        typer.echo(f"  step {step_id}: {status}")
+    for step in current.results:
+        took = f" in {step.duration_ms:g} ms" if step.duration_ms is not None else ""
+        typer.echo(f"  step {step.step_id} ({step.tool}): {step.status}{took}")
+        if step.status == "succeeded":
+            typer.echo(f"    -> {_shown(step.output)}")
+        elif step.error:
+            typer.echo(f"    !! {_shown(step.error)}")
     if current.trace_id:
         typer.echo(f"  trace {current.trace_id}")
+
+
+def _shown(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    return f"{text[:_SHOWN_CHARS]}… ({len(text)} characters; --json shows all)"
+
+
+def _review_hint(current: GoalStatus, server_url: str | None) -> str:
+    where = f"`plangate review show {current.plan_id}`"
+    if server_url:
+        where += f" or open {server_url.rstrip('/')}/reviews/{current.plan_id}"
+    return f"goal {current.goal_id} waits for a person: {where}"
 
 
 def _metadata(pairs: list[str]) -> dict[str, str]:
@@ -78,13 +99,16 @@ def submit(
 ) -> None:
     """Submit GOAL to the workers (they must be running: `plangate worker ...`).
 
-    Prints the goal id. With --wait, follows it to the end; exit codes as for `run`:
-    0 completed, 1 failed or timed out, 3 rejected, denied, expired or cancelled.
+    Prints the goal id. With --wait, follows it to the end and prints each step's output;
+    exit codes as for `run`: 0 completed, 1 failed or timed out, 3 rejected, denied, expired
+    or cancelled, and 4 at once when the goal is held for a person (it says how to review it).
     """
     from plangate import telemetry
     from plangate.client import Client
+    from schemas.goal_states import TERMINAL, WAITING_FOR_PERSON
 
-    with telemetry.flushing(), Client(load_settings()) as client:
+    settings = load_settings()
+    with telemetry.flushing(), Client(settings) as client:
         handle = client.submit(goal, metadata=_metadata(meta or []), idempotency_key=key)
         if handle.queued:
             err_console.print(
@@ -96,13 +120,16 @@ def submit(
             _print(handle.status(), as_json)
             return
         try:
-            final = handle.wait(timeout)
+            final = handle.wait(timeout, until=TERMINAL | WAITING_FOR_PERSON)
         except TimeoutError as exc:
             err_console.print(
                 f"[red]error:[/] {exc}; `plangate status {handle.goal_id}` follows it"
             )
             raise typer.Exit(EXIT_FAILED) from exc
         _print(final, as_json)
+        if final.status in WAITING_FOR_PERSON:
+            err_console.print(_review_hint(final, settings.server_url), highlight=False)
+            raise typer.Exit(EXIT_HELD)
         raise typer.Exit(_exit_code(final.status))
 
 
@@ -111,7 +138,7 @@ def status(
     goal_id: Annotated[str, typer.Argument(metavar="GOAL_ID")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
-    """Show where a goal stands: state, plan, decision, steps, trace id."""
+    """Show where a goal stands: state, plan, decision, each step's output and time, trace id."""
     from plangate.client import Client
 
     with Client(load_settings()) as client:

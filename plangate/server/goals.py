@@ -43,6 +43,18 @@ class GoalAccepted(BaseModel):
     )
 
 
+class StepState(BaseModel):
+    """One step of the latest plan: its status, output (or error) and duration."""
+
+    step_id: str
+    tool: str
+    status: str
+    output: Any = None
+    error: str | None = None
+    duration_ms: float | None = None
+    attempt: int | None = None
+
+
 class GoalState(BaseModel):
     """Where a goal stands: its state, its latest plan, the decision on it and its steps."""
 
@@ -57,6 +69,7 @@ class GoalState(BaseModel):
     summary: str | None = None
     decision: dict[str, str | None] | None = None
     steps: dict[str, str] = {}
+    results: list[StepState] = []  # every step of the plan, in plan order, with its output
 
 
 class ErrorBody(BaseModel):
