@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,6 +209,26 @@ def test_bad_input_on_every_queue_is_dead_lettered_and_no_pickle_is_loaded(fleet
             assert any(why in reason for reason in reasons), (key, why, reasons)
     assert not trap.exists()
     assert submit_and_wait(fleet)["status"] == "completed"
+
+    # Read, they can be purged: one by its id, then (once confirmed) all of them.
+    first = letters[0]["message_id"]
+    one = fleet.plangate("dlq", "purge", first)
+    assert (one.returncode, one.stdout.strip()) == (0, "removed 1 dead letter"), one.stderr
+    unknown = fleet.plangate("dlq", "purge", first)
+    assert unknown.returncode == 1
+    assert "no such dead letter" in unknown.stderr
+    declined = subprocess.run(
+        [sys.executable, "-m", "plangate", "dlq", "purge", "--all"],
+        env=fleet.env(),
+        input="n\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert declined.returncode == 1
+    everything = fleet.plangate("dlq", "purge", "--all", "--yes")
+    assert everything.stdout.strip() == f"removed {expected - 1} dead letters"
+    assert fleet.plangate("dlq", "list", "--json").stdout.strip() == ""
 
 
 class OwnRedis:

@@ -195,6 +195,16 @@ class Bus:
         """Remove and return every dead letter waiting in the dead-letter queue."""
         return self._sort_dead_letters(lambda _: False)[1]
 
+    def purge_dead_letters(self, message_ids: Collection[str] | None = None) -> list[DeadLetter]:
+        """Remove dead letters for good (all, or those with these ids); return those removed.
+
+        A letter that cannot be read is never removed (see `_sort_dead_letters`).
+        """
+        wanted = None if message_ids is None else set(message_ids)
+        return self._sort_dead_letters(
+            lambda letter: wanted is not None and letter.message_id not in wanted
+        )[1]
+
     def dead_letters(self) -> list[DeadLetter]:
         """Return every dead letter, leaving them in the queue (oldest first)."""
         return self._sort_dead_letters(lambda _: True)[0]

@@ -95,3 +95,31 @@ def replay(
             f"[red]error:[/] not replayed (unknown, or from an unknown queue): {names}"
         )
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("purge", short_help="Remove dead letters for good (after reading them).")
+@friendly_errors
+def purge(
+    letter_ids: Annotated[list[str] | None, typer.Argument(metavar="ID...")] = None,
+    purge_all: Annotated[bool, typer.Option("--all", help="Remove every dead letter.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask before --all.")] = False,
+) -> None:
+    """Remove the given dead letters (or --all, after a confirmation unless --yes).
+
+    Their goals are not touched: `plangate goals` and the audit log keep what happened.
+    Unknown ids are reported (exit 1); nothing else is removed.
+    """
+    if not letter_ids and not purge_all:
+        raise typer.BadParameter("name the dead letters to purge, or pass --all")
+    if purge_all and not yes:
+        typer.confirm("Remove every dead letter for good?", abort=True, err=True)
+    bus = _bus()
+    try:
+        removed = bus.purge_dead_letters(None if purge_all else letter_ids)
+    finally:
+        bus.close()
+    typer.echo(f"removed {len(removed)} dead letter{'' if len(removed) == 1 else 's'}")
+    missing = set(letter_ids or []) - {letter.message_id for letter in removed}
+    if missing:
+        err_console.print(f"[red]error:[/] no such dead letter: {', '.join(sorted(missing))}")
+        raise typer.Exit(EXIT_FAILED)
