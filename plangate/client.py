@@ -24,6 +24,7 @@ from plangate.cancellation import cancel_goal
 from plangate.config import Settings
 from plangate.errors import GoalNotCompleted
 from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, open_store
+from plangate.store.goal_list import GoalPage, list_goals
 from plangate.store.goals import get_goal, latest_plan
 from plangate.submission import submit_goal
 
@@ -157,6 +158,21 @@ class Client:
         """Cancel a goal that has not ended, as `who` (audited); Conflict if it has ended."""
         cancel_goal(self._store, goal_id, who, reason)
         return self.status(goal_id)
+
+    def list_goals(
+        self,
+        *,
+        state: str | None = None,
+        since: datetime | None = None,
+        search: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> GoalPage:
+        """Return the newest goals matching the filters, a page at a time (`next_cursor`)."""
+        with self._store.session() as session:
+            return list_goals(
+                session, state=state, since=since, search=search, limit=limit, cursor=cursor
+            )
 
     def status(self, goal_id: str) -> GoalStatus:
         """Return where a goal stands (NotFound if there is none)."""

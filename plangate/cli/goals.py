@@ -4,15 +4,79 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from datetime import datetime
 from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from plangate.cli.common import friendly_errors, group
+from plangate.cli.common import err_console, friendly_errors, group, load_settings
 from plangate.cli.review_access import NO_TOKEN, ServerOption, TokenFileOption, resolve
 from plangate.errors import ConfigError
+from schemas import utcnow
 
-app = group("Steer goals: cancel one that should not go on.")
+app = group("Find and steer goals: list them, cancel one that should not go on.")
+
+
+@app.command("list", short_help="List goals, newest first: state, age, source, decision.")
+@friendly_errors
+def list_goals(
+    state: Annotated[
+        str | None, typer.Option(metavar="STATE", help="Only goals in this state (e.g. held).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(metavar="AGE|TIME", help="Only goals submitted since: 2h, 7d, or ISO time."),
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Only goals whose text holds TEXT.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="At most this many.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """List the newest goals from the store, with the filters given.
+
+    `plangate status GOAL_ID` shows one of them in full: its plan, decision and each step's
+    output.
+    """
+    from plangate.client import Client
+    from plangate.store.goal_list import parse_since
+
+    after = parse_since(since) if since else None
+    with Client(load_settings()) as client:
+        page = client.list_goals(state=state, since=after, search=search, limit=limit)
+    if as_json:
+        for goal in page.goals:
+            typer.echo(json.dumps(asdict(goal), default=str))
+        return
+    if not page.goals:
+        err_console.print("no goals match")
+        return
+    table = Table(box=None, show_edge=False)
+    for column in ("GOAL", "STATE", "AGE", "SOURCE", "REV", "DECIDED BY", "TEXT"):
+        table.add_column(column, overflow="fold" if column == "TEXT" else "ellipsis")
+    for goal in page.goals:
+        table.add_row(
+            goal.goal_id,
+            goal.status,
+            _age(goal.created_at),
+            goal.source or "",
+            "" if goal.revision is None else str(goal.revision),
+            goal.decided_by or "",
+            goal.text[:80],
+        )
+    Console().print(table)
+    if page.next_cursor:
+        err_console.print(f"(the newest {limit}; --limit or --since shows others)")
+
+
+def _age(at: datetime) -> str:
+    seconds = max(0, int((utcnow() - at).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 @app.command("cancel", short_help="Cancel a goal: no further step of it starts.")

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from opentelemetry import context as otel_context
@@ -21,6 +21,7 @@ from plangate.server.deps import get_client
 from plangate.server.errors import ApiError
 from plangate.server.intake import CLOUDEVENT_JSON, JSON, GoalRequest, parse_goal
 from plangate.server.reviewers import Reviewer, require_reviewer
+from plangate.store.goal_list import MAX_PAGE, parse_since
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -156,6 +157,50 @@ async def submit_goal(
         status_code=200 if handle.duplicate else 201,
         headers={"Location": f"{router.prefix}/{handle.goal_id}"},
     )
+
+
+class GoalListItem(BaseModel):
+    """One goal of the list."""
+
+    goal_id: str
+    status: str
+    text: str
+    source: str | None
+    created_at: datetime
+    updated_at: datetime
+    revision: int | None
+    decided_by: str | None
+
+
+class GoalList(BaseModel):
+    """A page of goals, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    goals: list[GoalListItem]
+    next_cursor: str | None
+
+
+@router.get(
+    "", response_model=GoalList, responses={code: {"model": ErrorBody} for code in (401, 422)}
+)
+def goal_list(
+    client: Annotated[Client, Depends(get_client)],
+    _reviewer: Annotated[Reviewer, Depends(require_reviewer)],
+    state: Annotated[str | None, Query(max_length=32)] = None,
+    since: Annotated[str | None, Query(max_length=40, description="2h, 7d or ISO time")] = None,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> GoalList:
+    """List goals newest first, filtered by state, age and text (reviewers only)."""
+    page = client.list_goals(
+        state=state,
+        since=parse_since(since) if since else None,
+        search=search,
+        limit=limit,
+        cursor=cursor,
+    )
+    items = [GoalListItem(**asdict(goal)) for goal in page.goals]
+    return GoalList(goals=items, next_cursor=page.next_cursor)
 
 
 @router.get("/{goal_id}", response_model=GoalState, responses={404: {"model": ErrorBody}})

@@ -1,0 +1,165 @@
+"""Finding goals: newest first, filtered by state, age and text, a page at a time.
+
+Pages are cut by keyset, not offset: the cursor is the last goal's (created_at, id), so a page
+is one indexed range scan however deep, and goals submitted meanwhile never shift a page.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from plangate.errors import InputInvalid
+from plangate.store.models import DecisionRow, GoalRow, PlanRow
+from schemas import utcnow
+from schemas.goal_states import TRANSITIONS
+
+MAX_PAGE = 200
+_MAX_SEARCH = 200
+_STATES = frozenset(TRANSITIONS) | {t for moves in TRANSITIONS.values() for t in moves}
+_AGO = re.compile(r"^(\d{1,6})([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str) -> datetime:
+    """Read `--since`: an age (30m, 2h, 7d, 1w) or an ISO-8601 time (UTC if it names no zone)."""
+    text = text.strip()
+    if match := _AGO.match(text):
+        return utcnow() - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputInvalid(
+            f"since {text!r} is neither an age (30m, 2h, 7d, 1w) nor an ISO time "
+            "(2026-12-01 or 2026-12-01T09:00:00Z)"
+        ) from None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class GoalSummary:
+    """One row of the goal list."""
+
+    goal_id: str
+    status: str
+    text: str
+    source: str | None
+    created_at: datetime
+    updated_at: datetime
+    revision: int | None
+    decided_by: str | None  # the rule that decided, or the person
+
+
+@dataclass(frozen=True)
+class GoalPage:
+    """A page of goals and the cursor of the next one (None: this was the last)."""
+
+    goals: list[GoalSummary]
+    next_cursor: str | None
+
+
+def list_goals(
+    session: Session,
+    *,
+    state: str | None = None,
+    since: datetime | None = None,
+    search: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> GoalPage:
+    """Return the newest goals matching every filter given, `limit` at most (1-200)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InputInvalid(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+    query = select(GoalRow)
+    if state:
+        if state not in _STATES:
+            raise InputInvalid(f"no goal state {state!r}; one of: {', '.join(sorted(_STATES))}")
+        query = query.where(GoalRow.status == state)
+    if since is not None:
+        query = query.where(GoalRow.created_at >= since)
+    if search:
+        if len(search) > _MAX_SEARCH:
+            raise InputInvalid(f"search text is limited to {_MAX_SEARCH} characters")
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
+        query = query.where(
+            or_(GoalRow.text.ilike(pattern, escape="\\"), GoalRow.id == search.strip())
+        )
+    if cursor:
+        at, goal_id = _decode(cursor)
+        query = query.where(
+            or_(
+                GoalRow.created_at < at,
+                and_(GoalRow.created_at == at, GoalRow.id < goal_id),
+            )
+        )
+    rows = list(
+        session.execute(
+            query.order_by(GoalRow.created_at.desc(), GoalRow.id.desc()).limit(limit + 1)
+        ).scalars()
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    latest = _latest_plans(session, [row.id for row in rows])
+    decided = _deciders(session, [plan.plan_id for plan in latest.values()])
+    goals = [
+        GoalSummary(
+            goal_id=row.id,
+            status=row.status,
+            text=row.text,
+            source=_source(row.meta),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            revision=latest[row.id].revision if row.id in latest else None,
+            decided_by=decided.get(latest[row.id].plan_id) if row.id in latest else None,
+        )
+        for row in rows
+    ]
+    next_cursor = _encode(rows[-1].created_at, rows[-1].id) if more and rows else None
+    return GoalPage(goals, next_cursor)
+
+
+def _latest_plans(session: Session, goal_ids: list[str]) -> dict[str, PlanRow]:
+    if not goal_ids:
+        return {}
+    plans = session.execute(
+        select(PlanRow).where(PlanRow.goal_id.in_(goal_ids)).order_by(PlanRow.revision)
+    ).scalars()
+    return {plan.goal_id: plan for plan in plans}  # the last revision wins
+
+
+def _deciders(session: Session, plan_ids: list[str]) -> dict[str, str]:
+    if not plan_ids:
+        return {}
+    rows = session.execute(
+        select(DecisionRow.plan_id, DecisionRow.rule, DecisionRow.decided_by)
+        .where(DecisionRow.plan_id.in_(plan_ids))
+        .order_by(DecisionRow.id)
+    )
+    return {plan_id: rule or person for plan_id, rule, person in rows}  # the last one wins
+
+
+def _source(meta: dict[str, Any]) -> str | None:
+    for key in ("submitter", "source", "ce.source", "user"):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _encode(at: datetime, goal_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{goal_id}".encode()).decode()
+
+
+def _decode(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, goal_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(at), goal_id
+    except (ValueError, binascii.Error, UnicodeError):
+        raise InputInvalid("the cursor is not one this list gave; start again without it") from None

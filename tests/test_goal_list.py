@@ -1,0 +1,99 @@
+"""Operators find goals: `GET /api/v1/goals` and `plangate goals list`, filtered and paged."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+
+from plangate.client import Client
+from tests.fleet import Fleet
+from tests.test_review_api import base_url, call, client, fleet, held_goal  # noqa: F401
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def goals(client: Client) -> dict[str, str]:  # noqa: F811
+    """A held goal, a cancelled one and one no playbook can plan (plan_failed)."""
+    held = held_goal(client).goal_id
+    cancelled = held_goal(client).goal_id
+    client.cancel(cancelled, "alice", "not today")
+    failed = client.submit("bake a cake for the zebra").wait(timeout=30).goal_id
+    return {"held": held, "cancelled": cancelled, "plan_failed": failed}
+
+
+def listed(base_url: str, **query: object) -> tuple[int, dict[str, object]]:  # noqa: F811
+    return call(f"{base_url}/api/v1/goals?{urllib.parse.urlencode(query)}")
+
+
+def test_the_api_lists_goals_of_every_state_with_working_filters(
+    base_url: str,  # noqa: F811
+    client: Client,  # noqa: F811
+    goals: dict[str, str],
+) -> None:
+    """Given a held, a cancelled and a failed goal,
+    When a reviewer lists goals, by state, by text and a page of one at a time,
+    Then each filter returns exactly its goals, and the pages walk every goal once.
+    """
+    assert client.status(goals["plan_failed"]).status == "plan_failed"
+    status, everything = listed(base_url)
+    assert status == 200
+    shown = {g["goal_id"]: g for g in everything["goals"]}  # type: ignore[attr-defined]
+    for state, goal_id in goals.items():
+        assert shown[goal_id]["status"] == state
+    assert shown[goals["held"]]["revision"] == 1
+    assert shown[goals["held"]]["decided_by"]  # the rule that held it
+
+    for state, goal_id in goals.items():
+        status, page = listed(base_url, state=state)
+        ids = [g["goal_id"] for g in page["goals"]]  # type: ignore[attr-defined]
+        assert goal_id in ids
+        assert all(g["status"] == state for g in page["goals"]), page  # type: ignore[attr-defined]
+    status, found = listed(base_url, search="ZEBRA")
+    assert [g["goal_id"] for g in found["goals"]] == [goals["plan_failed"]]  # type: ignore[attr-defined]
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query: dict[str, object] = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        status, page = listed(base_url, **query)
+        assert status == 200
+        seen += [g["goal_id"] for g in page["goals"]]  # type: ignore[attr-defined]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(shown)
+    assert len(seen) == len(set(seen))
+
+
+def test_bad_filters_are_4xx_json_and_the_list_needs_a_reviewer(base_url: str) -> None:  # noqa: F811
+    for query, words in (
+        ({"state": "sleeping"}, "no goal state"),
+        ({"since": "yesterday"}, "neither an age"),
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"limit": 0}, ""),
+    ):
+        status, answer = listed(base_url, **query)
+        assert status == 422, (query, answer)
+        assert words in json.dumps(answer), answer
+    status, _ = call(f"{base_url}/api/v1/goals", token=None)
+    assert status == 401
+
+
+def test_the_cli_lists_goals_with_filters(fleet: Fleet, goals: dict[str, str]) -> None:  # noqa: F811
+    as_json = fleet.plangate("goals", "list", "--state", "cancelled", "--since", "1h", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert goals["cancelled"] in [row["goal_id"] for row in rows]
+    assert {row["status"] for row in rows} == {"cancelled"}
+
+    table = fleet.plangate("goals", "list", "--search", "zebra", COLUMNS="200")
+    assert goals["plan_failed"] in table.stdout
+    assert "plan_failed" in table.stdout
+
+    wrong = fleet.plangate("goals", "list", "--state", "sleeping")
+    assert wrong.returncode == 2
+    assert "no goal state 'sleeping'" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
