@@ -27,10 +27,14 @@ if TYPE_CHECKING:  # the probe (`python -m plangate.health`) starts fast without
 log = logging.getLogger(__name__)
 
 Check = Callable[[], bool]
+Readiness = Callable[[], "str | None"]  # None: ready; else why not, in one line
 
 
-def _handler_for(alive: Check, ready: Check) -> type[BaseHTTPRequestHandler]:
-    checks = {"/healthz": (alive, "the consume loop is not running"), "/readyz": (ready, "")}
+def _handler_for(alive: Check, ready: Readiness) -> type[BaseHTTPRequestHandler]:
+    def alive_or_why() -> str | None:
+        return None if alive() else "the consume loop is not running"
+
+    checks: dict[str, Readiness] = {"/healthz": alive_or_why, "/readyz": ready}
 
     class HealthHandler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -38,11 +42,11 @@ def _handler_for(alive: Check, ready: Check) -> type[BaseHTTPRequestHandler]:
             if check is None:
                 self._answer(404, {"status": "not found", "paths": sorted(checks)})
                 return
-            passes, problem = check
-            if passes():
+            problem = check()
+            if problem is None:
                 self._answer(200, {"status": "ok"})
             else:
-                self._answer(503, {"status": "unavailable", "reason": problem or "not consuming"})
+                self._answer(503, {"status": "unavailable", "reason": problem})
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode() + b"\n"
@@ -66,7 +70,7 @@ class HealthServer:
     paths need none. Its thread is a daemon so a worker that exits never waits for it.
     """
 
-    def __init__(self, host: str, port: int, alive: Check, ready: Check) -> None:
+    def __init__(self, host: str, port: int, alive: Check, ready: Readiness) -> None:
         self._server = ThreadingHTTPServer((host, port), _handler_for(alive, ready))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -90,7 +94,7 @@ class HealthServer:
         self._server.server_close()
 
 
-def start_health_server(settings: Settings, alive: Check, ready: Check) -> HealthServer | None:
+def start_health_server(settings: Settings, alive: Check, ready: Readiness) -> HealthServer | None:
     """Start the health endpoint if `health_port` is set; return it (None when off)."""
     if settings.health_port is None:
         return None

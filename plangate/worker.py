@@ -18,6 +18,7 @@ from plangate import telemetry
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
 from plangate.config import Settings
 from plangate.health import start_health_server
+from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
 from plangate.relay import deliver, relay_pending
 from plangate.stages import build_expiry, build_handler
@@ -73,7 +74,11 @@ class Worker:
             health = start_health_server(
                 self.settings,
                 alive=looping.is_set,
-                ready=lambda: consumer.ready.is_set() and not self.stop.is_set(),
+                ready=lambda: (
+                    "not consuming"
+                    if not consumer.ready.is_set() or self.stop.is_set()
+                    else not_ready(store, bus)
+                ),
             )
             log.info("%s worker consuming %s", self.stage, bus.topology.queue_name(self.stage))
             looping.set()

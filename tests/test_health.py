@@ -11,17 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import create_engine
 
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.health import HealthServer, main
+from plangate.readiness import not_ready
 from plangate.server import create_app
-from plangate.store import Store, open_store
+from plangate.store import Store, open_store, schema
 from plangate.worker import Worker
 from tests.fleet import serving_app
 from tests.servers import free_port
 from tests.support import eventually
+from tests.test_distributed import OwnRedis
 
 
 def get(url: str) -> tuple[int, dict[str, Any]]:
@@ -42,7 +45,9 @@ def answers(url: str) -> int | None:
 @pytest.fixture
 def flags() -> Iterator[tuple[threading.Event, threading.Event, str]]:
     alive, ready = threading.Event(), threading.Event()
-    server = HealthServer("127.0.0.1", 0, alive.is_set, ready.is_set).start()
+    server = HealthServer(
+        "127.0.0.1", 0, alive.is_set, lambda: None if ready.is_set() else "not consuming"
+    ).start()
     try:
         yield alive, ready, f"http://127.0.0.1:{server.port}"
     finally:
@@ -134,3 +139,56 @@ def test_serve_answers_healthz_and_readyz_from_its_store(tmp_path: Path) -> None
 
     assert status == 503
     assert body == {"status": "unavailable", "reason": "the store does not answer"}
+
+
+@pytest.mark.redis
+def test_readyz_of_a_worker_and_of_serve_follows_the_broker(tmp_path: Path) -> None:
+    """Given a worker and serve on a Redis of their own,
+    When Redis stops, Then both /readyz answer 503 "the broker does not answer" (and /healthz
+    of serve 200); When Redis is back, Then both are ready again.
+    """
+    redis = OwnRedis(tmp_path)
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp_path / "data", broker_url=redis.url, namespace="ready", health_port=port
+    )
+    open_store(settings.resolved_database_url()).close()
+    worker = Worker("gate", settings, concurrency=1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    worker_url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        with Client(settings) as client, serving_app(create_app(settings, client=client)) as url:
+            eventually(lambda: answers(worker_url) == 200, timeout=20, what="worker ready")
+            assert get(f"{url}/readyz") == (200, {"status": "ok"})
+
+            redis.stop()
+            down = {"status": "unavailable", "reason": "the broker does not answer"}
+            assert get(f"{url}/readyz") == (503, down)
+            assert get(f"{url}/healthz")[0] == 200
+            eventually(lambda: answers(worker_url) == 503, timeout=20, what="worker unready")
+
+            redis.restart()
+            eventually(lambda: answers(f"{url}/readyz") == 200, timeout=20, what="serve ready")
+            eventually(lambda: answers(worker_url) == 200, timeout=30, what="worker ready")
+    finally:
+        worker.stop.set()
+        thread.join(timeout=30)
+        redis.stop()
+
+
+def test_readyz_says_when_the_schema_is_not_the_one_this_plangate_needs(tmp_path: Path) -> None:
+    """Given a store one migration behind this plangate, Then it is not ready, and says why."""
+    settings = Settings(data_dir=tmp_path, broker_url="memory://", namespace="schema")
+    store = open_store(settings.resolved_database_url())
+    try:
+        assert not_ready(store) is None
+        config = schema._config(store.engine)
+        with store.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, "-1")
+        reason = not_ready(store)
+    finally:
+        store.close()
+    assert reason is not None
+    assert "run plangate db upgrade" in reason

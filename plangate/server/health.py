@@ -1,4 +1,4 @@
-"""Probes: `/healthz` (the process answers) and `/readyz` (its store answers too).
+"""Probes: `/healthz` (the process answers) and `/readyz` (its store and broker answer too).
 
 Kubernetes restarts a pod whose liveness fails and takes one out of its Service while its
 readiness fails: a database outage must only do the second, so only `/readyz` asks the store.
@@ -7,23 +7,13 @@ Neither says more than one line of why: no URL, no error text (it may name a hos
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
+from plangate.readiness import not_ready
 from plangate.server.reviews import get_desk
-from plangate.store import Store
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(include_in_schema=False)
-
-
-def _store(request: Request) -> Store:
-    return get_desk(request).store
 
 
 @router.get("/healthz")
@@ -34,12 +24,10 @@ def healthz() -> JSONResponse:
 
 @router.get("/readyz")
 def readyz(request: Request) -> JSONResponse:
-    """Answer 200 when the store answers `SELECT 1`, else 503 with the reason in one line."""
-    try:
-        with _store(request).session() as session:
-            session.execute(text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        log.warning("readiness: the store does not answer (%s)", type(exc).__name__)
-        body = {"status": "unavailable", "reason": "the store does not answer"}
+    """Answer 200 when the store answers with the current schema and the broker answers."""
+    desk = get_desk(request)
+    problem = not_ready(desk.store, desk.bus)
+    if problem is not None:
+        body = {"status": "unavailable", "reason": problem}
         return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
     return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,39 @@
+"""Ready or not: the one answer every `/readyz` gives (workers' health ports and `serve`).
+
+Ready means this process can do its work now: its store answers with the schema this plangate
+needs, and (where it has one) its broker answers. Each reason is one line with no URL, host or
+error text in it: probes are often reachable from places the settings are not.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from plangate.bus import Bus
+from plangate.errors import PlangateError
+from plangate.store import Store
+from plangate.store.schema import current_revision, head_revision
+
+log = logging.getLogger(__name__)
+
+
+def not_ready(store: Store, bus: Bus | None = None) -> str | None:
+    """Return why this process is not ready, or None if it is."""
+    try:
+        current, head = current_revision(store.engine), head_revision(store.engine)
+    except SQLAlchemyError as exc:
+        log.warning("readiness: the store does not answer (%s)", type(exc).__name__)
+        return "the store does not answer"
+    if current != head:
+        return (
+            f"the database schema is at {current or 'nothing'}, not {head}: run plangate db upgrade"
+        )
+    if bus is not None and not bus.url.startswith("memory://"):
+        try:
+            bus.queue_depth("planner")  # one round trip: the broker answers, the queue exists
+        except (PlangateError, OSError) as exc:
+            log.warning("readiness: the broker does not answer (%s)", type(exc).__name__)
+            return "the broker does not answer"
+    return None
