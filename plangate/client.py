@@ -23,6 +23,8 @@ from plangate.bus import Bus
 from plangate.cancellation import cancel_goal
 from plangate.config import Settings
 from plangate.errors import GoalNotCompleted
+from plangate.goal_retry import retry_goal
+from plangate.relay import deliver
 from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, open_store
 from plangate.store.goal_list import GoalPage, list_goals
 from plangate.store.goals import get_goal, latest_plan
@@ -157,6 +159,15 @@ class Client:
     def cancel(self, goal_id: str, who: str, reason: str = "") -> GoalStatus:
         """Cancel a goal that has not ended, as `who` (audited); Conflict if it has ended."""
         cancel_goal(self._store, goal_id, who, reason)
+        return self.status(goal_id)
+
+    def retry(self, goal_id: str, who: str, reason: str = "") -> GoalStatus:
+        """Send a failed, expired or unplannable goal back to the planner, as `who` (audited).
+
+        The planner makes a new revision and the gate decides it again; Conflict in any other
+        state.
+        """
+        deliver(self._store, self._bus, [retry_goal(self._store, goal_id, who, reason)])
         return self.status(goal_id)
 
     def list_goals(

@@ -86,29 +86,38 @@ class PlannerHandler:
             if goal.status == "cancelled":
                 return []  # an operator stopped it: nothing more is planned
             existing = latest_plan(session, message.goal_id)
-            if existing is not None:
-                return [emit(session, _proposal(existing))]
+            if existing is not None and goal.status != "submitted":
+                return [emit(session, _proposal(existing))]  # a redelivery: already planned
+            # Submitted with plans already: an operator's retry (plangate/goal_retry.py).
+            revision = 1 if existing is None else existing.revision + 1
             if goal.status == "plan_failed":
                 return [emit(session, _failure(goal))]
             catalog = _catalog_in(session, self._catalog)
             if self._lease is None:
                 # Planning without I/O, in microseconds: in this transaction, with no lease.
-                return self._first_revision(message, catalog, session)
+                return self._first_revision(message, catalog, revision, session)
             self._take_lease(session, goal.id)
         with self._leased(message.goal_id):
-            return self._first_revision(message, catalog)
+            return self._first_revision(message, catalog, revision)
 
     def _first_revision(
-        self, message: GoalSubmitted, catalog: Catalog, session: Session | None = None
+        self,
+        message: GoalSubmitted,
+        catalog: Catalog,
+        revision: int = 1,
+        session: Session | None = None,
     ) -> Sequence[Envelope]:
-        """Plan revision 1 and store it (or the failure), in `session` or a new transaction."""
+        """Plan from the goal alone and store the plan (or the failure).
+
+        Revision 1, or the next one after an operator's retry; in `session` or a new transaction.
+        """
         with telemetry.tracer().start_as_current_span("plan") as span:
             span.set_attribute("gen_ai.operation.name", "plan")
             span.set_attribute("plangate.goal_id", message.goal_id)
-            span.set_attribute("plangate.revision", 1)
+            span.set_attribute("plangate.revision", revision)
             try:
                 draft = self._planner.draft(message, catalog)
-                plan = _validated(draft, message.goal_id, 1, catalog)
+                plan = _validated(draft, message.goal_id, revision, catalog)
             except PlanningFailed as failure:
                 span.set_attribute("error.type", "planning_failed")
                 return self._fail(message.goal_id, failure.reasons, session)

@@ -64,11 +64,14 @@ TRANSITIONS: Mapping[str, Mapping[str, frozenset[Mover]]] = {
     # Feedback makes a new revision: a rejection, or (if configured) a failed run.
     # (Cancelling one stops that.)
     "rejected": _moves(proposed=PLANNER, plan_failed=PLANNER, cancelled=_OPERATOR),
-    "failed": _moves(proposed=PLANNER, plan_failed=PLANNER, cancelled=_OPERATOR),
+    # An operator's retry sends a failed, expired or unplannable goal back to the planner.
+    "failed": _moves(
+        proposed=PLANNER, plan_failed=PLANNER, cancelled=_OPERATOR, submitted=_OPERATOR
+    ),
     "completed": {},
-    "plan_failed": {},
+    "plan_failed": _moves(submitted=_OPERATOR),
     "denied": {},
-    "expired": {},
+    "expired": _moves(submitted=_OPERATOR),
     "cancelled": {},
 }
 

@@ -39,3 +39,13 @@ def slow_read(number: int) -> int:
         calls.write(f"{os.getpid()}\n")
     threading.Event().wait(3.0)  # the workload itself: a slow call, not a synchronisation
     return number + 1
+
+
+@tool(effect="read", idempotent=True)
+def flaky_read(number: int) -> int:
+    """Fail the first time (the marker file does not exist yet); answer after that."""
+    marker = os.environ["TAKEOVER_MARKER"] + ".flaky"
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("the upstream is down (this time)")
+    return number + 1

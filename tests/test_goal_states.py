@@ -34,12 +34,13 @@ def test_the_table_names_every_state_and_only_states_and_movers() -> None:
 
 def test_the_sets_of_states_are_read_from_the_one_table() -> None:
     """Ended, stalled and waiting are disjoint; every state is one of them; an ended goal moves
-    only to a new revision (feedback), a state nothing leaves is ended."""
+    only to a new revision (feedback, or an operator's retry), a state nothing leaves is ended."""
     assert TERMINAL | STALLED_WHEN_IDLE | WAITING_FOR_PERSON == STATES
     assert not TERMINAL & STALLED_WHEN_IDLE
     assert not TERMINAL & WAITING_FOR_PERSON
     for state in TERMINAL:
-        assert set(TRANSITIONS[state]) <= {"proposed", "plan_failed", "cancelled"}
+        assert set(TRANSITIONS[state]) <= {"proposed", "plan_failed", "cancelled", "submitted"}
+        assert TRANSITIONS[state].get("submitted", {"operator"}) == {"operator"}
     assert {state for state, targets in TRANSITIONS.items() if not targets} <= TERMINAL
 
 

@@ -111,3 +111,36 @@ def cancel(
         typer.echo(json.dumps(state, default=str))
     else:
         typer.echo(f"goal {goal_id}: {state['status']} — {state.get('reason') or ''}")
+
+
+@app.command("retry", short_help="Send a failed or expired goal back to the planner.")
+@friendly_errors
+def retry(
+    goal_id: Annotated[str, typer.Argument(metavar="GOAL_ID")],
+    reason: Annotated[str, typer.Option(metavar="TEXT", help="Why (recorded).")] = "",
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Retry GOAL_ID: a failed, expired or unplannable goal is planned again, as a new revision.
+
+    Never around the gate: the new plan is decided under today's policy (held for a person if
+    the policy says so), and no earlier approval can run it. Any other goal is refused (exit 1).
+    Authenticates like `plangate goals cancel`.
+    """
+    access = resolve(server, token_file, deciding=False)
+    if access.token is None:
+        raise ConfigError(NO_TOKEN)
+    if access.server:
+        with access.api() as api:
+            state = api.retry_goal(goal_id, reason)
+    else:
+        from plangate.client import Client
+
+        reviewer = access.reviewer()
+        with Client(access.settings) as client:
+            state = asdict(client.retry(goal_id, reviewer.name, reason))
+    if as_json:
+        typer.echo(json.dumps(state, default=str))
+    else:
+        typer.echo(f"goal {goal_id}: {state['status']} — {state.get('reason') or ''}")

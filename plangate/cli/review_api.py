@@ -73,6 +73,10 @@ class ReviewApi:
         """POST to /api/v1/goals/{goal_id}/cancel; return the goal's state."""
         return self._send("POST", f"/{quote(goal_id, safe='')}/cancel", {"reason": reason}, "goals")
 
+    def retry_goal(self, goal_id: str, reason: str) -> Any:
+        """POST to /api/v1/goals/{goal_id}/retry; return the goal's state."""
+        return self._send("POST", f"/{quote(goal_id, safe='')}/retry", {"reason": reason}, "goals")
+
     def _send(
         self, method: str, path: str, body: dict[str, Any] | None, under: str = "reviews"
     ) -> Any:

@@ -213,7 +213,7 @@ def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) ->
 
 
 class CancelRequest(BaseModel):
-    """Why the goal is cancelled (recorded with who did it)."""
+    """Why the goal is cancelled or retried (recorded with who did it)."""
 
     reason: str = Field(default="", max_length=2000)
 
@@ -231,4 +231,20 @@ def cancel_goal(
 ) -> GoalState:
     """Cancel a goal that has not ended: no further step of it starts (409 if it has ended)."""
     client.cancel(goal_id, reviewer.name, body.reason)
+    return goal_status(goal_id, client)
+
+
+@router.post(
+    "/{goal_id}/retry",
+    response_model=GoalState,
+    responses={code: {"model": ErrorBody} for code in (401, 404, 409, 422)},
+)
+def retry_goal(
+    goal_id: str,
+    body: CancelRequest,
+    client: Annotated[Client, Depends(get_client)],
+    reviewer: Annotated[Reviewer, Depends(require_reviewer)],
+) -> GoalState:
+    """Send a failed, expired or unplannable goal back to the planner (409 in any other state)."""
+    client.retry(goal_id, reviewer.name, body.reason)
     return goal_status(goal_id, client)

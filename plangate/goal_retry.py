@@ -1,0 +1,55 @@
+"""Retrying a goal: an operator sends a failed, expired or unplannable goal back to the start.
+
+Never around the planner and the gate: the goal goes back to `submitted` (the state machine's
+operator move, audited with who and why) and its `goal.submitted` is sent again. The planner,
+finding a goal submitted that already has plans, makes the next revision afresh; the gate
+decides that new plan under today's policy, and no earlier approval can run it (approvals
+name their plan). Steps already run belong to the old revision and are not run again by it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from plangate.bus import Envelope
+from plangate.errors import Conflict, NotFound
+from plangate.store import GoalRow, Store
+from plangate.store.goals import transition
+from plangate.store.outbox import emit
+from schemas import GoalSubmitted
+from schemas.goal_states import TRANSITIONS
+
+RETRYABLE = frozenset(
+    s for s, moves in TRANSITIONS.items() if "operator" in moves.get("submitted", ())
+)
+
+
+def retry_goal(store: Store, goal_id: str, who: str, reason: str) -> Envelope:
+    """Send a failed, expired or unplannable goal back to the planner; return its message.
+
+    Conflict if the goal is in any other state (running, held, completed, ...).
+    """
+    with store.session() as session:
+        goal = session.execute(
+            select(GoalRow).where(GoalRow.id == goal_id).with_for_update()
+        ).scalar_one_or_none()
+        if goal is None:
+            raise NotFound(f"no goal {goal_id!r}; check the id")
+        if goal.status not in RETRYABLE:
+            raise Conflict(
+                f"goal {goal_id} is {goal.status}; only a goal that is "
+                f"{', '.join(sorted(RETRYABLE))} can be retried"
+            )
+        why = f"retried by {who}: {reason}" if reason else f"retried by {who}"
+        previous = goal.status
+        transition(
+            session,
+            goal_id,
+            "submitted",
+            by="operator",
+            actor=who,
+            reason=why,
+            data={"retried_from": previous},
+        )
+        message = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
+        return emit(session, message, trace_headers=goal.trace_headers)

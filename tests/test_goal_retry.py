@@ -1,0 +1,94 @@
+"""`plangate goals retry`: a failed goal goes back through the planner and the gate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from plangate.client import Client
+from plangate.store import AuditRow, DecisionRow, open_store
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.support import write_playbook
+from tests.test_distributed import APPROVE_ALL
+
+pytestmark = pytest.mark.redis
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
+    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
+    playbook = write_playbook(
+        tmp_path,
+        "flaky",
+        [
+            {"id": "first", "tool": "quick_read"},
+            {"id": "second", "tool": "flaky_read", "args": {"number": "${first}"}},
+        ],
+    )
+    fleet = Fleet(
+        redis_url,
+        f"sqlite:///{tmp_path / 'plangate.db'}",
+        tmp_path,
+        extra_env={
+            **FAST_SWEEPS,
+            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
+            "PLANGATE_PLAYBOOK_FILE": str(playbook),
+            "PLANGATE_TOOLS": "tests.takeover_tools",
+            "PYTHONPATH": str(ROOT),
+            "TAKEOVER_MARKER": str(tmp_path / "marker"),
+            "PLANGATE_REVIEWERS_FILE": str(tmp_path / "reviewers.yaml"),
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    fleet.start_all()
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+def count(fleet: Fleet, query: object) -> int:
+    store = open_store(fleet.database_url, upgrade=False)
+    try:
+        with store.session() as session:
+            return int(session.execute(query).scalar_one())  # type: ignore[call-overload]
+    finally:
+        store.close()
+
+
+def test_a_failed_goal_retried_is_a_new_revision_the_gate_decides_again(fleet: Fleet) -> None:
+    """Given a goal whose second read failed (the upstream was down),
+    When an operator retries it with `plangate goals retry`,
+    Then the planner makes revision 2, the gate decides it (a second decision), it runs and
+    completes; the retry is audited with who and why; retrying the completed goal is refused.
+    """
+    token = fleet.plangate("reviewers", "add", "olga").stdout.strip().splitlines()[-1]
+    with Client(fleet.settings()) as client:
+        goal_id = client.submit("flaky please").goal_id
+        failed = client.goal(goal_id).wait(timeout=30)
+        assert failed.status == "failed", (failed, fleet.logs())
+        assert failed.revision == 1
+
+        retried = fleet.plangate(
+            "goals", "retry", goal_id, "--reason", "upstream is back", PLANGATE_REVIEWER_TOKEN=token
+        )
+        assert retried.returncode == 0, retried.stderr
+        final = client.goal(goal_id).wait(timeout=30)
+
+    assert final.status == "completed", (final, fleet.logs())
+    assert final.revision == 2
+    assert final.outputs["second"] == 2
+    decisions = select(func.count()).where(DecisionRow.goal_id == goal_id)
+    assert count(fleet, decisions) == 2
+    audited = select(func.count()).where(
+        AuditRow.goal_id == goal_id, AuditRow.kind == "goal.submitted", AuditRow.actor == "olga"
+    )
+    assert count(fleet, audited) == 1
+
+    again = fleet.plangate("goals", "retry", goal_id, PLANGATE_REVIEWER_TOKEN=token)
+    assert again.returncode == 1
+    assert "is completed; only a goal that is" in again.stderr
