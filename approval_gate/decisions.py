@@ -14,6 +14,7 @@ from datetime import timedelta
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from plangate import metrics
 from plangate.bus import Envelope
 from plangate.errors import Conflict
 from plangate.signing import Signer
@@ -53,6 +54,7 @@ def record_decision(
         raise Conflict(
             f"revision {plan.revision} of plan {plan.plan_id} was already decided; reload it"
         ) from exc
+    metrics.DECISIONS.labels(decision.action, decision.rule or decision.decided_by).inc()
     return row
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from approval_gate.decisions import record_decision
 from approval_gate.holds import DEFAULT_HOLD_TTL, hold_of, legacy_expiry
+from plangate import metrics
 from plangate.bus import Envelope
 from plangate.errors import Conflict
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
@@ -99,6 +100,7 @@ def _expire_if_due(
         session, goal_id, "expired", by="gate", actor="gate", reason=decision.reason, data=data
     )
     log.info("plan %s of goal %s expired after %s", plan.plan_id, goal_id, ttl)
+    metrics.APPROVALS_EXPIRED.inc()
     return emit(
         session,
         PlanDecided(

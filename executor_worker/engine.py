@@ -20,7 +20,7 @@ import cel
 from opentelemetry.trace import Span
 
 from executor_worker.ledger import Claim, StepLedger
-from plangate import faults, telemetry
+from plangate import faults, metrics, telemetry
 from plangate.errors import OutcomeUnknown, ToolError
 from plangate.redaction import redact
 from plangate.tools import Tool, ToolContext, ToolRegistry
@@ -294,8 +294,13 @@ def _call_within_deadline(tool: Tool[..., Any], args: dict[str, Any], context: T
         name=f"plangate-tool-{tool.name}",
         daemon=True,
     )
+    started = time.perf_counter()
     thread.start()
-    if not finished.wait(context.timeout):
+    ended = finished.wait(context.timeout)
+    metrics.TOOL_SECONDS.labels(tool.name).observe(time.perf_counter() - started)
+    outcome = "timed_out" if not ended else "failed" if failure else "succeeded"
+    metrics.TOOL_CALLS.labels(tool.name, outcome).inc()
+    if not ended:
         overran = f"tool {tool.name} did not finish within its {context.timeout:g} s deadline"
         if tool.spec.effect == "write":
             raise OutcomeUnknown(f"{overran}; it may still take effect")

@@ -136,6 +136,13 @@ class Settings(BaseSettings):
         description="AMQP heartbeat of a worker's consuming connection: a RabbitMQ (or a network "
         "path) gone silent is noticed within two of them; 0 turns heartbeats off.",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="A worker answers /metrics (Prometheus), /healthz and /readyz on this port "
+        "(unset: health_port, if set; else off).",
+    )
     health_port: int | None = Field(
         default=None,
         ge=0,

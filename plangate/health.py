@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 
 Check = Callable[[], bool]
 Readiness = Callable[[], "str | None"]  # None: ready; else why not, in one line
+Exposition = Callable[[], bytes]  # the Prometheus text of the process's metrics
 
 
-def _handler_for(alive: Check, ready: Readiness) -> type[BaseHTTPRequestHandler]:
+def _handler_for(
+    alive: Check, ready: Readiness, metrics: Exposition | None = None
+) -> type[BaseHTTPRequestHandler]:
     def alive_or_why() -> str | None:
         return None if alive() else "the consume loop is not running"
 
@@ -38,7 +41,11 @@ def _handler_for(alive: Check, ready: Readiness) -> type[BaseHTTPRequestHandler]
 
     class HealthHandler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            check = checks.get(self.path.partition("?")[0])
+            path = self.path.partition("?")[0]
+            if path == "/metrics" and metrics is not None:
+                self._send(200, metrics(), "text/plain; version=0.0.4; charset=utf-8")
+                return
+            check = checks.get(path)
             if check is None:
                 self._answer(404, {"status": "not found", "paths": sorted(checks)})
                 return
@@ -49,9 +56,11 @@ def _handler_for(alive: Check, ready: Readiness) -> type[BaseHTTPRequestHandler]
                 self._answer(503, {"status": "unavailable", "reason": problem})
 
         def _answer(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode() + b"\n"
+            self._send(status, json.dumps(body).encode() + b"\n", "application/json")
+
+        def _send(self, status: int, data: bytes, content_type: str) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
@@ -70,8 +79,15 @@ class HealthServer:
     paths need none. Its thread is a daemon so a worker that exits never waits for it.
     """
 
-    def __init__(self, host: str, port: int, alive: Check, ready: Readiness) -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler_for(alive, ready))
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        alive: Check,
+        ready: Readiness,
+        metrics: Exposition | None = None,
+    ) -> None:
+        self._server = ThreadingHTTPServer((host, port), _handler_for(alive, ready, metrics))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="plangate-health", daemon=True
@@ -94,12 +110,18 @@ class HealthServer:
         self._server.server_close()
 
 
-def start_health_server(settings: Settings, alive: Check, ready: Readiness) -> HealthServer | None:
-    """Start the health endpoint if `health_port` is set; return it (None when off)."""
-    if settings.health_port is None:
+def start_health_server(
+    settings: Settings, alive: Check, ready: Readiness, metrics: Exposition | None = None
+) -> HealthServer | None:
+    """Start the probe endpoint (`/healthz`, `/readyz`, `/metrics`) if a port is set.
+
+    The port is `metrics_port`, or `health_port` (its older name); None when neither is set.
+    """
+    port = settings.metrics_port if settings.metrics_port is not None else settings.health_port
+    if port is None:
         return None
-    server = HealthServer(settings.health_host, settings.health_port, alive, ready).start()
-    log.info("health endpoint on http://%s:%d/healthz", settings.health_host, server.port)
+    server = HealthServer(settings.health_host, port, alive, ready, metrics).start()
+    log.info("probes and metrics on http://%s:%d/", settings.health_host, server.port)
     return server
 
 

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from plangate import metrics
 from plangate.bus import Envelope, Stage
 from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, StepRunRow, Store, audit
 from plangate.store.goals import latest_plan, plan_of
@@ -219,6 +220,7 @@ def _due(now: datetime, after: timedelta) -> ColumnElement[bool]:
 def _count_resend(session: Session, goal: GoalRow, envelope: Envelope) -> None:
     """Record a resend without touching `updated_at`: a resend is no sign of the goal's life."""
     log.warning("goal %s stalled while %s; sending its last message again", goal.id, goal.status)
+    metrics.RESENDS.inc()
     session.execute(
         update(GoalRow)
         .where(GoalRow.id == goal.id)

@@ -13,6 +13,7 @@ from approval_gate.notify import WebhookNotifier
 from approval_gate.policy import load_policy
 from approval_gate.review import Review
 from executor_worker.handler import ExecutorHandler
+from plangate import metrics
 from plangate.bus import Bus, Delivery, Envelope, Handler, Stage
 from plangate.catalog import publish_catalog, read_catalog
 from plangate.config import Settings
@@ -27,12 +28,18 @@ from planner_worker.replan import ReplanPolicy
 from schemas import Catalog, Message
 
 
-def survive_outages(handler: Handler) -> Handler:
-    """Turn a database outage inside a handler into Unavailable: wait, never dead-letter."""
+def survive_outages(handler: Handler, stage: str = "") -> Handler:
+    """Turn a database outage inside a handler into Unavailable: wait, never dead-letter.
+
+    Each call is timed, and a handled message counted (`plangate.metrics`).
+    """
 
     def guarded(message: Message, delivery: Delivery) -> Sequence[Envelope]:
         try:
-            return handler(message, delivery)
+            with metrics.HANDLER_SECONDS.labels(stage, delivery.message_type).time():
+                envelopes = handler(message, delivery)
+            metrics.settled(stage, delivery.message_type, "handled")
+            return envelopes
         except Exception as exc:
             if is_outage(exc):
                 raise Unavailable(f"the database is unavailable ({type(exc).__name__})") from exc
@@ -49,7 +56,7 @@ def build_handler(
     registry: ToolRegistry | None = None,
 ) -> Handler:
     """Return the handler of one stage, configured from `settings`."""
-    return survive_outages(_stage_handler(stage, settings, store, bus, registry))
+    return survive_outages(_stage_handler(stage, settings, store, bus, registry), stage)
 
 
 def _stage_handler(

@@ -14,7 +14,7 @@ import threading
 from datetime import timedelta
 from types import FrameType
 
-from plangate import telemetry
+from plangate import metrics, telemetry
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
 from plangate.config import Settings
 from plangate.health import start_health_server
@@ -79,6 +79,7 @@ class Worker:
                     if not consumer.ready.is_set() or self.stop.is_set()
                     else not_ready(store, bus)
                 ),
+                metrics=lambda: metrics.exposition(metrics.registry_with(store)),
             )
             log.info("%s worker consuming %s", self.stage, bus.topology.queue_name(self.stage))
             looping.set()

@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from plangate import telemetry
+from plangate import metrics, telemetry
 from plangate.errors import PlanningFailed
 from plangate.redaction import redact
 from schemas.messages import TokenUsage
@@ -93,6 +93,9 @@ class ChatModel:
             span.set_attribute("gen_ai.response.id", completion.id or "")
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+            model = completion.model or self.model
+            metrics.LLM_TOKENS.labels(model, "input").inc(usage.input_tokens)
+            metrics.LLM_TOKENS.labels(model, "output").inc(usage.output_tokens)
             if not completion.choices:
                 span.set_attribute("error.type", "no_choices")
                 raise PlanningFailed([f"the model server at {url} answered with no choices"])

@@ -8,10 +8,8 @@ loop publishes it when it is due, and the relay does if this worker is gone by t
 
 A message is acked only once what it led to is published: a handled one (`_ack`) after its
 handler committed and, from the handler's own thread on a connection of its own, published the
-results (so they go on without waiting for the loop to notice the handler finished); a dead
-letter or a held retry (`_publish_then_ack`) after the loop published its copy; a stored retry
-once it is committed to the outbox. Every thread publishes through the one `ThreadProducers`,
-each on its own connection.
+results; a dead letter or a held retry (`_publish_then_ack`) after the loop published its
+copy; a stored retry once it is in the outbox. Threads publish through one `ThreadProducers`.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from kombu.exceptions import OperationalError
 from kombu.message import Message as KombuMessage
 from kombu.messaging import Consumer
 
-from plangate import faults, logs, telemetry
+from plangate import faults, logs, metrics, telemetry
 from plangate.bus.chores import Chores
 from plangate.bus.dead_letters import dead_letter_envelope
 from plangate.bus.envelope import ATTEMPT_HEADER, GOAL_HEADER, Delivery, Envelope, sent_at
@@ -192,8 +190,7 @@ class StageConsumer:
 
     def _drain(self, connection: Connection) -> None:
         # A finished handler wakes the wait where the transport allows (Redis). Elsewhere the
-        # loop looks every 1-2 ms while handlers run (waiting up to 50 ms added a fifth to each
-        # hop's latency); an idle worker does not spin.
+        # loop looks every 1-2 ms while handlers run (50 ms added a fifth to each hop's latency).
         polling = self._in_flight.count and not self._wakeup.available
         timeout = self._poll if polling else _POLL_SECONDS
         try:
@@ -324,7 +321,7 @@ class StageConsumer:
         return Envelope(self._topology.retry_key(self._stage), body, headers)
 
     def _settle(self, done: Done) -> None:
-        """Decide what a finished message leads to: its results, a dead letter, or a retry."""
+        """Decide what a finished message leads to: its results, a dead letter or a retry."""
         error = done.future.exception()
         if error is None:
             self._ack(done.raw, done.future.result())
@@ -344,6 +341,7 @@ class StageConsumer:
     def _ack_stored_retry(self, done: Done, stored: Deferred) -> None:
         why = stored.__cause__
         log.info("retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, why)
+        metrics.settled(self._stage, done.delivery.message_type, "retried")
         self._ack(done.raw, ())
         self._stored_retries.add(stored.delay, stored.envelope)
 
@@ -356,6 +354,7 @@ class StageConsumer:
             log.log(level, "retrying %s in %g s: %r", done.delivery.routing_key, delay, error)
             attempt += 1
         self._retries.add(delay, (done.raw, attempt))
+        metrics.settled(self._stage, done.delivery.message_type, "retried")
 
     def _republish_due_retries(self) -> None:
         for raw, attempt in self._retries.due():
@@ -369,6 +368,7 @@ class StageConsumer:
 
     def _dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
         log.warning("dead-lettered %s: %s", delivery.routing_key, reason)
+        metrics.settled(self._stage, delivery.message_type, "dead_lettered")
         envelope = dead_letter_envelope(raw_body(raw), original_content_type(raw), delivery, reason)
         self._publish_then_ack(raw, [envelope])
 

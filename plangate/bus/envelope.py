@@ -6,12 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from schemas import Message, encode_message
+from schemas import MESSAGE_MODELS, Message, encode_message
 
 CONTENT_TYPE = "application/json"
 ATTEMPT_HEADER = "x-plangate-attempt"
 GOAL_HEADER = "x-plangate-goal-id"
 MESSAGE_ID_HEADER = "x-plangate-message-id"
+# The message's type, kept on its retry copies (whose routing key is the stage's retry key).
+TYPE_HEADER = "x-plangate-type"
 # When this copy was handed to the broker (every publish: first send, retry, relay, resend).
 # A queue hands messages out in the order they were published, so the reconciler compares a
 # stage's progress in these times, not in when the message was first made.
@@ -45,6 +47,7 @@ class Envelope:
         merged[GOAL_HEADER] = message.goal_id
         merged[MESSAGE_ID_HEADER] = message.message_id
         routing_key: str = getattr(message, "type")  # noqa: B009 - every concrete message has one
+        merged[TYPE_HEADER] = routing_key
         return cls(routing_key=routing_key, body=encode_message(message), headers=merged)
 
 
@@ -57,3 +60,12 @@ class Delivery:
     headers: dict[str, str]
     attempt: int
     redelivered: bool
+
+    @property
+    def message_type(self) -> str:
+        """The message's type: its routing key, unless this is a retry copy that says.
+
+        Only a type plangate knows is taken from the header (a metric label must stay bounded).
+        """
+        kind = self.headers.get(TYPE_HEADER)
+        return kind if isinstance(kind, str) and kind in MESSAGE_MODELS else self.routing_key

@@ -8,8 +8,10 @@ Neither says more than one line of why: no URL, no error text (it may name a hos
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from plangate import metrics
 from plangate.readiness import not_ready
 from plangate.server.reviews import get_desk
 
@@ -31,3 +33,10 @@ def readyz(request: Request) -> JSONResponse:
         body = {"status": "unavailable", "reason": problem}
         return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
     return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/metrics")
+def prometheus_metrics(request: Request) -> Response:
+    """Return this process's metrics and the store's gauges, in Prometheus' text format."""
+    body = metrics.exposition(metrics.registry_with(get_desk(request).store))
+    return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,118 @@
+"""Prometheus metrics, with the official client: what every stage counts, and the store's gauges.
+
+Counters and histograms live in the process's default registry and are counted where the
+event happens (one line each: a message settled, a decision recorded, a tool called, tokens
+spent, a resend, an expiry). What the store knows (goals by state, held plans, the oldest
+hold, the outbox backlog) is read at scrape time by `StoreCollector`, a few indexed counts,
+so the figures are the deployment's, whichever process is scraped.
+
+Workers answer `/metrics` on their probe port (`PLANGATE_METRICS_PORT`); `serve` at `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from plangate.store import Store
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter(
+    "plangate_messages",
+    "Messages a stage settled, by type and outcome (handled, retried, dead_lettered).",
+    ["stage", "type", "outcome"],
+)
+HANDLER_SECONDS = Histogram(
+    "plangate_handler_seconds",
+    "How long a stage's handler took, by message type.",
+    ["stage", "type"],
+)
+DECISIONS = Counter(
+    "plangate_decisions", "Decisions recorded, by action and rule (or person).", ["action", "rule"]
+)
+APPROVALS_EXPIRED = Counter("plangate_approvals_expired", "Held plans that expired undecided.")
+TOOL_CALLS = Counter(
+    "plangate_tool_calls",
+    "Tool calls, by tool and outcome (succeeded, failed).",
+    ["tool", "outcome"],
+)
+TOOL_SECONDS = Histogram("plangate_tool_seconds", "How long a tool call took.", ["tool"])
+LLM_TOKENS = Counter(
+    "plangate_llm_tokens", "Tokens the planner's model spent, by model and kind.", ["model", "kind"]
+)
+RESENDS = Counter("plangate_reconciler_resends", "Messages the reconciler sent again.")
+
+
+def settled(stage: str, kind: str, outcome: str) -> None:
+    """Count a message a stage settled: handled, retried or dead_lettered."""
+    MESSAGES.labels(stage, kind, outcome).inc()
+
+
+class StoreCollector(Collector):
+    """Gauges read from the store at each scrape: goals by state, holds, the outbox backlog."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the gauges (none when the store does not answer: the scrape still works)."""
+        from sqlalchemy import func, select
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from plangate.store.models import GoalRow, OutboxRow
+        from schemas import utcnow
+
+        goals = GaugeMetricFamily("plangate_goals", "Goals by state.", labels=["state"])
+        try:
+            with self._store.session() as session:
+                by_state = session.execute(
+                    select(GoalRow.status, func.count()).group_by(GoalRow.status)
+                ).all()
+                oldest = session.scalar(
+                    select(func.min(GoalRow.updated_at)).where(GoalRow.status == "held")
+                )
+                backlog = session.scalar(
+                    select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
+                )
+        except SQLAlchemyError as exc:
+            log.warning("metrics: the store does not answer (%s)", type(exc).__name__)
+            return
+        counts = dict(by_state)
+        for state, count in sorted(counts.items()):
+            goals.add_metric([state], count)
+        yield goals
+        yield GaugeMetricFamily(
+            "plangate_held_plans", "Plans held for a person.", counts.get("held", 0)
+        )
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        yield GaugeMetricFamily(
+            "plangate_oldest_held_seconds", "Age of the oldest held plan (0: none held).", age
+        )
+        yield GaugeMetricFamily(
+            "plangate_outbox_backlog", "Messages stored but not yet published.", backlog or 0
+        )
+
+
+_collector: StoreCollector | None = None
+
+
+def registry_with(store: Store) -> CollectorRegistry:
+    """Return the default registry, its store gauges read from `store` (the latest given)."""
+    global _collector
+    if _collector is None:
+        _collector = StoreCollector(store)
+        REGISTRY.register(_collector)
+    _collector._store = store
+    return REGISTRY
+
+
+def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
+    """Return the registry in Prometheus' text format."""
+    return generate_latest(registry)

@@ -1,0 +1,98 @@
+"""Prometheus metrics: every worker's `/metrics` and serve's, read with Prometheus' own parser."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from plangate.client import Client
+from plangate.server import create_app
+from tests.conftest import SEED_GOAL
+from tests.fleet import FAST_SWEEPS, Fleet, serving_app
+from tests.servers import free_port
+from tests.test_distributed import APPROVE_ALL
+
+pytestmark = pytest.mark.redis
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str) -> Iterator[tuple[Fleet, dict[str, int]]]:
+    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
+    fleet = Fleet(
+        redis_url,
+        f"sqlite:///{tmp_path / 'plangate.db'}",
+        tmp_path,
+        extra_env={**FAST_SWEEPS, "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml")},
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    ports = {stage: free_port() for stage in ("planner", "gate", "executor")}
+    for stage, port in ports.items():
+        fleet.start(stage, PLANGATE_METRICS_PORT=str(port))
+    try:
+        yield fleet, ports
+    finally:
+        fleet.stop_all()
+
+
+def test_each_worker_and_serve_count_the_seed_goal(fleet: tuple[Fleet, dict[str, int]]) -> None:
+    """Given three workers with PLANGATE_METRICS_PORT set and a policy that approves all,
+    When the seed goal completes,
+    Then each worker's /metrics counts what it handled (the planner one goal.submitted, the gate
+    one decision by its rule, the executor three tool calls that succeeded, each timed), every
+    scrape shows one completed goal and no held plan, and serve's /metrics shows the same.
+    """
+    running, ports = fleet
+    with Client(running.settings()) as client:
+        goal_id = client.submit(SEED_GOAL).goal_id
+        assert client.goal(goal_id).wait(timeout=40).status == "completed", running.logs()
+
+        def url(stage: str) -> str:
+            return f"http://127.0.0.1:{ports[stage]}/metrics"
+
+        planner, gate, executor = (scrape(url(s)) for s in ("planner", "gate", "executor"))
+        handled = {"stage": "planner", "type": "goal.submitted", "outcome": "handled"}
+        assert value(planner, "plangate_messages_total", **handled) == 1
+        timed = {"stage": "planner", "type": "goal.submitted"}  # every call, a retried one too
+        assert value(planner, "plangate_handler_seconds_count", **timed) >= 1
+        rule = {"action": "approve", "rule": "approve-everything"}
+        assert value(gate, "plangate_decisions_total", **rule) == 1
+        calls = {
+            labels: n
+            for (name, labels), n in executor.items()
+            if name == "plangate_tool_calls_total"
+        }
+        assert sorted(calls.values()) == [1, 1, 1], calls
+        assert all(dict(labels)["outcome"] == "succeeded" for labels in calls)
+        tool_times = [
+            n for (name, _), n in executor.items() if name == "plangate_tool_seconds_count"
+        ]
+        assert sum(tool_times) == 3
+        for samples in (planner, gate, executor):
+            assert value(samples, "plangate_goals", state="completed") == 1
+            assert value(samples, "plangate_held_plans") == 0
+            assert ("plangate_outbox_backlog", ()) in samples
+
+        with serving_app(create_app(client.settings, client=client)) as base:
+            served = scrape(f"{base}/metrics")
+        assert value(served, "plangate_goals", state="completed") == 1
