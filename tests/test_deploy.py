@@ -278,7 +278,7 @@ def test_kubernetes_workers_and_serve_have_liveness_and_readiness_probes() -> No
             # The worker listens where the probe knocks, on every address (the kubelet is not
             # in the pod).
             env = container_env(container)
-            assert env["PLANGATE_HEALTH_PORT"] == str(ports[live["port"]]), name
+            assert env["PLANGATE_METRICS_PORT"] == str(ports[live["port"]]), name
             assert env["PLANGATE_HEALTH_HOST"] == "0.0.0.0", name
 
 
@@ -362,7 +362,7 @@ def test_compose_healthchecks_probe_the_port_each_service_listens_on() -> None:
         else:
             assert (
                 test[4]
-                == f"http://127.0.0.1:{service['environment']['PLANGATE_HEALTH_PORT']}/readyz"
+                == f"http://127.0.0.1:{service['environment']['PLANGATE_METRICS_PORT']}/readyz"
             )
 
 
@@ -379,3 +379,52 @@ def test_compose_refuses_to_start_without_a_session_secret() -> None:
 def test_the_reviewers_file_and_the_env_file_are_kept_out_of_git() -> None:
     ignored = (DEPLOY / ".gitignore").read_text(encoding="utf-8").split()
     assert {"reviewers.yaml", ".env"} <= set(ignored)
+
+
+def test_the_grafana_dashboard_charts_only_metrics_plangate_exports(tmp_path: Path) -> None:
+    """Every metric a panel queries is one that a scrape of plangate shows."""
+    import json
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from plangate import metrics
+    from plangate.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'metrics.db'}")
+    try:
+        text = metrics.exposition(metrics.registry_with(store)).decode()
+    finally:
+        store.close()
+    families = list(text_string_to_metric_families(text))
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    exported = {f.name + end for f in families for end in suffixes.get(f.type, ("",))}
+    dashboard = json.loads((DEPLOY / "grafana" / "plangate-dashboard.json").read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"plangate_[a-z_]+", target["expr"])
+    }
+    assert queried, "the dashboard charts nothing"
+    assert queried <= exported, queried - exported
+
+
+def test_prometheus_scrapes_each_compose_worker_and_serve_where_they_serve_metrics() -> None:
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    targets = {
+        target
+        for job in scrape["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    expected = {
+        f"{stage}:{compose['services'][stage]['environment']['PLANGATE_METRICS_PORT']}"
+        for stage in STAGES
+    }
+    serve = compose["services"]["serve"]["command"]
+    expected.add(f"serve:{serve[serve.index('--port') + 1]}")
+    assert targets == expected
+    for stage in STAGES:
+        assert compose["services"][stage]["environment"]["PLANGATE_HEALTH_HOST"] == "0.0.0.0"
