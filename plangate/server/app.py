@@ -13,7 +13,7 @@ from plangate import __version__
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.redaction import register_secret
-from plangate.server import goals, health, pages, reviews
+from plangate.server import goal_pages, goals, health, pages, reviews
 from plangate.server.errors import install_handlers
 from plangate.server.ratelimit import FailureLimit
 from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
@@ -67,6 +67,7 @@ def create_app(
     app.include_router(goals.router)
     app.include_router(reviews.router)
     app.include_router(pages.router)
+    app.include_router(goal_pages.router)
     app.include_router(health.router)
     return app
 

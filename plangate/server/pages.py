@@ -63,6 +63,12 @@ async def _form(request: Request) -> dict[str, str]:
     return {name: values[0] for name, values in fields.items()}
 
 
+def session_or_login(request: Request, desk: ReviewDesk) -> WebSession | RedirectResponse:
+    """Return the reviewer's web session, or the redirect to the login page."""
+    web = _session(request, desk)
+    return _to_login() if web is None else web
+
+
 def _to_login() -> RedirectResponse:
     return RedirectResponse("/login", status_code=303)
 

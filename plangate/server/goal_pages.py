@@ -1,0 +1,102 @@
+"""The goals pages: every goal with its state, and one goal with its plan, outputs and audit.
+
+Behind the same reviewer login as the review pages. Everything a goal carries (its text, the
+plan, tool outputs, audit data) is shown as data: autoescaped text, never markup.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from plangate.client import Client
+from plangate.errors import InputInvalid
+from plangate.server.deps import get_client
+from plangate.server.pages import Desk, session_or_login, templates
+from plangate.store import AuditRow, GoalRow
+from plangate.store.goal_list import parse_since
+from schemas import utcnow
+
+router = APIRouter(include_in_schema=False)
+ClientDep = Annotated[Client, Depends(get_client)]
+SHOWN_CHARS = 2_000  # of one output on the page; the rest behind "show all"
+MAX_AUDIT = 500
+
+
+@router.get("/goals")
+def goals_page(
+    request: Request,
+    desk: Desk,
+    client: ClientDep,
+    state: str = "",
+    search: str = "",
+    since: str = "",
+    cursor: str = "",
+) -> Response:
+    """List goals newest first, with filters by state, text and age."""
+    web = session_or_login(request, desk)
+    if isinstance(web, Response):
+        return web
+    error = None
+    try:
+        page = client.list_goals(
+            state=state or None,
+            search=search[:200] or None,
+            since=parse_since(since) if since else None,
+            cursor=cursor or None,
+            limit=50,
+        )
+        goals, next_cursor = page.goals, page.next_cursor
+    except InputInvalid as exc:
+        error, goals, next_cursor = str(exc), [], None
+    context = {
+        "reviewer": web.reviewer,
+        "csrf": web.csrf,
+        "goals": goals,
+        "next_cursor": next_cursor,
+        "filters": {"state": state, "search": search, "since": since},
+        "now": utcnow(),
+        "error": error,
+    }
+    return templates.TemplateResponse(
+        request, "goals.html", context, status_code=422 if error else 200
+    )
+
+
+@router.get("/goals/{goal_id}")
+def goal_page(request: Request, goal_id: str, desk: Desk, client: ClientDep) -> Response:
+    """Show one goal: its plan, each step's status, duration and output, its audit and trace."""
+    web = session_or_login(request, desk)
+    if isinstance(web, Response):
+        return web
+    current = client.status(goal_id)  # NotFound: 404 like the API
+    with desk.store.session() as session:
+        entries = (
+            session.execute(
+                select(AuditRow)
+                .where(AuditRow.goal_id == goal_id)
+                .order_by(AuditRow.seq)
+                .limit(MAX_AUDIT)
+            )
+            .scalars()
+            .all()
+        )
+        audit = [{"at": e.at, "kind": e.kind, "actor": e.actor, "data": e.data} for e in entries]
+        text = session.get_one(GoalRow, goal_id).text
+    settings = client.settings
+    trace_url = (
+        f"{settings.jaeger_url.rstrip('/')}/trace/{current.trace_id}" if current.trace_id else None
+    )
+    context: dict[str, Any] = {
+        "reviewer": web.reviewer,
+        "csrf": web.csrf,
+        "goal": current,
+        "goal_text": text,
+        "audit": audit,
+        "trace_url": trace_url,
+        "shown_chars": SHOWN_CHARS,
+    }
+    return templates.TemplateResponse(request, "goal.html", context)
