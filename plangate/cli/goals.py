@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -95,22 +96,7 @@ def cancel(
     running finish). An ended goal cannot be (exit 1). Authenticates like `plangate review`:
     PLANGATE_REVIEWER_TOKEN or --token-file, through --server URL or the reviewers file.
     """
-    access = resolve(server, token_file, deciding=False)  # the store alone will do
-    if access.token is None:
-        raise ConfigError(NO_TOKEN)
-    if access.server:
-        with access.api() as api:
-            state = api.cancel_goal(goal_id, reason)
-    else:
-        from plangate.client import Client
-
-        reviewer = access.reviewer()
-        with Client(access.settings) as client:
-            state = asdict(client.cancel(goal_id, reviewer.name, reason))
-    if as_json:
-        typer.echo(json.dumps(state, default=str))
-    else:
-        typer.echo(f"goal {goal_id}: {state['status']} — {state.get('reason') or ''}")
+    _steer("cancel", goal_id, reason, server, token_file, as_json)
 
 
 @app.command("retry", short_help="Send a failed or expired goal back to the planner.")
@@ -128,18 +114,32 @@ def retry(
     the policy says so), and no earlier approval can run it. Any other goal is refused (exit 1).
     Authenticates like `plangate goals cancel`.
     """
-    access = resolve(server, token_file, deciding=False)
+    _steer("retry", goal_id, reason, server, token_file, as_json)
+
+
+def _steer(
+    action: Literal["cancel", "retry"],
+    goal_id: str,
+    reason: str,
+    server: str | None,
+    token_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Cancel or retry a goal as the reviewer the token names, through serve or the store."""
+    access = resolve(server, token_file, deciding=False)  # the store alone will do
     if access.token is None:
         raise ConfigError(NO_TOKEN)
     if access.server:
         with access.api() as api:
-            state = api.retry_goal(goal_id, reason)
+            steer = api.cancel_goal if action == "cancel" else api.retry_goal
+            state = steer(goal_id, reason)
     else:
         from plangate.client import Client
 
         reviewer = access.reviewer()
         with Client(access.settings) as client:
-            state = asdict(client.retry(goal_id, reviewer.name, reason))
+            move = client.cancel if action == "cancel" else client.retry
+            state = asdict(move(goal_id, reviewer.name, reason))
     if as_json:
         typer.echo(json.dumps(state, default=str))
     else:
