@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from plangate.client import Client
+from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
 from tests.test_review_api import call, held_goal, review, wait_for
 from tests.test_review_page import (  # noqa: F401 - the module's fixtures
@@ -96,3 +97,29 @@ def test_a_goal_page_shows_what_each_step_found_its_audit_and_its_trace(
         assert kind in audit, audit
     assert "alice" in audit
     assert "/trace/" in str(page.get_attribute("#trace", "href"))
+
+
+def test_held_plans_show_their_tools_writes_role_time_left_and_the_holds_record(
+    page: Any,  # noqa: F811
+    client: Client,  # noqa: F811
+) -> None:
+    """Given a held seed goal submitted by a service,
+    When alice opens the held plans and then the plan,
+    Then its row shows its tools, that it writes, the role it needs and the time left, and the
+    plan page shows the hold's expiry, required role, policy version and submitter.
+    """
+    held = client.submit(SEED_GOAL, metadata={"submitter": "billing-service"}).wait(
+        timeout=30, until={"held"}
+    )
+    page.goto("/reviews")
+    row = page.locator("tr", has=page.locator(f"a[href='/reviews/{held.plan_id}']"))
+    assert "notify_oncall" in row.locator(".tools").inner_text()
+    assert row.locator(".badge.write").inner_text() == "writes"
+    assert row.locator(".role").inner_text() == "any"
+    assert row.locator(".time-left").inner_text().split("\n")[0].endswith("m")
+
+    page.click(f"a[href='/reviews/{held.plan_id}']")
+    assert page.inner_text("#hold-submitter") == "billing-service"
+    assert page.inner_text("#hold-role") == "any reviewer"
+    assert page.inner_text("#hold-policy")
+    assert "UTC" in page.inner_text("#hold-expires")

@@ -31,7 +31,7 @@ from plangate.server.reviews import (
     summary_of,
 )
 from plangate.server.sessions import SessionKeeper, WebSession
-from schemas import MessageRejected, strict_json_loads
+from schemas import MessageRejected, strict_json_loads, utcnow
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
@@ -143,10 +143,12 @@ def _list_page(
     error: str | None = None,
     status: int = 200,
 ) -> Response:
+    catalog = desk.catalog()
     context = {
         "reviewer": web.reviewer,
         "csrf": web.csrf,
-        "held": [summary_of(h) for h in desk.review.held()],
+        "held": [summary_of(h, catalog) for h in desk.review.held()],
+        "now": utcnow(),
         "unsettled": desk.unsettled(),
         "error": error,
     }

@@ -29,6 +29,7 @@ from plangate.server.goals import ErrorBody
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.stages import build_review
 from plangate.store import PlanRow, Store, open_store
+from plangate.store.goal_list import source_of
 from plangate.store.goals import get_goal, latest_plan
 from schemas import Catalog, StepPreview
 
@@ -129,6 +130,13 @@ class ReviewSummary(BaseModel):
     expires_at: datetime | None = Field(
         default=None, description="When the held plan expires if nobody decides it."
     )
+    tools: list[str] = Field(default=[], description="The tools the plan calls, in plan order.")
+    writes: bool | None = Field(
+        default=None, description="Whether a step writes (a tool missing from the catalog does)."
+    )
+    required_role: str | None = Field(default=None, description="The role the hold requires.")
+    policy_version: str | None = Field(default=None, description="The policy that held it.")
+    submitter: str | None = Field(default=None, description="Who or what submitted the goal.")
 
 
 class ReviewDetail(ReviewSummary):
@@ -137,7 +145,6 @@ class ReviewDetail(ReviewSummary):
     steps: list[ReviewStep]
     previous_revision: int | None
     diff: list[str] = Field(description="Unified diff of summary and steps to the previous one.")
-    required_role: str | None = Field(description="The role the holding rule asks of you.")
     preview_state: Literal["none", "waiting", "ready"] = Field(
         description="`ready`: the dry run below is stored; `waiting`: the holding rule asked "
         "an executor for one; `none`: the rule asks for none (policy `preview: true`)."
@@ -201,9 +208,13 @@ class Outcome(BaseModel):
     message: str
 
 
-def summary_of(held: HeldPlan) -> ReviewSummary:
-    """Return a held plan as the list shows it."""
+def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
+    """Return a held plan as the list shows it (whether it writes, given the catalog)."""
     decision = held.policy_decision
+    tools = [str(step.get("tool")) for step in held.plan.body.get("steps", [])]
+    writes = None
+    if catalog is not None:
+        writes = any(t not in catalog or catalog[t].effect == "write" for t in tools)
     return ReviewSummary(
         plan_id=held.plan.plan_id,
         goal_id=held.goal.id,
@@ -218,6 +229,11 @@ def summary_of(held: HeldPlan) -> ReviewSummary:
         else PolicyDecision(action=decision.action, rule=decision.rule, reason=decision.reason),
         planner=held.plan.planner,
         expires_at=held.expires_at,
+        tools=tools,
+        writes=writes,
+        required_role=held.required_role,
+        policy_version=held.hold.policy_version if held.hold is not None else None,
+        submitter=source_of(held.goal.meta),
     )
 
 
@@ -236,11 +252,10 @@ def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
     ]
     previous = held.previous
     return ReviewDetail(
-        **summary_of(held).model_dump(),
+        **summary_of(held, catalog).model_dump(),
         steps=steps,
         previous_revision=previous.revision if previous else None,
         diff=plan_diff(previous, held.plan).splitlines(),
-        required_role=held.required_role,
         preview_state=held.preview_state,
         preview=held.preview,
     )
@@ -271,7 +286,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 @router.get("", response_model=list[ReviewSummary], responses=_ERRORS)
 def list_reviews(desk: Desk, reviewer: Person) -> list[ReviewSummary]:
     """Return every plan revision waiting for a person, oldest first."""
-    return [summary_of(held) for held in desk.review.held()]
+    catalog = desk.catalog()
+    return [summary_of(held, catalog) for held in desk.review.held()]
 
 
 @router.get("/unsettled", response_model=list[UnsettledView], responses=_ERRORS)

@@ -113,7 +113,7 @@ def list_goals(
             goal_id=row.id,
             status=row.status,
             text=row.text,
-            source=_source(row.meta),
+            source=source_of(row.meta),
             created_at=row.created_at,
             updated_at=row.updated_at,
             revision=latest[row.id].revision if row.id in latest else None,
@@ -145,7 +145,8 @@ def _deciders(session: Session, plan_ids: list[str]) -> dict[str, str]:
     return {plan_id: rule or person for plan_id, rule, person in rows}  # the last one wins
 
 
-def _source(meta: dict[str, Any]) -> str | None:
+def source_of(meta: dict[str, Any]) -> str | None:
+    """Return who or what submitted a goal, as its metadata says (None if it does not)."""
     for key in ("submitter", "source", "ce.source", "user"):
         value = meta.get(key)
         if isinstance(value, str) and value:
