@@ -17,6 +17,7 @@ __all__ = [
     "GoalNotCompleted",
     "MessageRejected",
     "NotFound",
+    "NotReady",
     "PlanInvalid",
     "PlanProblem",
     "PlangateError",
@@ -134,3 +135,11 @@ class PlanningFailed(PlangateError):
 
 class Unavailable(Retry):
     """Raised by a handler: a dependency (the database) is down; retry without using an attempt."""
+
+
+class NotReady(Unavailable):
+    """Raised by a handler: what it needs is not there yet; retry without using an attempt.
+
+    Unlike an outage the store is up (no executor has published its tools yet, say): the retry
+    is stored and its message acked, so waiting holds no slot.
+    """

@@ -17,7 +17,7 @@ stage has moved past it lost its message, and is resent.
 from __future__ import annotations
 
 import logging
-import time
+from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
@@ -62,22 +62,30 @@ def due_after(after: timedelta, resends: int) -> timedelta:
 
 
 class RecentlyHeld:
-    """The goals whose message a consumer held at any sweep within the last deadline.
+    """When a consumer was last seen holding each goal's message, over the sweeps.
 
-    A dead worker's message is restored to the front of its queue between two sweeps, and is
-    taken a moment later; in that moment it is neither held nor new, and would look lost.
+    A goal held now or within the last deadline is left alone: a dead worker's message is
+    restored to the front of its queue between two sweeps and taken a moment later; in that
+    moment it is neither held nor new, and would look lost. A goal held earlier had its message
+    handed back or published again (a retry waiting out an outage) no earlier than it was last
+    seen held: the reconciler compares from then on, as for a resend. Forgotten after
+    `BACKLOG_PATIENCE` deadlines, as long as any message is waited for.
     """
 
     def __init__(self, window: timedelta) -> None:
-        self._window = window.total_seconds()
-        self._seen: dict[str, float] = {}
+        self._window = window
+        self._seen: OrderedDict[str, datetime] = OrderedDict()
 
-    def update(self, held: Collection[str]) -> set[str]:
-        """Note the goals held now; return those held now or within the window."""
-        now = time.monotonic()
-        self._seen.update(dict.fromkeys(held, now))
-        self._seen = {g: at for g, at in self._seen.items() if now - at <= self._window}
-        return set(self._seen)
+    def update(self, held: Collection[str]) -> dict[str, datetime]:
+        """Note the goals held now; return when each goal still remembered was last held."""
+        now = utcnow()
+        for goal_id in held:
+            self._seen[goal_id] = now
+            self._seen.move_to_end(goal_id)
+        forget_before = now - self._window * BACKLOG_PATIENCE
+        while self._seen and next(iter(self._seen.values())) < forget_before:
+            self._seen.popitem(last=False)
+        return dict(self._seen)
 
 
 def reconcile(
@@ -87,16 +95,17 @@ def reconcile(
     step_lease: timedelta = timedelta(minutes=5),
     waiting: Mapping[Stage, int] | None = None,
     progress: Mapping[str, datetime] | None = None,
-    held: Collection[str] = (),
+    held: Mapping[str, datetime] | None = None,
 ) -> list[Envelope]:
     """Queue the last message of every goal stalled past its deadline; return the envelopes.
 
     `waiting` is how many messages each stage's queue holds (as the broker reports it), and
     `progress` the newest message each stage has taken: a goal whose message is most likely
-    still queued behind a backlog is left to it for a while (see `_queued`). `held` names the
-    goals whose message a consumer holds unacked: being handled, or coming back by itself.
-    Neither those nor goals with a delayed retry waiting in the outbox are resent; a goal
-    whose message was sent again (retried, resent) is compared from that time on.
+    still queued behind a backlog is left to it for a while (see `_queued`). `held` says when a
+    consumer was last seen holding a goal's message unacked (`RecentlyHeld`): held within the
+    deadline, it is being handled or coming back by itself. Neither those nor goals with a
+    delayed retry waiting in the outbox are resent; a goal whose message was sent again
+    (retried, resent, held and handed back) is compared from that time on.
     """
     now = utcnow()
     envelopes: list[Envelope] = []
@@ -118,9 +127,12 @@ def reconcile(
             page = list(session.execute(query).scalars())
             for goal in page:
                 # Its message is being handled, comes back by itself, or waits as a retry.
-                if goal.id in held or (goal.id in retries and retries[goal.id] is None):
+                last_held = (held or {}).get(goal.id)
+                if last_held is not None and last_held > now - after:
                     continue
-                sent = _last_sent(goal, retries.get(goal.id))
+                if goal.id in retries and retries[goal.id] is None:
+                    continue
+                sent = _last_sent(goal, retries.get(goal.id), last_held)
                 envelope = _resend_if_stalled(
                     session, goal, now, after, step_lease, waiting, progress, sent
                 )
@@ -175,13 +187,15 @@ def _signed(session: Session, goal_id: str) -> bool:
     return session.execute(issued).first() is not None
 
 
-def _last_sent(goal: GoalRow, retried: datetime | None) -> datetime:
+def _last_sent(goal: GoalRow, *republished: datetime | None) -> datetime:
     """Return when the goal's message last joined the back of its queue.
 
-    Its last change (a message sent with it), its last resend, or its last delayed retry,
-    whichever came last: a queue hands out messages in the order they were published.
+    Its last change (a message sent with it), its last resend, or when it was last sent again
+    (a delayed retry; a held message handed back), whichever came last: a queue hands out
+    messages in the order they were published.
     """
-    return max(t for t in (goal.updated_at, goal.resent_at, retried) if t is not None)
+    times = (goal.updated_at, goal.resent_at, *republished)
+    return max(t for t in times if t is not None)
 
 
 def _queued(

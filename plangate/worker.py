@@ -117,6 +117,9 @@ class Worker:
         held = RecentlyHeld(stalled)
         while not self.stop.wait(interval):
             try:
+                # Seen first, before the store is needed: a message held through a database
+                # outage is published again when it ends, and must not then look lost.
+                recently_held = held.update(bus.held_goal_ids())
                 relayed = relay_pending(store, bus, older_than=stale)
                 if relayed:
                     log.warning("relayed %d outbox messages left unsent", relayed)
@@ -131,7 +134,7 @@ class Worker:
                     step_lease=step_lease,
                     waiting=waiting,
                     progress=stage_progress(store),
-                    held=held.update(bus.held_goal_ids()),
+                    held=recently_held,
                 )
                 deliver(store, bus, resent)
                 if expire is not None:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
-from plangate.errors import PlanningFailed, Reject, Retry, Unavailable
+from plangate.errors import NotReady, PlanningFailed, Reject, Retry
 from plangate.redaction import redact
 from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import ensure_goal, get_goal, latest_plan, plan_of, plan_row, transition
@@ -272,11 +272,11 @@ def _store_failure(session: Session, goal_id: str, reasons: list[str]) -> list[E
 
 
 def _catalog_in(session: Session, source: Callable[[Session], Catalog]) -> Catalog:
-    """Return the tool catalog, read in the caller's transaction; Unavailable while empty."""
+    """Return the tool catalog, read in the caller's transaction; NotReady while empty."""
     catalog = source(session)
     if not catalog:
         # Executors may still be starting: wait for them rather than fail the goal.
-        raise Unavailable("no executor has published its tools yet; start an executor")
+        raise NotReady("no executor has published its tools yet; start an executor")
     return catalog
 
 

@@ -34,17 +34,16 @@ def client_store(settings: Settings) -> Store:
     return open_store(settings.resolved_database_url(), upgrade=False)
 
 
-def resent(store: Store, goal_ids: list[str]) -> int:
-    """Return how many messages the reconciler sent again for these goals."""
+def resent(store: Store, goal_ids: list[str]) -> Counter[str]:
+    """Return how many messages the reconciler sent again for these goals, by goal state."""
     try:
         with store.session() as session:
-            return len(
-                session.execute(
-                    select(AuditRow.seq).where(
-                        AuditRow.kind == "goal.resent", AuditRow.goal_id.in_(goal_ids)
-                    )
-                ).all()
-            )
+            rows = session.execute(
+                select(AuditRow.data).where(
+                    AuditRow.kind == "goal.resent", AuditRow.goal_id.in_(goal_ids)
+                )
+            ).scalars()
+            return Counter(str(data.get("status")) for data in rows)
     finally:
         store.close()
 
@@ -127,7 +126,8 @@ def test_chaos_no_goal_lost_and_each_write_happens_once(
             monkey.join(timeout=120)
             stop_chaos.set()
             statuses = wait_for_the_end(client_store(settings), list(kinds), timeout=300)
-            resends = resent(client_store(settings), list(kinds))
+            resends_by_state = resent(client_store(settings), list(kinds))
+            resends = resends_by_state.total()
         bus = Bus(redis_url, fleet.namespace)
         letters = bus.dead_letters()
         dead = len(letters)
@@ -144,6 +144,7 @@ def test_chaos_no_goal_lost_and_each_write_happens_once(
         f" dead-lettered {dead}, kills {kills},"
         f" duplicates suppressed {len(_lines(duplicates))}; states {dict(counts)};"
         f" resends {resends} ({resends * 1000 / GOALS:.0f} per 1,000 goals)"
+        f" by state {dict(resends_by_state)}"
     )
     for letter in letters:  # none is a loss (every goal completed), but each says why
         print(f"  dead letter from {letter.queue} ({letter.routing_key}): {letter.reason}")

@@ -22,7 +22,7 @@ import redis
 from sqlalchemy import select, update
 
 from plangate.bus import Bus, Delivery, Envelope, StageConsumer
-from plangate.errors import Retry
+from plangate.errors import NotReady, Retry
 from plangate.relay import relay_pending
 from plangate.store import OutboxRow, Store, open_store
 from plangate.store.outbox import SentMarker
@@ -177,6 +177,52 @@ def test_attempts_stored_as_retries_still_count_towards_max_attempts(
     letters = eventually(bus.take_dead_letters, WAIT, "a dead letter")
     assert [letter.headers["x-plangate-attempt"] for letter in letters] == ["3"]
     assert letters[0].reason.startswith("failed 3 times")
+
+
+def test_waiting_for_what_is_not_ready_frees_the_slot_and_uses_no_attempt(
+    bus: Bus, store: Store, planner: Callable[..., StageConsumer]
+) -> None:
+    """Given a planner with concurrency 1 and max_attempts 2 whose handler says NotReady (no
+    executor has published its tools yet) three times,
+    When that goal and then a fresh one are published,
+    Then the fresh one is handled at once, the waiting goal comes back stored as a retry each
+    time with attempt 1 still, and it is answered on its fourth try, never dead-lettered.
+    """
+    calls: queue.Queue[Call] = queue.Queue()
+    tries: list[int] = []
+
+    def handler(message: Message, delivery: Delivery) -> list[Envelope]:
+        assert isinstance(message, GoalSubmitted)
+        calls.put((message.text, delivery.attempt, time.monotonic()))
+        if message.text == "waits" and len(tries) < 3:
+            tries.append(delivery.attempt)
+            raise NotReady("no executor has published its tools yet", delay=0.05)
+        return answer(message)
+
+    planner(handler, concurrency=1, max_attempts=2)
+    waits, fresh = (
+        GoalSubmitted(goal_id=uuid4().hex, text="waits"),
+        GoalSubmitted(goal_id=uuid4().hex, text="fresh"),
+    )
+
+    with bus.observe() as observer:
+        bus.publish([Envelope.of(waits), Envelope.of(fresh)])
+        seen = [calls.get(timeout=WAIT)[:2] for _ in range(5)]
+
+        def failed() -> PlanFailed | None:
+            message = observer.next(0.1)
+            return message if isinstance(message, PlanFailed) else None
+
+        answers = {eventually(failed, WAIT, "an answer").goal_id for _ in range(2)}
+
+    assert seen[:2] == [("waits", 1), ("fresh", 1)]
+    assert seen.count(("waits", 1)) == 4
+    assert tries == [1, 1, 1]
+    assert answers == {waits.goal_id, fresh.goal_id}
+    retries = [r for r in outbox_rows(store) if r.routing_key == "retry.planner"]
+    assert len(retries) == 3
+    assert {r.headers["x-plangate-attempt"] for r in retries} == {"1"}
+    assert bus.take_dead_letters() == []
 
 
 @pytest.mark.redis

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from kombu.connection import Connection
@@ -50,7 +51,9 @@ from plangate.bus.retries import (
     Deferred,
     Deferring,
     Waiting,
+    held_in_memory,
     retry_delay,
+    uses_an_attempt,
 )
 from plangate.bus.topology import Stage, Topology
 from plangate.bus.wakeup import Wakeup
@@ -109,7 +112,7 @@ class StageConsumer:
         if defer is None and isinstance(on_published, Deferring):
             defer = on_published.defer
         self._defer = defer
-        self._retry_delays = tuple(retry_delays)
+        self._retry_delay = partial(retry_delay, max_attempts=max_attempts, delays=retry_delays)
         self._done: queue.Queue[Done] = queue.Queue()
         self._retries: Waiting[tuple[KombuMessage, int]] = Waiting()  # held unacked
         self._stored_retries: Waiting[Envelope] = Waiting()  # in the outbox, acked
@@ -244,25 +247,22 @@ class StageConsumer:
     def _store_retry(self, error: Exception, delivery: Delivery, body: bytes) -> None:
         """In the handler's thread: store a retry to be published after its delay, if it gets one.
 
-        An outage is not stored: the store is what is likely down, and a message held here is
-        the backpressure an outage wants. Storing that fails leaves the retry held here too.
+        An outage is held here instead (`held_in_memory`); so is a retry that cannot be stored.
         """
-        if self._defer is None or isinstance(error, Unavailable):
+        if self._defer is None or held_in_memory(error):
             return
         delay = self._retry_delay(error, delivery.attempt)
         if delay is None:
             return
         try:
-            stored = self._defer(self._next_attempt(delivery, body), delay)
+            next_try = self._next_attempt(delivery, body, uses_an_attempt(error))
+            stored = self._defer(next_try, delay)
         except Exception:
             log.warning(
                 "could not store the retry of %s; holding it", delivery.routing_key, exc_info=True
             )
             return
         raise Deferred(stored, delay) from error
-
-    def _retry_delay(self, error: BaseException, attempt: int) -> float | None:
-        return retry_delay(error, attempt, self._max_attempts, self._retry_delays)
 
     def _finished(self, done: Done) -> None:
         """In the handler's thread: hand its message back to the loop, and wake the loop."""
@@ -315,9 +315,9 @@ class StageConsumer:
                 copy = self._next_attempt(delivery, running.body)
                 self._publish_then_ack(running.raw, [copy])
 
-    def _next_attempt(self, delivery: Delivery, body: bytes) -> Envelope:
-        """Return a copy of a message as its next attempt, for this stage's retry key."""
-        headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + 1)}
+    def _next_attempt(self, delivery: Delivery, body: bytes, used: bool = True) -> Envelope:
+        """Return a copy of a message as its next try, for this stage's retry key."""
+        headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + used)}
         return Envelope(self._topology.retry_key(self._stage), body, headers)
 
     def _settle(self, done: Done) -> None:

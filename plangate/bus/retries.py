@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from plangate.bus.envelope import Envelope
-from plangate.errors import Reject, Retry, Unavailable
+from plangate.errors import NotReady, Reject, Retry, Unavailable
 
 T = TypeVar("T")
 RETRY_DELAYS = (0.2, 1.0, 5.0, 30.0)
@@ -47,6 +47,20 @@ def retry_delay(
     if isinstance(error, Retry):  # an expected outcome: the handler says when to come back
         return error.delay
     return delays[min(attempt, len(delays)) - 1]
+
+
+def uses_an_attempt(error: BaseException) -> bool:
+    """Return whether a failure counts towards `max_attempts` (an outage does not)."""
+    return not isinstance(error, Unavailable)
+
+
+def held_in_memory(error: BaseException) -> bool:
+    """Return whether a retry is held unacked here rather than stored in the outbox.
+
+    An outage is held: the store is what is likely down, and a message held here is the
+    backpressure an outage wants. Anything else is stored, and its slot freed.
+    """
+    return isinstance(error, Unavailable) and not isinstance(error, NotReady)
 
 
 class Waiting(Generic[T]):
