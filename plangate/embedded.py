@@ -20,7 +20,13 @@ from plangate.bus import STAGES, Bus
 from plangate.config import Settings
 from plangate.errors import PlangateError
 from plangate.relay import deliver, relay_pending
-from plangate.stages import build_expiry, build_handler, build_review, configured_tools
+from plangate.stages import (
+    build_expiry,
+    build_handler,
+    build_review,
+    configured_tools,
+    stage_middleware,
+)
 from plangate.store import TERMINAL_STATUSES, GoalRow, Store, open_store
 from plangate.store import outbox as outbox_rows
 from plangate.store.outbox import unsent_elsewhere
@@ -66,6 +72,7 @@ class Pipeline:
                 concurrency=self.settings.concurrency,
                 max_attempts=self.settings.max_attempts,
                 on_published=self._marker,
+                middleware=stage_middleware(stage),
             )
             thread = threading.Thread(
                 target=consumer.run, args=(self._stop,), name=f"plangate-{stage}", daemon=True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
@@ -13,39 +13,27 @@ from approval_gate.notify import WebhookNotifier
 from approval_gate.policy import load_policy
 from approval_gate.review import Review
 from executor_worker.handler import ExecutorHandler
-from plangate import metrics
-from plangate.bus import Bus, Delivery, Envelope, Handler, Stage
+from plangate.bus import Bus, Envelope, Handler, Stage
+from plangate.bus.middleware import Middleware
 from plangate.catalog import publish_catalog, read_catalog
 from plangate.config import Settings
-from plangate.errors import Unavailable
+from plangate.middleware import standard
+from plangate.middleware.outages import DatabaseOutages
 from plangate.signing import load_or_create_signer, load_trusted_keys
 from plangate.store import Store
-from plangate.store.engine import is_outage
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
 from planner_worker.loading import load_planner, planning_lease
 from planner_worker.replan import ReplanPolicy
-from schemas import Catalog, Message
+from schemas import Catalog
 
 
-def survive_outages(handler: Handler, stage: str = "") -> Handler:
-    """Turn a database outage inside a handler into Unavailable: wait, never dead-letter.
+def stage_middleware(stage: Stage) -> list[Middleware]:
+    """Return what a stage's consume loop does around each message (`plangate.middleware`).
 
-    Each call is timed, and a handled message counted (`plangate.metrics`).
+    The standard set, and database outages mapped to `Unavailable` innermost.
     """
-
-    def guarded(message: Message, delivery: Delivery) -> Sequence[Envelope]:
-        try:
-            with metrics.HANDLER_SECONDS.labels(stage, delivery.message_type).time():
-                envelopes = handler(message, delivery)
-            metrics.settled(stage, delivery.message_type, "handled")
-            return envelopes
-        except Exception as exc:
-            if is_outage(exc):
-                raise Unavailable(f"the database is unavailable ({type(exc).__name__})") from exc
-            raise
-
-    return guarded
+    return [*standard(stage), DatabaseOutages()]
 
 
 def build_handler(
@@ -56,7 +44,7 @@ def build_handler(
     registry: ToolRegistry | None = None,
 ) -> Handler:
     """Return the handler of one stage, configured from `settings`."""
-    return survive_outages(_stage_handler(stage, settings, store, bus, registry), stage)
+    return _stage_handler(stage, settings, store, bus, registry)
 
 
 def _stage_handler(

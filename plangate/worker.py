@@ -21,7 +21,7 @@ from plangate.health import start_health_server
 from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
 from plangate.relay import deliver, relay_pending
-from plangate.stages import build_expiry, build_handler
+from plangate.stages import build_expiry, build_handler, stage_middleware
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
 from plangate.store.stage_progress import record_progress, stage_progress
@@ -59,6 +59,7 @@ class Worker:
                 max_attempts=self.settings.max_attempts,
                 on_published=marker,
                 handler_deadline=self.settings.handler_timeout_seconds,
+                middleware=stage_middleware(self.stage),
             )
             self._handle_signals()
             sweeper = threading.Thread(

@@ -23,6 +23,7 @@ from plangate.bus.consumer import Handler, PublishedHook, StageConsumer
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
 from plangate.bus.inbound import raw_body
+from plangate.bus.middleware import Middleware
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
 from plangate.bus.redis_claims import REDELIVERY_AFTER_SECONDS
 from plangate.bus.retries import RETRY_DELAYS, DeferHook
@@ -143,12 +144,15 @@ class Bus:
         retry_delays: Sequence[float] = RETRY_DELAYS,
         defer: DeferHook | None = None,
         handler_deadline: float | None = None,
+        middleware: Sequence[Middleware] | None = None,
     ) -> StageConsumer:
         """Return the consume loop of one stage; call `.run(stop)` in the thread that owns it.
 
         `defer` (or an `on_published` that can defer) stores delayed retries durably, so that
         they hold no slot while they wait; see `StageConsumer`. A handler still running after
         `handler_deadline` seconds is reported and its message handed back to the stage.
+        `middleware` is what is done around each message (`plangate.bus.middleware`); by
+        default `plangate.middleware.standard(stage)`.
         """
         return StageConsumer(
             self.connection,
@@ -162,6 +166,7 @@ class Bus:
             defer=defer,
             consume_connection=partial(self.connection, heartbeat=self.heartbeat),
             handler_deadline=handler_deadline,
+            middleware=middleware,
         )
 
     @contextmanager

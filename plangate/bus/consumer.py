@@ -29,7 +29,7 @@ from kombu.exceptions import OperationalError
 from kombu.message import Message as KombuMessage
 from kombu.messaging import Consumer
 
-from plangate import faults, logs, metrics, telemetry
+from plangate import middleware as standard_middleware
 from plangate.bus.chores import Chores
 from plangate.bus.dead_letters import dead_letter_envelope
 from plangate.bus.envelope import ATTEMPT_HEADER, GOAL_HEADER, Delivery, Envelope, sent_at
@@ -43,6 +43,7 @@ from plangate.bus.inbound import (
     text_headers,
     unreadable_reason,
 )
+from plangate.bus.middleware import Middleware, MiddlewareStack
 from plangate.bus.producers import ThreadProducers
 from plangate.bus.reconnect import Backoff, run_reconnecting
 from plangate.bus.retries import (
@@ -96,6 +97,7 @@ class StageConsumer:
         defer: DeferHook | None = None,
         consume_connection: Callable[[], Connection] | None = None,
         handler_deadline: float | None = None,
+        middleware: Sequence[Middleware] | None = None,
     ) -> None:
         if not retry_delays:
             raise ValueError("retry_delays needs at least one delay")
@@ -106,6 +108,9 @@ class StageConsumer:
         self._stage = stage
         self._queue_name = topology.queue_name(stage)
         self._handler = handler
+        if middleware is None:
+            middleware = standard_middleware.standard(stage)
+        self._middleware = MiddlewareStack(middleware)
         self._concurrency = concurrency
         self._max_attempts = max_attempts
         self._on_published = on_published
@@ -213,7 +218,7 @@ class StageConsumer:
             log.exception("could not decode a message on %s", delivery.routing_key)
             self._dead_letter(raw, delivery, f"it could not be decoded: {type(exc).__name__}")
             return
-        faults.trip("after_receive")
+        self._middleware.after_receive(delivery)
         self._poll = _FIRST_POLL_SECONDS
         future = self._pool.submit(self._call_handler, message, delivery, body)
         running = Running(raw, delivery, body, time.monotonic())
@@ -229,15 +234,12 @@ class StageConsumer:
         self, message: Message, delivery: Delivery, body: bytes
     ) -> Sequence[Envelope]:
         try:
-            with (
-                logs.bound(goal_id=message.goal_id, message_id=message.message_id),
-                telemetry.consumer_span(delivery.queue, delivery.routing_key, delivery.headers),
-            ):
+            with self._middleware.handling(message, delivery):
                 envelopes = self._handler(message, delivery)
         except Exception as exc:
             self._store_retry(exc, delivery, body)  # raises Deferred once it is stored
             raise
-        faults.trip("after_commit")
+        self._middleware.after_handler(delivery)
         try:
             self._producers.publish(envelopes)
         except Exception as exc:
@@ -324,7 +326,8 @@ class StageConsumer:
         """Decide what a finished message leads to: its results, a dead letter or a retry."""
         error = done.future.exception()
         if error is None:
-            self._ack(done.raw, done.future.result())
+            self._ack(done.raw, done.delivery, done.future.result())
+            self._middleware.after_settle(done.delivery, "handled")
         elif isinstance(error, _PublishFailed):
             raise error  # unacked, the message comes back once the broker does
         elif isinstance(error, Deferred):
@@ -341,8 +344,8 @@ class StageConsumer:
     def _ack_stored_retry(self, done: Done, stored: Deferred) -> None:
         why = stored.__cause__
         log.info("retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, why)
-        metrics.settled(self._stage, done.delivery.message_type, "retried")
-        self._ack(done.raw, ())
+        self._middleware.after_settle(done.delivery, "retried")
+        self._ack(done.raw, done.delivery, ())
         self._stored_retries.add(stored.delay, stored.envelope)
 
     def _hold_retry(self, done: Done, error: BaseException, delay: float) -> None:
@@ -354,7 +357,7 @@ class StageConsumer:
             log.log(level, "retrying %s in %g s: %r", done.delivery.routing_key, delay, error)
             attempt += 1
         self._retries.add(delay, (done.raw, attempt))
-        metrics.settled(self._stage, done.delivery.message_type, "retried")
+        self._middleware.after_settle(done.delivery, "retried")
 
     def _republish_due_retries(self) -> None:
         for raw, attempt in self._retries.due():
@@ -368,14 +371,14 @@ class StageConsumer:
 
     def _dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
         log.warning("dead-lettered %s: %s", delivery.routing_key, reason)
-        metrics.settled(self._stage, delivery.message_type, "dead_lettered")
+        self._middleware.after_settle(delivery, "dead_lettered")
         envelope = dead_letter_envelope(raw_body(raw), original_content_type(raw), delivery, reason)
         self._publish_then_ack(raw, [envelope])
 
-    def _ack(self, raw: KombuMessage, published: Sequence[Envelope]) -> None:
+    def _ack(self, raw: KombuMessage, delivery: Delivery, published: Sequence[Envelope]) -> None:
         """Ack a message whose results are stored and published: the one place for that."""
         self._mark_published(published)
-        faults.trip("after_publish")
+        self._middleware.before_ack(delivery)
         raw.ack()
 
     def _mark_published(self, published: Sequence[Envelope]) -> None:

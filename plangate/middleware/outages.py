@@ -1,0 +1,36 @@
+"""A database outage inside a handler is something to wait out, never a dead letter."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+from typing_extensions import override
+
+from plangate.bus.envelope import Delivery
+from plangate.bus.middleware import Middleware
+from plangate.errors import Unavailable
+from plangate.store.engine import is_outage
+from schemas import Message
+
+
+class DatabaseOutages(Middleware):
+    """Turn an error that says the database is unreachable into `Unavailable`.
+
+    The consumer then holds the message and tries again with backoff, using no attempt.
+    Innermost, so that the span and the metrics see the outage as such.
+    """
+
+    @override
+    def handling(self, message: Message, delivery: Delivery) -> AbstractContextManager[None]:
+        return _mapped()
+
+
+@contextmanager
+def _mapped() -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        if is_outage(exc):
+            raise Unavailable(f"the database is unavailable ({type(exc).__name__})") from exc
+        raise
