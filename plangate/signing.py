@@ -72,10 +72,13 @@ class Signer:
         """Return a DSSE envelope of the approval's canonical JSON, signed over PAE."""
         if approval.key_id != self.key_id:
             raise ValueError(f"the approval names key {approval.key_id}, not {self.key_id}")
-        payload = canonical_json(approval)
-        sig = self._private_key.sign(pae(PAYLOAD_TYPE, payload))
+        return self.envelope(PAYLOAD_TYPE, canonical_json(approval))
+
+    def envelope(self, payload_type: str, payload: bytes) -> SignedEnvelope:
+        """Return a DSSE envelope of any payload of this type, signed over PAE."""
+        sig = self._private_key.sign(pae(payload_type, payload))
         return SignedEnvelope(
-            payload_type=PAYLOAD_TYPE,
+            payload_type=payload_type,
             payload=base64.b64encode(payload).decode("ascii"),
             signatures=[Signature(keyid=self.key_id, sig=base64.b64encode(sig).decode("ascii"))],
         )
@@ -109,11 +112,7 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
         `allow_expired` leaves the expiry to the caller, who knows whether the approval is
         starting a run (it must not have expired) or resuming one it already started.
         """
-        if envelope.payload_type != PAYLOAD_TYPE:
-            kind = _short(envelope.payload_type)
-            raise ApprovalInvalid(f"the payload type is {kind}, not {PAYLOAD_TYPE}")
-        payload = _b64decode(envelope.payload, "payload")
-        signature = self._verified_signature(pae(envelope.payload_type, payload), envelope)
+        payload, signature = self.verified_payload(envelope, PAYLOAD_TYPE)
         approval = _decode_approval(payload)
         if approval.key_id != signature.keyid:
             problem = f"the approval names key {_short(approval.key_id)}, not its signer's"
@@ -123,6 +122,20 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
         if not allow_expired:
             ensure_unexpired(approval, now)
         return approval
+
+    def verified_payload(
+        self, envelope: SignedEnvelope, payload_type: str
+    ) -> tuple[bytes, Signature]:
+        """Return the payload of an envelope of this type and the trusted signature over it.
+
+        Raises ApprovalInvalid when the type differs or no trusted key signed this payload.
+        """
+        if envelope.payload_type != payload_type:
+            kind = _short(envelope.payload_type)
+            raise ApprovalInvalid(f"the payload type is {kind}, not {payload_type}")
+        payload = _b64decode(envelope.payload, "payload")
+        signature = self._verified_signature(pae(envelope.payload_type, payload), envelope)
+        return payload, signature
 
     def verify_for_plan(
         self,
@@ -189,6 +202,28 @@ def load_or_create_signer(settings: Settings) -> Signer:
     return signer
 
 
+def load_signer(settings: Settings) -> Signer:
+    """Load the gate's signing key where it is; never make one (a new key proves nothing)."""
+    path = settings.signing_key_file or settings.data_dir / "keys" / SIGNING_KEY_NAME
+    if not path.is_file():
+        hint = (
+            "run this where the gate's key is (its PLANGATE_DATA_DIR or PLANGATE_SIGNING_KEY_FILE)"
+        )
+        raise ConfigError(f"no signing key at {path}; {hint}")
+    return Signer(_read_private_key(path))
+
+
+def read_public_key(path: Path) -> Ed25519PublicKey:
+    """Read one PEM Ed25519 public key (a `*.pub` of the trusted keys folder)."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
+        raise ConfigError(f"key file {path} is unreadable: {exc}; fix or remove it") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"key file {path} is not an Ed25519 public key; fix or remove it")
+    return key
+
+
 def load_trusted_keys(settings: Settings) -> TrustedKeys:
     """Load every `*.pub` (PEM Ed25519 public key) in the trusted keys folder."""
     directory = trusted_keys_dir(settings)
@@ -200,17 +235,7 @@ def load_trusted_keys(settings: Settings) -> TrustedKeys:
 def _read_public_keys(directory: Path) -> list[Ed25519PublicKey]:
     if not directory.is_dir():
         return []
-    keys = []
-    for path in sorted(directory.glob("*.pub")):
-        try:
-            key = serialization.load_pem_public_key(path.read_bytes())
-        except (OSError, ValueError, UnsupportedAlgorithm) as exc:
-            problem = f"trusted key file {path} is unreadable: {exc}; fix or remove it"
-            raise ConfigError(problem) from exc
-        if not isinstance(key, Ed25519PublicKey):
-            raise ConfigError(f"trusted key file {path} is not an Ed25519 key; fix or remove it")
-        keys.append(key)
-    return keys
+    return [read_public_key(path) for path in sorted(directory.glob("*.pub"))]
 
 
 def _create_private_key(path: Path) -> None:

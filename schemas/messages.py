@@ -156,11 +156,21 @@ class Signature(BaseModel):
 
 
 class SignedEnvelope(BaseModel):
-    """A DSSE envelope: base64 payload, its type, and signatures over PAE(type, payload)."""
+    """A DSSE envelope: base64 payload, its type, and signatures over PAE(type, payload).
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Written with DSSE's own field names (`payloadType`), so that any DSSE verifier reads it;
+    `payload_type`, as envelopes stored before were written, is still read.
+    """
 
-    payload_type: str
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
+
+    payload_type: str = Field(alias="payloadType")
     payload: str
     signatures: list[Signature] = Field(min_length=1)
 

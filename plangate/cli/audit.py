@@ -18,10 +18,38 @@ from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group
 app = group("Check and export the hash-chained audit log.")
 
 
-@app.command("verify", short_help="Check every link of the audit log's hash chain.")
+@app.command("verify", short_help="Check the audit log's hash chain, or a signed export.")
 @friendly_errors
-def audit_verify() -> None:
-    """Check every link of the audit log's hash chain; exit 1 at the first broken one."""
+def audit_verify(
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            metavar="FILE",
+            help="Check this signed export offline (its manifest, FILE.dsse.json, beside it).",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="The signed manifest, if not beside the export."),
+    ] = None,
+    keys: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--key",
+            metavar="PEM",
+            help="A public key to trust (repeatable); default: the trusted keys folder.",
+        ),
+    ] = None,
+) -> None:
+    """Check every link of the audit log's hash chain; exit 1 at the first broken one.
+
+    With --export, check a file written by `plangate audit export --sign` instead, offline:
+    the manifest's signature (by a trusted key), the file's SHA-256, and every entry's hash.
+    """
+    if export is not None:
+        _verify_export(export, manifest, keys or [])
+        return
     from plangate.store import audit, open_store
 
     store = open_store(load_settings().resolved_database_url())
@@ -47,18 +75,33 @@ def audit_export(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write here, not stdout.")
     ] = None,
+    sign: Annotated[
+        bool,
+        typer.Option(
+            "--sign", help="Also write FILE.dsse.json: a manifest signed with the gate's key."
+        ),
+    ] = False,
 ) -> None:
     """Export every audit entry in chain order, with its hash and its predecessor's.
 
     `plangate audit verify` checks the chain; an exported file keeps the hashes, so an auditor
-    can check it again elsewhere.
+    can check it again elsewhere. With --sign (and --output), a DSSE envelope over the
+    export's range, count, first and last hashes and SHA-256 is written next to it, signed by
+    the gate's key: `plangate audit verify --export FILE` checks it with the public key alone.
     """
+    from plangate.audit_export import ExportSummary, sign_export
+    from plangate.signing import load_signer
     from plangate.store import audit, open_store
 
+    if sign and output is None:
+        raise typer.BadParameter("--sign needs --output FILE: the signature is written beside it")
     if since is not None and since.tzinfo is None:
         since = since.replace(tzinfo=UTC)
-    store = open_store(load_settings().resolved_database_url(), upgrade=False)
-    entries = audit.export(store, since=since, goal_id=goal)
+    settings = load_settings()
+    signer = load_signer(settings) if sign else None  # refused before anything is written
+    store = open_store(settings.resolved_database_url(), upgrade=False)
+    summary = ExportSummary()
+    entries = summary.counted(audit.export(store, since=since, goal_id=goal))
     with output.open("w", newline="", encoding="utf-8") if output else _stdout() as stream:
         if output_format == "csv":
             writer = csv.DictWriter(stream, fieldnames=audit.EXPORT_FIELDS)
@@ -69,6 +112,29 @@ def audit_export(
             for entry in entries:
                 stream.write(json.dumps(entry, sort_keys=True) + "\n")
     store.close()
+    if signer is not None and output is not None:
+        when = since.isoformat() if since is not None else None
+        scope = {"format": output_format, "since": when, "goal": goal}
+        signed = sign_export(output, summary, signer, scope)
+        err_console.print(f"{summary.count} entries written to {output}; signed manifest {signed}")
+
+
+def _verify_export(export: Path, manifest: Path | None, key_files: list[Path]) -> None:
+    from plangate.audit_export import verify_export
+    from plangate.signing import TrustedKeys, load_trusted_keys, read_public_key
+
+    if not export.is_file():
+        raise typer.BadParameter(f"{export} is no file; name an export written with --sign")
+    if key_files:
+        keys = TrustedKeys([read_public_key(path) for path in key_files])
+    else:
+        keys = load_trusted_keys(load_settings())
+    report = verify_export(export, keys, manifest)
+    if report.ok:
+        typer.echo(f"export intact: {report.entries} entries, signed by {report.key_id}")
+        return
+    err_console.print(f"[red]export not verified[/]: {report.problem}")
+    raise typer.Exit(EXIT_FAILED)
 
 
 @contextmanager

@@ -1,0 +1,173 @@
+"""Signed audit exports: a DSSE envelope over a manifest of the export, checked offline.
+
+`plangate audit export --sign` writes `<export>.dsse.json` next to the export: a DSSE envelope
+(standard field names, Ed25519 over PAE, signed by the gate's key) whose payload is a manifest
+of the range, the count, the first and last entry hashes and the export file's SHA-256. An
+auditor checks it with only the public key (`plangate audit verify --export FILE`): the
+signature, the file's digest, and every entry's hash and link within the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from plangate.errors import ApprovalInvalid, ConfigError
+from plangate.signing import Signer, TrustedKeys
+from plangate.store.audit import entry_hash
+from schemas import MessageRejected, SignedEnvelope, utcnow
+from schemas.decoding import strict_json_loads
+from schemas.hashing import canonical_json
+
+MANIFEST_TYPE = "application/vnd.plangate.audit-manifest+json"
+MANIFEST_SUFFIX = ".dsse.json"
+_MANIFEST_LIMIT = 64 * 1024  # a manifest is a few hundred bytes: anything far larger is not one
+
+
+@dataclass
+class ExportSummary:
+    """What an export holds, counted while it is written: the manifest's facts."""
+
+    count: int = 0
+    first: dict[str, Any] = field(default_factory=dict)
+    last: dict[str, Any] = field(default_factory=dict)
+
+    def counted(self, entries: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Pass the entries through, noting how many and the first and last."""
+        for entry in entries:
+            if not self.count:
+                self.first = entry
+            self.count += 1
+            self.last = entry
+            yield entry
+
+
+def manifest_path(export: Path) -> Path:
+    """Return where the signed manifest of an export is written: next to it."""
+    return export.with_name(export.name + MANIFEST_SUFFIX)
+
+
+def sign_export(
+    export: Path, summary: ExportSummary, signer: Signer, scope: Mapping[str, str | None]
+) -> Path:
+    """Write the signed manifest of a finished export file; return its path.
+
+    `scope` says how the export was chosen (format, since, goal), for the auditor to read.
+    """
+    manifest = {
+        "file": export.name,
+        "sha256": _sha256(export),
+        "count": summary.count,
+        "first_seq": summary.first.get("seq"),
+        "last_seq": summary.last.get("seq"),
+        "first_hash": summary.first.get("hash"),
+        "last_hash": summary.last.get("hash"),
+        "scope": dict(scope),
+        "exported_at": utcnow().isoformat(),
+    }
+    envelope = signer.envelope(MANIFEST_TYPE, canonical_json(manifest))
+    target = manifest_path(export)
+    target.write_text(envelope.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """The result of checking a signed export: the signer and count, or the first problem."""
+
+    entries: int = 0
+    key_id: str = ""
+    problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Return True when the signature, the digest and every entry hold."""
+        return self.problem is None
+
+
+def verify_export(export: Path, keys: TrustedKeys, manifest: Path | None = None) -> ExportReport:
+    """Check an export against its signed manifest, offline, with only public keys."""
+    manifest = manifest or manifest_path(export)
+    try:
+        facts, key_id = _signed_manifest(manifest, keys)
+    except ApprovalInvalid as exc:
+        return ExportReport(problem=f"the manifest {manifest.name}: {exc}")
+    if _sha256(export) != facts.get("sha256"):
+        return ExportReport(problem=f"{export.name} is not the file signed: its SHA-256 differs")
+    entries = _entries(export)
+    problem = _chain_problem(entries)
+    if problem is None:
+        problem = _summary_problem(entries, facts)
+    return ExportReport(len(entries), key_id, problem)
+
+
+def _signed_manifest(path: Path, keys: TrustedKeys) -> tuple[dict[str, Any], str]:
+    if not path.is_file():
+        raise ConfigError(f"no signed manifest at {path}; export with --sign, or pass --manifest")
+    raw = path.read_bytes()
+    if len(raw) > _MANIFEST_LIMIT:
+        raise ApprovalInvalid(f"it is over {_MANIFEST_LIMIT // 1024} KiB: not a manifest")
+    try:
+        envelope = SignedEnvelope.model_validate(strict_json_loads(raw))
+        payload, signature = keys.verified_payload(envelope, MANIFEST_TYPE)
+        facts = strict_json_loads(payload)
+    except (MessageRejected, ValidationError) as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ApprovalInvalid(f"it is not a DSSE envelope of a manifest: {first_line}") from exc
+    if not isinstance(facts, dict):
+        raise ApprovalInvalid("its payload is not a manifest")
+    return facts, signature.keyid
+
+
+def _entries(export: Path) -> list[dict[str, Any]]:
+    """Read the entries of a JSON lines or CSV export (told apart by its first character)."""
+    text = export.read_text(encoding="utf-8")
+    if text.startswith("{") or not text:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    for row in rows:
+        row["seq"] = int(row["seq"])
+        row["data"] = json.loads(row["data"])
+        row["goal_id"] = row["goal_id"] or None
+    return rows
+
+
+def _chain_problem(entries: list[dict[str, Any]]) -> str | None:
+    """Return the first entry whose hash or link does not hold, within the export."""
+    previous: dict[str, Any] | None = None
+    for entry in entries:
+        fields = (entry["seq"], entry["at"], entry["goal_id"], entry["kind"], entry["actor"])
+        if entry["hash"] != entry_hash(entry["prev_hash"], *fields, entry["data"]):
+            return f"entry {entry['seq']}: its content does not match its hash"
+        follows = previous is not None and previous["seq"] + 1 == entry["seq"]
+        if follows and previous is not None and entry["prev_hash"] != previous["hash"]:
+            return f"entry {entry['seq']} does not follow the entry before it"
+        previous = entry
+    return None
+
+
+def _summary_problem(entries: list[dict[str, Any]], facts: Mapping[str, Any]) -> str | None:
+    if len(entries) != facts.get("count"):
+        return f"the export holds {len(entries)} entries; the manifest says {facts.get('count')}"
+    if entries and (entries[0]["hash"], entries[-1]["hash"]) != (
+        facts.get("first_hash"),
+        facts.get("last_hash"),
+    ):
+        return "the first or last entry is not the one the manifest names"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,127 @@
+"""Proof for auditors: a signed audit export checked offline, and approvals any DSSE tool reads.
+
+The export runs through the real CLI against a real run's SQLite store; the check runs with
+only the public key, in a folder apart from the data folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from securesystemslib.dsse import Envelope as SslibEnvelope
+from securesystemslib.signer import SSlibKey
+from sqlalchemy import select
+
+from plangate.embedded import Pipeline
+from plangate.signing import PAYLOAD_TYPE, read_public_key
+from plangate.store import ApprovalRow
+from tests.test_audit import SEED_RUN_ENTRIES, completed_run, plangate_cli
+
+__all__ = ["completed_run"]  # the fixture, shared with the audit log's own tests
+
+
+def signed_export(pipeline: Pipeline, folder: Path) -> tuple[Path, Path, Path]:
+    """Export the log with --sign; copy export, manifest and public key to an auditor's folder."""
+    target = pipeline.settings.data_dir / "audit.jsonl"
+    done = plangate_cli(pipeline.settings.data_dir, "audit", "export", "-o", str(target), "--sign")
+    assert done.returncode == 0, done.stderr
+    assert f"{SEED_RUN_ENTRIES} entries written" in done.stderr
+    [public] = (pipeline.settings.data_dir / "keys" / "trusted").glob("*.pub")
+    folder.mkdir()
+    copies = [folder / path.name for path in (target, Path(f"{target}.dsse.json"), public)]
+    for source, copy in zip((target, Path(f"{target}.dsse.json"), public), copies, strict=True):
+        shutil.copy(source, copy)
+    export, manifest, key = copies
+    return export, manifest, key
+
+
+def verify(data_dir: Path, export: Path, key: Path) -> tuple[int, str]:
+    checked = plangate_cli(data_dir, "audit", "verify", "--export", str(export), "--key", str(key))
+    return checked.returncode, checked.stdout + checked.stderr
+
+
+def test_a_signed_export_verifies_offline_with_the_public_key_alone(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given a completed run exported with `--sign`,
+    When an auditor runs `plangate audit verify --export` in an empty folder with the gate's
+    public key,
+    Then it passes, naming the count and the signing key; the manifest is a DSSE envelope with
+    standard field names over the range, count, hashes and the file's SHA-256.
+    """
+    export, manifest, key = signed_export(pipeline, tmp_path / "auditor")
+
+    code, said = verify(tmp_path / "empty", export, key)
+
+    assert code == 0, said
+    assert f"export intact: {SEED_RUN_ENTRIES} entries, signed by ed25519:" in said
+    envelope = json.loads(manifest.read_text())
+    assert set(envelope) == {"payloadType", "payload", "signatures"}
+    facts = json.loads(base64.b64decode(envelope["payload"]))
+    assert facts["count"] == SEED_RUN_ENTRIES
+    assert (facts["first_seq"], facts["last_seq"]) == (1, SEED_RUN_ENTRIES)
+    lines = export.read_text().splitlines()
+    assert facts["first_hash"] == json.loads(lines[0])["hash"]
+    assert facts["last_hash"] == json.loads(lines[-1])["hash"]
+
+
+def test_one_changed_byte_in_the_export_or_the_manifest_fails_the_check(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given a signed export,
+    When one byte of the export (an actor's name) or of the manifest's signed payload changes,
+    Then `audit verify --export` exits 1 and says which: the digest, or the signature.
+    """
+    export, manifest, key = signed_export(pipeline, tmp_path / "auditor")
+    original_export, original_manifest = export.read_bytes(), manifest.read_bytes()
+
+    export.write_bytes(original_export.replace(b'"alice"', b'"alicf"', 1))
+    export_code, export_said = verify(tmp_path, export, key)
+    export.write_bytes(original_export)
+    envelope = json.loads(original_manifest)
+    payload = envelope["payload"]
+    flipped = ("A" if payload[10] != "A" else "B").join((payload[:10], payload[11:]))
+    manifest.write_text(json.dumps({**envelope, "payload": flipped}))
+    manifest_code, manifest_said = verify(tmp_path, export, key)
+
+    assert export_code == 1
+    assert "audit.jsonl is not the file signed: its SHA-256 differs" in export_said
+    assert manifest_code == 1
+    assert "does not match the payload" in manifest_said
+
+
+def test_signing_needs_an_output_file(pipeline: Pipeline, completed_run: str) -> None:
+    """`audit export --sign` to stdout has nowhere to put the signature: one line, exit 2."""
+    refused = plangate_cli(pipeline.settings.data_dir, "audit", "export", "--sign")
+
+    assert refused.returncode == 2
+    assert "--sign needs --output FILE" in refused.stderr
+
+
+def test_an_approval_envelope_verifies_with_an_independent_dsse_implementation(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given the signed approval of a completed run, as the store keeps it,
+    When securesystemslib's DSSE implementation reads it and checks it with the gate's key,
+    Then the signature holds and the payload is the approval of that plan.
+    """
+    with pipeline.store.session() as session:
+        stored = session.execute(select(ApprovalRow)).scalars().one()
+        envelope, plan_id = stored.envelope, stored.plan_id
+    [public] = (pipeline.settings.data_dir / "keys" / "trusted").glob("*.pub")
+    raw = read_public_key(public).public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    keyid = envelope["signatures"][0]["keyid"]
+    key = SSlibKey(keyid, "ed25519", "ed25519", {"public": raw.hex()})
+
+    parsed = SslibEnvelope.from_dict(envelope)
+    accepted = parsed.verify([key], threshold=1)
+
+    assert envelope["payloadType"] == PAYLOAD_TYPE
+    assert list(accepted) == [keyid]
+    assert json.loads(parsed.pae().split(b" ", 4)[4])["plan_id"] == plan_id
