@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from schemas import Decision, Plan, ToolSpec
+from schemas.cel_check import ANY, ListOf, MapOf, Shape, expression_problems
 
 Mode = Literal["enforce", "shadow"]
 RuleAction = Literal["approve", "deny", "hold"]
@@ -25,6 +26,23 @@ NO_MATCH_REASON = "no rule matched; held for a person"
 _PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}
 # An unknown tool might do anything, so it reads as a write that no rule can trust.
 _UNKNOWN_TOOL: dict[str, Any] = {"effect": "write", "idempotent": False, "tags": ("unknown-tool",)}
+# What a rule may read (as `policy_context` builds it): anything else is a mistake in the rule.
+_STEP: dict[str, Shape] = {"id": str, "tool": str, "args": ANY, "when": str} | {
+    "effect": str,
+    "idempotent": bool,
+    "tags": ListOf(str),
+}
+RULE_VARIABLES: dict[str, Shape] = {
+    "plan": {
+        "plan_id": str,
+        "goal_id": str,
+        "revision": int,
+        "summary": str,
+        "steps": ListOf(_STEP),
+    },
+    "goal": {"text": str, "metadata": MapOf(str)},
+    "tools": MapOf(dict.fromkeys(ToolSpec.model_fields, ANY)),
+}
 
 
 class RuleSpec(BaseModel):
@@ -41,13 +59,29 @@ class RuleSpec(BaseModel):
     preview: bool = False
 
 
+class PolicyCase(BaseModel):
+    """One test in a policy file's `tests:`: a plan (or its steps) and the expected decision.
+
+    `plangate policy test FILE` runs them all, so a policy change that breaks one fails CI.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    plan: dict[str, Any]
+    expect: RuleAction
+    goal: str = ""
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
 class PolicyFile(BaseModel):
-    """The structure of a policy file: a mode and ordered rules with unique names."""
+    """The structure of a policy file: a mode, ordered rules with unique names, and tests."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     mode: Mode = "enforce"
     rules: list[RuleSpec] = Field(min_length=1)
+    tests: list[PolicyCase] = Field(default_factory=list)
 
     @field_validator("rules")
     @classmethod
@@ -83,6 +117,7 @@ class Policy:
     mode: Mode
     version: str
     source: str
+    tests: tuple[PolicyCase, ...] = ()
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -104,11 +139,13 @@ class Policy:
         spec, lines = _parse(data, source)
         rules = []
         for rule, line in zip(spec.rules, lines, strict=True):
-            try:
-                program = cel.compile(rule.match)
-            except Exception as exc:  # any failure to compile is the author's to fix
-                problem = f"the match expression does not compile (in {source}): {exc}"
-                raise PolicyError(problem, rule.name, line) from exc
+            problems = expression_problems(rule.match, RULE_VARIABLES)
+            if problems:
+                said = "; ".join(problems)
+                raise PolicyError(
+                    f"the match expression is wrong (in {source}): {said}", rule.name, line
+                )
+            program = cel.compile(rule.match)
             rules.append(
                 Rule(
                     rule.name,
@@ -123,7 +160,7 @@ class Policy:
                 )
             )
         version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
-        return cls(tuple(rules), spec.mode, version, source)
+        return cls(tuple(rules), spec.mode, version, source, tuple(spec.tests))
 
     def rule(self, name: str | None) -> Rule | None:
         """Return the rule called `name`, if this policy has one."""

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import cel
 import jsonschema
 
+from schemas.cel_check import ANY, MapOf, Shape, expression_problems
 from schemas.errors import PlanInvalid, PlanProblem
 from schemas.hashing import canonical_json
 from schemas.plan import Plan, Step
@@ -21,6 +21,8 @@ from schemas.tool_spec import ToolSpec
 MAX_STEPS = 50
 MAX_PLAN_BYTES = 256 * 1024
 MAX_CONDITION_CHARS = 1000
+# What a step's `when` may read: earlier steps' outputs and statuses (the executor's view).
+CONDITION_VARIABLES: dict[str, Shape] = {"steps": MapOf({"output": ANY, "status": str})}
 
 _JSON_TYPE_ACCEPTS = {"integer": {"integer", "number"}}
 
@@ -100,11 +102,10 @@ def _check_condition(step: Step) -> list[PlanProblem]:
     assert step.when is not None
     if len(step.when) > MAX_CONDITION_CHARS:
         return [PlanProblem("bad_condition", "`when` is too long", step.id)]
-    try:
-        cel.compile(step.when)
-    except Exception as exc:  # whatever the CEL compiler raises, the plan is refused
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]  # some say nothing
-        return [PlanProblem("bad_condition", f"`when` is not valid CEL: {first_line}", step.id)]
+    problems = expression_problems(step.when, CONDITION_VARIABLES)
+    if problems:
+        said = "; ".join(problems)
+        return [PlanProblem("bad_condition", f"`when` is not valid CEL: {said}", step.id)]
     if not steps_in_condition(step.when) and "steps" in step.when:
         return [PlanProblem("bad_condition", "`when` must read outputs as steps.<id>", step.id)]
     return []

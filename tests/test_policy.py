@@ -126,9 +126,30 @@ def test_a_rule_that_fails_to_evaluate_holds_even_if_a_later_rule_would_approve(
     assert decision.reason.endswith("); held for a person")
 
 
-def test_an_undefined_variable_holds() -> None:
-    policy = policy_of(rule("typo", "plna.revision == 1") + rule("all", "true"))
-    assert policy.decide(plan_of("search"), CATALOG).action == "hold"
+def test_an_undefined_variable_field_or_function_is_refused_naming_the_rule_and_line() -> None:
+    """A rule reading what no plan has never works: it is refused when the policy loads."""
+    cases = {
+        "plna.revision == 1": "unknown variable plna",
+        "plan.nosuchfield == 3": "plan has no field nosuchfield (it has: goal_id, plan_id,",
+        'plan.steps.exists(s, s.effekt == "write")': "s has no field effekt",
+        "weekday() == 1": "unknown function weekday()",
+    }
+    for match, said in cases.items():
+        with pytest.raises(PolicyError) as refused:
+            policy_of(rule("all", "true") + rule("typo", match))
+        assert refused.value.rule == "typo"
+        assert refused.value.line is not None
+        assert said in str(refused.value)
+
+
+def test_fields_a_rule_may_read_load_and_decide() -> None:
+    """Arguments, goal metadata and the catalog's tools are read without complaint."""
+    match = (
+        'plan.steps.all(s, s.effect == "read" || s.args.channel == "#ops") && '
+        '!("team" in goal.metadata) && tools.search.effect == "read" && has(plan.summary)'
+    )
+    policy = policy_of(rule("fine", match))
+    assert policy.decide(plan_of("search"), CATALOG).action == "approve"
 
 
 def test_a_rule_that_returns_a_non_bool_holds() -> None:

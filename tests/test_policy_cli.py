@@ -182,3 +182,83 @@ def test_test_without_a_catalog_says_to_pass_tools(plangate: Run, tmp_path: Path
 
     assert result.returncode == EXIT_USAGE
     assert "--tools" in result.stderr
+
+
+TESTED_POLICY = """\
+rules:
+  - name: approve-read-only
+    match: 'plan.steps.all(s, s.effect == "read")'
+    action: approve
+    reason: every step only reads
+  - name: hold-writes
+    match: 'plan.steps.exists(s, s.effect == "write")'
+    action: hold
+    reason: a person approves writes
+tests:
+  - name: counting tickets runs by itself
+    plan: {steps: [{id: count, tool: ticket_count}]}
+    expect: approve
+  - name: paging waits for a person
+    plan: {steps: [{id: page, tool: notify_oncall, args: {message: hi}}]}
+    expect: %s
+"""
+
+
+def test_test_expect_exits_1_when_the_decision_differs(plangate: Run, tmp_path: Path) -> None:
+    """Given the default policy and the seed plan (held: it pages),
+    When `policy test --expect hold` and then `--expect approve` decide it,
+    Then the first exits 0 and the second exits 1 saying what was expected and decided.
+    """
+    plan = write(tmp_path / "plan.json", json.dumps(SEED_STEPS))
+    tools = ("--tools", "plangate.demo.tools")
+
+    held = plangate("policy", "test", DEFAULT_POLICY, plan, *tools, "--expect", "hold")
+    wrong = plangate("policy", "test", DEFAULT_POLICY, plan, *tools, "--expect", "approve")
+    typo = plangate("policy", "test", DEFAULT_POLICY, plan, *tools, "--expect", "aprove")
+
+    assert held.returncode == 0, held.stderr
+    assert wrong.returncode == 1
+    assert "expected approve, but the policy decides hold" in wrong.stderr
+    assert typo.returncode == EXIT_USAGE
+    assert "say approve, deny or hold" in typo.stderr
+
+
+def test_the_tests_in_a_policy_file_pass_and_a_wrong_expectation_fails(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """Given a policy file carrying two tests: (a read approved, a page held),
+    When `plangate policy test FILE` runs them, and again with the second expecting approve,
+    Then the first run says 2 passed and exits 0; the second names the failing test, what it
+    expected and what was decided, and exits 1.
+    """
+    good = write(tmp_path / "good.yaml", TESTED_POLICY % "hold")
+    bad = write(tmp_path / "bad.yaml", TESTED_POLICY % "approve")
+    tools = ("--tools", "plangate.demo.tools")
+
+    passing = plangate("policy", "test", good, *tools)
+    failing = plangate("policy", "test", bad, *tools)
+
+    assert passing.returncode == 0, passing.stdout + passing.stderr
+    assert "2 passed, 0 failed" in passing.stdout
+    assert failing.returncode == 1
+    assert (
+        "FAIL  paging waits for a person: expected approve, got hold (rule hold-writes)"
+        in failing.stdout
+    )
+    assert "1 passed, 1 failed" in failing.stdout
+
+
+def test_check_refuses_a_field_no_plan_has(plangate: Run, tmp_path: Path) -> None:
+    """`policy check` on a rule reading `plan.nosuchfield` exits 2 naming the rule, its line
+    and the fields a plan has."""
+    path = write(
+        tmp_path / "typo.yaml",
+        "rules:\n  - name: typo\n    match: 'plan.nosuchfield == 3'\n"
+        "    action: approve\n    reason: never\n",
+    )
+
+    result = plangate("policy", "check", path)
+
+    assert result.returncode == EXIT_USAGE
+    assert "rule 'typo' (line 2)" in result.stderr
+    assert "plan has no field nosuchfield" in result.stderr

@@ -287,6 +287,16 @@ def test_a_when_that_is_not_valid_cel_is_rejected() -> None:
     assert "`when` is not valid CEL" in problem.message
 
 
+def test_a_when_calling_an_undeclared_function_or_reading_no_field_is_rejected() -> None:
+    """A `when` fails at run time on anything but `steps.<id>.output` and `.status`, and the
+    runtime's own functions: such a plan is refused before anyone approves it."""
+    calls = the_problem(seed_plan(when="lookup(steps.count.output) > 100"), "bad_condition")
+    misreads = the_problem(seed_plan(when="steps.count.outptu > 100"), "bad_condition")
+
+    assert "unknown function lookup()" in calls.message
+    assert "steps.count has no field outptu (it has: output, status)" in misreads.message
+
+
 # --- sizes -------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from plangate.cli.common import friendly_errors, group, load_settings
+from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
 from plangate.errors import ConfigError
 
 app = group("Check a policy file and try it on a plan.")
@@ -44,31 +44,63 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
 
 
 def _read_plan(path: Path) -> Any:
-    from pydantic import ValidationError
-
-    from schemas import Plan
-
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read the plan {path}: {exc.strerror}") from exc
     except ValueError as exc:
         raise ConfigError(f"{path} is not JSON: {exc}") from exc
+    return _plan_of(data, str(path))
+
+
+def _plan_of(data: Any, where: str) -> Any:
+    from pydantic import ValidationError
+
+    from schemas import Plan
+
     if isinstance(data, dict):  # a draft of steps is enough: name it for the test
         data = {"plan_id": "policy-test", "goal_id": "policy-test", "revision": 1} | data
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
         problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"]) or "plan"
-        raise ConfigError(f"{path} is not a plan: {where}: {problem['msg']}") from exc
+        at = ".".join(str(part) for part in problem["loc"]) or "plan"
+        raise ConfigError(f"{where} is not a plan: {at}: {problem['msg']}") from exc
 
 
-@app.command("test", short_help="Show what a policy decides of a plan, and why.")
+def _decide(policy: Any, plan: Any, catalog: Any, goal: str, metadata: dict[str, str]) -> Any:
+    """Decide as the gate would: a plan invalid for the catalog is denied, else the policy's."""
+    from schemas import Decision, PlanInvalid, validate_plan
+
+    try:
+        validate_plan(plan, catalog)
+    except PlanInvalid as invalid:
+        reason = str(invalid)
+        return Decision(
+            action="deny", decided_by="gate", reason=reason, policy_version=policy.version
+        )
+    return policy.decide(plan, catalog, goal, metadata)
+
+
+Expectation = Annotated[
+    str | None,
+    typer.Option(
+        "--expect",
+        metavar="ACTION",
+        help="approve, deny or hold: exit 1 if the policy decides otherwise (for CI).",
+    ),
+]
+
+
+@app.command("test", short_help="Show what a policy decides of a plan, or run its tests.")
 @friendly_errors
 def policy_test(
     file: FileArgument,
-    plan_file: Annotated[Path, typer.Argument(metavar="PLAN.json", help="A plan (or its steps).")],
+    plan_file: Annotated[
+        Path | None,
+        typer.Argument(metavar="[PLAN.json]", help="A plan (or its steps); omit to run tests:."),
+    ] = None,
+    expect: Expectation = None,
     tools: Annotated[
         str | None,
         typer.Option(metavar="MODULES", help="Tool modules for the catalog (default: the store)."),
@@ -78,26 +110,30 @@ def policy_test(
 ) -> None:
     """Decide PLAN.json with the policy in FILE: the decision, the matching rule, the reason.
 
-    The tool catalog is the store's (what executors published) or, with --tools, the tools of
-    those modules. A plan invalid for the catalog is denied, as the gate would.
+    With --expect, exit 1 when the decision differs. Without PLAN.json, run the `tests:` the
+    policy file carries (each a plan, a goal and the decision expected) and exit 1 if any
+    fails. The tool catalog is the store's (what executors published) or, with --tools, the
+    tools of those modules. A plan invalid for the catalog is denied, as the gate would.
     """
     from approval_gate.policy import Policy
-    from schemas import Decision, PlanInvalid, validate_plan
 
+    if expect is not None and expect not in ("approve", "deny", "hold"):
+        raise typer.BadParameter(f"--expect {expect}: say approve, deny or hold")
     policy = Policy.load(file)
-    plan = _read_plan(plan_file)
-    catalog = _catalog(tools)
-    try:
-        validate_plan(plan, catalog)
-    except PlanInvalid as invalid:
-        decision = Decision(
-            action="deny", decided_by="gate", reason=str(invalid), policy_version=policy.version
-        )
-    else:
-        decision = policy.decide(plan, catalog, goal)
+    if plan_file is None:
+        _run_policy_tests(policy, _catalog(tools), as_json)
+        return
+    decision = _decide(policy, _read_plan(plan_file), _catalog(tools), goal, {})
     if as_json:
         typer.echo(decision.model_dump_json())
-        return
+    else:
+        _print_decision(policy, decision)
+    if expect is not None and decision.action != expect:
+        err_console.print(f"[red]expected {expect}[/], but the policy decides {decision.action}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_decision(policy: Any, decision: Any) -> None:
     typer.echo(f"decision: {decision.action}")
     typer.echo(f"rule: {decision.rule or '(none)'}")
     typer.echo(f"reason: {decision.reason}")
@@ -106,6 +142,35 @@ def policy_test(
     rule = policy.rule(decision.rule)
     if rule is not None and rule.requires_role:
         typer.echo(f"a reviewer needs the role: {rule.requires_role}")
+
+
+def _run_policy_tests(policy: Any, catalog: Any, as_json: bool) -> None:
+    if not policy.tests:
+        raise ConfigError(f"{policy.source} has no tests: section; pass a PLAN.json to decide")
+    results = []
+    for case in policy.tests:
+        plan = _plan_of(case.plan, f"test {case.name!r}")
+        decision = _decide(policy, plan, catalog, case.goal, case.metadata)
+        results.append((case, decision, decision.action == case.expect))
+    failed = [case.name for case, _, passed in results if not passed]
+    if as_json:
+        rows = [
+            {"name": c.name, "expect": c.expect, "decision": d.action, "rule": d.rule, "ok": ok}
+            for c, d, ok in results
+        ]
+        typer.echo(json.dumps({"ok": not failed, "tests": rows}))
+    else:
+        for case, decision, passed in results:
+            said = f"{decision.action} (rule {decision.rule or '(none)'})"
+            if passed:
+                typer.echo(f"ok    {case.name}: {said}")
+            else:
+                typer.echo(
+                    f"FAIL  {case.name}: expected {case.expect}, got {said}: {decision.reason}"
+                )
+        typer.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
 
 
 def _catalog(tools: str | None) -> Any:
