@@ -30,12 +30,10 @@ from schemas import (
     Catalog,
     Decision,
     Message,
-    PlanInvalid,
     PlanProposed,
     PreviewRequested,
     ReviewDecided,
     plan_hash,
-    validate_plan,
 )
 
 
@@ -145,17 +143,7 @@ class GateHandler:
         self, message: PlanProposed, catalog: Catalog, goal_text: str, goal_meta: dict[str, str]
     ) -> Decision:
         with telemetry.tracer().start_as_current_span("decide") as span:
-            try:
-                validate_plan(message.plan, catalog)
-            except PlanInvalid as invalid:
-                decision = Decision(
-                    action="deny",
-                    decided_by="gate",
-                    reason=str(invalid),
-                    policy_version=self._policy.version,
-                )
-            else:
-                decision = self._policy.decide(message.plan, catalog, goal_text, goal_meta)
+            decision = self._policy.decide_as_gate(message.plan, catalog, goal_text, goal_meta)
             span.set_attribute("plangate.decision.action", decision.action)
             span.set_attribute("plangate.decision.decided_by", decision.decided_by)
             span.set_attribute("plangate.decision.rule", decision.rule or "")

@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
-from schemas import Decision, Plan, ToolSpec
+from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
 from schemas.cel_check import ANY, ListOf, MapOf, Shape, expression_problems
 
 Mode = Literal["enforce", "shadow"]
@@ -194,6 +194,22 @@ class Policy:
             policy_version=self.version,
             shadow_action=shadow_action,
         )
+
+    def decide_as_gate(
+        self,
+        plan: Plan,
+        catalog: Mapping[str, ToolSpec],
+        goal_text: str = "",
+        goal_metadata: Mapping[str, str] | None = None,
+    ) -> Decision:
+        """Decide as the gate does: a plan invalid for the catalog is denied, else `decide`."""
+        try:
+            validate_plan(plan, catalog)
+        except PlanInvalid as invalid:
+            return Decision(
+                action="deny", decided_by="gate", reason=str(invalid), policy_version=self.version
+            )
+        return self.decide(plan, catalog, goal_text, goal_metadata)
 
     def _evaluate(self, variables: dict[str, Any]) -> tuple[RuleAction, str | None, str]:
         try:  # converted to CEL values once per decision, not once per rule

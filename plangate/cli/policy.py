@@ -68,20 +68,6 @@ def _plan_of(data: Any, where: str) -> Any:
         raise ConfigError(f"{where} is not a plan: {at}: {problem['msg']}") from exc
 
 
-def _decide(policy: Any, plan: Any, catalog: Any, goal: str, metadata: dict[str, str]) -> Any:
-    """Decide as the gate would: a plan invalid for the catalog is denied, else the policy's."""
-    from schemas import Decision, PlanInvalid, validate_plan
-
-    try:
-        validate_plan(plan, catalog)
-    except PlanInvalid as invalid:
-        reason = str(invalid)
-        return Decision(
-            action="deny", decided_by="gate", reason=reason, policy_version=policy.version
-        )
-    return policy.decide(plan, catalog, goal, metadata)
-
-
 Expectation = Annotated[
     str | None,
     typer.Option(
@@ -123,7 +109,7 @@ def policy_test(
     if plan_file is None:
         _run_policy_tests(policy, _catalog(tools), as_json)
         return
-    decision = _decide(policy, _read_plan(plan_file), _catalog(tools), goal, {})
+    decision = policy.decide_as_gate(_read_plan(plan_file), _catalog(tools), goal)
     if as_json:
         typer.echo(decision.model_dump_json())
     else:
@@ -150,7 +136,7 @@ def _run_policy_tests(policy: Any, catalog: Any, as_json: bool) -> None:
     results = []
     for case in policy.tests:
         plan = _plan_of(case.plan, f"test {case.name!r}")
-        decision = _decide(policy, plan, catalog, case.goal, case.metadata)
+        decision = policy.decide_as_gate(plan, catalog, case.goal, case.metadata)
         results.append((case, decision, decision.action == case.expect))
     failed = [case.name for case, _, passed in results if not passed]
     if as_json:
@@ -171,6 +157,58 @@ def _run_policy_tests(policy: Any, catalog: Any, as_json: bool) -> None:
         typer.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("backtest", short_help="Replay a candidate policy over the recorded plans.")
+@friendly_errors
+def policy_backtest(
+    file: FileArgument,
+    since: Annotated[
+        str | None,
+        typer.Option(metavar="WHEN", help="Only plans from then: an ISO time, or 7d, 12h, 30m."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, metavar="N", help="At most N plans (oldest first).")
+    ] = None,
+    tools: Annotated[
+        str | None,
+        typer.Option(metavar="MODULES", help="Tool modules for the catalog (default: the store)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Decide every plan the store recorded with the policy in FILE; show what would change.
+
+    Prints how many decisions were replayed, how many would change and how (approve -> hold,
+    hold -> deny ...), and each changed plan. Read-only: nothing is recorded or sent.
+    """
+    from approval_gate.backtest import backtest
+    from approval_gate.policy import Policy
+    from plangate.store import open_store
+    from plangate.store.goal_list import parse_since
+
+    candidate = Policy.load(file)
+    start = parse_since(since) if since is not None else None
+    catalog = _catalog(tools)
+    store = open_store(load_settings().resolved_database_url(), upgrade=False)
+    try:
+        report = backtest(store, candidate, catalog, since=start, limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        changes = [vars(change) for change in report.changes]
+        body = {"replayed": report.replayed, "changed": len(changes), "changes": changes}
+        typer.echo(json.dumps(body))
+        return
+    typer.echo(
+        f"{report.replayed} decisions replayed with {file}; {len(report.changes)} would change"
+    )
+    for shift, count in report.shifts.most_common():
+        typer.echo(f"  {shift}: {count}")
+    for change in report.changes:
+        typer.echo(
+            f"  goal {change.goal_id} plan {change.plan_id}: {change.was} -> {change.now}"
+            f" (rule {change.rule_now or '(none)'}: {change.reason_now})"
+        )
 
 
 def _catalog(tools: str | None) -> Any:

@@ -1,0 +1,69 @@
+"""`plangate policy backtest`: a candidate policy replayed over recorded plans, changing nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from plangate.embedded import Pipeline
+from plangate.store import AuditRow, DecisionRow, GoalRow, Store
+from tests.conftest import SEED_GOAL
+from tests.support import HELD
+from tests.test_audit import plangate_cli
+
+HOLD_EVERY_PAGE = """\
+rules:
+  - name: approve-read-only
+    match: 'plan.steps.all(s, s.effect == "read")'
+    action: approve
+    reason: every step only reads
+  - name: deny-pages
+    match: 'plan.steps.exists(s, s.tool == "notify_oncall")'
+    action: deny
+    reason: nobody pages from here
+"""
+
+
+def counts(store: Store) -> tuple[int, int, list[str]]:
+    with store.session() as session:
+        audited = session.execute(select(func.count()).select_from(AuditRow)).scalar_one()
+        decided = session.execute(select(func.count()).select_from(DecisionRow)).scalar_one()
+        states = sorted(session.execute(select(GoalRow.status)).scalars())
+    return audited, decided, states
+
+
+def test_a_backtest_over_100_goals_shows_what_would_change_and_changes_nothing(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Given 100 goals decided by the default policy: 50 read-only (approved), 50 that page
+    on-call (held),
+    When `plangate policy backtest` replays a candidate that denies pages,
+    Then it says 100 decisions replayed, 50 would change (hold -> deny), lists each, and the
+    store holds the same audit entries, decisions and goal states as before.
+    """
+    reads = [pipeline.submit(f"how many tickets are open ({n})").goal_id for n in range(50)]
+    pages = [pipeline.submit(f"{SEED_GOAL} ({n})").goal_id for n in range(50)]
+    for goal_id in reads:
+        assert pipeline.wait_for(goal_id, timeout=30).status == "completed"
+    for goal_id in pages:
+        pipeline.wait_for(goal_id, HELD, timeout=30)
+    before = counts(pipeline.store)
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(HOLD_EVERY_PAGE)
+    tools = ("--tools", "plangate.demo.tools")
+
+    shown = plangate_cli(pipeline.settings.data_dir, "policy", "backtest", str(candidate), *tools)
+    as_json = plangate_cli(
+        pipeline.settings.data_dir, "policy", "backtest", str(candidate), *tools, "--json"
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"100 decisions replayed with {candidate}; 50 would change"
+    assert lines[1] == "  hold -> deny: 50"
+    assert sum("hold -> deny (rule deny-pages: nobody pages from here)" in x for x in lines) == 50
+    body = json.loads(as_json.stdout)
+    assert {change["goal_id"] for change in body["changes"]} == set(pages)
+    assert counts(pipeline.store) == before
