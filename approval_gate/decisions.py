@@ -8,7 +8,7 @@ holds the key, so a person's approval is handed to it (`hand_to_gate`) to be che
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 from sqlalchemy.exc import IntegrityError
@@ -115,6 +115,7 @@ def follow_decision(
     ttl: timedelta,
     *,
     move_goal: bool = True,
+    approvers: Sequence[str] = (),
 ) -> Envelope:
     """Move the goal on and emit the decision's message (approve: with a signed approval).
 
@@ -132,7 +133,7 @@ def follow_decision(
     if decision.action == "approve":
         if signer is None:  # only a gate worker holds the key: a person's approval goes there
             raise ValueError("an approval is signed by the gate; hand it over with hand_to_gate")
-        approval = _approval_for(session, plan, decision, signer, ttl)
+        approval = _approval_for(session, plan, decision, signer, ttl, approvers)
         if move_goal:
             transition(
                 session,
@@ -171,13 +172,18 @@ def follow_decision(
 
 
 def _approval_for(
-    session: Session, plan: PlanRow, decision: Decision, signer: Signer, ttl: timedelta
+    session: Session,
+    plan: PlanRow,
+    decision: Decision,
+    signer: Signer,
+    ttl: timedelta,
+    approvers: Sequence[str],
 ) -> SignedEnvelope:
     """Return the plan's approval, issuing and storing it the first time."""
     existing = session.query(ApprovalRow).filter_by(plan_id=plan.plan_id).one_or_none()
     if existing is not None:
         return SignedEnvelope.model_validate(existing.envelope)
-    approval = signer.approval(plan_of(plan), decision, ttl)
+    approval = signer.approval(plan_of(plan), decision, ttl, approvers)
     envelope = signer.sign(approval)
     session.add(
         ApprovalRow(

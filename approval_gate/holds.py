@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session
 
 from approval_gate.policy import Policy
 from plangate.errors import Conflict, Forbidden
-from plangate.store import DecisionRow, HoldRow, PlanRow
+from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow
+from plangate.store.goal_list import source_of
 from schemas import Decision, utcnow
 
 DEFAULT_HOLD_TTL = timedelta(days=1)
@@ -44,6 +45,8 @@ def record_hold(
         required_roles=roles,
         expires_at=now + ttl,
         created_at=now,
+        approvals_required=rule.approvals if rule is not None else 1,
+        approver_not_submitter=rule.approver_not_submitter if rule is not None else False,
     )
     session.add(hold)
     return hold
@@ -85,6 +88,22 @@ def check_reviewer(
             f"rule {hold.rule!r} requires the role {needed} to {what} plan {plan_id}; "
             f"{reviewer} does not have it: ask a reviewer who does",
             missing[0],
+        )
+
+
+def check_not_submitter(hold: HoldRow | None, goal: GoalRow, reviewer: str) -> None:
+    """Refuse the goal's submitter as an approver where the hold bars it (Forbidden).
+
+    The submitter is who the goal's metadata names (`submitter`, `source`, `ce.source` or
+    `user`, as the submitting service set it); a goal that names none has no one to bar.
+    """
+    if hold is None or not hold.approver_not_submitter:
+        return
+    if source_of(goal.meta) == reviewer:
+        raise Forbidden(
+            f"rule {hold.rule!r} bars the goal's submitter from approving it, and {reviewer} "
+            "submitted goal " + goal.id + ": ask another reviewer",
+            "",
         )
 
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import cel
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from plangate.config import Settings
@@ -57,6 +57,16 @@ class RuleSpec(BaseModel):
     requires_role: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     hold_ttl_seconds: int | None = Field(default=None, gt=0)
     preview: bool = False
+    # Four eyes: how many distinct reviewers (with `requires_role`) must approve the plan, and
+    # whether the goal's submitter is barred from being one of them.
+    approvals: int = Field(default=1, ge=1, le=10)
+    approver_not_submitter: bool = False
+
+    @model_validator(mode="after")
+    def _approvals_need_a_hold(self) -> RuleSpec:
+        if (self.approvals > 1 or self.approver_not_submitter) and self.action != "hold":
+            raise ValueError("approvals and approver_not_submitter apply to hold rules only")
+        return self
 
 
 class PolicyCase(BaseModel):
@@ -107,6 +117,8 @@ class Rule:
     requires_role: str | None = None  # a person deciding a plan this rule held needs this role
     hold_ttl_seconds: int | None = None  # a plan this rule held expires after this long
     preview: bool = False  # a plan this rule held gets a dry run (reads run, writes only say)
+    approvals: int = 1  # distinct reviewers who must approve a plan this rule held
+    approver_not_submitter: bool = False  # the goal's submitter may not be one of them
 
 
 @dataclass(frozen=True)
@@ -157,6 +169,8 @@ class Policy:
                     requires_role=rule.requires_role,
                     hold_ttl_seconds=rule.hold_ttl_seconds,
                     preview=rule.preview,
+                    approvals=rule.approvals,
+                    approver_not_submitter=rule.approver_not_submitter,
                 )
             )
         version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]

@@ -16,6 +16,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from approval_gate.approvals import approvals_required, checked_approvers
 from approval_gate.decisions import decision_of, follow_decision
 from approval_gate.holds import check_open, check_reviewer, hold_of
 from plangate.bus import Envelope
@@ -75,15 +76,25 @@ def release(
         hold = hold_of(session, plan.plan_id)
         check_reviewer(hold, plan.plan_id, decided.decided_by, roles, "approve")
         check_open(hold, plan.plan_id, decided.created_at)
+        approvers = [decided.decided_by]
+        if approvals_required(hold) > 1:  # counted again, each approver checked again
+            approvers = checked_approvers(session, plan, hold)
     except (Forbidden, Conflict) as refusal:
         return _withdraw(session, plan, decided, str(refusal))
-    envelope = follow_decision(session, plan, decision, signer, ttl, move_goal=False)
+    envelope = follow_decision(
+        session, plan, decision, signer, ttl, move_goal=False, approvers=approvers
+    )
     audit.append(
         session,
         "approval.signed",
         actor=ACTOR,
         goal_id=plan.goal_id,
-        data={"plan_id": plan.plan_id, "decided_by": decided.decided_by, "key_id": signer.key_id},
+        data={
+            "plan_id": plan.plan_id,
+            "decided_by": decided.decided_by,
+            "approvers": approvers,
+            "key_id": signer.key_id,
+        },
     )
     return [envelope]
 

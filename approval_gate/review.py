@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,10 +25,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from approval_gate.approvals import approvals_required, approvers_of, count_approval, progress
 from approval_gate.decisions import follow_decision, hand_to_gate, record_decision
 from approval_gate.expiry import expires_at
 from approval_gate.holds import (
     DEFAULT_HOLD_TTL,
+    check_not_submitter,
     check_open,
     check_reviewer,
     hold_of,
@@ -53,6 +56,8 @@ from schemas import (
     validate_plan,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class HeldPlan:
@@ -67,6 +72,17 @@ class HeldPlan:
     preview: list[StepPreview] | None = None  # its dry run, once an executor has made it
     preview_requested: bool = False  # the rule that held it asked an executor for a dry run
     hold: HoldRow | None = None  # what a decision needs, as the gate recorded it
+    approvers: tuple[str, ...] = ()  # who approved this revision so far (of several needed)
+
+    @property
+    def approvals_required(self) -> int:
+        """How many distinct reviewers must approve this revision (1 unless a rule says)."""
+        return approvals_required(self.hold)
+
+    @property
+    def approval_progress(self) -> str:
+        """How far its approval is, as people read it: "1 of 2 approvals (alice)"."""
+        return progress(list(self.approvers), self.approvals_required)
 
     @property
     def preview_state(self) -> str:
@@ -105,6 +121,14 @@ class Review:
             if plan is None:
                 raise NotFound(f"no plan {plan_id!r}; `plangate review list` shows held plans")
             return self._held(session, session.get_one(GoalRow, plan.goal_id), plan)
+
+    def approval_said(self, plan_id: str, reviewer: str) -> str:
+        """Return what an approval by `reviewer` led to, as the CLI and the API say it."""
+        held = self.get(plan_id)
+        if held.goal.status == "held" and held.approvals_required > 1:
+            left = held.approvals_required - len(held.approvers)
+            return f"approval by {reviewer} recorded: {held.approval_progress}; {left} more needed"
+        return f"approval by {reviewer} recorded; the gate signs it and releases the plan"
 
     def approve(
         self,
@@ -216,8 +240,9 @@ class Review:
         preview = None
         if stored is not None and stored.steps is not None:
             preview = [StepPreview.model_validate(step) for step in stored.steps]
+        approvers = tuple(approvers_of(session, plan))
         return HeldPlan(
-            plan, goal, policy, previous, role, expiry, preview, stored is not None, hold
+            plan, goal, policy, previous, role, expiry, preview, stored is not None, hold, approvers
         )
 
     def _decide(
@@ -232,6 +257,15 @@ class Review:
         with self._store.session() as session:
             held = self._held_for_decision(session, plan_id, expected_hash)
             check_reviewer(held.hold, plan_id, reviewer, roles, action)
+            if action == "approve":
+                check_not_submitter(held.hold, held.goal, reviewer)
+                approvers = count_approval(session, held.plan, reviewer, roles)
+                needed = approvals_required(held.hold)
+                if len(approvers) < needed:
+                    _count_only(session, held, reviewer, approvers, needed)
+                    return []
+                if needed > 1:
+                    reason = f"{reason}; approved by {', '.join(approvers)}"
             decision = Decision(
                 action=action,
                 decided_by=reviewer,
@@ -270,6 +304,20 @@ class Review:
         held = self._held(session, goal)
         check_open(held.hold, plan_id, utcnow())
         return held
+
+
+def _count_only(
+    session: Session, held: HeldPlan, reviewer: str, approvers: list[str], needed: int
+) -> None:
+    """Audit one approval of several needed: the plan stays held until the last one."""
+    data = {
+        "plan_id": held.plan.plan_id,
+        "plan_hash": held.plan.plan_hash,
+        "approvers": approvers,
+        "needed": needed,
+    }
+    audit.append(session, "plan.approval_counted", actor=reviewer, goal_id=held.goal.id, data=data)
+    log.info("plan %s: %s", held.plan.plan_id, progress(approvers, needed))
 
 
 def plan_diff(previous: PlanRow | None, plan: PlanRow) -> str:

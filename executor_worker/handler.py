@@ -32,6 +32,7 @@ from plangate.store import (
     ApprovalRow,
     ApprovalUseRow,
     GoalRow,
+    HoldRow,
     PlanRow,
     StepRunRow,
     Store,
@@ -141,6 +142,7 @@ class ExecutorHandler:
             )
             if first_use:
                 ensure_unexpired(approval)  # raising rolls the use back
+                _check_approvers(session.get(HoldRow, plan.plan_id), approval)
             else:
                 used = session.get_one(ApprovalUseRow, approval.approval_id)
                 if used.plan_id != plan.plan_id:
@@ -314,3 +316,19 @@ def _issued_by_gate(session: Session, message: PlanApproved) -> bool:
         and issued.plan_hash == plan_hash(message.plan)
         and issued.envelope == message.approval.model_dump(mode="json")
     )
+
+
+def _check_approvers(hold: HoldRow | None, approval: Approval) -> None:
+    """Refuse an approval naming fewer distinct approvers than the plan's hold requires.
+
+    The gate counted them before it signed; this is the executor's own check against the
+    record the gate made when it held the plan (four eyes, not one key, stand behind a run).
+    """
+    if hold is None or hold.approvals_required <= 1:
+        return
+    named = set(approval.approvers)
+    if len(named) < hold.approvals_required:
+        raise ApprovalInvalid(
+            f"the approval names {len(named)} approvers; the hold of plan {hold.plan_id} "
+            f"requires {hold.approvals_required}"
+        )

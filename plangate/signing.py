@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -50,8 +50,13 @@ class Signer:
         self.public_key = private_key.public_key()
         self.key_id = key_id(self.public_key)
 
-    def approval(self, plan: Plan, decision: Decision, ttl: timedelta) -> Approval:
-        """Return the unsigned approval, by this key, of this exact plan, valid for `ttl`."""
+    def approval(
+        self, plan: Plan, decision: Decision, ttl: timedelta, approvers: Sequence[str] = ()
+    ) -> Approval:
+        """Return the unsigned approval, by this key, of this exact plan, valid for `ttl`.
+
+        `approvers` names every reviewer whose approval released it, where several were needed.
+        """
         if decision.action != "approve":
             raise ValueError(f"a {decision.action!r} decision cannot be an approval")
         now = utcnow()
@@ -66,13 +71,14 @@ class Signer:
             key_id=self.key_id,
             issued_at=now,
             expires_at=now + ttl,
+            approvers=tuple(approvers),
         )
 
     def sign(self, approval: Approval) -> SignedEnvelope:
         """Return a DSSE envelope of the approval's canonical JSON, signed over PAE."""
         if approval.key_id != self.key_id:
             raise ValueError(f"the approval names key {approval.key_id}, not {self.key_id}")
-        return self.envelope(PAYLOAD_TYPE, canonical_json(approval))
+        return self.envelope(PAYLOAD_TYPE, approval_payload(approval))
 
     def envelope(self, payload_type: str, payload: bytes) -> SignedEnvelope:
         """Return a DSSE envelope of any payload of this type, signed over PAE."""
@@ -82,6 +88,18 @@ class Signer:
             payload=base64.b64encode(payload).decode("ascii"),
             signatures=[Signature(keyid=self.key_id, sig=base64.b64encode(sig).decode("ascii"))],
         )
+
+
+def approval_payload(approval: Approval) -> bytes:
+    """Return the canonical JSON of an approval, as it is signed.
+
+    Without approvers (a policy's or one person's approval) the field is left out, as before
+    M-of-N approvals: an executor of the previous version still reads it.
+    """
+    body = approval.model_dump(mode="json")
+    if not approval.approvers:
+        del body["approvers"]
+    return canonical_json(body)
 
 
 class TrustedKeys(Mapping[str, Ed25519PublicKey]):

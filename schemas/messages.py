@@ -144,6 +144,8 @@ class Approval(BaseModel):
     key_id: str
     issued_at: datetime
     expires_at: datetime
+    # Every reviewer whose approval released the plan, where a rule asked for several.
+    approvers: tuple[str, ...] = ()
 
 
 class Signature(BaseModel):

@@ -17,6 +17,7 @@ from plangate.signing import (
     PAYLOAD_TYPE,
     Signer,
     TrustedKeys,
+    approval_payload,
     key_id,
     load_or_create_signer,
     load_trusted_keys,
@@ -77,7 +78,7 @@ def test_sign_and_verify_round_trip(signer: Signer, trusted: TrustedKeys) -> Non
     envelope = signer.sign(approval)
     # Then the envelope is DSSE over the approval's canonical JSON
     assert envelope.payload_type == PAYLOAD_TYPE
-    assert base64.b64decode(envelope.payload) == canonical_json(approval)
+    assert base64.b64decode(envelope.payload) == approval_payload(approval)
     assert [s.keyid for s in envelope.signatures] == [signer.key_id]
     # And a holder of the public key gets the same approval back
     assert trusted.verify(envelope) == approval

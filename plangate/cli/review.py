@@ -84,6 +84,9 @@ def held_json(held: HeldPlan) -> dict[str, Any]:
             "shadow_action": decision.shadow_action,
         },
         "required_role": held.required_role,
+        "approvals_required": held.approvals_required,
+        "approvers": list(held.approvers),
+        "approval_progress": held.approval_progress,
         "expires_at": held.expires_at.isoformat() if held.expires_at else None,
         "previous": None
         if held.previous is None
@@ -149,6 +152,8 @@ def _show(view: dict[str, Any], catalog: Catalog) -> None:
         console.print(f"Policy: [bold]{decision['action']}[/] by {by} — {decision['reason']}")
     if view["required_role"]:
         console.print(f"Requires the role: [bold]{view['required_role']}[/]")
+    if view.get("approvals_required", 1) > 1:
+        console.print(f"Approvals: [bold]{view['approval_progress']}[/]")
     if view["expires_at"]:
         console.print(f"Expires at {view['expires_at']}")
     if view["preview"] is not None:
@@ -268,7 +273,7 @@ def review_approve(
             lambda r, name, roles: r.approve(
                 plan_id, name, expected_hash=expected_hash, roles=roles, comment=comment
             ),
-            lambda name: f"approval by {name} recorded; the gate signs it and releases the plan",
+            lambda review, name: review.approval_said(plan_id, name),
         )
     _print_outcome(outcome, as_json)
 
@@ -295,7 +300,7 @@ def review_reject(
             lambda r, name, roles: r.reject(
                 plan_id, name, comment, expected_hash=expected_hash, roles=roles
             ),
-            lambda name: f"rejection by {name} recorded; the plan never runs",
+            lambda _, name: f"rejection by {name} recorded; the plan never runs",
         )
     _print_outcome(outcome, as_json)
 
@@ -385,6 +390,8 @@ def review_edit(
             lambda r, name, roles: r.edit(
                 plan_id, name, steps, summary=summary, expected_hash=digest, roles=roles
             ),
-            lambda name: f"edit by {name} recorded as a new revision; the policy decides it again",
+            lambda _, name: (
+                f"edit by {name} recorded as a new revision; the policy decides it again"
+            ),
         )
     _print_outcome(outcome, as_json)

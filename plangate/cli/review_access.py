@@ -188,7 +188,7 @@ def decide_here(
     access: Access,
     plan_id: str,
     call: Callable[[Review, str, frozenset[str]], Sequence[Envelope]],
-    message: Callable[[str], str],
+    message: Callable[[Review, str], str],
 ) -> dict[str, Any]:
     """Decide in the store as the reviewer the token names; publish; return the outcome."""
     reviewer = access.reviewer()
@@ -196,7 +196,7 @@ def decide_here(
         goal_id = review.get(plan_id).goal.id
         envelopes = call(review, reviewer.name, reviewer.roles)
         publish(settings, store, envelopes)
-        return outcome_here(store, plan_id, goal_id, message(reviewer.name))
+        return outcome_here(store, plan_id, goal_id, message(review, reviewer.name))
 
 
 def decide_there(access: Access, plan_id: str, action: str, body: dict[str, Any]) -> Any:

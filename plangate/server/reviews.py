@@ -137,6 +137,15 @@ class ReviewSummary(BaseModel):
     required_role: str | None = Field(default=None, description="The role the hold requires.")
     policy_version: str | None = Field(default=None, description="The policy that held it.")
     submitter: str | None = Field(default=None, description="Who or what submitted the goal.")
+    approvals_required: int = Field(
+        default=1, description="How many distinct reviewers must approve it (four eyes: 2)."
+    )
+    approvers: list[str] = Field(
+        default_factory=list, description="Who approved this revision so far."
+    )
+    approval_progress: str = Field(
+        default="", description='How far its approval is: "1 of 2 approvals (alice)".'
+    )
 
 
 class ReviewDetail(ReviewSummary):
@@ -234,6 +243,9 @@ def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
         required_role=held.required_role,
         policy_version=held.hold.policy_version if held.hold is not None else None,
         submitter=source_of(held.goal.meta),
+        approvals_required=held.approvals_required,
+        approvers=list(held.approvers),
+        approval_progress=held.approval_progress,
     )
 
 
@@ -322,8 +334,7 @@ def approve(
         )
     )
     response.headers["Location"] = f"/api/v1/goals/{goal_id}"
-    message = f"approval by {reviewer.name} recorded; the gate signs it and releases the plan"
-    return outcome_of(desk, goal_id, message)
+    return outcome_of(desk, goal_id, desk.review.approval_said(plan_id, reviewer.name))
 
 
 @router.post("/{plan_id}/reject", response_model=Outcome, responses=_ERRORS)

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -127,6 +128,25 @@ class HoldRow(Base):
     # Every role a deciding reviewer must hold (empty: any authenticated reviewer).
     required_roles: Mapped[list[Any]] = mapped_column(JSON, default=list)
     expires_at: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Distinct reviewers who must approve (M-of-N), and whether the submitter may be one.
+    approvals_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    approver_not_submitter: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+
+class ReviewerApprovalRow(Base):
+    """One reviewer's approval of one held revision, counted towards the hold's number.
+
+    Keyed by revision and reviewer: the same person approving twice counts once, and an edit
+    (a new revision) starts the count again.
+    """
+
+    __tablename__ = "reviewer_approvals"
+
+    plan_id: Mapped[str] = mapped_column(ForeignKey("plans.plan_id"), primary_key=True)
+    reviewer: Mapped[str] = mapped_column(String(200), primary_key=True)
+    plan_hash: Mapped[str] = mapped_column(String(80))
+    roles: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -1,0 +1,91 @@
+"""Four eyes: a held revision runs once N distinct authorised reviewers approved it.
+
+Each reviewer's approval of a revision is recorded (`ReviewerApprovalRow`); until the hold's
+number is reached the plan stays held and the page says "1 of 2 approvals (alice)". One
+reviewer approving twice counts once; any rejection ends the revision; an edit is a new
+revision, whose count starts again. The gate counts again before it signs (every approver
+still checked against the hold), and the signed approval names every approver, which the
+executor checks against the hold's number.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from approval_gate.holds import check_not_submitter, check_reviewer
+from plangate.errors import Forbidden
+from plangate.store import GoalRow, HoldRow, PlanRow, ReviewerApprovalRow
+from plangate.store.claims import insert_if_absent
+from schemas import utcnow
+
+
+def approvals_required(hold: HoldRow | None) -> int:
+    """Return how many distinct reviewers must approve a revision held so (1 by default)."""
+    return max(1, hold.approvals_required) if hold is not None else 1
+
+
+def count_approval(
+    session: Session, plan: PlanRow, reviewer: str, roles: frozenset[str]
+) -> list[str]:
+    """Record `reviewer`'s approval of this revision (once); return every approver so far."""
+    row = {
+        "plan_id": plan.plan_id,
+        "reviewer": reviewer,
+        "plan_hash": plan.plan_hash,
+        "roles": sorted(roles),
+        "created_at": utcnow(),
+    }
+    insert_if_absent(session, ReviewerApprovalRow, row)
+    return approvers_of(session, plan)
+
+
+def approvers_of(session: Session, plan: PlanRow) -> list[str]:
+    """Return who approved this exact revision (its hash), in the order they approved."""
+    rows = session.execute(
+        select(ReviewerApprovalRow.reviewer)
+        .where(
+            ReviewerApprovalRow.plan_id == plan.plan_id,
+            ReviewerApprovalRow.plan_hash == plan.plan_hash,
+        )
+        .order_by(ReviewerApprovalRow.created_at, ReviewerApprovalRow.reviewer)
+    )
+    return list(rows.scalars())
+
+
+def checked_approvers(session: Session, plan: PlanRow, hold: HoldRow | None) -> list[str]:
+    """Return the approvers of this revision that the hold allows; Forbidden if too few.
+
+    The gate calls this before it signs: each recorded approval is checked again against the
+    hold (its roles, the submitter bar), whatever process recorded it.
+    """
+    goal = session.get_one(GoalRow, plan.goal_id)
+    rows = session.execute(
+        select(ReviewerApprovalRow).where(
+            ReviewerApprovalRow.plan_id == plan.plan_id,
+            ReviewerApprovalRow.plan_hash == plan.plan_hash,
+        )
+    ).scalars()
+    allowed = []
+    for row in sorted(rows, key=lambda r: (r.created_at, r.reviewer)):
+        roles = frozenset(str(role) for role in row.roles or [])
+        try:
+            check_reviewer(hold, plan.plan_id, row.reviewer, roles, "approve")
+            check_not_submitter(hold, goal, row.reviewer)
+        except Forbidden:
+            continue
+        allowed.append(row.reviewer)
+    needed = approvals_required(hold)
+    if len(allowed) < needed:
+        raise Forbidden(
+            f"plan {plan.plan_id} needs {needed} approvals by distinct reviewers the hold "
+            f"allows; it has {len(allowed)}",
+            "",
+        )
+    return allowed
+
+
+def progress(approvers: list[str], needed: int) -> str:
+    """Return how far a revision's approval is, as people read it: "1 of 2 approvals (alice)"."""
+    named = f" ({', '.join(approvers)})" if approvers else ""
+    return f"{len(approvers)} of {needed} approvals{named}"

@@ -1,0 +1,177 @@
+"""Four eyes: a rule with `approvals: 2` and `approver_not_submitter` through the distributed
+pipeline: worker processes on a real Redis and a shared SQLite store, reviewers deciding with
+their own tokens through `plangate review approve` in separate processes."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from approval_gate.policy import Policy
+from plangate.bus import Envelope
+from plangate.config import Settings
+from plangate.demo.tools import read_notifications
+from plangate.errors import PolicyError
+from plangate.reviewers import add_reviewer
+from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
+from plangate.store import ApprovalRow, open_store
+from schemas import Decision, PlanApproved, SignedEnvelope
+from tests.conftest import SEED_GOAL
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.support import HELD, dead_letters, only_plan, running_pipeline
+
+FOUR_EYES = """\
+rules:
+  - name: approve-read-only
+    match: 'plan.steps.all(s, s.effect == "read")'
+    action: approve
+    reason: every step only reads
+  - name: pages-need-two-from-finance
+    match: 'plan.steps.exists(s, s.tool == "notify_oncall")'
+    action: hold
+    reason: paging costs money; two people from finance decide
+    requires_role: finance
+    approvals: 2
+    approver_not_submitter: true
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
+    """Workers of every stage under the four-eyes policy, and the reviewers file."""
+    (tmp_path / "policy.yaml").write_text(FOUR_EYES)
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
+        folder=tmp_path,
+        extra_env={
+            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
+            "PLANGATE_REVIEWERS_FILE": str(tmp_path / "reviewers.yaml"),
+            **FAST_SWEEPS,
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    fleet.start_all()
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+def status_of(fleet: Fleet, goal_id: str) -> dict[str, object]:
+    return dict(json.loads(fleet.plangate("status", goal_id, "--json").stdout))
+
+
+def wait_until(fleet: Fleet, goal_id: str, states: set[str], timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = status_of(fleet, goal_id)
+        if status["status"] in states or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+@pytest.mark.redis
+def test_a_page_runs_once_two_people_of_finance_approved_it_neither_the_submitter(
+    fleet: Fleet,
+) -> None:
+    """Given a rule holding pages for two approvals from `finance`, the submitter barred,
+    When carol (finance) submits the seed goal and approves it herself, alice (finance)
+    approves twice, and bob (finance) approves,
+    Then carol is refused, alice's approvals count once ("1 of 2 approvals (alice)") and the
+    plan stays held; bob's makes two: the plan runs once, and its signed approval names alice
+    and bob.
+    """
+    reviewers = fleet.folder / "reviewers.yaml"
+    tokens = {
+        name: add_reviewer(reviewers, name, ["finance"]) for name in ("alice", "bob", "carol")
+    }
+    submitted = fleet.plangate("submit", SEED_GOAL, "--meta", "submitter=carol", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    goal_id = json.loads(submitted.stdout)["goal_id"]
+    held = wait_until(fleet, goal_id, {"held"})
+    assert held["status"] == "held", fleet.logs()
+    plan_id = str(held["plan_id"])
+
+    def approve(name: str) -> tuple[int, str]:
+        done = fleet.plangate(
+            "review", "approve", plan_id, "--json", PLANGATE_REVIEWER_TOKEN=tokens[name]
+        )
+        return done.returncode, done.stdout + done.stderr
+
+    own, own_said = approve("carol")
+    first, first_said = approve("alice")
+    again, again_said = approve("alice")
+    shown = fleet.plangate(
+        "review", "show", plan_id, "--json", PLANGATE_REVIEWER_TOKEN=tokens["bob"]
+    )
+    still = status_of(fleet, goal_id)["status"]
+    second, second_said = approve("bob")
+    done = wait_until(fleet, goal_id, {"completed", "failed"})
+
+    assert own == 1
+    assert "bars the goal's submitter from approving it, and carol submitted" in own_said
+    assert first == 0, first_said
+    assert "1 of 2 approvals (alice); 1 more needed" in json.loads(first_said)["message"]
+    assert again == 0, again_said
+    assert "1 of 2 approvals (alice)" in json.loads(again_said)["message"]
+    assert json.loads(shown.stdout)["approval_progress"] == "1 of 2 approvals (alice)"
+    assert still == "held"
+    assert second == 0, second_said
+    assert done["status"] == "completed", fleet.logs()
+    notified = (fleet.folder / "notifications.jsonl").read_text().splitlines()
+    assert len(notified) == 1
+    store = open_store(fleet.database_url, upgrade=False)
+    try:
+        with store.session() as session:
+            envelope = session.execute(
+                select(ApprovalRow.envelope).where(ApprovalRow.plan_id == plan_id)
+            ).scalar_one()
+    finally:
+        store.close()
+    keys: TrustedKeys = load_trusted_keys(fleet.settings())
+    approval = keys.verify(SignedEnvelope.model_validate(envelope), allow_expired=True)
+    assert approval.approvers == ("alice", "bob")
+
+
+def test_an_approval_naming_fewer_approvers_than_the_hold_requires_runs_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed plan held for two approvals,
+    When an approval signed with the gate's own key but naming only alice reaches the executor
+    (as if the count had been skipped),
+    Then the executor refuses it against the hold's record: a dead letter saying so, the goal
+    still held, nobody paged.
+    """
+    (tmp_path / "policy.yaml").write_text(FOUR_EYES)
+    with running_pipeline(settings, policy_file=tmp_path / "policy.yaml") as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+        signer = load_or_create_signer(pipeline.settings)
+        decision = Decision(action="approve", decided_by="alice", reason="ok", policy_version="x")
+        one = signer.approval(plan, decision, timedelta(minutes=5), approvers=["alice"])
+
+        pipeline.bus.publish(
+            [Envelope.of(PlanApproved(goal_id=goal_id, plan=plan, approval=signer.sign(one)))]
+        )
+
+        [letter] = dead_letters(pipeline)
+        assert "names 1 approvers" in letter.reason
+        assert "requires 2" in letter.reason
+        assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
+        assert read_notifications() == []
+
+
+def test_approvals_apply_to_hold_rules_only() -> None:
+    """A rule that approves by itself cannot ask for two approvals: refused at load."""
+    text = FOUR_EYES.replace("action: hold", "action: approve")
+
+    with pytest.raises(PolicyError, match="apply to hold rules only"):
+        Policy.from_text(text)
