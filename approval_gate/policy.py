@@ -18,6 +18,7 @@ from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
 from schemas.cel_check import ANY, ListOf, MapOf, Shape, expression_problems
+from schemas.data_flow import data_flow
 
 Mode = Literal["enforce", "shadow"]
 RuleAction = Literal["approve", "deny", "hold"]
@@ -31,6 +32,8 @@ _STEP: dict[str, Shape] = {"id": str, "tool": str, "args": ANY, "when": str} | {
     "effect": str,
     "idempotent": bool,
     "tags": ListOf(str),
+    "inputs": MapOf(ListOf(str)),
+    "untrusted_inputs": ListOf(str),
 }
 RULE_VARIABLES: dict[str, Shape] = {
     "plan": {
@@ -39,6 +42,7 @@ RULE_VARIABLES: dict[str, Shape] = {
         "revision": int,
         "summary": str,
         "steps": ListOf(_STEP),
+        "writes_from_untrusted": bool,
     },
     "goal": {"text": str, "metadata": MapOf(str)},
     "tools": MapOf(dict.fromkeys(ToolSpec.model_fields, ANY)),
@@ -250,14 +254,22 @@ def policy_context(
 ) -> dict[str, Any]:
     """Return the CEL variables a rule sees: `plan` (steps enriched from specs), `goal`, `tools`."""
     steps = []
+    flows = data_flow(plan, catalog)
     for step in plan.steps:
         spec = catalog.get(step.tool)
         traits = spec.model_dump(mode="json", include=set(_UNKNOWN_TOOL)) if spec else _UNKNOWN_TOOL
         step_fields = step.model_dump(mode="json", include={"id", "tool", "args"})
-        steps.append(step_fields | {"when": step.when or ""} | traits)
+        flow = flows[step.id]
+        reached = {
+            "inputs": {name: list(ids) for name, ids in flow.sources.items()},
+            "untrusted_inputs": list(flow.untrusted_inputs),
+        }
+        steps.append(step_fields | {"when": step.when or ""} | traits | reached)
+    writes_from_untrusted = any(s["effect"] == "write" and s["untrusted_inputs"] for s in steps)
     fields = {"plan_id", "goal_id", "revision", "summary"}
+    plan_fields = {"steps": steps, "writes_from_untrusted": writes_from_untrusted}
     return {
-        "plan": plan.model_dump(mode="json", include=fields) | {"steps": steps},
+        "plan": plan.model_dump(mode="json", include=fields) | plan_fields,
         "goal": {"text": goal_text, "metadata": dict(goal_metadata or {})},
         "tools": {name: spec.model_dump(mode="json") for name, spec in catalog.items()},
     }

@@ -8,6 +8,7 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Effect = Literal["read", "write"]
+Trust = Literal["trusted", "untrusted"]
 
 TOOL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
 
@@ -29,6 +30,12 @@ class ToolSpec(BaseModel):
     effect: Effect = Field(description="`read` has no side effect; `write` changes the world.")
     idempotent: bool = False
     tags: tuple[str, ...] = ()
+    output_trust: Trust = Field(
+        default="untrusted",
+        description="`untrusted`: the output may carry text from outside (a ticket's body, an "
+        "email, a web page) that must not steer a write unseen; `trusted`: the tool vouches "
+        "for it (a count, an id it made).",
+    )
 
     @field_validator("args_schema", "output_schema")
     @classmethod

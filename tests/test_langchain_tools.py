@@ -112,8 +112,8 @@ def test_seed_example_with_langchain_tools_is_held_approved_and_pages_once(
     """
     registry = ToolRegistry(
         [
-            from_langchain(ticket_count, effect="read", idempotent=True),
-            from_langchain(sla_threshold, effect="read", idempotent=True),
+            from_langchain(ticket_count, effect="read", idempotent=True, trusted=True),
+            from_langchain(sla_threshold, effect="read", idempotent=True, trusted=True),
             from_langchain(notify_oncall),
         ]
     )
@@ -152,8 +152,8 @@ def test_a_langchain_write_with_a_declared_preview_shows_it_in_the_held_plans_dr
     """
     registry = ToolRegistry(
         [
-            from_langchain(ticket_count, effect="read", idempotent=True),
-            from_langchain(sla_threshold, effect="read", idempotent=True),
+            from_langchain(ticket_count, effect="read", idempotent=True, trusted=True),
+            from_langchain(sla_threshold, effect="read", idempotent=True, trusted=True),
             from_langchain(notify_oncall, preview=lambda args: f"would page: {args['message']}"),
         ]
     )

@@ -87,12 +87,12 @@ def write(path: Path, text: str) -> str:
 def test_check_compiles_every_rule_of_a_good_policy(plangate: Run) -> None:
     """Given the packaged default policy,
     When `plangate policy check` reads it,
-    Then it exits 0 saying its three rules compile.
+    Then it exits 0 saying its four rules compile.
     """
     result = plangate("policy", "check", DEFAULT_POLICY)
 
     assert result.returncode == 0, result.stderr
-    assert "3 rules compile" in result.stdout
+    assert "4 rules compile" in result.stdout
 
 
 def test_check_names_the_rule_and_line_that_does_not_compile(plangate: Run, tmp_path: Path) -> None:

@@ -83,7 +83,7 @@ def read_notifications(path: Path | None = None) -> list[dict[str, Any]]:
     return _parse_lines(text)
 
 
-@tool(effect="read", idempotent=True, tags=("tickets",))
+@tool(effect="read", idempotent=True, tags=("tickets",), trusted=True)
 def ticket_count() -> int:
     """Return how many support tickets are open now."""
     if jira.is_configured():
@@ -91,7 +91,7 @@ def ticket_count() -> int:
     return load_data().open_tickets
 
 
-@tool(effect="read", idempotent=True)
+@tool(effect="read", idempotent=True, trusted=True)
 def sla_threshold() -> int:
     """Return the most open tickets the SLA allows."""
     return load_data().sla_threshold

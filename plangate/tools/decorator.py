@@ -51,6 +51,7 @@ class Tool(Generic[P, R]):
         tags: Iterable[str] = (),
         preview: Preview | None = None,
         timeout: float | None = None,
+        trusted: bool = False,
     ) -> None:
         functools.update_wrapper(self, func)
         self._func = func
@@ -83,6 +84,7 @@ class Tool(Generic[P, R]):
                 effect=effect,
                 idempotent=idempotent,
                 tags=tuple(tags),
+                output_trust="trusted" if trusted else "untrusted",
             )
         except PydanticUserError as exc:
             raise ToolLoadError(f"{where}: a type has no JSON schema: {exc}") from exc
@@ -103,6 +105,7 @@ class Tool(Generic[P, R]):
         tags: Iterable[str] = (),
         preview: Preview | None = None,
         timeout: float | None = None,
+        trusted: bool = False,
     ) -> Tool[..., Any]:
         """Wrap a foreign callable that takes its validated `args_model` whole (an adapter's)."""
         where = f"tool {name!r} ({module})"
@@ -123,6 +126,7 @@ class Tool(Generic[P, R]):
                 effect=effect,
                 idempotent=idempotent,
                 tags=tuple(tags),
+                output_trust="trusted" if trusted else "untrusted",
             )
         except PydanticUserError as exc:
             raise ToolLoadError(f"{where}: its arguments have no JSON schema: {exc}") from exc
@@ -190,15 +194,24 @@ def tool(
     tags: Iterable[str] = (),
     preview: Preview | None = None,
     timeout: float | None = None,
+    trusted: bool = False,
 ) -> Callable[[Callable[P, R]], Tool[P, R]]:
     """Declare a function as a tool; `effect` says whether it changes the world.
 
     `timeout` bounds each call in seconds (default: `PLANGATE_TOOL_TIMEOUT_SECONDS`): a read
     still running then fails its step; a write becomes `unknown`, for a person to settle.
+    `trusted=True` vouches for the output (a count, an id the tool made): by default it may
+    carry outside text, and a write it reaches is marked for the policy and the reviewer.
     """
     options: dict[str, Any] = {"name": name, "description": description, "tags": tags}
     return lambda func: Tool(
-        func, effect=effect, idempotent=idempotent, preview=preview, timeout=timeout, **options
+        func,
+        effect=effect,
+        idempotent=idempotent,
+        preview=preview,
+        timeout=timeout,
+        trusted=trusted,
+        **options,
     )
 
 

@@ -19,6 +19,7 @@ def from_langchain(
     idempotent: bool = False,
     tags: Iterable[str] = (),
     preview: Preview | None = None,
+    trusted: bool = False,
 ) -> Tool[..., Any]:
     """Return a plangate tool that calls `lc_tool.invoke(args)`.
 
@@ -55,6 +56,7 @@ def from_langchain(
         idempotent=idempotent,
         tags=tags,
         preview=preview,
+        trusted=trusted,
     )
 
 

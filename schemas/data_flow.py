@@ -1,0 +1,82 @@
+"""Where each argument's data comes from: the plan's data flow, known before anything runs.
+
+Plans are static DAGs with explicit references (`${step}`) and conditions (`when`), so which
+steps' outputs reach each argument of each step is a fact of the plan. An output is untrusted
+when its tool says so (`ToolSpec.output_trust`; unknown tools too) or when any of the step's
+own inputs was: data stays untrusted however many steps it passes through. The policy sees
+it (`step.untrusted_inputs`, `plan.writes_from_untrusted`) and the review shows it, so a
+ticket's text cannot steer a page's message or recipient without a person seeing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from schemas.plan import Plan, Step
+from schemas.references import references_in, steps_in_condition
+from schemas.tool_spec import ToolSpec
+
+CONDITION = "when"  # the name the condition goes by among a step's inputs
+
+
+@dataclass(frozen=True)
+class StepFlow:
+    """The steps whose outputs reach each input of one step (its arguments, and `when`)."""
+
+    sources: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    untrusted: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def untrusted_inputs(self) -> tuple[str, ...]:
+        """Every untrusted step whose output reaches any input of this step, sorted."""
+        return tuple(sorted({source for ids in self.untrusted.values() for source in ids}))
+
+
+def data_flow(plan: Plan, catalog: Mapping[str, ToolSpec]) -> dict[str, StepFlow]:
+    """Return, by step id, which steps' outputs reach each input, and which are untrusted."""
+    steps = {step.id: step for step in plan.steps}
+    reaches: dict[str, frozenset[str]] = {}  # step -> every step whose output flows into it
+
+    def upstream(step_id: str, visiting: frozenset[str] = frozenset()) -> frozenset[str]:
+        if step_id in reaches:
+            return reaches[step_id]
+        step = steps.get(step_id)
+        if step is None or step_id in visiting:  # dangling or cyclic: validation refuses it
+            return frozenset()
+        direct = {source for ids in _direct(step).values() for source in ids}
+        found = set(direct)
+        for source in direct:
+            found |= upstream(source, visiting | {step_id})
+        reaches[step_id] = frozenset(found)
+        return reaches[step_id]
+
+    flows = {}
+    for step in plan.steps:
+        sources = {}
+        for name, direct in _direct(step).items():
+            whole = set(direct)
+            for source in direct:
+                whole |= upstream(source)
+            sources[name] = tuple(sorted(whole & set(steps)))
+        untrusted = {
+            name: tuple(s for s in ids if _untrusted(steps[s], catalog))
+            for name, ids in sources.items()
+        }
+        flows[step.id] = StepFlow(sources, {k: v for k, v in untrusted.items() if v})
+    return flows
+
+
+def _direct(step: Step) -> dict[str, set[str]]:
+    """Return the steps each input refers to directly (arguments by top-level name)."""
+    direct = {
+        name: {ref.step_id for ref in references_in(value)} for name, value in step.args.items()
+    }
+    if step.when:
+        direct[CONDITION] = steps_in_condition(step.when)
+    return {name: ids for name, ids in direct.items() if ids}
+
+
+def _untrusted(step: Step, catalog: Mapping[str, ToolSpec]) -> bool:
+    spec = catalog.get(step.tool)
+    return spec is None or spec.output_trust == "untrusted"
