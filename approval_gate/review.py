@@ -320,6 +320,18 @@ def _count_only(
     log.info("plan %s: %s", held.plan.plan_id, progress(approvers, needed))
 
 
+# What the review adds to a step for people to read; an edit sends steps back without them.
+SHOWN_ONLY = frozenset({"effect", "untrusted_from"})
+
+
+def editable_steps(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return steps as shown (API, page) as a reviewer edits them: plan fields only, set ones."""
+    return [
+        {k: v for k, v in step.items() if k not in SHOWN_ONLY and v not in (None, [], {})}
+        for step in steps
+    ]
+
+
 def plan_diff(previous: PlanRow | None, plan: PlanRow) -> str:
     """Return a unified diff of two revisions' summary and steps as JSON ("" if no previous)."""
     if previous is None:

@@ -80,3 +80,30 @@ def _direct(step: Step) -> dict[str, set[str]]:
 def _untrusted(step: Step, catalog: Mapping[str, ToolSpec]) -> bool:
     spec = catalog.get(step.tool)
     return spec is None or spec.output_trust == "untrusted"
+
+
+def untrusted_sources(
+    steps: list[Mapping[str, object]], catalog: Mapping[str, ToolSpec]
+) -> dict[str, dict[str, list[str]]]:
+    """Return, for a plan's steps as stored or shown, each input fed by untrusted steps.
+
+    By step id, then input name (an argument, or `when`): the untrusted steps, each named as
+    `id (tool)`, as the review shows them. Steps that do not parse are left out.
+    """
+    fields = set(Step.model_fields)
+    parsed = []
+    for step in steps:
+        try:
+            parsed.append(Step.model_validate({k: v for k, v in step.items() if k in fields}))
+        except ValueError:
+            continue
+    tools = {step.id: step.tool for step in parsed}
+    plan = Plan(plan_id="shown", goal_id="shown", revision=1, steps=tuple(parsed))
+    return {
+        step_id: {
+            name: [f"{source} ({tools[source]})" for source in ids]
+            for name, ids in flow.untrusted.items()
+        }
+        for step_id, flow in data_flow(plan, catalog).items()
+        if flow.untrusted
+    }

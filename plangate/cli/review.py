@@ -125,15 +125,21 @@ def _steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
     )
     for column in ("step", "tool", "effect", "args", "when"):
         table.add_column(column, overflow="fold")
+    from schemas.data_flow import untrusted_sources
+
+    flows = untrusted_sources(view["steps"], catalog)
     for step in view["steps"]:
         spec = catalog.get(step["tool"])
         effect = step.get("effect") or (spec.effect if spec else "unknown")
-        args = json.dumps(step.get("args") or {}, separators=(",", ":"))
+        args = Text(json.dumps(step.get("args") or {}, separators=(",", ":")))
+        marked = step.get("untrusted_from") or flows.get(step["id"], {})
+        for name, sources in marked.items():
+            args.append(f"\n⚠ {name} carries untrusted data from {', '.join(sources)}", "red")
         table.add_row(
             step["id"],
             step["tool"],
             Text(effect, style="yellow" if effect != "read" else "cyan"),
-            args if args != "{}" else "",
+            args if args.plain != "{}" else "",
             step.get("when") or "",
         )
     return table
@@ -338,10 +344,9 @@ def _draft(access: Access, plan_id: str) -> tuple[dict[str, Any], str]:
     if access.server:
         with access.api() as api:
             detail = api.get(path_of(plan_id))
-        steps = [
-            {k: v for k, v in step.items() if k != "effect" and v not in (None, [], {})}
-            for step in detail["steps"]
-        ]
+        from approval_gate.review import editable_steps
+
+        steps = editable_steps(detail["steps"])
         return {"summary": detail["summary"], "steps": steps}, detail["plan_hash"]
     with opened_review(access.settings) as (_settings, _store, review):
         held = review.get(plan_id)

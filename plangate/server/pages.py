@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from approval_gate.review import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
 from plangate.server.goals import read_body
 from plangate.server.progress import plan_progress
@@ -208,9 +209,7 @@ def _plan_page(
     detail = detail_of(held, desk.catalog())
     progress = plan_progress(desk.store, plan_id)
     steps = [step.model_dump() for step in detail.steps]
-    editable = [
-        {k: v for k, v in s.items() if k != "effect" and v not in (None, [], {})} for s in steps
-    ]
+    editable = editable_steps(steps)
     context: dict[str, Any] = {
         "reviewer": web.reviewer,
         "csrf": web.csrf,

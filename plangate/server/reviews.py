@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
-from approval_gate.review import HeldPlan, Review, plan_diff
+from approval_gate.review import HeldPlan, Review, editable_steps, plan_diff
 from approval_gate.settle import UnsettledStep, settle_step, unsettled_steps
 from plangate.bus import Bus, Envelope
 from plangate.catalog import load_catalog
@@ -32,6 +32,7 @@ from plangate.store import PlanRow, Store, open_store
 from plangate.store.goal_list import source_of
 from plangate.store.goals import get_goal, latest_plan
 from schemas import Catalog, StepPreview
+from schemas.data_flow import untrusted_sources
 
 router = APIRouter(prefix="/api/v1/reviews", tags=["reviews"])
 
@@ -104,6 +105,11 @@ class ReviewStep(BaseModel):
     args: dict[str, Any]
     when: str | None = None
     after: list[str] = []
+    untrusted_from: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Inputs (arguments, or `when`) fed by steps whose output is untrusted, "
+        "each with those steps as `id (tool)`.",
+    )
 
 
 class PolicyDecision(BaseModel):
@@ -251,6 +257,8 @@ def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
 
 def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
     """Return a held plan in full, each step's effect read from `catalog`."""
+    body_steps = held.plan.body.get("steps", [])
+    flows = untrusted_sources(body_steps, catalog)
     steps = [
         ReviewStep(
             id=str(step["id"]),
@@ -259,8 +267,9 @@ def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
             args=dict(step.get("args") or {}),
             when=step.get("when"),
             after=list(step.get("after") or []),
+            untrusted_from=flows.get(str(step["id"]), {}),
         )
-        for step in held.plan.body.get("steps", [])
+        for step in body_steps
     ]
     previous = held.previous
     return ReviewDetail(
@@ -361,7 +370,7 @@ def edit(plan_id: str, body: Edit, desk: Desk, reviewer: Person) -> Outcome:
         lambda review: review.edit(
             plan_id,
             reviewer.name,
-            body.steps,
+            editable_steps(body.steps),  # steps as this API shows them are accepted back
             summary=body.summary,
             expected_hash=body.plan_hash,
             roles=reviewer.roles,
