@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from approval_gate.history import History
 from approval_gate.policy import Policy
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
-from schemas import Plan, ToolSpec
+from schemas import Decision, Plan, ToolSpec
 
 _BATCH = 200
 
@@ -56,28 +58,36 @@ def backtest(
 ) -> BacktestReport:
     """Decide every recorded plan (from `since`, newest `limit`) with `candidate`; compare."""
     report = BacktestReport()
-    for plan, goal, recorded in _recorded(store, since, limit):
-        decision = candidate.decide_as_gate(
-            plan, catalog, goal.text, {str(k): str(v) for k, v in goal.meta.items()}
-        )
-        report.replayed += 1
-        if decision.action != recorded.action:
-            report.changes.append(
-                Change(
-                    goal.id,
-                    plan.plan_id,
-                    recorded.action,
-                    decision.action,
-                    recorded.rule,
-                    decision.rule,
-                    decision.reason,
-                )
-            )
+    with store.session() as session:
+        for plan, goal, recorded in _recorded(session, since, limit):
+            meta = {str(k): str(v) for k, v in goal.meta.items()}
+            # Limits over history count what is approved now, not what was when it was decided.
+            history = History(session, plan, meta) if candidate.reads_history else None
+            decision = candidate.decide_as_gate(plan, catalog, goal.text, meta, history)
+            report.replayed += 1
+            _compare(report, plan, goal, recorded, decision)
     return report
 
 
+def _compare(
+    report: BacktestReport, plan: Plan, goal: GoalRow, recorded: DecisionRow, decision: Decision
+) -> None:
+    if decision.action != recorded.action:
+        report.changes.append(
+            Change(
+                goal.id,
+                plan.plan_id,
+                recorded.action,
+                decision.action,
+                recorded.rule,
+                decision.rule,
+                decision.reason,
+            )
+        )
+
+
 def _recorded(
-    store: Store, since: datetime | None, limit: int | None
+    session: Session, since: datetime | None, limit: int | None
 ) -> Iterator[tuple[Plan, GoalRow, DecisionRow]]:
     """Yield each plan the policy decided (its first decision), oldest first, in batches."""
     query = (
@@ -91,16 +101,15 @@ def _recorded(
         query = query.where(PlanRow.created_at >= since)
     seen: set[str] = set()
     offset = 0
-    with store.session() as session:
-        while limit is None or len(seen) < limit:
-            rows = session.execute(query.offset(offset).limit(_BATCH)).all()
-            if not rows:
+    while limit is None or len(seen) < limit:
+        rows = session.execute(query.offset(offset).limit(_BATCH)).all()
+        if not rows:
+            return
+        offset += len(rows)
+        for plan_row, goal, decision in rows:
+            if plan_row.plan_id in seen:
+                continue  # a plan decided again (a resend): its first decision counts
+            seen.add(plan_row.plan_id)
+            yield Plan.model_validate(plan_row.body), goal, decision
+            if limit is not None and len(seen) >= limit:
                 return
-            offset += len(rows)
-            for plan_row, goal, decision in rows:
-                if plan_row.plan_id in seen:
-                    continue  # a plan decided again (a resend): its first decision counts
-                seen.add(plan_row.plan_id)
-                yield Plan.model_validate(plan_row.body), goal, decision
-                if limit is not None and len(seen) >= limit:
-                    return

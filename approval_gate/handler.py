@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.decisions import decision_of, follow_decision, record_decision
+from approval_gate.history import History
 from approval_gate.holds import DEFAULT_HOLD_TTL, record_hold
 from approval_gate.notify import HeldNotice
 from approval_gate.policy import Policy
@@ -25,6 +26,7 @@ from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer
 from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store
+from plangate.store.locks import lock_names
 from plangate.store.outbox import emit
 from schemas import (
     Catalog,
@@ -81,7 +83,12 @@ class GateHandler:
             if goal is not None and goal.status == "cancelled":
                 return []  # an operator stopped it: nothing more is decided
             goal_text, goal_meta = (goal.text, dict(goal.meta)) if goal else ("", {})
-            decision = self._decide(message, self._catalog(session), goal_text, goal_meta)
+            history = None
+            if self._policy.reads_history:  # one decision at a time per tool (see history)
+                lock_names(session, (f"plangate.history:{step.tool}" for step in plan.steps))
+                history = History(session, plan, {k: str(v) for k, v in goal_meta.items()})
+            catalog = self._catalog(session)
+            decision = self._decide(message, catalog, goal_text, goal_meta, history)
             try:
                 record_decision(session, row, "policy", decision)
             except Conflict:  # another gate decided this revision meanwhile: say what it decided
@@ -140,10 +147,17 @@ class GateHandler:
         return [follow_decision(session, row, decided, self._signer, self._ttl, move_goal=False)]
 
     def _decide(
-        self, message: PlanProposed, catalog: Catalog, goal_text: str, goal_meta: dict[str, str]
+        self,
+        message: PlanProposed,
+        catalog: Catalog,
+        goal_text: str,
+        goal_meta: dict[str, str],
+        history: History | None,
     ) -> Decision:
         with telemetry.tracer().start_as_current_span("decide") as span:
-            decision = self._policy.decide_as_gate(message.plan, catalog, goal_text, goal_meta)
+            decision = self._policy.decide_as_gate(
+                message.plan, catalog, goal_text, goal_meta, history
+            )
             span.set_attribute("plangate.decision.action", decision.action)
             span.set_attribute("plangate.decision.decided_by", decision.decided_by)
             span.set_attribute("plangate.decision.rule", decision.rule or "")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import cel
 import yaml
@@ -46,7 +46,9 @@ RULE_VARIABLES: dict[str, Shape] = {
     },
     "goal": {"text": str, "metadata": MapOf(str)},
     "tools": MapOf(dict.fromkeys(ToolSpec.model_fields, ANY)),
+    "history": ANY,  # history.count(tool, window), history.sum(tool, arg, window, key)
 }
+HISTORY_FUNCTIONS = ("count", "sum")  # see approval_gate.history
 
 
 class RuleSpec(BaseModel):
@@ -108,6 +110,13 @@ class PolicyFile(BaseModel):
         return rules
 
 
+class HistoryReader(Protocol):
+    """What answers `history.count` and `history.sum` (`approval_gate.history.History`)."""
+
+    def functions(self) -> Mapping[str, Callable[..., Any]]:
+        """Return the CEL functions by name."""
+
+
 @dataclass(frozen=True)
 class Rule:
     """A rule with its compiled CEL program and its (1-based) line in the policy file."""
@@ -155,7 +164,7 @@ class Policy:
         spec, lines = _parse(data, source)
         rules = []
         for rule, line in zip(spec.rules, lines, strict=True):
-            problems = expression_problems(rule.match, RULE_VARIABLES)
+            problems = expression_problems(rule.match, RULE_VARIABLES, HISTORY_FUNCTIONS)
             if problems:
                 said = "; ".join(problems)
                 raise PolicyError(
@@ -189,16 +198,27 @@ class Policy:
         rule = self.rule(decision.rule)
         return decision.action == "hold" and rule is not None and rule.preview
 
+    @property
+    def reads_history(self) -> bool:
+        """Whether a rule counts approved plans (`history`): its decisions are serialised."""
+        return any("history" in rule.program.variables() for rule in self.rules)
+
     def decide(
         self,
         plan: Plan,
         catalog: Mapping[str, ToolSpec],
         goal_text: str = "",
         goal_metadata: Mapping[str, str] | None = None,
+        history: HistoryReader | None = None,
     ) -> Decision:
-        """Decide a plan: the first matching rule's action, else hold; shadow mode holds all."""
+        """Decide a plan: the first matching rule's action, else hold; shadow mode holds all.
+
+        `history` answers rules that count approved plans; without it such a rule holds.
+        """
         variables = policy_context(plan, catalog, goal_text, goal_metadata)
-        action, rule, reason = self._evaluate(variables)
+        variables["history"] = {}
+        functions = history.functions() if history is not None else {}
+        action, rule, reason = self._evaluate(variables, functions)
         shadow_action: RuleAction | None = None
         if self.mode == "shadow":
             said = f"rule {rule!r}: {reason}" if rule else reason
@@ -219,6 +239,7 @@ class Policy:
         catalog: Mapping[str, ToolSpec],
         goal_text: str = "",
         goal_metadata: Mapping[str, str] | None = None,
+        history: HistoryReader | None = None,
     ) -> Decision:
         """Decide as the gate does: a plan invalid for the catalog is denied, else `decide`."""
         try:
@@ -227,11 +248,13 @@ class Policy:
             return Decision(
                 action="deny", decided_by="gate", reason=str(invalid), policy_version=self.version
             )
-        return self.decide(plan, catalog, goal_text, goal_metadata)
+        return self.decide(plan, catalog, goal_text, goal_metadata, history)
 
-    def _evaluate(self, variables: dict[str, Any]) -> tuple[RuleAction, str | None, str]:
+    def _evaluate(
+        self, variables: dict[str, Any], functions: Mapping[str, Callable[..., Any]]
+    ) -> tuple[RuleAction, str | None, str]:
         try:  # converted to CEL values once per decision, not once per rule
-            context = cel.Context(variables=variables)
+            context = cel.Context(variables=variables, functions=dict(functions))
         except Exception as exc:  # a value CEL cannot hold: no rule can judge this plan
             return "hold", None, _held("the plan", exc)
         for rule in self.rules:

@@ -162,7 +162,7 @@ def test_a_rule_that_returns_a_non_bool_holds() -> None:
 
 def test_a_plan_cel_cannot_hold_is_held(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given values the CEL engine refuses to convert
-    def refuse(variables: dict[str, Any]) -> None:
+    def refuse(variables: dict[str, Any], functions: dict[str, Any]) -> None:
         raise ValueError("Failed to convert variable 'plan'")
 
     monkeypatch.setattr(cel, "Context", refuse)

@@ -1,0 +1,84 @@
+"""Limits over history: what rules may ask of the plans already approved.
+
+`history.count(tool, window)`: how many steps calling `tool` are in plans approved within
+`window` (`"1h"`, `"30m"`, `"1d"`), by the policy or by people, whether their runs are
+pending, in flight or finished. `history.sum(tool, arg, window, key)`: the sum of the
+numeric argument `arg` over those steps, among goals whose metadata `key` has this goal's
+value (the day's refunds for this customer). The plan being decided is not counted: a rule
+adds its own steps if it means to.
+
+A decision that reads history holds a lock on each tool of its plan until it commits
+(`plangate.store.locks`): the next decision on a plan with those tools reads this one's
+approval, so a burst of goals cannot pass a cap together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from plangate.errors import PolicyError
+from plangate.store import ApprovalRow, GoalRow, PlanRow
+from plangate.store.goal_list import parse_since
+from schemas import Plan
+
+FUNCTIONS = ("count", "sum")  # called on `history`: history.count(...), history.sum(...)
+
+
+class History:
+    """The approved plans a rule may count, read in the deciding transaction."""
+
+    def __init__(
+        self, session: Session, plan: Plan, goal_metadata: Mapping[str, str] | None = None
+    ) -> None:
+        self._session = session
+        self._plan_id = plan.plan_id
+        self._metadata = dict(goal_metadata or {})
+
+    def functions(self) -> dict[str, Callable[..., Any]]:
+        """Return the CEL functions, by name, that rules call on `history`."""
+        return {"count": self.count, "sum": self.sum}
+
+    def count(self, _history: object, tool: str, window: str) -> int:
+        """Return how many steps calling `tool` were approved within `window`."""
+        return sum(1 for _args, _meta in self._steps(tool, window))
+
+    def sum(self, _history: object, tool: str, arg: str, window: str, key: str) -> float:
+        """Return the sum of `arg` over `tool`'s approved steps, among goals sharing `key`."""
+        if key not in self._metadata:
+            raise PolicyError(f"history.sum: this goal's metadata has no {key!r}")
+        total = 0.0
+        for args, meta in self._steps(tool, window):
+            if meta.get(key) != self._metadata[key]:
+                continue
+            value = args.get(arg, 0)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise PolicyError(f"history.sum: {tool}'s {arg!r} is not a number: {value!r}")
+            total += value
+        return total
+
+    def _steps(self, tool: str, window: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        since = _since(window)
+        rows = self._session.execute(
+            select(PlanRow.body, GoalRow.meta)
+            .join(ApprovalRow, ApprovalRow.plan_id == PlanRow.plan_id)
+            .join(GoalRow, GoalRow.id == PlanRow.goal_id)
+            .where(ApprovalRow.created_at >= since, PlanRow.plan_id != self._plan_id)
+        ).all()
+        return [
+            (dict(step.get("args") or {}), dict(meta or {}))
+            for body, meta in rows
+            for step in body.get("steps", [])
+            if step.get("tool") == tool
+        ]
+
+
+def _since(window: str) -> datetime:
+    try:
+        return parse_since(window)
+    except Exception as exc:
+        raise PolicyError(f"history: {window!r} is no window; say 30m, 1h, 1d or 1w") from exc

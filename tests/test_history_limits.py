@@ -1,0 +1,117 @@
+"""Limits over history: a rule that counts what was already approved, decided one at a time.
+
+Twenty goals fired at once at two gate workers on PostgreSQL (the advisory lock is the
+subject), under a rule that auto-approves a page only while fewer than 3 were approved this
+hour: exactly 3 run, 17 wait for a person.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from approval_gate.policy import Policy
+from plangate.client import Client
+from plangate.store import DecisionRow, GoalRow, open_store
+from schemas import Plan, Step
+from tests.conftest import SEED_GOAL
+from tests.fleet import FAST_SWEEPS, Fleet
+
+CAPPED = """\
+rules:
+  - name: page-under-the-cap
+    match: >-
+      plan.steps.exists(s, s.tool == "notify_oncall")
+      && history.count("notify_oncall", "1h") < 3
+    action: approve
+    reason: fewer than 3 pages this hour
+  - name: hold-the-rest
+    match: 'true'
+    action: hold
+    reason: a person decides past the cap
+"""
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+def test_twenty_goals_at_once_against_a_cap_of_three_pages_an_hour(
+    tmp_path: Path, redis_url: str, postgres_database_url: str
+) -> None:
+    """Given two gate workers, a planner and an executor on Redis and PostgreSQL, and a rule
+    approving a page while fewer than 3 were approved in the last hour,
+    When 20 seed goals are submitted at once from 20 threads,
+    Then exactly 3 are approved by that rule and complete, and 17 are held.
+    """
+    (tmp_path / "policy.yaml").write_text(CAPPED)
+    fleet = Fleet(
+        redis_url,
+        postgres_database_url,
+        tmp_path,
+        extra_env={"PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"), **FAST_SWEEPS},
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    for stage in ("planner", "gate", "gate", "executor"):
+        fleet.start(stage)
+    try:
+        with Client(fleet.settings()) as client, ThreadPoolExecutor(20) as pool:
+            goal_ids = list(
+                pool.map(lambda n: client.submit(f"{SEED_GOAL} #{n}").goal_id, range(20))
+            )
+        store = open_store(postgres_database_url, upgrade=False)
+        deadline = time.monotonic() + 60
+        while True:
+            with store.session() as session:
+                states = Counter(
+                    session.execute(select(GoalRow.status).where(GoalRow.id.in_(goal_ids)))
+                    .scalars()
+                    .all()
+                )
+                rules = Counter(
+                    session.execute(
+                        select(DecisionRow.rule).where(
+                            DecisionRow.goal_id.in_(goal_ids), DecisionRow.stage == "policy"
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+            if states["completed"] + states["held"] == 20 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+        store.close()
+    finally:
+        fleet.stop_all()
+
+    assert rules == {"page-under-the-cap": 3, "hold-the-rest": 17}, (rules, fleet.logs())
+    assert states == {"completed": 3, "held": 17}
+
+
+def test_history_sum_adds_an_argument_among_goals_sharing_a_metadata_key() -> None:
+    """`history.sum(tool, arg, window, key)` sums the argument over approved plans whose goal
+    has this goal's value of `key`; a rule using it without a history holds (fail closed)."""
+    policy = Policy.from_text(
+        "rules:\n  - name: refunds-under-500\n"
+        '    match: \'history.sum("refund", "amount", "1d", "customer") < 500.0\'\n'
+        "    action: approve\n    reason: under the day's cap\n"
+    )
+    plan = Plan(plan_id="p", goal_id="g", revision=1, steps=(Step(id="r", tool="refund"),))
+
+    class Approved:
+        """Three approved refunds: 300 and 150 for acme, 900 for globex."""
+
+        def functions(self) -> dict[str, object]:
+            rows = [(300, "acme"), (150, "acme"), (900, "globex")]
+
+            def total(_h: object, tool: str, arg: str, window: str, key: str) -> float:
+                return float(sum(amount for amount, who in rows if who == "acme"))
+
+            return {"sum": total}
+
+    assert policy.decide(plan, {}, "", {"customer": "acme"}, Approved()).action == "approve"
+    assert policy.decide(plan, {}, "", {"customer": "acme"}).action == "hold"
+    assert policy.reads_history
