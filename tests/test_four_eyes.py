@@ -15,16 +15,19 @@ from sqlalchemy import select
 
 from approval_gate.policy import Policy
 from plangate.bus import Envelope
+from plangate.client import Client
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.errors import PolicyError
-from plangate.reviewers import add_reviewer
+from plangate.reviewers import Reviewer, Reviewers, add_reviewer
 from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
 from plangate.store import ApprovalRow, open_store
 from schemas import Decision, PlanApproved, SignedEnvelope
+from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.support import HELD, dead_letters, only_plan, running_pipeline
+from tests.test_review_api import call, serving
 
 FOUR_EYES = """\
 rules:
@@ -175,3 +178,43 @@ def test_approvals_apply_to_hold_rules_only() -> None:
 
     with pytest.raises(PolicyError, match="apply to hold rules only"):
         Policy.from_text(text)
+
+
+@pytest.mark.redis
+def test_the_api_and_the_page_show_how_far_the_approval_is(fleet: Fleet) -> None:
+    """Given the seed plan held for two approvals from finance,
+    When alice approves it through the API,
+    Then the API answers that one more is needed, its detail says "1 of 2 approvals (alice)",
+    and so does the plan's page in headless Chromium; the plan is still held.
+    """
+    alice, bob = "alice-token-0123456789abcdef", "bob-token-0123456789abcdefgh"
+    reviewers = Reviewers(
+        [
+            Reviewer.with_token("alice", alice, {"finance"}),
+            Reviewer.with_token("bob", bob, {"finance"}),
+        ]
+    )
+    with Client(fleet.settings()) as client, serving(client, reviewers) as url:
+        state = client.submit(SEED_GOAL).wait(timeout=30, until={"held"})
+        plan_id = str(state.plan_id)
+        detail_url = f"{url}/api/v1/reviews/{plan_id}"
+        _, shown = call(detail_url, token=alice)
+        code, approved = call(
+            f"{detail_url}/approve", "POST", {"plan_hash": shown["plan_hash"]}, token=alice
+        )
+        _, after = call(detail_url, token=alice)
+        with chromium() as browser:
+            page = browser.new_page(base_url=url)
+            page.goto("/reviews")
+            page.fill("#token", bob)
+            page.click("button[type=submit]")
+            page.wait_for_url("**/reviews")
+            page.goto(f"/reviews/{plan_id}")
+            on_page = page.inner_text("#hold-approvals")
+
+    assert code == 200, approved
+    assert approved["message"].endswith("1 of 2 approvals (alice); 1 more needed")
+    assert approved["status"] == "held"
+    assert after["approval_progress"] == "1 of 2 approvals (alice)"
+    assert (after["approvals_required"], after["approvers"]) == (2, ["alice"])
+    assert on_page == "1 of 2 approvals (alice)"
