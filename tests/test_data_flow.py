@@ -11,14 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from plangate.client import Client
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.server.reviews import detail_of
 from plangate.tools import load_tools
 from schemas import Plan, Step, ToolSpec
 from schemas.data_flow import data_flow
+from tests.browser import chromium
 from tests.support import HELD, only_plan, running_pipeline, write_yaml
 from tests.test_review import cli_env, reviewer_env
+from tests.test_review_api import ALICE, serving
 
 TOOLS = ["plangate.demo.tools", "tests.flow_tools"]
 POLICY = {
@@ -113,6 +116,7 @@ def test_a_page_built_from_a_tickets_text_is_held_and_its_review_names_the_flow(
         approved = pipeline.wait_for(priority_goal, timeout=10)
         plan = only_plan(pipeline.store, text_goal)
         detail = detail_of(pipeline.review.get(plan.plan_id), registry.catalog())
+        marked = _marked_on_the_page(pipeline.settings, plan.plan_id)
         env = cli_env(pipeline, tmp_path, **reviewer_env(tmp_path, "alice"))
         shown = subprocess.run(
             [sys.executable, "-m", "plangate", "review", "show", plan.plan_id],
@@ -130,5 +134,18 @@ def test_a_page_built_from_a_tickets_text_is_held_and_its_review_names_the_flow(
     assert detail.policy.rule == "hold-untrusted-writes"
     assert shown.returncode == 0, shown.stderr
     assert "message carries untrusted data from body (ticket_body)" in shown.stdout
+    assert marked == "⚠ message carries untrusted data from body (ticket_body)"
     assert approved.status == "completed", approved.status_reason
     assert [n["message"] for n in read_notifications()] == ["P1"]
+
+
+def _marked_on_the_page(settings: Settings, plan_id: str) -> str:
+    """Return what the plan's review page (headless Chromium) says of the untrusted input."""
+    with Client(settings) as client, serving(client) as url, chromium() as browser:
+        page = browser.new_page(base_url=url)
+        page.goto("/reviews")
+        page.fill("#token", ALICE)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/reviews")
+        page.goto(f"/reviews/{plan_id}")
+        return str(page.inner_text("#steps .untrusted"))
