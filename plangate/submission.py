@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from plangate import telemetry
 from plangate.bus import Bus
+from plangate.errors import InputInvalid
 from plangate.relay import deliver
 from plangate.store import GoalRow, Store
 from plangate.store.goals import ensure_goal
@@ -48,12 +50,7 @@ def submit_goal(
                 trace_id = telemetry.trace_id_of(existing.trace_headers)
                 return Submitted(existing.id, trace_id, duplicate=True)
     with telemetry.tracer().start_as_current_span("submit goal") as span:
-        message = GoalSubmitted(
-            goal_id=new_id(),
-            text=text,
-            metadata=dict(metadata or {}),
-            idempotency_key=idempotency_key,
-        )
+        message = _goal_message(text, metadata, idempotency_key)
         span.set_attribute("plangate.goal_id", message.goal_id)
         headers: dict[str, str] = {}
         telemetry.inject(headers)
@@ -62,3 +59,22 @@ def submit_goal(
             envelope = emit(session, message)
         sent = deliver(store, bus, [envelope])
         return Submitted(message.goal_id, telemetry.current_trace_id(), queued=not sent)
+
+
+def _goal_message(
+    text: str, metadata: Mapping[str, str] | None, idempotency_key: str | None
+) -> GoalSubmitted:
+    """Return the goal.submitted message; InputInvalid, saying what to change, if it cannot be."""
+    if not text.strip():
+        raise InputInvalid("the goal is empty: say what should be done, in words")
+    try:
+        return GoalSubmitted(
+            goal_id=new_id(),
+            text=text,
+            metadata=dict(metadata or {}),
+            idempotency_key=idempotency_key,
+        )
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "goal"
+        raise InputInvalid(f"the goal's {where}: {problem['msg']}") from exc

@@ -250,6 +250,37 @@ def test_a_missing_policy_file_named_by_the_environment_names_the_variable(cli: 
     assert line.startswith("error: PLANGATE_POLICY_FILE names /nope.yaml, which is not a file")
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (("run", "", "--yes"), {}, "error: the goal is empty: say what should be done, in words"),
+        (
+            ("run", SEED_GOAL, "--yes"),
+            {"PLANGATE_DATABASE_URL": "mysql://user:secret@db/plangate"},
+            "error: PLANGATE_DATABASE_URL: mysql is not a store plangate supports; use "
+            "sqlite:///path/plangate.db or postgresql+psycopg://user@host/db",
+        ),
+        (
+            ("run", SEED_GOAL, "--yes"),
+            {"PLANGATE_DATABASE_URL": "postgresql+asyncpg://user@db/plangate"},
+            "error: PLANGATE_DATABASE_URL names the driver postgresql+asyncpg, which is not "
+            "installed (asyncpg); use postgresql+psycopg:// (installed with plangate)",
+        ),
+    ],
+    ids=["empty goal", "mysql", "missing driver"],
+)
+def test_bad_input_is_one_line_saying_what_to_fix_and_exit_2(
+    cli: Cli, args: tuple[str, ...], env: dict[str, str], said: str
+) -> None:
+    """An empty goal, a database plangate does not support, a driver not installed: each is
+    one line on stderr that says what to change, exit 2, and nothing is paged."""
+    result = cli(*args, env=env)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr.splitlines() == [said]
+    assert cli.notifications() == []
+
+
 def test_json_prints_one_event_per_line_ending_with_the_result(cli: Cli) -> None:
     """When the seed goal runs with --yes --json,
     Then every stdout line is one JSON object with an event name, in order: the goal, the plan,

@@ -88,7 +88,18 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": 30})
         _sqlite_serialised_writes(engine)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigError(
+            f"PLANGATE_DATABASE_URL: {parsed.get_backend_name()} is not a store plangate "
+            "supports; use sqlite:///path/plangate.db or postgresql+psycopg://user@host/db"
+        )
+    try:
+        return create_engine(parsed, pool_pre_ping=True)
+    except ImportError as exc:  # a driver named in the URL that is not installed
+        raise ConfigError(
+            f"PLANGATE_DATABASE_URL names the driver {parsed.drivername}, which is not "
+            f"installed ({exc.name}); use postgresql+psycopg:// (installed with plangate)"
+        ) from exc
 
 
 def open_store(url: str, *, upgrade: bool = True) -> Store:
