@@ -136,6 +136,14 @@ def test_typing_a_at_the_prompt_approves_the_held_plan(cli: Cli) -> None:
     assert len(cli.notifications()) == 1
 
 
+def test_the_prompt_takes_the_words_too_in_any_case(cli: Cli) -> None:
+    """Typing "Approve" (the word, capitalised) at the prompt approves, as "a" does."""
+    result = cli("run", SEED_GOAL, answers="Approve\n")
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    assert len(cli.notifications()) == 1
+
+
 def test_typing_s_shows_the_plan_json_then_a_approves_it(cli: Cli) -> None:
     """Given the seed goal, held by policy.
 
@@ -191,7 +199,7 @@ def test_no_answer_on_stdin_leaves_the_plan_held_and_runs_nothing(cli: Cli) -> N
     result = cli("run", SEED_GOAL, answers="")
 
     assert result.returncode == EXIT_REFUSED, result.stderr
-    assert "\nno answer: nothing was run. Use --yes to approve in scripts.\n" in result.stderr
+    assert "\nno answer: nothing was run; the goal stays held" in result.stderr
     assert cli.notifications() == []
 
 

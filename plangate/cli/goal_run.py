@@ -39,6 +39,8 @@ from schemas import (
 _REFUSED = {"plan.denied", "plan.rejected", "plan.expired"}
 # How long a hold waits for its dry run before asking without it (reads may be slow).
 PREVIEW_WAIT_SECONDS = 30.0
+# What the prompt takes: a letter or the word, in any case.
+_ANSWERS = {"a": "a", "approve": "a", "r": "r", "reject": "r", "s": "s", "show": "s"}
 
 
 @dataclass
@@ -188,13 +190,24 @@ class GoalRun:
             try:
                 answer = Prompt.ask(
                     r"Held for a person. \[a]pprove, \[r]eject or \[s]how the plan JSON?",
-                    choices=["a", "r", "s"],
+                    choices=list(_ANSWERS),
+                    show_choices=False,
+                    case_sensitive=False,
                     console=self.err,
                 )
             except EOFError:
                 # A newline first: the prompt left the cursor at the end of its line.
-                self.err.print("\nno answer: nothing was run. Use --yes to approve in scripts.")
+                self.err.print(
+                    "\nno answer: nothing was run; the goal stays held until its hold expires. "
+                    "Use --yes to approve in scripts."
+                )
                 return self._finish(EXIT_REFUSED, "held")
+            except KeyboardInterrupt:
+                self.err.print(
+                    "\ninterrupted: nothing was run; the goal stays held until it expires"
+                )
+                return self._finish(130, "held")
+            answer = _ANSWERS[answer.lower()]
             if answer == "s":
                 self.err.print(Syntax(self._plan_json(held.plan_id), "json"))
             elif answer == "a":
