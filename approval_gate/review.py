@@ -298,7 +298,12 @@ class Review:
                 "replaced it; review the newest revision"
             )
         if expected_hash is not None and expected_hash != plan.plan_hash:
-            raise Conflict(f"plan {plan_id} changed since you loaded it; reload and review again")
+            # A revision never changes (an edit is a new plan id): a hash that differs was
+            # mistyped, or copied from another plan.
+            raise Conflict(
+                f"the hash given does not match plan {plan_id}, whose hash is {plan.plan_hash}: "
+                f"check that you reviewed this plan (`plangate review show {plan_id}`)"
+            )
         if goal.status != "held":
             raise Conflict(f"plan {plan_id} is not waiting for review (the goal is {goal.status})")
         held = self._held(session, goal)

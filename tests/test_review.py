@@ -212,7 +212,7 @@ def test_approving_with_a_stale_hash_is_a_conflict(pipeline: Pipeline) -> None:
     """
     goal_id, plan = held_seed(pipeline)
 
-    with pytest.raises(Conflict, match="changed since you loaded it"):
+    with pytest.raises(Conflict, match="the hash given does not match plan"):
         pipeline.approve(plan.plan_id, "alice", expected_hash="sha256:" + "0" * 64)
 
     assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"

@@ -202,7 +202,7 @@ def test_the_servers_refusals_are_one_line_each_with_the_stores_exit_codes(
     assert no_role.returncode == 1
     assert "finance" in one_line(no_role)
     assert stale.returncode == 1
-    assert "changed since you loaded it" in one_line(stale)
+    assert "the hash given does not match plan" in one_line(stale)
     assert unknown.returncode == 1
     assert "no plan 'no-such-plan'" in one_line(unknown)
     assert finance_pipeline.wait_for(goal_id, HELD).status == "held"

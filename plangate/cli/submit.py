@@ -35,9 +35,9 @@ def _print(current: GoalStatus, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({**asdict(current), "terminal": current.terminal}, default=str))
         return
+    said = current.reason and current.reason.strip().lower() != current.status
     typer.echo(
-        f"goal {current.goal_id}: {current.status}"
-        + (f" — {current.reason}" if current.reason else "")
+        f"goal {current.goal_id}: {current.status}" + (f" — {current.reason}" if said else "")
     )
     if current.plan_id:
         typer.echo(f"  plan {current.plan_id} rev {current.revision}: {current.summary}")
