@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -287,6 +288,18 @@ def test_bad_input_is_one_line_saying_what_to_fix_and_exit_2(
     assert result.returncode == EXIT_USAGE, result.stderr
     assert result.stderr.splitlines() == [said]
     assert cli.notifications() == []
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_exit_2(cli: Cli) -> None:
+    """`plangate serve` on a port something else listens on says so in one line, exit 2."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = cli("serve", "--port", str(port))
+
+    assert result.returncode == EXIT_USAGE
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert line.endswith("stop what uses it, or pass --port (or --host)")
 
 
 def test_json_prints_one_event_per_line_ending_with_the_result(cli: Cli) -> None:

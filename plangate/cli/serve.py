@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from plangate.cli.common import friendly_errors, load_settings
+from plangate.errors import ConfigError
 
 
 @friendly_errors
@@ -33,6 +34,8 @@ def serve(
     per client address (10 in 5 minutes, then 429), in each replica.
     Uses PLANGATE_BROKER_URL and PLANGATE_DATABASE_URL like the workers.
     """
+    import socket
+
     import uvicorn
 
     from plangate.client import Client
@@ -41,10 +44,19 @@ def serve(
 
     settings = load_settings()
     setup_logging(settings.log_level, stage="serve")
+    # Bound first, so a port in use is one line before anything else (uvicorn would log it
+    # and exit 3, the code for "rejected").
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; stop what uses it, or pass "
+            "--port (or --host)"
+        ) from exc
     # Opened here, not at startup, so a wrong URL or an old schema is a one-line error.
-    with Client(settings) as client:
+    with listening, Client(settings) as client:
         app = create_app(settings, client=client)
         # log_config=None: uvicorn's own loggers go through ours, as JSON lines like a worker's.
-        uvicorn.run(
-            app, host=host, port=port, log_level=settings.log_level.lower(), log_config=None
-        )
+        config = uvicorn.Config(app, log_level=settings.log_level.lower(), log_config=None)
+        uvicorn.Server(config).run(sockets=[listening])
