@@ -41,7 +41,7 @@ from plangate.bus import Envelope
 from plangate.catalog import load_catalog
 from plangate.errors import Conflict, NotFound
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
-from plangate.store.goals import latest_plan, plan_row, transition
+from plangate.store.goals import by_id, latest_plan, plan_row, transition
 from plangate.store.outbox import emit
 from schemas import (
     Catalog,
@@ -117,7 +117,7 @@ class Review:
     def get(self, plan_id: str) -> HeldPlan:
         """Return one held plan by id (NotFound if unknown)."""
         with self._store.session() as session:
-            plan = session.get(PlanRow, plan_id)
+            plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id)
             if plan is None:
                 raise NotFound(f"no plan {plan_id!r}; `plangate review list` shows held plans")
             return self._held(session, session.get_one(GoalRow, plan.goal_id), plan)
@@ -287,9 +287,10 @@ class Review:
     def _held_for_decision(
         self, session: Session, plan_id: str, expected_hash: str | None
     ) -> HeldPlan:
-        plan = session.get(PlanRow, plan_id)
+        plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id)
         if plan is None:
             raise NotFound(f"no plan {plan_id!r}; `plangate review list` shows held plans")
+        plan_id = plan.plan_id
         goal = session.get_one(GoalRow, plan.goal_id)
         newest = latest_plan(session, goal.id)
         if newest is not None and newest.plan_id != plan.plan_id:

@@ -456,3 +456,30 @@ def test_review_approve_in_another_process_records_the_reviewer(
             )
         ).scalar_one()
         assert (human.action, human.decided_by, human.roles) == ("approve", "alice", ["finance"])
+
+
+def test_the_short_ids_run_prints_are_taken_wherever_an_id_is(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Given the seed plan held, and its ids cut to the 8 characters `plangate run` prints,
+    When `review show` and `status` are given them,
+    Then they show that plan and that goal; a start shorter than 6 characters is no id.
+    """
+    goal_id, plan = held_seed(pipeline)
+    env = cli_env(pipeline, tmp_path, **reviewer_env(tmp_path, "alice"))
+
+    shown = plangate(env, "review", "show", plan.plan_id[:8], "--json")
+    status = plangate(env, "status", goal_id[:8], "--json")
+    too_short = subprocess.run(
+        [sys.executable, "-m", "plangate", "status", goal_id[:4]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+    assert shown["plan_id"] == plan.plan_id
+    assert status["goal_id"] == goal_id
+    assert too_short.returncode == 1
+    assert f"no goal '{goal_id[:4]}'" in too_short.stderr

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
-from plangate.errors import NotFound
+from plangate.errors import Conflict, NotFound
 from plangate.redaction import redact
 from plangate.store import audit
 from plangate.store.models import GoalRow, GoalStatus, PlanRow
@@ -52,9 +52,29 @@ def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[st
     return row
 
 
+RowT = TypeVar("RowT")
+# The shortest start of an id taken for the whole (`plangate run` prints 8 characters).
+MIN_SHORT_ID = 6
+
+
+def by_id(session: Session, model: type[RowT], column: Any, given: str) -> RowT | None:
+    """Return the row with this id, or the one row whose id starts with it (a short id).
+
+    Conflict when a short id starts more than one id: more of it is needed.
+    """
+    row = session.get(model, given)
+    if row is not None or not MIN_SHORT_ID <= len(given) < 32 or not given.isalnum():
+        return row
+    rows = session.execute(select(model).where(column.startswith(given)).limit(2)).scalars()
+    found = list(rows)
+    if len(found) > 1:
+        raise Conflict(f"{given!r} starts more than one id; give more of it")
+    return found[0] if found else None
+
+
 def get_goal(session: Session, goal_id: str) -> GoalRow:
-    """Return a goal's row or raise NotFound."""
-    row = session.get(GoalRow, goal_id)
+    """Return a goal's row (by its id or a short start of it) or raise NotFound."""
+    row = by_id(session, GoalRow, GoalRow.id, goal_id)
     if row is None:
         raise NotFound(f"no goal {goal_id!r}; check the id (plangate status lists recent goals)")
     return row
