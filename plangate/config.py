@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate import redaction
@@ -20,6 +20,10 @@ def default_data_dir() -> Path:
     """Return the per-user data folder: `$XDG_DATA_HOME/plangate` or `~/.local/share/plangate`."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "plangate"
+
+
+# kombu transports plangate is tested on (and their TLS and driver spellings).
+BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
 
 
 class Settings(BaseSettings):
@@ -158,6 +162,17 @@ class Settings(BaseSettings):
         default="http://localhost:16686",
         description="The Jaeger UI that `plangate trace` links to.",
     )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _a_broker_plangate_speaks(cls, url: str) -> str:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(
+                f"{url.split('://', 1)[0]!r} is not a broker plangate speaks; use "
+                "redis://host:6379/0, amqp://user:password@host:5672// or memory://"
+            )
+        return url
 
     def model_post_init(self, context: Any) -> None:
         """Make the secrets among these settings known to the one redaction point."""

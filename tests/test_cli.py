@@ -270,13 +270,19 @@ def test_a_missing_policy_file_named_by_the_environment_names_the_variable(cli: 
             "sqlite:///path/plangate.db or postgresql+psycopg://user@host/db",
         ),
         (
+            ("submit", SEED_GOAL),
+            {"PLANGATE_BROKER_URL": "bogus://x"},
+            "error: PLANGATE_BROKER_URL: 'bogus' is not a broker plangate speaks; use "
+            "redis://host:6379/0, amqp://user:password@host:5672// or memory://",
+        ),
+        (
             ("run", SEED_GOAL, "--yes"),
             {"PLANGATE_DATABASE_URL": "postgresql+asyncpg://user@db/plangate"},
             "error: PLANGATE_DATABASE_URL names the driver postgresql+asyncpg, which is not "
             "installed (asyncpg); use postgresql+psycopg:// (installed with plangate)",
         ),
     ],
-    ids=["empty goal", "mysql", "missing driver"],
+    ids=["empty goal", "mysql", "bogus broker", "missing driver"],
 )
 def test_bad_input_is_one_line_saying_what_to_fix_and_exit_2(
     cli: Cli, args: tuple[str, ...], env: dict[str, str], said: str

@@ -55,7 +55,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problem = exc.errors()[0]
         name = "PLANGATE_" + str(problem["loc"][0]).upper()
-        raise ConfigError(f"{name}: {problem['msg']}") from exc
+        raise ConfigError(f"{name}: {problem['msg'].removeprefix('Value error, ')}") from exc
 
 
 def require_file(ctx: typer.Context, name: str, path: Path | None, what: str) -> None:
