@@ -36,6 +36,17 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 _TRUE = {"1", "true", "yes", "on"}
 
 
+# Seconds an exporter may spend on one batch (retries included), for short-lived commands.
+SHORT_EXPORT_SECONDS = 1.0
+_export_timeout: float | None = None
+
+
+def short_lived() -> None:
+    """Bound span export to `SHORT_EXPORT_SECONDS` in this process, unless OTEL_* sets it."""
+    global _export_timeout
+    _export_timeout = SHORT_EXPORT_SECONDS
+
+
 def setup_tracing(service_name: str = "plangate") -> None:
     """Install an SDK TracerProvider (exporting if `OTEL_*` asks) unless one is installed.
 
@@ -72,7 +83,7 @@ def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
     # The exporter reads the endpoint, headers, timeout and compression from the environment.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()
+    return OTLPSpanExporter(timeout=_timeout(environ))
 
 
 class RedactingExporter(SpanExporter):
@@ -147,8 +158,17 @@ def _grpc_exporter() -> SpanExporter:
             "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
             "pip install opentelemetry-exporter-otlp-proto-grpc (or use http/protobuf)"
         ) from exc
-    exporter: SpanExporter = OTLPSpanExporter()
+    exporter: SpanExporter = OTLPSpanExporter(timeout=_timeout(os.environ))
     return exporter
+
+
+def _timeout(environ: Mapping[str, str]) -> float | None:
+    """Return the export timeout to impose: none where OTEL_* says one (it is read there)."""
+    if environ.get("OTEL_EXPORTER_OTLP_TIMEOUT") or environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"
+    ):
+        return None
+    return _export_timeout
 
 
 def flush(timeout_millis: int = 5000) -> None:

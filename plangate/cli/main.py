@@ -63,8 +63,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    context: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     """Plangate: the planner decides, the gate authorises, the executor does."""
+    if context.invoked_subcommand not in ("worker", "serve"):
+        # A command that ends in seconds must not wait 10 s at exit for a collector that
+        # is down: its spans get one short try (workers and serve keep the SDK's default).
+        from plangate import telemetry
+
+        telemetry.short_lived()
