@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from plangate import telemetry
 from plangate.embedded import Pipeline
 from tests.conftest import SEED_GOAL
+from tests.support import eventually
 
 
 @pytest.fixture
@@ -80,6 +81,10 @@ def test_the_run_of_a_plan_links_to_the_span_that_made_the_plan(
     pipeline.approve(pipeline.review.held()[0].plan.plan_id, "alice")
     pipeline.wait_for(submitted.goal_id, {"completed"})
 
+    # The goal is completed in the store a moment before the handler's spans end.
+    eventually(
+        lambda: any(s.name == "run plan" for s in spans.get_finished_spans()), what="run span"
+    )
     finished = spans.get_finished_spans()
     (plan,) = [s for s in finished if s.name == "plan"]
     (run,) = [s for s in finished if s.name == "run plan"]
@@ -98,6 +103,9 @@ def test_tool_arguments_and_results_are_recorded_only_when_the_operator_opts_in(
     pipeline.approve(pipeline.review.held()[0].plan.plan_id, "alice")
     pipeline.wait_for(submitted.goal_id, {"completed"})
 
+    eventually(
+        lambda: any(s.name == "run plan" for s in spans.get_finished_spans()), what="run span"
+    )
     (notify,) = [s for s in spans.get_finished_spans() if s.name == "execute_tool notify_oncall"]
     attributes = dict(notify.attributes or {})
     assert "exceeded SLA" in str(attributes["gen_ai.tool.call.arguments"])
