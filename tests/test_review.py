@@ -483,3 +483,28 @@ def test_the_short_ids_run_prints_are_taken_wherever_an_id_is(
     assert status["goal_id"] == goal_id
     assert too_short.returncode == 1
     assert f"no goal '{goal_id[:4]}'" in too_short.stderr
+
+
+def test_review_list_fits_80_columns(pipeline: Pipeline, tmp_path: Path) -> None:
+    """At 80 columns, `review list` shows each held plan on one line: its short id, the goal
+    elided with …, the rule, approvals so far and the expiry; no line is wider than 80."""
+    _, plan = held_seed(pipeline)
+    env = cli_env(pipeline, tmp_path, COLUMNS="80", **reviewer_env(tmp_path, "alice"))
+
+    listed = subprocess.run(
+        [sys.executable, "-m", "plangate", "review", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, listed.stdout
+    [row] = [line for line in lines if plan.plan_id[:8] in line]
+    assert "Check Jira" in row
+    assert "…" in row
+    assert "hold-writes" in row
+    assert "0 of 1" in row

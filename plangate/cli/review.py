@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
@@ -117,6 +118,12 @@ def view_of(detail: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _elided(text: str, width: int) -> str:
+    """Return `text` on one line, cut to `width` characters with … where it is longer."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
 def _steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
     table = Table(
         title=f"Plan {view['plan_id']} · revision {view['revision']} · by {view['planner']}",
@@ -195,22 +202,27 @@ def review_list(
     if not views:
         typer.echo("no plans are waiting for review")
         return
-    table = Table(title="Held plans", title_justify="left")
-    table.add_column("plan", no_wrap=True)
-    for column in ("rev", "goal", "summary", "rule", "reason", "expires"):
-        table.add_column(column, overflow="fold")
+    # Fits the terminal (80 columns too): ids cut to the 8 characters every command takes,
+    # the goal and the rule elided with … to share what the fixed columns leave.
+    free = max(20, console.width - 52)
+    rules = [str((v.get("decision") or v.get("policy") or {}).get("rule") or "") for v in views]
+    rule_width = min(max(len(rule) for rule in rules), free - 10)
+    goal_width = free - rule_width
+    table = Table(title="Held plans", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("plan", "rev", "goal", "rule", "approved", "expires"):
+        table.add_column(column, no_wrap=True)
     for view in views:
         decision = view.get("decision") or view.get("policy") or {}
+        needed = int(view.get("approvals_required") or 1)
         table.add_row(
-            view["plan_id"],
+            view["plan_id"][:8],
             str(view["revision"]),
-            view["goal_text"][:60],
-            view["summary"],
-            decision.get("rule") or "",
-            decision.get("reason") or "",
-            (view["expires_at"] or "")[:19],
+            _elided(view["goal_text"], goal_width),
+            _elided(decision.get("rule") or "", rule_width),
+            f"{len(view.get('approvers') or [])} of {needed}",
+            (view["expires_at"] or "")[5:16].replace("T", " "),
         )
-    console.print(table)
+    console.print(table, soft_wrap=False)
 
 
 @app.command("show", short_help="Show a plan: steps, the policy's decision, the diff.")
