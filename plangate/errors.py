@@ -6,7 +6,12 @@ The contract's own errors (PlanInvalid, MessageRejected) live in `schemas.errors
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from schemas.errors import MessageRejected, PlangateError, PlanInvalid, PlanProblem
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
 
 __all__ = [
     "ApprovalInvalid",
@@ -28,6 +33,7 @@ __all__ = [
     "ToolError",
     "ToolLoadError",
     "Unavailable",
+    "describe",
 ]
 
 
@@ -143,3 +149,20 @@ class NotReady(Unavailable):
     Unlike an outage the store is up (no executor has published its tools yet, say): the retry
     is stored and its message acked, so waiting holds no slot.
     """
+
+
+def describe(exc: ValidationError, model: type[BaseModel] | None = None, what: str = "") -> str:
+    """Summarize a validation error in one line: each place and what is wrong there.
+
+    Only places and messages, never the input (it may be a secret), and no links. Given
+    `model`, an unknown key lists the known ones. `what` names an error with no place.
+    """
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or what
+        if err["type"] == "extra_forbidden" and model is not None:
+            allowed = ", ".join(model.model_fields)
+            parts.append(f'unknown key "{loc}" (known keys: {allowed})')
+        else:
+            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from plangate.config import Settings
-from plangate.errors import ConfigError, PlanningFailed
+from plangate.errors import ConfigError, PlanningFailed, describe
 from planner_worker.planner import Draft
 from schemas import Catalog, GoalSubmitted, Step
 
@@ -90,8 +90,11 @@ class PlaybookPlanner:
             source = str(path)
         try:
             parsed = PlaybookFile.model_validate(yaml.safe_load(text))
-        except (yaml.YAMLError, ValidationError) as exc:
-            raise ConfigError(f"playbook file {source} is invalid: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"playbook file {source} is not valid YAML: {exc}") from exc
+        except ValidationError as exc:
+            problem = describe(exc, PlaybookEntry)
+            raise ConfigError(f"playbook file {source} is invalid: {problem}") from exc
         except RecursionError:
             raise ConfigError(f"playbook file {source} is nested too deeply to read") from None
         return cls(parsed.playbooks, source)

@@ -281,8 +281,14 @@ def test_a_missing_policy_file_named_by_the_environment_names_the_variable(cli: 
             "error: PLANGATE_DATABASE_URL names the driver postgresql+asyncpg, which is not "
             "installed (asyncpg); use postgresql+psycopg:// (installed with plangate)",
         ),
+        (
+            ("run", SEED_GOAL, "--yes"),
+            {"PLANGATE_PLAYBOOK_FILE": str(Path(__file__).parent / "data" / "bad_playbook.yaml")},
+            f"error: playbook file {Path(__file__).parent / 'data' / 'bad_playbook.yaml'} is "
+            "invalid: playbooks.0.steps.0.id: Input should be a valid string",
+        ),
     ],
-    ids=["empty goal", "mysql", "bogus broker", "missing driver"],
+    ids=["empty goal", "mysql", "bogus broker", "missing driver", "bad playbook"],
 )
 def test_bad_input_is_one_line_saying_what_to_fix_and_exit_2(
     cli: Cli, args: tuple[str, ...], env: dict[str, str], said: str

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.errors import PydanticUserError
 from pydantic_core import PydanticSerializationError
 
-from plangate.errors import ToolError, ToolLoadError
+from plangate.errors import ToolError, ToolLoadError, describe
 from plangate.tools.context import ToolContext
 from schemas.tool_spec import Effect, ToolSpec
 
@@ -264,7 +264,4 @@ def _build_params(
 
 
 def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in err['loc']) or 'arguments'}: {err['msg']}"
-        for err in exc.errors()
-    )
+    return describe(exc, what="arguments")

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plangate import redaction
-from plangate.errors import ToolLoadError
+from plangate.errors import ToolLoadError, describe
 from schemas.tool_spec import Effect
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -112,20 +112,6 @@ def _server(name: str, raw: Any, path: Path) -> ServerConfig:
             if _SECRET_HEADER.search(name):
                 redaction.register_header(value)
     return server
-
-
-def describe(exc: ValidationError, model: type[BaseModel]) -> str:
-    """Summarize `exc` for a message, with the known keys of `model` when a key is unknown."""
-    # Only locations and messages: an input may be a secret (a header).
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"])
-        if err["type"] == "extra_forbidden":
-            allowed = ", ".join(model.model_fields)
-            parts.append(f'unknown key "{loc}" (known keys: {allowed})')
-        else:
-            parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
 
 
 def _expand(value: str, where: str, *, secret: bool = True) -> str:

@@ -9,12 +9,12 @@ from jsonschema.exceptions import SchemaError
 from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
-from plangate.errors import ToolError, ToolLoadError
+from plangate.errors import ToolError, ToolLoadError, describe
 from plangate.redaction import redact
 from plangate.tools.context import ToolContext
 from plangate.tools.decorator import Tool
 from plangate.tools.mcp.connection import Connection, leaves, urls_without_secrets
-from plangate.tools.mcp.servers_file import ToolOverride, describe
+from plangate.tools.mcp.servers_file import ToolOverride
 from schemas.tool_spec import Effect, ToolSpec
 
 if TYPE_CHECKING:
