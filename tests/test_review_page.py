@@ -268,3 +268,31 @@ def test_a_step_that_may_have_happened_is_settled_from_the_list_page(
     assert notifications(fleet) == pages_sent
     page.reload()
     assert page.inner_text("#headline") == "Completed, approved by alice."
+
+
+def test_the_api_explorer_works_without_internet(browser: Any, base_url: str) -> None:
+    """Given a browser that may reach nothing but plangate (every other host is refused),
+    When /docs opens,
+    Then Swagger UI shows the API's operations, its assets served by plangate itself.
+    """
+    context = browser.new_context(base_url=base_url)
+    refused: list[str] = []
+
+    def only_plangate(route: Any) -> None:
+        if route.request.url.startswith(base_url):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_plangate)
+    page = context.new_page()
+    try:
+        page.goto("/docs")
+        page.wait_for_selector(".opblock", timeout=15_000)
+        operations = page.locator(".opblock-summary-path").all_inner_texts()
+    finally:
+        context.close()
+
+    assert any("/api/v1/goals" in path for path in operations), operations
+    assert refused == []

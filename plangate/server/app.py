@@ -14,6 +14,7 @@ from plangate.client import Client
 from plangate.config import Settings
 from plangate.redaction import register_secret
 from plangate.server import goal_pages, goals, health, pages, reviews
+from plangate.server.api_docs import install_api_docs
 from plangate.server.errors import install_handlers
 from plangate.server.ratelimit import FailureLimit
 from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
@@ -52,6 +53,8 @@ def create_app(
         version=__version__,
         summary="Submit goals and follow them: the planner decides, the gate authorises.",
         lifespan=lifespan,
+        docs_url=None,  # served with local assets: install_api_docs
+        redoc_url=None,  # ReDoc comes only from a CDN
     )
     app.state.settings = settings
     app.state.intake_token = intake_token or os.environ.get(INTAKE_TOKEN_VARIABLE) or None
@@ -69,6 +72,7 @@ def create_app(
     app.include_router(pages.router)
     app.include_router(goal_pages.router)
     app.include_router(health.router)
+    install_api_docs(app)
     return app
 
 
