@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as kombu_virtual
 from sqlalchemy import func, select
 
+from plangate.bus import Bus
 from plangate.client import Client
 from plangate.store import AuditRow, open_store
 from tests.fleet import Fleet
@@ -82,6 +84,15 @@ def running(tmp_path: Path, redis_url: str, request: pytest.FixtureRequest) -> I
         fleet.stop_all()
 
 
+@contextmanager
+def running_bus(fleet: Fleet) -> Iterator[Bus]:
+    bus = Bus(fleet.broker_url, fleet.namespace, redelivery_after=REDELIVERY)
+    try:
+        yield bus
+    finally:
+        bus.close()
+
+
 def resends(fleet: Fleet) -> int:
     store = open_store(fleet.database_url, upgrade=False)
     try:
@@ -118,6 +129,40 @@ def test_a_killed_executors_message_comes_back_by_itself_with_no_resend(
     )
     assert resends(running) == 0
     assert elapsed < max(LEASE, REDELIVERY) + 2 * SWEEP + 3.0, running.logs()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("running", ["stalled_read"], indirect=True)
+def test_a_worker_killed_inside_its_restore_sweep_holds_up_restores_for_one_timeout_only(
+    running: Fleet, tmp_path: Path
+) -> None:
+    """Given the restore lock left held, as by a worker SIGKILLed inside its restore sweep
+    (kombu's default would leave it for 300 s),
+    When the executor running a goal's second read is SIGKILLed too,
+    Then the lock lapses after the redelivery timeout, and the goal still completes with no
+    resend, within the lease, two timeouts and the sweeps.
+    """
+    executors = [p for stage, p in running.processes if stage == "executor"]
+    with Client(running.settings()) as client:
+        goal_id = client.submit("redeliver please").goal_id
+        marker = tmp_path / "stalled.marker"
+        poll(lambda: marker.exists() and marker.read_text(), running, "the second read to start")
+        with running_bus(running) as bus, bus.connection() as connection:
+            channel = connection.default_channel
+            # What kombu takes for each sweep, with the expiry plangate gives it.
+            left_behind = channel.client.lock(
+                channel.unacked_mutex_key, timeout=channel.unacked_mutex_expire
+            )
+            assert left_behind.acquire(blocking=False)
+            assert channel.unacked_mutex_expire == REDELIVERY
+        (doomed,) = [p for p in executors if str(p.pid) == marker.read_text()]
+        running.kill(doomed)
+        killed_at = time.monotonic()
+        poll(lambda: client.status(goal_id).status == "completed", running, "the goal to complete")
+        elapsed = time.monotonic() - killed_at
+
+    assert resends(running) == 0
+    assert elapsed < max(LEASE, 2 * REDELIVERY) + 2 * SWEEP + 3.0, running.logs()
 
 
 @pytest.mark.redis

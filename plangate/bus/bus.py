@@ -97,6 +97,11 @@ class Bus:
         options = dict(_TRANSPORT_OPTIONS.get(scheme, {}))  # a copy: kombu keeps what it gets
         if scheme in _TRANSPORTS:  # Redis
             options["visibility_timeout"] = self._redelivery_after
+            # A worker SIGKILLed inside its restore sweep leaves kombu's restore lock held
+            # for its expiry (300 s by default): no one restored anything meanwhile. Held
+            # no longer than the timeout, a dead worker's messages still come back within
+            # two timeouts (a restore taking longer than that may at worst restore twice).
+            options["unacked_mutex_expire"] = self._redelivery_after
         return Connection(
             self.url,
             transport=_TRANSPORTS.get(scheme),  # None: the transport the URL names
