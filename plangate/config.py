@@ -1,5 +1,10 @@
 """Settings from `PLANGATE_*` environment variables (pydantic-settings), with sane defaults.
 
+`Settings` is the only reader of plangate's configuration in the environment: its fields are
+the `PLANGATE_*` variables, and the few conventional names plangate honours as they are
+(`XDG_DATA_HOME`, `OPENAI_API_KEY`, `OPENAI_BASE_URL`). Code given no settings (tools, the
+trace switches, the fault points) asks `current_settings()`.
+
 The default data folder is per user: `$XDG_DATA_HOME/plangate`, else `~/.local/share/plangate`.
 It holds the SQLite database, the approval signing key and the demo tools' records.
 """
@@ -7,19 +12,20 @@ It holds the SQLite database, the approval signing key and the demo tools' recor
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate import redaction
+from plangate.errors import ConfigError
 
 
-def default_data_dir() -> Path:
-    """Return the per-user data folder: `$XDG_DATA_HOME/plangate` or `~/.local/share/plangate`."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "plangate"
+def default_data_dir(xdg_data_home: Path | None) -> Path:
+    """Return the per-user data folder: `<xdg_data_home>/plangate` or `~/.local/share/plangate`."""
+    return (xdg_data_home or Path.home() / ".local" / "share") / "plangate"
 
 
 # kombu transports plangate is tested on (and their TLS and driver spellings).
@@ -29,9 +35,22 @@ BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memor
 class Settings(BaseSettings):
     """Everything configurable, read from the environment (prefix `PLANGATE_`)."""
 
-    model_config = SettingsConfigDict(env_prefix="PLANGATE_", extra="ignore")
+    # populate_by_name: fields read from a conventional name (`validation_alias`, e.g.
+    # OPENAI_API_KEY) can still be given by field name in code and tests.
+    model_config = SettingsConfigDict(env_prefix="PLANGATE_", extra="ignore", populate_by_name=True)
 
-    data_dir: Path = Field(default_factory=default_data_dir)
+    # Declared before data_dir: its default is derived from this one.
+    xdg_data_home: Path | None = Field(
+        default=None,
+        validation_alias="XDG_DATA_HOME",
+        description="The freedesktop.org per-user data folder (`XDG_DATA_HOME`, not prefixed); "
+        "the default data folder is `plangate` inside it.",
+    )
+    data_dir: Path = Field(
+        default_factory=lambda data: default_data_dir(data["xdg_data_home"]),
+        description="The data folder: the SQLite database, the approval signing key, the demo "
+        "tools' records (default: `$XDG_DATA_HOME/plangate`, else `~/.local/share/plangate`).",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite file in the data folder."
     )
@@ -45,7 +64,22 @@ class Settings(BaseSettings):
         default="auto",
         description="`auto`: openai when OPENAI_API_KEY or OPENAI_BASE_URL is set, else playbook.",
     )
-    playbook_file: Path | None = None
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias="OPENAI_API_KEY",
+        description="The LLM planner's API key (`OPENAI_API_KEY`, not prefixed, as the openai "
+        "SDK names it); may be unset for a local server given by OPENAI_BASE_URL.",
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias="OPENAI_BASE_URL",
+        description="An OpenAI-compatible server for the LLM planner, e.g. llama.cpp, vLLM or "
+        "Ollama (`OPENAI_BASE_URL`, not prefixed, as the openai SDK names it).",
+    )
+    playbook_file: Path | None = Field(
+        default=None,
+        description="The playbook planner's YAML file (unset: the packaged example playbooks).",
+    )
     model: str = Field(default="gpt-4o-mini", min_length=1, description="The LLM planner's model.")
     planner_attempts: int = Field(default=3, ge=1, le=10, description="Tries per plan revision.")
     planner_timeout_seconds: float = Field(default=60.0, gt=0, description="Per LLM request.")
@@ -62,7 +96,9 @@ class Settings(BaseSettings):
     replan_on_failure: bool = Field(
         default=False, description="Also revise a plan whose execution failed."
     )
-    policy_file: Path | None = None
+    policy_file: Path | None = Field(
+        default=None, description="The gate's policy file (unset: the packaged default policy)."
+    )
     tools: str = Field(
         default="plangate.demo.tools", description="Comma-separated tool modules to load."
     )
@@ -70,14 +106,29 @@ class Settings(BaseSettings):
         default=None,
         description="A JSON (or YAML) file of MCP servers whose tools the executor offers too.",
     )
-    signing_key_file: Path | None = None
-    trusted_keys_dir: Path | None = None
-    approval_ttl_seconds: int = Field(default=3600, gt=0)
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="The gate's Ed25519 private key, PEM (unset: `keys/` in the data folder, "
+        "created on first use).",
+    )
+    trusted_keys_dir: Path | None = Field(
+        default=None,
+        description="The folder of `*.pub` keys whose approvals the executor accepts (unset: "
+        "`keys/trusted` in the data folder).",
+    )
+    approval_ttl_seconds: int = Field(
+        default=3600, gt=0, description="An approval not used to start a run this long expires."
+    )
     hold_ttl_seconds: int = Field(
         default=86400, gt=0, description="A plan held this long for a person expires."
     )
     webhook_url: str | None = Field(
         default=None, description="Receives a JSON POST (Slack-compatible) when a plan is held."
+    )
+    webhook_allowed_hosts: str = Field(
+        default="",
+        description="The hosts the `webhook_post` tool may reach, comma-separated `host` or "
+        "`host:port` (e.g. `hooks.example.com,[::1]:8080`); unset, it reaches none.",
     )
     public_url: str = Field(
         default="http://127.0.0.1:8080", description="Where reviewers reach `plangate serve`."
@@ -97,11 +148,19 @@ class Settings(BaseSettings):
     reviewer_token: SecretStr | None = Field(
         default=None, description="The CLI's reviewer token (`plangate review approve` ...)."
     )
+    intake_token: SecretStr | None = Field(
+        default=None,
+        description="When set, `plangate serve` accepts goals only with it as a bearer token.",
+    )
     server_url: str | None = Field(
         default=None, description="The `plangate serve` the CLI's review commands talk to."
     )
-    concurrency: int = Field(default=4, ge=1, le=256)
-    max_attempts: int = Field(default=3, ge=1)
+    concurrency: int = Field(
+        default=4, ge=1, le=256, description="Messages a worker handles at the same time."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Deliveries of a failing message before it is dead-lettered."
+    )
     step_lease_seconds: float = Field(
         default=300.0, gt=0, description="How long a step's claim holds before another may act."
     )
@@ -157,11 +216,86 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="Where the health endpoint listens (0.0.0.0 for Kubernetes probes).",
     )
-    log_level: str = "INFO"
+    log_level: str = Field(
+        default="INFO", description="The least severe log level written (DEBUG, INFO, ...)."
+    )
     jaeger_url: str = Field(
         default="http://localhost:16686",
         description="The Jaeger UI that `plangate trace` links to.",
     )
+    trace_link_only: bool = Field(
+        default=False,
+        description="Start the executor's run in a trace of its own, linked to the goal's (a "
+        "run may start hours after the plan); off: the run is part of the goal's trace.",
+    )
+    trace_content: bool = Field(
+        default=False,
+        description="Put tool arguments and results on spans. Off by default: they may carry "
+        "personal data or secrets.",
+    )
+    demo_data: Path | None = Field(
+        default=None,
+        description="The demo tools' numbers, JSON like "
+        '`{"open_tickets": 128, "sla_threshold": 100}` (unset: the packaged `data.json`).',
+    )
+    demo_ticket_count: int | None = Field(
+        default=None, description="Overrides the demo's count of open tickets."
+    )
+    demo_sla: int | None = Field(
+        default=None, description="Overrides the demo's SLA threshold (most open tickets allowed)."
+    )
+    demo_notifications: Path | None = Field(
+        default=None,
+        description="The file the demo's notify_oncall appends to (unset: "
+        "`notifications.jsonl` in the data folder).",
+    )
+    fault: str | None = Field(
+        default=None,
+        description="For plangate's own kill tests only: the fault point at which a process "
+        "kills itself (`plangate.faults.POINTS`). Never set it in production.",
+    )
+    fault_marker: Path | None = Field(
+        default=None,
+        description="For plangate's own kill tests only: a file created when the fault fires, "
+        "so that the restarted process runs on.",
+    )
+
+    @field_validator(
+        "xdg_data_home",
+        "openai_api_key",
+        "openai_base_url",
+        "intake_token",
+        "demo_data",
+        "demo_notifications",
+        "fault",
+        "fault_marker",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # As these variables were always read: set but empty (as compose files leave them)
+        # means unset, not an empty token or the current folder.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("demo_ticket_count", "demo_sla", mode="before")
+    @classmethod
+    def _a_whole_number(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"must be a whole number, not {value!r}") from None
+
+    @field_validator("trace_link_only", "trace_content", mode="before")
+    @classmethod
+    def _blank_is_off(cls, value: Any) -> Any:
+        # Set but empty is off; otherwise pydantic's reading: 1/true/yes/on, 0/false/no/off.
+        if isinstance(value, str):
+            return value.strip().lower() or False
+        return value
 
     @field_validator("broker_url")
     @classmethod
@@ -185,3 +319,53 @@ class Settings(BaseSettings):
     def tool_modules(self) -> list[str]:
         """Return the tool module names listed in `tools`."""
         return [name.strip() for name in self.tools.split(",") if name.strip()]
+
+
+def variable_name(field: str) -> str:
+    """Return the environment variable a settings field is read from (`PLANGATE_<FIELD>`)."""
+    alias = Settings.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else f"PLANGATE_{field.upper()}"
+
+
+def settings_error(exc: ValidationError) -> ConfigError:
+    """Return a ConfigError naming the variable of the first invalid setting, and what is wrong."""
+    problem = exc.errors()[0]
+    where = str(problem["loc"][0]) if problem["loc"] else ""
+    name = variable_name(where) if where in Settings.model_fields else where.upper()
+    return ConfigError(f"{name}: {problem['msg'].removeprefix('Value error, ')}")
+
+
+# The environment variables Settings reads, upper-cased (pydantic-settings ignores their case).
+_VARIABLES = frozenset(variable_name(field) for field in Settings.model_fields)
+
+
+class _Current:
+    """The settings last read, and the variables they were read from."""
+
+    lock = threading.Lock()
+    read_from: tuple[tuple[str, str], ...] | None = None
+    settings: Settings | None = None
+
+
+def current_settings() -> Settings:
+    """Return the settings the environment holds now, for code that is given none (don't modify).
+
+    Read again whenever one of the variables changed (a test's `monkeypatch.setenv` included),
+    else the last ones: reading them costs milliseconds, comparing the variables microseconds,
+    and tools and fault points ask on every call. ConfigError names an invalid variable.
+    """
+    # Only the variables Settings reads: this is the one place that reads the environment
+    # for them, besides pydantic-settings itself.
+    variables = tuple(
+        (name, value) for name, value in os.environ.items() if name.upper() in _VARIABLES
+    )
+    with _Current.lock:
+        if _Current.settings is not None and _Current.read_from == variables:
+            return _Current.settings
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise settings_error(exc) from exc
+    with _Current.lock:
+        _Current.read_from, _Current.settings = variables, settings
+    return settings
