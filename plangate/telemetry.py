@@ -27,13 +27,13 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Link, Span, SpanKind, Status
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from plangate.config import current_settings
 from plangate.errors import ConfigError
 from plangate.redaction import redact
 from schemas.decoding import storable_text
 
 _propagator = TraceContextTextMapPropagator()
 TRACE_HEADERS = ("traceparent", "tracestate")
-_TRUE = {"1", "true", "yes", "on"}
 
 
 # Seconds an exporter may spend on one batch (retries included), for short-lived commands.
@@ -54,12 +54,19 @@ def setup_tracing(service_name: str = "plangate") -> None:
     """
     if isinstance(trace.get_tracer_provider(), TracerProvider):
         return
-    name = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    environ = _otel_environ()
+    name = environ.get("OTEL_SERVICE_NAME") or service_name
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
-    exporter = exporter_from_env(os.environ)
+    exporter = exporter_from_env(environ)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(RedactingExporter(exporter)))
     trace.set_tracer_provider(provider)
+
+
+def _otel_environ() -> Mapping[str, str]:
+    # Not Settings: the OTEL_* variables are the OpenTelemetry SDK's documented ones, which the
+    # SDK and its exporters read themselves too (sampler, headers, endpoint, timeout).
+    return os.environ
 
 
 def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
@@ -158,7 +165,7 @@ def _grpc_exporter() -> SpanExporter:
             "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs the gRPC exporter: "
             "pip install opentelemetry-exporter-otlp-proto-grpc (or use http/protobuf)"
         ) from exc
-    exporter: SpanExporter = OTLPSpanExporter(timeout=_timeout(os.environ))
+    exporter: SpanExporter = OTLPSpanExporter(timeout=_timeout(_otel_environ()))
     return exporter
 
 
@@ -189,7 +196,7 @@ def flushing() -> Iterator[None]:
 
 def link_only() -> bool:
     """Return True if `PLANGATE_TRACE_LINK_ONLY` asks for runs linked to the goal, unparented."""
-    return os.environ.get("PLANGATE_TRACE_LINK_ONLY", "").strip().lower() in _TRUE
+    return current_settings().trace_link_only
 
 
 def record_content() -> bool:
@@ -197,7 +204,7 @@ def record_content() -> bool:
 
     Off by default: arguments and results may carry personal data or secrets.
     """
-    return os.environ.get("PLANGATE_TRACE_CONTENT", "").strip().lower() in _TRUE
+    return current_settings().trace_content
 
 
 @functools.cache

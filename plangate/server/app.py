@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from datetime import timedelta
@@ -20,8 +19,6 @@ from plangate.server.ratelimit import FailureLimit
 from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
 from plangate.server.sessions import SessionKeeper, session_secret
 
-INTAKE_TOKEN_VARIABLE = "PLANGATE_INTAKE_TOKEN"
-
 
 def create_app(
     settings: Settings | None = None,
@@ -32,10 +29,10 @@ def create_app(
 ) -> FastAPI:
     """Build the server; without `client`, one is opened at startup and closed at shutdown.
 
-    `intake_token` defaults to `PLANGATE_INTAKE_TOKEN`; when set, goal intake needs it as a
-    bearer token. `reviewers` default to those in `PLANGATE_REVIEWERS_FILE`, read again when
-    it changes. Review-page sessions are signed with `PLANGATE_SESSION_SECRET` (ConfigError if
-    it is shorter than 32 characters; unset, a per-process one, with a warning).
+    `intake_token` defaults to `settings.intake_token` (`PLANGATE_INTAKE_TOKEN`); when set, goal
+    intake needs it as a bearer token. `reviewers` default to those in `PLANGATE_REVIEWERS_FILE`,
+    read again when it changes. Review-page sessions are signed with `PLANGATE_SESSION_SECRET`
+    (ConfigError if it is shorter than 32 characters; unset, a per-process one, with a warning).
     """
     settings = settings or Settings()
 
@@ -57,7 +54,8 @@ def create_app(
         redoc_url=None,  # ReDoc comes only from a CDN
     )
     app.state.settings = settings
-    app.state.intake_token = intake_token or os.environ.get(INTAKE_TOKEN_VARIABLE) or None
+    configured = settings.intake_token.get_secret_value() if settings.intake_token else None
+    app.state.intake_token = intake_token or configured or None
     register_secret(app.state.intake_token)
     app.state.reviewers = reviewers if reviewers is not None else _reviewers(settings)
     app.state.sessions = SessionKeeper(
