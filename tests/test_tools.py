@@ -303,7 +303,7 @@ def test_demo_numbers_can_be_replaced_from_the_environment(
 
 def test_a_bad_demo_override_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLANGATE_DEMO_TICKET_COUNT", "lots")
-    with pytest.raises(ConfigError, match="PLANGATE_DEMO_TICKET_COUNT must be a whole number"):
+    with pytest.raises(ConfigError, match="PLANGATE_DEMO_TICKET_COUNT: must be a whole number"):
         demo.ticket_count()
 
 

@@ -3,7 +3,8 @@
 The numbers come from `data.json` beside this module, or from the JSON file named by
 `PLANGATE_DEMO_DATA`; `PLANGATE_DEMO_TICKET_COUNT` and `PLANGATE_DEMO_SLA` override one value
 each. Notifications are appended to `PLANGATE_DEMO_NOTIFICATIONS`, else to
-`notifications.jsonl` in the data folder.
+`notifications.jsonl` in the data folder. All are read as the settings' `demo_*` fields, on
+each call (`current_settings()`): tools are called without settings.
 
 Set `JIRA_URL` and the ticket count comes from Jira's search (`plangate.integrations.jira`);
 set `PAGERDUTY_ROUTING_KEY` and notify_oncall pages through PagerDuty
@@ -22,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from plangate.config import Settings
+from plangate.config import current_settings
 from plangate.errors import ConfigError
 from plangate.integrations import jira, pagerduty
 from plangate.tools import ToolContext, tool
@@ -46,8 +47,9 @@ class Notification(BaseModel):
 
 
 def load_data() -> DemoData:
-    """Return the demo's numbers from the data file and the environment overrides."""
-    path = Path(os.environ.get("PLANGATE_DEMO_DATA") or DATA_FILE)
+    """Return the demo's numbers from the data file and the settings' overrides."""
+    settings = current_settings()
+    path = settings.demo_data or DATA_FILE
     try:
         data = DemoData.model_validate_json(path.read_bytes())
     except (OSError, ValidationError) as exc:
@@ -55,22 +57,14 @@ def load_data() -> DemoData:
             f"cannot read the demo data {path}: {exc}; it must be JSON like "
             '{"open_tickets": 128, "sla_threshold": 100} (set PLANGATE_DEMO_DATA)'
         ) from exc
-    overrides = {"open_tickets": "PLANGATE_DEMO_TICKET_COUNT", "sla_threshold": "PLANGATE_DEMO_SLA"}
-    for field, variable in overrides.items():
-        raw = os.environ.get(variable)
-        if raw is None or not raw.strip():
-            continue
-        try:
-            data = data.model_copy(update={field: int(raw)})
-        except ValueError:
-            raise ConfigError(f"{variable} must be a whole number, not {raw!r}") from None
-    return data
+    overrides = {"open_tickets": settings.demo_ticket_count, "sla_threshold": settings.demo_sla}
+    return data.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
 
 def notifications_path() -> Path:
     """Return the file notify_oncall appends to."""
-    override = os.environ.get("PLANGATE_DEMO_NOTIFICATIONS")
-    return Path(override) if override else Settings().data_dir / "notifications.jsonl"
+    settings = current_settings()
+    return settings.demo_notifications or settings.data_dir / "notifications.jsonl"
 
 
 def read_notifications(path: Path | None = None) -> list[dict[str, Any]]:
