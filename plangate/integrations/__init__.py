@@ -2,5 +2,5 @@
 
 Load them by module, e.g. `PLANGATE_TOOLS=plangate.demo.tools,plangate.integrations.webhook`:
 `webhook` (`webhook_post`), `pagerduty` (`pagerduty_trigger`), `jira` (`jira_issue_count`).
-`http` is the small client they share.
+They send through `plangate.http_client`, the one HTTP client.
 """

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate.errors import ToolError
-from plangate.integrations.http import send
+from plangate.http_client import send
 from plangate.redaction import register_secrets
 from plangate.tools import tool
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate.errors import ToolError
-from plangate.integrations.http import excerpt, send
+from plangate.http_client import excerpt, send
 from plangate.redaction import register_secret
 from plangate.tools import ToolContext, tool
 

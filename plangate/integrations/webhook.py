@@ -15,7 +15,7 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import BaseModel
 
 from plangate.errors import ToolError
-from plangate.integrations.http import send
+from plangate.http_client import send
 from plangate.tools import ToolContext, tool
 
 ALLOWED_HOSTS_VARIABLE = "PLANGATE_WEBHOOK_ALLOWED_HOSTS"
