@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Literal
 
@@ -16,7 +15,7 @@ def planner_kind(settings: Settings) -> PlannerKind:
     """Return which planner runs: `auto` means openai when an OpenAI server is configured."""
     if settings.planner != "auto":
         return settings.planner
-    configured = os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")
+    configured = settings.openai_api_key is not None or settings.openai_base_url is not None
     return "openai" if configured else "playbook"
 
 

@@ -10,7 +10,6 @@ revisions: no new request starts once it is spent.
 from __future__ import annotations
 
 import json
-import os
 
 import openai
 from opentelemetry import trace
@@ -143,8 +142,8 @@ def _record_totals(usage: TokenUsage, model: str) -> None:
 
 def openai_client(settings: Settings) -> openai.OpenAI:
     """Return the SDK client for the configured server (`OPENAI_BASE_URL`, `OPENAI_API_KEY`)."""
-    base_url = os.environ.get("OPENAI_BASE_URL") or None
-    api_key = os.environ.get("OPENAI_API_KEY") or None
+    base_url = settings.openai_base_url
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
     if api_key is None:
         if base_url is None:
             raise ConfigError(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from kombu.messaging import Producer
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from plangate.client import Client
@@ -65,10 +66,11 @@ def test_the_reader_bounds_depth_and_refuses_unstorable_text() -> None:
 
 
 @pytest.fixture
-def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIStub]:
+def stub(settings: Settings) -> Iterator[OpenAIStub]:
     with running_stub() as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        # As OPENAI_BASE_URL and OPENAI_API_KEY would set them.
+        settings.openai_base_url = server.base_url
+        settings.openai_api_key = SecretStr("test")
         yield server
 
 

@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from plangate import telemetry
@@ -80,11 +81,12 @@ VALID_ANSWER = plan_reply(SEED_STEPS, usage=(1000, 100))
 
 
 @pytest.fixture
-def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIStub]:
+def stub(settings: Settings) -> Iterator[OpenAIStub]:
     """A scripted model server; the planner is pointed at it as OPENAI_BASE_URL."""
     with running_stub() as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        # As OPENAI_BASE_URL and OPENAI_API_KEY would set them.
+        settings.openai_base_url = server.base_url
+        settings.openai_api_key = SecretStr("test")
         yield server
 
 
@@ -460,9 +462,10 @@ def test_auto_chooses_the_llm_planner_only_when_an_openai_server_is_configured(
         load_planner(settings.model_copy(update={"planner": "openai"}))
 
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    assert planner_kind(settings) == "openai"
-    assert isinstance(load_planner(settings), OpenAIPlanner)
-    assert planner_kind(settings.model_copy(update={"planner": "playbook"})) == "playbook"
+    configured = Settings(data_dir=settings.data_dir)
+    assert planner_kind(configured) == "openai"
+    assert isinstance(load_planner(configured), OpenAIPlanner)
+    assert planner_kind(configured.model_copy(update={"planner": "playbook"})) == "playbook"
 
 
 def test_a_goal_delivered_again_while_the_model_thinks_is_not_planned_twice(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from plangate.bus import Envelope
 from plangate.config import Settings
@@ -46,10 +47,11 @@ COMMENT = "Say how many tickets are over the SLA in the page"
 
 
 @pytest.fixture
-def stub(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIStub]:
+def stub(settings: Settings) -> Iterator[OpenAIStub]:
     with running_stub() as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        # As OPENAI_BASE_URL and OPENAI_API_KEY would set them.
+        settings.openai_base_url = server.base_url
+        settings.openai_api_key = SecretStr("test")
         yield server
 
 
@@ -209,6 +211,8 @@ def test_plangate_run_shows_the_next_revision_after_a_rejection_and_asks_again(
         "XDG_DATA_HOME": str(tmp_path / "xdg"),
         "PLANGATE_DEMO_NOTIFICATIONS": str(tmp_path / "notifications.jsonl"),
         "PLANGATE_PLANNER": "openai",
+        "OPENAI_BASE_URL": stub.base_url,
+        "OPENAI_API_KEY": "test",
         "PYTHONIOENCODING": "utf-8",
         "COLUMNS": "200",
     }
