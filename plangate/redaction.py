@@ -105,6 +105,8 @@ def register_header(value: str | None) -> None:
 
 def register_environment(environ: Mapping[str, str] | None = None) -> None:
     """Register what the environment holds under secret names, URLs' passwords, OTLP headers."""
+    # The raw environment, not Settings: a secret may sit in any variable, not only plangate's
+    # (an integration's token, OTLP headers, a tool's key), and each must be redacted anyway.
     environ = os.environ if environ is None else environ
     _registry.environment_read = True
     secrets: list[str] = []

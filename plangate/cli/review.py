@@ -325,6 +325,7 @@ def review_reject(
 
 def _edit_in_editor(draft: dict[str, Any]) -> dict[str, Any] | None:
     """Open $EDITOR on the draft; return the edited JSON, or None if unchanged."""
+    # Not Settings: VISUAL and EDITOR are the user's editor by Unix convention, not plangate's.
     editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
     text = json.dumps(draft, indent=2) + "\n"
     with tempfile.TemporaryDirectory() as folder:

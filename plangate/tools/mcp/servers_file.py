@@ -116,6 +116,7 @@ def _server(name: str, raw: Any, path: Path) -> ServerConfig:
 
 def _expand(value: str, where: str, *, secret: bool = True) -> str:
     def variable(match: re.Match[str]) -> str:
+        # Not Settings: the user's file names any variable to interpolate, not plangate's own.
         found = os.environ.get(match.group(1))
         if found is None:
             raise ToolLoadError(f"{where}: environment variable {match.group(1)} is not set")
