@@ -9,26 +9,25 @@ with Client() as client:            # PLANGATE_BROKER_URL, PLANGATE_DATABASE_URL
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from plangate import telemetry
-from plangate.bus import Bus
-from plangate.cancellation import cancel_goal
 from plangate.config import Settings
 from plangate.errors import GoalNotCompleted
-from plangate.goal_retry import retry_goal
-from plangate.relay import deliver
 from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, open_store
 from plangate.store.goal_list import GoalPage, list_goals
 from plangate.store.goals import get_goal, latest_plan
-from plangate.submission import submit_goal
+
+if TYPE_CHECKING:
+    from plangate.bus import Bus
 
 
 @dataclass(frozen=True)
@@ -128,9 +127,16 @@ class Client:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        telemetry.setup_tracing()
         self._store: Store = open_store(self.settings.resolved_database_url(), upgrade=False)
-        self._bus = Bus(self.settings.broker_url, self.settings.namespace)
+
+    @functools.cached_property
+    def _bus(self) -> Bus:
+        # Connected on first send: reading a goal's state (`plangate status`, `goals list`)
+        # needs only the store, and kombu with its Redis client is a third of a CLI's start-up.
+        from plangate.bus import Bus
+
+        telemetry.setup_tracing()
+        return Bus(self.settings.broker_url, self.settings.namespace)
 
     def submit(
         self,
@@ -140,6 +146,8 @@ class Client:
         idempotency_key: str | None = None,
     ) -> GoalHandle:
         """Submit a goal; the same idempotency key again returns the first goal's handle."""
+        from plangate.submission import submit_goal
+
         submitted = submit_goal(
             self._store, self._bus, text, metadata=metadata, idempotency_key=idempotency_key
         )
@@ -158,6 +166,8 @@ class Client:
 
     def cancel(self, goal_id: str, who: str, reason: str = "") -> GoalStatus:
         """Cancel a goal that has not ended, as `who` (audited); Conflict if it has ended."""
+        from plangate.cancellation import cancel_goal
+
         cancel_goal(self._store, goal_id, who, reason)
         return self.status(goal_id)
 
@@ -167,6 +177,9 @@ class Client:
         The planner makes a new revision and the gate decides it again; Conflict in any other
         state.
         """
+        from plangate.goal_retry import retry_goal
+        from plangate.relay import deliver
+
         deliver(self._store, self._bus, [retry_goal(self._store, goal_id, who, reason)])
         return self.status(goal_id)
 
@@ -233,7 +246,8 @@ class Client:
 
     def close(self) -> None:
         """Release the broker and database connections."""
-        self._bus.close()
+        if "_bus" in self.__dict__:
+            self._bus.close()
         self._store.close()
 
     def __enter__(self) -> Client:

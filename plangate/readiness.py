@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def not_ready(store: Store, bus: Bus | None = None) -> str | None:
     """Return why this process is not ready, or None if it is."""
     try:
-        current, head = current_revision(store.engine), head_revision(store.engine)
+        current, head = current_revision(store.engine), head_revision()
     except SQLAlchemyError as exc:
         log.warning("readiness: the store does not answer (%s)", type(exc).__name__)
         return "the store does not answer"

@@ -80,7 +80,7 @@ def test_the_store_opens_and_migrates_an_empty_postgres_database(
     try:
         engine = upgraded.engine
         assert engine.dialect.name == "postgresql"
-        assert schema.current_revision(engine) == schema.head_revision(engine)
+        assert schema.current_revision(engine) == schema.head_revision()
         tables = set(inspect(engine).get_table_names())
         assert {"goals", "plans", "step_runs", "outbox", "audit_log", "audit_head"} <= tables
     finally:
@@ -97,7 +97,7 @@ def test_a_second_upgrade_changes_nothing(postgres_database_url: str) -> None:
     open_store(postgres_database_url).close()
     again = open_store(postgres_database_url, upgrade=False)
     try:
-        head = schema.head_revision(again.engine)
+        head = schema.head_revision()
         assert schema.upgrade(again.engine) == (head, head)
     finally:
         again.close()

@@ -166,3 +166,22 @@ def test_a_forked_child_writes_through_locks_of_its_own(store: Store) -> None:
     with store.session() as session:
         count = select(func.count()).where(AuditRow.kind == "test.child")
         assert session.execute(count).scalar_one() == 20
+
+
+def test_the_schema_check_reads_the_same_revisions_alembic_does(tmp_path: Path) -> None:
+    from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from plangate.store import schema
+    from plangate.store.engine import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert schema.current_revision(engine) is None
+    config = Config()
+    config.set_main_option("script_location", "plangate.store:migrations")
+    assert schema.head_revision() == ScriptDirectory.from_config(config).get_current_head()
+    schema.upgrade(engine)
+    with engine.connect() as connection:
+        alembic_says = MigrationContext.configure(connection).get_current_revision()
+    assert schema.current_revision(engine) == alembic_says == schema.head_revision()

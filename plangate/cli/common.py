@@ -23,7 +23,9 @@ EXIT_HELD = 4  # `submit --wait`: the goal waits for a person, who may take hour
 
 def group(help_text: str) -> typer.Typer:
     """Return a command group with plangate's plain help style."""
-    return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None)
+    return typer.Typer(
+        help=help_text, no_args_is_help=True, add_completion=False, rich_markup_mode=None
+    )
 
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

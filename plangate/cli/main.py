@@ -7,26 +7,67 @@ from typing import Annotated
 import typer
 
 from plangate import __version__
-from plangate.cli import (
-    audit,
-    db,
-    dlq,
-    goals,
-    playbook,
-    policy,
-    review,
-    reviewers,
-    schema,
-    settle,
-)
-from plangate.cli.run import run
-from plangate.cli.serve import serve
-from plangate.cli.submit import status, submit
-from plangate.cli.trace import trace
-from plangate.cli.worker import worker
+from plangate.cli.lazy import LazyCommand, LazyGroup, Loader, attribute
+
+
+def _review() -> typer.Typer:
+    from plangate.cli import review, settle
+
+    settle.register(review.app)
+    return review.app
+
+
+def _group(name: str) -> Loader:
+    return attribute(f"plangate.cli.{name}", "app")
+
+
+class Commands(LazyGroup):
+    """plangate's commands, in the order `plangate --help` lists them."""
+
+    table = (
+        LazyCommand(
+            "run",
+            "Run a goal end to end in one process: plan, decide, execute.",
+            attribute("plangate.cli.run", "run"),
+        ),
+        LazyCommand(
+            "submit",
+            "Submit a goal to the workers; --wait follows it.",
+            attribute("plangate.cli.submit", "submit"),
+        ),
+        LazyCommand(
+            "status", "Show where a goal stands.", attribute("plangate.cli.submit", "status")
+        ),
+        LazyCommand(
+            "trace",
+            "Print a goal's trace id and its Jaeger link.",
+            attribute("plangate.cli.trace", "trace"),
+        ),
+        LazyCommand(
+            "worker",
+            "Run one stage (planner, gate, executor) as a worker process.",
+            attribute("plangate.cli.worker", "worker"),
+        ),
+        LazyCommand(
+            "serve",
+            "Serve the HTTP API: goal intake (JSON, CloudEvents); /docs.",
+            attribute("plangate.cli.serve", "serve"),
+        ),
+        LazyCommand("schema", "Export the message contract for other languages.", _group("schema")),
+        LazyCommand("audit", "Check and export the hash-chained audit log.", _group("audit")),
+        LazyCommand("db", "Manage the store's schema (SQLite or PostgreSQL).", _group("db")),
+        LazyCommand("dlq", "Inspect and replay the dead-letter queue.", _group("dlq")),
+        LazyCommand("goals", "Find and steer goals: list, cancel, retry.", _group("goals")),
+        LazyCommand("playbook", "Show the offline planner's playbooks.", _group("playbook")),
+        LazyCommand("review", "Review held plans: list, show, approve, reject, edit.", _review),
+        LazyCommand("reviewers", "Manage reviewers: names, roles, tokens.", _group("reviewers")),
+        LazyCommand("policy", "Check a policy file and try it on plans.", _group("policy")),
+    )
+
 
 app = typer.Typer(
     name="plangate",
+    cls=Commands,
     help=(
         "Split LLM agent planning from execution: a goal becomes a typed plan, the plan is "
         "approved by policy or a person, and exactly the approved plan runs."
@@ -37,22 +78,6 @@ app = typer.Typer(
     # Plain help and usage errors: no boxes, no `<bool>` beside every flag, one-line errors.
     rich_markup_mode=None,
 )
-app.command(short_help="Run a goal end to end in one process: plan, decide, execute.")(run)
-app.command(short_help="Submit a goal to the workers; --wait follows it.")(submit)
-app.command(short_help="Show where a goal stands.")(status)
-app.command(short_help="Print a goal's trace id and its Jaeger link.")(trace)
-app.command(short_help="Run one stage (planner, gate, executor) as a worker process.")(worker)
-app.command(short_help="Serve the HTTP API: goal intake (JSON, CloudEvents); /docs.")(serve)
-app.add_typer(schema.app, name="schema")
-app.add_typer(audit.app, name="audit")
-app.add_typer(db.app, name="db")
-app.add_typer(dlq.app, name="dlq")
-app.add_typer(goals.app, name="goals")
-app.add_typer(playbook.app, name="playbook")
-settle.register(review.app)
-app.add_typer(review.app, name="review")
-app.add_typer(reviewers.app, name="reviewers")
-app.add_typer(policy.app, name="policy")
 
 
 def _version(value: bool) -> None:

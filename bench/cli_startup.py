@@ -1,0 +1,78 @@
+"""How long the command line takes to answer, beside what any Python program on this stack costs.
+
+Prints the median wall time of each command over several runs, interleaved so that a busy
+moment of the machine hits every side alike:
+
+- `python -c pass`: the interpreter alone;
+- the floor of a command that reads the store: importing typer, pydantic-settings and
+  SQLAlchemy's ORM, nothing of plangate (what `status` cannot do without on this stack);
+- `plangate --help`, and `plangate status ID` on a goal that `plangate run` completed.
+
+    python bench/cli_startup.py [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PLANGATE = [sys.executable, "-m", "plangate"]
+FLOOR_IMPORTS = "import typer, pydantic_settings, sqlalchemy.orm"
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    """Run a command to its end; return its wall time in seconds (it must succeed)."""
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def completed_goal(env: dict[str, str]) -> str:
+    """Run one goal end to end in the embedded mode; return its id."""
+    done = subprocess.run(
+        [*PLANGATE, "run", "how many tickets are open", "--yes"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    found = re.search(r"[Gg]oal ([0-9a-f]{8})", done.stdout)
+    if found is None:
+        sys.exit(f"no goal id in the output of `plangate run`:\n{done.stdout}")
+    return found.group(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="runs of each command (median)")
+    runs = parser.parse_args().runs
+    with tempfile.TemporaryDirectory() as data:
+        env = {**os.environ, "PLANGATE_DATA_DIR": data}
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        goal = completed_goal(env)
+        sides = {
+            "python -c pass": [sys.executable, "-c", "pass"],
+            f"floor: {FLOOR_IMPORTS}": [sys.executable, "-c", FLOOR_IMPORTS],
+            "plangate --help": [*PLANGATE, "--help"],
+            f"plangate status {goal}": [*PLANGATE, "status", goal],
+        }
+        times: dict[str, list[float]] = {name: [] for name in sides}
+        for _ in range(runs):
+            for name, command in sides.items():
+                times[name].append(timed(command, env))
+    bare = statistics.median(times["python -c pass"])
+    print(f"median wall time of {runs} runs each (interleaved), {Path(sys.executable).name}")
+    for name, measured in times.items():
+        median = statistics.median(measured)
+        print(f"  {name:<60} {median * 1000:7.0f} ms  {median / bare:5.1f}x bare Python")
+
+
+if __name__ == "__main__":
+    main()
