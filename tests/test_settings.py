@@ -1,0 +1,194 @@
+"""Settings is the only reader of plangate's configuration in the environment.
+
+The scan below fails on any other read of the environment in the packages, naming file:line,
+unless the line is in `ALLOWED` with its reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from plangate.config import Settings, current_settings, variable_name
+from plangate.errors import ConfigError
+from plangate.redaction import is_secret
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("plangate", "schemas", "planner_worker", "approval_gate", "executor_worker")
+# The one module that reads plangate's variables (through pydantic-settings and
+# `current_settings()`).
+READER = "plangate/config.py"
+ENVIRONMENT_READ = re.compile(
+    r"\bos\.environ\b|\bgetenv\s*\(|\benviron\.get\s*\(|\benviron\s*\[|"
+    r"\bfrom\s+os\s+import\b.*\benviron\b"
+)
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """Lines of `path` matching `line` may read the environment, for `reason`."""
+
+    path: str
+    line: str
+    reason: str
+
+
+ALLOWED = (
+    Allowed(
+        "plangate/telemetry.py",
+        r"OTEL_|^return os\.environ$",
+        "The OTEL_* variables are the OpenTelemetry SDK's documented configuration, which the "
+        "SDK and its exporters read themselves too; plangate follows them, it does not own them.",
+    ),
+    Allowed(
+        "plangate/redaction.py",
+        r"^environ = os\.environ if environ is None else environ$",
+        "Redaction scans every variable for secrets: a secret may be in any variable (an "
+        "integration's token, OTLP headers, a tool's key), not only in plangate's settings.",
+    ),
+    Allowed(
+        "plangate/tools/mcp/servers_file.py",
+        r"^found = os\.environ\.get\(match\.group\(1\)\)$",
+        "${VAR} in an MCP servers file is the user's interpolation of variables they choose, "
+        "not plangate's configuration.",
+    ),
+    Allowed(
+        "plangate/cli/review.py",
+        r'os\.environ\.get\("VISUAL"\) or os\.environ\.get\("EDITOR"\)',
+        "VISUAL and EDITOR name the user's editor by Unix convention, not plangate's setting.",
+    ),
+    Allowed(
+        "plangate/integrations/webhook.py",
+        r"os\.environ\.get\(ALLOWED_HOSTS_VARIABLE",
+        "Pending: PLANGATE_WEBHOOK_ALLOWED_HOSTS is Settings.webhook_allowed_hosts; webhook.py "
+        "is to read it there (then remove this entry: an entry that matches nothing fails).",
+    ),
+)
+
+
+def environment_reads() -> list[tuple[str, int, str]]:
+    """Every line of the packages (but config.py) that reads the environment: path, number, text."""
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative == READER:
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                text = line.strip()
+                if not text.startswith("#") and ENVIRONMENT_READ.search(text):
+                    found.append((relative, number, text))
+    return found
+
+
+def allowance(path: str, text: str) -> Allowed | None:
+    """Return the allowlist entry that permits this line, if any."""
+    return next((a for a in ALLOWED if a.path == path and re.search(a.line, text)), None)
+
+
+def test_only_settings_reads_the_environment() -> None:
+    """Given the packages' source, when every read of the environment is listed,
+    then each is in config.py or allowed with a reason.
+    """
+    unjustified = [
+        f"{path}:{number}: {text}"
+        for path, number, text in environment_reads()
+        if allowance(path, text) is None
+    ]
+
+    assert not unjustified, (
+        "read these through plangate.config.Settings (a field; `current_settings()` where no "
+        "settings are passed), or add them to ALLOWED with the reason:\n" + "\n".join(unjustified)
+    )
+
+
+def test_every_allowlist_entry_is_still_needed() -> None:
+    """Given the allowlist, then each entry permits at least one line that exists."""
+    used = {allowance(path, text) for path, _, text in environment_reads()}
+
+    stale = [f"{a.path}: {a.line}" for a in ALLOWED if a not in used]
+    assert not stale, "remove these entries from ALLOWED, nothing matches them:\n" + "\n".join(
+        stale
+    )
+
+
+def test_every_setting_is_described() -> None:
+    """The settings reference in the docs is made from the fields: none may lack a description."""
+    undescribed = [name for name, f in Settings.model_fields.items() if not f.description]
+
+    assert not undescribed
+
+
+def test_conventional_names_are_read_unprefixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given XDG_DATA_HOME, OPENAI_BASE_URL and OPENAI_API_KEY (and a prefixed decoy),
+    then Settings reads the unprefixed names, the key as a secret that is redacted.
+    """
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("PLANGATE_DATA_DIR", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-settings-canary-123")
+    monkeypatch.setenv("PLANGATE_OPENAI_API_KEY", "sk-not-this-one-456")
+
+    settings = Settings()
+
+    assert settings.data_dir == tmp_path / "xdg" / "plangate"
+    assert settings.openai_base_url == "http://127.0.0.1:9/v1"
+    assert isinstance(settings.openai_api_key, SecretStr)
+    assert settings.openai_api_key.get_secret_value() == "sk-settings-canary-123"
+    assert "sk-settings" not in repr(settings)
+    assert is_secret("sk-settings-canary-123")
+    assert [variable_name(f) for f in ("openai_api_key", "xdg_data_home", "intake_token")] == [
+        "OPENAI_API_KEY",
+        "XDG_DATA_HOME",
+        "PLANGATE_INTAKE_TOKEN",
+    ]
+
+
+def test_a_variable_set_but_empty_is_unset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given variables set to "" (as compose files leave them), then they count as unset."""
+    monkeypatch.setattr(Path, "home", lambda: tmp_path)
+    for name in ("XDG_DATA_HOME", "OPENAI_API_KEY", "PLANGATE_INTAKE_TOKEN", "PLANGATE_DEMO_SLA"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("PLANGATE_TRACE_CONTENT", "")
+    monkeypatch.delenv("PLANGATE_DATA_DIR", raising=False)
+
+    settings = Settings()
+
+    assert settings.data_dir == tmp_path / ".local" / "share" / "plangate"
+    assert settings.openai_api_key is None
+    assert settings.intake_token is None
+    assert settings.demo_sla is None
+    assert settings.trace_content is False
+
+
+def test_the_webhook_allowed_hosts_are_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANGATE_WEBHOOK_ALLOWED_HOSTS", "hooks.example.com,[::1]:8080")
+
+    assert Settings().webhook_allowed_hosts == "hooks.example.com,[::1]:8080"
+
+
+def test_current_settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given current_settings() read once, when a variable changes, then they are read again;
+    while nothing changes, the same settings are returned (reading them costs milliseconds).
+    """
+    monkeypatch.setenv("PLANGATE_TRACE_CONTENT", "0")
+    before = current_settings()
+    assert current_settings() is before
+    assert before.trace_content is False
+
+    monkeypatch.setenv("PLANGATE_TRACE_CONTENT", "1")
+
+    assert current_settings().trace_content is True
+
+
+def test_an_invalid_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANGATE_DEMO_SLA", "lots")
+
+    with pytest.raises(ConfigError, match="PLANGATE_DEMO_SLA: must be a whole number, not 'lots'"):
+        current_settings()
