@@ -1,18 +1,20 @@
 """Telling people a plan waits for them: a JSON POST to `PLANGATE_WEBHOOK_URL` when one is held.
 
 The body has a Slack-compatible `text` with the review link, and the same facts as fields. It is
-sent in a background thread after the decision is committed, once, with a short timeout: a slow
+sent through the one HTTP client (`plangate.http_client`) in a background thread after the
+decision is committed, within a short budget: connection failures, 429 and 5xx are retried in it
+(a receiver that failed after posting may show the notice twice: better than never), and a slow
 or failing webhook is logged and never blocks or fails the gate.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import urllib.request
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from plangate.http_client import send
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 5.0
@@ -50,7 +52,10 @@ def held_payload(notice: HeldNotice, public_url: str) -> dict[str, Any]:
 
 
 class WebhookNotifier:
-    """Posts a held notice to a webhook in a daemon thread; failures are only logged."""
+    """Posts a held notice to a webhook in a daemon thread; failures are only logged.
+
+    `timeout` bounds the whole sending, retries included.
+    """
 
     def __init__(self, url: str, public_url: str, timeout: float = TIMEOUT_SECONDS) -> None:
         self.url = url
@@ -70,16 +75,15 @@ class WebhookNotifier:
         if not self.url.startswith(("http://", "https://")):
             log.warning("PLANGATE_WEBHOOK_URL must be an http(s) URL; not notifying")
             return False
-        body = json.dumps(held_payload(notice, self.public_url)).encode()
-        request = urllib.request.Request(
-            self.url,
-            data=body,
-            headers={"Content-Type": "application/json", "User-Agent": "plangate"},
-            method="POST",
-        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:
-                answer.read(1024)
+            send(
+                "POST",
+                self.url,
+                service="the review webhook",  # not its URL: a webhook's URL holds its token
+                json_body=held_payload(notice, self.public_url),
+                hint="check PLANGATE_WEBHOOK_URL",
+                deadline=self.timeout,
+            )
         except Exception as exc:  # any failure: the gate goes on, an operator reads the log
             log.warning("the review webhook failed for plan %s: %s", notice.plan_id, exc)
             return False
