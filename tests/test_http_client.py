@@ -162,14 +162,15 @@ def test_a_retry_after_beyond_the_calls_budget_fails_at_once_saying_so(server: S
     assert time.monotonic() - started < 2
 
 
-def test_a_400_is_not_retried(server: Server) -> None:
-    server.answer(Reply(400, {"error": "channel is required"}))
+@pytest.mark.parametrize("status", [400, 404, 408, 422])
+def test_a_4xx_other_than_429_is_not_retried(server: Server, status: int) -> None:
+    server.answer(Reply(status, {"error": "channel is required"}))
 
     with pytest.raises(ToolError) as failure:
         post(server, hint="check the channel")
 
     message = str(failure.value)
-    assert "the receiver refused the request: HTTP 400" in message
+    assert f"the receiver refused the request: HTTP {status}" in message
     assert "channel is required" in message
     assert message.endswith("; check the channel")
     assert len(server.arrivals) == 1
@@ -226,6 +227,27 @@ def test_calls_reuse_one_connection(server: Server) -> None:
 
     assert len(server.arrivals) == 2
     assert server.connections == 1
+
+
+def test_threads_share_the_pool(server: Server) -> None:
+    """Given eight threads calling at once, twice, then all sixteen calls succeed over at most
+    eight connections: the second round reuses the first's."""
+    answers: list[int] = []
+
+    def round_of_calls() -> None:
+        threads = [
+            threading.Thread(target=lambda: answers.append(post(server).status)) for _ in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+
+    round_of_calls()
+    round_of_calls()
+
+    assert answers == [200] * 16
+    assert 1 <= server.connections <= 8
 
 
 def test_a_client_of_its_own_closes_its_connections(server: Server) -> None:
