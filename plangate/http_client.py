@@ -125,9 +125,9 @@ class HttpClient:
     """A pool of connections with plangate's retry policy; safe to share between threads."""
 
     def __init__(self) -> None:
-        cookies = httpx.Cookies()
-        cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        self._client = httpx.Client(headers=_HEADERS, cookies=cookies, follow_redirects=False)
+        self._client = httpx.Client(headers=_HEADERS, follow_redirects=False)
+        # A jar that accepts no domain keeps no cookie (httpx has no switch to turn them off).
+        self._client.cookies.jar.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
     def close(self) -> None:
         """Close every pooled connection."""
