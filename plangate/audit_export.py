@@ -135,23 +135,35 @@ def _entries(export: Path) -> list[dict[str, Any]]:
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     for row in rows:
         row["seq"] = int(row["seq"])
+        if row.get("chain_seq"):
+            row["chain_seq"] = int(row["chain_seq"])
         row["data"] = json.loads(row["data"])
         row["goal_id"] = row["goal_id"] or None
     return rows
 
 
 def _chain_problem(entries: list[dict[str, Any]]) -> str | None:
-    """Return the first entry whose hash or link does not hold, within the export."""
-    previous: dict[str, Any] | None = None
+    """Return the first entry whose hash or link does not hold, within the export.
+
+    Each entry is linked to the one before it in its own chain (a goal's, or the system's);
+    exports written before per-goal chains have no `chain` and form one chain by `seq`.
+    """
+    previous: dict[str, dict[str, Any]] = {}
     for entry in entries:
-        fields = (entry["seq"], entry["at"], entry["goal_id"], entry["kind"], entry["actor"])
+        place = _place(entry)
+        fields = (place, entry["at"], entry["goal_id"], entry["kind"], entry["actor"])
         if entry["hash"] != entry_hash(entry["prev_hash"], *fields, entry["data"]):
             return f"entry {entry['seq']}: its content does not match its hash"
-        follows = previous is not None and previous["seq"] + 1 == entry["seq"]
-        if follows and previous is not None and entry["prev_hash"] != previous["hash"]:
+        before = previous.get(entry.get("chain") or "")
+        follows = before is not None and _place(before) + 1 == place
+        if follows and before is not None and entry["prev_hash"] != before["hash"]:
             return f"entry {entry['seq']} does not follow the entry before it"
-        previous = entry
+        previous[entry.get("chain") or ""] = entry
     return None
+
+
+def _place(entry: Mapping[str, Any]) -> int:
+    return int(entry.get("chain_seq") or entry["seq"])
 
 
 def _summary_problem(entries: list[dict[str, Any]], facts: Mapping[str, Any]) -> str | None:

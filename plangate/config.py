@@ -193,6 +193,14 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a worker relays the outbox and reconciles."
     )
+    audit_checkpoint_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description=(
+            "How often a gate worker seals every audit chain's head with a signed checkpoint "
+            "(if any chain moved): a goal's chain removed whole is found by `audit verify`."
+        ),
+    )
     amqp_heartbeat_seconds: float = Field(
         default=60.0,
         ge=0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
@@ -20,7 +21,7 @@ from plangate.config import Settings
 from plangate.middleware import standard
 from plangate.middleware.outages import DatabaseOutages
 from plangate.signing import load_or_create_signer, load_trusted_keys
-from plangate.store import Store
+from plangate.store import Store, audit_checkpoints
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
 from planner_worker.loading import load_planner, planning_lease
@@ -139,3 +140,24 @@ def build_expiry(
         return expire_held(store, now, default_ttl=default, goal_ids=goal_ids)
 
     return expire
+
+
+def build_sealing(settings: Settings) -> Callable[[Store], None]:
+    """Return what the gate's sweep calls to seal the audit chains.
+
+    A checkpoint signed with the gate's key, at most every `audit_checkpoint_seconds`, and only
+    if some chain moved (`plangate.store.audit_checkpoints`).
+    """
+    signer = load_or_create_signer(settings)
+    every = settings.audit_checkpoint_seconds
+    sealed_at = -every
+
+    def seal(store: Store) -> None:
+        nonlocal sealed_at
+        if time.monotonic() - sealed_at < every:
+            return
+        with store.session() as session:
+            audit_checkpoints.write(session, signer)
+        sealed_at = time.monotonic()
+
+    return seal

@@ -21,7 +21,7 @@ from plangate.health import start_health_server
 from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
 from plangate.relay import deliver, relay_pending
-from plangate.stages import build_expiry, build_handler, stage_middleware
+from plangate.stages import build_expiry, build_handler, build_sealing, stage_middleware
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
 from plangate.store.stage_progress import record_progress, stage_progress
@@ -115,6 +115,8 @@ class Worker:
         step_lease = timedelta(seconds=self.settings.step_lease_seconds)
         # Gate workers also expire held plans (idempotent: any number of them may sweep).
         expire = build_expiry(self.settings) if self.stage == "gate" else None
+        # Gate workers hold the signing key: they seal the audit chains with checkpoints.
+        seal = build_sealing(self.settings) if self.stage == "gate" else None
         held = RecentlyHeld(stalled)
         while not self.stop.wait(interval):
             try:
@@ -140,5 +142,7 @@ class Worker:
                 deliver(store, bus, resent)
                 if expire is not None:
                     deliver(store, bus, expire(store, utcnow()))
+                if seal is not None:
+                    seal(store)
             except Exception:  # the broker or database is down: try again next sweep
                 log.warning("sweep failed; will try again in %g s", interval, exc_info=True)

@@ -175,3 +175,52 @@ def rewind_to_mid_call(store: Store, plan: Plan, step_id: str) -> None:
         row = session.get_one(StepRunRow, (plan.plan_id, step_id))
         row.status, row.output, row.error, row.finished_at = "running", None, None, None
         row.lease_until = utcnow() - timedelta(seconds=1)
+
+
+def write_a_log_at_0012(url: str) -> None:
+    """Migrate an empty database to 0012 and write two audit entries as 0012 wrote them."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from plangate.store import audit
+    from plangate.store.engine import make_engine
+
+    engine = make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", "plangate.store:migrations")
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0012")
+    prev = audit.GENESIS
+    with engine.begin() as connection:
+        for seq, kind in enumerate(("goal.submitted", "goal.proposed"), start=1):
+            at = f"2026-01-01T00:00:0{seq}+00:00"
+            digest = audit.entry_hash(prev, seq, at, "g-old", kind, "planner", {})
+            connection.execute(
+                text(
+                    "INSERT INTO audit_log (seq, at, goal_id, kind, actor, data, prev_hash, hash)"
+                    " VALUES (:seq, :at, 'g-old', :kind, 'planner', '{}', :prev, :hash)"
+                ),
+                {"seq": seq, "at": at, "kind": kind, "prev": prev, "hash": digest},
+            )
+            prev = digest
+        connection.execute(
+            text("INSERT INTO audit_head (id, seq, hash) VALUES (1, 2, :h)"), {"h": prev}
+        )
+    engine.dispose()
+
+
+def append_after_the_upgrade_and_verify(store: Store) -> None:
+    """Append two entries of a new goal to an upgraded 0012 log; both chains must verify."""
+    from plangate.store import audit
+
+    with store.session() as session:
+        audit.append(session, "goal.submitted", actor="planner", goal_id="g-new")
+        audit.append(session, "goal.proposed", actor="planner", goal_id="g-new")
+    report = audit.verify(store)
+    assert report.ok, report.problem
+    assert (report.entries, report.chains) == (4, 2)
+    with store.session() as session:
+        chains = session.execute(select(AuditRow.chain, AuditRow.chain_seq).order_by(AuditRow.seq))
+        assert list(chains) == [("global", 1), ("global", 2), ("g-new", 1), ("g-new", 2)]

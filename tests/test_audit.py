@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import text
 
 from plangate.embedded import Pipeline
-from plangate.store import audit
+from plangate.signing import Signer, TrustedKeys, load_or_create_signer
+from plangate.store import audit, audit_checkpoints
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, audit_entries, eventually, only_plan
 
@@ -93,7 +95,8 @@ def test_edited_audit_entry_is_reported_by_its_seq(pipeline: Pipeline, completed
 def test_deleted_last_audit_entry_is_detected(pipeline: Pipeline, completed_run: str) -> None:
     """Given the seed goal's audit log, ending with goal.completed,
     When that last entry is deleted in SQL,
-    Then verification fails, saying entries after the (new) last one were removed.
+    Then verification fails at the goal's (new) last entry, saying entries after it were
+    removed from the goal's chain.
     """
     last = seq_of(pipeline, completed_run, "goal.completed")
     assert last == SEED_RUN_ENTRIES
@@ -103,8 +106,11 @@ def test_deleted_last_audit_entry_is_detected(pipeline: Pipeline, completed_run:
     report = audit.verify(pipeline.store)
     assert not report.ok
     assert report.entries == SEED_RUN_ENTRIES - 1
-    assert report.broken_at == last
-    assert report.problem == "entries after this one were removed"
+    assert report.broken_at == last - 1
+    assert report.problem == (
+        f"entries after this one were removed from goal {completed_run}'s chain "
+        f"(it ends at {last - 1}, its head was {last})"
+    )
 
 
 def test_deleted_middle_audit_entry_is_detected(pipeline: Pipeline, completed_run: str) -> None:
@@ -119,7 +125,7 @@ def test_deleted_middle_audit_entry_is_detected(pipeline: Pipeline, completed_ru
     report = audit.verify(pipeline.store)
     assert not report.ok
     assert report.broken_at == held + 1
-    assert report.problem == f"entry {held} is missing"
+    assert report.problem == f"entry {held} of goal {completed_run}'s chain is missing"
 
 
 def test_cli_audit_verify_exits_0_on_an_intact_log(pipeline: Pipeline, completed_run: str) -> None:
@@ -130,7 +136,7 @@ def test_cli_audit_verify_exits_0_on_an_intact_log(pipeline: Pipeline, completed
     result = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"audit log intact: {SEED_RUN_ENTRIES} entries"
+    assert result.stdout.strip() == f"audit log intact: {SEED_RUN_ENTRIES} entries in 1 chains"
 
 
 def test_cli_audit_verify_exits_1_naming_the_broken_entry(
@@ -158,14 +164,16 @@ def test_cli_audit_verify_exits_1_naming_the_broken_entry(
 def test_audit_export_writes_every_entry_with_its_hashes_as_json_lines(
     pipeline: Pipeline, completed_run: str
 ) -> None:
-    """Given a completed run, `plangate audit export` writes one JSON object per entry, in chain
-    order, each carrying the hash of the entry before it."""
+    """Given a completed run, `plangate audit export` writes one JSON object per entry, in log
+    order, each carrying its place in the goal's chain and the hash of the entry before it."""
     exported = plangate_cli(pipeline.settings.data_dir, "audit", "export")
 
     assert exported.returncode == 0, exported.stderr
     entries = [json.loads(line) for line in exported.stdout.splitlines()]
     assert len(entries) == SEED_RUN_ENTRIES
     assert [e["seq"] for e in entries] == list(range(1, SEED_RUN_ENTRIES + 1))
+    assert {e["chain"] for e in entries} == {completed_run}
+    assert [e["chain_seq"] for e in entries] == list(range(1, SEED_RUN_ENTRIES + 1))
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(entries))
     assert entries[0]["kind"] == "goal.submitted"
 
@@ -192,8 +200,76 @@ def test_audit_export_filters_by_goal_and_time_and_writes_csv(
 
     assert only_ours.returncode == 0, only_ours.stderr
     rows = target.read_text().splitlines()
-    assert rows[0] == "seq,at,goal_id,kind,actor,data,prev_hash,hash"
+    assert rows[0] == "seq,chain,chain_seq,at,goal_id,kind,actor,data,prev_hash,hash"
     assert len(rows) == 1 + SEED_RUN_ENTRIES
     assert all(completed_run in row for row in rows[1:])
     assert future.returncode == 0
     assert future.stdout == ""
+
+
+def checkpoint(pipeline: Pipeline, signer: Signer | None = None) -> None:
+    with pipeline.store.session() as session:
+        assert audit_checkpoints.write(session, signer) is not None
+
+
+def test_a_goal_removed_whole_is_found_by_the_checkpoint_that_sealed_it(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a completed run sealed by a checkpoint,
+    When every entry of the goal and its chain's head are deleted in SQL (no link breaks: the
+    goal's chain is simply gone),
+    Then verification fails, saying every entry of the goal's chain was removed.
+    """
+    checkpoint(pipeline)
+    assert audit.verify(pipeline.store).ok
+
+    run_sql(pipeline, "DELETE FROM audit_log WHERE goal_id = :goal", goal=completed_run)
+    run_sql(pipeline, "DELETE FROM audit_chains WHERE chain = :goal", goal=completed_run)
+
+    report = audit.verify(pipeline.store)
+    assert not report.ok
+    assert report.problem == f"every entry of goal {completed_run}'s chain was removed"
+
+
+def test_a_checkpoint_seals_only_what_moved_and_verifies_across_goals(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a checkpoint over one run, a second goal run after it, and a second checkpoint,
+    Then the second seals only the second goal's chain, both replay, and the log verifies over
+    both chains; with nothing new, no third checkpoint is written.
+    """
+    checkpoint(pipeline)
+    other = pipeline.submit("make me a sandwich").goal_id
+    pipeline.wait_for(other, timeout=5)
+    checkpoint(pipeline)
+
+    with pipeline.store.session() as session:
+        assert audit_checkpoints.write(session) is None
+        sealed = session.execute(text("SELECT checkpoint_id, chain FROM audit_checkpoint_heads"))
+        assert sorted(sealed) == [(1, completed_run), (2, other)]
+    report = audit.verify(pipeline.store)
+    assert report.ok, report.problem
+    assert (report.chains, report.checkpoints) == (2, 2)
+
+
+def test_a_rewritten_checkpoint_or_a_forged_signature_is_reported(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a checkpoint signed with the gate's key,
+    When its signature is checked with the gate's public key, it holds; when its digest of the
+    heads is rewritten in SQL, verification names the checkpoint.
+    """
+    signer = load_or_create_signer(pipeline.settings)
+    checkpoint(pipeline, signer)
+    keys = TrustedKeys([signer.public_key])
+    assert audit_checkpoints.sealed_heads(pipeline.store, keys).problem is None
+    stranger = TrustedKeys([Ed25519PrivateKey.generate().public_key()])
+    assert "signed by unknown key" in str(
+        audit_checkpoints.sealed_heads(pipeline.store, stranger).problem
+    )
+
+    run_sql(pipeline, "UPDATE audit_checkpoints SET heads_digest = :d", d="0" * 64)
+
+    report = audit.verify(pipeline.store)
+    assert not report.ok
+    assert report.problem == "checkpoint 1's content does not match its hash"

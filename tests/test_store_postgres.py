@@ -27,7 +27,14 @@ from plangate.store.engine import make_engine
 from plangate.tools import tool
 from schemas import Plan, Step, utcnow
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, only_plan, running_pipeline, step_runs
+from tests.support import (
+    HELD,
+    append_after_the_upgrade_and_verify,
+    only_plan,
+    running_pipeline,
+    step_runs,
+    write_a_log_at_0012,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -82,7 +89,7 @@ def test_the_store_opens_and_migrates_an_empty_postgres_database(
         assert engine.dialect.name == "postgresql"
         assert schema.current_revision(engine) == schema.head_revision()
         tables = set(inspect(engine).get_table_names())
-        assert {"goals", "plans", "step_runs", "outbox", "audit_log", "audit_head"} <= tables
+        assert {"goals", "plans", "step_runs", "outbox", "audit_log", "audit_chains"} <= tables
     finally:
         upgraded.close()
     open_store(postgres_database_url, upgrade=False).close()
@@ -184,6 +191,67 @@ def test_concurrent_audit_appends_form_one_chain_that_verifies(
     assert report.entries == total
 
 
+def test_two_goals_append_to_the_audit_log_without_waiting_for_each_other(store: Store) -> None:
+    """Given a transaction that has appended an entry for goal A and not committed,
+    When another transaction appends an entry for goal B (and a third for goal A),
+    Then B's commits at once, A's second waits for the first to commit, and the log verifies
+    as two chains: no row is locked by every auditing transaction.
+    """
+    appended_a, release_a = threading.Event(), threading.Event()
+
+    def hold_goal_a() -> None:
+        with store.session() as session:
+            audit.append(session, "test.first", actor="a", goal_id="goal-a")
+            appended_a.set()
+            assert release_a.wait(WAIT)
+
+    holder = threading.Thread(target=hold_goal_a)
+    holder.start()
+    try:
+        assert appended_a.wait(WAIT)
+        with ThreadPoolExecutor(2) as pool:
+            other_goal = pool.submit(append_one, store, "goal-b")
+            same_goal = pool.submit(append_one, store, "goal-a")
+            other_goal.result(timeout=WAIT)  # B did not wait for A's open transaction
+            assert not same_goal.done()  # A's second entry waits for A's first to commit
+            release_a.set()
+            same_goal.result(timeout=WAIT)
+    finally:
+        release_a.set()
+        holder.join(WAIT)
+
+    report = audit.verify(store)
+    assert report.ok, report.problem
+    assert (report.entries, report.chains) == (3, 2)
+
+
+def append_one(store: Store, goal_id: str) -> None:
+    with store.session() as session:
+        audit.append(session, "test.next", actor="b", goal_id=goal_id)
+
+
+def test_goals_appending_at_once_each_form_a_chain_that_verifies(store: Store) -> None:
+    """Given eight threads, each appending ten entries for its own goal at the same time,
+    Then every goal's chain runs 1..10 without a gap, the log's order numbers are distinct, and
+    the whole log verifies.
+    """
+
+    def append_entries(n: int) -> int:
+        for k in range(10):
+            with store.session() as session:
+                audit.append(session, "test.append", actor=f"t{n}", goal_id=f"g{n}", data={"k": k})
+        return n
+
+    race(append_entries)
+
+    with store.session() as session:
+        rows = list(session.execute(select(AuditRow).order_by(AuditRow.seq)).scalars())
+    assert len({row.seq for row in rows}) == THREADS * 10
+    for n in range(THREADS):
+        assert [r.chain_seq for r in rows if r.chain == f"g{n}"] == list(range(1, 11))
+    assert audit.verify(store).ok
+
+
 def test_the_seed_goal_completes_on_postgres_with_one_page(
     settings: Settings, postgres_database_url: str
 ) -> None:
@@ -267,3 +335,16 @@ def test_a_takeover_waits_for_the_late_result_of_the_run_whose_lease_ran_out(
     with store.session() as session:
         row = session.execute(select(StepRunRow).where(*key)).scalar_one()
         assert (row.status, row.attempt) == ("succeeded", 1)
+
+
+def test_a_log_written_before_per_goal_chains_upgrades_and_verifies(
+    postgres_database_url: str,
+) -> None:
+    """Given a PostgreSQL store at 0012 with two entries, upgraded, the database numbers new
+    entries after the old ones, and both chains verify."""
+    write_a_log_at_0012(postgres_database_url)
+    upgraded = open_store(postgres_database_url)
+    try:
+        append_after_the_upgrade_and_verify(upgraded)
+    finally:
+        upgraded.close()

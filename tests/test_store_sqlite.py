@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import func, select
 
 from plangate.store import AuditRow, Store, audit, open_store
+from tests.support import append_after_the_upgrade_and_verify, write_a_log_at_0012
 
 WAIT = 10.0
 
@@ -185,3 +186,23 @@ def test_the_schema_check_reads_the_same_revisions_alembic_does(tmp_path: Path) 
     with engine.connect() as connection:
         alembic_says = MigrationContext.configure(connection).get_current_revision()
     assert schema.current_revision(engine) == alembic_says == schema.head_revision()
+
+
+def test_entries_written_before_per_goal_chains_still_verify_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    """Given a store at revision 0012 whose audit log is one chain of two entries,
+    When it is upgraded and a goal appends entries of its own,
+    Then the old entries verify as one legacy chain beside the goal's new chain, and an edit
+    of an old entry is still found.
+    """
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    write_a_log_at_0012(url)
+
+    store = open_store(url)
+    append_after_the_upgrade_and_verify(store)
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1"))
+    assert audit.verify(store).broken_at == 1

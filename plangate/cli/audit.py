@@ -9,11 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal, TextIO
+from typing import TYPE_CHECKING, Annotated, Literal, TextIO
 
 import typer
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
+
+if TYPE_CHECKING:
+    from plangate.signing import TrustedKeys
 
 app = group("Check and export the hash-chained audit log.")
 
@@ -42,7 +45,11 @@ def audit_verify(
         ),
     ] = None,
 ) -> None:
-    """Check every link of the audit log's hash chain; exit 1 at the first broken one.
+    """Check every link of the audit log's hash chains; exit 1 at the first broken one.
+
+    Each goal's entries form a chain; the checkpoints the gate writes seal every chain's head,
+    so a goal removed whole is found too. Signed checkpoints are checked against the trusted
+    keys (--key, or the trusted keys folder).
 
     With --export, check a file written by `plangate audit export --sign` instead, offline:
     the manifest's signature (by a trusted key), the file's SHA-256, and every entry's hash.
@@ -52,13 +59,41 @@ def audit_verify(
         return
     from plangate.store import audit, open_store
 
-    store = open_store(load_settings().resolved_database_url())
-    report = audit.verify(store)
+    settings = load_settings()
+    store = open_store(settings.resolved_database_url())
+    report = audit.verify(store, keys=_trusted(keys or []))
     if report.ok:
-        typer.echo(f"audit log intact: {report.entries} entries")
+        sealed = f", sealed by {report.checkpoints} checkpoints" if report.checkpoints else ""
+        typer.echo(f"audit log intact: {report.entries} entries in {report.chains} chains{sealed}")
         return
-    err_console.print(f"[red]audit log broken[/] at entry {report.broken_at}: {report.problem}")
+    where = f"at entry {report.broken_at}" if report.broken_at is not None else "at"
+    err_console.print(f"[red]audit log broken[/] {where}: {report.problem}")
     raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("checkpoint", short_help="Seal every audit chain's head now (the gate does it too).")
+@friendly_errors
+def audit_checkpoint() -> None:
+    """Write a checkpoint over every audit chain's head, signed with the gate's key.
+
+    Gate workers write one every PLANGATE_AUDIT_CHECKPOINT_SECONDS when anything moved; run
+    this where the gate's key is, e.g. before an export or a backup.
+    """
+    from plangate.signing import load_signer
+    from plangate.store import audit_checkpoints, open_store
+
+    settings = load_settings()
+    signer = load_signer(settings)
+    store = open_store(settings.resolved_database_url(), upgrade=False)
+    with store.session() as session:
+        written = audit_checkpoints.write(session, signer)
+        said = (
+            f"checkpoint {written.id}: {written.chains} chains, {written.entries} entries"
+            if written is not None
+            else "nothing moved since the last checkpoint; none written"
+        )
+    store.close()
+    typer.echo(said)
 
 
 @app.command("export", short_help="Write the audit log as JSON lines or CSV.")
@@ -121,20 +156,23 @@ def audit_export(
 
 def _verify_export(export: Path, manifest: Path | None, key_files: list[Path]) -> None:
     from plangate.audit_export import verify_export
-    from plangate.signing import TrustedKeys, load_trusted_keys, read_public_key
 
     if not export.is_file():
         raise typer.BadParameter(f"{export} is no file; name an export written with --sign")
-    if key_files:
-        keys = TrustedKeys([read_public_key(path) for path in key_files])
-    else:
-        keys = load_trusted_keys(load_settings())
-    report = verify_export(export, keys, manifest)
+    report = verify_export(export, _trusted(key_files), manifest)
     if report.ok:
         typer.echo(f"export intact: {report.entries} entries, signed by {report.key_id}")
         return
     err_console.print(f"[red]export not verified[/]: {report.problem}")
     raise typer.Exit(EXIT_FAILED)
+
+
+def _trusted(key_files: list[Path]) -> TrustedKeys:
+    from plangate.signing import TrustedKeys, load_trusted_keys, read_public_key
+
+    if key_files:
+        return TrustedKeys([read_public_key(path) for path in key_files])
+    return load_trusted_keys(load_settings())
 
 
 @contextmanager

@@ -1,4 +1,10 @@
-"""The append-only audit log: each entry hashes the one before, so tampering shows.
+"""The append-only audit log: hash chains, so tampering shows, and no lock every writer shares.
+
+Each goal's entries form a chain of their own (entries of no goal form the system chain): an
+entry hashes the one before it in its chain, and appending locks only that chain's head. A
+goal's transactions take turns anyway (its stages act one after another), so chains grow in
+parallel and no transaction waits for another goal's. What a per-goal chain alone would miss,
+a goal's whole chain deleted, the checkpoints catch (`plangate.store.audit_checkpoints`).
 
 What an entry records is redacted before it is hashed and stored (`plangate.redaction`), and
 text that cannot be encoded is replaced, so a secret never enters the log and no hash fails.
@@ -7,32 +13,44 @@ text that cannot be encoded is replaced, so a secret never enters the log and no
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from plangate.redaction import redact
 from plangate.store.claims import insert_if_absent
 from plangate.store.engine import Store
-from plangate.store.models import AuditHeadRow, AuditRow
+from plangate.store.models import AuditChainRow, AuditRow
 from schemas import canonical_json, utcnow
 from schemas.decoding import storable_text
 from schemas.hashing import sha256_hex
 
+if TYPE_CHECKING:
+    from plangate.signing import TrustedKeys
+
 GENESIS = "0" * 64
+SYSTEM_CHAIN = "system"
+# Every entry written before migration 0013 is in this one chain.
+LEGACY_CHAIN = "global"
 
 # Built once: statements made anew on every append took a third of its time.
-_HEAD_TABLE = cast(Table, AuditHeadRow.__table__)
-_HEAD = select(_HEAD_TABLE.c.seq, _HEAD_TABLE.c.hash).where(_HEAD_TABLE.c.id == 1).with_for_update()
+_CHAINS = cast(Table, AuditChainRow.__table__)
+_HEAD = select(_CHAINS.c.seq, _CHAINS.c.hash).where(_CHAINS.c.chain == bindparam("chain"))
+_LOCK_HEAD = _HEAD.with_for_update()
 _INSERT_ENTRY = insert(cast(Table, AuditRow.__table__))
 _MOVE_HEAD = (
-    update(_HEAD_TABLE)
-    .where(_HEAD_TABLE.c.id == 1)
+    update(_CHAINS)
+    .where(_CHAINS.c.chain == bindparam("of_chain"))
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 )
+
+
+def chain_of(goal_id: str | None) -> str:
+    """Return the chain an entry about this goal (or about no goal) extends."""
+    return goal_id if goal_id is not None else SYSTEM_CHAIN
 
 
 def entry_hash(
@@ -44,7 +62,7 @@ def entry_hash(
     actor: str,
     data: dict[str, Any],
 ) -> str:
-    """Return the hash that chains an entry to its predecessor."""
+    """Return the hash that chains an entry to its predecessor (`seq`: its place in its chain)."""
     body = {"seq": seq, "at": at, "goal_id": goal_id, "kind": kind, "actor": actor, "data": data}
     return sha256_hex(prev_hash.encode("ascii") + canonical_json(body))
 
@@ -56,29 +74,29 @@ def append(
     actor: str,
     goal_id: str | None = None,
     data: dict[str, Any] | None = None,
-) -> int:
+) -> None:
     """Append an entry in the caller's transaction (so it commits with the effect it records).
 
-    Returns the entry's sequence number. Written with plain statements, not the ORM's unit of
-    work: every state change of every goal passes here, and the ORM took three times as long.
+    Written with plain statements, not the ORM's unit of work: every state change of every
+    goal passes here, and the ORM took three times as long.
     """
-    head = session.execute(_HEAD).one_or_none()
+    chain = chain_of(goal_id)
+    head = session.execute(_LOCK_HEAD, {"chain": chain}).one_or_none()
     if head is None:
-        # Only the very first append creates the head, and two first appends cannot both
-        # create it: whichever inserts second inserts nothing, then waits on the lock.
-        insert_if_absent(session, AuditHeadRow, {"id": 1, "seq": 0, "hash": GENESIS})
-        head = session.execute(_HEAD).one()
+        # A chain's first append creates its head, and two first appends cannot both create
+        # it: whichever inserts second inserts nothing, then waits on the lock.
+        insert_if_absent(session, AuditChainRow, {"chain": chain, "seq": 0, "hash": GENESIS})
+        head = session.execute(_LOCK_HEAD, {"chain": chain}).one()
     prev_seq, prev_hash = int(head.seq), str(head.hash)
     payload: dict[str, Any] = _outward(dict(data or {}))
     actor = _outward(actor)
     seq = prev_seq + 1
     at = utcnow().isoformat()
     digest = entry_hash(prev_hash, seq, at, goal_id, kind, actor, payload)
-    entry = {"seq": seq, "at": at, "goal_id": goal_id, "kind": kind, "actor": actor}
-    entry |= {"data": payload, "prev_hash": prev_hash, "hash": digest}
+    entry = {"chain": chain, "chain_seq": seq, "at": at, "goal_id": goal_id, "kind": kind}
+    entry |= {"actor": actor, "data": payload, "prev_hash": prev_hash, "hash": digest}
     session.execute(_INSERT_ENTRY, entry)
-    session.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": digest})
-    return seq
+    session.execute(_MOVE_HEAD, {"of_chain": chain, "new_seq": seq, "new_hash": digest})
 
 
 def _outward(value: Any) -> Any:
@@ -94,45 +112,163 @@ def _outward(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class AuditReport:
-    """The result of checking the chain: how many entries, and the first broken link if any."""
+    """The result of checking the log: how many entries, and the first broken link if any.
+
+    `broken_at` is the `seq` of the entry that does not hold (for a chain whose last entries
+    were removed: of its last remaining entry, or None if none remains).
+    """
 
     entries: int
     broken_at: int | None = None
     problem: str | None = None
+    chains: int = 0
+    checkpoints: int = 0
 
     @property
     def ok(self) -> bool:
         """Return True when every link holds."""
-        return self.broken_at is None
+        return self.problem is None
 
 
-def verify(store: Store) -> AuditReport:
-    """Walk the chain from the start and report the first entry that does not hold."""
-    prev, count = GENESIS, 0
+@dataclass(frozen=True)
+class _Break:
+    seq: int | None
+    problem: str
+
+
+def chain_name(chain: str) -> str:
+    """Return how a person reads a chain's name: goal 1f3a…, the system chain, the legacy one."""
+    if chain == SYSTEM_CHAIN:
+        return "the system chain"
+    if chain == LEGACY_CHAIN:
+        return "the chain of entries before 0013"
+    return f"goal {chain}'s chain"
+
+
+def verify(store: Store, *, keys: TrustedKeys | None = None, batch: int = 2000) -> AuditReport:
+    """Check every chain from its start, and the checkpoints; report the first entry that fails.
+
+    Chains are read one after another in their own order, a batch at a time: within a chain,
+    entries commit in order (each append holds the chain's head), so a walk beside running
+    writers never sees a gap that is not one. Each chain must reach the head recorded for it
+    (read before the walk) and every head a checkpoint sealed. Of several breaks, the one
+    earliest in the log is reported. With `keys`, signed checkpoints' signatures are checked.
+    """
+    from plangate.store import audit_checkpoints
+
+    sealed = audit_checkpoints.sealed_heads(store, keys)
     with store.session() as session:
-        for row in session.execute(select(AuditRow).order_by(AuditRow.seq)).scalars():
-            count += 1
-            if row.seq != count:
-                return AuditReport(count, row.seq, f"entry {count} is missing")
-            if row.prev_hash != prev:
-                return AuditReport(count, row.seq, "does not follow the entry before it")
-            expected = entry_hash(prev, row.seq, row.at, row.goal_id, row.kind, row.actor, row.data)
-            if row.hash != expected:
-                return AuditReport(count, row.seq, "its content does not match its hash")
-            prev = row.hash
-        head = session.get(AuditHeadRow, 1)
-    if head is not None and (head.seq, head.hash) != (count, prev):
-        return AuditReport(count, count + 1, "entries after this one were removed")
-    return AuditReport(count)
+        heads = {
+            row.chain: (row.seq, row.hash)
+            for row in session.execute(select(AuditChainRow)).scalars()
+        }
+    expected = {chain: [head] for chain, head in heads.items()}
+    for chain, head in sealed.heads.items():
+        expected.setdefault(chain, []).append(head)
+    breaks = [_Break(sealed.seq, sealed.problem)] if sealed.problem else []
+    count, walked = 0, 0
+    for chain, rows in _chains(store, batch, expected):
+        walked += 1
+        count += rows.count
+        breaks.extend(rows.breaks)
+        breaks.extend(_unreached(chain, rows, expected.pop(chain, [])))
+    for chain, missing in expected.items():
+        if any(seq > 0 for seq, _ in missing):
+            breaks.append(_Break(None, f"every entry of {chain_name(chain)} was removed"))
+    report = AuditReport(count, chains=walked, checkpoints=sealed.checkpoints)
+    if not breaks:
+        return report
+    first = min(breaks, key=lambda found: (found.seq is None, found.seq or 0))
+    return replace(report, broken_at=first.seq, problem=first.problem)
 
 
-EXPORT_FIELDS = ("seq", "at", "goal_id", "kind", "actor", "data", "prev_hash", "hash")
+@dataclass
+class _Walked:
+    """One chain as read: how many entries, the recorded heads found, what did not hold."""
+
+    wanted: set[int] = field(default_factory=set)
+    found: dict[int, tuple[str, int]] = field(default_factory=dict)  # chain_seq: (hash, seq)
+    breaks: list[_Break] = field(default_factory=list)
+    count: int = 0
+    last: tuple[int, str, int] = (0, GENESIS, 0)  # chain_seq, hash, seq
+
+
+def _chains(
+    store: Store, batch: int, expected: dict[str, list[tuple[int, str]]]
+) -> Iterator[tuple[str, _Walked]]:
+    """Yield each chain with its walk, reading the log in (chain, chain_seq) order."""
+    chain, walked = "", _Walked()
+    after: tuple[str, int] = ("", 0)
+    while True:
+        query = (
+            select(AuditRow)
+            .where(tuple_(AuditRow.chain, AuditRow.chain_seq) > after)
+            .order_by(AuditRow.chain, AuditRow.chain_seq)
+            .limit(batch)
+        )
+        with store.session() as session:
+            rows = list(session.execute(query).scalars())
+            session.expunge_all()
+        for row in rows:
+            if row.chain != chain:
+                if walked.count:
+                    yield chain, walked
+                wanted = {seq for seq, _ in expected.get(row.chain, ())}
+                chain, walked = row.chain, _Walked(wanted)
+            _walk(row, walked)
+        if len(rows) < batch:
+            if walked.count:
+                yield chain, walked
+            return
+        after = (rows[-1].chain, rows[-1].chain_seq)
+
+
+def _walk(row: AuditRow, walked: _Walked) -> None:
+    prev_seq, prev_hash, _ = walked.last
+    where = chain_name(row.chain)
+    fields = (row.chain_seq, row.at, row.goal_id, row.kind, row.actor, row.data)
+    if row.chain_seq != prev_seq + 1:
+        walked.breaks.append(_Break(row.seq, f"entry {prev_seq + 1} of {where} is missing"))
+    elif row.prev_hash != prev_hash:
+        walked.breaks.append(_Break(row.seq, f"does not follow the entry before it in {where}"))
+    elif row.hash != entry_hash(prev_hash, *fields):
+        walked.breaks.append(_Break(row.seq, "its content does not match its hash"))
+    if row.chain_seq in walked.wanted:
+        walked.found[row.chain_seq] = (row.hash, row.seq)
+    walked.count += 1
+    walked.last = (row.chain_seq, row.hash, row.seq)
+
+
+def _unreached(chain: str, walked: _Walked, heads: list[tuple[int, str]]) -> Iterator[_Break]:
+    """Yield a break for each recorded head (the chain's own, or sealed) the chain lacks."""
+    last_seq, _, last_entry = walked.last
+    for seq, digest in heads:
+        found = walked.found.get(seq)
+        if found is None and seq > last_seq:
+            problem = f"entries after this one were removed from {chain_name(chain)}"
+            yield _Break(last_entry, f"{problem} (it ends at {last_seq}, its head was {seq})")
+        elif found is not None and found[0] != digest:
+            yield _Break(found[1], f"is not the entry {seq} of {chain_name(chain)} recorded")
+
+
+EXPORT_FIELDS = (
+    "seq",
+    "chain",
+    "chain_seq",
+    "at",
+    "goal_id",
+    "kind",
+    "actor",
+    "data",
+    "prev_hash",
+    "hash",
+)
 
 
 def export(
     store: Store, *, since: datetime | None = None, goal_id: str | None = None, batch: int = 500
 ) -> Iterator[dict[str, Any]]:
-    """Yield audit entries in chain order (optionally from `since`, for one goal), with hashes.
+    """Yield audit entries in `seq` order (optionally from `since`, for one goal), with hashes.
 
     Read in batches so an export of a long history never holds it all in memory.
     """

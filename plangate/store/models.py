@@ -249,11 +249,19 @@ class OutboxRow(Base):
 
 
 class AuditRow(Base):
-    """One entry of the append-only audit log; `hash` chains it to the entry before."""
+    """One entry of the append-only audit log; `hash` chains it to the entry before in its chain.
+
+    `seq` orders the whole log (assigned by the database, with gaps where a transaction rolled
+    back); `chain` and `chain_seq` place the entry in its own chain: one per goal, one for
+    entries of no goal, and the single chain every entry written before 0013 belongs to.
+    """
 
     __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("chain", "chain_seq", name="uq_audit_log_chain_seq"),)
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    chain: Mapped[str] = mapped_column(String(64))
+    chain_seq: Mapped[int] = mapped_column(Integer)
     at: Mapped[str] = mapped_column(String(40))
     goal_id: Mapped[str | None] = mapped_column(String(64), index=True)
     kind: Mapped[str] = mapped_column(String(64))
@@ -263,12 +271,43 @@ class AuditRow(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
-class AuditHeadRow(Base):
-    """The chain's head: locked by each append so that entries form a single line."""
+class AuditChainRow(Base):
+    """A chain's head: locked by each append to that chain only, so chains grow in parallel."""
 
-    __tablename__ = "audit_head"
+    __tablename__ = "audit_chains"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpointRow(Base):
+    """A seal over every chain's head at one moment, chained to the checkpoint before.
+
+    Removing a whole chain (a goal's every entry and its head) leaves no broken link inside
+    the chains; the checkpoints still name its head, so verification finds it gone.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[str] = mapped_column(String(40))
+    chains: Mapped[int] = mapped_column(Integer)
+    entries: Mapped[int] = mapped_column(Integer)
+    heads_digest: Mapped[str] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # A DSSE envelope over the checkpoint's hash, when the writer holds the gate's key.
+    signature: Mapped[dict[str, Any] | None]
+
+
+class AuditCheckpointHeadRow(Base):
+    """A chain's head as a checkpoint saw it: only the chains that moved since the one before."""
+
+    __tablename__ = "audit_checkpoint_heads"
+
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("audit_checkpoints.id"), primary_key=True)
+    chain: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
 

@@ -1,0 +1,185 @@
+"""Checkpoints: periodic seals over every audit chain's head, chained to one another.
+
+Per-goal chains show any edited, reordered or removed entry inside a chain, and a removed tail
+against the chain's head row. What they cannot show is a goal's whole chain removed together
+with its head row. A checkpoint records each chain's head (only those that moved since the
+checkpoint before), a digest of all heads as of then, and the hash of the checkpoint before;
+the gate's sweep writes one when anything moved and signs it with the gate's key, so a
+checkpoint cannot be rewritten without the key. `plangate audit verify` replays them: every
+sealed head must still be in the log.
+
+One writer at a time (a named lock): checkpoints are rare, and a fork in their chain would be
+a false alarm. They are off the hot path: appends never read or lock them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.orm import Session
+
+from plangate.store.engine import Store
+from plangate.store.locks import lock_names
+from plangate.store.models import AuditChainRow, AuditCheckpointHeadRow, AuditCheckpointRow
+from schemas import canonical_json, utcnow
+from schemas.hashing import sha256_hex
+
+if TYPE_CHECKING:
+    from plangate.signing import Signer, TrustedKeys
+
+GENESIS = "0" * 64
+CHECKPOINT_TYPE = "application/vnd.plangate.audit-checkpoint+json"
+_WRITER_LOCK = "plangate.audit.checkpoint"
+
+Heads = dict[str, tuple[int, str]]  # chain -> (its last entry's chain_seq, that entry's hash)
+
+
+def heads_digest(heads: Mapping[str, tuple[int, str]]) -> str:
+    """Return the digest of a set of chain heads: of their sorted, canonical list."""
+    listed = [[chain, seq, digest] for chain, (seq, digest) in sorted(heads.items())]
+    return sha256_hex(canonical_json(listed))
+
+
+def checkpoint_hash(prev_hash: str, at: str, chains: int, entries: int, digest: str) -> str:
+    """Return the hash that chains a checkpoint to the one before."""
+    body = {"at": at, "chains": chains, "entries": entries, "heads_digest": digest}
+    return sha256_hex(prev_hash.encode("ascii") + canonical_json(body))
+
+
+def write(session: Session, signer: Signer | None = None) -> AuditCheckpointRow | None:
+    """Seal the chains' heads as they are now, in the caller's transaction.
+
+    Returns the checkpoint, or None when no chain moved since the last one.
+    """
+    lock_names(session, [_WRITER_LOCK])
+    last = session.execute(
+        select(AuditCheckpointRow).order_by(AuditCheckpointRow.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    sealed = _latest_sealed(session)
+    now = {
+        row.chain: (row.seq, row.hash) for row in session.execute(select(AuditChainRow)).scalars()
+    }
+    moved = {chain: head for chain, head in now.items() if sealed.get(chain) != head}
+    if not moved:
+        return None
+    heads = sealed | moved
+    at = utcnow().isoformat()
+    entries, digest = sum(seq for seq, _ in heads.values()), heads_digest(heads)
+    prev_hash = last.hash if last is not None else GENESIS
+    digest_of_all = checkpoint_hash(prev_hash, at, len(heads), entries, digest)
+    checkpoint = AuditCheckpointRow(
+        at=at,
+        chains=len(heads),
+        entries=entries,
+        heads_digest=digest,
+        prev_hash=prev_hash,
+        hash=digest_of_all,
+        signature=_signature(signer, digest_of_all),
+    )
+    session.add(checkpoint)
+    session.flush()
+    session.execute(
+        insert(AuditCheckpointHeadRow),
+        [
+            {"checkpoint_id": checkpoint.id, "chain": chain, "seq": seq, "hash": digest}
+            for chain, (seq, digest) in moved.items()
+        ],
+    )
+    return checkpoint
+
+
+def _signature(signer: Signer | None, digest: str) -> dict[str, Any] | None:
+    if signer is None:
+        return None
+    envelope = signer.envelope(CHECKPOINT_TYPE, digest.encode("ascii"))
+    return envelope.model_dump(mode="json")
+
+
+def _latest_sealed(session: Session) -> Heads:
+    """Return each chain's head as the newest checkpoint naming it sealed it."""
+    newest = (
+        select(AuditCheckpointHeadRow.chain, func.max(AuditCheckpointHeadRow.checkpoint_id))
+        .group_by(AuditCheckpointHeadRow.chain)
+        .subquery()
+    )
+    rows = session.execute(
+        select(
+            AuditCheckpointHeadRow.chain, AuditCheckpointHeadRow.seq, AuditCheckpointHeadRow.hash
+        ).join(
+            newest,
+            (AuditCheckpointHeadRow.chain == newest.c.chain)
+            & (AuditCheckpointHeadRow.checkpoint_id == newest.c[1]),
+        )
+    )
+    return {chain: (seq, digest) for chain, seq, digest in rows}
+
+
+@dataclass
+class Sealed:
+    """The checkpoints replayed: each chain's newest sealed head, or the first that fails."""
+
+    heads: Heads = field(default_factory=dict)
+    checkpoints: int = 0
+    problem: str | None = None
+    seq: int | None = None  # always None: a checkpoint is not an entry of the log
+
+
+def sealed_heads(store: Store, keys: TrustedKeys | None = None) -> Sealed:
+    """Replay every checkpoint in order, checking its link, its hash, its digest.
+
+    With `keys`, a signed checkpoint's signature is checked too.
+    """
+    sealed = Sealed()
+    prev_hash = GENESIS
+    with store.session() as session:
+        checkpoints = session.execute(
+            select(AuditCheckpointRow).order_by(AuditCheckpointRow.id)
+        ).scalars()
+        for checkpoint in checkpoints:
+            moved = session.execute(
+                select(AuditCheckpointHeadRow).where(
+                    AuditCheckpointHeadRow.checkpoint_id == checkpoint.id
+                )
+            ).scalars()
+            sealed.heads |= {row.chain: (row.seq, row.hash) for row in moved}
+            sealed.checkpoints += 1
+            sealed.problem = _problem(checkpoint, prev_hash, sealed.heads, keys)
+            if sealed.problem is not None:
+                return sealed
+            prev_hash = checkpoint.hash
+    return sealed
+
+
+def _problem(
+    checkpoint: AuditCheckpointRow, prev_hash: str, heads: Heads, keys: TrustedKeys | None
+) -> str | None:
+    name = f"checkpoint {checkpoint.id}"
+    if checkpoint.prev_hash != prev_hash:
+        return f"{name} does not follow the checkpoint before it"
+    expected = checkpoint_hash(
+        prev_hash, checkpoint.at, checkpoint.chains, checkpoint.entries, checkpoint.heads_digest
+    )
+    if checkpoint.hash != expected:
+        return f"{name}'s content does not match its hash"
+    if (len(heads), heads_digest(heads)) != (checkpoint.chains, checkpoint.heads_digest):
+        return f"{name}'s chain heads were changed"
+    if keys is not None and checkpoint.signature is not None:
+        return _signature_problem(name, checkpoint, keys)
+    return None
+
+
+def _signature_problem(name: str, checkpoint: AuditCheckpointRow, keys: TrustedKeys) -> str | None:
+    from plangate.errors import ApprovalInvalid
+    from schemas import SignedEnvelope
+
+    try:
+        envelope = SignedEnvelope.model_validate(checkpoint.signature)
+        payload, _ = keys.verified_payload(envelope, CHECKPOINT_TYPE)
+    except (ApprovalInvalid, ValueError) as exc:
+        return f"{name}'s signature does not hold: {exc}"
+    if payload != checkpoint.hash.encode("ascii"):
+        return f"{name}'s signature is over another checkpoint"
+    return None
