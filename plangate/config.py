@@ -33,7 +33,11 @@ BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memor
 
 
 class Settings(BaseSettings):
-    """Everything configurable, read from the environment (prefix `PLANGATE_`)."""
+    """Everything configurable, read from the environment (prefix `PLANGATE_`).
+
+    A field with a `validation_alias` is read from that conventional name instead, unprefixed
+    (`XDG_DATA_HOME`, `OPENAI_*`); `variable_name(field)` says which variable a field is.
+    """
 
     # populate_by_name: fields read from a conventional name (`validation_alias`, e.g.
     # OPENAI_API_KEY) can still be given by field name in code and tests.
