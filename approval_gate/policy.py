@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -198,10 +199,15 @@ class Policy:
         rule = self.rule(decision.rule)
         return decision.action == "hold" and rule is not None and rule.preview
 
+    @functools.cached_property
+    def variables(self) -> frozenset[str]:
+        """The variables any rule reads: only these are built and handed to CEL per decision."""
+        return frozenset(name for rule in self.rules for name in rule.program.variables())
+
     @property
     def reads_history(self) -> bool:
         """Whether a rule counts approved plans (`history`): its decisions are serialised."""
-        return any("history" in rule.program.variables() for rule in self.rules)
+        return "history" in self.variables
 
     def decide(
         self,
@@ -215,8 +221,11 @@ class Policy:
 
         `history` answers rules that count approved plans; without it such a rule holds.
         """
-        variables = policy_context(plan, catalog, goal_text, goal_metadata)
-        variables["history"] = {}
+        # Converting values into CEL is most of a decision's time: the catalog alone, which few
+        # rules read, cost more than the plan. So only what some rule reads is built.
+        variables = policy_context(plan, catalog, goal_text, goal_metadata, needed=self.variables)
+        if self.reads_history:
+            variables["history"] = {}
         functions = history.functions() if history is not None else {}
         action, rule, reason = self._evaluate(variables, functions)
         shadow_action: RuleAction | None = None
@@ -274,8 +283,24 @@ def policy_context(
     catalog: Mapping[str, ToolSpec],
     goal_text: str = "",
     goal_metadata: Mapping[str, str] | None = None,
+    *,
+    needed: Collection[str] = ("plan", "goal", "tools"),
 ) -> dict[str, Any]:
-    """Return the CEL variables a rule sees: `plan` (steps enriched from specs), `goal`, `tools`."""
+    """Return the CEL variables a rule sees: `plan` (steps enriched from specs), `goal`, `tools`.
+
+    Only the `needed` ones are built.
+    """
+    variables: dict[str, Any] = {}
+    if "goal" in needed:
+        variables["goal"] = {"text": goal_text, "metadata": dict(goal_metadata or {})}
+    if "tools" in needed:
+        variables["tools"] = {name: spec.model_dump(mode="json") for name, spec in catalog.items()}
+    if "plan" in needed:
+        variables["plan"] = _plan_variable(plan, catalog)
+    return variables
+
+
+def _plan_variable(plan: Plan, catalog: Mapping[str, ToolSpec]) -> dict[str, Any]:
     steps = []
     flows = data_flow(plan, catalog)
     for step in plan.steps:
@@ -291,11 +316,7 @@ def policy_context(
     writes_from_untrusted = any(s["effect"] == "write" and s["untrusted_inputs"] for s in steps)
     fields = {"plan_id", "goal_id", "revision", "summary"}
     plan_fields = {"steps": steps, "writes_from_untrusted": writes_from_untrusted}
-    return {
-        "plan": plan.model_dump(mode="json", include=fields) | plan_fields,
-        "goal": {"text": goal_text, "metadata": dict(goal_metadata or {})},
-        "tools": {name: spec.model_dump(mode="json") for name, spec in catalog.items()},
-    }
+    return plan.model_dump(mode="json", include=fields) | plan_fields
 
 
 def load_policy(settings: Settings) -> Policy:
