@@ -183,7 +183,7 @@ def test_readyz_says_when_the_schema_is_not_the_one_this_plangate_needs(tmp_path
     store = open_store(settings.resolved_database_url())
     try:
         assert not_ready(store) is None
-        config = schema._config(store.engine)
+        config = schema._config()
         with store.engine.begin() as connection:
             config.attributes["connection"] = connection
             command.downgrade(config, "-1")

@@ -61,12 +61,6 @@ ALLOWED = (
         r'os\.environ\.get\("VISUAL"\) or os\.environ\.get\("EDITOR"\)',
         "VISUAL and EDITOR name the user's editor by Unix convention, not plangate's setting.",
     ),
-    Allowed(
-        "plangate/integrations/webhook.py",
-        r"os\.environ\.get\(ALLOWED_HOSTS_VARIABLE",
-        "Pending: PLANGATE_WEBHOOK_ALLOWED_HOSTS is Settings.webhook_allowed_hosts; webhook.py "
-        "is to read it there (then remove this entry: an entry that matches nothing fails).",
-    ),
 )
 
 

@@ -7,13 +7,13 @@ reached; anything else is refused before a connection is made.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from pydantic import BaseModel
 
+from plangate.config import current_settings
 from plangate.errors import ToolError
 from plangate.http_client import send
 from plangate.tools import ToolContext, tool
@@ -69,7 +69,7 @@ def check_allowed(url: str) -> SplitResult:
     allowed = _allowed_hosts()
     if (host, None) in allowed or (host, port) in allowed:
         return target
-    listed = os.environ.get(ALLOWED_HOSTS_VARIABLE, "").strip() or "unset"
+    listed = current_settings().webhook_allowed_hosts.strip() or "unset"
     raise ToolError(
         f"webhook host {host!r} is not allowed ({ALLOWED_HOSTS_VARIABLE} is {listed}); "
         f"an operator can allow it by adding it to {ALLOWED_HOSTS_VARIABLE} "
@@ -79,7 +79,7 @@ def check_allowed(url: str) -> SplitResult:
 
 def _allowed_hosts() -> set[tuple[str, int | None]]:
     allowed: set[tuple[str, int | None]] = set()
-    for entry in os.environ.get(ALLOWED_HOSTS_VARIABLE, "").split(","):
+    for entry in current_settings().webhook_allowed_hosts.split(","):
         if not entry.strip():
             continue
         # Parsed as a URL's authority, so `[::1]:8080` and `host:port` split as they should.
