@@ -1,4 +1,4 @@
-"""The contract between plangate's stages: messages, the plan, validation, hashing, decoding.
+"""The contract between stages: messages, routing, the plan, validation, hashing, decoding.
 
 Pure: no I/O, and nothing of the rest of the project is imported here. Names load on first
 use (PEP 562): a command that needs only the errors does not pay for validation and CEL.
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         utcnow,
     )
     from schemas.plan import Plan, Step
+    from schemas.routing import ROUTES, Route, RoutesIncomplete
     from schemas.tool_spec import Catalog, Effect, ToolSpec
     from schemas.validation import validate_plan
 
@@ -65,7 +66,10 @@ _HOMES = {
     "PlanProposed": "schemas.messages",
     "PlangateError": "schemas.errors",
     "PreviewRequested": "schemas.messages",
+    "ROUTES": "schemas.routing",
     "ReviewDecided": "schemas.messages",
+    "Route": "schemas.routing",
+    "RoutesIncomplete": "schemas.routing",
     "Signature": "schemas.messages",
     "SignedEnvelope": "schemas.messages",
     "Step": "schemas.plan",
@@ -94,6 +98,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MESSAGE_MODELS",
+    "ROUTES",
     "Approval",
     "Catalog",
     "DeadLetter",
@@ -116,6 +121,8 @@ __all__ = [
     "PlangateError",
     "PreviewRequested",
     "ReviewDecided",
+    "Route",
+    "RoutesIncomplete",
     "Signature",
     "SignedEnvelope",
     "Step",

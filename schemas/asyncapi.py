@@ -1,7 +1,8 @@
 """The AsyncAPI 3.0.0 document of plangate's bus: every channel, message and stage operation.
 
 Pure: builds a dict; `plangate schema asyncapi` writes it. The payloads are the pydantic models'
-JSON Schemas, with their shared definitions moved to `components.schemas`.
+JSON Schemas, with their shared definitions moved to `components.schemas`. The channels and who
+sends and receives on each come from the routing table, `schemas.routing`.
 """
 
 from __future__ import annotations
@@ -13,24 +14,10 @@ from pydantic.json_schema import models_json_schema
 
 from schemas.export import ENVELOPE_FIELDS
 from schemas.messages import MESSAGE_MODELS, DeadLetter
+from schemas.routing import DEAD_LETTER_TYPE, ROUTES, STAGES, Route, check_routes, dead_key
 
 ASYNCAPI_VERSION = "3.0.0"
 _REF_TEMPLATE = "#/components/schemas/{model}"
-
-# Which stage receives and which sends each message type (the routing key).
-STAGE_RECEIVES: dict[str, tuple[str, ...]] = {
-    "planner": ("goal.submitted", "plan.rejected", "execution.failed"),
-    "gate": ("plan.proposed", "review.decided"),
-    "executor": ("plan.approved",),
-}
-STAGE_SENDS: dict[str, tuple[str, ...]] = {
-    "intake": ("goal.submitted",),
-    "review": ("review.decided", "plan.rejected", "plan.proposed"),
-    "planner": ("plan.proposed", "plan.failed"),
-    "gate": ("plan.approved", "plan.held", "plan.denied", "plan.rejected", "plan.expired"),
-    "executor": ("step.finished", "execution.completed", "execution.failed"),
-}
-DEAD_LETTER = "dead.letter"
 
 HEADERS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -54,8 +41,8 @@ HEADERS_SCHEMA: dict[str, Any] = {
 
 
 def _ident(message_type: str) -> str:
-    """Return a component id for a routing key: `goal.submitted` -> `goalSubmitted`."""
-    first, *rest = message_type.split(".")
+    """Return a routing key as a component id: `step.finished` -> `stepFinished` (`_` too)."""
+    first, *rest = message_type.replace("_", ".").split(".")
     return first + "".join(part.capitalize() for part in rest)
 
 
@@ -118,43 +105,56 @@ def _operation(stage: str, action: str, message_type: str) -> tuple[str, dict[st
 
 
 def _operations() -> dict[str, Any]:
+    """Return who sends and who receives each message type, as `schemas.routing` says."""
     operations: dict[str, Any] = {}
-    for action, table in (("send", STAGE_SENDS), ("receive", STAGE_RECEIVES)):
-        for stage, types in table.items():
-            for message_type in types:
-                key, operation = _operation(stage, action, message_type)
+    for route in ROUTES.values():
+        for action, parties in (("send", route.sent_by), ("receive", route.consumed_by)):
+            for party in parties:
+                key, operation = _operation(party, action, route.type)
                 operations[key] = operation
-    for stage in STAGE_RECEIVES:
-        key, operation = _operation(stage, "send", DEAD_LETTER)
+    for stage in STAGES:
+        key, operation = _operation(stage, "send", DEAD_LETTER_TYPE)
         operations[key] = operation
-    key, operation = _operation("operator", "receive", DEAD_LETTER)
+    key, operation = _operation("operator", "receive", DEAD_LETTER_TYPE)
     operations[key] = operation
     return operations
 
 
+def _description(route: Route) -> str:
+    """Return a channel's description: its key, who sends it, who consumes it, if it ends."""
+    consumers = ", ".join(route.consumed_by) or "no stage (observers only)"
+    text = (
+        f"Messages of type `{route.type}` (routing key = type). Sent by "
+        f"{', '.join(route.sent_by)}; consumed by {consumers}."
+    )
+    return text + (" Ends the goal." if route.terminal else "")
+
+
 def asyncapi_document(namespace: str = "plangate") -> dict[str, Any]:
     """Return the AsyncAPI 3.0.0 document of the bus in `namespace` (a JSON-ready dict)."""
+    check_routes(MESSAGE_MODELS)
     schemas, names = _component_schemas()
     counts: dict[str, int] = {}
     for model in MESSAGE_MODELS.values():
         counts[model.__name__] = counts.get(model.__name__, 0) + 1
     messages: dict[str, Any] = {}
     channels: dict[str, Any] = {}
-    for message_type, model in MESSAGE_MODELS.items():
+    for message_type, route in ROUTES.items():
+        model = MESSAGE_MODELS[message_type]
         ident = _ident(message_type)
         summary = (model.__doc__ or message_type).strip().splitlines()[0]
         shared = counts[model.__name__] > 1
         messages[ident] = _message(message_type, names[model.__name__], shared, summary)
-        description = f"Messages of type `{message_type}` (routing key = type)."
-        channels[ident] = _channel(message_type, ident, description, namespace)
-    dead = _ident(DEAD_LETTER)
-    summary = (DeadLetter.__doc__ or DEAD_LETTER).strip().splitlines()[0]
-    messages[dead] = _message(DEAD_LETTER, names[DeadLetter.__name__], False, summary)
-    channels[dead] = _channel("dead.{queue}", dead, "Dead letters, by source queue.", namespace)
+        channels[ident] = _channel(route.routing_key, ident, _description(route), namespace)
+    dead = _ident(DEAD_LETTER_TYPE)
+    summary = (DeadLetter.__doc__ or DEAD_LETTER_TYPE).strip().splitlines()[0]
+    messages[dead] = _message(DEAD_LETTER_TYPE, names[DeadLetter.__name__], False, summary)
+    address = dead_key("{queue}")
+    channels[dead] = _channel(address, dead, "Dead letters, by source queue.", namespace)
     channels[dead]["parameters"] = {
         "queue": {
             "description": "The queue the message could not be handled on.",
-            "enum": [f"{namespace}.{stage}" for stage in STAGE_RECEIVES],
+            "enum": [f"{namespace}.{stage}" for stage in STAGES],
         }
     }
     return {

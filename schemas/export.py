@@ -8,37 +8,32 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas.messages import (
-    Approval,
-    DeadLetter,
-    ExecutionCompleted,
-    ExecutionFailed,
-    GoalSubmitted,
-    PlanApproved,
-    PlanDecided,
-    PlanFailed,
-    PlanProposed,
-    SignedEnvelope,
-    StepFinished,
-)
+from schemas.messages import MESSAGE_MODELS, Approval, DeadLetter, PlanDecided, SignedEnvelope
 from schemas.plan import Plan
+from schemas.routing import DEAD_LETTER_TYPE, ROUTES, check_routes
 from schemas.tool_spec import ToolSpec
 
-EXPORTED: dict[str, type[BaseModel]] = {
-    "goal.submitted": GoalSubmitted,
-    "plan.proposed": PlanProposed,
-    "plan.failed": PlanFailed,
+_CONTRACT: dict[str, type[BaseModel]] = {
+    # The model the four decisions share (plan.held, .denied, .rejected, .expired), as written
+    # before each had its own file.
     "plan.decided": PlanDecided,
-    "plan.approved": PlanApproved,
-    "step.finished": StepFinished,
-    "execution.completed": ExecutionCompleted,
-    "execution.failed": ExecutionFailed,
-    "dead.letter": DeadLetter,
+    DEAD_LETTER_TYPE: DeadLetter,
     "approval": Approval,
     "signed-envelope": SignedEnvelope,
     "plan": Plan,
     "tool-spec": ToolSpec,
 }
+
+
+def exported() -> dict[str, type[BaseModel]]:
+    """Return what is exported, by file name: every routed message type, then the rest."""
+    check_routes(MESSAGE_MODELS)
+    messages: dict[str, type[BaseModel]] = {t: MESSAGE_MODELS[t] for t in ROUTES}
+    return {**messages, **_CONTRACT}
+
+
+EXPORTED: dict[str, type[BaseModel]] = exported()
+"""File name (a message type, or a part of the contract) to the model written there."""
 
 
 ENVELOPE_FIELDS = ("schema_version", "type")
@@ -52,13 +47,22 @@ def _require_envelope_fields(schema: dict[str, Any]) -> None:
             required.append(name)
 
 
+def _pin_type(schema: dict[str, Any], message_type: str) -> None:
+    """Allow only this file's type where a model is shared by several (`plan.held`, ...)."""
+    field: dict[str, Any] = schema["properties"]["type"]
+    field.pop("enum", None)
+    field["const"] = message_type
+
+
 def export_json_schemas(directory: Path) -> list[Path]:
     """Write one `<name>.schema.json` per exported model into `directory`; return the paths."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, model in EXPORTED.items():
+    for name, model in exported().items():
         schema = model.model_json_schema()
         _require_envelope_fields(schema)
+        if name in ROUTES:
+            _pin_type(schema, name)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://plangate.dev/schemas/{name}.schema.json"
         path = directory / f"{name}.schema.json"

@@ -1,4 +1,4 @@
-"""Every message that crosses a stage boundary. The routing key of a message is its `type`."""
+"""Every message that crosses a stage boundary. Where each type goes is `schemas.routing`."""
 
 from __future__ import annotations
 
@@ -318,4 +318,4 @@ MESSAGE_MODELS: dict[str, type[Message]] = {
     "execution.failed": ExecutionFailed,
     "execution.paused": ExecutionPaused,
 }
-"""Message type (= routing key) to the model that decodes it."""
+"""Message type (= routing key) to the model that decodes it; each has a route (`check_routes`)."""

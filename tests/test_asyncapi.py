@@ -14,8 +14,10 @@ import jsonschema
 import pytest
 import yaml
 
-from schemas import MESSAGE_MODELS, GoalSubmitted
+from plangate.bus.topology import STAGE_BINDINGS
+from schemas import ROUTES, GoalSubmitted
 from schemas.asyncapi import asyncapi_document
+from schemas.routing import STAGES, Stage
 from tests.servers import IN_CI
 
 VALIDATOR = Path(__file__).resolve().parent.parent / "tools" / "asyncapi-validate"
@@ -104,10 +106,43 @@ def test_every_message_type_has_a_channel_addressed_by_its_routing_key() -> None
 
     addresses = {channel["address"] for channel in document["channels"].values()}
 
-    assert addresses == {*MESSAGE_MODELS, "dead.{queue}"}
+    assert addresses == {*ROUTES, "dead.{queue}"}
+    assert {m["name"] for m in document["components"]["messages"].values()} == {
+        *ROUTES,
+        "dead.letter",
+    }
     for message in document["components"]["messages"].values():
         assert message["contentType"] == "application/json"
         assert message["headers"] == {"$ref": "#/components/schemas/Headers"}
+
+
+def addresses_of(document: dict[str, Any], party: str, action: str) -> set[str]:
+    """The routing keys `party` (a stage, `person`, ...) sends or receives, by its operations."""
+    verb = "Sends" if action == "send" else "Receives"
+    channels = document["channels"]
+    return {
+        channels[operation["channel"]["$ref"].rsplit("/", 1)[1]]["address"]
+        for key, operation in document["operations"].items()
+        if key.startswith(f"{party}{verb}") and operation["action"] == action
+    }
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_stage_receives_exactly_what_its_queue_is_bound_to(stage: Stage) -> None:
+    document = asyncapi_document()
+
+    assert addresses_of(document, stage, "receive") == set(STAGE_BINDINGS[stage])
+
+
+def test_previews_and_paused_runs_are_described_with_who_sends_and_receives_them() -> None:
+    document = asyncapi_document()
+
+    assert addresses_of(document, "gate", "send") >= {"plan.preview_requested"}
+    assert addresses_of(document, "executor", "receive") >= {"plan.preview_requested"}
+    assert addresses_of(document, "executor", "send") >= {"plan.previewed", "execution.paused"}
+    paused = document["channels"]["executionPaused"]["description"]
+    assert "Sent by executor; consumed by no stage (observers only)." in paused
+    assert "Ends the goal." in document["channels"]["executionCompleted"]["description"]
 
 
 def test_the_planner_receives_goals_and_sends_plans() -> None:

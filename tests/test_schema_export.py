@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from schemas import GoalSubmitted, Plan, PlanProposed, Step, encode_message, plan_hash
+from schemas import (
+    ROUTES,
+    ExecutionPaused,
+    GoalSubmitted,
+    Plan,
+    PlanProposed,
+    Step,
+    encode_message,
+    plan_hash,
+)
 from schemas.export import EXPORTED, export_json_schemas
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
@@ -40,6 +49,38 @@ def test_a_schema_file_is_written_for_every_exported_model(tmp_path: Path) -> No
 
     assert sorted(path.name for path in paths) == sorted(f"{n}.schema.json" for n in EXPORTED)
     assert all(path.parent == tmp_path / "out" and path.is_file() for path in paths)
+
+
+def test_every_routed_message_type_has_its_own_schema(
+    exported: dict[str, dict[str, Any]],
+) -> None:
+    assert set(ROUTES) <= set(exported)
+    assert {"plan.preview_requested", "plan.previewed", "execution.paused"} <= set(exported)
+
+
+def test_a_model_shared_by_several_types_allows_only_its_file_s_type(
+    exported: dict[str, dict[str, Any]],
+) -> None:
+    """plan.held, .denied, .rejected and .expired share a model; each file takes one type."""
+    errors = [
+        e.message for e in validator(exported["plan.held"]).iter_errors({"type": "plan.denied"})
+    ]
+
+    assert "'plan.held' was expected" in errors
+    assert exported["plan.decided"]["properties"]["type"]["enum"] == [
+        "plan.held",
+        "plan.denied",
+        "plan.rejected",
+        "plan.expired",
+    ]
+
+
+def test_a_paused_run_validates_against_its_exported_schema(
+    exported: dict[str, dict[str, Any]],
+) -> None:
+    paused = ExecutionPaused(goal_id="goal-1", plan_id="plan-1", reason="did it send?")
+
+    validator(exported["execution.paused"]).validate(json.loads(encode_message(paused)))
 
 
 @pytest.mark.parametrize("name", sorted(EXPORTED))

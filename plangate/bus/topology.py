@@ -1,28 +1,36 @@
-"""The one place that builds plangate's kombu topology.
+"""The one place that builds plangate's kombu topology, from the routing table.
 
 One durable topic exchange; one durable queue per stage bound to the message types that stage
-handles (plus its own retry key); the dead-letter queue bound to `dead.#`; and, per observer,
-an exclusive auto-deleted queue bound to everything.
+consumes (plus its own retry key); the dead-letter queue bound to `dead.#`; and, per observer,
+an exclusive auto-deleted queue bound to every message type. What is bound where comes from
+`schemas.routing`; only the kombu objects are made here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from kombu.entity import Exchange, Queue, binding
 
-Stage = Literal["planner", "gate", "executor"]
-STAGES: tuple[Stage, ...] = ("planner", "gate", "executor")
+from schemas.messages import MESSAGE_MODELS
+from schemas.routing import (
+    DEAD_LETTER_BINDING,
+    STAGES,
+    Stage,
+    check_routes,
+    dead_key,
+    observed_keys,
+    retry_key,
+    stage_bindings,
+)
 
-STAGE_BINDINGS: dict[Stage, tuple[str, ...]] = {
-    # Feedback makes new revisions: a rejection (and, if PLANGATE_REPLAN_ON_FAILURE is set, a
-    # failed run; bound always, since a durable queue keeps its bindings across restarts).
-    "planner": ("goal.submitted", "plan.rejected", "execution.failed"),
-    # A person's approval comes to the gate, the only holder of the signing key, to be signed.
-    "gate": ("plan.proposed", "review.decided"),
-    "executor": ("plan.approved", "plan.preview_requested"),
-}
+__all__ = ["STAGES", "STAGE_BINDINGS", "Stage", "Topology"]
+
+# A model without a route is bound nowhere: no stage would receive it and no observer see it,
+# so no worker starts with one.
+check_routes(MESSAGE_MODELS)
+STAGE_BINDINGS: dict[Stage, tuple[str, ...]] = stage_bindings()
+"""The message types each stage's queue is bound to, as `schemas.routing.ROUTES` says."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +56,12 @@ class Topology:
     @staticmethod
     def retry_key(stage: Stage) -> str:
         """Return the routing key that sends a message back to one stage only."""
-        return f"retry.{stage}"
+        return retry_key(stage)
 
     @staticmethod
     def dead_key(queue: str) -> str:
         """Return the routing key of a dead letter from `queue`."""
-        return f"dead.{queue}"
+        return dead_key(queue)
 
     def stage_queue(self, stage: Stage) -> Queue:
         """Return a stage's queue, bound to its message types and its retry key."""
@@ -68,15 +76,22 @@ class Topology:
     def dead_letter_queue(self) -> Queue:
         """Return the dead-letter queue, bound to every `dead.*` key."""
         return Queue(
-            self.dead_letter_queue_name, exchange=self.exchange, routing_key="dead.#", durable=True
+            self.dead_letter_queue_name,
+            exchange=self.exchange,
+            routing_key=DEAD_LETTER_BINDING,
+            durable=True,
         )
 
     def observer_queue(self, name: str) -> Queue:
-        """Return an observer's own queue: a copy of every message, deleted when it leaves."""
+        """Return an observer's own queue: a copy of every message, deleted when it leaves.
+
+        Bound to each message type, not to `#`: retry copies are not news, and dead letters are
+        read from their own queue.
+        """
         return Queue(
             f"{self.namespace}.events.{name}",
             exchange=self.exchange,
-            routing_key="#",
+            bindings=[binding(self.exchange, routing_key=key) for key in observed_keys()],
             durable=False,
             auto_delete=True,
         )
