@@ -38,11 +38,18 @@ from schemas import (
     utcnow,
 )
 from schemas.goal_states import STALLED_WHEN_IDLE
+from schemas.routing import consuming_stage
 
 log = logging.getLogger(__name__)
 
-# The stage whose queue holds a goal's last message while it waits to be handled.
-_WAITS_IN: dict[str, Stage] = {"submitted": "planner", "proposed": "gate", "approved": "executor"}
+# The message a goal waits on in each state until a stage has handled it; the stage's queue
+# holds it meanwhile (`schemas.routing`). A running goal's message is with an executor already.
+_AWAITED: dict[str, str] = {
+    "submitted": "goal.submitted",
+    "proposed": "plan.proposed",
+    "approved": "plan.approved",
+}
+_UNSIGNED_APPROVAL = "review.decided"  # a person's approval, waiting for the gate to sign it
 MAX_DOUBLINGS = 6
 MAX_PAGES = 10  # pages of candidates one sweep looks at
 BACKLOG_PATIENCE = 64  # deadlines a goal waits behind its stage's backlog before a resend
@@ -174,9 +181,10 @@ def _resend_if_stalled(
 
 def _waits_in(session: Session, goal: GoalRow) -> Stage | None:
     """Return the stage whose queue holds the goal's last message while it waits."""
-    if goal.status == "approved" and not _signed(session, goal.id):
-        return "gate"  # a person's approval, waiting for the gate to sign it
-    return _WAITS_IN.get(goal.status)
+    awaited = _AWAITED.get(goal.status)
+    if awaited == "plan.approved" and not _signed(session, goal.id):
+        awaited = _UNSIGNED_APPROVAL
+    return None if awaited is None else consuming_stage(awaited)
 
 
 def _signed(session: Session, goal_id: str) -> bool:

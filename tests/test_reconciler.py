@@ -1,4 +1,4 @@
-"""The reconciler takes over a stalled run, and leaves a live one alone."""
+"""The reconciler takes over a stalled run, leaves a live one alone, and waits out backlogs."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
+from plangate.bus import Stage
 from plangate.config import Settings
 from plangate.reconciler import reconcile
-from plangate.store import GoalRow, Store
+from plangate.store import DecisionRow, GoalRow, Store, open_store
+from plangate.store.goals import plan_row
 from plangate.tools import ToolRegistry, tool
-from schemas import utcnow
+from schemas import Plan, Step, utcnow
 from tests.support import running_pipeline, write_playbook
 
 
@@ -54,3 +58,55 @@ def started_two_minutes_ago(store: Store, goal_id: str) -> None:
     """Move the goal's last change (its run's start) two minutes back."""
     with store.session() as session:
         session.get_one(GoalRow, goal_id).updated_at = utcnow() - timedelta(minutes=2)
+
+
+@pytest.mark.parametrize(
+    ("status", "message_type", "stage"),
+    [
+        ("submitted", "goal.submitted", "planner"),
+        ("proposed", "plan.proposed", "gate"),
+        ("approved", "review.decided", "gate"),  # a person's approval no gate has signed yet
+    ],
+)
+def test_a_stalled_goal_waits_behind_the_backlog_of_the_stage_its_last_message_goes_to(
+    settings: Settings, status: str, message_type: str, stage: Stage
+) -> None:
+    """Given a goal stalled in `status` for 90 s (a deadline of 60 s),
+    When only the other stages' queues hold a backlog, it is resent: its `message_type`;
+    When the queue of `stage` (the one that message is routed to) holds one, it waits for it.
+    """
+    store = open_store(settings.resolved_database_url())
+    try:
+        stalled(store, "g1", status)
+        after = timedelta(seconds=60)
+        others: dict[Stage, int] = {s: 40 for s in ("planner", "gate", "executor") if s != stage}
+
+        assert reconcile(store, after, waiting={stage: 40}) == []
+        [resent] = reconcile(store, after, waiting=others)
+        assert resent.routing_key == message_type
+    finally:
+        store.close()
+
+
+def stalled(store: Store, goal_id: str, status: str) -> None:
+    """A goal in `status` since 90 s ago, with a plan and (when approved) a person's approval."""
+    plan = Plan(plan_id="p1", goal_id=goal_id, revision=1, steps=(Step(id="a", tool="t"),))
+    with store.session() as session:
+        session.add(GoalRow(id=goal_id, text="count tickets", status=status, meta={}))
+        session.flush()
+        session.add(plan_row(plan, "test", {}))
+        session.flush()
+        if status == "approved":
+            session.add(
+                DecisionRow(
+                    plan_id="p1",
+                    goal_id=goal_id,
+                    stage="human",
+                    action="approve",
+                    decided_by="ana",
+                    reason="fine",
+                    policy_version="1",
+                )
+            )
+    with store.session() as session:
+        session.get_one(GoalRow, goal_id).updated_at = utcnow() - timedelta(seconds=90)
