@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import pytest
 from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from executor_worker.ledger import StepLedger
 from plangate.config import Settings
@@ -348,3 +349,39 @@ def test_a_log_written_before_per_goal_chains_upgrades_and_verifies(
         append_after_the_upgrade_and_verify(upgraded)
     finally:
         upgraded.close()
+
+
+def test_connections_dropped_by_the_server_fail_one_transaction_as_an_outage_then_reconnect(
+    store: Store, postgres_database_url: str
+) -> None:
+    """Given a store whose pooled connections the server has dropped (as a restart does),
+    When the next transactions run,
+    Then the first fails with an error that counts as an outage (the stages wait it out; no
+    message is dead-lettered) and the next succeeds on a new connection: there is no ping
+    before every transaction to find dead connections early.
+    """
+    from plangate.store.engine import is_outage
+
+    with store.session() as session:  # two connections in the pool
+        with store.session() as other:
+            other.execute(text("SELECT 1"))
+        session.execute(text("SELECT 1"))
+    killer = make_engine(postgres_database_url)
+    try:
+        with killer.begin() as connection:
+            dropped = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+    finally:
+        killer.dispose()
+    assert dropped >= 1
+
+    with pytest.raises(DBAPIError) as failed, store.session() as session:
+        session.execute(text("SELECT 1"))
+    assert is_outage(failed.value)
+    for _ in range(3):
+        with store.session() as session:
+            assert session.execute(text("SELECT 1")).scalar_one() == 1

@@ -94,7 +94,11 @@ def make_engine(url: str) -> Engine:
             "supports; use sqlite:///path/plangate.db or postgresql+psycopg://user@host/db"
         )
     try:
-        return create_engine(parsed, pool_pre_ping=True)
+        # No ping before each transaction (a round trip on every one): a connection found dead
+        # fails its transaction as an outage (`is_outage`), which the stages wait out, and
+        # SQLAlchemy then drops every pooled connection as old as it, so one failure per
+        # database restart, not one per pooled connection.
+        return create_engine(parsed)
     except ImportError as exc:  # a driver named in the URL that is not installed
         raise ConfigError(
             f"PLANGATE_DATABASE_URL names the driver {parsed.drivername}, which is not "
