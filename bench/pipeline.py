@@ -53,18 +53,12 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere in the checkout
 from plangate.client import Client  # noqa: E402
 from plangate.config import Settings  # noqa: E402
 from plangate.store import AuditRow, GoalRow, StepRunRow, open_store  # noqa: E402
+from schemas.routing import TERMINAL_TYPES  # noqa: E402
 
 SEED_GOAL = "Check Jira ticket count, compare with SLA, and notify on-call engineer if breached"
 STAGES = ("planner", "gate", "executor")
-TERMINAL_KEYS = (
-    "execution.completed",
-    "execution.failed",
-    "plan.failed",
-    "plan.denied",
-    "plan.held",
-    "plan.expired",
-    "plan.rejected",
-)
+# A goal's outcome: a message that ends it, or its plan held (no person answers in a bench).
+TERMINAL_KEYS = (*sorted(TERMINAL_TYPES), "plan.held")
 WARMUP_GOALS = 3
 PAUSE = 0.01  # seconds between sequential goals, so that no two goals overlap
 P50_TARGET, RATE_TARGET = 1.5, 0.8  # issue 4: p50 <= 1.5 x baseline, goals/s >= 0.8 x baseline
