@@ -56,6 +56,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data:
         env = {**os.environ, "PLANGATE_DATA_DIR": data}
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+        # As installed Python runs: bytecode cached after the first run (some sandboxes set
+        # this, and then every run compiles plangate's own modules again).
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         goal = completed_goal(env)
         sides = {
             "python -c pass": [sys.executable, "-c", "pass"],

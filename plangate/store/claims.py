@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Table
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from plangate.store.models import Base
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects import postgresql, sqlite
 
 # Built once per table and dialect, and run on the table, not the ORM entity: the ORM's bulk
 # insert machinery took two thirds of a claim's time. Column defaults still apply.
@@ -18,6 +20,10 @@ _CLAIMS: dict[tuple[str, str], sqlite.Insert | postgresql.Insert] = {}
 def _claim(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
     statement = _CLAIMS.get((dialect, table.name))
     if statement is None:
+        # Imported here: the PostgreSQL dialect alone is a tenth of a command's start-up, and
+        # commands that only read never claim.
+        from sqlalchemy.dialects import postgresql, sqlite
+
         if dialect == "sqlite":
             statement = sqlite.insert(table).on_conflict_do_nothing()
         elif dialect == "postgresql":
