@@ -7,6 +7,7 @@ channels are not thread-safe), and each consumer loop opens its own.
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from kombu.exceptions import OperationalError
 from kombu.messaging import Consumer, Producer
 from kombu.utils.url import maybe_sanitize_url
 
-from plangate.bus import redis_claims, redis_transport
+from plangate.bus import memory_transport, redis_claims, redis_transport
 from plangate.bus.consumer import Handler, PublishedHook, StageConsumer
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
@@ -31,7 +32,6 @@ from plangate.bus.topology import STAGES, Stage, Topology
 from plangate.errors import BrokerUnavailable
 from schemas import DeadLetter, Message, MessageRejected, decode_message
 
-# The memory transport polls; 10 ms keeps the embedded pipeline snappy without burning a core.
 # AMQP publishes are fire-and-forget unless confirmed: with confirms, `publish` returns once
 # RabbitMQ has the message (or raises), so "publish, then ack" cannot lose it.
 # kombu's Redis consumer scans for unacked messages to restore on every 10th empty poll; a
@@ -41,17 +41,19 @@ from schemas import DeadLetter, Message, MessageRejected, decode_message
 _REDIS: dict[str, Any] = {"unacked_restore_throttle": 1000}
 _CONFIRMED: dict[str, Any] = {"confirm_publish": True}
 _TRANSPORT_OPTIONS: dict[str, dict[str, Any]] = {
-    "memory": {"polling_interval": 0.01},
     "redis": _REDIS,
     "rediss": _REDIS,
     "amqp": _CONFIRMED,
     "amqps": _CONFIRMED,
     "pyamqp": _CONFIRMED,
 }
-# Entries pushed raw onto a Redis list are checked before kombu reads them (redis_transport.py).
+# Entries pushed raw onto a Redis list are checked before kombu reads them (redis_transport.py);
+# the memory transport waits for a put instead of polling (memory_transport.py).
+_REDIS_SCHEMES = ("redis", "rediss")
 _TRANSPORTS: dict[str, type] = {
     "redis": redis_transport.Transport,
     "rediss": redis_transport.Transport,
+    "memory": memory_transport.Transport,
 }
 # A consume loop's AMQP connection exchanges heartbeats, so a broker (or a network path) that
 # went silent is noticed within two of them instead of never; the loop services them.
@@ -95,7 +97,7 @@ class Bus:
         """
         scheme = self.url.split("://", 1)[0]
         options = dict(_TRANSPORT_OPTIONS.get(scheme, {}))  # a copy: kombu keeps what it gets
-        if scheme in _TRANSPORTS:  # Redis
+        if scheme in _REDIS_SCHEMES:
             options["visibility_timeout"] = self._redelivery_after
             # A worker SIGKILLed inside its restore sweep leaves kombu's restore lock held
             # for its expiry (300 s by default): no one restored anything meanwhile. Held
@@ -196,7 +198,7 @@ class Bus:
         Such a message is being handled, or comes back by itself once its dead holder's claim
         lapses (`plangate.bus.redis_claims`): sending it again would only double the work.
         """
-        if self.url.split("://", 1)[0] not in _TRANSPORTS:
+        if self.url.split("://", 1)[0] not in _REDIS_SCHEMES:
             return set()
         with self._reachable(), self.connection() as connection:
             return redis_claims.held_goal_ids(connection.channel(), self.topology.exchange.name)
@@ -312,10 +314,18 @@ class Observer:
         self._received.append(message)
 
     def next(self, timeout: float) -> Message | None:
-        """Return the next message, waiting up to `timeout` seconds; None if none came."""
-        if not self._received:
+        """Return the next message, waiting up to `timeout` seconds; None if none came.
+
+        A wait can end with nothing received (a message dropped as no event; the memory
+        transport woken by another queue's message): it goes on until the time is up.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._received:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
             try:
-                self._connection.drain_events(timeout=timeout)
+                self._connection.drain_events(timeout=left)
             except TimeoutError:
                 return None
-        return self._received.pop(0) if self._received else None
+        return self._received.pop(0)

@@ -4,8 +4,9 @@ kombu has no way to interrupt `drain_events` from another thread, so a loop with
 running had to come out every millisecond or two to see whether one had finished (to ack it
 and take the next message): on a busy worker that polling took 13 % of a core. kombu's Redis
 transport waits in one epoll over its sockets; a pipe registered in that poller lets a handler
-thread end the wait at once. Other transports (memory, AMQP) offer no such poller, and their
-loops keep polling: `available` says which.
+thread end the wait at once. plangate's memory transport waits on a condition that
+`memory_transport.wake` signals. AMQP offers no such poller, and its loops keep polling:
+`available` says which.
 
 This reaches into kombu's Redis transport (`Transport.cycle`, a `MultiChannelPoller`, and its
 `poller` and `handle_event`); `tests/test_wakeup.py` pins the behaviour it relies on.
@@ -21,12 +22,17 @@ from kombu.connection import Connection
 from kombu.transport.redis import MultiChannelPoller
 from kombu.utils.eventio import READ
 
+from plangate.bus import memory_transport
+
 
 class Wakeup:
     """A pipe that makes the Redis transport's `drain_events` return when written to."""
 
     def __init__(self, connection: Connection) -> None:
         self._pipe: tuple[int, int] | None = None
+        self._memory = connection.transport
+        if not isinstance(self._memory, memory_transport.Transport):
+            self._memory = None
         cycle = getattr(connection.transport, "cycle", None)
         if not isinstance(cycle, MultiChannelPoller):
             return
@@ -49,10 +55,13 @@ class Wakeup:
     @property
     def available(self) -> bool:
         """True when `set` ends a wait in `drain_events`; otherwise the loop must poll."""
-        return self._pipe is not None
+        return self._pipe is not None or self._memory is not None
 
     def set(self) -> None:
         """Wake the loop (from any thread); a wake-up already pending is enough."""
+        if self._memory is not None:
+            memory_transport.wake(self._memory)
+            return
         pipe = self._pipe  # one read: `close` may clear it meanwhile
         if pipe is not None:
             with suppress(BlockingIOError):  # the pipe is full: the loop is woken already

@@ -1,0 +1,84 @@
+"""The embedded mode's transport waits for a message instead of polling for one."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from plangate.bus import memory_transport
+from plangate.bus.wakeup import Wakeup
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def connection() -> Iterator[Connection]:
+    with Connection("memory://", transport=memory_transport.Transport) as opened:
+        yield opened
+
+
+@pytest.fixture
+def received(connection: Connection) -> Iterator[list[Any]]:
+    """A consumer of a fresh queue on the connection; the bodies it got."""
+    exchange = Exchange("memory-test", type="topic")
+    queue = Queue(f"memory-test-{id(connection)}", exchange, routing_key="#")
+    bodies: list[Any] = []
+    with connection.Consumer(queue, callbacks=[lambda body, message: bodies.append(body)]):
+        yield bodies
+
+
+def publish(connection: Connection, body: str) -> None:
+    with connection.clone() as other:
+        other.Producer().publish(body, exchange=Exchange("memory-test", type="topic"))
+
+
+def test_an_idle_wait_looks_once_and_sleeps_until_its_timeout(
+    connection: Connection, received: list[Any]
+) -> None:
+    cycle = connection.transport.cycle
+    with mock.patch.object(cycle, "get", wraps=cycle.get) as looked, pytest.raises(TimeoutError):
+        connection.drain_events(timeout=0.2)
+    assert looked.call_count == 1  # kombu's memory transport looked every 10 ms
+    assert received == []
+
+
+def test_a_message_ends_a_long_wait_at_once(connection: Connection, received: list[Any]) -> None:
+    waiting = threading.Thread(target=lambda: connection.drain_events(timeout=WAIT))
+    waiting.start()
+    publish(connection, "hello")
+    waiting.join(WAIT / 3)
+    assert not waiting.is_alive()
+    assert received == ["hello"]
+
+
+def test_a_wakeup_ends_a_wait_with_no_message(connection: Connection, received: list[Any]) -> None:
+    wakeup = Wakeup(connection)
+    assert wakeup.available
+    returned = threading.Event()
+
+    def wait() -> None:
+        connection.drain_events(timeout=WAIT)
+        returned.set()
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    wakeup.set()
+    assert returned.wait(WAIT / 3)
+    waiting.join(WAIT)
+    assert received == []
+
+
+def test_a_wakeup_before_the_wait_is_kept_for_it(
+    connection: Connection, received: list[Any]
+) -> None:
+    """A handler that finishes just before its loop waits still wakes it (no 30 s stall)."""
+    Wakeup(connection).set()
+    connection.drain_events(timeout=WAIT)  # returns at once: the wake-up was kept
+    with pytest.raises(TimeoutError):
+        connection.drain_events(timeout=0.05)  # and taken: the next wait is a wait
+    assert received == []
