@@ -197,6 +197,30 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a worker relays the outbox and reconciles."
     )
+    http_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Seconds one HTTP attempt of an integration or notice may wait for an answer.",
+    )
+    http_deadline: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Seconds a whole HTTP call may take, every attempt and wait between included.",
+    )
+    http_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="Attempts of an HTTP call that fails by connection, 429 or 5xx.",
+    )
+    http_backoff: float = Field(
+        default=0.5,
+        ge=0,
+        le=30,
+        description="Seconds before the first HTTP retry (doubling, with jitter, up to 30 s).",
+    )
     audit_checkpoint_seconds: float = Field(
         default=60.0,
         gt=0,

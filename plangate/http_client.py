@@ -38,10 +38,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import stamina
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from plangate.errors import ToolError
+from plangate.config import current_settings
+from plangate.errors import ConfigError, ToolError
 from plangate.redaction import redact
 from schemas.decoding import JsonRefused, strict_json_loads
 
@@ -51,15 +50,14 @@ _MAX_WAIT = 30.0  # the longest wait between attempts, whatever the backoff has 
 _HEADERS = {"Accept": "application/json", "User-Agent": "plangate"}
 
 
-class HttpSettings(BaseSettings):
-    """How long to wait for an answer, for a whole call, and how often to try."""
+@dataclass(frozen=True)
+class HttpSettings:
+    """How long to wait for an answer and for a whole call, how often to try (Settings.http_*)."""
 
-    model_config = SettingsConfigDict(env_prefix="PLANGATE_HTTP_", extra="ignore")
-
-    timeout: float = Field(default=10.0, gt=0, le=300)
-    deadline: float = Field(default=30.0, gt=0, le=600)
-    attempts: int = Field(default=3, ge=1, le=10)
-    backoff: float = Field(default=0.5, ge=0, le=30)
+    timeout: float
+    deadline: float
+    attempts: int
+    backoff: float
 
 
 @dataclass(frozen=True)
@@ -289,11 +287,12 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 def _settings() -> HttpSettings:
     try:
-        return HttpSettings()
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        variable = "PLANGATE_HTTP_" + "_".join(str(part) for part in error["loc"]).upper()
-        raise ToolError(f"{variable}: {error['msg']}") from None
+        settings = current_settings()
+    except ConfigError as exc:
+        raise ToolError(str(exc)) from None
+    return HttpSettings(
+        settings.http_timeout, settings.http_deadline, settings.http_attempts, settings.http_backoff
+    )
 
 
 def _read_bounded(answer: httpx.Response, call: _Call) -> tuple[bytes, bool]:
