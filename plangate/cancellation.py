@@ -35,6 +35,6 @@ def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> GoalRow:
 
 def is_cancelled(store: Store, goal_id: str) -> bool:
     """Return whether the goal was cancelled (a run asks before each step it starts)."""
-    with store.session() as session:
+    with store.reading() as session:
         status = session.scalar(select(GoalRow.status).where(GoalRow.id == goal_id))
         return status == "cancelled"

@@ -193,14 +193,14 @@ class Client:
         cursor: str | None = None,
     ) -> GoalPage:
         """Return the newest goals matching the filters, a page at a time (`next_cursor`)."""
-        with self._store.session() as session:
+        with self._store.reading() as session:
             return list_goals(
                 session, state=state, since=since, search=search, limit=limit, cursor=cursor
             )
 
     def status(self, goal_id: str) -> GoalStatus:
         """Return where a goal stands (NotFound if there is none)."""
-        with self._store.session() as session:
+        with self._store.reading() as session:
             goal = get_goal(session, goal_id)
             plan = latest_plan(session, goal_id)
             base = GoalStatus(

@@ -192,7 +192,7 @@ class Pipeline:
         """Poll the store until the goal reaches one of `statuses`; TimeoutError otherwise."""
         deadline = time.monotonic() + timeout
         while True:
-            with self.store.session() as session:
+            with self.store.reading() as session:
                 goal = session.get(GoalRow, goal_id)
                 if goal is not None and goal.status in statuses:
                     return goal

@@ -206,3 +206,37 @@ def test_entries_written_before_per_goal_chains_still_verify_after_the_upgrade(
     with store.engine.begin() as connection:
         connection.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1"))
     assert audit.verify(store).broken_at == 1
+
+
+def test_a_reader_does_not_wait_for_a_writer_that_has_not_committed(store: Store) -> None:
+    """Given a transaction that has written and not committed (holding SQLite's write lock),
+    When another thread reads in `Store.reading`,
+    Then the read ends at once and sees the last commit, not the pending write.
+    """
+    written, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with store.session() as session:
+            audit.append(session, "test.pending", actor="writer")
+            written.set()
+            assert release.wait(30)
+
+    holder = threading.Thread(target=writer)
+    holder.start()
+    try:
+        assert written.wait(30)
+        read: list[int] = []
+        reader = threading.Thread(target=lambda: read.append(count_of(store, "test.pending")))
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "the reader waited for the writer"
+        assert read == [0]
+    finally:
+        release.set()
+        holder.join(30)
+    assert count_of(store, "test.pending") == 1
+
+
+def count_of(store: Store, kind: str) -> int:
+    with store.reading() as session:
+        return session.scalar(select(func.count()).where(AuditRow.kind == kind)) or 0

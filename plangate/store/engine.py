@@ -22,6 +22,9 @@ from plangate.errors import ConfigError
 from plangate.store import schema
 from plangate.store.sqlite_lock import acquire_lock, release_lock
 
+# An execution option of `Store.reading`'s connections: their transactions take no write lock.
+_READS_ONLY = "plangate_reads_only"
+
 
 class Store:
     """A database: `session()` opens one transaction, committed on success."""
@@ -29,6 +32,9 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._readers = sessionmaker(
+            engine.execution_options(**{_READS_ONLY: True}), expire_on_commit=False
+        )
         self._sqlite_lock = (
             acquire_lock(engine.url.database) if engine.dialect.name == "sqlite" else None
         )
@@ -38,6 +44,19 @@ class Store:
     def session(self) -> Iterator[Session]:
         """Open a transaction; commit when the block ends, roll back if it raises."""
         with self._writers, self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """Open a transaction that only reads: it waits for no writer, and no writer for it.
+
+        On SQLite a writer holds the database's one write lock for its whole transaction;
+        a reader needs none (WAL mode: it reads the last commit), so a look at a goal's state
+        (`status`, a run asking before each step whether its goal was cancelled) no longer
+        queues behind every writer of every process. Anything written here is discarded.
+        """
+        # Closed, not committed: its transaction ends unwritten, and the rows read stay loaded.
+        with self._readers() as session:
             yield session
 
     def close(self) -> None:
@@ -70,7 +89,8 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        reads_only = connection.get_execution_options().get(_READS_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
