@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from plangate.bus import Bus
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from tests.http_recorder import INTEGRATION_VARIABLES
@@ -60,3 +61,14 @@ def broker_url(request: pytest.FixtureRequest) -> str:
         return "memory://"
     server = "redis_url" if request.param == "redis" else "rabbitmq_url"
     return str(request.getfixturevalue(server))
+
+
+@pytest.fixture
+def bus(broker_url: str) -> Iterator[Bus]:
+    """A bus on its own namespace (on each broker), with the exchange and queues declared."""
+    opened = Bus(broker_url, namespace=f"t{uuid.uuid4().hex[:10]}")
+    opened.declare()
+    try:
+        yield opened
+    finally:
+        opened.close()

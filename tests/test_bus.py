@@ -75,17 +75,6 @@ class Running:
 
 
 @pytest.fixture
-def bus(broker_url: str) -> Iterator[Bus]:
-    """A bus on its own namespace, with the exchange and durable queues declared."""
-    bus = Bus(broker_url, namespace=f"t{uuid4().hex[:10]}")
-    bus.declare()
-    try:
-        yield bus
-    finally:
-        bus.close()
-
-
-@pytest.fixture
 def start_consumer(bus: Bus) -> Iterator[Callable[..., Running]]:
     """Start a planner consumer in a thread; every one started is stopped and joined after."""
     started: list[Running] = []

@@ -43,16 +43,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture
-def bus(broker_url: str) -> Iterator[Bus]:
-    opened = Bus(broker_url, namespace=f"t{uuid4().hex[:10]}")
-    opened.declare()
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
-@pytest.fixture
 def planner(bus: Bus, store: Store) -> Iterator[Callable[..., StageConsumer]]:
     """Start a planner consumer in a thread with the store's SentMarker; stopped after."""
     stops: list[tuple[threading.Event, threading.Thread]] = []

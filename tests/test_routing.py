@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, get_args
 from uuid import uuid4
@@ -142,16 +141,6 @@ def test_the_goal_ends_with_a_final_outcome_or_a_refusal() -> None:
         "execution.completed",
         "execution.failed",
     } == TERMINAL_TYPES
-
-
-@pytest.fixture
-def bus(broker_url: str) -> Iterator[Bus]:
-    bus = Bus(broker_url, namespace=f"t{uuid4().hex[:10]}")
-    bus.declare()
-    try:
-        yield bus
-    finally:
-        bus.close()
 
 
 def test_an_observer_sees_stage_messages_but_not_retry_copies_or_dead_letters(bus: Bus) -> None:
