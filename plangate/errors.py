@@ -45,6 +45,10 @@ class BrokerUnavailable(PlangateError):
     """The broker could not be reached for long enough that a publish gave up."""
 
 
+class ServerUnavailable(PlangateError):
+    """`plangate serve` could not be reached or failed; the message says where and why."""
+
+
 class PolicyError(PlangateError):
     """A policy file cannot be loaded or a rule does not compile."""
 

@@ -119,7 +119,7 @@ def test_the_cli_cancels_a_held_goal_as_the_reviewer_its_token_names(
 
     assert first.returncode == 0, first.stderr
     assert f"goal {goal_id}: cancelled — cancelled by carol: not today" in first.stdout
-    assert again.returncode == 1
+    assert again.returncode == 2
     assert "it has ended, nothing to cancel" in again.stderr
     assert untokened.returncode == 2
     assert "PLANGATE_REVIEWER_TOKEN" in untokened.stderr

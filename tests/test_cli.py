@@ -302,6 +302,29 @@ def test_bad_input_is_one_line_saying_what_to_fix_and_exit_2(
     assert cli.notifications() == []
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("status", "zzzzzzzz"), "no goal 'zzzzzzzz'; check the id (`plangate goals list` shows"),
+        (("trace", "zzzzzzzz"), "no goal 'zzzzzzzz'; check the id (`plangate goals list` shows"),
+        (("goals", "list", "--state", "finished"), "no goal state 'finished'; one of: approved"),
+        (("goals", "list", "--since", "yesterday"), "since 'yesterday' is neither an age"),
+    ],
+    ids=["status of no goal", "trace of no goal", "no such state", "unreadable since"],
+)
+def test_an_id_or_filter_that_names_nothing_is_one_line_and_exit_2(
+    cli: Cli, args: tuple[str, ...], said: str
+) -> None:
+    """Exit 1 means a goal failed; an id that names no goal is something to fix: exit 2."""
+    assert cli("db", "upgrade").returncode == 0
+
+    result = cli(*args)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {said}")
+
+
 def test_serve_on_a_port_in_use_is_one_line_and_exit_2(cli: Cli) -> None:
     """`plangate serve` on a port something else listens on says so in one line, exit 2."""
     with socket.create_server(("127.0.0.1", 0)) as taken:

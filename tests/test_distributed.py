@@ -216,7 +216,7 @@ def test_bad_input_on_every_queue_is_dead_lettered_and_no_pickle_is_loaded(fleet
     one = fleet.plangate("dlq", "purge", first)
     assert (one.returncode, one.stdout.strip()) == (0, "removed 1 dead letter"), one.stderr
     unknown = fleet.plangate("dlq", "purge", first)
-    assert unknown.returncode == 1
+    assert unknown.returncode == 2
     assert "no such dead letter" in unknown.stderr
     declined = subprocess.run(
         [sys.executable, "-m", "plangate", "dlq", "purge", "--all"],

@@ -90,5 +90,5 @@ def test_a_failed_goal_retried_is_a_new_revision_the_gate_decides_again(fleet: F
     assert count(fleet, audited) == 1
 
     again = fleet.plangate("goals", "retry", goal_id, PLANGATE_REVIEWER_TOKEN=token)
-    assert again.returncode == 1
+    assert again.returncode == 2
     assert "is completed; only a goal that is" in again.stderr

@@ -481,7 +481,7 @@ def test_the_short_ids_run_prints_are_taken_wherever_an_id_is(
 
     assert shown["plan_id"] == plan.plan_id
     assert status["goal_id"] == goal_id
-    assert too_short.returncode == 1
+    assert too_short.returncode == 2
     assert f"no goal '{goal_id[:4]}'" in too_short.stderr
 
 

@@ -199,11 +199,11 @@ def test_the_servers_refusals_are_one_line_each_with_the_stores_exit_codes(
 
     assert wrong.returncode == 2
     assert one_line(wrong).startswith("error: the server refused the reviewer token")
-    assert no_role.returncode == 1
+    assert no_role.returncode == 2
     assert "finance" in one_line(no_role)
-    assert stale.returncode == 1
+    assert stale.returncode == 2
     assert "the hash given does not match plan" in one_line(stale)
-    assert unknown.returncode == 1
+    assert unknown.returncode == 2
     assert "no plan 'no-such-plan'" in one_line(unknown)
     assert finance_pipeline.wait_for(goal_id, HELD).status == "held"
 
@@ -214,7 +214,7 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path, team: Team) -> None:
         PLANGATE_REVIEWER_TOKEN=team.alice,
     )  # fmt: skip
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert one_line(result).startswith("error: cannot reach plangate serve at http://127.0.0.1:9")
 
 
@@ -282,7 +282,7 @@ def test_on_the_store_the_token_is_checked_against_the_reviewers_file(
         f"error: that reviewer token is not in the reviewers file {team.file}; check "
         "PLANGATE_REVIEWER_TOKEN or --token-file"
     )
-    assert bob.returncode == 1
+    assert bob.returncode == 2
     assert "finance" in one_line(bob)
     assert alice.returncode == 0, alice.stderr
     assert json.loads(alice.stdout)["status"] == "approved"

@@ -11,8 +11,20 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from plangate.config import Settings
-from plangate.errors import ConfigError, InputInvalid, PlangateError, PolicyError, ToolLoadError
+from plangate.config import Settings, settings_error
+from plangate.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    InputInvalid,
+    NotFound,
+    PlangateError,
+    PolicyError,
+    ServerUnavailable,
+    ToolLoadError,
+    Unavailable,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -29,11 +41,25 @@ def group(help_text: str) -> typer.Typer:
 
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-_USAGE_ERRORS = (ConfigError, InputInvalid, PolicyError, ToolLoadError)
+# Exit 2: something to fix before trying again: an input, a file, a setting, an id that names
+# nothing, a goal in a state that refuses the command, a broker or database not reachable.
+# Exit 1 is kept for a goal that failed, 3 for one refused (rejected, denied, unanswered).
+_USAGE_ERRORS = (
+    BrokerUnavailable,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    InputInvalid,
+    NotFound,
+    PolicyError,
+    ServerUnavailable,
+    ToolLoadError,
+    Unavailable,
+)
 
 
 def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn plangate's errors into one line on stderr and an exit code (2: fix your input)."""
+    """Turn plangate's errors into one line on stderr and an exit code (2: fix, then retry)."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -55,9 +81,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**values)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        name = "PLANGATE_" + str(problem["loc"][0]).upper()
-        raise ConfigError(f"{name}: {problem['msg'].removeprefix('Value error, ')}") from exc
+        raise settings_error(exc) from exc
 
 
 def require_file(ctx: typer.Context, name: str, path: Path | None, what: str) -> None:

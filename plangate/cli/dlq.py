@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
+from plangate.cli.common import (
+    EXIT_USAGE,
+    err_console,
+    friendly_errors,
+    group,
+    load_settings,
+)
 
 if TYPE_CHECKING:
     from plangate.bus import Bus
@@ -61,7 +67,7 @@ def show(letter_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
         err_console.print(
             f"[red]error:[/] no dead letter {letter_id}; `plangate dlq list` shows them"
         )
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_USAGE)
     shown = letter.model_dump(mode="json")
     body = base64.b64decode(letter.body_b64)
     try:
@@ -94,7 +100,7 @@ def replay(
         err_console.print(
             f"[red]error:[/] not replayed (unknown, or from an unknown queue): {names}"
         )
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_USAGE)
 
 
 @app.command("purge", short_help="Remove dead letters for good (after reading them).")
@@ -122,4 +128,4 @@ def purge(
     missing = set(letter_ids or []) - {letter.message_id for letter in removed}
     if missing:
         err_console.print(f"[red]error:[/] no such dead letter: {', '.join(sorted(missing))}")
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_USAGE)

@@ -23,11 +23,8 @@ from plangate.errors import (
     PlangateError,
     PlanInvalid,
     PlanProblem,
+    ServerUnavailable,
 )
-
-
-class ServerUnavailable(PlangateError):
-    """`plangate serve` could not be reached or failed; the message says where and why."""
 
 
 class ReviewApi:

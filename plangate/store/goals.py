@@ -76,7 +76,7 @@ def get_goal(session: Session, goal_id: str) -> GoalRow:
     """Return a goal's row (by its id or a short start of it) or raise NotFound."""
     row = by_id(session, GoalRow, GoalRow.id, goal_id)
     if row is None:
-        raise NotFound(f"no goal {goal_id!r}; check the id (plangate status lists recent goals)")
+        raise NotFound(f"no goal {goal_id!r}; check the id (`plangate goals list` shows goals)")
     return row
 
 
