@@ -11,20 +11,19 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from plangate.errors import Conflict, NotFound
+from plangate.errors import Conflict
 from plangate.store import GoalRow, Store
-from plangate.store.goals import transition
+from plangate.store.goals import get_goal, transition
 from schemas.goal_states import cancellable
 
 
 def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> GoalRow:
     """Cancel a goal that has not ended, as `who`, saying why; Conflict if it has ended."""
     with store.session() as session:
+        goal_id = get_goal(session, goal_id).id  # NotFound; a short id names the whole one
         goal = session.execute(
             select(GoalRow).where(GoalRow.id == goal_id).with_for_update()
-        ).scalar_one_or_none()
-        if goal is None:
-            raise NotFound(f"no goal {goal_id!r}; check the id")
+        ).scalar_one()
         if not cancellable(goal.status):
             raise Conflict(f"goal {goal_id} is {goal.status}: it has ended, nothing to cancel")
         why = f"cancelled by {who}: {reason}" if reason else f"cancelled by {who}"

@@ -202,7 +202,7 @@ class Client:
         """Return where a goal stands (NotFound if there is none)."""
         with self._store.reading() as session:
             goal = get_goal(session, goal_id)
-            plan = latest_plan(session, goal_id)
+            plan = latest_plan(session, goal.id)  # goal_id may be a short start of goal.id
             base = GoalStatus(
                 goal_id=goal.id,
                 status=goal.status,

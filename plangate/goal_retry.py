@@ -12,9 +12,9 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from plangate.bus import Envelope
-from plangate.errors import Conflict, NotFound
+from plangate.errors import Conflict
 from plangate.store import GoalRow, Store
-from plangate.store.goals import transition
+from plangate.store.goals import get_goal, transition
 from plangate.store.outbox import emit
 from schemas import GoalSubmitted
 from schemas.goal_states import TRANSITIONS
@@ -30,11 +30,10 @@ def retry_goal(store: Store, goal_id: str, who: str, reason: str) -> Envelope:
     Conflict if the goal is in any other state (running, held, completed, ...).
     """
     with store.session() as session:
+        goal_id = get_goal(session, goal_id).id  # NotFound; a short id names the whole one
         goal = session.execute(
             select(GoalRow).where(GoalRow.id == goal_id).with_for_update()
-        ).scalar_one_or_none()
-        if goal is None:
-            raise NotFound(f"no goal {goal_id!r}; check the id")
+        ).scalar_one()
         if goal.status not in RETRYABLE:
             raise Conflict(
                 f"goal {goal_id} is {goal.status}; only a goal that is "

@@ -462,8 +462,9 @@ def test_the_short_ids_run_prints_are_taken_wherever_an_id_is(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     """Given the seed plan held, and its ids cut to the 8 characters `plangate run` prints,
-    When `review show` and `status` are given them,
-    Then they show that plan and that goal; a start shorter than 6 characters is no id.
+    When `review show`, `status` and `goals cancel` are given them,
+    Then they show that plan and that goal with its plan, and cancel that goal; a start
+    shorter than 6 characters is no id.
     """
     goal_id, plan = held_seed(pipeline)
     env = cli_env(pipeline, tmp_path, **reviewer_env(tmp_path, "alice"))
@@ -479,10 +480,15 @@ def test_the_short_ids_run_prints_are_taken_wherever_an_id_is(
         check=False,
     )
 
+    cancelled = plangate(env, "goals", "cancel", goal_id[:8], "--json")
+
     assert shown["plan_id"] == plan.plan_id
     assert status["goal_id"] == goal_id
+    assert status["plan_id"] == plan.plan_id
     assert too_short.returncode == 2
     assert f"no goal '{goal_id[:4]}'" in too_short.stderr
+    assert cancelled["status"] == "cancelled"
+    assert plangate(env, "status", goal_id, "--json")["status"] == "cancelled"
 
 
 def test_review_list_fits_80_columns(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ def purge(
     """Remove the given dead letters (or --all, after a confirmation unless --yes).
 
     Their goals are not touched: `plangate goals` and the audit log keep what happened.
-    Unknown ids are reported (exit 1); nothing else is removed.
+    Unknown ids are reported (exit 2); nothing else is removed.
     """
     if not letter_ids and not purge_all:
         raise typer.BadParameter("name the dead letters to purge, or pass --all")

@@ -93,7 +93,7 @@ def cancel(
 
     A goal still being planned, held, approved, running or waiting for a person may be
     cancelled: nothing more of it is decided, and a run starts no further step (steps already
-    running finish). An ended goal cannot be (exit 1). Authenticates like `plangate review`:
+    running finish). An ended goal cannot be (exit 2). Authenticates like `plangate review`:
     PLANGATE_REVIEWER_TOKEN or --token-file, through --server URL or the reviewers file.
     """
     _steer("cancel", goal_id, reason, server, token_file, as_json)
@@ -111,7 +111,7 @@ def retry(
     """Retry GOAL_ID: a failed, expired or unplannable goal is planned again, as a new revision.
 
     Never around the gate: the new plan is decided under today's policy (held for a person if
-    the policy says so), and no earlier approval can run it. Any other goal is refused (exit 1).
+    the policy says so), and no earlier approval can run it. Any other goal is refused (exit 2).
     Authenticates like `plangate goals cancel`.
     """
     _steer("retry", goal_id, reason, server, token_file, as_json)
