@@ -33,7 +33,7 @@ class History:
     """The approved plans a rule may count, read in the deciding transaction."""
 
     def __init__(
-        self, session: Session, plan: Plan, goal_metadata: Mapping[str, str] | None = None
+        self, session: Session | None, plan: Plan, goal_metadata: Mapping[str, str] | None = None
     ) -> None:
         self._session = session
         self._plan_id = plan.plan_id
@@ -63,6 +63,8 @@ class History:
 
     def _steps(self, tool: str, window: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         since = _since(window)
+        if self._session is None:
+            return []
         rows = self._session.execute(
             select(PlanRow.body, GoalRow.meta)
             .join(ApprovalRow, ApprovalRow.plan_id == PlanRow.plan_id)
@@ -75,6 +77,15 @@ class History:
             for step in body.get("steps", [])
             if step.get("tool") == tool
         ]
+
+
+def no_history(plan: Plan, goal_metadata: Mapping[str, str] | None = None) -> History:
+    """Return history as a new deployment has it, nothing approved yet: for a policy's tests.
+
+    `plangate policy test` must decide alike on any machine and in CI, so it never counts a
+    store's record; a window or key a rule gets wrong is still an error there.
+    """
+    return History(None, plan, goal_metadata)
 
 
 def _since(window: str) -> datetime:

@@ -262,3 +262,43 @@ def test_check_refuses_a_field_no_plan_has(plangate: Run, tmp_path: Path) -> Non
     assert result.returncode == EXIT_USAGE
     assert "rule 'typo' (line 2)" in result.stderr
     assert "plan has no field nosuchfield" in result.stderr
+
+
+CAPPED_PAGES = """\
+rules:
+  - name: approve-few-pages
+    match: >-
+      plan.steps.exists(s, s.tool == "notify_oncall")
+      && history.count("notify_oncall", "%s") < 3
+    action: approve
+    reason: fewer than 3 pages this hour
+tests:
+  - name: the first page of the hour runs by itself
+    plan: {steps: [{id: notify, tool: notify_oncall, args: {message: over SLA}}]}
+    expect: approve
+"""
+
+
+def test_a_rule_over_history_is_tested_as_on_a_new_deployment(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """Given a rule approving a page while fewer than 3 were approved this hour,
+    When `policy test` decides a page (a plan file, and the file's own tests:),
+    Then it sees no earlier approval and approves, on any machine; a window the rule gets
+    wrong is still an error that holds the plan.
+    """
+    good = write(tmp_path / "capped.yaml", CAPPED_PAGES % "1h")
+    wrong = write(tmp_path / "wrong.yaml", CAPPED_PAGES % "an hour")
+    plan = write(tmp_path / "plan.json", json.dumps(SEED_STEPS))
+    tools = ("--tools", "plangate.demo.tools")
+
+    decided = plangate("policy", "test", good, plan, *tools, "--expect", "approve")
+    tested = plangate("policy", "test", good, *tools)
+    mistaken = plangate("policy", "test", wrong, plan, *tools)
+
+    assert decided.returncode == 0, decided.stdout + decided.stderr
+    assert "rule: approve-few-pages" in decided.stdout
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "1 passed, 0 failed" in tested.stdout
+    assert "decision: hold" in mistaken.stdout
+    assert "'an hour' is no window" in mistaken.stdout

@@ -100,7 +100,10 @@ def policy_test(
     policy file carries (each a plan, a goal and the decision expected) and exit 1 if any
     fails. The tool catalog is the store's (what executors published) or, with --tools, the
     tools of those modules. A plan invalid for the catalog is denied, as the gate would.
+    `history.count` and `history.sum` see no earlier approvals here (0), so that tests decide
+    alike anywhere; `policy backtest` replays a policy over the store's real record.
     """
+    from approval_gate.history import no_history
     from approval_gate.policy import Policy
 
     if expect is not None and expect not in ("approve", "deny", "hold"):
@@ -109,7 +112,8 @@ def policy_test(
     if plan_file is None:
         _run_policy_tests(policy, _catalog(tools), as_json)
         return
-    decision = policy.decide_as_gate(_read_plan(plan_file), _catalog(tools), goal)
+    plan = _read_plan(plan_file)
+    decision = policy.decide_as_gate(plan, _catalog(tools), goal, history=no_history(plan))
     if as_json:
         typer.echo(decision.model_dump_json())
     else:
@@ -131,12 +135,15 @@ def _print_decision(policy: Any, decision: Any) -> None:
 
 
 def _run_policy_tests(policy: Any, catalog: Any, as_json: bool) -> None:
+    from approval_gate.history import no_history
+
     if not policy.tests:
         raise ConfigError(f"{policy.source} has no tests: section; pass a PLAN.json to decide")
     results = []
     for case in policy.tests:
         plan = _plan_of(case.plan, f"test {case.name!r}")
-        decision = policy.decide_as_gate(plan, catalog, case.goal, case.metadata)
+        history = no_history(plan, case.metadata)
+        decision = policy.decide_as_gate(plan, catalog, case.goal, case.metadata, history)
         results.append((case, decision, decision.action == case.expect))
     failed = [case.name for case, _, passed in results if not passed]
     if as_json:
