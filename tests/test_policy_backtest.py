@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from plangate.embedded import Pipeline
 from plangate.store import AuditRow, DecisionRow, GoalRow, Store
 from tests.conftest import SEED_GOAL
-from tests.support import HELD
+from tests.support import HELD, audit_kinds, eventually
 from tests.test_audit import plangate_cli
 
 HOLD_EVERY_PAGE = """\
@@ -49,6 +49,12 @@ def test_a_backtest_over_100_goals_shows_what_would_change_and_changes_nothing(
         assert pipeline.wait_for(goal_id, timeout=30).status == "completed"
     for goal_id in pages:
         pipeline.wait_for(goal_id, HELD, timeout=30)
+    # A held page gets its dry run after the hold: the store is still once each is recorded.
+    eventually(
+        lambda: all("plan.previewed" in audit_kinds(pipeline.store, page) for page in pages),
+        timeout=30,
+        what="the held pages' previews",
+    )
     before = counts(pipeline.store)
     candidate = tmp_path / "candidate.yaml"
     candidate.write_text(HOLD_EVERY_PAGE)
