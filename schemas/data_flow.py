@@ -36,15 +36,16 @@ class StepFlow:
 def data_flow(plan: Plan, catalog: Mapping[str, ToolSpec]) -> dict[str, StepFlow]:
     """Return, by step id, which steps' outputs reach each input, and which are untrusted."""
     steps = {step.id: step for step in plan.steps}
+    directs = {step.id: _direct(step) for step in plan.steps}  # read once: the dear part
+    untrusted_steps = {step.id for step in plan.steps if _untrusted(step, catalog)}
     reaches: dict[str, frozenset[str]] = {}  # step -> every step whose output flows into it
 
     def upstream(step_id: str, visiting: frozenset[str] = frozenset()) -> frozenset[str]:
         if step_id in reaches:
             return reaches[step_id]
-        step = steps.get(step_id)
-        if step is None or step_id in visiting:  # dangling or cyclic: validation refuses it
+        if step_id not in steps or step_id in visiting:  # dangling or cyclic: refused elsewhere
             return frozenset()
-        direct = {source for ids in _direct(step).values() for source in ids}
+        direct = {source for ids in directs[step_id].values() for source in ids}
         found = set(direct)
         for source in direct:
             found |= upstream(source, visiting | {step_id})
@@ -54,14 +55,13 @@ def data_flow(plan: Plan, catalog: Mapping[str, ToolSpec]) -> dict[str, StepFlow
     flows = {}
     for step in plan.steps:
         sources = {}
-        for name, direct in _direct(step).items():
+        for name, direct in directs[step.id].items():
             whole = set(direct)
             for source in direct:
                 whole |= upstream(source)
-            sources[name] = tuple(sorted(whole & set(steps)))
+            sources[name] = tuple(sorted(whole & steps.keys()))
         untrusted = {
-            name: tuple(s for s in ids if _untrusted(steps[s], catalog))
-            for name, ids in sources.items()
+            name: tuple(s for s in ids if s in untrusted_steps) for name, ids in sources.items()
         }
         flows[step.id] = StepFlow(sources, {k: v for k, v in untrusted.items() if v})
     return flows
