@@ -17,9 +17,17 @@ from pydantic_core import PydanticCustomError
 
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
-from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
-from schemas.cel_check import ANY, ListOf, MapOf, Shape, expression_problems
-from schemas.data_flow import data_flow
+from schemas import Decision, Plan, PlanInvalid, Step, ToolSpec, validate_plan
+from schemas.cel_check import (
+    ANY,
+    ListOf,
+    MapOf,
+    Reads,
+    Shape,
+    expression_problems,
+    expression_reads,
+)
+from schemas.data_flow import StepFlow, data_flow
 
 Mode = Literal["enforce", "shadow"]
 RuleAction = Literal["approve", "deny", "hold"]
@@ -27,7 +35,7 @@ MAX_MATCH_CHARS = 2000
 NO_MATCH_REASON = "no rule matched; held for a person"
 _PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}
 # An unknown tool might do anything, so it reads as a write that no rule can trust.
-_UNKNOWN_TOOL: dict[str, Any] = {"effect": "write", "idempotent": False, "tags": ("unknown-tool",)}
+_UNKNOWN_TOOL = ToolSpec(name="unknown", effect="write", idempotent=False, tags=("unknown-tool",))
 # What a rule may read (as `policy_context` builds it): anything else is a mistake in the rule.
 _STEP: dict[str, Shape] = {"id": str, "tool": str, "args": ANY, "when": str} | {
     "effect": str,
@@ -204,6 +212,13 @@ class Policy:
         """The variables any rule reads: only these are built and handed to CEL per decision."""
         return frozenset(name for rule in self.rules for name in rule.program.variables())
 
+    @functools.cached_property
+    def reads(self) -> Reads:
+        """What the rules read of the variables: only those fields of the plan are built."""
+        return functools.reduce(
+            Reads.__or__, (expression_reads(rule.match, RULE_VARIABLES) for rule in self.rules)
+        )
+
     @property
     def reads_history(self) -> bool:
         """Whether a rule counts approved plans (`history`): its decisions are serialised."""
@@ -222,8 +237,11 @@ class Policy:
         `history` answers rules that count approved plans; without it such a rule holds.
         """
         # Converting values into CEL is most of a decision's time: the catalog alone, which few
-        # rules read, cost more than the plan. So only what some rule reads is built.
-        variables = policy_context(plan, catalog, goal_text, goal_metadata, needed=self.variables)
+        # rules read, cost more than the plan. So only what some rule reads is built, down to
+        # the fields of the plan and its steps.
+        variables = policy_context(
+            plan, catalog, goal_text, goal_metadata, needed=self.variables, reads=self.reads
+        )
         if self.reads_history:
             variables["history"] = {}
         functions = history.functions() if history is not None else {}
@@ -285,10 +303,11 @@ def policy_context(
     goal_metadata: Mapping[str, str] | None = None,
     *,
     needed: Collection[str] = ("plan", "goal", "tools"),
+    reads: Reads | None = None,
 ) -> dict[str, Any]:
     """Return the CEL variables a rule sees: `plan` (steps enriched from specs), `goal`, `tools`.
 
-    Only the `needed` ones are built.
+    Only the `needed` ones are built, and of the plan only the fields in `reads` (all without).
     """
     variables: dict[str, Any] = {}
     if "goal" in needed:
@@ -296,27 +315,62 @@ def policy_context(
     if "tools" in needed:
         variables["tools"] = {name: spec.model_dump(mode="json") for name, spec in catalog.items()}
     if "plan" in needed:
-        variables["plan"] = _plan_variable(plan, catalog)
+        reads = reads or Reads(whole=frozenset({"plan"}))
+        variables["plan"] = _plan_variable(
+            plan, catalog, reads.fields_of("plan"), reads.fields_of("plan.steps[]")
+        )
     return variables
 
 
-def _plan_variable(plan: Plan, catalog: Mapping[str, ToolSpec]) -> dict[str, Any]:
-    steps = []
-    flows = data_flow(plan, catalog)
-    for step in plan.steps:
-        spec = catalog.get(step.tool)
-        traits = spec.model_dump(mode="json", include=set(_UNKNOWN_TOOL)) if spec else _UNKNOWN_TOOL
-        step_fields = step.model_dump(mode="json", include={"id", "tool", "args"})
-        flow = flows[step.id]
-        reached = {
-            "inputs": {name: list(ids) for name, ids in flow.sources.items()},
-            "untrusted_inputs": list(flow.untrusted_inputs),
-        }
-        steps.append(step_fields | {"when": step.when or ""} | traits | reached)
-    writes_from_untrusted = any(s["effect"] == "write" and s["untrusted_inputs"] for s in steps)
-    fields = {"plan_id", "goal_id", "revision", "summary"}
-    plan_fields = {"steps": steps, "writes_from_untrusted": writes_from_untrusted}
-    return plan.model_dump(mode="json", include=fields) | plan_fields
+# How each field of a step as rules see it (`_STEP`) is made: from the step, its tool's spec
+# and the data that flows into it.
+_STEP_FIELDS: dict[str, Callable[[Step, ToolSpec, StepFlow], Any]] = {
+    "id": lambda step, spec, flow: step.id,
+    "tool": lambda step, spec, flow: step.tool,
+    "args": lambda step, spec, flow: step.model_dump(mode="json", include={"args"})["args"],
+    "when": lambda step, spec, flow: step.when or "",
+    "effect": lambda step, spec, flow: spec.effect,
+    "idempotent": lambda step, spec, flow: spec.idempotent,
+    "tags": lambda step, spec, flow: list(spec.tags),
+    "inputs": lambda step, spec, flow: {name: list(ids) for name, ids in flow.sources.items()},
+    "untrusted_inputs": lambda step, spec, flow: list(flow.untrusted_inputs),
+}
+_FLOW_FIELDS = frozenset({"inputs", "untrusted_inputs"})
+_NO_FLOW = StepFlow()
+
+
+def _plan_variable(
+    plan: Plan,
+    catalog: Mapping[str, ToolSpec],
+    plan_fields: frozenset[str] | None = None,
+    step_fields: frozenset[str] | None = None,
+) -> dict[str, Any]:
+    """Build `plan` for the rules: the named fields of it and of its steps (None: all)."""
+    wanted_plan = set(RULE_VARIABLES["plan"]) if plan_fields is None else plan_fields
+    wanted_step = list(_STEP_FIELDS) if step_fields is None else list(step_fields)
+    untrusted_writes = "writes_from_untrusted" in wanted_plan
+    # Following references through the plan is the dearest part: done only if it is read.
+    flows = data_flow(plan, catalog) if untrusted_writes or _FLOW_FIELDS & set(wanted_step) else {}
+    variable: dict[str, Any] = {}
+    for name in wanted_plan & {"plan_id", "goal_id", "revision", "summary"}:
+        variable[name] = getattr(plan, name)
+    if "steps" in wanted_plan:
+        variable["steps"] = [
+            {
+                name: _STEP_FIELDS[name](
+                    step, catalog.get(step.tool, _UNKNOWN_TOOL), flows.get(step.id, _NO_FLOW)
+                )
+                for name in wanted_step
+            }
+            for step in plan.steps
+        ]
+    if untrusted_writes:
+        variable["writes_from_untrusted"] = any(
+            catalog.get(step.tool, _UNKNOWN_TOOL).effect == "write"
+            and flows[step.id].untrusted_inputs
+            for step in plan.steps
+        )
+    return variable
 
 
 def load_policy(settings: Settings) -> Policy:

@@ -3,7 +3,8 @@
 The demo's three-step plan (the playbook planner's plan for the seed goal) decided by the
 default policy, many times; side by side: building every CEL variable from the plan and
 catalog and converting them into a CEL context (what each decision did before it built only
-the variables its rules read), and the whole `Policy.decide` as it is now.
+the variables its rules read), the plan variable with every field beside only the fields the
+rules read (what a decision builds now), and the whole `Policy.decide` as it is now.
 
     python bench/policy.py [--decisions 2000]
 """
@@ -50,12 +51,22 @@ def main() -> None:
         plan_id=new_id(), goal_id=goal.goal_id, revision=1, summary=draft.summary, steps=draft.steps
     )
     variables = policy_context(plan, catalog, SEED_GOAL)
+    read = policy_context(plan, catalog, needed=("plan",), reads=policy.reads)["plan"]
     sides = {
         "every variable built (plan, goal, tools)": lambda: policy_context(
             plan, catalog, SEED_GOAL
         ),
         "every variable converted to CEL": lambda: cel.Context(variables=variables),
-        "only plan converted to CEL": lambda: cel.Context(variables={"plan": variables["plan"]}),
+        "plan built with every field": lambda: policy_context(plan, catalog, needed=("plan",)),
+        "plan built with the fields the rules read": lambda: policy_context(
+            plan, catalog, needed=("plan",), reads=policy.reads
+        ),
+        "plan with every field converted to CEL": lambda: cel.Context(
+            variables={"plan": variables["plan"]}
+        ),
+        "plan with the fields the rules read converted": lambda: cel.Context(
+            variables={"plan": read}
+        ),
         "Policy.decide (the whole decision)": lambda: policy.decide(plan, catalog, SEED_GOAL),
     }
     decision = policy.decide(plan, catalog, SEED_GOAL)

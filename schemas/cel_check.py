@@ -7,6 +7,9 @@ worked). This checks an expression before it is used: every function is one the 
 every field read through a declared record exists. Values declared `ANY` (a tool's arguments,
 a step's output) are not looked into. The compiler (`cel.compile`) still judges the syntax;
 this reads its tokens, which is enough for the member chains that CEL's grammar allows.
+
+The same walk says what an expression reads (`expression_reads`), so that a caller can build
+only those fields: converting values into CEL is most of the time an evaluation takes.
 """
 
 from __future__ import annotations
@@ -85,6 +88,37 @@ def expression_problems(
     return list(dict.fromkeys(problems))
 
 
+@dataclass(frozen=True)
+class Reads:
+    """What expressions read of their variables, as dotted paths (`plan.steps[].tool`).
+
+    `fields` holds every field read by name; `whole` every value used as a whole (compared,
+    sized, indexed by a computed key, its keys iterated, or handed to a function), of which
+    any field may matter.
+    """
+
+    fields: frozenset[str] = frozenset()
+    whole: frozenset[str] = frozenset()
+
+    def __or__(self, other: Reads) -> Reads:
+        return Reads(self.fields | other.fields, self.whole | other.whole)
+
+    def fields_of(self, record: str) -> frozenset[str] | None:
+        """Return the fields read of the record at `record` (None: it may need all of them)."""
+        if any(record == p or record.startswith((p + ".", p + "[")) for p in self.whole):
+            return None  # the record, or a value holding it, is used whole
+        prefix = record + "."
+        names = (path.removeprefix(prefix) for path in self.fields if path.startswith(prefix))
+        return frozenset(re.split(r"[.\[]", name, maxsplit=1)[0] for name in names)
+
+
+def expression_reads(source: str, variables: Mapping[str, Shape]) -> Reads:
+    """Return what an expression (one `expression_problems` accepts) reads of `variables`."""
+    walk = _Walk(variables, _tokens(source))
+    walk.problems()
+    return Reads(frozenset(walk.fields), frozenset(walk.whole))
+
+
 def _tokens(source: str) -> list[tuple[str, str]]:
     tokens = []
     for match in _TOKEN.finditer(source):
@@ -97,9 +131,15 @@ class _Walk:
     """Follows every member chain in the tokens through the declared shapes."""
 
     def __init__(self, variables: Mapping[str, Shape], tokens: list[tuple[str, str]]) -> None:
-        self._scope: dict[str, Shape] = dict(variables)
+        # Each name in scope with its shape and the path it stands for (a macro's variable
+        # stands for the items of what it ranges over: `plan.steps[]`).
+        self._scope: dict[str, tuple[Shape, str]] = {
+            name: (shape, name) for name, shape in variables.items()
+        }
         self._tokens = tokens
         self._found: list[str] = []
+        self.fields: set[str] = set()
+        self.whole: set[str] = set()
 
     def problems(self) -> list[str]:
         at = 0
@@ -123,29 +163,52 @@ class _Walk:
         if name not in self._scope:
             self._found.append(f"unknown variable {name}")
             return at + 1
-        shape, path, at = self._scope[name], name, at + 1
+        # `written` names the value as the expression does (for messages); `path` names the
+        # data it stands for (`plan.steps[].tool` for `s.tool`), for what it reads.
+        (shape, path), written, at = self._scope[name], name, at + 1
         while True:
             if self._is(at, ".") and at + 1 < len(self._tokens):
                 member = self._tokens[at + 1][1]
                 if self._is(at + 2, "("):
-                    self._bind_macro(member, shape, at + 3)
-                    return at + 2  # a method's result is not declared: the chain ends
-                shape = self._field(shape, member, path)
-                path, at = f"{path}.{member}", at + 2
+                    # A method's result is not declared: the chain ends (past a macro's variable).
+                    return self._call(member, shape, path, at + 3)
+                if isinstance(shape, Mapping):
+                    self.fields.add(f"{path}.{member}")
+                shape = self._field(shape, member, written)
+                path, written, at = f"{path}.{member}", f"{written}.{member}", at + 2
             elif self._is(at, "["):
-                shape = shape.item if isinstance(shape, ListOf) else _value_of(shape)
-                return at  # the index is walked as it comes; the rest is not followed
+                # The rest is not followed, so all of what is indexed may matter: a list's
+                # items, or a record read by a key that may be computed.
+                if isinstance(shape, ListOf):
+                    self._use_whole(shape.item, f"{path}[]")
+                else:
+                    self._use_whole(shape, path)
+                return at  # the index is walked as it comes
             else:
+                self._use_whole(shape, path)
                 return at
 
-    def _bind_macro(self, method: str, shape: Shape, at: int) -> None:
-        if method in _MACROS and at < len(self._tokens) and self._tokens[at][0] == "name":
-            if isinstance(shape, ListOf):
-                self._scope[self._tokens[at][1]] = shape.item
-            elif isinstance(shape, MapOf):
-                self._scope[self._tokens[at][1]] = str
-            else:
-                self._scope[self._tokens[at][1]] = ANY
+    def _call(self, method: str, shape: Shape, path: str, at: int) -> int:
+        """Follow a method of `shape`: a macro binds its variable; any other uses `shape` whole.
+
+        Return where the walk goes on: its arguments, past the variable a macro binds.
+        """
+        kind, variable = self._tokens[at] if at < len(self._tokens) else ("punct", "")
+        if method not in _MACROS or kind != "name":
+            self._use_whole(shape, path)
+            return at
+        if isinstance(shape, ListOf):
+            self._scope[variable] = (shape.item, f"{path}[]")
+        elif isinstance(shape, MapOf):
+            self._scope[variable] = (str, f"{path}{{}}")  # a map's macro ranges over its keys
+        else:  # a record's keys, or something undeclared
+            self._use_whole(shape, path)
+            self._scope[variable] = (ANY, f"{path}{{}}")
+        return at + 1
+
+    def _use_whole(self, shape: Shape, path: str) -> None:
+        if isinstance(shape, Mapping | ListOf | MapOf):
+            self.whole.add(path)
 
     def _field(self, shape: Shape, member: str, path: str) -> Shape:
         if shape is ANY or isinstance(shape, Any_):
@@ -160,7 +223,3 @@ class _Walk:
             return ANY
         self._found.append(f"{path} has no fields; {path}.{member} reads nothing")
         return ANY
-
-
-def _value_of(shape: Shape) -> Shape:
-    return shape.value if isinstance(shape, MapOf) else ANY

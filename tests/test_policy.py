@@ -152,6 +152,14 @@ def test_fields_a_rule_may_read_load_and_decide() -> None:
     assert policy.decide(plan_of("search"), CATALOG).action == "approve"
 
 
+def test_a_rule_that_uses_a_step_whole_sees_every_field_of_it() -> None:
+    """A decision builds only the fields its rules name, unless a rule needs them all."""
+    sized = policy_of(rule("nine-fields", "plan.steps.all(s, size(s) == 9)"))
+    assert sized.decide(plan_of("search"), CATALOG).action == "approve"
+    indexed = policy_of(rule("first", 'plan.steps[0].tool == "search" && size(plan) == 6'))
+    assert indexed.decide(plan_of("search"), CATALOG).action == "approve"
+
+
 def test_a_rule_that_returns_a_non_bool_holds() -> None:
     policy = policy_of(rule("count", "size(plan.steps)") + rule("all", "true"))
     decision = policy.decide(plan_of("search"), CATALOG)
