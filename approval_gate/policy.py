@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -58,6 +60,10 @@ RULE_VARIABLES: dict[str, Shape] = {
     "history": ANY,  # history.count(tool, window), history.sum(tool, arg, window, key)
 }
 HISTORY_FUNCTIONS = ("count", "sum")  # see approval_gate.history
+# Outcomes remembered per policy: plans of one kind (a playbook's, a team's) look alike to rules
+# that read only tools, effects and tags, so most decisions were already taken once.
+MEMO_SIZE = 4096
+Outcome = tuple[RuleAction, str | None, str]  # action, rule, reason
 
 
 class RuleSpec(BaseModel):
@@ -143,6 +149,44 @@ class Rule:
     approver_not_submitter: bool = False  # the goal's submitter may not be one of them
 
 
+class DecisionMemo:
+    """Outcomes of a policy's rules by the exact values they were given (what they read).
+
+    Without `history` a rule is a pure function of those values, so an outcome found once is
+    the outcome again; converting values into CEL and running the rules is most of a decision.
+    Bounded: the oldest outcome is forgotten first.
+    """
+
+    def __init__(self, size: int = MEMO_SIZE) -> None:
+        self._size = size
+        self._outcomes: dict[str, Outcome] = {}
+        self._lock = threading.Lock()  # gate workers decide in several threads
+
+    def outcome(self, variables: dict[str, Any], evaluate: Callable[[], Outcome]) -> Outcome:
+        """Return the outcome remembered for these values, or `evaluate()` and remember it."""
+        try:
+            key = json.dumps(variables, sort_keys=True, separators=(",", ":"))
+        except (TypeError, ValueError):  # not JSON: nothing to key it by
+            return evaluate()
+        with self._lock:
+            found = self._outcomes.get(key)
+        if found is None:
+            found = evaluate()
+            with self._lock:
+                if len(self._outcomes) >= self._size:
+                    del self._outcomes[next(iter(self._outcomes))]
+                self._outcomes[key] = found
+        return found
+
+    def __len__(self) -> int:
+        return len(self._outcomes)
+
+    def clear(self) -> None:
+        """Forget every outcome (the benchmark measures a decision never taken before)."""
+        with self._lock:
+            self._outcomes.clear()
+
+
 @dataclass(frozen=True)
 class Policy:
     """A loaded policy: compiled rules, a mode, and a version (a hash of the file's bytes)."""
@@ -152,6 +196,7 @@ class Policy:
     version: str
     source: str
     tests: tuple[PolicyCase, ...] = ()
+    memo: DecisionMemo = field(default_factory=DecisionMemo, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -244,8 +289,12 @@ class Policy:
         )
         if self.reads_history:
             variables["history"] = {}
-        functions = history.functions() if history is not None else {}
-        action, rule, reason = self._evaluate(variables, functions)
+            functions = history.functions() if history is not None else {}
+            action, rule, reason = self._evaluate(variables, functions)
+        else:
+            action, rule, reason = self.memo.outcome(
+                variables, lambda: self._evaluate(variables, {})
+            )
         shadow_action: RuleAction | None = None
         if self.mode == "shadow":
             said = f"rule {rule!r}: {reason}" if rule else reason
@@ -279,7 +328,7 @@ class Policy:
 
     def _evaluate(
         self, variables: dict[str, Any], functions: Mapping[str, Callable[..., Any]]
-    ) -> tuple[RuleAction, str | None, str]:
+    ) -> Outcome:
         try:  # converted to CEL values once per decision, not once per rule
             context = cel.Context(variables=variables, functions=dict(functions))
         except Exception as exc:  # a value CEL cannot hold: no rule can judge this plan

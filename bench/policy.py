@@ -51,6 +51,11 @@ def main() -> None:
         plan_id=new_id(), goal_id=goal.goal_id, revision=1, summary=draft.summary, steps=draft.steps
     )
     variables = policy_context(plan, catalog, SEED_GOAL)
+
+    def decide_afresh() -> object:
+        policy.memo.clear()
+        return policy.decide(plan, catalog, SEED_GOAL)
+
     read = policy_context(plan, catalog, needed=("plan",), reads=policy.reads)["plan"]
     sides = {
         "every variable built (plan, goal, tools)": lambda: policy_context(
@@ -67,7 +72,10 @@ def main() -> None:
         "plan with the fields the rules read converted": lambda: cel.Context(
             variables={"plan": read}
         ),
-        "Policy.decide (the whole decision)": lambda: policy.decide(plan, catalog, SEED_GOAL),
+        "Policy.decide, a plan of a kind decided before": lambda: policy.decide(
+            plan, catalog, SEED_GOAL
+        ),
+        "Policy.decide, a plan never seen (memo emptied)": decide_afresh,
     }
     decision = policy.decide(plan, catalog, SEED_GOAL)
     print(f"{len(plan.steps)}-step plan, {len(policy.rules)} rules, decided: {decision.action}")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import cel
 import pytest
 
-from approval_gate.policy import Policy, load_policy
+from approval_gate.policy import DecisionMemo, Outcome, Policy, load_policy
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from schemas import Plan, Step, ToolSpec
@@ -158,6 +159,27 @@ def test_a_rule_that_uses_a_step_whole_sees_every_field_of_it() -> None:
     assert sized.decide(plan_of("search"), CATALOG).action == "approve"
     indexed = policy_of(rule("first", 'plan.steps[0].tool == "search" && size(plan) == 6'))
     assert indexed.decide(plan_of("search"), CATALOG).action == "approve"
+
+
+def test_a_decision_taken_before_is_remembered_by_exactly_what_the_rules_read() -> None:
+    """Plans that differ only where no rule looks share one outcome; any difference a rule
+    reads is decided afresh, and the memo forgets its oldest outcome beyond its size."""
+    policy = policy_of(rule("small", "plan.steps.all(s, s.args.limit <= 10)"))
+    policy.memo.clear()
+    first = policy.decide(plan_of("search", limit=5), CATALOG)
+    again = policy.decide(plan_of("search", limit=5).model_copy(update={"plan_id": "p2"}), CATALOG)
+    assert first.action == again.action == "approve"
+    assert policy.decide(plan_of("search", limit=50), CATALOG).action == "hold"
+    assert len(policy.memo) == 2
+
+    def approve(n: int) -> Outcome:
+        return ("approve", None, f"plan {n}")
+
+    small = DecisionMemo(size=2)
+    for n in range(3):
+        small.outcome({"n": n}, functools.partial(approve, n))
+    assert len(small) == 2
+    assert small.outcome({"n": 0}, lambda: ("deny", None, "decided afresh"))[0] == "deny"
 
 
 def test_a_rule_that_returns_a_non_bool_holds() -> None:
