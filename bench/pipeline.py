@@ -14,12 +14,15 @@ Floor: the same three hops plus the least durable work DESIGN.md asks of each st
 audit chain, goal state, step claims and records, progress events) in raw sqlite3 (`floor.py`):
 what any implementation of the design must spend at the least, in Python, on this machine.
 
+Celery (when installed: `pip install -e '.[bench]'`): the same hops as a chain of three Celery
+tasks, a worker process each, acks_late, with the Redis result backend (`celery_chain.py`).
+
 The sides run side by side and are measured in turns, so that all see the same machine (an idle
 side only waits on the broker): sequential latency from submit to completion, one goal at a
 time, alternating sides (p50/p99 over --sequential goals each, after 3 warm-up goals); then
 pipelined throughput, --goals submitted at once and timed until all complete (baseline,
-plangate, floor, then baseline again; the baseline's figure is the mean of its two batches).
-Figures are printed, never asserted; issue 4's targets are printed beside them.
+plangate, floor, Celery, then baseline again; the baseline's figure is the mean of its two
+batches). Figures are printed, never asserted; the targets are printed beside them.
 
     python bench/pipeline.py [--redis-url redis://...] [--goals 200] [--sequential 50]
                              [--concurrency 4] [--database-url postgresql+psycopg://...]
@@ -61,7 +64,8 @@ STAGES = ("planner", "gate", "executor")
 TERMINAL_KEYS = (*sorted(TERMINAL_TYPES), "plan.held")
 WARMUP_GOALS = 3
 PAUSE = 0.01  # seconds between sequential goals, so that no two goals overlap
-P50_TARGET, RATE_TARGET = 1.5, 0.8  # issue 4: p50 <= 1.5 x baseline, goals/s >= 0.8 x baseline
+# Issue 19: p50 <= 1.5 x the floor's, goals/s >= 0.8 x the floor's and >= 1.0 x Celery's.
+FLOOR_P50_TARGET, FLOOR_RATE_TARGET, CELERY_RATE_TARGET = 1.5, 0.8, 1.0
 
 from harness import (  # noqa: E402
     Arrivals,
@@ -205,10 +209,27 @@ def audit_breakdown(side: Side, settings: Settings) -> dict[str, float]:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def start_celery_side(
+    processes: Processes,
+    connection: Connection,
+    settings: Settings,
+    bodies: dict[str, Any],
+    concurrency: int,
+) -> Side | None:
+    """Start the Celery chain's workers, if Celery is installed; return its side."""
+    try:
+        from celery_chain import start_celery
+    except ImportError:
+        say("celery: not installed (pip install -e '.[bench]'); its side is left out")
+        return None
+    prefix = f"{settings.namespace}-celery"
+    return start_celery(processes, connection, settings.broker_url, prefix, bodies, concurrency)
+
+
 def compare(
     args: argparse.Namespace, processes: Processes, settings: Settings
-) -> tuple[Side, Side, Side, dict[str, float], dict[str, Any]]:
-    """Start the three sides, measure them in turns, stop them; return them and plangate's hops."""
+) -> tuple[dict[str, Side], dict[str, float], dict[str, Any]]:
+    """Start the sides, measure them in turns, stop them; return them and plangate's hops."""
     upgrade_store(settings)
     client = Client(settings)
     floor_db = processes.folder / "floor.db"
@@ -219,7 +240,8 @@ def compare(
             theirs = start_hops(*hops)
             # The floor's checks load plangate's tools, policy and the gate's public key.
             floor = start_hops(*hops, floor=(floor_db, plangate_env(settings)))
-            sides = (ours, floor, theirs)
+            celery = start_celery_side(processes, connection, settings, bodies, args.concurrency)
+            sides = (ours, floor, theirs, *([celery] if celery else []))
             for side in sides:
                 for _ in range(WARMUP_GOALS):
                     side.one(record=False)
@@ -231,8 +253,9 @@ def compare(
                 for side in sides if i % 2 else reversed(sides):
                     side.one()
                     time.sleep(PAUSE)  # let the side's tail (e.g. marking outbox rows) end
-            say(f"pipelined: {args.goals} goals at once: baseline, plangate, floor, baseline")
-            for side in (theirs, ours, floor, theirs):
+            batches = (theirs, ours, floor, *sides[3:], theirs)
+            say(f"pipelined: {args.goals} goals at once: " + ", ".join(s.name for s in batches))
+            for side in batches:
                 side.batch(args.goals)
             for side in sides:
                 measured = len(side.latencies) + args.goals * len(side.rates)
@@ -248,43 +271,44 @@ def compare(
     say("every goal completed; each store holds 3 succeeded steps per goal")
     codes = processes.stop(lambda name: name != "redis")
     say(f"stopped the workers and hops (exit codes {codes})")
-    return ours, floor, theirs, breakdown, bodies
+    return {side.name: side for side in sides}, breakdown, bodies
 
 
-def report(
-    ours: Side, floor: Side, theirs: Side, breakdown: dict[str, float], bodies: dict[str, Any]
-) -> None:
+def report(sides: dict[str, Side], breakdown: dict[str, float], bodies: dict[str, Any]) -> None:
     """Print the side-by-side table, the ratios and whether each target is met."""
     sizes = ", ".join(f"{key} {len(bodies[key]['body'].encode())} B" for key in HOPS)
     print(f"\nmessages (the same bytes on every side): {sizes}")
-    print(
-        f"sequential: {len(ours.latencies)} goals per side; pipelined: {len(ours.rates)} "
-        f"plangate batch, {len(floor.rates)} floor batch, {len(theirs.rates)} baseline "
-        "batches (mean)"
-    )
+    batches = ", ".join(f"{side.name} {len(side.rates)}" for side in sides.values())
+    print(f"sequential: {len(sides['plangate'].latencies)} goals per side; batches: {batches}")
     print(f"load average (1 min) now: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
-    rows = [
-        ("sequential p50 (ms)", lambda side: side.p(0.5), "<=", P50_TARGET),
-        ("sequential p99 (ms)", lambda side: side.p(0.99), "", 0.0),
-        ("pipelined goals/s", lambda side: side.rate, ">=", RATE_TARGET),
-        ("CPU per goal (ms)", lambda side: side.cpu_ms, "", 0.0),
-    ]
-    print(
-        f"{'':22}{'plangate':>10}{'floor':>8}{'baseline':>10}"
-        f"{'plangate':>10}{'floor':>8}   {'target':<10}{'met':>4}"
-    )
-    print(f"{'':22}{'':28}{'/ baseline':>18}")
-    for label, figure, sense, target in rows:
-        mine, least, base = figure(ours), figure(floor), figure(theirs)
-        ratio = mine / base
-        met = ""
-        if sense:
-            met = "yes" if (ratio <= target if sense == "<=" else ratio >= target) else "NO"
-        goal = f"{sense} {target} x" if sense else ""
-        print(
-            f"{label:22}{mine:10.1f}{least:8.1f}{base:10.1f}"
-            f"{ratio:9.2f}x{least / base:7.2f}x   {goal:<10}{met:>4}"
+    rows = {
+        "sequential p50 (ms)": lambda side: side.p(0.5),
+        "sequential p99 (ms)": lambda side: side.p(0.99),
+        "pipelined goals/s": lambda side: side.rate,
+        "CPU per goal (ms)": lambda side: side.cpu_ms,
+    }
+    print(f"{'':22}" + "".join(f"{name:>10}" for name in sides))
+    for label, figure in rows.items():
+        print(f"{label:22}" + "".join(f"{figure(side):10.1f}" for side in sides.values()))
+    ours = sides["plangate"]
+    print("\nplangate beside each side:")
+    for other in (side for name, side in sides.items() if name != "plangate"):
+        ratios = "  ".join(
+            f"{label.split(' (')[0]} {figure(ours) / figure(other):.2f}x"
+            for label, figure in rows.items()
         )
+        print(f"  / {other.name:9}{ratios}")
+    targets = [
+        ("p50 <= 1.5 x floor", ours.p(0.5) / sides["floor"].p(0.5), "<=", FLOOR_P50_TARGET),
+        ("goals/s >= 0.8 x floor", ours.rate / sides["floor"].rate, ">=", FLOOR_RATE_TARGET),
+    ]
+    if "celery" in sides:
+        rate = ours.rate / sides["celery"].rate
+        targets.append(("goals/s >= 1.0 x Celery", rate, ">=", CELERY_RATE_TARGET))
+    print("\ntargets (issue 19):")
+    for label, ratio, sense, target in targets:
+        met = ratio <= target if sense == "<=" else ratio >= target
+        print(f"  {label:26}{ratio:6.2f}x   {'met' if met else 'NOT met'}")
     print("\nplangate, median ms per hop of the sequential goals (audit log timestamps):")
     for label, ms in breakdown.items():
         print(f"  {label:34}{ms:8.1f}")
