@@ -63,6 +63,7 @@ HISTORY_FUNCTIONS = ("count", "sum")  # see approval_gate.history
 # Outcomes remembered per policy: plans of one kind (a playbook's, a team's) look alike to rules
 # that read only tools, effects and tags, so most decisions were already taken once.
 MEMO_SIZE = 4096
+MEMO_KEY_BYTES = 8192  # larger values (long arguments) are decided afresh: at most ~32 MiB held
 Outcome = tuple[RuleAction, str | None, str]  # action, rule, reason
 
 
@@ -154,7 +155,8 @@ class DecisionMemo:
 
     Without `history` a rule is a pure function of those values, so an outcome found once is
     the outcome again; converting values into CEL and running the rules is most of a decision.
-    Bounded: the oldest outcome is forgotten first.
+    Bounded: the oldest outcome is forgotten first, and values over `MEMO_KEY_BYTES` are not
+    remembered at all.
     """
 
     def __init__(self, size: int = MEMO_SIZE) -> None:
@@ -167,6 +169,8 @@ class DecisionMemo:
         try:
             key = json.dumps(variables, sort_keys=True, separators=(",", ":"))
         except (TypeError, ValueError):  # not JSON: nothing to key it by
+            return evaluate()
+        if len(key) > MEMO_KEY_BYTES:
             return evaluate()
         with self._lock:
             found = self._outcomes.get(key)

@@ -9,7 +9,7 @@ from typing import Any
 import cel
 import pytest
 
-from approval_gate.policy import DecisionMemo, Outcome, Policy, load_policy
+from approval_gate.policy import MEMO_KEY_BYTES, DecisionMemo, Outcome, Policy, load_policy
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from schemas import Plan, Step, ToolSpec
@@ -180,6 +180,9 @@ def test_a_decision_taken_before_is_remembered_by_exactly_what_the_rules_read() 
         small.outcome({"n": n}, functools.partial(approve, n))
     assert len(small) == 2
     assert small.outcome({"n": 0}, lambda: ("deny", None, "decided afresh"))[0] == "deny"
+    small.clear()
+    small.outcome({"text": "x" * MEMO_KEY_BYTES}, functools.partial(approve, 4))
+    assert len(small) == 0  # values that large are decided afresh each time
 
 
 def test_a_rule_that_returns_a_non_bool_holds() -> None:
