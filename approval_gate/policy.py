@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,53 +15,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from approval_gate.decision_memo import DecisionMemo
+from approval_gate.policy_context import RULE_VARIABLES, policy_context
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
-from schemas import Decision, Plan, PlanInvalid, Step, ToolSpec, validate_plan
-from schemas.cel_check import (
-    ANY,
-    ListOf,
-    MapOf,
-    Reads,
-    Shape,
-    expression_problems,
-    expression_reads,
-)
-from schemas.data_flow import StepFlow, data_flow
+from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
+from schemas.cel_check import Reads, expression_problems, expression_reads
 
 Mode = Literal["enforce", "shadow"]
 RuleAction = Literal["approve", "deny", "hold"]
 MAX_MATCH_CHARS = 2000
 NO_MATCH_REASON = "no rule matched; held for a person"
 _PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}
-# An unknown tool might do anything, so it reads as a write that no rule can trust.
-_UNKNOWN_TOOL = ToolSpec(name="unknown", effect="write", idempotent=False, tags=("unknown-tool",))
-# What a rule may read (as `policy_context` builds it): anything else is a mistake in the rule.
-_STEP: dict[str, Shape] = {"id": str, "tool": str, "args": ANY, "when": str} | {
-    "effect": str,
-    "idempotent": bool,
-    "tags": ListOf(str),
-    "inputs": MapOf(ListOf(str)),
-    "untrusted_inputs": ListOf(str),
-}
-RULE_VARIABLES: dict[str, Shape] = {
-    "plan": {
-        "plan_id": str,
-        "goal_id": str,
-        "revision": int,
-        "summary": str,
-        "steps": ListOf(_STEP),
-        "writes_from_untrusted": bool,
-    },
-    "goal": {"text": str, "metadata": MapOf(str)},
-    "tools": MapOf(dict.fromkeys(ToolSpec.model_fields, ANY)),
-    "history": ANY,  # history.count(tool, window), history.sum(tool, arg, window, key)
-}
 HISTORY_FUNCTIONS = ("count", "sum")  # see approval_gate.history
-# Outcomes remembered per policy: plans of one kind (a playbook's, a team's) look alike to rules
-# that read only tools, effects and tags, so most decisions were already taken once.
-MEMO_SIZE = 4096
-MEMO_KEY_BYTES = 8192  # larger values (long arguments) are decided afresh: at most ~32 MiB held
 Outcome = tuple[RuleAction, str | None, str]  # action, rule, reason
 
 
@@ -150,47 +114,6 @@ class Rule:
     approver_not_submitter: bool = False  # the goal's submitter may not be one of them
 
 
-class DecisionMemo:
-    """Outcomes of a policy's rules by the exact values they were given (what they read).
-
-    Without `history` a rule is a pure function of those values, so an outcome found once is
-    the outcome again; converting values into CEL and running the rules is most of a decision.
-    Bounded: the oldest outcome is forgotten first, and values over `MEMO_KEY_BYTES` are not
-    remembered at all.
-    """
-
-    def __init__(self, size: int = MEMO_SIZE) -> None:
-        self._size = size
-        self._outcomes: dict[str, Outcome] = {}
-        self._lock = threading.Lock()  # gate workers decide in several threads
-
-    def outcome(self, variables: dict[str, Any], evaluate: Callable[[], Outcome]) -> Outcome:
-        """Return the outcome remembered for these values, or `evaluate()` and remember it."""
-        try:
-            key = json.dumps(variables, sort_keys=True, separators=(",", ":"))
-        except (TypeError, ValueError):  # not JSON: nothing to key it by
-            return evaluate()
-        if len(key) > MEMO_KEY_BYTES:
-            return evaluate()
-        with self._lock:
-            found = self._outcomes.get(key)
-        if found is None:
-            found = evaluate()
-            with self._lock:
-                if len(self._outcomes) >= self._size:
-                    del self._outcomes[next(iter(self._outcomes))]
-                self._outcomes[key] = found
-        return found
-
-    def __len__(self) -> int:
-        return len(self._outcomes)
-
-    def clear(self) -> None:
-        """Forget every outcome (the benchmark measures a decision never taken before)."""
-        with self._lock:
-            self._outcomes.clear()
-
-
 @dataclass(frozen=True)
 class Policy:
     """A loaded policy: compiled rules, a mode, and a version (a hash of the file's bytes)."""
@@ -200,7 +123,9 @@ class Policy:
     version: str
     source: str
     tests: tuple[PolicyCase, ...] = ()
-    memo: DecisionMemo = field(default_factory=DecisionMemo, init=False, repr=False, compare=False)
+    memo: DecisionMemo[Outcome] = field(
+        default_factory=DecisionMemo, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -347,83 +272,6 @@ class Policy:
             if result:
                 return rule.action, rule.name, rule.reason
         return "hold", None, NO_MATCH_REASON
-
-
-def policy_context(
-    plan: Plan,
-    catalog: Mapping[str, ToolSpec],
-    goal_text: str = "",
-    goal_metadata: Mapping[str, str] | None = None,
-    *,
-    needed: Collection[str] = ("plan", "goal", "tools"),
-    reads: Reads | None = None,
-) -> dict[str, Any]:
-    """Return the CEL variables a rule sees: `plan` (steps enriched from specs), `goal`, `tools`.
-
-    Only the `needed` ones are built, and of the plan only the fields in `reads` (all without).
-    """
-    variables: dict[str, Any] = {}
-    if "goal" in needed:
-        variables["goal"] = {"text": goal_text, "metadata": dict(goal_metadata or {})}
-    if "tools" in needed:
-        variables["tools"] = {name: spec.model_dump(mode="json") for name, spec in catalog.items()}
-    if "plan" in needed:
-        reads = reads or Reads(whole=frozenset({"plan"}))
-        variables["plan"] = _plan_variable(
-            plan, catalog, reads.fields_of("plan"), reads.fields_of("plan.steps[]")
-        )
-    return variables
-
-
-# How each field of a step as rules see it (`_STEP`) is made: from the step, its tool's spec
-# and the data that flows into it.
-_STEP_FIELDS: dict[str, Callable[[Step, ToolSpec, StepFlow], Any]] = {
-    "id": lambda step, spec, flow: step.id,
-    "tool": lambda step, spec, flow: step.tool,
-    "args": lambda step, spec, flow: step.model_dump(mode="json", include={"args"})["args"],
-    "when": lambda step, spec, flow: step.when or "",
-    "effect": lambda step, spec, flow: spec.effect,
-    "idempotent": lambda step, spec, flow: spec.idempotent,
-    "tags": lambda step, spec, flow: list(spec.tags),
-    "inputs": lambda step, spec, flow: {name: list(ids) for name, ids in flow.sources.items()},
-    "untrusted_inputs": lambda step, spec, flow: list(flow.untrusted_inputs),
-}
-_FLOW_FIELDS = frozenset({"inputs", "untrusted_inputs"})
-_NO_FLOW = StepFlow()
-
-
-def _plan_variable(
-    plan: Plan,
-    catalog: Mapping[str, ToolSpec],
-    plan_fields: frozenset[str] | None = None,
-    step_fields: frozenset[str] | None = None,
-) -> dict[str, Any]:
-    """Build `plan` for the rules: the named fields of it and of its steps (None: all)."""
-    wanted_plan = set(RULE_VARIABLES["plan"]) if plan_fields is None else plan_fields
-    wanted_step = list(_STEP_FIELDS) if step_fields is None else list(step_fields)
-    untrusted_writes = "writes_from_untrusted" in wanted_plan
-    # Following references through the plan is the dearest part: done only if it is read.
-    flows = data_flow(plan, catalog) if untrusted_writes or _FLOW_FIELDS & set(wanted_step) else {}
-    variable: dict[str, Any] = {}
-    for name in wanted_plan & {"plan_id", "goal_id", "revision", "summary"}:
-        variable[name] = getattr(plan, name)
-    if "steps" in wanted_plan:
-        variable["steps"] = [
-            {
-                name: _STEP_FIELDS[name](
-                    step, catalog.get(step.tool, _UNKNOWN_TOOL), flows.get(step.id, _NO_FLOW)
-                )
-                for name in wanted_step
-            }
-            for step in plan.steps
-        ]
-    if untrusted_writes:
-        variable["writes_from_untrusted"] = any(
-            catalog.get(step.tool, _UNKNOWN_TOOL).effect == "write"
-            and flows[step.id].untrusted_inputs
-            for step in plan.steps
-        )
-    return variable
 
 
 def load_policy(settings: Settings) -> Policy:

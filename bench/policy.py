@@ -19,7 +19,8 @@ from pathlib import Path
 
 import cel
 
-from approval_gate.policy import load_policy, policy_context
+from approval_gate.policy import load_policy
+from approval_gate.policy_context import policy_context
 from plangate.config import Settings
 from plangate.stages import configured_tools
 from planner_worker.playbook import PlaybookPlanner

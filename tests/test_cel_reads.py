@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from approval_gate.policy import RULE_VARIABLES
+from approval_gate.policy_context import RULE_VARIABLES
 from schemas.cel_check import expression_reads
 
 ALL = None  # every field: the record, or a value holding it, is used whole
@@ -39,6 +39,6 @@ def test_what_several_rules_read_is_the_union() -> None:
     tags = expression_reads('plan.steps.exists(s, "x" in s.tags)', RULE_VARIABLES)
     flow = expression_reads("plan.writes_from_untrusted", RULE_VARIABLES)
     whole = expression_reads("plan.steps.all(s, size(s) > 0)", RULE_VARIABLES)
-    assert (tags | flow).fields_of("plan") == {"steps", "writes_from_untrusted"}
-    assert (tags | flow).fields_of("plan.steps[]") == {"tags"}
+    assert (tags | flow).fields_of("plan") == frozenset({"steps", "writes_from_untrusted"})
+    assert (tags | flow).fields_of("plan.steps[]") == frozenset({"tags"})
     assert (tags | whole).fields_of("plan.steps[]") is None

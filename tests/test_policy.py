@@ -9,7 +9,8 @@ from typing import Any
 import cel
 import pytest
 
-from approval_gate.policy import MEMO_KEY_BYTES, DecisionMemo, Outcome, Policy, load_policy
+from approval_gate.decision_memo import MEMO_KEY_BYTES, DecisionMemo
+from approval_gate.policy import Outcome, Policy, load_policy
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from schemas import Plan, Step, ToolSpec
@@ -175,7 +176,7 @@ def test_a_decision_taken_before_is_remembered_by_exactly_what_the_rules_read() 
     def approve(n: int) -> Outcome:
         return ("approve", None, f"plan {n}")
 
-    small = DecisionMemo(size=2)
+    small: DecisionMemo[Outcome] = DecisionMemo(size=2)
     for n in range(3):
         small.outcome({"n": n}, functools.partial(approve, n))
     assert len(small) == 2
