@@ -7,6 +7,7 @@ from typing import Literal, get_args
 from uuid import uuid4
 
 import pytest
+from kombu import Queue
 
 from plangate.bus import Bus, Envelope
 from plangate.bus.topology import STAGE_BINDINGS, Topology
@@ -161,3 +162,22 @@ def test_an_observer_sees_stage_messages_but_not_retry_copies_or_dead_letters(bu
 
         assert observer.next(timeout=5.0) == goal
         assert observer.next(timeout=0.2) is None
+
+
+def test_an_observer_that_left_keeps_no_queue_that_messages_would_pile_up_in(bus: Bus) -> None:
+    """Given an observer that has closed,
+    When a goal is published after it left,
+    Then nothing was kept for it (Redis and memory keep auto-delete queues and
+    their bindings unless they are deleted: every later message would be copied there forever).
+    """
+    with bus.observe() as observer:
+        left_behind = observer.queue_name
+    bus.publish([Envelope.of(GoalSubmitted(goal_id=uuid4().hex, text="after it left"))])
+
+    # Declared again (as nothing), it holds no copy of what was published after it left.
+    with bus.connection() as connection:
+        queue = Queue(left_behind, exchange=bus.topology.exchange, auto_delete=True)
+        declared = queue.bind(connection.channel())
+        _, waiting, _ = declared.queue_declare()
+        declared.delete()
+    assert waiting == 0

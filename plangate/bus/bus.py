@@ -10,7 +10,7 @@ import base64
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from typing import Any
 
@@ -181,7 +181,10 @@ class Bus:
         """Receive a copy of every stage message published while the observer is open."""
         with self.connection() as connection:
             observer = Observer(connection, self.topology)
-            yield observer
+            try:
+                yield observer
+            finally:
+                observer.close()
 
     def queue_depth(self, stage: Stage) -> int:
         """Return how many messages wait in a stage's queue."""
@@ -300,8 +303,25 @@ class Observer:
         self._received: list[Message] = []
         queue = topology.observer_queue(uuid.uuid4().hex[:12])
         channel = connection.channel()
+        self._queue = queue.bind(channel)
         self._consumer = Consumer(channel, queues=[queue], on_message=self._on_message)
         self._consumer.consume()
+
+    @property
+    def queue_name(self) -> str:
+        """The observer's own queue (deleted when it closes)."""
+        return str(self._queue.name)
+
+    def close(self) -> None:
+        """Stop receiving, and delete the queue and its bindings.
+
+        Auto-delete is the broker's promise on AMQP only: kombu's Redis and memory transports
+        keep the queue and its bindings after the consumer leaves, and every later publish
+        would add a copy to a list that nobody reads.
+        """
+        with suppress(Exception):  # leaving anyway; a lost broker keeps nothing we could free
+            self._consumer.cancel()
+            self._queue.delete()
 
     def _on_message(self, raw: Any) -> None:
         # Only message types come here (the queue's bindings, from `schemas.routing`): a retry

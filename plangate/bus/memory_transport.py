@@ -54,6 +54,19 @@ class Channel(memory.Channel):
         super()._put_fanout(exchange, message, routing_key, **kwargs)
         _moved()
 
+    def queue_delete(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        """Delete the queue and its bindings.
+
+        kombu's memory channel drops the queue but leaves its rows in each exchange's routing
+        table, so the next message routed there made the queue again and kept a copy forever.
+        """
+        deleted = super().queue_delete(queue, *args, **kwargs)
+        for exchange in self.state.exchanges.values():
+            table = exchange.get("table")
+            if table:
+                table[:] = [row for row in table if row[-1] != queue]
+        return deleted
+
 
 class Transport(memory.Transport):
     """kombu's memory transport, waiting on puts instead of sleeping between polls."""
