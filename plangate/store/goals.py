@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import event, select
+from sqlalchemy import Table, bindparam, event, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from plangate import telemetry
 from plangate.errors import Conflict, NotFound
 from plangate.redaction import redact
 from plangate.store import audit
 from plangate.store.models import GoalRow, GoalStatus, PlanRow
-from schemas import GoalSubmitted, Plan, plan_hash
+from schemas import GoalSubmitted, Plan, plan_hash, utcnow
 from schemas.decoding import storable_text
 from schemas.goal_states import Mover, check_transition
 
@@ -80,6 +81,23 @@ def get_goal(session: Session, goal_id: str) -> GoalRow:
     return row
 
 
+# Built once, and run as plain statements: a move is made four times per goal, and the ORM's
+# locked `get` and unit-of-work flush took three times what these two statements take.
+_GOALS = cast(Table, GoalRow.__table__)
+_LOCK_STATUS = select(_GOALS.c.status).where(_GOALS.c.id == bindparam("goal_id")).with_for_update()
+_MOVE = (
+    update(_GOALS)
+    .where(_GOALS.c.id == bindparam("goal_id"))
+    .values(
+        status=bindparam("new_status"),
+        status_reason=bindparam("new_reason"),
+        reconciled=0,  # it moved: the reconciler's backoff starts over
+        planning_until=None,  # whatever planning was under way has ended
+        updated_at=bindparam("now"),
+    )
+)
+
+
 def transition(
     session: Session,
     goal_id: str,
@@ -89,29 +107,36 @@ def transition(
     actor: str,
     reason: str | None = None,
     data: dict[str, Any] | None = None,
-) -> GoalRow:
+) -> None:
     """Move a goal to `status` and record the move in the audit log.
 
     The reason is redacted and made storable: it is shown by every status command and answer.
     """
     if reason is not None:
         reason = storable_text(redact(reason))
+    session.flush()  # a change made to the goal's row in this transaction is written first
     # Locked and read afresh: a move checked against a status another transaction has since
     # changed (a cancel, a decision) would overwrite it on PostgreSQL.
-    row = session.get(GoalRow, goal_id, with_for_update=True, populate_existing=True)
-    if row is None:
-        row = get_goal(session, goal_id)  # raises NotFound
-    check_transition(goal_id, row.status, status, by)
-    session.info.setdefault(_MOVES, []).append((goal_id, row.status, status, actor, reason))
-    row.status = status
-    row.status_reason = reason
-    row.reconciled = 0  # it moved: the reconciler's backoff starts over
-    row.planning_until = None  # whatever planning was under way has ended
+    current = session.execute(_LOCK_STATUS, {"goal_id": goal_id}).scalar_one_or_none()
+    if current is None:
+        goal_id = get_goal(session, goal_id).id  # a short id; raises NotFound for none
+        current = session.execute(_LOCK_STATUS, {"goal_id": goal_id}).scalar_one()
+    check_transition(goal_id, current, status, by)
+    session.info.setdefault(_MOVES, []).append((goal_id, current, status, actor, reason))
+    moved = {"status": status, "status_reason": reason, "reconciled": 0, "planning_until": None}
+    now = utcnow()
+    session.execute(
+        _MOVE, {"goal_id": goal_id, "new_status": status, "new_reason": reason, "now": now}
+    )
+    # A row this transaction loaded before shows the move, as the ORM's own update would.
+    loaded = session.identity_map.get(session.identity_key(GoalRow, goal_id))
+    if loaded is not None:
+        for name, value in {**moved, "updated_at": now}.items():
+            set_committed_value(loaded, name, value)
     entry = dict(data or {})
     if reason:
         entry["reason"] = reason
     audit.append(session, f"goal.{status}", actor=actor, goal_id=goal_id, data=entry)
-    return row
 
 
 @event.listens_for(Session, "after_commit")
