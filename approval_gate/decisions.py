@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from plangate import metrics
@@ -19,11 +20,15 @@ from plangate.bus import Envelope
 from plangate.errors import Conflict
 from plangate.signing import Signer
 from plangate.store import ApprovalRow, DecisionRow, PlanRow
+from plangate.store.claims import insert_if_absent
 from plangate.store.goals import plan_of, transition
 from plangate.store.models import GoalStatus
 from plangate.store.outbox import emit
+from plangate.store.rows import insert_row
 from schemas import Decision, PlanApproved, PlanDecided, ReviewDecided, SignedEnvelope
 
+_APPROVALS = cast(Table, ApprovalRow.__table__)
+_ISSUED = select(_APPROVALS.c.envelope).where(_APPROVALS.c.plan_id == bindparam("plan_id"))
 _OUTCOMES: dict[str, tuple[str, GoalStatus]] = {
     "deny": ("plan.denied", "denied"),
     "hold": ("plan.held", "held"),
@@ -38,24 +43,21 @@ def record_decision(
     stage: str,
     decision: Decision,
     roles: frozenset[str] | None = None,
-) -> DecisionRow:
+) -> None:
     """Store a decision (a person's with their roles); Conflict if this stage already decided."""
-    row = DecisionRow(
-        plan_id=plan.plan_id,
-        goal_id=plan.goal_id,
-        stage=stage,
-        roles=None if roles is None else sorted(roles),
+    row = {
+        "plan_id": plan.plan_id,
+        "goal_id": plan.goal_id,
+        "stage": stage,
+        "roles": None if roles is None else sorted(roles),
         **decision.model_dump(),
-    )
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError as exc:
+    }
+    # The unique (plan, stage) settles a race between gates, or between people.
+    if not insert_if_absent(session, DecisionRow, row):
         raise Conflict(
             f"revision {plan.revision} of plan {plan.plan_id} was already decided; reload it"
-        ) from exc
+        )
     metrics.DECISIONS.labels(decision.action, decision.rule or decision.decided_by).inc()
-    return row
 
 
 def decision_of(row: DecisionRow) -> Decision:
@@ -180,19 +182,18 @@ def _approval_for(
     approvers: Sequence[str],
 ) -> SignedEnvelope:
     """Return the plan's approval, issuing and storing it the first time."""
-    existing = session.query(ApprovalRow).filter_by(plan_id=plan.plan_id).one_or_none()
+    existing = session.execute(_ISSUED, {"plan_id": plan.plan_id}).scalar_one_or_none()
     if existing is not None:
-        return SignedEnvelope.model_validate(existing.envelope)
+        return SignedEnvelope.model_validate(existing)
     approval = signer.approval(plan_of(plan), decision, ttl, approvers)
     envelope = signer.sign(approval)
-    session.add(
-        ApprovalRow(
-            approval_id=approval.approval_id,
-            plan_id=plan.plan_id,
-            goal_id=plan.goal_id,
-            plan_hash=plan.plan_hash,
-            envelope=envelope.model_dump(mode="json"),
-            expires_at=approval.expires_at,
-        )
-    )
+    row = {
+        "approval_id": approval.approval_id,
+        "plan_id": plan.plan_id,
+        "goal_id": plan.goal_id,
+        "plan_hash": plan.plan_hash,
+        "envelope": envelope.model_dump(mode="json"),
+        "expires_at": approval.expires_at,
+    }
+    insert_row(session, ApprovalRow, row)
     return envelope
