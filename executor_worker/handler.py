@@ -33,13 +33,12 @@ from plangate.store import (
     ApprovalUseRow,
     GoalRow,
     HoldRow,
-    PlanRow,
     StepRunRow,
     Store,
     audit,
 )
 from plangate.store.claims import insert_if_absent
-from plangate.store.goals import latest_plan, transition
+from plangate.store.goals import goal_status, newest_plan, transition
 from plangate.store.outbox import emit
 from plangate.tools import ToolRegistry
 from schemas import (
@@ -132,7 +131,7 @@ class ExecutorHandler:
         """
         plan = message.plan
         with self._store.session() as session:
-            goal = session.get(GoalRow, message.goal_id)
+            goal = goal_status(session, message.goal_id)
             if goal is None:
                 raise Reject(f"plan.approved for unknown goal {message.goal_id!r}")
             first_use = insert_if_absent(
@@ -142,19 +141,24 @@ class ExecutorHandler:
             )
             if first_use:
                 ensure_unexpired(approval)  # raising rolls the use back
-                _check_approvers(session.get(HoldRow, plan.plan_id), approval)
+                _check_approvers(session, plan.plan_id, approval)
             else:
                 used = session.get_one(ApprovalUseRow, approval.approval_id)
                 if used.plan_id != plan.plan_id:
                     raise ApprovalInvalid(f"approval {approval.approval_id} was already used")
-            newest = latest_plan(session, goal.id)
+            newest = newest_plan(session, plan.goal_id)
             if newest is not None and newest.plan_id != plan.plan_id:
                 # A late copy for a revision since replaced: running it would trample the new one.
                 data = {"plan_id": plan.plan_id, "newest_plan_id": newest.plan_id}
-                audit.append(session, "approval.stale", actor=ACTOR, goal_id=goal.id, data=data)
+                audit.append(
+                    session, "approval.stale", actor=ACTOR, goal_id=plan.goal_id, data=data
+                )
                 return None
             if goal.status in TERMINAL_STATUSES:
-                return emit(session, _outcome_of(session, goal, plan.plan_id))
+                outcome = _outcome_of(
+                    session, plan.goal_id, goal.status, goal.status_reason, plan.plan_id
+                )
+                return emit(session, outcome)
             if goal.status == "needs_attention":
                 return None  # a redelivery while a person settles a step: nothing to do yet
             if goal.status != "running":
@@ -167,8 +171,7 @@ class ExecutorHandler:
                     data={"plan_id": plan.plan_id, "approval_id": approval.approval_id},
                 )
             # The planner's `plan` span, stored with the plan: the run links to it.
-            planned = session.get(PlanRow, plan.plan_id)
-            trace = {str(k): str(v) for k, v in (planned.trace_headers if planned else {}).items()}
+            trace = {str(k): str(v) for k, v in (newest.trace_headers if newest else {}).items()}
             return _Started(trace, recorded_steps(session, plan.plan_id))
 
     def _refuse(self, message: PlanApproved, reason: str) -> Sequence[Envelope]:
@@ -220,9 +223,13 @@ class ExecutorHandler:
         statuses = {step_id: o.status for step_id, o in outcomes.items()}
         troubled = [o for o in outcomes.values() if o.status in ("failed", "unknown")]
         with self._store.session() as session:
-            goal = session.get_one(GoalRow, plan.goal_id)
+            goal = goal_status(session, plan.goal_id)
+            assert goal is not None  # the run started on it
             if goal.status in TERMINAL_STATUSES:  # a concurrent delivery of it finished first
-                return [emit(session, _outcome_of(session, goal, plan.plan_id))]
+                outcome = _outcome_of(
+                    session, plan.goal_id, goal.status, goal.status_reason, plan.plan_id
+                )
+                return [emit(session, outcome)]
             if not troubled:
                 transition(
                     session,
@@ -294,15 +301,17 @@ def _pause(
     return ExecutionPaused(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=statuses)
 
 
-def _outcome_of(session: Session, goal: GoalRow, plan_id: str) -> Message:
+def _outcome_of(
+    session: Session, goal_id: str, status: str, reason: str | None, plan_id: str
+) -> Message:
     """Rebuild the outcome message of a goal whose run already ended."""
     rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
     # A step still claimed (a late run elsewhere) has no outcome to tell yet.
     steps: dict[str, Any] = {row.step_id: row.status for row in rows if row.status != "running"}
-    if goal.status == "completed":
-        return ExecutionCompleted(goal_id=goal.id, plan_id=plan_id, steps=steps)
-    reason = goal.status_reason or f"the goal is {goal.status}"
-    return ExecutionFailed(goal_id=goal.id, plan_id=plan_id, reason=reason, steps=steps)
+    if status == "completed":
+        return ExecutionCompleted(goal_id=goal_id, plan_id=plan_id, steps=steps)
+    reason = reason or f"the goal is {status}"
+    return ExecutionFailed(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=steps)
 
 
 def _issued_by_gate(session: Session, message: PlanApproved) -> bool:
@@ -318,17 +327,18 @@ def _issued_by_gate(session: Session, message: PlanApproved) -> bool:
     )
 
 
-def _check_approvers(hold: HoldRow | None, approval: Approval) -> None:
+def _check_approvers(session: Session, plan_id: str, approval: Approval) -> None:
     """Refuse an approval naming fewer distinct approvers than the plan's hold requires.
 
     The gate counted them before it signed; this is the executor's own check against the
     record the gate made when it held the plan (four eyes, not one key, stand behind a run).
     """
-    if hold is None or hold.approvals_required <= 1:
+    required = session.scalar(select(HoldRow.approvals_required).where(HoldRow.plan_id == plan_id))
+    if required is None or required <= 1:
         return
     named = set(approval.approvers)
-    if len(named) < hold.approvals_required:
+    if len(named) < required:
         raise ApprovalInvalid(
-            f"the approval names {len(named)} approvers; the hold of plan {hold.plan_id} "
-            f"requires {hold.approvals_required}"
+            f"the approval names {len(named)} approvers; the hold of plan {plan_id} "
+            f"requires {required}"
         )

@@ -13,27 +13,25 @@ from sqlalchemy import select
 
 from plangate.errors import Conflict
 from plangate.store import GoalRow, Store
-from plangate.store.goals import get_goal, transition
+from plangate.store.goals import get_goal, goal_status, transition
 from schemas.goal_states import cancellable
 
 
-def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> GoalRow:
+def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> None:
     """Cancel a goal that has not ended, as `who`, saying why; Conflict if it has ended."""
     with store.session() as session:
         goal_id = get_goal(session, goal_id).id  # NotFound; a short id names the whole one
-        goal = session.execute(
-            select(GoalRow).where(GoalRow.id == goal_id).with_for_update()
+        status = session.execute(
+            select(GoalRow.status).where(GoalRow.id == goal_id).with_for_update()
         ).scalar_one()
-        if not cancellable(goal.status):
-            raise Conflict(f"goal {goal_id} is {goal.status}: it has ended, nothing to cancel")
+        if not cancellable(status):
+            raise Conflict(f"goal {goal_id} is {status}: it has ended, nothing to cancel")
         why = f"cancelled by {who}: {reason}" if reason else f"cancelled by {who}"
-        return transition(
-            session, goal_id, "cancelled", by="operator", actor=who, reason=why, data={}
-        )
+        transition(session, goal_id, "cancelled", by="operator", actor=who, reason=why, data={})
 
 
 def is_cancelled(store: Store, goal_id: str) -> bool:
     """Return whether the goal was cancelled (a run asks before each step it starts)."""
     with store.reading() as session:
-        status = session.scalar(select(GoalRow.status).where(GoalRow.id == goal_id))
-        return status == "cancelled"
+        found = goal_status(session, goal_id)
+        return found is not None and found.status == "cancelled"

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, event, select, update
+from sqlalchemy import Row, Table, bindparam, event, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -96,6 +96,34 @@ _MOVE = (
         updated_at=bindparam("now"),
     )
 )
+
+
+_STATUS = select(_GOALS.c.status, _GOALS.c.status_reason).where(
+    _GOALS.c.id == bindparam("goal_id")
+)
+_PLANS = cast(Table, PlanRow.__table__)
+_NEWEST_PLAN = (
+    select(_PLANS.c.plan_id, _PLANS.c.revision, _PLANS.c.trace_headers)
+    .where(_PLANS.c.goal_id == bindparam("goal_id"))
+    .order_by(_PLANS.c.revision.desc())
+    .limit(1)
+)
+
+
+def goal_status(session: Session, goal_id: str) -> Row[tuple[str, str | None]] | None:
+    """Return a goal's `status` and `status_reason` (by its whole id), or None if none.
+
+    One plain statement: what the stages ask of a goal on every message.
+    """
+    return session.execute(_STATUS, {"goal_id": goal_id}).one_or_none()  # type: ignore[return-value]
+
+
+def newest_plan(session: Session, goal_id: str) -> Row[tuple[str, int, dict[str, Any]]] | None:
+    """Return the `plan_id`, `revision` and `trace_headers` of a goal's newest plan, if any.
+
+    Without the plan's body: the stages ask only whether a plan is the newest.
+    """
+    return session.execute(_NEWEST_PLAN, {"goal_id": goal_id}).one_or_none()  # type: ignore[return-value]
 
 
 def transition(
