@@ -13,7 +13,7 @@ from plangate.bus import Bus
 from plangate.errors import InputInvalid
 from plangate.relay import deliver
 from plangate.store import GoalRow, Store
-from plangate.store.goals import ensure_goal
+from plangate.store.goals import store_goal
 from plangate.store.outbox import emit
 from schemas import GoalSubmitted, new_id
 
@@ -55,7 +55,7 @@ def submit_goal(
         headers: dict[str, str] = {}
         telemetry.inject(headers)
         with store.session() as session:
-            ensure_goal(session, message, headers)
+            store_goal(session, message, headers)
             envelope = emit(session, message)
         sent = deliver(store, bus, [envelope])
         return Submitted(message.goal_id, telemetry.current_trace_id(), queued=not sent)

@@ -15,6 +15,7 @@ from plangate.errors import Conflict, NotFound
 from plangate.redaction import redact
 from plangate.store import audit
 from plangate.store.models import GoalRow, GoalStatus, PlanRow
+from plangate.store.rows import insert_row
 from schemas import GoalSubmitted, Plan, plan_hash, utcnow
 from schemas.decoding import storable_text
 from schemas.goal_states import Mover, check_transition
@@ -33,24 +34,29 @@ def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[st
             # Published raw, without a trace context: the goal's one trace starts here, at the
             # first stage (the span handling it), and every later message and resend keeps it.
             telemetry.inject(headers)
-        row = GoalRow(
-            id=message.goal_id,
-            text=message.text,
-            status="submitted",
-            meta=dict(message.metadata),
-            idempotency_key=message.idempotency_key,
-            trace_headers=headers,
-        )
-        session.add(row)
-        session.flush()
-        audit.append(
-            session,
-            "goal.submitted",
-            actor=message.metadata.get("submitted_by", "client"),
-            goal_id=message.goal_id,
-            data={"text": message.text, "metadata": dict(message.metadata)},
-        )
+        store_goal(session, message, headers)
+        row = session.get_one(GoalRow, message.goal_id)
     return row
+
+
+def store_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str, str]) -> None:
+    """Store a new goal, `submitted`, and audit it (a plain INSERT: every goal passes here)."""
+    goal = {
+        "id": message.goal_id,
+        "text": message.text,
+        "status": "submitted",
+        "metadata": dict(message.metadata),
+        "idempotency_key": message.idempotency_key,
+        "trace_headers": dict(trace_headers),
+    }
+    insert_row(session, GoalRow, goal)
+    audit.append(
+        session,
+        "goal.submitted",
+        actor=message.metadata.get("submitted_by", "client"),
+        goal_id=message.goal_id,
+        data={"text": message.text, "metadata": dict(message.metadata)},
+    )
 
 
 RowT = TypeVar("RowT")
@@ -98,9 +104,7 @@ _MOVE = (
 )
 
 
-_STATUS = select(_GOALS.c.status, _GOALS.c.status_reason).where(
-    _GOALS.c.id == bindparam("goal_id")
-)
+_STATUS = select(_GOALS.c.status, _GOALS.c.status_reason).where(_GOALS.c.id == bindparam("goal_id"))
 _PLANS = cast(Table, PlanRow.__table__)
 _NEWEST_PLAN = (
     select(_PLANS.c.plan_id, _PLANS.c.revision, _PLANS.c.trace_headers)

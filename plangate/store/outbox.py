@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, or_, select, update
+from sqlalchemy import Table, bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
@@ -27,8 +27,14 @@ from schemas import Message, utcnow
 log = logging.getLogger(__name__)
 
 
-# A plain INSERT, not the ORM's unit of work: every message of every stage passes here.
-_INSERT = insert(cast(Table, OutboxRow.__table__))
+# Plain statements, not the ORM's unit of work: every message of every stage passes here.
+_OUTBOX = cast(Table, OutboxRow.__table__)
+_INSERT = insert(_OUTBOX)
+_MARK_SENT = (
+    update(_OUTBOX)
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(sent_at=bindparam("now", type_=_OUTBOX.c.sent_at.type))
+)
 
 
 def add(session: Session, envelope: Envelope, not_before: datetime | None = None) -> Envelope:
@@ -111,7 +117,7 @@ def mark_sent(store: Store, envelopes: Sequence[Envelope]) -> None:
     ids = [e.outbox_id for e in envelopes if e.outbox_id is not None]
     if ids:
         with store.session() as session:
-            session.execute(update(OutboxRow).where(OutboxRow.id.in_(ids)).values(sent_at=utcnow()))
+            session.execute(_MARK_SENT, {"ids": ids, "now": utcnow()})
 
 
 class SentMarker:
