@@ -23,8 +23,18 @@ from plangate.catalog import read_catalog
 from plangate.errors import NotReady, PlanningFailed, Reject, Retry
 from plangate.redaction import redact
 from plangate.store import GoalRow, PlanRow, Store
-from plangate.store.goals import ensure_goal, get_goal, latest_plan, plan_of, plan_row, transition
+from plangate.store.goals import (
+    ensure_goal,
+    get_goal,
+    goal_status,
+    latest_plan,
+    newest_plan,
+    plan_of,
+    plan_values,
+    transition,
+)
 from plangate.store.outbox import emit
+from plangate.store.rows import insert_row
 from planner_worker.planner import Draft, Feedback, Planner, RevisingPlanner
 from planner_worker.replan import FeedbackSource, ReplanPolicy
 from schemas import (
@@ -82,21 +92,26 @@ class PlannerHandler:
 
     def _on_goal(self, message: GoalSubmitted, delivery: Delivery) -> Sequence[Envelope]:
         with self._store.session() as session:
-            goal = ensure_goal(session, message, delivery.headers)
+            goal = goal_status(session, message.goal_id)
+            if goal is None:  # published raw, not by a client: stored at first sight
+                ensure_goal(session, message, delivery.headers)
+                goal = goal_status(session, message.goal_id)
+                assert goal is not None
             if goal.status == "cancelled":
                 return []  # an operator stopped it: nothing more is planned
-            existing = latest_plan(session, message.goal_id)
+            existing = newest_plan(session, message.goal_id)
             if existing is not None and goal.status != "submitted":
-                return [emit(session, _proposal(existing))]  # a redelivery: already planned
+                # A redelivery: already planned.
+                return [emit(session, _proposal(session.get_one(PlanRow, existing.plan_id)))]
             # Submitted with plans already: an operator's retry (plangate/goal_retry.py).
             revision = 1 if existing is None else existing.revision + 1
             if goal.status == "plan_failed":
-                return [emit(session, _failure(goal))]
+                return [emit(session, _failure(message.goal_id, goal.status_reason))]
             catalog = _catalog_in(session, self._catalog)
             if self._lease is None:
                 # Planning without I/O, in microseconds: in this transaction, with no lease.
                 return self._first_revision(message, catalog, revision, session)
-            self._take_lease(session, goal.id)
+            self._take_lease(session, message.goal_id)
         with self._leased(message.goal_id):
             return self._first_revision(message, catalog, revision)
 
@@ -142,7 +157,7 @@ class PlannerHandler:
             if newest.revision > row.revision or not self._replan.allows(row.revision, source):
                 return []
             if goal.status == "plan_failed":  # revising after this feedback failed before
-                return [emit(session, _failure(goal))]
+                return [emit(session, _failure(goal.id, goal.status_reason))]
             if goal.status != _AWAITING_FEEDBACK[source]:
                 return []  # the goal moved on (another decision, a newer run): leave it
             request = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
@@ -246,7 +261,7 @@ class PlannerHandler:
 
 def _store_proposal(session: Session, plan: Plan, draft: Draft) -> list[Envelope]:
     usage = draft.usage
-    row = plan_row(
+    row = plan_values(
         plan,
         draft.planner,
         # The `plan` span, so that the run of this plan can link to it later.
@@ -255,11 +270,18 @@ def _store_proposal(session: Session, plan: Plan, draft: Draft) -> list[Envelope
         input_tokens=usage.input_tokens if usage else None,
         output_tokens=usage.output_tokens if usage else None,
     )
-    session.add(row)
-    session.flush()
-    moved = {"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": row.plan_hash}
+    insert_row(session, PlanRow, row)
+    moved = {"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": row["plan_hash"]}
     transition(session, plan.goal_id, "proposed", by="planner", actor=ACTOR, data=moved)
-    return [emit(session, _proposal(row))]
+    proposed = PlanProposed(
+        goal_id=plan.goal_id,
+        plan=plan,
+        plan_hash=row["plan_hash"],
+        planner=draft.planner,
+        model=draft.model,
+        usage=usage,
+    )
+    return [emit(session, proposed)]
 
 
 def _store_failure(session: Session, goal_id: str, reasons: list[str]) -> list[Envelope]:
@@ -321,5 +343,5 @@ def _proposal(row: PlanRow) -> PlanProposed:
     )
 
 
-def _failure(goal: GoalRow) -> PlanFailed:
-    return PlanFailed(goal_id=goal.id, reasons=[goal.status_reason or "planning failed"])
+def _failure(goal_id: str, reason: str | None) -> PlanFailed:
+    return PlanFailed(goal_id=goal_id, reasons=[reason or "planning failed"])

@@ -213,15 +213,36 @@ def plan_row(
     output_tokens: int | None = None,
 ) -> PlanRow:
     """Return the row that stores a plan revision, with its hash (the inverse of `plan_of`)."""
-    return PlanRow(
-        plan_id=plan.plan_id,
-        goal_id=plan.goal_id,
-        revision=plan.revision,
-        body=plan.model_dump(mode="json"),
-        plan_hash=plan_hash(plan),
-        planner=planner,
+    values = plan_values(
+        plan,
+        planner,
+        trace_headers,
         model=model,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
-        trace_headers=dict(trace_headers),
     )
+    return PlanRow(**values)
+
+
+def plan_values(
+    plan: Plan,
+    planner: str,
+    trace_headers: Mapping[str, Any],
+    *,
+    model: str | None = None,
+    input_tokens: int | None = None,
+    output_tokens: int | None = None,
+) -> dict[str, Any]:
+    """Return the columns of the row that stores a plan revision (see `plan_row`)."""
+    return {
+        "plan_id": plan.plan_id,
+        "goal_id": plan.goal_id,
+        "revision": plan.revision,
+        "body": plan.model_dump(mode="json"),
+        "plan_hash": plan_hash(plan),
+        "planner": planner,
+        "model": model,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "trace_headers": dict(trace_headers),
+    }
