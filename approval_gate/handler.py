@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from approval_gate.decisions import decision_of, follow_decision, record_decision
@@ -36,6 +37,19 @@ from schemas import (
     PreviewRequested,
     ReviewDecided,
     plan_hash,
+)
+
+# Plain statements, built once: what the gate reads of a goal and its decisions on every plan.
+_GOALS = cast(Table, GoalRow.__table__)
+_GOAL = select(_GOALS.c.status, _GOALS.c.text, _GOALS.c.metadata).where(
+    _GOALS.c.id == bindparam("goal_id")
+)
+_DECISIONS = cast(Table, DecisionRow.__table__)
+_LATEST_DECISION = (
+    select(_DECISIONS.c.id)
+    .where(_DECISIONS.c.plan_id == bindparam("plan_id"))
+    .order_by(_DECISIONS.c.id.desc())
+    .limit(1)
 )
 
 
@@ -79,10 +93,10 @@ class GateHandler:
             repeated = self._repeat_earlier_decision(session, row)
             if repeated is not None:
                 return repeated
-            goal = session.get(GoalRow, plan.goal_id)
+            goal = session.execute(_GOAL, {"goal_id": plan.goal_id}).one_or_none()
             if goal is not None and goal.status == "cancelled":
                 return []  # an operator stopped it: nothing more is decided
-            goal_text, goal_meta = (goal.text, dict(goal.meta)) if goal else ("", {})
+            goal_text, goal_meta = (goal.text, dict(goal.metadata)) if goal else ("", {})
             history = None
             if self._policy.reads_history:  # one decision at a time per tool (see history)
                 lock_names(session, (f"plangate.history:{step.tool}" for step in plan.steps))
@@ -129,17 +143,10 @@ class GateHandler:
 
     def _repeat_earlier_decision(self, session: Session, row: PlanRow) -> list[Envelope] | None:
         """On a redelivery (or a lost race), say again what was decided; move nothing."""
-        earlier = (
-            session.execute(
-                select(DecisionRow)
-                .where(DecisionRow.plan_id == row.plan_id)
-                .order_by(DecisionRow.id.desc())
-            )
-            .scalars()
-            .first()
-        )
-        if earlier is None:
+        latest_id = session.scalar(_LATEST_DECISION, {"plan_id": row.plan_id})
+        if latest_id is None:
             return None
+        earlier = session.get_one(DecisionRow, latest_id)
         if earlier.stage == "human" and earlier.action == "approve":
             # A person's approval is signed only once checked against its hold.
             return release(session, row, earlier, self._signer, self._ttl)
