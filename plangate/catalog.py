@@ -6,16 +6,23 @@ import json
 import logging
 from collections.abc import Iterable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Table, Text, select
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from plangate.store import Store, ToolCatalogRow
 from schemas import Catalog, ToolSpec
 
 log = logging.getLogger(__name__)
+
+
+# Each spec as the text stored (cast in SQL: a driver that parses JSON columns gets text too),
+# which is what `_spec` is keyed by; one plain statement, read for every plan and decision.
+_TOOLS = cast(Table, ToolCatalogRow.__table__)
+_CATALOG = select(_TOOLS.c.name, sql_cast(_TOOLS.c.spec, Text))
 
 
 def publish_catalog(store: Store, specs: Iterable[ToolSpec]) -> None:
@@ -43,13 +50,13 @@ def read_catalog(session: Session) -> Catalog:
     takes the write lock, and one fewer per goal shows when many goals are in flight.
     """
     catalog: Catalog = {}
-    for row in session.execute(select(ToolCatalogRow)).scalars():
+    for name, text in session.execute(_CATALOG):
         try:
-            catalog[row.name] = _spec(json.dumps(row.spec))
+            catalog[name] = _spec(text)
         except ValidationError as exc:
             # One bad row (written by an older version) must not stop every goal: plans
             # that use the tool are refused by validation, as for any unknown tool.
-            log.warning("tool %s in the catalog is invalid and left out: %s", row.name, exc)
+            log.warning("tool %s in the catalog is invalid and left out: %s", name, exc)
     return catalog
 
 
