@@ -7,6 +7,7 @@ naming the step it concerns, so a planner (or a person editing) can fix them all
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from typing import Any
 
 import jsonschema
@@ -14,6 +15,7 @@ import jsonschema
 from schemas.cel_check import ANY, MapOf, Shape, expression_problems
 from schemas.errors import PlanInvalid, PlanProblem
 from schemas.hashing import canonical_json
+from schemas.instance_memo import InstanceMemo
 from schemas.plan import Plan, Step
 from schemas.references import Reference, dependencies, steps_in_condition, whole_reference
 from schemas.tool_spec import ToolSpec
@@ -102,13 +104,25 @@ def _check_condition(step: Step) -> list[PlanProblem]:
     assert step.when is not None
     if len(step.when) > MAX_CONDITION_CHARS:
         return [PlanProblem("bad_condition", "`when` is too long", step.id)]
-    problems = expression_problems(step.when, CONDITION_VARIABLES)
+    return [PlanProblem("bad_condition", said, step.id) for said in _condition_problems(step.when)]
+
+
+@lru_cache(maxsize=1024)
+def _condition_problems(when: str) -> tuple[str, ...]:
+    """Return what is wrong with a `when`: by its text alone, so each text is checked once."""
+    problems = expression_problems(when, CONDITION_VARIABLES)
     if problems:
-        said = "; ".join(problems)
-        return [PlanProblem("bad_condition", f"`when` is not valid CEL: {said}", step.id)]
-    if not steps_in_condition(step.when) and "steps" in step.when:
-        return [PlanProblem("bad_condition", "`when` must read outputs as steps.<id>", step.id)]
-    return []
+        return (f"`when` is not valid CEL: {'; '.join(problems)}",)
+    if not steps_in_condition(when) and "steps" in when:
+        return ("`when` must read outputs as steps.<id>",)
+    return ()
+
+
+# A tool's argument schema compiled once per spec (specs are frozen, and the catalog keeps
+# one instance per published spec), not once per step of every plan.
+_args_validator: InstanceMemo[ToolSpec, jsonschema.Draft202012Validator] = InstanceMemo(
+    lambda spec: jsonschema.Draft202012Validator(spec.args_schema)
+)
 
 
 def _check_args(
@@ -123,7 +137,7 @@ def _check_args(
         if mismatch:
             where = ".".join(str(p) for p in path)
             problems.append(PlanProblem("bad_args", f"argument {where!r}: {mismatch}", step.id))
-    validator = jsonschema.Draft202012Validator(spec.args_schema)
+    validator = _args_validator(spec)
     for error in sorted(validator.iter_errors(step.args), key=lambda e: list(e.path)):
         at = tuple(error.absolute_path)
         if any(at[: len(path)] == path for path, _ in found):
