@@ -1,8 +1,8 @@
 """`plangate review`: held plans from the terminal — list, show, approve, reject, edit.
 
 Settling steps that may or may not have happened (`unsettled`, `settle`) is in `settle.py`;
-how a command reaches the deployment and as whom (`--server`, the reviewer token) is in
-`review_access.py`.
+how a held plan is shown is in `held_plan_view.py`; how a command reaches the deployment and as
+whom (`--server`, the reviewer token) is in `review_access.py`.
 
 Without `--server` a command works on the store and broker named by the settings: a decision is
 recorded in the store under the reviewer the token names in the reviewers file, and its messages
@@ -21,12 +21,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
-from rich.syntax import Syntax
 from rich.table import Table
-from rich.text import Text
 
 from plangate.cli.common import err_console, friendly_errors, group
+from plangate.cli.held_plan_view import console, elided, held_json, show_held, view_of
 from plangate.cli.review_access import (
     Access,
     ServerOption,
@@ -40,7 +38,6 @@ from plangate.cli.review_access import (
 from plangate.errors import ConfigError
 
 if TYPE_CHECKING:
-    from approval_gate.review import HeldPlan
     from schemas import Catalog
 
 app = group(
@@ -49,7 +46,6 @@ app = group(
     "(PLANGATE_REVIEWER_TOKEN or --token-file) and a deployment: --server URL (a plangate "
     "serve) or the store and broker in your settings."
 )
-console = Console(highlight=False, soft_wrap=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 HashOption = Annotated[
@@ -57,127 +53,6 @@ HashOption = Annotated[
     typer.Option("--hash", metavar="HASH", help="The plan hash you reviewed; refused if changed."),
 ]
 PlanArgument = Annotated[str, typer.Argument(metavar="PLAN_ID")]
-
-
-def held_json(held: HeldPlan) -> dict[str, Any]:
-    """Return what a reviewer sees of a held plan, as JSON."""
-    from approval_gate.review import plan_diff
-
-    decision = held.policy_decision
-    return {
-        "plan_id": held.plan.plan_id,
-        "goal_id": held.goal.id,
-        "goal_text": held.goal.text,
-        "status": held.goal.status,
-        "revision": held.plan.revision,
-        "plan_hash": held.plan.plan_hash,
-        "planner": held.plan.planner,
-        "summary": held.plan.body.get("summary", ""),
-        "steps": held.plan.body.get("steps", []),
-        "decision": None
-        if decision is None
-        else {
-            "action": decision.action,
-            "rule": decision.rule,
-            "reason": decision.reason,
-            "decided_by": decision.decided_by,
-            "policy_version": decision.policy_version,
-            "shadow_action": decision.shadow_action,
-        },
-        "required_role": held.required_role,
-        "approvals_required": held.approvals_required,
-        "approvers": list(held.approvers),
-        "approval_progress": held.approval_progress,
-        "expires_at": held.expires_at.isoformat() if held.expires_at else None,
-        "previous": None
-        if held.previous is None
-        else {
-            "plan_id": held.previous.plan_id,
-            "revision": held.previous.revision,
-            "plan_hash": held.previous.plan_hash,
-        },
-        "diff": plan_diff(held.previous, held.plan),
-        "preview_state": held.preview_state,
-        "preview": None
-        if held.preview is None
-        else [step.model_dump(mode="json") for step in held.preview],
-    }
-
-
-def view_of(detail: dict[str, Any]) -> dict[str, Any]:
-    """Return the API's view of a held plan in the shape `held_json` prints (for text)."""
-    policy = detail.get("policy")
-    lines = detail.get("diff") or []
-    previous = detail.get("previous_revision")
-    return {
-        **detail,
-        "status": detail["goal_status"],
-        "decision": None if policy is None else {**policy, "decided_by": "policy"},
-        "previous": None if previous is None else {"revision": previous},
-        "diff": "\n".join(lines) + "\n" if lines else "",
-    }
-
-
-def _elided(text: str, width: int) -> str:
-    """Return `text` on one line, cut to `width` characters with … where it is longer."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
-def _steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
-    table = Table(
-        title=f"Plan {view['plan_id']} · revision {view['revision']} · by {view['planner']}",
-        caption=view["summary"] or None,
-        title_justify="left",
-    )
-    for column in ("step", "tool", "effect", "args", "when"):
-        table.add_column(column, overflow="fold")
-    from schemas.data_flow import untrusted_sources
-
-    flows = untrusted_sources(view["steps"], catalog)
-    for step in view["steps"]:
-        spec = catalog.get(step["tool"])
-        effect = step.get("effect") or (spec.effect if spec else "unknown")
-        args = Text(json.dumps(step.get("args") or {}, separators=(",", ":")))
-        marked = step.get("untrusted_from") or flows.get(step["id"], {})
-        for name, sources in marked.items():
-            args.append(f"\n⚠ {name} carries untrusted data from {', '.join(sources)}", "red")
-        table.add_row(
-            step["id"],
-            step["tool"],
-            Text(effect, style="yellow" if effect != "read" else "cyan"),
-            args if args.plain != "{}" else "",
-            step.get("when") or "",
-        )
-    return table
-
-
-def _show(view: dict[str, Any], catalog: Catalog) -> None:
-    from plangate.cli import render
-    from schemas import StepPreview
-
-    console.print(Text(f"Goal {view['goal_id']} ({view['status']}): ", style="bold"), end="")
-    console.print(Text(view["goal_text"], style="dim"), "  [dim](untrusted text)[/]")
-    console.print(_steps_table(view, catalog))
-    decision = view["decision"]
-    if decision:
-        by = f"rule {decision['rule']}" if decision["rule"] else decision["decided_by"]
-        console.print(f"Policy: [bold]{decision['action']}[/] by {by} — {decision['reason']}")
-    if view["required_role"]:
-        console.print(f"Requires the role: [bold]{view['required_role']}[/]")
-    if view.get("approvals_required", 1) > 1:
-        console.print(f"Approvals: [bold]{view['approval_progress']}[/]")
-    if view["expires_at"]:
-        console.print(f"Expires at {view['expires_at']}")
-    if view["preview"] is not None:
-        steps = [StepPreview.model_validate(step) for step in view["preview"]]
-        console.print(render.preview_table(steps))
-    elif view["preview_state"] == "waiting":
-        console.print("Preview: asked of an executor, not ready yet", style="dim")
-    console.print(f"Hash {view['plan_hash']}", style="dim")
-    if view["diff"]:
-        console.print(f"Changes since revision {view['previous']['revision']}:")
-        console.print(Syntax(view["diff"], "diff", theme="ansi_dark", background_color="default"))
 
 
 @app.command("list", short_help="List the plans waiting for a person.")
@@ -217,8 +92,8 @@ def review_list(
         table.add_row(
             view["plan_id"][:8],
             str(view["revision"]),
-            _elided(view["goal_text"], goal_width),
-            _elided(decision.get("rule") or "", rule_width),
+            elided(view["goal_text"], goal_width),
+            elided(decision.get("rule") or "", rule_width),
             f"{len(view.get('approvers') or [])} of {needed}",
             (view["expires_at"] or "")[5:16].replace("T", " "),
         )
@@ -251,7 +126,7 @@ def review_show(
     if as_json:
         typer.echo(json.dumps(view))
     else:
-        _show(view_of(view) if access.server else view, catalog)
+        show_held(view_of(view) if access.server else view, catalog)
 
 
 def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:

@@ -14,7 +14,8 @@ import typer
 from rich.table import Table
 
 from plangate.cli.common import friendly_errors
-from plangate.cli.review import JsonOption, PlanArgument, console
+from plangate.cli.held_plan_view import console
+from plangate.cli.review import JsonOption, PlanArgument
 from plangate.cli.review_access import (
     Access,
     ServerOption,

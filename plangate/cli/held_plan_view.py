@@ -1,0 +1,144 @@
+"""How a held plan is shown in the terminal: its JSON, and the text `review show` prints.
+
+The JSON is what `review show --json` and `review list --json` print; the API's own view of a
+held plan (with `--server`) is brought to the same shape first (`view_of`), so both print alike.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from approval_gate.review import HeldPlan
+    from schemas import Catalog
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def held_json(held: HeldPlan) -> dict[str, Any]:
+    """Return what a reviewer sees of a held plan, as JSON."""
+    from approval_gate.review import plan_diff
+
+    decision = held.policy_decision
+    return {
+        "plan_id": held.plan.plan_id,
+        "goal_id": held.goal.id,
+        "goal_text": held.goal.text,
+        "status": held.goal.status,
+        "revision": held.plan.revision,
+        "plan_hash": held.plan.plan_hash,
+        "planner": held.plan.planner,
+        "summary": held.plan.body.get("summary", ""),
+        "steps": held.plan.body.get("steps", []),
+        "decision": None
+        if decision is None
+        else {
+            "action": decision.action,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "decided_by": decision.decided_by,
+            "policy_version": decision.policy_version,
+            "shadow_action": decision.shadow_action,
+        },
+        "required_role": held.required_role,
+        "approvals_required": held.approvals_required,
+        "approvers": list(held.approvers),
+        "approval_progress": held.approval_progress,
+        "expires_at": held.expires_at.isoformat() if held.expires_at else None,
+        "previous": None
+        if held.previous is None
+        else {
+            "plan_id": held.previous.plan_id,
+            "revision": held.previous.revision,
+            "plan_hash": held.previous.plan_hash,
+        },
+        "diff": plan_diff(held.previous, held.plan),
+        "preview_state": held.preview_state,
+        "preview": None
+        if held.preview is None
+        else [step.model_dump(mode="json") for step in held.preview],
+    }
+
+
+def view_of(detail: dict[str, Any]) -> dict[str, Any]:
+    """Return the API's view of a held plan in the shape `held_json` prints (for text)."""
+    policy = detail.get("policy")
+    lines = detail.get("diff") or []
+    previous = detail.get("previous_revision")
+    return {
+        **detail,
+        "status": detail["goal_status"],
+        "decision": None if policy is None else {**policy, "decided_by": "policy"},
+        "previous": None if previous is None else {"revision": previous},
+        "diff": "\n".join(lines) + "\n" if lines else "",
+    }
+
+
+def elided(text: str, width: int) -> str:
+    """Return `text` on one line, cut to `width` characters with … where it is longer."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
+    """Return the plan's steps as a table, each untrusted flow into an argument marked."""
+    table = Table(
+        title=f"Plan {view['plan_id']} · revision {view['revision']} · by {view['planner']}",
+        caption=view["summary"] or None,
+        title_justify="left",
+    )
+    for column in ("step", "tool", "effect", "args", "when"):
+        table.add_column(column, overflow="fold")
+    from schemas.data_flow import untrusted_sources
+
+    flows = untrusted_sources(view["steps"], catalog)
+    for step in view["steps"]:
+        spec = catalog.get(step["tool"])
+        effect = step.get("effect") or (spec.effect if spec else "unknown")
+        args = Text(json.dumps(step.get("args") or {}, separators=(",", ":")))
+        marked = step.get("untrusted_from") or flows.get(step["id"], {})
+        for name, sources in marked.items():
+            args.append(f"\n⚠ {name} carries untrusted data from {', '.join(sources)}", "red")
+        table.add_row(
+            step["id"],
+            step["tool"],
+            Text(effect, style="yellow" if effect != "read" else "cyan"),
+            args if args.plain != "{}" else "",
+            step.get("when") or "",
+        )
+    return table
+
+
+def show_held(view: dict[str, Any], catalog: Catalog) -> None:
+    """Print a held plan: the goal, the steps, the policy's reason, the hold, preview and diff."""
+    from plangate.cli import render
+    from schemas import StepPreview
+
+    console.print(Text(f"Goal {view['goal_id']} ({view['status']}): ", style="bold"), end="")
+    console.print(Text(view["goal_text"], style="dim"), "  [dim](untrusted text)[/]")
+    console.print(steps_table(view, catalog))
+    decision = view["decision"]
+    if decision:
+        by = f"rule {decision['rule']}" if decision["rule"] else decision["decided_by"]
+        console.print(f"Policy: [bold]{decision['action']}[/] by {by} — {decision['reason']}")
+    if view["required_role"]:
+        console.print(f"Requires the role: [bold]{view['required_role']}[/]")
+    if view.get("approvals_required", 1) > 1:
+        console.print(f"Approvals: [bold]{view['approval_progress']}[/]")
+    if view["expires_at"]:
+        console.print(f"Expires at {view['expires_at']}")
+    if view["preview"] is not None:
+        steps = [StepPreview.model_validate(step) for step in view["preview"]]
+        console.print(render.preview_table(steps))
+    elif view["preview_state"] == "waiting":
+        console.print("Preview: asked of an executor, not ready yet", style="dim")
+    console.print(f"Hash {view['plan_hash']}", style="dim")
+    if view["diff"]:
+        console.print(f"Changes since revision {view['previous']['revision']}:")
+        console.print(Syntax(view["diff"], "diff", theme="ansi_dark", background_color="default"))
