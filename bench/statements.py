@@ -40,84 +40,99 @@ def stage_of(thread: threading.Thread) -> str:
     return "client" if thread is threading.main_thread() else name
 
 
+class Counts:
+    """Statements, transactions and CPU in SQLite's write lock, by stage, while `counting`."""
+
+    def __init__(self, show: bool) -> None:
+        self.statements: collections.Counter[str] = collections.Counter()
+        self.transactions: collections.Counter[str] = collections.Counter()
+        self.writes: collections.Counter[str] = collections.Counter()
+        self.held: collections.Counter[str] = collections.Counter()  # CPU seconds in the lock
+        self.shown: list[str] | None = [] if show else None
+        self.counting = threading.Event()
+        self._taken = threading.local()
+
+    def time_the_write_lock(self) -> None:
+        """Count the CPU each stage spends holding SQLite's one write lock.
+
+        Every writing transaction holds it from its first line to its commit: across
+        processes, its total per goal bounds the goals per second.
+        """
+        enter, leave = sqlite_lock.SqliteWriteLock.__enter__, sqlite_lock.SqliteWriteLock.__exit__
+
+        def timed_enter(lock: sqlite_lock.SqliteWriteLock) -> None:
+            enter(lock)
+            if lock._depth == 1:
+                self._taken.at = time.thread_time()
+
+        def timed_leave(lock: sqlite_lock.SqliteWriteLock, *exc: Any) -> None:
+            if lock._depth == 1 and self.counting.is_set():
+                spent = time.thread_time() - self._taken.at
+                self.held[stage_of(threading.current_thread())] += spent
+            leave(lock, *exc)
+
+        sqlite_lock.SqliteWriteLock.__enter__ = timed_enter  # type: ignore[method-assign]
+        sqlite_lock.SqliteWriteLock.__exit__ = timed_leave  # type: ignore[method-assign]
+
+    def on_statement(self, _conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        """Count one statement (an engine's `before_cursor_execute` event)."""
+        if not self.counting.is_set():
+            return
+        stage = stage_of(threading.current_thread())
+        if sql.startswith("BEGIN"):
+            self.transactions[stage] += 1
+            self.writes[stage] += sql == "BEGIN IMMEDIATE"
+            return
+        self.statements[stage] += 1
+        if self.shown is not None and len(self.shown) < 400:
+            self.shown.append(f"{stage:<9} {' '.join(sql.split())[:150]}")
+
+    def report(self, goals: int, cpu: float) -> None:
+        """Print the counts per goal, by stage and in total."""
+        print(f"per goal, over {goals} seed goals (embedded mode, SQLite; sweeps not counted)")
+        print(
+            f"  {'stage':<10} {'statements':>10} {'transactions':>13} {'of which write':>15} "
+            f"{'CPU in write lock (ms)':>22}"
+        )
+        order = ("client", "planner", "gate", "executor")
+        stages = sorted(self.statements, key=lambda s: order.index(s) if s in order else 9)
+        rows = [(stage, stage) for stage in stages] + [("total", None)]
+        for label, stage in rows:
+            figures = [
+                (counter[stage] if stage else sum(counter.values())) / goals
+                for counter in (self.statements, self.transactions, self.writes, self.held)
+            ]
+            print(
+                f"  {label:<10} {figures[0]:10.1f} {figures[1]:13.1f} {figures[2]:15.1f} "
+                f"{figures[3] * 1000:22.2f}"
+            )
+        print(f"the process's CPU per goal (every thread): {cpu * 1000 / goals:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--goals", type=int, default=20, help="goals to count over")
     parser.add_argument("--show", action="store_true", help="print each statement of one goal")
     args = parser.parse_args()
-    statements: collections.Counter[str] = collections.Counter()
-    transactions: collections.Counter[str] = collections.Counter()
-    writes: collections.Counter[str] = collections.Counter()
-    shown: list[str] = []
-    counting = threading.Event()
-    held: collections.Counter[str] = collections.Counter()  # seconds in the write lock
-    taken = threading.local()
-    enter, leave = sqlite_lock.SqliteWriteLock.__enter__, sqlite_lock.SqliteWriteLock.__exit__
-
-    def timed_enter(lock: sqlite_lock.SqliteWriteLock) -> None:
-        enter(lock)
-        if lock._depth == 1:
-            taken.at = time.thread_time()
-
-    def timed_leave(lock: sqlite_lock.SqliteWriteLock, *exc: Any) -> None:
-        if lock._depth == 1 and counting.is_set():
-            held[stage_of(threading.current_thread())] += time.thread_time() - taken.at
-        leave(lock, *exc)
-
-    # Every writing transaction holds SQLite's one write lock from its first line to its
-    # commit: across processes, its total per goal bounds the goals per second.
-    sqlite_lock.SqliteWriteLock.__enter__ = timed_enter  # type: ignore[method-assign]
-    sqlite_lock.SqliteWriteLock.__exit__ = timed_leave  # type: ignore[method-assign]
-
-    def on_statement(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
-        if not counting.is_set():
-            return
-        stage = stage_of(threading.current_thread())
-        if sql.startswith("BEGIN"):
-            transactions[stage] += 1
-            if sql == "BEGIN IMMEDIATE":
-                writes[stage] += 1
-            return
-        statements[stage] += 1
-        if args.show and len(shown) < 400:
-            shown.append(f"{stage:<9} {' '.join(sql.split())[:150]}")
-
+    counts = Counts(args.show)
+    counts.time_the_write_lock()
     with (
         tempfile.TemporaryDirectory() as folder,
         pipeline(Path(folder), "count", "memory://") as running,
     ):
-        event.listen(running.store.engine, "before_cursor_execute", on_statement)
+        event.listen(running.store.engine, "before_cursor_execute", counts.on_statement)
         for _ in range(WARMUP_GOALS):
             one_goal(running)
-        counting.set()
+        counts.counting.set()
         cpu = time.process_time()
-        if args.show:
+        for _ in range(1 if counts.shown is not None else args.goals):
             one_goal(running)
-            counting.clear()
-            print("\n".join(shown))
-            return
-        for _ in range(args.goals):
-            one_goal(running)
-        counting.clear()
+        counts.counting.clear()
         cpu = time.process_time() - cpu
-    goals = args.goals
-    print(f"per goal, over {goals} seed goals (embedded mode, SQLite; sweeps not counted)")
-    print(
-        f"  {'stage':<10} {'statements':>10} {'transactions':>13} {'of which write':>15} "
-        f"{'CPU in write lock (ms)':>22}"
-    )
-    order = ("client", "planner", "gate", "executor")
-    for stage in sorted(statements, key=lambda s: order.index(s) if s in order else len(order)):
-        print(
-            f"  {stage:<10} {statements[stage] / goals:10.1f} {transactions[stage] / goals:13.1f} "
-            f"{writes[stage] / goals:15.1f} {held[stage] * 1000 / goals:22.2f}"
-        )
-    total = sum(statements.values()) / goals
-    print(
-        f"  {'total':<10} {total:10.1f} {sum(transactions.values()) / goals:13.1f} "
-        f"{sum(writes.values()) / goals:15.1f} {sum(held.values()) * 1000 / goals:22.2f}"
-    )
-    print(f"the process's CPU per goal (every thread): {cpu * 1000 / goals:.1f} ms")
+    if counts.shown is not None:
+        print("\n".join(counts.shown))
+    else:
+        counts.report(args.goals, cpu)
 
 
 if __name__ == "__main__":
