@@ -81,22 +81,40 @@ def append(
     goal passes here, and the ORM took three times as long.
     """
     chain = chain_of(goal_id)
-    head = session.execute(_LOCK_HEAD, {"chain": chain}).one_or_none()
-    if head is None:
-        # A chain's first append creates its head, and two first appends cannot both create
-        # it: whichever inserts second inserts nothing, then waits on the lock.
-        insert_if_absent(session, AuditChainRow, {"chain": chain, "seq": 0, "hash": GENESIS})
-        head = session.execute(_LOCK_HEAD, {"chain": chain}).one()
-    prev_seq, prev_hash = int(head.seq), str(head.hash)
     payload: dict[str, Any] = _outward(dict(data or {}))
     actor = _outward(actor)
-    seq = prev_seq + 1
+    head = session.execute(_LOCK_HEAD, {"chain": chain}).one_or_none()
+    if head is None:
+        # A chain's first append creates its head, already pointing at this entry; of two first
+        # appends only one can: the other inserts nothing, then waits on the lock and follows.
+        entry = _entry(chain, 1, GENESIS, goal_id, kind, actor, payload)
+        if insert_if_absent(
+            session, AuditChainRow, {"chain": chain, "seq": 1, "hash": entry["hash"]}
+        ):
+            session.execute(_INSERT_ENTRY, entry)
+            return
+        head = session.execute(_LOCK_HEAD, {"chain": chain}).one()
+    entry = _entry(chain, int(head.seq) + 1, str(head.hash), goal_id, kind, actor, payload)
+    session.execute(_INSERT_ENTRY, entry)
+    session.execute(
+        _MOVE_HEAD, {"of_chain": chain, "new_seq": entry["chain_seq"], "new_hash": entry["hash"]}
+    )
+
+
+def _entry(
+    chain: str,
+    seq: int,
+    prev_hash: str,
+    goal_id: str | None,
+    kind: str,
+    actor: str,
+    payload: dict[str, Any],
+) -> dict[str, Any]:
+    """Return the row of an entry that follows `prev_hash` as the `seq`th of its chain."""
     at = utcnow().isoformat()
     digest = entry_hash(prev_hash, seq, at, goal_id, kind, actor, payload)
     entry = {"chain": chain, "chain_seq": seq, "at": at, "goal_id": goal_id, "kind": kind}
-    entry |= {"actor": actor, "data": payload, "prev_hash": prev_hash, "hash": digest}
-    session.execute(_INSERT_ENTRY, entry)
-    session.execute(_MOVE_HEAD, {"of_chain": chain, "new_seq": seq, "new_hash": digest})
+    return entry | {"actor": actor, "data": payload, "prev_hash": prev_hash, "hash": digest}
 
 
 def _outward(value: Any) -> Any:
