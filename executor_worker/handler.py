@@ -131,7 +131,8 @@ class ExecutorHandler:
         """
         plan = message.plan
         with self._store.session() as session:
-            goal = goal_status(session, message.goal_id)
+            # Locked: the move to `running` below is checked against it (PostgreSQL).
+            goal = goal_status(session, message.goal_id, lock=True)
             if goal is None:
                 raise Reject(f"plan.approved for unknown goal {message.goal_id!r}")
             first_use = insert_if_absent(
@@ -169,6 +170,7 @@ class ExecutorHandler:
                     by="executor",
                     actor=ACTOR,
                     data={"plan_id": plan.plan_id, "approval_id": approval.approval_id},
+                    current=goal.status,
                 )
             # The planner's `plan` span, stored with the plan: the run links to it.
             trace = {str(k): str(v) for k, v in (newest.trace_headers if newest else {}).items()}
@@ -223,7 +225,7 @@ class ExecutorHandler:
         statuses = {step_id: o.status for step_id, o in outcomes.items()}
         troubled = [o for o in outcomes.values() if o.status in ("failed", "unknown")]
         with self._store.session() as session:
-            goal = goal_status(session, plan.goal_id)
+            goal = goal_status(session, plan.goal_id, lock=True)
             assert goal is not None  # the run started on it
             if goal.status in TERMINAL_STATUSES:  # a concurrent delivery of it finished first
                 outcome = _outcome_of(
@@ -238,6 +240,7 @@ class ExecutorHandler:
                     by="executor",
                     actor=ACTOR,
                     data={"steps": statuses},
+                    current=goal.status,
                 )
                 done = ExecutionCompleted(
                     goal_id=plan.goal_id, plan_id=plan.plan_id, steps=statuses

@@ -105,6 +105,7 @@ _MOVE = (
 
 
 _STATUS = select(_GOALS.c.status, _GOALS.c.status_reason).where(_GOALS.c.id == bindparam("goal_id"))
+_LOCK_STATUS_AND_REASON = _STATUS.with_for_update()
 _PLANS = cast(Table, PlanRow.__table__)
 _NEWEST_PLAN = (
     select(_PLANS.c.plan_id, _PLANS.c.revision, _PLANS.c.trace_headers)
@@ -114,12 +115,16 @@ _NEWEST_PLAN = (
 )
 
 
-def goal_status(session: Session, goal_id: str) -> Row[tuple[str, str | None]] | None:
+def goal_status(
+    session: Session, goal_id: str, *, lock: bool = False
+) -> Row[tuple[str, str | None]] | None:
     """Return a goal's `status` and `status_reason` (by its whole id), or None if none.
 
-    One plain statement: what the stages ask of a goal on every message.
+    One plain statement: what the stages ask of a goal on every message. With `lock`, the row
+    stays locked until the transaction ends, and the status may be handed to `transition`.
     """
-    return session.execute(_STATUS, {"goal_id": goal_id}).one_or_none()  # type: ignore[return-value]
+    statement = _LOCK_STATUS_AND_REASON if lock else _STATUS
+    return session.execute(statement, {"goal_id": goal_id}).one_or_none()  # type: ignore[return-value]
 
 
 def newest_plan(session: Session, goal_id: str) -> Row[tuple[str, int, dict[str, Any]]] | None:
@@ -139,17 +144,21 @@ def transition(
     actor: str,
     reason: str | None = None,
     data: dict[str, Any] | None = None,
+    current: str | None = None,
 ) -> None:
     """Move a goal to `status` and record the move in the audit log.
 
     The reason is redacted and made storable: it is shown by every status command and answer.
+    `current` is the status the caller read in this transaction with `goal_status(lock=True)`
+    (one statement fewer); without it, it is read (and locked) here.
     """
     if reason is not None:
         reason = storable_text(redact(reason))
     session.flush()  # a change made to the goal's row in this transaction is written first
     # Locked and read afresh: a move checked against a status another transaction has since
     # changed (a cancel, a decision) would overwrite it on PostgreSQL.
-    current = session.execute(_LOCK_STATUS, {"goal_id": goal_id}).scalar_one_or_none()
+    if current is None:
+        current = session.execute(_LOCK_STATUS, {"goal_id": goal_id}).scalar_one_or_none()
     if current is None:
         goal_id = get_goal(session, goal_id).id  # a short id; raises NotFound for none
         current = session.execute(_LOCK_STATUS, {"goal_id": goal_id}).scalar_one()
