@@ -28,6 +28,7 @@ from plangate.store.goals import get_goal, latest_plan
 
 if TYPE_CHECKING:
     from plangate.bus import Bus
+    from plangate.store.outbox import SentMarker
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,16 @@ class Client:
         telemetry.setup_tracing()
         return Bus(self.settings.broker_url, self.settings.namespace)
 
+    @functools.cached_property
+    def _marker(self) -> SentMarker:
+        # Rows are marked sent from a thread of its own, many per transaction: a submission
+        # then takes one write transaction, not two. `close` marks what is left; a row left
+        # unmarked (the process killed) is published again by a relay, which the stages
+        # take as the redelivery it is.
+        from plangate.store.outbox import SentMarker
+
+        return SentMarker(self._store)
+
     def submit(
         self,
         text: str,
@@ -149,7 +160,12 @@ class Client:
         from plangate.submission import submit_goal
 
         submitted = submit_goal(
-            self._store, self._bus, text, metadata=metadata, idempotency_key=idempotency_key
+            self._store,
+            self._bus,
+            text,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            mark=self._marker,
         )
         return GoalHandle(
             self,
@@ -245,7 +261,9 @@ class Client:
             )
 
     def close(self) -> None:
-        """Release the broker and database connections."""
+        """Mark what was sent, then release the broker and database connections."""
+        if "_marker" in self.__dict__:
+            self._marker.close()
         if "_bus" in self.__dict__:
             self._bus.close()
         self._store.close()

@@ -140,7 +140,12 @@ class Pipeline:
     ) -> Submitted:
         """Submit a goal to the pipeline."""
         submitted = submit_goal(
-            self.store, self.bus, text, metadata=metadata, idempotency_key=idempotency_key
+            self.store,
+            self.bus,
+            text,
+            metadata=metadata,
+            idempotency_key=idempotency_key,
+            mark=self._marker,
         )
         if self._own_goals is not None:
             self._own_goals.add(submitted.goal_id)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import timedelta
 
@@ -17,8 +17,16 @@ from schemas import utcnow
 log = logging.getLogger(__name__)
 
 
-def deliver(store: Store, bus: Bus, envelopes: Sequence[Envelope]) -> bool:
+def deliver(
+    store: Store,
+    bus: Bus,
+    envelopes: Sequence[Envelope],
+    mark: Callable[[Sequence[Envelope]], None] | None = None,
+) -> bool:
     """Publish committed outbox envelopes from this thread and mark them sent.
+
+    Marked by `mark` when given (a `SentMarker`, which marks many rows per transaction from a
+    thread of its own), else here, in a transaction of their own.
 
     Returns False when the broker is unreachable: the envelopes stay in the outbox, and a
     worker's relay sends them once it is back, so the caller has lost nothing and need not wait.
@@ -30,7 +38,10 @@ def deliver(store: Store, bus: Bus, envelopes: Sequence[Envelope]) -> bool:
     except BrokerUnavailable as exc:
         log.warning("%s; %d message(s) wait in the outbox for the relay", exc, len(envelopes))
         return False
-    outbox.mark_sent(store, envelopes)
+    if mark is not None:
+        mark(envelopes)
+    else:
+        outbox.mark_sent(store, envelopes)
     return True
 
 

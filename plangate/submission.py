@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 from sqlalchemy import select
 
 from plangate import telemetry
-from plangate.bus import Bus
+from plangate.bus import Bus, Envelope
 from plangate.errors import InputInvalid
 from plangate.relay import deliver
 from plangate.store import GoalRow, Store
@@ -39,8 +39,12 @@ def submit_goal(
     *,
     metadata: Mapping[str, str] | None = None,
     idempotency_key: str | None = None,
+    mark: Callable[[Sequence[Envelope]], None] | None = None,
 ) -> Submitted:
-    """Store a new goal and publish goal.submitted; the same idempotency key yields one goal."""
+    """Store a new goal and publish goal.submitted; the same idempotency key yields one goal.
+
+    `mark` marks the published row sent (see `deliver`).
+    """
     with store.session() as session:
         if idempotency_key is not None:
             existing = session.execute(
@@ -57,7 +61,7 @@ def submit_goal(
         with store.session() as session:
             store_goal(session, message, headers)
             envelope = emit(session, message)
-        sent = deliver(store, bus, [envelope])
+        sent = deliver(store, bus, [envelope], mark)
         return Submitted(message.goal_id, telemetry.current_trace_id(), queued=not sent)
 
 

@@ -199,3 +199,47 @@ def test_a_due_retry_is_left_to_the_consumer_that_stored_it_for_older_than(
 
     set_not_before(store, row_id, -31)
     assert relay_pending(store, bus, older_than=timedelta(seconds=30)) == 1
+
+
+def test_a_client_submits_in_one_write_and_marks_what_it_sent_by_the_time_it_closes(
+    redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    """Given a client on Redis and SQLite,
+    When it submits three goals and closes,
+    Then each submission wrote the store once (the goal, its audit entry and its outbox row),
+    and every row it published is marked sent, so no relay sends a goal a second time.
+    """
+    from sqlalchemy import event
+
+    from plangate.client import Client
+    from plangate.config import Settings
+
+    url = f"sqlite:///{tmp_path / 'plangate.db'}"
+    open_store(url).close()  # the schema, as `plangate db upgrade` makes it
+    settings = Settings(broker_url=redis_url, database_url=url, namespace=namespace)
+    client = Client(settings)
+    writes: list[str] = []  # the writes of this thread: the submissions', not the marker's
+
+    def count(_conn: object, _cursor: object, sql: str, *_: object) -> None:
+        if sql == "BEGIN IMMEDIATE" and threading.current_thread() is threading.main_thread():
+            writes.append(sql)
+
+    event.listen(client._store.engine, "before_cursor_execute", count)
+    try:
+        for n in range(3):
+            client.submit(f"count open tickets, take {n}")
+        submitted = len(writes)
+    finally:
+        client.close()
+
+    assert submitted == 3
+    reopened = open_store(url)
+    try:
+        assert [r.sent_at is not None for r in outbox_rows(reopened)] == [True, True, True]
+    finally:
+        reopened.close()
+
+
+def outbox_rows(store: Store) -> list[OutboxRow]:
+    with store.reading() as session:
+        return list(session.execute(select(OutboxRow).order_by(OutboxRow.id)).scalars())
