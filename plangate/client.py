@@ -5,6 +5,9 @@ from plangate.client import Client
 with Client() as client:            # PLANGATE_BROKER_URL, PLANGATE_DATABASE_URL
     goal = client.submit("Check Jira ticket count ...", idempotency_key="ticket-42")
     outputs = goal.result(timeout=120)  # {"count": 128, "sla": 100, ...}; GoalNotCompleted if not
+
+Close the client (or use `with`): it marks the last goals it published as sent, so that no
+relay publishes them a second time.
 """
 
 from __future__ import annotations
