@@ -41,7 +41,7 @@ from plangate.bus import Envelope
 from plangate.catalog import load_catalog
 from plangate.errors import Conflict, NotFound
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
-from plangate.store.goals import by_id, latest_plan, plan_row, transition
+from plangate.store.goals import by_id, latest_plan, plan_values, transition
 from plangate.store.outbox import emit
 from schemas import (
     Catalog,
@@ -189,7 +189,7 @@ class Review:
                 policy_version=_policy_version(held),
             )
             record_decision(session, old, "human", replaced, roles)
-            row = plan_row(plan, planner, old.trace_headers)
+            row = PlanRow(**plan_values(plan, planner, old.trace_headers))
             digest = row.plan_hash
             try:
                 with session.begin_nested():

@@ -11,8 +11,8 @@ import pytest
 from plangate.bus import Stage
 from plangate.config import Settings
 from plangate.reconciler import reconcile
-from plangate.store import DecisionRow, GoalRow, Store, open_store
-from plangate.store.goals import plan_row
+from plangate.store import DecisionRow, GoalRow, PlanRow, Store, open_store
+from plangate.store.goals import plan_values
 from plangate.tools import ToolRegistry, tool
 from schemas import Plan, Step, utcnow
 from tests.support import running_pipeline, write_playbook
@@ -94,7 +94,7 @@ def stalled(store: Store, goal_id: str, status: str) -> None:
     with store.session() as session:
         session.add(GoalRow(id=goal_id, text="count tickets", status=status, meta={}))
         session.flush()
-        session.add(plan_row(plan, "test", {}))
+        session.add(PlanRow(**plan_values(plan, "test", {})))
         session.flush()
         if status == "approved":
             session.add(

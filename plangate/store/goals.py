@@ -212,27 +212,6 @@ def plan_of(row: PlanRow) -> Plan:
     return Plan.model_validate(row.body)
 
 
-def plan_row(
-    plan: Plan,
-    planner: str,
-    trace_headers: Mapping[str, Any],
-    *,
-    model: str | None = None,
-    input_tokens: int | None = None,
-    output_tokens: int | None = None,
-) -> PlanRow:
-    """Return the row that stores a plan revision, with its hash (the inverse of `plan_of`)."""
-    values = plan_values(
-        plan,
-        planner,
-        trace_headers,
-        model=model,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
-    )
-    return PlanRow(**values)
-
-
 def plan_values(
     plan: Plan,
     planner: str,
@@ -242,7 +221,10 @@ def plan_values(
     input_tokens: int | None = None,
     output_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """Return the columns of the row that stores a plan revision (see `plan_row`)."""
+    """Return the columns of the row that stores a plan revision, with its hash.
+
+    `PlanRow(**plan_values(...))` is that row; `plan_of` is the way back.
+    """
     return {
         "plan_id": plan.plan_id,
         "goal_id": plan.goal_id,
