@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cel
@@ -39,6 +39,8 @@ class StepOutcome:
     output: Any = None
     error: str | None = None
     duration_ms: float = 0.0
+    # A read's own answer, not yet recorded: what stands is known once it is (`PlanRun`).
+    provisional: bool = False
 
 
 DEFAULT_TOOL_TIMEOUT = 60.0
@@ -96,7 +98,12 @@ class DagWalk:
         waiting = {step.id: step for step in self._plan.steps}
         deps = {step.id: dependencies(step) for step in self._plan.steps}
         while waiting or running:
-            for step_id in [s for s in waiting if deps[s] <= self.outcomes.keys()]:
+            ready = [s for s in waiting if deps[s] <= self.outcomes.keys()]
+            if ready:
+                # What the ready steps read of earlier steps (a `when`, an argument) must be
+                # what stands, not one run's provisional answer.
+                self._settle_provisional(finished)
+            for step_id in ready:
                 step = waiting.pop(step_id)
                 settled = self._settle_without_running(step, deps[step_id])
                 if settled is None:
@@ -120,6 +127,7 @@ class DagWalk:
                 outcome = future.result()  # a step that raised stops the run (see `run`)
                 running.pop(future)
                 self._finish(outcome, finished)
+        self._settle_provisional(finished)
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         """Call one step whose dependencies succeeded, with its references resolved."""
@@ -143,7 +151,11 @@ class DagWalk:
 
     def _finish(self, outcome: StepOutcome, finished: list[StepOutcome]) -> None:
         self.outcomes[outcome.step_id] = outcome
-        finished.append(outcome)
+        if not outcome.provisional:  # told once it stands
+            finished.append(outcome)
+
+    def _settle_provisional(self, finished: list[StepOutcome]) -> None:
+        """Make the provisional outcomes final (a subclass that makes any records them)."""
 
     def _announce(self, finished: list[StepOutcome]) -> None:
         for outcome in finished:
@@ -203,6 +215,23 @@ class PlanRun(DagWalk):
         if outcome.status != "pending":  # pending is not an outcome: it runs once settled
             self._ledger.record(step, outcome.status, None, outcome.error)
 
+    def _settle_provisional(self, finished: list[StepOutcome]) -> None:
+        """Record the reads that answered since the last time, in one transaction.
+
+        What stands for each is the first answer any run of the plan recorded: this run's, or
+        another's that came first (then this run goes on with that one).
+        """
+        called = [o for o in self.outcomes.values() if o.provisional]
+        if not called:
+            return
+        answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in called]
+        stands = self._ledger.record_reads(answers)
+        for outcome in called:
+            step = self._plan.step(outcome.step_id)
+            final = _recorded(step, stands[outcome.step_id], outcome.duration_ms)
+            self.outcomes[outcome.step_id] = final
+            finished.append(final)
+
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         if self._ledger.goal_cancelled():  # an operator cancelled the goal: no step starts
             return StepOutcome(step.id, step.tool, "skipped", error="not run: goal cancelled")
@@ -214,8 +243,9 @@ class PlanRun(DagWalk):
                 if earlier is not None:
                     return _recorded(step, earlier)
                 called = invoke(tool, step, args, self._context(step, tool, key), span)
-                stands = self._ledger.record_read(step, called.status, called.output, called.error)
-                return _recorded(step, stands, called.duration_ms)
+                # Recorded with the run's other finished reads, in one transaction, before any
+                # step that reads them starts (`_settle_provisional`).
+                return replace(called, provisional=True)
             claim = self._ledger.claim(step, tool.spec)
             if claim.kind != "run":
                 return _recorded(step, claim)

@@ -8,12 +8,14 @@ A read takes no claim before its call: it has no effect to protect, and a transa
 per read shows on every goal. A read recorded before the run started is reused, not called
 again. Otherwise its result is recorded only if no run of the plan recorded one first, and the
 first recorded result is the one every run goes on with: two runs of one plan (a redelivery
-while it runs) cannot decide a `when` or a write's arguments differently.
+while it runs) cannot decide a `when` or a write's arguments differently. A run records the
+reads that answered together, in one transaction, before any step that reads them starts
+(`PlanRun._settle_provisional`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
@@ -29,6 +31,8 @@ from plangate.store.rows import insert_row
 from schemas import Plan, Step, ToolSpec, utcnow
 
 ClaimKind = Literal["run", "done", "unknown"]
+# A read's answer, as its call returned it: the step, its status, its output and its error.
+ReadAnswer = tuple[Step, str, Any, str | None]
 
 
 @dataclass(frozen=True)
@@ -152,35 +156,56 @@ class StepLedger:
 
     def record_read(self, step: Step, status: str, output: Any, error: str | None) -> Claim:
         """Record a read's result unless one is recorded already; return the result that stands."""
+        return self.record_reads([(step, status, output, error)])[step.id]
+
+    def record_reads(self, answers: Sequence[ReadAnswer]) -> dict[str, Claim]:
+        """Record reads' results in one transaction; return, by step id, the results that stand.
+
+        Each is recorded unless one is recorded already (another run's, which then stands).
+        """
         now = utcnow()
-        key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
+        stands: dict[str, Claim] = {}
         with self._store.session() as session:
-            first = insert_if_absent(
-                session,
-                StepRunRow,
-                {
-                    **key,
-                    "goal_id": self._plan.goal_id,
-                    "status": status,
-                    "attempt": 1,
-                    "output": output,
-                    "error": error,
-                    "started_at": now,
-                    "finished_at": now,
-                },
-            )
-            if not first:
-                row = self._locked(session, step)
-                if row is None:  # a person's "did not happen" removed it just now
-                    raise Retry(f"step {step.id!r} was settled meanwhile", delay=1.0)
-                if row.status != "running":
-                    return Claim("done", row.attempt, row.status, row.output, row.error)
-                # Claimed by an executor of an older version. Its result will be recorded over
-                # this one, so this run must not go on with its own: wait for that one.
-                if row.lease_until is not None and row.lease_until > now:
-                    raise _held_elsewhere(step.id, row.lease_until, now)
-                _finish(row, status, output, error, now)
-            self._audit(session, f"step.{status}", {**key, "error": error})
+            for step, status, output, error in answers:
+                stands[step.id] = self._record_read(session, now, step, status, output, error)
+        return stands
+
+    def _record_read(
+        self,
+        session: Session,
+        now: datetime,
+        step: Step,
+        status: str,
+        output: Any,
+        error: str | None,
+    ) -> Claim:
+        key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
+        first = insert_if_absent(
+            session,
+            StepRunRow,
+            {
+                **key,
+                "goal_id": self._plan.goal_id,
+                "status": status,
+                "attempt": 1,
+                "output": output,
+                "error": error,
+                "started_at": now,
+                "finished_at": now,
+            },
+        )
+        if not first:
+            row = self._locked(session, step)
+            if row is None:  # a person's "did not happen" removed it just now
+                raise Retry(f"step {step.id!r} was settled meanwhile", delay=1.0)
+            if row.status != "running":
+                return Claim("done", row.attempt, row.status, row.output, row.error)
+            # Claimed by an executor of an older version. Its result will be recorded over
+            # this one, so this run must not go on with its own: wait for that one.
+            if row.lease_until is not None and row.lease_until > now:
+                raise _held_elsewhere(step.id, row.lease_until, now)
+            _finish(row, status, output, error, now)
+        self._audit(session, f"step.{status}", {**key, "error": error})
         return Claim("done", 1, status, output, error)
 
     def record(

@@ -158,3 +158,70 @@ def test_a_takeover_tells_the_tool_the_attempt_the_store_records(pipeline: Pipel
     assert (taken.kind, taken.attempt) == ("run", 2)
     with pipeline.store.session() as session:
         assert session.get_one(StepRunRow, (plan.plan_id, "count")).attempt == 2
+
+
+def test_a_runs_reads_are_recorded_together_before_the_step_that_reads_them(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan of two reads, `count` and `limit`, and a write `announce(${count})` when
+    `count` exceeds `limit`,
+    When it runs,
+    Then both reads are recorded in one transaction (at one time), before `announce` starts:
+    it runs once, with the recorded count.
+    """
+    announced: list[int] = []
+    recorded_before_announce: list[int] = []
+
+    @tool(effect="read", idempotent=True)
+    def census() -> int:
+        """Count everyone."""
+        return 128
+
+    @tool(effect="read", idempotent=True)
+    def threshold() -> int:
+        """The most there may be."""
+        return 100
+
+    @tool(effect="write", idempotent=True)
+    def announce(n: int) -> None:
+        """Announce the count."""
+        with pipeline.store.reading() as session:
+            rows = session.query(StepRunRow).filter(StepRunRow.step_id.in_(["count", "limit"]))
+            recorded_before_announce.append(len(rows.all()))
+        announced.append(n)
+
+    playbook = write_playbook(
+        tmp_path,
+        "census",
+        [
+            {"id": "count", "tool": "census"},
+            {"id": "limit", "tool": "threshold"},
+            {
+                "id": "tell",
+                "tool": "announce",
+                "args": {"n": "${count}"},
+                "when": "steps.count.output > steps.limit.output",
+            },
+        ],
+    )
+    policy = write_yaml(
+        tmp_path / "policy.yaml",
+        {
+            "mode": "enforce",
+            "rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}],
+        },
+    )
+    registry = ToolRegistry([census, threshold, announce])
+    with running_pipeline(
+        settings, playbook_file=playbook, policy_file=policy, registry=registry
+    ) as pipeline:
+        goal_id = pipeline.submit("take the census").goal_id
+        goal = pipeline.wait_for(goal_id, timeout=10)
+        with pipeline.store.reading() as session:
+            reads = session.query(StepRunRow).filter(StepRunRow.step_id.in_(["count", "limit"]))
+            finished = {row.finished_at for row in reads}
+
+    assert goal.status == "completed", goal.status_reason
+    assert announced == [128]
+    assert recorded_before_announce == [2]
+    assert len(finished) == 1
