@@ -108,13 +108,7 @@ def test_a_run_goes_on_with_the_answer_another_run_recorded_first_for_a_read(
             {"id": "tell", "tool": "announce", "args": {"n": "${count}"}},
         ],
     )
-    policy = write_yaml(
-        tmp_path / "policy.yaml",
-        {
-            "mode": "enforce",
-            "rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}],
-        },
-    )
+    policy = approving_policy(tmp_path)
     registry = ToolRegistry([census, announce])
     with running_pipeline(
         settings, playbook_file=playbook, policy_file=policy, registry=registry
@@ -204,13 +198,7 @@ def test_a_runs_reads_are_recorded_together_before_the_step_that_reads_them(
             },
         ],
     )
-    policy = write_yaml(
-        tmp_path / "policy.yaml",
-        {
-            "mode": "enforce",
-            "rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}],
-        },
-    )
+    policy = approving_policy(tmp_path)
     registry = ToolRegistry([census, threshold, announce])
     with running_pipeline(
         settings, playbook_file=playbook, policy_file=policy, registry=registry
@@ -225,3 +213,9 @@ def test_a_runs_reads_are_recorded_together_before_the_step_that_reads_them(
     assert announced == [128]
     assert recorded_before_announce == [2]
     assert len(finished) == 1
+
+
+def approving_policy(tmp_path: Path) -> Path:
+    """Write a policy that approves every plan; return its path."""
+    rule = {"name": "all", "match": "true", "action": "approve", "reason": "test"}
+    return write_yaml(tmp_path / "policy.yaml", {"mode": "enforce", "rules": [rule]})

@@ -90,7 +90,6 @@ def get_goal(session: Session, goal_id: str) -> GoalRow:
 # Built once, and run as plain statements: a move is made four times per goal, and the ORM's
 # locked `get` and unit-of-work flush took three times what these two statements take.
 _GOALS = cast(Table, GoalRow.__table__)
-_LOCK_STATUS = select(_GOALS.c.status).where(_GOALS.c.id == bindparam("goal_id")).with_for_update()
 _MOVE = (
     update(_GOALS)
     .where(_GOALS.c.id == bindparam("goal_id"))
@@ -158,10 +157,12 @@ def transition(
     # Locked and read afresh: a move checked against a status another transaction has since
     # changed (a cancel, a decision) would overwrite it on PostgreSQL.
     if current is None:
-        current = session.execute(_LOCK_STATUS, {"goal_id": goal_id}).scalar_one_or_none()
-    if current is None:
-        goal_id = get_goal(session, goal_id).id  # a short id; raises NotFound for none
-        current = session.execute(_LOCK_STATUS, {"goal_id": goal_id}).scalar_one()
+        found = goal_status(session, goal_id, lock=True)
+        if found is None:
+            goal_id = get_goal(session, goal_id).id  # a short id; raises NotFound for none
+            found = goal_status(session, goal_id, lock=True)
+            assert found is not None
+        current = found.status
     check_transition(goal_id, current, status, by)
     session.info.setdefault(_MOVES, []).append((goal_id, current, status, actor, reason))
     moved = {"status": status, "status_reason": reason, "reconciled": 0, "planning_until": None}
