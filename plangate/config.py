@@ -3,7 +3,7 @@
 `Settings` is the only reader of plangate's configuration in the environment: its fields are
 the `PLANGATE_*` variables, and the few conventional names plangate honours as they are
 (`XDG_DATA_HOME`, `OPENAI_API_KEY`, `OPENAI_BASE_URL`). Code given no settings (tools, the
-trace switches, the fault points) asks `current_settings()`.
+trace switches, the fault points) asks `plangate.current_settings.current_settings()`.
 
 The default data folder is per user: `$XDG_DATA_HOME/plangate`, else `~/.local/share/plangate`.
 It holds the SQLite database, the approval signing key and the demo tools' records.
@@ -11,8 +11,6 @@ It holds the SQLite database, the approval signing key and the demo tools' recor
 
 from __future__ import annotations
 
-import os
-import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -369,39 +367,3 @@ def settings_error(exc: ValidationError) -> ConfigError:
     where = str(problem["loc"][0]) if problem["loc"] else ""
     name = variable_name(where) if where in Settings.model_fields else where.upper()
     return ConfigError(f"{name}: {problem['msg'].removeprefix('Value error, ')}")
-
-
-# The environment variables Settings reads, upper-cased (pydantic-settings ignores their case).
-_VARIABLES = frozenset(variable_name(field) for field in Settings.model_fields)
-
-
-class _Current:
-    """The settings last read, and the variables they were read from."""
-
-    lock = threading.Lock()
-    read_from: tuple[tuple[str, str], ...] | None = None
-    settings: Settings | None = None
-
-
-def current_settings() -> Settings:
-    """Return the settings the environment holds now, for code that is given none (don't modify).
-
-    Read again whenever one of the variables changed (a test's `monkeypatch.setenv` included),
-    else the last ones: reading them costs milliseconds, comparing the variables microseconds,
-    and tools and fault points ask on every call. ConfigError names an invalid variable.
-    """
-    # Only the variables Settings reads: this is the one place that reads the environment
-    # for them, besides pydantic-settings itself.
-    variables = tuple(
-        (name, value) for name, value in os.environ.items() if name.upper() in _VARIABLES
-    )
-    with _Current.lock:
-        if _Current.settings is not None and _Current.read_from == variables:
-            return _Current.settings
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        raise settings_error(exc) from exc
-    with _Current.lock:
-        _Current.read_from, _Current.settings = variables, settings
-    return settings

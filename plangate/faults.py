@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 
-from plangate.config import current_settings
+from plangate.current_settings import current_settings
 
 POINTS = ("after_receive", "after_commit", "after_publish", "mid_tool")
 

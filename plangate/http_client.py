@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 import httpx
 import stamina
 
-from plangate.config import current_settings
+from plangate.current_settings import current_settings
 from plangate.errors import ConfigError, ToolError
 from plangate.redaction import redact
 from schemas.decoding import JsonRefused, strict_json_loads

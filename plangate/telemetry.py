@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Link, Span, SpanKind, Status
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from plangate.config import current_settings
+from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
 from plangate.redaction import redact
 from schemas.decoding import storable_text

@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from plangate.config import Settings, current_settings, variable_name
+from plangate.config import Settings, variable_name
+from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
 from plangate.redaction import is_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("plangate", "schemas", "planner_worker", "approval_gate", "executor_worker")
-# The one module that reads plangate's variables (through pydantic-settings and
-# `current_settings()`).
-READER = "plangate/config.py"
+# The modules that read plangate's variables: pydantic-settings' `Settings`, and
+# `current_settings()`, which notices when the environment changed.
+READERS = ("plangate/config.py", "plangate/current_settings.py")
 ENVIRONMENT_READ = re.compile(
     r"\bos\.environ\b|\bgetenv\s*\(|\benviron\.get\s*\(|\benviron\s*\[|"
     r"\bfrom\s+os\s+import\b.*\benviron\b"
@@ -65,12 +66,12 @@ ALLOWED = (
 
 
 def environment_reads() -> list[tuple[str, int, str]]:
-    """Every line of the packages (but config.py) that reads the environment: path, number, text."""
+    """Every line of the packages (but the READERS) reading the environment: path, number, text."""
     found = []
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
             relative = path.relative_to(ROOT).as_posix()
-            if relative == READER:
+            if relative in READERS:
                 continue
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 text = line.strip()
@@ -86,7 +87,7 @@ def allowance(path: str, text: str) -> Allowed | None:
 
 def test_only_settings_reads_the_environment() -> None:
     """Given the packages' source, when every read of the environment is listed,
-    then each is in config.py or allowed with a reason.
+    then each is in one of the READERS or allowed with a reason.
     """
     unjustified = [
         f"{path}:{number}: {text}"
@@ -178,6 +179,22 @@ def test_current_settings_follow_the_environment(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setenv("PLANGATE_TRACE_CONTENT", "1")
 
+    assert current_settings().trace_content is True
+
+
+def test_a_variable_plangate_does_not_read_keeps_the_settings_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given current_settings() read once, when a variable outside plangate's changes (or a
+    lower-case spelling of one of plangate's appears), then only the latter reads them again.
+    """
+    before = current_settings()
+
+    monkeypatch.setenv("SOME_OTHER_PROGRAMS_VARIABLE", "changed")
+    assert current_settings() is before
+
+    monkeypatch.setenv("plangate_trace_content", "1")  # pydantic-settings ignores the case
+    assert current_settings() is not before
     assert current_settings().trace_content is True
 
 

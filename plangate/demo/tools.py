@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from plangate.config import current_settings
+from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
 from plangate.integrations import jira, pagerduty
 from plangate.tools import ToolContext, tool

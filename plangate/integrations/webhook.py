@@ -13,7 +13,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from pydantic import BaseModel
 
-from plangate.config import current_settings
+from plangate.current_settings import current_settings
 from plangate.errors import ToolError
 from plangate.http_client import send
 from plangate.tools import ToolContext, tool
