@@ -51,12 +51,16 @@ def test_the_reader_bounds_depth_and_refuses_unstorable_text() -> None:
         ('{"a": ' * 20_000 + "1" + "}" * 20_000, "depth"),
         ('{"\\udfff": "v"}', "text"),
         ('["ok", "\\ud800"]', "text"),
+        ('["ok", "\\uDBFF"]', "text"),
+        ('["raw \ud800"]', "text"),
         ("[1, 2", "syntax"),
     ]:
         with pytest.raises(JsonRefused) as refused:
             strict_json_loads(text)
         assert refused.value.problem == problem, text[:20]
     assert time.monotonic() - started < 1.0
+    assert strict_json_loads('{"a": "' + "[" * 100 + '"}') == {"a": "[" * 100}  # text, not depth
+    assert strict_json_loads('["\\\\u0000"]', allow_nul=False) == ["\\u0000"]  # an escaped "\"
     assert strict_json_loads('{"a": "\\u0000", "b": "\\ud83d\\ude00"}') == {"a": "\0", "b": "😀"}
     with pytest.raises(JsonRefused, match="NUL"):
         strict_json_loads('{"a": "\\u0000"}', allow_nul=False)

@@ -9,6 +9,7 @@ an exclusive auto-deleted queue bound to every message type. What is bound where
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from kombu.entity import Exchange, Queue, binding
 
@@ -39,9 +40,9 @@ class Topology:
 
     namespace: str = "plangate"
 
-    @property
+    @cached_property
     def exchange(self) -> Exchange:
-        """The topic exchange every message is published to."""
+        """The topic exchange every message is published to (kombu binds a copy to a channel)."""
         return Exchange(self.namespace, type="topic", durable=True)
 
     def queue_name(self, stage: Stage) -> str:
