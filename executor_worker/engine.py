@@ -44,6 +44,8 @@ class StepOutcome:
 
 
 DEFAULT_TOOL_TIMEOUT = 60.0
+CANCELLED = "not run: goal cancelled"
+"""Why a step was skipped: an operator cancelled its goal before it started."""
 
 
 def idempotency_key(plan_hash: str, step_id: str) -> str:
@@ -99,10 +101,12 @@ class DagWalk:
         deps = {step.id: dependencies(step) for step in self._plan.steps}
         while waiting or running:
             ready = [s for s in waiting if deps[s] <= self.outcomes.keys()]
+            # Asked once for the steps that start together, not by each (a store read each).
+            cancelled: bool | None = None
             if ready:
                 # What the ready steps read of earlier steps (a `when`, an argument) must be
                 # what stands, not one run's provisional answer.
-                self._settle_provisional(finished)
+                cancelled = self._settle_provisional(finished)
             for step_id in ready:
                 step = waiting.pop(step_id)
                 settled = self._settle_without_running(step, deps[step_id])
@@ -114,6 +118,12 @@ class DagWalk:
                 if settled is not None:
                     self._settled(step, settled)
                     self._finish(settled, finished)
+                    continue
+                if cancelled is None:
+                    cancelled = self._goal_cancelled()
+                if cancelled:  # an operator cancelled the goal: no step starts
+                    skipped = StepOutcome(step.id, step.tool, "skipped", error=CANCELLED)
+                    self._finish(skipped, finished)
                     continue
                 context = contextvars.copy_context()
                 running[self._pool.submit(context.run, self._call, step, args)] = step_id
@@ -154,8 +164,16 @@ class DagWalk:
         if not outcome.provisional:  # told once it stands
             finished.append(outcome)
 
-    def _settle_provisional(self, finished: list[StepOutcome]) -> None:
-        """Make the provisional outcomes final (a subclass that makes any records them)."""
+    def _settle_provisional(self, finished: list[StepOutcome]) -> bool | None:
+        """Make the provisional outcomes final (a subclass that makes any records them).
+
+        Returns whether the goal was cancelled, if settling read it (None if it did not).
+        """
+        return None
+
+    def _goal_cancelled(self) -> bool:
+        """Return whether the goal was cancelled: then no further step starts."""
+        return False
 
     def _announce(self, finished: list[StepOutcome]) -> None:
         for outcome in finished:
@@ -215,26 +233,29 @@ class PlanRun(DagWalk):
         if outcome.status != "pending":  # pending is not an outcome: it runs once settled
             self._ledger.record(step, outcome.status, None, outcome.error)
 
-    def _settle_provisional(self, finished: list[StepOutcome]) -> None:
+    def _settle_provisional(self, finished: list[StepOutcome]) -> bool | None:
         """Record the reads that answered since the last time, in one transaction.
 
         What stands for each is the first answer any run of the plan recorded: this run's, or
-        another's that came first (then this run goes on with that one).
+        another's that came first (then this run goes on with that one). The same transaction
+        reads whether the goal was cancelled, which the steps about to start ask.
         """
         called = [o for o in self.outcomes.values() if o.provisional]
         if not called:
-            return
+            return None
         answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in called]
-        stands = self._ledger.record_reads(answers)
+        recorded = self._ledger.record_reads(answers)
         for outcome in called:
             step = self._plan.step(outcome.step_id)
-            final = _recorded(step, stands[outcome.step_id], outcome.duration_ms)
+            final = _recorded(step, recorded.stands[outcome.step_id], outcome.duration_ms)
             self.outcomes[outcome.step_id] = final
             finished.append(final)
+        return recorded.goal_cancelled
+
+    def _goal_cancelled(self) -> bool:
+        return self._ledger.goal_cancelled()
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
-        if self._ledger.goal_cancelled():  # an operator cancelled the goal: no step starts
-            return StepOutcome(step.id, step.tool, "skipped", error="not run: goal cancelled")
         tool = self._registry.get(step.tool)
         with tool_span(step) as span:
             key = idempotency_key(self._plan_hash, step.id)

@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from plangate.cancellation import is_cancelled
+from plangate.cancellation import cancelled_in, is_cancelled
 from plangate.errors import Retry
 from plangate.store import StepRunRow, Store, audit
 from plangate.store.claims import insert_if_absent
@@ -79,6 +79,13 @@ def recorded_steps(session: Session, plan_id: str) -> dict[str, Claim]:
     return {
         row.step_id: Claim("done", row.attempt, row.status, row.output, row.error) for row in rows
     }
+
+
+class RecordedReads(NamedTuple):
+    """Reads' results that stand, by step id, and whether the goal was cancelled by then."""
+
+    stands: dict[str, Claim]
+    goal_cancelled: bool
 
 
 class StepLedger:
@@ -156,19 +163,21 @@ class StepLedger:
 
     def record_read(self, step: Step, status: str, output: Any, error: str | None) -> Claim:
         """Record a read's result unless one is recorded already; return the result that stands."""
-        return self.record_reads([(step, status, output, error)])[step.id]
+        return self.record_reads([(step, status, output, error)]).stands[step.id]
 
-    def record_reads(self, answers: Sequence[ReadAnswer]) -> dict[str, Claim]:
-        """Record reads' results in one transaction; return, by step id, the results that stand.
+    def record_reads(self, answers: Sequence[ReadAnswer]) -> RecordedReads:
+        """Record reads' results in one transaction; return the results that stand, by step id.
 
         Each is recorded unless one is recorded already (another run's, which then stands).
+        The transaction also reads whether the goal was cancelled (the next steps ask).
         """
         now = utcnow()
         stands: dict[str, Claim] = {}
         with self._store.session() as session:
             for step, status, output, error in answers:
                 stands[step.id] = self._record_read(session, now, step, status, output, error)
-        return stands
+            cancelled = cancelled_in(session, self._plan.goal_id)
+        return RecordedReads(stands, cancelled)
 
     def _record_read(
         self,

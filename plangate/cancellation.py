@@ -10,6 +10,7 @@ step (steps already running finish and are recorded). The move is the state mach
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from plangate.errors import Conflict
 from plangate.store import GoalRow, Store
@@ -31,7 +32,12 @@ def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> None:
 
 
 def is_cancelled(store: Store, goal_id: str) -> bool:
-    """Return whether the goal was cancelled (a run asks before each step it starts)."""
+    """Return whether the goal was cancelled (a run asks before the steps it starts)."""
     with store.reading() as session:
-        found = goal_status(session, goal_id)
-        return found is not None and found.status == "cancelled"
+        return cancelled_in(session, goal_id)
+
+
+def cancelled_in(session: Session, goal_id: str) -> bool:
+    """Return whether the goal was cancelled, as the session's transaction sees it."""
+    found = goal_status(session, goal_id)
+    return found is not None and found.status == "cancelled"
