@@ -45,8 +45,8 @@ def submit_goal(
 
     `mark` marks the published row sent (see `deliver`).
     """
-    with store.session() as session:
-        if idempotency_key is not None:
+    if idempotency_key is not None:  # else no transaction: on SQLite each waits for the lock
+        with store.reading() as session:
             existing = session.execute(
                 select(GoalRow).where(GoalRow.idempotency_key == idempotency_key)
             ).scalar_one_or_none()
