@@ -10,7 +10,7 @@ import contextvars
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -18,6 +18,7 @@ from typing import Any
 
 import cel
 from opentelemetry.trace import Span
+from sqlalchemy.orm import Session
 
 from executor_worker.ledger import Claim, StepLedger
 from plangate import faults, metrics, telemetry
@@ -40,7 +41,9 @@ class StepOutcome:
     error: str | None = None
     duration_ms: float = 0.0
     # A read's own answer, not yet recorded: what stands is known once it is (`PlanRun`).
+    # Also the last step's write, recorded with the run's end; `attempt` is its claim's.
     provisional: bool = False
+    attempt: int | None = None
 
 
 DEFAULT_TOOL_TIMEOUT = 60.0
@@ -79,6 +82,8 @@ class DagWalk:
         self._pool = pool
         self._on_finished = on_finished
         self.outcomes: dict[str, StepOutcome] = {}
+        # The step started when nothing else was left to start or still running, if one was.
+        self._last: str | None = None
 
     def run(self) -> dict[str, StepOutcome]:
         """Bring every step to an outcome; return the outcomes by step id."""
@@ -125,6 +130,8 @@ class DagWalk:
                     skipped = StepOutcome(step.id, step.tool, "skipped", error=CANCELLED)
                     self._finish(skipped, finished)
                     continue
+                if not waiting and not running:
+                    self._last = step_id
                 context = contextvars.copy_context()
                 running[self._pool.submit(context.run, self._call, step, args)] = step_id
             # Announced once the steps they made ready are under way, not before: an
@@ -137,7 +144,7 @@ class DagWalk:
                 outcome = future.result()  # a step that raised stops the run (see `run`)
                 running.pop(future)
                 self._finish(outcome, finished)
-        self._settle_provisional(finished)
+        self._settle_at_end(finished)
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         """Call one step whose dependencies succeeded, with its references resolved."""
@@ -174,6 +181,10 @@ class DagWalk:
     def _goal_cancelled(self) -> bool:
         """Return whether the goal was cancelled: then no further step starts."""
         return False
+
+    def _settle_at_end(self, finished: list[StepOutcome]) -> None:
+        """Settle what is still provisional once every step has ended."""
+        self._settle_provisional(finished)
 
     def _announce(self, finished: list[StepOutcome]) -> None:
         for outcome in finished:
@@ -228,6 +239,7 @@ class PlanRun(DagWalk):
         self._plan_hash = plan_hash
         self._registry = registry
         self._ledger = ledger
+        self._last_finished: list[StepOutcome] = []  # recorded with the run's end
 
     def _settled(self, step: Step, outcome: StepOutcome) -> None:
         if outcome.status != "pending":  # pending is not an outcome: it runs once settled
@@ -240,17 +252,51 @@ class PlanRun(DagWalk):
         another's that came first (then this run goes on with that one). The same transaction
         reads whether the goal was cancelled, which the steps about to start ask.
         """
-        called = [o for o in self.outcomes.values() if o.provisional]
+        called = [o for o in self.outcomes.values() if o.provisional and o.attempt is None]
         if not called:
             return None
         answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in called]
         recorded = self._ledger.record_reads(answers)
+        self._take_what_stands(called, recorded.stands, finished)
+        return recorded.goal_cancelled
+
+    def _take_what_stands(
+        self, called: list[StepOutcome], stands: Mapping[str, Claim], finished: list[StepOutcome]
+    ) -> None:
         for outcome in called:
             step = self._plan.step(outcome.step_id)
-            final = _recorded(step, recorded.stands[outcome.step_id], outcome.duration_ms)
+            final = _recorded(step, stands[outcome.step_id], outcome.duration_ms)
             self.outcomes[outcome.step_id] = final
             finished.append(final)
-        return recorded.goal_cancelled
+
+    def _settle_at_end(self, finished: list[StepOutcome]) -> None:
+        """Leave the last records to the run's end, which makes them in its own transaction."""
+
+    def record_last(self, session: Session) -> dict[str, StepOutcome]:
+        """Record, in the caller's transaction (the run's end), what is still provisional.
+
+        That is the reads that answered last, and the last step's write when the plan ends
+        with one. Returns every step's outcome; `announce_last` tells observers of these once
+        the transaction is committed.
+        """
+        reads = [o for o in self.outcomes.values() if o.provisional and o.attempt is None]
+        if reads:
+            answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in reads]
+            stands = self._ledger.record_reads_in(session, answers)
+            self._take_what_stands(reads, stands, self._last_finished)
+        for write in [o for o in self.outcomes.values() if o.attempt is not None]:
+            step = self._plan.step(write.step_id)
+            self._ledger.record_in(
+                session, step, write.status, write.output, write.error, attempt=write.attempt
+            )
+            final = replace(write, provisional=False, attempt=None)
+            self.outcomes[write.step_id] = final
+            self._last_finished.append(final)
+        return self.outcomes
+
+    def announce_last(self) -> None:
+        """Tell observers of the outcomes `record_last` recorded (once they are committed)."""
+        self._announce(self._last_finished)
 
     def _goal_cancelled(self) -> bool:
         return self._ledger.goal_cancelled()
@@ -274,6 +320,9 @@ class PlanRun(DagWalk):
             outcome = invoke(tool, step, args, context, span)
             if outcome.status == "succeeded":
                 faults.trip("mid_tool")  # the effect happened; its record did not
+            if step.id == self._last:
+                # Nothing runs after it: recorded with the run's end, in its transaction.
+                return replace(outcome, provisional=True, attempt=claim.attempt)
             self._ledger.record(
                 step, outcome.status, outcome.output, outcome.error, attempt=claim.attempt
             )

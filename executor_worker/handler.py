@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from executor_worker.engine import DEFAULT_TOOL_TIMEOUT, PlanRun, StepOutcome
@@ -221,51 +221,15 @@ class ExecutorHandler:
             self._steps,
             self._tool_timeout,
         )
-        outcomes = run.run()
-        statuses = {step_id: o.status for step_id, o in outcomes.items()}
-        troubled = [o for o in outcomes.values() if o.status in ("failed", "unknown")]
+        run.run()  # the last step's records are left to the run's end, below
         with self._store.session() as session:
+            # The goal first, as every move of it locks it: then the records (and their audit).
             goal = goal_status(session, plan.goal_id, lock=True)
             assert goal is not None  # the run started on it
-            if goal.status in TERMINAL_STATUSES:  # a concurrent delivery of it finished first
-                outcome = _outcome_of(
-                    session, plan.goal_id, goal.status, goal.status_reason, plan.plan_id
-                )
-                return [emit(session, outcome)]
-            if not troubled:
-                transition(
-                    session,
-                    plan.goal_id,
-                    "completed",
-                    by="executor",
-                    actor=ACTOR,
-                    data={"steps": statuses},
-                    current=goal.status,
-                )
-                done = ExecutionCompleted(
-                    goal_id=plan.goal_id, plan_id=plan.plan_id, steps=statuses
-                )
-                return [emit(session, done)]
-            unknown = [o for o in troubled if o.status == "unknown"]
-            if unknown:
-                # Even beside a failure: a write that may have happened needs a person before
-                # the goal may end (or be planned again). Resumed, a recorded failure stands.
-                return [emit(session, _pause(session, plan.goal_id, plan.plan_id, unknown))]
-            first = next(o for o in troubled if o.status == "failed")
-            reason = f"step {first.step_id!r} {first.status}: {first.error}"
-            transition(
-                session,
-                plan.goal_id,
-                "failed",
-                by="executor",
-                actor=ACTOR,
-                reason=reason,
-                data={"steps": statuses},
-            )
-            failed = ExecutionFailed(
-                goal_id=plan.goal_id, plan_id=plan.plan_id, reason=reason, steps=statuses
-            )
-            return [emit(session, failed)]
+            outcomes = run.record_last(session)
+            envelopes = _end_run(session, plan.goal_id, plan.plan_id, goal, outcomes)
+        run.announce_last()
+        return envelopes
 
     def _step_finished(self, goal_id: str, plan_id: str, outcome: StepOutcome) -> None:
         """Tell observers at once (progress, not a hand-off: the ledger has the record)."""
@@ -286,6 +250,50 @@ class ExecutorHandler:
                 self._notify(Envelope.of(event, headers))
             except Exception:  # progress for observers only; the store has the record
                 log.warning("could not announce step %s", outcome.step_id, exc_info=True)
+
+
+def _end_run(
+    session: Session,
+    goal_id: str,
+    plan_id: str,
+    goal: Row[tuple[str, str | None]],
+    outcomes: Mapping[str, StepOutcome],
+) -> list[Envelope]:
+    """Move the goal on by its run's outcomes (locked `goal`); return the message to publish."""
+    statuses = {step_id: o.status for step_id, o in outcomes.items()}
+    troubled = [o for o in outcomes.values() if o.status in ("failed", "unknown")]
+    if goal.status in TERMINAL_STATUSES:  # a concurrent delivery of it finished first
+        outcome = _outcome_of(session, goal_id, goal.status, goal.status_reason, plan_id)
+        return [emit(session, outcome)]
+    if not troubled:
+        transition(
+            session,
+            goal_id,
+            "completed",
+            by="executor",
+            actor=ACTOR,
+            data={"steps": statuses},
+            current=goal.status,
+        )
+        return [emit(session, ExecutionCompleted(goal_id=goal_id, plan_id=plan_id, steps=statuses))]
+    unknown = [o for o in troubled if o.status == "unknown"]
+    if unknown:
+        # Even beside a failure: a write that may have happened needs a person before
+        # the goal may end (or be planned again). Resumed, a recorded failure stands.
+        return [emit(session, _pause(session, goal_id, plan_id, unknown))]
+    first = next(o for o in troubled if o.status == "failed")
+    reason = f"step {first.step_id!r} {first.status}: {first.error}"
+    transition(
+        session,
+        goal_id,
+        "failed",
+        by="executor",
+        actor=ACTOR,
+        reason=reason,
+        data={"steps": statuses},
+    )
+    failed = ExecutionFailed(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=statuses)
+    return [emit(session, failed)]
 
 
 def _pause(

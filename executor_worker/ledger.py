@@ -171,13 +171,17 @@ class StepLedger:
         Each is recorded unless one is recorded already (another run's, which then stands).
         The transaction also reads whether the goal was cancelled (the next steps ask).
         """
-        now = utcnow()
-        stands: dict[str, Claim] = {}
         with self._store.session() as session:
-            for step, status, output, error in answers:
-                stands[step.id] = self._record_read(session, now, step, status, output, error)
-            cancelled = cancelled_in(session, self._plan.goal_id)
-        return RecordedReads(stands, cancelled)
+            stands = self.record_reads_in(session, answers)
+            return RecordedReads(stands, cancelled_in(session, self._plan.goal_id))
+
+    def record_reads_in(self, session: Session, answers: Sequence[ReadAnswer]) -> dict[str, Claim]:
+        """Record reads' results in the caller's transaction; return the results that stand."""
+        now = utcnow()
+        return {
+            step.id: self._record_read(session, now, step, status, output, error)
+            for step, status, output, error in answers
+        }
 
     def _record_read(
         self,
@@ -233,26 +237,39 @@ class StepLedger:
         replaces nothing: the person decides. A step settled without a call (no `attempt`) is
         recorded once; a later walk of the plan finds it already there.
         """
+        with self._store.session() as session:
+            self.record_in(session, step, status, output, error, attempt=attempt)
+
+    def record_in(
+        self,
+        session: Session,
+        step: Step,
+        status: str,
+        output: Any,
+        error: str | None,
+        *,
+        attempt: int | None = None,
+    ) -> None:
+        """`record` in the caller's transaction."""
         now = utcnow()
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
-        with self._store.session() as session:
-            ids = {"of_plan": self._plan.plan_id, "of_step": step.id}
-            current = session.execute(_LOCK_STATUS, ids).scalar_one_or_none()
-            if attempt is not None and current == "unknown":
-                late = {**key, "status": status, "attempt": attempt, "error": error}
-                late["recorded"] = current
-                self._audit(session, "step.late_result", late)
-                return
-            if current is not None and attempt is None:
-                return
-            if current is None:
-                row = {**key, "goal_id": self._plan.goal_id, "started_at": now, "lease_until": None}
-                row.update(status=status, output=output, error=error, finished_at=now)
-                insert_row(session, StepRunRow, row)
-            else:
-                finished = {"new_status": status, "new_output": output, "new_error": error}
-                session.execute(_FINISH, {**ids, **finished, "now": now})
-            self._audit(session, f"step.{status}", {**key, "error": error})
+        ids = {"of_plan": self._plan.plan_id, "of_step": step.id}
+        current = session.execute(_LOCK_STATUS, ids).scalar_one_or_none()
+        if attempt is not None and current == "unknown":
+            late = {**key, "status": status, "attempt": attempt, "error": error}
+            late["recorded"] = current
+            self._audit(session, "step.late_result", late)
+            return
+        if current is not None and attempt is None:
+            return
+        if current is None:
+            row = {**key, "goal_id": self._plan.goal_id, "started_at": now, "lease_until": None}
+            row.update(status=status, output=output, error=error, finished_at=now)
+            insert_row(session, StepRunRow, row)
+        else:
+            finished = {"new_status": status, "new_output": output, "new_error": error}
+            session.execute(_FINISH, {**ids, **finished, "now": now})
+        self._audit(session, f"step.{status}", {**key, "error": error})
 
     def _locked(self, session: Session, step: Step) -> StepRunRow | None:
         """Return the step's row, locked until the transaction ends (None if it has none)."""

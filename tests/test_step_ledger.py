@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from executor_worker.ledger import StepLedger
 from plangate.catalog import load_catalog
@@ -219,3 +221,61 @@ def approving_policy(tmp_path: Path) -> Path:
     """Write a policy that approves every plan; return its path."""
     rule = {"name": "all", "match": "true", "action": "approve", "reason": "test"}
     return write_yaml(tmp_path / "policy.yaml", {"mode": "enforce", "rules": [rule]})
+
+
+def test_a_plan_ending_in_a_write_records_it_with_the_runs_end(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan of two reads and then a write,
+    When it runs,
+    Then its executor commits four transactions: the run's start, the two reads together, the
+    write's claim, and the write's result with the goal's move to `completed`; observers hear
+    of the write before they hear that the goal completed.
+    """
+
+    @tool(effect="read", idempotent=True)
+    def census() -> int:
+        """Count everyone."""
+        return 128
+
+    @tool(effect="read", idempotent=True)
+    def threshold() -> int:
+        """The most there may be."""
+        return 100
+
+    @tool(effect="write", idempotent=True)
+    def announce(n: int, limit: int) -> None:
+        """Announce the count."""
+
+    playbook = write_playbook(
+        tmp_path,
+        "census",
+        [
+            {"id": "count", "tool": "census"},
+            {"id": "limit", "tool": "threshold"},
+            {"id": "tell", "tool": "announce", "args": {"n": "${count}", "limit": "${limit}"}},
+        ],
+    )
+    registry = ToolRegistry([census, threshold, announce])
+    committed_by: list[str] = []
+    with running_pipeline(
+        settings, playbook_file=playbook, policy_file=approving_policy(tmp_path), registry=registry
+    ) as pipeline:
+
+        @event.listens_for(pipeline.store.engine, "commit")
+        def _on_commit(_connection: object) -> None:
+            committed_by.append(threading.current_thread().name)
+
+        with pipeline.bus.observe() as observer:
+            goal_id = pipeline.submit("take the census").goal_id
+            heard: list[str] = []
+            while "execution.completed" not in heard:
+                message = observer.next(timeout=10)
+                assert message is not None, f"heard only {heard}"
+                heard.append(message.type)
+            goal = pipeline.wait_for(goal_id, timeout=10)
+
+    assert goal.status == "completed", goal.status_reason
+    executor = [name for name in committed_by if "executor" in name or "step" in name]
+    assert len(executor) == 4, committed_by
+    assert heard.count("step.finished") == 3  # all of them before the goal's outcome
