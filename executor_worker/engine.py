@@ -286,8 +286,9 @@ class PlanRun(DagWalk):
             self._take_what_stands(reads, stands, self._last_finished)
         for write in [o for o in self.outcomes.values() if o.attempt is not None]:
             step = self._plan.step(write.step_id)
-            self._ledger.record_in(
-                session, step, write.status, write.output, write.error, attempt=write.attempt
+            attempt = write.attempt
+            self._ledger.record(
+                step, write.status, write.output, write.error, attempt=attempt, session=session
             )
             final = replace(write, provisional=False, attempt=None)
             self.outcomes[write.step_id] = final

@@ -229,28 +229,20 @@ class StepLedger:
         error: str | None,
         *,
         attempt: int | None = None,
+        session: Session | None = None,
     ) -> None:
         """Store a step's final status and output, and audit it, in one transaction.
 
         `attempt` is the claim the result comes from. A result that comes back after the step
         was marked `unknown` (its lease ran out; a person is asked) is audited as late and
         replaces nothing: the person decides. A step settled without a call (no `attempt`) is
-        recorded once; a later walk of the plan finds it already there.
+        recorded once; a later walk of the plan finds it already there. With `session`, in
+        the caller's transaction (the run's end).
         """
-        with self._store.session() as session:
-            self.record_in(session, step, status, output, error, attempt=attempt)
-
-    def record_in(
-        self,
-        session: Session,
-        step: Step,
-        status: str,
-        output: Any,
-        error: str | None,
-        *,
-        attempt: int | None = None,
-    ) -> None:
-        """`record` in the caller's transaction."""
+        if session is None:
+            with self._store.session() as own:
+                self.record(step, status, output, error, attempt=attempt, session=own)
+            return
         now = utcnow()
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
         ids = {"of_plan": self._plan.plan_id, "of_step": step.id}

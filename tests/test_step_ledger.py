@@ -21,6 +21,18 @@ from tests.conftest import SEED_GOAL
 from tests.support import audit_kinds, only_plan, running_pipeline, write_playbook, write_yaml
 
 
+@tool(effect="read", idempotent=True)
+def census() -> int:
+    """Count everyone."""
+    return 128
+
+
+@tool(effect="read", idempotent=True)
+def threshold() -> int:
+    """The most there may be."""
+    return 100
+
+
 def test_the_first_recorded_result_of_a_read_is_the_one_every_run_goes_on_with(
     pipeline: Pipeline,
 ) -> None:
@@ -168,16 +180,6 @@ def test_a_runs_reads_are_recorded_together_before_the_step_that_reads_them(
     announced: list[int] = []
     recorded_before_announce: list[int] = []
 
-    @tool(effect="read", idempotent=True)
-    def census() -> int:
-        """Count everyone."""
-        return 128
-
-    @tool(effect="read", idempotent=True)
-    def threshold() -> int:
-        """The most there may be."""
-        return 100
-
     @tool(effect="write", idempotent=True)
     def announce(n: int) -> None:
         """Announce the count."""
@@ -232,16 +234,6 @@ def test_a_plan_ending_in_a_write_records_it_with_the_runs_end(
     write's claim, and the write's result with the goal's move to `completed`; observers hear
     of the write before they hear that the goal completed.
     """
-
-    @tool(effect="read", idempotent=True)
-    def census() -> int:
-        """Count everyone."""
-        return 128
-
-    @tool(effect="read", idempotent=True)
-    def threshold() -> int:
-        """The most there may be."""
-        return 100
 
     @tool(effect="write", idempotent=True)
     def announce(n: int, limit: int) -> None:
