@@ -25,7 +25,7 @@ from plangate.store.goals import plan_of, transition
 from plangate.store.models import GoalStatus
 from plangate.store.outbox import emit
 from plangate.store.rows import insert_row
-from schemas import Decision, PlanApproved, PlanDecided, ReviewDecided, SignedEnvelope
+from schemas import Decision, Plan, PlanApproved, PlanDecided, ReviewDecided, SignedEnvelope
 
 _APPROVALS = cast(Table, ApprovalRow.__table__)
 _ISSUED = select(_APPROVALS.c.envelope).where(_APPROVALS.c.plan_id == bindparam("plan_id"))
@@ -118,11 +118,14 @@ def follow_decision(
     *,
     move_goal: bool = True,
     approvers: Sequence[str] = (),
+    proposed: Plan | None = None,
 ) -> Envelope:
     """Move the goal on and emit the decision's message (approve: with a signed approval).
 
     With `move_goal=False` (a redelivery of a decided plan) only the message is emitted again:
     the goal may have moved on since (running, completed) and must not be moved back.
+    `proposed` is the plan itself when the caller holds it, its hash checked against the row's
+    (not decoded from the row again, and hashed once).
     """
     data = {
         "plan_id": plan.plan_id,
@@ -135,7 +138,8 @@ def follow_decision(
     if decision.action == "approve":
         if signer is None:  # only a gate worker holds the key: a person's approval goes there
             raise ValueError("an approval is signed by the gate; hand it over with hand_to_gate")
-        approval = _approval_for(session, plan, decision, signer, ttl, approvers)
+        body = proposed if proposed is not None else plan_of(plan)
+        approval = _approval_for(session, plan, body, decision, signer, ttl, approvers)
         if move_goal:
             transition(
                 session,
@@ -146,9 +150,7 @@ def follow_decision(
                 reason=decision.reason,
                 data=data,
             )
-        return emit(
-            session, PlanApproved(goal_id=plan.goal_id, plan=plan_of(plan), approval=approval)
-        )
+        return emit(session, PlanApproved(goal_id=plan.goal_id, plan=body, approval=approval))
     message_type, status = _OUTCOMES[decision.action]
     if move_goal:
         transition(
@@ -176,6 +178,7 @@ def follow_decision(
 def _approval_for(
     session: Session,
     plan: PlanRow,
+    body: Plan,
     decision: Decision,
     signer: Signer,
     ttl: timedelta,
@@ -185,7 +188,7 @@ def _approval_for(
     existing = session.execute(_ISSUED, {"plan_id": plan.plan_id}).scalar_one_or_none()
     if existing is not None:
         return SignedEnvelope.model_validate(existing)
-    approval = signer.approval(plan_of(plan), decision, ttl, approvers)
+    approval = signer.approval(body, decision, ttl, approvers)
     envelope = signer.sign(approval)
     row = {
         "approval_id": approval.approval_id,

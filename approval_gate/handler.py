@@ -109,7 +109,9 @@ class GateHandler:
                 repeated = self._repeat_earlier_decision(session, row)
                 assert repeated is not None
                 return repeated
-            envelopes = [follow_decision(session, row, decision, self._signer, self._ttl)]
+            envelopes = [
+                follow_decision(session, row, decision, self._signer, self._ttl, proposed=plan)
+            ]
             if decision.action == "hold":
                 record_hold(session, row, decision, self._policy, self._hold_ttl)
             if self._policy.wants_preview(decision):
