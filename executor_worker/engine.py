@@ -300,6 +300,10 @@ class PlanRun(DagWalk):
         self._announce(self._last_finished)
 
     def _goal_cancelled(self) -> bool:
+        if not self.outcomes:
+            # Before any step has ended, the run's start has just found the goal not cancelled
+            # (the transaction that moved it to `running`): the first steps need not ask again.
+            return False
         return self._ledger.goal_cancelled()
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
