@@ -8,6 +8,9 @@ import re
 from typing import Any
 
 import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas import Plan, canonical_json, plan_hash
 
@@ -139,3 +142,51 @@ def test_canonical_json_of_a_model_is_that_of_its_json_dump() -> None:
     plan = Plan.model_validate(seed_fields())
 
     assert canonical_json(plan) == canonical_json(plan.model_dump(mode="json"))
+
+
+# Text from every corner that matters: escapes, control characters, DEL, non-ASCII, characters
+# past U+FFFF (sorted differently by code point and by UTF-16 unit) and lone surrogates.
+_TEXT = st.text(
+    st.one_of(
+        st.sampled_from(['"', "\\", "\b", "\f", "\n", "\r", "\t", "\x00", "\x1f", "\x7f", "é"]),
+        st.characters(min_codepoint=0xE000, max_codepoint=0xFFFF),
+        st.characters(min_codepoint=0x10000, max_codepoint=0x1F9FF),
+        st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+        st.characters(max_codepoint=0x7F),
+    ),
+    max_size=6,
+)
+_JSON_LIKE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats()
+    | _TEXT,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(_TEXT, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_JSON_LIKE)
+def test_canonical_json_is_rfc8785s_byte_for_byte_or_refused_as_it_refuses(value: Any) -> None:
+    """Given any JSON-like value (floats, huge integers, odd text and keys included),
+    When its canonical JSON is written,
+    Then it is exactly what the `rfc8785` package writes, or refused exactly when it refuses:
+    stored audit entries and signed plans keep verifying.
+    """
+    try:
+        expected: bytes | type[Exception] = rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError) as exc:  # a lone surrogate key
+        expected = type(exc)
+
+    try:
+        written: bytes | type[Exception] = canonical_json(value)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError) as exc:
+        written = type(exc)
+
+    assert written == expected
