@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from executor_worker.engine import DEFAULT_TOOL_TIMEOUT, PlanRun, StepOutcome
@@ -56,6 +56,11 @@ from schemas import (
 )
 
 ACTOR = "executor"
+_HOLDS = cast(Table, HoldRow.__table__)
+# Asked on every run's start: a plain statement, built once (not the ORM's).
+_APPROVALS_REQUIRED = select(_HOLDS.c.approvals_required).where(
+    _HOLDS.c.plan_id == bindparam("plan_id")
+)
 log = logging.getLogger(__name__)
 Notify = Callable[[Envelope], None]
 
@@ -344,7 +349,7 @@ def _check_approvers(session: Session, plan_id: str, approval: Approval) -> None
     The gate counted them before it signed; this is the executor's own check against the
     record the gate made when it held the plan (four eyes, not one key, stand behind a run).
     """
-    required = session.scalar(select(HoldRow.approvals_required).where(HoldRow.plan_id == plan_id))
+    required = session.execute(_APPROVALS_REQUIRED, {"plan_id": plan_id}).scalar_one_or_none()
     if required is None or required <= 1:
         return
     named = set(approval.approvers)
