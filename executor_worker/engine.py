@@ -21,6 +21,7 @@ from opentelemetry.trace import Span
 from sqlalchemy.orm import Session
 
 from executor_worker.ledger import Claim, StepLedger
+from executor_worker.tool_threads import ToolThreads
 from plangate import faults, metrics, telemetry
 from plangate.errors import OutcomeUnknown, ToolError
 from plangate.redaction import redact
@@ -47,6 +48,7 @@ class StepOutcome:
 
 
 DEFAULT_TOOL_TIMEOUT = 60.0
+_TOOL_THREADS = ToolThreads()
 CANCELLED = "not run: goal cancelled"
 """Why a step was skipped: an operator cancelled its goal before it started."""
 
@@ -378,8 +380,9 @@ def invoke(
 def _call_within_deadline(tool: Tool[..., Any], args: dict[str, Any], context: ToolContext) -> Any:
     """Return what the tool returned, raising what it raised, unless it overruns its deadline.
 
-    Python cannot stop a thread, so the call runs in a daemon thread of its own: a call stuck
-    past its deadline costs that one thread, never a step slot, and never blocks shutdown.
+    Python cannot stop a thread, so the call runs in a daemon thread of its own
+    (`tool_threads`): a call stuck past its deadline costs that one thread, never a step slot,
+    and never blocks shutdown.
     """
     result: list[Any] = []
     failure: list[BaseException] = []
@@ -393,14 +396,8 @@ def _call_within_deadline(tool: Tool[..., Any], args: dict[str, Any], context: T
         finally:
             finished.set()
 
-    thread = threading.Thread(
-        target=contextvars.copy_context().run,
-        args=(call,),
-        name=f"plangate-tool-{tool.name}",
-        daemon=True,
-    )
     started = time.perf_counter()
-    thread.start()
+    _TOOL_THREADS.start(call, f"plangate-tool-{tool.name}")
     ended = finished.wait(context.timeout)
     metrics.TOOL_SECONDS.labels(tool.name).observe(time.perf_counter() - started)
     outcome = "timed_out" if not ended else "failed" if failure else "succeeded"
