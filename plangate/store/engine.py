@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -90,7 +91,14 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         reads_only = connection.get_execution_options().get(_READS_ONLY, False)
-        connection.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
+        statement = "BEGIN" if reads_only else "BEGIN IMMEDIATE"
+        # On the driver's own connection: SQLAlchemy's execution path (events, a context, a
+        # result) was a fifth of a short transaction's time. Its errors are wrapped as
+        # SQLAlchemy wraps them, which is what `is_outage` reads.
+        try:
+            connection.connection.driver_connection.execute(statement)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
 def make_engine(url: str) -> Engine:
