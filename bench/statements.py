@@ -27,6 +27,7 @@ from embedded import WARMUP_GOALS, one_goal, pipeline  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
 from plangate.store import sqlite_lock  # noqa: E402
+from plangate.store.engine import READS_ONLY  # noqa: E402
 
 
 def stage_of(thread: threading.Thread) -> str:
@@ -74,15 +75,18 @@ class Counts:
         sqlite_lock.SqliteWriteLock.__enter__ = timed_enter  # type: ignore[method-assign]
         sqlite_lock.SqliteWriteLock.__exit__ = timed_leave  # type: ignore[method-assign]
 
+    def on_begin(self, connection: Any) -> None:
+        """Count one transaction, and whether it writes (an engine's `begin` event)."""
+        if self.counting.is_set():
+            stage = stage_of(threading.current_thread())
+            self.transactions[stage] += 1
+            self.writes[stage] += not connection.get_execution_options().get(READS_ONLY, False)
+
     def on_statement(self, _conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
         """Count one statement (an engine's `before_cursor_execute` event)."""
         if not self.counting.is_set():
             return
         stage = stage_of(threading.current_thread())
-        if sql.startswith("BEGIN"):
-            self.transactions[stage] += 1
-            self.writes[stage] += sql == "BEGIN IMMEDIATE"
-            return
         self.statements[stage] += 1
         if self.shown is not None and len(self.shown) < 400:
             self.shown.append(f"{stage:<9} {' '.join(sql.split())[:150]}")
@@ -121,6 +125,7 @@ def main() -> None:
         pipeline(Path(folder), "count", "memory://") as running,
     ):
         event.listen(running.store.engine, "before_cursor_execute", counts.on_statement)
+        event.listen(running.store.engine, "begin", counts.on_begin)
         for _ in range(WARMUP_GOALS):
             one_goal(running)
         counts.counting.set()

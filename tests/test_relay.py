@@ -220,11 +220,11 @@ def test_a_client_submits_in_one_write_and_marks_what_it_sent_by_the_time_it_clo
     client = Client(settings)
     writes: list[str] = []  # the writes of this thread: the submissions', not the marker's
 
-    def count(_conn: object, _cursor: object, sql: str, *_: object) -> None:
-        if sql == "BEGIN IMMEDIATE" and threading.current_thread() is threading.main_thread():
-            writes.append(sql)
+    def count(_connection: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            writes.append("commit")
 
-    event.listen(client._store.engine, "before_cursor_execute", count)
+    event.listen(client._store.engine, "commit", count)
     try:
         for n in range(3):
             client.submit(f"count open tickets, take {n}")

@@ -24,7 +24,7 @@ from plangate.store import schema
 from plangate.store.sqlite_lock import acquire_lock, release_lock
 
 # An execution option of `Store.reading`'s connections: their transactions take no write lock.
-_READS_ONLY = "plangate_reads_only"
+READS_ONLY = "plangate_reads_only"
 
 
 class Store:
@@ -34,7 +34,7 @@ class Store:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._readers = sessionmaker(
-            engine.execution_options(**{_READS_ONLY: True}), expire_on_commit=False
+            engine.execution_options(**{READS_ONLY: True}), expire_on_commit=False
         )
         self._sqlite_lock = (
             acquire_lock(engine.url.database) if engine.dialect.name == "sqlite" else None
@@ -90,7 +90,7 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        reads_only = connection.get_execution_options().get(_READS_ONLY, False)
+        reads_only = connection.get_execution_options().get(READS_ONLY, False)
         statement = "BEGIN" if reads_only else "BEGIN IMMEDIATE"
         # On the driver's own connection: SQLAlchemy's execution path (events, a context, a
         # result) was a fifth of a short transaction's time. Its errors are wrapped as
