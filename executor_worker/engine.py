@@ -107,35 +107,14 @@ class DagWalk:
         waiting = {step.id: step for step in self._plan.steps}
         deps = {step.id: dependencies(step) for step in self._plan.steps}
         while waiting or running:
-            ready = [s for s in waiting if deps[s] <= self.outcomes.keys()]
-            # Asked once for the steps that start together, not by each (a store read each).
-            cancelled: bool | None = None
+            ready = [waiting.pop(s) for s in list(waiting) if deps[s] <= self.outcomes.keys()]
             if ready:
-                # What the ready steps read of earlier steps (a `when`, an argument) must be
-                # what stands, not one run's provisional answer.
-                cancelled = self._settle_provisional(finished)
-            for step_id in ready:
-                step = waiting.pop(step_id)
-                settled = self._settle_without_running(step, deps[step_id])
-                if settled is None:
-                    try:
-                        args = resolve(dict(step.args), self._outputs())
-                    except UnresolvedReference as exc:
-                        settled = StepOutcome(step.id, step.tool, "failed", error=str(exc))
-                if settled is not None:
-                    self._settled(step, settled)
-                    self._finish(settled, finished)
-                    continue
-                if cancelled is None:
-                    cancelled = self._goal_cancelled()
-                if cancelled:  # an operator cancelled the goal: no step starts
-                    skipped = StepOutcome(step.id, step.tool, "skipped", error=CANCELLED)
-                    self._finish(skipped, finished)
-                    continue
-                if not waiting and not running:
-                    self._last = step_id
-                context = contextvars.copy_context()
-                running[self._pool.submit(context.run, self._call, step, args)] = step_id
+                to_call = self._start_wave(ready, deps, finished)
+                for step, args in to_call:
+                    if len(to_call) == 1 and not waiting and not running:
+                        self._last = step.id
+                    context = contextvars.copy_context()
+                    running[self._pool.submit(context.run, self._call, step, args)] = step.id
             # Announced once the steps they made ready are under way, not before: an
             # announcement is a broker round trip that the next step need not wait for.
             self._announce(finished)
@@ -146,7 +125,45 @@ class DagWalk:
                 outcome = future.result()  # a step that raised stops the run (see `run`)
                 running.pop(future)
                 self._finish(outcome, finished)
-        self._settle_at_end(finished)
+
+    def _start_wave(
+        self, ready: list[Step], deps: Mapping[str, set[str]], finished: list[StepOutcome]
+    ) -> list[tuple[Step, dict[str, Any]]]:
+        """Return the ready steps to call, with their arguments (a subclass records first)."""
+        return self._to_call(ready, deps, finished, None)
+
+    def _to_call(
+        self,
+        ready: list[Step],
+        deps: Mapping[str, set[str]],
+        finished: list[StepOutcome],
+        cancelled: bool | None,
+    ) -> list[tuple[Step, dict[str, Any]]]:
+        """Settle the ready steps that must not run; return the others, with their arguments.
+
+        `cancelled` is whether the goal was cancelled, when the caller knows: asked once for
+        the steps that start together, not by each (a store read each).
+        """
+        to_call = []
+        for step in ready:
+            settled = self._settle_without_running(step, deps[step.id])
+            if settled is None:
+                try:
+                    args = resolve(dict(step.args), self._outputs())
+                except UnresolvedReference as exc:
+                    settled = StepOutcome(step.id, step.tool, "failed", error=str(exc))
+            if settled is not None:
+                self._settled(step, settled)
+                self._finish(settled, finished)
+                continue
+            if cancelled is None:
+                cancelled = self._goal_cancelled()
+            if cancelled:  # an operator cancelled the goal: no step starts
+                skipped = StepOutcome(step.id, step.tool, "skipped", error=CANCELLED)
+                self._finish(skipped, finished)
+                continue
+            to_call.append((step, args))
+        return to_call
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         """Call one step whose dependencies succeeded, with its references resolved."""
@@ -173,20 +190,9 @@ class DagWalk:
         if not outcome.provisional:  # told once it stands
             finished.append(outcome)
 
-    def _settle_provisional(self, finished: list[StepOutcome]) -> bool | None:
-        """Make the provisional outcomes final (a subclass that makes any records them).
-
-        Returns whether the goal was cancelled, if settling read it (None if it did not).
-        """
-        return None
-
     def _goal_cancelled(self) -> bool:
         """Return whether the goal was cancelled: then no further step starts."""
         return False
-
-    def _settle_at_end(self, finished: list[StepOutcome]) -> None:
-        """Settle what is still provisional once every step has ended."""
-        self._settle_provisional(finished)
 
     def _announce(self, finished: list[StepOutcome]) -> None:
         for outcome in finished:
@@ -242,25 +248,65 @@ class PlanRun(DagWalk):
         self._registry = registry
         self._ledger = ledger
         self._last_finished: list[StepOutcome] = []  # recorded with the run's end
+        self._claims: dict[str, Claim] = {}  # made when their wave started, taken by `_call`
+        self._wave: Session | None = None  # the transaction that starts a wave, while open
 
     def _settled(self, step: Step, outcome: StepOutcome) -> None:
         if outcome.status != "pending":  # pending is not an outcome: it runs once settled
-            self._ledger.record(step, outcome.status, None, outcome.error)
+            self._ledger.record(step, outcome.status, None, outcome.error, session=self._wave)
 
-    def _settle_provisional(self, finished: list[StepOutcome]) -> bool | None:
-        """Record the reads that answered since the last time, in one transaction.
+    def _start_wave(
+        self, ready: list[Step], deps: Mapping[str, set[str]], finished: list[StepOutcome]
+    ) -> list[tuple[Step, dict[str, Any]]]:
+        """Record the reads that ready steps follow and claim their writes, in one transaction.
 
-        What stands for each is the first answer any run of the plan recorded: this run's, or
-        another's that came first (then this run goes on with that one). The same transaction
-        reads whether the goal was cancelled, which the steps about to start ask.
+        Only when there is either to do. What the steps read of earlier ones (a `when`, an
+        argument) is what stands: for a read, the first answer any run of the plan recorded,
+        this run's or another's that came first (then this run goes on with that one). The
+        transaction also says whether the goal was cancelled. A write is claimed before it is
+        called, as ever; one that another run recorded is not called again.
         """
-        called = [o for o in self.outcomes.values() if o.provisional and o.attempt is None]
-        if not called:
-            return None
-        answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in called]
-        recorded = self._ledger.record_reads(answers)
-        self._take_what_stands(called, recorded.stands, finished)
-        return recorded.goal_cancelled
+        reads = [o for o in self.outcomes.values() if o.provisional and o.attempt is None]
+        if not reads:
+            to_call = self._to_call(ready, deps, finished, None)
+            if any(self._writes(step) for step, _ in to_call):
+                with self._ledger.transaction() as session:
+                    self._claim_writes(to_call, session)
+            return self._claimed(to_call, finished)
+        answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in reads]
+        with self._ledger.transaction() as session:
+            self._wave = session
+            try:
+                stands = self._ledger.record_reads(answers, session=session)
+                self._take_what_stands(reads, stands, finished)
+                cancelled = self._ledger.goal_cancelled(session=session)
+                to_call = self._to_call(ready, deps, finished, cancelled)
+                self._claim_writes(to_call, session)
+            finally:
+                self._wave = None
+        return self._claimed(to_call, finished)
+
+    def _writes(self, step: Step) -> bool:
+        return self._registry.get(step.tool).spec.effect == "write"
+
+    def _claim_writes(self, to_call: list[tuple[Step, dict[str, Any]]], session: Session) -> None:
+        for step, _ in to_call:
+            if self._writes(step):
+                spec = self._registry.get(step.tool).spec
+                self._claims[step.id] = self._ledger.claim(step, spec, session=session)
+
+    def _claimed(
+        self, to_call: list[tuple[Step, dict[str, Any]]], finished: list[StepOutcome]
+    ) -> list[tuple[Step, dict[str, Any]]]:
+        """Settle the writes whose claim found them recorded; return the steps left to call."""
+        calls = []
+        for step, args in to_call:
+            claim = self._claims.get(step.id)
+            if claim is None or claim.kind == "run":
+                calls.append((step, args))
+            else:
+                self._finish(_recorded(step, self._claims.pop(step.id)), finished)
+        return calls
 
     def _take_what_stands(
         self, called: list[StepOutcome], stands: Mapping[str, Claim], finished: list[StepOutcome]
@@ -270,9 +316,6 @@ class PlanRun(DagWalk):
             final = _recorded(step, stands[outcome.step_id], outcome.duration_ms)
             self.outcomes[outcome.step_id] = final
             finished.append(final)
-
-    def _settle_at_end(self, finished: list[StepOutcome]) -> None:
-        """Leave the last records to the run's end, which makes them in its own transaction."""
 
     def record_last(self, session: Session) -> dict[str, StepOutcome]:
         """Record, in the caller's transaction (the run's end), what is still provisional.
@@ -284,7 +327,7 @@ class PlanRun(DagWalk):
         reads = [o for o in self.outcomes.values() if o.provisional and o.attempt is None]
         if reads:
             answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in reads]
-            stands = self._ledger.record_reads_in(session, answers)
+            stands = self._ledger.record_reads(answers, session=session)
             self._take_what_stands(reads, stands, self._last_finished)
         for write in [o for o in self.outcomes.values() if o.attempt is not None]:
             step = self._plan.step(write.step_id)
@@ -318,9 +361,9 @@ class PlanRun(DagWalk):
                     return _recorded(step, earlier)
                 called = invoke(tool, step, args, self._context(step, tool, key), span)
                 # Recorded with the run's other finished reads, in one transaction, before any
-                # step that reads them starts (`_settle_provisional`).
+                # step that reads them starts (`_start_wave`).
                 return replace(called, provisional=True)
-            claim = self._ledger.claim(step, tool.spec)
+            claim = self._claims.pop(step.id, None) or self._ledger.claim(step, tool.spec)
             if claim.kind != "run":
                 return _recorded(step, claim)
             context = self._context(step, tool, key, claim.attempt)

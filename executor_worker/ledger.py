@@ -10,15 +10,16 @@ again. Otherwise its result is recorded only if no run of the plan recorded one 
 first recorded result is the one every run goes on with: two runs of one plan (a redelivery
 while it runs) cannot decide a `when` or a write's arguments differently. A run records the
 reads that answered together, in one transaction, before any step that reads them starts
-(`PlanRun._settle_provisional`).
+(`PlanRun._start_wave`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal, NamedTuple, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.orm import Session
@@ -81,13 +82,6 @@ def recorded_steps(session: Session, plan_id: str) -> dict[str, Claim]:
     }
 
 
-class RecordedReads(NamedTuple):
-    """Reads' results that stand, by step id, and whether the goal was cancelled by then."""
-
-    stands: dict[str, Claim]
-    goal_cancelled: bool
-
-
 class StepLedger:
     """The step records of one plan."""
 
@@ -103,80 +97,90 @@ class StepLedger:
         self._lease = lease
         self._recorded = dict(recorded or {})
 
-    def goal_cancelled(self) -> bool:
+    def transaction(self) -> AbstractContextManager[Session]:
+        """Open one transaction for several of the calls below (each takes `session=`)."""
+        return self._store.session()
+
+    def goal_cancelled(self, *, session: Session | None = None) -> bool:
         """Return whether the plan's goal was cancelled since the run started."""
+        if session is not None:
+            return cancelled_in(session, self._plan.goal_id)
         return is_cancelled(self._store, self._plan.goal_id)
 
     def recorded(self, step: Step) -> Claim | None:
         """Return the step's record from before this run started, if it had finished."""
         return self._recorded.get(step.id)
 
-    def claim(self, step: Step, spec: ToolSpec) -> Claim:
-        """Claim a step for this executor, or say why it must not run now."""
+    def claim(self, step: Step, spec: ToolSpec, *, session: Session | None = None) -> Claim:
+        """Claim a step for this executor, or say why it must not run now.
+
+        With `session`, in the caller's transaction (the one that starts the step's wave).
+        """
+        if session is None:
+            with self._store.session() as own:
+                return self.claim(step, spec, session=own)
         now = utcnow()
-        with self._store.session() as session:
-            won = insert_if_absent(
-                session,
-                StepRunRow,
-                {
-                    "plan_id": self._plan.plan_id,
-                    "step_id": step.id,
-                    "goal_id": self._plan.goal_id,
-                    "tool": step.tool,
-                    "status": "running",
-                    "attempt": 1,
-                    "lease_until": now + self._lease,
-                    "started_at": now,
-                },
+        won = insert_if_absent(
+            session,
+            StepRunRow,
+            {
+                "plan_id": self._plan.plan_id,
+                "step_id": step.id,
+                "goal_id": self._plan.goal_id,
+                "tool": step.tool,
+                "status": "running",
+                "attempt": 1,
+                "lease_until": now + self._lease,
+                "started_at": now,
+            },
+        )
+        if won:
+            return Claim("run")
+        # Locked: a late `record` of the run whose lease ran out commits first or waits.
+        row = self._locked(session, step)
+        if row is None:  # a person's "did not happen" removed it just now
+            raise Retry(f"step {step.id!r} was settled meanwhile", delay=1.0)
+        if row.status != "running":
+            kind: ClaimKind = "unknown" if row.status == "unknown" else "done"
+            return Claim(kind, row.attempt, row.status, row.output, row.error)
+        lease_until = row.lease_until
+        if lease_until is not None and lease_until > now:
+            raise _held_elsewhere(step.id, lease_until, now)
+        if not spec.idempotent:
+            row.status, row.finished_at = "unknown", now
+            row.error = "an executor died during this call; it may or may not have happened"
+            return Claim("unknown", row.attempt, "unknown", None, row.error)
+        # Read before the UPDATE: the ORM then refreshes `row` to the new attempt.
+        attempt = row.attempt + 1
+        taken = session.execute(
+            update(StepRunRow)
+            .where(
+                StepRunRow.plan_id == self._plan.plan_id,
+                StepRunRow.step_id == step.id,
+                StepRunRow.attempt == row.attempt,
+                StepRunRow.status == "running",
             )
-            if won:
-                return Claim("run")
-            # Locked: a late `record` of the run whose lease ran out commits first or waits.
-            row = self._locked(session, step)
-            if row is None:  # a person's "did not happen" removed it just now
-                raise Retry(f"step {step.id!r} was settled meanwhile", delay=1.0)
-            if row.status != "running":
-                kind: ClaimKind = "unknown" if row.status == "unknown" else "done"
-                return Claim(kind, row.attempt, row.status, row.output, row.error)
-            lease_until = row.lease_until
-            if lease_until is not None and lease_until > now:
-                raise _held_elsewhere(step.id, lease_until, now)
-            if not spec.idempotent:
-                row.status, row.finished_at = "unknown", now
-                row.error = "an executor died during this call; it may or may not have happened"
-                return Claim("unknown", row.attempt, "unknown", None, row.error)
-            # Read before the UPDATE: the ORM then refreshes `row` to the new attempt.
-            attempt = row.attempt + 1
-            taken = session.execute(
-                update(StepRunRow)
-                .where(
-                    StepRunRow.plan_id == self._plan.plan_id,
-                    StepRunRow.step_id == step.id,
-                    StepRunRow.attempt == row.attempt,
-                    StepRunRow.status == "running",
-                )
-                .values(attempt=attempt, lease_until=now + self._lease, started_at=now)
-            )
-            if getattr(taken, "rowcount", 0) != 1:
-                raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
-            return Claim("run", attempt)
+            .values(attempt=attempt, lease_until=now + self._lease, started_at=now)
+        )
+        if getattr(taken, "rowcount", 0) != 1:
+            raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
+        return Claim("run", attempt)
 
     def record_read(self, step: Step, status: str, output: Any, error: str | None) -> Claim:
         """Record a read's result unless one is recorded already; return the result that stands."""
-        return self.record_reads([(step, status, output, error)]).stands[step.id]
+        return self.record_reads([(step, status, output, error)])[step.id]
 
-    def record_reads(self, answers: Sequence[ReadAnswer]) -> RecordedReads:
+    def record_reads(
+        self, answers: Sequence[ReadAnswer], *, session: Session | None = None
+    ) -> dict[str, Claim]:
         """Record reads' results in one transaction; return the results that stand, by step id.
 
         Each is recorded unless one is recorded already (another run's, which then stands).
-        The transaction also reads whether the goal was cancelled (the next steps ask).
+        With `session`, in the caller's transaction.
         """
-        with self._store.session() as session:
-            stands = self.record_reads_in(session, answers)
-            return RecordedReads(stands, cancelled_in(session, self._plan.goal_id))
-
-    def record_reads_in(self, session: Session, answers: Sequence[ReadAnswer]) -> dict[str, Claim]:
-        """Record reads' results in the caller's transaction; return the results that stand."""
+        if session is None:
+            with self._store.session() as own:
+                return self.record_reads(answers, session=own)
         now = utcnow()
         return {
             step.id: self._record_read(session, now, step, status, output, error)

@@ -225,14 +225,14 @@ def approving_policy(tmp_path: Path) -> Path:
     return write_yaml(tmp_path / "policy.yaml", {"mode": "enforce", "rules": [rule]})
 
 
-def test_a_plan_ending_in_a_write_records_it_with_the_runs_end(
+def test_a_plan_of_reads_then_a_write_takes_its_executor_three_transactions(
     settings: Settings, tmp_path: Path
 ) -> None:
     """Given a plan of two reads and then a write,
     When it runs,
-    Then its executor commits four transactions: the run's start, the two reads together, the
-    write's claim, and the write's result with the goal's move to `completed`; observers hear
-    of the write before they hear that the goal completed.
+    Then its executor commits three transactions: the run's start, the two reads together with
+    the write's claim, and the write's result with the goal's move to `completed`; observers
+    hear of every step before they hear that the goal completed.
     """
 
     @tool(effect="write", idempotent=True)
@@ -269,5 +269,5 @@ def test_a_plan_ending_in_a_write_records_it_with_the_runs_end(
 
     assert goal.status == "completed", goal.status_reason
     executor = [name for name in committed_by if "executor" in name or "step" in name]
-    assert len(executor) == 4, committed_by
+    assert len(executor) == 3, committed_by
     assert heard.count("step.finished") == 3  # all of them before the goal's outcome
