@@ -274,16 +274,18 @@ class PlanRun(DagWalk):
                     self._claim_writes(to_call, session)
             return self._claimed(to_call, finished)
         answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in reads]
+        settled: list[StepOutcome] = []  # told once the transaction that records them commits
         with self._ledger.transaction() as session:
             self._wave = session
             try:
                 stands = self._ledger.record_reads(answers, session=session)
-                self._take_what_stands(reads, stands, finished)
+                self._take_what_stands(reads, stands, settled)
                 cancelled = self._ledger.goal_cancelled(session=session)
-                to_call = self._to_call(ready, deps, finished, cancelled)
+                to_call = self._to_call(ready, deps, settled, cancelled)
                 self._claim_writes(to_call, session)
             finally:
                 self._wave = None
+        finished.extend(settled)
         return self._claimed(to_call, finished)
 
     def _writes(self, step: Step) -> bool:
