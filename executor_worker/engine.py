@@ -13,19 +13,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import cel
 from opentelemetry.trace import Span
-from sqlalchemy.orm import Session
 
-from executor_worker.ledger import Claim, StepLedger
 from executor_worker.tool_threads import ToolThreads
-from plangate import faults, metrics, telemetry
+from plangate import metrics, telemetry
 from plangate.errors import OutcomeUnknown, ToolError
 from plangate.redaction import redact
-from plangate.tools import Tool, ToolContext, ToolRegistry
+from plangate.tools import Tool, ToolContext
 from schemas import Plan, Step
 from schemas.hashing import sha256_hex
 from schemas.references import UnresolvedReference, dependencies, resolve
@@ -225,166 +223,6 @@ class DagWalk:
         if not verdict:
             return StepOutcome(step.id, step.tool, "skipped", error=f"`when` is false: {step.when}")
         return None
-
-
-class PlanRun(DagWalk):
-    """One execution of one approved plan: each write claimed and run once; every step recorded."""
-
-    waits_on = frozenset({"unknown"})
-    wait_note = "waits until a person settles step {step!r}"
-
-    def __init__(
-        self,
-        plan: Plan,
-        plan_hash: str,
-        registry: ToolRegistry,
-        ledger: StepLedger,
-        on_finished: Callable[[StepOutcome], None],
-        pool: Executor,
-        tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
-    ) -> None:
-        super().__init__(plan, pool, on_finished, tool_timeout)
-        self._plan_hash = plan_hash
-        self._registry = registry
-        self._ledger = ledger
-        self._last_finished: list[StepOutcome] = []  # recorded with the run's end
-        self._claims: dict[str, Claim] = {}  # made when their wave started, taken by `_call`
-        self._wave: Session | None = None  # the transaction that starts a wave, while open
-
-    def _settled(self, step: Step, outcome: StepOutcome) -> None:
-        if outcome.status != "pending":  # pending is not an outcome: it runs once settled
-            self._ledger.record(step, outcome.status, None, outcome.error, session=self._wave)
-
-    def _start_wave(
-        self, ready: list[Step], deps: Mapping[str, set[str]], finished: list[StepOutcome]
-    ) -> list[tuple[Step, dict[str, Any]]]:
-        """Record the reads that ready steps follow and claim their writes, in one transaction.
-
-        Only when there is either to do. What the steps read of earlier ones (a `when`, an
-        argument) is what stands: for a read, the first answer any run of the plan recorded,
-        this run's or another's that came first (then this run goes on with that one). The
-        transaction also says whether the goal was cancelled. A write is claimed before it is
-        called, as ever; one that another run recorded is not called again.
-        """
-        reads = [o for o in self.outcomes.values() if o.provisional and o.attempt is None]
-        if not reads:
-            to_call = self._to_call(ready, deps, finished, None)
-            if any(self._writes(step) for step, _ in to_call):
-                with self._ledger.transaction() as session:
-                    self._claim_writes(to_call, session)
-            return self._claimed(to_call, finished)
-        answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in reads]
-        settled: list[StepOutcome] = []  # told once the transaction that records them commits
-        with self._ledger.transaction() as session:
-            self._wave = session
-            try:
-                stands = self._ledger.record_reads(answers, session=session)
-                self._take_what_stands(reads, stands, settled)
-                cancelled = self._ledger.goal_cancelled(session=session)
-                to_call = self._to_call(ready, deps, settled, cancelled)
-                self._claim_writes(to_call, session)
-            finally:
-                self._wave = None
-        finished.extend(settled)
-        return self._claimed(to_call, finished)
-
-    def _writes(self, step: Step) -> bool:
-        return self._registry.get(step.tool).spec.effect == "write"
-
-    def _claim_writes(self, to_call: list[tuple[Step, dict[str, Any]]], session: Session) -> None:
-        for step, _ in to_call:
-            if self._writes(step):
-                spec = self._registry.get(step.tool).spec
-                self._claims[step.id] = self._ledger.claim(step, spec, session=session)
-
-    def _claimed(
-        self, to_call: list[tuple[Step, dict[str, Any]]], finished: list[StepOutcome]
-    ) -> list[tuple[Step, dict[str, Any]]]:
-        """Settle the writes whose claim found them recorded; return the steps left to call."""
-        calls = []
-        for step, args in to_call:
-            claim = self._claims.get(step.id)
-            if claim is None or claim.kind == "run":
-                calls.append((step, args))
-            else:
-                self._finish(_recorded(step, self._claims.pop(step.id)), finished)
-        return calls
-
-    def _take_what_stands(
-        self, called: list[StepOutcome], stands: Mapping[str, Claim], finished: list[StepOutcome]
-    ) -> None:
-        for outcome in called:
-            step = self._plan.step(outcome.step_id)
-            final = _recorded(step, stands[outcome.step_id], outcome.duration_ms)
-            self.outcomes[outcome.step_id] = final
-            finished.append(final)
-
-    def record_last(self, session: Session) -> dict[str, StepOutcome]:
-        """Record, in the caller's transaction (the run's end), what is still provisional.
-
-        That is the reads that answered last, and the last step's write when the plan ends
-        with one. Returns every step's outcome; `announce_last` tells observers of these once
-        the transaction is committed.
-        """
-        reads = [o for o in self.outcomes.values() if o.provisional and o.attempt is None]
-        if reads:
-            answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in reads]
-            stands = self._ledger.record_reads(answers, session=session)
-            self._take_what_stands(reads, stands, self._last_finished)
-        for write in [o for o in self.outcomes.values() if o.attempt is not None]:
-            step = self._plan.step(write.step_id)
-            attempt = write.attempt
-            self._ledger.record(
-                step, write.status, write.output, write.error, attempt=attempt, session=session
-            )
-            final = replace(write, provisional=False, attempt=None)
-            self.outcomes[write.step_id] = final
-            self._last_finished.append(final)
-        return self.outcomes
-
-    def announce_last(self) -> None:
-        """Tell observers of the outcomes `record_last` recorded (once they are committed)."""
-        self._announce(self._last_finished)
-
-    def _goal_cancelled(self) -> bool:
-        if not self.outcomes:
-            # Before any step has ended, the run's start has just found the goal not cancelled
-            # (the transaction that moved it to `running`): the first steps need not ask again.
-            return False
-        return self._ledger.goal_cancelled()
-
-    def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
-        tool = self._registry.get(step.tool)
-        with tool_span(step) as span:
-            key = idempotency_key(self._plan_hash, step.id)
-            if tool.spec.effect == "read":
-                earlier = self._ledger.recorded(step)
-                if earlier is not None:
-                    return _recorded(step, earlier)
-                called = invoke(tool, step, args, self._context(step, tool, key), span)
-                # Recorded with the run's other finished reads, in one transaction, before any
-                # step that reads them starts (`_start_wave`).
-                return replace(called, provisional=True)
-            claim = self._claims.pop(step.id, None) or self._ledger.claim(step, tool.spec)
-            if claim.kind != "run":
-                return _recorded(step, claim)
-            context = self._context(step, tool, key, claim.attempt)
-            outcome = invoke(tool, step, args, context, span)
-            if outcome.status == "succeeded":
-                faults.trip("mid_tool")  # the effect happened; its record did not
-            if step.id == self._last:
-                # Nothing runs after it: recorded with the run's end, in its transaction.
-                return replace(outcome, provisional=True, attempt=claim.attempt)
-            self._ledger.record(
-                step, outcome.status, outcome.output, outcome.error, attempt=claim.attempt
-            )
-            return outcome
-
-
-def _recorded(step: Step, claim: Claim, duration_ms: float = 0.0) -> StepOutcome:
-    """Return the outcome the ledger holds for a step (it may differ from this run's call)."""
-    status = claim.status or "unknown"
-    return StepOutcome(step.id, step.tool, status, claim.output, claim.error, duration_ms)
 
 
 @contextmanager

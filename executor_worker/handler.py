@@ -20,8 +20,9 @@ from typing import Any, cast
 from sqlalchemy import Row, Table, bindparam, select
 from sqlalchemy.orm import Session
 
-from executor_worker.engine import DEFAULT_TOOL_TIMEOUT, PlanRun, StepOutcome
+from executor_worker.engine import DEFAULT_TOOL_TIMEOUT, StepOutcome
 from executor_worker.ledger import Claim, StepLedger, recorded_steps
+from executor_worker.plan_run import PlanRun
 from executor_worker.preview import Previewer
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
