@@ -7,7 +7,7 @@ from typing import Any
 
 from schemas import Plan, Step, ToolSpec
 from schemas.cel_check import ANY, ListOf, MapOf, Reads, Shape
-from schemas.data_flow import StepFlow, data_flow
+from schemas.data_flow import StepFlow, data_flow, untrusted_reaches
 
 # An unknown tool might do anything, so it reads as a write that no rule can trust.
 _UNKNOWN_TOOL = ToolSpec(name="unknown", effect="write", idempotent=False, tags=("unknown-tool",))
@@ -86,9 +86,8 @@ def _plan_variable(
     """Build `plan` for the rules: the named fields of it and of its steps (None: all)."""
     wanted_plan = set(RULE_VARIABLES["plan"]) if plan_fields is None else plan_fields
     wanted_step = list(_STEP_FIELDS) if step_fields is None else list(step_fields)
-    untrusted_writes = "writes_from_untrusted" in wanted_plan
     # Following references through the plan is the dearest part: done only if it is read.
-    flows = data_flow(plan, catalog) if untrusted_writes or _FLOW_FIELDS & set(wanted_step) else {}
+    flows = data_flow(plan, catalog) if _FLOW_FIELDS & set(wanted_step) else {}
     variable: dict[str, Any] = {}
     for name in wanted_plan & {"plan_id", "goal_id", "revision", "summary"}:
         variable[name] = getattr(plan, name)
@@ -102,10 +101,11 @@ def _plan_variable(
             }
             for step in plan.steps
         ]
-    if untrusted_writes:
-        variable["writes_from_untrusted"] = any(
-            catalog.get(step.tool, _UNKNOWN_TOOL).effect == "write"
-            and flows[step.id].untrusted_inputs
+    if "writes_from_untrusted" in wanted_plan:
+        writes = {
+            step.id
             for step in plan.steps
-        )
+            if catalog.get(step.tool, _UNKNOWN_TOOL).effect == "write"
+        }
+        variable["writes_from_untrusted"] = untrusted_reaches(plan, catalog, writes)
     return variable

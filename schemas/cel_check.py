@@ -14,6 +14,7 @@ only those fields: converting values into CEL is most of the time an evaluation 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -103,6 +104,9 @@ class Reads:
     def __or__(self, other: Reads) -> Reads:
         return Reads(self.fields | other.fields, self.whole | other.whole)
 
+    # Asked of the policy's reads at every decision, and a policy's reads never change: the
+    # answers are kept (a few per policy, so a small bound suffices).
+    @functools.lru_cache(maxsize=256)  # noqa: B019 - Reads are small, frozen and few
     def fields_of(self, record: str) -> frozenset[str] | None:
         """Return the fields read of the record at `record` (None: it may need all of them)."""
         if any(record == p or record.startswith((p + ".", p + "[")) for p in self.whole):

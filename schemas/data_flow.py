@@ -10,11 +10,11 @@ ticket's text cannot steer a page's message or recipient without a person seeing
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 from schemas.plan import Plan, Step
-from schemas.references import references_in, steps_in_condition
+from schemas.references import data_sources, references_in, steps_in_condition
 from schemas.tool_spec import ToolSpec
 
 CONDITION = "when"  # the name the condition goes by among a step's inputs
@@ -65,6 +65,37 @@ def data_flow(plan: Plan, catalog: Mapping[str, ToolSpec]) -> dict[str, StepFlow
         }
         flows[step.id] = StepFlow(sources, {k: v for k, v in untrusted.items() if v})
     return flows
+
+
+def untrusted_reaches(plan: Plan, catalog: Mapping[str, ToolSpec], step_ids: Set[str]) -> bool:
+    """Return True if an untrusted step's output reaches an input of any of `step_ids`.
+
+    The same answer as asking `data_flow` for those steps' `untrusted_inputs`, found by
+    walking up from them alone: the gate asks it of every plan's writes, and most plans have
+    no untrusted step, or none above a write, so it is settled before the whole flow is built.
+    """
+    untrusted_steps = {step.id for step in plan.steps if _untrusted(step, catalog)}
+    if not untrusted_steps or not step_ids:
+        return False
+    steps = {step.id: step for step in plan.steps}
+    # Untrusted data stays untrusted through every step it passes, so it reaches a step
+    # exactly when an untrusted step is among the steps upstream of it.
+    seen: set[str] = set()
+    above = [
+        source
+        for step_id in step_ids
+        if step_id in steps
+        for source in data_sources(steps[step_id])
+    ]
+    while above:
+        step_id = above.pop()
+        if step_id in seen or step_id not in steps:  # dangling or cyclic: refused elsewhere
+            continue
+        if step_id in untrusted_steps:
+            return True
+        seen.add(step_id)
+        above.extend(data_sources(steps[step_id]))
+    return False
 
 
 def _direct(step: Step) -> dict[str, set[str]]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.plan import Step
 
@@ -18,9 +17,12 @@ _REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\}")
 _WHEN_STEP = re.compile(r"\bsteps\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
-@dataclass(frozen=True)
-class Reference:
-    """`${step_id.path...}` found in an argument value."""
+class Reference(NamedTuple):
+    """`${step_id.path...}` found in an argument value.
+
+    A named tuple rather than a frozen dataclass: the gate finds every reference of a plan at
+    each decision, and a tuple is made in a fifth of the time.
+    """
 
     step_id: str
     path: tuple[str, ...]
@@ -34,10 +36,11 @@ class UnresolvedReference(LookupError):
 def references_in(value: Any) -> Iterator[Reference]:
     """Yield every reference inside an argument value, however deeply nested."""
     if isinstance(value, str):
+        if "${" not in value:  # most arguments are plain text
+            return
         whole = _REFERENCE.fullmatch(value) is not None
-        for match in _REFERENCE.finditer(value):
-            path = tuple(p for p in match.group(2).split(".") if p)
-            yield Reference(match.group(1), path, whole)
+        for step_id, dotted in _REFERENCE.findall(value):
+            yield Reference(step_id, tuple(dotted.split(".")[1:]), whole)  # ".a.b" -> (a, b)
     elif isinstance(value, Mapping):
         for item in value.values():
             yield from references_in(item)
@@ -58,13 +61,17 @@ def steps_in_condition(when: str) -> set[str]:
     return set(_WHEN_STEP.findall(when))
 
 
+def data_sources(step: Step) -> set[str]:
+    """Return the ids of the steps whose outputs `step` reads (in its arguments or `when`)."""
+    sources = {ref.step_id for ref in references_in(step.args)}
+    if step.when:
+        sources |= steps_in_condition(step.when)
+    return sources
+
+
 def dependencies(step: Step) -> set[str]:
     """Return the ids of the steps that must finish before `step` may start."""
-    deps = {ref.step_id for ref in references_in(step.args)}
-    if step.when:
-        deps |= steps_in_condition(step.when)
-    deps |= set(step.after)
-    return deps
+    return data_sources(step) | set(step.after)
 
 
 def _follow(outputs: Mapping[str, Any], ref: Reference) -> Any:

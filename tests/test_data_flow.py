@@ -11,13 +11,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.server.reviews import detail_of
 from plangate.tools import load_tools
 from schemas import Plan, Step, ToolSpec
-from schemas.data_flow import data_flow
+from schemas.data_flow import data_flow, untrusted_reaches
 from tests.browser import chromium
 from tests.support import HELD, only_plan, running_pipeline, write_yaml
 from tests.test_review import cli_env, reviewer_env
@@ -94,6 +97,41 @@ def test_untrusted_data_is_followed_through_every_step_it_passes() -> None:
     assert flows["send"].untrusted_inputs == ("mail",)
     assert flows["gist"].untrusted_inputs == ("mail",)
     assert flows["mail"].untrusted_inputs == ()
+
+
+FLOW_CATALOG = {
+    f"{effect}_{trust}": spec(f"{effect}_{trust}", effect, trust)
+    for effect in ("read", "write")
+    for trust in ("trusted", "untrusted")
+}
+IDS = ("a", "b", "c", "d", "e")
+_REFERENCES = st.lists(
+    st.sampled_from((*IDS, "gone")).map(lambda step_id: f"${{{step_id}.out}}"), max_size=2
+)
+
+
+@st.composite
+def flow_plans(draw: st.DrawFn) -> Plan:
+    """Plans whose steps refer to each other at random: dangling, cyclic and unknown tools too."""
+    ids = draw(st.lists(st.sampled_from(IDS), min_size=1, max_size=5, unique=True))
+    steps = []
+    for step_id in ids:
+        args = {name: " ".join(draw(_REFERENCES)) for name in draw(st.sets(st.sampled_from("xy")))}
+        when = draw(st.none() | st.sampled_from(IDS).map(lambda s: f"steps.{s}.output > 1"))
+        tool = draw(st.sampled_from([*FLOW_CATALOG, "unheard_of"]))
+        steps.append(Step(id=step_id, tool=tool, args=args, when=when))
+    return Plan(plan_id="p", goal_id="g", revision=1, steps=tuple(steps))
+
+
+@given(flow_plans(), st.sets(st.sampled_from(IDS)))
+def test_whether_untrusted_data_reaches_some_steps_agrees_with_the_whole_flow(
+    plan: Plan, asked: set[str]
+) -> None:
+    """The gate's quick question (does untrusted data reach any of these steps?) gets the
+    answer the whole data flow gives, on any plan: chains, cycles, dangling references."""
+    flows = data_flow(plan, FLOW_CATALOG)
+    expected = any(flows[step_id].untrusted_inputs for step_id in asked if step_id in flows)
+    assert untrusted_reaches(plan, FLOW_CATALOG, asked) == expected
 
 
 def test_a_page_built_from_a_tickets_text_is_held_and_its_review_names_the_flow(

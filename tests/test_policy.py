@@ -186,6 +186,23 @@ def test_a_decision_taken_before_is_remembered_by_exactly_what_the_rules_read() 
     assert len(small) == 0  # values that large are decided afresh each time
 
 
+def test_the_memo_never_takes_a_value_for_an_equal_looking_one_of_another_type() -> None:
+    """1, True, 1.0, "1" and [1] are different values to a rule: each is decided afresh, and
+    equal values built apart share one outcome."""
+    memo: DecisionMemo[Outcome] = DecisionMemo()
+    values: list[Any] = [1, True, 1.0, "1", [1], (1,)]
+    outcomes = [memo.outcome({"n": v}, functools.partial(held_because, repr(v))) for v in values]
+    assert [reason for _, _, reason in outcomes] == ["1", "True", "1.0", "'1'", "[1]", "(1,)"]
+    shared = "".join(["ti", "ckets"])
+    memo.outcome({"n": [shared, shared]}, functools.partial(held_because, "first"))
+    built_apart = {"n": ["".join(["ti", "ckets"]), "".join(["ti", "ckets"])]}
+    assert memo.outcome(built_apart, functools.partial(held_because, "again"))[2] == "first"
+
+
+def held_because(reason: str) -> Outcome:
+    return ("hold", None, reason)
+
+
 def test_a_rule_that_returns_a_non_bool_holds() -> None:
     policy = policy_of(rule("count", "size(plan.steps)") + rule("all", "true"))
     decision = policy.decide(plan_of("search"), CATALOG)
