@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from plangate import telemetry
 from plangate.bus import Bus, Envelope
@@ -46,23 +47,38 @@ def submit_goal(
     `mark` marks the published row sent (see `deliver`).
     """
     if idempotency_key is not None:  # else no transaction: on SQLite each waits for the lock
-        with store.reading() as session:
-            existing = session.execute(
-                select(GoalRow).where(GoalRow.idempotency_key == idempotency_key)
-            ).scalar_one_or_none()
-            if existing is not None:
-                trace_id = telemetry.trace_id_of(existing.trace_headers)
-                return Submitted(existing.id, trace_id, duplicate=True)
+        existing = _goal_with_key(store, idempotency_key)
+        if existing is not None:
+            return existing
     with telemetry.tracer().start_as_current_span("submit goal") as span:
         message = _goal_message(text, metadata, idempotency_key)
         span.set_attribute("plangate.goal_id", message.goal_id)
         headers: dict[str, str] = {}
         telemetry.inject(headers)
-        with store.session() as session:
-            store_goal(session, message, headers)
-            envelope = emit(session, message)
+        try:
+            with store.session() as session:
+                store_goal(session, message, headers)
+                envelope = emit(session, message)
+        except IntegrityError:
+            # The same key came twice at once, and the other submission stored its goal
+            # between our look and our write: that goal is the answer to both.
+            existing = _goal_with_key(store, idempotency_key) if idempotency_key else None
+            if existing is None:
+                raise
+            return existing
         sent = deliver(store, bus, [envelope], mark)
         return Submitted(message.goal_id, telemetry.current_trace_id(), queued=not sent)
+
+
+def _goal_with_key(store: Store, idempotency_key: str) -> Submitted | None:
+    """Return the goal already submitted with this idempotency key, if there is one."""
+    with store.reading() as session:
+        existing = session.execute(
+            select(GoalRow).where(GoalRow.idempotency_key == idempotency_key)
+        ).scalar_one_or_none()
+        if existing is None:
+            return None
+        return Submitted(existing.id, telemetry.trace_id_of(existing.trace_headers), duplicate=True)
 
 
 def _goal_message(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -178,6 +179,32 @@ def test_same_idempotency_key_submitted_twice_is_one_goal(pipeline: Pipeline) ->
     with pipeline.store.session() as session:
         assert session.scalar(select(func.count()).select_from(GoalRow)) == 1
     assert len(plans_of(pipeline.store, first.goal_id)) == 1
+
+
+def test_the_same_idempotency_key_submitted_twice_at_once_is_one_goal(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a submission with key "nightly-check" that finds no goal with it,
+    When another submission with that key stores its goal before the first one writes,
+    Then the first returns the other's goal, marked duplicate, not an error; one goal exists.
+    """
+    from plangate import submission
+
+    made = submission._goal_message
+    other: list[str] = []
+
+    def another_submission_first(*args: Any) -> Any:
+        if not other:  # the other submission, in between this one's look and its write
+            other.append("")  # (it comes through here too)
+            other[0] = pipeline.submit(SEED_GOAL, idempotency_key="nightly-check").goal_id
+        return made(*args)
+
+    monkeypatch.setattr(submission, "_goal_message", another_submission_first)
+    raced = pipeline.submit(SEED_GOAL, idempotency_key="nightly-check")
+
+    assert (raced.goal_id, raced.duplicate) == (other[0], True)
+    with pipeline.store.session() as session:
+        assert session.scalar(select(func.count()).select_from(GoalRow)) == 1
 
 
 def test_redelivered_goal_submitted_yields_one_plan_revision(pipeline: Pipeline) -> None:

@@ -11,7 +11,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from opentelemetry import context as otel_context
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import IntegrityError
 
 from plangate import telemetry
 from plangate.client import Client, GoalHandle
@@ -115,18 +114,9 @@ def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalH
     # A caller's W3C `traceparent` makes the goal's trace a child of the caller's.
     token = otel_context.attach(telemetry.extract(headers))
     try:
-        try:
-            return client.submit(
-                goal.text, metadata=goal.metadata, idempotency_key=goal.idempotency_key
-            )
-        except IntegrityError:
-            # The same key arrived twice at once and the other request stored it first:
-            # asking again finds that goal.
-            if goal.idempotency_key is None:
-                raise
-            return client.submit(
-                goal.text, metadata=goal.metadata, idempotency_key=goal.idempotency_key
-            )
+        return client.submit(
+            goal.text, metadata=goal.metadata, idempotency_key=goal.idempotency_key
+        )
     finally:
         otel_context.detach(token)
 
