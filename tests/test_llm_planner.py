@@ -478,7 +478,7 @@ def test_a_goal_delivered_again_while_the_model_thinks_is_not_planned_twice(
     first planner's lease and comes back once it has run out (by then the plan is there).
     """
     stub.script(replace(VALID_ANSWER, delay=2.0))
-    caplog.set_level("INFO", logger="plangate.bus.consumer")
+    caplog.set_level("INFO", logger="plangate.bus")
     with llm.bus.observe() as observer:
         goal_id = llm.submit(SEED_GOAL).goal_id
         eventually(lambda: stub.requests, what="the first call to the model")

@@ -20,7 +20,7 @@ from kombu.messaging import Consumer, Producer
 from kombu.utils.url import maybe_sanitize_url
 
 from plangate.bus import memory_transport, redis_claims, redis_transport
-from plangate.bus.consumer import Handler, PublishedHook, StageConsumer
+from plangate.bus.consumer import Handler, StageConsumer
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
 from plangate.bus.inbound import raw_body
@@ -28,6 +28,7 @@ from plangate.bus.middleware import Middleware
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
 from plangate.bus.redis_claims import REDELIVERY_AFTER_SECONDS
 from plangate.bus.retries import RETRY_DELAYS, DeferHook
+from plangate.bus.settlement import PublishedHook
 from plangate.bus.topology import STAGES, Stage, Topology
 from plangate.errors import BrokerUnavailable
 from schemas import DeadLetter, Message, MessageRejected, decode_message

@@ -6,10 +6,9 @@ its delay) or anything else (try again after `retry_delays`); either retry count
 outbox, through the `defer` hook) and its message acked, so a waiting retry holds no slot: the
 loop publishes it when it is due, and the relay does if this worker is gone by then.
 
-A message is acked only once what it led to is published: a handled one (`_ack`) after its
-handler committed and, from the handler's own thread on a connection of its own, published the
-results; a dead letter or a held retry (`_publish_then_ack`) after the loop published its
-copy; a stored retry once it is in the outbox. Threads publish through one `ThreadProducers`.
+A message is acked only once what it led to is published (`Settlement`, in the loop's
+thread): a handled one after its handler committed and, from the handler's own thread on a
+connection of its own, published the results. Threads publish through one `ThreadProducers`.
 """
 
 from __future__ import annotations
@@ -31,16 +30,13 @@ from kombu.messaging import Consumer
 
 from plangate import middleware as standard_middleware
 from plangate.bus.chores import Chores
-from plangate.bus.dead_letters import dead_letter_envelope
-from plangate.bus.envelope import ATTEMPT_HEADER, GOAL_HEADER, Delivery, Envelope, sent_at
+from plangate.bus.envelope import GOAL_HEADER, Delivery, Envelope, sent_at
 from plangate.bus.in_flight import Done, InFlight, Running
 from plangate.bus.inbound import (
     decode,
     delivery_of,
-    original_content_type,
     raw_body,
     refuse_compressed_messages,
-    text_headers,
     unreadable_reason,
 )
 from plangate.bus.middleware import Middleware, MiddlewareStack
@@ -56,22 +52,17 @@ from plangate.bus.retries import (
     retry_delay,
     uses_an_attempt,
 )
+from plangate.bus.settlement import PublishedHook, PublishFailed, Settlement
 from plangate.bus.topology import Stage, Topology
 from plangate.bus.wakeup import Wakeup
-from plangate.errors import Reject, Retry, Unavailable
 from schemas import Message, MessageRejected
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message, Delivery], Sequence[Envelope]]
-PublishedHook = Callable[[Sequence[Envelope]], None]
 _POLL_SECONDS = 0.05
 _FIRST_POLL_SECONDS = 0.001
 _BUSY_POLL_SECONDS = 0.002
-
-
-class _PublishFailed(Exception):
-    """A handler's messages could not be published: the broker is gone (reconnect)."""
 
 
 class StageConsumer:
@@ -119,7 +110,6 @@ class StageConsumer:
         self._defer = defer
         self._retry_delay = partial(retry_delay, max_attempts=max_attempts, delays=retry_delays)
         self._done: queue.Queue[Done] = queue.Queue()
-        self._retries: Waiting[tuple[KombuMessage, int]] = Waiting()  # held unacked
         self._stored_retries: Waiting[Envelope] = Waiting()  # in the outbox, acked
         self._in_flight = InFlight()
         # A handler running past the deadline is reported and its message handed back.
@@ -128,11 +118,20 @@ class StageConsumer:
         self._last_watch = time.monotonic()
         self.ready = threading.Event()
         with connection_factory() as probe:  # not connected: asking the transport is enough
-            self._outages = (OperationalError, OSError, _PublishFailed, *probe.connection_errors)
+            self._outages = (OperationalError, OSError, PublishFailed, *probe.connection_errors)
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; in-flight handlers finish and are settled first."""
         self._producers = ThreadProducers(self._connect, self._topology)
+        # Retries held unacked start empty on each run: the broker hands those out again.
+        self._settlement = Settlement(
+            self._producers,
+            self._middleware,
+            self._topology.retry_key(self._stage),
+            self._retry_delay,
+            self._stored_retries,
+            self._on_published,
+        )
         try:
             self._consume(stop)
         finally:
@@ -176,8 +175,7 @@ class StageConsumer:
                         self._drain(connection)
                 while self._in_flight.count:
                     self._settle_finished(block=True)
-                for raw, _ in self._retries:
-                    raw.requeue()  # hand back on shutdown: the broker redelivers it
+                self._settlement.hand_back_held()
                 # Stored retries not yet published stay in the outbox: the relay sends them.
 
     def run_until_stopped(self, stop: threading.Event, max_backoff: float = 30.0) -> None:
@@ -189,7 +187,6 @@ class StageConsumer:
 
         def run(stop: threading.Event) -> None:
             self._done = queue.Queue()
-            self._retries = Waiting()  # held unacked: the broker hands them out again
             self._in_flight = InFlight()
             self.run(stop)
 
@@ -212,11 +209,12 @@ class StageConsumer:
         try:
             message = decode(raw, body)
         except MessageRejected as exc:
-            self._dead_letter(raw, delivery, exc.reason)
+            self._settlement.dead_letter(raw, delivery, exc.reason)
             return
         except Exception as exc:  # a fault of the decoder's: no reason to stall the stage either
             log.exception("could not decode a message on %s", delivery.routing_key)
-            self._dead_letter(raw, delivery, f"it could not be decoded: {type(exc).__name__}")
+            reason = f"it could not be decoded: {type(exc).__name__}"
+            self._settlement.dead_letter(raw, delivery, reason)
             return
         self._middleware.after_receive(delivery)
         self._poll = _FIRST_POLL_SECONDS
@@ -243,7 +241,7 @@ class StageConsumer:
         try:
             self._producers.publish(envelopes)
         except Exception as exc:
-            raise _PublishFailed(f"could not publish what {delivery.routing_key} led to") from exc
+            raise PublishFailed(f"could not publish what {delivery.routing_key} led to") from exc
         return envelopes
 
     def _store_retry(self, error: Exception, delivery: Delivery, body: bytes) -> None:
@@ -257,7 +255,7 @@ class StageConsumer:
         if delay is None:
             return
         try:
-            next_try = self._next_attempt(delivery, body, uses_an_attempt(error))
+            next_try = self._settlement.next_attempt(delivery, body, uses_an_attempt(error))
             stored = self._defer(next_try, delay)
         except Exception:
             log.warning(
@@ -272,7 +270,7 @@ class StageConsumer:
         self._wakeup.set()
 
     def _settle_finished(self, block: bool = False) -> None:
-        self._republish_due_retries()
+        self._settlement.republish_due_retries()
         try:
             done = self._done.get(timeout=_POLL_SECONDS) if block else self._done.get_nowait()
         except queue.Empty:
@@ -284,7 +282,7 @@ class StageConsumer:
 
     def _settle_one(self, done: Done) -> None:
         if self._in_flight.ended(done.future):
-            self._settle(done)
+            self._settlement.settle(done)
         else:  # settled when it was handed back
             log.warning("a handler of %s handed back earlier has ended", done.delivery.routing_key)
 
@@ -312,87 +310,11 @@ class StageConsumer:
             )
             if delivery.attempt >= self._max_attempts:
                 reason = f"its handler hung past the {self._handler_deadline:g} s deadline"
-                self._dead_letter(running.raw, delivery, f"{reason} {delivery.attempt} times")
+                reason = f"{reason} {delivery.attempt} times"
+                self._settlement.dead_letter(running.raw, delivery, reason)
             else:
-                copy = self._next_attempt(delivery, running.body)
-                self._publish_then_ack(running.raw, [copy])
-
-    def _next_attempt(self, delivery: Delivery, body: bytes, used: bool = True) -> Envelope:
-        """Return a copy of a message as its next try, for this stage's retry key."""
-        headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + used)}
-        return Envelope(self._topology.retry_key(self._stage), body, headers)
-
-    def _settle(self, done: Done) -> None:
-        """Decide what a finished message leads to: its results, a dead letter or a retry."""
-        error = done.future.exception()
-        if error is None:
-            self._ack(done.raw, done.delivery, done.future.result())
-            self._middleware.after_settle(done.delivery, "handled")
-        elif isinstance(error, _PublishFailed):
-            raise error  # unacked, the message comes back once the broker does
-        elif isinstance(error, Deferred):
-            self._ack_stored_retry(done, error)
-        elif isinstance(error, Reject):
-            self._dead_letter(done.raw, done.delivery, error.reason)
-        elif (delay := self._retry_delay(error, done.delivery.attempt)) is None:
-            log.error("giving up on %s: %r", done.delivery.routing_key, error, exc_info=error)
-            reason = f"failed {done.delivery.attempt} times; last error: {error!r}"
-            self._dead_letter(done.raw, done.delivery, reason)
-        else:
-            self._hold_retry(done, error, delay)
-
-    def _ack_stored_retry(self, done: Done, stored: Deferred) -> None:
-        why = stored.__cause__
-        log.info("retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, why)
-        self._middleware.after_settle(done.delivery, "retried")
-        self._ack(done.raw, done.delivery, ())
-        self._stored_retries.add(stored.delay, stored.envelope)
-
-    def _hold_retry(self, done: Done, error: BaseException, delay: float) -> None:
-        attempt = done.delivery.attempt
-        if isinstance(error, Unavailable):  # an outage uses no attempt
-            log.warning("%s; retrying %s in %g s", error, done.delivery.routing_key, delay)
-        else:  # a Retry is an expected outcome; anything else is worth a warning
-            level = logging.INFO if isinstance(error, Retry) else logging.WARNING
-            log.log(level, "retrying %s in %g s: %r", done.delivery.routing_key, delay, error)
-            attempt += 1
-        self._retries.add(delay, (done.raw, attempt))
-        self._middleware.after_settle(done.delivery, "retried")
-
-    def _republish_due_retries(self) -> None:
-        for raw, attempt in self._retries.due():
-            headers = text_headers(raw) | {ATTEMPT_HEADER: str(attempt)}
-            retry_key = self._topology.retry_key(self._stage)
-            self._publish_then_ack(raw, [Envelope(retry_key, raw_body(raw), headers)])
-        stored = self._stored_retries.due()
-        if stored:
-            self._producers.publish(stored)  # if this fails, the relay sends them later
-            self._mark_published(stored)
-
-    def _dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
-        log.warning("dead-lettered %s: %s", delivery.routing_key, reason)
-        self._middleware.after_settle(delivery, "dead_lettered")
-        envelope = dead_letter_envelope(raw_body(raw), original_content_type(raw), delivery, reason)
-        self._publish_then_ack(raw, [envelope])
-
-    def _ack(self, raw: KombuMessage, delivery: Delivery, published: Sequence[Envelope]) -> None:
-        """Ack a message whose results are stored and published: the one place for that."""
-        self._mark_published(published)
-        self._middleware.before_ack(delivery)
-        raw.ack()
-
-    def _mark_published(self, published: Sequence[Envelope]) -> None:
-        if published and self._on_published is not None:
-            try:
-                self._on_published(published)
-            except Exception:
-                # Unmarked, they are sent again by the relay: harmless (handlers are idempotent).
-                log.exception("could not mark %d outbox rows sent", len(published))
-
-    def _publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:
-        """Publish a dead letter or a retry from the loop's thread, then ack the message."""
-        self._producers.publish(envelopes)
-        raw.ack()
+                copy = self._settlement.next_attempt(delivery, running.body)
+                self._settlement.publish_then_ack(running.raw, [copy])
 
     def _undecodable(self, raw: Any, error: Exception) -> None:
         """Dead-letter what kombu itself could not read (a compressed body: it may not inflate)."""
@@ -400,4 +322,4 @@ class StageConsumer:
             log.error("dropping a message kombu could not even parse: %r", error)
             return
         delivery = delivery_of(raw, self._queue_name)
-        self._dead_letter(raw, delivery, unreadable_reason(raw, error))
+        self._settlement.dead_letter(raw, delivery, unreadable_reason(raw, error))

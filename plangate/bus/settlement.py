@@ -1,0 +1,143 @@
+"""What a finished message leads to, and the one place a stage's loop acks a message.
+
+A handled message is acked once its results are published (its handler published them from
+its own thread); a dead letter or a retry held here is acked once the loop has published its
+copy; a stored retry once it is in the outbox. All of it runs in the loop's thread, but
+`next_attempt`, which handlers' threads use too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from kombu.message import Message as KombuMessage
+
+from plangate.bus.dead_letters import dead_letter_envelope
+from plangate.bus.envelope import ATTEMPT_HEADER, Delivery, Envelope
+from plangate.bus.in_flight import Done
+from plangate.bus.inbound import original_content_type, raw_body, text_headers
+from plangate.bus.middleware import MiddlewareStack
+from plangate.bus.producers import ThreadProducers
+from plangate.bus.retries import Deferred, Waiting
+from plangate.errors import Reject, Retry, Unavailable
+
+log = logging.getLogger(__name__)
+
+PublishedHook = Callable[[Sequence[Envelope]], None]
+RetryDelay = Callable[[BaseException, int], float | None]  # None: dead-letter it
+
+
+class PublishFailed(Exception):
+    """A handler's messages could not be published: the broker is gone (reconnect)."""
+
+
+class Settlement:
+    """Settles one stage's finished messages: acks, dead letters and retries.
+
+    `retry_key` is the stage's retry routing key; `stored_retries` are retries kept in the
+    outbox and already acked, published here when due (the relay does, if this worker is gone
+    by then). Retries held unacked (an outage's) live here and go back to the broker on
+    `hand_back_held`.
+    """
+
+    def __init__(
+        self,
+        producers: ThreadProducers,
+        middleware: MiddlewareStack,
+        retry_key: str,
+        retry_delay: RetryDelay,
+        stored_retries: Waiting[Envelope],
+        on_published: PublishedHook | None,
+    ) -> None:
+        self._producers = producers
+        self._middleware = middleware
+        self._retry_key = retry_key
+        self._retry_delay = retry_delay
+        self._stored_retries = stored_retries
+        self._on_published = on_published
+        self._held: Waiting[tuple[KombuMessage, int]] = Waiting()
+
+    def settle(self, done: Done) -> None:
+        """Decide what a finished message leads to: its results, a dead letter or a retry."""
+        error = done.future.exception()
+        if error is None:
+            self._ack(done.raw, done.delivery, done.future.result())
+            self._middleware.after_settle(done.delivery, "handled")
+        elif isinstance(error, PublishFailed):
+            raise error  # unacked, the message comes back once the broker does
+        elif isinstance(error, Deferred):
+            self._ack_stored_retry(done, error)
+        elif isinstance(error, Reject):
+            self.dead_letter(done.raw, done.delivery, error.reason)
+        elif (delay := self._retry_delay(error, done.delivery.attempt)) is None:
+            log.error("giving up on %s: %r", done.delivery.routing_key, error, exc_info=error)
+            reason = f"failed {done.delivery.attempt} times; last error: {error!r}"
+            self.dead_letter(done.raw, done.delivery, reason)
+        else:
+            self._hold_retry(done, error, delay)
+
+    def next_attempt(self, delivery: Delivery, body: bytes, used: bool = True) -> Envelope:
+        """Return a copy of a message as its next try, for the stage's retry key."""
+        headers = delivery.headers | {ATTEMPT_HEADER: str(delivery.attempt + used)}
+        return Envelope(self._retry_key, body, headers)
+
+    def republish_due_retries(self) -> None:
+        """Publish the retries whose time has come, held here or stored in the outbox."""
+        for raw, attempt in self._held.due():
+            headers = text_headers(raw) | {ATTEMPT_HEADER: str(attempt)}
+            self.publish_then_ack(raw, [Envelope(self._retry_key, raw_body(raw), headers)])
+        stored = self._stored_retries.due()
+        if stored:
+            self._producers.publish(stored)  # if this fails, the relay sends them later
+            self.mark_published(stored)
+
+    def hand_back_held(self) -> None:
+        """Requeue the retries held here (on shutdown): the broker redelivers them."""
+        for raw, _ in self._held:
+            raw.requeue()
+
+    def dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
+        """Publish the message to the dead-letter queue with its reason, then ack it."""
+        log.warning("dead-lettered %s: %s", delivery.routing_key, reason)
+        self._middleware.after_settle(delivery, "dead_lettered")
+        envelope = dead_letter_envelope(raw_body(raw), original_content_type(raw), delivery, reason)
+        self.publish_then_ack(raw, [envelope])
+
+    def publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:
+        """Publish a dead letter or a retry from the loop's thread, then ack the message."""
+        self._producers.publish(envelopes)
+        raw.ack()
+
+    def mark_published(self, published: Sequence[Envelope]) -> None:
+        """Tell the outbox these were published (so its relay does not send them again)."""
+        if published and self._on_published is not None:
+            try:
+                self._on_published(published)
+            except Exception:
+                # Unmarked, they are sent again by the relay: harmless (handlers are idempotent).
+                log.exception("could not mark %d outbox rows sent", len(published))
+
+    def _ack(self, raw: KombuMessage, delivery: Delivery, published: Sequence[Envelope]) -> None:
+        """Ack a message whose results are stored and published: the one place for that."""
+        self.mark_published(published)
+        self._middleware.before_ack(delivery)
+        raw.ack()
+
+    def _ack_stored_retry(self, done: Done, stored: Deferred) -> None:
+        why = stored.__cause__
+        log.info("retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, why)
+        self._middleware.after_settle(done.delivery, "retried")
+        self._ack(done.raw, done.delivery, ())
+        self._stored_retries.add(stored.delay, stored.envelope)
+
+    def _hold_retry(self, done: Done, error: BaseException, delay: float) -> None:
+        attempt = done.delivery.attempt
+        if isinstance(error, Unavailable):  # an outage uses no attempt
+            log.warning("%s; retrying %s in %g s", error, done.delivery.routing_key, delay)
+        else:  # a Retry is an expected outcome; anything else is worth a warning
+            level = logging.INFO if isinstance(error, Retry) else logging.WARNING
+            log.log(level, "retrying %s in %g s: %r", done.delivery.routing_key, delay, error)
+            attempt += 1
+        self._held.add(delay, (done.raw, attempt))
+        self._middleware.after_settle(done.delivery, "retried")
