@@ -4,7 +4,8 @@ One process, one SQLite file per side, the approve-all policy and the instant to
 `pipeline.py`: the seed goal planned, approved and run, one goal at a time, sides in turns.
 
 - plangate: the embedded `Pipeline` (memory transport that wakes on a put); latency from
-  `submit` to the goal's outcome on an observer (no store polling).
+  `submit` to the goal's outcome on an observer of outcomes (no store polling), as a service
+  waiting for results would: the LangGraph side returns its final state and streams nothing.
 - polling: the same on kombu's own memory transport, looking every 10 ms (as it was).
 - LangGraph: a graph plan -> gate -> execute compiled with its SQLite checkpointer (a checkpoint
   after every node), doing the same work in the nodes: the playbook planner's draft, the plan
@@ -65,7 +66,7 @@ def pipeline(folder: Path, namespace: str, broker_url: str) -> Iterator[Pipeline
 
 def one_goal(running: Pipeline) -> float:
     """Submit the seed goal; return the seconds until its outcome is published."""
-    with running.bus.observe() as observer:
+    with running.bus.observe(types=TERMINAL_TYPES) as observer:
         started = time.perf_counter()
         goal_id = running.submit(SEED_GOAL).goal_id
         while True:

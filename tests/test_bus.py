@@ -415,6 +415,22 @@ def test_messages_published_before_any_consumer_starts_are_not_lost(
     assert [handled.get(timeout=WAIT) for _ in goals] == goals
 
 
+def test_an_observer_of_some_types_receives_only_those(bus: Bus) -> None:
+    """Given an observer of plan.failed only, and a goal and its plan.failed published,
+    Then it receives the plan.failed and nothing else; a type no message has is refused.
+    """
+    submitted = goal()
+    failed = PlanFailed(goal_id=submitted.goal_id, reasons=["no plan"])
+    with bus.observe(types={"plan.failed"}) as observer:
+        bus.publish([Envelope.of(submitted), Envelope.of(failed)])
+        assert observer.next(timeout=WAIT) == failed
+        assert observer.next(timeout=0.2) is None
+
+    refused = pytest.raises(ValueError, match=r"no message has the type plan\.failled")
+    with refused, bus.observe(types={"plan.failled"}):
+        pass
+
+
 def test_queue_depth_counts_the_messages_waiting_in_a_stage_queue(bus: Bus) -> None:
     """Given a declared bus with empty queues.
 

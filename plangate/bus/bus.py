@@ -178,10 +178,14 @@ class Bus:
         )
 
     @contextmanager
-    def observe(self) -> Iterator[Observer]:
-        """Receive a copy of every stage message published while the observer is open."""
+    def observe(self, types: Collection[str] | None = None) -> Iterator[Observer]:
+        """Receive a copy of every stage message published while the observer is open.
+
+        With `types`, only messages of those types: a caller that waits for outcomes need not
+        decode every step's.
+        """
         with self.connection() as connection:
-            observer = Observer(connection, self.topology)
+            observer = Observer(connection, self.topology, types)
             try:
                 yield observer
             finally:
@@ -299,10 +303,12 @@ class Bus:
 class Observer:
     """An exclusive queue that receives a copy of every stage message; used by the CLI and tests."""
 
-    def __init__(self, connection: Connection, topology: Topology) -> None:
+    def __init__(
+        self, connection: Connection, topology: Topology, types: Collection[str] | None = None
+    ) -> None:
         self._connection = connection
         self._received: list[Message] = []
-        queue = topology.observer_queue(uuid.uuid4().hex[:12])
+        queue = topology.observer_queue(uuid.uuid4().hex[:12], types)
         channel = connection.channel()
         self._queue = queue.bind(channel)
         self._consumer = Consumer(channel, queues=[queue], on_message=self._on_message)

@@ -8,6 +8,7 @@ an exclusive auto-deleted queue bound to every message type. What is bound where
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -83,16 +84,22 @@ class Topology:
             durable=True,
         )
 
-    def observer_queue(self, name: str) -> Queue:
+    def observer_queue(self, name: str, types: Collection[str] | None = None) -> Queue:
         """Return an observer's own queue: a copy of every message, deleted when it leaves.
 
-        Bound to each message type, not to `#`: retry copies are not news, and dead letters are
-        read from their own queue.
+        Bound to each message type (or to `types` only), not to `#`: retry copies are not news,
+        and dead letters are read from their own queue.
         """
+        keys = observed_keys()
+        if types is not None:
+            unknown = sorted(set(types) - set(keys))
+            if unknown:
+                raise ValueError(f"no message has the type {', '.join(unknown)}: see ROUTES")
+            keys = tuple(key for key in keys if key in types)
         return Queue(
             f"{self.namespace}.events.{name}",
             exchange=self.exchange,
-            bindings=[binding(self.exchange, routing_key=key) for key in observed_keys()],
+            bindings=[binding(self.exchange, routing_key=key) for key in keys],
             durable=False,
             auto_delete=True,
         )
