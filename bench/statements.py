@@ -26,7 +26,7 @@ sys.path.insert(0, str(BENCH.parent))
 from embedded import WARMUP_GOALS, one_goal, pipeline  # noqa: E402
 from sqlalchemy import event  # noqa: E402
 
-from plangate.store import sqlite_lock  # noqa: E402
+from plangate.store import hot_statements, sqlite_lock  # noqa: E402
 from plangate.store.engine import READS_ONLY  # noqa: E402
 
 
@@ -75,6 +75,20 @@ class Counts:
         sqlite_lock.SqliteWriteLock.__enter__ = timed_enter  # type: ignore[method-assign]
         sqlite_lock.SqliteWriteLock.__exit__ = timed_leave  # type: ignore[method-assign]
 
+    def count_hot_statements(self) -> None:
+        """Count the statements run on SQLite's own cursor, which no engine event sees."""
+        rows = hot_statements.HotStatement.rows
+
+        def counted(statement: hot_statements.HotStatement, session: Any, params: Any) -> Any:
+            if self.counting.is_set():
+                stage = stage_of(threading.current_thread())
+                self.statements[stage] += 1
+                if self.shown is not None and len(self.shown) < 400:
+                    self.shown.append(f"{stage:<9} (on the driver's cursor) {statement._statement}")
+            return rows(statement, session, params)
+
+        hot_statements.HotStatement.rows = counted  # type: ignore[method-assign]
+
     def on_begin(self, connection: Any) -> None:
         """Count one transaction, and whether it writes (an engine's `begin` event)."""
         if self.counting.is_set():
@@ -120,6 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     counts = Counts(args.show)
     counts.time_the_write_lock()
+    counts.count_hot_statements()
     with (
         tempfile.TemporaryDirectory() as folder,
         pipeline(Path(folder), "count", "memory://") as running,

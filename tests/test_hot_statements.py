@@ -1,0 +1,107 @@
+"""Hot statements: on SQLite's own cursor they do what SQLAlchemy would, and fail as it would.
+
+Each test runs on a real SQLite file and on a real PostgreSQL (where they go through
+SQLAlchemy), against the store's own tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from plangate.config import Settings
+from plangate.store import AuditRow, GoalRow, Store, open_store
+from plangate.store.hot_statements import HotStatement
+from plangate.store.models import AuditChainRow
+
+CHAINS = cast(Table, AuditChainRow.__table__)
+LOG = cast(Table, AuditRow.__table__)
+HEAD = HotStatement(select(CHAINS.c.seq, CHAINS.c.hash).where(CHAINS.c.chain == bindparam("c")))
+ADD_HEAD = HotStatement(insert(CHAINS), ("chain", "seq", "hash"))
+MOVE_HEAD = HotStatement(
+    update(CHAINS).where(CHAINS.c.chain == bindparam("c")).values(seq=bindparam("s"))
+)
+COLUMNS = ("chain", "chain_seq", "at", "goal_id", "kind", "actor", "data", "prev_hash", "hash")
+ADD_ENTRY = HotStatement(insert(LOG), COLUMNS)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Store]:
+    """A migrated store on a SQLite file, or on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = settings.resolved_database_url()
+    else:
+        url = request.getfixturevalue("postgres_database_url")
+    opened = open_store(url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def entry(chain: str, seq: int, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "chain": chain,
+        "chain_seq": seq,
+        "at": "2026-12-04T10:00:00+00:00",
+        "goal_id": None,
+        "kind": "test.entry",
+        "actor": "test",
+        "data": data,
+        "prev_hash": "0" * 64,
+        "hash": f"{chain}-{seq}".ljust(64, "0"),
+    }
+
+
+def test_rows_written_and_read_are_the_ones_sqlalchemy_reads(store: Store) -> None:
+    """Given a head inserted, moved and read back, and an entry with nested JSON data,
+    Then the reads return plain tuples of what was written, and SQLAlchemy's ORM reads the
+    entry's data back as the same dict (it was encoded as SQLAlchemy encodes JSON).
+    """
+    data = {"plan_id": "p1", "steps": [1, 2], "reason": 'ünïcode "quoted"'}
+    with store.session() as session:
+        assert HEAD.rows(session, {"c": "g1"}) == []
+        assert ADD_HEAD.rows(session, {"chain": "g1", "seq": 1, "hash": "h1"}) == []
+        MOVE_HEAD.rows(session, {"c": "g1", "s": 7})
+        ADD_ENTRY.rows(session, entry("g1", 1, data))
+        assert HEAD.rows(session, {"c": "g1"}) == [(7, "h1")]
+
+    with store.reading() as session:
+        stored = session.execute(select(AuditRow).where(AuditRow.chain == "g1")).scalar_one()
+        assert stored.data == data
+        assert session.get_one(AuditChainRow, "g1").seq == 7
+
+
+def test_a_failing_statement_raises_sqlalchemys_error_and_rolls_back_its_transaction(
+    store: Store,
+) -> None:
+    """Given an entry already stored, a second with the same place in its chain
+    Then fails with SQLAlchemy's IntegrityError, and nothing of its transaction is kept."""
+    with store.session() as session:
+        ADD_ENTRY.rows(session, entry("g2", 1, {}))
+
+    def head_then_the_same_entry_again() -> None:
+        with store.session() as session:
+            ADD_HEAD.rows(session, {"chain": "g2", "seq": 1, "hash": "h"})
+            ADD_ENTRY.rows(session, entry("g2", 1, {}) | {"hash": "another".ljust(64, "0")})
+
+    with pytest.raises(IntegrityError):
+        head_then_the_same_entry_again()
+
+    with store.reading() as session:
+        assert session.get(AuditChainRow, "g2") is None
+
+
+def test_a_statement_whose_rows_need_converting_is_refused_on_sqlite(settings: Settings) -> None:
+    """A timestamp is converted on its way out of SQLite: such a read stays with SQLAlchemy."""
+    created = HotStatement(select(GoalRow.created_at))
+    store = open_store(settings.resolved_database_url())
+    try:
+        with store.reading() as session, pytest.raises(TypeError, match="converted on the way"):
+            created.rows(session, {})
+    finally:
+        store.close()
