@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +78,22 @@ class Counts:
 
     def count_hot_statements(self) -> None:
         """Count the statements run on SQLite's own cursor, which no engine event sees."""
-        rows = hot_statements.HotStatement.rows
+        hot = hot_statements.HotStatement
 
-        def counted(statement: hot_statements.HotStatement, session: Any, params: Any) -> Any:
-            if self.counting.is_set():
-                stage = stage_of(threading.current_thread())
-                self.statements[stage] += 1
-                if self.shown is not None and len(self.shown) < 400:
-                    self.shown.append(f"{stage:<9} (on the driver's cursor) {statement._statement}")
-            return rows(statement, session, params)
+        def counting(run: Callable[..., Any]) -> Callable[..., Any]:
+            def counted(statement: hot_statements.HotStatement, session: Any, params: Any) -> Any:
+                if self.counting.is_set():
+                    stage = stage_of(threading.current_thread())
+                    self.statements[stage] += 1
+                    if self.shown is not None and len(self.shown) < 400:
+                        sql = " ".join(str(statement._statement).split())
+                        self.shown.append(f"{stage:<9} (on the driver's cursor) {sql[:120]}")
+                return run(statement, session, params)
 
-        hot_statements.HotStatement.rows = counted  # type: ignore[method-assign]
+            return counted
+
+        hot.rows = counting(hot.rows)  # type: ignore[method-assign]
+        hot.inserted_id = counting(hot.inserted_id)  # type: ignore[method-assign]
 
     def on_begin(self, connection: Any) -> None:
         """Count one transaction, and whether it writes (an engine's `begin` event)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from executor_worker.engine import DEFAULT_TOOL_TIMEOUT, StepOutcome
@@ -39,7 +39,7 @@ from plangate.store import (
     audit,
 )
 from plangate.store.claims import insert_if_absent
-from plangate.store.goals import goal_status, newest_plan, transition
+from plangate.store.goals import GoalState, goal_status, newest_plan, transition
 from plangate.store.outbox import emit
 from plangate.tools import ToolRegistry
 from schemas import (
@@ -262,7 +262,7 @@ def _end_run(
     session: Session,
     goal_id: str,
     plan_id: str,
-    goal: Row[tuple[str, str | None]],
+    goal: GoalState,
     outcomes: Mapping[str, StepOutcome],
 ) -> list[Envelope]:
     """Move the goal on by its run's outcomes (locked `goal`); return the message to publish."""

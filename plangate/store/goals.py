@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from sqlalchemy import Row, Table, bindparam, event, select, update
 from sqlalchemy.orm import Session
@@ -14,6 +14,7 @@ from plangate import telemetry
 from plangate.errors import Conflict, NotFound
 from plangate.redaction import redact
 from plangate.store import audit
+from plangate.store.hot_statements import HotStatement
 from plangate.store.models import GoalRow, GoalStatus, PlanRow
 from plangate.store.rows import insert_row
 from schemas import GoalSubmitted, Plan, plan_hash, utcnow
@@ -90,7 +91,7 @@ def get_goal(session: Session, goal_id: str) -> GoalRow:
 # Built once, and run as plain statements: a move is made four times per goal, and the ORM's
 # locked `get` and unit-of-work flush took three times what these two statements take.
 _GOALS = cast(Table, GoalRow.__table__)
-_MOVE = (
+_MOVE = HotStatement(
     update(_GOALS)
     .where(_GOALS.c.id == bindparam("goal_id"))
     .values(
@@ -103,8 +104,21 @@ _MOVE = (
 )
 
 
-_STATUS = select(_GOALS.c.status, _GOALS.c.status_reason).where(_GOALS.c.id == bindparam("goal_id"))
-_LOCK_STATUS_AND_REASON = _STATUS.with_for_update()
+_STATUS_QUERY = select(_GOALS.c.status, _GOALS.c.status_reason).where(
+    _GOALS.c.id == bindparam("goal_id")
+)
+# Every stage asks this of every message: on SQLite's own cursor (`HotStatement`).
+_STATUS = HotStatement(_STATUS_QUERY)
+_LOCK_STATUS_AND_REASON = HotStatement(_STATUS_QUERY.with_for_update())
+
+
+class GoalState(NamedTuple):
+    """A goal's status and the reason for it, as `goal_status` reads them."""
+
+    status: str
+    status_reason: str | None
+
+
 _PLANS = cast(Table, PlanRow.__table__)
 _NEWEST_PLAN = (
     select(_PLANS.c.plan_id, _PLANS.c.revision, _PLANS.c.trace_headers)
@@ -114,16 +128,15 @@ _NEWEST_PLAN = (
 )
 
 
-def goal_status(
-    session: Session, goal_id: str, *, lock: bool = False
-) -> Row[tuple[str, str | None]] | None:
+def goal_status(session: Session, goal_id: str, *, lock: bool = False) -> GoalState | None:
     """Return a goal's `status` and `status_reason` (by its whole id), or None if none.
 
     One plain statement: what the stages ask of a goal on every message. With `lock`, the row
     stays locked until the transaction ends, and the status may be handed to `transition`.
     """
     statement = _LOCK_STATUS_AND_REASON if lock else _STATUS
-    return session.execute(statement, {"goal_id": goal_id}).one_or_none()  # type: ignore[return-value]
+    found = statement.rows(session, {"goal_id": goal_id})
+    return GoalState(*found[0]) if found else None
 
 
 def newest_plan(session: Session, goal_id: str) -> Row[tuple[str, int, dict[str, Any]]] | None:
@@ -167,8 +180,8 @@ def transition(
     session.info.setdefault(_MOVES, []).append((goal_id, current, status, actor, reason))
     moved = {"status": status, "status_reason": reason, "reconciled": 0, "planning_until": None}
     now = utcnow()
-    session.execute(
-        _MOVE, {"goal_id": goal_id, "new_status": status, "new_reason": reason, "now": now}
+    _MOVE.rows(
+        session, {"goal_id": goal_id, "new_status": status, "new_reason": reason, "now": now}
     )
     # A row this transaction loaded before shows the move, as the ORM's own update would.
     loaded = session.identity_map.get(session.identity_key(GoalRow, goal_id))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Insert, Select, Update
@@ -55,14 +55,33 @@ class HotStatement:
 
     def rows(self, session: Session, params: Mapping[str, Any]) -> list[Row]:
         """Run the statement in the session's transaction; return its rows (none if it has none)."""
+        result = self._run(session, params)
+        if isinstance(result, sqlite3.Cursor):
+            return result.fetchall()
+        return [tuple(row) for row in result] if result.returns_rows else []
+
+    def inserted_id(self, session: Session, params: Mapping[str, Any]) -> int:
+        """Run an INSERT in the session's transaction; return the new row's integer key."""
+        result = self._run(session, params)
+        if isinstance(result, sqlite3.Cursor):
+            assert result.lastrowid is not None
+            return result.lastrowid
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def _run(
+        self, session: Session, params: Mapping[str, Any]
+    ) -> sqlite3.Cursor | CursorResult[Any]:
         connection = session.connection()
         if connection.dialect.name != "sqlite":
-            result = connection.execute(self._statement, dict(params))
-            return [tuple(row) for row in result] if result.returns_rows else []
+            return connection.execute(self._statement, dict(params))
         on_sqlite = self._on_sqlite or self._compile(connection.dialect)
         values = on_sqlite.bind(params)
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, sqlite3.Connection)
         try:
-            return connection.connection.driver_connection.execute(on_sqlite.sql, values).fetchall()  # type: ignore[union-attr, no-any-return]
+            return driver.execute(on_sqlite.sql, values)
         except sqlite3.Error as exc:
             raise DBAPIError.instance(on_sqlite.sql, values, exc, sqlite3.Error) from exc
 
@@ -87,7 +106,7 @@ def _maker(
 ) -> Callable[[Mapping[str, Any]], Any]:
     """Return what makes one positional value from the parameters: given, or the statement's."""
     bind = compiled.binds[name]
-    if bind.callable is not None or not (bind.required or bind.value is not None):
+    if bind.callable is not None:
         raise TypeError(f"the parameter {name} has a default made at run time: not supported")
     process = bind.type.dialect_impl(dialect).bind_processor(dialect)
     if not bind.required:  # a value written into the statement (a LIMIT, a constant)

@@ -21,6 +21,7 @@ from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.bus.envelope import GOAL_HEADER
 from plangate.store.engine import Store
+from plangate.store.hot_statements import HotStatement
 from plangate.store.models import OutboxRow
 from schemas import Message, utcnow
 
@@ -29,7 +30,9 @@ log = logging.getLogger(__name__)
 
 # Plain statements, not the ORM's unit of work: every message of every stage passes here.
 _OUTBOX = cast(Table, OutboxRow.__table__)
-_INSERT = insert(_OUTBOX)
+_INSERT = HotStatement(
+    insert(_OUTBOX), ("routing_key", "body", "headers", "created_at", "not_before")
+)
 _MARK_SENT = (
     update(_OUTBOX)
     .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
@@ -47,11 +50,10 @@ def add(session: Session, envelope: Envelope, not_before: datetime | None = None
         "routing_key": envelope.routing_key,
         "body": envelope.body,
         "headers": headers,
+        "created_at": utcnow(),
+        "not_before": not_before,
     }
-    if not_before is not None:
-        row["not_before"] = not_before
-    inserted = session.execute(_INSERT, row)
-    outbox_id = int(inserted.inserted_primary_key[0])  # type: ignore[attr-defined]
+    outbox_id = _INSERT.inserted_id(session, row)
     return Envelope(envelope.routing_key, envelope.body, headers, outbox_id=outbox_id)
 
 
