@@ -14,6 +14,7 @@ import pytest
 from plangate.bus import Bus
 from plangate.config import Settings
 from plangate.embedded import Pipeline
+from plangate.store import Store, open_store
 from tests.http_recorder import INTEGRATION_VARIABLES
 
 # Not imported here: as a plugin, its asserts are rewritten like a test module's.
@@ -46,6 +47,23 @@ def pipeline(settings: Settings) -> Iterator[Pipeline]:
     """The three stages running in threads on the memory transport and a SQLite file."""
     with Pipeline(settings) as running:
         yield running
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A migrated store on a SQLite file, or on a fresh PostgreSQL database: each test twice.
+
+    (A module that needs a store of its own kind defines its own `store`.)
+    """
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'plangate.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database_url")
+    opened = open_store(url)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 @pytest.fixture(

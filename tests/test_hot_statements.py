@@ -6,7 +6,6 @@ SQLAlchemy), against the store's own tables.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -27,20 +26,6 @@ MOVE_HEAD = HotStatement(
 )
 COLUMNS = ("chain", "chain_seq", "at", "goal_id", "kind", "actor", "data", "prev_hash", "hash")
 ADD_ENTRY = HotStatement(insert(LOG), COLUMNS)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Store]:
-    """A migrated store on a SQLite file, or on a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        url = settings.resolved_database_url()
-    else:
-        url = request.getfixturevalue("postgres_database_url")
-    opened = open_store(url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def entry(chain: str, seq: int, data: dict[str, Any]) -> dict[str, Any]:

@@ -30,19 +30,6 @@ pytestmark = pytest.mark.redis
 WAIT = 10.0
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'plangate.db'}"
-    else:
-        url = request.getfixturevalue("postgres_database_url")
-    opened = open_store(url)
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
 @pytest.fixture
 def namespace() -> str:
     return f"t{uuid4().hex[:10]}"
