@@ -62,7 +62,7 @@ def submit_goal(
         except IntegrityError:
             # The same key came twice at once, and the other submission stored its goal
             # between our look and our write: that goal is the answer to both.
-            existing = _goal_with_key(store, idempotency_key) if idempotency_key else None
+            existing = None if idempotency_key is None else _goal_with_key(store, idempotency_key)
             if existing is None:
                 raise
             return existing

@@ -417,7 +417,8 @@ def test_messages_published_before_any_consumer_starts_are_not_lost(
 
 def test_an_observer_of_some_types_receives_only_those(bus: Bus) -> None:
     """Given an observer of plan.failed only, and a goal and its plan.failed published,
-    Then it receives the plan.failed and nothing else; a type no message has is refused.
+    Then it receives the plan.failed and nothing else; a type no message has, a bare string
+    and no type at all are refused.
     """
     submitted = goal()
     failed = PlanFailed(goal_id=submitted.goal_id, reasons=["no plan"])
@@ -426,9 +427,13 @@ def test_an_observer_of_some_types_receives_only_those(bus: Bus) -> None:
         assert observer.next(timeout=WAIT) == failed
         assert observer.next(timeout=0.2) is None
 
-    refused = pytest.raises(ValueError, match=r"no message has the type plan\.failled")
-    with refused, bus.observe(types={"plan.failled"}):
-        pass
+    for types, said in [
+        ({"plan.failled"}, r"no message has the type plan\.failled"),
+        ("plan.failed", "a collection of one message type or more"),
+        (set(), "a collection of one message type or more"),
+    ]:
+        with pytest.raises(ValueError, match=said), bus.observe(types=types):
+            pass
 
 
 def test_queue_depth_counts_the_messages_waiting_in_a_stage_queue(bus: Bus) -> None:

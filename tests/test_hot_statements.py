@@ -81,12 +81,38 @@ def test_a_failing_statement_raises_sqlalchemys_error_and_rolls_back_its_transac
         assert session.get(AuditChainRow, "g2") is None
 
 
-def test_a_statement_whose_rows_need_converting_is_refused_on_sqlite(settings: Settings) -> None:
-    """A timestamp is converted on its way out of SQLite: such a read stays with SQLAlchemy."""
-    created = HotStatement(select(GoalRow.created_at))
+def test_what_sqlalchemy_would_work_out_at_each_execution_is_refused_on_sqlite(
+    settings: Settings,
+) -> None:
+    """A timestamp converted on its way out, a column's default made at run time, an IN list:
+    each is SQLAlchemy's work at every execution, so such a statement is refused, not run
+    without it (a default would be written as NULL)."""
+    goals = cast(Table, GoalRow.__table__)
     store = open_store(settings.resolved_database_url())
+    refused = {
+        "converted on the way out": HotStatement(select(GoalRow.created_at)),
+        "take a default made at run time": HotStatement(insert(goals), ("id", "text", "status")),
+        "rendered at run time": HotStatement(
+            select(goals.c.id).where(goals.c.id.in_(bindparam("ids", expanding=True)))
+        ),
+    }
     try:
-        with store.reading() as session, pytest.raises(TypeError, match="converted on the way"):
-            created.rows(session, {})
+        for said, statement in refused.items():
+            with store.session() as session, pytest.raises(TypeError, match=said):
+                statement.rows(session, {"id": "g", "text": "t", "status": "submitted", "ids": []})
     finally:
         store.close()
+
+
+def test_a_value_that_does_not_convert_fails_as_it_does_under_sqlalchemy(store: Store) -> None:
+    """Data that is not JSON (a set) fails with the encoder's TypeError on either store, and
+    nothing of its transaction is kept."""
+
+    def unconvertible_entry() -> None:
+        with store.session() as session:
+            ADD_ENTRY.rows(session, entry("g3", 1, {"tags": {"a", "b"}}))
+
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        unconvertible_entry()
+    with store.reading() as session:
+        assert session.execute(select(AuditRow).where(AuditRow.chain == "g3")).first() is None

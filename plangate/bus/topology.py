@@ -17,6 +17,7 @@ from kombu.entity import Exchange, Queue, binding
 from schemas.messages import MESSAGE_MODELS
 from schemas.routing import (
     DEAD_LETTER_BINDING,
+    ROUTES,
     STAGES,
     Stage,
     check_routes,
@@ -92,10 +93,12 @@ class Topology:
         """
         keys = observed_keys()
         if types is not None:
-            unknown = sorted(set(types) - set(keys))
+            if isinstance(types, str) or not types:
+                raise ValueError("types: give a collection of one message type or more")
+            unknown = sorted(set(types) - set(ROUTES))
             if unknown:
                 raise ValueError(f"no message has the type {', '.join(unknown)}: see ROUTES")
-            keys = tuple(key for key in keys if key in types)
+            keys = tuple(ROUTES[message_type].routing_key for message_type in sorted(types))
         return Queue(
             f"{self.namespace}.events.{name}",
             exchange=self.exchange,

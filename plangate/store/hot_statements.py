@@ -9,8 +9,9 @@ compiled by SQLAlchemy once (its SQL, its parameters' order, their type conversi
 the driver's connection of the session's own transaction. Errors are wrapped as SQLAlchemy
 wraps them, as `BEGIN` is in `engine`.
 
-On PostgreSQL they go through SQLAlchemy as usual: a dead connection must be seen there to be
-dropped from the pool, and a round trip to the server dwarfs the saving.
+On PostgreSQL they go through SQLAlchemy as usual (`Session.execute`): a dead connection must
+be seen there to be dropped from the pool, and a round trip to the server dwarfs the saving. A
+SQLite file has no connection to lose, so its errors need no such handling.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.exc import DBAPIError
@@ -74,22 +75,37 @@ class HotStatement:
     def _run(
         self, session: Session, params: Mapping[str, Any]
     ) -> sqlite3.Cursor | CursorResult[Any]:
+        if session.get_bind().dialect.name != "sqlite":
+            return cast(CursorResult[Any], session.execute(self._statement, params))
+        # As `Session.execute` would: changes made through the ORM are written first.
+        if session.autoflush and (session.new or session.dirty or session.deleted):
+            session.flush()
         connection = session.connection()
-        if connection.dialect.name != "sqlite":
-            return connection.execute(self._statement, dict(params))
         on_sqlite = self._on_sqlite or self._compile(connection.dialect)
-        values = on_sqlite.bind(params)
         driver = connection.connection.driver_connection
         assert isinstance(driver, sqlite3.Connection)
         try:
-            return driver.execute(on_sqlite.sql, values)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(on_sqlite.sql, values, exc, sqlite3.Error) from exc
+            return driver.execute(on_sqlite.sql, on_sqlite.bind(params))
+        except sqlite3.Error as exc:  # the driver's own: wrapped (a value that does not
+            # convert raises as it does under SQLAlchemy, unwrapped)
+            raise DBAPIError.instance(on_sqlite.sql, dict(params), exc, sqlite3.Error) from exc
 
     def _compile(self, dialect: Dialect) -> _OnSqlite:
         compiled = self._statement.compile(dialect=dialect, column_keys=self._column_keys)
         assert isinstance(compiled, SQLCompiler)
         assert compiled.positiontup is not None  # SQLite's parameters are positional
+        # What SQLAlchemy would work out at each execution, and this path would miss: a
+        # column's default or onupdate value, a list spread into IN (...).
+        if compiled.insert_prefetch or compiled.update_prefetch:
+            names = [
+                column.name for column in (*compiled.insert_prefetch, *compiled.update_prefetch)
+            ]
+            raise TypeError(
+                f"the columns {', '.join(names)} take a default made at run time: give them "
+                "a value in the statement's parameters and its column_keys"
+            )
+        if compiled.literal_execute_params or compiled.post_compile_params:
+            raise TypeError("a parameter is rendered at run time (IN, LIMIT): not supported")
         if isinstance(self._statement, Select):
             for column in self._statement.selected_columns:
                 if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
