@@ -36,6 +36,8 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps, loads
 
+from plangate.bus.redis_routing import ScriptedRouting
+
 MALFORMED_CONTENT_TYPE = "application/x-plangate-malformed-entry"
 REASON_HEADER = "x-plangate-malformed"
 KEPT_BYTES = 64 * 1024
@@ -154,8 +156,11 @@ def malformed_reason(content_type: str | None, headers: dict[str, Any]) -> str |
     return f"the broker entry is not a message: {headers.get(REASON_HEADER, 'malformed')}"
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel whose clients check every entry they pop (BRPOP and RPOP)."""
+class Channel(ScriptedRouting):
+    """kombu's Redis channel whose clients check every entry they pop (BRPOP and RPOP).
+
+    It publishes through `ScriptedRouting` (redis_routing.py).
+    """
 
     _popping: str = ""  # the queue `_get` pops from: an RPOP reply does not name it
     _sync_client: Any = None

@@ -1,0 +1,159 @@
+"""Publishing on Redis: routed in one round trip, always against the bindings of that instant.
+
+Everything runs on a real redis-server. The publishing bus keeps the exchange's binding table
+between publishes (plangate/bus/redis_routing.py); these tests change the bindings from other
+connections behind its back, as other processes do, and check that no message goes astray.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Producer, Queue
+from kombu.transport import redis as kombu_redis
+
+from plangate.bus import Bus, Envelope
+from plangate.bus.redis_transport import Transport
+from schemas import GoalSubmitted, StepFinished, new_id
+
+WAIT = 5.0
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    opened = redis.Redis.from_url(redis_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+def bus(redis_url: str) -> Iterator[Bus]:
+    opened = Bus(redis_url, namespace=f"r{uuid.uuid4().hex[:10]}")
+    opened.declare()
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def a_goal() -> Envelope:
+    return Envelope.of(GoalSubmitted(goal_id=new_id(), text="check the payments service"))
+
+
+def a_step_finished() -> Envelope:
+    return Envelope.of(
+        StepFinished(goal_id=new_id(), plan_id=new_id(), step_id="s1", tool="t", status="succeeded")
+    )
+
+
+def entries(client: redis.Redis, key: str) -> list[dict[str, Any]]:
+    return [json.loads(item) for item in client.lrange(key, 0, -1)]
+
+
+def command_calls(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    names = ("evalsha", "smembers", "lpush")
+    return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names}
+
+
+def test_each_publish_is_one_script_call_that_reads_the_bindings_and_pushes(
+    bus: Bus, client: redis.Redis
+) -> None:
+    bus.publish([a_goal()])  # the first publish of a connection reads the table
+    client.config_resetstat()
+
+    bus.publish([a_goal() for _ in range(5)])
+
+    # Redis counts the commands a script runs among its own: every binding read and every
+    # push happened inside the five script calls, none as a round trip of its own.
+    assert command_calls(client) == {"evalsha": 5, "smembers": 5, "lpush": 5}
+    assert client.llen(f"{bus.topology.namespace}.planner") == 6
+
+
+def test_an_observer_bound_from_another_connection_gets_the_very_next_message(
+    bus: Bus, redis_url: str
+) -> None:
+    bus.publish([a_goal()])  # the publisher now keeps a table without the observer
+    other = Bus(redis_url, namespace=bus.topology.namespace)
+    with other.observe(types=["goal.submitted"]) as observer:
+        goal = a_goal()
+        bus.publish([goal])
+
+        seen = observer.next(timeout=WAIT)
+
+    assert seen is not None
+    assert seen.goal_id == json.loads(goal.body)["goal_id"]
+
+
+def test_an_observer_that_left_gets_no_list_made_again(
+    bus: Bus, redis_url: str, client: redis.Redis
+) -> None:
+    other = Bus(redis_url, namespace=bus.topology.namespace)
+    with other.observe(types=["goal.submitted"]) as observer:
+        bus.publish([a_goal()])  # the kept table routes goal.submitted to the observer too
+        assert observer.next(timeout=WAIT) is not None
+        left = observer.queue_name
+
+    bus.publish([a_goal()])
+
+    assert not client.exists(left), "a copy went to the queue of an observer that had left"
+    assert client.llen(f"{bus.topology.namespace}.planner") == 2
+
+
+def test_a_message_no_queue_is_bound_for_is_dropped_as_kombu_drops_it(
+    bus: Bus, client: redis.Redis
+) -> None:
+    before = set(client.keys(f"{bus.topology.namespace}*"))
+
+    bus.publish([a_step_finished(), a_step_finished()])
+
+    assert set(client.keys(f"{bus.topology.namespace}*")) == before
+
+
+def test_the_list_entry_is_the_one_kombus_own_routing_writes(
+    bus: Bus, redis_url: str, client: redis.Redis
+) -> None:
+    exchange = Exchange(bus.topology.namespace, type="topic", durable=True)
+    queue = f"{bus.topology.namespace}.planner"
+    for transport in (kombu_redis.Transport, Transport):  # kombu's own channel, then plangate's
+        with Connection(redis_url, transport=transport) as c:
+            Producer(c.channel(), exchange=exchange).publish(
+                {"same": "body"}, routing_key="goal.submitted", headers={"h": "1"}
+            )
+    plangates, kombus = entries(client, queue)  # LPUSH: the newest entry comes first
+
+    for entry in (plangates, kombus):
+        entry["properties"].pop("delivery_tag")
+    assert plangates == kombus
+
+
+def test_publishing_goes_on_after_redis_forgets_its_scripts(bus: Bus, client: redis.Redis) -> None:
+    bus.publish([a_goal()])
+    client.script_flush()
+
+    bus.publish([a_goal()])
+
+    assert client.llen(f"{bus.topology.namespace}.planner") == 2
+
+
+def test_a_queue_that_expires_is_refreshed_by_kombus_own_path(
+    redis_url: str, client: redis.Redis
+) -> None:
+    namespace = f"r{uuid.uuid4().hex[:10]}"
+    exchange = Exchange(namespace, type="topic", durable=True)
+    expiring = Queue(f"{namespace}.short", exchange, routing_key="goal.submitted", expires=60)
+    with Connection(redis_url, transport=Transport) as c:
+        channel = c.channel()
+        expiring.bind(channel).declare()
+
+        Producer(channel, exchange=exchange).publish({"a": 1}, routing_key="goal.submitted")
+
+    assert client.llen(expiring.name) == 1
+    assert 0 < client.pttl(expiring.name) <= 60_000
