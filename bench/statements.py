@@ -81,19 +81,20 @@ class Counts:
         hot = hot_statements.HotStatement
 
         def counting(run: Callable[..., Any]) -> Callable[..., Any]:
-            def counted(statement: hot_statements.HotStatement, session: Any, params: Any) -> Any:
+            def counted(
+                statement: hot_statements.HotStatement, session: Any, *arguments: Any
+            ) -> Any:
                 if self.counting.is_set():
                     stage = stage_of(threading.current_thread())
                     self.statements[stage] += 1
                     if self.shown is not None and len(self.shown) < 400:
                         sql = " ".join(str(statement._statement).split())
                         self.shown.append(f"{stage:<9} (on the driver's cursor) {sql[:120]}")
-                return run(statement, session, params)
+                return run(statement, session, *arguments)
 
             return counted
 
-        hot.rows = counting(hot.rows)  # type: ignore[method-assign]
-        hot.inserted_id = counting(hot.inserted_id)  # type: ignore[method-assign]
+        hot._run = counting(hot._run)  # type: ignore[method-assign]
 
     def on_begin(self, connection: Any) -> None:
         """Count one transaction, and whether it writes (an engine's `begin` event)."""

@@ -6,16 +6,27 @@ SQLAlchemy), against the store's own tables.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import (
+    Column,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from plangate.config import Settings
 from plangate.store import AuditRow, GoalRow, Store, open_store
 from plangate.store.hot_statements import HotStatement
 from plangate.store.models import AuditChainRow
+from schemas.messages import utcnow
 
 CHAINS = cast(Table, AuditChainRow.__table__)
 LOG = cast(Table, AuditRow.__table__)
@@ -84,14 +95,20 @@ def test_a_failing_statement_raises_sqlalchemys_error_and_rolls_back_its_transac
 def test_what_sqlalchemy_would_work_out_at_each_execution_is_refused_on_sqlite(
     settings: Settings,
 ) -> None:
-    """A timestamp converted on its way out, a column's default made at run time, an IN list:
-    each is SQLAlchemy's work at every execution, so such a statement is refused, not run
-    without it (a default would be written as NULL)."""
+    """A timestamp converted on its way out, a default made from SQLAlchemy's execution
+    context, an IN list: each is SQLAlchemy's work at every execution, so such a statement is
+    refused, not run without it (a default would be written as NULL)."""
     goals = cast(Table, GoalRow.__table__)
+    by_context = Table(
+        "by_context",
+        MetaData(),
+        Column("id", String, primary_key=True),
+        Column("made", String, default=lambda context: context.current_parameters["id"]),
+    )
     store = open_store(settings.resolved_database_url())
     refused = {
         "converted on the way out": HotStatement(select(GoalRow.created_at)),
-        "take a default made at run time": HotStatement(insert(goals), ("id", "text", "status")),
+        "with its execution context": HotStatement(insert(by_context), ("id",)),
         "rendered at run time": HotStatement(
             select(goals.c.id).where(goals.c.id.in_(bindparam("ids", expanding=True)))
         ),
@@ -102,6 +119,28 @@ def test_what_sqlalchemy_would_work_out_at_each_execution_is_refused_on_sqlite(
                 statement.rows(session, {"id": "g", "text": "t", "status": "submitted", "ids": []})
     finally:
         store.close()
+
+
+def test_a_columns_default_is_made_at_each_insert_as_sqlalchemy_makes_it(store: Store) -> None:
+    """Columns left out take their defaults, each made anew: a constant (0), a call without
+    arguments (`dict`, `utcnow`), converted for the column (JSON, a timestamp)."""
+    insert_goal = HotStatement(insert(cast(Table, GoalRow.__table__)), ("id", "text", "status"))
+    before = utcnow()
+    with store.session() as session:
+        for goal_id in ("d1", "d2"):
+            insert_goal.rows(session, {"id": goal_id, "text": "t", "status": "submitted"})
+    with store.reading() as session:
+        first, second = (session.get_one(GoalRow, goal_id) for goal_id in ("d1", "d2"))
+    assert (first.meta, first.trace_headers, first.reconciled) == ({}, {}, 0)
+    after = utcnow()
+    made = [naive(row.created_at) for row in (first, second)]
+    assert naive(before) <= made[0] <= made[1] <= naive(after)
+    assert naive(before) <= naive(second.updated_at) <= naive(after)
+
+
+def naive(moment: datetime) -> datetime:
+    """A UTC time as either store reads it back (SQLite keeps no zone)."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def test_a_value_that_does_not_convert_fails_as_it_does_under_sqlalchemy(store: Store) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Table
 from sqlalchemy.orm import Session
 
+from plangate.store.hot_statements import HotStatement
 from plangate.store.models import Base
 
 if TYPE_CHECKING:
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
 # Built once per table and dialect, and run on the table, not the ORM entity: the ORM's bulk
 # insert machinery took two thirds of a claim's time. Column defaults still apply.
 _CLAIMS: dict[tuple[str, str], sqlite.Insert | postgresql.Insert] = {}
+# Run as hot statements (on SQLite, on the driver's cursor), one per claim and columns given.
+_HOT_CLAIMS: dict[tuple[str, str, tuple[str, ...]], HotStatement] = {}
 
 
 def _claim(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
@@ -36,7 +39,10 @@ def _claim(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
 
 def insert_if_absent(session: Session, model: type[Base], values: dict[str, Any]) -> bool:
     """Insert a row unless its key exists; return True if this call inserted it (won the claim)."""
-    statement = _claim(session.get_bind().dialect.name, cast(Table, model.__table__))
-    # psycopg reports -1 for an INSERT's rowcount unless asked to keep it.
-    result = session.execute(statement, values, execution_options={"preserve_rowcount": True})
-    return bool(getattr(result, "rowcount", 0) == 1)
+    table = cast(Table, model.__table__)
+    dialect = session.get_bind().dialect.name
+    key = (dialect, table.name, tuple(values))
+    statement = _HOT_CLAIMS.get(key)
+    if statement is None:
+        statement = _HOT_CLAIMS[key] = HotStatement(_claim(dialect, table), tuple(values))
+    return statement.rowcount(session, values) == 1

@@ -3,8 +3,9 @@
 SQLAlchemy spends 20-28 µs on each execution of even a compiled, cached statement (its
 execution context, parameter handling and result object), where `sqlite3` takes 2-4 µs. The
 audit log appends three statements per entry, eight entries per goal; every stage reads and
-moves its goal's status and writes to the outbox: 37 of a goal's 56 statements, each inside
-SQLite's one write lock, which every stage of every process takes in turn. So those statements
+moves its goal's status, writes to the outbox, inserts its rows and claims: 46 of a goal's 56
+statements, each inside SQLite's one write lock, which every stage of every process takes in
+turn. So those statements
 are compiled by SQLAlchemy once (its SQL, its parameters' order, their type conversions) and run
 on the driver's connection of the session's own transaction. Errors are wrapped as SQLAlchemy
 wraps them, as `BEGIN` is in `engine`.
@@ -26,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Insert, Select, Update
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import get_callable_argspec
 
 Row = tuple[Any, ...]
 Sql = Select[Any] | Insert | Update
@@ -62,6 +64,12 @@ class HotStatement:
             return result.fetchall()
         return [tuple(row) for row in result] if result.returns_rows else []
 
+    def rowcount(self, session: Session, params: Mapping[str, Any]) -> int:
+        """Run an INSERT, UPDATE or DELETE in the session's transaction; return the rows it hit."""
+        # psycopg reports -1 for an INSERT's rowcount unless asked to keep it.
+        result = self._run(session, params, {"preserve_rowcount": True})
+        return int(result.rowcount)
+
     def inserted_id(self, session: Session, params: Mapping[str, Any]) -> int:
         """Run an INSERT in the session's transaction; return the new row's integer key."""
         result = self._run(session, params)
@@ -73,10 +81,14 @@ class HotStatement:
         return int(key[0])
 
     def _run(
-        self, session: Session, params: Mapping[str, Any]
+        self,
+        session: Session,
+        params: Mapping[str, Any],
+        options: Mapping[str, Any] | None = None,
     ) -> sqlite3.Cursor | CursorResult[Any]:
         if session.get_bind().dialect.name != "sqlite":
-            return cast(CursorResult[Any], session.execute(self._statement, params))
+            executed = session.execute(self._statement, params, execution_options=options or {})
+            return cast(CursorResult[Any], executed)
         # As `Session.execute` would: changes made through the ORM are written first.
         if session.autoflush and (session.new or session.dirty or session.deleted):
             session.flush()
@@ -94,16 +106,10 @@ class HotStatement:
         compiled = self._statement.compile(dialect=dialect, column_keys=self._column_keys)
         assert isinstance(compiled, SQLCompiler)
         assert compiled.positiontup is not None  # SQLite's parameters are positional
-        # What SQLAlchemy would work out at each execution, and this path would miss: a
-        # column's default or onupdate value, a list spread into IN (...).
-        if compiled.insert_prefetch or compiled.update_prefetch:
-            names = [
-                column.name for column in (*compiled.insert_prefetch, *compiled.update_prefetch)
-            ]
-            raise TypeError(
-                f"the columns {', '.join(names)} take a default made at run time: give them "
-                "a value in the statement's parameters and its column_keys"
-            )
+        # What SQLAlchemy works out at each execution: a column's default or onupdate value
+        # (made here as it would make it), a list spread into IN (...) (refused).
+        defaults = {column.key: column.default for column in compiled.insert_prefetch}
+        defaults |= {column.key: column.onupdate for column in compiled.update_prefetch}
         if compiled.literal_execute_params or compiled.post_compile_params:
             raise TypeError("a parameter is rendered at run time (IN, LIMIT): not supported")
         if isinstance(self._statement, Select):
@@ -113,22 +119,55 @@ class HotStatement:
                         f"{column} is converted on the way out: run this statement through "
                         "SQLAlchemy, not as a HotStatement"
                     )
-        values = tuple(_maker(compiled, name, dialect) for name in compiled.positiontup)
+        values = tuple(_maker(compiled, name, dialect, defaults) for name in compiled.positiontup)
         self._on_sqlite = _OnSqlite(compiled.string, values)
         return self._on_sqlite
 
 
 def _maker(
-    compiled: SQLCompiler, name: str, dialect: Dialect
+    compiled: SQLCompiler, name: str, dialect: Dialect, defaults: Mapping[str, Any]
 ) -> Callable[[Mapping[str, Any]], Any]:
-    """Return what makes one positional value from the parameters: given, or the statement's."""
+    """Return what makes one positional value: given, the statement's, or the column's default."""
     bind = compiled.binds[name]
     if bind.callable is not None:
         raise TypeError(f"the parameter {name} has a default made at run time: not supported")
     process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+    if bind.key in defaults:
+        make = _default_maker(bind.key, defaults[bind.key])
+        if process is None:
+            return lambda params: make()
+        return lambda params: process(make())
     if not bind.required:  # a value written into the statement (a LIMIT, a constant)
         fixed = process(bind.value) if process else bind.value
         return lambda params: fixed
     if process is None:
         return lambda params: params[name]
     return lambda params: process(params[name])
+
+
+def _default_maker(column: str, default: Any) -> Callable[[], Any]:
+    """Return what makes a column's default value as SQLAlchemy makes it: a constant, or a call.
+
+    SQLAlchemy wraps a default callable that takes no argument (`utcnow`, `dict`) so that it
+    can pass its execution context, and keeps the callable as `__wrapped__`. A callable that
+    wants the context, or a SQL expression, needs SQLAlchemy's execution: refused.
+    """
+    if default.is_scalar:
+        value = default.arg
+        return lambda: value
+    wrapped = getattr(default.arg, "__wrapped__", None) if default.is_callable else None
+    if wrapped is None or _positionals(wrapped):
+        raise TypeError(
+            f"the column {column} takes a default SQLAlchemy makes with its execution context: "
+            "give it a value in the statement's parameters and its column_keys"
+        )
+    return cast(Callable[[], Any], wrapped)
+
+
+def _positionals(function: Callable[..., Any]) -> int:
+    """Return how many positional arguments without a default `function` takes (as SQLAlchemy)."""
+    try:
+        spec = get_callable_argspec(function, no_self=True)
+    except TypeError:  # a builtin (`dict`, `list`): SQLAlchemy calls it without arguments
+        return 0
+    return len(spec.args) - len(spec.defaults or ())
