@@ -82,3 +82,35 @@ def test_a_wakeup_before_the_wait_is_kept_for_it(
     with pytest.raises(TimeoutError):
         connection.drain_events(timeout=0.05)  # and taken: the next wait is a wait
     assert received == []
+
+
+def test_a_message_for_another_loops_queue_does_not_wake_this_one(
+    connection: Connection, received: list[Any]
+) -> None:
+    """Each put woke every waiting loop, to look at its empty queues: most of an embedded
+    goal's wake-ups were for nothing. Now only the loops that consume the queue wake."""
+    other = Exchange("memory-other", type="topic")
+    with connection.clone() as elsewhere:
+        elsewhere_queue = Queue(f"memory-other-{id(connection)}", other, routing_key="#")
+        elsewhere_queue.bind(elsewhere.default_channel).declare()
+        cycle = connection.transport.cycle
+        outcome: list[BaseException | None] = []
+
+        def wait() -> None:
+            try:
+                connection.drain_events(timeout=0.5)
+                outcome.append(None)
+            except TimeoutError as exc:
+                outcome.append(exc)
+
+        with mock.patch.object(cycle, "get", wraps=cycle.get) as looked:
+            waiting = threading.Thread(target=wait)
+            waiting.start()
+            for _ in range(5):
+                elsewhere.Producer().publish("not yours", exchange=other)
+            waiting.join(WAIT)
+
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], TimeoutError), "the loop woke for another loop's message"
+    assert looked.call_count == 1
+    assert received == []

@@ -3,31 +3,37 @@
 The embedded mode runs its stages as threads of one process over kombu's memory transport,
 whose `drain_events` finds the queues empty and sleeps `polling_interval` before it looks
 again: each hop of a goal waited half an interval on average (10 ms intervals: about a third
-of an embedded goal's latency), and shorter intervals burn a core while idle. Here every put
-moves a generation counter under a condition, and a waiting `drain_events` sleeps on that
-condition until the counter moves, its timeout passes, or `wake` is called (a handler
-finished: `plangate.bus.wakeup`). The queues are kombu's own (one dict per process), so the
-counter is one per process too; a put wakes every waiting loop, and each looks once.
+of an embedded goal's latency), and shorter intervals burn a core while idle. Here a waiting
+`drain_events` sleeps until a message is put onto a queue its connection consumes, its timeout
+passes, or `wake` is called (a handler finished: `plangate.bus.wakeup`).
+
+A put wakes only the loops that consume its queue. Waking every loop at each put (as this
+transport first did) cost a goal some forty needless wake-ups, each a thread switch and a look
+at empty queues: a tenth of an embedded goal's CPU. The queues are kombu's own (one dict per
+process), so the waiting loops are listed per process too, under one lock.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from queue import Empty
 from typing import Any
 
 from kombu.transport import memory
 
-_changed = threading.Condition()
-_generation = 0
+_lock = threading.Lock()
+# Transports inside `drain_events`, each with the queues its channels consume.
+_waiting: weakref.WeakSet[Transport] = weakref.WeakSet()
 
 
-def _moved() -> None:
-    """Tell every waiting loop that a message was put, so that each looks again."""
-    global _generation
-    with _changed:
-        _generation += 1
-        _changed.notify_all()
+def _moved(queue: str | None) -> None:
+    """Wake the waiting loops that consume `queue` (every waiting loop: None)."""
+    with _lock:
+        for transport in _waiting:
+            if queue is None or queue in transport.consumed:
+                transport.moved = True
+                transport.changed.notify()
 
 
 def wake(transport: Transport) -> None:
@@ -36,9 +42,9 @@ def wake(transport: Transport) -> None:
     Kept until taken, like a byte in a pipe: a handler that finishes just before its loop
     starts to wait still wakes it.
     """
-    with _changed:
+    with _lock:
         transport.woken = True
-        _changed.notify_all()
+        transport.changed.notify()
 
 
 class Channel(memory.Channel):
@@ -46,13 +52,13 @@ class Channel(memory.Channel):
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         super()._put(queue, message, **kwargs)
-        _moved()
+        _moved(queue)
 
     def _put_fanout(
         self, exchange: Any, message: Any, routing_key: Any = None, **kwargs: Any
     ) -> None:
         super()._put_fanout(exchange, message, routing_key, **kwargs)
-        _moved()
+        _moved(None)
 
     def queue_delete(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         """Delete the queue and its bindings.
@@ -72,32 +78,46 @@ class Transport(memory.Transport):
     """kombu's memory transport, waiting on puts instead of sleeping between polls."""
 
     Channel = Channel
-    woken = False
+    woken = False  # `wake` was called, and no `drain_events` has returned for it yet
+    moved = False  # a message was put onto a consumed queue since the wait began
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        self.changed = threading.Condition(_lock)
+        self.consumed: frozenset[str] = frozenset()
 
     # kombu's two base classes declare this differently; the virtual transport's is the one run.
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
         """Deliver a message; with none waiting, wait for a put or a wake, then look again.
 
-        Returns without a message when woken for something else (a handler finished, or a put
-        to another loop's queue): the consume loop then sees to what woke it.
+        Returns without a message when woken for something else (a handler finished): the
+        consume loop then sees to what woke it.
         """
         cycle = self.cycle
         assert cycle is not None  # set when the transport is made
-        with _changed:
+        with _lock:
             if self._take_wakeup():
                 return
-            seen = _generation
+            # Listed before the look: a put between the look and the wait is not missed.
+            self.consumed = frozenset(
+                queue for channel in self.channels for queue in channel._active_queues
+            )
+            self.moved = False
+            _waiting.add(self)
         try:
-            cycle.get(self._deliver, timeout=timeout)
-            return
-        except Empty:
-            pass
-        with _changed:
-            moved = _changed.wait_for(lambda: _generation != seen or self.woken, timeout=timeout)
-            if not moved:
-                raise TimeoutError
-            if self._take_wakeup():
+            try:
+                cycle.get(self._deliver, timeout=timeout)
                 return
+            except Empty:
+                pass
+            with _lock:
+                if not self.changed.wait_for(lambda: self.moved or self.woken, timeout=timeout):
+                    raise TimeoutError
+                if self._take_wakeup():
+                    return
+        finally:
+            with _lock:
+                _waiting.discard(self)
         try:
             cycle.get(self._deliver, timeout=timeout)
         except Empty:
