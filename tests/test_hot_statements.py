@@ -95,9 +95,9 @@ def test_a_failing_statement_raises_sqlalchemys_error_and_rolls_back_its_transac
 def test_what_sqlalchemy_would_work_out_at_each_execution_is_refused_on_sqlite(
     settings: Settings,
 ) -> None:
-    """A timestamp converted on its way out, a default made from SQLAlchemy's execution
-    context, an IN list: each is SQLAlchemy's work at every execution, so such a statement is
-    refused, not run without it (a default would be written as NULL)."""
+    """A default made from SQLAlchemy's execution context, an IN list: each is SQLAlchemy's
+    work at every execution, so such a statement is refused, not run without it (a default
+    would be written as NULL)."""
     goals = cast(Table, GoalRow.__table__)
     by_context = Table(
         "by_context",
@@ -107,7 +107,6 @@ def test_what_sqlalchemy_would_work_out_at_each_execution_is_refused_on_sqlite(
     )
     store = open_store(settings.resolved_database_url())
     refused = {
-        "converted on the way out": HotStatement(select(GoalRow.created_at)),
         "with its execution context": HotStatement(insert(by_context), ("id",)),
         "rendered at run time": HotStatement(
             select(goals.c.id).where(goals.c.id.in_(bindparam("ids", expanding=True)))
@@ -141,6 +140,27 @@ def test_a_columns_default_is_made_at_each_insert_as_sqlalchemy_makes_it(store: 
 def naive(moment: datetime) -> datetime:
     """A UTC time as either store reads it back (SQLite keeps no zone)."""
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def test_columns_converted_on_the_way_out_read_as_sqlalchemy_reads_them(store: Store) -> None:
+    """JSON and timestamps come back as the ORM gives them; text and integers as they are."""
+    goals = cast(Table, GoalRow.__table__)
+    read = HotStatement(
+        select(goals.c.status, goals.c.metadata, goals.c.created_at, goals.c.reconciled).where(
+            goals.c.id == bindparam("goal_id")
+        )
+    )
+    with store.session() as session:
+        session.add(GoalRow(id="c1", text="t", status="submitted", meta={"team": ["a", 1]}))
+    with store.reading() as session:
+        hot = read.first(session, {"goal_id": "c1"})
+        missing = read.first(session, {"goal_id": "none"})
+        row = session.get_one(GoalRow, "c1")
+        expected = (row.status, row.meta, row.created_at, row.reconciled)
+
+    assert hot == expected
+    assert isinstance(hot[2], datetime)
+    assert missing is None
 
 
 def test_a_value_that_does_not_convert_fails_as_it_does_under_sqlalchemy(store: Store) -> None:

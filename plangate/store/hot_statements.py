@@ -39,17 +39,25 @@ class _OnSqlite:
 
     sql: str
     values: tuple[Callable[[Mapping[str, Any]], Any], ...]
+    # Per selected column, how SQLAlchemy converts what the driver returns (None: as it is);
+    # None for a statement whose columns all come as they are.
+    converters: tuple[Callable[[Any], Any] | None, ...] | None
 
     def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
         return tuple(make(params) for make in self.values)
+
+    def convert(self, rows: list[Row]) -> list[Row]:
+        if self.converters is None:
+            return rows
+        pairs = [tuple(zip(self.converters, row, strict=True)) for row in rows]
+        return [tuple(value if c is None else c(value) for c, value in pair) for pair in pairs]
 
 
 class HotStatement:
     """A Core statement that runs on the driver's cursor on SQLite, through SQLAlchemy elsewhere.
 
     `column_keys` names the columns an INSERT or UPDATE sets (as the parameters passed will).
-    Only statements whose rows need no conversion on the way out are accepted (integers, text):
-    anything else is for SQLAlchemy's result machinery.
+    Rows come back as tuples, each value converted as SQLAlchemy converts it (JSON, times).
     """
 
     def __init__(self, statement: Sql, column_keys: Sequence[str] | None = None) -> None:
@@ -61,8 +69,14 @@ class HotStatement:
         """Run the statement in the session's transaction; return its rows (none if it has none)."""
         result = self._run(session, params)
         if isinstance(result, sqlite3.Cursor):
-            return result.fetchall()
+            assert self._on_sqlite is not None  # compiled by the run
+            return self._on_sqlite.convert(result.fetchall())
         return [tuple(row) for row in result] if result.returns_rows else []
+
+    def first(self, session: Session, params: Mapping[str, Any]) -> Row | None:
+        """Run a SELECT in the session's transaction; return its first row, if it has one."""
+        rows = self.rows(session, params)
+        return rows[0] if rows else None
 
     def rowcount(self, session: Session, params: Mapping[str, Any]) -> int:
         """Run an INSERT, UPDATE or DELETE in the session's transaction; return the rows it hit."""
@@ -112,15 +126,16 @@ class HotStatement:
         defaults |= {column.key: column.onupdate for column in compiled.update_prefetch}
         if compiled.literal_execute_params or compiled.post_compile_params:
             raise TypeError("a parameter is rendered at run time (IN, LIMIT): not supported")
+        converters = None
         if isinstance(self._statement, Select):
-            for column in self._statement.selected_columns:
-                if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
-                    raise TypeError(
-                        f"{column} is converted on the way out: run this statement through "
-                        "SQLAlchemy, not as a HotStatement"
-                    )
+            # As SQLAlchemy's result converts each column (SQLite reports no column types).
+            found = tuple(
+                column.type.dialect_impl(dialect).result_processor(dialect, None)
+                for column in self._statement.selected_columns
+            )
+            converters = found if any(found) else None
         values = tuple(_maker(compiled, name, dialect, defaults) for name in compiled.positiontup)
-        self._on_sqlite = _OnSqlite(compiled.string, values)
+        self._on_sqlite = _OnSqlite(compiled.string, values, converters)
         return self._on_sqlite
 
 
