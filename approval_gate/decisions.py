@@ -22,13 +22,16 @@ from plangate.signing import Signer
 from plangate.store import ApprovalRow, DecisionRow, PlanRow
 from plangate.store.claims import insert_if_absent
 from plangate.store.goals import plan_of, transition
+from plangate.store.hot_statements import HotStatement
 from plangate.store.models import GoalStatus
 from plangate.store.outbox import emit
 from plangate.store.rows import insert_row
 from schemas import Decision, Plan, PlanApproved, PlanDecided, ReviewDecided, SignedEnvelope
 
 _APPROVALS = cast(Table, ApprovalRow.__table__)
-_ISSUED = select(_APPROVALS.c.envelope).where(_APPROVALS.c.plan_id == bindparam("plan_id"))
+_ISSUED = HotStatement(
+    select(_APPROVALS.c.envelope).where(_APPROVALS.c.plan_id == bindparam("plan_id"))
+)
 _OUTCOMES: dict[str, tuple[str, GoalStatus]] = {
     "deny": ("plan.denied", "denied"),
     "hold": ("plan.held", "held"),
@@ -185,9 +188,9 @@ def _approval_for(
     approvers: Sequence[str],
 ) -> SignedEnvelope:
     """Return the plan's approval, issuing and storing it the first time."""
-    existing = session.execute(_ISSUED, {"plan_id": plan.plan_id}).scalar_one_or_none()
+    existing = _ISSUED.first(session, {"plan_id": plan.plan_id})
     if existing is not None:
-        return SignedEnvelope.model_validate(existing)
+        return SignedEnvelope.model_validate(existing[0])
     approval = signer.approval(body, decision, ttl, approvers)
     envelope = signer.sign(approval)
     row = {

@@ -27,6 +27,7 @@ from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer
 from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store
+from plangate.store.hot_statements import HotStatement
 from plangate.store.locks import lock_names
 from plangate.store.outbox import emit
 from schemas import (
@@ -41,11 +42,13 @@ from schemas import (
 
 # Plain statements, built once: what the gate reads of a goal and its decisions on every plan.
 _GOALS = cast(Table, GoalRow.__table__)
-_GOAL = select(_GOALS.c.status, _GOALS.c.text, _GOALS.c.metadata).where(
-    _GOALS.c.id == bindparam("goal_id")
+_GOAL = HotStatement(
+    select(_GOALS.c.status, _GOALS.c.text, _GOALS.c.metadata).where(
+        _GOALS.c.id == bindparam("goal_id")
+    )
 )
 _DECISIONS = cast(Table, DecisionRow.__table__)
-_LATEST_DECISION = (
+_LATEST_DECISION = HotStatement(
     select(_DECISIONS.c.id)
     .where(_DECISIONS.c.plan_id == bindparam("plan_id"))
     .order_by(_DECISIONS.c.id.desc())
@@ -93,10 +96,11 @@ class GateHandler:
             repeated = self._repeat_earlier_decision(session, row)
             if repeated is not None:
                 return repeated
-            goal = session.execute(_GOAL, {"goal_id": plan.goal_id}).one_or_none()
-            if goal is not None and goal.status == "cancelled":
+            goal = _GOAL.first(session, {"goal_id": plan.goal_id})
+            status, goal_text, goal_meta = goal if goal is not None else (None, "", {})
+            if status == "cancelled":
                 return []  # an operator stopped it: nothing more is decided
-            goal_text, goal_meta = (goal.text, dict(goal.metadata)) if goal else ("", {})
+            goal_meta = dict(goal_meta)
             history = None
             if self._policy.reads_history:  # one decision at a time per tool (see history)
                 lock_names(session, (f"plangate.history:{step.tool}" for step in plan.steps))
@@ -145,9 +149,10 @@ class GateHandler:
 
     def _repeat_earlier_decision(self, session: Session, row: PlanRow) -> list[Envelope] | None:
         """On a redelivery (or a lost race), say again what was decided; move nothing."""
-        latest_id = session.scalar(_LATEST_DECISION, {"plan_id": row.plan_id})
-        if latest_id is None:
+        latest = _LATEST_DECISION.first(session, {"plan_id": row.plan_id})
+        if latest is None:
             return None
+        (latest_id,) = latest
         earlier = session.get_one(DecisionRow, latest_id)
         if earlier.stage == "human" and earlier.action == "approve":
             # A person's approval is signed only once checked against its hold.

@@ -40,6 +40,7 @@ from plangate.store import (
 )
 from plangate.store.claims import insert_if_absent
 from plangate.store.goals import GoalState, goal_status, newest_plan, transition
+from plangate.store.hot_statements import HotStatement
 from plangate.store.outbox import emit
 from plangate.tools import ToolRegistry
 from schemas import (
@@ -59,8 +60,8 @@ from schemas import (
 ACTOR = "executor"
 _HOLDS = cast(Table, HoldRow.__table__)
 # Asked on every run's start: a plain statement, built once (not the ORM's).
-_APPROVALS_REQUIRED = select(_HOLDS.c.approvals_required).where(
-    _HOLDS.c.plan_id == bindparam("plan_id")
+_APPROVALS_REQUIRED = HotStatement(
+    select(_HOLDS.c.approvals_required).where(_HOLDS.c.plan_id == bindparam("plan_id"))
 )
 log = logging.getLogger(__name__)
 Notify = Callable[[Envelope], None]
@@ -350,7 +351,8 @@ def _check_approvers(session: Session, plan_id: str, approval: Approval) -> None
     The gate counted them before it signed; this is the executor's own check against the
     record the gate made when it held the plan (four eyes, not one key, stand behind a run).
     """
-    required = session.execute(_APPROVALS_REQUIRED, {"plan_id": plan_id}).scalar_one_or_none()
+    found = _APPROVALS_REQUIRED.first(session, {"plan_id": plan_id})
+    required = found[0] if found is not None else None
     if required is None or required <= 1:
         return
     named = set(approval.approvers)

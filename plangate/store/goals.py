@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeVar, cast
 
-from sqlalchemy import Row, Table, bindparam, event, select, update
+from sqlalchemy import Table, bindparam, event, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -119,8 +119,16 @@ class GoalState(NamedTuple):
     status_reason: str | None
 
 
+class PlanVersion(NamedTuple):
+    """A goal's newest plan as `newest_plan` reads it: which revision, and its trace."""
+
+    plan_id: str
+    revision: int
+    trace_headers: dict[str, Any]
+
+
 _PLANS = cast(Table, PlanRow.__table__)
-_NEWEST_PLAN = (
+_NEWEST_PLAN = HotStatement(
     select(_PLANS.c.plan_id, _PLANS.c.revision, _PLANS.c.trace_headers)
     .where(_PLANS.c.goal_id == bindparam("goal_id"))
     .order_by(_PLANS.c.revision.desc())
@@ -139,12 +147,13 @@ def goal_status(session: Session, goal_id: str, *, lock: bool = False) -> GoalSt
     return GoalState(*found[0]) if found else None
 
 
-def newest_plan(session: Session, goal_id: str) -> Row[tuple[str, int, dict[str, Any]]] | None:
+def newest_plan(session: Session, goal_id: str) -> PlanVersion | None:
     """Return the `plan_id`, `revision` and `trace_headers` of a goal's newest plan, if any.
 
     Without the plan's body: the stages ask only whether a plan is the newest.
     """
-    return session.execute(_NEWEST_PLAN, {"goal_id": goal_id}).one_or_none()  # type: ignore[return-value]
+    found = _NEWEST_PLAN.first(session, {"goal_id": goal_id})
+    return PlanVersion(*found) if found is not None else None
 
 
 def transition(
