@@ -28,6 +28,7 @@ from plangate.cancellation import cancelled_in, is_cancelled
 from plangate.errors import Retry
 from plangate.store import StepRunRow, Store, audit
 from plangate.store.claims import insert_if_absent
+from plangate.store.hot_statements import HotStatement
 from plangate.store.rows import insert_row
 from schemas import Plan, Step, ToolSpec, utcnow
 
@@ -60,8 +61,8 @@ _RECORDED = select(
 ).where(_STEPS.c.plan_id == bindparam("plan_id"), _STEPS.c.status.in_(_FINAL))
 # Named apart from the columns: an UPDATE reserves the columns' own names for its SET clause.
 _STEP = (_STEPS.c.plan_id == bindparam("of_plan")) & (_STEPS.c.step_id == bindparam("of_step"))
-_LOCK_STATUS = select(_STEPS.c.status).where(_STEP).with_for_update()
-_FINISH = (
+_LOCK_STATUS = HotStatement(select(_STEPS.c.status).where(_STEP).with_for_update())
+_FINISH = HotStatement(
     update(_STEPS)
     .where(_STEP)
     .values(
@@ -250,7 +251,8 @@ class StepLedger:
         now = utcnow()
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
         ids = {"of_plan": self._plan.plan_id, "of_step": step.id}
-        current = session.execute(_LOCK_STATUS, ids).scalar_one_or_none()
+        locked = _LOCK_STATUS.first(session, ids)
+        current = locked[0] if locked is not None else None
         if attempt is not None and current == "unknown":
             late = {**key, "status": status, "attempt": attempt, "error": error}
             late["recorded"] = current
@@ -264,7 +266,7 @@ class StepLedger:
             insert_row(session, StepRunRow, row)
         else:
             finished = {"new_status": status, "new_output": output, "new_error": error}
-            session.execute(_FINISH, {**ids, **finished, "now": now})
+            _FINISH.rows(session, {**ids, **finished, "now": now})
         self._audit(session, f"step.{status}", {**key, "error": error})
 
     def _locked(self, session: Session, step: Step) -> StepRunRow | None:
