@@ -33,14 +33,8 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
         opened.close()
 
 
-@pytest.fixture
-def bus(redis_url: str) -> Iterator[Bus]:
-    opened = Bus(redis_url, namespace=f"r{uuid.uuid4().hex[:10]}")
-    opened.declare()
-    try:
-        yield opened
-    finally:
-        opened.close()
+# The `bus` fixture of conftest.py, on Redis only.
+ON_REDIS = pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
 
 
 def a_goal() -> Envelope:
@@ -63,6 +57,7 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
     return {name: stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in names}
 
 
+@ON_REDIS
 def test_each_publish_is_one_script_call_that_reads_the_bindings_and_pushes(
     bus: Bus, client: redis.Redis
 ) -> None:
@@ -77,6 +72,7 @@ def test_each_publish_is_one_script_call_that_reads_the_bindings_and_pushes(
     assert client.llen(f"{bus.topology.namespace}.planner") == 6
 
 
+@ON_REDIS
 def test_an_observer_bound_from_another_connection_gets_the_very_next_message(
     bus: Bus, redis_url: str
 ) -> None:
@@ -92,6 +88,7 @@ def test_an_observer_bound_from_another_connection_gets_the_very_next_message(
     assert seen.goal_id == json.loads(goal.body)["goal_id"]
 
 
+@ON_REDIS
 def test_an_observer_that_left_gets_no_list_made_again(
     bus: Bus, redis_url: str, client: redis.Redis
 ) -> None:
@@ -107,6 +104,7 @@ def test_an_observer_that_left_gets_no_list_made_again(
     assert client.llen(f"{bus.topology.namespace}.planner") == 2
 
 
+@ON_REDIS
 def test_a_message_no_queue_is_bound_for_is_dropped_as_kombu_drops_it(
     bus: Bus, client: redis.Redis
 ) -> None:
@@ -117,6 +115,7 @@ def test_a_message_no_queue_is_bound_for_is_dropped_as_kombu_drops_it(
     assert set(client.keys(f"{bus.topology.namespace}*")) == before
 
 
+@ON_REDIS
 def test_the_list_entry_is_the_one_kombus_own_routing_writes(
     bus: Bus, redis_url: str, client: redis.Redis
 ) -> None:
@@ -134,6 +133,7 @@ def test_the_list_entry_is_the_one_kombus_own_routing_writes(
     assert plangates == kombus
 
 
+@ON_REDIS
 def test_publishing_goes_on_after_redis_forgets_its_scripts(bus: Bus, client: redis.Redis) -> None:
     bus.publish([a_goal()])
     client.script_flush()
