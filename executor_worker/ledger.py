@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, literal, select, update
 from sqlalchemy.orm import Session
 
 from plangate.cancellation import cancelled_in, is_cancelled
@@ -56,9 +56,13 @@ _FINAL = ("succeeded", "failed", "skipped")
 # Built once, and run as plain statements: each goal's run reads its records and records each
 # step, and the ORM's query and unit of work took several times what these take.
 _STEPS = cast(Table, StepRunRow.__table__)
-_RECORDED = select(
-    _STEPS.c.step_id, _STEPS.c.attempt, _STEPS.c.status, _STEPS.c.output, _STEPS.c.error
-).where(_STEPS.c.plan_id == bindparam("plan_id"), _STEPS.c.status.in_(_FINAL))
+# The outcomes as values of their own (not one list spread at each run), so the statement is
+# compiled once and can run as a hot statement.
+_RECORDED = HotStatement(
+    select(_STEPS.c.step_id, _STEPS.c.attempt, _STEPS.c.status, _STEPS.c.output, _STEPS.c.error)
+    .where(_STEPS.c.plan_id == bindparam("plan_id"))
+    .where(_STEPS.c.status.in_([literal(status) for status in _FINAL]))
+)
 # Named apart from the columns: an UPDATE reserves the columns' own names for its SET clause.
 _STEP = (_STEPS.c.plan_id == bindparam("of_plan")) & (_STEPS.c.step_id == bindparam("of_step"))
 _LOCK_STATUS = HotStatement(select(_STEPS.c.status).where(_STEP).with_for_update())
@@ -77,9 +81,10 @@ _FINISH = HotStatement(
 
 def recorded_steps(session: Session, plan_id: str) -> dict[str, Claim]:
     """Return the steps of a plan with a final outcome, by id, as a run finds them at its start."""
-    rows = session.execute(_RECORDED, {"plan_id": plan_id})
+    rows = _RECORDED.rows(session, {"plan_id": plan_id})
     return {
-        row.step_id: Claim("done", row.attempt, row.status, row.output, row.error) for row in rows
+        step_id: Claim("done", attempt, status, output, error)
+        for step_id, attempt, status, output, error in rows
     }
 
 
