@@ -6,12 +6,14 @@ SQLAlchemy), against the store's own tables.
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
 from sqlalchemy import (
     Column,
+    Integer,
     MetaData,
     String,
     Table,
@@ -35,6 +37,7 @@ ADD_HEAD = HotStatement(insert(CHAINS), ("chain", "seq", "hash"))
 MOVE_HEAD = HotStatement(
     update(CHAINS).where(CHAINS.c.chain == bindparam("c")).values(seq=bindparam("s"))
 )
+TABLES = itertools.count()  # a fresh table name per test
 COLUMNS = ("chain", "chain_seq", "at", "goal_id", "kind", "actor", "data", "prev_hash", "hash")
 ADD_ENTRY = HotStatement(insert(LOG), COLUMNS)
 
@@ -161,6 +164,27 @@ def test_columns_converted_on_the_way_out_read_as_sqlalchemy_reads_them(store: S
     assert hot == expected
     assert isinstance(hot[2], datetime)
     assert missing is None
+
+
+def test_a_default_made_by_a_call_is_made_anew_for_each_row(store: Store) -> None:
+    """A counter as the default: two rows, two values (a value made once would repeat)."""
+    counted = Table(
+        f"counted_{next(TABLES)}",
+        MetaData(),
+        Column("id", String(8), primary_key=True),
+        Column("n", Integer, default=itertools.count(1).__next__),
+    )
+    counted.create(store.engine)
+    add = HotStatement(insert(counted), ("id",))
+    try:
+        with store.session() as session:
+            for row_id in ("a", "b"):
+                add.rows(session, {"id": row_id})
+        with store.reading() as session:
+            made = session.execute(select(counted.c.id, counted.c.n).order_by(counted.c.id)).all()
+    finally:
+        counted.drop(store.engine)
+    assert [tuple(row) for row in made] == [("a", 1), ("b", 2)]
 
 
 def test_a_value_that_does_not_convert_fails_as_it_does_under_sqlalchemy(store: Store) -> None:

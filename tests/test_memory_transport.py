@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
@@ -106,9 +107,14 @@ def test_a_message_for_another_loops_queue_does_not_wake_this_one(
         with mock.patch.object(cycle, "get", wraps=cycle.get) as looked:
             waiting = threading.Thread(target=wait)
             waiting.start()
+            in_wait = time.monotonic() + WAIT  # the loop has looked, and waits: then the puts
+            while not (looked.call_count and connection.transport in memory_transport._waiting):
+                assert time.monotonic() < in_wait, "the loop never started to wait"
+                time.sleep(0.001)
             for _ in range(5):
                 elsewhere.Producer().publish("not yours", exchange=other)
             waiting.join(WAIT)
+        elsewhere_queue.bind(elsewhere.default_channel).delete()
 
     assert len(outcome) == 1
     assert isinstance(outcome[0], TimeoutError), "the loop woke for another loop's message"

@@ -108,11 +108,33 @@ def test_an_observer_that_left_gets_no_list_made_again(
 def test_a_message_no_queue_is_bound_for_is_dropped_as_kombu_drops_it(
     bus: Bus, client: redis.Redis
 ) -> None:
+    bus.publish([a_goal()])  # the table read
     before = set(client.keys(f"{bus.topology.namespace}*"))
+    client.config_resetstat()
 
     bus.publish([a_step_finished(), a_step_finished()])
 
     assert set(client.keys(f"{bus.topology.namespace}*")) == before
+    # Each found the table unchanged in its one script call, and pushed nothing.
+    assert command_calls(client) == {"evalsha": 2, "smembers": 2, "lpush": 0}
+
+
+@ON_REDIS
+def test_a_message_with_a_priority_goes_onto_the_list_kombu_would_use(
+    bus: Bus, redis_url: str, client: redis.Redis
+) -> None:
+    exchange = Exchange(bus.topology.namespace, type="topic", durable=True)
+    queue = f"{bus.topology.namespace}.planner"
+    for transport in (kombu_redis.Transport, Transport):  # kombu's own channel, then plangate's
+        with Connection(redis_url, transport=transport) as c:
+            Producer(c.channel(), exchange=exchange).publish(
+                {"urgent": True}, routing_key="goal.submitted", priority=5
+            )
+
+    priority_lists = [key.decode() for key in client.keys(f"{queue}\x06\x16*")]
+    assert len(priority_lists) == 1, priority_lists
+    assert client.llen(priority_lists[0]) == 2
+    assert not client.exists(queue)
 
 
 @ON_REDIS
@@ -141,6 +163,36 @@ def test_publishing_goes_on_after_redis_forgets_its_scripts(bus: Bus, client: re
     bus.publish([a_goal()])
 
     assert client.llen(f"{bus.topology.namespace}.planner") == 2
+
+
+@ON_REDIS
+def test_a_redis_that_refuses_scripts_is_published_to_as_kombu_does(
+    bus: Bus, redis_url: str, client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL without @scripting (or a service with scripts off) still gets every message."""
+    user = f"noscripts{uuid.uuid4().hex[:6]}"
+    client.acl_setuser(
+        user,
+        enabled=True,
+        nopass=True,
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-@scripting"],
+    )
+    try:
+        limited = redis_url.replace("redis://", f"redis://{user}:@")
+        exchange = Exchange(bus.topology.namespace, type="topic", durable=True)
+        with Connection(limited, transport=Transport) as c, caplog.at_level("WARNING"):
+            producer = Producer(c.channel(), exchange=exchange)
+            for _ in range(3):
+                producer.publish({"a": 1}, routing_key="goal.submitted")
+    finally:
+        client.acl_deluser(user)
+
+    assert client.llen(f"{bus.topology.namespace}.planner") == 3
+    warnings = [r.getMessage() for r in caplog.records if "refuses scripts" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "@scripting" in warnings[0]
 
 
 def test_a_queue_that_expires_is_refreshed_by_kombus_own_path(

@@ -343,8 +343,8 @@ class Observer:
     def next(self, timeout: float) -> Message | None:
         """Return the next message, waiting up to `timeout` seconds; None if none came.
 
-        A wait can end with nothing received (a message dropped as no event; the memory
-        transport woken by another queue's message): it goes on until the time is up.
+        A wait can end with nothing received (a message dropped as no event): it goes on
+        until the time is up.
         """
         deadline = time.monotonic() + timeout
         while not self._received:

@@ -90,8 +90,9 @@ class Transport(memory.Transport):
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
         """Deliver a message; with none waiting, wait for a put or a wake, then look again.
 
-        Returns without a message when woken for something else (a handler finished): the
-        consume loop then sees to what woke it.
+        Returns without a message when woken for something else (a handler finished), or when
+        the message that woke it went elsewhere (another consumer of the queue took it, or the
+        prefetch is full): the consume loop then sees to what woke it.
         """
         cycle = self.cycle
         assert cycle is not None  # set when the transport is made

@@ -19,17 +19,23 @@ A message no queue is bound for (a `step.finished` nobody observes) is pushed no
 kombu does, once the script has seen that the table is still the kept one. Where kombu does
 more than push, the message takes kombu's own path: a publish batch, a global key prefix, a
 queue with an expiry this channel refreshes on each push, a channel with a dead-letter queue
-for what matches nothing, or a table that keeps changing under the publish.
+for what matches nothing, or a table that keeps changing under the publish. A Redis that refuses
+scripts (an ACL without `@scripting`, or a service that switches them off) gets kombu's path
+too, for the rest of the channel's life, with a warning that says what to allow.
 """
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from typing import Any, NamedTuple
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps
+from redis.exceptions import NoPermissionError, ResponseError
+
+log = logging.getLogger(__name__)
 
 # KEYS[1]: the exchange's binding set; KEYS[2..]: the lists the caller's kept table routes to.
 # ARGV[1]: the kept table's digest; ARGV[2]: the message. Each member is length-prefixed, so no
@@ -63,8 +69,15 @@ class BindingTable(NamedTuple):
     routes: dict[str, tuple[str, ...]]
 
 
+def refuses_scripts(error: ResponseError) -> bool:
+    """Say whether Redis refused to run a script at all (an ACL, or scripting switched off)."""
+    return isinstance(error, NoPermissionError) or "unknown command" in str(error).lower()
+
+
 class ScriptedRouting(kombu_redis.Channel):
     """kombu's Redis channel, publishing through the topic exchange with `ROUTE_SCRIPT`."""
+
+    _scripting_refused = False
 
     @cached_property
     def _route_script(self) -> Any:
@@ -81,6 +94,7 @@ class ScriptedRouting(kombu_redis.Channel):
             or kwargs.get("_publish_batch") is not None
             or self.global_keyprefix
             or self.typeof(exchange).type != "topic"
+            or self._scripting_refused
         ):
             return super().basic_publish(message, exchange, routing_key, **kwargs)
         self._inplace_augment_message(message, exchange, routing_key)
@@ -95,12 +109,24 @@ class ScriptedRouting(kombu_redis.Channel):
             ):
                 break
             lists = [self._q_for_pri(queue, priority) for queue in queues]
-            with self.conn_or_acquire() as client:
-                reply = self._route_script(
-                    keys=[self.keyprefix_queue % exchange, *lists],
-                    args=[table.digest if table is not None else "", payload],
-                    client=client,
+            try:
+                with self.conn_or_acquire() as client:
+                    reply = self._route_script(
+                        keys=[self.keyprefix_queue % exchange, *lists],
+                        args=[table.digest if table is not None else "", payload],
+                        client=client,
+                    )
+            except ResponseError as exc:
+                if not refuses_scripts(exc):
+                    raise
+                # Refused before it ran, so nothing was pushed: kombu's way is safe, and kept.
+                self._scripting_refused = True
+                log.warning(
+                    "Redis refuses scripts (%s): publishing as kombu does, reading the "
+                    "bindings at each publish; allow EVALSHA (ACL @scripting) to save the reads",
+                    exc,
                 )
+                break
             if not isinstance(reply, list):
                 return None
             table = self._keep_table(exchange, reply)

@@ -100,12 +100,14 @@ class HotStatement:
         params: Mapping[str, Any],
         options: Mapping[str, Any] | None = None,
     ) -> sqlite3.Cursor | CursorResult[Any]:
+        # Changes made through the ORM are written first, on either store, so that a read sees
+        # them and rows go in the order they were made. (`Session.execute` autoflushes before
+        # ORM statements only, not before these, which are on tables.)
+        if session.autoflush and (session.new or session.dirty or session.deleted):
+            session.flush()
         if session.get_bind().dialect.name != "sqlite":
             executed = session.execute(self._statement, params, execution_options=options or {})
             return cast(CursorResult[Any], executed)
-        # As `Session.execute` would: changes made through the ORM are written first.
-        if session.autoflush and (session.new or session.dirty or session.deleted):
-            session.flush()
         connection = session.connection()
         on_sqlite = self._on_sqlite or self._compile(connection.dialect)
         driver = connection.connection.driver_connection
