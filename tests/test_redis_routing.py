@@ -51,6 +51,15 @@ def entries(client: redis.Redis, key: str) -> list[dict[str, Any]]:
     return [json.loads(item) for item in client.lrange(key, 0, -1)]
 
 
+def publish_both_ways(bus: Bus, redis_url: str, body: Any, **options: Any) -> None:
+    """Publish a goal.submitted on kombu's own Redis channel, then on plangate's."""
+    exchange = Exchange(bus.topology.namespace, type="topic", durable=True)
+    for transport in (kombu_redis.Transport, Transport):
+        with Connection(redis_url, transport=transport) as connection:
+            producer = Producer(connection.channel(), exchange=exchange)
+            producer.publish(body, routing_key="goal.submitted", **options)
+
+
 def command_calls(client: redis.Redis) -> dict[str, int]:
     stats = client.info("commandstats")
     names = ("evalsha", "smembers", "lpush")
@@ -123,13 +132,8 @@ def test_a_message_no_queue_is_bound_for_is_dropped_as_kombu_drops_it(
 def test_a_message_with_a_priority_goes_onto_the_list_kombu_would_use(
     bus: Bus, redis_url: str, client: redis.Redis
 ) -> None:
-    exchange = Exchange(bus.topology.namespace, type="topic", durable=True)
     queue = f"{bus.topology.namespace}.planner"
-    for transport in (kombu_redis.Transport, Transport):  # kombu's own channel, then plangate's
-        with Connection(redis_url, transport=transport) as c:
-            Producer(c.channel(), exchange=exchange).publish(
-                {"urgent": True}, routing_key="goal.submitted", priority=5
-            )
+    publish_both_ways(bus, redis_url, {"urgent": True}, priority=5)
 
     priority_lists = [key.decode() for key in client.keys(f"{queue}\x06\x16*")]
     assert len(priority_lists) == 1, priority_lists
@@ -141,13 +145,8 @@ def test_a_message_with_a_priority_goes_onto_the_list_kombu_would_use(
 def test_the_list_entry_is_the_one_kombus_own_routing_writes(
     bus: Bus, redis_url: str, client: redis.Redis
 ) -> None:
-    exchange = Exchange(bus.topology.namespace, type="topic", durable=True)
     queue = f"{bus.topology.namespace}.planner"
-    for transport in (kombu_redis.Transport, Transport):  # kombu's own channel, then plangate's
-        with Connection(redis_url, transport=transport) as c:
-            Producer(c.channel(), exchange=exchange).publish(
-                {"same": "body"}, routing_key="goal.submitted", headers={"h": "1"}
-            )
+    publish_both_ways(bus, redis_url, {"same": "body"}, headers={"h": "1"})
     plangates, kombus = entries(client, queue)  # LPUSH: the newest entry comes first
 
     for entry in (plangates, kombus):
