@@ -47,17 +47,18 @@ def test_a_call_stuck_past_its_deadline_keeps_its_thread_and_delays_no_other() -
     another thread (the stuck one is a daemon: it does not hold up the process's exit).
     """
     threads = ToolThreads()
-    release = threading.Event()
+    release, started = threading.Event(), threading.Event()
     stuck_in: list[threading.Thread] = []
 
     def stuck() -> None:
         stuck_in.append(threading.current_thread())
+        started.set()
         release.wait(10)
 
     threads.start(stuck, "plangate-tool-stuck")
     try:
+        assert started.wait(5)  # the call is under way (its thread may start after `start`)
         other = run_and_wait(threads, "plangate-tool-other")
-        assert stuck_in
         assert stuck_in[0].daemon
         assert other[0] != stuck_in[0].ident
     finally:
