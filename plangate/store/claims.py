@@ -13,28 +13,22 @@ from plangate.store.models import Base
 if TYPE_CHECKING:
     from sqlalchemy.dialects import postgresql, sqlite
 
-# Built once per table and dialect, and run on the table, not the ORM entity: the ORM's bulk
-# insert machinery took two thirds of a claim's time. Column defaults still apply.
-_CLAIMS: dict[tuple[str, str], sqlite.Insert | postgresql.Insert] = {}
-# Run as hot statements (on SQLite, on the driver's cursor), one per claim and columns given.
-_HOT_CLAIMS: dict[tuple[str, str, tuple[str, ...]], HotStatement] = {}
+# Built once per table, dialect and columns given, run on the table, not the ORM entity (the
+# ORM's bulk insert machinery took two thirds of a claim's time), and as hot statements (on
+# SQLite, on the driver's cursor). Column defaults still apply.
+_CLAIMS: dict[tuple[str, str, tuple[str, ...]], HotStatement] = {}
 
 
 def _claim(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
-    statement = _CLAIMS.get((dialect, table.name))
-    if statement is None:
-        # Imported here: the PostgreSQL dialect alone is a tenth of a command's start-up, and
-        # commands that only read never claim.
-        from sqlalchemy.dialects import postgresql, sqlite
+    # Imported here: the PostgreSQL dialect alone is a tenth of a command's start-up, and
+    # commands that only read never claim.
+    from sqlalchemy.dialects import postgresql, sqlite
 
-        if dialect == "sqlite":
-            statement = sqlite.insert(table).on_conflict_do_nothing()
-        elif dialect == "postgresql":
-            statement = postgresql.insert(table).on_conflict_do_nothing()
-        else:
-            raise NotImplementedError(f"claims are not implemented for {dialect}")
-        _CLAIMS[(dialect, table.name)] = statement
-    return statement
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"claims are not implemented for {dialect}")
 
 
 def insert_if_absent(session: Session, model: type[Base], values: dict[str, Any]) -> bool:
@@ -42,7 +36,7 @@ def insert_if_absent(session: Session, model: type[Base], values: dict[str, Any]
     table = cast(Table, model.__table__)
     dialect = session.get_bind().dialect.name
     key = (dialect, table.name, tuple(values))
-    statement = _HOT_CLAIMS.get(key)
+    statement = _CLAIMS.get(key)
     if statement is None:
-        statement = _HOT_CLAIMS[key] = HotStatement(_claim(dialect, table), tuple(values))
+        statement = _CLAIMS[key] = HotStatement(_claim(dialect, table), tuple(values))
     return statement.rowcount(session, values) == 1

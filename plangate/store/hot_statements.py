@@ -49,8 +49,11 @@ class _OnSqlite:
     def convert(self, rows: list[Row]) -> list[Row]:
         if self.converters is None:
             return rows
-        pairs = [tuple(zip(self.converters, row, strict=True)) for row in rows]
-        return [tuple(value if c is None else c(value) for c, value in pair) for pair in pairs]
+        converters = self.converters
+        return [
+            tuple(v if c is None else c(v) for c, v in zip(converters, row, strict=True))
+            for row in rows
+        ]
 
 
 class HotStatement:
