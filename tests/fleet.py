@@ -107,6 +107,9 @@ class Fleet:
                 codes.append(process.wait(timeout=max(0.1, deadline - time.monotonic())))
             except subprocess.TimeoutExpired:
                 process.kill()
+                # Reaped here: a process left unwaited warns when garbage-collected, which
+                # pytest pins on whichever later test happens to be running then.
+                process.wait(timeout=10)
                 codes.append(None)
         for log in self.log_files:
             log.close()
