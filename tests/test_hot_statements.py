@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from plangate.config import Settings
 from plangate.store import AuditRow, GoalRow, Store, open_store
@@ -93,6 +94,28 @@ def test_a_failing_statement_raises_sqlalchemys_error_and_rolls_back_its_transac
 
     with store.reading() as session:
         assert session.get(AuditChainRow, "g2") is None
+
+
+def test_a_session_that_runs_a_second_transaction_runs_its_statements_inside_it(
+    store: Store,
+) -> None:
+    """Given one session whose first transaction committed a head,
+    When its second transaction moves that head and then rolls back,
+    Then the move is gone (it ran inside the second transaction, not on its own), and the
+    session's third transaction still reads and writes.
+    """
+    with Session(store.engine) as session:
+        ADD_HEAD.rows(session, {"chain": "g3", "seq": 1, "hash": "h"})
+        session.commit()
+        MOVE_HEAD.rows(session, {"c": "g3", "s": 2})
+        assert HEAD.rows(session, {"c": "g3"}) == [(2, "h")]
+        session.rollback()
+        assert HEAD.rows(session, {"c": "g3"}) == [(1, "h")]
+        MOVE_HEAD.rows(session, {"c": "g3", "s": 3})
+        session.commit()
+
+    with store.reading() as session:
+        assert session.get_one(AuditChainRow, "g3").seq == 3
 
 
 def test_what_sqlalchemy_would_work_out_at_each_execution_is_refused_on_sqlite(
