@@ -7,11 +7,13 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from plangate.bus import Bus, Envelope
 from plangate.demo.tools import read_notifications
@@ -360,6 +362,49 @@ def test_a_goal_submitted_while_the_broker_is_down_is_stored_and_runs_once_it_is
     own_redis.restart()
     assert statuses_once_settled(fleet, [goal_id]) == {goal_id: "completed"}, fleet.logs()
     assert [n["goal_id"] for n in notifications(fleet)] == [goal_id]
+
+
+def test_a_publish_rides_out_a_broker_that_is_back_within_its_retries(
+    own_redis: OwnRedis,
+) -> None:
+    """Given a publisher whose broker has gone,
+    When the broker is back (with what it held) a second into the publish,
+    Then the publish is still trying then (it did not fail at its first attempt), and it
+    delivers the message once the broker is back.
+    """
+    bus = Bus(own_redis.url, "blip")
+    failures: list[BaseException] = []
+    connected, broker_gone = threading.Event(), threading.Event()
+
+    def publish() -> None:
+        try:
+            bus.declare()  # this thread's connection is open, and the queues exist
+            connected.set()
+            broker_gone.wait()
+            bus.publish_one(Envelope("goal.submitted", b"{}", {}))
+        except BaseException as exc:  # handed to the test, which fails on it
+            failures.append(exc)
+
+    try:
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        assert connected.wait(10), failures
+        # Kept on disk and loaded again at the restart: the queues and their bindings are
+        # still there, as on a Redis that persists (an empty one drops what has no queue).
+        with redis.Redis.from_url(own_redis.url) as client:
+            client.save()
+        own_redis.kill()
+        broker_gone.set()
+        publisher.join(1.0)
+        assert not failures
+        assert publisher.is_alive(), "the publish gave up at its first attempt"
+        own_redis.restart()
+        publisher.join(15)
+        assert not failures
+        assert not publisher.is_alive(), "the publish did not end once the broker was back"
+        assert bus.queue_depth("planner") == 1
+    finally:
+        bus.close()
 
 
 def test_a_publish_gives_up_while_the_broker_is_down_and_works_again_once_it_is_back(
