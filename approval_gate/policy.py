@@ -20,7 +20,7 @@ from approval_gate.policy_context import RULE_VARIABLES, policy_context
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
-from schemas.cel_check import Reads, expression_problems, expression_reads
+from schemas.cel_check import Reads, compiled, expression_problems, expression_reads
 
 Mode = Literal["enforce", "shadow"]
 RuleAction = Literal["approve", "deny", "hold"]
@@ -153,7 +153,7 @@ class Policy:
                 raise PolicyError(
                     f"the match expression is wrong (in {source}): {said}", rule.name, line
                 )
-            program = cel.compile(rule.match)
+            program = compiled(rule.match)
             rules.append(
                 Rule(
                     rule.name,

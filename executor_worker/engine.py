@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import cel
 from opentelemetry.trace import Span
 
 from executor_worker.tool_threads import ToolThreads
@@ -25,6 +24,7 @@ from plangate.errors import OutcomeUnknown, ToolError
 from plangate.redaction import redact
 from plangate.tools import Tool, ToolContext
 from schemas import Plan, Step
+from schemas.cel_check import compiled
 from schemas.hashing import sha256_hex
 from schemas.references import UnresolvedReference, dependencies, resolve
 
@@ -214,7 +214,7 @@ class DagWalk:
             "steps": {k: {"output": v.output, "status": v.status} for k, v in self.outcomes.items()}
         }
         try:
-            verdict = cel.compile(step.when).execute(view)
+            verdict = compiled(step.when).execute(view)
         except Exception as exc:  # e.g. KeyError for a field the output lacks: the step fails
             error = f"`when` failed ({type(exc).__name__}): {exc}"
             return StepOutcome(step.id, step.tool, "failed", error=error)

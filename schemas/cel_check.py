@@ -52,6 +52,22 @@ class Any_:  # noqa: N801 - read as a type name, like `typing.Any`
 ANY = Any_()
 
 
+# Distinct expressions kept compiled: conditions and rules are few and repeat (every stage
+# checks a plan's conditions, the executor runs them); at most 1000 characters each.
+_COMPILED_KEPT = 1024
+
+
+@functools.lru_cache(maxsize=_COMPILED_KEPT)
+def compiled(source: str) -> cel.Program:
+    """Return the CEL program of an expression, compiled once while it is in use.
+
+    Raises as `cel.compile` does (a failure is not kept). A program only evaluates, from any
+    thread. Compiling one took as long as running it, and a goal's condition was compiled four
+    times: three stages check it, and the executor runs it.
+    """
+    return cel.compile(source)
+
+
 @dataclass(frozen=True)
 class ListOf:
     """A list of values of one declared shape."""
@@ -80,7 +96,7 @@ def expression_problems(
     field, said once, in the order met.
     """
     try:
-        program = cel.compile(source)
+        program = compiled(source)
     except Exception as exc:  # whatever the compiler raises: the expression is refused
         return ["it does not compile: " + (str(exc).splitlines() or [type(exc).__name__])[0]]
     allowed = BUILTIN_FUNCTIONS | set(functions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from approval_gate.policy_context import RULE_VARIABLES
-from schemas.cel_check import expression_reads
+from schemas.cel_check import compiled, expression_reads
 
 ALL = None  # every field: the record, or a value holding it, is used whole
 
@@ -42,3 +42,17 @@ def test_what_several_rules_read_is_the_union() -> None:
     assert (tags | flow).fields_of("plan") == frozenset({"steps", "writes_from_untrusted"})
     assert (tags | flow).fields_of("plan.steps[]") == frozenset({"tags"})
     assert (tags | whole).fields_of("plan.steps[]") is None
+
+
+def test_an_expression_is_compiled_once_and_a_broken_one_is_refused_every_time() -> None:
+    """Given a condition used by several stages and goals, its program is the same one each
+    time, and evaluates for each; an expression that does not compile is refused each time it
+    comes (nothing of it is kept)."""
+    condition = "steps.count.output > 10"
+    program = compiled(condition)
+    assert compiled(condition) is program
+    assert program.execute({"steps": {"count": {"output": 12, "status": "succeeded"}}}) is True
+    assert program.execute({"steps": {"count": {"output": 3, "status": "succeeded"}}}) is False
+    for _ in range(2):
+        with pytest.raises(ValueError, match="Syntax error"):
+            compiled("steps.count.output >")
