@@ -118,31 +118,33 @@ class Worker:
         # Gate workers hold the signing key: they seal the audit chains with checkpoints.
         seal = build_sealing(self.settings) if self.stage == "gate" else None
         held = RecentlyHeld(stalled)
-        while not self.stop.wait(interval):
-            try:
-                # Seen first, before the store is needed: a message held through a database
-                # outage is published again when it ends, and must not then look lost.
-                recently_held = held.update(bus.held_goal_ids())
-                relayed = relay_pending(store, bus, older_than=stale)
-                if relayed:
-                    log.warning("relayed %d outbox messages left unsent", relayed)
-                # How far this stage got, and what waits in each queue: a goal queued behind a
-                # backlog is not resent into it, and one whose message was lost is.
-                if consumer.taken_up_to is not None:
-                    record_progress(store, self.stage, consumer.taken_up_to)
-                waiting = {stage: bus.queue_depth(stage) for stage in STAGES}
-                resent = reconcile(
-                    store,
-                    stalled,
-                    step_lease=step_lease,
-                    waiting=waiting,
-                    progress=stage_progress(store),
-                    held=recently_held,
-                )
-                deliver(store, bus, resent)
-                if expire is not None:
-                    deliver(store, bus, expire(store, utcnow()))
-                if seal is not None:
-                    seal(store)
-            except Exception:  # the broker or database is down: try again next sweep
-                log.warning("sweep failed; will try again in %g s", interval, exc_info=True)
+        # One connection for every sweep's reads of the broker, not one per read.
+        with bus.view() as broker:
+            while not self.stop.wait(interval):
+                try:
+                    # Seen first, before the store is needed: a message held through a database
+                    # outage is published again when it ends, and must not then look lost.
+                    recently_held = held.update(broker.held_goal_ids())
+                    relayed = relay_pending(store, bus, older_than=stale)
+                    if relayed:
+                        log.warning("relayed %d outbox messages left unsent", relayed)
+                    # How far this stage got, and what waits in each queue: a goal queued behind a
+                    # backlog is not resent into it, and one whose message was lost is.
+                    if consumer.taken_up_to is not None:
+                        record_progress(store, self.stage, consumer.taken_up_to)
+                    waiting = {stage: broker.queue_depth(stage) for stage in STAGES}
+                    resent = reconcile(
+                        store,
+                        stalled,
+                        step_lease=step_lease,
+                        waiting=waiting,
+                        progress=stage_progress(store),
+                        held=recently_held,
+                    )
+                    deliver(store, bus, resent)
+                    if expire is not None:
+                        deliver(store, bus, expire(store, utcnow()))
+                    if seal is not None:
+                        seal(store)
+                except Exception:  # the broker or database is down: try again next sweep
+                    log.warning("sweep failed; will try again in %g s", interval, exc_info=True)

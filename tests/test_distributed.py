@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from plangate.bus import Bus, Envelope
+from plangate.bus import STAGES, Bus, Envelope
 from plangate.demo.tools import read_notifications
 from plangate.errors import BrokerUnavailable
 from plangate.reviewers import add_reviewer
@@ -362,6 +362,47 @@ def test_a_goal_submitted_while_the_broker_is_down_is_stored_and_runs_once_it_is
     own_redis.restart()
     assert statuses_once_settled(fleet, [goal_id]) == {goal_id: "completed"}, fleet.logs()
     assert [n["goal_id"] for n in notifications(fleet)] == [goal_id]
+
+
+def test_a_view_reads_the_broker_again_and_again_on_one_connection(own_redis: OwnRedis) -> None:
+    """Given a worker's view of the broker (what its sweeps read),
+    When it reads every queue's depth and the held goals twenty times,
+    Then the broker saw no new connection after the first read, and each read saw the queue.
+    """
+    bus = Bus(own_redis.url, "view")
+    try:
+        bus.publish_one(Envelope("goal.submitted", b"{}", {}))
+        with redis.Redis.from_url(own_redis.url) as server, bus.view() as view:
+            view.held_goal_ids()
+            connections = server.info("stats")["total_connections_received"]
+            for _ in range(20):
+                assert view.held_goal_ids() == set()
+                depths = {stage: view.queue_depth(stage) for stage in STAGES}
+                assert depths == {"planner": 1, "gate": 0, "executor": 0}
+            assert server.info("stats")["total_connections_received"] == connections
+    finally:
+        bus.close()
+
+
+def test_a_view_that_lost_the_broker_says_so_and_reads_again_once_it_is_back(
+    own_redis: OwnRedis,
+) -> None:
+    """Given a view that has read the broker,
+    When the broker dies, then comes back (empty),
+    Then a read meanwhile raises BrokerUnavailable, and the next read after answers.
+    """
+    bus = Bus(own_redis.url, "view", retry_policy={"max_retries": 0})
+    try:
+        with bus.view() as view:
+            assert view.queue_depth("planner") == 0
+            own_redis.kill()
+            with pytest.raises(BrokerUnavailable, match="cannot reach the broker"):
+                view.queue_depth("planner")
+            own_redis.restart()
+            bus.publish_one(Envelope("goal.submitted", b"{}", {}))
+            assert view.queue_depth("planner") == 1
+    finally:
+        bus.close()
 
 
 def test_a_publish_rides_out_a_broker_that_is_back_within_its_retries(

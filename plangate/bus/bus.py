@@ -19,7 +19,8 @@ from kombu.exceptions import OperationalError
 from kombu.messaging import Consumer, Producer
 from kombu.utils.url import maybe_sanitize_url
 
-from plangate.bus import memory_transport, redis_claims, redis_transport
+from plangate.bus import memory_transport, redis_transport
+from plangate.bus.broker_view import BrokerView
 from plangate.bus.consumer import Handler, StageConsumer
 from plangate.bus.dead_letters import decode_dead_letter
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
@@ -50,7 +51,6 @@ _TRANSPORT_OPTIONS: dict[str, dict[str, Any]] = {
 }
 # Entries pushed raw onto a Redis list are checked before kombu reads them (redis_transport.py);
 # the memory transport waits for a put instead of polling (memory_transport.py).
-_REDIS_SCHEMES = ("redis", "rediss")
 _TRANSPORTS: dict[str, type] = {
     "redis": redis_transport.Transport,
     "rediss": redis_transport.Transport,
@@ -98,7 +98,7 @@ class Bus:
         """
         scheme = self.url.split("://", 1)[0]
         options = dict(_TRANSPORT_OPTIONS.get(scheme, {}))  # a copy: kombu keeps what it gets
-        if scheme in _REDIS_SCHEMES:
+        if scheme in redis_transport.SCHEMES:
             options["visibility_timeout"] = self._redelivery_after
             # A worker SIGKILLed inside its restore sweep leaves kombu's restore lock held
             # for its expiry (300 s by default): no one restored anything meanwhile. Held
@@ -191,25 +191,23 @@ class Bus:
             finally:
                 observer.close()
 
+    def view(self) -> BrokerView:
+        """Return reads of the broker's state on one connection kept across them (close it).
+
+        For one thread that reads again and again (a worker's sweep); its reads raise
+        BrokerUnavailable as `queue_depth` does.
+        """
+        return BrokerView(self.url, self.topology, self.connection, self._reachable)
+
     def queue_depth(self, stage: Stage) -> int:
         """Return how many messages wait in a stage's queue."""
-        with self._reachable(), self.connection() as connection:
-            queue = self.topology.stage_queue(stage).bind(connection.channel())
-            # Not passive: Redis keeps no empty lists, so a passive declare of an empty queue
-            # fails with NOT_FOUND. Declaring an existing queue again changes nothing.
-            _, count, _ = queue.queue_declare()
-            return int(count)
+        with self.view() as view:
+            return view.queue_depth(stage)
 
     def held_goal_ids(self) -> set[str]:
-        """Return the goals whose message a consumer holds unacked (Redis; elsewhere none).
-
-        Such a message is being handled, or comes back by itself once its dead holder's claim
-        lapses (`plangate.bus.redis_claims`): sending it again would only double the work.
-        """
-        if self.url.split("://", 1)[0] not in _REDIS_SCHEMES:
-            return set()
-        with self._reachable(), self.connection() as connection:
-            return redis_claims.held_goal_ids(connection.channel(), self.topology.exchange.name)
+        """Return the goals whose message a consumer holds unacked (see `BrokerView`)."""
+        with self.view() as view:
+            return view.held_goal_ids()
 
     def take_dead_letters(self) -> list[DeadLetter]:
         """Remove and return every dead letter waiting in the dead-letter queue."""

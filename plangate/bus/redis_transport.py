@@ -38,6 +38,8 @@ from kombu.utils.json import dumps, loads
 
 from plangate.bus.redis_routing import ScriptedRouting
 
+# The URL schemes of Redis brokers, which this transport serves.
+SCHEMES = ("redis", "rediss")
 MALFORMED_CONTENT_TYPE = "application/x-plangate-malformed-entry"
 REASON_HEADER = "x-plangate-malformed"
 KEPT_BYTES = 64 * 1024
