@@ -451,6 +451,29 @@ def test_queue_depth_counts_the_messages_waiting_in_a_stage_queue(bus: Bus) -> N
     assert bus.queue_depth("executor") == 0
 
 
+@pytest.mark.rabbitmq
+def test_a_view_whose_kept_connection_went_stale_reads_on_a_new_one(rabbitmq_url: str) -> None:
+    """Given a view on RabbitMQ that has read the broker, whose kept connection is then lost
+    between two sweeps (as when a broker restarts, or an idle connection is cut on the way),
+    When it reads again, Then it answers, on a new connection: no outage is reported.
+
+    (A lost connection to Redis is made again by redis-py itself, unseen.)
+    """
+    bus = Bus(rabbitmq_url, namespace=f"t{uuid4().hex[:10]}")
+    try:
+        bus.declare()
+        with bus.view() as view:
+            assert view.queue_depth("planner") == 0
+            kept = view._connection
+            assert kept is not None
+            kept.collect()  # what kombu does with a connection found lost: its channels go
+            bus.publish([Envelope.of(goal())])
+            assert view.queue_depth("planner") == 1
+            assert view._connection is not kept
+    finally:
+        bus.close()
+
+
 def rejected_letters(bus: Bus, count: int) -> list[DeadLetter]:
     """Wait until `count` dead letters wait in the queue; return them (they stay there)."""
     deadline = time.monotonic() + WAIT

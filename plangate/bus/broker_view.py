@@ -1,24 +1,27 @@
 """What a worker reads of the broker at each sweep, on one connection it keeps.
 
 A worker's sweep asks how many messages wait in each stage's queue and, on Redis, which goals
-a consumer holds. Opened for each read, that was four connections a sweep in every worker (on
-Redis a client, a ping and a connection pool each time): 16 ms of CPU every five seconds per
-worker, and a steady churn of connections on the broker, which RabbitMQ in particular counts
-against it. A view opens its connection at its first read and keeps it; after a failure it
-drops it, and the next read opens a new one.
+a consumer holds. With a connection opened for each read, every worker's every sweep made
+eight connections to Redis and spent 13-16 ms of CPU on them (`bench/sweep_reads.py`), and the
+broker saw a steady churn of connections (on RabbitMQ, each a handshake). A view opens its
+connection at its first read and keeps it. A read that fails on the kept connection is made
+once more on a new one (the kept one may have gone stale between sweeps); one that fails on a
+new connection raises, and the next read opens another.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from kombu.connection import Connection
 
 from plangate.bus import redis_claims, redis_transport
 from plangate.bus.topology import Stage, Topology
+
+T = TypeVar("T")
 
 
 class BrokerView:
@@ -40,12 +43,15 @@ class BrokerView:
 
     def queue_depth(self, stage: Stage) -> int:
         """Return how many messages wait in a stage's queue."""
-        with self._kept_channel() as channel:
+
+        def depth(channel: Any) -> int:
             queue = self._topology.stage_queue(stage).bind(channel)
             # Not passive: Redis keeps no empty lists, so a passive declare of an empty queue
             # fails with NOT_FOUND. Declaring an existing queue again changes nothing.
             _, count, _ = queue.queue_declare()
             return int(count)
+
+        return self._read(depth)
 
     def held_goal_ids(self) -> set[str]:
         """Return the goals whose message a consumer holds unacked (Redis; elsewhere none).
@@ -55,21 +61,33 @@ class BrokerView:
         """
         if not self._on_redis:
             return set()
-        with self._kept_channel() as channel:
-            return redis_claims.held_goal_ids(channel, self._topology.exchange.name)
+        exchange = self._topology.exchange.name
+        return self._read(lambda channel: redis_claims.held_goal_ids(channel, exchange))
 
-    @contextmanager
-    def _kept_channel(self) -> Iterator[Any]:
+    def _read(self, read: Callable[[Any], T]) -> T:
+        """Read on the kept channel; if it fails, once more on a new connection."""
         with self._reachable():
+            kept = self._channel is not None
             try:
-                if self._channel is None:
-                    # Not kombu's `default_channel`, which retries a lost broker forever.
-                    self._connection = self._connect()
-                    self._channel = self._connection.channel()
-                yield self._channel
+                return read(self._opened())
+            except Exception:
+                self.close()
+                if not kept:
+                    raise
+            # The kept connection went stale between sweeps (a broker restarted, an idle
+            # connection cut on the way): that is no outage if a new one answers.
+            try:
+                return read(self._opened())
             except BaseException:
-                self.close()  # broken, or left in a state unknown: the next read opens another
+                self.close()
                 raise
+
+    def _opened(self) -> Any:
+        if self._channel is None:
+            # Not kombu's `default_channel`, which retries a lost broker forever.
+            self._connection = self._connect()
+            self._channel = self._connection.channel()
+        return self._channel
 
     def close(self) -> None:
         """Close the kept connection (a later read opens another)."""
