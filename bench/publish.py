@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
-from harness import Processes, forget_namespace, say, start_redis
+from harness import Processes, forget_namespace, per_call, say, start_redis
 from kombu import Connection, Exchange, Producer
 from kombu.transport import redis as kombu_redis
 
@@ -67,15 +66,9 @@ def measure(
                 delivery_mode=2,
             )
 
-        for _ in range(50):  # connected, the table read, the script loaded
-            publish()
-        cpu, wall = time.process_time(), time.perf_counter()
-        for _ in range(count):
-            publish()
-        return (
-            (time.process_time() - cpu) / count * 1e6,
-            (time.perf_counter() - wall) / count * 1e6,
-        )
+        per_call(publish, 50)  # connected, the table read, the script loaded
+        cpu, wall = per_call(publish, count)
+        return cpu * 1e6, wall * 1e6
 
 
 def main() -> None:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import Processes, forget_namespace, say, start_redis
+from harness import Processes, forget_namespace, per_call, say, start_redis
 from kombu.messaging import Producer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -65,10 +64,8 @@ SIDES: dict[str, Callable[[Producer, Topology, Envelope], None]] = {
 
 def cpu_per_publish(side: Callable[..., None], bus: Bus, producer: Producer, count: int) -> float:
     envelope = Envelope.of(GoalSubmitted(goal_id=new_id(), text="check the payments service"))
-    cpu = time.process_time()
-    for _ in range(count):
-        side(producer, bus.topology, envelope)
-    return (time.process_time() - cpu) / count * 1e6
+    cpu, _ = per_call(lambda: side(producer, bus.topology, envelope), count)
+    return cpu * 1e6
 
 
 def main() -> None:

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from harness import Processes, forget_namespace, say, start_redis
+from harness import Processes, forget_namespace, per_call, say, start_redis
 
 from plangate.bus import STAGES, Bus
 from plangate.bus.broker_view import BrokerView
@@ -35,14 +34,9 @@ def reads(source: Bus | BrokerView) -> None:
 def measure(sweep: Callable[[], None], server: redis.Redis, count: int) -> tuple[float, ...]:
     """Return CPU ms, wall ms and connections accepted, per sweep."""
     accepted = server.info("stats")["total_connections_received"]
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(count):
-        sweep()
-    return (
-        (time.process_time() - cpu) / count * 1e3,
-        (time.perf_counter() - wall) / count * 1e3,
-        (server.info("stats")["total_connections_received"] - accepted) / count,
-    )
+    cpu, wall = per_call(sweep, count)
+    connections = (server.info("stats")["total_connections_received"] - accepted) / count
+    return cpu * 1e3, wall * 1e3, connections
 
 
 def main() -> None:
