@@ -227,7 +227,19 @@ def current_headers() -> dict[str, str]:
 
 def extract(headers: Mapping[str, str]) -> otel_context.Context:
     """Read a trace context from message headers (an empty context if there is none)."""
+    traceparent, tracestate = headers.get("traceparent"), headers.get("tracestate")
+    if isinstance(traceparent, str | None) and isinstance(tracestate, str | None):
+        return _extracted(traceparent, tracestate)
     return _propagator.extract({k: v for k, v in headers.items() if k in TRACE_HEADERS})
+
+
+# A goal's messages carry the same few trace contexts, each read several times (its consumer
+# span, its producer spans, the ids logged): parsed once. A Context cannot be changed, so one
+# is safely shared; at most this many are kept.
+@functools.lru_cache(maxsize=1024)
+def _extracted(traceparent: str | None, tracestate: str | None) -> otel_context.Context:
+    carrier = {"traceparent": traceparent, "tracestate": tracestate}
+    return _propagator.extract({k: v for k, v in carrier.items() if v is not None})
 
 
 def trace_id_of(headers: Mapping[str, str]) -> str | None:

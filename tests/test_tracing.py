@@ -110,3 +110,24 @@ def test_tool_arguments_and_results_are_recorded_only_when_the_operator_opts_in(
     attributes = dict(notify.attributes or {})
     assert "exceeded SLA" in str(attributes["gen_ai.tool.call.arguments"])
     assert "notification_id" in str(attributes["gen_ai.tool.call.result"])
+
+
+def test_headers_read_again_give_the_same_parent_and_other_headers_their_own() -> None:
+    """A message's trace context is read several times (its spans, its logged ids): each read
+    of the same headers gives the same parent, and headers that differ in their trace state
+    alone give a parent with that state."""
+    traceparent = "00-f573e3526015170857aaa9c66e897dc4-eafc4e6955ad1c9d-01"
+
+    def parent(headers: dict[str, str]) -> trace.SpanContext:
+        return trace.get_current_span(telemetry.extract(headers)).get_span_context()
+
+    first = parent({"traceparent": traceparent, "tracestate": "vendor=a"})
+    assert parent({"traceparent": traceparent, "tracestate": "vendor=a"}) == first
+    assert format(first.trace_id, "032x") == "f573e3526015170857aaa9c66e897dc4"
+    assert first.trace_state.get("vendor") == "a"
+    assert (
+        parent({"traceparent": traceparent, "tracestate": "vendor=b"}).trace_state.get("vendor")
+        == "b"
+    )
+    assert parent({"traceparent": traceparent}).trace_state.get("vendor") is None
+    assert not parent({}).is_valid
