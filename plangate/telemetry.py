@@ -228,9 +228,18 @@ def current_headers() -> dict[str, str]:
 def extract(headers: Mapping[str, str]) -> otel_context.Context:
     """Read a trace context from message headers (an empty context if there is none)."""
     traceparent, tracestate = headers.get("traceparent"), headers.get("tracestate")
-    if isinstance(traceparent, str | None) and isinstance(tracestate, str | None):
+    if _keepable(traceparent) and _keepable(tracestate):
         return _extracted(traceparent, tracestate)
     return _propagator.extract({k: v for k, v in headers.items() if k in TRACE_HEADERS})
+
+
+def _keepable(value: object) -> bool:
+    # Longer values are ignored by the propagator (W3C allows 512 characters), and a message's
+    # headers may hold megabytes: not kept.
+    return value is None or (isinstance(value, str) and len(value) <= _KEPT_HEADER_CHARS)
+
+
+_KEPT_HEADER_CHARS = 512
 
 
 # A goal's messages carry the same few trace contexts, each read several times (its consumer

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -109,7 +109,8 @@ class Fleet:
                 process.kill()
                 # Reaped here: a process left unwaited warns when garbage-collected, which
                 # pytest pins on whichever later test happens to be running then.
-                process.wait(timeout=10)
+                with suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
                 codes.append(None)
         for log in self.log_files:
             log.close()

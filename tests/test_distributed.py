@@ -235,7 +235,10 @@ def test_bad_input_on_every_queue_is_dead_lettered_and_no_pickle_is_loaded(fleet
 
 
 class OwnRedis:
-    """A redis-server of one test's own, keeping nothing on disk, that the test stops and starts."""
+    """A redis-server of one test's own, that the test stops and starts.
+
+    It saves nothing by itself; what a test saves (`SAVE`) is loaded again at the restart.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.port = free_port()
@@ -264,7 +267,7 @@ class OwnRedis:
         self.process.wait(timeout=10)
 
     def restart(self) -> None:
-        """Start it again, empty, on the same port."""
+        """Start it again on the same port: empty, unless the test saved what it held."""
         self.process = self._start()
 
     def stop(self) -> None:
@@ -413,7 +416,9 @@ def test_a_publish_rides_out_a_broker_that_is_back_within_its_retries(
     Then the publish is still trying then (it did not fail at its first attempt), and it
     delivers the message once the broker is back.
     """
-    bus = Bus(own_redis.url, "blip")
+    # Retries for about ten seconds: room for the restart on a loaded machine.
+    patient = {"max_retries": 10, "interval_start": 0.5, "interval_step": 0.5, "interval_max": 1}
+    bus = Bus(own_redis.url, "blip", retry_policy=patient)
     failures: list[BaseException] = []
     connected, broker_gone = threading.Event(), threading.Event()
 

@@ -22,7 +22,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, PendingRollbackError
 from sqlalchemy.orm import Session
 
 from plangate.config import Settings
@@ -116,6 +116,29 @@ def test_a_session_that_runs_a_second_transaction_runs_its_statements_inside_it(
 
     with store.reading() as session:
         assert session.get_one(AuditChainRow, "g3").seq == 3
+
+
+def test_after_a_failed_flush_a_statement_is_refused_until_the_session_rolls_back(
+    store: Store,
+) -> None:
+    """Given a session whose flush failed (a duplicate row), the error caught,
+    When a hot statement runs next in that session,
+    Then SQLAlchemy refuses it (its transaction is gone), and nothing of it is written.
+    """
+    with store.session() as session:
+        ADD_HEAD.rows(session, {"chain": "g4", "seq": 1, "hash": "h"})
+
+    with Session(store.engine) as session:
+        assert HEAD.rows(session, {"c": "g4"}) == [(1, "h")]
+        session.add(AuditChainRow(chain="g4", seq=5, hash="again"))
+        with pytest.raises(IntegrityError):
+            session.flush()
+        with pytest.raises(PendingRollbackError):
+            MOVE_HEAD.rows(session, {"c": "g4", "s": 9})
+        session.rollback()
+
+    with store.reading() as session:
+        assert session.get_one(AuditChainRow, "g4").seq == 1
 
 
 def test_what_sqlalchemy_would_work_out_at_each_execution_is_refused_on_sqlite(

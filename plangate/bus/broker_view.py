@@ -33,11 +33,13 @@ class BrokerView:
         topology: Topology,
         connect: Callable[[], Connection],
         reachable: Callable[[], AbstractContextManager[None]],
+        outages: tuple[type[BaseException], ...],
     ) -> None:
         self._on_redis = url.split("://", 1)[0] in redis_transport.SCHEMES
         self._topology = topology
         self._connect = connect
         self._reachable = reachable  # raises what a broker out of reach raised as BrokerUnavailable
+        self._outages = outages  # what the transport raises when it cannot reach the broker
         self._connection: Connection | None = None
         self._channel: Any = None
 
@@ -70,9 +72,9 @@ class BrokerView:
             kept = self._channel is not None
             try:
                 return read(self._opened())
-            except Exception:
-                self.close()
-                if not kept:
+            except BaseException as exc:
+                self.close()  # broken, or in a state unknown: the next read opens another
+                if not kept or not isinstance(exc, self._outages):
                     raise
             # The kept connection went stale between sweeps (a broker restarted, an idle
             # connection cut on the way): that is no outage if a new one answers.
@@ -84,9 +86,15 @@ class BrokerView:
 
     def _opened(self) -> Any:
         if self._channel is None:
-            # Not kombu's `default_channel`, which retries a lost broker forever.
-            self._connection = self._connect()
-            self._channel = self._connection.channel()
+            connection = self._connect()
+            try:
+                # Not kombu's `default_channel`, which retries a lost broker forever.
+                channel = connection.channel()
+            except BaseException:
+                with suppress(Exception):  # it never answered: closing is tidying up
+                    connection.release()
+                raise
+            self._connection, self._channel = connection, channel
         return self._channel
 
     def close(self) -> None:

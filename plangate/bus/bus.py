@@ -60,6 +60,9 @@ _TRANSPORTS: dict[str, type] = {
 # went silent is noticed within two of them instead of never; the loop services them.
 # Publishing connections have none: nobody would service them while they sit idle.
 AMQP_HEARTBEAT_SECONDS = 60.0
+# A view's connection is kept between sweeps: a broker that went silent (a host gone, no reset)
+# must not hold a sweep for the minutes TCP takes to give up.
+VIEW_READ_TIMEOUT_SECONDS = 10.0
 
 
 class Bus:
@@ -91,13 +94,21 @@ class Bus:
             # outage, and must not be reported as one.
             self._outages = (OperationalError, *probe.connection_errors)
 
-    def connection(self, heartbeat: float = 0) -> Connection:
+    def connection(self, heartbeat: float = 0, read_timeout: float | None = None) -> Connection:
         """Open a new kombu connection to the broker (the caller owns and closes it).
 
         With `heartbeat`, an AMQP connection's owner must call `heartbeat_check` every second.
+        `read_timeout` bounds each Redis command's wait for an answer (none by default: a
+        consume loop's blocking reads wait for messages); AMQP's sockets have their own.
         """
         scheme = self.url.split("://", 1)[0]
         options = dict(_TRANSPORT_OPTIONS.get(scheme, {}))  # a copy: kombu keeps what it gets
+        if scheme in redis_transport.SCHEMES and read_timeout is not None:
+            options |= {
+                "socket_timeout": read_timeout,
+                "socket_connect_timeout": read_timeout,
+                "socket_keepalive": True,
+            }
         if scheme in redis_transport.SCHEMES:
             options["visibility_timeout"] = self._redelivery_after
             # A worker SIGKILLed inside its restore sweep leaves kombu's restore lock held
@@ -197,7 +208,8 @@ class Bus:
         For one thread that reads again and again (a worker's sweep); its reads raise
         BrokerUnavailable as `queue_depth` does.
         """
-        return BrokerView(self.url, self.topology, self.connection, self._reachable)
+        connect = partial(self.connection, read_timeout=VIEW_READ_TIMEOUT_SECONDS)
+        return BrokerView(self.url, self.topology, connect, self._reachable, self._outages)
 
     def queue_depth(self, stage: Stage) -> int:
         """Return how many messages wait in a stage's queue."""

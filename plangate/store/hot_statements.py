@@ -154,7 +154,11 @@ def _sqlite_driver(session: Session) -> sqlite3.Connection | None:
     The connection stays the same until the transaction ends; a new one looks again.
     """
     kept = session.info.get(_DRIVER)
-    if kept is not None and kept[0] is session.get_transaction():
+    transaction = session.get_transaction()
+    # Only while that transaction stands: one a failed flush rolled back is still the session's
+    # until it is rolled back there, and its connection, out of any transaction, would commit
+    # each statement on its own. SQLAlchemy then refuses the statement, as it should.
+    if transaction is not None and transaction.is_active and kept and kept[0] is transaction:
         return cast(sqlite3.Connection | None, kept[1])
     if session.get_bind().dialect.name != "sqlite":
         driver = None
