@@ -233,13 +233,13 @@ def extract(headers: Mapping[str, str]) -> otel_context.Context:
     return _propagator.extract({k: v for k, v in headers.items() if k in TRACE_HEADERS})
 
 
-def _keepable(value: object) -> bool:
-    # Longer values are ignored by the propagator (W3C allows 512 characters), and a message's
-    # headers may hold megabytes: not kept.
-    return value is None or (isinstance(value, str) and len(value) <= _KEPT_HEADER_CHARS)
-
-
+# Longer values are ignored by the propagator (W3C allows 512 characters), and a message's
+# headers may hold megabytes: not kept.
 _KEPT_HEADER_CHARS = 512
+
+
+def _keepable(value: object) -> bool:
+    return value is None or (isinstance(value, str) and len(value) <= _KEPT_HEADER_CHARS)
 
 
 # A goal's messages carry the same few trace contexts, each read several times (its consumer

@@ -103,13 +103,13 @@ class Bus:
         """
         scheme = self.url.split("://", 1)[0]
         options = dict(_TRANSPORT_OPTIONS.get(scheme, {}))  # a copy: kombu keeps what it gets
-        if scheme in redis_transport.SCHEMES and read_timeout is not None:
-            options |= {
-                "socket_timeout": read_timeout,
-                "socket_connect_timeout": read_timeout,
-                "socket_keepalive": True,
-            }
         if scheme in redis_transport.SCHEMES:
+            if read_timeout is not None:
+                options |= {
+                    "socket_timeout": read_timeout,
+                    "socket_connect_timeout": read_timeout,
+                    "socket_keepalive": True,
+                }
             options["visibility_timeout"] = self._redelivery_after
             # A worker SIGKILLed inside its restore sweep leaves kombu's restore lock held
             # for its expiry (300 s by default): no one restored anything meanwhile. Held
