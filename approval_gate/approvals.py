@@ -17,6 +17,7 @@ from approval_gate.holds import check_not_submitter, check_reviewer
 from plangate.errors import Forbidden
 from plangate.store import GoalRow, HoldRow, PlanRow, ReviewerApprovalRow
 from plangate.store.claims import insert_if_absent
+from plangate.store.plan_revision import PlanRevision
 from schemas import utcnow
 
 
@@ -53,7 +54,7 @@ def approvers_of(session: Session, plan: PlanRow) -> list[str]:
     return list(rows.scalars())
 
 
-def checked_approvers(session: Session, plan: PlanRow, hold: HoldRow | None) -> list[str]:
+def checked_approvers(session: Session, plan: PlanRevision, hold: HoldRow | None) -> list[str]:
     """Return the approvers of this revision that the hold allows; Forbidden if too few.
 
     The gate calls this before it signs: each recorded approval is checked again against the

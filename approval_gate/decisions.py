@@ -25,6 +25,7 @@ from plangate.store.goals import plan_of, transition
 from plangate.store.hot_statements import HotStatement
 from plangate.store.models import GoalStatus
 from plangate.store.outbox import emit
+from plangate.store.plan_revision import PlanRevision
 from plangate.store.rows import insert_row
 from schemas import Decision, Plan, PlanApproved, PlanDecided, ReviewDecided, SignedEnvelope
 
@@ -42,7 +43,7 @@ _OUTCOMES: dict[str, tuple[str, GoalStatus]] = {
 
 def record_decision(
     session: Session,
-    plan: PlanRow,
+    plan: PlanRevision,
     stage: str,
     decision: Decision,
     roles: frozenset[str] | None = None,
@@ -70,7 +71,7 @@ def decision_of(row: DecisionRow) -> Decision:
 
 def hand_to_gate(
     session: Session,
-    plan: PlanRow,
+    plan: PlanRevision,
     decision: Decision,
     trace_headers: Mapping[str, str] | None = None,
 ) -> Envelope:
@@ -101,7 +102,7 @@ def hand_to_gate(
     return emit(session, review_decided(plan, decision.decided_by), trace_headers=trace_headers)
 
 
-def review_decided(plan: PlanRow, reviewer: str) -> ReviewDecided:
+def review_decided(plan: PlanRevision, reviewer: str) -> ReviewDecided:
     """Return the message that hands a person's approval of `plan` to the gate."""
     return ReviewDecided(
         goal_id=plan.goal_id,
@@ -114,7 +115,7 @@ def review_decided(plan: PlanRow, reviewer: str) -> ReviewDecided:
 
 def follow_decision(
     session: Session,
-    plan: PlanRow,
+    plan: PlanRevision,
     decision: Decision,
     signer: Signer | None,
     ttl: timedelta,
@@ -141,7 +142,7 @@ def follow_decision(
     if decision.action == "approve":
         if signer is None:  # only a gate worker holds the key: a person's approval goes there
             raise ValueError("an approval is signed by the gate; hand it over with hand_to_gate")
-        body = proposed if proposed is not None else plan_of(plan)
+        body = proposed if proposed is not None else plan_of(session.get_one(PlanRow, plan.plan_id))
         approval = _approval_for(session, plan, body, decision, signer, ttl, approvers)
         if move_goal:
             transition(
@@ -180,7 +181,7 @@ def follow_decision(
 
 def _approval_for(
     session: Session,
-    plan: PlanRow,
+    plan: PlanRevision,
     body: Plan,
     decision: Decision,
     signer: Signer,

@@ -26,10 +26,11 @@ from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer
-from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store
+from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, Store
 from plangate.store.hot_statements import HotStatement
 from plangate.store.locks import lock_names
 from plangate.store.outbox import emit
+from plangate.store.plan_revision import PlanRevision, read_revision
 from schemas import (
     Catalog,
     Decision,
@@ -90,7 +91,7 @@ class GateHandler:
         # One transaction reads, decides and records: deciding is quick (no I/O), and on
         # SQLite every transaction queues for the one write lock.
         with self._store.session() as session:
-            row = session.get(PlanRow, plan.plan_id)
+            row = read_revision(session, plan.plan_id)
             if row is None or row.plan_hash != digest:
                 raise Reject(f"plan {plan.plan_id} revision {plan.revision} is not in the store")
             repeated = self._repeat_earlier_decision(session, row)
@@ -147,7 +148,9 @@ class GateHandler:
             raise released
         return released
 
-    def _repeat_earlier_decision(self, session: Session, row: PlanRow) -> list[Envelope] | None:
+    def _repeat_earlier_decision(
+        self, session: Session, row: PlanRevision
+    ) -> list[Envelope] | None:
         """On a redelivery (or a lost race), say again what was decided; move nothing."""
         latest = _LATEST_DECISION.first(session, {"plan_id": row.plan_id})
         if latest is None:

@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 
 from approval_gate.policy import Policy
 from plangate.errors import Conflict, Forbidden
-from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow
+from plangate.store import DecisionRow, GoalRow, HoldRow
 from plangate.store.goal_list import source_of
+from plangate.store.plan_revision import PlanRevision
 from schemas import Decision, utcnow
 
 DEFAULT_HOLD_TTL = timedelta(days=1)
@@ -24,7 +25,7 @@ DEFAULT_HOLD_TTL = timedelta(days=1)
 
 def record_hold(
     session: Session,
-    plan: PlanRow,
+    plan: PlanRevision,
     decision: Decision,
     policy: Policy,
     default_ttl: timedelta = DEFAULT_HOLD_TTL,

@@ -24,6 +24,7 @@ from plangate.errors import Conflict, Forbidden, Reject
 from plangate.signing import Signer
 from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, audit
 from plangate.store.goals import latest_plan, transition
+from plangate.store.plan_revision import PlanRevision
 from schemas import ReviewDecided
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def release_reviewed(
 
 
 def release(
-    session: Session, plan: PlanRow, decided: DecisionRow, signer: Signer, ttl: timedelta
+    session: Session, plan: PlanRevision, decided: DecisionRow, signer: Signer, ttl: timedelta
 ) -> list[Envelope]:
     """Sign (or say again) the release of a person's approval, checked against the hold."""
     issued = session.execute(
@@ -99,7 +100,9 @@ def release(
     return [envelope]
 
 
-def _withdraw(session: Session, plan: PlanRow, decided: DecisionRow, reason: str) -> list[Envelope]:
+def _withdraw(
+    session: Session, plan: PlanRevision, decided: DecisionRow, reason: str
+) -> list[Envelope]:
     """Refuse a person's approval the hold does not allow: the plan waits for a person again."""
     log.warning(
         "refused the approval of plan %s by %s: %s", plan.plan_id, decided.decided_by, reason
@@ -117,7 +120,7 @@ def _withdraw(session: Session, plan: PlanRow, decided: DecisionRow, reason: str
     return []
 
 
-def _refused(session: Session, plan: PlanRow, reason: str) -> str:
+def _refused(session: Session, plan: PlanRevision, reason: str) -> str:
     audit.append(
         session,
         "review.refused",

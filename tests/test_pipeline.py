@@ -12,6 +12,7 @@ from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.store import DecisionRow, GoalRow, StepRunRow
+from schemas import PlanApproved
 from tests.conftest import SEED_GOAL
 from tests.support import (
     HELD,
@@ -251,6 +252,38 @@ def test_redelivered_goal_submitted_after_completion_runs_nothing_again(
         next_message(observer, "execution.completed", goal_id)
     assert pipeline.wait_for(goal_id, timeout=1).status == "completed"
     assert audit_kinds(pipeline.store, goal_id) == story
+    assert len(read_notifications()) == 1
+
+
+def test_a_plan_proposed_again_after_the_policy_approved_it_gets_the_same_approval(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed goal approved by the policy and completed,
+    When its plan.proposed envelope is delivered to the gate again,
+    Then the gate republishes the very approval it signed (same id, same plan), records no
+    second decision, and nothing runs again.
+    """
+    policy = write_yaml(
+        tmp_path / "policy.yaml",
+        {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "tests"}]},
+    )
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        with pipeline.bus.observe() as observer:
+            goal_id = pipeline.submit(SEED_GOAL).goal_id
+            first = next_message(observer, "plan.approved", goal_id)
+            next_message(observer, "execution.completed", goal_id)
+            story = audit_kinds(pipeline.store, goal_id)
+
+            pipeline.bus.publish([first_envelope(pipeline.store, "plan.proposed", goal_id)])
+
+            again = next_message(observer, "plan.approved", goal_id)
+            next_message(observer, "execution.completed", goal_id)
+        assert isinstance(first, PlanApproved)
+        assert isinstance(again, PlanApproved)
+        assert again.approval == first.approval
+        assert again.plan == first.plan
+        assert pipeline.wait_for(goal_id, timeout=1).status == "completed"
+        assert audit_kinds(pipeline.store, goal_id) == story
     assert len(read_notifications()) == 1
 
 
