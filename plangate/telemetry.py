@@ -1,10 +1,12 @@
 """Trace context: one trace per goal, carried in message headers (W3C `traceparent`).
 
 The SDK's TracerProvider is installed even when nothing exports, so that trace ids exist from
-the first message and appear in the CLI and logs. Export follows the standard `OTEL_*`
-variables: with `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) set, spans go over
-OTLP, HTTP/protobuf unless `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`; `OTEL_SERVICE_NAME` names the
-service and `OTEL_TRACES_SAMPLER` (read by the SDK) samples. Without an endpoint, or with
+the first message and appear in the CLI and logs; with nothing to receive them, spans that
+have a parent are not recorded, only their context passed on (`span_recording`). Export
+follows the standard `OTEL_*` variables: with `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+`..._TRACES_ENDPOINT`) set, spans go over OTLP, HTTP/protobuf unless
+`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`; `OTEL_SERVICE_NAME` names the service and
+`OTEL_TRACES_SAMPLER` (read by the SDK) samples. Without an endpoint, or with
 `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`, nothing exports and no thread starts.
 `PLANGATE_TRACE_LINK_ONLY=1` starts the executor's run in a trace of its own, linked to the
 goal's: a run may start hours after the plan. Every exported span is redacted first
@@ -30,6 +32,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
 from plangate.redaction import redact
+from plangate.span_recording import PassingTracer, ReceivingProvider
 from schemas.decoding import storable_text
 
 _propagator = TraceContextTextMapPropagator()
@@ -56,7 +59,7 @@ def setup_tracing(service_name: str = "plangate") -> None:
         return
     environ = _otel_environ()
     name = environ.get("OTEL_SERVICE_NAME") or service_name
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider = ReceivingProvider(resource=Resource.create({SERVICE_NAME: name}))
     exporter = exporter_from_env(environ)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(RedactingExporter(exporter)))
@@ -209,8 +212,12 @@ def record_content() -> bool:
 
 @functools.cache
 def tracer() -> trace.Tracer:
-    """Return plangate's tracer (a proxy: it follows a provider installed later)."""
-    return trace.get_tracer("plangate")
+    """Return plangate's tracer.
+
+    It follows a provider installed later, and records spans only where a processor receives
+    them (`span_recording`).
+    """
+    return PassingTracer(trace.get_tracer("plangate"))
 
 
 def inject(headers: MutableMapping[str, str]) -> None:

@@ -149,6 +149,43 @@ def test_a_goal_through_three_workers_is_one_exported_trace(
     assert f"http://localhost:16686/trace/{result['trace_id']}" in text
 
 
+@pytest.mark.redis
+def test_a_worker_that_exports_nothing_keeps_the_goal_one_trace_for_those_that_do(
+    tmp_path: Path, redis_url: str, receiver: Receiver
+) -> None:
+    """Given a client and a planner with no OTEL_* variables (they record no span past a
+    goal's first), and a gate and an executor exporting to a receiver process,
+    When a goal runs,
+    Then every span the receiver holds is in the goal's trace, the one `submit` reported:
+    the planner passed the trace context on, sampled, to the stages that export.
+    """
+    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
+        folder=tmp_path,
+        extra_env={"PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml")},
+    )
+    exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    try:
+        fleet.start("planner")
+        fleet.start("gate", **exporting)
+        fleet.start("executor", **exporting)
+        result = submit_and_wait(fleet, SEED_GOAL)
+        assert result["status"] == "completed", fleet.logs()
+    finally:
+        assert fleet.stop_all() == [0, 0, 0]  # SIGTERM flushes what is still buffered
+
+    spans = receiver.spans()
+    names = [s["name"] for s in spans]
+    assert {s["trace_id"] for s in spans} == {result["trace_id"]}
+    assert {s["service"] for s in spans} == {"plangate-gate", "plangate-executor"}
+    for name in ("process plan.proposed", "decide", "process plan.approved", "run plan"):
+        assert names.count(name) == 1, names
+    assert "plan" not in names  # the planner's: not recorded, nothing receives it
+
+
 def test_with_no_otel_variables_nothing_exports_and_no_thread_runs(tmp_path: Path) -> None:
     """Given no OTEL_* variables, setup_tracing installs a provider with no exporter thread."""
     script = (
