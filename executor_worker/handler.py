@@ -179,7 +179,8 @@ class ExecutorHandler:
                     data={"plan_id": plan.plan_id, "approval_id": approval.approval_id},
                     current=goal.status,
                 )
-            # The planner's `plan` span, stored with the plan: the run links to it.
+            # The planner's `plan` span, stored with the plan: the run links to it (the span
+            # the planner's goal came in with, if the planner recorded none).
             trace = {str(k): str(v) for k, v in (newest.trace_headers if newest else {}).items()}
             return _Started(trace, recorded_steps(session, plan.plan_id))
 

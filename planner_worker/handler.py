@@ -264,7 +264,8 @@ def _store_proposal(session: Session, plan: Plan, draft: Draft) -> list[Envelope
     row = plan_values(
         plan,
         draft.planner,
-        # The `plan` span, so that the run of this plan can link to it later.
+        # The `plan` span, so that the run of this plan can link to it later (where the
+        # planner records no span, the span its goal came in with).
         telemetry.current_headers(),
         model=draft.model,
         input_tokens=usage.input_tokens if usage else None,

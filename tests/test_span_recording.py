@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -104,3 +108,40 @@ def test_an_error_in_a_span_that_is_not_recorded_still_raises() -> None:
     ):
         raise ValueError("boom")
     assert not trace.get_current_span().get_span_context().is_valid
+
+
+def test_a_process_with_no_otel_variables_passes_context_on_until_a_processor_is_added() -> None:
+    """Given a fresh process with no OTEL_* variables, set up as every plangate process is,
+    When a goal's first span starts, a stage's span starts under its headers, and then a
+    processor is added and another starts,
+    Then the first has a trace id, the second passes the same headers on unrecorded, and the
+    third is recorded as a new span of the same trace.
+    """
+    script = """
+from opentelemetry import context, trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from plangate import telemetry
+telemetry.setup_tracing()
+with telemetry.tracer().start_as_current_span("submit goal"):
+    incoming = telemetry.current_headers()
+token = context.attach(telemetry.extract(incoming))
+with telemetry.tracer().start_as_current_span("plan") as span:
+    passed = telemetry.current_headers()
+    print(span.is_recording(), passed == incoming)
+memory = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
+with telemetry.tracer().start_as_current_span("decide") as span:
+    recorded = telemetry.current_headers()
+    print(span.is_recording(), recorded != incoming)
+context.detach(token)
+(decide,) = memory.get_finished_spans()
+print(telemetry.trace_id_of(incoming) == format(decide.context.trace_id, "032x"))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True", "True", "True", "True"]
