@@ -253,3 +253,42 @@ def test_a_run_that_stops_short_leaves_no_step_running_and_announces_what_finish
 
     assert slow_was_done
     assert announced == ["first"]
+
+
+def test_a_step_alone_is_called_in_the_walking_thread_and_side_by_side_steps_in_the_pool() -> None:
+    """Given a plan `first`, then `left` and `right` side by side, then `last` after both,
+    When the plan is walked from one thread,
+    Then `first` and `last`, each the only step under way, are called in that thread (no
+    hand-off to the pool and back on the run's path), `left` and `right` in pool threads, and
+    every step is announced once, in the order the steps finished.
+    """
+    called_in: dict[str, threading.Thread] = {}
+    announced: list[str] = []
+
+    class Walk(DagWalk):
+        def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
+            called_in[step.id] = threading.current_thread()
+            return StepOutcome(step.id, step.tool, "succeeded", output=step.id)
+
+    plan = Plan(
+        plan_id="plan-1",
+        goal_id="goal-1",
+        revision=1,
+        steps=(
+            Step(id="first", tool="census"),
+            Step(id="left", tool="census", after=("first",)),
+            Step(id="right", tool="census", after=("first",)),
+            Step(id="last", tool="census", after=("left", "right")),
+        ),
+    )
+    with ThreadPoolExecutor(2) as pool:
+        Walk(plan, pool, lambda outcome: announced.append(outcome.step_id)).run()
+
+    walking = threading.current_thread()
+    assert called_in["first"] is walking
+    assert called_in["last"] is walking
+    assert called_in["left"] is not walking
+    assert called_in["right"] is not walking
+    assert announced[0] == "first"
+    assert sorted(announced[1:3]) == ["left", "right"]
+    assert announced[3] == "last"
