@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
 from plangate.store import schema
+from plangate.store.kept_sessions import MAX_KEPT, KeptSessions
 from plangate.store.sqlite_lock import acquire_lock, release_lock
 
 # An execution option of `Store.reading`'s connections: their transactions take no write lock.
@@ -30,7 +31,12 @@ READS_ONLY = "plangate_reads_only"
 class Store:
     """A database: `session()` opens one transaction, committed on success."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, kept_threads: int = 0) -> None:
+        """Open a store on `engine`.
+
+        `kept_threads`: how many threads may each keep a connection of the engine's pool for
+        their write transactions (`kept_sessions`); the pool must have room for them.
+        """
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._readers = sessionmaker(
@@ -40,11 +46,13 @@ class Store:
             acquire_lock(engine.url.database) if engine.dialect.name == "sqlite" else None
         )
         self._writers: AbstractContextManager[object] = self._sqlite_lock or nullcontext()
+        self._kept = KeptSessions(engine, self._sessions, kept_threads) if kept_threads else None
+        self._begin = self._kept.begin if self._kept is not None else self._sessions.begin
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """Open a transaction; commit when the block ends, roll back if it raises."""
-        with self._writers, self._sessions.begin() as session:
+        with self._writers, self._begin() as session:
             yield session
 
     @contextmanager
@@ -61,11 +69,25 @@ class Store:
             yield session
 
     def close(self) -> None:
-        """Release every pooled connection."""
+        """Release every pooled connection, and every thread's own."""
+        if self._kept is not None:
+            self._kept.close()
         self.engine.dispose()
         if self._sqlite_lock is not None:
             release_lock(self._sqlite_lock)
             self._sqlite_lock = None
+
+
+def _on_sqlite_file(url: URL) -> bool:
+    """Say whether the URL names a SQLite file (each connection to `:memory:` is a new database)."""
+    database = url.database
+    return (
+        url.get_backend_name() == "sqlite"
+        and bool(database)
+        and database != ":memory:"
+        and not str(database).startswith("file:")
+        and url.query.get("mode") != "memory"
+    )
 
 
 def _sqlite_serialised_writes(engine: Engine) -> None:
@@ -113,7 +135,10 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": 30})
+        # Room in the pool beyond SQLAlchemy's default (5, and 10 more at a time) for the
+        # connections threads keep (`Store`'s `kept_threads`).
+        pool = {"max_overflow": 10 + MAX_KEPT} if _on_sqlite_file(parsed) else {}
+        engine = create_engine(parsed, connect_args={"timeout": 30}, **pool)
         _sqlite_serialised_writes(engine)
         return engine
     if parsed.get_backend_name() != "postgresql":
@@ -156,7 +181,7 @@ def open_store(url: str, *, upgrade: bool = True) -> Store:
             f"cannot open the store at {where}: {cause}; check PLANGATE_DATABASE_URL, "
             "and that the database is reachable and was made by plangate"
         ) from exc
-    return Store(engine)
+    return Store(engine, kept_threads=MAX_KEPT if _on_sqlite_file(engine.url) else 0)
 
 
 def is_outage(error: BaseException) -> bool:

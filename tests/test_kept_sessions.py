@@ -1,0 +1,190 @@
+"""SQLite write transactions run on a connection and a Session each thread keeps.
+
+What a caller of `Store.session()` sees must not change: each transaction commits or rolls back
+on its own, sees what others committed, and leaves nothing behind for the next one.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from plangate.store import GoalRow, Store, open_store
+from plangate.store.kept_sessions import KeptSessions
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
+    yield opened
+    opened.close()
+
+
+def _kept(store: Store) -> KeptSessions:
+    kept = store._kept
+    assert kept is not None, "a SQLite file's store keeps each thread's connection"
+    return kept
+
+
+def _add_goal(store: Store, goal_id: str, status: str = "submitted") -> None:
+    with store.session() as session:
+        session.add(GoalRow(id=goal_id, text="count tickets", status=status, meta={}))
+
+
+def _status(store: Store, goal_id: str) -> str:
+    with store.session() as session:
+        return session.get_one(GoalRow, goal_id).status
+
+
+def _in_thread(work: object) -> None:
+    assert callable(work)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    if failures:
+        raise failures[0]
+
+
+def test_a_transaction_sees_what_another_thread_committed_after_the_last_one_here(
+    store: Store,
+) -> None:
+    """Given a goal this thread read (so its kept Session once held the row),
+    When another thread changes it and commits,
+    Then this thread's next transaction reads the new status, not the row it held before.
+    """
+    _add_goal(store, "g1")
+    with store.session() as session:
+        held = session.get_one(GoalRow, "g1")  # held here: a Session's map keeps it only weakly
+
+    def move() -> None:
+        with store.session() as session:
+            session.get_one(GoalRow, "g1").status = "planning"
+
+    _in_thread(move)
+
+    assert _status(store, "g1") == "planning"
+    assert held.status == "submitted"
+
+
+def test_a_row_read_in_a_transaction_stays_readable_after_it(store: Store) -> None:
+    """Given a goal read in a transaction, When the transaction ends, Then its loaded fields
+    can still be read (as from any closed session), and the next transaction starts empty."""
+    _add_goal(store, "g1")
+    with store.session() as session:
+        row = session.get_one(GoalRow, "g1")
+    assert (row.id, row.status) == ("g1", "submitted")
+    with store.session() as session:
+        assert row not in session
+        assert len(session.identity_map) == 0
+
+
+def test_a_failed_transaction_rolls_back_and_the_thread_goes_on(store: Store) -> None:
+    """Given a transaction that adds a goal whose id is taken (the flush fails at commit),
+    When it raises, Then nothing of it is stored, and the same thread's next transaction
+    commits as usual."""
+    _add_goal(store, "g1")
+
+    def add_two_one_taken() -> None:
+        with store.session() as session:
+            session.add(GoalRow(id="g2", text="count tickets", status="submitted", meta={}))
+            session.add(GoalRow(id="g1", text="count again", status="submitted", meta={}))
+
+    with pytest.raises(IntegrityError):
+        add_two_one_taken()
+
+    _add_goal(store, "g3")
+
+    with store.session() as session:
+        ids = set(session.execute(select(GoalRow.id)).scalars())
+    assert ids == {"g1", "g3"}
+
+
+def test_a_transaction_opened_inside_another_commits_on_its_own(store: Store) -> None:
+    """Given a transaction in which, before it writes, the same thread opens and commits a
+    second one, Then both commit (the inner one on a connection of the pool)."""
+    with store.session() as outer:
+        _add_goal(store, "inner")
+        outer.add(GoalRow(id="outer", text="count tickets", status="submitted", meta={}))
+
+    assert _status(store, "inner") == "submitted"
+    assert _status(store, "outer") == "submitted"
+
+
+def test_threads_writing_at_once_all_commit(store: Store) -> None:
+    """Given eight threads each adding twenty goals at once, Then all 160 are stored."""
+
+    def add(worker: int) -> None:
+        for n in range(20):
+            _add_goal(store, f"w{worker}-{n}")
+
+    threads = [threading.Thread(target=add, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    with store.session() as session:
+        assert len(session.execute(select(GoalRow.id)).all()) == 160
+
+
+def test_a_thread_that_ends_gives_its_connection_back(store: Store) -> None:
+    """Given a thread that wrote once and ended, Then its kept connection is back in the pool."""
+    _in_thread(lambda: _add_goal(store, "g1"))
+    gc.collect()
+
+    assert _kept(store).kept == 0
+
+
+def test_threads_beyond_the_most_kept_use_the_pool(tmp_path: Path) -> None:
+    """Given a store that keeps at most one thread's connection, held by this thread,
+    When another thread writes, Then it commits on a pooled connection and keeps none."""
+    store = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
+    try:
+        store._kept = KeptSessions(store.engine, store._sessions, most=1)
+        store._begin = store._kept.begin
+        _add_goal(store, "mine")
+        _in_thread(lambda: _add_goal(store, "other"))
+
+        assert store._kept.kept == 1
+        assert _status(store, "other") == "submitted"
+    finally:
+        store.close()
+
+
+def test_a_store_used_after_close_still_commits(tmp_path: Path) -> None:
+    """Given a store this thread wrote to, When it is closed and used again (as an engine may
+    be after dispose), Then the transaction commits on a pooled connection."""
+    store = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
+    _add_goal(store, "before")
+    store.close()
+    try:
+        _add_goal(store, "after")
+
+        assert _status(store, "after") == "submitted"
+        assert _kept(store).kept == 0
+    finally:
+        store.close()
+
+
+def test_an_in_memory_store_keeps_no_connections() -> None:
+    """Each connection to `:memory:` is a database of its own: such a store uses its pool."""
+    store = open_store("sqlite:///:memory:")
+    try:
+        assert store._kept is None
+    finally:
+        store.close()
