@@ -16,6 +16,11 @@ from schemas import Plan, Step
 from tests.support import only_plan, running_pipeline, step_runs, write_playbook
 
 
+def _plan(*steps: Step) -> Plan:
+    """A plan of these steps (the walk needs no goal or catalog behind it)."""
+    return Plan(plan_id="plan-1", goal_id="goal-1", revision=1, steps=steps)
+
+
 def test_independent_steps_run_in_parallel(settings: Settings, tmp_path: Path) -> None:
     """Given two read steps that do not depend on each other, each of which waits at a barrier
     until the other has started too (a sequential engine would time out there),
@@ -148,11 +153,8 @@ def test_a_step_is_under_way_before_the_step_it_waited_on_is_announced() -> None
             second_was_under_way.append(second_started.wait(timeout=5))
         announced.append(outcome.step_id)
 
-    plan = Plan(
-        plan_id="plan-1",
-        goal_id="goal-1",
-        revision=1,
-        steps=(Step(id="first", tool="census"), Step(id="second", tool="census", after=("first",))),
+    plan = _plan(
+        Step(id="first", tool="census"), Step(id="second", tool="census", after=("first",))
     )
     with ThreadPoolExecutor(2) as pool:
         outcomes = Walk(plan, pool, announce).run()
@@ -235,15 +237,10 @@ def test_a_run_that_stops_short_leaves_no_step_running_and_announces_what_finish
             slow_may_finish.set()
             raise ConnectionError("the store went away")
 
-    plan = Plan(
-        plan_id="plan-1",
-        goal_id="goal-1",
-        revision=1,
-        steps=(
-            Step(id="slow", tool="census"),
-            Step(id="first", tool="census"),
-            Step(id="skipped", tool="census", after=("first",), when="false"),
-        ),
+    plan = _plan(
+        Step(id="slow", tool="census"),
+        Step(id="first", tool="census"),
+        Step(id="skipped", tool="census", after=("first",), when="false"),
     )
     with ThreadPoolExecutor(2) as pool:
         walk = Walk(plan, pool, lambda outcome: announced.append(outcome.step_id))
@@ -270,16 +267,11 @@ def test_a_step_alone_is_called_in_the_walking_thread_and_side_by_side_steps_in_
             called_in[step.id] = threading.current_thread()
             return StepOutcome(step.id, step.tool, "succeeded", output=step.id)
 
-    plan = Plan(
-        plan_id="plan-1",
-        goal_id="goal-1",
-        revision=1,
-        steps=(
-            Step(id="first", tool="census"),
-            Step(id="left", tool="census", after=("first",)),
-            Step(id="right", tool="census", after=("first",)),
-            Step(id="last", tool="census", after=("left", "right")),
-        ),
+    plan = _plan(
+        Step(id="first", tool="census"),
+        Step(id="left", tool="census", after=("first",)),
+        Step(id="right", tool="census", after=("first",)),
+        Step(id="last", tool="census", after=("left", "right")),
     )
     with ThreadPoolExecutor(2) as pool:
         Walk(plan, pool, lambda outcome: announced.append(outcome.step_id)).run()
