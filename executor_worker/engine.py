@@ -72,15 +72,22 @@ class DagWalk:
         self,
         plan: Plan,
         pool: Executor,
-        on_finished: Callable[[StepOutcome], None] = lambda outcome: None,
+        on_finished: Callable[[StepOutcome], None] | None = None,
         tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
+        announcer: Executor | None = None,
     ) -> None:
+        """Walk `plan`, calling steps side by side in `pool`; `on_finished` hears of each.
+
+        `announcer` tells of what finished while a step alone runs in the walking thread
+        (default: `pool`); threads of its own keep a slow broker from holding step slots.
+        """
         self._plan = plan
         self._tool_timeout = tool_timeout  # for tools that declare no timeout of their own
         # Shared by the runs of one executor: long-lived threads keep their broker and store
         # connections, where a pool per run would open (and strand) new ones every time.
         self._pool = pool
         self._on_finished = on_finished
+        self._announcer = announcer or pool
         self.outcomes: dict[str, StepOutcome] = {}
         # The step started when nothing else was left to start or still running, if one was.
         self._last: str | None = None
@@ -215,15 +222,16 @@ class DagWalk:
         one before it (`_told`), so observers hear of the steps in the order they finished.
         """
         self._told()
-        if finished:
+        if finished and self._on_finished is not None:
             told = list(finished)
-            finished.clear()
             context = contextvars.copy_context()  # the run's trace, for the message's headers
-            self._telling = self._pool.submit(context.run, self._tell, told)
+            self._telling = self._announcer.submit(context.run, self._tell, told)
+        finished.clear()
 
     def _tell(self, outcomes: list[StepOutcome]) -> None:
-        for outcome in outcomes:
-            self._on_finished(outcome)
+        if self._on_finished is not None:
+            for outcome in outcomes:
+                self._on_finished(outcome)
 
     def _told(self) -> None:
         """Wait until the announcement under way in a pool thread, if one is, has been made."""

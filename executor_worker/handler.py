@@ -58,6 +58,7 @@ from schemas import (
 )
 
 ACTOR = "executor"
+ANNOUNCERS = 4  # threads that tell of finished steps, for all of an executor's runs
 _HOLDS = cast(Table, HoldRow.__table__)
 # Asked on every run's start: a plain statement, built once (not the ORM's).
 _APPROVALS_REQUIRED = HotStatement(
@@ -95,6 +96,9 @@ class ExecutorHandler:
         self._notify = notify
         # Steps of all this executor's runs share these threads (and their connections).
         self._steps = ThreadPoolExecutor(max_parallel, "plangate-step")
+        # `step.finished` is told from these while the run's next step goes on (each thread
+        # publishes on a broker connection of its own; a few serve every run).
+        self._announcers = ThreadPoolExecutor(ANNOUNCERS, "plangate-announce")
         self._step_lease = step_lease
         self._link_only = telemetry.link_only() if link_only is None else link_only
         self._tool_timeout = tool_timeout
@@ -228,6 +232,7 @@ class ExecutorHandler:
             lambda outcome: self._step_finished(plan.goal_id, plan.plan_id, outcome),
             self._steps,
             self._tool_timeout,
+            self._announcers,
         )
         run.run()  # the last step's records are left to the run's end, below
         with self._store.session() as session:

@@ -43,8 +43,9 @@ class PlanRun(DagWalk):
         on_finished: Callable[[StepOutcome], None],
         pool: Executor,
         tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
+        announcer: Executor | None = None,
     ) -> None:
-        super().__init__(plan, pool, on_finished, tool_timeout)
+        super().__init__(plan, pool, on_finished, tool_timeout, announcer)
         self._plan_hash = plan_hash
         self._registry = registry
         self._ledger = ledger

@@ -7,12 +7,14 @@ on its own, sees what others committed, and leaves nothing behind for the next o
 from __future__ import annotations
 
 import gc
+import os
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 
 from plangate.store import GoalRow, Store, open_store
@@ -148,6 +150,111 @@ def test_a_thread_that_ends_gives_its_connection_back(store: Store) -> None:
     gc.collect()
 
     assert _kept(store).kept == 0
+    assert store.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_a_collection_while_a_thread_connects_gives_back_an_ended_threads_connection(
+    store: Store,
+) -> None:
+    """Given a thread whose kept state outlived it in a reference cycle (a failed commit's
+    exception kept in one), When the garbage collector runs while another thread takes its
+    first connection, Then that thread commits (no lock is taken twice) and the ended thread's
+    connection is given back."""
+    _add_goal(store, "g1")
+
+    def fail_once() -> None:
+        try:
+            _add_goal(store, "g1")  # taken: the commit fails
+        except IntegrityError as exc:
+            loop: list[object] = [exc]
+            loop.append(loop)
+
+    gc.disable()
+    try:
+        _in_thread(fail_once)
+        event.listen(store.engine, "checkout", _collect)
+        _in_thread(lambda: _add_goal(store, "g2"))
+    finally:
+        event.remove(store.engine, "checkout", _collect)
+        gc.enable()
+
+    assert _status(store, "g2") == "submitted"
+    assert _kept(store).kept == 1  # the last thread's, until it is collected
+
+
+def _collect(*_args: object) -> None:
+    gc.collect()
+
+
+def test_closing_the_store_waits_for_a_transaction_under_way(store: Store) -> None:
+    """Given a thread midway through a transaction of two goals, When the store is closed
+    from another thread meanwhile, Then the transaction commits whole, and the store goes on
+    committing (from its pool)."""
+    first_added = threading.Event()
+    may_go_on = threading.Event()
+
+    def two_goals() -> None:
+        with store.session() as session:
+            session.add(GoalRow(id="first", text="count tickets", status="submitted", meta={}))
+            session.flush()
+            first_added.set()
+            may_go_on.wait(timeout=5)
+            session.add(GoalRow(id="second", text="count tickets", status="submitted", meta={}))
+
+    writer = threading.Thread(target=two_goals)
+    writer.start()
+    assert first_added.wait(timeout=5)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    may_go_on.set()
+    writer.join(timeout=10)
+    closer.join(timeout=10)
+
+    assert _status(store, "first") == "submitted"
+    assert _status(store, "second") == "submitted"
+
+
+def test_a_closed_store_leaves_nothing_of_its_engine_behind_in_this_thread(tmp_path: Path) -> None:
+    """Given stores opened, written to and closed one after another in one thread,
+    Then none of their engines stays alive once they are dropped."""
+    engines: list[weakref.ref[object]] = []
+    for n in range(3):
+        opened = open_store(f"sqlite:///{tmp_path / f'p{n}.db'}")
+        _add_goal(opened, "g1")
+        opened.close()
+        engines.append(weakref.ref(opened.engine))
+        del opened
+    gc.collect()
+
+    assert [ref() for ref in engines] == [None, None, None]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX's")
+def test_a_forked_child_does_not_use_its_parents_kept_connection(store: Store) -> None:
+    """Given a store this process wrote to (so this thread keeps a connection), When the
+    process forks and the child writes, Then the child commits on a connection of its own
+    (SQLite forbids carrying one across fork()), and the parent's stays usable."""
+    _add_goal(store, "parent")
+    parents = _kept(store)._local.kept.connection.connection.driver_connection
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running the parent's cleanup
+        try:
+            _add_goal(store, "child")
+            mine = _kept(store)._local.kept.connection.connection.driver_connection
+            os.write(write, b"own" if mine is not parents else b"parent's")
+        except BaseException as exc:
+            os.write(write, repr(exc).encode()[:200])
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    said = os.read(read, 300).decode()
+    os.close(read)
+
+    assert (status, said) == (0, "own")
+    assert _status(store, "child") == "submitted"
+    _add_goal(store, "parent again")
 
 
 def test_threads_beyond_the_most_kept_use_the_pool(tmp_path: Path) -> None:

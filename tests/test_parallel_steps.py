@@ -284,3 +284,37 @@ def test_a_step_alone_is_called_in_the_walking_thread_and_side_by_side_steps_in_
     assert announced[0] == "first"
     assert sorted(announced[1:3]) == ["left", "right"]
     assert announced[3] == "last"
+
+
+def test_announcements_made_beside_the_next_steps_keep_their_order_when_one_is_slow() -> None:
+    """Given `first`, `second`, `third` one after another, two announcer threads, and an
+    announcement of `first` that is slow (it waits, up to a bound, for `third` to be called),
+    When the plan is walked,
+    Then `third` is not called before `first` is told (an announcement waits for the one
+    before it), and observers hear of the steps in the order they finished.
+    """
+    third_called = threading.Event()
+    announced: list[str] = []
+
+    class Walk(DagWalk):
+        def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
+            if step.id == "third":
+                third_called.set()
+            return StepOutcome(step.id, step.tool, "succeeded")
+
+    def announce(outcome: StepOutcome) -> None:
+        if outcome.step_id == "first":
+            third_called.wait(timeout=0.3)  # no third step comes while this one is told
+            announced.append("first" if not third_called.is_set() else "first, late")
+            return
+        announced.append(outcome.step_id)
+
+    plan = _plan(
+        Step(id="first", tool="census"),
+        Step(id="second", tool="census", after=("first",)),
+        Step(id="third", tool="census", after=("second",)),
+    )
+    with ThreadPoolExecutor(2) as pool, ThreadPoolExecutor(2) as announcer:
+        Walk(plan, pool, announce, announcer=announcer).run()
+
+    assert announced == ["first", "second", "third"]

@@ -71,7 +71,8 @@ class Store:
     def close(self) -> None:
         """Release every pooled connection, and every thread's own."""
         if self._kept is not None:
-            self._kept.close()
+            with self._writers:  # no kept transaction of this process is under way
+                self._kept.close()
         self.engine.dispose()
         if self._sqlite_lock is not None:
             release_lock(self._sqlite_lock)

@@ -2,27 +2,31 @@
 
 A transaction made the usual way (a Session from a sessionmaker; a connection checked out of
 the pool, reset and checked in again) cost about 70 µs of CPU, several times SQLite's own BEGIN
-and COMMIT, and every goal takes seven write transactions on its way: in one process, in turns,
-a goal took 8 % less CPU and 8 % less time with the connection and Session kept. On SQLite a
-connection is an open file, not a server's scarce resource, so each thread that writes keeps
-one of the pool's for good (`make_engine` gives the pool room for them), with a Session bound
-to it; a transaction is that Session's begin and commit, as before. PostgreSQL keeps the pool
-as it was, and the bound it puts on a server's connections.
+and COMMIT, and every goal takes six or seven write transactions on its way
+(`bench/transactions.py`). On SQLite a connection is an open file, not a server's scarce
+resource, so each thread that writes keeps one of the pool's for good (`make_engine` gives the
+pool room for them), with a Session bound to it; a transaction is that Session's begin and
+commit, as before. PostgreSQL keeps the pool as it was, and the bound it puts on a server's
+connections.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 # Threads beyond this many (a web server's request threads) use the shared pool, as before.
 MAX_KEPT = 32
+
+_ALL: weakref.WeakSet[KeptSessions] = weakref.WeakSet()
+_PARENTS: list[object] = []  # in a forked child: the parent's kept state, left untouched
 
 
 @dataclass(eq=False)
@@ -32,6 +36,7 @@ class _Kept:
     connection: Connection
     session: Session
     busy: bool = False  # in a transaction: a nested one takes a pooled session
+    pid: int = field(default_factory=os.getpid)  # SQLite forbids a connection across fork()
 
 
 class KeptSessions:
@@ -42,10 +47,27 @@ class KeptSessions:
         self._engine = engine
         self._pooled = pooled
         self._most = most
+        self._start()
+        _ALL.add(self)
+
+    def _start(self) -> None:
         self._local = threading.local()
         self._guard = threading.Lock()
         self._connections: set[Connection] = set()
+        self._reserved = 0  # slots taken by threads still connecting
+        # Connections of threads that ended, to give back. A thread's state is found gone by
+        # the garbage collector, which may run in any thread, even one holding `_guard`: the
+        # finalizer only appends here (no lock), and the next thread to connect gives them back.
+        self._ended: list[Connection] = []
+        self._finalizers: list[weakref.finalize[[Connection], _Kept]] = []
         self._closed = False
+
+    @property
+    def kept(self) -> int:
+        """How many threads' connections are open."""
+        self._give_back_ended()
+        with self._guard:
+            return len(self._connections)
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
@@ -71,49 +93,87 @@ class KeptSessions:
             kept.session.close()
             kept.session.info.clear()
 
-    @property
-    def kept(self) -> int:
-        """How many threads' connections are open."""
-        with self._guard:
-            return len(self._connections)
-
     def close(self) -> None:
-        """Close every kept connection; transactions from now on use the pool."""
+        """Give back every kept connection; transactions from now on use the pool.
+
+        The caller holds the store's write lock, so no kept transaction of this process is
+        under way.
+        """
         with self._guard:
             self._closed = True
             connections, self._connections = self._connections, set()
+            finalizers, self._finalizers = self._finalizers, []
+        for finalizer in finalizers:
+            finalizer.detach()  # nor may a thread's state keep this store's engine alive
+        self._local = threading.local()
+        self._give_back_ended()
         for connection in connections:
             _close(connection)
 
     def _this_threads(self) -> _Kept | None:
         kept: _Kept | None = getattr(self._local, "kept", None)
-        if kept is not None and not kept.connection.closed:
+        if kept is not None and not kept.connection.closed and kept.pid == os.getpid():
             return kept
-        # None yet, or closed by `close` (the store may be used after it, as an engine may be
-        # after `dispose`: from the pool).
+        # None yet; closed by `close` (a store may be used after it, as an engine may be after
+        # `dispose`: from the pool); or the parent's, after a fork (left alone: it is theirs).
+        self._local.kept = None
+        self._give_back_ended()
         with self._guard:
-            if self._closed or len(self._connections) >= self._most:
+            if self._closed or len(self._connections) + self._reserved >= self._most:
                 return None
-            connection = self._engine.connect()
-            self._connections.add(connection)
+            self._reserved += 1
+        try:
+            connection = self._engine.connect()  # not under `_guard`: it may run a collection
+        finally:
+            with self._guard:
+                self._reserved -= 1
+        with self._guard:
+            added = not self._closed
+            if added:
+                self._connections.add(connection)
+        if not added:  # closed meanwhile
+            _close(connection)
+            return None
         kept = _Kept(connection, Session(bind=connection, expire_on_commit=False))
-        # A thread that ends takes its thread-local state along: its connection is closed.
-        weakref.finalize(kept, self._release, connection)
+        # A thread that ends takes its thread-local state along: its connection is given back.
+        finalizer = weakref.finalize(kept, self._ended.append, connection)
+        with self._guard:
+            self._finalizers.append(finalizer)
         self._local.kept = kept
         return kept
 
     def _forget(self, kept: _Kept) -> None:
         self._local.kept = None
-        self._release(kept.connection)
+        self._ended.append(kept.connection)
+        self._give_back_ended()
 
-    def _release(self, connection: Connection) -> None:
-        with self._guard:
-            if connection not in self._connections:
-                return  # closed already (by `close`, or forgotten)
-            self._connections.discard(connection)
-        _close(connection)
+    def _give_back_ended(self) -> None:
+        while self._ended:
+            connection = self._ended.pop()
+            with self._guard:
+                if connection not in self._connections:
+                    continue  # given back already (by `close`)
+                self._connections.discard(connection)
+                self._finalizers = [f for f in self._finalizers if f.alive]
+            _close(connection)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's connections are the parent's: neither used nor closed (nor collected,
+        # which would give them back to the pool) here.
+        for finalizer in self._finalizers:
+            finalizer.detach()
+        _PARENTS.append((self._local, self._connections))
+        self._start()
 
 
 def _close(connection: Connection) -> None:
     with suppress(Exception):  # closing is tidying up; an error here changes nothing
         connection.close()
+
+
+def _after_fork_in_child() -> None:
+    for kept in list(_ALL):
+        kept._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
