@@ -216,7 +216,7 @@ class DagWalk:
         finished.clear()
 
     def _announce_beside(self, finished: list[StepOutcome]) -> None:
-        """Tell observers of what finished from a pool thread, while this one calls a step.
+        """Tell observers of what finished from an announcer thread, while this one calls a step.
 
         An announcement is a broker round trip the step need not wait for. Each waits for the
         one before it (`_told`), so observers hear of the steps in the order they finished.
@@ -234,7 +234,7 @@ class DagWalk:
                 self._on_finished(outcome)
 
     def _told(self) -> None:
-        """Wait until the announcement under way in a pool thread, if one is, has been made."""
+        """Wait until the announcement under way in an announcer thread, if one is, is made."""
         if self._telling is not None:
             telling, self._telling = self._telling, None
             telling.result()
