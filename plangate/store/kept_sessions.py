@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,7 +36,6 @@ class _Kept:
     connection: Connection
     session: Session
     busy: bool = False  # in a transaction: a nested one takes a pooled session
-    pid: int = field(default_factory=os.getpid)  # SQLite forbids a connection across fork()
 
 
 class KeptSessions:
@@ -112,10 +111,10 @@ class KeptSessions:
 
     def _this_threads(self) -> _Kept | None:
         kept: _Kept | None = getattr(self._local, "kept", None)
-        if kept is not None and not kept.connection.closed and kept.pid == os.getpid():
+        if kept is not None and not kept.connection.closed:
             return kept
-        # None yet; closed by `close` (a store may be used after it, as an engine may be after
-        # `dispose`: from the pool); or the parent's, after a fork (left alone: it is theirs).
+        # None yet, or closed by `close` (a store may be used after it, as an engine may be
+        # after `dispose`: from the pool). A forked child starts afresh (`_after_fork_in_child`).
         self._local.kept = None
         self._give_back_ended()
         with self._guard:
