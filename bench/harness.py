@@ -99,6 +99,23 @@ class Processes:
                 total += (int(utime) + int(stime)) / os.sysconf("SC_CLK_TCK")
         return total
 
+    def thread_cpu_seconds(self, name: str) -> dict[str, float]:
+        """Return the CPU time (user + system) of each thread of the named process, by its
+        kernel name (Linux; threads that ended are left out)."""
+        found: dict[str, float] = {}
+        for entry, process, _ in self.running:
+            if entry != name:
+                continue
+            for task in Path(f"/proc/{process.pid}/task").iterdir():
+                try:
+                    comm = (task / "comm").read_text().strip()
+                    stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:  # the thread ended meanwhile
+                    continue
+                ticks = int(stat[11]) + int(stat[12])
+                found[f"{comm} {task.name}"] = ticks / os.sysconf("SC_CLK_TCK")
+        return found
+
     def check_alive(self) -> None:
         """Raise with the log tail of any process that exited early."""
         for name, process, _ in self.running:
@@ -200,6 +217,8 @@ class Side:
     walls: list[tuple[float, float]] = field(default_factory=list)  # their wall-clock ends
     rates: list[float] = field(default_factory=list)  # goals/s, one per pipelined batch
     cpu_ms: float = float("nan")  # CPU per measured goal, of the side's worker/hop processes
+    # plangate only: per stage, the CPU per measured goal of each kind of thread (ms).
+    cpu_by_thread: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def one(self, record: bool = True) -> None:
         """Submit one goal and wait for its outcome; record its latency."""

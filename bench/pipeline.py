@@ -83,7 +83,9 @@ from hops import HOPS, check_floor, start_hops  # noqa: E402
 def plangate_env(settings: Settings) -> dict[str, str]:
     """Return the environment of every plangate process of this run."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
-    path = [str(BENCH), str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
+    # `thread_names` names each thread in the kernel too, for the CPU split by thread.
+    path = [str(BENCH / "thread_names"), str(BENCH), str(ROOT)]
+    path += filter(None, [env.get("PYTHONPATH")])
     env.update(
         PLANGATE_BROKER_URL=settings.broker_url,
         PLANGATE_DATABASE_URL=settings.resolved_database_url(),
@@ -226,6 +228,30 @@ def start_celery_side(
     return start_celery(processes, connection, settings.broker_url, prefix, bodies, concurrency)
 
 
+# Each worker thread's kind, by the start of its name in the kernel (15 bytes at most, set by
+# `thread_names`); the first match wins. The consume loop runs in the process's main thread.
+THREAD_KINDS = (
+    ("plangate-announ", "announcers"),
+    ("plangate-step", "step pool"),
+    ("plangate-sweepe", "sweeper"),
+    ("plangate-outbox", "outbox marks"),
+    ("plangate-", "handlers"),
+    ("Thread-", "tool calls"),
+    ("python", "consume loop"),
+)
+
+
+def cpu_by_role(before: dict[str, float], after: dict[str, float], goals: int) -> dict[str, float]:
+    """Return the CPU ms per goal that each kind of thread spent between two readings."""
+    spent: dict[str, float] = {}
+    for thread, seconds in after.items():
+        name = thread.rsplit(" ", 1)[0]
+        kind = next((k for prefix, k in THREAD_KINDS if name.startswith(prefix)), "other")
+        used = seconds - before.get(thread, 0.0)
+        spent[kind] = spent.get(kind, 0.0) + 1000 * used / goals
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))
+
+
 def compare(
     args: argparse.Namespace, processes: Processes, settings: Settings
 ) -> tuple[dict[str, Side], dict[str, float], dict[str, Any]]:
@@ -248,6 +274,7 @@ def compare(
             names = {side.name: tuple(f"{side.name}{i}" for i in (1, 2, 3)) for side in sides}
             names["plangate"] = STAGES
             cpu = {side.name: processes.cpu_seconds(names[side.name]) for side in sides}
+            threads = {stage: processes.thread_cpu_seconds(stage) for stage in STAGES}
             say(f"sequential: {args.sequential} goals per side, one at a time, in turns")
             for i in range(args.sequential):
                 for side in sides if i % 2 else reversed(sides):
@@ -261,6 +288,13 @@ def compare(
                 measured = len(side.latencies) + args.goals * len(side.rates)
                 used = processes.cpu_seconds(names[side.name]) - cpu[side.name]
                 side.cpu_ms = 1000 * used / measured
+                if side is ours:
+                    ours.cpu_by_thread = {
+                        stage: cpu_by_role(
+                            threads[stage], processes.thread_cpu_seconds(stage), measured
+                        )
+                        for stage in STAGES
+                    }
                 if side.outcomes() != {HOPS[-1]}:
                     raise RuntimeError(f"{side.name} goals ended with {sorted(side.outcomes())}")
                 side.arrivals.close()
@@ -309,6 +343,11 @@ def report(sides: dict[str, Side], breakdown: dict[str, float], bodies: dict[str
     for label, ratio, sense, target in targets:
         met = ratio <= target if sense == "<=" else ratio >= target
         print(f"  {label:26}{ratio:6.2f}x   {'met' if met else 'NOT met'}")
+    if ours.cpu_by_thread:
+        print("\nplangate, CPU ms per goal of each worker, by thread (ended threads not counted):")
+        for stage, kinds in ours.cpu_by_thread.items():
+            split = ", ".join(f"{kind} {ms:.2f}" for kind, ms in kinds.items() if ms >= 0.005)
+            print(f"  {stage:9}{sum(kinds.values()):6.2f}  ({split})")
     print("\nplangate, median ms per hop of the sequential goals (audit log timestamps):")
     for label, ms in breakdown.items():
         print(f"  {label:34}{ms:8.1f}")
