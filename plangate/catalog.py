@@ -14,15 +14,17 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from plangate.store import Store, ToolCatalogRow
+from plangate.store.hot_statements import HotStatement
 from schemas import Catalog, ToolSpec
 
 log = logging.getLogger(__name__)
 
 
 # Each spec as the text stored (cast in SQL: a driver that parses JSON columns gets text too),
-# which is what `_spec` is keyed by; one plain statement, read for every plan and decision.
+# which is what `_spec` is keyed by; one plain statement, read for every plan and decision, on
+# SQLite's own cursor (about 6 µs, not 25 through the ORM's execute).
 _TOOLS = cast(Table, ToolCatalogRow.__table__)
-_CATALOG = select(_TOOLS.c.name, sql_cast(_TOOLS.c.spec, Text))
+_CATALOG = HotStatement(select(_TOOLS.c.name, sql_cast(_TOOLS.c.spec, Text)))
 
 
 def publish_catalog(store: Store, specs: Iterable[ToolSpec]) -> None:
@@ -50,7 +52,7 @@ def read_catalog(session: Session) -> Catalog:
     takes the write lock, and one fewer per goal shows when many goals are in flight.
     """
     catalog: Catalog = {}
-    for name, text in session.execute(_CATALOG):
+    for name, text in _CATALOG.rows(session, {}):
         try:
             catalog[name] = _spec(text)
         except ValidationError as exc:

@@ -1,0 +1,69 @@
+"""The tool catalog in the store: what executors publish is what planners and gates read."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from sqlalchemy import update
+
+from plangate.catalog import load_catalog, publish_catalog, read_catalog
+from plangate.store import Store, ToolCatalogRow
+from schemas import ToolSpec
+
+READ = ToolSpec(
+    name="ticket_count",
+    effect="read",
+    description="Open tickets in a queue",
+    args_schema={"type": "object", "properties": {"queue": {"type": "string"}}},
+)
+WRITE = ToolSpec(
+    name="notify_oncall",
+    effect="write",
+    args_schema={
+        "type": "object",
+        "properties": {"message": {"type": "string"}},
+        "required": ["message"],
+    },
+)
+
+
+def test_a_published_catalog_reads_back_spec_for_spec(store: Store) -> None:
+    publish_catalog(store, [READ, WRITE])
+
+    assert load_catalog(store) == {"ticket_count": READ, "notify_oncall": WRITE}
+
+
+def test_a_republished_spec_replaces_the_one_read_before(store: Store) -> None:
+    publish_catalog(store, [READ])
+    assert load_catalog(store)["ticket_count"].description == "Open tickets in a queue"
+
+    changed = READ.model_copy(update={"description": "Open tickets, any queue"})
+    publish_catalog(store, [changed])
+
+    assert load_catalog(store) == {"ticket_count": changed}
+
+
+def test_the_catalog_is_read_in_the_callers_transaction(store: Store) -> None:
+    with store.session() as session:
+        session.add(ToolCatalogRow(name=WRITE.name, spec=WRITE.model_dump(mode="json")))
+        # Not committed yet: a handler reading in its own transaction sees its own writes.
+        assert read_catalog(session) == {"notify_oncall": WRITE}
+
+
+def test_an_invalid_spec_is_left_out_with_a_warning_and_the_rest_is_read(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish_catalog(store, [READ, WRITE])
+    with store.session() as session:  # as an older version might have written it
+        session.execute(
+            update(ToolCatalogRow)
+            .where(ToolCatalogRow.name == "notify_oncall")
+            .values(spec={"name": "notify_oncall", "effect": "delete everything"})
+        )
+
+    with caplog.at_level(logging.WARNING, logger="plangate.catalog"):
+        catalog = load_catalog(store)
+
+    assert catalog == {"ticket_count": READ}
+    assert "tool notify_oncall in the catalog is invalid and left out" in caplog.text
