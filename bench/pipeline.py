@@ -78,6 +78,7 @@ from harness import (  # noqa: E402
     start_redis,
 )
 from hops import HOPS, check_floor, start_hops  # noqa: E402
+from thread_split import cpu_by_kind, print_split  # noqa: E402
 
 
 def plangate_env(settings: Settings) -> dict[str, str]:
@@ -228,30 +229,6 @@ def start_celery_side(
     return start_celery(processes, connection, settings.broker_url, prefix, bodies, concurrency)
 
 
-# Each worker thread's kind, by the start of its name in the kernel (15 bytes at most, set by
-# `thread_names`); the first match wins. The consume loop runs in the process's main thread.
-THREAD_KINDS = (
-    ("plangate-announ", "announcers"),
-    ("plangate-step", "step pool"),
-    ("plangate-sweepe", "sweeper"),
-    ("plangate-outbox", "outbox marks"),
-    ("plangate-", "handlers"),
-    ("Thread-", "tool calls"),
-    ("python", "consume loop"),
-)
-
-
-def cpu_by_role(before: dict[str, float], after: dict[str, float], goals: int) -> dict[str, float]:
-    """Return the CPU ms per goal that each kind of thread spent between two readings."""
-    spent: dict[str, float] = {}
-    for thread, seconds in after.items():
-        name = thread.rsplit(" ", 1)[0]
-        kind = next((k for prefix, k in THREAD_KINDS if name.startswith(prefix)), "other")
-        used = seconds - before.get(thread, 0.0)
-        spent[kind] = spent.get(kind, 0.0) + 1000 * used / goals
-    return dict(sorted(spent.items(), key=lambda item: -item[1]))
-
-
 def compare(
     args: argparse.Namespace, processes: Processes, settings: Settings
 ) -> tuple[dict[str, Side], dict[str, float], dict[str, Any]]:
@@ -290,7 +267,7 @@ def compare(
                 side.cpu_ms = 1000 * used / measured
                 if side is ours:
                     ours.cpu_by_thread = {
-                        stage: cpu_by_role(
+                        stage: cpu_by_kind(
                             threads[stage], processes.thread_cpu_seconds(stage), measured
                         )
                         for stage in STAGES
@@ -344,10 +321,7 @@ def report(sides: dict[str, Side], breakdown: dict[str, float], bodies: dict[str
         met = ratio <= target if sense == "<=" else ratio >= target
         print(f"  {label:26}{ratio:6.2f}x   {'met' if met else 'NOT met'}")
     if ours.cpu_by_thread:
-        print("\nplangate, CPU ms per goal of each worker, by thread (ended threads not counted):")
-        for stage, kinds in ours.cpu_by_thread.items():
-            split = ", ".join(f"{kind} {ms:.2f}" for kind, ms in kinds.items() if ms >= 0.005)
-            print(f"  {stage:9}{sum(kinds.values()):6.2f}  ({split})")
+        print_split(ours.cpu_by_thread)
     print("\nplangate, median ms per hop of the sequential goals (audit log timestamps):")
     for label, ms in breakdown.items():
         print(f"  {label:34}{ms:8.1f}")
