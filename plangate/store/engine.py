@@ -43,7 +43,9 @@ class Store:
             engine.execution_options(**{READS_ONLY: True}), expire_on_commit=False
         )
         self._sqlite_lock = (
-            acquire_lock(engine.url.database) if engine.dialect.name == "sqlite" else None
+            acquire_lock(engine.url.database if _on_sqlite_file(engine.url) else None)
+            if engine.dialect.name == "sqlite"
+            else None
         )
         self._writers: AbstractContextManager[object] = self._sqlite_lock or nullcontext()
         self._kept = KeptSessions(engine, self._sessions, kept_threads) if kept_threads else None
@@ -134,11 +136,13 @@ def make_engine(url: str) -> Engine:
             "(e.g. sqlite:///path/plangate.db or postgresql+psycopg://user@host/db)"
         ) from exc
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        pool = {}
+        if _on_sqlite_file(parsed):
+            assert parsed.database is not None  # a file is named
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        # Room in the pool beyond SQLAlchemy's default (5, and 10 more at a time) for the
-        # connections threads keep (`Store`'s `kept_threads`).
-        pool = {"max_overflow": 10 + MAX_KEPT} if _on_sqlite_file(parsed) else {}
+            # Room in the pool beyond SQLAlchemy's default (5, and 10 more at a time) for the
+            # connections threads keep (`Store`'s `kept_threads`).
+            pool = {"max_overflow": 10 + MAX_KEPT}
         engine = create_engine(parsed, connect_args={"timeout": 30}, **pool)
         _sqlite_serialised_writes(engine)
         return engine

@@ -70,9 +70,13 @@ class SqliteWriteLock:
 
 
 def acquire_lock(database: str | None) -> SqliteWriteLock:
-    """Return this process's write lock for a SQLite database; `release_lock` it when done."""
-    if not database or database == ":memory:" or database.startswith("file:"):
-        unshared = SqliteWriteLock(None)  # nothing on disk to share (or a URI we do not parse)
+    """Return this process's write lock for a SQLite database file; `release_lock` it when done.
+
+    None (no file: a database in memory, or a URI the store does not parse) gets a lock of its
+    own that serialises this store's threads only.
+    """
+    if not database:
+        unshared = SqliteWriteLock(None)  # nothing on disk to share
         unshared._users = 1
         return unshared
     path = os.path.realpath(database)
