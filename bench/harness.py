@@ -219,6 +219,10 @@ class Side:
     cpu_ms: float = float("nan")  # CPU per measured goal, of the side's worker/hop processes
     # plangate only: per stage, the CPU per measured goal of each kind of thread (ms).
     cpu_by_thread: dict[str, dict[str, float]] = field(default_factory=dict)
+    # plangate only: its workers' metrics ports, and per process SQLite's write lock held and
+    # waited in its batch (ms per goal).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    lock_ms: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def one(self, record: bool = True) -> None:
         """Submit one goal and wait for its outcome; record its latency."""

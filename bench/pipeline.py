@@ -22,7 +22,8 @@ side only waits on the broker): sequential latency from submit to completion, on
 time, alternating sides (p50/p99 over --sequential goals each, after 3 warm-up goals); then
 pipelined throughput, --goals submitted at once and timed until all complete (baseline,
 plangate, floor, Celery, then baseline again; the baseline's figure is the mean of its two
-batches). Figures are printed, never asserted; the targets are printed beside them.
+batches). Figures are printed, never asserted; the targets are printed beside them. So are
+plangate's CPU by thread (`thread_split.py`) and SQLite's write lock by process (`lock_split.py`).
 
     python bench/pipeline.py [--redis-url redis://...] [--goals 200] [--sequential 50]
                              [--concurrency 4] [--database-url postgresql+psycopg://...]
@@ -72,12 +73,14 @@ from harness import (  # noqa: E402
     Processes,
     Side,
     forget_namespace,
+    free_port,
     interrupt_on_signals,
     observer_queue,
     say,
     start_redis,
 )
 from hops import HOPS, check_floor, start_hops  # noqa: E402
+from lock_split import per_goal, print_lock, reading  # noqa: E402
 from thread_split import cpu_by_kind, print_split  # noqa: E402
 
 
@@ -133,9 +136,11 @@ def start_plangate(
     done = Arrivals(
         connection, observer_queue(exchange, f"{settings.namespace}.bench-done", TERMINAL_KEYS)
     )
+    ports = {stage: free_port() for stage in STAGES}  # each one's write lock is read there
     for stage in STAGES:
         command = [sys.executable, "-m", "plangate", "worker", stage]
-        processes.start(stage, [*command, "--concurrency", str(args.concurrency)], env)
+        stage_env = {**env, "PLANGATE_METRICS_PORT": str(ports[stage])}
+        processes.start(stage, [*command, "--concurrency", str(args.concurrency)], stage_env)
     say(f"plangate: started one worker per stage (concurrency {args.concurrency})")
 
     def submit() -> str:
@@ -145,7 +150,7 @@ def start_plangate(
     done.wait({first}, 90, processes.check_alive)
     bodies = capture_bodies(everything.bind(connection.channel()), first)
     say("plangate: the first goal completed; its messages are the baseline's")
-    return Side("plangate", submit, done, processes.check_alive), bodies
+    return Side("plangate", submit, done, processes.check_alive, metrics_ports=ports), bodies
 
 
 def capture_bodies(queue: Queue, goal_id: str) -> dict[str, Any]:
@@ -175,13 +180,9 @@ def audit_breakdown(side: Side, settings: Settings) -> dict[str, float]:
                     AuditRow.goal_id.in_(ids)
                 )
             ).all()
-            statuses = set(
-                session.execute(select(GoalRow.status).where(GoalRow.id.in_(ids))).scalars()
-            )
+            statuses = set(session.scalars(select(GoalRow.status).where(GoalRow.id.in_(ids))))
             steps = list(
-                session.execute(
-                    select(StepRunRow.status).where(StepRunRow.goal_id.in_(ids))
-                ).scalars()
+                session.scalars(select(StepRunRow.status).where(StepRunRow.goal_id.in_(ids)))
             )
     finally:
         store.close()
@@ -260,7 +261,10 @@ def compare(
             batches = (theirs, ours, floor, *sides[3:], theirs)
             say(f"pipelined: {args.goals} goals at once: " + ", ".join(s.name for s in batches))
             for side in batches:
+                before = reading(ours.metrics_ports) if side is ours else None
                 side.batch(args.goals)
+                if before is not None:
+                    ours.lock_ms = per_goal(before, reading(ours.metrics_ports), args.goals)
             for side in sides:
                 measured = len(side.latencies) + args.goals * len(side.rates)
                 used = processes.cpu_seconds(names[side.name]) - cpu[side.name]
@@ -322,6 +326,7 @@ def report(sides: dict[str, Side], breakdown: dict[str, float], bodies: dict[str
         print(f"  {label:26}{ratio:6.2f}x   {'met' if met else 'NOT met'}")
     if ours.cpu_by_thread:
         print_split(ours.cpu_by_thread)
+    print_lock(ours.lock_ms, ours.rates[0])
     print("\nplangate, median ms per hop of the sequential goals (audit log timestamps):")
     for label, ms in breakdown.items():
         print(f"  {label:34}{ms:8.1f}")

@@ -48,6 +48,20 @@ LLM_TOKENS = Counter(
     "plangate_llm_tokens", "Tokens the planner's model spent, by model and kind.", ["model", "kind"]
 )
 RESENDS = Counter("plangate_reconciler_resends", "Messages the reconciler sent again.")
+# SQLite's one write lock, which every writing transaction of every process takes in turn: the
+# seconds this process held it bound the goals per second of the whole deployment (PostgreSQL
+# has no such lock, and these stay empty there). Buckets from 0.1 ms: most hold it for 1-5 ms.
+_LOCK_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0)
+SQLITE_LOCK_WAITED = Histogram(
+    "plangate_sqlite_write_lock_waited_seconds",
+    "How long this process's transactions waited for SQLite's write lock.",
+    buckets=_LOCK_BUCKETS,
+)
+SQLITE_LOCK_HELD = Histogram(
+    "plangate_sqlite_write_lock_held_seconds",
+    "How long this process's transactions held SQLite's write lock (begin to commit).",
+    buckets=_LOCK_BUCKETS,
+)
 
 
 def settled(stage: str, kind: str, outcome: str) -> None:

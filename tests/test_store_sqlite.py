@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
@@ -108,6 +109,33 @@ def test_a_process_killed_inside_a_transaction_leaves_the_store_writable(
     thread.join(WAIT)
     assert not thread.is_alive()
     assert seen == [0], "the killed process's transaction was rolled back"
+
+
+def test_the_write_lock_s_waits_and_holds_are_counted_in_the_process_s_metrics(
+    store: Store, holder: subprocess.Popen[str]
+) -> None:
+    """Every process on the file takes turns in the lock: its held time bounds goals/s."""
+
+    def lock_seconds(kind: str) -> tuple[float, float]:
+        name = f"plangate_sqlite_write_lock_{kind}_seconds"
+        total = REGISTRY.get_sample_value(f"{name}_sum")
+        count = REGISTRY.get_sample_value(f"{name}_count")
+        assert total is not None and count is not None
+        return total, count
+
+    waited_before, held_before = lock_seconds("waited"), lock_seconds("held")
+    thread, seen = held_entries_seen_by_next_transaction(store)
+    thread.join(0.5)
+    assert thread.is_alive()
+    assert holder.stdin is not None
+    holder.stdin.write("commit\n")
+    holder.stdin.flush()
+    thread.join(WAIT)
+    assert seen == [1]
+    waited, held = lock_seconds("waited"), lock_seconds("held")
+    assert waited[1] - waited_before[1] == 1 and held[1] - held_before[1] == 1
+    assert waited[0] - waited_before[0] >= 0.4, "the wait for the other process is counted"
+    assert 0 < held[0] - held_before[0] < waited[0] - waited_before[0]
 
 
 @pytest.mark.parametrize("through", ["the same store", "another store on the file"])

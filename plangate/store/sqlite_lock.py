@@ -7,14 +7,21 @@ beside the database: the kernel wakes the next waiter, in whichever process, the
 holder is done, and releases the lock of a process that dies. Threads of one process queue on a
 plain lock first, because `flock` belongs to an open file, not to a thread; and every store of a
 process on the same file shares one lock, or two of them would lock each other out.
+
+Every process of a deployment on one SQLite file takes turns in this lock, so the time it is
+held bounds the goals per second of them all: each process reports how long its transactions
+waited for it and held it (`plangate_sqlite_write_lock_*_seconds`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from types import TracebackType
+
+from plangate import metrics
 
 try:
     import fcntl
@@ -39,6 +46,7 @@ class SqliteWriteLock:
     def _open(self) -> None:
         self._threads = threading.RLock()
         self._depth = 0  # nested sessions of the thread that holds `_threads`
+        self._taken_at = 0.0  # when the thread that holds it took it (perf_counter)
         if fcntl is not None and self._path is not None:
             self._fd = os.open(f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
@@ -48,13 +56,17 @@ class SqliteWriteLock:
             self._fd = None
 
     def __enter__(self) -> None:
+        asked_at = time.perf_counter()
         self._threads.acquire()
-        if self._depth == 0 and self._fd is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
-            except BaseException:
-                self._threads.release()
-                raise
+        if self._depth == 0:
+            if self._fd is not None:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX)
+                except BaseException:
+                    self._threads.release()
+                    raise
+            self._taken_at = time.perf_counter()
+            metrics.SQLITE_LOCK_WAITED.observe(self._taken_at - asked_at)
         self._depth += 1
 
     def __exit__(
@@ -64,8 +76,10 @@ class SqliteWriteLock:
         _traceback: TracebackType | None,
     ) -> None:
         self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._depth == 0:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            metrics.SQLITE_LOCK_HELD.observe(time.perf_counter() - self._taken_at)
         self._threads.release()
 
 
