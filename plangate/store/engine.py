@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,8 @@ from plangate.store.sqlite_lock import acquire_lock, release_lock
 
 # An execution option of `Store.reading`'s connections: their transactions take no write lock.
 READS_ONLY = "plangate_reads_only"
+# Where a `Store.session` keeps what its transaction left for after the write lock (`info`).
+_AFTER_RELEASE = "plangate_after_release"
 
 
 class Store:
@@ -53,9 +55,22 @@ class Store:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """Open a transaction; commit when the block ends, roll back if it raises."""
-        with self._writers, self._begin() as session:
-            yield session
+        """Open a transaction; commit when the block ends, roll back if it raises.
+
+        What the transaction left for later (`after_release`) runs once it has committed and
+        let go of SQLite's write lock, which every other writer is waiting for.
+        """
+        later: list[Callable[[], None]] = []
+        opened: Session | None = None
+        try:
+            with self._writers, self._begin() as opened:
+                opened.info[_AFTER_RELEASE] = later
+                yield opened
+        finally:
+            if opened is not None:  # a kept session goes on to other transactions
+                opened.info.pop(_AFTER_RELEASE, None)
+        for call in later:
+            call()
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -79,6 +94,20 @@ class Store:
         if self._sqlite_lock is not None:
             release_lock(self._sqlite_lock)
             self._sqlite_lock = None
+
+
+def after_release(session: Session, call: Callable[[], None]) -> None:
+    """Run `call` once the session's `Store.session` has let go of the write lock.
+
+    For what needs no lock but must follow the commit, such as the log line of a committed
+    move: on SQLite each moment in the lock is a moment every writer of every process waits.
+    A session not opened by `Store.session` runs it at once.
+    """
+    later = session.info.get(_AFTER_RELEASE)
+    if later is None:
+        call()
+    else:
+        later.append(call)
 
 
 def _on_sqlite_file(url: URL) -> bool:

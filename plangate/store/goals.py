@@ -14,6 +14,7 @@ from plangate import telemetry
 from plangate.errors import Conflict, NotFound
 from plangate.redaction import redact
 from plangate.store import audit
+from plangate.store.engine import after_release
 from plangate.store.hot_statements import HotStatement
 from plangate.store.models import GoalRow, GoalStatus, PlanRow
 from plangate.store.rows import insert_row
@@ -204,8 +205,14 @@ def transition(
 
 
 @event.listens_for(Session, "after_commit")
-def _log_moves(session: Session) -> None:
-    for goal_id, old, new, actor, reason in session.info.pop(_MOVES, ()):
+def _log_moves_once_released(session: Session) -> None:
+    moves = session.info.pop(_MOVES, None)
+    if moves:
+        after_release(session, lambda: _log_moves(moves))
+
+
+def _log_moves(moves: list[tuple[str, str, str, str, str | None]]) -> None:
+    for goal_id, old, new, actor, reason in moves:
         fields = {"goal_id": goal_id, "from": old, "to": new, "actor": actor}
         log.info(
             "goal %s: %s -> %s by %s%s",
