@@ -91,6 +91,15 @@ class PlannerHandler:
         raise Reject(f"the planner does not handle {type(message).__name__}")
 
     def _on_goal(self, message: GoalSubmitted, delivery: Delivery) -> Sequence[Envelope]:
+        if self._lease is None:
+            # Planning without I/O needs no lease. A goal waiting for its plan is read, and
+            # planned, outside SQLite's write lock (which every writer of every process waits
+            # for); the plan is stored in a transaction of its own, which a second delivery's
+            # plan loses on the goal's unique revision.
+            with self._store.reading() as session:
+                ready = self._ready_to_plan(session, message.goal_id)
+            if ready is not None:
+                return self._first_revision(message, *ready)
         with self._store.session() as session:
             goal = goal_status(session, message.goal_id)
             if goal is None:  # published raw, not by a client: stored at first sight
@@ -108,12 +117,23 @@ class PlannerHandler:
             if goal.status == "plan_failed":
                 return [emit(session, _failure(message.goal_id, goal.status_reason))]
             catalog = _catalog_in(session, self._catalog)
-            if self._lease is None:
-                # Planning without I/O, in microseconds: in this transaction, with no lease.
+            if self._lease is None:  # a goal stored here, at first sight: in this transaction
                 return self._first_revision(message, catalog, revision, session)
             self._take_lease(session, message.goal_id)
         with self._leased(message.goal_id):
             return self._first_revision(message, catalog, revision)
+
+    def _ready_to_plan(self, session: Session, goal_id: str) -> tuple[Catalog, int] | None:
+        """Return the tools and the revision to plan, if the goal waits for a plan; else None.
+
+        None also for a goal not stored yet, or already answered: those go the whole way.
+        """
+        goal = goal_status(session, goal_id)
+        if goal is None or goal.status != "submitted":
+            return None
+        existing = newest_plan(session, goal_id)  # plans already: an operator's retry
+        revision = 1 if existing is None else existing.revision + 1
+        return _catalog_in(session, self._catalog), revision
 
     def _first_revision(
         self,
