@@ -88,8 +88,10 @@ class GateHandler:
         digest = plan_hash(plan)
         if digest != message.plan_hash:
             raise Reject(f"plan {plan.plan_id}: its hash does not match the plan it carries")
-        # One transaction reads, decides and records: deciding is quick (no I/O), and on
-        # SQLite every transaction queues for the one write lock.
+        # A policy that reads no history decides on the plan, the tools and the goal's words,
+        # none of which changes under it: it decides before the writing transaction, outside
+        # SQLite's write lock, which every writer of every process waits for.
+        early = None if self._policy.reads_history else self._decide_first(message)
         with self._store.session() as session:
             row = read_revision(session, plan.plan_id)
             if row is None or row.plan_hash != digest:
@@ -106,8 +108,9 @@ class GateHandler:
             if self._policy.reads_history:  # one decision at a time per tool (see history)
                 lock_names(session, (f"plangate.history:{step.tool}" for step in plan.steps))
                 history = History(session, plan, {k: str(v) for k, v in goal_meta.items()})
-            catalog = self._catalog(session)
-            decision = self._decide(message, catalog, goal_text, goal_meta, history)
+            decision = early or self._decide(
+                message, self._catalog(session), goal_text, goal_meta, history
+            )
             try:
                 record_decision(session, row, "policy", decision)
             except Conflict:  # another gate decided this revision meanwhile: say what it decided
@@ -139,6 +142,23 @@ class GateHandler:
             )
             self._on_held(notice)
         return envelopes
+
+    def _decide_first(self, message: PlanProposed) -> Decision | None:
+        """Decide in a transaction that only reads; None if the plan is not for deciding now.
+
+        The writing transaction checks everything again and records the decision; it decides
+        itself for a plan this one left (decided already, its goal stopped or unknown).
+        """
+        plan = message.plan
+        with self._store.reading() as session:
+            if _LATEST_DECISION.first(session, {"plan_id": plan.plan_id}) is not None:
+                return None  # a redelivery: said again, not decided again
+            goal = _GOAL.first(session, {"goal_id": plan.goal_id})
+            if goal is None or goal[0] == "cancelled":
+                return None
+            catalog = self._catalog(session)
+        _, goal_text, goal_meta = goal
+        return self._decide(message, catalog, goal_text, dict(goal_meta), None)
 
     def _release(self, message: ReviewDecided) -> Sequence[Envelope]:
         """Check a person's approval against its hold and sign it (refusals: dead letters)."""
