@@ -2,8 +2,8 @@
 
 What the design asks of every hop, and nothing else, done as cheaply as Python allows: raw
 `sqlite3` on one shared file (WAL, synchronous=NORMAL and writers queued on a `flock`, as
-plangate's store), no ORM, no
-validation, no policy, no signing, no tracing, no threads. Per goal:
+plangate's store), no ORM, no tracing, no threads; the checks the design asks for (decoding,
+validation, policy, signing and its verification) with the contract's own functions. Per goal:
 
 - each stage decodes what it receives strictly (`schemas.decode_message`) and checks what the
   design makes it check, with the contract's own functions: the planner validates its plan and

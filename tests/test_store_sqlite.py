@@ -120,7 +120,8 @@ def test_the_write_lock_s_waits_and_holds_are_counted_in_the_process_s_metrics(
         name = f"plangate_sqlite_write_lock_{kind}_seconds"
         total = REGISTRY.get_sample_value(f"{name}_sum")
         count = REGISTRY.get_sample_value(f"{name}_count")
-        assert total is not None and count is not None
+        assert total is not None
+        assert count is not None
         return total, count
 
     waited_before, held_before = lock_seconds("waited"), lock_seconds("held")
@@ -133,7 +134,8 @@ def test_the_write_lock_s_waits_and_holds_are_counted_in_the_process_s_metrics(
     thread.join(WAIT)
     assert seen == [1]
     waited, held = lock_seconds("waited"), lock_seconds("held")
-    assert waited[1] - waited_before[1] == 1 and held[1] - held_before[1] == 1
+    assert waited[1] - waited_before[1] == 1
+    assert held[1] - held_before[1] == 1
     assert waited[0] - waited_before[0] >= 0.4, "the wait for the other process is counted"
     assert 0 < held[0] - held_before[0] < waited[0] - waited_before[0]
 
