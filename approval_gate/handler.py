@@ -108,8 +108,10 @@ class GateHandler:
             if self._policy.reads_history:  # one decision at a time per tool (see history)
                 lock_names(session, (f"plangate.history:{step.tool}" for step in plan.steps))
                 history = History(session, plan, {k: str(v) for k, v in goal_meta.items()})
-            decision = early or self._decide(
-                message, self._catalog(session), goal_text, goal_meta, history
+            decision = (
+                early
+                if early is not None
+                else self._decide(message, self._catalog(session), goal_text, goal_meta, history)
             )
             try:
                 record_decision(session, row, "policy", decision)
