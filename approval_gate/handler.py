@@ -89,9 +89,10 @@ class GateHandler:
         if digest != message.plan_hash:
             raise Reject(f"plan {plan.plan_id}: its hash does not match the plan it carries")
         # A policy that reads no history decides on the plan, the tools and the goal's words,
-        # none of which changes under it: it decides before the writing transaction, outside
-        # SQLite's write lock, which every writer of every process waits for.
-        early = None if self._policy.reads_history else self._decide_first(message)
+        # none of which changes under it: on SQLite it decides before the writing transaction,
+        # outside the write lock, which every writer of every process waits for.
+        unlocked = self._store.serialises_writes and not self._policy.reads_history
+        early = self._decide_first(message) if unlocked else None
         with self._store.session() as session:
             row = read_revision(session, plan.plan_id)
             if row is None or row.plan_hash != digest:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
+from functools import partial
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -55,8 +56,13 @@ from schemas.decoding import storable_text
 from schemas.messages import TokenUsage
 
 ACTOR = "planner"
+Writing = Callable[[], AbstractContextManager[Session]]  # opens a writing transaction
 log = logging.getLogger(__name__)
 _AWAITING_FEEDBACK: dict[FeedbackSource, str] = {"reviewer": "rejected", "execution": "failed"}
+
+
+class _GoalMoved(Exception):
+    """The goal no longer waits for the revision planned outside the lock."""
 
 
 class PlannerHandler:
@@ -91,15 +97,19 @@ class PlannerHandler:
         raise Reject(f"the planner does not handle {type(message).__name__}")
 
     def _on_goal(self, message: GoalSubmitted, delivery: Delivery) -> Sequence[Envelope]:
-        if self._lease is None:
+        if self._lease is None and self._store.serialises_writes:
             # Planning without I/O needs no lease. A goal waiting for its plan is read, and
             # planned, outside SQLite's write lock (which every writer of every process waits
-            # for); the plan is stored in a transaction of its own, which a second delivery's
-            # plan loses on the goal's unique revision.
+            # for); the plan is stored only if the goal still waits for that revision.
             with self._store.reading() as session:
                 ready = self._ready_to_plan(session, message.goal_id)
             if ready is not None:
-                return self._first_revision(message, *ready)
+                catalog, revision = ready
+                still_waiting = partial(self._still_waiting, message.goal_id, revision)
+                try:
+                    return self._first_revision(message, catalog, revision, writing=still_waiting)
+                except _GoalMoved:
+                    pass  # cancelled, planned or retried meanwhile: answered the whole way
         with self._store.session() as session:
             goal = goal_status(session, message.goal_id)
             if goal is None:  # published raw, not by a client: stored at first sight
@@ -117,7 +127,7 @@ class PlannerHandler:
             if goal.status == "plan_failed":
                 return [emit(session, _failure(message.goal_id, goal.status_reason))]
             catalog = _catalog_in(session, self._catalog)
-            if self._lease is None:  # a goal stored here, at first sight: in this transaction
+            if self._lease is None:  # planned without I/O: in this transaction
                 return self._first_revision(message, catalog, revision, session)
             self._take_lease(session, message.goal_id)
         with self._leased(message.goal_id):
@@ -135,16 +145,33 @@ class PlannerHandler:
         revision = 1 if existing is None else existing.revision + 1
         return _catalog_in(session, self._catalog), revision
 
+    @contextmanager
+    def _still_waiting(self, goal_id: str, revision: int) -> Iterator[Session]:
+        """Open a writing transaction in which the goal still waits for `revision`.
+
+        Raises _GoalMoved (nothing written) when it no longer does: cancelled, planned by a
+        second delivery, failed, or retried again since it was read.
+        """
+        with self._store.session() as session:
+            goal = goal_status(session, goal_id, lock=True)
+            newest = newest_plan(session, goal_id)
+            newest_revision = newest.revision if newest is not None else 0
+            if goal is None or goal.status != "submitted" or newest_revision != revision - 1:
+                raise _GoalMoved
+            yield session
+
     def _first_revision(
         self,
         message: GoalSubmitted,
         catalog: Catalog,
         revision: int = 1,
         session: Session | None = None,
+        writing: Writing | None = None,
     ) -> Sequence[Envelope]:
         """Plan from the goal alone and store the plan (or the failure).
 
-        Revision 1, or the next one after an operator's retry; in `session` or a new transaction.
+        Revision 1, or the next one after an operator's retry; in `session`, or in a new
+        transaction (`writing`'s, if given).
         """
         with telemetry.tracer().start_as_current_span("plan") as span:
             span.set_attribute("gen_ai.operation.name", "plan")
@@ -155,9 +182,9 @@ class PlannerHandler:
                 plan = _validated(draft, message.goal_id, revision, catalog)
             except PlanningFailed as failure:
                 span.set_attribute("error.type", "planning_failed")
-                return self._fail(message.goal_id, failure.reasons, session)
+                return self._fail(message.goal_id, failure.reasons, session, writing)
             # Inside the span: the gate and executor continue the trace under `plan`.
-            return self._propose(plan, draft, session)
+            return self._propose(plan, draft, session, writing)
 
     def _on_feedback(
         self, plan_id: str, comment: str, source: FeedbackSource
@@ -249,7 +276,11 @@ class PlannerHandler:
             return self._propose(plan, draft, session)
 
     def _propose(
-        self, plan: Plan, draft: Draft, session: Session | None = None
+        self,
+        plan: Plan,
+        draft: Draft,
+        session: Session | None = None,
+        writing: Writing | None = None,
     ) -> Sequence[Envelope]:
         """Store a new revision and emit plan.proposed, in `session` or a new transaction."""
         if session is not None:
@@ -257,7 +288,7 @@ class PlannerHandler:
             # the message then finds the other's plan and proposes it.
             return _store_proposal(session, plan, draft)
         try:
-            with self._store.session() as own:
+            with (writing or self._store.session)() as own:
                 return _store_proposal(own, plan, draft)
         except IntegrityError:
             # Two deliveries of one goal (or one piece of feedback) planned at once; the
@@ -271,11 +302,15 @@ class PlannerHandler:
                 return [emit(own, _proposal(existing))]
 
     def _fail(
-        self, goal_id: str, reasons: list[str], session: Session | None = None
+        self,
+        goal_id: str,
+        reasons: list[str],
+        session: Session | None = None,
+        writing: Writing | None = None,
     ) -> Sequence[Envelope]:
         if session is not None:
             return _store_failure(session, goal_id, reasons)
-        with self._store.session() as own:
+        with (writing or self._store.session)() as own:
             return _store_failure(own, goal_id, reasons)
 
 

@@ -77,6 +77,12 @@ class GateWatchingTheLock(GateHandler):
         super().__init__(store, self.policy, signer, ttl, catalog=lambda _s: CATALOG)
         self.store = store
         self.other_wrote: list[bool] = []
+        self.writers: list[threading.Thread] = []
+
+    def join_writers(self) -> None:
+        """Wait for the other writes (one may wait for the gate's transaction to commit)."""
+        for writer in self.writers:
+            writer.join(WAIT)
 
     def _decide(self, *args: Any, **kwargs: Any) -> Decision:
         def write() -> None:
@@ -84,6 +90,7 @@ class GateWatchingTheLock(GateHandler):
                 audit.append(session, "test.while_deciding", actor="test")
 
         other = threading.Thread(target=write, daemon=True)
+        self.writers.append(other)
         other.start()
         other.join(0.5 if self.policy.reads_history else WAIT)
         self.other_wrote.append(not other.is_alive())
@@ -122,6 +129,7 @@ def test_a_policy_that_reads_history_decides_inside_the_writing_transaction(
     gate = GateWatchingTheLock(store, APPROVE_UNDER_A_CAP)
 
     [approved] = gate(proposal, GATE_DELIVERY)
+    gate.join_writers()
 
     if "sqlite" in request.node.callspec.id:
         assert gate.other_wrote == [False], "another writer got in while the history was read"

@@ -1,21 +1,26 @@
 """A planner that plans without I/O (no lease) plans a stored goal outside the write lock.
 
 On SQLite every writing transaction of every process takes one lock in turn, so the planner
-reads the goal without it, plans, and stores the plan in a transaction of its own; a second
-delivery planned at the same moment loses on the goal's unique revision and answers the first
-one's plan. Each test runs on SQLite and on PostgreSQL.
+reads the goal without it, plans, and stores the plan in a transaction of its own, only if the
+goal still waits for that revision; a second delivery planned at the same moment, or a cancel
+meanwhile, leaves the first one's plan (or none) as the answer. PostgreSQL has no such lock:
+there the planner plans inside the goal's transaction, as it always has, so these tests run on
+a SQLite file only.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from plangate.bus import Delivery, Envelope
-from plangate.store import PlanRow, Store, audit
+from plangate.cancellation import cancel_goal
+from plangate.store import PlanRow, Store, audit, open_store
 from plangate.store.goals import ensure_goal
 from plangate.tools import load_tools
 from planner_worker.handler import PlannerHandler
@@ -28,6 +33,15 @@ WAIT = 10.0
 CATALOG = load_tools(["plangate.demo.tools"]).catalog()
 STEPS = (Step(id="count", tool="ticket_count"), Step(id="sla", tool="sla_threshold"))
 DELIVERY = Delivery("plangate.planner", "goal.submitted", {}, attempt=1, redelivered=False)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 def stored_goal(store: Store, goal_id: str) -> GoalSubmitted:
@@ -120,3 +134,36 @@ def test_two_deliveries_planned_at_once_store_one_plan_and_both_answer_it(store:
         plans = session.execute(select(PlanRow).where(PlanRow.goal_id == goal.goal_id)).all()
     assert len(plans) == 1
     assert audit_kinds(store, goal.goal_id) == ["goal.submitted", "goal.proposed"]
+
+
+class CancelledWhilePlanning:
+    """Plans at once, after an operator cancelled the goal meanwhile."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.calls = 0
+
+    def draft(self, goal: GoalSubmitted, catalog: Catalog) -> Draft:
+        self.calls += 1
+        cancel_goal(self.store, goal.goal_id, "operator", "no longer needed")
+        return Draft("count and SLA", STEPS, "test")
+
+
+def test_a_goal_cancelled_while_it_is_planned_is_left_cancelled_without_a_plan(
+    store: Store,
+) -> None:
+    """Given a stored goal, and an operator who cancels it while the planner plans it,
+    When the planner comes to store the plan,
+    Then nothing is stored or proposed, nothing fails, and the goal stays cancelled.
+    """
+    goal = stored_goal(store, "goal-cancelled-while-planned")
+    planner = CancelledWhilePlanning(store)
+
+    answers = planner_handler(store, planner)(goal, DELIVERY)
+
+    assert list(answers) == []
+    assert planner.calls == 1
+    with store.session() as session:
+        plans = session.execute(select(PlanRow).where(PlanRow.goal_id == goal.goal_id)).all()
+    assert plans == []
+    assert audit_kinds(store, goal.goal_id) == ["goal.submitted", "goal.cancelled"]

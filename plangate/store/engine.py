@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -24,6 +25,7 @@ from plangate.store import schema
 from plangate.store.kept_sessions import MAX_KEPT, KeptSessions
 from plangate.store.sqlite_lock import acquire_lock, release_lock
 
+log = logging.getLogger(__name__)
 # An execution option of `Store.reading`'s connections: their transactions take no write lock.
 READS_ONLY = "plangate_reads_only"
 # Where a `Store.session` keeps what its transaction left for after the write lock (`info`).
@@ -53,6 +55,15 @@ class Store:
         self._kept = KeptSessions(engine, self._sessions, kept_threads) if kept_threads else None
         self._begin = self._kept.begin if self._kept is not None else self._sessions.begin
 
+    @property
+    def serialises_writes(self) -> bool:
+        """Say whether every writing transaction takes one write lock in turn (SQLite).
+
+        Where it does, work that needs no lock is worth doing before a writing transaction
+        (in `reading`); elsewhere (PostgreSQL) that extra transaction only costs.
+        """
+        return self._sqlite_lock is not None
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """Open a transaction; commit when the block ends, roll back if it raises.
@@ -70,7 +81,10 @@ class Store:
             if opened is not None:  # a kept session goes on to other transactions
                 opened.info.pop(_AFTER_RELEASE, None)
         for call in later:
-            call()
+            try:
+                call()
+            except Exception:  # the transaction committed: its message is not tried again
+                log.exception("a step left for after a committed transaction failed")
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -97,11 +111,12 @@ class Store:
 
 
 def after_release(session: Session, call: Callable[[], None]) -> None:
-    """Run `call` once the session's `Store.session` has let go of the write lock.
+    """Run `call` once the session's `Store.session` has committed and let go of the lock.
 
     For what needs no lock but must follow the commit, such as the log line of a committed
     move: on SQLite each moment in the lock is a moment every writer of every process waits.
-    A session not opened by `Store.session` runs it at once.
+    (Nested in another `Store.session` of the thread, the lock is still the outer one's.) A
+    session not opened by `Store.session` runs it at once; an error it raises is logged.
     """
     later = session.info.get(_AFTER_RELEASE)
     if later is None:

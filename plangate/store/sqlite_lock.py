@@ -47,6 +47,7 @@ class SqliteWriteLock:
         self._threads = threading.RLock()
         self._depth = 0  # nested sessions of the thread that holds `_threads`
         self._taken_at = 0.0  # when the thread that holds it took it (perf_counter)
+        self._waited = 0.0  # how long that thread waited for it
         if fcntl is not None and self._path is not None:
             self._fd = os.open(f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
 
@@ -66,7 +67,7 @@ class SqliteWriteLock:
                     self._threads.release()
                     raise
             self._taken_at = time.perf_counter()
-            metrics.SQLITE_LOCK_WAITED.observe(self._taken_at - asked_at)
+            self._waited = self._taken_at - asked_at  # observed once the lock is let go
         self._depth += 1
 
     def __exit__(
@@ -76,11 +77,16 @@ class SqliteWriteLock:
         _traceback: TracebackType | None,
     ) -> None:
         self._depth -= 1
-        if self._depth == 0:
-            if self._fd is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            metrics.SQLITE_LOCK_HELD.observe(time.perf_counter() - self._taken_at)
+        if self._depth > 0:
+            self._threads.release()
+            return
+        held, waited = time.perf_counter() - self._taken_at, self._waited
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._threads.release()
+        # After letting go: every other writer waits for the lock, none for these.
+        metrics.SQLITE_LOCK_HELD.observe(held)
+        metrics.SQLITE_LOCK_WAITED.observe(waited)
 
 
 def acquire_lock(database: str | None) -> SqliteWriteLock:
