@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import select
 
 from plangate.bus import Delivery, Envelope
 from plangate.cancellation import cancel_goal
-from plangate.store import PlanRow, Store, audit, open_store
+from plangate.store import PlanRow, Store, audit
 from plangate.store.goals import ensure_goal
 from plangate.tools import load_tools
 from planner_worker.handler import PlannerHandler
@@ -35,13 +34,8 @@ STEPS = (Step(id="count", tool="ticket_count"), Step(id="sla", tool="sla_thresho
 DELIVERY = Delivery("plangate.planner", "goal.submitted", {}, attempt=1, redelivered=False)
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
-    try:
-        yield opened
-    finally:
-        opened.close()
+# The shared `store` fixture, on its SQLite file only.
+pytestmark = pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 
 
 def stored_goal(store: Store, goal_id: str) -> GoalSubmitted:
