@@ -4,24 +4,29 @@ On SQLite every writing transaction of every process takes one lock in turn. A p
 reads no history decides on the plan, the tools and the goal's words, which no transaction
 changes, so the gate decides before its writing transaction; a policy that counts earlier
 decisions (`history.count`) decides inside it, one decision at a time per tool. Each test runs
-on SQLite and on PostgreSQL (where there is no such lock, and only the outcome is checked).
+on SQLite and on PostgreSQL (where there is no such lock, and only the outcome is checked),
+but those of what may happen between the early decision and its record: that path is SQLite's.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
 
 from approval_gate.handler import GateHandler
 from approval_gate.policy import Policy
-from plangate.bus import Delivery
+from plangate.bus import Delivery, Envelope
+from plangate.cancellation import cancel_goal
 from plangate.signing import Signer
-from plangate.store import Store, audit
+from plangate.store import DecisionRow, Store, audit
 from plangate.store.goals import ensure_goal
 from plangate.tools import load_tools
 from planner_worker.handler import PlannerHandler
@@ -134,3 +139,68 @@ def test_a_policy_that_reads_history_decides_inside_the_writing_transaction(
     if "sqlite" in request.node.callspec.id:
         assert gate.other_wrote == [False], "another writer got in while the history was read"
     assert approved.routing_key == "plan.approved"
+
+
+class GateMeanwhile(GateHandler):
+    """A gate during whose decision (outside the lock) `meanwhile` runs once."""
+
+    def __init__(self, store: Store, meanwhile: Callable[[], object]) -> None:
+        policy = Policy.from_text(APPROVE_READS, source="test.yaml")
+        signer = Signer(Ed25519PrivateKey.generate())
+        super().__init__(store, policy, signer, timedelta(hours=1), catalog=lambda _s: CATALOG)
+        self.meanwhile: Callable[[], object] | None = meanwhile
+
+    def _decide(self, *args: Any, **kwargs: Any) -> Decision:
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
+        return super()._decide(*args, **kwargs)
+
+
+def decisions_of(store: Store, plan_id: str) -> list[str]:
+    with store.session() as session:
+        rows = session.execute(select(DecisionRow.action).where(DecisionRow.plan_id == plan_id))
+        return list(rows.scalars())
+
+
+ON_SQLITE = pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # the read-first path
+
+
+@ON_SQLITE
+def test_a_goal_cancelled_while_the_gate_decides_gets_no_decision(store: Store) -> None:
+    """Given a proposed plan, and an operator who cancels its goal while the gate decides,
+    When the gate comes to record its decision,
+    Then nothing is recorded or sent, nothing fails, and the goal stays cancelled.
+    """
+    proposal = proposed_plan(store, "goal-cancelled-while-decided")
+    cancel = partial(cancel_goal, store, "goal-cancelled-while-decided", "operator", "stop")
+    gate = GateMeanwhile(store, cancel)
+
+    answers = gate(proposal, GATE_DELIVERY)
+
+    assert list(answers) == []
+    assert decisions_of(store, proposal.plan.plan_id) == []
+    kinds = audit_kinds(store, "goal-cancelled-while-decided")
+    assert kinds == ["goal.submitted", "goal.proposed", "goal.cancelled"]
+
+
+@ON_SQLITE
+def test_two_gates_deciding_one_plan_at_once_record_one_decision(store: Store) -> None:
+    """Given a proposed plan delivered to two gates, the second deciding and recording while
+    the first one decides outside the lock,
+    When the first comes to record its decision,
+    Then it records none and answers with the second one's: one decision, one approval move.
+    """
+    proposal = proposed_plan(store, "goal-decided-twice")
+    other = GateMeanwhile(store, lambda: None)
+    second: list[Sequence[Envelope]] = []
+    first = GateMeanwhile(store, lambda: second.append(other(proposal, GATE_DELIVERY)))
+
+    [answer] = first(proposal, GATE_DELIVERY)
+
+    [[other_answer]] = second
+    assert answer.routing_key == other_answer.routing_key == "plan.approved"
+    assert json.loads(answer.body)["plan"]["plan_id"] == proposal.plan.plan_id
+    assert decisions_of(store, proposal.plan.plan_id) == ["approve"]
+    kinds = audit_kinds(store, "goal-decided-twice")
+    assert kinds == ["goal.submitted", "goal.proposed", "goal.approved"]

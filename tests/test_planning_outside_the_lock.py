@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from plangate.bus import Delivery, Envelope
 from plangate.cancellation import cancel_goal
+from plangate.errors import PlanningFailed
 from plangate.store import PlanRow, Store, audit
 from plangate.store.goals import ensure_goal
 from plangate.tools import load_tools
@@ -161,3 +162,37 @@ def test_a_goal_cancelled_while_it_is_planned_is_left_cancelled_without_a_plan(
         plans = session.execute(select(PlanRow).where(PlanRow.goal_id == goal.goal_id)).all()
     assert plans == []
     assert audit_kinds(store, goal.goal_id) == ["goal.submitted", "goal.cancelled"]
+
+
+class FirstFailureWaits(FirstOneWaits):
+    """Fails every goal; the first failure waits until told to go on."""
+
+    def draft(self, goal: GoalSubmitted, catalog: Catalog) -> Draft:
+        super().draft(goal, catalog)
+        raise PlanningFailed(["no tool counts what this goal asks for"])
+
+
+def test_two_deliveries_that_fail_at_once_store_one_failure_and_both_answer_it(
+    store: Store,
+) -> None:
+    """Given a stored goal delivered twice, which the planner cannot plan,
+    When the first delivery's planning is still under way as the second one's failure is
+    stored, Then the first one stores nothing more and raises nothing: both answer with the
+    one stored failure, and the goal moved to `plan_failed` once.
+    """
+    goal = stored_goal(store, "goal-failed-twice")
+    planner = FirstFailureWaits()
+    handler = planner_handler(store, planner)
+    first: list[Sequence[Envelope]] = []
+    slow = threading.Thread(target=lambda: first.append(handler(goal, DELIVERY)), daemon=True)
+    slow.start()
+    assert planner.planning.wait(WAIT)
+
+    [second] = handler(goal, DELIVERY)
+    planner.go_on.set()
+    slow.join(WAIT)
+
+    [[answer]] = first
+    assert answer.routing_key == second.routing_key == "plan.failed"
+    assert json.loads(answer.body)["reasons"] == json.loads(second.body)["reasons"]
+    assert audit_kinds(store, goal.goal_id) == ["goal.submitted", "goal.plan_failed"]
