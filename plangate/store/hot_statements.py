@@ -4,7 +4,7 @@ SQLAlchemy spends 20-28 µs on each execution of even a compiled, cached stateme
 execution context, parameter handling and result object), where `sqlite3` takes 2-4 µs. The
 audit log appends three statements per entry, eight entries per goal; every stage reads and
 moves its goal's status, writes to the outbox, inserts its rows and claims, and reads what it
-needs: every statement of a goal (58 embedded; 60 across processes, where the planner and the
+needs: every statement of a goal (60 embedded; 62 across processes, where the planner and the
 gate also read the catalog executors published), most inside SQLite's one write lock, which
 every stage of every process takes in turn. So those statements are compiled by SQLAlchemy
 once (its SQL, its parameters' order, their type conversions both ways, its columns' defaults)
