@@ -104,14 +104,11 @@ class FirstOneWaits:
         return Draft("count and SLA", STEPS, "test")
 
 
-def test_two_deliveries_planned_at_once_store_one_plan_and_both_answer_it(store: Store) -> None:
-    """Given a stored goal whose goal.submitted is delivered twice (a resend, a redelivery),
-    When the first delivery's planning is still under way as the second one's plan is stored,
-    Then the first one's plan is dropped on the goal's unique revision, and both deliveries
-    answer with the one stored plan: one revision, one move to `proposed`.
-    """
-    goal = stored_goal(store, "goal-planned-twice")
-    planner = FirstOneWaits()
+def delivered_twice_at_once(
+    store: Store, goal: GoalSubmitted, planner: FirstOneWaits
+) -> tuple[Envelope, Envelope]:
+    """Hand the goal to the planner twice, the second time while the first one still plans;
+    return the one answer of each delivery, the first delivery's first."""
     handler = planner_handler(store, planner)
     first: list[Sequence[Envelope]] = []
     slow = threading.Thread(target=lambda: first.append(handler(goal, DELIVERY)), daemon=True)
@@ -123,6 +120,19 @@ def test_two_deliveries_planned_at_once_store_one_plan_and_both_answer_it(store:
     slow.join(WAIT)
 
     [[answer]] = first
+    return answer, second
+
+
+def test_two_deliveries_planned_at_once_store_one_plan_and_both_answer_it(store: Store) -> None:
+    """Given a stored goal whose goal.submitted is delivered twice (a resend, a redelivery),
+    When the first delivery's planning is still under way as the second one's plan is stored,
+    Then the first one's plan is dropped on the goal's unique revision, and both deliveries
+    answer with the one stored plan: one revision, one move to `proposed`.
+    """
+    goal = stored_goal(store, "goal-planned-twice")
+
+    answer, second = delivered_twice_at_once(store, goal, FirstOneWaits())
+
     assert answer.routing_key == second.routing_key == "plan.proposed"
     assert plan_id_in(answer) == plan_id_in(second)
     with store.session() as session:
@@ -181,18 +191,9 @@ def test_two_deliveries_that_fail_at_once_store_one_failure_and_both_answer_it(
     one stored failure, and the goal moved to `plan_failed` once.
     """
     goal = stored_goal(store, "goal-failed-twice")
-    planner = FirstFailureWaits()
-    handler = planner_handler(store, planner)
-    first: list[Sequence[Envelope]] = []
-    slow = threading.Thread(target=lambda: first.append(handler(goal, DELIVERY)), daemon=True)
-    slow.start()
-    assert planner.planning.wait(WAIT)
 
-    [second] = handler(goal, DELIVERY)
-    planner.go_on.set()
-    slow.join(WAIT)
+    answer, second = delivered_twice_at_once(store, goal, FirstFailureWaits())
 
-    [[answer]] = first
     assert answer.routing_key == second.routing_key == "plan.failed"
     assert json.loads(answer.body)["reasons"] == json.loads(second.body)["reasons"]
     assert audit_kinds(store, goal.goal_id) == ["goal.submitted", "goal.plan_failed"]
