@@ -22,7 +22,6 @@ from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import NotReady, PlanningFailed, Reject, Retry
-from plangate.redaction import redact
 from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import (
     ensure_goal,
@@ -31,11 +30,9 @@ from plangate.store.goals import (
     latest_plan,
     newest_plan,
     plan_of,
-    plan_values,
-    transition,
 )
 from plangate.store.outbox import emit
-from plangate.store.rows import insert_row
+from planner_worker.answers import failure_of, proposal_of, store_failure, store_proposal
 from planner_worker.planner import Draft, Feedback, Planner, RevisingPlanner
 from planner_worker.replan import FeedbackSource, ReplanPolicy
 from schemas import (
@@ -45,17 +42,12 @@ from schemas import (
     Message,
     Plan,
     PlanDecided,
-    PlanFailed,
     PlanInvalid,
-    PlanProposed,
     new_id,
     utcnow,
     validate_plan,
 )
-from schemas.decoding import storable_text
-from schemas.messages import TokenUsage
 
-ACTOR = "planner"
 Writing = Callable[[], AbstractContextManager[Session]]  # opens a writing transaction
 log = logging.getLogger(__name__)
 _AWAITING_FEEDBACK: dict[FeedbackSource, str] = {"reviewer": "rejected", "execution": "failed"}
@@ -121,11 +113,11 @@ class PlannerHandler:
             existing = newest_plan(session, message.goal_id)
             if existing is not None and goal.status != "submitted":
                 # A redelivery: already planned.
-                return [emit(session, _proposal(session.get_one(PlanRow, existing.plan_id)))]
+                return [emit(session, proposal_of(session.get_one(PlanRow, existing.plan_id)))]
             # Submitted with plans already: an operator's retry (plangate/goal_retry.py).
             revision = 1 if existing is None else existing.revision + 1
             if goal.status == "plan_failed":
-                return [emit(session, _failure(message.goal_id, goal.status_reason))]
+                return [emit(session, failure_of(message.goal_id, goal.status_reason))]
             catalog = _catalog_in(session, self._catalog)
             if self._lease is None:  # planned without I/O: in this transaction
                 return self._first_revision(message, catalog, revision, session)
@@ -200,11 +192,11 @@ class PlannerHandler:
             newest = latest_plan(session, row.goal_id)
             assert newest is not None  # `row` itself is one of the goal's plans
             if newest.revision == row.revision + 1:  # a redelivery: this feedback was answered
-                return [emit(session, _proposal(newest))]
+                return [emit(session, proposal_of(newest))]
             if newest.revision > row.revision or not self._replan.allows(row.revision, source):
                 return []
             if goal.status == "plan_failed":  # revising after this feedback failed before
-                return [emit(session, _failure(goal.id, goal.status_reason))]
+                return [emit(session, failure_of(goal.id, goal.status_reason))]
             if goal.status != _AWAITING_FEEDBACK[source]:
                 return []  # the goal moved on (another decision, a newer run): leave it
             request = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
@@ -286,10 +278,10 @@ class PlannerHandler:
         if session is not None:
             # A race with another delivery (PostgreSQL) fails this transaction; the retry of
             # the message then finds the other's plan and proposes it.
-            return _store_proposal(session, plan, draft)
+            return store_proposal(session, plan, draft)
         try:
             with (writing or self._store.session)() as own:
-                return _store_proposal(own, plan, draft)
+                return store_proposal(own, plan, draft)
         except IntegrityError:
             # Two deliveries of one goal (or one piece of feedback) planned at once; the
             # other stored this revision first. Its plan is the answer, ours is dropped.
@@ -299,7 +291,7 @@ class PlannerHandler:
                         PlanRow.goal_id == plan.goal_id, PlanRow.revision == plan.revision
                     )
                 ).scalar_one()
-                return [emit(own, _proposal(existing))]
+                return [emit(own, proposal_of(existing))]
 
     def _fail(
         self,
@@ -309,44 +301,9 @@ class PlannerHandler:
         writing: Writing | None = None,
     ) -> Sequence[Envelope]:
         if session is not None:
-            return _store_failure(session, goal_id, reasons)
+            return store_failure(session, goal_id, reasons)
         with (writing or self._store.session)() as own:
-            return _store_failure(own, goal_id, reasons)
-
-
-def _store_proposal(session: Session, plan: Plan, draft: Draft) -> list[Envelope]:
-    usage = draft.usage
-    row = plan_values(
-        plan,
-        draft.planner,
-        # The `plan` span, so that the run of this plan can link to it later (where the
-        # planner records no span, the span its goal came in with).
-        telemetry.current_headers(),
-        model=draft.model,
-        input_tokens=usage.input_tokens if usage else None,
-        output_tokens=usage.output_tokens if usage else None,
-    )
-    insert_row(session, PlanRow, row)
-    moved = {"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": row["plan_hash"]}
-    transition(session, plan.goal_id, "proposed", by="planner", actor=ACTOR, data=moved)
-    proposed = PlanProposed(
-        goal_id=plan.goal_id,
-        plan=plan,
-        plan_hash=row["plan_hash"],
-        planner=draft.planner,
-        model=draft.model,
-        usage=usage,
-    )
-    return [emit(session, proposed)]
-
-
-def _store_failure(session: Session, goal_id: str, reasons: list[str]) -> list[Envelope]:
-    # Reasons quote model servers, which may echo a secret: redacted before the bus sees them.
-    reasons = [storable_text(redact(reason)) for reason in reasons]
-    transition(
-        session, goal_id, "plan_failed", by="planner", actor=ACTOR, reason="; ".join(reasons)
-    )
-    return [emit(session, PlanFailed(goal_id=goal_id, reasons=reasons))]
+            return store_failure(own, goal_id, reasons)
 
 
 def _catalog_in(session: Session, source: Callable[[Session], Catalog]) -> Catalog:
@@ -383,21 +340,3 @@ def _tokens_spent(session: Session, goal_id: str) -> int:
         ).where(PlanRow.goal_id == goal_id)
     ).scalar_one()
     return int(total or 0)
-
-
-def _proposal(row: PlanRow) -> PlanProposed:
-    usage = None
-    if row.input_tokens is not None or row.output_tokens is not None:
-        usage = TokenUsage(input_tokens=row.input_tokens or 0, output_tokens=row.output_tokens or 0)
-    return PlanProposed(
-        goal_id=row.goal_id,
-        plan=plan_of(row),
-        plan_hash=row.plan_hash,
-        planner=row.planner,
-        model=row.model,
-        usage=usage,
-    )
-
-
-def _failure(goal_id: str, reason: str | None) -> PlanFailed:
-    return PlanFailed(goal_id=goal_id, reasons=[reason or "planning failed"])
