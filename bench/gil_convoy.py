@@ -1,11 +1,12 @@
 """A SQLite write transaction's wall time, alone and beside threads of its process that run Python.
 
 SQLite lets go of the GIL for each statement; getting it back from a thread busy running Python
-takes up to `sys.getswitchinterval()` (5 ms by default). So a transaction of a few statements,
-in a worker whose other handler threads are busy, holds SQLite's write lock (which every writer
-of every process waits for) many times as long as its own work. This prints the median wall
-time of one transaction (a goal added, then eight updates of it, as plangate's store runs them)
-with 0, 1 and 3 busy threads beside it, at the default switch interval and at a tenth of it.
+takes at least `sys.getswitchinterval()` (5 ms by default), more with several busy threads. So
+a transaction of a few statements, in a worker whose other handler threads are busy, holds
+SQLite's write lock (which every writer of every process waits for) many times as long as its
+own work. This prints the median wall time of one transaction (a goal added, then eight updates
+of it, through the store's ORM session) with 0, 1 and 3 busy threads beside it, at the default
+switch interval and at a tenth of it.
 
     python bench/gil_convoy.py [--transactions 200]
 """
@@ -65,7 +66,8 @@ def main() -> None:
     count = parser.parse_args().transactions
     default = sys.getswitchinterval()
     print("median wall ms of one transaction (a goal added, then 8 updates)")
-    print(f"{'busy threads beside it':24}{'switch 5 ms':>14}{'switch 0.5 ms':>16}")
+    heads = [f"switch {interval * 1e3:g} ms" for interval in (default, default / 10)]
+    print(f"{'busy threads beside it':24}{heads[0]:>14}{heads[1]:>16}")
     with tempfile.TemporaryDirectory(prefix="plangate-bench-") as folder:
         store = open_store(f"sqlite:///{folder}/plangate.db")
         try:

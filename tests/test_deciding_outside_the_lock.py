@@ -190,6 +190,8 @@ def test_two_gates_deciding_one_plan_at_once_record_one_decision(store: Store) -
     the first one decides outside the lock,
     When the first comes to record its decision,
     Then it records none and answers with the second one's: one decision, one approval move.
+    (The first finds the second's decision in its writing transaction; the unique decision per
+    plan and stage would refuse a second one too, so the single move is what shows it.)
     """
     proposal = proposed_plan(store, "goal-decided-twice")
     other = GateMeanwhile(store, lambda: None)

@@ -126,8 +126,9 @@ def delivered_twice_at_once(
 def test_two_deliveries_planned_at_once_store_one_plan_and_both_answer_it(store: Store) -> None:
     """Given a stored goal whose goal.submitted is delivered twice (a resend, a redelivery),
     When the first delivery's planning is still under way as the second one's plan is stored,
-    Then the first one's plan is dropped on the goal's unique revision, and both deliveries
-    answer with the one stored plan: one revision, one move to `proposed`.
+    Then the first one finds the goal planned and drops its plan (the goal's unique revision
+    would refuse it too), and both deliveries answer with the one stored plan: one revision,
+    one move to `proposed`.
     """
     goal = stored_goal(store, "goal-planned-twice")
 
