@@ -36,9 +36,10 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -82,11 +83,20 @@ def now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+class Database(Protocol):
+    """What the floor asks of a connection: sqlite3's `execute`, with its `?` placeholders."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any: ...
+
+
 class FloorStore:
     """One connection to the shared SQLite file; `tx()` holds its write lock from the start."""
 
+    db: Database
+
     def __init__(self, path: str) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self._sqlite = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.db = self._sqlite
         # Writers queue on a kernel lock, as plangate's do, not on SQLite's sleep-and-retry.
         self._lock = os.open(f"{path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -95,14 +105,14 @@ class FloorStore:
         self._marked = time.monotonic()
 
     def close(self) -> None:
-        self.db.close()
+        self._sqlite.close()
         os.close(self._lock)
 
     def create_schema(self) -> None:
-        self.db.executescript(SCHEMA)
+        self._sqlite.executescript(SCHEMA)
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[Database]:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
             self.db.execute("BEGIN IMMEDIATE")
@@ -156,6 +166,93 @@ class FloorStore:
         self.sent(row, batch=False)
 
 
+# The floor's tables on PostgreSQL, in a schema of their own beside plangate's tables.
+POSTGRES_SCHEMA = """
+DROP SCHEMA IF EXISTS floor CASCADE;
+CREATE SCHEMA floor;
+CREATE TABLE goals (id TEXT PRIMARY KEY, status TEXT NOT NULL, at TEXT NOT NULL);
+CREATE TABLE records (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, goal_id TEXT NOT NULL,
+    kind TEXT NOT NULL, body BYTEA NOT NULL);
+CREATE TABLE approval_uses (approval_id TEXT PRIMARY KEY, goal_id TEXT NOT NULL);
+CREATE TABLE steps (
+    goal_id TEXT NOT NULL, step_id TEXT NOT NULL, status TEXT NOT NULL, output TEXT,
+    PRIMARY KEY (goal_id, step_id));
+CREATE TABLE audit (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, goal_id TEXT, kind TEXT NOT NULL,
+    at TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE INDEX audit_chain ON audit (goal_id, seq);
+CREATE TABLE outbox (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, routing_key TEXT NOT NULL,
+    body BYTEA NOT NULL, created_at TEXT NOT NULL, sent_at TEXT);
+"""
+
+
+class QmarkConnection:
+    """A psycopg connection taking sqlite3's `?` placeholders: the floor's SQL is written once."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        return self.connection.execute(sql.replace("?", "%s"), parameters)
+
+
+class PostgresFloorStore(FloorStore):
+    """The floor on PostgreSQL (psycopg, no ORM): each commit waits for its fsync, as plangate's.
+
+    No lock every writer shares: the audit chain is one per goal, as plangate's is on PostgreSQL
+    (a goal's stages act one after another, so its chain needs no lock of the floor's own).
+    """
+
+    def __init__(self, url: str) -> None:
+        import psycopg  # only this side needs the driver
+
+        conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self._postgres = psycopg.connect(conninfo, autocommit=True, options="-c search_path=floor")
+        self.db = QmarkConnection(self._postgres)
+        self._unsent: list[int] = []
+        self._marked = time.monotonic()
+
+    def close(self) -> None:
+        self._postgres.close()
+
+    def create_schema(self) -> None:
+        self.db.execute(POSTGRES_SCHEMA)
+
+    @contextmanager
+    def tx(self) -> Iterator[Database]:
+        with self._postgres.transaction():
+            yield self.db
+
+    def audit(self, goal_id: str, kind: str) -> None:
+        """Append an entry to the goal's own hash chain (in the caller's transaction)."""
+        last = self.db.execute(
+            "SELECT hash FROM audit WHERE goal_id = ? ORDER BY seq DESC LIMIT 1", (goal_id,)
+        ).fetchone()
+        at = now()
+        digest = hashlib.sha256(f"{last[0] if last else ''}|{goal_id}|{kind}|{at}".encode())
+        self.db.execute(
+            "INSERT INTO audit (goal_id, kind, at, hash) VALUES (?, ?, ?, ?)",
+            (goal_id, kind, at, digest.hexdigest()),
+        )
+
+    def outbox(self, routing_key: str, body: bytes) -> int:
+        """Queue a message (in the caller's transaction); return its row id."""
+        (row_id,) = self.db.execute(
+            "INSERT INTO outbox (routing_key, body, created_at) VALUES (?, ?, ?) RETURNING id",
+            (routing_key, body, now()),
+        ).fetchone()
+        return int(row_id)
+
+
+def open_floor_store(locator: str) -> FloorStore:
+    """Open the floor's store: a PostgreSQL URL, or else the path of a SQLite file."""
+    if locator.startswith("postgresql"):
+        return PostgresFloorStore(locator)
+    return FloorStore(locator)
+
+
 class ContractChecks:
     """What the design makes each stage check, done with the contract's own functions."""
 
@@ -190,8 +287,8 @@ class ContractChecks:
 class DurableStage:
     """One stage's checks and durable work around the baseline hop's publish."""
 
-    def __init__(self, path: str, in_key: str) -> None:
-        self.store = FloorStore(path)
+    def __init__(self, locator: str, in_key: str) -> None:
+        self.store = open_floor_store(locator)
         self.in_key = in_key
         self.checks = ContractChecks()
 
@@ -251,7 +348,8 @@ class DurableStage:
             with store.tx() as db:
                 db.execute(
                     "INSERT INTO steps VALUES (?, ?, 'succeeded', ?) "
-                    "ON CONFLICT DO UPDATE SET status = 'succeeded', output = excluded.output",
+                    "ON CONFLICT (goal_id, step_id) "
+                    "DO UPDATE SET status = 'succeeded', output = excluded.output",
                     (goal_id, step_id, output),
                 )
                 store.audit(goal_id, f"step.{step_id}")

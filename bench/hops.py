@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from floor import FloorStore
+from floor import open_floor_store
 from harness import Arrivals, Processes, Side, observer_queue, say
 from kombu import Connection, Exchange, Producer, Queue
 from kombu_hop import sender
@@ -31,12 +31,12 @@ def start_hops(
     settings: Settings,
     bodies: dict[str, Any],
     prefetch: int,
-    floor: tuple[Path, dict[str, str]] | None = None,
+    floor: tuple[str, dict[str, str]] | None = None,
 ) -> Side:
     """Start three raw-kombu hops; return their side.
 
-    Given `floor` (its SQLite file, and the environment its checks read plangate's settings
-    from), they are the floor's hops.
+    Given `floor` (its store: a SQLite file or a PostgreSQL URL; and the environment its checks
+    read plangate's settings from), they are the floor's hops.
     """
     name = "baseline" if floor is None else "floor"
     template = processes.folder / "baseline-bodies.json"
@@ -51,14 +51,14 @@ def start_hops(
     store = None
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if floor is not None:
-        store = FloorStore(str(floor[0]))
+        store = open_floor_store(floor[0])
         store.create_schema()
         env = floor[1]
     for i in range(3):
         command = [sys.executable, str(BENCH / "kombu_hop.py"), settings.broker_url]
         command += [exchange_name, f"{exchange_name}.hop{i + 1}", HOPS[i], HOPS[i + 1]]
         command += [str(template), str(prefetch)]
-        command += [] if floor is None else [str(floor[0])]
+        command += [] if floor is None else [floor[0]]
         processes.start(f"{name}{i + 1}", command, env)
     say(f"{name}: started 3 raw-kombu hop processes")
     producer = Producer(channel, exchange=exchange)
@@ -78,9 +78,9 @@ def start_hops(
     return Side(name, submit, done, processes.check_alive)
 
 
-def check_floor(floor_db: Path) -> None:
+def check_floor(floor_store: str) -> None:
     """Check the floor's store: every goal completed, with its three steps succeeded."""
-    store = FloorStore(str(floor_db))
+    store = open_floor_store(floor_store)
     try:
         goals = dict(store.db.execute("SELECT status, count(*) FROM goals GROUP BY status"))
         (steps,) = store.db.execute(

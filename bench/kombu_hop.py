@@ -5,10 +5,10 @@ from its queue, parse it, publish the next message of the seed example's pipelin
 and headers plangate itself sent for that hop, with this goal's id put in) to the same kind of
 topic exchange, with the same properties, then ack. No store, no validation, no threads.
 
-Given a SQLite file (DB), it is a hop of the floor instead: the same, plus the least durable
-work the design asks of that stage (`floor.py`) around the publish.
+Given a store (STORE: a SQLite file, or a PostgreSQL URL), it is a hop of the floor instead: the
+same, plus the least durable work the design asks of that stage (`floor.py`) around the publish.
 
-    python bench/kombu_hop.py URL EXCHANGE QUEUE IN_KEY OUT_KEY TEMPLATE.json PREFETCH [DB]
+    python bench/kombu_hop.py URL EXCHANGE QUEUE IN_KEY OUT_KEY TEMPLATE.json PREFETCH [STORE]
 """
 
 from __future__ import annotations

@@ -11,8 +11,10 @@ Baseline: three `kombu_hop.py` processes that only consume, parse and republish 
 message properties, prefetch and kind of topic exchange, measured the same way.
 
 Floor: the same three hops plus the least durable work DESIGN.md asks of each stage (outbox,
-audit chain, goal state, step claims and records, progress events) in raw sqlite3 (`floor.py`):
-what any implementation of the design must spend at the least, in Python, on this machine.
+audit chain, goal state, step claims and records, progress events) on plangate's kind of store,
+without an ORM (`floor.py`): raw sqlite3 on a file of its own, or, given --database-url, psycopg
+on the same PostgreSQL (a schema of its own, each commit waiting for its fsync): what any
+implementation of the design must spend at the least, in Python, on this machine.
 
 Celery (when installed: `pip install -e '.[bench]'`): the same hops as a chain of three Celery
 tasks, a worker process each, acks_late, with the Redis result backend (`celery_chain.py`).
@@ -236,14 +238,16 @@ def compare(
     """Start the sides, measure them in turns, stop them; return them and plangate's hops."""
     upgrade_store(settings)
     client = Client(settings)
-    floor_db = processes.folder / "floor.db"
+    # The floor's store is plangate's kind of store: a SQLite file of its own, or PostgreSQL.
+    url = settings.resolved_database_url()
+    floor_store = url if url.startswith("postgresql") else str(processes.folder / "floor.db")
     try:
         with Connection(settings.broker_url) as connection:
             ours, bodies = start_plangate(args, processes, settings, connection, client)
             hops = (processes, connection, settings, bodies, args.concurrency)
             theirs = start_hops(*hops)
             # The floor's checks load plangate's tools, policy and the gate's public key.
-            floor = start_hops(*hops, floor=(floor_db, plangate_env(settings)))
+            floor = start_hops(*hops, floor=(floor_store, plangate_env(settings)))
             celery = start_celery_side(processes, connection, settings, bodies, args.concurrency)
             sides = (ours, floor, theirs, *([celery] if celery else []))
             for side in sides:
@@ -282,7 +286,7 @@ def compare(
     finally:
         client.close()
     breakdown = audit_breakdown(ours, settings)
-    check_floor(floor_db)
+    check_floor(floor_store)
     say("every goal completed; each store holds 3 succeeded steps per goal")
     codes = processes.stop(lambda name: name != "redis")
     say(f"stopped the workers and hops (exit codes {codes})")
