@@ -362,22 +362,7 @@ def test_connections_dropped_by_the_server_fail_one_transaction_as_an_outage_the
     """
     from plangate.store.engine import is_outage
 
-    with store.session() as session:  # two connections in the pool
-        with store.session() as other:
-            other.execute(text("SELECT 1"))
-        session.execute(text("SELECT 1"))
-    killer = make_engine(postgres_database_url)
-    try:
-        with killer.begin() as connection:
-            dropped = connection.execute(
-                text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            ).scalar_one()
-    finally:
-        killer.dispose()
-    assert dropped >= 1
+    assert two_pooled_connections_dropped_by_the_server(store, postgres_database_url) >= 1
 
     with pytest.raises(DBAPIError) as failed, store.session() as session:
         session.execute(text("SELECT 1"))
@@ -385,3 +370,48 @@ def test_connections_dropped_by_the_server_fail_one_transaction_as_an_outage_the
     for _ in range(3):
         with store.session() as session:
             assert session.execute(text("SELECT 1")).scalar_one() == 1
+
+
+def test_a_hot_statement_on_a_dropped_connection_fails_once_as_an_outage_then_reconnects(
+    store: Store, postgres_database_url: str
+) -> None:
+    """Given a store whose pooled connections the server has dropped,
+    When the next transactions run a hot statement (on psycopg's own cursor, past SQLAlchemy),
+    Then the first fails as an outage, with SQLAlchemy's own error for a lost connection, and
+    the next ones succeed: SQLAlchemy dropped it and the other pooled one, as for a statement
+    of its own.
+    """
+    from plangate.store.engine import is_outage
+    from plangate.store.goals import goal_status
+
+    assert two_pooled_connections_dropped_by_the_server(store, postgres_database_url) >= 1
+
+    with pytest.raises(DBAPIError) as failed, store.session() as session:
+        goal_status(session, "no-such-goal")
+    assert is_outage(failed.value)
+    assert failed.value.connection_invalidated  # SQLAlchemy's own error: it saw the loss
+    for _ in range(3):
+        with store.session() as session:
+            assert goal_status(session, "no-such-goal") is None
+
+
+def two_pooled_connections_dropped_by_the_server(store: Store, url: str) -> int:
+    """Leave two connections in the store's pool, have the server drop them (as a restart
+    does); return how many connections it dropped."""
+    with store.session() as session:
+        with store.session() as other:
+            other.execute(text("SELECT 1"))
+        session.execute(text("SELECT 1"))
+    killer = make_engine(url)
+    try:
+        with killer.begin() as connection:
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        killer.dispose()

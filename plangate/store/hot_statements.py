@@ -1,24 +1,24 @@
-"""The store's hottest statements, run on SQLite's own cursor: compiled once, rows as tuples.
+"""The store's hottest statements, run on the driver's own cursor: compiled once, rows as tuples.
 
-SQLAlchemy spends 20-28 µs on each execution of even a compiled, cached statement (its
-execution context, parameter handling and result object), where `sqlite3` takes 2-4 µs. The
+SQLAlchemy spends 20-28 µs on each execution of even a compiled, cached statement on SQLite
+(its execution context, parameter handling and result object), where `sqlite3` takes 2-4 µs;
+on PostgreSQL about 70 µs of CPU beside psycopg's 75 (`bench/hot_statements_postgres.py`). The
 audit log appends three statements per entry, eight entries per goal; every stage reads and
 moves its goal's status, writes to the outbox, inserts its rows and claims, and reads what it
 needs: every statement of a goal (60 embedded; 62 across processes, where the planner and the
 gate also read the catalog executors published), most inside SQLite's one write lock, which
 every stage of every process takes in turn. So those statements are compiled by SQLAlchemy
-once (its SQL, its parameters' order, their type conversions both ways, its columns' defaults)
-and run on the driver's connection of the session's own transaction. Errors are wrapped as
-SQLAlchemy wraps them, as `BEGIN` is in `engine`.
-
-On PostgreSQL they go through SQLAlchemy as usual (`Session.execute`): a dead connection must
-be seen there to be dropped from the pool, and a round trip to the server dwarfs the saving. A
-SQLite file has no connection to lose, so its errors need no such handling.
+once (its SQL, its parameters' names or order, their type conversions both ways, its columns'
+defaults) and run on the driver's connection of the session's own transaction (`sqlite3`, or
+psycopg 3 on PostgreSQL). Errors are wrapped as SQLAlchemy wraps them, as `BEGIN` is in
+`engine`. A lost PostgreSQL connection is seen by SQLAlchemy all the same, when it rolls the
+failed transaction back: it drops that connection and every pooled one as old as it (one
+failure per server restart, not one per pooled connection) and raises its own error, which
+says so. Other drivers go through SQLAlchemy as usual (`Session.execute`).
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -35,17 +35,23 @@ Sql = Select[Any] | Insert | Update
 
 
 @dataclass(frozen=True)
-class _OnSqlite:
-    """A statement as sqlite3 takes it: its SQL, and how each positional value is made."""
+class _OnDriver:
+    """A statement as the driver takes it: its SQL, how each value is made, how rows convert."""
 
     sql: str
     values: tuple[Callable[[Mapping[str, Any]], Any], ...]
+    # The name each value goes under (psycopg's named parameters); None: positional (sqlite3).
+    names: tuple[str, ...] | None
     # Per selected column, how SQLAlchemy converts what the driver returns (None: as it is);
     # None for a statement whose columns all come as they are.
     converters: tuple[Callable[[Any], Any] | None, ...] | None
+    # An INSERT on PostgreSQL returns its new key (SQLAlchemy adds the RETURNING): not a row.
+    returns_key: bool
 
-    def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple([make(params) for make in self.values])  # a list is built faster
+    def bind(self, params: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        if self.names is None:
+            return tuple([make(params) for make in self.values])  # a list is built faster
+        return {name: make(params) for name, make in zip(self.names, self.values, strict=True)}
 
     def convert(self, rows: list[Row]) -> list[Row]:
         if self.converters is None:
@@ -58,7 +64,7 @@ class _OnSqlite:
 
 
 class HotStatement:
-    """A Core statement that runs on the driver's cursor on SQLite, through SQLAlchemy elsewhere.
+    """A Core statement run on the driver's cursor (SQLite, psycopg), through SQLAlchemy elsewhere.
 
     `column_keys` names the columns an INSERT or UPDATE sets (as the parameters passed will).
     Rows come back as tuples, each value converted as SQLAlchemy converts it (JSON, times).
@@ -67,15 +73,17 @@ class HotStatement:
     def __init__(self, statement: Sql, column_keys: Sequence[str] | None = None) -> None:
         self._statement = statement
         self._column_keys = list(column_keys) if column_keys is not None else None
-        self._on_sqlite: _OnSqlite | None = None
+        # Compiled for each kind of store a process opens (tests open both).
+        self._on_driver: dict[tuple[str, str], _OnDriver] = {}
 
     def rows(self, session: Session, params: Mapping[str, Any]) -> list[Row]:
         """Run the statement in the session's transaction; return its rows (none if it has none)."""
-        result = self._run(session, params)
-        if isinstance(result, sqlite3.Cursor):
-            assert self._on_sqlite is not None  # compiled by the run
-            return self._on_sqlite.convert(result.fetchall())
-        return [tuple(row) for row in result] if result.returns_rows else []
+        result, on_driver = self._run(session, params)
+        if on_driver is None:
+            return [tuple(row) for row in result] if result.returns_rows else []
+        if on_driver.returns_key or result.description is None:
+            return []
+        return on_driver.convert(result.fetchall())
 
     def first(self, session: Session, params: Mapping[str, Any]) -> Row | None:
         """Run a SELECT in the session's transaction; return its first row, if it has one."""
@@ -85,45 +93,55 @@ class HotStatement:
     def rowcount(self, session: Session, params: Mapping[str, Any]) -> int:
         """Run an INSERT, UPDATE or DELETE in the session's transaction; return the rows it hit."""
         # psycopg reports -1 for an INSERT's rowcount unless asked to keep it.
-        result = self._run(session, params, {"preserve_rowcount": True})
+        result, _ = self._run(session, params, {"preserve_rowcount": True})
         return int(result.rowcount)
 
     def inserted_id(self, session: Session, params: Mapping[str, Any]) -> int:
         """Run an INSERT in the session's transaction; return the new row's integer key."""
-        result = self._run(session, params)
-        if isinstance(result, sqlite3.Cursor):
-            assert result.lastrowid is not None
-            return result.lastrowid
-        key = result.inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        result, on_driver = self._run(session, params)
+        if on_driver is None:
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
+        if on_driver.returns_key:
+            return int(result.fetchone()[0])
+        assert result.lastrowid is not None
+        return int(result.lastrowid)
 
     def _run(
         self,
         session: Session,
         params: Mapping[str, Any],
         options: Mapping[str, Any] | None = None,
-    ) -> sqlite3.Cursor | CursorResult[Any]:
+    ) -> tuple[Any, _OnDriver | None]:
+        """Run the statement; return the driver's cursor and what it ran, or SQLAlchemy's result."""
         # Changes made through the ORM are written first, on either store, so that a read sees
         # them and rows go in the order they were made. (`Session.execute` autoflushes before
         # ORM statements only, not before these, which are on tables.)
         if session.autoflush and (session.new or session.dirty or session.deleted):
             session.flush()
-        driver = _sqlite_driver(session)
+        driver = _driver(session)
         if driver is None:
-            executed = session.execute(self._statement, params, execution_options=options or {})
-            return cast(CursorResult[Any], executed)
-        on_sqlite = self._on_sqlite or self._compile(session.get_bind().dialect)
+            return self._through_sqlalchemy(session, params, options), None
+        dialect = session.get_bind().dialect
+        on_driver = self._on_driver.get((dialect.name, dialect.driver)) or self._compile(dialect)
         try:
-            return driver.execute(on_sqlite.sql, on_sqlite.bind(params))
-        except sqlite3.Error as exc:  # the driver's own: wrapped (a value that does not
-            # convert raises as it does under SQLAlchemy, unwrapped)
-            raise DBAPIError.instance(on_sqlite.sql, dict(params), exc, sqlite3.Error) from exc
+            return driver.execute(on_driver.sql, on_driver.bind(params)), on_driver
+        except dialect.loaded_dbapi.Error as exc:  # the driver's own: wrapped (a value that
+            # does not convert raises as it does under SQLAlchemy, unwrapped)
+            raise DBAPIError.instance(
+                on_driver.sql, dict(params), exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from exc
 
-    def _compile(self, dialect: Dialect) -> _OnSqlite:
+    def _through_sqlalchemy(
+        self, session: Session, params: Mapping[str, Any], options: Mapping[str, Any] | None
+    ) -> CursorResult[Any]:
+        executed = session.execute(self._statement, params, execution_options=options or {})
+        return cast(CursorResult[Any], executed)
+
+    def _compile(self, dialect: Dialect) -> _OnDriver:
         compiled = self._statement.compile(dialect=dialect, column_keys=self._column_keys)
         assert isinstance(compiled, SQLCompiler)
-        assert compiled.positiontup is not None  # SQLite's parameters are positional
         # What SQLAlchemy works out at each execution: a column's default or onupdate value
         # (made here as it would make it), a list spread into IN (...) (refused).
         defaults = {column.key: column.default for column in compiled.insert_prefetch}
@@ -138,17 +156,25 @@ class HotStatement:
                 for column in self._statement.selected_columns
             )
             converters = found if any(found) else None
-        values = tuple(_maker(compiled, name, dialect, defaults) for name in compiled.positiontup)
-        self._on_sqlite = _OnSqlite(compiled.string, values, converters)
-        return self._on_sqlite
+        # sqlite3 takes its values in order; psycopg by name (as SQLAlchemy wrote each in the SQL).
+        positional = compiled.positiontup is not None
+        order = list(compiled.positiontup or compiled.binds)
+        values = tuple(_maker(compiled, name, dialect, defaults) for name in order)
+        names = None if positional else tuple(compiled.escaped_bind_names.get(n, n) for n in order)
+        returns_key = bool(compiled.implicit_returning)
+        on_driver = _OnDriver(compiled.string, values, names, converters, returns_key)
+        self._on_driver[(dialect.name, dialect.driver)] = on_driver
+        return on_driver
 
 
 # Where a session keeps the driver connection of its transaction (`Session.info`).
-_DRIVER = "plangate.sqlite_driver"
+_DRIVER = "plangate.driver_connection"
+# The drivers whose connections run hot statements themselves: (dialect, driver).
+_DRIVERS = {("sqlite", "pysqlite"), ("postgresql", "psycopg")}
 
 
-def _sqlite_driver(session: Session) -> sqlite3.Connection | None:
-    """Return the SQLite driver connection of the session's transaction (None on other stores).
+def _driver(session: Session) -> Any:
+    """Return the driver connection of the session's transaction (None: through SQLAlchemy).
 
     Looked up once per transaction and kept in the session: SQLAlchemy's `Session.connection`
     walks its transaction's state on each call (about a third of a hot statement's own cost).
@@ -160,13 +186,12 @@ def _sqlite_driver(session: Session) -> sqlite3.Connection | None:
     # until it is rolled back there, and its connection, out of any transaction, would commit
     # each statement on its own. SQLAlchemy then refuses the statement, as it should.
     if transaction is not None and transaction.is_active and kept and kept[0] is transaction:
-        return cast(sqlite3.Connection | None, kept[1])
-    if session.get_bind().dialect.name != "sqlite":
+        return kept[1]
+    dialect = session.get_bind().dialect
+    if (dialect.name, dialect.driver) not in _DRIVERS:
         driver = None
     else:
-        found = session.connection().connection.driver_connection
-        assert isinstance(found, sqlite3.Connection)
-        driver = found
+        driver = session.connection().connection.driver_connection
     session.info[_DRIVER] = (session.get_transaction(), driver)
     return driver
 
