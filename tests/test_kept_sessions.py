@@ -1,36 +1,31 @@
-"""SQLite write transactions run on a connection and a Session each thread keeps.
+"""Write transactions run on a connection and a Session each thread keeps.
 
 What a caller of `Store.session()` sees must not change: each transaction commits or rolls back
-on its own, sees what others committed, and leaves nothing behind for the next one.
+on its own, sees what others committed, and leaves nothing behind for the next one. Each test
+runs on a SQLite file and on a real PostgreSQL (conftest's `store`), but where it says which.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import queue
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import event, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from plangate.store import GoalRow, Store, open_store
 from plangate.store.kept_sessions import KeptSessions
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
-    yield opened
-    opened.close()
-
-
 def _kept(store: Store) -> KeptSessions:
     kept = store._kept
-    assert kept is not None, "a SQLite file's store keeps each thread's connection"
+    assert kept is not None, "a SQLite file's or PostgreSQL's store keeps each thread's connection"
     return kept
 
 
@@ -186,10 +181,10 @@ def _collect(*_args: object) -> None:
     gc.collect()
 
 
-def test_closing_the_store_waits_for_a_transaction_under_way(store: Store) -> None:
+def test_closing_the_store_midway_through_a_transaction_lets_it_commit_whole(store: Store) -> None:
     """Given a thread midway through a transaction of two goals, When the store is closed
-    from another thread meanwhile, Then the transaction commits whole, and the store goes on
-    committing (from its pool)."""
+    from another thread meanwhile (on SQLite it waits for the write lock; PostgreSQL has none),
+    Then the transaction commits whole, and the store goes on committing (from its pool)."""
     first_added = threading.Event()
     may_go_on = threading.Event()
 
@@ -230,10 +225,18 @@ def test_a_closed_store_leaves_nothing_of_its_engine_behind_in_this_thread(tmp_p
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX's")
-def test_a_forked_child_does_not_use_its_parents_kept_connection(store: Store) -> None:
+def test_a_forked_child_does_not_use_its_parents_kept_connection(tmp_path: Path) -> None:
     """Given a store this process wrote to (so this thread keeps a connection), When the
     process forks and the child writes, Then the child commits on a connection of its own
     (SQLite forbids carrying one across fork()), and the parent's stays usable."""
+    store = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
+    try:
+        _a_forked_child_writes_on_its_own_connection(store)
+    finally:
+        store.close()
+
+
+def _a_forked_child_writes_on_its_own_connection(store: Store) -> None:
     _add_goal(store, "parent")
     parents = _kept(store)._local.kept.connection.connection.driver_connection
     read, write = os.pipe()
@@ -295,3 +298,73 @@ def test_an_in_memory_store_keeps_no_connections() -> None:
         assert store._kept is None
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_server_restart_fails_one_transaction_not_one_per_thread(
+    postgres_database_url: str,
+) -> None:
+    """Given two threads that each keep a PostgreSQL connection, When the server drops every
+    connection (as a restart does), Then the first thread's next transaction fails as an
+    outage, and the second's commits: its connection, as old as the lost one, is given back
+    untried and a new one made."""
+    from plangate.store.engine import is_outage, make_engine
+
+    store = open_store(postgres_database_url)
+    first, second = Worker(), Worker()
+    try:
+        first.run(lambda: _add_goal(store, "g1"))
+        second.run(lambda: _add_goal(store, "g2"))
+        assert _kept(store).kept == 2
+        killer = make_engine(postgres_database_url)
+        try:
+            with killer.begin() as connection:
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+        finally:
+            killer.dispose()
+
+        with pytest.raises(DBAPIError) as failed:
+            first.run(lambda: _add_goal(store, "g3"))
+        assert is_outage(failed.value)
+        second.run(lambda: _add_goal(store, "g4"))
+        first.run(lambda: _add_goal(store, "g5"))
+        assert [_status(store, g) for g in ("g4", "g5")] == ["submitted", "submitted"]
+    finally:
+        first.stop()
+        second.stop()
+        store.close()
+
+
+class Worker:
+    """A thread of its own that runs what it is given, one call at a time."""
+
+    def __init__(self) -> None:
+        self._calls: queue.Queue[Callable[[], object] | None] = queue.Queue()
+        self._results: queue.Queue[BaseException | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._serve)
+        self._thread.start()
+
+    def run(self, call: Callable[[], object]) -> None:
+        """Run `call` on the thread; raise what it raised."""
+        self._calls.put(call)
+        failure = self._results.get(timeout=30)
+        if failure is not None:
+            raise failure
+
+    def stop(self) -> None:
+        self._calls.put(None)
+        self._thread.join(timeout=30)
+
+    def _serve(self) -> None:
+        while (call := self._calls.get()) is not None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the caller
+                self._results.put(exc)
+            else:
+                self._results.put(None)

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
 from plangate.store import schema
-from plangate.store.kept_sessions import MAX_KEPT, KeptSessions
+from plangate.store.kept_sessions import MAX_KEPT, MAX_KEPT_ON_POSTGRES, KeptSessions
 from plangate.store.sqlite_lock import acquire_lock, release_lock
 
 log = logging.getLogger(__name__)
@@ -199,8 +199,9 @@ def make_engine(url: str) -> Engine:
         # No ping before each transaction (a round trip on every one): a connection found dead
         # fails its transaction as an outage (`is_outage`), which the stages wait out, and
         # SQLAlchemy then drops every pooled connection as old as it, so one failure per
-        # database restart, not one per pooled connection.
-        return create_engine(parsed)
+        # database restart, not one per pooled connection (nor per kept one: `kept_sessions`).
+        # Room in the pool beyond SQLAlchemy's default for the connections threads keep.
+        return create_engine(parsed, max_overflow=10 + MAX_KEPT_ON_POSTGRES)
     except ImportError as exc:  # a driver named in the URL that is not installed
         raise ConfigError(
             f"PLANGATE_DATABASE_URL names the driver {parsed.drivername}, which is not "
@@ -230,7 +231,11 @@ def open_store(url: str, *, upgrade: bool = True) -> Store:
             f"cannot open the store at {where}: {cause}; check PLANGATE_DATABASE_URL, "
             "and that the database is reachable and was made by plangate"
         ) from exc
-    return Store(engine, kept_threads=MAX_KEPT if _on_sqlite_file(engine.url) else 0)
+    if _on_sqlite_file(engine.url):
+        return Store(engine, kept_threads=MAX_KEPT)
+    if engine.dialect.name == "postgresql":
+        return Store(engine, kept_threads=MAX_KEPT_ON_POSTGRES)
+    return Store(engine)
 
 
 def is_outage(error: BaseException) -> bool:

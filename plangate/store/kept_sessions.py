@@ -1,13 +1,14 @@
-"""SQLite write transactions on a connection and a Session that each thread keeps.
+"""Write transactions on a connection and a Session that each thread keeps.
 
 A transaction made the usual way (a Session from a sessionmaker; a connection checked out of
 the pool, reset and checked in again) cost about 70 µs of CPU, several times SQLite's own BEGIN
 and COMMIT, and every goal takes six or seven write transactions on its way
-(`bench/transactions.py`). On SQLite a connection is an open file, not a server's scarce
-resource, so each thread that writes keeps one of the pool's for good (`make_engine` gives the
-pool room for them), with a Session bound to it; a transaction is that Session's begin and
-commit, as before. PostgreSQL keeps the pool as it was, and the bound it puts on a server's
-connections.
+(`bench/transactions.py`). So each thread that writes keeps one of the pool's connections for
+good (`make_engine` gives the pool room for them), with a Session bound to it; a transaction is
+that Session's begin and commit, as before. On SQLite a connection is an open file; on
+PostgreSQL it is a server's connection, so fewer threads keep one (`MAX_KEPT_ON_POSTGRES`) and
+the pool keeps its bound on the rest. A kept connection the server dropped fails its
+transaction, as a pooled one would, and its thread opens a new one for the next.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 # Threads beyond this many (a web server's request threads) use the shared pool, as before.
 MAX_KEPT = 32
+# A worker's handler threads and its few background ones; each is a server connection.
+MAX_KEPT_ON_POSTGRES = 8
 
 _ALL: weakref.WeakSet[KeptSessions] = weakref.WeakSet()
 _PARENTS: list[object] = []  # in a forked child: the parent's kept state, left untouched
@@ -35,11 +38,12 @@ class _Kept:
 
     connection: Connection
     session: Session
+    lost: int  # how many connections had been found lost when this one was made
     busy: bool = False  # in a transaction: a nested one takes a pooled session
 
 
 class KeptSessions:
-    """Write transactions on each thread's own connection and Session (SQLite)."""
+    """Write transactions on each thread's own connection and Session."""
 
     def __init__(self, engine: Engine, pooled: sessionmaker[Session], most: int = MAX_KEPT) -> None:
         """Keep connections of `engine`'s pool, for `most` threads; `pooled` serves the rest."""
@@ -53,6 +57,11 @@ class KeptSessions:
         self._local = threading.local()
         self._guard = threading.Lock()
         self._connections: set[Connection] = set()
+        self._busy: set[Connection] = set()  # in a transaction: `close` leaves them to it
+        # Connections found lost (a server restart drops them all): every thread's connection
+        # made before the last loss is given back, not tried, so a restart fails one
+        # transaction, not one per thread (as SQLAlchemy's pool does for its own).
+        self._lost = 0
         self._reserved = 0  # slots taken by threads still connecting
         # Connections of threads that ended, to give back. A thread's state is found gone by
         # the garbage collector, which may run in any thread, even one holding `_guard`: the
@@ -72,35 +81,35 @@ class KeptSessions:
     def begin(self) -> Iterator[Session]:
         """Open a transaction: commit when the block ends, roll back if it raises."""
         kept = self._this_threads()
-        if kept is None or kept.busy:
+        if kept is None or kept.busy or not self._take(kept):
             # Nested in this thread's own transaction (it begins lazily, as any Session's
-            # does), or one thread too many: a session of the pool, as before.
+            # does), one thread too many, or closed meanwhile: a session of the pool.
             with self._pooled.begin() as session:
                 yield session
             return
-        kept.busy = True
         try:
             with kept.session.begin():
                 yield kept.session
         except BaseException:
             if kept.connection.invalidated or kept.connection.closed:
+                self._lost += 1
                 self._forget(kept)  # the next transaction of this thread opens a new one
             raise
         finally:
-            kept.busy = False
             # As a closed session's: what it loaded is detached, nothing carries over.
             kept.session.close()
             kept.session.info.clear()
+            self._let_go(kept)
 
     def close(self) -> None:
         """Give back every kept connection; transactions from now on use the pool.
 
-        The caller holds the store's write lock, so no kept transaction of this process is
-        under way.
+        A connection in a transaction is given back by its thread when the transaction ends
+        (on SQLite the caller holds the write lock, so none is; PostgreSQL has no such lock).
         """
         with self._guard:
             self._closed = True
-            connections, self._connections = self._connections, set()
+            connections, self._connections = self._connections - self._busy, set()
             finalizers, self._finalizers = self._finalizers, []
         for finalizer in finalizers:
             finalizer.detach()  # nor may a thread's state keep this store's engine alive
@@ -109,10 +118,32 @@ class KeptSessions:
         for connection in connections:
             _close(connection)
 
+    def _take(self, kept: _Kept) -> bool:
+        """Mark the thread's connection in a transaction; False if the store closed meanwhile."""
+        with self._guard:
+            if self._closed:
+                return False
+            kept.busy = True
+            self._busy.add(kept.connection)
+            return True
+
+    def _let_go(self, kept: _Kept) -> None:
+        """Mark the transaction ended; give the connection back if the store closed meanwhile."""
+        with self._guard:
+            kept.busy = False
+            self._busy.discard(kept.connection)
+            closed = self._closed
+        if closed:  # closed for good: the store's pool may be gone (`Engine.dispose`)
+            with suppress(Exception):
+                kept.connection.detach()
+            _close(kept.connection)
+
     def _this_threads(self) -> _Kept | None:
         kept: _Kept | None = getattr(self._local, "kept", None)
         if kept is not None and not kept.connection.closed:
-            return kept
+            if kept.lost == self._lost or kept.busy:  # (busy: this thread's outer transaction)
+                return kept
+            self._forget(kept)  # made before a connection was found lost: likely lost too
         # None yet, or closed by `close` (a store may be used after it, as an engine may be
         # after `dispose`: from the pool). A forked child starts afresh (`_after_fork_in_child`).
         self._local.kept = None
@@ -133,7 +164,7 @@ class KeptSessions:
         if not added:  # closed meanwhile
             _close(connection)
             return None
-        kept = _Kept(connection, Session(bind=connection, expire_on_commit=False))
+        kept = _Kept(connection, Session(bind=connection, expire_on_commit=False), self._lost)
         # A thread that ends takes its thread-local state along: its connection is given back.
         finalizer = weakref.finalize(kept, self._ended.append, connection)
         with self._guard:
