@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     Integer,
     MetaData,
+    Numeric,
     String,
     Table,
     bindparam,
@@ -245,3 +246,28 @@ def test_a_value_that_does_not_convert_fails_as_it_does_under_sqlalchemy(store: 
         unconvertible_entry()
     with store.reading() as session:
         assert session.execute(select(AuditRow).where(AuditRow.chain == "g3")).first() is None
+
+
+@pytest.mark.postgres
+def test_what_psycopg_cannot_do_as_sqlalchemy_does_is_refused_on_postgres(
+    postgres_database_url: str,
+) -> None:
+    """A number read back (SQLAlchemy converts it by the driver's type code, known only from a
+    result), the key of an INSERT whose table does not make it (psycopg has no lastrowid):
+    each is refused with what it is, not run differently from SQLAlchemy."""
+    metadata = MetaData()
+    priced = Table(
+        f"priced_{next(TABLES)}",
+        metadata,
+        Column("id", String(8), primary_key=True),
+        Column("price", Numeric(10, 2)),
+    )
+    store = open_store(postgres_database_url)
+    try:
+        priced.create(store.engine)
+        with store.session() as session, pytest.raises(TypeError, match="type code"):
+            HotStatement(select(priced.c.price)).rows(session, {})
+        with store.session() as session, pytest.raises(TypeError, match="does not make"):
+            HotStatement(insert(priced), ("id",)).inserted_id(session, {"id": "a"})
+    finally:
+        store.close()

@@ -20,7 +20,7 @@ from sqlalchemy import event, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from plangate.store import GoalRow, Store, open_store
-from plangate.store.kept_sessions import KeptSessions
+from plangate.store.kept_sessions import KeptBudget, KeptSessions
 
 
 def _kept(store: Store) -> KeptSessions:
@@ -308,7 +308,7 @@ def test_a_server_restart_fails_one_transaction_not_one_per_thread(
     connection (as a restart does), Then the first thread's next transaction fails as an
     outage, and the second's commits: its connection, as old as the lost one, is given back
     untried and a new one made."""
-    from plangate.store.engine import is_outage, make_engine
+    from plangate.store.engine import is_outage
 
     store = open_store(postgres_database_url)
     first, second = Worker(), Worker()
@@ -316,17 +316,7 @@ def test_a_server_restart_fails_one_transaction_not_one_per_thread(
         first.run(lambda: _add_goal(store, "g1"))
         second.run(lambda: _add_goal(store, "g2"))
         assert _kept(store).kept == 2
-        killer = make_engine(postgres_database_url)
-        try:
-            with killer.begin() as connection:
-                connection.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                    )
-                )
-        finally:
-            killer.dispose()
+        _drop_every_connection(postgres_database_url)
 
         with pytest.raises(DBAPIError) as failed:
             first.run(lambda: _add_goal(store, "g3"))
@@ -338,6 +328,78 @@ def test_a_server_restart_fails_one_transaction_not_one_per_thread(
         first.stop()
         second.stop()
         store.close()
+
+
+@pytest.mark.postgres
+def test_a_loss_found_by_a_read_gives_back_the_kept_connections_too(
+    postgres_database_url: str,
+) -> None:
+    """Given two threads that each keep a PostgreSQL connection, When the server drops every
+    connection and a read (on a pooled connection) is the first to find it, Then that read
+    fails as an outage and both threads' next transactions commit: no kept connection is
+    tried after the loss."""
+    from plangate.store.engine import is_outage
+
+    store = open_store(postgres_database_url)
+    first, second = Worker(), Worker()
+    try:
+        first.run(lambda: _add_goal(store, "g1"))
+        second.run(lambda: _add_goal(store, "g2"))
+        with store.reading() as session:  # a pooled connection, dropped with the others
+            session.execute(select(GoalRow.id)).all()
+        _drop_every_connection(postgres_database_url)
+
+        with pytest.raises(DBAPIError) as failed, store.reading() as session:
+            session.execute(select(GoalRow.id)).all()
+        assert is_outage(failed.value)
+        first.run(lambda: _add_goal(store, "g3"))
+        second.run(lambda: _add_goal(store, "g4"))
+        assert [_status(store, g) for g in ("g3", "g4")] == ["submitted", "submitted"]
+    finally:
+        first.stop()
+        second.stop()
+        store.close()
+
+
+def test_stores_sharing_a_budget_keep_no_more_connections_than_it_allows(tmp_path: Path) -> None:
+    """Given two stores that share a budget of one kept connection (as a process's PostgreSQL
+    stores share theirs), When this thread writes to both, Then the first store keeps the
+    connection and the second commits on its pool; once the first closes, the second keeps."""
+    budget = KeptBudget(1)
+    stores = [open_store(f"sqlite:///{tmp_path / f'p{n}.db'}") for n in (1, 2)]
+    try:
+        for store in stores:
+            store._kept = KeptSessions(store.engine, store._sessions, most=budget)
+            store._begin = store._kept.begin
+        first, second = stores
+        _add_goal(first, "g1")
+        _add_goal(second, "g2")
+        assert (_kept(first).kept, _kept(second).kept) == (1, 0)
+        assert _status(second, "g2") == "submitted"
+
+        first.close()
+        _add_goal(second, "g3")
+        assert _kept(second).kept == 1
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _drop_every_connection(url: str) -> None:
+    """Have the server drop every connection to the database but this one (as a restart does)."""
+    from plangate.store.engine import make_engine
+
+    killer = make_engine(url)
+    try:
+        with killer.begin() as connection:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        killer.dispose()
 
 
 class Worker:

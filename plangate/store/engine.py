@@ -22,7 +22,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
 from plangate.store import schema
-from plangate.store.kept_sessions import MAX_KEPT, MAX_KEPT_ON_POSTGRES, KeptSessions
+from plangate.store.kept_sessions import (
+    MAX_KEPT,
+    MAX_KEPT_ON_POSTGRES,
+    POSTGRES_BUDGET,
+    KeptBudget,
+    KeptSessions,
+)
 from plangate.store.sqlite_lock import acquire_lock, release_lock
 
 log = logging.getLogger(__name__)
@@ -35,11 +41,12 @@ _AFTER_RELEASE = "plangate_after_release"
 class Store:
     """A database: `session()` opens one transaction, committed on success."""
 
-    def __init__(self, engine: Engine, kept_threads: int = 0) -> None:
+    def __init__(self, engine: Engine, kept_threads: int | KeptBudget = 0) -> None:
         """Open a store on `engine`.
 
         `kept_threads`: how many threads may each keep a connection of the engine's pool for
-        their write transactions (`kept_sessions`); the pool must have room for them.
+        their write transactions (`kept_sessions`), or a budget shared with other stores; the
+        pool must have room for them.
         """
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
@@ -234,7 +241,7 @@ def open_store(url: str, *, upgrade: bool = True) -> Store:
     if _on_sqlite_file(engine.url):
         return Store(engine, kept_threads=MAX_KEPT)
     if engine.dialect.name == "postgresql":
-        return Store(engine, kept_threads=MAX_KEPT_ON_POSTGRES)
+        return Store(engine, kept_threads=POSTGRES_BUDGET)
     return Store(engine)
 
 

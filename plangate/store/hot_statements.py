@@ -2,7 +2,7 @@
 
 SQLAlchemy spends 20-28 µs on each execution of even a compiled, cached statement on SQLite
 (its execution context, parameter handling and result object), where `sqlite3` takes 2-4 µs;
-on PostgreSQL about 70 µs of CPU beside psycopg's 75 (`bench/hot_statements_postgres.py`). The
+on PostgreSQL about 108 µs of CPU where psycopg's cursor takes 82 (`bench/hot_statements.py`). The
 audit log appends three statements per entry, eight entries per goal; every stage reads and
 moves its goal's status, writes to the outbox, inserts its rows and claims, and reads what it
 needs: every statement of a goal (60 embedded; 62 across processes, where the planner and the
@@ -105,6 +105,8 @@ class HotStatement:
             return int(key[0])
         if on_driver.returns_key:
             return int(result.fetchone()[0])
+        if on_driver.names is not None:  # psycopg has no lastrowid
+            raise TypeError("an INSERT whose key the database does not make: not supported")
         assert result.lastrowid is not None
         return int(result.lastrowid)
 
@@ -151,10 +153,16 @@ class HotStatement:
         converters = None
         if isinstance(self._statement, Select):
             # As SQLAlchemy's result converts each column (SQLite reports no column types).
-            found = tuple(
-                column.type.dialect_impl(dialect).result_processor(dialect, None)
-                for column in self._statement.selected_columns
-            )
+            try:
+                found = tuple(
+                    column.type.dialect_impl(dialect).result_processor(dialect, None)
+                    for column in self._statement.selected_columns
+                )
+            except TypeError as exc:  # (a number on psycopg: its conversion needs the driver's
+                # type code of the column, known only from a result)
+                raise TypeError(
+                    "a column converted by the driver's type code of it: not supported"
+                ) from exc
             converters = found if any(found) else None
         # sqlite3 takes its values in order; psycopg by name (as SQLAlchemy wrote each in the SQL).
         positional = compiled.positiontup is not None

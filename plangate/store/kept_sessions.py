@@ -20,12 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
 # Threads beyond this many (a web server's request threads) use the shared pool, as before.
 MAX_KEPT = 32
-# A worker's handler threads and its few background ones; each is a server connection.
+# A worker's handler threads and its few background ones; each is a server connection, so
+# this is for all of a process's stores together (`serve` opens two).
 MAX_KEPT_ON_POSTGRES = 8
 
 _ALL: weakref.WeakSet[KeptSessions] = weakref.WeakSet()
@@ -42,15 +44,52 @@ class _Kept:
     busy: bool = False  # in a transaction: a nested one takes a pooled session
 
 
+class KeptBudget:
+    """How many connections may be kept: by one store, or by all of a process's stores."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self._taken = 0
+        self._guard = threading.Lock()
+
+    def take(self) -> bool:
+        """Take one connection's place; False if none is left."""
+        with self._guard:
+            if self._taken >= self.most:
+                return False
+            self._taken += 1
+            return True
+
+    def give(self, count: int = 1) -> None:
+        """Give back the places of `count` connections closed."""
+        with self._guard:
+            self._taken = max(0, self._taken - count)
+
+    def restart(self) -> None:
+        """Start from none (a forked child keeps none of its parent's connections)."""
+        with self._guard:
+            self._taken = 0
+
+
+# Shared by every PostgreSQL store of this process.
+POSTGRES_BUDGET = KeptBudget(MAX_KEPT_ON_POSTGRES)
+
+
 class KeptSessions:
     """Write transactions on each thread's own connection and Session."""
 
-    def __init__(self, engine: Engine, pooled: sessionmaker[Session], most: int = MAX_KEPT) -> None:
-        """Keep connections of `engine`'s pool, for `most` threads; `pooled` serves the rest."""
+    def __init__(
+        self, engine: Engine, pooled: sessionmaker[Session], most: int | KeptBudget = MAX_KEPT
+    ) -> None:
+        """Keep connections of `engine`'s pool for `most` threads; `pooled` serves the rest.
+
+        `most`: a number for this store alone, or a budget shared with other stores.
+        """
         self._engine = engine
         self._pooled = pooled
-        self._most = most
+        self._budget = most if isinstance(most, KeptBudget) else KeptBudget(most)
         self._start()
+        event.listen(engine, "handle_error", self._on_engine_error)
         _ALL.add(self)
 
     def _start(self) -> None:
@@ -62,7 +101,6 @@ class KeptSessions:
         # made before the last loss is given back, not tried, so a restart fails one
         # transaction, not one per thread (as SQLAlchemy's pool does for its own).
         self._lost = 0
-        self._reserved = 0  # slots taken by threads still connecting
         # Connections of threads that ended, to give back. A thread's state is found gone by
         # the garbage collector, which may run in any thread, even one holding `_guard`: the
         # finalizer only appends here (no lock), and the next thread to connect gives them back.
@@ -92,7 +130,6 @@ class KeptSessions:
                 yield kept.session
         except BaseException:
             if kept.connection.invalidated or kept.connection.closed:
-                self._lost += 1
                 self._forget(kept)  # the next transaction of this thread opens a new one
             raise
         finally:
@@ -107,6 +144,8 @@ class KeptSessions:
         A connection in a transaction is given back by its thread when the transaction ends
         (on SQLite the caller holds the write lock, so none is; PostgreSQL has no such lock).
         """
+        with suppress(Exception):  # (not listening: closed before)
+            event.remove(self._engine, "handle_error", self._on_engine_error)
         with self._guard:
             self._closed = True
             connections, self._connections = self._connections - self._busy, set()
@@ -117,6 +156,7 @@ class KeptSessions:
         self._give_back_ended()
         for connection in connections:
             _close(connection)
+        self._budget.give(len(connections))
 
     def _take(self, kept: _Kept) -> bool:
         """Mark the thread's connection in a transaction; False if the store closed meanwhile."""
@@ -137,6 +177,14 @@ class KeptSessions:
             with suppress(Exception):
                 kept.connection.detach()
             _close(kept.connection)
+            self._budget.give()
+
+    def _on_engine_error(self, context: ExceptionContext) -> None:
+        # Whichever connection of the engine found it (a kept one, a pooled reader's), a lost
+        # connection means the kept ones made before it are likely lost too.
+        if context.is_disconnect:
+            with self._guard:
+                self._lost += 1
 
     def _this_threads(self) -> _Kept | None:
         kept: _Kept | None = getattr(self._local, "kept", None)
@@ -148,21 +196,20 @@ class KeptSessions:
         # after `dispose`: from the pool). A forked child starts afresh (`_after_fork_in_child`).
         self._local.kept = None
         self._give_back_ended()
-        with self._guard:
-            if self._closed or len(self._connections) + self._reserved >= self._most:
-                return None
-            self._reserved += 1
+        if self._closed or not self._budget.take():
+            return None
         try:
             connection = self._engine.connect()  # not under `_guard`: it may run a collection
-        finally:
-            with self._guard:
-                self._reserved -= 1
+        except BaseException:
+            self._budget.give()
+            raise
         with self._guard:
             added = not self._closed
             if added:
                 self._connections.add(connection)
         if not added:  # closed meanwhile
             _close(connection)
+            self._budget.give()
             return None
         kept = _Kept(connection, Session(bind=connection, expire_on_commit=False), self._lost)
         # A thread that ends takes its thread-local state along: its connection is given back.
@@ -186,6 +233,7 @@ class KeptSessions:
                 self._connections.discard(connection)
                 self._finalizers = [f for f in self._finalizers if f.alive]
             _close(connection)
+            self._budget.give()
 
     def _after_fork_in_child(self) -> None:
         # The parent's connections are the parent's: neither used nor closed (nor collected,
@@ -194,6 +242,7 @@ class KeptSessions:
             finalizer.detach()
         _PARENTS.append((self._local, self._connections))
         self._start()
+        self._budget.restart()
 
 
 def _close(connection: Connection) -> None:
