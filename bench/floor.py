@@ -127,13 +127,17 @@ class FloorStore:
 
     def audit(self, goal_id: str, kind: str) -> None:
         """Append a hash-chained entry (in the caller's transaction)."""
-        last = self.db.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        last = self._last_entry(goal_id)
         at = now()
         digest = hashlib.sha256(f"{last[0] if last else ''}|{goal_id}|{kind}|{at}".encode())
         self.db.execute(
             "INSERT INTO audit (goal_id, kind, at, hash) VALUES (?, ?, ?, ?)",
             (goal_id, kind, at, digest.hexdigest()),
         )
+
+    def _last_entry(self, goal_id: str) -> Any:
+        """The chain's last entry: one chain for every goal (SQLite's writes take turns anyway)."""
+        return self.db.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
 
     def outbox(self, routing_key: str, body: bytes) -> int:
         """Queue a message (in the caller's transaction); return its row id."""
@@ -225,17 +229,11 @@ class PostgresFloorStore(FloorStore):
         with self._postgres.transaction():
             yield self.db
 
-    def audit(self, goal_id: str, kind: str) -> None:
-        """Append an entry to the goal's own hash chain (in the caller's transaction)."""
-        last = self.db.execute(
+    def _last_entry(self, goal_id: str) -> Any:
+        """The last entry of the goal's own chain."""
+        return self.db.execute(
             "SELECT hash FROM audit WHERE goal_id = ? ORDER BY seq DESC LIMIT 1", (goal_id,)
         ).fetchone()
-        at = now()
-        digest = hashlib.sha256(f"{last[0] if last else ''}|{goal_id}|{kind}|{at}".encode())
-        self.db.execute(
-            "INSERT INTO audit (goal_id, kind, at, hash) VALUES (?, ?, ?, ?)",
-            (goal_id, kind, at, digest.hexdigest()),
-        )
 
     def outbox(self, routing_key: str, body: bytes) -> int:
         """Queue a message (in the caller's transaction); return its row id."""

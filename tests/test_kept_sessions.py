@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -300,9 +300,28 @@ def test_an_in_memory_store_keeps_no_connections() -> None:
         store.close()
 
 
+@pytest.fixture
+def two_keeping_threads(postgres_database_url: str) -> Iterator[tuple[Store, Worker, Worker]]:
+    """A PostgreSQL store, and two threads that each keep a connection of it (and a pooled
+    connection read through, so that every kind is dropped when the server drops them)."""
+    store = open_store(postgres_database_url)
+    first, second = Worker(), Worker()
+    try:
+        first.run(lambda: _add_goal(store, "g1"))
+        second.run(lambda: _add_goal(store, "g2"))
+        with store.reading() as session:
+            session.execute(select(GoalRow.id)).all()
+        assert _kept(store).kept == 2
+        yield store, first, second
+    finally:
+        first.stop()
+        second.stop()
+        store.close()
+
+
 @pytest.mark.postgres
 def test_a_server_restart_fails_one_transaction_not_one_per_thread(
-    postgres_database_url: str,
+    two_keeping_threads: tuple[Store, Worker, Worker], postgres_database_url: str
 ) -> None:
     """Given two threads that each keep a PostgreSQL connection, When the server drops every
     connection (as a restart does), Then the first thread's next transaction fails as an
@@ -310,29 +329,20 @@ def test_a_server_restart_fails_one_transaction_not_one_per_thread(
     untried and a new one made."""
     from plangate.store.engine import is_outage
 
-    store = open_store(postgres_database_url)
-    first, second = Worker(), Worker()
-    try:
-        first.run(lambda: _add_goal(store, "g1"))
-        second.run(lambda: _add_goal(store, "g2"))
-        assert _kept(store).kept == 2
-        _drop_every_connection(postgres_database_url)
+    store, first, second = two_keeping_threads
+    _drop_every_connection(postgres_database_url)
 
-        with pytest.raises(DBAPIError) as failed:
-            first.run(lambda: _add_goal(store, "g3"))
-        assert is_outage(failed.value)
-        second.run(lambda: _add_goal(store, "g4"))
-        first.run(lambda: _add_goal(store, "g5"))
-        assert [_status(store, g) for g in ("g4", "g5")] == ["submitted", "submitted"]
-    finally:
-        first.stop()
-        second.stop()
-        store.close()
+    with pytest.raises(DBAPIError) as failed:
+        first.run(lambda: _add_goal(store, "g3"))
+    assert is_outage(failed.value)
+    second.run(lambda: _add_goal(store, "g4"))
+    first.run(lambda: _add_goal(store, "g5"))
+    assert [_status(store, g) for g in ("g4", "g5")] == ["submitted", "submitted"]
 
 
 @pytest.mark.postgres
 def test_a_loss_found_by_a_read_gives_back_the_kept_connections_too(
-    postgres_database_url: str,
+    two_keeping_threads: tuple[Store, Worker, Worker], postgres_database_url: str
 ) -> None:
     """Given two threads that each keep a PostgreSQL connection, When the server drops every
     connection and a read (on a pooled connection) is the first to find it, Then that read
@@ -340,25 +350,15 @@ def test_a_loss_found_by_a_read_gives_back_the_kept_connections_too(
     tried after the loss."""
     from plangate.store.engine import is_outage
 
-    store = open_store(postgres_database_url)
-    first, second = Worker(), Worker()
-    try:
-        first.run(lambda: _add_goal(store, "g1"))
-        second.run(lambda: _add_goal(store, "g2"))
-        with store.reading() as session:  # a pooled connection, dropped with the others
-            session.execute(select(GoalRow.id)).all()
-        _drop_every_connection(postgres_database_url)
+    store, first, second = two_keeping_threads
+    _drop_every_connection(postgres_database_url)
 
-        with pytest.raises(DBAPIError) as failed, store.reading() as session:
-            session.execute(select(GoalRow.id)).all()
-        assert is_outage(failed.value)
-        first.run(lambda: _add_goal(store, "g3"))
-        second.run(lambda: _add_goal(store, "g4"))
-        assert [_status(store, g) for g in ("g3", "g4")] == ["submitted", "submitted"]
-    finally:
-        first.stop()
-        second.stop()
-        store.close()
+    with pytest.raises(DBAPIError) as failed, store.reading() as session:
+        session.execute(select(GoalRow.id)).all()
+    assert is_outage(failed.value)
+    first.run(lambda: _add_goal(store, "g3"))
+    second.run(lambda: _add_goal(store, "g4"))
+    assert [_status(store, g) for g in ("g3", "g4")] == ["submitted", "submitted"]
 
 
 def test_stores_sharing_a_budget_keep_no_more_connections_than_it_allows(tmp_path: Path) -> None:
