@@ -78,6 +78,11 @@ def start_hops(
     return Side(name, submit, done, processes.check_alive)
 
 
+def floor_store_beside(database_url: str, folder: Path) -> str:
+    """Where the floor stores beside plangate's store: the same PostgreSQL, or a SQLite file."""
+    return database_url if database_url.startswith("postgresql") else str(folder / "floor.db")
+
+
 def check_floor(floor_store: str) -> None:
     """Check the floor's store: every goal completed, with its three steps succeeded."""
     store = open_floor_store(floor_store)

@@ -81,7 +81,7 @@ from harness import (  # noqa: E402
     say,
     start_redis,
 )
-from hops import HOPS, check_floor, start_hops  # noqa: E402
+from hops import HOPS, check_floor, floor_store_beside, start_hops  # noqa: E402
 from lock_split import per_goal, print_lock, reading  # noqa: E402
 from thread_split import cpu_by_kind, print_split  # noqa: E402
 
@@ -238,9 +238,7 @@ def compare(
     """Start the sides, measure them in turns, stop them; return them and plangate's hops."""
     upgrade_store(settings)
     client = Client(settings)
-    # The floor's store is plangate's kind of store: a SQLite file of its own, or PostgreSQL.
-    url = settings.resolved_database_url()
-    floor_store = url if url.startswith("postgresql") else str(processes.folder / "floor.db")
+    floor_store = floor_store_beside(settings.resolved_database_url(), processes.folder)
     try:
         with Connection(settings.broker_url) as connection:
             ours, bodies = start_plangate(args, processes, settings, connection, client)
