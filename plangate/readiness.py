@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from plangate.bus import Bus
 from plangate.errors import PlangateError
 from plangate.store import Store
-from plangate.store.schema import current_revision, head_revision
+from plangate.store.schema import current_revision, mismatch
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +22,13 @@ log = logging.getLogger(__name__)
 def not_ready(store: Store, bus: Bus | None = None) -> str | None:
     """Return why this process is not ready, or None if it is."""
     try:
-        current, head = current_revision(store.engine), head_revision()
+        current = current_revision(store.engine)
     except SQLAlchemyError as exc:
         log.warning("readiness: the store does not answer (%s)", type(exc).__name__)
         return "the store does not answer"
-    if current != head:
-        return (
-            f"the database schema is at {current or 'nothing'}, not {head}: run plangate db upgrade"
-        )
+    problem = mismatch(current)
+    if problem is not None:
+        return problem
     if bus is not None and not bus.url.startswith("memory://"):
         try:
             bus.queue_depth("planner")  # one round trip: the broker answers, the queue exists

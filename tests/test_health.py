@@ -191,4 +191,4 @@ def test_readyz_says_when_the_schema_is_not_the_one_this_plangate_needs(tmp_path
     finally:
         store.close()
     assert reason is not None
-    assert "run plangate db upgrade" in reason
+    assert "run `plangate db upgrade` first" in reason

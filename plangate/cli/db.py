@@ -13,14 +13,9 @@ app = group("Manage the store's schema (SQLite or PostgreSQL).")
 @friendly_errors
 def upgrade() -> None:
     """Migrate the database at PLANGATE_DATABASE_URL to the newest schema (safe to repeat)."""
-    from plangate.store import schema
-    from plangate.store.engine import make_engine
+    from plangate.store.engine import migrate_store
 
-    engine = make_engine(load_settings().resolved_database_url())
-    try:
-        before, after = schema.upgrade(engine)
-    finally:
-        engine.dispose()
+    before, after = migrate_store(load_settings().resolved_database_url())
     if before == after:
         typer.echo(f"the schema is already at {after}")
     else:

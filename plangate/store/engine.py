@@ -224,25 +224,43 @@ def open_store(url: str, *, upgrade: bool = True) -> Store:
     """
     engine = make_engine(url)
     try:
-        if upgrade:
-            schema.upgrade(engine)
-        else:
-            schema.require_current(engine)
-    except BaseException as exc:
+        with _said_plainly(engine):
+            if upgrade:
+                schema.upgrade(engine)
+            else:
+                schema.require_current(engine)
+    except BaseException:
         engine.dispose()
-        if not isinstance(exc, SQLAlchemyError):
-            raise
+        raise
+    if _on_sqlite_file(engine.url):
+        return Store(engine, kept_threads=MAX_KEPT)
+    if engine.dialect.name == "postgresql":
+        return Store(engine, kept_threads=POSTGRES_BUDGET)
+    return Store(engine)
+
+
+def migrate_store(url: str) -> tuple[str | None, str]:
+    """Migrate the store at a SQLAlchemy URL to the newest schema; return (before, after)."""
+    engine = make_engine(url)
+    try:
+        with _said_plainly(engine):
+            return schema.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def _said_plainly(engine: Engine) -> Iterator[None]:
+    """Turn the database's refusal to open (unreachable, not plangate's) into what to check."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
         where = engine.url.render_as_string(hide_password=True)
         cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise ConfigError(
             f"cannot open the store at {where}: {cause}; check PLANGATE_DATABASE_URL, "
             "and that the database is reachable and was made by plangate"
         ) from exc
-    if _on_sqlite_file(engine.url):
-        return Store(engine, kept_threads=MAX_KEPT)
-    if engine.dialect.name == "postgresql":
-        return Store(engine, kept_threads=POSTGRES_BUDGET)
-    return Store(engine)
 
 
 def is_outage(error: BaseException) -> bool:

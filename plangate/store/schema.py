@@ -40,14 +40,40 @@ def _config() -> Config:
     return config
 
 
-def head_revision() -> str:
-    """Return the newest migration this plangate knows."""
-    numbers = [
+def _known_revisions() -> set[str]:
+    return {
         found.group(1)
         for entry in _migrations().joinpath("versions").iterdir()
         if (found := _MIGRATION_FILE.match(entry.name))
-    ]
-    return max(numbers)
+    }
+
+
+def head_revision() -> str:
+    """Return the newest migration this plangate knows."""
+    return max(_known_revisions())
+
+
+def mismatch(current: str | None) -> str | None:
+    """Say why a database at revision `current` is not what this plangate needs (None: it is)."""
+    head = head_revision()
+    if current == head:
+        return None
+    if current is not None and current not in _known_revisions():
+        # A newer plangate migrated it (a rolling upgrade, or a rollback of the code alone).
+        return (
+            f"the database schema is at {current}, newer than this plangate knows ({head}): "
+            "run a plangate that knows it (plangate never migrates a schema back)"
+        )
+    return (
+        f"the database schema is at {current or 'nothing (empty database)'}, "
+        f"this plangate needs {head}: run `plangate db upgrade` first"
+    )
+
+
+def _refuse_unknown(current: str | None) -> None:
+    """Raise ConfigError for a revision no migration of this plangate made: none can move it."""
+    if current is not None and current not in _known_revisions():
+        raise ConfigError(str(mismatch(current)))
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -63,6 +89,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     from alembic import command
 
     before = current_revision(engine)
+    _refuse_unknown(before)
     config = _config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
@@ -72,9 +99,6 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
 
 def require_current(engine: Engine) -> None:
     """Raise ConfigError, saying to run `plangate db upgrade`, unless the schema is current."""
-    current, head = current_revision(engine), head_revision()
-    if current != head:
-        raise ConfigError(
-            f"the database schema is at {current or 'nothing (empty database)'}, "
-            f"this plangate needs {head}: run `plangate db upgrade` first"
-        )
+    problem = mismatch(current_revision(engine))
+    if problem is not None:
+        raise ConfigError(problem)

@@ -1,0 +1,124 @@
+"""What an operator is told when the store cannot be migrated or is not this plangate's schema.
+
+`plangate db upgrade` is a deployment's first command (the compose file's and the k8s job's);
+a database it cannot reach, or one a newer plangate migrated, is one line that says what to
+check, exit 2, never a traceback. A store at a revision this plangate does not know is refused
+by every command and by readiness alike, without telling the operator to run an upgrade that
+cannot help.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from plangate.config import Settings
+from plangate.errors import ConfigError
+from plangate.readiness import not_ready
+from plangate.store import open_store
+from plangate.store.schema import head_revision
+
+EXIT_USAGE = 2
+NEWER = "9999"  # a revision only a newer plangate's migrations would write
+
+
+def plangate(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m plangate` with only this test's PLANGATE_* settings."""
+    outer = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", *args],
+        capture_output=True,
+        text=True,
+        env=outer | {"PLANGATE_DATA_DIR": str(data_dir)} | env,
+        timeout=60,
+        check=False,
+    )
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def newer_store(tmp_path: Path) -> Path:
+    """A data folder whose store a newer plangate has migrated past this one's newest revision."""
+    settings = Settings(data_dir=tmp_path, broker_url="memory://")
+    open_store(settings.resolved_database_url()).close()
+    with sqlite3.connect(tmp_path / "plangate.db") as connection:
+        connection.execute("UPDATE alembic_version SET version_num = ?", (NEWER,))
+    return tmp_path
+
+
+def test_db_upgrade_of_an_unreachable_database_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://plangate@127.0.0.1:{closed_port()}/plangate"
+
+    result = plangate(tmp_path, "db", "upgrade", PLANGATE_DATABASE_URL=url)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: cannot open the store at postgresql+psycopg://plangate@")
+    assert line.endswith(
+        "check PLANGATE_DATABASE_URL, and that the database is reachable and was made by plangate"
+    )
+    assert "Traceback" not in result.stdout
+
+
+def test_db_upgrade_of_a_newer_schema_refuses_and_leaves_it_as_it_is(newer_store: Path) -> None:
+    result = plangate(newer_store, "db", "upgrade")
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: the database schema is at {NEWER}, newer than this plangate knows "
+        f"({head_revision()}): run a plangate that knows it (plangate never migrates a "
+        "schema back)"
+    ]
+    with sqlite3.connect(newer_store / "plangate.db") as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            (NEWER,)
+        ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("goals", "list"), ("run", "how many tickets are open", "--yes")],
+    ids=["a reading command", "the embedded mode, which migrates its own store"],
+)
+def test_every_command_refuses_a_newer_schema_without_asking_for_an_upgrade(
+    newer_store: Path, args: tuple[str, ...]
+) -> None:
+    result = plangate(newer_store, *args)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    assert f"schema is at {NEWER}, newer than this plangate knows" in line
+    assert "db upgrade" not in line
+
+
+def test_a_worker_refuses_to_start_on_a_newer_schema(newer_store: Path) -> None:
+    url = f"sqlite:///{newer_store / 'plangate.db'}"
+
+    with pytest.raises(ConfigError, match=f"schema is at {NEWER}, newer than this plangate"):
+        open_store(url, upgrade=False)
+
+
+def test_readiness_of_a_process_whose_store_a_newer_plangate_migrated(tmp_path: Path) -> None:
+    """A rolling upgrade: the new release migrates while this process runs on."""
+    store = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
+    try:
+        with store.engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = ?", (NEWER,))
+        reason = not_ready(store)
+    finally:
+        store.close()
+    assert reason is not None
+    assert reason.startswith(f"the database schema is at {NEWER}, newer than this plangate")
+    assert "db upgrade" not in reason
