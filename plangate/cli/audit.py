@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TextIO
 
 import typer
+from rich.markup import escape
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
 
@@ -67,7 +68,7 @@ def audit_verify(
         typer.echo(f"audit log intact: {report.entries} entries in {report.chains} chains{sealed}")
         return
     where = f"at entry {report.broken_at}" if report.broken_at is not None else "at"
-    err_console.print(f"[red]audit log broken[/] {where}: {report.problem}")
+    err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
     raise typer.Exit(EXIT_FAILED)
 
 
@@ -137,7 +138,7 @@ def audit_export(
     store = open_store(settings.resolved_database_url(), upgrade=False)
     summary = ExportSummary()
     entries = summary.counted(audit.export(store, since=since, goal_id=goal))
-    with output.open("w", newline="", encoding="utf-8") if output else _stdout() as stream:
+    with _replacing(output) if output else _stdout() as stream:
         if output_format == "csv":
             writer = csv.DictWriter(stream, fieldnames=audit.EXPORT_FIELDS)
             writer.writeheader()
@@ -151,7 +152,8 @@ def audit_export(
         when = since.isoformat() if since is not None else None
         scope = {"format": output_format, "since": when, "goal": goal}
         signed = sign_export(output, summary, signer, scope)
-        err_console.print(f"{summary.count} entries written to {output}; signed manifest {signed}")
+        said = f"{summary.count} entries written to {output}; signed manifest {signed}"
+        err_console.print(escape(said))
 
 
 def _verify_export(export: Path, manifest: Path | None, key_files: list[Path]) -> None:
@@ -163,7 +165,7 @@ def _verify_export(export: Path, manifest: Path | None, key_files: list[Path]) -
     if report.ok:
         typer.echo(f"export intact: {report.entries} entries, signed by {report.key_id}")
         return
-    err_console.print(f"[red]export not verified[/]: {report.problem}")
+    err_console.print(f"[red]export not verified[/]: {escape(str(report.problem))}")
     raise typer.Exit(EXIT_FAILED)
 
 
@@ -179,3 +181,18 @@ def _trusted(key_files: list[Path]) -> TrustedKeys:
 def _stdout() -> Iterator[TextIO]:
     yield sys.stdout
     sys.stdout.flush()
+
+
+@contextmanager
+def _replacing(output: Path) -> Iterator[TextIO]:
+    """Write beside `output`, then put it in place: an export that failed midway is no file.
+
+    (An auditor given a file must be able to take it as the whole export asked for.)
+    """
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        with partial.open("w", newline="", encoding="utf-8") as stream:
+            yield stream
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from typing import ParamSpec, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from plangate.config import Settings, settings_error
 from plangate.errors import (
@@ -66,11 +67,21 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except _USAGE_ERRORS as exc:
-            err_console.print(f"[red]error:[/] {exc}")
+            err_console.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(EXIT_USAGE) from exc
         except PlangateError as exc:
-            err_console.print(f"[red]error:[/] {exc}")
+            err_console.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(EXIT_FAILED) from exc
+        except OSError as exc:
+            if exc.filename is None:  # not a file's: a fault to show whole
+                raise
+            # A file named on the command line (or by a setting) that cannot be read or written.
+            said = f"cannot use {exc.filename}: {exc.strerror or exc}"
+            err_console.print(
+                f"[red]error:[/] {escape(said)}; check the path, that its folder exists, and "
+                "its permissions"
+            )
+            raise typer.Exit(EXIT_USAGE) from exc
 
     return wrapper
 

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from plangate.cli.common import (
     EXIT_USAGE,
@@ -65,7 +66,7 @@ def show(letter_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     letter = letters.get(letter_id)
     if letter is None:
         err_console.print(
-            f"[red]error:[/] no dead letter {letter_id}; `plangate dlq list` shows them"
+            f"[red]error:[/] no dead letter {escape(letter_id)}; `plangate dlq list` shows them"
         )
         raise typer.Exit(EXIT_USAGE)
     shown = letter.model_dump(mode="json")
@@ -96,7 +97,7 @@ def replay(
         typer.echo(f"replayed {letter.message_id} to {letter.queue}")
     missing = set(letter_ids or []) - {letter.message_id for letter in replayed}
     if missing:
-        names = ", ".join(sorted(missing))
+        names = escape(", ".join(sorted(missing)))
         err_console.print(
             f"[red]error:[/] not replayed (unknown, or from an unknown queue): {names}"
         )
@@ -127,5 +128,6 @@ def purge(
     typer.echo(f"removed {len(removed)} dead letter{'' if len(removed) == 1 else 's'}")
     missing = set(letter_ids or []) - {letter.message_id for letter in removed}
     if missing:
-        err_console.print(f"[red]error:[/] no such dead letter: {', '.join(sorted(missing))}")
+        names = escape(", ".join(sorted(missing)))
+        err_console.print(f"[red]error:[/] no such dead letter: {names}")
         raise typer.Exit(EXIT_USAGE)

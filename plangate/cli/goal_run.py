@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.console import Console
+from rich.markup import escape
 from rich.prompt import Prompt
 from rich.syntax import Syntax
 
@@ -99,7 +100,8 @@ class GoalRun:
         elif isinstance(message, PlanFailed):
             if self.options.as_json:
                 return self._finish(EXIT_FAILED, "plan_failed", reasons=message.reasons)
-            self.err.print(f"[red]error:[/] {'; '.join(message.reasons)}", highlight=False)
+            said = escape("; ".join(message.reasons))  # the planner's words: not markup
+            self.err.print(f"[red]error:[/] {said}", highlight=False)
             return EXIT_FAILED
         elif isinstance(message, PlanApproved):
             self._stop_awaiting(message.plan.plan_id)  # approved elsewhere meanwhile

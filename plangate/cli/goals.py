@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from plangate.cli.common import err_console, friendly_errors, group, load_settings
 from plangate.cli.review_access import NO_TOKEN, ServerOption, TokenFileOption, resolve
@@ -58,14 +59,15 @@ def list_goals(
     for column in ("GOAL", "STATE", "AGE", "SOURCE", "REV", "DECIDED BY", "TEXT"):
         table.add_column(column, overflow="fold" if column == "TEXT" else "ellipsis")
     for goal in page.goals:
+        # Text, not markup: a goal's text is anyone's (a `[/x]` in it broke the whole list).
         table.add_row(
-            goal.goal_id,
+            Text(goal.goal_id),
             goal.status,
             _age(goal.created_at),
-            goal.source or "",
+            Text(goal.source or ""),
             "" if goal.revision is None else str(goal.revision),
-            goal.decided_by or "",
-            goal.text[:80],
+            Text(goal.decided_by or ""),
+            Text(goal.text[:80]),
         )
     Console().print(table)
     if page.next_cursor:

@@ -10,6 +10,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
@@ -106,11 +107,11 @@ def steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
         for name, sources in marked.items():
             args.append(f"\n⚠ {name} carries untrusted data from {', '.join(sources)}", "red")
         table.add_row(
-            step["id"],
-            step["tool"],
+            Text(step["id"]),
+            Text(step["tool"]),
             Text(effect, style="yellow" if effect != "read" else "cyan"),
             args if args.plain != "{}" else "",
-            step.get("when") or "",
+            Text(step.get("when") or ""),
         )
     return table
 
@@ -126,9 +127,10 @@ def show_held(view: dict[str, Any], catalog: Catalog) -> None:
     decision = view["decision"]
     if decision:
         by = f"rule {decision['rule']}" if decision["rule"] else decision["decided_by"]
-        console.print(f"Policy: [bold]{decision['action']}[/] by {by} — {decision['reason']}")
+        said = escape(f"{by} — {decision['reason']}")
+        console.print(f"Policy: [bold]{escape(decision['action'])}[/] by {said}")
     if view["required_role"]:
-        console.print(f"Requires the role: [bold]{view['required_role']}[/]")
+        console.print(f"Requires the role: [bold]{escape(view['required_role'])}[/]")
     if view.get("approvals_required", 1) > 1:
         console.print(f"Approvals: [bold]{view['approval_progress']}[/]")
     if view["expires_at"]:

@@ -34,9 +34,11 @@ def short(value: Any, limit: int = 80) -> str:
 
 def plan_table(plan: Plan, catalog: Catalog, planner: str) -> Table:
     """Return the plan as a table: step, tool, effect, args, when."""
+    # Every text of a plan is the planner's (an LLM's, from anyone's goal): shown as Text,
+    # never read as markup, which a `[/x]` in it would break.
     table = Table(
-        title=f"Plan {plan.plan_id[:8]} · revision {plan.revision} · by {planner}",
-        caption=plan.summary or None,
+        title=Text(f"Plan {plan.plan_id[:8]} · revision {plan.revision} · by {planner}"),
+        caption=Text(plan.summary) if plan.summary else None,
         title_justify="left",
     )
     for column in ("step", "tool", "effect", "args", "when"):
@@ -45,11 +47,11 @@ def plan_table(plan: Plan, catalog: Catalog, planner: str) -> Table:
         spec = catalog.get(step.tool)
         effect = spec.effect if spec else "?"
         table.add_row(
-            step.id,
-            step.tool,
+            Text(step.id),
+            Text(step.tool),
             Text(effect, style="yellow" if effect == "write" else "cyan"),
-            short(dict(step.args)) if step.args else "",
-            step.when or "",
+            Text(short(dict(step.args)) if step.args else ""),
+            Text(step.when or ""),
         )
     return table
 
@@ -96,7 +98,7 @@ def preview_table(steps: Sequence[StepPreview]) -> Table:
         if step.note:
             said = f"{said} ({step.note})" if said else step.note
         status = Text(step.status, style=_PREVIEW_STYLE.get(step.status, "dim"))
-        table.add_row(step.step_id, step.tool, status, said)
+        table.add_row(Text(step.step_id), Text(step.tool), status, Text(said))  # tools' words
     return table
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from plangate.cli.common import friendly_errors
 from plangate.cli.held_plan_view import console
@@ -61,7 +62,8 @@ def review_unsettled(
         table.add_column(column, overflow="fold")
     for view in views:
         since = (view["since"] or "")[:19]
-        table.add_row(view["plan_id"], view["step_id"], view["tool"], view["goal_text"][:60], since)
+        cells = (view["plan_id"], view["step_id"], view["tool"], view["goal_text"][:60], since)
+        table.add_row(*(Text(cell) for cell in cells))  # anyone's goal text: not markup
     console.print(table)
     console.print(
         "Check whether each happened, then: plangate review settle PLAN STEP "

@@ -1,0 +1,125 @@
+"""The command line shows anyone's text as written, and a file it cannot use in one line.
+
+A goal's text is whoever submitted it; a plan's words are the planner's; ids come from the
+command line. None of them is read as terminal markup: a `[/x]` in one goal's text made
+`plangate goals list` fail for every operator, and `[bold]` vanished from what a reviewer
+read. A file named on the command line that cannot be written is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXIT_USAGE = 2
+HOSTILE_GOAL = (
+    "[/x] Check Jira ticket count, compare with SLA, and notify on-call engineer if breached "
+    "[bold]now[/bold]"
+)
+
+
+def plangate(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m plangate` on its own data folder, on a wide terminal, with no answers."""
+    outer = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=outer | {"PLANGATE_DATA_DIR": str(data_dir), "COLUMNS": "300"},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def held_hostile_goal(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder holding one goal whose text is markup, its plan held for a person."""
+    data = tmp_path_factory.mktemp("hostile")
+    held = plangate(data, "run", HOSTILE_GOAL)  # no answer on stdin: the plan stays held
+    assert "Held" in held.stdout, held.stdout + held.stderr
+    return data
+
+
+@pytest.mark.parametrize(
+    "args", [("goals", "list"), ("review", "list")], ids=["goals list", "review list"]
+)
+def test_a_goal_text_of_markup_is_listed_as_written(
+    held_hostile_goal: Path, args: tuple[str, ...]
+) -> None:
+    listed = plangate(held_hostile_goal, *args)
+
+    assert listed.returncode == 0, listed.stderr
+    assert "[/x] Check Jira ticket count" in listed.stdout
+
+
+def test_a_reviewer_reads_the_held_goal_s_text_as_written(held_hostile_goal: Path) -> None:
+    plans = plangate(held_hostile_goal, "review", "list", "--json")
+    assert plans.returncode == 0, plans.stderr
+    plan_id = plans.stdout.split('"plan_id": "')[1].split('"')[0]
+
+    shown = plangate(held_hostile_goal, "review", "show", plan_id)
+
+    assert shown.returncode == 0, shown.stderr
+    assert "[bold]now[/bold]" in shown.stdout
+
+
+@pytest.mark.parametrize("given", ["[/foo]", "[bold]abcdef"])
+def test_an_id_of_markup_is_named_as_given_in_one_line(tmp_path: Path, given: str) -> None:
+    assert plangate(tmp_path, "db", "upgrade").returncode == 0
+
+    result = plangate(tmp_path, "status", given)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: no goal '{given}'; check the id (`plangate goals list` shows goals)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("audit", "export", "--output", "{missing}/audit.jsonl"),
+        ("schema", "asyncapi", "{missing}/asyncapi.yaml"),
+    ],
+    ids=["audit export", "schema asyncapi"],
+)
+def test_a_file_that_cannot_be_written_is_one_line_and_exit_2(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder\n")
+    missing = str(blocker / "below")  # a folder below a file: nothing can make it
+    assert plangate(tmp_path, "db", "upgrade").returncode == 0
+
+    result = plangate(tmp_path, *(arg.format(missing=missing) for arg in args))
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: cannot use {missing}")
+    assert line.endswith("check the path, that its folder exists, and its permissions")
+
+
+def test_an_export_that_fails_midway_leaves_no_file_and_keeps_the_last_one(
+    tmp_path: Path,
+) -> None:
+    from plangate.cli.audit import _replacing
+
+    output = tmp_path / "audit.jsonl"
+    output.write_text("the last whole export\n")
+
+    def export_until_the_database_goes_away() -> None:
+        with _replacing(output) as stream:
+            stream.write('{"seq": 1}\n')
+            raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError):
+        export_until_the_database_goes_away()
+
+    assert output.read_text() == "the last whole export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl"]
