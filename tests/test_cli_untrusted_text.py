@@ -69,6 +69,25 @@ def test_a_reviewer_reads_the_held_goal_s_text_as_written(held_hostile_goal: Pat
     assert "[bold]now[/bold]" in shown.stdout
 
 
+def test_a_goal_text_of_terminal_controls_is_shown_as_escapes_never_obeyed(
+    tmp_path: Path,
+) -> None:
+    """An escape sequence (clear the screen, retitle the window) or a right-to-left override
+    in a goal's text reaches no operator's terminal: each is shown as its escape."""
+    text = "how many tickets are open \x1b[2J\x1b]0;owned\x07 \u202etxt.exe"
+    ran = plangate(tmp_path, "run", text, "--yes")
+    assert ran.returncode == 0, ran.stderr
+    goal_id = ran.stdout.split("goal ")[-1].split()[0]
+
+    listed = plangate(tmp_path, "goals", "list")
+    status = plangate(tmp_path, "status", goal_id)
+
+    for shown in (ran.stdout, listed.stdout, status.stdout):
+        assert not set(shown) & {"\x1b", "\x07", "\u202e"}
+    assert "\\x1b[2J\\x1b]0;owned\\x07 \\u202etxt.exe" in listed.stdout
+    assert status.returncode == 0, status.stderr
+
+
 @pytest.mark.parametrize("given", ["[/foo]", "[bold]abcdef"])
 def test_an_id_of_markup_is_named_as_given_in_one_line(tmp_path: Path, given: str) -> None:
     assert plangate(tmp_path, "db", "upgrade").returncode == 0

@@ -19,6 +19,7 @@ from plangate import telemetry
 from plangate.catalog import load_catalog
 from plangate.cli import render
 from plangate.cli.common import EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED
+from plangate.cli.printable import printable
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.store import DecisionRow, PlanRow
@@ -100,7 +101,7 @@ class GoalRun:
         elif isinstance(message, PlanFailed):
             if self.options.as_json:
                 return self._finish(EXIT_FAILED, "plan_failed", reasons=message.reasons)
-            said = escape("; ".join(message.reasons))  # the planner's words: not markup
+            said = escape(printable("; ".join(message.reasons)))  # the planner's words
             self.err.print(f"[red]error:[/] {said}", highlight=False)
             return EXIT_FAILED
         elif isinstance(message, PlanApproved):

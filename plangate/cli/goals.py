@@ -11,9 +11,9 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from plangate.cli.common import err_console, friendly_errors, group, load_settings
+from plangate.cli.render import shown
 from plangate.cli.review_access import NO_TOKEN, ServerOption, TokenFileOption, resolve
 from plangate.errors import ConfigError
 from schemas import utcnow
@@ -59,15 +59,16 @@ def list_goals(
     for column in ("GOAL", "STATE", "AGE", "SOURCE", "REV", "DECIDED BY", "TEXT"):
         table.add_column(column, overflow="fold" if column == "TEXT" else "ellipsis")
     for goal in page.goals:
-        # Text, not markup: a goal's text is anyone's (a `[/x]` in it broke the whole list).
+        # Shown, not read as markup or controls: a goal's text is anyone's (a `[/x]` in it
+        # broke the whole list; an escape sequence reached the operator's terminal).
         table.add_row(
-            Text(goal.goal_id),
+            shown(goal.goal_id),
             goal.status,
             _age(goal.created_at),
-            Text(goal.source or ""),
+            shown(goal.source or ""),
             "" if goal.revision is None else str(goal.revision),
-            Text(goal.decided_by or ""),
-            Text(goal.text[:80]),
+            shown(goal.decided_by or ""),
+            shown(goal.text[:80]),
         )
     Console().print(table)
     if page.next_cursor:

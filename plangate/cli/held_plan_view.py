@@ -15,6 +15,9 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from plangate.cli import render
+from plangate.cli.printable import printable
+
 if TYPE_CHECKING:
     from approval_gate.review import HeldPlan
     from schemas import Catalog
@@ -107,27 +110,26 @@ def steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
         for name, sources in marked.items():
             args.append(f"\n⚠ {name} carries untrusted data from {', '.join(sources)}", "red")
         table.add_row(
-            Text(step["id"]),
-            Text(step["tool"]),
+            render.shown(step["id"]),
+            render.shown(step["tool"]),
             Text(effect, style="yellow" if effect != "read" else "cyan"),
             args if args.plain != "{}" else "",
-            Text(step.get("when") or ""),
+            render.shown(step.get("when") or ""),
         )
     return table
 
 
 def show_held(view: dict[str, Any], catalog: Catalog) -> None:
     """Print a held plan: the goal, the steps, the policy's reason, the hold, preview and diff."""
-    from plangate.cli import render
     from schemas import StepPreview
 
     console.print(Text(f"Goal {view['goal_id']} ({view['status']}): ", style="bold"), end="")
-    console.print(Text(view["goal_text"], style="dim"), "  [dim](untrusted text)[/]")
+    console.print(render.shown(view["goal_text"], style="dim"), "  [dim](untrusted text)[/]")
     console.print(steps_table(view, catalog))
     decision = view["decision"]
     if decision:
         by = f"rule {decision['rule']}" if decision["rule"] else decision["decided_by"]
-        said = escape(f"{by} — {decision['reason']}")
+        said = escape(printable(f"{by} — {decision['reason']}"))
         console.print(f"Policy: [bold]{escape(decision['action'])}[/] by {said}")
     if view["required_role"]:
         console.print(f"Requires the role: [bold]{escape(view['required_role'])}[/]")

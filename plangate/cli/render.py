@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from plangate.cli.printable import printable
 from schemas import Catalog, Decision, Plan, StepFinished, StepPreview
 
 _ACTION_STYLE = {
@@ -27,18 +28,23 @@ _STEP_MARK = {
 
 
 def short(value: Any, limit: int = 80) -> str:
-    """Return compact JSON of a value, cut to `limit` characters."""
+    """Return compact JSON of a value, cut to `limit` characters, safe to print."""
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return printable(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+def shown(text: str, style: str = "") -> Text:
+    """Return text from elsewhere (a goal, a plan, a tool) as printed: no markup, no controls."""
+    return Text(printable(text), style=style)
 
 
 def plan_table(plan: Plan, catalog: Catalog, planner: str) -> Table:
     """Return the plan as a table: step, tool, effect, args, when."""
-    # Every text of a plan is the planner's (an LLM's, from anyone's goal): shown as Text,
-    # never read as markup, which a `[/x]` in it would break.
+    # Every text of a plan is the planner's (an LLM's, from anyone's goal): shown, never read
+    # as markup (a `[/x]` in it broke the table) nor as the terminal's controls.
     table = Table(
-        title=Text(f"Plan {plan.plan_id[:8]} · revision {plan.revision} · by {planner}"),
-        caption=Text(plan.summary) if plan.summary else None,
+        title=shown(f"Plan {plan.plan_id[:8]} · revision {plan.revision} · by {planner}"),
+        caption=shown(plan.summary) if plan.summary else None,
         title_justify="left",
     )
     for column in ("step", "tool", "effect", "args", "when"):
@@ -47,11 +53,11 @@ def plan_table(plan: Plan, catalog: Catalog, planner: str) -> Table:
         spec = catalog.get(step.tool)
         effect = spec.effect if spec else "?"
         table.add_row(
-            Text(step.id),
-            Text(step.tool),
+            shown(step.id),
+            shown(step.tool),
             Text(effect, style="yellow" if effect == "write" else "cyan"),
-            Text(short(dict(step.args)) if step.args else ""),
-            Text(step.when or ""),
+            shown(short(dict(step.args)) if step.args else ""),
+            shown(step.when or ""),
         )
     return table
 
@@ -61,7 +67,7 @@ def decision_text(decision: Decision) -> Text:
     text = Text("Decision: ")
     text.append(decision.action, style=_ACTION_STYLE.get(decision.action, "bold"))
     who = f"rule {decision.rule}" if decision.rule else decision.decided_by
-    text.append(f" by {who} — {decision.reason}")
+    text.append(printable(f" by {who} — {decision.reason}"))
     text.append(f"  (policy {decision.policy_version})", style="dim")
     if decision.shadow_action:
         text.append(f"  shadow: would {decision.shadow_action}", style="dim")
@@ -72,14 +78,14 @@ def step_text(event: StepFinished) -> Text:
     """Return one line for a finished step: mark, id, tool, duration, output or reason."""
     mark, style = _STEP_MARK.get(event.status, ("·", ""))
     text = Text(f"  {mark} ", style=style)
-    text.append(f"{event.step_id:<12} ", style="bold")
-    text.append(f"{event.tool:<20} ")
+    text.append(printable(f"{event.step_id:<12} "), style="bold")
+    text.append(printable(f"{event.tool:<20} "))
     text.append(f"{event.status:<9} ", style=style)
     text.append(f"{event.duration_ms:>8.1f} ms  ", style="dim")
     if event.status == "succeeded":
         text.append("→ " + short(event.output))
     elif event.error:
-        text.append(event.error, style=style)
+        text.append(printable(event.error), style=style)
     return text
 
 
@@ -98,7 +104,7 @@ def preview_table(steps: Sequence[StepPreview]) -> Table:
         if step.note:
             said = f"{said} ({step.note})" if said else step.note
         status = Text(step.status, style=_PREVIEW_STYLE.get(step.status, "dim"))
-        table.add_row(Text(step.step_id), Text(step.tool), status, Text(said))  # tools' words
+        table.add_row(shown(step.step_id), shown(step.tool), status, shown(said))  # tools' words
     return table
 
 

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich import box
 from rich.table import Table
-from rich.text import Text
 
 from plangate.cli.common import err_console, friendly_errors, group
 from plangate.cli.held_plan_view import console, elided, held_json, show_held, view_of
+from plangate.cli.render import shown
 from plangate.cli.review_access import (
     Access,
     ServerOption,
@@ -93,8 +93,8 @@ def review_list(
         table.add_row(
             view["plan_id"][:8],
             str(view["revision"]),
-            Text(elided(view["goal_text"], goal_width)),  # anyone's text: not markup
-            Text(elided(decision.get("rule") or "", rule_width)),
+            shown(elided(view["goal_text"], goal_width)),  # anyone's text
+            shown(elided(decision.get("rule") or "", rule_width)),
             f"{len(view.get('approvers') or [])} of {needed}",
             (view["expires_at"] or "")[5:16].replace("T", " "),
         )

@@ -12,10 +12,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from plangate.cli.common import friendly_errors
 from plangate.cli.held_plan_view import console
+from plangate.cli.render import shown
 from plangate.cli.review import JsonOption, PlanArgument
 from plangate.cli.review_access import (
     Access,
@@ -63,7 +63,7 @@ def review_unsettled(
     for view in views:
         since = (view["since"] or "")[:19]
         cells = (view["plan_id"], view["step_id"], view["tool"], view["goal_text"][:60], since)
-        table.add_row(*(Text(cell) for cell in cells))  # anyone's goal text: not markup
+        table.add_row(*(shown(cell) for cell in cells))  # anyone's goal text
     console.print(table)
     console.print(
         "Check whether each happened, then: plangate review settle PLAN STEP "

@@ -17,6 +17,7 @@ from plangate.cli.common import (
     friendly_errors,
     load_settings,
 )
+from plangate.cli.printable import printable
 
 if TYPE_CHECKING:
     from plangate.client import GoalStatus
@@ -35,24 +36,26 @@ def _print(current: GoalStatus, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps({**asdict(current), "terminal": current.terminal}, default=str))
         return
+
+    def say(line: str) -> None:  # a goal's words are anyone's, a step's output a tool's
+        typer.echo(printable(line))
+
     said = current.reason and current.reason.strip().lower() != current.status
-    typer.echo(
-        f"goal {current.goal_id}: {current.status}" + (f" — {current.reason}" if said else "")
-    )
+    say(f"goal {current.goal_id}: {current.status}" + (f" — {current.reason}" if said else ""))
     if current.plan_id:
-        typer.echo(f"  plan {current.plan_id} rev {current.revision}: {current.summary}")
+        say(f"  plan {current.plan_id} rev {current.revision}: {current.summary}")
     if current.decision:
         d = current.decision
-        typer.echo(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
+        say(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
     for step in current.results:
         took = f" in {step.duration_ms:g} ms" if step.duration_ms is not None else ""
-        typer.echo(f"  step {step.step_id} ({step.tool}): {step.status}{took}")
+        say(f"  step {step.step_id} ({step.tool}): {step.status}{took}")
         if step.status == "succeeded":
-            typer.echo(f"    -> {_shown(step.output)}")
+            say(f"    -> {_shown(step.output)}")
         elif step.error:
-            typer.echo(f"    !! {_shown(step.error)}")
+            say(f"    !! {_shown(step.error)}")
     if current.trace_id:
-        typer.echo(f"  trace {current.trace_id}")
+        say(f"  trace {current.trace_id}")
 
 
 def _shown(value: object) -> str:

@@ -1,0 +1,27 @@
+r"""Text from elsewhere made safe to print on a person's terminal.
+
+Goal texts are anyone's, plan words an LLM's, tool outputs an outside system's. Printed as
+they are, a control character in them is obeyed by the terminal: an escape sequence clears
+the screen, retitles the window or rewrites what was shown above it, and a bidirectional
+override reorders what a reviewer reads. Each such character is shown as its escape instead
+(`\x1b`, `\u202e`); line breaks and tabs stay.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls but tab and line feed, DEL, C1 controls, and Unicode's bidirectional controls.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def printable(text: str) -> str:
+    """Return `text` with every character a terminal would obey shown as its escape."""
+    return _UNPRINTABLE.sub(_escaped, text)
+
+
+def _escaped(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
