@@ -39,7 +39,7 @@ from approval_gate.holds import (
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.catalog import load_catalog
-from plangate.errors import Conflict, NotFound
+from plangate.errors import Conflict, NotFound, quoted
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.goals import by_id, latest_plan, plan_values, transition
 from plangate.store.outbox import emit
@@ -119,7 +119,8 @@ class Review:
         with self._store.session() as session:
             plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id)
             if plan is None:
-                raise NotFound(f"no plan {plan_id!r}; `plangate review list` shows held plans")
+                said = f"no plan {quoted(plan_id)}; `plangate review list` shows held plans"
+                raise NotFound(said)
             return self._held(session, session.get_one(GoalRow, plan.goal_id), plan)
 
     def approval_said(self, plan_id: str, reviewer: str) -> str:
@@ -289,7 +290,7 @@ class Review:
     ) -> HeldPlan:
         plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id)
         if plan is None:
-            raise NotFound(f"no plan {plan_id!r}; `plangate review list` shows held plans")
+            raise NotFound(f"no plan {quoted(plan_id)}; `plangate review list` shows held plans")
         plan_id = plan.plan_id
         goal = session.get_one(GoalRow, plan.goal_id)
         newest = latest_plan(session, goal.id)

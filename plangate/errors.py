@@ -34,6 +34,7 @@ __all__ = [
     "ToolLoadError",
     "Unavailable",
     "describe",
+    "quoted",
 ]
 
 
@@ -170,3 +171,17 @@ def describe(exc: ValidationError, model: type[BaseModel] | None = None, what: s
         else:
             parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
     return "; ".join(parts)
+
+
+# The most of a value given from outside that an error quotes back.
+_QUOTED_CHARS = 80
+
+
+def quoted(given: str) -> str:
+    """Quote an id or name given from outside for an error: whole if short, its start if not.
+
+    (An id of 20,000 characters came back whole in the 404 that refused it.)
+    """
+    if len(given) <= _QUOTED_CHARS:
+        return repr(given)
+    return f"{given[:_QUOTED_CHARS]!r}… ({len(given)} characters)"

@@ -142,3 +142,16 @@ def test_an_export_that_fails_midway_leaves_no_file_and_keeps_the_last_one(
 
     assert output.read_text() == "the last whole export\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl"]
+
+
+def test_a_very_long_id_is_quoted_by_its_start_and_its_length(tmp_path: Path) -> None:
+    """What names nothing is not echoed back whole (the HTTP API's 404 says the same)."""
+    assert plangate(tmp_path, "db", "upgrade").returncode == 0
+    given = "a" * 20_000
+
+    result = plangate(tmp_path, "status", given)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: no goal '{'a' * 80}'… (20000 characters); check the id")
+    assert len(line) < 200

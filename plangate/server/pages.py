@@ -18,7 +18,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from approval_gate.review import editable_steps
-from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
+from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
 from plangate.server.goals import read_body
 from plangate.server.progress import plan_progress
 from plangate.server.ratelimit import client_address, get_limit
@@ -313,7 +313,7 @@ def _decide(
         )
         return outcome_of(desk, goal_id, "edited").plan_id or plan_id
     else:
-        raise NotFound(f"no action {action!r}; use approve, reject or edit")
+        raise NotFound(f"no action {quoted(action)}; use approve, reject or edit")
     return plan_id
 
 

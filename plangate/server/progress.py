@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from plangate.errors import NotFound
+from plangate.errors import NotFound, quoted
 from plangate.store import DecisionRow, GoalRow, PlanRow, StepRunRow, Store
 from plangate.store.goals import latest_plan
 
@@ -103,7 +103,7 @@ def plan_progress(store: Store, plan_id: str) -> PlanProgress:
     with store.session() as session:
         plan = session.get(PlanRow, plan_id)
         if plan is None:
-            raise NotFound(f"no plan {plan_id!r}; the list of held plans links to each")
+            raise NotFound(f"no plan {quoted(plan_id)}; the list of held plans links to each")
         goal = session.get_one(GoalRow, plan.goal_id)
         newest = latest_plan(session, goal.id) or plan
         decisions = _decisions(session, plan_id)

@@ -22,7 +22,7 @@ from approval_gate.settle import UnsettledStep, settle_step, unsettled_steps
 from plangate.bus import Bus, Envelope
 from plangate.catalog import load_catalog
 from plangate.config import Settings
-from plangate.errors import NotFound
+from plangate.errors import NotFound, quoted
 from plangate.relay import deliver
 from plangate.server.errors import ApiError
 from plangate.server.goals import ErrorBody
@@ -77,7 +77,7 @@ class ReviewDesk:
         with self.store.session() as session:
             plan = session.get(PlanRow, plan_id)
             if plan is None:
-                raise NotFound(f"no plan {plan_id!r}")
+                raise NotFound(f"no plan {quoted(plan_id)}")
             return plan.goal_id
 
     def catalog(self) -> Catalog:

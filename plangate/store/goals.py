@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from plangate import telemetry
-from plangate.errors import Conflict, NotFound
+from plangate.errors import Conflict, NotFound, quoted
 from plangate.redaction import redact
 from plangate.store import audit
 from plangate.store.engine import after_release
@@ -77,7 +77,7 @@ def by_id(session: Session, model: type[RowT], column: Any, given: str) -> RowT 
     rows = session.execute(select(model).where(column.startswith(given)).limit(2)).scalars()
     found = list(rows)
     if len(found) > 1:
-        raise Conflict(f"{given!r} starts more than one id; give more of it")
+        raise Conflict(f"{quoted(given)} starts more than one id; give more of it")
     return found[0] if found else None
 
 
@@ -85,7 +85,8 @@ def get_goal(session: Session, goal_id: str) -> GoalRow:
     """Return a goal's row (by its id or a short start of it) or raise NotFound."""
     row = by_id(session, GoalRow, GoalRow.id, goal_id)
     if row is None:
-        raise NotFound(f"no goal {goal_id!r}; check the id (`plangate goals list` shows goals)")
+        said = f"no goal {quoted(goal_id)}; check the id (`plangate goals list` shows goals)"
+        raise NotFound(said)
     return row
 
 
