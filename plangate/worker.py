@@ -17,6 +17,7 @@ from types import FrameType
 from plangate import metrics, telemetry
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
 from plangate.config import Settings
+from plangate.errors import BrokerUnavailable
 from plangate.health import start_health_server
 from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
@@ -146,5 +147,7 @@ class Worker:
                         deliver(store, bus, expire(store, utcnow()))
                     if seal is not None:
                         seal(store)
-                except Exception:  # the broker or database is down: try again next sweep
+                except BrokerUnavailable as exc:  # said in full, once a sweep: no traceback
+                    log.warning("sweep skipped: %s; will try again in %g s", exc, interval)
+                except Exception:  # the database is down, or a fault: try again next sweep
                     log.warning("sweep failed; will try again in %g s", interval, exc_info=True)
