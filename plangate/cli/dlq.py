@@ -16,6 +16,7 @@ from plangate.cli.common import (
     group,
     load_settings,
 )
+from plangate.cli.printable import printable
 
 if TYPE_CHECKING:
     from plangate.bus import Bus
@@ -46,7 +47,9 @@ def list_letters(
             typer.echo(letter.model_dump_json(exclude={"body_b64"}))
         else:
             when = letter.failed_at.strftime("%Y-%m-%d %H:%M:%S")
-            typer.echo(f"{letter.message_id}  {when}  {letter.queue:<20} {letter.reason}")
+            # Its id and what is quoted in its reason are whoever published it: shown, not obeyed.
+            line = f"{letter.message_id}  {when}  {letter.queue:<20} {letter.reason}"
+            typer.echo(printable(line))
     if not letters and not as_json:
         typer.echo("no dead letters")
 
