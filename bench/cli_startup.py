@@ -6,7 +6,9 @@ moment of the machine hits every side alike:
 - `python -c pass`: the interpreter alone;
 - the floor of a command that reads the store: importing typer, pydantic-settings and
   SQLAlchemy's ORM, nothing of plangate (what `status` cannot do without on this stack);
-- `plangate --help`, and `plangate status ID` on a goal that `plangate run` completed.
+- `plangate --help`, and `plangate status ID` on a goal that `plangate run` completed;
+- `plangate run` with no collector configured and with one that is down: what exporting its
+  spans at exit adds when nothing answers.
 
     python bench/cli_startup.py [--runs 7]
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -67,14 +70,33 @@ def main() -> None:
             f"plangate status {goal}": [*PLANGATE, "status", goal],
         }
         times: dict[str, list[float]] = {name: [] for name in sides}
+        # `plangate run` with no collector configured, and with one that is down (spans are
+        # exported at exit): what the collector being down adds.
+        down = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}
+        run = [*PLANGATE, "run", "how many tickets are open", "--yes"]
+        exits = {"plangate run": (run, env), "plangate run, its collector down": (run, down)}
+        exit_times: dict[str, list[float]] = {name: [] for name in exits}
         for _ in range(runs):
             for name, command in sides.items():
                 times[name].append(timed(command, env))
+            for name, (command, run_env) in exits.items():
+                exit_times[name].append(timed(command, run_env))
     bare = statistics.median(times["python -c pass"])
     print(f"median wall time of {runs} runs each (interleaved), {Path(sys.executable).name}")
     for name, measured in times.items():
         median = statistics.median(measured)
         print(f"  {name:<60} {median * 1000:7.0f} ms  {median / bare:5.1f}x bare Python")
+    up, gone = (statistics.median(measured) for measured in exit_times.values())
+    for name, median in zip(exit_times, (up, gone), strict=True):
+        print(f"  {name:<60} {median * 1000:7.0f} ms")
+    print(f"  a collector down adds {gone - up:.2f} s at exit (target <= 1 s)")
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then let go)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 if __name__ == "__main__":

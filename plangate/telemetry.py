@@ -39,8 +39,11 @@ _propagator = TraceContextTextMapPropagator()
 TRACE_HEADERS = ("traceparent", "tracestate")
 
 
-# Seconds an exporter may spend on one batch (retries included), for short-lived commands.
-SHORT_EXPORT_SECONDS = 1.0
+# Seconds an exporter may spend on one batch (retries included), for short-lived commands:
+# one attempt. The SDK waits about a second (give or take a fifth) before its first retry, and
+# takes it when it fits the time left: with 1.0 here, a collector down cost 0.15 s at exit in
+# some runs and 1.05 s in others.
+SHORT_EXPORT_SECONDS = 0.5
 _export_timeout: float | None = None
 
 
