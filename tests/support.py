@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,6 +49,24 @@ def running_pipeline(settings: Settings, **overrides: Any) -> Iterator[Pipeline]
     changed = settings.model_copy(update=overrides)
     with Pipeline(changed, registry=registry) as pipeline:
         yield pipeline
+
+
+def plangate_in(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m plangate` on its own data folder, on a wide terminal, with no answers.
+
+    No PLANGATE_* or OTEL_* setting of the outer environment reaches it, only `env`'s.
+    """
+    outer = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=outer | {"PLANGATE_DATA_DIR": str(data_dir), "COLUMNS": "300"} | env,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
 
 
 def write_yaml(path: Path, data: Any) -> Path:

@@ -8,33 +8,17 @@ read. A file named on the command line that cannot be written is one line and ex
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support import plangate_in as plangate
 
 EXIT_USAGE = 2
 HOSTILE_GOAL = (
     "[/x] Check Jira ticket count, compare with SLA, and notify on-call engineer if breached "
     "[bold]now[/bold]"
 )
-
-
-def plangate(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m plangate` on its own data folder, on a wide terminal, with no answers."""
-    outer = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "plangate", *args],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=outer | {"PLANGATE_DATA_DIR": str(data_dir), "COLUMNS": "300"},
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

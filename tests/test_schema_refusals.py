@@ -9,11 +9,8 @@ cannot help.
 
 from __future__ import annotations
 
-import os
 import socket
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,22 +20,10 @@ from plangate.errors import ConfigError
 from plangate.readiness import not_ready
 from plangate.store import open_store
 from plangate.store.schema import head_revision
+from tests.support import plangate_in as plangate
 
 EXIT_USAGE = 2
 NEWER = "9999"  # a revision only a newer plangate's migrations would write
-
-
-def plangate(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run `python -m plangate` with only this test's PLANGATE_* settings."""
-    outer = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "plangate", *args],
-        capture_output=True,
-        text=True,
-        env=outer | {"PLANGATE_DATA_DIR": str(data_dir)} | env,
-        timeout=60,
-        check=False,
-    )
 
 
 def closed_port() -> int:
