@@ -11,6 +11,10 @@ effect may have happened. The next executor never runs it again on its own; the 
 
 Once no step of the plan is unknown, the plan's own approval is sent again and the run resumes
 where it stopped: finished steps are not repeated.
+
+Settling decides what the plan's later writes do (an output they use, or a write called
+again), so it asks what approving asked: the role the hold requires, and not the submitter
+where the hold bars them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import jsonschema
 from sqlalchemy import func, select
 
+from approval_gate.holds import check_not_submitter, check_reviewer, hold_of
 from plangate.bus import Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound
@@ -79,8 +84,12 @@ def settle_step(
     happened: bool,
     output: Any = None,
     comment: str = "",
+    roles: frozenset[str] = frozenset(),
 ) -> Sequence[Envelope]:
-    """Record what a person found of an unknown step; return plan.approved once none is left."""
+    """Record what a person found of an unknown step; return plan.approved once none is left.
+
+    `roles` are the reviewer's: a plan held for a role is settled only by someone with it.
+    """
     with store.session() as session:
         row = session.execute(
             select(StepRunRow)
@@ -103,6 +112,10 @@ def settle_step(
                 f"goal {goal.id} is {goal.status}; a step is settled only while its run "
                 "waits for a person"
             )
+        hold = hold_of(session, plan_id)
+        if hold is not None:  # a plan the policy approved itself asks no role of anyone
+            check_reviewer(hold, plan_id, reviewer, roles, "settle a step of")
+            check_not_submitter(hold, goal, reviewer)
         data = {
             "plan_id": plan_id,
             "step_id": step_id,

@@ -23,7 +23,14 @@ from plangate.bus import Envelope
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.errors import Conflict, InputInvalid, NotFound, OutcomeUnknown, ToolError
+from plangate.errors import (
+    Conflict,
+    Forbidden,
+    InputInvalid,
+    NotFound,
+    OutcomeUnknown,
+    ToolError,
+)
 from plangate.server import create_app
 from plangate.server.reviewers import Reviewer, Reviewers
 from plangate.signing import Signer
@@ -32,7 +39,9 @@ from plangate.tools import ToolRegistry, tool
 from schemas import ExecutionPaused, Plan
 from tests.fleet import serving_app
 from tests.support import (
+    HELD,
     audit_entries,
+    audit_kinds,
     eventually,
     next_message,
     only_plan,
@@ -108,12 +117,20 @@ def billing(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
         yield pipeline
 
 
-def cut_off_mid_charge(pipeline: Pipeline) -> tuple[Plan, ExecutionPaused]:
+def cut_off_mid_charge(
+    pipeline: Pipeline, approver: Reviewer | None = None
+) -> tuple[Plan, ExecutionPaused]:
     """Run the plan, rewind it to `charge` cut off mid-call, and redeliver its approval.
 
-    Returns the plan and the pause the executor announced.
+    With `approver`, the plan is held first and they approve it. Returns the plan and the
+    pause the executor announced.
     """
     goal_id = pipeline.submit("charge and receipt").goal_id
+    if approver is not None:
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        pipeline.approve(
+            only_plan(pipeline.store, goal_id).plan_id, approver.name, None, approver.roles
+        )
     pipeline.wait_for(goal_id, timeout=5)
     plan = only_plan(pipeline.store, goal_id)
     rewind_to_mid_call(pipeline.store, plan, "charge")
@@ -294,6 +311,91 @@ def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline) -> None:
 
         status, again = call(settle_url, "POST", {"happened": True}, token=TOKEN)
         assert status == 409, again
+
+
+HELD_FOR_FINANCE = {
+    "rules": [
+        {
+            "name": "charges-need-finance",
+            "match": "true",
+            "action": "hold",
+            "reason": "a charge",
+            "requires_role": "finance",
+        }
+    ]
+}
+FINANCE = Reviewer.with_token("alice", TOKEN, ["finance"])
+
+
+@pytest.fixture
+def finance_billing(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    """The billing plan, held by policy until a reviewer with the role `finance` approves it."""
+    CHARGES.clear()
+    RECEIPTS.clear()
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([charge_card, send_receipt]),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", PLAYBOOK),
+        policy_file=write_yaml(tmp_path / "policy.yaml", HELD_FOR_FINANCE),
+    ) as pipeline:
+        yield pipeline
+
+
+def test_settling_a_step_of_a_plan_held_for_a_role_needs_that_role(
+    finance_billing: Pipeline,
+) -> None:
+    """Given a plan held for `finance`, approved by alice (finance), its charge cut off mid-call,
+    When bob, a reviewer without the role, settles the charge (as happened, with the output
+    the receipt will use; or as not happened, so the card is charged again),
+    Then he is refused (Forbidden, naming the role), nothing changes, and alice may settle it.
+    """
+    plan, _ = cut_off_mid_charge(finance_billing, approver=FINANCE)
+
+    for happened, output in ((True, {"charge_id": "ch_bob", "amount": 999999}), (False, None)):
+        with pytest.raises(Forbidden, match="requires the role 'finance' to settle a step of"):
+            settle_step(
+                finance_billing.store,
+                plan.plan_id,
+                "charge",
+                "bob",
+                happened=happened,
+                output=output,
+            )
+    assert step_runs(finance_billing.store, plan.plan_id) == {"charge": "unknown"}
+    assert "step.settled" not in audit_kinds(finance_billing.store, plan.goal_id)
+
+    resumed = settle_step(
+        finance_billing.store,
+        plan.plan_id,
+        "charge",
+        "alice",
+        happened=False,
+        roles=FINANCE.roles,
+    )
+    assert resumed
+
+
+def test_the_api_refuses_a_reviewer_without_the_role_a_settle_needs(
+    finance_billing: Pipeline,
+) -> None:
+    plan, _ = cut_off_mid_charge(finance_billing, approver=FINANCE)
+    reviewers = Reviewers([FINANCE, Reviewer.with_token("bob", "b" * 40)])
+    settings = finance_billing.settings.model_copy(update={"broker_url": "memory://"})
+    with (
+        Client(settings) as client,
+        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
+    ):
+        settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
+        found = {"happened": True, "output": {"charge_id": "ch_bob", "amount": 999999}}
+
+        status, refused = call(settle_url, "POST", found, token="b" * 40)
+
+        assert status == 403, refused
+        assert step_runs(finance_billing.store, plan.plan_id) == {"charge": "unknown"}
+        status, outcome = call(settle_url, "POST", {"happened": False}, token=TOKEN)
+        assert status == 200, outcome
+        assert finance_billing.wait_for(plan.goal_id, timeout=5).status == "completed"
+        assert CHARGES == [5]
 
 
 @tool(effect="write")

@@ -137,7 +137,9 @@ def _settle_here(access: Access, plan_id: str, step_id: str, found: dict[str, An
 
     reviewer = access.reviewer()
     with opened_store(access.settings) as (settings, store):
-        envelopes = settle_step(store, plan_id, step_id, reviewer.name, **found)
+        envelopes = settle_step(
+            store, plan_id, step_id, reviewer.name, roles=reviewer.roles, **found
+        )
         publish(settings, store, envelopes)
     return bool(envelopes)
 

@@ -181,14 +181,14 @@ def _settle(
         text = form.get("output", "").strip()
         output = strict_json_loads(text.encode()) if text and happened else None
         found = Settle(happened=happened, output=output, comment=form.get("comment", ""))
-        desk.settle(plan_id, step_id, web.reviewer.name, found)
+        desk.settle(plan_id, step_id, web.reviewer, found)
     except KeyError:
         return _list_page(request, desk, web, error="Say whether it happened.", status=422)
     except (MessageRejected, ValueError, InputInvalid) as exc:  # bad JSON, a long comment, ...
         problem = f"That cannot be recorded: {exc}"
         return _list_page(request, desk, web, error=problem, status=422)
-    except (Conflict, NotFound) as exc:
-        status = 409 if isinstance(exc, Conflict) else 404
+    except (Conflict, Forbidden, NotFound) as exc:
+        status = {Conflict: 409, Forbidden: 403, NotFound: 404}[type(exc)]
         return _list_page(request, desk, web, error=str(exc), status=status)
     return RedirectResponse(f"/reviews/{plan_id}?done=settled", status_code=303)
 

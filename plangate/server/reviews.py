@@ -53,7 +53,9 @@ class ReviewDesk:
         """Return the steps waiting for a person to say whether they happened."""
         return unsettled_steps(self.store)
 
-    def settle(self, plan_id: str, step_id: str, reviewer: str, body: Settle) -> list[Envelope]:
+    def settle(
+        self, plan_id: str, step_id: str, reviewer: Reviewer, body: Settle
+    ) -> list[Envelope]:
         """Settle an unknown step and publish what it led to (the resumed run)."""
         if body.output is not None and not body.happened:
             problem = "output goes with happened=true: a step that did not happen has none"
@@ -63,10 +65,11 @@ class ReviewDesk:
                 self.store,
                 plan_id,
                 step_id,
-                reviewer,
+                reviewer.name,
                 happened=body.happened,
                 output=body.output,
                 comment=body.comment,
+                roles=reviewer.roles,
             )
         )
         deliver(self.store, self.bus, envelopes)
@@ -386,7 +389,7 @@ def settle(plan_id: str, step_id: str, body: Settle, desk: Desk, reviewer: Perso
 
     409 if the step is not unknown, or its run is not waiting for a person.
     """
-    envelopes = desk.settle(plan_id, step_id, reviewer.name, body)
+    envelopes = desk.settle(plan_id, step_id, reviewer, body)
     goal_id = desk.goal_of(plan_id)
     what = "happened" if body.happened else "did not happen (it runs again)"
     after = "the run resumes" if envelopes else "other steps still wait to be settled"
