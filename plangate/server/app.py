@@ -14,6 +14,7 @@ from plangate.config import Settings
 from plangate.redaction import register_secret
 from plangate.server import goal_pages, goals, health, pages, reviews
 from plangate.server.api_docs import install_api_docs
+from plangate.server.body_limit import BodyLimit
 from plangate.server.errors import install_handlers
 from plangate.server.ratelimit import FailureLimit
 from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
@@ -65,6 +66,7 @@ def create_app(
     )
     app.state.failure_limit = FailureLimit()
     install_handlers(app)
+    app.add_middleware(BodyLimit)
     app.include_router(goals.router)
     app.include_router(reviews.router)
     app.include_router(pages.router)
