@@ -2,7 +2,8 @@
 
 The review routes' JSON was parsed whole before their token was checked: 150 MiB sent with no
 token grew `plangate serve` by 225 MiB. Now a body over a megabyte is refused with 413, however
-it is sent, and the routes answer small requests as before.
+it is sent, and the routes answer small requests as before. A review-page form that is not
+UTF-8 is refused (400), not a server error.
 """
 
 from __future__ import annotations
@@ -111,3 +112,17 @@ def test_goal_intake_keeps_its_own_tighter_bound(server: tuple[str, int]) -> Non
 
     assert status == 413, answer
     assert answer["error"] == "the body is over 64 KiB; send a shorter goal"
+
+
+@pytest.mark.parametrize("form", [b"token=\xff\xfe", b"token=%ff%fe"], ids=["raw", "escaped"])
+def test_a_form_that_is_not_utf8_is_400_not_a_server_error(
+    server: tuple[str, int], form: bytes
+) -> None:
+    connection = http.client.HTTPConnection(*server, timeout=30)
+    headers = {"content-type": "application/x-www-form-urlencoded"}
+    connection.request("POST", "/login", body=form, headers=headers)
+
+    status, answer = answer_of(connection)
+
+    assert status == 400, answer
+    assert answer["error"] == "the form is not UTF-8; send it from the review page"

@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 
 from approval_gate.review import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
+from plangate.server.errors import ApiError
 from plangate.server.goals import read_body
 from plangate.server.progress import plan_progress
 from plangate.server.ratelimit import client_address, get_limit
@@ -60,7 +61,12 @@ def _session(request: Request, desk: ReviewDesk) -> WebSession | None:
 
 
 async def _form(request: Request) -> dict[str, str]:
-    fields = parse_qs((await read_body(request, 256 * 1024)).decode(), keep_blank_values=True)
+    body = await read_body(request, 256 * 1024)
+    try:
+        # Strict: a form a browser sends is UTF-8, percent-encoded beyond ASCII.
+        fields = parse_qs(body.decode(), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "the form is not UTF-8; send it from the review page") from exc
     return {name: values[0] for name, values in fields.items()}
 
 
