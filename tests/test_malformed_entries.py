@@ -361,3 +361,33 @@ def test_junk_in_the_dead_letter_queue_stays_there_when_letters_are_listed(
         assert raw_body(raw) == b"junk"
         raw.ack()
     bus.close()
+
+
+@pytest.mark.redis
+def test_a_message_of_5_mb_is_a_dead_letter_that_can_be_listed_and_purged(
+    settings: Settings, redis_url: str
+) -> None:
+    """Given a well-formed goal.submitted entry whose body is 5 MB (refused: over 1 MiB),
+    When the planner takes it,
+    Then its dead letter keeps the body's first 64 KiB and says so: it stays small enough to
+    be listed (kept whole, it was past what the dead-letter queue's readers accept, and was
+    neither listed nor purged), and it can be purged.
+    """
+    ns = settings.namespace
+    text = "x" * (5 * 1024 * 1024)
+    body = json.dumps(
+        {"schema_version": 1, "type": "goal.submitted", "goal_id": "g5", "text": text}
+    )
+    client = redis.Redis.from_url(redis_url)
+    with Pipeline(settings, broker_url=redis_url) as pipeline:
+        client.lpush(f"{ns}.planner", json.dumps(envelope(body.encode(), ns)))
+
+        [letter] = eventually(lambda: pipeline.bus.dead_letters() or None, 10, "the dead letter")
+
+        assert "the limit is 1048576" in letter.reason
+        assert f"(the first {KEPT_BYTES} of its {len(body)} bytes are kept)" in letter.reason
+        assert base64.b64decode(letter.body_b64) == body.encode()[:KEPT_BYTES]
+        assert [gone.message_id for gone in pipeline.bus.purge_dead_letters()] == [
+            letter.message_id
+        ]
+        assert pipeline.bus.dead_letters() == []

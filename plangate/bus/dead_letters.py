@@ -8,6 +8,12 @@ from plangate.bus.envelope import Delivery, Envelope
 from plangate.bus.topology import Topology
 from plangate.redaction import redact
 from schemas import DeadLetter
+from schemas.decoding import MAX_MESSAGE_BYTES
+
+# How much of a body over the largest message plangate reads a dead letter keeps. Kept whole,
+# a body of 5 MB made a letter past what the dead-letter queue's readers accept: it was then
+# neither listed nor purged.
+KEPT_BYTES = 64 * 1024
 
 # Only these headers are copied into a dead letter: anything else may carry a secret.
 _KEPT_HEADERS = (
@@ -25,8 +31,12 @@ def dead_letter_envelope(
     """Build the envelope that carries a failed message to the dead-letter queue.
 
     Text that came with the message is kept as UTF-8 can carry it (a lone surrogate escaped),
-    so that writing the letter cannot fail on what a hostile sender put in it.
+    so that writing the letter cannot fail on what a hostile sender put in it. A body larger
+    than any message plangate reads is kept in its first `KEPT_BYTES`, and the reason says so.
     """
+    if len(body) > MAX_MESSAGE_BYTES:
+        reason = f"{reason} (the first {KEPT_BYTES} of its {len(body)} bytes are kept)"
+        body = body[:KEPT_BYTES]
     letter = DeadLetter(
         reason=redact(_text(reason)),
         queue=delivery.queue,

@@ -36,13 +36,13 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps, loads
 
+from plangate.bus.dead_letters import KEPT_BYTES
 from plangate.bus.redis_routing import ScriptedRouting
 
 # The URL schemes of Redis brokers, which this transport serves.
 SCHEMES = ("redis", "rediss")
 MALFORMED_CONTENT_TYPE = "application/x-plangate-malformed-entry"
 REASON_HEADER = "x-plangate-malformed"
-KEPT_BYTES = 64 * 1024
 # Far above any message plangate sends (a 1 MiB body, base64, in a dead letter, base64 again).
 MAX_ENTRY_BYTES = 8 * 1024 * 1024
 _MAX_TAG_CHARS = 128
