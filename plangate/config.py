@@ -139,6 +139,13 @@ class Settings(BaseSettings):
         default=None,
         description="Reviewers (names, roles, token hashes), written by `plangate reviewers add`.",
     )
+    trusted_proxies: str = Field(
+        default="",
+        description="The proxies in front of `plangate serve` whose `X-Forwarded-For` names the "
+        "client (comma-separated addresses or networks); unset: none, and the client is who "
+        "connected. Failed logins are limited per client: trust only your own proxies.",
+        max_length=4096,
+    )
     session_secret: SecretStr | None = Field(
         default=None,
         description="Signs review-page sessions and forms (32+ characters); the same on every "

@@ -31,7 +31,8 @@ def serve(
     `Authorization: Bearer <token>`; `plangate review ... --server URL` uses it). Page
     sessions are signed with PLANGATE_SESSION_SECRET (32+ characters): give every replica
     the same one, or each refuses the others' forms. Failed logins and bad tokens are limited
-    per client address (10 in 5 minutes, then 429), in each replica.
+    per client address (10 in 5 minutes, then 429), in each replica; behind a proxy, name it in
+    PLANGATE_TRUSTED_PROXIES so that X-Forwarded-For is read (and only then).
     Uses PLANGATE_BROKER_URL and PLANGATE_DATABASE_URL like the workers.
     """
     import socket
@@ -58,5 +59,15 @@ def serve(
     with listening, Client(settings) as client:
         app = create_app(settings, client=client)
         # log_config=None: uvicorn's own loggers go through ours, as JSON lines like a worker's.
-        config = uvicorn.Config(app, log_level=settings.log_level.lower(), log_config=None)
+        # X-Forwarded-For only from the proxies named: uvicorn's default trusts 127.0.0.1, so
+        # a local client (or a same-host proxy passing the header on) chose its own address for
+        # the failed-login limit, to slip past it or to lock someone else out.
+        trusted = settings.trusted_proxies.strip()
+        config = uvicorn.Config(
+            app,
+            log_level=settings.log_level.lower(),
+            log_config=None,
+            proxy_headers=bool(trusted),
+            forwarded_allow_ips=trusted or None,
+        )
         uvicorn.Server(config).run(sockets=[listening])
