@@ -18,6 +18,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from plangate.client import Client
 from plangate.server import create_app
+from plangate.server.reviewers import Reviewer, Reviewers
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
 from tests.servers import free_port
@@ -32,6 +33,7 @@ rules:
     reason: the serve tests approve every plan
 """
 TOKEN = "s3cret-intake-token"
+JSON = "application/json"
 GOAL_EVENT = "dev.plangate.goal.submitted"
 
 Answer = tuple[int, dict[str, str], dict[str, Any]]
@@ -321,3 +323,29 @@ def test_the_same_event_racing_makes_one_goal(base_url: str) -> None:
     assert len(answers) == 8
     assert len({answer[2]["goal_id"] for answer in answers}) == 1, answers
     assert sorted(answer[0] for answer in answers) == [200] * 7 + [201]
+
+
+def test_with_an_intake_token_reviewers_still_list_follow_and_cancel_goals(client: Client) -> None:
+    """Given PLANGATE_INTAKE_TOKEN and a reviewer, each route asks for its own caller's token:
+    submitting the intake token; listing and cancelling a reviewer's; a goal's state either.
+    (Both were asked for at once, in the one `Authorization` header: nobody could list.)
+    """
+    reviewer_token = "r" * 40
+    reviewers = Reviewers([Reviewer.with_token("alice", reviewer_token)])
+    app = create_app(client.settings, client=client, intake_token=TOKEN, reviewers=reviewers)
+    intake = {"Authorization": f"Bearer {TOKEN}"}
+    alice = {"Authorization": f"Bearer {reviewer_token}"}
+    with serving_app(app) as url:
+        status, _, accepted = post_json(url, {"text": SEED_GOAL}, **intake)
+        assert status == 201, accepted
+        goal = f"{url}/api/v1/goals/{accepted['goal_id']}"
+
+        assert post_json(url, {"text": SEED_GOAL}, **alice)[0] == 401
+        assert call(goal, headers=intake)[0] == 200
+        assert call(goal, headers=alice)[0] == 200
+        assert call(goal)[0] == 401
+        listed = call(f"{url}/api/v1/goals", headers=alice)
+        assert listed[0] == 200, listed
+        assert call(f"{url}/api/v1/goals", headers=intake)[0] == 401
+        cancelled = call(f"{goal}/cancel", "POST", b"{}", {**alice, "Content-Type": JSON})
+        assert cancelled[0] in (200, 409), cancelled

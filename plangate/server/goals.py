@@ -24,9 +24,18 @@ from plangate.store.goal_list import MAX_PAGE, parse_since
 
 MAX_BODY_BYTES = 64 * 1024
 
-router = APIRouter(
-    prefix="/api/v1/goals", tags=["goals"], dependencies=[Depends(require_intake_token)]
-)
+# Each route says who may call it: submitting takes the intake token (when one is set);
+# listing, cancelling and retrying a reviewer's; a goal's state either. (One token for the
+# whole router made the reviewers' routes need both in one `Authorization` header.)
+router = APIRouter(prefix="/api/v1/goals", tags=["goals"])
+
+
+def _intake_or_reviewer(request: Request) -> None:
+    """Let the submitting service (its intake token) or a reviewer follow a goal."""
+    try:
+        require_intake_token(request)
+    except ApiError:
+        require_reviewer(request)  # 401 (a failure counted) unless a reviewer's token
 
 
 class GoalAccepted(BaseModel):
@@ -127,6 +136,7 @@ def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalH
     response_model=GoalAccepted,
     responses={200: {"model": GoalAccepted, "description": "Already submitted"}, **_ERRORS},
     openapi_extra={"requestBody": _SUBMIT_BODY},
+    dependencies=[Depends(require_intake_token)],
 )
 async def submit_goal(
     request: Request, client: Annotated[Client, Depends(get_client)]
@@ -193,7 +203,12 @@ def goal_list(
     return GoalList(goals=items, next_cursor=page.next_cursor)
 
 
-@router.get("/{goal_id}", response_model=GoalState, responses={404: {"model": ErrorBody}})
+@router.get(
+    "/{goal_id}",
+    response_model=GoalState,
+    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    dependencies=[Depends(_intake_or_reviewer)],
+)
 def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) -> GoalState:
     """Return where a goal stands (404 if there is no such goal)."""
     current = client.status(goal_id)
