@@ -11,7 +11,9 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -104,16 +106,23 @@ APPROVE_ALL = {
 }
 
 
-@pytest.fixture
-def billing(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+@contextmanager
+def billing_under(policy: dict[str, Any], settings: Settings, folder: Path) -> Iterator[Pipeline]:
+    """The billing tools and playbook, decided by `policy`."""
     CHARGES.clear()
     RECEIPTS.clear()
     with running_pipeline(
         settings,
         registry=ToolRegistry([charge_card, send_receipt]),
-        playbook_file=write_yaml(tmp_path / "playbook.yaml", PLAYBOOK),
-        policy_file=write_yaml(tmp_path / "policy.yaml", APPROVE_ALL),
+        playbook_file=write_yaml(folder / "playbook.yaml", PLAYBOOK),
+        policy_file=write_yaml(folder / "policy.yaml", policy),
     ) as pipeline:
+        yield pipeline
+
+
+@pytest.fixture
+def billing(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    with billing_under(APPROVE_ALL, settings, tmp_path) as pipeline:
         yield pipeline
 
 
@@ -330,14 +339,7 @@ FINANCE = Reviewer.with_token("alice", TOKEN, ["finance"])
 @pytest.fixture
 def finance_billing(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
     """The billing plan, held by policy until a reviewer with the role `finance` approves it."""
-    CHARGES.clear()
-    RECEIPTS.clear()
-    with running_pipeline(
-        settings,
-        registry=ToolRegistry([charge_card, send_receipt]),
-        playbook_file=write_yaml(tmp_path / "playbook.yaml", PLAYBOOK),
-        policy_file=write_yaml(tmp_path / "policy.yaml", HELD_FOR_FINANCE),
-    ) as pipeline:
+    with billing_under(HELD_FOR_FINANCE, settings, tmp_path) as pipeline:
         yield pipeline
 
 
