@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate import redaction
@@ -338,6 +338,18 @@ class Settings(BaseSettings):
             return value.strip().lower() or False
         return value
 
+    @model_validator(mode="after")
+    def _some_tools(self) -> Settings:
+        # None at all: every plan would name a tool no executor has (a run waited out its
+        # timeout; an executor failed each goal it took). Unset gives the demo tools.
+        if not self.tool_modules() and self.mcp_servers is None:
+            raise ValueError(
+                "PLANGATE_TOOLS names no tool module (nor does PLANGATE_MCP_SERVERS name a "
+                "file of servers); give one or more modules, comma-separated, or leave it "
+                "unset for the demo tools (plangate.demo.tools)"
+            )
+        return self
+
     @field_validator("broker_url")
     @classmethod
     def _a_broker_plangate_speaks(cls, url: str) -> str:
@@ -373,4 +385,5 @@ def settings_error(exc: ValidationError) -> ConfigError:
     problem = exc.errors()[0]
     where = str(problem["loc"][0]) if problem["loc"] else ""
     name = variable_name(where) if where in Settings.model_fields else where.upper()
-    return ConfigError(f"{name}: {problem['msg'].removeprefix('Value error, ')}")
+    said = problem["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{name}: {said}" if name else said)  # (a check of several settings)

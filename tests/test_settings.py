@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
-from plangate.config import Settings, variable_name
+from plangate.config import Settings, settings_error, variable_name
 from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
 from plangate.redaction import is_secret
@@ -203,3 +203,22 @@ def test_an_invalid_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 
     with pytest.raises(ConfigError, match="PLANGATE_DEMO_SLA: must be a whole number, not 'lots'"):
         current_settings()
+
+
+@pytest.mark.parametrize("tools", ["", " , "], ids=["empty", "only commas"])
+def test_tools_that_name_no_module_are_refused_at_start(tools: str, tmp_path: Path) -> None:
+    """No tool at all made every plan name a tool no executor has: a run waited out its
+    timeout, an executor failed each goal it took. Refused instead, saying what to set."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(data_dir=tmp_path, tools=tools)
+
+    said = str(settings_error(refused.value))
+    assert said.startswith("PLANGATE_TOOLS names no tool module")
+    assert "leave it unset for the demo tools" in said
+
+
+def test_mcp_servers_alone_are_tools_enough(tmp_path: Path) -> None:
+    servers = tmp_path / "mcp.json"
+    servers.write_text("{}")
+
+    assert Settings(data_dir=tmp_path, tools="", mcp_servers=servers).tool_modules() == []
