@@ -273,3 +273,19 @@ def test_a_rewritten_checkpoint_or_a_forged_signature_is_reported(
     report = audit.verify(pipeline.store)
     assert not report.ok
     assert report.problem == "checkpoint 1's content does not match its hash"
+
+
+def test_audit_export_of_a_goal_takes_its_short_id_and_refuses_one_that_names_nothing(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """An empty export of a goal read as "it has no entries"; an id that names none is exit 2."""
+    data, target = pipeline.settings.data_dir, tmp_path / "none.jsonl"
+
+    short = plangate_cli(data, "audit", "export", "--goal", completed_run[:8])
+    unknown = plangate_cli(data, "audit", "export", "--goal", "nosuch", "--output", str(target))
+
+    assert short.returncode == 0, short.stderr
+    assert len(short.stdout.splitlines()) == SEED_RUN_ENTRIES
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith("error: no audit entry of goal 'nosuch'; check the id")
+    assert not target.exists()

@@ -15,9 +15,11 @@ import typer
 from rich.markup import escape
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
+from plangate.errors import NotFound, quoted
 
 if TYPE_CHECKING:
     from plangate.signing import TrustedKeys
+    from plangate.store import Store
 
 app = group("Check and export the hash-chained audit log.")
 
@@ -136,6 +138,7 @@ def audit_export(
     settings = load_settings()
     signer = load_signer(settings) if sign else None  # refused before anything is written
     store = open_store(settings.resolved_database_url(), upgrade=False)
+    goal = _whole_goal_id(store, goal)
     summary = ExportSummary()
     entries = summary.counted(audit.export(store, since=since, goal_id=goal))
     with _replacing(output) if output else _stdout() as stream:
@@ -147,6 +150,11 @@ def audit_export(
         else:
             for entry in entries:
                 stream.write(json.dumps(entry, sort_keys=True) + "\n")
+        if goal is not None and summary.count == 0:  # raised in here: no file is put in place
+            raise NotFound(
+                f"no audit entry of goal {quoted(goal)}; check the id "
+                "(`plangate goals list` shows goals)"
+            )
     store.close()
     if signer is not None and output is not None:
         when = since.isoformat() if since is not None else None
@@ -154,6 +162,19 @@ def audit_export(
         signed = sign_export(output, summary, signer, scope)
         said = f"{summary.count} entries written to {output}; signed manifest {signed}"
         err_console.print(escape(said))
+
+
+def _whole_goal_id(store: Store, goal: str | None) -> str | None:
+    """Return the whole id of a goal named by a short one (as every command takes them)."""
+    from plangate.store.goals import get_goal
+
+    if goal is None:
+        return None
+    with store.reading() as session:
+        try:
+            return get_goal(session, goal).id
+        except NotFound:  # its row gone (a goal's entries outlive it): exported by the id given
+            return goal
 
 
 def _verify_export(export: Path, manifest: Path | None, key_files: list[Path]) -> None:
