@@ -5,6 +5,9 @@ still being planned, and a rejected or failed one that could still be planned ag
 gate no longer decides it, an approval on its way finds it ended, and a run starts no further
 step (steps already running finish and are recorded). The move is the state machine's
 `cancelled`, audited with who and why.
+
+Cancelling a goal whose plan a rule held for a role decides it as rejecting would: it asks
+for that role too (a reviewer without it, refused a reject, could cancel instead).
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from plangate.errors import Conflict
-from plangate.store import GoalRow, Store
-from plangate.store.goals import get_goal, goal_status, transition
+from plangate.errors import Conflict, Forbidden
+from plangate.store import GoalRow, HoldRow, Store
+from plangate.store.goals import get_goal, goal_status, latest_plan, transition
 from schemas.goal_states import cancellable
 
 
-def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> None:
-    """Cancel a goal that has not ended, as `who`, saying why; Conflict if it has ended."""
+def cancel_goal(
+    store: Store, goal_id: str, who: str, reason: str, roles: frozenset[str] = frozenset()
+) -> None:
+    """Cancel a goal that has not ended, as `who` (with `roles`), saying why.
+
+    Conflict if it has ended; Forbidden if its plan was held for a role `who` lacks.
+    """
     with store.session() as session:
         goal_id = get_goal(session, goal_id).id  # NotFound; a short id names the whole one
         status = session.execute(
@@ -27,8 +35,22 @@ def cancel_goal(store: Store, goal_id: str, who: str, reason: str) -> None:
         ).scalar_one()
         if not cancellable(status):
             raise Conflict(f"goal {goal_id} is {status}: it has ended, nothing to cancel")
+        _check_role(session, goal_id, who, roles)
         why = f"cancelled by {who}: {reason}" if reason else f"cancelled by {who}"
         transition(session, goal_id, "cancelled", by="operator", actor=who, reason=why, data={})
+
+
+def _check_role(session: Session, goal_id: str, who: str, roles: frozenset[str]) -> None:
+    plan = latest_plan(session, goal_id)
+    hold = session.get(HoldRow, plan.plan_id) if plan is not None else None
+    missing = sorted(set(hold.required_roles or []) - roles) if hold is not None else []
+    if hold is not None and missing:
+        needed = ", ".join(repr(role) for role in missing)
+        raise Forbidden(
+            f"rule {hold.rule!r} requires the role {needed} to decide goal {goal_id}, and "
+            f"cancelling it decides it; {who} does not have it: ask a reviewer who does",
+            missing[0],
+        )
 
 
 def is_cancelled(store: Store, goal_id: str) -> bool:

@@ -183,11 +183,16 @@ class Client:
         current = self.status(goal_id)
         return GoalHandle(self, goal_id, current.trace_id, duplicate=True)
 
-    def cancel(self, goal_id: str, who: str, reason: str = "") -> GoalStatus:
-        """Cancel a goal that has not ended, as `who` (audited); Conflict if it has ended."""
+    def cancel(
+        self, goal_id: str, who: str, reason: str = "", roles: frozenset[str] = frozenset()
+    ) -> GoalStatus:
+        """Cancel a goal that has not ended, as `who` with `roles` (audited).
+
+        Conflict if it has ended; Forbidden if a rule held its plan for a role `who` lacks.
+        """
         from plangate.cancellation import cancel_goal
 
-        cancel_goal(self._store, goal_id, who, reason)
+        cancel_goal(self._store, goal_id, who, reason, roles)
         return self.status(goal_id)
 
     def retry(self, goal_id: str, who: str, reason: str = "") -> GoalStatus:

@@ -8,8 +8,11 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
+
 from plangate.cancellation import cancel_goal
 from plangate.config import Settings
+from plangate.errors import Forbidden
 from plangate.tools import ToolRegistry, tool
 from tests.conftest import SEED_GOAL
 from tests.support import (
@@ -123,3 +126,38 @@ def test_the_cli_cancels_a_held_goal_as_the_reviewer_its_token_names(
     assert "it has ended, nothing to cancel" in again.stderr
     assert untokened.returncode == 2
     assert "PLANGATE_REVIEWER_TOKEN" in untokened.stderr
+
+
+HELD_FOR_FINANCE = {
+    "rules": [
+        {
+            "name": "writes-need-finance",
+            "match": "plan.steps.exists(s, s.effect == 'write')",
+            "action": "hold",
+            "reason": "it writes",
+            "requires_role": "finance",
+        },
+        {"name": "reads", "match": "true", "action": "approve", "reason": "reads only"},
+    ]
+}
+
+
+def test_cancelling_a_goal_held_for_a_role_needs_that_role(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed goal held for `finance`,
+    When carol (no role), refused a reject, cancels the goal instead,
+    Then she is refused too (Forbidden, naming the role) and the goal stays held; someone
+    with the role cancels it.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", HELD_FOR_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+
+        with pytest.raises(Forbidden, match="requires the role 'finance' to decide goal"):
+            cancel_goal(pipeline.store, goal_id, "carol", "carol cancels instead")
+        assert pipeline.wait_for(goal_id, HELD, timeout=5).status == "held"
+
+        cancel_goal(pipeline.store, goal_id, "alice", "not this week", frozenset({"finance"}))
+        assert pipeline.wait_for(goal_id, timeout=5).status == "cancelled"

@@ -141,8 +141,11 @@ def _steer(
 
         reviewer = access.reviewer()
         with Client(access.settings) as client:
-            move = client.cancel if action == "cancel" else client.retry
-            state = asdict(move(goal_id, reviewer.name, reason))
+            if action == "cancel":
+                moved = client.cancel(goal_id, reviewer.name, reason, reviewer.roles)
+            else:
+                moved = client.retry(goal_id, reviewer.name, reason)
+            state = asdict(moved)
     if as_json:
         typer.echo(json.dumps(state, default=str))
     else:

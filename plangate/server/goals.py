@@ -235,7 +235,7 @@ def cancel_goal(
     reviewer: Annotated[Reviewer, Depends(require_reviewer)],
 ) -> GoalState:
     """Cancel a goal that has not ended: no further step of it starts (409 if it has ended)."""
-    client.cancel(goal_id, reviewer.name, body.reason)
+    client.cancel(goal_id, reviewer.name, body.reason, reviewer.roles)
     return goal_status(goal_id, client)
 
 
