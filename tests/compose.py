@@ -246,6 +246,7 @@ class Compose:
         self.one_offs: list[Instance] = []
         self._images: dict[str, Image] = {}
         self._digests: dict[Path, str] = {}
+        self._handed_ports: set[int] = set()
 
     # What is started here, and what the test provides.
 
@@ -304,7 +305,15 @@ class Compose:
         container |= {str(v) for k, v in _environment(spec).items() if k.endswith("_PORT")}
         command = [str(w) for w in spec.get("command", [])]
         container |= {b for a, b in itertools.pairwise(command) if a == "--port"}
-        return {port: str(free_port()) for port in sorted(container) if port.isdigit()}
+        return {port: str(self._distinct_port()) for port in sorted(container) if port.isdigit()}
+
+    def _distinct_port(self) -> int:
+        # free_port only says nothing listens now: two instances prepared before either starts
+        # could be handed the same one (the gate's probes and serve-3 were, once).
+        while (port := free_port()) in self._handed_ports:
+            pass
+        self._handed_ports.add(port)
+        return port
 
     def _env_value(self, instance: Instance, name: str, value: str) -> str:
         value = _URL_ADDRESS.sub(lambda m: self._address(m.group(0), m.group(1)), value)
