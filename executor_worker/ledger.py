@@ -33,8 +33,9 @@ from plangate.store.rows import insert_row
 from schemas import Plan, Step, ToolSpec, utcnow
 
 ClaimKind = Literal["run", "done", "unknown"]
-# A read's answer, as its call returned it: the step, its status, its output and its error.
-ReadAnswer = tuple[Step, str, Any, str | None]
+# A read's answer, as its call returned it: the step, its status, its output, its error, and
+# how long the call took in ms.
+ReadAnswer = tuple[Step, str, Any, str | None, float]
 
 
 @dataclass(frozen=True)
@@ -172,9 +173,11 @@ class StepLedger:
             raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
         return Claim("run", attempt)
 
-    def record_read(self, step: Step, status: str, output: Any, error: str | None) -> Claim:
+    def record_read(
+        self, step: Step, status: str, output: Any, error: str | None, duration_ms: float = 0.0
+    ) -> Claim:
         """Record a read's result unless one is recorded already; return the result that stands."""
-        return self.record_reads([(step, status, output, error)])[step.id]
+        return self.record_reads([(step, status, output, error, duration_ms)])[step.id]
 
     def record_reads(
         self, answers: Sequence[ReadAnswer], *, session: Session | None = None
@@ -189,8 +192,8 @@ class StepLedger:
                 return self.record_reads(answers, session=own)
         now = utcnow()
         return {
-            step.id: self._record_read(session, now, step, status, output, error)
-            for step, status, output, error in answers
+            step.id: self._record_read(session, now, step, status, output, error, took)
+            for step, status, output, error, took in answers
         }
 
     def _record_read(
@@ -201,8 +204,12 @@ class StepLedger:
         status: str,
         output: Any,
         error: str | None,
+        duration_ms: float,
     ) -> Claim:
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
+        # A read is recorded once it has answered (no claim first, unlike a write), so its
+        # start is what its measured duration says: `status` shows how long it took.
+        started = now - timedelta(milliseconds=duration_ms)
         first = insert_if_absent(
             session,
             StepRunRow,
@@ -213,7 +220,7 @@ class StepLedger:
                 "attempt": 1,
                 "output": output,
                 "error": error,
-                "started_at": now,
+                "started_at": started,
                 "finished_at": now,
             },
         )

@@ -22,7 +22,7 @@ from executor_worker.engine import (
     invoke,
     tool_span,
 )
-from executor_worker.ledger import Claim, StepLedger
+from executor_worker.ledger import Claim, ReadAnswer, StepLedger
 from plangate import faults
 from plangate.tools import ToolRegistry
 from schemas import Plan, Step
@@ -75,7 +75,7 @@ class PlanRun(DagWalk):
                 with self._ledger.transaction() as session:
                     self._claim_writes(to_call, session)
             return self._claimed(to_call, finished)
-        answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in reads]
+        answers = [_answer(self._plan.step(o.step_id), o) for o in reads]
         settled: list[StepOutcome] = []  # told once the transaction that records them commits
         with self._ledger.transaction() as session:
             self._wave = session
@@ -130,7 +130,7 @@ class PlanRun(DagWalk):
         """
         reads = [o for o in self.outcomes.values() if o.provisional and o.attempt is None]
         if reads:
-            answers = [(self._plan.step(o.step_id), o.status, o.output, o.error) for o in reads]
+            answers = [_answer(self._plan.step(o.step_id), o) for o in reads]
             stands = self._ledger.record_reads(answers, session=session)
             self._take_what_stands(reads, stands, self._last_finished)
         for write in [o for o in self.outcomes.values() if o.attempt is not None]:
@@ -181,6 +181,10 @@ class PlanRun(DagWalk):
                 step, outcome.status, outcome.output, outcome.error, attempt=claim.attempt
             )
             return outcome
+
+
+def _answer(step: Step, outcome: StepOutcome) -> ReadAnswer:
+    return (step, outcome.status, outcome.output, outcome.error, outcome.duration_ms)
 
 
 def _recorded(step: Step, claim: Claim, duration_ms: float = 0.0) -> StepOutcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from sqlalchemy import event
 
 from executor_worker.ledger import StepLedger
 from plangate.catalog import load_catalog
+from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Retry
@@ -271,3 +273,42 @@ def test_a_plan_of_reads_then_a_write_takes_its_executor_three_transactions(
     executor = [name for name in committed_by if "executor" in name or "step" in name]
     assert len(executor) == 3, committed_by
     assert heard.count("step.finished") == 3  # all of them before the goal's outcome
+
+
+def test_reads_that_ran_side_by_side_show_how_long_each_took(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan of two reads that run side by side, each taking 200 ms,
+    When it completes,
+    Then the status people read shows each read's time (at least 200 ms), not 0 ms: a read is
+    recorded once it has answered, and its start is kept all the same.
+    """
+
+    @tool(effect="read", idempotent=True)
+    def slow_census() -> int:
+        """Count everyone, slowly."""
+        time.sleep(0.2)  # the work being timed, not synchronisation
+        return 128
+
+    @tool(effect="read", idempotent=True)
+    def slow_threshold() -> int:
+        """The most there may be, slowly."""
+        time.sleep(0.2)
+        return 100
+
+    playbook = write_playbook(
+        tmp_path,
+        "census",
+        [{"id": "count", "tool": "slow_census"}, {"id": "limit", "tool": "slow_threshold"}],
+    )
+    registry = ToolRegistry([slow_census, slow_threshold])
+    with running_pipeline(
+        settings, playbook_file=playbook, policy_file=approving_policy(tmp_path), registry=registry
+    ) as pipeline:
+        goal_id = pipeline.submit("take the census").goal_id
+        assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
+        with Client(pipeline.settings) as client:
+            results = client.goal(goal_id).status().results
+
+    assert [r.step_id for r in results] == ["count", "limit"]
+    assert all(r.duration_ms is not None and r.duration_ms >= 200 for r in results), results
