@@ -257,7 +257,7 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="Where the health endpoint listens (0.0.0.0 for Kubernetes probes).",
     )
-    log_level: str = Field(
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="The least severe log level written (DEBUG, INFO, ...)."
     )
     jaeger_url: str = Field(
@@ -329,6 +329,11 @@ class Settings(BaseSettings):
             return int(value)
         except ValueError:
             raise ValueError(f"must be a whole number, not {value!r}") from None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _a_level_name(cls, value: Any) -> Any:
+        return (value.strip().upper() or "INFO") if isinstance(value, str) else value
 
     @field_validator("trace_link_only", "trace_content", mode="before")
     @classmethod

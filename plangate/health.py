@@ -21,6 +21,8 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from plangate.errors import ConfigError
+
 if TYPE_CHECKING:  # the probe (`python -m plangate.health`) starts fast without pydantic
     from plangate.config import Settings
 
@@ -120,7 +122,17 @@ def start_health_server(
     port = settings.metrics_port if settings.metrics_port is not None else settings.health_port
     if port is None:
         return None
-    server = HealthServer(settings.health_host, port, alive, ready, metrics).start()
+    try:
+        server = HealthServer(settings.health_host, port, alive, ready, metrics).start()
+    except OSError as exc:  # in use, or a host that does not resolve or is not this machine's
+        what = (
+            "PLANGATE_METRICS_PORT" if settings.metrics_port is not None else "PLANGATE_HEALTH_PORT"
+        )
+        raise ConfigError(
+            f"cannot serve probes on {settings.health_host}:{port}: "
+            f"{exc.strerror or exc}; set {what} to a free port (0: any) or "
+            "PLANGATE_HEALTH_HOST to an address of this machine"
+        ) from exc
     log.info("probes and metrics on http://%s:%d/", settings.health_host, server.port)
     return server
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -23,7 +24,7 @@ from plangate.store import Store, open_store, schema
 from plangate.worker import Worker
 from tests.fleet import serving_app
 from tests.servers import free_port
-from tests.support import eventually
+from tests.support import eventually, plangate_in
 from tests.test_distributed import OwnRedis
 
 
@@ -192,3 +193,46 @@ def test_readyz_says_when_the_schema_is_not_the_one_this_plangate_needs(tmp_path
         store.close()
     assert reason is not None
     assert "run `plangate db upgrade` first" in reason
+
+
+@pytest.mark.parametrize(
+    ("setting", "said"),
+    [
+        ({"PLANGATE_METRICS_PORT": "in use"}, "Address already in use"),
+        ({"PLANGATE_HEALTH_PORT": "0", "PLANGATE_HEALTH_HOST": "no.such.host.invalid"}, "host"),
+    ],
+)
+def test_a_worker_whose_probes_cannot_listen_says_what_to_set_in_one_line(
+    setting: dict[str, str], said: str, tmp_path: Path
+) -> None:
+    """Given a probe port another process listens on, or a probe host that does not resolve,
+    When a worker starts, Then it exits 2 with one line naming the address and what to set
+    (it printed a traceback and exited 1).
+    """
+    assert plangate_in(tmp_path, "db", "upgrade").returncode == 0
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        env = {k: str(taken.getsockname()[1]) if v == "in use" else v for k, v in setting.items()}
+        started = plangate_in(tmp_path, "worker", "gate", **env)
+    assert started.returncode == 2, started.stderr
+    assert started.stderr.startswith("error: cannot serve probes on "), started.stderr
+    assert said in started.stderr
+    assert "Traceback" not in started.stderr
+    assert len(started.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [("worker", "gate"), ("serve",)])
+def test_a_log_level_that_is_no_level_is_refused_in_one_line(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Given PLANGATE_LOG_LEVEL=LOUD, When a worker or serve starts, Then it exits 2 naming
+    the variable and the levels there are (it was a traceback there, and silently accepted by
+    every other command)."""
+    started = plangate_in(tmp_path, *command, PLANGATE_LOG_LEVEL="LOUD")
+    assert started.returncode == 2, started.stderr
+    assert "PLANGATE_LOG_LEVEL" in started.stderr
+    assert "'WARNING'" in started.stderr
+    assert "Traceback" not in started.stderr
+
+
+def test_a_log_level_is_read_in_any_case() -> None:
+    assert Settings(data_dir=Path("/nonexistent"), log_level="debug").log_level == "DEBUG"
