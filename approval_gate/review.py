@@ -39,7 +39,7 @@ from approval_gate.holds import (
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.catalog import load_catalog
-from plangate.errors import Conflict, NotFound, quoted
+from plangate.errors import Conflict, InputInvalid, NotFound, quoted
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.goals import by_id, latest_plan, plan_values, transition
 from plangate.store.outbox import emit
@@ -154,10 +154,13 @@ class Review:
         expected_hash: str | None = None,
         roles: frozenset[str] = frozenset(),
     ) -> Sequence[Envelope]:
-        """Reject a held revision with a comment; return the envelopes to publish."""
-        return self._decide(
-            plan_id, reviewer, "reject", comment or "rejected", expected_hash, roles
-        )
+        """Reject a held revision with a comment; return the envelopes to publish.
+
+        InputInvalid if the comment is blank: the audit trail and the planner are told why.
+        """
+        if not comment.strip():
+            raise InputInvalid("say why you reject the plan: a comment is required")
+        return self._decide(plan_id, reviewer, "reject", comment.strip(), expected_hash, roles)
 
     def edit(
         self,

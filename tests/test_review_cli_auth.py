@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from plangate.config import Settings
 from plangate.embedded import Pipeline
+from plangate.errors import InputInvalid
 from plangate.reviewers import add_reviewer
 from plangate.server import create_app
 from plangate.store import DecisionRow
@@ -301,3 +302,67 @@ def test_on_the_store_without_a_reviewers_file_says_to_set_it(tmp_path: Path, te
 
     assert result.returncode == 2
     assert "set PLANGATE_REVIEWERS_FILE, or pass --server URL" in one_line(result)
+
+
+def test_an_invalid_edit_and_a_blank_reason_to_reject_are_exit_2_and_change_nothing(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    """Given a plan held for finance,
+    When alice submits an edit naming a tool the catalog lacks, or rejects with a comment of
+    blanks, through the server,
+    Then each is one line and exit 2 (something to fix, like every refused input; the edit was
+    exit 1), and the plan still waits: a rejection is recorded only with its reason.
+    """
+    goal_id, plan_id = held(finance_pipeline)
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps({"summary": "s", "steps": [{"id": "x", "tool": "nope"}]}))
+    as_alice = {"PLANGATE_REVIEWER_TOKEN": team.alice}
+
+    invalid = cli(
+        tmp_path, "review", "edit", plan_id, "--file", str(edit), "--server", server, **as_alice
+    )
+    blank = cli(
+        tmp_path, "review", "reject", plan_id, "--comment", "   ", "--server", server, **as_alice
+    )
+
+    assert invalid.returncode == 2, invalid.stderr
+    assert "tool 'nope' is not in the catalog" in one_line(invalid)
+    assert blank.returncode == 2, blank.stderr
+    assert "comment" in one_line(blank)
+    assert finance_pipeline.wait_for(goal_id, HELD).status == "held"
+    assert len(plans_of(finance_pipeline.store, goal_id)) == 1
+
+
+def test_a_blank_reason_to_reject_is_refused_on_the_store_too(
+    finance_pipeline: Pipeline, team: Team, tmp_path: Path
+) -> None:
+    """The review desk itself refuses it, whichever way the rejection comes."""
+    goal_id, plan_id = held(finance_pipeline)
+    with pytest.raises(InputInvalid, match="comment is required"):
+        finance_pipeline.review.reject(plan_id, "alice", " \n ", roles=frozenset({"finance"}))
+    assert finance_pipeline.wait_for(goal_id, HELD).status == "held"
+
+
+def test_edit_with_no_editor_and_no_terminal_says_to_pass_a_file_at_once(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    """Given no EDITOR or VISUAL and no terminal (a script, a pipe),
+    When `plangate review edit PLAN` runs without --file,
+    Then it exits 2 at once saying to pass --file (it started vi on the pipe, which waited for
+    ever), and nothing is submitted.
+    """
+    goal_id, plan_id = held(finance_pipeline)
+    env = {k: v for k, v in os.environ.items() if k not in ("EDITOR", "VISUAL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "plangate", "review", "edit", plan_id, "--server", server],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={k: v for k, v in env.items() if not k.startswith("PLANGATE_")}
+        | {"PYTHONPATH": REPO, "PLANGATE_REVIEWER_TOKEN": team.alice},
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--file PATH" in one_line(result)
+    assert len(plans_of(finance_pipeline.store, goal_id)) == 1

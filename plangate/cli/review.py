@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -202,7 +203,14 @@ def review_reject(
 def _edit_in_editor(draft: dict[str, Any]) -> dict[str, Any] | None:
     """Open $EDITOR on the draft; return the edited JSON, or None if unchanged."""
     # Not Settings: VISUAL and EDITOR are the user's editor by Unix convention, not plangate's.
-    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+    editor = os.environ.get("VISUAL") or os.environ.get("EDITOR")
+    if editor is None:
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):  # vi on a pipe waits for ever
+            raise ConfigError(
+                "no terminal to edit in and no editor set: pass --file PATH with the edited "
+                "plan JSON (`plangate review show PLAN_ID --json` gives the plan), or set EDITOR"
+            )
+        editor = "vi"
     text = json.dumps(draft, indent=2) + "\n"
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "plan.json"
