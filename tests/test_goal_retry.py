@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import pytest
 from sqlalchemy import func, select
 
 from plangate.client import Client
+from plangate.reviewers import add_reviewer
 from plangate.store import AuditRow, DecisionRow, open_store
 from tests.fleet import FAST_SWEEPS, Fleet
-from tests.support import write_playbook
+from tests.support import plangate_in, write_playbook
 from tests.test_distributed import APPROVE_ALL
 
 pytestmark = pytest.mark.redis
@@ -92,3 +94,28 @@ def test_a_failed_goal_retried_is_a_new_revision_the_gate_decides_again(fleet: F
     again = fleet.plangate("goals", "retry", goal_id, PLANGATE_REVIEWER_TOKEN=token)
     assert again.returncode == 2
     assert "is completed; only a goal that is" in again.stderr
+
+
+def test_retry_without_a_deployment_is_refused_and_the_goal_stays_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """Given the embedded default (no broker, no server) and a goal whose planning failed,
+    When a reviewer runs `plangate goals retry` on it,
+    Then it exits 2 saying it needs a running deployment and how to reach one, and the goal is
+    still `plan_failed` (it moved to `submitted` with exit 0, for no planner ever to take up).
+    """
+    reviewers = tmp_path / "reviewers.yaml"
+    token = add_reviewer(reviewers, "alice", [])
+    assert plangate_in(tmp_path, "run", "water the plants").returncode == 1
+    goal = json.loads(plangate_in(tmp_path, "goals", "list", "--json").stdout.splitlines()[0])
+    assert goal["status"] == "plan_failed"
+
+    retried = plangate_in(
+        tmp_path, "goals", "retry", goal["goal_id"],
+        PLANGATE_REVIEWER_TOKEN=token, PLANGATE_REVIEWERS_FILE=str(reviewers),
+    )  # fmt: skip
+
+    assert retried.returncode == 2, retried.stdout + retried.stderr
+    assert retried.stderr.startswith("error: retrying a goal needs a running deployment")
+    shown = plangate_in(tmp_path, "status", goal["goal_id"], "--json")
+    assert json.loads(shown.stdout)["status"] == "plan_failed"

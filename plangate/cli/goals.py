@@ -129,7 +129,8 @@ def _steer(
     as_json: bool,
 ) -> None:
     """Cancel or retry a goal as the reviewer the token names, through serve or the store."""
-    access = resolve(server, token_file, deciding=False)  # the store alone will do
+    # Cancelling needs the store alone; a retried goal needs a planner to take it up.
+    access = resolve(server, token_file, deciding=action == "retry", doing="retrying a goal")
     if access.token is None:
         raise ConfigError(NO_TOKEN)
     if access.server:

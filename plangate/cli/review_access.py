@@ -49,12 +49,17 @@ TokenFileOption = Annotated[
     ),
 ]
 
-NO_DEPLOYMENT = (
-    "deciding needs a running deployment: pass --server URL (or set PLANGATE_SERVER_URL) "
-    "to go through its `plangate serve`, or set PLANGATE_BROKER_URL (and "
-    "PLANGATE_DATABASE_URL) to reach its broker and store; `plangate run` asks at its own "
-    "terminal for its own goal"
-)
+
+def no_deployment(doing: str) -> str:
+    """Say that `doing` needs workers to hand the goal to, and how to reach them."""
+    return (
+        f"{doing} needs a running deployment: pass --server URL (or set PLANGATE_SERVER_URL) "
+        "to go through its `plangate serve`, or set PLANGATE_BROKER_URL (and "
+        "PLANGATE_DATABASE_URL) to reach its broker and store; `plangate run` asks at its own "
+        "terminal for its own goal"
+    )
+
+
 NO_TOKEN = (
     "no reviewer token: set PLANGATE_REVIEWER_TOKEN or pass --token-file PATH (a token is "
     "printed once by `plangate reviewers add NAME`; ask whoever runs plangate for yours)"
@@ -92,16 +97,19 @@ class Access:
         return reviewer
 
 
-def resolve(server: str | None, token_file: Path | None, *, deciding: bool) -> Access:
+def resolve(
+    server: str | None, token_file: Path | None, *, deciding: bool, doing: str = "deciding"
+) -> Access:
     """Return how to reach the deployment; ConfigError (one line) if something is missing.
 
-    A deciding command needs a deployment and a token; a reading one needs a token only to
-    go through a server (locally the store's own credentials guard it).
+    A deciding command needs a deployment (workers to hand the plan to) and a token; a
+    reading one needs a token only to go through a server (locally the store's own
+    credentials guard it).
     """
     settings = load_settings()
     server = server or settings.server_url
     if deciding and not server and "broker_url" not in settings.model_fields_set:
-        raise ConfigError(NO_DEPLOYMENT)
+        raise ConfigError(no_deployment(doing))
     token = _token(token_file, settings)
     if token is None and (deciding or server):
         raise ConfigError(NO_TOKEN)
