@@ -289,3 +289,19 @@ def test_audit_export_of_a_goal_takes_its_short_id_and_refuses_one_that_names_no
     assert unknown.returncode == 2
     assert unknown.stderr.startswith("error: no audit entry of goal 'nosuch'; check the id")
     assert not target.exists()
+
+
+def test_audit_export_into_a_folder_names_the_folder_given(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """`--output` naming a folder is one line naming that path, exit 2 (it named the export's
+    hidden partial file, which the user never gave), and the folder is left as it was."""
+    folder = tmp_path / "exports"
+    folder.mkdir()
+
+    written = plangate_cli(pipeline.settings.data_dir, "audit", "export", "--output", str(folder))
+
+    assert written.returncode == 2
+    assert written.stderr.startswith(f"error: cannot use {folder}: it is a folder"), written.stderr
+    assert ".partial" not in written.stderr
+    assert list(folder.iterdir()) == []

@@ -213,7 +213,8 @@ def test_bad_input_on_every_queue_is_dead_lettered_and_no_pickle_is_loaded(fleet
     assert not trap.exists()
     assert submit_and_wait(fleet)["status"] == "completed"
 
-    # Read, they can be purged: one by its id, then (once confirmed) all of them.
+    # Read, they can be purged: one by its id, then (once confirmed with --yes: no terminal
+    # answers a prompt here, and an answer piped in is refused, exit 2) all of them.
     first = letters[0]["message_id"]
     one = fleet.plangate("dlq", "purge", first)
     assert (one.returncode, one.stdout.strip()) == (0, "removed 1 dead letter"), one.stderr
@@ -228,7 +229,9 @@ def test_bad_input_on_every_queue_is_dead_lettered_and_no_pickle_is_loaded(fleet
         text=True,
         check=False,
     )
-    assert declined.returncode == 1
+    assert declined.returncode == 2
+    assert declined.stderr.startswith("error: --all removes every dead letter"), declined.stderr
+    assert "add --yes" in declined.stderr
     everything = fleet.plangate("dlq", "purge", "--all", "--yes")
     assert everything.stdout.strip() == f"removed {expected - 1} dead letters"
     assert fleet.plangate("dlq", "list", "--json").stdout.strip() == ""

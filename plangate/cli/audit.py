@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import sys
 from collections.abc import Iterator
@@ -210,6 +211,8 @@ def _replacing(output: Path) -> Iterator[TextIO]:
 
     (An auditor given a file must be able to take it as the whole export asked for.)
     """
+    if output.is_dir():  # else the error would name the partial file, not the path given
+        raise IsADirectoryError(errno.EISDIR, "it is a folder; give a file's path", str(output))
     partial = output.with_name(f".{output.name}.partial")
     try:
         with partial.open("w", newline="", encoding="utf-8") as stream:

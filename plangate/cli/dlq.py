@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,6 +18,7 @@ from plangate.cli.common import (
     load_settings,
 )
 from plangate.cli.printable import printable
+from plangate.errors import ConfigError
 
 if TYPE_CHECKING:
     from plangate.bus import Bus
@@ -122,6 +124,8 @@ def purge(
     if not letter_ids and not purge_all:
         raise typer.BadParameter("name the dead letters to purge, or pass --all")
     if purge_all and not yes:
+        if not sys.stdin.isatty():  # nobody to answer: click would print "Aborted!", exit 1
+            raise ConfigError("--all removes every dead letter for good; add --yes to confirm")
         typer.confirm("Remove every dead letter for good?", abort=True, err=True)
     bus = _bus()
     try:
