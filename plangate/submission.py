@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from plangate import telemetry
 from plangate.bus import Bus, Envelope
-from plangate.errors import InputInvalid
+from plangate.errors import Conflict, InputInvalid, quoted
 from plangate.relay import deliver
 from plangate.store import GoalRow, Store
 from plangate.store.goals import store_goal
@@ -47,7 +47,7 @@ def submit_goal(
     `mark` marks the published row sent (see `deliver`).
     """
     if idempotency_key is not None:  # else no transaction: on SQLite each waits for the lock
-        existing = _goal_with_key(store, idempotency_key)
+        existing = _goal_with_key(store, idempotency_key, text)
         if existing is not None:
             return existing
     with telemetry.tracer().start_as_current_span("submit goal") as span:
@@ -62,7 +62,9 @@ def submit_goal(
         except IntegrityError:
             # The same key came twice at once, and the other submission stored its goal
             # between our look and our write: that goal is the answer to both.
-            existing = None if idempotency_key is None else _goal_with_key(store, idempotency_key)
+            existing = (
+                None if idempotency_key is None else _goal_with_key(store, idempotency_key, text)
+            )
             if existing is None:
                 raise
             return existing
@@ -70,14 +72,23 @@ def submit_goal(
         return Submitted(message.goal_id, telemetry.current_trace_id(), queued=not sent)
 
 
-def _goal_with_key(store: Store, idempotency_key: str) -> Submitted | None:
-    """Return the goal already submitted with this idempotency key, if there is one."""
+def _goal_with_key(store: Store, idempotency_key: str, text: str) -> Submitted | None:
+    """Return the goal already submitted with this idempotency key, if there is one.
+
+    Conflict if that goal's text is another: the key names a different goal, and answering
+    with it would let the caller take the other goal's outcome for this one's.
+    """
     with store.reading() as session:
         existing = session.execute(
             select(GoalRow).where(GoalRow.idempotency_key == idempotency_key)
         ).scalar_one_or_none()
         if existing is None:
             return None
+        if existing.text != text:
+            raise Conflict(
+                f"the idempotency key {quoted(idempotency_key)} was given to goal "
+                f"{existing.id} with another text; give each new goal a key of its own"
+            )
         return Submitted(existing.id, telemetry.trace_id_of(existing.trace_headers), duplicate=True)
 
 

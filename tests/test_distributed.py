@@ -98,6 +98,22 @@ def test_the_same_idempotency_key_twice_yields_one_goal(fleet: Fleet) -> None:
     second = fleet.plangate("submit", SEED_GOAL, "--key", "ticket-42", "--json")
 
     assert json.loads(first.stdout)["goal_id"] == json.loads(second.stdout)["goal_id"]
+    assert "was already submitted with the key 'ticket-42'" in second.stderr
+
+
+def test_an_idempotency_key_given_again_with_another_text_is_refused(fleet: Fleet) -> None:
+    """The key names the first goal; answering with it would pass that goal's outcome off as
+    this one's (it did, exit 0). Refused in one line, exit 2, and no goal is made."""
+    first = fleet.plangate("submit", SEED_GOAL, "--key", "ticket-43", "--json")
+    other = fleet.plangate("submit", "Restart the billing service", "--key", "ticket-43")
+
+    assert other.returncode == 2, other.stdout + other.stderr
+    goal_id = json.loads(first.stdout)["goal_id"]
+    assert other.stderr.startswith(
+        f"error: the idempotency key 'ticket-43' was given to goal {goal_id} with another text"
+    ), other.stderr
+    listed = fleet.plangate("goals", "list", "--json").stdout.splitlines()
+    assert [json.loads(line)["goal_id"] for line in listed] == [goal_id]
 
 
 def test_a_worker_refuses_to_start_on_an_old_schema(tmp_path: Path, redis_url: str) -> None:

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from plangate.cli.common import (
     EXIT_COMPLETED,
@@ -18,6 +19,7 @@ from plangate.cli.common import (
     load_settings,
 )
 from plangate.cli.printable import printable
+from plangate.errors import quoted
 
 if TYPE_CHECKING:
     from plangate.client import GoalStatus
@@ -113,6 +115,11 @@ def submit(
     settings = load_settings()
     with telemetry.flushing(), Client(settings) as client:
         handle = client.submit(goal, metadata=_metadata(meta or []), idempotency_key=key)
+        if handle.duplicate and key is not None:  # stdout stays the goal: scripts read it
+            err_console.print(
+                escape(f"goal {handle.goal_id} was already submitted with the key {quoted(key)}")
+                + "; this is that goal"
+            )
         if handle.queued:
             err_console.print(
                 "[yellow]warning:[/] the broker is unreachable; "
