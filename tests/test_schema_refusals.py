@@ -107,3 +107,30 @@ def test_readiness_of_a_process_whose_store_a_newer_plangate_migrated(tmp_path: 
     assert reason is not None
     assert reason.startswith(f"the database schema is at {NEWER}, newer than this plangate")
     assert "db upgrade" not in reason
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("status", "abc123"), ("goals", "list"), ("audit", "verify"), ("review", "list")],
+)
+def test_a_command_that_reads_leaves_no_database_at_a_mistyped_path(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Given PLANGATE_DATABASE_URL naming a SQLite file that does not exist (a typo),
+    When a command that only reads or checks runs,
+    Then it says there is no database there and what to check, exit 2, and makes none: it
+    created an empty file and folder there (and `audit verify` then checked that and passed).
+    """
+    typo = tmp_path / "typo" / "plangte.db"
+
+    result = plangate(tmp_path, *command, PLANGATE_DATABASE_URL=f"sqlite:///{typo}")
+
+    assert result.returncode == EXIT_USAGE, result.stdout + result.stderr
+    assert result.stderr.startswith(f"error: no database at {typo}: check PLANGATE_DATABASE_URL")
+    assert not typo.parent.exists()
+
+
+def test_the_database_plangate_creates_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """Goals, plans and tool outputs are in it: 0600, like the keys beside it (it was 0644)."""
+    assert plangate(tmp_path, "db", "upgrade").returncode == 0
+    assert (tmp_path / "plangate.db").stat().st_mode & 0o777 == 0o600

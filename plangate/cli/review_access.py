@@ -137,7 +137,7 @@ def opened_store(settings: Settings | None = None) -> Iterator[tuple[Settings, S
     from plangate.store import open_store
 
     settings = settings or load_settings()
-    store = open_store(settings.resolved_database_url())
+    store = open_store(settings.resolved_database_url(), create=False)
     try:
         yield settings, store
     finally:

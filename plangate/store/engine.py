@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -132,6 +134,22 @@ def after_release(session: Session, call: Callable[[], None]) -> None:
         later.append(call)
 
 
+def _sqlite_file(path: Path, create: bool) -> None:
+    """Make the database file if it is missing and may be made: readable by its owner only."""
+    if path.exists():
+        return
+    if not create:
+        raise ConfigError(
+            f"no database at {path}: check PLANGATE_DATABASE_URL (or PLANGATE_DATA_DIR); "
+            "`plangate db upgrade` creates one there"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Goals, plans and tool outputs are in it, as secret as the keys beside it (0600); SQLite
+    # gives its -wal and -shm files the database's own mode.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def _on_sqlite_file(url: URL) -> bool:
     """Say whether the URL names a SQLite file (each connection to `:memory:` is a new database)."""
     database = url.database
@@ -177,8 +195,12 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
             raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
-def make_engine(url: str) -> Engine:
-    """Create the SQLAlchemy engine for a store URL (SQLite gets serialised writes)."""
+def make_engine(url: str, *, create: bool = True) -> Engine:
+    """Create the SQLAlchemy engine for a store URL (SQLite gets serialised writes).
+
+    Without `create`, a SQLite file that does not exist is a ConfigError: a command that only
+    reads (or checks) must not leave an empty database at a mistyped path, nor report on one.
+    """
     try:
         parsed = make_url(url)
     except Exception as exc:
@@ -190,7 +212,7 @@ def make_engine(url: str) -> Engine:
         pool = {}
         if _on_sqlite_file(parsed):
             assert parsed.database is not None  # a file is named
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_file(Path(parsed.database), create)
             # Room in the pool beyond SQLAlchemy's default (5, and 10 more at a time) for the
             # connections threads keep (`Store`'s `kept_threads`).
             pool = {"max_overflow": 10 + MAX_KEPT}
@@ -216,13 +238,14 @@ def make_engine(url: str) -> Engine:
         ) from exc
 
 
-def open_store(url: str, *, upgrade: bool = True) -> Store:
+def open_store(url: str, *, upgrade: bool = True, create: bool | None = None) -> Store:
     """Open the store at a SQLAlchemy URL.
 
     With `upgrade` (the embedded mode) the schema is migrated to the newest revision; without
-    it (workers) an old schema is refused with what to run.
+    it (workers) an old schema is refused with what to run. A SQLite file is created only with
+    `create` (by default: with `upgrade`).
     """
-    engine = make_engine(url)
+    engine = make_engine(url, create=upgrade if create is None else create)
     try:
         with _said_plainly(engine):
             if upgrade:
