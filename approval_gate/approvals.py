@@ -2,7 +2,8 @@
 
 Each reviewer's approval of a revision is recorded (`ReviewerApprovalRow`); until the hold's
 number is reached the plan stays held and the page says "1 of 2 approvals (alice)". One
-reviewer approving twice counts once; any rejection ends the revision; an edit is a new
+reviewer approving twice is refused (it would count once); with more than one needed, the
+author of an edit is not one of them; any rejection ends the revision; an edit is a new
 revision, whose count starts again. The gate counts again before it signs (every approver
 still checked against the hold), and the signed approval names every approver, which the
 executor checks against the hold's number.
@@ -13,8 +14,13 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from approval_gate.holds import check_not_submitter, check_reviewer
-from plangate.errors import Forbidden
+from approval_gate.holds import (
+    approvals_needed,
+    check_not_author,
+    check_not_submitter,
+    check_reviewer,
+)
+from plangate.errors import Conflict, Forbidden
 from plangate.store import GoalRow, HoldRow, PlanRow, ReviewerApprovalRow
 from plangate.store.claims import insert_if_absent
 from plangate.store.plan_revision import PlanRevision
@@ -23,13 +29,22 @@ from schemas import utcnow
 
 def approvals_required(hold: HoldRow | None) -> int:
     """Return how many distinct reviewers must approve a revision held so (1 by default)."""
-    return max(1, hold.approvals_required) if hold is not None else 1
+    return approvals_needed(hold) if hold is not None else 1
 
 
 def count_approval(
     session: Session, plan: PlanRow, reviewer: str, roles: frozenset[str]
 ) -> list[str]:
-    """Record `reviewer`'s approval of this revision (once); return every approver so far."""
+    """Record `reviewer`'s approval of this revision; return every approver so far.
+
+    Conflict if they approved it already: a second approval by the same person counts for
+    nothing, and saying "recorded" would suggest it did.
+    """
+    if reviewer in approvers_of(session, plan):
+        raise Conflict(
+            f"{reviewer} has approved plan {plan.plan_id} already; it waits for approvals by "
+            "other reviewers (`plangate review show` says how many)"
+        )
     row = {
         "plan_id": plan.plan_id,
         "reviewer": reviewer,
@@ -68,11 +83,14 @@ def checked_approvers(session: Session, plan: PlanRevision, hold: HoldRow | None
         )
     ).scalars()
     allowed = []
+    planner = session.scalars(select(PlanRow.planner).where(PlanRow.plan_id == plan.plan_id))
+    author = planner.one()
     for row in sorted(rows, key=lambda r: (r.created_at, r.reviewer)):
         roles = frozenset(str(role) for role in row.roles or [])
         try:
             check_reviewer(hold, plan.plan_id, row.reviewer, roles, "approve")
             check_not_submitter(hold, goal, row.reviewer)
+            check_not_author(hold, author, row.reviewer)
         except Forbidden:
             continue
         allowed.append(row.reviewer)

@@ -108,6 +108,27 @@ def check_not_submitter(hold: HoldRow | None, goal: GoalRow, reviewer: str) -> N
         )
 
 
+def check_not_author(hold: HoldRow | None, planner: str, reviewer: str) -> None:
+    """Refuse a revision's editor as one of the several approvers its hold asks (Forbidden).
+
+    Where a rule asks for more than one pair of eyes, whoever wrote the revision (an edit) is
+    already one: their approval would let one other reviewer release a plan nobody else wrote.
+    """
+    if hold is None or approvals_needed(hold) <= 1:
+        return
+    if planner == f"edit:{reviewer}":
+        raise Forbidden(
+            f"{reviewer} wrote this revision (an edit), and rule {hold.rule!r} asks "
+            f"{approvals_needed(hold)} reviewers besides its author to approve it: ask others",
+            "",
+        )
+
+
+def approvals_needed(hold: HoldRow) -> int:
+    """Return how many distinct reviewers must approve a revision held so (at least 1)."""
+    return max(1, hold.approvals_required)
+
+
 def check_open(hold: HoldRow | None, plan_id: str, at: datetime) -> None:
     """Refuse a decision taken at or after the hold expired (Conflict), sweep or no sweep."""
     if hold is not None and at >= hold.expires_at:

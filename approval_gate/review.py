@@ -30,6 +30,7 @@ from approval_gate.decisions import follow_decision, hand_to_gate, record_decisi
 from approval_gate.expiry import expires_at
 from approval_gate.holds import (
     DEFAULT_HOLD_TTL,
+    check_not_author,
     check_not_submitter,
     check_open,
     check_reviewer,
@@ -263,10 +264,11 @@ class Review:
             check_reviewer(held.hold, plan_id, reviewer, roles, action)
             if action == "approve":
                 check_not_submitter(held.hold, held.goal, reviewer)
+                check_not_author(held.hold, held.plan.planner, reviewer)
                 approvers = count_approval(session, held.plan, reviewer, roles)
                 needed = approvals_required(held.hold)
                 if len(approvers) < needed:
-                    _count_only(session, held, reviewer, approvers, needed)
+                    _count_only(session, held, reviewer, approvers, needed, reason)
                     return []
                 if needed > 1:
                     reason = f"{reason}; approved by {', '.join(approvers)}"
@@ -317,14 +319,20 @@ class Review:
 
 
 def _count_only(
-    session: Session, held: HeldPlan, reviewer: str, approvers: list[str], needed: int
+    session: Session,
+    held: HeldPlan,
+    reviewer: str,
+    approvers: list[str],
+    needed: int,
+    comment: str,
 ) -> None:
-    """Audit one approval of several needed: the plan stays held until the last one."""
+    """Audit one approval of several needed, with its comment; the plan stays held."""
     data = {
         "plan_id": held.plan.plan_id,
         "plan_hash": held.plan.plan_hash,
         "approvers": approvers,
         "needed": needed,
+        "comment": comment,
     }
     audit.append(session, "plan.approval_counted", actor=reviewer, goal_id=held.goal.id, data=data)
     log.info("plan %s: %s", held.plan.plan_id, progress(approvers, needed))

@@ -18,7 +18,7 @@ from plangate.bus import Envelope
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
-from plangate.errors import PolicyError
+from plangate.errors import Forbidden, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer
 from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
 from plangate.store import ApprovalRow, open_store
@@ -26,7 +26,16 @@ from schemas import Decision, PlanApproved, SignedEnvelope
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
-from tests.support import HELD, dead_letters, only_plan, running_pipeline
+from tests.support import (
+    HELD,
+    audit_entries,
+    dead_letters,
+    eventually,
+    only_plan,
+    plans_of,
+    running_pipeline,
+    write_yaml,
+)
 from tests.test_review_api import call, serving
 
 FOUR_EYES = """\
@@ -87,8 +96,9 @@ def test_a_page_runs_once_two_people_of_finance_approved_it_neither_the_submitte
     """Given a rule holding pages for two approvals from `finance`, the submitter barred,
     When carol (finance) submits the seed goal and approves it herself, alice (finance)
     approves twice, and bob (finance) approves,
-    Then carol is refused, alice's approvals count once ("1 of 2 approvals (alice)") and the
-    plan stays held; bob's makes two: the plan runs once, and its signed approval names alice
+    Then carol is refused, alice's second approval is refused as given already (exit 2; it
+    said "recorded" and counted nothing) and the plan stays held at "1 of 2 approvals
+    (alice)"; bob's makes two: the plan runs once, and its signed approval names alice
     and bob.
     """
     reviewers = fleet.folder / "reviewers.yaml"
@@ -122,8 +132,8 @@ def test_a_page_runs_once_two_people_of_finance_approved_it_neither_the_submitte
     assert "bars the goal's submitter from approving it, and carol submitted" in own_said
     assert first == 0, first_said
     assert "1 of 2 approvals (alice); 1 more needed" in json.loads(first_said)["message"]
-    assert again == 0, again_said
-    assert "1 of 2 approvals (alice)" in json.loads(again_said)["message"]
+    assert again == 2, again_said
+    assert f"alice has approved plan {plan_id} already" in again_said
     assert json.loads(shown.stdout)["approval_progress"] == "1 of 2 approvals (alice)"
     assert still == "held"
     assert second == 0, second_said
@@ -218,3 +228,78 @@ def test_the_api_and_the_page_show_how_far_the_approval_is(fleet: Fleet) -> None
     assert after["approval_progress"] == "1 of 2 approvals (alice)"
     assert (after["approvals_required"], after["approvers"]) == (2, ["alice"])
     assert on_page == "1 of 2 approvals (alice)"
+
+
+TWO_FROM_FINANCE = {
+    "mode": "enforce",
+    "rules": [
+        {
+            "name": "pages-need-two-from-finance",
+            "match": 'plan.steps.exists(s, s.tool == "notify_oncall")',
+            "action": "hold",
+            "reason": "paging costs money; two people from finance decide",
+            "requires_role": "finance",
+            "approvals": 2,
+        }
+    ],
+}
+FINANCE = frozenset({"finance"})
+
+
+def test_the_author_of_an_edit_is_not_one_of_the_two_approvers_it_needs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a page held for two approvals from finance, which alice edits (revision 2, held
+    again by the same rule),
+    When alice approves her own edit, Then she is refused: she wrote it (her approval and one
+    other's released a plan only one other person had checked);
+    When bob and carol approve it, Then it runs, and the signed approval names them.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        first = only_plan(pipeline.store, goal_id)
+        steps = [step.model_dump(mode="json", exclude_defaults=True) for step in first.steps]
+        steps[2]["args"] = {"message": "edited by alice"}
+        pipeline.edit(first.plan_id, "alice", steps, roles=FINANCE)
+        edited = eventually(
+            lambda: next((p for p in plans_of(pipeline.store, goal_id) if p.revision == 2), None),
+            what="revision 2",
+        )
+        pipeline.wait_for(goal_id, HELD)
+
+        with pytest.raises(Forbidden, match="alice wrote this revision"):
+            pipeline.approve(edited.plan_id, "alice", roles=FINANCE)
+        pipeline.approve(edited.plan_id, "bob", roles=FINANCE)
+        pipeline.approve(edited.plan_id, "carol", roles=FINANCE)
+
+        assert pipeline.wait_for(goal_id).status == "completed"
+        with pipeline.store.session() as session:
+            envelope = session.execute(
+                select(ApprovalRow.envelope).where(ApprovalRow.plan_id == edited.plan_id)
+            ).scalar_one()
+        approval = load_trusted_keys(pipeline.settings).verify(
+            SignedEnvelope.model_validate(envelope), allow_expired=True
+        )
+        assert approval.approvers == ("bob", "carol")
+
+
+def test_each_approval_of_several_is_audited_with_its_comment(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The first of two approvals is in the audit log with what its reviewer wrote (the
+    comment was dropped: only the last approval's reached the record)."""
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+
+        pipeline.review.approve(plan_id, "bob", roles=FINANCE, comment="the SLA breach is real")
+
+        entries = audit_entries(pipeline.store, goal_id)
+        counted = [e for e in entries if e.kind == "plan.approval_counted"]
+        assert [(e.actor, e.data["comment"]) for e in counted] == [
+            ("bob", "the SLA breach is real")
+        ]
