@@ -102,7 +102,7 @@ def verify_export(export: Path, keys: TrustedKeys, manifest: Path | None = None)
         return ExportReport(problem=f"the manifest {manifest.name}: {exc}")
     if _sha256(export) != facts.get("sha256"):
         return ExportReport(problem=f"{export.name} is not the file signed: its SHA-256 differs")
-    entries = _entries(export)
+    entries = read_entries(export)
     problem = _chain_problem(entries)
     if problem is None:
         problem = _summary_problem(entries, facts)
@@ -127,7 +127,7 @@ def _signed_manifest(path: Path, keys: TrustedKeys) -> tuple[dict[str, Any], str
     return facts, signature.keyid
 
 
-def _entries(export: Path) -> list[dict[str, Any]]:
+def read_entries(export: Path) -> list[dict[str, Any]]:
     """Read the entries of a JSON lines or CSV export (told apart by its first character)."""
     text = export.read_text(encoding="utf-8")
     if text.startswith("{") or not text:

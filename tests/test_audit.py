@@ -305,3 +305,48 @@ def test_audit_export_into_a_folder_names_the_folder_given(
     assert written.stderr.startswith(f"error: cannot use {folder}: it is a folder"), written.stderr
     assert ".partial" not in written.stderr
     assert list(folder.iterdir()) == []
+
+
+def test_a_goal_removed_whole_with_its_checkpoints_is_found_against_an_earlier_export(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given a completed run, sealed by a checkpoint and exported with --sign (the file kept
+    away from the database),
+    When the goal's entries, its chain's head and every checkpoint are deleted in SQL,
+    Then the store alone still verifies (nothing left in it remembers the goal), but
+    `plangate audit verify --against FILE` exits 1 naming the first entry the store lost.
+    """
+    checkpoint(pipeline)
+    data, export = pipeline.settings.data_dir, tmp_path / "audit.jsonl"
+    assert plangate_cli(data, "audit", "export", "--sign", "-o", str(export)).returncode == 0
+    intact = plangate_cli(data, "audit", "verify", "--against", str(export))
+    assert intact.returncode == 0, intact.stderr
+    assert f"the store holds all {SEED_RUN_ENTRIES} entries of audit.jsonl" in intact.stdout
+
+    run_sql(pipeline, "DELETE FROM audit_log WHERE goal_id = :goal", goal=completed_run)
+    run_sql(pipeline, "DELETE FROM audit_chains WHERE chain = :goal", goal=completed_run)
+    run_sql(pipeline, "DELETE FROM audit_checkpoint_heads")
+    run_sql(pipeline, "DELETE FROM audit_checkpoints")
+
+    alone = plangate_cli(data, "audit", "verify")
+    against = plangate_cli(data, "audit", "verify", "--against", str(export))
+
+    assert alone.returncode == 0, alone.stderr  # the gap --against closes
+    assert against.returncode == 1, against.stdout + against.stderr
+    assert f"of goal {completed_run} (goal.submitted" in against.stderr
+    assert "is no longer in the store as it was" in against.stderr
+
+
+def test_verify_against_an_export_that_is_not_the_one_signed_checks_nothing_further(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """A file changed after it was signed is refused before the store is compared with it."""
+    data, export = pipeline.settings.data_dir, tmp_path / "audit.jsonl"
+    assert plangate_cli(data, "audit", "export", "--sign", "-o", str(export)).returncode == 0
+    export.write_text(export.read_text().replace("alice", "mallory"))
+
+    against = plangate_cli(data, "audit", "verify", "--against", str(export))
+
+    assert against.returncode == 1
+    assert "export not verified" in against.stderr
+    assert "audit log intact" not in against.stdout

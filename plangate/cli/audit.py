@@ -48,31 +48,49 @@ def audit_verify(
             help="A public key to trust (repeatable); default: the trusted keys folder.",
         ),
     ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            "--against",
+            metavar="FILE",
+            help="Also check that the store still holds every entry of this earlier signed "
+            "export, unchanged (kept away from the database, it finds a goal removed whole "
+            "together with its checkpoints).",
+        ),
+    ] = None,
 ) -> None:
     """Check every link of the audit log's hash chains; exit 1 at the first broken one.
 
     Each goal's entries form a chain; the checkpoints the gate writes seal every chain's head,
-    so a goal removed whole is found too. Signed checkpoints are checked against the trusted
-    keys (--key, or the trusted keys folder).
+    so a goal removed whole is found too, unless every checkpoint went with it: --against an
+    earlier signed export, kept away from the database, finds that. Signed checkpoints are
+    checked against the trusted keys (--key, or the trusted keys folder).
 
     With --export, check a file written by `plangate audit export --sign` instead, offline:
     the manifest's signature (by a trusted key), the file's SHA-256, and every entry's hash.
+    With --against, check such a file first, then the store, then that the store still holds
+    each of the file's entries.
     """
+    if export is not None and against is not None:
+        raise typer.BadParameter("give --export (the file alone) or --against (the store too)")
     if export is not None:
         _verify_export(export, manifest, keys or [])
         return
+    if against is not None:  # the file is trusted only once its signature and hashes hold
+        _verify_export(against, manifest, keys or [])
     from plangate.store import audit, open_store
 
     settings = load_settings()
     store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
     report = audit.verify(store, keys=_trusted(keys or []))
-    if report.ok:
-        sealed = f", sealed by {report.checkpoints} checkpoints" if report.checkpoints else ""
-        typer.echo(f"audit log intact: {report.entries} entries in {report.chains} chains{sealed}")
-        return
-    where = f"at entry {report.broken_at}" if report.broken_at is not None else "at"
-    err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
-    raise typer.Exit(EXIT_FAILED)
+    if not report.ok:
+        where = f"at entry {report.broken_at}" if report.broken_at is not None else "at"
+        err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
+        raise typer.Exit(EXIT_FAILED)
+    sealed = f", sealed by {report.checkpoints} checkpoints" if report.checkpoints else ""
+    typer.echo(f"audit log intact: {report.entries} entries in {report.chains} chains{sealed}")
+    if against is not None:
+        _check_against(store, against)
 
 
 @app.command("checkpoint", short_help="Seal every audit chain's head now (the gate does it too).")
@@ -189,6 +207,16 @@ def _verify_export(export: Path, manifest: Path | None, key_files: list[Path]) -
         return
     err_console.print(f"[red]export not verified[/]: {escape(str(report.problem))}")
     raise typer.Exit(EXIT_FAILED)
+
+
+def _check_against(store: Store, export: Path) -> None:
+    from plangate.audit_anchor import missing_from
+
+    count, missing = missing_from(store, export)
+    if missing is not None:
+        err_console.print(f"[red]audit log broken[/]: {escape(missing)}")
+        raise typer.Exit(EXIT_FAILED)
+    typer.echo(f"the store holds all {count} entries of {export.name}, unchanged")
 
 
 def _trusted(key_files: list[Path]) -> TrustedKeys:
