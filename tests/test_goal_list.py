@@ -97,3 +97,32 @@ def test_the_cli_lists_goals_with_filters(fleet: Fleet, goals: dict[str, str]) -
     assert wrong.returncode == 2
     assert "no goal state 'sleeping'" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+def test_the_cli_pages_through_every_goal_with_the_cursor_it_prints(
+    fleet: Fleet,  # noqa: F811
+    goals: dict[str, str],
+) -> None:
+    """Given more goals than --limit, When each page's printed cursor is passed with --after,
+    Then the pages together list every goal once, newest first (past 200 goals, nothing else
+    could reach the older ones)."""
+    everyone = fleet.plangate("goals", "list", "--limit", "200", "--json")
+    every_id = [json.loads(line)["goal_id"] for line in everyone.stdout.splitlines()]
+    assert len(every_id) >= 3
+
+    seen: list[str] = []
+    after: list[str] = []
+    while True:
+        page = fleet.plangate("goals", "list", "--limit", "2", "--json", *after)
+        assert page.returncode == 0, page.stderr
+        seen += [json.loads(line)["goal_id"] for line in page.stdout.splitlines()]
+        if "next page: --after " not in page.stderr:
+            break
+        after = ["--after", page.stderr.split("next page: --after ")[1].split()[0]]
+
+    assert seen == every_id
+    table = fleet.plangate("goals", "list", "--limit", "1", COLUMNS="200")
+    assert "(more match; the next 1: --after " in table.stderr
+    wrong = fleet.plangate("goals", "list", "--after", "not-a-cursor")
+    assert wrong.returncode == 2
+    assert "the cursor is not one this list gave" in wrong.stderr

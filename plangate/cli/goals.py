@@ -18,7 +18,9 @@ from plangate.cli.review_access import NO_TOKEN, ServerOption, TokenFileOption, 
 from plangate.errors import ConfigError
 from schemas import utcnow
 
-app = group("Find and steer goals: list them, cancel one that should not go on.")
+app = group(
+    "Find and steer goals: list them, cancel one that should not go on, retry one that failed."
+)
 
 
 @app.command("list", short_help="List goals, newest first: state, age, source, decision.")
@@ -35,22 +37,31 @@ def list_goals(
         str | None, typer.Option(metavar="TEXT", help="Only goals whose text holds TEXT.")
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=200, help="At most this many.")] = 20,
+    after: Annotated[
+        str | None,
+        typer.Option(metavar="CURSOR", help="The next page: the cursor the previous page printed."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """List the newest goals from the store, with the filters given.
 
     `plangate status GOAL_ID` shows one of them in full: its plan, decision and each step's
-    output.
+    output. When more goals match than --limit, the cursor of the next page is printed on
+    stderr: pass it with --after (and the same filters) to go on.
     """
     from plangate.client import Client
     from plangate.store.goal_list import parse_since
 
-    after = parse_since(since) if since else None
+    newer_than = parse_since(since) if since else None
     with Client(load_settings()) as client:
-        page = client.list_goals(state=state, since=after, search=search, limit=limit)
+        page = client.list_goals(
+            state=state, since=newer_than, search=search, limit=limit, cursor=after
+        )
     if as_json:
         for goal in page.goals:
             typer.echo(json.dumps(asdict(goal), default=str))
+        if page.next_cursor:
+            err_console.print(f"next page: --after {page.next_cursor}")
         return
     if not page.goals:
         err_console.print("no goals match")
@@ -72,7 +83,7 @@ def list_goals(
         )
     Console().print(table)
     if page.next_cursor:
-        err_console.print(f"(the newest {limit}; --limit or --since shows others)")
+        err_console.print(f"(more match; the next {limit}: --after {page.next_cursor})")
 
 
 def _age(at: datetime) -> str:
