@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import amqp
@@ -27,7 +28,7 @@ from plangate.bus.redis_transport import KEPT_BYTES, malformed_reason
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from schemas import DeadLetter
-from tests.support import eventually
+from tests.support import eventually, plangate_in
 
 STAGES = ("planner", "gate", "executor")
 ENTRIES = 100  # per stage
@@ -391,3 +392,28 @@ def test_a_message_of_5_mb_is_a_dead_letter_that_can_be_listed_and_purged(
             letter.message_id
         ]
         assert pipeline.bus.dead_letters() == []
+
+
+@pytest.mark.redis
+def test_dlq_list_says_how_many_entries_on_the_queue_are_no_dead_letters(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Given two junk entries LPUSHed onto the dead-letter queue and nothing else,
+    When an operator runs `plangate dlq list`,
+    Then it says two entries are not dead letters and are kept (it said "no dead letters" of a
+    queue that was not empty), and they are still there.
+    """
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    bus = Bus(redis_url, namespace)
+    bus.declare()
+    redis.Redis.from_url(redis_url).lpush(bus.topology.dead_letter_queue_name, b"junk", b"{")
+
+    listed = plangate_in(
+        tmp_path, "dlq", "list", PLANGATE_BROKER_URL=redis_url, PLANGATE_NAMESPACE=namespace
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr.startswith("2 more entries on the dead-letter queue are not dead letters")
+    assert "no dead letters" not in listed.stdout
+    assert bus.read_dead_letters() == ([], 2)
+    bus.close()

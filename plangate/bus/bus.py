@@ -237,7 +237,16 @@ class Bus:
 
     def dead_letters(self) -> list[DeadLetter]:
         """Return every dead letter, leaving them in the queue (oldest first)."""
-        return self._sort_dead_letters(lambda _: True)[0]
+        return self.read_dead_letters()[0]
+
+    def read_dead_letters(self) -> tuple[list[DeadLetter], int]:
+        """Return every dead letter (oldest first) and how many entries were none, all kept.
+
+        An entry that is no dead letter (pushed onto the queue by something else) is counted,
+        so that a listing can say the queue holds more than it shows.
+        """
+        kept, _taken, unreadable = self._sort_dead_letters(lambda _: True)
+        return kept, unreadable
 
     def replay_dead_letters(self, message_ids: Collection[str] | None = None) -> list[DeadLetter]:
         """Send dead letters (all, or those with these ids) back to the stage that failed them.
@@ -266,8 +275,8 @@ class Bus:
         self,
         keep: Callable[[DeadLetter], bool],
         forward: Callable[[DeadLetter], Envelope] | None = None,
-    ) -> tuple[list[DeadLetter], list[DeadLetter]]:
-        """Take every dead letter; put back those `keep` accepts; return (kept, taken).
+    ) -> tuple[list[DeadLetter], list[DeadLetter], int]:
+        """Take every dead letter; put back those `keep` accepts; return (kept, taken, unread).
 
         A taken letter is first published as `forward` makes it, if given. Each letter leaves
         the queue only once what it became is published: if the broker goes away midway, the
@@ -276,6 +285,7 @@ class Bus:
         """
         kept: list[DeadLetter] = []
         taken: list[DeadLetter] = []
+        unreadable = 0
         with self._reachable(), self.connection() as connection:
             channel = connection.channel()
             queue = self.topology.dead_letter_queue().bind(channel)
@@ -293,6 +303,8 @@ class Bus:
                 if letter is None or keep(letter):
                     if letter is not None:
                         kept.append(letter)
+                    else:
+                        unreadable += 1
                     routing_key = str(raw.delivery_info.get("routing_key") or "")
                     if not routing_key.startswith("dead."):  # e.g. junk pushed onto the list
                         routing_key = "dead.unknown"
@@ -303,7 +315,7 @@ class Bus:
                         publish(producer, self.topology, forward(letter), self._retry_policy)
                     taken.append(letter)
                 raw.ack()
-        return kept, taken
+        return kept, taken, unreadable
 
     def close(self) -> None:
         """Close every publishing connection this bus opened."""

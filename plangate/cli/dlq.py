@@ -41,9 +41,14 @@ def list_letters(
     """List the dead letters, oldest first; they stay in the queue."""
     bus = _bus()
     try:
-        letters = bus.dead_letters()
+        letters, unreadable = bus.read_dead_letters()
     finally:
         bus.close()
+    if unreadable:  # stderr: the listing itself (and its --json) stays the letters
+        err_console.print(
+            f"{unreadable} more entries on the dead-letter queue are not dead letters "
+            "(not written by plangate); they are kept, and not shown or purged by id"
+        )
     for letter in letters:
         if as_json:
             typer.echo(letter.model_dump_json(exclude={"body_b64"}))
@@ -52,7 +57,7 @@ def list_letters(
             # Its id and what is quoted in its reason are whoever published it: shown, not obeyed.
             line = f"{letter.message_id}  {when}  {letter.queue:<20} {letter.reason}"
             typer.echo(printable(line))
-    if not letters and not as_json:
+    if not letters and not unreadable and not as_json:
         typer.echo("no dead letters")
 
 
