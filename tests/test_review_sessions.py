@@ -206,9 +206,12 @@ def test_an_expired_session_is_refused(
         assert client.get("/reviews").headers["location"] == "/login"
 
 
-def test_the_eleventh_failed_login_is_429_and_then_even_a_good_token_waits(
+def test_the_eleventh_failed_login_is_429_but_a_good_token_still_logs_in(
     pipeline: Pipeline, reviewers_file: Path, alice: str
 ) -> None:
+    """Ten bad tokens from one address make the next bad one wait; alice, at the same address
+    (one NAT, one proxy), still logs in: anyone could lock every reviewer out with ten
+    requests, and a 256-bit token is not guessed by trying faster."""
     with replica(settings_for(pipeline, reviewers_file)) as client:
         failures = [client.post("/login", data={"token": f"guess-{n}"}) for n in range(10)]
         eleventh = client.post("/login", data={"token": "guess-10"})
@@ -218,8 +221,8 @@ def test_the_eleventh_failed_login_is_429_and_then_even_a_good_token_waits(
     assert eleventh.status_code == 429
     assert 0 < int(eleventh.headers["retry-after"]) <= 300
     assert "Too many failed logins from your address; try again in" in eleventh.text
-    assert good.status_code == 429
-    assert SESSION_COOKIE not in good.cookies
+    assert good.status_code == 303
+    assert SESSION_COOKIE in good.cookies
 
 
 def test_the_eleventh_bad_bearer_token_on_the_api_is_429(
@@ -228,12 +231,14 @@ def test_the_eleventh_bad_bearer_token_on_the_api_is_429(
     with replica(settings_for(pipeline, reviewers_file)) as client:
         bad = [client.get("/api/v1/reviews", headers={"Authorization": "Bearer x"})]
         bad += [client.get("/api/v1/reviews") for _ in range(9)]
-        eleventh = client.get("/api/v1/reviews", headers={"Authorization": f"Bearer {alice}"})
+        eleventh = client.get("/api/v1/reviews", headers={"Authorization": "Bearer y"})
+        good = client.get("/api/v1/reviews", headers={"Authorization": f"Bearer {alice}"})
 
     assert [answer.status_code for answer in bad] == [401] * 10
     assert eleventh.status_code == 429
     assert "try again in" in eleventh.json()["error"]
     assert int(eleventh.headers["retry-after"]) > 0
+    assert good.status_code == 200  # a valid token passes from an address past the limit
 
 
 def test_a_form_from_another_session_is_refused(

@@ -100,16 +100,16 @@ def login_page(request: Request) -> Response:
 async def login(request: Request, desk: Desk) -> Response:
     """Check the token and start a session; too many failures from one address answer 429."""
     limit, address = get_limit(request), client_address(request)
-    wait = limit.retry_after(address)
-    if wait is not None:
-        response = _login_page(
-            request, f"Too many failed logins from your address; try again in {wait} s.", 429
-        )
-        response.headers["Retry-After"] = str(wait)
-        return response
     token = (await _form(request)).get("token", "").strip()
     reviewer = get_reviewers(request).identify(token)
     if reviewer is None:
+        wait = limit.retry_after(address)  # a valid token passes: see `ratelimit`
+        if wait is not None:
+            response = _login_page(
+                request, f"Too many failed logins from your address; try again in {wait} s.", 429
+            )
+            response.headers["Retry-After"] = str(wait)
+            return response
         limit.failed(address)
         return _login_page(request, "That token is not a reviewer's; check it and try again.", 401)
     response = RedirectResponse("/reviews", status_code=303)

@@ -44,13 +44,13 @@ def too_many(retry_after: int) -> ApiError:
 def require_reviewer(request: Request) -> Reviewer:
     """Return the reviewer named by `Authorization: Bearer <token>`; else 401 (or 429)."""
     limit, address = get_limit(request), client_address(request)
-    wait = limit.retry_after(address)
-    if wait is not None:
-        raise too_many(wait)
     reviewers = get_reviewers(request)
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     reviewer = reviewers.identify(given.strip()) if scheme.lower() == "bearer" else None
     if reviewer is None:
+        wait = limit.retry_after(address)  # a valid token passes: see `ratelimit`
+        if wait is not None:
+            raise too_many(wait)
         limit.failed(address)
         hint = (
             "send `Authorization: Bearer <token>` with a reviewer's token "
