@@ -148,4 +148,6 @@ def read_answer(content: str | None, catalog: Catalog) -> tuple[str, tuple[Step,
 
 def _shape_problem(error: Any) -> str:
     where = ".".join(str(part) for part in error.get("loc", ())) or "answer"
+    if error.get("type") == "model_type":  # pydantic names the class: "instance of _Answer"
+        return f"{where}: must be a JSON object"
     return f"{where}: {error.get('msg', 'invalid')}"

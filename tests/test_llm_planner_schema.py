@@ -173,6 +173,9 @@ def test_a_strict_answer_reads_back_into_steps_whose_args_fit_the_tools_own_sche
         ("[1, 2", "the answer is not JSON"),
         ('{"summary": "x"}', "steps: Field required"),
         ('{"steps": [{"id": "1bad", "tool": "ticket_count"}]}', "steps[0]: id: String should"),
+        # The model is told what JSON to send, not the name of a class of ours.
+        ("[1]", "answer: must be a JSON object"),
+        ('{"steps": [3]}', "steps.0: must be a JSON object"),
     ],
 )
 def test_answers_of_the_wrong_shape_are_invalid_with_a_reason(content: str, problem: str) -> None:
