@@ -89,6 +89,7 @@ def hand_to_gate(
         "plan_hash": plan.plan_hash,
         "decided_by": decision.decided_by,
         "policy_version": decision.policy_version,
+        "comment": decision.reason,  # what the reviewer wrote (the move's reason is ours)
     }
     transition(
         session,

@@ -229,6 +229,13 @@ def test_bad_input_on_every_queue_is_dead_lettered_and_no_pickle_is_loaded(fleet
     assert not trap.exists()
     assert submit_and_wait(fleet)["status"] == "completed"
 
+    # One is shown by the start of its id, as goals and plans are; an id naming none is exit 2.
+    shown = fleet.plangate("dlq", "show", letters[0]["message_id"][:10])
+    assert json.loads(shown.stdout)["message_id"] == letters[0]["message_id"], shown.stderr
+    unknown_id = fleet.plangate("dlq", "show", "f" * 40)
+    assert unknown_id.returncode == 2
+    assert f"'{'f' * 40}' names no dead letter" in unknown_id.stderr
+
     # Read, they can be purged: one by its id, then (once confirmed with --yes: no terminal
     # answers a prompt here, and an answer piped in is refused, exit 2) all of them.
     first = letters[0]["message_id"]

@@ -18,6 +18,7 @@ from plangate.bus import Envelope
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
+from plangate.embedded import Pipeline
 from plangate.errors import Forbidden, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer
 from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
@@ -303,3 +304,18 @@ def test_each_approval_of_several_is_audited_with_its_comment(
         assert [(e.actor, e.data["comment"]) for e in counted] == [
             ("bob", "the SLA breach is real")
         ]
+
+
+def test_a_single_approval_is_audited_with_its_comment(pipeline: Pipeline) -> None:
+    """The seed plan held for one approval: what alice wrote is in the audit log's approval
+    (the entry said only "approved by alice; the gate checks the hold")."""
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD)
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+
+    pipeline.review.approve(plan_id, "alice", comment="on-call agreed to be paged")
+
+    approved = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "goal.approved"]
+    assert [(e.actor, e.data["comment"]) for e in approved] == [
+        ("alice", "on-call agreed to be paged")
+    ]

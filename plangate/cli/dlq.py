@@ -18,7 +18,7 @@ from plangate.cli.common import (
     load_settings,
 )
 from plangate.cli.printable import printable
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, quoted
 
 if TYPE_CHECKING:
     from plangate.bus import Bus
@@ -73,10 +73,14 @@ def show(letter_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
         letters = {letter.message_id: letter for letter in bus.dead_letters()}
     finally:
         bus.close()
-    letter = letters.get(letter_id)
+    # As goal and plan ids: the start of one, as long as it names only that one.
+    started = [k for k in letters if len(letter_id) >= 6 and k.startswith(letter_id)]
+    letter = letters.get(letter_id) or (letters[started[0]] if len(started) == 1 else None)
     if letter is None:
+        which = "names more than one" if len(started) > 1 else "names no"
         err_console.print(
-            f"[red]error:[/] no dead letter {escape(letter_id)}; `plangate dlq list` shows them"
+            f"[red]error:[/] {escape(quoted(letter_id))} {which} dead letter; "
+            "`plangate dlq list` shows them"
         )
         raise typer.Exit(EXIT_USAGE)
     shown = letter.model_dump(mode="json")
