@@ -309,8 +309,18 @@ def test_bad_input_is_one_line_saying_what_to_fix_and_exit_2(
         (("trace", "zzzzzzzz"), "no goal 'zzzzzzzz'; check the id (`plangate goals list` shows"),
         (("goals", "list", "--state", "finished"), "no goal state 'finished'; one of: approved"),
         (("goals", "list", "--since", "yesterday"), "since 'yesterday' is neither an age"),
+        # An age, but one no date can be: it was "neither an age nor an ISO time".
+        (("goals", "list", "--since", "99999999999d"), "since '99999999999d' is too long an age"),
+        (("goals", "list", "--since", "999999w"), "since '999999w' goes back past year 1"),
     ],
-    ids=["status of no goal", "trace of no goal", "no such state", "unreadable since"],
+    ids=[
+        "status of no goal",
+        "trace of no goal",
+        "no such state",
+        "unreadable since",
+        "too long an age",
+        "an age before year 1",
+    ],
 )
 def test_an_id_or_filter_that_names_nothing_is_one_line_and_exit_2(
     cli: Cli, args: tuple[str, ...], said: str

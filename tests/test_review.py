@@ -486,7 +486,7 @@ def test_the_short_ids_run_prints_are_taken_wherever_an_id_is(
     assert status["goal_id"] == goal_id
     assert status["plan_id"] == plan.plan_id
     assert too_short.returncode == 2
-    assert f"no goal '{goal_id[:4]}'" in too_short.stderr
+    assert f"no goal '{goal_id[:4]}' (a short id needs 6 characters)" in too_short.stderr
     assert cancelled["status"] == "cancelled"
     assert plangate(env, "status", goal_id, "--json")["status"] == "cancelled"
 

@@ -32,7 +32,14 @@ def parse_since(text: str) -> datetime:
     """Read `--since`: an age (30m, 2h, 7d, 1w) or an ISO-8601 time (UTC if it names no zone)."""
     text = text.strip()
     if match := _AGO.match(text):
-        return utcnow() - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        try:
+            return utcnow() - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        except OverflowError:  # 999999w: before the first year there is
+            raise InputInvalid(
+                f"since {text!r} goes back past year 1; give a shorter age"
+            ) from None
+    if re.fullmatch(r"\d+[smhdw]", text):
+        raise InputInvalid(f"since {text!r} is too long an age: at most six digits (e.g. 90d)")
     try:
         at = datetime.fromisoformat(text)
     except ValueError:

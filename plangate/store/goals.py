@@ -85,7 +85,10 @@ def get_goal(session: Session, goal_id: str) -> GoalRow:
     """Return a goal's row (by its id or a short start of it) or raise NotFound."""
     row = by_id(session, GoalRow, GoalRow.id, goal_id)
     if row is None:
-        said = f"no goal {quoted(goal_id)}; check the id (`plangate goals list` shows goals)"
+        short = (
+            f" (a short id needs {MIN_SHORT_ID} characters)" if len(goal_id) < MIN_SHORT_ID else ""
+        )
+        said = f"no goal {quoted(goal_id)}{short}; check the id (`plangate goals list` shows goals)"
         raise NotFound(said)
     return row
 
