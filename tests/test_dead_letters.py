@@ -234,3 +234,31 @@ def test_dead_letter_does_not_carry_a_secret_header(pipeline: Pipeline) -> None:
     assert letter.headers["x-plangate-goal-id"] == "g1"
     assert "traceparent" in letter.headers
     assert "s3cret" not in letter.model_dump_json()
+
+
+def test_a_published_goal_whose_key_another_goal_has_is_a_dead_letter_at_once(
+    pipeline: Pipeline,
+) -> None:
+    """Given a goal submitted with the idempotency key "nightly",
+    When a foreign publisher sends goal.submitted for another goal id with that key,
+    Then it is dead-lettered at once, saying whose key it is (it was retried three times, with a
+    traceback each, then dead-lettered as a raw unique violation), and the first goal stands.
+    """
+    first = pipeline.submit(SEED_GOAL, idempotency_key="nightly").goal_id
+    pipeline.wait_for(first, HELD)
+    message = GoalSubmitted(goal_id="foreign-1", text="another goal", idempotency_key="nightly")
+
+    publish_raw(
+        pipeline,
+        "goal.submitted",
+        encode_message(message),
+        content_type="application/json",
+        content_encoding="utf-8",
+    )
+
+    (letter,) = dead_letters(pipeline)
+    assert letter.reason.startswith(f"the idempotency key 'nightly' is goal {first}'s already")
+    assert letter.routing_key == "goal.submitted"  # not retried first
+    with pytest.raises(TimeoutError):
+        pipeline.wait_for("foreign-1", {"submitted", "proposed", "held"}, timeout=0.1)
+    assert pipeline.wait_for(first, HELD).status == "held"

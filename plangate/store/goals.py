@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from plangate import telemetry
-from plangate.errors import Conflict, NotFound, quoted
+from plangate.errors import Conflict, NotFound, Reject, quoted
 from plangate.redaction import redact
 from plangate.store import audit
 from plangate.store.engine import after_release
@@ -31,6 +31,7 @@ def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[st
     """Return the goal's row, creating it (and its audit entry) if this is its first sight."""
     row = session.get(GoalRow, message.goal_id)
     if row is None:
+        _refuse_a_second_goal_for_its_key(session, message)
         headers = dict(trace_headers)
         if "traceparent" not in headers:
             # Published raw, without a trace context: the goal's one trace starts here, at the
@@ -39,6 +40,23 @@ def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[st
         store_goal(session, message, headers)
         row = session.get_one(GoalRow, message.goal_id)
     return row
+
+
+def _refuse_a_second_goal_for_its_key(session: Session, message: GoalSubmitted) -> None:
+    """Reject a goal published with a key another goal has (else a unique violation, retried).
+
+    Only a foreign publisher's message gets here with a key: `Client.submit` stores its goal
+    before publishing. The goal of the key stands; the message is a dead letter saying so.
+    """
+    key = message.idempotency_key
+    if key is None:
+        return
+    other = session.scalar(select(GoalRow.id).where(GoalRow.idempotency_key == key))
+    if other is not None:
+        raise Reject(
+            f"the idempotency key {quoted(key)} is goal {other}'s already: no second goal is "
+            f"made for goal {quoted(message.goal_id)}; send a new goal with a key of its own"
+        )
 
 
 def store_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str, str]) -> None:
