@@ -126,3 +126,16 @@ def test_the_cli_pages_through_every_goal_with_the_cursor_it_prints(
     wrong = fleet.plangate("goals", "list", "--after", "not-a-cursor")
     assert wrong.returncode == 2
     assert "the cursor is not one this list gave" in wrong.stderr
+
+
+def test_a_cancelled_goal_is_listed_as_decided_by_who_cancelled_it(
+    client: Client,  # noqa: F811
+    goals: dict[str, str],
+) -> None:
+    """Alice cancelled a held goal: the list names her, not the rule that held its plan (it
+    showed the rule, as if the policy had ended the goal)."""
+    page = client.list_goals(state="cancelled", limit=200)
+    listed = {goal.goal_id: goal.decided_by for goal in page.goals}
+    assert listed[goals["cancelled"]] == "alice"
+    held = client.list_goals(state="held", limit=200).goals
+    assert all(goal.decided_by != "alice" for goal in held)

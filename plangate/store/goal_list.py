@@ -17,7 +17,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from plangate.errors import InputInvalid
-from plangate.store.models import DecisionRow, GoalRow, PlanRow
+from plangate.store.models import AuditRow, DecisionRow, GoalRow, PlanRow
 from schemas import utcnow
 from schemas.goal_states import TRANSITIONS
 
@@ -61,7 +61,7 @@ class GoalSummary:
     created_at: datetime
     updated_at: datetime
     revision: int | None
-    decided_by: str | None  # the rule that decided, or the person
+    decided_by: str | None  # who cancelled it; else the rule that decided, or the person
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ def list_goals(
     rows = rows[:limit]
     latest = _latest_plans(session, [row.id for row in rows])
     decided = _deciders(session, [plan.plan_id for plan in latest.values()])
+    cancelled = _cancellers(session, [row.id for row in rows if row.status == "cancelled"])
     goals = [
         GoalSummary(
             goal_id=row.id,
@@ -124,7 +125,8 @@ def list_goals(
             created_at=row.created_at,
             updated_at=row.updated_at,
             revision=latest[row.id].revision if row.id in latest else None,
-            decided_by=decided.get(latest[row.id].plan_id) if row.id in latest else None,
+            decided_by=cancelled.get(row.id)
+            or (decided.get(latest[row.id].plan_id) if row.id in latest else None),
         )
         for row in rows
     ]
@@ -150,6 +152,18 @@ def _deciders(session: Session, plan_ids: list[str]) -> dict[str, str]:
         .order_by(DecisionRow.id)
     )
     return {plan_id: rule or person for plan_id, rule, person in rows}  # the last one wins
+
+
+def _cancellers(session: Session, goal_ids: list[str]) -> dict[str, str]:
+    """Return who cancelled each goal: the last word on it, not the rule that held its plan."""
+    if not goal_ids:
+        return {}
+    rows = session.execute(
+        select(AuditRow.goal_id, AuditRow.actor)
+        .where(AuditRow.goal_id.in_(goal_ids), AuditRow.kind == "goal.cancelled")
+        .order_by(AuditRow.seq)
+    )
+    return {str(goal_id): actor for goal_id, actor in rows}
 
 
 def source_of(meta: dict[str, Any]) -> str | None:
