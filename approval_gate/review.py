@@ -142,6 +142,8 @@ class Review:
         comment: str = "",
     ) -> Sequence[Envelope]:
         """Approve a held revision; return the envelopes to publish (plan.approved)."""
+        if len(comment) > 2000:  # as the API bounds it
+            raise InputInvalid("the comment is limited to 2000 characters")
         return self._decide(
             plan_id, reviewer, "approve", comment or "approved", expected_hash, roles
         )
@@ -332,7 +334,7 @@ def _count_only(
         "plan_hash": held.plan.plan_hash,
         "approvers": approvers,
         "needed": needed,
-        "comment": comment,
+        "comment": comment,  # redacted and made storable by the audit log, as every string
     }
     audit.append(session, "plan.approval_counted", actor=reviewer, goal_id=held.goal.id, data=data)
     log.info("plan %s: %s", held.plan.plan_id, progress(approvers, needed))

@@ -333,7 +333,10 @@ class Settings(BaseSettings):
     @field_validator("log_level", mode="before")
     @classmethod
     def _a_level_name(cls, value: Any) -> Any:
-        return (value.strip().upper() or "INFO") if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        level = value.strip().upper() or "INFO"
+        return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)  # logging's aliases
 
     @field_validator("trace_link_only", "trace_content", mode="before")
     @classmethod

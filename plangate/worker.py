@@ -63,13 +63,6 @@ class Worker:
                 middleware=stage_middleware(self.stage),
             )
             self._handle_signals()
-            sweeper = threading.Thread(
-                target=self._sweep,
-                args=(store, bus, consumer),
-                name="plangate-sweeper",
-                daemon=True,
-            )
-            sweeper.start()
             # Alive while the consume loop runs (reconnecting included); ready once it has
             # subscribed, until shutdown begins.
             looping = threading.Event()
@@ -83,6 +76,15 @@ class Worker:
                 ),
                 metrics=lambda: metrics.exposition(metrics.registry_with(store)),
             )
+            # Started once the probes are bound: a port that cannot be had stops the worker
+            # before any sweep runs against a store about to be closed.
+            sweeper = threading.Thread(
+                target=self._sweep,
+                args=(store, bus, consumer),
+                name="plangate-sweeper",
+                daemon=True,
+            )
+            sweeper.start()
             log.info("%s worker consuming %s", self.stage, bus.topology.queue_name(self.stage))
             looping.set()
             try:

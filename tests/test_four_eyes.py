@@ -19,7 +19,7 @@ from plangate.client import Client
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
-from plangate.errors import Forbidden, PolicyError
+from plangate.errors import Forbidden, InputInvalid, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer
 from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
 from plangate.store import ApprovalRow, open_store
@@ -319,3 +319,18 @@ def test_a_single_approval_is_audited_with_its_comment(pipeline: Pipeline) -> No
     assert [(e.actor, e.data["comment"]) for e in approved] == [
         ("alice", "on-call agreed to be paged")
     ]
+
+
+def test_an_approval_comment_is_bounded_by_the_desk(pipeline: Pipeline) -> None:
+    """A comment over 2000 characters is refused by the desk itself (the API did not bound an
+    approval's, and the audit log kept it whole); one within the bound is kept."""
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD)
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+
+    with pytest.raises(InputInvalid, match="limited to 2000 characters"):
+        pipeline.review.approve(plan_id, "alice", comment="x" * 2001)
+    pipeline.review.approve(plan_id, "alice", comment="y" * 2000)
+
+    approved = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "goal.approved"]
+    assert approved[0].data["comment"] == "y" * 2000

@@ -236,3 +236,9 @@ def test_a_log_level_that_is_no_level_is_refused_in_one_line(
 
 def test_a_log_level_is_read_in_any_case() -> None:
     assert Settings(data_dir=Path("/nonexistent"), log_level="debug").log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(("given", "level"), [("warn", "WARNING"), ("FATAL", "CRITICAL")])
+def test_the_aliases_python_logging_takes_are_taken(given: str, level: str) -> None:
+    """WARN and FATAL worked before the level was checked: a deployment setting them starts."""
+    assert Settings(data_dir=Path("/nonexistent"), log_level=given).log_level == level

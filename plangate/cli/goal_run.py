@@ -221,7 +221,8 @@ class GoalRun:
                     comment = Prompt.ask(self._why(held.revision), console=self.err)
                 except EOFError:  # input ended after "r": the rejection stands, uncommented
                     comment = ""
-                self.pipeline.reject(held.plan_id, reviewer, comment or "rejected at the terminal")
+                why = comment.strip() or "rejected at the terminal"  # a blank answer is no reason
+                self.pipeline.reject(held.plan_id, reviewer, why)
                 return None
 
     def _why(self, revision: int) -> str:

@@ -1,11 +1,12 @@
 """Failed logins and bad bearer tokens, counted per client address: too many answer 429.
 
 The count is kept in this process: each replica of `serve` counts on its own, so behind N
-replicas a guesser gets up to N times the limit. With 256-bit tokens that is still nothing;
-the limit is there to keep logs quiet and a guesser slowed, not to make tokens safe. So a
-valid token passes even from an address past the limit: everyone behind one NAT, or behind
-a proxy not named in PLANGATE_TRUSTED_PROXIES, shares an address, and ten bad tokens from
-anyone there locked every reviewer out for five minutes.
+replicas a guesser gets up to N times the limit. With 256-bit tokens (`secrets.token_urlsafe
+(32)`) guessing is hopeless at any rate: the tokens' length keeps them safe, not this limit,
+which only tells a client past it to stop (429). So a valid token passes even from an address
+past the limit: everyone behind one NAT, or behind a proxy not named in
+PLANGATE_TRUSTED_PROXIES, shares an address, and ten bad tokens from anyone there locked
+every reviewer out for five minutes.
 """
 
 from __future__ import annotations

@@ -197,7 +197,7 @@ class Approve(BaseModel):
     """Approve the revision whose hash you saw."""
 
     plan_hash: str = Field(min_length=1)
-    comment: str = ""
+    comment: str = Field(default="", max_length=2000)
 
 
 class RejectBody(BaseModel):
