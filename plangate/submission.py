@@ -6,15 +6,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from plangate import telemetry
 from plangate.bus import Bus, Envelope
 from plangate.errors import Conflict, InputInvalid, quoted
 from plangate.relay import deliver
-from plangate.store import GoalRow, Store
-from plangate.store.goals import store_goal
+from plangate.store import Store
+from plangate.store.goals import goal_with_key, store_goal
 from plangate.store.outbox import emit
 from schemas import GoalSubmitted, new_id
 
@@ -79,9 +78,7 @@ def _goal_with_key(store: Store, idempotency_key: str, text: str) -> Submitted |
     with it would let the caller take the other goal's outcome for this one's.
     """
     with store.reading() as session:
-        existing = session.execute(
-            select(GoalRow).where(GoalRow.idempotency_key == idempotency_key)
-        ).scalar_one_or_none()
+        existing = goal_with_key(session, idempotency_key)
         if existing is None:
             return None
         if existing.text != text:

@@ -334,3 +334,45 @@ def test_an_approval_comment_is_bounded_by_the_desk(pipeline: Pipeline) -> None:
 
     approved = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "goal.approved"]
     assert approved[0].data["comment"] == "y" * 2000
+
+
+@pytest.mark.redis
+def test_over_processes_the_author_of_an_edit_is_refused_and_two_others_release_it(
+    fleet: Fleet,
+) -> None:
+    """Given workers as separate processes under the four-eyes policy, and reviewers using the
+    CLI in processes of their own,
+    When alice edits a held page with `review edit --file` and then approves her own revision,
+    Then she is refused (exit 2); bob's and carol's approvals release it, and it runs once.
+    """
+    reviewers = fleet.folder / "reviewers.yaml"
+    tokens = {n: add_reviewer(reviewers, n, ["finance"]) for n in ("alice", "bob", "carol")}
+    submitted = fleet.plangate("submit", SEED_GOAL, "--json")
+    goal_id = json.loads(submitted.stdout)["goal_id"]
+    first = str(wait_until(fleet, goal_id, {"held"})["plan_id"])
+    shown = fleet.plangate("review", "show", first, "--json", PLANGATE_REVIEWER_TOKEN=tokens["bob"])
+    steps = json.loads(shown.stdout)["steps"]
+    steps[2]["args"]["message"] = "edited by alice"
+    edit = fleet.folder / "edit.json"
+    edit.write_text(json.dumps({"summary": "paged by alice", "steps": steps}))
+
+    edited = fleet.plangate(
+        "review", "edit", first, "--file", str(edit), "--json",
+        PLANGATE_REVIEWER_TOKEN=tokens["alice"],
+    )  # fmt: skip
+    assert edited.returncode == 0, edited.stderr
+    second = json.loads(edited.stdout)["newest_plan_id"]
+    held = wait_until(fleet, goal_id, {"held"})
+    assert held["plan_id"] == second, fleet.logs()
+
+    def approve(name: str) -> tuple[int, str]:
+        done = fleet.plangate("review", "approve", second, PLANGATE_REVIEWER_TOKEN=tokens[name])
+        return done.returncode, done.stdout + done.stderr
+
+    own, own_said = approve("alice")
+    assert own == 2, own_said
+    assert "alice wrote this revision (an edit)" in own_said
+    assert approve("bob")[0] == 0
+    assert approve("carol")[0] == 0
+    assert wait_until(fleet, goal_id, {"completed", "failed"})["status"] == "completed"
+    assert len((fleet.folder / "notifications.jsonl").read_text().splitlines()) == 1

@@ -73,8 +73,11 @@ def show(letter_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
         letters = {letter.message_id: letter for letter in bus.dead_letters()}
     finally:
         bus.close()
+    from plangate.store.goals import MIN_SHORT_ID
+
     # As goal and plan ids: the start of one, as long as it names only that one.
-    started = [k for k in letters if len(letter_id) >= 6 and k.startswith(letter_id)]
+    short = len(letter_id) >= MIN_SHORT_ID
+    started = [k for k in letters if short and k.startswith(letter_id)]
     letter = letters.get(letter_id) or (letters[started[0]] if len(started) == 1 else None)
     if letter is None:
         which = "names more than one" if len(started) > 1 else "names no"

@@ -51,12 +51,19 @@ def _refuse_a_second_goal_for_its_key(session: Session, message: GoalSubmitted) 
     key = message.idempotency_key
     if key is None:
         return
-    other = session.scalar(select(GoalRow.id).where(GoalRow.idempotency_key == key))
+    other = goal_with_key(session, key)
     if other is not None:
         raise Reject(
-            f"the idempotency key {quoted(key)} is goal {other}'s already: no second goal is "
-            f"made for goal {quoted(message.goal_id)}; send a new goal with a key of its own"
+            f"the idempotency key {quoted(key)} is goal {other.id}'s already: no second goal "
+            f"is made for goal {quoted(message.goal_id)}; send a new goal with a key of its own"
         )
+
+
+def goal_with_key(session: Session, idempotency_key: str) -> GoalRow | None:
+    """Return the goal submitted with this idempotency key, if there is one."""
+    return session.execute(
+        select(GoalRow).where(GoalRow.idempotency_key == idempotency_key)
+    ).scalar_one_or_none()
 
 
 def store_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str, str]) -> None:
