@@ -83,22 +83,25 @@ def checked_approvers(session: Session, plan: PlanRevision, hold: HoldRow | None
         )
     ).scalars()
     allowed = []
-    planner = session.scalars(select(PlanRow.planner).where(PlanRow.plan_id == plan.plan_id))
-    author = planner.one()
+    refused = []
     for row in sorted(rows, key=lambda r: (r.created_at, r.reviewer)):
         roles = frozenset(str(role) for role in row.roles or [])
         try:
             check_reviewer(hold, plan.plan_id, row.reviewer, roles, "approve")
             check_not_submitter(hold, goal, row.reviewer)
-            check_not_author(hold, author, row.reviewer)
-        except Forbidden:
+            check_not_author(session, hold, plan, row.reviewer)
+        except Forbidden as refusal:
+            refused.append(f"{row.reviewer}'s does not count ({refusal})")
             continue
         allowed.append(row.reviewer)
     needed = approvals_required(hold)
     if len(allowed) < needed:
+        # Those counted cannot approve again: say that the rest must come from others.
         raise Forbidden(
             f"plan {plan.plan_id} needs {needed} approvals by distinct reviewers the hold "
-            f"allows; it has {len(allowed)}",
+            f"allows; it has {progress(allowed, needed)}; "
+            + "; ".join(refused)
+            + f"; {needed - len(allowed)} more reviewer(s) the hold allows must approve it",
             "",
         )
     return allowed

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.policy import Policy
 from plangate.errors import Conflict, Forbidden
-from plangate.store import DecisionRow, GoalRow, HoldRow
+from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow
 from plangate.store.goal_list import source_of
 from plangate.store.plan_revision import PlanRevision
 from schemas import Decision, utcnow
 
 DEFAULT_HOLD_TTL = timedelta(days=1)
+EDIT_PREFIX = "edit:"  # a revision a reviewer wrote is planned by `edit:<reviewer>`
 
 
 def record_hold(
@@ -108,20 +110,47 @@ def check_not_submitter(hold: HoldRow | None, goal: GoalRow, reviewer: str) -> N
         )
 
 
-def check_not_author(hold: HoldRow | None, planner: str, reviewer: str) -> None:
-    """Refuse a revision's editor as one of the several approvers its hold asks (Forbidden).
+def check_not_author(
+    session: Session, hold: HoldRow | None, plan: PlanRevision, reviewer: str
+) -> None:
+    """Refuse an author of a revision as one of the several approvers its hold asks (Forbidden).
 
-    Where a rule asks for more than one pair of eyes, whoever wrote the revision (an edit) is
-    already one: their approval would let one other reviewer release a plan nobody else wrote.
+    Where a rule asks for more than one pair of eyes, whoever wrote the revision is already
+    one: their approval would let one other reviewer release a plan nobody else wrote. Its
+    authors are the editors of every edit it is built on, back to the planner's draft: a
+    second, small edit by someone else leaves the first editor's words in the plan.
     """
     if hold is None or approvals_needed(hold) <= 1:
         return
-    if planner == f"edit:{reviewer}":
+    edited = revision_editors(session, plan).get(reviewer)
+    if edited is not None:
+        which = f"revision {edited}, which this one builds on"
+        if edited == plan.revision:
+            which = "this revision"
         raise Forbidden(
-            f"{reviewer} wrote this revision (an edit), and rule {hold.rule!r} asks "
-            f"{approvals_needed(hold)} reviewers besides its author to approve it: ask others",
+            f"{reviewer} wrote {which} (an edit), and rule {hold.rule!r} asks "
+            f"{approvals_needed(hold)} reviewers besides its authors to approve it: ask others",
             "",
         )
+
+
+def revision_editors(session: Session, plan: PlanRevision) -> dict[str, int]:
+    """Return who edited the revision or the edits it is built on, each with their latest one.
+
+    The chain ends at the newest revision a planner drafted (a retry drafts afresh, so edits
+    before it left nothing in this one).
+    """
+    rows = session.execute(
+        select(PlanRow.revision, PlanRow.planner)
+        .where(PlanRow.goal_id == plan.goal_id, PlanRow.revision <= plan.revision)
+        .order_by(PlanRow.revision.desc())
+    )
+    editors: dict[str, int] = {}
+    for revision, planner in rows:
+        if not planner.startswith(EDIT_PREFIX):
+            break
+        editors.setdefault(planner.removeprefix(EDIT_PREFIX), revision)
+    return editors
 
 
 def approvals_needed(hold: HoldRow) -> int:

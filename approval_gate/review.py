@@ -30,6 +30,7 @@ from approval_gate.decisions import follow_decision, hand_to_gate, record_decisi
 from approval_gate.expiry import expires_at
 from approval_gate.holds import (
     DEFAULT_HOLD_TTL,
+    EDIT_PREFIX,
     check_not_author,
     check_not_submitter,
     check_open,
@@ -186,7 +187,7 @@ class Review:
             old = held.plan
             plan = _edited_plan(old, steps, summary)
             validate_plan(plan, catalog)
-            planner = f"edit:{reviewer}"
+            planner = f"{EDIT_PREFIX}{reviewer}"
             # The old revision's slot for a person's decision is taken by the edit, so an
             # approval racing this edit loses (or wins, and the edit gets the Conflict).
             replaced = Decision(
@@ -266,7 +267,7 @@ class Review:
             check_reviewer(held.hold, plan_id, reviewer, roles, action)
             if action == "approve":
                 check_not_submitter(held.hold, held.goal, reviewer)
-                check_not_author(held.hold, held.plan.planner, reviewer)
+                check_not_author(session, held.hold, held.plan, reviewer)
                 approvers = count_approval(session, held.plan, reviewer, roles)
                 needed = approvals_required(held.hold)
                 if len(approvers) < needed:

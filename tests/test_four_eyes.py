@@ -13,17 +13,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from approval_gate.approvals import count_approval
 from approval_gate.policy import Policy
 from plangate.bus import Envelope
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
-from plangate.errors import Forbidden, InputInvalid, PolicyError
+from plangate.errors import Conflict, Forbidden, InputInvalid, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer
 from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
-from plangate.store import ApprovalRow, open_store
-from schemas import Decision, PlanApproved, SignedEnvelope
+from plangate.store import ApprovalRow, PlanRow, open_store
+from schemas import Decision, Plan, PlanApproved, SignedEnvelope
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
@@ -276,14 +277,19 @@ def test_the_author_of_an_edit_is_not_one_of_the_two_approvers_it_needs(
         pipeline.approve(edited.plan_id, "carol", roles=FINANCE)
 
         assert pipeline.wait_for(goal_id).status == "completed"
-        with pipeline.store.session() as session:
-            envelope = session.execute(
-                select(ApprovalRow.envelope).where(ApprovalRow.plan_id == edited.plan_id)
-            ).scalar_one()
-        approval = load_trusted_keys(pipeline.settings).verify(
-            SignedEnvelope.model_validate(envelope), allow_expired=True
-        )
-        assert approval.approvers == ("bob", "carol")
+        assert signed_approvers(pipeline, edited.plan_id) == ("bob", "carol")
+
+
+def signed_approvers(pipeline: Pipeline, plan_id: str) -> tuple[str, ...]:
+    """The approvers the gate's signed approval of a revision names, its signature checked."""
+    with pipeline.store.session() as session:
+        envelope = session.execute(
+            select(ApprovalRow.envelope).where(ApprovalRow.plan_id == plan_id)
+        ).scalar_one()
+    approval = load_trusted_keys(pipeline.settings).verify(
+        SignedEnvelope.model_validate(envelope), allow_expired=True
+    )
+    return approval.approvers
 
 
 def test_each_approval_of_several_is_audited_with_its_comment(
@@ -376,3 +382,89 @@ def test_over_processes_the_author_of_an_edit_is_refused_and_two_others_release_
     assert approve("carol")[0] == 0
     assert wait_until(fleet, goal_id, {"completed", "failed"})["status"] == "completed"
     assert len((fleet.folder / "notifications.jsonl").read_text().splitlines()) == 1
+
+
+def _edit_newest(pipeline: Pipeline, goal_id: str, reviewer: str, message: str) -> Plan:
+    """Have `reviewer` edit the goal's newest held revision; return the revision it makes."""
+    newest = max(plans_of(pipeline.store, goal_id), key=lambda p: p.revision)
+    plan = Plan.model_validate(newest.body)
+    steps = [step.model_dump(mode="json", exclude_defaults=True) for step in plan.steps]
+    steps[2]["args"] = {"message": message}
+    pipeline.edit(plan.plan_id, reviewer, steps, roles=FINANCE)
+    edited = eventually(
+        lambda: next(
+            (p for p in plans_of(pipeline.store, goal_id) if p.revision == newest.revision + 1),
+            None,
+        ),
+        what=f"revision {newest.revision + 1}",
+    )
+    pipeline.wait_for(goal_id, HELD)
+    return Plan.model_validate(edited.body)
+
+
+def test_an_editor_stays_an_author_when_someone_else_edits_again(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a page held for two approvals from finance, which alice edits (revision 2) and
+    bob then edits again (revision 3, one word changed),
+    When alice approves revision 3, Then she is refused: her words are still in it (only the
+    newest revision's editor was barred, so a trivial second edit made her an approver);
+    bob is refused as its editor; carol's and dave's approvals release it.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        _edit_newest(pipeline, goal_id, "alice", "page: the SLA is breached")
+        third = _edit_newest(pipeline, goal_id, "bob", "page: the SLA is breached!")
+        assert third.revision == 3
+
+        with pytest.raises(Forbidden, match="alice wrote revision 2, which this one builds on"):
+            pipeline.approve(third.plan_id, "alice", roles=FINANCE)
+        with pytest.raises(Forbidden, match="bob wrote this revision"):
+            pipeline.approve(third.plan_id, "bob", roles=FINANCE)
+        pipeline.approve(third.plan_id, "carol", roles=FINANCE)
+        pipeline.approve(third.plan_id, "dave", roles=FINANCE)
+
+        assert pipeline.wait_for(goal_id).status == "completed"
+        assert signed_approvers(pipeline, third.plan_id) == ("carol", "dave")
+
+
+def test_a_refused_release_says_who_does_not_count_and_how_many_more_must_approve(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given alice's edit held for two approvals, with her own approval of it recorded before
+    the author bar existed (written into the store here, as an older version did),
+    When bob approves, Then the gate refuses the release, and the goal, held again, says that
+    alice's approval does not count and that one more reviewer must approve (bob could not
+    approve again, and nothing said a third person was needed);
+    When carol approves, Then bob's and carol's approvals release it.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        edited = _edit_newest(pipeline, goal_id, "alice", "edited by alice")
+        with pipeline.store.session() as session:
+            row = session.get_one(PlanRow, edited.plan_id)
+            count_approval(session, row, "alice", FINANCE)
+
+        pipeline.approve(edited.plan_id, "bob", roles=FINANCE)
+        refused = eventually(
+            lambda: next(
+                (e for e in audit_entries(pipeline.store, goal_id) if "refused" in str(e.data)),
+                None,
+            ),
+            what="the gate's refusal",
+        )
+        reason = str(refused.data)
+        assert "1 of 2 approvals (bob)" in reason
+        assert "alice's does not count (alice wrote this revision" in reason
+        assert "1 more reviewer(s) the hold allows must approve it" in reason
+        assert pipeline.wait_for(goal_id, HELD).status == "held"
+
+        with pytest.raises(Conflict, match="bob has approved plan"):
+            pipeline.approve(edited.plan_id, "bob", roles=FINANCE)
+        pipeline.approve(edited.plan_id, "carol", roles=FINANCE)
+        assert pipeline.wait_for(goal_id).status == "completed"
+        assert signed_approvers(pipeline, edited.plan_id) == ("bob", "carol")
