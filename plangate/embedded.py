@@ -57,6 +57,7 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._review: Review | None = None
         self._marker = outbox_rows.SentMarker(self.store)
+        self._released = False
 
     def start(self, timeout: float = 10.0) -> None:
         """Build the handlers, start the consumer threads and wait until all consume."""
@@ -96,14 +97,25 @@ class Pipeline:
             except Exception:  # the database is busy or down: try again next time
                 log.warning("expiring held plans failed; will try again", exc_info=True)
 
-    def stop(self) -> None:
-        """Stop consuming, let in-flight work finish, and release connections."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop consuming, let in-flight work finish, and release connections.
+
+        With a `timeout`, give in-flight work that long: False if some is still running (a
+        stuck tool call), and then nothing is released, for the caller to decide. Stopping
+        again after a stop changes nothing.
+        """
         self._stop.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
-            thread.join()
-        self._marker.close()
-        self.bus.close()
-        self.store.close()
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                return False
+        if not self._released:
+            self._released = True
+            self._marker.close()
+            self.bus.close()
+            self.store.close()
+        return True
 
     def __enter__(self) -> Pipeline:
         try:
@@ -161,13 +173,14 @@ class Pipeline:
         reviewer: str,
         expected_hash: str | None = None,
         roles: frozenset[str] = frozenset(),
-    ) -> None:
-        """Approve a held plan as `reviewer` and release it to the executor."""
-        deliver(
-            self.store,
-            self.bus,
-            self.review.approve(plan_id, reviewer, expected_hash=expected_hash, roles=roles),
-        )
+    ) -> bool:
+        """Approve a held plan as `reviewer`; return whether that released it to the executor.
+
+        False: the approval was counted, and the hold waits for other reviewers' (four eyes).
+        """
+        envelopes = self.review.approve(plan_id, reviewer, expected_hash=expected_hash, roles=roles)
+        deliver(self.store, self.bus, envelopes)
+        return bool(envelopes)
 
     def reject(
         self, plan_id: str, reviewer: str, comment: str, roles: frozenset[str] = frozenset()

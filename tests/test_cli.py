@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from typing import Any
 import pytest
 
 from plangate import __version__
+from tests.support import eventually
 
+ROOT = Path(__file__).resolve().parent.parent
 SEED_GOAL = "Check Jira ticket count, compare with SLA, and notify on-call engineer if breached"
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 RUN_OPTIONS = ("--yes", "-y", "--json", "--tools", "--policy", "--playbook", "--timeout")
@@ -434,3 +437,84 @@ def test_version_prints_the_installed_version(cli: Cli) -> None:
 
     assert result.returncode == 0
     assert result.stdout == f"plangate {__version__}\n"
+
+
+def _policy(cli: Cli, **hold: object) -> str:
+    """A policy file that approves read-only plans and holds the rest with `hold`'s options."""
+    rules = [
+        {
+            "name": "reads",
+            "match": 'plan.steps.all(s, s.effect == "read")',
+            "action": "approve",
+            "reason": "it only reads",
+        },
+        {"name": "writes", "match": "true", "action": "hold", "reason": "it writes", **hold},
+    ]
+    path = cli.folder / "policy.yaml"
+    path.write_text(json.dumps({"rules": rules}))  # JSON is YAML
+    return str(path)
+
+
+def test_a_role_rule_at_the_terminal_says_a_deployment_decides_it(cli: Cli) -> None:
+    """Given a rule that requires the `finance` role to approve the seed plan,
+    When it is approved at the terminal (`--yes`), Then the run ends at once with exit 2,
+    saying that the terminal approves with no role and who can decide it; nothing runs.
+    (It said "root does not have it: ask a reviewer who does", though the reviewers file gave
+    that name the role.)"""
+    policy = _policy(cli, requires_role="finance")
+
+    result = cli("run", SEED_GOAL, "--yes", "--policy", policy)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "requires the role 'finance'" in result.stderr
+    assert "approves with no role (a terminal proves no identity)" in result.stderr
+    assert "the goal stays held until its hold expires, or a reviewer cancels it" in result.stderr
+    assert cli.notifications() == []
+
+
+def test_a_rule_asking_two_approvers_ends_the_run_held_after_the_terminal_s_one(
+    cli: Cli,
+) -> None:
+    """Given a rule that asks two reviewers to approve the seed plan,
+    When it is approved at the terminal, Then the approval is counted and the run ends held
+    (exit 3), saying the others approve through a deployment (it waited out its timeout)."""
+    policy = _policy(cli, approvals=2)
+
+    result = cli("run", SEED_GOAL, "--yes", "--policy", policy, "--timeout", "20")
+
+    assert result.returncode == EXIT_REFUSED, result.stderr
+    assert "approval is counted, and the rule asks for more reviewers" in result.stderr
+    assert cli.notifications() == []
+
+
+def test_ctrl_c_while_a_step_runs_says_where_it_left_the_goal_and_exits_130(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Given a run whose read step hangs (a call that never returns),
+    When Ctrl-C is pressed, Then the run says the goal is left running and how to cancel it,
+    waits a few seconds for the step, and ends with 130 (it said nothing, and the process
+    waited on the stuck call for as long as the tool's deadline)."""
+    playbook = tmp_path / "playbook.yaml"
+    steps = [{"id": "first", "tool": "stalled_read", "args": {"number": 1}}]
+    stall = {"name": "stall", "pattern": "stall", "steps": steps}
+    playbook.write_text(json.dumps({"playbooks": [stall]}))
+    marker = tmp_path / "marker"
+    env = cli.env | {"PYTHONPATH": str(ROOT), "TAKEOVER_MARKER": str(marker)}
+    args = ["run", "stall", "--tools", "tests.takeover_tools", "--playbook", str(playbook)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "plangate", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cli.folder,
+    ) as run:
+        eventually(marker.exists, timeout=30, what="the hanging step")
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=30)
+
+    assert run.returncode == 130, stderr
+    assert "interrupted: the goal is left running" in stderr
+    assert "a reviewer can cancel it (`plangate goals cancel " in stderr
+    assert "a step is still running after 5 s; ending without waiting for it" in stderr

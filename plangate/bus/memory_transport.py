@@ -52,7 +52,7 @@ class Channel(memory.Channel):
 
     # The bodies stay in this process: kombu's base64 round trip (for brokers that store
     # text) only spent CPU on every hop.
-    body_encoding = None
+    body_encoding = ""  # none: kombu encodes only when one is named
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         super()._put(queue, message, **kwargs)

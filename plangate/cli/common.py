@@ -33,6 +33,7 @@ R = TypeVar("R")
 
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_HELD = 4  # `submit --wait`: the goal waits for a person, who may take hours
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT
 
 
 def group(help_text: str) -> typer.Typer:

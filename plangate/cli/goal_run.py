@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,11 +19,18 @@ from approval_gate.decisions import decision_of
 from plangate import telemetry
 from plangate.catalog import load_catalog
 from plangate.cli import render
-from plangate.cli.common import EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED
+from plangate.cli.common import (
+    EXIT_COMPLETED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+)
 from plangate.cli.printable import printable
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.store import DecisionRow, PlanRow
+from plangate.errors import Forbidden
+from plangate.store import DecisionRow, GoalRow, PlanRow
 from planner_worker.replan import FeedbackSource, replan_expected
 from schemas import (
     ExecutionCompleted,
@@ -39,6 +47,8 @@ from schemas import (
 )
 
 _REFUSED = {"plan.denied", "plan.rejected", "plan.expired"}
+# After Ctrl-C, how long in-flight steps get to finish before the process ends anyway.
+STOP_GRACE_SECONDS = 5.0
 # How long a hold waits for its dry run before asking without it (reads may be slow).
 PREVIEW_WAIT_SECONDS = 30.0
 # What the prompt takes: a letter or the word, in any case.
@@ -78,6 +88,34 @@ class GoalRun:
 
     def run(self, text: str) -> int:
         """Submit `text` and follow it to the end; return the exit code."""
+        try:
+            return self._follow(text)
+        except KeyboardInterrupt:
+            return self._interrupted()
+
+    def _interrupted(self) -> int:
+        """Say where Ctrl-C left the goal (nothing carries it on once this process ends)."""
+        if not self.goal_id:
+            self.err.print("\ninterrupted before the goal was stored: nothing was submitted")
+            return self._finish(EXIT_INTERRUPTED, "interrupted")
+        with self.pipeline.store.reading() as session:
+            status = session.get_one(GoalRow, self.goal_id).status
+        if status == "held":
+            self.err.print(f"\ninterrupted: nothing was run; {self._still_held()}")
+        else:
+            self.err.print(
+                f"\ninterrupted: the goal is left {status}, and nothing carries it on after "
+                f"this run; a reviewer can cancel it (`plangate goals cancel {self.goal_id}`)"
+            )
+        return self._finish(EXIT_INTERRUPTED, status)
+
+    def _still_held(self) -> str:
+        return (
+            "the goal stays held until its hold expires, or a reviewer cancels it "
+            f"(`plangate goals cancel {self.goal_id}`)"
+        )
+
+    def _follow(self, text: str) -> int:
         with self.pipeline.bus.observe() as observer:
             submitted = self.pipeline.submit(text, metadata={"submitted_by": "cli"})
             self.goal_id, self.trace_id = submitted.goal_id, submitted.trace_id
@@ -187,8 +225,7 @@ class GoalRun:
     def _ask(self, held: PlanDecided) -> int | None:
         reviewer = self.options.reviewer or f"{_login_name()}@terminal"
         if self.options.yes:
-            self.pipeline.approve(held.plan_id, reviewer, expected_hash=held.plan_hash)
-            return None
+            return self._approve(held, reviewer)
         while True:
             try:
                 answer = Prompt.ask(
@@ -201,21 +238,15 @@ class GoalRun:
             except EOFError:
                 # A newline first: the prompt left the cursor at the end of its line.
                 self.err.print(
-                    "\nno answer: nothing was run; the goal stays held until its hold expires. "
-                    "Use --yes to approve in scripts."
+                    f"\nno answer: nothing was run; {self._still_held()}. Use --yes to approve "
+                    "in scripts."
                 )
                 return self._finish(EXIT_REFUSED, "held")
-            except KeyboardInterrupt:
-                self.err.print(
-                    "\ninterrupted: nothing was run; the goal stays held until it expires"
-                )
-                return self._finish(130, "held")
             answer = _ANSWERS[answer.lower()]
             if answer == "s":
                 self.err.print(Syntax(self._plan_json(held.plan_id), "json"))
             elif answer == "a":
-                self.pipeline.approve(held.plan_id, reviewer, expected_hash=held.plan_hash)
-                return None
+                return self._approve(held, reviewer)
             else:
                 try:
                     comment = Prompt.ask(self._why(held.revision), console=self.err)
@@ -224,6 +255,33 @@ class GoalRun:
                 why = comment.strip() or "rejected at the terminal"  # a blank answer is no reason
                 self.pipeline.reject(held.plan_id, reviewer, why)
                 return None
+
+    def _approve(self, held: PlanDecided, reviewer: str) -> int | None:
+        """Approve at the terminal; end the run if the hold needs more than this process has.
+
+        A terminal proves no identity, so its reviewer holds no role; and it is one person, so
+        a rule asking several reviewers waits for the others (through a deployment).
+        """
+        try:
+            released = self.pipeline.approve(held.plan_id, reviewer, expected_hash=held.plan_hash)
+        except Forbidden as refused:
+            self.err.print(
+                f"[red]error:[/] {escape(str(refused))}. At the terminal `plangate run` approves "
+                "with no role (a terminal proves no identity): a rule that requires one is "
+                "decided by a reviewer with a token, through `plangate serve` and the workers "
+                f"of a deployment; {self._still_held()}",
+                highlight=False,
+            )
+            return self._finish(EXIT_USAGE, "held")
+        if released:
+            return None
+        self.err.print(
+            f"{reviewer}'s approval is counted, and the rule asks for more reviewers than this "
+            "terminal: the others approve through `plangate serve` and the workers of a "
+            f"deployment; {self._still_held()}",
+            highlight=False,
+        )
+        return self._finish(EXIT_REFUSED, "held")
 
     def _why(self, revision: int) -> str:
         if replan_expected(self.pipeline.settings, revision, "reviewer"):
@@ -314,4 +372,28 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
                 "gate|executor` on this store carries them out.",
                 style="dim",
             )
-        return GoalRun(pipeline, options, out, err).run(text)
+        code = GoalRun(pipeline, options, out, err).run(text)
+        if code == EXIT_INTERRUPTED:
+            _stop_or_abandon(pipeline, err)
+        return code
+
+
+def _stop_or_abandon(pipeline: Pipeline, err: Console) -> None:
+    """After Ctrl-C: stop the stages, or end the process if a tool call will not return.
+
+    Python cannot stop a thread, and a handler waiting on a stuck call would keep the process
+    alive until the call's deadline (minutes). Ending here is what a kill does, which every
+    stage survives: a write in flight keeps its claim, and is settled as of unknown outcome.
+    """
+    try:
+        if pipeline.stop(timeout=STOP_GRACE_SECONDS):
+            return
+        err.print(
+            f"a step is still running after {STOP_GRACE_SECONDS:g} s; ending without waiting "
+            "for it (its claim, if it writes, shows the call as in flight)"
+        )
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)

@@ -64,7 +64,8 @@ def run(
     Uses the in-memory broker and the SQLite store in the data folder
     ($XDG_DATA_HOME/plangate, or ~/.local/share/plangate; PLANGATE_DATA_DIR overrides).
 
-    Exit codes: 0 completed, 1 failed, 2 usage error, 3 rejected, denied or left unanswered.
+    Exit codes: 0 completed, 1 failed, 2 usage error, 3 rejected, denied or left unanswered,
+    130 interrupted (Ctrl-C; the run says where it left the goal).
     """
     require_file(ctx, "policy", policy, "policy")
     require_file(ctx, "playbook", playbook, "playbook")
