@@ -14,6 +14,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from approval_gate.approvers import ApproverCheck
 from approval_gate.holds import (
     approvals_needed,
     check_not_author,
@@ -21,6 +22,7 @@ from approval_gate.holds import (
     check_reviewer,
 )
 from plangate.errors import Conflict, Forbidden
+from plangate.reviewers import approval_proof
 from plangate.store import GoalRow, HoldRow, PlanRow, ReviewerApprovalRow
 from plangate.store.claims import insert_if_absent
 from plangate.store.plan_revision import PlanRevision
@@ -33,9 +35,13 @@ def approvals_required(hold: HoldRow | None) -> int:
 
 
 def count_approval(
-    session: Session, plan: PlanRow, reviewer: str, roles: frozenset[str]
+    session: Session, plan: PlanRow, reviewer: str, roles: frozenset[str], key: str = ""
 ) -> list[str]:
     """Record `reviewer`'s approval of this revision; return every approver so far.
+
+    `key` is the hash of the token the reviewer authenticated with: the approval carries its
+    proof, which a worker's gate checks (`approval_gate.approvers`). Without one, only a gate
+    in this process (the embedded mode) counts it.
 
     Conflict if they approved it already: a second approval by the same person counts for
     nothing, and saying "recorded" would suggest it did.
@@ -51,6 +57,7 @@ def count_approval(
         "plan_hash": plan.plan_hash,
         "roles": sorted(roles),
         "created_at": utcnow(),
+        "proof": approval_proof(key, plan.plan_id, plan.plan_hash, reviewer) if key else None,
     }
     insert_if_absent(session, ReviewerApprovalRow, row)
     return approvers_of(session, plan)
@@ -69,11 +76,21 @@ def approvers_of(session: Session, plan: PlanRow) -> list[str]:
     return list(rows.scalars())
 
 
-def checked_approvers(session: Session, plan: PlanRevision, hold: HoldRow | None) -> list[str]:
+class TooFewApprovers(Forbidden):
+    """Too few of a revision's approvals count; `refused`: the ones that do not (and why)."""
+
+    def __init__(self, message: str, refused: list[ReviewerApprovalRow]) -> None:
+        super().__init__(message, "")
+        self.refused = refused
+
+
+def checked_approvers(
+    session: Session, plan: PlanRevision, hold: HoldRow | None, check: ApproverCheck
+) -> list[str]:
     """Return the approvers of this revision that the hold allows; Forbidden if too few.
 
-    The gate calls this before it signs: each recorded approval is checked again against the
-    hold (its roles, the submitter bar), whatever process recorded it.
+    The gate calls this before it signs: each recorded approval is checked again, whatever
+    process recorded it: whose it is and their roles (`check`), then the hold's bars.
     """
     goal = session.get_one(GoalRow, plan.goal_id)
     rows = session.execute(
@@ -85,24 +102,24 @@ def checked_approvers(session: Session, plan: PlanRevision, hold: HoldRow | None
     allowed = []
     refused = []
     for row in sorted(rows, key=lambda r: (r.created_at, r.reviewer)):
-        roles = frozenset(str(role) for role in row.roles or [])
         try:
+            roles = check.roles(row)
             check_reviewer(hold, plan.plan_id, row.reviewer, roles, "approve")
             check_not_submitter(hold, goal, row.reviewer)
             check_not_author(session, hold, plan, row.reviewer)
         except Forbidden as refusal:
-            refused.append(f"{row.reviewer}'s does not count ({refusal})")
+            refused.append((row, f"{row.reviewer}'s does not count ({refusal})"))
             continue
         allowed.append(row.reviewer)
     needed = approvals_required(hold)
     if len(allowed) < needed:
         # Those counted cannot approve again: say that the rest must come from others.
-        raise Forbidden(
+        raise TooFewApprovers(
             f"plan {plan.plan_id} needs {needed} approvals by distinct reviewers the hold "
             f"allows; it has {progress(allowed, needed)}; "
-            + "; ".join(refused)
+            + "; ".join(why for _, why in refused)
             + f"; {needed - len(allowed)} more reviewer(s) the hold allows must approve it",
-            "",
+            [row for row, _ in refused],
         )
     return allowed
 

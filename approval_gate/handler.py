@@ -15,6 +15,7 @@ from typing import cast
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
+from approval_gate.approvers import ApproverCheck, RecordedApprovers
 from approval_gate.decisions import decision_of, follow_decision, record_decision
 from approval_gate.history import History
 from approval_gate.holds import DEFAULT_HOLD_TTL, record_hold
@@ -69,8 +70,11 @@ class GateHandler:
         on_held: Callable[[HeldNotice], object] | None = None,
         hold_ttl: timedelta = DEFAULT_HOLD_TTL,
         catalog: Callable[[Session], Catalog] = read_catalog,
+        approvers: ApproverCheck | None = None,
     ) -> None:
         self._store = store
+        # Who approved, checked before signing; the default trusts this process's records.
+        self._approvers = approvers or RecordedApprovers()
         self._policy = policy
         self._signer = signer
         self._ttl = ttl
@@ -166,7 +170,7 @@ class GateHandler:
     def _release(self, message: ReviewDecided) -> Sequence[Envelope]:
         """Check a person's approval against its hold and sign it (refusals: dead letters)."""
         with self._store.session() as session:
-            released = release_reviewed(session, message, self._signer, self._ttl)
+            released = release_reviewed(session, message, self._signer, self._ttl, self._approvers)
         if isinstance(released, Reject):  # raised once the audit of the refusal is committed
             raise released
         return released
@@ -182,7 +186,7 @@ class GateHandler:
         earlier = session.get_one(DecisionRow, latest_id)
         if earlier.stage == "human" and earlier.action == "approve":
             # A person's approval is signed only once checked against its hold.
-            return release(session, row, earlier, self._signer, self._ttl)
+            return release(session, row, earlier, self._signer, self._ttl, self._approvers)
         decided = decision_of(earlier)
         return [follow_decision(session, row, decided, self._signer, self._ttl, move_goal=False)]
 

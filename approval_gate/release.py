@@ -16,9 +16,10 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from approval_gate.approvals import approvals_required, checked_approvers
+from approval_gate.approvals import TooFewApprovers, checked_approvers
+from approval_gate.approvers import ApproverCheck
 from approval_gate.decisions import decision_of, follow_decision
-from approval_gate.holds import check_open, check_reviewer, hold_of
+from approval_gate.holds import check_open, hold_of
 from plangate.bus import Envelope
 from plangate.errors import Conflict, Forbidden, Reject
 from plangate.signing import Signer
@@ -39,7 +40,11 @@ def person_decision(session: Session, plan_id: str) -> DecisionRow | None:
 
 
 def release_reviewed(
-    session: Session, message: ReviewDecided, signer: Signer, ttl: timedelta
+    session: Session,
+    message: ReviewDecided,
+    signer: Signer,
+    ttl: timedelta,
+    check: ApproverCheck,
 ) -> list[Envelope] | Reject:
     """Sign the person's approval that `message` names, if the hold allows it.
 
@@ -53,11 +58,16 @@ def release_reviewed(
     if decided is None or decided.action != "approve":
         refusal = "no approval by a person is recorded for this revision"
         return Reject(_refused(session, plan, refusal))
-    return release(session, plan, decided, signer, ttl)
+    return release(session, plan, decided, signer, ttl, check)
 
 
 def release(
-    session: Session, plan: PlanRevision, decided: DecisionRow, signer: Signer, ttl: timedelta
+    session: Session,
+    plan: PlanRevision,
+    decided: DecisionRow,
+    signer: Signer,
+    ttl: timedelta,
+    check: ApproverCheck,
 ) -> list[Envelope]:
     """Sign (or say again) the release of a person's approval, checked against the hold."""
     issued = session.execute(
@@ -72,14 +82,15 @@ def release(
         # Cancelled, or moved on meanwhile: there is nothing left to release.
         _refused(session, plan, f"the goal is {goal.status}, no longer waiting for its release")
         return []
-    roles = frozenset(str(role) for role in decided.roles or [])
     try:
         hold = hold_of(session, plan.plan_id)
-        check_reviewer(hold, plan.plan_id, decided.decided_by, roles, "approve")
         check_open(hold, plan.plan_id, decided.created_at)
-        approvers = [decided.decided_by]
-        if approvals_required(hold) > 1:  # counted again, each approver checked again
-            approvers = checked_approvers(session, plan, hold)
+        # Counted again, each approver checked again: who they are, their roles, the bars.
+        approvers = checked_approvers(session, plan, hold, check)
+    except TooFewApprovers as refusal:
+        for row in refusal.refused:  # its reviewer (the real one, if forged) may approve anew
+            session.delete(row)
+        return _withdraw(session, plan, decided, str(refusal))
     except (Forbidden, Conflict) as refusal:
         return _withdraw(session, plan, decided, str(refusal))
     envelope = follow_decision(

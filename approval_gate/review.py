@@ -4,7 +4,8 @@ A reviewer acts on the revision (and hash) they saw: if the plan changed since, 
 else decided first, they get a Conflict, never a silent overwrite. What a decision needs is
 the hold the gate recorded (a rule's `requires_role`): a reviewer without it gets Forbidden,
 whatever policy file this process has. Nothing is signed here: an approval is recorded with
-the reviewer and their roles and handed to the gate, which checks the hold again and signs.
+the reviewer, their roles and the proof of their token (`key`), and handed to the gate, which
+checks them and the hold again, and signs.
 
 An edit is a new revision (a new plan id and hash), proposed to the gate like a planner's: the
 policy decides it again, and no approval of an earlier revision can cover it.
@@ -141,13 +142,13 @@ class Review:
         expected_hash: str | None = None,
         roles: frozenset[str] = frozenset(),
         comment: str = "",
+        key: str = "",
     ) -> Sequence[Envelope]:
-        """Approve a held revision; return the envelopes to publish (plan.approved)."""
+        """Approve a held revision; return plan.approved to publish. `key`: see `count_approval`."""
         if len(comment) > 2000:  # as the API bounds it
             raise InputInvalid("the comment is limited to 2000 characters")
-        return self._decide(
-            plan_id, reviewer, "approve", comment or "approved", expected_hash, roles
-        )
+        reason = comment or "approved"
+        return self._decide(plan_id, reviewer, "approve", reason, expected_hash, roles, key)
 
     def reject(
         self,
@@ -261,6 +262,7 @@ class Review:
         reason: str,
         expected_hash: str | None,
         roles: frozenset[str],
+        key: str = "",
     ) -> Sequence[Envelope]:
         with self._store.session() as session:
             held = self._held_for_decision(session, plan_id, expected_hash)
@@ -268,7 +270,7 @@ class Review:
             if action == "approve":
                 check_not_submitter(held.hold, held.goal, reviewer)
                 check_not_author(session, held.hold, held.plan, reviewer)
-                approvers = count_approval(session, held.plan, reviewer, roles)
+                approvers = count_approval(session, held.plan, reviewer, roles, key)
                 needed = approvals_required(held.hold)
                 if len(approvers) < needed:
                     _count_only(session, held, reviewer, approvers, needed, reason)
@@ -322,12 +324,7 @@ class Review:
 
 
 def _count_only(
-    session: Session,
-    held: HeldPlan,
-    reviewer: str,
-    approvers: list[str],
-    needed: int,
-    comment: str,
+    session: Session, held: HeldPlan, reviewer: str, approvers: list[str], needed: int, comment: str
 ) -> None:
     """Audit one approval of several needed, with its comment; the plan stays held."""
     data = {

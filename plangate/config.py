@@ -137,7 +137,8 @@ class Settings(BaseSettings):
     )
     reviewers_file: Path | None = Field(
         default=None,
-        description="Reviewers (names, roles, token hashes), written by `plangate reviewers add`.",
+        description="Reviewers (names, roles, token hashes), written by `plangate reviewers add`: "
+        "serve authenticates by it, and the gate checks each person's approval by it.",
     )
     trusted_proxies: str = Field(
         default="",

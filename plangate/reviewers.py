@@ -49,6 +49,18 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def approval_proof(token_sha256: str, plan_id: str, plan_hash: str, reviewer: str) -> str:
+    """Return what proves that `reviewer`, holding their token, approved this exact revision.
+
+    An HMAC keyed by the token's hash, which only the token's holder and the reviewers file
+    know. The gate, given the file, checks it before it signs: an approval written into the
+    store by anyone else (the database's credentials and a reviewers file of their own are
+    enough to record one) carries no proof that holds, and releases nothing.
+    """
+    message = "\n".join(("plangate approval v1", plan_id, plan_hash, reviewer)).encode()
+    return hmac.new(token_sha256.encode(), message, hashlib.sha256).hexdigest()
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
@@ -80,6 +92,8 @@ class Reviewer:
 class Reviewers:
     """The known reviewers; `identify` finds one by token, `by_hash` by a token's hash."""
 
+    problem: str | None = None  # why the reviewers could not be read (a `ReviewersFile`)
+
     def __init__(self, reviewers: Sequence[Reviewer] = ()) -> None:
         self._reviewers = tuple(reviewers)
 
@@ -99,6 +113,10 @@ class Reviewers:
         """Return the reviewer whose token this is (None for an empty or unknown token)."""
         return self.by_hash(hash_token(token)) if token else None
 
+    def named(self, name: str) -> Reviewer | None:
+        """Return the reviewer of this name, if the file lists one."""
+        return next((reviewer for reviewer in self._reviewers if reviewer.name == name), None)
+
     def by_hash(self, token_sha256: str) -> Reviewer | None:
         """Return the reviewer with this token hash, comparing against every entry in full."""
         found = None
@@ -112,11 +130,17 @@ class Reviewers:
 class ReviewersFile:
     """A reviewers file read again whenever it changes, so a removed reviewer is out at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, required: bool = True) -> None:
+        """Read the file: a bad one stops the process at start.
+
+        So does a missing one, unless not `required`: then nobody is known until it is written.
+        """
         self.path = path
         self._lock = threading.Lock()
         self._seen: tuple[int, int, int] | None = None
-        self._reviewers = Reviewers.from_file(path)  # a bad file stops `serve` at start
+        self._reviewers = Reviewers()
+        if required or path.exists():
+            self._reviewers = Reviewers.from_file(path)
         self._seen = self._stamp()
 
     def _stamp(self) -> tuple[int, int, int] | None:
@@ -137,6 +161,7 @@ class ReviewersFile:
                     # Fail closed: an unreadable file authenticates nobody until it is fixed.
                     log.error("nobody can review until the reviewers file is fixed: %s", exc)
                     self._reviewers = Reviewers()
+                    self._reviewers.problem = str(exc)
                 self._seen = stamp
             return self._reviewers
 

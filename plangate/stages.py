@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from approval_gate.approvers import RecordedApprovers, worker_approvers
 from approval_gate.expiry import expire_held
 from approval_gate.handler import GateHandler
 from approval_gate.notify import WebhookNotifier
@@ -82,6 +83,8 @@ def _stage_handler(
             on_held=notifier,
             hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
             catalog=catalog,
+            # Embedded, people's approvals are recorded in this process; a worker checks them.
+            approvers=RecordedApprovers() if registry is not None else worker_approvers(settings),
         )
     tools = registry or configured_tools(settings)
     publish_catalog(store, tools.catalog().values())

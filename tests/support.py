@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +19,7 @@ from sqlalchemy import select
 from plangate.bus import Envelope, Observer
 from plangate.config import Settings
 from plangate.embedded import Pipeline
+from plangate.reviewers import Reviewer
 from plangate.signing import Signer
 from plangate.store import ApprovalRow, AuditRow, GoalRow, OutboxRow, PlanRow, StepRunRow, Store
 from plangate.store.goals import plan_of
@@ -73,6 +74,15 @@ def write_yaml(path: Path, data: Any) -> Path:
     """Write `data` as YAML to `path` and return the path."""
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+def write_reviewers(path: Path, reviewers: Sequence[Reviewer]) -> Path:
+    """Write a reviewers file listing `reviewers` (their token hashes, as the file keeps them)."""
+    entries = [
+        {"name": r.name, "token_sha256": r.token_sha256, "roles": sorted(r.roles)}
+        for r in reviewers
+    ]
+    return write_yaml(path, {"reviewers": entries})
 
 
 def write_playbook(folder: Path, name: str, steps: list[dict[str, Any]]) -> Path:

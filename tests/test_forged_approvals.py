@@ -24,6 +24,7 @@ from sqlalchemy import select
 from plangate.bus import Bus
 from plangate.client import Client
 from plangate.relay import deliver
+from plangate.reviewers import Reviewers, add_reviewer
 from plangate.signing import PAYLOAD_TYPE, Signer, load_trusted_keys
 from plangate.stages import build_review
 from plangate.store import ApprovalRow, GoalRow, StepRunRow, Store, open_store
@@ -46,8 +47,14 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
         broker_url=redis_url,
         database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
         folder=tmp_path,
-        extra_env={"PLANGATE_TRUSTED_KEYS_DIR": str(trusted), **FAST_SWEEPS},
+        extra_env={
+            "PLANGATE_TRUSTED_KEYS_DIR": str(trusted),
+            # The gate counts an approval only by a reviewer this file lists, proven.
+            "PLANGATE_REVIEWERS_FILE": str(tmp_path / "reviewers.yaml"),
+            **FAST_SWEEPS,
+        },
     )
+    add_reviewer(tmp_path / "reviewers.yaml", "alice", [])
     upgrade = fleet.plangate("db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
     for stage in ("planner", "gate", "executor"):
@@ -174,8 +181,10 @@ def test_forged_approvals_on_the_executor_queue_are_dead_letters_and_change_noth
         assert sum("the plan differs from the one approved" in reason for reason in reasons) == 5
         assert set(statuses(store, goal_ids).values()) == {"held"}
 
-        for plan in plans:
-            deliver(store, bus, review.approve(plan.plan_id, "alice"))
+        alice = Reviewers.from_file(fleet.folder / "reviewers.yaml").named("alice")
+        assert alice is not None
+        for plan in plans:  # as serve does, once alice's token named her
+            deliver(store, bus, review.approve(plan.plan_id, "alice", key=alice.token_sha256))
 
         poll(
             lambda: set(statuses(store, goal_ids).values()) == {"completed"},

@@ -21,7 +21,7 @@ from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PolicyError
-from plangate.reviewers import Reviewer, Reviewers, add_reviewer
+from plangate.reviewers import Reviewer, Reviewers, add_reviewer, remove_reviewer
 from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
 from plangate.store import ApprovalRow, PlanRow, open_store
 from schemas import Decision, Plan, PlanApproved, SignedEnvelope
@@ -468,3 +468,97 @@ def test_a_refused_release_says_who_does_not_count_and_how_many_more_must_approv
         pipeline.approve(edited.plan_id, "carol", roles=FINANCE)
         assert pipeline.wait_for(goal_id).status == "completed"
         assert signed_approvers(pipeline, edited.plan_id) == ("bob", "carol")
+
+
+@pytest.mark.redis
+def test_over_processes_approvals_recorded_with_a_reviewers_file_of_ones_own_release_nothing(
+    fleet: Fleet,
+) -> None:
+    """Given workers as processes, the gate given the team's reviewers file (alice and bob of
+    finance), and a page held for two approvals from finance,
+    When someone with only the database's and the broker's settings writes a reviewers file of
+    their own, naming an `alice` and a `bob` of finance, and approves with its tokens,
+    Then the CLI records both approvals, but the gate refuses to sign: the goal is held again,
+    saying the approvals carry no proof of alice's and bob's tokens, and nothing is paged
+    (the gate signed whatever the store said people had approved);
+    When the real alice and bob approve, Then it runs once.
+    """
+    team = fleet.folder / "reviewers.yaml"
+    tokens = {name: add_reviewer(team, name, ["finance"]) for name in ("alice", "bob")}
+    mine = fleet.folder / "mine.yaml"
+    forged = {name: add_reviewer(mine, name, ["finance"]) for name in ("alice", "bob")}
+    submitted = fleet.plangate("submit", SEED_GOAL, "--json")
+    goal_id = json.loads(submitted.stdout)["goal_id"]
+    plan_id = str(wait_until(fleet, goal_id, {"held"})["plan_id"])
+
+    for name in ("alice", "bob"):
+        recorded = fleet.plangate(
+            "review", "approve", plan_id,
+            PLANGATE_REVIEWER_TOKEN=forged[name], PLANGATE_REVIEWERS_FILE=str(mine),
+        )  # fmt: skip
+        assert recorded.returncode == 0, recorded.stderr
+    refused = eventually(
+        lambda: (s := status_of(fleet, goal_id))["status"] == "held" and "proof" in str(s) and s,
+        timeout=30,
+        what="the gate's refusal",
+    )
+    assert "alice's does not count (the approval recorded as alice's carries no proof" in str(
+        refused
+    )
+    assert "0 of 2 approvals" in str(refused)
+    assert not (fleet.folder / "notifications.jsonl").exists()
+
+    for name in ("alice", "bob"):
+        done = fleet.plangate("review", "approve", plan_id, PLANGATE_REVIEWER_TOKEN=tokens[name])
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert wait_until(fleet, goal_id, {"completed", "failed"})["status"] == "completed"
+    assert len((fleet.folder / "notifications.jsonl").read_text().splitlines()) == 1
+
+
+@pytest.mark.redis
+def test_over_processes_the_approval_of_a_reviewer_removed_since_counts_no_more(
+    fleet: Fleet,
+) -> None:
+    """Given a page held for two approvals from finance, which bob approved (1 of 2),
+    When bob is removed from the reviewers file and carol approves, Then the gate refuses to
+    sign, saying bob is no longer in its reviewers file (his approval still counted);
+    When dave approves too, Then carol's and dave's release it.
+    """
+    team = fleet.folder / "reviewers.yaml"
+    tokens = {n: add_reviewer(team, n, ["finance"]) for n in ("bob", "carol", "dave")}
+    submitted = fleet.plangate("submit", SEED_GOAL, "--json")
+    goal_id = json.loads(submitted.stdout)["goal_id"]
+    plan_id = str(wait_until(fleet, goal_id, {"held"})["plan_id"])
+
+    def approve(name: str) -> None:
+        done = fleet.plangate("review", "approve", plan_id, PLANGATE_REVIEWER_TOKEN=tokens[name])
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    approve("bob")
+    remove_reviewer(team, "bob")
+    approve("carol")
+    refused = eventually(
+        lambda: (s := status_of(fleet, goal_id))["status"] == "held" and "removed" in str(s) and s,
+        timeout=30,
+        what="the gate's refusal",
+    )
+    assert "bob's does not count (bob is not in the gate's reviewers file" in str(refused)
+    assert not (fleet.folder / "notifications.jsonl").exists()
+
+    approve("dave")
+    assert wait_until(fleet, goal_id, {"completed", "failed"})["status"] == "completed"
+    assert signed_store_approvers(fleet, plan_id) == ("carol", "dave")
+
+
+def signed_store_approvers(fleet: Fleet, plan_id: str) -> tuple[str, ...]:
+    """The approvers the gate's signed approval of a revision names, in a fleet's store."""
+    store = open_store(fleet.database_url, upgrade=False)
+    try:
+        with store.session() as session:
+            envelope = session.execute(
+                select(ApprovalRow.envelope).where(ApprovalRow.plan_id == plan_id)
+            ).scalar_one()
+    finally:
+        store.close()
+    keys = load_trusted_keys(fleet.settings())
+    return keys.verify(SignedEnvelope.model_validate(envelope), allow_expired=True).approvers

@@ -21,18 +21,17 @@ import pytest
 from plangate.client import Client, GoalStatus
 from plangate.config import Settings
 from plangate.server import create_app
-from plangate.server.reviewers import Reviewer, Reviewers
+from plangate.server.reviewers import Reviewer, Reviewers, ReviewersFile
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
-from tests.support import eventually
+from tests.support import eventually, write_reviewers
 
 pytestmark = pytest.mark.redis
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdefgh"
-REVIEWERS = Reviewers(
-    [Reviewer.with_token("alice", ALICE, {"finance"}), Reviewer.with_token("bob", BOB)]
-)
+TEAM = [Reviewer.with_token("alice", ALICE, {"finance"}), Reviewer.with_token("bob", BOB)]
+REVIEWERS = Reviewers(TEAM)
 
 Answer = tuple[int, dict[str, Any]]
 
@@ -43,7 +42,11 @@ def start_fleet(folder: Path, redis_url: str) -> Fleet:
         broker_url=redis_url,
         database_url=f"sqlite:///{folder / 'plangate.db'}",
         folder=folder,
-        extra_env=dict(FAST_SWEEPS),
+        # The gate checks each approval by the reviewers serve knows (`REVIEWERS`).
+        extra_env={
+            "PLANGATE_REVIEWERS_FILE": str(write_reviewers(folder / "reviewers.yaml", TEAM)),
+            **FAST_SWEEPS,
+        },
     )
     upgrade = fleet.plangate("db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
@@ -312,3 +315,32 @@ def test_the_openapi_document_lists_the_review_routes(base_url: str) -> None:
     assert "/api/v1/reviews" in spec["paths"]
     assert "/api/v1/reviews/{plan_id}/approve" in spec["paths"]
     assert "/reviews" not in spec["paths"]
+
+
+def test_a_broken_reviewers_file_is_named_in_a_503_not_blamed_on_the_token(
+    client: Client, tmp_path: Path
+) -> None:
+    """Given serve reading a reviewers file that alice is in,
+    When the file is broken while serve runs, Then the API answers 503 saying the file
+    cannot be read (it answered 401, "no reviewers are configured; add them"), and the login
+    page says so too; once fixed, alice's token works again.
+    """
+    path = write_reviewers(tmp_path / "reviewers.yaml", TEAM)
+    good = path.read_text()
+    with serving(client, ReviewersFile(path)) as url:
+        assert call(f"{url}/api/v1/reviews")[0] == 200
+        path.write_text(good + "  - [this is not a reviewer\n")
+
+        status, answer = call(f"{url}/api/v1/reviews")
+        assert status == 503, answer
+        assert "nobody can review until this is fixed: cannot read the reviewers file" in str(
+            answer
+        )
+        login = urllib.request.Request(f"{url}/login", data=b"token=" + ALICE.encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(login, timeout=20)
+        assert refused.value.code == 503
+        assert "until the reviewers file is fixed" in refused.value.read().decode()
+
+        path.write_text(good)
+        assert call(f"{url}/api/v1/reviews")[0] == 200

@@ -165,8 +165,13 @@ def review_approve(
         outcome = decide_here(
             access,
             plan_id,
-            lambda r, name, roles: r.approve(
-                plan_id, name, expected_hash=expected_hash, roles=roles, comment=comment
+            lambda r, who: r.approve(
+                plan_id,
+                who.name,
+                expected_hash=expected_hash,
+                roles=who.roles,
+                comment=comment,
+                key=who.token_sha256,
             ),
             lambda review, name: review.approval_said(plan_id, name),
         )
@@ -192,8 +197,8 @@ def review_reject(
         outcome = decide_here(
             access,
             plan_id,
-            lambda r, name, roles: r.reject(
-                plan_id, name, comment, expected_hash=expected_hash, roles=roles
+            lambda r, who: r.reject(
+                plan_id, who.name, comment, expected_hash=expected_hash, roles=who.roles
             ),
             lambda _, name: f"rejection by {name} recorded; the plan never runs",
         )
@@ -289,8 +294,8 @@ def review_edit(
         outcome = decide_here(
             access,
             plan_id,
-            lambda r, name, roles: r.edit(
-                plan_id, name, steps, summary=summary, expected_hash=digest, roles=roles
+            lambda r, who: r.edit(
+                plan_id, who.name, steps, summary=summary, expected_hash=digest, roles=who.roles
             ),
             lambda _, name: (
                 f"edit by {name} recorded as a new revision; the policy decides it again"

@@ -195,14 +195,14 @@ def outcome_here(store: Store, plan_id: str, goal_id: str, message: str) -> dict
 def decide_here(
     access: Access,
     plan_id: str,
-    call: Callable[[Review, str, frozenset[str]], Sequence[Envelope]],
+    call: Callable[[Review, Reviewer], Sequence[Envelope]],
     message: Callable[[Review, str], str],
 ) -> dict[str, Any]:
     """Decide in the store as the reviewer the token names; publish; return the outcome."""
     reviewer = access.reviewer()
     with opened_review(access.settings) as (settings, store, review):
         goal_id = review.get(plan_id).goal.id
-        envelopes = call(review, reviewer.name, reviewer.roles)
+        envelopes = call(review, reviewer)
         publish(settings, store, envelopes)
         return outcome_here(store, plan_id, goal_id, message(review, reviewer.name))
 

@@ -101,7 +101,10 @@ async def login(request: Request, desk: Desk) -> Response:
     """Check the token and start a session; too many failures from one address answer 429."""
     limit, address = get_limit(request), client_address(request)
     token = (await _form(request)).get("token", "").strip()
-    reviewer = get_reviewers(request).identify(token)
+    reviewers = get_reviewers(request)
+    reviewer = reviewers.identify(token)
+    if reviewer is None and reviewers.problem is not None:  # nobody is known: not your token
+        return _login_page(request, "Nobody can log in until the reviewers file is fixed.", 503)
     if reviewer is None:
         wait = limit.retry_after(address)  # a valid token passes: see `ratelimit`
         if wait is not None:
@@ -292,7 +295,11 @@ def _decide(
     if action == "approve":
         desk.decide(
             lambda r: r.approve(
-                plan_id, reviewer.name, expected_hash=expected, roles=reviewer.roles
+                plan_id,
+                reviewer.name,
+                expected_hash=expected,
+                roles=reviewer.roles,
+                key=reviewer.token_sha256,
             )
         )
     elif action == "reject":

@@ -52,6 +52,8 @@ def require_reviewer(request: Request) -> Reviewer:
         if wait is not None:
             raise too_many(wait)
         limit.failed(address)
+        if reviewers.problem is not None:  # nobody is known: not the client's fault
+            raise ApiError(503, f"nobody can review until this is fixed: {reviewers.problem}")
         hint = (
             "send `Authorization: Bearer <token>` with a reviewer's token "
             "(`plangate reviewers add NAME` makes one)"

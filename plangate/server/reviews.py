@@ -343,6 +343,7 @@ def approve(
             expected_hash=body.plan_hash,
             roles=reviewer.roles,
             comment=body.comment,
+            key=reviewer.token_sha256,
         )
     )
     response.headers["Location"] = f"/api/v1/goals/{goal_id}"

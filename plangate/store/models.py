@@ -148,6 +148,8 @@ class ReviewerApprovalRow(Base):
     plan_hash: Mapped[str] = mapped_column(String(80))
     roles: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # `plangate.reviewers.approval_proof` by the reviewer's token; None: recorded in-process.
+    proof: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class ReviewSessionRow(Base):

@@ -1,0 +1,93 @@
+"""Who approved: before it signs, the gate checks each recorded approval against the reviewers.
+
+A person's approval reaches the gate as a row in the store, and the store is shared by every
+process of a deployment: its credentials, and a reviewers file of one's own for the CLI, were
+enough to record "alice approved". So a worker's gate reads the reviewers file `serve` uses,
+and counts an approval only if its reviewer is still listed there and it carries the proof
+of their token (`plangate.reviewers.approval_proof`); the roles it checks against the hold
+are the ones the file gives now, so a reviewer removed, or a role taken away, counts no more.
+
+In the embedded mode the approvals are recorded by the gate's own process, which trusts them.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Protocol
+
+from plangate.config import Settings
+from plangate.errors import Forbidden
+from plangate.reviewers import Reviewers, ReviewersFile, approval_proof
+from plangate.store import ReviewerApprovalRow
+
+log = logging.getLogger(__name__)
+
+
+class ApproverCheck(Protocol):
+    """Returns the roles an approval counts with; Forbidden, saying why, if it counts not."""
+
+    def roles(self, approval: ReviewerApprovalRow) -> frozenset[str]:
+        """Return the approver's roles if the approval is theirs (Forbidden otherwise)."""
+        ...
+
+
+class RecordedApprovers:
+    """The embedded mode's check: approvals recorded in this process count as recorded."""
+
+    def roles(self, approval: ReviewerApprovalRow) -> frozenset[str]:
+        """Return the roles recorded with the approval."""
+        return frozenset(str(role) for role in approval.roles or [])
+
+
+class ProvenApprovers:
+    """A worker's check: the approver is in the reviewers file, and the proof holds."""
+
+    def __init__(self, reviewers: Reviewers | ReviewersFile) -> None:
+        self._reviewers = reviewers
+
+    def roles(self, approval: ReviewerApprovalRow) -> frozenset[str]:
+        """Return the roles the reviewers file gives the approver now."""
+        who = approval.reviewer
+        reviewer = self._reviewers.current().named(who)
+        if reviewer is None:
+            raise Forbidden(f"{who} is not in the gate's reviewers file (removed, or never)", "")
+        expected = approval_proof(reviewer.token_sha256, approval.plan_id, approval.plan_hash, who)
+        if approval.proof is None or not hmac.compare_digest(approval.proof, expected):
+            raise Forbidden(
+                f"the approval recorded as {who}'s carries no proof of {who}'s token (it was "
+                "not made with their token through plangate serve or the CLI)",
+                "",
+            )
+        return reviewer.roles
+
+
+class NoReviewers:
+    """A worker's gate without a reviewers file: it cannot tell who approved, so nobody did."""
+
+    def roles(self, approval: ReviewerApprovalRow) -> frozenset[str]:
+        """Refuse every approval (Forbidden), saying what to configure."""
+        log.warning(
+            "refused %s's approval of plan %s: no PLANGATE_REVIEWERS_FILE, so this gate cannot "
+            "check who approved; give it the reviewers file serve uses",
+            approval.reviewer,
+            approval.plan_id,
+        )
+        raise Forbidden(
+            "this gate has no reviewers file to check who approved: give it the one serve "
+            "uses (PLANGATE_REVIEWERS_FILE)",
+            "",
+        )
+
+
+def worker_approvers(settings: Settings) -> ApproverCheck:
+    """Return a worker's check: by the reviewers file, or, without one, refusing everyone."""
+    if settings.reviewers_file is None:
+        return NoReviewers()
+    path = settings.reviewers_file
+    if not path.exists():
+        log.warning(
+            "the reviewers file %s does not exist yet: no approval counts until it does", path
+        )
+    # Read again whenever it changes: a reviewer removed, or a role taken, counts no more.
+    return ProvenApprovers(ReviewersFile(path, required=False))

@@ -1,0 +1,27 @@
+"""Each reviewer's approval carries a proof of their token, which the gate checks.
+
+Revision ID: 0014
+Revises: 0013
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0014"
+down_revision = "0013"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    """Apply this revision."""
+    with op.batch_alter_table("reviewer_approvals") as batch:
+        batch.add_column(sa.Column("proof", sa.String(64), nullable=True))
+
+
+def downgrade() -> None:
+    """Revert this revision."""
+    with op.batch_alter_table("reviewer_approvals") as batch:
+        batch.drop_column("proof")
