@@ -32,7 +32,7 @@ from plangate.bus import Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound
 from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, audit
-from plangate.store.goals import plan_of, transition
+from plangate.store.goals import by_id, plan_of, transition
 from plangate.store.outbox import emit
 from schemas import PlanApproved, SignedEnvelope, ToolSpec, utcnow
 
@@ -91,6 +91,8 @@ def settle_step(
     `roles` are the reviewer's: a plan held for a role is settled only by someone with it.
     """
     with store.session() as session:
+        named = by_id(session, PlanRow, PlanRow.plan_id, plan_id)  # its start names it too
+        plan_id = named.plan_id if named is not None else plan_id
         row = session.execute(
             select(StepRunRow)
             .where(StepRunRow.plan_id == plan_id, StepRunRow.step_id == step_id)

@@ -3,8 +3,10 @@
 from plangate.client import Client
 
 with Client() as client:            # PLANGATE_BROKER_URL, PLANGATE_DATABASE_URL
-    goal = client.submit("Check Jira ticket count ...", idempotency_key="ticket-42")
-    outputs = goal.result(timeout=120)  # {"count": 128, "sla": 100, ...}; GoalNotCompleted if not
+    goal = client.submit("Check Jira ticket count, compare with SLA, and notify on-call engineer "
+                         "if breached", idempotency_key="ticket-42")
+    outputs = goal.result(timeout=120)  # {"count": {...}, ...}; GoalNotCompleted if it failed,
+    # GoalWaiting at once if it waits for a person (`result(wait_for_people=True)` waits)
 
 Close the client (or use `with`): it marks the last goals it published as sent, so that no
 relay publishes them a second time.
@@ -24,10 +26,11 @@ from sqlalchemy import select
 
 from plangate import telemetry
 from plangate.config import Settings
-from plangate.errors import GoalNotCompleted
+from plangate.errors import GoalNotCompleted, GoalWaiting
 from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, open_store
 from plangate.store.goal_list import GoalPage, list_goals
 from plangate.store.goals import get_goal, latest_plan
+from schemas.goal_states import WAITING_FOR_PERSON
 
 if TYPE_CHECKING:
     from plangate.bus import Bus
@@ -114,13 +117,19 @@ class GoalHandle:
             time.sleep(pause)
             pause = min(0.5, pause * 1.5)
 
-    def result(self, timeout: float = 300.0) -> dict[str, Any]:
+    def result(self, timeout: float = 300.0, wait_for_people: bool = False) -> dict[str, Any]:
         """Wait for the goal to end and return each step's output, by step id.
 
         Raises GoalNotCompleted (with the status and the reason) if it failed, was denied,
-        rejected, expired or cancelled, and TimeoutError if it has not ended in `timeout`.
+        rejected, expired or cancelled, and TimeoutError if it has not ended in `timeout`. A
+        goal that waits for a person (held for review, or a step needing attention) raises
+        GoalWaiting at once, as `plangate submit --wait` exits 4: a person may take hours.
+        `wait_for_people=True` waits for them instead, up to `timeout`.
         """
-        final = self.wait(timeout)
+        until = TERMINAL_STATUSES if wait_for_people else TERMINAL_STATUSES | WAITING_FOR_PERSON
+        final = self.wait(timeout, until=until)
+        if final.status in WAITING_FOR_PERSON and not wait_for_people:
+            raise GoalWaiting(final.goal_id, final.status, final.reason)
         if final.status != "completed":
             raise GoalNotCompleted(final.goal_id, final.status, final.reason)
         return final.outputs

@@ -103,6 +103,18 @@ class GoalNotCompleted(PlangateError):
         )
 
 
+class GoalWaiting(GoalNotCompleted):
+    """A goal waits for a person: its plan is held for review, or a step needs attention."""
+
+    def __init__(self, goal_id: str, status: str, reason: str | None) -> None:
+        super().__init__(goal_id, status, reason)
+        why = f" ({reason})" if reason else ""
+        self.args = (
+            f"goal {goal_id} waits for a person: it is {status}{why}; `plangate review list` "
+            "shows held plans, and `result(wait_for_people=True)` waits for the decision",
+        )
+
+
 class NotFound(PlangateError):
     """A goal, plan or record asked for does not exist."""
 

@@ -350,3 +350,37 @@ def test_verify_against_an_export_that_is_not_the_one_signed_checks_nothing_furt
     assert against.returncode == 1
     assert "export not verified" in against.stderr
     assert "audit log intact" not in against.stdout
+
+
+def test_verify_without_the_gates_public_key_says_what_to_set_not_that_the_log_broke(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given a log sealed by a signed checkpoint,
+    When `audit verify` runs where no trusted key is (an operator's folder), Then it exits 2
+    saying the signatures cannot be checked and what to set (it said "audit log broken at:
+    checkpoint 1's signature does not hold: approval refused: signed by unknown key", exit 1);
+    with the key's folder set, the log is intact.
+    """
+    checkpoint(pipeline)
+    empty = tmp_path / "no-keys"
+    empty.mkdir()
+    env = {**os.environ, "PLANGATE_DATA_DIR": str(pipeline.settings.data_dir)}
+    env.pop("PLANGATE_DATABASE_URL", None)
+
+    def verify(keys: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "plangate", "audit", "verify"],
+            env=env | {"PLANGATE_TRUSTED_KEYS_DIR": str(keys)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    keyless = verify(empty)
+    assert keyless.returncode == 2, keyless.stdout + keyless.stderr
+    assert "the chains hold, but the 1 checkpoints' signatures cannot be checked" in keyless.stderr
+    assert "set PLANGATE_TRUSTED_KEYS_DIR to the folder that holds it" in keyless.stderr
+    trusted = verify(pipeline.settings.data_dir / "keys" / "trusted")
+    assert trusted.returncode == 0, trusted.stderr
+    assert "audit log intact" in trusted.stdout

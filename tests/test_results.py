@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from plangate.client import Client
-from plangate.errors import GoalNotCompleted
+from plangate.errors import GoalNotCompleted, GoalWaiting
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.test_distributed import APPROVE_ALL
@@ -94,3 +94,42 @@ def test_submit_wait_on_a_held_goal_says_at_once_how_to_review_it(holding: Fleet
             client.goal(goal_id).result(timeout=10)
     assert raised.value.status == "cancelled"
     assert "not today" in str(raised.value)
+
+
+def test_result_of_a_held_goal_says_at_once_that_it_waits_for_a_person(holding: Fleet) -> None:
+    """Given the default policy, which holds the seed plan for a person,
+    When a service asks the client for the goal's result with a two-minute timeout,
+    Then GoalWaiting is raised as soon as the plan is held, saying how to see it and how to
+    wait for the decision (it waited out the whole timeout); with `wait_for_people=True` the
+    client waits instead, up to its timeout.
+    """
+    with Client(holding.settings()) as client:
+        goal = client.submit(SEED_GOAL)
+        started = time.monotonic()
+        with pytest.raises(GoalWaiting, match="waits for a person: it is held") as raised:
+            goal.result(timeout=120)
+        assert time.monotonic() - started < 60
+        assert raised.value.status == "held"
+        assert "wait_for_people=True" in str(raised.value)
+        with pytest.raises(TimeoutError, match="still held after 1 s"):
+            goal.result(timeout=1, wait_for_people=True)
+
+
+def test_submit_wait_with_no_worker_asks_about_the_workers_early(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given a store and a broker but no worker running,
+    When a goal is submitted with `--wait` and a 13-second timeout,
+    Then after 10 seconds the command says no planner has taken it up and asks whether the
+    workers run (it said nothing until the timeout, five minutes by default); then it times
+    out as before, exit 1.
+    """
+    fleet = Fleet(redis_url, f"sqlite:///{tmp_path / 'plangate.db'}", tmp_path)
+    assert fleet.plangate("db", "upgrade").returncode == 0
+
+    done = fleet.plangate("submit", SEED_GOAL, "--wait", "--timeout", "13")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "is still submitted after 10 s: no planner has taken it up" in done.stderr
+    assert "Are the workers running (`plangate worker planner|gate|executor`" in done.stderr
+    assert "is still submitted after 13 s" in done.stderr

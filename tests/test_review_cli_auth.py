@@ -366,3 +366,21 @@ def test_edit_with_no_editor_and_no_terminal_says_to_pass_a_file_at_once(
     assert result.returncode == 2, result.stderr
     assert "--file PATH" in one_line(result)
     assert len(plans_of(finance_pipeline.store, goal_id)) == 1
+
+
+def test_a_server_url_that_is_not_plangate_serve_s_root_says_so(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    """Given a running serve,
+    When `--server` names a path inside it (`/reviews`), Then the one line says the URL is not
+    a plangate serve's root (it said "error: Not Found", as if the plan were unknown)."""
+    result = cli(
+        tmp_path, "review", "list", "--server", f"{server}/reviews",
+        PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert "answered 404 Not Found, not as plangate serve answers" in one_line(result)
+    assert "give --server (PLANGATE_SERVER_URL) the root URL of a plangate serve" in one_line(
+        result
+    )

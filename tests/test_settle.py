@@ -557,3 +557,20 @@ def test_the_cli_refuses_an_output_that_is_not_strict_json(
     assert result.returncode == 2
     assert result.stderr.startswith("error: --output is not valid JSON")
     assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}
+
+
+def test_the_cli_settles_a_step_of_a_plan_named_by_its_first_8_characters(
+    billing: Pipeline, tmp_path: Path
+) -> None:
+    """Given a run stopped on its unknown charge,
+    When `review settle` names the plan by the 8 characters `review unsettled` shows,
+    Then the step is settled, as with the whole id (it said the plan had no such step).
+    """
+    plan, _ = cut_off_mid_charge(billing)
+
+    settled = run_cli(
+        billing, tmp_path, "review", "settle", plan.plan_id[:8], "charge", "--happened"
+    )
+
+    assert settled.returncode == 0, settled.stderr
+    assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"

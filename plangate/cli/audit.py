@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
-from plangate.errors import NotFound, quoted
+from plangate.errors import ConfigError, NotFound, quoted
 
 if TYPE_CHECKING:
     from plangate.signing import TrustedKeys
@@ -82,7 +82,15 @@ def audit_verify(
 
     settings = load_settings()
     store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
-    report = audit.verify(store, keys=_trusted(keys or []))
+    trusted = _trusted(keys or [])
+    report = audit.verify(store, keys=trusted if len(trusted) else None)
+    if report.ok and report.checkpoints and not len(trusted):
+        # Not a break: with no key, what sealed the chains cannot be told from a forgery.
+        raise ConfigError(
+            f"the chains hold, but the {report.checkpoints} checkpoints' signatures cannot be "
+            "checked without the gate's public key: set PLANGATE_TRUSTED_KEYS_DIR to the "
+            "folder that holds it, or pass --key FILE"
+        )
     if not report.ok:
         where = f"at entry {report.broken_at}" if report.broken_at is not None else "at"
         err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -73,17 +74,11 @@ def show(letter_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
         letters = {letter.message_id: letter for letter in bus.dead_letters()}
     finally:
         bus.close()
-    from plangate.store.goals import MIN_SHORT_ID
-
-    # As goal and plan ids: the start of one, as long as it names only that one.
-    short = len(letter_id) >= MIN_SHORT_ID
-    started = [k for k in letters if short and k.startswith(letter_id)]
-    letter = letters.get(letter_id) or (letters[started[0]] if len(started) == 1 else None)
+    letter = letters.get(_resolve(letters, letter_id) or "")
     if letter is None:
-        which = "names more than one" if len(started) > 1 else "names no"
         err_console.print(
-            f"[red]error:[/] {escape(quoted(letter_id))} {which} dead letter; "
-            "`plangate dlq list` shows them"
+            f"[red]error:[/] {escape(quoted(letter_id))} names no dead letter, or more than "
+            "one; `plangate dlq list` shows them"
         )
         raise typer.Exit(EXIT_USAGE)
     shown = letter.model_dump(mode="json")
@@ -107,12 +102,13 @@ def replay(
         raise typer.BadParameter("name the dead letters to replay, or pass --all")
     bus = _bus()
     try:
-        replayed = bus.replay_dead_letters(None if replay_all else letter_ids)
+        named = _named(bus, letter_ids or [])
+        replayed = bus.replay_dead_letters(None if replay_all else list(named))
     finally:
         bus.close()
     for letter in replayed:
         typer.echo(f"replayed {letter.message_id} to {letter.queue}")
-    missing = set(letter_ids or []) - {letter.message_id for letter in replayed}
+    missing = {named[k] for k in set(named) - {letter.message_id for letter in replayed}}
     if missing:
         names = escape(", ".join(sorted(missing)))
         err_console.print(
@@ -141,12 +137,34 @@ def purge(
         typer.confirm("Remove every dead letter for good?", abort=True, err=True)
     bus = _bus()
     try:
-        removed = bus.purge_dead_letters(None if purge_all else letter_ids)
+        named = _named(bus, letter_ids or [])
+        removed = bus.purge_dead_letters(None if purge_all else list(named))
     finally:
         bus.close()
     typer.echo(f"removed {len(removed)} dead letter{'' if len(removed) == 1 else 's'}")
-    missing = set(letter_ids or []) - {letter.message_id for letter in removed}
+    missing = {named[k] for k in set(named) - {letter.message_id for letter in removed}}
     if missing:
         names = escape(", ".join(sorted(missing)))
         err_console.print(f"[red]error:[/] no such dead letter: {names}")
         raise typer.Exit(EXIT_USAGE)
+
+
+def _resolve(ids: Collection[str], given: str) -> str | None:
+    """Return the id of the dead letter `given` names (None if none, or several).
+
+    In full, or, as goal and plan ids, its start of `MIN_SHORT_ID` characters or more.
+    """
+    from plangate.store.goals import MIN_SHORT_ID
+
+    if given in ids:
+        return given
+    started = [k for k in ids if len(given) >= MIN_SHORT_ID and k.startswith(given)]
+    return started[0] if len(started) == 1 else None
+
+
+def _named(bus: Bus, given: list[str]) -> dict[str, str]:
+    """Return each dead letter id named in `given` (an unknown one as given), with its name."""
+    if not given:
+        return {}
+    known = {letter.message_id for letter in bus.dead_letters()}
+    return {_resolve(known, name) or name: name for name in given}

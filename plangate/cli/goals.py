@@ -79,7 +79,7 @@ def list_goals(
             shown(goal.source or ""),
             "" if goal.revision is None else str(goal.revision),
             shown(goal.decided_by or ""),
-            shown(goal.text[:80]),
+            shown(goal.text if len(goal.text) <= 80 else goal.text[:79] + "…"),
         )
     Console().print(table)
     if page.next_cursor:

@@ -84,7 +84,7 @@ def policy_test(
     file: FileArgument,
     plan_file: Annotated[
         Path | None,
-        typer.Argument(metavar="[PLAN.json]", help="A plan (or its steps); omit to run tests:."),
+        typer.Argument(metavar="PLAN.json", help="A plan (or its steps); omit to run tests:."),
     ] = None,
     expect: Expectation = None,
     tools: Annotated[

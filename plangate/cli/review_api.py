@@ -89,17 +89,24 @@ class ReviewApi:
                 f"cannot reach plangate serve at {self.server} ({type(exc).__name__}: {exc}); "
                 "check --server (PLANGATE_SERVER_URL) and that the server runs"
             ) from None
-        if response.is_success:
-            return response.json()
-        raise _refusal(response)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.is_success and body is not None:
+            return body
+        # Serve always says why; a route it does not have is the framework's bare "Not Found".
+        if not isinstance(body, dict) or body.get("error", "Not Found") == "Not Found":
+            raise ConfigError(
+                f"{self.server}{url} answered {response.status_code} "
+                f"{response.reason_phrase}, not as plangate serve answers: give --server "
+                "(PLANGATE_SERVER_URL) the root URL of a plangate serve, without a path"
+            )
+        raise _refusal(response, body)
 
 
-def _refusal(response: httpx.Response) -> PlangateError:
+def _refusal(response: httpx.Response, body: dict[str, Any]) -> PlangateError:
     """Return the error a refusal stands for, with the server's own sentence."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
     message = str(body.get("error") or response.text[:200] or response.reason_phrase)
     status = response.status_code
     if status == 401:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from contextlib import suppress
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,9 +24,11 @@ from plangate.cli.printable import printable
 from plangate.errors import quoted
 
 if TYPE_CHECKING:
-    from plangate.client import GoalStatus
+    from plangate.client import GoalHandle, GoalStatus
 
 _REFUSED = {"denied", "rejected", "expired", "cancelled"}  # decided not to run: exit 3
+# With `--wait`, how long a goal may stay `submitted` before the command asks about workers.
+UNTAKEN_HINT_SECONDS = 10.0
 _SHOWN_CHARS = 300  # of a step's output, in text; --json shows all of it
 
 
@@ -110,7 +114,7 @@ def submit(
     """
     from plangate import telemetry
     from plangate.client import Client
-    from schemas.goal_states import TERMINAL, WAITING_FOR_PERSON
+    from schemas.goal_states import WAITING_FOR_PERSON
 
     settings = load_settings()
     with telemetry.flushing(), Client(settings) as client:
@@ -130,7 +134,7 @@ def submit(
             _print(handle.status(), as_json)
             return
         try:
-            final = handle.wait(timeout, until=TERMINAL | WAITING_FOR_PERSON)
+            final = _wait(handle, timeout)
         except TimeoutError as exc:
             err_console.print(
                 f"[red]error:[/] {exc}; `plangate status {handle.goal_id}` follows it"
@@ -141,6 +145,31 @@ def submit(
             err_console.print(_review_hint(final, settings.server_url), highlight=False)
             raise typer.Exit(EXIT_HELD)
         raise typer.Exit(_exit_code(final.status))
+
+
+def _wait(handle: GoalHandle, timeout: float) -> GoalStatus:
+    """Wait for the goal to end or to need a person; say so early if no planner takes it up."""
+    from schemas.goal_states import TERMINAL, TRANSITIONS, WAITING_FOR_PERSON
+
+    until = TERMINAL | WAITING_FOR_PERSON
+    first = min(timeout, UNTAKEN_HINT_SECONDS)
+    started = time.monotonic()
+    with suppress(TimeoutError):
+        current = handle.wait(first, until=set(TRANSITIONS) - {"submitted"})
+        if current.status in until:
+            return current
+    if handle.status().status == "submitted":
+        err_console.print(
+            f"goal {handle.goal_id} is still submitted after {first:g} s: no planner has taken "
+            "it up. Are the workers running (`plangate worker planner|gate|executor`, on this "
+            "broker and store)? Waiting on.",
+            highlight=False,
+        )
+    try:
+        return handle.wait(max(0.0, timeout - (time.monotonic() - started)), until=until)
+    except TimeoutError:  # said of the whole wait, not of its rest
+        status = handle.status().status
+        raise TimeoutError(f"goal {handle.goal_id} is still {status} after {timeout:g} s") from None
 
 
 @friendly_errors

@@ -178,7 +178,9 @@ def _signature_problem(name: str, checkpoint: AuditCheckpointRow, keys: TrustedK
     try:
         envelope = SignedEnvelope.model_validate(checkpoint.signature)
         payload, _ = keys.verified_payload(envelope, CHECKPOINT_TYPE)
-    except (ApprovalInvalid, ValueError) as exc:
+    except ApprovalInvalid as exc:  # what the envelope's check says, not "approval refused"
+        return f"{name}'s signature does not hold: {exc.reason}"
+    except ValueError as exc:
         return f"{name}'s signature does not hold: {exc}"
     if payload != checkpoint.hash.encode("ascii"):
         return f"{name}'s signature is over another checkpoint"
