@@ -17,7 +17,7 @@ import logging
 from typing import Protocol
 
 from plangate.config import Settings
-from plangate.errors import Forbidden
+from plangate.errors import Forbidden, Unavailable
 from plangate.reviewers import Reviewers, ReviewersFile, approval_proof
 from plangate.store import ReviewerApprovalRow
 
@@ -49,11 +49,15 @@ class ProvenApprovers:
     def roles(self, approval: ReviewerApprovalRow) -> frozenset[str]:
         """Return the roles the reviewers file gives the approver now."""
         who = approval.reviewer
-        reviewer = self._reviewers.current().named(who)
+        reviewers = self._reviewers.current()
+        if reviewers.problem is not None:  # not the approver's doing: try again once fixed
+            raise Unavailable(f"the gate's reviewers file cannot be read: {reviewers.problem}")
+        reviewer = reviewers.named(who)
         if reviewer is None:
             raise Forbidden(f"{who} is not in the gate's reviewers file (removed, or never)", "")
         expected = approval_proof(reviewer.token_sha256, approval.plan_id, approval.plan_hash, who)
-        if approval.proof is None or not hmac.compare_digest(approval.proof, expected):
+        given = (approval.proof or "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, expected.encode()):
             raise Forbidden(
                 f"the approval recorded as {who}'s carries no proof of {who}'s token (it was "
                 "not made with their token through plangate serve or the CLI)",

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from plangate import metrics
 from plangate.bus import Envelope
-from plangate.errors import Conflict
+from plangate.errors import Conflict, Reject
 from plangate.signing import Signer
 from plangate.store import ApprovalRow, DecisionRow, PlanRow
 from plangate.store.claims import insert_if_absent
@@ -194,6 +194,11 @@ def _approval_for(
     if existing is not None:
         return SignedEnvelope.model_validate(existing[0])
     approval = signer.approval(body, decision, ttl, approvers)
+    if approval.plan_hash != plan.plan_hash:  # the body read back is not what was decided on
+        raise Reject(
+            f"plan {plan.plan_id}: the stored plan no longer has the hash it was decided on; "
+            "nothing is signed (has the database been written to by hand?)"
+        )
     envelope = signer.sign(approval)
     row = {
         "approval_id": approval.approval_id,

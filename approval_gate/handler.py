@@ -27,7 +27,7 @@ from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer
-from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, Store
+from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanPreviewRow, Store
 from plangate.store.hot_statements import HotStatement
 from plangate.store.locks import lock_names
 from plangate.store.outbox import emit
@@ -188,6 +188,13 @@ class GateHandler:
             # A person's approval is signed only once checked against its hold.
             return release(session, row, earlier, self._signer, self._ttl, self._approvers)
         decided = decision_of(earlier)
+        if decided.action == "approve" and not _signed(session, row.plan_id):
+            # The gate signs a policy's approval in the transaction that records it: one
+            # recorded without its signature was written by someone else. Say so; sign nothing.
+            raise Reject(
+                f"plan {row.plan_id}: an approval by policy is recorded that the gate never "
+                "signed; nothing is signed (has the database been written to by hand?)"
+            )
         return [follow_decision(session, row, decided, self._signer, self._ttl, move_goal=False)]
 
     def _decide(
@@ -208,3 +215,9 @@ class GateHandler:
             span.set_attribute("plangate.plan_hash", message.plan_hash)
             span.set_attribute("plangate.policy_version", decision.policy_version)
             return decision
+
+
+def _signed(session: Session, plan_id: str) -> bool:
+    """Return whether the gate has issued a signed approval of this revision."""
+    issued = select(ApprovalRow.approval_id).where(ApprovalRow.plan_id == plan_id)
+    return session.execute(issued).first() is not None

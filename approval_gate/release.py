@@ -87,6 +87,8 @@ def release(
         check_open(hold, plan.plan_id, decided.created_at)
         # Counted again, each approver checked again: who they are, their roles, the bars.
         approvers = checked_approvers(session, plan, hold, check)
+        if decided.decided_by not in approvers:  # the decision names who released it
+            raise Forbidden(f"{decided.decided_by}'s approval does not count", "")
     except TooFewApprovers as refusal:
         for row in refusal.refused:  # its reviewer (the real one, if forged) may approve anew
             session.delete(row)

@@ -61,6 +61,15 @@ def approval_proof(token_sha256: str, plan_id: str, plan_hash: str, reviewer: st
     return hmac.new(token_sha256.encode(), message, hashlib.sha256).hexdigest()
 
 
+def session_binding(token_sha256: str) -> str:
+    """Return what a web session stores to stay bound to its reviewer's token.
+
+    Not the token's hash itself: that keys the reviewer's approval proofs, and the sessions
+    table is readable by whoever reads the database.
+    """
+    return hashlib.sha256(b"plangate session\n" + token_sha256.encode()).hexdigest()
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
@@ -116,6 +125,16 @@ class Reviewers:
     def named(self, name: str) -> Reviewer | None:
         """Return the reviewer of this name, if the file lists one."""
         return next((reviewer for reviewer in self._reviewers if reviewer.name == name), None)
+
+    def by_session_binding(self, binding: str) -> Reviewer | None:
+        """Return the reviewer a web session's binding (`session_binding`) names, if listed."""
+        found = None
+        for reviewer in self._reviewers:
+            if hmac.compare_digest(
+                binding.encode(), session_binding(reviewer.token_sha256).encode()
+            ):
+                found = reviewer
+        return found
 
     def by_hash(self, token_sha256: str) -> Reviewer | None:
         """Return the reviewer with this token hash, comparing against every entry in full."""

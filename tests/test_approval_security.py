@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from sqlalchemy import select, text
 
 from plangate.bus import Envelope
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.signing import Signer, load_or_create_signer
+from plangate.store import ApprovalRow
 from schemas import Plan, PlanApproved, SignedEnvelope
 from tests.conftest import SEED_GOAL
 from tests.support import (
@@ -23,6 +25,7 @@ from tests.support import (
     audit_entries,
     dead_letters,
     eventually,
+    first_envelope,
     next_message,
     only_plan,
     running_pipeline,
@@ -286,3 +289,61 @@ def test_a_late_approval_of_a_replaced_revision_runs_nothing(
         )
     assert_nothing_ran(pipeline, held_plan)
     assert pipeline.wait_for(held_plan.goal_id, HELD, timeout=1).status == "held"
+
+
+def _sql(pipeline: Pipeline, statement: str, **params: object) -> None:
+    with pipeline.store.session() as session:
+        session.execute(text(statement), params)
+
+
+def test_a_policy_approval_written_into_the_store_by_hand_is_never_signed(
+    pipeline: Pipeline, held_plan: Plan
+) -> None:
+    """Given a plan the policy held,
+    When its decision row is rewritten in SQL to an approval by policy and its plan.proposed
+    is delivered again, Then the gate signs nothing: a dead letter says an approval is recorded
+    that it never signed (the redelivery signed whatever decision the store held), and the
+    goal runs nothing.
+    """
+    _sql(
+        pipeline,
+        "UPDATE decisions SET action = 'approve' WHERE plan_id = :plan",
+        plan=held_plan.plan_id,
+    )
+    pipeline.bus.publish([first_envelope(pipeline.store, "plan.proposed", held_plan.goal_id)])
+
+    (letter,) = dead_letters(pipeline)
+    assert "an approval by policy is recorded that the gate never signed" in letter.reason
+    assert stored_approvals(pipeline, held_plan) == 0
+    assert_nothing_ran(pipeline, held_plan)
+
+
+def test_a_plan_rewritten_in_the_store_after_it_was_held_is_not_signed_when_approved(
+    pipeline: Pipeline, held_plan: Plan
+) -> None:
+    """Given a held plan whose stored body is then rewritten in SQL (the page sent elsewhere),
+    When a person approves it, Then the gate signs nothing: a dead letter says the stored plan
+    no longer has the hash it was decided on (it signed the rewritten body, whose fresh hash
+    the executor would have accepted), and nothing runs.
+    """
+    body = held_plan.model_dump(mode="json")
+    body["steps"][2]["args"] = {"message": "sent where the attacker wanted"}
+    _sql(
+        pipeline,
+        "UPDATE plans SET body = :body WHERE plan_id = :plan",
+        body=json.dumps(body),
+        plan=held_plan.plan_id,
+    )
+
+    pipeline.approve(held_plan.plan_id, "alice")
+
+    (letter,) = dead_letters(pipeline)
+    assert "the stored plan no longer has the hash it was decided on" in letter.reason
+    assert stored_approvals(pipeline, held_plan) == 0
+    assert_nothing_ran(pipeline, held_plan)
+
+
+def stored_approvals(pipeline: Pipeline, plan: Plan) -> int:
+    with pipeline.store.session() as session:
+        rows = session.execute(select(ApprovalRow).where(ApprovalRow.plan_id == plan.plan_id))
+        return len(rows.all())

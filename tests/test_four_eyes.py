@@ -22,7 +22,7 @@ from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer, remove_reviewer
-from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
+from plangate.signing import load_or_create_signer, load_trusted_keys
 from plangate.store import ApprovalRow, PlanRow, open_store
 from schemas import Decision, Plan, PlanApproved, SignedEnvelope
 from tests.browser import chromium
@@ -142,17 +142,7 @@ def test_a_page_runs_once_two_people_of_finance_approved_it_neither_the_submitte
     assert done["status"] == "completed", fleet.logs()
     notified = (fleet.folder / "notifications.jsonl").read_text().splitlines()
     assert len(notified) == 1
-    store = open_store(fleet.database_url, upgrade=False)
-    try:
-        with store.session() as session:
-            envelope = session.execute(
-                select(ApprovalRow.envelope).where(ApprovalRow.plan_id == plan_id)
-            ).scalar_one()
-    finally:
-        store.close()
-    keys: TrustedKeys = load_trusted_keys(fleet.settings())
-    approval = keys.verify(SignedEnvelope.model_validate(envelope), allow_expired=True)
-    assert approval.approvers == ("alice", "bob")
+    assert signed_store_approvers(fleet, plan_id) == ("alice", "bob")
 
 
 def test_an_approval_naming_fewer_approvers_than_the_hold_requires_runs_nothing(

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import ConfigError
-from plangate.reviewers import add_reviewer, remove_reviewer
+from plangate.reviewers import add_reviewer, hash_token, remove_reviewer
 from plangate.server import create_app
 from plangate.server.sessions import SESSION_COOKIE
 from plangate.store import ReviewSessionRow, StepRunRow
@@ -338,3 +338,18 @@ def test_the_apis_approval_says_it_is_recorded_and_points_at_the_goal(
         assert pipeline.wait_for(goal_id).status == "completed"
         later = client.get(answer.headers["location"]).json()
         assert (later["status"], later["decision"]["decided_by"]) == ("completed", "alice")
+
+
+def test_the_sessions_table_does_not_hold_the_key_of_a_reviewers_approvals(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """A session stays bound to its reviewer's token by a value of its own, not the token's
+    hash: that hash keys the reviewer's approval proofs, and whoever reads the database could
+    have approved as anyone who had logged in. The session still works."""
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        log_in(client, alice)
+        assert client.get("/reviews").status_code == 200
+
+    with pipeline.store.session() as session:
+        [row] = session.query(ReviewSessionRow).all()
+    assert row.token_sha256 != hash_token(alice)

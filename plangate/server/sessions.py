@@ -24,7 +24,7 @@ from starlette.responses import Response
 from plangate.config import Settings
 from plangate.errors import ConfigError
 from plangate.redaction import register_secret
-from plangate.reviewers import Reviewer, Reviewers
+from plangate.reviewers import Reviewer, Reviewers, session_binding
 from plangate.store import ReviewSessionRow, Store
 from schemas import utcnow
 
@@ -87,7 +87,8 @@ class SessionKeeper:
                 ReviewSessionRow(
                     id=_row_id(session_id),
                     reviewer=reviewer.name,
-                    token_sha256=reviewer.token_sha256,
+                    # The column keeps the binding, not the hash (see session_binding).
+                    token_sha256=session_binding(reviewer.token_sha256),
                     created_at=now,
                     expires_at=now + self._ttl,
                 )
@@ -116,8 +117,8 @@ class SessionKeeper:
             row = session.get(ReviewSessionRow, _row_id(session_id))
             if row is None or row.ended_at is not None or row.expires_at <= utcnow():
                 return None
-            token_sha256 = row.token_sha256
-        reviewer = reviewers.by_hash(token_sha256)
+            binding = row.token_sha256
+        reviewer = reviewers.by_session_binding(binding)
         if reviewer is None:  # removed from the reviewers file, or given a new token
             return None
         return WebSession(reviewer, session_id, self.csrf(session_id))
