@@ -21,12 +21,12 @@ from approval_gate.history import History
 from approval_gate.holds import DEFAULT_HOLD_TTL, record_hold
 from approval_gate.notify import HeldNotice
 from approval_gate.policy import Policy
-from approval_gate.release import release, release_reviewed
+from approval_gate.release import Signing, release, release_reviewed
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
-from plangate.signing import Signer
+from plangate.signing import Signer, TrustedKeys
 from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanPreviewRow, Store
 from plangate.store.hot_statements import HotStatement
 from plangate.store.locks import lock_names
@@ -71,8 +71,11 @@ class GateHandler:
         hold_ttl: timedelta = DEFAULT_HOLD_TTL,
         catalog: Callable[[Session], Catalog] = read_catalog,
         approvers: ApproverCheck | None = None,
+        hold_keys: TrustedKeys | None = None,
     ) -> None:
         self._store = store
+        # The keys the gate's seals on holds may be by: its own, and those it trusted before.
+        self._hold_keys = hold_keys or TrustedKeys([signer.public_key])
         # Who approved, checked before signing; the default trusts this process's records.
         self._approvers = approvers or RecordedApprovers()
         self._policy = policy
@@ -128,7 +131,7 @@ class GateHandler:
                 follow_decision(session, row, decision, self._signer, self._ttl, proposed=plan)
             ]
             if decision.action == "hold":
-                record_hold(session, row, decision, self._policy, self._hold_ttl)
+                record_hold(session, row, decision, self._policy, self._hold_ttl, self._signer)
             if self._policy.wants_preview(decision):
                 # An executor has the tools: it runs the reads and asks the writes. The row
                 # is the request it checks; the message only wakes it.
@@ -170,10 +173,13 @@ class GateHandler:
     def _release(self, message: ReviewDecided) -> Sequence[Envelope]:
         """Check a person's approval against its hold and sign it (refusals: dead letters)."""
         with self._store.session() as session:
-            released = release_reviewed(session, message, self._signer, self._ttl, self._approvers)
+            released = release_reviewed(session, message, self._signing(), self._approvers)
         if isinstance(released, Reject):  # raised once the audit of the refusal is committed
             raise released
         return released
+
+    def _signing(self) -> Signing:
+        return Signing(self._signer, self._ttl, self._hold_keys)
 
     def _repeat_earlier_decision(
         self, session: Session, row: PlanRevision
@@ -186,7 +192,7 @@ class GateHandler:
         earlier = session.get_one(DecisionRow, latest_id)
         if earlier.stage == "human" and earlier.action == "approve":
             # A person's approval is signed only once checked against its hold.
-            return release(session, row, earlier, self._signer, self._ttl, self._approvers)
+            return release(session, row, earlier, self._signing(), self._approvers)
         decided = decision_of(earlier)
         if decided.action == "approve" and not _signed(session, row.plan_id):
             # The gate signs a policy's approval in the transaction that records it: one

@@ -9,19 +9,22 @@ edited (or absent) while plans are held changes nothing for them.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.policy import Policy
-from plangate.errors import Conflict, Forbidden
+from plangate.errors import ApprovalInvalid, Conflict, Forbidden
+from plangate.signing import Signer, TrustedKeys
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow
 from plangate.store.goal_list import source_of
 from plangate.store.plan_revision import PlanRevision
-from schemas import Decision, utcnow
+from schemas import Decision, SignedEnvelope, utcnow
 
 DEFAULT_HOLD_TTL = timedelta(days=1)
+HOLD_TYPE = "application/vnd.plangate.hold+json"  # the payload type of a hold's seal
 EDIT_PREFIX = "edit:"  # a revision a reviewer wrote is planned by `edit:<reviewer>`
 
 
@@ -31,8 +34,14 @@ def record_hold(
     decision: Decision,
     policy: Policy,
     default_ttl: timedelta = DEFAULT_HOLD_TTL,
+    signer: Signer | None = None,
 ) -> HoldRow:
-    """Store what a decision on this held revision needs, read from the policy that held it."""
+    """Store what a decision on this held revision needs, read from the policy that held it.
+
+    Sealed with the gate's key (`signer`), so that the gate, before it signs an approval,
+    knows the hold is the one it wrote: not one whose number of approvers, roles or expiry
+    were changed in the database since.
+    """
     rule = policy.rule(decision.rule)
     ttl = default_ttl
     if rule is not None and rule.hold_ttl_seconds is not None:
@@ -51,8 +60,43 @@ def record_hold(
         approvals_required=rule.approvals if rule is not None else 1,
         approver_not_submitter=rule.approver_not_submitter if rule is not None else False,
     )
+    if signer is not None:
+        hold.seal = signer.envelope(HOLD_TYPE, hold_payload(hold)).model_dump(mode="json")
     session.add(hold)
     return hold
+
+
+def hold_payload(hold: HoldRow) -> bytes:
+    """Return the canonical JSON of what a hold asks, as the gate seals it."""
+    asked = {
+        "plan_id": hold.plan_id,
+        "goal_id": hold.goal_id,
+        "rule": hold.rule,
+        "policy_version": hold.policy_version,
+        "required_roles": sorted(str(role) for role in hold.required_roles or []),
+        "approvals_required": hold.approvals_required,
+        "approver_not_submitter": hold.approver_not_submitter,
+        "expires_at": hold.expires_at.astimezone(UTC).isoformat(timespec="microseconds"),
+    }
+    return json.dumps(asked, sort_keys=True, separators=(",", ":")).encode()
+
+
+def check_sealed(hold: HoldRow, keys: TrustedKeys) -> None:
+    """Refuse a hold the gate did not seal as it stands (Forbidden, saying what to do)."""
+    try:
+        if hold.seal is None:
+            raise ApprovalInvalid("it carries no seal")
+        envelope = SignedEnvelope.model_validate(hold.seal)
+        payload, _ = keys.verified_payload(envelope, HOLD_TYPE)
+        if payload != hold_payload(hold):
+            raise ApprovalInvalid("what it asks was changed after the gate sealed it")
+    except (ApprovalInvalid, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, ApprovalInvalid) else str(exc)
+        raise Forbidden(
+            f"the hold of plan {hold.plan_id} is not as the gate recorded it ({reason}); "
+            "nothing is signed: reject the plan and submit the goal again",
+            "",
+        ) from None
 
 
 def hold_of(session: Session, plan_id: str) -> HoldRow | None:

@@ -11,6 +11,7 @@ goal goes back to `held`, and the refusal is audited.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
@@ -19,10 +20,10 @@ from sqlalchemy.orm import Session
 from approval_gate.approvals import TooFewApprovers, checked_approvers
 from approval_gate.approvers import ApproverCheck
 from approval_gate.decisions import decision_of, follow_decision
-from approval_gate.holds import check_open, hold_of
+from approval_gate.holds import check_open, check_sealed, hold_of
 from plangate.bus import Envelope
 from plangate.errors import Conflict, Forbidden, Reject
-from plangate.signing import Signer
+from plangate.signing import Signer, TrustedKeys
 from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, audit
 from plangate.store.goals import latest_plan, transition
 from plangate.store.plan_revision import PlanRevision
@@ -30,6 +31,15 @@ from schemas import ReviewDecided
 
 log = logging.getLogger(__name__)
 ACTOR = "gate"
+
+
+@dataclass(frozen=True)
+class Signing:
+    """What releasing takes from the gate: its key, the approvals' lifetime, its seals' keys."""
+
+    signer: Signer
+    ttl: timedelta
+    hold_keys: TrustedKeys
 
 
 def person_decision(session: Session, plan_id: str) -> DecisionRow | None:
@@ -42,8 +52,7 @@ def person_decision(session: Session, plan_id: str) -> DecisionRow | None:
 def release_reviewed(
     session: Session,
     message: ReviewDecided,
-    signer: Signer,
-    ttl: timedelta,
+    signing: Signing,
     check: ApproverCheck,
 ) -> list[Envelope] | Reject:
     """Sign the person's approval that `message` names, if the hold allows it.
@@ -58,15 +67,14 @@ def release_reviewed(
     if decided is None or decided.action != "approve":
         refusal = "no approval by a person is recorded for this revision"
         return Reject(_refused(session, plan, refusal))
-    return release(session, plan, decided, signer, ttl, check)
+    return release(session, plan, decided, signing, check)
 
 
 def release(
     session: Session,
     plan: PlanRevision,
     decided: DecisionRow,
-    signer: Signer,
-    ttl: timedelta,
+    signing: Signing,
     check: ApproverCheck,
 ) -> list[Envelope]:
     """Sign (or say again) the release of a person's approval, checked against the hold."""
@@ -75,7 +83,9 @@ def release(
     ).scalar_one_or_none()
     decision = decision_of(decided)
     if issued is not None:  # a redelivery: the same signed approval, again
-        return [follow_decision(session, plan, decision, signer, ttl, move_goal=False)]
+        return [
+            follow_decision(session, plan, decision, signing.signer, signing.ttl, move_goal=False)
+        ]
     goal = session.get_one(GoalRow, plan.goal_id)
     newest = latest_plan(session, goal.id)
     if goal.status != "approved" or newest is None or newest.plan_id != plan.plan_id:
@@ -84,6 +94,8 @@ def release(
         return []
     try:
         hold = hold_of(session, plan.plan_id)
+        if hold is not None:  # what it asks is as the gate wrote it
+            check_sealed(hold, signing.hold_keys)
         check_open(hold, plan.plan_id, decided.created_at)
         # Counted again, each approver checked again: who they are, their roles, the bars.
         approvers = checked_approvers(session, plan, hold, check)
@@ -96,7 +108,13 @@ def release(
     except (Forbidden, Conflict) as refusal:
         return _withdraw(session, plan, decided, str(refusal))
     envelope = follow_decision(
-        session, plan, decision, signer, ttl, move_goal=False, approvers=approvers
+        session,
+        plan,
+        decision,
+        signing.signer,
+        signing.ttl,
+        move_goal=False,
+        approvers=approvers,
     )
     audit.append(
         session,
@@ -107,7 +125,7 @@ def release(
             "plan_id": plan.plan_id,
             "decided_by": decided.decided_by,
             "approvers": approvers,
-            "key_id": signer.key_id,
+            "key_id": signing.signer.key_id,
         },
     )
     return [envelope]

@@ -21,7 +21,7 @@ from plangate.catalog import publish_catalog, read_catalog
 from plangate.config import Settings
 from plangate.middleware import standard
 from plangate.middleware.outages import DatabaseOutages
-from plangate.signing import load_or_create_signer, load_trusted_keys
+from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
 from plangate.store import Store, audit_checkpoints
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
@@ -85,6 +85,8 @@ def _stage_handler(
             catalog=catalog,
             # Embedded, people's approvals are recorded in this process; a worker checks them.
             approvers=RecordedApprovers() if registry is not None else worker_approvers(settings),
+            # Holds sealed by this key, or by one the gate trusted before (a rotation).
+            hold_keys=TrustedKeys([signer.public_key, *load_trusted_keys(settings).values()]),
         )
     tools = registry or configured_tools(settings)
     publish_catalog(store, tools.catalog().values())

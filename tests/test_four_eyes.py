@@ -23,7 +23,7 @@ from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer, remove_reviewer
 from plangate.signing import load_or_create_signer, load_trusted_keys
-from plangate.store import ApprovalRow, PlanRow, open_store
+from plangate.store import ApprovalRow, HoldRow, PlanRow, open_store
 from schemas import Decision, Plan, PlanApproved, SignedEnvelope
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
@@ -552,3 +552,34 @@ def signed_store_approvers(fleet: Fleet, plan_id: str) -> tuple[str, ...]:
         store.close()
     keys = load_trusted_keys(fleet.settings())
     return keys.verify(SignedEnvelope.model_validate(envelope), allow_expired=True).approvers
+
+
+def test_a_hold_rewritten_in_the_store_to_ask_fewer_approvers_releases_nothing(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a page held for two approvals from finance,
+    When its hold is rewritten in SQL to ask one, and bob approves, Then the gate signs
+    nothing: the goal is held again saying the hold is not as the gate recorded it (one real
+    approval released a plan that asked two), and no approval is stored.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+        with pipeline.store.session() as session:
+            session.get_one(HoldRow, plan_id).approvals_required = 1
+
+        pipeline.approve(plan_id, "bob", roles=FINANCE)
+
+        refused = eventually(
+            lambda: next(
+                (e for e in audit_entries(pipeline.store, goal_id) if "refused" in str(e.data)),
+                None,
+            ),
+            what="the gate's refusal",
+        )
+        assert "is not as the gate recorded it (what it asks was changed" in str(refused.data)
+        assert pipeline.wait_for(goal_id, HELD).status == "held"
+        with pipeline.store.session() as session:
+            assert session.execute(select(ApprovalRow)).first() is None

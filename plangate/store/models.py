@@ -132,6 +132,8 @@ class HoldRow(Base):
     # Distinct reviewers who must approve (M-of-N), and whether the submitter may be one.
     approvals_required: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     approver_not_submitter: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # The gate's DSSE signature over what the hold asks (`approval_gate.holds.hold_payload`).
+    seal: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class ReviewerApprovalRow(Base):

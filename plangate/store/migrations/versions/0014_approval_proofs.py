@@ -1,4 +1,4 @@
-"""Each reviewer's approval carries a proof of their token, which the gate checks.
+"""Each reviewer's approval carries a proof of their token, and each hold the gate's seal.
 
 Revision ID: 0014
 Revises: 0013
@@ -19,9 +19,13 @@ def upgrade() -> None:
     """Apply this revision."""
     with op.batch_alter_table("reviewer_approvals") as batch:
         batch.add_column(sa.Column("proof", sa.String(64), nullable=True))
+    with op.batch_alter_table("holds") as batch:
+        batch.add_column(sa.Column("seal", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     """Revert this revision."""
+    with op.batch_alter_table("holds") as batch:
+        batch.drop_column("seal")
     with op.batch_alter_table("reviewer_approvals") as batch:
         batch.drop_column("proof")
