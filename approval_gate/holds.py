@@ -61,16 +61,20 @@ def record_hold(
         approver_not_submitter=rule.approver_not_submitter if rule is not None else False,
     )
     if signer is not None:
-        hold.seal = signer.envelope(HOLD_TYPE, hold_payload(hold)).model_dump(mode="json")
+        payload = hold_payload(hold, plan)
+        hold.seal = signer.envelope(HOLD_TYPE, payload).model_dump(mode="json")
     session.add(hold)
     return hold
 
 
-def hold_payload(hold: HoldRow) -> bytes:
-    """Return the canonical JSON of what a hold asks, as the gate seals it."""
+def hold_payload(hold: HoldRow, plan: PlanRevision) -> bytes:
+    """Return the canonical JSON of what a hold asks of `plan` (this very revision and hash)."""
     asked = {
         "plan_id": hold.plan_id,
         "goal_id": hold.goal_id,
+        "revision": plan.revision,
+        "plan_hash": plan.plan_hash,  # a plan rewritten with its hash is not the one held
+        "reason": hold.reason,
         "rule": hold.rule,
         "policy_version": hold.policy_version,
         "required_roles": sorted(str(role) for role in hold.required_roles or []),
@@ -81,14 +85,14 @@ def hold_payload(hold: HoldRow) -> bytes:
     return json.dumps(asked, sort_keys=True, separators=(",", ":")).encode()
 
 
-def check_sealed(hold: HoldRow, keys: TrustedKeys) -> None:
-    """Refuse a hold the gate did not seal as it stands (Forbidden, saying what to do)."""
+def check_sealed(hold: HoldRow, plan: PlanRevision, keys: TrustedKeys) -> None:
+    """Refuse a hold the gate did not seal as it stands, for this plan (Forbidden, saying why)."""
     try:
         if hold.seal is None:
             raise ApprovalInvalid("it carries no seal")
         envelope = SignedEnvelope.model_validate(hold.seal)
         payload, _ = keys.verified_payload(envelope, HOLD_TYPE)
-        if payload != hold_payload(hold):
+        if payload != hold_payload(hold, plan):
             raise ApprovalInvalid("what it asks was changed after the gate sealed it")
     except (ApprovalInvalid, ValueError) as exc:
         reason = exc.reason if isinstance(exc, ApprovalInvalid) else str(exc)

@@ -95,7 +95,7 @@ def release(
     try:
         hold = hold_of(session, plan.plan_id)
         if hold is not None:  # what it asks is as the gate wrote it
-            check_sealed(hold, signing.hold_keys)
+            check_sealed(hold, plan, signing.hold_keys)
         check_open(hold, plan.plan_id, decided.created_at)
         # Counted again, each approver checked again: who they are, their roles, the bars.
         approvers = checked_approvers(session, plan, hold, check)

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.orm import Session
 
 from approval_gate.approvers import RecordedApprovers, worker_approvers
@@ -21,7 +22,7 @@ from plangate.catalog import publish_catalog, read_catalog
 from plangate.config import Settings
 from plangate.middleware import standard
 from plangate.middleware.outages import DatabaseOutages
-from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
+from plangate.signing import Signer, TrustedKeys, load_or_create_signer, load_trusted_keys
 from plangate.store import Store, audit_checkpoints
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
@@ -85,8 +86,7 @@ def _stage_handler(
             catalog=catalog,
             # Embedded, people's approvals are recorded in this process; a worker checks them.
             approvers=RecordedApprovers() if registry is not None else worker_approvers(settings),
-            # Holds sealed by this key, or by one the gate trusted before (a rotation).
-            hold_keys=TrustedKeys([signer.public_key, *load_trusted_keys(settings).values()]),
+            hold_keys=_hold_keys(signer, settings),
         )
     tools = registry or configured_tools(settings)
     publish_catalog(store, tools.catalog().values())
@@ -108,6 +108,18 @@ def _fixed_catalog(fixed: Catalog) -> Callable[[Session], Catalog]:
         return fixed
 
     return catalog
+
+
+def _hold_keys(signer: Signer, settings: Settings) -> TrustedKeys:
+    """Return the keys a gate's seals on holds may be by: its own, and those it trusts.
+
+    The folder is read again for a key not known yet, as after a rotation.
+    """
+
+    def keys() -> list[Ed25519PublicKey]:
+        return [signer.public_key, *load_trusted_keys(settings).values()]
+
+    return TrustedKeys(keys(), reload=keys)
 
 
 def configured_tools(settings: Settings) -> ToolRegistry:

@@ -24,7 +24,7 @@ from plangate.errors import Conflict, Forbidden, InputInvalid, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer, remove_reviewer
 from plangate.signing import load_or_create_signer, load_trusted_keys
 from plangate.store import ApprovalRow, HoldRow, PlanRow, open_store
-from schemas import Decision, Plan, PlanApproved, SignedEnvelope
+from schemas import Decision, Plan, PlanApproved, SignedEnvelope, plan_hash
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
@@ -581,5 +581,40 @@ def test_a_hold_rewritten_in_the_store_to_ask_fewer_approvers_releases_nothing(
         )
         assert "is not as the gate recorded it (what it asks was changed" in str(refused.data)
         assert pipeline.wait_for(goal_id, HELD).status == "held"
+        with pipeline.store.session() as session:
+            assert session.execute(select(ApprovalRow)).first() is None
+
+
+def test_a_held_plan_rewritten_in_the_store_with_its_hash_is_not_the_one_its_hold_sealed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a page held for two approvals from finance,
+    When its stored body and hash are both rewritten in SQL (the page sent elsewhere, the hash
+    made to match), and bob and carol approve, Then the gate signs nothing: the hold was
+    sealed for the plan as held, and the goal is held again saying so.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        held = only_plan(pipeline.store, goal_id)
+        steps = [step.model_dump(mode="json") for step in held.steps]
+        steps[2]["args"] = {"message": "sent where someone else wanted"}
+        rewritten = Plan.model_validate({**held.model_dump(mode="json"), "steps": steps})
+        with pipeline.store.session() as session:
+            row = session.get_one(PlanRow, held.plan_id)
+            row.body, row.plan_hash = rewritten.model_dump(mode="json"), plan_hash(rewritten)
+
+        pipeline.approve(held.plan_id, "bob", roles=FINANCE)
+        pipeline.approve(held.plan_id, "carol", roles=FINANCE)
+
+        refused = eventually(
+            lambda: next(
+                (e for e in audit_entries(pipeline.store, goal_id) if "refused" in str(e.data)),
+                None,
+            ),
+            what="the gate's refusal",
+        )
+        assert "is not as the gate recorded it" in str(refused.data)
         with pipeline.store.session() as session:
             assert session.execute(select(ApprovalRow)).first() is None

@@ -21,6 +21,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("proof", sa.String(64), nullable=True))
     with op.batch_alter_table("holds") as batch:
         batch.add_column(sa.Column("seal", sa.JSON(), nullable=True))
+    # Sessions kept the token's hash, which now keys a reviewer's approval proofs; the binding
+    # stored instead cannot match them, so they end here, and the hashes leave the database.
+    op.execute("DELETE FROM review_sessions")
 
 
 def downgrade() -> None:
