@@ -11,8 +11,9 @@ Through the deployment: a read-only goal runs unattended; a goal whose plan writ
 a rule that requires the `finance` role; a reviewer without it is refused in the page and
 nothing runs; one with it loads the plan on replica 1 and the form is posted to replica 2,
 and the plan runs once; another goal is approved with the CLI and a token; serve has no policy
-file, and a third replica handed one without the rule still requires the role.
-No private key is ever in serve's or the CLI's data folder.
+file, and a third replica handed one without the rule still requires the role; an approval
+recorded on the store by someone with only the executor's settings and a reviewers file of
+their own releases nothing. No private key is ever in serve's or the CLI's data folder.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tests.browser import chromium
 from tests.compose import Compose, Instance
 from tests.conftest import SEED_GOAL
 from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
+from tests.support import eventually
 
 pytestmark = [
     pytest.mark.redis,
@@ -370,6 +372,31 @@ def check_the_deployment(deployment: Deployment, browser: Any) -> None:
     )
     assert status in (200, 202), answer
     assert deployment.goal(third["goal_id"], {"completed", "failed"})["status"] == "completed"
+    assert deployment.notifications() == 3
+
+    # Given a fourth held plan, and someone with only the executor's settings (the database's
+    # and the broker's URLs) and a reviewers file of their own naming an `alice` of finance,
+    # When they approve it on the store with the CLI, Then it is recorded, but the gate (which
+    # reads the deployment's reviewers file) signs nothing: the plan is held again, saying the
+    # approval carries no proof of alice's token, and nothing is paged.
+    fourth = deployment.held()
+    attacker = deployment.folder / "attacker"
+    (attacker / "data").mkdir(parents=True)
+    mine = attacker / "reviewers.yaml"
+    forged = add_reviewer(mine, attacker, "alice", "finance")
+    executor = deployment.instance("executor").env
+    shared = {name: executor[name] for name in ("PLANGATE_DATABASE_URL", "PLANGATE_BROKER_URL")}
+    recorded = plangate(
+        "review", "approve", fourth["plan_id"], HOME=str(attacker),
+        PLANGATE_DATA_DIR=str(attacker / "data"), PLANGATE_REVIEWERS_FILE=str(mine),
+        PLANGATE_REVIEWER_TOKEN=forged, **shared,
+    )  # fmt: skip
+    assert recorded.returncode == 0, recorded.stdout + recorded.stderr
+    eventually(
+        lambda: "no proof of alice's token" in str(deployment.goal(fourth["goal_id"], {"held"})),
+        timeout=45,
+        what="the gate's refusal",
+    )
     assert deployment.notifications() == 3
 
     # Then: the workers stop cleanly, no private key is in serve's or the CLI's data folder
