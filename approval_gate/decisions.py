@@ -180,6 +180,11 @@ def follow_decision(
     )
 
 
+def approval_issued(session: Session, plan_id: str) -> bool:
+    """Return whether the gate has signed an approval of this revision."""
+    return _ISSUED.first(session, {"plan_id": plan_id}) is not None
+
+
 def _approval_for(
     session: Session,
     plan: PlanRevision,

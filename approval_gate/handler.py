@@ -16,7 +16,7 @@ from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from approval_gate.approvers import ApproverCheck, RecordedApprovers
-from approval_gate.decisions import decision_of, follow_decision, record_decision
+from approval_gate.decisions import approval_issued, decision_of, follow_decision, record_decision
 from approval_gate.history import History
 from approval_gate.holds import DEFAULT_HOLD_TTL, record_hold
 from approval_gate.notify import HeldNotice
@@ -27,7 +27,7 @@ from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer, TrustedKeys
-from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanPreviewRow, Store
+from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, Store
 from plangate.store.hot_statements import HotStatement
 from plangate.store.locks import lock_names
 from plangate.store.outbox import emit
@@ -194,7 +194,7 @@ class GateHandler:
             # A person's approval is signed only once checked against its hold.
             return release(session, row, earlier, self._signing(), self._approvers)
         decided = decision_of(earlier)
-        if decided.action == "approve" and not _signed(session, row.plan_id):
+        if decided.action == "approve" and not approval_issued(session, row.plan_id):
             # The gate signs a policy's approval in the transaction that records it: one
             # recorded without its signature was written by someone else. Say so; sign nothing.
             raise Reject(
@@ -221,9 +221,3 @@ class GateHandler:
             span.set_attribute("plangate.plan_hash", message.plan_hash)
             span.set_attribute("plangate.policy_version", decision.policy_version)
             return decision
-
-
-def _signed(session: Session, plan_id: str) -> bool:
-    """Return whether the gate has issued a signed approval of this revision."""
-    issued = select(ApprovalRow.approval_id).where(ApprovalRow.plan_id == plan_id)
-    return session.execute(issued).first() is not None

@@ -19,12 +19,12 @@ from sqlalchemy.orm import Session
 
 from approval_gate.approvals import TooFewApprovers, checked_approvers
 from approval_gate.approvers import ApproverCheck
-from approval_gate.decisions import decision_of, follow_decision
+from approval_gate.decisions import approval_issued, decision_of, follow_decision
 from approval_gate.holds import check_open, check_sealed, hold_of
 from plangate.bus import Envelope
 from plangate.errors import Conflict, Forbidden, Reject
 from plangate.signing import Signer, TrustedKeys
-from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, audit
+from plangate.store import DecisionRow, GoalRow, PlanRow, audit
 from plangate.store.goals import latest_plan, transition
 from plangate.store.plan_revision import PlanRevision
 from schemas import ReviewDecided
@@ -78,11 +78,8 @@ def release(
     check: ApproverCheck,
 ) -> list[Envelope]:
     """Sign (or say again) the release of a person's approval, checked against the hold."""
-    issued = session.execute(
-        select(ApprovalRow.approval_id).where(ApprovalRow.plan_id == plan.plan_id)
-    ).scalar_one_or_none()
     decision = decision_of(decided)
-    if issued is not None:  # a redelivery: the same signed approval, again
+    if approval_issued(session, plan.plan_id):  # a redelivery: the same one, again
         return [
             follow_decision(session, plan, decision, signing.signer, signing.ttl, move_goal=False)
         ]

@@ -23,7 +23,7 @@ from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer, remove_reviewer
 from plangate.signing import load_or_create_signer, load_trusted_keys
-from plangate.store import ApprovalRow, HoldRow, PlanRow, open_store
+from plangate.store import ApprovalRow, AuditRow, HoldRow, PlanRow, open_store
 from schemas import Decision, Plan, PlanApproved, SignedEnvelope, plan_hash
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
@@ -440,13 +440,7 @@ def test_a_refused_release_says_who_does_not_count_and_how_many_more_must_approv
             count_approval(session, row, "alice", FINANCE)
 
         pipeline.approve(edited.plan_id, "bob", roles=FINANCE)
-        refused = eventually(
-            lambda: next(
-                (e for e in audit_entries(pipeline.store, goal_id) if "refused" in str(e.data)),
-                None,
-            ),
-            what="the gate's refusal",
-        )
+        refused = gate_refusal(pipeline, goal_id)
         reason = str(refused.data)
         assert "1 of 2 approvals (bob)" in reason
         assert "alice's does not count (alice wrote this revision" in reason
@@ -572,13 +566,7 @@ def test_a_hold_rewritten_in_the_store_to_ask_fewer_approvers_releases_nothing(
 
         pipeline.approve(plan_id, "bob", roles=FINANCE)
 
-        refused = eventually(
-            lambda: next(
-                (e for e in audit_entries(pipeline.store, goal_id) if "refused" in str(e.data)),
-                None,
-            ),
-            what="the gate's refusal",
-        )
+        refused = gate_refusal(pipeline, goal_id)
         assert "is not as the gate recorded it (what it asks was changed" in str(refused.data)
         assert pipeline.wait_for(goal_id, HELD).status == "held"
         with pipeline.store.session() as session:
@@ -608,13 +596,18 @@ def test_a_held_plan_rewritten_in_the_store_with_its_hash_is_not_the_one_its_hol
         pipeline.approve(held.plan_id, "bob", roles=FINANCE)
         pipeline.approve(held.plan_id, "carol", roles=FINANCE)
 
-        refused = eventually(
-            lambda: next(
-                (e for e in audit_entries(pipeline.store, goal_id) if "refused" in str(e.data)),
-                None,
-            ),
-            what="the gate's refusal",
-        )
+        refused = gate_refusal(pipeline, goal_id)
         assert "is not as the gate recorded it" in str(refused.data)
         with pipeline.store.session() as session:
             assert session.execute(select(ApprovalRow)).first() is None
+
+
+def gate_refusal(pipeline: Pipeline, goal_id: str) -> AuditRow:
+    """Wait for the audit entry in which the gate refused to release the goal's approval."""
+    return eventually(
+        lambda: next(
+            (e for e in audit_entries(pipeline.store, goal_id) if "refused" in str(e.data)),
+            None,
+        ),
+        what="the gate's refusal",
+    )
