@@ -15,8 +15,10 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from schemas.errors import MessageRejected
+from schemas.identifiers import ID_PATTERN
 from schemas.messages import MESSAGE_MODELS, SUPPORTED_SCHEMA_VERSIONS, Message
 
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -205,9 +207,19 @@ def decode_message(
         return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:5]
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {_problem(e)}"
+            for e in exc.errors()[:5]
         )
         raise MessageRejected(f"{kind} does not match its schema: {problems}") from exc
+
+
+def _problem(error: ErrorDetails) -> str:
+    """Say what is wrong with one field, in words rather than a pattern where we can."""
+    if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == (
+        ID_PATTERN
+    ):
+        return "an id must be one word of printable characters (no space, line break or control)"
+    return error["msg"]
 
 
 def encode_message(message: Message) -> bytes:

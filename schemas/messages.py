@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.identifiers import Identifier
 from schemas.plan import Plan
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -34,8 +35,8 @@ class Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    message_id: str = Field(default_factory=new_id, max_length=64)
-    goal_id: str = Field(min_length=1, max_length=64)
+    message_id: Identifier = Field(default_factory=new_id)
+    goal_id: Identifier
     occurred_at: datetime = Field(default_factory=utcnow)
 
 
@@ -106,7 +107,7 @@ class PlanDecided(Message):
     """A plan that will not run now: held for a person, denied, rejected or expired."""
 
     type: Literal["plan.held", "plan.denied", "plan.rejected", "plan.expired"]
-    plan_id: str
+    plan_id: Identifier
     revision: int
     plan_hash: str
     decision: Decision
@@ -121,7 +122,7 @@ class ReviewDecided(Message):
     """
 
     type: Literal["review.decided"] = "review.decided"
-    plan_id: str = Field(max_length=64)
+    plan_id: Identifier
     revision: int = Field(ge=1)
     plan_hash: str = Field(max_length=80)
     decided_by: str = Field(max_length=200, description="The authenticated reviewer.")
@@ -132,10 +133,10 @@ class Approval(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    approval_id: str = Field(default_factory=new_id)
-    plan_id: str
+    approval_id: Identifier = Field(default_factory=new_id)
+    plan_id: Identifier
     plan_hash: str
-    goal_id: str
+    goal_id: Identifier
     revision: int
     decision: Literal["approve"] = "approve"
     decided_by: str
@@ -221,7 +222,7 @@ class PlanPreviewed(Message):
     """A held plan's dry run is ready for reviewers (the store keeps it with the plan)."""
 
     type: Literal["plan.previewed"] = "plan.previewed"
-    plan_id: str
+    plan_id: Identifier
     plan_hash: str
     steps: list[StepPreview]
 
@@ -230,7 +231,7 @@ class StepFinished(Message):
     """One step's outcome, as the executor recorded it."""
 
     type: Literal["step.finished"] = "step.finished"
-    plan_id: str
+    plan_id: Identifier
     step_id: str
     tool: str
     status: StepStatus
@@ -243,7 +244,7 @@ class ExecutionCompleted(Message):
     """Every step of an approved plan ran or was skipped by its condition."""
 
     type: Literal["execution.completed"] = "execution.completed"
-    plan_id: str
+    plan_id: Identifier
     steps: dict[str, StepStatus]
 
 
@@ -251,7 +252,7 @@ class ExecutionFailed(Message):
     """An approved plan stopped: a step failed, or the approval did not hold."""
 
     type: Literal["execution.failed"] = "execution.failed"
-    plan_id: str
+    plan_id: Identifier
     reason: str
     steps: dict[str, StepStatus] = Field(default_factory=dict)
 
@@ -264,7 +265,7 @@ class ExecutionPaused(Message):
     """
 
     type: Literal["execution.paused"] = "execution.paused"
-    plan_id: str
+    plan_id: Identifier
     reason: str
     steps: dict[str, StepStatus] = Field(default_factory=dict)
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.identifiers import Identifier
+
 STEP_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
 
@@ -28,8 +30,8 @@ class Plan(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    plan_id: str = Field(min_length=1, max_length=64)
-    goal_id: str = Field(min_length=1, max_length=64)
+    plan_id: Identifier
+    goal_id: Identifier
     revision: int = Field(ge=1)
     summary: str = Field(default="", max_length=2000)
     steps: tuple[Step, ...]

@@ -336,3 +336,52 @@ def test_a_mismatch_deep_inside_a_plan_names_the_path_to_it() -> None:
     reason = rejection(json.dumps(fields).encode())
 
     assert "plan.steps.1.tool: Field required" in reason
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "goal_id",
+    [
+        pytest.param("a\nb", id="line-break"),
+        pytest.param("two words", id="space"),
+        pytest.param("tab\there", id="tab"),
+        pytest.param("\x1b[2Jcleared", id="terminal-escape"),
+        pytest.param("evil\u202etxt.exe", id="bidi-override"),
+        pytest.param("\x85next-line", id="c1-control"),
+        pytest.param("", id="empty"),
+        pytest.param("x" * 65, id="too-long"),
+    ],
+)
+def test_a_goal_id_that_would_break_a_table_or_a_terminal_is_refused(goal_id: str) -> None:
+    reason = rejection(goal_body(goal_id=goal_id))
+
+    assert reason.startswith("goal.submitted does not match its schema: goal_id: ")
+
+
+def test_an_id_refused_by_its_characters_says_what_an_id_may_hold() -> None:
+    reason = rejection(goal_body(goal_id="a\nb"))
+
+    assert reason == (
+        "goal.submitted does not match its schema: goal_id: an id must be one word of "
+        "printable characters (no space, line break or control)"
+    )
+
+
+@pytest.mark.parametrize("goal_id", ["order-1234", "tenant:acme/42", "ünïcode-ok", "x" * 64])
+def test_ids_of_one_printable_word_are_accepted(goal_id: str) -> None:
+    message = decode_message(goal_body(goal_id=goal_id), JSON)
+
+    assert message.goal_id == goal_id
+
+
+def test_a_plan_id_and_a_message_id_are_held_to_the_same_rule() -> None:
+    fields = json.loads(encode_message(BUILDERS["plan.proposed"]()))
+    fields["message_id"] = "m 1"
+    fields["plan"]["plan_id"] = "p\r1"
+
+    reason = rejection(json.dumps(fields).encode())
+
+    assert "message_id: an id must be" in reason
+    assert "plan.plan_id: an id must be" in reason
