@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -44,6 +45,28 @@ def group(help_text: str) -> typer.Typer:
 
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def quiet_relay() -> None:
+    """Leave the warning of a publish the broker missed to the command, said once.
+
+    The relay logs it for workers and library users; a command says it itself, with what
+    was kept, so its person reads one line, not two.
+    """
+    logging.getLogger("plangate.relay").setLevel(logging.ERROR)
+
+
+def warn_broker_unreachable(settings: Settings, kept: str) -> None:
+    """Say that the broker missed a publish, and that `kept` waits in the outbox for it."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    err_console.print(
+        f"[yellow]warning:[/] cannot reach the broker at "
+        f"{escape(maybe_sanitize_url(settings.broker_url))}; {kept}, and a running worker "
+        "sends it on once the broker is back (check PLANGATE_BROKER_URL and that it runs)"
+    )
+
+
 # Exit 2: something to fix before trying again: an input, a file, a setting, an id that names
 # nothing, a goal in a state that refuses the command, a broker or database not reachable.
 # Exit 1 is kept for a goal that failed, 3 for one refused (rejected, denied, unanswered).

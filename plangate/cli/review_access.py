@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import typer
 
-from plangate.cli.common import err_console, load_settings
+from plangate.cli.common import load_settings, quiet_relay, warn_broker_unreachable
 from plangate.cli.review_api import ReviewApi
 from plangate.config import Settings
 from plangate.errors import ConfigError
@@ -159,12 +159,10 @@ def publish(settings: Settings, store: Store, envelopes: Sequence[Envelope]) -> 
     from plangate.relay import deliver
 
     bus = Bus(settings.broker_url, settings.namespace)
+    quiet_relay()
     try:
         if not deliver(store, bus, envelopes):
-            err_console.print(
-                "[yellow]warning:[/] the broker is unreachable; the "
-                "decision is recorded, and a running worker sends it on once the broker is back"
-            )
+            warn_broker_unreachable(settings, "the decision is recorded")
     finally:
         bus.close()
 

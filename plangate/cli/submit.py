@@ -19,6 +19,8 @@ from plangate.cli.common import (
     err_console,
     friendly_errors,
     load_settings,
+    quiet_relay,
+    warn_broker_unreachable,
 )
 from plangate.cli.printable import printable
 from plangate.errors import quoted
@@ -117,6 +119,7 @@ def submit(
     from schemas.goal_states import WAITING_FOR_PERSON
 
     settings = load_settings()
+    quiet_relay()
     with telemetry.flushing(), Client(settings) as client:
         handle = client.submit(goal, metadata=_metadata(meta or []), idempotency_key=key)
         if handle.duplicate and key is not None:  # stdout stays the goal: scripts read it
@@ -125,11 +128,7 @@ def submit(
                 + "; this is that goal"
             )
         if handle.queued:
-            err_console.print(
-                "[yellow]warning:[/] the broker is unreachable; "
-                f"goal {handle.goal_id} is stored, and a running worker sends it on once the "
-                "broker is back"
-            )
+            warn_broker_unreachable(settings, f"goal {handle.goal_id} is stored")
         if not wait:
             _print(handle.status(), as_json)
             return
