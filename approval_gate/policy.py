@@ -20,7 +20,13 @@ from approval_gate.policy_context import RULE_VARIABLES, policy_context
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
-from schemas.cel_check import Reads, compiled, expression_problems, expression_reads
+from schemas.cel_check import (
+    Reads,
+    compiled,
+    expression_problems,
+    expression_reads,
+    result_over_empty_values,
+)
 
 Mode = Literal["enforce", "shadow"]
 RuleAction = Literal["approve", "deny", "hold"]
@@ -153,6 +159,7 @@ class Policy:
                 raise PolicyError(
                     f"the match expression is wrong (in {source}): {said}", rule.name, line
                 )
+            _check_gives_bool(rule, line, source)
             program = compiled(rule.match)
             rules.append(
                 Rule(
@@ -284,6 +291,20 @@ def load_policy(settings: Settings) -> Policy:
         hint = "fix the path, or unset it to use the default policy"
         raise ConfigError(f"PLANGATE_POLICY_FILE names {path}, which is not a file; {hint}")
     return Policy.load(path)
+
+
+def _check_gives_bool(rule: RuleSpec, line: int | None, source: str) -> None:
+    """Refuse a rule whose match gives a value that is not true or false (it would hold all)."""
+    given = result_over_empty_values(rule.match, RULE_VARIABLES)
+    if isinstance(given, Exception | bool):
+        return
+    raise PolicyError(
+        f"the match expression is wrong (in {source}): it gives {given!r} "
+        f"({type(given).__name__}), not true or false, so it never matches and holds every "
+        "plan it meets; compare it, e.g. `size(plan.steps) > 3`",
+        rule.name,
+        line,
+    )
 
 
 def _held(subject: str, outcome: object) -> str:

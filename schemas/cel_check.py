@@ -87,6 +87,33 @@ class MapOf:
 Shape = Any
 
 
+def result_over_empty_values(source: str, variables: Mapping[str, Shape]) -> object:
+    """Return what an expression gives over the emptiest value of each declared variable.
+
+    A condition must give true or false for every input; one that gives a number or a text
+    for empty ones (`size(plan.steps)`) gives one for all, so it never tests anything. An
+    expression that fails over them (an index past the end, an undeclared function's value)
+    proves nothing, and is returned as the exception it raised.
+    """
+    try:
+        context = cel.Context(variables={name: _emptiest(v) for name, v in variables.items()})
+        return compiled(source).execute(context)
+    except Exception as exc:  # whatever the runtime raises: no evidence either way
+        return exc
+
+
+def _emptiest(shape: Shape) -> Any:
+    if isinstance(shape, Mapping):
+        return {name: _emptiest(field) for name, field in shape.items()}
+    if isinstance(shape, ListOf):
+        return []
+    if isinstance(shape, MapOf):
+        return {}
+    if shape in (str, int, bool):
+        return shape()
+    return None  # ANY: null
+
+
 def expression_problems(
     source: str, variables: Mapping[str, Shape], functions: Collection[str] = ()
 ) -> list[str]:

@@ -204,7 +204,9 @@ def held_because(reason: str) -> Outcome:
 
 
 def test_a_rule_that_returns_a_non_bool_holds() -> None:
-    policy = policy_of(rule("count", "size(plan.steps)") + rule("all", "true"))
+    # false for an empty plan, so it loads; a number for any plan with steps
+    match = "size(plan.steps) > 0 ? size(plan.steps) : false"
+    policy = policy_of(rule("count", match) + rule("all", "true"))
     decision = policy.decide(plan_of("search"), CATALOG)
     assert decision.action == "hold"
     assert decision.rule == "count"
@@ -327,3 +329,34 @@ def test_the_version_changes_when_the_file_changes(tmp_path: Path) -> None:
     second = Policy.load(path)
     assert second.version != first
     assert second.decide(plan_of("search"), CATALOG).policy_version == second.version
+
+
+@pytest.mark.parametrize(
+    ("match", "given"),
+    [
+        pytest.param("size(plan.steps)", "0 (int)", id="a-count"),
+        pytest.param("plan.summary", "'' (str)", id="a-field"),
+        pytest.param("goal.metadata", "{} (dict)", id="a-map"),
+    ],
+)
+def test_a_rule_that_gives_no_true_or_false_is_refused_when_loaded(match: str, given: str) -> None:
+    with pytest.raises(PolicyError) as refused:
+        policy_of(rule("count", match))
+
+    said = str(refused.value)
+    assert f"it gives {given}, not true or false" in said
+    assert "compare it" in said
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        'plan.steps.exists(s, s.effect == "write")',
+        "size(plan.steps) > 3",
+        'plan.steps[0].tool == "search"',  # fails over an empty plan: no evidence, loads
+        'history.count("notify_oncall", "1h") < 5',
+        'goal.metadata["team"] == "finance"',
+    ],
+)
+def test_a_rule_that_tests_something_loads(match: str) -> None:
+    assert policy_of(rule("fine", match)).rules[0].match == match
