@@ -166,6 +166,39 @@ def expression_reads(source: str, variables: Mapping[str, Shape]) -> Reads:
     return Reads(frozenset(walk.fields), frozenset(walk.whole))
 
 
+def comprehension_problems(source: str, variables: Collection[str]) -> list[str]:
+    """Return what makes an expression's cost grow faster than the data it reads.
+
+    A comprehension (`exists`, `all`, `map`, ...) costs the size of what it ranges over times
+    the cost of its body, and CEL evaluates holding the GIL, with no deadline: eight nested
+    over a plan's eleven steps took 28 s. So a comprehension may neither hold another nor read
+    a declared variable (another collection) in its body: then the work is linear in the data.
+    Read from the tokens, so spaces (`steps .exists`) change nothing.
+    """
+    tokens = _tokens(source)
+    opened: list[str | None] = []  # per open bracket: the comprehension it opened, if one
+    inside: list[str] = []
+    problems: list[str] = []
+    for at, (kind, text) in enumerate(tokens):
+        after_dot = at >= 1 and tokens[at - 1] == ("punct", ".")
+        if kind == "name" and inside and text in variables and not after_dot:
+            problems.append(f"{inside[-1]}() reads {text} in its body")
+        if kind != "punct":
+            continue
+        if text in "([{":
+            macro = tokens[at - 1][1] if at >= 2 and tokens[at - 1][0] == "name" else None
+            if macro not in _MACROS or text != "(" or tokens[at - 2] != ("punct", "."):
+                macro = None
+            if macro is not None and inside:
+                problems.append(f"{inside[-1]}() holds {macro}()")
+            opened.append(macro)
+            if macro is not None:
+                inside.append(macro)
+        elif text in ")]}" and opened and opened.pop() is not None:
+            inside.pop()
+    return list(dict.fromkeys(problems))
+
+
 def _tokens(source: str) -> list[tuple[str, str]]:
     tokens = []
     for match in _TOKEN.finditer(source):

@@ -12,7 +12,7 @@ from typing import Any
 
 import jsonschema
 
-from schemas.cel_check import ANY, MapOf, Shape, expression_problems
+from schemas.cel_check import ANY, MapOf, Shape, comprehension_problems, expression_problems
 from schemas.errors import PlanInvalid, PlanProblem
 from schemas.hashing import canonical_json
 from schemas.instance_memo import InstanceMemo
@@ -115,6 +115,12 @@ def _condition_problems(when: str) -> tuple[str, ...]:
         return (f"`when` is not valid CEL: {'; '.join(problems)}",)
     if not steps_in_condition(when) and "steps" in when:
         return ("`when` must read outputs as steps.<id>",)
+    costly = comprehension_problems(when, CONDITION_VARIABLES)
+    if costly:
+        return (
+            f"`when` would cost more than the outputs it reads ({'; '.join(costly)}): "
+            "a comprehension may read only its own item, and hold no other",
+        )
     return ()
 
 

@@ -378,3 +378,55 @@ def test_a_tool_spec_whose_argument_schema_is_not_json_schema_is_refused() -> No
         ToolSpec(name="charge_card", effect="write", args_schema=broken)
 
     assert "not a valid JSON Schema at properties/amount/type" in str(raised.value)
+
+
+# --- what a condition may cost -----------------------------------------------------------------
+
+
+def nested_over_steps(levels: int) -> str:
+    """The probe's condition: `levels` comprehensions over `steps`, each inside the last."""
+    condition = "false"
+    for level in range(levels):
+        condition = f"steps .exists(k{level}, {condition})"
+    return f"steps.count.output > 0 && {condition}"
+
+
+@pytest.mark.parametrize(
+    ("when", "said"),
+    [
+        pytest.param(nested_over_steps(8), "exists() holds exists()", id="eight-deep-over-steps"),
+        pytest.param(
+            "steps.count.output.exists(t, t.labels.exists(l, l == 'x'))",
+            "exists() holds exists()",
+            id="two-deep",
+        ),
+        pytest.param(
+            "steps.count.output.exists(t, t in steps.sla.output)",
+            "exists() reads steps in its body",
+            id="a-product-of-two-outputs",
+        ),
+    ],
+)
+def test_a_when_whose_cost_would_multiply_is_refused_before_anyone_approves_it(
+    when: str, said: str
+) -> None:
+    """CEL cannot be stopped once it runs, and holds the GIL: eight comprehensions nested over
+    eleven steps froze an executor (and, through its transaction, every stage) for 28 s."""
+    problem = the_problem(seed_plan(when=when), "bad_condition")
+
+    assert_names_step(problem, "notify")
+    assert "would cost more than the outputs it reads" in problem.message
+    assert said in problem.message
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "steps.count.output.exists(t, t > 3)",
+        "steps.count.output.exists(t, 'urgent' in t.labels) && steps.sla.output.all(s, s > 0)",
+        "size(steps.count.output.filter(t, t.open)) > steps.sla.output",
+        "steps.count.output.exists(t, t.steps == 'a field named steps')",
+    ],
+)
+def test_a_when_that_ranges_over_one_output_at_a_time_is_accepted(when: str) -> None:
+    validate_plan(seed_plan(when=when), seed_catalog())  # raises PlanInvalid if refused
