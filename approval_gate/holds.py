@@ -19,7 +19,7 @@ from approval_gate.policy import Policy
 from plangate.errors import ApprovalInvalid, Conflict, Forbidden
 from plangate.signing import Signer, TrustedKeys
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow
-from plangate.store.goal_list import source_of
+from plangate.store.goal_list import submitters_of
 from plangate.store.plan_revision import PlanRevision
 from schemas import Decision, SignedEnvelope, utcnow
 
@@ -145,12 +145,13 @@ def check_reviewer(
 def check_not_submitter(hold: HoldRow | None, goal: GoalRow, reviewer: str) -> None:
     """Refuse the goal's submitter as an approver where the hold bars it (Forbidden).
 
-    The submitter is who the goal's metadata names (`submitter`, `source`, `ce.source` or
-    `user`, as the submitting service set it); a goal that names none has no one to bar.
+    The submitter is whoever the goal's metadata names under any of `SUBMITTER_KEYS`
+    (`submitter`, `submitted_by`, `source`, `ce.source`, `user`, as the submitting service set
+    them); a goal that names none has no one to bar.
     """
     if hold is None or not hold.approver_not_submitter:
         return
-    if source_of(goal.meta) == reviewer:
+    if reviewer in submitters_of(goal.meta):
         raise Forbidden(
             f"rule {hold.rule!r} bars the goal's submitter from approving it, and {reviewer} "
             "submitted goal " + goal.id + ": ask another reviewer",

@@ -199,3 +199,38 @@ def test_a_hold_past_its_expiry_cannot_be_approved_even_before_the_sweep(
 
         with pipeline.store.session() as session:
             assert session.execute(select(ApprovalRow)).first() is None
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param({"submitted_by": "alice"}, id="submitted_by-as-the-publishing-docs-show"),
+        pytest.param({"submitter": "alice"}, id="submitter"),
+        pytest.param({"ce.source": "svc", "submitter": "alice"}, id="one-of-several-named"),
+    ],
+)
+def test_a_goal_s_submitter_is_barred_under_whichever_key_names_them(
+    settings: Settings, tmp_path: Path, metadata: dict[str, str]
+) -> None:
+    """Given a rule that holds pages for finance and bars the submitter,
+    When alice, of finance, whom the goal's metadata names as its submitter, approves it,
+    Then she is Forbidden and nothing runs; bob, of finance too, releases it once.
+    """
+    rule = {**FINANCE_POLICY["rules"][0], "approver_not_submitter": True}  # type: ignore[dict-item]
+    policy = write_yaml(tmp_path / "policy.yaml", {"rules": [rule]})
+    finance = frozenset({"finance"})
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL, metadata=metadata).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+        review = build_review(settings, pipeline.store)
+
+        with pytest.raises(Forbidden, match="bars the goal's submitter from approving it"):
+            review.approve(plan.plan_id, "alice", roles=finance)
+        assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
+
+        pipeline.approve(plan.plan_id, "bob", roles=finance)
+        goal = pipeline.wait_for(goal_id, timeout=5)
+
+    assert goal.status == "completed", goal.status_reason
+    assert [n["message"] for n in read_notifications()] == PAGED

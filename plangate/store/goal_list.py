@@ -166,13 +166,23 @@ def _cancellers(session: Session, goal_ids: list[str]) -> dict[str, str]:
     return {str(goal_id): actor for goal_id, actor in rows}
 
 
+# The metadata keys that name who or what submitted a goal, the first found shown first.
+SUBMITTER_KEYS = ("submitter", "submitted_by", "source", "ce.source", "user")
+
+
 def source_of(meta: dict[str, Any]) -> str | None:
     """Return who or what submitted a goal, as its metadata says (None if it does not)."""
-    for key in ("submitter", "source", "ce.source", "user"):
-        value = meta.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
+    return next(iter(submitters_of(meta)), None)
+
+
+def submitters_of(meta: dict[str, Any]) -> list[str]:
+    """Return everyone a goal's metadata names as its submitter, under any of the keys.
+
+    A rule that bars the submitter bars each: a goal may name one under `submitted_by` (as
+    the docs' raw publisher does) and another under `submitter`.
+    """
+    named = (meta.get(key) for key in SUBMITTER_KEYS)
+    return list(dict.fromkeys(v for v in named if isinstance(v, str) and v))
 
 
 def _encode(at: datetime, goal_id: str) -> str:
