@@ -218,7 +218,10 @@ def _problem(error: ErrorDetails) -> str:
     if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == (
         ID_PATTERN
     ):
-        return "an id must be one word of printable characters (no space, line break or control)"
+        return (
+            "an id must be one word of printable characters "
+            "(no space, line break, control character, / ? # % or backslash)"
+        )
     return error["msg"]
 
 

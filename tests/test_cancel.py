@@ -12,8 +12,10 @@ import pytest
 
 from plangate.cancellation import cancel_goal
 from plangate.config import Settings
-from plangate.errors import Forbidden
+from plangate.errors import Conflict, Forbidden
+from plangate.store.goals import store_goal
 from plangate.tools import ToolRegistry, tool
+from schemas import GoalSubmitted
 from tests.conftest import SEED_GOAL
 from tests.support import (
     HELD,
@@ -161,3 +163,27 @@ def test_cancelling_a_goal_held_for_a_role_needs_that_role(
 
         cancel_goal(pipeline.store, goal_id, "alice", "not this week", frozenset({"finance"}))
         assert pipeline.wait_for(goal_id, timeout=5).status == "cancelled"
+
+
+def test_a_goal_published_under_the_start_of_a_real_one_s_id_takes_none_of_its_commands(
+    settings: Settings,
+) -> None:
+    """Given a held goal, and a decoy published with the first 8 characters of its id as its
+    own whole id,
+    When an operator cancels by the short id that `plangate run` and `goals list` print,
+    Then the command is refused as ambiguous, both goals stay as they were, and the real goal's
+    whole id cancels the real goal.
+    """
+    with running_pipeline(settings) as pipeline:
+        real = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(real, HELD, timeout=5)
+        short = real[:8]
+        with pipeline.store.session() as session:
+            store_goal(session, GoalSubmitted(goal_id=short, text="a decoy"), {})
+
+        with pytest.raises(Conflict, match="give the whole id of the one you mean"):
+            cancel_goal(pipeline.store, short, "alice", "wrong one?")
+
+        assert pipeline.wait_for(real, HELD, timeout=1).status == "held"
+        cancel_goal(pipeline.store, real, "alice", "the real one")
+        assert pipeline.wait_for(real, timeout=5).status == "cancelled"

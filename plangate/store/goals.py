@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -89,21 +90,32 @@ def store_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str
 RowT = TypeVar("RowT")
 # The shortest start of an id taken for the whole (`plangate run` prints 8 characters).
 MIN_SHORT_ID = 6
+_HEX = re.compile("[0-9a-f]+")
+_HEX_ID = re.compile("[0-9a-f]{32}")  # what `new_id` makes
 
 
 def by_id(session: Session, model: type[RowT], column: Any, given: str) -> RowT | None:
     """Return the row with this id, or the one row whose id starts with it (a short id).
 
-    Conflict when a short id starts more than one id: more of it is needed.
+    Short ids are the starts of the ids plangate makes (32 hex digits), which it prints
+    shortened. Conflict when one starts more than one such id, or when it is also another
+    row's whole id: a goal published with a made id equal to the start of a real one must not
+    take the commands meant for that one.
     """
     row = session.get(model, given)
-    if row is not None or not MIN_SHORT_ID <= len(given) < 32 or not given.isalnum():
+    if not MIN_SHORT_ID <= len(given) < 32 or not _HEX.fullmatch(given):
         return row
-    rows = session.execute(select(model).where(column.startswith(given)).limit(2)).scalars()
-    found = list(rows)
-    if len(found) > 1:
+    rows = session.execute(select(model).where(column.startswith(given)).limit(3)).scalars()
+    started = [r for r in rows if _HEX_ID.fullmatch(getattr(r, column.key))]
+    if row is not None and started:
+        whole = getattr(started[0], column.key)
+        raise Conflict(
+            f"{quoted(given)} is one id in full and the start of {whole}; give the whole id "
+            "of the one you mean"
+        )
+    if len(started) > 1:
         raise Conflict(f"{quoted(given)} starts more than one id; give more of it")
-    return found[0] if found else None
+    return row if row is not None else (started[0] if started else None)
 
 
 def get_goal(session: Session, goal_id: str) -> GoalRow:
