@@ -181,7 +181,10 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
             self._keys = {key_id(key): key for key in self._reload()}
             trusted = [s for s in envelope.signatures if s.keyid in self._keys]
         if not trusted:
-            unknown = ", ".join(_short(s.keyid) for s in envelope.signatures)
+            named = list(dict.fromkeys(_short(s.keyid) for s in envelope.signatures))
+            unknown = ", ".join(named[:3]) + (
+                f" and {len(named) - 3} more" if len(named) > 3 else ""
+            )
             hint = "add its public key to the trusted keys folder"
             raise ApprovalInvalid(f"signed by unknown key {unknown}; {hint}")
         for signature in trusted:

@@ -12,6 +12,7 @@ from schemas.identifiers import Identifier
 from schemas.plan import Plan
 
 SCHEMA_VERSION: Literal[1] = 1
+MAX_SIGNATURES = 8
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
 Action = Literal["approve", "deny", "hold"]
@@ -154,8 +155,8 @@ class Signature(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    keyid: str
-    sig: str
+    keyid: str = Field(max_length=200)
+    sig: str = Field(max_length=1000)
 
 
 class SignedEnvelope(BaseModel):
@@ -175,7 +176,8 @@ class SignedEnvelope(BaseModel):
 
     payload_type: str = Field(alias="payloadType")
     payload: str
-    signatures: list[Signature] = Field(min_length=1)
+    # A few keys sign at once while one replaces another; thousands only flood a refusal.
+    signatures: list[Signature] = Field(min_length=1, max_length=MAX_SIGNATURES)
 
 
 class PlanApproved(Message):

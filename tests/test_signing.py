@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from plangate.config import Settings
 from plangate.errors import ApprovalInvalid, ConfigError
@@ -287,3 +288,26 @@ def test_a_configured_trusted_keys_folder_must_exist(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, trusted_keys_dir=tmp_path / "missing")
     with pytest.raises(ConfigError, match="PLANGATE_TRUSTED_KEYS_DIR"):
         load_trusted_keys(settings)
+
+
+def test_a_refusal_names_a_few_unknown_keys_once_each_not_every_one(
+    signer: Signer, trusted: TrustedKeys
+) -> None:
+    # Given an approval whose signatures name the same unknown key twice and four more
+    envelope = signer.sign(signer.approval(PLAN, APPROVE, HOUR))
+    names = ["../../etc/passwd", "../../etc/passwd", "k2", "k3", "k4", "k5"]
+    forged = envelope.model_copy(
+        update={"signatures": [Signature(keyid=name, sig="c2ln") for name in names]}
+    )
+    # Then the reason names three, once each, and counts the rest
+    with pytest.raises(ApprovalInvalid) as refused:
+        trusted.verify(forged)
+    assert str(refused.value).startswith(
+        "approval refused: signed by unknown key ../../etc/passwd, k2, k3 and 2 more; add its"
+    )
+
+
+def test_an_envelope_of_thousands_of_signatures_is_refused_when_decoded() -> None:
+    many = [Signature(keyid=f"k{n}", sig="c2ln").model_dump() for n in range(5000)]
+    with pytest.raises(ValidationError, match="at most 8 items"):
+        SignedEnvelope.model_validate({"payloadType": "x", "payload": "e30=", "signatures": many})
