@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -367,6 +368,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{url.split('://', 1)[0]!r} is not a broker plangate speaks; use "
                 "redis://host:6379/0, amqp://user:password@host:5672// or memory://"
+            )
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - read for its check: a port that is no number raises
+        except ValueError:
+            raise ValueError(
+                "the broker URL's port is not a number from 1 to 65535 (redis://host:6379/0)"
+            ) from None
+        database = parts.path.strip("/")
+        if scheme.startswith("redis") and database and not database.isdigit():
+            raise ValueError(
+                f"the Redis database in the broker URL is a number (redis://host:6379/0), "
+                f"not {database[:40]!r}"
             )
         return url
 

@@ -36,7 +36,12 @@ def deliver(
     try:
         bus.publish(envelopes)
     except BrokerUnavailable as exc:
-        log.warning("%s; %d message(s) wait in the outbox for the relay", exc, len(envelopes))
+        log.warning(
+            "%s; %d message(s) wait in the outbox for the relay",
+            exc,
+            len(envelopes),
+            extra={"broker_problem": str(exc)},
+        )
         return False
     if mark is not None:
         mark(envelopes)

@@ -518,3 +518,31 @@ def test_ctrl_c_while_a_step_runs_says_where_it_left_the_goal_and_exits_130(
     assert "interrupted: the goal is left running" in stderr
     assert "a reviewer can cancel it (`plangate goals cancel " in stderr
     assert "a step is still running after 5 s; ending without waiting for it" in stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        (
+            "redis://127.0.0.1:abc/0",
+            "error: PLANGATE_BROKER_URL: the broker URL's port is not a number from 1 to 65535",
+        ),
+        (
+            "redis://127.0.0.1:6379/abc",
+            "error: PLANGATE_BROKER_URL: the Redis database in the broker URL is a number "
+            "(redis://host:6379/0), not 'abc'",
+        ),
+    ],
+)
+def test_a_broker_url_that_cannot_work_is_refused_in_one_line_and_nothing_is_stored(
+    cli: Cli, url: str, said: str
+) -> None:
+    """It was a traceback, after the goal was stored (and ran later: a retry made two)."""
+    assert cli("db", "upgrade").returncode == 0
+
+    result = cli("submit", SEED_GOAL, env={"PLANGATE_BROKER_URL": url})
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(said)
+    assert cli("goals", "list").stderr.strip() == "no goals match"

@@ -142,7 +142,11 @@ class Bus:
         """Raise what the transport says of a broker it cannot reach as BrokerUnavailable."""
         try:
             yield
-        except self._outages as exc:
+        except Exception as exc:
+            # Redis answers a database it lacks (`/99`) only on connecting: for whoever
+            # publishes, that broker is as unreachable as a stopped one, until the URL is fixed.
+            if not isinstance(exc, self._outages) and "DB index is out of range" not in str(exc):
+                raise
             raise BrokerUnavailable(
                 f"cannot reach the broker at {maybe_sanitize_url(self.url)} ({exc}); check "
                 "PLANGATE_BROKER_URL and that the broker is running"

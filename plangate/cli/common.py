@@ -47,23 +47,36 @@ def group(help_text: str) -> typer.Typer:
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+class _MissedPublish(logging.Filter):
+    """Takes the relay's warning of a publish the broker missed, for the command to say."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problem = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.problem = str(getattr(record, "broker_problem", "")) or self.problem
+        return False
+
+
+_missed = _MissedPublish()
+
+
 def quiet_relay() -> None:
     """Leave the warning of a publish the broker missed to the command, said once.
 
     The relay logs it for workers and library users; a command says it itself, with what
-    was kept, so its person reads one line, not two.
+    was kept (`warn_broker_unreachable`), so its person reads one line, not two.
     """
-    logging.getLogger("plangate.relay").setLevel(logging.ERROR)
+    logging.getLogger("plangate.relay").addFilter(_missed)
 
 
-def warn_broker_unreachable(settings: Settings, kept: str) -> None:
-    """Say that the broker missed a publish, and that `kept` waits in the outbox for it."""
-    from kombu.utils.url import maybe_sanitize_url
-
+def warn_broker_unreachable(kept: str) -> None:
+    """Say why the broker missed a publish, and that `kept` waits in the outbox for it."""
+    problem = _missed.problem or "cannot reach the broker; check PLANGATE_BROKER_URL"
     err_console.print(
-        f"[yellow]warning:[/] cannot reach the broker at "
-        f"{escape(maybe_sanitize_url(settings.broker_url))}; {kept}, and a running worker "
-        "sends it on once the broker is back (check PLANGATE_BROKER_URL and that it runs)"
+        f"[yellow]warning:[/] {escape(problem)}; {kept}, and a running worker sends it on "
+        "once the broker is back"
     )
 
 

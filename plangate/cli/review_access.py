@@ -162,7 +162,7 @@ def publish(settings: Settings, store: Store, envelopes: Sequence[Envelope]) -> 
     quiet_relay()
     try:
         if not deliver(store, bus, envelopes):
-            warn_broker_unreachable(settings, "the decision is recorded")
+            warn_broker_unreachable("the decision is recorded")
     finally:
         bus.close()
 

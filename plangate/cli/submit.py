@@ -128,7 +128,7 @@ def submit(
                 + "; this is that goal"
             )
         if handle.queued:
-            warn_broker_unreachable(settings, f"goal {handle.goal_id} is stored")
+            warn_broker_unreachable(f"goal {handle.goal_id} is stored")
         if not wait:
             _print(handle.status(), as_json)
             return
