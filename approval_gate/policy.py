@@ -55,9 +55,26 @@ class RuleSpec(BaseModel):
     approver_not_submitter: bool = False
 
     @model_validator(mode="after")
-    def _approvals_need_a_hold(self) -> RuleSpec:
-        if (self.approvals > 1 or self.approver_not_submitter) and self.action != "hold":
-            raise ValueError("approvals and approver_not_submitter apply to hold rules only")
+    def _people_need_a_hold(self) -> RuleSpec:
+        # What a rule asks of people means nothing where no person decides: a `requires_role`
+        # on an approve rule read as a guard, yet its plans ran unattended.
+        asked = [
+            name
+            for name, given in (
+                ("requires_role", self.requires_role is not None),
+                ("hold_ttl_seconds", self.hold_ttl_seconds is not None),
+                ("preview", self.preview),
+                ("approvals", self.approvals > 1),
+                ("approver_not_submitter", self.approver_not_submitter),
+            )
+            if given
+        ]
+        if asked and self.action != "hold":
+            raise ValueError(
+                f"{', '.join(asked)} {'apply' if len(asked) > 1 else 'applies'} to hold rules "
+                f"only (no person decides what this rule does: {self.action}); make the action "
+                "hold, or remove it"
+            )
         return self
 
 
@@ -376,5 +393,6 @@ def _explain(exc: ValidationError, raw: Any, lines: list[int], source: str) -> P
         about_one_rule = len(error["loc"]) > 1 or "index" in error.get("ctx", {})
         in_rule = error["loc"][:1] == ("rules",) and about_one_rule
         field_name = ".".join(str(part) for part in error["loc"][2 if in_rule else 0 :])
-        problems.append(f"{field_name}: {error['msg']}" if field_name else error["msg"])
+        said = error["msg"].removeprefix("Value error, ")  # our own words need no label
+        problems.append(f"{field_name}: {said}" if field_name else said)
     return PolicyError(f"{'; '.join(problems)} (in {source})", rule_name, line)

@@ -360,3 +360,23 @@ def test_a_rule_that_gives_no_true_or_false_is_refused_when_loaded(match: str, g
 )
 def test_a_rule_that_tests_something_loads(match: str) -> None:
     assert policy_of(rule("fine", match)).rules[0].match == match
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        pytest.param("    requires_role: finance\n", "requires_role applies", id="a-role"),
+        pytest.param("    preview: true\n", "preview applies", id="a-preview"),
+        pytest.param("    hold_ttl_seconds: 60\n", "hold_ttl_seconds applies", id="a-ttl"),
+    ],
+)
+@pytest.mark.parametrize("action", ["approve", "deny"])
+def test_what_a_rule_asks_of_people_is_refused_where_no_person_decides(
+    extra: str, named: str, action: str
+) -> None:
+    """A `requires_role` on an approve rule read as a guard; its plans ran unattended."""
+    with pytest.raises(PolicyError) as refused:
+        policy_of(rule("cheap", "true", action=action) + extra)
+
+    assert f"{named} to hold rules only" in str(refused.value)
+    assert "Value error" not in str(refused.value)
