@@ -24,6 +24,7 @@ from plangate.catalog import read_catalog
 from plangate.errors import NotReady, PlanningFailed, Reject, Retry
 from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import (
+    check_same_goal,
     ensure_goal,
     get_goal,
     goal_status,
@@ -94,6 +95,7 @@ class PlannerHandler:
             # planned, outside SQLite's write lock (which every writer of every process waits
             # for); the plan is stored only if the goal still waits for that revision.
             with self._store.reading() as session:
+                check_same_goal(session, message)
                 ready = self._ready_to_plan(session, message.goal_id)
             if ready is not None:
                 catalog, revision = ready
@@ -108,6 +110,8 @@ class PlannerHandler:
                 ensure_goal(session, message, delivery.headers)
                 goal = goal_status(session, message.goal_id)
                 assert goal is not None
+            else:
+                check_same_goal(session, message)
             if goal.status == "cancelled":
                 return []  # an operator stopped it: nothing more is planned
             existing = newest_plan(session, message.goal_id)

@@ -14,6 +14,7 @@ from plangate.bus import Envelope
 from plangate.bus.dead_letters import KEPT_BYTES
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
+from plangate.store import GoalRow
 from schemas import GoalSubmitted, encode_message
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, dead_letters, only_plan
@@ -262,3 +263,33 @@ def test_a_published_goal_whose_key_another_goal_has_is_a_dead_letter_at_once(
     with pytest.raises(TimeoutError):
         pipeline.wait_for("foreign-1", {"submitted", "proposed", "held"}, timeout=0.1)
     assert pipeline.wait_for(first, HELD).status == "held"
+
+
+@pytest.mark.parametrize("state", ["held", "submitted"])
+def test_a_published_goal_under_a_stored_goal_s_id_with_another_text_is_a_dead_letter(
+    pipeline: Pipeline, state: str
+) -> None:
+    """Given a stored goal (held, or still waiting for its plan),
+    When a publisher sends goal.submitted under its id with another text,
+    Then it is a dead letter saying so (it was acked and dropped: a second goal lost without a
+    word, or planned in place of the first), and the first goal's plan is its own.
+    """
+    first = pipeline.submit(SEED_GOAL).goal_id
+    if state == "held":
+        pipeline.wait_for(first, HELD)
+    message = GoalSubmitted(goal_id=first, text="delete every ticket")
+
+    publish_raw(
+        pipeline,
+        "goal.submitted",
+        encode_message(message),
+        content_type="application/json",
+        content_encoding="utf-8",
+    )
+
+    (letter,) = dead_letters(pipeline)
+    assert letter.reason.startswith(f"goal {first} exists already, with another text")
+    assert pipeline.wait_for(first, HELD).status == "held"
+    assert only_plan(pipeline.store, first).revision == 1  # one plan, the first goal's
+    with pipeline.store.session() as session:
+        assert session.get_one(GoalRow, first).text == SEED_GOAL

@@ -189,6 +189,23 @@ def goal_status(session: Session, goal_id: str, *, lock: bool = False) -> GoalSt
     return GoalState(*found[0]) if found else None
 
 
+_TEXT = HotStatement(select(_GOALS.c.text).where(_GOALS.c.id == bindparam("goal_id")))
+
+
+def check_same_goal(session: Session, message: GoalSubmitted) -> None:
+    """Reject a goal.submitted whose id names a stored goal of another text (a dead letter).
+
+    A goal id names one goal: a second goal under it would be acked and never run, or be
+    planned in place of the first.
+    """
+    found = _TEXT.first(session, {"goal_id": message.goal_id})
+    if found is not None and found[0] != message.text:
+        raise Reject(
+            f"goal {message.goal_id} exists already, with another text: no second goal is made "
+            "under its id; publish the new goal under an id of its own"
+        )
+
+
 def newest_plan(session: Session, goal_id: str) -> PlanVersion | None:
     """Return the `plan_id`, `revision` and `trace_headers` of a goal's newest plan, if any.
 
