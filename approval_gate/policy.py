@@ -19,6 +19,7 @@ from approval_gate.decision_memo import DecisionMemo
 from approval_gate.policy_context import RULE_VARIABLES, policy_context
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
+from plangate.small_files import read_bytes
 from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
 from schemas.cel_check import (
     Reads,
@@ -154,7 +155,7 @@ class Policy:
     def load(cls, path: str | Path) -> Policy:
         """Load and compile a policy file; PolicyError if it cannot be read or is wrong."""
         try:
-            data = Path(path).read_bytes()
+            data = read_bytes(Path(path))
         except OSError as exc:
             raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc
         return cls.from_bytes(data, source=str(path))

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plangate.errors import ConfigError
+from plangate.small_files import read_text
 
 log = logging.getLogger(__name__)
 REVIEWERS_FILE_VARIABLE = "PLANGATE_REVIEWERS_FILE"
@@ -188,9 +189,14 @@ class ReviewersFile:
 def read_file(path: Path) -> list[Reviewer]:
     """Return the reviewers a file lists; ConfigError (never echoing a token) if it is wrong."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the reviewers file {path}: {exc}") from None
+        raw = yaml.safe_load(read_text(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the reviewers file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"the reviewers file {path} is not valid YAML{at}: {problem}") from None
     entries = (raw or {}).get("reviewers") if isinstance(raw, dict) else None
     if isinstance(entries, list) and any(isinstance(e, dict) and "token" in e for e in entries):
         raise ConfigError(

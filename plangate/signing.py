@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from plangate.config import Settings
 from plangate.errors import ApprovalInvalid, ConfigError
+from plangate.small_files import read_bytes
 from schemas import Approval, Decision, MessageRejected, Plan, Signature, SignedEnvelope, utcnow
 from schemas.decoding import strict_json_loads
 from schemas.hashing import canonical_json, plan_hash
@@ -237,7 +238,7 @@ def load_signer(settings: Settings) -> Signer:
 def read_public_key(path: Path) -> Ed25519PublicKey:
     """Read one PEM Ed25519 public key (a `*.pub` of the trusted keys folder)."""
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        key = serialization.load_pem_public_key(read_bytes(path))
     except (OSError, ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"key file {path} is unreadable: {exc}; fix or remove it") from exc
     if not isinstance(key, Ed25519PublicKey):
@@ -296,7 +297,7 @@ def _publish_public_key(public_key: Ed25519PublicKey, directory: Path) -> None:
 
 def _read_private_key(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(read_bytes(path), password=None)
     except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"signing key file {path} is unreadable: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):

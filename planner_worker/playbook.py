@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from plangate.config import Settings
 from plangate.errors import ConfigError, PlanningFailed, describe
+from plangate.small_files import read_text
 from planner_worker.planner import Draft
 from schemas import Catalog, GoalSubmitted, Step
 
@@ -84,7 +85,7 @@ class PlaybookPlanner:
             )
         else:
             try:
-                text = path.read_text(encoding="utf-8")
+                text = read_text(path)
             except OSError as exc:
                 raise ConfigError(f"cannot read playbook file {path}: {exc.strerror}") from exc
             source = str(path)

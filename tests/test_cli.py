@@ -546,3 +546,40 @@ def test_a_broker_url_that_cannot_work_is_refused_in_one_line_and_nothing_is_sto
     [line] = result.stderr.splitlines()
     assert line.startswith(said)
     assert cli("goals", "list").stderr.strip() == "no goals match"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ("policy", "check", "/dev/zero"),
+            "error: cannot read the policy file /dev/zero: it holds more than 4096 KiB",
+        ),
+        (
+            ("review", "list", "--token-file", "/dev/zero"),
+            "error: cannot read --token-file /dev/zero: it holds more than 4096 KiB",
+        ),
+        (
+            ("review", "list", "--token-file", "{latin1}"),
+            "error: cannot read --token-file {latin1}: it is not UTF-8 text (byte 0 is not)",
+        ),
+        (
+            ("reviewers", "list", "--file", "/dev/zero"),
+            "error: cannot read the reviewers file /dev/zero: it holds more than 4096 KiB",
+        ),
+    ],
+    ids=["policy", "token-file", "token-not-utf8", "reviewers-file"],
+)
+def test_a_file_that_is_not_the_one_meant_is_one_line_not_a_traceback_or_a_hang(
+    cli: Cli, tmp_path: Path, args: tuple[str, ...], said: str
+) -> None:
+    """/dev/zero was read until memory ran out (a MemoryError traceback) or forever."""
+    latin1 = tmp_path / "token.txt"
+    latin1.write_bytes("caf\xe9".encode("latin-1")[::-1])
+    args = tuple(a.format(latin1=latin1) for a in args)
+
+    result = cli(*args)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(said.format(latin1=latin1))

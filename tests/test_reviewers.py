@@ -84,7 +84,7 @@ def test_a_plaintext_token_in_the_file_is_refused_saying_how_to_fix_it(tmp_path:
             "  - {name: bob, token_sha256: " + "b" * 64 + "}\n",
             "twice",
         ),
-        ("reviewers: [\n", "cannot read"),
+        ("reviewers: [\n", "is not valid YAML"),
     ],
 )
 def test_a_malformed_reviewers_file_is_one_line_naming_the_problem(
@@ -97,6 +97,7 @@ def test_a_malformed_reviewers_file_is_one_line_naming_the_problem(
         read_file(path)
 
     assert str(path) in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 def test_reviewers_add_prints_the_token_once_and_the_file_keeps_only_its_hash(

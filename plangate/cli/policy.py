@@ -10,6 +10,7 @@ import typer
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
 from plangate.errors import ConfigError
+from plangate.small_files import read_text
 
 app = group("Check a policy file and try it on a plan.")
 
@@ -45,7 +46,7 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
 
 def _read_plan(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except OSError as exc:
         raise ConfigError(f"cannot read the plan {path}: {exc.strerror}") from exc
     except ValueError as exc:

@@ -38,6 +38,7 @@ from plangate.cli.review_access import (
     resolve,
 )
 from plangate.errors import ConfigError
+from plangate.small_files import read_text
 
 if TYPE_CHECKING:
     from schemas import Catalog
@@ -223,7 +224,10 @@ def _edit_in_editor(draft: dict[str, Any]) -> dict[str, Any] | None:
         result = subprocess.run([*shlex.split(editor), str(path)], check=False)
         if result.returncode != 0:
             raise ConfigError(f"the editor ({editor}) exited with {result.returncode}; no edit")
-        edited = path.read_text(encoding="utf-8")
+        try:
+            edited = read_text(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot read the edited plan: {exc.strerror}") from None
     if edited == text:
         return None
     return _parse_edit(edited, "the edited plan")
@@ -280,7 +284,11 @@ def review_edit(
         access.reviewer()  # a wrong token fails before the editor opens
     draft, digest = _draft(access, plan_id)
     if file is not None:
-        edited: dict[str, Any] | None = _parse_edit(file.read_text(encoding="utf-8"), str(file))
+        try:
+            given = read_text(file)
+        except OSError as exc:
+            raise ConfigError(f"cannot read --file {file}: {exc.strerror}") from None
+        edited: dict[str, Any] | None = _parse_edit(given, str(file))
     else:
         edited = _edit_in_editor(draft)
     if edited is None or edited == draft:

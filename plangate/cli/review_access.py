@@ -22,6 +22,7 @@ from plangate.cli.review_api import ReviewApi
 from plangate.config import Settings
 from plangate.errors import ConfigError
 from plangate.reviewers import Reviewer, Reviewers
+from plangate.small_files import read_text
 
 if TYPE_CHECKING:
     from approval_gate.review import Review
@@ -123,7 +124,7 @@ def _token(path: Path | None, settings: Settings) -> str | None:
             return None
         return secret.get_secret_value().strip() or None
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        token = read_text(path).strip()
     except OSError as exc:
         raise ConfigError(f"cannot read --token-file {path}: {exc.strerror}") from None
     if not token:

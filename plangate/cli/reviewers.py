@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from plangate.cli.common import err_console, friendly_errors, group, load_settings
@@ -93,6 +94,12 @@ def reviewers_list(
     if as_json:
         views = [{"name": r.name, "roles": sorted(r.roles)} for r in reviewers]
         typer.echo(json.dumps(views))
+        return
+    if not path.exists():  # a mistyped path must not read as a file with no one in it
+        err_console.print(
+            f"no reviewers file at {escape(str(path))} yet; `plangate reviewers add NAME` "
+            "makes it (check the path if you meant an existing one)"
+        )
         return
     if not reviewers:
         typer.echo(f"no reviewers in {path}; add one with `plangate reviewers add NAME`")

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plangate import redaction
 from plangate.errors import ToolLoadError, describe
+from plangate.small_files import read_text
 from schemas.tool_spec import Effect
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -63,7 +64,7 @@ def read_server_list(path: Path) -> dict[str, ServerConfig]:
     """Parse a server list file; every mistake is a ToolLoadError naming the file and server."""
     yaml_file = path.suffix.lower() in (".yaml", ".yml")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as exc:
         raise ToolLoadError(
             f"cannot read the MCP server list {path}: {exc.strerror}; check PLANGATE_MCP_SERVERS"
