@@ -314,10 +314,14 @@ def _pause(
 ) -> ExecutionPaused:
     """Stop the run for a person: each unknown step must be settled before it goes on."""
     names = ", ".join(repr(o.step_id) for o in unknown)
+    # The first one's cause, in its own words: the tool's (a timeout after sending), or that
+    # the executor calling it died.
+    why = f"{unknown[0].error}; " if unknown[0].error else ""
+    step = unknown[0].step_id if len(unknown) == 1 else "STEP"
     reason = (
-        f"step {names} may or may not have happened (its executor stopped answering mid-call and "
-        f"its tool is not idempotent); check, then `plangate review settle {plan_id} STEP "
-        "--happened` or `--not-happened` (it then runs again)"
+        f"step {names} may or may not have happened ({why}its tool is not idempotent, so "
+        f"nothing calls it again by itself); check, then `plangate review settle {plan_id} "
+        f"{step} --happened` or `--not-happened` (it then runs again)"
     )
     rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
     statuses: dict[str, Any] = {row.step_id: row.status for row in rows}

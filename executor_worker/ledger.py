@@ -155,7 +155,7 @@ class StepLedger:
             raise _held_elsewhere(step.id, lease_until, now)
         if not spec.idempotent:
             row.status, row.finished_at = "unknown", now
-            row.error = "an executor died during this call; it may or may not have happened"
+            row.error = "the executor calling it died mid-call"
             return Claim("unknown", row.attempt, "unknown", None, row.error)
         # Read before the UPDATE: the ORM then refreshes `row` to the new attempt.
         attempt = row.attempt + 1

@@ -583,3 +583,28 @@ def test_a_file_that_is_not_the_one_meant_is_one_line_not_a_traceback_or_a_hang(
     assert result.returncode == EXIT_USAGE, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith(said.format(latin1=latin1))
+
+
+def test_a_run_whose_write_may_or_may_not_have_happened_says_which_step_and_why(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """It named the step `step`, blamed a dead executor for the tool's own timeout, and said to
+    settle it with a command that refuses to run without a deployment."""
+    playbook = tmp_path / "playbook.yaml"
+    steps = [{"id": "wire", "tool": "wire_money", "args": {"amount": 10}}]
+    playbook.write_text(
+        json.dumps({"playbooks": [{"name": "w", "pattern": "^wire", "steps": steps}]})
+    )
+    env = {"PYTHONPATH": str(ROOT)}
+    args = ("--tools", "tests.unknown_outcome_tools", "--playbook", str(playbook))
+
+    result = cli("run", "wire it", "--yes", *args, env=env)
+
+    said = " ".join((result.stdout + result.stderr).split())  # as printed, unwrapped
+    assert result.returncode == 1, said
+    assert (
+        "step 'wire' may or may not have happened (the bank did not answer within 30 s; its "
+        "tool is not idempotent, so nothing calls it again by itself)"
+    ) in said
+    assert "; this run ends here and never calls it again" in said
+    assert "review settle" not in said

@@ -169,7 +169,8 @@ def test_a_write_cut_off_mid_call_stops_the_run_for_a_person(billing: Pipeline) 
     assert goal.status == "needs_attention"
     assert paused.steps == {"charge": "unknown"}
     assert "may or may not have happened" in paused.reason
-    assert f"plangate review settle {plan.plan_id} STEP --happened" in paused.reason
+    assert "(the executor calling it died mid-call; its tool is not idempotent" in paused.reason
+    assert f"plangate review settle {plan.plan_id} charge --happened" in paused.reason
     [waiting] = unsettled_steps(billing.store)
     assert (waiting.plan_id, waiting.step_id, waiting.tool) == (
         plan.plan_id,

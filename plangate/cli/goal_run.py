@@ -165,8 +165,13 @@ class GoalRun:
         if isinstance(message, ExecutionCompleted):
             return self._finish(EXIT_COMPLETED, "completed", steps=message.steps)
         if isinstance(message, ExecutionPaused):
-            # Nothing more happens until a person settles the step (`plangate review settle`).
-            outcome = f"needs attention: {message.reason}"
+            # Settling needs a deployment's executor to go on: this run's ends with it, so the
+            # deployment's `review settle` command would only be refused here.
+            found = message.reason.split("; check, then", 1)[0]
+            outcome = (
+                f"needs attention: {found}; this run ends here and never calls it again: "
+                "check whether it happened before you run the goal once more"
+            )
             return self._finish(EXIT_FAILED, outcome, steps=message.steps)
         if self._replanning(self._revision(message.plan_id), "execution"):
             return None
@@ -349,7 +354,12 @@ class GoalRun:
             for k in ("succeeded", "skipped", "failed", "unknown")
             if k in self.steps.values()
         )
-        self.out.print(f"[{style}]{outcome.capitalize()}[/]" + (f" · {counts}" if counts else ""))
+        # Shown, not read as markup: an outcome quotes a tool's error (an outside system's
+        # words); and only its first letter is raised (`capitalize` lowered the rest).
+        line = render.shown(outcome[:1].upper() + outcome[1:], style)
+        if counts:
+            line.append(f" · {counts}")
+        self.out.print(line)
         self.out.print(f"goal {self.goal_id}  ·  trace {self.trace_id}", style="dim")
         return code
 
