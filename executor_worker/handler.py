@@ -26,7 +26,7 @@ from executor_worker.plan_run import PlanRun
 from executor_worker.preview import Previewer
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
-from plangate.errors import ApprovalInvalid, Reject
+from plangate.errors import ApprovalInvalid, Reject, Retry, UnknownSigner
 from plangate.signing import TrustedKeys, ensure_unexpired
 from plangate.store import (
     TERMINAL_STATUSES,
@@ -59,6 +59,7 @@ from schemas import (
 
 ACTOR = "executor"
 ANNOUNCERS = 4  # threads that tell of finished steps, for all of an executor's runs
+KEY_WAIT = 30.0  # before an approval signed by a key not trusted yet is checked again
 _HOLDS = cast(Table, HoldRow.__table__)
 # Asked on every run's start: a plain statement, built once (not the ORM's).
 _APPROVALS_REQUIRED = HotStatement(
@@ -120,7 +121,7 @@ class ExecutorHandler:
             )
             started = self._start(message, approval)
         except (ApprovalInvalid, PlanInvalid) as refusal:
-            return self._refuse(message, str(refusal))
+            return self._refuse(message, refusal)
         if started is None:
             return []
         if isinstance(started, Envelope):  # a redelivery of a run that already ended
@@ -188,19 +189,30 @@ class ExecutorHandler:
             trace = {str(k): str(v) for k, v in (newest.trace_headers if newest else {}).items()}
             return _Started(trace, recorded_steps(session, plan.plan_id))
 
-    def _refuse(self, message: PlanApproved, reason: str) -> Sequence[Envelope]:
+    def _refuse(
+        self, message: PlanApproved, refusal: ApprovalInvalid | PlanInvalid
+    ) -> Sequence[Envelope]:
         """Refuse an approval: fail the goal only if it is the gate's own, else dead-letter it.
 
         The gate's own approval (the one it stored for this plan) that this executor cannot
         accept, e.g. signed by a key it does not trust or expired before the run started,
         fails its goal and says why. Anything else (forged, altered, replayed onto another
         plan) changes nothing: it is audited, and dead-lettered with its reason.
+
+        The gate's own approval signed by a key this executor lacks is not the plan's fault
+        but its trusted keys folder's: it is tried again, then dead-lettered, to be replayed
+        (or resent by the reconciler) once the gate's public key is there.
         """
+        reason = str(refusal)
         with self._store.session() as session:
             goal = session.get(GoalRow, message.goal_id)
             if goal is None:
                 raise Reject(f"plan.approved for unknown goal {message.goal_id!r}: {reason}")
-            if goal.status == "approved" and _issued_by_gate(session, message):
+            issued = goal.status == "approved" and _issued_by_gate(session, message)
+            if issued and isinstance(refusal, UnknownSigner):
+                log.error("goal %s: cannot check the gate's approval: %s", goal.id, reason)
+                raise Retry(f"{reason}; the goal waits in approved meanwhile", delay=KEY_WAIT)
+            if issued:
                 log.error("goal %s: the gate's approval was refused: %s", goal.id, reason)
                 transition(
                     session, message.goal_id, "failed", by="executor", actor=ACTOR, reason=reason

@@ -72,6 +72,10 @@ class ApprovalInvalid(PlangateError):
         super().__init__(f"approval refused: {reason}")
 
 
+class UnknownSigner(ApprovalInvalid):
+    """An approval signed by a key this process does not trust: its trusted keys may lack it."""
+
+
 class ToolLoadError(PlangateError):
     """A tool module could not be imported or declares a tool wrongly."""
 

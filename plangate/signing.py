@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import ValidationError
 
 from plangate.config import Settings
-from plangate.errors import ApprovalInvalid, ConfigError
+from plangate.errors import ApprovalInvalid, ConfigError, UnknownSigner
 from plangate.small_files import read_bytes
 from schemas import Approval, Decision, MessageRejected, Plan, Signature, SignedEnvelope, utcnow
 from schemas.decoding import strict_json_loads
@@ -187,7 +187,7 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
                 f" and {len(named) - 3} more" if len(named) > 3 else ""
             )
             hint = "add its public key to the trusted keys folder"
-            raise ApprovalInvalid(f"signed by unknown key {unknown}; {hint}")
+            raise UnknownSigner(f"signed by unknown key {unknown}; {hint}")
         for signature in trusted:
             with contextlib.suppress(InvalidSignature, ApprovalInvalid):
                 self._keys[signature.keyid].verify(_b64decode(signature.sig, "signature"), message)

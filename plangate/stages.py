@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
@@ -22,13 +23,21 @@ from plangate.catalog import publish_catalog, read_catalog
 from plangate.config import Settings
 from plangate.middleware import standard
 from plangate.middleware.outages import DatabaseOutages
-from plangate.signing import Signer, TrustedKeys, load_or_create_signer, load_trusted_keys
+from plangate.signing import (
+    Signer,
+    TrustedKeys,
+    load_or_create_signer,
+    load_trusted_keys,
+    trusted_keys_dir,
+)
 from plangate.store import Store, audit_checkpoints
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
 from planner_worker.loading import load_planner, planning_lease
 from planner_worker.replan import ReplanPolicy
 from schemas import Catalog
+
+log = logging.getLogger(__name__)
 
 
 def stage_middleware(stage: Stage) -> list[Middleware]:
@@ -93,6 +102,12 @@ def _stage_handler(
 
     lease = timedelta(seconds=settings.step_lease_seconds)
     trusted = load_trusted_keys(settings)
+    if not trusted:  # every approval waits until the gate's key is there: say so at start
+        log.warning(
+            "no trusted keys in %s: this executor checks no approval until the gate's public "
+            "key is there (the gate writes it into a folder it shares; else copy its .pub)",
+            trusted_keys_dir(settings),
+        )
     return ExecutorHandler(
         store,
         tools,
