@@ -87,6 +87,10 @@ class NoReviewers:
 def worker_approvers(settings: Settings) -> ApproverCheck:
     """Return a worker's check: by the reviewers file, or, without one, refusing everyone."""
     if settings.reviewers_file is None:
+        log.warning(
+            "PLANGATE_REVIEWERS_FILE is not set: this gate counts no approval by a person (held "
+            "plans wait until they expire); give it the reviewers file `plangate serve` uses"
+        )
         return NoReviewers()
     path = settings.reviewers_file
     if not path.exists():
