@@ -6,7 +6,7 @@ The contract's own errors (PlanInvalid, MessageRejected) live in `schemas.errors
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 from schemas.errors import MessageRejected, PlangateError, PlanInvalid, PlanProblem
 
@@ -182,11 +182,30 @@ def describe(exc: ValidationError, model: type[BaseModel] | None = None, what: s
     for err in exc.errors():
         loc = ".".join(str(part) for part in err["loc"]) or what
         if err["type"] == "extra_forbidden" and model is not None:
-            allowed = ", ".join(model.model_fields)
+            allowed = ", ".join(_owner(model, err["loc"]).model_fields)
             parts.append(f'unknown key "{loc}" (known keys: {allowed})')
         else:
-            parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+            said = err["msg"].removeprefix("Value error, ")  # our own words need no label
+            parts.append(f"{loc}: {said}" if loc else said)
     return "; ".join(parts)
+
+
+def _owner(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
+    """Return the model whose keys hold the last place of `loc`, followed from `model` down.
+
+    (A top-level typo in a playbook file listed the keys of an entry as the known ones.)
+    """
+    from pydantic import BaseModel  # here: plangate.errors loads before pydantic is needed
+
+    owner: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, str) and isinstance(owner, type) and issubclass(owner, BaseModel):
+            field = owner.model_fields.get(part)
+            owner = field.annotation if field is not None else None
+        while get_origin(owner) is not None:  # list[X], dict[str, X], X | None: go to X
+            items = [a for a in get_args(owner) if a is not type(None)]
+            owner = items[-1] if items else None
+    return owner if isinstance(owner, type) and issubclass(owner, BaseModel) else model
 
 
 # The most of a value given from outside that an error quotes back.

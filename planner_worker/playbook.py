@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from plangate.config import Settings
 from plangate.errors import ConfigError, PlanningFailed, describe
@@ -42,6 +49,21 @@ class PlaybookEntry(BaseModel):
             raise ValueError(f"pattern is not a valid regular expression: {exc}") from exc
         return value
 
+    @model_validator(mode="after")
+    def _placeholders_are_groups(self) -> PlaybookEntry:
+        # A placeholder no group fills became "" in every plan, without a word.
+        groups = re.compile(self.pattern).groupindex
+        used = _placeholders([self.summary, *(dict(step.args) for step in self.steps)])
+        unknown = sorted(used - set(groups))
+        if unknown:
+            named = ", ".join(f"{{{{{name}}}}}" for name in unknown)
+            known = ", ".join(f"(?P<{g}>...)" for g in groups) or "none"
+            raise ValueError(
+                f"no group of the pattern fills {named} (its named groups: {known}); "
+                "name a group so, or remove the placeholder"
+            )
+        return self
+
 
 class PlaybookFile(BaseModel):
     """A playbook file: entries tried in order, first match wins."""
@@ -49,6 +71,13 @@ class PlaybookFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     playbooks: list[PlaybookEntry]
+
+
+def _placeholders(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return set(_PLACEHOLDER.findall(value))
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return set().union(*(_placeholders(item) for item in items))
 
 
 def _fill(value: Any, groups: dict[str, str]) -> Any:
@@ -94,7 +123,7 @@ class PlaybookPlanner:
         except yaml.YAMLError as exc:
             raise ConfigError(f"playbook file {source} is not valid YAML: {exc}") from exc
         except ValidationError as exc:
-            problem = describe(exc, PlaybookEntry)
+            problem = describe(exc, PlaybookFile)
             raise ConfigError(f"playbook file {source} is invalid: {problem}") from exc
         except RecursionError:
             raise ConfigError(f"playbook file {source} is nested too deeply to read") from None

@@ -1,0 +1,86 @@
+"""The playbook file: mistakes are refused when it loads, naming the place and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plangate.errors import ConfigError
+from planner_worker.playbook import PlaybookPlanner
+from schemas import GoalSubmitted
+
+
+def playbook_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "playbook.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_placeholder_no_group_of_the_pattern_fills_is_refused_when_the_file_loads(
+    tmp_path: Path,
+) -> None:
+    """It became "" in every plan, without a word ("water plants " for "water {{plant}}s")."""
+    path = playbook_file(
+        tmp_path,
+        "playbooks:\n"
+        "  - name: water\n"
+        '    pattern: "water (?P<plant>\\\\w+)"\n'
+        '    summary: "water {{plant}}"\n'
+        "    steps:\n"
+        '      - {id: ask, tool: notify_oncall, args: {message: "water {{ plants }} {{ why }}"}}\n',
+    )
+
+    with pytest.raises(ConfigError) as refused:
+        PlaybookPlanner.load(path)
+
+    said = str(refused.value)
+    assert said.startswith(f"playbook file {path} is invalid: playbooks.0: ")
+    assert (
+        "no group of the pattern fills {{plants}}, {{why}} (its named groups: (?P<plant>...))"
+        in (said)
+    )
+    assert "Value error" not in said
+
+
+def test_placeholders_of_named_groups_are_filled_from_the_goal(tmp_path: Path) -> None:
+    path = playbook_file(
+        tmp_path,
+        "playbooks:\n"
+        "  - name: water\n"
+        '    pattern: "water (?P<plant>\\\\w+)"\n'
+        '    summary: "water {{plant}}"\n'
+        '    steps: [{id: ask, tool: notify_oncall, args: {message: "water {{ plant }}"}}]\n',
+    )
+
+    draft = PlaybookPlanner.load(path).draft(
+        GoalSubmitted(goal_id="g1", text="water roses"), catalog={}
+    )
+
+    assert draft.summary == "water roses"
+    assert dict(draft.steps[0].args) == {"message": "water roses"}
+
+
+def test_an_unknown_top_level_key_lists_the_top_level_keys(tmp_path: Path) -> None:
+    path = playbook_file(tmp_path, "foo: 1\nplaybooks: []\n")
+
+    with pytest.raises(ConfigError, match=r'unknown key "foo" \(known keys: playbooks\)'):
+        PlaybookPlanner.load(path)
+
+
+def test_an_unknown_key_of_an_entry_lists_an_entry_s_keys(tmp_path: Path) -> None:
+    path = playbook_file(
+        tmp_path,
+        "playbooks:\n  - {name: a, pattern: x, colour: red, steps: [{id: a, tool: t}]}\n",
+    )
+
+    with pytest.raises(ConfigError) as refused:
+        PlaybookPlanner.load(path)
+
+    assert 'unknown key "playbooks.0.colour" (known keys: name, pattern, summary, steps)' in str(
+        refused.value
+    )
+
+
+def test_the_packaged_playbook_loads() -> None:
+    assert PlaybookPlanner.load().entries
