@@ -608,3 +608,19 @@ def test_a_run_whose_write_may_or_may_not_have_happened_says_which_step_and_why(
     ) in said
     assert "; this run ends here and never calls it again" in said
     assert "review settle" not in said
+
+
+def test_submitting_over_the_in_process_broker_is_refused_and_stores_nothing(cli: Cli) -> None:
+    """memory:// reaches only stages in the same process: `submit` said "submitted", and no
+    worker anywhere heard of the goal."""
+    assert cli("db", "upgrade").returncode == 0
+
+    result = cli("submit", SEED_GOAL, env={"PLANGATE_BROKER_URL": "memory://"})
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: PLANGATE_BROKER_URL is memory://, which only stages in this very process hear: "
+        "submitting would reach no worker; set the deployment's broker, or use `plangate run` "
+        "to run a goal here"
+    ]
+    assert cli("goals", "list").stderr.strip() == "no goals match"

@@ -47,6 +47,20 @@ def group(help_text: str) -> typer.Typer:
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def require_shared_broker(settings: Settings, doing: str) -> None:
+    """Refuse a command that hands work to workers over the in-process broker (ConfigError).
+
+    `memory://` is heard only by its own process's stages: what such a command published
+    reached no one, and its outbox row was marked sent, so it waited for a reconciler.
+    """
+    if settings.broker_url.split("://", 1)[0].lower() == "memory":
+        raise ConfigError(
+            f"PLANGATE_BROKER_URL is memory://, which only stages in this very process hear: "
+            f"{doing} would reach no worker; set the deployment's broker, or use `plangate "
+            "run` to run a goal here"
+        )
+
+
 class _MissedPublish(logging.Filter):
     """Takes the relay's warning of a publish the broker missed, for the command to say."""
 

@@ -20,6 +20,7 @@ from plangate.cli.common import (
     friendly_errors,
     load_settings,
     quiet_relay,
+    require_shared_broker,
     warn_broker_unreachable,
 )
 from plangate.cli.printable import printable
@@ -119,6 +120,7 @@ def submit(
     from schemas.goal_states import WAITING_FOR_PERSON
 
     settings = load_settings()
+    require_shared_broker(settings, "submitting")
     quiet_relay()
     with telemetry.flushing(), Client(settings) as client:
         handle = client.submit(goal, metadata=_metadata(meta or []), idempotency_key=key)
