@@ -45,6 +45,8 @@ def submit_goal(
 
     `mark` marks the published row sent (see `deliver`).
     """
+    if idempotency_key is not None and not idempotency_key.strip():
+        raise InputInvalid("the idempotency key is empty: give one that names this goal, or none")
     if idempotency_key is not None:  # else no transaction: on SQLite each waits for the lock
         existing = _goal_with_key(store, idempotency_key, text)
         if existing is not None:

@@ -624,3 +624,14 @@ def test_submitting_over_the_in_process_broker_is_refused_and_stores_nothing(cli
         "to run a goal here"
     ]
     assert cli("goals", "list").stderr.strip() == "no goals match"
+
+
+def test_an_empty_idempotency_key_is_refused_in_one_line(cli: Cli) -> None:
+    assert cli("db", "upgrade").returncode == 0
+
+    result = cli("submit", SEED_GOAL, "--key", " ")
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: the idempotency key is empty: give one that names this goal, or none"
+    ]
