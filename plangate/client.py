@@ -258,7 +258,8 @@ class Client:
                 ).scalars()
             }
             results = tuple(
-                _result(step, runs.get(str(step.get("id")))) for step in plan.body.get("steps", [])
+                _result(step, runs.get(str(step.get("id"))), goal.status)
+                for step in plan.body.get("steps", [])
             )
             return replace(
                 base,
@@ -297,8 +298,10 @@ class Client:
         self.close()
 
 
-def _result(step: Mapping[str, Any], run: StepRunRow | None) -> StepResult:
+def _result(step: Mapping[str, Any], run: StepRunRow | None, goal_status: str) -> StepResult:
     step_id, tool = str(step.get("id")), str(step.get("tool"))
+    if run is None and goal_status in TERMINAL_STATUSES:  # it never will: not "pending"
+        return StepResult(step_id, tool, "skipped", error=f"not run: the goal is {goal_status}")
     if run is None:
         return StepResult(step_id, tool, "pending")
     duration = None

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from plangate.cancellation import cancel_goal
+from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import Conflict, Forbidden
 from plangate.store.goals import store_goal
@@ -187,3 +188,23 @@ def test_a_goal_published_under_the_start_of_a_real_one_s_id_takes_none_of_its_c
         assert pipeline.wait_for(real, HELD, timeout=1).status == "held"
         cancel_goal(pipeline.store, real, "alice", "the real one")
         assert pipeline.wait_for(real, timeout=5).status == "cancelled"
+
+
+def test_the_steps_of_a_goal_that_ended_before_running_are_not_run_not_pending(
+    settings: Settings,
+) -> None:
+    """Given the seed plan held, When a reviewer rejects it (or it is cancelled),
+    Then its status lists each step as skipped, not run because the goal ended: `pending`
+    said they might yet run."""
+    with running_pipeline(settings) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        pipeline.reject(only_plan(pipeline.store, goal_id).plan_id, "alice", "not today")
+        pipeline.wait_for(goal_id, {"rejected"}, timeout=5)
+
+        with Client(settings) as client:
+            results = client.status(goal_id).results
+
+    assert [(r.step_id, r.status, r.error) for r in results] == [
+        (step, "skipped", "not run: the goal is rejected") for step in ("count", "sla", "notify")
+    ]
