@@ -333,9 +333,8 @@ def test_a_broken_reviewers_file_is_named_in_a_503_not_blamed_on_the_token(
 
         status, answer = call(f"{url}/api/v1/reviews")
         assert status == 503, answer
-        assert "nobody can review until this is fixed: cannot read the reviewers file" in str(
-            answer
-        )
+        assert "nobody can review until this is fixed: the reviewers file" in str(answer)
+        assert "is not valid YAML (line 9)" in str(answer)
         login = urllib.request.Request(f"{url}/login", data=b"token=" + ALICE.encode())
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(login, timeout=20)
