@@ -384,3 +384,23 @@ def test_verify_without_the_gates_public_key_says_what_to_set_not_that_the_log_b
     trusted = verify(pipeline.settings.data_dir / "keys" / "trusted")
     assert trusted.returncode == 0, trusted.stderr
     assert "audit log intact" in trusted.stdout
+
+
+def test_an_export_to_a_file_says_how_many_entries_and_since_takes_an_age(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Written to a file, the export said nothing (it looked as if nothing happened); and
+    `--since 2h`, as `goals list` takes it, was refused as no datetime."""
+    target = tmp_path / "audit.jsonl"
+
+    written = plangate_cli(pipeline.settings.data_dir, "audit", "export", "-o", str(target))
+    recent = plangate_cli(pipeline.settings.data_dir, "audit", "export", "--since", "2h")
+    wrong = plangate_cli(pipeline.settings.data_dir, "audit", "export", "--since", "yesterday")
+
+    lines = target.read_text().splitlines()
+    assert written.returncode == 0, written.stderr
+    assert written.stderr.strip() == f"{len(lines)} entries written to {target}"
+    assert recent.returncode == 0, recent.stderr
+    assert recent.stdout.splitlines() == lines
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith("error: since 'yesterday' is neither an age (30m, 2h, 7d, 1w)")

@@ -8,7 +8,6 @@ import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, TextIO
 
@@ -133,8 +132,11 @@ def audit_export(
         Literal["jsonl", "csv"], typer.Option("--format", help="jsonl (one entry a line) or csv.")
     ] = "jsonl",
     since: Annotated[
-        datetime | None,
-        typer.Option(metavar="TIME", help="Only entries at or after this ISO 8601 time (UTC)."),
+        str | None,
+        typer.Option(
+            metavar="AGE|TIME",
+            help="Only entries since: an age (2h, 7d) or an ISO 8601 time (UTC if it names none).",
+        ),
     ] = None,
     goal: Annotated[str | None, typer.Option(metavar="GOAL_ID", help="Only this goal.")] = None,
     output: Annotated[
@@ -157,17 +159,17 @@ def audit_export(
     from plangate.audit_export import ExportSummary, sign_export
     from plangate.signing import load_signer
     from plangate.store import audit, open_store
+    from plangate.store.goal_list import parse_since
 
     if sign and output is None:
         raise typer.BadParameter("--sign needs --output FILE: the signature is written beside it")
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    after = parse_since(since) if since is not None else None  # as `goals list --since`
     settings = load_settings()
     signer = load_signer(settings) if sign else None  # refused before anything is written
     store = open_store(settings.resolved_database_url(), upgrade=False)
     goal = _whole_goal_id(store, goal)
     summary = ExportSummary()
-    entries = summary.counted(audit.export(store, since=since, goal_id=goal))
+    entries = summary.counted(audit.export(store, since=after, goal_id=goal))
     with _replacing(output) if output else _stdout() as stream:
         if output_format == "csv":
             writer = csv.DictWriter(stream, fieldnames=audit.EXPORT_FIELDS)
@@ -184,11 +186,13 @@ def audit_export(
             )
     store.close()
     if signer is not None and output is not None:
-        when = since.isoformat() if since is not None else None
+        when = after.isoformat() if after is not None else None
         scope = {"format": output_format, "since": when, "goal": goal}
         signed = sign_export(output, summary, signer, scope)
         said = f"{summary.count} entries written to {output}; signed manifest {signed}"
         err_console.print(escape(said))
+    elif output is not None:  # a file written without a word looked like nothing happened
+        err_console.print(escape(f"{summary.count} entries written to {output}"))
 
 
 def _whole_goal_id(store: Store, goal: str | None) -> str | None:
