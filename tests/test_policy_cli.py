@@ -302,3 +302,15 @@ def test_a_rule_over_history_is_tested_as_on_a_new_deployment(
     assert "1 passed, 0 failed" in tested.stdout
     assert "decision: hold" in mistaken.stdout
     assert "'an hour' is no window" in mistaken.stdout
+
+
+def test_test_takes_the_steps_alone_as_its_help_says(plangate: Run, tmp_path: Path) -> None:
+    """ "A plan (or its steps)": a bare list of steps was refused as no plan."""
+    steps = write(tmp_path / "steps.json", json.dumps(SEED_STEPS["steps"][:2]))
+
+    result = plangate(
+        "policy", "test", DEFAULT_POLICY, steps, "--tools", "plangate.demo.tools", "--json"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rule"] == "approve-read-only"

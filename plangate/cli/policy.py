@@ -59,6 +59,8 @@ def _plan_of(data: Any, where: str) -> Any:
 
     from schemas import Plan
 
+    if isinstance(data, list):  # the steps alone, as the help says a plan may be given
+        data = {"steps": data}
     if isinstance(data, dict):  # a draft of steps is enough: name it for the test
         data = {"plan_id": "policy-test", "goal_id": "policy-test", "revision": 1} | data
     try:
