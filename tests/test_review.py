@@ -514,3 +514,46 @@ def test_review_list_fits_80_columns(pipeline: Pipeline, tmp_path: Path) -> None
     assert "…" in row
     assert "hold-writes" in row
     assert "0 of 1" in row
+
+
+def test_review_edit_of_a_replaced_revision_is_refused_before_the_editor_opens(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Given the seed plan held, then edited into revision 2 (held again),
+    When `plangate review edit` names revision 1 (its editor would touch nothing),
+    Then it is refused in one line naming the newest revision, and no editor opens: it opened
+    the old plan and said "no change; nothing submitted"."""
+    goal_id, plan = held_seed(pipeline)
+    steps = steps_of(plan)
+    steps[2]["args"]["message"] = "edited first"
+    pipeline.edit(plan.plan_id, "carol", steps, expected_hash=None)
+    newest = eventually(lambda: plans_of(pipeline.store, goal_id)[1:], 5, "revision 2")[0]
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    opened = tmp_path / "opened"
+    editor = tmp_path / "editor.py"
+    editor.write_text(f"open({str(opened)!r}, 'w').close()\n", encoding="utf-8")
+    env = cli_env(
+        pipeline, tmp_path, EDITOR=f"{sys.executable} {editor}", **reviewer_env(tmp_path, "bob")
+    )
+    extra_key = tmp_path / "edit.json"
+    extra_key.write_text(json.dumps({"steps": steps, "colour": "red"}), encoding="utf-8")
+
+    result = subprocess.run(
+        [sys.executable, "-m", "plangate", "review", "edit", plan.plan_id],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    extra = subprocess.run(
+        [sys.executable, "-m", "plangate", "review", "edit", newest.plan_id, "--file", extra_key],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: plan {plan.plan_id} was replaced by plan {newest.plan_id}; edit that one"
+    ]
+    assert not opened.exists()
+    assert extra.returncode == 2
+    assert extra.stderr.splitlines() == [
+        f'error: {extra_key} holds "colour": an edit has only "summary" and "steps"'
+    ]
+    assert len(plans_of(pipeline.store, goal_id)) == 2

@@ -37,7 +37,7 @@ from plangate.cli.review_access import (
     path_of,
     resolve,
 )
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, Conflict
 from plangate.small_files import read_text
 
 if TYPE_CHECKING:
@@ -242,6 +242,10 @@ def _parse_edit(text: str, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} is not JSON plangate reads: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
         raise ConfigError(f'{what} must be a JSON object with "steps" (a list) and "summary"')
+    extra = sorted(set(data) - {"steps", "summary"})
+    if extra:  # silently dropped, a reviewer's change there was lost without a word
+        said = ", ".join(f'"{key[:40]}"' for key in extra[:5])
+        raise ConfigError(f'{what} holds {said}: an edit has only "summary" and "steps"')
     return data
 
 
@@ -250,14 +254,30 @@ def _draft(access: Access, plan_id: str) -> tuple[dict[str, Any], str]:
     if access.server:
         with access.api() as api:
             detail = api.get(path_of(plan_id))
+        _still_to_decide(plan_id, detail["goal_status"], None)
         from approval_gate.review import editable_steps
 
         steps = editable_steps(detail["steps"])
         return {"summary": detail["summary"], "steps": steps}, detail["plan_hash"]
-    with opened_review(access.settings) as (_settings, _store, review):
+    from plangate.store.goals import latest_plan
+
+    with opened_review(access.settings) as (_settings, store, review):
         held = review.get(plan_id)
+        with store.reading() as session:
+            newest = latest_plan(session, held.goal.id)
+    _still_to_decide(
+        held.plan.plan_id, held.goal.status, newest.plan_id if newest is not None else None
+    )
     draft = {"summary": held.plan.body.get("summary", ""), "steps": held.plan.body["steps"]}
     return draft, held.plan.plan_hash
+
+
+def _still_to_decide(plan_id: str, goal_status: str, newest_plan_id: str | None) -> None:
+    """Refuse, before an editor opens, to edit a plan no longer waiting for review."""
+    if newest_plan_id not in (None, plan_id):
+        raise Conflict(f"plan {plan_id} was replaced by plan {newest_plan_id}; edit that one")
+    if goal_status != "held":
+        raise Conflict(f"plan {plan_id} is not waiting for review (the goal is {goal_status})")
 
 
 @app.command("edit", short_help="Edit a held plan in $EDITOR: a new revision, decided again.")
