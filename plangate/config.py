@@ -11,6 +11,7 @@ It holds the SQLite database, the approval signing key and the demo tools' recor
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ def default_data_dir(xdg_data_home: Path | None) -> Path:
 
 
 # kombu transports plangate is tested on (and their TLS and driver spellings).
+NAMESPACE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
 
 
@@ -60,7 +62,7 @@ class Settings(BaseSettings):
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="kombu URL.")
     namespace: str = Field(
         default="plangate",
-        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        pattern=NAMESPACE_PATTERN,
         description="Prefix of the exchange and queue names.",
     )
     planner: Literal["auto", "openai", "playbook"] = Field(
@@ -264,7 +266,7 @@ class Settings(BaseSettings):
     )
     jaeger_url: str = Field(
         default="http://localhost:16686",
-        description="The Jaeger UI that `plangate trace` links to.",
+        description="The Jaeger UI that `plangate trace` links to (http:// or https://).",
     )
     trace_link_only: bool = Field(
         default=False,
@@ -359,6 +361,15 @@ class Settings(BaseSettings):
                 "unset for the demo tools (plangate.demo.tools)"
             )
         return self
+
+    @field_validator("jaeger_url")
+    @classmethod
+    def _a_web_address(cls, url: str) -> str:
+        if not re.match(r"https?://[^\s/]+", url):
+            raise ValueError(
+                f"{url[:60]!r} is no web address; give the Jaeger UI's, e.g. http://jaeger:16686"
+            )
+        return url
 
     @field_validator("broker_url")
     @classmethod

@@ -635,3 +635,30 @@ def test_an_empty_idempotency_key_is_refused_in_one_line(cli: Cli) -> None:
     assert result.stderr.splitlines() == [
         "error: the idempotency key is empty: give one that names this goal, or none"
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        (
+            ("schema", "asyncapi", "out.yaml", "--namespace", "BAD NS"),
+            {},
+            "'BAD NS' is no namespace: a lowercase letter, then up to 31 of a-z, 0-9, _ and -",
+        ),
+        (
+            ("status", "abcdef12"),
+            {"PLANGATE_JAEGER_URL": "notaurl"},
+            "error: PLANGATE_JAEGER_URL: 'notaurl' is no web address; give the Jaeger UI's",
+        ),
+    ],
+    ids=["asyncapi-namespace", "jaeger-url"],
+)
+def test_a_value_refused_elsewhere_is_refused_here_too(
+    cli: Cli, args: tuple[str, ...], env: dict[str, str], said: str
+) -> None:
+    """The namespace PLANGATE_NAMESPACE refuses was taken by `schema asyncapi`; a Jaeger URL
+    that is no address made links `notaurl/trace/...`."""
+    result = cli(*args, env=env)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert said in " ".join(result.stderr.split())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -43,8 +44,15 @@ def schema_asyncapi(
 
     import yaml
 
+    from plangate.config import NAMESPACE_PATTERN
     from schemas.asyncapi import asyncapi_document
 
+    if not re.fullmatch(NAMESPACE_PATTERN, namespace):  # as PLANGATE_NAMESPACE is checked
+        raise typer.BadParameter(
+            f"{namespace[:40]!r} is no namespace: a lowercase letter, then up to 31 of a-z, "
+            "0-9, _ and -",
+            param_hint="--namespace",
+        )
     document = asyncapi_document(namespace)
     if file.suffix.lower() == ".json":
         text = json.dumps(document, indent=2) + "\n"
