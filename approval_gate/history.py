@@ -25,6 +25,7 @@ from plangate.errors import PolicyError
 from plangate.store import ApprovalRow, GoalRow, PlanRow
 from plangate.store.goal_list import parse_since
 from schemas import Plan
+from schemas.cel_check import call_literals
 
 FUNCTIONS = ("count", "sum")  # called on `history`: history.count(...), history.sum(...)
 
@@ -86,6 +87,24 @@ def no_history(plan: Plan, goal_metadata: Mapping[str, str] | None = None) -> Hi
     store's record; a window or key a rule gets wrong is still an error there.
     """
     return History(None, plan, goal_metadata)
+
+
+def window_problems(source: str) -> list[str]:
+    """Return the windows a rule writes out for `history` that are no window.
+
+    Found when the policy loads: at a decision, a wrong one held every plan the rule met.
+    """
+    problems = []
+    for function, index in (("count", 1), ("sum", 2)):
+        for args in call_literals(source, "history", function):
+            window = args[index] if len(args) > index else None
+            if window is None:
+                continue
+            try:
+                _since(window)
+            except PolicyError as exc:
+                problems.append(str(exc).replace("history:", f"history.{function}:", 1))
+    return problems
 
 
 def _since(window: str) -> datetime:

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from approval_gate.decision_memo import DecisionMemo
 from approval_gate.policy_context import RULE_VARIABLES, policy_context
+from approval_gate.rule_checks import check_match
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from plangate.small_files import read_bytes
@@ -24,9 +25,7 @@ from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
 from schemas.cel_check import (
     Reads,
     compiled,
-    expression_problems,
     expression_reads,
-    result_over_empty_values,
 )
 
 Mode = Literal["enforce", "shadow"]
@@ -34,7 +33,6 @@ RuleAction = Literal["approve", "deny", "hold"]
 MAX_MATCH_CHARS = 2000
 NO_MATCH_REASON = "no rule matched; held for a person"
 _PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}
-HISTORY_FUNCTIONS = ("count", "sum")  # see approval_gate.history
 Outcome = tuple[RuleAction, str | None, str]  # action, rule, reason
 
 
@@ -171,13 +169,7 @@ class Policy:
         spec, lines = _parse(data, source)
         rules = []
         for rule, line in zip(spec.rules, lines, strict=True):
-            problems = expression_problems(rule.match, RULE_VARIABLES, HISTORY_FUNCTIONS)
-            if problems:
-                said = "; ".join(problems)
-                raise PolicyError(
-                    f"the match expression is wrong (in {source}): {said}", rule.name, line
-                )
-            _check_gives_bool(rule, line, source)
+            check_match(rule.match, rule.name, line, source)
             program = compiled(rule.match)
             rules.append(
                 Rule(
@@ -309,20 +301,6 @@ def load_policy(settings: Settings) -> Policy:
         hint = "fix the path, or unset it to use the default policy"
         raise ConfigError(f"PLANGATE_POLICY_FILE names {path}, which is not a file; {hint}")
     return Policy.load(path)
-
-
-def _check_gives_bool(rule: RuleSpec, line: int | None, source: str) -> None:
-    """Refuse a rule whose match gives a value that is not true or false (it would hold all)."""
-    given = result_over_empty_values(rule.match, RULE_VARIABLES)
-    if isinstance(given, Exception | bool):
-        return
-    raise PolicyError(
-        f"the match expression is wrong (in {source}): it gives {given!r} "
-        f"({type(given).__name__}), not true or false, so it never matches and holds every "
-        "plan it meets; compare it, e.g. `size(plan.steps) > 3`",
-        rule.name,
-        line,
-    )
 
 
 def _held(subject: str, outcome: object) -> str:

@@ -199,6 +199,43 @@ def comprehension_problems(source: str, variables: Collection[str]) -> list[str]
     return list(dict.fromkeys(problems))
 
 
+def call_literals(source: str, receiver: str, function: str) -> list[list[str | None]]:
+    """Return the arguments of each `receiver.function(...)` call in an expression.
+
+    Each argument is a plain string literal's text, else None (an expression, or a literal
+    with escapes: known only when it runs).
+    """
+    tokens = _tokens(source)
+    head = [("name", receiver), ("punct", "."), ("name", function), ("punct", "(")]
+    calls: list[list[str | None]] = []
+    for at in range(len(tokens) - 3):
+        if tokens[at : at + 4] != head:
+            continue
+        args: list[list[tuple[str, str]]] = [[]]
+        depth = 0
+        for kind, text in tokens[at + 4 :]:
+            if kind == "punct" and text in "([{":
+                depth += 1
+            elif kind == "punct" and text in ")]}":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif kind == "punct" and text == "," and depth == 0:
+                args.append([])
+                continue
+            args[-1].append((kind, text))
+        calls.append([_plain_string(arg) for arg in args])
+    return calls
+
+
+def _plain_string(tokens: list[tuple[str, str]]) -> str | None:
+    if len(tokens) != 1 or tokens[0][0] != "string":
+        return None
+    text = tokens[0][1]
+    plain = text[:1] in ("'", '"') and not text.startswith(("'''", '"""'))
+    return text[1:-1] if plain and "\\" not in text else None
+
+
 def _tokens(source: str) -> list[tuple[str, str]]:
     tokens = []
     for match in _TOKEN.finditer(source):

@@ -380,3 +380,29 @@ def test_what_a_rule_asks_of_people_is_refused_where_no_person_decides(
 
     assert f"{named} to hold rules only" in str(refused.value)
     assert "Value error" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("match", "said"),
+    [
+        ('history.count("notify_oncall", "2y") < 5', "history.count: '2y' is no window"),
+        (
+            'history.sum("refund", "amount", "forever", "customer") < 100',
+            "history.sum: 'forever' is no window",
+        ),
+    ],
+)
+def test_a_history_window_that_is_no_window_is_refused_when_loaded(match: str, said: str) -> None:
+    """It loaded, and then every decision the rule met was a hold ("'2y' is no window")."""
+    with pytest.raises(PolicyError) as refused:
+        policy_of(rule("capped", match))
+
+    assert f"the match expression is wrong (in test.yaml): {said}; say 30m, 1h, 1d or 1w" in str(
+        refused.value
+    )
+
+
+def test_a_history_window_known_only_when_the_rule_runs_still_loads() -> None:
+    policy = policy_of(rule("capped", 'history.count("notify_oncall", goal.metadata.w) < 5'))
+
+    assert policy.reads_history

@@ -285,7 +285,7 @@ def test_a_rule_over_history_is_tested_as_on_a_new_deployment(
     """Given a rule approving a page while fewer than 3 were approved this hour,
     When `policy test` decides a page (a plan file, and the file's own tests:),
     Then it sees no earlier approval and approves, on any machine; a window the rule gets
-    wrong is still an error that holds the plan.
+    wrong is refused when the policy loads (it held every plan the rule met).
     """
     good = write(tmp_path / "capped.yaml", CAPPED_PAGES % "1h")
     wrong = write(tmp_path / "wrong.yaml", CAPPED_PAGES % "an hour")
@@ -300,8 +300,8 @@ def test_a_rule_over_history_is_tested_as_on_a_new_deployment(
     assert "rule: approve-few-pages" in decided.stdout
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "1 passed, 0 failed" in tested.stdout
-    assert "decision: hold" in mistaken.stdout
-    assert "'an hour' is no window" in mistaken.stdout
+    assert mistaken.returncode == 2, mistaken.stdout
+    assert "history.count: 'an hour' is no window" in mistaken.stderr
 
 
 def test_test_takes_the_steps_alone_as_its_help_says(plangate: Run, tmp_path: Path) -> None:
