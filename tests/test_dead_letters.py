@@ -65,6 +65,12 @@ def publish_raw(pipeline: Pipeline, routing_key: str, body: bytes, **options: An
         producer.publish(body, routing_key=routing_key, **options)
 
 
+def publish_goal(pipeline: Pipeline, message: GoalSubmitted, **options: Any) -> None:
+    """Publish a goal as a foreign publisher does: JSON on the broker, no client."""
+    json_body = {"content_type": "application/json", "content_encoding": "utf-8"}
+    publish_raw(pipeline, "goal.submitted", encode_message(message), **json_body, **options)
+
+
 def assert_seed_goal_still_completes(pipeline: Pipeline) -> None:
     goal_id = pipeline.submit(SEED_GOAL).goal_id
     pipeline.wait_for(goal_id, HELD, timeout=5)
@@ -137,14 +143,7 @@ def test_compressed_message_is_dead_lettered(pipeline: Pipeline) -> None:
     """
     message = GoalSubmitted(goal_id="zipped", text=SEED_GOAL)
 
-    publish_raw(
-        pipeline,
-        "goal.submitted",
-        encode_message(message),
-        content_type="application/json",
-        content_encoding="utf-8",
-        compression="zlib",
-    )
+    publish_goal(pipeline, message, compression="zlib")
 
     (letter,) = dead_letters(pipeline)
     assert letter.reason == "compressed messages are not accepted"
@@ -249,13 +248,7 @@ def test_a_published_goal_whose_key_another_goal_has_is_a_dead_letter_at_once(
     pipeline.wait_for(first, HELD)
     message = GoalSubmitted(goal_id="foreign-1", text="another goal", idempotency_key="nightly")
 
-    publish_raw(
-        pipeline,
-        "goal.submitted",
-        encode_message(message),
-        content_type="application/json",
-        content_encoding="utf-8",
-    )
+    publish_goal(pipeline, message)
 
     (letter,) = dead_letters(pipeline)
     assert letter.reason.startswith(f"the idempotency key 'nightly' is goal {first}'s already")
@@ -279,13 +272,7 @@ def test_a_published_goal_under_a_stored_goal_s_id_with_another_text_is_a_dead_l
         pipeline.wait_for(first, HELD)
     message = GoalSubmitted(goal_id=first, text="delete every ticket")
 
-    publish_raw(
-        pipeline,
-        "goal.submitted",
-        encode_message(message),
-        content_type="application/json",
-        content_encoding="utf-8",
-    )
+    publish_goal(pipeline, message)
 
     (letter,) = dead_letters(pipeline)
     assert letter.reason.startswith(f"goal {first} exists already, with another text")

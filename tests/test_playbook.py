@@ -17,41 +17,36 @@ def playbook_file(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_a_placeholder_no_group_of_the_pattern_fills_is_refused_when_the_file_loads(
-    tmp_path: Path,
-) -> None:
-    """It became "" in every plan, without a word ("water plants " for "water {{plant}}s")."""
-    path = playbook_file(
+def water_playbook(tmp_path: Path, message: str) -> Path:
+    """A playbook whose pattern names one group, `plant`, and whose step sends `message`."""
+    return playbook_file(
         tmp_path,
         "playbooks:\n"
         "  - name: water\n"
         '    pattern: "water (?P<plant>\\\\w+)"\n'
         '    summary: "water {{plant}}"\n'
-        "    steps:\n"
-        '      - {id: ask, tool: notify_oncall, args: {message: "water {{ plants }} {{ why }}"}}\n',
+        f'    steps: [{{id: ask, tool: notify_oncall, args: {{message: "{message}"}}}}]\n',
     )
+
+
+def test_a_placeholder_no_group_of_the_pattern_fills_is_refused_when_the_file_loads(
+    tmp_path: Path,
+) -> None:
+    """It became "" in every plan, without a word ("water plants " for "water {{plant}}s")."""
+    path = water_playbook(tmp_path, "water {{ plants }} {{ why }}")
 
     with pytest.raises(ConfigError) as refused:
         PlaybookPlanner.load(path)
 
     said = str(refused.value)
     assert said.startswith(f"playbook file {path} is invalid: playbooks.0: ")
-    assert (
-        "no group of the pattern fills {{plants}}, {{why}} (its named groups: (?P<plant>...))"
-        in (said)
-    )
+    fills = "no group of the pattern fills {{plants}}, {{why}} (its named groups: (?P<plant>...))"
+    assert fills in said
     assert "Value error" not in said
 
 
 def test_placeholders_of_named_groups_are_filled_from_the_goal(tmp_path: Path) -> None:
-    path = playbook_file(
-        tmp_path,
-        "playbooks:\n"
-        "  - name: water\n"
-        '    pattern: "water (?P<plant>\\\\w+)"\n'
-        '    summary: "water {{plant}}"\n'
-        '    steps: [{id: ask, tool: notify_oncall, args: {message: "water {{ plant }}"}}]\n',
-    )
+    path = water_playbook(tmp_path, "water {{ plant }}")
 
     draft = PlaybookPlanner.load(path).draft(
         GoalSubmitted(goal_id="g1", text="water roses"), catalog={}
