@@ -27,6 +27,7 @@ from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
 from plangate.bus.inbound import raw_body
 from plangate.bus.middleware import Middleware
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
+from plangate.bus.reconnect import refused_by_broker
 from plangate.bus.redis_claims import REDELIVERY_AFTER_SECONDS
 from plangate.bus.retries import RETRY_DELAYS, DeferHook
 from plangate.bus.settlement import PublishedHook
@@ -143,9 +144,7 @@ class Bus:
         try:
             yield
         except Exception as exc:
-            # Redis answers a database it lacks (`/99`) only on connecting: for whoever
-            # publishes, that broker is as unreachable as a stopped one, until the URL is fixed.
-            if not isinstance(exc, self._outages) and "DB index is out of range" not in str(exc):
+            if not isinstance(exc, self._outages) and not refused_by_broker(exc):
                 raise
             raise BrokerUnavailable(
                 f"cannot reach the broker at {maybe_sanitize_url(self.url)} ({exc}); check "

@@ -37,6 +37,15 @@ class Backoff:
         self._next = self._first
 
 
+def refused_by_broker(exc: BaseException) -> bool:
+    """Whether the broker refused our connection's settings (a Redis database it lacks, `/99`).
+
+    Redis says so only once connected; to whoever connects, the broker is as unusable as a
+    stopped one until PLANGATE_BROKER_URL is fixed: said in one line, not as our fault.
+    """
+    return "DB index is out of range" in str(exc)
+
+
 def run_reconnecting(
     run: Callable[[threading.Event], None],
     stop: threading.Event,
@@ -61,6 +70,14 @@ def run_reconnecting(
             delay = backoff.next()
             if isinstance(exc, outages):
                 log.warning("%s lost the broker (%s); reconnecting in %g s", name, exc, delay)
+            elif refused_by_broker(exc):
+                log.error(
+                    "%s: the broker refuses its settings (%s); check PLANGATE_BROKER_URL; "
+                    "trying again in %g s",
+                    name,
+                    exc,
+                    delay,
+                )
             else:
                 log.error(
                     "%s failed (not a broker outage); restarting in %g s", name, delay, exc_info=exc
