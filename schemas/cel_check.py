@@ -35,8 +35,14 @@ BUILTIN_FUNCTIONS = frozenset(
 )  # fmt: skip
 _MACROS = frozenset({"exists", "all", "exists_one", "map", "filter"})
 _KEYWORDS = frozenset({"true", "false", "null", "in", "has"})
+# As CEL reads them: a raw string (r"...") has no escapes, so r"\" ends at its second quote;
+# `//` starts a comment to the end of the line (skipped). Read otherwise, a `)` in a comment
+# or a quote after a raw backslash hid a comprehension from `comprehension_problems`.
 _TOKEN = re.compile(
-    r"""(?P<string>[rRbB]*('''.*?'''|\"\"\".*?\"\"\"|'(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*"))"""
+    r"(?P<comment>//[^\n]*)"
+    r"""|(?P<string>(?:[bB]?[rR]|[rR][bB])(?:'''.*?'''|\"\"\".*?\"\"\"|'[^'\n]*'|"[^"\n]*")"""
+    r"""|[bB]?(?:'''(?:\\.|.)*?'''|\"\"\"(?:\\.|.)*?\"\"\"|'(?:\\.|[^'\\\n])*'"""
+    r"""|"(?:\\.|[^"\\\n])*"))"""
     r"|(?P<number>\d[\w.]*)|(?P<name>[A-Za-z_]\w*)|(?P<punct>\S)",
     re.DOTALL,
 )
@@ -240,7 +246,8 @@ def _tokens(source: str) -> list[tuple[str, str]]:
     tokens = []
     for match in _TOKEN.finditer(source):
         kind = match.lastgroup or "punct"
-        tokens.append((kind, match.group(kind)))
+        if kind != "comment":
+            tokens.append((kind, match.group(kind)))
     return tokens
 
 

@@ -405,6 +405,18 @@ def nested_over_steps(levels: int) -> str:
             "exists() reads steps in its body",
             id="a-product-of-two-outputs",
         ),
+        pytest.param(  # a `)` in a comment closed the first comprehension early
+            "steps.count.output.exists(x, x == 0 // )\n"
+            " || steps.count.output.exists(z, z + 1 == x))",
+            "exists() holds exists()",
+            id="hidden-by-a-comment",
+        ),
+        pytest.param(  # a raw string's backslash read as an escape ran the string on
+            'steps.count.output.exists(x, x == r"\\") || steps.count.output.exists('
+            'y, steps.count.output.exists(z, y == z + 1) && "" == "")',
+            "exists() holds exists()",
+            id="hidden-by-a-raw-string",
+        ),
     ],
 )
 def test_a_when_whose_cost_would_multiply_is_refused_before_anyone_approves_it(
