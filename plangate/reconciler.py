@@ -21,11 +21,13 @@ from collections import OrderedDict
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
 
+from pydantic import ValidationError
 from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from plangate import metrics
 from plangate.bus import Envelope, Stage
+from plangate.errors import describe
 from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, StepRunRow, Store, audit
 from plangate.store.goals import latest_plan, plan_of
 from plangate.store.outbox import delayed_retries, emit
@@ -173,7 +175,17 @@ def _resend_if_stalled(
     queued = stage is not None and _queued(sent, stage, waiting or {}, progress or {}, after)
     if queued and sent > now - after * BACKLOG_PATIENCE:
         return None
-    envelope = _last_message(session, goal, step_lease)
+    try:
+        envelope = _last_message(session, goal, step_lease)
+    except ValidationError as exc:  # kept before a rule got stricter: one goal, not the sweep
+        log.error(
+            "goal %s stalled while %s, and cannot be sent again: what the store keeps of it "
+            "is no valid message now (%s); cancel it, or submit it again",
+            goal.id,
+            goal.status,
+            describe(exc),
+        )
+        return None
     if envelope is not None:
         _count_resend(session, goal, envelope)
     return envelope
@@ -261,7 +273,7 @@ def _last_message(session: Session, goal: GoalRow, step_lease: timedelta) -> Env
             goal_id=goal.id,
             text=goal.text,
             metadata={str(k): str(v) for k, v in goal.meta.items()},
-            idempotency_key=goal.idempotency_key,
+            idempotency_key=goal.idempotency_key or None,  # "" was taken before it was refused
         )
         return emit(session, message, trace_headers=goal.trace_headers)
     plan = latest_plan(session, goal.id)

@@ -110,3 +110,31 @@ def stalled(store: Store, goal_id: str, status: str) -> None:
             )
     with store.session() as session:
         session.get_one(GoalRow, goal_id).updated_at = utcnow() - timedelta(seconds=90)
+
+
+def test_a_goal_kept_from_before_a_stricter_rule_is_skipped_and_the_others_are_resent(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given two goals stalled in `submitted`: one stored before ids were held to one printable
+    word (`jira#PROJ-1`) with an empty idempotency key, and one stored since,
+    When the reconciler sweeps, Then the second is resent, and the first is logged as one that
+    cannot be sent again (it raised, and the whole sweep rolled back: nothing was resent)."""
+    store = open_store(settings.resolved_database_url())
+    try:
+        with store.session() as session:
+            session.add(GoalRow(id="jira#PROJ-1", text="old", status="submitted", meta={}))
+            session.add(GoalRow(id="fine-1", text="new", status="submitted", meta={}))
+            session.add(
+                GoalRow(id="keyed", text="k", status="submitted", meta={}, idempotency_key="")
+            )
+        with store.session() as session:
+            for goal_id in ("jira#PROJ-1", "fine-1", "keyed"):
+                session.get_one(GoalRow, goal_id).updated_at = utcnow() - timedelta(seconds=90)
+
+        resent = reconcile(store, timedelta(seconds=60))
+    finally:
+        store.close()
+
+    assert sorted(e.headers["x-plangate-goal-id"] for e in resent) == ["fine-1", "keyed"]
+    [said] = [r.getMessage() for r in caplog.records if "cannot be sent again" in r.getMessage()]
+    assert said.startswith("goal jira#PROJ-1 stalled while submitted, and cannot be sent again")
