@@ -120,7 +120,7 @@ class Review:
     def get(self, plan_id: str) -> HeldPlan:
         """Return one held plan by id (NotFound if unknown)."""
         with self._store.session() as session:
-            plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id)
+            plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id, typed=True)
             if plan is None:
                 said = f"no plan {quoted(plan_id)}; `plangate review list` shows held plans"
                 raise NotFound(said)
@@ -298,7 +298,7 @@ class Review:
     def _held_for_decision(
         self, session: Session, plan_id: str, expected_hash: str | None
     ) -> HeldPlan:
-        plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id)
+        plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id, typed=True)
         if plan is None:
             raise NotFound(f"no plan {quoted(plan_id)}; `plangate review list` shows held plans")
         plan_id = plan.plan_id

@@ -91,7 +91,9 @@ def settle_step(
     `roles` are the reviewer's: a plan held for a role is settled only by someone with it.
     """
     with store.session() as session:
-        named = by_id(session, PlanRow, PlanRow.plan_id, plan_id)  # its start names it too
+        named = by_id(
+            session, PlanRow, PlanRow.plan_id, plan_id, typed=True
+        )  # its start names it too
         plan_id = named.plan_id if named is not None else plan_id
         row = session.execute(
             select(StepRunRow)

@@ -29,7 +29,9 @@ def cancel_goal(
     Conflict if it has ended; Forbidden if its plan was held for a role `who` lacks.
     """
     with store.session() as session:
-        goal_id = get_goal(session, goal_id).id  # NotFound; a short id names the whole one
+        goal_id = get_goal(
+            session, goal_id, typed=True
+        ).id  # NotFound; a short id names the whole one
         status = session.execute(
             select(GoalRow.status).where(GoalRow.id == goal_id).with_for_update()
         ).scalar_one()

@@ -234,7 +234,7 @@ class Client:
     def status(self, goal_id: str) -> GoalStatus:
         """Return where a goal stands (NotFound if there is none)."""
         with self._store.reading() as session:
-            goal = get_goal(session, goal_id)
+            goal = get_goal(session, goal_id, typed=True)
             plan = latest_plan(session, goal.id)  # goal_id may be a short start of goal.id
             base = GoalStatus(
                 goal_id=goal.id,

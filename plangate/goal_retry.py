@@ -30,7 +30,9 @@ def retry_goal(store: Store, goal_id: str, who: str, reason: str) -> Envelope:
     Conflict if the goal is in any other state (running, held, completed, ...).
     """
     with store.session() as session:
-        goal_id = get_goal(session, goal_id).id  # NotFound; a short id names the whole one
+        goal_id = get_goal(
+            session, goal_id, typed=True
+        ).id  # NotFound; a short id names the whole one
         goal = session.execute(
             select(GoalRow).where(GoalRow.id == goal_id).with_for_update()
         ).scalar_one()

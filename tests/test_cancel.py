@@ -14,7 +14,7 @@ from plangate.cancellation import cancel_goal
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import Conflict, Forbidden
-from plangate.store.goals import store_goal
+from plangate.store.goals import get_goal, store_goal
 from plangate.tools import ToolRegistry, tool
 from schemas import GoalSubmitted
 from tests.conftest import SEED_GOAL
@@ -208,3 +208,25 @@ def test_the_steps_of_a_goal_that_ended_before_running_are_not_run_not_pending(
     assert [(r.step_id, r.status, r.error) for r in results] == [
         (step, "skipped", "not run: the goal is rejected") for step in ("count", "sla", "notify")
     ]
+
+
+def test_a_whole_id_the_stages_pass_along_is_never_taken_for_a_short_one(
+    settings: Settings,
+) -> None:
+    """Given a goal published as `20240611` and a made id that starts with it,
+    Then the stages' lookups by that whole id find that goal (they were refused as ambiguous,
+    and its replanning stopped), while a person typing it is asked for the whole id; and rows
+    that merely share the start never crowd the made id out of a short id's lookup."""
+    made = "20240611" + "0" * 24
+    crowd = [f"abcdef12-{n}" for n in range(5)]
+    with running_pipeline(settings) as pipeline:
+        with pipeline.store.session() as session:
+            for goal_id in ("20240611", made, "abcdef12", *crowd, "abcdef12" + "f" * 24):
+                store_goal(session, GoalSubmitted(goal_id=goal_id, text="x"), {})
+        with pipeline.store.reading() as session:
+            assert get_goal(session, "20240611").id == "20240611"
+            with pytest.raises(Conflict, match="give the whole id of the one you mean"):
+                get_goal(session, "20240611", typed=True)
+            with pytest.raises(Conflict, match="give the whole id of the one you mean"):
+                get_goal(session, "abcdef12", typed=True)
+            assert get_goal(session, "abcdef", typed=True).id == "abcdef12" + "f" * 24

@@ -203,7 +203,7 @@ def _whole_goal_id(store: Store, goal: str | None) -> str | None:
         return None
     with store.reading() as session:
         try:
-            return get_goal(session, goal).id
+            return get_goal(session, goal, typed=True).id
         except NotFound:  # its row gone (a goal's entries outlive it): exported by the id given
             return goal
 

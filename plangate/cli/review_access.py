@@ -178,7 +178,7 @@ def outcome_here(store: Store, plan_id: str, goal_id: str, message: str) -> dict
     from plangate.store.goals import get_goal, latest_plan
 
     with store.session() as session:
-        goal = get_goal(session, goal_id)
+        goal = get_goal(session, goal_id, typed=True)
         newest = latest_plan(session, goal_id)
         return {
             "plan_id": plan_id,

@@ -28,7 +28,7 @@ def trace(
     store = open_store(settings.resolved_database_url(), upgrade=False)
     try:
         with store.session() as session:
-            trace_id = telemetry.trace_id_of(get_goal(session, goal_id).trace_headers)
+            trace_id = telemetry.trace_id_of(get_goal(session, goal_id, typed=True).trace_headers)
     finally:
         store.close()
     if trace_id is None:

@@ -288,7 +288,7 @@ def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
 def outcome_of(desk: ReviewDesk, goal_id: str, message: str) -> Outcome:
     """Return the goal's state after a decision, and its newest revision."""
     with desk.store.session() as session:
-        goal = get_goal(session, goal_id)
+        goal = get_goal(session, goal_id, typed=True)
         plan = latest_plan(session, goal_id)
         return Outcome(
             goal_id=goal_id,

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, event, select, update
+from sqlalchemy import Table, bindparam, event, func, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -91,22 +91,28 @@ RowT = TypeVar("RowT")
 # The shortest start of an id taken for the whole (`plangate run` prints 8 characters).
 MIN_SHORT_ID = 6
 _HEX = re.compile("[0-9a-f]+")
-_HEX_ID = re.compile("[0-9a-f]{32}")  # what `new_id` makes
 
 
-def by_id(session: Session, model: type[RowT], column: Any, given: str) -> RowT | None:
+def by_id(
+    session: Session, model: type[RowT], column: Any, given: str, *, typed: bool = False
+) -> RowT | None:
     """Return the row with this id, or the one row whose id starts with it (a short id).
 
     Short ids are the starts of the ids plangate makes (32 hex digits), which it prints
-    shortened. Conflict when one starts more than one such id, or when it is also another
-    row's whole id: a goal published with a made id equal to the start of a real one must not
-    take the commands meant for that one.
+    shortened. Conflict when one starts more than one such id. `typed`: a person gave the id
+    (a command, a page), so it may be a short one even where it is also another row's whole
+    id, and is then refused as ambiguous: a goal published under the start of a real one's
+    id must not take the commands meant for that one. An id the stages pass along is whole.
     """
     row = session.get(model, given)
-    if not MIN_SHORT_ID <= len(given) < 32 or not _HEX.fullmatch(given):
+    if (row is not None and not typed) or not MIN_SHORT_ID <= len(given) < 32:
         return row
-    rows = session.execute(select(model).where(column.startswith(given)).limit(3)).scalars()
-    started = [r for r in rows if _HEX_ID.fullmatch(getattr(r, column.key))]
+    if not _HEX.fullmatch(given):
+        return row
+    # Only ids of a made id's length: filtered in SQL, so that no number of other rows that
+    # share the start can crowd the real one out of the limit.
+    query = select(model).where(column.startswith(given), func.length(column) == 32).limit(2)
+    started = list(session.execute(query).scalars())
     if row is not None and started:
         whole = getattr(started[0], column.key)
         raise Conflict(
@@ -118,9 +124,12 @@ def by_id(session: Session, model: type[RowT], column: Any, given: str) -> RowT 
     return row if row is not None else (started[0] if started else None)
 
 
-def get_goal(session: Session, goal_id: str) -> GoalRow:
-    """Return a goal's row (by its id or a short start of it) or raise NotFound."""
-    row = by_id(session, GoalRow, GoalRow.id, goal_id)
+def get_goal(session: Session, goal_id: str, *, typed: bool = False) -> GoalRow:
+    """Return a goal's row (by its id or a short start of it) or raise NotFound.
+
+    `typed`: a person gave the id (see `by_id`).
+    """
+    row = by_id(session, GoalRow, GoalRow.id, goal_id, typed=typed)
     if row is None:
         short = (
             f" (a short id needs {MIN_SHORT_ID} characters)" if len(goal_id) < MIN_SHORT_ID else ""
