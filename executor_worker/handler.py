@@ -54,6 +54,7 @@ from schemas import (
     PreviewRequested,
     StepFinished,
     plan_hash,
+    utcnow,
     validate_plan,
 )
 
@@ -208,11 +209,13 @@ class ExecutorHandler:
             goal = session.get(GoalRow, message.goal_id)
             if goal is None:
                 raise Reject(f"plan.approved for unknown goal {message.goal_id!r}: {reason}")
-            issued = goal.status == "approved" and _issued_by_gate(session, message)
-            if issued and isinstance(refusal, UnknownSigner):
+            issued = _issued_by_gate(session, message) if goal.status == "approved" else None
+            # Until it expires: an approval no run may start on any more ends its goal.
+            waits = issued is not None and issued.expires_at > utcnow()
+            if waits and isinstance(refusal, UnknownSigner):
                 log.error("goal %s: cannot check the gate's approval: %s", goal.id, reason)
                 raise Retry(f"{reason}; the goal waits in approved meanwhile", delay=KEY_WAIT)
-            if issued:
+            if issued is not None:
                 log.error("goal %s: the gate's approval was refused: %s", goal.id, reason)
                 transition(
                     session, message.goal_id, "failed", by="executor", actor=ACTOR, reason=reason
@@ -354,17 +357,19 @@ def _outcome_of(
     return ExecutionFailed(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=steps)
 
 
-def _issued_by_gate(session: Session, message: PlanApproved) -> bool:
-    """Return True if the message carries the approval the gate issued, with its own plan."""
+def _issued_by_gate(session: Session, message: PlanApproved) -> ApprovalRow | None:
+    """Return the gate's record of the approval the message carries, with its own plan."""
     issued = session.execute(
         select(ApprovalRow).where(ApprovalRow.plan_id == message.plan.plan_id)
     ).scalar_one_or_none()
-    return (
+    if (
         issued is not None
         and issued.goal_id == message.goal_id
         and issued.plan_hash == plan_hash(message.plan)
         and issued.envelope == message.approval.model_dump(mode="json")
-    )
+    ):
+        return issued
+    return None
 
 
 def _check_approvers(session: Session, plan_id: str, approval: Approval) -> None:

@@ -23,7 +23,7 @@ from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.signing import Signer, load_or_create_signer
 from plangate.store import ApprovalRow
-from schemas import Plan, PlanApproved, SignedEnvelope
+from schemas import Plan, PlanApproved, SignedEnvelope, utcnow
 from tests.conftest import SEED_GOAL
 from tests.support import (
     HELD,
@@ -275,6 +275,42 @@ def test_executor_that_does_not_trust_the_gates_key_waits_for_it_and_runs_once_i
         goal = pipe.wait_for(goal_id, timeout=5)
 
     assert goal.status == "completed", goal.status_reason
+
+
+def test_an_approval_no_executor_could_check_before_it_expired_ends_its_goal_naming_the_key(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the gate's approval waiting for a key no executor has, When it expires (the key
+    never came), Then the next delivery fails the goal naming the key to add, instead of
+    leaving it `approved` for ever."""
+    key_file = tmp_path / "gate.pem"
+    private_key = Ed25519PrivateKey.generate()
+    key_file.write_bytes(
+        private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    overrides = {"signing_key_file": key_file, "trusted_keys_dir": trusted}
+
+    with running_pipeline(settings, approval_ttl_seconds=1, **overrides) as pipe:
+        goal_id = pipe.submit("how many tickets are open").goal_id
+        pipe.wait_for(goal_id, {"approved"}, timeout=5)
+        approval = stored_approval(pipe.store, only_plan(pipe.store, goal_id).plan_id)
+        eventually(lambda: expired(pipe, goal_id), 5, "the approval's expiry")
+        pipe.bus.publish([Envelope.of(approval)])
+        goal = pipe.wait_for(goal_id, timeout=5)
+
+    assert goal.status == "failed"
+    assert f"signed by unknown key {Signer(private_key).key_id}" in (goal.status_reason or "")
+
+
+def expired(pipeline: Pipeline, goal_id: str) -> bool:
+    """Whether the approval the gate stored for the goal's plan has expired."""
+    with pipeline.store.session() as session:
+        row = session.execute(
+            select(ApprovalRow).where(ApprovalRow.goal_id == goal_id)
+        ).scalar_one()
+        return row.expires_at < utcnow()
 
 
 def test_a_late_approval_of_a_replaced_revision_runs_nothing(
