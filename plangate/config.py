@@ -380,19 +380,20 @@ class Settings(BaseSettings):
                 f"{url.split('://', 1)[0]!r} is not a broker plangate speaks; use "
                 "redis://host:6379/0, amqp://user:password@host:5672// or memory://"
             )
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 - read for its check: a port that is no number raises
-        except ValueError:
-            raise ValueError(
-                "the broker URL's port is not a number from 1 to 65535 (redis://host:6379/0)"
-            ) from None
-        database = parts.path.strip("/")
-        if scheme.startswith("redis") and database and not database.isdigit():
-            raise ValueError(
-                f"the Redis database in the broker URL is a number (redis://host:6379/0), "
-                f"not {database[:40]!r}"
-            )
+        for each in url.split(";"):  # kombu's failover list: redis://h1/0;redis://h2/0
+            parts = urlsplit(each.strip())
+            try:
+                parts.port  # noqa: B018 - read for its check: a port that is no number raises
+            except ValueError:
+                raise ValueError(
+                    "the broker URL's port is not a number from 1 to 65535 (redis://host:6379/0)"
+                ) from None
+            database = parts.path.strip("/")
+            if scheme.startswith("redis") and database and not database.isdigit():
+                raise ValueError(
+                    f"the Redis database in the broker URL is a number (redis://host:6379/0), "
+                    f"not {database[:40]!r}"
+                )
         return url
 
     def model_post_init(self, context: Any) -> None:

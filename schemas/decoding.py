@@ -213,15 +213,18 @@ def decode_message(
         raise MessageRejected(f"{kind} does not match its schema: {problems}") from exc
 
 
+# What a pattern of the messages' fields asks, in words.
+_PATTERNS_SAID = {
+    ID_PATTERN: "an id must be one word of printable characters "
+    "(no space, line break, control character, / ? # % or backslash)",
+    r"\S": "it must not be blank",
+}
+
+
 def _problem(error: ErrorDetails) -> str:
     """Say what is wrong with one field, in words rather than a pattern where we can."""
-    if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == (
-        ID_PATTERN
-    ):
-        return (
-            "an id must be one word of printable characters "
-            "(no space, line break, control character, / ? # % or backslash)"
-        )
+    if error["type"] == "string_pattern_mismatch":
+        return _PATTERNS_SAID.get(str(error.get("ctx", {}).get("pattern")), error["msg"])
     return error["msg"]
 
 

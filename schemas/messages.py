@@ -47,7 +47,7 @@ class GoalSubmitted(Message):
     type: Literal["goal.submitted"] = "goal.submitted"
     text: str = Field(min_length=1, max_length=10_000)
     metadata: dict[str, str] = Field(default_factory=dict)
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: str | None = Field(default=None, max_length=200, pattern=r"\S")
 
 
 class TokenUsage(BaseModel):

@@ -662,3 +662,11 @@ def test_a_value_refused_elsewhere_is_refused_here_too(
 
     assert result.returncode == EXIT_USAGE, result.stderr
     assert said in " ".join(result.stderr.split())
+
+
+def test_kombu_s_failover_list_of_broker_urls_is_still_accepted() -> None:
+    from plangate.config import Settings
+
+    url = "redis://h1:6379/0;redis://h2:6379/0"
+
+    assert Settings(broker_url=url).broker_url == url

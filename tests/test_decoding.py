@@ -390,3 +390,11 @@ def test_a_plan_id_and_a_message_id_are_held_to_the_same_rule() -> None:
 
     assert "message_id: an id must be" in reason
     assert "plan.plan_id: an id must be" in reason
+
+
+def test_a_blank_idempotency_key_is_refused_saying_so() -> None:
+    reason = rejection(goal_body(idempotency_key="   "))
+
+    assert reason == (
+        "goal.submitted does not match its schema: idempotency_key: it must not be blank"
+    )
