@@ -212,7 +212,8 @@ def test_a_worker_whose_probes_cannot_listen_says_what_to_set_in_one_line(
     assert plangate_in(tmp_path, "db", "upgrade").returncode == 0
     with socket.create_server(("127.0.0.1", 0)) as taken:
         env = {k: str(taken.getsockname()[1]) if v == "in use" else v for k, v in setting.items()}
-        started = plangate_in(tmp_path, "worker", "gate", **env)
+        # The planner: a gate would first warn that it has no reviewers file.
+        started = plangate_in(tmp_path, "worker", "planner", **env)
     assert started.returncode == 2, started.stderr
     assert started.stderr.startswith("error: cannot serve probes on "), started.stderr
     assert said in started.stderr
