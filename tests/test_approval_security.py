@@ -239,6 +239,18 @@ def test_forged_approval_after_completion_leaves_the_goal_completed(
     assert [n["message"] for n in read_notifications()] == ["Ticket count 128 exceeded SLA 100"]
 
 
+def untrusted_gate_key(tmp_path: Path) -> tuple[Ed25519PrivateKey, dict[str, Path]]:
+    """A gate's own key file, and an empty trusted keys folder: the settings that give both."""
+    key_file = tmp_path / "gate.pem"
+    private_key = Ed25519PrivateKey.generate()
+    key_file.write_bytes(
+        private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    return private_key, {"signing_key_file": key_file, "trusted_keys_dir": trusted}
+
+
 def test_executor_that_does_not_trust_the_gates_key_waits_for_it_and_runs_once_it_is_there(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -250,15 +262,10 @@ def test_executor_that_does_not_trust_the_gates_key_waits_for_it_and_runs_once_i
     waits in `approved`, and once the gate's public key is in the folder, the approval sent
     again (a replay, the reconciler) runs the plan.
     """
-    key_file = tmp_path / "gate.pem"
-    private_key = Ed25519PrivateKey.generate()
-    key_file.write_bytes(
-        private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    )
-    trusted = tmp_path / "trusted"
-    trusted.mkdir()
+    private_key, overrides = untrusted_gate_key(tmp_path)
+    trusted = overrides["trusted_keys_dir"]
 
-    with running_pipeline(settings, signing_key_file=key_file, trusted_keys_dir=trusted) as pipe:
+    with running_pipeline(settings, **overrides) as pipe:
         goal_id = pipe.submit("how many tickets are open").goal_id
         pipe.wait_for(goal_id, {"approved"}, timeout=5)
         plan = only_plan(pipe.store, goal_id)
@@ -283,14 +290,7 @@ def test_an_approval_no_executor_could_check_before_it_expired_ends_its_goal_nam
     """Given the gate's approval waiting for a key no executor has, When it expires (the key
     never came), Then the next delivery fails the goal naming the key to add, instead of
     leaving it `approved` for ever."""
-    key_file = tmp_path / "gate.pem"
-    private_key = Ed25519PrivateKey.generate()
-    key_file.write_bytes(
-        private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    )
-    trusted = tmp_path / "trusted"
-    trusted.mkdir()
-    overrides = {"signing_key_file": key_file, "trusted_keys_dir": trusted}
+    private_key, overrides = untrusted_gate_key(tmp_path)
 
     with running_pipeline(settings, approval_ttl_seconds=1, **overrides) as pipe:
         goal_id = pipe.submit("how many tickets are open").goal_id
