@@ -11,15 +11,14 @@ It holds the SQLite database, the approval signing key and the demo tools' recor
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate import redaction
+from plangate.addresses import check_broker_url, check_web_address
 from plangate.errors import ConfigError
 
 
@@ -30,7 +29,6 @@ def default_data_dir(xdg_data_home: Path | None) -> Path:
 
 # kombu transports plangate is tested on (and their TLS and driver spellings).
 NAMESPACE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
-BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
 
 
 class Settings(BaseSettings):
@@ -365,36 +363,12 @@ class Settings(BaseSettings):
     @field_validator("jaeger_url")
     @classmethod
     def _a_web_address(cls, url: str) -> str:
-        if not re.match(r"https?://[^\s/]+", url):
-            raise ValueError(
-                f"{url[:60]!r} is no web address; give the Jaeger UI's, e.g. http://jaeger:16686"
-            )
-        return url
+        return check_web_address(url)
 
     @field_validator("broker_url")
     @classmethod
     def _a_broker_plangate_speaks(cls, url: str) -> str:
-        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if scheme not in BROKER_SCHEMES:
-            raise ValueError(
-                f"{url.split('://', 1)[0]!r} is not a broker plangate speaks; use "
-                "redis://host:6379/0, amqp://user:password@host:5672// or memory://"
-            )
-        for each in url.split(";"):  # kombu's failover list: redis://h1/0;redis://h2/0
-            parts = urlsplit(each.strip())
-            try:
-                parts.port  # noqa: B018 - read for its check: a port that is no number raises
-            except ValueError:
-                raise ValueError(
-                    "the broker URL's port is not a number from 1 to 65535 (redis://host:6379/0)"
-                ) from None
-            database = parts.path.strip("/")
-            if scheme.startswith("redis") and database and not database.isdigit():
-                raise ValueError(
-                    f"the Redis database in the broker URL is a number (redis://host:6379/0), "
-                    f"not {database[:40]!r}"
-                )
-        return url
+        return check_broker_url(url)
 
     def model_post_init(self, context: Any) -> None:
         """Make the secrets among these settings known to the one redaction point."""

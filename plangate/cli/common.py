@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from plangate.addresses import broker_scheme
 from plangate.config import Settings, settings_error
 from plangate.errors import (
     BrokerUnavailable,
@@ -53,7 +54,7 @@ def require_shared_broker(settings: Settings, doing: str) -> None:
     `memory://` is heard only by its own process's stages: what such a command published
     reached no one, and its outbox row was marked sent, so it waited for a reconciler.
     """
-    if settings.broker_url.split("://", 1)[0].lower() == "memory":
+    if broker_scheme(settings.broker_url) == "memory":
         raise ConfigError(
             f"PLANGATE_BROKER_URL is memory://, which only stages in this very process hear: "
             f"{doing} would reach no worker; set the deployment's broker, or use `plangate "

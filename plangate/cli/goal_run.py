@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from plangate.cli.common import (
     EXIT_REFUSED,
     EXIT_USAGE,
 )
+from plangate.cli.interrupted import stop_or_abandon
 from plangate.cli.printable import printable
 from plangate.config import Settings
 from plangate.embedded import Pipeline
@@ -47,8 +47,6 @@ from schemas import (
 )
 
 _REFUSED = {"plan.denied", "plan.rejected", "plan.expired"}
-# After Ctrl-C, how long in-flight steps get to finish before the process ends anyway.
-STOP_GRACE_SECONDS = 5.0
 # How long a hold waits for its dry run before asking without it (reads may be slow).
 PREVIEW_WAIT_SECONDS = 30.0
 # What the prompt takes: a letter or the word, in any case.
@@ -384,26 +382,5 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
             )
         code = GoalRun(pipeline, options, out, err).run(text)
         if code == EXIT_INTERRUPTED:
-            _stop_or_abandon(pipeline, err)
+            stop_or_abandon(pipeline, err)
         return code
-
-
-def _stop_or_abandon(pipeline: Pipeline, err: Console) -> None:
-    """After Ctrl-C: stop the stages, or end the process if a tool call will not return.
-
-    Python cannot stop a thread, and a handler waiting on a stuck call would keep the process
-    alive until the call's deadline (minutes). Ending here is what a kill does, which every
-    stage survives: a write in flight keeps its claim, and is settled as of unknown outcome.
-    """
-    try:
-        if pipeline.stop(timeout=STOP_GRACE_SECONDS):
-            return
-        err.print(
-            f"a step is still running after {STOP_GRACE_SECONDS:g} s; ending without waiting "
-            "for it (its claim, if it writes, shows the call as in flight)"
-        )
-    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
-        pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_INTERRUPTED)
