@@ -19,7 +19,7 @@ from approval_gate.decision_memo import DecisionMemo
 from approval_gate.policy_context import RULE_VARIABLES, policy_context
 from approval_gate.rule_checks import check_match
 from plangate.config import Settings
-from plangate.errors import ConfigError, PolicyError
+from plangate.errors import ConfigError, PolicyError, own_words
 from plangate.small_files import read_bytes
 from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
 from schemas.cel_check import (
@@ -372,6 +372,6 @@ def _explain(exc: ValidationError, raw: Any, lines: list[int], source: str) -> P
         about_one_rule = len(error["loc"]) > 1 or "index" in error.get("ctx", {})
         in_rule = error["loc"][:1] == ("rules",) and about_one_rule
         field_name = ".".join(str(part) for part in error["loc"][2 if in_rule else 0 :])
-        said = error["msg"].removeprefix("Value error, ")  # our own words need no label
+        said = own_words(error["msg"])
         problems.append(f"{field_name}: {said}" if field_name else said)
     return PolicyError(f"{'; '.join(problems)} (in {source})", rule_name, line)

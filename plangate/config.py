@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate import redaction
 from plangate.addresses import check_broker_url, check_web_address
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, own_words
 
 
 def default_data_dir(xdg_data_home: Path | None) -> Path:
@@ -394,5 +394,5 @@ def settings_error(exc: ValidationError) -> ConfigError:
     problem = exc.errors()[0]
     where = str(problem["loc"][0]) if problem["loc"] else ""
     name = variable_name(where) if where in Settings.model_fields else where.upper()
-    said = problem["msg"].removeprefix("Value error, ")
+    said = own_words(problem["msg"])
     return ConfigError(f"{name}: {said}" if name else said)  # (a check of several settings)

@@ -185,9 +185,14 @@ def describe(exc: ValidationError, model: type[BaseModel] | None = None, what: s
             allowed = ", ".join(_owner(model, err["loc"]).model_fields)
             parts.append(f'unknown key "{loc}" (known keys: {allowed})')
         else:
-            said = err["msg"].removeprefix("Value error, ")  # our own words need no label
+            said = own_words(err["msg"])
             parts.append(f"{loc}: {said}" if loc else said)
     return "; ".join(parts)
+
+
+def own_words(message: str) -> str:
+    """Return a validation message without pydantic's label: our own words need none."""
+    return message.removeprefix("Value error, ")
 
 
 def _owner(model: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel]:
