@@ -1,0 +1,65 @@
+"""An executor whose trusted keys folder lacks the gate's key, run as a deployment runs it:
+worker processes on Redis, each with a data folder of its own, the gate writing its public key
+to the folder it shares, the executor given (by mistake) an empty one of its own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from plangate.store import GoalRow, open_store
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.test_forged_approvals import poll
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(150)]
+READ_ONLY_GOAL = "how many tickets are open"
+
+
+def test_a_goal_waits_for_the_gate_s_key_and_runs_once_the_executor_has_it(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given a gate that writes its public key to its folder, and an executor whose trusted keys
+    folder is empty,
+    When a read-only goal is approved by policy, Then the executor says at start that it has no
+    key, the goal waits in `approved` (it failed for good), no step runs; and once the key is
+    copied into the executor's folder, the goal completes, with no worker restarted.
+    """
+    shared, own = tmp_path / "gate-keys", tmp_path / "executor-keys"
+    shared.mkdir()
+    own.mkdir()
+    database_url = f"sqlite:///{tmp_path / 'plangate.db'}"
+    fleet = Fleet(broker_url=redis_url, database_url=database_url, folder=tmp_path)
+    fleet.extra_env.update(FAST_SWEEPS)
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    fleet.start("planner", PLANGATE_DATA_DIR=str(tmp_path / "planner-data"))
+    fleet.start(
+        "gate", PLANGATE_DATA_DIR=str(tmp_path / "gate-data"), PLANGATE_TRUSTED_KEYS_DIR=str(shared)
+    )
+    fleet.start(
+        "executor",
+        PLANGATE_DATA_DIR=str(tmp_path / "executor-data"),
+        PLANGATE_TRUSTED_KEYS_DIR=str(own),
+    )
+    store = open_store(database_url)
+    try:
+        submitted = fleet.plangate("submit", READ_ONLY_GOAL, "--json")
+        assert submitted.returncode == 0, submitted.stderr
+        goal_id = json.loads(submitted.stdout)["goal_id"]
+
+        def status() -> str:
+            with store.session() as session:
+                return session.get_one(GoalRow, goal_id).status
+
+        poll(lambda: "cannot check the gate's approval" in fleet.logs(), "the refusal", fleet)
+        assert status() == "approved", fleet.logs()
+        assert "no trusted keys in" in fleet.logs()
+
+        for key in shared.glob("*.pub"):
+            shutil.copy(key, own / key.name)
+        poll(lambda: status() == "completed", "the goal's run", fleet, timeout=90)
+    finally:
+        store.close()
+        fleet.stop_all()
