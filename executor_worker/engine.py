@@ -18,10 +18,10 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
+from executor_worker.output_bounds import MAX_OUTPUT_BYTES, json_size, kept_error, oversize_note
 from executor_worker.tool_threads import ToolThreads
 from plangate import metrics, telemetry
 from plangate.errors import OutcomeUnknown, ToolError
-from plangate.redaction import redact
 from plangate.tools import Tool, ToolContext
 from schemas import Plan, Step
 from schemas.cel_check import compiled
@@ -294,9 +294,22 @@ def invoke(
         span.set_attribute("error.type", type(exc).__name__)
         status = "unknown" if isinstance(exc, OutcomeUnknown) else "failed"
         # A tool's own error text may quote what a server sent back: redacted before it is
-        # stored, announced or shown.
-        error = redact(str(exc))
+        # stored, announced or shown, and bounded.
+        error = kept_error(str(exc))
         return StepOutcome(step.id, step.tool, status, error=error, duration_ms=_ms_since(started))
+    size = json_size(output)
+    if size > MAX_OUTPUT_BYTES:
+        span.set_attribute("error.type", "OutputTooLarge")
+        note = oversize_note(step.tool, size)
+        if tool.spec.effect == "read":
+            return StepOutcome(
+                step.id, step.tool, "failed", error=note, duration_ms=_ms_since(started)
+            )
+        # The write took effect: it succeeded, without the output plangate cannot keep.
+        note = f"{note}; the write took effect, its output was not kept"
+        return StepOutcome(
+            step.id, step.tool, "succeeded", error=note, duration_ms=_ms_since(started)
+        )
     if telemetry.record_content():
         span.set_attribute("gen_ai.tool.call.result", json.dumps(output, default=str))
     return StepOutcome(step.id, step.tool, "succeeded", output, duration_ms=_ms_since(started))

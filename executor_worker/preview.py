@@ -26,6 +26,7 @@ from executor_worker.engine import (
     invoke,
     tool_span,
 )
+from executor_worker.output_bounds import PREVIEW_BUDGET_BYTES, json_size
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.errors import Reject
@@ -71,7 +72,9 @@ class PreviewRun(DagWalk):
     def steps(self) -> list[StepPreview]:
         """Run the walk; return each step's preview, in plan order."""
         outcomes = self.run()
-        return [self._preview_of(step, outcomes[step.id]) for step in self._plan.steps]
+        return within_budget(
+            [self._preview_of(step, outcomes[step.id]) for step in self._plan.steps]
+        )
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         tool = self._registry.get(step.tool)
@@ -177,6 +180,33 @@ class Previewer:
                 )
             stored = session.get_one(PlanPreviewRow, plan.plan_id)
             return [emit(session, _previewed(stored))]
+
+
+def within_budget(steps: list[StepPreview]) -> list[StepPreview]:
+    """Return `steps` with the largest outputs, then arguments, left out until they fit.
+
+    Each output is bounded, but fifty of them are not; a `plan.previewed` that no observer
+    could decode would help no reviewer. What is left out is said in the step's note.
+    """
+    sizes = {step.step_id: (json_size(step.output), json_size(step.args)) for step in steps}
+    total = sum(output + args for output, args in sizes.values())
+    kept = {step.step_id: step for step in steps}
+    for part in ("output", "args"):
+        for step in sorted(steps, key=lambda s: sizes[s.step_id][part == "args"], reverse=True):
+            if total <= PREVIEW_BUDGET_BYTES:
+                return list(kept.values())
+            size = sizes[step.step_id][part == "args"]
+            note = f"{part} not shown ({size} bytes): the preview is over its size limit"
+            current = kept[step.step_id]
+            kept[step.step_id] = current.model_copy(
+                update={part: None if part == "output" else {}, "note": _joined(current.note, note)}
+            )
+            total -= size
+    return list(kept.values())
+
+
+def _joined(note: str | None, more: str) -> str:
+    return more if note is None else f"{note}; {more}"
 
 
 def _held_for_preview(session: Session, plan: Plan) -> bool:

@@ -1,0 +1,51 @@
+"""How much of what a tool hands back plangate keeps: its output, its error text, a preview.
+
+A tool's output is stored with its step, carried by `step.finished` and read by `when`
+conditions; a remote server decides what it is (an MCP server may echo whatever it is sent).
+Unbounded, one call could fill the store, make a message every observer refuses (the decoder's
+limit is `MAX_MESSAGE_BYTES`) and hold the store's write lock while a condition reads it. So an
+output over `MAX_OUTPUT_BYTES` of JSON is not kept: a read fails (nothing happened, and the
+message says what to do), a write succeeds without its output (it took effect; failing it
+would invite running it again).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from plangate.redaction import redact
+from schemas.decoding import MAX_MESSAGE_BYTES
+
+MAX_OUTPUT_BYTES = 256 * 1024
+"""The most JSON a tool's output may take (UTF-8), so that a `step.finished` always fits."""
+MAX_ERROR_CHARS = 2000
+"""The most of a tool's error text that is kept: enough to say what went wrong."""
+PREVIEW_BUDGET_BYTES = MAX_MESSAGE_BYTES // 2
+"""The most JSON a preview's outputs and arguments take together, so `plan.previewed` fits."""
+_SCANNED_CHARS = 64 * 1024  # of an error text, redacted before it is cut to MAX_ERROR_CHARS
+
+
+def json_size(value: Any) -> int:
+    """Return the bytes of `value` as compact UTF-8 JSON (what the store and messages hold)."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+
+
+def oversize_note(tool: str, size: int) -> str:
+    """Say that `tool`'s output of `size` bytes is over the limit, and what to do instead."""
+    return (
+        f"tool {tool} returned {size} bytes of output; the limit is {MAX_OUTPUT_BYTES}: "
+        "return less (a page, a summary) or a reference to the data (a URL, a file id)"
+    )
+
+
+def kept_error(text: str) -> str:
+    """Return a tool's error text redacted, cut to `MAX_ERROR_CHARS` with a count of the rest.
+
+    Only the start of a huge text is redacted (a server may echo megabytes): what is kept lies
+    well inside it.
+    """
+    head = redact(text[:_SCANNED_CHARS])
+    if len(head) <= MAX_ERROR_CHARS and len(text) <= _SCANNED_CHARS:
+        return head
+    return f"{head[:MAX_ERROR_CHARS]}… ({len(text) - MAX_ERROR_CHARS} more characters not kept)"

@@ -1,0 +1,178 @@
+"""What a tool hands back is bounded: its output, its error text and a preview's whole.
+
+A tool's answer is stored, announced on `step.finished` and read by conditions; a remote
+server decides it. A huge answer must not fill the store or make a message no observer takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from executor_worker.output_bounds import (
+    MAX_ERROR_CHARS,
+    MAX_OUTPUT_BYTES,
+    PREVIEW_BUDGET_BYTES,
+    json_size,
+)
+from executor_worker.preview import within_budget
+from plangate.config import Settings
+from plangate.errors import ToolError
+from plangate.redaction import REDACTED, register_secret
+from plangate.store import StepRunRow
+from plangate.tools import ToolRegistry, tool
+from schemas import StepPreview
+from tests.support import only_plan, running_pipeline, write_yaml
+
+APPROVE_ALL = {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}]}
+TOO_BIG = "x" * (MAX_OUTPUT_BYTES + 1)
+SECRET = "s3cr3t-token-for-the-bound-test"
+
+
+@tool(effect="read")
+def huge_read() -> str:
+    """Answer with more than plangate keeps."""
+    return TOO_BIG
+
+
+@tool(effect="write", idempotent=True)
+def huge_write() -> str:
+    """Take effect, then answer with more than plangate keeps."""
+    return TOO_BIG
+
+
+@tool(effect="read")
+def echo_error() -> str:
+    """Fail, quoting a secret and a megabyte of what a server sent back."""
+    raise ToolError(f"server said: token {SECRET} " + "y" * 1_000_000)
+
+
+@tool(effect="read")
+def small_read() -> int:
+    """Answer with little."""
+    return 3
+
+
+def _playbooks(folder: Path) -> Path:
+    return write_yaml(
+        folder / "playbook.yaml",
+        {
+            "playbooks": [
+                {"name": "r", "pattern": "big read", "steps": [{"id": "r", "tool": "huge_read"}]},
+                {
+                    "name": "w",
+                    "pattern": "big write",
+                    "steps": [{"id": "w", "tool": "huge_write"}, {"id": "s", "tool": "small_read"}],
+                },
+                {"name": "e", "pattern": "echo", "steps": [{"id": "e", "tool": "echo_error"}]},
+            ]
+        },
+    )
+
+
+def _steps(pipeline: Any, goal_id: str) -> dict[str, StepRunRow]:
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+    with pipeline.store.session() as session:
+        rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
+        return {row.step_id: row for row in rows}
+
+
+def test_a_read_over_the_output_limit_fails_saying_what_to_return_instead(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a read tool that returns one byte more than the limit,
+    When a goal runs it,
+    Then the step fails, its output is not stored, and the goal's reason gives the size, the
+    limit and what to return instead.
+    """
+    registry = ToolRegistry([huge_read, huge_write, echo_error, small_read])
+    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
+    with running_pipeline(
+        settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
+    ) as pipeline:
+        goal = pipeline.wait_for(pipeline.submit("a big read").goal_id, timeout=10)
+        step = _steps(pipeline, goal.id)["r"]
+
+    assert goal.status == "failed"
+    assert f"the limit is {MAX_OUTPUT_BYTES}" in (goal.status_reason or "")
+    assert "a reference to the data" in (goal.status_reason or "")
+    assert step.status == "failed"
+    assert step.output is None
+
+
+def test_a_write_over_the_output_limit_succeeds_without_its_output(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a write tool that takes effect and returns more than the limit,
+    When a goal runs it,
+    Then the step succeeded (the write happened and must not be run again), its output is not
+    kept, its record says why, and the goal goes on to complete.
+    """
+    registry = ToolRegistry([huge_read, huge_write, echo_error, small_read])
+    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
+    with running_pipeline(
+        settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
+    ) as pipeline:
+        goal = pipeline.wait_for(pipeline.submit("a big write").goal_id, timeout=10)
+        steps = _steps(pipeline, goal.id)
+
+    assert goal.status == "completed"
+    assert steps["w"].status == "succeeded"
+    assert steps["w"].output is None
+    assert "the write took effect, its output was not kept" in (steps["w"].error or "")
+    assert steps["s"].output == 3
+
+
+def test_a_tool_error_echoing_a_megabyte_is_kept_short_and_redacted(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a read whose error quotes a secret and a megabyte a server sent back,
+    When a goal runs it,
+    Then the stored error is cut to its bound, says how much was left out, and hides the secret.
+    """
+    register_secret(SECRET)
+    registry = ToolRegistry([huge_read, huge_write, echo_error, small_read])
+    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
+    with running_pipeline(
+        settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
+    ) as pipeline:
+        goal = pipeline.wait_for(pipeline.submit("echo it").goal_id, timeout=10)
+        error = _steps(pipeline, goal.id)["e"].error or ""
+
+    assert goal.status == "failed"
+    assert SECRET not in error
+    assert REDACTED in error
+    assert len(error) < MAX_ERROR_CHARS + 100
+    assert "more characters not kept" in error
+
+
+def _preview(step_id: str, output: Any, args: dict[str, Any] | None = None) -> StepPreview:
+    return StepPreview(
+        step_id=step_id, tool="t", effect="read", status="ran", output=output, args=args or {}
+    )
+
+
+def test_a_preview_over_its_budget_leaves_out_the_largest_outputs_first_and_says_so() -> None:
+    """Given a preview of three reads whose outputs, each within the limit, exceed the budget,
+    When it is bounded,
+    Then the largest outputs are left out until it fits, each with a note; the small one stays.
+    """
+    big = "b" * (PREVIEW_BUDGET_BYTES // 2 + 10)
+    steps = [_preview("a", big), _preview("b", 7), _preview("c", big)]
+
+    bounded = within_budget(steps)
+
+    assert sum(json_size(s.output) + json_size(s.args) for s in bounded) <= PREVIEW_BUDGET_BYTES
+    assert [s.step_id for s in bounded] == ["a", "b", "c"]
+    assert bounded[1].output == 7
+    left_out = [s for s in bounded if s.output is None]
+    assert len(left_out) == 1
+    assert "output not shown" in (left_out[0].note or "")
+
+
+def test_a_preview_within_its_budget_is_unchanged() -> None:
+    steps = [_preview("a", "small", {"x": 1}), _preview("b", [1, 2, 3])]
+
+    assert within_budget(steps) == steps
