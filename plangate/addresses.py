@@ -1,4 +1,4 @@
-"""The addresses settings name: the broker's URL and the Jaeger UI's, checked when read.
+"""The addresses settings name: the broker's, the Jaeger UI's, the collector's; checked when read.
 
 A URL that cannot work is refused in one line when the settings load, before anything is
 stored: a port or a Redis database that is no number made a traceback after a goal was
@@ -48,5 +48,21 @@ def check_web_address(url: str) -> str:
     if not re.match(r"https?://[^\s/]+", url):
         raise ValueError(
             f"{url[:60]!r} is no web address; give the Jaeger UI's, e.g. http://jaeger:16686"
+        )
+    return url
+
+
+def check_collector_url(variable: str, url: str) -> str:
+    """Return `url` if an OTLP exporter can send to it; ValueError naming `variable` if not."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - read for its check: a port that is no number raises
+        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ValueError(
+            f"{variable}={url[:60]!r} is no collector address; give one like "
+            "http://otel-collector:4318 (or unset it to export no spans)"
         )
     return url

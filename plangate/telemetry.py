@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Link, Span, SpanKind, Status
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from plangate.addresses import check_collector_url
 from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
 from plangate.redaction import redact
@@ -81,11 +82,22 @@ def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
         return None
     if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
         return None
-    if not (
-        environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    ):
+    variable = next(
+        (
+            name
+            for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+            if environ.get(name)
+        ),
+        None,
+    )
+    if variable is None:
         return None
+    try:
+        # Else the exporter finds out at the first export, after the work, and says it in
+        # the SDK's words ("Invalid URL 'x/v1/traces': No scheme supplied").
+        check_collector_url(variable, environ[variable])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     protocol = (
         environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,3 +289,33 @@ def test_the_run_span_is_linked_and_parented_unless_link_only(linked_only: bool)
         assert parent is not None
         assert parent.span_id == came.span_id
         assert ran.trace_id == came.trace_id
+
+
+@pytest.mark.parametrize(
+    ("variable", "endpoint"),
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel-collector:4318"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://collector"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://collector:99999/v1/traces"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://[::1"),
+    ],
+)
+def test_a_collector_address_that_cannot_work_is_refused_before_the_goal_runs(
+    tmp_path: Path, variable: str, endpoint: str
+) -> None:
+    """Given an OTLP endpoint with no scheme, another scheme, a bad port or broken brackets,
+    When `plangate run` starts,
+    Then it stops at once with one line naming the variable and a working example, having
+    stored no goal (the SDK used to say it in its own words after the work was done).
+    """
+    done = _run_goal(tmp_path, {variable: endpoint})
+
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {variable}={endpoint!r} is no collector address; give one like "
+        "http://otel-collector:4318 (or unset it to export no spans)"
+    ]
+    database = tmp_path / "data" / "plangate.db"
+    if database.exists():  # the schema may be made; no goal is
+        with closing(sqlite3.connect(database)) as db:
+            assert db.execute("SELECT count(*) FROM goals").fetchone() == (0,)
