@@ -670,3 +670,21 @@ def test_kombu_s_failover_list_of_broker_urls_is_still_accepted() -> None:
     url = "redis://h1:6379/0;redis://h2:6379/0"
 
     assert Settings(broker_url=url).broker_url == url
+
+
+def test_db_upgrade_names_the_database_and_says_when_it_made_a_new_one(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Given a data folder with no database yet,
+    When `plangate db upgrade` runs twice,
+    Then the first says it made a new database and where (a mistyped path shows as new), and
+    the second that the schema there is already current.
+    """
+    first = cli("db", "upgrade")
+    second = cli("db", "upgrade")
+
+    database = tmp_path / "xdg" / "plangate" / "plangate.db"
+    assert first.returncode == second.returncode == 0
+    assert first.stdout.startswith("created the schema ")
+    assert first.stdout.rstrip().endswith(f"in {database}, a new database")
+    assert second.stdout.startswith(f"the schema of {database} is already at ")
