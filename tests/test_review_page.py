@@ -21,7 +21,7 @@ from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
 from tests.support import eventually
-from tests.test_review_api import ALICE, call, fleet_settings, held_goal, serving, start_fleet
+from tests.test_review_api import ALICE, BOB, call, fleet_settings, held_goal, serving, start_fleet
 
 pytestmark = pytest.mark.redis
 
@@ -296,3 +296,50 @@ def test_the_api_explorer_works_without_internet(browser: Any, base_url: str) ->
 
     assert any("/api/v1/goals" in path for path in operations), operations
     assert refused == []
+
+
+def test_back_after_logging_out_shows_no_page_of_the_session(
+    page: Any, client: Client, base_url: str
+) -> None:
+    """Given alice on a held goal's plan page in Chromium,
+    When she logs out and presses Back,
+    Then the browser shows the login page again, not the plan from its cache.
+    """
+    goal = held_goal(client)
+    page.goto(f"/reviews/{goal.plan_id}")
+    page.wait_for_selector("#goal-status")
+
+    page.click("form[action='/logout'] button")
+    page.wait_for_url("**/login")
+    page.go_back()
+    page.wait_for_load_state()
+
+    assert page.url.endswith("/login")
+    assert page.locator("#goal-status").count() == 0
+
+
+def test_a_login_forged_by_another_site_leaves_the_browser_as_its_reviewer(
+    page: Any, base_url: str
+) -> None:
+    """Given alice logged in, and a page on another site that posts bob's token to /login
+    as soon as it opens,
+    When alice's browser opens that page,
+    Then plangate refuses the login, and the list page still says alice is signed in: her
+    next decision cannot go down as bob's.
+    """
+    forged = (
+        f'<form id="f" method="post" action="{base_url}/login">'
+        f'<input name="token" value="{BOB}"></form><script>f.submit()</script>'
+    )
+    page.context.route(
+        "http://elsewhere.test/**",
+        lambda route: route.fulfill(status=200, content_type="text/html", body=forged),
+    )
+
+    page.goto("http://elsewhere.test/win-a-prize")
+    page.wait_for_url(f"{base_url}/login")
+    refused = page.inner_text("body")
+    page.goto("/reviews")
+
+    assert "A login sent from another site is refused" in refused
+    assert "signed in as alice" in " ".join(page.inner_text("body").split())

@@ -18,6 +18,7 @@ from plangate.server.body_limit import BodyLimit
 from plangate.server.errors import install_handlers
 from plangate.server.ratelimit import FailureLimit
 from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
+from plangate.server.security_headers import SecurityHeaders
 from plangate.server.sessions import SessionKeeper, session_secret
 
 
@@ -53,6 +54,8 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served with local assets: install_api_docs
         redoc_url=None,  # ReDoc comes only from a CDN
+        # Starlette's slash redirect builds its Location from the Host header a client sends.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     configured = settings.intake_token.get_secret_value() if settings.intake_token else None
@@ -67,6 +70,7 @@ def create_app(
     app.state.failure_limit = FailureLimit()
     install_handlers(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(SecurityHeaders)
     app.include_router(goals.router)
     app.include_router(reviews.router)
     app.include_router(pages.router)

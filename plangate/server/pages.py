@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 
 from approval_gate.review import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
+from plangate.server.cross_site import sent_from_another_site
 from plangate.server.errors import ApiError
 from plangate.server.goals import read_body
 from plangate.server.progress import plan_progress
@@ -48,6 +49,9 @@ NOTICES = {
     "settled": "What you found is recorded.",
 }
 EXPIRED_FORM = "The form expired; reload and try again."
+SESSION_ENDED = "Your session had ended, so what you sent was not recorded: log in and do it again."
+OTHER_SITE = "A login sent from another site is refused: log in from this page."
+NO_HASH = "The form does not say which revision you reviewed; reload the plan and decide again."
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
 
 
@@ -76,8 +80,9 @@ def session_or_login(request: Request, desk: ReviewDesk) -> WebSession | Redirec
     return _to_login() if web is None else web
 
 
-def _to_login() -> RedirectResponse:
-    return RedirectResponse("/login", status_code=303)
+def _to_login(*, dropped: bool = False) -> RedirectResponse:
+    # `dropped`: the request was a decision, which is lost with the session; the page says so.
+    return RedirectResponse("/login?ended=1" if dropped else "/login", status_code=303)
 
 
 def _login_page(request: Request, error: str | None = None, status: int = 200) -> Response:
@@ -91,9 +96,9 @@ def home() -> RedirectResponse:
 
 
 @router.get("/login")
-def login_page(request: Request) -> Response:
-    """Show the login form."""
-    return _login_page(request)
+def login_page(request: Request, ended: str = "") -> Response:
+    """Show the login form (saying so when a decision was sent after the session ended)."""
+    return _login_page(request, SESSION_ENDED if ended else None)
 
 
 @router.post("/login")
@@ -101,6 +106,8 @@ async def login(request: Request, desk: Desk) -> Response:
     """Check the token and start a session; too many failures from one address answer 429."""
     limit, address = get_limit(request), client_address(request)
     token = (await _form(request)).get("token", "").strip()
+    if sent_from_another_site(request, request.app.state.settings.public_url):
+        return _login_page(request, OTHER_SITE, 403)
     reviewers = get_reviewers(request)
     reviewer = reviewers.identify(token)
     if reviewer is None and reviewers.problem is not None:  # nobody is known: not your token
@@ -116,8 +123,17 @@ async def login(request: Request, desk: Desk) -> Response:
         limit.failed(address)
         return _login_page(request, "That token is not a reviewer's; check it and try again.", 401)
     response = RedirectResponse("/reviews", status_code=303)
-    await run_in_threadpool(_keeper(request).start, desk.store, reviewer, response)
+    await run_in_threadpool(_restart, request, desk, reviewer, response)
     return response
+
+
+def _restart(request: Request, desk: ReviewDesk, reviewer: Reviewer, response: Response) -> None:
+    """Start `reviewer`'s session, ending the one the browser had: it would outlive a logout."""
+    keeper = _keeper(request)
+    earlier = _session(request, desk)
+    if earlier is not None:
+        keeper.end(desk.store, earlier)
+    keeper.start(desk.store, reviewer, response)
 
 
 @router.post("/logout")
@@ -170,7 +186,7 @@ async def settle_step(request: Request, plan_id: str, step_id: str, desk: Desk) 
     """Say from the page whether a step that may or may not have happened did."""
     web = await run_in_threadpool(_session, request, desk)
     if web is None:
-        return _to_login()
+        return _to_login(dropped=True)
     form = await _form(request)
     return await run_in_threadpool(_settle, request, desk, plan_id, step_id, web, form)
 
@@ -250,7 +266,7 @@ async def act(request: Request, plan_id: str, action: str, desk: Desk) -> Respon
     """Approve, reject or edit from the page; show the outcome or why it was refused."""
     web = await run_in_threadpool(_session, request, desk)
     if web is None:
-        return _to_login()
+        return _to_login(dropped=True)
     form = await _form(request)
     return await run_in_threadpool(_act, request, desk, plan_id, action, web, form)
 
@@ -290,7 +306,9 @@ def _decide(
     desk: ReviewDesk, plan_id: str, action: str, reviewer: Reviewer, form: dict[str, str]
 ) -> str:
     """Run one decision from a form; return the plan id to show next."""
-    expected = form.get("plan_hash") or None
+    expected = form.get("plan_hash", "").strip()
+    if not expected:  # the page always sends it: a decision must be on what was shown
+        raise ValueError(NO_HASH)
     goal_id = desk.review.get(plan_id).goal.id
     if action == "approve":
         desk.decide(

@@ -123,13 +123,14 @@ class SessionKeeper:
             return None
         return WebSession(reviewer, session_id, self.csrf(session_id))
 
-    def end(self, store: Store, web: WebSession, response: Response) -> None:
+    def end(self, store: Store, web: WebSession, response: Response | None = None) -> None:
         """End a session for good (every replica refuses it from now on); clear its cookie."""
         with store.session() as session:
             row = session.get(ReviewSessionRow, _row_id(web.session_id))
             if row is not None and row.ended_at is None:
                 row.ended_at = utcnow()
-        self.clear(response)
+        if response is not None:
+            self.clear(response)
 
     def clear(self, response: Response) -> None:
         """Remove the session cookie from the browser."""

@@ -1,0 +1,178 @@
+"""The review page against another site, a shared browser and a stale form.
+
+Each replica is a real app on the same SQLite store as an embedded pipeline (see
+`test_review_sessions`); what a browser would add (`Sec-Fetch-Site`, `Origin`) is sent as
+headers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from plangate.embedded import Pipeline
+from plangate.reviewers import add_reviewer
+from plangate.server.pages import NO_HASH, OTHER_SITE, SESSION_ENDED
+from plangate.server.sessions import SESSION_COOKIE
+from tests.support import HELD
+from tests.test_review_sessions import (
+    form_field,
+    held_plan,
+    log_in,
+    replica,
+    settings_for,
+)
+
+
+@pytest.fixture
+def reviewers_file(tmp_path: Path) -> Path:
+    return tmp_path / "reviewers.yaml"
+
+
+@pytest.fixture
+def alice(reviewers_file: Path) -> str:
+    return add_reviewer(reviewers_file, "alice", ["finance"])
+
+
+@pytest.fixture
+def mallory(reviewers_file: Path) -> str:
+    return add_reviewer(reviewers_file, "mallory", ["finance"])
+
+
+@pytest.mark.parametrize(
+    "sent_by",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+    ],
+)
+def test_a_login_posted_by_another_site_is_refused_and_starts_no_session(
+    pipeline: Pipeline, reviewers_file: Path, mallory: str, sent_by: dict[str, str]
+) -> None:
+    """Given a page elsewhere that posts mallory's token to /login from alice's browser,
+    When the browser says the request came from another site,
+    Then no session starts (alice's decisions could not go down as mallory's) and the page
+    says to log in from the login page.
+    """
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        answer = client.post("/login", data={"token": mallory}, headers=sent_by)
+
+    assert answer.status_code == 403
+    assert OTHER_SITE in answer.text
+    assert SESSION_COOKIE not in answer.headers.get("set-cookie", "")
+
+
+@pytest.mark.parametrize(
+    "sent_by",
+    [{"Sec-Fetch-Site": "same-origin"}, {"Origin": "http://testserver"}, {}],
+)
+def test_a_login_from_the_page_itself_or_a_client_that_says_nothing_logs_in(
+    pipeline: Pipeline, reviewers_file: Path, alice: str, sent_by: dict[str, str]
+) -> None:
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        answer = client.post("/login", data={"token": alice}, headers=sent_by)
+
+    assert answer.status_code == 303
+    assert SESSION_COOKIE in answer.headers["set-cookie"]
+
+
+def test_logging_in_again_ends_the_browsers_earlier_session(
+    pipeline: Pipeline, reviewers_file: Path, alice: str, mallory: str
+) -> None:
+    """Given a browser logged in as alice, her cookie copied aside,
+    When the browser logs in again (as anyone),
+    Then the earlier session is ended: its cookie opens nothing, so a logout of the new one
+    leaves no session behind.
+    """
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        first = log_in(client, alice)
+        log_in(client, mallory)
+        client.cookies.clear()
+        client.cookies.set(SESSION_COOKIE, first)
+
+        answer = client.get("/reviews")
+
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/login"
+
+
+def test_pages_are_never_cached_framed_or_given_a_script_to_run(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """Given a logged-in reviewer,
+    When the login page, the list of held plans, the API and its explorer answer,
+    Then none may be cached but the explorer, none framed, and the pages run no script at all.
+    """
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        login = client.get("/login")
+        log_in(client, alice)
+        listing = client.get("/reviews")
+        api = client.get("/api/v1/goals")
+        explorer = client.get("/docs")
+
+    for page in (login, listing):
+        policy = page.headers["content-security-policy"]
+        assert "default-src 'none'" in policy
+        assert "script-src" not in policy
+        assert "frame-ancestors 'none'" in policy
+        assert page.headers["cache-control"] == "no-store"
+    for answer in (login, listing, api, explorer):
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    assert api.headers["cache-control"] == "no-store"
+    assert explorer.headers["content-security-policy"] == "frame-ancestors 'none'"
+
+
+def test_an_approve_form_without_the_revisions_hash_decides_nothing(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """Given a held plan and a form posted without `plan_hash` (the page always sends it),
+    When it asks to approve,
+    Then it is refused, saying to reload the plan, and the goal stays held.
+    """
+    goal_id, plan_id = held_plan(pipeline)
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        log_in(client, alice)
+        csrf = form_field(client.get(f"/reviews/{plan_id}").text, "csrf")
+
+        answer = client.post(f"/reviews/{plan_id}/approve", data={"csrf": csrf})
+
+    assert answer.status_code == 422
+    assert NO_HASH in answer.text
+    assert pipeline.wait_for(goal_id, HELD, timeout=5).status in HELD
+
+
+def test_a_decision_sent_after_the_session_ended_says_it_was_not_recorded(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """Given alice's approve form, filled in, and her session ended meanwhile (a logout),
+    When the form is sent,
+    Then she lands on the login page, which says her decision was not recorded; it was not.
+    """
+    goal_id, plan_id = held_plan(pipeline)
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        cookie = log_in(client, alice)
+        page = client.get(f"/reviews/{plan_id}").text
+        form = {"csrf": form_field(page, "csrf"), "plan_hash": form_field(page, "plan_hash")}
+        client.post("/logout", data={"csrf": form["csrf"]})
+        client.cookies.set(SESSION_COOKIE, cookie)
+
+        answer = client.post(f"/reviews/{plan_id}/approve", data=form)
+        shown = client.get(answer.headers["location"])
+
+    assert answer.status_code == 303
+    assert SESSION_ENDED in shown.text
+    assert pipeline.wait_for(goal_id, HELD, timeout=5).status in HELD
+
+
+def test_a_trailing_slash_is_not_redirected_to_a_host_the_client_names(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        answer = client.get("/reviews/", headers={"Host": "evil.example"})
+
+    assert "location" not in answer.headers
+    assert answer.status_code == 404
