@@ -176,3 +176,55 @@ def test_a_trailing_slash_is_not_redirected_to_a_host_the_client_names(
 
     assert "location" not in answer.headers
     assert answer.status_code == 404
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+
+
+def test_a_browser_gets_an_error_as_a_page_with_a_way_back(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """Given a logged-in reviewer's browser,
+    When it opens a goal that does not exist, or a form it sends is not UTF-8,
+    Then it gets a page (not raw JSON) that says what is wrong and links to the held plans.
+    """
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        log_in(client, alice)
+        missing = client.get("/goals/no-such-goal", headers=BROWSER)
+        garbled = client.post(
+            "/login",
+            content=b"token=%ff%fe",
+            headers={**BROWSER, "Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+    for page, said in ((missing, "no-such-goal"), (garbled, "the form is not UTF-8")):
+        assert page.headers["content-type"].startswith("text/html")
+        assert said in page.text
+        assert 'href="/reviews"' in page.text
+    assert missing.status_code == 404
+    assert garbled.status_code == 400
+
+
+def test_the_api_answers_json_even_to_a_browser(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        answer = client.get("/api/v1/goals/no-such-goal", headers=BROWSER)
+
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.status_code in (401, 404)
+    assert "error" in answer.json()
+
+
+def test_an_unknown_address_or_method_says_where_to_go_instead(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        nowhere = client.get("/favicon.ico")
+        wrong_method = client.get("/logout")
+
+    assert nowhere.status_code == 404
+    assert "nothing is at /favicon.ico" in nowhere.json()["error"]
+    assert "/docs" in nowhere.json()["error"]
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"] == "GET is not taken at /logout; use POST"

@@ -1,5 +1,8 @@
 """The server's errors: every failure answers JSON `{"error": "...what to do..."}`.
 
+A browser asking for a page (`Accept: text/html`) outside /api/ gets the same words as a page
+with links back, not a JSON document it would show raw.
+
 Every answer is redacted (`plangate.redaction`): an error quoting a secret says `[redacted]`.
 An unexpected error answers 500 JSON, never the framework's plain text; text that cannot be
 encoded (a lone surrogate that got past the door) answers 422.
@@ -9,11 +12,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
 from plangate.redaction import redact
+from plangate.server.templating import templates
 
 
 class ApiError(Exception):
@@ -33,31 +37,61 @@ def error_response(
     return JSONResponse({"error": redact(message)}, status_code=status, headers=headers)
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+def answer(
+    request: Request, status: int, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """Answer an error as JSON, or as a page to a browser asking for one outside the API."""
+    wants_page = "text/html" in request.headers.get("accept", "")
+    if not wants_page or request.url.path.startswith("/api/"):
+        return error_response(status, message, headers)
+    context = {
+        "status": status,
+        "title": _TITLES.get(status, "Refused"),
+        "message": redact(message),
+    }
+    return templates.TemplateResponse(
+        request, "error.html", context, status_code=status, headers=headers
+    )
+
+
+_TITLES = {
+    400: "That request cannot be read",
+    403: "Not allowed",
+    404: "Nothing here",
+    405: "Not allowed here",
+    409: "That changed meanwhile",
+    413: "Too large",
+    422: "That cannot be used",
+    429: "Too many requests",
+    500: "The server failed",
+}
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.message, exc.headers)
+    return answer(request, exc.status, exc.message, exc.headers)
 
 
-async def _not_found(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(404, str(exc))
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return answer(request, 404, str(exc))
 
 
-async def _conflict(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(409, str(exc))
+async def _conflict(request: Request, exc: Exception) -> Response:
+    return answer(request, 409, str(exc))
 
 
-async def _forbidden(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(403, str(exc))
+async def _forbidden(request: Request, exc: Exception) -> Response:
+    return answer(request, 403, str(exc))
 
 
-async def _input_invalid(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(422, str(exc))
+async def _input_invalid(request: Request, exc: Exception) -> Response:
+    return answer(request, 422, str(exc))
 
 
 async def _plan_invalid(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, PlanInvalid)
     body = {
-        "error": redact(f"{exc}; fix the steps and send them again"),
+        "error": redact(f"{exc}; fix the plan and send it again"),
         "problems": [
             {"code": p.code, "message": redact(p.message), "step_id": p.step_id}
             for p in exc.problems
@@ -66,9 +100,20 @@ async def _plan_invalid(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    message = str(exc.detail)
+    # The framework's own words say what, not what to do.
+    if exc.status_code == 404 and message == "Not Found":
+        message = (
+            f"nothing is at {request.url.path[:200]}; the review page is /reviews, the goals "
+            "/goals, and the API's routes are listed at /docs"
+        )
+    elif exc.status_code == 405 and message == "Method Not Allowed":
+        allowed = headers.get("allow") or headers.get("Allow") or "another method"
+        message = f"{request.method} is not taken at {request.url.path[:200]}; use {allowed}"
+    return answer(request, exc.status_code, message, headers)
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -85,9 +130,9 @@ async def _unencodable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> Response:
     # The framework logs the error itself (redacted, as every record); the caller gets JSON.
-    return error_response(500, "the server failed on this request; its log says why")
+    return answer(request, 500, "the server failed on this request; its log says why")
 
 
 def install_handlers(app: FastAPI) -> None:

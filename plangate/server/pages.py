@@ -8,14 +8,12 @@ After a decision the page shows the plan as the store holds it now (`progress.py
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
 from approval_gate.review import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
@@ -34,12 +32,10 @@ from plangate.server.reviews import (
     summary_of,
 )
 from plangate.server.sessions import SessionKeeper, WebSession
+from plangate.server.templating import templates
 from schemas import MessageRejected, strict_json_loads, utcnow
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
-# Shown as text (autoescaped), unlike `tojson`, which escapes `<`, `>` and `&` for scripts.
-templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
 
 # What the reviewer did; what came of it is the plan's state below, read from the store.
 NOTICES = {
@@ -352,7 +348,8 @@ def _steps(text: str) -> list[dict[str, Any]]:
     try:
         steps = strict_json_loads(text)
     except MessageRejected as exc:
-        raise ValueError(f"The steps are not JSON plangate reads: {exc}.") from None
+        found = str(exc).removeprefix("body is ")  # the decoder's word: here it is one field
+        raise ValueError(f"The steps field is not JSON plangate reads: {found}.") from None
     if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
         raise ValueError("The steps must be a JSON list of objects, one per step.")
     return steps
