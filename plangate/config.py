@@ -27,8 +27,14 @@ def default_data_dir(xdg_data_home: Path | None) -> Path:
     return (xdg_data_home or Path.home() / ".local" / "share") / "plangate"
 
 
-# kombu transports plangate is tested on (and their TLS and driver spellings).
 NAMESPACE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+# Set but empty (as compose files leave them) means unset, not an empty token or the current
+# folder (a blank PLANGATE_POLICY_FILE read the folder `.`).
+_BLANK_MEANS_UNSET = (
+    *("xdg_data_home", "openai_api_key", "openai_base_url", "intake_token", "demo_data"),
+    *("demo_notifications", "fault", "fault_marker", "playbook_file", "policy_file"),
+    *("mcp_servers", "signing_key_file", "trusted_keys_dir", "reviewers_file"),
+)
 
 
 class Settings(BaseSettings):
@@ -303,21 +309,9 @@ class Settings(BaseSettings):
         "so that the restarted process runs on.",
     )
 
-    @field_validator(
-        "xdg_data_home",
-        "openai_api_key",
-        "openai_base_url",
-        "intake_token",
-        "demo_data",
-        "demo_notifications",
-        "fault",
-        "fault_marker",
-        mode="before",
-    )
+    @field_validator(*_BLANK_MEANS_UNSET, mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
-        # As these variables were always read: set but empty (as compose files leave them)
-        # means unset, not an empty token or the current folder.
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("demo_ticket_count", "demo_sla", mode="before")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,6 +36,9 @@ def pae(payload_type: str, payload: bytes) -> bytes:
     """Return the DSSEv1 pre-authentication encoding of a payload and its type."""
     kind = payload_type.encode("utf-8")
     return b"DSSEv1 %d %b %d %b" % (len(kind), kind, len(payload), payload)
+
+
+log = logging.getLogger(__name__)
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -214,14 +218,34 @@ def load_or_create_signer(settings: Settings) -> Signer:
         if not path.is_file():
             hint = "create the key there, or unset it to use a generated key"
             raise ConfigError(f"PLANGATE_SIGNING_KEY_FILE: {path} does not exist; {hint}")
-        return Signer(_read_private_key(path))
-    path = settings.data_dir / "keys" / SIGNING_KEY_NAME
-    if not path.exists():
-        _create_private_key(path)
+    else:
+        path = settings.data_dir / "keys" / SIGNING_KEY_NAME
+        if not path.exists():
+            _create_private_key(path)
     signer = Signer(_read_private_key(path))
+    # Every start, a given key too (a rotated one): the processes sharing this folder trust it
+    # at once, and the file is there to copy to executors that keep folders of their own.
     # Checked on every start, so a crash between creating the key and publishing it heals itself.
-    _publish_public_key(signer.public_key, trusted_keys_dir(settings))
+    try:
+        _publish_public_key(signer.public_key, trusted_keys_dir(settings))
+    except OSError as exc:  # a read-only folder: signing works; the file is only a convenience
+        if settings.signing_key_file is None:
+            raise ConfigError(
+                f"cannot write the gate's public key to {trusted_keys_dir(settings)}: "
+                f"{exc.strerror}; make the folder writable or set PLANGATE_TRUSTED_KEYS_DIR"
+            ) from exc
+        log.warning(
+            "cannot write the public key of %s to %s (%s): give executors its .pub yourself",
+            signer.key_id,
+            trusted_keys_dir(settings),
+            exc.strerror,
+        )
     return signer
+
+
+def public_key_file(settings: Settings, signer: Signer) -> Path:
+    """Return where `load_or_create_signer` wrote the signer's public key."""
+    return trusted_keys_dir(settings) / (signer.key_id.replace(":", "_") + ".pub")
 
 
 def load_signer(settings: Settings) -> Signer:

@@ -82,20 +82,18 @@ def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
         return None
     if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
         return None
-    variable = next(
-        (
-            name
-            for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-            if environ.get(name)
-        ),
-        None,
+    # The traces endpoint is used as it is, before the general one (the SDK's order).
+    endpoints = (
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")),
     )
-    if variable is None:
+    named = [(variable, url) for variable, url in endpoints if url]
+    if not named:
         return None
     try:
         # Else the exporter finds out at the first export, after the work, and says it in
         # the SDK's words ("Invalid URL 'x/v1/traces': No scheme supplied").
-        check_collector_url(variable, environ[variable])
+        check_collector_url(*named[0])
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     protocol = (

@@ -133,3 +133,33 @@ def test_submit_wait_with_no_worker_asks_about_the_workers_early(
     assert "is still submitted after 10 s: no planner has taken it up" in done.stderr
     assert "Are the workers running (`plangate worker planner|gate|executor`" in done.stderr
     assert "is still submitted after 13 s" in done.stderr
+
+
+def test_submit_wait_on_an_approved_goal_no_executor_runs_says_where_to_look(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given an executor whose trusted keys folder lacks the gate's key (as after a rotation),
+    When a goal is submitted with `--wait` and a 13-second timeout,
+    Then after 10 seconds the command says the goal is approved but no executor started it,
+    and points at the executor's trusted keys and the dead letters (it said nothing for five
+    minutes); the gate's log names the key it signs with.
+    """
+    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
+    env = {**FAST_SWEEPS, "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml")}
+    fleet = Fleet(redis_url, f"sqlite:///{tmp_path / 'plangate.db'}", tmp_path, extra_env=env)
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    (tmp_path / "executor-keys").mkdir()
+    fleet.start("planner")
+    fleet.start("gate")
+    fleet.start("executor", PLANGATE_TRUSTED_KEYS_DIR=str(tmp_path / "executor-keys"))
+    try:
+        done = fleet.plangate("submit", SEED_GOAL, "--wait", "--timeout", "13")
+    finally:
+        fleet.stop_all()
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "is still approved after 10 s: no executor has started it" in done.stderr
+    assert "PLANGATE_TRUSTED_KEYS_DIR" in done.stderr
+    assert "`plangate dlq list`" in done.stderr
+    assert "is still approved after 13 s" in done.stderr
+    assert "signing approvals with key ed25519:" in fleet.logs()

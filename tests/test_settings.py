@@ -222,3 +222,30 @@ def test_mcp_servers_alone_are_tools_enough(tmp_path: Path) -> None:
     servers.write_text("{}")
 
     assert Settings(data_dir=tmp_path, tools="", mcp_servers=servers).tool_modules() == []
+
+
+def test_a_file_or_folder_setting_set_but_empty_is_unset_not_the_current_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given the policy, playbook, reviewers, key and trusted keys variables set to "",
+    Then each counts as unset (its default), never as the folder `.` it used to read.
+    """
+    names = (
+        "PLANGATE_POLICY_FILE",
+        "PLANGATE_PLAYBOOK_FILE",
+        "PLANGATE_REVIEWERS_FILE",
+        "PLANGATE_SIGNING_KEY_FILE",
+        "PLANGATE_TRUSTED_KEYS_DIR",
+        "PLANGATE_MCP_SERVERS",
+    )
+    for name in names:
+        monkeypatch.setenv(name, "")
+
+    settings = Settings()
+
+    assert settings.policy_file is None
+    assert settings.playbook_file is None
+    assert settings.reviewers_file is None
+    assert settings.signing_key_file is None
+    assert settings.trusted_keys_dir is None
+    assert settings.mcp_servers is None

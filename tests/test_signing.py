@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import ValidationError
 
@@ -23,6 +24,7 @@ from plangate.signing import (
     load_or_create_signer,
     load_trusted_keys,
     pae,
+    public_key_file,
 )
 from schemas import Decision, Plan, Signature, SignedEnvelope, Step, canonical_json
 
@@ -311,3 +313,51 @@ def test_an_envelope_of_thousands_of_signatures_is_refused_when_decoded() -> Non
     many = [Signature(keyid=f"k{n}", sig="c2ln").model_dump() for n in range(5000)]
     with pytest.raises(ValidationError, match="at most 8 items"):
         SignedEnvelope.model_validate({"payloadType": "x", "payload": "e30=", "signatures": many})
+
+
+def test_a_rotated_key_file_is_trusted_by_the_gates_own_folder(tmp_path: Path) -> None:
+    """Given a gate that generated its key, then is pointed at a new key file (a rotation),
+    When it starts again,
+    Then the new key's public half is written to the trusted keys folder beside the old one,
+    so the executors sharing that folder trust it at once (they refused every approval).
+    """
+    first = load_or_create_signer(settings_in(tmp_path / "gate"))
+    new_key = tmp_path / "rotated.pem"
+    new_key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    rotated = Settings(data_dir=tmp_path / "gate", signing_key_file=new_key)
+
+    second = load_or_create_signer(rotated)
+
+    trusted = load_trusted_keys(rotated)
+    assert second.key_id != first.key_id
+    assert public_key_file(rotated, second).is_file()
+    assert {first.key_id, second.key_id} <= set(trusted)
+
+
+def test_a_given_key_whose_folder_cannot_be_written_still_signs_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a key file and a trusted keys folder the gate may not write (a read-only mount),
+    Then the gate still starts and signs, and warns that executors need the .pub by hand.
+    """
+    made = load_or_create_signer(settings_in(tmp_path / "elsewhere"))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the folder would go")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        signing_key_file=tmp_path / "elsewhere" / "keys" / "approval-signing.pem",
+        trusted_keys_dir=blocker / "trusted",
+    )
+
+    with caplog.at_level("WARNING", logger="plangate.signing"):
+        signer = load_or_create_signer(settings)
+
+    assert signer.key_id == made.key_id
+    assert f"cannot write the public key of {made.key_id}" in caplog.text
+    assert "give executors its .pub yourself" in caplog.text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import suppress
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated
 
@@ -149,28 +148,40 @@ def submit(
 
 
 def _wait(handle: GoalHandle, timeout: float) -> GoalStatus:
-    """Wait for the goal to end or to need a person; say so early if no planner takes it up."""
-    from schemas.goal_states import TERMINAL, TRANSITIONS, WAITING_FOR_PERSON
+    """Wait for the goal to end or to need a person; say early where it is stuck, and why."""
+    from schemas.goal_states import TERMINAL, WAITING_FOR_PERSON
 
     until = TERMINAL | WAITING_FOR_PERSON
-    first = min(timeout, UNTAKEN_HINT_SECONDS)
-    started = time.monotonic()
-    with suppress(TimeoutError):
-        current = handle.wait(first, until=set(TRANSITIONS) - {"submitted"})
-        if current.status in until:
-            return current
-    if handle.status().status == "submitted":
-        err_console.print(
-            f"goal {handle.goal_id} is still submitted after {first:g} s: no planner has taken "
-            "it up. Are the workers running (`plangate worker planner|gate|executor`, on this "
-            "broker and store)? Waiting on.",
-            highlight=False,
-        )
-    try:
-        return handle.wait(max(0.0, timeout - (time.monotonic() - started)), until=until)
-    except TimeoutError:  # said of the whole wait, not of its rest
-        status = handle.status().status
-        raise TimeoutError(f"goal {handle.goal_id} is still {status} after {timeout:g} s") from None
+    deadline = time.monotonic() + timeout
+    said: set[str] = set()
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return handle.wait(max(0.0, min(left, UNTAKEN_HINT_SECONDS)), until=until)
+        except TimeoutError:
+            status = handle.status().status
+            if left <= UNTAKEN_HINT_SECONDS:  # said of the whole wait, not of its rest
+                raise TimeoutError(
+                    f"goal {handle.goal_id} is still {status} after {timeout:g} s"
+                ) from None
+        if status in STUCK_HINTS and status not in said:
+            said.add(status)
+            waited = timeout - (deadline - time.monotonic())
+            err_console.print(
+                f"goal {handle.goal_id} is still {status} after {waited:.0f} s: "
+                f"{STUCK_HINTS[status]} Waiting on.",
+                highlight=False,
+            )
+
+
+# Where a goal that does not move is usually stuck, and what to look at.
+STUCK_HINTS = {
+    "submitted": "no planner has taken it up. Are the workers running (`plangate worker "
+    "planner|gate|executor`, on this broker and store)?",
+    "approved": "no executor has started it. Is one running, and does it trust the gate's "
+    "signing key (its public key in the executor's PLANGATE_TRUSTED_KEYS_DIR)? `plangate dlq "
+    "list` shows approvals an executor refused.",
+}
 
 
 @friendly_errors
