@@ -127,6 +127,10 @@ class Conflict(PlangateError):
     """Someone else already decided or changed this; reload and try again."""
 
 
+class AuditBroken(PlangateError):
+    """The audit log holds an entry that cannot be read as recorded: it was altered."""
+
+
 class Forbidden(PlangateError):
     """A reviewer lacks the role a policy rule requires to decide or edit this plan."""
 

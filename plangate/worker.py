@@ -69,11 +69,7 @@ class Worker:
             health = start_health_server(
                 self.settings,
                 alive=looping.is_set,
-                ready=lambda: (
-                    "not consuming"
-                    if not consumer.ready.is_set() or self.stop.is_set()
-                    else not_ready(store, bus)
-                ),
+                ready=lambda: _readiness(store, bus, consumer.ready, self.stop),
                 metrics=lambda: metrics.exposition(metrics.registry_with(store)),
             )
             # Started once the probes are bound: a port that cannot be had stops the worker
@@ -153,3 +149,16 @@ class Worker:
                     log.warning("sweep skipped: %s; will try again in %g s", exc, interval)
                 except Exception:  # the database is down, or a fault: try again next sweep
                     log.warning("sweep failed; will try again in %g s", interval, exc_info=True)
+
+
+def _readiness(
+    store: Store, bus: Bus, subscribed: threading.Event, stop: threading.Event
+) -> str | None:
+    """Say why the worker takes no work: shutting down, or the store's or broker's reason."""
+    if stop.is_set():
+        return "shutting down"
+    # The store's or the broker's own reason first: "not consuming" alone named neither.
+    problem = not_ready(store, bus)
+    if problem is None and not subscribed.is_set():
+        return "not consuming yet: subscribing to its queue"
+    return problem

@@ -404,3 +404,39 @@ def test_an_export_to_a_file_says_how_many_entries_and_since_takes_an_age(
     assert recent.stdout.splitlines() == lines
     assert wrong.returncode == 2
     assert wrong.stderr.startswith("error: since 'yesterday' is neither an age (30m, 2h, 7d, 1w)")
+
+
+def test_an_entry_edited_into_no_json_is_named_by_verify_and_stops_export_in_one_line(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given an entry whose stored data was overwritten by hand with text that is no JSON,
+    When the log is verified and exported from the command line,
+    Then verify names that entry (exit 1), and export stops with one line naming it (exit 1):
+    both printed a 67-line traceback from the JSON column's reader.
+    """
+    planned = seq_of(pipeline, completed_run, "goal.proposed")
+    run_sql(pipeline, "UPDATE audit_log SET data = 'not json{' WHERE seq = :seq", seq=planned)
+
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+    exported = plangate_cli(pipeline.settings.data_dir, "audit", "export")
+
+    assert verified.returncode == 1
+    assert f"broken at entry {planned}: its content is not valid JSON" in verified.stderr
+    assert exported.returncode == 1
+    assert exported.stderr.splitlines() == [
+        f"error: audit entry {planned}'s content is not valid JSON: the log was altered; "
+        "`plangate audit verify` names the first broken link"
+    ]
+
+
+def test_a_store_missing_its_audit_table_is_one_line_and_exit_2(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    run_sql(pipeline, "DROP TABLE audit_log")
+
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert verified.returncode == 2
+    [line] = verified.stderr.splitlines()
+    assert line.startswith("error: the store failed: no such table: audit_log;")
+    assert "restore it from a backup" in line

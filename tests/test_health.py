@@ -146,7 +146,8 @@ def test_serve_answers_healthz_and_readyz_from_its_store(tmp_path: Path) -> None
 def test_readyz_of_a_worker_and_of_serve_follows_the_broker(tmp_path: Path) -> None:
     """Given a worker and serve on a Redis of their own,
     When Redis stops, Then both /readyz answer 503 "the broker does not answer" (and /healthz
-    of serve 200); When Redis is back, Then both are ready again.
+    of serve 200; the worker said only "not consuming"); When Redis is back, Then both are
+    ready again.
     """
     redis = OwnRedis(tmp_path)
     port = free_port()
@@ -168,6 +169,7 @@ def test_readyz_of_a_worker_and_of_serve_follows_the_broker(tmp_path: Path) -> N
             assert get(f"{url}/readyz") == (503, down)
             assert get(f"{url}/healthz")[0] == 200
             eventually(lambda: answers(worker_url) == 503, timeout=20, what="worker unready")
+            assert get(worker_url) == (503, down)  # the broker named, not "not consuming"
 
             redis.restart()
             eventually(lambda: answers(f"{url}/readyz") == 200, timeout=20, what="serve ready")

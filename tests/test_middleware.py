@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -20,7 +21,7 @@ from typing_extensions import override
 
 from plangate.bus import Bus, Delivery, Envelope
 from plangate.bus.middleware import Middleware, MiddlewareStack, Outcome
-from plangate.errors import Reject
+from plangate.errors import Reject, Unavailable
 from plangate.logs import JsonFormatter
 from plangate.middleware.outages import DatabaseOutages
 from plangate.stages import stage_middleware
@@ -203,3 +204,27 @@ def test_every_stage_binds_the_goal_to_its_log_lines_and_maps_outages_innermost(
     ]
     assert line["goal_id"] == goal.goal_id
     assert line["message_id"] == goal.message_id
+
+
+def test_an_outage_says_the_databases_own_reason_not_its_class() -> None:
+    """Given a write refused because the disk is full (SQLite's words, in SQLAlchemy's wrapper),
+    When the outage mapping turns it into Unavailable,
+    Then the reason is the database's own ("database or disk is full"), without the statement
+    or its parameters; it used to say only "OperationalError", hiding the cause.
+    """
+    refused = OperationalError(
+        "INSERT INTO goals VALUES (?)",
+        ("a goal's text",),
+        sqlite3.OperationalError("database or disk is full"),
+    )
+
+    with (
+        pytest.raises(Unavailable) as mapped,
+        DatabaseOutages().handling(
+            GoalSubmitted(goal_id=uuid4().hex, text="x"),
+            None,  # type: ignore[arg-type]
+        ),
+    ):
+        raise refused
+
+    assert str(mapped.value) == "the database is unavailable: database or disk is full"

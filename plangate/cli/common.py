@@ -136,8 +136,33 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
                 "its permissions"
             )
             raise typer.Exit(EXIT_USAGE) from exc
+        except Exception as exc:
+            failure = _store_failure(exc)
+            if failure is None:
+                raise
+            err_console.print(f"[red]error:[/] {escape(failure)}")
+            raise typer.Exit(EXIT_USAGE) from exc
 
     return wrapper
+
+
+def _store_failure(error: Exception) -> str | None:
+    """Say what the store's failure was and what to do; None if `error` is not the store's."""
+    from sqlalchemy.exc import DBAPIError  # here: no command pays for it unless one failed
+
+    from plangate.store.engine import failure_cause
+
+    if not isinstance(error, DBAPIError):
+        return None
+    cause = failure_cause(error)
+    if "disk is full" in cause or "No space left" in cause:
+        return f"the store refused the write: {cause}; free space where the database is"
+    if "readonly" in cause or "read-only" in cause:
+        return f"the store refused the write: {cause}; check the database's permissions"
+    return (
+        f"the store failed: {cause}; if it says a table is missing, the database is damaged "
+        "or not plangate's: restore it from a backup"
+    )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -10,7 +10,7 @@ from typing_extensions import override
 from plangate.bus.envelope import Delivery
 from plangate.bus.middleware import Middleware
 from plangate.errors import Unavailable
-from plangate.store.engine import is_outage
+from plangate.store.engine import failure_cause, is_outage
 from schemas import Message
 
 
@@ -32,5 +32,6 @@ def _mapped() -> Iterator[None]:
         yield
     except Exception as exc:
         if is_outage(exc):
-            raise Unavailable(f"the database is unavailable ({type(exc).__name__})") from exc
+            # Its cause said: "database or disk is full" is not waited out as a lost link is.
+            raise Unavailable(f"the database is unavailable: {failure_cause(exc)}") from exc
         raise

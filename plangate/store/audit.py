@@ -12,14 +12,17 @@ text that cannot be encoded is replaced, so a secret never enters the log and no
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, tuple_, update
+from sqlalchemy import Row, Table, Text, bindparam, insert, select, tuple_, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
+from plangate.errors import AuditBroken
 from plangate.redaction import redact
 from plangate.store.claims import insert_if_absent
 from plangate.store.engine import Store
@@ -223,14 +226,13 @@ def _chains(
     after: tuple[str, int] = ("", 0)
     while True:
         query = (
-            select(AuditRow)
+            select(*_AS_STORED)
             .where(tuple_(AuditRow.chain, AuditRow.chain_seq) > after)
             .order_by(AuditRow.chain, AuditRow.chain_seq)
             .limit(batch)
         )
         with store.session() as session:
-            rows = list(session.execute(query).scalars())
-            session.expunge_all()
+            rows = list(session.execute(query).all())
         for row in rows:
             if row.chain != chain:
                 if walked.count:
@@ -245,14 +247,41 @@ def _chains(
         after = (rows[-1].chain, rows[-1].chain_seq)
 
 
-def _walk(row: AuditRow, walked: _Walked) -> None:
+# An entry's columns with its data as the text stored: a hand-edited entry whose data is no
+# JSON is then a broken link named like any other, not a traceback from the JSON column type.
+_AS_STORED = (
+    *(getattr(AuditRow, name) for name in ("seq", "chain", "chain_seq", "at", "goal_id")),
+    *(getattr(AuditRow, name) for name in ("kind", "actor", "prev_hash", "hash")),
+    sql_cast(AuditRow.data, Text).label("data"),
+)
+
+
+def _stored_data(seq: int, text: str | None) -> Any:
+    """Return an entry's data read from its stored text; AuditBroken if it is no JSON."""
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError:
+        raise AuditBroken(
+            f"audit entry {seq}'s content is not valid JSON: the log was altered; "
+            "`plangate audit verify` names the first broken link"
+        ) from None
+
+
+def _walk(row: Row[Any], walked: _Walked) -> None:
     prev_seq, prev_hash, _ = walked.last
     where = chain_name(row.chain)
-    fields = (row.chain_seq, row.at, row.goal_id, row.kind, row.actor, row.data)
+    try:
+        data = _stored_data(row.seq, row.data)
+        broken = None
+    except AuditBroken:
+        data, broken = None, "its content is not valid JSON"
+    fields = (row.chain_seq, row.at, row.goal_id, row.kind, row.actor, data)
     if row.chain_seq != prev_seq + 1:
         walked.breaks.append(_Break(row.seq, f"entry {prev_seq + 1} of {where} is missing"))
     elif row.prev_hash != prev_hash:
         walked.breaks.append(_Break(row.seq, f"does not follow the entry before it in {where}"))
+    elif broken is not None:
+        walked.breaks.append(_Break(row.seq, broken))
     elif row.hash != entry_hash(prev_hash, *fields):
         walked.breaks.append(_Break(row.seq, "its content does not match its hash"))
     if row.chain_seq in walked.wanted:
@@ -296,12 +325,16 @@ def export(
     """
     after = 0
     while True:
-        query = select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(batch)
+        query = select(*_AS_STORED).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(batch)
         if goal_id is not None:
             query = query.where(AuditRow.goal_id == goal_id)
         with store.session() as session:
-            rows = list(session.execute(query).scalars())
-            entries = [{field: getattr(row, field) for field in EXPORT_FIELDS} for row in rows]
+            rows = list(session.execute(query).all())
+        entries = [
+            {field: getattr(row, field) for field in EXPORT_FIELDS}
+            | {"data": _stored_data(row.seq, row.data)}
+            for row in rows
+        ]
         if not entries:
             return
         for entry in entries:

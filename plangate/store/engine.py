@@ -23,6 +23,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
+from plangate.redaction import redact
 from plangate.store import schema
 from plangate.store.kept_sessions import (
     MAX_KEPT,
@@ -279,7 +280,7 @@ def _said_plainly(engine: Engine) -> Iterator[None]:
         yield
     except SQLAlchemyError as exc:
         where = engine.url.render_as_string(hide_password=True)
-        cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        cause = failure_cause(exc)
         raise ConfigError(
             f"cannot open the store at {where}: {cause}; check PLANGATE_DATABASE_URL, "
             "and that the database is reachable and was made by plangate"
@@ -291,3 +292,14 @@ def is_outage(error: BaseException) -> bool:
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
     return isinstance(error, OperationalError | InterfaceError | DisconnectionError)
+
+
+def failure_cause(error: BaseException) -> str:
+    """Return the database's own words for a failure (its driver's first line, redacted).
+
+    Not SQLAlchemy's text, which quotes the statement and its parameters (goal texts, tool
+    outputs) and ends in a link: "database or disk is full", "no such table: audit_log".
+    """
+    text = str(getattr(error, "orig", None) or error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    return redact(first[:300])
