@@ -20,6 +20,7 @@ import pytest
 from plangate.bus import Bus, Delivery, Envelope, Handler, Observer, StageConsumer
 from plangate.errors import Reject, Retry
 from schemas import DeadLetter, GoalSubmitted, Message, PlanFailed
+from tests.support import eventually
 
 WAIT = 5.0  # seconds: generous upper bound for anything that should happen at once
 FAST_RETRIES = (0.01, 0.01)
@@ -255,7 +256,7 @@ def test_a_failing_handler_is_retried_then_dead_lettered_after_max_attempts(
         answer_seen(observer, later.goal_id)
 
     [letter] = bus.take_dead_letters()
-    assert letter.reason == "failed 3 times; last error: RuntimeError('tickets API is down')"
+    assert letter.reason == "failed 3 times; last error: RuntimeError: tickets API is down"
     assert letter.headers["x-plangate-goal-id"] == failing.goal_id
     assert letter.headers["x-plangate-attempt"] == "3"
     assert GoalSubmitted.model_validate_json(dead_letter_body(letter)) == failing
@@ -540,3 +541,30 @@ def test_a_replayed_dead_letter_reaches_its_stage_again(
     assert delivery.attempt == 1
     (left,) = bus.dead_letters()
     assert left.message_id == letters[other.message_id].message_id
+
+
+def test_a_dead_letter_after_plangates_own_retries_gives_its_words_not_a_repr(
+    bus: Bus, start_consumer: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a handler that asks to retry with plangate's Retry (an approval by a key not yet
+    trusted, say) until the attempts run out,
+    When it gives up,
+    Then the dead letter's reason and the log say the error's own words, the log names the
+    message's type and queue (not the retry key), and carries no traceback for it.
+    """
+
+    def handler(message: Message, delivery: Delivery) -> list[Envelope]:
+        raise Retry("approval refused: signed by unknown key ed25519:0123")
+
+    start_consumer(handler, concurrency=1, max_attempts=2)
+    failing = goal("needs a key")
+    with caplog.at_level("ERROR", logger="plangate.bus.settlement"):
+        bus.publish([Envelope.of(failing)])
+        [letter] = eventually(bus.take_dead_letters, WAIT, "a dead letter")
+
+    said = "approval refused: signed by unknown key ed25519:0123"
+    assert letter.reason == f"failed 2 times; last error: {said}"
+    [record] = [r for r in caplog.records if r.getMessage().startswith("giving up on")]
+    assert record.getMessage().startswith("giving up on goal.submitted from ")
+    assert record.getMessage().endswith(said)
+    assert record.exc_info is None

@@ -20,7 +20,7 @@ from plangate.bus.inbound import original_content_type, raw_body, text_headers
 from plangate.bus.middleware import MiddlewareStack
 from plangate.bus.producers import ThreadProducers
 from plangate.bus.retries import Deferred, Waiting
-from plangate.errors import Reject, Retry, Unavailable
+from plangate.errors import PlangateError, Reject, Retry, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,12 @@ class Settlement:
         elif isinstance(error, Reject):
             self.dead_letter(done.raw, done.delivery, error.reason)
         elif (delay := self._retry_delay(error, done.delivery.attempt)) is None:
-            log.error("giving up on %s: %r", done.delivery.routing_key, error, exc_info=error)
-            reason = f"failed {done.delivery.attempt} times; last error: {error!r}"
+            said = error_text(error)
+            what = f"{done.delivery.message_type} from {done.delivery.queue}"
+            # A traceback only for what plangate did not expect: its own errors say it all.
+            fault = None if isinstance(error, PlangateError) else error
+            log.error("giving up on %s: %s", what, said, exc_info=fault)
+            reason = f"failed {done.delivery.attempt} times; last error: {said}"
             self.dead_letter(done.raw, done.delivery, reason)
         else:
             self._hold_retry(done, error, delay)
@@ -99,7 +103,7 @@ class Settlement:
 
     def dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
         """Publish the message to the dead-letter queue with its reason, then ack it."""
-        log.warning("dead-lettered %s: %s", delivery.routing_key, reason)
+        log.warning("dead-lettered %s from %s: %s", delivery.message_type, delivery.queue, reason)
         self._middleware.after_settle(delivery, "dead_lettered")
         envelope = dead_letter_envelope(raw_body(raw), original_content_type(raw), delivery, reason)
         self.publish_then_ack(raw, [envelope])
@@ -141,3 +145,10 @@ class Settlement:
             attempt += 1
         self._held.add(delay, (done.raw, attempt))
         self._middleware.after_settle(done.delivery, "retried")
+
+
+def error_text(error: BaseException) -> str:
+    """Return an error as a person reads it: plangate's own by its words, others with a class."""
+    if isinstance(error, PlangateError):
+        return str(error)
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
