@@ -212,40 +212,38 @@ def trusted_keys_dir(settings: Settings) -> Path:
 
 
 def load_or_create_signer(settings: Settings) -> Signer:
-    """Load the signing key; the default one is created and its public key trusted on first use."""
+    """Load the signing key; the default one is created and its public key trusted on first use.
+
+    A key given in PLANGATE_SIGNING_KEY_FILE is the operator's to trust: it is not written to
+    the trusted keys folder, but a gate whose own folder lacks it says so at start (after a
+    rotation, executors refused every approval and nothing said why).
+    """
     path = settings.signing_key_file
     if path is not None:
         if not path.is_file():
             hint = "create the key there, or unset it to use a generated key"
             raise ConfigError(f"PLANGATE_SIGNING_KEY_FILE: {path} does not exist; {hint}")
-    else:
-        path = settings.data_dir / "keys" / SIGNING_KEY_NAME
-        if not path.exists():
-            _create_private_key(path)
+        signer = Signer(_read_private_key(path))
+        try:
+            trusted = {key_id(key) for key in _read_public_keys(trusted_keys_dir(settings))}
+        except ConfigError:  # a bad file there is the executors' to report, not the gate's
+            trusted = {signer.key_id}
+        if signer.key_id not in trusted:
+            log.warning(
+                "the signing key %s is not in the trusted keys folder %s: executors refuse "
+                "what it signs until its public key is in theirs (openssl pkey -in %s -pubout)",
+                signer.key_id,
+                trusted_keys_dir(settings),
+                path,
+            )
+        return signer
+    path = settings.data_dir / "keys" / SIGNING_KEY_NAME
+    if not path.exists():
+        _create_private_key(path)
     signer = Signer(_read_private_key(path))
-    # Every start, a given key too (a rotated one): the processes sharing this folder trust it
-    # at once, and the file is there to copy to executors that keep folders of their own.
     # Checked on every start, so a crash between creating the key and publishing it heals itself.
-    try:
-        _publish_public_key(signer.public_key, trusted_keys_dir(settings))
-    except OSError as exc:  # a read-only folder: signing works; the file is only a convenience
-        if settings.signing_key_file is None:
-            raise ConfigError(
-                f"cannot write the gate's public key to {trusted_keys_dir(settings)}: "
-                f"{exc.strerror}; make the folder writable or set PLANGATE_TRUSTED_KEYS_DIR"
-            ) from exc
-        log.warning(
-            "cannot write the public key of %s to %s (%s): give executors its .pub yourself",
-            signer.key_id,
-            trusted_keys_dir(settings),
-            exc.strerror,
-        )
+    _publish_public_key(signer.public_key, trusted_keys_dir(settings))
     return signer
-
-
-def public_key_file(settings: Settings, signer: Signer) -> Path:
-    """Return where `load_or_create_signer` wrote the signer's public key."""
-    return trusted_keys_dir(settings) / (signer.key_id.replace(":", "_") + ".pub")
 
 
 def load_signer(settings: Settings) -> Signer:

@@ -28,7 +28,6 @@ from plangate.signing import (
     TrustedKeys,
     load_or_create_signer,
     load_trusted_keys,
-    public_key_file,
     trusted_keys_dir,
 )
 from plangate.store import Store, audit_checkpoints
@@ -85,10 +84,9 @@ def _stage_handler(
         # Said at every start: after a key's rotation, executors refuse what it signs until
         # its public key is in their trusted keys folder.
         log.info(
-            "signing approvals with key %s; executors run them only with its public key (%s) "
-            "in their trusted keys folder",
+            "signing approvals with key %s; executors run them only with its public key in "
+            "their trusted keys folder",
             signer.key_id,
-            public_key_file(settings, signer),
         )
         ttl = timedelta(seconds=settings.approval_ttl_seconds)
         notifier = None

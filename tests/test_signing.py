@@ -24,7 +24,6 @@ from plangate.signing import (
     load_or_create_signer,
     load_trusted_keys,
     pae,
-    public_key_file,
 )
 from schemas import Decision, Plan, Signature, SignedEnvelope, Step, canonical_json
 
@@ -315,11 +314,15 @@ def test_an_envelope_of_thousands_of_signatures_is_refused_when_decoded() -> Non
         SignedEnvelope.model_validate({"payloadType": "x", "payload": "e30=", "signatures": many})
 
 
-def test_a_rotated_key_file_is_trusted_by_the_gates_own_folder(tmp_path: Path) -> None:
-    """Given a gate that generated its key, then is pointed at a new key file (a rotation),
+def test_a_rotated_key_the_gates_folder_does_not_trust_is_warned_of_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a gate that generated its key, then is pointed at a new key file (a rotation)
+    whose public key nobody put in the trusted keys folder,
     When it starts again,
-    Then the new key's public half is written to the trusted keys folder beside the old one,
-    so the executors sharing that folder trust it at once (they refused every approval).
+    Then it signs with the new key, and warns that executors refuse what it signs until they
+    have its public key, saying how to make it (nothing said so; every approval was refused).
+    A given key is the operator's to trust: it is not written to the folder.
     """
     first = load_or_create_signer(settings_in(tmp_path / "gate"))
     new_key = tmp_path / "rotated.pem"
@@ -332,32 +335,25 @@ def test_a_rotated_key_file_is_trusted_by_the_gates_own_folder(tmp_path: Path) -
     )
     rotated = Settings(data_dir=tmp_path / "gate", signing_key_file=new_key)
 
-    second = load_or_create_signer(rotated)
+    with caplog.at_level("WARNING", logger="plangate.signing"):
+        second = load_or_create_signer(rotated)
 
-    trusted = load_trusted_keys(rotated)
     assert second.key_id != first.key_id
-    assert public_key_file(rotated, second).is_file()
-    assert {first.key_id, second.key_id} <= set(trusted)
+    assert f"the signing key {second.key_id} is not in the trusted keys folder" in caplog.text
+    assert f"openssl pkey -in {new_key} -pubout" in caplog.text
+    assert set(load_trusted_keys(rotated)) == {first.key_id}
 
 
-def test_a_given_key_whose_folder_cannot_be_written_still_signs_and_says_so(
+def test_a_given_key_the_gates_folder_trusts_starts_without_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Given a key file and a trusted keys folder the gate may not write (a read-only mount),
-    Then the gate still starts and signs, and warns that executors need the .pub by hand.
-    """
-    made = load_or_create_signer(settings_in(tmp_path / "elsewhere"))
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the folder would go")
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        signing_key_file=tmp_path / "elsewhere" / "keys" / "approval-signing.pem",
-        trusted_keys_dir=blocker / "trusted",
-    )
+    made = load_or_create_signer(settings_in(tmp_path / "gate"))
+    key_file = tmp_path / "gate" / "keys" / "approval-signing.pem"
 
     with caplog.at_level("WARNING", logger="plangate.signing"):
-        signer = load_or_create_signer(settings)
+        signer = load_or_create_signer(
+            Settings(data_dir=tmp_path / "gate", signing_key_file=key_file)
+        )
 
     assert signer.key_id == made.key_id
-    assert f"cannot write the public key of {made.key_id}" in caplog.text
-    assert "give executors its .pub yourself" in caplog.text
+    assert caplog.text == ""
