@@ -21,6 +21,7 @@ from approval_gate.history import History
 from approval_gate.holds import DEFAULT_HOLD_TTL, record_hold
 from approval_gate.notify import HeldNotice
 from approval_gate.policy import Policy
+from approval_gate.policy_reload import ReloadingPolicy
 from approval_gate.release import Signing, release, release_reviewed
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
@@ -64,7 +65,7 @@ class GateHandler:
     def __init__(
         self,
         store: Store,
-        policy: Policy,
+        policy: Policy | ReloadingPolicy,
         signer: Signer,
         ttl: timedelta,
         on_held: Callable[[HeldNotice], object] | None = None,
@@ -78,7 +79,7 @@ class GateHandler:
         self._hold_keys = hold_keys or TrustedKeys([signer.public_key])
         # Who approved, checked before signing; the default trusts this process's records.
         self._approvers = approvers or RecordedApprovers()
-        self._policy = policy
+        self._policies = policy if isinstance(policy, ReloadingPolicy) else ReloadingPolicy(policy)
         self._signer = signer
         self._ttl = ttl
         self._on_held = on_held
@@ -98,8 +99,9 @@ class GateHandler:
         # A policy that reads no history decides on the plan, the tools and the goal's words,
         # none of which changes under it: on SQLite it decides before the writing transaction,
         # outside the write lock, which every writer of every process waits for.
-        unlocked = self._store.serialises_writes and not self._policy.reads_history
-        early = self._decide_first(message) if unlocked else None
+        policy = self._policies.current()  # one version for the whole decision
+        unlocked = self._store.serialises_writes and not policy.reads_history
+        early = self._decide_first(policy, message) if unlocked else None
         with self._store.session() as session:
             row = read_revision(session, plan.plan_id)
             if row is None or row.plan_hash != digest:
@@ -113,13 +115,15 @@ class GateHandler:
                 return []  # an operator stopped it: nothing more is decided
             goal_meta = dict(goal_meta)
             history = None
-            if self._policy.reads_history:  # one decision at a time per tool (see history)
+            if policy.reads_history:  # one decision at a time per tool (see history)
                 lock_names(session, (f"plangate.history:{step.tool}" for step in plan.steps))
                 history = History(session, plan, {k: str(v) for k, v in goal_meta.items()})
             decision = (
                 early
                 if early is not None
-                else self._decide(message, self._catalog(session), goal_text, goal_meta, history)
+                else self._decide(
+                    policy, message, self._catalog(session), goal_text, goal_meta, history
+                )
             )
             try:
                 record_decision(session, row, "policy", decision)
@@ -131,8 +135,8 @@ class GateHandler:
                 follow_decision(session, row, decision, self._signer, self._ttl, proposed=plan)
             ]
             if decision.action == "hold":
-                record_hold(session, row, decision, self._policy, self._hold_ttl, self._signer)
-            if self._policy.wants_preview(decision):
+                record_hold(session, row, decision, policy, self._hold_ttl, self._signer)
+            if policy.wants_preview(decision):
                 # An executor has the tools: it runs the reads and asks the writes. The row
                 # is the request it checks; the message only wakes it.
                 session.add(
@@ -153,7 +157,7 @@ class GateHandler:
             self._on_held(notice)
         return envelopes
 
-    def _decide_first(self, message: PlanProposed) -> Decision | None:
+    def _decide_first(self, policy: Policy, message: PlanProposed) -> Decision | None:
         """Decide in a transaction that only reads; None if the plan is not for deciding now.
 
         The writing transaction checks everything again and records the decision; it decides
@@ -168,7 +172,7 @@ class GateHandler:
                 return None
             catalog = self._catalog(session)
         _, goal_text, goal_meta = goal
-        return self._decide(message, catalog, goal_text, dict(goal_meta), None)
+        return self._decide(policy, message, catalog, goal_text, dict(goal_meta), None)
 
     def _release(self, message: ReviewDecided) -> Sequence[Envelope]:
         """Check a person's approval against its hold and sign it (refusals: dead letters)."""
@@ -205,6 +209,7 @@ class GateHandler:
 
     def _decide(
         self,
+        policy: Policy,
         message: PlanProposed,
         catalog: Catalog,
         goal_text: str,
@@ -212,9 +217,7 @@ class GateHandler:
         history: History | None,
     ) -> Decision:
         with telemetry.tracer().start_as_current_span("decide") as span:
-            decision = self._policy.decide_as_gate(
-                message.plan, catalog, goal_text, goal_meta, history
-            )
+            decision = policy.decide_as_gate(message.plan, catalog, goal_text, goal_meta, history)
             span.set_attribute("plangate.decision.action", decision.action)
             span.set_attribute("plangate.decision.decided_by", decision.decided_by)
             span.set_attribute("plangate.decision.rule", decision.rule or "")

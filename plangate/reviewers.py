@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plangate.errors import ConfigError
+from plangate.file_watch import FileWatch
 from plangate.small_files import read_text
 
 log = logging.getLogger(__name__)
@@ -157,24 +158,16 @@ class ReviewersFile:
         """
         self.path = path
         self._lock = threading.Lock()
-        self._seen: tuple[int, int, int] | None = None
         self._reviewers = Reviewers()
+        # Watched from before the first read: a change while it is read is seen next time.
+        self._watch = FileWatch(path)
         if required or path.exists():
             self._reviewers = Reviewers.from_file(path)
-        self._seen = self._stamp()
-
-    def _stamp(self) -> tuple[int, int, int] | None:
-        try:
-            status = self.path.stat()
-        except OSError:
-            return None
-        return (status.st_ino, status.st_mtime_ns, status.st_size)
 
     def current(self) -> Reviewers:
         """Return the reviewers as the file reads now; nobody while it is missing or invalid."""
-        stamp = self._stamp()
         with self._lock:
-            if stamp != self._seen:
+            if self._watch.changed():
                 try:
                     self._reviewers = Reviewers.from_file(self.path)
                 except ConfigError as exc:
@@ -182,7 +175,6 @@ class ReviewersFile:
                     log.error("nobody can review until the reviewers file is fixed: %s", exc)
                     self._reviewers = Reviewers()
                     self._reviewers.problem = str(exc)
-                self._seen = stamp
             return self._reviewers
 
 

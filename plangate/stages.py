@@ -15,6 +15,7 @@ from approval_gate.expiry import expire_held
 from approval_gate.handler import GateHandler
 from approval_gate.notify import WebhookNotifier
 from approval_gate.policy import load_policy
+from approval_gate.policy_reload import ReloadingPolicy
 from approval_gate.review import Review
 from executor_worker.handler import ExecutorHandler
 from plangate.bus import Bus, Envelope, Handler, Stage
@@ -89,12 +90,20 @@ def _stage_handler(
             signer.key_id,
         )
         ttl = timedelta(seconds=settings.approval_ttl_seconds)
+        policy = load_policy(settings)
+        log.info(
+            "deciding with policy version %s (%s)",
+            policy.version,
+            f"{settings.policy_file}, read again when it changes"
+            if settings.policy_file
+            else "the packaged default",
+        )
         notifier = None
         if settings.webhook_url:
             notifier = WebhookNotifier(settings.webhook_url, settings.public_url)
         return GateHandler(
             store,
-            load_policy(settings),
+            ReloadingPolicy(policy, settings.policy_file),
             signer,
             ttl,
             on_held=notifier,

@@ -1,0 +1,108 @@
+"""An operator's change to the policy file takes effect without a restart, and a bad one never.
+
+An emergency deny rule used to wait for the gate's restart, and nothing said so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from approval_gate import policy_reload
+from approval_gate.policy import Policy
+from approval_gate.policy_reload import ReloadingPolicy
+from plangate.config import Settings
+from tests.support import running_pipeline
+
+APPROVE_READS = """
+rules:
+  - name: approve-reads
+    match: plan.steps.all(s, s.effect == "read")
+    action: approve
+    reason: reads only
+"""
+DENY_EVERYTHING = """
+rules:
+  - name: emergency-stop
+    match: "true"
+    action: deny
+    reason: stopped by the on-call engineer
+"""
+BROKEN = """
+rules:
+  - name: half-typed
+    match: plan.steps.all(s,
+    action: deny
+"""
+
+
+@pytest.fixture(autouse=True)
+def look_at_every_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Look at the file at every decision, not at most once a second: no test waits."""
+    monkeypatch.setattr(policy_reload, "LOOK_EVERY_SECONDS", 0.0)
+
+
+def test_a_running_gate_decides_with_the_policy_file_as_it_reads_now(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a pipeline whose policy approves read-only plans,
+    When the operator replaces the file with a rule that denies everything,
+    Then the next read-only goal is denied by that rule, without a restart, and the gate's
+    log says which version it now decides with.
+    """
+    path = tmp_path / "policy.yaml"
+    path.write_text(APPROVE_READS)
+    with running_pipeline(settings, policy_file=path) as pipeline:
+        before = pipeline.wait_for(pipeline.submit("how many tickets are open").goal_id)
+        path.write_text(DENY_EVERYTHING)
+        with caplog.at_level("INFO", logger="approval_gate.policy_reload"):
+            after = pipeline.wait_for(pipeline.submit("how many tickets are open").goal_id)
+
+    assert before.status == "completed"
+    assert after.status == "denied"
+    assert "stopped by the on-call engineer" in (after.status_reason or "")
+    new_version = Policy.load(path).version
+    assert f"policy reloaded from {path}: version {new_version}, 1 rules" in caplog.text
+
+
+def test_a_policy_file_changed_into_one_that_does_not_load_keeps_the_last_good_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a gate's policy, and its file then saved half-typed (a rule that does not compile),
+    Then the gate goes on deciding with the version it had, and logs an error that says so;
+    once the file is fixed, the fixed version is used.
+    """
+    path = tmp_path / "policy.yaml"
+    path.write_text(APPROVE_READS)
+    first = Policy.load(path)
+    policies = ReloadingPolicy(first, path)
+
+    path.write_text(BROKEN)
+    with caplog.at_level("ERROR", logger="approval_gate.policy_reload"):
+        kept = policies.current()
+    path.write_text(DENY_EVERYTHING)
+    fixed = policies.current()
+
+    assert kept is first
+    assert f"the policy file {path} changed but cannot be used" in caplog.text
+    assert f"still deciding with version {first.version}: fix the file" in caplog.text
+    assert fixed.version == Policy.load(path).version != first.version
+
+
+def test_a_policy_file_removed_for_a_moment_keeps_the_policy(tmp_path: Path) -> None:
+    """An editor's save may remove the file before it writes the new one: nothing changes."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(APPROVE_READS)
+    first = Policy.load(path)
+    policies = ReloadingPolicy(first, path)
+
+    path.unlink()
+
+    assert policies.current() is first
+
+
+def test_a_policy_given_without_a_file_is_never_reread() -> None:
+    policy = Policy.from_bytes(APPROVE_READS.encode())
+
+    assert ReloadingPolicy(policy).current() is policy
