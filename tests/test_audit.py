@@ -440,3 +440,20 @@ def test_a_store_missing_its_audit_table_is_one_line_and_exit_2(
     [line] = verified.stderr.splitlines()
     assert line.startswith("error: the store failed: no such table: audit_log;")
     assert "restore it from a backup" in line
+
+
+def test_verify_of_a_log_no_checkpoint_seals_warns_that_removals_would_not_show(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given an intact log whose checkpoints are gone (none written yet, or all deleted),
+    When it is verified,
+    Then it passes (exit 0) but warns that a chain's removed end or a goal removed whole would
+    not show, and how to check for them; it said only "intact".
+    """
+    run_sql(pipeline, "DELETE FROM audit_checkpoints")
+
+    result = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert result.returncode == 0, result.stderr
+    assert "no checkpoint seals these chains" in " ".join(result.stderr.split())
+    assert "--against FILE" in result.stderr

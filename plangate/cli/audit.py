@@ -96,6 +96,15 @@ def audit_verify(
         raise typer.Exit(EXIT_FAILED)
     sealed = f", sealed by {report.checkpoints} checkpoints" if report.checkpoints else ""
     typer.echo(f"audit log intact: {report.entries} entries in {report.chains} chains{sealed}")
+    if report.entries and not report.checkpoints and against is None:
+        # Said, not failed: a log younger than the gate's first checkpoint has none yet.
+        err_console.print(
+            "[yellow]warning:[/] no checkpoint seals these chains, so entries removed from the "
+            "end of a chain, or a goal removed whole, would not show: the gate writes one "
+            "every PLANGATE_AUDIT_CHECKPOINT_SECONDS; if it has run longer, they were deleted. "
+            "Check against a signed export kept elsewhere (--against FILE)",
+            highlight=False,
+        )
     if against is not None:
         _check_against(store, against)
 
