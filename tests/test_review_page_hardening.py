@@ -228,3 +228,20 @@ def test_an_unknown_address_or_method_says_where_to_go_instead(
     assert "/docs" in nowhere.json()["error"]
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"] == "GET is not taken at /logout; use POST"
+
+
+def test_head_answers_as_get_without_a_body(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """A HEAD of a page or a probe (monitors, link checkers, `curl -I`) was 405 everywhere."""
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        page = client.head("/login")
+        probe = client.head("/healthz")
+        only_posts = client.head("/logout")
+
+    assert page.status_code == 200
+    assert page.content == b""
+    assert int(page.headers["content-length"]) > 0
+    assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert probe.status_code == 200
+    assert only_posts.status_code == 405

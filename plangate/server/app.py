@@ -16,6 +16,7 @@ from plangate.server import goal_pages, goals, health, pages, reviews
 from plangate.server.api_docs import install_api_docs
 from plangate.server.body_limit import BodyLimit
 from plangate.server.errors import install_handlers
+from plangate.server.head_requests import HeadAsGet
 from plangate.server.ratelimit import FailureLimit
 from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
 from plangate.server.security_headers import SecurityHeaders
@@ -71,6 +72,7 @@ def create_app(
     install_handlers(app)
     app.add_middleware(BodyLimit)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(HeadAsGet)
     app.include_router(goals.router)
     app.include_router(reviews.router)
     app.include_router(pages.router)
