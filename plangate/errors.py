@@ -38,6 +38,10 @@ __all__ = [
 ]
 
 
+NO_ROUTE = "nothing is at "
+"""How serve's answer to an address it has no route for begins (the CLI tells it from a refusal)."""
+
+
 class ConfigError(PlangateError):
     """A setting or file is missing or wrong; the message names it and how to fix it."""
 

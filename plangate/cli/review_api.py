@@ -15,6 +15,7 @@ import httpx
 
 from plangate import __version__
 from plangate.errors import (
+    NO_ROUTE,
     ConfigError,
     Conflict,
     Forbidden,
@@ -95,8 +96,15 @@ class ReviewApi:
             body = None
         if response.is_success and body is not None:
             return body
-        # Serve always says why; a route it does not have is the framework's bare "Not Found".
-        if not isinstance(body, dict) or body.get("error", "Not Found") == "Not Found":
+        # Serve always says why; a route it does not have (another server's bare "Not Found"
+        # too) means the URL is not a serve's root.
+        said = body.get("error", "Not Found") if isinstance(body, dict) else None
+        if (
+            not isinstance(body, dict)
+            or not isinstance(said, str)
+            or said == "Not Found"
+            or said.startswith(NO_ROUTE)
+        ):
             raise ConfigError(
                 f"{self.server}{url} answered {response.status_code} "
                 f"{response.reason_phrase}, not as plangate serve answers: give --server "

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
+from plangate.errors import NO_ROUTE, Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
 from plangate.redaction import redact
 from plangate.server.templating import templates
 
@@ -107,7 +107,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     # The framework's own words say what, not what to do.
     if exc.status_code == 404 and message == "Not Found":
         message = (
-            f"nothing is at {request.url.path[:200]}; the review page is /reviews, the goals "
+            f"{NO_ROUTE}{request.url.path[:200]}; the review page is /reviews, the goals "
             "/goals, and the API's routes are listed at /docs"
         )
     elif exc.status_code == 405 and message == "Method Not Allowed":
