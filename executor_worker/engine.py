@@ -26,7 +26,7 @@ from plangate.tools import Tool, ToolContext
 from schemas import Plan, Step
 from schemas.cel_check import compiled
 from schemas.hashing import sha256_hex
-from schemas.references import UnresolvedReference, dependencies, resolve
+from schemas.references import UnresolvedReference, data_sources, dependencies, resolve
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class StepOutcome:
 
 DEFAULT_TOOL_TIMEOUT = 60.0
 _TOOL_THREADS = ToolThreads()
+OUTPUT_NOT_KEPT = "its output was not kept"
+"""In a succeeded step's note: its output was over the limit (steps reading it fail)."""
 CANCELLED = "not run: goal cancelled"
 """Why a step was skipped: an operator cancelled its goal before it started."""
 
@@ -161,7 +163,9 @@ class DagWalk:
         """
         to_call = []
         for step in ready:
-            settled = self._settle_without_running(step, deps[step.id])
+            settled = self._reading_what_was_not_kept(step) or self._settle_without_running(
+                step, deps[step.id]
+            )
             if settled is None:
                 try:
                     args = resolve(dict(step.args), self._outputs())
@@ -179,6 +183,18 @@ class DagWalk:
                 continue
             to_call.append((step, args))
         return to_call
+
+    def _reading_what_was_not_kept(self, step: Step) -> StepOutcome | None:
+        """Fail a step whose argument or `when` reads an output too large to be kept.
+
+        Read as null, it would have made up an argument or decided a condition on nothing.
+        """
+        for source in sorted(data_sources(step)):
+            earlier = self.outcomes.get(source)
+            if earlier is not None and OUTPUT_NOT_KEPT in (earlier.error or ""):
+                reason = f"it reads the output of step {source!r}, which was too large to keep"
+                return StepOutcome(step.id, step.tool, "failed", error=reason)
+        return None
 
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         """Call one step whose dependencies succeeded, with its references resolved."""
@@ -306,7 +322,7 @@ def invoke(
                 step.id, step.tool, "failed", error=note, duration_ms=_ms_since(started)
             )
         # The write took effect: it succeeded, without the output plangate cannot keep.
-        note = f"{note}; the write took effect, its output was not kept"
+        note = f"{note}; the write took effect, {OUTPUT_NOT_KEPT}"
         return StepOutcome(
             step.id, step.tool, "succeeded", error=note, duration_ms=_ms_since(started)
         )

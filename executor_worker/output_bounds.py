@@ -21,6 +21,8 @@ MAX_OUTPUT_BYTES = 256 * 1024
 """The most JSON a tool's output may take (UTF-8), so that a `step.finished` always fits."""
 MAX_ERROR_CHARS = 2000
 """The most of a tool's error text that is kept: enough to say what went wrong."""
+PREVIEW_CHARS = 8000
+"""The most of a write's preview text that is kept (what it would do, for a reviewer)."""
 PREVIEW_BUDGET_BYTES = MAX_MESSAGE_BYTES // 2
 """The most JSON a preview's outputs and arguments take together, so `plan.previewed` fits."""
 _SCANNED_CHARS = 64 * 1024  # of an error text, redacted before it is cut to MAX_ERROR_CHARS
@@ -39,13 +41,16 @@ def oversize_note(tool: str, size: int) -> str:
     )
 
 
-def kept_error(text: str) -> str:
-    """Return a tool's error text redacted, cut to `MAX_ERROR_CHARS` with a count of the rest.
+def kept_error(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """Return a tool's text (an error, a preview) redacted, cut to `limit` saying how much more.
 
     Only the start of a huge text is redacted (a server may echo megabytes): what is kept lies
     well inside it.
     """
     head = redact(text[:_SCANNED_CHARS])
-    if len(head) <= MAX_ERROR_CHARS and len(text) <= _SCANNED_CHARS:
+    if len(head) <= limit and len(text) <= _SCANNED_CHARS:
         return head
-    return f"{head[:MAX_ERROR_CHARS]}… ({len(text) - MAX_ERROR_CHARS} more characters not kept)"
+    # Counted on the redacted start (a secret's mark may be longer than the secret) and the
+    # raw rest.
+    rest = len(head) - limit + max(0, len(text) - _SCANNED_CHARS)
+    return f"{head[:limit]}… ({rest} more characters not kept)"

@@ -26,7 +26,7 @@ from executor_worker.engine import (
     invoke,
     tool_span,
 )
-from executor_worker.output_bounds import PREVIEW_BUDGET_BYTES, json_size
+from executor_worker.output_bounds import PREVIEW_BUDGET_BYTES, PREVIEW_CHARS, json_size, kept_error
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.errors import Reject
@@ -81,10 +81,11 @@ class PreviewRun(DagWalk):
         self._args[step.id] = args
         if tool.spec.effect == "write":
             try:
-                self._previews[step.id] = tool.preview(args)
+                said = tool.preview(args)
+                self._previews[step.id] = None if said is None else kept_error(said, PREVIEW_CHARS)
             except Exception as exc:  # a reviewer aid: its failure is shown, never fatal
                 self._previews[step.id] = None
-                note = f"the tool's preview failed: {type(exc).__name__}: {exc}"
+                note = kept_error(f"the tool's preview failed: {type(exc).__name__}: {exc}")
                 return StepOutcome(step.id, step.tool, "previewed", error=note)
             return StepOutcome(step.id, step.tool, "previewed")
         # Distinct from the execution's key: a read has no effect to deduplicate, and a
@@ -183,26 +184,39 @@ class Previewer:
 
 
 def within_budget(steps: list[StepPreview]) -> list[StepPreview]:
-    """Return `steps` with the largest outputs, then arguments, left out until they fit.
+    """Return `steps` with their largest parts left out, one by one, until they fit.
 
     Each output is bounded, but fifty of them are not; a `plan.previewed` that no observer
-    could decode would help no reviewer. What is left out is said in the step's note.
+    could decode would help no reviewer. Outputs, arguments and a write's preview text are
+    weighed together, largest first; what is left out is said in its step's note.
     """
-    sizes = {step.step_id: (json_size(step.output), json_size(step.args)) for step in steps}
-    total = sum(output + args for output, args in sizes.values())
+    total = sum(json_size(step.model_dump(mode="json")) for step in steps)
+    if total <= PREVIEW_BUDGET_BYTES:
+        return steps
     kept = {step.step_id: step for step in steps}
-    for part in ("output", "args"):
-        for step in sorted(steps, key=lambda s: sizes[s.step_id][part == "args"], reverse=True):
-            if total <= PREVIEW_BUDGET_BYTES:
-                return list(kept.values())
-            size = sizes[step.step_id][part == "args"]
-            note = f"{part} not shown ({size} bytes): the preview is over its size limit"
-            current = kept[step.step_id]
-            kept[step.step_id] = current.model_copy(
-                update={part: None if part == "output" else {}, "note": _joined(current.note, note)}
-            )
-            total -= size
+    parts = sorted(
+        (
+            (json_size(getattr(step, part)), step.step_id, part)
+            for step in steps
+            for part in _LEAVABLE
+            if getattr(step, part)  # nothing to gain from an empty part
+        ),
+        reverse=True,
+    )
+    for size, step_id, part in parts:
+        if total <= PREVIEW_BUDGET_BYTES:
+            break
+        current = kept[step_id]
+        note = f"{part} not shown ({size} bytes): the preview is over its size limit"
+        kept[step_id] = current.model_copy(
+            update={part: _LEAVABLE[part], "note": _joined(current.note, note)}
+        )
+        total -= size - json_size(_LEAVABLE[part]) - len(note)
     return list(kept.values())
+
+
+# What a part is replaced with when it is left out.
+_LEAVABLE: dict[str, Any] = {"output": None, "args": {}, "preview": None}
 
 
 def _joined(note: str | None, more: str) -> str:

@@ -406,16 +406,22 @@ def test_an_export_to_a_file_says_how_many_entries_and_since_takes_an_age(
     assert wrong.stderr.startswith("error: since 'yesterday' is neither an age (30m, 2h, 7d, 1w)")
 
 
+@pytest.mark.parametrize(
+    "edited", ["not json{", '{"a": NaN}', "[" * 100_000, '{"a": 1, "a": 2}'], ids=len
+)
 def test_an_entry_edited_into_no_json_is_named_by_verify_and_stops_export_in_one_line(
-    pipeline: Pipeline, completed_run: str
+    pipeline: Pipeline, completed_run: str, edited: str
 ) -> None:
-    """Given an entry whose stored data was overwritten by hand with text that is no JSON,
+    """Given an entry whose stored data was overwritten by hand with text that is no JSON
+    (or JSON plangate never writes: NaN, a repeated key, nesting a parser cannot follow),
     When the log is verified and exported from the command line,
     Then verify names that entry (exit 1), and export stops with one line naming it (exit 1):
     both printed a 67-line traceback from the JSON column's reader.
     """
     planned = seq_of(pipeline, completed_run, "goal.proposed")
-    run_sql(pipeline, "UPDATE audit_log SET data = 'not json{' WHERE seq = :seq", seq=planned)
+    run_sql(
+        pipeline, "UPDATE audit_log SET data = :data WHERE seq = :seq", data=edited, seq=planned
+    )
 
     verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
     exported = plangate_cli(pipeline.settings.data_dir, "audit", "export")

@@ -16,6 +16,7 @@ from executor_worker.output_bounds import (
     MAX_OUTPUT_BYTES,
     PREVIEW_BUDGET_BYTES,
     json_size,
+    kept_error,
 )
 from executor_worker.preview import within_budget
 from plangate.config import Settings
@@ -50,6 +51,12 @@ def echo_error() -> str:
 
 
 @tool(effect="read")
+def echo_text(text: str) -> str:
+    """Answer with the text it was given."""
+    return text
+
+
+@tool(effect="read")
 def small_read() -> int:
     """Answer with little."""
     return 3
@@ -67,6 +74,15 @@ def _playbooks(folder: Path) -> Path:
                     "steps": [{"id": "w", "tool": "huge_write"}, {"id": "s", "tool": "small_read"}],
                 },
                 {"name": "e", "pattern": "echo", "steps": [{"id": "e", "tool": "echo_error"}]},
+                {
+                    "name": "reads-it",
+                    "pattern": "feed on a huge answer",
+                    "steps": [
+                        {"id": "w", "tool": "huge_write"},
+                        {"id": "echo", "tool": "echo_text", "args": {"text": "${w}"}},
+                        {"id": "s", "tool": "small_read", "after": ["w"]},
+                    ],
+                },
             ]
         },
     )
@@ -87,7 +103,7 @@ def test_a_read_over_the_output_limit_fails_saying_what_to_return_instead(
     Then the step fails, its output is not stored, and the goal's reason gives the size, the
     limit and what to return instead.
     """
-    registry = ToolRegistry([huge_read, huge_write, echo_error, small_read])
+    registry = ToolRegistry([huge_read, huge_write, echo_error, echo_text, small_read])
     policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
     with running_pipeline(
         settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
@@ -110,7 +126,7 @@ def test_a_write_over_the_output_limit_succeeds_without_its_output(
     Then the step succeeded (the write happened and must not be run again), its output is not
     kept, its record says why, and the goal goes on to complete.
     """
-    registry = ToolRegistry([huge_read, huge_write, echo_error, small_read])
+    registry = ToolRegistry([huge_read, huge_write, echo_error, echo_text, small_read])
     policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
     with running_pipeline(
         settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
@@ -133,7 +149,7 @@ def test_a_tool_error_echoing_a_megabyte_is_kept_short_and_redacted(
     Then the stored error is cut to its bound, says how much was left out, and hides the secret.
     """
     register_secret(SECRET)
-    registry = ToolRegistry([huge_read, huge_write, echo_error, small_read])
+    registry = ToolRegistry([huge_read, huge_write, echo_error, echo_text, small_read])
     policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
     with running_pipeline(
         settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
@@ -176,3 +192,73 @@ def test_a_preview_within_its_budget_is_unchanged() -> None:
     steps = [_preview("a", "small", {"x": 1}), _preview("b", [1, 2, 3])]
 
     assert within_budget(steps) == steps
+
+
+def test_a_preview_weighs_arguments_and_preview_text_with_outputs_largest_first() -> None:
+    """Given a read with a tiny output, a write whose argument is large, and writes whose
+    preview texts together pass the budget,
+    When it is bounded,
+    Then the largest parts go first whatever they are, the tiny output stays, and the whole
+    fits the budget (preview texts were not counted, and outputs all went before any argument).
+    """
+    big_text = "p" * (PREVIEW_BUDGET_BYTES // 3)
+    steps = [
+        _preview("tiny", 1),
+        StepPreview(
+            step_id="arg",
+            tool="t",
+            effect="write",
+            status="previewed",
+            args={"body": "a" * (PREVIEW_BUDGET_BYTES // 2)},
+        ),
+        *(
+            StepPreview(
+                step_id=f"w{n}", tool="t", effect="write", status="previewed", preview=big_text
+            )
+            for n in range(3)
+        ),
+    ]
+
+    bounded = within_budget(steps)
+
+    assert sum(json_size(s.model_dump(mode="json")) for s in bounded) <= PREVIEW_BUDGET_BYTES
+    by_id = {s.step_id: s for s in bounded}
+    assert by_id["tiny"].output == 1
+    assert by_id["arg"].args == {}
+    assert "args not shown" in (by_id["arg"].note or "")
+    assert any("preview not shown" in (by_id[f"w{n}"].note or "") for n in range(3))
+
+
+def test_a_long_error_is_cut_with_a_count_that_is_never_negative() -> None:
+    register_secret("abcdef-long-enough")
+    kept = kept_error("abcdef-long-enough " * 200, limit=100)
+
+    assert kept.startswith(REDACTED)
+    count = int(kept.rsplit("(", 1)[1].split()[0])
+    assert count > 0
+
+
+def test_a_step_reading_a_write_output_that_was_not_kept_fails_saying_so(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a write whose output was too large to keep, a step whose argument reads it, and
+    one that only runs after it,
+    When the goal runs,
+    Then the reader fails naming the write (read as null it would have run with a made-up
+    argument), the other runs, and the write is not run again.
+    """
+    registry = ToolRegistry([huge_read, huge_write, echo_error, echo_text, small_read])
+    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
+    with running_pipeline(
+        settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
+    ) as pipeline:
+        goal = pipeline.wait_for(pipeline.submit("feed on a huge answer").goal_id, timeout=10)
+        steps = _steps(pipeline, goal.id)
+
+    assert goal.status == "failed"
+    assert steps["w"].status == "succeeded"
+    assert steps["echo"].status == "failed"
+    assert "reads the output of step 'w', which was too large to keep" in (
+        steps["echo"].error or ""
+    )
+    assert steps["s"].output == 3

@@ -12,7 +12,6 @@ text that cannot be encoded is replaced, so a secret never enters the log and no
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -29,7 +28,8 @@ from plangate.store.engine import Store
 from plangate.store.hot_statements import HotStatement
 from plangate.store.models import AuditChainRow, AuditRow
 from schemas import canonical_json, utcnow
-from schemas.decoding import storable_text
+from schemas.decoding import storable_text, strict_json_loads
+from schemas.errors import MessageRejected
 from schemas.hashing import sha256_hex
 
 if TYPE_CHECKING:
@@ -249,6 +249,7 @@ def _chains(
 
 # An entry's columns with its data as the text stored: a hand-edited entry whose data is no
 # JSON is then a broken link named like any other, not a traceback from the JSON column type.
+_MAX_ENTRY_CHARS = 64 * 1024 * 1024  # far above any entry plangate writes; still a bound
 _AS_STORED = (
     *(getattr(AuditRow, name) for name in ("seq", "chain", "chain_seq", "at", "goal_id")),
     *(getattr(AuditRow, name) for name in ("kind", "actor", "prev_hash", "hash")),
@@ -257,14 +258,29 @@ _AS_STORED = (
 
 
 def _stored_data(seq: int, text: str | None) -> Any:
-    """Return an entry's data read from its stored text; AuditBroken if it is no JSON."""
+    """Return an entry's data read from its stored text; AuditBroken if it is no JSON.
+
+    Read strictly (no NaN, no repeated key, bounded depth): what plangate wrote always is.
+    """
     try:
-        return None if text is None else json.loads(text)
-    except ValueError:
+        return (
+            None
+            if text is None
+            else strict_json_loads(text, max_bytes=_MAX_ENTRY_CHARS, max_depth=256)
+        )
+    except MessageRejected:
         raise AuditBroken(
             f"audit entry {seq}'s content is not valid JSON: the log was altered; "
             "`plangate audit verify` names the first broken link"
         ) from None
+
+
+def _hash_or_none(prev_hash: str, fields: tuple[Any, ...]) -> str | None:
+    """Return an entry's hash; None if its fields cannot be hashed (they were altered)."""
+    try:
+        return entry_hash(prev_hash, *fields)
+    except (ValueError, TypeError):
+        return None
 
 
 def _walk(row: Row[Any], walked: _Walked) -> None:
@@ -282,7 +298,7 @@ def _walk(row: Row[Any], walked: _Walked) -> None:
         walked.breaks.append(_Break(row.seq, f"does not follow the entry before it in {where}"))
     elif broken is not None:
         walked.breaks.append(_Break(row.seq, broken))
-    elif row.hash != entry_hash(prev_hash, *fields):
+    elif row.hash != _hash_or_none(prev_hash, fields):
         walked.breaks.append(_Break(row.seq, "its content does not match its hash"))
     if row.chain_seq in walked.wanted:
         walked.found[row.chain_seq] = (row.hash, row.seq)
