@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from approval_gate.policy import Policy
+from approval_gate.policy import Policy, load_policy
+from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from plangate.file_watch import FileWatch
 
@@ -31,6 +32,15 @@ class ReloadingPolicy:
         self._watch = FileWatch(path) if path is not None else None
         self._looked = time.monotonic()
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReloadingPolicy:
+        """Load the configured policy, watching its file from before the first read."""
+        path = settings.policy_file
+        watch = FileWatch(path) if path is not None else None  # an edit meanwhile: seen next
+        reloading = cls(load_policy(settings))
+        reloading._watch = watch
+        return reloading
 
     def current(self) -> Policy:
         """Return the policy to decide with now."""

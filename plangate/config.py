@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate import redaction
@@ -308,6 +309,13 @@ class Settings(BaseSettings):
         description="For plangate's own kill tests only: a file created when the fault fires, "
         "so that the restarted process runs on.",
     )
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _blank_is_the_default(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise PydanticUseDefault  # not the current folder: the database would land there
+        return value
 
     @field_validator(*_BLANK_MEANS_UNSET, mode="before")
     @classmethod

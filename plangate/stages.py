@@ -14,7 +14,6 @@ from approval_gate.approvers import RecordedApprovers, worker_approvers
 from approval_gate.expiry import expire_held
 from approval_gate.handler import GateHandler
 from approval_gate.notify import WebhookNotifier
-from approval_gate.policy import load_policy
 from approval_gate.policy_reload import ReloadingPolicy
 from approval_gate.review import Review
 from executor_worker.handler import ExecutorHandler
@@ -90,7 +89,8 @@ def _stage_handler(
             signer.key_id,
         )
         ttl = timedelta(seconds=settings.approval_ttl_seconds)
-        policy = load_policy(settings)
+        policies = ReloadingPolicy.from_settings(settings)
+        policy = policies.current()
         log.info(
             "deciding with policy version %s (%s)",
             policy.version,
@@ -103,7 +103,7 @@ def _stage_handler(
             notifier = WebhookNotifier(settings.webhook_url, settings.public_url)
         return GateHandler(
             store,
-            ReloadingPolicy(policy, settings.policy_file),
+            policies,
             signer,
             ttl,
             on_held=notifier,

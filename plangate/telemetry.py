@@ -90,17 +90,20 @@ def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
     named = [(variable, url) for variable, url in endpoints if url]
     if not named:
         return None
-    try:
-        # Else the exporter finds out at the first export, after the work, and says it in
-        # the SDK's words ("Invalid URL 'x/v1/traces': No scheme supplied").
-        check_collector_url(*named[0])
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
     protocol = (
         environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "http/protobuf"
     )
+    variable, url = named[0]
+    grpc_host_port = protocol.strip().lower() == "grpc" and "://" not in url
+    try:
+        # Else the exporter finds out at the first export, after the work, and says it in
+        # the SDK's words ("Invalid URL 'x/v1/traces': No scheme supplied"). The gRPC
+        # exporter also takes a bare host:port.
+        check_collector_url(variable, f"http://{url}" if grpc_host_port else url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if protocol.strip().lower() == "grpc":
         return _grpc_exporter()
     # The exporter reads the endpoint, headers, timeout and compression from the environment.

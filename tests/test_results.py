@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,7 +141,7 @@ def test_submit_wait_on_an_approved_goal_no_executor_runs_says_where_to_look(
 ) -> None:
     """Given an executor whose trusted keys folder lacks the gate's key (as after a rotation),
     When a goal is submitted with `--wait` and a 13-second timeout,
-    Then after 10 seconds the command says the goal is approved but no executor started it,
+    Then once it has been approved for 10 seconds the command says no executor started it,
     and points at the executor's trusted keys and the dead letters (it said nothing for five
     minutes); the gate's log names the key it signs with.
     """
@@ -153,13 +154,13 @@ def test_submit_wait_on_an_approved_goal_no_executor_runs_says_where_to_look(
     fleet.start("gate")
     fleet.start("executor", PLANGATE_TRUSTED_KEYS_DIR=str(tmp_path / "executor-keys"))
     try:
-        done = fleet.plangate("submit", SEED_GOAL, "--wait", "--timeout", "13")
+        done = fleet.plangate("submit", SEED_GOAL, "--wait", "--timeout", "20")
     finally:
         fleet.stop_all()
 
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "is still approved after 10 s: no executor has started it" in done.stderr
+    assert re.search(r"is still approved after 1\d s: no executor has started it", done.stderr)
     assert "PLANGATE_TRUSTED_KEYS_DIR" in done.stderr
     assert "`plangate dlq list`" in done.stderr
-    assert "is still approved after 13 s" in done.stderr
+    assert "is still approved after 20 s" in done.stderr
     assert "signing approvals with key ed25519:" in fleet.logs()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from plangate.config import Settings, settings_error, variable_name
+from plangate.config import Settings, default_data_dir, settings_error, variable_name
 from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
 from plangate.redaction import is_secret
@@ -238,7 +238,7 @@ def test_a_file_or_folder_setting_set_but_empty_is_unset_not_the_current_folder(
         "PLANGATE_TRUSTED_KEYS_DIR",
         "PLANGATE_MCP_SERVERS",
     )
-    for name in names:
+    for name in (*names, "PLANGATE_DATA_DIR"):
         monkeypatch.setenv(name, "")
 
     settings = Settings()
@@ -249,3 +249,4 @@ def test_a_file_or_folder_setting_set_but_empty_is_unset_not_the_current_folder(
     assert settings.signing_key_file is None
     assert settings.trusted_keys_dir is None
     assert settings.mcp_servers is None
+    assert settings.data_dir == default_data_dir(settings.xdg_data_home)

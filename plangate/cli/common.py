@@ -148,21 +148,25 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 def _store_failure(error: Exception) -> str | None:
     """Say what the store's failure was and what to do; None if `error` is not the store's."""
-    from sqlalchemy.exc import DBAPIError  # here: no command pays for it unless one failed
+    # Only what the database's state explains; an IntegrityError or a ProgrammingError is a
+    # fault of plangate's own, shown whole.
+    from sqlalchemy.exc import OperationalError  # here: no command pays for it unless one failed
 
     from plangate.store.engine import failure_cause
 
-    if not isinstance(error, DBAPIError):
+    if not isinstance(error, OperationalError):
         return None
     cause = failure_cause(error)
     if "disk is full" in cause or "No space left" in cause:
         return f"the store refused the write: {cause}; free space where the database is"
     if "readonly" in cause or "read-only" in cause:
         return f"the store refused the write: {cause}; check the database's permissions"
-    return (
-        f"the store failed: {cause}; if it says a table is missing, the database is damaged "
-        "or not plangate's: restore it from a backup"
-    )
+    if "no such table" in cause or "does not exist" in cause:
+        return (
+            f"the store failed: {cause}; the database is damaged or not plangate's: restore "
+            "it from a backup"
+        )
+    return f"the store failed: {cause}; check that the database is reachable, then try again"
 
 
 def load_settings(**overrides: object) -> Settings:

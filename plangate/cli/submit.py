@@ -152,28 +152,32 @@ def _wait(handle: GoalHandle, timeout: float) -> GoalStatus:
     from schemas.goal_states import TERMINAL, WAITING_FOR_PERSON
 
     until = TERMINAL | WAITING_FOR_PERSON
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     said: set[str] = set()
+    status, since = "submitted", started  # a hint needs the whole interval in one status
     while True:
         left = deadline - time.monotonic()
         try:
-            return handle.wait(max(0.0, min(left, UNTAKEN_HINT_SECONDS)), until=until)
+            return handle.wait(max(0.0, min(left, LOOK_EVERY_SECONDS)), until=until)
         except TimeoutError:
-            status = handle.status().status
-            if left <= UNTAKEN_HINT_SECONDS:  # said of the whole wait, not of its rest
+            now, seen = time.monotonic(), handle.status().status
+            if left <= LOOK_EVERY_SECONDS:  # said of the whole wait, not of its rest
                 raise TimeoutError(
-                    f"goal {handle.goal_id} is still {status} after {timeout:g} s"
+                    f"goal {handle.goal_id} is still {seen} after {timeout:g} s"
                 ) from None
-        if status in STUCK_HINTS and status not in said:
+        if seen != status:
+            status, since = seen, now
+        if status in STUCK_HINTS and status not in said and now - since >= UNTAKEN_HINT_SECONDS:
             said.add(status)
-            waited = timeout - (deadline - time.monotonic())
             err_console.print(
-                f"goal {handle.goal_id} is still {status} after {waited:.0f} s: "
+                f"goal {handle.goal_id} is still {status} after {now - started:.0f} s: "
                 f"{STUCK_HINTS[status]} Waiting on.",
                 highlight=False,
             )
 
 
+LOOK_EVERY_SECONDS = 1.0
 # Where a goal that does not move is usually stuck, and what to look at.
 STUCK_HINTS = {
     "submitted": "no planner has taken it up. Are the workers running (`plangate worker "

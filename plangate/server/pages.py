@@ -302,6 +302,8 @@ def _decide(
     desk: ReviewDesk, plan_id: str, action: str, reviewer: Reviewer, form: dict[str, str]
 ) -> str:
     """Run one decision from a form; return the plan id to show next."""
+    if action not in ("approve", "reject", "edit"):
+        raise NotFound(f"no action {quoted(action)}; use approve, reject or edit")
     expected = form.get("plan_hash", "").strip()
     if not expected:  # the page always sends it: a decision must be on what was shown
         raise ValueError(NO_HASH)
