@@ -10,6 +10,7 @@ URL- or JSON-escaped) gets `[redacted]` quoted instead.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -78,6 +79,16 @@ class ChatModel:
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR))
                 raise PlanningFailed([self._reason(exc)]) from exc
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                span.set_attribute("error.type", "not_a_completion")
+                span.set_status(Status(StatusCode.ERROR))
+                raise PlanningFailed(
+                    [
+                        f"the model server at {url} answered a body it could not read "
+                        f"({type(exc).__name__}); check that OPENAI_BASE_URL names an "
+                        "OpenAI-compatible API"
+                    ]
+                ) from None
             except RecursionError:
                 # The SDK parses the HTTP body with plain json: a body nested thousands deep.
                 span.set_attribute("error.type", "nested_too_deep")
@@ -85,10 +96,24 @@ class ChatModel:
                 raise PlanningFailed(
                     [f"the model server at {url} answered JSON nested too deeply to read"]
                 ) from None
-            usage = TokenUsage(
-                input_tokens=completion.usage.prompt_tokens if completion.usage else 0,
-                output_tokens=completion.usage.completion_tokens if completion.usage else 0,
-            )
+            try:
+                usage = TokenUsage(
+                    input_tokens=completion.usage.prompt_tokens if completion.usage else 0,
+                    output_tokens=completion.usage.completion_tokens if completion.usage else 0,
+                )
+                completion.choices  # noqa: B018 - read for its check: a str has none
+            except (AttributeError, TypeError, ValueError) as exc:
+                # The SDK hands back what it could not parse as it came (a page's text, a body
+                # that is not UTF-8, negative token counts): no chat completion, no retry.
+                span.set_attribute("error.type", "not_a_completion")
+                span.set_status(Status(StatusCode.ERROR))
+                raise PlanningFailed(
+                    [
+                        f"the model server at {url} answered something that is not a chat "
+                        f"completion ({type(exc).__name__}); check that OPENAI_BASE_URL names "
+                        "an OpenAI-compatible API"
+                    ]
+                ) from None
             span.set_attribute("gen_ai.response.model", completion.model or self.model)
             span.set_attribute("gen_ai.response.id", completion.id or "")
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)

@@ -267,3 +267,41 @@ def test_a_policy_file_nested_thousands_deep_is_a_policy_error_not_a_crash() -> 
 
     with pytest.raises(PolicyError, match="nests too deep"):
         Policy.from_text("rules: " + "[" * 5000 + "]" * 5000)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>hello</html>",
+        b'{"id": "x", "object": "chat.completion", "model": "m\xff\xfe", "choices": []}',
+        json.dumps(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [],
+                "usage": {"prompt_tokens": 10, "completion_tokens": -5, "total_tokens": 5},
+            }
+        ).encode(),
+    ],
+    ids=["html", "not-utf8", "negative-usage"],
+)
+def test_a_model_server_answering_no_chat_completion_fails_the_goal_at_once(
+    settings: Settings, stub: OpenAIStub, body: bytes
+) -> None:
+    """Given a model server whose HTTP 200 answer is a web page, not UTF-8, or negative usage,
+    When a goal is planned,
+    Then the goal fails at once saying the server's answer is no chat completion; it was
+    retried with a traceback each time, dead-lettered, and `plangate run` waited for its timeout.
+    """
+    stub.script(*[Reply(raw=body)] * 5)
+    started = time.monotonic()
+    with llm(settings) as pipeline:
+        goal = pipeline.wait_for(pipeline.submit("check the tickets").goal_id, timeout=15)
+
+    assert goal.status == "plan_failed", goal.status_reason
+    assert "not a chat completion" in (goal.status_reason or "") or "could not read" in (
+        goal.status_reason or ""
+    )
+    assert time.monotonic() - started < 15
