@@ -32,6 +32,9 @@ from schemas.messages import TokenUsage
 _PLANNER_NAME_CHARS = 200  # the store's column
 
 
+MAX_REFUSAL_CHARS = 300
+
+
 class OpenAIPlanner:
     """Plans with an LLM; thread-safe (one shared SDK client), so many goals plan at once."""
 
@@ -99,7 +102,10 @@ class OpenAIPlanner:
     def _check_finished(self, answer: ChatAnswer) -> None:
         """Fail on answers that asking again would not fix."""
         if answer.refusal:
-            raise PlanningFailed([f"the model refused to plan this goal: {answer.refusal}"])
+            refusal = " ".join(answer.refusal.split())  # a person reads it: one short line
+            if len(refusal) > MAX_REFUSAL_CHARS:
+                refusal = refusal[:MAX_REFUSAL_CHARS] + "…"
+            raise PlanningFailed([f"the model refused to plan this goal: {refusal}"])
         if answer.finish_reason == "length":
             raise PlanningFailed(
                 [

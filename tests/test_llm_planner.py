@@ -578,3 +578,18 @@ def test_a_planner_without_a_lease_plans_in_the_goal_s_transaction_and_leaves_no
     assert audit_kinds(pipeline.store, "flaky-goal") == ["goal.submitted", "goal.proposed"]
     with pipeline.store.session() as session:
         assert session.get_one(GoalRow, "flaky-goal").planning_until is None
+
+
+def test_a_refusal_of_a_hundred_thousand_characters_is_said_in_one_short_line(
+    llm: Pipeline, stub: OpenAIStub
+) -> None:
+    """A refusal is the model's words for a person: cut, on one line (it was printed whole)."""
+    stub.script(completion(None, refusal="I won't\n" + "x" * 100_000))
+
+    goal = llm.wait_for(llm.submit(SEED_GOAL).goal_id)
+
+    assert goal.status == "plan_failed"
+    reason = goal.status_reason or ""
+    assert reason.startswith("the model refused to plan this goal: I won't xxx")
+    assert "\n" not in reason
+    assert len(reason) < 400
