@@ -158,11 +158,14 @@ def _wait(handle: GoalHandle, timeout: float) -> GoalStatus:
     status, since = "submitted", started  # a hint needs the whole interval in one status
     while True:
         left = deadline - time.monotonic()
+        look = LOOK_EVERY_SECONDS
+        if status in STUCK_HINTS and status not in said:  # look again when a hint is due
+            look = min(look, max(0.0, since + UNTAKEN_HINT_SECONDS - time.monotonic()))
         try:
-            return handle.wait(max(0.0, min(left, LOOK_EVERY_SECONDS)), until=until)
+            return handle.wait(max(0.0, min(left, look)), until=until)
         except TimeoutError:
             now, seen = time.monotonic(), handle.status().status
-            if left <= LOOK_EVERY_SECONDS:  # said of the whole wait, not of its rest
+            if left <= look:  # said of the whole wait, not of its rest
                 raise TimeoutError(
                     f"goal {handle.goal_id} is still {seen} after {timeout:g} s"
                 ) from None
@@ -171,7 +174,7 @@ def _wait(handle: GoalHandle, timeout: float) -> GoalStatus:
         if status in STUCK_HINTS and status not in said and now - since >= UNTAKEN_HINT_SECONDS:
             said.add(status)
             err_console.print(
-                f"goal {handle.goal_id} is still {status} after {now - started:.0f} s: "
+                f"goal {handle.goal_id} is still {status} after {int(now - started)} s: "
                 f"{STUCK_HINTS[status]} Waiting on.",
                 highlight=False,
             )
