@@ -18,7 +18,7 @@ from typing import Any, cast
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from plangate import metrics, telemetry
 from plangate.errors import PlanningFailed
@@ -80,15 +80,7 @@ class ChatModel:
                 span.set_status(Status(StatusCode.ERROR))
                 raise PlanningFailed([self._reason(exc)]) from exc
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                span.set_attribute("error.type", "not_a_completion")
-                span.set_status(Status(StatusCode.ERROR))
-                raise PlanningFailed(
-                    [
-                        f"the model server at {url} answered a body it could not read "
-                        f"({type(exc).__name__}); check that OPENAI_BASE_URL names an "
-                        "OpenAI-compatible API"
-                    ]
-                ) from None
+                raise _not_a_completion(span, url, exc) from None
             except RecursionError:
                 # The SDK parses the HTTP body with plain json: a body nested thousands deep.
                 span.set_attribute("error.type", "nested_too_deep")
@@ -105,15 +97,7 @@ class ChatModel:
             except (AttributeError, TypeError, ValueError) as exc:
                 # The SDK hands back what it could not parse as it came (a page's text, a body
                 # that is not UTF-8, negative token counts): no chat completion, no retry.
-                span.set_attribute("error.type", "not_a_completion")
-                span.set_status(Status(StatusCode.ERROR))
-                raise PlanningFailed(
-                    [
-                        f"the model server at {url} answered something that is not a chat "
-                        f"completion ({type(exc).__name__}); check that OPENAI_BASE_URL names "
-                        "an OpenAI-compatible API"
-                    ]
-                ) from None
+                raise _not_a_completion(span, url, exc) from None
             span.set_attribute("gen_ai.response.model", completion.model or self.model)
             span.set_attribute("gen_ai.response.id", completion.id or "")
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
@@ -175,6 +159,18 @@ class ChatModel:
         if isinstance(exc, openai.APIStatusError):
             return f"the model server answered HTTP {exc.status_code}: {detail}"
         return f"the openai client failed: {detail}"
+
+
+def _not_a_completion(span: Span, url: object, exc: Exception) -> PlanningFailed:
+    """Mark the span and return the failure of an answer that is no chat completion."""
+    span.set_attribute("error.type", "not_a_completion")
+    span.set_status(Status(StatusCode.ERROR))
+    return PlanningFailed(
+        [
+            f"the model server at {url} answered something that is not a chat completion "
+            f"({type(exc).__name__}); check that OPENAI_BASE_URL names an OpenAI-compatible API"
+        ]
+    )
 
 
 def _detail(exc: openai.OpenAIError) -> str:
