@@ -22,6 +22,7 @@ from executor_worker.output_bounds import MAX_OUTPUT_BYTES, json_size, kept_erro
 from executor_worker.tool_threads import ToolThreads
 from plangate import metrics, telemetry
 from plangate.errors import OutcomeUnknown, ToolError
+from plangate.redaction import redact_json
 from plangate.tools import Tool, ToolContext
 from schemas import Plan, Step
 from schemas.cel_check import compiled
@@ -326,6 +327,8 @@ def invoke(
         return StepOutcome(
             step.id, step.tool, "succeeded", error=note, duration_ms=_ms_since(started)
         )
+    # A server may quote a secret it was sent (a token, a header) back in what it returns.
+    output = redact_json(output)
     if telemetry.record_content():
         span.set_attribute("gen_ai.tool.call.result", json.dumps(output, default=str))
     return StepOutcome(step.id, step.tool, "succeeded", output, duration_ms=_ms_since(started))

@@ -25,6 +25,7 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Mapping
+from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
 
 from pydantic import BaseModel, SecretBytes, SecretStr
@@ -146,6 +147,30 @@ def redact(text: str) -> str:
     if pattern is None or not text:
         return text
     return pattern.sub(REDACTED, text)
+
+
+def redact_json(value: Any) -> Any:
+    """Return a JSON value with every known secret taken out of its strings (keys too).
+
+    For content a remote party wrote (a model's plan, a tool's output): the value itself is
+    returned when no secret is in it, which is nearly always, after one search of its text.
+    """
+    if not _registry.environment_read:
+        register_environment()
+    pattern = _registry.pattern
+    if pattern is None or not pattern.search(json.dumps(value, ensure_ascii=False, default=str)):
+        return value
+    return _redacted(value)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(str(key)): _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 def is_secret(value: str) -> bool:

@@ -23,6 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from plangate import metrics, telemetry
 from plangate.errors import PlanningFailed
 from plangate.redaction import redact
+from planner_worker.model_http import AnswerTooLarge
 from schemas.messages import TokenUsage
 
 PROVIDER = "openai"
@@ -121,9 +122,18 @@ class ChatModel:
     def _reason(self, exc: openai.OpenAIError) -> str:
         """Say in one sentence what went wrong and what to do about it."""
         url = self._client.base_url
-        count = self._client.max_retries
+        count = _retries_taken(exc, self._client.max_retries)
         retries = f"after {count} {'retry' if count == 1 else 'retries'}"
         detail = _detail(exc)
+        if isinstance(exc, AnswerTooLarge):
+            return str(exc)
+        if isinstance(exc, openai.APIStatusError) and 300 <= exc.status_code < 400:
+            location = redact(exc.response.headers.get("location", "")[:_DETAIL_CHARS])
+            return (
+                f"the model server at {url} redirects (HTTP {exc.status_code}) to "
+                f"{location or 'nowhere'}; plangate does not follow a model server's redirects "
+                "(they would carry the API key): set OPENAI_BASE_URL to the address it points at"
+            )
         if isinstance(exc, openai.APITimeoutError):
             return (
                 f"the model server at {url} did not answer within {self._client.timeout} s "
@@ -171,6 +181,17 @@ def _not_a_completion(span: Span, url: object, exc: Exception) -> PlanningFailed
             f"({type(exc).__name__}); check that OPENAI_BASE_URL names an OpenAI-compatible API"
         ]
     )
+
+
+def _retries_taken(exc: openai.OpenAIError, configured: int) -> int:
+    """Return how many retries the SDK made: it numbers each attempt in a request header.
+
+    Not always `max_retries`: the SDK does not retry when a server asks it to wait longer
+    than a minute, or says not to.
+    """
+    request = getattr(exc, "request", None)
+    taken = request.headers.get("x-stainless-retry-count") if request is not None else None
+    return int(taken) if taken is not None and taken.isdigit() else configured
 
 
 def _detail(exc: openai.OpenAIError) -> str:

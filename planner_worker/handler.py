@@ -22,6 +22,7 @@ from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import NotReady, PlanningFailed, Reject, Retry
+from plangate.redaction import redact, redact_json
 from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import (
     check_same_goal,
@@ -44,6 +45,7 @@ from schemas import (
     Plan,
     PlanDecided,
     PlanInvalid,
+    Step,
     new_id,
     utcnow,
     validate_plan,
@@ -320,19 +322,30 @@ def _catalog_in(session: Session, source: Callable[[Session], Catalog]) -> Catal
 
 
 def _validated(draft: Draft, goal_id: str, revision: int, catalog: Catalog) -> Plan:
-    """Return the draft numbered as a plan, validated: nothing invalid leaves the planner."""
+    """Return the draft numbered as a plan, validated: nothing invalid leaves the planner.
+
+    A model may write a secret it was sent (the API key a server echoes) into its plan: it is
+    redacted before reviewers, the audit log or a tool see it.
+    """
     plan = Plan(
         plan_id=new_id(),
         goal_id=goal_id,
         revision=revision,
-        summary=draft.summary,
-        steps=draft.steps,
+        summary=redact(draft.summary),
+        steps=tuple(_redacted_step(step) for step in draft.steps),
     )
     try:
         validate_plan(plan, catalog)
     except PlanInvalid as invalid:
         raise PlanningFailed([str(p) for p in invalid.problems]) from invalid
     return plan
+
+
+def _redacted_step(step: Step) -> Step:
+    args, when = redact_json(step.args), redact(step.when) if step.when else step.when
+    if args is step.args and when == step.when:
+        return step
+    return step.model_copy(update={"args": args, "when": when})
 
 
 def _tokens_spent(session: Session, goal_id: str) -> int:

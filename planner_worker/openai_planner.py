@@ -10,14 +10,17 @@ revisions: no new request starts once it is spent.
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 import openai
 from opentelemetry import trace
 
 from plangate.config import Settings
 from plangate.errors import ConfigError, PlanningFailed
+from plangate.redaction import register_secret
 from planner_worker.chat import PROVIDER, ChatAnswer, ChatModel
 from planner_worker.llm_schema import AnswerInvalid, read_answer, response_format
+from planner_worker.model_http import ModelHttpClient
 from planner_worker.planner import Draft, Feedback
 from planner_worker.prompt import (
     Message,
@@ -27,6 +30,7 @@ from planner_worker.prompt import (
     system_prompt,
 )
 from schemas import Catalog, GoalSubmitted, Plan, PlanInvalid, Step, validate_plan
+from schemas.decoding import MAX_MESSAGE_BYTES
 from schemas.messages import TokenUsage
 
 _PLANNER_NAME_CHARS = 200  # the store's column
@@ -113,6 +117,15 @@ class OpenAIPlanner:
                     "raise PLANGATE_PLANNER_MAX_TOKENS or make the goal simpler"
                 ]
             )
+        if answer.content is not None and len(answer.content) > MAX_MESSAGE_BYTES:
+            # No plan fits: sent back for repair it would only grow each request.
+            raise PlanningFailed(
+                [
+                    f"the model's answer is {len(answer.content)} characters, more than a plan "
+                    f"can take ({MAX_MESSAGE_BYTES} bytes); check that the model server honours "
+                    "max_completion_tokens (PLANGATE_PLANNER_MAX_TOKENS)"
+                ]
+            )
         if answer.finish_reason == "content_filter":
             raise PlanningFailed(["the model server's content filter stopped the answer"])
 
@@ -157,11 +170,15 @@ def openai_client(settings: Settings) -> openai.OpenAI:
                 "(for an OpenAI-compatible server such as llama.cpp, vLLM or Ollama)"
             )
         api_key = "unused"  # local servers mostly ignore the key, but the SDK wants one
+    else:
+        register_secret(api_key)  # what a server echoes of it, in an error or a plan, is redacted
     return openai.OpenAI(
         api_key=api_key,
         base_url=base_url,
         timeout=settings.planner_timeout_seconds,
         max_retries=settings.planner_max_retries,
+        # The SDK takes an `httpx.Client` as well as its own fork's (it types only the fork).
+        http_client=cast("Any", ModelHttpClient(settings.planner_timeout_seconds)),
     )
 
 

@@ -35,6 +35,7 @@ class Reply:
     gather: int = 0
     echo: bool = False
     raw: bytes | None = None  # sent as it is, instead of `body`
+    trickle: float = 0.0  # seconds between the body's bytes (a server that never finishes)
 
 
 def completion(
@@ -165,7 +166,13 @@ class OpenAIStub:
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if not reply.trickle:
+                        self.wfile.write(data)
+                    for index in range(len(data) if reply.trickle else 0):
+                        self.wfile.write(data[index : index + 1])
+                        self.wfile.flush()
+                        if stub._closing.wait(reply.trickle):
+                            break
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout test): nothing to answer
                 finally:

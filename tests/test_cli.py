@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 
 from plangate import __version__
+from tests.openai_stub import error, running_stub
 from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -517,7 +519,7 @@ def test_ctrl_c_while_a_step_runs_says_where_it_left_the_goal_and_exits_130(
     assert run.returncode == 130, stderr
     assert "interrupted: the goal is left running" in stderr
     assert "a reviewer can cancel it (`plangate goals cancel " in stderr
-    assert "a step is still running after 5 s; ending without waiting for it" in stderr
+    assert "is still running after 5 s; ending without waiting for it" in stderr
 
 
 @pytest.mark.parametrize(
@@ -688,3 +690,26 @@ def test_db_upgrade_names_the_database_and_says_when_it_made_a_new_one(
     assert first.stdout.startswith("created the schema ")
     assert first.stdout.rstrip().endswith(f"in {database}, a new database")
     assert second.stdout.startswith(f"the schema of {database} is already at ")
+
+
+def test_run_ends_at_its_timeout_while_the_model_server_holds_the_planner(cli: Cli) -> None:
+    """Given a model server that answers 429 asking to retry in 100 s (the SDK waits that long),
+    When `plangate run --timeout 2` plans a goal with it,
+    Then the run says it timed out and ends within seconds with exit 1; it used to wait for
+    the planner's thread, for as long as the server asked.
+    """
+    with running_stub() as stub:
+        slow_down = error(429, "slow down", headers={"Retry-After": "100"})
+        stub.script(slow_down, slow_down)
+        env = {
+            "PLANGATE_PLANNER": "openai",
+            "OPENAI_BASE_URL": stub.base_url,
+            "OPENAI_API_KEY": "sk-run-timeout-test",
+        }
+        started = time.monotonic()
+        result = cli("run", SEED_GOAL, "--timeout", "2", env=env)
+
+    assert result.returncode == EXIT_FAILED, result.stderr
+    assert "Timed out after 2 s" in result.stdout
+    assert "a plan being drafted" in result.stderr
+    assert time.monotonic() - started < 30

@@ -262,3 +262,42 @@ def test_a_step_reading_a_write_output_that_was_not_kept_fails_saying_so(
         steps["echo"].error or ""
     )
     assert steps["s"].output == 3
+
+
+@tool(effect="read")
+def echo_secret() -> dict[str, Any]:
+    """Answer quoting a secret, as a server echoing the token it was sent would."""
+    return {"headers": [f"Authorization: Bearer {SECRET}"], SECRET: "as a key", "count": 2}
+
+
+def test_a_secret_a_tool_quotes_in_its_output_is_redacted_before_it_is_kept(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a read whose output quotes a registered secret (in a value and as a key),
+    When a goal runs it,
+    Then the stored output, which reviewers, observers and later steps read, has `[redacted]`,
+    and the rest of the output is as the tool returned it.
+    """
+    register_secret(SECRET)
+    playbook = write_yaml(
+        tmp_path / "playbook.yaml",
+        {
+            "playbooks": [
+                {"name": "s", "pattern": "quote", "steps": [{"id": "q", "tool": "echo_secret"}]}
+            ]
+        },
+    )
+    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
+    registry = ToolRegistry([echo_secret])
+    with running_pipeline(
+        settings, playbook_file=playbook, policy_file=policy, registry=registry
+    ) as pipeline:
+        goal = pipeline.wait_for(pipeline.submit("quote it").goal_id, timeout=10)
+        output = _steps(pipeline, goal.id)["q"].output
+
+    assert goal.status == "completed"
+    assert output == {
+        "headers": [f"Authorization: Bearer {REDACTED}"],
+        REDACTED: "as a key",
+        "count": 2,
+    }

@@ -80,6 +80,7 @@ class GoalRun:
         self.err = err
         self.goal_id = ""
         self.trace_id: str | None = None
+        self.timed_out = False
         self.steps: dict[str, str] = {}
         # A hold whose dry run is on its way: asked about once the preview arrives (or is late).
         self._awaiting_preview: tuple[PlanDecided, float] | None = None
@@ -129,6 +130,7 @@ class GoalRun:
                     code = self._on(message)
                 if code is not None:
                     return code
+        self.timed_out = True
         return self._finish(EXIT_FAILED, f"timed out after {self.options.timeout:g} s")
 
     def _on(self, message: Message) -> int | None:
@@ -380,7 +382,8 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
                 "gate|executor` on this store carries them out.",
                 style="dim",
             )
-        code = GoalRun(pipeline, options, out, err).run(text)
-        if code == EXIT_INTERRUPTED:
-            stop_or_abandon(pipeline, err)
+        goal_run = GoalRun(pipeline, options, out, err)
+        code = goal_run.run(text)
+        if code == EXIT_INTERRUPTED or goal_run.timed_out:
+            stop_or_abandon(pipeline, err, code)
         return code

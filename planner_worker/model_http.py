@@ -1,0 +1,122 @@
+"""The HTTP client the planner's openai SDK sends through: bounded in size and time, no redirects.
+
+The SDK's own client bounds each read, not an answer: a server that trickles a byte a second
+holds a planner thread for ever, one that answers 50 MB (or a gzip bomb) is read whole into
+memory, and a redirect is followed to any host with the API key. Here each attempt is read
+within `timeout` seconds from its start (a `ReadTimeout`, which the SDK retries and then reports
+as a timeout), at most `MAX_ANSWER_BYTES` once decoded (`AnswerTooLarge`, never retried: the
+same server would answer the same), and a redirect is answered as the error it is.
+
+httpx has no bound on a whole answer, so `send` reads the body itself; the rest is httpx's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import httpx
+import openai
+
+MAX_ANSWER_BYTES = 4 * 1024 * 1024
+"""The most a model server's answer may take, decoded: a plan fits in 1 MiB, JSON-escaped in a
+chat completion it takes at most a few times that."""
+_RAW_PIECE = 4096  # decoded a piece at a time: gzip inflates a piece to at most ~4 MiB
+_DECODED = {"", "identity", "gzip", "deflate"}  # what the client asks for and bounds
+
+
+class AnswerTooLarge(openai.OpenAIError):
+    """The model server's answer is over `MAX_ANSWER_BYTES` or in an encoding not asked for.
+
+    An OpenAIError so the SDK raises it as it is, without retrying.
+    """
+
+
+class ModelHttpClient(httpx.Client):
+    """An httpx client that reads each answer within its time and size bounds."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            timeout=timeout,
+            follow_redirects=False,
+            # Only encodings whose inflation is bounded here (httpx would add br and zstd
+            # when their packages are installed).
+            headers={"Accept-Encoding": "gzip, deflate"},
+        )
+
+    def send(
+        self, request: httpx.Request, *, stream: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """Send `request`; unless streaming, read the answer within its bounds."""
+        started = time.monotonic()
+        response = super().send(request, stream=True, **kwargs)
+        if stream:
+            return response  # the planner never streams; a stream is bounded by its reader
+        try:
+            body = _read_bounded(response, started + _attempt_seconds(request))
+        finally:
+            response.close()
+        headers = [
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        answer = httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=body,
+            request=request,
+            extensions=response.extensions,
+        )
+        answer.elapsed = response.elapsed
+        return answer
+
+
+def _attempt_seconds(request: httpx.Request) -> float:
+    timeout = request.extensions.get("timeout", {})
+    read = timeout.get("read") if isinstance(timeout, dict) else None
+    return float(read) if read else 600.0
+
+
+def _read_bounded(response: httpx.Response, deadline: float) -> bytes:
+    """Return the decoded body, raising ReadTimeout past `deadline`, AnswerTooLarge past the cap."""
+    encoding = response.headers.get("content-encoding", "").strip().lower()
+    if encoding not in _DECODED:
+        raise AnswerTooLarge(
+            f"the model server at {response.url.host} answered in Content-Encoding "
+            f"{encoding[:40]!r}, which plangate did not ask for; check OPENAI_BASE_URL"
+        )
+    response.stream = _Pieces(response.stream)
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise AnswerTooLarge(
+                f"the model server at {response.url.host} answered more than "
+                f"{MAX_ANSWER_BYTES} bytes, more than a plan can take; check OPENAI_BASE_URL "
+                "and that the server honours max_completion_tokens (PLANGATE_PLANNER_MAX_TOKENS)"
+            )
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout(
+                "the model server was still sending its answer at the deadline",
+                request=response.request,
+            )
+    return b"".join(chunks)
+
+
+class _Pieces(httpx.SyncByteStream):
+    """A raw stream cut into small pieces, so each is inflated and counted before the next."""
+
+    def __init__(self, raw: httpx.SyncByteStream | httpx.AsyncByteStream) -> None:
+        self._raw = cast("httpx.SyncByteStream", raw)  # a sync client's streams are sync
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._raw:
+            for start in range(0, len(chunk), _RAW_PIECE):
+                yield chunk[start : start + _RAW_PIECE]
+
+    def close(self) -> None:
+        self._raw.close()

@@ -1,0 +1,163 @@
+"""A model server is a remote party: its answer is bounded in time and size, never followed away.
+
+Each case runs the embedded pipeline with the real openai SDK against a local server that
+misbehaves in one way, and checks what the goal's submitter sees: the goal fails within
+seconds, saying what happened and what to check, and nothing is read past its bound.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from plangate.config import Settings
+from plangate.store import TERMINAL_STATUSES, GoalRow
+from plangate.store.goals import plan_of
+from planner_worker.model_http import MAX_ANSWER_BYTES
+from schemas import Plan
+from tests.openai_stub import OpenAIStub, Reply, completion, error, plan_reply, running_stub
+from tests.support import HELD, plans_of, running_pipeline
+
+READ_STEPS = [{"id": "count", "tool": "ticket_count"}, {"id": "sla", "tool": "sla_threshold"}]
+API_KEY = "sk-model-bounds-7f3a91c2e5"
+
+
+@pytest.fixture
+def stub(settings: Settings) -> Iterator[OpenAIStub]:
+    with running_stub() as server:
+        settings.openai_base_url = server.base_url
+        settings.openai_api_key = SecretStr(API_KEY)
+        yield server
+
+
+def planned(settings: Settings, **overrides: Any) -> tuple[GoalRow, Plan | None]:
+    """Submit one goal through the LLM planner; return it once planned or failed, and its plan."""
+    options = {"planner": "openai", "planner_max_retries": 0} | overrides
+    with running_pipeline(settings, **options) as pipeline:
+        goal_id = pipeline.submit("how many tickets are open").goal_id
+        goal = pipeline.wait_for(goal_id, HELD | TERMINAL_STATUSES, timeout=20)
+        plans = plans_of(pipeline.store, goal_id)
+        return goal, plan_of(plans[0]) if plans else None
+
+
+def test_a_server_trickling_its_answer_is_cut_off_at_the_timeout(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a server that sends its answer a byte every 0.2 s (each read well within the timeout),
+    When a goal is planned with a 1 s timeout and one retry,
+    Then the goal fails after about two timeouts, saying the server did not answer in time;
+    the SDK's own timeout bounds each read only, so it used to wait for the whole trickle.
+    """
+    trickle = Reply(raw=json.dumps(plan_reply(READ_STEPS).body).encode(), trickle=0.2)
+    stub.script(trickle, trickle)
+    started = time.monotonic()
+    goal, _ = planned(settings, planner_timeout_seconds=1.0, planner_max_retries=1)
+
+    assert goal.status == "plan_failed"
+    assert "did not answer within 1.0 s (after 1 retry)" in (goal.status_reason or "")
+    assert len(stub.requests) == 2
+    assert time.monotonic() - started < 8
+
+
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_an_answer_over_the_size_bound_fails_the_goal_without_a_retry(
+    settings: Settings, stub: OpenAIStub, encoding: str
+) -> None:
+    """Given a server answering 6 MiB of JSON (plain, or a small gzip body that inflates to it),
+    When a goal is planned with two retries allowed,
+    Then the goal fails at once saying the answer is over the bound; no second request is made.
+    """
+    body = json.dumps(completion("x" * (6 << 20)).body).encode()
+    headers = {}
+    if encoding == "gzip":
+        body, headers = gzip.compress(body), {"Content-Encoding": "gzip"}
+        assert len(body) < 64 * 1024
+    stub.script(*[Reply(raw=body, headers=headers)] * 3)
+    goal, _ = planned(settings, planner_max_retries=2)
+
+    assert goal.status == "plan_failed"
+    assert f"answered more than {MAX_ANSWER_BYTES} bytes" in (goal.status_reason or "")
+    assert "PLANGATE_PLANNER_MAX_TOKENS" in (goal.status_reason or "")
+    assert len(stub.requests) == 1
+
+
+def test_an_answer_in_an_encoding_not_asked_for_is_refused(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a server that answers in Content-Encoding br (whose inflation is not bounded here),
+    Then the goal fails naming the encoding, and the planner asked only for gzip or deflate.
+    """
+    stub.script(Reply(raw=b"\x8b\x02\x80", headers={"Content-Encoding": "br"}))
+    goal, _ = planned(settings)
+
+    assert goal.status == "plan_failed"
+    assert "Content-Encoding 'br'" in (goal.status_reason or "")
+
+
+def test_an_answer_content_no_plan_can_fit_is_not_sent_back_for_repair(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a server that ignores max_tokens and answers 2 MiB of content,
+    Then the goal fails at once saying so; it used to be sent back on each repair attempt.
+    """
+    stub.script(*[completion("y" * (2 << 20))] * 3)
+    goal, _ = planned(settings)
+
+    assert goal.status == "plan_failed"
+    assert "more than a plan can take" in (goal.status_reason or "")
+    assert len(stub.requests) == 1
+
+
+def test_a_redirect_to_another_host_is_not_followed(settings: Settings, stub: OpenAIStub) -> None:
+    """Given a model server that redirects to another server,
+    Then the goal fails saying where it points and to set OPENAI_BASE_URL there;
+    the other server never receives the request (nor the API key it carries).
+    """
+    with running_stub() as elsewhere:
+        target = f"{elsewhere.base_url}/chat/completions"
+        stub.script(Reply(status=307, headers={"Location": target}))
+        goal, _ = planned(settings)
+        assert elsewhere.requests == []
+
+    assert goal.status == "plan_failed"
+    reason = goal.status_reason or ""
+    assert f"redirects (HTTP 307) to {target}" in reason
+    assert "OPENAI_BASE_URL" in reason
+
+
+def test_the_retry_count_said_is_the_number_of_retries_made(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a 429 asking to wait ten minutes (the SDK waits at most two, else gives up),
+    When two retries are allowed,
+    Then the reason says no retry was made, as none was.
+    """
+    stub.script(error(429, "slow down", headers={"Retry-After": "600"}))
+    goal, _ = planned(settings, planner_max_retries=2)
+
+    assert goal.status == "plan_failed"
+    assert "HTTP 429 after 0 retries" in (goal.status_reason or "")
+    assert len(stub.requests) == 1
+
+
+def test_a_secret_the_model_writes_into_its_plan_is_redacted_before_anyone_sees_it(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a model server that writes the API key it was sent into the plan's summary and an
+    argument,
+    Then the stored plan (what reviewers, the audit log and the executor see) has `[redacted]`.
+    """
+    steps = [{"id": "tell", "tool": "notify_oncall", "args": {"message": f"key={API_KEY}"}}]
+    stub.script(plan_reply(steps, summary=f"Authorization: Bearer {API_KEY}"))
+    _, plan = planned(settings)
+
+    assert plan is not None
+    assert API_KEY not in plan.model_dump_json()
+    assert plan.summary == "Authorization: Bearer [redacted]"
+    assert plan.steps[0].args == {"message": "key=[redacted]"}
