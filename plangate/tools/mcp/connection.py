@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import math
 import re
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -46,8 +48,10 @@ class Connection:
         self._stop = asyncio.Event()
         self._holder = self._loop.submit(self._hold(ready, self._stop))
         try:
-            self._session = ready.result(timeout=self.config.timeout_seconds)
-        except concurrent.futures.TimeoutError:
+            # The session's own deadline answers first; this one guards a transport that will
+            # not even let go (its cleanup has _CLOSE_TIMEOUT).
+            self._session = ready.result(timeout=self.config.timeout_seconds + _CLOSE_TIMEOUT)
+        except TimeoutError:
             self._holder.cancel()
             self.close()
             raise ToolLoadError(
@@ -68,15 +72,25 @@ class Connection:
     async def _hold(
         self, ready: concurrent.futures.Future[ClientSession], stop: asyncio.Event
     ) -> None:
+        import anyio
         from mcp import ClientSession
 
         try:
-            async with AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(self._transport())
-                session = await stack.enter_async_context(ClientSession(read, write))
-                await session.initialize()
-                ready.set_result(session)
-                await stop.wait()
+            # The deadline is a scope around the whole session, lifted once it is ready: a scope
+            # inside it would close before the transport's own, which anyio refuses, and
+            # cancelling the task from outside leaves the transport to print tracebacks.
+            with anyio.CancelScope(
+                deadline=anyio.current_time() + self.config.timeout_seconds
+            ) as scope:
+                async with AsyncExitStack() as stack:
+                    read, write = await stack.enter_async_context(self._transport())
+                    session = await stack.enter_async_context(ClientSession(read, write))
+                    await session.initialize()
+                    scope.deadline = math.inf
+                    ready.set_result(session)
+                    await stop.wait()
+            if scope.cancelled_caught and not ready.done():
+                ready.set_exception(TimeoutError())
         except BaseException as exc:
             if not ready.done():
                 ready.set_exception(exc)
@@ -117,7 +131,21 @@ class Connection:
         cursor: str | None = None
         while True:
             params = None if cursor is None else PaginatedRequestParams(cursor=cursor)
-            page = self._loop.run(session.list_tools(params=params), self.config.timeout_seconds)
+            try:
+                page = self._loop.run(
+                    session.list_tools(params=params), self.config.timeout_seconds
+                )
+            except TimeoutError:
+                raise ToolLoadError(
+                    f"{self.where} did not list its tools within "
+                    f"{self.config.timeout_seconds:g} s; check the server, or raise its "
+                    "timeout_seconds"
+                ) from None
+            except Exception as exc:
+                # A listing in a shape MCP does not allow, a server gone while listing.
+                raise ToolLoadError(
+                    f"{self.where} could not list its tools: {one_line(exc)}; fix the server"
+                ) from None
             tools.extend(page.tools)
             cursor = page.next_cursor
             if cursor is None:
@@ -235,6 +263,14 @@ def urls_without_secrets(text: str) -> str:
     return re.sub(r"https?://[^\s'\"<>]+", lambda m: _without_secrets(m.group(0)), text)
 
 
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """Say what `exc` is in one short redacted line (a validation error's first problem)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = redact(" ".join(lines[:2]) or type(exc).__name__)
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def leaves(exc: BaseException) -> Iterator[BaseException]:
     """Yield the exceptions inside `exc`, exception groups flattened; `exc` itself if none."""
     if isinstance(exc, BaseExceptionGroup):
@@ -242,6 +278,26 @@ def leaves(exc: BaseException) -> Iterator[BaseException]:
             yield from leaves(inner)
     else:
         yield exc
+
+
+class _OneLineRecords(logging.Filter):
+    """A server's bad line or broken stream is one redacted log line, not an SDK traceback.
+
+    What a remote server sends is not plangate's bug: the traceback says nothing an operator
+    can act on, and it would quote what the server sent at length.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {one_line(record.exc_info[1])}"
+            record.args = None
+            record.exc_info = record.exc_text = None
+        return True
+
+
+# The SDK's loggers that report what a server sent (stdio, HTTP, the session's dispatch).
+for _name in ("mcp.client.stdio", "mcp.client.streamable_http", "mcp.shared.jsonrpc_dispatcher"):
+    logging.getLogger(_name).addFilter(_OneLineRecords())
 
 
 class Loop:

@@ -1,0 +1,58 @@
+"""A stdio MCP server that misbehaves on purpose, written as raw JSON-RPC lines.
+
+Run as `python -m tests.mcp_raw_server MODE`. It offers one read-only tool, `probe`, and:
+`hang-init` never answers `initialize`; `bad-listing` lists a tool whose schema MCP does not
+allow; `die-listing` exits while asked for its tools; `garbage` answers a call with a line that
+is no JSON. Any other mode behaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+
+def send(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def listing(mode: str) -> list[dict[str, Any]]:
+    schema: dict[str, Any] = {"type": "object", "properties": {"q": {"type": "string"}}}
+    if mode == "bad-listing":
+        schema["required"] = 5  # a list, says MCP
+    return [{"name": "probe", "inputSchema": schema, "annotations": {"readOnlyHint": True}}]
+
+
+def main(mode: str) -> None:
+    for line in sys.stdin:
+        request = json.loads(line)
+        method, ident = request.get("method"), request.get("id")
+        if ident is None:
+            continue  # a notification
+        if method == "initialize":
+            if mode == "hang-init":
+                time.sleep(3600)
+            version = request["params"]["protocolVersion"]
+            info = {"name": "raw", "version": "1"}
+            result = {"protocolVersion": version, "capabilities": {"tools": {}}, "serverInfo": info}
+        elif method == "tools/list":
+            if mode == "die-listing":
+                os._exit(3)
+            result = {"tools": listing(mode)}
+        elif method == "tools/call":
+            if mode == "garbage":
+                sys.stdout.write("this is not JSON-RPC\n")
+                sys.stdout.flush()
+                continue
+            result = {"content": [{"type": "text", "text": "ok"}], "isError": False}
+        else:
+            result = {}
+        send({"jsonrpc": "2.0", "id": ident, "result": result})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

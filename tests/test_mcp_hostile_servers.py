@@ -1,0 +1,128 @@
+"""An MCP server that breaks the protocol is named in one line; nothing prints a traceback.
+
+A server is a remote party: one that lists its tools in a shape MCP does not allow, exits while
+listing them, never answers `initialize`, or writes a line that is not JSON-RPC, must leave the
+operator one line naming the server and what to fix, within its timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from plangate.errors import ToolLoadError
+from plangate.tools.mcp import close_all, open_mcp_servers
+from tests.support import write_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def server_list(folder: Path, mode: str, timeout: float = 5) -> Path:
+    entry = {
+        "command": sys.executable,
+        "args": ["-m", "tests.mcp_raw_server", mode],
+        "cwd": str(ROOT),
+        "timeout_seconds": timeout,
+    }
+    path = folder / "mcp.json"
+    path.write_text(json.dumps({"mcpServers": {"raw": entry}}), encoding="utf-8")
+    return path
+
+
+def run(folder: Path, mode: str, timeout: float = 5) -> subprocess.CompletedProcess[str]:
+    """`plangate run` of a goal that calls the server's `probe` tool."""
+    playbook = {
+        "playbooks": [
+            {
+                "name": "p",
+                "pattern": "probe",
+                "steps": [{"id": "p", "tool": "raw.probe", "args": {"q": "hi"}}],
+            }
+        ]
+    }
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PLANGATE_", "OPENAI_", "OTEL_"))
+    } | {
+        "PLANGATE_DATA_DIR": str(folder / "data"),
+        "PLANGATE_MCP_SERVERS": str(server_list(folder, mode, timeout)),
+        "PLANGATE_PLAYBOOK_FILE": str(write_yaml(folder / "playbook.yaml", playbook)),
+        "PLANGATE_PLANNER": "playbook",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "plangate", "run", "probe it", "--yes", "--timeout", "30"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=folder,
+        timeout=90,
+        check=False,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _close_servers() -> object:
+    yield
+    close_all()
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("bad-listing", "could not list its tools: ValidationError: "),
+        ("die-listing", "could not list its tools: "),
+    ],
+)
+def test_a_broken_tool_listing_is_one_error_naming_the_server(
+    tmp_path: Path, mode: str, said: str
+) -> None:
+    """Given a server whose listing MCP does not allow, or which exits while listing,
+    When its list is loaded,
+    Then a ToolLoadError names the server, says it could not list its tools and to fix it.
+    """
+    with pytest.raises(ToolLoadError) as refused:
+        open_mcp_servers(server_list(tmp_path, mode))
+
+    message = str(refused.value)
+    assert message.startswith("MCP server 'raw' (from ")
+    assert said in message
+    assert message.endswith("; fix the server")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("mode", ["bad-listing", "hang-init"])
+def test_run_with_a_server_that_breaks_at_start_says_one_line(tmp_path: Path, mode: str) -> None:
+    """Given a server that lists tools MCP does not allow, or never answers `initialize`,
+    When `plangate run` starts with it,
+    Then it ends with exit 2 and one line naming the server, within the server's timeout;
+    it printed a traceback (three, for the hang).
+    """
+    started = time.monotonic()
+    result = run(tmp_path, mode, timeout=2)
+
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: MCP server 'raw'")
+    assert time.monotonic() - started < 20
+
+
+def test_a_line_that_is_not_json_rpc_is_logged_in_one_line(tmp_path: Path) -> None:
+    """Given a server that answers a call with a line that is not JSON-RPC,
+    When a goal calls it,
+    Then the step fails at the server's timeout naming it, and the run prints no traceback.
+    """
+    result = run(tmp_path, "garbage", timeout=2)
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "Failed to parse JSONRPC message from server: ValidationError:" in result.stderr
+    assert "probe gave no answer within 2 s" in " ".join(result.stdout.split())
