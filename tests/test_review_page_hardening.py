@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from plangate.embedded import Pipeline
 from plangate.reviewers import add_reviewer
+from plangate.server import create_app
 from plangate.server.pages import NO_HASH, OTHER_SITE, SESSION_ENDED
 from plangate.server.sessions import SESSION_COOKIE
 from tests.support import HELD
@@ -245,3 +247,27 @@ def test_head_answers_as_get_without_a_body(
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
     assert probe.status_code == 200
     assert only_posts.status_code == 405
+
+
+def test_an_answer_to_a_failure_the_server_did_not_expect_carries_the_same_headers(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """Given a request on which the server fails unexpectedly (a bug, a dropped store),
+    When a browser gets its 500 page,
+    Then the page is neither cached nor framed and runs no script, as every other answer;
+    Starlette answered it outside the middleware that adds them.
+    """
+    app = create_app(settings_for(pipeline, reviewers_file))
+
+    @app.get("/fails")
+    def fails() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        page = client.get("/fails", headers={"Accept": "text/html"})
+
+    assert page.status_code == 500
+    assert "the server failed on this request" in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "default-src 'none'" in page.headers["content-security-policy"]

@@ -7,6 +7,7 @@ from contextlib import ExitStack, asynccontextmanager
 from datetime import timedelta
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from plangate import __version__
 from plangate.client import Client
@@ -48,7 +49,7 @@ def create_app(
             app.state.desk = desk
             yield
 
-    app = FastAPI(
+    app = _App(
         title="plangate",
         version=__version__,
         summary="Submit goals and follow them: the planner decides, the gate authorises.",
@@ -71,7 +72,6 @@ def create_app(
     app.state.failure_limit = FailureLimit()
     install_handlers(app)
     app.add_middleware(BodyLimit)
-    app.add_middleware(SecurityHeaders)
     app.add_middleware(HeadAsGet)
     app.include_router(goals.router)
     app.include_router(reviews.router)
@@ -80,6 +80,16 @@ def create_app(
     app.include_router(health.router)
     install_api_docs(app)
     return app
+
+
+class _App(FastAPI):
+    """The server, its security headers outermost: on every answer, a 500 too.
+
+    Starlette answers an unhandled error in its outermost layer, outside every added middleware.
+    """
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
 
 
 def _reviewers(settings: Settings) -> ReviewerSource:
