@@ -3,7 +3,8 @@
 Run as `python -m tests.mcp_raw_server MODE`. It offers one read-only tool, `probe`, and:
 `hang-init` never answers `initialize`; `bad-listing` lists a tool whose schema MCP does not
 allow; `die-listing` exits while asked for its tools; `garbage` answers a call with a line that
-is no JSON. Any other mode behaves.
+is no JSON; `deep-schema`, `long-description` and `many-tools` list what no catalog should hold.
+Any other mode behaves.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ def listing(mode: str) -> list[dict[str, Any]]:
     schema: dict[str, Any] = {"type": "object", "properties": {"q": {"type": "string"}}}
     if mode == "bad-listing":
         schema["required"] = 5  # a list, says MCP
-    return [{"name": "probe", "inputSchema": schema, "annotations": {"readOnlyHint": True}}]
+    if mode == "deep-schema":
+        nested: dict[str, Any] = {"type": "string"}
+        for _ in range(40):
+            nested = {"type": "object", "properties": {"a": nested}}
+        schema["properties"] = {"q": nested}
+    description = "D" * 5_000_000 if mode == "long-description" else "probes"
+    tool = {"name": "probe", "description": description, "inputSchema": schema}
+    tools = [{**tool, "annotations": {"readOnlyHint": True}}]
+    if mode == "many-tools":
+        tools += [{**tools[0], "name": f"probe{n}"} for n in range(1000)]
+    return tools
 
 
 def main(mode: str) -> None:

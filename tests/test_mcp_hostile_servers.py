@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from plangate.errors import ToolLoadError
 from plangate.tools.mcp import close_all, open_mcp_servers
+from plangate.tools.mcp.tool import MAX_DESCRIPTION_CHARS
+from schemas.tool_spec import MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH, ToolSpec
 from tests.support import write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,3 +129,35 @@ def test_a_line_that_is_not_json_rpc_is_logged_in_one_line(tmp_path: Path) -> No
     assert "Traceback" not in result.stderr, result.stderr
     assert "Failed to parse JSONRPC message from server: ValidationError:" in result.stderr
     assert "probe gave no answer within 2 s" in " ".join(result.stdout.split())
+
+
+def test_a_listing_no_catalog_should_hold_is_refused_or_cut(tmp_path: Path) -> None:
+    """Given servers listing a schema nested 40 deep, 1,001 tools, or a 5 MB description,
+    When each list is loaded,
+    Then the deep schema and the thousand tools are refused saying what to do ("include"),
+    and the description is cut to its bound: each would go into every plan prompt.
+    """
+    with pytest.raises(ToolLoadError, match=r"tool 'probe' .*nested too deeply.*\"include\""):
+        open_mcp_servers(server_list(tmp_path, "deep-schema"))
+    with pytest.raises(ToolLoadError, match=r"lists 1001 tools; plangate offers at most 128 .*"):
+        open_mcp_servers(server_list(tmp_path, "many-tools"))
+
+    servers = open_mcp_servers(server_list(tmp_path, "long-description"))
+    description = servers.tools[0].spec.description
+    assert len(description) == MAX_DESCRIPTION_CHARS
+    assert description.endswith("…")
+
+
+def test_a_tool_schema_is_bounded_in_depth_and_size_whatever_offers_it() -> None:
+    """Given a Python tool's or a published catalog's schema past the depth or size bound,
+    Then the spec is refused saying which bound, before any plan or prompt meets it.
+    """
+    deep: dict[str, object] = {"type": "string"}
+    for _ in range(MAX_SCHEMA_DEPTH):
+        deep = {"type": "object", "properties": {"a": deep}}
+    wide = {"type": "object", "description": "d" * MAX_SCHEMA_CHARS}
+
+    with pytest.raises(ValidationError, match="nested too deeply"):
+        ToolSpec(name="deep", effect="read", args_schema=deep)
+    with pytest.raises(ValidationError, match=f"the limit is {MAX_SCHEMA_CHARS}"):
+        ToolSpec(name="wide", effect="read", args_schema=wide)

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from mcp.types import ToolAnnotations
 
 META_PREFIX = "plangate/"
+MAX_TOOLS_PER_SERVER = 128
+"""The most tools one server offers (the OpenAI API's limit on tools in one request)."""
+MAX_DESCRIPTION_CHARS = 2000
+"""The most of a tool's description kept; the rest is cut with `…`."""
 """Prefix of the `_meta` keys a call carries: idempotency_key, goal_id, plan_id, step_id."""
 
 
@@ -125,10 +129,23 @@ def tools_of(connection: Connection) -> list[McpTool]:
             )
     prefix = f"{connection.name}." if config.prefix is None else config.prefix
     chosen = config.include if config.include is not None else sorted(remote)
+    if len(chosen) > MAX_TOOLS_PER_SERVER:
+        raise ToolLoadError(
+            f"{connection.where} lists {len(chosen)} tools; plangate offers at most "
+            f"{MAX_TOOLS_PER_SERVER} of one server (each is in every plan prompt): name the ones "
+            'to offer with "include"'
+        )
     return [
         McpTool(_spec(remote[name], prefix, config.tools.get(name), connection), name, connection)
         for name in chosen
     ]
+
+
+def _cut(description: str) -> str:
+    # The server's text goes into every plan prompt: enough to say what the tool does.
+    if len(description) <= MAX_DESCRIPTION_CHARS:
+        return description
+    return description[: MAX_DESCRIPTION_CHARS - 1] + "…"
 
 
 def _spec(
@@ -142,7 +159,7 @@ def _spec(
     try:
         return ToolSpec(
             name=prefix + remote.name,
-            description=remote.description or remote.title or "",
+            description=_cut(remote.description or remote.title or ""),
             args_schema=remote.input_schema,
             output_schema=remote.output_schema,
             effect=effect,
