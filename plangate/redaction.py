@@ -149,6 +149,15 @@ def redact(text: str) -> str:
     return pattern.sub(REDACTED, text)
 
 
+def quoted(text: str, limit: int = 300) -> str:
+    """Return what a remote party said, fit to quote: one line, redacted, then cut to `limit`.
+
+    Redacted before it is cut, so no prefix of a secret survives at the cut.
+    """
+    line = redact(" ".join(text.split()))
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 def redact_json(value: Any) -> Any:
     """Return a JSON value with every known secret taken out of its strings (keys too).
 
@@ -158,7 +167,9 @@ def redact_json(value: Any) -> Any:
     if not _registry.environment_read:
         register_environment()
     pattern = _registry.pattern
-    if pattern is None or not pattern.search(json.dumps(value, ensure_ascii=False, default=str)):
+    # ASCII-escaped, as one of each secret's registered forms is: a secret holding both a
+    # non-ASCII letter and a character JSON escapes would match no form of a mixed dump.
+    if pattern is None or not pattern.search(json.dumps(value, default=str)):
         return value
     return _redacted(value)
 

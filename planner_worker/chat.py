@@ -22,7 +22,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from plangate import metrics, telemetry
 from plangate.errors import PlanningFailed
-from plangate.redaction import redact
+from plangate.redaction import quoted
 from planner_worker.model_http import AnswerTooLarge
 from schemas.messages import TokenUsage
 
@@ -128,7 +128,7 @@ class ChatModel:
         if isinstance(exc, AnswerTooLarge):
             return str(exc)
         if isinstance(exc, openai.APIStatusError) and 300 <= exc.status_code < 400:
-            location = redact(exc.response.headers.get("location", "")[:_DETAIL_CHARS])
+            location = quoted(exc.response.headers.get("location", ""), _DETAIL_CHARS)
             return (
                 f"the model server at {url} redirects (HTTP {exc.status_code}) to "
                 f"{location or 'nowhere'}; plangate does not follow a model server's redirects "
@@ -196,6 +196,4 @@ def _retries_taken(exc: openai.OpenAIError, configured: int) -> int:
 
 def _detail(exc: openai.OpenAIError) -> str:
     message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    # Redacted before it is cut, so no prefix of a secret survives at the cut.
-    text = redact(" ".join(str(message).split()))
-    return text if len(text) <= _DETAIL_CHARS else text[: _DETAIL_CHARS - 1] + "…"
+    return quoted(str(message), _DETAIL_CHARS)

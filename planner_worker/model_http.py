@@ -19,6 +19,8 @@ from typing import Any, cast
 import httpx
 import openai
 
+from plangate.redaction import quoted
+
 MAX_ANSWER_BYTES = 4 * 1024 * 1024
 """The most a model server's answer may take, decoded: a plan fits in 1 MiB, JSON-escaped in a
 chat completion it takes at most a few times that."""
@@ -85,36 +87,50 @@ def _read_bounded(response: httpx.Response, deadline: float) -> bytes:
     if encoding not in _DECODED:
         raise AnswerTooLarge(
             f"the model server at {response.url.host} answered in Content-Encoding "
-            f"{encoding[:40]!r}, which plangate did not ask for; check OPENAI_BASE_URL"
+            f"{quoted(encoding, 40)!r}, which plangate did not ask for; check OPENAI_BASE_URL"
         )
-    response.stream = _Pieces(response.stream)
+    response.stream = _Pieces(response, deadline)
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():
         size += len(chunk)
         if size > MAX_ANSWER_BYTES:
-            raise AnswerTooLarge(
-                f"the model server at {response.url.host} answered more than "
-                f"{MAX_ANSWER_BYTES} bytes, more than a plan can take; check OPENAI_BASE_URL "
-                "and that the server honours max_completion_tokens (PLANGATE_PLANNER_MAX_TOKENS)"
-            )
+            raise _too_large(response)
         chunks.append(chunk)
-        if time.monotonic() > deadline:
-            raise httpx.ReadTimeout(
-                "the model server was still sending its answer at the deadline",
-                request=response.request,
-            )
     return b"".join(chunks)
 
 
-class _Pieces(httpx.SyncByteStream):
-    """A raw stream cut into small pieces, so each is inflated and counted before the next."""
+def _too_large(response: httpx.Response) -> AnswerTooLarge:
+    return AnswerTooLarge(
+        f"the model server at {response.url.host} answered more than {MAX_ANSWER_BYTES} bytes, "
+        "more than a plan can take; check OPENAI_BASE_URL and that the server honours "
+        "max_completion_tokens (PLANGATE_PLANNER_MAX_TOKENS)"
+    )
 
-    def __init__(self, raw: httpx.SyncByteStream | httpx.AsyncByteStream) -> None:
-        self._raw = cast("httpx.SyncByteStream", raw)  # a sync client's streams are sync
+
+class _Pieces(httpx.SyncByteStream):
+    """The raw body within its deadline and cap, cut into pieces each inflated before the next.
+
+    Checked here, on the raw bytes, not on what they inflate to: compressed bytes may inflate to
+    nothing (a gzip header's endless file name, empty deflate blocks) for as long as they come.
+    """
+
+    def __init__(self, response: httpx.Response, deadline: float) -> None:
+        self._response = response
+        self._raw = cast("httpx.SyncByteStream", response.stream)  # a sync client's are sync
+        self._deadline = deadline
 
     def __iter__(self) -> Iterator[bytes]:
+        size = 0
         for chunk in self._raw:
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise _too_large(self._response)
+            if time.monotonic() > self._deadline:
+                raise httpx.ReadTimeout(
+                    "the model server was still sending its answer at the deadline",
+                    request=self._response.request,
+                )
             for start in range(0, len(chunk), _RAW_PIECE):
                 yield chunk[start : start + _RAW_PIECE]
 

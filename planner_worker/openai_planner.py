@@ -122,7 +122,8 @@ class OpenAIPlanner:
             raise PlanningFailed(
                 [
                     f"the model's answer is {len(answer.content)} characters, more than a plan "
-                    f"can take ({MAX_MESSAGE_BYTES} bytes); check that the model server honours "
+                    f"can take (its message holds {MAX_MESSAGE_BYTES} bytes); check that the "
+                    "model server honours "
                     "max_completion_tokens (PLANGATE_PLANNER_MAX_TOKENS)"
                 ]
             )

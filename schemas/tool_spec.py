@@ -69,7 +69,7 @@ def _check_bounds(schema: dict[str, Any]) -> None:
         check_json_value(schema, max_depth=MAX_SCHEMA_DEPTH)
     except JsonRefused as exc:
         raise ValueError(f"the schema: {exc}") from None
-    size = len(json.dumps(schema, ensure_ascii=False))
+    size = len(json.dumps(schema, ensure_ascii=False, default=str))
     if size > MAX_SCHEMA_CHARS:
         raise ValueError(
             f"the schema is {size} characters of JSON; the limit is {MAX_SCHEMA_CHARS}: "

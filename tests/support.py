@@ -52,12 +52,18 @@ def running_pipeline(settings: Settings, **overrides: Any) -> Iterator[Pipeline]
         yield pipeline
 
 
+def outer_environment() -> dict[str, str]:
+    """This process's environment without its PLANGATE_*, OPENAI_* or OTEL_* settings."""
+    prefixes = ("PLANGATE_", "OPENAI_", "OTEL_")
+    return {name: value for name, value in os.environ.items() if not name.startswith(prefixes)}
+
+
 def plangate_in(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """Run `python -m plangate` on its own data folder, on a wide terminal, with no answers.
 
-    No PLANGATE_* or OTEL_* setting of the outer environment reaches it, only `env`'s.
+    No PLANGATE_*, OPENAI_* or OTEL_* setting of the outer environment reaches it, only `env`'s.
     """
-    outer = {k: v for k, v in os.environ.items() if not k.startswith(("PLANGATE_", "OTEL_"))}
+    outer = outer_environment()
     return subprocess.run(
         [sys.executable, "-m", "plangate", *args],
         capture_output=True,

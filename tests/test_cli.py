@@ -7,22 +7,24 @@ Each test gets its own data folder and notifications file; the demo tools read t
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from plangate import __version__
+from plangate.store import StepRunRow, open_store
 from tests.openai_stub import error, running_stub
-from tests.support import eventually
+from tests.support import eventually, outer_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED_GOAL = "Check Jira ticket count, compare with SLA, and notify on-call engineer if breached"
@@ -68,12 +70,8 @@ class Cli:
 @pytest.fixture
 def cli(tmp_path: Path) -> Cli:
     """The command with no PLANGATE_*, OPENAI_* or OTEL_* settings of the outer environment."""
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PLANGATE_", "OPENAI_", "OTEL_"))
-        and name not in ("XDG_DATA_HOME", "COLUMNS", "LINES", "FORCE_COLOR", "NO_COLOR")
-    }
+    terminal = ("XDG_DATA_HOME", "COLUMNS", "LINES", "FORCE_COLOR", "NO_COLOR")
+    inherited = {k: v for k, v in outer_environment().items() if k not in terminal}
     env = inherited | {
         "XDG_DATA_HOME": str(tmp_path / "xdg"),
         "PLANGATE_DEMO_NOTIFICATIONS": str(tmp_path / "notifications.jsonl"),
@@ -713,3 +711,29 @@ def test_run_ends_at_its_timeout_while_the_model_server_holds_the_planner(cli: C
     assert "Timed out after 2 s" in result.stdout
     assert "a plan being drafted" in result.stderr
     assert time.monotonic() - started < 30
+
+
+def test_run_ending_at_its_timeout_lets_a_write_in_flight_end_and_records_it(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Given a run whose write step takes 3 s, and `--timeout 1`,
+    When the timeout passes while the write runs,
+    Then the run says it waits for the write, and ends once it has ended: the step is
+    recorded as succeeded, not left in flight for a person to settle as of unknown outcome.
+    """
+    steps = [{"id": "w", "tool": "slow_write", "args": {"message": "hello"}}]
+    playbook = tmp_path / "playbook.yaml"
+    playbook.write_text(
+        json.dumps({"playbooks": [{"name": "w", "pattern": "write", "steps": steps}]})
+    )
+    env = {"PYTHONPATH": str(ROOT)}
+    args = ["run", "write it", "--yes", "--timeout", "1", "--playbook", str(playbook)]
+    result = cli(*args, "--tools", "tests.slow_write_tools", env=env)
+
+    assert result.returncode == EXIT_FAILED, result.stderr
+    assert "Timed out after 1 s" in result.stdout
+    assert "waiting for write step w to end" in result.stderr
+    store = open_store(f"sqlite:///{cli.data_folder / 'plangate.db'}")
+    with closing(store), store.reading() as session:
+        statuses = session.scalars(select(StepRunRow.status)).all()
+    assert statuses == ["succeeded"]

@@ -3,7 +3,6 @@ tools it loaded, and nothing that other processes left in the store."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,17 +13,13 @@ from plangate.embedded import Pipeline
 from plangate.store import GoalRow, open_store
 from plangate.tools import ToolRegistry, tool
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, only_plan, step_runs
+from tests.support import HELD, only_plan, outer_environment, step_runs
 
 REPO = str(Path(__file__).resolve().parents[1])
 
 
 def plangate_env(settings: Settings, **extra: str) -> dict[str, str]:
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PLANGATE_", "OPENAI_", "OTEL_"))
-    }
+    inherited = outer_environment()
     return inherited | {
         "PLANGATE_DATA_DIR": str(settings.data_dir),
         "PLANGATE_NAMESPACE": settings.namespace,

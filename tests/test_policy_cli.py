@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -11,6 +10,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+
+from tests.support import outer_environment
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 REPO = str(Path(__file__).resolve().parents[1])
@@ -55,11 +56,7 @@ SEED_STEPS = {
 
 @pytest.fixture
 def plangate(tmp_path: Path) -> Run:
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PLANGATE_", "OPENAI_", "OTEL_"))
-    } | {
+    env = outer_environment() | {
         "XDG_DATA_HOME": str(tmp_path / "xdg"),
         "PYTHONIOENCODING": "utf-8",
         "PYTHONPATH": REPO,  # this checkout, whatever else is installed

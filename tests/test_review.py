@@ -4,7 +4,6 @@ roles, and the webhook that tells people a plan waits for them."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from tests.support import (
     audit_kinds,
     eventually,
     only_plan,
+    outer_environment,
     plans_of,
     running_pipeline,
     step_runs,
@@ -311,11 +311,7 @@ def test_a_dead_webhook_does_not_stop_the_gate(settings: Settings) -> None:
 
 def cli_env(pipeline: Pipeline, tmp_path: Path, **extra: str) -> dict[str, str]:
     """The environment of a `plangate` process using this pipeline's store."""
-    inherited = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PLANGATE_", "OPENAI_", "OTEL_"))
-    }
+    inherited = outer_environment()
     return inherited | {
         "PLANGATE_DATA_DIR": str(pipeline.settings.data_dir),
         "PLANGATE_BROKER_URL": "memory://",

@@ -25,7 +25,7 @@ from plangate.cli.common import (
     EXIT_REFUSED,
     EXIT_USAGE,
 )
-from plangate.cli.interrupted import stop_or_abandon
+from plangate.cli.interrupted import end_after_timeout, stop_or_abandon
 from plangate.cli.printable import printable
 from plangate.config import Settings
 from plangate.embedded import Pipeline
@@ -384,6 +384,8 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
             )
         goal_run = GoalRun(pipeline, options, out, err)
         code = goal_run.run(text)
-        if code == EXIT_INTERRUPTED or goal_run.timed_out:
+        if code == EXIT_INTERRUPTED:
             stop_or_abandon(pipeline, err, code)
+        elif goal_run.timed_out:
+            end_after_timeout(pipeline, goal_run.goal_id, err, code)
         return code

@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 from rich.console import Console
+from sqlalchemy import select
 
 from plangate import telemetry
 from plangate.cli.common import EXIT_INTERRUPTED
 from plangate.embedded import Pipeline
+from plangate.store import StepRunRow
 
 # After Ctrl-C, how long in-flight steps get to finish before the process ends anyway.
 STOP_GRACE_SECONDS = 5.0
 
 
-def stop_or_abandon(pipeline: Pipeline, err: Console, code: int = EXIT_INTERRUPTED) -> None:
+def end_after_timeout(pipeline: Pipeline, goal_id: str, err: Console, code: int) -> None:
+    """After `--timeout`: end soon, but let a write already called end, so its outcome is known.
+
+    Abandoned, a write would keep its claim and be settled as of unknown outcome, for a person
+    to look into; its own deadline bounds the wait instead. Planning and reads are abandoned.
+    """
+    with pipeline.store.reading() as session:
+        writing = session.scalars(
+            select(StepRunRow.step_id).where(
+                StepRunRow.goal_id == goal_id, StepRunRow.status == "running"
+            )
+        ).all()
+    if writing:
+        err.print(
+            f"waiting for write step {', '.join(writing)} to end, so that its outcome is "
+            "recorded (at most its tool's deadline; Ctrl-C ends without waiting)"
+        )
+    stop_or_abandon(pipeline, err, code, grace=None if writing else STOP_GRACE_SECONDS)
+
+
+def stop_or_abandon(
+    pipeline: Pipeline,
+    err: Console,
+    code: int = EXIT_INTERRUPTED,
+    grace: float | None = STOP_GRACE_SECONDS,
+) -> None:
     """After Ctrl-C or `--timeout`: stop the stages, or end the process if their work will not.
 
     Python cannot stop a thread, and a handler waiting on a stuck call (a tool, a model server
@@ -24,16 +52,17 @@ def stop_or_abandon(pipeline: Pipeline, err: Console, code: int = EXIT_INTERRUPT
     keeps its claim, and is settled as of unknown outcome; a goal being planned stays submitted.
     """
     try:
-        if pipeline.stop(timeout=STOP_GRACE_SECONDS):
+        if pipeline.stop(timeout=grace):
             return
         err.print(
             f"the goal's work (a step, or a plan being drafted) is still running after "
-            f"{STOP_GRACE_SECONDS:g} s; ending without waiting for it (a write in flight keeps "
+            f"{grace:g} s; ending without waiting for it (a write in flight keeps "
             "its claim, and shows as in flight)"
         )
     except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
         pass
-    telemetry.flush()
+    with contextlib.suppress(KeyboardInterrupt):  # a further Ctrl-C: it ends all the same
+        telemetry.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from plangate.errors import OutcomeUnknown, ToolError, ToolLoadError
-from plangate.redaction import redact
+from plangate.redaction import quoted, redact
 from plangate.tools.mcp.servers_file import HttpServer, ServerConfig, StdioServer
 
 if TYPE_CHECKING:
@@ -87,7 +87,8 @@ class Connection:
                     session = await stack.enter_async_context(ClientSession(read, write))
                     await session.initialize()
                     scope.deadline = math.inf
-                    ready.set_result(session)
+                    if not scope.cancel_called:  # the deadline passed as the answer came
+                        ready.set_result(session)
                     await stop.wait()
             if scope.cancelled_caught and not ready.done():
                 ready.set_exception(TimeoutError())
@@ -265,10 +266,8 @@ def urls_without_secrets(text: str) -> str:
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """Say what `exc` is in one short redacted line (a validation error's first problem)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = redact(" ".join(lines[:2]) or type(exc).__name__)
-    text = f"{type(exc).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    lines = str(exc).splitlines()[:2]
+    return quoted(f"{type(exc).__name__}: {' '.join(lines) or type(exc).__name__}", limit)
 
 
 def leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -288,16 +287,27 @@ class _OneLineRecords(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None:
-            record.msg = f"{record.getMessage()}: {one_line(record.exc_info[1])}"
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and _from_the_server(error):
+            record.msg = f"{record.getMessage()}: {one_line(error)}"
             record.args = None
             record.exc_info = record.exc_text = None
         return True
 
 
-# The SDK's loggers that report what a server sent (stdio, HTTP, the session's dispatch).
+def _from_the_server(error: BaseException) -> bool:
+    """Whether `error` is about what a server sent (data, a stream), not a bug of a callback."""
+    module = type(error).__module__
+    return isinstance(error, ValueError | OSError) or module.startswith(
+        ("anyio", "httpx", "httpcore", "httpx2", "pydantic")
+    )
+
+
+# The SDK's loggers that report what a server sent: stdio, HTTP, the dispatch, the session's
+# notifications (`client`).
 for _name in ("mcp.client.stdio", "mcp.client.streamable_http", "mcp.shared.jsonrpc_dispatcher"):
     logging.getLogger(_name).addFilter(_OneLineRecords())
+logging.getLogger("client").addFilter(_OneLineRecords())
 
 
 class Loop:

@@ -22,11 +22,11 @@ if TYPE_CHECKING:
     from mcp.types import ToolAnnotations
 
 META_PREFIX = "plangate/"
+"""Prefix of the `_meta` keys a call carries: idempotency_key, goal_id, plan_id, step_id."""
 MAX_TOOLS_PER_SERVER = 128
 """The most tools one server offers (the OpenAI API's limit on tools in one request)."""
 MAX_DESCRIPTION_CHARS = 2000
 """The most of a tool's description kept; the rest is cut with `…`."""
-"""Prefix of the `_meta` keys a call carries: idempotency_key, goal_id, plan_id, step_id."""
 
 
 def derive_policy(annotations: ToolAnnotations | None) -> tuple[Effect, bool, tuple[str, ...]]:
