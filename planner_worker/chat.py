@@ -99,13 +99,15 @@ class ChatModel:
                 # The SDK hands back what it could not parse as it came (a page's text, a body
                 # that is not UTF-8, negative token counts): no chat completion, no retry.
                 raise _not_a_completion(span, url, exc) from None
-            span.set_attribute("gen_ai.response.model", completion.model or self.model)
+            # The server names the model: what it says is quoted, a secret echoed there too.
+            model = quoted(completion.model or self.model, 200)
+            span.set_attribute("gen_ai.response.model", model)
             span.set_attribute("gen_ai.response.id", completion.id or "")
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
-            model = completion.model or self.model
-            metrics.LLM_TOKENS.labels(model, "input").inc(usage.input_tokens)
-            metrics.LLM_TOKENS.labels(model, "output").inc(usage.output_tokens)
+            # Labelled with the configured name: the server's could be a new one every answer.
+            metrics.LLM_TOKENS.labels(self.model, "input").inc(usage.input_tokens)
+            metrics.LLM_TOKENS.labels(self.model, "output").inc(usage.output_tokens)
             if not completion.choices:
                 span.set_attribute("error.type", "no_choices")
                 raise PlanningFailed([f"the model server at {url} answered with no choices"])
@@ -115,7 +117,7 @@ class ChatModel:
                 content=choice.message.content,
                 refusal=getattr(choice.message, "refusal", None),
                 finish_reason=str(choice.finish_reason),
-                model=completion.model or self.model,
+                model=model,
                 usage=usage,
             )
 

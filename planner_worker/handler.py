@@ -342,6 +342,9 @@ def _validated(draft: Draft, goal_id: str, revision: int, catalog: Catalog) -> P
 
 
 def _redacted_step(step: Step) -> Step:
+    if redact(step.id) != step.id:
+        # An id is referred to by others (`after`, `${id}`): it cannot be redacted, only refused.
+        raise PlanningFailed(["a step's id quotes a secret plangate knows; the plan is refused"])
     args, when = redact_json(step.args), redact(step.when) if step.when else step.when
     if args is step.args and when == step.when:
         return step

@@ -3,7 +3,9 @@
 Run as `python -m tests.mcp_raw_server MODE`. It offers one read-only tool, `probe`, and:
 `hang-init` never answers `initialize`; `bad-listing` lists a tool whose schema MCP does not
 allow; `die-listing` exits while asked for its tools; `garbage` answers a call with a line that
-is no JSON; `deep-schema`, `long-description` and `many-tools` list what no catalog should hold.
+is no JSON; `deep-schema`, `long-description` and `many-tools` list what no catalog should hold;
+`endless-pages` never ends its listing; `refuse-init` answers `initialize` with a megabyte of
+error.
 Any other mode behaves.
 """
 
@@ -47,6 +49,10 @@ def main(mode: str) -> None:
         if method == "initialize":
             if mode == "hang-init":
                 time.sleep(3600)
+            if mode == "refuse-init":  # a long error, with an escape that clears a screen
+                error = {"code": -32000, "message": "no \x1b[2J" + "E" * 1_000_000}
+                send({"jsonrpc": "2.0", "id": ident, "error": error})
+                continue
             version = request["params"]["protocolVersion"]
             info = {"name": "raw", "version": "1"}
             result = {"protocolVersion": version, "capabilities": {"tools": {}}, "serverInfo": info}
@@ -54,6 +60,8 @@ def main(mode: str) -> None:
             if mode == "die-listing":
                 os._exit(3)
             result = {"tools": listing(mode)}
+            if mode == "endless-pages":  # the same page again, and again
+                result["nextCursor"] = "more"
         elif method == "tools/call":
             if mode == "garbage":
                 sys.stdout.write("this is not JSON-RPC\n")

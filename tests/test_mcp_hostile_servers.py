@@ -95,7 +95,7 @@ def test_a_broken_tool_listing_is_one_error_naming_the_server(
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("mode", ["bad-listing", "hang-init"])
+@pytest.mark.parametrize("mode", ["bad-listing", "hang-init", "refuse-init"])
 def test_run_with_a_server_that_breaks_at_start_says_one_line(tmp_path: Path, mode: str) -> None:
     """Given a server that lists tools MCP does not allow, or never answers `initialize`,
     When `plangate run` starts with it,
@@ -110,6 +110,7 @@ def test_run_with_a_server_that_breaks_at_start_says_one_line(tmp_path: Path, mo
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith("error: MCP server 'raw'")
+    assert "\x1b" not in result.stderr  # a server's escape is shown, not obeyed
     assert time.monotonic() - started < 20
 
 
@@ -156,3 +157,31 @@ def test_a_tool_schema_is_bounded_in_depth_and_size_whatever_offers_it() -> None
         ToolSpec(name="deep", effect="read", args_schema=deep)
     with pytest.raises(ValidationError, match=f"the limit is {MAX_SCHEMA_CHARS}"):
         ToolSpec(name="wide", effect="read", args_schema=wide)
+
+
+def test_a_listing_that_never_ends_is_cut_off(tmp_path: Path) -> None:
+    """Given a server whose every page of tools names a next page,
+    When its list is loaded,
+    Then it is refused once more than 1,000 tools are listed, saying the listing may never
+    end; it used to be read until memory ran out.
+    """
+    started = time.monotonic()
+    with pytest.raises(ToolLoadError, match=r"lists more than 1000 tools \(a listing that may"):
+        open_mcp_servers(server_list(tmp_path, "endless-pages", timeout=30))
+    assert time.monotonic() - started < 30
+
+
+def test_a_server_refusing_its_session_is_named_in_one_short_line(tmp_path: Path) -> None:
+    """Given a server that answers `initialize` with a megabyte of error holding an escape,
+    When its list is loaded,
+    Then the error says it refused to start a session (not that it could not be started),
+    in one line of at most a few hundred characters; it quoted all of it.
+    """
+    with pytest.raises(ToolLoadError) as refused:
+        open_mcp_servers(server_list(tmp_path, "refuse-init"))
+
+    message = str(refused.value)
+    assert "refused to start a session: MCPError: no " in message
+    assert "could not be started" not in message
+    assert len(message) < 800
+    assert "\n" not in message

@@ -17,6 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from plangate.config import Settings
+from plangate.redaction import register_secret
 from plangate.store import TERMINAL_STATUSES, GoalRow
 from plangate.store.goals import plan_of
 from planner_worker.model_http import MAX_ANSWER_BYTES
@@ -178,3 +179,27 @@ def test_a_secret_the_model_writes_into_its_plan_is_redacted_before_anyone_sees_
     assert API_KEY not in plan.model_dump_json()
     assert plan.summary == "Authorization: Bearer [redacted]"
     assert plan.steps[0].args == {"message": "key=[redacted]"}
+
+
+def test_a_secret_the_server_puts_in_a_step_id_or_its_model_name_is_shown_nowhere(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a model server that names a step, or itself, with a secret plangate knows,
+    Then a plan whose step id quotes it is refused (an id cannot be redacted: others refer to
+    it), and a model name quoting it is stored redacted as the plan's author.
+    """
+    secret = "sk_stepid_4b7e9d2a1c"
+    register_secret(secret)
+    stub.script(plan_reply([{"id": secret, "tool": "ticket_count"}]))
+    goal, plan = planned(settings)
+
+    assert goal.status == "plan_failed"
+    assert "a step's id quotes a secret" in (goal.status_reason or "")
+    assert plan is None
+
+    stub.script(plan_reply(READ_STEPS, model=f"gpt-{API_KEY}"))
+    with running_pipeline(settings, planner="openai", planner_max_retries=0) as pipeline:
+        goal_id = pipeline.submit("how many tickets are open").goal_id
+        pipeline.wait_for(goal_id, HELD | TERMINAL_STATUSES, timeout=20)
+        (row,) = plans_of(pipeline.store, goal_id)
+    assert (row.planner, row.model) == ("openai:gpt-[redacted]", "gpt-[redacted]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from plangate.cli.printable import printable
 from plangate.redaction import REDACTED, quoted, redact_json, register_secret
 
 
@@ -34,3 +35,13 @@ def test_a_quoted_text_is_redacted_before_it_is_cut() -> None:
 
     assert secret[:8] not in said
     assert len(said) <= 300
+
+
+def test_invisible_characters_are_shown_where_a_person_reads_remote_text() -> None:
+    """Given a secret with a zero-width space inside (redaction cannot know it), an escape,
+    a bidirectional override and a BOM,
+    Then the terminal shows each as its escape: the text does not read as something it is not.
+    """
+    shown = printable("tok-SUPER\u200bSECRET \x1b[2J \u202eevil \ufeffx\u00ady")
+
+    assert shown == "tok-SUPER\\u200bSECRET \\x1b[2J \\u202eevil \\ufeffx\\xady"

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from plangate.addresses import broker_scheme
+from plangate.cli.printable import printable
 from plangate.config import Settings, settings_error
 from plangate.errors import (
     BrokerUnavailable,
@@ -114,17 +115,20 @@ _USAGE_ERRORS = (
 
 
 def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn plangate's errors into one line on stderr and an exit code (2: fix, then retry)."""
+    """Turn plangate's errors into one line on stderr and an exit code (2: fix, then retry).
+
+    The line may quote a remote server: what a terminal would obey in it is shown escaped.
+    """
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
         except _USAGE_ERRORS as exc:
-            err_console.print(f"[red]error:[/] {escape(str(exc))}")
+            err_console.print(f"[red]error:[/] {escape(printable(str(exc)))}")
             raise typer.Exit(EXIT_USAGE) from exc
         except PlangateError as exc:
-            err_console.print(f"[red]error:[/] {escape(str(exc))}")
+            err_console.print(f"[red]error:[/] {escape(printable(str(exc)))}")
             raise typer.Exit(EXIT_FAILED) from exc
         except OSError as exc:
             if exc.filename is None:  # not a file's: a fault to show whole
@@ -140,7 +144,7 @@ def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
             failure = _store_failure(exc)
             if failure is None:
                 raise
-            err_console.print(f"[red]error:[/] {escape(failure)}")
+            err_console.print(f"[red]error:[/] {escape(printable(failure))}")
             raise typer.Exit(EXIT_USAGE) from exc
 
     return wrapper

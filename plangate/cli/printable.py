@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 
-# C0 controls but tab and line feed, DEL, C1 controls, and Unicode's bidirectional controls.
+# C0 controls but tab and line feed, DEL, C1 controls, Unicode's bidirectional controls, and
+# the invisible ones (zero-width spaces and joiners, word joiner, BOM, soft hyphen): a secret or
+# a name with one inside reads as the same text and is not the same.
 _UNPRINTABLE = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
 )
 
 

@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from plangate.errors import OutcomeUnknown, ToolError, ToolLoadError
-from plangate.redaction import quoted, redact
+from plangate.redaction import quoted
 from plangate.tools.mcp.servers_file import HttpServer, ServerConfig, StdioServer
 
 if TYPE_CHECKING:
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 _CLOSE_TIMEOUT = 10.0
+MAX_LISTED_TOOLS = 1000
+"""The most tools a server's listing is read for, over all its pages (`include` picks among)."""
 
 
 class Connection:
@@ -63,7 +66,10 @@ class Connection:
             raise ToolLoadError(f"{self.where} {self._failure(exc)}") from exc
 
     def _failure(self, exc: BaseException) -> str:
-        reason = redact("; ".join(f"{type(e).__name__}: {e}" for e in leaves(exc)))
+        reason = quoted("; ".join(f"{type(e).__name__}: {e}" for e in leaves(exc)), 500)
+        if any(type(e).__name__ == "MCPError" for e in leaves(exc)):
+            # It ran and answered, with an error: its command or address is right.
+            return f"refused to start a session: {reason}; fix the server"
         if isinstance(self.config, StdioServer):
             return f"could not be started with {self.config.command!r}: {reason}; fix its command"
         url = _without_secrets(self.config.url)
@@ -130,12 +136,19 @@ class Connection:
         session = self._live()
         tools: list[RemoteTool] = []
         cursor: str | None = None
+        deadline = time.monotonic() + self.config.timeout_seconds  # for the whole listing
         while True:
+            if len(tools) > MAX_LISTED_TOOLS:
+                raise ToolLoadError(
+                    f"{self.where} lists more than {MAX_LISTED_TOOLS} tools (a listing that "
+                    "may never end); fix the server, or offer its tools from a smaller one"
+                )
             params = None if cursor is None else PaginatedRequestParams(cursor=cursor)
             try:
-                page = self._loop.run(
-                    session.list_tools(params=params), self.config.timeout_seconds
-                )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                page = self._loop.run(session.list_tools(params=params), left)
             except TimeoutError:
                 raise ToolLoadError(
                     f"{self.where} did not list its tools within "

@@ -10,7 +10,7 @@ from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
 from plangate.errors import ToolError, ToolLoadError, describe
-from plangate.redaction import redact
+from plangate.redaction import quoted, redact
 from plangate.tools.context import ToolContext
 from plangate.tools.decorator import Tool
 from plangate.tools.mcp.connection import Connection, leaves, urls_without_secrets
@@ -123,9 +123,10 @@ def tools_of(connection: Connection) -> list[McpTool]:
     remote = {tool.name: tool for tool in connection.list_tools()}
     for key, names in (("include", config.include or []), ("tools", list(config.tools))):
         if unknown := sorted(set(names) - set(remote)):
+            listed = quoted(", ".join(sorted(remote)) or "nothing", 400)
             raise ToolLoadError(
-                f'{connection.where}: "{key}" names {", ".join(unknown)}, which the server does '
-                f"not list; it lists: {', '.join(sorted(remote)) or 'nothing'}"
+                f'{connection.where}: "{key}" names {quoted(", ".join(unknown), 200)}, which the '
+                f"server does not list; it lists: {listed}"
             )
     prefix = f"{connection.name}." if config.prefix is None else config.prefix
     chosen = config.include if config.include is not None else sorted(remote)
