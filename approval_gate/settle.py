@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import jsonschema
+from jsonschema.exceptions import best_match
 from sqlalchemy import func, select
 
 from approval_gate.holds import check_not_submitter, check_reviewer, hold_of
@@ -35,6 +35,7 @@ from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, aud
 from plangate.store.goals import by_id, plan_of, transition
 from plangate.store.outbox import emit
 from schemas import PlanApproved, SignedEnvelope, ToolSpec, utcnow
+from schemas.json_schema import validator_for
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,7 @@ def _check_output(spec: ToolSpec | None, output: Any) -> None:
     if spec is None or spec.output_schema is None or output is None:
         return
     schema = spec.output_schema
-    validator = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
-    problem = jsonschema.exceptions.best_match(validator(schema).iter_errors(output))
+    problem = best_match(validator_for(schema).iter_errors(output))
     if problem is not None:
         where = "/".join(str(part) for part in problem.absolute_path) or "the output"
         raise InputInvalid(

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
-import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.decoding import JsonRefused, check_json_value
+from schemas.json_schema import check_schema
 
 Effect = Literal["read", "write"]
 Trust = Literal["trusted", "untrusted"]
 
 TOOL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$"
-MAX_SCHEMA_DEPTH = 32
-"""How deep a tool's argument or output schema may nest: far past any real one."""
-MAX_SCHEMA_CHARS = 64 * 1024
-"""How much JSON one schema may take: it travels in every plan prompt and catalog message."""
 
 
 class ToolSpec(BaseModel):
@@ -50,31 +44,8 @@ class ToolSpec(BaseModel):
         # Checked here, once, so a broken schema (say, from an MCP server) stops the executor
         # that offers it, rather than every plan validation that would meet it.
         if schema is not None:
-            _check_bounds(schema)
-            try:
-                # By the draft the schema names (`$schema`); 2020-12 when it names none.
-                validator = jsonschema.validators.validator_for(
-                    schema, default=jsonschema.Draft202012Validator
-                )
-                validator.check_schema(schema)
-            except jsonschema.SchemaError as exc:
-                where = "/".join(str(part) for part in exc.path) or "the top level"
-                raise ValueError(f"not a valid JSON Schema at {where}: {exc.message}") from None
+            check_schema(schema)
         return schema
-
-
-def _check_bounds(schema: dict[str, Any]) -> None:
-    """Refuse a schema too deep or too large for the readers that recurse and the prompt."""
-    try:
-        check_json_value(schema, max_depth=MAX_SCHEMA_DEPTH)
-    except JsonRefused as exc:
-        raise ValueError(f"the schema: {exc}") from None
-    size = len(json.dumps(schema, ensure_ascii=False, default=str))
-    if size > MAX_SCHEMA_CHARS:
-        raise ValueError(
-            f"the schema is {size} characters of JSON; the limit is {MAX_SCHEMA_CHARS}: "
-            "describe the arguments more briefly"
-        )
 
 
 Catalog = dict[str, ToolSpec]

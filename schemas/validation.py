@@ -10,12 +10,13 @@ from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
-import jsonschema
+from jsonschema.protocols import Validator
 
 from schemas.cel_check import ANY, MapOf, Shape, comprehension_problems, expression_problems
 from schemas.errors import PlanInvalid, PlanProblem
 from schemas.hashing import canonical_json
 from schemas.instance_memo import InstanceMemo
+from schemas.json_schema import validator_for
 from schemas.plan import Plan, Step
 from schemas.references import Reference, dependencies, steps_in_condition, whole_reference
 from schemas.tool_spec import ToolSpec
@@ -126,8 +127,8 @@ def _condition_problems(when: str) -> tuple[str, ...]:
 
 # A tool's argument schema compiled once per spec (specs are frozen, and the catalog keeps
 # one instance per published spec), not once per step of every plan.
-_args_validator: InstanceMemo[ToolSpec, jsonschema.Draft202012Validator] = InstanceMemo(
-    lambda spec: jsonschema.Draft202012Validator(spec.args_schema)
+_args_validator: InstanceMemo[ToolSpec, Validator] = InstanceMemo(
+    lambda spec: validator_for(spec.args_schema)
 )
 
 

@@ -4,7 +4,8 @@ Run as `python -m tests.mcp_raw_server MODE`. It offers one read-only tool, `pro
 `hang-init` never answers `initialize`; `bad-listing` lists a tool whose schema MCP does not
 allow; `die-listing` exits while asked for its tools; `garbage` answers a call with a line that
 is no JSON; `deep-schema`, `long-description` and `many-tools` list what no catalog should hold;
-`endless-pages` never ends its listing; `refuse-init` answers `initialize` with a megabyte of
+`endless-pages` never ends its listing; `file-ref` and `redos` list schemas that
+would read a file or backtrack for ever; `refuse-init` answers `initialize` with a megabyte of
 error.
 Any other mode behaves.
 """
@@ -32,6 +33,10 @@ def listing(mode: str) -> list[dict[str, Any]]:
         for _ in range(40):
             nested = {"type": "object", "properties": {"a": nested}}
         schema["properties"] = {"q": nested}
+    if mode == "file-ref":  # a schema that would read a local file, were it resolved
+        schema["properties"] = {"q": {"$ref": "file:///etc/passwd"}}
+    if mode == "redos":  # catastrophic for a backtracking matcher on "aaaa…!"
+        schema["properties"] = {"q": {"type": "string", "pattern": "^(\\w+\\s?)*$"}}
     description = "D" * 5_000_000 if mode == "long-description" else "probes"
     tool = {"name": "probe", "description": description, "inputSchema": schema}
     tools = [{**tool, "annotations": {"readOnlyHint": True}}]

@@ -8,6 +8,7 @@ operator one line naming the server and what to fix, within its timeout.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -19,7 +20,8 @@ from pydantic import ValidationError
 from plangate.errors import ToolLoadError
 from plangate.tools.mcp import close_all, open_mcp_servers
 from plangate.tools.mcp.tool import MAX_DESCRIPTION_CHARS
-from schemas.tool_spec import MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH, ToolSpec
+from schemas.json_schema import MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH
+from schemas.tool_spec import ToolSpec
 from tests.support import outer_environment, write_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,14 +39,16 @@ def server_list(folder: Path, mode: str, timeout: float = 5) -> Path:
     return path
 
 
-def run(folder: Path, mode: str, timeout: float = 5) -> subprocess.CompletedProcess[str]:
-    """`plangate run` of a goal that calls the server's `probe` tool."""
+def run(
+    folder: Path, mode: str, timeout: float = 5, q: str = "hi"
+) -> subprocess.CompletedProcess[str]:
+    """`plangate run` of a goal that calls the server's `probe` tool with `q`."""
     playbook = {
         "playbooks": [
             {
                 "name": "p",
                 "pattern": "probe",
-                "steps": [{"id": "p", "tool": "raw.probe", "args": {"q": "hi"}}],
+                "steps": [{"id": "p", "tool": "raw.probe", "args": {"q": q}}],
             }
         ]
     }
@@ -185,3 +189,54 @@ def test_a_server_refusing_its_session_is_named_in_one_short_line(tmp_path: Path
     assert "could not be started" not in message
     assert len(message) < 800
     assert "\n" not in message
+
+
+def test_a_schema_reaching_outside_itself_is_refused_at_listing(tmp_path: Path) -> None:
+    """Given a server whose tool's schema refers to file:///etc/passwd,
+    When its list is loaded,
+    Then the tool is refused saying a schema must be self-contained; the file was read (and
+    quoted to the model in plan problems) by the schema library's default resolver.
+    """
+    with pytest.raises(ToolLoadError, match=r"refers to 'file:///etc/passwd', outside itself"):
+        open_mcp_servers(server_list(tmp_path, "file-ref"))
+
+
+def test_a_catastrophic_pattern_is_matched_in_linear_time(tmp_path: Path) -> None:
+    """Given a server whose tool's `q` must match `^(\\w+\\s?)*$`, and a goal whose step passes
+    fifty letters and a `!` (a backtracking matcher takes longer than the universe's age),
+    When `plangate run` runs it,
+    Then the plan is refused at once saying `q` does not match; the process froze, deaf to
+    `--timeout` and Ctrl-C.
+    """
+    started = time.monotonic()
+    result = run(tmp_path, "redos", q="a" * 50 + "!")
+
+    assert result.returncode == 1, result.stderr
+    assert "does not match" in result.stdout + result.stderr
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [
+        ({"$ref": "https://example.com/s.json"}, "outside itself"),
+        ({"$ref": "#"}, "refers to itself without end"),
+        ({"allOf": [{"$ref": "#/$defs/a"}], "$defs": {"a": {"$ref": "#"}}}, "without end"),
+        ({"$ref": "#/$defs/missing"}, "which it does not define"),
+        ({"type": "string", "pattern": "(a)\\1"}, "needs backtracking"),
+        ({"patternProperties": {"(?=x)": {}}}, "needs backtracking"),
+        ({"unevaluatedProperties": False, "patternProperties": {"a": {}}}, "use additional"),
+    ],
+)
+def test_a_schema_plangate_cannot_run_safely_is_refused_saying_why(
+    schema: dict[str, object], said: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(said)):
+        ToolSpec(name="t", effect="read", args_schema=schema)
+
+
+def test_a_recursive_schema_that_reads_the_value_is_kept() -> None:
+    """A tree of nodes refers to itself through its children: it ends with the value."""
+    tree = {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}}
+
+    ToolSpec(name="t", effect="read", args_schema=tree)

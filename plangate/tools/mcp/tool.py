@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from jsonschema.exceptions import SchemaError
-from jsonschema.validators import validator_for
 from pydantic import ValidationError
 
 from plangate.errors import ToolError, ToolLoadError, describe
@@ -15,6 +13,7 @@ from plangate.tools.context import ToolContext
 from plangate.tools.decorator import Tool
 from plangate.tools.mcp.connection import Connection, leaves, urls_without_secrets
 from plangate.tools.mcp.servers_file import ToolOverride
+from schemas.json_schema import validator_for
 from schemas.tool_spec import Effect, ToolSpec
 
 if TYPE_CHECKING:
@@ -54,14 +53,7 @@ class McpTool(Tool[..., Any]):
         self._connection = connection
         self._preview = None
         self._func = self._call_outside_a_plan
-        try:
-            self._validator = validator_for(spec.args_schema)(spec.args_schema)
-            self._validator.check_schema(spec.args_schema)
-        except SchemaError as exc:
-            raise ToolLoadError(
-                f"{connection.where}: tool {remote_name!r} has an invalid input schema: "
-                f"{exc.message}"
-            ) from exc
+        self._validator = validator_for(spec.args_schema)  # the spec has checked it
 
     def invoke(self, args: Mapping[str, Any], context: ToolContext) -> Any:
         """Check `args` against the input schema, call the tool on its server, return its output."""
