@@ -11,14 +11,18 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from plangate.errors import ToolLoadError
+from plangate.errors import ToolError, ToolLoadError
+from plangate.tools import ToolContext
 from plangate.tools.mcp import close_all, open_mcp_servers
+from plangate.tools.mcp.http_answers import MAX_ANSWER_BYTES as HTTP_ANSWER_BYTES
 from plangate.tools.mcp.tool import MAX_DESCRIPTION_CHARS
 from schemas.json_schema import MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH
 from schemas.tool_spec import ToolSpec
@@ -240,3 +244,69 @@ def test_a_recursive_schema_that_reads_the_value_is_kept() -> None:
     tree = {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}}
 
     ToolSpec(name="t", effect="read", args_schema=tree)
+
+
+class _HugeAnswers(BaseHTTPRequestHandler):
+    """A streamable-HTTP MCP server whose every tool call answers 20 MB of JSON."""
+
+    def do_POST(self) -> None:
+        request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        ident, method = request.get("id"), request.get("method")
+        if ident is None:
+            self.send_response(202)
+            self.end_headers()
+            return
+        if method == "initialize":
+            version = request["params"]["protocolVersion"]
+            info = {"name": "huge", "version": "1"}
+            result: object = {
+                "protocolVersion": version,
+                "capabilities": {"tools": {}},
+                "serverInfo": info,
+            }
+        elif method == "tools/list":
+            probe = {"name": "probe", "inputSchema": {"type": "object"}}
+            result = {"tools": [{**probe, "annotations": {"readOnlyHint": True}}]}
+        else:
+            result = {"content": [{"type": "text", "text": "R" * 20_000_000}], "isError": False}
+        body = json.dumps({"jsonrpc": "2.0", "id": ident, "result": result}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.send_response(405)  # no server-initiated stream
+        self.end_headers()
+
+    def do_DELETE(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_an_http_server_answering_more_than_the_bound_fails_the_call_at_once(
+    tmp_path: Path,
+) -> None:
+    """Given a streamable-HTTP server whose tool answers 20 MB of JSON,
+    When the tool is called with a 30 s timeout,
+    Then the call fails within seconds saying the answer is over the bound; the answer was
+    read whole (2.7 GB for a larger one) and the call waited out its timeout.
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HugeAnswers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/mcp"
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps({"mcpServers": {"huge": {"url": url, "timeout_seconds": 30}}}))
+    try:
+        (probe,) = open_mcp_servers(path).tools
+        started = time.monotonic()
+        with pytest.raises(ToolError, match=f"over {HTTP_ANSWER_BYTES} bytes"):
+            probe.invoke({}, ToolContext("g", "p", "s", "k"))
+        assert time.monotonic() - started < 20
+    finally:
+        server.shutdown()
+        server.server_close()

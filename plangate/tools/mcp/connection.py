@@ -255,10 +255,14 @@ async def _http_transport(config: HttpServer) -> AsyncIterator[tuple[Any, Any]]:
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
+    from plangate.tools.mcp.http_answers import bounded_answers
+
     # The SDK's own defaults: a server may hold a response stream open for long.
     timeout = httpx2.Timeout(30.0, read=300.0)
+    headers = {"Accept-Encoding": "identity", **config.headers}
+    transport = bounded_answers(httpx2.AsyncHTTPTransport())
     async with (
-        httpx2.AsyncClient(headers=config.headers, timeout=timeout) as client,
+        httpx2.AsyncClient(headers=headers, timeout=timeout, transport=transport) as client,
         streamable_http_client(config.url, http_client=client) as (read, write),
     ):
         yield read, write
@@ -312,7 +316,7 @@ def _from_the_server(error: BaseException) -> bool:
     """Whether `error` is about what a server sent (data, a stream), not a bug of a callback."""
     module = type(error).__module__
     return isinstance(error, ValueError | OSError) or module.startswith(
-        ("anyio", "httpx", "httpcore", "httpx2", "pydantic")
+        ("anyio", "httpx", "httpcore", "httpx2", "pydantic", "plangate.tools.mcp.http_answers")
     )
 
 
