@@ -8,10 +8,18 @@ as a timeout), at most `MAX_ANSWER_BYTES` once decoded (`AnswerTooLarge`, never 
 same server would answer the same), and a redirect is answered as the error it is.
 
 httpx has no bound on a whole answer, so `send` reads the body itself; the rest is httpx's.
+Its timeouts bound each read, so a status line and headers sent a byte at a time, or endless
+`103 Early Hints`, would hold it for ever: a watchdog shuts the attempt's socket at the
+deadline, whatever phase it is in. Each attempt has a connection of its own (no keep-alive),
+so that the watchdog knows the socket, and shutting it touches no other request; a model's
+answer takes seconds, a connection's setup milliseconds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -26,6 +34,7 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 chat completion it takes at most a few times that."""
 _RAW_PIECE = 4096  # decoded a piece at a time: gzip inflates a piece to at most ~4 MiB
 _DECODED = {"", "identity", "gzip", "deflate"}  # what the client asks for and bounds
+_LATE = "the model server was still answering at the deadline"
 
 
 class AnswerTooLarge(openai.OpenAIError):
@@ -45,20 +54,30 @@ class ModelHttpClient(httpx.Client):
             # Only encodings whose inflation is bounded here (httpx would add br and zstd
             # when their packages are installed).
             headers={"Accept-Encoding": "gzip, deflate"},
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
 
     def send(
         self, request: httpx.Request, *, stream: bool = False, **kwargs: Any
     ) -> httpx.Response:
         """Send `request`; unless streaming, read the answer within its bounds."""
-        started = time.monotonic()
-        response = super().send(request, stream=True, **kwargs)
-        if stream:
-            return response  # the planner never streams; a stream is bounded by its reader
+        deadline = time.monotonic() + _attempt_seconds(request)
+        watchdog = _Watchdog(deadline)
+        request.extensions["trace"] = watchdog.trace
         try:
-            body = _read_bounded(response, started + _attempt_seconds(request))
+            response = super().send(request, stream=True, **kwargs)
+            if stream:
+                return response  # the planner never streams; a stream is bounded by its reader
+            try:
+                body = _read_bounded(response, deadline)
+            finally:
+                response.close()
+        except httpx.TransportError:
+            if watchdog.fired:
+                raise httpx.ReadTimeout(_LATE, request=request) from None
+            raise
         finally:
-            response.close()
+            watchdog.cancel()
         headers = [
             (name, value)
             for name, value in response.headers.multi_items()
@@ -73,6 +92,44 @@ class ModelHttpClient(httpx.Client):
         )
         answer.elapsed = response.elapsed
         return answer
+
+
+class _Watchdog:
+    """Shuts an attempt's socket at its deadline, so that a read blocked in it returns."""
+
+    def __init__(self, deadline: float) -> None:
+        self.fired = False
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """Httpcore's trace hook: note the socket once it is connected."""
+        if event != "connection.connect_tcp.complete" or info.get("return_value") is None:
+            return
+        found = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._socket = found
+            late = self.fired
+        if late:
+            self._shut(found)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            found = self._socket
+        if found is not None:
+            self._shut(found)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    @staticmethod
+    def _shut(found: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # already closed: nothing left to stop
+            found.shutdown(socket.SHUT_RDWR)
 
 
 def _attempt_seconds(request: httpx.Request) -> float:
@@ -127,10 +184,7 @@ class _Pieces(httpx.SyncByteStream):
             if size > MAX_ANSWER_BYTES:
                 raise _too_large(self._response)
             if time.monotonic() > self._deadline:
-                raise httpx.ReadTimeout(
-                    "the model server was still sending its answer at the deadline",
-                    request=self._response.request,
-                )
+                raise httpx.ReadTimeout(_LATE, request=self._response.request)
             for start in range(0, len(chunk), _RAW_PIECE):
                 yield chunk[start : start + _RAW_PIECE]
 

@@ -7,8 +7,11 @@ seconds, saying what happened and what to check, and nothing is read past its bo
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -203,3 +206,44 @@ def test_a_secret_the_server_puts_in_a_step_id_or_its_model_name_is_shown_nowher
         pipeline.wait_for(goal_id, HELD | TERMINAL_STATUSES, timeout=20)
         (row,) = plans_of(pipeline.store, goal_id)
     assert (row.planner, row.model) == ("openai:gpt-[redacted]", "gpt-[redacted]")
+
+
+@pytest.mark.parametrize(
+    "head", [b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 500, b"HTTP/1.1 103 Early Hints\r\n\r\n" * 500]
+)
+def test_a_server_trickling_its_status_and_headers_is_cut_off_at_the_timeout(
+    settings: Settings, head: bytes
+) -> None:
+    """Given a server that sends its status line and headers a byte every 50 ms, or endless
+    `103 Early Hints` (each read well within the timeout, no body ever),
+    When a goal is planned with a 1 s timeout,
+    Then the goal fails after about a second saying the server did not answer in time; the
+    SDK's read timeout bounds each read only, so it waited for as long as the bytes came.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(65536)
+                    for index in range(len(head)):
+                        if stop.wait(0.05):
+                            return
+                        connection.sendall(head[index : index + 1])
+
+    threading.Thread(target=serve, daemon=True).start()
+    settings.openai_base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    settings.openai_api_key = SecretStr(API_KEY)
+    started = time.monotonic()
+    try:
+        goal, _ = planned(settings, planner_timeout_seconds=1.0)
+    finally:
+        stop.set()
+        listener.close()
+
+    assert goal.status == "plan_failed"
+    assert "did not answer within 1.0 s" in (goal.status_reason or "")
+    assert time.monotonic() - started < 15
