@@ -35,7 +35,7 @@ from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, aud
 from plangate.store.goals import by_id, plan_of, transition
 from plangate.store.outbox import emit
 from schemas import PlanApproved, SignedEnvelope, ToolSpec, utcnow
-from schemas.json_schema import validator_for
+from schemas.json_schema import errors_of, validator_for
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _check_output(spec: ToolSpec | None, output: Any) -> None:
     if spec is None or spec.output_schema is None or output is None:
         return
     schema = spec.output_schema
-    problem = best_match(validator_for(schema).iter_errors(output))
+    problem = best_match(errors_of(validator_for(schema), output))
     if problem is not None:
         where = "/".join(str(part) for part in problem.absolute_path) or "the output"
         raise InputInvalid(

@@ -72,6 +72,8 @@ class ModelHttpClient(httpx.Client):
                 body = _read_bounded(response, deadline)
             finally:
                 response.close()
+            if watchdog.fired:  # a socket shut under a read ends it as if the answer had ended
+                raise httpx.ReadTimeout(_LATE, request=request)
         except httpx.TransportError:
             if watchdog.fired:
                 raise httpx.ReadTimeout(_LATE, request=request) from None
@@ -109,7 +111,9 @@ class _Watchdog:
         """Httpcore's trace hook: note the socket once it is connected."""
         if event != "connection.connect_tcp.complete" or info.get("return_value") is None:
             return
-        found = info["return_value"].get_extra_info("socket")
+        # A duplicate: TLS takes the connected socket's descriptor over, which leaves the
+        # original closed; shutting the duplicate down ends the one connection both name.
+        found = info["return_value"].get_extra_info("socket").dup()
         with self._lock:
             self._socket = found
             late = self.fired
@@ -120,11 +124,15 @@ class _Watchdog:
         with self._lock:
             self.fired = True
             found = self._socket
-        if found is not None:
-            self._shut(found)
+            if found is not None:
+                self._shut(found)  # under the lock: cancel() must not close it meanwhile
 
     def cancel(self) -> None:
         self._timer.cancel()
+        with self._lock:
+            found, self._socket = self._socket, None
+        if found is not None:
+            found.close()
 
     @staticmethod
     def _shut(found: socket.socket) -> None:

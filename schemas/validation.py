@@ -16,7 +16,7 @@ from schemas.cel_check import ANY, MapOf, Shape, comprehension_problems, express
 from schemas.errors import PlanInvalid, PlanProblem
 from schemas.hashing import canonical_json
 from schemas.instance_memo import InstanceMemo
-from schemas.json_schema import validator_for
+from schemas.json_schema import errors_of, validator_for
 from schemas.plan import Plan, Step
 from schemas.references import Reference, dependencies, steps_in_condition, whole_reference
 from schemas.tool_spec import ToolSpec
@@ -145,7 +145,7 @@ def _check_args(
             where = ".".join(str(p) for p in path)
             problems.append(PlanProblem("bad_args", f"argument {where!r}: {mismatch}", step.id))
     validator = _args_validator(spec)
-    for error in sorted(validator.iter_errors(step.args), key=lambda e: list(e.path)):
+    for error in errors_of(validator, step.args):
         at = tuple(error.absolute_path)
         if any(at[: len(path)] == path for path, _ in found):
             continue  # about a reference itself (a string for now): its type was checked above

@@ -24,7 +24,7 @@ from plangate.tools import ToolContext
 from plangate.tools.mcp import close_all, open_mcp_servers
 from plangate.tools.mcp.http_answers import MAX_ANSWER_BYTES as HTTP_ANSWER_BYTES
 from plangate.tools.mcp.tool import MAX_DESCRIPTION_CHARS
-from schemas.json_schema import MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH
+from schemas.json_schema import MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH, errors_of, validator_for
 from schemas.tool_spec import ToolSpec
 from tests.support import outer_environment, write_yaml
 
@@ -227,9 +227,20 @@ def test_a_catastrophic_pattern_is_matched_in_linear_time(tmp_path: Path) -> Non
         ({"$ref": "#"}, "refers to itself without end"),
         ({"allOf": [{"$ref": "#/$defs/a"}], "$defs": {"a": {"$ref": "#"}}}, "without end"),
         ({"$ref": "#/$defs/missing"}, "which it does not define"),
-        ({"type": "string", "pattern": "(a)\\1"}, "needs backtracking"),
-        ({"patternProperties": {"(?=x)": {}}}, "needs backtracking"),
+        ({"properties": {"a": {"$ref": "#/properties/b"}}}, "which it does not define"),
+        ({"properties": {"a": {"$schema": "http://json-schema.org/draft-07/schema#"}}}, "once"),
         ({"unevaluatedProperties": False, "patternProperties": {"a": {}}}, "use additional"),
+        (
+            {"properties": {"default": {"unevaluatedProperties": False, "patternProperties": {}}}},
+            "use additional",
+        ),
+        (
+            {
+                "properties": {"p": {"pattern": "a"}}
+                | {f"q{n}": {"pattern": "b"} for n in range(100)}
+            },
+            "the limit is 100",
+        ),
     ],
 )
 def test_a_schema_plangate_cannot_run_safely_is_refused_saying_why(
@@ -310,3 +321,40 @@ def test_an_http_server_answering_more_than_the_bound_fails_the_call_at_once(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_patterns_below_a_named_draft_and_a_reference_to_the_top_match_in_linear_time() -> None:
+    """Given a draft-07 schema whose `child` refers back to the top, and a catastrophic pattern,
+    When a nested value is checked,
+    Then it is refused at once: the reference back to the top used to pick jsonschema's own
+    draft-07 class by its `$schema`, which matches with `re`, and froze.
+    """
+    schema = {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "type": "object",
+        "properties": {"name": {"pattern": "^(a+)+$"}, "child": {"$ref": "#"}},
+    }
+    ToolSpec(name="t", effect="read", args_schema=schema)
+    started = time.monotonic()
+
+    errors = errors_of(validator_for(schema), {"child": {"child": {"name": "a" * 40 + "b"}}})
+
+    assert [error.message for error in errors] == [f"{'a' * 40 + 'b'!r} does not match '^(a+)+$'"]
+    assert time.monotonic() - started < 1
+
+
+def test_a_pattern_re2_cannot_run_is_kept_but_not_enforced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given the lookahead pydantic writes for a Decimal argument (RE2 has no lookaround),
+    Then the tool is kept and its pattern not enforced by plangate, with a warning saying so;
+    such tools were refused.
+    """
+    schema = {
+        "type": "object",
+        "properties": {"d": {"pattern": "^(?!^[-+.]*$)[+-]?0*\\d*\\.?\\d*$"}},
+    }
+    ToolSpec(name="decimal_tool", effect="read", args_schema=schema)
+
+    assert errors_of(validator_for(schema), {"d": "1.5"}) == []
+    assert "is not checked by plangate" in caplog.text

@@ -255,14 +255,14 @@ async def _http_transport(config: HttpServer) -> AsyncIterator[tuple[Any, Any]]:
     import httpx2
     from mcp.client.streamable_http import streamable_http_client
 
-    from plangate.tools.mcp.http_answers import bounded_answers
+    from plangate.tools.mcp.http_answers import bound_answer
 
     # The SDK's own defaults: a server may hold a response stream open for long.
     timeout = httpx2.Timeout(30.0, read=300.0)
     headers = {"Accept-Encoding": "identity", **config.headers}
-    transport = bounded_answers(httpx2.AsyncHTTPTransport())
+    hooks = {"response": [bound_answer]}
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=timeout, transport=transport) as client,
+        httpx2.AsyncClient(headers=headers, timeout=timeout, event_hooks=hooks) as client,
         streamable_http_client(config.url, http_client=client) as (read, write),
     ):
         yield read, write

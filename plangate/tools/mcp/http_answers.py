@@ -26,42 +26,30 @@ class AnswerRefused(httpx2.StreamError):
     """
 
 
-def bounded_answers(transport: httpx2.AsyncBaseTransport) -> httpx2.AsyncBaseTransport:
-    """Return `transport` with every answer but an event stream read within the bound."""
-    return _BoundedAnswers(transport)
+async def bound_answer(response: httpx2.Response) -> None:
+    """Read an answer (an event stream aside) within the bound, uncompressed: a response hook.
 
-
-class _BoundedAnswers(httpx2.AsyncBaseTransport):
-    def __init__(self, inner: httpx2.AsyncBaseTransport) -> None:
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response = await self._inner.handle_async_request(request)
-        if response.headers.get("content-type", "").startswith("text/event-stream"):
-            return response
-        if response.headers.get("content-encoding", "identity").strip().lower() != "identity":
-            await response.aclose()
-            raise AnswerRefused(
-                f"the MCP server answered compressed ({response.headers['content-encoding'][:40]}) "
-                "though asked for no compression; configure it to answer as asked"
-            )
-        stream = cast("httpx2.AsyncByteStream", response.stream)  # an async transport's
-        return httpx2.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=_Capped(stream),
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    A hook, not a transport: a client given a transport of its own ignores the proxy settings
+    of the environment (`HTTPS_PROXY`, `NO_PROXY`).
+    """
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        return
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    raw = cast("httpx2.AsyncByteStream", response.stream)  # an async client's
+    response.stream = _Capped(raw, encoding)
 
 
 class _Capped(httpx2.AsyncByteStream):
-    def __init__(self, raw: httpx2.AsyncByteStream) -> None:
+    def __init__(self, raw: httpx2.AsyncByteStream, encoding: str) -> None:
         self._raw = raw
+        self._encoding = encoding
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._encoding != "identity":
+            raise AnswerRefused(
+                f"the MCP server answered compressed ({self._encoding[:40]}) though asked "
+                "for no compression; configure it to answer as asked"
+            )
         size = 0
         async for chunk in self._raw:
             size += len(chunk)

@@ -13,7 +13,7 @@ from plangate.tools.context import ToolContext
 from plangate.tools.decorator import Tool
 from plangate.tools.mcp.connection import Connection, leaves, urls_without_secrets
 from plangate.tools.mcp.servers_file import ToolOverride
-from schemas.json_schema import validator_for
+from schemas.json_schema import errors_of, validator_for
 from schemas.tool_spec import Effect, ToolSpec
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class McpTool(Tool[..., Any]):
 
     def invoke(self, args: Mapping[str, Any], context: ToolContext) -> Any:
         """Check `args` against the input schema, call the tool on its server, return its output."""
-        problems = sorted(self._validator.iter_errors(dict(args)), key=lambda e: list(e.path))
+        problems = errors_of(self._validator, dict(args))
         if problems:
             described = "; ".join(
                 f"{'.'.join(str(p) for p in e.path) or 'arguments'}: {e.message}" for e in problems
