@@ -209,7 +209,9 @@ def test_a_secret_the_server_puts_in_a_step_id_or_its_model_name_is_shown_nowher
 
 
 @pytest.mark.parametrize(
-    "head", [b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 500, b"HTTP/1.1 103 Early Hints\r\n\r\n" * 500]
+    "head",
+    [b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 500, b"HTTP/1.1 103 Early Hints\r\n\r\n" * 500],
+    ids=["headers", "early-hints"],
 )
 def test_a_server_trickling_its_status_and_headers_is_cut_off_at_the_timeout(
     settings: Settings, head: bytes
