@@ -22,7 +22,7 @@ from executor_worker.preview import within_budget
 from plangate.config import Settings
 from plangate.errors import ToolError
 from plangate.redaction import REDACTED, register_secret
-from plangate.store import StepRunRow
+from plangate.store import GoalRow, StepRunRow
 from plangate.tools import ToolRegistry, tool
 from schemas import StepPreview
 from tests.support import only_plan, running_pipeline, write_yaml
@@ -88,6 +88,17 @@ def _playbooks(folder: Path) -> Path:
     )
 
 
+def _run(settings: Settings, tmp_path: Path, text: str) -> tuple[GoalRow, dict[str, StepRunRow]]:
+    """Run goal `text` with this file's tools and playbooks, every plan approved."""
+    registry = ToolRegistry([huge_read, huge_write, echo_error, echo_text, small_read])
+    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
+    with running_pipeline(
+        settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
+    ) as pipeline:
+        goal = pipeline.wait_for(pipeline.submit(text).goal_id, timeout=10)
+        return goal, _steps(pipeline, goal.id)
+
+
 def _steps(pipeline: Any, goal_id: str) -> dict[str, StepRunRow]:
     plan_id = only_plan(pipeline.store, goal_id).plan_id
     with pipeline.store.session() as session:
@@ -103,13 +114,8 @@ def test_a_read_over_the_output_limit_fails_saying_what_to_return_instead(
     Then the step fails, its output is not stored, and the goal's reason gives the size, the
     limit and what to return instead.
     """
-    registry = ToolRegistry([huge_read, huge_write, echo_error, echo_text, small_read])
-    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
-    with running_pipeline(
-        settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
-    ) as pipeline:
-        goal = pipeline.wait_for(pipeline.submit("a big read").goal_id, timeout=10)
-        step = _steps(pipeline, goal.id)["r"]
+    goal, steps = _run(settings, tmp_path, "a big read")
+    step = steps["r"]
 
     assert goal.status == "failed"
     assert f"the limit is {MAX_OUTPUT_BYTES}" in (goal.status_reason or "")
@@ -126,13 +132,7 @@ def test_a_write_over_the_output_limit_succeeds_without_its_output(
     Then the step succeeded (the write happened and must not be run again), its output is not
     kept, its record says why, and the goal goes on to complete.
     """
-    registry = ToolRegistry([huge_read, huge_write, echo_error, echo_text, small_read])
-    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
-    with running_pipeline(
-        settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
-    ) as pipeline:
-        goal = pipeline.wait_for(pipeline.submit("a big write").goal_id, timeout=10)
-        steps = _steps(pipeline, goal.id)
+    goal, steps = _run(settings, tmp_path, "a big write")
 
     assert goal.status == "completed"
     assert steps["w"].status == "succeeded"
@@ -149,13 +149,8 @@ def test_a_tool_error_echoing_a_megabyte_is_kept_short_and_redacted(
     Then the stored error is cut to its bound, says how much was left out, and hides the secret.
     """
     register_secret(SECRET)
-    registry = ToolRegistry([huge_read, huge_write, echo_error, echo_text, small_read])
-    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
-    with running_pipeline(
-        settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
-    ) as pipeline:
-        goal = pipeline.wait_for(pipeline.submit("echo it").goal_id, timeout=10)
-        error = _steps(pipeline, goal.id)["e"].error or ""
+    goal, steps = _run(settings, tmp_path, "echo it")
+    error = steps["e"].error or ""
 
     assert goal.status == "failed"
     assert SECRET not in error
@@ -247,13 +242,7 @@ def test_a_step_reading_a_write_output_that_was_not_kept_fails_saying_so(
     Then the reader fails naming the write (read as null it would have run with a made-up
     argument), the other runs, and the write is not run again.
     """
-    registry = ToolRegistry([huge_read, huge_write, echo_error, echo_text, small_read])
-    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
-    with running_pipeline(
-        settings, playbook_file=_playbooks(tmp_path), policy_file=policy, registry=registry
-    ) as pipeline:
-        goal = pipeline.wait_for(pipeline.submit("feed on a huge answer").goal_id, timeout=10)
-        steps = _steps(pipeline, goal.id)
+    goal, steps = _run(settings, tmp_path, "feed on a huge answer")
 
     assert goal.status == "failed"
     assert steps["w"].status == "succeeded"
