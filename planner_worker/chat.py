@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
@@ -28,6 +29,8 @@ from schemas.messages import TokenUsage
 
 PROVIDER = "openai"
 _DETAIL_CHARS = 300
+# What httpx's HTTP/1.1 parser (h11) says of a status line and headers longer than it reads.
+_HEAD_TOO_LONG = "Receive buffer too long"
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,7 @@ class ChatModel:
                 f"({retries}); raise PLANGATE_PLANNER_TIMEOUT_SECONDS or check the server"
             )
         if isinstance(exc, openai.APIConnectionError):
-            return f"cannot reach the model server at {url} ({detail}); check OPENAI_BASE_URL"
+            return _transport_reason(exc, url, retries)
         if isinstance(exc, openai.RateLimitError):
             return (
                 f"the model server rate-limited the planner (HTTP 429 {retries}: {detail}); "
@@ -164,13 +167,37 @@ class ChatModel:
                 "try again later"
             )
         if isinstance(exc, openai.BadRequestError):
+            # Retried only when the server asked (`x-should-retry`): then say so.
+            tried = f" {retries}" if count else ""
             return (
-                f"the model server refused the request (HTTP 400: {detail}); it must support "
-                f"structured outputs (response_format json_schema) for model {self.model!r}"
+                f"the model server refused the request (HTTP 400{tried}: {detail}); it must "
+                f"support structured outputs (response_format json_schema) for model {self.model!r}"
             )
         if isinstance(exc, openai.APIStatusError):
             return f"the model server answered HTTP {exc.status_code}: {detail}"
         return f"the openai client failed: {detail}"
+
+
+def _transport_reason(exc: openai.APIConnectionError, url: object, retries: str) -> str:
+    """Say whether the server was not reached, or was reached and broke its answer.
+
+    The SDK says only "Connection error."; httpx's error, its cause, says which.
+    """
+    cause = exc.__cause__
+    said = quoted(str(cause) or type(cause).__name__, _DETAIL_CHARS) if cause else _detail(exc)
+    if cause is None or isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"cannot reach the model server at {url} ({said}); check OPENAI_BASE_URL"
+    if isinstance(cause, httpx.RemoteProtocolError):
+        if said == _HEAD_TOO_LONG:
+            said = "its status line and headers were longer than plangate reads"
+        return (
+            f"the model server at {url} did not answer in HTTP ({said}; {retries}); check that "
+            "OPENAI_BASE_URL names an OpenAI-compatible HTTP server, not a proxy or another service"
+        )
+    return (
+        f"the connection to the model server at {url} broke while it answered ({said}; "
+        f"{retries}); check the server's log and the network to it"
+    )
 
 
 def _not_a_completion(span: Span, url: object, exc: Exception) -> PlanningFailed:

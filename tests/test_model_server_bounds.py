@@ -249,3 +249,102 @@ def test_a_server_trickling_its_status_and_headers_is_cut_off_at_the_timeout(
     assert goal.status == "plan_failed"
     assert "did not answer within 1.0 s" in (goal.status_reason or "")
     assert time.monotonic() - started < 15
+
+
+@contextlib.contextmanager
+def answering_raw(answer: bytes) -> Iterator[str]:
+    """A server that reads each request and sends `answer` (or nothing), then closes; its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(65536)
+                    connection.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n", "headers were longer"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "illegal status line"),
+    ],
+    ids=["huge-headers", "not-http"],
+)
+def test_a_server_that_is_reached_but_does_not_answer_in_http_is_not_said_unreachable(
+    settings: Settings, answer: bytes, said: str
+) -> None:
+    """Given a server that sends headers past what is read, or speaks another protocol,
+    Then the goal fails saying the server did not answer in HTTP and why, after how many
+    retries; the SDK's own words ("Connection error.") led to "cannot reach", which sent the
+    operator to check an address that was right.
+    """
+    settings.openai_api_key = SecretStr(API_KEY)
+    with answering_raw(answer) as url:
+        settings.openai_base_url = url
+        goal, _ = planned(settings, planner_max_retries=1)
+
+    reason = goal.status_reason or ""
+    assert goal.status == "plan_failed"
+    assert f"the model server at {url}/ did not answer in HTTP" in reason
+    assert said in reason
+    assert "after 1 retry" in reason
+    assert "cannot reach" not in reason
+
+
+def test_a_server_nothing_listens_for_is_said_unreachable(settings: Settings) -> None:
+    """Given an address where nothing listens, Then the goal fails saying it cannot be reached."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()
+    settings.openai_api_key = SecretStr(API_KEY)
+    settings.openai_base_url = f"http://127.0.0.1:{port}/v1"
+    goal, _ = planned(settings)
+
+    assert goal.status == "plan_failed"
+    assert f"cannot reach the model server at http://127.0.0.1:{port}/v1/" in (
+        goal.status_reason or ""
+    )
+    assert "Connection refused" in (goal.status_reason or "")
+
+
+def test_a_server_that_hangs_up_on_each_request_is_not_said_unreachable(settings: Settings) -> None:
+    """Given a server that accepts each connection and closes it unanswered,
+    Then the goal fails saying the connection broke or no HTTP came (which one depends on
+    whether the close reaches the client before the whole request was sent), not "cannot reach".
+    """
+    settings.openai_api_key = SecretStr(API_KEY)
+    with answering_raw(b"") as url:
+        settings.openai_base_url = url
+        goal, _ = planned(settings, planner_max_retries=1)
+
+    reason = goal.status_reason or ""
+    assert goal.status == "plan_failed"
+    assert "did not answer in HTTP" in reason or "broke while it answered" in reason, reason
+    assert "after 1 retry" in reason
+
+
+def test_a_refusal_the_server_asked_to_retry_says_it_was_retried(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a server that answers HTTP 400 with `x-should-retry: true` (the SDK then retries),
+    Then the reason says how many retries were made; a plain 400 says none.
+    """
+    retry = {"x-should-retry": "true"}
+    stub.script(error(400, "busy", headers=retry), error(400, "busy", headers=retry))
+    goal, _ = planned(settings, planner_max_retries=1)
+
+    assert "HTTP 400 after 1 retry: Error code: 400 - busy" in (goal.status_reason or "")
+    assert len(stub.requests) == 2
+
+    stub.script(error(400, "no such option"))
+    goal, _ = planned(settings, planner_max_retries=1)
+    assert "HTTP 400: Error code: 400 - no such option" in (goal.status_reason or "")
