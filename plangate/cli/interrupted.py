@@ -16,6 +16,9 @@ from plangate.store import StepRunRow
 
 # After Ctrl-C, how long in-flight steps get to finish before the process ends anyway.
 STOP_GRACE_SECONDS = 5.0
+# After `--timeout` with no write in flight: what runs (planning, reads) is abandoned, so only
+# a moment is given, for stages between two steps to stop cleanly.
+TIMEOUT_GRACE_SECONDS = 1.0
 
 
 def end_after_timeout(pipeline: Pipeline, goal_id: str, err: Console, code: int) -> None:
@@ -35,7 +38,7 @@ def end_after_timeout(pipeline: Pipeline, goal_id: str, err: Console, code: int)
             f"waiting for write step {', '.join(writing)} to end, so that its outcome is "
             "recorded (at most its tool's deadline; Ctrl-C ends without waiting)"
         )
-    stop_or_abandon(pipeline, err, code, grace=None if writing else STOP_GRACE_SECONDS)
+    stop_or_abandon(pipeline, err, code, grace=None if writing else TIMEOUT_GRACE_SECONDS)
 
 
 def stop_or_abandon(

@@ -50,7 +50,13 @@ def run(
         ),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(min=0.1, metavar="SECONDS", help="Give up after this many seconds.")
+        float,
+        typer.Option(
+            min=0.1,
+            metavar="SECONDS",
+            help="Give up after this many seconds (exit 1). A write step already called is let "
+            "end first, within its tool's deadline, so that its outcome is recorded.",
+        ),
     ] = 300.0,
     reviewer: Annotated[
         str,
