@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from plangate import __version__
-from plangate.store import StepRunRow, open_store
+from plangate.store import GoalRow, StepRunRow, open_store
 from tests.openai_stub import error, running_stub
 from tests.support import eventually, outer_environment
 
@@ -737,3 +737,33 @@ def test_run_ending_at_its_timeout_lets_a_write_in_flight_end_and_records_it(
     with closing(store), store.reading() as session:
         statuses = session.scalars(select(StepRunRow.status)).all()
     assert statuses == ["succeeded"]
+
+
+def test_run_giving_up_at_its_timeout_starts_no_further_step(cli: Cli, tmp_path: Path) -> None:
+    """Given a plan whose write waits on a read that takes 1.5 s, and `--timeout 1`,
+    When the timeout passes while the read runs (it ends while the stages are let stop),
+    Then the run says the goal is cancelled and exits 1, and the write never starts: the stages
+    ran on until stopped, so the write started after the run had said it gave up (and a plan
+    approved in time was carried out whole: a script retrying on exit 1 wrote twice).
+    """
+    steps = [
+        {"id": "r", "tool": "slow_read"},
+        {"id": "w", "tool": "slow_write", "args": {"message": "hello"}, "after": ["r"]},
+    ]
+    playbook = tmp_path / "playbook.yaml"
+    playbook.write_text(
+        json.dumps({"playbooks": [{"name": "rw", "pattern": "read", "steps": steps}]})
+    )
+    env = {"PYTHONPATH": str(ROOT)}
+    args = ["run", "read then write", "--yes", "--timeout", "1", "--playbook", str(playbook)]
+    result = cli(*args, "--tools", "tests.slow_write_tools", env=env)
+
+    assert result.returncode == EXIT_FAILED, result.stderr
+    assert "Timed out after 1 s; the goal is cancelled" in result.stdout
+    store = open_store(f"sqlite:///{cli.data_folder / 'plangate.db'}")
+    with closing(store), store.reading() as session:
+        ran = dict(session.execute(select(StepRunRow.step_id, StepRunRow.status)).all())
+        goal = session.scalars(select(GoalRow)).one()
+    assert "w" not in ran
+    assert goal.status == "cancelled"
+    assert "plangate run --timeout 1" in (goal.status_reason or "")

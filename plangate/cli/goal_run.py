@@ -25,7 +25,7 @@ from plangate.cli.common import (
     EXIT_REFUSED,
     EXIT_USAGE,
 )
-from plangate.cli.interrupted import end_after_timeout, stop_or_abandon
+from plangate.cli.interrupted import end_after_timeout, give_up, stop_or_abandon
 from plangate.cli.printable import printable
 from plangate.config import Settings
 from plangate.embedded import Pipeline
@@ -131,7 +131,11 @@ class GoalRun:
                 if code is not None:
                     return code
         self.timed_out = True
-        return self._finish(EXIT_FAILED, f"timed out after {self.options.timeout:g} s")
+        timeout = self.options.timeout
+        status = give_up(self.pipeline, self.goal_id, self._reviewer, timeout)
+        if status == "completed":  # in the moment between the deadline and the cancel
+            return self._finish(EXIT_COMPLETED, "completed as the timeout passed")
+        return self._finish(EXIT_FAILED, f"timed out after {timeout:g} s; the goal is {status}")
 
     def _on(self, message: Message) -> int | None:
         if isinstance(message, PlanProposed):
@@ -227,8 +231,13 @@ class GoalRun:
         else:
             self.out.print(render.preview_table(steps))
 
+    @property
+    def _reviewer(self) -> str:
+        """Who decides at this terminal (and cancels at the timeout)."""
+        return self.options.reviewer or f"{_login_name()}@terminal"
+
     def _ask(self, held: PlanDecided) -> int | None:
-        reviewer = self.options.reviewer or f"{_login_name()}@terminal"
+        reviewer = self._reviewer
         if self.options.yes:
             return self._approve(held, reviewer)
         while True:

@@ -10,15 +10,31 @@ from rich.console import Console
 from sqlalchemy import select
 
 from plangate import telemetry
+from plangate.cancellation import cancel_goal
 from plangate.cli.common import EXIT_INTERRUPTED
 from plangate.embedded import Pipeline
-from plangate.store import StepRunRow
+from plangate.errors import Conflict, Forbidden
+from plangate.store import GoalRow, StepRunRow
 
 # After Ctrl-C, how long in-flight steps get to finish before the process ends anyway.
 STOP_GRACE_SECONDS = 5.0
 # After `--timeout` with no write in flight: what runs (planning, reads) is abandoned, so only
 # a moment is given, for stages between two steps to stop cleanly.
 TIMEOUT_GRACE_SECONDS = 1.0
+
+
+def give_up(pipeline: Pipeline, goal_id: str, who: str, timeout: float) -> str:
+    """At `--timeout`: cancel the goal, so that no further step of it starts; return its status.
+
+    The stages run on until they are stopped, and an approval already on its way would start
+    the plan after the run said it gave up (a script retrying on exit 1 would then run it
+    twice). A goal that ended meanwhile is left as it ended; a plan held for a role stays
+    held (nothing runs without a decision, and a terminal holds no role).
+    """
+    with contextlib.suppress(Conflict, Forbidden):
+        cancel_goal(pipeline.store, goal_id, who, f"`plangate run --timeout {timeout:g}` passed")
+    with pipeline.store.reading() as session:
+        return session.get_one(GoalRow, goal_id).status
 
 
 def end_after_timeout(pipeline: Pipeline, goal_id: str, err: Console, code: int) -> None:

@@ -54,8 +54,9 @@ def run(
         typer.Option(
             min=0.1,
             metavar="SECONDS",
-            help="Give up after this many seconds (exit 1). A write step already called is let "
-            "end first, within its tool's deadline, so that its outcome is recorded.",
+            help="Give up after this many seconds: the goal is cancelled, so no further step "
+            "starts (exit 1); a write step already called is let end first, within its tool's "
+            "deadline, so that its outcome is recorded.",
         ),
     ] = 300.0,
     reviewer: Annotated[
