@@ -12,6 +12,7 @@ GitHub stores its API tokens the same way. A slow KDF protects low-entropy passw
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -20,7 +21,8 @@ import re
 import secrets
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,37 +222,61 @@ def _check_unique(path: Path, reviewers: Sequence[Reviewer]) -> None:
         raise ConfigError(f"the reviewers file {path} has two reviewers with one token")
 
 
+def name_problem(name: str) -> str | None:
+    """Say what is wrong with `name` as a reviewer's name, or None if nothing is."""
+    if re.fullmatch(NAME_PATTERN, name):
+        return None
+    return (
+        f"{name[:40]!r}{'…' if len(name) > 40 else ''} is not a reviewer name: letters, "
+        "digits, spaces and ._@+- , up to 200 characters, starting with a letter or digit"
+    )
+
+
 def add_reviewer(path: Path, name: str, roles: Iterable[str]) -> str:
     """Add a reviewer to the file (created if missing); return their new token, kept nowhere."""
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise ConfigError(
-            f"{name!r} is not a reviewer name: letters, digits, spaces and ._@+- , "
-            "up to 200 characters, starting with a letter or digit"
-        )
+    if problem := name_problem(name):
+        raise ConfigError(problem)
     wanted = sorted(set(roles))
     for role in wanted:
         if not re.fullmatch(ROLE_PATTERN, role):
             raise ConfigError(
                 f"{role!r} is not a role: letters, digits and _.- , up to 64 characters"
             )
-    reviewers = read_file(path) if path.exists() else []
-    if any(r.name == name for r in reviewers):
-        raise ConfigError(
-            f"{name} is in {path} already; `plangate reviewers remove {name}` first to "
-            "give them a new token"
-        )
-    token = new_token()
-    _write(path, [*reviewers, Reviewer(name, frozenset(wanted), hash_token(token))])
+    with _editing(path):
+        reviewers = read_file(path) if path.exists() else []
+        if any(r.name == name for r in reviewers):
+            raise ConfigError(
+                f"{name} is in {path} already; `plangate reviewers remove {name}` first to "
+                "give them a new token"
+            )
+        token = new_token()
+        _write(path, [*reviewers, Reviewer(name, frozenset(wanted), hash_token(token))])
     return token
 
 
 def remove_reviewer(path: Path, name: str) -> None:
     """Remove a reviewer from the file; their token and web sessions stop working."""
-    reviewers = read_file(path)
-    kept = [r for r in reviewers if r.name != name]
-    if len(kept) == len(reviewers):
-        raise ConfigError(f"no reviewer {name!r} in {path}; `plangate reviewers list` names them")
-    _write(path, kept)
+    with _editing(path):
+        reviewers = read_file(path)
+        kept = [r for r in reviewers if r.name != name]
+        if len(kept) == len(reviewers):
+            raise ConfigError(
+                f"no reviewer {name!r} in {path}; `plangate reviewers list` names them"
+            )
+        _write(path, kept)
+
+
+@contextmanager
+def _editing(path: Path) -> Iterator[None]:
+    """Hold the file's edit lock: two `add`s at once (a provisioning script) must both land.
+
+    The lock is a file of its own beside it: the reviewers file is replaced whole on each
+    write, so a lock on it would be on a file no longer there.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "a", encoding="utf-8") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file lets the lock go
 
 
 def _write(path: Path, reviewers: Sequence[Reviewer]) -> None:
@@ -264,7 +290,6 @@ def _write(path: Path, reviewers: Sequence[Reviewer]) -> None:
     text = _HEADER + yaml.safe_dump(body, sort_keys=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     # mkstemp makes the file 0600; os.replace swaps it in whole, so a reader never sees half.
-    # Two `add`s at the same moment may still lose one: run them one after the other.
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:

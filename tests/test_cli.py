@@ -767,3 +767,18 @@ def test_run_giving_up_at_its_timeout_starts_no_further_step(cli: Cli, tmp_path:
     assert "w" not in ran
     assert goal.status == "cancelled"
     assert "plangate run --timeout 1" in (goal.status_reason or "")
+
+
+@pytest.mark.parametrize("name", ["R" * 201, "alice\nbob"], ids=["too-long", "two-lines"])
+def test_run_refuses_a_reviewer_name_reviewers_add_would_refuse(cli: Cli, name: str) -> None:
+    """Given `--reviewer` too long for a decision, or spanning two lines,
+    Then the run refuses it before it starts, with exit 2 and what a name may be; it crashed
+    with a traceback at the approval (leaving the goal held), or put a line break in the audit
+    log and the goals list.
+    """
+    result = cli("run", SEED_GOAL, "--yes", "--reviewer", name)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert "is not a reviewer name" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (cli.data_folder / "plangate.db").exists()

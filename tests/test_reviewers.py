@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,28 @@ def test_a_watched_reviewers_file_takes_changes_at_once(tmp_path: Path) -> None:
     assert watched.current().identify(bob) == Reviewer("bob", frozenset({"ops"}))
     path.write_text("reviewers:\n  - {name: bob, token: " + bob + "}\n")
     assert watched.current().identify(bob) is None
+
+
+def test_reviewers_added_at_the_same_moment_are_all_kept(tmp_path: Path) -> None:
+    """Given a reviewers file and sixteen `add`s started at the same moment (a provisioning
+    script adding people in parallel),
+    Then every one of them is in the file afterwards; each read the file, added its reviewer
+    and replaced the file, so the last to write dropped those written meanwhile, whose tokens
+    were printed and then worked nowhere.
+    """
+    path = tmp_path / "reviewers.yaml"
+    add_reviewer(path, "seed", [])
+    names = [f"user{index}" for index in range(16)]
+    start = threading.Barrier(len(names))
+
+    def add(name: str) -> None:
+        start.wait()
+        add_reviewer(path, name, ["finance"])
+
+    threads = [threading.Thread(target=add, args=(name,)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sorted(r.name for r in read_file(path)) == sorted(["seed", *names])

@@ -76,6 +76,11 @@ def run(
     """
     require_file(ctx, "policy", policy, "policy")
     require_file(ctx, "playbook", playbook, "playbook")
+    from plangate.reviewers import name_problem
+
+    # Recorded as who decided, in the audit log and on the goal: a name as `reviewers add` takes.
+    if reviewer and (problem := name_problem(reviewer)):
+        raise typer.BadParameter(problem, param_hint="--reviewer")
     from plangate.cli.goal_run import RunOptions, run_goal  # the pipeline is heavy to import
 
     settings = load_settings(tools=tools, policy_file=policy, playbook_file=playbook)
