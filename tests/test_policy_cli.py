@@ -311,3 +311,29 @@ def test_test_takes_the_steps_alone_as_its_help_says(plangate: Run, tmp_path: Pa
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["rule"] == "approve-read-only"
+
+
+@pytest.mark.parametrize(
+    ("plan", "said"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"steps": [], "steps": [{"id": "x", "tool": "ticket_count"}]}', "repeats the key"),
+        ('{"steps": [], "summary": NaN}', "NaN"),
+    ],
+    ids=["deep", "repeated-key", "nan"],
+)
+def test_test_reads_a_plan_file_as_strictly_as_a_message(
+    plangate: Run, tmp_path: Path, plan: str, said: str
+) -> None:
+    """Given a plan file nested 100,000 deep, repeating a key, or holding NaN,
+    Then `policy test` refuses it in one line with exit 2, as the gate refuses such a message;
+    the deep one crashed with a RecursionError traceback, the others were read leniently.
+    """
+    path = write(tmp_path / "plan.json", plan)
+
+    result = plangate("policy", "test", DEFAULT_POLICY, path, "--tools", "plangate.demo.tools")
+
+    assert result.returncode == 2, result.stderr
+    assert said in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

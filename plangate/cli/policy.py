@@ -45,12 +45,15 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
 
 
 def _read_plan(path: Path) -> Any:
+    from schemas import MessageRejected, strict_json_loads
+
     try:
-        data = json.loads(read_text(path))
+        # Read as a message's plan is: a file from a planner's output is as untrusted.
+        data = strict_json_loads(read_text(path))
     except OSError as exc:
         raise ConfigError(f"cannot read the plan {path}: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not JSON: {exc}") from exc
+    except MessageRejected as exc:
+        raise ConfigError(f"{path} is not JSON plangate reads: {exc}") from exc
     return _plan_of(data, str(path))
 
 
