@@ -42,7 +42,7 @@ from approval_gate.holds import (
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.catalog import load_catalog
-from plangate.errors import Conflict, InputInvalid, NotFound, quoted
+from plangate.errors import Conflict, InputInvalid, NotFound, check_comment, quoted
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.goals import by_id, latest_plan, plan_values, transition
 from plangate.store.outbox import emit
@@ -145,8 +145,7 @@ class Review:
         key: str = "",
     ) -> Sequence[Envelope]:
         """Approve a held revision; return plan.approved to publish. `key`: see `count_approval`."""
-        if len(comment) > 2000:  # as the API bounds it
-            raise InputInvalid("the comment is limited to 2000 characters")
+        check_comment(comment)
         reason = comment or "approved"
         return self._decide(plan_id, reviewer, "approve", reason, expected_hash, roles, key)
 
@@ -165,6 +164,7 @@ class Review:
         """
         if not comment.strip():
             raise InputInvalid("say why you reject the plan: a comment is required")
+        check_comment(comment)
         return self._decide(plan_id, reviewer, "reject", comment.strip(), expected_hash, roles)
 
     def edit(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from plangate.errors import Conflict, Forbidden
+from plangate.errors import Conflict, Forbidden, check_comment
 from plangate.store import GoalRow, HoldRow, Store
 from plangate.store.goals import get_goal, goal_status, latest_plan, transition
 from schemas.goal_states import cancellable
@@ -28,6 +28,7 @@ def cancel_goal(
 
     Conflict if it has ended; Forbidden if its plan was held for a role `who` lacks.
     """
+    check_comment(reason, "the reason")
     with store.session() as session:
         goal_id = get_goal(
             session, goal_id, typed=True

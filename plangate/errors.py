@@ -99,6 +99,19 @@ class InputInvalid(PlangateError):
     """What a person or service sent does not fit; the message says what to change."""
 
 
+def check_comment(text: str, what: str = "the comment") -> None:
+    """Raise InputInvalid if a person's comment or reason is longer than any entry takes.
+
+    Checked where it is recorded, so the CLI, the API and a library caller are bound alike.
+    """
+    from schemas.messages import MAX_COMMENT_CHARS
+
+    if len(text) > MAX_COMMENT_CHARS:
+        raise InputInvalid(
+            f"{what} is {len(text)} characters long; the limit is {MAX_COMMENT_CHARS}: shorten it"
+        )
+
+
 class GoalNotCompleted(PlangateError):
     """A goal ended without completing: failed, denied, rejected, expired or cancelled."""
 

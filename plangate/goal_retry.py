@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from plangate.bus import Envelope
-from plangate.errors import Conflict
+from plangate.errors import Conflict, check_comment
 from plangate.store import GoalRow, Store
 from plangate.store.goals import get_goal, transition
 from plangate.store.outbox import emit
@@ -29,6 +29,7 @@ def retry_goal(store: Store, goal_id: str, who: str, reason: str) -> Envelope:
 
     Conflict if the goal is in any other state (running, held, completed, ...).
     """
+    check_comment(reason, "the reason")
     with store.session() as session:
         goal_id = get_goal(
             session, goal_id, typed=True

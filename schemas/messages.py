@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.identifiers import Identifier
 from schemas.plan import Plan
 
 SCHEMA_VERSION: Literal[1] = 1
 MAX_SIGNATURES = 8
+# What a person writes beside a decision or a move (a comment, a reason), however it arrives.
+MAX_COMMENT_CHARS = 2000
+
+# What a submitter keeps with a goal: labels to find it by, not a payload.
+Metadata = Annotated[
+    dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=100)],
+        Annotated[str, StringConstraints(max_length=2000)],
+    ],
+    Field(max_length=50),
+]
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 
 Action = Literal["approve", "deny", "hold"]
@@ -46,7 +57,7 @@ class GoalSubmitted(Message):
 
     type: Literal["goal.submitted"] = "goal.submitted"
     text: str = Field(min_length=1, max_length=10_000)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, max_length=200, pattern=r"\S")
 
 

@@ -105,7 +105,11 @@ def submit(
         typer.Option(metavar="KEY", help="Idempotency key: the same key twice yields one goal."),
     ] = None,
     meta: Annotated[
-        list[str] | None, typer.Option(metavar="KEY=VALUE", help="Metadata (repeatable).")
+        list[str] | None,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="Metadata (repeatable; at most 50, values up to 2000 characters).",
+        ),
     ] = None,
 ) -> None:
     """Submit GOAL to the workers (they must be running: `plangate worker ...`).

@@ -21,6 +21,7 @@ from plangate.server.errors import ApiError
 from plangate.server.intake import CLOUDEVENT_JSON, JSON, GoalRequest, parse_goal
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.store.goal_list import MAX_PAGE, parse_since
+from schemas.messages import MAX_COMMENT_CHARS
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -220,7 +221,7 @@ def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) ->
 class CancelRequest(BaseModel):
     """Why the goal is cancelled or retried (recorded with who did it)."""
 
-    reason: str = Field(default="", max_length=2000)
+    reason: str = Field(default="", max_length=MAX_COMMENT_CHARS)
 
 
 @router.post(

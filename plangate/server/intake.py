@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plangate.server.errors import ApiError
 from schemas.decoding import JsonRefused, strict_json_loads
+from schemas.messages import Metadata
 
 GOAL_EVENT_TYPE = "dev.plangate.goal.submitted"
 JSON = "application/json"
@@ -38,7 +39,11 @@ class GoalRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(min_length=1, max_length=10_000, description="What you want done.")
-    metadata: dict[str, str] = Field(default_factory=dict, description="Kept with the goal.")
+    metadata: Metadata = Field(
+        default_factory=dict,
+        description="Kept with the goal: at most 50 labels, keys up to 100 characters, values "
+        "up to 2000.",
+    )
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,

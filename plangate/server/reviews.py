@@ -33,6 +33,7 @@ from plangate.store.goal_list import source_of
 from plangate.store.goals import get_goal, latest_plan
 from schemas import Catalog, StepPreview
 from schemas.data_flow import untrusted_sources
+from schemas.messages import MAX_COMMENT_CHARS
 
 router = APIRouter(prefix="/api/v1/reviews", tags=["reviews"])
 
@@ -190,21 +191,21 @@ class Settle(BaseModel):
 
     happened: bool
     output: Any = Field(default=None, description="With happened: the output later steps use.")
-    comment: str = Field(default="", max_length=2000)
+    comment: str = Field(default="", max_length=MAX_COMMENT_CHARS)
 
 
 class Approve(BaseModel):
     """Approve the revision whose hash you saw."""
 
     plan_hash: str = Field(min_length=1)
-    comment: str = Field(default="", max_length=2000)
+    comment: str = Field(default="", max_length=MAX_COMMENT_CHARS)
 
 
 class RejectBody(BaseModel):
     """Reject the revision whose hash you saw, saying why."""
 
     plan_hash: str = Field(min_length=1)
-    comment: str = Field(min_length=1, max_length=2000)
+    comment: str = Field(min_length=1, max_length=MAX_COMMENT_CHARS)
 
 
 class Edit(BaseModel):
