@@ -272,9 +272,23 @@ class _Walk:
             after_dot = at > 0 and self._tokens[at - 1][1] == "."
             if kind == "name" and not after_dot and text not in _KEYWORDS:
                 at = self._chain(at)
+            elif kind == "name" and after_dot and text in _MACROS and self._is(at + 1, "("):
+                at = self._bind_over_value(at + 2)
             else:
                 at += 1
         return self._found
+
+    def _bind_over_value(self, at: int) -> int:
+        """Bind the variable of a macro over a value no chain names (a literal, a result).
+
+        What it ranges over was read where it was made: a literal reads nothing, a `map`'s
+        body was walked, a `filter`'s receiver and a bracketed chain are used whole.
+        """
+        kind, variable = self._tokens[at] if at < len(self._tokens) else ("punct", "")
+        if kind == "name" and self._is(at + 1, ","):
+            self._scope[variable] = (ANY, "")
+            return at + 1
+        return at
 
     def _is(self, at: int, text: str) -> bool:
         return at < len(self._tokens) and self._tokens[at][1] == text
@@ -321,6 +335,11 @@ class _Walk:
         if method not in _MACROS or kind != "name":
             self._use_whole(shape, path)
             return at
+        if method == "filter":
+            # Its result is the items themselves, which the rest of the expression may read
+            # in any way (`[0].args`): had only the fields its condition reads been built, a
+            # rule reading others would see them missing (and `has()` say false).
+            self._use_whole(shape, path)
         if isinstance(shape, ListOf):
             self._scope[variable] = (shape.item, f"{path}[]")
         elif isinstance(shape, MapOf):

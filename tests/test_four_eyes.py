@@ -324,7 +324,7 @@ def test_an_approval_comment_is_bounded_by_the_desk(pipeline: Pipeline) -> None:
     pipeline.wait_for(goal_id, HELD)
     plan_id = only_plan(pipeline.store, goal_id).plan_id
 
-    with pytest.raises(InputInvalid, match="limited to 2000 characters"):
+    with pytest.raises(InputInvalid, match="the limit is 2000"):
         pipeline.review.approve(plan_id, "alice", comment="x" * 2001)
     pipeline.review.approve(plan_id, "alice", comment="y" * 2000)
 
