@@ -139,3 +139,24 @@ def test_a_cancelled_goal_is_listed_as_decided_by_who_cancelled_it(
     assert listed[goals["cancelled"]] == "alice"
     held = client.list_goals(state="held", limit=200).goals
     assert all(goal.decided_by != "alice" for goal in held)
+
+
+def test_the_cli_and_the_api_print_a_goal_s_times_alike(
+    fleet: Fleet,  # noqa: F811
+    base_url: str,  # noqa: F811
+    goals: dict[str, str],
+) -> None:
+    """Given a goal, When `goals list --json`, `status --json` and the API show it,
+    Then each prints its times as ISO 8601 in UTC (`...T...Z`), the same text; the CLI printed
+    `2026-12-06 06:20:15.366167+00:00`, so one tool had to read two formats.
+    """
+    goal_id = goals["cancelled"]
+    rows = fleet.plangate("goals", "list", "--state", "cancelled", "--json").stdout.splitlines()
+    (row,) = [json.loads(line) for line in rows if goal_id in line]
+    status = json.loads(fleet.plangate("status", goal_id, "--json").stdout)
+    _, listed_by_api = listed(base_url, state="cancelled")
+    (from_api,) = [g for g in listed_by_api["goals"] if g["goal_id"] == goal_id]
+
+    assert row["updated_at"] == status["updated_at"] == from_api["updated_at"]
+    assert row["created_at"].endswith("Z")
+    assert "T" in row["created_at"]

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from plangate.cli.common import err_console, friendly_errors, group, load_settings
-from plangate.cli.render import shown
+from plangate.cli.render import json_default, shown
 from plangate.cli.review_access import NO_TOKEN, ServerOption, TokenFileOption, resolve
 from plangate.errors import ConfigError
 from schemas import utcnow
@@ -59,7 +59,7 @@ def list_goals(
         )
     if as_json:
         for goal in page.goals:
-            typer.echo(json.dumps(asdict(goal), default=str))
+            typer.echo(json.dumps(asdict(goal), default=json_default))
         if page.next_cursor:
             err_console.print(f"next page: --after {page.next_cursor}")
         return
@@ -159,6 +159,6 @@ def _steer(
                 moved = client.retry(goal_id, reviewer.name, reason)
             state = asdict(moved)
     if as_json:
-        typer.echo(json.dumps(state, default=str))
+        typer.echo(json.dumps(state, default=json_default))
     else:
         typer.echo(f"goal {goal_id}: {state['status']} — {state.get('reason') or ''}")

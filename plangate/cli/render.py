@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from rich.table import Table
@@ -110,4 +111,16 @@ def preview_table(steps: Sequence[StepPreview]) -> Table:
 
 def json_line(event: str, data: dict[str, Any]) -> str:
     """Return one event as a single JSON line (for `--json`)."""
-    return json.dumps({"event": event, **data}, default=str, separators=(",", ":"))
+    return json.dumps({"event": event, **data}, default=json_default, separators=(",", ":"))
+
+
+def json_default(value: object) -> object:
+    """Return a value JSON has no type for as `--json` prints it.
+
+    A time as ISO 8601 in UTC (`2026-12-06T06:20:15.366167Z`, as the API, `dlq list` and the
+    audit export print it); anything else as its text.
+    """
+    if isinstance(value, datetime):
+        text = value.isoformat()
+        return text.removesuffix("+00:00") + "Z" if text.endswith("+00:00") else text
+    return str(value)

@@ -23,6 +23,7 @@ from plangate.cli.common import (
     warn_broker_unreachable,
 )
 from plangate.cli.printable import printable
+from plangate.cli.render import json_default
 from plangate.errors import quoted
 
 if TYPE_CHECKING:
@@ -42,7 +43,9 @@ def _exit_code(status: str) -> int:
 
 def _print(current: GoalStatus, as_json: bool) -> None:
     if as_json:
-        typer.echo(json.dumps({**asdict(current), "terminal": current.terminal}, default=str))
+        typer.echo(
+            json.dumps({**asdict(current), "terminal": current.terminal}, default=json_default)
+        )
         return
 
     def say(line: str) -> None:  # a goal's words are anyone's, a step's output a tool's
@@ -67,7 +70,7 @@ def _print(current: GoalStatus, as_json: bool) -> None:
 
 
 def _shown(value: object) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = value if isinstance(value, str) else json.dumps(value, default=json_default)
     if len(text) <= _SHOWN_CHARS:
         return text
     return f"{text[:_SHOWN_CHARS]}… ({len(text)} characters; --json shows all)"
