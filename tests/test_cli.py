@@ -491,7 +491,7 @@ def test_ctrl_c_while_a_step_runs_says_where_it_left_the_goal_and_exits_130(
     cli: Cli, tmp_path: Path
 ) -> None:
     """Given a run whose read step hangs (a call that never returns),
-    When Ctrl-C is pressed, Then the run says the goal is left running and how to cancel it,
+    When Ctrl-C is pressed, Then the run says the goal is cancelled (no further step starts),
     waits a few seconds for the step, and ends with 130 (it said nothing, and the process
     waited on the stuck call for as long as the tool's deadline)."""
     playbook = tmp_path / "playbook.yaml"
@@ -515,8 +515,7 @@ def test_ctrl_c_while_a_step_runs_says_where_it_left_the_goal_and_exits_130(
         _, stderr = run.communicate(timeout=30)
 
     assert run.returncode == 130, stderr
-    assert "interrupted: the goal is left running" in stderr
-    assert "a reviewer can cancel it (`plangate goals cancel " in stderr
+    assert "interrupted: the goal is cancelled, so no further step of it starts" in stderr
     assert "is still running after 5 s; ending without waiting for it" in stderr
 
 
@@ -782,3 +781,49 @@ def test_run_refuses_a_reviewer_name_reviewers_add_would_refuse(cli: Cli, name: 
     assert "is not a reviewer name" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (cli.data_folder / "plangate.db").exists()
+
+
+def test_ctrl_c_while_a_read_runs_starts_no_write_after_it(cli: Cli, tmp_path: Path) -> None:
+    """Given a plan whose write waits on a read that takes 1.5 s,
+    When Ctrl-C is pressed while the read runs,
+    Then the read ends, the write never starts, and the goal is cancelled by the terminal's
+    user; the run said the goal was "left running, and nothing carries it on" while the
+    stages, let finish their work, went on to run the write.
+    """
+    steps = [
+        {"id": "r", "tool": "slow_read"},
+        {"id": "w", "tool": "slow_write", "args": {"message": "hello"}, "after": ["r"]},
+    ]
+    playbook = tmp_path / "playbook.yaml"
+    playbook.write_text(
+        json.dumps({"playbooks": [{"name": "rw", "pattern": "read", "steps": steps}]})
+    )
+    args = ["run", "read then write", "--yes", "--playbook", str(playbook)]
+    with subprocess.Popen(
+        [sys.executable, "-m", "plangate", *args, "--tools", "tests.slow_write_tools"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli.env | {"PYTHONPATH": str(ROOT)},
+        cwd=cli.folder,
+    ) as run:
+        store = open_store(f"sqlite:///{cli.data_folder / 'plangate.db'}")
+        with closing(store):
+
+            def running() -> bool:  # from then on the read runs, for 1.5 s
+                with store.reading() as session:
+                    return session.scalars(select(GoalRow.status)).all() == ["running"]
+
+            eventually(running, timeout=30, what="the run")
+            run.send_signal(signal.SIGINT)
+            _, stderr = run.communicate(timeout=30)
+            with store.reading() as session:
+                ran = dict(session.execute(select(StepRunRow.step_id, StepRunRow.status)).all())
+                goal = session.scalars(select(GoalRow)).one()
+
+    assert run.returncode == 130, stderr
+    assert "interrupted: the goal is cancelled" in stderr
+    assert ran == {"r": "succeeded"}
+    assert goal.status == "cancelled"
+    assert "interrupted at the terminal (Ctrl-C)" in (goal.status_reason or "")

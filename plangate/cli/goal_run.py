@@ -17,7 +17,7 @@ from rich.syntax import Syntax
 from approval_gate.decisions import decision_of
 from plangate import telemetry
 from plangate.catalog import load_catalog
-from plangate.cli import render
+from plangate.cli import interrupted, render
 from plangate.cli.common import (
     EXIT_COMPLETED,
     EXIT_FAILED,
@@ -25,7 +25,6 @@ from plangate.cli.common import (
     EXIT_REFUSED,
     EXIT_USAGE,
 )
-from plangate.cli.interrupted import end_after_timeout, give_up, stop_or_abandon
 from plangate.cli.printable import printable
 from plangate.config import Settings
 from plangate.embedded import Pipeline
@@ -93,7 +92,7 @@ class GoalRun:
             return self._interrupted()
 
     def _interrupted(self) -> int:
-        """Say where Ctrl-C left the goal (nothing carries it on once this process ends)."""
+        """Say where Ctrl-C left the goal: held, or cancelled so that nothing more of it starts."""
         if not self.goal_id:
             self.err.print("\ninterrupted before the goal was stored: nothing was submitted")
             return self._finish(EXIT_INTERRUPTED, "interrupted")
@@ -102,9 +101,8 @@ class GoalRun:
         if status == "held":
             self.err.print(f"\ninterrupted: nothing was run; {self._still_held()}")
         else:
-            self.err.print(
-                f"\ninterrupted: the goal is left {status}, and nothing carries it on after "
-                f"this run; a reviewer can cancel it (`plangate goals cancel {self.goal_id}`)"
+            status = interrupted.say_interrupted(
+                self.pipeline, self.goal_id, self._reviewer, self.err
             )
         return self._finish(EXIT_INTERRUPTED, status)
 
@@ -132,7 +130,8 @@ class GoalRun:
                     return code
         self.timed_out = True
         timeout = self.options.timeout
-        status = give_up(self.pipeline, self.goal_id, self._reviewer, timeout)
+        why = f"`plangate run --timeout {timeout:g}` passed"
+        status = interrupted.give_up(self.pipeline, self.goal_id, self._reviewer, why)
         if status == "completed":  # in the moment between the deadline and the cancel
             return self._finish(EXIT_COMPLETED, "completed as the timeout passed")
         return self._finish(EXIT_FAILED, f"timed out after {timeout:g} s; the goal is {status}")
@@ -394,7 +393,7 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
         goal_run = GoalRun(pipeline, options, out, err)
         code = goal_run.run(text)
         if code == EXIT_INTERRUPTED:
-            stop_or_abandon(pipeline, err, code)
+            interrupted.stop_or_abandon(pipeline, err, code)
         elif goal_run.timed_out:
-            end_after_timeout(pipeline, goal_run.goal_id, err, code)
+            interrupted.end_after_timeout(pipeline, goal_run.goal_id, err, code)
         return code

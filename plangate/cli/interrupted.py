@@ -23,18 +23,32 @@ STOP_GRACE_SECONDS = 5.0
 TIMEOUT_GRACE_SECONDS = 1.0
 
 
-def give_up(pipeline: Pipeline, goal_id: str, who: str, timeout: float) -> str:
-    """At `--timeout`: cancel the goal, so that no further step of it starts; return its status.
+def give_up(pipeline: Pipeline, goal_id: str, who: str, why: str) -> str:
+    """At `--timeout` or Ctrl-C: cancel the goal, so no further step starts; return its status.
 
-    The stages run on until they are stopped, and an approval already on its way would start
-    the plan after the run said it gave up (a script retrying on exit 1 would then run it
-    twice). A goal that ended meanwhile is left as it ended; a plan held for a role stays
-    held (nothing runs without a decision, and a terminal holds no role).
+    The stages run on until they are stopped, and a run goes on to its next step meanwhile:
+    an approval already on its way started the plan after the run said it gave up (a script
+    retrying on exit 1 ran it twice), and a write began after Ctrl-C. A goal that ended
+    meanwhile is left as it ended; a plan held for a role stays held (nothing runs without a
+    decision, and a terminal holds no role).
     """
     with contextlib.suppress(Conflict, Forbidden):
-        cancel_goal(pipeline.store, goal_id, who, f"`plangate run --timeout {timeout:g}` passed")
+        cancel_goal(pipeline.store, goal_id, who, why)
     with pipeline.store.reading() as session:
         return session.get_one(GoalRow, goal_id).status
+
+
+def say_interrupted(pipeline: Pipeline, goal_id: str, who: str, err: Console) -> str:
+    """After Ctrl-C on a goal not held for a person: cancel it; say where it is left."""
+    status = give_up(pipeline, goal_id, who, "interrupted at the terminal (Ctrl-C)")
+    if status == "cancelled":
+        err.print(
+            "\ninterrupted: the goal is cancelled, so no further step of it starts; a step "
+            f"already running is given {STOP_GRACE_SECONDS:g} s to end"
+        )
+    else:
+        err.print(f"\ninterrupted: the goal is {status}")
+    return status
 
 
 def end_after_timeout(pipeline: Pipeline, goal_id: str, err: Console, code: int) -> None:
