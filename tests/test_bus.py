@@ -568,3 +568,41 @@ def test_a_dead_letter_after_plangates_own_retries_gives_its_words_not_a_repr(
     assert record.getMessage().startswith("giving up on goal.submitted from ")
     assert record.getMessage().endswith(said)
     assert record.exc_info is None
+
+
+def test_listing_dead_letters_sends_none_of_them_out_again(
+    bus: Bus, start_consumer: Callable[..., Running]
+) -> None:
+    """Given a consumer bound to `dead.#` on the exchange (an alert on dead letters) and one
+    letter,
+    When an operator lists the dead letters three times,
+    Then the alert received the letter once; a listing put each letter back through the
+    exchange, so every look at the queue paged again.
+    """
+    from kombu import Queue
+
+    alert_queue = Queue(
+        f"{bus.topology.namespace}.alert",
+        exchange=bus.topology.exchange,
+        routing_key="dead.#",
+        durable=False,
+    )
+    with bus.connection() as connection:
+        alert = alert_queue.bind(connection.channel())
+        alert.declare()
+
+        def refuse(message: Message, delivery: Delivery) -> Sequence[Envelope]:
+            raise Reject("cannot plan it")
+
+        start_consumer(refuse)
+        bus.publish([Envelope.of(goal())])
+        rejected_letters(bus, 1)
+        for _ in range(3):
+            assert len(bus.dead_letters()) == 1
+
+        received = []
+        while (raw := alert.get(no_ack=True)) is not None:
+            received.append(raw)
+        alert.delete()
+
+    assert len(received) == 1

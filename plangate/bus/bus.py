@@ -308,11 +308,10 @@ class Bus:
                         kept.append(letter)
                     else:
                         unreadable += 1
-                    routing_key = str(raw.delivery_info.get("routing_key") or "")
-                    if not routing_key.startswith("dead."):  # e.g. junk pushed onto the list
-                        routing_key = "dead.unknown"
-                    envelope = Envelope(routing_key, body, {})
-                    publish(producer, self.topology, envelope, self._retry_policy)
+                    # Back into the queue alone: through the exchange, whoever watches
+                    # `dead.#` (an alert) got each letter again every time one was listed.
+                    envelope = Envelope(queue.name, body, {})
+                    publish(producer, self.topology, envelope, self._retry_policy, to_queue=True)
                 else:
                     if forward is not None:
                         publish(producer, self.topology, forward(letter), self._retry_policy)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kombu.connection import Connection
+from kombu.entity import Exchange
 from kombu.messaging import Producer
 
 from plangate import telemetry
@@ -29,6 +30,8 @@ PUBLISH_RETRY_POLICY: dict[str, Any] = {
     "interval_step": 1.0,
     "interval_max": 2.0,
 }
+# The broker's default exchange: a routing key names the queue the message goes to.
+DEFAULT_EXCHANGE = Exchange("")
 
 
 def publish(
@@ -36,18 +39,22 @@ def publish(
     topology: Topology,
     envelope: Envelope,
     retry_policy: dict[str, Any] | None = None,
+    *,
+    to_queue: bool = False,
 ) -> None:
     """Publish one envelope under a producer span; the trace context travels in its headers.
 
     `retry_policy` is kombu's; without one kombu retries a lost connection until the broker is
-    back.
+    back. `to_queue`: straight into the queue its routing key names (the broker's default
+    exchange), past every binding: nobody observing the exchange sees it.
     """
     headers = {**envelope.headers, SENT_AT_HEADER: datetime.now(UTC).isoformat()}
     with telemetry.producer_span(envelope.routing_key, headers):
         send = functools.partial(
             producer.publish,
             envelope.body,
-            exchange=topology.exchange,
+            # An Exchange, not "": kombu reads an empty name as "the producer's exchange".
+            exchange=DEFAULT_EXCHANGE if to_queue else topology.exchange,
             routing_key=envelope.routing_key,
             headers=headers,
             content_type=CONTENT_TYPE,
