@@ -188,16 +188,21 @@ class Client:
         )
 
     def goal(self, goal_id: str) -> GoalHandle:
-        """Return a handle on an existing goal (NotFound if there is none)."""
+        """Return a handle on an existing goal, named whole or by a unique prefix.
+
+        The handle holds the goal's whole id. NotFound if there is none.
+        """
         current = self.status(goal_id)
-        return GoalHandle(self, goal_id, current.trace_id, duplicate=True)
+        return GoalHandle(self, current.goal_id, current.trace_id, duplicate=True)
 
     def cancel(
         self, goal_id: str, who: str, reason: str = "", roles: frozenset[str] = frozenset()
     ) -> GoalStatus:
-        """Cancel a goal that has not ended, as `who` with `roles` (audited).
+        """Cancel a goal, as `who` with `roles` (audited): no further step of it starts.
 
-        Conflict if it has ended; Forbidden if a rule held its plan for a role `who` lacks.
+        A goal that has not ended, or a rejected or failed one (feedback may plan it again:
+        cancelling stops that). Conflict if it is completed, denied, expired or unplannable;
+        Forbidden if a rule held its plan for a role `who` lacks.
         """
         from plangate.cancellation import cancel_goal
 

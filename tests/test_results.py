@@ -70,6 +70,8 @@ def test_the_seed_goals_findings_are_shown_by_submit_wait_status_and_the_client(
         assert [r.step_id for r in final.results] == ["count", "sla", "notify"]
         assert all(r.duration_ms is not None for r in final.results)
         outputs = client.goal(goal_id).result(timeout=10)
+        # A handle got by a short id holds the whole one (it held the prefix it was given).
+        assert client.goal(goal_id[:8]).goal_id == final.goal_id
     assert outputs["count"] == 128
     assert outputs["sla"] == 100
 

@@ -107,8 +107,10 @@ def cancel(
 
     A goal still being planned, held, approved, running or waiting for a person may be
     cancelled: nothing more of it is decided, and a run starts no further step (steps already
-    running finish). An ended goal cannot be (exit 2). Authenticates like `plangate review`:
-    PLANGATE_REVIEWER_TOKEN or --token-file, through --server URL or the reviewers file.
+    running finish). So may a rejected or failed one, which feedback may plan again:
+    cancelling stops that. A completed, denied, expired or unplannable goal cannot be (exit 2).
+    Authenticates like `plangate review`: PLANGATE_REVIEWER_TOKEN or --token-file, through
+    --server URL or the reviewers file.
     """
     _steer("cancel", goal_id, reason, server, token_file, as_json)
 

@@ -235,7 +235,11 @@ def cancel_goal(
     client: Annotated[Client, Depends(get_client)],
     reviewer: Annotated[Reviewer, Depends(require_reviewer)],
 ) -> GoalState:
-    """Cancel a goal that has not ended: no further step of it starts (409 if it has ended)."""
+    """Cancel a goal: no further step of it starts, and no feedback plans it again.
+
+    A goal that has not ended, or a rejected or failed one; 409 if it is completed, denied,
+    expired or unplannable.
+    """
     client.cancel(goal_id, reviewer.name, body.reason, reviewer.roles)
     return goal_status(goal_id, client)
 
