@@ -16,13 +16,14 @@ MAX_SIGNATURES = 8
 # What a person writes beside a decision or a move (a comment, a reason), however it arrives.
 MAX_COMMENT_CHARS = 2000
 
-# What a submitter keeps with a goal: labels to find it by, not a payload.
+# What a submitter keeps with a goal: labels to find it by, not a payload. (A CloudEvent's
+# source, id and type are kept as three of them.)
 Metadata = Annotated[
     dict[
         Annotated[str, StringConstraints(min_length=1, max_length=100)],
         Annotated[str, StringConstraints(max_length=2000)],
     ],
-    Field(max_length=50),
+    Field(max_length=64),
 ]
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 

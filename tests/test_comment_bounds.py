@@ -55,7 +55,7 @@ def test_a_reason_or_comment_past_the_bound_is_refused_and_nothing_moves(
     ("meta", "said"),
     [
         (["big=" + "y" * 2001], "metadata.big"),
-        ([f"k{index}=v" for index in range(51)], "metadata"),
+        ([f"k{index}=v" for index in range(65)], "metadata"),
         (["k" * 101 + "=v"], "metadata"),
     ],
     ids=["long-value", "many-keys", "long-key"],
@@ -63,7 +63,7 @@ def test_a_reason_or_comment_past_the_bound_is_refused_and_nothing_moves(
 def test_submit_refuses_metadata_past_its_bounds_in_one_line(
     tmp_path: Path, meta: list[str], said: str
 ) -> None:
-    """Given `plangate submit` with a metadata value over 2,000 characters, 51 labels, or a key
+    """Given `plangate submit` with a metadata value over 2,000 characters, 65 labels, or a key
     over 100 characters,
     Then it exits 2 with one line naming the field, and stores no goal.
     """

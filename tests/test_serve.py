@@ -349,3 +349,35 @@ def test_with_an_intake_token_reviewers_still_list_follow_and_cancel_goals(clien
         assert call(f"{url}/api/v1/goals", headers=intake)[0] == 401
         cancelled = call(f"{goal}/cancel", "POST", b"{}", {**alice, "Content-Type": JSON})
         assert cancelled[0] in (200, 409), cancelled
+
+
+def labelled_event(labels: int) -> bytes:
+    metadata = {f"label{index}": "x" for index in range(labels)}
+    event = json.loads(structured_event(uuid.uuid4().hex, "count open tickets"))
+    event["data"]["metadata"] = metadata
+    return json.dumps(event).encode()
+
+
+def test_a_cloudevent_may_carry_as_many_labels_as_a_plain_goal(base_url: str) -> None:
+    """Given CloudEvents whose data holds 61 labels (with the event's source, id and type, which
+    are kept too, 64), and one holding 62,
+    Then the first makes a goal and the second is refused naming the limit; the event's three
+    labels were counted against the submitter's 50, so 48 were refused and the error spoke
+    of a 51st label nobody sent.
+    """
+    status, _, answer = post_structured(base_url, labelled_event(61))
+    assert status == 201, answer
+
+    status, _, answer = post_structured(base_url, labelled_event(62))
+    assert status == 422, answer
+    assert "at most 64 items" in json.dumps(answer)
+
+
+def test_an_event_with_base64_data_is_told_to_send_json_data(base_url: str) -> None:
+    event = json.loads(structured_event(uuid.uuid4().hex))
+    del event["data"]
+    event["data_base64"] = "eyJ0ZXh0IjogImhpIn0="
+    status, _, answer = post_structured(base_url, json.dumps(event).encode())
+
+    assert status == 422, answer
+    assert "not `data_base64`" in json.dumps(answer)

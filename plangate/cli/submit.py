@@ -111,7 +111,7 @@ def submit(
         list[str] | None,
         typer.Option(
             metavar="KEY=VALUE",
-            help="Metadata (repeatable; at most 50, values up to 2000 characters).",
+            help="Metadata (repeatable; at most 64, values up to 2000 characters).",
         ),
     ] = None,
 ) -> None:

@@ -41,8 +41,8 @@ class GoalRequest(BaseModel):
     text: str = Field(min_length=1, max_length=10_000, description="What you want done.")
     metadata: Metadata = Field(
         default_factory=dict,
-        description="Kept with the goal: at most 50 labels, keys up to 100 characters, values "
-        "up to 2000.",
+        description="Kept with the goal: at most 64 labels (a CloudEvent's source, id and type "
+        "take three), keys up to 100 characters, values up to 2000.",
     )
     idempotency_key: str | None = Field(
         default=None,
@@ -125,7 +125,9 @@ def _event_goal(headers: dict[str, str], body: bytes) -> GoalRequest:
     data = event.get_data()
     if not isinstance(data, dict):
         raise ApiError(
-            422, 'the event\'s data must be a JSON object: {"text": "what you want done"}'
+            422,
+            "the event's data must be a JSON object, as `data` (not `data_base64`): "
+            '{"text": "what you want done"}',
         )
     key = f"{event.get_source()}/{event.get_id()}"
     if len(key) > _KEY_LIMIT:
