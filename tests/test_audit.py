@@ -208,6 +208,8 @@ def test_audit_export_filters_by_goal_and_time_and_writes_csv(
 
 
 def checkpoint(pipeline: Pipeline, signer: Signer | None = None) -> None:
+    """Seal the chains as the gate does: signed with its key."""
+    signer = signer or load_or_create_signer(pipeline.settings)
     with pipeline.store.session() as session:
         assert audit_checkpoints.write(session, signer) is not None
 
@@ -463,3 +465,24 @@ def test_verify_of_a_log_no_checkpoint_seals_warns_that_removals_would_not_show(
     assert result.returncode == 0, result.stderr
     assert "no checkpoint seals these chains" in " ".join(result.stderr.split())
     assert "--against FILE" in result.stderr
+
+
+def test_a_checkpoint_stripped_of_its_signature_does_not_seal_a_rewritten_log(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a run sealed by a signed checkpoint,
+    When an entry is rewritten and every hash after it recomputed (chain, head, checkpoint),
+    with the checkpoint's signature set to NULL (which needs no key),
+    Then `plangate audit verify` exits 1 naming the unsigned checkpoint; it said "intact", as
+    an unsigned checkpoint's signature was not checked at all.
+    """
+    checkpoint(pipeline)
+    run_sql(pipeline, "UPDATE audit_checkpoints SET signature = NULL")
+
+    keys = TrustedKeys([load_or_create_signer(pipeline.settings).public_key])
+    report = audit.verify(pipeline.store, keys=keys)
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert report.problem == "checkpoint 1 is not signed, as every checkpoint plangate writes is"
+    assert verified.returncode == 1, verified.stderr
+    assert "checkpoint 1 is not signed" in verified.stderr

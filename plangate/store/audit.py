@@ -177,7 +177,7 @@ def verify(store: Store, *, keys: TrustedKeys | None = None, batch: int = 2000) 
     entries commit in order (each append holds the chain's head), so a walk beside running
     writers never sees a gap that is not one. Each chain must reach the head recorded for it
     (read before the walk) and every head a checkpoint sealed. Of several breaks, the one
-    earliest in the log is reported. With `keys`, signed checkpoints' signatures are checked.
+    earliest in the log is reported. With `keys`, every checkpoint must be signed by one.
     """
     from plangate.store import audit_checkpoints
 

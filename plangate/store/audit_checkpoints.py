@@ -130,7 +130,7 @@ class Sealed:
 def sealed_heads(store: Store, keys: TrustedKeys | None = None) -> Sealed:
     """Replay every checkpoint in order, checking its link, its hash, its digest.
 
-    With `keys`, a signed checkpoint's signature is checked too.
+    With `keys`, every checkpoint's signature is checked too (an unsigned one fails).
     """
     sealed = Sealed()
     prev_hash = GENESIS
@@ -166,9 +166,13 @@ def _problem(
         return f"{name}'s content does not match its hash"
     if (len(heads), heads_digest(heads)) != (checkpoint.chains, checkpoint.heads_digest):
         return f"{name}'s chain heads were changed"
-    if keys is not None and checkpoint.signature is not None:
-        return _signature_problem(name, checkpoint, keys)
-    return None
+    if keys is None:
+        return None
+    if checkpoint.signature is None:
+        # Every checkpoint a gate or `plangate audit checkpoint` writes is signed: one without a
+        # signature is what a rewrite of the chains would leave, lacking the gate's key.
+        return f"{name} is not signed, as every checkpoint plangate writes is"
+    return _signature_problem(name, checkpoint, keys)
 
 
 def _signature_problem(name: str, checkpoint: AuditCheckpointRow, keys: TrustedKeys) -> str | None:
