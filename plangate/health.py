@@ -74,6 +74,16 @@ def _handler_for(
     return HealthHandler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a failure as a record (the standard one prints a traceback on stderr)."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the prober gave up before the answer (its own timeout): nothing to say
+        log.exception("the health endpoint failed on a request")
+
+
 class HealthServer:
     """`/healthz` and `/readyz` on a daemon thread, answered from two checks.
 
@@ -89,8 +99,7 @@ class HealthServer:
         ready: Readiness,
         metrics: Exposition | None = None,
     ) -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler_for(alive, ready, metrics))
-        self._server.daemon_threads = True
+        self._server = _Server((host, port), _handler_for(alive, ready, metrics))
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="plangate-health", daemon=True
         )

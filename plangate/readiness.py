@@ -14,15 +14,17 @@ from sqlalchemy.exc import SQLAlchemyError
 from plangate.bus import Bus
 from plangate.errors import PlangateError
 from plangate.store import Store
-from plangate.store.schema import current_revision, mismatch
+from plangate.store.schema import mismatch
 
 log = logging.getLogger(__name__)
 
 
 def not_ready(store: Store, bus: Bus | None = None) -> str | None:
     """Return why this process is not ready, or None if it is."""
+    if store.file_gone:
+        return "the database file is no longer at its path"
     try:
-        current = current_revision(store.engine)
+        current = store.revision()  # a read: a writer holding the lock must not stall it
     except SQLAlchemyError as exc:
         log.warning("readiness: the store does not answer (%s)", type(exc).__name__)
         return "the store does not answer"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sqlite3
 import threading
 import urllib.error
 import urllib.request
@@ -245,3 +246,65 @@ def test_a_log_level_is_read_in_any_case() -> None:
 def test_the_aliases_python_logging_takes_are_taken(given: str, level: str) -> None:
     """WARN and FATAL worked before the level was checked: a deployment setting them starts."""
     assert Settings(data_dir=Path("/nonexistent"), log_level=given).log_level == level
+
+
+def test_readiness_reads_the_store_while_another_process_holds_its_write_lock(
+    tmp_path: Path,
+) -> None:
+    """Given a SQLite store whose write lock another process holds (a long write, a backup),
+    Then readiness still reads the schema's revision and says ready; it asked for the write
+    lock, so `/readyz` hung for the busy timeout (30 s) and then said the store did not answer.
+    """
+    settings = Settings(data_dir=tmp_path, broker_url="memory://", namespace="locked")
+    store = open_store(settings.resolved_database_url())
+    holder = sqlite3.connect(tmp_path / "plangate.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        assert not_ready(store) is None
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        store.close()
+
+
+def test_readiness_says_when_the_database_file_left_its_path(tmp_path: Path) -> None:
+    """Given a SQLite store whose file is moved away while the process runs,
+    Then it is not ready, saying so; its open connections still wrote to the moved file while
+    every other process found no database at the path, and `/readyz` said ok.
+    """
+    settings = Settings(data_dir=tmp_path, broker_url="memory://", namespace="moved")
+    store = open_store(settings.resolved_database_url())
+    try:
+        assert not_ready(store) is None
+        (tmp_path / "plangate.db").rename(tmp_path / "elsewhere.db")
+        assert not_ready(store) == "the database file is no longer at its path"
+    finally:
+        store.close()
+
+
+def test_a_prober_that_hangs_up_early_leaves_no_traceback(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Given a readiness check that takes a moment, and a prober that hangs up before it ends,
+    Then the server goes on answering and writes nothing to stderr; the standard server
+    printed a BrokenPipeError traceback in the middle of the JSON log.
+    """
+    entered, release = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        entered.set()
+        release.wait(5)
+
+    server = HealthServer("127.0.0.1", 0, lambda: True, slow).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as prober:
+            prober.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            prober.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert entered.wait(5)
+        release.set()  # the answer now meets a connection reset
+        assert get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200
+    finally:
+        server.close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -65,6 +65,20 @@ class Store:
         self._kept = KeptSessions(engine, self._sessions, kept_threads) if kept_threads else None
         self._begin = self._kept.begin if self._kept is not None else self._sessions.begin
 
+    def revision(self) -> str | None:
+        """Return the schema revision the database is at, reading only (no write lock)."""
+        return schema.current_revision(self.engine.execution_options(**{READS_ONLY: True}))
+
+    @property
+    def file_gone(self) -> bool:
+        """Say whether the SQLite file this store opened is no longer at its path.
+
+        Its connections still reach the file moved or deleted (they hold it open), while every
+        other process opening the path finds none: the store is not the one configured.
+        """
+        database = self.engine.url.database
+        return _on_sqlite_file(self.engine.url) and not Path(str(database)).exists()
+
     @property
     def serialises_writes(self) -> bool:
         """Say whether every writing transaction takes one write lock in turn (SQLite).
