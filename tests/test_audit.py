@@ -486,3 +486,29 @@ def test_a_checkpoint_stripped_of_its_signature_does_not_seal_a_rewritten_log(
     assert report.problem == "checkpoint 1 is not signed, as every checkpoint plangate writes is"
     assert verified.returncode == 1, verified.stderr
     assert "checkpoint 1 is not signed" in verified.stderr
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "UPDATE audit_checkpoints SET signature = 'not json'",
+        "UPDATE audit_chains SET seq = 'abc'",
+    ],
+    ids=["signature-not-json", "text-in-a-number"],
+)
+def test_a_row_holding_what_plangate_never_writes_is_a_broken_log_not_a_traceback(
+    pipeline: Pipeline, completed_run: str, edit: str
+) -> None:
+    """Given a sealed run whose checkpoint's signature, or a chain's head, is edited in SQL to
+    a value of another type,
+    Then `plangate audit verify` exits 1 saying a row holds what plangate never writes; it
+    printed a traceback (JSONDecodeError, TypeError).
+    """
+    checkpoint(pipeline)
+    run_sql(pipeline, edit)
+
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert verified.returncode == 1, verified.stderr
+    assert "audit log broken: a row holds what plangate never writes" in verified.stderr
+    assert "Traceback" not in verified.stderr

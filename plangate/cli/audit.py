@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
+from plangate.cli.printable import printable
 from plangate.errors import ConfigError, NotFound, quoted
 
 if TYPE_CHECKING:
@@ -82,7 +83,17 @@ def audit_verify(
     settings = load_settings()
     store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
     trusted = _trusted(keys or [])
-    report = audit.verify(store, keys=trusted if len(trusted) else None)
+    try:
+        report = audit.verify(store, keys=trusted if len(trusted) else None)
+    except (ValueError, TypeError, LookupError) as exc:
+        # A value of a type plangate never writes there (text in a number column, a signature
+        # that is not JSON): the rows were changed outside plangate.
+        said = f"{type(exc).__name__}: {exc}"
+        err_console.print(
+            "[red]audit log broken[/]: a row holds what plangate never writes "
+            f"({escape(printable(said[:200]))}); it was changed outside plangate"
+        )
+        raise typer.Exit(EXIT_FAILED) from None
     if report.ok and report.checkpoints and not len(trusted):
         # Not a break: with no key, what sealed the chains cannot be told from a forgery.
         raise ConfigError(
