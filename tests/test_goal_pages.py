@@ -123,3 +123,25 @@ def test_held_plans_show_their_tools_writes_role_time_left_and_the_holds_record(
     assert page.inner_text("#hold-role") == "any reviewer"
     assert page.inner_text("#hold-policy")
     assert "UTC" in page.inner_text("#hold-expires")
+
+
+def test_text_that_reads_as_other_text_is_shown_with_its_escapes(
+    page: Any,  # noqa: F811
+    client: Client,  # noqa: F811
+) -> None:
+    """Given a held goal whose text holds a right-to-left override and a zero-width space
+    (`EVIL\\u202eEMCA` reads as `EVILACME`),
+    When alice opens it by its short id, as the docs say she may,
+    Then the page shows both characters as their escapes, as `plangate status` does; the page
+    showed them as they are, and the short id answered 500.
+    """
+    text = SEED_GOAL + " for vendor EVIL\u202eEMCA and ZW\u200bCORP"
+    held = client.submit(text).wait(timeout=30, until={"held"})
+
+    answer = page.goto(f"/goals/{held.goal_id[:8]}")
+
+    assert answer.status == 200
+    shown = page.inner_text("#goal-text")
+    assert "EVIL\\u202eEMCA" in shown
+    assert "ZW\\u200bCORP" in shown
+    assert "\u202e" not in page.content()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plangate.cli.printable import printable
+from plangate.printable import printable
 from plangate.redaction import REDACTED, quoted, redact_json, register_secret
 
 

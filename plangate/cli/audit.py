@@ -15,8 +15,8 @@ import typer
 from rich.markup import escape
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
-from plangate.cli.printable import printable
 from plangate.errors import ConfigError, NotFound, quoted
+from plangate.printable import printable
 
 if TYPE_CHECKING:
     from plangate.signing import TrustedKeys

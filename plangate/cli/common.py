@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from plangate.addresses import broker_scheme
-from plangate.cli.printable import printable
 from plangate.config import Settings, settings_error
 from plangate.errors import (
     BrokerUnavailable,
@@ -30,6 +29,7 @@ from plangate.errors import (
     ToolLoadError,
     Unavailable,
 )
+from plangate.printable import printable
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -18,8 +18,8 @@ from plangate.cli.common import (
     group,
     load_settings,
 )
-from plangate.cli.printable import printable
 from plangate.errors import ConfigError, quoted
+from plangate.printable import printable
 
 if TYPE_CHECKING:
     from plangate.bus import Bus

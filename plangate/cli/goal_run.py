@@ -25,10 +25,10 @@ from plangate.cli.common import (
     EXIT_REFUSED,
     EXIT_USAGE,
 )
-from plangate.cli.printable import printable
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Forbidden
+from plangate.printable import printable
 from plangate.store import DecisionRow, GoalRow, PlanRow
 from planner_worker.replan import FeedbackSource, replan_expected
 from schemas import (

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from plangate.cli import render
-from plangate.cli.printable import printable
+from plangate.printable import printable
 
 if TYPE_CHECKING:
     from approval_gate.review import HeldPlan

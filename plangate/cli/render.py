@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from plangate.cli.printable import printable
+from plangate.printable import printable
 from schemas import Catalog, Decision, Plan, StepFinished, StepPreview
 
 _ACTION_STYLE = {

@@ -22,9 +22,9 @@ from plangate.cli.common import (
     require_shared_broker,
     warn_broker_unreachable,
 )
-from plangate.cli.printable import printable
 from plangate.cli.render import json_default
 from plangate.errors import quoted
+from plangate.printable import printable
 
 if TYPE_CHECKING:
     from plangate.client import GoalHandle, GoalStatus

@@ -1,10 +1,11 @@
-r"""Text from elsewhere made safe to print on a person's terminal.
+r"""Text from elsewhere made safe to show a person, on a terminal or a page.
 
 Goal texts are anyone's, plan words an LLM's, tool outputs an outside system's. Printed as
 they are, a control character in them is obeyed by the terminal: an escape sequence clears
-the screen, retitles the window or rewrites what was shown above it, and a bidirectional
-override reorders what a reviewer reads. Each such character is shown as its escape instead
-(`\x1b`, `\u202e`); line breaks and tabs stay.
+the screen, retitles the window or rewrites what was shown above it; and on a terminal or a
+page, a bidirectional override reorders what a reviewer reads (`EVIL\u202eEMCA` reads as
+`EVILACME`) and a zero-width space hides in a name. Each such character is shown as its escape
+instead (`\x1b`, `\u202e`); line breaks and tabs stay.
 """
 
 from __future__ import annotations
