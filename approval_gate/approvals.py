@@ -11,6 +11,8 @@ executor checks against the hold's number.
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -23,10 +25,12 @@ from approval_gate.holds import (
 )
 from plangate.errors import Conflict, Forbidden
 from plangate.reviewers import approval_proof
-from plangate.store import GoalRow, HoldRow, PlanRow, ReviewerApprovalRow
+from plangate.store import GoalRow, HoldRow, PlanRow, ReviewerApprovalRow, audit
 from plangate.store.claims import insert_if_absent
 from plangate.store.plan_revision import PlanRevision
 from schemas import utcnow
+
+log = logging.getLogger(__name__)
 
 
 def approvals_required(hold: HoldRow | None) -> int:
@@ -84,24 +88,19 @@ class TooFewApprovers(Forbidden):
         self.refused = refused
 
 
-def checked_approvers(
-    session: Session, plan: PlanRevision, hold: HoldRow | None, check: ApproverCheck
-) -> list[str]:
-    """Return the approvers of this revision that the hold allows; Forbidden if too few.
+def counted_approvers(
+    session: Session, plan: PlanRevision | PlanRow, hold: HoldRow | None, check: ApproverCheck
+) -> tuple[list[str], list[tuple[ReviewerApprovalRow, str]]]:
+    """Return who of this revision's approvers count, in order, and those who do not (and why).
 
-    The gate calls this before it signs: each recorded approval is checked again, whatever
-    process recorded it: whose it is and their roles (`check`), then the hold's bars.
+    Each recorded approval is checked, whatever process recorded it: whose it is and their
+    roles (`check`), then the hold's bars. The gate counts so before it signs; `serve` and the
+    CLI count so too, so that they never say "released" of a plan the gate will not release.
     """
     goal = session.get_one(GoalRow, plan.goal_id)
-    rows = session.execute(
-        select(ReviewerApprovalRow).where(
-            ReviewerApprovalRow.plan_id == plan.plan_id,
-            ReviewerApprovalRow.plan_hash == plan.plan_hash,
-        )
-    ).scalars()
-    allowed = []
-    refused = []
-    for row in sorted(rows, key=lambda r: (r.created_at, r.reviewer)):
+    allowed: list[str] = []
+    refused: list[tuple[ReviewerApprovalRow, str]] = []
+    for row in sorted(_approvals(session, plan), key=lambda r: (r.created_at, r.reviewer)):
         try:
             roles = check.roles(row)
             check_reviewer(hold, plan.plan_id, row.reviewer, roles, "approve")
@@ -111,6 +110,45 @@ def checked_approvers(
             refused.append((row, f"{row.reviewer}'s does not count ({refusal})"))
             continue
         allowed.append(row.reviewer)
+    return allowed, refused
+
+
+def withdraw_void_approval(
+    session: Session, plan: PlanRow, reviewer: str, check: ApproverCheck
+) -> None:
+    """Remove `reviewer`'s approval of this revision if it counts no more: they may approve again.
+
+    Made with a token since replaced (`reviewers remove`, then `add`), the gate refuses it;
+    and a second approval was refused as one already given.
+    """
+    for row in _approvals(session, plan):
+        if row.reviewer == reviewer:
+            try:
+                check.roles(row)
+            except Forbidden:
+                session.delete(row)
+                session.flush()
+
+
+def _approvals(session: Session, plan: PlanRevision | PlanRow) -> list[ReviewerApprovalRow]:
+    return list(
+        session.execute(
+            select(ReviewerApprovalRow).where(
+                ReviewerApprovalRow.plan_id == plan.plan_id,
+                ReviewerApprovalRow.plan_hash == plan.plan_hash,
+            )
+        ).scalars()
+    )
+
+
+def checked_approvers(
+    session: Session, plan: PlanRevision, hold: HoldRow | None, check: ApproverCheck
+) -> list[str]:
+    """Return the approvers of this revision that the hold allows; Forbidden if too few.
+
+    The gate calls this before it signs (see `counted_approvers`).
+    """
+    allowed, refused = counted_approvers(session, plan, hold, check)
     needed = approvals_required(hold)
     if len(allowed) < needed:
         # Those counted cannot approve again: say that the rest must come from others.
@@ -128,3 +166,24 @@ def progress(approvers: list[str], needed: int) -> str:
     """Return how far a revision's approval is, as people read it: "1 of 2 approvals (alice)"."""
     named = f" ({', '.join(approvers)})" if approvers else ""
     return f"{len(approvers)} of {needed} approvals{named}"
+
+
+def count_only(
+    session: Session,
+    plan: PlanRow,
+    hold: HoldRow | None,
+    reviewer: str,
+    approvers: list[str],
+    comment: str,
+) -> None:
+    """Audit one approval of several needed, with its comment; the plan stays held."""
+    needed = approvals_required(hold)
+    data = {
+        "plan_id": plan.plan_id,
+        "plan_hash": plan.plan_hash,
+        "approvers": approvers,
+        "needed": needed,
+        "comment": comment,  # redacted and made storable by the audit log, as every string
+    }
+    audit.append(session, "plan.approval_counted", actor=reviewer, goal_id=plan.goal_id, data=data)
+    log.info("plan %s: %s", plan.plan_id, progress(approvers, needed))

@@ -26,7 +26,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from approval_gate.approvals import approvals_required, approvers_of, count_approval, progress
+from approval_gate.approvals import (
+    approvals_required,
+    count_approval,
+    count_only,
+    counted_approvers,
+    progress,
+    withdraw_void_approval,
+)
+from approval_gate.approvers import ApproverCheck, RecordedApprovers
 from approval_gate.decisions import follow_decision, hand_to_gate, record_decision
 from approval_gate.expiry import expires_at
 from approval_gate.holds import (
@@ -99,15 +107,20 @@ class Review:
     """Decisions by people on held plans, recorded and followed like policy decisions."""
 
     def __init__(
-        self, store: Store, hold_ttl: timedelta = DEFAULT_HOLD_TTL, catalog: Catalog | None = None
+        self,
+        store: Store,
+        hold_ttl: timedelta = DEFAULT_HOLD_TTL,
+        catalog: Catalog | None = None,
+        approvers: ApproverCheck | None = None,
     ) -> None:
         self._store = store
         self._hold_ttl = hold_ttl  # for plans held before holds were recorded
         self._catalog = catalog  # an edit is validated against it (default: the store's)
+        self._approvers = approvers or RecordedApprovers()  # which approvals count, as the gate
 
     def with_catalog(self, catalog: Catalog) -> Review:
         """Return this review validating edits against `catalog` (the tools a process loaded)."""
-        return Review(self._store, self._hold_ttl, catalog)
+        return Review(self._store, self._hold_ttl, catalog, self._approvers)
 
     def held(self) -> list[HeldPlan]:
         """Return every plan revision waiting for a person, oldest first."""
@@ -249,7 +262,7 @@ class Review:
         preview = None
         if stored is not None and stored.steps is not None:
             preview = [StepPreview.model_validate(step) for step in stored.steps]
-        approvers = tuple(approvers_of(session, plan))
+        approvers = tuple(counted_approvers(session, plan, hold, self._approvers)[0])
         return HeldPlan(
             plan, goal, policy, previous, role, expiry, preview, stored is not None, hold, approvers
         )
@@ -270,10 +283,13 @@ class Review:
             if action == "approve":
                 check_not_submitter(held.hold, held.goal, reviewer)
                 check_not_author(session, held.hold, held.plan, reviewer)
-                approvers = count_approval(session, held.plan, reviewer, roles, key)
+                withdraw_void_approval(session, held.plan, reviewer, self._approvers)
+                count_approval(session, held.plan, reviewer, roles, key)
+                # As the gate will count them: "released" must not be said of a plan it holds.
+                approvers, _ = counted_approvers(session, held.plan, held.hold, self._approvers)
                 needed = approvals_required(held.hold)
                 if len(approvers) < needed:
-                    _count_only(session, held, reviewer, approvers, needed, reason)
+                    count_only(session, held.plan, held.hold, reviewer, approvers, reason)
                     return []
                 if needed > 1:
                     reason = f"{reason}; approved by {', '.join(approvers)}"
@@ -321,21 +337,6 @@ class Review:
         held = self._held(session, goal)
         check_open(held.hold, plan_id, utcnow())
         return held
-
-
-def _count_only(
-    session: Session, held: HeldPlan, reviewer: str, approvers: list[str], needed: int, comment: str
-) -> None:
-    """Audit one approval of several needed, with its comment; the plan stays held."""
-    data = {
-        "plan_id": held.plan.plan_id,
-        "plan_hash": held.plan.plan_hash,
-        "approvers": approvers,
-        "needed": needed,
-        "comment": comment,  # redacted and made storable by the audit log, as every string
-    }
-    audit.append(session, "plan.approval_counted", actor=reviewer, goal_id=held.goal.id, data=data)
-    log.info("plan %s: %s", held.plan.plan_id, progress(approvers, needed))
 
 
 # What the review adds to a step for people to read; an edit sends steps back without them.

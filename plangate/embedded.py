@@ -14,6 +14,7 @@ import time
 from collections.abc import Collection, Mapping
 from types import TracebackType
 
+from approval_gate.approvers import RecordedApprovers
 from approval_gate.review import Review
 from plangate import telemetry
 from plangate.bus import STAGES, Bus
@@ -137,7 +138,9 @@ class Pipeline:
     def review(self) -> Review:
         """The human review service of this pipeline."""
         if self._review is None:
-            review = build_review(self.settings, self.store)
+            # Counting approvals as this pipeline's gate does (`build_handler`).
+            counts = RecordedApprovers() if self._registry is not None else None
+            review = build_review(self.settings, self.store, counts)
             self._review = (
                 review if self._registry is None else review.with_catalog(self._registry.catalog())
             )

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy.orm import Session
 
-from approval_gate.approvers import RecordedApprovers, worker_approvers
+from approval_gate.approvers import ApproverCheck, RecordedApprovers, worker_approvers
 from approval_gate.expiry import expire_held
 from approval_gate.handler import GateHandler
 from approval_gate.notify import WebhookNotifier
@@ -170,9 +170,18 @@ def configured_tools(settings: Settings) -> ToolRegistry:
     return tools
 
 
-def build_review(settings: Settings, store: Store) -> Review:
-    """Return the human review service: it records decisions; it holds no key and no policy."""
-    return Review(store, hold_ttl=timedelta(seconds=settings.hold_ttl_seconds))
+def build_review(
+    settings: Settings, store: Store, approvers: ApproverCheck | None = None
+) -> Review:
+    """Return the human review service: it records decisions; it holds no key and no policy.
+
+    It counts approvals as the gate will (`approvers`): by the reviewers file where there is
+    one (serve, the CLI), else as recorded (the embedded mode, whose gate counts so).
+    """
+    if approvers is None and settings.reviewers_file is not None:
+        approvers = worker_approvers(settings)
+    ttl = timedelta(seconds=settings.hold_ttl_seconds)
+    return Review(store, hold_ttl=ttl, approvers=approvers)
 
 
 def build_expiry(
