@@ -712,6 +712,19 @@ def test_run_ends_at_its_timeout_while_the_model_server_holds_the_planner(cli: C
     assert time.monotonic() - started < 30
 
 
+def slow_playbook(tmp_path: Path, *steps: dict[str, object]) -> Path:
+    """A playbook of `steps` (tools of tests.slow_write_tools) for any goal with "slow" in it."""
+    playbook = tmp_path / "playbook.yaml"
+    playbook.write_text(
+        json.dumps({"playbooks": [{"name": "slow", "pattern": "slow", "steps": list(steps)}]})
+    )
+    return playbook
+
+
+READ = {"id": "r", "tool": "slow_read"}
+WRITE_AFTER_READ = {"id": "w", "tool": "slow_write", "args": {"message": "hello"}, "after": ["r"]}
+
+
 def test_run_ending_at_its_timeout_lets_a_write_in_flight_end_and_records_it(
     cli: Cli, tmp_path: Path
 ) -> None:
@@ -720,13 +733,9 @@ def test_run_ending_at_its_timeout_lets_a_write_in_flight_end_and_records_it(
     Then the run says it waits for the write, and ends once it has ended: the step is
     recorded as succeeded, not left in flight for a person to settle as of unknown outcome.
     """
-    steps = [{"id": "w", "tool": "slow_write", "args": {"message": "hello"}}]
-    playbook = tmp_path / "playbook.yaml"
-    playbook.write_text(
-        json.dumps({"playbooks": [{"name": "w", "pattern": "write", "steps": steps}]})
-    )
+    playbook = slow_playbook(tmp_path, {"id": "w", "tool": "slow_write", "args": {"message": "hi"}})
     env = {"PYTHONPATH": str(ROOT)}
-    args = ["run", "write it", "--yes", "--timeout", "1", "--playbook", str(playbook)]
+    args = ["run", "write it slowly", "--yes", "--timeout", "1", "--playbook", str(playbook)]
     result = cli(*args, "--tools", "tests.slow_write_tools", env=env)
 
     assert result.returncode == EXIT_FAILED, result.stderr
@@ -745,16 +754,9 @@ def test_run_giving_up_at_its_timeout_starts_no_further_step(cli: Cli, tmp_path:
     ran on until stopped, so the write started after the run had said it gave up (and a plan
     approved in time was carried out whole: a script retrying on exit 1 wrote twice).
     """
-    steps = [
-        {"id": "r", "tool": "slow_read"},
-        {"id": "w", "tool": "slow_write", "args": {"message": "hello"}, "after": ["r"]},
-    ]
-    playbook = tmp_path / "playbook.yaml"
-    playbook.write_text(
-        json.dumps({"playbooks": [{"name": "rw", "pattern": "read", "steps": steps}]})
-    )
+    playbook = slow_playbook(tmp_path, READ, WRITE_AFTER_READ)
     env = {"PYTHONPATH": str(ROOT)}
-    args = ["run", "read then write", "--yes", "--timeout", "1", "--playbook", str(playbook)]
+    args = ["run", "slow read then write", "--yes", "--timeout", "1", "--playbook", str(playbook)]
     result = cli(*args, "--tools", "tests.slow_write_tools", env=env)
 
     assert result.returncode == EXIT_FAILED, result.stderr
@@ -790,15 +792,8 @@ def test_ctrl_c_while_a_read_runs_starts_no_write_after_it(cli: Cli, tmp_path: P
     user; the run said the goal was "left running, and nothing carries it on" while the
     stages, let finish their work, went on to run the write.
     """
-    steps = [
-        {"id": "r", "tool": "slow_read"},
-        {"id": "w", "tool": "slow_write", "args": {"message": "hello"}, "after": ["r"]},
-    ]
-    playbook = tmp_path / "playbook.yaml"
-    playbook.write_text(
-        json.dumps({"playbooks": [{"name": "rw", "pattern": "read", "steps": steps}]})
-    )
-    args = ["run", "read then write", "--yes", "--playbook", str(playbook)]
+    playbook = slow_playbook(tmp_path, READ, WRITE_AFTER_READ)
+    args = ["run", "slow read then write", "--yes", "--playbook", str(playbook)]
     with subprocess.Popen(
         [sys.executable, "-m", "plangate", *args, "--tools", "tests.slow_write_tools"],
         stdin=subprocess.DEVNULL,

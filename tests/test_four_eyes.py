@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -496,6 +497,34 @@ def test_over_processes_approvals_recorded_with_a_reviewers_file_of_ones_own_rel
     assert len((fleet.folder / "notifications.jsonl").read_text().splitlines()) == 1
 
 
+@dataclass
+class HeldPage:
+    """The seed goal held for two approvals from finance in a fleet, and its reviewers' tokens."""
+
+    fleet: Fleet
+    team: Path
+    tokens: dict[str, str]
+    goal_id: str
+    plan_id: str
+
+    def approve(self, name: str) -> str:
+        """`plangate review approve` with `name`'s token; return what it printed."""
+        done = self.fleet.plangate(
+            "review", "approve", self.plan_id, PLANGATE_REVIEWER_TOKEN=self.tokens[name]
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+
+def held_page(fleet: Fleet, *names: str) -> HeldPage:
+    team = fleet.folder / "reviewers.yaml"
+    tokens = {n: add_reviewer(team, n, ["finance"]) for n in names}
+    submitted = fleet.plangate("submit", SEED_GOAL, "--json")
+    goal_id = json.loads(submitted.stdout)["goal_id"]
+    plan_id = str(wait_until(fleet, goal_id, {"held"})["plan_id"])
+    return HeldPage(fleet, team, tokens, goal_id, plan_id)
+
+
 @pytest.mark.redis
 def test_over_processes_the_approval_of_a_reviewer_removed_since_counts_no_more(
     fleet: Fleet,
@@ -506,26 +535,16 @@ def test_over_processes_the_approval_of_a_reviewer_removed_since_counts_no_more(
     and the gate then refused it, bob being no longer in its reviewers file);
     When dave approves too, Then carol's and dave's release it.
     """
-    team = fleet.folder / "reviewers.yaml"
-    tokens = {n: add_reviewer(team, n, ["finance"]) for n in ("bob", "carol", "dave")}
-    submitted = fleet.plangate("submit", SEED_GOAL, "--json")
-    goal_id = json.loads(submitted.stdout)["goal_id"]
-    plan_id = str(wait_until(fleet, goal_id, {"held"})["plan_id"])
-
-    def approve(name: str) -> str:
-        done = fleet.plangate("review", "approve", plan_id, PLANGATE_REVIEWER_TOKEN=tokens[name])
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    approve("bob")
-    remove_reviewer(team, "bob")
-    assert "1 of 2 approvals (carol); 1 more needed" in approve("carol")
-    assert status_of(fleet, goal_id)["status"] == "held"
+    page = held_page(fleet, "bob", "carol", "dave")
+    page.approve("bob")
+    remove_reviewer(page.team, "bob")
+    assert "1 of 2 approvals (carol); 1 more needed" in page.approve("carol")
+    assert status_of(fleet, page.goal_id)["status"] == "held"
     assert not (fleet.folder / "notifications.jsonl").exists()
 
-    approve("dave")
-    assert wait_until(fleet, goal_id, {"completed", "failed"})["status"] == "completed"
-    assert signed_store_approvers(fleet, plan_id) == ("carol", "dave")
+    page.approve("dave")
+    assert wait_until(fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
+    assert signed_store_approvers(fleet, page.plan_id) == ("carol", "dave")
 
 
 def signed_store_approvers(fleet: Fleet, plan_id: str) -> tuple[str, ...]:
@@ -616,22 +635,12 @@ def test_over_processes_a_reviewer_given_a_new_token_may_approve_again(fleet: Fl
     plan was released);
     When carol approves, Then bob's and carol's release it.
     """
-    team = fleet.folder / "reviewers.yaml"
-    tokens = {n: add_reviewer(team, n, ["finance"]) for n in ("bob", "carol")}
-    submitted = fleet.plangate("submit", SEED_GOAL, "--json")
-    goal_id = json.loads(submitted.stdout)["goal_id"]
-    plan_id = str(wait_until(fleet, goal_id, {"held"})["plan_id"])
+    page = held_page(fleet, "bob", "carol")
+    page.approve("bob")
+    remove_reviewer(page.team, "bob")
+    page.tokens["bob"] = add_reviewer(page.team, "bob", ["finance"])
+    assert "1 of 2 approvals (bob); 1 more needed" in page.approve("bob")
 
-    def approve(name: str) -> str:
-        done = fleet.plangate("review", "approve", plan_id, PLANGATE_REVIEWER_TOKEN=tokens[name])
-        assert done.returncode == 0, done.stdout + done.stderr
-        return done.stdout
-
-    approve("bob")
-    remove_reviewer(team, "bob")
-    tokens["bob"] = add_reviewer(team, "bob", ["finance"])
-    assert "1 of 2 approvals (bob); 1 more needed" in approve("bob")
-
-    approve("carol")
-    assert wait_until(fleet, goal_id, {"completed", "failed"})["status"] == "completed"
-    assert signed_store_approvers(fleet, plan_id) == ("bob", "carol")
+    page.approve("carol")
+    assert wait_until(fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
+    assert signed_store_approvers(fleet, page.plan_id) == ("bob", "carol")
