@@ -21,7 +21,7 @@ from opentelemetry.trace import Span
 from executor_worker.output_bounds import MAX_OUTPUT_BYTES, json_size, kept_error, oversize_note
 from executor_worker.tool_threads import ToolThreads
 from plangate import metrics, telemetry
-from plangate.errors import OutcomeUnknown, ToolError
+from plangate.errors import OutcomeUnknown, OutputUnusable, ToolError
 from plangate.redaction import redact_json
 from plangate.tools import Tool, ToolContext
 from schemas import Plan, Step
@@ -307,8 +307,18 @@ def invoke(
         span.set_attribute("gen_ai.tool.call.arguments", json.dumps(args, default=str))
     try:
         output = _call_within_deadline(tool, args, context)
-    except ToolError as exc:
+    except Exception as exc:  # a ToolError; anything else is a fault of the tool's wrapping
         span.set_attribute("error.type", type(exc).__name__)
+        if not isinstance(exc, ToolError):
+            # Not left to stop the run (the plan dead-lettered, a write's claim held for
+            # ever): the call was made, so a write may have taken effect.
+            said = f"tool {tool.name}'s answer could not be read ({type(exc).__name__})"
+            exc = OutcomeUnknown(said) if tool.spec.effect == "write" else ToolError(said)
+        if isinstance(exc, OutputUnusable) and tool.spec.effect == "write":
+            note = f"{kept_error(str(exc))}; the write took effect, {OUTPUT_NOT_KEPT}"
+            return StepOutcome(
+                step.id, step.tool, "succeeded", error=note, duration_ms=_ms_since(started)
+            )
         status = "unknown" if isinstance(exc, OutcomeUnknown) else "failed"
         # A tool's own error text may quote what a server sent back: redacted before it is
         # stored, announced or shown, and bounded.

@@ -88,6 +88,13 @@ class ToolError(PlangateError):
     """A tool call failed; the step is marked failed with this message."""
 
 
+class OutputUnusable(ToolError):
+    """A tool ran, and what it returned cannot be kept: not JSON, or not its declared type.
+
+    A read fails; a write took effect all the same, and succeeds without its output.
+    """
+
+
 class OutcomeUnknown(ToolError):
     """A call was cut off (a timeout, a dropped connection) after it may have taken effect.
 

@@ -125,10 +125,15 @@ def test_a_tool_without_a_timeout_gets_the_default_deadline(
     assert "0.3 s deadline" in (goal.status_reason or "")
 
 
-def test_a_timeout_that_is_not_positive_is_refused_when_the_tool_is_declared() -> None:
-    with pytest.raises(ToolLoadError, match="timeout must be a positive number"):
+@pytest.mark.parametrize("timeout", [0, float("inf"), float("nan"), "10"], ids=repr)
+def test_a_timeout_that_is_no_deadline_is_refused_when_the_tool_is_declared(
+    timeout: object,
+) -> None:
+    """Zero, infinity (it overflowed the executor's clock at the call), NaN and text are
+    refused where the tool is declared, in one line."""
+    with pytest.raises(ToolLoadError, match="timeout must be a number of seconds above 0"):
 
-        @tool(effect="read", timeout=0)
+        @tool(effect="read", timeout=timeout)  # type: ignore[arg-type]
         def instant() -> int:
             """Never allowed to run."""
             return 0

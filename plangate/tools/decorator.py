@@ -14,12 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic.errors import PydanticUserError
 from pydantic_core import PydanticSerializationError
 
-from plangate.errors import ToolError, ToolLoadError, describe
+from plangate.errors import OutputUnusable, ToolError, ToolLoadError, describe
 from plangate.tools.context import ToolContext
 from schemas.tool_spec import Effect, ToolSpec
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# A deadline past a day is no deadline (and `inf` overflowed the executor's clock).
+MAX_TIMEOUT_SECONDS = 86_400
 
 Preview = Callable[[Mapping[str, Any]], str]
 """Say in one sentence what a call with these (possibly unresolved) arguments would do."""
@@ -164,7 +166,7 @@ class Tool(Generic[P, R]):
         except ToolError:
             raise
         except Exception as exc:
-            raise ToolError(f"tool {self.name} failed: {str(exc) or type(exc).__name__}") from exc
+            raise ToolError(f"tool {self.name} failed: {_said(exc)}") from exc
         return self._to_json(result)
 
     def preview(self, args: Mapping[str, Any]) -> str | None:
@@ -177,12 +179,13 @@ class Tool(Generic[P, R]):
             value = self._output.validate_python(result)
             return self._output.dump_python(value, mode="json")
         except ValidationError as exc:
-            raise ToolError(
+            raise OutputUnusable(
                 f"tool {self.name} returned a value that does not match its return type: "
                 f"{_describe(exc)}"
             ) from exc
-        except PydanticSerializationError as exc:
-            raise ToolError(f"tool {self.name} returned a non-JSON value: {exc}") from exc
+        except (PydanticSerializationError, ValueError) as exc:  # bytes not UTF-8, among others
+            said = f"tool {self.name} returned a non-JSON value: {_said(exc)}"
+            raise OutputUnusable(said) from exc
 
 
 def tool(
@@ -216,9 +219,22 @@ def tool(
 
 
 def _checked_timeout(timeout: float | None, name: str) -> float | None:
-    if timeout is not None and not timeout > 0:
-        raise ToolLoadError(f"tool {name!r}: timeout must be a positive number of seconds")
+    if timeout is None:
+        return None
+    if not isinstance(timeout, int | float) or not 0 < timeout <= MAX_TIMEOUT_SECONDS:
+        raise ToolLoadError(
+            f"tool {name!r}: timeout must be a number of seconds above 0 and at most "
+            f"{MAX_TIMEOUT_SECONDS} (a day), not {timeout!r}"
+        )
     return timeout
+
+
+def _said(exc: BaseException) -> str:
+    """Return an exception's message, or its type's name if it has none (or cannot say it)."""
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:  # a tool's own exception class whose __str__ fails
+        return type(exc).__name__
 
 
 def _build_params(

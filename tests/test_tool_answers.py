@@ -1,0 +1,94 @@
+"""A tool's answer plangate cannot keep fails its step in one line; it never stops the run.
+
+Bytes that are not UTF-8, or an exception whose message cannot be said, made the executor's
+handler fail: the plan was retried, then dead-lettered, `plangate run` waited out its timeout,
+and a write that had taken effect kept its claim, `running` for good.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plangate.config import Settings
+from plangate.store import GoalRow, StepRunRow
+from plangate.tools import ToolRegistry, tool
+from tests.support import only_plan, running_pipeline, write_yaml
+
+APPROVE_ALL = {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}]}
+WRITES: list[str] = []
+
+
+class Unsayable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no words")
+
+
+@tool(effect="read")
+def raw_read() -> bytes:
+    """Answer with bytes that are not UTF-8."""
+    return b"\xff\x00abc"
+
+
+@tool(effect="write", idempotent=True)
+def raw_write() -> bytes:
+    """Take effect, then answer with bytes that are not UTF-8."""
+    WRITES.append("written")
+    return b"\xff\xfe raw"
+
+
+@tool(effect="read")
+def unsayable_read() -> int:
+    """Fail with an exception whose message cannot be made."""
+    raise Unsayable()
+
+
+def run_step(settings: Settings, tmp_path: Path, tool_name: str) -> tuple[GoalRow, StepRunRow]:
+    """Run a one-step plan of `tool_name`, approved; return the goal and its step."""
+    playbook = write_yaml(
+        tmp_path / "playbook.yaml",
+        {"playbooks": [{"name": "p", "pattern": "go", "steps": [{"id": "s", "tool": tool_name}]}]},
+    )
+    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
+    registry = ToolRegistry([raw_read, raw_write, unsayable_read])
+    with running_pipeline(
+        settings, playbook_file=playbook, policy_file=policy, registry=registry
+    ) as pipeline:
+        goal = pipeline.wait_for(pipeline.submit("go").goal_id, timeout=10)
+        plan_id = only_plan(pipeline.store, goal.id).plan_id
+        with pipeline.store.session() as session:
+            step = session.query(StepRunRow).filter_by(plan_id=plan_id, step_id="s").one()
+        return goal, step
+
+
+def test_a_read_answering_bytes_that_are_not_text_fails_its_step(
+    settings: Settings, tmp_path: Path
+) -> None:
+    goal, step = run_step(settings, tmp_path, "raw_read")
+
+    assert goal.status == "failed"
+    assert step.status == "failed"
+    assert "tool raw_read returned a non-JSON value" in (step.error or "")
+
+
+def test_a_write_answering_bytes_that_are_not_text_succeeds_without_its_output(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The write took effect: it succeeded, once, and its record says its output was not kept."""
+    WRITES.clear()
+    goal, step = run_step(settings, tmp_path, "raw_write")
+
+    assert goal.status == "completed"
+    assert step.status == "succeeded"
+    assert step.output is None
+    assert "the write took effect, its output was not kept" in (step.error or "")
+    assert WRITES == ["written"]
+
+
+def test_a_read_failing_with_an_exception_that_cannot_say_its_message_fails_its_step(
+    settings: Settings, tmp_path: Path
+) -> None:
+    goal, step = run_step(settings, tmp_path, "unsayable_read")
+
+    assert goal.status == "failed"
+    assert step.status == "failed"
+    assert "tool unsayable_read failed: Unsayable" in (step.error or "")
