@@ -170,3 +170,19 @@ def test_a_langchain_write_with_a_declared_preview_shows_it_in_the_held_plans_dr
         ("notify", "previewed", None, "would page: Ticket count 128 exceeded SLA 100"),
     ]
     assert pages(tmp_path / "notifications.jsonl") == []
+
+
+def test_an_argument_the_tool_does_not_name_is_refused_not_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a LangChain tool with one argument,
+    When it is given a misspelled second one (`mesage`),
+    Then its schema refuses the key (a plan naming it is invalid) and a call is refused; the
+    key was dropped, so a reviewer saw an argument the tool never received.
+    """
+    monkeypatch.setenv("PLANGATE_DEMO_NOTIFICATIONS", str(tmp_path / "pages.jsonl"))
+    wrapped = from_langchain(notify_oncall)
+
+    assert wrapped.spec.args_schema["additionalProperties"] is False
+    with pytest.raises(ToolError, match="mesage: Extra inputs are not permitted"):
+        wrapped.invoke({"message": "hi", "mesage": "typo"}, CONTEXT)

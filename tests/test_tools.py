@@ -101,13 +101,15 @@ def test_spec_is_built_from_the_signature_and_docstring() -> None:
 
 
 def test_spec_uses_a_pydantic_model_parameter_as_the_arguments() -> None:
-    """Given one parameter typed by a model, then the model's schema is the argument schema."""
+    """Given one parameter typed by a model, then the model's schema is the argument schema,
+    closed to keys it does not name."""
 
     @tool(effect="write", name="page", description="Page a team.")
     def page(request: Page) -> str:
         return f"{request.team}:{request.urgent}"
 
-    assert page.spec.args_schema == {"type": "object", **Page.model_json_schema()}
+    expected = {"type": "object", **Page.model_json_schema(), "additionalProperties": False}
+    assert page.spec.args_schema == expected
     assert page.spec.description == "Page a team."
     assert page.invoke({"team": "db", "urgent": True}, CONTEXT) == "db:True"
 
@@ -403,3 +405,49 @@ def test_write_tools_can_preview_for_reviewers() -> None:
         "page the on-call engineer: '${count} > ${sla}'"
     )
     assert demo.ticket_count.preview({}) is None
+
+
+class SearchQuery(BaseModel):
+    text: str
+    limit: int = 10
+
+
+class OpenQuery(BaseModel):
+    model_config = {"extra": "allow"}
+    text: str
+
+
+def test_a_tool_taking_one_model_refuses_an_argument_the_model_does_not_name() -> None:
+    """Given a tool taking one pydantic model (`text`, `limit = 10`),
+    When a plan gives it `limt: 1`,
+    Then the key is refused by its schema and at the call; it was dropped, and the tool ran
+    with `limit` 10 while the reviewer saw 1. A model that allows extra keys keeps them.
+    """
+
+    @tool(effect="read")
+    def search(query: SearchQuery) -> int:
+        """Search."""
+        return query.limit
+
+    @tool(effect="read")
+    def search_open(query: OpenQuery) -> int:
+        """Search, keeping any further key."""
+        return len(query.model_extra or {})
+
+    assert search.spec.args_schema["additionalProperties"] is False
+    with pytest.raises(ToolError, match="limt: Extra inputs are not permitted"):
+        search.invoke({"text": "hi", "limt": 1}, CONTEXT)
+    assert search.invoke({"text": "hi", "limit": 1}, CONTEXT) == 1
+    assert search_open.invoke({"text": "hi", "lang": "en"}, CONTEXT) == 1
+
+
+def test_tags_given_as_one_text_are_refused_not_read_letter_by_letter() -> None:
+    """`tags="destructive"` became the tags d, e, s, ...: the default policy's deny of a
+    destructive write never matched, and the plan was only held."""
+    with pytest.raises(
+        ToolLoadError, match=r"tags must be a list of words \(tags=\['destructive'\]\)"
+    ):
+
+        @tool(effect="write", tags="destructive")
+        def drop_table(table: str) -> None:
+            """Drop a table."""

@@ -81,11 +81,11 @@ class Tool(Generic[P, R]):
             self.spec = ToolSpec(
                 name=tool_name,
                 description=doc if description is None else description,
-                args_schema={"type": "object", **self._params.model.model_json_schema()},
+                args_schema=_args_schema(self._params.model),
                 output_schema=None if returns is Any else self._output.json_schema(),
                 effect=effect,
                 idempotent=idempotent,
-                tags=tuple(tags),
+                tags=_checked_tags(tags, where),
                 output_trust="trusted" if trusted else "untrusted",
             )
         except PydanticUserError as exc:
@@ -118,16 +118,17 @@ class Tool(Generic[P, R]):
         self._preview = preview
         self.timeout = _checked_timeout(timeout, name)
         self.module = module
+        args_model = _closed(args_model)
         self._params = _Params(model=args_model, whole_model="args", fields={}, context=None)
         self._output = TypeAdapter(Any)
         try:
             self.spec = ToolSpec(
                 name=name,
                 description=description,
-                args_schema={"type": "object", **args_model.model_json_schema()},
+                args_schema=_args_schema(args_model),
                 effect=effect,
                 idempotent=idempotent,
-                tags=tuple(tags),
+                tags=_checked_tags(tags, where),
                 output_trust="trusted" if trusted else "untrusted",
             )
         except PydanticUserError as exc:
@@ -229,6 +230,14 @@ def _checked_timeout(timeout: float | None, name: str) -> float | None:
     return timeout
 
 
+def _checked_tags(tags: Iterable[str], where: str) -> tuple[str, ...]:
+    if isinstance(tags, str):  # read letter by letter, `destructive` matched no policy rule
+        raise ToolLoadError(
+            f"{where}: tags must be a list of words (tags=[{tags!r}]), not one text"
+        )
+    return tuple(tags)
+
+
 def _said(exc: BaseException) -> str:
     """Return an exception's message, or its type's name if it has none (or cannot say it)."""
     try:
@@ -269,7 +278,7 @@ def _build_params(
         (only,) = names
         hint = hints[only]
         if isinstance(hint, type) and issubclass(hint, BaseModel):
-            return _Params(model=hint, whole_model=only, fields={}, context=context)
+            return _Params(model=_closed(hint), whole_model=only, fields={}, context=context)
     title = "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name)) + "Args"
     config = ConfigDict(extra="forbid", protected_namespaces=())
     try:
@@ -277,6 +286,31 @@ def _build_params(
     except PydanticUserError as exc:
         raise ToolLoadError(f"{where}: a parameter type has no JSON schema: {exc}") from exc
     return _Params(model=model, whole_model=None, fields=names, context=context)
+
+
+def _closed(model: type[BaseModel]) -> type[BaseModel]:
+    """Return `model` refusing arguments it does not name, unless it says what to do with them.
+
+    Pydantic ignores unknown keys by default: a plan's `limt: 1` passed validation, was shown
+    to the reviewer, and the tool ran with its default `limit` (a LangChain tool's too).
+    """
+    if model.model_config.get("extra") not in (None, "ignore"):
+        return model
+    config = ConfigDict(**{**model.model_config, "extra": "forbid"})
+    namespace = {"model_config": config, "__doc__": model.__doc__, "__module__": model.__module__}
+    closed: type[BaseModel] = type(model.__name__, (model,), namespace)
+    return closed
+
+
+def _args_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """Return a tool's argument schema: an object, closed where its model refuses other keys.
+
+    (A model may write its own schema without saying so: LangChain's do.)
+    """
+    schema = {"type": "object", **model.model_json_schema()}
+    if model.model_config.get("extra") == "forbid":
+        schema.setdefault("additionalProperties", False)
+    return schema
 
 
 def _describe(exc: ValidationError) -> str:
