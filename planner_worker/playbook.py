@@ -82,7 +82,17 @@ def _placeholders(value: Any) -> set[str]:
 
 def _fill(value: Any, groups: dict[str, str]) -> Any:
     if isinstance(value, str):
-        return _PLACEHOLDER.sub(lambda m: groups.get(m.group(1), ""), value)
+        filled = _PLACEHOLDER.sub(lambda m: groups.get(m.group(1), ""), value)
+        # Each value is defanged alone; joined to another, or to a `$` of the playbook's,
+        # goal text could still spell `${...}` (`{{cur}}{{order}}` given `$` and `{note}`).
+        if filled.count("${") > _PLACEHOLDER.sub("\x00", value).count("${"):
+            raise PlanningFailed(
+                [
+                    "the goal's words would make a step reference (`${`) in a step's "
+                    "arguments; say the goal without `$` and `{`"
+                ]
+            )
+        return filled
     if isinstance(value, dict):
         return {key: _fill(item, groups) for key, item in value.items()}
     if isinstance(value, list):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, PlanningFailed
 from planner_worker.playbook import PlaybookPlanner
 from schemas import GoalSubmitted
 
@@ -79,3 +79,25 @@ def test_an_unknown_key_of_an_entry_lists_an_entry_s_keys(tmp_path: Path) -> Non
 
 def test_the_packaged_playbook_loads() -> None:
     assert PlaybookPlanner.load().entries
+
+
+def test_goal_words_joined_into_a_step_reference_are_refused(tmp_path: Path) -> None:
+    """Given a step argument of two placeholders side by side (`{{cur}}{{order}}`),
+    When the goal gives them `$` and `{note}`, which joined spell `${note}`,
+    Then planning fails saying so; each value was defanged alone, and the refund was called
+    with another step's output as its order id.
+    """
+    path = playbook_file(
+        tmp_path,
+        "playbooks:\n"
+        "  - name: refund\n"
+        '    pattern: "refund order (?P<cur>\\\\S)(?P<order>\\\\S+)"\n'
+        "    steps: [{id: pay, tool: notify_oncall, args: {message: '{{cur}}{{order}}'}}]\n",
+    )
+    planner = PlaybookPlanner.load(path)
+    goal = GoalSubmitted(goal_id="g" * 32, text="refund order ${note}")
+
+    with pytest.raises(PlanningFailed, match="would make a step reference"):
+        planner.draft(goal, {})
+    fine = planner.draft(GoalSubmitted(goal_id="g" * 32, text="refund order #42"), {})
+    assert fine.steps[0].args == {"message": "#42"}
