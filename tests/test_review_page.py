@@ -343,3 +343,28 @@ def test_a_login_forged_by_another_site_leaves_the_browser_as_its_reviewer(
 
     assert "A login sent from another site is refused" in refused
     assert "signed in as alice" in " ".join(page.inner_text("body").split())
+
+
+def test_a_refused_edit_keeps_what_the_reviewer_typed_and_long_words_wrap(
+    page: Any, base_url: str, client: Client
+) -> None:
+    """Given a held plan edited to a summary of 1,500 characters without a space,
+    Then its page is no wider than the window (it was 26,000 px wide);
+    When the reviewer then types another summary and steps that are not JSON, and saves,
+    Then the page refuses the edit and shows both fields as typed (the summary was put back
+    as it was, losing what was typed).
+    """
+    goal = held_goal(client)
+    page.goto(f"/reviews/{goal.plan_id}")
+    page.fill("#summary", "x" * 1500)
+    page.click("#edit")
+    page.wait_for_url("**done=edited")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"]
+
+    page.fill("#summary", "typed, then refused")
+    page.fill("#steps-json", "[not json")
+    page.click("#edit")
+
+    assert page.input_value("#summary") == "typed, then refused"
+    assert page.input_value("#steps-json") == "[not json"

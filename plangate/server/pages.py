@@ -225,6 +225,7 @@ def _plan_page(
     problems: list[str] | None = None,
     status: int = 200,
     draft: str | None = None,
+    summary: str | None = None,
 ) -> Response:
     held = desk.review.get(plan_id)
     detail = detail_of(held, desk.catalog())
@@ -241,6 +242,7 @@ def _plan_page(
         "error": error,
         "problems": problems or [],
         "steps_json": draft or json.dumps(editable, indent=2, ensure_ascii=False),
+        "summary_text": detail.summary if summary is None else summary,
     }
     return templates.TemplateResponse(request, "plan.html", context, status_code=status)
 
@@ -275,14 +277,19 @@ def _act(
     web: WebSession,
     form: dict[str, str],
 ) -> Response:
+    # A refused edit shows the form as the reviewer filled it in, summary and steps.
     draft = form.get("steps") if action == "edit" else None
+    summary = form.get("summary") if action == "edit" else None
     if not _keeper(request).csrf_valid(web, form.get("csrf", "")):
         return _plan_page(request, desk, plan_id, web, error=EXPIRED_FORM, status=403)
     try:
         target = _decide(desk, plan_id, action, web.reviewer, form)
     except (Conflict, Forbidden, NotFound, ValueError) as exc:
         status = {Conflict: 409, Forbidden: 403, NotFound: 404}.get(type(exc), 422)
-        return _plan_page(request, desk, plan_id, web, error=str(exc), status=status, draft=draft)
+        said = str(exc)
+        return _plan_page(
+            request, desk, plan_id, web, error=said, status=status, draft=draft, summary=summary
+        )
     except PlanInvalid as exc:
         return _plan_page(
             request,
@@ -293,6 +300,7 @@ def _act(
             problems=[str(p) for p in exc.problems],
             status=422,
             draft=draft,
+            summary=summary,
         )
     done = {"approve": "approved", "reject": "rejected", "edit": "edited"}[action]
     return RedirectResponse(f"/reviews/{target}?done={done}", status_code=303)
