@@ -26,7 +26,8 @@ class ToolRegistry:
         if known is not None and known is not tool:
             raise ToolLoadError(
                 f"two tools are named {tool.name!r}: one in {known.module}, one in {tool.module}; "
-                "rename one with @tool(name=...) or load only one of the modules"
+                "rename one with @tool(name=...) (an MCP server's tools: give it a `prefix`), or "
+                "load only one of them"
             )
         self._tools[tool.name] = tool
 
