@@ -138,9 +138,8 @@ class Pipeline:
     def review(self) -> Review:
         """The human review service of this pipeline."""
         if self._review is None:
-            # Counting approvals as this pipeline's gate does (`build_handler`).
-            counts = RecordedApprovers() if self._registry is not None else None
-            review = build_review(self.settings, self.store, counts)
+            # Counting approvals as this pipeline's gate does: as recorded in this process.
+            review = build_review(self.settings, self.store, RecordedApprovers())
             self._review = (
                 review if self._registry is None else review.with_catalog(self._registry.catalog())
             )
