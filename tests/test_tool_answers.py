@@ -7,6 +7,7 @@ and a write that had taken effect kept its claim, `running` for good.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from plangate.config import Settings
@@ -42,6 +43,19 @@ def unsayable_read() -> int:
     raise Unsayable()
 
 
+@tool(effect="read")
+def nan_read() -> float:
+    """Answer with NaN."""
+    return math.nan
+
+
+@tool(effect="write", idempotent=True)
+def infinite_write() -> dict[str, float]:
+    """Take effect, then answer with an infinity."""
+    WRITES.append("written")
+    return {"v": math.inf}
+
+
 def run_step(settings: Settings, tmp_path: Path, tool_name: str) -> tuple[GoalRow, StepRunRow]:
     """Run a one-step plan of `tool_name`, approved; return the goal and its step."""
     playbook = write_yaml(
@@ -49,7 +63,7 @@ def run_step(settings: Settings, tmp_path: Path, tool_name: str) -> tuple[GoalRo
         {"playbooks": [{"name": "p", "pattern": "go", "steps": [{"id": "s", "tool": tool_name}]}]},
     )
     policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
-    registry = ToolRegistry([raw_read, raw_write, unsayable_read])
+    registry = ToolRegistry([raw_read, raw_write, unsayable_read, nan_read, infinite_write])
     with running_pipeline(
         settings, playbook_file=playbook, policy_file=policy, registry=registry
     ) as pipeline:
@@ -92,3 +106,21 @@ def test_a_read_failing_with_an_exception_that_cannot_say_its_message_fails_its_
     assert goal.status == "failed"
     assert step.status == "failed"
     assert "tool unsayable_read failed: Unsayable" in (step.error or "")
+
+
+def test_nan_or_an_infinity_is_not_kept_as_null(settings: Settings, tmp_path: Path) -> None:
+    """Given a read answering NaN, and a write answering {"v": inf},
+    Then the read fails saying JSON cannot hold it, and the write succeeds without its output;
+    each was kept as null, a step succeeded with data other than the tool returned.
+    """
+    (tmp_path / "read").mkdir()
+    (tmp_path / "write").mkdir()
+    goal, step = run_step(settings, tmp_path / "read", "nan_read")
+    assert (goal.status, step.status, step.output) == ("failed", "failed", None)
+    assert "returned NaN or an infinity" in (step.error or "")
+
+    WRITES.clear()
+    goal, step = run_step(settings, tmp_path / "write", "infinite_write")
+    assert (goal.status, step.status, step.output) == ("completed", "succeeded", None)
+    assert "the write took effect, its output was not kept" in (step.error or "")
+    assert WRITES == ["written"]

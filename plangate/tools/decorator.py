@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -175,6 +176,11 @@ class Tool(Generic[P, R]):
         return None if self._preview is None else self._preview(args)
 
     def _to_json(self, result: Any) -> Any:
+        if _non_finite(result):
+            raise OutputUnusable(
+                f"tool {self.name} returned NaN or an infinity, which JSON cannot hold (it "
+                "would be kept as null): return null, a string or a bound instead"
+            )
         try:
             # Checked against the declared type because plans reference outputs by that type.
             value = self._output.validate_python(result)
@@ -236,6 +242,21 @@ def _checked_tags(tags: Iterable[str], where: str) -> tuple[str, ...]:
             f"{where}: tags must be a list of words (tags=[{tags!r}]), not one text"
         )
     return tuple(tags)
+
+
+def _non_finite(result: Any) -> bool:
+    """Say whether plain data (numbers, lists, dicts) holds NaN or an infinity.
+
+    Pydantic's JSON dump writes them as null: the step succeeded with other data than the tool
+    returned. One dump at C speed finds them; other objects are not looked into.
+    """
+    try:
+        json.dumps(result, allow_nan=False, default=lambda _: None)
+    except ValueError as exc:
+        return "Out of range float values" in str(exc)
+    except TypeError:  # keys JSON has no form for: pydantic says so next
+        return False
+    return False
 
 
 def _said(exc: BaseException) -> str:
