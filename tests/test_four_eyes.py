@@ -28,7 +28,7 @@ from plangate.store import ApprovalRow, AuditRow, HoldRow, PlanRow, open_store
 from schemas import Decision, Plan, PlanApproved, SignedEnvelope, plan_hash
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
-from tests.fleet import FAST_SWEEPS, Fleet
+from tests.fleet import FAST_SWEEPS, STAGES, Fleet
 from tests.support import (
     HELD,
     audit_entries,
@@ -73,6 +73,33 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
     )
     assert fleet.plangate("db", "upgrade").returncode == 0
     fleet.start_all()
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+@pytest.fixture
+def deployed_fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
+    """The same workers as deploy/ runs them: each stage with a data folder of its own, sharing
+    only the gate's public keys folder and the reviewers file (the CLI has its own folder)."""
+    (tmp_path / "policy.yaml").write_text(FOUR_EYES)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
+        folder=tmp_path,
+        extra_env={
+            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
+            "PLANGATE_REVIEWERS_FILE": str(tmp_path / "reviewers.yaml"),
+            "PLANGATE_TRUSTED_KEYS_DIR": str(keys),
+            **FAST_SWEEPS,
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    for stage in STAGES:
+        fleet.start(stage, PLANGATE_DATA_DIR=str(tmp_path / f"{stage}-data"))
     try:
         yield fleet
     finally:
@@ -527,7 +554,7 @@ def held_page(fleet: Fleet, *names: str) -> HeldPage:
 
 @pytest.mark.redis
 def test_over_processes_the_approval_of_a_reviewer_removed_since_counts_no_more(
-    fleet: Fleet,
+    deployed_fleet: Fleet,
 ) -> None:
     """Given a page held for two approvals from finance, which bob approved (1 of 2),
     When bob is removed from the reviewers file and carol approves, Then carol is told it is
@@ -535,16 +562,18 @@ def test_over_processes_the_approval_of_a_reviewer_removed_since_counts_no_more(
     and the gate then refused it, bob being no longer in its reviewers file);
     When dave approves too, Then carol's and dave's release it.
     """
-    page = held_page(fleet, "bob", "carol", "dave")
+    page = held_page(deployed_fleet, "bob", "carol", "dave")
     page.approve("bob")
     remove_reviewer(page.team, "bob")
     assert "1 of 2 approvals (carol); 1 more needed" in page.approve("carol")
-    assert status_of(fleet, page.goal_id)["status"] == "held"
-    assert not (fleet.folder / "notifications.jsonl").exists()
+    assert status_of(deployed_fleet, page.goal_id)["status"] == "held"
+    assert not (deployed_fleet.folder / "notifications.jsonl").exists()
 
     page.approve("dave")
-    assert wait_until(fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
-    assert signed_store_approvers(fleet, page.plan_id) == ("carol", "dave")
+    assert (
+        wait_until(deployed_fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
+    )
+    assert signed_store_approvers(deployed_fleet, page.plan_id) == ("carol", "dave")
 
 
 def signed_store_approvers(fleet: Fleet, plan_id: str) -> tuple[str, ...]:
@@ -557,7 +586,10 @@ def signed_store_approvers(fleet: Fleet, plan_id: str) -> tuple[str, ...]:
             ).scalar_one()
     finally:
         store.close()
-    keys = load_trusted_keys(fleet.settings())
+    settings = fleet.settings()
+    if shared := fleet.extra_env.get("PLANGATE_TRUSTED_KEYS_DIR"):  # deploy/'s shared folder
+        settings.trusted_keys_dir = Path(shared)
+    keys = load_trusted_keys(settings)
     return keys.verify(SignedEnvelope.model_validate(envelope), allow_expired=True).approvers
 
 
@@ -627,7 +659,9 @@ def gate_refusal(pipeline: Pipeline, goal_id: str) -> AuditRow:
 
 
 @pytest.mark.redis
-def test_over_processes_a_reviewer_given_a_new_token_may_approve_again(fleet: Fleet) -> None:
+def test_over_processes_a_reviewer_given_a_new_token_may_approve_again(
+    deployed_fleet: Fleet,
+) -> None:
     """Given a page held for two approvals from finance, which bob approved,
     When bob's token is replaced (removed and added again, as for a lost token) and he approves
     with the new one, Then it counts (1 of 2, bob): his first approval, which the gate would
@@ -635,12 +669,14 @@ def test_over_processes_a_reviewer_given_a_new_token_may_approve_again(fleet: Fl
     plan was released);
     When carol approves, Then bob's and carol's release it.
     """
-    page = held_page(fleet, "bob", "carol")
+    page = held_page(deployed_fleet, "bob", "carol")
     page.approve("bob")
     remove_reviewer(page.team, "bob")
     page.tokens["bob"] = add_reviewer(page.team, "bob", ["finance"])
     assert "1 of 2 approvals (bob); 1 more needed" in page.approve("bob")
 
     page.approve("carol")
-    assert wait_until(fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
-    assert signed_store_approvers(fleet, page.plan_id) == ("bob", "carol")
+    assert (
+        wait_until(deployed_fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
+    )
+    assert signed_store_approvers(deployed_fleet, page.plan_id) == ("bob", "carol")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from plangate.config import Settings
 from plangate.store import GoalRow, StepRunRow
 from plangate.tools import ToolRegistry, tool
@@ -74,14 +76,24 @@ def run_step(settings: Settings, tmp_path: Path, tool_name: str) -> tuple[GoalRo
         return goal, step
 
 
-def test_a_read_answering_bytes_that_are_not_text_fails_its_step(
-    settings: Settings, tmp_path: Path
+@pytest.mark.parametrize(
+    ("tool_name", "said"),
+    [
+        ("raw_read", "tool raw_read returned a non-JSON value"),
+        ("unsayable_read", "tool unsayable_read failed: Unsayable"),
+    ],
+    ids=["bytes-not-text", "exception-that-cannot-say-its-message"],
+)
+def test_a_read_whose_answer_cannot_be_kept_fails_its_step(
+    settings: Settings, tmp_path: Path, tool_name: str, said: str
 ) -> None:
-    goal, step = run_step(settings, tmp_path, "raw_read")
+    """Given a read answering bytes that are not UTF-8, or failing with an exception whose
+    message cannot be made, Then its step fails saying so, and the goal with it."""
+    goal, step = run_step(settings, tmp_path, tool_name)
 
     assert goal.status == "failed"
     assert step.status == "failed"
-    assert "tool raw_read returned a non-JSON value" in (step.error or "")
+    assert said in (step.error or "")
 
 
 def test_a_write_answering_bytes_that_are_not_text_succeeds_without_its_output(
@@ -96,16 +108,6 @@ def test_a_write_answering_bytes_that_are_not_text_succeeds_without_its_output(
     assert step.output is None
     assert "the write took effect, its output was not kept" in (step.error or "")
     assert WRITES == ["written"]
-
-
-def test_a_read_failing_with_an_exception_that_cannot_say_its_message_fails_its_step(
-    settings: Settings, tmp_path: Path
-) -> None:
-    goal, step = run_step(settings, tmp_path, "unsayable_read")
-
-    assert goal.status == "failed"
-    assert step.status == "failed"
-    assert "tool unsayable_read failed: Unsayable" in (step.error or "")
 
 
 def test_nan_or_an_infinity_is_not_kept_as_null(settings: Settings, tmp_path: Path) -> None:
