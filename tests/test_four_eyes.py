@@ -57,9 +57,8 @@ rules:
 """
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
-    """Workers of every stage under the four-eyes policy, and the reviewers file."""
+def four_eyes_fleet(tmp_path: Path, redis_url: str, **env: str) -> Fleet:
+    """A migrated store under the four-eyes policy, with the reviewers file; no worker yet."""
     (tmp_path / "policy.yaml").write_text(FOUR_EYES)
     fleet = Fleet(
         broker_url=redis_url,
@@ -69,9 +68,17 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
             "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
             "PLANGATE_REVIEWERS_FILE": str(tmp_path / "reviewers.yaml"),
             **FAST_SWEEPS,
+            **env,
         },
     )
     assert fleet.plangate("db", "upgrade").returncode == 0
+    return fleet
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
+    """Workers of every stage under the four-eyes policy, and the reviewers file."""
+    fleet = four_eyes_fleet(tmp_path, redis_url)
     fleet.start_all()
     try:
         yield fleet
@@ -83,21 +90,9 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
 def deployed_fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
     """The same workers as deploy/ runs them: each stage with a data folder of its own, sharing
     only the gate's public keys folder and the reviewers file (the CLI has its own folder)."""
-    (tmp_path / "policy.yaml").write_text(FOUR_EYES)
     keys = tmp_path / "keys"
     keys.mkdir()
-    fleet = Fleet(
-        broker_url=redis_url,
-        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
-        folder=tmp_path,
-        extra_env={
-            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
-            "PLANGATE_REVIEWERS_FILE": str(tmp_path / "reviewers.yaml"),
-            "PLANGATE_TRUSTED_KEYS_DIR": str(keys),
-            **FAST_SWEEPS,
-        },
-    )
-    assert fleet.plangate("db", "upgrade").returncode == 0
+    fleet = four_eyes_fleet(tmp_path, redis_url, PLANGATE_TRUSTED_KEYS_DIR=str(keys))
     for stage in STAGES:
         fleet.start(stage, PLANGATE_DATA_DIR=str(tmp_path / f"{stage}-data"))
     try:
