@@ -451,3 +451,37 @@ def test_tags_given_as_one_text_are_refused_not_read_letter_by_letter() -> None:
         @tool(effect="write", tags="destructive")
         def drop_table(table: str) -> None:
             """Drop a table."""
+
+
+class Address(BaseModel):
+    street: str
+    city: str = "Paris"
+
+
+def test_a_nested_model_refuses_in_the_plan_a_key_it_does_not_name() -> None:
+    """Given a write tool taking an address (a model whose `city` defaults to Paris),
+    When a plan spells `cty: "Lyon"` inside it,
+    Then the plan is invalid at every stage's check, naming the key; it passed, the reviewer
+    saw Lyon and the parcel went to Paris. A nested model that allows extra keys keeps them.
+    """
+    from schemas import Plan, PlanInvalid, Step, validate_plan
+
+    @tool(effect="write")
+    def ship(to: Address, labels: OpenQuery) -> str:
+        """Ship a parcel."""
+        return to.city
+
+    def plan(to: dict[str, Any]) -> Plan:
+        step = Step(id="ship", tool="ship", args={"to": to, "labels": {"text": "x", "k": 1}})
+        return Plan(plan_id="p", goal_id="g", revision=1, summary="ship", steps=[step])
+
+    catalog = {"ship": ship.spec}
+    with pytest.raises(PlanInvalid, match=r"to: Additional properties are not allowed \('cty'"):
+        validate_plan(plan({"street": "1 rue", "cty": "Lyon"}), catalog)
+    validate_plan(plan({"street": "1 rue", "city": "Lyon"}), catalog)
+    assert (
+        ship.invoke(
+            {"to": {"street": "1 rue", "city": "Lyon"}, "labels": {"text": "x", "k": 1}}, CONTEXT
+        )
+        == "Lyon"
+    )

@@ -331,6 +331,12 @@ def _args_schema(model: type[BaseModel]) -> dict[str, Any]:
     schema = {"type": "object", **model.model_json_schema()}
     if model.model_config.get("extra") == "forbid":
         schema.setdefault("additionalProperties", False)
+        # Nested models ignore unknown keys by default too: `{"adress": {"strete": ...}}` passed
+        # the plan's validation and ran with the field's default. Each stage validates plans
+        # by this schema, so a nested object that does not say otherwise is closed here.
+        for nested in (schema.get("$defs") or {}).values():
+            if isinstance(nested, dict) and "properties" in nested:
+                nested.setdefault("additionalProperties", False)
     return schema
 
 
