@@ -13,6 +13,7 @@ GitHub stores its API tokens the same way. A slow KDF protects low-entropy passw
 from __future__ import annotations
 
 import fcntl
+import getpass
 import hashlib
 import hmac
 import logging
@@ -230,6 +231,15 @@ def name_problem(name: str) -> str | None:
         f"{name[:40]!r}{'…' if len(name) > 40 else ''} is not a reviewer name: letters, "
         "digits, spaces and ._@+- , up to 200 characters, starting with a letter or digit"
     )
+
+
+def terminal_reviewer() -> str:
+    """Return who decides at this terminal when no `--reviewer` is given: the login, @terminal."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid, e.g. an arbitrary uid in a container
+        login = "unknown"
+    return f"{login}@terminal"
 
 
 def add_reviewer(path: Path, name: str, roles: Iterable[str]) -> str:

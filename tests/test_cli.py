@@ -822,3 +822,23 @@ def test_ctrl_c_while_a_read_runs_starts_no_write_after_it(cli: Cli, tmp_path: P
     assert ran == {"r": "succeeded"}
     assert goal.status == "cancelled"
     assert "interrupted at the terminal (Ctrl-C)" in (goal.status_reason or "")
+
+
+def test_json_stdout_holds_only_events_while_a_tool_prints(cli: Cli, tmp_path: Path) -> None:
+    """Given a tool that prints (Python's print, a write to descriptor 1, a subprocess's echo),
+    When a run of it prints `--json`,
+    Then every stdout line is still one JSON event, and what the tool printed is on stderr:
+    it was written between the events, and a consumer reading JSON lines failed.
+    """
+    playbook = tmp_path / "playbook.yaml"
+    chatty = {"name": "chatty", "pattern": "chatty", "steps": [{"id": "c", "tool": "chatty_read"}]}
+    playbook.write_text(json.dumps({"playbooks": [chatty]}))
+    args = ["run", "a chatty count", "--json", "--playbook", str(playbook)]
+    result = cli(*args, "--tools", "tests.chatty_tools", env={"PYTHONPATH": str(ROOT)})
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[-1]["event"] == "result"
+    assert [e["output"] for e in events if e["event"] == "step.finished"] == [7]
+    for said in ("python print", "raw write to descriptor 1", "a subprocess the tool started"):
+        assert said in result.stderr

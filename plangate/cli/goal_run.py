@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 import time
@@ -17,7 +16,7 @@ from rich.syntax import Syntax
 from approval_gate.decisions import decision_of
 from plangate import telemetry
 from plangate.catalog import load_catalog
-from plangate.cli import interrupted, render
+from plangate.cli import event_stream, interrupted, render
 from plangate.cli.common import (
     EXIT_COMPLETED,
     EXIT_FAILED,
@@ -29,6 +28,7 @@ from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Forbidden
 from plangate.printable import printable
+from plangate.reviewers import terminal_reviewer
 from plangate.store import DecisionRow, GoalRow, PlanRow
 from planner_worker.replan import FeedbackSource, replan_expected
 from schemas import (
@@ -62,13 +62,6 @@ class RunOptions:
     reviewer: str = ""
 
 
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no name for this uid, e.g. an arbitrary uid in a container
-        return "unknown"
-
-
 class GoalRun:
     """Follows one goal's events and answers a hold at the terminal."""
 
@@ -77,7 +70,7 @@ class GoalRun:
         self.options = options
         self.out = out
         self.err = err
-        self.goal_id = ""
+        self.goal_id, self.events = "", sys.stdout  # `--json` events: stdout, kept for them
         self.trace_id: str | None = None
         self.timed_out = False
         self.steps: dict[str, str] = {}
@@ -233,7 +226,7 @@ class GoalRun:
     @property
     def _reviewer(self) -> str:
         """Who decides at this terminal (and cancels at the timeout)."""
-        return self.options.reviewer or f"{_login_name()}@terminal"
+        return self.options.reviewer or terminal_reviewer()
 
     def _ask(self, held: PlanDecided) -> int | None:
         reviewer = self._reviewer
@@ -372,15 +365,19 @@ class GoalRun:
         return code
 
     def _json(self, event: str, data: dict[str, object]) -> None:
-        sys.stdout.write(render.json_line(event, dict(data)) + "\n")
-        sys.stdout.flush()
+        self.events.write(render.json_line(event, dict(data)) + "\n")
+        self.events.flush()
 
 
 def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
     """Run one goal in the embedded pipeline; return the process exit code."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    with telemetry.flushing(), Pipeline(settings, own_goals_only=True) as pipeline:
+    with (
+        telemetry.flushing(),
+        event_stream.events_only_on_stdout(options.as_json) as events,
+        Pipeline(settings, own_goals_only=True) as pipeline,
+    ):
         waiting = pipeline.waiting_elsewhere()
         if waiting and not options.as_json:
             err.print(
@@ -391,6 +388,7 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
                 style="dim",
             )
         goal_run = GoalRun(pipeline, options, out, err)
+        goal_run.events = events
         code = goal_run.run(text)
         if code == EXIT_INTERRUPTED:
             interrupted.stop_or_abandon(pipeline, err, code)

@@ -20,7 +20,11 @@ def run(
         bool, typer.Option("--yes", "-y", help="Approve a held plan without asking (for scripts).")
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON event per line instead of tables.")
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON event per line instead of tables (what tools print: stderr).",
+        ),
     ] = False,
     tools: Annotated[
         str | None,
