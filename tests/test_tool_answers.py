@@ -7,14 +7,18 @@ and a write that had taken effect kept its claim, `running` for good.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from plangate.config import Settings
+from plangate.errors import OutputUnusable
 from plangate.store import GoalRow, StepRunRow
-from plangate.tools import ToolRegistry, tool
+from plangate.tools import ToolContext, ToolRegistry, tool
 from tests.support import only_plan, running_pipeline, write_yaml
 
 APPROVE_ALL = {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}]}
@@ -126,3 +130,38 @@ def test_nan_or_an_infinity_is_not_kept_as_null(settings: Settings, tmp_path: Pa
     assert (goal.status, step.status, step.output) == ("completed", "succeeded", None)
     assert "the write took effect, its output was not kept" in (step.error or "")
     assert WRITES == ["written"]
+
+
+@dataclasses.dataclass
+class Reading:
+    value: float
+
+
+class Summary(BaseModel):
+    mean: float
+    readings: list[Reading]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [Reading(math.nan), Summary(mean=1.0, readings=[Reading(math.inf)])],
+    ids=["dataclass-field", "model-nested-in-a-list"],
+)
+def test_nan_inside_a_returned_object_is_found_too(answer: object) -> None:
+    """NaN or an infinity in a dataclass's or a model's field was kept as null: only plain
+    numbers, lists and dicts were looked into. The answer's dump is looked into now."""
+
+    @tool(effect="read")
+    def measure() -> Any:
+        """Measure."""
+        return answer
+
+    @tool(effect="read")
+    def typed_measure() -> Reading | Summary:
+        """Measure, typed."""
+        return answer  # type: ignore[return-value]
+
+    context = ToolContext(goal_id="g", plan_id="p", step_id="s", idempotency_key="k")
+    for call in (measure, typed_measure):
+        with pytest.raises(OutputUnusable, match="returned NaN or an infinity"):
+            call.invoke({}, context)

@@ -8,7 +8,7 @@ import json
 import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
@@ -245,18 +245,30 @@ def _checked_tags(tags: Iterable[str], where: str) -> tuple[str, ...]:
 
 
 def _non_finite(result: Any) -> bool:
-    """Say whether plain data (numbers, lists, dicts) holds NaN or an infinity.
+    """Say whether an answer holds NaN or an infinity, in plain data, models or dataclasses.
 
     Pydantic's JSON dump writes them as null: the step succeeded with other data than the tool
     returned. One dump at C speed finds them; other objects are not looked into.
     """
     try:
-        json.dumps(result, allow_nan=False, default=lambda _: None)
+        json.dumps(result, allow_nan=False, default=_fields)
     except ValueError as exc:
         return "Out of range float values" in str(exc)
     except TypeError:  # keys JSON has no form for: pydantic says so next
         return False
     return False
+
+
+def _fields(value: Any) -> Any:
+    """Return a model's or a dataclass's fields as a dict (NaN kept), other objects as None."""
+    try:
+        if isinstance(value, BaseModel):
+            return value.model_dump()
+        if is_dataclass(value) and not isinstance(value, type):
+            return asdict(value)
+    except Exception:  # a model that cannot dump itself: pydantic says why next
+        return None
+    return None
 
 
 def _said(exc: BaseException) -> str:
