@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from plangate.embedded import Pipeline
 from plangate.reviewers import add_reviewer
 from plangate.server import create_app
-from plangate.server.pages import NO_HASH, OTHER_SITE, SESSION_ENDED
+from plangate.server.pages import FORM_FROM_OTHER_SITE, NO_HASH, OTHER_SITE, SESSION_ENDED
 from plangate.server.sessions import SESSION_COOKIE
 from tests.support import HELD
 from tests.test_review_sessions import (
@@ -271,3 +271,28 @@ def test_an_answer_to_a_failure_the_server_did_not_expect_carries_the_same_heade
     assert page.headers["cache-control"] == "no-store"
     assert page.headers["x-frame-options"] == "DENY"
     assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
+@pytest.mark.parametrize(
+    "sent_by", [{"Sec-Fetch-Site": "cross-site"}, {"Origin": "http://evil.example"}]
+)
+def test_a_decision_posted_by_another_site_is_refused_saying_so(
+    pipeline: Pipeline, reviewers_file: Path, alice: str, sent_by: dict[str, str]
+) -> None:
+    """Given alice logged in, and a page elsewhere that posts an approve form from her browser
+    (with her session's cookie, its CSRF token copied),
+    When the browser says the request came from another site,
+    Then it is refused and the page says where from: it said "the form expired", and a
+    reviewer who reloaded and tried again was never told what had happened.
+    """
+    goal_id, plan_id = held_plan(pipeline)
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        log_in(client, alice)
+        page = client.get(f"/reviews/{plan_id}").text
+        form = {"csrf": form_field(page, "csrf"), "plan_hash": form_field(page, "plan_hash")}
+
+        refused = client.post(f"/reviews/{plan_id}/approve", data=form, headers=sent_by)
+
+    assert refused.status_code == 403
+    assert FORM_FROM_OTHER_SITE in refused.text
+    assert pipeline.wait_for(goal_id, HELD).status == "held"

@@ -47,6 +47,7 @@ NOTICES = {
 EXPIRED_FORM = "The form expired; reload and try again."
 SESSION_ENDED = "Your session had ended, so what you sent was not recorded: log in and do it again."
 OTHER_SITE = "A login sent from another site is refused: log in from this page."
+FORM_FROM_OTHER_SITE = "A form sent from another site is refused: decide from this page."
 NO_HASH = "The form does not say which revision you reviewed; reload the plan and decide again."
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
 
@@ -54,6 +55,13 @@ Desk = Annotated[ReviewDesk, Depends(get_desk)]
 def _keeper(request: Request) -> SessionKeeper:
     keeper: SessionKeeper = request.app.state.sessions
     return keeper
+
+
+def _form_refused(request: Request, web: WebSession, form: dict[str, str]) -> str | None:
+    """Say why a session's form is refused: sent from another site, or its token is stale."""
+    if sent_from_another_site(request, request.app.state.settings.public_url):
+        return FORM_FROM_OTHER_SITE
+    return None if _keeper(request).csrf_valid(web, form.get("csrf", "")) else EXPIRED_FORM
 
 
 def _session(request: Request, desk: ReviewDesk) -> WebSession | None:
@@ -141,8 +149,8 @@ async def logout(request: Request, desk: Desk) -> Response:
     response = _to_login()
     if web is None:
         keeper.clear(response)
-    elif not keeper.csrf_valid(web, form.get("csrf", "")):
-        return _list_page(request, desk, web, error=EXPIRED_FORM, status=403)
+    elif refused := _form_refused(request, web, form):
+        return _list_page(request, desk, web, error=refused, status=403)
     else:
         await run_in_threadpool(keeper.end, desk.store, web, response)
     return response
@@ -195,8 +203,8 @@ def _settle(
     web: WebSession,
     form: dict[str, str],
 ) -> Response:
-    if not _keeper(request).csrf_valid(web, form.get("csrf", "")):
-        return _list_page(request, desk, web, error=EXPIRED_FORM, status=403)
+    if refused := _form_refused(request, web, form):
+        return _list_page(request, desk, web, error=refused, status=403)
     try:
         happened = {"yes": True, "no": False}[form.get("happened", "")]
         text = form.get("output", "").strip()
@@ -280,8 +288,8 @@ def _act(
     # A refused edit shows the form as the reviewer filled it in, summary and steps.
     draft = form.get("steps") if action == "edit" else None
     summary = form.get("summary") if action == "edit" else None
-    if not _keeper(request).csrf_valid(web, form.get("csrf", "")):
-        return _plan_page(request, desk, plan_id, web, error=EXPIRED_FORM, status=403)
+    if refused := _form_refused(request, web, form):
+        return _plan_page(request, desk, plan_id, web, error=refused, status=403)
     try:
         target = _decide(desk, plan_id, action, web.reviewer, form)
     except (Conflict, Forbidden, NotFound, ValueError) as exc:
