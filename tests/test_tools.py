@@ -485,3 +485,20 @@ def test_a_nested_model_refuses_in_the_plan_a_key_it_does_not_name() -> None:
         )
         == "Lyon"
     )
+
+
+def test_a_type_no_plan_can_carry_is_refused_in_one_line_saying_what_to_use() -> None:
+    """A generator tool (`-> Iterator[int]`) got pydantic's three paragraphs, advising
+    `arbitrary_types_allowed`; the load error is one line naming the type and what to use."""
+    with pytest.raises(ToolLoadError) as raised:
+
+        @tool(effect="read")
+        def numbers() -> Iterator[int]:
+            """Count."""
+            yield 1
+
+    said = str(raised.value)
+    assert "\n" not in said
+    assert "arbitrary_types_allowed" not in said
+    assert "Iterator[int]" in said
+    assert "use JSON-shaped types" in said

@@ -90,7 +90,7 @@ class Tool(Generic[P, R]):
                 output_trust="trusted" if trusted else "untrusted",
             )
         except PydanticUserError as exc:
-            raise ToolLoadError(f"{where}: a type has no JSON schema: {exc}") from exc
+            raise ToolLoadError(f"{where}: a type has no JSON schema: {_no_schema(exc)}") from exc
         except ValidationError as exc:
             raise ToolLoadError(f"{where}: invalid spec: {_describe(exc)}") from exc
 
@@ -133,7 +133,8 @@ class Tool(Generic[P, R]):
                 output_trust="trusted" if trusted else "untrusted",
             )
         except PydanticUserError as exc:
-            raise ToolLoadError(f"{where}: its arguments have no JSON schema: {exc}") from exc
+            said = _no_schema(exc)
+            raise ToolLoadError(f"{where}: its arguments have no JSON schema: {said}") from exc
         except ValidationError as exc:
             raise ToolLoadError(f"{where}: invalid spec: {_describe(exc)}") from exc
         return self
@@ -271,6 +272,16 @@ def _fields(value: Any) -> Any:
     return None
 
 
+def _no_schema(exc: PydanticUserError) -> str:
+    """Say in one line which type pydantic has no schema for, and what a tool gives instead.
+
+    Pydantic's own message runs to three paragraphs and advises `arbitrary_types_allowed`,
+    which would let a tool take or answer what no plan can carry.
+    """
+    first = str(exc).split("\n", 1)[0].split(". Set `arbitrary_types_allowed", 1)[0].rstrip(".")
+    return f"{first}; use JSON-shaped types (str, int, list, dict, a pydantic model, a dataclass)"
+
+
 def _said(exc: BaseException) -> str:
     """Return an exception's message, or its type's name if it has none (or cannot say it)."""
     try:
@@ -317,7 +328,8 @@ def _build_params(
     try:
         model = create_model(title, __config__=config, **fields)
     except PydanticUserError as exc:
-        raise ToolLoadError(f"{where}: a parameter type has no JSON schema: {exc}") from exc
+        said = _no_schema(exc)
+        raise ToolLoadError(f"{where}: a parameter type has no JSON schema: {said}") from exc
     return _Params(model=model, whole_model=None, fields=names, context=context)
 
 
