@@ -32,6 +32,7 @@ from plangate.bus import Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound
 from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, audit
+from plangate.store.audit_records import output_digest
 from plangate.store.goals import by_id, plan_of, transition
 from plangate.store.outbox import emit
 from schemas import PlanApproved, SignedEnvelope, ToolSpec, utcnow
@@ -132,6 +133,7 @@ def settle_step(
         if happened:
             _check_output(read_catalog(session).get(row.tool), output)
             row.status, row.output, row.error = "succeeded", output, None
+            data["output_sha256"] = output_digest(output)
             row.finished_at, row.lease_until = utcnow(), None
         else:
             session.delete(row)  # no claim left: the resumed run claims and calls it afresh

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from plangate.cancellation import cancelled_in, is_cancelled
 from plangate.errors import Retry
 from plangate.store import StepRunRow, Store, audit
+from plangate.store.audit_records import output_digest
 from plangate.store.claims import insert_if_absent
 from plangate.store.hot_statements import HotStatement
 from plangate.store.rows import insert_row
@@ -235,7 +236,7 @@ class StepLedger:
             if row.lease_until is not None and row.lease_until > now:
                 raise _held_elsewhere(step.id, row.lease_until, now)
             _finish(row, status, output, error, now)
-        self._audit(session, f"step.{status}", {**key, "error": error})
+        self._audit(session, f"step.{status}", _ended(key, output, error))
         return Claim("done", 1, status, output, error)
 
     def record(
@@ -279,7 +280,7 @@ class StepLedger:
         else:
             finished = {"new_status": status, "new_output": output, "new_error": error}
             _FINISH.rows(session, {**ids, **finished, "now": now})
-        self._audit(session, f"step.{status}", {**key, "error": error})
+        self._audit(session, f"step.{status}", _ended(key, output, error))
 
     def _locked(self, session: Session, step: Step) -> StepRunRow | None:
         """Return the step's row, locked until the transaction ends (None if it has none)."""
@@ -291,6 +292,15 @@ class StepLedger:
 
     def _audit(self, session: Session, kind: str, data: dict[str, Any]) -> None:
         audit.append(session, kind, actor="executor", goal_id=self._plan.goal_id, data=data)
+
+
+def _ended(key: dict[str, str], output: Any, error: str | None) -> dict[str, Any]:
+    """Return a step's audit entry: its output's digest, so that a changed row shows.
+
+    The output itself is kept in the step's row (it may be large); `plangate audit verify`
+    checks the row against this digest.
+    """
+    return {**key, "error": error, "output_sha256": output_digest(output)}
 
 
 def _finish(row: StepRunRow, status: str, output: Any, error: str | None, now: datetime) -> None:

@@ -42,6 +42,16 @@ def run_sql(pipeline: Pipeline, statement: str, **params: object) -> None:
         connection.execute(text(statement), params)
 
 
+def remove_goal_rows(pipeline: Pipeline, goal_id: str) -> None:
+    """Delete every row about a goal outside the audit log, as a thorough tamperer would."""
+    by_plan = "plan_id IN (SELECT plan_id FROM plans WHERE goal_id = :goal)"
+    for table in ("reviewer_approvals", "approval_uses"):
+        run_sql(pipeline, f"DELETE FROM {table} WHERE {by_plan}", goal=goal_id)
+    for table in ("step_runs", "plan_previews", "approvals", "holds", "decisions", "plans"):
+        run_sql(pipeline, f"DELETE FROM {table} WHERE goal_id = :goal", goal=goal_id)
+    run_sql(pipeline, "DELETE FROM goals WHERE id = :goal", goal=goal_id)
+
+
 def seq_of(pipeline: Pipeline, goal_id: str, kind: str) -> int:
     return next(e.seq for e in audit_entries(pipeline.store, goal_id) if e.kind == kind)
 
@@ -314,7 +324,8 @@ def test_a_goal_removed_whole_with_its_checkpoints_is_found_against_an_earlier_e
 ) -> None:
     """Given a completed run, sealed by a checkpoint and exported with --sign (the file kept
     away from the database),
-    When the goal's entries, its chain's head and every checkpoint are deleted in SQL,
+    When the goal's entries, its chain's head and every checkpoint are deleted in SQL, and
+    every row of the goal with them,
     Then the store alone still verifies (nothing left in it remembers the goal), but
     `plangate audit verify --against FILE` exits 1 naming the first entry the store lost.
     """
@@ -329,6 +340,7 @@ def test_a_goal_removed_whole_with_its_checkpoints_is_found_against_an_earlier_e
     run_sql(pipeline, "DELETE FROM audit_chains WHERE chain = :goal", goal=completed_run)
     run_sql(pipeline, "DELETE FROM audit_checkpoint_heads")
     run_sql(pipeline, "DELETE FROM audit_checkpoints")
+    remove_goal_rows(pipeline, completed_run)
 
     alone = plangate_cli(data, "audit", "verify")
     against = plangate_cli(data, "audit", "verify", "--against", str(export))
@@ -512,3 +524,65 @@ def test_a_row_holding_what_plangate_never_writes_is_a_broken_log_not_a_tracebac
     assert verified.returncode == 1, verified.stderr
     assert "audit log broken: a row holds what plangate never writes" in verified.stderr
     assert "Traceback" not in verified.stderr
+
+
+def _plan_rewritten_with_its_hash(pipeline: Pipeline, goal_id: str) -> None:
+    """Rewrite the plan's summary and store the hash of the new body beside it."""
+    from plangate.store import PlanRow
+    from schemas import Plan, plan_hash
+
+    with pipeline.store.session() as session:
+        plan = session.query(PlanRow).filter_by(goal_id=goal_id).one()
+        body = {**plan.body, "summary": "Page nobody"}
+        new_hash = plan_hash(Plan.model_validate(body))
+    run_sql(
+        pipeline,
+        "UPDATE plans SET body = :body, plan_hash = :hash WHERE goal_id = :goal",
+        body=json.dumps(body),
+        hash=new_hash,
+        goal=goal_id,
+    )
+
+
+ROWS_REWRITTEN = {
+    "decider": (
+        "UPDATE decisions SET decided_by = 'mallory' WHERE stage = 'human'",
+        "decision by 'mallory'",
+    ),
+    "approver": ("UPDATE reviewer_approvals SET reviewer = 'mallory'", "approval by 'mallory'"),
+    "output": (
+        """UPDATE step_runs SET output = '{"pages": 99}' WHERE step_id = 'count'""",
+        "stored output is not the one",
+    ),
+    "status": ("UPDATE goals SET status = 'rejected'", "shows status 'rejected'"),
+    "text": ("UPDATE goals SET text = 'Check nothing'", "text or metadata other than"),
+    "plan body": (
+        """UPDATE plans SET body = json_set(body, '$.summary', 'Page nobody')""",
+        "does not hash to its plan hash",
+    ),
+    "plan and its hash": ("", "records no such plan with this hash"),
+}
+
+
+@pytest.mark.parametrize(("statement", "said"), ROWS_REWRITTEN.values(), ids=ROWS_REWRITTEN)
+def test_a_row_the_views_show_rewritten_outside_plangate_breaks_verification(
+    pipeline: Pipeline, completed_run: str, statement: str, said: str
+) -> None:
+    """Given a completed run, approved by alice,
+    When a row that `status`, `goals list` or the review shows is rewritten in SQL (who
+    decided, who approved, a step's output, the goal's status or text, the plan's body, or
+    the body with its hash recomputed),
+    Then `plangate audit verify` exits 1 saying what disagrees with the log. The log held, so
+    it said "intact" while `status` showed mallory's decision, a refund that never ran or a
+    rejected goal as completed.
+    """
+    if statement:
+        run_sql(pipeline, statement)
+    else:
+        _plan_rewritten_with_its_hash(pipeline, completed_run)
+
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "records broken" in verified.stderr
+    assert said in " ".join(verified.stderr.split())

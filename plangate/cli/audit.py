@@ -78,7 +78,7 @@ def audit_verify(
         return
     if against is not None:  # the file is trusted only once its signature and hashes hold
         _verify_export(against, manifest, keys or [])
-    from plangate.store import audit, open_store
+    from plangate.store import audit, audit_records, open_store
 
     settings = load_settings()
     store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
@@ -104,6 +104,13 @@ def audit_verify(
     if not report.ok:
         where = f"at entry {report.broken_at}" if report.broken_at is not None else "at"
         err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
+        raise typer.Exit(EXIT_FAILED)
+    disagreement = audit_records.disagreement(store)
+    if disagreement is not None:
+        err_console.print(
+            "[red]records broken[/]: the audit log holds, but what `status` and the review "
+            f"show disagrees with it: {escape(printable(disagreement))}"
+        )
         raise typer.Exit(EXIT_FAILED)
     sealed = f", sealed by {report.checkpoints} checkpoints" if report.checkpoints else ""
     typer.echo(f"audit log intact: {report.entries} entries in {report.chains} chains{sealed}")

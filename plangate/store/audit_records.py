@@ -1,0 +1,216 @@
+"""Whether what `status`, `goals list` and the review show agrees with the audit log.
+
+The chains prove the log, but the views read other tables: a goal's row, its plans, the
+decisions, the approvals counted, the steps' results. Someone with write access to the database
+could rewrite those (`decided_by = 'mallory'`, a plan's body, a rejected goal shown completed)
+and the log would still verify. Each such row restates what an entry recorded and hashed: a
+goal's text and status, a plan's hash, who decided, who approved, a step's status and output.
+So this reads the log once more, goal by goal, and names the first row that says otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, get_args
+
+from pydantic import ValidationError
+from sqlalchemy import Text, select
+from sqlalchemy import cast as sql_cast
+
+from plangate.redaction import REDACTED
+from plangate.store.engine import Store
+from plangate.store.models import (
+    AuditRow,
+    DecisionRow,
+    GoalRow,
+    PlanRow,
+    ReviewerApprovalRow,
+    StepRunRow,
+)
+from schemas import Plan, canonical_json, plan_hash
+from schemas.decoding import storable_text, strict_json_loads
+from schemas.errors import MessageRejected
+from schemas.goal_states import GoalStatus
+from schemas.hashing import sha256_hex
+
+_STATUSES = frozenset(get_args(GoalStatus))
+_STEP_ENDS = frozenset({"running", "succeeded", "failed", "skipped", "unknown"})
+
+
+def output_digest(output: Any) -> str:
+    """Return the digest a step's audit entry records of its output, as stored."""
+    return "sha256:" + sha256_hex(canonical_json(output))
+
+
+@dataclass
+class _Recorded:
+    """What one goal's chain says, as the views would show it."""
+
+    submitted: dict[str, Any] | None = None
+    status: tuple[str, str | None] | None = None  # the last move, and its reason
+    plans: dict[str, str] = field(default_factory=dict)  # plan_id: plan_hash
+    names: dict[str, set[str]] = field(default_factory=dict)  # plan_id: who decided, approved
+    steps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def read(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+        plan_id = data.get("plan_id")
+        if kind == "goal.submitted" and self.submitted is None:  # later ones: retries
+            self.submitted = data
+        if kind == "plan.edited" and isinstance(data.get("from_plan_id"), str):
+            self.names.setdefault(data["from_plan_id"], set()).add(actor)  # its editor decided
+        if kind.startswith("goal.") and kind[5:] in _STATUSES:
+            self.status = (kind[5:], data.get("reason"))
+        if isinstance(plan_id, str):
+            if isinstance(data.get("plan_hash"), str) and kind in ("goal.proposed", "plan.edited"):
+                self.plans[plan_id] = data["plan_hash"]
+            named = self.names.setdefault(plan_id, set())
+            named.update(str(who) for who in data.get("approvers") or ())
+            named.update(str(data[key]) for key in ("decided_by",) if key in data)
+            if kind == "plan.approval_counted":
+                named.add(actor)
+            step = data.get("step_id")
+            if kind.startswith("step.") and kind[5:] in _STEP_ENDS and isinstance(step, str):
+                self.steps[(plan_id, step)] = {"status": kind[5:], **data}
+            elif kind == "step.settled" and isinstance(step, str):
+                # A person said it happened (it succeeded, with this output) or not (no row).
+                if data.get("happened"):
+                    self.steps[(plan_id, step)] = {"status": "succeeded", **data}
+                else:
+                    self.steps.pop((plan_id, step), None)
+
+
+def disagreement(store: Store, *, batch: int = 200) -> str | None:
+    """Return the first row a view shows that the audit log does not record, or None."""
+    after = ""
+    while True:
+        with store.reading() as session:
+            goals = list(
+                session.execute(
+                    select(GoalRow).where(GoalRow.id > after).order_by(GoalRow.id).limit(batch)
+                ).scalars()
+            )
+            if not goals:
+                return None
+            found = next(_problems(session, goals), None)
+        if found is not None:
+            return found
+        after = goals[-1].id
+
+
+def _problems(session: Any, goals: Sequence[GoalRow]) -> Iterator[str]:
+    ids = [goal.id for goal in goals]
+    recorded = {goal_id: _Recorded() for goal_id in ids}
+    entries = (
+        select(AuditRow.goal_id, AuditRow.kind, AuditRow.actor, sql_cast(AuditRow.data, Text))
+        .where(AuditRow.goal_id.in_(ids))
+        .order_by(AuditRow.chain, AuditRow.chain_seq)
+    )
+    for goal_id, kind, actor, text in session.execute(entries):
+        recorded[goal_id].read(kind, actor, _data(text))
+    for goal in goals:
+        yield from _goal_problems(goal, recorded[goal.id])
+    for plan in session.execute(select(PlanRow).where(PlanRow.goal_id.in_(ids))).scalars():
+        yield from _plan_problems(plan, recorded[plan.goal_id])
+    for decision in session.execute(select(DecisionRow).where(DecisionRow.goal_id.in_(ids))):
+        row = decision[0]
+        if row.decided_by not in recorded[row.goal_id].names.get(row.plan_id, ()):
+            yield (
+                f"plan {row.plan_id} shows a decision by {row.decided_by!r}, which the audit "
+                "log does not record: the decisions table was changed outside plangate"
+            )
+    approvals = select(ReviewerApprovalRow, PlanRow.goal_id).join(
+        PlanRow, PlanRow.plan_id == ReviewerApprovalRow.plan_id
+    )
+    for approval, goal_id in session.execute(approvals.where(PlanRow.goal_id.in_(ids))):
+        if approval.reviewer not in recorded[goal_id].names.get(approval.plan_id, ()):
+            yield (
+                f"plan {approval.plan_id} shows an approval by {approval.reviewer!r}, which the "
+                "audit log does not record: the approvals were changed outside plangate"
+            )
+    for step in session.execute(select(StepRunRow).where(StepRunRow.goal_id.in_(ids))).scalars():
+        yield from _step_problems(step, recorded[step.goal_id])
+
+
+def _data(text: str | None) -> dict[str, Any]:
+    try:
+        data = strict_json_loads(text or "{}", max_bytes=64 * 1024 * 1024, max_depth=256)
+    except MessageRejected:  # the chain walk has said so already
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _goal_problems(goal: GoalRow, recorded: _Recorded) -> Iterator[str]:
+    where = f"goal {goal.id}"
+    if recorded.submitted is None:
+        yield (
+            f"{where} is shown, but the audit log has no entry of its submission: its chain was "
+            "removed, or the goal was added outside plangate"
+        )
+        return
+    submitted = [recorded.submitted.get("text"), recorded.submitted.get("metadata")]
+    if not _shown_as_recorded([goal.text, goal.meta], submitted):
+        yield f"{where} shows a text or metadata other than its submission recorded"
+    if recorded.status is not None and recorded.status != (goal.status, goal.status_reason or None):
+        status, _ = recorded.status
+        yield (
+            f"{where} shows status {goal.status!r} ({goal.status_reason or 'no reason'}), but "
+            f"its audit log last moved it to {status!r}: the goal's row was changed"
+        )
+
+
+def _shown_as_recorded(shown: Any, recorded: Any) -> bool:
+    """Say whether a row's value is what the log recorded of it, but for what it redacted.
+
+    The log keeps text redacted of the secrets the writing process knew (this one may know
+    others, or none): a `[redacted]` recorded stands for any text shown in its place.
+    """
+    if isinstance(recorded, str) and isinstance(shown, str):
+        return _matches(storable_text(shown), recorded.split(REDACTED))
+    if isinstance(recorded, dict) and isinstance(shown, dict):
+        return recorded.keys() == shown.keys() and all(
+            _shown_as_recorded(shown[key], value) for key, value in recorded.items()
+        )
+    if isinstance(recorded, list) and isinstance(shown, list):
+        return len(recorded) == len(shown) and all(map(_shown_as_recorded, shown, recorded))
+    return bool(shown == recorded)
+
+
+def _matches(shown: str, parts: list[str]) -> bool:
+    """Say whether `shown` is `parts` in order with anything between them (in linear time)."""
+    first, last = parts[0], parts[-1]
+    if len(parts) == 1:
+        return shown == first
+    if len(shown) < len(first) + len(last) or not shown.startswith(first):
+        return False
+    at, end = len(first), len(shown) - len(last)
+    for part in parts[1:-1]:  # each where it first fits: no later place could fit more after
+        found = shown.find(part, at, end)
+        if found < 0:
+            return False
+        at = found + len(part)
+    return shown.endswith(last)
+
+
+def _plan_problems(plan: PlanRow, recorded: _Recorded) -> Iterator[str]:
+    where = f"plan {plan.plan_id} of goal {plan.goal_id}"
+    try:
+        computed = plan_hash(Plan.model_validate(plan.body))
+    except ValidationError:
+        computed = None
+    if computed != plan.plan_hash:
+        yield f"{where}: its stored body does not hash to its plan hash: it was changed"
+    elif recorded.plans.get(plan.plan_id) != plan.plan_hash:
+        yield f"{where}: the audit log records no such plan with this hash"
+
+
+def _step_problems(step: StepRunRow, recorded: _Recorded) -> Iterator[str]:
+    where = f"step {step.step_id} of plan {step.plan_id}"
+    entry = recorded.steps.get((step.plan_id, step.step_id))
+    if entry is None:
+        return  # a step's claim is recorded with the goal's move; its end may be on its way
+    if entry["status"] != step.status:
+        yield f"{where} shows {step.status!r}, but its audit log last recorded {entry['status']!r}"
+    digest = entry.get("output_sha256")
+    if digest is not None and digest != output_digest(step.output):
+        yield f"{where}: its stored output is not the one its audit entry recorded"
