@@ -248,6 +248,19 @@ def current_headers() -> dict[str, str]:
     return headers
 
 
+def trace_context(headers: Mapping[str, object]) -> dict[str, str]:
+    """Return the W3C trace context a message's headers carry, as the propagator reads it.
+
+    A goal published raw is stored with the trace it came with. Only that is kept: a foreign
+    publisher's other headers may be megabytes, or a secret (`authorization`), and a malformed
+    `traceparent` kept as it came meant no trace at all for the goal.
+    """
+    given = {name: value for name in TRACE_HEADERS if isinstance(value := headers.get(name), str)}
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier, context=extract(given))
+    return carrier
+
+
 def extract(headers: Mapping[str, str]) -> otel_context.Context:
     """Read a trace context from message headers (an empty context if there is none)."""
     traceparent, tracestate = headers.get("traceparent"), headers.get("tracestate")

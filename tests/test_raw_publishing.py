@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterator
@@ -95,6 +96,28 @@ def wait_until_completed(fleet: Fleet, goal_id: str) -> dict[str, Any]:
     return status
 
 
+def lpush_goal(fleet: Fleet, redis_url: str, body: bytes, headers: dict[str, Any]) -> None:
+    """LPUSH a goal.submitted in kombu's Redis envelope onto the planner's queue."""
+    envelope = {
+        "body": base64.b64encode(body).decode("ascii"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_info": {"exchange": fleet.namespace, "routing_key": "goal.submitted"},
+            "delivery_mode": 2,
+            "delivery_tag": str(uuid.uuid4()),
+            "priority": 0,
+        },
+    }
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.lpush(f"{fleet.namespace}.planner", json.dumps(envelope))
+    finally:
+        client.close()
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("traced", [True, False], ids=["with-traceparent", "without"])
 def test_a_goal_lpushed_onto_redis_in_kombu_s_envelope_completes(
@@ -110,28 +133,8 @@ def test_a_goal_lpushed_onto_redis_in_kombu_s_envelope_completes(
     goal_id = uuid.uuid4().hex
     body = goal_body(goal_id)
     headers = goal_headers(body, traced)
-    envelope = {
-        "body": base64.b64encode(body).decode("ascii"),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "body_encoding": "base64",
-            "delivery_info": {
-                "exchange": redis_fleet.namespace,
-                "routing_key": "goal.submitted",
-            },
-            "delivery_mode": 2,
-            "delivery_tag": str(uuid.uuid4()),
-            "priority": 0,
-        },
-    }
 
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.lpush(f"{redis_fleet.namespace}.planner", json.dumps(envelope))
-    finally:
-        client.close()
+    lpush_goal(redis_fleet, redis_url, body, headers)
 
     status = wait_until_completed(redis_fleet, goal_id)
     assert status.get("status") == "completed", redis_fleet.logs()
@@ -212,3 +215,41 @@ def test_a_goal_published_with_py_amqp_onto_rabbitmq_completes(
 
     status = wait_until_completed(rabbitmq_fleet, goal_id)
     assert status.get("status") == "completed", rabbitmq_fleet.logs()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "traceparent", ["{'a': 1}", "00-abc\r\n-01", None], ids=["not-w3c", "broken", "absent"]
+)
+def test_a_raw_goal_keeps_only_a_valid_trace_context_of_its_headers(
+    redis_fleet: Fleet, redis_url: str, traceparent: str | None
+) -> None:
+    """Given a goal LPUSHed with 2,000 headers of its own, an `authorization` and a
+    `traceparent` that is no W3C trace context,
+    When the planner stores the goal,
+    Then the goal keeps only a valid trace context, one that starts at the planner, and its
+    trace is shown: every header was stored (megabytes a goal, a token in clear), and a
+    malformed `traceparent` kept as it came left the goal without a trace.
+    """
+    redis_fleet.start_all()
+    goal_id = uuid.uuid4().hex
+    body = goal_body(goal_id)
+    headers: dict[str, Any] = goal_headers(body, traced=False)
+    headers |= {f"h{number}": "v" * 50 for number in range(2000)}
+    headers["authorization"] = "Bearer sk-raw-publisher-secret"
+    if traceparent is not None:
+        headers["traceparent"] = traceparent
+
+    lpush_goal(redis_fleet, redis_url, body, headers)
+
+    status = wait_until_completed(redis_fleet, goal_id)
+    assert status.get("status") == "completed", redis_fleet.logs()
+    database = sqlite3.connect(redis_fleet.folder / "plangate.db")
+    try:
+        [(stored,)] = database.execute("SELECT trace_headers FROM goals WHERE id = ?", (goal_id,))
+    finally:
+        database.close()
+    kept = json.loads(stored)
+    assert set(kept) == {"traceparent"}
+    assert kept["traceparent"].split("-")[1] == status["trace_id"]
+    assert redis_fleet.plangate("trace", goal_id).returncode == 0

@@ -33,7 +33,7 @@ def ensure_goal(session: Session, message: GoalSubmitted, trace_headers: dict[st
     row = session.get(GoalRow, message.goal_id)
     if row is None:
         _refuse_a_second_goal_for_its_key(session, message)
-        headers = dict(trace_headers)
+        headers = telemetry.trace_context(trace_headers)
         if "traceparent" not in headers:
             # Published raw, without a trace context: the goal's one trace starts here, at the
             # first stage (the span handling it), and every later message and resend keeps it.
