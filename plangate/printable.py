@@ -28,3 +28,11 @@ def printable(text: str) -> str:
 def _escaped(found: re.Match[str]) -> str:
     code = ord(found.group())
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable_line(text: str) -> str:
+    """Return `text` as `printable` does, its line breaks and tabs escaped too.
+
+    For one row of a listing, where a line break in a field forges a row below it.
+    """
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")

@@ -297,7 +297,12 @@ class DeadLetter(BaseModel):
     routing_key: str | None = None
     content_type: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    body_b64: str = Field(description="The original body, base64, for replay.")
+    # Checked as base64 when read: a forged letter that is not was replayed as far as it, then
+    # `dlq replay --all` stopped with a traceback, every time.
+    body_b64: str = Field(
+        description="The original body, base64, for replay.",
+        pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$",
+    )
     failed_at: datetime = Field(default_factory=utcnow)
 
 

@@ -842,3 +842,13 @@ def test_json_stdout_holds_only_events_while_a_tool_prints(cli: Cli, tmp_path: P
     assert [e["output"] for e in events if e["event"] == "step.finished"] == [7]
     for said in ("python print", "raw write to descriptor 1", "a subprocess the tool started"):
         assert said in result.stderr
+
+
+@pytest.mark.parametrize("verb", ["replay", "purge"])
+def test_dlq_naming_letters_and_all_at_once_is_refused(cli: Cli, verb: str) -> None:
+    """`dlq replay ID --all` replayed every letter, the ids unheeded; it is one line now."""
+    confirmed = ("--yes",) if verb == "purge" else ()
+    result = cli("dlq", verb, "some-letter", "--all", *confirmed)
+
+    assert result.returncode == EXIT_USAGE
+    assert "name the dead letters to " + verb + ", or pass --all (not both)" in result.stderr

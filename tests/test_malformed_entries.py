@@ -417,3 +417,60 @@ def test_dlq_list_says_how_many_entries_on_the_queue_are_no_dead_letters(
     assert "no dead letters" not in listed.stdout
     assert bus.read_dead_letters() == ([], 2)
     bus.close()
+
+
+def forged_letter(message_id: str, **fields: str) -> bytes:
+    """A dead letter as anyone who can publish on the broker could write one."""
+    letter = {
+        "schema_version": 1,
+        "type": "dead.letter",
+        "message_id": message_id,
+        "reason": "forged",
+        "queue": "plangate.planner",
+        "routing_key": "goal.submitted",
+        "content_type": "application/json",
+        "headers": {},
+        "failed_at": "2026-12-06T08:40:00Z",
+        "body_b64": base64.b64encode(b"{}").decode("ascii"),
+    }
+    return json.dumps(letter | fields).encode()
+
+
+@pytest.mark.redis
+def test_forged_dead_letters_neither_stop_a_replay_nor_forge_rows_of_the_list(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Given, on the dead-letter queue, a forged letter whose body is not base64 and one whose
+    reason holds an escape sequence and a line break,
+    When an operator lists the letters and replays them all,
+    Then the list shows one row a letter, the escape and the break as escapes, and the replay
+    ends in one line, keeping the letter it cannot read: it stopped with a traceback at that
+    letter, every time, and a line break in a reason printed a row of its own.
+    """
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    bus = Bus(redis_url, namespace)
+    bus.declare()
+    queue = bus.topology.dead_letter_queue_name
+    spoofing = "\x1b[2J\x1b[31mALL GOOD\x1b[0m\nfake-id  2026-01-01  plangate.gate  fine"
+    planner = f"{namespace}.planner"
+    entries = [
+        envelope(forged_letter("bad-body", body_b64="!!!notb64", queue=planner), namespace),
+        envelope(forged_letter("spoofing", reason=spoofing, queue=planner), namespace),
+    ]
+    redis.Redis.from_url(redis_url).lpush(queue, *(json.dumps(entry) for entry in entries))
+    env = {"PLANGATE_BROKER_URL": redis_url, "PLANGATE_NAMESPACE": namespace}
+
+    listed = plangate_in(tmp_path, "dlq", "list", **env)
+    replayed = plangate_in(tmp_path, "dlq", "replay", "--all", **env)
+
+    assert listed.returncode == 0, listed.stderr
+    [row] = listed.stdout.splitlines()
+    assert row.startswith("spoofing  ")
+    assert "\\x1b[2J" in row
+    assert "\\nfake-id" in row
+    assert "1 more entries on the dead-letter queue are not dead letters" in listed.stderr
+    assert replayed.returncode == 0, replayed.stderr
+    assert "Traceback" not in replayed.stderr
+    assert replayed.stdout.splitlines() == [f"replayed spoofing to {planner}"]
+    assert bus.read_dead_letters()[1] == 1  # the unreadable one is kept
+    bus.close()

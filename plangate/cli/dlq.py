@@ -19,7 +19,7 @@ from plangate.cli.common import (
     load_settings,
 )
 from plangate.errors import ConfigError, quoted
-from plangate.printable import printable
+from plangate.printable import printable_line
 
 if TYPE_CHECKING:
     from plangate.bus import Bus
@@ -57,7 +57,7 @@ def list_letters(
             when = letter.failed_at.strftime("%Y-%m-%d %H:%M:%S")
             # Its id and what is quoted in its reason are whoever published it: shown, not obeyed.
             line = f"{letter.message_id}  {when}  {letter.queue:<20} {letter.reason}"
-            typer.echo(printable(line))
+            typer.echo(printable_line(line))
     if not letters and not unreadable and not as_json:
         typer.echo("no dead letters")
 
@@ -98,8 +98,7 @@ def replay(
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
 ) -> None:
     """Replay the given dead letters (or --all) once the cause is fixed."""
-    if not letter_ids and not replay_all:
-        raise typer.BadParameter("name the dead letters to replay, or pass --all")
+    _chosen(letter_ids, replay_all, "replay")
     bus = _bus()
     try:
         named = _named(bus, letter_ids or [])
@@ -129,8 +128,7 @@ def purge(
     Their goals are not touched: `plangate goals` and the audit log keep what happened.
     Unknown ids are reported (exit 2); nothing else is removed.
     """
-    if not letter_ids and not purge_all:
-        raise typer.BadParameter("name the dead letters to purge, or pass --all")
+    _chosen(letter_ids, purge_all, "purge")
     if purge_all and not yes:
         if not sys.stdin.isatty():  # nobody to answer: click would print "Aborted!", exit 1
             raise ConfigError("--all removes every dead letter for good; add --yes to confirm")
@@ -147,6 +145,12 @@ def purge(
         names = escape(", ".join(sorted(missing)))
         err_console.print(f"[red]error:[/] no such dead letter: {names}")
         raise typer.Exit(EXIT_USAGE)
+
+
+def _chosen(letter_ids: list[str] | None, every: bool, verb: str) -> None:
+    """Refuse a choice that names no letter, or names some and --all (which would win)."""
+    if bool(letter_ids) == every:
+        raise typer.BadParameter(f"name the dead letters to {verb}, or pass --all (not both)")
 
 
 def _resolve(ids: Collection[str], given: str) -> str | None:
