@@ -56,15 +56,17 @@ def seq_of(pipeline: Pipeline, goal_id: str, kind: str) -> int:
     return next(e.seq for e in audit_entries(pipeline.store, goal_id) if e.kind == kind)
 
 
-def plangate_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def plangate_cli(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the installed `plangate` command against one data folder."""
     script = Path(sys.executable).with_name("plangate")
     fallback = [sys.executable, "-c", "from plangate.cli.main import app; app()"]
     command = [str(script)] if script.exists() else fallback
-    env = {**os.environ, "PLANGATE_DATA_DIR": str(data_dir)}
-    env.pop("PLANGATE_DATABASE_URL", None)
+    environ = {**os.environ, "PLANGATE_DATA_DIR": str(data_dir), **(env or {})}
+    environ.pop("PLANGATE_DATABASE_URL", None)
     return subprocess.run(
-        [*command, *args], env=env, capture_output=True, text=True, timeout=30, check=False
+        [*command, *args], env=environ, capture_output=True, text=True, timeout=30, check=False
     )
 
 
@@ -586,3 +588,28 @@ def test_a_row_the_views_show_rewritten_outside_plangate_breaks_verification(
     assert verified.returncode == 1, verified.stdout + verified.stderr
     assert "records broken" in verified.stderr
     assert said in " ".join(verified.stderr.split())
+
+
+def test_the_newest_checkpoint_deleted_is_said_as_entries_no_checkpoint_seals(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a run sealed by checkpoint 1, a second run, and checkpoint 2 sealing both,
+    When checkpoint 2 is deleted (nothing after it names it, so no link breaks),
+    Then `audit verify` still holds, but warns that the second run's entries were written after
+    the newest checkpoint and none seals them: it said nothing, and the tail of the second run
+    could then be removed unseen.
+    """
+    checkpoint(pipeline)
+    second = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(second, HELD, timeout=5)
+    checkpoint(pipeline)
+    run_sql(pipeline, "DELETE FROM audit_checkpoint_heads WHERE checkpoint_id = 2")
+    run_sql(pipeline, "DELETE FROM audit_checkpoints WHERE id = 2")
+
+    interval = {"PLANGATE_AUDIT_CHECKPOINT_SECONDS": "0.01"}  # the gate's, long past
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify", env=interval)
+
+    assert verified.returncode == 0, verified.stderr
+    warning = " ".join(verified.stderr.split())
+    assert "entries were written after the newest checkpoint" in warning
+    assert "newer checkpoints were deleted" in warning

@@ -123,8 +123,32 @@ def audit_verify(
             "Check against a signed export kept elsewhere (--against FILE)",
             highlight=False,
         )
+    _warn_of_unsealed(store, settings.audit_checkpoint_seconds)
     if against is not None:
         _check_against(store, against)
+
+
+def _warn_of_unsealed(store: Store, interval: float) -> None:
+    """Say so when entries were written well after the newest checkpoint.
+
+    Deleting the newest checkpoints leaves no trace but this gap, and unseals what they sealed.
+    """
+    from datetime import timedelta
+
+    from plangate.store import audit_checkpoints
+    from schemas import utcnow
+
+    gap = audit_checkpoints.unsealed(store)
+    if gap is None or not gap.entries or utcnow() - gap.since <= timedelta(seconds=2 * interval):
+        return
+    err_console.print(
+        f"[yellow]warning:[/] {gap.entries} entries were written after the newest checkpoint "
+        f"({gap.since:%Y-%m-%d %H:%M:%S} UTC), and none seals them yet: the gate writes one "
+        f"every {interval:g} s (PLANGATE_AUDIT_CHECKPOINT_SECONDS) while it runs; if it ran "
+        "since, newer checkpoints were deleted. Check against a signed export kept elsewhere "
+        "(--against FILE)",
+        highlight=False,
+    )
 
 
 @app.command("checkpoint", short_help="Seal every audit chain's head now (the gate does it too).")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, insert, select
@@ -23,7 +24,12 @@ from sqlalchemy.orm import Session
 
 from plangate.store.engine import Store
 from plangate.store.locks import lock_names
-from plangate.store.models import AuditChainRow, AuditCheckpointHeadRow, AuditCheckpointRow
+from plangate.store.models import (
+    AuditChainRow,
+    AuditCheckpointHeadRow,
+    AuditCheckpointRow,
+    AuditRow,
+)
 from schemas import canonical_json, utcnow
 from schemas.hashing import sha256_hex
 
@@ -189,3 +195,26 @@ def _signature_problem(name: str, checkpoint: AuditCheckpointRow, keys: TrustedK
     if payload != checkpoint.hash.encode("ascii"):
         return f"{name}'s signature is over another checkpoint"
     return None
+
+
+@dataclass(frozen=True)
+class Unsealed:
+    """The entries no checkpoint seals yet: written after the newest one (at `since`)."""
+
+    since: datetime
+    entries: int
+
+
+def unsealed(store: Store) -> Unsealed | None:
+    """Return how many entries were written after the newest checkpoint; None if there is none.
+
+    The newest checkpoints can be deleted without a trace (nothing after them names them):
+    the window they leave is the time since the newest left. Said, so a reader can compare it
+    with how often the gate writes one.
+    """
+    with store.reading() as session:
+        newest = session.scalar(select(func.max(AuditCheckpointRow.at)))
+        if newest is None:
+            return None
+        after = session.scalar(select(func.count()).where(AuditRow.at > newest))
+    return Unsealed(datetime.fromisoformat(newest), int(after or 0))
