@@ -86,6 +86,7 @@ class ExportReport:
     entries: int = 0
     key_id: str = ""
     problem: str | None = None
+    part: str | None = None  # what of the log the export holds, if not all of it
 
     @property
     def ok(self) -> bool:
@@ -98,15 +99,25 @@ def verify_export(export: Path, keys: TrustedKeys, manifest: Path | None = None)
     manifest = manifest or manifest_path(export)
     try:
         facts, key_id = _signed_manifest(manifest, keys)
-    except ApprovalInvalid as exc:
-        return ExportReport(problem=f"the manifest {manifest.name}: {exc}")
+    except ApprovalInvalid as exc:  # its reason: a manifest is no approval
+        return ExportReport(problem=f"the manifest {manifest.name}: {exc.reason}")
     if _sha256(export) != facts.get("sha256"):
         return ExportReport(problem=f"{export.name} is not the file signed: its SHA-256 differs")
     entries = read_entries(export)
     problem = _chain_problem(entries)
     if problem is None:
         problem = _summary_problem(entries, facts)
-    return ExportReport(len(entries), key_id, problem)
+    return ExportReport(len(entries), key_id, problem, _part(facts.get("scope")))
+
+
+def _part(scope: object) -> str | None:
+    """Say which part of the log a signed manifest's scope chose; None for the whole log."""
+    if not isinstance(scope, dict):
+        return None
+    chosen = [
+        f"{name} {scope[name]}" for name in ("goal", "since") if isinstance(scope.get(name), str)
+    ]
+    return " and ".join(chosen) or None
 
 
 def _signed_manifest(path: Path, keys: TrustedKeys) -> tuple[dict[str, Any], str]:

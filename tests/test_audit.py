@@ -278,9 +278,10 @@ def test_a_rewritten_checkpoint_or_a_forged_signature_is_reported(
     keys = TrustedKeys([signer.public_key])
     assert audit_checkpoints.sealed_heads(pipeline.store, keys).problem is None
     stranger = TrustedKeys([Ed25519PrivateKey.generate().public_key()])
-    assert "signed by unknown key" in str(
-        audit_checkpoints.sealed_heads(pipeline.store, stranger).problem
-    )
+    # Named as what it may be: another key given by mistake, or the checkpoint signed again.
+    said = str(audit_checkpoints.sealed_heads(pipeline.store, stranger).problem)
+    assert f"checkpoint 1 is signed by {signer.key_id}, not by a key trusted here" in said
+    assert "approval" not in said
 
     run_sql(pipeline, "UPDATE audit_checkpoints SET heads_digest = :d", d="0" * 64)
 
@@ -443,7 +444,10 @@ def test_an_entry_edited_into_no_json_is_named_by_verify_and_stops_export_in_one
     exported = plangate_cli(pipeline.settings.data_dir, "audit", "export")
 
     assert verified.returncode == 1
-    assert f"broken at entry {planned}: its content is not valid JSON" in verified.stderr
+    # Named where a person finds it too: its place in the goal's chain, and its kind.
+    placed = f"(entry 2 of goal {completed_run}'s chain, goal.proposed)"
+    said = " ".join(verified.stderr.split())
+    assert f"broken at entry {planned} {placed}: its content is not valid JSON" in said
     assert exported.returncode == 1
     assert exported.stderr.splitlines() == [
         f"error: audit entry {planned}'s content is not valid JSON: the log was altered; "

@@ -125,3 +125,25 @@ def test_an_approval_envelope_verifies_with_an_independent_dsse_implementation(
     assert envelope["payloadType"] == PAYLOAD_TYPE
     assert list(accepted) == [keyid]
     assert json.loads(parsed.pae().split(b" ", 4)[4])["plan_id"] == plan_id
+
+
+def test_an_export_of_one_goal_verifies_as_a_part_of_the_log(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given an export of one goal's entries (`--goal`), signed,
+    When an auditor verifies it,
+    Then it passes saying it holds a part of the log, and which: it read "export intact", as
+    the whole log would, and a one-goal file could pass for the record of everything.
+    """
+    data_dir = pipeline.settings.data_dir
+    export = tmp_path / "one-goal.jsonl"
+    done = plangate_cli(
+        data_dir, "audit", "export", "--goal", completed_run, "-o", str(export), "--sign"
+    )
+    assert done.returncode == 0, done.stderr
+    [key] = (data_dir / "keys" / "trusted").glob("*.pub")
+
+    code, said = verify(tmp_path / "empty", export, key)
+
+    assert code == 0, said
+    assert f"(a part of the log: goal {completed_run})" in said

@@ -102,7 +102,8 @@ def audit_verify(
             "folder that holds it, or pass --key FILE"
         )
     if not report.ok:
-        where = f"at entry {report.broken_at}" if report.broken_at is not None else "at"
+        seq = report.broken_at
+        where = "at" if seq is None else f"at entry {seq}{audit.placed(store, seq)}"
         err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
         raise typer.Exit(EXIT_FAILED)
     disagreement = audit_records.disagreement(store)
@@ -266,7 +267,8 @@ def _verify_export(export: Path, manifest: Path | None, key_files: list[Path]) -
         raise typer.BadParameter(f"{export} is no file; name an export written with --sign")
     report = verify_export(export, _trusted(key_files), manifest)
     if report.ok:
-        typer.echo(f"export intact: {report.entries} entries, signed by {report.key_id}")
+        part = "" if report.part is None else f" (a part of the log: {report.part})"
+        typer.echo(f"export intact: {report.entries} entries{part}, signed by {report.key_id}")
         return
     err_console.print(f"[red]export not verified[/]: {escape(str(report.problem))}")
     raise typer.Exit(EXIT_FAILED)

@@ -22,6 +22,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from plangate.errors import AuditBroken
+from plangate.printable import printable_line
 from plangate.redaction import redact
 from plangate.store.claims import insert_if_absent
 from plangate.store.engine import Store
@@ -168,6 +169,23 @@ def chain_name(chain: str) -> str:
     if chain == LEGACY_CHAIN:
         return "the chain of entries before 0013"
     return f"goal {chain}'s chain"
+
+
+def placed(store: Store, seq: int) -> str:
+    """Say where entry `seq` sits: its place in its chain and its kind, as a person finds it.
+
+    `seq` alone is a number no view shows; "entry 4 of goal 1f3a…'s chain (goal.approved)" is.
+    """
+    query = select(AuditRow.chain, AuditRow.chain_seq, AuditRow.kind).where(AuditRow.seq == seq)
+    try:
+        with store.reading() as session:
+            found = session.execute(query).first()
+    except (ValueError, TypeError):  # a column edited to what plangate never writes
+        return ""
+    if found is None:
+        return ""
+    chain, chain_seq, kind = found
+    return f" (entry {chain_seq} of {chain_name(str(chain))}, {printable_line(str(kind))})"
 
 
 def verify(store: Store, *, keys: TrustedKeys | None = None, batch: int = 2000) -> AuditReport:

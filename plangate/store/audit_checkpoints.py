@@ -182,12 +182,20 @@ def _problem(
 
 
 def _signature_problem(name: str, checkpoint: AuditCheckpointRow, keys: TrustedKeys) -> str | None:
-    from plangate.errors import ApprovalInvalid
+    from plangate.errors import ApprovalInvalid, UnknownSigner
     from schemas import SignedEnvelope
 
     try:
         envelope = SignedEnvelope.model_validate(checkpoint.signature)
         payload, _ = keys.verified_payload(envelope, CHECKPOINT_TYPE)
+    except UnknownSigner:
+        # A key given by mistake and a checkpoint re-signed by another look the same from here.
+        signers = ", ".join(sorted({signature.keyid for signature in envelope.signatures}))
+        return (
+            f"{name} is signed by {signers}, not by a key trusted here ({', '.join(keys)}): "
+            "if those are not this deployment's gate keys, give its public key (--key or "
+            "PLANGATE_TRUSTED_KEYS_DIR); if they are, the checkpoint was signed again by another"
+        )
     except ApprovalInvalid as exc:  # what the envelope's check says, not "approval refused"
         return f"{name}'s signature does not hold: {exc.reason}"
     except ValueError as exc:
