@@ -6,12 +6,14 @@ changed. With `plangate.config`, this is the one module that reads plangate's va
 
 from __future__ import annotations
 
+import difflib
 import os
 import threading
 
 from pydantic import ValidationError
 
 from plangate.config import Settings, settings_error, variable_name
+from plangate.errors import ConfigError
 
 # The environment variables Settings reads, upper-cased (pydantic-settings ignores their case).
 _VARIABLES = frozenset(variable_name(field) for field in Settings.model_fields)
@@ -67,3 +69,27 @@ def current_settings() -> Settings:
             settings,
         )
     return settings
+
+
+def check_variable_names() -> list[str]:
+    """Refuse a `PLANGATE_*` variable no setting reads that is one slip from one that does.
+
+    `PLANGATE_POLICY_FLIE` was ignored: the gate decided by the packaged default policy, which
+    approves reads unattended, and said so only at info level. Return the other unknown
+    `PLANGATE_*` names (a tool's own variable, one a newer plangate reads), for a warning.
+    """
+    unknown = sorted(
+        name.upper()
+        for name in os.environ
+        if name.upper().startswith("PLANGATE_") and name.upper() not in _VARIABLES
+    )
+    prefix = len("PLANGATE_")
+    ours = [name[prefix:] for name in _VARIABLES if name.startswith("PLANGATE_")]
+    for name in unknown:  # compared past the prefix, which every name shares
+        meant = difflib.get_close_matches(name[prefix:], ours, n=1, cutoff=0.8)
+        if meant:
+            raise ConfigError(
+                f"{name} is not a setting plangate reads; did you mean PLANGATE_{meant[0]}? "
+                "(the documentation's Settings page lists them all)"
+            )
+    return unknown

@@ -17,6 +17,7 @@ from plangate.config import Settings, default_data_dir, settings_error, variable
 from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
 from plangate.redaction import is_secret
+from tests.support import plangate_in
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("plangate", "schemas", "planner_worker", "approval_gate", "executor_worker")
@@ -250,3 +251,36 @@ def test_a_file_or_folder_setting_set_but_empty_is_unset_not_the_current_folder(
     assert settings.trusted_keys_dir is None
     assert settings.mcp_servers is None
     assert settings.data_dir == default_data_dir(settings.xdg_data_home)
+
+
+@pytest.mark.parametrize(
+    ("mistyped", "meant"),
+    [
+        ("PLANGATE_POLICY_FLIE", "PLANGATE_POLICY_FILE"),
+        ("PLANGATE_BROKER_ULR", "PLANGATE_BROKER_URL"),
+        ("PLANGATE_REVIEWER_FILE", "PLANGATE_REVIEWERS_FILE"),
+    ],
+)
+def test_a_variable_one_slip_from_a_setting_is_refused_naming_the_setting(
+    tmp_path: Path, mistyped: str, meant: str
+) -> None:
+    """Given a deny-all policy named by a mistyped variable (`PLANGATE_POLICY_FLIE`),
+    When a worker or any command starts,
+    Then it exits 2 in one line naming the variable it meant: it was ignored, and the gate
+    decided by the packaged default policy, approving reads unattended.
+    """
+    result = plangate_in(tmp_path, "goals", "list", **{mistyped: str(tmp_path / "x")})
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {mistyped} is not a setting plangate reads; did you mean {meant}? (the "
+        "documentation's Settings page lists them all)"
+    ]
+
+
+def test_another_unknown_plangate_variable_is_said_and_the_command_runs(tmp_path: Path) -> None:
+    """A tool's own `PLANGATE_*` variable, or one a newer plangate reads, is a warning only."""
+    result = plangate_in(tmp_path, "db", "upgrade", PLANGATE_ACME_CRM_URL="https://crm.example")
+
+    assert result.returncode == 0, result.stderr
+    assert "PLANGATE_ACME_CRM_URL: no plangate setting reads it" in result.stderr

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from plangate.addresses import broker_scheme
 from plangate.config import Settings, settings_error
+from plangate.current_settings import check_variable_names
 from plangate.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -176,6 +177,13 @@ def _store_failure(error: Exception) -> str | None:
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment, then apply the command line's overrides."""
     values = {k: v for k, v in overrides.items() if v is not None}
+    unknown = check_variable_names()  # one slip from a setting: refused, as if it were wrong
+    if unknown:
+        logging.getLogger("plangate").warning(
+            "%s: no plangate setting reads %s",
+            ", ".join(unknown),
+            "it" if len(unknown) == 1 else "them",
+        )
     try:
         return Settings(**values)  # type: ignore[arg-type]
     except ValidationError as exc:
