@@ -26,9 +26,9 @@ from sqlalchemy import select
 
 from plangate import telemetry
 from plangate.config import Settings
-from plangate.errors import GoalNotCompleted, GoalWaiting
+from plangate.errors import GoalNotCompleted, GoalWaiting, InputInvalid
 from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, open_store
-from plangate.store.goal_list import GoalPage, list_goals
+from plangate.store.goal_list import GoalPage, list_goals, parse_since
 from plangate.store.goals import get_goal, latest_plan
 from schemas.goal_states import WAITING_FOR_PERSON
 
@@ -225,12 +225,22 @@ class Client:
         self,
         *,
         state: str | None = None,
-        since: datetime | None = None,
+        since: datetime | str | None = None,
         search: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
     ) -> GoalPage:
-        """Return the newest goals matching the filters, a page at a time (`next_cursor`)."""
+        """Return the newest goals matching the filters, a page at a time (`next_cursor`).
+
+        `since` is a time, or as the API and the CLI take it: an age (30m, 2h, 7d) or an ISO
+        time. InputInvalid if it is neither.
+        """
+        if isinstance(since, str):
+            since = parse_since(since)
+        elif since is not None and not isinstance(since, datetime):
+            raise InputInvalid(
+                f"since must be a datetime or text such as '7d', not {type(since).__name__}"
+            )
         with self._store.reading() as session:
             return list_goals(
                 session, state=state, since=since, search=search, limit=limit, cursor=cursor

@@ -16,6 +16,7 @@ from plangate.store import Store
 from plangate.store.goals import goal_with_key, store_goal
 from plangate.store.outbox import emit
 from schemas import GoalSubmitted, new_id
+from schemas.decoding import JsonRefused, check_json_value
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,16 @@ def submit_goal(
 ) -> Submitted:
     """Store a new goal and publish goal.submitted; the same idempotency key yields one goal.
 
-    `mark` marks the published row sent (see `deliver`).
+    Everything is checked before anything is stored (InputInvalid saying what to change), by
+    the checks the HTTP intake makes: a goal the planner could not store must not wait for ever
+    as `submitted`. `mark` marks the published row sent (see `deliver`).
     """
-    if idempotency_key is not None and not idempotency_key.strip():
-        raise InputInvalid("the idempotency key is empty: give one that names this goal, or none")
-    if idempotency_key is not None:  # else no transaction: on SQLite each waits for the lock
-        existing = _goal_with_key(store, idempotency_key, text)
+    message = _goal_message(text, metadata, idempotency_key)
+    if message.idempotency_key is not None:  # else no transaction: on SQLite each waits
+        existing = _goal_with_key(store, message)
         if existing is not None:
             return existing
     with telemetry.tracer().start_as_current_span("submit goal") as span:
-        message = _goal_message(text, metadata, idempotency_key)
         span.set_attribute("plangate.goal_id", message.goal_id)
         headers: dict[str, str] = {}
         telemetry.inject(headers)
@@ -63,9 +64,7 @@ def submit_goal(
         except IntegrityError:
             # The same key came twice at once, and the other submission stored its goal
             # between our look and our write: that goal is the answer to both.
-            existing = (
-                None if idempotency_key is None else _goal_with_key(store, idempotency_key, text)
-            )
+            existing = None if message.idempotency_key is None else _goal_with_key(store, message)
             if existing is None:
                 raise
             return existing
@@ -73,38 +72,61 @@ def submit_goal(
         return Submitted(message.goal_id, telemetry.current_trace_id(), queued=not sent)
 
 
-def _goal_with_key(store: Store, idempotency_key: str, text: str) -> Submitted | None:
-    """Return the goal already submitted with this idempotency key, if there is one.
+def _goal_with_key(store: Store, message: GoalSubmitted) -> Submitted | None:
+    """Return the goal already submitted with this message's idempotency key, if there is one.
 
-    Conflict if that goal's text is another: the key names a different goal, and answering
-    with it would let the caller take the other goal's outcome for this one's.
+    Conflict if that goal's text or metadata is another: the key names a different goal, and
+    answering with it would let the caller take the other goal's outcome for this one's.
     """
+    key = message.idempotency_key
+    assert key is not None
     with store.reading() as session:
-        existing = goal_with_key(session, idempotency_key)
+        existing = goal_with_key(session, key)
         if existing is None:
             return None
-        if existing.text != text:
+        differs = [
+            what
+            for what, same in (
+                ("text", existing.text == message.text),
+                ("metadata", dict(existing.meta) == dict(message.metadata)),
+            )
+            if not same
+        ]
+        if differs:
             raise Conflict(
-                f"the idempotency key {quoted(idempotency_key)} was given to goal "
-                f"{existing.id} with another text; give each new goal a key of its own"
+                f"the idempotency key {quoted(key)} was given to goal {existing.id} with "
+                f"another {' and '.join(differs)}; give each new goal a key of its own, or "
+                "send the first goal's text and metadata unchanged"
             )
         return Submitted(existing.id, telemetry.trace_id_of(existing.trace_headers), duplicate=True)
 
 
 def _goal_message(
-    text: str, metadata: Mapping[str, str] | None, idempotency_key: str | None
+    text: object, metadata: object = None, idempotency_key: object = None
 ) -> GoalSubmitted:
-    """Return the goal.submitted message; InputInvalid, saying what to change, if it cannot be."""
-    if not text.strip():
+    """Return the goal.submitted message; InputInvalid, saying what to change, if it cannot be.
+
+    Typed `object`: a library caller's values are checked, not trusted to match the hints.
+    """
+    if isinstance(text, str) and not text.strip():
         raise InputInvalid("the goal is empty: say what should be done, in words")
+    if isinstance(idempotency_key, str) and not idempotency_key.strip():
+        raise InputInvalid("the idempotency key is empty: give one that names this goal, or none")
+    if isinstance(metadata, Mapping):  # a mapping that is no dict is read as one
+        metadata = dict(metadata)
+    try:  # the intake's own check (`strict_json_loads` makes it): NUL cannot be stored
+        check_json_value([text, metadata, idempotency_key], allow_nul=False)
+    except JsonRefused as exc:
+        raise InputInvalid(f"the goal is refused: {exc}") from exc
     try:
-        return GoalSubmitted(
+        message = GoalSubmitted(
             goal_id=new_id(),
-            text=text,
-            metadata=dict(metadata or {}),
+            text=text,  # validated here: pydantic takes any value
+            metadata={} if metadata is None else metadata,
             idempotency_key=idempotency_key,
         )
     except ValidationError as exc:
         problem = exc.errors()[0]
         where = ".".join(str(part) for part in problem["loc"]) or "goal"
         raise InputInvalid(f"the goal's {where}: {problem['msg']}") from exc
+    return message

@@ -355,3 +355,31 @@ def test_audit_log_tells_the_goals_story(pipeline: Pipeline) -> None:
     held = next(e for e in entries if e.kind == "goal.held")
     assert held.data["rule"] == "hold-writes"
     assert held.data["plan_hash"] == plans_of(pipeline.store, goal_id)[0].plan_hash
+
+
+def test_a_key_stored_by_another_submission_between_look_and_write_is_one_goal(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a submission with key "nightly-race" whose look finds no goal with it,
+    When another submission with that key stores its goal before the first one writes,
+    Then the first returns the other's goal, marked duplicate, not an error; one goal exists.
+    (The goal is now checked before the look, so the race is made at the look itself.)
+    """
+    from plangate import submission
+
+    look = submission._goal_with_key
+    other: list[str] = []
+
+    def another_submission_in_between(*args: Any) -> Any:
+        if other:  # the other submission's own look, and this one's after its write failed
+            return look(*args)
+        other.append("")
+        other[0] = pipeline.submit(SEED_GOAL, idempotency_key="nightly-race").goal_id
+        return None  # what this submission's look saw, before the other one wrote
+
+    monkeypatch.setattr(submission, "_goal_with_key", another_submission_in_between)
+    raced = pipeline.submit(SEED_GOAL, idempotency_key="nightly-race")
+
+    assert (raced.goal_id, raced.duplicate) == (other[0], True)
+    with pipeline.store.session() as session:
+        assert session.scalar(select(func.count()).select_from(GoalRow)) == 1

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from plangate import telemetry
-from plangate.errors import Conflict, NotFound, Reject, quoted
+from plangate.errors import Conflict, InputInvalid, NotFound, Reject, quoted
 from plangate.redaction import redact
 from plangate.store import audit
 from plangate.store.engine import after_release
@@ -127,8 +127,13 @@ def by_id(
 def get_goal(session: Session, goal_id: str, *, typed: bool = False) -> GoalRow:
     """Return a goal's row (by its id or a short start of it) or raise NotFound.
 
-    `typed`: a person gave the id (see `by_id`).
+    `typed`: a person gave the id (see `by_id`). InputInvalid if it is no id at all.
     """
+    if not isinstance(goal_id, str) or not goal_id.strip():
+        given = "empty" if isinstance(goal_id, str) else f"a {type(goal_id).__name__}"
+        raise InputInvalid(
+            f"the goal id is {given}; give a goal's id (`plangate goals list` shows goals)"
+        )
     row = by_id(session, GoalRow, GoalRow.id, goal_id, typed=typed)
     if row is None:
         short = (

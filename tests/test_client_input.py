@@ -1,0 +1,97 @@
+"""The Python client refuses what the HTTP intake refuses, before it stores anything.
+
+`Client.submit` stored a goal whose text held NUL: the planner dead-lettered its message, and the
+goal stayed `submitted` for ever, where `POST /api/v1/goals` answered 422. Values of the wrong
+type failed deep inside (AttributeError) or were taken (`metadata=[]`); `Client.goal(None)` or
+`Client.goal("")` failed in SQLAlchemy; `list_goals(since="1d")`, which the API takes, too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from plangate.client import Client
+from plangate.config import Settings
+from plangate.errors import Conflict, InputInvalid
+from plangate.store import open_store
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[Client]:
+    """A client on a migrated SQLite store and the memory transport."""
+    settings = settings.model_copy(update={"broker_url": "memory://"})
+    open_store(settings.resolved_database_url()).close()  # migrated, as `plangate db upgrade`
+    with Client(settings) as opened:
+        yield opened
+
+
+@pytest.mark.parametrize(
+    ("text", "given", "said"),
+    [
+        ("text with \x00 NUL", {}, "holds NUL, which cannot be stored"),
+        ("a lone \ud800 surrogate", {}, "holds a lone surrogate"),
+        ("fine", {"metadata": {"team": "s\x00re"}}, "holds NUL"),
+        ("fine", {"idempotency_key": "key-\x00"}, "holds NUL"),
+        (None, {}, "the goal's text: Input should be a valid string"),
+        (5, {}, "the goal's text: Input should be a valid string"),
+        ("fine", {"idempotency_key": 5}, "idempotency_key: Input should be a valid string"),
+        ("fine", {"metadata": []}, "metadata: Input should be a valid dictionary"),
+        ("fine", {"metadata": {"team": 5}}, "metadata.team: Input should be a valid string"),
+        ("   ", {}, "the goal is empty"),
+        ("fine", {"idempotency_key": " "}, "the idempotency key is empty"),
+    ],
+)
+def test_submit_refuses_what_the_intake_refuses_and_stores_nothing(
+    client: Client, text: Any, given: dict[str, Any], said: str
+) -> None:
+    """Given a goal the HTTP intake would refuse (NUL, a lone surrogate, a wrong type),
+    When a library caller submits it with the Python client,
+    Then InputInvalid says what is wrong, and no goal was stored to wait for ever
+    (before, NUL was stored and dead-lettered, and wrong types raised AttributeError).
+    """
+    with pytest.raises(InputInvalid, match=said):
+        client.submit(text, **given)
+    assert client.list_goals().goals == []
+
+
+@pytest.mark.parametrize(
+    ("goal_id", "said"), [(None, "the goal id is a NoneType"), ("", "the goal id is empty")]
+)
+def test_a_goal_asked_for_by_no_id_is_refused_saying_so(
+    client: Client, goal_id: Any, said: str
+) -> None:
+    """Given no goal id (None, or empty text),
+    When the client is asked for that goal,
+    Then InputInvalid says to give a goal's id (it was a TypeError, or an SAWarning).
+    """
+    with pytest.raises(InputInvalid, match=said):
+        client.goal(goal_id)
+
+
+def test_list_goals_takes_an_age_as_the_api_does(client: Client) -> None:
+    """Given a goal submitted now,
+    When the client lists goals `since="1d"`, as `GET /api/v1/goals?since=1d` takes it,
+    Then the goal is listed (it was a raw SQLAlchemy StatementError); and text that is no age
+    nor time is refused saying what to give.
+    """
+    goal = client.submit("Check Jira ticket count")
+    assert [g.goal_id for g in client.list_goals(since="1d").goals] == [goal.goal_id]
+    with pytest.raises(InputInvalid, match="neither an age"):
+        client.list_goals(since="yesterday")
+
+
+def test_the_same_key_with_other_metadata_is_refused(client: Client) -> None:
+    """Given a goal submitted with idempotency key "ticket-42" and metadata team=sre,
+    When the same key and text come again with metadata team=billing,
+    Then Conflict says the key was given to that goal with other metadata and what to do
+    (before, the first goal came back as a duplicate, the new metadata silently dropped);
+    the same metadata again is still the duplicate it was.
+    """
+    first = client.submit("Check Jira", idempotency_key="ticket-42", metadata={"team": "sre"})
+    with pytest.raises(Conflict, match=f"goal {first.goal_id} with another metadata; give each"):
+        client.submit("Check Jira", idempotency_key="ticket-42", metadata={"team": "billing"})
+    again = client.submit("Check Jira", idempotency_key="ticket-42", metadata={"team": "sre"})
+    assert (again.goal_id, again.duplicate) == (first.goal_id, True)
