@@ -167,8 +167,14 @@ class Client:
         *,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        event: tuple[str, str] | None = None,
     ) -> GoalHandle:
-        """Submit a goal; the same idempotency key again returns the first goal's handle."""
+        """Submit a goal; the same idempotency key again returns the first goal's handle.
+
+        InputInvalid, before anything is stored, for what the HTTP intake refuses too.
+        `event`: the goal came as the CloudEvent (source, id), which is its key instead;
+        keys beginning `cloudevent:` are theirs alone.
+        """
         from plangate.submission import submit_goal
 
         submitted = submit_goal(
@@ -178,6 +184,7 @@ class Client:
             metadata=metadata,
             idempotency_key=idempotency_key,
             mark=self._marker,
+            event=event,
         )
         return GoalHandle(
             self,

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from plangate import telemetry
 from plangate.bus import Bus, Envelope
 from plangate.errors import Conflict, InputInvalid, quoted
+from plangate.event_keys import event_key, legacy_event_key, refuse_reserved
 from plangate.relay import deliver
 from plangate.store import Store
 from plangate.store.goals import goal_with_key, store_goal
@@ -41,16 +42,22 @@ def submit_goal(
     metadata: Mapping[str, str] | None = None,
     idempotency_key: str | None = None,
     mark: Callable[[Sequence[Envelope]], None] | None = None,
+    event: tuple[str, str] | None = None,
 ) -> Submitted:
     """Store a new goal and publish goal.submitted; the same idempotency key yields one goal.
 
     Everything is checked before anything is stored (InputInvalid saying what to change), by
     the checks the HTTP intake makes: a goal the planner could not store must not wait for ever
-    as `submitted`. `mark` marks the published row sent (see `deliver`).
+    as `submitted`. `mark` marks the published row sent (see `deliver`). `event`: the goal
+    came as the CloudEvent (source, id), which is its key (`plangate.event_keys`).
     """
+    if event is None:
+        refuse_reserved(idempotency_key)
+    else:
+        idempotency_key = event_key(*event)
     message = _goal_message(text, metadata, idempotency_key)
     if message.idempotency_key is not None:  # else no transaction: on SQLite each waits
-        existing = _goal_with_key(store, message)
+        existing = _earlier_goal(store, message, event)
         if existing is not None:
             return existing
     with telemetry.tracer().start_as_current_span("submit goal") as span:
@@ -64,7 +71,9 @@ def submit_goal(
         except IntegrityError:
             # The same key came twice at once, and the other submission stored its goal
             # between our look and our write: that goal is the answer to both.
-            existing = None if message.idempotency_key is None else _goal_with_key(store, message)
+            existing = None
+            if message.idempotency_key is not None:
+                existing = _goal_with_key(store, message, message.idempotency_key, event)
             if existing is None:
                 raise
             return existing
@@ -72,18 +81,38 @@ def submit_goal(
         return Submitted(message.goal_id, telemetry.current_trace_id(), queued=not sent)
 
 
-def _goal_with_key(store: Store, message: GoalSubmitted) -> Submitted | None:
-    """Return the goal already submitted with this message's idempotency key, if there is one.
+def _earlier_goal(
+    store: Store, message: GoalSubmitted, event: tuple[str, str] | None
+) -> Submitted | None:
+    """Return the goal submitted before with the same key, or as the same CloudEvent."""
+    assert message.idempotency_key is not None
+    found = _goal_with_key(store, message, message.idempotency_key, event)
+    if found is None and event is not None:  # stored before keys had a space of their own
+        found = _goal_with_key(store, message, legacy_event_key(*event), event, legacy=True)
+    return found
+
+
+def _goal_with_key(
+    store: Store,
+    message: GoalSubmitted,
+    key: str,
+    event: tuple[str, str] | None,
+    *,
+    legacy: bool = False,
+) -> Submitted | None:
+    """Return the goal already submitted with this idempotency key, if there is one.
 
     Conflict if that goal's text or metadata is another: the key names a different goal, and
     answering with it would let the caller take the other goal's outcome for this one's.
+    `legacy`: the key is the one the event had before; the goal counts only if it came as
+    that very event.
     """
-    key = message.idempotency_key
-    assert key is not None
     with store.reading() as session:
         existing = goal_with_key(session, key)
         if existing is None:
             return None
+        if legacy and (existing.meta.get("ce.source"), existing.meta.get("ce.id")) != event:
+            return None  # a plain goal's key, or another event's: the old keys were ambiguous
         differs = [
             what
             for what, same in (
@@ -93,12 +122,23 @@ def _goal_with_key(store: Store, message: GoalSubmitted) -> Submitted | None:
             if not same
         ]
         if differs:
-            raise Conflict(
-                f"the idempotency key {quoted(key)} was given to goal {existing.id} with "
-                f"another {' and '.join(differs)}; give each new goal a key of its own, or "
-                "send the first goal's text and metadata unchanged"
-            )
+            raise Conflict(_key_taken(key, existing.id, " and ".join(differs), event))
         return Submitted(existing.id, telemetry.trace_id_of(existing.trace_headers), duplicate=True)
+
+
+def _key_taken(key: str, goal_id: str, what: str, event: tuple[str, str] | None) -> str:
+    if event is not None:
+        source, event_id = event
+        return (
+            f"the CloudEvent with source {quoted(source)} and id {quoted(event_id)} was "
+            f"submitted as goal {goal_id} with another {what}; give each new event an id of "
+            "its own, or send the first event's data unchanged"
+        )
+    return (
+        f"the idempotency key {quoted(key)} was given to goal {goal_id} with another {what}; "
+        "give each new goal a key of its own, or send the first goal's text and metadata "
+        "unchanged"
+    )
 
 
 def _goal_message(

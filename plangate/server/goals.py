@@ -18,7 +18,7 @@ from plangate.redaction import redact
 from plangate.server.auth import require_intake_token
 from plangate.server.deps import get_client
 from plangate.server.errors import ApiError
-from plangate.server.intake import CLOUDEVENT_JSON, JSON, GoalRequest, parse_goal
+from plangate.server.intake import CLOUDEVENT_JSON, JSON, EventGoal, GoalRequest, parse_goal
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.store.goal_list import MAX_PAGE, parse_since
 from schemas.messages import MAX_COMMENT_CHARS
@@ -125,7 +125,10 @@ def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalH
     token = otel_context.attach(telemetry.extract(headers))
     try:
         return client.submit(
-            goal.text, metadata=goal.metadata, idempotency_key=goal.idempotency_key
+            goal.text,
+            metadata=goal.metadata,
+            idempotency_key=goal.idempotency_key,
+            event=goal.event if isinstance(goal, EventGoal) else None,
         )
     finally:
         otel_context.detach(token)

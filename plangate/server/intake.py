@@ -1,7 +1,8 @@
 """Reading a goal from a request body: plain JSON, or a CloudEvent (structured or binary mode).
 
 Every refusal is an `ApiError` whose message says what to send instead. A CloudEvent's goal is
-idempotent on the event: its key is `{source}/{id}`, so the same event twice yields one goal.
+idempotent on the event: its key is made of its source and id (`plangate.event_keys`), so the
+same event twice yields one goal, and no other event or plain key shares it.
 Bodies are read with the one bounded JSON reader (`schemas.decoding.strict_json_loads`): JSON
 nested too deep is a 422, and so is text that cannot be stored (a lone surrogate, NUL), before
 anything reaches the store.
@@ -9,7 +10,6 @@ anything reaches the store.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +19,7 @@ from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from plangate.event_keys import EVENT_KEY_PREFIX, KEY_LIMIT
 from plangate.server.errors import ApiError
 from schemas.decoding import JsonRefused, strict_json_loads
 from schemas.messages import Metadata
@@ -26,7 +27,6 @@ from schemas.messages import Metadata
 GOAL_EVENT_TYPE = "dev.plangate.goal.submitted"
 JSON = "application/json"
 CLOUDEVENT_JSON = "application/cloudevents+json"
-_KEY_LIMIT = 200  # GoalSubmitted.idempotency_key's max_length
 _REQUIRED = ("specversion", "id", "source", "type")
 _BODY_LIMIT = 1024 * 1024  # the route's own limit is lower; this bounds any other caller
 _STATUS = {"size": 413, "syntax": 400, "depth": 422, "text": 422}
@@ -47,9 +47,22 @@ class GoalRequest(BaseModel):
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
-        max_length=_KEY_LIMIT,
-        description="The same key twice yields one goal.",
+        max_length=KEY_LIMIT,
+        description=f"The same key twice yields one goal. Keys beginning {EVENT_KEY_PREFIX!r} "
+        "are CloudEvents' (their source and id).",
     )
+
+
+class EventGoal(GoalRequest):
+    """A goal that came as a CloudEvent: its key is the event's (source, id), never its own."""
+
+    event_source: str
+    event_id: str
+
+    @property
+    def event(self) -> tuple[str, str]:
+        """The event's (source, id)."""
+        return self.event_source, self.event_id
 
 
 def media_type(headers: Mapping[str, str]) -> str:
@@ -129,9 +142,6 @@ def _event_goal(headers: dict[str, str], body: bytes) -> GoalRequest:
             "the event's data must be a JSON object, as `data` (not `data_base64`): "
             '{"text": "what you want done"}',
         )
-    key = f"{event.get_source()}/{event.get_id()}"
-    if len(key) > _KEY_LIMIT:
-        key = "ce-sha256:" + hashlib.sha256(key.encode()).hexdigest()
     metadata = data.get("metadata", {})
     if isinstance(metadata, dict):
         metadata = {
@@ -140,7 +150,8 @@ def _event_goal(headers: dict[str, str], body: bytes) -> GoalRequest:
             "ce.id": event.get_id(),
             "ce.type": event.get_type(),
         }
-    return _validated({"text": data.get("text"), "metadata": metadata, "idempotency_key": key})
+    goal = _validated({"text": data.get("text"), "metadata": metadata})
+    return EventGoal(**goal.model_dump(), event_source=event.get_source(), event_id=event.get_id())
 
 
 def _read_event(headers: dict[str, str], body: bytes) -> BaseCloudEvent:
