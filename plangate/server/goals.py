@@ -16,14 +16,13 @@ from plangate import telemetry
 from plangate.client import Client, GoalHandle
 from plangate.redaction import redact
 from plangate.server.auth import require_intake_token
+from plangate.server.decision_bodies import CancelRequest, ReasonBody
 from plangate.server.deps import get_client
 from plangate.server.errors import ApiError
-from plangate.server.intake import CLOUDEVENT_JSON, JSON, EventGoal, GoalRequest, parse_goal
+from plangate.server.intake import CLOUDEVENT_JSON, EventGoal, GoalRequest, parse_goal
+from plangate.server.json_bodies import JSON, documented_body, read_body
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.store.goal_list import MAX_PAGE, parse_since
-from schemas.messages import MAX_COMMENT_CHARS
-
-MAX_BODY_BYTES = 64 * 1024
 
 # Each route says who may call it: submitting takes the intake token (when one is set);
 # listing, cancelling and retrying a reviewer's; a goal's state either. (One token for the
@@ -86,20 +85,6 @@ class ErrorBody(BaseModel):
     """Every error: what went wrong and what to do."""
 
     error: str
-
-
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """Return the body, refusing (413) one over `limit` bytes before reading all of it."""
-    too_big = ApiError(413, f"the body is over {limit // 1024} KiB; send a shorter goal")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_big
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_big
-    return bytes(body)
 
 
 _SUBMIT_BODY: dict[str, Any] = {
@@ -221,20 +206,15 @@ def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) ->
     return state.model_copy(update={"reason": redact(state.reason) if state.reason else None})
 
 
-class CancelRequest(BaseModel):
-    """Why the goal is cancelled or retried (recorded with who did it)."""
-
-    reason: str = Field(default="", max_length=MAX_COMMENT_CHARS)
-
-
 @router.post(
     "/{goal_id}/cancel",
     response_model=GoalState,
-    responses={code: {"model": ErrorBody} for code in (401, 404, 409, 422)},
+    responses={code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)},
+    **documented_body(CancelRequest),
 )
 def cancel_goal(
     goal_id: str,
-    body: CancelRequest,
+    body: ReasonBody,
     client: Annotated[Client, Depends(get_client)],
     reviewer: Annotated[Reviewer, Depends(require_reviewer)],
 ) -> GoalState:
@@ -250,11 +230,12 @@ def cancel_goal(
 @router.post(
     "/{goal_id}/retry",
     response_model=GoalState,
-    responses={code: {"model": ErrorBody} for code in (401, 404, 409, 422)},
+    responses={code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)},
+    **documented_body(CancelRequest),
 )
 def retry_goal(
     goal_id: str,
-    body: CancelRequest,
+    body: ReasonBody,
     client: Annotated[Client, Depends(get_client)],
     reviewer: Annotated[Reviewer, Depends(require_reviewer)],
 ) -> GoalState:

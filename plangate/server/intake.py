@@ -21,15 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plangate.event_keys import EVENT_KEY_PREFIX, KEY_LIMIT
 from plangate.server.errors import ApiError
-from schemas.decoding import JsonRefused, strict_json_loads
+from plangate.server.json_bodies import JSON, json_object, json_value, media_type, problems_of
 from schemas.messages import Metadata
 
 GOAL_EVENT_TYPE = "dev.plangate.goal.submitted"
-JSON = "application/json"
 CLOUDEVENT_JSON = "application/cloudevents+json"
 _REQUIRED = ("specversion", "id", "source", "type")
-_BODY_LIMIT = 1024 * 1024  # the route's own limit is lower; this bounds any other caller
-_STATUS = {"size": 413, "syntax": 400, "depth": 422, "text": 422}
 _NEEDS = "a CloudEvent 1.0 needs specversion, id, source and type"
 
 
@@ -65,11 +62,6 @@ class EventGoal(GoalRequest):
         return self.event_source, self.event_id
 
 
-def media_type(headers: Mapping[str, str]) -> str:
-    """Return the request's media type without parameters, lower-cased ('' if none)."""
-    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
-
-
 def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
     """Return the goal a request carries, whichever of the three forms it uses."""
     kind = media_type(headers)
@@ -79,7 +71,7 @@ def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
         binary = {k: v for k, v in headers.items() if k == "content-type" or k.startswith("ce-")}
         return _event_goal(binary, body)
     if kind == JSON:
-        return _validated(_json_object(body, "the body"))
+        return _validated(json_object(body, "the body"))
     raise ApiError(
         415,
         f"unsupported content type {kind or '(none)'!r}; send {JSON} "
@@ -88,32 +80,12 @@ def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
     )
 
 
-def _json_value(body: bytes, what: str) -> Any:
-    try:
-        return strict_json_loads(body, max_bytes=_BODY_LIMIT, allow_nul=False)
-    except JsonRefused as exc:
-        if exc.problem == "syntax":
-            raise ApiError(400, f"{what} is not valid JSON ({exc}); send a JSON object") from exc
-        raise ApiError(_STATUS[exc.problem], f"{what} is refused: {exc}") from exc
-
-
-def _json_object(body: bytes, what: str) -> dict[str, Any]:
-    value = _json_value(body, what)
-    if not isinstance(value, dict):
-        raise ApiError(400, f"{what} must be a JSON object, not {type(value).__name__}")
-    return value
-
-
 def _validated(fields: Mapping[str, Any]) -> GoalRequest:
     try:
         return GoalRequest.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in e['loc']) or 'body'}: {e['msg']}"
-            for e in exc.errors()
-        )
         raise ApiError(
-            422, f'invalid goal: {problems}; send {{"text": "what you want done"}}'
+            422, f'invalid goal: {problems_of(exc)}; send {{"text": "what you want done"}}'
         ) from exc
 
 
@@ -121,9 +93,9 @@ def _event_goal(headers: dict[str, str], body: bytes) -> GoalRequest:
     if "ce-specversion" in headers:
         given = {name.removeprefix("ce-"): value for name, value in headers.items()}
         if body.strip():  # bounded and storable before the SDK reads it
-            _json_value(body, "the event's data")
+            json_value(body, "the event's data")
     else:
-        given = _json_object(body, "the CloudEvent")  # a clear 400 before the SDK's own errors
+        given = json_object(body, "the CloudEvent")  # a clear 400 before the SDK's own errors
     # The SDK fills in a missing id with a random one, which would defeat idempotency.
     missing = [name for name in _REQUIRED if not given.get(name)]
     if missing:

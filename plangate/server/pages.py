@@ -18,14 +18,14 @@ from fastapi.responses import RedirectResponse, Response
 from approval_gate.review import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
 from plangate.server.cross_site import sent_from_another_site
+from plangate.server.decision_bodies import Settle
 from plangate.server.errors import ApiError
-from plangate.server.goals import read_body
+from plangate.server.json_bodies import read_body
 from plangate.server.progress import plan_progress
 from plangate.server.ratelimit import client_address, get_limit
 from plangate.server.reviewers import Reviewer, get_reviewers
 from plangate.server.reviews import (
     ReviewDesk,
-    Settle,
     detail_of,
     get_desk,
     outcome_of,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
@@ -24,8 +24,19 @@ from plangate.catalog import load_catalog
 from plangate.config import Settings
 from plangate.errors import NotFound, quoted
 from plangate.relay import deliver
+from plangate.server.decision_bodies import (
+    Approve,
+    ApproveBody,
+    Edit,
+    EditBody,
+    RejectBody,
+    RejectionBody,
+    Settle,
+    SettleBody,
+)
 from plangate.server.errors import ApiError
 from plangate.server.goals import ErrorBody
+from plangate.server.json_bodies import documented_body
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.stages import build_review
 from plangate.store import PlanRow, Store, open_store
@@ -33,7 +44,6 @@ from plangate.store.goal_list import source_of
 from plangate.store.goals import get_goal, latest_plan
 from schemas import Catalog, StepPreview
 from schemas.data_flow import untrusted_sources
-from schemas.messages import MAX_COMMENT_CHARS
 
 router = APIRouter(prefix="/api/v1/reviews", tags=["reviews"])
 
@@ -186,36 +196,6 @@ class UnsettledView(BaseModel):
     since: datetime | None
 
 
-class Settle(BaseModel):
-    """What you found of an unknown step: whether it happened (and its output, if it did)."""
-
-    happened: bool
-    output: Any = Field(default=None, description="With happened: the output later steps use.")
-    comment: str = Field(default="", max_length=MAX_COMMENT_CHARS)
-
-
-class Approve(BaseModel):
-    """Approve the revision whose hash you saw."""
-
-    plan_hash: str = Field(min_length=1)
-    comment: str = Field(default="", max_length=MAX_COMMENT_CHARS)
-
-
-class RejectBody(BaseModel):
-    """Reject the revision whose hash you saw, saying why."""
-
-    plan_hash: str = Field(min_length=1)
-    comment: str = Field(min_length=1, max_length=MAX_COMMENT_CHARS)
-
-
-class Edit(BaseModel):
-    """Replace the steps (and summary) of the revision whose hash you saw: revision n+1."""
-
-    plan_hash: str = Field(min_length=1)
-    steps: list[dict[str, Any]] = Field(min_length=1)
-    summary: str | None = None
-
-
 class Outcome(BaseModel):
     """What a decision did: the goal's state now and its newest revision."""
 
@@ -303,9 +283,15 @@ def outcome_of(desk: ReviewDesk, goal_id: str, message: str) -> Outcome:
 
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
 Person = Annotated[Reviewer, Depends(require_reviewer)]
+_Route = TypeVar("_Route", bound=Callable[..., Outcome])
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)
 }
+
+
+def _decision(path: str, body: type[BaseModel]) -> Callable[[_Route], _Route]:
+    """Declare a decision's route: its answer, its errors and the body it reads."""
+    return router.post(path, response_model=Outcome, responses=_ERRORS, **documented_body(body))
 
 
 @router.get("", response_model=list[ReviewSummary], responses=_ERRORS)
@@ -327,9 +313,9 @@ def show_review(plan_id: str, desk: Desk, reviewer: Person) -> ReviewDetail:
     return detail_of(desk.review.get(plan_id), desk.catalog())
 
 
-@router.post("/{plan_id}/approve", response_model=Outcome, responses=_ERRORS)
+@_decision("/{plan_id}/approve", Approve)
 def approve(
-    plan_id: str, body: Approve, desk: Desk, reviewer: Person, response: Response
+    plan_id: str, body: ApproveBody, desk: Desk, reviewer: Person, response: Response
 ) -> Outcome:
     """Approve the revision with hash `plan_hash` (409 if it changed or was decided).
 
@@ -351,8 +337,8 @@ def approve(
     return outcome_of(desk, goal_id, desk.review.approval_said(plan_id, reviewer.name))
 
 
-@router.post("/{plan_id}/reject", response_model=Outcome, responses=_ERRORS)
-def reject(plan_id: str, body: RejectBody, desk: Desk, reviewer: Person) -> Outcome:
+@_decision("/{plan_id}/reject", RejectBody)
+def reject(plan_id: str, body: RejectionBody, desk: Desk, reviewer: Person) -> Outcome:
     """Reject the revision with hash `plan_hash`, with a comment; it never runs."""
     goal_id = desk.review.get(plan_id).goal.id
     desk.decide(
@@ -367,8 +353,8 @@ def reject(plan_id: str, body: RejectBody, desk: Desk, reviewer: Person) -> Outc
     return outcome_of(desk, goal_id, f"rejection by {reviewer.name} recorded; the plan never runs")
 
 
-@router.post("/{plan_id}/edit", response_model=Outcome, responses=_ERRORS)
-def edit(plan_id: str, body: Edit, desk: Desk, reviewer: Person) -> Outcome:
+@_decision("/{plan_id}/edit", Edit)
+def edit(plan_id: str, body: EditBody, desk: Desk, reviewer: Person) -> Outcome:
     """Make revision n+1 from these steps; the policy decides it again (422 if invalid)."""
     goal_id = desk.review.get(plan_id).goal.id
     desk.decide(
@@ -385,8 +371,8 @@ def edit(plan_id: str, body: Edit, desk: Desk, reviewer: Person) -> Outcome:
     return outcome_of(desk, goal_id, message)
 
 
-@router.post("/{plan_id}/steps/{step_id}/settle", response_model=Outcome, responses=_ERRORS)
-def settle(plan_id: str, step_id: str, body: Settle, desk: Desk, reviewer: Person) -> Outcome:
+@_decision("/{plan_id}/steps/{step_id}/settle", Settle)
+def settle(plan_id: str, step_id: str, body: SettleBody, desk: Desk, reviewer: Person) -> Outcome:
     """Say whether an unknown step happened; once none is left, the run resumes.
 
     409 if the step is not unknown, or its run is not waiting for a person.

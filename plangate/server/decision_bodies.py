@@ -1,0 +1,64 @@
+"""What a person sends with a decision: the review API's and the goal moves' request bodies.
+
+Each is read by `json_body`, as strictly as goal intake: a field none of them names is refused
+(422), not ignored, so that a misspelt `coment` is not lost without a word.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from plangate.server.json_bodies import json_body
+from schemas.messages import MAX_COMMENT_CHARS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CancelRequest(_Strict):
+    """Why the goal is cancelled or retried (recorded with who did it)."""
+
+    reason: str = Field(default="", max_length=MAX_COMMENT_CHARS)
+
+
+class Settle(_Strict):
+    """What you found of an unknown step: whether it happened (and its output, if it did)."""
+
+    happened: bool
+    output: Any = Field(default=None, description="With happened: the output later steps use.")
+    comment: str = Field(default="", max_length=MAX_COMMENT_CHARS)
+
+
+class Approve(_Strict):
+    """Approve the revision whose hash you saw."""
+
+    plan_hash: str = Field(min_length=1)
+    comment: str = Field(default="", max_length=MAX_COMMENT_CHARS)
+
+
+class RejectBody(_Strict):
+    """Reject the revision whose hash you saw, saying why."""
+
+    plan_hash: str = Field(min_length=1)
+    comment: str = Field(min_length=1, max_length=MAX_COMMENT_CHARS)
+
+
+class Edit(_Strict):
+    """Replace the steps (and summary) of the revision whose hash you saw: revision n+1."""
+
+    plan_hash: str = Field(min_length=1)
+    steps: list[dict[str, Any]] = Field(min_length=1)
+    summary: str | None = None
+
+
+# A route's body, read by `json_body` (first, as FastAPI read it: a body over the bound is 413
+# whoever sends it, see `body_limit`).
+ReasonBody = Annotated[CancelRequest, Depends(json_body(CancelRequest))]
+SettleBody = Annotated[Settle, Depends(json_body(Settle))]
+ApproveBody = Annotated[Approve, Depends(json_body(Approve))]
+RejectionBody = Annotated[RejectBody, Depends(json_body(RejectBody))]
+EditBody = Annotated[Edit, Depends(json_body(Edit))]
