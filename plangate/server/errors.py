@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from plangate.errors import NO_ROUTE, Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
 from plangate.redaction import redact
@@ -111,9 +112,35 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             "/goals, and the API's routes are listed at /docs"
         )
     elif exc.status_code == 405 and message == "Method Not Allowed":
-        allowed = headers.get("allow") or headers.get("Allow") or "another method"
-        message = f"{request.method} is not taken at {request.url.path[:200]}; use {allowed}"
+        headers = {k: v for k, v in headers.items() if k.lower() != "allow"}
+        allowed = _methods_at(request)
+        if allowed:
+            headers["Allow"] = allowed
+        message = (
+            f"{request.method} is not taken at {request.url.path[:200]}; "
+            f"use {allowed or 'another method'}"
+        )
     return answer(request, exc.status_code, message, headers)
+
+
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def _methods_at(request: Request) -> str:
+    """Return every method some route takes at the request's path (`Allow`).
+
+    The router's 405 names the methods of the first route at the path only: POST at
+    /api/v1/goals, where GET is served too.
+    """
+    # Each method is asked of the routes (FastAPI nests included routers: asking is public).
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    )
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
