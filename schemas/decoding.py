@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -104,8 +105,8 @@ def strict_json_loads(
         raise JsonRefused(f"body is not valid JSON: {exc.msg} at char {exc.pos}", "syntax") from exc
     except RecursionError as exc:
         raise JsonRefused(_too_deep(max_depth), "depth") from exc
-    except ValueError as exc:  # e.g. an integer of more digits than int() converts (4300)
-        raise JsonRefused(f"JSON cannot be read: {exc}", "syntax") from exc
+    except ValueError as exc:  # an integer of more digits than int() converts (4300)
+        raise JsonRefused(_unreadable(exc), "syntax") from exc
     if _needs_walk(body, max_depth, allow_nul):
         check_json_value(value, max_depth=max_depth, allow_nul=allow_nul)
     return value
@@ -154,6 +155,16 @@ def check_json_value(
 def storable_text(text: str) -> str:
     """Return `text` with what cannot be encoded or stored (lone surrogates, NUL) as U+FFFD."""
     return _UNSTORABLE.sub("\ufffd", text) if _UNSTORABLE.search(text) else text
+
+
+def _unreadable(exc: ValueError) -> str:
+    # Python's own words name `sys.set_int_max_str_digits`, which a sender cannot call.
+    if "digits" in str(exc):
+        return (
+            f"JSON holds a number of more than {sys.get_int_max_str_digits()} digits, "
+            "which is not read; send it as a string"
+        )
+    return f"JSON cannot be read: {exc}"
 
 
 def _too_deep(max_depth: int) -> str:

@@ -1,0 +1,130 @@
+"""Goal intake's refusals: one clear line each, bad tokens limited, and the right `Allow`.
+
+A probe of `plangate serve` found Python's and the CloudEvents SDK's own words in answers (a
+5000-digit key named `sys.set_int_max_str_digits`; `"time": "yesterday"` answered `invalid
+literal for int()`), wrong intake tokens never limited though `serve --help` says bad tokens
+are, and a 405 at /api/v1/goals saying `allow: POST` though GET is served there too.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from plangate.client import Client
+from plangate.config import Settings
+from plangate.server import create_app
+from plangate.server.ratelimit import MAX_FAILURES
+from plangate.store import open_store
+from tests.fleet import serving_app
+
+TOKEN = "intake-refusals-token-0123456789"
+GOAL_EVENT = "dev.plangate.goal.submitted"
+Answer = tuple[int, dict[str, str], dict[str, Any]]
+
+
+@pytest.fixture
+def base_url(settings: Settings) -> Iterator[str]:
+    """`plangate serve`'s app on the memory transport, its intake taking `TOKEN`."""
+    settings = settings.model_copy(update={"broker_url": "memory://"})
+    open_store(settings.resolved_database_url()).close()  # migrated, as `plangate db upgrade`
+    with (
+        Client(settings) as client,
+        serving_app(create_app(settings, client=client, intake_token=TOKEN)) as url,
+    ):
+        yield url
+
+
+def call(base_url: str, body: bytes | None, method: str = "POST", **headers: str) -> Answer:
+    request = urllib.request.Request(
+        f"{base_url}/api/v1/goals",
+        data=body,
+        method=method,
+        headers={"Authorization": f"Bearer {TOKEN}", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, _lowered(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, _lowered(error.headers), json.loads(error.read())
+
+
+def _lowered(headers: Any) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def event(**attributes: object) -> bytes:
+    fields = {"specversion": "1.0", "type": GOAL_EVENT, "source": "/tests", "id": "evt-1"}
+    return json.dumps({**fields, **attributes, "data": {"text": "Check Jira"}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "said"),
+    [
+        (
+            b'{"text": "a", "idempotency_key": ' + b"7" * 5000 + b"}",
+            "application/json",
+            "the body is not valid JSON (JSON holds a number of more than 4300 digits, which is "
+            "not read; send it as a string); send a JSON object",
+        ),
+        (
+            event(time="yesterday"),
+            "application/cloudevents+json",
+            "the CloudEvent's time 'yesterday' is not an RFC 3339 time; send one such as "
+            "2026-01-01T09:00:00Z, or none",
+        ),
+        (
+            event(id=5),
+            "application/cloudevents+json",
+            "the CloudEvent's id must be a JSON string, not int",
+        ),
+    ],
+    ids=["5000-digit key", "time yesterday", "numeric id"],
+)
+def test_a_refusal_says_what_to_send_in_one_line_of_our_own(
+    base_url: str, body: bytes, content_type: str, said: str
+) -> None:
+    """Given a goal with a 5000-digit key, or a CloudEvent whose time is "yesterday" or
+    whose id is a number,
+    When it is submitted,
+    Then the 400 says what to send in one line, with no Python or SDK internals (it named
+    sys.set_int_max_str_digits, `invalid literal for int()`, `<class 'str'>`).
+    """
+    status, _, answer = call(base_url, body, **{"Content-Type": content_type})
+    assert (status, answer["error"]) == (400, said)
+
+
+def test_wrong_intake_tokens_are_limited_per_address_and_the_right_one_passes(
+    base_url: str,
+) -> None:
+    """Given serve whose intake takes a token,
+    When one address sends a wrong token ten times and then once more,
+    Then the first ten are 401 and the eleventh 429 with Retry-After, as `serve --help` says
+    (every one was 401, for ever); the right token still submits.
+    """
+    goal = json.dumps({"text": "Check Jira"}).encode()
+    wrong = {"Content-Type": "application/json", "Authorization": "Bearer wrong"}
+    statuses = [call(base_url, goal, **wrong)[0] for _ in range(MAX_FAILURES)]
+    status, headers, answer = call(base_url, goal, **wrong)
+
+    assert statuses == [401] * MAX_FAILURES
+    assert status == 429, answer
+    assert int(headers["retry-after"]) > 0
+    assert call(base_url, goal, **{"Content-Type": "application/json"})[0] == 201
+
+
+def test_a_method_not_taken_at_goals_names_every_method_that_is(base_url: str) -> None:
+    """Given /api/v1/goals, where GET lists goals and POST submits one,
+    When it is sent a PUT,
+    Then the 405's Allow and message name both GET and POST (they said POST only).
+    """
+    status, headers, answer = call(base_url, b"{}", method="PUT")
+    assert status == 405, answer
+    assert headers["allow"] == "GET, POST"
+    assert answer["error"] == "PUT is not taken at /api/v1/goals; use GET, POST"
