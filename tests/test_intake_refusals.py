@@ -9,10 +9,13 @@ are, and a 405 at /api/v1/goals saying `allow: POST` though GET is served there 
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -22,6 +25,7 @@ from plangate.server import create_app
 from plangate.server.ratelimit import MAX_FAILURES
 from plangate.store import open_store
 from tests.fleet import serving_app
+from tests.support import eventually
 
 TOKEN = "intake-refusals-token-0123456789"
 GOAL_EVENT = "dev.plangate.goal.submitted"
@@ -128,3 +132,25 @@ def test_a_method_not_taken_at_goals_names_every_method_that_is(base_url: str) -
     assert status == 405, answer
     assert headers["allow"] == "GET, POST"
     assert answer["error"] == "PUT is not taken at /api/v1/goals; use GET, POST"
+
+
+def test_a_client_gone_mid_body_is_an_info_line_not_an_error(
+    base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a client that declares a 1000-byte goal,
+    When it sends ten bytes and hangs up,
+    Then serve logs one info line saying the client went away, and no error or traceback
+    (it logged "Exception in ASGI application" with starlette's ClientDisconnect).
+    """
+    caplog.set_level(logging.INFO)
+    parts = urlsplit(base_url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as connection:
+        connection.sendall(
+            b"POST /api/v1/goals HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n".encode()
+            + b'{"text": "'
+        )
+
+    said = "the client went away before its request's body arrived: POST /api/v1/goals"
+    eventually(lambda: any(said in r.getMessage() for r in caplog.records), what="the info line")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

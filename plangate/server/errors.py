@@ -10,15 +10,20 @@ encoded (a lone surrogate that got past the door) answers 422.
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from plangate.errors import NO_ROUTE, Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
 from plangate.redaction import redact
 from plangate.server.templating import templates
+
+_log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -157,6 +162,16 @@ async def _unencodable(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Not the server's failure, and nobody is left to answer: an info line, no traceback.
+    _log.info(
+        "the client went away before its request's body arrived: %s %s",
+        request.method,
+        request.url.path[:200],
+    )
+    return Response(status_code=400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # The framework logs the error itself (redacted, as every record); the caller gets JSON.
     return answer(request, 500, "the server failed on this request; its log says why")
@@ -173,4 +188,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(UnicodeEncodeError, _unencodable)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
