@@ -322,6 +322,17 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("session_secret", "intake_token", "reviewer_token")
+    @classmethod
+    def _not_a_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
+        # deploy/'s placeholders are public: taken as set, anyone held the intake token.
+        if value is not None and "CHANGE-ME" in value.get_secret_value().upper():
+            raise ValueError(
+                "is still deploy/'s placeholder; set a secret of your own: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        return value
+
     @field_validator("demo_ticket_count", "demo_sla", mode="before")
     @classmethod
     def _a_whole_number(cls, value: Any) -> Any:

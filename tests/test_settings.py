@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import SecretStr, ValidationError
 
 from plangate.config import Settings, default_data_dir, settings_error, variable_name
@@ -284,3 +285,27 @@ def test_another_unknown_plangate_variable_is_said_and_the_command_runs(tmp_path
 
     assert result.returncode == 0, result.stderr
     assert "PLANGATE_ACME_CRM_URL: no plangate setting reads it" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "variable"),
+    [("intake-token", "PLANGATE_INTAKE_TOKEN"), ("session-secret", "PLANGATE_SESSION_SECRET")],
+)
+def test_the_placeholder_secrets_deploy_ships_are_refused(
+    tmp_path: Path, key: str, variable: str
+) -> None:
+    """Given deploy/kubernetes/secret.yaml applied as shipped,
+    When a process reads its placeholder intake token or session secret,
+    Then it exits 2 saying to set a secret of its own: `CHANGE-ME` was taken as the intake
+    token (anyone could submit goals) and the placeholder session secret signed sessions.
+    """
+    shipped = yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "secret.yaml").read_text())
+    secrets = next(doc for doc in shipped if doc["metadata"]["name"] == "plangate-secrets")
+
+    result = plangate_in(tmp_path, "db", "upgrade", **{variable: secrets["stringData"][key]})
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {variable}: is still deploy/'s placeholder; set a secret of your own: "
+        "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    ]
