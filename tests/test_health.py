@@ -146,9 +146,10 @@ def test_serve_answers_healthz_and_readyz_from_its_store(tmp_path: Path) -> None
 @pytest.mark.redis
 def test_readyz_of_a_worker_and_of_serve_follows_the_broker(tmp_path: Path) -> None:
     """Given a worker and serve on a Redis of their own,
-    When Redis stops, Then both /readyz answer 503 "the broker does not answer" (and /healthz
-    of serve 200; the worker said only "not consuming"); When Redis is back, Then both are
-    ready again.
+    When Redis stops, Then the worker's /readyz answers 503 "the broker does not answer" (it
+    said only "not consuming"), and serve's stays 200 saying goals are stored meanwhile: it
+    answered 503, and a readiness probe took every replica out of its Service, refusing goals
+    its outbox would have sent; When Redis is back, Then both are ready, and say nothing more.
     """
     redis = OwnRedis(tmp_path)
     port = free_port()
@@ -167,14 +168,17 @@ def test_readyz_of_a_worker_and_of_serve_follows_the_broker(tmp_path: Path) -> N
 
             redis.stop()
             down = {"status": "unavailable", "reason": "the broker does not answer"}
-            assert get(f"{url}/readyz") == (503, down)
+            stored = "does not answer: goals are stored, and sent once it answers"
+            assert get(f"{url}/readyz") == (200, {"status": "ok", "broker": stored})
             assert get(f"{url}/healthz")[0] == 200
             eventually(lambda: answers(worker_url) == 503, timeout=20, what="worker unready")
             assert get(worker_url) == (503, down)  # the broker named, not "not consuming"
 
             redis.restart()
-            eventually(lambda: answers(f"{url}/readyz") == 200, timeout=20, what="serve ready")
             eventually(lambda: answers(worker_url) == 200, timeout=30, what="worker ready")
+            eventually(
+                lambda: get(f"{url}/readyz") == (200, {"status": "ok"}), timeout=20, what="serve"
+            )
     finally:
         worker.stop.set()
         thread.join(timeout=30)
