@@ -12,10 +12,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from plangate.reviewers import add_reviewer
@@ -45,9 +47,17 @@ def answers(url: str) -> bool:
 def served(tmp_path: Path, redis_url: str) -> Iterator[Served]:
     """A `plangate serve` process on a migrated SQLite store, with one reviewer."""
     database = tmp_path / "plangate.db"
+    with serving(tmp_path, redis_url, f"sqlite:///{database}") as served:
+        yield served
+
+
+@contextmanager
+def serving(tmp_path: Path, redis_url: str, database_url: str) -> Iterator[Served]:
+    """Run `plangate serve` on a migrated store, with one reviewer, until the block ends."""
+    database = tmp_path / "plangate.db"
     reviewers = tmp_path / "reviewers.yaml"
     token = add_reviewer(reviewers, "alice", ["finance"])
-    fleet = Fleet(broker_url=redis_url, database_url=f"sqlite:///{database}", folder=tmp_path)
+    fleet = Fleet(broker_url=redis_url, database_url=database_url, folder=tmp_path)
     assert fleet.plangate("db", "upgrade").returncode == 0
     port = free_port()
     log_path = tmp_path / "serve.log"
@@ -103,3 +113,48 @@ def test_a_request_the_server_fails_on_is_answered_hardened_and_the_server_goes_
         assert failed.headers["x-content-type-options"] == "nosniff"
     assert answers(served.url)
     assert "no such table: goals" in served.log.read_text()
+
+
+@pytest.mark.postgres
+def test_a_database_that_stops_answering_is_a_503_to_retry_and_serve_recovers(
+    tmp_path: Path, redis_url: str, postgres_database_url: str
+) -> None:
+    """Given `serve` on PostgreSQL, and its database then refusing every connection (its
+    sessions ended, as in a restart),
+    When a goal is submitted and the held plans are listed,
+    Then each answer is a 503 saying the store does not answer and to try again, with
+    Retry-After, and the log has one line a request, no traceback: it was a 500 and a
+    traceback holding the SQL at each request. Once the database answers, so does serve.
+    """
+    database = postgres_database_url.rsplit("/", 1)[1]
+    admin = postgres_database_url.rsplit("/", 1)[0].replace("+psycopg", "") + "/postgres"
+
+    def allow_connections(allowed: bool) -> None:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {allowed}')
+            if not allowed:
+                connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (database,),
+                )
+
+    with serving(tmp_path, redis_url, postgres_database_url) as served:
+        allow_connections(False)
+        try:
+            goal = httpx.post(f"{served.url}/api/v1/goals", json={"text": "count"}, timeout=10)
+            listed = httpx.get(
+                f"{served.url}/api/v1/reviews",
+                headers={"Authorization": f"Bearer {served.token}"},
+                timeout=10,
+            )
+        finally:
+            allow_connections(True)
+        for refused in (goal, listed):
+            assert refused.status_code == 503, refused.text
+            assert refused.json() == {"error": "the store does not answer; try again shortly"}
+            assert refused.headers["retry-after"] == "5"
+        log = served.log.read_text()
+        assert "the store does not answer (OperationalError)" in log
+        assert "Traceback" not in log
+        again = httpx.post(f"{served.url}/api/v1/goals", json={"text": "count"}, timeout=10)
+        assert again.status_code in (201, 202), again.text

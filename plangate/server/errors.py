@@ -15,6 +15,8 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
@@ -70,6 +72,7 @@ _TITLES = {
     422: "That cannot be used",
     429: "Too many requests",
     500: "The server failed",
+    503: "Not available now",
 }
 
 
@@ -172,6 +175,24 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
+async def _store_failed(request: Request, exc: Exception) -> Response:
+    """Answer 503, to be tried again, when the store does not answer (a database restarting).
+
+    It was a 500 with a traceback (the statement and its parameters) logged at each request;
+    `/readyz` said the same in one line. Any other failure of the database is still a 500.
+    """
+    from plangate.readiness import not_ready  # the server's modules import this one
+    from plangate.server.reviews import get_desk
+
+    problem = await run_in_threadpool(not_ready, get_desk(request).store)
+    where = f"{request.method} {request.url.path[:200]}"
+    if problem is None:
+        _log.error("%s failed on the store", where, exc_info=exc)
+        return await _unexpected(request, exc)
+    _log.warning("%s: %s (%s)", where, problem, type(exc).__name__)
+    return answer(request, 503, f"{problem}; try again shortly", {"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # The framework logs the error itself (redacted, as every record); the caller gets JSON.
     return answer(request, 500, "the server failed on this request; its log says why")
@@ -189,4 +210,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(UnicodeEncodeError, _unencodable)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(OperationalError, _store_failed)
     app.add_exception_handler(Exception, _unexpected)
