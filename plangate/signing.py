@@ -279,7 +279,14 @@ def load_trusted_keys(settings: Settings) -> TrustedKeys:
 def _read_public_keys(directory: Path) -> list[Ed25519PublicKey]:
     if not directory.is_dir():
         return []
-    return [read_public_key(path) for path in sorted(directory.glob("*.pub"))]
+    try:  # not glob(), which takes a folder it may not read for an empty one
+        names = sorted(path for path in directory.iterdir() if path.suffix == ".pub")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the trusted keys folder {directory} ({exc.strerror}): let this "
+            "process's user read it, or set PLANGATE_TRUSTED_KEYS_DIR to one it can read"
+        ) from exc
+    return [read_public_key(path) for path in names]
 
 
 def _create_private_key(path: Path) -> None:

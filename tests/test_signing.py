@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 import stat
+import subprocess
+import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +29,7 @@ from plangate.signing import (
     pae,
 )
 from schemas import Decision, Plan, Signature, SignedEnvelope, Step, canonical_json
+from tests.support import outer_environment
 
 PLAN = Plan(
     plan_id="p1",
@@ -357,3 +361,53 @@ def test_a_given_key_the_gates_folder_trusts_starts_without_a_warning(
 
     assert signer.key_id == made.key_id
     assert caplog.text == ""
+
+
+@pytest.mark.redis
+def test_an_executor_that_cannot_read_its_trusted_keys_folder_says_so_and_stops(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given a trusted keys folder holding the gate's key, that the executor's user may not read,
+    When the executor starts,
+    Then it exits 2 in one line saying it cannot read the folder: it said the folder held no
+    key, went on consuming and answered ready, and approvals piled up unchecked.
+    """
+    folder = tmp_path / "trusted"
+    folder.mkdir()
+    public = Ed25519PrivateKey.generate().public_key()
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (folder / "gate.pub").write_bytes(pem)
+    os.chown(folder, 65534, 65534)  # nobody's
+    folder.chmod(0)
+    # Root reads any folder: without the capabilities that let it, as the helper found it.
+    unprivileged = (
+        ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    )
+    env = outer_environment() | {
+        "PLANGATE_DATA_DIR": str(tmp_path / "data"),
+        "PLANGATE_BROKER_URL": redis_url,
+        "PLANGATE_TRUSTED_KEYS_DIR": str(folder),
+    }
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "plangate", "db", "upgrade"],
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    try:
+        started = subprocess.run(
+            [*unprivileged, sys.executable, "-m", "plangate", "worker", "executor"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        folder.chmod(0o700)
+
+    assert started.returncode == 2, started.stderr
+    assert f"cannot read the trusted keys folder {folder} (Permission denied)" in started.stderr
