@@ -129,6 +129,11 @@ def start_health_server(
     The port is `metrics_port`, or `health_port` (its older name); None when neither is set.
     """
     port = settings.metrics_port if settings.metrics_port is not None else settings.health_port
+    if settings.health_port not in (None, port):  # one was ignored: probes found nothing there
+        raise ConfigError(
+            f"PLANGATE_METRICS_PORT ({port}) and PLANGATE_HEALTH_PORT ({settings.health_port}) "
+            "are one port, the probes' and the metrics'; keep PLANGATE_METRICS_PORT alone"
+        )
     if port is None:
         return None
     try:

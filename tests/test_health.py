@@ -312,3 +312,22 @@ def test_a_prober_that_hangs_up_early_leaves_no_traceback(
     finally:
         server.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.redis
+def test_a_health_port_beside_another_metrics_port_is_refused(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given PLANGATE_METRICS_PORT and PLANGATE_HEALTH_PORT set to two ports,
+    When a worker starts, Then it exits 2 saying they are one port: the health port was
+    ignored, and probes aimed at it restarted a worker that was fine.
+    """
+    assert plangate_in(tmp_path, "db", "upgrade").returncode == 0
+    ports = {"PLANGATE_METRICS_PORT": str(free_port()), "PLANGATE_HEALTH_PORT": str(free_port())}
+
+    started = plangate_in(tmp_path, "worker", "planner", PLANGATE_BROKER_URL=redis_url, **ports)
+
+    assert started.returncode == 2
+    assert "are one port, the probes' and the metrics'; keep PLANGATE_METRICS_PORT alone" in (
+        started.stderr
+    )

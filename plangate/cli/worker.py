@@ -30,8 +30,9 @@ def worker(
     Connects to PLANGATE_BROKER_URL (default redis://127.0.0.1:6379/0; amqp:// for RabbitMQ)
     and PLANGATE_DATABASE_URL (default: SQLite in the data folder; postgresql+psycopg://...
     in production). Run `plangate db upgrade` once before the first worker starts. Logs are
-    JSON lines on stderr with the goal id and trace id. With PLANGATE_HEALTH_PORT set, it
-    answers GET /healthz and /readyz there (on PLANGATE_HEALTH_HOST, default 127.0.0.1).
+    JSON lines on stderr with the goal id and trace id. With PLANGATE_METRICS_PORT set, it
+    answers GET /healthz, /readyz and /metrics there (on PLANGATE_HEALTH_HOST, default
+    127.0.0.1); PLANGATE_HEALTH_PORT is its older name.
     """
     from plangate.logs import setup_logging
     from plangate.worker import Worker
