@@ -304,7 +304,29 @@ def test_kubernetes_serve_has_reviewers_a_session_secret_and_no_key_and_only_the
             for entry in container.get("env", []):
                 ref = entry.get("valueFrom", {}).get("secretKeyRef", {})
                 assert ref.get("name") != "plangate-signing", (owner, entry["name"])
-    assert seen == {"plangate-gate": {"signing.key"}, "plangate-executor": {"signing.pub"}}
+    assert seen == {"plangate-gate": {"signing.key"}}
+
+
+def test_kubernetes_trusted_keys_are_a_secret_of_public_keys_gate_and_executor_mount_whole() -> (
+    None
+):
+    """Given the manifests, every trusted key is a `.pub` entry of one Secret, which executors
+    and the gate mount whole as their trusted keys folder: a rotation adds the new key there
+    and keeps the old one. Executors mounted one entry as `gate.pub`, so an updated Secret
+    replaced the old key and approvals it had signed waited for ever; the gate mounted none,
+    and warned at every start that its key was not trusted.
+    """
+    assert all(name.endswith(".pub") for name in secret_keys("plangate-trusted-keys"))
+    pods = pod_specs()
+    for owner in ("plangate-gate", "plangate-executor"):
+        pod = pods[owner]
+        (container,) = pod["containers"]
+        folder = container_env(container)["PLANGATE_TRUSTED_KEYS_DIR"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == folder]
+        source = volumes[mount["name"]]["secret"]
+        assert source["secretName"] == "plangate-trusted-keys", owner
+        assert "items" not in source, owner  # every key the Secret holds, the new and the old
 
 
 # --- the same for compose ---------------------------------------------------------------------
