@@ -450,3 +450,16 @@ def test_prometheus_scrapes_each_compose_worker_and_serve_where_they_serve_metri
     assert targets == expected
     for stage in STAGES:
         assert compose["services"][stage]["environment"]["PLANGATE_HEALTH_HOST"] == "0.0.0.0"
+
+
+def test_every_plangate_process_is_given_as_long_to_stop_in_compose_as_in_kubernetes() -> None:
+    """Given a worker holding a tool call, SIGTERM lets it finish; compose's default 10 s then
+    SIGKILLed it mid-call (a write left of unknown outcome). Every plangate service waits as
+    long as its Kubernetes pod does."""
+    grace = {pod.get("terminationGracePeriodSeconds", 30) for pod in pod_specs().values()}
+    for name, service in compose_services().items():
+        if service.get("restart") == "no":
+            continue  # a one-off command (the migration, submit): nothing to finish
+        waited = service.get("stop_grace_period", "10s")
+        assert waited.endswith("s"), (name, waited)
+        assert int(waited[:-1]) >= max(grace), (name, waited)
