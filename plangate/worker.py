@@ -14,6 +14,8 @@ import threading
 from datetime import timedelta
 from types import FrameType
 
+from sqlalchemy.exc import OperationalError
+
 from plangate import metrics, telemetry
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
 from plangate.config import Settings
@@ -147,7 +149,14 @@ class Worker:
                         seal(store)
                 except BrokerUnavailable as exc:  # said in full, once a sweep: no traceback
                     log.warning("sweep skipped: %s; will try again in %g s", exc, interval)
-                except Exception:  # the database is down, or a fault: try again next sweep
+                except OperationalError as exc:  # the database is down: said, as the broker
+                    log.warning(
+                        "sweep skipped: the store does not answer (%s); check "
+                        "PLANGATE_DATABASE_URL; will try again in %g s",
+                        type(exc.orig).__name__ if exc.orig is not None else "OperationalError",
+                        interval,
+                    )
+                except Exception:  # a fault of plangate's own: its traceback says where
                     log.warning("sweep failed; will try again in %g s", interval, exc_info=True)
 
 

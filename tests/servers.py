@@ -252,6 +252,31 @@ def postgres_database_url(postgres_url: str) -> Iterator[str]:
             )
 
 
+@contextlib.contextmanager
+def refusing_connections(database_url: str) -> Iterator[None]:
+    """Have a test's PostgreSQL database refuse every connection, its sessions ended, as in a
+    restart; it answers again when the block ends."""
+    url = make_url(database_url)
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(False)
+    name = sql.Identifier(str(url.database))
+
+    def allow(allowed: bool) -> None:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            statement = sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}")
+            connection.execute(statement.format(name, sql.SQL(str(allowed).lower())))
+            if not allowed:
+                connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (url.database,),
+                )
+
+    allow(False)
+    try:
+        yield
+    finally:
+        allow(True)
+
+
 # --- RabbitMQ ---------------------------------------------------------------------------------
 
 # The AMQP 0-9-1 protocol header; a ready broker answers it with a Connection.Start method frame.

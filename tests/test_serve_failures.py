@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
 from plangate.reviewers import add_reviewer
 from tests.fleet import Fleet
-from tests.servers import free_port
+from tests.servers import free_port, refusing_connections
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 UNKNOWN_GOAL = "0" * 32
@@ -126,29 +125,14 @@ def test_a_database_that_stops_answering_is_a_503_to_retry_and_serve_recovers(
     Retry-After, and the log has one line a request, no traceback: it was a 500 and a
     traceback holding the SQL at each request. Once the database answers, so does serve.
     """
-    database = postgres_database_url.rsplit("/", 1)[1]
-    admin = postgres_database_url.rsplit("/", 1)[0].replace("+psycopg", "") + "/postgres"
-
-    def allow_connections(allowed: bool) -> None:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {allowed}')
-            if not allowed:
-                connection.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (database,),
-                )
-
     with serving(tmp_path, redis_url, postgres_database_url) as served:
-        allow_connections(False)
-        try:
+        with refusing_connections(postgres_database_url):
             goal = httpx.post(f"{served.url}/api/v1/goals", json={"text": "count"}, timeout=10)
             listed = httpx.get(
                 f"{served.url}/api/v1/reviews",
                 headers={"Authorization": f"Bearer {served.token}"},
                 timeout=10,
             )
-        finally:
-            allow_connections(True)
         for refused in (goal, listed):
             assert refused.status_code == 503, refused.text
             assert refused.json() == {"error": "the store does not answer; try again shortly"}
