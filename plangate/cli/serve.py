@@ -35,6 +35,7 @@ def serve(
     PLANGATE_TRUSTED_PROXIES so that X-Forwarded-For is read (and only then).
     Uses PLANGATE_BROKER_URL and PLANGATE_DATABASE_URL like the workers.
     """
+    import signal
     import socket
 
     import uvicorn
@@ -70,4 +71,8 @@ def serve(
             proxy_headers=bool(trusted),
             forwarded_allow_ips=trusted or None,
         )
+        # uvicorn shuts down gracefully at SIGTERM, then raises the signal again for whatever
+        # handler was there before it: the default one killed the process (exit 143, a
+        # failure to supervisors) after a clean stop. A worker exits 0 then; so does serve.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         uvicorn.Server(config).run(sockets=[listening])
