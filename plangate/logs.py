@@ -118,6 +118,8 @@ class JsonFormatter(json_logger.JsonFormatter):
         at = datetime.fromtimestamp(record.created, UTC)
         log_data["time"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
         super().add_fields(log_data, record, message_dict)
+        # uvicorn's copy of its message for a terminal, with ANSI colours: not for a JSON line.
+        log_data.pop("color_message", None)
         log_data["level"] = record.levelname.lower()
         log_data.update(_process_fields)
         log_data.update(_bound.get())

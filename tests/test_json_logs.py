@@ -128,3 +128,5 @@ def test_serve_logs_json_lines_too(fleet: Fleet) -> None:
     for entry in entries:
         assert UTC_MILLISECONDS.match(entry["time"]), entry
         assert entry["stage"] == "serve", entry
+        # uvicorn's terminal copy of its message, with ANSI colour codes, is not a field.
+        assert "color_message" not in entry, entry
