@@ -64,7 +64,7 @@ def test_db_upgrade_of_a_newer_schema_refuses_and_leaves_it_as_it_is(newer_store
     assert result.stderr.splitlines() == [
         f"error: the database schema is at {NEWER}, newer than this plangate knows "
         f"({head_revision()}): run a plangate that knows it (plangate never migrates a "
-        "schema back)"
+        "schema back); if no plangate made it, the database is another application's"
     ]
     with sqlite3.connect(newer_store / "plangate.db") as connection:
         assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [
@@ -134,3 +134,22 @@ def test_the_database_plangate_creates_is_readable_by_its_owner_only(tmp_path: P
     """Goals, plans and tool outputs are in it: 0600, like the keys beside it (it was 0644)."""
     assert plangate(tmp_path, "db", "upgrade").returncode == 0
     assert (tmp_path / "plangate.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_db_upgrade_of_tables_whose_revision_record_is_gone_says_to_restore_it(
+    tmp_path: Path,
+) -> None:
+    """Given a migrated store whose alembic_version table was dropped,
+    When `plangate db upgrade` runs, Then it exits 2 saying the record of the revision is gone
+    and to restore it: workers called it an empty database, and the upgrade they asked for
+    failed on "table goals already exists".
+    """
+    assert plangate(tmp_path, "db", "upgrade").returncode == 0
+    with sqlite3.connect(tmp_path / "plangate.db") as connection:
+        connection.execute("DROP TABLE alembic_version")
+
+    result = plangate(tmp_path, "db", "upgrade")
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    [line] = result.stderr.splitlines()
+    assert "holds plangate's tables but no record of their schema revision" in line

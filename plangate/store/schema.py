@@ -62,7 +62,8 @@ def mismatch(current: str | None) -> str | None:
         # A newer plangate migrated it (a rolling upgrade, or a rollback of the code alone).
         return (
             f"the database schema is at {current}, newer than this plangate knows ({head}): "
-            "run a plangate that knows it (plangate never migrates a schema back)"
+            "run a plangate that knows it (plangate never migrates a schema back); if no "
+            "plangate made it, the database is another application's"
         )
     return (
         f"the database schema is at {current or 'nothing (empty database)'}, "
@@ -84,12 +85,24 @@ def current_revision(engine: Engine) -> str | None:
         return connection.execute(text(f"SELECT version_num FROM {_VERSION_TABLE}")).scalar()
 
 
+def _holds_plangate_tables(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return bool(inspect(connection).has_table("goals"))
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Migrate the database to the newest revision; return (before, after)."""
     from alembic import command
 
     before = current_revision(engine)
     _refuse_unknown(before)
+    if before is None and _holds_plangate_tables(engine):
+        # Migrating from nothing would create them again: "relation ... already exists".
+        raise ConfigError(
+            "the database holds plangate's tables but no record of their schema revision (its "
+            f"{_VERSION_TABLE} table is gone): restore that table from a backup; "
+            "`plangate db upgrade` cannot tell which revision the tables are at"
+        )
     config = _config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
