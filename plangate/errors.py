@@ -60,12 +60,11 @@ class PolicyError(PlangateError):
     def __init__(self, message: str, rule: str | None = None, line: int | None = None) -> None:
         self.rule = rule
         self.line = line
-        where = " ".join(
-            part
-            for part in (f"rule {rule!r}" if rule else "", f"(line {line})" if line else "")
-            if part
-        )
-        super().__init__(f"{where}: {message}" if where else message)
+        if rule is None:  # about the file: `FILE is not valid YAML: ... (line 5)`
+            super().__init__(f"{message} (line {line})" if line else message)
+            return
+        where = f"rule {rule!r}" + (f" (line {line})" if line else "")
+        super().__init__(f"{where}: {message}")
 
 
 class ApprovalInvalid(PlangateError):

@@ -406,3 +406,14 @@ def test_a_history_window_known_only_when_the_rule_runs_still_loads() -> None:
     policy = policy_of(rule("capped", 'history.count("notify_oncall", goal.metadata.w) < 5'))
 
     assert policy.reads_history
+
+
+def test_a_file_that_is_not_yaml_is_named_first_and_its_line_last(tmp_path: Path) -> None:
+    """It read `(line 5): /path/policy.yaml is not valid YAML: ...`, a line with no file."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("rules: [\n")
+    with pytest.raises(PolicyError) as raised:
+        Policy.load(path)
+    said = str(raised.value)
+    assert said.startswith(f"{path} is not valid YAML")
+    assert said.endswith("(line 2)")
