@@ -852,3 +852,26 @@ def test_dlq_naming_letters_and_all_at_once_is_refused(cli: Cli, verb: str) -> N
 
     assert result.returncode == EXIT_USAGE
     assert "name the dead letters to " + verb + ", or pass --all (not both)" in result.stderr
+
+
+def test_run_refuses_to_record_a_terminal_decision_under_a_reviewer_s_name(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Given a deployment's reviewers file naming frank,
+    When `plangate run --reviewer frank` approves at the terminal,
+    Then it is refused before anything runs: the audit log showed frank approving, a reviewer
+    who never did, just like an approval he made with his token.
+    """
+    from plangate.reviewers import add_reviewer
+
+    reviewers = tmp_path / "reviewers.yaml"
+    add_reviewer(reviewers, "frank", ["finance"])
+    env = {"PLANGATE_REVIEWERS_FILE": str(reviewers)}
+
+    refused = cli("run", SEED_GOAL, "--yes", "--reviewer", "frank", env=env)
+    allowed = cli("run", SEED_GOAL, "--yes", "--reviewer", "ops-oncall", env=env)
+
+    assert refused.returncode == EXIT_USAGE, refused.stderr
+    assert "frank is a reviewer in" in refused.stderr
+    assert "a terminal proves no identity" in refused.stderr
+    assert allowed.returncode == EXIT_COMPLETED, allowed.stderr

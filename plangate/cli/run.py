@@ -88,5 +88,25 @@ def run(
     from plangate.cli.goal_run import RunOptions, run_goal  # the pipeline is heavy to import
 
     settings = load_settings(tools=tools, policy_file=policy, playbook_file=playbook)
+    _not_a_reviewer(reviewer, settings.reviewers_file)
     options = RunOptions(yes=yes, as_json=as_json, timeout=timeout, reviewer=reviewer)
     raise typer.Exit(run_goal(goal, settings, options))
+
+
+def _not_a_reviewer(name: str, reviewers_file: Path | None) -> None:
+    """Refuse a terminal name that is a reviewer's: the record would show them deciding.
+
+    A terminal proves no identity; an approval recorded as `frank`, a reviewer who never
+    approved, read in the audit log like one he made with his token.
+    """
+    from plangate.reviewers import Reviewers
+
+    if not name or reviewers_file is None or not reviewers_file.is_file():
+        return
+    if Reviewers.from_file(reviewers_file).named(name) is not None:
+        raise typer.BadParameter(
+            f"{name} is a reviewer in {reviewers_file}, and a terminal proves no identity: "
+            "give a name of your own, or decide as them with their token (`plangate review "
+            "approve`)",
+            param_hint="--reviewer",
+        )
