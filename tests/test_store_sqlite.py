@@ -6,6 +6,7 @@ a lock the kernel keeps (and releases when its holder dies), so these tests use 
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -303,3 +304,24 @@ def test_a_write_lock_held_past_the_busy_timeout_fails_the_transaction_as_an_out
             assert goal_status(session, "g1") is None
     finally:
         store.close()
+
+
+def test_commands_that_only_read_leave_nothing_new_in_the_data_folder(tmp_path: Path) -> None:
+    """Given a data folder with its store migrated and one goal run,
+    When `status`, `goals list` and `audit verify` read it,
+    Then no file appears beside the store: the writers' lock file was made by any command
+    that opened the store, though operate.md says a reading command creates nothing.
+    """
+    from tests.support import plangate_in
+
+    ran = plangate_in(tmp_path, "run", "How many tickets are open right now?", "--yes", "--json")
+    assert ran.returncode == 0, ran.stderr
+    goal_id = json.loads(ran.stdout.splitlines()[0])["goal_id"]
+    (tmp_path / "plangate.db-writer.lock").unlink()
+    before = sorted(path.name for path in tmp_path.iterdir())
+
+    for args in (("status", goal_id), ("goals", "list"), ("audit", "verify")):
+        read = plangate_in(tmp_path, *args)
+        assert read.returncode == 0, (args, read.stderr)
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == before

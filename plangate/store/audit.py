@@ -200,7 +200,7 @@ def verify(store: Store, *, keys: TrustedKeys | None = None, batch: int = 2000) 
     from plangate.store import audit_checkpoints
 
     sealed = audit_checkpoints.sealed_heads(store, keys)
-    with store.session() as session:
+    with store.reading() as session:
         heads = {
             row.chain: (row.seq, row.hash)
             for row in session.execute(select(AuditChainRow)).scalars()
@@ -249,7 +249,7 @@ def _chains(
             .order_by(AuditRow.chain, AuditRow.chain_seq)
             .limit(batch)
         )
-        with store.session() as session:
+        with store.reading() as session:
             rows = list(session.execute(query).all())
         for row in rows:
             if row.chain != chain:
@@ -362,7 +362,7 @@ def export(
         query = select(*_AS_STORED).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(batch)
         if goal_id is not None:
             query = query.where(AuditRow.goal_id == goal_id)
-        with store.session() as session:
+        with store.reading() as session:
             rows = list(session.execute(query).all())
         entries = [
             {field: getattr(row, field) for field in EXPORT_FIELDS}

@@ -140,7 +140,7 @@ def sealed_heads(store: Store, keys: TrustedKeys | None = None) -> Sealed:
     """
     sealed = Sealed()
     prev_hash = GENESIS
-    with store.session() as session:
+    with store.reading() as session:
         checkpoints = session.execute(
             select(AuditCheckpointRow).order_by(AuditCheckpointRow.id)
         ).scalars()

@@ -126,7 +126,8 @@ class Store:
     def close(self) -> None:
         """Release every pooled connection, and every thread's own."""
         if self._kept is not None:
-            with self._writers:  # no kept transaction of this process is under way
+            # No kept transaction of this process is under way (other processes' are theirs).
+            with self._sqlite_lock.threads if self._sqlite_lock is not None else nullcontext():
                 self._kept.close()
         self.engine.dispose()
         if self._sqlite_lock is not None:

@@ -48,8 +48,23 @@ class SqliteWriteLock:
         self._depth = 0  # nested sessions of the thread that holds `_threads`
         self._taken_at = 0.0  # when the thread that holds it took it (perf_counter)
         self._waited = 0.0  # how long that thread waited for it
-        if fcntl is not None and self._path is not None:
+        # The lock file is made by the first write, not here: a command that only reads
+        # (`status`, `audit verify`) leaves nothing behind in the data folder.
+        self._fd = None
+
+    @property
+    def threads(self) -> threading.RLock:
+        """Return the lock of this process's threads: held, none of their transactions runs.
+
+        Enough to close a store, and takes no file: a process that only read leaves none.
+        """
+        return self._threads
+
+    def _file(self) -> int | None:
+        """Return the open lock file, made at the first write (None: threads only)."""
+        if self._fd is None and fcntl is not None and self._path is not None:
             self._fd = os.open(f"{self._path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        return self._fd
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -60,12 +75,13 @@ class SqliteWriteLock:
         asked_at = time.perf_counter()
         self._threads.acquire()
         if self._depth == 0:
-            if self._fd is not None:
-                try:
-                    fcntl.flock(self._fd, fcntl.LOCK_EX)
-                except BaseException:
-                    self._threads.release()
-                    raise
+            try:
+                fd = self._file()
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            except BaseException:
+                self._threads.release()
+                raise
             self._taken_at = time.perf_counter()
             self._waited = self._taken_at - asked_at  # observed once the lock is let go
         self._depth += 1
@@ -129,11 +145,8 @@ def _after_fork_in_child() -> None:
     global _SHARED_GUARD
     _SHARED_GUARD = threading.Lock()
     for lock in list(_ALL):
-        if lock._fd is not None:
-            lock._close()
-            lock._open()
-        else:
-            lock._threads, lock._depth = threading.RLock(), 0
+        lock._close()  # the child opens its own at its first write
+        lock._open()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
