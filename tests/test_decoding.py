@@ -226,7 +226,10 @@ def test_deeply_nested_json_is_rejected_rather_than_crashing_the_worker() -> Non
 def test_an_integer_too_long_to_convert_is_rejected_rather_than_crashing_the_worker() -> None:
     body = goal_body()[:-1] + b', "n": ' + b"9" * 5000 + b"}"
 
-    assert rejection(body).startswith("JSON cannot be read")
+    # In words of our own: Python's said to call sys.set_int_max_str_digits().
+    assert rejection(body) == (
+        "JSON holds a number of more than 4300 digits, which is not read; send it as a string"
+    )
 
 
 # --- size --------------------------------------------------------------------------------------
@@ -370,8 +373,25 @@ def test_an_id_refused_by_its_characters_says_what_an_id_may_hold() -> None:
 
     assert reason == (
         "goal.submitted does not match its schema: goal_id: an id must be one word of "
-        "printable characters (no space, line break, control character, / ? # % or backslash)"
+        "printable characters (no space, line break, control or invisible character, / ? # % "
+        "or backslash)"
     )
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200d", "\u2060", "\ufeff", "\xad"])
+def test_a_goal_id_with_an_invisible_character_is_refused(invisible: str) -> None:
+    """`a\u200bb` reads as `ab` in every table and log, yet is another goal."""
+    reason = rejection(goal_body(goal_id=f"a{invisible}b"))
+
+    assert reason.startswith("goal.submitted does not match its schema: goal_id: an id must be")
+
+
+def test_a_time_without_its_time_zone_is_refused() -> None:
+    """RFC 3339 asks for the zone; `2026-11-25T18:30:00` was taken, a moment nobody can place."""
+    reason = rejection(goal_body(occurred_at="2026-11-25T18:30:00"))
+
+    assert reason.startswith("goal.submitted does not match its schema: occurred_at: ")
+    assert "timezone" in reason
 
 
 @pytest.mark.parametrize("goal_id", ["order-1234", "tenant:acme.42", "ünïcode-ok", "x" * 64])
