@@ -296,3 +296,23 @@ def test_a_decision_posted_by_another_site_is_refused_saying_so(
     assert refused.status_code == 403
     assert FORM_FROM_OTHER_SITE in refused.text
     assert pipeline.wait_for(goal_id, HELD).status == "held"
+
+
+def test_a_request_without_a_token_is_told_what_to_send_and_never_locked_out(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """Given a client that forgot the Authorization header twelve times,
+    Then each answer is a 401 saying what to send: a missing header counted as a failed
+    guess, and the eleventh answer was a 429 to a client that had guessed nothing. A wrong
+    token is told apart: it is no reviewer's.
+    """
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        missing = [client.get("/api/v1/reviews") for _ in range(12)]
+        wrong = client.get("/api/v1/reviews", headers={"Authorization": "Bearer not-a-token"})
+        right = client.get("/api/v1/reviews", headers={"Authorization": f"Bearer {alice}"})
+
+    assert {answer.status_code for answer in missing} == {401}
+    assert "send `Authorization: Bearer <token>`" in missing[-1].json()["error"]
+    assert wrong.status_code == 401
+    assert wrong.json()["error"].startswith("that token is no reviewer's")
+    assert right.status_code == 200

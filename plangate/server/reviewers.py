@@ -47,19 +47,31 @@ def require_reviewer(request: Request) -> Reviewer:
     reviewers = get_reviewers(request)
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     reviewer = reviewers.identify(given.strip()) if scheme.lower() == "bearer" else None
-    if reviewer is None:
-        wait = limit.retry_after(address)  # a valid token passes: see `ratelimit`
-        if wait is not None:
-            raise too_many(wait)
-        limit.failed(address)
-        if reviewers.problem is not None:  # nobody is known: not the client's fault
-            raise ApiError(503, f"nobody can review until this is fixed: {reviewers.problem}")
+    if reviewer is not None:
+        return reviewer
+    wait = limit.retry_after(address)  # a valid token passes: see `ratelimit`
+    if wait is not None:
+        raise too_many(wait)
+    if reviewers.problem is not None:  # nobody is known: not the client's fault
+        raise ApiError(503, f"nobody can review until this is fixed: {reviewers.problem}")
+    if not len(reviewers):
         hint = (
-            "send `Authorization: Bearer <token>` with a reviewer's token "
-            "(`plangate reviewers add NAME` makes one)"
-            if len(reviewers)
-            else f"no reviewers are configured; add them to {REVIEWERS_FILE_VARIABLE} with "
+            f"no reviewers are configured; add them to {REVIEWERS_FILE_VARIABLE} with "
             "`plangate reviewers add NAME`"
         )
-        raise ApiError(401, hint, headers={"WWW-Authenticate": "Bearer"})
-    return reviewer
+    elif not given.strip():
+        # No guess at a token: not counted, so a client that forgot the header is told what
+        # to send, not locked out by its own mistake.
+        raise ApiError(
+            401,
+            "send `Authorization: Bearer <token>` with a reviewer's token "
+            "(`plangate reviewers add NAME` makes one)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    else:
+        hint = (
+            "that token is no reviewer's (unknown, or replaced by `plangate reviewers add`); "
+            "send `Authorization: Bearer <token>` with a reviewer's token"
+        )
+    limit.failed(address)
+    raise ApiError(401, hint, headers={"WWW-Authenticate": "Bearer"})
