@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from sqlalchemy import select
 
@@ -31,6 +31,7 @@ from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, op
 from plangate.store.goal_list import GoalPage, list_goals, parse_since
 from plangate.store.goals import get_goal, latest_plan
 from schemas.goal_states import WAITING_FOR_PERSON
+from schemas.goal_states import GoalStatus as GoalState
 
 if TYPE_CHECKING:
     from plangate.bus import Bus
@@ -48,6 +49,23 @@ class StepResult:
     error: str | None = None
     duration_ms: float | None = None
     attempt: int | None = None
+
+
+def _check_wait(timeout: float, until: Collection[str]) -> None:
+    """Refuse a wait that could not mean anything: no time to wait, or states no goal has."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise InputInvalid(f"timeout must be a number of seconds, 0 or more, not {timeout!r}")
+    if isinstance(until, str):  # read letter by letter, no state would ever match
+        raise InputInvalid(f"until must be a set of states ({{{until!r}}}), not one text")
+    unknown = sorted(set(until) - _STATES)
+    if unknown:
+        raise InputInvalid(
+            f"until names no goal state: {', '.join(map(repr, unknown))}; the states are "
+            f"{', '.join(sorted(_STATES))}"
+        )
+
+
+_STATES = frozenset(get_args(GoalState))
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,7 @@ class GoalHandle:
         self, timeout: float = 300.0, until: Collection[str] = TERMINAL_STATUSES
     ) -> GoalStatus:
         """Poll until the goal reaches one of `until`; TimeoutError with its last state if not."""
+        _check_wait(timeout, until)
         deadline = time.monotonic() + timeout
         pause = 0.02
         while True:

@@ -95,3 +95,24 @@ def test_the_same_key_with_other_metadata_is_refused(client: Client) -> None:
         client.submit("Check Jira", idempotency_key="ticket-42", metadata={"team": "billing"})
     again = client.submit("Check Jira", idempotency_key="ticket-42", metadata={"team": "sre"})
     assert (again.goal_id, again.duplicate) == (first.goal_id, True)
+
+
+@pytest.mark.parametrize(
+    ("wait", "said"),
+    [
+        ({"timeout": -1}, "timeout must be a number of seconds, 0 or more, not -1"),
+        ({"timeout": float("nan")}, "timeout must be a number of seconds"),
+        ({"until": {"bogus"}}, "until names no goal state: 'bogus'"),
+        ({"until": "completed"}, r"until must be a set of states \(\{'completed'\}\)"),
+    ],
+    ids=["negative", "nan", "no-such-state", "a-text"],
+)
+def test_a_wait_that_cannot_mean_anything_is_refused(
+    client: Client, wait: dict[str, Any], said: str
+) -> None:
+    """`result(timeout=-1)` said the goal "is still submitted after -1 s", and `wait(until=
+    {"bogus"})` waited out its timeout for a state no goal has."""
+    handle = client.submit("How many tickets are open right now?")
+
+    with pytest.raises(InputInvalid, match=said):
+        handle.wait(**wait)
