@@ -160,3 +160,13 @@ def test_the_cli_and_the_api_print_a_goal_s_times_alike(
     assert row["updated_at"] == status["updated_at"] == from_api["updated_at"]
     assert row["created_at"].endswith("Z")
     assert "T" in row["created_at"]
+
+
+def test_a_filter_given_twice_or_a_search_holding_nul_is_refused(base_url: str) -> None:  # noqa: F811
+    """`?state=held&state=completed` listed the completed goals alone (the last one won), and
+    `?search=%00` listed every goal (SQLite's LIKE ended the pattern at the NUL)."""
+    twice = call(f"{base_url}/api/v1/goals?state=held&state=completed")
+    nul = call(f"{base_url}/api/v1/goals?search=%00")
+
+    assert twice == (422, {"error": "give state once: the list is filtered by one state"})
+    assert nul == (422, {"error": "search text cannot hold NUL; search for words"})

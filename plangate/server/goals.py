@@ -18,6 +18,7 @@ from plangate.redaction import redact
 from plangate.server.auth import intake_token_given, require_intake_token
 from plangate.server.decision_bodies import CancelRequest, ReasonBody
 from plangate.server.deps import get_client
+from plangate.server.errors import ApiError
 from plangate.server.intake import CLOUDEVENT_JSON, EventGoal, GoalRequest, parse_goal
 from plangate.server.json_bodies import JSON, documented_body, read_body
 from plangate.server.reviewers import Reviewer, require_reviewer
@@ -165,12 +166,20 @@ class GoalList(BaseModel):
     next_cursor: str | None
 
 
+def _each_filter_once(request: Request) -> None:
+    """Refuse a filter given twice (`?state=held&state=failed`): the last one was used."""
+    for name in ("state", "since", "search", "limit", "cursor"):
+        if len(request.query_params.getlist(name)) > 1:
+            raise ApiError(422, f"give {name} once: the list is filtered by one {name}")
+
+
 @router.get(
     "", response_model=GoalList, responses={code: {"model": ErrorBody} for code in (401, 422)}
 )
 def goal_list(
     client: Annotated[Client, Depends(get_client)],
     _reviewer: Annotated[Reviewer, Depends(require_reviewer)],
+    _once: Annotated[None, Depends(_each_filter_once)],
     state: Annotated[str | None, Query(max_length=32)] = None,
     since: Annotated[str | None, Query(max_length=40, description="2h, 7d or ISO time")] = None,
     search: Annotated[str | None, Query(max_length=200)] = None,

@@ -94,6 +94,8 @@ def list_goals(
     if search:
         if len(search) > _MAX_SEARCH:
             raise InputInvalid(f"search text is limited to {_MAX_SEARCH} characters")
+        if "\x00" in search:  # SQLite's LIKE ends the pattern there: `%` matched every goal
+            raise InputInvalid("search text cannot hold NUL; search for words")
         pattern = "%" + search.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%"
         query = query.where(
             or_(GoalRow.text.ilike(pattern, escape="\\"), GoalRow.id == search.strip())
