@@ -47,6 +47,7 @@ from approval_gate.holds import (
     hold_of,
     required_roles,
 )
+from approval_gate.refusals import audits_refusals
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.catalog import load_catalog
@@ -147,6 +148,7 @@ class Review:
             return f"approval by {reviewer} recorded: {held.approval_progress}; {left} more needed"
         return f"approval by {reviewer} recorded; the gate signs it and releases the plan"
 
+    @audits_refusals("approve")
     def approve(
         self,
         plan_id: str,
@@ -162,6 +164,7 @@ class Review:
         reason = comment or "approved"
         return self._decide(plan_id, reviewer, "approve", reason, expected_hash, roles, key)
 
+    @audits_refusals("reject")
     def reject(
         self,
         plan_id: str,
@@ -180,6 +183,7 @@ class Review:
         check_comment(comment)
         return self._decide(plan_id, reviewer, "reject", comment.strip(), expected_hash, roles)
 
+    @audits_refusals("edit")
     def edit(
         self,
         plan_id: str,

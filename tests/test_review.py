@@ -25,6 +25,7 @@ from plangate.store import ApprovalRow, DecisionRow
 from tests.conftest import SEED_GOAL
 from tests.support import (
     HELD,
+    audit_entries,
     audit_kinds,
     eventually,
     only_plan,
@@ -553,3 +554,30 @@ def test_review_edit_of_a_replaced_revision_is_refused_before_the_editor_opens(
         f'error: {extra_key} holds "colour": an edit has only "summary" and "steps"'
     ]
     assert len(plans_of(pipeline.store, goal_id)) == 2
+
+
+def test_a_refused_decision_is_an_audit_entry_naming_who_tried_what_and_why(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan held for the role `finance`,
+    When bob (no roles) tries to approve it and then to edit it,
+    Then each attempt is an audit entry of the goal (`review.refused`, by bob, the action and
+    the reason), and the plan stays held: the refusals left no trace, though the gate's
+    documentation says every refusal is an entry.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", FINANCE_POLICY)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id, plan = held_seed(pipeline)
+        with pytest.raises(Forbidden):
+            pipeline.approve(plan.plan_id, "bob")
+        with pytest.raises(Forbidden):
+            pipeline.edit(plan.plan_id, "bob", steps_of(plan), summary="mine now")
+
+        refused = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "review.refused"]
+        assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
+
+    assert [(e.actor, e.data["action"], e.data["plan_id"]) for e in refused] == [
+        ("bob", "approve", plan.plan_id),
+        ("bob", "edit", plan.plan_id),
+    ]
+    assert all("requires the role 'finance'" in e.data["reason"] for e in refused)
