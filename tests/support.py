@@ -12,16 +12,27 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import yaml
 from sqlalchemy import select
 
 from plangate.bus import Envelope, Observer
+from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.reviewers import Reviewer
 from plangate.signing import Signer
-from plangate.store import ApprovalRow, AuditRow, GoalRow, OutboxRow, PlanRow, StepRunRow, Store
+from plangate.store import (
+    ApprovalRow,
+    AuditRow,
+    GoalRow,
+    OutboxRow,
+    PlanRow,
+    StepRunRow,
+    Store,
+    open_store,
+)
 from plangate.store.goals import plan_of
 from schemas import DeadLetter, Decision, Message, Plan, PlanApproved, utcnow
 
@@ -261,3 +272,34 @@ def append_after_the_upgrade_and_verify(store: Store) -> None:
     with store.session() as session:
         chains = session.execute(select(AuditRow.chain, AuditRow.chain_seq).order_by(AuditRow.seq))
         assert list(chains) == [("global", 1), ("global", 2), ("g-new", 1), ("g-new", 2)]
+
+
+@contextmanager
+def memory_client(settings: Settings) -> Iterator[Client]:
+    """A client on a migrated SQLite store and the memory transport."""
+    settings = settings.model_copy(update={"broker_url": "memory://"})
+    open_store(settings.resolved_database_url()).close()  # migrated, as `plangate db upgrade`
+    with Client(settings) as opened:
+        yield opened
+
+
+@contextmanager
+def serving_with_reviewers(
+    settings: Settings, *reviewers: Reviewer
+) -> Iterator[tuple[str, int, Client]]:
+    """Run `plangate serve`'s app on the memory transport with `reviewers`; yield its host,
+    its port and its client."""
+    from plangate.reviewers import Reviewers
+    from plangate.server import create_app
+    from tests.fleet import serving_app
+
+    with (
+        memory_client(settings) as client,
+        serving_app(
+            create_app(client.settings, client=client, reviewers=Reviewers(list(reviewers)))
+        ) as url,
+    ):
+        parts = urlsplit(url)
+        assert parts.hostname is not None
+        assert parts.port is not None
+        yield parts.hostname, parts.port, client

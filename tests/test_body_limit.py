@@ -11,17 +11,13 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
-from plangate.client import Client
 from plangate.config import Settings
-from plangate.server import create_app
 from plangate.server.body_limit import MAX_REQUEST_BYTES
-from plangate.server.reviewers import Reviewer, Reviewers
-from plangate.store import open_store
-from tests.fleet import serving_app
+from plangate.server.reviewers import Reviewer
+from tests.support import serving_with_reviewers
 
 TOKEN = "body-limit-token-0123456789abcdef"
 APPROVE = "/api/v1/reviews/no-such-plan/approve"
@@ -30,17 +26,8 @@ APPROVE = "/api/v1/reviews/no-such-plan/approve"
 @pytest.fixture
 def server(settings: Settings) -> Iterator[tuple[str, int]]:
     """`plangate serve`'s app, with one reviewer; yield its host and port."""
-    settings = settings.model_copy(update={"broker_url": "memory://"})
-    open_store(settings.resolved_database_url()).close()  # migrated, as `plangate db upgrade`
-    reviewers = Reviewers([Reviewer.with_token("alice", TOKEN, ["finance"])])
-    with (
-        Client(settings) as client,
-        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
-    ):
-        parts = urlsplit(url)
-        assert parts.hostname is not None
-        assert parts.port is not None
-        yield parts.hostname, parts.port
+    with serving_with_reviewers(settings, Reviewer.with_token("alice", TOKEN, ["finance"])) as at:
+        yield at[0], at[1]
 
 
 def post(

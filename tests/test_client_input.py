@@ -16,15 +16,13 @@ import pytest
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import Conflict, InputInvalid
-from plangate.store import open_store
+from tests.support import memory_client
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[Client]:
     """A client on a migrated SQLite store and the memory transport."""
-    settings = settings.model_copy(update={"broker_url": "memory://"})
-    open_store(settings.resolved_database_url()).close()  # migrated, as `plangate db upgrade`
-    with Client(settings) as opened:
+    with memory_client(settings) as opened:
         yield opened
 
 

@@ -19,8 +19,8 @@ import pytest
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.server import create_app
-from plangate.store import open_store
 from tests.fleet import serving_app
+from tests.support import memory_client
 
 GOAL_EVENT = "dev.plangate.goal.submitted"
 Answer = tuple[int, dict[str, Any]]
@@ -29,9 +29,7 @@ Answer = tuple[int, dict[str, Any]]
 @pytest.fixture
 def client(settings: Settings) -> Iterator[Client]:
     """A client on a migrated SQLite store and the memory transport."""
-    settings = settings.model_copy(update={"broker_url": "memory://"})
-    open_store(settings.resolved_database_url()).close()  # migrated, as `plangate db upgrade`
-    with Client(settings) as opened:
+    with memory_client(settings) as opened:
         yield opened
 
 

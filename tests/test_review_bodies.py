@@ -11,16 +11,13 @@ from __future__ import annotations
 import http.client
 import json
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import pytest
 
 from plangate.client import Client
 from plangate.config import Settings
-from plangate.server import create_app
-from plangate.server.reviewers import Reviewer, Reviewers
-from plangate.store import open_store
-from tests.fleet import serving_app
+from plangate.server.reviewers import Reviewer
+from tests.support import serving_with_reviewers
 
 TOKEN = "review-bodies-token-0123456789abcdef"
 APPROVE = "/api/v1/reviews/no-such-plan/approve"
@@ -30,17 +27,8 @@ Server = tuple[str, int, Client]
 @pytest.fixture
 def server(settings: Settings) -> Iterator[Server]:
     """`plangate serve`'s app on the memory transport, with one reviewer."""
-    settings = settings.model_copy(update={"broker_url": "memory://"})
-    open_store(settings.resolved_database_url()).close()  # migrated, as `plangate db upgrade`
-    reviewers = Reviewers([Reviewer.with_token("alice", TOKEN, ["finance"])])
-    with (
-        Client(settings) as client,
-        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
-    ):
-        parts = urlsplit(url)
-        assert parts.hostname is not None
-        assert parts.port is not None
-        yield parts.hostname, parts.port, client
+    with serving_with_reviewers(settings, Reviewer.with_token("alice", TOKEN, ["finance"])) as at:
+        yield at
 
 
 def post(
