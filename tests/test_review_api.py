@@ -343,3 +343,24 @@ def test_a_broken_reviewers_file_is_named_in_a_503_not_blamed_on_the_token(
 
         path.write_text(good)
         assert call(f"{url}/api/v1/reviews")[0] == 200
+
+
+def test_the_openapi_document_names_every_error_the_routes_answer(base_url: str) -> None:
+    """A client generated from /openapi.json broke on answers it did not declare: the 409 of
+    a key reused, the 429 (with Retry-After) of too many failed tokens, and a 422 shaped
+    `{"detail": [...]}`, though every error plangate sends is `{"error": ...}`."""
+    with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=10) as response:
+        spec = json.loads(response.read())
+
+    submit = spec["paths"]["/api/v1/goals"]["post"]["responses"]
+    assert "409" in submit
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            answers = operation["responses"]
+            if "401" in answers:
+                assert "Retry-After" in answers["429"]["headers"], path
+            for code, answer in answers.items():
+                if code.startswith("4"):
+                    ref = answer["content"]["application/json"]["schema"]["$ref"]
+                    assert ref == "#/components/schemas/ErrorBody", (path, code)
+    assert "HTTPValidationError" not in json.dumps(spec)

@@ -7,6 +7,7 @@ assets (Swagger UI 5, which reads OpenAPI 3.1) come from the `fastapi-offline` p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import fastapi_offline
 from fastapi import FastAPI
@@ -32,3 +33,33 @@ def install_api_docs(app: FastAPI) -> None:
             swagger_css_url=f"{ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS}/favicon.png",
         )
+
+
+def complete_error_responses(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add to each API operation the errors every route answers alike, as `{"error": ...}`.
+
+    A client generated from the document broke on them: the 429 (with Retry-After) of any
+    route that takes a token, the 413/415/400 of any that reads a body; and FastAPI's own 422
+    for a bad parameter is documented as `{"detail": [...]}`, which plangate never sends.
+    """
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith("/api/"):
+            continue
+        for operation in operations.values():
+            answers = operation.setdefault("responses", {})
+            for code, answer in answers.items():
+                if code.startswith(("4", "5")):
+                    answer["content"] = error
+            added = {"413": "Too large", "415": "Not JSON", "400": "Not readable"}
+            if "requestBody" not in operation:
+                added = {}
+            if "401" in answers:
+                added["429"] = "Too many failed attempts from this address: see Retry-After"
+            for code, description in added.items():
+                answers.setdefault(code, {"description": description, "content": error})
+            if "429" in answers:
+                answers["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
+    schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
+    return schema

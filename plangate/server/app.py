@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import ExitStack, asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp
@@ -14,7 +15,7 @@ from plangate.client import Client
 from plangate.config import Settings
 from plangate.redaction import register_secret
 from plangate.server import goal_pages, goals, health, pages, reviews
-from plangate.server.api_docs import install_api_docs
+from plangate.server.api_docs import complete_error_responses, install_api_docs
 from plangate.server.body_limit import BodyLimit
 from plangate.server.errors import install_handlers
 from plangate.server.head_requests import HeadAsGet
@@ -90,6 +91,12 @@ class _App(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         return SecurityHeaders(super().build_middleware_stack())
+
+    def openapi(self) -> dict[str, Any]:
+        """Return the OpenAPI document, with the errors every route answers alike."""
+        if self.openapi_schema is None:
+            self.openapi_schema = complete_error_responses(super().openapi())
+        return self.openapi_schema
 
 
 def _reviewers(settings: Settings) -> ReviewerSource:

@@ -99,7 +99,7 @@ _SUBMIT_BODY: dict[str, Any] = {
     },
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 413, 415, 422)
+    code: {"model": ErrorBody} for code in (400, 401, 409, 413, 415, 422)
 }
 
 
