@@ -75,8 +75,14 @@ class GoalState(BaseModel):
     revision: int | None = None
     summary: str | None = None
     decision: dict[str, str | None] | None = None
-    steps: dict[str, str] = {}
-    results: list[StepState] = []  # every step of the plan, in plan order, with its output
+    steps: dict[str, str] = Field(
+        default={},
+        description="The status of each step that has begun: a step not yet started, or "
+        "skipped before it began, is only in `results`.",
+    )
+    results: list[StepState] = Field(
+        default=[], description="Every step of the plan, in plan order, with its output."
+    )
 
 
 class ErrorBody(BaseModel):
