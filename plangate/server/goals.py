@@ -77,8 +77,8 @@ class GoalState(BaseModel):
     decision: dict[str, str | None] | None = None
     steps: dict[str, str] = Field(
         default={},
-        description="The status of each step that has begun: a step not yet started, or "
-        "skipped before it began, is only in `results`.",
+        description="The status of each step with a record of its run; `results` lists "
+        "every step of the plan, those not begun too.",
     )
     results: list[StepState] = Field(
         default=[], description="Every step of the plan, in plan order, with its output."
