@@ -113,3 +113,36 @@ def test_a_form_that_is_not_utf8_is_400_not_a_server_error(
 
     assert status == 400, answer
     assert answer["error"] == "the form is not UTF-8; send it from the review page"
+
+
+def test_a_body_still_arriving_after_its_time_is_408_and_the_connection_let_go() -> None:
+    """Given a route behind the bound, and a client that sends ten bytes of the thousand it
+    declares and then nothing,
+    When the body's time (here 1 s) has passed, Then the answer is 408 saying to send the body
+    at once: such a client held its connection, and the route waiting on it, for 40 s and more.
+    """
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from plangate.server.body_limit import BodyLimit
+    from tests.fleet import serving_app
+
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"bytes": len(await request.body())})
+
+    app = BodyLimit(Starlette(routes=[Route("/echo", echo, methods=["POST"])]), seconds=1)
+    with serving_app(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.putrequest("POST", "/echo")
+        connection.putheader("content-length", "1000")
+        connection.endheaders(b"0123456789")
+        slow = answer_of(connection)
+        whole = http.client.HTTPConnection(host, int(port), timeout=30)
+        whole.request("POST", "/echo", body=b"x" * 1000)
+        sent = answer_of(whole)
+
+    assert slow == (408, {"error": "the request body took over 1 s to arrive; send it at once"})
+    assert sent == (200, {"bytes": 1000})

@@ -10,6 +10,7 @@ is counted as it arrives rather than after a framework has buffered it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from contextlib import suppress
 
@@ -21,16 +22,24 @@ from schemas.decoding import MAX_MESSAGE_BYTES
 MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES
 
 
-class _TooLarge(Exception):
-    """The body went past the bound while a route was reading it."""
+# A body still arriving after this long is refused (408): a client trickling one byte at a time
+# held a connection and a worker's coroutine for as long as it liked.
+BODY_SECONDS = 30.0
+
+
+class _Refused(Exception):
+    """The body went past a bound (its size, its time) while a route was reading it."""
 
 
 class BodyLimit:
-    """Refuse (413) every request whose body is over `limit` bytes."""
+    """Refuse a request body over `limit` bytes (413), or still arriving after `seconds` (408)."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int = MAX_REQUEST_BYTES, seconds: float = BODY_SECONDS
+    ) -> None:
         self._app = app
         self._limit = limit
+        self._seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, its body counted as it arrives."""
@@ -42,19 +51,28 @@ class BodyLimit:
             await self._refuse(send)
             return
         seen = 0
-        started = refused = False
+        started = refused = arrived = False
+        deadline = asyncio.get_running_loop().time() + self._seconds
 
         async def counted() -> Message:
-            nonlocal seen, refused
-            message = await receive()
+            nonlocal seen, refused, arrived
+            if arrived:  # then only the client's disconnect comes, whenever it does
+                return await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), max(0.0, deadline - asyncio.get_running_loop().time())
+                )
+            except TimeoutError:
+                message = {"type": "too.slow"}
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self._limit:
-                    # Answered here: a framework may catch the error and answer otherwise.
-                    if not started and not refused:
-                        refused = True
-                        await self._refuse(send)
-                    raise _TooLarge
+                arrived = not message.get("more_body", False)
+            if seen > self._limit or message["type"] == "too.slow":
+                # Answered here: a framework may catch the error and answer otherwise.
+                if not started and not refused:
+                    refused = True
+                    await self._refuse(send, slow=message["type"] == "too.slow")
+                raise _Refused
             return message
 
         async def watched(message: Message) -> None:
@@ -65,16 +83,18 @@ class BodyLimit:
             await send(message)
 
         # Refused above, or a route that answered before reading it all: nothing more to say.
-        with suppress(_TooLarge):
+        with suppress(_Refused):
             await self._app(scope, counted, watched)
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, *, slow: bool = False) -> None:
         said = f"the request body is over {self._limit // 1024} KiB, more than any request needs"
+        if slow:
+            said = f"the request body took over {self._seconds:g} s to arrive; send it at once"
         body = json.dumps({"error": said}).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": 408 if slow else 413,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
