@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from plangate.config import Settings
 from plangate.errors import OutputUnusable
-from plangate.store import GoalRow, StepRunRow
+from plangate.store import GoalRow, StepRunRow, audit_records, open_store
 from plangate.tools import ToolContext, ToolRegistry, tool
 from tests.support import only_plan, running_pipeline, write_yaml
 
@@ -55,6 +55,12 @@ def nan_read() -> float:
     return math.nan
 
 
+@tool(effect="read")
+def wide_numbers_read() -> dict[str, Any]:
+    """Answer with numbers a JSON column may give back in another form."""
+    return {"id": 2**60, "big": 1e16, "huge": 1e300, "small": 1e-7, "nested": [1.0, -0.0, 0.1]}
+
+
 @tool(effect="write", idempotent=True)
 def infinite_write() -> dict[str, float]:
     """Take effect, then answer with an infinity."""
@@ -69,7 +75,9 @@ def run_step(settings: Settings, tmp_path: Path, tool_name: str) -> tuple[GoalRo
         {"playbooks": [{"name": "p", "pattern": "go", "steps": [{"id": "s", "tool": tool_name}]}]},
     )
     policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
-    registry = ToolRegistry([raw_read, raw_write, unsayable_read, nan_read, infinite_write])
+    registry = ToolRegistry(
+        [raw_read, raw_write, unsayable_read, nan_read, infinite_write, wide_numbers_read]
+    )
     with running_pipeline(
         settings, playbook_file=playbook, policy_file=policy, registry=registry
     ) as pipeline:
@@ -165,3 +173,30 @@ def test_nan_inside_a_returned_object_is_found_too(answer: object) -> None:
     for call in (measure, typed_measure):
         with pytest.raises(OutputUnusable, match="returned NaN or an infinity"):
             call.invoke({}, context)
+
+
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_numbers_past_a_double_or_in_another_form_are_recorded_and_verify(
+    settings: Settings, tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
+    """Given a read answering an id of 2**60, 1e16, 1e300 and -0.0,
+    When its step is recorded (its output's digest in its audit entry), Then the goal
+    completes and `audit verify`'s records check finds the output as recorded, on SQLite and
+    in PostgreSQL's jsonb (which writes 1e16 as 10000000000000000): the digest refused
+    integers past 2**53, and the step was never recorded, its goal `running` for good.
+    """
+    if database == "postgres":
+        settings = settings.model_copy(
+            update={"database_url": request.getfixturevalue("postgres_database_url")}
+        )
+    goal, step = run_step(settings, tmp_path, "wide_numbers_read")
+
+    assert (goal.status, step.status) == ("completed", "succeeded")
+    assert step.output["id"] == 2**60
+    store = open_store(settings.resolved_database_url(), upgrade=False)
+    try:
+        assert audit_records.disagreement(store) is None
+    finally:
+        store.close()

@@ -10,8 +10,10 @@ So this reads the log once more, goal by goal, and names the first row that says
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, get_args
 
 from pydantic import ValidationError
@@ -28,7 +30,7 @@ from plangate.store.models import (
     ReviewerApprovalRow,
     StepRunRow,
 )
-from schemas import Plan, canonical_json, plan_hash
+from schemas import Plan, plan_hash
 from schemas.decoding import storable_text, strict_json_loads
 from schemas.errors import MessageRejected
 from schemas.goal_states import GoalStatus
@@ -39,8 +41,23 @@ _STEP_ENDS = frozenset({"running", "succeeded", "failed", "skipped", "unknown"})
 
 
 def output_digest(output: Any) -> str:
-    """Return the digest a step's audit entry records of its output, as stored."""
-    return "sha256:" + sha256_hex(canonical_json(output))
+    """Return the digest a step's audit entry records of its output, as stored.
+
+    Over sorted-key JSON of the value as a JSON column gives it back, on SQLite or in
+    PostgreSQL's jsonb (which writes `1e16` as 10000000000000000 and `1e300` as its digits):
+    each integral number as its exact integer. Not RFC 8785, which refuses an integer past
+    2**53 (an id, a timestamp in nanoseconds), and whose error left the step unrecorded.
+    """
+    text = json.dumps(output, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    stored = json.loads(text, parse_float=_number)
+    again = json.dumps(stored, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "sha256:" + sha256_hex(again.encode("utf-8", "surrogatepass"))
+
+
+def _number(text: str) -> int | float:
+    """Read a JSON number as a JSON column gives it back: integral ones as exact integers."""
+    exact = Decimal(text)
+    return int(exact) if exact == exact.to_integral_value() else float(text)
 
 
 @dataclass
