@@ -325,3 +325,45 @@ def test_commands_that_only_read_leave_nothing_new_in_the_data_folder(tmp_path: 
         assert read.returncode == 0, (args, read.stderr)
 
     assert sorted(path.name for path in tmp_path.iterdir()) == before
+
+
+def test_a_goal_with_entries_from_before_per_goal_chains_is_read_in_the_order_written(
+    store: Store,
+) -> None:
+    """Given a goal submitted and held before per-goal chains (its entries in the legacy
+    chain) and cancelled after (in its own chain), its row saying cancelled,
+    When the records are checked against the log, Then they agree: read chain by chain, the
+    goal's own chain sorted before the legacy one, and its last move read as `held`.
+    """
+    from plangate.store import AuditRow, GoalRow, audit_records
+    from plangate.store.audit import LEGACY_CHAIN
+
+    goal_id = "0" * 31 + "1"  # sorts before the legacy chain's name
+    entries = [
+        (LEGACY_CHAIN, 1, "goal.submitted", {"text": "count", "metadata": {}}),
+        (LEGACY_CHAIN, 2, "goal.held", {"plan_id": "p", "reason": "a person decides"}),
+        (goal_id, 1, "goal.cancelled", {"reason": "not today"}),
+    ]
+    with store.session() as session:
+        session.add(
+            GoalRow(
+                id=goal_id, text="count", status="cancelled", status_reason="not today", meta={}
+            )
+        )
+        for seq, (chain, chain_seq, kind, data) in enumerate(entries, start=1):
+            session.add(
+                AuditRow(
+                    seq=seq,
+                    chain=chain,
+                    chain_seq=chain_seq,
+                    at=f"2026-01-01T00:00:0{seq}+00:00",
+                    goal_id=goal_id,
+                    kind=kind,
+                    actor="t",
+                    data=data,
+                    prev_hash="0" * 64,
+                    hash=f"{seq:064x}",
+                )
+            )
+
+    assert audit_records.disagreement(store) is None

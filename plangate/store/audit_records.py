@@ -102,6 +102,10 @@ def disagreement(store: Store, *, batch: int = 200) -> str | None:
     after = ""
     while True:
         with store.reading() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                # One snapshot for the batch: a goal moved between two of its statements, by a
+                # worker running beside the check, read as a row changed outside plangate.
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             goals = list(
                 session.execute(
                     select(GoalRow).where(GoalRow.id > after).order_by(GoalRow.id).limit(batch)
@@ -121,7 +125,9 @@ def _problems(session: Any, goals: Sequence[GoalRow]) -> Iterator[str]:
     entries = (
         select(AuditRow.goal_id, AuditRow.kind, AuditRow.actor, sql_cast(AuditRow.data, Text))
         .where(AuditRow.goal_id.in_(ids))
-        .order_by(AuditRow.chain, AuditRow.chain_seq)
+        # In the order written: a goal's entries made before per-goal chains (0013) are in the
+        # chain `global`, which sorts after its own; by chain, its last move read as its first.
+        .order_by(AuditRow.seq)
     )
     for goal_id, kind, actor, text in session.execute(entries):
         recorded[goal_id].read(kind, actor, _data(text))
