@@ -9,29 +9,37 @@ in a transaction of its own, since the decision's rolls back.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
 from plangate.errors import Forbidden
 from plangate.store import PlanRow, Store, audit
+from plangate.store.goals import by_id
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def refusal_audited(store: Store, plan_id: str, reviewer: str, action: str) -> Iterator[None]:
+    """Let a decision run; if it is Forbidden, audit who tried what and why, then raise it."""
+    try:
+        yield
+    except Forbidden as refused:
+        _record(store, plan_id, reviewer, action, str(refused))
+        raise
 
 
 def audits_refusals(action: str) -> Callable[[F], F]:
-    """Have a decision `(self, plan_id, reviewer, ...)` audit who tried what, when Forbidden.
-
-    `self` is a Review: its `_store` takes the entry.
-    """
+    """Have a Review's decision `(self, plan_id, reviewer, ...)` audit its refusals."""
 
     def wrap(decide: F) -> F:
         @functools.wraps(decide)
         def audited(self: Any, plan_id: str, reviewer: str, *args: Any, **kwargs: Any) -> Any:
-            try:
+            with refusal_audited(self._store, plan_id, reviewer, action):
                 return decide(self, plan_id, reviewer, *args, **kwargs)
-            except Forbidden as refused:
-                _record(self._store, plan_id, reviewer, action, str(refused))
-                raise
 
         return cast(F, audited)
 
@@ -39,9 +47,14 @@ def audits_refusals(action: str) -> Callable[[F], F]:
 
 
 def _record(store: Store, plan_id: str, reviewer: str, action: str, reason: str) -> None:
-    with store.session() as session:
-        plan = session.get(PlanRow, plan_id)
-        if plan is None:  # no plan, no goal to file it under (a NotFound came first)
-            return
-        data = {"plan_id": plan_id, "action": action, "reason": reason}
-        audit.append(session, "review.refused", actor=reviewer, goal_id=plan.goal_id, data=data)
+    try:
+        with store.session() as session:
+            plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id, typed=True)  # or its start
+            if plan is None:  # no plan, no goal to file it under
+                return
+            data = {"plan_id": plan.plan_id, "action": action, "reason": reason}
+            audit.append(session, "review.refused", actor=reviewer, goal_id=plan.goal_id, data=data)
+    except Exception:  # the refusal is the answer; a store failing now must not replace it
+        log.warning(
+            "could not audit %s's refused %s of plan %s", reviewer, action, plan_id, exc_info=True
+        )

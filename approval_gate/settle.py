@@ -28,6 +28,7 @@ from jsonschema.exceptions import best_match
 from sqlalchemy import func, select
 
 from approval_gate.holds import check_not_submitter, check_reviewer, hold_of
+from approval_gate.refusals import refusal_audited
 from plangate.bus import Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound
@@ -92,7 +93,7 @@ def settle_step(
 
     `roles` are the reviewer's: a plan held for a role is settled only by someone with it.
     """
-    with store.session() as session:
+    with refusal_audited(store, plan_id, reviewer, "settle"), store.session() as session:
         named = by_id(
             session, PlanRow, PlanRow.plan_id, plan_id, typed=True
         )  # its start names it too

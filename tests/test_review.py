@@ -572,6 +572,8 @@ def test_a_refused_decision_is_an_audit_entry_naming_who_tried_what_and_why(
             pipeline.approve(plan.plan_id, "bob")
         with pytest.raises(Forbidden):
             pipeline.edit(plan.plan_id, "bob", steps_of(plan), summary="mine now")
+        with pytest.raises(Forbidden):  # by the start of its id, as `plangate review` takes it
+            pipeline.approve(plan.plan_id[:8], "bob")
 
         refused = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "review.refused"]
         assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
@@ -579,5 +581,6 @@ def test_a_refused_decision_is_an_audit_entry_naming_who_tried_what_and_why(
     assert [(e.actor, e.data["action"], e.data["plan_id"]) for e in refused] == [
         ("bob", "approve", plan.plan_id),
         ("bob", "edit", plan.plan_id),
+        ("bob", "approve", plan.plan_id),
     ]
     assert all("requires the role 'finance'" in e.data["reason"] for e in refused)
