@@ -41,6 +41,7 @@ def events_only_on_stdout(only_events: bool = True) -> Iterator[TextIO]:
         yield events
     finally:
         sys.stdout.flush()
+        shown.flush()  # written meanwhile through a reference to it: stderr's, before the restore
         events.flush()
         os.dup2(events.fileno(), 1)
         events.close()

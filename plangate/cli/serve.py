@@ -35,7 +35,6 @@ def serve(
     PLANGATE_TRUSTED_PROXIES so that X-Forwarded-For is read (and only then).
     Uses PLANGATE_BROKER_URL and PLANGATE_DATABASE_URL like the workers.
     """
-    import signal
     import socket
 
     import uvicorn
@@ -43,6 +42,7 @@ def serve(
     from plangate.client import Client
     from plangate.logs import setup_logging
     from plangate.server import create_app
+    from plangate.server.clean_exit import CleanExitServer
 
     settings = load_settings()
     setup_logging(settings.log_level, stage="serve")
@@ -71,8 +71,4 @@ def serve(
             proxy_headers=bool(trusted),
             forwarded_allow_ips=trusted or None,
         )
-        # uvicorn shuts down gracefully at SIGTERM, then raises the signal again for whatever
-        # handler was there before it: the default one killed the process (exit 143, a
-        # failure to supervisors) after a clean stop. A worker exits 0 then; so does serve.
-        signal.signal(signal.SIGTERM, lambda *_: None)
-        uvicorn.Server(config).run(sockets=[listening])
+        CleanExitServer(config).run(sockets=[listening])
