@@ -31,10 +31,16 @@ def not_ready(store: Store, bus: Bus | None = None) -> str | None:
     problem = mismatch(current)
     if problem is not None:
         return problem
-    if bus is not None and not bus.url.startswith("memory://"):
-        try:
-            bus.queue_depth("planner")  # one round trip: the broker answers, the queue exists
-        except (PlangateError, OSError) as exc:
-            log.warning("readiness: the broker does not answer (%s)", type(exc).__name__)
-            return "the broker does not answer"
+    return None if bus is None else broker_problem(bus)
+
+
+def broker_problem(bus: Bus) -> str | None:
+    """Return why the broker cannot take this process's messages now, or None if it can."""
+    if bus.url.startswith("memory://"):
+        return None
+    try:
+        bus.queue_depth("planner")  # one round trip: the broker answers, the queue exists
+    except (PlangateError, OSError) as exc:
+        log.warning("readiness: the broker does not answer (%s)", type(exc).__name__)
+        return "the broker does not answer"
     return None

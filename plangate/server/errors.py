@@ -11,6 +11,7 @@ encoded (a lone surrogate that got past the door) answers 422.
 from __future__ import annotations
 
 import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -181,16 +182,30 @@ async def _store_failed(request: Request, exc: Exception) -> Response:
     It was a 500 with a traceback (the statement and its parameters) logged at each request;
     `/readyz` said the same in one line. Any other failure of the database is still a 500.
     """
-    from plangate.readiness import not_ready  # the server's modules import this one
-    from plangate.server.reviews import get_desk
-
-    problem = await run_in_threadpool(not_ready, get_desk(request).store)
+    problem = await run_in_threadpool(_store_problem, request)
     where = f"{request.method} {request.url.path[:200]}"
     if problem is None:
         _log.error("%s failed on the store", where, exc_info=exc)
         return await _unexpected(request, exc)
     _log.warning("%s: %s (%s)", where, problem, type(exc).__name__)
     return answer(request, 503, f"{problem}; try again shortly", {"Retry-After": "5"})
+
+
+_PROBED_FOR = 5.0  # seconds one look at the store answers for: not one more probe a request
+
+
+def _store_problem(request: Request) -> str | None:
+    """Return why the store does not answer, as the app last saw it within a few seconds."""
+    from plangate.readiness import not_ready  # the server's modules import this one
+
+    state = request.app.state
+    at, problem = getattr(state, "store_probed", (-_PROBED_FOR, None))
+    if time.monotonic() - at < _PROBED_FOR:
+        return problem
+    desk = getattr(state, "desk", None)  # none before the lifespan has run
+    problem = None if desk is None else not_ready(desk.store)
+    state.store_probed = (time.monotonic(), problem)
+    return problem
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from plangate import metrics
-from plangate.readiness import not_ready
+from plangate.readiness import broker_problem, not_ready
 from plangate.server.reviews import get_desk
 
 router = APIRouter(include_in_schema=False)
@@ -36,7 +36,7 @@ def readyz(request: Request) -> JSONResponse:
         body = {"status": "unavailable", "reason": problem}
         return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
     ready = {"status": "ok"}
-    if not_ready(desk.store, desk.bus) is not None:
+    if broker_problem(desk.bus) is not None:
         ready["broker"] = "does not answer: goals are stored, and sent once it answers"
     return JSONResponse(ready, headers={"Cache-Control": "no-store"})
 
