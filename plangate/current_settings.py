@@ -90,6 +90,7 @@ def check_variable_names() -> list[str]:
         if meant:
             raise ConfigError(
                 f"{name} is not a setting plangate reads; did you mean PLANGATE_{meant[0]}? "
-                "(the documentation's Settings page lists them all)"
+                "(the documentation's Settings page lists them all; a variable of your own "
+                "takes another prefix)"
             )
     return unknown

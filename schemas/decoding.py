@@ -227,7 +227,7 @@ def decode_message(
 # What a pattern of the messages' fields asks, in words.
 _PATTERNS_SAID = {
     ID_PATTERN: "an id must be one word of printable characters "
-    "(no space, line break, control or invisible character, / ? # % or backslash)",
+    "(no space, line break, control character, / ? # % or backslash)",
     r"\S": "it must not be blank",
 }
 

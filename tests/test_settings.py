@@ -275,7 +275,8 @@ def test_a_variable_one_slip_from_a_setting_is_refused_naming_the_setting(
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: {mistyped} is not a setting plangate reads; did you mean {meant}? (the "
-        "documentation's Settings page lists them all)"
+        "documentation's Settings page lists them all; a variable of your own takes another "
+        "prefix)"
     ]
 
 
