@@ -14,7 +14,7 @@ import pytest
 from plangate.bus import Bus
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.store import Store, open_store
+from plangate.store import Store, audit_records, open_store
 from tests.http_recorder import INTEGRATION_VARIABLES
 
 # Not imported here: as a plugin, its asserts are rewritten like a test module's.
@@ -43,10 +43,16 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 @pytest.fixture
-def pipeline(settings: Settings) -> Iterator[Pipeline]:
-    """The three stages running in threads on the memory transport and a SQLite file."""
+def pipeline(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Pipeline]:
+    """The three stages running in threads on the memory transport and a SQLite file.
+
+    After the test, what `status` shows must agree with the audit log (`audit verify`'s
+    records check): every flow a test drives is a case it must not call tampering.
+    """
     with Pipeline(settings) as running:
         yield running
+        if request.node.get_closest_marker("tampers") is None:
+            assert audit_records.disagreement(running.store) is None
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -31,6 +31,7 @@ from plangate.store import (
     PlanRow,
     StepRunRow,
     Store,
+    audit_records,
     open_store,
 )
 from plangate.store.goals import plan_of
@@ -61,6 +62,8 @@ def running_pipeline(settings: Settings, **overrides: Any) -> Iterator[Pipeline]
     changed = settings.model_copy(update=overrides)
     with Pipeline(changed, registry=registry) as pipeline:
         yield pipeline
+        # What `status` shows agrees with the audit log, whatever the test drove the goals to.
+        assert audit_records.disagreement(pipeline.store) is None
 
 
 def outer_environment() -> dict[str, str]:

@@ -19,6 +19,9 @@ from plangate.store import audit, audit_checkpoints
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, audit_entries, eventually, only_plan
 
+# Rows and entries are changed behind plangate's back: its records check would rightly fail.
+pytestmark = pytest.mark.tampers
+
 # submitted, proposed, held, previewed, approved (by alice), signed (by the gate), running,
 # three steps, completed
 SEED_RUN_ENTRIES = 11
@@ -553,7 +556,11 @@ def _plan_rewritten_with_its_hash(pipeline: Pipeline, goal_id: str) -> None:
 ROWS_REWRITTEN = {
     "decider": (
         "UPDATE decisions SET decided_by = 'mallory' WHERE stage = 'human'",
-        "decision by 'mallory'",
+        "decision to approve by 'mallory'",
+    ),
+    "action": (
+        "UPDATE decisions SET action = 'reject' WHERE stage = 'human'",
+        "a decision to reject by 'alice'",
     ),
     "approver": ("UPDATE reviewer_approvals SET reviewer = 'mallory'", "approval by 'mallory'"),
     "output": (

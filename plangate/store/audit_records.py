@@ -60,6 +60,16 @@ def _number(text: str) -> int | float:
     return int(exact) if exact == exact.to_integral_value() else float(text)
 
 
+# A goal's move that records a decision on its plan, and the decision's action.
+_DECIDED = {
+    "goal.approved": "approve",
+    "goal.rejected": "reject",
+    "goal.held": "hold",
+    "goal.denied": "deny",
+    "goal.expired": "expire",
+}
+
+
 @dataclass
 class _Recorded:
     """What one goal's chain says, as the views would show it."""
@@ -67,34 +77,44 @@ class _Recorded:
     submitted: dict[str, Any] | None = None
     status: tuple[str, str | None] | None = None  # the last move, and its reason
     plans: dict[str, str] = field(default_factory=dict)  # plan_id: plan_hash
-    names: dict[str, set[str]] = field(default_factory=dict)  # plan_id: who decided, approved
+    deciders: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # (who, action)
+    approvers: dict[str, set[str]] = field(default_factory=dict)  # plan_id: who approved
     steps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def read(self, kind: str, actor: str, data: dict[str, Any]) -> None:
-        plan_id = data.get("plan_id")
+        """Take in one entry of the goal's chain, in the order written."""
         if kind == "goal.submitted" and self.submitted is None:  # later ones: retries
             self.submitted = data
-        if kind == "plan.edited" and isinstance(data.get("from_plan_id"), str):
-            self.names.setdefault(data["from_plan_id"], set()).add(actor)  # its editor decided
         if kind.startswith("goal.") and kind[5:] in _STATUSES:
             self.status = (kind[5:], data.get("reason"))
+        if kind == "plan.edited" and isinstance(data.get("from_plan_id"), str):
+            # The edit took the old revision's slot for a person's decision, as a reject.
+            self.deciders.setdefault(data["from_plan_id"], set()).add((actor, "reject"))
+        plan_id = data.get("plan_id")
         if isinstance(plan_id, str):
-            if isinstance(data.get("plan_hash"), str) and kind in ("goal.proposed", "plan.edited"):
-                self.plans[plan_id] = data["plan_hash"]
-            named = self.names.setdefault(plan_id, set())
-            named.update(str(who) for who in data.get("approvers") or ())
-            named.update(str(data[key]) for key in ("decided_by",) if key in data)
-            if kind == "plan.approval_counted":
-                named.add(actor)
-            step = data.get("step_id")
-            if kind.startswith("step.") and kind[5:] in _STEP_ENDS and isinstance(step, str):
-                self.steps[(plan_id, step)] = {"status": kind[5:], **data}
-            elif kind == "step.settled" and isinstance(step, str):
-                # A person said it happened (it succeeded, with this output) or not (no row).
-                if data.get("happened"):
-                    self.steps[(plan_id, step)] = {"status": "succeeded", **data}
-                else:
-                    self.steps.pop((plan_id, step), None)
+            self._about_plan(kind, actor, plan_id, data)
+
+    def _about_plan(self, kind: str, actor: str, plan_id: str, data: dict[str, Any]) -> None:
+        if kind in ("goal.proposed", "plan.edited") and isinstance(data.get("plan_hash"), str):
+            self.plans[plan_id] = data["plan_hash"]
+        if kind in _DECIDED and "decided_by" in data:
+            self.deciders.setdefault(plan_id, set()).add((str(data["decided_by"]), _DECIDED[kind]))
+        approved = self.approvers.setdefault(plan_id, set())
+        approved.update(str(who) for who in data.get("approvers") or ())
+        if kind == "plan.approval_counted":
+            approved.add(actor)
+        step = data.get("step_id")
+        if isinstance(step, str) and kind.startswith("step."):
+            self._step(kind[5:], (plan_id, step), data)
+
+    def _step(self, what: str, step: tuple[str, str], data: dict[str, Any]) -> None:
+        if what in _STEP_ENDS:
+            self.steps[step] = {"status": what, **data}
+        elif what == "settled":  # a person said it happened, with this output, or not (no row)
+            if data.get("happened"):
+                self.steps[step] = {"status": "succeeded", **data}
+            else:
+                self.steps.pop(step, None)
 
 
 def disagreement(store: Store, *, batch: int = 200) -> str | None:
@@ -137,16 +157,17 @@ def _problems(session: Any, goals: Sequence[GoalRow]) -> Iterator[str]:
         yield from _plan_problems(plan, recorded[plan.goal_id])
     for decision in session.execute(select(DecisionRow).where(DecisionRow.goal_id.in_(ids))):
         row = decision[0]
-        if row.decided_by not in recorded[row.goal_id].names.get(row.plan_id, ()):
+        if (row.decided_by, row.action) not in recorded[row.goal_id].deciders.get(row.plan_id, ()):
             yield (
-                f"plan {row.plan_id} shows a decision by {row.decided_by!r}, which the audit "
-                "log does not record: the decisions table was changed outside plangate"
+                f"plan {row.plan_id} shows a decision to {row.action} by {row.decided_by!r}, "
+                "which the audit log does not record: the decisions table was changed outside "
+                "plangate"
             )
     approvals = select(ReviewerApprovalRow, PlanRow.goal_id).join(
         PlanRow, PlanRow.plan_id == ReviewerApprovalRow.plan_id
     )
     for approval, goal_id in session.execute(approvals.where(PlanRow.goal_id.in_(ids))):
-        if approval.reviewer not in recorded[goal_id].names.get(approval.plan_id, ()):
+        if approval.reviewer not in recorded[goal_id].approvers.get(approval.plan_id, ()):
             yield (
                 f"plan {approval.plan_id} shows an approval by {approval.reviewer!r}, which the "
                 "audit log does not record: the approvals were changed outside plangate"
