@@ -139,3 +139,36 @@ def test_a_very_long_id_is_quoted_by_its_start_and_its_length(tmp_path: Path) ->
     [line] = result.stderr.splitlines()
     assert line.startswith(f"error: no goal '{'a' * 80}'… (20000 characters); check the id")
     assert len(line) < 200
+
+
+def test_a_plan_summary_of_terminal_controls_is_shown_as_escapes_in_review_show(
+    tmp_path: Path,
+) -> None:
+    """Given a playbook whose summary quotes the goal's text, and a goal whose text clears the
+    screen, retitles the window and reverses what follows,
+    When a reviewer runs `plangate review show` on the held plan,
+    Then the summary is shown as escapes: it was printed raw below the steps table, so that a
+    goal's text could erase or redraw the steps the reviewer approves.
+    """
+    import json
+
+    playbook = tmp_path / "playbook.yaml"
+    post = {
+        "name": "post",
+        "pattern": "(?i)post (?P<text>.+)",
+        "summary": "Post {{text}}",
+        "steps": [{"id": "tell", "tool": "notify_oncall", "args": {"message": "{{text}}"}}],
+    }
+    playbook.write_text(json.dumps({"playbooks": [post]}))
+    goal = "post evil \x1b[2J\x1b]0;pwned\x07 \u202eright-to-left end"
+    held = plangate(tmp_path, "run", goal, "--playbook", str(playbook))
+    assert "Held" in held.stdout, held.stdout + held.stderr
+    plans = plangate(tmp_path, "review", "list", "--json")
+    plan_id = plans.stdout.split('"plan_id": "')[1].split('"')[0]
+
+    shown = plangate(tmp_path, "review", "show", plan_id, PLANGATE_PLAYBOOK_FILE=str(playbook))
+
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout
+    assert "\u202e" not in shown.stdout
+    assert "Post evil \\x1b[2J" in shown.stdout

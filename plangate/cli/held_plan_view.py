@@ -92,9 +92,12 @@ def elided(text: str, width: int) -> str:
 
 def steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
     """Return the plan's steps as a table, each untrusted flow into an argument marked."""
+    # The summary is the planner's words over untrusted text (a reviewer's edit, too): shown
+    # as text, its escape sequences escaped, as every other field here.
+    title = f"Plan {view['plan_id']} · revision {view['revision']} · by {view['planner']}"
     table = Table(
-        title=f"Plan {view['plan_id']} · revision {view['revision']} · by {view['planner']}",
-        caption=view["summary"] or None,
+        title=render.shown(title),
+        caption=render.shown(view["summary"]) if view["summary"] else None,
         title_justify="left",
     )
     for column in ("step", "tool", "effect", "args", "when"):
