@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 from approval_gate.decision_memo import DecisionMemo
 from approval_gate.policy_context import RULE_VARIABLES, policy_context
 from approval_gate.rule_checks import check_match
-from plangate.config import Settings
+from plangate.config import MAX_TTL_SECONDS, Settings
 from plangate.errors import ConfigError, PolicyError, own_words
 from plangate.small_files import read_bytes
 from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
@@ -46,7 +46,9 @@ class RuleSpec(BaseModel):
     action: RuleAction
     reason: str = Field(min_length=1, max_length=1000)
     requires_role: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    hold_ttl_seconds: int | None = Field(default=None, gt=0)
+    # A year at most: past `timedelta`'s range the gate failed on the plan, which stayed
+    # `proposed` (and a hold of centuries is no hold, only one nobody decides).
+    hold_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
     preview: bool = False
     # Four eyes: how many distinct reviewers (with `requires_role`) must approve the plan, and
     # whether the goal's submitter is barred from being one of them.

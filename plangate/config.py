@@ -29,6 +29,8 @@ def default_data_dir(xdg_data_home: Path | None) -> Path:
 
 
 NAMESPACE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+# A year: past `timedelta`'s range a hold or an approval failed the gate on each plan.
+MAX_TTL_SECONDS = 366 * 24 * 3600
 # Set but empty (as compose files leave them) means unset, not an empty token or the current
 # folder (a blank PLANGATE_POLICY_FILE read the folder `.`).
 _BLANK_MEANS_UNSET = (
@@ -127,10 +129,16 @@ class Settings(BaseSettings):
         "`keys/trusted` in the data folder).",
     )
     approval_ttl_seconds: int = Field(
-        default=3600, gt=0, description="An approval not used to start a run this long expires."
+        default=3600,
+        gt=0,
+        le=MAX_TTL_SECONDS,
+        description="An approval not used to start a run this long expires.",
     )
     hold_ttl_seconds: int = Field(
-        default=86400, gt=0, description="A plan held this long for a person expires."
+        default=86400,
+        gt=0,
+        le=MAX_TTL_SECONDS,
+        description="A plan held this long for a person expires.",
     )
     webhook_url: str | None = Field(
         default=None, description="Receives a JSON POST (Slack-compatible) when a plan is held."

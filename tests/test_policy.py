@@ -294,6 +294,15 @@ def test_a_syntax_error_names_the_rule_and_its_line() -> None:
         ("rules: []\n", None, None, "rules: List should have at least 1 item"),
         ("rules:\n" + rule("a", "true") + "    match: 'false'\n", None, 6, "appears twice"),
         ("rules: [\n", None, 2, "not valid YAML"),
+        # Past a year: past `timedelta`'s range, the gate failed on each plan it held.
+        (
+            "rules:\n"
+            + rule("a", "true", "hold")
+            + "    hold_ttl_seconds: 100000000000000000000\n",
+            "a",
+            2,
+            "hold_ttl_seconds: Input should be less than or equal to 31622400",
+        ),
         ("- just a list\n", None, 1, "mapping"),
     ],
 )
