@@ -343,8 +343,16 @@ def _parse(data: bytes, source: str) -> tuple[PolicyFile, list[int]]:
         raise _explain(exc, raw, lines, source) from exc
 
 
-def _refuse_repeated_keys(node: yaml.Node, source: str) -> None:
+def _refuse_repeated_keys(node: yaml.Node, source: str, met: set[int] | None = None) -> None:
     # YAML lets a later key silently replace an earlier one: a second `match:` would hide the first.
+    met = set() if met is None else met
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        if id(node) in met:
+            # An alias (`*a`) is the same node again: nine of them nested made a file of 600
+            # bytes that every reader walked for minutes (the gate, at each reload).
+            problem = f"{source} repeats a value through a YAML alias (*name); write it out"
+            raise PolicyError(problem, line=node.start_mark.line + 1)
+        met.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
@@ -352,10 +360,10 @@ def _refuse_repeated_keys(node: yaml.Node, source: str) -> None:
                 problem = f"the key {key.value!r} appears twice (in {source})"
                 raise PolicyError(problem, line=key.start_mark.line + 1)
             seen.add(key.value)
-            _refuse_repeated_keys(value, source)
+            _refuse_repeated_keys(value, source, met)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _refuse_repeated_keys(item, source)
+            _refuse_repeated_keys(item, source, met)
 
 
 def _explain(exc: ValidationError, raw: Any, lines: list[int], source: str) -> PolicyError:

@@ -426,3 +426,16 @@ def test_a_file_that_is_not_yaml_is_named_first_and_its_line_last(tmp_path: Path
     said = str(raised.value)
     assert said.startswith(f"{path} is not valid YAML")
     assert said.endswith("(line 2)")
+
+
+def test_a_policy_repeating_values_through_yaml_aliases_is_refused_at_once(tmp_path: Path) -> None:
+    """Nine levels of nine aliases each (`b: &b [*a, *a, ...]`) made a file of 600 bytes that
+    `policy check`, and the gate at each reload, walked for minutes."""
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level, name in enumerate("bcdefghijk"):
+        lines.append(f"{name}: &{name} [" + ", ".join(["*" + "abcdefghijk"[level]] * 9) + "]")
+    path = tmp_path / "policy.yaml"
+    path.write_text("\n".join(lines) + "\nrules:\n" + rule("r", "true"))
+
+    with pytest.raises(PolicyError, match=r"repeats a value through a YAML alias \(\*name\)"):
+        Policy.load(path)
