@@ -52,7 +52,8 @@ def pipeline(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Pip
     with Pipeline(settings) as running:
         yield running
         if request.node.get_closest_marker("tampers") is None:
-            assert audit_records.disagreement(running.store) is None
+            problem = audit_records.disagreement(running.store)
+            assert problem is None, problem
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

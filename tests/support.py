@@ -56,14 +56,21 @@ def eventually(check: Callable[[], T | None], timeout: float = 5.0, what: str = 
 
 
 @contextmanager
-def running_pipeline(settings: Settings, **overrides: Any) -> Iterator[Pipeline]:
-    """A pipeline on `settings` changed by `overrides` (a policy, a playbook, a registry)."""
+def running_pipeline(
+    settings: Settings, *, tampers: bool = False, **overrides: Any
+) -> Iterator[Pipeline]:
+    """A pipeline on `settings` changed by `overrides` (a policy, a playbook, a registry).
+
+    After the block, what `status` shows must agree with the audit log, whatever the test drove
+    the goals to; unless the test `tampers` with the rows (to stage a crash, a forgery).
+    """
     registry = overrides.pop("registry", None)
     changed = settings.model_copy(update=overrides)
     with Pipeline(changed, registry=registry) as pipeline:
         yield pipeline
-        # What `status` shows agrees with the audit log, whatever the test drove the goals to.
-        assert audit_records.disagreement(pipeline.store) is None
+        if not tampers:
+            problem = audit_records.disagreement(pipeline.store)
+            assert problem is None, problem
 
 
 def outer_environment() -> dict[str, str]:

@@ -454,7 +454,9 @@ def test_a_refused_release_says_who_does_not_count_and_how_many_more_must_approv
     When carol approves, Then bob's and carol's approvals release it.
     """
     policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
-    with running_pipeline(settings, policy_file=policy) as pipeline:
+    with running_pipeline(
+        settings, tampers=True, policy_file=policy
+    ) as pipeline:  # an approval written into the store as an older version did
         goal_id = pipeline.submit(SEED_GOAL).goal_id
         pipeline.wait_for(goal_id, HELD)
         edited = _edit_newest(pipeline, goal_id, "alice", "edited by alice")
@@ -597,7 +599,9 @@ def test_a_hold_rewritten_in_the_store_to_ask_fewer_approvers_releases_nothing(
     approval released a plan that asked two), and no approval is stored.
     """
     policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
-    with running_pipeline(settings, policy_file=policy) as pipeline:
+    with running_pipeline(
+        settings, tampers=True, policy_file=policy
+    ) as pipeline:  # the hold is rewritten in SQL
         goal_id = pipeline.submit(SEED_GOAL).goal_id
         pipeline.wait_for(goal_id, HELD)
         plan_id = only_plan(pipeline.store, goal_id).plan_id
@@ -622,7 +626,9 @@ def test_a_held_plan_rewritten_in_the_store_with_its_hash_is_not_the_one_its_hol
     sealed for the plan as held, and the goal is held again saying so.
     """
     policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
-    with running_pipeline(settings, policy_file=policy) as pipeline:
+    with running_pipeline(
+        settings, tampers=True, policy_file=policy
+    ) as pipeline:  # the plan is rewritten in SQL
         goal_id = pipeline.submit(SEED_GOAL).goal_id
         pipeline.wait_for(goal_id, HELD)
         held = only_plan(pipeline.store, goal_id)

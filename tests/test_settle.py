@@ -113,6 +113,7 @@ def billing_under(policy: dict[str, Any], settings: Settings, folder: Path) -> I
     RECEIPTS.clear()
     with running_pipeline(
         settings,
+        tampers=True,  # a call cut off mid-way is staged by rewinding its step's row
         registry=ToolRegistry([charge_card, send_receipt]),
         playbook_file=write_yaml(folder / "playbook.yaml", PLAYBOOK),
         policy_file=write_yaml(folder / "policy.yaml", policy),

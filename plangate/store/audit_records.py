@@ -94,6 +94,12 @@ class _Recorded:
         if isinstance(plan_id, str):
             self._about_plan(kind, actor, plan_id, data)
 
+    def approved_by(self, plan_id: str) -> set[str]:
+        """Return who approved the plan: counted, released it, or named as its approvers."""
+        deciders = self.deciders.get(plan_id, set())
+        released = {who for who, action in deciders if action == "approve"}
+        return self.approvers.get(plan_id, set()) | released
+
     def _about_plan(self, kind: str, actor: str, plan_id: str, data: dict[str, Any]) -> None:
         if kind in ("goal.proposed", "plan.edited") and isinstance(data.get("plan_hash"), str):
             self.plans[plan_id] = data["plan_hash"]
@@ -167,7 +173,7 @@ def _problems(session: Any, goals: Sequence[GoalRow]) -> Iterator[str]:
         PlanRow, PlanRow.plan_id == ReviewerApprovalRow.plan_id
     )
     for approval, goal_id in session.execute(approvals.where(PlanRow.goal_id.in_(ids))):
-        if approval.reviewer not in recorded[goal_id].approvers.get(approval.plan_id, ()):
+        if approval.reviewer not in recorded[goal_id].approved_by(approval.plan_id):
             yield (
                 f"plan {approval.plan_id} shows an approval by {approval.reviewer!r}, which the "
                 "audit log does not record: the approvals were changed outside plangate"
