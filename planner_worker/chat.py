@@ -114,15 +114,19 @@ class ChatModel:
             if not completion.choices:
                 span.set_attribute("error.type", "no_choices")
                 raise PlanningFailed([f"the model server at {url} answered with no choices"])
-            choice = completion.choices[0]
-            span.set_attribute("gen_ai.response.finish_reasons", [str(choice.finish_reason)])
-            return ChatAnswer(
-                content=choice.message.content,
-                refusal=getattr(choice.message, "refusal", None),
-                finish_reason=str(choice.finish_reason),
-                model=model,
-                usage=usage,
-            )
+            try:  # a choice that is no object (`"choices": ["x"]`) crashed the planner
+                choice = completion.choices[0]
+                answer = ChatAnswer(
+                    content=_text_or_none(choice.message.content),
+                    refusal=_text_or_none(getattr(choice.message, "refusal", None)),
+                    finish_reason=str(choice.finish_reason),
+                    model=model,
+                    usage=usage,
+                )
+            except (AttributeError, TypeError, ValueError) as exc:
+                raise _not_a_completion(span, url, exc) from None
+            span.set_attribute("gen_ai.response.finish_reasons", [answer.finish_reason])
+            return answer
 
     def _reason(self, exc: openai.OpenAIError) -> str:
         """Say in one sentence what went wrong and what to do about it."""
@@ -198,6 +202,13 @@ def _transport_reason(exc: openai.APIConnectionError, url: object, retries: str)
         f"the connection to the model server at {url} broke while it answered ({said}; "
         f"{retries}); check the server's log and the network to it"
     )
+
+
+def _text_or_none(value: object) -> str | None:
+    """Return a message's text as the SDK gave it; TypeError if it is something else."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"its message holds {type(value).__name__}, not text")
 
 
 def _not_a_completion(span: Span, url: object, exc: Exception) -> PlanningFailed:

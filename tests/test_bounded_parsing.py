@@ -284,8 +284,11 @@ def test_a_policy_file_nested_thousands_deep_is_a_policy_error_not_a_crash() -> 
                 "usage": {"prompt_tokens": 10, "completion_tokens": -5, "total_tokens": 5},
             }
         ).encode(),
+        b'{"choices": ["x"]}',
+        b'{"choices": [{"index": 0, "message": "x", "finish_reason": "stop"}]}',
+        b'{"choices": [{"index": 0, "message": {"content": 7}, "finish_reason": "stop"}]}',
     ],
-    ids=["html", "not-utf8", "negative-usage"],
+    ids=["html", "not-utf8", "negative-usage", "choice-text", "message-text", "content-number"],
 )
 def test_a_model_server_answering_no_chat_completion_fails_the_goal_at_once(
     settings: Settings, stub: OpenAIStub, body: bytes
