@@ -97,7 +97,7 @@ def steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
     title = f"Plan {view['plan_id']} · revision {view['revision']} · by {view['planner']}"
     table = Table(
         title=render.shown(title),
-        caption=render.shown(view["summary"]) if view["summary"] else None,
+        caption=render.shown_line(view["summary"]) if view["summary"] else None,
         title_justify="left",
     )
     for column in ("step", "tool", "effect", "args", "when"):
@@ -127,7 +127,7 @@ def show_held(view: dict[str, Any], catalog: Catalog) -> None:
     from schemas import StepPreview
 
     console.print(Text(f"Goal {view['goal_id']} ({view['status']}): ", style="bold"), end="")
-    console.print(render.shown(view["goal_text"], style="dim"), "  [dim](untrusted text)[/]")
+    console.print(render.shown_line(view["goal_text"], style="dim"), "  [dim](untrusted text)[/]")
     console.print(steps_table(view, catalog))
     decision = view["decision"]
     if decision:

@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from plangate.printable import printable
+from plangate.printable import printable, printable_line
 from schemas import Catalog, Decision, Plan, StepFinished, StepPreview
 
 _ACTION_STYLE = {
@@ -39,13 +39,22 @@ def shown(text: str, style: str = "") -> Text:
     return Text(printable(text), style=style)
 
 
+def shown_line(text: str, style: str = "") -> Text:
+    r"""Return text from elsewhere as `shown` does, on one line (its line breaks escaped).
+
+    For a plan's summary: a model's `x\r\nDecision: approve by admin` printed a line that
+    read as the decision, just above the real one.
+    """
+    return Text(printable_line(text), style=style)
+
+
 def plan_table(plan: Plan, catalog: Catalog, planner: str) -> Table:
     """Return the plan as a table: step, tool, effect, args, when."""
     # Every text of a plan is the planner's (an LLM's, from anyone's goal): shown, never read
     # as markup (a `[/x]` in it broke the table) nor as the terminal's controls.
     table = Table(
         title=shown(f"Plan {plan.plan_id[:8]} · revision {plan.revision} · by {planner}"),
-        caption=shown(plan.summary) if plan.summary else None,
+        caption=shown_line(plan.summary) if plan.summary else None,
         title_justify="left",
     )
     for column in ("step", "tool", "effect", "args", "when"):
