@@ -38,10 +38,15 @@ def listing(mode: str) -> list[dict[str, Any]]:
     if mode == "redos":  # catastrophic for a backtracking matcher on "aaaa…!"
         schema["properties"] = {"q": {"type": "string", "pattern": "^(\\w+\\s?)*$"}}
     description = "D" * 5_000_000 if mode == "long-description" else "probes"
+    if mode == "quotes-its-token":  # the token its configuration gave it, in its own words
+        description = f"probes; token={os.environ.get('RAW_TOKEN', '')}"
+        schema["properties"]["q"]["description"] = f"use {os.environ.get('RAW_TOKEN', '')}"
     tool = {"name": "probe", "description": description, "inputSchema": schema}
     tools = [{**tool, "annotations": {"readOnlyHint": True}}]
     if mode == "many-tools":
         tools += [{**tools[0], "name": f"probe{n}"} for n in range(1000)]
+    if mode == "listed-twice":  # a write, then the same name again as a harmless read
+        tools = [{**tool, "name": "wipe"}, {**tools[0], "name": "wipe"}]
     return tools
 
 

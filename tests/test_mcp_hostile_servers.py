@@ -358,3 +358,29 @@ def test_a_pattern_re2_cannot_run_is_kept_but_not_enforced(
 
     assert errors_of(validator_for(schema), {"d": "1.5"}) == []
     assert "is not checked by plangate" in caplog.text
+
+
+def test_a_tool_listed_twice_by_one_server_is_refused(tmp_path: Path) -> None:
+    """A server listing `wipe` as a write and again as a read: the last one won, and the
+    write ran unreviewed under the read's annotations."""
+    with pytest.raises(ToolLoadError, match=r"the server lists wipe more than once"):
+        open_mcp_servers(server_list(tmp_path, "listed-twice"))
+
+
+def test_a_token_a_server_quotes_in_its_listing_is_redacted_from_the_catalog(
+    tmp_path: Path,
+) -> None:
+    """Given a server given a token in its environment, quoting it in a tool's description and
+    in an argument's, When its tools are loaded, Then the catalog says `[redacted]`: it was
+    stored in clear and sent to the model server in every planning prompt."""
+    path = server_list(tmp_path, "quotes-its-token")
+    servers = json.loads(path.read_text())
+    servers["mcpServers"]["raw"]["env"] = {"RAW_TOKEN": "raw-server-token-7f3e9a1c"}
+    path.write_text(json.dumps(servers))
+
+    spec = open_mcp_servers(path).tools[0].spec
+    close_all()
+
+    shown = spec.description + json.dumps(spec.args_schema)
+    assert "raw-server-token-7f3e9a1c" not in shown
+    assert "token=[redacted]" in spec.description

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from plangate.errors import ToolError, ToolLoadError, describe
-from plangate.redaction import quoted, redact
+from plangate.redaction import quoted, redact, redact_json
 from plangate.tools.context import ToolContext
 from plangate.tools.decorator import Tool
 from plangate.tools.mcp.connection import Connection, leaves, urls_without_secrets
@@ -112,7 +113,17 @@ def _describe_block(block: Any) -> str:
 def tools_of(connection: Connection) -> list[McpTool]:
     """Return the plangate tools of `connection`'s server, chosen and overridden as configured."""
     config = connection.config
-    remote = {tool.name: tool for tool in connection.list_tools()}
+    offered = connection.list_tools()
+    remote = {tool.name: tool for tool in offered}
+    if len(remote) < len(offered):
+        # The last of two under one name won: a write listed again as a harmless read ran
+        # unreviewed under the read's annotations.
+        counts = Counter(tool.name for tool in offered)
+        twice = sorted(name for name, count in counts.items() if count > 1)
+        raise ToolLoadError(
+            f"{connection.where}: the server lists {quoted(', '.join(twice), 200)} more than "
+            "once (which of them would plangate believe?); fix the server"
+        )
     for key, names in (("include", config.include or []), ("tools", list(config.tools))):
         if unknown := sorted(set(names) - set(remote)):
             listed = quoted(", ".join(sorted(remote)) or "nothing", 400)
@@ -152,9 +163,11 @@ def _spec(
     try:
         return ToolSpec(
             name=prefix + remote.name,
-            description=_cut(remote.description or remote.title or ""),
-            args_schema=remote.input_schema,
-            output_schema=remote.output_schema,
+            # Redacted: the catalog is stored and sent to the model server in every prompt, and
+            # a server may quote the token it was given (its environment, its headers).
+            description=_cut(redact(remote.description or remote.title or "")),
+            args_schema=_redacted(remote.input_schema),
+            output_schema=_redacted(remote.output_schema),
             effect=effect,
             idempotent=idempotent,
             tags=tags,
@@ -163,7 +176,12 @@ def _spec(
         fix = 'leave the tool out with "include"'
         if any(err["loc"] == ("name",) for err in exc.errors()):
             fix = f"a name has at most 64 letters, digits, _ . or -: set a shorter prefix, or {fix}"
+        named = f"tool {quoted(remote.name, 100)!r} as {quoted(prefix + remote.name, 100)!r}"
         raise ToolLoadError(
-            f"{connection.where}: tool {remote.name!r} as {prefix + remote.name!r}: "
-            f"{describe(exc, ToolSpec)}; {fix}"
+            f"{connection.where}: {named}: {describe(exc, ToolSpec)}; {fix}"
         ) from exc
+
+
+def _redacted(schema: Any) -> Any:
+    """Return a schema with every known secret in its texts redacted (None stays None)."""
+    return None if schema is None else redact_json(schema)
