@@ -40,7 +40,7 @@ import httpx
 import stamina
 
 from plangate.current_settings import current_settings
-from plangate.errors import ConfigError, ToolError
+from plangate.errors import ConfigError, OutcomeUnknown, ToolError
 from plangate.redaction import redact
 from schemas.decoding import JsonRefused, strict_json_loads
 
@@ -86,6 +86,10 @@ class Response:
             ) from None
 
 
+# Cut off once the request may have been sent whole: waiting for the answer, or mid-answer.
+_CUT_OFF_AFTER_SENDING = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError)
+
+
 class _Retryable(Exception):
     """An attempt that failed in a way another may not; `last` says how (redacted).
 
@@ -109,6 +113,18 @@ class _Call:
     started: float
     attempts: int = 0
     not_before: float = 0.0
+    # A write cut off after its request went out (a read timing out, the connection dropped):
+    # the receiver may have acted on it, so giving up is not a failure but an unknown.
+    maybe_delivered: bool = False
+
+    def given_up(self, said: str) -> ToolError:
+        """Return the error that ends this call: OutcomeUnknown if it may have taken effect."""
+        if not self.maybe_delivered:
+            return ToolError(said)
+        return OutcomeUnknown(
+            f"{said}; {self.service} may have received the request (an attempt was cut off "
+            "after sending it): check there before settling or trying again"
+        )
 
     def left(self) -> float:
         return self.budget - (time.monotonic() - self.started)
@@ -213,6 +229,8 @@ class HttpClient:
             ) from None
         except httpx.TransportError as exc:
             failure = _Retryable(_describe(exc))
+            if method != "GET" and isinstance(exc, _CUT_OFF_AFTER_SENDING):
+                call.maybe_delivered = True
         else:
             if 200 <= answer.status_code < 300:
                 return Response(answer.status_code, body, attempt, complete)
@@ -338,7 +356,7 @@ def _retry_or_give_up(call: _Call, attempt: int, failure: _Retryable) -> Excepti
             "try again later, or raise PLANGATE_HTTP_DEADLINE"
         )
     if call.next_wait_at_most(attempt) >= left:
-        return ToolError(
+        return call.given_up(
             f"{call.service} did not answer successfully within {call.budget:g} s "
             f"({attempt} attempt(s)); last: {failure.last}; check that it is reachable "
             "(PLANGATE_HTTP_DEADLINE bounds a call, PLANGATE_HTTP_TIMEOUT an attempt)"
@@ -348,7 +366,7 @@ def _retry_or_give_up(call: _Call, attempt: int, failure: _Retryable) -> Excepti
 
 
 def _gave_up(call: _Call, attempts: int, last: str) -> ToolError:
-    return ToolError(
+    return call.given_up(
         f"{call.service} did not answer successfully after {attempts} attempt(s); "
         f"last: {last}; check that it is reachable (PLANGATE_HTTP_TIMEOUT, "
         "PLANGATE_HTTP_ATTEMPTS and PLANGATE_HTTP_DEADLINE tune the waiting)"

@@ -312,3 +312,27 @@ def test_an_unreachable_server_is_retried_then_reported(server: Server) -> None:
 )
 def test_retry_after_is_read_as_seconds_or_a_date(header: str, seconds: float | None) -> None:
     assert retry_after_seconds(header) == seconds
+
+
+def test_a_write_cut_off_after_its_request_went_out_is_an_unknown_outcome(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a receiver that takes the POST and never answers,
+    When the call gives up, Then its error is OutcomeUnknown saying the receiver may have it:
+    it said the call failed, and a page that went out was recorded as not sent (tools.md says
+    a timeout after the request went out is `unknown`). A server never reached, or a GET cut
+    off, is a plain failure."""
+    from plangate.errors import OutcomeUnknown
+
+    monkeypatch.setenv("PLANGATE_HTTP_DEADLINE", "0.5")
+    server.answer(Reply(200, delay=30))
+    with pytest.raises(OutcomeUnknown, match="may have received the request"):
+        post(server)
+
+    server.answer(Reply(200, delay=30))
+    with pytest.raises(ToolError) as read:
+        send("GET", server.url, service="the receiver")
+    with pytest.raises(ToolError) as unreachable:
+        send("POST", "http://127.0.0.1:9/hook", service="the receiver")
+    assert not isinstance(read.value, OutcomeUnknown)
+    assert not isinstance(unreachable.value, OutcomeUnknown)
