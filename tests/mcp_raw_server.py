@@ -78,6 +78,8 @@ def main(mode: str) -> None:
                 sys.stdout.flush()
                 continue
             result = {"content": [{"type": "text", "text": "ok"}], "isError": False}
+            if mode == "malformed-result":  # blocks MCP does not have, thirteen problems each
+                result = {"content": [{"type": "weird", "blob": n} for n in range(20)]}
         else:
             result = {}
         send({"jsonrpc": "2.0", "id": ident, "result": result})

@@ -384,3 +384,15 @@ def test_a_token_a_server_quotes_in_its_listing_is_redacted_from_the_catalog(
     shown = spec.description + json.dumps(spec.args_schema)
     assert "raw-server-token-7f3e9a1c" not in shown
     assert "token=[redacted]" in spec.description
+
+
+def test_a_result_mcp_does_not_allow_fails_the_step_in_one_short_line(tmp_path: Path) -> None:
+    """A result of twenty blocks MCP has no type for failed the step with pydantic's report,
+    about a hundred lines, twice; the step's error is one line naming the server's fault."""
+    result = run(tmp_path, "malformed-result", timeout=5)
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stdout.splitlines() if "tool raw.probe failed" in line]
+    assert "ValidationError" in line
+    assert len(line) < 600

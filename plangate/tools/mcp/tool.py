@@ -12,7 +12,7 @@ from plangate.errors import ToolError, ToolLoadError, describe
 from plangate.redaction import quoted, redact, redact_json
 from plangate.tools.context import ToolContext
 from plangate.tools.decorator import Tool
-from plangate.tools.mcp.connection import Connection, leaves, urls_without_secrets
+from plangate.tools.mcp.connection import Connection, leaves, one_line, urls_without_secrets
 from plangate.tools.mcp.servers_file import ToolOverride
 from schemas.json_schema import errors_of, validator_for
 from schemas.tool_spec import Effect, ToolSpec
@@ -82,8 +82,9 @@ class McpTool(Tool[..., Any]):
         except ToolError:
             raise
         except Exception as exc:
-            reason = "; ".join(str(e) or type(e).__name__ for e in leaves(exc))
-            # Transport errors quote the URL, tokens in its query too: step records keep it.
+            # One line each (a result MCP does not allow was pydantic's hundred), and the URL
+            # a transport error quotes without its query: step records keep the reason.
+            reason = "; ".join(dict.fromkeys(one_line(e) for e in leaves(exc)))
             reason = redact(urls_without_secrets(reason))
             raise ToolError(f"tool {self.name} failed: {reason}") from exc
         texts = [_describe_block(block) for block in result.content]
