@@ -61,8 +61,12 @@ def backtest(
     with store.session() as session:
         for plan, goal, recorded in _recorded(session, since, limit):
             meta = {str(k): str(v) for k, v in goal.meta.items()}
-            # Limits over history count what is approved now, not what was when it was decided.
-            history = History(session, plan, meta) if candidate.reads_history else None
+            # Limits over history count what was approved when it was decided, not since.
+            history = (
+                History(session, plan, meta, as_of=recorded.created_at)
+                if candidate.reads_history
+                else None
+            )
             decision = candidate.decide_as_gate(plan, catalog, goal.text, meta, history)
             report.replayed += 1
             _compare(report, plan, goal, recorded, decision)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from plangate.errors import PolicyError
 from plangate.store import ApprovalRow, GoalRow, PlanRow
 from plangate.store.goal_list import parse_since
-from schemas import Plan
+from schemas import Plan, utcnow
 from schemas.cel_check import call_literals
 
 FUNCTIONS = ("count", "sum")  # called on `history`: history.count(...), history.sum(...)
@@ -34,11 +34,18 @@ class History:
     """The approved plans a rule may count, read in the deciding transaction."""
 
     def __init__(
-        self, session: Session | None, plan: Plan, goal_metadata: Mapping[str, str] | None = None
+        self,
+        session: Session | None,
+        plan: Plan,
+        goal_metadata: Mapping[str, str] | None = None,
+        as_of: datetime | None = None,
     ) -> None:
         self._session = session
         self._plan_id = plan.plan_id
         self._metadata = dict(goal_metadata or {})
+        # A moment past (a backtest replays a decision as it was taken): the windows end there,
+        # and what was approved after it is not counted.
+        self._as_of = as_of
 
     def functions(self) -> dict[str, Callable[..., Any]]:
         """Return the CEL functions, by name, that rules call on `history`."""
@@ -66,12 +73,18 @@ class History:
         since = _since(window)
         if self._session is None:
             return []
-        rows = self._session.execute(
+        query = (
             select(PlanRow.body, GoalRow.meta)
             .join(ApprovalRow, ApprovalRow.plan_id == PlanRow.plan_id)
             .join(GoalRow, GoalRow.id == PlanRow.goal_id)
-            .where(ApprovalRow.created_at >= since, PlanRow.plan_id != self._plan_id)
-        ).all()
+            .where(PlanRow.plan_id != self._plan_id)
+        )
+        if self._as_of is None:
+            query = query.where(ApprovalRow.created_at >= since)
+        else:
+            since = self._as_of - (utcnow() - since)
+            query = query.where(ApprovalRow.created_at.between(since, self._as_of))
+        rows = self._session.execute(query).all()
         return [
             (dict(step.get("args") or {}), dict(meta or {}))
             for body, meta in rows

@@ -73,3 +73,50 @@ def test_a_backtest_over_100_goals_shows_what_would_change_and_changes_nothing(
     body = json.loads(as_json.stdout)
     assert {change["goal_id"] for change in body["changes"]} == set(pages)
     assert counts(pipeline.store) == before
+
+
+CAP_OF_TWO_A_DAY = """\
+rules:
+  - name: two-counts-a-day
+    match: 'plan.steps.all(s, s.effect == "read") && history.count("ticket_count", "1d") < 2'
+    action: approve
+    reason: fewer than two counts approved today
+  - name: hold-the-rest
+    match: 'true'
+    action: hold
+    reason: a person decides
+"""
+
+
+def test_a_cap_over_history_is_replayed_as_it_stood_when_each_plan_was_decided(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Given three read-only goals approved one after another,
+    When a candidate capping them at two a day is backtested,
+    Then only the third would change (approve -> hold): the first two were decided with
+    fewer than two approved before them. History was read as it is now, so all three saw the
+    two others and the cap looked stricter than it would have been.
+    """
+    goals = []
+    for number in range(3):
+        goal_id = pipeline.submit(f"how many tickets are open ({number})").goal_id
+        assert pipeline.wait_for(goal_id, timeout=30).status == "completed"
+        goals.append(goal_id)
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(CAP_OF_TWO_A_DAY)
+
+    replayed = plangate_cli(
+        pipeline.settings.data_dir,
+        "policy",
+        "backtest",
+        str(candidate),
+        "--tools",
+        "plangate.demo.tools",
+        "--json",
+    )
+
+    assert replayed.returncode == 0, replayed.stderr
+    changes = json.loads(replayed.stdout)["changes"]
+    assert [(change["goal_id"], change["was"], change["now"]) for change in changes] == [
+        (goals[2], "approve", "hold")
+    ]
