@@ -28,6 +28,8 @@ from schemas import Plan, utcnow
 from schemas.cel_check import call_literals
 
 FUNCTIONS = ("count", "sum")  # called on `history`: history.count(...), history.sum(...)
+_SIGNATURE = {"count": "tool, window", "sum": "tool, arg, window, key"}
+_ARITY = {name: len(signature.split(", ")) for name, signature in _SIGNATURE.items()}
 
 
 class History:
@@ -110,6 +112,12 @@ def window_problems(source: str) -> list[str]:
     problems = []
     for function, index in (("count", 1), ("sum", 2)):
         for args in call_literals(source, "history", function):
+            if len(args) != _ARITY[function]:  # it held every plan the rule met, saying so late
+                problems.append(
+                    f"history.{function} takes {_ARITY[function]} arguments "
+                    f"({_SIGNATURE[function]}), not {len(args)}"
+                )
+                continue
             window = args[index] if len(args) > index else None
             if window is None:
                 continue

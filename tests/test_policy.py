@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -439,3 +440,20 @@ def test_a_policy_repeating_values_through_yaml_aliases_is_refused_at_once(tmp_p
 
     with pytest.raises(PolicyError, match=r"repeats a value through a YAML alias \(\*name\)"):
         Policy.load(path)
+
+
+@pytest.mark.parametrize(
+    ("match", "said"),
+    [
+        ('history.count("refund") < 3', "history.count takes 2 arguments (tool, window), not 1"),
+        (
+            'history.sum("refund", "amount", "1d") > 100',
+            "history.sum takes 4 arguments (tool, arg, window, key), not 3",
+        ),
+    ],
+)
+def test_a_history_call_with_arguments_missing_is_refused_at_load(match: str, said: str) -> None:
+    """It was taken at load, then held every plan the rule met, with a stray line of the
+    CEL library's on stderr at each decision."""
+    with pytest.raises(PolicyError, match=re.escape(said)):
+        Policy.from_text("rules:\n" + rule("capped", match))
