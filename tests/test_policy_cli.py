@@ -337,3 +337,20 @@ def test_test_reads_a_plan_file_as_strictly_as_a_message(
     assert said in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_test_named_with_terminal_controls_is_shown_as_escapes(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """A `tests:` name holding a right-to-left override or a line break was printed raw: the
+    line read otherwise, or forged an `ok` line of its own."""
+    named = "reads \\u202eevorppa\\nok    forged: approve"
+    policy = TESTED_POLICY.replace("counting tickets runs by itself", f'"{named}"') % "hold"
+    tested = plangate(
+        "policy", "test", write(tmp_path / "p.yaml", policy), "--tools", "plangate.demo.tools"
+    )
+
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "\u202e" not in tested.stdout
+    assert not any(line.startswith("ok    forged") for line in tested.stdout.splitlines())
+    assert "reads \\u202eevorppa\\nok    forged: approve" in tested.stdout

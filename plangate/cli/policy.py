@@ -10,6 +10,7 @@ import typer
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
 from plangate.errors import ConfigError
+from plangate.printable import printable_line
 from plangate.small_files import read_text
 
 app = group("Check a policy file and try it on a plan.")
@@ -161,11 +162,14 @@ def _run_policy_tests(policy: Any, catalog: Any, as_json: bool) -> None:
     else:
         for case, decision, passed in results:
             said = f"{decision.action} (rule {decision.rule or '(none)'})"
+            # A test's name and a decision's reason are the file's text: shown, not obeyed.
             if passed:
-                typer.echo(f"ok    {case.name}: {said}")
+                typer.echo(printable_line(f"ok    {case.name}: {said}"))
             else:
                 typer.echo(
-                    f"FAIL  {case.name}: expected {case.expect}, got {said}: {decision.reason}"
+                    printable_line(
+                        f"FAIL  {case.name}: expected {case.expect}, got {said}: {decision.reason}"
+                    )
                 )
         typer.echo(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     if failed:
