@@ -157,6 +157,9 @@ class StepLedger:
         if not spec.idempotent:
             row.status, row.finished_at = "unknown", now
             row.error = "the executor calling it died mid-call"
+            # Said in the log as every step's end is: it read as claimed and never ended.
+            key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
+            self._audit(session, "step.unknown", _ended(key, None, row.error))
             return Claim("unknown", row.attempt, "unknown", None, row.error)
         # Read before the UPDATE: the ORM then refreshes `row` to the new attempt.
         attempt = row.attempt + 1

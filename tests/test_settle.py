@@ -576,3 +576,13 @@ def test_the_cli_settles_a_step_of_a_plan_named_by_its_first_8_characters(
 
     assert settled.returncode == 0, settled.stderr
     assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"
+
+
+def test_a_write_found_cut_off_is_an_audit_entry_of_its_own(billing: Pipeline) -> None:
+    """The step turned `unknown` in its row alone: its log said it was claimed, then nothing,
+    and an auditor could not tell when it was found cut off, or by whom."""
+    plan, _ = cut_off_mid_charge(billing)
+
+    [entry] = [e for e in audit_entries(billing.store, plan.goal_id) if e.kind == "step.unknown"]
+    assert (entry.actor, entry.data["step_id"]) == ("executor", "charge")
+    assert entry.data["error"] == "the executor calling it died mid-call"
