@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate import redaction
+from plangate import setting_values as values
 from plangate.addresses import check_broker_url, check_web_address
 from plangate.errors import ConfigError, own_words
 
@@ -318,56 +318,19 @@ class Settings(BaseSettings):
         "so that the restarted process runs on.",
     )
 
-    @field_validator("data_dir", mode="before")
-    @classmethod
-    def _blank_is_the_default(cls, value: Any) -> Any:
-        if isinstance(value, str) and not value.strip():
-            raise PydanticUseDefault  # not the current folder: the database would land there
-        return value
-
-    @field_validator(*_BLANK_MEANS_UNSET, mode="before")
-    @classmethod
-    def _blank_is_unset(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("session_secret", "intake_token", "reviewer_token")
-    @classmethod
-    def _not_a_placeholder(cls, value: SecretStr | None) -> SecretStr | None:
-        # deploy/'s placeholders are public: taken as set, anyone held the intake token.
-        if value is not None and "CHANGE-ME" in value.get_secret_value().upper():
-            raise ValueError(
-                "is still deploy/'s placeholder; set a secret of your own: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
-            )
-        return value
-
-    @field_validator("demo_ticket_count", "demo_sla", mode="before")
-    @classmethod
-    def _a_whole_number(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        if not value.strip():
-            return None
-        try:
-            return int(value)
-        except ValueError:
-            raise ValueError(f"must be a whole number, not {value!r}") from None
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _a_level_name(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        level = value.strip().upper() or "INFO"
-        return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)  # logging's aliases
-
-    @field_validator("trace_link_only", "trace_content", mode="before")
-    @classmethod
-    def _blank_is_off(cls, value: Any) -> Any:
-        # Set but empty is off; otherwise pydantic's reading: 1/true/yes/on, 0/false/no/off.
-        if isinstance(value, str):
-            return value.strip().lower() or False
-        return value
+    # How a variable's text is read where pydantic alone would read it wrongly (blank, WARN).
+    _blank_is_the_default = field_validator("data_dir", mode="before")(values.blank_is_the_default)
+    _blank_is_unset = field_validator(*_BLANK_MEANS_UNSET, mode="before")(values.blank_is_unset)
+    _not_a_placeholder = field_validator("session_secret", "intake_token", "reviewer_token")(
+        values.not_a_placeholder
+    )
+    _a_whole_number = field_validator("demo_ticket_count", "demo_sla", mode="before")(
+        values.a_whole_number
+    )
+    _a_level_name = field_validator("log_level", mode="before")(values.a_level_name)
+    _blank_is_off = field_validator("trace_link_only", "trace_content", mode="before")(
+        values.blank_is_off
+    )
 
     @model_validator(mode="after")
     def _some_tools(self) -> Settings:
