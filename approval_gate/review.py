@@ -13,15 +13,12 @@ policy decides it again, and no approval of an earlier revision can cover it.
 
 from __future__ import annotations
 
-import difflib
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -48,6 +45,7 @@ from approval_gate.holds import (
     required_roles,
 )
 from approval_gate.refusals import audits_refusals
+from approval_gate.revisions import edited_plan
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.catalog import load_catalog
@@ -58,12 +56,8 @@ from plangate.store.outbox import emit
 from schemas import (
     Catalog,
     Decision,
-    Plan,
-    PlanInvalid,
-    PlanProblem,
     PlanProposed,
     StepPreview,
-    new_id,
     utcnow,
     validate_plan,
 )
@@ -203,7 +197,7 @@ class Review:
             held = self._held_for_decision(session, plan_id, expected_hash)
             check_reviewer(held.hold, plan_id, reviewer, roles, "edit")
             old = held.plan
-            plan = _edited_plan(old, steps, summary)
+            plan = edited_plan(old, steps, summary)
             validate_plan(plan, catalog)
             planner = f"{EDIT_PREFIX}{reviewer}"
             # The old revision's slot for a person's decision is taken by the edit, so an
@@ -343,59 +337,5 @@ class Review:
         return held
 
 
-# What the review adds to a step for people to read; an edit sends steps back without them.
-SHOWN_ONLY = frozenset({"effect", "untrusted_from"})
-
-
-def editable_steps(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Return steps as shown (API, page) as a reviewer edits them: plan fields only, set ones."""
-    return [
-        {k: v for k, v in step.items() if k not in SHOWN_ONLY and v not in (None, [], {})}
-        for step in steps
-    ]
-
-
-def plan_diff(previous: PlanRow | None, plan: PlanRow) -> str:
-    """Return a unified diff of two revisions' summary and steps as JSON ("" if no previous)."""
-    if previous is None:
-        return ""
-
-    def lines(row: PlanRow) -> list[str]:
-        body = {"summary": row.body.get("summary", ""), "steps": row.body.get("steps", [])}
-        return json.dumps(body, indent=2, sort_keys=True).splitlines(keepends=True)
-
-    return "".join(
-        difflib.unified_diff(
-            lines(previous),
-            lines(plan),
-            fromfile=f"revision {previous.revision}",
-            tofile=f"revision {plan.revision}",
-        )
-    )
-
-
 def _policy_version(held: HeldPlan) -> str:
     return held.policy_decision.policy_version if held.policy_decision else ""
-
-
-def _edited_plan(old: PlanRow, steps: list[dict[str, Any]], summary: str | None) -> Plan:
-    """Return revision n+1 with the reviewer's steps; PlanInvalid if they are malformed."""
-    try:
-        return Plan.model_validate(
-            {
-                "plan_id": new_id(),
-                "goal_id": old.goal_id,
-                "revision": old.revision + 1,
-                "summary": old.body.get("summary", "") if summary is None else summary,
-                "steps": steps,
-            }
-        )
-    except ValidationError as exc:
-        problems = [
-            PlanProblem(
-                code="malformed",
-                message=f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}",
-            )
-            for e in exc.errors()
-        ]
-        raise PlanInvalid(problems) from exc

@@ -27,7 +27,7 @@ console = Console(highlight=False, soft_wrap=True)
 
 def held_json(held: HeldPlan) -> dict[str, Any]:
     """Return what a reviewer sees of a held plan, as JSON."""
-    from approval_gate.review import plan_diff
+    from approval_gate.revisions import plan_diff
 
     decision = held.policy_decision
     return {

@@ -255,7 +255,7 @@ def _draft(access: Access, plan_id: str) -> tuple[dict[str, Any], str]:
         with access.api() as api:
             detail = api.get(path_of(plan_id))
         _still_to_decide(plan_id, detail["goal_status"], None)
-        from approval_gate.review import editable_steps
+        from approval_gate.revisions import editable_steps
 
         steps = editable_steps(detail["steps"])
         return {"summary": detail["summary"], "steps": steps}, detail["plan_hash"]

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
-from approval_gate.review import editable_steps
+from approval_gate.revisions import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
 from plangate.server.cross_site import sent_from_another_site
 from plangate.server.decision_bodies import Settle

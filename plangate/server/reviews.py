@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
-from approval_gate.review import HeldPlan, Review, editable_steps, plan_diff
+from approval_gate.review import HeldPlan, Review
+from approval_gate.revisions import editable_steps, plan_diff
 from approval_gate.settle import UnsettledStep, settle_step, unsettled_steps
 from plangate.bus import Bus, Envelope
 from plangate.catalog import load_catalog
