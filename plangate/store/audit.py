@@ -275,7 +275,7 @@ _AS_STORED = (
 )
 
 
-def _stored_data(seq: int, text: str | None) -> Any:
+def stored_data(seq: int, text: str | None) -> Any:
     """Return an entry's data read from its stored text; AuditBroken if it is no JSON.
 
     Read strictly (no NaN, no repeated key, bounded depth): what plangate wrote always is.
@@ -305,7 +305,7 @@ def _walk(row: Row[Any], walked: _Walked) -> None:
     prev_seq, prev_hash, _ = walked.last
     where = chain_name(row.chain)
     try:
-        data = _stored_data(row.seq, row.data)
+        data = stored_data(row.seq, row.data)
         broken = None
     except AuditBroken:
         data, broken = None, "its content is not valid JSON"
@@ -366,7 +366,7 @@ def export(
             rows = list(session.execute(query).all())
         entries = [
             {field: getattr(row, field) for field in EXPORT_FIELDS}
-            | {"data": _stored_data(row.seq, row.data)}
+            | {"data": stored_data(row.seq, row.data)}
             for row in rows
         ]
         if not entries:

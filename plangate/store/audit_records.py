@@ -19,8 +19,11 @@ from typing import Any, get_args
 from pydantic import ValidationError
 from sqlalchemy import Text, select
 from sqlalchemy import cast as sql_cast
+from sqlalchemy.orm import Session
 
+from plangate.errors import AuditBroken
 from plangate.redaction import REDACTED
+from plangate.store.audit import stored_data
 from plangate.store.engine import Store
 from plangate.store.models import (
     AuditRow,
@@ -31,8 +34,7 @@ from plangate.store.models import (
     StepRunRow,
 )
 from schemas import Plan, plan_hash
-from schemas.decoding import storable_text, strict_json_loads
-from schemas.errors import MessageRejected
+from schemas.decoding import storable_text
 from schemas.goal_states import GoalStatus
 from schemas.hashing import sha256_hex
 
@@ -145,18 +147,24 @@ def disagreement(store: Store, *, batch: int = 200) -> str | None:
         after = goals[-1].id
 
 
-def _problems(session: Any, goals: Sequence[GoalRow]) -> Iterator[str]:
+def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
     ids = [goal.id for goal in goals]
     recorded = {goal_id: _Recorded() for goal_id in ids}
     entries = (
-        select(AuditRow.goal_id, AuditRow.kind, AuditRow.actor, sql_cast(AuditRow.data, Text))
+        select(
+            AuditRow.seq,
+            AuditRow.goal_id,
+            AuditRow.kind,
+            AuditRow.actor,
+            sql_cast(AuditRow.data, Text),
+        )
         .where(AuditRow.goal_id.in_(ids))
         # In the order written: a goal's entries made before per-goal chains (0013) are in the
         # chain `global`, which sorts after its own; by chain, its last move read as its first.
         .order_by(AuditRow.seq)
     )
-    for goal_id, kind, actor, text in session.execute(entries):
-        recorded[goal_id].read(kind, actor, _data(text))
+    for seq, goal_id, kind, actor, text in session.execute(entries):
+        recorded[str(goal_id)].read(kind, actor, _data(seq, text))  # one of `ids`
     for goal in goals:
         yield from _goal_problems(goal, recorded[goal.id])
     for plan in session.execute(select(PlanRow).where(PlanRow.goal_id.in_(ids))).scalars():
@@ -182,10 +190,10 @@ def _problems(session: Any, goals: Sequence[GoalRow]) -> Iterator[str]:
         yield from _step_problems(step, recorded[step.goal_id])
 
 
-def _data(text: str | None) -> dict[str, Any]:
+def _data(seq: int, text: str | None) -> dict[str, Any]:
     try:
-        data = strict_json_loads(text or "{}", max_bytes=64 * 1024 * 1024, max_depth=256)
-    except MessageRejected:  # the chain walk has said so already
+        data = stored_data(seq, text)
+    except AuditBroken:  # the chain walk has said so already
         return {}
     return data if isinstance(data, dict) else {}
 
