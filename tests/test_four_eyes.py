@@ -5,6 +5,7 @@ their own tokens through `plangate review approve` in separate processes."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -681,3 +682,47 @@ def test_over_processes_a_reviewer_given_a_new_token_may_approve_again(
         wait_until(deployed_fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
     )
     assert signed_store_approvers(deployed_fleet, page.plan_id) == ("bob", "carol")
+
+
+@pytest.mark.redis
+def test_over_processes_the_audit_log_holds_a_refusal_and_proves_what_status_shows(
+    deployed_fleet: Fleet,
+) -> None:
+    """Given each stage in a data folder of its own, sharing only the gate's public keys
+    folder and the reviewers file, and erin (no role) refused, then bob and carol approving,
+    When an auditor in a folder of their own, given the database and the keys folder alone,
+    runs `plangate audit verify`, Then it holds: erin's refusal is in the log, and the step
+    results the executor's process recorded match the digests its entries carry;
+    When a step's output is rewritten in the store, Then verify says the records are broken.
+    """
+    page = held_page(deployed_fleet, "bob", "carol")
+    erin = add_reviewer(page.team, "erin", [])
+    refused = deployed_fleet.plangate(
+        "review", "approve", page.plan_id, PLANGATE_REVIEWER_TOKEN=erin
+    )
+    page.approve("bob")
+    page.approve("carol")
+    done = wait_until(deployed_fleet, page.goal_id, {"completed", "failed"})
+    auditor = {
+        "PLANGATE_DATA_DIR": str(deployed_fleet.folder / "auditor"),
+        "PLANGATE_TRUSTED_KEYS_DIR": str(deployed_fleet.folder / "keys"),
+    }
+
+    verified = deployed_fleet.plangate("audit", "verify", **auditor)
+    exported = deployed_fleet.plangate("audit", "export", "--goal", page.goal_id, **auditor)
+    with sqlite3.connect(deployed_fleet.folder / "plangate.db") as database:
+        database.execute("UPDATE step_runs SET output = '999' WHERE step_id = 'count'")
+    tampered = deployed_fleet.plangate("audit", "verify", **auditor)
+
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert done["status"] == "completed"
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    refusals = [
+        json.loads(line) for line in exported.stdout.splitlines() if "review.refused" in line
+    ]
+    assert [(entry["actor"], entry["data"]["action"]) for entry in refusals] == [
+        ("erin", "approve")
+    ]
+    assert tampered.returncode == 1
+    assert "records broken" in tampered.stderr
+    assert "step count of plan" in tampered.stderr
