@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from approval_gate.decision_memo import DecisionMemo
 from approval_gate.policy_context import RULE_VARIABLES, policy_context
 from approval_gate.rule_checks import check_match
+from approval_gate.rule_cost import DataSize, RuleCost, data_size
 from plangate.config import MAX_TTL_SECONDS, Settings
 from plangate.errors import ConfigError, PolicyError, own_words
 from plangate.small_files import read_bytes
@@ -136,6 +137,7 @@ class Rule:
     preview: bool = False  # a plan this rule held gets a dry run (reads run, writes only say)
     approvals: int = 1  # distinct reviewers who must approve a plan this rule held
     approver_not_submitter: bool = False  # the goal's submitter may not be one of them
+    cost: RuleCost = field(default=RuleCost(frozenset(), 0), compare=False)  # how its work grows
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ class Policy:
                     preview=rule.preview,
                     approvals=rule.approvals,
                     approver_not_submitter=rule.approver_not_submitter,
+                    cost=RuleCost.of(rule.match),
                 )
             )
         version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
@@ -281,7 +284,13 @@ class Policy:
             context = cel.Context(variables=variables, functions=dict(functions))
         except Exception as exc:  # a value CEL cannot hold: no rule can judge this plan
             return "hold", None, _held("the plan", exc)
+        size: DataSize | None = None  # measured only for a rule that grows faster than the plan
         for rule in self.rules:
+            if rule.cost.grows_faster_than_the_plan:
+                size = data_size(variables) if size is None else size
+                too_costly = rule.cost.refusal(size)
+                if too_costly is not None:
+                    return "hold", rule.name, f"rule {rule.name!r}: {too_costly}"
             try:
                 result = rule.program.execute(context)
             except Exception as exc:  # fail closed: never fall through to a later approve rule

@@ -134,7 +134,7 @@ def expression_problems(
         return ["it does not compile: " + (str(exc).splitlines() or [type(exc).__name__])[0]]
     allowed = BUILTIN_FUNCTIONS | set(functions)
     problems = [f"unknown function {name}()" for name in program.functions() if name not in allowed]
-    problems += _Walk(variables, _tokens(source)).problems()
+    problems += _Walk(variables, cel_tokens(source)).problems()
     return list(dict.fromkeys(problems))
 
 
@@ -167,7 +167,7 @@ class Reads:
 
 def expression_reads(source: str, variables: Mapping[str, Shape]) -> Reads:
     """Return what an expression (one `expression_problems` accepts) reads of `variables`."""
-    walk = _Walk(variables, _tokens(source))
+    walk = _Walk(variables, cel_tokens(source))
     walk.problems()
     return Reads(frozenset(walk.fields), frozenset(walk.whole))
 
@@ -181,7 +181,7 @@ def comprehension_problems(source: str, variables: Collection[str]) -> list[str]
     a declared variable (another collection) in its body: then the work is linear in the data.
     Read from the tokens, so spaces (`steps .exists`) change nothing.
     """
-    tokens = _tokens(source)
+    tokens = cel_tokens(source)
     opened: list[str | None] = []  # per open bracket: the comprehension it opened, if one
     inside: list[str] = []
     problems: list[str] = []
@@ -211,7 +211,7 @@ def call_literals(source: str, receiver: str, function: str) -> list[list[str | 
     Each argument is a plain string literal's text, else None (an expression, or a literal
     with escapes: known only when it runs).
     """
-    tokens = _tokens(source)
+    tokens = cel_tokens(source)
     head = [("name", receiver), ("punct", "."), ("name", function), ("punct", "(")]
     calls: list[list[str | None]] = []
     for at in range(len(tokens) - 3):
@@ -242,7 +242,8 @@ def _plain_string(tokens: list[tuple[str, str]]) -> str | None:
     return text[1:-1] if plain and "\\" not in text else None
 
 
-def _tokens(source: str) -> list[tuple[str, str]]:
+def cel_tokens(source: str) -> list[tuple[str, str]]:
+    """Return an expression's tokens as (kind, text): string, number, name or punct."""
     tokens = []
     for match in _TOKEN.finditer(source):
         kind = match.lastgroup or "punct"

@@ -125,6 +125,7 @@ def test_check_json_lists_roles_and_ttls(plangate: Run, tmp_path: Path) -> None:
             "line": 2,
             "requires_role": "finance",
             "hold_ttl_seconds": 3600,
+            "grows_faster_than_the_plan": False,
         }
     ]
 
@@ -354,3 +355,23 @@ def test_a_test_named_with_terminal_controls_is_shown_as_escapes(
     assert "\u202e" not in tested.stdout
     assert not any(line.startswith("ok    forged") for line in tested.stdout.splitlines())
     assert "reads \\u202eevorppa\\nok    forged: approve" in tested.stdout
+
+
+def test_check_names_a_rule_whose_work_grows_faster_than_the_plan(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """A rule comparing each recipient with every other is evaluated only over plans small
+    enough for it; the operator learns which rules those are before the gate meets one."""
+    path = write(
+        tmp_path / "twice.yaml",
+        "rules:\n  - name: a-recipient-twice\n"
+        "    match: 'plan.steps.exists(s, s.args.to.exists(r, r in s.args.cc))'\n"
+        "    action: deny\n    reason: twice\n",
+    )
+
+    text = plangate("policy", "check", path)
+    body = json.loads(plangate("policy", "check", path, "--json").stdout)
+
+    assert text.returncode == 0, text.stderr
+    assert "note: rule 'a-recipient-twice' (line 2) nests comprehensions" in text.stdout
+    assert body["rules"][0]["grows_faster_than_the_plan"] is True

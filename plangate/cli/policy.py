@@ -34,6 +34,7 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
                 "line": rule.line,
                 "requires_role": rule.requires_role,
                 "hold_ttl_seconds": rule.hold_ttl_seconds,
+                "grows_faster_than_the_plan": rule.cost.grows_faster_than_the_plan,
             }
             for rule in policy.rules
         ]
@@ -43,6 +44,15 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
     typer.echo(
         f"{file}: {len(policy.rules)} rules compile; mode {policy.mode}, version {policy.version}"
     )
+    for rule in policy.rules:
+        if rule.cost.grows_faster_than_the_plan:
+            typer.echo(
+                printable_line(
+                    f"note: rule {rule.name!r} (line {rule.line}) nests comprehensions, so its "
+                    "work grows faster than the plan; a plan too large for it is held for a "
+                    "person, not evaluated"
+                )
+            )
 
 
 def _read_plan(path: Path) -> Any:

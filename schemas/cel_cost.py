@@ -1,0 +1,191 @@
+"""How an expression's cost grows with the data it reads: the power of its comprehensions.
+
+CEL evaluates holding the GIL, with no deadline and no cost limit in this runtime, and a
+comprehension (`exists`, `all`, `map`, ...) costs the size of what it ranges over times the
+cost of its body. A comprehension nested in another over the same data, or a body that reads
+a whole other value (`x in plan.steps`), makes the cost the square of the data's size: a rule
+like that held a gate for minutes over a plan of 20,000 values. A `when` may not do so at all
+(`comprehension_problems`); a policy's rules may, since many are fine over plans of the usual
+size, so the gate bounds the work instead, by the degree this module reads from the tokens.
+
+The reading errs toward more: a comprehension nested in another counts once more unless it
+ranges over a part of the item its enclosing comprehension binds (`s.args.to.exists(r, ...)`
+inside `plan.steps.exists(s, ...)`: each value is still visited once), and a body counts once
+more if it reads a variable (`x in plan.steps`) or scans an enclosing comprehension's item
+(`x in s.args.to`). Reading an enclosing item's fields, or comparing it, counts as one value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.cel_check import cel_tokens
+
+_MACROS = frozenset({"exists", "all", "exists_one", "map", "filter"})
+_NOT_VALUES = frozenset({"true", "false", "null", "in", "has"})
+_CLOSING = {")": "(", "]": "[", "}": "{"}
+
+
+@dataclass
+class _Comprehension:
+    item: str | None  # the name its body binds
+    # What it and the comprehensions it is in range over, each a factor of its work: the data
+    # (None: any value of the plan) or a literal list of so many values.
+    factors: tuple[int | None, ...]
+    reads_other: bool = False  # its body names a value beyond its own item
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A comprehension's most work: `constant` times the power `degree` of the data's size."""
+
+    degree: int
+    constant: int
+
+
+def cost_terms(source: str) -> frozenset[Cost]:
+    """Return a term per comprehension; the expression's work is at most the largest of them."""
+    tokens = cel_tokens(source)
+    opened: list[_Comprehension | None] = []  # per open bracket: the comprehension it opened
+    inside: list[_Comprehension] = []
+    every: list[_Comprehension] = []
+    receivers: set[int] = set()  # where each comprehension's range starts: read as its factor
+    reads: list[tuple[int, _Comprehension]] = []
+    for at, (kind, text) in enumerate(tokens):
+        if kind == "name" and inside and _reads_beyond_its_item(tokens, at, inside):
+            reads.append((at, inside[-1]))
+        if kind != "punct":
+            continue
+        if text in "([{":
+            item = _macro_opened(tokens, at)
+            if item is None:
+                opened.append(None)
+                continue
+            root_at, literal = _receiver(tokens, at - 2)
+            receivers.add(root_at)
+            outer = inside[-1] if inside else None
+            if outer is not None and root_at >= 0 and tokens[root_at][1] == outer.item:
+                factors = outer.factors  # a part of the item it is in: each value seen once
+            else:
+                factors = (outer.factors if outer else ()) + (literal,)
+            comprehension = _Comprehension(item, factors)
+            opened.append(comprehension)
+            inside.append(comprehension)
+            every.append(comprehension)
+        elif text in _CLOSING and opened and opened.pop() is not None:
+            inside.pop()
+    for at, comprehension in reads:
+        if at not in receivers:
+            comprehension.reads_other = True
+    return frozenset(_cost(c.factors + ((None,) if c.reads_other else ())) for c in every)
+
+
+def _reads_beyond_its_item(
+    tokens: list[tuple[str, str]], at: int, inside: list[_Comprehension]
+) -> bool:
+    """Whether the name at `at`, in a comprehension's body, is a value beyond its own item."""
+    name = tokens[at][1]
+    if name in _NOT_VALUES or name == inside[-1].item or not _is_value(tokens, at):
+        return False
+    bound = next((c for c in reversed(inside) if c.item == name), None)
+    if bound is None:
+        return True  # a variable: the plan, the goal, the tools
+    # An enclosing comprehension's item: compared or its fields read, it is one value, and
+    # scanned (`x in s.args.to`) a list no longer than the longest.
+    return at >= 1 and tokens[at - 1] == ("name", "in") and bound.factors[-1:] == (None,)
+
+
+def literal_values(source: str) -> int:
+    """Return how many literal values the expression holds: data it may range over too."""
+    return sum(1 for kind, _ in cel_tokens(source) if kind in ("string", "number"))
+
+
+def _cost(factors: tuple[int | None, ...]) -> Cost:
+    constant = 1
+    for factor in factors:
+        constant *= 1 if factor is None else max(factor, 1)
+    return Cost(sum(1 for factor in factors if factor is None), constant)
+
+
+def _macro_opened(tokens: list[tuple[str, str]], at: int) -> str | None:
+    """Return the item a comprehension opened at `at` binds (`.exists(s, ...`), else None."""
+    if tokens[at][1] != "(" or at < 2 or tokens[at - 2] != ("punct", "."):
+        return None
+    if tokens[at - 1][0] != "name" or tokens[at - 1][1] not in _MACROS:
+        return None
+    following = tokens[at + 1 : at + 3]
+    if len(following) == 2 and following[0][0] == "name" and following[1][1] == ",":
+        return following[0][1]
+    return ""  # a comprehension written oddly: it binds nothing a body could name
+
+
+def _is_value(tokens: list[tuple[str, str]], at: int) -> bool:
+    """Whether the name at `at` is read as a value: no field, function or bound item."""
+    if at >= 1 and tokens[at - 1] == ("punct", "."):
+        return False  # a field or a method
+    if at + 1 < len(tokens) and tokens[at + 1] == ("punct", "("):
+        return False  # a function
+    return not (at >= 1 and tokens[at - 1] == ("punct", "(") and _macro_opened(tokens, at - 1))
+
+
+def _receiver(tokens: list[tuple[str, str]], dot: int) -> tuple[int, int | None]:
+    """Return where the chain before `.macro(` starts if at a name (else -1), and its size.
+
+    The size is a literal list's count of values; None for data (any value of the plan).
+    """
+    at = dot - 1
+    while at >= 0:
+        kind, text = tokens[at]
+        if kind == "name":
+            if at >= 1 and tokens[at - 1] == ("punct", "."):
+                at -= 2
+                continue
+            return at, None
+        if kind != "punct" or text not in _CLOSING:
+            return -1, None
+        closing, at = at, _opening(tokens, at)
+        if at < 0:
+            return -1, None
+        before = tokens[at - 1] if at >= 1 else ("punct", "")
+        if tokens[at][1] == "(" and before[0] == "name":
+            at -= 1  # a method or function: its receiver, or a function's result
+            if at >= 1 and tokens[at - 1] == ("punct", "."):
+                at -= 2
+                continue
+            return -1, None
+        if tokens[at][1] == "[" and (before[0] == "name" or before[1] in _CLOSING):
+            at -= 1  # an index into what comes before
+            continue
+        if tokens[at][1] == "[":
+            return -1, _items(tokens[at + 1 : closing])
+        return -1, None  # a bracketed expression: it may be data
+    return -1, None
+
+
+def _items(tokens: list[tuple[str, str]]) -> int:
+    """Return how many items a literal list's tokens hold (commas outside brackets, plus one)."""
+    depth, commas = 0, 0
+    for kind, text in tokens:
+        if kind == "punct" and text in "([{":
+            depth += 1
+        elif kind == "punct" and text in _CLOSING:
+            depth -= 1
+        elif kind == "punct" and text == "," and depth == 0:
+            commas += 1
+    return commas + 1 if tokens else 0
+
+
+def _opening(tokens: list[tuple[str, str]], closing: int) -> int:
+    """Return where the bracket closed at `closing` opened (-1 if it never did)."""
+    depth = 0
+    for at in range(closing, -1, -1):
+        kind, text = tokens[at]
+        if kind != "punct":
+            continue
+        if text in _CLOSING:
+            depth += 1
+        elif text in "([{":
+            depth -= 1
+            if depth == 0:
+                return at
+    return -1

@@ -1,0 +1,119 @@
+"""A rule's work over a plan is bounded: no plan, and no policy, stalls the gate.
+
+CEL evaluates holding the GIL and cannot be interrupted. A rule nesting comprehensions over
+one list did work growing as the square of the plan: a reviewer's edit to 20,000 recipients
+held the gate for minutes, and five nested comprehensions over literals held `policy check`
+for 42 s.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from approval_gate.policy import Policy
+from approval_gate.rule_cost import MAX_RULE_WORK, DataSize, RuleCost
+from plangate.errors import PolicyError
+from schemas import Plan, Step, ToolSpec
+from schemas.cel_cost import Cost, cost_terms
+
+CATALOG = {"mail": ToolSpec(name="mail", effect="write")}
+A_RECIPIENT_TWICE = (
+    "plan.steps.exists(s, has(s.args.to)"
+    " && s.args.to.exists(r, s.args.to.filter(q, q == r).size() > 1))"
+)
+
+
+def policy(match: str, action: str = "deny") -> Policy:
+    return Policy.from_text(
+        "rules:\n"
+        f"  - name: guarded\n    match: '{match}'\n    action: {action}\n    reason: guarded\n"
+        "  - name: the-rest\n    match: 'true'\n    action: approve\n    reason: the rest\n",
+        source="policy.yaml",
+    )
+
+
+def mail_to(recipients: list[str]) -> Plan:
+    step = Step(id="mail", tool="mail", args={"to": recipients})
+    return Plan(plan_id="p1", goal_id="g1", revision=1, steps=(step,))
+
+
+def test_a_quadratic_rule_holds_a_plan_too_large_for_it_at_once_saying_why() -> None:
+    """Evaluated, this decision would take minutes; it is a hold, naming the rule and the bound."""
+    recipients = [f"person{i}@example.com" for i in range(20_000)]
+
+    decision = policy(A_RECIPIENT_TWICE).decide(mail_to(recipients), CATALOG)
+
+    assert decision.action == "hold"
+    assert decision.rule == "guarded"
+    assert "held for a person rather than evaluated" in decision.reason
+    assert "the longest list 20000 long" in decision.reason
+    assert f"at most {MAX_RULE_WORK:,}" in decision.reason
+
+
+def test_the_same_rule_decides_a_plan_of_the_usual_size() -> None:
+    twice = [f"person{i}@example.com" for i in range(300)] + ["person7@example.com"]
+    once = [f"person{i}@example.com" for i in range(300)]
+    rules = policy(A_RECIPIENT_TWICE)
+
+    assert rules.decide(mail_to(twice), CATALOG).action == "deny"
+    assert rules.decide(mail_to(once), CATALOG).rule == "the-rest"
+
+
+def test_a_held_rule_never_lets_a_later_approve_rule_decide() -> None:
+    """Fail closed: the bound holds, as a rule that cannot be evaluated does."""
+    recipients = [f"p{i}@example.com" for i in range(5_000)]
+
+    decision = policy(A_RECIPIENT_TWICE).decide(mail_to(recipients), CATALOG)
+
+    assert (decision.action, decision.rule) == ("hold", "guarded")
+
+
+def test_a_comprehension_over_a_part_of_its_item_is_linear_and_never_bounded() -> None:
+    match = 'plan.steps.exists(s, has(s.args.to) && s.args.to.exists(r, r.endsWith("@evil.com")))'
+    recipients = [f"person{i}@example.com" for i in range(50_000)] + ["x@evil.com"]
+
+    assert not RuleCost.of(match).grows_faster_than_the_plan
+    assert policy(match).decide(mail_to(recipients), CATALOG).action == "deny"
+
+
+@pytest.mark.parametrize(
+    ("match", "degree"),
+    [
+        ('plan.steps.exists(s, s.tool == "mail")', 1),
+        ('plan.steps.exists(s, s.args.to.exists(r, r == "a"))', 1),
+        ('plan.steps.map(s, s.tool).exists(t, t == "mail")', 1),
+        ('plan.steps.exists(s, s.tool in ["mail", "page"])', 1),
+        ("plan.steps.exists(s, s in plan.steps)", 2),
+        ("plan.steps.exists(s, plan.steps.exists(t, t.id != s.id && t.tool == s.tool))", 2),
+        ("plan.steps.exists(s, s.args.a.exists(x, x in s.args.b))", 2),
+        ("plan.steps.exists(s, s.args.a.exists(x, s.args.b.exists(y, y in s.args.c)))", 3),
+    ],
+)
+def test_the_power_of_the_plan_a_rule_may_cost_is_read_from_its_comprehensions(
+    match: str, degree: int
+) -> None:
+    assert max(term.degree for term in cost_terms(match)) == degree
+
+
+def test_comprehensions_over_literal_lists_cost_the_product_of_their_lengths() -> None:
+    match = "[1, 2, 3].all(a, [4, 5].all(b, a != b))"
+
+    assert cost_terms(match) == {Cost(0, 3), Cost(0, 6)}
+
+
+def test_data_is_measured_by_every_value_and_the_longest_list() -> None:
+    cost = RuleCost.of("plan.steps.exists(s, s in plan.steps)")
+
+    assert cost.work(DataSize(values=100, longest=10)) == 100 * 10
+    assert cost.refusal(DataSize(values=100, longest=10)) is None
+
+
+def test_a_rule_too_costly_over_its_own_literals_is_refused_at_load_at_once() -> None:
+    """Five nested comprehensions over literals held `policy check` for 42 s."""
+    digits = "[" + ", ".join(str(i) for i in range(30)) + "]"
+    nested = "".join(f"{digits}.all({name}, " for name in "abcde") + "a != e" + ")" * 5
+
+    with pytest.raises(PolicyError, match=re.escape("steps over its own literal values alone")):
+        policy(nested)
