@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.trace import Span
+from opentelemetry.trace import Span, StatusCode
 
 from executor_worker.output_bounds import MAX_OUTPUT_BYTES, json_size, kept_error, oversize_note
 from executor_worker.tool_threads import ToolThreads
@@ -295,6 +295,21 @@ def tool_span(step: Step) -> Iterator[Span]:
 
 
 def invoke(
+    tool: Tool[..., Any], step: Step, args: dict[str, Any], context: ToolContext, span: Span
+) -> StepOutcome:
+    """Call `tool` for `step` (see `_call_tool`); its span tells the step's status.
+
+    A step that failed, or whose outcome is unknown, is an error in the trace, so that a
+    viewer's search for errors finds it.
+    """
+    outcome = _call_tool(tool, step, args, context, span)
+    span.set_attribute("plangate.step.status", outcome.status)
+    if outcome.status in ("failed", "unknown"):
+        span.set_status(StatusCode.ERROR, outcome.error or outcome.status)
+    return outcome
+
+
+def _call_tool(
     tool: Tool[..., Any], step: Step, args: dict[str, Any], context: ToolContext, span: Span
 ) -> StepOutcome:
     """Call `tool` for `step` within its deadline; a ToolError is the step's failure, not the run's.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
+from opentelemetry.trace import StatusCode
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
@@ -134,7 +135,10 @@ class ExecutorHandler:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
             # The approval's hash: verification checked that it is this plan's.
-            return self._run(message, approval.plan_hash, started.recorded)
+            outcome = self._run(message, approval.plan_hash, started.recorded)
+            if any(envelope.routing_key == "execution.failed" for envelope in outcome):
+                span.set_status(StatusCode.ERROR, "the run failed")
+            return outcome
 
     def _start(self, message: PlanApproved, approval: Approval) -> _Started | Envelope | None:
         """In one transaction: use the approval (once), and move the goal to `running`.

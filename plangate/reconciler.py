@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement, and_, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from plangate import metrics
+from plangate import metrics, telemetry
 from plangate.bus import Envelope, Stage
 from plangate.errors import describe
 from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, StepRunRow, Store, audit
@@ -253,7 +253,17 @@ def _due(now: datetime, after: timedelta) -> ColumnElement[bool]:
 
 def _count_resend(session: Session, goal: GoalRow, envelope: Envelope) -> None:
     """Record a resend without touching `updated_at`: a resend is no sign of the goal's life."""
-    log.warning("goal %s stalled while %s; sending its last message again", goal.id, goal.status)
+    # The goal's own fields, as its moves are logged: an operator greps one goal's lines.
+    fields = {"goal_id": goal.id}
+    trace_id = telemetry.trace_id_of(goal.trace_headers or {})
+    if trace_id is not None:
+        fields["trace_id"] = trace_id
+    log.warning(
+        "goal %s stalled while %s; sending its last message again",
+        goal.id,
+        goal.status,
+        extra=fields,
+    )
     metrics.RESENDS.inc()
     session.execute(
         update(GoalRow)

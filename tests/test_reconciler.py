@@ -138,3 +138,25 @@ def test_a_goal_kept_from_before_a_stricter_rule_is_skipped_and_the_others_are_r
     assert sorted(e.headers["x-plangate-goal-id"] for e in resent) == ["fine-1", "keyed"]
     [said] = [r.getMessage() for r in caplog.records if "cannot be sent again" in r.getMessage()]
     assert said.startswith("goal jira#PROJ-1 stalled while submitted, and cannot be sent again")
+
+
+def test_a_resend_is_logged_with_the_goal_id_and_its_trace_id(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The on-call engineer greps one goal's lines, or goes from a line to its trace: the
+    resend's line carried neither field (only its text named the goal)."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    store = open_store(settings.resolved_database_url())
+    try:
+        stalled(store, "g1", "submitted")
+        with store.session() as session:
+            goal = session.get_one(GoalRow, "g1")
+            goal.trace_headers = {"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"}
+            goal.updated_at = utcnow() - timedelta(seconds=90)
+
+        assert len(reconcile(store, timedelta(seconds=60))) == 1
+    finally:
+        store.close()
+
+    [line] = [r for r in caplog.records if "sending its last message again" in r.getMessage()]
+    assert (getattr(line, "goal_id", None), getattr(line, "trace_id", None)) == ("g1", trace_id)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from plangate import telemetry
+from plangate.config import Settings
 from plangate.embedded import Pipeline
+from plangate.errors import ToolError
+from plangate.tools import ToolRegistry, tool
 from tests.conftest import SEED_GOAL
-from tests.support import eventually
+from tests.support import eventually, running_pipeline, write_yaml
 
 
 @pytest.fixture
@@ -138,3 +143,45 @@ def test_headers_read_again_give_the_same_parent_and_other_headers_their_own() -
     )
     assert parent({"traceparent": traceparent}).trace_state.get("vendor") is None
     assert not parent({}).is_valid
+
+
+@tool(effect="read")
+def refused_read() -> int:
+    """Fail, as a read whose service refuses the credentials does."""
+    raise ToolError("upstream refused the credentials")
+
+
+def test_a_failed_step_and_its_failed_run_are_errors_in_the_trace(
+    settings: Settings, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    """An engineer searching a trace viewer for errors finds the failed tool call and the
+    run it failed: both were `unset`, the step's status told nowhere on its span."""
+    playbook = {
+        "playbooks": [
+            {
+                "name": "refused",
+                "pattern": "^refused$",
+                "summary": "one read that fails",
+                "steps": [{"id": "look", "tool": "refused_read"}],
+            }
+        ]
+    }
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([refused_read]),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", playbook),
+    ) as pipeline:
+        goal_id = pipeline.submit("refused").goal_id
+        assert pipeline.wait_for(goal_id, {"failed"}).status == "failed"
+
+        def ended() -> dict[str, ReadableSpan] | None:
+            named = {s.name: s for s in spans.get_finished_spans()}
+            return named if {"run plan", "execute_tool refused_read"} <= set(named) else None
+
+        named = eventually(ended, timeout=5, what="the run's spans")
+
+    call = named["execute_tool refused_read"]
+    assert call.status.status_code is StatusCode.ERROR
+    assert "upstream refused the credentials" in (call.status.description or "")
+    assert (call.attributes or {})["plangate.step.status"] == "failed"
+    assert named["run plan"].status.status_code is StatusCode.ERROR
