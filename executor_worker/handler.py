@@ -11,11 +11,12 @@ steps are not run again, and a run that already ended has its outcome republishe
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import cast
 
 from opentelemetry.trace import StatusCode
 from sqlalchemy import Table, bindparam, select
@@ -25,6 +26,7 @@ from executor_worker.engine import DEFAULT_TOOL_TIMEOUT, StepOutcome
 from executor_worker.ledger import Claim, StepLedger, recorded_steps
 from executor_worker.plan_run import PlanRun
 from executor_worker.preview import Previewer
+from executor_worker.run_end import ACTOR, end_run, outcome_of
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.errors import ApprovalInvalid, Reject, Retry, UnknownSigner
@@ -35,20 +37,17 @@ from plangate.store import (
     ApprovalUseRow,
     GoalRow,
     HoldRow,
-    StepRunRow,
     Store,
     audit,
 )
 from plangate.store.claims import insert_if_absent
-from plangate.store.goals import GoalState, goal_status, newest_plan, transition
+from plangate.store.goals import goal_status, newest_plan, transition
 from plangate.store.hot_statements import HotStatement
 from plangate.store.outbox import emit
 from plangate.tools import ToolRegistry
 from schemas import (
     Approval,
-    ExecutionCompleted,
     ExecutionFailed,
-    ExecutionPaused,
     Message,
     PlanApproved,
     PlanInvalid,
@@ -59,7 +58,6 @@ from schemas import (
     validate_plan,
 )
 
-ACTOR = "executor"
 ANNOUNCERS = 4  # threads that tell of finished steps, for all of an executor's runs
 KEY_WAIT = 30.0  # before an approval signed by a key not trusted yet is checked again
 _HOLDS = cast(Table, HoldRow.__table__)
@@ -106,6 +104,10 @@ class ExecutorHandler:
         self._link_only = telemetry.link_only() if link_only is None else link_only
         self._tool_timeout = tool_timeout
         self._previewer = Previewer(store, registry, self._steps, tool_timeout)
+        # Plans this executor is running now: a copy of one delivered meanwhile (a resend, or
+        # dead letters of the same approval replayed at once) is left to the live run.
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.approved message (or a held plan's preview request)."""
@@ -121,6 +123,23 @@ class ExecutorHandler:
             approval = self._trusted.verify_for_plan(
                 message.approval, message.plan, allow_expired=True
             )
+        except (ApprovalInvalid, PlanInvalid) as refusal:
+            return self._refuse(message, refusal)
+        plan_id = message.plan.plan_id
+        with self._running_lock:
+            if plan_id in self._running:
+                # It publishes the outcome; were it to die, the reconciler resends.
+                log.info("plan %s is running here already; this copy is left to that run", plan_id)
+                return []
+            self._running.add(plan_id)
+        try:
+            return self._run_once(message, approval)
+        finally:
+            with self._running_lock:
+                self._running.discard(plan_id)
+
+    def _run_once(self, message: PlanApproved, approval: Approval) -> Sequence[Envelope]:
+        try:
             started = self._start(message, approval)
         except (ApprovalInvalid, PlanInvalid) as refusal:
             return self._refuse(message, refusal)
@@ -173,7 +192,7 @@ class ExecutorHandler:
                 )
                 return None
             if goal.status in TERMINAL_STATUSES:
-                outcome = _outcome_of(
+                outcome = outcome_of(
                     session, plan.goal_id, goal.status, goal.status_reason, plan.plan_id
                 )
                 return emit(session, outcome)
@@ -259,7 +278,7 @@ class ExecutorHandler:
             goal = goal_status(session, plan.goal_id, lock=True)
             assert goal is not None  # the run started on it
             outcomes = run.record_last(session)
-            envelopes = _end_run(session, plan.goal_id, plan.plan_id, goal, outcomes)
+            envelopes = end_run(session, plan.goal_id, plan.plan_id, goal, outcomes)
         run.announce_last()
         return envelopes
 
@@ -282,83 +301,6 @@ class ExecutorHandler:
                 self._notify(Envelope.of(event, headers))
             except Exception:  # progress for observers only; the store has the record
                 log.warning("could not announce step %s", outcome.step_id, exc_info=True)
-
-
-def _end_run(
-    session: Session,
-    goal_id: str,
-    plan_id: str,
-    goal: GoalState,
-    outcomes: Mapping[str, StepOutcome],
-) -> list[Envelope]:
-    """Move the goal on by its run's outcomes (locked `goal`); return the message to publish."""
-    statuses = {step_id: o.status for step_id, o in outcomes.items()}
-    troubled = [o for o in outcomes.values() if o.status in ("failed", "unknown")]
-    if goal.status in TERMINAL_STATUSES:  # a concurrent delivery of it finished first
-        outcome = _outcome_of(session, goal_id, goal.status, goal.status_reason, plan_id)
-        return [emit(session, outcome)]
-    if not troubled:
-        transition(
-            session,
-            goal_id,
-            "completed",
-            by="executor",
-            actor=ACTOR,
-            data={"steps": statuses},
-            current=goal.status,
-        )
-        return [emit(session, ExecutionCompleted(goal_id=goal_id, plan_id=plan_id, steps=statuses))]
-    unknown = [o for o in troubled if o.status == "unknown"]
-    if unknown:
-        # Even beside a failure: a write that may have happened needs a person before
-        # the goal may end (or be planned again). Resumed, a recorded failure stands.
-        return [emit(session, _pause(session, goal_id, plan_id, unknown))]
-    first = next(o for o in troubled if o.status == "failed")
-    reason = f"step {first.step_id!r} {first.status}: {first.error}"
-    transition(
-        session,
-        goal_id,
-        "failed",
-        by="executor",
-        actor=ACTOR,
-        reason=reason,
-        data={"steps": statuses},
-    )
-    failed = ExecutionFailed(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=statuses)
-    return [emit(session, failed)]
-
-
-def _pause(
-    session: Session, goal_id: str, plan_id: str, unknown: Sequence[StepOutcome]
-) -> ExecutionPaused:
-    """Stop the run for a person: each unknown step must be settled before it goes on."""
-    names = ", ".join(repr(o.step_id) for o in unknown)
-    # The first one's cause, in its own words: the tool's (a timeout after sending), or that
-    # the executor calling it died.
-    why = f"{unknown[0].error}; " if unknown[0].error else ""
-    step = unknown[0].step_id if len(unknown) == 1 else "STEP"
-    reason = (
-        f"step {names} may or may not have happened ({why}its tool is not idempotent, so "
-        f"nothing calls it again by itself); check, then `plangate review settle {plan_id} "
-        f"{step} --happened` or `--not-happened` (it then runs again)"
-    )
-    rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
-    statuses: dict[str, Any] = {row.step_id: row.status for row in rows}
-    transition(session, goal_id, "needs_attention", by="executor", actor=ACTOR, reason=reason)
-    return ExecutionPaused(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=statuses)
-
-
-def _outcome_of(
-    session: Session, goal_id: str, status: str, reason: str | None, plan_id: str
-) -> Message:
-    """Rebuild the outcome message of a goal whose run already ended."""
-    rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
-    # A step still claimed (a late run elsewhere) has no outcome to tell yet.
-    steps: dict[str, Any] = {row.step_id: row.status for row in rows if row.status != "running"}
-    if status == "completed":
-        return ExecutionCompleted(goal_id=goal_id, plan_id=plan_id, steps=steps)
-    reason = reason or f"the goal is {status}"
-    return ExecutionFailed(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=steps)
 
 
 def _issued_by_gate(session: Session, message: PlanApproved) -> ApprovalRow | None:

@@ -27,6 +27,7 @@ from executor_worker.engine import (
     tool_span,
 )
 from executor_worker.output_bounds import PREVIEW_BUDGET_BYTES, PREVIEW_CHARS, json_size, kept_error
+from executor_worker.run_end import ACTOR
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.errors import Reject
@@ -44,7 +45,6 @@ from schemas import (
     validate_plan,
 )
 
-ACTOR = "executor"
 log = logging.getLogger(__name__)
 NO_PREVIEW = "this tool declares no preview; it would be called with the arguments shown"
 

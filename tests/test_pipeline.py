@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +14,21 @@ from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.store import DecisionRow, GoalRow, StepRunRow
+from plangate.tools import ToolRegistry, tool
 from schemas import PlanApproved
 from tests.conftest import SEED_GOAL
 from tests.support import (
     HELD,
     audit_entries,
     audit_kinds,
+    eventually,
     first_envelope,
     next_message,
     only_plan,
     plans_of,
     running_pipeline,
     step_runs,
+    write_playbook,
     write_yaml,
 )
 
@@ -383,3 +388,55 @@ def test_a_key_stored_by_another_submission_between_look_and_write_is_one_goal(
     assert (raced.goal_id, raced.duplicate) == (other[0], True)
     with pipeline.store.session() as session:
         assert session.scalar(select(func.count()).select_from(GoalRow)) == 1
+
+
+GATE_OPEN = threading.Event()
+CALLS_WHILE_RUNNING: list[str] = []
+
+
+@tool(effect="read")
+def slow_count() -> int:
+    """Count, waiting until the test lets it answer."""
+    CALLS_WHILE_RUNNING.append("slow_count")
+    GATE_OPEN.wait(timeout=10)
+    return 3
+
+
+def test_copies_of_an_approval_delivered_while_its_plan_runs_are_left_to_that_run(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given an approved plan whose read is still answering,
+    When two copies of its plan.approved arrive meanwhile (the reconciler resent it, and the
+    dead letters of both were replayed at once),
+    Then the read is called once and the goal completes once: each copy had resumed the run
+    beside the live one, calling every read again and publishing the outcome three times.
+    """
+    GATE_OPEN.clear()
+    CALLS_WHILE_RUNNING.clear()
+    caplog.set_level(logging.INFO, logger="executor_worker.handler")
+    policy = write_yaml(
+        tmp_path / "policy.yaml",
+        {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "tests"}]},
+    )
+    with running_pipeline(
+        settings.model_copy(update={"concurrency": 4}),
+        policy_file=policy,
+        registry=ToolRegistry([slow_count]),
+        playbook_file=write_playbook(tmp_path, "count", [{"id": "c", "tool": "slow_count"}]),
+    ) as pipeline:
+        with pipeline.bus.observe() as observer:
+            goal_id = pipeline.submit("count").goal_id
+            eventually(lambda: CALLS_WHILE_RUNNING, what="the read to be called")
+            copy = first_envelope(pipeline.store, "plan.approved", goal_id)
+
+            pipeline.bus.publish([copy, copy])
+
+            eventually(
+                lambda: sum("left to that run" in r.getMessage() for r in caplog.records) == 2,
+                what="both copies to be left to the live run",
+            )
+            GATE_OPEN.set()
+            next_message(observer, "execution.completed", goal_id)
+            assert observer.next(timeout=0.5) is None  # no second outcome
+        assert pipeline.wait_for(goal_id, timeout=5).status == "completed"
+    assert CALLS_WHILE_RUNNING == ["slow_count"]
