@@ -23,7 +23,7 @@ from approval_gate.holds import (
     check_not_submitter,
     check_reviewer,
 )
-from plangate.errors import Conflict, Forbidden
+from plangate.errors import AlreadyApproved, Forbidden
 from plangate.reviewers import approval_proof
 from plangate.store import GoalRow, HoldRow, PlanRow, ReviewerApprovalRow, audit
 from plangate.store.claims import insert_if_absent
@@ -47,11 +47,11 @@ def count_approval(
     proof, which a worker's gate checks (`approval_gate.approvers`). Without one, only a gate
     in this process (the embedded mode) counts it.
 
-    Conflict if they approved it already: a second approval by the same person counts for
+    AlreadyApproved if they did so already: a second approval by the same person counts for
     nothing, and saying "recorded" would suggest it did.
     """
     if reviewer in approvers_of(session, plan):
-        raise Conflict(
+        raise AlreadyApproved(
             f"{reviewer} has approved plan {plan.plan_id} already; it waits for approvals by "
             "other reviewers (`plangate review show` says how many)"
         )

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
-from plangate.errors import Forbidden
+from plangate.errors import AlreadyApproved, Forbidden
 from plangate.store import PlanRow, Store, audit
 from plangate.store.goals import by_id
 
@@ -24,10 +24,14 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def refusal_audited(store: Store, plan_id: str, reviewer: str, action: str) -> Iterator[None]:
-    """Let a decision run; if it is Forbidden, audit who tried what and why, then raise it."""
+    """Let a decision run; if it is refused to this person, audit who tried what and why.
+
+    Refused: a role they lack, their own goal (Forbidden), or their second approval. A race
+    (the plan replaced or decided meanwhile) is no refusal of the person, and is not audited.
+    """
     try:
         yield
-    except Forbidden as refused:
+    except (Forbidden, AlreadyApproved) as refused:
         _record(store, plan_id, reviewer, action, str(refused))
         raise
 

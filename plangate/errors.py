@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel, ValidationError
 
 __all__ = [
+    "AlreadyApproved",
     "ApprovalInvalid",
     "BrokerUnavailable",
     "ConfigError",
@@ -148,6 +149,10 @@ class NotFound(PlangateError):
 
 class Conflict(PlangateError):
     """Someone else already decided or changed this; reload and try again."""
+
+
+class AlreadyApproved(Conflict):
+    """The reviewer approved this revision already: a second approval counts for nothing."""
 
 
 class AuditBroken(PlangateError):

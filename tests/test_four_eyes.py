@@ -689,7 +689,8 @@ def test_over_processes_the_audit_log_holds_a_refusal_and_proves_what_status_sho
     deployed_fleet: Fleet,
 ) -> None:
     """Given each stage in a data folder of its own, sharing only the gate's public keys
-    folder and the reviewers file, and erin (no role) refused, then bob and carol approving,
+    folder and the reviewers file, and erin (no role) refused, then bob approving (twice: the
+    second refused) and carol approving,
     When an auditor in a folder of their own, given the database and the keys folder alone,
     runs `plangate audit verify`, Then it holds: erin's refusal is in the log, and the step
     results the executor's process recorded match the digests its entries carry;
@@ -701,6 +702,9 @@ def test_over_processes_the_audit_log_holds_a_refusal_and_proves_what_status_sho
         "review", "approve", page.plan_id, PLANGATE_REVIEWER_TOKEN=erin
     )
     page.approve("bob")
+    twice = deployed_fleet.plangate(
+        "review", "approve", page.plan_id, PLANGATE_REVIEWER_TOKEN=page.tokens["bob"]
+    )
     page.approve("carol")
     done = wait_until(deployed_fleet, page.goal_id, {"completed", "failed"})
     auditor = {
@@ -715,14 +719,18 @@ def test_over_processes_the_audit_log_holds_a_refusal_and_proves_what_status_sho
     tampered = deployed_fleet.plangate("audit", "verify", **auditor)
 
     assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert twice.returncode == 2, twice.stdout + twice.stderr
     assert done["status"] == "completed"
     assert verified.returncode == 0, verified.stdout + verified.stderr
     refusals = [
         json.loads(line) for line in exported.stdout.splitlines() if "review.refused" in line
     ]
+    # bob's second approval too: the docs promise it, and it left no entry.
     assert [(entry["actor"], entry["data"]["action"]) for entry in refusals] == [
-        ("erin", "approve")
+        ("erin", "approve"),
+        ("bob", "approve"),
     ]
+    assert "has approved plan" in refusals[1]["data"]["reason"]
     assert tampered.returncode == 1
     assert "records broken" in tampered.stderr
     assert "step count of plan" in tampered.stderr
