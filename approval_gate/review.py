@@ -316,7 +316,15 @@ class Review:
         if plan is None:
             raise NotFound(f"no plan {quoted(plan_id)}; `plangate review list` shows held plans")
         plan_id = plan.plan_id
-        goal = session.get_one(GoalRow, plan.goal_id)
+        # Locked: decisions on one goal, from any replica, take turns. Two approvals of a
+        # plan needing two each counted only its own (neither saw the other's, uncommitted)
+        # and the plan stayed held at "2 of 2"; one racing a cancel moved a cancelled goal.
+        goal = session.execute(
+            select(GoalRow)
+            .where(GoalRow.id == plan.goal_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).scalar_one()
         newest = latest_plan(session, goal.id)
         if newest is not None and newest.plan_id != plan.plan_id:
             raise Conflict(

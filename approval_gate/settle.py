@@ -103,6 +103,13 @@ def settle_step(
             .where(StepRunRow.plan_id == plan_id, StepRunRow.step_id == step_id)
             .with_for_update()
         ).scalar_one_or_none()
+        if row is None and named is not None and step_id in _step_ids(named):
+            # Settled "did not happen" by someone else meanwhile: its record is gone, and the
+            # run claims it afresh. Not "no such step", which sent people looking.
+            raise Conflict(
+                f"step {step_id!r} of plan {plan_id} is not unknown (settled already, or not "
+                "run yet): nothing to settle; `plangate status` shows where its run is"
+            )
         if row is None:
             raise NotFound(
                 f"plan {plan_id} has no step {step_id!r} on record; "
@@ -164,6 +171,10 @@ def settle_step(
         envelope = SignedEnvelope.model_validate(approval.envelope)
         resumed = PlanApproved(goal_id=goal.id, plan=plan, approval=envelope)
         return [emit(session, resumed, trace_headers=goal.trace_headers)]
+
+
+def _step_ids(plan: PlanRow) -> set[str]:
+    return {str(step.get("id")) for step in plan.body.get("steps", []) if isinstance(step, dict)}
 
 
 def _check_output(spec: ToolSpec | None, output: Any) -> None:

@@ -232,8 +232,10 @@ def test_only_an_unknown_step_of_a_waiting_run_can_be_settled(billing: Pipeline)
     """
     plan, _ = cut_off_mid_charge(billing)
 
-    with pytest.raises(NotFound, match="no step 'receipt' on record"):
+    with pytest.raises(Conflict, match=r"step 'receipt' of plan .* is not unknown"):
         settle_step(billing.store, plan.plan_id, "receipt", "alice", happened=True)
+    with pytest.raises(NotFound, match="no step 'nosuchstep' on record"):
+        settle_step(billing.store, plan.plan_id, "nosuchstep", "alice", happened=True)
     with pytest.raises(NotFound):
         settle_step(billing.store, "no-such-plan", "charge", "alice", happened=True)
     assert settle_step(billing.store, plan.plan_id, "charge", "alice", happened=True)
@@ -586,3 +588,15 @@ def test_a_write_found_cut_off_is_an_audit_entry_of_its_own(billing: Pipeline) -
     [entry] = [e for e in audit_entries(billing.store, plan.goal_id) if e.kind == "step.unknown"]
     assert (entry.actor, entry.data["step_id"]) == ("executor", "charge")
     assert entry.data["error"] == "the executor calling it died mid-call"
+
+
+def test_a_step_settled_as_not_happened_by_someone_else_meanwhile_is_a_conflict(
+    billing: Pipeline,
+) -> None:
+    """Two reviewers settled the same step at once on two replicas: the one who came second
+    was told the plan had no such step (404), though it was settled and ran again."""
+    plan, _ = cut_off_mid_charge(billing)
+    assert settle_step(billing.store, plan.plan_id, "charge", "alice", happened=False)
+
+    with pytest.raises(Conflict, match="settled already"):
+        settle_step(billing.store, plan.plan_id, "charge", "bob", happened=False)
