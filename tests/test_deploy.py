@@ -463,3 +463,12 @@ def test_every_plangate_process_is_given_as_long_to_stop_in_compose_as_in_kubern
         waited = service.get("stop_grace_period", "10s")
         assert waited.endswith("s"), (name, waited)
         assert int(waited[:-1]) >= max(grace), (name, waited)
+
+
+def test_the_migration_job_makes_way_for_the_next_release() -> None:
+    """A Job's pod template is immutable: the next release's `kubectl apply -k` with a new
+    image was refused, or found the Job complete and ran no `db upgrade` at all. It deletes
+    itself once done, so each apply makes it anew."""
+    (job,) = by_kind("Job").values()
+
+    assert 0 < job["spec"]["ttlSecondsAfterFinished"] <= 24 * 3600
