@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AlreadyApproved",
     "ApprovalInvalid",
+    "BrokerRefused",
     "BrokerUnavailable",
     "ConfigError",
     "Conflict",
@@ -49,6 +50,14 @@ class ConfigError(PlangateError):
 
 class BrokerUnavailable(PlangateError):
     """The broker could not be reached for long enough that a publish gave up."""
+
+
+class BrokerRefused(BrokerUnavailable):
+    """The broker answers, but refuses plangate's settings (a login, a permission, a queue).
+
+    Unusable as a stopped one until they are fixed, so it is handled as one: a goal stays in
+    the outbox, a worker retries.
+    """
 
 
 class ServerUnavailable(PlangateError):

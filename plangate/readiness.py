@@ -12,7 +12,7 @@ import logging
 from sqlalchemy.exc import SQLAlchemyError
 
 from plangate.bus import Bus
-from plangate.errors import PlangateError
+from plangate.errors import BrokerRefused, PlangateError
 from plangate.store import Store
 from plangate.store.schema import mismatch
 
@@ -40,6 +40,8 @@ def broker_problem(bus: Bus) -> str | None:
         return None
     try:
         bus.queue_depth("planner")  # one round trip: the broker answers, the queue exists
+    except BrokerRefused:
+        return "the broker refuses plangate's settings (the worker's log says what to fix)"
     except (PlangateError, OSError) as exc:
         log.warning("readiness: the broker does not answer (%s)", type(exc).__name__)
         return "the broker does not answer"

@@ -35,6 +35,8 @@ STOP_TIMEOUT = 30.0
 
 # How long each server took to start in this session, shown after the test summary.
 STARTUP_SECONDS: dict[str, float] = {}
+# Each RabbitMQ node's environment by its URL: `rabbitmqctl` reaches the node only with it.
+RABBITMQ_ENVIRONMENTS: dict[str, dict[str, str]] = {}
 
 
 def missing(server: str, package: str | None = None) -> NoReturn:
@@ -367,12 +369,26 @@ def rabbitmq_url() -> Iterator[str]:
             "rabbitmq-server", lambda: _amqp_answers(port), processes[1], [output, log]
         )
         STARTUP_SECONDS["rabbitmq"] = time.monotonic() - started
-        yield f"amqp://guest:guest@127.0.0.1:{port}//"
+        url = f"amqp://guest:guest@127.0.0.1:{port}//"
+        RABBITMQ_ENVIRONMENTS[url] = env
+        yield url
     finally:
         # The node shuts down cleanly on SIGTERM; then its epmd goes.
         for process in reversed(processes):
             stop_process(process)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def rabbitmqctl(url: str, *args: str) -> None:
+    """Run `rabbitmqctl` against the node the `rabbitmq_url` fixture started at `url`."""
+    control = Path(_rabbitmq_server() or "rabbitmq-server").with_name("rabbitmqctl")
+    subprocess.run(
+        [str(control), *args],
+        env=RABBITMQ_ENVIRONMENTS[url],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

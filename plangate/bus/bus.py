@@ -27,12 +27,12 @@ from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
 from plangate.bus.inbound import raw_body
 from plangate.bus.middleware import Middleware
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
-from plangate.bus.reconnect import refused_by_broker
+from plangate.bus.reconnect import refusal_hint
 from plangate.bus.redis_claims import REDELIVERY_AFTER_SECONDS
 from plangate.bus.retries import RETRY_DELAYS, DeferHook
 from plangate.bus.settlement import PublishedHook
 from plangate.bus.topology import STAGES, Stage, Topology
-from plangate.errors import BrokerUnavailable
+from plangate.errors import BrokerRefused, BrokerUnavailable
 from schemas import DeadLetter, Message, MessageRejected, decode_message
 
 # AMQP publishes are fire-and-forget unless confirmed: with confirms, `publish` returns once
@@ -144,7 +144,12 @@ class Bus:
         try:
             yield
         except Exception as exc:
-            if not isinstance(exc, self._outages) and not refused_by_broker(exc):
+            hint = refusal_hint(exc)
+            if hint is not None:
+                raise BrokerRefused(
+                    f"the broker at {maybe_sanitize_url(self.url)} refuses plangate ({exc}); {hint}"
+                ) from exc
+            if not isinstance(exc, self._outages):
                 raise
             raise BrokerUnavailable(
                 f"cannot reach the broker at {maybe_sanitize_url(self.url)} ({exc}); check "

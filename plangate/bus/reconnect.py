@@ -37,13 +37,33 @@ class Backoff:
         self._next = self._first
 
 
-def refused_by_broker(exc: BaseException) -> bool:
-    """Whether the broker refused our connection's settings (a Redis database it lacks, `/99`).
+def refusal_hint(exc: BaseException) -> str | None:
+    """Return what to fix if the broker refused plangate's settings, else None.
 
-    Redis says so only once connected; to whoever connects, the broker is as unusable as a
-    stopped one until PLANGATE_BROKER_URL is fixed: said in one line, not as our fault.
+    Refused: a Redis database it lacks (`/99`, said only once connected); on AMQP, a login or
+    a permission (403), or an exchange or queue of the namespace declared before with other
+    arguments (406, e.g. as a quorum queue). Nothing but a change of the settings helps, and
+    to whoever connects the broker is as unusable as a stopped one: said in one line, with
+    what to fix, not as a fault of plangate's.
     """
-    return "DB index is out of range" in str(exc)
+    if "DB index is out of range" in str(exc):
+        return "check PLANGATE_BROKER_URL: the server has no database of that number"
+    code = getattr(exc, "code", None) if type(exc).__module__.startswith("amqp") else None
+    if code == 403:  # ACCESS_REFUSED: the login, or a permission
+        return (
+            "check the user and password in PLANGATE_BROKER_URL, and that the user may "
+            "configure, write and read the namespace's exchange and queues (every plangate "
+            "process declares them)"
+        )
+    if code == 406:  # PRECONDITION_FAILED: declared before, otherwise
+        return (
+            "an exchange or queue of the namespace was declared with other arguments (plangate "
+            "declares a durable topic exchange and classic durable queues with none): delete "
+            "them, or set another PLANGATE_NAMESPACE"
+        )
+    if code == 530:  # NOT_ALLOWED: a virtual host the user may not open
+        return "check the virtual host in PLANGATE_BROKER_URL and the user's access to it"
+    return None
 
 
 def run_reconnecting(
@@ -70,12 +90,12 @@ def run_reconnecting(
             delay = backoff.next()
             if isinstance(exc, outages):
                 log.warning("%s lost the broker (%s); reconnecting in %g s", name, exc, delay)
-            elif refused_by_broker(exc):
+            elif (hint := refusal_hint(exc)) is not None:
                 log.error(
-                    "%s: the broker refuses its settings (%s); check PLANGATE_BROKER_URL; "
-                    "trying again in %g s",
+                    "%s: the broker refuses its settings (%s); %s; trying again in %g s",
                     name,
                     exc,
+                    hint,
                     delay,
                 )
             else:
