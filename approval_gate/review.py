@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import Link
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -297,9 +299,13 @@ class Review:
                 reason=reason,
                 policy_version=_policy_version(held),
             )
-            # A person may decide hours later, in another process: continue the goal's trace.
+            # A person may decide hours later, in another process: continue the goal's trace,
+            # linked to the request it came in (its own trace), if one is recorded.
+            asked = trace.get_current_span().get_span_context()
             with telemetry.tracer().start_as_current_span(
-                "review decision", context=telemetry.extract(held.goal.trace_headers)
+                "review decision",
+                context=telemetry.extract(held.goal.trace_headers),
+                links=[Link(asked)] if asked.is_valid else None,
             ) as span:
                 span.set_attribute("plangate.decision.action", action)
                 span.set_attribute("plangate.decision.decided_by", reviewer)

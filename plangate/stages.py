@@ -17,6 +17,7 @@ from approval_gate.notify import WebhookNotifier
 from approval_gate.policy_reload import ReloadingPolicy
 from approval_gate.review import Review
 from executor_worker.handler import ExecutorHandler
+from plangate import telemetry
 from plangate.bus import Bus, Envelope, Handler, Stage
 from plangate.bus.middleware import Middleware
 from plangate.catalog import publish_catalog, read_catalog
@@ -180,6 +181,9 @@ def build_review(
     """
     if approvers is None and settings.reviewers_file is not None:
         approvers = worker_approvers(settings)
+    # A person's decision is a span of the goal's trace: the process that records it (serve,
+    # the CLI) exports it as the stages do theirs (it made none: no provider was installed).
+    telemetry.setup_tracing()
     ttl = timedelta(seconds=settings.hold_ttl_seconds)
     return Review(store, hold_ttl=ttl, approvers=approvers)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -25,6 +26,7 @@ from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
 from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
 from tests.test_distributed import APPROVE_ALL, submit_and_wait
+from tests.test_four_eyes import wait_until
 
 SECRET = "sk-live-0123456789abcdef"
 PLAYBOOK = f"""
@@ -319,3 +321,97 @@ def test_a_collector_address_that_cannot_work_is_refused_before_the_goal_runs(
     if database.exists():  # the schema may be made; no goal is
         with closing(sqlite3.connect(database)) as db:
             assert db.execute("SELECT count(*) FROM goals").fetchone() == (0,)
+
+
+@pytest.mark.redis
+def test_a_person_deciding_through_the_cli_or_serve_is_in_the_goals_one_trace(
+    tmp_path: Path, redis_url: str, receiver: Receiver
+) -> None:
+    """Given workers, `serve` and the CLI as processes, all exporting,
+    When a goal submitted over HTTP is held and alice approves it with `plangate review
+    approve`, and a second, held too, is rejected through serve's API,
+    Then each goal is one trace, rooted at serve's request: the HTTP request was a trace of
+    its own (and serve's log named it), and neither person's decision was in any trace (the
+    CLI recorded no span; serve none until a goal had been submitted through it).
+    """
+    from plangate.reviewers import add_reviewer
+
+    reviewers = tmp_path / "reviewers.yaml"
+    alice = add_reviewer(reviewers, "alice", [])
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
+        folder=tmp_path,
+        extra_env={
+            "PLANGATE_REVIEWERS_FILE": str(reviewers),
+            "PLANGATE_SESSION_SECRET": "s" * 40,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    port = free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "plangate", "serve", "--port", str(port)],
+        env=fleet.env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        ready = [tmp_path / "serve.log"]
+        wait_until_ready("serve", lambda: accepts_connections(port), serve, ready)
+        fleet.start_all()
+        with httpx.Client(base_url=base, timeout=30) as http:
+            goals = [
+                http.post("/api/v1/goals", json={"text": SEED_GOAL, "idempotency_key": key})
+                for key in ("cli", "api")
+            ]
+            assert [g.status_code for g in goals] == [201, 201]
+            ids = [g.json()["goal_id"] for g in goals]
+            held = [wait_until(fleet, goal_id, {"held"}) for goal_id in ids]
+            assert [h["status"] for h in held] == ["held", "held"], fleet.logs()
+            approved = fleet.plangate(
+                "review", "approve", str(held[0]["plan_id"]), PLANGATE_REVIEWER_TOKEN=alice
+            )
+            assert approved.returncode == 0, approved.stderr
+            as_alice = {"Authorization": f"Bearer {alice}"}
+            review = f"/api/v1/reviews/{held[1]['plan_id']}"
+            shown = http.get(review, headers=as_alice).json()
+            rejected = http.post(
+                f"{review}/reject",
+                json={"comment": "not today", "plan_hash": shown["plan_hash"]},
+                headers=as_alice,
+            )
+            assert rejected.status_code == 200, rejected.text
+        done = wait_until(fleet, ids[0], {"completed", "failed"})
+        assert done["status"] == "completed", fleet.logs()
+    finally:
+        fleet.stop_all()
+        stop_process(serve)
+        log.close()
+
+    spans = receiver.spans()
+    for goal, trace_id in zip(goals, (g.json()["trace_id"] for g in goals), strict=True):
+        ours = {s["span_id"]: s for s in spans if s["trace_id"] == trace_id}
+        roots = [s for s in ours.values() if s["parent_span_id"] is None]
+        assert [(r["service"], r["kind"]) for r in roots] == [
+            ("plangate-serve", "SPAN_KIND_SERVER")
+        ], goal.json()
+        submitted = next(s for s in ours.values() if s["name"] == "submit goal")
+        assert submitted["parent_span_id"] in ours
+        decisions = [s for s in ours.values() if s["name"] == "review decision"]
+        assert [d["attributes"]["plangate.decision.decided_by"] for d in decisions] == ["alice"]
+    cli_decision, api_decision = (
+        next(
+            s
+            for s in spans
+            if s["name"] == "review decision" and s["trace_id"] == g.json()["trace_id"]
+        )
+        for g in goals
+    )
+    assert cli_decision["service"] == "plangate"
+    assert cli_decision["attributes"]["plangate.decision.action"] == "approve"
+    assert api_decision["service"] == "plangate-serve"
+    assert api_decision["attributes"]["plangate.decision.action"] == "reject"

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from plangate import __version__
+from plangate import __version__, telemetry
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.redaction import register_secret
@@ -44,6 +44,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         with ExitStack() as stack:
+            # Before the first request, so that every request's spans (and a decision's) are
+            # recorded: they were only once a goal had been submitted through this process.
+            telemetry.setup_tracing("plangate-serve")
             app.state.client = client or stack.enter_context(Client(settings))
             desk = reviews.ReviewDesk(settings)
             stack.callback(desk.close)

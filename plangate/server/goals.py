@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from plangate import telemetry
@@ -110,8 +111,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalHandle:
-    # A caller's W3C `traceparent` makes the goal's trace a child of the caller's.
-    token = otel_context.attach(telemetry.extract(headers))
+    # The goal's trace is the request's (whose span FastAPI made, a child of the caller's
+    # `traceparent` if one came): one trace from the caller to the last tool call. Only
+    # where no request span is recorded does the caller's header parent it directly.
+    recorded = trace.get_current_span().get_span_context().is_valid
+    token = None if recorded else otel_context.attach(telemetry.extract(headers))
     try:
         return client.submit(
             goal.text,
@@ -120,7 +124,8 @@ def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalH
             event=goal.event if isinstance(goal, EventGoal) else None,
         )
     finally:
-        otel_context.detach(token)
+        if token is not None:
+            otel_context.detach(token)
 
 
 @router.post(
