@@ -13,6 +13,7 @@ from plangate.client import Client
 from plangate.errors import GoalNotCompleted, GoalWaiting
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
+from tests.servers import free_port
 from tests.test_distributed import APPROVE_ALL
 
 pytestmark = pytest.mark.redis
@@ -166,3 +167,20 @@ def test_submit_wait_on_an_approved_goal_no_executor_runs_says_where_to_look(
     assert "`plangate dlq list`" in done.stderr
     assert "is still approved after 20 s" in done.stderr
     assert "signing approvals with key ed25519:" in fleet.logs()
+
+
+def test_submit_wait_with_the_broker_down_says_the_goal_waits_for_the_broker(
+    tmp_path: Path,
+) -> None:
+    """Given a broker that does not answer, When a goal is submitted with `--wait`, Then
+    after the warning that the goal is stored, the command says it waits for the broker:
+    it asked whether the workers were running, which they were."""
+    fleet = Fleet(f"redis://127.0.0.1:{free_port()}/0", f"sqlite:///{tmp_path / 'p.db'}", tmp_path)
+    assert fleet.plangate("db", "upgrade").returncode == 0
+
+    done = fleet.plangate("submit", SEED_GOAL, "--wait", "--timeout", "11")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot reach the broker" in done.stderr
+    assert "is still submitted after 10 s: the broker did not take it" in done.stderr
+    assert "Are the workers running" not in done.stderr

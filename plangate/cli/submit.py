@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated
 
@@ -141,7 +142,7 @@ def submit(
             _print(handle.status(), as_json)
             return
         try:
-            final = _wait(handle, timeout)
+            final = _wait(handle, timeout, QUEUED_HINTS if handle.queued else STUCK_HINTS)
         except TimeoutError as exc:
             err_console.print(
                 f"[red]error:[/] {exc}; `plangate status {handle.goal_id}` follows it"
@@ -154,8 +155,8 @@ def submit(
         raise typer.Exit(_exit_code(final.status))
 
 
-def _wait(handle: GoalHandle, timeout: float) -> GoalStatus:
-    """Wait for the goal to end or to need a person; say early where it is stuck, and why."""
+def _wait(handle: GoalHandle, timeout: float, hints: Mapping[str, str]) -> GoalStatus:
+    """Wait for the goal to end or to need a person; say early where it is stuck (`hints`)."""
     from schemas.goal_states import TERMINAL, WAITING_FOR_PERSON
 
     until = TERMINAL | WAITING_FOR_PERSON
@@ -166,7 +167,7 @@ def _wait(handle: GoalHandle, timeout: float) -> GoalStatus:
     while True:
         left = deadline - time.monotonic()
         look = LOOK_EVERY_SECONDS
-        if status in STUCK_HINTS and status not in said:  # look again when a hint is due
+        if status in hints and status not in said:  # look again when a hint is due
             look = min(look, max(0.0, since + UNTAKEN_HINT_SECONDS - time.monotonic()))
         try:
             return handle.wait(max(0.0, min(left, look)), until=until)
@@ -178,11 +179,11 @@ def _wait(handle: GoalHandle, timeout: float) -> GoalStatus:
                 ) from None
         if seen != status:
             status, since = seen, now
-        if status in STUCK_HINTS and status not in said and now - since >= UNTAKEN_HINT_SECONDS:
+        if status in hints and status not in said and now - since >= UNTAKEN_HINT_SECONDS:
             said.add(status)
             err_console.print(
                 f"goal {handle.goal_id} is still {status} after {int(now - started)} s: "
-                f"{STUCK_HINTS[status]} Waiting on.",
+                f"{hints[status]} Waiting on.",
                 highlight=False,
             )
 
@@ -195,6 +196,11 @@ STUCK_HINTS = {
     "approved": "no executor has started it. Is one running, and does it trust the gate's "
     "signing key (its public key in the executor's PLANGATE_TRUSTED_KEYS_DIR)? `plangate dlq "
     "list` shows approvals an executor refused.",
+}
+# A goal the broker did not take when it was submitted waits in the outbox, not for a planner.
+QUEUED_HINTS = STUCK_HINTS | {
+    "submitted": "the broker did not take it (the warning above says why); it waits in the "
+    "outbox, and a running worker sends it on once the broker takes messages again.",
 }
 
 
