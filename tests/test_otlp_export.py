@@ -415,3 +415,14 @@ def test_a_person_deciding_through_the_cli_or_serve_is_in_the_goals_one_trace(
     assert cli_decision["attributes"]["plangate.decision.action"] == "approve"
     assert api_decision["service"] == "plangate-serve"
     assert api_decision["attributes"]["plangate.decision.action"] == "reject"
+
+
+def test_a_collector_down_is_one_warning_after_the_outcome(tmp_path: Path) -> None:
+    """The SDK's own line ("Failed to export spans batch ...") ran into the command's output."""
+    done = _run_goal(tmp_path, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "collector" in line]
+    assert len(warnings) == 1, done.stderr
+    assert warnings[0].startswith("warning: the traces were not sent to the collector")
+    assert "check OTEL_EXPORTER_OTLP_ENDPOINT" in warnings[0]

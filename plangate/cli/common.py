@@ -88,6 +88,34 @@ def quiet_relay() -> None:
     logging.getLogger("plangate.relay").addFilter(_missed)
 
 
+class _ExportTrouble(logging.Handler):
+    """Says once, in the command's own words, that spans could not be sent to the collector.
+
+    The OpenTelemetry SDK logs it through `logging`, which a command does not set up: its
+    bare line ran into the command's output.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.said = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.said:
+            self.said = True
+            err_console.print(
+                f"[yellow]warning:[/] the traces were not sent to the collector "
+                f"({escape(record.getMessage())}); check OTEL_EXPORTER_OTLP_ENDPOINT",
+                highlight=False,
+            )
+
+
+def quiet_exporter() -> None:
+    """Have the SDK's complaints of a collector that does not answer said once, as a warning."""
+    otel = logging.getLogger("opentelemetry")
+    otel.addHandler(_ExportTrouble())
+    otel.propagate = False
+
+
 def warn_broker_unreachable(kept: str) -> None:
     """Say why the broker missed a publish, and that `kept` waits in the outbox for it."""
     problem = _missed.problem or "cannot reach the broker; check PLANGATE_BROKER_URL"

@@ -98,5 +98,7 @@ def main(
         # A command that ends in seconds must not wait 10 s at exit for a collector that
         # is down: its spans get one short try (workers and serve keep the SDK's default).
         from plangate import telemetry
+        from plangate.cli.common import quiet_exporter
 
         telemetry.short_lived()
+        quiet_exporter()
