@@ -17,7 +17,7 @@ from plangate.embedded import Pipeline
 from plangate.store import GoalRow
 from schemas import GoalSubmitted, encode_message
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, dead_letters, only_plan
+from tests.support import HELD, dead_letters, eventually, only_plan
 
 STAGE_KEYS = {"goal.submitted": "planner", "plan.proposed": "gate", "plan.approved": "executor"}
 ONE_MIB = 1024 * 1024
@@ -101,7 +101,7 @@ def test_malformed_message_is_dead_lettered_with_its_reason_and_the_worker_goes_
     # The original bytes; of a body larger than any message, its first 64 KiB, and it says so.
     if len(body) > ONE_MIB:
         assert base64.b64decode(letter.body_b64) == body[:KEPT_BYTES]
-        assert f"(the first {KEPT_BYTES} of its {len(body)} bytes are kept)" in letter.reason
+        assert f"(the first {KEPT_BYTES} of {len(body)} bytes are kept)" in letter.reason
     else:
         assert base64.b64decode(letter.body_b64) == body
     assert letter.headers["x-plangate-goal-id"] == "g1"
@@ -280,3 +280,20 @@ def test_a_published_goal_under_a_stored_goal_s_id_with_another_text_is_a_dead_l
     assert only_plan(pipeline.store, first).revision == 1  # one plan, the first goal's
     with pipeline.store.session() as session:
         assert session.get_one(GoalRow, first).text == SEED_GOAL
+
+
+def test_a_letter_whose_body_was_cut_stays_when_replayed_with_its_reason(
+    pipeline: Pipeline,
+) -> None:
+    """Only its first 64 KiB were kept: replayed, it failed anew as "not valid JSON", and the
+    reason an operator needed (its size) was gone."""
+    pipeline.bus.publish([Envelope("goal.submitted", b'{"x": "' + b"a" * (2 * ONE_MIB) + b'"}')])
+    eventually(pipeline.bus.dead_letters, what="the dead letter")
+    (letter,) = pipeline.bus.dead_letters()
+
+    replayed = pipeline.bus.replay_dead_letters([letter.message_id])
+
+    assert replayed == []
+    (still,) = pipeline.bus.dead_letters()
+    assert (still.message_id, still.reason) == (letter.message_id, letter.reason)
+    assert still.reason.endswith("bytes are kept)")

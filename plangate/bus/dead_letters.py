@@ -14,6 +14,19 @@ from schemas.decoding import MAX_MESSAGE_BYTES
 # a body of 5 MB made a letter past what the dead-letter queue's readers accept: it was then
 # neither listed nor purged.
 KEPT_BYTES = 64 * 1024
+# How a reason ends when the body was cut to KEPT_BYTES (its words are the letter's record of
+# it): such a letter is never replayed, since what the stage would read again is not what came.
+CUT_NOTE = "bytes are kept)"
+
+
+def cut_note(kept: int, whole: int) -> str:
+    """Return what a reason adds when only `kept` of a body's `whole` bytes are kept."""
+    return f" (the first {kept} of {whole} {CUT_NOTE}"
+
+
+def was_cut(letter: DeadLetter) -> bool:
+    """Whether the letter keeps only the start of the body that came."""
+    return letter.reason.endswith(CUT_NOTE)
 
 # Only these headers are copied into a dead letter: anything else may carry a secret.
 _KEPT_HEADERS = (
@@ -35,7 +48,7 @@ def dead_letter_envelope(
     than any message plangate reads is kept in its first `KEPT_BYTES`, and the reason says so.
     """
     if len(body) > MAX_MESSAGE_BYTES:
-        reason = f"{reason} (the first {KEPT_BYTES} of its {len(body)} bytes are kept)"
+        reason = reason + cut_note(KEPT_BYTES, len(body))
         body = body[:KEPT_BYTES]
     letter = DeadLetter(
         reason=redact(_text(reason)),

@@ -36,7 +36,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps, loads
 
-from plangate.bus.dead_letters import KEPT_BYTES
+from plangate.bus.dead_letters import KEPT_BYTES, cut_note
 from plangate.bus.redis_routing import ScriptedRouting
 
 # The URL schemes of Redis brokers, which this transport serves.
@@ -131,7 +131,7 @@ def malformed_entry(item: bytes | str, queue: str, reason: str) -> str:
     raw = item.encode("utf-8", "surrogatepass") if isinstance(item, str) else item
     kept = raw[:KEPT_BYTES]
     if len(raw) > len(kept):
-        reason = f"{reason} (the first {len(kept)} of {len(raw)} bytes are kept)"
+        reason = reason + cut_note(len(kept), len(raw))
     return str(
         dumps(
             {

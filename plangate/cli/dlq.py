@@ -111,7 +111,8 @@ def replay(
     if missing:
         names = escape(", ".join(sorted(missing)))
         err_console.print(
-            f"[red]error:[/] not replayed (unknown, or from an unknown queue): {names}"
+            f"[red]error:[/] not replayed (unknown, from an unknown queue, or its body cut "
+            f"when it was dead-lettered: `plangate dlq show` says): {names}"
         )
         raise typer.Exit(EXIT_USAGE)
 
