@@ -28,6 +28,7 @@ def was_cut(letter: DeadLetter) -> bool:
     """Whether the letter keeps only the start of the body that came."""
     return letter.reason.endswith(CUT_NOTE)
 
+
 # Only these headers are copied into a dead letter: anything else may carry a secret.
 _KEPT_HEADERS = (
     "traceparent",
