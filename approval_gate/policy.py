@@ -8,19 +8,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import cel
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
 from approval_gate.decision_memo import DecisionMemo
 from approval_gate.policy_context import RULE_VARIABLES, policy_context
+from approval_gate.policy_file import Mode, PolicyCase, RuleAction, read_policy_file
 from approval_gate.rule_checks import check_match
 from approval_gate.rule_cost import DataSize, RuleCost, data_size
-from plangate.config import MAX_TTL_SECONDS, Settings
-from plangate.errors import ConfigError, PolicyError, own_words
+from plangate.config import Settings
+from plangate.errors import ConfigError, PolicyError
 from plangate.small_files import read_bytes
 from schemas import Decision, Plan, PlanInvalid, ToolSpec, validate_plan
 from schemas.cel_check import (
@@ -29,90 +27,9 @@ from schemas.cel_check import (
     expression_reads,
 )
 
-Mode = Literal["enforce", "shadow"]
-RuleAction = Literal["approve", "deny", "hold"]
-MAX_MATCH_CHARS = 2000
 NO_MATCH_REASON = "no rule matched; held for a person"
 _PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}
 Outcome = tuple[RuleAction, str | None, str]  # action, rule, reason
-
-
-class RuleSpec(BaseModel):
-    """One rule as written in the policy file."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    match: str = Field(min_length=1, max_length=MAX_MATCH_CHARS)
-    action: RuleAction
-    reason: str = Field(min_length=1, max_length=1000)
-    requires_role: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    # A year at most: past `timedelta`'s range the gate failed on the plan, which stayed
-    # `proposed` (and a hold of centuries is no hold, only one nobody decides).
-    hold_ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
-    preview: bool = False
-    # Four eyes: how many distinct reviewers (with `requires_role`) must approve the plan, and
-    # whether the goal's submitter is barred from being one of them.
-    approvals: int = Field(default=1, ge=1, le=10)
-    approver_not_submitter: bool = False
-
-    @model_validator(mode="after")
-    def _people_need_a_hold(self) -> RuleSpec:
-        # What a rule asks of people means nothing where no person decides: a `requires_role`
-        # on an approve rule read as a guard, yet its plans ran unattended.
-        asked = [
-            name
-            for name, given in (
-                ("requires_role", self.requires_role is not None),
-                ("hold_ttl_seconds", self.hold_ttl_seconds is not None),
-                ("preview", self.preview),
-                ("approvals", self.approvals > 1),
-                ("approver_not_submitter", self.approver_not_submitter),
-            )
-            if given
-        ]
-        if asked and self.action != "hold":
-            raise ValueError(
-                f"{', '.join(asked)} {'apply' if len(asked) > 1 else 'applies'} to hold rules "
-                f"only (no person decides what this rule does: {self.action}); make the action "
-                "hold, or remove it"
-            )
-        return self
-
-
-class PolicyCase(BaseModel):
-    """One test in a policy file's `tests:`: a plan (or its steps) and the expected decision.
-
-    `plangate policy test FILE` runs them all, so a policy change that breaks one fails CI.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    name: str = Field(min_length=1, max_length=200)
-    plan: dict[str, Any]
-    expect: RuleAction
-    goal: str = ""
-    metadata: dict[str, str] = Field(default_factory=dict)
-
-
-class PolicyFile(BaseModel):
-    """The structure of a policy file: a mode, ordered rules with unique names, and tests."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    mode: Mode = "enforce"
-    rules: list[RuleSpec] = Field(min_length=1)
-    tests: list[PolicyCase] = Field(default_factory=list)
-
-    @field_validator("rules")
-    @classmethod
-    def _names_are_unique(cls, rules: list[RuleSpec]) -> list[RuleSpec]:
-        names = [rule.name for rule in rules]
-        for index, name in enumerate(names):
-            if name in names[:index]:
-                message = "the rule name '{name}' is used twice; names must be unique"
-                raise PydanticCustomError("duplicate_name", message, {"name": name, "index": index})
-        return rules
 
 
 class HistoryReader(Protocol):
@@ -170,7 +87,7 @@ class Policy:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> Policy:
         """Load and compile a policy from the bytes of a YAML file; PolicyError if it is wrong."""
-        spec, lines = _parse(data, source)
+        spec, lines = read_policy_file(data, source)
         rules = []
         for rule, line in zip(spec.rules, lines, strict=True):
             check_match(rule.match, rule.name, line, source)
@@ -321,76 +238,3 @@ def _held(subject: str, outcome: object) -> str:
         problem = f"it returned {type(outcome).__name__}, not a bool"
     problem = " ".join(problem.split())[:300]  # a reason is read by a person, not a parser
     return f"{subject} could not be evaluated ({problem}); held for a person"
-
-
-def _parse(data: bytes, source: str) -> tuple[PolicyFile, list[int]]:
-    """Validate the file; return it and the line of each rule."""
-    try:
-        text = data.decode("utf-8")
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
-    except UnicodeDecodeError as exc:
-        raise PolicyError(f"{source} is not UTF-8 text") from exc
-    except RecursionError as exc:  # PyYAML recurses once per level of nesting
-        raise PolicyError(f"{source} nests too deep to be a policy") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)  # most YAML errors say where they are
-        problem = f"{source} is not valid YAML: {getattr(exc, 'problem', None) or exc}"
-        raise PolicyError(problem, line=mark.line + 1 if mark else None) from exc
-    if not isinstance(root, yaml.MappingNode) or not isinstance(raw, dict):
-        raise PolicyError(f"{source} must be a YAML mapping with `mode` and `rules`", line=1)
-    try:
-        _refuse_repeated_keys(root, source)
-    except RecursionError as exc:
-        raise PolicyError(f"{source} nests too deep to be a policy") from exc
-    rules = next((value for key, value in root.value if key.value == "rules"), None)
-    nodes = rules.value if isinstance(rules, yaml.SequenceNode) else []
-    lines = [node.start_mark.line + 1 for node in nodes]
-    try:
-        return PolicyFile.model_validate(raw), lines
-    except ValidationError as exc:
-        raise _explain(exc, raw, lines, source) from exc
-
-
-def _refuse_repeated_keys(node: yaml.Node, source: str, met: set[int] | None = None) -> None:
-    # YAML lets a later key silently replace an earlier one: a second `match:` would hide the first.
-    met = set() if met is None else met
-    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
-        if id(node) in met:
-            # An alias (`*a`) is the same node again: nine of them nested made a file of 600
-            # bytes that every reader walked for minutes (the gate, at each reload).
-            problem = f"{source} repeats a value through a YAML alias (*name); write it out"
-            raise PolicyError(problem, line=node.start_mark.line + 1)
-        met.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.value in seen:
-                problem = f"the key {key.value!r} appears twice (in {source})"
-                raise PolicyError(problem, line=key.start_mark.line + 1)
-            seen.add(key.value)
-            _refuse_repeated_keys(value, source, met)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _refuse_repeated_keys(item, source, met)
-
-
-def _explain(exc: ValidationError, raw: Any, lines: list[int], source: str) -> PolicyError:
-    """Turn pydantic's errors into one PolicyError naming the first bad rule and its line."""
-    errors = exc.errors()
-    loc = errors[0]["loc"]
-    index = loc[1] if len(loc) > 1 and loc[0] == "rules" else errors[0].get("ctx", {}).get("index")
-    rule_name, line = None, None
-    if isinstance(index, int) and index < len(lines):
-        rule = raw["rules"][index]
-        name = rule.get("name") if isinstance(rule, dict) else None
-        rule_name = str(name) if name else f"#{index + 1}"
-        line = lines[index]
-    problems = []
-    for error in (e for e in errors if e["loc"][:2] == loc[:2]):  # one rule at a time
-        about_one_rule = len(error["loc"]) > 1 or "index" in error.get("ctx", {})
-        in_rule = error["loc"][:1] == ("rules",) and about_one_rule
-        field_name = ".".join(str(part) for part in error["loc"][2 if in_rule else 0 :])
-        said = own_words(error["msg"])
-        problems.append(f"{field_name}: {said}" if field_name else said)
-    return PolicyError(f"{'; '.join(problems)} (in {source})", rule_name, line)

@@ -457,3 +457,16 @@ def test_a_history_call_with_arguments_missing_is_refused_at_load(match: str, sa
     CEL library's on stderr at each decision."""
     with pytest.raises(PolicyError, match=re.escape(said)):
         Policy.from_text("rules:\n" + rule("capped", match))
+
+
+def test_two_tests_of_one_name_are_refused_at_load() -> None:
+    """`policy test` reports each test by its name: two of one name read as one run twice."""
+    text = (
+        "rules:\n" + rule("all", "true") + "tests:\n"
+        "  - {name: pages run, plan: {steps: []}, expect: approve}\n"
+        "  - {name: pages run, plan: {steps: []}, expect: hold}\n"
+    )
+
+    with pytest.raises(PolicyError, match="the test name 'pages run' is used twice") as raised:
+        Policy.from_text(text, source="test.yaml")
+    assert raised.value.rule is None  # not blamed on a rule
