@@ -203,7 +203,7 @@ class Policy:
             return "hold", None, _held("the plan", exc)
         size: DataSize | None = None  # measured only for a rule that grows faster than the plan
         for rule in self.rules:
-            if rule.cost.grows_faster_than_the_plan:
+            if rule.cost.bounded:
                 size = data_size(variables) if size is None else size
                 too_costly = rule.cost.refusal(size)
                 if too_costly is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from approval_gate.history import FUNCTIONS as HISTORY_FUNCTIONS
 from approval_gate.history import window_problems
 from approval_gate.policy_context import RULE_VARIABLES
-from approval_gate.rule_cost import RuleCost
+from approval_gate.rule_cost import RuleCost, regex_problems
 from plangate.errors import PolicyError
 from schemas.cel_check import expression_problems, result_over_empty_values
 
@@ -19,6 +19,7 @@ def check_match(match: str, rule: str, line: int | None, source: str) -> None:
     """Raise PolicyError, naming the rule and its line, if `match` cannot work."""
     problems = expression_problems(match, RULE_VARIABLES, HISTORY_FUNCTIONS)
     problems = problems or window_problems(match)
+    problems = problems or regex_problems(match)
     problems = problems or [p for p in [RuleCost.of(match).load_problem()] if p]
     if problems:
         said = "; ".join(problems)

@@ -1,23 +1,30 @@
 """A bound on the work one rule may do over one plan, so that no plan stalls the gate.
 
-A rule whose cost grows faster than the plan it reads (`schemas.cel_cost`) is not evaluated
-over a plan that would make it do more than `MAX_RULE_WORK` steps: it holds the plan for a
-person instead, as a rule that could not be evaluated does (the gate fails closed). CEL
-evaluates holding the GIL and cannot be interrupted, so the bound is checked before, from
-the number of values the rule could range over; a linear rule is never checked.
+A rule whose work may grow faster than the plan it reads (nested comprehensions, a scan in a
+comprehension's body: `schemas.cel_cost`), or cost more than a step per value (a regex, which
+this CEL runtime compiles at every call), is not evaluated over a plan that would make it do
+more than `MAX_RULE_WORK` steps: it holds the plan for a person instead, as a rule that could
+not be evaluated does (the gate fails closed). CEL evaluates holding the GIL and cannot be
+interrupted, so the bound is checked before, from the number of values the rule could range
+over; a rule of one step per value is never checked.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.cel_cost import Cost, cost_terms, literal_values
+import cel
 
-# Steps of CEL's evaluation a rule may take over one plan: about 0.2 µs each here, so at most
+from schemas.cel_cost import Cost, cost_terms, literal_values, regex_patterns
+
+# Steps of CEL's evaluation a rule may take over one plan: about 0.25 µs each here, so at most
 # about a second of the gate's time. A quadratic rule stays within it up to 2,000 values.
 MAX_RULE_WORK = 4_000_000
+STEP_SECONDS = 0.25e-6
 
 
 @dataclass(frozen=True)
@@ -29,12 +36,12 @@ class RuleCost:
 
     @classmethod
     def of(cls, match: str) -> RuleCost:
-        """Return the cost of a rule's `match`, read from its tokens."""
-        return cls(cost_terms(match), literal_values(match))
+        """Return the cost of a rule's `match`, read from its tokens (its regexes measured)."""
+        return cls(cost_terms(match, regex_steps), literal_values(match))
 
     @property
-    def grows_faster_than_the_plan(self) -> bool:
-        """Whether its work may grow faster than the plan it reads: the rule is then checked."""
+    def bounded(self) -> bool:
+        """Whether its work may exceed a step per value of the plan: it is then checked."""
         return any(t.degree > 1 or (t.degree == 1 and t.constant > 1) for t in self.terms)
 
     def work(self, size: DataSize) -> int:
@@ -52,12 +59,13 @@ class RuleCost:
     def refusal(self, size: DataSize) -> str | None:
         """Return why the rule is not evaluated over data of this size, if it is not."""
         work = self.work(size)
-        if not self.grows_faster_than_the_plan or work <= MAX_RULE_WORK:
+        if not self.bounded or work <= MAX_RULE_WORK:
             return None
         return (
-            f"its nested comprehensions may take up to {work:,} steps over the {size.values} "
-            f"values of this plan it may read, the longest list {size.longest} long (at most "
-            f"{MAX_RULE_WORK:,}, about a second); held for a person rather than evaluated"
+            f"it may take up to {work:,} steps over the {size.values} values of this plan it "
+            f"may read, the longest list {size.longest} long (at most {MAX_RULE_WORK:,}, about "
+            "a second; nested comprehensions, a scan in a comprehension, or a regex called on "
+            "each value cost more than a step a value): held for a person rather than evaluated"
         )
 
     def load_problem(self) -> str | None:
@@ -66,9 +74,9 @@ class RuleCost:
         if work <= MAX_RULE_WORK:
             return None
         return (
-            f"its nested comprehensions may take up to {work:,} steps over its own literal "
-            f"values alone (at most {MAX_RULE_WORK:,}), so it would hold every plan; range over "
-            "fewer values, or nest fewer comprehensions"
+            f"it may take up to {work:,} steps over its own literal values alone (at most "
+            f"{MAX_RULE_WORK:,}), so it would hold every plan; range over fewer values, nest "
+            "fewer comprehensions, or call a simpler regex"
         )
 
 
@@ -94,3 +102,46 @@ def data_size(variables: Mapping[str, Any]) -> DataSize:
             longest = max(longest, len(value))
             pending.extend(value)
     return DataSize(count, longest)
+
+
+@functools.lru_cache(maxsize=256)
+def regex_steps(pattern: str) -> int:
+    """Return what one `matches` call with this literal pattern (its CEL text) costs, in steps.
+
+    Measured once per pattern, as this runtime compiles the pattern at every call: a pattern
+    of counted repetitions over a word class took 16-24 ms a call (a gate held a minute over one
+    plan's recipients), a plain one 50 µs. A pattern it refuses costs a step here: it is
+    refused when the policy loads (`regex_problems`).
+    """
+    try:
+        program = cel.compile(f'"".matches({pattern})')
+        took = []
+        for _ in range(2):
+            started = time.perf_counter()
+            program.execute({})
+            took.append(time.perf_counter() - started)
+    except Exception:  # refused when the policy loads, with the runtime's words
+        return 1
+    return max(1, round(min(took) / STEP_SECONDS))
+
+
+def regex_problems(match: str) -> list[str]:
+    """Return what is wrong with the regexes a rule calls.
+
+    A pattern made from what the rule reads lets the plan choose what matches, and how long
+    each call takes; one this runtime refuses held every plan the rule met.
+    """
+    problems = []
+    for pattern in regex_patterns(match).values():
+        if pattern is None:
+            problems.append(
+                "matches() is given a pattern made from what the rule reads: the plan would "
+                "choose what matches, and what each call costs; write the pattern in the rule"
+            )
+            continue
+        try:
+            cel.compile(f'"".matches({pattern})').execute({})
+        except Exception as exc:  # the runtime's words: which regex, and where it breaks
+            said = " ".join(str(exc).split())[:300]
+            problems.append(f"the pattern {pattern} is not a regex this runtime takes ({said})")
+    return problems

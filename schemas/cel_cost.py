@@ -11,12 +11,14 @@ size, so the gate bounds the work instead, by the degree this module reads from 
 The reading errs toward more: a comprehension nested in another counts once more unless it
 ranges over a part of the item its enclosing comprehension binds (`s.args.to.exists(r, ...)`
 inside `plan.steps.exists(s, ...)`: each value is still visited once), and a body counts once
-more if it reads a variable (`x in plan.steps`) or scans an enclosing comprehension's item
-(`x in s.args.to`). Reading an enclosing item's fields, or comparing it, counts as one value.
+more if it scans a variable (`x in plan.steps`) or an enclosing comprehension's item (`x in
+s.args.to`). Reading a value's fields, indexing it or comparing it counts as one step. A regex
+(`matches`) counts as what its pattern costs to compile, which this runtime does at each call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas.cel_check import cel_tokens
@@ -32,7 +34,8 @@ class _Comprehension:
     # What it and the comprehensions it is in range over, each a factor of its work: the data
     # (None: any value of the plan) or a literal list of so many values.
     factors: tuple[int | None, ...]
-    reads_other: bool = False  # its body names a value beyond its own item
+    reads_other: bool = False  # its body scans a value beyond its own item
+    call_steps: int = 1  # what one pass of its body costs beyond a step: a regex it calls
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,15 @@ class Cost:
     constant: int
 
 
-def cost_terms(source: str) -> frozenset[Cost]:
-    """Return a term per comprehension; the expression's work is at most the largest of them."""
+def cost_terms(source: str, regex_steps: Callable[[str], int] | None = None) -> frozenset[Cost]:
+    """Return a term per comprehension; the expression's work is at most the largest of them.
+
+    `regex_steps` says what one `matches` call with a literal pattern (its CEL text) costs, in
+    steps: this runtime compiles the pattern at every call, and one pattern took 24 ms.
+    """
     tokens = cel_tokens(source)
+    regex_calls = regex_patterns(source)  # where each `.matches(` is, and its pattern
+    outside = Cost(0, 0)
     opened: list[_Comprehension | None] = []  # per open bracket: the comprehension it opened
     inside: list[_Comprehension] = []
     every: list[_Comprehension] = []
@@ -54,6 +63,13 @@ def cost_terms(source: str) -> frozenset[Cost]:
     for at, (kind, text) in enumerate(tokens):
         if kind == "name" and inside and _reads_beyond_its_item(tokens, at, inside):
             reads.append((at, inside[-1]))
+        if at in regex_calls and regex_steps is not None:
+            pattern = regex_calls[at]
+            steps = regex_steps(pattern) if pattern is not None else 1
+            if inside:
+                inside[-1].call_steps = max(inside[-1].call_steps, steps)
+            else:
+                outside = Cost(0, outside.constant + steps)
         if kind != "punct":
             continue
         if text in "([{":
@@ -77,7 +93,24 @@ def cost_terms(source: str) -> frozenset[Cost]:
     for at, comprehension in reads:
         if at not in receivers:
             comprehension.reads_other = True
-    return frozenset(_cost(c.factors + ((None,) if c.reads_other else ())) for c in every)
+    terms = {_cost(c.factors + ((None,) if c.reads_other else ()), c.call_steps) for c in every}
+    return frozenset(terms | ({outside} if outside.constant else set()))
+
+
+def regex_patterns(source: str) -> dict[int, str | None]:
+    """Return each `.matches(` call by the place of its name, with its pattern's CEL text.
+
+    None for a pattern that is no plain literal: built when it runs, from what it reads.
+    """
+    tokens = cel_tokens(source)
+    calls: dict[int, str | None] = {}
+    for at, (kind, text) in enumerate(tokens):
+        if kind != "name" or text != "matches" or at < 1 or tokens[at - 1] != ("punct", "."):
+            continue
+        argument = tokens[at + 2 : at + 4]
+        literal = len(argument) == 2 and argument[0][0] == "string" and argument[1][1] == ")"
+        calls[at] = argument[0][1] if literal else None
+    return calls
 
 
 def _reads_beyond_its_item(
@@ -87,12 +120,12 @@ def _reads_beyond_its_item(
     name = tokens[at][1]
     if name in _NOT_VALUES or name == inside[-1].item or not _is_value(tokens, at):
         return False
+    # Compared, indexed or its fields read, a value is one step; scanned (`x in plan.steps`,
+    # `x in s.args.to`), it is a list no longer than the longest.
+    if at < 1 or tokens[at - 1] != ("name", "in"):
+        return False
     bound = next((c for c in reversed(inside) if c.item == name), None)
-    if bound is None:
-        return True  # a variable: the plan, the goal, the tools
-    # An enclosing comprehension's item: compared or its fields read, it is one value, and
-    # scanned (`x in s.args.to`) a list no longer than the longest.
-    return at >= 1 and tokens[at - 1] == ("name", "in") and bound.factors[-1:] == (None,)
+    return bound is None or bound.factors[-1:] == (None,)  # a variable, or an item of data
 
 
 def literal_values(source: str) -> int:
@@ -100,8 +133,8 @@ def literal_values(source: str) -> int:
     return sum(1 for kind, _ in cel_tokens(source) if kind in ("string", "number"))
 
 
-def _cost(factors: tuple[int | None, ...]) -> Cost:
-    constant = 1
+def _cost(factors: tuple[int | None, ...], call_steps: int = 1) -> Cost:
+    constant = call_steps
     for factor in factors:
         constant *= 1 if factor is None else max(factor, 1)
     return Cost(sum(1 for factor in factors if factor is None), constant)

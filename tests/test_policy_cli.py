@@ -125,7 +125,7 @@ def test_check_json_lists_roles_and_ttls(plangate: Run, tmp_path: Path) -> None:
             "line": 2,
             "requires_role": "finance",
             "hold_ttl_seconds": 3600,
-            "grows_faster_than_the_plan": False,
+            "work_bounded": False,
         }
     ]
 
@@ -373,5 +373,5 @@ def test_check_names_a_rule_whose_work_grows_faster_than_the_plan(
     body = json.loads(plangate("policy", "check", path, "--json").stdout)
 
     assert text.returncode == 0, text.stderr
-    assert "note: rule 'a-recipient-twice' (line 2) nests comprehensions" in text.stdout
-    assert body["rules"][0]["grows_faster_than_the_plan"] is True
+    assert "note: rule 'a-recipient-twice' (line 2) may cost more than a step" in text.stdout
+    assert body["rules"][0]["work_bounded"] is True

@@ -34,7 +34,7 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
                 "line": rule.line,
                 "requires_role": rule.requires_role,
                 "hold_ttl_seconds": rule.hold_ttl_seconds,
-                "grows_faster_than_the_plan": rule.cost.grows_faster_than_the_plan,
+                "work_bounded": rule.cost.bounded,
             }
             for rule in policy.rules
         ]
@@ -45,12 +45,12 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
         f"{file}: {len(policy.rules)} rules compile; mode {policy.mode}, version {policy.version}"
     )
     for rule in policy.rules:
-        if rule.cost.grows_faster_than_the_plan:
+        if rule.cost.bounded:
             typer.echo(
                 printable_line(
-                    f"note: rule {rule.name!r} (line {rule.line}) nests comprehensions, so its "
-                    "work grows faster than the plan; a plan too large for it is held for a "
-                    "person, not evaluated"
+                    f"note: rule {rule.name!r} (line {rule.line}) may cost more than a step "
+                    "per value of a plan (nested comprehensions, a scan, or a regex compiled "
+                    "at each call); a plan too large for it is held for a person, not evaluated"
                 )
             )
 
