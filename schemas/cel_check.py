@@ -189,6 +189,9 @@ def comprehension_problems(source: str, variables: Collection[str]) -> list[str]
         after_dot = at >= 1 and tokens[at - 1] == ("punct", ".")
         if kind == "name" and inside and text in variables and not after_dot:
             problems.append(f"{inside[-1]}() reads {text} in its body")
+        if kind == "name" and inside and text == "matches" and after_dot:
+            # This runtime compiles a pattern at each call (one took 24 ms): once per item.
+            problems.append(f"{inside[-1]}() calls matches() in its body")
         if kind != "punct":
             continue
         if text in "([{":

@@ -13,6 +13,7 @@ from typing import Any
 from jsonschema.protocols import Validator
 
 from schemas.cel_check import ANY, MapOf, Shape, comprehension_problems, expression_problems
+from schemas.cel_cost import regex_patterns
 from schemas.errors import PlanInvalid, PlanProblem
 from schemas.hashing import canonical_json
 from schemas.instance_memo import InstanceMemo
@@ -116,11 +117,16 @@ def _condition_problems(when: str) -> tuple[str, ...]:
         return (f"`when` is not valid CEL: {'; '.join(problems)}",)
     if not steps_in_condition(when) and "steps" in when:
         return ("`when` must read outputs as steps.<id>",)
+    if None in regex_patterns(when).values():
+        return (
+            "`when` may call matches() only with a pattern written in it: one made from an "
+            "output lets that output choose what matches, and what the call costs",
+        )
     costly = comprehension_problems(when, CONDITION_VARIABLES)
     if costly:
         return (
             f"`when` would cost more than the outputs it reads ({'; '.join(costly)}): "
-            "a comprehension may read only its own item, and hold no other",
+            "a comprehension may read only its own item, hold no other, and call no regex",
         )
     return ()
 

@@ -442,3 +442,24 @@ def test_a_when_whose_cost_would_multiply_is_refused_before_anyone_approves_it(
 )
 def test_a_when_that_ranges_over_one_output_at_a_time_is_accepted(when: str) -> None:
     validate_plan(seed_plan(when=when), seed_catalog())  # raises PlanInvalid if refused
+
+
+def test_a_when_calling_a_regex_on_each_item_of_an_output_is_refused() -> None:
+    """This runtime compiles a pattern at every call (24 ms for one): over an output of
+    thousands of items, one condition would hold the executor, GIL and all, for a minute."""
+    when = 'steps.count.output.exists(t, t.matches("^[\\\\w.+-]{1,64}@"))'
+    problem = the_problem(seed_plan(when=when), "bad_condition")
+
+    assert_names_step(problem, "notify")
+    assert "exists() calls matches() in its body" in problem.message
+
+
+def test_a_when_whose_regex_pattern_comes_from_an_output_is_refused() -> None:
+    when = "string(steps.count.output).matches(string(steps.sla.output))"
+    problem = the_problem(seed_plan(when=when), "bad_condition")
+
+    assert "only with a pattern written in it" in problem.message
+
+
+def test_a_when_calling_a_written_regex_once_is_accepted() -> None:
+    validate_plan(seed_plan(when='string(steps.count.output).matches("^[0-9]+$")'), seed_catalog())
