@@ -23,7 +23,7 @@ from plangate import metrics
 from plangate.bus import Envelope
 from plangate.errors import Conflict
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
-from plangate.store.goals import latest_plan, transition
+from plangate.store.goals import goal_status, latest_plan, transition
 from plangate.store.outbox import emit
 from schemas import Decision, PlanDecided
 
@@ -69,7 +69,10 @@ def expire_held(
 def _expire_if_due(
     session: Session, goal_id: str, now: datetime, default: timedelta
 ) -> Envelope | None:
-    goal = session.get(GoalRow, goal_id)
+    # Locked first, as a person's decision locks it: each waited on the other's decision row
+    # (inserted before the goal was locked here), and PostgreSQL broke the deadlock by failing
+    # the person's approval.
+    goal = goal_status(session, goal_id, lock=True)
     plan = latest_plan(session, goal_id)
     if goal is None or goal.status != "held" or plan is None:
         return None
@@ -97,7 +100,14 @@ def _expire_if_due(
         "policy_version": held_by.policy_version,
     }
     transition(
-        session, goal_id, "expired", by="gate", actor="gate", reason=decision.reason, data=data
+        session,
+        goal_id,
+        "expired",
+        by="gate",
+        actor="gate",
+        reason=decision.reason,
+        data=data,
+        current=goal.status,
     )
     log.info("plan %s of goal %s expired after %s", plan.plan_id, goal_id, ttl)
     metrics.APPROVALS_EXPIRED.inc()

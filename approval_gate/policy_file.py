@@ -91,28 +91,29 @@ class PolicyFile(BaseModel):
     @field_validator("rules")
     @classmethod
     def _rule_names_are_unique(cls, rules: list[RuleSpec]) -> list[RuleSpec]:
-        twice = _repeated([rule.name for rule in rules])
-        if twice is not None:
-            message = "the rule name '{name}' is used twice; names must be unique"
-            raise PydanticCustomError(
-                "duplicate_name", message, {"name": rules[twice].name, "index": twice}
-            )
+        _refuse_a_name_twice([rule.name for rule in rules], "rule", blame_the_rule=True)
         return rules
 
     @field_validator("tests")
     @classmethod
     def _test_names_are_unique(cls, tests: list[PolicyCase]) -> list[PolicyCase]:
         # `policy test` reports each by its name: two of one name read as one that ran twice.
-        twice = _repeated([test.name for test in tests])
-        if twice is not None:
-            message = "the test name '{name}' is used twice; names must be unique"
-            raise PydanticCustomError("duplicate_name", message, {"name": tests[twice].name})
+        _refuse_a_name_twice([test.name for test in tests], "test", blame_the_rule=False)
         return tests
 
 
-def _repeated(names: list[str]) -> int | None:
-    """Return where a name first repeats one before it, if one does."""
-    return next((at for at, name in enumerate(names) if name in names[:at]), None)
+def _refuse_a_name_twice(names: list[str], kind: str, *, blame_the_rule: bool) -> None:
+    """Raise pydantic's error for the first name that repeats one before it (if one does).
+
+    Its `index` names the rule (and so its line) in the error; a test is no rule to blame.
+    """
+    twice = next((at for at, name in enumerate(names) if name in names[:at]), None)
+    if twice is not None:
+        context: dict[str, object] = {"name": names[twice]}
+        if blame_the_rule:
+            context["index"] = twice
+        message = f"the {kind} name '{{name}}' is used twice; names must be unique"
+        raise PydanticCustomError("duplicate_name", message, context)
 
 
 def read_policy_file(data: bytes, source: str) -> tuple[PolicyFile, list[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,10 +15,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import pytest
 import yaml
 from sqlalchemy import select
 
-from plangate.bus import Envelope, Observer
+from plangate.bus import Bus, Envelope, Observer
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
@@ -313,3 +315,20 @@ def serving_with_reviewers(
         assert parts.hostname is not None
         assert parts.port is not None
         yield parts.hostname, parts.port, client
+
+
+def first_consume_failure(bus: Bus, caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    """Run a planner consume loop on `bus` until it logs its first failure; return that line.
+
+    The bus is closed after.
+    """
+    consumer = bus.stage_consumer("planner", lambda message, delivery: [])
+    stop = threading.Event()
+    worker = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
+    with caplog.at_level(logging.ERROR, logger="plangate.bus.reconnect"):
+        worker.start()
+        eventually(lambda: caplog.records, 10, "the loop's first failure")
+        stop.set()
+        worker.join(10)
+    bus.close()
+    return caplog.records[0]

@@ -10,9 +10,7 @@ fix; a goal stays stored and is sent once a worker can publish it.
 from __future__ import annotations
 
 import json
-import logging
 import shlex
-import threading
 from pathlib import Path
 from uuid import uuid4
 
@@ -23,7 +21,7 @@ from plangate.bus import Bus
 from plangate.config import Settings
 from plangate.readiness import broker_problem
 from tests.servers import rabbitmqctl
-from tests.support import eventually, plangate_in, running_pipeline
+from tests.support import first_consume_failure, plangate_in, running_pipeline
 
 pytestmark = pytest.mark.rabbitmq
 REPO = Path(__file__).resolve().parents[1]
@@ -101,19 +99,9 @@ def test_a_worker_facing_a_queue_declared_otherwise_logs_what_to_fix_and_keeps_t
     """It logged "failed (not a broker outage)" with the refusal's traceback, again and again."""
     space = namespace()
     quorum_planner_queue(rabbitmq_url, space)
-    bus = Bus(rabbitmq_url, namespace=space)
-    consumer = bus.stage_consumer("planner", lambda message, delivery: [])
-    stop = threading.Event()
-    worker = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
 
-    with caplog.at_level(logging.ERROR, logger="plangate.bus.reconnect"):
-        worker.start()
-        eventually(lambda: caplog.records, 10, "the loop's first failure")
-        stop.set()
-        worker.join(10)
-    bus.close()
+    record = first_consume_failure(Bus(rabbitmq_url, namespace=space), caplog)
 
-    record = caplog.records[0]
     assert "the broker refuses its settings" in record.getMessage()
     assert "declared with other arguments" in record.getMessage()
     assert record.exc_info is None

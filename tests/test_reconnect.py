@@ -20,7 +20,7 @@ from kombu.connection import Connection
 from plangate.bus import Bus, Delivery, Envelope, StageConsumer
 from plangate.config import Settings
 from schemas import GoalSubmitted, Message
-from tests.support import eventually
+from tests.support import first_consume_failure
 
 
 class RecordingStop(threading.Event):
@@ -170,18 +170,9 @@ def test_a_redis_database_the_server_lacks_is_said_in_one_line_not_as_a_fault(
     to check, with no traceback (it logged "failed (not a broker outage)" and a traceback,
     again and again)."""
     bus = Bus(redis_url.rsplit("/", 1)[0] + "/99", f"t{uuid4().hex[:10]}")
-    consumer = bus.stage_consumer("planner", lambda message, delivery: [])
-    stop = threading.Event()
-    worker = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
 
-    with caplog.at_level(logging.ERROR, logger="plangate.bus.reconnect"):
-        worker.start()
-        eventually(lambda: caplog.records, 10, "the loop's first failure")
-        stop.set()
-        worker.join(10)
-    bus.close()
+    record = first_consume_failure(bus, caplog)
 
-    record = caplog.records[0]
     assert "the broker refuses its settings (DB index is out of range)" in record.getMessage()
     assert "check PLANGATE_BROKER_URL" in record.getMessage()
     assert record.exc_info is None

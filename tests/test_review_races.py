@@ -11,16 +11,19 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import approval_gate.review
+from approval_gate.expiry import expire_held
 from plangate.cancellation import cancel_goal
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict
+from schemas import utcnow
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, eventually, only_plan, running_pipeline, write_yaml
 
@@ -162,3 +165,26 @@ def test_an_approval_racing_a_cancel_is_one_or_the_other_never_a_crash(
         eventually(lambda: cancelled, what="the cancel to be answered")
         final = pipeline.wait_for(goal_id, {"cancelled", "completed"}, timeout=10)
     assert final.status in ("cancelled", "completed")
+
+
+def test_an_approval_racing_the_hold_expiring_is_one_or_the_other_never_a_deadlock(
+    database_settings: Settings, tmp_path: Path, paused_after_counting: Callable[..., None]
+) -> None:
+    """The expiry sweep inserted its decision before it locked the goal, and the approval
+    locked the goal before its decision: on PostgreSQL each waited on the other, and the
+    server broke the deadlock by failing the person's approval (a 500)."""
+    policy = write_yaml(tmp_path / "policy.yaml", ONE_PERSON)
+    with running_pipeline(database_settings, policy_file=policy) as pipeline:
+        goal_id, plan_id = held_plan(pipeline)
+        expired: list[object] = []
+        later = utcnow() + timedelta(days=400)
+        paused_after_counting(
+            lambda: expired.append(expire_held(pipeline.store, later, goal_ids=[goal_id]))
+        )
+
+        with contextlib.suppress(Conflict):  # if the expiry came first: a refusal
+            pipeline.approve(plan_id, "alice")
+
+        eventually(lambda: expired, what="the expiry sweep to end")
+        final = pipeline.wait_for(goal_id, {"expired", "completed"}, timeout=10)
+    assert final.status in ("expired", "completed")
