@@ -72,10 +72,11 @@ def _expire_if_due(
     # Locked first, as a person's decision locks it: each waited on the other's decision row
     # (inserted before the goal was locked here), and PostgreSQL broke the deadlock by failing
     # the person's approval.
-    goal = goal_status(session, goal_id, lock=True)
+    locked = goal_status(session, goal_id, lock=True)
     plan = latest_plan(session, goal_id)
-    if goal is None or goal.status != "held" or plan is None:
+    if locked is None or locked.status != "held" or plan is None:
         return None
+    goal = session.get_one(GoalRow, goal_id)
     held_by = _policy_decision(session, plan)
     if held_by is None:
         return None
@@ -107,7 +108,7 @@ def _expire_if_due(
         actor="gate",
         reason=decision.reason,
         data=data,
-        current=goal.status,
+        current=locked.status,
     )
     log.info("plan %s of goal %s expired after %s", plan.plan_id, goal_id, ttl)
     metrics.APPROVALS_EXPIRED.inc()
