@@ -16,7 +16,7 @@ from approval_gate.decision_memo import DecisionMemo
 from approval_gate.policy_context import RULE_VARIABLES, policy_context
 from approval_gate.policy_file import Mode, PolicyCase, RuleAction, read_policy_file
 from approval_gate.rule_checks import check_match
-from approval_gate.rule_cost import DataSize, RuleCost, data_size
+from approval_gate.rule_cost import RuleCost
 from plangate.config import Settings
 from plangate.errors import ConfigError, PolicyError
 from plangate.small_files import read_bytes
@@ -26,6 +26,7 @@ from schemas.cel_check import (
     compiled,
     expression_reads,
 )
+from schemas.cel_cost import DataSize, data_size
 
 NO_MATCH_REASON = "no rule matched; held for a person"
 _PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}

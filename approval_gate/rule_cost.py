@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import cel
 
-from schemas.cel_cost import Cost, cost_terms, literal_values, regex_patterns
+from schemas.cel_cost import (
+    COPY_STEPS,
+    MAX_WORK,
+    Cost,
+    DataSize,
+    cost_terms,
+    literal_values,
+    regex_patterns,
+)
 
-# Steps of CEL's evaluation a rule may take over one plan: about 0.25 µs each here, so at most
-# about a second of the gate's time. A quadratic rule stays within it up to 2,000 values.
-MAX_RULE_WORK = 4_000_000
+# Steps of CEL's evaluation a rule may take over one plan (`schemas.cel_cost.MAX_WORK`): at
+# about 0.25 µs each, about a second of the gate's time.
+MAX_RULE_WORK = MAX_WORK
 STEP_SECONDS = 0.25e-6
 
 
@@ -42,7 +48,9 @@ class RuleCost:
     @property
     def bounded(self) -> bool:
         """Whether its work may exceed a step per value of the plan: it is then checked."""
-        return any(t.degree > 1 or (t.degree == 1 and t.constant > 1) for t in self.terms)
+        return any(
+            t.degree > 1 or (t.degree == 1 and t.constant > 1) or t.copies for t in self.terms
+        )
 
     def work(self, size: DataSize) -> int:
         """Return the most steps the rule may take over data of this size.
@@ -52,9 +60,15 @@ class RuleCost:
         once, so the first factor is at most every value.
         """
         values, longest = size.values + self.literals, size.longest + self.literals
-        terms = (t.constant * values * longest ** (t.degree - 1) for t in self.terms if t.degree)
-        constants = (t.constant for t in self.terms if not t.degree)
-        return max((*terms, *constants), default=0)
+        return max((self._term_work(t, values, longest) for t in self.terms), default=0)
+
+    @staticmethod
+    def _term_work(term: Cost, values: int, longest: int) -> int:
+        work = (
+            term.constant * values * longest ** (term.degree - 1) if term.degree else term.constant
+        )
+        # A `map` or `filter` copies its result so far at each item: up to the longest list.
+        return round(work * longest * COPY_STEPS) if term.copies else work
 
     def refusal(self, size: DataSize) -> str | None:
         """Return why the rule is not evaluated over data of this size, if it is not."""
@@ -64,7 +78,7 @@ class RuleCost:
         return (
             f"it may take up to {work:,} steps over the {size.values} values of this plan it "
             f"may read, the longest list {size.longest} long (at most {MAX_RULE_WORK:,}, about "
-            "a second; nested comprehensions, a scan in a comprehension, or a regex called on "
+            "a second; nested comprehensions, a scan, a map or filter, or a regex called on "
             "each value cost more than a step a value): held for a person rather than evaluated"
         )
 
@@ -78,30 +92,6 @@ class RuleCost:
             f"{MAX_RULE_WORK:,}), so it would hold every plan; range over fewer values, nest "
             "fewer comprehensions, or call a simpler regex"
         )
-
-
-@dataclass(frozen=True)
-class DataSize:
-    """How many values the variables hold, and the most items one list or map of them holds."""
-
-    values: int
-    longest: int
-
-
-def data_size(variables: Mapping[str, Any]) -> DataSize:
-    """Return the size of the variables handed to the rules."""
-    count, longest = 0, 0
-    pending: list[Any] = list(variables.values())
-    while pending:
-        value = pending.pop()
-        count += 1
-        if isinstance(value, Mapping):
-            longest = max(longest, len(value))
-            pending.extend(value.values())
-        elif isinstance(value, list | tuple):
-            longest = max(longest, len(value))
-            pending.extend(value)
-    return DataSize(count, longest)
 
 
 @functools.lru_cache(maxsize=256)

@@ -26,6 +26,7 @@ from plangate.redaction import redact_json
 from plangate.tools import Tool, ToolContext
 from schemas import Plan, Step
 from schemas.cel_check import compiled
+from schemas.cel_cost import condition_too_costly
 from schemas.hashing import sha256_hex
 from schemas.references import UnresolvedReference, data_sources, dependencies, resolve
 
@@ -48,10 +49,8 @@ class StepOutcome:
 
 DEFAULT_TOOL_TIMEOUT = 60.0
 _TOOL_THREADS = ToolThreads()
-OUTPUT_NOT_KEPT = "its output was not kept"
-"""In a succeeded step's note: its output was over the limit (steps reading it fail)."""
-CANCELLED = "not run: goal cancelled"
-"""Why a step was skipped: an operator cancelled its goal before it started."""
+OUTPUT_NOT_KEPT = "its output was not kept"  # in a succeeded step's note: it was over the limit
+CANCELLED = "not run: goal cancelled"  # why a step was skipped: its goal was cancelled first
 
 
 def idempotency_key(plan_hash: str, step_id: str) -> str:
@@ -272,6 +271,8 @@ class DagWalk:
         view = {
             "steps": {k: {"output": v.output, "status": v.status} for k, v in self.outcomes.items()}
         }
+        if (too_costly := condition_too_costly(step.when, view)) is not None:
+            return StepOutcome(step.id, step.tool, "failed", error=too_costly)
         try:
             verdict = compiled(step.when).execute(view)
         except Exception as exc:  # e.g. KeyError for a field the output lacks: the step fails

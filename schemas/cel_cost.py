@@ -18,11 +18,17 @@ s.args.to`). Reading a value's fields, indexing it or comparing it counts as one
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.cel_check import cel_tokens
 
+# Steps of CEL's evaluation one expression may take over what it reads (about a second here);
+# copying one item of a `map` or `filter` result costs about a tenth of a step (a `filter`
+# over 8,000 items took 1.5 s).
+MAX_WORK = 4_000_000
+COPY_STEPS = 0.1
 _MACROS = frozenset({"exists", "all", "exists_one", "map", "filter"})
 _NOT_VALUES = frozenset({"true", "false", "null", "in", "has"})
 _CLOSING = {")": "(", "]": "[", "}": "{"}
@@ -36,14 +42,20 @@ class _Comprehension:
     factors: tuple[int | None, ...]
     reads_other: bool = False  # its body scans a value beyond its own item
     call_steps: int = 1  # what one pass of its body costs beyond a step: a regex it calls
+    copies: bool = False  # a `map` or `filter`: this runtime copies its result at each item
 
 
 @dataclass(frozen=True)
 class Cost:
-    """A comprehension's most work: `constant` times the power `degree` of the data's size."""
+    """A comprehension's most work: `constant` times the power `degree` of the data's size.
+
+    `copies`: a `map` or `filter`, which this runtime makes by copying what it has made so
+    far at each item: quadratic in what it ranges over (a list of 20,000 took 17 s).
+    """
 
     degree: int
     constant: int
+    copies: bool = False
 
 
 def cost_terms(source: str, regex_steps: Callable[[str], int] | None = None) -> frozenset[Cost]:
@@ -84,7 +96,8 @@ def cost_terms(source: str, regex_steps: Callable[[str], int] | None = None) -> 
                 factors = outer.factors  # a part of the item it is in: each value seen once
             else:
                 factors = (outer.factors if outer else ()) + (literal,)
-            comprehension = _Comprehension(item, factors)
+            copies = tokens[at - 1][1] in ("map", "filter")
+            comprehension = _Comprehension(item, factors, copies=copies)
             opened.append(comprehension)
             inside.append(comprehension)
             every.append(comprehension)
@@ -93,7 +106,9 @@ def cost_terms(source: str, regex_steps: Callable[[str], int] | None = None) -> 
     for at, comprehension in reads:
         if at not in receivers:
             comprehension.reads_other = True
-    terms = {_cost(c.factors + ((None,) if c.reads_other else ()), c.call_steps) for c in every}
+    terms = {
+        _cost(c.factors + ((None,) if c.reads_other else ()), c.call_steps, c.copies) for c in every
+    }
     return frozenset(terms | ({outside} if outside.constant else set()))
 
 
@@ -133,11 +148,11 @@ def literal_values(source: str) -> int:
     return sum(1 for kind, _ in cel_tokens(source) if kind in ("string", "number"))
 
 
-def _cost(factors: tuple[int | None, ...], call_steps: int = 1) -> Cost:
+def _cost(factors: tuple[int | None, ...], call_steps: int = 1, copies: bool = False) -> Cost:
     constant = call_steps
     for factor in factors:
         constant *= 1 if factor is None else max(factor, 1)
-    return Cost(sum(1 for factor in factors if factor is None), constant)
+    return Cost(sum(1 for factor in factors if factor is None), constant, copies)
 
 
 def _macro_opened(tokens: list[tuple[str, str]], at: int) -> str | None:
@@ -222,3 +237,56 @@ def _opening(tokens: list[tuple[str, str]], closing: int) -> int:
             if depth == 0:
                 return at
     return -1
+
+
+@dataclass(frozen=True)
+class DataSize:
+    """How many values the variables hold, and the most items one list or map of them holds."""
+
+    values: int
+    longest: int
+
+
+def data_size(variables: Mapping[str, Any]) -> DataSize:
+    """Return the size of the variables handed to the rules."""
+    count, longest = 0, 0
+    pending: list[Any] = list(variables.values())
+    while pending:
+        value = pending.pop()
+        count += 1
+        if isinstance(value, Mapping):
+            longest = max(longest, len(value))
+            pending.extend(value.values())
+        elif isinstance(value, list | tuple):
+            longest = max(longest, len(value))
+            pending.extend(value)
+    return DataSize(count, longest)
+
+
+def copies_results(source: str) -> bool:
+    """Whether the expression calls `map` or `filter`, which copy their result at each item."""
+    tokens = cel_tokens(source)
+    return any(
+        _macro_opened(tokens, at) is not None and tokens[at - 1][1] in ("map", "filter")
+        for at in range(len(tokens))
+    )
+
+
+def condition_too_costly(condition: str, outputs: Mapping[str, Any]) -> str | None:
+    """Return why a step's condition is not evaluated over these outputs, if it is not.
+
+    Its comprehensions see each value once, but a `map` or `filter` copies what it made so
+    far at each item: over an output of 60,000 items one condition would hold the executor,
+    GIL and all, for a minute.
+    """
+    if not copies_results(condition):
+        return None
+    size = data_size(outputs)
+    work = size.values * size.longest * COPY_STEPS
+    if work <= MAX_WORK:
+        return None
+    return (
+        f"`when` was not evaluated: its map or filter may take up to {round(work):,} steps over "
+        f"outputs of {size.values} values (at most {MAX_WORK:,}); the step fails rather than "
+        "hold the executor"
+    )

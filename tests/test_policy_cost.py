@@ -13,10 +13,10 @@ import re
 import pytest
 
 from approval_gate.policy import Policy
-from approval_gate.rule_cost import MAX_RULE_WORK, DataSize, RuleCost
+from approval_gate.rule_cost import MAX_RULE_WORK, RuleCost
 from plangate.errors import PolicyError
 from schemas import Plan, Step, ToolSpec
-from schemas.cel_cost import Cost, cost_terms
+from schemas.cel_cost import Cost, DataSize, cost_terms
 
 CATALOG = {"mail": ToolSpec(name="mail", effect="write")}
 A_RECIPIENT_TWICE = (
@@ -177,3 +177,20 @@ def test_a_regex_the_plan_chooses_or_the_runtime_refuses_is_refused_at_load(
     said the rule compiled; one built from the plan let the plan choose what matched."""
     with pytest.raises(PolicyError, match=re.escape(said)):
         policy(match)
+
+
+def test_a_filter_is_counted_as_copying_its_result_at_each_item() -> None:
+    """This runtime builds a `map` or `filter` by copying its result so far at each item: a
+    rule filtering 20,000 recipients took 17 s, judged linear and never checked."""
+    match = (
+        'plan.steps.exists(s, has(s.args.to) && s.args.to.filter(r, r.endsWith("@x.com"))'
+        ".size() > 0)"
+    )
+    recipients = [f"person{i}@x.com" for i in range(20_000)]
+
+    decision = policy(match).decide(mail_to(recipients), CATALOG)
+
+    assert RuleCost.of(match).bounded
+    assert (decision.action, decision.rule) == ("hold", "guarded")
+    assert "a map or filter" in decision.reason
+    assert policy(match).decide(mail_to(recipients[:300]), CATALOG).action == "deny"

@@ -1,0 +1,56 @@
+"""A step's condition over a large output is bounded: no output stalls the executor.
+
+This CEL runtime builds a `map` or `filter` by copying what it made so far at each item, so
+over an output of 60,000 items one `when` would hold the executor (GIL and all) for a minute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from plangate.config import Settings
+from plangate.tools import ToolRegistry, tool
+from schemas.cel_cost import condition_too_costly
+from tests.support import running_pipeline, write_playbook, write_yaml
+
+APPROVE_ALL = {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "t"}]}
+
+
+@tool(effect="read")
+def many_numbers() -> list[int]:
+    """Return a long list, as an export of a big table does."""
+    return [1] * 60_000
+
+
+@tool(effect="read")
+def follow_up() -> str:
+    """Run after the list, when the condition lets it."""
+    return "done"
+
+
+def test_a_filter_over_a_huge_output_fails_its_step_at_once_saying_why(
+    settings: Settings, tmp_path: Path
+) -> None:
+    steps = [
+        {"id": "big", "tool": "many_numbers"},
+        {"id": "next", "tool": "follow_up", "when": "size(steps.big.output.filter(t, t > 0)) > 0"},
+    ]
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([many_numbers, follow_up]),
+        playbook_file=write_playbook(tmp_path, "numbers", steps),
+        policy_file=write_yaml(tmp_path / "policy.yaml", APPROVE_ALL),
+    ) as pipeline:
+        goal_id = pipeline.submit("numbers").goal_id
+        goal = pipeline.wait_for(goal_id, timeout=20)
+
+    assert goal.status == "failed"
+    said = goal.status_reason or ""
+    assert "step 'next' failed: `when` was not evaluated: its map or filter may take" in said
+
+
+def test_a_filter_over_an_output_of_the_usual_size_is_evaluated() -> None:
+    outputs = {"steps": {"big": {"output": list(range(500)), "status": "succeeded"}}}
+
+    assert condition_too_costly("size(steps.big.output.filter(t, t > 0)) > 0", outputs) is None
+    assert condition_too_costly("steps.big.output.exists(t, t > 0)", {"steps": {}}) is None
