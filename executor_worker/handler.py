@@ -135,8 +135,7 @@ class ExecutorHandler:
         try:
             return self._run_once(message, approval)
         finally:
-            with self._running_lock:
-                self._running.discard(plan_id)
+            self._no_longer_running(plan_id)
 
     def _run_once(self, message: PlanApproved, approval: Approval) -> Sequence[Envelope]:
         try:
@@ -279,8 +278,15 @@ class ExecutorHandler:
             assert goal is not None  # the run started on it
             outcomes = run.record_last(session)
             envelopes = end_run(session, plan.goal_id, plan.plan_id, goal, outcomes)
+        # Ended (or waiting for a person): a copy from now on, e.g. the resume a settle sends
+        # while the last step is still being announced, is the stored run's to answer.
+        self._no_longer_running(plan.plan_id)
         run.announce_last()
         return envelopes
+
+    def _no_longer_running(self, plan_id: str) -> None:
+        with self._running_lock:
+            self._running.discard(plan_id)
 
     def _step_finished(self, goal_id: str, plan_id: str, outcome: StepOutcome) -> None:
         """Tell observers at once (progress, not a hand-off: the ledger has the record)."""

@@ -19,14 +19,20 @@ KEPT_BYTES = 64 * 1024
 CUT_NOTE = "bytes are kept)"
 
 
+_KEPT_B64 = 4 * -(-KEPT_BYTES // 3)  # the length of KEPT_BYTES in base64
+
+
 def cut_note(kept: int, whole: int) -> str:
     """Return what a reason adds when only `kept` of a body's `whole` bytes are kept."""
     return f" (the first {kept} of {whole} {CUT_NOTE}"
 
 
 def was_cut(letter: DeadLetter) -> bool:
-    """Whether the letter keeps only the start of the body that came."""
-    return letter.reason.endswith(CUT_NOTE)
+    """Whether the letter keeps only the start of the body that came.
+
+    Its body is then exactly `KEPT_BYTES` long too: a reason may quote what a sender wrote.
+    """
+    return letter.reason.endswith(CUT_NOTE) and len(letter.body_b64) == _KEPT_B64
 
 
 # Only these headers are copied into a dead letter: anything else may carry a secret.

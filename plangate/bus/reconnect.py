@@ -55,7 +55,7 @@ def refusal_hint(exc: BaseException) -> str | None:
             "configure, write and read the namespace's exchange and queues (every plangate "
             "process declares them)"
         )
-    if code == 406:  # PRECONDITION_FAILED: declared before, otherwise
+    if code == 406 and "inequivalent arg" in str(exc):  # declared before, otherwise
         return (
             "an exchange or queue of the namespace was declared with other arguments (plangate "
             "declares a durable topic exchange and classic durable queues with none): delete "
@@ -88,9 +88,9 @@ def run_reconnecting(
                 backoff.reset()
             connected.clear()
             delay = backoff.next()
-            if isinstance(exc, outages):
-                log.warning("%s lost the broker (%s); reconnecting in %g s", name, exc, delay)
-            elif (hint := refusal_hint(exc)) is not None:
+            # A refusal first: a virtual host refused is a connection error too, and said as
+            # a lost broker it gave no hint of what to fix.
+            if (hint := refusal_hint(exc)) is not None:
                 log.error(
                     "%s: the broker refuses its settings (%s); %s; trying again in %g s",
                     name,
@@ -98,6 +98,8 @@ def run_reconnecting(
                     hint,
                     delay,
                 )
+            elif isinstance(exc, outages):
+                log.warning("%s lost the broker (%s); reconnecting in %g s", name, exc, delay)
             else:
                 log.error(
                     "%s failed (not a broker outage); restarting in %g s", name, delay, exc_info=exc

@@ -100,11 +100,14 @@ class _ExportTrouble(logging.Handler):
         self.said = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.said:
+        said = " ".join(record.getMessage().split())[:300]
+        if "export" not in said.lower():  # another of the SDK's complaints: said as it is
+            err_console.print(f"[yellow]warning:[/] {escape(said)}", highlight=False)
+        elif not self.said:
             self.said = True
             err_console.print(
                 f"[yellow]warning:[/] the traces were not sent to the collector "
-                f"({escape(record.getMessage())}); check OTEL_EXPORTER_OTLP_ENDPOINT",
+                f"({escape(said)}); check OTEL_EXPORTER_OTLP_ENDPOINT",
                 highlight=False,
             )
 
