@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from plangate import telemetry
+from plangate.config import Settings
 from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
 from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
@@ -426,3 +427,32 @@ def test_a_collector_down_is_one_warning_after_the_outcome(tmp_path: Path) -> No
     assert len(warnings) == 1, done.stderr
     assert warnings[0].startswith("warning: the traces were not sent to the collector")
     assert "check OTEL_EXPORTER_OTLP_ENDPOINT" in warnings[0]
+
+
+def test_serve_traces_no_probe_or_scrape(tmp_path: Path) -> None:
+    """A liveness probe every few seconds made a trace each, once serve recorded requests."""
+    from fastapi.testclient import TestClient
+
+    from plangate.client import Client
+    from plangate.server.app import create_app
+    from plangate.store import open_store
+
+    exporter = InMemorySpanExporter()
+    telemetry.setup_tracing()
+    provider = trace.get_tracer_provider()
+    assert isinstance(provider, TracerProvider)
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'p.db'}", broker_url="memory://")
+    open_store(settings.resolved_database_url()).close()  # made and migrated
+    try:
+        with Client(settings) as client, TestClient(create_app(settings, client=client)) as http:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                http.get(path)
+            http.get("/api/v1/goals/nosuchgoal")
+    finally:
+        processor.shutdown()
+
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert not any(path in name for name in names for path in ("healthz", "readyz", "metrics"))
+    assert any("/api/v1/goals" in name for name in names), names

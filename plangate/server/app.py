@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import ExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -15,7 +15,7 @@ from plangate.client import Client
 from plangate.config import Settings
 from plangate.redaction import register_secret
 from plangate.server import goal_pages, goals, health, pages, reviews
-from plangate.server.api_docs import complete_error_responses, install_api_docs
+from plangate.server.api_docs import ASSETS, complete_error_responses, install_api_docs
 from plangate.server.body_limit import BodyLimit
 from plangate.server.errors import install_handlers
 from plangate.server.head_requests import HeadAsGet
@@ -62,6 +62,10 @@ def create_app(
         redoc_url=None,  # ReDoc comes only from a CDN
         # Starlette's slash redirect builds its Location from the Host header a client sends.
         redirect_slashes=False,
+        # FastAPI's own spans of each request: a goal submitted over HTTP is one trace from
+        # its request. Not of the probes and scrapes (a trace every few seconds), nor of its
+        # dependencies and serialisation (a span each, recorded at full cost).
+        telemetry={"exclude": _probe, "operation_spans": False},
     )
     app.state.settings = settings
     configured = settings.intake_token.get_secret_value() if settings.intake_token else None
@@ -84,6 +88,14 @@ def create_app(
     app.include_router(health.router)
     install_api_docs(app)
     return app
+
+
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _probe(scope: MutableMapping[str, Any]) -> bool:
+    path = str(scope.get("path", ""))
+    return path in _PROBES or path.startswith(ASSETS)
 
 
 class _App(FastAPI):
