@@ -33,8 +33,8 @@ BUILTIN_FUNCTIONS = frozenset(
         "getSeconds", "getMilliseconds",
     }
 )  # fmt: skip
-_MACROS = frozenset({"exists", "all", "exists_one", "map", "filter"})
-_KEYWORDS = frozenset({"true", "false", "null", "in", "has"})
+MACROS = frozenset({"exists", "all", "exists_one", "map", "filter"})
+KEYWORDS = frozenset({"true", "false", "null", "in", "has"})  # names that are no value
 # As CEL reads them: a raw string (r"...") has no escapes, so r"\" ends at its second quote;
 # `//` starts a comment to the end of the line (skipped). Read otherwise, a `)` in a comment
 # or a quote after a raw backslash hid a comprehension from `comprehension_problems`.
@@ -196,7 +196,7 @@ def comprehension_problems(source: str, variables: Collection[str]) -> list[str]
             continue
         if text in "([{":
             macro = tokens[at - 1][1] if at >= 2 and tokens[at - 1][0] == "name" else None
-            if macro not in _MACROS or text != "(" or tokens[at - 2] != ("punct", "."):
+            if macro not in MACROS or text != "(" or tokens[at - 2] != ("punct", "."):
                 macro = None
             if macro is not None and inside:
                 problems.append(f"{inside[-1]}() holds {macro}()")
@@ -274,9 +274,9 @@ class _Walk:
         while at < len(self._tokens):
             kind, text = self._tokens[at]
             after_dot = at > 0 and self._tokens[at - 1][1] == "."
-            if kind == "name" and not after_dot and text not in _KEYWORDS:
+            if kind == "name" and not after_dot and text not in KEYWORDS:
                 at = self._chain(at)
-            elif kind == "name" and after_dot and text in _MACROS and self._is(at + 1, "("):
+            elif kind == "name" and after_dot and text in MACROS and self._is(at + 1, "("):
                 at = self._bind_over_value(at + 2)
             else:
                 at += 1
@@ -336,7 +336,7 @@ class _Walk:
         Return where the walk goes on: its arguments, past the variable a macro binds.
         """
         kind, variable = self._tokens[at] if at < len(self._tokens) else ("punct", "")
-        if method not in _MACROS or kind != "name":
+        if method not in MACROS or kind != "name":
             self._use_whole(shape, path)
             return at
         if method == "filter":

@@ -22,15 +22,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.cel_check import cel_tokens
+from schemas.cel_check import KEYWORDS, MACROS, cel_tokens
 
 # Steps of CEL's evaluation one expression may take over what it reads (about a second here);
 # copying one item of a `map` or `filter` result costs about a tenth of a step (a `filter`
 # over 8,000 items took 1.5 s).
 MAX_WORK = 4_000_000
 COPY_STEPS = 0.1
-_MACROS = frozenset({"exists", "all", "exists_one", "map", "filter"})
-_NOT_VALUES = frozenset({"true", "false", "null", "in", "has"})
 _CLOSING = {")": "(", "]": "[", "}": "{"}
 
 
@@ -133,7 +131,7 @@ def _reads_beyond_its_item(
 ) -> bool:
     """Whether the name at `at`, in a comprehension's body, is a value beyond its own item."""
     name = tokens[at][1]
-    if name in _NOT_VALUES or name == inside[-1].item or not _is_value(tokens, at):
+    if name in KEYWORDS or name == inside[-1].item or not _is_value(tokens, at):
         return False
     # Compared, indexed or its fields read, a value is one step; scanned (`x in plan.steps`,
     # `x in s.args.to`), it is a list no longer than the longest.
@@ -159,7 +157,7 @@ def _macro_opened(tokens: list[tuple[str, str]], at: int) -> str | None:
     """Return the item a comprehension opened at `at` binds (`.exists(s, ...`), else None."""
     if tokens[at][1] != "(" or at < 2 or tokens[at - 2] != ("punct", "."):
         return None
-    if tokens[at - 1][0] != "name" or tokens[at - 1][1] not in _MACROS:
+    if tokens[at - 1][0] != "name" or tokens[at - 1][1] not in MACROS:
         return None
     following = tokens[at + 1 : at + 3]
     if len(following) == 2 and following[0][0] == "name" and following[1][1] == ",":
