@@ -202,11 +202,15 @@ class Policy:
             context = cel.Context(variables=variables, functions=dict(functions))
         except Exception as exc:  # a value CEL cannot hold: no rule can judge this plan
             return "hold", None, _held("the plan", exc)
-        size: DataSize | None = None  # measured only for a rule that grows faster than the plan
+        # Measured only for a rule whose work may exceed a step per value, over what it reads
+        # (a large catalog is no reason to hold a plan for a rule that never reads it).
+        sizes: dict[frozenset[str], DataSize] = {}
         for rule in self.rules:
             if rule.cost.bounded:
-                size = data_size(variables) if size is None else size
-                too_costly = rule.cost.refusal(size)
+                reads = frozenset(rule.program.variables())
+                if reads not in sizes:
+                    sizes[reads] = data_size({k: v for k, v in variables.items() if k in reads})
+                too_costly = rule.cost.refusal(sizes[reads])
                 if too_costly is not None:
                     return "hold", rule.name, f"rule {rule.name!r}: {too_costly}"
             try:

@@ -194,3 +194,22 @@ def test_a_filter_is_counted_as_copying_its_result_at_each_item() -> None:
     assert (decision.action, decision.rule) == ("hold", "guarded")
     assert "a map or filter" in decision.reason
     assert policy(match).decide(mail_to(recipients[:300]), CATALOG).action == "deny"
+
+
+def test_a_rule_is_measured_over_what_it_reads_not_over_a_catalog_another_rule_reads() -> None:
+    """A catalog of 3,000 tools, read by one rule, held every plan for another that scans
+    only the plan's own few steps."""
+    catalog = {f"t{i}": ToolSpec(name=f"t{i}", effect="read") for i in range(3_000)}
+    rules = Policy.from_text(
+        "rules:\n"
+        "  - name: big-catalog\n    match: 'size(tools) < 3'\n    action: deny\n"
+        "    reason: r\n"
+        "  - name: scans-steps\n    match: 'plan.steps.exists(s, s in plan.steps)'\n"
+        "    action: approve\n    reason: r\n"
+    )
+    steps = tuple(Step(id=f"s{i}", tool=f"t{i}") for i in range(3))
+    plan = Plan(plan_id="p1", goal_id="g1", revision=1, steps=steps)
+
+    decision = rules.decide(plan, catalog)
+
+    assert (decision.action, decision.rule) == ("approve", "scans-steps")
