@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cel
 
+from approval_gate.policy_context import RULE_VARIABLES
+from schemas.cel_check import MapOf
 from schemas.cel_cost import (
     COPY_STEPS,
     MAX_WORK,
@@ -33,6 +37,20 @@ MAX_RULE_WORK = MAX_WORK
 STEP_SECONDS = 0.25e-6
 
 
+def _map_paths(shapes: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Return the paths of the declared maps among the rules' variables (`goal.metadata`)."""
+    paths = []
+    for name, shape in shapes.items():
+        if isinstance(shape, MapOf):
+            paths.append(prefix + name)
+        elif isinstance(shape, Mapping):
+            paths += _map_paths(shape, f"{prefix}{name}.")
+    return paths
+
+
+RULE_MAPS = frozenset(_map_paths(RULE_VARIABLES))
+
+
 @dataclass(frozen=True)
 class RuleCost:
     """How a rule's work grows: a term per comprehension, and the rule's own literal values."""
@@ -43,7 +61,7 @@ class RuleCost:
     @classmethod
     def of(cls, match: str) -> RuleCost:
         """Return the cost of a rule's `match`, read from its tokens (its regexes measured)."""
-        return cls(cost_terms(match, regex_steps), literal_values(match))
+        return cls(cost_terms(match, regex_steps, RULE_MAPS), literal_values(match))
 
     @property
     def bounded(self) -> bool:

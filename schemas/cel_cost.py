@@ -18,7 +18,7 @@ s.args.to`). Reading a value's fields, indexing it or comparing it counts as one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,11 +56,17 @@ class Cost:
     copies: bool = False
 
 
-def cost_terms(source: str, regex_steps: Callable[[str], int] | None = None) -> frozenset[Cost]:
+def cost_terms(
+    source: str,
+    regex_steps: Callable[[str], int] | None = None,
+    maps: Collection[str] = (),
+) -> frozenset[Cost]:
     """Return a term per comprehension; the expression's work is at most the largest of them.
 
     `regex_steps` says what one `matches` call with a literal pattern (its CEL text) costs, in
     steps: this runtime compiles the pattern at every call, and one pattern took 24 ms.
+    `maps` are the variables' paths that hold maps (`tools`, `goal.metadata`): `x in tools`
+    looks a key up, a step, where `x in plan.steps` scans a list.
     """
     tokens = cel_tokens(source)
     regex_calls = regex_patterns(source)  # where each `.matches(` is, and its pattern
@@ -71,7 +77,7 @@ def cost_terms(source: str, regex_steps: Callable[[str], int] | None = None) -> 
     receivers: set[int] = set()  # where each comprehension's range starts: read as its factor
     reads: list[tuple[int, _Comprehension]] = []
     for at, (kind, text) in enumerate(tokens):
-        if kind == "name" and inside and _reads_beyond_its_item(tokens, at, inside):
+        if kind == "name" and inside and _reads_beyond_its_item(tokens, at, inside, maps):
             reads.append((at, inside[-1]))
         if at in regex_calls and regex_steps is not None:
             pattern = regex_calls[at]
@@ -127,7 +133,7 @@ def regex_patterns(source: str) -> dict[int, str | None]:
 
 
 def _reads_beyond_its_item(
-    tokens: list[tuple[str, str]], at: int, inside: list[_Comprehension]
+    tokens: list[tuple[str, str]], at: int, inside: list[_Comprehension], maps: Collection[str]
 ) -> bool:
     """Whether the name at `at`, in a comprehension's body, is a value beyond its own item."""
     name = tokens[at][1]
@@ -138,7 +144,20 @@ def _reads_beyond_its_item(
     if at < 1 or tokens[at - 1] != ("name", "in"):
         return False
     bound = next((c for c in reversed(inside) if c.item == name), None)
-    return bound is None or bound.factors[-1:] == (None,)  # a variable, or an item of data
+    if bound is None:  # a variable: a list scanned, unless the path names a map
+        return _path(tokens, at) not in maps
+    return bound.factors[-1:] == (None,)  # an item of data
+
+
+def _path(tokens: list[tuple[str, str]], at: int) -> str:
+    """Return the dotted path of plain fields that starts at the name at `at` (`goal.metadata`)."""
+    names = [tokens[at][1]]
+    while at + 2 < len(tokens) and tokens[at + 1] == ("punct", ".") and tokens[at + 2][0] == "name":
+        if at + 3 < len(tokens) and tokens[at + 3] == ("punct", "("):
+            break  # a method: its result is no field
+        names.append(tokens[at + 2][1])
+        at += 2
+    return ".".join(names)
 
 
 def literal_values(source: str) -> int:

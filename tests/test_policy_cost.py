@@ -126,6 +126,8 @@ def test_a_rule_too_costly_over_its_own_literals_is_refused_at_load_at_once() ->
         "plan.steps.exists(s, has(s.args.to) && s.args.to.exists(r, r == goal.metadata.blocked))",
         'plan.steps.exists(s, tools[s.tool].effect == "write" && !tools[s.tool].idempotent)',
         'plan.steps.exists(s, history.count(s.tool, "1h") > 100)',
+        "plan.steps.exists(s, s.tool in tools)",
+        "plan.steps.exists(s, has(s.args.team) && s.args.team in goal.metadata)",
     ],
 )
 def test_a_rule_reading_a_value_of_another_variable_per_item_is_not_bounded(match: str) -> None:
