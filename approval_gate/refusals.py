@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 
-from plangate.errors import AlreadyApproved, Forbidden
+from plangate.errors import Conflict, Forbidden
 from plangate.store import PlanRow, Store, audit
 from plangate.store.goals import by_id
 
@@ -24,14 +24,16 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def refusal_audited(store: Store, plan_id: str, reviewer: str, action: str) -> Iterator[None]:
-    """Let a decision run; if it is refused to this person, audit who tried what and why.
+    """Let a decision run; if it is refused, audit who tried what and why, then raise it.
 
-    Refused: a role they lack, their own goal (Forbidden), or their second approval. A race
-    (the plan replaced or decided meanwhile) is no refusal of the person, and is not audited.
+    Refused: a role they lack, their own goal (Forbidden), their second approval, and a plan
+    no longer waiting for them (decided, replaced, cancelled or expired: Conflict). The last
+    were left out as races; but a person without the role who came second was then told only
+    that the plan was decided, and the log kept no trace of the attempt.
     """
     try:
         yield
-    except (Forbidden, AlreadyApproved) as refused:
+    except (Forbidden, Conflict) as refused:
         _record(store, plan_id, reviewer, action, str(refused))
         raise
 

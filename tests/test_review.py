@@ -584,3 +584,23 @@ def test_a_refused_decision_is_an_audit_entry_naming_who_tried_what_and_why(
         ("bob", "approve", plan.plan_id),
     ]
     assert all("requires the role 'finance'" in e.data["reason"] for e in refused)
+
+
+def test_a_decision_on_a_plan_no_longer_waiting_is_an_audit_entry_too(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """bob, without the role, came after carol had released the plan: he was told only that
+    it was decided, and the log kept no trace of his attempt (the docs say every refusal is
+    one)."""
+    policy = write_yaml(tmp_path / "policy.yaml", FINANCE_POLICY)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id, plan = held_seed(pipeline)
+        pipeline.approve(plan.plan_id, "carol", roles=frozenset({"finance"}))
+        with pytest.raises(Conflict, match="not waiting for review"):
+            pipeline.approve(plan.plan_id, "bob")
+        pipeline.wait_for(goal_id, timeout=5)
+
+        refused = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "review.refused"]
+
+    assert [(e.actor, e.data["action"]) for e in refused] == [("bob", "approve")]
+    assert "not waiting for review" in refused[0].data["reason"]
