@@ -189,7 +189,8 @@ def comprehension_problems(source: str, variables: Collection[str]) -> list[str]
         after_dot = at >= 1 and tokens[at - 1] == ("punct", ".")
         if kind == "name" and inside and text in variables and not after_dot:
             problems.append(f"{inside[-1]}() reads {text} in its body")
-        if kind == "name" and inside and text == "matches" and after_dot:
+        calls = at + 1 < len(tokens) and tokens[at + 1] == ("punct", "(")
+        if kind == "name" and inside and text == "matches" and after_dot and calls:
             # This runtime compiles a pattern at each call (one took 24 ms): once per item.
             problems.append(f"{inside[-1]}() calls matches() in its body")
         if kind != "punct":

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.cel_check import KEYWORDS, MACROS, cel_tokens
+from schemas.references import steps_in_condition
 
 # Steps of CEL's evaluation one expression may take over what it reads (about a second here);
 # copying one item of a `map` or `filter` result costs about a tenth of a step (a `filter`
-# over 8,000 items took 1.5 s).
+# over 5,000 items took 1.15 s).
 MAX_WORK = 4_000_000
-COPY_STEPS = 0.1
+COPY_STEPS = 0.2
 _CLOSING = {")": "(", "]": "[", "}": "{"}
 
 
@@ -126,6 +127,8 @@ def regex_patterns(source: str) -> dict[int, str | None]:
     for at, (kind, text) in enumerate(tokens):
         if kind != "name" or text != "matches" or at < 1 or tokens[at - 1] != ("punct", "."):
             continue
+        if at + 1 >= len(tokens) or tokens[at + 1] != ("punct", "("):
+            continue  # a field named `matches` (a search's answer), not the function
         argument = tokens[at + 2 : at + 4]
         literal = len(argument) == 2 and argument[0][0] == "string" and argument[1][1] == ")"
         calls[at] = argument[0][1] if literal else None
@@ -139,14 +142,25 @@ def _reads_beyond_its_item(
     name = tokens[at][1]
     if name in KEYWORDS or name == inside[-1].item or not _is_value(tokens, at):
         return False
-    # Compared, indexed or its fields read, a value is one step; scanned (`x in plan.steps`,
-    # `x in s.args.to`), it is a list no longer than the longest.
-    if at < 1 or tokens[at - 1] != ("name", "in"):
+    # This runtime copies what a field holds at each read (`s.args.x` copies the arguments,
+    # `plan.steps` every step): read through one of the plan's large fields, a value beyond
+    # the item costs as a scan of it. Indexed (`s["args"]["x"]`) it is not copied.
+    if _LARGE_FIELDS & set(_path(tokens, at).split(".")[1:]):
+        return True
+    # Compared or its fields read, a value is one step; scanned (`x in plan.steps`, `x in
+    # s.args.to`, `x in (l)`), it is a list no longer than the longest.
+    if at < 1 or tokens[at - 1] not in (("name", "in"), ("punct", "(")):
+        return False
+    if tokens[at - 1] == ("punct", "(") and (at < 2 or tokens[at - 2] != ("name", "in")):
         return False
     bound = next((c for c in reversed(inside) if c.item == name), None)
     if bound is None:  # a variable: a list scanned, unless the path names a map
         return _path(tokens, at) not in maps
     return bound.factors[-1:] == (None,)  # an item of data
+
+
+# The fields of the plan whose values may be as large as the plan: its steps, their arguments.
+_LARGE_FIELDS = frozenset({"steps", "args"})
 
 
 def _path(tokens: list[tuple[str, str]], at: int) -> str:
@@ -298,7 +312,9 @@ def condition_too_costly(condition: str, outputs: Mapping[str, Any]) -> str | No
     """
     if not copies_results(condition):
         return None
-    size = data_size(outputs)
+    read = steps_in_condition(condition)
+    steps = outputs.get("steps", {})
+    size = data_size({"steps": {k: v for k, v in steps.items() if k in read}})
     work = size.values * size.longest * COPY_STEPS
     if work <= MAX_WORK:
         return None

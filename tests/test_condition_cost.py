@@ -54,3 +54,16 @@ def test_a_filter_over_an_output_of_the_usual_size_is_evaluated() -> None:
 
     assert condition_too_costly("size(steps.big.output.filter(t, t > 0)) > 0", outputs) is None
     assert condition_too_costly("steps.big.output.exists(t, t > 0)", {"steps": {}}) is None
+
+
+def test_only_the_outputs_a_condition_reads_are_measured() -> None:
+    """A two-item output was refused a filter because another step's output had 20,000 rows."""
+    outputs = {
+        "steps": {
+            "check": {"output": [True, False], "status": "succeeded"},
+            "rows": {"output": list(range(20_000)), "status": "succeeded"},
+        }
+    }
+
+    assert condition_too_costly("size(steps.check.output.filter(x, x)) > 0", outputs) is None
+    assert condition_too_costly("size(steps.rows.output.filter(x, x > 0)) > 0", outputs)

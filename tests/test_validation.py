@@ -463,3 +463,7 @@ def test_a_when_whose_regex_pattern_comes_from_an_output_is_refused() -> None:
 
 def test_a_when_calling_a_written_regex_once_is_accepted() -> None:
     validate_plan(seed_plan(when='string(steps.count.output).matches("^[0-9]+$")'), seed_catalog())
+
+
+def test_a_when_reading_an_output_field_named_matches_is_accepted() -> None:
+    validate_plan(seed_plan(when="size(steps.count.output.matches) > 0"), seed_catalog())

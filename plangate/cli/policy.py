@@ -49,8 +49,8 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
             typer.echo(
                 printable_line(
                     f"note: rule {rule.name!r} (line {rule.line}) may cost more than a step "
-                    "per value of a plan (nested comprehensions, a scan, or a regex compiled "
-                    "at each call); a plan too large for it is held for a person, not evaluated"
+                    "per value of a plan (nested comprehensions, a scan, a map or filter, or a "
+                    "regex); a plan too large for it is held for a person, not evaluated"
                 )
             )
 
