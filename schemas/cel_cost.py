@@ -18,6 +18,7 @@ s.args.to`). Reading a value's fields, indexing it or comparing it counts as one
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +159,8 @@ def _reads_beyond_its_item(
         return _path(tokens, at) not in maps
     return bound.factors[-1:] == (None,)  # an item of data
 
+
+_STEP_READS = re.compile(r"\bsteps\s*\.")
 
 # The fields of the plan whose values may be as large as the plan: its steps, their arguments.
 _LARGE_FIELDS = frozenset({"steps", "args"})
@@ -310,16 +313,20 @@ def condition_too_costly(condition: str, outputs: Mapping[str, Any]) -> str | No
     far at each item: over an output of 60,000 items one condition would hold the executor,
     GIL and all, for a minute.
     """
-    if not copies_results(condition):
-        return None
     read = steps_in_condition(condition)
     steps = outputs.get("steps", {})
     size = data_size({"steps": {k: v for k, v in steps.items() if k in read}})
-    work = size.values * size.longest * COPY_STEPS
+    # Each `steps.<id>` it names is a copy of that output, and `+` joins them into longer
+    # lists (a copy each): k of them, k times as long. A map or filter then copies at each item.
+    times = len(_STEP_READS.findall(condition))
+    work = times * times * size.values * COPY_STEPS
+    if copies_results(condition):
+        work += size.values * times * size.longest * times * COPY_STEPS
     if work <= MAX_WORK:
         return None
     return (
-        f"`when` was not evaluated: its map or filter may take up to {round(work):,} steps over "
-        f"outputs of {size.values} values (at most {MAX_WORK:,}); the step fails rather than "
-        "hold the executor"
+        f"`when` was not evaluated: it may take up to {round(work):,} steps over outputs of "
+        f"{size.values} values (at most {MAX_WORK:,}: it reads them {times} times, and a map "
+        "or filter copies its result at each item); the step fails rather than hold the "
+        "executor"
     )

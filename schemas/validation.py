@@ -109,6 +109,9 @@ def _check_condition(step: Step) -> list[PlanProblem]:
     return [PlanProblem("bad_condition", said, step.id) for said in _condition_problems(step.when)]
 
 
+MAX_CONDITION_REGEXES = 2
+
+
 @lru_cache(maxsize=1024)
 def _condition_problems(when: str) -> tuple[str, ...]:
     """Return what is wrong with a `when`: by its text alone, so each text is checked once."""
@@ -117,7 +120,13 @@ def _condition_problems(when: str) -> tuple[str, ...]:
         return (f"`when` is not valid CEL: {'; '.join(problems)}",)
     if not steps_in_condition(when) and "steps" in when:
         return ("`when` must read outputs as steps.<id>",)
-    if None in regex_patterns(when).values():
+    patterns = regex_patterns(when).values()
+    if len(patterns) > MAX_CONDITION_REGEXES:
+        return (
+            f"`when` calls matches() {len(patterns)} times; at most {MAX_CONDITION_REGEXES}: "
+            "each call compiles its pattern (up to 50 ms), while the executor waits",
+        )
+    if None in patterns:
         return (
             "`when` may call matches() only with a pattern written in it: one made from an "
             "output lets that output choose what matches, and what the call costs",
