@@ -54,6 +54,7 @@ from plangate.catalog import load_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound, check_comment, quoted
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.goals import by_id, latest_plan, plan_values, transition
+from plangate.store.locks import PERSON_LOCK_WAIT_SECONDS, waiting_at_most
 from plangate.store.outbox import emit
 from schemas import (
     Catalog,
@@ -325,12 +326,14 @@ class Review:
         # Locked: decisions on one goal, from any replica, take turns. Two approvals of a
         # plan needing two each counted only its own (neither saw the other's, uncommitted)
         # and the plan stayed held at "2 of 2"; one racing a cancel moved a cancelled goal.
-        goal = session.execute(
-            select(GoalRow)
-            .where(GoalRow.id == plan.goal_id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).scalar_one()
+        busy = f"goal {plan.goal_id} is being decided elsewhere right now; try again in a moment"
+        with waiting_at_most(session, PERSON_LOCK_WAIT_SECONDS, busy):
+            goal = session.execute(
+                select(GoalRow)
+                .where(GoalRow.id == plan.goal_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).scalar_one()
         newest = latest_plan(session, goal.id)
         if newest is not None and newest.plan_id != plan.plan_id:
             raise Conflict(

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 import approval_gate.review
 from approval_gate.expiry import expire_held
@@ -188,3 +191,32 @@ def test_an_approval_racing_the_hold_expiring_is_one_or_the_other_never_a_deadlo
         eventually(lambda: expired, what="the expiry sweep to end")
         final = pipeline.wait_for(goal_id, {"expired", "completed"}, timeout=10)
     assert final.status in ("expired", "completed")
+
+
+@pytest.mark.postgres
+def test_a_goal_held_locked_elsewhere_answers_a_decision_at_once_with_a_conflict(
+    settings: Settings,
+    tmp_path: Path,
+    postgres_database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A gate stopped inside a transaction held its goal's row: each approval of that goal
+    waited, a connection of serve's pool each, until the pool ran dry for every request and
+    `/readyz` said the store did not answer."""
+    monkeypatch.setattr(approval_gate.review, "PERSON_LOCK_WAIT_SECONDS", 0.5)
+    database = settings.model_copy(update={"database_url": postgres_database_url})
+    policy = write_yaml(tmp_path / "policy.yaml", ONE_PERSON)
+    plain = make_url(postgres_database_url).set(drivername="postgresql")
+    with running_pipeline(database, policy_file=policy) as pipeline:
+        goal_id, plan_id = held_plan(pipeline)
+        with psycopg.connect(plain.render_as_string(hide_password=False)) as holder:
+            holder.execute("SELECT id FROM goals WHERE id = %s FOR UPDATE", (goal_id,))
+            started = time.monotonic()
+            with pytest.raises(Conflict, match="being decided elsewhere right now"):
+                pipeline.approve(plan_id, "alice")
+            waited = time.monotonic() - started
+            holder.rollback()
+
+        assert waited < 5
+        assert pipeline.approve(plan_id, "alice") is True  # once let go, it decides
+        assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
