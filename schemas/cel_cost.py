@@ -12,8 +12,12 @@ The reading errs toward more: a comprehension nested in another counts once more
 ranges over a part of the item its enclosing comprehension binds (`s.args.to.exists(r, ...)`
 inside `plan.steps.exists(s, ...)`: each value is still visited once), and a body counts once
 more if it scans a variable (`x in plan.steps`) or an enclosing comprehension's item (`x in
-s.args.to`). Reading a value's fields, indexing it or comparing it counts as one step. A regex
-(`matches`) counts as what its pattern costs to compile, which this runtime does at each call.
+s.args.to`). Comparing a value or indexing it counts as one step; reading a field copies what
+it holds in this runtime, so a read through the plan's steps or a step's arguments counts as a
+scan of them. A regex (`matches`) counts as what its pattern costs to compile, which this
+runtime does at each call, and a `map` or `filter` as copying its result at each item. It is
+an estimate from the expression's form, made to err toward more; what it cannot see (a cost
+this runtime has that no token shows) is why the bound is on a second, not on the exact work.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from schemas.cel_check import KEYWORDS, MACROS, cel_tokens
 from schemas.references import steps_in_condition
 
 # Steps of CEL's evaluation one expression may take over what it reads (about a second here);
-# copying one item of a `map` or `filter` result costs about a tenth of a step (a `filter`
+# copying one item of a `map` or `filter` result costs about a fifth of a step (a `filter`
 # over 5,000 items took 1.15 s).
 MAX_WORK = 4_000_000
 COPY_STEPS = 0.2
