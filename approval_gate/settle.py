@@ -98,6 +98,12 @@ def settle_step(
             session, PlanRow, PlanRow.plan_id, plan_id, typed=True
         )  # its start names it too
         plan_id = named.plan_id if named is not None else plan_id
+        hold = hold_of(session, plan_id)
+        if named is not None and hold is not None:
+            # Who may settle first: someone without the role learns nothing of the step's
+            # state (it was said before, as a 409, when another had settled it meanwhile).
+            check_reviewer(hold, plan_id, reviewer, roles, "settle a step of")
+            check_not_submitter(hold, session.get_one(GoalRow, named.goal_id), reviewer)
         row = session.execute(
             select(StepRunRow)
             .where(StepRunRow.plan_id == plan_id, StepRunRow.step_id == step_id)
@@ -126,10 +132,6 @@ def settle_step(
                 f"goal {goal.id} is {goal.status}; a step is settled only while its run "
                 "waits for a person"
             )
-        hold = hold_of(session, plan_id)
-        if hold is not None:  # a plan the policy approved itself asks no role of anyone
-            check_reviewer(hold, plan_id, reviewer, roles, "settle a step of")
-            check_not_submitter(hold, goal, reviewer)
         data = {
             "plan_id": plan_id,
             "step_id": step_id,

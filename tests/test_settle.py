@@ -600,3 +600,17 @@ def test_a_step_settled_as_not_happened_by_someone_else_meanwhile_is_a_conflict(
 
     with pytest.raises(Conflict, match="settled already"):
         settle_step(billing.store, plan.plan_id, "charge", "bob", happened=False)
+
+
+def test_someone_without_the_role_learns_nothing_of_a_step_settled_meanwhile(
+    finance_billing: Pipeline,
+) -> None:
+    """bob, without `finance`, came after alice had settled the charge: he was told it was
+    settled already (a 409), not that he may not settle it (a 403)."""
+    plan, _ = cut_off_mid_charge(finance_billing, approver=FINANCE)
+    settle_step(
+        finance_billing.store, plan.plan_id, "charge", "alice", happened=False, roles=FINANCE.roles
+    )
+
+    with pytest.raises(Forbidden, match="requires the role 'finance' to settle a step of"):
+        settle_step(finance_billing.store, plan.plan_id, "charge", "bob", happened=False)
