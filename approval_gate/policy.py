@@ -91,7 +91,7 @@ class Policy:
         spec, lines = read_policy_file(data, source)
         rules = []
         for rule, line in zip(spec.rules, lines, strict=True):
-            check_match(rule.match, rule.name, line, source)
+            cost = check_match(rule.match, rule.name, line, source)
             program = compiled(rule.match)
             rules.append(
                 Rule(
@@ -106,7 +106,7 @@ class Policy:
                     preview=rule.preview,
                     approvals=rule.approvals,
                     approver_not_submitter=rule.approver_not_submitter,
-                    cost=RuleCost.of(rule.match),
+                    cost=cost,
                 )
             )
         version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]

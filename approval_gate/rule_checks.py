@@ -15,12 +15,13 @@ from plangate.errors import PolicyError
 from schemas.cel_check import expression_problems, result_over_empty_values
 
 
-def check_match(match: str, rule: str, line: int | None, source: str) -> None:
-    """Raise PolicyError, naming the rule and its line, if `match` cannot work."""
+def check_match(match: str, rule: str, line: int | None, source: str) -> RuleCost:
+    """Raise PolicyError, naming the rule and its line, if `match` cannot work; else its cost."""
     problems = expression_problems(match, RULE_VARIABLES, HISTORY_FUNCTIONS)
     problems = problems or window_problems(match)
     problems = problems or regex_problems(match)
-    problems = problems or [p for p in [RuleCost.of(match).load_problem()] if p]
+    cost = RuleCost.of(match)
+    problems = problems or [p for p in [cost.load_problem()] if p]
     if problems:
         said = "; ".join(problems)
         raise PolicyError(f"the match expression is wrong (in {source}): {said}", rule, line)
@@ -33,3 +34,4 @@ def check_match(match: str, rule: str, line: int | None, source: str) -> None:
             rule,
             line,
         )
+    return cost

@@ -22,6 +22,7 @@ this runtime has that no token shows) is why the bound is on a second, not on th
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -310,6 +311,16 @@ def copies_results(source: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _condition_shape(condition: str) -> tuple[frozenset[str], int, bool]:
+    """Return what a condition reads of the outputs, how often, and whether it copies results.
+
+    By its text alone, so each text is read once: the executor asks at every step it guards.
+    """
+    reads = len(_STEP_READS.findall(condition))
+    return frozenset(steps_in_condition(condition)), reads, copies_results(condition)
+
+
 def condition_too_costly(condition: str, outputs: Mapping[str, Any]) -> str | None:
     """Return why a step's condition is not evaluated over these outputs, if it is not.
 
@@ -317,14 +328,13 @@ def condition_too_costly(condition: str, outputs: Mapping[str, Any]) -> str | No
     far at each item: over an output of 60,000 items one condition would hold the executor,
     GIL and all, for a minute.
     """
-    read = steps_in_condition(condition)
+    read, times, copies = _condition_shape(condition)
     steps = outputs.get("steps", {})
     size = data_size({"steps": {k: v for k, v in steps.items() if k in read}})
     # Each `steps.<id>` it names is a copy of that output, and `+` joins them into longer
     # lists (a copy each): k of them, k times as long. A map or filter then copies at each item.
-    times = len(_STEP_READS.findall(condition))
     work = times * times * size.values * COPY_STEPS
-    if copies_results(condition):
+    if copies:
         work += size.values * times * size.longest * times * COPY_STEPS
     if work <= MAX_WORK:
         return None
