@@ -474,3 +474,30 @@ def test_forged_dead_letters_neither_stop_a_replay_nor_forge_rows_of_the_list(
     assert replayed.stdout.splitlines() == [f"replayed spoofing to {planner}"]
     assert bus.read_dead_letters()[1] == 1  # the unreadable one is kept
     bus.close()
+
+
+@pytest.mark.redis
+def test_replaying_all_says_how_many_letters_it_left_on_the_queue(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A letter from a queue plangate does not know (or whose body was cut) is not replayed;
+    `dlq replay --all` said nothing of it, so the queue looked emptied."""
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    bus = Bus(redis_url, namespace)
+    bus.declare()
+    planner = f"{namespace}.planner"
+    cut = forged_letter("cut-one", queue="another-system.queue")
+    whole = forged_letter("whole-one", queue=planner)
+    queue = bus.topology.dead_letter_queue_name
+    redis.Redis.from_url(redis_url).lpush(
+        queue, *(json.dumps(envelope(letter, namespace)) for letter in (cut, whole))
+    )
+    env = {"PLANGATE_BROKER_URL": redis_url, "PLANGATE_NAMESPACE": namespace}
+
+    replayed = plangate_in(tmp_path, "dlq", "replay", "--all", **env)
+
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.splitlines() == [f"replayed whole-one to {planner}"]
+    assert "1 dead letters are still on the queue, not replayed" in replayed.stderr
+    assert [letter.message_id for letter in bus.dead_letters()] == ["cut-one"]
+    bus.close()

@@ -103,10 +103,19 @@ def replay(
     try:
         named = _named(bus, letter_ids or [])
         replayed = bus.replay_dead_letters(None if replay_all else list(named))
+        # --all leaves some where they are (cut, or from a queue plangate does not know): say
+        # so, or an operator reads the queue as empty.
+        left = len(bus.read_dead_letters()[0]) if replay_all else 0
     finally:
         bus.close()
     for letter in replayed:
         typer.echo(f"replayed {letter.message_id} to {letter.queue}")
+    if left:
+        err_console.print(
+            f"{left} dead letters are still on the queue, not replayed (from a queue plangate "
+            "does not know, its body cut when it was dead-lettered, or come since): "
+            "`plangate dlq list` shows them, `plangate dlq show ID` each one's reason"
+        )
     missing = {named[k] for k in set(named) - {letter.message_id for letter in replayed}}
     if missing:
         names = escape(", ".join(sorted(missing)))
