@@ -162,23 +162,27 @@ def check_not_submitter(hold: HoldRow | None, goal: GoalRow, reviewer: str) -> N
 def check_not_author(
     session: Session, hold: HoldRow | None, plan: PlanRevision, reviewer: str
 ) -> None:
-    """Refuse an author of a revision as one of the several approvers its hold asks (Forbidden).
+    """Refuse an author of a revision as an approver of it (Forbidden).
 
-    Where a rule asks for more than one pair of eyes, whoever wrote the revision is already
-    one: their approval would let one other reviewer release a plan nobody else wrote. Its
+    Whoever wrote the revision is a pair of eyes already: their approval would release a plan
+    nobody else read, under whatever rule their own edit made it meet (an edit that makes a
+    plan meet a rule asking fewer approvals must not let its editor release it alone). Its
     authors are the editors of every edit it is built on, back to the planner's draft: a
     second, small edit by someone else leaves the first editor's words in the plan.
     """
-    if hold is None or approvals_needed(hold) <= 1:
+    if hold is None:
         return
     edited = revision_editors(session, plan).get(reviewer)
     if edited is not None:
         which = f"revision {edited}, which this one builds on"
         if edited == plan.revision:
             which = "this revision"
+        needed = approvals_needed(hold)
+        others = "another reviewer" if needed <= 1 else f"{needed} reviewers"
         raise Forbidden(
             f"{reviewer} wrote {which} (an edit), and rule {hold.rule!r} asks "
-            f"{approvals_needed(hold)} reviewers besides its authors to approve it: ask others",
+            f"{others} besides its authors to approve it: ask "
+            + ("another reviewer" if needed <= 1 else "others"),
             "",
         )
 

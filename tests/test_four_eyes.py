@@ -734,3 +734,51 @@ def test_over_processes_the_audit_log_holds_a_refusal_and_proves_what_status_sho
     assert tampered.returncode == 1
     assert "records broken" in tampered.stderr
     assert "step count of plan" in tampered.stderr
+
+
+WEAKER_RULE_AFTER_AN_EDIT = {
+    "mode": "enforce",
+    "rules": [
+        {
+            "name": "urgent-pages-need-two",
+            "match": 'plan.steps.exists(s, s.tool == "notify_oncall" && '
+            '!(s.args.message == "a quiet note"))',
+            "action": "hold",
+            "reason": "urgent pages: two people from finance decide",
+            "requires_role": "finance",
+            "approvals": 2,
+        },
+        {
+            "name": "quiet-notes-need-one",
+            "match": 'plan.steps.exists(s, s.tool == "notify_oncall")',
+            "action": "hold",
+            "reason": "a note: one person from finance decides",
+            "requires_role": "finance",
+        },
+    ],
+}
+
+
+def test_an_editor_cannot_approve_alone_an_edit_that_made_the_plan_meet_a_weaker_rule(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a page held for two approvals from finance, which alice edits so that it meets a
+    rule asking only one (the gate decides every revision afresh),
+    When alice approves her own edit, Then she is refused: its editor released it alone (she
+    wrote the plan that ran and was its only reviewer);
+    When bob approves it, Then it runs, and the signed approval names bob alone.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", WEAKER_RULE_AFTER_AN_EDIT)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        edited = _edit_newest(pipeline, goal_id, "alice", "a quiet note")
+        with pipeline.store.session() as session:
+            assert session.get_one(HoldRow, edited.plan_id).rule == "quiet-notes-need-one"
+
+        with pytest.raises(Forbidden, match=r"alice wrote this revision .* ask another reviewer"):
+            pipeline.approve(edited.plan_id, "alice", roles=FINANCE)
+        pipeline.approve(edited.plan_id, "bob", roles=FINANCE)
+
+        assert pipeline.wait_for(goal_id).status == "completed"
+        assert signed_approvers(pipeline, edited.plan_id) == ("bob",)
