@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from functools import partial
 
+from pydantic import ValidationError
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
-from plangate.errors import NotReady, PlanningFailed, Reject, Retry
+from plangate.errors import NotReady, PlanningFailed, Reject, Retry, describe
 from plangate.redaction import redact, redact_json
 from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import (
@@ -327,13 +328,19 @@ def _validated(draft: Draft, goal_id: str, revision: int, catalog: Catalog) -> P
     A model may write a secret it was sent (the API key a server echoes) into its plan: it is
     redacted before reviewers, the audit log or a tool see it.
     """
-    plan = Plan(
-        plan_id=new_id(),
-        goal_id=goal_id,
-        revision=revision,
-        summary=redact(draft.summary),
-        steps=tuple(_redacted_step(step) for step in draft.steps),
-    )
+    try:
+        plan = Plan(
+            plan_id=new_id(),
+            goal_id=goal_id,
+            revision=revision,
+            summary=redact(draft.summary),
+            steps=tuple(_redacted_step(step) for step in draft.steps),
+        )
+    except ValidationError as exc:
+        # A playbook fills its summary from the goal's words: a long goal can make a plan no
+        # stage accepts. Raised, it failed the message on every resend and the goal stayed
+        # `submitted`; it is the goal's failure, said in the plan's own words.
+        raise PlanningFailed([f"the plan is not valid: {describe(exc)}"]) from exc
     try:
         validate_plan(plan, catalog)
     except PlanInvalid as invalid:

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from plangate.config import Settings
 from plangate.errors import ConfigError, PlanningFailed
 from planner_worker.playbook import PlaybookPlanner
 from schemas import GoalSubmitted
+from tests.support import running_pipeline
 
 
 def playbook_file(tmp_path: Path, text: str) -> Path:
@@ -101,3 +103,27 @@ def test_goal_words_joined_into_a_step_reference_are_refused(tmp_path: Path) -> 
         planner.draft(goal, {})
     fine = planner.draft(GoalSubmitted(goal_id="g" * 32, text="refund order #42"), {})
     assert fine.steps[0].args == {"message": "#42"}
+
+
+def test_a_goal_whose_words_make_the_playbook_s_summary_too_long_fails_with_that_reason(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A playbook fills its summary from the goal: 3,000 characters made a plan no stage
+    accepts. The planner's handler raised, each resend of the goal became one more dead
+    letter, and the goal stayed `submitted` for good."""
+    playbook = playbook_file(
+        tmp_path,
+        "playbooks:\n"
+        "  - name: tell\n"
+        '    pattern: "tell (?P<words>.+)"\n'
+        '    summary: "Tell {{words}}"\n'
+        "    steps: [{id: ask, tool: notify_oncall, args: {message: hello}}]\n",
+    )
+    with running_pipeline(settings, playbook_file=playbook) as pipeline:
+        goal_id = pipeline.submit("tell " + "A" * 3000).goal_id
+
+        goal = pipeline.wait_for(goal_id)
+
+        assert goal.status == "plan_failed"
+        assert "summary: String should have at most 2000 characters" in (goal.status_reason or "")
+        assert pipeline.bus.dead_letters() == []
