@@ -28,8 +28,9 @@ def deliver(
     Marked by `mark` when given (a `SentMarker`, which marks many rows per transaction from a
     thread of its own), else here, in a transaction of their own.
 
-    Returns False when the broker is unreachable: the envelopes stay in the outbox, and a
-    worker's relay sends them once it is back, so the caller has lost nothing and need not wait.
+    Returns False when the broker is unreachable, or the publish failed otherwise: the
+    envelopes stay in the outbox, and a worker's relay sends them once it can, so the caller has
+    lost nothing and need not wait.
     """
     if not envelopes:
         return True
@@ -41,6 +42,14 @@ def deliver(
             exc,
             len(envelopes),
             extra={"broker_problem": str(exc)},
+        )
+        return False
+    except Exception:
+        # Committed already: whatever else failed the publish (a broker answering with
+        # something kombu cannot read), the relay sends them later, and the caller must not
+        # fail, or a client that retries a goal it was told failed makes a second one.
+        log.exception(
+            "publishing failed; %d message(s) wait in the outbox for the relay", len(envelopes)
         )
         return False
     if mark is not None:

@@ -18,6 +18,7 @@ from kombu import Connection, Exchange, Producer, Queue
 from kombu.transport import redis as kombu_redis
 
 from plangate.bus import Bus, Envelope
+from plangate.bus.redis_routing import ScriptedRouting
 from plangate.bus.redis_transport import Transport
 from schemas import GoalSubmitted, StepFinished, new_id
 
@@ -208,3 +209,33 @@ def test_a_queue_that_expires_is_refreshed_by_kombus_own_path(
 
     assert client.llen(expiring.name) == 1
     assert 0 < client.pttl(expiring.name) <= 60_000
+
+
+@ON_REDIS
+@pytest.mark.parametrize("scripted", [True, False], ids=["scripted", "kombus_path"])
+def test_a_malformed_binding_an_observer_added_is_left_out_and_said_once(
+    bus: Bus,
+    client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    scripted: bool,
+) -> None:
+    """A binding of two parts, not three (an observer's typo in another language): kombu's
+    matching raised on it, and every publish of every stage failed until it was removed."""
+    key = f"_kombu.binding.{bus.topology.namespace}"
+    bus.declare()
+    client.sadd(key, "plan.*\x06\x16probe.bad")
+    if not scripted:
+        ScriptedRouting._scripting_refused = True  # every channel takes kombu's own path
+    try:
+        with caplog.at_level("WARNING"):
+            bus.publish([a_goal(), a_goal()])
+    finally:
+        ScriptedRouting._scripting_refused = False
+
+    assert client.llen(f"{bus.topology.namespace}.planner") == 2
+    warnings = [
+        r.getMessage() for r in caplog.records if "is left out of routing" in r.getMessage()
+    ]
+    assert len(warnings) == 1, warnings
+    assert "probe.bad" in warnings[0]
+    assert f"SREM {key}" in warnings[0]

@@ -21,6 +21,7 @@ from plangate.errors import BrokerUnavailable
 from plangate.relay import relay_pending
 from plangate.store import OutboxRow, Store, audit, open_store
 from plangate.store.outbox import defer, emit
+from plangate.submission import submit_goal
 from schemas import GoalSubmitted, utcnow
 from tests.servers import free_port
 from tests.support import eventually
@@ -230,3 +231,25 @@ def test_a_client_submits_in_one_write_and_marks_what_it_sent_by_the_time_it_clo
 def outbox_rows(store: Store) -> list[OutboxRow]:
     with store.reading() as session:
         return list(session.execute(select(OutboxRow).order_by(OutboxRow.id)).scalars())
+
+
+def test_a_goal_whose_publish_fails_otherwise_is_queued_not_an_error_and_relayed_later(
+    store: Store, bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stored, then the publish failed with an error kombu raised (an observer's malformed
+    binding): `serve` answered 500 for a goal it had stored, and a client that retried made a
+    second goal. Now it is queued, as when the broker is down, and the relay sends it."""
+    real_publish = bus.publish
+
+    def failing(envelopes: object) -> None:
+        raise ValueError("not enough values to unpack (expected 3, got 2)")
+
+    monkeypatch.setattr(bus, "publish", failing)
+    with caplog.at_level("ERROR"):
+        submitted = submit_goal(store, bus, "count open tickets")
+    monkeypatch.setattr(bus, "publish", real_publish)
+
+    assert submitted.queued
+    assert any("wait in the outbox for the relay" in r.getMessage() for r in caplog.records)
+    assert relay_pending(store, bus) == 1
+    assert bus.queue_depth("planner") == 1

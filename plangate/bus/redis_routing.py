@@ -146,8 +146,38 @@ class ScriptedRouting(kombu_redis.Channel):
 
     def _keep_table(self, exchange: str, reply: list[Any]) -> BindingTable:
         digest, *members = (bytes_to_str(item) for item in reply)
-        # As kombu's `get_table` reads each member.
-        bindings = [tuple(member.split(self.sep)) for member in members]
-        table = BindingTable(digest, bindings, {})
+        table = BindingTable(digest, self._bindings_of(exchange, members), {})
         self._binding_tables[exchange] = table
         return table
+
+    def get_table(self, exchange: str) -> list[tuple[str, ...]]:
+        """Return the exchange's bindings as kombu's own path reads them, the malformed left out."""
+        with self.conn_or_acquire() as client:
+            members = client.smembers(self.keyprefix_queue % exchange)
+        return self._bindings_of(exchange, [bytes_to_str(member) for member in members])
+
+    def _bindings_of(self, exchange: str, members: list[str]) -> list[tuple[str, ...]]:
+        """Split each member as kombu does, leaving out (with a warning) any not of three parts.
+
+        Observers in other processes, and other languages, bind by adding members to this set
+        (publishing-goals.md): kombu's matching unpacks each into three and raised on one typo,
+        which stopped every publish of every stage until someone removed it.
+        """
+        bindings = [tuple(member.split(self.sep)) for member in members]
+        malformed = [m for m, parts in zip(members, bindings, strict=True) if len(parts) != 3]
+        for member in malformed:
+            if member not in self._malformed_seen:
+                self._malformed_seen.add(member)
+                log.warning(
+                    "binding %r of exchange %s is not `routing key, pattern, queue` joined by "
+                    "%r: it is left out of routing; remove it (SREM %s)",
+                    member[:200],
+                    exchange,
+                    self.sep,
+                    self.keyprefix_queue % exchange,
+                )
+        return [parts for parts in bindings if len(parts) == 3]
+
+    @cached_property
+    def _malformed_seen(self) -> set[str]:
+        return set()
