@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from plangate.errors import ApprovalInvalid, ConfigError
+from plangate.errors import ApprovalInvalid, ConfigError, UnknownSigner
 from plangate.signing import Signer, TrustedKeys
 from plangate.store.audit import entry_hash
 from schemas import MessageRejected, SignedEnvelope, utcnow
@@ -124,15 +124,34 @@ def _signed_manifest(path: Path, keys: TrustedKeys) -> tuple[dict[str, Any], str
     if not path.is_file():
         raise ConfigError(f"no signed manifest at {path}; export with --sign, or pass --manifest")
     raw = path.read_bytes()
+    # What cannot be checked here (another file named, a key not given) is the caller's to
+    # fix, exit 2, as the store's check says of a missing key: exit 1 says "tampered".
     if len(raw) > _MANIFEST_LIMIT:
-        raise ApprovalInvalid(f"it is over {_MANIFEST_LIMIT // 1024} KiB: not a manifest")
+        raise ConfigError(
+            f"{path} is over {_MANIFEST_LIMIT // 1024} KiB: not a manifest that "
+            "`plangate audit export --sign` writes; name the FILE.dsse.json beside the export"
+        )
     try:
         envelope = SignedEnvelope.model_validate(strict_json_loads(raw))
-        payload, signature = keys.verified_payload(envelope, MANIFEST_TYPE)
-        facts = strict_json_loads(payload)
     except (MessageRejected, ValidationError) as exc:
         first_line = str(exc).splitlines()[0]
-        raise ApprovalInvalid(f"it is not a DSSE envelope of a manifest: {first_line}") from exc
+        raise ConfigError(
+            f"{path} is not a DSSE envelope ({first_line}); name the FILE.dsse.json that "
+            "`plangate audit export --sign` wrote beside the export"
+        ) from exc
+    try:
+        payload, signature = keys.verified_payload(envelope, MANIFEST_TYPE)
+    except (MessageRejected, ValidationError) as exc:
+        raise ApprovalInvalid(f"its signature cannot be read: {str(exc).splitlines()[0]}") from exc
+    except UnknownSigner as exc:
+        raise ConfigError(
+            f"the manifest {path.name} cannot be checked here: {exc.reason} (or pass --key FILE)"
+        ) from exc
+    try:
+        facts = strict_json_loads(payload)
+    except MessageRejected as exc:
+        first_line = str(exc).splitlines()[0]
+        raise ApprovalInvalid(f"its payload is not a manifest: {first_line}") from exc
     if not isinstance(facts, dict):
         raise ApprovalInvalid("its payload is not a manifest")
     return facts, signature.keyid

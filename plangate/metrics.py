@@ -15,7 +15,14 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -48,6 +55,10 @@ LLM_TOKENS = Counter(
     "plangate_llm_tokens", "Tokens the planner's model spent, by model and kind.", ["model", "kind"]
 )
 RESENDS = Counter("plangate_reconciler_resends", "Messages the reconciler sent again.")
+SEALING_STOPPED = Gauge(
+    "plangate_audit_sealing_stopped",
+    "1 while this gate seals no audit checkpoint: one it saw is gone from the store.",
+)
 # SQLite's one write lock, which every writing transaction of every process takes in turn: the
 # seconds this process held it bound the goals per second of the whole deployment (PostgreSQL
 # has no such lock, and these stay empty there). Buckets from 0.1 ms: most hold it for 1-5 ms.

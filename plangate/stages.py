@@ -17,11 +17,13 @@ from approval_gate.notify import WebhookNotifier
 from approval_gate.policy_reload import ReloadingPolicy
 from approval_gate.review import Review
 from executor_worker.handler import ExecutorHandler
-from plangate import telemetry
+from plangate import metrics, telemetry
 from plangate.bus import Bus, Envelope, Handler, Stage
 from plangate.bus.middleware import Middleware
 from plangate.catalog import publish_catalog, read_catalog
+from plangate.checkpoint_memory import CheckpointMemory
 from plangate.config import Settings
+from plangate.errors import AuditBroken
 from plangate.middleware import standard
 from plangate.middleware.outages import DatabaseOutages
 from plangate.signing import (
@@ -210,6 +212,7 @@ def build_sealing(settings: Settings) -> Callable[[Store], None]:
     if some chain moved (`plangate.store.audit_checkpoints`).
     """
     signer = load_or_create_signer(settings)
+    memory = CheckpointMemory(settings.data_dir)
     every = settings.audit_checkpoint_seconds
     sealed_at = -every
 
@@ -217,8 +220,20 @@ def build_sealing(settings: Settings) -> Callable[[Store], None]:
         nonlocal sealed_at
         if time.monotonic() - sealed_at < every:
             return
-        with store.session() as session:
-            audit_checkpoints.write(session, signer)
+        try:
+            with store.session() as session:
+                memory.check(session)  # never seal over checkpoints someone deleted
+                audit_checkpoints.write(session, signer)
+        except AuditBroken as exc:
+            metrics.SEALING_STOPPED.set(1)
+            log.error("%s", exc)  # said once a checkpoint interval, until a person looks
+        else:
+            metrics.SEALING_STOPPED.set(0)
+            try:
+                with store.reading() as session:
+                    memory.remember_newest(session)
+            except OSError as exc:  # a data folder it cannot write: seal on, unremembered
+                log.warning("cannot remember the newest audit checkpoint: %s", exc)
         sealed_at = time.monotonic()
 
     return seal

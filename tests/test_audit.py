@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import text
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select, text
 
 from plangate.embedded import Pipeline
 from plangate.signing import Signer, TrustedKeys, load_or_create_signer
+from plangate.stages import build_sealing
 from plangate.store import audit, audit_checkpoints
+from plangate.store.models import AuditCheckpointRow
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, audit_entries, eventually, only_plan
 
@@ -624,3 +627,64 @@ def test_the_newest_checkpoint_deleted_is_said_as_entries_no_checkpoint_seals(
     warning = " ".join(verified.stderr.split())
     assert "entries were written after the newest checkpoint" in warning
     assert "newer checkpoints were deleted" in warning
+
+
+def delete_checkpoints_from(pipeline: Pipeline, first: int) -> None:
+    """Delete checkpoint `first` and every newer one, as someone with SQL access could."""
+    run_sql(pipeline, "DELETE FROM audit_checkpoint_heads WHERE checkpoint_id >= :id", id=first)
+    run_sql(pipeline, "DELETE FROM audit_checkpoints WHERE id >= :id", id=first)
+
+
+def test_a_sealer_seals_nothing_over_checkpoints_deleted_since_it_saw_them(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given two runs, each sealed by `plangate audit checkpoint` run in the gate's folder,
+    When someone deletes checkpoint 2 (which unseals the second run: its entries could then be
+    rewritten, their hashes recomputed, no key needed) and the sealer runs again,
+    Then it seals nothing and exits 1 naming the missing checkpoint, and `audit verify` in that
+    folder fails as well: the sealer sealed whatever was there with its own key, and verify
+    said intact. Once a person has looked, --accept-missing seals again.
+    """
+    data_dir = pipeline.settings.data_dir
+    assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
+    second = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(second, HELD, timeout=5)
+    assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
+    delete_checkpoints_from(pipeline, 2)
+
+    sealed = plangate_cli(data_dir, "audit", "checkpoint")
+    verified = plangate_cli(data_dir, "audit", "verify")
+    accepted = plangate_cli(data_dir, "audit", "checkpoint", "--accept-missing")
+
+    said = " ".join(sealed.stderr.split())
+    assert sealed.returncode == 1, sealed.stdout + sealed.stderr
+    assert "audit checkpoint 2, which this gate's folder saw last" in said
+    assert "is gone from the store" in said
+    assert "--accept-missing" in said
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "audit checkpoint 2" in verified.stderr
+    assert "intact" not in verified.stdout
+    assert accepted.returncode == 0, accepted.stderr
+    assert "sealing afresh" in accepted.stderr
+
+
+def test_a_gate_sweep_stops_sealing_and_says_why_when_a_checkpoint_it_saw_is_gone(
+    pipeline: Pipeline, completed_run: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gate's own sweep: it writes checkpoint 1 and remembers it; deleted, the next sweep
+    writes none, logs why once, and says so on `plangate_audit_sealing_stopped`."""
+    settings = pipeline.settings.model_copy(update={"audit_checkpoint_seconds": 0.0})
+    seal = build_sealing(settings)
+    seal(pipeline.store)
+    delete_checkpoints_from(pipeline, 1)
+    second = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(second, HELD, timeout=5)
+
+    with caplog.at_level("ERROR"):
+        seal(pipeline.store)
+
+    with pipeline.store.reading() as session:
+        assert session.scalar(select(func.count()).select_from(AuditCheckpointRow)) == 0
+    [said] = [r.getMessage() for r in caplog.records if "audit checkpoint 1" in r.getMessage()]
+    assert "is gone from the store" in said
+    assert REGISTRY.get_sample_value("plangate_audit_sealing_stopped") == 1

@@ -255,7 +255,9 @@ def test_every_kubernetes_secret_and_configmap_reference_names_what_is_declared(
                 assert volume["secret"]["secretName"] in secrets, (owner, volume)
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in configmaps, (owner, volume)
-            source = volume.get("secret") or volume.get("configMap") or {}
+            source = volume.get("secret") or volume.get("configMap")
+            if source is None:  # an emptyDir: nothing it names
+                continue
             name = source.get("secretName") or source.get("name")
             declared = secret_keys(name) if "secret" in volume else set(configmaps[name]["data"])
             for item in source.get("items", []):

@@ -147,3 +147,26 @@ def test_an_export_of_one_goal_verifies_as_a_part_of_the_log(
 
     assert code == 0, said
     assert f"(a part of the log: goal {completed_run})" in said
+
+
+def test_an_export_that_cannot_be_checked_here_is_exit_2_not_a_break(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Without the signing gate's key, or given another file as the manifest, nothing was
+    checked: it said "export not verified", exit 1, which a script reads as tampering. Now it
+    says what to give, exit 2, as the store's check does of a missing key."""
+    export, _manifest, _key = signed_export(pipeline, tmp_path / "auditor")
+    empty = tmp_path / "nobody"
+    not_a_manifest = tmp_path / "notes.txt"
+    not_a_manifest.write_text("these are my notes")
+
+    without_key = plangate_cli(empty, "audit", "verify", "--export", str(export))
+    wrong_file = plangate_cli(
+        empty, "audit", "verify", "--export", str(export), "--manifest", str(not_a_manifest)
+    )
+
+    assert without_key.returncode == 2, without_key.stderr
+    assert "cannot be checked here: signed by unknown key ed25519:" in without_key.stderr
+    assert "--key FILE" in without_key.stderr
+    assert wrong_file.returncode == 2, wrong_file.stderr
+    assert "is not a DSSE envelope" in wrong_file.stderr

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
-from plangate.errors import ConfigError, NotFound, quoted
+from plangate.errors import AuditBroken, ConfigError, NotFound, quoted
 from plangate.printable import printable
 
 if TYPE_CHECKING:
@@ -113,6 +113,9 @@ def audit_verify(
             f"show disagrees with it: {escape(printable(disagreement))}"
         )
         raise typer.Exit(EXIT_FAILED)
+    _check_memory(store, settings.data_dir)
+    # Checked before "intact" is said: it printed intact, then broken, in one run.
+    anchored = None if against is None else _check_against(store, against)
     sealed = f", sealed by {report.checkpoints} checkpoints" if report.checkpoints else ""
     typer.echo(f"audit log intact: {report.entries} entries in {report.chains} chains{sealed}")
     if report.entries and not report.checkpoints and against is None:
@@ -125,8 +128,20 @@ def audit_verify(
             highlight=False,
         )
     _warn_of_unsealed(store, settings.audit_checkpoint_seconds)
-    if against is not None:
-        _check_against(store, against)
+    if anchored is not None:
+        typer.echo(anchored)
+
+
+def _check_memory(store: Store, data_dir: Path) -> None:
+    """Fail if a checkpoint this data folder's sealer saw is gone (run in a gate's folder)."""
+    from plangate.checkpoint_memory import CheckpointMemory
+
+    try:
+        with store.reading() as session:
+            CheckpointMemory(data_dir).check(session)
+    except AuditBroken as exc:
+        err_console.print(f"[red]audit log broken[/]: {escape(str(exc))}")
+        raise typer.Exit(EXIT_FAILED) from None
 
 
 def _warn_of_unsealed(store: Store, interval: float) -> None:
@@ -154,26 +169,49 @@ def _warn_of_unsealed(store: Store, interval: float) -> None:
 
 @app.command("checkpoint", short_help="Seal every audit chain's head now (the gate does it too).")
 @friendly_errors
-def audit_checkpoint() -> None:
+def audit_checkpoint(
+    accept_missing: Annotated[
+        bool,
+        typer.Option(
+            "--accept-missing",
+            help="Seal again although a checkpoint this data folder saw is gone from the store "
+            "(after you checked the log against a signed export, or restored a backup).",
+        ),
+    ] = False,
+) -> None:
     """Write a checkpoint over every audit chain's head, signed with the gate's key.
 
     Gate workers write one every PLANGATE_AUDIT_CHECKPOINT_SECONDS when anything moved; run
-    this where the gate's key is, e.g. before an export or a backup.
+    this where the gate's key is, e.g. before an export or a backup. Like a gate, it seals
+    nothing when a checkpoint its data folder saw is gone from the store (deleted, or the
+    database restored from a backup) unless told --accept-missing.
     """
+    from plangate.checkpoint_memory import CheckpointMemory
     from plangate.signing import load_signer
     from plangate.store import audit_checkpoints, open_store
 
     settings = load_settings()
     signer = load_signer(settings)
+    memory = CheckpointMemory(settings.data_dir)
+    if accept_missing and memory.forget():
+        err_console.print(f"forgot the checkpoint {memory.path} remembered; sealing afresh")
     store = open_store(settings.resolved_database_url(), upgrade=False)
-    with store.session() as session:
-        written = audit_checkpoints.write(session, signer)
-        said = (
-            f"checkpoint {written.id}: {written.chains} chains, {written.entries} entries"
-            if written is not None
-            else "nothing moved since the last checkpoint; none written"
-        )
-    store.close()
+    try:
+        with store.session() as session:
+            memory.check(session)
+            written = audit_checkpoints.write(session, signer)
+            said = (
+                f"checkpoint {written.id}: {written.chains} chains, {written.entries} entries"
+                if written is not None
+                else "nothing moved since the last checkpoint; none written"
+            )
+        with store.reading() as session:
+            memory.remember_newest(session)
+    except AuditBroken as exc:
+        err_console.print(f"[red]audit log broken[/]: {escape(str(exc))}")
+        raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        store.close()
     typer.echo(said)
 
 
@@ -274,14 +312,15 @@ def _verify_export(export: Path, manifest: Path | None, key_files: list[Path]) -
     raise typer.Exit(EXIT_FAILED)
 
 
-def _check_against(store: Store, export: Path) -> None:
+def _check_against(store: Store, export: Path) -> str:
+    """Fail if the store lacks an entry of the export; else return what to say of it."""
     from plangate.audit_anchor import missing_from
 
     count, missing = missing_from(store, export)
     if missing is not None:
         err_console.print(f"[red]audit log broken[/]: {escape(missing)}")
         raise typer.Exit(EXIT_FAILED)
-    typer.echo(f"the store holds all {count} entries of {export.name}, unchanged")
+    return f"the store holds all {count} entries of {export.name}, unchanged"
 
 
 def _trusted(key_files: list[Path]) -> TrustedKeys:
