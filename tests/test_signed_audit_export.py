@@ -11,10 +11,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from securesystemslib.dsse import Envelope as SslibEnvelope
 from securesystemslib.signer import SSlibKey
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from plangate.embedded import Pipeline
 from plangate.signing import PAYLOAD_TYPE, read_public_key
@@ -170,3 +171,24 @@ def test_an_export_that_cannot_be_checked_here_is_exit_2_not_a_break(
     assert "--key FILE" in without_key.stderr
     assert wrong_file.returncode == 2, wrong_file.stderr
     assert "is not a DSSE envelope" in wrong_file.stderr
+
+
+@pytest.mark.tampers
+def test_a_store_that_does_not_verify_is_not_exported_signed(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Entries removed from the end of a chain: `audit verify` failed, yet `export --sign`
+    signed what was left with the gate's key, and the export then checked "intact" offline."""
+    with pipeline.store.engine.begin() as connection:
+        last = connection.execute(text("SELECT max(seq) FROM audit_log")).scalar_one()
+        connection.execute(text("DELETE FROM audit_log WHERE seq = :seq"), {"seq": last})
+    target = tmp_path / "audit.jsonl"
+
+    done = plangate_cli(pipeline.settings.data_dir, "audit", "export", "-o", str(target), "--sign")
+
+    assert done.returncode == 1, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "audit log broken" in said
+    assert "nothing exported: signed, it would vouch for a log that does not verify" in said
+    assert not target.exists()
+    assert not Path(f"{target}.dsse.json").exists()

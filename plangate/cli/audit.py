@@ -21,6 +21,7 @@ from plangate.printable import printable
 if TYPE_CHECKING:
     from plangate.signing import TrustedKeys
     from plangate.store import Store
+    from plangate.store.audit import AuditReport
 
 app = group("Check and export the hash-chained audit log.")
 
@@ -78,42 +79,11 @@ def audit_verify(
         return
     if against is not None:  # the file is trusted only once its signature and hashes hold
         _verify_export(against, manifest, keys or [])
-    from plangate.store import audit, audit_records, open_store
+    from plangate.store import open_store
 
     settings = load_settings()
     store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
-    trusted = _trusted(keys or [])
-    try:
-        report = audit.verify(store, keys=trusted if len(trusted) else None)
-    except (ValueError, TypeError, LookupError) as exc:
-        # A value of a type plangate never writes there (text in a number column, a signature
-        # that is not JSON): the rows were changed outside plangate.
-        said = f"{type(exc).__name__}: {exc}"
-        err_console.print(
-            "[red]audit log broken[/]: a row holds what plangate never writes "
-            f"({escape(printable(said[:200]))}); it was changed outside plangate"
-        )
-        raise typer.Exit(EXIT_FAILED) from None
-    if report.ok and report.checkpoints and not len(trusted):
-        # Not a break: with no key, what sealed the chains cannot be told from a forgery.
-        raise ConfigError(
-            f"the chains hold, but the {report.checkpoints} checkpoints' signatures cannot be "
-            "checked without the gate's public key: set PLANGATE_TRUSTED_KEYS_DIR to the "
-            "folder that holds it, or pass --key FILE"
-        )
-    if not report.ok:
-        seq = report.broken_at
-        where = "at" if seq is None else f"at entry {seq}{audit.placed(store, seq)}"
-        err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
-        raise typer.Exit(EXIT_FAILED)
-    disagreement = audit_records.disagreement(store)
-    if disagreement is not None:
-        err_console.print(
-            "[red]records broken[/]: the audit log holds, but what `status` and the review "
-            f"show disagrees with it: {escape(printable(disagreement))}"
-        )
-        raise typer.Exit(EXIT_FAILED)
-    _check_memory(store, settings.data_dir)
+    report = _checked_store(store, settings.data_dir, _trusted(keys or []))
     # Checked before "intact" is said: it printed intact, then broken, in one run.
     anchored = None if against is None else _check_against(store, against)
     sealed = f", sealed by {report.checkpoints} checkpoints" if report.checkpoints else ""
@@ -132,7 +102,58 @@ def audit_verify(
         typer.echo(anchored)
 
 
-def _check_memory(store: Store, data_dir: Path) -> None:
+def _checked_store(
+    store: Store, data_dir: Path, trusted: TrustedKeys, refused: str = ""
+) -> AuditReport:
+    """Check the store's chains, checkpoints and records; at the first break say it and exit 1.
+
+    `refused` is said after a break: what was not done because of it.
+    """
+    from plangate.store import audit, audit_records
+
+    try:
+        report = audit.verify(store, keys=trusted if len(trusted) else None)
+    except (ValueError, TypeError, LookupError) as exc:
+        # A value of a type plangate never writes there (text in a number column, a signature
+        # that is not JSON): the rows were changed outside plangate.
+        said = f"{type(exc).__name__}: {exc}"
+        err_console.print(
+            "[red]audit log broken[/]: a row holds what plangate never writes "
+            f"({escape(printable(said[:200]))}); it was changed outside plangate"
+        )
+        _say(refused)
+        raise typer.Exit(EXIT_FAILED) from None
+    if report.ok and report.checkpoints and not len(trusted):
+        # Not a break: with no key, what sealed the chains cannot be told from a forgery.
+        raise ConfigError(
+            f"the chains hold, but the {report.checkpoints} checkpoints' signatures cannot be "
+            "checked without the gate's public key: set PLANGATE_TRUSTED_KEYS_DIR to the "
+            "folder that holds it, or pass --key FILE"
+        )
+    if not report.ok:
+        seq = report.broken_at
+        where = "at" if seq is None else f"at entry {seq}{audit.placed(store, seq)}"
+        err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
+        _say(refused)
+        raise typer.Exit(EXIT_FAILED)
+    disagreement = audit_records.disagreement(store)
+    if disagreement is not None:
+        err_console.print(
+            "[red]records broken[/]: the audit log holds, but what `status` and the review "
+            f"show disagrees with it: {escape(printable(disagreement))}"
+        )
+        _say(refused)
+        raise typer.Exit(EXIT_FAILED)
+    _check_memory(store, data_dir, refused)
+    return report
+
+
+def _say(line: str) -> None:
+    if line:
+        err_console.print(escape(line), highlight=False)
+
+
+def _check_memory(store: Store, data_dir: Path, refused: str = "") -> None:
     """Fail if a checkpoint this data folder's sealer saw is gone (run in a gate's folder)."""
     from plangate.checkpoint_memory import CheckpointMemory
 
@@ -141,6 +162,7 @@ def _check_memory(store: Store, data_dir: Path) -> None:
             CheckpointMemory(data_dir).check(session)
     except AuditBroken as exc:
         err_console.print(f"[red]audit log broken[/]: {escape(str(exc))}")
+        _say(refused)
         raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -245,9 +267,10 @@ def audit_export(
     can check it again elsewhere. With --sign (and --output), a DSSE envelope over the
     export's range, count, first and last hashes and SHA-256 is written next to it, signed by
     the gate's key: `plangate audit verify --export FILE` checks it with the public key alone.
+    Before it signs, the store is verified as `plangate audit verify` does (exit 1 if broken).
     """
     from plangate.audit_export import ExportSummary, sign_export
-    from plangate.signing import load_signer
+    from plangate.signing import TrustedKeys, load_signer
     from plangate.store import audit, open_store
     from plangate.store.goal_list import parse_since
 
@@ -257,6 +280,11 @@ def audit_export(
     settings = load_settings()
     signer = load_signer(settings) if sign else None  # refused before anything is written
     store = open_store(settings.resolved_database_url(), upgrade=False)
+    if signer is not None:
+        # The gate's key vouches for what it signs: a log that does not verify is not signed.
+        trusted = TrustedKeys([*_trusted([]).values(), signer.public_key])
+        refused = "nothing exported: signed, it would vouch for a log that does not verify"
+        _checked_store(store, settings.data_dir, trusted, refused)
     goal = _whole_goal_id(store, goal)
     summary = ExportSummary()
     entries = summary.counted(audit.export(store, since=after, goal_id=goal))
