@@ -20,12 +20,12 @@ from plangate.errors import ApprovalInvalid, Conflict, Forbidden
 from plangate.signing import Signer, TrustedKeys
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow
 from plangate.store.goal_list import submitters_of
+from plangate.store.models import EDIT_PREFIX
 from plangate.store.plan_revision import PlanRevision
 from schemas import Decision, SignedEnvelope, utcnow
 
 DEFAULT_HOLD_TTL = timedelta(days=1)
 HOLD_TYPE = "application/vnd.plangate.hold+json"  # the payload type of a hold's seal
-EDIT_PREFIX = "edit:"  # a revision a reviewer wrote is planned by `edit:<reviewer>`
 
 
 def record_hold(

@@ -38,7 +38,6 @@ from approval_gate.decisions import follow_decision, hand_to_gate, record_decisi
 from approval_gate.expiry import expires_at
 from approval_gate.holds import (
     DEFAULT_HOLD_TTL,
-    EDIT_PREFIX,
     check_not_author,
     check_not_submitter,
     check_open,
@@ -55,6 +54,7 @@ from plangate.errors import Conflict, InputInvalid, NotFound, check_comment, quo
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.goals import by_id, latest_plan, plan_values, transition
 from plangate.store.locks import PERSON_LOCK_WAIT_SECONDS, waiting_at_most
+from plangate.store.models import EDIT_PREFIX
 from plangate.store.outbox import emit
 from schemas import (
     Catalog,

@@ -688,3 +688,53 @@ def test_a_gate_sweep_stops_sealing_and_says_why_when_a_checkpoint_it_saw_is_gon
     [said] = [r.getMessage() for r in caplog.records if "audit checkpoint 1" in r.getMessage()]
     assert "is gone from the store" in said
     assert REGISTRY.get_sample_value("plangate_audit_sealing_stopped") == 1
+
+
+ROWS_REMOVED_OR_RETOLD = {
+    "person's decision removed": (
+        "DELETE FROM decisions WHERE stage = 'human'",
+        "records a decision to approve by 'alice', which the decisions table no longer shows",
+    ),
+    "step removed": (
+        "DELETE FROM step_runs WHERE step_id = 'notify'",
+        "step notify of plan",
+    ),
+    "step's tool": (
+        "UPDATE step_runs SET tool = 'ticket_count' WHERE step_id = 'notify'",
+        "shows the tool 'ticket_count', but its audit log recorded 'notify_oncall'",
+    ),
+    "step's error": (
+        "UPDATE step_runs SET error = 'the customer asked to stop' WHERE step_id = 'notify'",
+        "shows an error other than the one its audit entry recorded",
+    ),
+    "goal's rows removed": ("", "its audit log records its submission, but its row is gone"),
+    "plan's author": (
+        "UPDATE plans SET planner = 'edit:alice'",
+        "shows 'edit:alice' as its author, but the audit log records a planner's",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("statement", "said"), ROWS_REMOVED_OR_RETOLD.values(), ids=ROWS_REMOVED_OR_RETOLD
+)
+def test_a_row_removed_or_retold_that_the_log_records_otherwise_breaks_verification(
+    pipeline: Pipeline, completed_run: str, statement: str, said: str
+) -> None:
+    """Given a completed run, approved by alice,
+    When the row of her decision, of a step or of the goal is deleted, or a step's tool or
+    error, or the plan's author, is rewritten in SQL,
+    Then `plangate audit verify` exits 1 naming it: each was checked only from the rows to the
+    log, so `status` showed the plan as held by the policy, a write that ran as not run, or
+    another tool, another error, an author who never wrote it, and verify said intact.
+    """
+    if statement:
+        run_sql(pipeline, statement)
+    else:
+        remove_goal_rows(pipeline, completed_run)
+
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "records broken" in verified.stderr
+    assert said in " ".join(verified.stderr.split())

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any, get_args
 
 from pydantic import ValidationError
-from sqlalchemy import Text, select
+from sqlalchemy import Text, exists, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
@@ -26,6 +26,7 @@ from plangate.redaction import REDACTED
 from plangate.store.audit import stored_data
 from plangate.store.engine import Store
 from plangate.store.models import (
+    EDIT_PREFIX,
     AuditRow,
     DecisionRow,
     GoalRow,
@@ -62,6 +63,8 @@ def _number(text: str) -> int | float:
     return int(exact) if exact == exact.to_integral_value() else float(text)
 
 
+# Who the policy's decisions are recorded as deciding (a person's name the reviewer's).
+POLICY_DECIDER = "policy"
 # A goal's move that records a decision on its plan, and the decision's action.
 _DECIDED = {
     "goal.approved": "approve",
@@ -82,6 +85,8 @@ class _Recorded:
     deciders: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # (who, action)
     approvers: dict[str, set[str]] = field(default_factory=dict)  # plan_id: who approved
     steps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    editors: dict[str, str] = field(default_factory=dict)  # plan_id: who wrote it, an edit
+    last_decision: dict[str, tuple[str, str]] = field(default_factory=dict)  # (who, action)
 
     def read(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         """Take in one entry of the goal's chain, in the order written."""
@@ -105,8 +110,12 @@ class _Recorded:
     def _about_plan(self, kind: str, actor: str, plan_id: str, data: dict[str, Any]) -> None:
         if kind in ("goal.proposed", "plan.edited") and isinstance(data.get("plan_hash"), str):
             self.plans[plan_id] = data["plan_hash"]
+        if kind == "plan.edited":
+            self.editors[plan_id] = actor
         if kind in _DECIDED and "decided_by" in data:
-            self.deciders.setdefault(plan_id, set()).add((str(data["decided_by"]), _DECIDED[kind]))
+            decided = (str(data["decided_by"]), _DECIDED[kind])
+            self.deciders.setdefault(plan_id, set()).add(decided)
+            self.last_decision[plan_id] = decided
         approved = self.approvers.setdefault(plan_id, set())
         approved.update(str(who) for who in data.get("approvers") or ())
         if kind == "plan.approval_counted":
@@ -127,6 +136,9 @@ class _Recorded:
 
 def disagreement(store: Store, *, batch: int = 200) -> str | None:
     """Return the first row a view shows that the audit log does not record, or None."""
+    gone = _submitted_goal_gone(store)
+    if gone is not None:
+        return gone
     after = ""
     while True:
         with store.reading() as session:
@@ -145,6 +157,25 @@ def disagreement(store: Store, *, batch: int = 200) -> str | None:
         if found is not None:
             return found
         after = goals[-1].id
+
+
+def _submitted_goal_gone(store: Store) -> str | None:
+    """Name a goal the log records the submission of, whose row is gone from every view."""
+    with store.reading() as session:
+        gone = session.execute(
+            select(AuditRow.goal_id)
+            .where(
+                AuditRow.kind == "goal.submitted",
+                ~exists().where(GoalRow.id == AuditRow.goal_id),
+            )
+            .limit(1)
+        ).scalar_one_or_none()
+    if gone is None:
+        return None
+    return (
+        f"goal {gone}: its audit log records its submission, but its row is gone from "
+        "`status` and `goals list`: it was deleted outside plangate"
+    )
 
 
 def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
@@ -169,14 +200,19 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
         yield from _goal_problems(goal, recorded[goal.id])
     for plan in session.execute(select(PlanRow).where(PlanRow.goal_id.in_(ids))).scalars():
         yield from _plan_problems(plan, recorded[plan.goal_id])
-    for decision in session.execute(select(DecisionRow).where(DecisionRow.goal_id.in_(ids))):
+    decisions = session.execute(select(DecisionRow).where(DecisionRow.goal_id.in_(ids)))
+    shown: set[tuple[str, str, str]] = set()
+    for decision in decisions:
         row = decision[0]
+        shown.add((row.plan_id, row.decided_by, row.action))
         if (row.decided_by, row.action) not in recorded[row.goal_id].deciders.get(row.plan_id, ()):
             yield (
                 f"plan {row.plan_id} shows a decision to {row.action} by {row.decided_by!r}, "
                 "which the audit log does not record: the decisions table was changed outside "
                 "plangate"
             )
+    for goal_id in ids:
+        yield from _unshown_decisions(recorded[goal_id], shown)
     approvals = select(ReviewerApprovalRow, PlanRow.goal_id).join(
         PlanRow, PlanRow.plan_id == ReviewerApprovalRow.plan_id
     )
@@ -186,8 +222,28 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
                 f"plan {approval.plan_id} shows an approval by {approval.reviewer!r}, which the "
                 "audit log does not record: the approvals were changed outside plangate"
             )
-    for step in session.execute(select(StepRunRow).where(StepRunRow.goal_id.in_(ids))).scalars():
+    rows = session.execute(select(StepRunRow).where(StepRunRow.goal_id.in_(ids))).scalars()
+    steps_shown: set[tuple[str, str]] = set()
+    for step in rows:
+        steps_shown.add((step.plan_id, step.step_id))
         yield from _step_problems(step, recorded[step.goal_id])
+    for goal_id in ids:
+        for plan_id, step_id in recorded[goal_id].steps.keys() - steps_shown:
+            yield (
+                f"step {step_id} of plan {plan_id}: its audit log records it "
+                f"{recorded[goal_id].steps[plan_id, step_id]['status']}, but its row is gone: "
+                "`status` shows it as not run; the steps were changed outside plangate"
+            )
+
+
+def _unshown_decisions(recorded: _Recorded, shown: set[tuple[str, str, str]]) -> Iterator[str]:
+    """Name a person's decision the log records last on a plan, which no row shows."""
+    for plan_id, (who, action) in recorded.last_decision.items():
+        if who != POLICY_DECIDER and (plan_id, who, action) not in shown:
+            yield (
+                f"plan {plan_id}: its audit log records a decision to {action} by {who!r}, "
+                "which the decisions table no longer shows: it was changed outside plangate"
+            )
 
 
 def _data(seq: int, text: str | None) -> dict[str, Any]:
@@ -260,6 +316,12 @@ def _plan_problems(plan: PlanRow, recorded: _Recorded) -> Iterator[str]:
         yield f"{where}: its stored body does not hash to its plan hash: it was changed"
     elif recorded.plans.get(plan.plan_id) != plan.plan_hash:
         yield f"{where}: the audit log records no such plan with this hash"
+    editor = recorded.editors.get(plan.plan_id)
+    edited = plan.planner.startswith(EDIT_PREFIX)
+    shown_editor = plan.planner.removeprefix(EDIT_PREFIX) if edited else None
+    if shown_editor != editor:
+        said = "a planner's" if editor is None else f"an edit by {editor!r}"
+        yield f"{where} shows {plan.planner!r} as its author, but the audit log records {said}"
 
 
 def _step_problems(step: StepRunRow, recorded: _Recorded) -> Iterator[str]:
@@ -269,6 +331,10 @@ def _step_problems(step: StepRunRow, recorded: _Recorded) -> Iterator[str]:
         return  # a step's claim is recorded with the goal's move; its end may be on its way
     if entry["status"] != step.status:
         yield f"{where} shows {step.status!r}, but its audit log last recorded {entry['status']!r}"
+    if "tool" in entry and entry["tool"] != step.tool:
+        yield f"{where} shows the tool {step.tool!r}, but its audit log recorded {entry['tool']!r}"
+    if "error" in entry and not _shown_as_recorded(step.error, entry["error"]):
+        yield f"{where} shows an error other than the one its audit entry recorded"
     digest = entry.get("output_sha256")
     if digest is not None and digest != output_digest(step.output):
         yield f"{where}: its stored output is not the one its audit entry recorded"

@@ -29,6 +29,10 @@ __all__ = ["TERMINAL_STATUSES", "GoalStatus"]  # re-exported: the store's caller
 TERMINAL_STATUSES = TERMINAL
 
 
+# A revision a reviewer wrote is planned by `edit:<reviewer>`.
+EDIT_PREFIX = "edit:"
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware timestamp on every database (SQLite hands back naive ones)."""
 
@@ -79,7 +83,7 @@ class PlanRow(Base):
     revision: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict[str, Any]]
     plan_hash: Mapped[str] = mapped_column(String(80))
-    planner: Mapped[str] = mapped_column(String(200))
+    planner: Mapped[str] = mapped_column(String(200))  # or EDIT_PREFIX + a reviewer
     trace_headers: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     # What an LLM planner spent on this revision (all its attempts); null for other planners.
     model: Mapped[str | None] = mapped_column(String(200))
