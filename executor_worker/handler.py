@@ -43,6 +43,7 @@ from plangate.store import (
 from plangate.store.claims import insert_if_absent
 from plangate.store.goals import goal_status, newest_plan, transition
 from plangate.store.hot_statements import HotStatement
+from plangate.store.outage_retry import riding_out_outages
 from plangate.store.outbox import emit
 from plangate.tools import ToolRegistry
 from schemas import (
@@ -272,12 +273,24 @@ class ExecutorHandler:
             self._announcers,
         )
         run.run()  # the last step's records are left to the run's end, below
-        with self._store.session() as session:
-            # The goal first, as every move of it locks it: then the records (and their audit).
-            goal = goal_status(session, plan.goal_id, lock=True)
-            assert goal is not None  # the run started on it
-            outcomes = run.record_last(session)
-            envelopes = end_run(session, plan.goal_id, plan.plan_id, goal, outcomes)
+
+        def end() -> Sequence[Envelope]:
+            kept = run.kept()
+            try:
+                with self._store.session() as session:
+                    # The goal first, as every move of it locks it: then the records (and
+                    # their audit).
+                    goal = goal_status(session, plan.goal_id, lock=True)
+                    assert goal is not None  # the run started on it
+                    outcomes = run.record_last(session)
+                    return end_run(session, plan.goal_id, plan.plan_id, goal, outcomes)
+            except Exception:
+                run.restore(kept)  # what it took as recorded was not: tried again whole
+                raise
+
+        # A last write's result in hand is kept through a database restart (`riding_out_outages`).
+        within = self._step_lease.total_seconds() if run.holds_a_result() else 0.0
+        envelopes = riding_out_outages(end, within=within, what=f"the end of plan {plan.plan_id}")
         # Ended (or waiting for a person): a copy from now on, e.g. the resume a settle sends
         # while the last step is still being announced, is the stored run's to answer.
         self._no_longer_running(plan.plan_id)

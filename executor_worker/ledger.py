@@ -30,6 +30,7 @@ from plangate.store import StepRunRow, Store, audit
 from plangate.store.audit_records import output_digest
 from plangate.store.claims import insert_if_absent
 from plangate.store.hot_statements import HotStatement
+from plangate.store.outage_retry import riding_out_outages
 from plangate.store.rows import insert_row
 from schemas import Plan, Step, ToolSpec, utcnow
 
@@ -261,8 +262,15 @@ class StepLedger:
         the caller's transaction (the run's end).
         """
         if session is None:
-            with self._store.session() as own:
-                self.record(step, status, output, error, attempt=attempt, session=own)
+
+            def write() -> None:
+                with self._store.session() as own:
+                    self.record(step, status, output, error, attempt=attempt, session=own)
+
+            # A called write's result is in hand: kept through a database restart, within its
+            # claim's lease (dropped, the step waited out the lease and was called again).
+            within = self._lease.total_seconds() if attempt is not None else 0.0
+            riding_out_outages(write, within=within, what=f"step {step.id!r}'s result")
             return
         now = utcnow()
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
@@ -318,4 +326,8 @@ def _held_elsewhere(step_id: str, lease_until: datetime, now: datetime) -> Retry
     executor held comes back long before its lease ends (`plangate.bus.redis_claims`).
     """
     wait = max(1.0, (lease_until - now).total_seconds() + 0.1)
-    return Retry(f"step {step_id!r} is being run by another executor", delay=wait)
+    # Whose claim it is, the row does not say: another executor's, or a run of this one that
+    # stopped before recording its result (a crash, an outage outlasting the lease).
+    until = f"{lease_until:%H:%M:%S} UTC"
+    said = f"step {step_id!r} is claimed by a run until {until}, not recorded yet"
+    return Retry(said, delay=wait)

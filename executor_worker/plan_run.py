@@ -144,6 +144,18 @@ class PlanRun(DagWalk):
             self._last_finished.append(final)
         return self.outcomes
 
+    def holds_a_result(self) -> bool:
+        """Say whether a write's result waits for the run's end to be recorded."""
+        return any(o.attempt is not None for o in self.outcomes.values())
+
+    def kept(self) -> tuple[dict[str, StepOutcome], list[StepOutcome]]:
+        """Return what `record_last` changes, for `restore` if its transaction fails."""
+        return dict(self.outcomes), list(self._last_finished)
+
+    def restore(self, kept: tuple[dict[str, StepOutcome], list[StepOutcome]]) -> None:
+        """Undo `record_last`'s changes: its transaction did not commit."""
+        self.outcomes, self._last_finished = dict(kept[0]), list(kept[1])
+
     def announce_last(self) -> None:
         """Tell observers of the outcomes `record_last` recorded (once they are committed)."""
         self._announce(self._last_finished)
