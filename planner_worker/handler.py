@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_catalog
-from plangate.errors import NotReady, PlanningFailed, Reject, Retry, describe
+from plangate.errors import InputInvalid, NotReady, PlanningFailed, Reject, Retry, describe
+from plangate.event_keys import refuse_reserved
 from plangate.redaction import redact, redact_json
 from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import (
@@ -110,6 +111,7 @@ class PlannerHandler:
         with self._store.session() as session:
             goal = goal_status(session, message.goal_id)
             if goal is None:  # published raw, not by a client: stored at first sight
+                _refuse_reserved_key(message)
                 ensure_goal(session, message, delivery.headers)
                 goal = goal_status(session, message.goal_id)
                 assert goal is not None
@@ -311,6 +313,18 @@ class PlannerHandler:
             return store_failure(session, goal_id, reasons)
         with (writing or self._store.session)() as own:
             return store_failure(own, goal_id, reasons)
+
+
+def _refuse_reserved_key(message: GoalSubmitted) -> None:
+    """Refuse a raw goal whose key is a CloudEvent's (Reject: a dead letter).
+
+    `serve` stores an event's goal before it publishes it, so one not stored is someone else's
+    message: stored, it took the event's key, and the event was answered with that goal.
+    """
+    try:
+        refuse_reserved(message.idempotency_key)
+    except InputInvalid as exc:
+        raise Reject(f"{exc} (published on the broker, not by `serve`)") from exc
 
 
 def _catalog_in(session: Session, source: Callable[[Session], Catalog]) -> Catalog:

@@ -15,7 +15,7 @@ from plangate.bus.dead_letters import KEPT_BYTES
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.store import GoalRow
-from schemas import GoalSubmitted, encode_message
+from schemas import GoalSubmitted, encode_message, new_id
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, dead_letters, eventually, only_plan
 
@@ -297,3 +297,21 @@ def test_a_letter_whose_body_was_cut_stays_when_replayed_with_its_reason(
     (still,) = pipeline.bus.dead_letters()
     assert (still.message_id, still.reason) == (letter.message_id, letter.reason)
     assert still.reason.endswith("bytes are kept)")
+
+
+def test_a_goal_published_on_the_broker_with_a_cloudevents_key_is_a_dead_letter(
+    pipeline: Pipeline,
+) -> None:
+    """Keys beginning `cloudevent:` are CloudEvents' own (HTTP refuses them in a plain goal):
+    taken on the broker, such a goal was stored, and the real event later sent to `serve`
+    was answered as a duplicate with the other publisher's goal."""
+    key = 'cloudevent:["urn:billing","evt-102"]'
+    taken = GoalSubmitted(goal_id=new_id(), text=SEED_GOAL, idempotency_key=key)
+
+    publish_goal(pipeline, taken)
+
+    (letter,) = eventually(lambda: pipeline.bus.dead_letters(), what="the dead letter")
+    assert "begins with 'cloudevent:'" in letter.reason
+    assert "published on the broker, not by `serve`" in letter.reason
+    with pipeline.store.session() as session:
+        assert session.get(GoalRow, taken.goal_id) is None
