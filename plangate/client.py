@@ -116,7 +116,7 @@ class GoalHandle:
 
     def status(self) -> GoalStatus:
         """Return the goal's current status."""
-        return self._client.status(self.goal_id)
+        return self._client.status(self.goal_id, exact=True)
 
     def wait(
         self, timeout: float = 300.0, until: Collection[str] = TERMINAL_STATUSES
@@ -272,10 +272,13 @@ class Client:
                 session, state=state, since=since, search=search, limit=limit, cursor=cursor
             )
 
-    def status(self, goal_id: str) -> GoalStatus:
-        """Return where a goal stands (NotFound if there is none)."""
+    def status(self, goal_id: str, *, exact: bool = False) -> GoalStatus:
+        """Return where a goal stands (NotFound if there is none).
+
+        A person may give a short id; `exact`: only the whole id (a program's, see `get_goal`).
+        """
         with self._store.reading() as session:
-            goal = get_goal(session, goal_id, typed=True)
+            goal = get_goal(session, goal_id, typed=True, exact=exact)
             plan = latest_plan(session, goal.id)  # goal_id may be a short start of goal.id
             base = GoalStatus(
                 goal_id=goal.id,

@@ -364,3 +364,17 @@ def test_the_openapi_document_names_every_error_the_routes_answer(base_url: str)
                     ref = answer["content"]["application/json"]["schema"]["$ref"]
                     assert ref == "#/components/schemas/ErrorBody", (path, code)
     assert "HTTPValidationError" not in json.dumps(spec)
+
+
+def test_the_openapi_document_says_how_each_token_is_sent(base_url: str) -> None:
+    """It named no scheme: a client generated from it sent no Authorization header."""
+    with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=10) as response:
+        spec = json.loads(response.read())
+
+    scheme = spec["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            if "401" in operation["responses"]:
+                assert operation["security"] == [{"bearer": []}], path
+    assert spec["paths"]["/api/v1/reviews"]["get"]["security"] == [{"bearer": []}]

@@ -16,12 +16,15 @@ import pytest
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 
+from plangate.bus import Bus, Envelope
 from plangate.client import Client
 from plangate.server import create_app
 from plangate.server.reviewers import Reviewer, Reviewers
+from schemas import GoalSubmitted
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
 from tests.servers import free_port
+from tests.support import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -381,3 +384,30 @@ def test_an_event_with_base64_data_is_told_to_send_json_data(base_url: str) -> N
 
     assert status == 422, answer
     assert "not `data_base64`" in json.dumps(answer)
+
+
+def test_a_publishers_own_short_id_is_polled_as_itself_never_as_anothers_start(
+    base_url: str, client: Client
+) -> None:
+    """A foreign publisher may choose an id of 8 hex digits, which may be the start of a goal
+    plangate made. Before the planner stored it, polling it answered the other goal's outcome
+    (a short id, found by its start); once stored, always 409 ("give the whole id"). Programs
+    poll with whole ids: the API takes nothing else (the page for people still does)."""
+    code, _, made = post_json(base_url, {"text": SEED_GOAL})
+    assert code == 201
+    short = made["goal_id"][:8]
+
+    before, _, said = call(f"{base_url}/api/v1/goals/{short}")
+    bus = Bus(client.settings.broker_url, client.settings.namespace)
+    try:
+        bus.publish([Envelope.of(GoalSubmitted(goal_id=short, text=SEED_GOAL))])
+    finally:
+        bus.close()
+
+    def polled_as_itself() -> dict[str, Any] | None:
+        code, _, state = call(f"{base_url}/api/v1/goals/{short}")
+        return state if code == 200 else None
+
+    state = eventually(polled_as_itself, timeout=30, what="the publisher's goal stored")
+    assert (before, said["error"].startswith(f"no goal '{short}'")) == (404, True)
+    assert state["goal_id"] == short

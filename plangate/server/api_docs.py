@@ -35,8 +35,13 @@ def install_api_docs(app: FastAPI) -> None:
         )
 
 
+BEARER = "bearer"  # the one security scheme: every token is sent as a bearer token
+
+
 def complete_error_responses(schema: dict[str, Any]) -> dict[str, Any]:
-    """Add to each API operation the errors every route answers alike, as `{"error": ...}`.
+    """Add to each API operation the errors every route answers alike, and its token's scheme.
+
+    Errors as `{"error": ...}`; a route that takes a token, the bearer scheme it is sent in.
 
     A client generated from the document broke on them: the 429 (with Retry-After) of any
     route that takes a token, the 413/415/400 of any that reads a body; and FastAPI's own 422
@@ -56,10 +61,19 @@ def complete_error_responses(schema: dict[str, Any]) -> dict[str, Any]:
                 added = {}
             if "401" in answers:
                 added["429"] = "Too many failed attempts from this address: see Retry-After"
+                operation.setdefault("security", [{BEARER: []}])
             for code, description in added.items():
                 answers.setdefault(code, {"description": description, "content": error})
             if "429" in answers:
                 answers["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes[BEARER] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "`Authorization: Bearer <token>`: the intake token "
+        "(PLANGATE_INTAKE_TOKEN) to submit and follow goals, or a reviewer's token "
+        "(`plangate reviewers add`)",
+    }
     schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
     schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
     return schema

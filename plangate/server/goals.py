@@ -14,7 +14,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, Field
 
 from plangate import telemetry
-from plangate.client import Client, GoalHandle
+from plangate.client import Client, GoalHandle, GoalStatus
 from plangate.redaction import redact
 from plangate.server.auth import intake_token_given, require_intake_token
 from plangate.server.decision_bodies import CancelRequest, ReasonBody
@@ -216,8 +216,15 @@ def goal_list(
     dependencies=[Depends(_intake_or_reviewer)],
 )
 def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) -> GoalState:
-    """Return where a goal stands (404 if there is no such goal)."""
-    current = client.status(goal_id)
+    """Return where a goal stands, by its whole id (404 if there is no such goal yet).
+
+    Programs poll here with the id they were given or chose: a short start of one is no id
+    here (the page `/goals/{goal_id}`, for people, takes one).
+    """
+    return _shown(client.status(goal_id, exact=True))
+
+
+def _shown(current: GoalStatus) -> GoalState:
     state = GoalState(**asdict(current), terminal=current.terminal)
     # Reasons are stored redacted; this process may know secrets the one that wrote it did not.
     return state.model_copy(update={"reason": redact(state.reason) if state.reason else None})
@@ -241,7 +248,7 @@ def cancel_goal(
     expired or unplannable.
     """
     client.cancel(goal_id, reviewer.name, body.reason, reviewer.roles)
-    return goal_status(goal_id, client)
+    return _shown(client.status(goal_id))  # a reviewer's id may be a short one
 
 
 @router.post(
@@ -258,4 +265,4 @@ def retry_goal(
 ) -> GoalState:
     """Send a failed, expired or unplannable goal back to the planner (409 in any other state)."""
     client.retry(goal_id, reviewer.name, body.reason)
-    return goal_status(goal_id, client)
+    return _shown(client.status(goal_id))  # a reviewer's id may be a short one

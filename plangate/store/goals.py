@@ -124,17 +124,24 @@ def by_id(
     return row if row is not None else (started[0] if started else None)
 
 
-def get_goal(session: Session, goal_id: str, *, typed: bool = False) -> GoalRow:
+def get_goal(
+    session: Session, goal_id: str, *, typed: bool = False, exact: bool = False
+) -> GoalRow:
     """Return a goal's row (by its id or a short start of it) or raise NotFound.
 
-    `typed`: a person gave the id (see `by_id`). InputInvalid if it is no id at all.
+    `typed`: a person gave the id (see `by_id`). `exact`: a program gave it, as it was given
+    the id or chose it: no short id (a publisher's own short id found another goal by its
+    start while its own was not stored yet). InputInvalid if it is no id at all.
     """
     if not isinstance(goal_id, str) or not goal_id.strip():
         given = "empty" if isinstance(goal_id, str) else f"a {type(goal_id).__name__}"
         raise InputInvalid(
             f"the goal id is {given}; give a goal's id (`plangate goals list` shows goals)"
         )
-    row = by_id(session, GoalRow, GoalRow.id, goal_id, typed=typed)
+    if exact:
+        row = session.get(GoalRow, goal_id)
+    else:
+        row = by_id(session, GoalRow, GoalRow.id, goal_id, typed=typed)
     if row is None:
         short = (
             f" (a short id needs {MIN_SHORT_ID} characters)" if len(goal_id) < MIN_SHORT_ID else ""
