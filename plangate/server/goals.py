@@ -46,8 +46,9 @@ class GoalAccepted(BaseModel):
     duplicate: bool
     queued: bool = Field(
         default=False,
-        description="The broker was unreachable: the goal is stored, and a running worker "
-        "sends it on once the broker is back.",
+        description="This submission found the broker unreachable: the goal is stored, and "
+        "a running worker sends it on once the broker is back. Said of the submission that "
+        "stored the goal; a duplicate's is false (its `status` says where the goal stands).",
     )
 
 
