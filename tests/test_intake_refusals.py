@@ -154,3 +154,26 @@ def test_a_client_gone_mid_body_is_an_info_line_not_an_error(
     said = "the client went away before its request's body arrived: POST /api/v1/goals"
     eventually(lambda: any(said in r.getMessage() for r in caplog.records), what="the info line")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        (
+            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            "the body is 'gzip'-encoded; send it unencoded (no Content-Encoding)",
+        ),
+        (
+            {"Content-Type": "application/json; charset=latin-1"},
+            "the body's charset is 'latin-1'; send UTF-8",
+        ),
+    ],
+    ids=["gzip", "latin-1"],
+)
+def test_a_body_in_an_encoding_or_charset_plangate_does_not_read_is_a_415_saying_so(
+    base_url: str, headers: dict[str, str], said: str
+) -> None:
+    """A gzip body was refused as "not UTF-8", and a latin-1 one read as UTF-8 all the same."""
+    code, _, answer = call(base_url, json.dumps({"text": "Check Jira"}).encode(), **headers)
+
+    assert (code, answer["error"]) == (415, said)

@@ -32,7 +32,12 @@ def media_type(headers: Mapping[str, str]) -> str:
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES, shorter: str = "goal") -> bytes:
-    """Return the body, refusing (413) one over `limit` bytes before reading all of it."""
+    """Return the body, refusing (413) one over `limit` bytes before reading all of it.
+
+    Refused first (415): a body in a content encoding (gzip read as text said "not UTF-8") or
+    a charset other than UTF-8 (read as UTF-8 all the same).
+    """
+    _refuse_encodings(request.headers)
     too_big = ApiError(413, f"the body is over {limit // 1024} KiB; send a shorter {shorter}")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -43,6 +48,18 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES, shorter: str 
         if len(body) > limit:
             raise too_big
     return bytes(body)
+
+
+def _refuse_encodings(headers: Mapping[str, str]) -> None:
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        said = f"the body is {encoding[:40]!r}-encoded; send it unencoded (no Content-Encoding)"
+        raise ApiError(415, said)
+    for parameter in headers.get("content-type", "").split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        charset = value.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            raise ApiError(415, f"the body's charset is {charset[:40]!r}; send UTF-8")
 
 
 def json_value(body: bytes, what: str) -> Any:
