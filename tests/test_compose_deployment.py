@@ -330,7 +330,7 @@ def check_the_deployment(deployment: Deployment, browser: Any) -> None:
         f"{deployment.url(2)}/reviews/{first['plan_id']}/approve", form=form, max_redirects=0
     )
     assert accepted.status == 303, accepted.text()
-    assert accepted.headers["location"].endswith("done=approved")
+    assert "?done=approved&seal=" in accepted.headers["location"]
     alice.context.close()
     done = deployment.goal(first["goal_id"], {"completed", "failed"})
     assert done["status"] == "completed", done

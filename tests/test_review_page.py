@@ -117,7 +117,7 @@ def test_approving_in_the_page_runs_the_plan(
 
     page.click("#approve")
 
-    page.wait_for_url("**done=approved")
+    page.wait_for_url("**done=approved&seal=*")
     assert page.inner_text("#outcome") == "Your approval is recorded."
     assert page.inner_text("#goal-status") in {"approved", "running", "completed"}
     assert "approved by alice" in page.inner_text("#headline").lower()
@@ -148,7 +148,7 @@ def test_rejecting_with_a_comment_in_the_page_runs_nothing(
     page.fill("#comment", "not during the change freeze")
     page.click("#reject")
 
-    page.wait_for_url("**done=rejected")
+    page.wait_for_url("**done=rejected&seal=*")
     assert page.inner_text("#outcome") == "Your rejection is recorded."
     assert page.inner_text("#headline") == "Rejected by alice: it will not run."
     assert page.inner_text("#reason") == "not during the change freeze"
@@ -171,7 +171,7 @@ def test_editing_an_argument_in_the_page_makes_a_new_revision(
     page.fill("#steps-json", json.dumps(steps, indent=2))
     page.click("#edit")
 
-    page.wait_for_url("**done=edited")
+    page.wait_for_url("**done=edited&seal=*")
     assert goal.plan_id not in page.url
     state = api_status(base_url, goal.goal_id, {"held"})
     assert state["status"] == "held"
@@ -192,7 +192,7 @@ def test_a_stale_form_shows_the_409_message(page: Any, client: Client) -> None:
     other.goto(f"/reviews/{goal.plan_id}")
 
     other.click("#approve")
-    other.wait_for_url("**done=approved")
+    other.wait_for_url("**done=approved&seal=*")
     page.click("#approve")
 
     assert "not waiting for review" in page.inner_text("#outcome")
@@ -260,7 +260,7 @@ def test_a_step_that_may_have_happened_is_settled_from_the_list_page(
     row.locator("input[name=comment]").fill("PagerDuty shows the incident")
     row.locator("button[value=yes]").click()
 
-    page.wait_for_url(f"**/reviews/{goal.plan_id}?done=settled")
+    page.wait_for_url(f"**/reviews/{goal.plan_id}?done=settled&seal=*")
     assert page.inner_text("#outcome") == "What you found is recorded."
     assert page.inner_text("#goal-status") != "needs_attention"
     state = api_status(base_url, goal.goal_id, {"completed", "failed"})
@@ -358,7 +358,7 @@ def test_a_refused_edit_keeps_what_the_reviewer_typed_and_long_words_wrap(
     page.goto(f"/reviews/{goal.plan_id}")
     page.fill("#summary", "x" * 1500)
     page.click("#edit")
-    page.wait_for_url("**done=edited")
+    page.wait_for_url("**done=edited&seal=*")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= page.viewport_size["width"]
 
@@ -368,3 +368,18 @@ def test_a_refused_edit_keeps_what_the_reviewer_typed_and_long_words_wrap(
 
     assert page.input_value("#summary") == "typed, then refused"
     assert page.input_value("#steps-json") == "[not json"
+
+
+def test_a_link_saying_a_decision_was_recorded_shows_nothing_unless_this_session_made_it(
+    page: Any, client: Client
+) -> None:
+    """`/reviews/ID?done=approved` showed "Your approval is recorded." to anyone who opened
+    it: a link someone sends could tell a reviewer they had decided, so that they did not.
+    The notice is sealed to the session that decided; another's seal shows nothing either."""
+    goal = client.submit(SEED_GOAL).wait(timeout=30, until={"held", "completed", "failed"})
+    assert goal.status == "held", goal
+
+    for crafted in ("?done=approved", "?done=approved&seal=" + "0" * 32):
+        page.goto(f"/reviews/{goal.plan_id}{crafted}")
+        assert page.locator("#outcome").count() == 0, crafted
+        assert page.locator("#approve").count() == 1

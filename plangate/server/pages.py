@@ -7,6 +7,7 @@ After a decision the page shows the plan as the store holds it now (`progress.py
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -219,7 +220,7 @@ def _settle(
     except (Conflict, Forbidden, NotFound) as exc:
         status = {Conflict: 409, Forbidden: 403, NotFound: 404}[type(exc)]
         return _list_page(request, desk, web, error=str(exc), status=status)
-    return RedirectResponse(f"/reviews/{plan_id}?done=settled", status_code=303)
+    return RedirectResponse(_done_link(web, plan_id, "settled"), status_code=303)
 
 
 def _plan_page(
@@ -256,13 +257,16 @@ def _plan_page(
 
 
 @router.get("/reviews/{plan_id}")
-def plan_view(request: Request, plan_id: str, desk: Desk, done: str = "") -> Response:
+def plan_view(
+    request: Request, plan_id: str, desk: Desk, done: str = "", seal: str = ""
+) -> Response:
     """Show one plan: where it stands, its steps, the policy's decision, the diff, the forms."""
     web = _session(request, desk)
     if web is None:
         return _to_login()
     try:
-        return _plan_page(request, desk, plan_id, web, notice=NOTICES.get(done))
+        notice = _notice(web, plan_id, done, seal)
+        return _plan_page(request, desk, plan_id, web, notice=notice)
     except NotFound as exc:
         return _list_page(request, desk, web, error=str(exc), status=404)
 
@@ -311,7 +315,28 @@ def _act(
             summary=summary,
         )
     done = {"approve": "approved", "reject": "rejected", "edit": "edited"}[action]
-    return RedirectResponse(f"/reviews/{target}?done={done}", status_code=303)
+    return RedirectResponse(_done_link(web, target, done), status_code=303)
+
+
+def _done_link(web: WebSession, plan_id: str, done: str) -> str:
+    """Return the plan's page, saying what this session just recorded on it.
+
+    The notice is sealed to the session (its form token keys it): `?done=approved` alone,
+    in a link anyone can send, showed "Your approval is recorded" to a reviewer who had not
+    decided, who might then not.
+    """
+    return f"/reviews/{plan_id}?done={done}&seal={_seal(web, plan_id, done)}"
+
+
+def _seal(web: WebSession, plan_id: str, done: str) -> str:
+    return hmac.new(web.csrf.encode(), f"{plan_id}:{done}".encode(), "sha256").hexdigest()[:32]
+
+
+def _notice(web: WebSession, plan_id: str, done: str, seal: str) -> str | None:
+    """Return the notice of what this session recorded, if the link is sealed to it."""
+    if done not in NOTICES or not hmac.compare_digest(seal, _seal(web, plan_id, done)):
+        return None
+    return NOTICES[done]
 
 
 def _decide(
