@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -782,3 +783,58 @@ def test_an_editor_cannot_approve_alone_an_edit_that_made_the_plan_meet_a_weaker
 
         assert pipeline.wait_for(goal_id).status == "completed"
         assert signed_approvers(pipeline, edited.plan_id) == ("bob",)
+
+
+def test_the_page_says_who_may_decide_who_approved_and_who_wrote_the_plan(fleet: Fleet) -> None:
+    """Given the seed plan held for two approvals from finance,
+    When carol (no role) opens it, Then the page says she may read it, not decide it, and
+    offers no form (the forms answered 403 only once she had typed her comment);
+    When alice approves it in the page, Then it offers her no second approval (that answered
+    422 with a CLI hint) but says how far the approval is;
+    When bob approves too, Then the headline names both approvers (it named the last alone),
+    and the page says who wrote the revision.
+    """
+    team = fleet.folder / "reviewers.yaml"  # the gate counts approvals by this file
+    roles = {"alice": ["finance"], "bob": ["finance"], "carol": []}
+    tokens = {name: add_reviewer(team, name, wanted) for name, wanted in roles.items()}
+    reviewers = Reviewers.from_file(team)
+    with Client(fleet.settings()) as client, serving(client, reviewers) as url:
+        state = client.submit(SEED_GOAL).wait(timeout=30, until={"held"})
+        plan_id = str(state.plan_id)
+        with chromium() as browser:
+
+            def logged_in(name: str) -> Any:
+                page = browser.new_context(base_url=url).new_page()
+                page.set_default_timeout(15_000)
+                page.goto("/reviews")
+                page.fill("#token", tokens[name])
+                page.click("button[type=submit]")
+                page.wait_for_url("**/reviews")
+                page.goto(f"/reviews/{plan_id}")
+                return page
+
+            carol = logged_in("carol")
+            no_role = carol.inner_text("#no-role")
+            carol_forms = carol.locator("#approve, #reject, #summary").count()
+            alice = logged_in("alice")
+            author = alice.inner_text("#author")
+            alice.click("#approve")
+            alice.wait_for_url("**done=approved&seal=*")
+            alice_after = (alice.locator("#approve").count(), alice.inner_text("#approved-already"))
+            bob = logged_in("bob")
+            bob.click("#approve")
+            bob.wait_for_url("**done=approved&seal=*")
+            eventually(
+                lambda: client.status(state.goal_id).status == "completed",
+                timeout=30,
+                what="the goal completed",
+            )
+            bob.reload()
+            headline = bob.inner_text("#headline")
+
+    assert "needs the role finance, which carol does not have" in " ".join(no_role.split())
+    assert carol_forms == 0
+    assert author == "planned by playbook:ticket-sla-breach"
+    assert alice_after[0] == 0
+    assert "You approved this revision: 1 of 2 approvals (alice)" in alice_after[1]
+    assert headline == "Completed, approved by alice, bob."

@@ -241,12 +241,19 @@ def _plan_page(
     progress = plan_progress(desk.store, plan_id)
     steps = [step.model_dump() for step in detail.steps]
     editable = editable_steps(steps)
+    held_here = progress.status == "held"
+    # Said up front, not only as a 403 after a comment was typed: the forms need the role.
+    role_missing = detail.required_role is not None and (
+        detail.required_role not in web.reviewer.roles
+    )
     context: dict[str, Any] = {
         "reviewer": web.reviewer,
         "csrf": web.csrf,
         "plan": detail,
         "progress": progress,
-        "decidable": progress.status == "held",
+        "decidable": held_here and not role_missing,
+        "role_missing": held_here and role_missing,
+        "approved_already": web.reviewer.name in detail.approvers,
         "notice": notice,
         "error": error,
         "problems": problems or [],

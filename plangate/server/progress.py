@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from plangate.errors import NotFound, quoted
-from plangate.store import DecisionRow, GoalRow, PlanRow, StepRunRow, Store
+from plangate.store import DecisionRow, GoalRow, PlanRow, ReviewerApprovalRow, StepRunRow, Store
 from plangate.store.goals import latest_plan
 
 MAX_SHOWN = 2000  # characters of one output or error; the API and `plangate status` have all
@@ -63,17 +63,21 @@ def _shown(value: Any) -> str:
     return f"{text[:MAX_SHOWN]}… (cut here: {len(text)} characters in all)"
 
 
-def _by(decision: DecisionRow | None) -> str:
+def _by(decision: DecisionRow | None, approvers: list[str]) -> str:
     if decision is None:
         return ""
     if decision.stage == "policy":
         return f"rule {decision.rule}" if decision.rule else "the policy"
+    if decision.action == "approve" and len(approvers) > 1:
+        return ", ".join(approvers)  # four eyes: the last one alone hid the others
     return decision.decided_by
 
 
-def _headline(status: str, human: DecisionRow | None, policy: DecisionRow | None) -> str:
+def _headline(
+    status: str, human: DecisionRow | None, policy: DecisionRow | None, approvers: list[str]
+) -> str:
     decided = human if human is not None else policy
-    by = f" by {_by(decided)}" if decided is not None else ""
+    by = f" by {_by(decided, approvers)}" if decided is not None else ""
     approved_by = f", approved{by}" if decided and decided.action == "approve" else ""
     lines = {
         "submitted": "Submitted: waiting for a planner.",
@@ -107,6 +111,13 @@ def plan_progress(store: Store, plan_id: str) -> PlanProgress:
         goal = session.get_one(GoalRow, plan.goal_id)
         newest = latest_plan(session, goal.id) or plan
         decisions = _decisions(session, plan_id)
+        approvers = list(
+            session.scalars(
+                select(ReviewerApprovalRow.reviewer)
+                .where(ReviewerApprovalRow.plan_id == plan_id)
+                .order_by(ReviewerApprovalRow.created_at, ReviewerApprovalRow.reviewer)
+            )
+        )
         runs = {
             row.step_id: row
             for row in session.execute(
@@ -129,7 +140,7 @@ def plan_progress(store: Store, plan_id: str) -> PlanProgress:
         headline = (
             f"Replaced by revision {newest.revision}."
             if status == "replaced"
-            else _headline(status, decisions.get("human"), decisions.get("policy"))
+            else _headline(status, decisions.get("human"), decisions.get("policy"), approvers)
         )
         return PlanProgress(
             plan_id=plan_id,
