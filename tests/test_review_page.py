@@ -310,11 +310,11 @@ def test_back_after_logging_out_shows_no_page_of_the_session(
     page.wait_for_selector("#goal-status")
 
     page.click("form[action='/logout'] button")
-    page.wait_for_url("**/login")
+    page.wait_for_url("**/login?out=1")
     page.go_back()
     page.wait_for_load_state()
 
-    assert page.url.endswith("/login")
+    assert page.url.endswith(f"/login?next=%2Freviews%2F{goal.plan_id}")
     assert page.locator("#goal-status").count() == 0
 
 
@@ -383,3 +383,37 @@ def test_a_link_saying_a_decision_was_recorded_shows_nothing_unless_this_session
         page.goto(f"/reviews/{goal.plan_id}{crafted}")
         assert page.locator("#outcome").count() == 0, crafted
         assert page.locator("#approve").count() == 1
+
+
+def test_a_plan_link_followed_logged_out_comes_back_to_the_plan_after_login(
+    browser: Any, base_url: str, client: Client
+) -> None:
+    """A review link (a notice's `review_url`) opened without a session led to the login,
+    then to the list, not to the plan; a logout said nothing. A `next` that is not a plan's
+    page of this server is not followed."""
+    goal = client.submit(SEED_GOAL).wait(timeout=30, until={"held", "completed", "failed"})
+    assert goal.status == "held", goal
+    context = browser.new_context(base_url=base_url)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        page.goto(f"/reviews/{goal.plan_id}")
+        page.wait_for_url("**/login?next=*")
+        page.fill("#token", ALICE)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"**/reviews/{goal.plan_id}")
+        back_on_the_plan = page.locator("#approve").count()
+        page.click("form[action='/logout'] button")
+        page.wait_for_url("**/login?out=1")
+        logged_out = page.inner_text("#outcome")
+        page.goto("/login?next=//evil.example/reviews/abc")
+        page.fill("#token", ALICE)
+        page.click("button[type=submit]")
+        page.wait_for_url("**/reviews")
+        after_foreign_next = page.url
+    finally:
+        context.close()
+
+    assert back_on_the_plan == 1
+    assert logged_out == "You are logged out."
+    assert after_foreign_next == f"{base_url}/reviews"

@@ -142,7 +142,7 @@ def test_logout_ends_the_session_on_every_replica(
         out = first.post("/logout", data={"csrf": csrf})
 
         assert out.status_code == 303
-        assert out.headers["location"] == "/login"
+        assert out.headers["location"] == "/login?out=1"
         assert SESSION_COOKIE in out.headers["set-cookie"]
         for client in (first, second):
             client.cookies.set(SESSION_COOKIE, cookie)

@@ -14,7 +14,7 @@ from plangate import __version__, telemetry
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.redaction import register_secret
-from plangate.server import goal_pages, goals, health, pages, reviews
+from plangate.server import goal_pages, goals, health, login, pages, reviews
 from plangate.server.api_docs import ASSETS, complete_error_responses, install_api_docs
 from plangate.server.body_limit import BodyLimit
 from plangate.server.errors import install_handlers
@@ -83,6 +83,7 @@ def create_app(
     app.add_middleware(HeadAsGet)
     app.include_router(goals.router)
     app.include_router(reviews.router)
+    app.include_router(login.router)
     app.include_router(pages.router)
     app.include_router(goal_pages.router)
     app.include_router(health.router)

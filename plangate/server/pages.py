@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -23,7 +24,6 @@ from plangate.server.decision_bodies import Settle
 from plangate.server.errors import ApiError
 from plangate.server.json_bodies import read_body
 from plangate.server.progress import plan_progress
-from plangate.server.ratelimit import client_address, get_limit
 from plangate.server.reviewers import Reviewer, get_reviewers
 from plangate.server.reviews import (
     ReviewDesk,
@@ -51,25 +51,30 @@ OTHER_SITE = "A login sent from another site is refused: log in from this page."
 FORM_FROM_OTHER_SITE = "A form sent from another site is refused: decide from this page."
 NO_HASH = "The form does not say which revision you reviewed; reload the plan and decide again."
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
+# Where a login may return to: a plan's page of this server (ids plangate makes), never a URL.
+_PLAN_PAGE = re.compile(r"/reviews/[0-9a-f]{1,64}")
 
 
-def _keeper(request: Request) -> SessionKeeper:
+def session_keeper(request: Request) -> SessionKeeper:
+    """Return the app's keeper of reviewers' web sessions."""
     keeper: SessionKeeper = request.app.state.sessions
     return keeper
 
 
-def _form_refused(request: Request, web: WebSession, form: dict[str, str]) -> str | None:
+def form_refused(request: Request, web: WebSession, form: dict[str, str]) -> str | None:
     """Say why a session's form is refused: sent from another site, or its token is stale."""
     if sent_from_another_site(request, request.app.state.settings.public_url):
         return FORM_FROM_OTHER_SITE
-    return None if _keeper(request).csrf_valid(web, form.get("csrf", "")) else EXPIRED_FORM
+    return None if session_keeper(request).csrf_valid(web, form.get("csrf", "")) else EXPIRED_FORM
 
 
-def _session(request: Request, desk: ReviewDesk) -> WebSession | None:
-    return _keeper(request).find(desk.store, get_reviewers(request), request)
+def find_session(request: Request, desk: ReviewDesk) -> WebSession | None:
+    """Return the browser's web session, or None if it has none (or it ended)."""
+    return session_keeper(request).find(desk.store, get_reviewers(request), request)
 
 
-async def _form(request: Request) -> dict[str, str]:
+async def read_form(request: Request) -> dict[str, str]:
+    """Return a form's fields, each its first value (bounded, UTF-8)."""
     body = await read_body(request, 256 * 1024)
     try:
         # Strict: a form a browser sends is UTF-8, percent-encoded beyond ASCII.
@@ -81,92 +86,37 @@ async def _form(request: Request) -> dict[str, str]:
 
 def session_or_login(request: Request, desk: ReviewDesk) -> WebSession | RedirectResponse:
     """Return the reviewer's web session, or the redirect to the login page."""
-    web = _session(request, desk)
-    return _to_login() if web is None else web
+    web = find_session(request, desk)
+    return to_login() if web is None else web
 
 
-def _to_login(*, dropped: bool = False) -> RedirectResponse:
+def to_login(
+    *, dropped: bool = False, back_to: str = "", logged_out: bool = False
+) -> RedirectResponse:
+    """Return the redirect to the login page, saying why, and where to come back to."""
     # `dropped`: the request was a decision, which is lost with the session; the page says so.
-    return RedirectResponse("/login?ended=1" if dropped else "/login", status_code=303)
+    # `back_to`: the plan's page the login returns to (a review link in a notice, say).
+    query = {"ended": "1"} if dropped else {"out": "1"} if logged_out else {}
+    if return_path(back_to):
+        query["next"] = back_to
+    return RedirectResponse(f"/login?{urlencode(query)}" if query else "/login", status_code=303)
 
 
-def _login_page(request: Request, error: str | None = None, status: int = 200) -> Response:
-    return templates.TemplateResponse(request, "login.html", {"error": error}, status_code=status)
-
-
-@router.get("/")
-def home() -> RedirectResponse:
-    """Send a visitor to the list of held plans."""
-    return RedirectResponse("/reviews", status_code=303)
-
-
-@router.get("/login")
-def login_page(request: Request, ended: str = "") -> Response:
-    """Show the login form (saying so when a decision was sent after the session ended)."""
-    return _login_page(request, SESSION_ENDED if ended else None)
-
-
-@router.post("/login")
-async def login(request: Request, desk: Desk) -> Response:
-    """Check the token and start a session; too many failures from one address answer 429."""
-    limit, address = get_limit(request), client_address(request)
-    token = (await _form(request)).get("token", "").strip()
-    if sent_from_another_site(request, request.app.state.settings.public_url):
-        return _login_page(request, OTHER_SITE, 403)
-    reviewers = get_reviewers(request)
-    reviewer = reviewers.identify(token)
-    if reviewer is None and reviewers.problem is not None:  # nobody is known: not your token
-        return _login_page(request, "Nobody can log in until the reviewers file is fixed.", 503)
-    if reviewer is None:
-        wait = limit.retry_after(address)  # a valid token passes: see `ratelimit`
-        if wait is not None:
-            response = _login_page(
-                request, f"Too many failed logins from your address; try again in {wait} s.", 429
-            )
-            response.headers["Retry-After"] = str(wait)
-            return response
-        limit.failed(address)
-        return _login_page(request, "That token is not a reviewer's; check it and try again.", 401)
-    response = RedirectResponse("/reviews", status_code=303)
-    await run_in_threadpool(_restart, request, desk, reviewer, response)
-    return response
-
-
-def _restart(request: Request, desk: ReviewDesk, reviewer: Reviewer, response: Response) -> None:
-    """Start `reviewer`'s session, ending the one the browser had: it would outlive a logout."""
-    keeper = _keeper(request)
-    earlier = _session(request, desk)
-    if earlier is not None:
-        keeper.end(desk.store, earlier)
-    keeper.start(desk.store, reviewer, response)
-
-
-@router.post("/logout")
-async def logout(request: Request, desk: Desk) -> Response:
-    """End the session on every replica and forget its cookie."""
-    form = await _form(request)
-    web = await run_in_threadpool(_session, request, desk)
-    keeper = _keeper(request)
-    response = _to_login()
-    if web is None:
-        keeper.clear(response)
-    elif refused := _form_refused(request, web, form):
-        return _list_page(request, desk, web, error=refused, status=403)
-    else:
-        await run_in_threadpool(keeper.end, desk.store, web, response)
-    return response
+def return_path(path: str) -> str | None:
+    """Return `path` if a login may send the browser there: a plan's page here, nothing else."""
+    return path if _PLAN_PAGE.fullmatch(path) else None
 
 
 @router.get("/reviews")
 def review_list(request: Request, desk: Desk) -> Response:
     """List every held plan, and the steps waiting to be settled."""
-    web = _session(request, desk)
+    web = find_session(request, desk)
     if web is None:
-        return _to_login()
-    return _list_page(request, desk, web)
+        return to_login()
+    return list_page(request, desk, web)
 
 
-def _list_page(
+def list_page(
     request: Request,
     desk: ReviewDesk,
     web: WebSession,
@@ -174,6 +124,7 @@ def _list_page(
     error: str | None = None,
     status: int = 200,
 ) -> Response:
+    """Return the list of held plans, with an error (and its status) if one is to be said."""
     catalog = desk.catalog()
     context = {
         "reviewer": web.reviewer,
@@ -189,10 +140,10 @@ def _list_page(
 @router.post("/reviews/{plan_id}/steps/{step_id}/settle")
 async def settle_step(request: Request, plan_id: str, step_id: str, desk: Desk) -> Response:
     """Say from the page whether a step that may or may not have happened did."""
-    web = await run_in_threadpool(_session, request, desk)
+    web = await run_in_threadpool(find_session, request, desk)
     if web is None:
-        return _to_login(dropped=True)
-    form = await _form(request)
+        return to_login(dropped=True)
+    form = await read_form(request)
     return await run_in_threadpool(_settle, request, desk, plan_id, step_id, web, form)
 
 
@@ -204,8 +155,8 @@ def _settle(
     web: WebSession,
     form: dict[str, str],
 ) -> Response:
-    if refused := _form_refused(request, web, form):
-        return _list_page(request, desk, web, error=refused, status=403)
+    if refused := form_refused(request, web, form):
+        return list_page(request, desk, web, error=refused, status=403)
     try:
         happened = {"yes": True, "no": False}[form.get("happened", "")]
         text = form.get("output", "").strip()
@@ -213,13 +164,13 @@ def _settle(
         found = Settle(happened=happened, output=output, comment=form.get("comment", ""))
         desk.settle(plan_id, step_id, web.reviewer, found)
     except KeyError:
-        return _list_page(request, desk, web, error="Say whether it happened.", status=422)
+        return list_page(request, desk, web, error="Say whether it happened.", status=422)
     except (MessageRejected, ValueError, InputInvalid) as exc:  # bad JSON, a long comment, ...
         problem = f"That cannot be recorded: {exc}"
-        return _list_page(request, desk, web, error=problem, status=422)
+        return list_page(request, desk, web, error=problem, status=422)
     except (Conflict, Forbidden, NotFound) as exc:
         status = {Conflict: 409, Forbidden: 403, NotFound: 404}[type(exc)]
-        return _list_page(request, desk, web, error=str(exc), status=status)
+        return list_page(request, desk, web, error=str(exc), status=status)
     return RedirectResponse(_done_link(web, plan_id, "settled"), status_code=303)
 
 
@@ -268,23 +219,23 @@ def plan_view(
     request: Request, plan_id: str, desk: Desk, done: str = "", seal: str = ""
 ) -> Response:
     """Show one plan: where it stands, its steps, the policy's decision, the diff, the forms."""
-    web = _session(request, desk)
+    web = find_session(request, desk)
     if web is None:
-        return _to_login()
+        return to_login(back_to=f"/reviews/{plan_id}")
     try:
         notice = _notice(web, plan_id, done, seal)
         return _plan_page(request, desk, plan_id, web, notice=notice)
     except NotFound as exc:
-        return _list_page(request, desk, web, error=str(exc), status=404)
+        return list_page(request, desk, web, error=str(exc), status=404)
 
 
 @router.post("/reviews/{plan_id}/{action}")
 async def act(request: Request, plan_id: str, action: str, desk: Desk) -> Response:
     """Approve, reject or edit from the page; show the outcome or why it was refused."""
-    web = await run_in_threadpool(_session, request, desk)
+    web = await run_in_threadpool(find_session, request, desk)
     if web is None:
-        return _to_login(dropped=True)
-    form = await _form(request)
+        return to_login(dropped=True, back_to=f"/reviews/{plan_id}")
+    form = await read_form(request)
     return await run_in_threadpool(_act, request, desk, plan_id, action, web, form)
 
 
@@ -299,7 +250,7 @@ def _act(
     # A refused edit shows the form as the reviewer filled it in, summary and steps.
     draft = form.get("steps") if action == "edit" else None
     summary = form.get("summary") if action == "edit" else None
-    if refused := _form_refused(request, web, form):
+    if refused := form_refused(request, web, form):
         return _plan_page(request, desk, plan_id, web, error=refused, status=403)
     try:
         target = _decide(desk, plan_id, action, web.reviewer, form)
