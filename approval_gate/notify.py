@@ -4,17 +4,21 @@ The body has a Slack-compatible `text` with the review link, and the same facts 
 sent through the one HTTP client (`plangate.http_client`) in a background thread after the
 decision is committed, within a short budget: connection failures, 429 and 5xx are retried in it
 (a receiver that failed after posting may show the notice twice: better than never), and a slow
-or failing webhook is logged and never blocks or fails the gate.
+or failing webhook is logged (with the goal's id and trace), counted
+(`plangate_review_webhook_failures_total`) and never blocks or fails the gate.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from plangate import metrics
 from plangate.http_client import send
+from plangate.logs import bound
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 5.0
@@ -64,8 +68,10 @@ class WebhookNotifier:
 
     def __call__(self, notice: HeldNotice) -> threading.Thread:
         """Start sending `notice`; return the sending thread (tests may join it)."""
+        # In a copy of this context: its lines carry the goal's id and trace, as the gate's do.
+        context = contextvars.copy_context()
         thread = threading.Thread(
-            target=self.send, args=(notice,), name="plangate-webhook", daemon=True
+            target=context.run, args=(self.send, notice), name="plangate-webhook", daemon=True
         )
         thread.start()
         return thread
@@ -85,6 +91,8 @@ class WebhookNotifier:
                 deadline=self.timeout,
             )
         except Exception as exc:  # any failure: the gate goes on, an operator reads the log
-            log.warning("the review webhook failed for plan %s: %s", notice.plan_id, exc)
+            metrics.WEBHOOK_FAILURES.inc()
+            with bound(goal_id=notice.goal_id, plan_id=notice.plan_id):
+                log.warning("the review webhook failed for plan %s: %s", notice.plan_id, exc)
             return False
         return True

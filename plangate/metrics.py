@@ -55,6 +55,10 @@ LLM_TOKENS = Counter(
     "plangate_llm_tokens", "Tokens the planner's model spent, by model and kind.", ["model", "kind"]
 )
 RESENDS = Counter("plangate_reconciler_resends", "Messages the reconciler sent again.")
+WEBHOOK_FAILURES = Counter(
+    "plangate_review_webhook_failures",
+    "Held notices the review webhook did not take (logged; not sent again).",
+)
 SEALING_STOPPED = Gauge(
     "plangate_audit_sealing_stopped",
     "1 while this gate seals no audit checkpoint: one it saw is gone from the store.",

@@ -3,13 +3,18 @@ it arrives, a passing failure is retried, and a failing webhook only costs a log
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import time
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from approval_gate.notify import HeldNotice, WebhookNotifier
+from plangate import telemetry
+from plangate.logs import JsonFormatter
 from tests.http_recorder import HttpRecorder, Reply, http_recorder, isolate_environment
 
 NOTICE = HeldNotice(
@@ -104,3 +109,31 @@ def test_a_webhook_url_that_is_not_http_is_not_called(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, logger="approval_gate.notify"):
         assert WebhookNotifier("ftp://hooks.example/x", PUBLIC).send(NOTICE) is False
     assert "PLANGATE_WEBHOOK_URL must be an http(s) URL" in caplog.text
+
+
+def test_a_failed_notice_is_logged_with_its_goal_and_trace_and_counted(
+    server: HttpRecorder,
+) -> None:
+    """Sent from a thread of its own, the failure's JSON line carried no goal id and no trace
+    id (operate.md promises both where a goal is concerned), and nothing counted it."""
+    server.answer("/hook", Reply(404, {"error": "no such hook"}))
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(JsonFormatter())  # formats in the thread that logs, as a worker's
+    logger = logging.getLogger("approval_gate.notify")
+    logger.addHandler(handler)
+    before = REGISTRY.get_sample_value("plangate_review_webhook_failures_total") or 0.0
+    telemetry.setup_tracing()
+    try:
+        with telemetry.tracer().start_as_current_span("decide") as span:
+            trace_id = format(span.get_span_context().trace_id, "032x")
+            notifier(server)(NOTICE).join(timeout=10)
+    finally:
+        logger.removeHandler(handler)
+
+    lines = [json.loads(line) for line in written.getvalue().splitlines() if line.strip()]
+    [failed] = [line for line in lines if "review webhook failed" in line["message"]]
+    assert (failed["goal_id"], failed["plan_id"]) == ("g1", "p1")
+    assert failed["trace_id"] == trace_id
+    after = REGISTRY.get_sample_value("plangate_review_webhook_failures_total")
+    assert after == before + 1
