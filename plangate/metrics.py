@@ -84,6 +84,9 @@ def settled(stage: str, kind: str, outcome: str) -> None:
     MESSAGES.labels(stage, kind, outcome).inc()
 
 
+_STORE_UP = "1 if the store answered this scrape's reads; 0 if not (its gauges are then left out)."
+
+
 class StoreCollector(Collector):
     """Gauges read from the store at each scrape: goals by state, holds, the outbox backlog."""
 
@@ -91,7 +94,7 @@ class StoreCollector(Collector):
         self._store = store
 
     def collect(self) -> Iterator[Metric]:
-        """Yield the gauges (none when the store does not answer: the scrape still works)."""
+        """Yield the gauges; only `plangate_store_up` 0 when the store does not answer."""
         from sqlalchemy import func, select
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -112,7 +115,10 @@ class StoreCollector(Collector):
                 )
         except SQLAlchemyError as exc:
             log.warning("metrics: the store does not answer (%s)", type(exc).__name__)
+            # Said as a value, not only as gauges gone missing: a gap alerts nobody.
+            yield GaugeMetricFamily("plangate_store_up", _STORE_UP, 0)
             return
+        yield GaugeMetricFamily("plangate_store_up", _STORE_UP, 1)
         counts = dict(by_state)
         for state, count in sorted(counts.items()):
             goals.add_metric([state], count)

@@ -10,10 +10,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from plangate.client import Client
+from plangate.metrics import StoreCollector
 from plangate.server import create_app
+from plangate.store import open_store
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
-from tests.servers import free_port
+from tests.servers import free_port, refusing_connections
 from tests.test_distributed import APPROVE_ALL
 
 pytestmark = pytest.mark.redis
@@ -96,3 +98,21 @@ def test_each_worker_and_serve_count_the_seed_goal(fleet: tuple[Fleet, dict[str,
         with serving_app(create_app(client.settings, client=client)) as base:
             served = scrape(f"{base}/metrics")
         assert value(served, "plangate_goals", state="completed") == 1
+
+
+@pytest.mark.postgres
+def test_a_store_that_does_not_answer_is_a_zero_not_a_gap(postgres_database_url: str) -> None:
+    """While PostgreSQL was down, the store's gauges simply went missing from every scrape:
+    a dashboard showed a gap, and nothing said the store was down."""
+    store = open_store(postgres_database_url)
+    collector = StoreCollector(store)
+    try:
+        up = {f.name: f.samples[0].value for f in collector.collect() if f.samples}
+        with refusing_connections(postgres_database_url):
+            down = {f.name: f.samples[0].value for f in collector.collect() if f.samples}
+    finally:
+        store.close()
+
+    assert up["plangate_store_up"] == 1
+    assert "plangate_outbox_backlog" in up
+    assert down == {"plangate_store_up": 0}
