@@ -145,3 +145,32 @@ def test_text_that_reads_as_other_text_is_shown_with_its_escapes(
     assert "EVIL\\u202eEMCA" in shown
     assert "ZW\\u200bCORP" in shown
     assert "\u202e" not in page.content()
+
+
+def test_a_long_unbroken_value_leaves_the_short_columns_readable(
+    page: Any,  # noqa: F811
+    client: Client,  # noqa: F811
+) -> None:
+    """A goal or argument of 900 letters without a space squeezed the other columns to a
+    letter a line ("fi/n/a/n/c/e", a step id broken into pairs)."""
+    held = client.submit(SEED_GOAL + " " + "B" * 900).wait(timeout=30, until={"held"})
+    page.set_viewport_size({"width": 1100, "height": 900})
+    lines = LINES_OF_TEXT
+
+    page.goto("/reviews")
+    row = page.locator("tr", has=page.locator(f"a[href='/reviews/{held.plan_id}']"))
+    role_lines = row.locator(".role").evaluate(lines)
+    page.click(f"a[href='/reviews/{held.plan_id}']")
+    first_step = page.locator("#steps tbody tr").first
+    id_lines, tool_lines = (first_step.locator("td").nth(i).evaluate(lines) for i in (0, 1))
+
+    assert (role_lines, id_lines, tool_lines) == (1, 1, 1)
+
+
+# How many lines the text of an element takes as laid out: its text's line boxes.
+LINES_OF_TEXT = """element => {
+  const range = document.createRange();
+  range.selectNodeContents(element);
+  const tops = new Set([...range.getClientRects()].map(rect => Math.round(rect.top)));
+  return tops.size;
+}"""
