@@ -417,3 +417,15 @@ def test_a_plan_link_followed_logged_out_comes_back_to_the_plan_after_login(
     assert back_on_the_plan == 1
     assert logged_out == "You are logged out."
     assert after_foreign_next == f"{base_url}/reviews"
+
+
+def test_a_plan_that_is_not_there_is_said_in_the_pages_words(page: Any) -> None:
+    """It told a person in a browser to run `plangate review list`."""
+    page.goto("/reviews/0123456789abcdef0123456789abcdef")
+
+    said = page.inner_text("#outcome")
+    assert said == (
+        "There is no plan '0123456789abcdef0123456789abcdef': the list below shows the plans "
+        "held now."
+    )
+    assert "plangate" not in said

@@ -225,8 +225,9 @@ def plan_view(
     try:
         notice = _notice(web, plan_id, done, seal)
         return _plan_page(request, desk, plan_id, web, notice=notice)
-    except NotFound as exc:
-        return list_page(request, desk, web, error=str(exc), status=404)
+    except NotFound:  # in the page's words (the store's name a command to run)
+        said = f"There is no plan {quoted(plan_id)}: the list below shows the plans held now."
+        return list_page(request, desk, web, error=said, status=404)
 
 
 @router.post("/reviews/{plan_id}/{action}")
