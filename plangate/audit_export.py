@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from plangate.errors import ApprovalInvalid, ConfigError, UnknownSigner
+from plangate.export_records import records_path, records_problem
 from plangate.signing import Signer, TrustedKeys
 from plangate.store.audit import entry_hash
 from schemas import MessageRejected, SignedEnvelope, utcnow
@@ -39,14 +40,17 @@ class ExportSummary:
     count: int = 0
     first: dict[str, Any] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)
+    goal_ids: set[str] = field(default_factory=set)
 
     def counted(self, entries: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Pass the entries through, noting how many and the first and last."""
+        """Pass the entries through, noting how many, the first and last, and their goals."""
         for entry in entries:
             if not self.count:
                 self.first = entry
             self.count += 1
             self.last = entry
+            if entry.get("goal_id"):
+                self.goal_ids.add(str(entry["goal_id"]))
             yield entry
 
 
@@ -56,11 +60,16 @@ def manifest_path(export: Path) -> Path:
 
 
 def sign_export(
-    export: Path, summary: ExportSummary, signer: Signer, scope: Mapping[str, str | None]
+    export: Path,
+    summary: ExportSummary,
+    signer: Signer,
+    scope: Mapping[str, str | None],
+    records: Path | None = None,
 ) -> Path:
     """Write the signed manifest of a finished export file; return its path.
 
-    `scope` says how the export was chosen (format, since, goal), for the auditor to read.
+    `scope` says how the export was chosen (format, since, goal), for the auditor to read;
+    `records`, the plans and step results written beside it (`plangate.export_records`).
     """
     manifest = {
         "file": export.name,
@@ -73,6 +82,8 @@ def sign_export(
         "scope": dict(scope),
         "exported_at": utcnow().isoformat(),
     }
+    if records is not None:  # signed with the entries
+        manifest["records"] = {"file": records.name, "sha256": _sha256(records)}
     envelope = signer.envelope(MANIFEST_TYPE, canonical_json(manifest))
     target = manifest_path(export)
     target.write_text(envelope.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -107,7 +118,21 @@ def verify_export(export: Path, keys: TrustedKeys, manifest: Path | None = None)
     problem = _chain_problem(entries)
     if problem is None:
         problem = _summary_problem(entries, facts)
+    if problem is None and isinstance(facts.get("records"), dict):
+        problem = _records_problem(export, entries, facts["records"])
     return ExportReport(len(entries), key_id, problem, _part(facts.get("scope")))
+
+
+def _records_problem(
+    export: Path, entries: list[dict[str, Any]], signed: Mapping[str, Any]
+) -> str | None:
+    """Check the records beside the export: the file signed, each record vouched for."""
+    records = export.with_name(str(signed.get("file")))
+    if records.name != records_path(export).name or not records.is_file():
+        return f"the manifest names records {records.name}, which are not beside the export"
+    if _sha256(records) != signed.get("sha256"):
+        return f"{records.name} is not the file signed: its SHA-256 differs"
+    return records_problem(entries, records)
 
 
 def _part(scope: object) -> str | None:

@@ -17,7 +17,9 @@ from securesystemslib.dsse import Envelope as SslibEnvelope
 from securesystemslib.signer import SSlibKey
 from sqlalchemy import select, text
 
+from plangate.audit_export import read_entries
 from plangate.embedded import Pipeline
+from plangate.export_records import records_problem
 from plangate.signing import PAYLOAD_TYPE, read_public_key
 from plangate.store import ApprovalRow
 from tests.test_audit import SEED_RUN_ENTRIES, completed_run, plangate_cli
@@ -192,3 +194,62 @@ def test_a_store_that_does_not_verify_is_not_exported_signed(
     assert "nothing exported: signed, it would vouch for a log that does not verify" in said
     assert not target.exists()
     assert not Path(f"{target}.dsse.json").exists()
+
+
+def test_an_export_with_its_records_tells_an_auditor_what_ran_and_what_it_returned(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """The entries hold digests only: from an export an auditor could not read which tool
+    calls with which arguments a plan held, nor what each returned. With --records, the plans
+    and step results go beside it, signed with it, each held to the entry that hashed it."""
+    target = tmp_path / "audit.jsonl"
+    done = plangate_cli(
+        pipeline.settings.data_dir, "audit", "export", "-o", str(target), "--sign", "--records"
+    )
+    assert done.returncode == 0, done.stderr
+    records = tmp_path / "audit.jsonl.records.jsonl"
+    [public] = (pipeline.settings.data_dir / "keys" / "trusted").glob("*.pub")
+    read = [json.loads(line) for line in records.read_text().splitlines()]
+    original = records.read_bytes()
+
+    intact = plangate_cli(
+        tmp_path / "auditor", "audit", "verify", "--export", str(target), "--key", str(public)
+    )
+    records.write_bytes(original.replace(b'"succeeded"', b'"failed"', 1))
+    altered = plangate_cli(
+        tmp_path / "auditor", "audit", "verify", "--export", str(target), "--key", str(public)
+    )
+
+    [plan] = [r for r in read if r["record"] == "plan"]
+    notify = next(s for s in plan["body"]["steps"] if s["tool"] == "notify_oncall")
+    assert "message" in notify["args"]
+    steps = {r["step_id"]: r for r in read if r["record"] == "step"}
+    assert set(steps) == {"count", "sla", "notify"}
+    assert steps["count"]["status"] == "succeeded"
+    assert steps["count"]["output"] is not None
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert altered.returncode == 1
+    assert "audit.jsonl.records.jsonl is not the file signed" in altered.stderr
+
+
+def test_a_record_no_entry_vouches_for_is_named(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Held to the entries: a step's output other than the one its entry hashed is named."""
+    target = tmp_path / "audit.jsonl"
+    done = plangate_cli(
+        pipeline.settings.data_dir, "audit", "export", "-o", str(target), "--records"
+    )
+    assert done.returncode == 0, done.stderr
+    records = tmp_path / "audit.jsonl.records.jsonl"
+    lines = records.read_text().splitlines()
+    changed = [json.loads(line) for line in lines]
+    step = next(i for i, r in enumerate(changed) if r["record"] == "step")
+    changed[step]["output"] = {"pages": 99}
+    records.write_text("".join(json.dumps(r) + "\n" for r in changed))
+
+    problem = records_problem(read_entries(target), records)
+
+    assert problem is not None
+    assert problem.startswith(f"record {step + 1} of audit.jsonl.records.jsonl (step ")
+    assert problem.endswith("its output is not the one its entry recorded)")

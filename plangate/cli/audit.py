@@ -260,6 +260,14 @@ def audit_export(
             "--sign", help="Also write FILE.dsse.json: a manifest signed with the gate's key."
         ),
     ] = False,
+    records: Annotated[
+        bool,
+        typer.Option(
+            "--records",
+            help="Also write FILE.records.jsonl: each exported goal's plans (steps and "
+            "arguments) and step results (outputs), checked against the entries by verify.",
+        ),
+    ] = False,
 ) -> None:
     """Export every audit entry in chain order, with its hash and its predecessor's.
 
@@ -270,12 +278,14 @@ def audit_export(
     Before it signs, the store is verified as `plangate audit verify` does (exit 1 if broken).
     """
     from plangate.audit_export import ExportSummary, sign_export
+    from plangate.export_records import records_path, write_records
     from plangate.signing import TrustedKeys, load_signer
     from plangate.store import audit, open_store
     from plangate.store.goal_list import parse_since
 
-    if sign and output is None:
-        raise typer.BadParameter("--sign needs --output FILE: the signature is written beside it")
+    if (sign or records) and output is None:
+        given = "--sign" if sign else "--records"
+        raise typer.BadParameter(f"{given} needs --output FILE: it is written beside it")
     after = parse_since(since) if since is not None else None  # as `goals list --since`
     settings = load_settings()
     signer = load_signer(settings) if sign else None  # refused before anything is written
@@ -302,11 +312,16 @@ def audit_export(
                 f"no audit entry of goal {quoted(goal)}; check the id "
                 "(`plangate goals list` shows goals)"
             )
+    beside = None
+    if records and output is not None:
+        beside = records_path(output)
+        count = write_records(store, summary.goal_ids, beside)
+        err_console.print(escape(f"{count} plans and step results written to {beside}"))
     store.close()
     if signer is not None and output is not None:
         when = after.isoformat() if after is not None else None
         scope = {"format": output_format, "since": when, "goal": goal}
-        signed = sign_export(output, summary, signer, scope)
+        signed = sign_export(output, summary, signer, scope, beside)
         said = f"{summary.count} entries written to {output}; signed manifest {signed}"
         err_console.print(escape(said))
     elif output is not None:  # a file written without a word looked like nothing happened

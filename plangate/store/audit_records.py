@@ -76,7 +76,7 @@ _DECIDED = {
 
 
 @dataclass
-class _Recorded:
+class Recorded:
     """What one goal's chain says, as the views would show it."""
 
     submitted: dict[str, Any] | None = None
@@ -180,7 +180,7 @@ def _submitted_goal_gone(store: Store) -> str | None:
 
 def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
     ids = [goal.id for goal in goals]
-    recorded = {goal_id: _Recorded() for goal_id in ids}
+    recorded = {goal_id: Recorded() for goal_id in ids}
     entries = (
         select(
             AuditRow.seq,
@@ -236,7 +236,7 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
             )
 
 
-def _unshown_decisions(recorded: _Recorded, shown: set[tuple[str, str, str]]) -> Iterator[str]:
+def _unshown_decisions(recorded: Recorded, shown: set[tuple[str, str, str]]) -> Iterator[str]:
     """Name a person's decision the log records last on a plan, which no row shows."""
     for plan_id, (who, action) in recorded.last_decision.items():
         if who != POLICY_DECIDER and (plan_id, who, action) not in shown:
@@ -254,7 +254,7 @@ def _data(seq: int, text: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _goal_problems(goal: GoalRow, recorded: _Recorded) -> Iterator[str]:
+def _goal_problems(goal: GoalRow, recorded: Recorded) -> Iterator[str]:
     where = f"goal {goal.id}"
     if recorded.submitted is None:
         yield (
@@ -306,7 +306,7 @@ def _matches(shown: str, parts: list[str]) -> bool:
     return shown.endswith(last)
 
 
-def _plan_problems(plan: PlanRow, recorded: _Recorded) -> Iterator[str]:
+def _plan_problems(plan: PlanRow, recorded: Recorded) -> Iterator[str]:
     where = f"plan {plan.plan_id} of goal {plan.goal_id}"
     try:
         computed = plan_hash(Plan.model_validate(plan.body))
@@ -324,7 +324,7 @@ def _plan_problems(plan: PlanRow, recorded: _Recorded) -> Iterator[str]:
         yield f"{where} shows {plan.planner!r} as its author, but the audit log records {said}"
 
 
-def _step_problems(step: StepRunRow, recorded: _Recorded) -> Iterator[str]:
+def _step_problems(step: StepRunRow, recorded: Recorded) -> Iterator[str]:
     where = f"step {step.step_id} of plan {step.plan_id}"
     entry = recorded.steps.get((step.plan_id, step.step_id))
     if entry is None:
