@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from schemas.identifiers import Identifier
 from schemas.plan import Plan
@@ -50,7 +50,8 @@ class Message(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     message_id: Identifier = Field(default_factory=new_id)
     goal_id: Identifier
-    occurred_at: datetime = Field(default_factory=utcnow)
+    # RFC 3339 with its offset, as the contract says: a naive time is no instant.
+    occurred_at: AwareDatetime = Field(default_factory=utcnow)
 
 
 class GoalSubmitted(Message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import resource
 import zlib
 from typing import Any
@@ -315,3 +316,19 @@ def test_a_goal_published_on_the_broker_with_a_cloudevents_key_is_a_dead_letter(
     assert "published on the broker, not by `serve`" in letter.reason
     with pipeline.store.session() as session:
         assert session.get(GoalRow, taken.goal_id) is None
+
+
+def test_a_goal_whose_time_names_no_offset_is_a_dead_letter_saying_so(
+    pipeline: Pipeline,
+) -> None:
+    """The contract says `occurred_at` is RFC 3339 with its offset; a time without one was
+    taken as it came, an instant nobody could place."""
+    body = json.loads(encode_message(GoalSubmitted(goal_id=new_id(), text=SEED_GOAL)))
+    body["occurred_at"] = "2026-12-06T10:00:00"
+    json_body = {"content_type": "application/json", "content_encoding": "utf-8"}
+
+    publish_raw(pipeline, "goal.submitted", json.dumps(body).encode(), **json_body)
+
+    (letter,) = eventually(lambda: pipeline.bus.dead_letters(), what="the dead letter")
+    assert "occurred_at" in letter.reason
+    assert "timezone" in letter.reason.lower()
