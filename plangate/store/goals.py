@@ -115,9 +115,16 @@ def by_id(
     started = list(session.execute(query).scalars())
     if row is not None and started:
         whole = getattr(started[0], column.key)
+        this_one = (
+            ", or ask for this one over the API, which takes whole ids only (GET "
+            "/api/v1/goals/ID)"
+            if model is GoalRow
+            else ""
+        )
         raise Conflict(
-            f"{quoted(given)} is one id in full and the start of {whole}; give the whole id "
-            "of the one you mean"
+            f"{quoted(given)} is one id in full and the start of {whole}: a command a person "
+            "types takes neither, so that an id published as the start of another's takes no "
+            f"command meant for that one; give the other's whole id{this_one}"
         )
     if len(started) > 1:
         raise Conflict(f"{quoted(given)} starts more than one id; give more of it")
