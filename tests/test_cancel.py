@@ -182,7 +182,7 @@ def test_a_goal_published_under_the_start_of_a_real_one_s_id_takes_none_of_its_c
         with pipeline.store.session() as session:
             store_goal(session, GoalSubmitted(goal_id=short, text="a decoy"), {})
 
-        with pytest.raises(Conflict, match="give the other.s whole id"):
+        with pytest.raises(Conflict, match="give the other's whole id"):
             cancel_goal(pipeline.store, short, "alice", "wrong one?")
 
         assert pipeline.wait_for(real, HELD, timeout=1).status == "held"
@@ -225,8 +225,8 @@ def test_a_whole_id_the_stages_pass_along_is_never_taken_for_a_short_one(
                 store_goal(session, GoalSubmitted(goal_id=goal_id, text="x"), {})
         with pipeline.store.reading() as session:
             assert get_goal(session, "20240611").id == "20240611"
-            with pytest.raises(Conflict, match="give the other.s whole id"):
+            with pytest.raises(Conflict, match="give the other's whole id"):
                 get_goal(session, "20240611", typed=True)
-            with pytest.raises(Conflict, match="give the other.s whole id"):
+            with pytest.raises(Conflict, match="give the other's whole id"):
                 get_goal(session, "abcdef12", typed=True)
             assert get_goal(session, "abcdef", typed=True).id == "abcdef12" + "f" * 24

@@ -116,8 +116,7 @@ def by_id(
     if row is not None and started:
         whole = getattr(started[0], column.key)
         this_one = (
-            ", or ask for this one over the API, which takes whole ids only (GET "
-            "/api/v1/goals/ID)"
+            ", or ask for this one over the API, which takes whole ids only (GET /api/v1/goals/ID)"
             if model is GoalRow
             else ""
         )
