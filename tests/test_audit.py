@@ -556,6 +556,9 @@ def _plan_rewritten_with_its_hash(pipeline: Pipeline, goal_id: str) -> None:
     )
 
 
+# Rewrites that are not one SQL statement: the plan's body with its hash recomputed, and
+# every row of the goal deleted (its log kept).
+PLAN_AND_HASH, GOAL_ROWS = "plan and its hash", "goal rows"
 ROWS_REWRITTEN = {
     "decider": (
         "UPDATE decisions SET decided_by = 'mallory' WHERE stage = 'human'",
@@ -576,7 +579,7 @@ ROWS_REWRITTEN = {
         """UPDATE plans SET body = json_set(body, '$.summary', 'Page nobody')""",
         "does not hash to its plan hash",
     ),
-    "plan and its hash": ("", "records no such plan with this hash"),
+    "plan and its hash": (PLAN_AND_HASH, "records no such plan with this hash"),
 }
 
 
@@ -592,16 +595,9 @@ def test_a_row_the_views_show_rewritten_outside_plangate_breaks_verification(
     it said "intact" while `status` showed mallory's decision, a refund that never ran or a
     rejected goal as completed.
     """
-    if statement:
-        run_sql(pipeline, statement)
-    else:
-        _plan_rewritten_with_its_hash(pipeline, completed_run)
+    _rewrite(pipeline, completed_run, statement)
 
-    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
-
-    assert verified.returncode == 1, verified.stdout + verified.stderr
-    assert "records broken" in verified.stderr
-    assert said in " ".join(verified.stderr.split())
+    assert_records_broken(pipeline, said)
 
 
 def test_the_newest_checkpoint_deleted_is_said_as_entries_no_checkpoint_seals(
@@ -707,7 +703,7 @@ ROWS_REMOVED_OR_RETOLD = {
         "UPDATE step_runs SET error = 'the customer asked to stop' WHERE step_id = 'notify'",
         "shows an error other than the one its audit entry recorded",
     ),
-    "goal's rows removed": ("", "its audit log records its submission, but its row is gone"),
+    "goal's rows removed": (GOAL_ROWS, "its audit log records its submission, but its row is gone"),
     "plan's author": (
         "UPDATE plans SET planner = 'edit:alice'",
         "shows 'edit:alice' as its author, but the audit log records a planner's",
@@ -728,11 +724,23 @@ def test_a_row_removed_or_retold_that_the_log_records_otherwise_breaks_verificat
     log, so `status` showed the plan as held by the policy, a write that ran as not run, or
     another tool, another error, an author who never wrote it, and verify said intact.
     """
-    if statement:
-        run_sql(pipeline, statement)
-    else:
-        remove_goal_rows(pipeline, completed_run)
+    _rewrite(pipeline, completed_run, statement)
 
+    assert_records_broken(pipeline, said)
+
+
+def _rewrite(pipeline: Pipeline, goal_id: str, statement: str) -> None:
+    """Run one SQL statement, or one of the rewrites no single statement makes."""
+    if statement == PLAN_AND_HASH:
+        _plan_rewritten_with_its_hash(pipeline, goal_id)
+    elif statement == GOAL_ROWS:
+        remove_goal_rows(pipeline, goal_id)
+    else:
+        run_sql(pipeline, statement)
+
+
+def assert_records_broken(pipeline: Pipeline, said: str) -> None:
+    """`plangate audit verify` exits 1 with "records broken", saying `said`."""
     verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
 
     assert verified.returncode == 1, verified.stdout + verified.stderr
