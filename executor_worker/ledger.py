@@ -157,7 +157,9 @@ class StepLedger:
             raise _held_elsewhere(step.id, lease_until, now)
         if not spec.idempotent:
             row.status, row.finished_at = "unknown", now
-            row.error = "the executor calling it died mid-call"
+            # Or it lived, but could not record the result within the lease (a database
+            # outage longer than the lease): from the row alone, the two look the same.
+            row.error = "the executor calling it died mid-call, or could not record its result"
             # Said in the log as every step's end is: it read as claimed and never ended.
             key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
             self._audit(session, "step.unknown", _ended(key, None, row.error))

@@ -170,7 +170,8 @@ def test_a_write_cut_off_mid_call_stops_the_run_for_a_person(billing: Pipeline) 
     assert goal.status == "needs_attention"
     assert paused.steps == {"charge": "unknown"}
     assert "may or may not have happened" in paused.reason
-    assert "(the executor calling it died mid-call; its tool is not idempotent" in paused.reason
+    said = "(the executor calling it died mid-call, or could not record its result; its tool"
+    assert f"{said} is not idempotent" in paused.reason
     assert f"plangate review settle {plan.plan_id} charge --happened" in paused.reason
     [waiting] = unsettled_steps(billing.store)
     assert (waiting.plan_id, waiting.step_id, waiting.tool) == (
@@ -587,7 +588,9 @@ def test_a_write_found_cut_off_is_an_audit_entry_of_its_own(billing: Pipeline) -
 
     [entry] = [e for e in audit_entries(billing.store, plan.goal_id) if e.kind == "step.unknown"]
     assert (entry.actor, entry.data["step_id"]) == ("executor", "charge")
-    assert entry.data["error"] == "the executor calling it died mid-call"
+    assert entry.data["error"] == (
+        "the executor calling it died mid-call, or could not record its result"
+    )
 
 
 def test_a_step_settled_as_not_happened_by_someone_else_meanwhile_is_a_conflict(
