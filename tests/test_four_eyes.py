@@ -515,6 +515,9 @@ def test_over_processes_approvals_recorded_with_a_reviewers_file_of_ones_own_rel
     )
     assert "0 of 2 approvals" in str(refused)
     assert not (fleet.folder / "notifications.jsonl").exists()
+    # The gate withdrew the decision (its row deleted, the goal held again): no false alarm.
+    verified = fleet.plangate("audit", "verify")
+    assert "broken" not in verified.stderr, verified.stderr
 
     for name in ("alice", "bob"):
         done = fleet.plangate("review", "approve", plan_id, PLANGATE_REVIEWER_TOKEN=tokens[name])

@@ -293,7 +293,8 @@ def _seal(web: WebSession, plan_id: str, done: str) -> str:
 
 def _notice(web: WebSession, plan_id: str, done: str, seal: str) -> str | None:
     """Return the notice of what this session recorded, if the link is sealed to it."""
-    if done not in NOTICES or not hmac.compare_digest(seal, _seal(web, plan_id, done)):
+    expected = _seal(web, plan_id, done).encode()
+    if done not in NOTICES or not hmac.compare_digest(seal.encode(), expected):
         return None
     return NOTICES[done]
 

@@ -115,7 +115,12 @@ class Recorded:
         if kind in _DECIDED and "decided_by" in data:
             decided = (str(data["decided_by"]), _DECIDED[kind])
             self.deciders.setdefault(plan_id, set()).add(decided)
-            self.last_decision[plan_id] = decided
+            if kind == "goal.held":
+                # Held again: a person's decision the gate withdrew (its row deleted with it)
+                # is no longer the plan's, whoever the entry names.
+                self.last_decision.pop(plan_id, None)
+            else:
+                self.last_decision[plan_id] = decided
         approved = self.approvers.setdefault(plan_id, set())
         approved.update(str(who) for who in data.get("approvers") or ())
         if kind == "plan.approval_counted":
