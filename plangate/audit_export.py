@@ -21,9 +21,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from plangate.errors import ApprovalInvalid, ConfigError, UnknownSigner
-from plangate.export_records import records_path, records_problem
+from plangate.export_records import read_entry, records_path, records_problem
 from plangate.signing import Signer, TrustedKeys
 from plangate.store.audit import entry_hash
+from plangate.store.audit_records import Recorded
 from schemas import MessageRejected, SignedEnvelope, utcnow
 from schemas.decoding import strict_json_loads
 from schemas.hashing import canonical_json
@@ -40,7 +41,9 @@ class ExportSummary:
     count: int = 0
     first: dict[str, Any] = field(default_factory=dict)
     last: dict[str, Any] = field(default_factory=dict)
-    goal_ids: set[str] = field(default_factory=set)
+    # What the exported entries say of each goal: the records written beside are only those
+    # they vouch for (a plan proposed before --since, a step finished after, are not).
+    recorded: dict[str, Recorded] = field(default_factory=dict)
 
     def counted(self, entries: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Pass the entries through, noting how many, the first and last, and their goals."""
@@ -50,7 +53,7 @@ class ExportSummary:
             self.count += 1
             self.last = entry
             if entry.get("goal_id"):
-                self.goal_ids.add(str(entry["goal_id"]))
+                read_entry(self.recorded, entry)
             yield entry
 
 

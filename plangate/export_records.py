@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from plangate.store import PlanRow, StepRunRow, Store
-from plangate.store.audit_records import Recorded, output_digest
+from plangate.store.audit_records import Recorded, output_digest, shown_as_recorded
 from schemas import Plan, plan_hash
 
 RECORDS_SUFFIX = ".records.jsonl"
@@ -34,14 +34,34 @@ def records_path(export: Path) -> Path:
     return export.with_name(export.name + RECORDS_SUFFIX)
 
 
-def write_records(store: Store, goal_ids: Collection[str], target: Path) -> int:
-    """Write the plans and step results of `goal_ids` to `target`; return how many records."""
+def write_records(store: Store, recorded: Mapping[str, Recorded], target: Path) -> int:
+    """Write the plans and step results the exported entries vouch for; return how many.
+
+    `recorded`: what the entries say, by goal. A plan is written if an entry recorded its
+    hash; a step if its last exported entry ended it as its row still says (a step that moved
+    on after the export's last entry is left out: no entry of the export vouches for it).
+    """
     written = 0
     with target.open("w", encoding="utf-8") as stream:
-        for record in _records(store, sorted(goal_ids)):
-            stream.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
-            written += 1
+        for record in _records(store, sorted(recorded)):
+            if _vouched(record, recorded[record["goal_id"]]):
+                stream.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+                written += 1
     return written
+
+
+def read_entry(recorded: dict[str, Recorded], entry: Mapping[str, Any]) -> None:
+    """Take one exported entry into what the entries say of its goal."""
+    data = entry.get("data")
+    fields = data if isinstance(data, dict) else {}
+    goal = recorded.setdefault(str(entry.get("goal_id")), Recorded())
+    goal.read(str(entry["kind"]), str(entry["actor"]), fields)
+
+
+def _vouched(record: Mapping[str, Any], goal: Recorded) -> bool:
+    if record["record"] == "plan":
+        return bool(goal.plans.get(record["plan_id"]) == record["plan_hash"])
+    return _step_problem(record, goal.steps) is None
 
 
 def _records(store: Store, goal_ids: list[str]) -> Iterator[dict[str, Any]]:
@@ -90,11 +110,8 @@ def records_problem(entries: Sequence[Mapping[str, Any]], records: Path) -> str 
     """
     by_goal: dict[str, Recorded] = {}
     for entry in entries:
-        data = entry.get("data")
-        recorded = by_goal.setdefault(str(entry.get("goal_id")), Recorded())
-        recorded.read(
-            str(entry["kind"]), str(entry["actor"]), data if isinstance(data, dict) else {}
-        )
+        if entry.get("goal_id"):
+            read_entry(by_goal, entry)
     hashes = {digest for r in by_goal.values() for digest in r.plans.values()}
     ends = {step: end for r in by_goal.values() for step, end in r.steps.items()}
     with records.open(encoding="utf-8") as stream:
@@ -128,11 +145,13 @@ def _step_problem(
         return None
     where = f"step {record.get('step_id')} of plan {record.get('plan_id')}"
     entry = ends.get((str(record.get("plan_id")), str(record.get("step_id"))))
-    if entry is None:
-        return None  # claimed, its end not recorded yet: nothing to hold it to
+    if entry is None:  # a result is written with its entry: one without is not plangate's
+        return f"{where}: no entry of the export records it"
     if (record.get("tool"), record.get("status")) != (entry.get("tool"), entry.get("status")):
         return f"{where}: its tool or status is not what its entry recorded"
     digest = entry.get("output_sha256")
     if digest is not None and digest != output_digest(record.get("output")):
         return f"{where}: its output is not the one its entry recorded"
+    if "error" in entry and not shown_as_recorded(record.get("error"), entry["error"]):
+        return f"{where}: its error is not the one its entry recorded"
     return None

@@ -22,6 +22,7 @@ from plangate.embedded import Pipeline
 from plangate.export_records import records_problem
 from plangate.signing import PAYLOAD_TYPE, read_public_key
 from plangate.store import ApprovalRow
+from tests.support import audit_entries
 from tests.test_audit import SEED_RUN_ENTRIES, completed_run, plangate_cli
 
 __all__ = ["completed_run"]  # the fixture, shared with the audit log's own tests
@@ -253,3 +254,36 @@ def test_a_record_no_entry_vouches_for_is_named(
     assert problem is not None
     assert problem.startswith(f"record {step + 1} of audit.jsonl.records.jsonl (step ")
     assert problem.endswith("its output is not the one its entry recorded)")
+
+
+def test_records_of_an_export_since_a_time_are_only_those_its_entries_vouch_for(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Exported --since the approval, the plan (proposed before) had no entry in the export:
+    its record made the signed export fail its own check, as if tampered with."""
+    approved = next(
+        e for e in audit_entries(pipeline.store, completed_run) if e.kind == "goal.approved"
+    )
+    target = tmp_path / "audit.jsonl"
+    since = str(approved.at)
+    done = plangate_cli(
+        pipeline.settings.data_dir,
+        "audit",
+        "export",
+        "-o",
+        str(target),
+        "--since",
+        since,
+        "--sign",
+        "--records",
+    )
+    assert done.returncode == 0, done.stderr
+    [public] = (pipeline.settings.data_dir / "keys" / "trusted").glob("*.pub")
+
+    checked = plangate_cli(
+        tmp_path / "auditor", "audit", "verify", "--export", str(target), "--key", str(public)
+    )
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    read = [json.loads(line) for line in Path(f"{target}.records.jsonl").read_text().splitlines()]
+    assert [r["record"] for r in read] == ["step", "step", "step"]

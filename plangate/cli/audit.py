@@ -315,7 +315,7 @@ def audit_export(
     beside = None
     if records and output is not None:
         beside = records_path(output)
-        count = write_records(store, summary.goal_ids, beside)
+        count = write_records(store, summary.recorded, beside)
         err_console.print(escape(f"{count} plans and step results written to {beside}"))
     store.close()
     if signer is not None and output is not None:

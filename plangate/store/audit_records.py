@@ -268,7 +268,7 @@ def _goal_problems(goal: GoalRow, recorded: Recorded) -> Iterator[str]:
         )
         return
     submitted = [recorded.submitted.get("text"), recorded.submitted.get("metadata")]
-    if not _shown_as_recorded([goal.text, goal.meta], submitted):
+    if not shown_as_recorded([goal.text, goal.meta], submitted):
         yield f"{where} shows a text or metadata other than its submission recorded"
     if recorded.status is not None and recorded.status != (goal.status, goal.status_reason or None):
         status, _ = recorded.status
@@ -278,7 +278,7 @@ def _goal_problems(goal: GoalRow, recorded: Recorded) -> Iterator[str]:
         )
 
 
-def _shown_as_recorded(shown: Any, recorded: Any) -> bool:
+def shown_as_recorded(shown: Any, recorded: Any) -> bool:
     """Say whether a row's value is what the log recorded of it, but for what it redacted.
 
     The log keeps text redacted of the secrets the writing process knew (this one may know
@@ -288,10 +288,10 @@ def _shown_as_recorded(shown: Any, recorded: Any) -> bool:
         return _matches(storable_text(shown), recorded.split(REDACTED))
     if isinstance(recorded, dict) and isinstance(shown, dict):
         return recorded.keys() == shown.keys() and all(
-            _shown_as_recorded(shown[key], value) for key, value in recorded.items()
+            shown_as_recorded(shown[key], value) for key, value in recorded.items()
         )
     if isinstance(recorded, list) and isinstance(shown, list):
-        return len(recorded) == len(shown) and all(map(_shown_as_recorded, shown, recorded))
+        return len(recorded) == len(shown) and all(map(shown_as_recorded, shown, recorded))
     return bool(shown == recorded)
 
 
@@ -338,7 +338,7 @@ def _step_problems(step: StepRunRow, recorded: Recorded) -> Iterator[str]:
         yield f"{where} shows {step.status!r}, but its audit log last recorded {entry['status']!r}"
     if "tool" in entry and entry["tool"] != step.tool:
         yield f"{where} shows the tool {step.tool!r}, but its audit log recorded {entry['tool']!r}"
-    if "error" in entry and not _shown_as_recorded(step.error, entry["error"]):
+    if "error" in entry and not shown_as_recorded(step.error, entry["error"]):
         yield f"{where} shows an error other than the one its audit entry recorded"
     digest = entry.get("output_sha256")
     if digest is not None and digest != output_digest(step.output):
