@@ -50,7 +50,14 @@ from approval_gate.revisions import edited_plan
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.catalog import load_catalog
-from plangate.errors import Conflict, InputInvalid, NotFound, check_comment, quoted
+from plangate.errors import (
+    AlreadyApproved,
+    Conflict,
+    InputInvalid,
+    NotFound,
+    check_comment,
+    quoted,
+)
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.goals import by_id, latest_plan, plan_values, transition
 from plangate.store.locks import PERSON_LOCK_WAIT_SECONDS, waiting_at_most
@@ -285,10 +292,18 @@ class Review:
                 check_not_submitter(held.hold, held.goal, reviewer)
                 check_not_author(session, held.hold, held.plan, reviewer)
                 withdraw_void_approval(session, held.plan, reviewer, self._approvers)
-                count_approval(session, held.plan, reviewer, roles, key)
+                needed = approvals_required(held.hold)
+                try:
+                    count_approval(session, held.plan, reviewer, roles, key)
+                except AlreadyApproved:
+                    # Approved already, but the approvals recorded may count now where they
+                    # did not (a role given back): then this approval releases the plan, which
+                    # nothing else would; it stayed held, "2 of 2", for good.
+                    counted, _ = counted_approvers(session, held.plan, held.hold, self._approvers)
+                    if len(counted) < needed:
+                        raise
                 # As the gate will count them: "released" must not be said of a plan it holds.
                 approvers, _ = counted_approvers(session, held.plan, held.hold, self._approvers)
-                needed = approvals_required(held.hold)
                 if len(approvers) < needed:
                     count_only(session, held.plan, held.hold, reviewer, approvers, reason)
                     return []

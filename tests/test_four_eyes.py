@@ -841,3 +841,26 @@ def test_the_page_says_who_may_decide_who_approved_and_who_wrote_the_plan(fleet:
     assert alice_after[0] == 0
     assert "You approved this revision: 1 of 2 approvals (alice)" in alice_after[1]
     assert headline == "Completed, approved by alice, bob."
+
+
+@pytest.mark.redis
+def test_over_processes_a_plan_whose_first_approval_counts_again_is_released_by_it(
+    fleet: Fleet,
+) -> None:
+    """Given a page held for two approvals from finance, approved by alice,
+    When alice's role is taken away, bob approves (1 of 2: hers no longer counts), and her
+    role is given back (2 of 2 now, but nothing tells the gate),
+    Then alice approving again releases it: she was told "approved already" and bob too, and
+    the plan stayed held, "2 of 2", for good.
+    """
+    page = held_page(fleet, "alice", "bob")
+    page.approve("alice")
+    with_role = page.team.read_text()
+    page.team.write_text(with_role.replace("  roles:\n  - finance\n", "  roles: []\n", 1))
+    assert "1 of 2 approvals (bob)" in page.approve("bob")
+    page.team.write_text(with_role)
+
+    again = page.approve("alice")
+
+    assert "1 more needed" not in again
+    assert wait_until(fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
