@@ -12,6 +12,7 @@ import pytest
 
 from plangate.bus import Bus, Delivery, Envelope
 from schemas import GoalSubmitted, Message
+from tests.support import eventually
 
 WAIT = 5.0
 
@@ -57,10 +58,12 @@ def test_a_handler_past_its_deadline_is_reported_and_its_message_handed_back(
     assert not thread.is_alive()
 
 
-def test_a_message_made_with_a_time_without_a_zone_is_handled_and_the_loop_goes_on() -> None:
+def test_a_message_made_with_a_time_without_a_zone_is_refused_and_the_loop_goes_on() -> None:
     """Given a goal published raw whose `occurred_at` has no time zone (as a LocalDateTime),
     When the stage takes it, and then a normal goal,
-    Then both reach the handler: a sender's clock never breaks the loop.
+    Then the first is a dead letter saying so (the contract asks RFC 3339 with its offset: a
+    naive time is no instant) and the second reaches the handler: a sender's clock never
+    breaks the loop.
     """
     bus = Bus("memory://", namespace=f"t{uuid4().hex[:10]}")
     bus.declare()
@@ -81,7 +84,10 @@ def test_a_message_made_with_a_time_without_a_zone_is_handled_and_the_loop_goes_
         assert consumer.ready.wait(WAIT)
         bus.publish([raw, Envelope.of(GoalSubmitted(goal_id="aware", text="count tickets"))])
 
-        assert {seen.get(timeout=WAIT), seen.get(timeout=WAIT)} == {"naive", "aware"}
+        assert seen.get(timeout=WAIT) == "aware"
+        (letter,) = eventually(bus.dead_letters, timeout=WAIT, what="the dead letter")
+        assert "occurred_at: Input should have timezone info" in letter.reason
+        assert seen.empty()
     finally:
         stop.set()
         thread.join(WAIT)
