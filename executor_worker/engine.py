@@ -18,7 +18,7 @@ from typing import Any
 
 from opentelemetry.trace import Span, StatusCode
 
-from executor_worker.output_bounds import MAX_OUTPUT_BYTES, json_size, kept_error, oversize_note
+from executor_worker.output_bounds import kept_error, output_problem
 from executor_worker.tool_threads import ToolThreads
 from plangate import metrics, telemetry
 from plangate.errors import OutcomeUnknown, OutputUnusable, ToolError
@@ -340,18 +340,17 @@ def _call_tool(
         # stored, announced or shown, and bounded.
         error = kept_error(str(exc))
         return StepOutcome(step.id, step.tool, status, error=error, duration_ms=_ms_since(started))
-    size = json_size(output)
-    if size > MAX_OUTPUT_BYTES:
-        span.set_attribute("error.type", "OutputTooLarge")
-        note = oversize_note(step.tool, size)
+    unkept = output_problem(step.tool, output)
+    if unkept is not None:
+        span.set_attribute("error.type", "OutputNotStorable")
         if tool.spec.effect == "read":
             return StepOutcome(
-                step.id, step.tool, "failed", error=note, duration_ms=_ms_since(started)
+                step.id, step.tool, "failed", error=unkept, duration_ms=_ms_since(started)
             )
         # The write took effect: it succeeded, without the output plangate cannot keep.
-        note = f"{note}; the write took effect, {OUTPUT_NOT_KEPT}"
+        unkept = f"{unkept}; the write took effect, {OUTPUT_NOT_KEPT}"
         return StepOutcome(
-            step.id, step.tool, "succeeded", error=note, duration_ms=_ms_since(started)
+            step.id, step.tool, "succeeded", error=unkept, duration_ms=_ms_since(started)
         )
     # A server may quote a secret it was sent (a token, a header) back in what it returns.
     output = redact_json(output)

@@ -33,6 +33,22 @@ def json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode())
 
 
+def output_problem(tool: str, output: Any) -> str | None:
+    """Say why `tool`'s output cannot be kept (too large, or text no store holds), or None.
+
+    A lone surrogate (U+D800 with no pair) is no UTF-8: measuring it raised, the handler failed on
+    every try, and the goal stayed running while each resend became a dead letter.
+    """
+    try:
+        size = json_size(output)
+    except UnicodeEncodeError:
+        return (
+            f"tool {tool} returned text that is not Unicode (a lone surrogate), which "
+            "cannot be stored: return text a JSON encoder can write as UTF-8"
+        )
+    return oversize_note(tool, size) if size > MAX_OUTPUT_BYTES else None
+
+
 def oversize_note(tool: str, size: int) -> str:
     """Say that `tool`'s output of `size` bytes is over the limit, and what to do instead."""
     return (

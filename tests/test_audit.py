@@ -704,6 +704,13 @@ ROWS_REMOVED_OR_RETOLD = {
         "shows an error other than the one its audit entry recorded",
     ),
     "goal's rows removed": (GOAL_ROWS, "its audit log records its submission, but its row is gone"),
+    "step added": (
+        "INSERT INTO step_runs (plan_id, step_id, goal_id, tool, status, output, attempt, "
+        "started_at) "
+        "SELECT plan_id, 'forged', goal_id, 'ticket_count', 'succeeded', '99999', 1, "
+        "CURRENT_TIMESTAMP FROM plans",
+        "shows 'succeeded', but its audit log records no end of it",
+    ),
     "plan's author": (
         "UPDATE plans SET planner = 'edit:alice'",
         "shows 'edit:alice' as its author, but the audit log records a planner's",

@@ -290,3 +290,37 @@ def test_a_secret_a_tool_quotes_in_its_output_is_redacted_before_it_is_kept(
         REDACTED: "as a key",
         "count": 2,
     }
+
+
+@tool(effect="read")
+def lone_surrogate() -> str:
+    """Answer with text no store holds: half of a UTF-16 pair."""
+    return "x\ud800y"
+
+
+def test_a_read_answering_a_lone_surrogate_fails_saying_so(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Measuring the output raised: the handler failed on every try, the goal stayed running,
+    and each resend of its approval became one more dead letter."""
+    policy = write_yaml(tmp_path / "policy.yaml", APPROVE_ALL)
+    playbook = write_yaml(
+        tmp_path / "playbook.yaml",
+        {
+            "playbooks": [
+                {"name": "s", "pattern": "odd", "steps": [{"id": "s", "tool": "lone_surrogate"}]}
+            ]
+        },
+    )
+    with running_pipeline(
+        settings,
+        playbook_file=playbook,
+        policy_file=policy,
+        registry=ToolRegistry([lone_surrogate]),
+    ) as pipeline:
+        goal = pipeline.wait_for(pipeline.submit("an odd read").goal_id, timeout=10)
+        dead = pipeline.bus.dead_letters()
+
+    assert goal.status == "failed"
+    assert "not Unicode (a lone surrogate)" in (goal.status_reason or "")
+    assert dead == []

@@ -333,7 +333,15 @@ def _step_problems(step: StepRunRow, recorded: Recorded) -> Iterator[str]:
     where = f"step {step.step_id} of plan {step.plan_id}"
     entry = recorded.steps.get((step.plan_id, step.step_id))
     if entry is None:
-        return  # a step's claim is recorded with the goal's move; its end may be on its way
+        # A claim is recorded with the goal's move and its end may be on its way (`running`),
+        # and releases before 0014 left `unknown` rows unaudited; any other status is written
+        # with its entry. A result inserted in SQL was taken by the run as the step's answer.
+        if step.status not in ("running", "unknown"):
+            yield (
+                f"{where} shows {step.status!r}, but its audit log records no end of it: the "
+                "row was added outside plangate"
+            )
+        return
     if entry["status"] != step.status:
         yield f"{where} shows {step.status!r}, but its audit log last recorded {entry['status']!r}"
     if "tool" in entry and entry["tool"] != step.tool:
