@@ -289,8 +289,8 @@ class ExecutorHandler:
                 raise
 
         # A last write's result in hand is kept through a database restart (`riding_out_outages`).
-        within = self._step_lease.total_seconds() if run.holds_a_result() else 0.0
-        envelopes = riding_out_outages(end, within=within, what=f"the end of plan {plan.plan_id}")
+        what = f"the end of plan {plan.plan_id}"
+        envelopes = riding_out_outages(end, within=run.result_lease_left(), what=what)
         # Ended (or waiting for a person): a copy from now on, e.g. the resume a settle sends
         # while the last step is still being announced, is the stored run's to answer.
         self._no_longer_running(plan.plan_id)

@@ -15,6 +15,7 @@ reads that answered together, in one transaction, before any step that reads the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -68,7 +69,11 @@ _RECORDED = HotStatement(
 )
 # Named apart from the columns: an UPDATE reserves the columns' own names for its SET clause.
 _STEP = (_STEPS.c.plan_id == bindparam("of_plan")) & (_STEPS.c.step_id == bindparam("of_step"))
-_LOCK_STATUS = HotStatement(select(_STEPS.c.status).where(_STEP).with_for_update())
+_LOCK_RECORD = HotStatement(
+    select(_STEPS.c.status, _STEPS.c.attempt, _STEPS.c.output, _STEPS.c.error)
+    .where(_STEP)
+    .with_for_update()
+)
 _FINISH = HotStatement(
     update(_STEPS)
     .where(_STEP)
@@ -105,6 +110,10 @@ class StepLedger:
         self._plan = plan
         self._lease = lease
         self._recorded = dict(recorded or {})
+        # When each claim this run made runs out, on this process's clock: a result in hand
+        # is worth waiting out a database outage for only until then (another executor may
+        # take the step over after).
+        self._lease_ends: dict[str, float] = {}
 
     def transaction(self) -> AbstractContextManager[Session]:
         """Open one transaction for several of the calls below (each takes `session=`)."""
@@ -144,7 +153,7 @@ class StepLedger:
             },
         )
         if won:
-            return Claim("run")
+            return self._claimed(step, Claim("run"))
         # Locked: a late `record` of the run whose lease ran out commits first or waits.
         row = self._locked(session, step)
         if row is None:  # a person's "did not happen" removed it just now
@@ -178,7 +187,18 @@ class StepLedger:
         )
         if getattr(taken, "rowcount", 0) != 1:
             raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
-        return Claim("run", attempt)
+        return self._claimed(step, Claim("run", attempt))
+
+    def _claimed(self, step: Step, claim: Claim) -> Claim:
+        self._lease_ends[step.id] = time.monotonic() + self._lease.total_seconds()
+        return claim
+
+    def lease_left(self, step: Step) -> float:
+        """Return the seconds left of this run's claim on `step` (the whole lease if unknown)."""
+        end = self._lease_ends.get(step.id)
+        if end is None:
+            return self._lease.total_seconds()
+        return max(0.0, end - time.monotonic())
 
     def record_read(
         self, step: Step, status: str, output: Any, error: str | None, duration_ms: float = 0.0
@@ -258,10 +278,11 @@ class StepLedger:
         """Store a step's final status and output, and audit it, in one transaction.
 
         `attempt` is the claim the result comes from. A result that comes back after the step
-        was marked `unknown` (its lease ran out; a person is asked) is audited as late and
-        replaces nothing: the person decides. A step settled without a call (no `attempt`) is
-        recorded once; a later walk of the plan finds it already there. With `session`, in
-        the caller's transaction (the run's end).
+        was marked `unknown` (its lease ran out; a person is asked), settled, or taken over is
+        audited as late and replaces nothing: the person, or the other claim, decides. Recorded
+        again (its commit's answer lost), it is not audited twice. A step settled without a
+        call (no `attempt`) is recorded once; a later walk of the plan finds it already there.
+        With `session`, in the caller's transaction (the run's end).
         """
         if session is None:
 
@@ -269,20 +290,30 @@ class StepLedger:
                 with self._store.session() as own:
                     self.record(step, status, output, error, attempt=attempt, session=own)
 
-            # A called write's result is in hand: kept through a database restart, within its
-            # claim's lease (dropped, the step waited out the lease and was called again).
-            within = self._lease.total_seconds() if attempt is not None else 0.0
-            riding_out_outages(write, within=within, what=f"step {step.id!r}'s result")
+            # A called write's result is in hand: kept through a database restart, within what
+            # is left of its claim's lease (dropped, the step waited out the lease and was
+            # called again).
+            within = self.lease_left(step) if attempt is not None else None
+            what = f"step {step.id!r}'s result ({status}) of plan {self._plan.plan_id}"
+            riding_out_outages(write, within=within, what=what)
             return
         now = utcnow()
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
         ids = {"of_plan": self._plan.plan_id, "of_step": step.id}
-        locked = _LOCK_STATUS.first(session, ids)
+        locked = _LOCK_RECORD.first(session, ids)
         current = locked[0] if locked is not None else None
-        if attempt is not None and current == "unknown":
-            late = {**key, "status": status, "attempt": attempt, "error": error}
-            late["recorded"] = current
-            self._audit(session, "step.late_result", late)
+        if (
+            attempt is not None
+            and locked is not None
+            and (current, locked[1]) != ("running", attempt)
+        ):
+            # Not this claim's to finish: marked `unknown` for a person (its lease ran out),
+            # settled, or taken over by another executor. Or this very result, committed by a
+            # try whose answer the connection lost: nothing more to say then.
+            if not _holds(locked, status, attempt, output, error):
+                late = {**key, "status": status, "attempt": attempt, "error": error}
+                late["recorded"] = current
+                self._audit(session, "step.late_result", late)
             return
         if current is not None and attempt is None:
             return
@@ -314,6 +345,15 @@ def _ended(key: dict[str, str], output: Any, error: str | None) -> dict[str, Any
     checks the row against this digest.
     """
     return {**key, "error": error, "output_sha256": output_digest(output)}
+
+
+def _holds(
+    recorded: Sequence[Any], status: str, attempt: int, output: Any, error: str | None
+) -> bool:
+    """Say whether a step's row (status, attempt, output, error) holds this very result."""
+    if (recorded[0], recorded[1], recorded[3]) != (status, attempt, error):
+        return False
+    return output_digest(recorded[2]) == output_digest(output)
 
 
 def _finish(row: StepRunRow, status: str, output: Any, error: str | None, now: datetime) -> None:

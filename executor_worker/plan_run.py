@@ -144,9 +144,13 @@ class PlanRun(DagWalk):
             self._last_finished.append(final)
         return self.outcomes
 
-    def holds_a_result(self) -> bool:
-        """Say whether a write's result waits for the run's end to be recorded."""
-        return any(o.attempt is not None for o in self.outcomes.values())
+    def result_lease_left(self) -> float | None:
+        """Return the seconds left of the claim of a write whose result waits for the run's end.
+
+        None when no result waits.
+        """
+        held = [self._plan.step(o.step_id) for o in self.outcomes.values() if o.attempt is not None]
+        return min((self._ledger.lease_left(step) for step in held), default=None)
 
     def kept(self) -> tuple[dict[str, StepOutcome], list[StepOutcome]]:
         """Return what `record_last` changes, for `restore` if its transaction fails."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from executor_worker.ledger import StepLedger
 from plangate.catalog import load_catalog
@@ -18,9 +23,16 @@ from plangate.embedded import Pipeline
 from plangate.errors import Retry
 from plangate.store import StepRunRow
 from plangate.tools import ToolRegistry, tool
-from schemas import utcnow
+from schemas import Plan, Step, ToolSpec, utcnow
 from tests.conftest import SEED_GOAL
-from tests.support import audit_kinds, only_plan, running_pipeline, write_playbook, write_yaml
+from tests.support import (
+    audit_kinds,
+    eventually,
+    only_plan,
+    running_pipeline,
+    write_playbook,
+    write_yaml,
+)
 
 
 @tool(effect="read", idempotent=True)
@@ -312,3 +324,123 @@ def test_reads_that_ran_side_by_side_show_how_long_each_took(
 
     assert [r.step_id for r in results] == ["count", "limit"]
     assert all(r.duration_ms is not None and r.duration_ms >= 200 for r in results), results
+
+
+def _held_seed_plan(pipeline: Pipeline) -> tuple[str, Plan, Step, ToolSpec]:
+    """The seed plan, held for review, with its write step and the write's tool spec."""
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, {"held"})
+    plan = only_plan(pipeline.store, goal_id)
+    step = next(s for s in plan.steps if s.tool == "notify_oncall")
+    return goal_id, plan, step, load_catalog(pipeline.store)["notify_oncall"]
+
+
+def test_a_write_result_recorded_again_after_its_commit_answer_was_lost_is_audited_once(
+    pipeline: Pipeline,
+) -> None:
+    """Given the seed plan's write claimed and called, its result's commit landing just as the
+    connection dropped (so the executor, told nothing, records it again),
+    When the same result is recorded a second time,
+    Then the audit log has one end of the step, and the row keeps the result.
+    """
+    goal_id, plan, step, spec = _held_seed_plan(pipeline)
+    ledger = StepLedger(pipeline.store, plan)
+    assert ledger.claim(step, spec).kind == "run"
+
+    ledger.record(step, "succeeded", {"paged": True}, None, attempt=1)
+    ledger.record(step, "succeeded", {"paged": True}, None, attempt=1)
+
+    kinds = audit_kinds(pipeline.store, goal_id)
+    assert kinds.count("step.succeeded") == 1
+    assert "step.late_result" not in kinds
+    with pipeline.store.session() as session:
+        assert session.get_one(StepRunRow, (plan.plan_id, step.id)).output == {"paged": True}
+
+
+def test_a_write_result_coming_back_after_another_executor_took_the_step_over_replaces_nothing(
+    pipeline: Pipeline,
+) -> None:
+    """Given the seed plan's idempotent write claimed by one executor, whose lease ran out, then
+    taken over and recorded by another,
+    When the first executor's result comes back,
+    Then the step keeps the second's result, and the first is audited as a late result.
+    """
+    goal_id, plan, step, spec = _held_seed_plan(pipeline)
+    first = StepLedger(pipeline.store, plan)
+    assert first.claim(step, spec).kind == "run"
+    with pipeline.store.session() as session:
+        session.get_one(StepRunRow, (plan.plan_id, step.id)).lease_until = utcnow()
+    second = StepLedger(pipeline.store, plan)
+    assert second.claim(step, spec).attempt == 2
+    second.record(step, "succeeded", {"by": "second"}, None, attempt=2)
+
+    first.record(step, "succeeded", {"by": "first"}, None, attempt=1)
+
+    with pipeline.store.session() as session:
+        row = session.get_one(StepRunRow, (plan.plan_id, step.id))
+        assert (row.attempt, row.output) == (2, {"by": "second"})
+    kinds = audit_kinds(pipeline.store, goal_id)
+    assert (kinds.count("step.succeeded"), kinds.count("step.late_result")) == (1, 1)
+
+
+def _unreachable(calls: list[int]) -> Callable[[], AbstractContextManager[Session]]:
+    """A store's `session` that finds the database gone, counting each try."""
+
+    def session() -> AbstractContextManager[Session]:
+        calls.append(1)
+        gone = ConnectionRefusedError("server closed the connection unexpectedly")
+        raise OperationalError("SELECT 1", {}, gone)
+
+    return session
+
+
+def test_a_write_result_waits_for_the_database_only_for_what_is_left_of_its_claim(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given the seed plan's write claimed with a one-second lease that has since run out,
+    When its result is to be recorded while the database does not answer,
+    Then it is tried once, not for another lease from the failure (another executor may
+    have the step by now), and the log says the result is not recorded and what follows.
+    """
+    _, plan, step, spec = _held_seed_plan(pipeline)
+    ledger = StepLedger(pipeline.store, plan, lease=timedelta(seconds=1))
+    assert ledger.claim(step, spec).kind == "run"
+    eventually(lambda: ledger.lease_left(step) == 0, timeout=5, what="the claim run out")
+    calls: list[int] = []
+    monkeypatch.setattr(pipeline.store, "session", _unreachable(calls))
+
+    with pytest.raises(OperationalError):
+        ledger.record(step, "succeeded", {"paged": True}, None, attempt=1)
+
+    assert calls == [1]
+    given_up = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("is not recorded" in m and repr(step.id) in m for m in given_up), given_up
+
+
+def test_a_write_result_kept_through_an_outage_is_logged_once_when_it_starts_and_once_when_recorded(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given the seed plan's write claimed and called,
+    When the database fails the result's first three tries, then answers,
+    Then the result is recorded, and the log says so in two lines, not one a try.
+    """
+    goal_id, plan, step, spec = _held_seed_plan(pipeline)
+    ledger = StepLedger(pipeline.store, plan)
+    assert ledger.claim(step, spec).kind == "run"
+    calls: list[int] = []
+    failing, answering = _unreachable(calls), pipeline.store.session
+
+    def flaky() -> AbstractContextManager[Session]:
+        return failing() if len(calls) < 3 else answering()
+
+    monkeypatch.setattr(pipeline.store, "session", flaky)
+    caplog.set_level(logging.WARNING, logger="plangate.store.outage_retry")
+
+    ledger.record(step, "succeeded", {"paged": True}, None, attempt=1)
+
+    monkeypatch.undo()
+    assert audit_kinds(pipeline.store, goal_id).count("step.succeeded") == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "plangate.store.outage_retry"]
+    assert len(said) == 2, said
+    assert "unavailable" in said[0]
+    assert "answers again" in said[1]

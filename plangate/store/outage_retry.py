@@ -25,29 +25,55 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def riding_out_outages(write: Callable[[], T], *, within: float, what: str) -> T:
+def riding_out_outages(write: Callable[[], T], *, within: float | None, what: str) -> T:
     """Return `write()`, tried again while the database is unreachable, for `within` seconds.
 
     `write` must be whole or nothing each time: one transaction, its in-memory effects undone
-    if it fails. Any other error, or an outage outlasting `within`, is raised.
+    if it fails. Any other error, or an outage outlasting `within`, is raised. The outage is
+    logged once, with its end or with what is given up. `within` None: nothing is in hand
+    (`write` fails as any handler's work does, to be retried whole).
     """
-    if within <= 0:
+    if within is None:
         return write()
-    deadline = time.monotonic() + within
+    started = time.monotonic()
+    deadline = started + within
+    failed: list[Exception] = []
 
     def outage(error: Exception) -> bool:
         if not is_outage(error) or time.monotonic() >= deadline:
             return False
-        log.warning(
-            "the database is unavailable (%s): recording %s again once it answers",
-            failure_cause(error),
-            what,
-        )
+        if not failed:
+            log.warning(
+                "the database is unavailable (%s): recording %s again once it answers "
+                "(for up to %.0f s)",
+                failure_cause(error),
+                what,
+                deadline - time.monotonic(),
+            )
+        failed.append(error)
         return True
 
-    for attempt in stamina.retry_context(
-        on=outage, attempts=None, timeout=within, wait_initial=0.25, wait_max=5.0
-    ):
-        with attempt:
+    try:
+        if within <= 0:
             return write()
+        for attempt in stamina.retry_context(
+            on=outage, attempts=None, timeout=within, wait_initial=0.25, wait_max=5.0
+        ):
+            with attempt:
+                result = write()
+                if failed:
+                    took = time.monotonic() - started
+                    log.warning("the database answers again: %s recorded after %.1f s", what, took)
+                return result
+    except Exception as error:
+        if is_outage(error):
+            log.error(
+                "the database did not answer within %.0f s (%s): %s is not recorded; its "
+                "claim runs out and the step is settled as after an executor's death "
+                "(`plangate status` shows it)",
+                within,
+                failure_cause(error),
+                what,
+            )
+        raise
     raise AssertionError("stamina ends by returning or raising")  # pragma: no cover
