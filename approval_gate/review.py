@@ -44,6 +44,7 @@ from approval_gate.holds import (
     check_reviewer,
     hold_of,
     required_roles,
+    revision_editors,
 )
 from approval_gate.refusals import audits_refusals
 from approval_gate.revisions import edited_plan
@@ -89,6 +90,12 @@ class HeldPlan:
     preview_requested: bool = False  # the rule that held it asked an executor for a dry run
     hold: HoldRow | None = None  # what a decision needs, as the gate recorded it
     approvers: tuple[str, ...] = ()  # who approved this revision so far (of several needed)
+    authors: tuple[str, ...] = ()  # who edited it or an edit it builds on: none may approve it
+
+    @property
+    def roles_required(self) -> frozenset[str]:
+        """The roles a reviewer must hold, all of them, to decide it."""
+        return required_roles(self.hold) if self.hold is not None else frozenset()
 
     @property
     def approvals_required(self) -> int:
@@ -271,8 +278,19 @@ class Review:
         if stored is not None and stored.steps is not None:
             preview = [StepPreview.model_validate(step) for step in stored.steps]
         approvers = tuple(counted_approvers(session, plan, hold, self._approvers)[0])
+        authors = tuple(sorted(revision_editors(session, plan)))
         return HeldPlan(
-            plan, goal, policy, previous, role, expiry, preview, stored is not None, hold, approvers
+            plan,
+            goal,
+            policy,
+            previous,
+            role,
+            expiry,
+            preview,
+            stored is not None,
+            hold,
+            approvers,
+            authors,
         )
 
     def _decide(

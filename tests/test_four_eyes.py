@@ -864,3 +864,55 @@ def test_over_processes_a_plan_whose_first_approval_counts_again_is_released_by_
 
     assert "1 more needed" not in again
     assert wait_until(fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
+
+
+def test_the_page_offers_an_edits_author_no_approval_and_says_why(fleet: Fleet) -> None:
+    """Given the seed plan held for two approvals from finance, and alice (finance) editing it
+    in the page,
+    When alice opens the revision her edit made,
+    Then the page offers her no Approve (a click was refused: she wrote it) but says another
+    reviewer approves it, and still lets her reject or edit; bob is offered Approve.
+    """
+    team = fleet.folder / "reviewers.yaml"
+    tokens = {name: add_reviewer(team, name, ["finance"]) for name in ("alice", "bob")}
+    reviewers = Reviewers.from_file(team)
+    with Client(fleet.settings()) as client, serving(client, reviewers) as url:
+        state = client.submit(SEED_GOAL).wait(timeout=30, until={"held"})
+        with chromium() as browser:
+
+            def logged_in(name: str, plan_id: str) -> Any:
+                page = browser.new_context(base_url=url).new_page()
+                page.set_default_timeout(15_000)
+                page.goto("/reviews")
+                page.fill("#token", tokens[name])
+                page.click("button[type=submit]")
+                page.wait_for_url("**/reviews")
+                page.goto(f"/reviews/{plan_id}")
+                return page
+
+            alice = logged_in("alice", str(state.plan_id))
+            steps = alice.input_value("#steps-json")
+            assert "exceeded SLA" in steps
+            alice.fill("#steps-json", steps.replace("exceeded SLA", "is over the SLA of"))
+            alice.click("#edit")
+            alice.wait_for_url("**done=edited&seal=*")
+            edited = eventually(
+                lambda: (
+                    (now := client.status(state.goal_id)).status == "held"
+                    and now.plan_id != state.plan_id
+                    and now
+                ),
+                timeout=30,
+                what="the edited revision held",
+            )
+            alice.goto(f"/reviews/{edited.plan_id}")
+            alice_offered = alice.locator("#approve").count()
+            authored = " ".join(alice.inner_text("#authored").split())
+            alice_other_forms = alice.locator("#reject, #edit").count()
+            bob_offered = logged_in("bob", str(edited.plan_id)).locator("#approve").count()
+
+    assert alice_offered == 0
+    assert "You edited this revision" in authored
+    assert "another reviewer approves it" in authored
+    assert alice_other_forms == 2
+    assert bob_offered == 1

@@ -181,7 +181,9 @@ def test_editing_an_argument_in_the_page_makes_a_new_revision(
     assert "Edited in the page" in page.inner_text(".diff")
     assert "Edited in the page: ${count} > ${sla}" in page.inner_text("#steps")
     page.screenshot(path=str(SCREENSHOTS / "plangate-review-revision.png"), full_page=True)
-    assert page.locator("#approve").count() == 1
+    # Its author is not offered Approve (the gate refuses an editor's approval of the edit).
+    assert page.locator("#approve").count() == 0
+    assert "You edited this revision" in page.inner_text("#authored")
 
 
 def test_a_stale_form_shows_the_409_message(page: Any, client: Client) -> None:

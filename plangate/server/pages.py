@@ -193,18 +193,17 @@ def _plan_page(
     steps = [step.model_dump() for step in detail.steps]
     editable = editable_steps(steps)
     held_here = progress.status == "held"
-    # Said up front, not only as a 403 after a comment was typed: the forms need the role.
-    role_missing = detail.required_role is not None and (
-        detail.required_role not in web.reviewer.roles
-    )
+    # Said up front, not only as a 403 after a comment was typed: the forms need the roles.
+    roles_missing = sorted(held.roles_required - web.reviewer.roles)
     context: dict[str, Any] = {
         "reviewer": web.reviewer,
         "csrf": web.csrf,
         "plan": detail,
         "progress": progress,
-        "decidable": held_here and not role_missing,
-        "role_missing": held_here and role_missing,
+        "decidable": held_here and not roles_missing,
+        "roles_missing": roles_missing if held_here else [],
         "approved_already": web.reviewer.name in detail.approvers,
+        "authored": web.reviewer.name in detail.editors,
         "notice": notice,
         "error": error,
         "problems": problems or [],

@@ -182,6 +182,10 @@ class ReviewDetail(ReviewSummary):
     preview: list[StepPreview] | None = Field(
         description="The dry run: each read step's real output, each write step's preview."
     )
+    editors: list[str] = Field(
+        default_factory=list,
+        description="Who wrote this revision or an edit it builds on: none of them may approve it.",
+    )
 
 
 class UnsettledView(BaseModel):
@@ -264,6 +268,7 @@ def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
         diff=plan_diff(previous, held.plan).splitlines(),
         preview_state=held.preview_state,
         preview=held.preview,
+        editors=list(held.authors),
     )
 
 

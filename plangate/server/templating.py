@@ -9,6 +9,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from plangate.printable import printable
+from plangate.store.models import EDIT_PREFIX
 
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
 
@@ -27,4 +28,8 @@ def _shown(value: object) -> object:
 # Applied to every `{{ ... }}` (after filters): no text reaches a page unescaped this way.
 templates.env.finalize = _shown
 # Shown as text (autoescaped), unlike `tojson`, which escapes `<`, `>` and `&` for scripts.
+# Who made a revision: `edit:alice` is alice's edit (the store's spelling, not the page's).
+templates.env.filters["editor"] = lambda planner: (
+    planner.removeprefix(EDIT_PREFIX) if planner.startswith(EDIT_PREFIX) else None
+)
 templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
