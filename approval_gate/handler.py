@@ -21,6 +21,7 @@ from approval_gate.history import History
 from approval_gate.holds import DEFAULT_HOLD_TTL, record_hold
 from approval_gate.notify import HeldNotice
 from approval_gate.policy import Policy
+from approval_gate.policy_lint import PolicyWarnings
 from approval_gate.policy_reload import ReloadingPolicy
 from approval_gate.release import Signing, release, release_reviewed
 from plangate import telemetry
@@ -85,6 +86,7 @@ class GateHandler:
         self._on_held = on_held
         self._hold_ttl = hold_ttl
         self._catalog = catalog
+        self._warnings = PolicyWarnings()
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.proposed (or review.decided) message."""
@@ -216,6 +218,7 @@ class GateHandler:
         goal_meta: dict[str, str],
         history: History | None,
     ) -> Decision:
+        self._warnings.check(policy, catalog)
         with telemetry.tracer().start_as_current_span("decide") as span:
             decision = policy.decide_as_gate(message.plan, catalog, goal_text, goal_meta, history)
             span.set_attribute("plangate.decision.action", decision.action)

@@ -14,6 +14,7 @@ approval, so a burst of goals cannot pass a cap together.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -129,6 +130,10 @@ def window_problems(source: str) -> list[str]:
 
 
 def _since(window: str) -> datetime:
+    if re.fullmatch(r"0+[smhdw]", window.strip()):  # a cap over it never counts anything
+        raise PolicyError(
+            f"history: {window!r} is an empty window (it counts nothing); say 30m, 1h, 1d or 1w"
+        )
     try:
         return parse_since(window)
     except Exception as exc:

@@ -73,10 +73,19 @@ class PolicyCase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=200)
-    plan: dict[str, Any]
+    plan: dict[str, Any] | list[Any]  # a plan, or only its steps
     expect: RuleAction
     goal: str = ""
     metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_alone(cls, data: Any) -> Any:
+        """Take `steps:` in place of `plan:`, as the docs say a test may give only its steps."""
+        if isinstance(data, dict) and "steps" in data and "plan" not in data:
+            data = {**data, "plan": {"steps": data["steps"]}}
+            del data["steps"]
+        return data
 
 
 class PolicyFile(BaseModel):

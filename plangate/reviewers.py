@@ -114,6 +114,9 @@ class Reviewers:
     def __len__(self) -> int:
         return len(self._reviewers)
 
+    def __iter__(self) -> Iterator[Reviewer]:
+        return iter(self._reviewers)
+
     def current(self) -> Reviewers:
         """Return these reviewers (a `ReviewersFile` re-reads its file here)."""
         return self

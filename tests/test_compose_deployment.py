@@ -132,7 +132,9 @@ def add_reviewer(file: Path, home: Path, name: str, *roles: str) -> str:
 def role_policy(path: Path) -> Path:
     """deploy/policy.yaml with `requires_role: finance` on its rule that holds writes."""
     text = (DEPLOY / "policy.yaml").read_text(encoding="utf-8")
-    marked = text.replace("    action: hold\n", "    action: hold\n    requires_role: finance\n")
+    marked = text.replace(
+        "  - name: hold-writes\n", "  - name: hold-writes\n    requires_role: finance\n"
+    )
     assert marked.count("requires_role: finance") == 1
     path.write_text(marked, encoding="utf-8")
     return path

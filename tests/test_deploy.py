@@ -474,3 +474,24 @@ def test_the_migration_job_makes_way_for_the_next_release() -> None:
     (job,) = by_kind("Job").values()
 
     assert 0 < job["spec"]["ttlSecondsAfterFinished"] <= 24 * 3600
+
+
+def test_the_example_policy_is_the_built_in_one_rule_for_rule(tmp_path: Path) -> None:
+    """policy.md says the default policy is the same as deploy/policy.yaml; the deployments'
+    copy had lost the rule that holds writes steered by untrusted data, so an operator who
+    started from it lost that hold."""
+    from importlib import resources
+
+    from approval_gate.policy import Policy
+
+    deployed = Policy.load(DEPLOY / "policy.yaml")
+    built_in = Policy.load(Path(str(resources.files("approval_gate") / "default_policy.yaml")))
+
+    def rules(policy: Policy) -> list[tuple[object, ...]]:
+        return [
+            (r.name, r.match, r.action, r.reason, r.requires_role, r.preview, r.approvals)
+            for r in policy.rules
+        ]
+
+    assert rules(deployed) == rules(built_in)
+    assert deployed.mode == built_in.mode

@@ -396,6 +396,11 @@ def test_what_a_rule_asks_of_people_is_refused_where_no_person_decides(
     ("match", "said"),
     [
         ('history.count("notify_oncall", "2y") < 5', "history.count: '2y' is no window"),
+        # It loaded, and a cap over it approved every plan: nothing is ever in no time.
+        (
+            'history.count("notify_oncall", "0m") < 5',
+            "history.count: '0m' is an empty window (it counts nothing)",
+        ),
         (
             'history.sum("refund", "amount", "forever", "customer") < 100',
             "history.sum: 'forever' is no window",

@@ -56,18 +56,18 @@ SEED_STEPS = {
 
 @pytest.fixture
 def plangate(tmp_path: Path) -> Run:
-    env = outer_environment() | {
+    outer = outer_environment() | {
         "XDG_DATA_HOME": str(tmp_path / "xdg"),
         "PYTHONIOENCODING": "utf-8",
         "PYTHONPATH": REPO,  # this checkout, whatever else is installed
     }
 
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "plangate", *args],
             capture_output=True,
             text=True,
-            env=env,
+            env=outer | (env or {}),
             cwd=tmp_path,
             timeout=60,
             check=False,
@@ -375,3 +375,128 @@ def test_check_names_a_rule_whose_work_grows_faster_than_the_plan(
     assert text.returncode == 0, text.stderr
     assert "note: rule 'a-recipient-twice' (line 2) may cost more than a step" in text.stdout
     assert body["rules"][0]["work_bounded"] is True
+
+
+MISSPELT_DENY = """\
+rules:
+  - name: deny-pages
+    match: 'plan.steps.exists(s, s.tool == "notify_oncal" || "notfy" in s.tags)'
+    action: deny
+    reason: pages are never automated
+  - name: approve-the-rest
+    match: 'history.count("ticket_cont", "1h") < 3'
+    action: approve
+    reason: small
+"""
+
+
+def test_check_warns_of_a_tool_or_tag_the_catalog_lacks_and_strict_fails_on_it(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """Given a deny rule naming `notify_oncal` (a typo: it never matches, and the approve rule
+    after it released every page), the tag `notfy` (`notify`), and a cap on `ticket_cont`,
+    When `plangate policy check --tools plangate.demo.tools` reads it,
+    Then it exits 0 (a tool may be published later) with a warning naming each rule, its line
+    and the name, and the catalog's tools; with --strict it exits 1; --json lists them.
+    """
+    path = write(tmp_path / "misspelt.yaml", MISSPELT_DENY)
+
+    plain = plangate("policy", "check", path, "--tools", "plangate.demo.tools")
+    strict = plangate("policy", "check", path, "--tools", "plangate.demo.tools", "--strict")
+    as_json = plangate("policy", "check", path, "--tools", "plangate.demo.tools", "--json")
+
+    assert plain.returncode == 0, plain.stderr
+    said = plain.stdout
+    assert "warning: rule 'deny-pages' (line 2) names the tool 'notify_oncal'" in said
+    assert "not in the catalog (notify_oncall, sla_threshold, ticket_count)" in said
+    assert "warning: rule 'deny-pages' (line 2) names the tag 'notfy'" in said
+    assert "did you mean 'notify'?" in said
+    assert "warning: rule 'approve-the-rest' (line 6) names the tool 'ticket_cont'" in said
+    assert strict.returncode == 1
+    assert len(json.loads(as_json.stdout)["warnings"]) == 3
+
+
+def test_check_warns_of_a_hold_no_reviewer_can_release(plangate: Run, tmp_path: Path) -> None:
+    """Given a hold asking the role `finanse` (a typo) and one asking three approvals, and a
+    reviewers file with one reviewer, of `finance`,
+    When `plangate policy check` reads it with PLANGATE_REVIEWERS_FILE set,
+    Then each hold is named: nobody can approve what it holds, so it expires.
+    """
+    team = tmp_path / "reviewers.yaml"
+    assert (
+        plangate("reviewers", "add", "alice", "--role", "finance", "--file", str(team)).returncode
+        == 0
+    )
+    path = write(
+        tmp_path / "holds.yaml",
+        "rules:\n"
+        "  - {name: role-typo, match: 'true', action: hold, reason: r, requires_role: finanse}\n"
+        "  - {name: three-eyes, match: 'true', action: hold, reason: r, approvals: 3}\n",
+    )
+
+    result = plangate("policy", "check", path, env={"PLANGATE_REVIEWERS_FILE": str(team)})
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        "rule 'role-typo' (line 2) asks the role 'finanse', which no reviewer has" in result.stdout
+    )
+    assert "rule 'three-eyes' (line 3) asks 3 approvals, but only 1 reviewer may give them" in (
+        result.stdout
+    )
+
+
+def test_check_json_answers_in_json_when_the_policy_is_wrong(plangate: Run, tmp_path: Path) -> None:
+    """Given a policy whose rule does not compile,
+    When `plangate policy check --json` reads it,
+    Then a CI step parsing stdout gets `ok: false` and the error naming the rule, exit 2.
+    """
+    path = write(tmp_path / "broken.yaml", BROKEN_POLICY)
+
+    result = plangate("policy", "check", path, "--json")
+
+    assert result.returncode == EXIT_USAGE
+    body = json.loads(result.stdout)
+    assert body["ok"] is False
+    assert "rule 'broken-rule' (line 8)" in body["error"]
+
+
+def test_a_policy_test_may_give_only_its_steps_as_the_docs_say(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """Given a policy whose tests give `steps:` in place of `plan:`, and `plan:` as a list,
+    When `plangate policy test` runs them,
+    Then both pass (policy.md: "a `plan` (or only its `steps`)"; each was refused).
+    """
+    path = write(
+        tmp_path / "steps.yaml",
+        "rules:\n"
+        "  - {name: reads, match: 'plan.steps.all(s, s.effect == \"read\")', action: approve,"
+        " reason: r}\n"
+        "  - {name: rest, match: 'true', action: hold, reason: r}\n"
+        "tests:\n"
+        "  - {name: steps alone, steps: [{id: c, tool: ticket_count}], expect: approve}\n"
+        "  - {name: a list, plan: [{id: n, tool: notify_oncall, args: {message: x}}],"
+        " expect: hold}\n",
+    )
+
+    result = plangate("policy", "test", path, "--tools", "plangate.demo.tools")
+
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "2 passed, 0 failed" in result.stdout
+
+
+def test_check_says_a_shadow_policy_lets_any_reviewer_approve_what_it_would_deny(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """Given the default policy switched to `mode: shadow` (its deny rule then holds, asking
+    no role: an operator trying a candidate live let any reviewer release a destructive plan),
+    When `plangate policy check` reads it,
+    Then it says so.
+    """
+    text = Path(DEFAULT_POLICY).read_text(encoding="utf-8").replace("mode: enforce", "mode: shadow")
+    path = write(tmp_path / "shadow.yaml", text)
+
+    result = plangate("policy", "check", path)
+
+    assert result.returncode == 0, result.stderr
+    assert "may be approved by any reviewer (a deny rule asks no role)" in result.stdout

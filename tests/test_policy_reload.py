@@ -106,3 +106,40 @@ def test_a_policy_given_without_a_file_is_never_reread() -> None:
     policy = Policy.from_bytes(APPROVE_READS.encode())
 
     assert ReloadingPolicy(policy).current() is policy
+
+
+MISSPELT_DENY = """
+rules:
+  - name: deny-pages
+    match: plan.steps.exists(s, s.tool == "notify_oncal")
+    action: deny
+    reason: pages are never automated
+  - name: approve-the-rest
+    match: "true"
+    action: approve
+    reason: everything else
+"""
+
+
+def test_a_gate_warns_once_of_a_rule_naming_a_tool_the_catalog_lacks(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a running gate whose deny rule names `notify_oncal` (a typo of `notify_oncall`),
+    When it decides two goals,
+    Then its log warns once, at the first decision, naming the rule, the tool, the policy
+    version and the likely spelling (the rule never matches: the next rule released pages).
+    """
+    path = tmp_path / "policy.yaml"
+    path.write_text(MISSPELT_DENY)
+    with (
+        caplog.at_level("WARNING", logger="approval_gate.policy_lint"),
+        running_pipeline(settings, policy_file=path) as pipeline,
+    ):
+        for _ in range(2):
+            pipeline.wait_for(pipeline.submit("how many tickets are open").goal_id)
+
+    said = [r.getMessage() for r in caplog.records if r.name == "approval_gate.policy_lint"]
+    assert len(said) == 1, said
+    assert Policy.load(path).version in said[0]
+    assert "rule 'deny-pages' (line 3) names the tool 'notify_oncal'" in said[0]
+    assert "did you mean 'notify_oncall'?" in said[0]

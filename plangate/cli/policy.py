@@ -17,15 +17,39 @@ app = group("Check a policy file and try it on a plan.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 FileArgument = Annotated[Path, typer.Argument(metavar="FILE", help="The policy YAML file.")]
+ToolsOption = Annotated[
+    str | None,
+    typer.Option(metavar="MODULES", help="Tool modules for the catalog (default: the store)."),
+]
 
 
 @app.command("check", short_help="Compile every rule of a policy file.")
 @friendly_errors
-def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
-    """Load FILE and compile every rule; an error names the rule and its line (exit 2)."""
-    from approval_gate.policy import Policy
+def policy_check(
+    file: FileArgument,
+    tools: ToolsOption = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when there is a warning (for CI).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Load FILE and compile every rule; an error names the rule and its line (exit 2).
 
-    policy = Policy.load(file)
+    Then warn of what a rule names that the deployment does not have, where it is known: a
+    tool or tag the catalog lacks (a typo never matches: a deny rule then denies nothing),
+    a role no reviewer has or more approvals than reviewers (PLANGATE_REVIEWERS_FILE). The
+    catalog is the store's, or with --tools those modules' tools.
+    """
+    from approval_gate.policy import Policy
+    from plangate.errors import PolicyError
+
+    try:
+        policy = Policy.load(file)
+    except PolicyError as exc:
+        if as_json:  # a CI step parsing the answer gets one, saying what is wrong
+            typer.echo(json.dumps({"ok": False, "error": str(exc)}))
+        raise
+    warnings = _warnings(policy, tools)
     if as_json:
         rules = [
             {
@@ -39,7 +63,9 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
             for rule in policy.rules
         ]
         body = {"ok": True, "version": policy.version, "mode": policy.mode, "rules": rules}
-        typer.echo(json.dumps(body))
+        typer.echo(json.dumps({**body, "warnings": warnings}))
+        if strict and warnings:
+            raise typer.Exit(EXIT_FAILED)
         return
     typer.echo(
         f"{file}: {len(policy.rules)} rules compile; mode {policy.mode}, version {policy.version}"
@@ -53,6 +79,27 @@ def policy_check(file: FileArgument, as_json: JsonOption = False) -> None:
                     "regex); a plan too large for it is held for a person, not evaluated"
                 )
             )
+    if policy.mode == "shadow" and any(rule.action == "deny" for rule in policy.rules):
+        typer.echo(
+            "note: mode shadow holds every plan for a person, and a plan a deny rule catches "
+            "may be approved by any reviewer (a deny rule asks no role)"
+        )
+    for warning in warnings:
+        typer.echo(printable_line(f"warning: {warning}"))
+    if strict and warnings:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _warnings(policy: Any, tools: str | None) -> list[str]:
+    """Return what the policy names that the catalog and reviewers lack, where known."""
+    from approval_gate.policy_lint import policy_warnings
+    from plangate.reviewers import Reviewers
+
+    catalog = _catalog(tools) if tools is not None else _store_catalog()
+    path = load_settings().reviewers_file
+    reviewers = Reviewers.from_file(path) if path is not None else None
+    warnings: list[str] = policy_warnings(policy, catalog, reviewers)
+    return warnings
 
 
 def _read_plan(path: Path) -> Any:
@@ -104,10 +151,7 @@ def policy_test(
         typer.Argument(metavar="PLAN.json", help="A plan (or its steps); omit to run tests:."),
     ] = None,
     expect: Expectation = None,
-    tools: Annotated[
-        str | None,
-        typer.Option(metavar="MODULES", help="Tool modules for the catalog (default: the store)."),
-    ] = None,
+    tools: ToolsOption = None,
     goal: Annotated[str, typer.Option(metavar="TEXT", help="The goal text rules see.")] = "",
     as_json: JsonOption = False,
 ) -> None:
@@ -126,6 +170,8 @@ def policy_test(
     if expect is not None and expect not in ("approve", "deny", "hold"):
         raise typer.BadParameter(f"--expect {expect}: say approve, deny or hold")
     policy = Policy.load(file)
+    for warning in _warnings(policy, tools):
+        err_console.print(printable_line(f"warning: {warning}"), markup=False, highlight=False)
     if plan_file is None:
         _run_policy_tests(policy, _catalog(tools), as_json)
         return
@@ -243,17 +289,27 @@ def _catalog(tools: str | None) -> Any:
         from plangate.tools import load_tools
 
         return load_tools([name.strip() for name in tools.split(",") if name.strip()]).catalog()
+    try:
+        catalog = _store_catalog(required=True)
+    except ConfigError as exc:  # no store to take the catalog from
+        raise ConfigError(f"{exc}; or pass --tools to test with those modules' tools") from exc
+    if not catalog:
+        raise ConfigError("the store has no tool catalog yet (no executor ran); pass --tools")
+    return catalog
+
+
+def _store_catalog(*, required: bool = False) -> Any:
+    """Return the store's catalog; without `required`, None where there is no store."""
     from plangate.catalog import load_catalog
     from plangate.store import open_store
 
     try:
         store = open_store(load_settings().resolved_database_url(), create=False)
-    except ConfigError as exc:  # no store to take the catalog from
-        raise ConfigError(f"{exc}; or pass --tools to test with those modules' tools") from exc
+    except ConfigError:
+        if required:
+            raise
+        return None
     try:
-        catalog = load_catalog(store)
+        return load_catalog(store)
     finally:
         store.close()
-    if not catalog:
-        raise ConfigError("the store has no tool catalog yet (no executor ran); pass --tools")
-    return catalog

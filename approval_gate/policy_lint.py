@@ -1,0 +1,153 @@
+"""What a policy names that the deployment does not have: likely typos, said before they bite.
+
+A rule compares the plan with names (`s.tool == "wire_transfer"`, `"money" in s.tags`,
+`history.count("refund", "1h")`). Misspelt, the rule compiles and never matches: a deny rule
+then denies nothing, and a later approve rule releases what it was written to stop. A hold
+that asks a role no reviewer has, or more approvals than there are reviewers who may give
+them, holds every plan it meets until it expires. Neither is wrong CEL, and a tool may be
+published after the policy is written, so these are warnings (by `plangate policy check`
+and `test`, and in the gate's log), not a refusal to load. The names are read from the
+expression's tokens: a check for likely mistakes, not a proof of what can match.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Iterator, Sequence
+
+from approval_gate.policy import Policy, Rule
+from plangate.reviewers import Reviewers
+from schemas import Catalog
+from schemas.cel_check import call_literals, cel_tokens
+
+log = logging.getLogger(__name__)
+Token = tuple[str, str]
+EFFECTS = ("read", "write")
+SHOWN_NAMES = 8  # of the catalog, in a warning: enough to spot the right spelling
+
+
+def policy_warnings(
+    policy: Policy, catalog: Catalog | None = None, reviewers: Reviewers | None = None
+) -> list[str]:
+    """Return what each rule names that `catalog` and `reviewers` do not have (each optional)."""
+    warnings: list[str] = []
+    for rule in policy.rules:
+        where = f"rule {rule.name!r} (line {rule.line})"
+        if catalog:
+            warnings.extend(f"{where} {said}" for said in _unknown_names(rule.match, catalog))
+        if reviewers is not None and rule.action == "hold":
+            warnings.extend(f"{where} {said}" for said in _unreachable_hold(rule, reviewers))
+    return warnings
+
+
+class PolicyWarnings:
+    """Logs what a policy names that the catalog lacks, once per policy version and catalog.
+
+    For the gate, which sees both at each decision: a warning is said when a policy or a
+    catalog first meets it, not at every decision (the key is cheap: the specs are cached).
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, tuple[int, ...]]] = set()
+        self._said: set[str] = set()
+
+    def check(self, policy: Policy, catalog: Catalog) -> None:
+        """Log each new warning of `policy` against `catalog`."""
+        key = (policy.version, tuple(map(id, catalog.values())))
+        if key in self._seen:
+            return
+        if len(self._seen) > 64:  # catalogs republished often: bounded, said again at worst
+            self._seen.clear()
+        self._seen.add(key)
+        for warning in policy_warnings(policy, catalog):
+            if warning not in self._said:
+                self._said.add(warning)
+                log.warning("policy %s (%s): %s", policy.version, policy.source, warning)
+
+
+def _unknown_names(match: str, catalog: Catalog) -> Iterator[str]:
+    tokens = cel_tokens(match)
+    tags = {tag for spec in catalog.values() for tag in spec.tags}
+    tools = sorted(catalog)
+    for name in sorted(set(_compared(tokens, "tool")) | set(_history_tools(match))):
+        if name not in catalog:
+            yield (
+                f"names the tool {name!r}, which is not in the catalog ({_some(tools)}): it "
+                f"never matches a plan calling it{_did_you_mean(name, tools)}"
+            )
+    # A tag no tool has yet is a rule written ahead (the default policy denies `destructive`
+    # tools wherever there are some): only one spelt almost as a tag that exists is said.
+    for tag in sorted(set(_tags(tokens)) - tags):
+        close = difflib.get_close_matches(tag, sorted(tags), n=1, cutoff=0.75)
+        if close:
+            yield (
+                f"names the tag {tag!r}, which no tool of the catalog has; did you mean "
+                f"{close[0]!r}? (it never matches)"
+            )
+    for effect in sorted(set(_compared(tokens, "effect"))):
+        if effect not in EFFECTS:
+            yield f"compares a step's effect with {effect!r}, which is none (read or write)"
+
+
+def _unreachable_hold(rule: Rule, reviewers: Reviewers) -> Iterator[str]:
+    people = [r.name for r in reviewers if rule.requires_role in (None, *r.roles)]
+    if rule.requires_role is not None and not people:
+        yield (
+            f"asks the role {rule.requires_role!r}, which no reviewer has: nobody can approve "
+            "what it holds (`plangate reviewers add NAME --role ROLE`), so it expires"
+        )
+    elif len(people) < rule.approvals:
+        who = "1 reviewer" if len(people) == 1 else f"{len(people)} reviewers"
+        yield (
+            f"asks {rule.approvals} approvals, but only {who} may give them: what it holds "
+            "expires unapproved"
+        )
+
+
+def _compared(tokens: Sequence[Token], field: str) -> Iterator[str]:
+    """Yield the strings a `x.field` is compared with (`==`, `!=`, `in [...]`), either side."""
+    for at, token in enumerate(tokens):
+        if token != ("name", field) or at == 0 or tokens[at - 1] != ("punct", "."):
+            continue
+        after = [text for _, text in tokens[at + 1 : at + 3]]
+        if after in (["=", "="], ["!", "="]):
+            yield from _strings(tokens[at + 3 : at + 4])
+        elif after[:2] == ["in", "["]:
+            end = next((i for i in range(at + 3, len(tokens)) if tokens[i][1] == "]"), at + 3)
+            yield from _strings(tokens[at + 3 : end])
+        before = [text for _, text in tokens[max(0, at - 5) : at - 1]]
+        if len(before) >= 3 and before[-3:-1] in (["=", "="], ["!", "="]):
+            yield from _strings(tokens[at - 5 : at - 4])
+
+
+def _tags(tokens: Sequence[Token]) -> Iterator[str]:
+    """Yield the strings tested with `"tag" in x.tags`."""
+    for at, token in enumerate(tokens):
+        tested = token[0] == "string" and tokens[at + 1 : at + 2] == [("name", "in")]
+        if tested and ("name", "tags") in tokens[at + 2 : at + 5]:
+            yield from _strings([token])
+
+
+def _history_tools(match: str) -> Iterator[str]:
+    for function in ("count", "sum"):
+        for args in call_literals(match, "history", function):
+            if args and args[0] is not None:
+                yield args[0]
+
+
+def _strings(tokens: Sequence[Token]) -> Iterator[str]:
+    for kind, text in tokens:
+        plain = text[:1] in ("'", '"') and not text.startswith(("'''", '"""'))
+        if kind == "string" and plain and "\\" not in text:
+            yield text[1:-1]
+
+
+def _did_you_mean(name: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else "; check the spelling"
+
+
+def _some(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:SHOWN_NAMES])
+    return shown + (", …" if len(names) > SHOWN_NAMES else "") if names else "none"
