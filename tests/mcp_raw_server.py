@@ -47,7 +47,20 @@ def listing(mode: str) -> list[dict[str, Any]]:
         tools += [{**tools[0], "name": f"probe{n}"} for n in range(1000)]
     if mode == "listed-twice":  # a write, then the same name again as a harmless read
         tools = [{**tool, "name": "wipe"}, {**tools[0], "name": "wipe"}]
+    if mode == "malformed-write-result":  # a write that must not run twice
+        tools = [{**tool, "annotations": {"readOnlyHint": False, "idempotentHint": False}}]
     return tools
+
+
+def called(mode: str) -> dict[str, Any]:
+    """Answer a tools/call."""
+    if mode == "malformed-write-result":  # it wrote, then answered what MCP forbids
+        with open(os.environ["RAW_EFFECTS"], "a", encoding="utf-8") as effects:
+            effects.write("written\n")
+        return {"content": 5}
+    if mode == "malformed-result":  # blocks MCP does not have, thirteen problems each
+        return {"content": [{"type": "weird", "blob": n} for n in range(20)]}
+    return {"content": [{"type": "text", "text": "ok"}], "isError": False}
 
 
 def main(mode: str) -> None:
@@ -77,9 +90,7 @@ def main(mode: str) -> None:
                 sys.stdout.write("this is not JSON-RPC\n")
                 sys.stdout.flush()
                 continue
-            result = {"content": [{"type": "text", "text": "ok"}], "isError": False}
-            if mode == "malformed-result":  # blocks MCP does not have, thirteen problems each
-                result = {"content": [{"type": "weird", "blob": n} for n in range(20)]}
+            result = called(mode)
         else:
             result = {}
         send({"jsonrpc": "2.0", "id": ident, "result": result})

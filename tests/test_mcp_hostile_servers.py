@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from plangate.errors import ToolError, ToolLoadError
+from plangate.errors import OutcomeUnknown, ToolError, ToolLoadError
 from plangate.tools import ToolContext
 from plangate.tools.mcp import close_all, open_mcp_servers
 from plangate.tools.mcp.http_answers import MAX_ANSWER_BYTES as HTTP_ANSWER_BYTES
@@ -396,3 +396,30 @@ def test_a_result_mcp_does_not_allow_fails_the_step_in_one_short_line(tmp_path: 
     [line] = [line for line in result.stdout.splitlines() if "tool raw.probe failed" in line]
     assert "ValidationError" in line
     assert len(line) < 600
+
+
+def test_a_write_answered_in_a_form_mcp_does_not_allow_is_of_unknown_outcome(
+    tmp_path: Path,
+) -> None:
+    """Given a non-idempotent write whose server does the write, then answers a result MCP
+    does not allow (`"content": 5`),
+    When it is called,
+    Then the call's outcome is unknown (a person settles it), not a failure: marked failed,
+    the `goals retry` an operator then ran wrote a second time.
+    """
+    effects = tmp_path / "effects.txt"
+    path = server_list(tmp_path, "malformed-write-result")
+    servers = json.loads(path.read_text())
+    servers["mcpServers"]["raw"]["env"] = {"RAW_EFFECTS": str(effects)}
+    path.write_text(json.dumps(servers))
+    (probe,) = open_mcp_servers(path).tools
+    assert (probe.spec.effect, probe.spec.idempotent) == ("write", False)
+
+    with pytest.raises(OutcomeUnknown) as raised:
+        probe.invoke({"q": "x"}, ToolContext("g", "p", "s", "k"))
+
+    said = str(raised.value)
+    assert "answered in a form MCP does not allow" in said
+    assert "whether it took effect is unknown" in said
+    assert len(said) < 600
+    assert effects.read_text(encoding="utf-8") == "written\n"

@@ -186,7 +186,7 @@ class Connection:
             if not repeatable:
                 raise OutcomeUnknown(
                     f"the connection to {self.where} broke during the call to {tool}{unknown}, "
-                    "so it is not sent again: check the server, then retry the goal"
+                    "so it is not sent again: check the server"
                 ) from exc
         session, _ = self._checked(repeatable=True)
         return self._request(session, tool, args, meta)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from plangate.errors import ToolError, ToolLoadError, describe
+from plangate.errors import OutcomeUnknown, ToolError, ToolLoadError, describe
 from plangate.redaction import quoted, redact, redact_json
 from plangate.tools.context import ToolContext
 from plangate.tools.decorator import Tool
@@ -86,6 +86,14 @@ class McpTool(Tool[..., Any]):
             # a transport error quotes without its query: step records keep the reason.
             reason = "; ".join(dict.fromkeys(one_line(e) for e in leaves(exc)))
             reason = redact(urls_without_secrets(reason))
+            if not repeatable and _answered_unreadably(exc):
+                # The server acted, or not, and then answered in a shape MCP does not allow:
+                # marked failed, the retry an operator then ran did the write a second time.
+                raise OutcomeUnknown(
+                    f"tool {self.name}: its server answered in a form MCP does not allow "
+                    f"({reason}); whether it took effect is unknown, so it is not sent again: "
+                    "check the server"
+                ) from exc
             raise ToolError(f"tool {self.name} failed: {reason}") from exc
         texts = [_describe_block(block) for block in result.content]
         if result.is_error:
@@ -181,6 +189,11 @@ def _spec(
         raise ToolLoadError(
             f"{connection.where}: {named}: {describe(exc, ToolSpec)}; {fix}"
         ) from exc
+
+
+def _answered_unreadably(exc: BaseException) -> bool:
+    """Say whether `exc` is an answer to the call that could not be read as a result."""
+    return any(isinstance(e, ValidationError) for e in leaves(exc))
 
 
 def _redacted(schema: Any) -> Any:
