@@ -68,7 +68,10 @@ def running_pipeline(
     """
     registry = overrides.pop("registry", None)
     changed = settings.model_copy(update=overrides)
-    with Pipeline(changed, registry=registry) as pipeline:
+    # The pipeline's bus is its own argument: given only in the settings, a broker_url was
+    # ignored and the goal ran on the memory transport (a RabbitMQ test tried nothing).
+    broker = {"broker_url": overrides["broker_url"]} if "broker_url" in overrides else {}
+    with Pipeline(changed, registry=registry, **broker) as pipeline:
         yield pipeline
         if not tampers:
             problem = audit_records.disagreement(pipeline.store)

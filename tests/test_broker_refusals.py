@@ -11,17 +11,23 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from kombu import Connection, Queue
+from kombu import Connection, Producer, Queue
 
 from plangate.bus import Bus
 from plangate.config import Settings
 from plangate.readiness import broker_problem
 from tests.servers import rabbitmqctl
-from tests.support import first_consume_failure, plangate_in, running_pipeline
+from tests.support import (
+    eventually,
+    first_consume_failure,
+    plangate_in,
+    running_pipeline,
+)
 
 pytestmark = pytest.mark.rabbitmq
 REPO = Path(__file__).resolve().parents[1]
@@ -123,3 +129,23 @@ def test_a_user_with_only_the_permissions_the_deploy_page_names_runs_a_goal(
     with running_pipeline(settings, broker_url=url, namespace="plangate") as pipeline:
         goal_id = pipeline.submit("Count the open tickets").goal_id
         assert pipeline.wait_for(goal_id, timeout=20).status == "completed"
+        # `plangate dlq list` puts each letter back on the queue alone: it was refused
+        # (ACCESS_REFUSED to amq.default) with the permissions the page named.
+        with pipeline.bus.connection() as connection:  # as a foreign producer could
+            producer = Producer(connection.channel(), exchange=pipeline.bus.topology.exchange)
+            producer.publish(
+                b"not json", routing_key="goal.submitted", content_type="application/json"
+            )
+        env = {"PLANGATE_BROKER_URL": url, "PLANGATE_NAMESPACE": "plangate"}
+
+        def listed() -> subprocess.CompletedProcess[str] | None:
+            done = plangate_in(settings.data_dir, "dlq", "list", "--json", **env)
+            return done if done.returncode != 0 or done.stdout.strip() else None
+
+        first = eventually(listed, timeout=20, what="the dead letter listed")
+        again = listed()
+        assert again is not None
+
+    for each in (first, again):
+        assert each.returncode == 0, each.stderr
+        assert len(each.stdout.splitlines()) == 1

@@ -53,7 +53,7 @@ def refusal_hint(exc: BaseException) -> str | None:
         return (
             "check the user and password in PLANGATE_BROKER_URL, and that the user may "
             "configure, write and read the namespace's exchange and queues (every plangate "
-            "process declares them)"
+            "process declares them), and, for `plangate dlq`, write to amq.default (deploy.md)"
         )
     if code == 406 and "inequivalent arg" in str(exc):  # declared before, otherwise
         return (
