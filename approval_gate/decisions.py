@@ -47,8 +47,13 @@ def record_decision(
     stage: str,
     decision: Decision,
     roles: frozenset[str] | None = None,
+    counted_as: str | None = None,
 ) -> None:
-    """Store a decision (a person's with their roles); Conflict if this stage already decided."""
+    """Store a decision (a person's with their roles); Conflict if this stage already decided.
+
+    `counted_as` names its action in `plangate_decisions_total` where the record's differs:
+    an edit is stored as the old revision's rejection, but it rejected nothing.
+    """
     row = {
         "plan_id": plan.plan_id,
         "goal_id": plan.goal_id,
@@ -61,7 +66,8 @@ def record_decision(
         raise Conflict(
             f"revision {plan.revision} of plan {plan.plan_id} was already decided; reload it"
         )
-    metrics.DECISIONS.labels(decision.action, decision.rule or decision.decided_by).inc()
+    action = counted_as or decision.action
+    metrics.DECISIONS.labels(action, decision.rule or decision.decided_by).inc()
 
 
 def decision_of(row: DecisionRow) -> Decision:

@@ -225,7 +225,7 @@ class Review:
                 reason=f"edited into revision {plan.revision}",
                 policy_version=_policy_version(held),
             )
-            record_decision(session, old, "human", replaced, roles)
+            record_decision(session, old, "human", replaced, roles, counted_as="edit")
             row = PlanRow(**plan_values(plan, planner, old.trace_headers))
             digest = row.plan_hash
             try:

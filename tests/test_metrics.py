@@ -7,15 +7,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from plangate.client import Client
+from plangate.embedded import Pipeline
 from plangate.metrics import StoreCollector
 from plangate.server import create_app
 from plangate.store import open_store
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
 from tests.servers import free_port, refusing_connections
+from tests.support import only_plan
 from tests.test_distributed import APPROVE_ALL
 
 pytestmark = pytest.mark.redis
@@ -116,3 +119,28 @@ def test_a_store_that_does_not_answer_is_a_zero_not_a_gap(postgres_database_url:
     assert up["plangate_store_up"] == 1
     assert "plangate_outbox_backlog" in up
     assert down == {"plangate_store_up": 0}
+
+
+def test_an_edit_is_counted_as_an_edit_not_a_rejection(pipeline: Pipeline) -> None:
+    """Given the seed goal held for a person,
+    When alice edits its plan,
+    Then `plangate_decisions_total` counts an edit by alice and no rejection (the dashboard's
+    Decisions panel showed every edit as one: the edit is stored as the old revision's).
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, {"held"})
+    plan = only_plan(pipeline.store, goal_id)
+    steps = [step.model_dump(mode="json", exclude_defaults=True) for step in plan.steps]
+    edits = {"action": "edit", "rule": "alice"}
+    rejects = {"action": "reject", "rule": "alice"}
+    before = [
+        REGISTRY.get_sample_value("plangate_decisions_total", c) or 0.0 for c in (edits, rejects)
+    ]
+
+    pipeline.edit(plan.plan_id, "alice", steps, summary="checked by alice")
+
+    after = [
+        REGISTRY.get_sample_value("plangate_decisions_total", c) or 0.0 for c in (edits, rejects)
+    ]
+    assert after[0] - before[0] == 1
+    assert after[1] == before[1]
