@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from prometheus_client import (
     REGISTRY,
@@ -100,6 +100,7 @@ class StoreCollector(Collector):
 
         from plangate.store.models import GoalRow, OutboxRow
         from schemas import utcnow
+        from schemas.goal_states import GoalStatus
 
         goals = GaugeMetricFamily("plangate_goals", "Goals by state.", labels=["state"])
         try:
@@ -120,8 +121,10 @@ class StoreCollector(Collector):
             return
         yield GaugeMetricFamily("plangate_store_up", _STORE_UP, 1)
         counts = dict(by_state)
-        for state, count in sorted(counts.items()):
-            goals.add_metric([state], count)
+        # Every state, 0 included: a series that vanished when its last goal moved on left a
+        # panel's line hanging and an alert on it (`> 0`) unable to resolve.
+        for state in sorted(set(get_args(GoalStatus)) | set(counts)):
+            goals.add_metric([state], counts.get(state, 0))
         yield goals
         yield GaugeMetricFamily(
             "plangate_held_plans", "Plans held for a person.", counts.get("held", 0)

@@ -405,24 +405,29 @@ def test_the_reviewers_file_and_the_env_file_are_kept_out_of_git() -> None:
     assert {"reviewers.yaml", ".env"} <= set(ignored)
 
 
-def test_the_grafana_dashboard_charts_only_metrics_plangate_exports(tmp_path: Path) -> None:
-    """Every metric a panel queries is one that a scrape of plangate shows."""
-    import json
-    import re
-
+def exported_metrics(folder: Path) -> set[str]:
+    """The names of the series a scrape of plangate shows (a store of its own in `folder`)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from plangate import metrics
     from plangate.store import open_store
 
-    store = open_store(f"sqlite:///{tmp_path / 'metrics.db'}")
+    store = open_store(f"sqlite:///{folder / 'metrics.db'}")
     try:
         text = metrics.exposition(metrics.registry_with(store)).decode()
     finally:
         store.close()
     families = list(text_string_to_metric_families(text))
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
-    exported = {f.name + end for f in families for end in suffixes.get(f.type, ("",))}
+    return {f.name + end for f in families for end in suffixes.get(f.type, ("",))}
+
+
+def test_the_grafana_dashboard_charts_only_metrics_plangate_exports(tmp_path: Path) -> None:
+    """Every metric a panel queries is one that a scrape of plangate shows."""
+    import json
+    import re
+
+    exported = exported_metrics(tmp_path)
     dashboard = json.loads((DEPLOY / "grafana" / "plangate-dashboard.json").read_text())
     queried = {
         name
@@ -495,3 +500,47 @@ def test_the_example_policy_is_the_built_in_one_rule_for_rule(tmp_path: Path) ->
 
     assert rules(deployed) == rules(built_in)
     assert deployed.mode == built_in.mode
+
+
+def test_the_alert_rules_read_only_metrics_plangate_exports_and_prometheus_loads_them(
+    tmp_path: Path,
+) -> None:
+    """An SRE found no alert shipped: nothing would fire for a dead letter, a step waiting for
+    a person, the store or the audit sealing down. Every metric an alert reads is one a
+    scrape of plangate shows (or Prometheus' own `up`), every alert says what to do, and
+    prometheus.yml loads the file."""
+    import re
+
+    exported = exported_metrics(tmp_path)
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    [rules_file] = scrape["rule_files"]
+    groups = yaml.safe_load((DEPLOY / "prometheus" / rules_file).read_text())["groups"]
+    alerts = [rule for group in groups for rule in group["rules"]]
+    read = {name for rule in alerts for name in re.findall(r"plangate_[a-z_]+", rule["expr"])}
+
+    assert len(alerts) >= 6
+    assert read <= exported, read - exported
+    for needed in ("plangate_store_up", "plangate_audit_sealing_stopped", "plangate_goals"):
+        assert needed in read
+    for rule in alerts:
+        assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        assert rule["annotations"]["description"], rule["alert"]
+
+
+def test_every_kubernetes_pod_serving_metrics_is_annotated_for_the_scrape() -> None:
+    """serve counts a person's decisions, but its pod was not annotated: on Kubernetes, the
+    dashboard's Decisions panel showed the policy's alone."""
+    owners = by_kind("Deployment")
+    for name, deployment in owners.items():
+        template = deployment["spec"]["template"]
+        ports = {
+            port["containerPort"]
+            for container in template["spec"]["containers"]
+            for port in container.get("ports", [])
+        }
+        env = {k: v for c in template["spec"]["containers"] for k, v in container_env(c).items()}
+        served = {int(env["PLANGATE_METRICS_PORT"])} if "PLANGATE_METRICS_PORT" in env else ports
+        annotations = template["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", name
+        assert int(annotations["prometheus.io/port"]) in served, name
