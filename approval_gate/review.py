@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from opentelemetry import trace
-from opentelemetry.trace import Link
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -47,8 +45,8 @@ from approval_gate.holds import (
     revision_editors,
 )
 from approval_gate.refusals import audits_refusals
+from approval_gate.review_span import review_span
 from approval_gate.revisions import edited_plan
-from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.catalog import load_catalog
 from plangate.errors import (
@@ -236,6 +234,9 @@ class Review:
                     f"revision {plan.revision} of goal {plan.goal_id} exists already; reload it"
                 ) from exc
             moved = {"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": digest}
+            with review_span(held.goal, old, "edit", reviewer) as span:
+                span.set_attribute("plangate.edit.plan_id", plan.plan_id)
+                span.set_attribute("plangate.edit.plan_hash", digest)
             audit.append(
                 session,
                 "plan.edited",
@@ -333,17 +334,7 @@ class Review:
                 reason=reason,
                 policy_version=_policy_version(held),
             )
-            # A person may decide hours later, in another process: continue the goal's trace,
-            # linked to the request it came in (its own trace), if one is recorded.
-            asked = trace.get_current_span().get_span_context()
-            with telemetry.tracer().start_as_current_span(
-                "review decision",
-                context=telemetry.extract(held.goal.trace_headers),
-                links=[Link(asked)] if asked.is_valid else None,
-            ) as span:
-                span.set_attribute("plangate.decision.action", action)
-                span.set_attribute("plangate.decision.decided_by", reviewer)
-                span.set_attribute("plangate.plan_hash", held.plan.plan_hash)
+            with review_span(held.goal, held.plan, action, reviewer):
                 record_decision(session, held.plan, "human", decision, roles)
                 if action == "approve":
                     return [hand_to_gate(session, held.plan, decision)]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kombu import Producer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -16,7 +20,9 @@ from plangate import telemetry
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import ToolError
+from plangate.logs import JsonFormatter
 from plangate.tools import ToolRegistry, tool
+from schemas import Plan
 from tests.conftest import SEED_GOAL
 from tests.support import eventually, running_pipeline, write_yaml
 
@@ -185,3 +191,80 @@ def test_a_failed_step_and_its_failed_run_are_errors_in_the_trace(
     assert "upstream refused the credentials" in (call.status.description or "")
     assert (call.attributes or {})["plangate.step.status"] == "failed"
     assert named["run plan"].status.status_code is StatusCode.ERROR
+
+
+def test_a_dead_letter_is_an_error_in_its_goals_trace_and_its_log_line_names_the_goal(
+    pipeline: Pipeline, spans: InMemorySpanExporter
+) -> None:
+    """Given a goal published by a foreign service with its ids and a W3C traceparent in the
+    headers, but a field the contract does not have,
+    When the planner dead-letters it,
+    Then the caller's trace shows a `dead-letter goal.submitted` span in error with the reason
+    (it showed a bare `publish` span, its status unset), and the log line names the goal, the
+    message and the trace (it named none of them).
+    """
+    trace_id = "bf49d26247de4dbb8f32964a88feeb36"
+    headers = {
+        "x-plangate-goal-id": "goal-from-billing",
+        "x-plangate-message-id": "message-from-billing",
+        "traceparent": f"00-{trace_id}-bcb24e439d954f94-01",
+    }
+    body = json.dumps({"schema_version": 1, "type": "goal.submitted", "extra_field": 1}).encode()
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("plangate.bus.settlement").addHandler(handler)
+    try:
+        with pipeline.bus.connection() as connection:
+            producer = Producer(connection.channel(), exchange=pipeline.bus.topology.exchange)
+            producer.publish(
+                body,
+                routing_key="goal.submitted",
+                headers=headers,
+                content_type="application/json",
+                content_encoding="utf-8",
+            )
+        dead = eventually(
+            lambda: [
+                s for s in spans.get_finished_spans() if s.name == "dead-letter goal.submitted"
+            ],
+            what="the dead letter's span",
+        )
+    finally:
+        logging.getLogger("plangate.bus.settlement").removeHandler(handler)
+
+    [span] = dead
+    assert span.context is not None
+    assert format(span.context.trace_id, "032x") == trace_id
+    assert span.status.status_code is StatusCode.ERROR
+    assert "extra_field" in str(span.attributes["plangate.dead_letter.reason"])
+    [line] = [json.loads(text) for text in lines.getvalue().splitlines() if "dead-lettered" in text]
+    assert line["goal_id"] == "goal-from-billing"
+    assert line["message_id"] == "message-from-billing"
+    assert line["trace_id"] == trace_id
+
+
+def test_an_edit_is_a_review_decision_span_naming_the_editor_and_the_new_revision(
+    pipeline: Pipeline, spans: InMemorySpanExporter
+) -> None:
+    """Given the seed goal held, When alice edits its plan, Then the goal's trace has a
+    `review decision` span for the edit, naming alice and the revision it made (an edit
+    showed only as a bare `publish plan.proposed`)."""
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, {"held"})
+    held = pipeline.review.held()[0].plan
+    plan = Plan.model_validate(held.body)
+    steps = [step.model_dump(mode="json", exclude_defaults=True) for step in plan.steps]
+
+    pipeline.edit(held.plan_id, "alice", steps, summary="checked by alice")
+
+    [span] = [
+        s
+        for s in spans.get_finished_spans()
+        if s.name == "review decision" and s.attributes["plangate.decision.action"] == "edit"
+    ]
+    assert span.attributes["plangate.decision.decided_by"] == "alice"
+    assert span.attributes["plangate.plan_hash"] == held.plan_hash
+    assert span.attributes["plangate.edit.plan_id"] != held.plan_id
+    submit = next(s for s in spans.get_finished_spans() if s.name == "submit goal")
+    assert span.context.trace_id == submit.context.trace_id

@@ -12,9 +12,17 @@ import logging
 from collections.abc import Callable, Sequence
 
 from kombu.message import Message as KombuMessage
+from opentelemetry.trace import StatusCode
 
+from plangate import logs, telemetry
 from plangate.bus.dead_letters import dead_letter_envelope
-from plangate.bus.envelope import ATTEMPT_HEADER, Delivery, Envelope
+from plangate.bus.envelope import (
+    ATTEMPT_HEADER,
+    GOAL_HEADER,
+    MESSAGE_ID_HEADER,
+    Delivery,
+    Envelope,
+)
 from plangate.bus.in_flight import Done
 from plangate.bus.inbound import original_content_type, raw_body, text_headers
 from plangate.bus.middleware import MiddlewareStack
@@ -102,11 +110,28 @@ class Settlement:
             raw.requeue()
 
     def dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
-        """Publish the message to the dead-letter queue with its reason, then ack it."""
-        log.warning("dead-lettered %s from %s: %s", delivery.message_type, delivery.queue, reason)
-        self._middleware.after_settle(delivery, "dead_lettered")
-        envelope = dead_letter_envelope(raw_body(raw), original_content_type(raw), delivery, reason)
-        self.publish_then_ack(raw, [envelope])
+        """Publish the message to the dead-letter queue with its reason, then ack it.
+
+        In the goal's trace as an error, and logged with the goal, message and trace its
+        headers name: a message that did not parse has no handler's span or log fields, and
+        its dead letter was a bare `publish` span, its log line naming no goal.
+        """
+        parent = telemetry.extract(delivery.headers)
+        name = f"dead-letter {delivery.message_type}"
+        with (
+            telemetry.tracer().start_as_current_span(name, context=parent) as span,
+            logs.bound(**_named_in(delivery.headers)),
+        ):
+            span.set_status(StatusCode.ERROR, reason[:500])
+            span.set_attribute("plangate.dead_letter.reason", reason[:2000])
+            span.set_attribute("messaging.destination.name", delivery.queue)
+            log.warning(
+                "dead-lettered %s from %s: %s", delivery.message_type, delivery.queue, reason
+            )
+            self._middleware.after_settle(delivery, "dead_lettered")
+            body, content_type = raw_body(raw), original_content_type(raw)
+            envelope = dead_letter_envelope(body, content_type, delivery, reason)
+            self.publish_then_ack(raw, [envelope])
 
     def publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:
         """Publish a dead letter or a retry from the loop's thread, then ack the message."""
@@ -152,3 +177,12 @@ def error_text(error: BaseException) -> str:
     if isinstance(error, PlangateError):
         return str(error)
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _named_in(headers: dict[str, str]) -> dict[str, str]:
+    """Return the goal and message ids a message's headers name, for its log line.
+
+    Bounded: whoever published the message wrote them.
+    """
+    named = {"goal_id": headers.get(GOAL_HEADER), "message_id": headers.get(MESSAGE_ID_HEADER)}
+    return {key: value[:200] for key, value in named.items() if isinstance(value, str) and value}
