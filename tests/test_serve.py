@@ -411,3 +411,19 @@ def test_a_publishers_own_short_id_is_polled_as_itself_never_as_anothers_start(
     state = eventually(polled_as_itself, timeout=30, what="the publisher's goal stored")
     assert (before, said["error"].startswith(f"no goal '{short}'")) == (404, True)
     assert state["goal_id"] == short
+
+
+def test_a_structured_cloudevents_traceparent_becomes_the_goals_trace(base_url: str) -> None:
+    """Given a structured-mode CloudEvent carrying the distributed-tracing extension
+    (`traceparent` in the event, no HTTP header),
+    When it is POSTed,
+    Then the goal joins the sender's trace (it started a trace of its own).
+    """
+    trace_id = uuid.uuid4().hex
+    event = json.loads(structured_event(uuid.uuid4().hex))
+    event["traceparent"] = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
+
+    status, _, body = post_structured(base_url, json.dumps(event).encode())
+
+    assert status == 201, body
+    assert body["trace_id"] == trace_id

@@ -116,7 +116,11 @@ def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalH
     # `traceparent` if one came): one trace from the caller to the last tool call. Only
     # where no request span is recorded does the caller's header parent it directly.
     recorded = trace.get_current_span().get_span_context().is_valid
-    token = None if recorded else otel_context.attach(telemetry.extract(headers))
+    given = headers
+    if isinstance(goal, EventGoal) and goal.trace_headers and "traceparent" not in headers:
+        # A structured CloudEvent names its trace in its body: the goal joins the sender's.
+        given, recorded = goal.trace_headers, False
+    token = None if recorded else otel_context.attach(telemetry.extract(given))
     try:
         return client.submit(
             goal.text,

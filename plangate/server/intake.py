@@ -57,6 +57,9 @@ class EventGoal(GoalRequest):
 
     event_source: str
     event_id: str
+    # The event's own trace context (the CloudEvents distributed-tracing extension), which a
+    # structured-mode event carries in its body, not in the request's headers.
+    trace_headers: dict[str, str] = Field(default_factory=dict)
 
     @property
     def event(self) -> tuple[str, str]:
@@ -120,7 +123,13 @@ def _event_goal(headers: dict[str, str], body: bytes) -> GoalRequest:
             "ce.type": event.get_type(),
         }
     goal = _validated({"text": data.get("text"), "metadata": metadata})
-    return EventGoal(**goal.model_dump(), event_source=event.get_source(), event_id=event.get_id())
+    traced = {name: event.get_extension(name) for name in ("traceparent", "tracestate")}
+    return EventGoal(
+        **goal.model_dump(),
+        event_source=event.get_source(),
+        event_id=event.get_id(),
+        trace_headers={k: v for k, v in traced.items() if isinstance(v, str)},
+    )
 
 
 def _check_attributes(given: Mapping[str, Any]) -> None:
