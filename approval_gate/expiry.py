@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from approval_gate.decisions import record_decision
 from approval_gate.holds import DEFAULT_HOLD_TTL, hold_of, legacy_expiry
-from plangate import metrics
+from plangate import logs, metrics, telemetry
 from plangate.bus import Envelope
 from plangate.errors import Conflict
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
@@ -84,46 +84,54 @@ def _expire_if_due(
     if now < due:
         return None
     ttl = due - held_by.created_at
-    decision = Decision(
-        action="expire",
-        decided_by="gate",
-        rule=held_by.rule,
-        reason=f"held for a person longer than its TTL of {int(ttl.total_seconds())} s; expired",
-        policy_version=held_by.policy_version,
-    )
-    record_decision(session, plan, "human", decision)
-    data = {
-        "plan_id": plan.plan_id,
-        "revision": plan.revision,
-        "plan_hash": plan.plan_hash,
-        "decided_by": "gate",
-        "rule": held_by.rule,
-        "policy_version": held_by.policy_version,
-    }
-    transition(
-        session,
-        goal_id,
-        "expired",
-        by="gate",
-        actor="gate",
-        reason=decision.reason,
-        data=data,
-        current=locked.status,
-    )
-    log.info("plan %s of goal %s expired after %s", plan.plan_id, goal_id, ttl)
-    metrics.APPROVALS_EXPIRED.inc()
-    return emit(
-        session,
-        PlanDecided(
-            type="plan.expired",
-            goal_id=goal_id,
-            plan_id=plan.plan_id,
-            revision=plan.revision,
-            plan_hash=plan.plan_hash,
-            decision=decision,
-        ),
-        trace_headers=goal.trace_headers,
-    )
+    seconds = int(ttl.total_seconds())
+    # In the goal's trace, its lines naming the goal: a sweep runs outside any message.
+    context = telemetry.extract(goal.trace_headers)
+    with (
+        telemetry.tracer().start_as_current_span("expire hold", context=context) as span,
+        logs.bound(goal_id=goal_id),
+    ):
+        span.set_attribute("plangate.plan_hash", plan.plan_hash)
+        decision = Decision(
+            action="expire",
+            decided_by="gate",
+            rule=held_by.rule,
+            reason=f"held for a person longer than its TTL of {seconds} s; expired",
+            policy_version=held_by.policy_version,
+        )
+        record_decision(session, plan, "human", decision)
+        data = {
+            "plan_id": plan.plan_id,
+            "revision": plan.revision,
+            "plan_hash": plan.plan_hash,
+            "decided_by": "gate",
+            "rule": held_by.rule,
+            "policy_version": held_by.policy_version,
+        }
+        transition(
+            session,
+            goal_id,
+            "expired",
+            by="gate",
+            actor="gate",
+            reason=decision.reason,
+            data=data,
+            current=locked.status,
+        )
+        log.info("plan %s of goal %s expired after %s", plan.plan_id, goal_id, ttl)
+        metrics.APPROVALS_EXPIRED.inc()
+        return emit(
+            session,
+            PlanDecided(
+                type="plan.expired",
+                goal_id=goal_id,
+                plan_id=plan.plan_id,
+                revision=plan.revision,
+                plan_hash=plan.plan_hash,
+                decision=decision,
+            ),
+            trace_headers=goal.trace_headers,
+        )
 
 
 def _policy_decision(session: Session, plan: PlanRow) -> DecisionRow | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict
+from plangate.logs import JsonFormatter
 from plangate.relay import deliver
 from plangate.store import DecisionRow, GoalRow, open_store
 from schemas import PlanDecided, utcnow
@@ -158,3 +162,27 @@ def test_the_embedded_pipeline_expires_held_plans_by_itself(
         assert goal.status == "expired"
         assert step_runs(pipeline.store, plan.plan_id) == {}
     assert read_notifications() == []
+
+
+def test_an_expiry_logs_the_goal_and_its_trace(pipeline: Pipeline) -> None:
+    """Given the seed plan held, When the sweep expires it, Then its log lines name the goal
+    and carry the goal's trace (a sweep runs outside any message: they named neither)."""
+    goal_id = held_goal(pipeline)
+    with pipeline.store.session() as session:
+        traceparent = session.get_one(GoalRow, goal_id).trace_headers["traceparent"]
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("approval_gate.expiry")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        expire_held(pipeline.store, utcnow() + DAY + timedelta(minutes=1))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    [line] = [json.loads(text) for text in lines.getvalue().splitlines() if "expired after" in text]
+    assert line["goal_id"] == goal_id
+    assert line["trace_id"] == traceparent.split("-")[1]
