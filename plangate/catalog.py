@@ -36,6 +36,19 @@ def publish_catalog(store: Store, specs: Iterable[ToolSpec]) -> None:
             if row is None:
                 session.add(ToolCatalogRow(name=spec.name, spec=body))
             elif row.spec != body:
+                # Last writer wins, so two executors offering a tool differently (a rollout, or
+                # one loading other modules) plan for one and may call the other: said, as
+                # tools.md asks every executor to load the same tools.
+                fields = sorted(
+                    k for k in body.keys() | row.spec.keys() if body.get(k) != row.spec.get(k)
+                )
+                log.warning(
+                    "tool %s differs from the catalog's (%s): replaced by this executor's; every "
+                    "executor must offer the same tools (expected only while a new version rolls "
+                    "out), or plans made for one are run by another",
+                    spec.name,
+                    ", ".join(fields),
+                )
                 row.spec = body
 
 

@@ -67,3 +67,26 @@ def test_an_invalid_spec_is_left_out_with_a_warning_and_the_rest_is_read(
 
     assert catalog == {"ticket_count": READ}
     assert "tool notify_oncall in the catalog is invalid and left out" in caplog.text
+
+
+def test_an_executor_offering_a_tool_otherwise_says_so_naming_what_differs(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given the catalog published by one executor, When another publishes `ticket_count` with
+    other arguments (another version of its MCP server, other modules), Then the catalog takes
+    its spec and the log says which tool differs and in what (nothing was said: every goal then
+    failed `bad_args` for the executor still running the old one); the same spec again says
+    nothing."""
+    publish_catalog(store, [READ, WRITE])
+    changed = READ.model_copy(
+        update={"args_schema": {"type": "object", "properties": {"count": {"type": "integer"}}}}
+    )
+
+    with caplog.at_level(logging.WARNING, logger="plangate.catalog"):
+        publish_catalog(store, [changed, WRITE])
+        publish_catalog(store, [changed, WRITE])
+
+    assert load_catalog(store)["ticket_count"] == changed
+    said = [r.getMessage() for r in caplog.records if r.name == "plangate.catalog"]
+    assert len(said) == 1, said
+    assert said[0].startswith("tool ticket_count differs from the catalog's (args_schema)")
