@@ -20,7 +20,7 @@ from plangate.stages import build_sealing
 from plangate.store import audit, audit_checkpoints
 from plangate.store.models import AuditCheckpointRow
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, audit_entries, eventually, only_plan
+from tests.support import HELD, audit_entries, eventually, only_plan, plans_of
 
 # Rows and entries are changed behind plangate's back: its records check would rightly fail.
 pytestmark = pytest.mark.tampers
@@ -753,3 +753,43 @@ def assert_records_broken(pipeline: Pipeline, said: str) -> None:
     assert verified.returncode == 1, verified.stdout + verified.stderr
     assert "records broken" in verified.stderr
     assert said in " ".join(verified.stderr.split())
+
+
+def test_an_earlier_revision_deleted_outside_plangate_breaks_verification(
+    pipeline: Pipeline,
+) -> None:
+    """Given the seed plan held and edited by alice (revision 2 held),
+    When revision 1 and its rows are deleted in SQL (the planner's draft, which she changed),
+    Then `plangate audit verify` exits 1 naming the plan whose row is gone: `status` and the
+    review page showed an edit of nothing, and verify said intact.
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, {"held"})
+    first = only_plan(pipeline.store, goal_id)
+    steps = [step.model_dump(mode="json", exclude_defaults=True) for step in first.steps]
+    pipeline.edit(first.plan_id, "alice", steps, summary="checked by alice")
+    eventually(
+        lambda: (
+            len(plans_of(pipeline.store, goal_id)) == 2
+            and pipeline.wait_for(goal_id, {"held"}).status == "held"
+        ),
+        what="revision 2 held",
+    )
+    assert plangate_cli(pipeline.settings.data_dir, "audit", "verify").returncode == 0
+
+    for table in (
+        "reviewer_approvals",
+        "approval_uses",
+        "step_runs",
+        "plan_previews",
+        "approvals",
+        "holds",
+        "decisions",
+        "plans",
+    ):
+        run_sql(pipeline, f"DELETE FROM {table} WHERE plan_id = :plan", plan=first.plan_id)
+
+    assert_records_broken(
+        pipeline,
+        f"plan {first.plan_id} of goal {goal_id}: its audit log records it, but its row is gone",
+    )

@@ -203,8 +203,30 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
         recorded[str(goal_id)].read(kind, actor, _data(seq, text))  # one of `ids`
     for goal in goals:
         yield from _goal_problems(goal, recorded[goal.id])
+    yield from _plan_rows_problems(session, ids, recorded)
+    yield from _decision_rows_problems(session, ids, recorded)
+    yield from _step_rows_problems(session, ids, recorded)
+
+
+def _plan_rows_problems(
+    session: Session, ids: list[str], recorded: dict[str, Recorded]
+) -> Iterator[str]:
+    plans_shown: set[str] = set()
     for plan in session.execute(select(PlanRow).where(PlanRow.goal_id.in_(ids))).scalars():
+        plans_shown.add(plan.plan_id)
         yield from _plan_problems(plan, recorded[plan.goal_id])
+    for goal_id in ids:
+        for plan_id in sorted(recorded[goal_id].plans.keys() - plans_shown):
+            yield (
+                f"plan {plan_id} of goal {goal_id}: its audit log records it, but its row is "
+                "gone: `status` and the review page no longer show it; the plans were changed "
+                "outside plangate"
+            )
+
+
+def _decision_rows_problems(
+    session: Session, ids: list[str], recorded: dict[str, Recorded]
+) -> Iterator[str]:
     decisions = session.execute(select(DecisionRow).where(DecisionRow.goal_id.in_(ids)))
     shown: set[tuple[str, str, str]] = set()
     for decision in decisions:
@@ -227,6 +249,11 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
                 f"plan {approval.plan_id} shows an approval by {approval.reviewer!r}, which the "
                 "audit log does not record: the approvals were changed outside plangate"
             )
+
+
+def _step_rows_problems(
+    session: Session, ids: list[str], recorded: dict[str, Recorded]
+) -> Iterator[str]:
     rows = session.execute(select(StepRunRow).where(StepRunRow.goal_id.in_(ids))).scalars()
     steps_shown: set[tuple[str, str]] = set()
     for step in rows:
