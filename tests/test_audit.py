@@ -715,6 +715,16 @@ ROWS_REMOVED_OR_RETOLD = {
         "UPDATE plans SET planner = 'edit:alice'",
         "shows 'edit:alice' as its author, but the audit log records a planner's",
     ),
+    # `status` and the review page then said the plan was held by a rule that never held it.
+    "policy's rule": (
+        "UPDATE decisions SET rule = 'approve-read-only' WHERE stage = 'policy'",
+        "shows the policy's decision with the rule 'approve-read-only', but its audit log "
+        "recorded 'hold-writes'",
+    ),
+    "policy's reason": (
+        "UPDATE decisions SET reason = 'a routine page' WHERE stage = 'policy'",
+        "shows the policy's decision with the reason 'a routine page'",
+    ),
 }
 
 

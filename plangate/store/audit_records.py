@@ -87,6 +87,7 @@ class Recorded:
     steps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     editors: dict[str, str] = field(default_factory=dict)  # plan_id: who wrote it, an edit
     last_decision: dict[str, tuple[str, str]] = field(default_factory=dict)  # (who, action)
+    policy_said: dict[str, dict[str, Any]] = field(default_factory=dict)  # plan_id: its entry
 
     def read(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         """Take in one entry of the goal's chain, in the order written."""
@@ -112,6 +113,8 @@ class Recorded:
             self.plans[plan_id] = data["plan_hash"]
         if kind == "plan.edited":
             self.editors[plan_id] = actor
+        if kind in _DECIDED and data.get("decided_by") == POLICY_DECIDER:
+            self.policy_said.setdefault(plan_id, data)  # the policy decides a revision once
         if kind in _DECIDED and "decided_by" in data:
             decided = (str(data["decided_by"]), _DECIDED[kind])
             self.deciders.setdefault(plan_id, set()).add(decided)
@@ -238,6 +241,8 @@ def _decision_rows_problems(
                 "which the audit log does not record: the decisions table was changed outside "
                 "plangate"
             )
+        elif row.decided_by == POLICY_DECIDER:
+            yield from _policy_decision_problems(row, recorded[row.goal_id])
     for goal_id in ids:
         yield from _unshown_decisions(recorded[goal_id], shown)
     approvals = select(ReviewerApprovalRow, PlanRow.goal_id).join(
@@ -265,6 +270,21 @@ def _step_rows_problems(
                 f"step {step_id} of plan {plan_id}: its audit log records it "
                 f"{recorded[goal_id].steps[plan_id, step_id]['status']}, but its row is gone: "
                 "`status` shows it as not run; the steps were changed outside plangate"
+            )
+
+
+def _policy_decision_problems(row: DecisionRow, recorded: Recorded) -> Iterator[str]:
+    """Name a policy decision whose rule, reason or policy version is not the one recorded."""
+    said = recorded.policy_said.get(row.plan_id)
+    if said is None:
+        return
+    shown = {"rule": row.rule, "reason": row.reason, "policy_version": row.policy_version}
+    for name, value in shown.items():
+        if name in said and not shown_as_recorded(value, said[name]):
+            yield (
+                f"plan {row.plan_id} shows the policy's decision with the {name} {value!r}, but "
+                f"its audit log recorded {said[name]!r}: the decisions table was changed "
+                "outside plangate"
             )
 
 
