@@ -302,17 +302,14 @@ class StepLedger:
         ids = {"of_plan": self._plan.plan_id, "of_step": step.id}
         locked = _LOCK_RECORD.first(session, ids)
         current = locked[0] if locked is not None else None
-        if (
-            attempt is not None
-            and locked is not None
-            and (current, locked[1]) != ("running", attempt)
-        ):
+        if attempt is not None and (locked is None or (current, locked[1]) != ("running", attempt)):
             # Not this claim's to finish: marked `unknown` for a person (its lease ran out),
-            # settled, or taken over by another executor. Or this very result, committed by a
-            # try whose answer the connection lost: nothing more to say then.
-            if not _holds(locked, status, attempt, output, error):
+            # settled (as not happened, its row gone), or taken over by another executor. Or
+            # this very result, committed by a try whose answer the connection lost: nothing
+            # more to say then.
+            if locked is None or not _holds(locked, status, attempt, output, error):
                 late = {**key, "status": status, "attempt": attempt, "error": error}
-                late["recorded"] = current
+                late["recorded"] = current or "settled as not happened"
                 self._audit(session, "step.late_result", late)
             return
         if current is not None and attempt is None:

@@ -26,6 +26,7 @@ from plangate.tools import ToolRegistry, tool
 from schemas import Plan, Step, ToolSpec, utcnow
 from tests.conftest import SEED_GOAL
 from tests.support import (
+    audit_entries,
     audit_kinds,
     eventually,
     only_plan,
@@ -444,3 +445,27 @@ def test_a_write_result_kept_through_an_outage_is_logged_once_when_it_starts_and
     assert len(said) == 2, said
     assert "unavailable" in said[0]
     assert "answers again" in said[1]
+
+
+def test_a_write_result_coming_back_after_a_person_settled_it_as_not_happened_records_nothing(
+    pipeline: Pipeline,
+) -> None:
+    """Given the seed plan's write claimed by an executor that then stopped answering, and a
+    person's "it did not happen" (which removes the step's row, so that it runs again),
+    When that executor's result finally arrives,
+    Then no row is made of it (it was taken as the step's result, and the re-run then reused
+    it), and it is audited as a late result.
+    """
+    goal_id, plan, step, spec = _held_seed_plan(pipeline)
+    ledger = StepLedger(pipeline.store, plan)
+    assert ledger.claim(step, spec).kind == "run"
+    with pipeline.store.session() as session:  # as `settle --not-happened` does
+        session.delete(session.get_one(StepRunRow, (plan.plan_id, step.id)))
+
+    ledger.record(step, "succeeded", {"paged": True}, None, attempt=1)
+
+    with pipeline.store.session() as session:
+        assert session.get(StepRunRow, (plan.plan_id, step.id)) is None
+    [late] = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "step.late_result"]
+    assert late.data["recorded"] == "settled as not happened"
+    assert "step.succeeded" not in audit_kinds(pipeline.store, goal_id)
