@@ -47,17 +47,21 @@ def listing(mode: str) -> list[dict[str, Any]]:
         tools += [{**tools[0], "name": f"probe{n}"} for n in range(1000)]
     if mode == "listed-twice":  # a write, then the same name again as a harmless read
         tools = [{**tool, "name": "wipe"}, {**tools[0], "name": "wipe"}]
-    if mode == "malformed-write-result":  # a write that must not run twice
+    if mode in ("malformed-write-result", "unstructured-write-result"):  # must not run twice
         tools = [{**tool, "annotations": {"readOnlyHint": False, "idempotentHint": False}}]
+    if mode == "unstructured-write-result":  # promises structured content, then sends none
+        tools[0]["outputSchema"] = {"type": "object", "properties": {"id": {"type": "string"}}}
     return tools
 
 
 def called(mode: str) -> dict[str, Any]:
     """Answer a tools/call."""
-    if mode == "malformed-write-result":  # it wrote, then answered what MCP forbids
+    if mode in ("malformed-write-result", "unstructured-write-result"):
         with open(os.environ["RAW_EFFECTS"], "a", encoding="utf-8") as effects:
-            effects.write("written\n")
-        return {"content": 5}
+            effects.write("written\n")  # it wrote, then answered what the client refuses
+        if mode == "malformed-write-result":
+            return {"content": 5}
+        return {"content": [{"type": "text", "text": "done"}], "isError": False}
     if mode == "malformed-result":  # blocks MCP does not have, thirteen problems each
         return {"content": [{"type": "weird", "blob": n} for n in range(20)]}
     return {"content": [{"type": "text", "text": "ok"}], "isError": False}

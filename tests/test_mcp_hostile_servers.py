@@ -398,17 +398,19 @@ def test_a_result_mcp_does_not_allow_fails_the_step_in_one_short_line(tmp_path: 
     assert len(line) < 600
 
 
+@pytest.mark.parametrize("mode", ["malformed-write-result", "unstructured-write-result"])
 def test_a_write_answered_in_a_form_mcp_does_not_allow_is_of_unknown_outcome(
-    tmp_path: Path,
+    tmp_path: Path, mode: str
 ) -> None:
     """Given a non-idempotent write whose server does the write, then answers a result MCP
-    does not allow (`"content": 5`),
+    does not allow (`"content": 5`), or no structured content where its output schema
+    promised some,
     When it is called,
     Then the call's outcome is unknown (a person settles it), not a failure: marked failed,
     the `goals retry` an operator then ran wrote a second time.
     """
     effects = tmp_path / "effects.txt"
-    path = server_list(tmp_path, "malformed-write-result")
+    path = server_list(tmp_path, mode)
     servers = json.loads(path.read_text())
     servers["mcpServers"]["raw"]["env"] = {"RAW_EFFECTS": str(effects)}
     path.write_text(json.dumps(servers))
@@ -419,7 +421,7 @@ def test_a_write_answered_in_a_form_mcp_does_not_allow_is_of_unknown_outcome(
         probe.invoke({"q": "x"}, ToolContext("g", "p", "s", "k"))
 
     said = str(raised.value)
-    assert "answered in a form MCP does not allow" in said
+    assert "answered in a form MCP does not allow" in said, said
     assert "whether it took effect is unknown" in said
     assert len(said) < 600
     assert effects.read_text(encoding="utf-8") == "written\n"

@@ -192,8 +192,16 @@ def _spec(
 
 
 def _answered_unreadably(exc: BaseException) -> bool:
-    """Say whether `exc` is an answer to the call that could not be read as a result."""
-    return any(isinstance(e, ValidationError) for e in leaves(exc))
+    """Say whether `exc` may come after the server acted: anything but its own error answer.
+
+    A JSON-RPC error is the server saying the call failed, and a server that could not be
+    started was never asked; anything else (a result in a shape MCP does not allow, content
+    that does not match the tool's output schema, a claim the SDK did not expect) is raised
+    by the client once the server answered, whatever the server did.
+    """
+    from mcp import MCPError
+
+    return not all(isinstance(e, MCPError | ToolLoadError) for e in leaves(exc))
 
 
 def _redacted(schema: Any) -> Any:
