@@ -10,7 +10,8 @@ from schemas.cel_check import ANY, ListOf, MapOf, Reads, Shape
 from schemas.data_flow import StepFlow, data_flow, untrusted_reaches
 
 # An unknown tool might do anything, so it reads as a write that no rule can trust.
-_UNKNOWN_TOOL = ToolSpec(name="unknown", effect="write", idempotent=False, tags=("unknown-tool",))
+UNKNOWN_TOOL_TAG = "unknown-tool"  # the tag a step of a tool not in the catalog reads as having
+_UNKNOWN_TOOL = ToolSpec(name="unknown", effect="write", idempotent=False, tags=(UNKNOWN_TOOL_TAG,))
 # What a rule may read (as `policy_context` builds it): anything else is a mistake in the rule.
 _STEP: dict[str, Shape] = {"id": str, "tool": str, "args": ANY, "when": str} | {
     "effect": str,

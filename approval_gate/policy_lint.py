@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 from approval_gate.policy import Policy, Rule
+from approval_gate.policy_context import UNKNOWN_TOOL_TAG
 from plangate.reviewers import Reviewers
 from schemas import Catalog
 from schemas.cel_check import call_literals, cel_tokens
@@ -68,7 +69,7 @@ class PolicyWarnings:
 
 def _unknown_names(match: str, catalog: Catalog) -> Iterator[str]:
     tokens = cel_tokens(match)
-    tags = {tag for spec in catalog.values() for tag in spec.tags}
+    tags = {tag for spec in catalog.values() for tag in spec.tags} | {UNKNOWN_TOOL_TAG}
     tools = sorted(catalog)
     for name in sorted(set(_compared(tokens, "tool")) | set(_history_tools(match))):
         if name not in catalog:
@@ -106,9 +107,13 @@ def _unreachable_hold(rule: Rule, reviewers: Reviewers) -> Iterator[str]:
 
 
 def _compared(tokens: Sequence[Token], field: str) -> Iterator[str]:
-    """Yield the strings a `x.field` is compared with (`==`, `!=`, `in [...]`), either side."""
+    """Yield the strings a step's `field` is compared with (`==`, `!=`, `in [...]`), either side.
+
+    A step's: `s.tool` (a comprehension's variable) or `plan.steps[0].tool`, not `s.args.tool`
+    or `goal.metadata.effect`, which are the plan's own words.
+    """
     for at, token in enumerate(tokens):
-        if token != ("name", field) or at == 0 or tokens[at - 1] != ("punct", "."):
+        if token != ("name", field) or not _of_a_step(tokens, at):
             continue
         after = [text for _, text in tokens[at + 1 : at + 3]]
         if after in (["=", "="], ["!", "="]):
@@ -121,12 +126,32 @@ def _compared(tokens: Sequence[Token], field: str) -> Iterator[str]:
             yield from _strings(tokens[at - 5 : at - 4])
 
 
+def _of_a_step(tokens: Sequence[Token], at: int) -> bool:
+    """Say whether the member at `at` is read off a step: `var.` or `].` just before it."""
+    if at < 2 or tokens[at - 1] != ("punct", "."):
+        return False
+    owner = tokens[at - 2]
+    if owner == ("punct", "]"):
+        return True
+    return owner[0] == "name" and (at < 3 or tokens[at - 3] != ("punct", "."))
+
+
 def _tags(tokens: Sequence[Token]) -> Iterator[str]:
     """Yield the strings tested with `"tag" in x.tags`."""
     for at, token in enumerate(tokens):
         tested = token[0] == "string" and tokens[at + 1 : at + 2] == [("name", "in")]
-        if tested and ("name", "tags") in tokens[at + 2 : at + 5]:
+        if tested and _chain_ends_in(tokens, at + 2, "tags"):
             yield from _strings([token])
+
+
+def _chain_ends_in(tokens: Sequence[Token], start: int, member: str) -> bool:
+    """Say whether the member chain at `start` (`s.tags`, `plan.steps[0].tags`) ends in `member`."""
+    last = None
+    for kind, text in tokens[start:]:
+        if kind not in ("name", "number") and text not in (".", "[", "]"):
+            break
+        last = (kind, text)
+    return last == ("name", member)
 
 
 def _history_tools(match: str) -> Iterator[str]:
