@@ -53,9 +53,11 @@ OUTPUT_NOT_KEPT = "its output was not kept"  # in a succeeded step's note: it wa
 CANCELLED = "not run: goal cancelled"  # why a step was skipped: its goal was cancelled first
 
 
-def idempotency_key(plan_hash: str, step_id: str) -> str:
-    """Return the key a write tool passes downstream: the same for every re-run of a step."""
-    return sha256_hex(f"{plan_hash}/{step_id}".encode())[:40]
+def idempotency_key(goal_id: str, step: Step) -> str:
+    """Return the key a write passes downstream: one per goal and step as planned."""
+    # Not of the plan's hash: a retry's revision (a new hash) redid a write under a new key.
+    planned = [goal_id, step.id, step.tool, step.args]
+    return sha256_hex(json.dumps(planned, sort_keys=True, separators=(",", ":")).encode())[:40]
 
 
 class DagWalk:

@@ -58,13 +58,11 @@ class PreviewRun(DagWalk):
     def __init__(
         self,
         plan: Plan,
-        digest: str,
         registry: ToolRegistry,
         pool: Executor,
         tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
     ) -> None:
         super().__init__(plan, pool, tool_timeout=tool_timeout)
-        self._digest = digest
         self._registry = registry
         self._args: dict[str, dict[str, Any]] = {}
         self._previews: dict[str, str | None] = {}
@@ -90,7 +88,7 @@ class PreviewRun(DagWalk):
             return StepOutcome(step.id, step.tool, "previewed")
         # Distinct from the execution's key: a read has no effect to deduplicate, and a
         # preview must never be mistaken downstream for the approved run.
-        key = "preview-" + idempotency_key(self._digest, step.id)
+        key = "preview-" + idempotency_key(self._plan.goal_id, step)
         with tool_span(step) as span:
             span.set_attribute("plangate.preview", True)
             return invoke(tool, step, args, self._context(step, tool, key), span)
@@ -153,7 +151,7 @@ class Previewer:
             raise Reject(f"plan {plan.plan_id} cannot be previewed here: {invalid}") from invalid
         with telemetry.tracer().start_as_current_span("preview plan") as span:
             span.set_attribute("plangate.plan_id", plan.plan_id)
-            run = PreviewRun(plan, digest, self._registry, self._pool, self._tool_timeout)
+            run = PreviewRun(plan, self._registry, self._pool, self._tool_timeout)
             steps = run.steps()
         with self._store.session() as session:
             if not _held_for_preview(session, plan):

@@ -7,13 +7,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import func, select
 
 from plangate.client import Client
+from plangate.config import Settings
+from plangate.errors import ToolError
+from plangate.goal_retry import retry_goal
+from plangate.relay import deliver
 from plangate.reviewers import add_reviewer
 from plangate.store import AuditRow, DecisionRow, open_store
+from plangate.tools import ToolContext, ToolRegistry, tool
 from tests.fleet import FAST_SWEEPS, Fleet
-from tests.support import plangate_in, write_playbook
+from tests.support import eventually, plangate_in, running_pipeline, write_playbook, write_yaml
 from tests.test_distributed import APPROVE_ALL
 
 pytestmark = pytest.mark.redis
@@ -119,3 +125,52 @@ def test_retry_without_a_deployment_is_refused_and_the_goal_stays_as_it_was(
     assert retried.stderr.startswith("error: retrying a goal needs a running deployment")
     shown = plangate_in(tmp_path, "status", goal["goal_id"], "--json")
     assert json.loads(shown.stdout)["status"] == "plan_failed"
+
+
+RESERVED: list[str] = []  # the idempotency keys `reserve` was called with
+
+
+@tool(effect="write", idempotent=True)
+def reserve(sku: str, context: ToolContext) -> str:
+    """Reserve stock once per idempotency key."""
+    RESERVED.append(context.idempotency_key)
+    return f"reserved {sku}"
+
+
+@tool(effect="read", idempotent=True)
+def explode(note: str) -> int:
+    """Fail, as an upstream that is down does."""
+    raise ToolError(f"upstream down ({note})")
+
+
+def test_a_retried_goal_passes_an_unchanged_write_the_key_it_had(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a goal that reserved stock (an idempotent write) and then failed on a read,
+    When it is retried (a new revision, a new plan hash),
+    Then the reservation is called with the key it had: keyed by the plan's hash, the retry
+    reserved a second time under a new key, which no downstream dedup could catch.
+    """
+    RESERVED.clear()
+    playbook = write_playbook(
+        tmp_path,
+        "reserve then fail",
+        [
+            {"id": "r", "tool": "reserve", "args": {"sku": "Q1"}},
+            {"id": "e", "tool": "explode", "args": {"note": "${r}"}},
+        ],
+    )
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([reserve, explode]),
+        playbook_file=playbook,
+        policy_file=write_yaml(tmp_path / "policy.yaml", yaml.safe_load(APPROVE_ALL)),
+    ) as pipeline:
+        goal_id = pipeline.submit("reserve then fail").goal_id
+        assert pipeline.wait_for(goal_id).status == "failed"
+        deliver(
+            pipeline.store, pipeline.bus, [retry_goal(pipeline.store, goal_id, "olga", "again")]
+        )
+        eventually(lambda: len(RESERVED) == 2, timeout=10, what="the retry's reservation")
+
+    assert RESERVED[0] == RESERVED[1]

@@ -17,7 +17,7 @@ from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.store import StepRunRow
-from schemas import Plan, plan_hash
+from schemas import Plan
 from tests.conftest import SEED_GOAL
 from tests.http_recorder import HttpRecorder, Reply, http_recorder, isolate_environment
 from tests.support import (
@@ -88,7 +88,7 @@ def test_seed_example_counts_in_jira_and_pages_pagerduty_once(
     assert [r.path for r in server.requests].count(SEARCH) == 2
     [page] = pages(server)
     assert page["routing_key"] == ROUTING_KEY
-    assert page["dedup_key"] == idempotency_key(plan_hash(plan), "notify")
+    assert page["dedup_key"] == idempotency_key(plan.goal_id, plan.step("notify"))
     assert page["payload"] == {
         "summary": "Ticket count 131 exceeded SLA 100",
         "source": "plangate",
@@ -131,7 +131,7 @@ def test_a_page_re_run_after_a_crash_carries_the_same_dedup_key(
         pipeline.bus.publish([Envelope.of(stored_approval(pipeline.store, plan.plan_id))])
         completed = next_message(observer, "execution.completed", plan.goal_id)
 
-    expected = idempotency_key(plan_hash(plan), "notify")
+    expected = idempotency_key(plan.goal_id, plan.step("notify"))
     assert [page["dedup_key"] for page in pages(server)] == [expected, expected]
     assert [r.path for r in server.requests].count(SEARCH) == searches
     assert completed.steps["notify"] == "succeeded"  # type: ignore[attr-defined]

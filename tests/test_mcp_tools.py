@@ -27,7 +27,6 @@ from plangate.errors import ToolError, ToolLoadError
 from plangate.tools import ToolContext
 from plangate.tools.mcp import McpServers, McpTool, close_all, open_mcp_servers
 from plangate.tools.mcp.connection import urls_without_secrets
-from schemas import plan_hash
 from tests.servers import free_port, wait_until_ready
 from tests.support import HELD, only_plan, running_pipeline, step_runs, write_yaml
 
@@ -472,7 +471,7 @@ def test_a_held_mcp_write_runs_once_after_approval_with_the_steps_key(
         assert goal.status == "completed", goal.status_reason
     (effect,) = effects_in(effects)
     assert effect["args"] == {"message": "disk almost full"}
-    assert effect["meta"]["plangate/idempotency_key"] == idempotency_key(plan_hash(plan), "page")
+    assert effect["meta"]["plangate/idempotency_key"] == idempotency_key(goal_id, plan.step("page"))
     assert effect["meta"]["plangate/goal_id"] == goal_id
 
 
