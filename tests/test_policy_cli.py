@@ -500,3 +500,22 @@ def test_check_says_a_shadow_policy_lets_any_reviewer_approve_what_it_would_deny
 
     assert result.returncode == 0, result.stderr
     assert "may be approved by any reviewer (a deny rule asks no role)" in result.stdout
+
+
+def test_check_says_what_it_could_not_check_and_still_checks_the_policy(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """Given no store, no --tools, and PLANGATE_REVIEWERS_FILE naming a file not there,
+    When `plangate policy check` reads a good policy,
+    Then it exits 0 as before (it exited 2 for the reviewers file) and notes what it could not
+    check (the names went unchecked, silently, even with --strict).
+    """
+    missing = str(tmp_path / "no-reviewers.yaml")
+
+    result = plangate("policy", "check", DEFAULT_POLICY, env={"PLANGATE_REVIEWERS_FILE": missing})
+
+    assert result.returncode == 0, result.stderr
+    assert "4 rules compile" in result.stdout
+    said = " ".join(result.stderr.split())
+    assert "tool and tag names not checked: no store to read the catalog from" in said
+    assert "holds not checked against the reviewers" in said

@@ -91,13 +91,30 @@ def policy_check(
 
 
 def _warnings(policy: Any, tools: str | None) -> list[str]:
-    """Return what the policy names that the catalog and reviewers lack, where known."""
+    """Return what the policy names that the catalog and reviewers lack, where known.
+
+    What cannot be checked here (no store and no --tools, a reviewers file that cannot be
+    read) is said as a note: the check of the policy itself does not depend on it.
+    """
     from approval_gate.policy_lint import policy_warnings
     from plangate.reviewers import Reviewers
 
     catalog = _catalog(tools) if tools is not None else _store_catalog()
+    if catalog is None:
+        err_console.print(
+            "note: tool and tag names not checked: no store to read the catalog from; pass "
+            "--tools MODULES",
+            markup=False,
+            highlight=False,
+        )
     path = load_settings().reviewers_file
-    reviewers = Reviewers.from_file(path) if path is not None else None
+    reviewers = None
+    if path is not None:
+        try:
+            reviewers = Reviewers.from_file(path)
+        except ConfigError as exc:
+            said = printable_line(f"note: holds not checked against the reviewers: {exc}")
+            err_console.print(said, markup=False, highlight=False)
     warnings: list[str] = policy_warnings(policy, catalog, reviewers)
     return warnings
 
