@@ -151,8 +151,8 @@ def test_a_parameter_without_a_type_is_refused_by_name() -> None:
 
 def test_effect_must_be_declared() -> None:
     """Given no effect, or one that is neither read nor write, then the tool is refused."""
-    with pytest.raises(TypeError, match="effect"):
-        tool()  # type: ignore[call-arg]
+    with pytest.raises(ToolLoadError, match="effect"):
+        tool()
     with pytest.raises(ToolLoadError, match="effect must be 'read' or 'write'"):
         tool(effect="delete")(lambda: None)  # type: ignore[arg-type]
 
@@ -502,3 +502,21 @@ def test_a_type_no_plan_can_carry_is_refused_in_one_line_saying_what_to_use() ->
     assert "arbitrary_types_allowed" not in said
     assert "Iterator[int]" in said
     assert "use JSON-shaped types" in said
+
+
+def test_a_tool_declared_without_its_effect_is_told_how_to_write_it() -> None:
+    """`@tool` alone, as Celery's `@app.task` is written, said "tool() takes 0 positional
+    arguments but 1 was given"; `@tool()` that an effect is missing, in Python's words."""
+
+    def lookup(sku: str) -> str:
+        """Look a product up."""
+        return sku
+
+    with pytest.raises(
+        ToolLoadError, match=r'@tool on lookup needs its effect: write @tool\(effect="read"\)'
+    ):
+        tool(lookup)
+    with pytest.raises(
+        ToolLoadError, match=r'@tool needs its effect: write @tool\(effect="read"\)'
+    ):
+        tool()

@@ -197,8 +197,10 @@ class Tool(Generic[P, R]):
 
 
 def tool(
+    misused: object = None,
+    /,
     *,
-    effect: Effect,
+    effect: Effect | None = None,
     name: str | None = None,
     description: str | None = None,
     idempotent: bool = False,
@@ -214,6 +216,14 @@ def tool(
     `trusted=True` vouches for the output (a count, an id the tool made): by default it may
     carry outside text, and a write it reaches is marked for the policy and the reviewer.
     """
+    if misused is not None or effect is None:
+        # `@tool` alone (as Celery's `@app.task` is written) said "tool() takes 0 positional
+        # arguments but 1 was given".
+        named = getattr(misused, "__name__", None)
+        raise ToolLoadError(
+            f"{'@tool on ' + named if named else '@tool'} needs its effect: write "
+            '@tool(effect="read") for a tool that only reads, or @tool(effect="write")'
+        )
     options: dict[str, Any] = {"name": name, "description": description, "tags": tags}
     return lambda func: Tool(
         func,
