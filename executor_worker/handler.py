@@ -29,6 +29,7 @@ from executor_worker.preview import Previewer
 from executor_worker.run_end import ACTOR, end_run, outcome_of
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
+from plangate.catalog import load_catalog
 from plangate.errors import ApprovalInvalid, Reject, Retry, UnknownSigner
 from plangate.signing import TrustedKeys, ensure_unexpired
 from plangate.store import (
@@ -50,6 +51,7 @@ from schemas import (
     Approval,
     ExecutionFailed,
     Message,
+    Plan,
     PlanApproved,
     PlanInvalid,
     PreviewRequested,
@@ -228,6 +230,8 @@ class ExecutorHandler:
         (or resent by the reconciler) once the gate's public key is there.
         """
         reason = str(refusal)
+        if isinstance(refusal, PlanInvalid):
+            self._lacking_tools(message.plan)
         with self._store.session() as session:
             goal = session.get(GoalRow, message.goal_id)
             if goal is None:
@@ -296,6 +300,25 @@ class ExecutorHandler:
         self._no_longer_running(plan.plan_id)
         run.announce_last()
         return envelopes
+
+    def _lacking_tools(self, plan: Plan) -> None:
+        """Hand back a plan whose tools other executors offer but this one does not (Retry).
+
+        Its plan is valid where the gate approved it: this executor was started with other
+        tools (PLANGATE_TOOLS). It failed the goal, an approved plan used up, saying the plan
+        was invalid.
+        """
+        offered_here = self._registry.catalog()
+        missing = sorted({step.tool for step in plan.steps} - offered_here.keys())
+        if missing and set(missing) <= load_catalog(self._store).keys():
+            said = ", ".join(missing)
+            log.error(
+                "goal %s: this executor lacks the tools %s, which others offer: start it with "
+                "the same PLANGATE_TOOLS as they have; the plan is handed back meanwhile",
+                plan.goal_id,
+                said,
+            )
+            raise Retry(f"this executor lacks the tools {said}", delay=KEY_WAIT)
 
     def _no_longer_running(self, plan_id: str) -> None:
         with self._running_lock:

@@ -7,9 +7,15 @@ import logging
 import pytest
 from sqlalchemy import update
 
+from plangate.bus import Delivery
 from plangate.catalog import load_catalog, publish_catalog, read_catalog
+from plangate.embedded import Pipeline
+from plangate.errors import Retry
+from plangate.signing import load_or_create_signer
+from plangate.stages import build_handler
 from plangate.store import Store, ToolCatalogRow
-from schemas import ToolSpec
+from schemas import Plan, Step, ToolSpec
+from tests.support import sign_approval
 
 READ = ToolSpec(
     name="ticket_count",
@@ -90,3 +96,30 @@ def test_an_executor_offering_a_tool_otherwise_says_so_naming_what_differs(
     said = [r.getMessage() for r in caplog.records if r.name == "plangate.catalog"]
     assert len(said) == 1, said
     assert said[0].startswith("tool ticket_count differs from the catalog's (args_schema)")
+
+
+def test_an_executor_lacking_a_tool_others_offer_hands_the_plan_back_and_fails_nothing(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a catalog where another executor offers `stock_level`, and this one started
+    without it (other PLANGATE_TOOLS),
+    When a plan calling it, approved, reaches this executor,
+    Then it hands the plan back (retried later, on whichever executor takes it), saying which
+    tools it lacks and what to fix: it failed the goal, "the plan is invalid", an approved plan
+    used up.
+    """
+    stock = ToolSpec(name="stock_level", effect="read", idempotent=True)
+    publish_catalog(pipeline.store, [stock])  # as the other executor did at its start
+    plan = Plan(
+        plan_id="p-stock", goal_id="g-stock", revision=1, steps=[Step(id="s", tool="stock_level")]
+    )
+    approved = sign_approval(load_or_create_signer(pipeline.settings), plan)
+    executor = build_handler("executor", pipeline.settings, pipeline.store, pipeline.bus)
+    delivery = Delivery("plangate.executor", "plan.approved", {}, attempt=1, redelivered=False)
+
+    with caplog.at_level(logging.ERROR, logger="executor_worker.handler"), pytest.raises(Retry):
+        executor(approved, delivery)
+
+    [said] = [r.getMessage() for r in caplog.records if "lacks the tools" in r.getMessage()]
+    assert "this executor lacks the tools stock_level, which others offer" in said
+    assert "PLANGATE_TOOLS" in said
