@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 
@@ -437,6 +438,9 @@ def test_the_grafana_dashboard_charts_only_metrics_plangate_exports(tmp_path: Pa
     }
     assert queried, "the dashboard charts nothing"
     assert queried <= exported, queried - exported
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            promql_parser.parse(target["expr"])
 
 
 def test_prometheus_scrapes_each_compose_worker_and_serve_where_they_serve_metrics() -> None:
@@ -520,6 +524,8 @@ def test_the_alert_rules_read_only_metrics_plangate_exports_and_prometheus_loads
 
     assert len(alerts) >= 6
     assert read <= exported, read - exported
+    for rule in alerts:
+        promql_parser.parse(rule["expr"])  # raises, naming the fault, where Prometheus would
     for needed in ("plangate_store_up", "plangate_audit_sealing_stopped", "plangate_goals"):
         assert needed in read
     for rule in alerts:
