@@ -237,18 +237,17 @@ class Review:
             with review_span(held.goal, old, "edit", reviewer) as span:
                 span.set_attribute("plangate.edit.plan_id", plan.plan_id)
                 span.set_attribute("plangate.edit.plan_hash", digest)
-            audit.append(
-                session,
-                "plan.edited",
-                actor=reviewer,
-                goal_id=plan.goal_id,
-                data={"from_plan_id": old.plan_id, "from_plan_hash": old.plan_hash, **moved},
-            )
-            transition(session, plan.goal_id, "proposed", by="person", actor=reviewer, data=moved)
-            proposal = PlanProposed(
-                goal_id=plan.goal_id, plan=plan, plan_hash=digest, planner=planner
-            )
-            return [emit(session, proposal, trace_headers=held.goal.trace_headers)]
+                edited = {"from_plan_id": old.plan_id, "from_plan_hash": old.plan_hash, **moved}
+                audit.append(
+                    session, "plan.edited", actor=reviewer, goal_id=plan.goal_id, data=edited
+                )
+                transition(
+                    session, plan.goal_id, "proposed", by="person", actor=reviewer, data=moved
+                )
+                proposal = PlanProposed(
+                    goal_id=plan.goal_id, plan=plan, plan_hash=digest, planner=planner
+                )
+                return [emit(session, proposal, trace_headers=held.goal.trace_headers)]
 
     def _held(self, session: Session, goal: GoalRow, plan: PlanRow | None = None) -> HeldPlan:
         """Return `plan` (default: the goal's newest revision) with what a reviewer needs."""

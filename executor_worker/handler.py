@@ -293,7 +293,8 @@ class ExecutorHandler:
                 raise
 
         # A last write's result in hand is kept through a database restart (`riding_out_outages`).
-        what = f"the end of plan {plan.plan_id}"
+        held = ", ".join(repr(o.step_id) for o in run.outcomes.values() if o.attempt is not None)
+        what = f"the end of plan {plan.plan_id}" + (f" (the result of step {held})" if held else "")
         envelopes = riding_out_outages(end, within=run.result_lease_left(), what=what)
         # Ended (or waiting for a person): a copy from now on, e.g. the resume a settle sends
         # while the last step is still being announced, is the stored run's to answer.

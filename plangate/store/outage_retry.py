@@ -67,11 +67,12 @@ def riding_out_outages(write: Callable[[], T], *, within: float | None, what: st
                 return result
     except Exception as error:
         if is_outage(error):
+            waited = f"within {within:.0f} s" if within > 0 else "before the claim's lease ran out"
             log.error(
-                "the database did not answer within %.0f s (%s): %s is not recorded; its "
-                "claim runs out and the step is settled as after an executor's death "
-                "(`plangate status` shows it)",
-                within,
+                "the database did not answer %s (%s): %s is not recorded; its claim runs out "
+                "and the step is settled as after an executor's death (`plangate status` "
+                "shows it)",
+                waited,
                 failure_cause(error),
                 what,
             )
