@@ -24,10 +24,12 @@ stage runs it on every plan. So a schema is:
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import logging
 import re
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
@@ -73,13 +75,30 @@ def check_schema(schema: dict[str, Any]) -> None:
         raise ValueError(problem)
 
 
-def validator_for(schema: dict[str, Any]) -> Validator:
-    """Return a validator of `schema` (by the draft it names, else 2020-12), safe to run."""
+def validator_for(schema: dict[str, Any], *, formats: bool = False) -> Validator:
+    """Return a validator of `schema` (by the draft it names, else 2020-12), safe to run.
+
+    With `formats`, a `date` or `uuid` string is checked as Python tools read it (a plan's
+    `"when": "yesterday"` for a `date` argument was approved, then failed at its call).
+    """
     base = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     # Run without its `$schema`: a `$ref` back to the top would otherwise pick jsonschema's own
     # class again, by that name, and leave RE2 for `re` below it.
     unnamed = {key: value for key, value in schema.items() if key != "$schema"}
-    return _safe(base)(unnamed, registry=_NOTHING_RETRIEVED)
+    checker = _FORMATS if formats else None
+    return _safe(base)(unnamed, registry=_NOTHING_RETRIEVED, format_checker=checker)
+
+
+# Only formats checked no stricter than pydantic reads them (jsonschema's `uuid` wants the
+# dashes pydantic does without; its `date-time` an offset a naive datetime has not): a plan
+# is never refused for what its tool would take.
+_FORMATS = jsonschema.FormatChecker(formats=())
+_FORMATS.checks("date", raises=ValueError)(
+    lambda value: not isinstance(value, str) or bool(datetime.date.fromisoformat(value))
+)
+_FORMATS.checks("uuid", raises=ValueError)(
+    lambda value: not isinstance(value, str) or bool(uuid.UUID(value))
+)
 
 
 def errors_of(validator: Validator, instance: Any) -> list[ValidationError]:

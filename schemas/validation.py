@@ -143,7 +143,7 @@ def _condition_problems(when: str) -> tuple[str, ...]:
 # A tool's argument schema compiled once per spec (specs are frozen, and the catalog keeps
 # one instance per published spec), not once per step of every plan.
 _args_validator: InstanceMemo[ToolSpec, Validator] = InstanceMemo(
-    lambda spec: validator_for(spec.args_schema)
+    lambda spec: validator_for(spec.args_schema, formats=True)
 )
 
 

@@ -467,3 +467,37 @@ def test_a_when_calling_a_written_regex_once_is_accepted() -> None:
 
 def test_a_when_reading_an_output_field_named_matches_is_accepted() -> None:
     validate_plan(seed_plan(when="size(steps.count.output.matches) > 0"), seed_catalog())
+
+
+BOOKING = write_tool(
+    "book",
+    {"day": {"type": "string", "format": "date"}, "order": {"type": "string", "format": "uuid"}},
+    ["day", "order"],
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ({"day": "yesterday", "order": "0f8fad5b-d9cb-469f-a165-70867728950e"}, "day:"),
+        ({"day": "2026-12-06", "order": "nope"}, "order:"),
+    ],
+)
+def test_a_date_or_uuid_argument_that_is_none_is_refused_when_planned(
+    args: dict[str, Any], said: str
+) -> None:
+    """A plan giving `"yesterday"` for a `date` argument was approved, then failed at its
+    call: a reviewer approved a plan that could not run."""
+    with pytest.raises(PlanInvalid) as refused:
+        validate_plan(plan(step("b", "book", args)), {"book": BOOKING})
+
+    [problem] = refused.value.problems
+    assert problem.code == "bad_args"
+    assert problem.message.startswith(said)
+
+
+def test_a_date_or_uuid_as_python_reads_it_is_taken() -> None:
+    """Only what a tool would refuse is: a uuid without its dashes, as pydantic takes it."""
+    args = {"day": "2026-12-06", "order": "0f8fad5bd9cb469fa16570867728950e"}
+
+    validate_plan(plan(step("b", "book", args)), {"book": BOOKING})
