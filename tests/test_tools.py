@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from plangate.demo import tools as demo
-from plangate.errors import ConfigError, ToolError, ToolLoadError
+from plangate.errors import ConfigError, OutputUnusable, ToolError, ToolLoadError
 from plangate.tools import Tool, ToolContext, ToolRegistry, load_tools, tool
 
 CONTEXT = ToolContext(goal_id="g1", plan_id="p1", step_id="notify", idempotency_key="hash:notify")
@@ -520,3 +520,15 @@ def test_a_tool_declared_without_its_effect_is_told_how_to_write_it() -> None:
         ToolLoadError, match=r'@tool needs its effect: write @tool\(effect="read"\)'
     ):
         tool()
+
+
+def test_a_return_value_of_another_type_is_named_as_the_value_not_the_arguments() -> None:
+    """It said "arguments: Input should be a valid integer" of a wrong return value."""
+
+    @tool(effect="read")
+    def bad_return(x: str) -> int:
+        """Return a count."""
+        return x  # type: ignore[return-value]
+
+    with pytest.raises(OutputUnusable, match="does not match its return type: the value: Input"):
+        bad_return.invoke({"x": "not an int"}, ToolContext("g", "p", "s", "k"))

@@ -189,7 +189,7 @@ class Tool(Generic[P, R]):
         except ValidationError as exc:
             raise OutputUnusable(
                 f"tool {self.name} returned a value that does not match its return type: "
-                f"{_describe(exc)}"
+                f"{describe(exc, what='the value')}"
             ) from exc
         except (PydanticSerializationError, ValueError) as exc:  # bytes not UTF-8, among others
             said = f"tool {self.name} returned a non-JSON value: {_said(exc)}"
