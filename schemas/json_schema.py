@@ -198,13 +198,20 @@ def _regex(pattern: str) -> Any:
     try:
         return re2.compile(translated, options)
     except re2.error as exc:
-        log.warning(
+        # pydantic's own, for every Decimal: said on every command of a deployment with one,
+        # naming no tool, of a pattern the Python tool's pydantic checks anyway.
+        level = logging.DEBUG if pattern == _PYDANTIC_DECIMAL else logging.WARNING
+        log.log(
+            level,
             "the schema pattern %r is not checked by plangate: RE2, which matches in linear "
             "time, cannot run it (%s); the tool still checks its own arguments",
             pattern[:100],
             exc,
         )
         return None
+
+
+_PYDANTIC_DECIMAL = r"^(?!^[-+.]*$)[+-]?0*\d*\.?\d*$"
 
 
 def _matches(pattern: str, text: str) -> bool:

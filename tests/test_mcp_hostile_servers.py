@@ -346,18 +346,21 @@ def test_patterns_below_a_named_draft_and_a_reference_to_the_top_match_in_linear
 def test_a_pattern_re2_cannot_run_is_kept_but_not_enforced(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Given the lookahead pydantic writes for a Decimal argument (RE2 has no lookaround),
+    """Given a lookahead (RE2 has no lookaround) in a server's schema,
     Then the tool is kept and its pattern not enforced by plangate, with a warning saying so;
-    such tools were refused.
+    such tools were refused. pydantic's own for a Decimal, which a Python tool checks itself,
+    is kept as quietly (the warning, naming no tool, was on every command).
     """
+    decimal = "^(?!^[-+.]*$)[+-]?0*\\d*\\.?\\d*$"
     schema = {
         "type": "object",
-        "properties": {"d": {"pattern": "^(?!^[-+.]*$)[+-]?0*\\d*\\.?\\d*$"}},
+        "properties": {"d": {"pattern": decimal}, "e": {"pattern": "^(?=e)e+$"}},
     }
     ToolSpec(name="decimal_tool", effect="read", args_schema=schema)
 
-    assert errors_of(validator_for(schema), {"d": "1.5"}) == []
-    assert "is not checked by plangate" in caplog.text
+    assert errors_of(validator_for(schema), {"d": "1.5", "e": "ee"}) == []
+    assert "'^(?=e)e+$' is not checked by plangate" in caplog.text
+    assert decimal not in caplog.text
 
 
 def test_a_tool_listed_twice_by_one_server_is_refused(tmp_path: Path) -> None:
