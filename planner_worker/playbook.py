@@ -153,8 +153,9 @@ class PlaybookPlanner:
             return Draft(_fill(entry.summary, groups), steps, f"playbook:{entry.name}")
         raise PlanningFailed(
             [
-                f"no playbook matched the goal; add a pattern for it to {self.source}; "
-                "or configure an LLM planner (PLANGATE_PLANNER=openai)"
+                f"no playbook matched the goal; add a pattern for it to {self.source} (a "
+                "planner worker reads it at its start: restart it then); or configure an LLM "
+                "planner (PLANGATE_PLANNER=openai)"
             ]
         )
 
