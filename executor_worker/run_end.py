@@ -46,6 +46,10 @@ def end_run(
         )
         return [emit(session, ExecutionCompleted(goal_id=goal_id, plan_id=plan_id, steps=statuses))]
     unknown = [o for o in troubled if o.status == "unknown"]
+    if unknown and goal.status == "needs_attention":
+        # Paused already: this end again, after a commit whose answer the connection lost
+        # (`riding_out_outages`); its message is in the outbox, for the relay.
+        return []
     if unknown:
         # Even beside a failure: a write that may have happened needs a person before
         # the goal may end (or be planned again). Resumed, a recorded failure stands.

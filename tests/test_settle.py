@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from approval_gate.settle import settle_step, unsettled_steps
+from executor_worker.engine import StepOutcome
 from executor_worker.ledger import StepLedger
+from executor_worker.run_end import end_run
 from plangate.bus import Envelope
 from plangate.client import Client
 from plangate.config import Settings
@@ -37,6 +39,7 @@ from plangate.server import create_app
 from plangate.server.reviewers import Reviewer, Reviewers
 from plangate.signing import Signer
 from plangate.store import StepRunRow
+from plangate.store.goals import goal_status
 from plangate.tools import ToolRegistry, tool
 from schemas import ExecutionPaused, Plan
 from tests.fleet import serving_app
@@ -617,3 +620,27 @@ def test_someone_without_the_role_learns_nothing_of_a_step_settled_meanwhile(
 
     with pytest.raises(Forbidden, match="requires the role 'finance' to settle a step of"):
         settle_step(finance_billing.store, plan.plan_id, "charge", "bob", happened=False)
+
+
+def test_a_paused_runs_end_told_again_changes_nothing_and_raises_nothing(
+    billing: Pipeline,
+) -> None:
+    """Given a run paused on its unknown charge (the goal needs attention),
+    When its end is recorded again (the first commit landed, but the connection lost its
+    answer, so the executor tries the end again),
+    Then nothing more is emitted and nothing raised: the paused move was tried again and
+    refused, failing the handler.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+    charge = StepOutcome("charge", "charge_card", "unknown", error="cut off")
+
+    with billing.store.session() as session:
+        goal = goal_status(session, plan.goal_id, lock=True)
+        assert goal is not None
+        assert goal.status == "needs_attention"
+        told = end_run(session, plan.goal_id, plan.plan_id, goal, {"charge": charge})
+
+    assert told == []
+    assert (
+        billing.wait_for(plan.goal_id, {"needs_attention"}, timeout=1).status == "needs_attention"
+    )
