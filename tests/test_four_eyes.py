@@ -788,6 +788,18 @@ def test_an_editor_cannot_approve_alone_an_edit_that_made_the_plan_meet_a_weaker
         assert signed_approvers(pipeline, edited.plan_id) == ("bob",)
 
 
+def plan_page(browser: Any, url: str, token: str, plan_id: str) -> Any:
+    """A new browser session logged in with `token`, on the plan's review page."""
+    page = browser.new_context(base_url=url).new_page()
+    page.set_default_timeout(15_000)
+    page.goto("/reviews")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/reviews")
+    page.goto(f"/reviews/{plan_id}")
+    return page
+
+
 def test_the_page_says_who_may_decide_who_approved_and_who_wrote_the_plan(fleet: Fleet) -> None:
     """Given the seed plan held for two approvals from finance,
     When carol (no role) opens it, Then the page says she may read it, not decide it, and
@@ -807,14 +819,7 @@ def test_the_page_says_who_may_decide_who_approved_and_who_wrote_the_plan(fleet:
         with chromium() as browser:
 
             def logged_in(name: str) -> Any:
-                page = browser.new_context(base_url=url).new_page()
-                page.set_default_timeout(15_000)
-                page.goto("/reviews")
-                page.fill("#token", tokens[name])
-                page.click("button[type=submit]")
-                page.wait_for_url("**/reviews")
-                page.goto(f"/reviews/{plan_id}")
-                return page
+                return plan_page(browser, url, tokens[name], plan_id)
 
             carol = logged_in("carol")
             no_role = carol.inner_text("#no-role")
@@ -881,14 +886,7 @@ def test_the_page_offers_an_edits_author_no_approval_and_says_why(fleet: Fleet) 
         with chromium() as browser:
 
             def logged_in(name: str, plan_id: str) -> Any:
-                page = browser.new_context(base_url=url).new_page()
-                page.set_default_timeout(15_000)
-                page.goto("/reviews")
-                page.fill("#token", tokens[name])
-                page.click("button[type=submit]")
-                page.wait_for_url("**/reviews")
-                page.goto(f"/reviews/{plan_id}")
-                return page
+                return plan_page(browser, url, tokens[name], plan_id)
 
             alice = logged_in("alice", str(state.plan_id))
             steps = alice.input_value("#steps-json")
