@@ -54,6 +54,7 @@ from schemas import (
     Plan,
     PlanApproved,
     PlanInvalid,
+    PlanProblem,
     PreviewRequested,
     StepFinished,
     plan_hash,
@@ -63,6 +64,7 @@ from schemas import (
 
 ANNOUNCERS = 4  # threads that tell of finished steps, for all of an executor's runs
 KEY_WAIT = 30.0  # before an approval signed by a key not trusted yet is checked again
+HAND_BACKS = 3  # tries of a plan by executors lacking its tools before its goal fails
 _HOLDS = cast(Table, HoldRow.__table__)
 # Asked on every run's start: a plain statement, built once (not the ORM's).
 _APPROVALS_REQUIRED = HotStatement(
@@ -127,6 +129,8 @@ class ExecutorHandler:
                 message.approval, message.plan, allow_expired=True
             )
         except (ApprovalInvalid, PlanInvalid) as refusal:
+            if isinstance(refusal, PlanInvalid):
+                refusal = self._lacking_tools(message.plan, delivery.attempt) or refusal
             return self._refuse(message, refusal)
         plan_id = message.plan.plan_id
         with self._running_lock:
@@ -230,8 +234,6 @@ class ExecutorHandler:
         (or resent by the reconciler) once the gate's public key is there.
         """
         reason = str(refusal)
-        if isinstance(refusal, PlanInvalid):
-            self._lacking_tools(message.plan)
         with self._store.session() as session:
             goal = session.get(GoalRow, message.goal_id)
             if goal is None:
@@ -302,24 +304,32 @@ class ExecutorHandler:
         run.announce_last()
         return envelopes
 
-    def _lacking_tools(self, plan: Plan) -> None:
-        """Hand back a plan whose tools other executors offer but this one does not (Retry).
+    def _lacking_tools(self, plan: Plan, attempt: int) -> PlanInvalid | None:
+        """Hand back a plan whose tools the catalog has but this executor lacks (Retry).
 
         Its plan is valid where the gate approved it: this executor was started with other
-        tools (PLANGATE_TOOLS). It failed the goal, an approved plan used up, saying the plan
-        was invalid.
+        tools (PLANGATE_TOOLS), and another may have them. It failed the goal, "the plan is
+        invalid". Handed back a few times only: the catalog keeps tools no running executor
+        may offer any more, and a plan no executor takes is then failed, saying why (handed
+        back for ever, it went round the dead-letter queue and the reconciler).
         """
-        offered_here = self._registry.catalog()
-        missing = sorted({step.tool for step in plan.steps} - offered_here.keys())
-        if missing and set(missing) <= load_catalog(self._store).keys():
-            said = ", ".join(missing)
+        missing = sorted({step.tool for step in plan.steps} - self._registry.catalog().keys())
+        if not missing or not set(missing) <= load_catalog(self._store).keys():
+            return None
+        said = ", ".join(missing)
+        if attempt < HAND_BACKS:
             log.error(
-                "goal %s: this executor lacks the tools %s, which others offer: start it with "
-                "the same PLANGATE_TOOLS as they have; the plan is handed back meanwhile",
+                "goal %s: this executor lacks the tools %s, which the catalog has: start it "
+                "with the PLANGATE_TOOLS of the executors that offer them; handed back meanwhile",
                 plan.goal_id,
                 said,
             )
             raise Retry(f"this executor lacks the tools {said}", delay=KEY_WAIT)
+        lacking = (
+            f"the executors that took it lack the tools {said}, which the catalog has: start "
+            "executors with the tools (PLANGATE_TOOLS), then retry the goal"
+        )
+        return PlanInvalid([PlanProblem("unknown_tool", lacking)])
 
     def _no_longer_running(self, plan_id: str) -> None:
         with self._running_lock:

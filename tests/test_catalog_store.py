@@ -10,7 +10,7 @@ from sqlalchemy import update
 from plangate.bus import Delivery
 from plangate.catalog import load_catalog, publish_catalog, read_catalog
 from plangate.embedded import Pipeline
-from plangate.errors import Retry
+from plangate.errors import Reject, Retry
 from plangate.signing import load_or_create_signer
 from plangate.stages import build_handler
 from plangate.store import Store, ToolCatalogRow
@@ -98,15 +98,16 @@ def test_an_executor_offering_a_tool_otherwise_says_so_naming_what_differs(
     assert said[0].startswith("tool ticket_count differs from the catalog's (args_schema)")
 
 
-def test_an_executor_lacking_a_tool_others_offer_hands_the_plan_back_and_fails_nothing(
+def test_an_executor_lacking_a_tool_others_offer_hands_the_plan_back_then_says_why_it_fails(
     pipeline: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Given a catalog where another executor offers `stock_level`, and this one started
+    """Given a catalog where another executor offered `stock_level`, and this one started
     without it (other PLANGATE_TOOLS),
     When a plan calling it, approved, reaches this executor,
-    Then it hands the plan back (retried later, on whichever executor takes it), saying which
-    tools it lacks and what to fix: it failed the goal, "the plan is invalid", an approved plan
-    used up.
+    Then it hands the plan back twice (another executor may have the tool), saying which tools
+    it lacks and what to fix: it failed the goal at once, "the plan is invalid". The third
+    time, the plan is refused saying the executors that took it lack the tools (handed back
+    for ever, it went round the dead-letter queue while no running executor had them).
     """
     stock = ToolSpec(name="stock_level", effect="read", idempotent=True)
     publish_catalog(pipeline.store, [stock])  # as the other executor did at its start
@@ -115,11 +116,19 @@ def test_an_executor_lacking_a_tool_others_offer_hands_the_plan_back_and_fails_n
     )
     approved = sign_approval(load_or_create_signer(pipeline.settings), plan)
     executor = build_handler("executor", pipeline.settings, pipeline.store, pipeline.bus)
-    delivery = Delivery("plangate.executor", "plan.approved", {}, attempt=1, redelivered=False)
 
-    with caplog.at_level(logging.ERROR, logger="executor_worker.handler"), pytest.raises(Retry):
-        executor(approved, delivery)
+    def delivered(attempt: int) -> Delivery:
+        return Delivery("plangate.executor", "plan.approved", {}, attempt, redelivered=False)
 
-    [said] = [r.getMessage() for r in caplog.records if "lacks the tools" in r.getMessage()]
-    assert "this executor lacks the tools stock_level, which others offer" in said
-    assert "PLANGATE_TOOLS" in said
+    with caplog.at_level(logging.ERROR, logger="executor_worker.handler"):
+        for attempt in (1, 2):
+            with pytest.raises(Retry):
+                executor(approved, delivered(attempt))
+    with pytest.raises(Reject) as refused:  # no goal row here: refused, naming why
+        executor(approved, delivered(3))
+
+    said = [r.getMessage() for r in caplog.records if "lacks the tools" in r.getMessage()]
+    assert len(said) == 2
+    assert "this executor lacks the tools stock_level, which the catalog has" in said[0]
+    assert "PLANGATE_TOOLS" in said[0]
+    assert "the executors that took it lack the tools stock_level" in str(refused.value)
