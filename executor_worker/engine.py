@@ -53,10 +53,10 @@ OUTPUT_NOT_KEPT = "its output was not kept"  # in a succeeded step's note: it wa
 CANCELLED = "not run: goal cancelled"  # why a step was skipped: its goal was cancelled first
 
 
-def idempotency_key(goal_id: str, step: Step) -> str:
-    """Return the key a write passes downstream: one per goal and step as planned."""
+def idempotency_key(goal_id: str, step: Step, args: dict[str, Any]) -> str:
+    """Return the key a write passes downstream: one per goal, step and the `args` it gets."""
     # Not of the plan's hash: a retry's revision (a new hash) redid a write under a new key.
-    planned = [goal_id, step.id, step.tool, step.args]
+    planned = [goal_id, step.id, step.tool, args]
     return sha256_hex(json.dumps(planned, sort_keys=True, separators=(",", ":")).encode())[:40]
 
 

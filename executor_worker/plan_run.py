@@ -174,7 +174,7 @@ class PlanRun(DagWalk):
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         tool = self._registry.get(step.tool)
         with tool_span(step) as span:
-            key = idempotency_key(self._plan.goal_id, step)
+            key = idempotency_key(self._plan.goal_id, step, args)
             if tool.spec.effect == "read":
                 earlier = self._ledger.recorded(step)
                 if earlier is not None:

@@ -88,7 +88,7 @@ class PreviewRun(DagWalk):
             return StepOutcome(step.id, step.tool, "previewed")
         # Distinct from the execution's key: a read has no effect to deduplicate, and a
         # preview must never be mistaken downstream for the approved run.
-        key = "preview-" + idempotency_key(self._plan.goal_id, step)
+        key = "preview-" + idempotency_key(self._plan.goal_id, step, args)
         with tool_span(step) as span:
             span.set_attribute("plangate.preview", True)
             return invoke(tool, step, args, self._context(step, tool, key), span)

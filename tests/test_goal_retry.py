@@ -10,6 +10,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
+from executor_worker.engine import idempotency_key
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import ToolError
@@ -18,6 +19,7 @@ from plangate.relay import deliver
 from plangate.reviewers import add_reviewer
 from plangate.store import AuditRow, DecisionRow, open_store
 from plangate.tools import ToolContext, ToolRegistry, tool
+from schemas import Step
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.support import eventually, plangate_in, running_pipeline, write_playbook, write_yaml
 from tests.test_distributed import APPROVE_ALL
@@ -174,3 +176,15 @@ def test_a_retried_goal_passes_an_unchanged_write_the_key_it_had(
         eventually(lambda: len(RESERVED) == 2, timeout=10, what="the retry's reservation")
 
     assert RESERVED[0] == RESERVED[1]
+
+
+def test_the_key_is_the_same_for_a_call_alike_and_another_for_other_values() -> None:
+    """A write whose reference filled in another value kept the key of the first call: a
+    service honouring keys dropped it, or refused a key reused with other parameters."""
+    step = Step(id="w", tool="record", args={"v": "count ${r}"})
+
+    first = idempotency_key("g1", step, {"v": "count 1"})
+
+    assert idempotency_key("g1", step, {"v": "count 1"}) == first
+    assert idempotency_key("g1", step, {"v": "count 2"}) != first
+    assert idempotency_key("g2", step, {"v": "count 1"}) != first

@@ -70,6 +70,10 @@ def approve_seed_goal(pipeline: Pipeline) -> Plan:
     return plan
 
 
+# The seed plan's notify step, as called: its message with the counts filled in.
+NOTIFIED = {"message": "Ticket count 131 exceeded SLA 100"}
+
+
 def pages(server: HttpRecorder) -> list[dict[str, object]]:
     return [r.json() for r in server.requests if r.path == ENQUEUE]
 
@@ -80,7 +84,8 @@ def test_seed_example_counts_in_jira_and_pages_pagerduty_once(
     """Given Jira reporting 131 open tickets (SLA 100) and a PagerDuty routing key,
     When the seed goal is approved and runs,
     Then Jira was asked twice (the reviewer's dry run, then the run), and PagerDuty paged once
-    with dedup_key = the notify step's idempotency key (plan hash + step id); nothing is written
+    with dedup_key = the notify step's idempotency key (the goal, the step, the arguments it
+    got); nothing is written
     to the local notifications file.
     """
     plan = approve_seed_goal(pipeline)
@@ -88,7 +93,7 @@ def test_seed_example_counts_in_jira_and_pages_pagerduty_once(
     assert [r.path for r in server.requests].count(SEARCH) == 2
     [page] = pages(server)
     assert page["routing_key"] == ROUTING_KEY
-    assert page["dedup_key"] == idempotency_key(plan.goal_id, plan.step("notify"))
+    assert page["dedup_key"] == idempotency_key(plan.goal_id, plan.step("notify"), NOTIFIED)
     assert page["payload"] == {
         "summary": "Ticket count 131 exceeded SLA 100",
         "source": "plangate",
@@ -131,7 +136,7 @@ def test_a_page_re_run_after_a_crash_carries_the_same_dedup_key(
         pipeline.bus.publish([Envelope.of(stored_approval(pipeline.store, plan.plan_id))])
         completed = next_message(observer, "execution.completed", plan.goal_id)
 
-    expected = idempotency_key(plan.goal_id, plan.step("notify"))
+    expected = idempotency_key(plan.goal_id, plan.step("notify"), NOTIFIED)
     assert [page["dedup_key"] for page in pages(server)] == [expected, expected]
     assert [r.path for r in server.requests].count(SEARCH) == searches
     assert completed.steps["notify"] == "succeeded"  # type: ignore[attr-defined]

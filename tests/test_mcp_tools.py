@@ -471,7 +471,9 @@ def test_a_held_mcp_write_runs_once_after_approval_with_the_steps_key(
         assert goal.status == "completed", goal.status_reason
     (effect,) = effects_in(effects)
     assert effect["args"] == {"message": "disk almost full"}
-    assert effect["meta"]["plangate/idempotency_key"] == idempotency_key(goal_id, plan.step("page"))
+    assert effect["meta"]["plangate/idempotency_key"] == idempotency_key(
+        goal_id, plan.step("page"), effect["args"]
+    )
     assert effect["meta"]["plangate/goal_id"] == goal_id
 
 

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 class ToolContext:
     """The goal, plan and step a call belongs to, and the key that makes a write happen once.
 
-    The executor derives `idempotency_key` from the plan hash and the step id, so a re-run of the
-    same step of the same approved plan carries the same key; write tools pass it downstream
-    (PagerDuty `dedup_key`, an `Idempotency-Key` header). `timeout` is the call's deadline in
-    seconds: the executor stops waiting then, so a tool doing I/O should give up by then too.
+    The executor derives `idempotency_key` from the goal, the step's id and tool, and the
+    arguments it is called with, so a re-run of the step, or a retry's revision calling it
+    alike, carries the same key, and a call with other values another; write tools pass it
+    downstream (PagerDuty `dedup_key`, an `Idempotency-Key` header). `timeout` is the call's
+    deadline in seconds: the executor stops waiting then, so a tool doing I/O should give up by
+    then too.
     """
 
     goal_id: str
