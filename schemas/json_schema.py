@@ -38,6 +38,8 @@ import jsonschema
 import re2
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 
@@ -89,16 +91,17 @@ def validator_for(schema: dict[str, Any], *, formats: bool = False) -> Validator
     return _safe(base)(unnamed, registry=_NOTHING_RETRIEVED, format_checker=checker)
 
 
-# Only formats checked no stricter than pydantic reads them (jsonschema's `uuid` wants the
-# dashes pydantic does without; its `date-time` an offset a naive datetime has not): a plan
-# is never refused for what its tool would take.
+# Read as pydantic reads them (Python tools' arguments are pydantic's), no stricter or
+# looser: jsonschema's own `uuid` wants dashes pydantic does without, Python's
+# `date.fromisoformat` takes `20240101`, which pydantic refuses for a date.
+_DATE_OR_UUID = {"date": TypeAdapter(datetime.date), "uuid": TypeAdapter(uuid.UUID)}
 _FORMATS = jsonschema.FormatChecker(formats=())
-_FORMATS.checks("date", raises=ValueError)(
-    lambda value: not isinstance(value, str) or bool(datetime.date.fromisoformat(value))
-)
-_FORMATS.checks("uuid", raises=ValueError)(
-    lambda value: not isinstance(value, str) or bool(uuid.UUID(value))
-)
+for _name, _adapter in _DATE_OR_UUID.items():
+    _FORMATS.checks(_name, raises=PydanticValidationError)(
+        lambda value, read=_adapter: (
+            not isinstance(value, str) or read.validate_python(value) is not None
+        )
+    )
 
 
 def errors_of(validator: Validator, instance: Any) -> list[ValidationError]:

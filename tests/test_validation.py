@@ -501,3 +501,20 @@ def test_a_date_or_uuid_as_python_reads_it_is_taken() -> None:
     args = {"day": "2026-12-06", "order": "0f8fad5bd9cb469fa16570867728950e"}
 
     validate_plan(plan(step("b", "book", args)), {"book": BOOKING})
+
+
+@pytest.mark.parametrize(
+    ("day", "taken"),
+    [("20240101", False), ("2024-W01-1", False), ("2024-01-01T00:00:00", True), ("0", True)],
+)
+def test_a_date_argument_is_read_as_pydantic_reads_it(day: str, taken: bool) -> None:
+    """Python's `date.fromisoformat` took `20240101` (pydantic refuses it, at the call) and
+    refused `2024-01-01T00:00:00` (pydantic takes it: the plan was refused for nothing)."""
+    args = {"day": day, "order": "0f8fad5b-d9cb-469f-a165-70867728950e"}
+    the_plan = plan(step("b", "book", args))
+
+    if taken:
+        validate_plan(the_plan, {"book": BOOKING})
+    else:
+        with pytest.raises(PlanInvalid):
+            validate_plan(the_plan, {"book": BOOKING})
