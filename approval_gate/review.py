@@ -322,8 +322,10 @@ class Review:
                         raise
                 # As the gate will count them: "released" must not be said of a plan it holds.
                 approvers, _ = counted_approvers(session, held.plan, held.hold, self._approvers)
-                if len(approvers) < needed:
-                    count_only(session, held.plan, held.hold, reviewer, approvers, reason)
+                if len(approvers) < needed:  # one of several: a decision of the trace too
+                    with review_span(held.goal, held.plan, action, reviewer) as span:
+                        span.set_attribute("plangate.approvals", f"{len(approvers)} of {needed}")
+                        count_only(session, held.plan, held.hold, reviewer, approvers, reason)
                     return []
                 if needed > 1:
                     reason = f"{reason}; approved by {', '.join(approvers)}"

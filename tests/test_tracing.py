@@ -268,3 +268,33 @@ def test_an_edit_is_a_review_decision_span_naming_the_editor_and_the_new_revisio
     assert span.attributes["plangate.edit.plan_id"] != held.plan_id
     submit = next(s for s in spans.get_finished_spans() if s.name == "submit goal")
     assert span.context.trace_id == submit.context.trace_id
+
+
+def test_each_approval_of_a_plan_needing_two_is_a_review_decision_span(
+    settings: Settings, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    """Given the seed plan held for two approvals, When alice then bob approve it, Then the
+    goal's trace has a `review decision` span for each (alice's, which only counted, had none).
+    """
+    policy = write_yaml(
+        tmp_path / "policy.yaml",
+        {
+            "rules": [
+                {"name": "two", "match": "true", "action": "hold", "reason": "r", "approvals": 2}
+            ]
+        },
+    )
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, {"held"})
+        plan_id = pipeline.review.held()[0].plan.plan_id
+        pipeline.approve(plan_id, "alice")
+        pipeline.approve(plan_id, "bob")
+        pipeline.wait_for(goal_id, {"completed"})
+
+    decided = [
+        s.attributes["plangate.decision.decided_by"]
+        for s in spans.get_finished_spans()
+        if s.name == "review decision"
+    ]
+    assert sorted(decided) == ["alice", "bob"]
