@@ -134,6 +134,10 @@ def _since(window: str) -> datetime:
         raise PolicyError(
             f"history: {window!r} is an empty window (it counts nothing); say 30m, 1h, 1d or 1w"
         )
+    # An age only: a date (which `--since` takes) is a fixed start, or one in the future that
+    # counts nothing, as an empty window does.
+    if not re.fullmatch(r"\d+[smhdw]", window.strip()):
+        raise PolicyError(f"history: {window!r} is no window; say 30m, 1h, 1d or 1w")
     try:
         return parse_since(window)
     except Exception as exc:

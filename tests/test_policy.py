@@ -396,6 +396,11 @@ def test_what_a_rule_asks_of_people_is_refused_where_no_person_decides(
     ("match", "said"),
     [
         ('history.count("notify_oncall", "2y") < 5', "history.count: '2y' is no window"),
+        # A date is a fixed start, one in the future counting nothing: not a window.
+        (
+            'history.count("notify_oncall", "2099-01-01") < 5',
+            "history.count: '2099-01-01' is no window",
+        ),
         # It loaded, and a cap over it approved every plan: nothing is ever in no time.
         (
             'history.count("notify_oncall", "0m") < 5',
