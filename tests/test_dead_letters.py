@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kombu.messaging import Producer
 
-from plangate.bus import Envelope
+from plangate.bus import Envelope, settlement
 from plangate.bus.dead_letters import KEPT_BYTES
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
@@ -332,3 +332,19 @@ def test_a_goal_whose_time_names_no_offset_is_a_dead_letter_saying_so(
     (letter,) = eventually(lambda: pipeline.bus.dead_letters(), what="the dead letter")
     assert "occurred_at" in letter.reason
     assert "timezone" in letter.reason.lower()
+
+
+def test_giving_up_on_a_message_logs_its_goal_message_and_trace() -> None:
+    """The line that says a stage gives up on a message (before its dead letter) named none
+    of them: a search of the logs by goal missed why its plan went to the dead-letter queue."""
+    trace_id = "bf49d26247de4dbb8f32964a88feeb36"
+    headers = {
+        "x-plangate-goal-id": "g-1",
+        "x-plangate-message-id": "m-1",
+        "traceparent": f"00-{trace_id}-bcb24e439d954f94-01",
+    }
+
+    named = settlement._named_in(headers)
+
+    assert named == {"goal_id": "g-1", "message_id": "m-1", "trace_id": trace_id}
+    assert "trace_id" not in settlement._named_in({"traceparent": "00-not-a-trace"})

@@ -9,6 +9,7 @@ copy; a stored retry once it is in the outbox. All of it runs in the loop's thre
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 
 from kombu.message import Message as KombuMessage
@@ -83,7 +84,8 @@ class Settlement:
             what = f"{done.delivery.message_type} from {done.delivery.queue}"
             # A traceback only for what plangate did not expect: its own errors say it all.
             fault = None if isinstance(error, PlangateError) else error
-            log.error("giving up on %s: %s", what, said, exc_info=fault)
+            with logs.bound(**_named_in(done.delivery.headers)):
+                log.error("giving up on %s: %s", what, said, exc_info=fault)
             reason = f"failed {done.delivery.attempt} times; last error: {said}"
             self.dead_letter(done.raw, done.delivery, reason)
         else:
@@ -185,4 +187,9 @@ def _named_in(headers: dict[str, str]) -> dict[str, str]:
     Bounded: whoever published the message wrote them.
     """
     named = {"goal_id": headers.get(GOAL_HEADER), "message_id": headers.get(MESSAGE_ID_HEADER)}
+    parent = headers.get("traceparent")
+    if isinstance(parent, str) and re.fullmatch(
+        r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", parent
+    ):
+        named["trace_id"] = parent.split("-")[1]  # outside a span: the trace it would join
     return {key: value[:200] for key, value in named.items() if isinstance(value, str) and value}
