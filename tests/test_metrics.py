@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from plangate.client import Client
 from plangate.embedded import Pipeline
 from plangate.metrics import StoreCollector
+from plangate.middleware.message_metrics import MessageMetrics
 from plangate.server import create_app
 from plangate.store import open_store
 from tests.conftest import SEED_GOAL
@@ -144,3 +145,15 @@ def test_an_edit_is_counted_as_an_edit_not_a_rejection(pipeline: Pipeline) -> No
     ]
     assert after[0] - before[0] == 1
     assert after[1] == before[1]
+
+
+def test_a_stages_dead_letter_series_are_there_at_zero_from_its_start() -> None:
+    """Prometheus' `increase` misses a series' first sample: a stage's first dead letter of a
+    type made its series, at 1, and the PlangateDeadLetters alert never fired for it."""
+    MessageMetrics("gate")
+
+    zero = REGISTRY.get_sample_value(
+        "plangate_messages_total",
+        {"stage": "gate", "type": "plan.proposed", "outcome": "dead_lettered"},
+    )
+    assert zero is not None

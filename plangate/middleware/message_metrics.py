@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from typing import cast, get_args
 
 from typing_extensions import override
 
 from plangate import metrics
 from plangate.bus.envelope import Delivery
 from plangate.bus.middleware import Middleware, Outcome
+from plangate.bus.topology import STAGE_BINDINGS, Stage
 from schemas import Message
 
 
@@ -17,6 +19,12 @@ class MessageMetrics(Middleware):
 
     def __init__(self, stage: str) -> None:
         self._stage = stage
+        # Each series there from the start, at 0: Prometheus' `increase` misses a series' first
+        # sample, so a stage's first dead letter of a type (its series' first, at 1) alerted
+        # nobody (deploy/prometheus/alerts.yml).
+        for kind in STAGE_BINDINGS.get(cast(Stage, stage), ()):
+            for outcome in get_args(Outcome):
+                metrics.MESSAGES.labels(stage, kind, outcome)
 
     @override
     def handling(self, message: Message, delivery: Delivery) -> AbstractContextManager[None]:
