@@ -876,7 +876,9 @@ def test_the_page_offers_an_edits_author_no_approval_and_says_why(fleet: Fleet) 
     in the page,
     When alice opens the revision her edit made,
     Then the page offers her no Approve (a click was refused: she wrote it) but says another
-    reviewer approves it, and still lets her reject or edit; bob is offered Approve.
+    reviewer approves it, and still lets her reject or edit; bob is offered Approve; and the
+    page says bob alone is left to give the two approvals it needs (it was left to expire,
+    nothing said).
     """
     team = fleet.folder / "reviewers.yaml"
     tokens = {name: add_reviewer(team, name, ["finance"]) for name in ("alice", "bob")}
@@ -907,6 +909,7 @@ def test_the_page_offers_an_edits_author_no_approval_and_says_why(fleet: Fleet) 
             alice_offered = alice.locator("#approve").count()
             authored = " ".join(alice.inner_text("#authored").split())
             alice_other_forms = alice.locator("#reject, #edit").count()
+            short_of = " ".join(alice.inner_text("#short-of").split())
             bob_offered = logged_in("bob", str(edited.plan_id)).locator("#approve").count()
 
     assert alice_offered == 0
@@ -914,3 +917,6 @@ def test_the_page_offers_an_edits_author_no_approval_and_says_why(fleet: Fleet) 
     assert "other reviewers approve it" in authored  # two approvals, neither hers
     assert alice_other_forms == 2
     assert bob_offered == 1
+    # Two approvals by finance reviewers who did not edit it: bob alone is left.
+    assert "needs 2 approvals by reviewers with the role finance who did not edit it" in short_of
+    assert "only bob may still approve it" in short_of
