@@ -31,6 +31,10 @@ class ApproverCheck(Protocol):
         """Return the approver's roles if the approval is theirs (Forbidden otherwise)."""
         ...
 
+    def known(self) -> Reviewers | None:
+        """Return the reviewers whose approvals may count, where this check knows them."""
+        ...
+
 
 class RecordedApprovers:
     """The embedded mode's check: approvals recorded in this process count as recorded."""
@@ -38,6 +42,10 @@ class RecordedApprovers:
     def roles(self, approval: ReviewerApprovalRow) -> frozenset[str]:
         """Return the roles recorded with the approval."""
         return frozenset(str(role) for role in approval.roles or [])
+
+    def known(self) -> Reviewers | None:
+        """Return None: any name may be recorded here."""
+        return None
 
 
 class ProvenApprovers:
@@ -65,6 +73,11 @@ class ProvenApprovers:
             )
         return reviewer.roles
 
+    def known(self) -> Reviewers | None:
+        """Return the reviewers file as it reads now (None while it cannot be read)."""
+        reviewers = self._reviewers.current()
+        return reviewers if reviewers.problem is None else None
+
 
 class NoReviewers:
     """A worker's gate without a reviewers file: it cannot tell who approved, so nobody did."""
@@ -82,6 +95,10 @@ class NoReviewers:
             "uses (PLANGATE_REVIEWERS_FILE)",
             "",
         )
+
+    def known(self) -> Reviewers | None:
+        """Return no reviewers: none may approve."""
+        return Reviewers()
 
 
 def worker_approvers(settings: Settings) -> ApproverCheck:

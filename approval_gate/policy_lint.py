@@ -45,23 +45,24 @@ def policy_warnings(
 class PolicyWarnings:
     """Logs what a policy names that the catalog lacks, once per policy version and catalog.
 
-    For the gate, which sees both at each decision: a warning is said when a policy or a
-    catalog first meets it, not at every decision (the key is cheap: the specs are cached).
+    For the gate, which sees both at each decision: a warning is said when a policy, a catalog
+    or a reviewers file first meets it, not at every decision (the key is cheap: the specs
+    and the reviewers as read are kept).
     """
 
     def __init__(self) -> None:
-        self._seen: set[tuple[str, tuple[int, ...]]] = set()
+        self._seen: set[tuple[str, tuple[int, ...], int]] = set()
         self._said: set[str] = set()
 
-    def check(self, policy: Policy, catalog: Catalog) -> None:
-        """Log each new warning of `policy` against `catalog`."""
-        key = (policy.version, tuple(map(id, catalog.values())))
+    def check(self, policy: Policy, catalog: Catalog, reviewers: Reviewers | None = None) -> None:
+        """Log each new warning of `policy` against `catalog` and `reviewers` (where known)."""
+        key = (policy.version, tuple(map(id, catalog.values())), id(reviewers))
         if key in self._seen:
             return
         if len(self._seen) > 64:  # catalogs republished often: bounded, said again at worst
             self._seen.clear()
         self._seen.add(key)
-        for warning in policy_warnings(policy, catalog):
+        for warning in policy_warnings(policy, catalog, reviewers):
             if warning not in self._said:
                 self._said.add(warning)
                 log.warning("policy %s (%s): %s", policy.version, policy.source, warning)
@@ -97,6 +98,11 @@ def _unreachable_hold(rule: Rule, reviewers: Reviewers) -> Iterator[str]:
         yield (
             f"asks the role {rule.requires_role!r}, which no reviewer has: nobody can approve "
             "what it holds (`plangate reviewers add NAME --role ROLE`), so it expires"
+        )
+    elif not people:
+        yield (
+            "holds plans for a person, but no reviewer is listed: nobody can approve what it "
+            "holds (`plangate reviewers add NAME`), so it expires"
         )
     elif len(people) < rule.approvals:
         who = "1 reviewer" if len(people) == 1 else f"{len(people)} reviewers"

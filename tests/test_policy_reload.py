@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from approval_gate import policy_reload
+from approval_gate.approvers import ProvenApprovers
 from approval_gate.policy import Policy
+from approval_gate.policy_lint import PolicyWarnings
 from approval_gate.policy_reload import ReloadingPolicy
 from plangate.config import Settings
+from plangate.reviewers import Reviewers, add_reviewer
 from tests.support import running_pipeline
 
 APPROVE_READS = """
@@ -143,3 +146,25 @@ def test_a_gate_warns_once_of_a_rule_naming_a_tool_the_catalog_lacks(
     assert Policy.load(path).version in said[0]
     assert "rule 'deny-pages' (line 3) names the tool 'notify_oncal'" in said[0]
     assert "did you mean 'notify_oncall'?" in said[0]
+
+
+def test_a_gate_with_a_reviewers_file_warns_once_of_a_hold_no_reviewer_can_release(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a gate whose reviewers file lists alice (finance) alone, and a rule holding for
+    the role `auditor`, When it decides, Then its log says nobody can approve what the rule
+    holds (only `policy check` said so)."""
+    team = tmp_path / "reviewers.yaml"
+    add_reviewer(team, "alice", ["finance"])
+    rule = "{name: audit, match: 'true', action: hold, reason: r, requires_role: auditor}"
+    policy = Policy.from_text(f"rules:\n  - {rule}\n")
+    known = ProvenApprovers(Reviewers.from_file(team)).known()
+    warnings = PolicyWarnings()
+
+    with caplog.at_level("WARNING", logger="approval_gate.policy_lint"):
+        for _ in range(2):  # two decisions
+            warnings.check(policy, {}, known)
+
+    said = [r.getMessage() for r in caplog.records if r.name == "approval_gate.policy_lint"]
+    assert len(said) == 1, said
+    assert "asks the role 'auditor', which no reviewer has" in said[0]
