@@ -15,14 +15,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from plangate import telemetry
 from plangate.bus import Delivery
 from plangate.catalog import load_catalog
 from plangate.config import Settings
@@ -48,6 +45,7 @@ from tests.openai_stub import (
     plan_reply,
     running_stub,
 )
+from tests.span_recording import recording_spans
 from tests.support import (
     HELD,
     audit_kinds,
@@ -400,14 +398,8 @@ def test_one_planner_keeps_as_many_llm_calls_in_flight_as_its_concurrency(
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    telemetry.setup_tracing()
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
-    yield exporter
-    processor.shutdown()
+    with recording_spans() as exporter:
+        yield exporter
 
 
 def named(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:

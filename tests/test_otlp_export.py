@@ -16,16 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from plangate import telemetry
 from plangate.config import Settings
 from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
 from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
+from tests.span_recording import recording_spans
 from tests.test_distributed import APPROVE_ALL, submit_and_wait
 from tests.test_four_eyes import wait_until
 
@@ -267,20 +264,12 @@ def _run_goal(tmp_path: Path, otel: dict[str, str]) -> subprocess.CompletedProce
 @pytest.mark.parametrize("linked_only", [False, True])
 def test_the_run_span_is_linked_and_parented_unless_link_only(linked_only: bool) -> None:
     """Given an incoming span, the run span links to it; link-only starts a new trace."""
-    telemetry.setup_tracing()
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
-    try:
-        with (
-            telemetry.tracer().start_as_current_span("incoming") as incoming,
-            telemetry.run_span("run plan", linked_only=linked_only) as run,
-        ):
-            pass
-    finally:
-        processor.shutdown()
+    with (
+        recording_spans(),
+        telemetry.tracer().start_as_current_span("incoming") as incoming,
+        telemetry.run_span("run plan", linked_only=linked_only) as run,
+    ):
+        pass
 
     came, ran = incoming.get_span_context(), run.get_span_context()
     assert [link.context for link in run.links] == [came]  # type: ignore[attr-defined]
@@ -437,21 +426,16 @@ def test_serve_traces_no_probe_or_scrape(tmp_path: Path) -> None:
     from plangate.server.app import create_app
     from plangate.store import open_store
 
-    exporter = InMemorySpanExporter()
-    telemetry.setup_tracing()
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'p.db'}", broker_url="memory://")
     open_store(settings.resolved_database_url()).close()  # made and migrated
-    try:
-        with Client(settings) as client, TestClient(create_app(settings, client=client)) as http:
-            for path in ("/healthz", "/readyz", "/metrics"):
-                http.get(path)
-            http.get("/api/v1/goals/nosuchgoal")
-    finally:
-        processor.shutdown()
+    with (
+        recording_spans() as exporter,
+        Client(settings) as client,
+        TestClient(create_app(settings, client=client)) as http,
+    ):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            http.get(path)
+        http.get("/api/v1/goals/nosuchgoal")
 
     names = [span.name for span in exporter.get_finished_spans()]
     assert not any(path in name for name in names for path in ("healthz", "readyz", "metrics"))

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from kombu import Producer
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
@@ -24,19 +23,14 @@ from plangate.logs import JsonFormatter
 from plangate.tools import ToolRegistry, tool
 from schemas import Plan
 from tests.conftest import SEED_GOAL
+from tests.span_recording import recording_spans
 from tests.support import eventually, running_pipeline, write_yaml
 
 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    telemetry.setup_tracing()
-    provider = trace.get_tracer_provider()
-    assert isinstance(provider, TracerProvider)
-    exporter = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
-    yield exporter
-    processor.shutdown()
+    with recording_spans() as exporter:
+        yield exporter
 
 
 def test_a_held_goal_is_one_trace_from_submission_to_the_last_tool_call(
