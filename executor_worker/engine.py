@@ -383,9 +383,9 @@ def _call_within_deadline(tool: Tool[..., Any], args: dict[str, Any], context: T
     started = time.perf_counter()
     _TOOL_THREADS.start(call, f"plangate-tool-{tool.name}")
     ended = finished.wait(context.timeout)
-    metrics.TOOL_SECONDS.labels(tool.name).observe(time.perf_counter() - started)
     outcome = "timed_out" if not ended else "failed" if failure else "succeeded"
-    metrics.TOOL_CALLS.labels(tool.name, outcome).inc()
+    if not context.preview:  # a reviewer's dry run is no call of the plan's
+        metrics.tool_called(tool.name, outcome, time.perf_counter() - started)
     if not ended:
         overran = f"tool {tool.name} did not finish within its {context.timeout:g} s deadline"
         if tool.spec.effect == "write":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import select, update
@@ -33,7 +34,7 @@ from plangate.bus import Envelope
 from plangate.errors import Reject
 from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.outbox import emit
-from plangate.tools import ToolRegistry
+from plangate.tools import Tool, ToolContext, ToolRegistry
 from schemas import (
     Plan,
     PlanInvalid,
@@ -66,6 +67,9 @@ class PreviewRun(DagWalk):
         self._registry = registry
         self._args: dict[str, dict[str, Any]] = {}
         self._previews: dict[str, str | None] = {}
+
+    def _context(self, step: Step, tool: Tool[..., Any], key: str, attempt: int = 1) -> ToolContext:
+        return replace(super()._context(step, tool, key, attempt), preview=True)
 
     def steps(self) -> list[StepPreview]:
         """Run the walk; return each step's preview, in plan order."""

@@ -79,6 +79,12 @@ SQLITE_LOCK_HELD = Histogram(
 )
 
 
+def tool_called(tool: str, outcome: str, seconds: float) -> None:
+    """Count a tool call of a plan's run, and how long it took."""
+    TOOL_SECONDS.labels(tool).observe(seconds)
+    TOOL_CALLS.labels(tool, outcome).inc()
+
+
 def settled(stage: str, kind: str, outcome: str) -> None:
     """Count a message a stage settled: handled, retried or dead_lettered."""
     MESSAGES.labels(stage, kind, outcome).inc()

@@ -19,7 +19,7 @@ from plangate.store import open_store
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
 from tests.servers import free_port, refusing_connections
-from tests.support import only_plan
+from tests.support import eventually, only_plan
 from tests.test_distributed import APPROVE_ALL
 
 pytestmark = pytest.mark.redis
@@ -157,3 +157,24 @@ def test_a_stages_dead_letter_series_are_there_at_zero_from_its_start() -> None:
         {"stage": "gate", "type": "plan.proposed", "outcome": "dead_lettered"},
     )
     assert zero is not None
+
+
+def test_a_reviewers_dry_run_is_not_counted_as_tool_calls(pipeline: Pipeline) -> None:
+    """Given the seed goal held with a dry run for the reviewer (the default policy asks one),
+    Then its reads are not counted in `plangate_tool_calls_total` until the approved plan runs:
+    the dashboard's tool calls counted every preview as a call of the plan.
+    """
+    counted = {"tool": "ticket_count", "outcome": "succeeded"}
+    before = REGISTRY.get_sample_value("plangate_tool_calls_total", counted) or 0.0
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, {"held"})
+    plan_id = pipeline.review.held()[0].plan.plan_id
+    eventually(lambda: pipeline.review.get(plan_id).preview, what="the dry run")
+
+    previewed = REGISTRY.get_sample_value("plangate_tool_calls_total", counted) or 0.0
+    pipeline.approve(plan_id, "alice")
+    assert pipeline.wait_for(goal_id).status == "completed"
+    ran = REGISTRY.get_sample_value("plangate_tool_calls_total", counted) or 0.0
+
+    assert previewed == before
+    assert ran == before + 1

@@ -23,3 +23,4 @@ class ToolContext:
     idempotency_key: str
     attempt: int = 1
     timeout: float = 60.0
+    preview: bool = False  # a reviewer's dry run of a read step: nothing of the plan runs
