@@ -127,9 +127,22 @@ def _compared(tokens: Sequence[Token], field: str) -> Iterator[str]:
         elif after[:2] == ["in", "["]:
             end = next((i for i in range(at + 3, len(tokens)) if tokens[i][1] == "]"), at + 3)
             yield from _strings(tokens[at + 3 : end])
-        before = [text for _, text in tokens[max(0, at - 5) : at - 1]]
-        if len(before) >= 3 and before[-3:-1] in (["=", "="], ["!", "="]):
-            yield from _strings(tokens[at - 5 : at - 4])
+        start = _chain_start(tokens, at)  # `"x" == s.tool`, `"x" == plan.steps[0].tool`
+        if start >= 3 and [text for _, text in tokens[start - 2 : start]] in (
+            ["=", "="],
+            ["!", "="],
+        ):
+            yield from _strings(tokens[start - 3 : start - 2])
+
+
+def _chain_start(tokens: Sequence[Token], at: int) -> int:
+    """Return where the member chain ending at `at` begins (`plan` of `plan.steps[0].tool`)."""
+    start = at
+    while start > 0 and (
+        tokens[start - 1][0] in ("name", "number") or tokens[start - 1][1] in (".", "[", "]")
+    ):
+        start -= 1
+    return start
 
 
 def _of_a_step(tokens: Sequence[Token], at: int) -> bool:

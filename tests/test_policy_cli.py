@@ -519,3 +519,25 @@ def test_check_says_what_it_could_not_check_and_still_checks_the_policy(
     said = " ".join(result.stderr.split())
     assert "tool and tag names not checked: no store to read the catalog from" in said
     assert "holds not checked against the reviewers" in said
+
+
+def test_check_reads_a_tool_compared_from_either_side_through_an_index(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """`"ticket_cont" == plan.steps[0].tool` (the string first, the step by index) was not
+    read as naming a tool; `s.args.tool` (an argument) is still not taken for a step's tool."""
+    path = write(
+        tmp_path / "reversed.yaml",
+        "rules:\n"
+        "  - name: a\n"
+        '    match: \'"ticket_cont" == plan.steps[0].tool'
+        ' || plan.steps.exists(s, s.args.tool == "kubectl")\'\n'
+        "    action: hold\n"
+        "    reason: r\n",
+    )
+
+    result = plangate("policy", "check", path, "--tools", "plangate.demo.tools")
+
+    assert result.returncode == 0, result.stderr
+    assert "names the tool 'ticket_cont'" in result.stdout
+    assert "kubectl" not in result.stdout
