@@ -218,7 +218,7 @@ class GateHandler:
         goal_meta: dict[str, str],
         history: History | None,
     ) -> Decision:
-        self._warnings.check(policy, catalog, self._approvers.known())
+        self._warnings.check(policy, catalog, self._approvers.known)
         with telemetry.tracer().start_as_current_span("decide") as span:
             decision = policy.decide_as_gate(message.plan, catalog, goal_text, goal_meta, history)
             span.set_attribute("plangate.decision.action", decision.action)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 from approval_gate.policy import Policy, Rule
 from approval_gate.policy_context import UNKNOWN_TOOL_TAG
@@ -23,6 +24,7 @@ from schemas import Catalog
 from schemas.cel_check import call_literals, cel_tokens
 
 log = logging.getLogger(__name__)
+LOOK_EVERY_SECONDS = 1.0
 Token = tuple[str, str]
 EFFECTS = ("read", "write")
 SHOWN_NAMES = 8  # of the catalog, in a warning: enough to spot the right spelling
@@ -46,23 +48,36 @@ class PolicyWarnings:
     """Logs what a policy names that the catalog lacks, once per policy version and catalog.
 
     For the gate, which sees both at each decision: a warning is said when a policy, a catalog
-    or a reviewers file first meets it, not at every decision (the key is cheap: the specs
-    and the reviewers as read are kept).
+    or a reviewers file first meets it, not at every decision. A policy version is looked at
+    again at most once a second: reading the reviewers file's state is a file system call,
+    which every decision made.
     """
 
     def __init__(self) -> None:
         self._seen: set[tuple[str, tuple[int, ...], int]] = set()
         self._said: set[str] = set()
+        self._looked: tuple[str, float] = ("", 0.0)  # the policy version, and when
 
-    def check(self, policy: Policy, catalog: Catalog, reviewers: Reviewers | None = None) -> None:
-        """Log each new warning of `policy` against `catalog` and `reviewers` (where known)."""
-        key = (policy.version, tuple(map(id, catalog.values())), id(reviewers))
+    def check(
+        self,
+        policy: Policy,
+        catalog: Catalog,
+        reviewers: Callable[[], Reviewers | None] = lambda: None,
+    ) -> None:
+        """Log each new warning of `policy` against `catalog` and `reviewers()` (where known)."""
+        now = time.monotonic()
+        version, looked = self._looked
+        if version == policy.version and now - looked < LOOK_EVERY_SECONDS:
+            return
+        self._looked = (policy.version, now)
+        known = reviewers()
+        key = (policy.version, tuple(map(id, catalog.values())), id(known))
         if key in self._seen:
             return
         if len(self._seen) > 64:  # catalogs republished often: bounded, said again at worst
             self._seen.clear()
         self._seen.add(key)
-        for warning in policy_warnings(policy, catalog, reviewers):
+        for warning in policy_warnings(policy, catalog, known):
             if warning not in self._said:
                 self._said.add(warning)
                 log.warning("policy %s (%s): %s", policy.version, policy.source, warning)

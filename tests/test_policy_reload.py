@@ -163,7 +163,7 @@ def test_a_gate_with_a_reviewers_file_warns_once_of_a_hold_no_reviewer_can_relea
 
     with caplog.at_level("WARNING", logger="approval_gate.policy_lint"):
         for _ in range(2):  # two decisions
-            warnings.check(policy, {}, known)
+            warnings.check(policy, {}, lambda: known)
 
     said = [r.getMessage() for r in caplog.records if r.name == "approval_gate.policy_lint"]
     assert len(said) == 1, said
