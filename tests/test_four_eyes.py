@@ -871,7 +871,7 @@ def test_over_processes_a_plan_whose_first_approval_counts_again_is_released_by_
     assert wait_until(fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
 
 
-def test_the_page_offers_an_edits_author_no_approval_and_says_why(fleet: Fleet) -> None:
+def test_the_page_offers_an_edits_author_no_approval_and_says_why(deployed_fleet: Fleet) -> None:
     """Given the seed plan held for two approvals from finance, and alice (finance) editing it
     in the page,
     When alice opens the revision her edit made,
@@ -880,6 +880,7 @@ def test_the_page_offers_an_edits_author_no_approval_and_says_why(fleet: Fleet) 
     page says bob alone is left to give the two approvals it needs (it was left to expire,
     nothing said).
     """
+    fleet = deployed_fleet  # each stage with a data folder of its own, as deploy/ runs them
     team = fleet.folder / "reviewers.yaml"
     tokens = {name: add_reviewer(team, name, ["finance"]) for name in ("alice", "bob")}
     reviewers = Reviewers.from_file(team)
