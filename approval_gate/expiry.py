@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 from approval_gate.decisions import record_decision
 from approval_gate.holds import DEFAULT_HOLD_TTL, hold_of, legacy_expiry
-from plangate import logs, metrics, telemetry
+from plangate import metrics
 from plangate.bus import Envelope
 from plangate.errors import Conflict
+from plangate.goal_trace import goal_span
 from plangate.store import DecisionRow, GoalRow, PlanRow, Store
 from plangate.store.goals import goal_status, latest_plan, transition
 from plangate.store.outbox import emit
@@ -86,11 +87,7 @@ def _expire_if_due(
     ttl = due - held_by.created_at
     seconds = int(ttl.total_seconds())
     # In the goal's trace, its lines naming the goal: a sweep runs outside any message.
-    context = telemetry.extract(goal.trace_headers)
-    with (
-        telemetry.tracer().start_as_current_span("expire hold", context=context) as span,
-        logs.bound(goal_id=goal_id),
-    ):
+    with goal_span("expire hold", goal.trace_headers, {"goal_id": goal_id}) as span:
         span.set_attribute("plangate.plan_hash", plan.plan_hash)
         decision = Decision(
             action="expire",

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span
 
-from plangate import telemetry
+from plangate.goal_trace import goal_span
 from plangate.store import GoalRow, PlanRow
 
 
@@ -21,10 +21,9 @@ from plangate.store import GoalRow, PlanRow
 def review_span(goal: GoalRow, plan: PlanRow, action: str, reviewer: str) -> Iterator[Span]:
     """Open the `review decision` span of `reviewer`'s `action` on `plan`, current inside."""
     asked = trace.get_current_span().get_span_context()
-    with telemetry.tracer().start_as_current_span(
-        "review decision",
-        context=telemetry.extract(goal.trace_headers),
-        links=[Link(asked)] if asked.is_valid else None,
+    links = [Link(asked)] if asked.is_valid else None
+    with goal_span(
+        "review decision", goal.trace_headers, {"goal_id": goal.id}, links=links
     ) as span:
         span.set_attribute("plangate.decision.action", action)
         span.set_attribute("plangate.decision.decided_by", reviewer)

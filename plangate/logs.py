@@ -123,7 +123,9 @@ class JsonFormatter(json_logger.JsonFormatter):
         log_data["level"] = record.levelname.lower()
         log_data.update(_process_fields)
         log_data.update(_bound.get())
-        ids = telemetry.current_span_ids()
+        # A line may name the trace it belongs to (a goal's move, logged after its commit):
+        # that wins over the current span, which may be an HTTP request's.
+        ids = None if hasattr(record, "trace_id") else telemetry.current_span_ids()
         if ids:
             log_data["trace_id"], log_data["span_id"] = ids
 

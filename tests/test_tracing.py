@@ -292,3 +292,38 @@ def test_each_approval_of_a_plan_needing_two_is_a_review_decision_span(
         if s.name == "review decision"
     ]
     assert sorted(decided) == ["alice", "bob"]
+
+
+def test_a_persons_decision_logs_its_move_in_the_goals_trace_not_the_requests(
+    pipeline: Pipeline, spans: InMemorySpanExporter
+) -> None:
+    """Given the seed goal held, When alice approves it inside another trace (an HTTP
+    request's, as in `serve`), Then the line logging the goal's move names the goal's trace and
+    the decision's span: it is written after the commit, when the decision's span has ended, and
+    named no trace at all (or the request's)."""
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, {"held"})
+    plan_id = pipeline.review.held()[0].plan.plan_id
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("plangate.store.goals")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with telemetry.tracer().start_as_current_span("POST /api/reviews") as request:
+            pipeline.approve(plan_id, "alice")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    [decision] = [s for s in spans.get_finished_spans() if s.name == "review decision"]
+    assert decision.context is not None
+    [line] = [
+        json.loads(text) for text in lines.getvalue().splitlines() if "approved by alice" in text
+    ]
+    assert line["goal_id"] == goal_id
+    assert line["trace_id"] == format(decision.context.trace_id, "032x")
+    assert line["trace_id"] != format(request.get_span_context().trace_id, "032x")
+    assert line["span_id"] == format(decision.context.span_id, "016x")

@@ -9,7 +9,6 @@ copy; a stored retry once it is in the outbox. All of it runs in the loop's thre
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 
 from kombu.message import Message as KombuMessage
@@ -30,6 +29,7 @@ from plangate.bus.middleware import MiddlewareStack
 from plangate.bus.producers import ThreadProducers
 from plangate.bus.retries import Deferred, Waiting
 from plangate.errors import PlangateError, Reject, Retry, Unavailable
+from plangate.goal_trace import goal_span
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +118,8 @@ class Settlement:
         headers name: a message that did not parse has no handler's span or log fields, and
         its dead letter was a bare `publish` span, its log line naming no goal.
         """
-        parent = telemetry.extract(delivery.headers)
         name = f"dead-letter {delivery.message_type}"
-        with (
-            telemetry.tracer().start_as_current_span(name, context=parent) as span,
-            logs.bound(**_named_in(delivery.headers)),
-        ):
+        with goal_span(name, delivery.headers, _named_in(delivery.headers)) as span:
             span.set_status(StatusCode.ERROR, reason[:500])
             span.set_attribute("plangate.dead_letter.reason", reason[:2000])
             span.set_attribute("messaging.destination.name", delivery.queue)
@@ -187,9 +183,7 @@ def _named_in(headers: dict[str, str]) -> dict[str, str]:
     Bounded: whoever published the message wrote them.
     """
     named = {"goal_id": headers.get(GOAL_HEADER), "message_id": headers.get(MESSAGE_ID_HEADER)}
-    parent = headers.get("traceparent")
-    if isinstance(parent, str) and re.fullmatch(
-        r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}", parent
-    ):
-        named["trace_id"] = parent.split("-")[1]  # outside a span: the trace it would join
+    trace_id = telemetry.trace_id_of(headers)
+    if trace_id is not None:
+        named["trace_id"] = trace_id  # outside a span: the trace it would join
     return {key: value[:200] for key, value in named.items() if isinstance(value, str) and value}

@@ -272,7 +272,10 @@ def transition(
             assert found is not None
         current = found.status
     check_transition(goal_id, current, status, by)
-    session.info.setdefault(_MOVES, []).append((goal_id, current, status, actor, reason))
+    # The trace it was made in: its line is written after the commit, when a person's
+    # decision in `serve` has closed its span (its line named no trace).
+    traced = telemetry.current_span_ids()
+    session.info.setdefault(_MOVES, []).append((goal_id, current, status, actor, reason, traced))
     moved = {"status": status, "status_reason": reason, "reconciled": 0, "planning_until": None}
     now = utcnow()
     _MOVE.rows(
@@ -296,9 +299,11 @@ def _log_moves_once_released(session: Session) -> None:
         after_release(session, lambda: _log_moves(moves))
 
 
-def _log_moves(moves: list[tuple[str, str, str, str, str | None]]) -> None:
-    for goal_id, old, new, actor, reason in moves:
+def _log_moves(moves: list[tuple[str, str, str, str, str | None, tuple[str, str] | None]]) -> None:
+    for goal_id, old, new, actor, reason, traced in moves:
         fields = {"goal_id": goal_id, "from": old, "to": new, "actor": actor}
+        if traced is not None:
+            fields["trace_id"], fields["span_id"] = traced
         log.info(
             "goal %s: %s -> %s by %s%s",
             goal_id,
