@@ -550,3 +550,53 @@ def test_every_kubernetes_pod_serving_metrics_is_annotated_for_the_scrape() -> N
         annotations = template["metadata"].get("annotations", {})
         assert annotations.get("prometheus.io/scrape") == "true", name
         assert int(annotations["prometheus.io/port"]) in served, name
+
+
+def test_the_pod_scrape_labels_nothing_plangates_own_series_label(tmp_path: Path) -> None:
+    """The `kubernetes-pods` job set a target label `stage`, which plangate's series carry too:
+    Prometheus renamed theirs `exported_stage`, and the alerts and dashboard, summing `by
+    (stage)`, read the pod's label instead. The pod's name is kept, for the alerts to name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from plangate import metrics
+    from plangate.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'metrics.db'}")
+    try:
+        metrics.MESSAGES.labels("planner", "goal.submitted", "handled")
+        text = metrics.exposition(metrics.registry_with(store)).decode()
+    finally:
+        store.close()
+    own = {
+        label
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        for label in sample.labels
+    }
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    [pods] = [job for job in scrape["scrape_configs"] if job["job_name"] == "kubernetes-pods"]
+    set_here = {
+        rule["target_label"]
+        for rule in pods["relabel_configs"]
+        if not rule.get("target_label", "__").startswith("__")
+    }
+
+    assert "stage" in own
+    assert set_here, "the job sets no label of its own"
+    assert not set_here & own, set_here & own
+    assert "pod" in set_here
+
+
+def test_a_stage_with_no_process_at_all_raises_an_alert() -> None:
+    """A stage scaled to nothing has no `up` series to be 0: nothing fired. Each stage's own
+    series are absent then, and an alert asks for each stage by name."""
+    import re
+
+    from plangate.bus.topology import STAGE_BINDINGS
+
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    [missing] = [r for g in groups for r in g["rules"] if r["alert"] == "PlangateStageMissing"]
+    asked = re.findall(r'absent\(plangate_messages_total\{stage="(\w+)"\}\)', missing["expr"])
+
+    promql_parser.parse(missing["expr"])
+    assert sorted(asked) == sorted(STAGE_BINDINGS)
