@@ -154,7 +154,7 @@ def read_policy_file(data: bytes, source: str) -> tuple[PolicyFile, list[int]]:
     try:
         return PolicyFile.model_validate(raw), lines
     except ValidationError as exc:
-        raise _explain(exc, raw, lines, source) from exc
+        raise _explain(exc, raw, lines, source, root) from exc
 
 
 def _refuse_repeated_keys(node: yaml.Node, source: str, met: set[int] | None = None) -> None:
@@ -180,12 +180,17 @@ def _refuse_repeated_keys(node: yaml.Node, source: str, met: set[int] | None = N
             _refuse_repeated_keys(item, source, met)
 
 
-def _explain(exc: ValidationError, raw: Any, lines: list[int], source: str) -> PolicyError:
-    """Turn pydantic's errors into one PolicyError naming the first bad rule and its line."""
+def _explain(
+    exc: ValidationError, raw: Any, lines: list[int], source: str, root: yaml.Node
+) -> PolicyError:
+    """Turn pydantic's errors into one PolicyError naming the first bad rule and its line.
+
+    Elsewhere (a test, `mode`) the line of the value it is about.
+    """
     errors = exc.errors()
     loc = errors[0]["loc"]
     index = loc[1] if len(loc) > 1 and loc[0] == "rules" else errors[0].get("ctx", {}).get("index")
-    rule_name, line = None, None
+    rule_name, line = None, _line_at(root, loc)
     if isinstance(index, int) and index < len(lines):
         rule = raw["rules"][index]
         name = rule.get("name") if isinstance(rule, dict) else None
@@ -199,3 +204,18 @@ def _explain(exc: ValidationError, raw: Any, lines: list[int], source: str) -> P
         said = own_words(error["msg"])
         problems.append(f"{field_name}: {said}" if field_name else said)
     return PolicyError(f"{'; '.join(problems)} (in {source})", rule_name, line)
+
+
+def _line_at(node: yaml.Node, loc: tuple[int | str, ...]) -> int:
+    """Return the 1-based line of the value at `loc` (as deep as the file has it)."""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            found = node.value[part] if 0 <= part < len(node.value) else None
+        else:
+            found = None
+        if found is None:
+            break
+        node = found
+    return node.start_mark.line + 1

@@ -290,9 +290,9 @@ def test_a_syntax_error_names_the_rule_and_its_line() -> None:
         ("rules:\n" + rule("a", "true") + rule("a", "false"), "a", 6, "used twice"),
         ("rules:\n" + rule("a", "x" * 2001), "a", 2, "match: String should have at most"),
         ("rules:\n" + rule("no", "true"), "#1", 2, "name: Input should be a valid string"),
-        ("mode: enforce\nmodes: shadow\nrules:\n" + rule("a", "true"), None, None, "modes"),
-        ("mode: loud\nrules:\n" + rule("a", "true"), None, None, "mode: Input should be"),
-        ("rules: []\n", None, None, "rules: List should have at least 1 item"),
+        ("mode: enforce\nmodes: shadow\nrules:\n" + rule("a", "true"), None, 2, "modes"),
+        ("mode: loud\nrules:\n" + rule("a", "true"), None, 1, "mode: Input should be"),
+        ("rules: []\n", None, 1, "rules: List should have at least 1 item"),
         ("rules:\n" + rule("a", "true") + "    match: 'false'\n", None, 6, "appears twice"),
         ("rules: [\n", None, 2, "not valid YAML"),
         # Past a year: past `timedelta`'s range, the gate failed on each plan it held.
@@ -480,3 +480,29 @@ def test_two_tests_of_one_name_are_refused_at_load() -> None:
     with pytest.raises(PolicyError, match="the test name 'pages run' is used twice") as raised:
         Policy.from_text(text, source="test.yaml")
     assert raised.value.rule is None  # not blamed on a rule
+
+
+@pytest.mark.parametrize(
+    ("tail", "said", "line"),
+    [
+        (
+            "tests:\n  - name: t\n    steps: []\n    expect: aprove\n",
+            "tests.0.expect: Input should be 'approve', 'deny' or 'hold'",
+            9,
+        ),
+        ("mode: shadoww\n", "mode: Input should be 'enforce' or 'shadow'", 6),
+    ],
+)
+def test_a_wrong_value_outside_the_rules_names_its_line(
+    tmp_path: Path, tail: str, said: str, line: int
+) -> None:
+    """A rule's error named its line; a test's or the mode's named none, and an operator
+    searched a long file for `tests.12.expect`."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("rules:\n" + rule("r", "true") + tail)
+
+    with pytest.raises(PolicyError) as raised:
+        Policy.load(path)
+
+    assert str(raised.value).startswith(said)
+    assert str(raised.value).endswith(f"(line {line})")
