@@ -102,7 +102,14 @@ def strict_json_loads(
             object_pairs_hook=_no_duplicate_keys,
         )
     except json.JSONDecodeError as exc:
-        raise JsonRefused(f"body is not valid JSON: {exc.msg} at char {exc.pos}", "syntax") from exc
+        raise JsonRefused(
+            (
+                # "Unterminated string starting at" reads on with the place; "at char" doubled it.
+                f"body is not valid JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno} "
+                f"column {exc.colno}"
+            ),
+            "syntax",
+        ) from exc
     except RecursionError as exc:
         raise JsonRefused(_too_deep(max_depth), "depth") from exc
     except ValueError as exc:  # an integer of more digits than int() converts (4300)

@@ -239,3 +239,37 @@ def test_a_malformed_binding_an_observer_added_is_left_out_and_said_once(
     assert len(warnings) == 1, warnings
     assert "probe.bad" in warnings[0]
     assert f"SREM {key}" in warnings[0]
+
+
+@ON_REDIS
+@pytest.mark.parametrize("scripted", [True, False], ids=["scripted", "kombus_path"])
+def test_a_binding_whose_pattern_is_no_regular_expression_is_left_out_and_said_once(
+    bus: Bus,
+    client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+    scripted: bool,
+) -> None:
+    """An observer in another language bound with the pattern `[`: kombu compiles each
+    pattern as a regular expression, and every publish of every stage failed (`unterminated
+    character set`), the goals waiting in the outbox, while every `/readyz` said ok."""
+    key = f"_kombu.binding.{bus.topology.namespace}"
+    bus.declare()
+    good, bad = f"{bus.topology.namespace}.good", f"{bus.topology.namespace}.badre"
+    client.sadd(key, f"#\x06\x16[\x06\x16{bad}", f"#\x06\x16^.*?$\x06\x16{good}")
+    if not scripted:
+        ScriptedRouting._scripting_refused = True  # every channel takes kombu's own path
+    try:
+        with caplog.at_level("WARNING"):
+            bus.publish([a_goal(), a_goal()])
+    finally:
+        ScriptedRouting._scripting_refused = False
+
+    assert client.llen(f"{bus.topology.namespace}.planner") == 2
+    assert client.llen(good) == 2
+    assert client.llen(bad) == 0
+    warnings = [
+        r.getMessage() for r in caplog.records if "is left out of routing" in r.getMessage()
+    ]
+    assert len(warnings) == 1, warnings
+    assert "no regular expression" in warnings[0]
+    assert "^.*?$" in warnings[0]

@@ -118,3 +118,19 @@ def test_a_well_formed_decision_still_reaches_the_route(server: Server) -> None:
     status, answer = post(server, APPROVE, body)
     assert status == 404, answer
     assert answer["error"].startswith("no plan 'no-such-plan'")
+
+
+def test_a_body_cut_short_is_said_to_be_invalid_json_once_with_its_place() -> None:
+    """It read `the body is not valid JSON (body is not valid JSON: Unterminated string
+    starting at at char 9)`."""
+    from plangate.server.errors import ApiError
+    from plangate.server.json_bodies import json_value
+
+    with pytest.raises(ApiError) as raised:
+        json_value(b'{"text": "abc', "the body")
+
+    said = raised.value.message
+    assert raised.value.status == 400
+    assert said.count("not valid JSON") == 1
+    assert "at at" not in said
+    assert "starting at line 1 column 10" in said

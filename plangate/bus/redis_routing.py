@@ -27,6 +27,7 @@ too, for the rest of the channel's life, with a warning that says what to allow.
 from __future__ import annotations
 
 import logging
+import re
 from functools import cached_property
 from typing import Any, NamedTuple
 
@@ -163,21 +164,41 @@ class ScriptedRouting(kombu_redis.Channel):
         (publishing-goals.md): kombu's matching unpacks each into three and raised on one typo,
         which stopped every publish of every stage until someone removed it.
         """
-        bindings = [tuple(member.split(self.sep)) for member in members]
-        malformed = [m for m, parts in zip(members, bindings, strict=True) if len(parts) != 3]
-        for member in malformed:
-            if member not in self._malformed_seen:
+        kept = []
+        for member in members:
+            parts = tuple(member.split(self.sep))
+            problem = _problem_of(parts, self.sep)
+            if problem is None:
+                kept.append(parts)
+            elif member not in self._malformed_seen:
                 self._malformed_seen.add(member)
                 log.warning(
-                    "binding %r of exchange %s is not `routing key, pattern, queue` joined by "
-                    "%r: it is left out of routing; remove it (SREM %s)",
+                    "binding %r of exchange %s %s: it is left out of routing; remove it (SREM %s)",
                     member[:200],
                     exchange,
-                    self.sep,
+                    problem,
                     self.keyprefix_queue % exchange,
                 )
-        return [parts for parts in bindings if len(parts) == 3]
+        return kept
 
     @cached_property
     def _malformed_seen(self) -> set[str]:
         return set()
+
+
+def _problem_of(parts: tuple[str, ...], sep: str) -> str | None:
+    """Say what keeps a binding from routing as kombu would, or None if nothing does.
+
+    kombu matches a routing key against the binding's middle part as a regular expression
+    (the one it writes for `#` is `^.*?$`): one that does not compile raised in every publish.
+    """
+    if len(parts) != 3:
+        return f"is not `routing key, pattern, queue` joined by {sep!r}"
+    try:
+        re.compile(parts[1], re.U)
+    except re.error as exc:
+        return (
+            f"has a pattern that is no regular expression ({exc}); kombu writes `^.*?$` "
+            "for the routing key `#`"
+        )
+    return None

@@ -68,7 +68,10 @@ def json_value(body: bytes, what: str) -> Any:
         return strict_json_loads(body, max_bytes=_PARSE_LIMIT, allow_nul=False)
     except JsonRefused as exc:
         if exc.problem == "syntax":
-            raise ApiError(400, f"{what} is not valid JSON ({exc}); send a JSON object") from exc
+            said = str(exc)
+            # "body is not valid JSON: ..." said of `what` once (it read "not valid JSON" twice).
+            said = said[5:] if said.startswith("body ") else f"is not valid JSON ({said})"
+            raise ApiError(400, f"{what} {said}; send a JSON object") from exc
         raise ApiError(_STATUS[exc.problem], f"{what} is refused: {exc}") from exc
 
 
