@@ -80,6 +80,7 @@ def hand_to_gate(
     plan: PlanRevision,
     decision: Decision,
     trace_headers: Mapping[str, str] | None = None,
+    roles: frozenset[str] | None = None,
 ) -> Envelope:
     """Move the goal to `approved` and ask the gate to sign a person's approval.
 
@@ -96,6 +97,7 @@ def hand_to_gate(
         "decided_by": decision.decided_by,
         "policy_version": decision.policy_version,
         "comment": decision.reason,  # what the reviewer wrote (the move's reason is ours)
+        **person_recorded(roles),
     }
     transition(
         session,
@@ -107,6 +109,11 @@ def hand_to_gate(
         data=data,
     )
     return emit(session, review_decided(plan, decision.decided_by), trace_headers=trace_headers)
+
+
+def person_recorded(roles: frozenset[str] | None) -> dict[str, object]:
+    """Return what a person's decision adds to its audit entry: their roles, as its row has."""
+    return {} if roles is None else {"roles": sorted(roles)}
 
 
 def review_decided(plan: PlanRevision, reviewer: str) -> ReviewDecided:
@@ -130,13 +137,15 @@ def follow_decision(
     move_goal: bool = True,
     approvers: Sequence[str] = (),
     proposed: Plan | None = None,
+    recorded: Mapping[str, object] | None = None,
 ) -> Envelope:
     """Move the goal on and emit the decision's message (approve: with a signed approval).
 
     With `move_goal=False` (a redelivery of a decided plan) only the message is emitted again:
     the goal may have moved on since (running, completed) and must not be moved back.
     `proposed` is the plan itself when the caller holds it, its hash checked against the row's
-    (not decoded from the row again, and hashed once).
+    (not decoded from the row again, and hashed once). `recorded` is more for the move's
+    audit entry: a person's roles, what a hold asks.
     """
     data = {
         "plan_id": plan.plan_id,
@@ -145,6 +154,7 @@ def follow_decision(
         "decided_by": decision.decided_by,
         "rule": decision.rule,
         "policy_version": decision.policy_version,
+        **(recorded or {}),
     }
     if decision.action == "approve":
         if signer is None:  # only a gate worker holds the key: a person's approval goes there

@@ -30,6 +30,7 @@ from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer, TrustedKeys
 from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, Store
+from plangate.store.decision_records import hold_asks
 from plangate.store.hot_statements import HotStatement
 from plangate.store.locks import lock_names
 from plangate.store.outbox import emit
@@ -133,11 +134,20 @@ class GateHandler:
                 repeated = self._repeat_earlier_decision(session, row)
                 assert repeated is not None
                 return repeated
-            envelopes = [
-                follow_decision(session, row, decision, self._signer, self._ttl, proposed=plan)
-            ]
+            held = None
             if decision.action == "hold":
-                record_hold(session, row, decision, policy, self._hold_ttl, self._signer)
+                held = record_hold(session, row, decision, policy, self._hold_ttl, self._signer)
+            envelopes = [
+                follow_decision(
+                    session,
+                    row,
+                    decision,
+                    self._signer,
+                    self._ttl,
+                    proposed=plan,
+                    recorded=hold_asks(held) if held is not None else None,
+                )
+            ]
             if policy.wants_preview(decision):
                 # An executor has the tools: it runs the reads and asks the writes. The row
                 # is the request it checks; the message only wakes it.

@@ -10,7 +10,7 @@ edited (or absent) while plans are held changes nothing for them.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,6 +19,7 @@ from approval_gate.policy import Policy
 from plangate.errors import ApprovalInvalid, Conflict, Forbidden
 from plangate.signing import Signer, TrustedKeys
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow
+from plangate.store.decision_records import hold_asks
 from plangate.store.goal_list import submitters_of
 from plangate.store.models import EDIT_PREFIX
 from plangate.store.plan_revision import PlanRevision
@@ -80,7 +81,7 @@ def hold_payload(hold: HoldRow, plan: PlanRevision) -> bytes:
         "required_roles": sorted(str(role) for role in hold.required_roles or []),
         "approvals_required": hold.approvals_required,
         "approver_not_submitter": hold.approver_not_submitter,
-        "expires_at": hold.expires_at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "expires_at": hold_asks(hold)["expires_at"],
     }
     return json.dumps(asked, sort_keys=True, separators=(",", ":")).encode()
 

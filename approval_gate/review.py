@@ -32,7 +32,12 @@ from approval_gate.approvals import (
     withdraw_void_approval,
 )
 from approval_gate.approvers import ApproverCheck, RecordedApprovers
-from approval_gate.decisions import follow_decision, hand_to_gate, record_decision
+from approval_gate.decisions import (
+    follow_decision,
+    hand_to_gate,
+    person_recorded,
+    record_decision,
+)
 from approval_gate.expiry import expires_at
 from approval_gate.holds import (
     DEFAULT_HOLD_TTL,
@@ -338,8 +343,11 @@ class Review:
             with review_span(held.goal, held.plan, action, reviewer):
                 record_decision(session, held.plan, "human", decision, roles)
                 if action == "approve":
-                    return [hand_to_gate(session, held.plan, decision)]
-                return [follow_decision(session, held.plan, decision, None, timedelta(0))]
+                    return [hand_to_gate(session, held.plan, decision, roles=roles)]
+                said = person_recorded(roles)
+                return [
+                    follow_decision(session, held.plan, decision, None, timedelta(0), recorded=said)
+                ]
 
     def _held_for_decision(
         self, session: Session, plan_id: str, expected_hash: str | None

@@ -24,7 +24,7 @@ from plangate.errors import ApprovalInvalid, ConfigError, UnknownSigner
 from plangate.export_records import read_entry, records_path, records_problem
 from plangate.signing import Signer, TrustedKeys
 from plangate.store.audit import entry_hash
-from plangate.store.audit_records import Recorded
+from plangate.store.audit_recorded import Recorded
 from schemas import MessageRejected, SignedEnvelope, utcnow
 from schemas.decoding import strict_json_loads
 from schemas.hashing import canonical_json

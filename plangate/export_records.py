@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from sqlalchemy import select
 
 from plangate.store import PlanRow, StepRunRow, Store
-from plangate.store.audit_records import Recorded, output_digest, shown_as_recorded
+from plangate.store.audit_recorded import Recorded, shown_as_recorded
+from plangate.store.audit_records import output_digest
 from schemas import Plan, plan_hash
 
 RECORDS_SUFFIX = ".records.jsonl"

@@ -803,3 +803,50 @@ def test_an_earlier_revision_deleted_outside_plangate_breaks_verification(
         pipeline,
         f"plan {first.plan_id} of goal {goal_id}: its audit log records it, but its row is gone",
     )
+
+
+# What a reviewer, the review page and an auditor read beside who decided: verify said intact.
+PEOPLES_ROWS_RETOLD = {
+    "person's comment": (
+        "UPDATE decisions SET reason = 'CFO verbally approved' WHERE stage = 'human'",
+        "shows alice's decision with the reason 'CFO verbally approved', but its audit log "
+        "recorded",
+    ),
+    "person's roles": (
+        """UPDATE decisions SET roles = '["finance"]' WHERE stage = 'human'""",
+        "shows alice's decision with the roles ['finance'], but its audit log recorded []",
+    ),
+    "hold's roles": (
+        """UPDATE holds SET required_roles = '["finance"]'""",
+        "is shown held with required_roles ['finance'], but its audit log recorded []",
+    ),
+    "hold's approvals": (
+        "UPDATE holds SET approvals_required = 2",
+        "is shown held with approvals_required 2, but its audit log recorded 1",
+    ),
+    "signed approval removed": (
+        "DELETE FROM approvals",
+        "is gone: who signed it can no longer be shown",
+    ),
+    "reviewer's approval removed": (
+        "DELETE FROM reviewer_approvals",
+        "its audit log records 'alice''s approval, counted when the gate signed it",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("statement", "said"), PEOPLES_ROWS_RETOLD.values(), ids=PEOPLES_ROWS_RETOLD
+)
+def test_a_persons_comment_roles_hold_or_approval_retold_in_sql_breaks_verification(
+    pipeline: Pipeline, completed_run: str, statement: str, said: str
+) -> None:
+    """Given a completed run, held and approved by alice,
+    When her comment or roles, what the hold asked, the signed approval it ran with or her
+    counted approval is rewritten or deleted in SQL,
+    Then `plangate audit verify` exits 1 naming it: an auditor found `status` showing a comment
+    she never wrote ("CFO verbally approved") and verify saying intact.
+    """
+    run_sql(pipeline, statement)
+
+    assert_records_broken(pipeline, said)

@@ -187,7 +187,8 @@ def test_a_hold_past_its_expiry_cannot_be_approved_even_before_the_sweep(
     Then the approval is refused as too late (Conflict), and nothing is signed.
     """
     policy = write_yaml(tmp_path / "policy.yaml", FINANCE_POLICY)
-    with running_pipeline(settings, policy_file=policy) as pipeline:
+    # The expiry brought forward in SQL, as only tampering could: `audit verify` says so.
+    with running_pipeline(settings, policy_file=policy, tampers=True) as pipeline:
         goal_id = pipeline.submit(SEED_GOAL).goal_id
         pipeline.wait_for(goal_id, HELD, timeout=5)
         plan = only_plan(pipeline.store, goal_id)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, get_args
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Text, exists, select
@@ -22,8 +21,13 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from plangate.errors import AuditBroken
-from plangate.redaction import REDACTED
 from plangate.store.audit import stored_data
+from plangate.store.audit_recorded import POLICY_DECIDER, Recorded, shown_as_recorded
+from plangate.store.decision_records import (
+    approval_problems,
+    decision_said_problems,
+    hold_problems,
+)
 from plangate.store.engine import Store
 from plangate.store.models import (
     EDIT_PREFIX,
@@ -35,12 +39,7 @@ from plangate.store.models import (
     StepRunRow,
 )
 from schemas import Plan, plan_hash
-from schemas.decoding import storable_text
-from schemas.goal_states import GoalStatus
 from schemas.hashing import sha256_hex
-
-_STATUSES = frozenset(get_args(GoalStatus))
-_STEP_ENDS = frozenset({"running", "succeeded", "failed", "skipped", "unknown"})
 
 
 def output_digest(output: Any) -> str:
@@ -61,85 +60,6 @@ def _number(text: str) -> int | float:
     """Read a JSON number as a JSON column gives it back: integral ones as exact integers."""
     exact = Decimal(text)
     return int(exact) if exact == exact.to_integral_value() else float(text)
-
-
-# Who the policy's decisions are recorded as deciding (a person's name the reviewer's).
-POLICY_DECIDER = "policy"
-# A goal's move that records a decision on its plan, and the decision's action.
-_DECIDED = {
-    "goal.approved": "approve",
-    "goal.rejected": "reject",
-    "goal.held": "hold",
-    "goal.denied": "deny",
-    "goal.expired": "expire",
-}
-
-
-@dataclass
-class Recorded:
-    """What one goal's chain says, as the views would show it."""
-
-    submitted: dict[str, Any] | None = None
-    status: tuple[str, str | None] | None = None  # the last move, and its reason
-    plans: dict[str, str] = field(default_factory=dict)  # plan_id: plan_hash
-    deciders: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # (who, action)
-    approvers: dict[str, set[str]] = field(default_factory=dict)  # plan_id: who approved
-    steps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    editors: dict[str, str] = field(default_factory=dict)  # plan_id: who wrote it, an edit
-    last_decision: dict[str, tuple[str, str]] = field(default_factory=dict)  # (who, action)
-    policy_said: dict[str, dict[str, Any]] = field(default_factory=dict)  # plan_id: its entry
-
-    def read(self, kind: str, actor: str, data: dict[str, Any]) -> None:
-        """Take in one entry of the goal's chain, in the order written."""
-        if kind == "goal.submitted" and self.submitted is None:  # later ones: retries
-            self.submitted = data
-        if kind.startswith("goal.") and kind[5:] in _STATUSES:
-            self.status = (kind[5:], data.get("reason"))
-        if kind == "plan.edited" and isinstance(data.get("from_plan_id"), str):
-            # The edit took the old revision's slot for a person's decision, as a reject.
-            self.deciders.setdefault(data["from_plan_id"], set()).add((actor, "reject"))
-        plan_id = data.get("plan_id")
-        if isinstance(plan_id, str):
-            self._about_plan(kind, actor, plan_id, data)
-
-    def approved_by(self, plan_id: str) -> set[str]:
-        """Return who approved the plan: counted, released it, or named as its approvers."""
-        deciders = self.deciders.get(plan_id, set())
-        released = {who for who, action in deciders if action == "approve"}
-        return self.approvers.get(plan_id, set()) | released
-
-    def _about_plan(self, kind: str, actor: str, plan_id: str, data: dict[str, Any]) -> None:
-        if kind in ("goal.proposed", "plan.edited") and isinstance(data.get("plan_hash"), str):
-            self.plans[plan_id] = data["plan_hash"]
-        if kind == "plan.edited":
-            self.editors[plan_id] = actor
-        if kind in _DECIDED and data.get("decided_by") == POLICY_DECIDER:
-            self.policy_said.setdefault(plan_id, data)  # the policy decides a revision once
-        if kind in _DECIDED and "decided_by" in data:
-            decided = (str(data["decided_by"]), _DECIDED[kind])
-            self.deciders.setdefault(plan_id, set()).add(decided)
-            if kind == "goal.held":
-                # Held again: a person's decision the gate withdrew (its row deleted with it)
-                # is no longer the plan's, whoever the entry names.
-                self.last_decision.pop(plan_id, None)
-            else:
-                self.last_decision[plan_id] = decided
-        approved = self.approvers.setdefault(plan_id, set())
-        approved.update(str(who) for who in data.get("approvers") or ())
-        if kind == "plan.approval_counted":
-            approved.add(actor)
-        step = data.get("step_id")
-        if isinstance(step, str) and kind.startswith("step."):
-            self._step(kind[5:], (plan_id, step), data)
-
-    def _step(self, what: str, step: tuple[str, str], data: dict[str, Any]) -> None:
-        if what in _STEP_ENDS:
-            self.steps[step] = {"status": what, **data}
-        elif what == "settled":  # a person said it happened, with this output, or not (no row)
-            if data.get("happened"):
-                self.steps[step] = {"status": "succeeded", **data}
-            else:
-                self.steps.pop(step, None)
 
 
 def disagreement(store: Store, *, batch: int = 200) -> str | None:
@@ -208,6 +128,8 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
         yield from _goal_problems(goal, recorded[goal.id])
     yield from _plan_rows_problems(session, ids, recorded)
     yield from _decision_rows_problems(session, ids, recorded)
+    yield from hold_problems(session, ids, recorded)
+    yield from approval_problems(session, ids, recorded)
     yield from _step_rows_problems(session, ids, recorded)
 
 
@@ -241,8 +163,8 @@ def _decision_rows_problems(
                 "which the audit log does not record: the decisions table was changed outside "
                 "plangate"
             )
-        elif row.decided_by == POLICY_DECIDER:
-            yield from _policy_decision_problems(row, recorded[row.goal_id])
+        else:
+            yield from decision_said_problems(row, recorded[row.goal_id])
     for goal_id in ids:
         yield from _unshown_decisions(recorded[goal_id], shown)
     approvals = select(ReviewerApprovalRow, PlanRow.goal_id).join(
@@ -270,21 +192,6 @@ def _step_rows_problems(
                 f"step {step_id} of plan {plan_id}: its audit log records it "
                 f"{recorded[goal_id].steps[plan_id, step_id]['status']}, but its row is gone: "
                 "`status` shows it as not run; the steps were changed outside plangate"
-            )
-
-
-def _policy_decision_problems(row: DecisionRow, recorded: Recorded) -> Iterator[str]:
-    """Name a policy decision whose rule, reason or policy version is not the one recorded."""
-    said = recorded.policy_said.get(row.plan_id)
-    if said is None:
-        return
-    shown = {"rule": row.rule, "reason": row.reason, "policy_version": row.policy_version}
-    for name, value in shown.items():
-        if name in said and not shown_as_recorded(value, said[name]):
-            yield (
-                f"plan {row.plan_id} shows the policy's decision with the {name} {value!r}, but "
-                f"its audit log recorded {said[name]!r}: the decisions table was changed "
-                "outside plangate"
             )
 
 
@@ -323,39 +230,6 @@ def _goal_problems(goal: GoalRow, recorded: Recorded) -> Iterator[str]:
             f"{where} shows status {goal.status!r} ({goal.status_reason or 'no reason'}), but "
             f"its audit log last moved it to {status!r}: the goal's row was changed"
         )
-
-
-def shown_as_recorded(shown: Any, recorded: Any) -> bool:
-    """Say whether a row's value is what the log recorded of it, but for what it redacted.
-
-    The log keeps text redacted of the secrets the writing process knew (this one may know
-    others, or none): a `[redacted]` recorded stands for any text shown in its place.
-    """
-    if isinstance(recorded, str) and isinstance(shown, str):
-        return _matches(storable_text(shown), recorded.split(REDACTED))
-    if isinstance(recorded, dict) and isinstance(shown, dict):
-        return recorded.keys() == shown.keys() and all(
-            shown_as_recorded(shown[key], value) for key, value in recorded.items()
-        )
-    if isinstance(recorded, list) and isinstance(shown, list):
-        return len(recorded) == len(shown) and all(map(shown_as_recorded, shown, recorded))
-    return bool(shown == recorded)
-
-
-def _matches(shown: str, parts: list[str]) -> bool:
-    """Say whether `shown` is `parts` in order with anything between them (in linear time)."""
-    first, last = parts[0], parts[-1]
-    if len(parts) == 1:
-        return shown == first
-    if len(shown) < len(first) + len(last) or not shown.startswith(first):
-        return False
-    at, end = len(first), len(shown) - len(last)
-    for part in parts[1:-1]:  # each where it first fits: no later place could fit more after
-        found = shown.find(part, at, end)
-        if found < 0:
-            return False
-        at = found + len(part)
-    return shown.endswith(last)
 
 
 def _plan_problems(plan: PlanRow, recorded: Recorded) -> Iterator[str]:

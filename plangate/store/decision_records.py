@@ -1,0 +1,118 @@
+"""Whether the decisions, holds and approvals the views show are the ones the log recorded.
+
+`audit_records` checks who decided what; this checks what else a person reads beside it and
+could be rewritten in SQL with the chains still whole: a reviewer's comment and roles, what a
+hold asked (roles, approvals, expiry), each reviewer approval the gate counted when it signed,
+and the signed approval a plan ran with. Entries written before a field was recorded are not
+held against their rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from plangate.store.audit_recorded import POLICY_DECIDER, Recorded, shown_as_recorded
+from plangate.store.models import ApprovalRow, DecisionRow, HoldRow, ReviewerApprovalRow
+
+CHANGED = "was changed outside plangate"
+
+
+def hold_asks(hold: HoldRow) -> dict[str, Any]:
+    """Return what a hold asks of whoever decides: recorded with the goal's move to `held`."""
+    return {
+        "required_roles": sorted(str(role) for role in hold.required_roles or []),
+        "approvals_required": hold.approvals_required,
+        "approver_not_submitter": hold.approver_not_submitter,
+        "expires_at": hold.expires_at.astimezone(UTC).isoformat(timespec="microseconds"),
+    }
+
+
+def decision_said_problems(row: DecisionRow, recorded: Recorded) -> Iterator[str]:
+    """Name a decision whose reason, rule, policy version or roles are not the ones recorded."""
+    if row.decided_by == POLICY_DECIDER:
+        said = recorded.policy_said.get(row.plan_id)
+    else:
+        said = recorded.said.get((row.plan_id, row.decided_by, row.action))
+    if said is None:
+        return
+    # A person's approval moves the goal with plangate's words; theirs are its `comment`.
+    reason_key = "comment" if "comment" in said else "reason"
+    shown = {
+        reason_key: row.reason,
+        "rule": row.rule,
+        "policy_version": row.policy_version,
+        "roles": row.roles,
+    }
+    whose = "the policy's" if row.decided_by == POLICY_DECIDER else f"{row.decided_by}'s"
+    for name, value in shown.items():
+        if name in said and not shown_as_recorded(value, said[name]):
+            field_name = "reason" if name == "comment" else name
+            yield (
+                f"plan {row.plan_id} shows {whose} decision with the {field_name} {value!r}, "
+                f"but its audit log recorded {said[name]!r}: the decisions table {CHANGED}"
+            )
+
+
+def hold_problems(
+    session: Session, ids: Sequence[str], recorded: dict[str, Recorded]
+) -> Iterator[str]:
+    """Name a hold asking other roles, approvals or expiry than its goal's move recorded."""
+    for hold in session.execute(select(HoldRow).where(HoldRow.goal_id.in_(ids))).scalars():
+        said = recorded[hold.goal_id].holds.get(hold.plan_id)
+        if said is None:
+            continue
+        for name, value in hold_asks(hold).items():
+            if name in said and said[name] != value:
+                yield (
+                    f"plan {hold.plan_id} is shown held with {name} {value!r}, but its audit "
+                    f"log recorded {said[name]!r}: the holds table {CHANGED}"
+                )
+
+
+def approval_problems(
+    session: Session, ids: Sequence[str], recorded: dict[str, Recorded]
+) -> Iterator[str]:
+    """Name a signed approval a plan ran with, or a counted reviewer approval, that is gone."""
+    ran = {
+        approval_id: (goal_id, plan_id)
+        for goal_id in ids
+        for approval_id, plan_id in recorded[goal_id].ran_with.items()
+    }
+    if ran:
+        rows = session.execute(
+            select(ApprovalRow.approval_id, ApprovalRow.plan_id).where(
+                ApprovalRow.approval_id.in_(list(ran))
+            )
+        )
+        kept = {str(approval_id): str(plan_id) for approval_id, plan_id in rows}
+        for approval_id, (goal_id, plan_id) in sorted(ran.items()):
+            if kept.get(approval_id) != plan_id:
+                yield (
+                    f"approval {approval_id}, with which plan {plan_id} of goal {goal_id} ran, "
+                    f"is gone: who signed it can no longer be shown; the approvals {CHANGED}"
+                )
+    signed = {
+        plan_id: approvers
+        for goal_id in ids
+        for plan_id, approvers in recorded[goal_id].signed_for.items()
+    }
+    if not signed:
+        return
+    counted = session.execute(
+        select(ReviewerApprovalRow.plan_id, ReviewerApprovalRow.reviewer).where(
+            ReviewerApprovalRow.plan_id.in_(list(signed))
+        )
+    )
+    shown = {(str(plan_id), str(reviewer)) for plan_id, reviewer in counted}
+    for plan_id, approvers in sorted(signed.items()):
+        for reviewer in approvers:
+            if (plan_id, reviewer) not in shown:
+                yield (
+                    f"plan {plan_id}: its audit log records {reviewer!r}'s approval, counted when "
+                    f"the gate signed it, which the approvals no longer show: they {CHANGED}"
+                )
