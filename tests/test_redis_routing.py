@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Exchange, Producer, Queue
+from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.transport import redis as kombu_redis
 
 from plangate.bus import Bus, Envelope
 from plangate.bus.redis_routing import ScriptedRouting
 from plangate.bus.redis_transport import Transport
 from schemas import GoalSubmitted, StepFinished, new_id
+from tests.support import eventually
 
 WAIT = 5.0
 
@@ -273,3 +274,33 @@ def test_a_binding_whose_pattern_is_no_regular_expression_is_left_out_and_said_o
     assert len(warnings) == 1, warnings
     assert "no regular expression" in warnings[0]
     assert "^.*?$" in warnings[0]
+
+
+@ON_REDIS
+def test_a_message_popped_while_a_consumer_closes_its_connection_goes_back_on_the_list(
+    bus: Bus, client: redis.Redis, redis_url: str
+) -> None:
+    """Given a consumer whose BRPOP is still outstanding when it stops (its last wait timed
+    out), When a message arrives and the connection is then closed (a worker's SIGTERM),
+    Then the message is back on its list: kombu read the BRPOP's reply while closing, found no
+    consumer and requeued it through the first channel still listed, and none was: the goal
+    waited for the reconciler, a minute later."""
+    namespace = f"r{uuid.uuid4().hex[:10]}"
+    exchange = Exchange(namespace, type="topic", durable=True)
+    queue = Queue(f"{namespace}.stage", exchange, routing_key="goal.submitted", durable=True)
+    connection = Connection(redis_url, transport=Transport)
+    channel = connection.channel()
+    queue.bind(channel).declare()
+    consumer = Consumer(channel, queues=[queue], callbacks=[], accept=["json"])
+    consumer.consume()
+    with pytest.raises(TimeoutError):
+        connection.drain_events(timeout=0.2)  # its BRPOP stays outstanding
+    consumer.cancel()
+    with Connection(redis_url, transport=Transport) as other:
+        Producer(other.channel(), exchange=exchange).publish({"a": 1}, routing_key="goal.submitted")
+    eventually(lambda: client.llen(queue.name) == 0, what="the outstanding BRPOP took it")
+
+    connection.close()
+
+    assert client.llen(queue.name) == 1
+    assert client.hlen("unacked") == 0

@@ -221,3 +221,16 @@ class Transport(kombu_redis.Transport):
     """kombu's Redis transport with the checking channel; the bus uses it for redis://."""
 
     Channel = Channel
+
+    def close_connection(self, connection: Any) -> None:
+        """Close each channel while it is still the transport's, then as kombu does.
+
+        kombu takes a channel off `channels` before closing it. A consumer's channel closing
+        with a BRPOP outstanding reads its reply then (a message that came meanwhile), finds
+        the consumer cancelled and requeues it through the first channel listed: with none
+        left, the message was dropped. A worker stopped by SIGTERM lost the goal it was just
+        handed, until the reconciler sent it again a minute later.
+        """
+        for channel in list(self.channels):
+            channel.close()
+        super().close_connection(connection)
