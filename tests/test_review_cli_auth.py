@@ -384,3 +384,28 @@ def test_a_server_url_that_is_not_plangate_serve_s_root_says_so(
     assert "give --server (PLANGATE_SERVER_URL) the root URL of a plangate serve" in one_line(
         result
     )
+
+
+def test_show_through_the_server_flags_no_flow_the_server_calls_trusted(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    """The seed plan's message is built from two trusted reads (the API's `untrusted_from` is
+    empty): `review show --server` flagged both as untrusted data, having no catalog here to
+    tell, where `review show` on the store flagged none. Reviewers learn to ignore a warning
+    that cries wolf."""
+    _, plan_id = held(finance_pipeline)
+    token_file = tmp_path / "token"
+    token_file.write_text(team.alice + "\n")
+
+    shown = cli(
+        tmp_path, "review", "show", plan_id, "--token-file", str(token_file), "--server", server
+    )
+    as_json = cli(
+        tmp_path, "review", "show", plan_id, "--json", "--token-file", str(token_file),
+        "--server", server,
+    )  # fmt: skip
+
+    assert shown.returncode == 0, shown.stderr
+    assert "notify_oncall" in shown.stdout
+    assert "⚠" not in shown.stdout  # the mark of a flow from an untrusted step
+    assert all(step["untrusted_from"] == {} for step in json.loads(as_json.stdout)["steps"])

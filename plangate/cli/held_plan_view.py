@@ -104,12 +104,16 @@ def steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
         table.add_column(column, overflow="fold")
     from schemas.data_flow import untrusted_sources
 
-    flows = untrusted_sources(view["steps"], catalog)
+    # The server says which data flows are untrusted (its catalog knows which reads are
+    # trusted); worked out here only for a view without it: from `--server`, with no catalog
+    # here, every read looked untrusted and each flow was flagged.
+    said = all("untrusted_from" in step for step in view["steps"])
+    flows = {} if said else untrusted_sources(view["steps"], catalog)
     for step in view["steps"]:
         spec = catalog.get(step["tool"])
         effect = step.get("effect") or (spec.effect if spec else "unknown")
         args = Text(json.dumps(step.get("args") or {}, separators=(",", ":")))
-        marked = step.get("untrusted_from") or flows.get(step["id"], {})
+        marked = step["untrusted_from"] if said else flows.get(step["id"], {})
         for name, sources in marked.items():
             args.append(f"\n⚠ {name} carries untrusted data from {', '.join(sources)}", "red")
         table.add_row(
