@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
@@ -285,7 +286,7 @@ def test_a_rewritten_checkpoint_or_a_forged_signature_is_reported(
     assert audit_checkpoints.sealed_heads(pipeline.store, keys).problem is None
     stranger = TrustedKeys([Ed25519PrivateKey.generate().public_key()])
     # Named as what it may be: another key given by mistake, or the checkpoint signed again.
-    said = str(audit_checkpoints.sealed_heads(pipeline.store, stranger).problem)
+    said = str(audit_checkpoints.sealed_heads(pipeline.store, stranger).unchecked)
     assert f"checkpoint 1 is signed by {signer.key_id}, not by a key trusted here" in said
     assert "approval" not in said
 
@@ -850,3 +851,46 @@ def test_a_persons_comment_roles_hold_or_approval_retold_in_sql_breaks_verificat
     run_sql(pipeline, statement)
 
     assert_records_broken(pipeline, said)
+
+
+def test_checkpoints_signed_by_a_key_not_given_cannot_be_checked_exit_2_not_a_break(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given checkpoints signed by the gate's key, When verify is given only another key (a
+    rotation's new one, the old one left out), Then it exits 2 saying which key signed them
+    and what to give, as the export's check does: it said `broken` (exit 1), where operate.md
+    promises exit 2 for a check that cannot be made here."""
+    data_dir = pipeline.settings.data_dir
+    assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
+    other = tmp_path / "new.pub"
+    other.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+
+    verified = plangate_cli(data_dir, "audit", "verify", "--key", str(other))
+
+    said = " ".join(verified.stderr.split())
+    assert verified.returncode == 2, verified.stdout + verified.stderr
+    assert not said.startswith("audit log broken")
+    assert "checkpoint 1 is signed by ed25519:" in said
+    assert "give the gate's public key" in said
+
+
+def test_a_checkpoint_gone_is_named_before_a_row_rewritten_since(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given checkpoint 1 remembered by the gate's folder, When it is deleted and a goal's
+    text rewritten in SQL, Then verify names the missing checkpoint: it said `records broken:
+    the audit log holds, but ...`, which the missing checkpoint shows to be untrue."""
+    data_dir = pipeline.settings.data_dir
+    assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
+    delete_checkpoints_from(pipeline, 1)
+    run_sql(pipeline, "UPDATE goals SET text = 'x'")
+
+    verified = plangate_cli(data_dir, "audit", "verify")
+
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "audit checkpoint 1" in verified.stderr
+    assert "the audit log holds" not in verified.stderr

@@ -136,6 +136,9 @@ def _checked_store(
         err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
         _say(refused)
         raise typer.Exit(EXIT_FAILED)
+    # Before the records: a checkpoint this gate's folder saw is gone means the log does not
+    # hold, and "records broken: the audit log holds, but ..." said otherwise.
+    _check_memory(store, data_dir, refused)
     disagreement = audit_records.disagreement(store)
     if disagreement is not None:
         err_console.print(
@@ -144,7 +147,9 @@ def _checked_store(
         )
         _say(refused)
         raise typer.Exit(EXIT_FAILED)
-    _check_memory(store, data_dir, refused)
+    if report.unchecked is not None:
+        # Last: every other check held. Exit 2, as for an export whose signer is unknown.
+        raise ConfigError(f"the chains and records hold, but {report.unchecked}")
     return report
 
 

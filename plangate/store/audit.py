@@ -149,6 +149,7 @@ class AuditReport:
     problem: str | None = None
     chains: int = 0
     checkpoints: int = 0
+    unchecked: str | None = None  # a checkpoint whose signer is not trusted here, if any
 
     @property
     def ok(self) -> bool:
@@ -218,7 +219,9 @@ def verify(store: Store, *, keys: TrustedKeys | None = None, batch: int = 2000) 
     for chain, missing in expected.items():
         if any(seq > 0 for seq, _ in missing):
             breaks.append(_Break(None, f"every entry of {chain_name(chain)} was removed"))
-    report = AuditReport(count, chains=walked, checkpoints=sealed.checkpoints)
+    report = AuditReport(
+        count, chains=walked, checkpoints=sealed.checkpoints, unchecked=sealed.unchecked
+    )
     if not breaks:
         return report
     first = min(breaks, key=lambda found: (found.seq is None, found.seq or 0))

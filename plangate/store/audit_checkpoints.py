@@ -131,6 +131,9 @@ class Sealed:
     checkpoints: int = 0
     problem: str | None = None
     seq: int | None = None  # always None: a checkpoint is not an entry of the log
+    # The first checkpoint signed by a key not trusted here: no break that can be told from
+    # a key not given (`audit verify` exits 2 on it, once every other check holds).
+    unchecked: str | None = None
 
 
 def sealed_heads(store: Store, keys: TrustedKeys | None = None) -> Sealed:
@@ -152,7 +155,10 @@ def sealed_heads(store: Store, keys: TrustedKeys | None = None) -> Sealed:
             ).scalars()
             sealed.heads |= {row.chain: (row.seq, row.hash) for row in moved}
             sealed.checkpoints += 1
-            sealed.problem = _problem(checkpoint, prev_hash, sealed.heads, keys)
+            try:
+                sealed.problem = _problem(checkpoint, prev_hash, sealed.heads, keys)
+            except _SignerUnknown as unknown:
+                sealed.unchecked = sealed.unchecked or str(unknown)
             if sealed.problem is not None:
                 return sealed
             prev_hash = checkpoint.hash
@@ -189,13 +195,14 @@ def _signature_problem(name: str, checkpoint: AuditCheckpointRow, keys: TrustedK
         envelope = SignedEnvelope.model_validate(checkpoint.signature)
         payload, _ = keys.verified_payload(envelope, CHECKPOINT_TYPE)
     except UnknownSigner:
-        # A key given by mistake and a checkpoint re-signed by another look the same from here.
+        # A key not given and a checkpoint re-signed by another look the same from here.
         signers = ", ".join(sorted({signature.keyid for signature in envelope.signatures}))
-        return (
+        raise _SignerUnknown(
             f"{name} is signed by {signers}, not by a key trusted here ({', '.join(keys)}): "
-            "if those are not this deployment's gate keys, give its public key (--key or "
-            "PLANGATE_TRUSTED_KEYS_DIR); if they are, the checkpoint was signed again by another"
-        )
+            "give the gate's public key of those (--key or PLANGATE_TRUSTED_KEYS_DIR, keeping "
+            "every key it signed with before a rotation); if none of them is your gate's, the "
+            "checkpoint was signed again by someone else: treat the log as broken"
+        ) from None
     except ApprovalInvalid as exc:  # what the envelope's check says, not "approval refused"
         return f"{name}'s signature does not hold: {exc.reason}"
     except ValueError as exc:
@@ -226,3 +233,7 @@ def unsealed(store: Store) -> Unsealed | None:
             return None
         after = session.scalar(select(func.count()).where(AuditRow.at > newest))
     return Unsealed(datetime.fromisoformat(newest), int(after or 0))
+
+
+class _SignerUnknown(Exception):
+    """A checkpoint signed by a key not trusted here: not a break this check can tell."""
