@@ -236,6 +236,7 @@ def load_or_create_signer(settings: Settings) -> Signer:
                 trusted_keys_dir(settings),
                 path,
             )
+        _warn_of_a_retired_key(settings, signer)
         return signer
     path = settings.data_dir / "keys" / SIGNING_KEY_NAME
     if not path.exists():
@@ -244,6 +245,27 @@ def load_or_create_signer(settings: Settings) -> Signer:
     # Checked on every start, so a crash between creating the key and publishing it heals itself.
     _publish_public_key(signer.public_key, trusted_keys_dir(settings))
     return signer
+
+
+def _warn_of_a_retired_key(settings: Settings, signer: Signer) -> None:
+    """Say so when the data folder still holds the key the gate made before a rotation.
+
+    Commands run in the folder without PLANGATE_SIGNING_KEY_FILE (`audit checkpoint`, `audit
+    export --sign`) would sign with it; a rotation after a leak leaves the leaked key in use.
+    """
+    old = settings.data_dir / "keys" / SIGNING_KEY_NAME
+    try:
+        retired = Signer(_read_private_key(old)) if old.is_file() else None
+    except ConfigError:
+        return
+    if retired is not None and retired.key_id != signer.key_id:
+        log.warning(
+            "the data folder still holds the signing key %s (%s), which this gate no longer "
+            "signs with: move it out of the folder (keep its public key where approvals and "
+            "audit exports are checked)",
+            retired.key_id,
+            old,
+        )
 
 
 def load_signer(settings: Settings) -> Signer:

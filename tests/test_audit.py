@@ -894,3 +894,40 @@ def test_a_checkpoint_gone_is_named_before_a_row_rewritten_since(
     assert verified.returncode == 1, verified.stdout + verified.stderr
     assert "audit checkpoint 1" in verified.stderr
     assert "the audit log holds" not in verified.stderr
+
+
+def test_sealing_with_the_folders_first_key_after_a_rotation_is_refused(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given the gate rotated to a new key (its newest checkpoint signed by it), When `audit
+    checkpoint` or `audit export --sign` runs in its data folder without
+    PLANGATE_SIGNING_KEY_FILE, Then each refuses (exit 2) naming the rotation and the setting:
+    they signed with the old key the folder still held. With the setting they sign."""
+    data_dir = pipeline.settings.data_dir
+    load_or_create_signer(pipeline.settings)  # the folder's first key
+    new_key = tmp_path / "rotated.pem"
+    new = Ed25519PrivateKey.generate()
+    new_key.write_bytes(
+        new.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    checkpoint(pipeline, Signer(new))
+    second = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(second, HELD, timeout=5)
+    rotated = {"PLANGATE_SIGNING_KEY_FILE": str(new_key)}
+    export = tmp_path / "audit.jsonl"
+
+    sealed = plangate_cli(data_dir, "audit", "checkpoint")
+    exported = plangate_cli(data_dir, "audit", "export", "-o", str(export), "--sign")
+    sealed_with_it = plangate_cli(data_dir, "audit", "checkpoint", env=rotated)
+
+    for refused in (sealed, exported):
+        said = " ".join(refused.stderr.split())
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "the gate's key was rotated" in said
+        assert "PLANGATE_SIGNING_KEY_FILE" in said
+    assert not export.exists()
+    assert sealed_with_it.returncode == 0, sealed_with_it.stderr

@@ -411,3 +411,33 @@ def test_an_executor_that_cannot_read_its_trusted_keys_folder_says_so_and_stops(
 
     assert started.returncode == 2, started.stderr
     assert f"cannot read the trusted keys folder {folder} (Permission denied)" in started.stderr
+
+
+def test_a_gate_pointed_at_a_new_key_warns_while_its_folder_holds_the_old_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After a rotation the gate's data folder still held the key it made at first, and
+    `audit checkpoint` and `audit export --sign` run there signed with it: the key a rotation
+    after a leak meant to retire. The gate says so at each start until it is moved out."""
+    first = load_or_create_signer(settings_in(tmp_path / "gate"))
+    new_key = tmp_path / "rotated.pem"
+    new_key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    rotated = Settings(data_dir=tmp_path / "gate", signing_key_file=new_key)
+
+    with caplog.at_level("WARNING", logger="plangate.signing"):
+        load_or_create_signer(rotated)
+    said = caplog.text
+    caplog.clear()
+    (tmp_path / "gate" / "keys" / "approval-signing.pem").rename(tmp_path / "old.pem")
+    with caplog.at_level("WARNING", logger="plangate.signing"):
+        load_or_create_signer(rotated)
+
+    assert f"the data folder still holds the signing key {first.key_id}" in said
+    assert "move it out of the folder" in said
+    assert "still holds" not in caplog.text

@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Literal, TextIO
 import typer
 from rich.markup import escape
 
+from plangate.cli.audit_store_checks import checked_store, refuse_a_rotated_folder_key
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
-from plangate.errors import AuditBroken, ConfigError, NotFound, quoted
-from plangate.printable import printable
+from plangate.errors import AuditBroken, NotFound, quoted
 
 if TYPE_CHECKING:
     from plangate.signing import TrustedKeys
     from plangate.store import Store
-    from plangate.store.audit import AuditReport
 
 app = group("Check and export the hash-chained audit log.")
 
@@ -83,7 +82,7 @@ def audit_verify(
 
     settings = load_settings()
     store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
-    report = _checked_store(store, settings.data_dir, _trusted(keys or []))
+    report = checked_store(store, settings.data_dir, _trusted(keys or []))
     # Checked before "intact" is said: it printed intact, then broken, in one run.
     anchored = None if against is None else _check_against(store, against)
     sealed = f", sealed by {report.checkpoints} checkpoints" if report.checkpoints else ""
@@ -100,75 +99,6 @@ def audit_verify(
     _warn_of_unsealed(store, settings.audit_checkpoint_seconds)
     if anchored is not None:
         typer.echo(anchored)
-
-
-def _checked_store(
-    store: Store, data_dir: Path, trusted: TrustedKeys, refused: str = ""
-) -> AuditReport:
-    """Check the store's chains, checkpoints and records; at the first break say it and exit 1.
-
-    `refused` is said after a break: what was not done because of it.
-    """
-    from plangate.store import audit, audit_records
-
-    try:
-        report = audit.verify(store, keys=trusted if len(trusted) else None)
-    except (ValueError, TypeError, LookupError) as exc:
-        # A value of a type plangate never writes there (text in a number column, a signature
-        # that is not JSON): the rows were changed outside plangate.
-        said = f"{type(exc).__name__}: {exc}"
-        err_console.print(
-            "[red]audit log broken[/]: a row holds what plangate never writes "
-            f"({escape(printable(said[:200]))}); it was changed outside plangate"
-        )
-        _say(refused)
-        raise typer.Exit(EXIT_FAILED) from None
-    if report.ok and report.checkpoints and not len(trusted):
-        # Not a break: with no key, what sealed the chains cannot be told from a forgery.
-        raise ConfigError(
-            f"the chains hold, but the {report.checkpoints} checkpoints' signatures cannot be "
-            "checked without the gate's public key: set PLANGATE_TRUSTED_KEYS_DIR to the "
-            "folder that holds it, or pass --key FILE"
-        )
-    if not report.ok:
-        seq = report.broken_at
-        where = "at" if seq is None else f"at entry {seq}{audit.placed(store, seq)}"
-        err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
-        _say(refused)
-        raise typer.Exit(EXIT_FAILED)
-    # Before the records: a checkpoint this gate's folder saw is gone means the log does not
-    # hold, and "records broken: the audit log holds, but ..." said otherwise.
-    _check_memory(store, data_dir, refused)
-    disagreement = audit_records.disagreement(store)
-    if disagreement is not None:
-        err_console.print(
-            "[red]records broken[/]: the audit log holds, but what `status` and the review "
-            f"show disagrees with it: {escape(printable(disagreement))}"
-        )
-        _say(refused)
-        raise typer.Exit(EXIT_FAILED)
-    if report.unchecked is not None:
-        # Last: every other check held. Exit 2, as for an export whose signer is unknown.
-        raise ConfigError(f"the chains and records hold, but {report.unchecked}")
-    return report
-
-
-def _say(line: str) -> None:
-    if line:
-        err_console.print(escape(line), highlight=False)
-
-
-def _check_memory(store: Store, data_dir: Path, refused: str = "") -> None:
-    """Fail if a checkpoint this data folder's sealer saw is gone (run in a gate's folder)."""
-    from plangate.checkpoint_memory import CheckpointMemory
-
-    try:
-        with store.reading() as session:
-            CheckpointMemory(data_dir).check(session)
-    except AuditBroken as exc:
-        err_console.print(f"[red]audit log broken[/]: {escape(str(exc))}")
-        _say(refused)
-        raise typer.Exit(EXIT_FAILED) from None
 
 
 def _warn_of_unsealed(store: Store, interval: float) -> None:
@@ -226,6 +156,7 @@ def audit_checkpoint(
     try:
         with store.session() as session:
             memory.check(session)
+            refuse_a_rotated_folder_key(settings, signer, session)
             written = audit_checkpoints.write(session, signer)
             said = (
                 f"checkpoint {written.id}: {written.chains} chains, {written.entries} entries"
@@ -299,7 +230,9 @@ def audit_export(
         # The gate's key vouches for what it signs: a log that does not verify is not signed.
         trusted = TrustedKeys([*_trusted([]).values(), signer.public_key])
         refused = "nothing exported: signed, it would vouch for a log that does not verify"
-        _checked_store(store, settings.data_dir, trusted, refused)
+        with store.reading() as session:
+            refuse_a_rotated_folder_key(settings, signer, session)
+        checked_store(store, settings.data_dir, trusted, refused)
     goal = _whole_goal_id(store, goal)
     summary = ExportSummary()
     entries = summary.counted(audit.export(store, since=after, goal_id=goal))

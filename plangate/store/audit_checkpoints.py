@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
+from plangate.errors import ConfigError
 from plangate.store.engine import Store
 from plangate.store.locks import lock_names
 from plangate.store.models import (
@@ -237,3 +238,32 @@ def unsealed(store: Store) -> Unsealed | None:
 
 class _SignerUnknown(Exception):
     """A checkpoint signed by a key not trusted here: not a break this check can tell."""
+
+
+def refuse_a_rotated_key(session: Session, key_id: str, where: str) -> None:
+    """Refuse to seal with the data folder's key when the newest checkpoint names another.
+
+    After a rotation the gate signs with PLANGATE_SIGNING_KEY_FILE, but its data folder still
+    holds the key it made at first: `audit checkpoint` and `audit export --sign` run there
+    without the setting signed with the old key, maybe the leaked one the rotation retired.
+    """
+    newest = session.execute(
+        select(AuditCheckpointRow.id, AuditCheckpointRow.signature)
+        .where(AuditCheckpointRow.signature.is_not(None))
+        .order_by(AuditCheckpointRow.id.desc())
+        .limit(1)
+    ).first()
+    if newest is None or not isinstance(newest[1], dict):
+        return
+    signers = {
+        str(signature.get("keyid"))
+        for signature in newest[1].get("signatures") or []
+        if isinstance(signature, dict)
+    }
+    if signers and key_id not in signers:
+        raise ConfigError(
+            f"the newest checkpoint ({newest[0]}) is signed by {', '.join(sorted(signers))}, "
+            f"not by the key in {where} ({key_id}): the gate's key was rotated; run this with "
+            "PLANGATE_SIGNING_KEY_FILE set to the key the gate signs with now, and move the old "
+            "one out of the data folder"
+        )
