@@ -23,13 +23,13 @@ from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from executor_worker.engine import DEFAULT_TOOL_TIMEOUT, StepOutcome
+from executor_worker.lacking_tools import hand_back_if_lacking
 from executor_worker.ledger import Claim, StepLedger, recorded_steps
 from executor_worker.plan_run import PlanRun
 from executor_worker.preview import Previewer
 from executor_worker.run_end import ACTOR, end_run, outcome_of
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
-from plangate.catalog import load_catalog
 from plangate.errors import ApprovalInvalid, Reject, Retry, UnknownSigner
 from plangate.signing import TrustedKeys, ensure_unexpired
 from plangate.store import (
@@ -51,10 +51,8 @@ from schemas import (
     Approval,
     ExecutionFailed,
     Message,
-    Plan,
     PlanApproved,
     PlanInvalid,
-    PlanProblem,
     PreviewRequested,
     StepFinished,
     plan_hash,
@@ -64,7 +62,6 @@ from schemas import (
 
 ANNOUNCERS = 4  # threads that tell of finished steps, for all of an executor's runs
 KEY_WAIT = 30.0  # before an approval signed by a key not trusted yet is checked again
-HAND_BACKS = 3  # tries of a plan by executors lacking its tools before its goal fails
 _HOLDS = cast(Table, HoldRow.__table__)
 # Asked on every run's start: a plain statement, built once (not the ORM's).
 _APPROVALS_REQUIRED = HotStatement(
@@ -117,7 +114,7 @@ class ExecutorHandler:
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.approved message (or a held plan's preview request)."""
         if isinstance(message, PreviewRequested):
-            return self._previewer(message)
+            return self._previewer(message, delivery.attempt)
         if not isinstance(message, PlanApproved):
             raise Reject(f"the executor does not handle {type(message).__name__}")
         if message.plan.goal_id != message.goal_id:
@@ -130,7 +127,10 @@ class ExecutorHandler:
             )
         except (ApprovalInvalid, PlanInvalid) as refusal:
             if isinstance(refusal, PlanInvalid):
-                refusal = self._lacking_tools(message.plan, delivery.attempt) or refusal
+                lacking = hand_back_if_lacking(
+                    message.plan, self._registry, self._store, delivery.attempt
+                )
+                refusal = lacking or refusal
             return self._refuse(message, refusal)
         plan_id = message.plan.plan_id
         with self._running_lock:
@@ -303,33 +303,6 @@ class ExecutorHandler:
         self._no_longer_running(plan.plan_id)
         run.announce_last()
         return envelopes
-
-    def _lacking_tools(self, plan: Plan, attempt: int) -> PlanInvalid | None:
-        """Hand back a plan whose tools the catalog has but this executor lacks (Retry).
-
-        Its plan is valid where the gate approved it: this executor was started with other
-        tools (PLANGATE_TOOLS), and another may have them. It failed the goal, "the plan is
-        invalid". Handed back a few times only: the catalog keeps tools no running executor
-        may offer any more, and a plan no executor takes is then failed, saying why (handed
-        back for ever, it went round the dead-letter queue and the reconciler).
-        """
-        missing = sorted({step.tool for step in plan.steps} - self._registry.catalog().keys())
-        if not missing or not set(missing) <= load_catalog(self._store).keys():
-            return None
-        said = ", ".join(missing)
-        if attempt < HAND_BACKS:
-            log.error(
-                "goal %s: this executor lacks the tools %s, which the catalog has: start it "
-                "with the PLANGATE_TOOLS of the executors that offer them; handed back meanwhile",
-                plan.goal_id,
-                said,
-            )
-            raise Retry(f"this executor lacks the tools {said}", delay=KEY_WAIT)
-        lacking = (
-            f"the executors that took it lack the tools {said}, which the catalog has: start "
-            "executors with the tools (PLANGATE_TOOLS), then retry the goal"
-        )
-        return PlanInvalid([PlanProblem("unknown_tool", lacking)])
 
     def _no_longer_running(self, plan_id: str) -> None:
         with self._running_lock:

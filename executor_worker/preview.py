@@ -27,6 +27,7 @@ from executor_worker.engine import (
     invoke,
     tool_span,
 )
+from executor_worker.lacking_tools import hand_back_if_lacking
 from executor_worker.output_bounds import PREVIEW_BUDGET_BYTES, PREVIEW_CHARS, json_size, kept_error
 from executor_worker.run_end import ACTOR
 from plangate import telemetry
@@ -131,7 +132,7 @@ class Previewer:
         self._pool = pool
         self._tool_timeout = tool_timeout
 
-    def __call__(self, message: PreviewRequested) -> Sequence[Envelope]:
+    def __call__(self, message: PreviewRequested, attempt: int = 1) -> Sequence[Envelope]:
         """Dry-run the plan if it is still held; on a redelivery, say the stored result again."""
         plan = message.plan
         digest = plan_hash(plan)
@@ -152,7 +153,11 @@ class Previewer:
         try:
             validate_plan(plan, self._registry.catalog())
         except PlanInvalid as invalid:
-            raise Reject(f"plan {plan.plan_id} cannot be previewed here: {invalid}") from invalid
+            # Tools another executor offers: handed on, as a run is (it was dead-lettered, and
+            # the reviewer's page said "not ready yet" for good).
+            lacking = hand_back_if_lacking(plan, self._registry, self._store, attempt)
+            said = lacking or invalid
+            raise Reject(f"plan {plan.plan_id} cannot be previewed here: {said}") from invalid
         with telemetry.tracer().start_as_current_span("preview plan") as span:
             span.set_attribute("plangate.plan_id", plan.plan_id)
             run = PreviewRun(plan, self._registry, self._pool, self._tool_timeout)

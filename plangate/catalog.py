@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, Text, select
+from sqlalchemy import Table, Text, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from plangate.store import Store, ToolCatalogRow
 from plangate.store.hot_statements import HotStatement
-from schemas import Catalog, ToolSpec
+from schemas import Catalog, ToolSpec, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,31 @@ _TOOLS = cast(Table, ToolCatalogRow.__table__)
 _CATALOG = HotStatement(select(_TOOLS.c.name, sql_cast(_TOOLS.c.spec, Text)))
 
 
+# An executor says it still offers its tools by touching their rows this often: an executor
+# lacking a plan's tools hands the plan back while another that offers them lives
+# (`executor_worker.lacking_tools`), and gives up on it once none has for `OFFER_LAPSES`.
+OFFER_REFRESH = timedelta(seconds=30)
+OFFER_LAPSES = timedelta(seconds=100)
+
+
+@dataclass
+class _Offered:
+    """The tools this process publishes, and when it last said it still offers them."""
+
+    names: set[str] = field(default_factory=set)
+    at: datetime = field(default_factory=lambda: datetime.min.replace(tzinfo=UTC))
+
+
+_offered = _Offered()
+
+
 def publish_catalog(store: Store, specs: Iterable[ToolSpec]) -> None:
     """Insert or replace the specs of the tools this executor offers."""
+    specs = list(specs)
+    _offered.names.update(spec.name for spec in specs)
+    _offered.at = utcnow()
     with store.session() as session:
+        _touch(session, [spec.name for spec in specs])
         for spec in specs:
             row = session.get(ToolCatalogRow, spec.name)
             body = spec.model_dump(mode="json")
@@ -50,6 +74,35 @@ def publish_catalog(store: Store, specs: Iterable[ToolSpec]) -> None:
                     ", ".join(fields),
                 )
                 row.spec = body
+
+
+def keep_offering(store: Store) -> None:
+    """Touch this process's tools in the catalog, at most once per `OFFER_REFRESH` (a sweep)."""
+    now = utcnow()
+    if not _offered.names or now - _offered.at < OFFER_REFRESH:
+        return
+    with store.session() as session:
+        _touch(session, sorted(_offered.names))
+    _offered.at = now
+
+
+def _touch(session: Session, names: list[str]) -> None:
+    if names:
+        session.execute(
+            update(ToolCatalogRow).where(ToolCatalogRow.name.in_(names)).values(updated_at=utcnow())
+        )
+
+
+def offered_lately(store: Store, names: Iterable[str]) -> dict[str, bool]:
+    """Return, for each tool in the catalog of `names`, whether an executor offered it lately."""
+    since = utcnow() - OFFER_LAPSES
+    with store.reading() as session:
+        rows = session.execute(
+            select(ToolCatalogRow.name, ToolCatalogRow.updated_at).where(
+                ToolCatalogRow.name.in_(list(names))
+            )
+        )
+        return {str(name): at >= since for name, at in rows}
 
 
 def load_catalog(store: Store) -> Catalog:

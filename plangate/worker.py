@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from plangate import metrics, telemetry
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
+from plangate.catalog import keep_offering
 from plangate.config import Settings
 from plangate.errors import BrokerUnavailable
 from plangate.health import start_health_server
@@ -147,6 +148,8 @@ class Worker:
                         deliver(store, bus, expire(store, utcnow()))
                     if seal is not None:
                         seal(store)
+                    if self.stage == "executor":  # it still offers its tools
+                        keep_offering(store)
                 except BrokerUnavailable as exc:  # said in full, once a sweep: no traceback
                     log.warning("sweep skipped: %s; will try again in %g s", exc, interval)
                 except OperationalError as exc:  # the database is down: said, as the broker

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import update
 
+from plangate import catalog as catalog_module
 from plangate.bus import Delivery
-from plangate.catalog import load_catalog, publish_catalog, read_catalog
+from plangate.catalog import keep_offering, load_catalog, publish_catalog, read_catalog
 from plangate.embedded import Pipeline
-from plangate.errors import Reject, Retry
+from plangate.errors import NotReady, Reject, Retry
 from plangate.signing import load_or_create_signer
 from plangate.stages import build_handler
 from plangate.store import Store, ToolCatalogRow
-from schemas import Plan, Step, ToolSpec
+from schemas import Plan, Step, ToolSpec, utcnow
 from tests.support import sign_approval
 
 READ = ToolSpec(
@@ -111,6 +113,12 @@ def test_an_executor_lacking_a_tool_others_offer_hands_the_plan_back_then_says_w
     """
     stock = ToolSpec(name="stock_level", effect="read", idempotent=True)
     publish_catalog(pipeline.store, [stock])  # as the other executor did at its start
+    with pipeline.store.session() as session:  # which has not said it offers it since
+        session.execute(
+            update(ToolCatalogRow)
+            .where(ToolCatalogRow.name == "stock_level")
+            .values(updated_at=utcnow() - timedelta(hours=1))
+        )
     plan = Plan(
         plan_id="p-stock", goal_id="g-stock", revision=1, steps=[Step(id="s", tool="stock_level")]
     )
@@ -120,7 +128,7 @@ def test_an_executor_lacking_a_tool_others_offer_hands_the_plan_back_then_says_w
     def delivered(attempt: int) -> Delivery:
         return Delivery("plangate.executor", "plan.approved", {}, attempt, redelivered=False)
 
-    with caplog.at_level(logging.ERROR, logger="executor_worker.handler"):
+    with caplog.at_level(logging.ERROR, logger="executor_worker.lacking_tools"):
         for attempt in (1, 2):
             with pytest.raises(Retry):
                 executor(approved, delivered(attempt))
@@ -132,3 +140,43 @@ def test_an_executor_lacking_a_tool_others_offer_hands_the_plan_back_then_says_w
     assert "this executor lacks the tools stock_level, which the catalog has" in said[0]
     assert "PLANGATE_TOOLS" in said[0]
     assert "the executors that took it lack the tools stock_level" in str(refused.value)
+
+
+def test_a_plan_whose_tools_an_executor_offered_lately_is_handed_on_without_end(
+    pipeline: Pipeline,
+) -> None:
+    """Given `stock_level` offered lately by another executor (its catalog row fresh), When a
+    plan calling it reaches an executor lacking it, even past its tries, Then it is handed on
+    without using an attempt (NotReady)."""
+    stock = ToolSpec(name="stock_level", effect="read", idempotent=True)
+    publish_catalog(pipeline.store, [stock])
+    plan = Plan(
+        plan_id="p-stock", goal_id="g-stock", revision=1, steps=[Step(id="s", tool="stock_level")]
+    )
+    approved = sign_approval(load_or_create_signer(pipeline.settings), plan)
+    executor = build_handler("executor", pipeline.settings, pipeline.store, pipeline.bus)
+
+    for attempt in (1, 3, 9):
+        delivery = Delivery("plangate.executor", "plan.approved", {}, attempt, redelivered=False)
+        with pytest.raises(NotReady, match="lacks the tools stock_level; handed on"):
+            executor(approved, delivery)
+
+
+def test_an_executor_says_it_still_offers_its_tools_at_most_every_thirty_seconds(
+    store: Store,
+) -> None:
+    """The sweep calls it every few seconds; the rows are written at most twice a minute."""
+    publish_catalog(store, [READ])
+    with store.session() as session:
+        session.execute(update(ToolCatalogRow).values(updated_at=utcnow() - timedelta(hours=1)))
+
+    keep_offering(store)  # published just now: not yet
+    with store.reading() as session:
+        stale = session.get_one(ToolCatalogRow, READ.name).updated_at
+    catalog_module._offered.at -= timedelta(seconds=31)
+    keep_offering(store)
+    with store.reading() as session:
+        fresh = session.get_one(ToolCatalogRow, READ.name).updated_at
+
+    assert utcnow() - stale > timedelta(minutes=59)
+    assert utcnow() - fresh < timedelta(seconds=5)

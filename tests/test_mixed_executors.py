@@ -1,0 +1,98 @@
+"""Executors started with different tools, as separate processes on one broker and store.
+
+During a rollout, or with tool modules split by team, one executor may lack a tool another
+offers. A plan it cannot run is handed on to the executors that offer its tools, for as long as
+one has said lately that it does; only when none has is the goal failed, saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plangate.catalog import load_catalog
+from plangate.client import Client
+from plangate.store import open_store
+from tests.conftest import SEED_GOAL
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.support import eventually
+
+pytestmark = pytest.mark.redis
+
+APPROVE_ALL = """\
+rules:
+  - name: approve-all
+    match: "true"
+    action: approve
+    reason: the tests approve everything
+"""
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(APPROVE_ALL)
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
+        folder=tmp_path,
+        extra_env={"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS},
+    )
+    upgrade = fleet.plangate("db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()
+
+
+def test_a_plan_waits_for_the_executor_offering_its_tools_and_runs_once_it_is_back(
+    fleet: Fleet,
+) -> None:
+    """Given a planner, a gate and two executors, one started without `notify_oncall`, the
+    other (which offers it) stopped for a moment, as in a rolling restart,
+    When goals needing it are approved meanwhile, and more once it is back,
+    Then every goal completes, each page sent once: the executor lacking the tool hands each
+    plan on while the catalog says an executor offered it lately. It handed a plan back three
+    times, then failed its goal ("the plan is invalid"), even with an executor offering the
+    tool running beside it (one plan in eight landed on the one lacking it three times).
+    """
+    fleet.start("planner")
+    fleet.start("gate")
+    full = fleet.start("executor")
+    fleet.start("executor", PLANGATE_TOOLS="tests.partial_tools")
+    client = Client(fleet.settings())
+    try:
+        store = open_store(fleet.database_url)
+        try:
+            eventually(
+                lambda: "notify_oncall" in load_catalog(store), what="the full executor's catalog"
+            )
+        finally:
+            store.close()
+        full.terminate()
+        full.wait(timeout=20)
+        waiting = [client.submit(f"{SEED_GOAL} [{n}]") for n in range(4)]
+        eventually(
+            lambda: "handed on" in (fleet.folder / "executor-3.log").read_text(),
+            what="the executor lacking the tool handing a plan on",
+            timeout=20,
+        )
+        # Past three tries each (2 s apart): the old hand-back had failed them by now.
+        eventually(
+            lambda: (fleet.folder / "executor-3.log").read_text().count("handed on") >= 12,
+            what="every plan handed on three times",
+            timeout=30,
+        )
+        assert {h.status().status for h in waiting} == {"approved"}, fleet.logs()
+        fleet.start("executor")  # back, as after a rolling restart
+        more = [client.submit(f"{SEED_GOAL} [{n}]") for n in range(4, 8)]
+        ended = [h.wait(timeout=60, until={"completed", "failed"}) for h in waiting + more]
+    finally:
+        client.close()
+
+    assert [goal.status for goal in ended] == ["completed"] * 8, fleet.logs()
+    pages = (fleet.folder / "notifications.jsonl").read_text().splitlines()
+    assert len(pages) == 8
