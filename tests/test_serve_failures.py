@@ -143,3 +143,53 @@ def test_a_database_that_stops_answering_is_a_503_to_retry_and_serve_recovers(
         assert "Traceback" not in log
         again = httpx.post(f"{served.url}/api/v1/goals", json={"text": "count"}, timeout=10)
         assert again.status_code in (201, 202), again.text
+
+
+@pytest.mark.postgres
+def test_a_connection_the_database_dropped_is_a_503_to_retry_though_it_answers_again(
+    tmp_path: Path, redis_url: str, postgres_database_url: str
+) -> None:
+    """Given `serve` on PostgreSQL with a connection in its pool, When the database ends its
+    sessions and answers again at once (an immediate restart, a failover), Then the request
+    that meets the dead connection gets a 503 with Retry-After, as in any restart: the database
+    answered the probe by then, and it was a 500 a retrying client gives up on. The next one
+    goes through."""
+    with serving(tmp_path, redis_url, postgres_database_url) as served:
+        first = httpx.post(f"{served.url}/api/v1/goals", json={"text": "count"}, timeout=10)
+        assert first.status_code in (201, 202), first.text
+        with refusing_connections(postgres_database_url):
+            pass  # its sessions ended; connections allowed again at once
+        dropped = httpx.post(f"{served.url}/api/v1/goals", json={"text": "count"}, timeout=10)
+        again = httpx.post(f"{served.url}/api/v1/goals", json={"text": "count"}, timeout=10)
+
+    assert dropped.status_code == 503, dropped.text
+    assert dropped.headers["retry-after"] == "5"
+    assert again.status_code in (201, 202), again.text
+
+
+def test_a_dropped_connection_is_a_503_even_when_the_store_answers_the_probe() -> None:
+    """The request's connection died in a restart the database is already back from: the
+    probe beside it answers, and the failure was taken for plangate's own (500). A connection
+    SQLAlchemy invalidated is a 503 to try again."""
+    import asyncio
+    import time as clock
+
+    from fastapi import FastAPI
+    from sqlalchemy.exc import OperationalError
+    from starlette.requests import Request
+
+    from plangate.server.errors import install_handlers
+
+    app = FastAPI()
+    install_handlers(app)
+    app.state.store_probed = (clock.monotonic(), None)  # the probe just found it answering
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/goals", "headers": [], "app": app}
+    dropped = OperationalError("COMMIT", {}, Exception("server closed the connection"))
+    dropped.connection_invalidated = True
+    handler = app.exception_handlers[OperationalError]
+
+    answer = asyncio.run(handler(Request(scope), dropped))  # type: ignore[arg-type]
+
+    assert answer.status_code == 503
+    assert b"the database connection was lost" in bytes(answer.body)
+    assert answer.headers["retry-after"] == "5"

@@ -183,6 +183,10 @@ async def _store_failed(request: Request, exc: Exception) -> Response:
     `/readyz` said the same in one line. Any other failure of the database is still a 500.
     """
     problem = await run_in_threadpool(_store_problem, request)
+    if problem is None and getattr(exc, "connection_invalidated", False):
+        # The server came back before the probe looked (an immediate restart): the request's
+        # connection was the old one's. Worth trying again, as any restart's 503.
+        problem = "the database connection was lost (the database restarted?)"
     where = f"{request.method} {request.url.path[:200]}"
     if problem is None:
         _log.error("%s failed on the store", where, exc_info=exc)
