@@ -163,4 +163,5 @@ def _steer(
     if as_json:
         typer.echo(json.dumps(state, default=json_default))
     else:
-        typer.echo(f"goal {goal_id}: {state['status']} — {state.get('reason') or ''}")
+        said = state.get("reason")  # none for a move the goal's state gives no reason for
+        typer.echo(f"goal {goal_id}: {state['status']}" + (f" — {said}" if said else ""))
