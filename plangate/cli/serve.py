@@ -43,6 +43,7 @@ def serve(
     from plangate.logs import setup_logging
     from plangate.server import create_app
     from plangate.server.clean_exit import CleanExitServer
+    from plangate.server.header_deadline import HeaderDeadline
 
     settings = load_settings()
     setup_logging(settings.log_level, stage="serve")
@@ -70,5 +71,6 @@ def serve(
             log_config=None,
             proxy_headers=bool(trusted),
             forwarded_allow_ips=trusted or None,
+            http=HeaderDeadline,  # a request's headers have 30 s to arrive
         )
         CleanExitServer(config).run(sockets=[listening])
