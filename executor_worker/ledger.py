@@ -25,6 +25,7 @@ from typing import Any, Literal, cast
 from sqlalchemy import Table, bindparam, literal, select, update
 from sqlalchemy.orm import Session
 
+from executor_worker.step_entries import called_with, ended_entry
 from plangate.cancellation import cancelled_in, is_cancelled
 from plangate.errors import Retry
 from plangate.store import StepRunRow, Store, audit
@@ -114,6 +115,8 @@ class StepLedger:
         # is worth waiting out a database outage for only until then (another executor may
         # take the step over after).
         self._lease_ends: dict[str, float] = {}
+        # What each step this run called was called with, for its end's audit entry.
+        self._calls: dict[str, dict[str, Any]] = {}
 
     def transaction(self) -> AbstractContextManager[Session]:
         """Open one transaction for several of the calls below (each takes `session=`)."""
@@ -124,6 +127,15 @@ class StepLedger:
         if session is not None:
             return cancelled_in(session, self._plan.goal_id)
         return is_cancelled(self._store, self._plan.goal_id)
+
+    def calling(self, step: Step, args: dict[str, Any], key: str | None) -> None:
+        """Note the arguments (references filled in) a step is called with, and a write's key.
+
+        Its end's audit entry holds them: an auditor reads what a write ran with, not only
+        the plan's `${total}`. Arguments past `ARGS_KEPT` bytes of JSON are named by their
+        digest alone (they come from outputs the records hold).
+        """
+        self._calls[step.id] = called_with(args, key)
 
     def recorded(self, step: Step) -> Claim | None:
         """Return the step's record from before this run started, if it had finished."""
@@ -171,7 +183,7 @@ class StepLedger:
             row.error = "the executor calling it died mid-call, or could not record its result"
             # Said in the log as every step's end is: it read as claimed and never ended.
             key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
-            self._audit(session, "step.unknown", _ended(key, None, row.error))
+            self._audit(session, "step.unknown", ended_entry(key, None, row.error))
             return Claim("unknown", row.attempt, "unknown", None, row.error)
         # Read before the UPDATE: the ORM then refreshes `row` to the new attempt.
         attempt = row.attempt + 1
@@ -262,7 +274,8 @@ class StepLedger:
             if row.lease_until is not None and row.lease_until > now:
                 raise _held_elsewhere(step.id, row.lease_until, now)
             _finish(row, status, output, error, now)
-        self._audit(session, f"step.{status}", _ended(key, output, error))
+        said = {**key, **self._calls.get(step.id, {})}
+        self._audit(session, f"step.{status}", ended_entry(said, output, error))
         return Claim("done", 1, status, output, error)
 
     def record(
@@ -321,7 +334,8 @@ class StepLedger:
         else:
             finished = {"new_status": status, "new_output": output, "new_error": error}
             _FINISH.rows(session, {**ids, **finished, "now": now})
-        self._audit(session, f"step.{status}", _ended(key, output, error))
+        said = {**key, **self._calls.get(step.id, {})}
+        self._audit(session, f"step.{status}", ended_entry(said, output, error))
 
     def _locked(self, session: Session, step: Step) -> StepRunRow | None:
         """Return the step's row, locked until the transaction ends (None if it has none)."""
@@ -333,15 +347,6 @@ class StepLedger:
 
     def _audit(self, session: Session, kind: str, data: dict[str, Any]) -> None:
         audit.append(session, kind, actor="executor", goal_id=self._plan.goal_id, data=data)
-
-
-def _ended(key: dict[str, str], output: Any, error: str | None) -> dict[str, Any]:
-    """Return a step's audit entry: its output's digest, so that a changed row shows.
-
-    The output itself is kept in the step's row (it may be large); `plangate audit verify`
-    checks the row against this digest.
-    """
-    return {**key, "error": error, "output_sha256": output_digest(output)}
 
 
 def _holds(

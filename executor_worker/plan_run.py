@@ -175,6 +175,7 @@ class PlanRun(DagWalk):
         tool = self._registry.get(step.tool)
         with tool_span(step) as span:
             key = idempotency_key(self._plan.goal_id, step, args)
+            self._ledger.calling(step, args, key if tool.spec.effect == "write" else None)
             if tool.spec.effect == "read":
                 earlier = self._ledger.recorded(step)
                 if earlier is not None:

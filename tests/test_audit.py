@@ -931,3 +931,33 @@ def test_sealing_with_the_folders_first_key_after_a_rotation_is_refused(
         assert "PLANGATE_SIGNING_KEY_FILE" in said
     assert not export.exists()
     assert sealed_with_it.returncode == 0, sealed_with_it.stderr
+
+
+def test_each_step_entry_says_what_it_was_called_with_and_a_write_its_key(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """An auditor asked with which amount a refund ran: the log held the plan's `${total}`,
+    and the value only where the tool echoed it. Each step's entry now holds its arguments with
+    the references filled in, and a write's idempotency key."""
+    ended = {
+        entry["data"]["step_id"]: entry["data"]
+        for entry in audit.export(pipeline.store, goal_id=completed_run)
+        if entry["kind"] == "step.succeeded"
+    }
+
+    message = ended["notify"]["args"]["message"]
+    assert "${" not in message
+    assert str(ended["count"]["output_sha256"]).startswith("sha256:")
+    assert isinstance(ended["notify"]["idempotency_key"], str)
+    assert ended["count"]["args"] == {}
+    assert "idempotency_key" not in ended["count"]
+
+
+def test_arguments_too_large_to_keep_are_named_by_their_digest() -> None:
+    from executor_worker.step_entries import ARGS_KEPT, called_with
+
+    said = called_with({"body": "x" * (ARGS_KEPT + 1)}, "k-1")
+
+    assert "args" not in said
+    assert said["args_sha256"]
+    assert said["idempotency_key"] == "k-1"
