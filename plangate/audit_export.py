@@ -143,7 +143,9 @@ def _part(scope: object) -> str | None:
     if not isinstance(scope, dict):
         return None
     chosen = [
-        f"{name} {scope[name]}" for name in ("goal", "since") if isinstance(scope.get(name), str)
+        f"{name} {scope[name]}"
+        for name in ("goal", "since", "until")
+        if isinstance(scope.get(name), str)
     ]
     return " and ".join(chosen) or None
 

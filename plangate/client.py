@@ -255,21 +255,23 @@ class Client:
         search: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        until: datetime | str | None = None,
     ) -> GoalPage:
         """Return the newest goals matching the filters, a page at a time (`next_cursor`).
 
-        `since` is a time, or as the API and the CLI take it: an age (30m, 2h, 7d) or an ISO
-        time. InputInvalid if it is neither.
+        `since` and `until` (submitted before) are times, or as the API and the CLI take them:
+        an age (30m, 2h, 7d) or an ISO time. InputInvalid if either is neither.
         """
-        if isinstance(since, str):
-            since = parse_since(since)
-        elif since is not None and not isinstance(since, datetime):
-            raise InputInvalid(
-                f"since must be a datetime or text such as '7d', not {type(since).__name__}"
-            )
+        newer_than, older_than = _moment(since, "since"), _moment(until, "until")
         with self._store.reading() as session:
             return list_goals(
-                session, state=state, since=since, search=search, limit=limit, cursor=cursor
+                session,
+                state=state,
+                since=newer_than,
+                search=search,
+                limit=limit,
+                cursor=cursor,
+                until=older_than,
             )
 
     def status(self, goal_id: str, *, exact: bool = False) -> GoalStatus:
@@ -352,3 +354,13 @@ def _result(step: Mapping[str, Any], run: StepRunRow | None, goal_status: str) -
     if run.finished_at is not None:
         duration = round((run.finished_at - run.started_at).total_seconds() * 1000, 1)
     return StepResult(step_id, tool, run.status, run.output, run.error, duration, run.attempt)
+
+
+def _moment(given: datetime | str | None, name: str) -> datetime | None:
+    if isinstance(given, str):
+        return parse_since(given, name) if given else None  # `?since=`: no filter, as before
+    if given is not None and not isinstance(given, datetime):
+        raise InputInvalid(
+            f"{name} must be a datetime or text such as '7d', not {type(given).__name__}"
+        )
+    return given

@@ -961,3 +961,28 @@ def test_arguments_too_large_to_keep_are_named_by_their_digest() -> None:
     assert "args" not in said
     assert said["args_sha256"]
     assert said["idempotency_key"] == "k-1"
+
+
+def test_an_export_until_a_time_holds_only_the_entries_before_it_and_says_so_signed(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """A quarter's export: `--since` was the only bound, so everything after the quarter came
+    with it. `--until` ends it, and a signed manifest says which part it holds."""
+    data_dir = pipeline.settings.data_dir
+    assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
+    target = tmp_path / "q.jsonl"
+
+    none = plangate_cli(data_dir, "audit", "export", "--until", "2000-01-01")
+    every = plangate_cli(data_dir, "audit", "export", "--until", "2999-01-01")
+    whole = plangate_cli(data_dir, "audit", "export")
+    signed = plangate_cli(
+        data_dir, "audit", "export", "--until", "2999-01-01", "-o", str(target), "--sign"
+    )
+    verified = plangate_cli(data_dir, "audit", "verify", "--export", str(target))
+
+    assert none.returncode == 0, none.stderr
+    assert none.stdout == ""
+    assert every.stdout == whole.stdout
+    assert signed.returncode == 0, signed.stderr
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "until 2999-01-01" in verified.stdout + verified.stderr

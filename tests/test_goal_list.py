@@ -170,3 +170,24 @@ def test_a_filter_given_twice_or_a_search_holding_nul_is_refused(base_url: str) 
 
     assert twice == (422, {"error": "give state once: the list is filtered by one state"})
     assert nul == (422, {"error": "search text cannot hold NUL; search for words"})
+
+
+def test_until_lists_only_goals_submitted_before_it_in_the_cli_and_the_api(
+    fleet: Fleet,  # noqa: F811
+    base_url: str,  # noqa: F811
+    goals: dict[str, str],
+) -> None:
+    """An auditor exporting a quarter had only `--since`: everything after it came too."""
+    before_them = fleet.plangate("goals", "list", "--until", "2000-01-01", "--json")
+    up_to_now = fleet.plangate("goals", "list", "--until", "2999-01-01", "--json")
+    status, api_before = listed(base_url, until="2000-01-01T00:00:00Z")
+    wrong = fleet.plangate("goals", "list", "--until", "tomorrow")
+
+    assert before_them.returncode == 0, before_them.stderr
+    assert before_them.stdout == ""
+    shown = {json.loads(line)["goal_id"] for line in up_to_now.stdout.splitlines()}
+    assert set(goals.values()) <= shown
+    assert status == 200
+    assert api_before["goals"] == []
+    assert wrong.returncode == 2
+    assert "until 'tomorrow' is neither an age" in wrong.stderr

@@ -186,6 +186,13 @@ def audit_export(
             help="Only entries since: an age (2h, 7d) or an ISO 8601 time (UTC if it names none).",
         ),
     ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            metavar="AGE|TIME",
+            help="Only entries before: an age (2h, 7d) or an ISO 8601 time (a quarter's end).",
+        ),
+    ] = None,
     goal: Annotated[str | None, typer.Option(metavar="GOAL_ID", help="Only this goal.")] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write here, not stdout.")
@@ -223,6 +230,7 @@ def audit_export(
         given = "--sign" if sign else "--records"
         raise typer.BadParameter(f"{given} needs --output FILE: it is written beside it")
     after = parse_since(since) if since is not None else None  # as `goals list --since`
+    before = parse_since(until, "until") if until is not None else None
     settings = load_settings()
     signer = load_signer(settings) if sign else None  # refused before anything is written
     store = open_store(settings.resolved_database_url(), upgrade=False)
@@ -235,7 +243,7 @@ def audit_export(
         checked_store(store, settings.data_dir, trusted, refused)
     goal = _whole_goal_id(store, goal)
     summary = ExportSummary()
-    entries = summary.counted(audit.export(store, since=after, goal_id=goal))
+    entries = summary.counted(audit.export(store, since=after, goal_id=goal, until=before))
     with _replacing(output) if output else _stdout() as stream:
         if output_format == "csv":
             writer = csv.DictWriter(stream, fieldnames=audit.EXPORT_FIELDS)
@@ -258,7 +266,8 @@ def audit_export(
     store.close()
     if signer is not None and output is not None:
         when = after.isoformat() if after is not None else None
-        scope = {"format": output_format, "since": when, "goal": goal}
+        end = before.isoformat() if before is not None else None
+        scope = {"format": output_format, "since": when, "until": end, "goal": goal}
         signed = sign_export(output, summary, signer, scope, beside)
         said = f"{summary.count} entries written to {output}; signed manifest {signed}"
         err_console.print(escape(said))

@@ -33,6 +33,10 @@ def list_goals(
         str | None,
         typer.Option(metavar="AGE|TIME", help="Only goals submitted since: 2h, 7d, or ISO time."),
     ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(metavar="AGE|TIME", help="Only goals submitted before: 2h, 7d, or ISO time."),
+    ] = None,
     search: Annotated[
         str | None, typer.Option(metavar="TEXT", help="Only goals whose text holds TEXT.")
     ] = None,
@@ -50,12 +54,10 @@ def list_goals(
     stderr: pass it with --after (and the same filters) to go on.
     """
     from plangate.client import Client
-    from plangate.store.goal_list import parse_since
 
-    newer_than = parse_since(since) if since else None
     with Client(load_settings()) as client:
         page = client.list_goals(
-            state=state, since=newer_than, search=search, limit=limit, cursor=after
+            state=state, since=since, search=search, limit=limit, cursor=after, until=until
         )
     if as_json:
         for goal in page.goals:

@@ -23,7 +23,7 @@ from plangate.server.errors import ApiError
 from plangate.server.intake import CLOUDEVENT_JSON, EventGoal, GoalRequest, parse_goal
 from plangate.server.json_bodies import JSON, documented_body, read_body
 from plangate.server.reviewers import Reviewer, require_reviewer
-from plangate.store.goal_list import MAX_PAGE, parse_since
+from plangate.store.goal_list import MAX_PAGE
 
 # Each route says who may call it: submitting takes the intake token (when one is set);
 # listing, cancelling and retrying a reviewer's; a goal's state either. (One token for the
@@ -184,7 +184,7 @@ class GoalList(BaseModel):
 
 def _each_filter_once(request: Request) -> None:
     """Refuse a filter given twice (`?state=held&state=failed`): the last one was used."""
-    for name in ("state", "since", "search", "limit", "cursor"):
+    for name in ("state", "since", "until", "search", "limit", "cursor"):
         if len(request.query_params.getlist(name)) > 1:
             raise ApiError(422, f"give {name} once: the list is filtered by one {name}")
 
@@ -198,17 +198,16 @@ def goal_list(
     _once: Annotated[None, Depends(_each_filter_once)],
     state: Annotated[str | None, Query(max_length=32)] = None,
     since: Annotated[str | None, Query(max_length=40, description="2h, 7d or ISO time")] = None,
+    until: Annotated[
+        str | None, Query(max_length=40, description="submitted before: 2h, 7d or ISO time")
+    ] = None,
     search: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> GoalList:
     """List goals newest first, filtered by state, age and text (reviewers only)."""
     page = client.list_goals(
-        state=state,
-        since=parse_since(since) if since else None,
-        search=search,
-        limit=limit,
-        cursor=cursor,
+        state=state, since=since, search=search, limit=limit, cursor=cursor, until=until
     )
     items = [GoalListItem(**asdict(goal)) for goal in page.goals]
     return GoalList(goals=items, next_cursor=page.next_cursor)

@@ -354,9 +354,14 @@ EXPORT_FIELDS = (
 
 
 def export(
-    store: Store, *, since: datetime | None = None, goal_id: str | None = None, batch: int = 500
+    store: Store,
+    *,
+    since: datetime | None = None,
+    goal_id: str | None = None,
+    batch: int = 500,
+    until: datetime | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield audit entries in `seq` order (optionally from `since`, for one goal), with hashes.
+    """Yield audit entries in `seq` order (from `since`, before `until`, of one goal), hashed.
 
     Read in batches so an export of a long history never holds it all in memory.
     """
@@ -375,6 +380,7 @@ def export(
         if not entries:
             return
         for entry in entries:
-            if since is None or datetime.fromisoformat(entry["at"]) >= since:
+            at = datetime.fromisoformat(entry["at"])
+            if (since is None or at >= since) and (until is None or at < until):
                 yield entry
         after = entries[-1]["seq"]

@@ -28,23 +28,26 @@ _AGO = re.compile(r"^(\d{1,6})([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
-def parse_since(text: str) -> datetime:
-    """Read `--since`: an age (30m, 2h, 7d, 1w) or an ISO-8601 time (UTC if it names no zone)."""
+def parse_since(text: str, name: str = "since") -> datetime:
+    """Read `--since` (or `--until`, `name`): an age (30m, 2h, 7d, 1w) or an ISO-8601 time.
+
+    A time that names no zone is UTC.
+    """
     text = text.strip()
     if match := _AGO.match(text):
         try:
             return utcnow() - timedelta(**{_UNITS[match[2]]: int(match[1])})
         except OverflowError:  # 999999w: before the first year there is
             raise InputInvalid(
-                f"since {text!r} goes back past year 1; give a shorter age"
+                f"{name} {text!r} goes back past year 1; give a shorter age"
             ) from None
     if re.fullmatch(r"\d+[smhdw]", text):
-        raise InputInvalid(f"since {text!r} is too long an age: at most six digits (e.g. 90d)")
+        raise InputInvalid(f"{name} {text!r} is too long an age: at most six digits (e.g. 90d)")
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
         raise InputInvalid(
-            f"since {text!r} is neither an age (30m, 2h, 7d, 1w) nor an ISO time "
+            f"{name} {text!r} is neither an age (30m, 2h, 7d, 1w) nor an ISO time "
             "(2026-12-01 or 2026-12-01T09:00:00Z)"
         ) from None
     return at if at.tzinfo else at.replace(tzinfo=UTC)
@@ -80,6 +83,7 @@ def list_goals(
     search: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    until: datetime | None = None,
 ) -> GoalPage:
     """Return the newest goals matching every filter given, `limit` at most (1-200)."""
     if not 1 <= limit <= MAX_PAGE:
@@ -91,6 +95,8 @@ def list_goals(
         query = query.where(GoalRow.status == state)
     if since is not None:
         query = query.where(GoalRow.created_at >= since)
+    if until is not None:
+        query = query.where(GoalRow.created_at < until)
     if search:
         if len(search) > _MAX_SEARCH:
             raise InputInvalid(f"search text is limited to {_MAX_SEARCH} characters")
