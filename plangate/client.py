@@ -278,8 +278,9 @@ class Client:
         """Return where a goal stands (NotFound if there is none).
 
         A person may give a short id; `exact`: only the whole id (a program's, see `get_goal`).
+        Read at one moment: the goal's state, its plan's decision and steps agree.
         """
-        with self._store.reading() as session:
+        with self._store.snapshot() as session:
             goal = get_goal(session, goal_id, typed=True, exact=exact)
             plan = latest_plan(session, goal.id)  # goal_id may be a short start of goal.id
             base = GoalStatus(

@@ -415,3 +415,21 @@ def two_pooled_connections_dropped_by_the_server(store: Store, url: str) -> int:
             )
     finally:
         killer.dispose()
+
+
+def test_a_snapshot_reads_every_statement_at_one_moment(store: Store) -> None:
+    """`status` read a goal's row, then its decision, each at its own moment on PostgreSQL: a
+    goal moved between the two was shown `proposed` beside the decision that held it."""
+    with store.session() as session:
+        session.execute(text("CREATE TABLE moments (n integer)"))
+        session.execute(text("INSERT INTO moments VALUES (1)"))
+
+    with store.snapshot() as session:
+        first = session.execute(text("SELECT n FROM moments")).scalar_one()
+        with store.session() as writer:  # another process moving it meanwhile
+            writer.execute(text("UPDATE moments SET n = 2"))
+        again = session.execute(text("SELECT n FROM moments")).scalar_one()
+    with store.reading() as session:
+        now = session.execute(text("SELECT n FROM moments")).scalar_one()
+
+    assert (first, again, now) == (1, 1, 2)

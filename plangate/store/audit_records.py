@@ -69,11 +69,9 @@ def disagreement(store: Store, *, batch: int = 200) -> str | None:
         return gone
     after = ""
     while True:
-        with store.reading() as session:
-            if session.get_bind().dialect.name == "postgresql":
-                # One snapshot for the batch: a goal moved between two of its statements, by a
-                # worker running beside the check, read as a row changed outside plangate.
-                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        # One snapshot for the batch: a goal moved between two of its statements, by a worker
+        # running beside the check, read as a row changed outside plangate.
+        with store.snapshot() as session:
             goals = list(
                 session.execute(
                     select(GoalRow).where(GoalRow.id > after).order_by(GoalRow.id).limit(batch)

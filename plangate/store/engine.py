@@ -123,6 +123,18 @@ class Store:
         with self._readers() as session:
             yield session
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """Open a reading transaction whose statements all see one moment, on any database.
+
+        SQLite's reads do; PostgreSQL's default sees each statement's own moment, and a goal
+        read before its move and its decision after it was shown "proposed" and "held" at once.
+        """
+        with self.reading() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            yield session
+
     def close(self) -> None:
         """Release every pooled connection, and every thread's own."""
         if self._kept is not None:
