@@ -155,7 +155,8 @@ class Previewer:
         except PlanInvalid as invalid:
             # Tools another executor offers: handed on, as a run is (it was dead-lettered, and
             # the reviewer's page said "not ready yet" for good).
-            lacking = hand_back_if_lacking(plan, self._registry, self._store, attempt)
+            asked_at = message.occurred_at
+            lacking = hand_back_if_lacking(plan, self._registry, self._store, attempt, asked_at)
             said = lacking or invalid
             raise Reject(f"plan {plan.plan_id} cannot be previewed here: {said}") from invalid
         with telemetry.tracer().start_as_current_span("preview plan") as span:

@@ -124,9 +124,16 @@ class JsonFormatter(json_logger.JsonFormatter):
         log_data.update(_process_fields)
         log_data.update(_bound.get())
         # A line may name the trace it belongs to (a goal's move, logged after its commit):
-        # that wins over the current span, which may be an HTTP request's.
-        ids = None if hasattr(record, "trace_id") else telemetry.current_span_ids()
-        if ids:
+        # that wins over the bound fields and the current span (maybe an HTTP request's).
+        named = getattr(record, "trace_id", None)
+        if named is not None:
+            log_data["trace_id"] = named
+            span_id = getattr(record, "span_id", None)
+            if span_id is None:
+                log_data.pop("span_id", None)
+            else:
+                log_data["span_id"] = span_id
+        elif ids := telemetry.current_span_ids():
             log_data["trace_id"], log_data["span_id"] = ids
 
     def format(self, record: logging.LogRecord) -> str:

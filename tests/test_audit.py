@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
 
+from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.signing import Signer, TrustedKeys, load_or_create_signer
 from plangate.stages import build_sealing
@@ -986,3 +987,54 @@ def test_an_export_until_a_time_holds_only_the_entries_before_it_and_says_so_sig
     assert signed.returncode == 0, signed.stderr
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "until 2999-01-01" in verified.stdout + verified.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"customer": 2**60},
+        {"ratio": float("nan")},
+        {"deep": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]},
+    ],
+    ids=["integer past 2**53", "NaN", "deeper than kept"],
+)
+def test_arguments_the_entrys_hash_cannot_hold_are_named_by_their_digest(
+    args: dict[str, object],
+) -> None:
+    """A write fed a read's id of 2**60 had its end's entry refused by RFC 8785 (which the
+    entry's hash uses): the step stayed `running`, then `unknown`, for every such plan."""
+    from executor_worker.step_entries import called_with
+    from plangate.store.audit_records import output_digest
+    from schemas import canonical_json
+
+    said = called_with(args, "k-1")
+
+    assert "args" not in said
+    assert said["args_sha256"] == output_digest(args)
+    canonical_json(said)  # the entry holding it can be hashed
+
+
+def test_a_hold_and_an_approval_whose_role_holds_a_secret_verify_redacted_as_recorded(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The log keeps every text redacted of the secrets its writer knew, a role's name too:
+    a role holding one was recorded `ops-[redacted]`, and the check of the hold compared it
+    with the row's `ops-zqsecret77` as unequal, calling a clean run tampered with."""
+    from plangate.redaction import register_secret
+    from tests.support import running_pipeline, write_yaml
+
+    register_secret("zqsecret77")
+    role = "ops-zqsecret77"
+    policy = write_yaml(
+        tmp_path / "policy.yaml",
+        {"rules": [{"name": "ops", "match": "true", "action": "hold", "reason": "r",
+                    "requires_role": role}]},
+    )  # fmt: skip
+    with running_pipeline(settings, policy_file=policy) as pipeline:  # checks the records
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+        pipeline.approve(plan_id, "alice", roles=frozenset({role}))
+        assert pipeline.wait_for(goal_id, timeout=5).status == "completed"
+        held = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "goal.held"]
+        assert held[0].data["required_roles"] == ["ops-[redacted]"]

@@ -180,3 +180,32 @@ def test_an_executor_says_it_still_offers_its_tools_at_most_every_thirty_seconds
 
     assert utcnow() - stale > timedelta(minutes=59)
     assert utcnow() - fresh < timedelta(seconds=5)
+
+
+def test_a_plan_handed_on_for_ten_minutes_is_tried_as_one_no_executor_can_run(
+    pipeline: Pipeline,
+) -> None:
+    """Tools split between executors, none with all of a plan's: each offered lately, each
+    executor handed the plan on to the other, for ever. Ten minutes after the approval was made,
+    it is handed back as lacking (an attempt each), then its goal fails saying why."""
+    stock = ToolSpec(name="stock_level", effect="read", idempotent=True)
+    publish_catalog(pipeline.store, [stock])  # offered lately, by an executor lacking others
+    plan = Plan(
+        plan_id="p-split", goal_id="g-split", revision=1, steps=[Step(id="s", tool="stock_level")]
+    )
+    approved = sign_approval(load_or_create_signer(pipeline.settings), plan)
+    old = approved.model_copy(update={"occurred_at": utcnow() - timedelta(minutes=11)})
+    executor = build_handler("executor", pipeline.settings, pipeline.store, pipeline.bus)
+
+    def delivered(attempt: int) -> Delivery:
+        return Delivery("plangate.executor", "plan.approved", {}, attempt, redelivered=False)
+
+    with pytest.raises(NotReady):
+        executor(approved, delivered(1))
+    with pytest.raises(Retry) as handed_back:
+        executor(old, delivered(1))
+    with pytest.raises(Reject) as refused:
+        executor(old, delivered(3))
+
+    assert not isinstance(handed_back.value, NotReady)
+    assert "no running executor offers with the plan's other tools" in str(refused.value)

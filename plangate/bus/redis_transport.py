@@ -231,6 +231,8 @@ class Transport(kombu_redis.Transport):
         left, the message was dropped. A worker stopped by SIGTERM lost the goal it was just
         handed, until the reconciler sent it again a minute later.
         """
-        for channel in list(self.channels):
-            channel.close()
-        super().close_connection(connection)
+        try:
+            for channel in list(self.channels):
+                channel.close()
+        finally:  # a channel failing to close (Redis gone) leaves the rest to kombu's way
+            super().close_connection(connection)

@@ -247,13 +247,14 @@ def refuse_a_rotated_key(session: Session, key_id: str, where: str) -> None:
     holds the key it made at first: `audit checkpoint` and `audit export --sign` run there
     without the setting signed with the old key, maybe the leaked one the rotation retired.
     """
-    newest = session.execute(
+    recent = session.execute(
         select(AuditCheckpointRow.id, AuditCheckpointRow.signature)
-        .where(AuditCheckpointRow.signature.is_not(None))
         .order_by(AuditCheckpointRow.id.desc())
-        .limit(1)
-    ).first()
-    if newest is None or not isinstance(newest[1], dict):
+        .limit(50)
+    )
+    # The newest signed one (an unsigned one's JSON null passes IS NOT NULL on PostgreSQL).
+    newest = next(((at, sig) for at, sig in recent if isinstance(sig, dict)), None)
+    if newest is None:
         return
     signers = {
         str(signature.get("keyid"))
@@ -265,5 +266,6 @@ def refuse_a_rotated_key(session: Session, key_id: str, where: str) -> None:
             f"the newest checkpoint ({newest[0]}) is signed by {', '.join(sorted(signers))}, "
             f"not by the key in {where} ({key_id}): the gate's key was rotated; run this with "
             "PLANGATE_SIGNING_KEY_FILE set to the key the gate signs with now, and move the old "
-            "one out of the data folder"
+            "one out of the data folder (if you replaced that file by the new key, the gate's "
+            "next checkpoint names it)"
         )

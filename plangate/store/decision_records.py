@@ -67,7 +67,7 @@ def hold_problems(
         if said is None:
             continue
         for name, value in hold_asks(hold).items():
-            if name in said and said[name] != value:
+            if name in said and not shown_as_recorded(value, said[name]):
                 yield (
                     f"plan {hold.plan_id} is shown held with {name} {value!r}, but its audit "
                     f"log recorded {said[name]!r}: the holds table {CHANGED}"
@@ -108,10 +108,12 @@ def approval_problems(
             ReviewerApprovalRow.plan_id.in_(list(signed))
         )
     )
-    shown = {(str(plan_id), str(reviewer)) for plan_id, reviewer in counted}
+    shown: dict[str, list[str]] = {}
+    for plan_id, reviewer in counted:
+        shown.setdefault(str(plan_id), []).append(str(reviewer))
     for plan_id, approvers in sorted(signed.items()):
-        for reviewer in approvers:
-            if (plan_id, reviewer) not in shown:
+        for reviewer in approvers:  # a name may be recorded redacted, as any text
+            if not any(shown_as_recorded(who, reviewer) for who in shown.get(plan_id, [])):
                 yield (
                     f"plan {plan_id}: its audit log records {reviewer!r}'s approval, counted when "
                     f"the gate signed it, which the approvals no longer show: they {CHANGED}"
