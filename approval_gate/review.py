@@ -207,11 +207,14 @@ class Review:
         summary: str | None = None,
         expected_hash: str | None = None,
         roles: frozenset[str] = frozenset(),
+        comment: str = "",
     ) -> Sequence[Envelope]:
         """Replace a held revision by the reviewer's edit, revision n+1, for the gate to decide.
 
-        PlanInvalid if the edit is not a valid plan for the catalog; returns plan.proposed.
+        `comment` says why, in the record and the audit log. PlanInvalid if the edit is not a
+        valid plan for the catalog; returns plan.proposed.
         """
+        check_comment(comment)
         catalog = self._catalog if self._catalog is not None else load_catalog(self._store)
         with self._store.session() as session:
             held = self._held_for_decision(session, plan_id, expected_hash)
@@ -225,7 +228,8 @@ class Review:
             replaced = Decision(
                 action="reject",
                 decided_by=reviewer,
-                reason=f"edited into revision {plan.revision}",
+                reason=f"edited into revision {plan.revision}"
+                + (f": {comment}" if comment else ""),
                 policy_version=_policy_version(held),
             )
             record_decision(session, old, "human", replaced, roles, counted_as="edit")
@@ -243,6 +247,8 @@ class Review:
                 span.set_attribute("plangate.edit.plan_id", plan.plan_id)
                 span.set_attribute("plangate.edit.plan_hash", digest)
                 edited = {"from_plan_id": old.plan_id, "from_plan_hash": old.plan_hash, **moved}
+                if comment:  # why, for an auditor reading the log alone
+                    edited["comment"] = comment
                 audit.append(
                     session, "plan.edited", actor=reviewer, goal_id=plan.goal_id, data=edited
                 )

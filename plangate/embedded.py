@@ -199,10 +199,17 @@ class Pipeline:
         summary: str | None = None,
         expected_hash: str | None = None,
         roles: frozenset[str] = frozenset(),
+        comment: str = "",
     ) -> None:
         """Replace a held plan by `reviewer`'s edit: a new revision the gate decides again."""
         envelopes = self.review.edit(
-            plan_id, reviewer, steps, summary=summary, expected_hash=expected_hash, roles=roles
+            plan_id,
+            reviewer,
+            steps,
+            summary=summary,
+            expected_hash=expected_hash,
+            roles=roles,
+            comment=comment,
         )
         deliver(self.store, self.bus, envelopes)
 

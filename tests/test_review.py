@@ -19,7 +19,7 @@ from approval_gate.revisions import plan_diff
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
-from plangate.errors import Conflict, Forbidden, PlanInvalid
+from plangate.errors import Conflict, Forbidden, InputInvalid, PlanInvalid
 from plangate.reviewers import add_reviewer, read_file, remove_reviewer
 from plangate.store import ApprovalRow, DecisionRow
 from tests.conftest import SEED_GOAL
@@ -604,3 +604,27 @@ def test_a_decision_on_a_plan_no_longer_waiting_is_an_audit_entry_too(
 
     assert [(e.actor, e.data["action"]) for e in refused] == [("bob", "approve")]
     assert "not waiting for review" in refused[0].data["reason"]
+
+
+def test_an_edit_says_why_in_its_record_and_the_audit_log(pipeline: Pipeline) -> None:
+    """An auditor found no place for why a plan was edited: the log held the two hashes, the
+    reason "edited into revision 2". A reviewer's comment is kept with both; one over the
+    limit is refused before anything changes."""
+    goal_id, first = held_seed(pipeline)
+    steps = steps_of(first)
+    steps[2]["args"] = {"message": "edited: tickets over SLA"}
+
+    with pytest.raises(InputInvalid, match="the limit is 2000"):
+        pipeline.edit(first.plan_id, "bob", steps, comment="x" * 2001)
+    pipeline.edit(first.plan_id, "bob", steps, comment="the message named the wrong team")
+
+    eventually(lambda: len(plans_of(pipeline.store, goal_id)) == 2 or None, what="revision 2")
+    [edited] = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "plan.edited"]
+    assert edited.data["comment"] == "the message named the wrong team"
+    with pipeline.store.session() as session:
+        reason = session.execute(
+            select(DecisionRow.reason).where(
+                DecisionRow.plan_id == first.plan_id, DecisionRow.stage == "human"
+            )
+        ).scalar_one()
+    assert reason == "edited into revision 2: the message named the wrong team"

@@ -26,7 +26,7 @@ from plangate.server import create_app
 from plangate.store import DecisionRow
 from tests.conftest import SEED_GOAL
 from tests.fleet import serving_app
-from tests.support import HELD, only_plan, plans_of, running_pipeline, write_yaml
+from tests.support import HELD, audit_entries, only_plan, plans_of, running_pipeline, write_yaml
 
 REPO = str(Path(__file__).resolve().parents[1])
 FINANCE_HOLDS_PAGES = {
@@ -409,3 +409,31 @@ def test_show_through_the_server_flags_no_flow_the_server_calls_trusted(
     assert "notify_oncall" in shown.stdout
     assert "⚠" not in shown.stdout  # the mark of a flow from an untrusted step
     assert all(step["untrusted_from"] == {} for step in json.loads(as_json.stdout)["steps"])
+
+
+def test_edit_through_the_server_keeps_the_reviewers_comment(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    goal_id, plan_id = held(finance_pipeline)
+    shown = cli(
+        tmp_path, "review", "show", plan_id, "--json", "--server", server,
+        PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+    steps = [
+        {k: v for k, v in step.items() if k != "effect" and v not in (None, [], {})}
+        for step in json.loads(shown.stdout)["steps"]
+    ]
+    steps[2]["args"]["message"] = "edited over HTTP"
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps({"steps": steps}))
+
+    result = cli(
+        tmp_path, "review", "edit", plan_id, "--file", str(edit), "--server", server,
+        "--comment", "the page named the wrong team", PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    [edited] = [
+        e for e in audit_entries(finance_pipeline.store, goal_id) if e.kind == "plan.edited"
+    ]
+    assert edited.data["comment"] == "the page named the wrong team"

@@ -290,6 +290,9 @@ def review_edit(
             "--file", metavar="PATH", help="Take the edited plan JSON from PATH, not $EDITOR."
         ),
     ] = None,
+    comment: Annotated[
+        str, typer.Option(help="Why you edit it: recorded with the edit, in the audit log.")
+    ] = "",
     server: ServerOption = None,
     token_file: TokenFileOption = None,
     as_json: JsonOption = False,
@@ -316,14 +319,20 @@ def review_edit(
         return
     steps, summary = edited["steps"], edited.get("summary")
     if access.server:
-        body = {"plan_hash": digest, "steps": steps, "summary": summary}
+        body = {"plan_hash": digest, "steps": steps, "summary": summary, "comment": comment}
         outcome = decide_there(access, plan_id, "edit", body)
     else:
         outcome = decide_here(
             access,
             plan_id,
             lambda r, who: r.edit(
-                plan_id, who.name, steps, summary=summary, expected_hash=digest, roles=who.roles
+                plan_id,
+                who.name,
+                steps,
+                summary=summary,
+                expected_hash=digest,
+                roles=who.roles,
+                comment=comment.strip(),
             ),
             lambda _, name: (
                 f"edit by {name} recorded as a new revision; the policy decides it again"

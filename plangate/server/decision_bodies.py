@@ -53,6 +53,7 @@ class Edit(_Strict):
     plan_hash: str = Field(min_length=1)
     steps: list[dict[str, Any]] = Field(min_length=1)
     summary: str | None = None
+    comment: str = Field(default="", max_length=MAX_COMMENT_CHARS, description="Why you edit it.")
 
 
 # A route's body, read by `json_body` (first, as FastAPI read it: a body over the bound is 413

@@ -349,6 +349,7 @@ def _decide(
     elif action == "edit":
         steps = _steps(form.get("steps", ""))
         summary = form.get("summary") or None
+        why = form.get("comment", "").strip()  # bound where it is recorded
         desk.decide(
             lambda r: r.edit(
                 plan_id,
@@ -357,6 +358,7 @@ def _decide(
                 summary=summary,
                 expected_hash=expected,
                 roles=reviewer.roles,
+                comment=why,
             )
         )
         return outcome_of(desk, goal_id, "edited").plan_id or plan_id

@@ -371,6 +371,7 @@ def edit(plan_id: str, body: EditBody, desk: Desk, reviewer: Person) -> Outcome:
             summary=body.summary,
             expected_hash=body.plan_hash,
             roles=reviewer.roles,
+            comment=body.comment.strip(),
         )
     )
     message = f"edit by {reviewer.name} recorded as a new revision; the policy decides it again"
