@@ -19,7 +19,8 @@ from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.support import eventually
 
-pytestmark = pytest.mark.redis
+# Processes that start, stop and hand plans on 2 s apart: a minute on a busy machine.
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 
 APPROVE_ALL = """\
 rules:
@@ -74,25 +75,25 @@ def test_a_plan_waits_for_the_executor_offering_its_tools_and_runs_once_it_is_ba
             store.close()
         full.terminate()
         full.wait(timeout=20)
-        waiting = [client.submit(f"{SEED_GOAL} [{n}]") for n in range(4)]
+        waiting = [client.submit(f"{SEED_GOAL} [{n}]") for n in range(2)]
         eventually(
             lambda: "handed on" in (fleet.folder / "executor-3.log").read_text(),
             what="the executor lacking the tool handing a plan on",
-            timeout=20,
+            timeout=40,
         )
         # Past three tries each (2 s apart): the old hand-back had failed them by now.
         eventually(
-            lambda: (fleet.folder / "executor-3.log").read_text().count("handed on") >= 12,
+            lambda: (fleet.folder / "executor-3.log").read_text().count("handed on") >= 6,
             what="every plan handed on three times",
-            timeout=30,
+            timeout=60,
         )
         assert {h.status().status for h in waiting} == {"approved"}, fleet.logs()
         fleet.start("executor")  # back, as after a rolling restart
-        more = [client.submit(f"{SEED_GOAL} [{n}]") for n in range(4, 8)]
+        more = [client.submit(f"{SEED_GOAL} [{n}]") for n in range(2, 4)]
         ended = [h.wait(timeout=60, until={"completed", "failed"}) for h in waiting + more]
     finally:
         client.close()
 
-    assert [goal.status for goal in ended] == ["completed"] * 8, fleet.logs()
+    assert [goal.status for goal in ended] == ["completed"] * 4, fleet.logs()
     pages = (fleet.folder / "notifications.jsonl").read_text().splitlines()
-    assert len(pages) == 8
+    assert len(pages) == 4

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from plangate.client import Client
 from plangate.store import GoalRow, StepRunRow, open_store
@@ -435,3 +436,30 @@ def test_a_plan_that_is_not_there_is_said_in_the_pages_words(page: Any) -> None:
         "held now."
     )
     assert "plangate" not in said
+
+
+def test_an_edit_made_in_the_page_keeps_why_in_the_audit_log(
+    page: Any, fleet: Fleet, client: Client
+) -> None:
+    """The page's edit form had no place to say why: an auditor read two hashes."""
+    goal = held_goal(client)
+    page.goto(f"/reviews/{goal.plan_id}")
+    steps = json.loads(page.input_value("#steps-json"))
+    steps[2]["args"]["message"] = "Edited with a reason: ${count} > ${sla}"
+
+    page.fill("#steps-json", json.dumps(steps, indent=2))
+    page.fill("#edit-comment", "the on-call rota changed")
+    page.click("#edit")
+
+    page.wait_for_url("**done=edited&seal=*")
+    store = open_store(fleet.database_url)
+    try:
+        with store.reading() as session:
+            rows = session.execute(
+                text("SELECT data FROM audit_log WHERE goal_id = :g AND kind = 'plan.edited'"),
+                {"g": goal.goal_id},
+            ).scalars()
+            [data] = [json.loads(row) if isinstance(row, str) else row for row in rows]
+    finally:
+        store.close()
+    assert data["comment"] == "the on-call rota changed"
