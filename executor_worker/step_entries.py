@@ -19,13 +19,11 @@ def called_with(args: dict[str, Any], key: str | None) -> dict[str, Any]:
     `ARGS_DEPTH`) are named by their digest alone, computed as an output's is (sorted-key
     JSON): written as they are, the entry could not be hashed and the step's end was lost.
     """
-    said: dict[str, Any] = {"args_sha256": output_digest(args)}
     try:
         fits = _depth(args) <= ARGS_DEPTH and len(canonical_json(args)) <= ARGS_KEPT
     except (ValueError, TypeError):  # rfc8785's domain errors are ValueErrors
         fits = False
-    if fits:
-        said = {"args": args}
+    said: dict[str, Any] = {"args": args} if fits else {"args_sha256": output_digest(args)}
     if key is not None:
         said["idempotency_key"] = key
     return said
