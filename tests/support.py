@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
 from plangate.bus import Bus, Envelope, Observer
@@ -106,6 +108,19 @@ def write_yaml(path: Path, data: Any) -> Path:
     """Write `data` as YAML to `path` and return the path."""
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
+
+
+def write_private_key(path: Path) -> Ed25519PrivateKey:
+    """Write a new Ed25519 private key as PEM (as `openssl genpkey` makes one); return it."""
+    key = Ed25519PrivateKey.generate()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return key
 
 
 def write_reviewers(path: Path, reviewers: Sequence[Reviewer]) -> Path:

@@ -22,7 +22,7 @@ from plangate.stages import build_sealing
 from plangate.store import audit, audit_checkpoints
 from plangate.store.models import AuditCheckpointRow
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, audit_entries, eventually, only_plan, plans_of
+from tests.support import HELD, audit_entries, eventually, only_plan, plans_of, write_private_key
 
 # Rows and entries are changed behind plangate's back: its records check would rightly fail.
 pytestmark = pytest.mark.tampers
@@ -907,14 +907,7 @@ def test_sealing_with_the_folders_first_key_after_a_rotation_is_refused(
     data_dir = pipeline.settings.data_dir
     load_or_create_signer(pipeline.settings)  # the folder's first key
     new_key = tmp_path / "rotated.pem"
-    new = Ed25519PrivateKey.generate()
-    new_key.write_bytes(
-        new.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    new = write_private_key(new_key)
     checkpoint(pipeline, Signer(new))
     second = pipeline.submit(SEED_GOAL).goal_id
     pipeline.wait_for(second, HELD, timeout=5)

@@ -7,50 +7,24 @@ one has said lately that it does; only when none has is the goal failed, saying 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from plangate.catalog import load_catalog
 from plangate.client import Client
 from plangate.store import open_store
 from tests.conftest import SEED_GOAL
-from tests.fleet import FAST_SWEEPS, Fleet
+from tests.fleet import Fleet
 from tests.support import eventually
+
+# A migrated store and a policy that approves everything, no workers yet.
+from tests.test_distributed import fleet  # noqa: F401
 
 # Processes that start, stop and hand plans on 2 s apart: a minute on a busy machine.
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 
-APPROVE_ALL = """\
-rules:
-  - name: approve-all
-    match: "true"
-    action: approve
-    reason: the tests approve everything
-"""
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(APPROVE_ALL)
-    fleet = Fleet(
-        broker_url=redis_url,
-        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
-        folder=tmp_path,
-        extra_env={"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS},
-    )
-    upgrade = fleet.plangate("db", "upgrade")
-    assert upgrade.returncode == 0, upgrade.stderr
-    try:
-        yield fleet
-    finally:
-        fleet.stop_all()
-
 
 def test_a_plan_waits_for_the_executor_offering_its_tools_and_runs_once_it_is_back(
-    fleet: Fleet,
+    fleet: Fleet,  # noqa: F811
 ) -> None:
     """Given a planner, a gate and two executors, one started without `notify_oncall`, the
     other (which offers it) stopped for a moment, as in a rolling restart,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
@@ -96,6 +97,18 @@ def held(pipeline: Pipeline) -> tuple[str, str]:
     return goal_id, only_plan(pipeline.store, goal_id).plan_id
 
 
+def steps_shown(tmp_path: Path, plan_id: str, server: str, token: str) -> list[dict[str, Any]]:
+    """The plan's steps as `review show --json --server` shows them, ready to edit."""
+    shown = cli(
+        tmp_path, "review", "show", plan_id, "--json", "--server", server,
+        PLANGATE_REVIEWER_TOKEN=token,
+    )  # fmt: skip
+    return [
+        {k: v for k, v in step.items() if k != "effect" and v not in (None, [], {})}
+        for step in json.loads(shown.stdout)["steps"]
+    ]
+
+
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -154,14 +167,7 @@ def test_edit_through_the_server_makes_the_next_revision(
     finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
 ) -> None:
     goal_id, plan_id = held(finance_pipeline)
-    shown = cli(
-        tmp_path, "review", "show", plan_id, "--json", "--server", server,
-        PLANGATE_REVIEWER_TOKEN=team.alice,
-    )  # fmt: skip
-    steps = [
-        {k: v for k, v in step.items() if k != "effect" and v not in (None, [], {})}
-        for step in json.loads(shown.stdout)["steps"]
-    ]
+    steps = steps_shown(tmp_path, plan_id, server, team.alice)
     steps[2]["args"]["message"] = "edited over HTTP"
     edit = tmp_path / "edit.json"
     edit.write_text(json.dumps({"summary": "paged with care", "steps": steps}))
@@ -415,14 +421,7 @@ def test_edit_through_the_server_keeps_the_reviewers_comment(
     finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
 ) -> None:
     goal_id, plan_id = held(finance_pipeline)
-    shown = cli(
-        tmp_path, "review", "show", plan_id, "--json", "--server", server,
-        PLANGATE_REVIEWER_TOKEN=team.alice,
-    )  # fmt: skip
-    steps = [
-        {k: v for k, v in step.items() if k != "effect" and v not in (None, [], {})}
-        for step in json.loads(shown.stdout)["steps"]
-    ]
+    steps = steps_shown(tmp_path, plan_id, server, team.alice)
     steps[2]["args"]["message"] = "edited over HTTP"
     edit = tmp_path / "edit.json"
     edit.write_text(json.dumps({"steps": steps}))

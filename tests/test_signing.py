@@ -29,7 +29,7 @@ from plangate.signing import (
     pae,
 )
 from schemas import Decision, Plan, Signature, SignedEnvelope, Step, canonical_json
-from tests.support import outer_environment
+from tests.support import outer_environment, write_private_key
 
 PLAN = Plan(
     plan_id="p1",
@@ -421,13 +421,7 @@ def test_a_gate_pointed_at_a_new_key_warns_while_its_folder_holds_the_old_one(
     after a leak meant to retire. The gate says so at each start until it is moved out."""
     first = load_or_create_signer(settings_in(tmp_path / "gate"))
     new_key = tmp_path / "rotated.pem"
-    new_key.write_bytes(
-        Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_private_key(new_key)
     rotated = Settings(data_dir=tmp_path / "gate", signing_key_file=new_key)
 
     with caplog.at_level("WARNING", logger="plangate.signing"):
