@@ -378,3 +378,21 @@ def test_the_openapi_document_says_how_each_token_is_sent(base_url: str) -> None
             if "401" in operation["responses"]:
                 assert operation["security"] == [{"bearer": []}], path
     assert spec["paths"]["/api/v1/reviews"]["get"]["security"] == [{"bearer": []}]
+
+
+def test_readiness_says_reviews_are_down_with_a_broken_reviewers_file_and_stays_200(
+    client: Client, tmp_path: Path
+) -> None:
+    """`/readyz` said ok while every review got 503: a probe watching serve saw nothing wrong.
+    It stays 200 (goals are still taken) and says reviews are down until the file is fixed."""
+    path = write_reviewers(tmp_path / "reviewers.yaml", TEAM)
+    good = path.read_text()
+    with serving(client, ReviewersFile(path)) as url:
+        path.write_text(good + "  - [this is not a reviewer\n")
+        broken = call(f"{url}/readyz", token=None)
+        path.write_text(good)
+        fixed = call(f"{url}/readyz", token=None)
+
+    assert broken[0] == 200
+    assert "nobody can review" in str(broken[1]["reviewers"])
+    assert "reviewers" not in fixed[1]

@@ -4,7 +4,8 @@ Kubernetes restarts a pod whose liveness fails and takes one out of its Service 
 readiness fails: a database outage must only do the second, so only `/readyz` asks the store.
 A broker outage does neither: `serve` stores each goal it takes and its outbox sends it once
 the broker answers, and reviews need only the store. Taken out of the Service for it, every
-replica refused goals it could keep. `/readyz` says so, and stays 200.
+replica refused goals it could keep. `/readyz` says so, and stays 200; so it does of a
+reviewers file it cannot read (reviews are down, goals are still taken).
 Neither says more than one line of why: no URL, no error text (it may name a host or a user).
 """
 
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from plangate import metrics
 from plangate.readiness import broker_problem, not_ready
+from plangate.server.reviewers import get_reviewers
 from plangate.server.reviews import get_desk
 
 router = APIRouter(include_in_schema=False)
@@ -38,6 +40,8 @@ def readyz(request: Request) -> JSONResponse:
     ready = {"status": "ok"}
     if broker_problem(desk.bus) is not None:
         ready["broker"] = "does not answer: goals are stored, and sent once it answers"
+    if get_reviewers(request).problem is not None:  # intake still works: said, not 503
+        ready["reviewers"] = "the reviewers file cannot be read: nobody can review (see the log)"
     return JSONResponse(ready, headers={"Cache-Control": "no-store"})
 
 
