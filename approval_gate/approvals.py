@@ -175,8 +175,9 @@ def count_only(
     reviewer: str,
     approvers: list[str],
     comment: str,
+    roles: frozenset[str] = frozenset(),
 ) -> None:
-    """Audit one approval of several needed, with its comment; the plan stays held."""
+    """Audit one approval of several needed, with its comment and roles; the plan stays held."""
     needed = approvals_required(hold)
     data = {
         "plan_id": plan.plan_id,
@@ -184,6 +185,7 @@ def count_only(
         "approvers": approvers,
         "needed": needed,
         "comment": comment,  # redacted and made storable by the audit log, as every string
+        "roles": sorted(roles),  # as its reviewer approval's row has them
     }
     audit.append(session, "plan.approval_counted", actor=reviewer, goal_id=plan.goal_id, data=data)
     log.info("plan %s: %s", plan.plan_id, progress(approvers, needed))

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from plangate import metrics
 from plangate.bus import Envelope
 from plangate.errors import Conflict, Reject
+from plangate.redaction import redact
 from plangate.signing import Signer
 from plangate.store import ApprovalRow, DecisionRow, PlanRow
 from plangate.store.claims import insert_if_absent
@@ -60,6 +61,9 @@ def record_decision(
         "stage": stage,
         "roles": None if roles is None else sorted(roles),
         **decision.model_dump(),
+        # Shown by `status` and the API: a secret a reviewer pasted was served back (the log
+        # and the goal's own reason held it redacted).
+        "reason": redact(decision.reason),
     }
     # The unique (plan, stage) settles a race between gates, or between people.
     if not insert_if_absent(session, DecisionRow, row):

@@ -63,6 +63,7 @@ from plangate.errors import (
     quoted,
 )
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
+from plangate.store.audit_recorded import edit_reason
 from plangate.store.goals import by_id, latest_plan, plan_values, transition
 from plangate.store.locks import PERSON_LOCK_WAIT_SECONDS, waiting_at_most
 from plangate.store.models import EDIT_PREFIX
@@ -228,8 +229,7 @@ class Review:
             replaced = Decision(
                 action="reject",
                 decided_by=reviewer,
-                reason=f"edited into revision {plan.revision}"
-                + (f": {comment}" if comment else ""),
+                reason=edit_reason(plan.revision, comment),
                 policy_version=_policy_version(held),
             )
             record_decision(session, old, "human", replaced, roles, counted_as="edit")
@@ -247,6 +247,7 @@ class Review:
                 span.set_attribute("plangate.edit.plan_id", plan.plan_id)
                 span.set_attribute("plangate.edit.plan_hash", digest)
                 edited = {"from_plan_id": old.plan_id, "from_plan_hash": old.plan_hash, **moved}
+                edited["roles"] = sorted(roles)  # as the edit's decision row has them
                 if comment:  # why, for an auditor reading the log alone
                     edited["comment"] = comment
                 audit.append(
@@ -336,7 +337,9 @@ class Review:
                 if len(approvers) < needed:  # one of several: a decision of the trace too
                     with review_span(held.goal, held.plan, action, reviewer) as span:
                         span.set_attribute("plangate.approvals", f"{len(approvers)} of {needed}")
-                        count_only(session, held.plan, held.hold, reviewer, approvers, reason)
+                        count_only(
+                            session, held.plan, held.hold, reviewer, approvers, reason, roles
+                        )
                     return []
                 if needed > 1:
                     reason = f"{reason}; approved by {', '.join(approvers)}"

@@ -139,6 +139,17 @@ def register_settings(settings: BaseModel) -> None:
             register_url(value)
 
 
+# A text holding the marker itself, as written: kept apart from a redaction in the audit log,
+# where `[redacted]` stands for any secret (`audit_recorded.shown_as_recorded`). Unescaped,
+# a submitter or reviewer who wrote it opened a hole any text could be swapped into.
+LITERAL_REDACTED = "[redacted\u200b]"
+
+
+def escape_marker(text: str) -> str:
+    """Return `text` with the redaction marker, written as such, told apart from a redaction."""
+    return text.replace(REDACTED, LITERAL_REDACTED) if REDACTED in text else text
+
+
 def redact(text: str) -> str:
     """Return `text` with every known secret, in every form, replaced by `[redacted]`."""
     if not _registry.environment_read:

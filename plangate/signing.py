@@ -247,6 +247,9 @@ def load_or_create_signer(settings: Settings) -> Signer:
     return signer
 
 
+_RETIRED: set[str] = set()  # retired keys this process has warned of
+
+
 def _warn_of_a_retired_key(settings: Settings, signer: Signer) -> None:
     """Say so when the data folder still holds the key the gate made before a rotation.
 
@@ -258,7 +261,8 @@ def _warn_of_a_retired_key(settings: Settings, signer: Signer) -> None:
         retired = Signer(_read_private_key(old)) if old.is_file() else None
     except ConfigError:
         return
-    if retired is not None and retired.key_id != signer.key_id:
+    if retired is not None and retired.key_id != signer.key_id and retired.key_id not in _RETIRED:
+        _RETIRED.add(retired.key_id)  # the gate loads its key for each of its parts: once
         log.warning(
             "the data folder still holds the signing key %s (%s), which this gate no longer "
             "signs with: move it out of the folder (keep its public key where approvals and "

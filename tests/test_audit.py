@@ -1031,3 +1031,76 @@ def test_a_hold_and_an_approval_whose_role_holds_a_secret_verify_redacted_as_rec
         assert pipeline.wait_for(goal_id, timeout=5).status == "completed"
         held = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "goal.held"]
         assert held[0].data["required_roles"] == ["ops-[redacted]"]
+
+
+def test_a_text_holding_the_redaction_marker_as_written_is_no_hole_for_a_rewrite(
+    pipeline: Pipeline,
+) -> None:
+    """A goal's text holding `[redacted]` as its submitter wrote it was stored so in the log,
+    where the marker stands for any secret: a DBA rewrote the text around it at will ("pay
+    250000 USD now to account 99-mallory"), and verify said intact. Written so, it is kept
+    apart from a redaction; the untouched goal verifies (the fixture checks it)."""
+    goal_id = pipeline.submit("pay [redacted] to the vendor").goal_id
+    pipeline.wait_for(goal_id, timeout=5)
+    assert plangate_cli(pipeline.settings.data_dir, "audit", "verify").returncode == 0
+
+    run_sql(
+        pipeline,
+        "UPDATE goals SET text = 'pay 250000 USD now to account 99-mallory to the vendor' "
+        "WHERE id = :g",
+        g=goal_id,
+    )
+
+    assert_records_broken(pipeline, "shows a text or metadata other than its submission recorded")
+
+
+def test_a_reviewers_comment_holding_a_secret_is_stored_and_shown_redacted(
+    pipeline: Pipeline,
+) -> None:
+    """A reviewer pasted a secret serve knows into a rejection: the log and the goal's reason
+    held it redacted, the decision's row held it as written, and `status` and the API served
+    it back."""
+    from plangate.client import Client
+    from plangate.redaction import register_secret
+
+    register_secret("zq-comment-secret-4711")
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+
+    pipeline.reject(plan_id, "bob", "the key is zq-comment-secret-4711, oops")
+
+    with Client(pipeline.settings) as client:
+        decision = client.status(goal_id).decision
+    assert decision is not None
+    assert decision["reason"] == "the key is [redacted], oops"
+
+
+def test_a_window_ending_before_it_starts_is_refused_not_signed_empty(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    data_dir = pipeline.settings.data_dir
+    target = tmp_path / "inverted.jsonl"
+
+    exported = plangate_cli(
+        data_dir, "audit", "export", "--since", "2026-12-06T20:39:00Z",
+        "--until", "2026-12-06T20:38:00Z", "-o", str(target), "--sign",
+    )  # fmt: skip
+    listed = plangate_cli(data_dir, "goals", "list", "--since", "1h", "--until", "2h")
+
+    for refused in (exported, listed):
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "is not before until" in refused.stderr
+    assert not target.exists()
+
+
+def test_a_goals_reason_rewritten_names_the_reason_recorded(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """It read "shows status 'completed' (all fine), but its audit log last moved it to
+    'completed'": the same status, and not a word of what was recorded."""
+    run_sql(pipeline, "UPDATE goals SET status_reason = 'all fine'")
+
+    assert_records_broken(pipeline, "shows status 'completed' (all fine), but its audit log last")
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+    assert "moved it to 'completed' (" in verified.stderr

@@ -224,13 +224,14 @@ def audit_export(
     from plangate.export_records import records_path, write_records
     from plangate.signing import TrustedKeys, load_signer
     from plangate.store import audit, open_store
-    from plangate.store.goal_list import parse_since
+    from plangate.store.goal_list import check_window, parse_since
 
     if (sign or records) and output is None:
         given = "--sign" if sign else "--records"
         raise typer.BadParameter(f"{given} needs --output FILE: it is written beside it")
     after = parse_since(since) if since is not None else None  # as `goals list --since`
     before = parse_since(until, "until") if until is not None else None
+    check_window(after, before)
     settings = load_settings()
     signer = load_signer(settings) if sign else None  # refused before anything is written
     store = open_store(settings.resolved_database_url(), upgrade=False)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from plangate.errors import AuditBroken
 from plangate.printable import printable_line
-from plangate.redaction import redact
+from plangate.redaction import escape_marker, redact
 from plangate.store.claims import insert_if_absent
 from plangate.store.engine import Store
 from plangate.store.hot_statements import HotStatement
@@ -128,7 +128,7 @@ def _entry(
 def _outward(value: Any) -> Any:
     """Return `value` with every string (keys too) redacted and made storable."""
     if isinstance(value, str):
-        return storable_text(redact(value))
+        return storable_text(redact(escape_marker(value)))
     if isinstance(value, dict):
         return {_outward(key): _outward(item) for key, item in value.items()}
     if isinstance(value, list | tuple):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
-from plangate.redaction import REDACTED
+from plangate.redaction import REDACTED, escape_marker
 from schemas.decoding import storable_text
 from schemas.goal_states import GoalStatus
 
@@ -27,6 +27,11 @@ _DECIDED = {
     "goal.denied": "deny",
     "goal.expired": "expire",
 }
+
+
+def edit_reason(revision: int, comment: str = "") -> str:
+    """Return the reason an edit's decision on the revision it replaced is recorded with."""
+    return f"edited into revision {revision}" + (f": {comment}" if comment else "")
 
 
 @dataclass
@@ -47,6 +52,8 @@ class Recorded:
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)  # plan_id: its goal.held
     signed_for: dict[str, list[str]] = field(default_factory=dict)  # plan_id: its approvers
     ran_with: dict[str, str] = field(default_factory=dict)  # approval_id: the plan it ran
+    # (plan_id, reviewer): the roles their approval was counted with.
+    approver_roles: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     def read(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         """Take in one entry of the goal's chain, in the order written."""
@@ -57,6 +64,10 @@ class Recorded:
         if kind == "plan.edited" and isinstance(data.get("from_plan_id"), str):
             # The edit took the old revision's slot for a person's decision, as a reject.
             self.deciders.setdefault(data["from_plan_id"], set()).add((actor, "reject"))
+            if "roles" in data and isinstance(data.get("revision"), int):
+                reason = edit_reason(data["revision"], str(data.get("comment") or ""))
+                said = {"reason": reason, "roles": data["roles"]}
+                self.said[(data["from_plan_id"], actor, "reject")] = said
         plan_id = data.get("plan_id")
         if isinstance(plan_id, str):
             self._about_plan(kind, actor, plan_id, data)
@@ -86,10 +97,7 @@ class Recorded:
                 self.last_decision.pop(plan_id, None)
             else:
                 self.last_decision[plan_id] = decided
-        if kind == "approval.signed" and isinstance(data.get("approvers"), list):
-            self.signed_for[plan_id] = [str(who) for who in data["approvers"]]
-        if kind == "goal.running" and isinstance(data.get("approval_id"), str):
-            self.ran_with[data["approval_id"]] = plan_id
+        self._approvals(kind, actor, plan_id, data)
         approved = self.approvers.setdefault(plan_id, set())
         approved.update(str(who) for who in data.get("approvers") or ())
         if kind == "plan.approval_counted":
@@ -97,6 +105,17 @@ class Recorded:
         step = data.get("step_id")
         if isinstance(step, str) and kind.startswith("step."):
             self._step(kind[5:], (plan_id, step), data)
+
+    def _approvals(self, kind: str, actor: str, plan_id: str, data: dict[str, Any]) -> None:
+        """Take in who approved with which roles, the signed approval and the run it started."""
+        if kind == "plan.approval_counted" and isinstance(data.get("roles"), list):
+            self.approver_roles[(plan_id, actor)] = data["roles"]
+        if kind == "goal.approved" and isinstance(data.get("roles"), list):  # a person's
+            self.approver_roles[(plan_id, str(data.get("decided_by")))] = data["roles"]
+        if kind == "approval.signed" and isinstance(data.get("approvers"), list):
+            self.signed_for[plan_id] = [str(who) for who in data["approvers"]]
+        if kind == "goal.running" and isinstance(data.get("approval_id"), str):
+            self.ran_with[data["approval_id"]] = plan_id
 
     def _step(self, what: str, step: tuple[str, str], data: dict[str, Any]) -> None:
         if what in _STEP_ENDS:
@@ -115,8 +134,9 @@ def shown_as_recorded(shown: Any, recorded: Any) -> bool:
     others, or none): a `[redacted]` recorded stands for any text shown in its place.
     """
     if isinstance(recorded, str) and isinstance(shown, str):
-        return _matches(storable_text(shown), recorded.split(REDACTED))
+        return _matches(storable_text(escape_marker(shown)), recorded.split(REDACTED))
     if isinstance(recorded, dict) and isinstance(shown, dict):
+        shown = {storable_text(escape_marker(str(key))): value for key, value in shown.items()}
         return recorded.keys() == shown.keys() and all(
             shown_as_recorded(shown[key], value) for key, value in recorded.items()
         )

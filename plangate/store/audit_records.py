@@ -25,6 +25,7 @@ from plangate.store.audit import stored_data
 from plangate.store.audit_recorded import POLICY_DECIDER, Recorded, shown_as_recorded
 from plangate.store.decision_records import (
     approval_problems,
+    approver_roles_problems,
     decision_said_problems,
     hold_problems,
 )
@@ -128,6 +129,7 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
     yield from _decision_rows_problems(session, ids, recorded)
     yield from hold_problems(session, ids, recorded)
     yield from approval_problems(session, ids, recorded)
+    yield from approver_roles_problems(session, ids, recorded)
     yield from _step_rows_problems(session, ids, recorded)
 
 
@@ -222,11 +224,15 @@ def _goal_problems(goal: GoalRow, recorded: Recorded) -> Iterator[str]:
     submitted = [recorded.submitted.get("text"), recorded.submitted.get("metadata")]
     if not shown_as_recorded([goal.text, goal.meta], submitted):
         yield f"{where} shows a text or metadata other than its submission recorded"
-    if recorded.status is not None and recorded.status != (goal.status, goal.status_reason or None):
-        status, _ = recorded.status
+    if recorded.status is not None and not (
+        recorded.status[0] == goal.status
+        and shown_as_recorded(goal.status_reason or None, recorded.status[1])
+    ):
+        status, reason = recorded.status
         yield (
             f"{where} shows status {goal.status!r} ({goal.status_reason or 'no reason'}), but "
-            f"its audit log last moved it to {status!r}: the goal's row was changed"
+            f"its audit log last moved it to {status!r} ({reason or 'no reason'}): the goal's "
+            "row was changed"
         )
 
 

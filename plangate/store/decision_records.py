@@ -94,7 +94,7 @@ def approval_problems(
             if kept.get(approval_id) != plan_id:
                 yield (
                     f"approval {approval_id}, with which plan {plan_id} of goal {goal_id} ran, "
-                    f"is gone: who signed it can no longer be shown; the approvals {CHANGED}"
+                    f"is gone: who signed it can no longer be shown; the approvals table {CHANGED}"
                 )
     signed = {
         plan_id: approvers
@@ -116,5 +116,31 @@ def approval_problems(
             if not any(shown_as_recorded(who, reviewer) for who in shown.get(plan_id, [])):
                 yield (
                     f"plan {plan_id}: its audit log records {reviewer!r}'s approval, counted when "
-                    f"the gate signed it, which the approvals no longer show: they {CHANGED}"
+                    f"the gate signed it, which the reviewer approvals table no longer shows: it "
+                    f"{CHANGED}"
                 )
+
+
+def approver_roles_problems(
+    session: Session, ids: Sequence[str], recorded: dict[str, Recorded]
+) -> Iterator[str]:
+    """Name a reviewer approval shown with roles other than those it was counted with."""
+    said = {
+        key: roles for goal_id in ids for key, roles in recorded[goal_id].approver_roles.items()
+    }
+    if not said:
+        return
+    rows = session.execute(
+        select(ReviewerApprovalRow).where(
+            ReviewerApprovalRow.plan_id.in_(sorted({plan_id for plan_id, _ in said}))
+        )
+    ).scalars()
+    for row in rows:
+        roles = said.get((row.plan_id, row.reviewer))
+        shown = sorted(str(role) for role in row.roles or [])
+        if roles is not None and not shown_as_recorded(shown, roles):
+            yield (
+                f"plan {row.plan_id} shows {row.reviewer!r}'s approval with the roles {shown}, "
+                f"but its audit log counted it with {roles}: the reviewer approvals table "
+                f"{CHANGED}"
+            )

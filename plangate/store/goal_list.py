@@ -53,6 +53,15 @@ def parse_since(text: str, name: str = "since") -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
+def check_window(since: datetime | None, until: datetime | None) -> None:
+    """Refuse a window that ends before it starts: it chose nothing, and said so as a result."""
+    if since is not None and until is not None and since >= until:
+        raise InputInvalid(
+            f"since ({since.isoformat()}) is not before until ({until.isoformat()}): "
+            "swap them, or give one"
+        )
+
+
 @dataclass(frozen=True)
 class GoalSummary:
     """One row of the goal list."""
@@ -88,6 +97,7 @@ def list_goals(
     """Return the newest goals matching every filter given, `limit` at most (1-200)."""
     if not 1 <= limit <= MAX_PAGE:
         raise InputInvalid(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+    check_window(since, until)
     query = select(GoalRow)
     if state:
         if state not in _STATES:
