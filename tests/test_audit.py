@@ -1104,3 +1104,52 @@ def test_a_goals_reason_rewritten_names_the_reason_recorded(
     assert_records_broken(pipeline, "shows status 'completed' (all fine), but its audit log last")
     verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
     assert "moved it to 'completed' (" in verified.stderr
+
+
+def test_a_counted_approvals_roles_or_an_edits_reason_retold_breaks_verification(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """An auditor changed the roles alice's counted approval (one of two) was shown with, and
+    the reason of an edit's record: verify said intact, and the export alone could not tell
+    which roles she held when it counted."""
+    from tests.support import running_pipeline, write_yaml
+
+    policy = write_yaml(
+        tmp_path / "policy.yaml",
+        {"rules": [{"name": "two", "match": "true", "action": "hold", "reason": "r",
+                    "approvals": 2}]},
+    )  # fmt: skip
+    with running_pipeline(settings, policy_file=policy, tampers=True) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        first = only_plan(pipeline.store, goal_id)
+        steps = [step.model_dump(mode="json", exclude_defaults=True) for step in first.steps]
+        pipeline.edit(first.plan_id, "carol", steps, comment="checked the team")
+        eventually(lambda: len(plans_of(pipeline.store, goal_id)) == 2, what="revision 2")
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        second = plans_of(pipeline.store, goal_id)[1].plan_id
+        pipeline.approve(second, "alice", roles=frozenset({"finance"}))
+        pipeline.approve(second, "bob")
+        assert pipeline.wait_for(goal_id, timeout=5).status == "completed"
+        counted = [
+            e for e in audit_entries(pipeline.store, goal_id) if e.kind == "plan.approval_counted"
+        ]
+        assert counted[0].data["roles"] == ["finance"]
+        assert plangate_cli(pipeline.settings.data_dir, "audit", "verify").returncode == 0
+
+        run_sql(
+            pipeline,
+            """UPDATE reviewer_approvals SET roles = '["admin"]' WHERE reviewer = 'alice'""",
+        )
+        assert_records_broken(pipeline, "shows 'alice''s approval with the roles ['admin']")
+        run_sql(
+            pipeline,
+            """UPDATE reviewer_approvals SET roles = '["finance"]' WHERE reviewer = 'alice'""",
+        )
+        run_sql(
+            pipeline,
+            "UPDATE decisions SET reason = 'edited into revision 2: a typo' "
+            "WHERE plan_id = :p AND stage = 'human'",
+            p=first.plan_id,
+        )
+        assert_records_broken(pipeline, "shows carol's decision with the reason")
