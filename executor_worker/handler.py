@@ -245,7 +245,9 @@ class ExecutorHandler:
                 log.error("goal %s: cannot check the gate's approval: %s", goal.id, reason)
                 raise Retry(f"{reason}; the goal waits in approved meanwhile", delay=KEY_WAIT)
             if issued is not None:
-                log.error("goal %s: the gate's approval was refused: %s", goal.id, reason)
+                # The plan itself (tools no executor offers) is no fault of the approval's.
+                what = "its plan" if isinstance(refusal, PlanInvalid) else "the gate's approval"
+                log.error("goal %s: %s was refused: %s", goal.id, what, reason)
                 transition(
                     session, message.goal_id, "failed", by="executor", actor=ACTOR, reason=reason
                 )

@@ -14,6 +14,7 @@ dead-letter queue).
 from __future__ import annotations
 
 import logging
+import random
 from datetime import datetime, timedelta
 
 from plangate.catalog import load_catalog, offered_lately
@@ -31,13 +32,22 @@ HANDED_ON_FOR = timedelta(minutes=10)  # from the message's making: then it is t
 
 
 def hand_back_if_lacking(
-    plan: Plan, registry: ToolRegistry, store: Store, attempt: int, made_at: datetime
+    plan: Plan,
+    registry: ToolRegistry,
+    store: Store,
+    attempt: int,
+    made_at: datetime,
+    *,
+    gives_up: bool = True,
 ) -> PlanInvalid | None:
     """Hand `plan` back (NotReady or Retry) if the catalog has tools this executor lacks.
 
     None when it lacks none, or some are not in the catalog either (the plan is invalid);
     PlanInvalid, saying what to do, when no executor offered them lately (or they were handed
-    on since `made_at` for `HANDED_ON_FOR`) and its tries are spent.
+    on since `made_at` for `HANDED_ON_FOR`) and its tries are spent. Unless `gives_up` is
+    false (a held plan's preview, which lives as long as the hold): then it waits, `KEY_WAIT`
+    at a time, for an executor offering the tools to start (dead-lettered, the review said
+    "not ready yet" for good, even once one had).
     """
     missing = sorted({step.tool for step in plan.steps} - registry.catalog().keys())
     if not missing or not set(missing) <= load_catalog(store).keys():
@@ -52,7 +62,11 @@ def hand_back_if_lacking(
             plan.goal_id,
             said,
         )
-        raise NotReady(f"this executor lacks the tools {said}; handed on", delay=HANDED_ON)
+        # Spread, so that the same idle consumer does not take it back each time.
+        delay = HANDED_ON * random.uniform(0.5, 1.5)
+        raise NotReady(f"this executor lacks the tools {said}; handed on", delay=delay)
+    if not gives_up:
+        raise NotReady(f"this executor lacks the tools {said}; waiting for one", delay=KEY_WAIT)
     if attempt < HAND_BACKS:
         log.error(
             "goal %s: this executor lacks the tools %s, which the catalog has but no running "

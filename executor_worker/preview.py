@@ -156,7 +156,9 @@ class Previewer:
             # Tools another executor offers: handed on, as a run is (it was dead-lettered, and
             # the reviewer's page said "not ready yet" for good).
             asked_at = message.occurred_at
-            lacking = hand_back_if_lacking(plan, self._registry, self._store, attempt, asked_at)
+            lacking = hand_back_if_lacking(
+                plan, self._registry, self._store, attempt, asked_at, gives_up=False
+            )
             said = lacking or invalid
             raise Reject(f"plan {plan.plan_id} cannot be previewed here: {said}") from invalid
         with telemetry.tracer().start_as_current_span("preview plan") as span:

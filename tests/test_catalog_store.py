@@ -209,3 +209,28 @@ def test_a_plan_handed_on_for_ten_minutes_is_tried_as_one_no_executor_can_run(
 
     assert not isinstance(handed_back.value, NotReady)
     assert "no running executor offers with the plan's other tools" in str(refused.value)
+
+
+def test_a_previews_plan_waits_for_an_executor_with_its_tools_however_long(
+    pipeline: Pipeline,
+) -> None:
+    """A preview whose tools no running executor offered was dead-lettered after its tries:
+    the review said "not ready yet" for good, even once an executor with them was back. It
+    waits (no attempt used, 30 s at a time), as long as its plan is held."""
+    from executor_worker.lacking_tools import KEY_WAIT, hand_back_if_lacking
+
+    stock = ToolSpec(name="stock_level", effect="read", idempotent=True)
+    publish_catalog(pipeline.store, [stock])
+    with pipeline.store.session() as session:  # no executor has offered it for an hour
+        session.execute(update(ToolCatalogRow).values(updated_at=utcnow() - timedelta(hours=1)))
+    plan = Plan(
+        plan_id="p-wait", goal_id="g-wait", revision=1, steps=[Step(id="s", tool="stock_level")]
+    )
+    registry = build_handler("executor", pipeline.settings, pipeline.store, pipeline.bus)._registry
+    long_ago = utcnow() - timedelta(hours=2)
+
+    with pytest.raises(NotReady) as waits:
+        hand_back_if_lacking(plan, registry, pipeline.store, 9, long_ago, gives_up=False)
+
+    assert waits.value.delay == KEY_WAIT
+    assert "waiting for one" in str(waits.value)

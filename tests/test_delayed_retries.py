@@ -7,6 +7,7 @@ consumer's outbox hook, as every worker has it.
 
 from __future__ import annotations
 
+import json
 import queue
 import subprocess
 import sys
@@ -263,3 +264,44 @@ def test_a_worker_killed_while_its_retry_waits_loses_nothing(
         again.wait(WAIT)
         bus.close()
     assert log.read_text().split() == [goal.goal_id, "1", goal.goal_id, "2"]
+
+
+def test_a_retry_due_in_moments_is_sent_when_its_worker_stops_not_left_to_the_relay(
+    bus: Bus, store: Store
+) -> None:
+    """Given a handler that hands a goal on for 2 s (an executor lacking a plan's tool) and
+    another for 60 s, When the worker stops meanwhile, Then the first is published as it
+    stops, for another worker to take at once (left to the relay, it waited half a minute),
+    and the second stays in the outbox for the relay."""
+
+    def handler(message: Message, delivery: Delivery) -> list[Envelope]:
+        assert isinstance(message, GoalSubmitted)
+        raise NotReady("lacks a tool", delay=2.0 if message.text == "soon" else 60.0)
+
+    marker = SentMarker(store, interval=0.05)
+    consumer = bus.stage_consumer("planner", handler, on_published=marker, concurrency=2)
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,), daemon=True)
+    thread.start()
+    assert consumer.ready.wait(WAIT)
+    soon, later = (GoalSubmitted(goal_id=uuid4().hex, text=t) for t in ("soon", "later"))
+    try:
+        bus.publish([Envelope.of(soon), Envelope.of(later)])
+        eventually(lambda: len(retries_of(store)) == 2, what="both stored as retries")
+        stop.set()
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    finally:
+        marker.close()
+
+    unsent = {goal_id for goal_id, sent_at in retries_of(store) if sent_at is None}
+    assert unsent == {later.goal_id}
+
+
+def retries_of(store: Store) -> list[tuple[str, object]]:
+    """The planner's stored retries: each one's goal id, and when it was sent (None: not)."""
+    return [
+        (json.loads(row.body)["goal_id"], row.sent_at)
+        for row in outbox_rows(store)
+        if row.routing_key == "retry.planner"
+    ]

@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Message, Delivery], Sequence[Envelope]]
 _POLL_SECONDS = 0.05
+_SOON_SECONDS = 5.0  # stored retries this close to due are sent at shutdown
 _FIRST_POLL_SECONDS = 0.001
 _BUSY_POLL_SECONDS = 0.002
 
@@ -176,7 +177,14 @@ class StageConsumer:
                 while self._in_flight.count:
                     self._settle_finished(block=True)
                 self._settlement.hand_back_held()
-                # Stored retries not yet published stay in the outbox: the relay sends them.
+            # Stored retries due in a few seconds (a plan handed on to another executor) are
+            # sent now, this consumer cancelled (else it took them back): left to the relay,
+            # they waited half a minute. The rest stay in the outbox, for the relay: sent
+            # early, each would spend its try sooner.
+            try:
+                self._settlement.publish_stored(within=_SOON_SECONDS)
+            except self._outages as exc:  # the relay sends them once the broker answers
+                log.warning("stopping: stored retries left to the relay (%s)", exc)
 
     def run_until_stopped(self, stop: threading.Event, max_backoff: float = 30.0) -> None:
         """Run, reconnecting with backoff whenever the broker goes away, until `stop` is set.

@@ -76,9 +76,9 @@ class Waiting(Generic[T]):
         """Keep `item` until `delay` seconds from now."""
         self._items.append((time.monotonic() + delay, item))
 
-    def due(self) -> list[T]:
-        """Remove and return the items whose time has come."""
-        now = time.monotonic()
+    def due(self, within: float = 0.0) -> list[T]:
+        """Remove and return the items whose time has come, or comes `within` seconds."""
+        now = time.monotonic() + within
         ready = [item for at, item in self._items if at <= now]
         self._items = [(at, item) for at, item in self._items if at > now]
         return ready

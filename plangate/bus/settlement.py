@@ -101,7 +101,11 @@ class Settlement:
         for raw, attempt in self._held.due():
             headers = text_headers(raw) | {ATTEMPT_HEADER: str(attempt)}
             self.publish_then_ack(raw, [Envelope(self._retry_key, raw_body(raw), headers)])
-        stored = self._stored_retries.due()
+        self.publish_stored()
+
+    def publish_stored(self, within: float = 0.0) -> None:
+        """Publish the stored retries due now, or `within` seconds (the outbox has them)."""
+        stored = self._stored_retries.due(within)
         if stored:
             self._producers.publish(stored)  # if this fails, the relay sends them later
             self.mark_published(stored)
