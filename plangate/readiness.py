@@ -26,8 +26,15 @@ def not_ready(store: Store, bus: Bus | None = None) -> str | None:
     try:
         current = store.revision()  # a read: a writer holding the lock must not stall it
     except SQLAlchemyError as exc:
-        log.warning("readiness: the store does not answer (%s)", type(exc).__name__)
-        return "the store does not answer"
+        try:
+            # A connection the database dropped (a restart it is back from) is found dead
+            # only when used: once more, on a fresh one, before the store is said down.
+            if not getattr(exc, "connection_invalidated", False):
+                raise
+            current = store.revision()
+        except SQLAlchemyError as again:
+            log.warning("readiness: the store does not answer (%s)", type(again).__name__)
+            return "the store does not answer"
     problem = mismatch(current)
     if problem is not None:
         return problem

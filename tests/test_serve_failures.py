@@ -164,6 +164,7 @@ def test_a_connection_the_database_dropped_is_a_503_to_retry_though_it_answers_a
 
     assert dropped.status_code == 503, dropped.text
     assert dropped.headers["retry-after"] == "5"
+    assert "the database connection was lost" in dropped.json()["error"]
     assert again.status_code in (201, 202), again.text
 
 
