@@ -42,8 +42,10 @@ def test_a_plan_waits_for_the_executor_offering_its_tools_and_runs_once_it_is_ba
     try:
         store = open_store(fleet.database_url)
         try:
-            eventually(
-                lambda: "notify_oncall" in load_catalog(store), what="the full executor's catalog"
+            eventually(  # a worker starting on a busy machine: seconds
+                lambda: "notify_oncall" in load_catalog(store),
+                what="the full executor's catalog",
+                timeout=30,
             )
         finally:
             store.close()
