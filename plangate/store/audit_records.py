@@ -25,9 +25,9 @@ from plangate.store.audit import stored_data
 from plangate.store.audit_recorded import POLICY_DECIDER, Recorded, shown_as_recorded
 from plangate.store.decision_records import (
     approval_problems,
-    approver_roles_problems,
     decision_said_problems,
     hold_problems,
+    reviewer_approval_problems,
 )
 from plangate.store.engine import Store
 from plangate.store.models import (
@@ -129,7 +129,7 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
     yield from _decision_rows_problems(session, ids, recorded)
     yield from hold_problems(session, ids, recorded)
     yield from approval_problems(session, ids, recorded)
-    yield from approver_roles_problems(session, ids, recorded)
+    yield from reviewer_approval_problems(session, ids, recorded)
     yield from _step_rows_problems(session, ids, recorded)
 
 

@@ -77,70 +77,61 @@ def hold_problems(
 def approval_problems(
     session: Session, ids: Sequence[str], recorded: dict[str, Recorded]
 ) -> Iterator[str]:
-    """Name a signed approval a plan ran with, or a counted reviewer approval, that is gone."""
+    """Name a signed approval a plan ran with that is gone from the approvals table."""
     ran = {
         approval_id: (goal_id, plan_id)
         for goal_id in ids
         for approval_id, plan_id in recorded[goal_id].ran_with.items()
     }
-    if ran:
-        rows = session.execute(
-            select(ApprovalRow.approval_id, ApprovalRow.plan_id).where(
-                ApprovalRow.approval_id.in_(list(ran))
-            )
-        )
-        kept = {str(approval_id): str(plan_id) for approval_id, plan_id in rows}
-        for approval_id, (goal_id, plan_id) in sorted(ran.items()):
-            if kept.get(approval_id) != plan_id:
-                yield (
-                    f"approval {approval_id}, with which plan {plan_id} of goal {goal_id} ran, "
-                    f"is gone: who signed it can no longer be shown; the approvals table {CHANGED}"
-                )
-    signed = {
-        plan_id: approvers
-        for goal_id in ids
-        for plan_id, approvers in recorded[goal_id].signed_for.items()
-    }
-    if not signed:
+    if not ran:
         return
-    counted = session.execute(
-        select(ReviewerApprovalRow.plan_id, ReviewerApprovalRow.reviewer).where(
-            ReviewerApprovalRow.plan_id.in_(list(signed))
+    rows = session.execute(
+        select(ApprovalRow.approval_id, ApprovalRow.plan_id).where(
+            ApprovalRow.approval_id.in_(list(ran))
         )
     )
-    shown: dict[str, list[str]] = {}
-    for plan_id, reviewer in counted:
-        shown.setdefault(str(plan_id), []).append(str(reviewer))
+    kept = {str(approval_id): str(plan_id) for approval_id, plan_id in rows}
+    for approval_id, (goal_id, plan_id) in sorted(ran.items()):
+        if kept.get(approval_id) != plan_id:
+            yield (
+                f"approval {approval_id}, with which plan {plan_id} of goal {goal_id} ran, "
+                f"is gone: who signed it can no longer be shown; the approvals table {CHANGED}"
+            )
+
+
+def reviewer_approval_problems(
+    session: Session, ids: Sequence[str], recorded: dict[str, Recorded]
+) -> Iterator[str]:
+    """Name a counted reviewer approval that is gone, or shown with other roles.
+
+    One read of the reviewer approvals for both: those the gate named when it signed, and the
+    roles each approval was counted with.
+    """
+    signed = {plan: who for goal_id in ids for plan, who in recorded[goal_id].signed_for.items()}
+    roles_said = {
+        key: roles for goal_id in ids for key, roles in recorded[goal_id].approver_roles.items()
+    }
+    plans = sorted(signed.keys() | {plan_id for plan_id, _ in roles_said})
+    if not plans:
+        return
+    shown: dict[str, dict[str, list[str]]] = {}  # plan_id: reviewer: roles
+    for row in session.execute(
+        select(ReviewerApprovalRow).where(ReviewerApprovalRow.plan_id.in_(plans))
+    ).scalars():
+        roles = sorted(str(role) for role in row.roles or [])
+        shown.setdefault(row.plan_id, {})[row.reviewer] = roles
+        said = roles_said.get((row.plan_id, row.reviewer))
+        if said is not None and not shown_as_recorded(roles, said):
+            yield (
+                f"plan {row.plan_id} shows {row.reviewer!r}'s approval with the roles {roles}, "
+                f"but its audit log counted it with {said}: the reviewer approvals table "
+                f"{CHANGED}"
+            )
     for plan_id, approvers in sorted(signed.items()):
         for reviewer in approvers:  # a name may be recorded redacted, as any text
-            if not any(shown_as_recorded(who, reviewer) for who in shown.get(plan_id, [])):
+            if not any(shown_as_recorded(who, reviewer) for who in shown.get(plan_id, {})):
                 yield (
                     f"plan {plan_id}: its audit log records {reviewer!r}'s approval, counted when "
                     f"the gate signed it, which the reviewer approvals table no longer shows: it "
                     f"{CHANGED}"
                 )
-
-
-def approver_roles_problems(
-    session: Session, ids: Sequence[str], recorded: dict[str, Recorded]
-) -> Iterator[str]:
-    """Name a reviewer approval shown with roles other than those it was counted with."""
-    said = {
-        key: roles for goal_id in ids for key, roles in recorded[goal_id].approver_roles.items()
-    }
-    if not said:
-        return
-    rows = session.execute(
-        select(ReviewerApprovalRow).where(
-            ReviewerApprovalRow.plan_id.in_(sorted({plan_id for plan_id, _ in said}))
-        )
-    ).scalars()
-    for row in rows:
-        roles = said.get((row.plan_id, row.reviewer))
-        shown = sorted(str(role) for role in row.roles or [])
-        if roles is not None and not shown_as_recorded(shown, roles):
-            yield (
-                f"plan {row.plan_id} shows {row.reviewer!r}'s approval with the roles {shown}, "
-                f"but its audit log counted it with {roles}: the reviewer approvals table "
-                f"{CHANGED}"
-            )
