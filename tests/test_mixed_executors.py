@@ -26,18 +26,31 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 def test_a_plan_waits_for_the_executor_offering_its_tools_and_runs_once_it_is_back(
     fleet: Fleet,  # noqa: F811
 ) -> None:
-    """Given a planner, a gate and two executors, one started without `notify_oncall`, the
-    other (which offers it) stopped for a moment, as in a rolling restart,
+    """Given a planner, a gate and two executors, each with a data folder of its own, one
+    started without `notify_oncall`, the other (which offers it) stopped for a moment, as in
+    a rolling restart,
     When goals needing it are approved meanwhile, and more once it is back,
     Then every goal completes, each page sent once: the executor lacking the tool hands each
     plan on while the catalog says an executor offered it lately. It handed a plan back three
     times, then failed its goal ("the plan is invalid"), even with an executor offering the
     tool running beside it (one plan in eight landed on the one lacking it three times).
     """
-    fleet.start("planner")
-    fleet.start("gate")
-    full = fleet.start("executor")
-    fleet.start("executor", PLANGATE_TOOLS="tests.partial_tools")
+    # As deploy/ runs them: a data folder each, sharing only the gate's public keys folder.
+    keys = fleet.folder / "keys"
+    keys.mkdir()
+    fleet.extra_env["PLANGATE_TRUSTED_KEYS_DIR"] = str(keys)
+
+    def own_folder(name: str) -> str:
+        return str(fleet.folder / f"{name}-data")
+
+    fleet.start("planner", PLANGATE_DATA_DIR=own_folder("planner"))
+    fleet.start("gate", PLANGATE_DATA_DIR=own_folder("gate"))
+    full = fleet.start("executor", PLANGATE_DATA_DIR=own_folder("full-executor"))
+    fleet.start(
+        "executor",
+        PLANGATE_DATA_DIR=own_folder("partial-executor"),
+        PLANGATE_TOOLS="tests.partial_tools",
+    )
     client = Client(fleet.settings())
     try:
         store = open_store(fleet.database_url)
@@ -64,7 +77,8 @@ def test_a_plan_waits_for_the_executor_offering_its_tools_and_runs_once_it_is_ba
             timeout=60,
         )
         assert {h.status().status for h in waiting} == {"approved"}, fleet.logs()
-        fleet.start("executor")  # back, as after a rolling restart
+        # Back, as after a rolling restart, with its folder as it left it.
+        fleet.start("executor", PLANGATE_DATA_DIR=own_folder("full-executor"))
         more = [client.submit(f"{SEED_GOAL} [{n}]") for n in range(2, 4)]
         ended = [h.wait(timeout=60, until={"completed", "failed"}) for h in waiting + more]
     finally:
