@@ -10,7 +10,9 @@ effect may have happened. The next executor never runs it again on its own; the 
   one way a non-idempotent write runs a second attempt, and it is a person's decision, audited.
 
 Once no step of the plan is unknown, the plan's own approval is sent again and the run resumes
-where it stopped: finished steps are not repeated.
+where it stopped: finished steps are not repeated. A write a cancelled goal's run left in flight
+(marked `unknown` by the executors' sweep) is settled alike, to record what happened; nothing
+resumes.
 
 Settling decides what the plan's later writes do (an output they use, or a write called
 again), so it asks what approving asked: the role the hold requires, and not the submitter
@@ -39,6 +41,9 @@ from plangate.store.outbox import emit
 from schemas import PlanApproved, SignedEnvelope, ToolSpec, utcnow
 from schemas.json_schema import errors_of, validator_for
 
+# The goals whose unknown steps a person settles: a run waiting for them, or a cancelled one.
+SETTLED_IN = ("needs_attention", "cancelled")
+
 
 @dataclass(frozen=True)
 class UnsettledStep:
@@ -60,7 +65,7 @@ def unsettled_steps(store: Store) -> list[UnsettledStep]:
         rows = session.execute(
             select(StepRunRow, GoalRow)
             .join(GoalRow, GoalRow.id == StepRunRow.goal_id)
-            .where(StepRunRow.status == "unknown", GoalRow.status == "needs_attention")
+            .where(StepRunRow.status == "unknown", GoalRow.status.in_(SETTLED_IN))
             .order_by(StepRunRow.finished_at)
         ).all()
         return [
@@ -127,10 +132,10 @@ def settle_step(
         goal = session.execute(
             select(GoalRow).where(GoalRow.id == row.goal_id).with_for_update()
         ).scalar_one()
-        if goal.status != "needs_attention":
+        if goal.status not in SETTLED_IN:
             raise Conflict(
                 f"goal {goal.id} is {goal.status}; a step is settled only while its run "
-                "waits for a person"
+                "waits for a person, or once its goal was cancelled"
             )
         data = {
             "plan_id": plan_id,
@@ -154,7 +159,7 @@ def settle_step(
             .select_from(StepRunRow)
             .where(StepRunRow.plan_id == plan_id, StepRunRow.status == "unknown")
         )
-        if left:
+        if left or goal.status == "cancelled":  # recorded only: a cancelled run never resumes
             return []
         transition(
             session,

@@ -105,17 +105,26 @@ class Pipeline:
         stuck tool call), and then nothing is released, for the caller to decide. Stopping
         again after a stop changes nothing.
         """
+        if not self.halt(timeout):
+            return False
+        if not self._released:
+            self._released = True
+            self._marker.close()
+            self.bus.close()
+            self.store.close()
+        return True
+
+    def halt(self, timeout: float | None = None) -> bool:
+        """Stop consuming and wait for in-flight work, releasing nothing (the store stays open).
+
+        False if some is still running after `timeout`.
+        """
         self._stop.set()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 return False
-        if not self._released:
-            self._released = True
-            self._marker.close()
-            self.bus.close()
-            self.store.close()
         return True
 
     def __enter__(self) -> Pipeline:

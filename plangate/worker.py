@@ -16,6 +16,7 @@ from types import FrameType
 
 from sqlalchemy.exc import OperationalError
 
+from executor_worker.abandoned_steps import mark_abandoned
 from plangate import metrics, telemetry
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
 from plangate.catalog import keep_offering
@@ -150,6 +151,13 @@ class Worker:
                         seal(store)
                     if self.stage == "executor":  # it still offers its tools
                         keep_offering(store)
+                        abandoned = mark_abandoned(store)
+                        if abandoned:
+                            log.warning(
+                                "cancelled goals' writes left in flight by an executor that "
+                                "stopped are marked unknown, for a person to settle: %s",
+                                ", ".join(abandoned),
+                            )
                 except BrokerUnavailable as exc:  # said in full, once a sweep: no traceback
                     log.warning("sweep skipped: %s; will try again in %g s", exc, interval)
                 except OperationalError as exc:  # the database is down: said, as the broker

@@ -22,6 +22,7 @@ from plangate.reviewers import add_reviewer
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.servers import accepts_connections, free_port, missing, stop_process, wait_until_ready
+from tests.support import eventually
 
 pytestmark = pytest.mark.redis
 
@@ -575,3 +576,57 @@ def test_a_non_idempotent_write_cut_off_mid_call_is_marked_unknown_not_run_again
     assert status["status"] == "completed", fleet.logs()
     assert status["steps"] == {"charge": "succeeded"}
     assert len(effects.read_text().splitlines()) == 1
+
+
+def test_a_cancelled_goal_s_write_cut_off_mid_call_is_marked_unknown_for_a_person(
+    fleet: Fleet,
+) -> None:
+    """Given an executor killed in the middle of a non-idempotent write,
+    When its goal is cancelled before any executor comes back to it,
+    Then once the claim's lease has run out the executors' sweep marks the write `unknown`:
+    `review unsettled` lists it, and a person's "it happened" is recorded while the goal stays
+    cancelled. No run resumes a cancelled goal, so the write showed `running` for ever and no
+    one was asked whether the card was charged.
+    """
+    root = Path(__file__).resolve().parent.parent
+    effects = fleet.folder / "effects.jsonl"
+    fleet.extra_env.update(
+        PLANGATE_PLAYBOOK_FILE=str(root / "tests" / "data" / "chaos_playbook.yaml"),
+        PLANGATE_TOOLS="tests.chaos_tools",
+        PYTHONPATH=str(root),
+        CHAOS_EFFECTS=str(effects),
+        CHAOS_DUPLICATES=str(fleet.folder / "duplicates.jsonl"),
+    )
+    reviewers = fleet.folder / "reviewers.yaml"
+    as_carol = {
+        "PLANGATE_REVIEWERS_FILE": str(reviewers),
+        "PLANGATE_REVIEWER_TOKEN": add_reviewer(reviewers, "carol", []),
+    }
+    marker = fleet.folder / "fault-fired"
+    doomed = fleet.start("executor", PLANGATE_FAULT="mid_tool", PLANGATE_FAULT_MARKER=str(marker))
+    fleet.start("planner")
+    fleet.start("gate")
+    goal_id = json.loads(fleet.plangate("submit", "charge 5", "--json").stdout)["goal_id"]
+    assert doomed.wait(timeout=30) == -9, fleet.logs()
+    cancelled = fleet.plangate("goals", "cancel", goal_id, "--reason", "wrong card", **as_carol)
+    assert cancelled.returncode == 0, cancelled.stderr
+    fleet.start("executor")
+
+    def unsettled() -> list[dict[str, object]]:
+        listed = fleet.plangate("review", "unsettled", "--json", **as_carol)
+        assert listed.returncode == 0, listed.stderr
+        return list(json.loads(listed.stdout))
+
+    eventually(unsettled, timeout=40, what="the write marked unknown")
+    (waiting,) = unsettled()
+    assert (waiting["goal_id"], waiting["step_id"]) == (goal_id, "charge")
+    assert "after the goal was cancelled" in str(waiting["reason"])
+    settled = fleet.plangate(
+        "review", "settle", str(waiting["plan_id"]), "charge", "--happened", **as_carol
+    )
+    assert settled.returncode == 0, settled.stderr
+    assert "its goal was cancelled, so nothing resumes" in settled.stdout
+    status = json.loads(fleet.plangate("status", goal_id, "--json").stdout)
+    assert (status["status"], status["steps"]) == ("cancelled", {"charge": "succeeded"})
+    assert len(effects.read_text().splitlines()) == 1
+    assert unsettled() == []

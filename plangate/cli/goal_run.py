@@ -72,7 +72,7 @@ class GoalRun:
         self.err = err
         self.goal_id, self.events = "", sys.stdout  # `--json` events: stdout, kept for them
         self.trace_id: str | None = None
-        self.timed_out = False
+        self.timed_out = self.waited = False  # waited: for the steps running at Ctrl-C
         self.steps: dict[str, str] = {}
         # A hold whose dry run is on its way: asked about once the preview arrives (or is late).
         self._awaiting_preview: tuple[PlanDecided, float] | None = None
@@ -97,6 +97,8 @@ class GoalRun:
             status = interrupted.say_interrupted(
                 self.pipeline, self.goal_id, self._reviewer, self.err
             )
+            self.steps = interrupted.steps_after_waiting(self.pipeline, self.goal_id, self.err)
+            self.waited = True
         return self._finish(EXIT_INTERRUPTED, status)
 
     def _still_held(self) -> str:
@@ -391,7 +393,8 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
         goal_run.events = events
         code = goal_run.run(text)
         if code == EXIT_INTERRUPTED:
-            interrupted.stop_or_abandon(pipeline, err, code)
+            grace = 0.0 if goal_run.waited else interrupted.STOP_GRACE_SECONDS
+            interrupted.stop_or_abandon(pipeline, err, code, grace, goal_run.goal_id)
         elif goal_run.timed_out:
             interrupted.end_after_timeout(pipeline, goal_run.goal_id, err, code)
         return code

@@ -51,6 +51,43 @@ def say_interrupted(pipeline: Pipeline, goal_id: str, who: str, err: Console) ->
     return status
 
 
+def steps_after_waiting(pipeline: Pipeline, goal_id: str, err: Console) -> dict[str, str]:
+    """After Ctrl-C: give the steps already running a grace to end; return every step's status.
+
+    Waited for before the run's summary: it said "1 succeeded" of a run whose write then
+    ended within the grace, and the user, told no more, could run the goal again.
+    """
+    try:
+        ended = pipeline.halt(timeout=STOP_GRACE_SECONDS)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
+        ended = False
+    steps = steps_as_left(pipeline, goal_id, abandoned=not ended)
+    unknown = sorted(step for step, status in steps.items() if status == "unknown")
+    if unknown:
+        err.print(
+            f"write step {', '.join(unknown)} was still being called: it may or may not have "
+            "happened; check, then record which with `plangate review settle`"
+        )
+    return steps
+
+
+def steps_as_left(pipeline: Pipeline, goal_id: str, *, abandoned: bool) -> dict[str, str]:
+    """Return each of the goal's steps' status as recorded; writes abandoned marked `unknown`.
+
+    `abandoned`: the process ends without waiting for what still runs, so a write being called
+    may or may not happen; `plangate review settle` records which once someone has checked.
+    """
+    from executor_worker.abandoned_steps import mark_abandoned
+
+    if abandoned:
+        mark_abandoned(pipeline.store, goal_id=goal_id)
+    with pipeline.store.reading() as session:
+        rows = session.execute(
+            select(StepRunRow.step_id, StepRunRow.status).where(StepRunRow.goal_id == goal_id)
+        ).all()
+    return {step_id: status for step_id, status in rows}
+
+
 def end_after_timeout(pipeline: Pipeline, goal_id: str, err: Console, code: int) -> None:
     """After `--timeout`: end soon, but let a write already called end, so its outcome is known.
 
@@ -68,7 +105,8 @@ def end_after_timeout(pipeline: Pipeline, goal_id: str, err: Console, code: int)
             f"waiting for write step {', '.join(writing)} to end, so that its outcome is "
             "recorded (at most its tool's deadline; Ctrl-C ends without waiting)"
         )
-    stop_or_abandon(pipeline, err, code, grace=None if writing else TIMEOUT_GRACE_SECONDS)
+    grace = None if writing else TIMEOUT_GRACE_SECONDS
+    stop_or_abandon(pipeline, err, code, grace=grace, goal_id=goal_id)
 
 
 def stop_or_abandon(
@@ -76,24 +114,39 @@ def stop_or_abandon(
     err: Console,
     code: int = EXIT_INTERRUPTED,
     grace: float | None = STOP_GRACE_SECONDS,
+    goal_id: str = "",
 ) -> None:
     """After Ctrl-C or `--timeout`: stop the stages, or end the process if their work will not.
 
     Python cannot stop a thread, and a handler waiting on a stuck call (a tool, a model server
     asking to be retried in two minutes) would keep the process alive long after the user asked
-    it to end. Ending here is what a kill does, which every stage survives: a write in flight
-    keeps its claim, and is settled as of unknown outcome; a goal being planned stays submitted.
+    it to end. Ending here is what a kill does, which every stage survives; a goal being
+    planned stays submitted. The goal (`goal_id`) is cancelled by then, so no run comes back
+    to a write in flight: it is marked `unknown`, for a person to settle.
     """
+    waited = f" after {grace:g} s" if grace else ""  # (none: waited for before the summary)
     try:
-        if pipeline.stop(timeout=grace):
-            return
-        err.print(
-            f"the goal's work (a step, or a plan being drafted) is still running after "
-            f"{grace:g} s; ending without waiting for it (a write in flight keeps "
-            "its claim, and shows as in flight)"
-        )
+        stopped = pipeline.stop(timeout=grace)
     except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
-        pass
+        stopped, waited = False, ""
+    if stopped:
+        return
+    with contextlib.suppress(KeyboardInterrupt):  # a further Ctrl-C: it ends all the same
+        from executor_worker.abandoned_steps import mark_abandoned
+
+        # Marked already when the summary waited for them: said there.
+        marked = mark_abandoned(pipeline.store, goal_id=goal_id) if goal_id else []
+        steps = ", ".join(step.split("/", 1)[1] for step in marked)
+        what = (
+            f"write step {steps} may or may not happen: check, then record which with "
+            "`plangate review settle`"
+            if marked
+            else "what it had done is recorded"
+        )
+        err.print(
+            f"the goal's work (a step, or a plan being drafted) is still running{waited}; "
+            f"ending without waiting for it ({what})"
+        )
     with contextlib.suppress(KeyboardInterrupt):  # a further Ctrl-C: it ends all the same
         telemetry.flush()
     sys.stdout.flush()

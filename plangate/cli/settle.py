@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,15 +18,20 @@ from plangate.cli.held_plan_view import console
 from plangate.cli.render import shown
 from plangate.cli.review import JsonOption, PlanArgument
 from plangate.cli.review_access import (
+    NO_TOKEN,
     Access,
     ServerOption,
     TokenFileOption,
+    no_deployment,
     opened_store,
     path_of,
     publish,
     resolve,
 )
 from plangate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plangate.store import Store
 
 
 @friendly_errors
@@ -101,6 +106,7 @@ def review_settle(
     Look first (did the card get charged? did the page go out?), then say --happened or
     --not-happened. When no step of the plan is left unknown, its run resumes where it stopped.
     """
+    from approval_gate.settle import SETTLED_IN
     from schemas import MessageRejected, strict_json_loads
 
     if happened is None:
@@ -111,37 +117,64 @@ def review_settle(
         value = None if output is None else strict_json_loads(output.encode())
     except MessageRejected as exc:
         raise ConfigError(f"--output is not valid JSON: {exc.reason}") from None
-    access = resolve(server, token_file, deciding=True)
+    # A cancelled goal's step is only recorded: that needs no deployment (checked below).
+    access = resolve(server, token_file, deciding=False)
+    if access.token is None:
+        raise ConfigError(NO_TOKEN)
     found = {"happened": happened, "output": value, "comment": comment}
     settle = _settle_there if access.server else _settle_here
-    resumed = settle(access, plan_id, step_id, found)
+    status = settle(access, plan_id, step_id, found)
     if as_json:
         verdict = {"plan_id": plan_id, "step_id": step_id, "happened": happened}
-        typer.echo(json.dumps({**verdict, "resumed": resumed}))
-    elif resumed:
-        typer.echo(f"plan {plan_id}: step {step_id} settled; the run resumes")
-    else:
-        typer.echo(f"plan {plan_id}: step {step_id} settled; other steps still wait to be settled")
+        typer.echo(json.dumps({**verdict, "resumed": status not in SETTLED_IN}))
+        return
+    said = {
+        "needs_attention": "other steps still wait to be settled",
+        "cancelled": "its goal was cancelled, so nothing resumes",
+    }
+    typer.echo(f"plan {plan_id}: step {step_id} settled; {said.get(status, 'the run resumes')}")
 
 
-def _settle_there(access: Access, plan_id: str, step_id: str, found: dict[str, Any]) -> bool:
-    """Settle through the server; return whether the run resumed."""
+def _settle_there(access: Access, plan_id: str, step_id: str, found: dict[str, Any]) -> str:
+    """Settle through the server; return the goal's status then."""
     with access.api() as api:
         outcome = api.post(path_of(plan_id, "steps", step_id, "settle"), found)
-    return bool(outcome["status"] != "needs_attention")
+    return str(outcome["status"])
 
 
-def _settle_here(access: Access, plan_id: str, step_id: str, found: dict[str, Any]) -> bool:
-    """Settle in the store as the reviewer the token names; return whether the run resumed."""
+def _settle_here(access: Access, plan_id: str, step_id: str, found: dict[str, Any]) -> str:
+    """Settle in the store as the reviewer the token names; return the goal's status then."""
     from approval_gate.settle import settle_step
 
+    if "broker_url" not in access.settings.model_fields_set and not _cancelled(access, plan_id):
+        # Its run resumes once settled: only a deployment's executor carries it on.
+        raise ConfigError(no_deployment("deciding"))
     reviewer = access.reviewer()
     with opened_store(access.settings) as (settings, store):
         envelopes = settle_step(
             store, plan_id, step_id, reviewer.name, roles=reviewer.roles, **found
         )
         publish(settings, store, envelopes)
-    return bool(envelopes)
+        return _goal_status(store, plan_id) or ""
+
+
+def _cancelled(access: Access, plan_id: str) -> bool:
+    """Say whether the goal of plan `plan_id` in the store is cancelled (no store: False)."""
+    try:
+        with opened_store(access.settings) as (_settings, store):
+            return _goal_status(store, plan_id) == "cancelled"
+    except ConfigError:  # no store here
+        return False
+
+
+def _goal_status(store: Store, plan_id: str) -> str | None:
+    """Return the status of the goal of the plan `plan_id` names (a short id too), if any."""
+    from plangate.store import GoalRow, PlanRow
+    from plangate.store.goals import by_id
+
+    with store.reading() as session:
+        plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id, typed=True)
+        return None if plan is None else session.get_one(GoalRow, plan.goal_id).status
 
 
 def register(review: typer.Typer) -> None:

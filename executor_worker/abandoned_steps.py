@@ -1,0 +1,53 @@
+"""Writes a cancelled goal's run left in flight: the process calling them ended mid-call.
+
+A cancelled goal starts no further step and its run is never resumed, so no executor comes
+back to a write that was being called when its process ended (killed, or `plangate run`
+ending after Ctrl-C without waiting for it): the claim showed `running` for ever, and no one
+was asked whether the write happened. Such a write is marked `unknown`, as the next run marks
+one of a goal that goes on, and `plangate review settle` records what a person found (the
+goal stays cancelled). Only writes take a claim before their call, so only writes are found.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from executor_worker.step_entries import ended_entry
+from plangate.store import GoalRow, StepRunRow, Store, audit
+from schemas import utcnow
+
+ABANDONED = (
+    "the process calling it ended mid-call after the goal was cancelled: it may or may not "
+    "have happened; check, then record which with `plangate review settle`"
+)
+
+
+def mark_abandoned(store: Store, *, goal_id: str | None = None, limit: int = 100) -> list[str]:
+    """Mark cancelled goals' writes left running as `unknown`; return `plan_id/step_id` of each.
+
+    Without `goal_id`: those whose claim's lease has run out (the executor calling it would
+    have recorded its end by then, or its lease says it is still calling). With `goal_id`: that
+    goal's, at once, by the process about to end without waiting for them.
+    """
+    now = utcnow()
+    with store.session() as session:
+        query = (
+            select(StepRunRow)
+            .join(GoalRow, GoalRow.id == StepRunRow.goal_id)
+            .where(StepRunRow.status == "running", GoalRow.status == "cancelled")
+            .order_by(StepRunRow.started_at)
+            .limit(limit)
+            .with_for_update(of=StepRunRow, skip_locked=True)
+        )
+        if goal_id is None:
+            query = query.where(StepRunRow.lease_until < now)
+        else:
+            query = query.where(StepRunRow.goal_id == goal_id)
+        marked = []
+        for row in session.scalars(query):
+            row.status, row.error, row.finished_at = "unknown", ABANDONED, now
+            key = {"plan_id": row.plan_id, "step_id": row.step_id, "tool": row.tool}
+            entry = ended_entry(key, None, row.error)
+            audit.append(session, "step.unknown", actor="executor", goal_id=row.goal_id, data=entry)
+            marked.append(f"{row.plan_id}/{row.step_id}")
+        return marked
