@@ -600,3 +600,32 @@ def test_a_stage_with_no_process_at_all_raises_an_alert() -> None:
 
     promql_parser.parse(missing["expr"])
     assert sorted(asked) == sorted(STAGE_BINDINGS)
+
+
+# What each kind of plangate process writes in PLANGATE_DATA_DIR (besides /tmp): the gate its
+# first signing key and the newest checkpoint it saw, the executor the demo tools' pages. Run
+# under a read-only root filesystem (the restricted Pod Security Standard), an executor
+# without a volume there failed the example goal's `notify_oncall`: "Read-only file system".
+WRITES_ITS_DATA_FOLDER = {"gate": True, "executor": True}
+
+
+def test_every_kubernetes_container_runs_read_only_and_each_folder_it_writes_is_a_volume() -> None:
+    image_data_dir = "/data"  # the Dockerfile's PLANGATE_DATA_DIR
+    assert f"ENV PLANGATE_DATA_DIR={image_data_dir}" in (DEPLOY / "Dockerfile").read_text()
+    for owner, pod in pod_specs().items():
+        assert pod["securityContext"]["runAsNonRoot"] is True, owner
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, owner
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, owner
+            assert context["allowPrivilegeEscalation"] is False, owner
+            assert context["capabilities"]["drop"] == ["ALL"], owner
+            writable = {
+                mount["mountPath"]
+                for mount in container.get("volumeMounts", [])
+                if not mount.get("readOnly")
+            }
+            assert "/tmp" in writable, owner
+            data_dir = container_env(container).get("PLANGATE_DATA_DIR", image_data_dir)
+            if WRITES_ITS_DATA_FOLDER.get(container["name"], False):
+                assert data_dir in writable, (owner, data_dir)
