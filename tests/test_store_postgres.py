@@ -7,11 +7,15 @@ by a barrier so that their transactions really overlap.
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
+from subprocess import PIPE
 from typing import TypeVar
 
 import pytest
@@ -32,6 +36,7 @@ from tests.support import (
     HELD,
     append_after_the_upgrade_and_verify,
     only_plan,
+    outer_environment,
     running_pipeline,
     step_runs,
     write_a_log_at_0012,
@@ -433,3 +438,25 @@ def test_a_snapshot_reads_every_statement_at_one_moment(store: Store) -> None:
         now = session.execute(text("SELECT n FROM moments")).scalar_one()
 
     assert (first, again, now) == (1, 1, 2)
+
+
+def test_two_upgrades_at_once_of_an_empty_database_both_succeed(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """Given an empty PostgreSQL database,
+    When two `plangate db upgrade` run at once (two pods of the migration Job),
+    Then both exit 0: one creates the schema, the other waits and finds it current. The second
+    failed ("duplicate key value violates unique constraint"), said as a wrong database URL.
+    """
+    env = {**outer_environment(), "PLANGATE_DATABASE_URL": postgres_database_url}
+    command = [sys.executable, "-m", "plangate", "db", "upgrade"]
+    runs = [
+        subprocess.Popen(command, env=env, cwd=tmp_path, stdout=PIPE, stderr=PIPE, text=True)
+        for _ in range(2)
+    ]
+    said = [run.communicate(timeout=60) for run in runs]
+
+    assert [run.returncode for run in runs] == [0, 0], said
+    outputs = sorted(stdout for stdout, _ in said)  # "created ..." before "the schema ..."
+    assert "created the schema" in outputs[0], outputs
+    assert "is already at" in outputs[1], outputs

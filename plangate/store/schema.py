@@ -7,6 +7,8 @@ the embedded mode upgrades its own SQLite file, because it owns it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 # tests/test_store_sqlite.py checks both answers against alembic's.
 _MIGRATION_FILE = re.compile(r"^(\d{4})_\w+\.py$")
 _VERSION_TABLE = "alembic_version"
+# The advisory lock `plangate db upgrade` holds on PostgreSQL: "plangate" in ASCII.
+_UPGRADE_LOCK = int.from_bytes(b"plangate", "big")
 
 
 def _migrations() -> Traversable:
@@ -92,6 +96,33 @@ def _holds_plangate_tables(engine: Engine) -> bool:
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Migrate the database to the newest revision; return (before, after)."""
+    with _one_upgrade_at_a_time(engine):
+        return _upgrade(engine)
+
+
+@contextmanager
+def _one_upgrade_at_a_time(engine: Engine) -> Iterator[None]:
+    """On PostgreSQL, hold an advisory lock while upgrading: a second upgrade waits for it.
+
+    Two at once (two pods of the migration Job, the Job and a person) on an empty database:
+    the second failed creating a table the first had just made ("duplicate key value violates
+    unique constraint pg_type_typname_nsp_index"), said as a wrong database URL. Waiting, it
+    finds the schema current. (SQLite's own file lock serialises the migration already.)
+    """
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _UPGRADE_LOCK})
+        connection.commit()  # the lock is the session's: it outlives this transaction
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _UPGRADE_LOCK})
+            connection.commit()
+
+
+def _upgrade(engine: Engine) -> tuple[str | None, str]:
     from alembic import command
 
     before = current_revision(engine)
