@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from approval_gate.policy import Policy
 from plangate.errors import ApprovalInvalid, Conflict, Forbidden
+from plangate.reviewers import person_key
 from plangate.signing import Signer, TrustedKeys
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow
 from plangate.store.decision_records import hold_asks
@@ -148,11 +149,12 @@ def check_not_submitter(hold: HoldRow | None, goal: GoalRow, reviewer: str) -> N
 
     The submitter is whoever the goal's metadata names under any of `SUBMITTER_KEYS`
     (`submitter`, `submitted_by`, `source`, `ce.source`, `user`, as the submitting service set
-    them); a goal that names none has no one to bar.
+    them), told apart regardless of case and spaces (a service may send `CAROL`); a goal that
+    names none has no one to bar.
     """
     if hold is None or not hold.approver_not_submitter:
         return
-    if reviewer in submitters_of(goal.meta):
+    if person_key(reviewer) in {person_key(name) for name in submitters_of(goal.meta)}:
         raise Forbidden(
             f"rule {hold.rule!r} bars the goal's submitter from approving it, and {reviewer} "
             "submitted goal " + goal.id + ": ask another reviewer",

@@ -22,6 +22,7 @@ import re
 import secrets
 import tempfile
 import threading
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ from plangate.small_files import read_text
 
 log = logging.getLogger(__name__)
 REVIEWERS_FILE_VARIABLE = "PLANGATE_REVIEWERS_FILE"
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,199}$"
+# Not ending in a space: "bob " was a second reviewer beside "bob", each an approval.
+NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9 ._@+-]{0,198}[A-Za-z0-9._@+-])?$"
 ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # as a policy rule's `requires_role`
 _HEADER = (
     "# plangate reviewers, written by `plangate reviewers add|remove`. Only each token's\n"
@@ -218,12 +220,30 @@ def read_file(path: Path) -> list[Reviewer]:
 
 
 def _check_unique(path: Path, reviewers: Sequence[Reviewer]) -> None:
-    names = [r.name for r in reviewers]
+    seen: dict[str, str] = {}
     hashes = [r.token_sha256 for r in reviewers]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"the reviewers file {path} names a reviewer twice; keep one entry each")
+    for reviewer in reviewers:
+        first = seen.get(person_key(reviewer.name))
+        if first is not None:
+            also = "" if first == reviewer.name else f" (as {first!r} and {reviewer.name!r})"
+            raise ConfigError(
+                f"the reviewers file {path} names a reviewer twice{also}: names are told apart "
+                "regardless of case, or each would count as another person's approval; keep "
+                "one entry each"
+            )
+        seen[person_key(reviewer.name)] = reviewer.name
     if len(set(hashes)) != len(hashes):
         raise ConfigError(f"the reviewers file {path} has two reviewers with one token")
+
+
+def person_key(name: str) -> str:
+    """Return what two spellings of one person's name share: case, width and spaces aside.
+
+    Reviewer names are told apart by it (`alice` and `Alice` were two reviewers, whose two
+    approvals met a rule asking for two people), and a goal's submitter, as the submitting
+    service spelled it (`CAROL`, `carol `), is matched with it.
+    """
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
 def name_problem(name: str) -> str | None:
@@ -257,10 +277,17 @@ def add_reviewer(path: Path, name: str, roles: Iterable[str]) -> str:
             )
     with _editing(path):
         reviewers = read_file(path) if path.exists() else []
-        if any(r.name == name for r in reviewers):
+        same = next((r.name for r in reviewers if person_key(r.name) == person_key(name)), None)
+        if same == name:
             raise ConfigError(
                 f"{name} is in {path} already; `plangate reviewers remove {name}` first to "
                 "give them a new token"
+            )
+        if same is not None:
+            raise ConfigError(
+                f"{same} is in {path} already, and names are told apart regardless of case "
+                f"(their approvals would count as two people's): `plangate reviewers remove "
+                f"{same}` first to rename them, or give this reviewer another name"
             )
         token = new_token()
         _write(path, [*reviewers, Reviewer(name, frozenset(wanted), hash_token(token))])

@@ -208,6 +208,9 @@ def test_a_hold_past_its_expiry_cannot_be_approved_even_before_the_sweep(
         pytest.param({"submitted_by": "alice"}, id="submitted_by-as-the-publishing-docs-show"),
         pytest.param({"submitter": "alice"}, id="submitter"),
         pytest.param({"ce.source": "svc", "submitter": "alice"}, id="one-of-several-named"),
+        # Spelled otherwise by the submitting service: she approved her own goal.
+        pytest.param({"submitter": "ALICE"}, id="in-capitals"),
+        pytest.param({"user": " alice "}, id="with-spaces"),
     ],
 )
 def test_a_goal_s_submitter_is_barred_under_whichever_key_names_them(

@@ -226,3 +226,38 @@ def test_reviewers_added_at_the_same_moment_are_all_kept(tmp_path: Path) -> None
         thread.join(timeout=30)
 
     assert sorted(r.name for r in read_file(path)) == sorted(["seed", *names])
+
+
+@pytest.mark.parametrize(
+    "spelled", ["Alice", "ALICE", "alice  "], ids=["capital", "upper", "spaces"]
+)
+def test_reviewers_add_refuses_alice_spelled_otherwise(tmp_path: Path, spelled: str) -> None:
+    """Given alice in the reviewers file,
+    When `Alice` (or `ALICE`, or `alice` with a space after) is added,
+    Then it is refused in one line: each was another reviewer, whose approval made a second
+    person's under a rule asking two ("approved by alice, Alice").
+    """
+    path = tmp_path / "reviewers.yaml"
+    add_reviewer(path, "alice", ["finance"])
+
+    again = reviewers_cli(tmp_path, "add", spelled, "--file", str(path))
+
+    assert again.returncode == 2
+    said = again.stderr.strip()
+    assert len(said.splitlines()) == 1, said
+    assert "told apart regardless of case" in said or "is not a reviewer name" in said, said
+    assert [r.name for r in read_file(path)] == ["alice"]
+
+
+def test_a_reviewers_file_naming_one_person_in_two_spellings_is_refused(tmp_path: Path) -> None:
+    """Given a reviewers file written by hand with `bob` and `Bob`,
+    Then reading it is refused, naming both: the gate would count their approvals as two."""
+    path = tmp_path / "reviewers.yaml"
+    path.write_text(
+        "reviewers:\n"
+        "  - {name: bob, token_sha256: " + "a" * 64 + "}\n"
+        "  - {name: Bob, token_sha256: " + "b" * 64 + "}\n"
+    )
+
+    with pytest.raises(ConfigError, match="names a reviewer twice \\(as 'bob' and 'Bob'\\)"):
+        read_file(path)
