@@ -23,6 +23,7 @@ from approval_gate.holds import (
     check_not_submitter,
     check_reviewer,
 )
+from plangate import metrics
 from plangate.errors import AlreadyApproved, Forbidden
 from plangate.reviewers import approval_proof
 from plangate.store import GoalRow, HoldRow, PlanRow, ReviewerApprovalRow, audit
@@ -188,4 +189,5 @@ def count_only(
         "roles": sorted(roles),  # as its reviewer approval's row has them
     }
     audit.append(session, "plan.approval_counted", actor=reviewer, goal_id=plan.goal_id, data=data)
+    metrics.decided("approve", None)  # a person's, as the one that releases the plan is
     log.info("plan %s: %s", plan.plan_id, progress(approvers, needed))

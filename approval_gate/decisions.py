@@ -70,8 +70,7 @@ def record_decision(
         raise Conflict(
             f"revision {plan.revision} of plan {plan.plan_id} was already decided; reload it"
         )
-    action = counted_as or decision.action
-    metrics.DECISIONS.labels(action, decision.rule or decision.decided_by).inc()
+    metrics.decided(counted_as or decision.action, decision.rule)
 
 
 def decision_of(row: DecisionRow) -> Decision:

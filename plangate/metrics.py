@@ -42,7 +42,9 @@ HANDLER_SECONDS = Histogram(
     ["stage", "type"],
 )
 DECISIONS = Counter(
-    "plangate_decisions", "Decisions recorded, by action and rule (or person).", ["action", "rule"]
+    "plangate_decisions",
+    "Decisions recorded, by action and rule (`person` for a person's).",
+    ["action", "rule"],
 )
 APPROVALS_EXPIRED = Counter("plangate_approvals_expired", "Held plans that expired undecided.")
 TOOL_CALLS = Counter(
@@ -160,3 +162,12 @@ def registry_with(store: Store) -> CollectorRegistry:
 def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
     """Return the registry in Prometheus' text format."""
     return generate_latest(registry)
+
+
+def decided(action: str, rule: str | None) -> None:
+    """Count a decision: a policy rule's by its name, a person's as `person`.
+
+    Not by the person's name: serve's /metrics answers anyone who reaches its port (the
+    review page's), and listed every reviewer; who decided is in the audit log and the trace.
+    """
+    DECISIONS.labels(action, rule or "person").inc()

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from plangate.client import Client
+from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.metrics import StoreCollector
 from plangate.middleware.message_metrics import MessageMetrics
@@ -19,7 +20,7 @@ from plangate.store import open_store
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
 from tests.servers import free_port, refusing_connections
-from tests.support import eventually, only_plan
+from tests.support import HELD, eventually, only_plan, running_pipeline, write_yaml
 from tests.test_distributed import APPROVE_ALL
 
 pytestmark = pytest.mark.redis
@@ -125,15 +126,15 @@ def test_a_store_that_does_not_answer_is_a_zero_not_a_gap(postgres_database_url:
 def test_an_edit_is_counted_as_an_edit_not_a_rejection(pipeline: Pipeline) -> None:
     """Given the seed goal held for a person,
     When alice edits its plan,
-    Then `plangate_decisions_total` counts an edit by alice and no rejection (the dashboard's
+    Then `plangate_decisions_total` counts an edit by a person and no rejection (the dashboard's
     Decisions panel showed every edit as one: the edit is stored as the old revision's).
     """
     goal_id = pipeline.submit(SEED_GOAL).goal_id
     pipeline.wait_for(goal_id, {"held"})
     plan = only_plan(pipeline.store, goal_id)
     steps = [step.model_dump(mode="json", exclude_defaults=True) for step in plan.steps]
-    edits = {"action": "edit", "rule": "alice"}
-    rejects = {"action": "reject", "rule": "alice"}
+    edits = {"action": "edit", "rule": "person"}
+    rejects = {"action": "reject", "rule": "person"}
     before = [
         REGISTRY.get_sample_value("plangate_decisions_total", c) or 0.0 for c in (edits, rejects)
     ]
@@ -178,3 +179,35 @@ def test_a_reviewers_dry_run_is_not_counted_as_tool_calls(pipeline: Pipeline) ->
 
     assert previewed == before
     assert ran == before + 1
+
+
+def test_each_approval_a_rule_asks_several_is_counted_and_no_series_names_a_person(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed plan held by a rule asking two approvals,
+    When alice and then bob approve it,
+    Then `plangate_decisions_total{action="approve", rule="person"}` grows by two, and no
+    series is labelled with a reviewer's name: serve's /metrics answers anyone who reaches the
+    review page's port, and listed every reviewer; the approval that did not release the plan
+    was not counted at all.
+    """
+    rule = {"name": "two", "match": "true", "action": "hold", "reason": "a test", "approvals": 2}
+    policy = write_yaml(tmp_path / "policy.yaml", {"rules": [rule]})
+    approves = {"action": "approve", "rule": "person"}
+    before = REGISTRY.get_sample_value("plangate_decisions_total", approves) or 0.0
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+        pipeline.approve(plan.plan_id, "alice")
+        pipeline.approve(plan.plan_id, "bob")
+        assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
+
+    assert REGISTRY.get_sample_value("plangate_decisions_total", approves) == before + 2
+    rules = {
+        sample.labels["rule"]
+        for family in REGISTRY.collect()
+        if family.name == "plangate_decisions"
+        for sample in family.samples
+    }
+    assert not rules & {"alice", "bob"}, rules
