@@ -75,8 +75,10 @@ class GateHandler:
         catalog: Callable[[Session], Catalog] = read_catalog,
         approvers: ApproverCheck | None = None,
         hold_keys: TrustedKeys | None = None,
+        previews: bool = True,
     ) -> None:
         self._store = store
+        self._previews = previews  # the dry runs the rules ask for
         # The keys the gate's seals on holds may be by: its own, and those it trusted before.
         self._hold_keys = hold_keys or TrustedKeys([signer.public_key])
         # Who approved, checked before signing; the default trusts this process's records.
@@ -148,7 +150,7 @@ class GateHandler:
                     recorded=hold_asks(held) if held is not None else None,
                 )
             ]
-            if policy.wants_preview(decision):
+            if self._previews and policy.wants_preview(decision):
                 # An executor has the tools: it runs the reads and asks the writes. The row
                 # is the request it checks; the message only wakes it.
                 session.add(

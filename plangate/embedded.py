@@ -48,12 +48,14 @@ class Pipeline:
         broker_url: str = "memory://",
         registry: ToolRegistry | None = None,
         own_goals_only: bool = False,
+        previews: bool = True,
     ) -> None:
         self.settings = settings
         self.store: Store = open_store(settings.resolved_database_url())
         self.bus = Bus(broker_url, settings.namespace)
         self._registry = registry
         self._own_goals: set[str] | None = set() if own_goals_only else None
+        self._previews = previews  # no: the plan is approved unseen (`plangate run --yes`)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._review: Review | None = None
@@ -67,7 +69,9 @@ class Pipeline:
         if self._registry is None:
             self._registry = configured_tools(self.settings)
         for stage in STAGES:
-            handler = build_handler(stage, self.settings, self.store, self.bus, self._registry)
+            handler = build_handler(
+                stage, self.settings, self.store, self.bus, self._registry, previews=self._previews
+            )
             consumer = self.bus.stage_consumer(
                 stage,
                 handler,

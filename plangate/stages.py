@@ -57,9 +57,15 @@ def build_handler(
     store: Store,
     bus: Bus,
     registry: ToolRegistry | None = None,
+    *,
+    previews: bool = True,
 ) -> Handler:
-    """Return the handler of one stage, configured from `settings`."""
-    return _stage_handler(stage, settings, store, bus, registry)
+    """Return the handler of one stage, configured from `settings`.
+
+    `previews`: whether the gate asks for the dry runs its rules want (a run approving at its
+    terminal unseen has no one to show them to).
+    """
+    return _stage_handler(stage, settings, store, bus, registry, previews)
 
 
 def _stage_handler(
@@ -68,6 +74,7 @@ def _stage_handler(
     store: Store,
     bus: Bus,
     registry: ToolRegistry | None,
+    previews: bool,
 ) -> Handler:
     # Given the tools (embedded mode), every stage plans and decides with exactly those;
     # otherwise with the catalog the executors published to the store.
@@ -115,6 +122,7 @@ def _stage_handler(
             # Embedded, people's approvals are recorded in this process; a worker checks them.
             approvers=RecordedApprovers() if registry is not None else worker_approvers(settings),
             hold_keys=_hold_keys(signer, settings),
+            previews=previews,
         )
     tools = registry or configured_tools(settings)
     publish_catalog(store, tools.catalog().values())

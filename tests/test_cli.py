@@ -960,3 +960,32 @@ def test_ctrl_c_during_a_write_outlasting_the_grace_leaves_it_unknown_for_a_pers
     assert status["status"] == "cancelled"
     assert status["steps"]["pay"] == "succeeded"
     assert cli("audit", "verify").returncode == 0
+
+
+def test_run_with_yes_calls_each_read_once_making_no_dry_run_nobody_sees(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Given a plan that reads an order's total, then refunds it (held: it writes),
+    When it is run with `--yes`, Then the read is called once, by the run: the dry run made
+    for a reviewer, never shown under `--yes`, called it a first time (a paid API, twice).
+    Without `--yes`, the dry run is made and shown before the question.
+    """
+    steps = [
+        {"id": "total", "tool": "order_total", "args": {"order_id": "A-1"}},
+        {"id": "refund", "tool": "refund", "args": {"order_id": "A-1", "amount": "${total}"}},
+    ]
+    playbook = tmp_path / "playbook.yaml"
+    refund = {"name": "refund", "pattern": "refund", "steps": steps}
+    playbook.write_text(json.dumps({"playbooks": [refund]}))
+    calls = tmp_path / "reads.log"
+    env = {"PYTHONPATH": str(ROOT), "COUNTED_READS": str(calls)}
+    args = ["run", "refund A-1", "--tools", "tests.counted_read_tools", "--playbook", str(playbook)]
+
+    unseen = cli(*args, "--yes", env=env)
+
+    assert unseen.returncode == EXIT_COMPLETED, unseen.stderr
+    assert calls.read_text().splitlines() == ["preview=False"]
+    calls.unlink()
+    asked = cli(*args, answers="a\n", env=env)
+    assert asked.returncode == EXIT_COMPLETED, asked.stderr
+    assert calls.read_text().splitlines() == ["preview=True", "preview=False"]

@@ -378,7 +378,7 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
     with (
         telemetry.flushing(),
         event_stream.events_only_on_stdout(options.as_json) as events,
-        Pipeline(settings, own_goals_only=True) as pipeline,
+        Pipeline(settings, own_goals_only=True, previews=not options.yes) as pipeline,
     ):
         waiting = pipeline.waiting_elsewhere()
         if waiting and not options.as_json:
