@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -630,3 +631,26 @@ def test_a_cancelled_goal_s_write_cut_off_mid_call_is_marked_unknown_for_a_perso
     assert (status["status"], status["steps"]) == ("cancelled", {"charge": "succeeded"})
     assert len(effects.read_text().splitlines()) == 1
     assert unsettled() == []
+
+
+def test_ctrl_c_while_submit_waits_names_the_goal_that_goes_on(fleet: Fleet) -> None:
+    """Given no worker running,
+    When `plangate submit --wait` is interrupted (Ctrl-C) while it waits,
+    Then it exits 130 saying that only the waiting stopped and which goal goes on: it printed
+    "^C" alone, and the user, not knowing the goal was stored, submitted it again.
+    """
+    with subprocess.Popen(
+        [sys.executable, "-m", "plangate", "submit", SEED_GOAL, "--wait"],
+        env=fleet.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as waiting:
+        listed = lambda: fleet.plangate("goals", "list", "--json").stdout.splitlines()  # noqa: E731
+        eventually(listed, timeout=30, what="the goal stored")
+        waiting.send_signal(signal.SIGINT)
+        _, stderr = waiting.communicate(timeout=30)
+
+    (goal,) = [json.loads(line) for line in listed()]
+    assert waiting.returncode == 130, stderr
+    assert f"only the waiting stopped; goal {goal['goal_id']} goes on" in stderr

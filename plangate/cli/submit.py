@@ -15,6 +15,7 @@ from plangate.cli.common import (
     EXIT_COMPLETED,
     EXIT_FAILED,
     EXIT_HELD,
+    EXIT_INTERRUPTED,
     EXIT_REFUSED,
     err_console,
     friendly_errors,
@@ -148,6 +149,15 @@ def submit(
                 f"[red]error:[/] {exc}; `plangate status {handle.goal_id}` follows it"
             )
             raise typer.Exit(EXIT_FAILED) from exc
+        except KeyboardInterrupt:
+            # Only the waiting stops: said, or the user submitted it again (a second goal).
+            err_console.print(
+                f"\ninterrupted: only the waiting stopped; goal {handle.goal_id} goes on "
+                f"(`plangate status {handle.goal_id}` follows it, `plangate goals cancel` "
+                "stops it)",
+                highlight=False,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         _print(final, as_json)
         if final.status in WAITING_FOR_PERSON:
             err_console.print(_review_hint(final, settings.server_url), highlight=False)
