@@ -76,6 +76,7 @@ from schemas import (
     utcnow,
     validate_plan,
 )
+from schemas.hashing import written_plan_hash
 
 log = logging.getLogger(__name__)
 
@@ -382,9 +383,8 @@ class Review:
                 f"plan {plan_id} is revision {plan.revision}, but revision {newest.revision} "
                 "replaced it; review the newest revision"
             )
-        if expected_hash is not None and expected_hash != plan.plan_hash:
-            # A revision never changes (an edit is a new plan id): a hash that differs was
-            # mistyped, or copied from another plan.
+        if expected_hash is not None and written_plan_hash(expected_hash) != plan.plan_hash:
+            # A revision never changes (an edit is a new plan id): mistyped, or another plan's.
             raise Conflict(
                 f"the hash given does not match plan {plan_id}, whose hash is {plan.plan_hash}: "
                 f"check that you reviewed this plan (`plangate review show {plan_id}`)"

@@ -84,3 +84,16 @@ def sha256_hex(data: bytes) -> str:
 def plan_hash(plan: BaseModel) -> str:
     """Return `sha256:<hex>` of the plan's canonical JSON; this is what an approval signs."""
     return "sha256:" + sha256_hex(canonical_json(plan))
+
+
+def written_plan_hash(given: str) -> str:
+    """Return a plan hash as `plan_hash` writes it, from how a person may give it.
+
+    Its 64 hex digits alone or after `sha256:`, in either case (a bare hash copied from a
+    page was refused as "does not match" the very same hash). Anything else is returned as
+    given, to be refused as not matching.
+    """
+    digits = given.strip().lower().removeprefix("sha256:")
+    if len(digits) == 64 and all(c in "0123456789abcdef" for c in digits):
+        return "sha256:" + digits
+    return given

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PlanInvalid
 from plangate.reviewers import add_reviewer, read_file, remove_reviewer
 from plangate.store import ApprovalRow, DecisionRow
+from schemas.hashing import plan_hash
 from tests.conftest import SEED_GOAL
 from tests.support import (
     HELD,
@@ -218,6 +219,23 @@ def test_approving_with_a_stale_hash_is_a_conflict(pipeline: Pipeline) -> None:
 
     assert pipeline.wait_for(goal_id, HELD, timeout=1).status == "held"
     assert approvals(pipeline) == []
+
+
+@pytest.mark.parametrize(
+    "written", [str.upper, lambda digest: digest.removeprefix("sha256:")], ids=["upper", "bare"]
+)
+def test_approving_with_the_plans_hash_written_otherwise_runs_it(
+    pipeline: Pipeline, written: Callable[[str], str]
+) -> None:
+    """Given the seed plan held,
+    When alice approves it giving its hash's 64 hex digits alone (as copied from a page), or
+    in capitals, Then the plan runs: it was refused as "does not match" the very same hash.
+    """
+    goal_id, plan = held_seed(pipeline)
+
+    pipeline.approve(plan.plan_id, "alice", expected_hash=written(plan_hash(plan)))
+
+    assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
 
 
 def test_a_rule_requiring_a_role_refuses_a_reviewer_without_it(
