@@ -275,6 +275,19 @@ def test_a_missing_module_says_where_the_name_came_from() -> None:
     assert "PLANGATE_TOOLS or --tools" in message
 
 
+def test_a_module_whose_own_import_is_missing_names_that_import_not_the_module(
+    write_module: Callable[..., str],
+) -> None:
+    """It said "could not import tool module 'shop_tools' ...; check PLANGATE_TOOLS", of a
+    module found where it was named, whose `import stripe` failed."""
+    name = write_module("shop_tools", "import no_such_payment_sdk\n")
+    with pytest.raises(ToolLoadError) as caught:
+        load_tools([name])
+    message = str(caught.value)
+    assert "imports 'no_such_payment_sdk', which is not installed here" in message
+    assert "PLANGATE_TOOLS" not in message
+
+
 def test_a_module_that_fails_while_importing_is_refused(write_module: Callable[..., str]) -> None:
     name = write_module("exploding_tools", "raise RuntimeError('bad config')\n")
     with pytest.raises(ToolLoadError, match=r"'exploding_tools' failed while importing.*bad conf"):

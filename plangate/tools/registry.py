@@ -60,6 +60,20 @@ class ToolRegistry:
             module = importlib.import_module(dotted_name)
         except ToolLoadError:
             raise
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if missing and not f"{dotted_name}.".startswith(f"{missing}."):
+                # Found, but what it imports is not: "check PLANGATE_TOOLS" sent people
+                # looking at a name that was right.
+                raise ToolLoadError(
+                    f"tool module {dotted_name!r} imports {missing!r}, which is not installed "
+                    f"here: install it where the tools run (pip install ...), or check the "
+                    f"module's imports"
+                ) from exc
+            raise ToolLoadError(
+                f"could not import tool module {dotted_name!r}: {exc}; "
+                "check PLANGATE_TOOLS or --tools"
+            ) from exc
         except ImportError as exc:
             raise ToolLoadError(
                 f"could not import tool module {dotted_name!r}: {exc}; "
