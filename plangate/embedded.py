@@ -25,6 +25,7 @@ from plangate.stages import (
     build_expiry,
     build_handler,
     build_review,
+    build_sealing,
     configured_tools,
     stage_middleware,
 )
@@ -113,10 +114,23 @@ class Pipeline:
             return False
         if not self._released:
             self._released = True
+            self._seal()
             self._marker.close()
             self.bus.close()
             self.store.close()
         return True
+
+    def _seal(self) -> None:
+        """Seal the audit chains as the gate does, once: the embedded gate runs for moments.
+
+        Without it, `plangate audit verify` after `plangate run` warned that entries could
+        have been removed unseen, of a log nothing had touched.
+        """
+        if self._threads:  # it started: its gate has a key in the data folder
+            try:
+                build_sealing(self.settings)(self.store)
+            except Exception:  # the run's outcome stands; the next run seals it
+                log.warning("could not seal the audit chains", exc_info=True)
 
     def halt(self, timeout: float | None = None) -> bool:
         """Stop consuming and wait for in-flight work, releasing nothing (the store stays open).

@@ -156,7 +156,7 @@ def test_cli_audit_verify_exits_0_on_an_intact_log(pipeline: Pipeline, completed
     result = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"audit log intact: {SEED_RUN_ENTRIES} entries in 1 chains"
+    assert result.stdout.strip() == f"audit log intact: {SEED_RUN_ENTRIES} entries in 1 chain"
 
 
 def test_cli_audit_verify_exits_1_naming_the_broken_entry(

@@ -85,8 +85,10 @@ def audit_verify(
     report = checked_store(store, settings.data_dir, _trusted(keys or []))
     # Checked before "intact" is said: it printed intact, then broken, in one run.
     anchored = None if against is None else _check_against(store, against)
-    sealed = f", sealed by {report.checkpoints} checkpoints" if report.checkpoints else ""
-    typer.echo(f"audit log intact: {report.entries} entries in {report.chains} chains{sealed}")
+    count = report.checkpoints
+    sealed = f", sealed by {count} checkpoint{'s' * (count != 1)}" if count else ""
+    chains = f"{report.chains} chain{'s' * (report.chains != 1)}"
+    typer.echo(f"audit log intact: {report.entries} entries in {chains}{sealed}")
     if report.entries and not report.checkpoints and against is None:
         # Said, not failed: a log younger than the gate's first checkpoint has none yet.
         err_console.print(
