@@ -47,8 +47,11 @@ class _Offered:
 _offered = _Offered()
 
 
-def publish_catalog(store: Store, specs: Iterable[ToolSpec]) -> None:
-    """Insert or replace the specs of the tools this executor offers."""
+def publish_catalog(store: Store, specs: Iterable[ToolSpec], *, shared: bool = True) -> None:
+    """Insert or replace the specs of the tools this executor offers.
+
+    `shared`: other executors may offer them too (a worker); not so for the embedded mode's.
+    """
     specs = list(specs)
     _offered.names.update(spec.name for spec in specs)
     _offered.at = utcnow()
@@ -66,6 +69,11 @@ def publish_catalog(store: Store, specs: Iterable[ToolSpec]) -> None:
                 fields = sorted(
                     k for k in body.keys() | row.spec.keys() if body.get(k) != row.spec.get(k)
                 )
+                if not shared:  # one process: its tools changed since the store's last run
+                    changed = ", ".join(fields)
+                    log.info("tool %s changed since the last run (%s)", spec.name, changed)
+                    row.spec = body
+                    continue
                 log.warning(
                     "tool %s differs from the catalog's (%s): replaced by this executor's; every "
                     "executor must offer the same tools (expected only while a new version rolls "

@@ -125,7 +125,7 @@ def _stage_handler(
             previews=previews,
         )
     tools = registry or configured_tools(settings)
-    publish_catalog(store, tools.catalog().values())
+    publish_catalog(store, tools.catalog().values(), shared=registry is None)
 
     lease = timedelta(seconds=settings.step_lease_seconds)
     trusted = load_trusted_keys(settings)

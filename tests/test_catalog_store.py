@@ -100,6 +100,22 @@ def test_an_executor_offering_a_tool_otherwise_says_so_naming_what_differs(
     assert said[0].startswith("tool ticket_count differs from the catalog's (args_schema)")
 
 
+def test_the_embedded_mode_takes_its_changed_tools_without_a_warning_about_other_executors(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given the catalog of an earlier `plangate run`, When the next run's tool has another
+    description (its docstring edited), Then the catalog takes it and no warning speaks of
+    other executors and a rollout: one process has no others (it puzzled a newcomer)."""
+    publish_catalog(store, [READ, WRITE], shared=False)
+    edited = READ.model_copy(update={"description": "Count the open tickets, now in Jira."})
+
+    with caplog.at_level(logging.WARNING, logger="plangate.catalog"):
+        publish_catalog(store, [edited, WRITE], shared=False)
+
+    assert load_catalog(store)["ticket_count"] == edited
+    assert [r for r in caplog.records if r.name == "plangate.catalog"] == []
+
+
 def test_an_executor_lacking_a_tool_others_offer_hands_the_plan_back_then_says_why_it_fails(
     pipeline: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
