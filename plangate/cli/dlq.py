@@ -91,10 +91,15 @@ def show(letter_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     typer.echo(json.dumps(shown, indent=2))
 
 
+LetterIds = typer.Argument(
+    metavar="ID", help="Dead letters' ids, as `plangate dlq list` shows them.", show_default=False
+)
+
+
 @app.command("replay", short_help="Send dead letters back to the stage that failed them.")
 @friendly_errors
 def replay(
-    letter_ids: Annotated[list[str] | None, typer.Argument(metavar="ID...")] = None,
+    letter_ids: Annotated[list[str] | None, LetterIds] = None,
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
 ) -> None:
     """Replay the given dead letters (or --all) once the cause is fixed."""
@@ -129,7 +134,7 @@ def replay(
 @app.command("purge", short_help="Remove dead letters for good (after reading them).")
 @friendly_errors
 def purge(
-    letter_ids: Annotated[list[str] | None, typer.Argument(metavar="ID...")] = None,
+    letter_ids: Annotated[list[str] | None, LetterIds] = None,
     purge_all: Annotated[bool, typer.Option("--all", help="Remove every dead letter.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask before --all.")] = False,
 ) -> None:
