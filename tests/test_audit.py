@@ -863,12 +863,7 @@ def test_checkpoints_signed_by_a_key_not_given_cannot_be_checked_exit_2_not_a_br
     promises exit 2 for a check that cannot be made here."""
     data_dir = pipeline.settings.data_dir
     assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
-    other = tmp_path / "new.pub"
-    other.write_bytes(
-        Ed25519PrivateKey.generate()
-        .public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    other = another_public_key(tmp_path / "new.pub")
 
     verified = plangate_cli(data_dir, "audit", "verify", "--key", str(other))
 
@@ -1153,3 +1148,65 @@ def test_a_counted_approvals_roles_or_an_edits_reason_retold_breaks_verification
             p=first.plan_id,
         )
         assert_records_broken(pipeline, "shows carol's decision with the reason")
+
+
+def another_public_key(path: Path) -> Path:
+    """Write a public key the gate never had (a rotation's new one) to `path`."""
+    key = Ed25519PrivateKey.generate().public_key()
+    pem = serialization.Encoding.PEM
+    path.write_bytes(key.public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def verified_as_json(data_dir: Path, *args: str) -> tuple[int, dict[str, object]]:
+    """Run `plangate audit verify --json`; return its exit code and its one line of JSON."""
+    result = plangate_cli(data_dir, "audit", "verify", "--json", *args)
+    (line,) = result.stdout.splitlines()  # nothing else on stdout, for the monitor reading it
+    return result.returncode, json.loads(line)
+
+
+def test_verify_json_says_intact_with_what_it_checked(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """A monitor running `audit verify --json` on a schedule reads one object: the verdict,
+    the counts, and any warning (here: no checkpoint yet), exit 0."""
+    code, found = verified_as_json(pipeline.settings.data_dir)
+
+    assert code == 0
+    assert found["verdict"] == "intact"
+    assert (found["entries"], found["chains"], found["checkpoints"]) == (SEED_RUN_ENTRIES, 1, 0)
+    assert found["problem"] is None
+    assert "no checkpoint seals these chains" in str(found["warnings"])
+
+
+def test_verify_json_says_broken_naming_the_entry_and_exits_1(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    approved = seq_of(pipeline, completed_run, "goal.approved")
+    run_sql(
+        pipeline,
+        "UPDATE audit_log SET data = :data WHERE seq = :seq",
+        data=json.dumps({"decided_by": "mallory"}),
+        seq=approved,
+    )
+
+    code, found = verified_as_json(pipeline.settings.data_dir)
+
+    assert code == 1
+    assert found["verdict"] == "broken"
+    assert f"audit log broken at entry {approved}" in str(found["problem"])
+    assert "its content does not match its hash" in str(found["problem"])
+
+
+def test_verify_json_says_a_check_it_cannot_make_and_exits_2(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    data_dir = pipeline.settings.data_dir
+    assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
+    other = another_public_key(tmp_path / "new.pub")
+
+    code, found = verified_as_json(data_dir, "--key", str(other))
+
+    assert code == 2
+    assert found["verdict"] == "cannot_check"
+    assert "checkpoint 1 is signed by ed25519:" in str(found["problem"])

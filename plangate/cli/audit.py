@@ -14,116 +14,24 @@ from typing import TYPE_CHECKING, Annotated, Literal, TextIO
 import typer
 from rich.markup import escape
 
-from plangate.cli.audit_store_checks import checked_store, refuse_a_rotated_folder_key
+from plangate.cli.audit_store_checks import (
+    checked_store,
+    refuse_a_rotated_folder_key,
+    trusted_keys,
+)
+from plangate.cli.audit_verify import audit_verify
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
 from plangate.errors import AuditBroken, NotFound, quoted
 
 if TYPE_CHECKING:
-    from plangate.signing import TrustedKeys
     from plangate.store import Store
 
 app = group("Check and export the hash-chained audit log.")
 
 
-@app.command("verify", short_help="Check the audit log's hash chain, or a signed export.")
-@friendly_errors
-def audit_verify(
-    export: Annotated[
-        Path | None,
-        typer.Option(
-            "--export",
-            metavar="FILE",
-            help="Check this signed export offline (its manifest, FILE.dsse.json, beside it).",
-        ),
-    ] = None,
-    manifest: Annotated[
-        Path | None,
-        typer.Option(metavar="FILE", help="The signed manifest, if not beside the export."),
-    ] = None,
-    keys: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--key",
-            metavar="PEM",
-            help="A public key to trust (repeatable); default: the trusted keys folder.",
-        ),
-    ] = None,
-    against: Annotated[
-        Path | None,
-        typer.Option(
-            "--against",
-            metavar="FILE",
-            help="Also check that the store still holds every entry of this earlier signed "
-            "export, unchanged (kept away from the database, it finds a goal removed whole "
-            "together with its checkpoints).",
-        ),
-    ] = None,
-) -> None:
-    """Check every link of the audit log's hash chains; exit 1 at the first broken one.
-
-    Each goal's entries form a chain; the checkpoints the gate writes seal every chain's head,
-    so a goal removed whole is found too, unless every checkpoint went with it: --against an
-    earlier signed export, kept away from the database, finds that. Signed checkpoints are
-    checked against the trusted keys (--key, or the trusted keys folder).
-
-    With --export, check a file written by `plangate audit export --sign` instead, offline:
-    the manifest's signature (by a trusted key), the file's SHA-256, and every entry's hash.
-    With --against, check such a file first, then the store, then that the store still holds
-    each of the file's entries.
-    """
-    if export is not None and against is not None:
-        raise typer.BadParameter("give --export (the file alone) or --against (the store too)")
-    if export is not None:
-        _verify_export(export, manifest, keys or [])
-        return
-    if against is not None:  # the file is trusted only once its signature and hashes hold
-        _verify_export(against, manifest, keys or [])
-    from plangate.store import open_store
-
-    settings = load_settings()
-    store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
-    report = checked_store(store, settings.data_dir, _trusted(keys or []))
-    # Checked before "intact" is said: it printed intact, then broken, in one run.
-    anchored = None if against is None else _check_against(store, against)
-    count = report.checkpoints
-    sealed = f", sealed by {count} checkpoint{'s' * (count != 1)}" if count else ""
-    chains = f"{report.chains} chain{'s' * (report.chains != 1)}"
-    typer.echo(f"audit log intact: {report.entries} entries in {chains}{sealed}")
-    if report.entries and not report.checkpoints and against is None:
-        # Said, not failed: a log younger than the gate's first checkpoint has none yet.
-        err_console.print(
-            "[yellow]warning:[/] no checkpoint seals these chains, so entries removed from the "
-            "end of a chain, or a goal removed whole, would not show: the gate writes one "
-            "every PLANGATE_AUDIT_CHECKPOINT_SECONDS; if it has run longer, they were deleted. "
-            "Check against a signed export kept elsewhere (--against FILE)",
-            highlight=False,
-        )
-    _warn_of_unsealed(store, settings.audit_checkpoint_seconds)
-    if anchored is not None:
-        typer.echo(anchored)
-
-
-def _warn_of_unsealed(store: Store, interval: float) -> None:
-    """Say so when entries were written well after the newest checkpoint.
-
-    Deleting the newest checkpoints leaves no trace but this gap, and unseals what they sealed.
-    """
-    from datetime import timedelta
-
-    from plangate.store import audit_checkpoints
-    from schemas import utcnow
-
-    gap = audit_checkpoints.unsealed(store)
-    if gap is None or not gap.entries or utcnow() - gap.since <= timedelta(seconds=2 * interval):
-        return
-    err_console.print(
-        f"[yellow]warning:[/] {gap.entries} entries were written after the newest checkpoint "
-        f"({gap.since:%Y-%m-%d %H:%M:%S} UTC), and none seals them yet: the gate writes one "
-        f"every {interval:g} s (PLANGATE_AUDIT_CHECKPOINT_SECONDS) while it runs; if it ran "
-        "since, newer checkpoints were deleted. Check against a signed export kept elsewhere "
-        "(--against FILE)",
-        highlight=False,
-    )
+app.command("verify", short_help="Check the audit log's hash chain, or a signed export.")(
+    friendly_errors(audit_verify)
+)
 
 
 @app.command("checkpoint", short_help="Seal every audit chain's head now (the gate does it too).")
@@ -161,7 +69,8 @@ def audit_checkpoint(
             refuse_a_rotated_folder_key(settings, signer, session)
             written = audit_checkpoints.write(session, signer)
             said = (
-                f"checkpoint {written.id}: {written.chains} chains, {written.entries} entries"
+                f"checkpoint {written.id}: {written.chains} chain{'s' * (written.chains != 1)}, "
+                f"{written.entries} entries"
                 if written is not None
                 else "nothing moved since the last checkpoint; none written"
             )
@@ -239,7 +148,7 @@ def audit_export(
     store = open_store(settings.resolved_database_url(), upgrade=False)
     if signer is not None:
         # The gate's key vouches for what it signs: a log that does not verify is not signed.
-        trusted = TrustedKeys([*_trusted([]).values(), signer.public_key])
+        trusted = TrustedKeys([*trusted_keys([]).values(), signer.public_key])
         refused = "nothing exported: signed, it would vouch for a log that does not verify"
         with store.reading() as session:
             refuse_a_rotated_folder_key(settings, signer, session)
@@ -289,39 +198,6 @@ def _whole_goal_id(store: Store, goal: str | None) -> str | None:
             return get_goal(session, goal, typed=True).id
         except NotFound:  # its row gone (a goal's entries outlive it): exported by the id given
             return goal
-
-
-def _verify_export(export: Path, manifest: Path | None, key_files: list[Path]) -> None:
-    from plangate.audit_export import verify_export
-
-    if not export.is_file():
-        raise typer.BadParameter(f"{export} is no file; name an export written with --sign")
-    report = verify_export(export, _trusted(key_files), manifest)
-    if report.ok:
-        part = "" if report.part is None else f" (a part of the log: {report.part})"
-        typer.echo(f"export intact: {report.entries} entries{part}, signed by {report.key_id}")
-        return
-    err_console.print(f"[red]export not verified[/]: {escape(str(report.problem))}")
-    raise typer.Exit(EXIT_FAILED)
-
-
-def _check_against(store: Store, export: Path) -> str:
-    """Fail if the store lacks an entry of the export; else return what to say of it."""
-    from plangate.audit_anchor import missing_from
-
-    count, missing = missing_from(store, export)
-    if missing is not None:
-        err_console.print(f"[red]audit log broken[/]: {escape(missing)}")
-        raise typer.Exit(EXIT_FAILED)
-    return f"the store holds all {count} entries of {export.name}, unchanged"
-
-
-def _trusted(key_files: list[Path]) -> TrustedKeys:
-    from plangate.signing import TrustedKeys, load_trusted_keys, read_public_key
-
-    if key_files:
-        return TrustedKeys([read_public_key(path) for path in key_files])
-    return load_trusted_keys(load_settings())
 
 
 @contextmanager

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from rich.markup import escape
 
-from plangate.cli.common import EXIT_FAILED, err_console
+from plangate.cli.common import EXIT_FAILED, err_console, load_settings
 from plangate.errors import AuditBroken, ConfigError
 from plangate.printable import printable
 
@@ -21,12 +21,38 @@ if TYPE_CHECKING:
     from plangate.store.audit import AuditReport
 
 
+class Broken(Exception):
+    """A check that found a break: what broke ("audit log broken", ...) and how."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        super().__init__(f"{what}: {problem}")
+        self.what, self.problem = what, problem
+
+
+def say_broken(broken: Broken, refused: str = "") -> NoReturn:
+    """Say the break, then `refused` (what was not done because of it); exit 1."""
+    err_console.print(f"[red]{escape(broken.what)}[/]: {escape(broken.problem)}", highlight=False)
+    _say(refused)
+    raise typer.Exit(EXIT_FAILED)
+
+
 def checked_store(
     store: Store, data_dir: Path, trusted: TrustedKeys, refused: str = ""
 ) -> AuditReport:
     """Check the store's chains, checkpoints and records; at the first break say it and exit 1.
 
     `refused` is said after a break: what was not done because of it.
+    """
+    try:
+        return check_store(store, data_dir, trusted)
+    except Broken as broken:
+        say_broken(broken, refused)
+
+
+def check_store(store: Store, data_dir: Path, trusted: TrustedKeys) -> AuditReport:
+    """Check the store's chains, checkpoints and records; raise Broken at the first break.
+
+    ConfigError where a check cannot be made (a checkpoint's signer not given).
     """
     from plangate.store import audit, audit_records
 
@@ -36,12 +62,11 @@ def checked_store(
         # A value of a type plangate never writes there (text in a number column, a signature
         # that is not JSON): the rows were changed outside plangate.
         said = f"{type(exc).__name__}: {exc}"
-        err_console.print(
-            "[red]audit log broken[/]: a row holds what plangate never writes "
-            f"({escape(printable(said[:200]))}); it was changed outside plangate"
-        )
-        _say(refused)
-        raise typer.Exit(EXIT_FAILED) from None
+        raise Broken(
+            "audit log broken",
+            f"a row holds what plangate never writes ({printable(said[:200])}); it was "
+            "changed outside plangate",
+        ) from None
     if report.ok and report.checkpoints and not len(trusted):
         # Not a break: with no key, what sealed the chains cannot be told from a forgery.
         raise ConfigError(
@@ -52,20 +77,17 @@ def checked_store(
     if not report.ok:
         seq = report.broken_at
         where = "at" if seq is None else f"at entry {seq}{audit.placed(store, seq)}"
-        err_console.print(f"[red]audit log broken[/] {escape(f'{where}: {report.problem}')}")
-        _say(refused)
-        raise typer.Exit(EXIT_FAILED)
+        raise Broken(f"audit log broken {where}", str(report.problem))
     # Before the records: a checkpoint this gate's folder saw is gone means the log does not
     # hold, and "records broken: the audit log holds, but ..." said otherwise.
-    check_memory(store, data_dir, refused)
+    check_memory(store, data_dir)
     disagreement = audit_records.disagreement(store)
     if disagreement is not None:
-        err_console.print(
-            "[red]records broken[/]: the audit log holds, but what `status` and the review "
-            f"show disagrees with it: {escape(printable(disagreement))}"
+        raise Broken(
+            "records broken",
+            "the audit log holds, but what `status` and the review show disagrees with it: "
+            + printable(disagreement),
         )
-        _say(refused)
-        raise typer.Exit(EXIT_FAILED)
     if report.unchecked is not None:
         # Last: every other check held. Exit 2, as for an export whose signer is unknown.
         raise ConfigError(f"the chains and records hold, but {report.unchecked}")
@@ -85,14 +107,21 @@ def _say(line: str) -> None:
         err_console.print(escape(line), highlight=False)
 
 
-def check_memory(store: Store, data_dir: Path, refused: str = "") -> None:
-    """Fail if a checkpoint this data folder's sealer saw is gone (run in a gate's folder)."""
+def check_memory(store: Store, data_dir: Path) -> None:
+    """Raise Broken if a checkpoint this data folder's sealer saw is gone (a gate's folder)."""
     from plangate.checkpoint_memory import CheckpointMemory
 
     try:
         with store.reading() as session:
             CheckpointMemory(data_dir).check(session)
     except AuditBroken as exc:
-        err_console.print(f"[red]audit log broken[/]: {escape(str(exc))}")
-        _say(refused)
-        raise typer.Exit(EXIT_FAILED) from None
+        raise Broken("audit log broken", str(exc)) from None
+
+
+def trusted_keys(key_files: list[Path]) -> TrustedKeys:
+    """Return the keys given (`--key`), or else the trusted keys folder's."""
+    from plangate.signing import TrustedKeys, load_trusted_keys, read_public_key
+
+    if key_files:
+        return TrustedKeys([read_public_key(path) for path in key_files])
+    return load_trusted_keys(load_settings())

@@ -1,0 +1,202 @@
+"""`plangate audit verify`: check the audit log's chains and records, or a signed export.
+
+Said for people by default; with `--json`, one object on stdout, for the monitor that runs it
+on a schedule (its exit code too: 0 intact, 1 broken, 2 a check that could not be made).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from plangate.cli.audit_store_checks import Broken, check_store, say_broken, trusted_keys
+from plangate.cli.common import EXIT_FAILED, EXIT_USAGE, err_console, load_settings
+from plangate.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plangate.store import Store
+
+
+@dataclass
+class Verdict:
+    """What `audit verify --json` prints: the verdict, what was checked, and what to look at."""
+
+    verdict: Literal["intact", "broken", "cannot_check"] = "intact"
+    problem: str | None = None
+    entries: int = 0
+    chains: int | None = None
+    checkpoints: int | None = None
+    signed_by: str | None = None  # an export's signer
+    part: str | None = None  # what of the log an export holds, if not all of it
+    against: str | None = None  # the earlier export the store was checked against
+    warnings: list[str] = field(default_factory=list)
+
+
+def audit_verify(
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            metavar="FILE",
+            help="Check this signed export offline (its manifest, FILE.dsse.json, beside it).",
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="The signed manifest, if not beside the export."),
+    ] = None,
+    keys: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--key",
+            metavar="PEM",
+            help="A public key to trust (repeatable); default: the trusted keys folder.",
+        ),
+    ] = None,
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            "--against",
+            metavar="FILE",
+            help="Also check that the store still holds every entry of this earlier signed "
+            "export, unchanged (kept away from the database, it finds a goal removed whole "
+            "together with its checkpoints).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object (verdict: intact, broken or cannot_check; problem; "
+            "entries; warnings), for a monitor; the exit code is the same.",
+        ),
+    ] = False,
+) -> None:
+    """Check every link of the audit log's hash chains; exit 1 at the first broken one.
+
+    Each goal's entries form a chain; the checkpoints the gate writes seal every chain's head,
+    so a goal removed whole is found too, unless every checkpoint went with it: --against an
+    earlier signed export, kept away from the database, finds that. Signed checkpoints are
+    checked against the trusted keys (--key, or the trusted keys folder).
+
+    With --export, check a file written by `plangate audit export --sign` instead, offline:
+    the manifest's signature (by a trusted key), the file's SHA-256, and every entry's hash.
+    With --against, check such a file first, then the store, then that the store still holds
+    each of the file's entries. Exit 2 when a check cannot be made (no key for a signer).
+    """
+    if export is not None and against is not None:
+        raise typer.BadParameter("give --export (the file alone) or --against (the store too)")
+    found = Verdict()
+    try:
+        _verify(found, export, manifest, keys or [], against)
+    except Broken as broken:
+        if not as_json:
+            say_broken(broken)
+        found.verdict, found.problem = "broken", str(broken)
+    except ConfigError as exc:  # a check not made: said by friendly_errors without --json
+        if not as_json:
+            raise
+        found.verdict, found.problem = "cannot_check", str(exc)
+    if as_json:
+        typer.echo(json.dumps(asdict(found)))
+        codes = {"intact": 0, "broken": EXIT_FAILED, "cannot_check": EXIT_USAGE}
+        raise typer.Exit(codes[found.verdict])
+    for line in _said(found):
+        typer.echo(line)
+    for warning in found.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def _verify(
+    found: Verdict,
+    export: Path | None,
+    manifest: Path | None,
+    keys: list[Path],
+    against: Path | None,
+) -> None:
+    """Check what was asked, filling in `found`; Broken at the first break."""
+    if export is not None:
+        _verify_export(found, export, manifest, keys)
+        return
+    if against is not None:  # the file is trusted only once its signature and hashes hold
+        _verify_export(Verdict(), against, manifest, keys)
+    from plangate.store import open_store
+
+    settings = load_settings()
+    store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
+    report = check_store(store, settings.data_dir, trusted_keys(keys))
+    # Checked before "intact" is said: it printed intact, then broken, in one run.
+    if against is not None:
+        found.against = _check_against(store, against)
+    found.entries, found.chains = report.entries, report.chains
+    found.checkpoints = report.checkpoints
+    if report.entries and not report.checkpoints and against is None:
+        # Said, not failed: a log younger than the gate's first checkpoint has none yet.
+        found.warnings.append(
+            "no checkpoint seals these chains, so entries removed from the end of a chain, or "
+            "a goal removed whole, would not show: the gate writes one every "
+            "PLANGATE_AUDIT_CHECKPOINT_SECONDS; if it has run longer, they were deleted. Check "
+            "against a signed export kept elsewhere (--against FILE)"
+        )
+    unsealed = _unsealed(store, settings.audit_checkpoint_seconds)
+    if unsealed is not None:
+        found.warnings.append(unsealed)
+
+
+def _said(found: Verdict) -> list[str]:
+    """Return what people are told of a log or an export found intact."""
+    if found.chains is None:  # an export
+        part = "" if found.part is None else f" (a part of the log: {found.part})"
+        return [f"export intact: {found.entries} entries{part}, signed by {found.signed_by}"]
+    count, chains = found.checkpoints or 0, found.chains
+    sealed = f", sealed by {count} checkpoint{'s' * (count != 1)}" if count else ""
+    said = [f"audit log intact: {found.entries} entries in {chains} chain{'s' * (chains != 1)}"]
+    said[0] += sealed
+    return said + ([found.against] if found.against is not None else [])
+
+
+def _unsealed(store: Store, interval: float) -> str | None:
+    """Say so when entries were written well after the newest checkpoint.
+
+    Deleting the newest checkpoints leaves no trace but this gap, and unseals what they sealed.
+    """
+    from datetime import timedelta
+
+    from plangate.store import audit_checkpoints
+    from schemas import utcnow
+
+    gap = audit_checkpoints.unsealed(store)
+    if gap is None or not gap.entries or utcnow() - gap.since <= timedelta(seconds=2 * interval):
+        return None
+    return (
+        f"{gap.entries} entries were written after the newest checkpoint "
+        f"({gap.since:%Y-%m-%d %H:%M:%S} UTC), and none seals them yet: the gate writes one "
+        f"every {interval:g} s (PLANGATE_AUDIT_CHECKPOINT_SECONDS) while it runs; if it ran "
+        "since, newer checkpoints were deleted. Check against a signed export kept elsewhere "
+        "(--against FILE)"
+    )
+
+
+def _verify_export(found: Verdict, export: Path, manifest: Path | None, keys: list[Path]) -> None:
+    from plangate.audit_export import verify_export
+
+    if not export.is_file():
+        raise typer.BadParameter(f"{export} is no file; name an export written with --sign")
+    report = verify_export(export, trusted_keys(keys), manifest)
+    if not report.ok:
+        raise Broken("export not verified", str(report.problem))
+    found.entries, found.signed_by, found.part = report.entries, report.key_id, report.part
+
+
+def _check_against(store: Store, export: Path) -> str:
+    """Raise Broken if the store lacks an entry of the export; else return what to say of it."""
+    from plangate.audit_anchor import missing_from
+
+    count, missing = missing_from(store, export)
+    if missing is not None:
+        raise Broken("audit log broken", missing)
+    return f"the store holds all {count} entries of {export.name}, unchanged"
