@@ -57,6 +57,7 @@ class UnsettledStep:
     attempt: int
     reason: str | None
     since: datetime | None
+    goal_status: str = "needs_attention"  # or cancelled: settling it records, resumes nothing
 
 
 def unsettled_steps(store: Store) -> list[UnsettledStep]:
@@ -78,6 +79,7 @@ def unsettled_steps(store: Store) -> list[UnsettledStep]:
                 step.attempt,
                 step.error,
                 step.finished_at,
+                goal.status,
             )
             for step, goal in rows
         ]

@@ -947,7 +947,7 @@ def test_ctrl_c_during_a_write_outlasting_the_grace_leaves_it_unknown_for_a_pers
     unsettled = cli("review", "unsettled", "--json", env=as_carol)
     assert unsettled.returncode == 0, unsettled.stderr
     (waiting,) = json.loads(unsettled.stdout)
-    assert waiting["step_id"] == "pay"
+    assert (waiting["step_id"], waiting["goal_status"]) == ("pay", "cancelled")
     assert "ended mid-call after the goal was cancelled" in waiting["reason"]
 
     settled = cli(

@@ -199,6 +199,9 @@ class UnsettledView(BaseModel):
     attempt: int
     reason: str | None
     since: datetime | None
+    goal_status: str = Field(
+        description="needs_attention (its run resumes once settled) or cancelled (recorded only)"
+    )
 
 
 class Outcome(BaseModel):
