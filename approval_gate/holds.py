@@ -44,11 +44,12 @@ def record_hold(
     knows the hold is the one it wrote: not one whose number of approvers, roles or expiry
     were changed in the database since.
     """
-    rule = policy.rule(decision.rule)
-    ttl = default_ttl
-    if rule is not None and rule.hold_ttl_seconds is not None:
-        ttl = timedelta(seconds=rule.hold_ttl_seconds)
-    roles = [rule.requires_role] if rule is not None and rule.requires_role else []
+    # Most often one rule's; where rules before the one that matched could not be evaluated,
+    # the strictest of each term of every rule that may have been the one.
+    rules = policy.hold_rules(decision)
+    ttls = [rule.hold_ttl_seconds for rule in rules if rule.hold_ttl_seconds is not None]
+    ttl = timedelta(seconds=min(ttls)) if ttls else default_ttl
+    roles = sorted({rule.requires_role for rule in rules if rule.requires_role})
     now = utcnow()
     hold = HoldRow(
         plan_id=plan.plan_id,
@@ -59,8 +60,8 @@ def record_hold(
         required_roles=roles,
         expires_at=now + ttl,
         created_at=now,
-        approvals_required=rule.approvals if rule is not None else 1,
-        approver_not_submitter=rule.approver_not_submitter if rule is not None else False,
+        approvals_required=max((rule.approvals for rule in rules), default=1),
+        approver_not_submitter=any(rule.approver_not_submitter for rule in rules),
     )
     if signer is not None:
         payload = hold_payload(hold, plan)

@@ -30,7 +30,8 @@ from schemas.cel_cost import DataSize, data_size
 
 NO_MATCH_REASON = "no rule matched; held for a person"
 _PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}
-Outcome = tuple[RuleAction, str | None, str]  # action, rule, reason
+# action, rule, reason, and the other rules whose terms a hold takes on
+Outcome = tuple[RuleAction, str | None, str, tuple[str, ...]]
 
 
 class HistoryReader(Protocol):
@@ -118,8 +119,7 @@ class Policy:
 
     def wants_preview(self, decision: Decision) -> bool:
         """Return True if `decision` holds the plan by a rule that asks for a dry run."""
-        rule = self.rule(decision.rule)
-        return decision.action == "hold" and rule is not None and rule.preview
+        return decision.action == "hold" and any(rule.preview for rule in self.hold_rules(decision))
 
     @functools.cached_property
     def variables(self) -> frozenset[str]:
@@ -159,9 +159,9 @@ class Policy:
         if self.reads_history:
             variables["history"] = {}
             functions = history.functions() if history is not None else {}
-            action, rule, reason = self._evaluate(variables, functions)
+            action, rule, reason, also = self._evaluate(variables, functions)
         else:
-            action, rule, reason = self.memo.outcome(
+            action, rule, reason, also = self.memo.outcome(
                 variables, lambda: self._evaluate(variables, {})
             )
         shadow_action: RuleAction | None = None
@@ -169,7 +169,7 @@ class Policy:
             said = f"rule {rule!r}: {reason}" if rule else reason
             reason = f"shadow mode: the policy would have {_PAST_TENSE[action]} ({said})"
             action, shadow_action = "hold", action
-        return Decision(
+        decision = Decision(
             action=action,
             decided_by="policy",
             rule=rule,
@@ -177,6 +177,12 @@ class Policy:
             policy_version=self.version,
             shadow_action=shadow_action,
         )
+        return decision.holding_also_for(also) if also else decision
+
+    def hold_rules(self, decision: Decision) -> list[Rule]:
+        """Return the rules whose terms a hold of `decision` asks (roles, approvals, expiry)."""
+        named = (decision.rule, *decision.also_held_for)
+        return [rule for name in named if (rule := self.rule(name)) is not None]
 
     def decide_as_gate(
         self,
@@ -201,10 +207,11 @@ class Policy:
         try:  # converted to CEL values once per decision, not once per rule
             context = cel.Context(variables=variables, functions=dict(functions))
         except Exception as exc:  # a value CEL cannot hold: no rule can judge this plan
-            return "hold", None, _held("the plan", exc)
+            return "hold", None, _held("the plan", exc), ()
         # Measured only for a rule whose work may exceed a step per value, over what it reads
         # (a large catalog is no reason to hold a plan for a rule that never reads it).
         sizes: dict[frozenset[str], DataSize] = {}
+        broken: list[tuple[Rule, str]] = []  # rules that could not say whether they match
         for rule in self.rules:
             if rule.cost.bounded:
                 reads = frozenset(rule.program.variables())
@@ -212,16 +219,22 @@ class Policy:
                     sizes[reads] = data_size({k: v for k, v in variables.items() if k in reads})
                 too_costly = rule.cost.refusal(sizes[reads])
                 if too_costly is not None:
-                    return "hold", rule.name, f"rule {rule.name!r}: {too_costly}"
+                    broken.append((rule, f"rule {rule.name!r}: {too_costly}"))
+                    continue
             try:
                 result = rule.program.execute(context)
-            except Exception as exc:  # fail closed: never fall through to a later approve rule
+            except Exception as exc:
                 result = exc
             if not isinstance(result, bool):
-                return "hold", rule.name, _held(f"rule {rule.name!r}", result)
+                broken.append((rule, _held(f"rule {rule.name!r}", result)))
+                continue
             if result:
-                return rule.action, rule.name, rule.reason
-        return "hold", None, NO_MATCH_REASON
+                if broken:
+                    return _after_broken(broken, rule)
+                return rule.action, rule.name, rule.reason, ()
+        if broken:
+            return _after_broken(broken, None)
+        return "hold", None, NO_MATCH_REASON, ()
 
 
 def load_policy(settings: Settings) -> Policy:
@@ -236,10 +249,35 @@ def load_policy(settings: Settings) -> Policy:
     return Policy.load(path)
 
 
+def _after_broken(broken: list[tuple[Rule, str]], matched: Rule | None) -> Outcome:
+    """Decide a plan some rules could not judge, before `matched` (the first that matched).
+
+    Fail closed, never weaker than any rule that may have been the one: each broken rule may
+    have matched, and `matched` decides if none did. A deny stands (nothing of it runs);
+    anything else is held, asking what every one of those rules asks. Held by the first
+    broken rule alone, a refund whose amount a read fills in (a string then) was held with
+    none of the roles and approvals the refunds' rule after it asks, and one reviewer
+    without them released it.
+    """
+    (first, said), *others = broken
+    if matched is not None and matched.action == "deny":
+        return "deny", matched.name, f"{matched.reason} ({said.removesuffix(_HELD)})", ()
+    candidates = [rule for rule, _ in others] + ([matched] if matched is not None else [])
+    holding = (rule.name for rule in candidates if rule.action == "hold")
+    also = tuple(dict.fromkeys(name for name in holding if name != first.name))
+    if not also:
+        return "hold", first.name, said, ()
+    named = ", ".join(repr(name) for name in also)
+    return "hold", first.name, f"{said}, asking what rules {named} ask too", also
+
+
+_HELD = "; held for a person"
+
+
 def _held(subject: str, outcome: object) -> str:
     if isinstance(outcome, Exception):
         problem = f"{type(outcome).__name__}: {outcome}"
     else:
         problem = f"it returned {type(outcome).__name__}, not a bool"
     problem = " ".join(problem.split())[:300]  # a reason is read by a person, not a parser
-    return f"{subject} could not be evaluated ({problem}); held for a person"
+    return f"{subject} could not be evaluated ({problem}){_HELD}"

@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 from schemas.identifiers import Identifier
 from schemas.plan import Plan
@@ -115,6 +115,22 @@ class Decision(BaseModel):
     shadow_action: Action | None = Field(
         default=None, description="In shadow mode: what the policy would have decided."
     )
+    # Never sent nor stored: the hold records what it asks (`approval_gate.holds`).
+    _also_held_for: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def also_held_for(self) -> tuple[str, ...]:
+        """Other rules whose terms a hold takes on besides `rule`'s.
+
+        A rule that could not be evaluated may have been the one to match, or the one after it.
+        """
+        return self._also_held_for
+
+    def holding_also_for(self, rules: tuple[str, ...]) -> Decision:
+        """Return this decision, its hold taking on the terms of `rules` too."""
+        held = self.model_copy()
+        held._also_held_for = rules
+        return held
 
 
 class PlanDecided(Message):

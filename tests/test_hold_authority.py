@@ -238,3 +238,36 @@ def test_a_goal_s_submitter_is_barred_under_whichever_key_names_them(
 
     assert goal.status == "completed", goal.status_reason
     assert [n["message"] for n in read_notifications()] == PAGED
+
+
+def test_a_broken_rule_before_the_finance_rule_still_asks_finance_and_two_approvals(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a rule approving small pages that cannot be evaluated on the seed plan, then the
+    rule holding pages for two of finance,
+    When dave (no role) approves, then carol (finance) alone,
+    Then dave is Forbidden and carol's approval counts one of two: the plan stays held. Held
+    by the broken rule alone, it asked nothing, and dave's approval ran it.
+    """
+    broken = {
+        "name": "approve-small-pages",
+        "match": "plan.steps.all(s, s.args.missing < 100.0)",
+        "action": "approve",
+        "reason": "small",
+    }
+    finance = {**FINANCE_POLICY["rules"][0], "approvals": 2}  # type: ignore[dict-item]
+    policy = write_yaml(tmp_path / "policy.yaml", {"rules": [broken, finance]})
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+
+        with pytest.raises(Forbidden, match="requires the role 'finance'"):
+            pipeline.approve(plan.plan_id, "dave")
+        pipeline.approve(plan.plan_id, "carol", roles=frozenset({"finance"}))
+
+        assert pipeline.wait_for(goal_id, HELD, timeout=2).status == "held"
+        with pipeline.store.reading() as session:
+            hold = session.get_one(HoldRow, plan.plan_id)
+            assert (hold.required_roles, hold.approvals_required) == (["finance"], 2)
+    assert read_notifications() == []

@@ -506,3 +506,46 @@ def test_a_wrong_value_outside_the_rules_names_its_line(
 
     assert str(raised.value).startswith(said)
     assert str(raised.value).endswith(f"(line {line})")
+
+
+def hold_rule(name: str, match: str, **terms: object) -> str:
+    said = "".join(f"    {key}: {value}\n" for key, value in terms.items())
+    return rule(name, match, "hold") + said
+
+
+def test_a_broken_rule_before_a_stricter_hold_holds_with_that_hold_s_terms_too() -> None:
+    """Given a rule approving small refunds, which cannot compare an amount a read fills in
+    (a `${ref}` string until the run), then a rule holding refunds for finance, two of them,
+    When the policy decides a refund whose amount is such a reference,
+    Then it holds naming the broken rule, and asks what the refunds' rule asks too: held by
+    the broken rule alone, it asked nothing, and one reviewer without the role released it.
+    """
+    policy = policy_of(
+        rule("approve-small", "plan.steps.all(s, s.args.amount < 100.0)")
+        + hold_rule("hold-large", "true", requires_role="finance", approvals=2)
+    )
+
+    decision = policy.decide(plan_of("notify", amount="${req.amount}"), CATALOG)
+
+    assert (decision.action, decision.rule) == ("hold", "approve-small")
+    assert decision.also_held_for == ("hold-large",)
+    assert "asking what rules 'hold-large' ask too" in decision.reason
+    held_by = policy.hold_rules(decision)
+    assert [(r.name, r.requires_role, r.approvals) for r in held_by][1] == (
+        "hold-large",
+        "finance",
+        2,
+    )
+
+
+def test_a_broken_rule_before_a_deny_denies() -> None:
+    """A deny stands whichever way the broken rule before it would have gone: nothing runs."""
+    policy = policy_of(
+        rule("approve-small", "plan.steps.all(s, s.args.amount < 100.0)")
+        + rule("no-drops", 'plan.steps.exists(s, s.tool == "drop_table")', "deny", "never")
+    )
+
+    decision = policy.decide(plan_of("drop_table", amount="${req.amount}"), CATALOG)
+
+    assert (decision.action, decision.rule) == ("deny", "no-drops")
+    assert decision.reason.startswith("never (rule 'approve-small' could not be evaluated")
