@@ -1,8 +1,9 @@
 """Replay a candidate policy over the plans the store recorded, to see what it would change.
 
 Before a policy goes live, its authors see which of last week's decisions it would have made
-differently (approve -> hold, hold -> deny ...). Read-only: it opens no transaction that
-writes, and nothing it decides is recorded, signed or sent.
+differently (approve -> hold, hold -> deny, or a hold asking other roles or approvals: hold ->
+hold (role finance, 2 approvals)). Read-only: it opens no transaction that writes, and nothing
+it decides is recorded, signed or sent.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.history import History
-from approval_gate.policy import Policy
-from plangate.store import DecisionRow, GoalRow, PlanRow, Store
-from schemas import Decision, Plan, ToolSpec
+from approval_gate.policy import HoldTerms, Policy
+from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow, Store
+from schemas import Plan, ToolSpec
 
 _BATCH = 200
 
@@ -69,25 +70,28 @@ def backtest(
             )
             decision = candidate.decide_as_gate(plan, catalog, goal.text, meta, history)
             report.replayed += 1
-            _compare(report, plan, goal, recorded, decision)
+            was, now = str(recorded.action), str(decision.action)
+            if was == now == "hold":  # who may release it is part of the decision
+                was += _recorded_terms(session.get(HoldRow, plan.plan_id))
+                now += candidate.hold_terms(decision).said()
+            if was != now:
+                change = Change(
+                    goal.id, plan.plan_id, was, now, recorded.rule, decision.rule, decision.reason
+                )
+                report.changes.append(change)
     return report
 
 
-def _compare(
-    report: BacktestReport, plan: Plan, goal: GoalRow, recorded: DecisionRow, decision: Decision
-) -> None:
-    if decision.action != recorded.action:
-        report.changes.append(
-            Change(
-                goal.id,
-                plan.plan_id,
-                recorded.action,
-                decision.action,
-                recorded.rule,
-                decision.rule,
-                decision.reason,
-            )
-        )
+def _recorded_terms(hold: HoldRow | None) -> str:
+    """Say what the recorded hold asked, as `HoldTerms.said` says a candidate's."""
+    if hold is None:
+        return ""
+    terms = HoldTerms(
+        roles=tuple(sorted(hold.required_roles or [])),
+        approvals=hold.approvals_required,
+        approver_not_submitter=hold.approver_not_submitter,
+    )
+    return terms.said()
 
 
 def _recorded(

@@ -44,12 +44,8 @@ def record_hold(
     knows the hold is the one it wrote: not one whose number of approvers, roles or expiry
     were changed in the database since.
     """
-    # Most often one rule's; where rules before the one that matched could not be evaluated,
-    # the strictest of each term of every rule that may have been the one.
-    rules = policy.hold_rules(decision)
-    ttls = [rule.hold_ttl_seconds for rule in rules if rule.hold_ttl_seconds is not None]
-    ttl = timedelta(seconds=min(ttls)) if ttls else default_ttl
-    roles = sorted({rule.requires_role for rule in rules if rule.requires_role})
+    terms = policy.hold_terms(decision)
+    ttl = default_ttl if terms.ttl_seconds is None else timedelta(seconds=terms.ttl_seconds)
     now = utcnow()
     hold = HoldRow(
         plan_id=plan.plan_id,
@@ -57,11 +53,11 @@ def record_hold(
         rule=decision.rule,
         reason=decision.reason,
         policy_version=decision.policy_version,
-        required_roles=roles,
+        required_roles=list(terms.roles),
         expires_at=now + ttl,
         created_at=now,
-        approvals_required=max((rule.approvals for rule in rules), default=1),
-        approver_not_submitter=any(rule.approver_not_submitter for rule in rules),
+        approvals_required=terms.approvals,
+        approver_not_submitter=terms.approver_not_submitter,
     )
     if signer is not None:
         payload = hold_payload(hold, plan)

@@ -60,6 +60,36 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class HoldTerms:
+    """What a person's decision on a held plan needs, from the rules that held it."""
+
+    roles: tuple[str, ...] = ()  # each of them
+    approvals: int = 1  # distinct reviewers
+    approver_not_submitter: bool = False
+    ttl_seconds: int | None = None  # None: the gate's PLANGATE_HOLD_TTL_SECONDS
+    preview: bool = False
+
+    @classmethod
+    def of(cls, rules: list[Rule]) -> HoldTerms:
+        """Return the strictest of each term the rules ask (most often, one rule's)."""
+        ttls = [rule.hold_ttl_seconds for rule in rules if rule.hold_ttl_seconds is not None]
+        return cls(
+            roles=tuple(sorted({rule.requires_role for rule in rules if rule.requires_role})),
+            approvals=max((rule.approvals for rule in rules), default=1),
+            approver_not_submitter=any(rule.approver_not_submitter for rule in rules),
+            ttl_seconds=min(ttls) if ttls else None,
+            preview=any(rule.preview for rule in rules),
+        )
+
+    def said(self) -> str:
+        """Return what a reviewer needs, as people read it ("" when anyone may decide alone)."""
+        asks = [f"role {role}" for role in self.roles]
+        asks += [f"{self.approvals} approvals"] if self.approvals > 1 else []
+        asks += ["not the submitter"] if self.approver_not_submitter else []
+        return f" ({', '.join(asks)})" if asks else ""
+
+
+@dataclass(frozen=True)
 class Policy:
     """A loaded policy: compiled rules, a mode, and a version (a hash of the file's bytes)."""
 
@@ -119,7 +149,7 @@ class Policy:
 
     def wants_preview(self, decision: Decision) -> bool:
         """Return True if `decision` holds the plan by a rule that asks for a dry run."""
-        return decision.action == "hold" and any(rule.preview for rule in self.hold_rules(decision))
+        return decision.action == "hold" and self.hold_terms(decision).preview
 
     @functools.cached_property
     def variables(self) -> frozenset[str]:
@@ -179,10 +209,14 @@ class Policy:
         )
         return decision.holding_also_for(also) if also else decision
 
-    def hold_rules(self, decision: Decision) -> list[Rule]:
-        """Return the rules whose terms a hold of `decision` asks (roles, approvals, expiry)."""
+    def hold_terms(self, decision: Decision) -> HoldTerms:
+        """Return what a hold of `decision` asks.
+
+        Its rule's terms, or the strictest of each of the rules it was held for, where rules
+        before the one that matched were broken.
+        """
         named = (decision.rule, *decision.also_held_for)
-        return [rule for name in named if (rule := self.rule(name)) is not None]
+        return HoldTerms.of([rule for name in named if (rule := self.rule(name)) is not None])
 
     def decide_as_gate(
         self,

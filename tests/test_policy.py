@@ -530,12 +530,8 @@ def test_a_broken_rule_before_a_stricter_hold_holds_with_that_hold_s_terms_too()
     assert (decision.action, decision.rule) == ("hold", "approve-small")
     assert decision.also_held_for == ("hold-large",)
     assert "asking what rules 'hold-large' ask too" in decision.reason
-    held_by = policy.hold_rules(decision)
-    assert [(r.name, r.requires_role, r.approvals) for r in held_by][1] == (
-        "hold-large",
-        "finance",
-        2,
-    )
+    terms = policy.hold_terms(decision)
+    assert (terms.roles, terms.approvals) == (("finance",), 2)
 
 
 def test_a_broken_rule_before_a_deny_denies() -> None:

@@ -120,3 +120,42 @@ def test_a_cap_over_history_is_replayed_as_it_stood_when_each_plan_was_decided(
     assert [(change["goal_id"], change["was"], change["now"]) for change in changes] == [
         (goals[2], "approve", "hold")
     ]
+
+
+FINANCE_HOLDS_PAGES = """\
+rules:
+  - name: hold-pages-for-finance
+    match: 'plan.steps.exists(s, s.tool == "notify_oncall")'
+    action: hold
+    reason: two of finance decide pages
+    requires_role: finance
+    approvals: 2
+"""
+
+
+def test_a_hold_asking_other_roles_or_approvals_is_a_change(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Given a page held by the default policy (anyone may approve it alone),
+    When a candidate holding pages for two of finance is replayed,
+    Then the backtest counts it as a change, saying what the hold would ask: it said
+    "0 would change", though who may release the plan changed.
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=30)
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text(FINANCE_HOLDS_PAGES)
+
+    shown = plangate_cli(
+        pipeline.settings.data_dir,
+        "policy",
+        "backtest",
+        str(candidate),
+        "--tools",
+        "plangate.demo.tools",
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"1 decisions replayed with {candidate}; 1 would change"
+    assert lines[1] == "  hold -> hold (role finance, 2 approvals): 1"
