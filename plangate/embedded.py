@@ -8,10 +8,11 @@ with `plangate review` while no worker ran, say) stay there for a deployment's w
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
 
 from approval_gate.approvers import RecordedApprovers
@@ -58,7 +59,9 @@ class Pipeline:
         self._own_goals: set[str] | None = set() if own_goals_only else None
         self._previews = previews  # no: the plan is approved unseen (`plangate run --yes`)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        # Each thread's end, as an event: waiting on a Thread's join that Ctrl-C interrupts
+        # leaves it reported dead for good (CPython), and the run then waited on its tool.
+        self._threads: list[threading.Event] = []
         self._review: Review | None = None
         self._marker = outbox_rows.SentMarker(self.store)
         self._released = False
@@ -81,18 +84,24 @@ class Pipeline:
                 on_published=self._marker,
                 middleware=stage_middleware(stage),
             )
-            thread = threading.Thread(
-                target=consumer.run, args=(self._stop,), name=f"plangate-{stage}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+            self._start_thread(f"plangate-{stage}", functools.partial(consumer.run, self._stop))
             if not consumer.ready.wait(timeout):
                 raise PlangateError(f"the {stage} stage did not start within {timeout} s")
         if self._own_goals is None:
             relay_pending(self.store, self.bus)
-        expiry = threading.Thread(target=self._expire, name="plangate-expiry", daemon=True)
-        expiry.start()
-        self._threads.append(expiry)
+        self._start_thread("plangate-expiry", self._expire)
+
+    def _start_thread(self, name: str, work: Callable[[], object]) -> None:
+        ended = threading.Event()
+
+        def run() -> None:
+            try:
+                work()
+            finally:
+                ended.set()
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+        self._threads.append(ended)
 
     def _expire(self) -> None:
         """Every sweep interval, expire held plans past their TTL (they never run)."""
@@ -114,13 +123,13 @@ class Pipeline:
             return False
         if not self._released:
             self._released = True
-            self._seal()
+            self.seal()
             self._marker.close()
             self.bus.close()
             self.store.close()
         return True
 
-    def _seal(self) -> None:
+    def seal(self) -> None:
         """Seal the audit chains as the gate does, once: the embedded gate runs for moments.
 
         Without it, `plangate audit verify` after `plangate run` warned that entries could
@@ -139,9 +148,8 @@ class Pipeline:
         """
         self._stop.set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
+        for ended in self._threads:
+            if not ended.wait(None if deadline is None else max(0.0, deadline - time.monotonic())):
                 return False
         return True
 

@@ -6,6 +6,7 @@ Each test gets its own data folder and notifications file; the demo tools read t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -877,10 +878,11 @@ def test_run_refuses_to_record_a_terminal_decision_under_a_reviewer_s_name(
     assert allowed.returncode == EXIT_COMPLETED, allowed.stderr
 
 
-def ctrl_c_during_the_write(cli: Cli, tmp_path: Path, seconds: float) -> tuple[int, str, str]:
-    """Run a plan of one slow, non-idempotent write (`pay`), and press Ctrl-C once it has begun.
-
-    Return the exit code, stdout and stderr.
+def ctrl_c_during_the_write(
+    cli: Cli, tmp_path: Path, seconds: float, again_after: float | None = None
+) -> tuple[int, str, str]:
+    """Run a plan of one slow, non-idempotent write (`pay`), and press Ctrl-C once it has begun
+    (and again `again_after` seconds later). Return the exit code, stdout and stderr.
     """
     playbook = tmp_path / "playbook.yaml"
     steps = [{"id": "pay", "tool": "pay", "args": {"amount": 40}}]
@@ -904,6 +906,11 @@ def ctrl_c_during_the_write(cli: Cli, tmp_path: Path, seconds: float) -> tuple[i
     ) as run:
         eventually(lambda: log.exists(), timeout=30, what="the write to begin")
         run.send_signal(signal.SIGINT)
+        if again_after is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.wait(timeout=again_after)  # the grace under way, or already ended
+            if run.poll() is None:
+                run.send_signal(signal.SIGINT)
         stdout, stderr = run.communicate(timeout=40)
     return run.returncode, stdout, stderr
 
@@ -989,3 +996,23 @@ def test_run_with_yes_calls_each_read_once_making_no_dry_run_nobody_sees(
     asked = cli(*args, answers="a\n", env=env)
     assert asked.returncode == EXIT_COMPLETED, asked.stderr
     assert calls.read_text().splitlines() == ["preview=True", "preview=False"]
+
+
+def test_a_second_ctrl_c_during_the_grace_ends_the_run_at_once_with_the_write_unknown(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """Given a run whose write takes 20 s, When Ctrl-C is pressed, and again a second later,
+    Then the run ends at once, the write `unknown` and the audit chains sealed: it waited out
+    the whole write (Python's thread join, interrupted, then reported the thread ended), and
+    exited with the chains unsealed, so `audit verify` warned of removals.
+    """
+    started = time.monotonic()
+    code, stdout, stderr = ctrl_c_during_the_write(cli, tmp_path, seconds=20, again_after=1)
+
+    assert code == 130, stderr
+    assert time.monotonic() - started < 15, stderr
+    assert "Cancelled · 1 unknown" in stdout, stdout
+    verified = cli("audit", "verify")
+    assert verified.returncode == 0, verified.stderr
+    assert "sealed by 1 checkpoint" in verified.stdout
+    assert "warning" not in verified.stderr

@@ -147,6 +147,7 @@ def stop_or_abandon(
             f"the goal's work (a step, or a plan being drafted) is still running{waited}; "
             f"ending without waiting for it ({what})"
         )
+        pipeline.seal()  # what was recorded, the unknown write included
     with contextlib.suppress(KeyboardInterrupt):  # a further Ctrl-C: it ends all the same
         telemetry.flush()
     sys.stdout.flush()
