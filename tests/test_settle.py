@@ -20,10 +20,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
 from approval_gate.settle import settle_step, unsettled_steps
+from executor_worker.abandoned_steps import mark_abandoned
 from executor_worker.engine import StepOutcome
 from executor_worker.ledger import StepLedger
 from executor_worker.run_end import end_run
 from plangate.bus import Envelope
+from plangate.cancellation import cancel_goal
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
@@ -644,3 +646,33 @@ def test_a_paused_runs_end_told_again_changes_nothing_and_raises_nothing(
     assert (
         billing.wait_for(plan.goal_id, {"needs_attention"}, timeout=1).status == "needs_attention"
     )
+
+
+def test_the_api_settles_a_cancelled_goal_s_write_saying_nothing_runs_again(
+    billing: Pipeline,
+) -> None:
+    """Given a goal cancelled while its charge was being called by an executor that then died
+    (its claim's lease run out: the sweep marks the write unknown),
+    When a reviewer settles it through the API as not happened,
+    Then it is recorded and the answer says the goal was cancelled: it said the charge "runs
+    again" and that "other steps still wait to be settled", of a goal where nothing runs.
+    """
+    goal_id = billing.submit("charge and receipt").goal_id
+    billing.wait_for(goal_id, timeout=5)
+    plan = only_plan(billing.store, goal_id)
+    rewind_to_mid_call(billing.store, plan, "charge")
+    cancel_goal(billing.store, goal_id, "carol", "wrong card")
+    assert mark_abandoned(billing.store) == [f"{plan.plan_id}/charge"]
+    reviewers = Reviewers([Reviewer.with_token("alice", TOKEN)])
+    settings = billing.settings.model_copy(update={"broker_url": "memory://"})
+    with (
+        Client(settings) as client,
+        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
+    ):
+        settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
+        status, outcome = call(settle_url, "POST", {"happened": False}, token=TOKEN)
+
+    assert status == 200, outcome
+    assert outcome["status"] == "cancelled"
+    assert outcome["message"] == "alice settled charge: did not happen; its goal was cancelled"
+    assert CHARGES == [5]  # the first run's only

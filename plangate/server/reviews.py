@@ -388,7 +388,10 @@ def settle(plan_id: str, step_id: str, body: SettleBody, desk: Desk, reviewer: P
     409 if the step is not unknown, or its run is not waiting for a person.
     """
     envelopes = desk.settle(plan_id, step_id, reviewer, body)
-    goal_id = desk.goal_of(plan_id)
+    outcome = outcome_of(desk, desk.goal_of(plan_id), "")
     what = "happened" if body.happened else "did not happen (it runs again)"
     after = "the run resumes" if envelopes else "other steps still wait to be settled"
-    return outcome_of(desk, goal_id, f"{reviewer.name} settled {step_id}: {what}; {after}")
+    if outcome.status == "cancelled":  # recorded only: nothing of a cancelled goal runs again
+        what, after = what.removesuffix(" (it runs again)"), "its goal was cancelled"
+    said = f"{reviewer.name} settled {step_id}: {what}; {after}"
+    return outcome.model_copy(update={"message": said})
