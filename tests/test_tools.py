@@ -288,6 +288,19 @@ def test_a_module_whose_own_import_is_missing_names_that_import_not_the_module(
     assert "PLANGATE_TOOLS" not in message
 
 
+def test_a_module_importing_a_name_its_dependency_lacks_names_that_dependency(
+    write_module: Callable[..., str],
+) -> None:
+    """`from json import not_a_name` (a dependency of another version) was blamed on
+    PLANGATE_TOOLS, as if the module had not been found."""
+    name = write_module("versioned_tools", "from json import not_a_name\n")
+    with pytest.raises(ToolLoadError) as caught:
+        load_tools([name])
+    message = str(caught.value)
+    assert "could not import what it needs from 'json'" in message
+    assert "PLANGATE_TOOLS" not in message
+
+
 def test_a_module_that_fails_while_importing_is_refused(write_module: Callable[..., str]) -> None:
     name = write_module("exploding_tools", "raise RuntimeError('bad config')\n")
     with pytest.raises(ToolLoadError, match=r"'exploding_tools' failed while importing.*bad conf"):

@@ -75,6 +75,14 @@ class ToolRegistry:
                 "check PLANGATE_TOOLS or --tools"
             ) from exc
         except ImportError as exc:
+            if exc.name and not f"{dotted_name}.".startswith(f"{exc.name}."):
+                # `from json import not_a_name`: what it imports is installed, but not as it
+                # expects (most often, another version).
+                raise ToolLoadError(
+                    f"tool module {dotted_name!r} could not import what it needs from "
+                    f"{exc.name!r}: {exc}; check the module's imports, and the version of "
+                    f"{exc.name.split('.')[0]!r} installed where the tools run"
+                ) from exc
             raise ToolLoadError(
                 f"could not import tool module {dotted_name!r}: {exc}; "
                 "check PLANGATE_TOOLS or --tools"
