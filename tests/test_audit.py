@@ -1210,3 +1210,18 @@ def test_verify_json_says_a_check_it_cannot_make_and_exits_2(
     assert code == 2
     assert found["verdict"] == "cannot_check"
     assert "checkpoint 1 is signed by ed25519:" in str(found["problem"])
+
+
+def test_verify_json_answers_in_json_when_the_export_named_is_missing(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """A monitor whose export went missing read usage text it could not parse; and a log broken
+    before anything was counted said `"entries": 0`, as of an empty log."""
+    code, found = verified_as_json(
+        pipeline.settings.data_dir, "--export", str(tmp_path / "gone.jsonl")
+    )
+
+    assert code == 2
+    assert found["verdict"] == "cannot_check"
+    assert "is no file" in str(found["problem"])
+    assert found["entries"] is None

@@ -27,7 +27,7 @@ class Verdict:
 
     verdict: Literal["intact", "broken", "cannot_check"] = "intact"
     problem: str | None = None
-    entries: int = 0
+    entries: int | None = None  # None: not counted (a break found first)
     chains: int | None = None
     checkpoints: int | None = None
     signed_by: str | None = None  # an export's signer
@@ -88,10 +88,10 @@ def audit_verify(
     With --against, check such a file first, then the store, then that the store still holds
     each of the file's entries. Exit 2 when a check cannot be made (no key for a signer).
     """
-    if export is not None and against is not None:
-        raise typer.BadParameter("give --export (the file alone) or --against (the store too)")
     found = Verdict()
     try:
+        if export is not None and against is not None:
+            raise ConfigError("give --export (the file alone) or --against (the store too)")
         _verify(found, export, manifest, keys or [], against)
     except Broken as broken:
         if not as_json:
@@ -185,7 +185,7 @@ def _verify_export(found: Verdict, export: Path, manifest: Path | None, keys: li
     from plangate.audit_export import verify_export
 
     if not export.is_file():
-        raise typer.BadParameter(f"{export} is no file; name an export written with --sign")
+        raise ConfigError(f"{export} is no file; name an export written with --sign")
     report = verify_export(export, trusted_keys(keys), manifest)
     if not report.ok:
         raise Broken("export not verified", str(report.problem))
