@@ -35,6 +35,7 @@ from tests.conftest import SEED_GOAL
 from tests.support import (
     HELD,
     append_after_the_upgrade_and_verify,
+    eventually,
     only_plan,
     outer_environment,
     running_pipeline,
@@ -460,3 +461,42 @@ def test_two_upgrades_at_once_of_an_empty_database_both_succeed(
     outputs = sorted(stdout for stdout, _ in said)  # "created ..." before "the schema ..."
     assert "created the schema" in outputs[0], outputs
     assert "is already at" in outputs[1], outputs
+
+
+def test_an_upgrade_waiting_for_another_says_so_then_goes_on(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """Given a session holding the upgrade lock (a migration Job stuck mid-way),
+    When `plangate db upgrade` runs, Then it says it waits for another upgrade, and goes on
+    once the lock is let go: it waited in silence, for ever if the session never ended."""
+    env = {**outer_environment(), "PLANGATE_DATABASE_URL": postgres_database_url}
+    said = tmp_path / "stderr.txt"
+    engine = make_engine(postgres_database_url)
+    try:
+        with engine.connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": schema._UPGRADE_LOCK})
+            with said.open("w") as stderr:
+                upgrade = subprocess.Popen(
+                    [sys.executable, "-m", "plangate", "db", "upgrade"],
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=PIPE,
+                    stderr=stderr,
+                    text=True,
+                )
+                eventually(
+                    lambda: "waiting for another `plangate db upgrade`" in said.read_text(),
+                    timeout=30,
+                    what="the upgrade saying it waits",
+                )
+                assert upgrade.poll() is None
+                holder.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": schema._UPGRADE_LOCK}
+                )
+                holder.commit()
+                stdout, _ = upgrade.communicate(timeout=60)
+    finally:
+        engine.dispose()
+
+    assert upgrade.returncode == 0, said.read_text()
+    assert "created the schema" in stdout

@@ -6,6 +6,7 @@ the embedded mode upgrades its own SQLite file, because it owns it.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 # tests/test_store_sqlite.py checks both answers against alembic's.
 _MIGRATION_FILE = re.compile(r"^(\d{4})_\w+\.py$")
 _VERSION_TABLE = "alembic_version"
+log = logging.getLogger(__name__)
 # The advisory lock `plangate db upgrade` holds on PostgreSQL: "plangate" in ASCII.
 _UPGRADE_LOCK = int.from_bytes(b"plangate", "big")
 
@@ -113,7 +115,15 @@ def _one_upgrade_at_a_time(engine: Engine) -> Iterator[None]:
         yield
         return
     with engine.connect() as connection:
-        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _UPGRADE_LOCK})
+        taken = connection.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": _UPGRADE_LOCK}
+        ).scalar()
+        if not taken:  # said, or a stuck Job's session left the next upgrade silent for ever
+            log.warning(
+                "waiting for another `plangate db upgrade` to finish: a session holds the "
+                "upgrade lock (pg_locks, locktype advisory, shows which; end it if it is stuck)"
+            )
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _UPGRADE_LOCK})
         connection.commit()  # the lock is the session's: it outlives this transaction
         try:
             yield
