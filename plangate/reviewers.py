@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import tempfile
 import threading
 import unicodedata
@@ -228,8 +229,8 @@ def _check_unique(path: Path, reviewers: Sequence[Reviewer]) -> None:
             also = "" if first == reviewer.name else f" (as {first!r} and {reviewer.name!r})"
             raise ConfigError(
                 f"the reviewers file {path} names a reviewer twice{also}: names are told apart "
-                "regardless of case, or each would count as another person's approval; keep "
-                "one entry each"
+                "regardless of case and spacing, or each would count as another person's "
+                "approval; keep one entry each"
             )
         seen[person_key(reviewer.name)] = reviewer.name
     if len(set(hashes)) != len(hashes):
@@ -285,9 +286,10 @@ def add_reviewer(path: Path, name: str, roles: Iterable[str]) -> str:
             )
         if same is not None:
             raise ConfigError(
-                f"{same} is in {path} already, and names are told apart regardless of case "
-                f"(their approvals would count as two people's): `plangate reviewers remove "
-                f"{same}` first to rename them, or give this reviewer another name"
+                f"{same!r} is in {path} already, and names are told apart regardless of case "
+                f"and spacing (their approvals would count as two people's): `plangate "
+                f"reviewers remove {shlex.quote(same)}` first to rename them, or give this "
+                "reviewer another name"
             )
         token = new_token()
         _write(path, [*reviewers, Reviewer(name, frozenset(wanted), hash_token(token))])
