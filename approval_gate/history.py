@@ -4,7 +4,8 @@
 `window` (`"1h"`, `"30m"`, `"1d"`), by the policy or by people, whether their runs are
 pending, in flight or finished. `history.sum(tool, arg, window, key)`: the sum of the
 numeric argument `arg` over those steps, among goals whose metadata `key` has this goal's
-value (the day's refunds for this customer). The plan being decided is not counted: a rule
+value (the day's refunds for this customer); an argument a `${ref}` fills in, at the value its
+step ran with (its audit entry's). The plan being decided is not counted: a rule
 adds its own steps if it means to.
 
 A decision that reads history holds a lock on each tool of its plan until it commits
@@ -23,10 +24,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plangate.errors import PolicyError
-from plangate.store import ApprovalRow, GoalRow, PlanRow
+from plangate.store import ApprovalRow, AuditRow, GoalRow, PlanRow
 from plangate.store.goal_list import parse_since
 from schemas import Plan, utcnow
 from schemas.cel_check import call_literals
+from schemas.references import references_in
 
 FUNCTIONS = ("count", "sum")  # called on `history`: history.count(...), history.sum(...)
 _SIGNATURE = {"count": "tool, window", "sum": "tool, arg, window, key"}
@@ -68,6 +70,7 @@ class History:
                 continue
             value = args.get(arg, 0)
             if isinstance(value, bool) or not isinstance(value, int | float):
+                # A reference not run yet: the total is not known until it has.
                 raise PolicyError(f"history.sum: {tool}'s {arg!r} is not a number: {value!r}")
             total += value
         return total
@@ -77,7 +80,7 @@ class History:
         if self._session is None:
             return []
         query = (
-            select(PlanRow.body, GoalRow.meta)
+            select(PlanRow.plan_id, PlanRow.goal_id, PlanRow.body, GoalRow.meta)
             .join(ApprovalRow, ApprovalRow.plan_id == PlanRow.plan_id)
             .join(GoalRow, GoalRow.id == PlanRow.goal_id)
             .where(PlanRow.plan_id != self._plan_id)
@@ -87,13 +90,40 @@ class History:
         else:
             since = self._as_of - (utcnow() - since)
             query = query.where(ApprovalRow.created_at.between(since, self._as_of))
-        rows = self._session.execute(query).all()
-        return [
-            (dict(step.get("args") or {}), dict(meta or {}))
-            for body, meta in rows
+        steps = [
+            (plan_id, goal_id, step, dict(meta or {}))
+            for plan_id, goal_id, body, meta in self._session.execute(query).all()
             for step in body.get("steps", [])
             if step.get("tool") == tool
         ]
+        # An argument a `${ref}` fills in is text in the plan: the value it ran with is in
+        # its step's audit entry. (Summed as text, one such refund made every later decision
+        # on the customer's refunds fail for the whole window.)
+        referring = {goal_id for _, goal_id, step, _ in steps if _refers(step.get("args"))}
+        called = self._called_with(referring) if referring else {}
+        return [
+            (called.get((plan_id, str(step.get("id"))), dict(step.get("args") or {})), meta)
+            for plan_id, _, step, meta in steps
+        ]
+
+    def _called_with(self, goal_ids: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
+        """Return the arguments each step of these goals was called with, as its entry says."""
+        assert self._session is not None
+        entries = self._session.execute(
+            select(AuditRow.data).where(
+                AuditRow.goal_id.in_(goal_ids), AuditRow.kind.like("step.%")
+            )
+        ).scalars()
+        return {
+            (str(data["plan_id"]), str(data["step_id"])): dict(data["args"])
+            for data in entries
+            if isinstance(data.get("args"), dict) and "plan_id" in data and "step_id" in data
+        }
+
+
+def _refers(args: object) -> bool:
+    """Say whether a step's arguments hold a reference to another step's output."""
+    return isinstance(args, dict) and any(True for _ in references_in(args))
 
 
 def no_history(plan: Plan, goal_metadata: Mapping[str, str] | None = None) -> History:

@@ -13,14 +13,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import select
 
 from approval_gate.policy import Policy
 from plangate.client import Client
+from plangate.config import Settings
 from plangate.store import DecisionRow, GoalRow, open_store
+from plangate.tools import ToolRegistry, tool
 from schemas import Plan, Step
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
+from tests.support import HELD, running_pipeline, write_yaml
 
 CAPPED = """\
 rules:
@@ -115,3 +119,72 @@ def test_history_sum_adds_an_argument_among_goals_sharing_a_metadata_key() -> No
     assert policy.decide(plan, {}, "", {"customer": "acme"}, Approved()).action == "approve"
     assert policy.decide(plan, {}, "", {"customer": "acme"}).action == "hold"
     assert policy.reads_history
+
+
+class RefundRequest(BaseModel):
+    """A customer's refund request."""
+
+    amount: float
+
+
+@tool(effect="read", idempotent=True)
+def refund_request(request_id: str) -> RefundRequest:
+    """Read a refund request: 420 whichever it is."""
+    return RefundRequest(amount=420.0)
+
+
+@tool(effect="write", idempotent=True)
+def refund(amount: float) -> str:
+    """Refund `amount`."""
+    return f"refunded {amount}"
+
+
+REFUND_PLAYBOOK = {
+    "playbooks": [
+        {
+            "name": "refund-request",
+            "pattern": "^refund request",
+            "steps": [
+                {"id": "req", "tool": "refund_request", "args": {"request_id": "RR-1"}},
+                {"id": "pay", "tool": "refund", "args": {"amount": "${req.amount}"}},
+            ],
+        }
+    ]
+}
+CAPPED_REFUNDS = {
+    "rules": [
+        {
+            "name": "refunds-under-the-day-s-cap",
+            "match": 'history.sum("refund", "amount", "1d", "customer") < 1000.0',
+            "action": "approve",
+            "reason": "under the customer's cap for the day",
+        }
+    ]
+}
+
+
+def test_history_sum_counts_an_amount_a_read_filled_in_at_what_it_ran_with(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a refund whose amount a read fills in (`${req.amount}`: text in the plan),
+    approved under a day's cap and run with 420,
+    When the customer's next refunds are decided,
+    Then history.sum counts 420 for each that ran: the fourth is held (1260 already).
+    It read the text "${req.amount}" and failed every later decision on the customer's refunds
+    for the whole window.
+    """
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([refund_request, refund]),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", REFUND_PLAYBOOK),
+        policy_file=write_yaml(tmp_path / "policy.yaml", CAPPED_REFUNDS),
+    ) as pipeline:
+        ended = []
+        for n in range(4):
+            goal_id = pipeline.submit(f"refund request {n}", metadata={"customer": "c2"}).goal_id
+            ended.append(pipeline.wait_for(goal_id, {"completed", *HELD}, timeout=10))
+
+    assert [goal.status for goal in ended] == ["completed"] * 3 + ["held"], [
+        goal.status_reason for goal in ended
+    ]
+    assert "could not be evaluated" not in (ended[3].status_reason or "")
