@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +30,9 @@ from schemas.cel_check import (
 from schemas.cel_cost import DataSize, data_size
 
 NO_MATCH_REASON = "no rule matched; held for a person"
+# The CEL library warns of each Python function that failed (history.sum): said already, with
+# the rule, in the decision's reason; on stderr it was a bare line per decision.
+logging.getLogger("cel").setLevel(logging.ERROR)
 _PAST_TENSE = {"approve": "approved", "deny": "denied", "hold": "held"}
 # action, rule, reason, and the other rules whose terms a hold takes on
 Outcome = tuple[RuleAction, str | None, str, tuple[str, ...]]
@@ -314,4 +318,9 @@ def _held(subject: str, outcome: object) -> str:
     else:
         problem = f"it returned {type(outcome).__name__}, not a bool"
     problem = " ".join(problem.split())[:300]  # a reason is read by a person, not a parser
+    if "No such overload" in problem:  # most often, not the number types CEL's words suggest
+        problem += (
+            "; an argument a ${ref} fills in is text until its step runs: compare it only "
+            "after `type(x) == double` (or int)"
+        )
     return f"{subject} could not be evaluated ({problem}){_HELD}"

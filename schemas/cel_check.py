@@ -34,6 +34,10 @@ BUILTIN_FUNCTIONS = frozenset(
     }
 )  # fmt: skip
 MACROS = frozenset({"exists", "all", "exists_one", "map", "filter"})
+# CEL's names of its own types, compared with `type(x)`.
+TYPE_NAMES = frozenset(
+    {"int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type"}
+)
 KEYWORDS = frozenset({"true", "false", "null", "in", "has"})  # names that are no value
 # As CEL reads them: a raw string (r"...") has no escapes, so r"\" ends at its second quote;
 # `//` starts a comment to the end of the line (skipped). Read otherwise, a `)` in a comment
@@ -303,6 +307,8 @@ class _Walk:
         name = self._tokens[at][1]
         if self._is(at + 1, "("):
             return at + 1  # a global function: its arguments are walked as they come
+        if name in TYPE_NAMES and name not in self._scope:
+            return at + 1  # `type(x) == double`: CEL's own names of its types
         if name not in self._scope:
             self._found.append(f"unknown variable {name}")
             return at + 1

@@ -545,3 +545,21 @@ def test_a_broken_rule_before_a_deny_denies() -> None:
 
     assert (decision.action, decision.rule) == ("deny", "no-drops")
     assert decision.reason.startswith("never (rule 'approve-small' could not be evaluated")
+
+
+def test_a_rule_may_compare_types_by_cel_s_own_names_and_guard_a_reference() -> None:
+    """`type(x) in [int, double]` was refused ("unknown variable int"); it is how a rule tells
+    a number from a `${ref}` the gate sees as text, and a comparison without it says so."""
+    guarded = policy_of(
+        rule(
+            "small",
+            "plan.steps.all(s, type(s.args.amount) in [int, double] && s.args.amount < 100.0)",
+        )
+    )
+    unguarded = policy_of(rule("small", "plan.steps.all(s, s.args.amount < 100.0)"))
+
+    assert guarded.decide(plan_of("notify", amount=50), CATALOG).action == "approve"
+    referring = plan_of("notify", amount="${req.amount}")
+    assert guarded.decide(referring, CATALOG).reason == "no rule matched; held for a person"
+    said = unguarded.decide(referring, CATALOG).reason
+    assert "an argument a ${ref} fills in is text until its step runs" in said
