@@ -654,3 +654,16 @@ def test_ctrl_c_while_submit_waits_names_the_goal_that_goes_on(fleet: Fleet) -> 
     (goal,) = [json.loads(line) for line in listed()]
     assert waiting.returncode == 130, stderr
     assert f"only the waiting stopped; goal {goal['goal_id']} goes on" in stderr
+
+
+def test_submit_prints_the_goal_id_alone_on_stdout_for_a_script(fleet: Fleet) -> None:
+    """`GOAL=$(plangate submit ...)` then `plangate status $GOAL`: stdout held the state's lines
+    ("goal 1f3a...: submitted", its plan...), though `--help` says it prints the goal id."""
+    submitted = fleet.plangate("submit", SEED_GOAL)
+
+    assert submitted.returncode == 0, submitted.stderr
+    goal_id = submitted.stdout.strip()
+    assert f"goal {goal_id}: submitted" in submitted.stderr
+    status = fleet.plangate("status", goal_id, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["goal_id"] == goal_id

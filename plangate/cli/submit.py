@@ -43,7 +43,8 @@ def _exit_code(status: str) -> int:
     return EXIT_REFUSED if status in _REFUSED else EXIT_FAILED
 
 
-def _print(current: GoalStatus, as_json: bool) -> None:
+def _print(current: GoalStatus, as_json: bool, *, aside: bool = False) -> None:
+    """Print the goal's state: JSON, or lines for people (`aside`: on stderr)."""
     if as_json:
         typer.echo(
             json.dumps({**asdict(current), "terminal": current.terminal}, default=json_default)
@@ -51,7 +52,7 @@ def _print(current: GoalStatus, as_json: bool) -> None:
         return
 
     def say(line: str) -> None:  # a goal's words are anyone's, a step's output a tool's
-        typer.echo(printable(line))
+        typer.echo(printable(line), err=aside)
 
     said = current.reason and current.reason.strip().lower() != current.status
     say(f"goal {current.goal_id}: {current.status}" + (f" — {current.reason}" if said else ""))
@@ -119,7 +120,9 @@ def submit(
 ) -> None:
     """Submit GOAL to the workers (they must be running: `plangate worker ...`).
 
-    Prints the goal id. With --wait, follows it to the end and prints each step's output;
+    Prints the goal id (alone on stdout, for `GOAL=$(plangate submit ...)`; where it is, on
+    stderr), or with --json its state. With --wait, follows it to the end and prints each
+    step's output;
     exit codes as for `run`: 0 completed, 1 failed or timed out, 3 rejected, denied, expired
     or cancelled, and 4 at once when the goal is held for a person (it says how to review it).
     """
@@ -140,7 +143,9 @@ def submit(
         if handle.queued:
             warn_broker_unreachable(f"goal {handle.goal_id} is stored")
         if not wait:
-            _print(handle.status(), as_json)
+            if not as_json:  # stdout is the id alone: `GOAL=$(plangate submit ...)`
+                typer.echo(handle.goal_id)
+            _print(handle.status(), as_json, aside=True)
             return
         try:
             final = _wait(handle, timeout, QUEUED_HINTS if handle.queued else STUCK_HINTS)
