@@ -35,13 +35,33 @@ def policy_warnings(
 ) -> list[str]:
     """Return what each rule names that `catalog` and `reviewers` do not have (each optional)."""
     warnings: list[str] = []
+    everything: Rule | None = None  # the first rule that matches every plan, if any
     for rule in policy.rules:
         where = f"rule {rule.name!r} (line {rule.line})"
+        constant = _constant(rule.match)
+        if everything is not None:
+            # Never tried: a deny written below an approve-everything rule denies nothing.
+            warnings.append(
+                f"{where} can never decide: rule {everything.name!r} (line {everything.line}) "
+                "before it matches every plan; move it above, or narrow that rule"
+            )
+        elif constant is False:
+            warnings.append(f"{where} matches no plan (its match is false)")
+        if constant is True and everything is None:
+            everything = rule
         if catalog:
             warnings.extend(f"{where} {said}" for said in _unknown_names(rule.match, catalog))
         if reviewers is not None and rule.action == "hold":
             warnings.extend(f"{where} {said}" for said in _unreachable_hold(rule, reviewers))
     return warnings
+
+
+def _constant(match: str) -> bool | None:
+    """Return the match's value when it is the literal `true` or `false`, else None."""
+    tokens = [text for _, text in cel_tokens(match)]
+    while len(tokens) >= 2 and tokens[0] == "(" and tokens[-1] == ")":
+        tokens = tokens[1:-1]
+    return {"true": True, "false": False}.get(tokens[0]) if len(tokens) == 1 else None
 
 
 class PolicyWarnings:

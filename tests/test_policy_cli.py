@@ -541,3 +541,25 @@ def test_check_reads_a_tool_compared_from_either_side_through_an_index(
     assert result.returncode == 0, result.stderr
     assert "names the tool 'ticket_cont'" in result.stdout
     assert "kubectl" not in result.stdout
+
+
+def test_policy_check_warns_of_a_rule_below_one_matching_every_plan_and_of_one_matching_none(
+    plangate: Run, tmp_path: Path
+) -> None:
+    """A deny written below an approve-everything rule denied nothing, and `policy check`
+    said the file was fine; so did it of `match: 'false'`."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "rules:\n"
+        "  - {name: approve-all, match: 'true', action: approve, reason: all}\n"
+        "  - {name: deny-drops, match: 'plan.steps.exists(s, s.tool == \"drop\")', "
+        "action: deny, reason: never}\n"
+        "  - {name: never-on, match: '(false)', action: hold, reason: later}\n"
+    )
+
+    checked = plangate("policy", "check", str(policy))
+
+    said = " ".join(checked.stdout.split())
+    assert "rule 'deny-drops' (line 3) can never decide: rule 'approve-all' (line 2)" in said
+    assert "rule 'never-on' (line 4) can never decide" in said
+    assert checked.returncode == 0, said  # warnings: a tool may come, a rule may move
