@@ -100,6 +100,31 @@ def _fill(value: Any, groups: dict[str, str]) -> Any:
     return value
 
 
+def _numbers(step: Step, args: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
+    """Make a number of an argument that is one placeholder alone, where the tool takes one.
+
+    A capture is text: `amount: "{{amt}}"` gave "50", refused as "not of type 'number'",
+    and a playbook had no way to pass a number from the goal's words. Text that is no number
+    stays text, and is refused so.
+    """
+    spec = catalog.get(step.tool)
+    properties = (spec.args_schema or {}).get("properties", {}) if spec is not None else {}
+    typed = dict(args)
+    for name, template in step.args.items():
+        wanted = properties.get(name, {}).get("type") if isinstance(properties, dict) else None
+        value = args.get(name)
+        if not (isinstance(template, str) and _PLACEHOLDER.fullmatch(template)):
+            continue
+        if wanted == "integer" and isinstance(value, str) and re.fullmatch(r"-?\d{1,15}", value):
+            typed[name] = int(value)
+        elif wanted == "number" and isinstance(value, str) and _NUMBER.fullmatch(value):
+            typed[name] = float(value) if "." in value else int(value)
+    return typed
+
+
+_NUMBER = re.compile(r"-?\d{1,15}(?:\.\d{1,15})?")
+
+
 def _defang(text: str) -> str:
     """Keep goal text from forming a step reference once placed in an argument."""
     return text.replace("${", "$ {")
@@ -147,7 +172,9 @@ class PlaybookPlanner:
                 continue
             groups = {k: _defang(v) for k, v in match.groupdict().items() if v is not None}
             steps = tuple(
-                step.model_copy(update={"args": _fill(dict(step.args), groups)})
+                step.model_copy(
+                    update={"args": _numbers(step, _fill(dict(step.args), groups), catalog)}
+                )
                 for step in entry.steps
             )
             return Draft(_fill(entry.summary, groups), steps, f"playbook:{entry.name}")

@@ -9,7 +9,7 @@ import pytest
 from plangate.config import Settings
 from plangate.errors import ConfigError, PlanningFailed
 from planner_worker.playbook import PlaybookPlanner
-from schemas import GoalSubmitted
+from schemas import GoalSubmitted, ToolSpec
 from tests.support import running_pipeline
 
 
@@ -127,3 +127,35 @@ def test_a_goal_whose_words_make_the_playbook_s_summary_too_long_fails_with_that
         assert goal.status == "plan_failed"
         assert "summary: String should have at most 2000 characters" in (goal.status_reason or "")
         assert pipeline.bus.dead_letters() == []
+
+
+def test_a_placeholder_alone_fills_a_number_where_the_tool_takes_one(tmp_path: Path) -> None:
+    """`amount: "{{amt}}"` gave the text "50", refused as "not of type 'number'": a playbook
+    could pass no number from the goal's words. Text arguments stay text ("1001"), and a
+    capture that is no number stays text, for the plan's check to refuse."""
+    path = playbook_file(
+        tmp_path,
+        "playbooks:\n"
+        "  - name: refund\n"
+        '    pattern: "refund (?P<order>\\\\S+) (?P<amt>\\\\S+)"\n'
+        "    steps: [{id: pay, tool: refund, args: "
+        '{order_id: "{{order}}", amount: "{{amt}}", note: "{{amt}} back"}}]\n',
+    )
+    schema = {
+        "type": "object",
+        "properties": {
+            "order_id": {"type": "string"},
+            "amount": {"type": "number"},
+            "note": {"type": "string"},
+        },
+    }
+    catalog = {"refund": ToolSpec(name="refund", effect="write", args_schema=schema)}
+    planner = PlaybookPlanner.load(path)
+
+    def args_for(text: str) -> dict[str, object]:
+        draft = planner.draft(GoalSubmitted(goal_id="g1", text=text), catalog=catalog)
+        return dict(draft.steps[0].args)
+
+    assert args_for("refund 1001 50") == {"order_id": "1001", "amount": 50, "note": "50 back"}
+    assert args_for("refund 1001 12.5")["amount"] == 12.5
+    assert args_for("refund 1001 fifty")["amount"] == "fifty"
