@@ -291,13 +291,16 @@ def _after_broken(broken: list[tuple[Rule, str]], matched: Rule | None) -> Outco
     """Decide a plan some rules could not judge, before `matched` (the first that matched).
 
     Fail closed, never weaker than any rule that may have been the one: each broken rule may
-    have matched, and `matched` decides if none did. A deny stands (nothing of it runs);
-    anything else is held, asking what every one of those rules asks. Held by the first
-    broken rule alone, a refund whose amount a read fills in (a string then) was held with
-    none of the roles and approvals the refunds' rule after it asks, and one reviewer
-    without them released it.
+    have matched, and `matched` decides if none did. A deny among them denies (a broken deny
+    turned into a hold was released by reviewers); anything else is held, asking what every
+    one of those rules asks. Held by the first broken rule alone, a refund whose amount a
+    read fills in (text when the gate decides) was held with none of the roles and
+    approvals the refunds' rule after it asks, and one reviewer without them released it.
     """
     (first, said), *others = broken
+    for rule, why in broken:
+        if rule.action == "deny":
+            return "deny", rule.name, f"{why.removesuffix(_HELD)}; denied, as it may match", ()
     if matched is not None and matched.action == "deny":
         return "deny", matched.name, f"{matched.reason} ({said.removesuffix(_HELD)})", ()
     candidates = [rule for rule, _ in others] + ([matched] if matched is not None else [])
@@ -320,7 +323,8 @@ def _held(subject: str, outcome: object) -> str:
     problem = " ".join(problem.split())[:300]  # a reason is read by a person, not a parser
     if "No such overload" in problem:  # most often, not the number types CEL's words suggest
         problem += (
-            "; an argument a ${ref} fills in is text until its step runs: compare it only "
-            "after `type(x) == double` (or int)"
+            "; an argument a ${ref} fills in is text until its step runs: a rule that "
+            "approves may ask `type(x) == double && x < 100.0`; one that holds or denies must "
+            "let text match: `type(x) != double || x >= 1000.0`"
         )
     return f"{subject} could not be evaluated ({problem}){_HELD}"

@@ -118,7 +118,7 @@ def test_no_match_holds() -> None:
 def test_a_rule_that_fails_to_evaluate_holds_even_if_a_later_rule_would_approve() -> None:
     # Given a rule that reads a missing argument, then a rule that approves everything
     policy = policy_of(
-        rule("broken", "plan.steps[0].args.missing == 1", "deny") + rule("all", "true")
+        rule("broken", "plan.steps[0].args.missing == 1", "approve") + rule("all", "true")
     )
     # When the policy decides
     decision = policy.decide(plan_of("search"), CATALOG)
@@ -563,3 +563,17 @@ def test_a_rule_may_compare_types_by_cel_s_own_names_and_guard_a_reference() -> 
     assert guarded.decide(referring, CATALOG).reason == "no rule matched; held for a person"
     said = unguarded.decide(referring, CATALOG).reason
     assert "an argument a ${ref} fills in is text until its step runs" in said
+
+
+def test_a_broken_deny_rule_denies_whatever_matches_after_it() -> None:
+    """A deny rule that cannot be evaluated may have been the one: turned into a hold, two
+    reviewers of the later rule released a refund it was written to stop."""
+    policy = policy_of(
+        rule("deny-huge", "plan.steps.exists(s, s.args.amount > 10000.0)", "deny", "too big")
+        + hold_rule("hold-large", "true", requires_role="finance", approvals=2)
+    )
+
+    decision = policy.decide(plan_of("notify", amount="${req.amount}"), CATALOG)
+
+    assert (decision.action, decision.rule) == ("deny", "deny-huge")
+    assert decision.reason.endswith("; denied, as it may match")
