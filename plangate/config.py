@@ -358,6 +358,14 @@ class Settings(BaseSettings):
         """Make the secrets among these settings known to the one redaction point."""
         redaction.register_settings(self)
 
+    @property
+    def store_in_data_folder(self) -> bool:
+        """Whether the store is the data folder's own SQLite file (no database URL given).
+
+        An embedded run's own then, not a deployment's that other processes share.
+        """
+        return self.database_url is None
+
     def resolved_database_url(self) -> str:
         """Return the database URL, defaulting to `plangate.db` in the data folder."""
         return self.database_url or f"sqlite:///{self.data_dir / 'plangate.db'}"

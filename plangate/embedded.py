@@ -135,7 +135,9 @@ class Pipeline:
         Without it, `plangate audit verify` after `plangate run` warned that entries could
         have been removed unseen, of a log nothing had touched.
         """
-        if self._threads:  # it started: its gate has a key in the data folder
+        # Only the data folder's own store: on a deployment's, a checkpoint signed by this
+        # folder's key, unknown to its monitors, made every `audit verify` of theirs exit 2.
+        if self._threads and self.settings.store_in_data_folder:
             try:
                 build_sealing(self.settings)(self.store)
             except Exception:  # the run's outcome stands; the next run seals it

@@ -125,7 +125,10 @@ def _stage_handler(
             previews=previews,
         )
     tools = registry or configured_tools(settings)
-    publish_catalog(store, tools.catalog().values(), shared=registry is None)
+    # Embedded on the data folder's store, its tools are the only ones; on a deployment's
+    # store, a run's differing tools are said as a worker's are (policies read their effects).
+    alone = registry is not None and settings.store_in_data_folder
+    publish_catalog(store, tools.catalog().values(), shared=not alone)
 
     lease = timedelta(seconds=settings.step_lease_seconds)
     trusted = load_trusted_keys(settings)

@@ -1016,3 +1016,18 @@ def test_a_second_ctrl_c_during_the_grace_ends_the_run_at_once_with_the_write_un
     assert verified.returncode == 0, verified.stderr
     assert "sealed by 1 checkpoint" in verified.stdout
     assert "warning" not in verified.stderr
+
+
+def test_a_run_seals_its_own_store_but_not_one_named_by_a_database_url(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The data folder's store is the run's: sealed as the run ends. A store named by
+    PLANGATE_DATABASE_URL may be a deployment's, whose monitors know its gate's key, not this
+    folder's: a checkpoint signed here made each of their checks exit 2 ("cannot check")."""
+    assert cli("run", SEED_GOAL, "--yes").returncode == EXIT_COMPLETED
+    shared = {"PLANGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'deployment.db'}"}
+    assert cli("db", "upgrade", env=shared).returncode == 0
+    assert cli("run", SEED_GOAL, "--yes", env=shared).returncode == EXIT_COMPLETED
+
+    assert "sealed by 1 checkpoint" in cli("audit", "verify").stdout
+    assert "sealed by" not in cli("audit", "verify", env=shared).stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -15,6 +16,8 @@ from plangate.cli.common import EXIT_INTERRUPTED
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden
 from plangate.store import GoalRow, StepRunRow
+
+log = logging.getLogger(__name__)
 
 # After Ctrl-C, how long in-flight steps get to finish before the process ends anyway.
 STOP_GRACE_SECONDS = 5.0
@@ -79,12 +82,16 @@ def steps_as_left(pipeline: Pipeline, goal_id: str, *, abandoned: bool) -> dict[
     """
     from executor_worker.abandoned_steps import mark_abandoned
 
-    if abandoned:
-        mark_abandoned(pipeline.store, goal_id=goal_id)
-    with pipeline.store.reading() as session:
-        rows = session.execute(
-            select(StepRunRow.step_id, StepRunRow.status).where(StepRunRow.goal_id == goal_id)
-        ).all()
+    try:
+        if abandoned:
+            mark_abandoned(pipeline.store, goal_id=goal_id)
+        with pipeline.store.reading() as session:
+            rows = session.execute(
+                select(StepRunRow.step_id, StepRunRow.status).where(StepRunRow.goal_id == goal_id)
+            ).all()
+    except Exception:  # the store busy or gone: the run still ends, saying where it stands
+        log.warning("could not read or mark the goal's steps as the run ended", exc_info=True)
+        return {}
     return {step_id: status for step_id, status in rows}
 
 
@@ -135,7 +142,11 @@ def stop_or_abandon(
         from executor_worker.abandoned_steps import mark_abandoned
 
         # Marked already when the summary waited for them: said there.
-        marked = mark_abandoned(pipeline.store, goal_id=goal_id) if goal_id else []
+        try:
+            marked = mark_abandoned(pipeline.store, goal_id=goal_id) if goal_id else []
+        except Exception:  # the store busy or gone: the process ends all the same
+            log.warning("could not mark the writes in flight as unknown", exc_info=True)
+            marked = []
         steps = ", ".join(step.split("/", 1)[1] for step in marked)
         what = (
             f"write step {steps} may or may not happen: check, then record which with "
