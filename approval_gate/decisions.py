@@ -70,7 +70,7 @@ def record_decision(
         raise Conflict(
             f"revision {plan.revision} of plan {plan.plan_id} was already decided; reload it"
         )
-    metrics.decided(counted_as or decision.action, decision.rule)
+    metrics.decided(counted_as or decision.action, decision.rule, decision.decided_by)
 
 
 def decision_of(row: DecisionRow) -> Decision:

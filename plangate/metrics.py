@@ -164,10 +164,12 @@ def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
     return generate_latest(registry)
 
 
-def decided(action: str, rule: str | None) -> None:
-    """Count a decision: a policy rule's by its name, a person's as `person`.
+def decided(action: str, rule: str | None, decided_by: str = "") -> None:
+    """Count a decision: a rule's by its name, a person's as `person`.
 
-    Not by the person's name: serve's /metrics answers anyone who reaches its port (the
+    One of the policy or the gate with no rule (none matched, a plan invalid) as `policy` or
+    `gate`, as before. Not by the person's name: serve's /metrics answers anyone who reaches its port (the
     review page's), and listed every reviewer; who decided is in the audit log and the trace.
     """
-    DECISIONS.labels(action, rule or "person").inc()
+    machine = decided_by if decided_by in ("policy", "gate") else "person"
+    DECISIONS.labels(action, rule or machine).inc()
