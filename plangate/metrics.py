@@ -168,8 +168,9 @@ def decided(action: str, rule: str | None, decided_by: str = "") -> None:
     """Count a decision: a rule's by its name, a person's as `person`.
 
     One of the policy or the gate with no rule (none matched, a plan invalid) as `policy` or
-    `gate`, as before. Not by the person's name: serve's /metrics answers anyone who reaches its port (the
-    review page's), and listed every reviewer; who decided is in the audit log and the trace.
+    `gate`, as before. Not by the person's name: serve's /metrics answers anyone who reaches
+    its port (the review page's), and listed every reviewer; who decided is in the audit log
+    and the trace.
     """
     machine = decided_by if decided_by in ("policy", "gate") else "person"
     DECISIONS.labels(action, rule or machine).inc()

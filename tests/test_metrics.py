@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from plangate import metrics
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
@@ -211,3 +212,15 @@ def test_each_approval_a_rule_asks_several_is_counted_and_no_series_names_a_pers
         for sample in family.samples
     }
     assert not rules & {"alice", "bob"}, rules
+
+
+def test_a_decision_no_rule_made_is_counted_as_the_policy_s_not_a_person_s() -> None:
+    """`rule=None` became `person` for every decision: the policy's "no rule matched" holds and
+    the gate's denials of invalid plans were counted as people's (dashboards on `policy` and
+    `gate` went silent)."""
+    labels = {"action": "hold", "rule": "policy"}
+    before = REGISTRY.get_sample_value("plangate_decisions_total", labels) or 0.0
+
+    metrics.decided("hold", None, "policy")
+
+    assert REGISTRY.get_sample_value("plangate_decisions_total", labels) == before + 1
