@@ -38,8 +38,10 @@ from plangate.small_files import read_text
 
 log = logging.getLogger(__name__)
 REVIEWERS_FILE_VARIABLE = "PLANGATE_REVIEWERS_FILE"
-# Not ending in a space: "bob " was a second reviewer beside "bob", each an approval.
+# Not ending in a space: "bob " was a second reviewer beside "bob", each an approval. (A file
+# written before keeps its names: read as they were, told apart by `person_key`.)
 NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9 ._@+-]{0,198}[A-Za-z0-9._@+-])?$"
+FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,199}$"
 ROLE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # as a policy rule's `requires_role`
 _HEADER = (
     "# plangate reviewers, written by `plangate reviewers add|remove`. Only each token's\n"
@@ -81,7 +83,7 @@ def session_binding(token_sha256: str) -> str:
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    name: str = Field(pattern=NAME_PATTERN)
+    name: str = Field(pattern=FILE_NAME_PATTERN)
     token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     roles: list[str] = Field(default_factory=list)
 
@@ -187,8 +189,11 @@ class ReviewersFile:
             return self._reviewers
 
 
-def read_file(path: Path) -> list[Reviewer]:
-    """Return the reviewers a file lists; ConfigError (never echoing a token) if it is wrong."""
+def read_file(path: Path, *, repairing: bool = False) -> list[Reviewer]:
+    """Return the reviewers a file lists; ConfigError (never echoing a token) if it is wrong.
+
+    `repairing`: a file naming one person twice is read all the same, for `remove` to mend.
+    """
     try:
         raw = yaml.safe_load(read_text(path))
     except OSError as exc:
@@ -216,7 +221,8 @@ def read_file(path: Path) -> list[Reviewer]:
             "`plangate reviewers add NAME --role ROLE`"
         ) from None
     reviewers = [Reviewer(e.name, frozenset(e.roles), e.token_sha256) for e in parsed.reviewers]
-    _check_unique(path, reviewers)
+    if not repairing:
+        _check_unique(path, reviewers)
     return reviewers
 
 
@@ -230,7 +236,8 @@ def _check_unique(path: Path, reviewers: Sequence[Reviewer]) -> None:
             raise ConfigError(
                 f"the reviewers file {path} names a reviewer twice{also}: names are told apart "
                 "regardless of case and spacing, or each would count as another person's "
-                "approval; keep one entry each"
+                f"approval; keep one entry each (`plangate reviewers remove "
+                f"{shlex.quote(reviewer.name)} --file {shlex.quote(str(path))}`)"
             )
         seen[person_key(reviewer.name)] = reviewer.name
     if len(set(hashes)) != len(hashes):
@@ -253,7 +260,8 @@ def name_problem(name: str) -> str | None:
         return None
     return (
         f"{name[:40]!r}{'…' if len(name) > 40 else ''} is not a reviewer name: letters, "
-        "digits, spaces and ._@+- , up to 200 characters, starting with a letter or digit"
+        "digits, spaces and ._@+- , up to 200 characters, starting with a letter or digit "
+        "and not ending in a space"
     )
 
 
@@ -281,8 +289,8 @@ def add_reviewer(path: Path, name: str, roles: Iterable[str]) -> str:
         same = next((r.name for r in reviewers if person_key(r.name) == person_key(name)), None)
         if same == name:
             raise ConfigError(
-                f"{name} is in {path} already; `plangate reviewers remove {name}` first to "
-                "give them a new token"
+                f"{name} is in {path} already; `plangate reviewers remove {shlex.quote(name)}` "
+                "first to give them a new token"
             )
         if same is not None:
             raise ConfigError(
@@ -299,11 +307,13 @@ def add_reviewer(path: Path, name: str, roles: Iterable[str]) -> str:
 def remove_reviewer(path: Path, name: str) -> None:
     """Remove a reviewer from the file; their token and web sessions stop working."""
     with _editing(path):
-        reviewers = read_file(path)
+        reviewers = read_file(path, repairing=True)
         kept = [r for r in reviewers if r.name != name]
         if len(kept) == len(reviewers):
+            near = [r.name for r in reviewers if person_key(r.name) == person_key(name)]
+            hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ConfigError(
-                f"no reviewer {name!r} in {path}; `plangate reviewers list` names them"
+                f"no reviewer {name!r} in {path}{hint}; `plangate reviewers list` names them"
             )
         _write(path, kept)
 

@@ -261,3 +261,27 @@ def test_a_reviewers_file_naming_one_person_in_two_spellings_is_refused(tmp_path
 
     with pytest.raises(ConfigError, match="names a reviewer twice \\(as 'bob' and 'Bob'\\)"):
         read_file(path)
+
+
+def test_a_file_naming_one_person_twice_is_mended_with_reviewers_remove(tmp_path: Path) -> None:
+    """Given a file written before names were told apart regardless of case (`bob`, `Bob`, and
+    `carol ` with a space after, which `add` took then),
+    Then serve refuses it saying which command mends it, that command works (every command
+    refused the file, `remove` too, so only an edit by hand could), and `carol ` still loads.
+    """
+    path = tmp_path / "reviewers.yaml"
+    path.write_text(
+        "reviewers:\n"
+        "  - {name: bob, token_sha256: " + "a" * 64 + "}\n"
+        "  - {name: Bob, token_sha256: " + "b" * 64 + "}\n"
+        "  - {name: 'carol ', token_sha256: " + "c" * 64 + "}\n"
+    )
+    with pytest.raises(ConfigError, match="plangate reviewers remove Bob --file"):
+        read_file(path)
+
+    removed = reviewers_cli(tmp_path, "remove", "Bob", "--file", str(path))
+
+    assert removed.returncode == 0, removed.stderr
+    assert [r.name for r in read_file(path)] == ["bob", "carol "]
+    gone = reviewers_cli(tmp_path, "remove", "CAROL", "--file", str(path))
+    assert "did you mean 'carol '?" in gone.stderr
