@@ -28,6 +28,7 @@ from plangate.store import ApprovalRow, AuditRow, GoalRow, PlanRow
 from plangate.store.goal_list import parse_since
 from schemas import Plan, utcnow
 from schemas.cel_check import call_literals
+from schemas.goal_states import TERMINAL
 from schemas.references import references_in
 
 FUNCTIONS = ("count", "sum")  # called on `history`: history.count(...), history.sum(...)
@@ -80,7 +81,7 @@ class History:
         if self._session is None:
             return []
         query = (
-            select(PlanRow.plan_id, PlanRow.goal_id, PlanRow.body, GoalRow.meta)
+            select(PlanRow.plan_id, PlanRow.goal_id, PlanRow.body, GoalRow.meta, GoalRow.status)
             .join(ApprovalRow, ApprovalRow.plan_id == PlanRow.plan_id)
             .join(GoalRow, GoalRow.id == PlanRow.goal_id)
             .where(PlanRow.plan_id != self._plan_id)
@@ -91,34 +92,50 @@ class History:
             since = self._as_of - (utcnow() - since)
             query = query.where(ApprovalRow.created_at.between(since, self._as_of))
         steps = [
-            (plan_id, goal_id, step, dict(meta or {}))
-            for plan_id, goal_id, body, meta in self._session.execute(query).all()
+            (plan_id, goal_id, step, dict(meta or {}), status)
+            for plan_id, goal_id, body, meta, status in self._session.execute(query).all()
             for step in body.get("steps", [])
             if step.get("tool") == tool
         ]
         # An argument a `${ref}` fills in is text in the plan: the value it ran with is in
         # its step's audit entry. (Summed as text, one such refund made every later decision
-        # on the customer's refunds fail for the whole window.)
-        referring = {goal_id for _, goal_id, step, _ in steps if _refers(step.get("args"))}
-        called = self._called_with(referring) if referring else {}
-        return [
-            (called.get((plan_id, str(step.get("id"))), dict(step.get("args") or {})), meta)
-            for plan_id, _, step, meta in steps
-        ]
+        # on the customer's refunds fail for the whole window.) A step of a goal that ended
+        # with no call of it (skipped, cancelled first) added nothing; one that may be under
+        # way, or may or may not have happened, is not known: its text makes the sum fail.
+        referring = {goal_id for _, goal_id, step, _, _ in steps if _refers(step.get("args"))}
+        called, seen = self._called_with(referring) if referring else ({}, set())
+        counted = []
+        for plan_id, _, step, meta, status in steps:
+            key = (plan_id, str(step.get("id")))
+            if key in called:
+                counted.append((called[key], meta))
+            elif not (_refers(step.get("args")) and status in TERMINAL and key not in seen):
+                counted.append((dict(step.get("args") or {}), meta))
+        return counted
 
-    def _called_with(self, goal_ids: set[str]) -> dict[tuple[str, str], dict[str, Any]]:
-        """Return the arguments each step of these goals was called with, as its entry says."""
+    def _called_with(
+        self, goal_ids: set[str]
+    ) -> tuple[dict[tuple[str, str], dict[str, Any]], set[tuple[str, str]]]:
+        """Return what each step of these goals was called with, as its entry says.
+
+        And every step an entry says was called (one with no arguments: unknown, settled).
+        """
         assert self._session is not None
         entries = self._session.execute(
-            select(AuditRow.data).where(
-                AuditRow.goal_id.in_(goal_ids), AuditRow.kind.like("step.%")
-            )
-        ).scalars()
-        return {
-            (str(data["plan_id"]), str(data["step_id"])): dict(data["args"])
-            for data in entries
-            if isinstance(data.get("args"), dict) and "plan_id" in data and "step_id" in data
-        }
+            select(AuditRow.kind, AuditRow.data)
+            .where(AuditRow.goal_id.in_(goal_ids), AuditRow.kind.like("step.%"))
+            .order_by(AuditRow.seq)
+        ).all()
+        called: dict[tuple[str, str], dict[str, Any]] = {}
+        seen: set[tuple[str, str]] = set()
+        for kind, data in entries:
+            if kind == "step.skipped" or "plan_id" not in data or "step_id" not in data:
+                continue  # ended without a call (a `when`, a goal cancelled first)
+            key = (str(data["plan_id"]), str(data["step_id"]))
+            seen.add(key)
+            if isinstance(data.get("args"), dict):
+                called[key] = dict(data["args"])
+        return called, seen
 
 
 def _refers(args: object) -> bool:

@@ -148,7 +148,20 @@ REFUND_PLAYBOOK = {
                 {"id": "req", "tool": "refund_request", "args": {"request_id": "RR-1"}},
                 {"id": "pay", "tool": "refund", "args": {"amount": "${req.amount}"}},
             ],
-        }
+        },
+        {
+            "name": "refund-if-large",
+            "pattern": "^refund if large",
+            "steps": [
+                {"id": "req", "tool": "refund_request", "args": {"request_id": "RR-2"}},
+                {
+                    "id": "pay",
+                    "tool": "refund",
+                    "args": {"amount": "${req.amount}"},
+                    "when": "steps.req.output.amount > 10000.0",
+                },
+            ],
+        },
     ]
 }
 CAPPED_REFUNDS = {
@@ -188,3 +201,23 @@ def test_history_sum_counts_an_amount_a_read_filled_in_at_what_it_ran_with(
         goal.status_reason for goal in ended
     ]
     assert "could not be evaluated" not in (ended[3].status_reason or "")
+
+
+def test_history_sum_counts_nothing_for_a_referring_step_that_ended_without_a_call(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a refund whose amount a read fills in, skipped by its `when`, When the customer's
+    next refund is decided, Then the skipped one adds nothing and it is approved: the sum read
+    its text and failed for the whole window."""
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([refund_request, refund]),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", REFUND_PLAYBOOK),
+        policy_file=write_yaml(tmp_path / "policy.yaml", CAPPED_REFUNDS),
+    ) as pipeline:
+        skipped = pipeline.submit("refund if large", metadata={"customer": "c3"}).goal_id
+        assert pipeline.wait_for(skipped, timeout=10).status == "completed"
+        goal_id = pipeline.submit("refund request 9", metadata={"customer": "c3"}).goal_id
+        goal = pipeline.wait_for(goal_id, {"completed", *HELD}, timeout=10)
+
+    assert goal.status == "completed", goal.status_reason
