@@ -330,53 +330,71 @@ def rabbitmq_url() -> Iterator[str]:
     """A real RabbitMQ on 127.0.0.1 for this test session (guest/guest, vhost `/`).
 
     It gets its own epmd on a free port, so it neither needs nor leaves a system-wide one.
+    A port taken by another process in the seconds the node takes to start (eaddrinuse: CI
+    lost two tests to it) means a start on other ports.
     """
     server, epmd = _rabbitmq_server(), shutil.which("epmd")
     if server is None or epmd is None:
         missing("rabbitmq-server")
-    folder = Path(tempfile.mkdtemp(prefix="plangate-rabbitmq-"))
-    output, log = folder / "server.out", folder / "log" / "rabbit.log"
-    port, epmd_port = free_port(), free_port()
-    env = _rabbitmq_environment(folder, port, epmd_port)
-    processes: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
+    for attempt in range(3):
+        folder = Path(tempfile.mkdtemp(prefix="plangate-rabbitmq-"))
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            url = _start_rabbitmq(server, epmd, folder, processes)
+        except pytest.fail.Exception as exc:
+            for process in reversed(processes):
+                stop_process(process)
+            shutil.rmtree(folder, ignore_errors=True)
+            if "eaddrinuse" not in str(exc) or attempt == 2:
+                raise
+            continue
+        break
+    STARTUP_SECONDS["rabbitmq"] = time.monotonic() - started
     try:
-        with (folder / "epmd.out").open("wb") as epmd_output:
-            processes.append(
-                subprocess.Popen(
-                    [epmd, "-port", str(epmd_port), "-address", "127.0.0.1"],
-                    stdout=epmd_output,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        wait_until_ready(
-            "epmd", lambda: accepts_connections(epmd_port), processes[0], [folder / "epmd.out"], 10
-        )
-        with output.open("wb") as server_output:
-            processes.append(
-                subprocess.Popen(
-                    [server],
-                    stdout=server_output,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    cwd=folder,
-                    start_new_session=True,
-                )
-            )
-        wait_until_ready(
-            "rabbitmq-server", lambda: _amqp_answers(port), processes[1], [output, log]
-        )
-        STARTUP_SECONDS["rabbitmq"] = time.monotonic() - started
-        url = f"amqp://guest:guest@127.0.0.1:{port}//"
-        RABBITMQ_ENVIRONMENTS[url] = env
         yield url
     finally:
         # The node shuts down cleanly on SIGTERM; then its epmd goes.
         for process in reversed(processes):
             stop_process(process)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_rabbitmq(
+    server: str, epmd: str, folder: Path, processes: list[subprocess.Popen[bytes]]
+) -> str:
+    """Start an epmd and a node in `folder` (each appended to `processes`); return its URL."""
+    output, log = folder / "server.out", folder / "log" / "rabbit.log"
+    port, epmd_port = free_port(), free_port()
+    env = _rabbitmq_environment(folder, port, epmd_port)
+    with (folder / "epmd.out").open("wb") as epmd_output:
+        processes.append(
+            subprocess.Popen(
+                [epmd, "-port", str(epmd_port), "-address", "127.0.0.1"],
+                stdout=epmd_output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    wait_until_ready(
+        "epmd", lambda: accepts_connections(epmd_port), processes[0], [folder / "epmd.out"], 10
+    )
+    with output.open("wb") as server_output:
+        processes.append(
+            subprocess.Popen(
+                [server],
+                stdout=server_output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=folder,
+                start_new_session=True,
+            )
+        )
+    wait_until_ready("rabbitmq-server", lambda: _amqp_answers(port), processes[1], [output, log])
+    url = f"amqp://guest:guest@127.0.0.1:{port}//"
+    RABBITMQ_ENVIRONMENTS[url] = env
+    return url
 
 
 def rabbitmqctl(url: str, *args: str) -> None:
