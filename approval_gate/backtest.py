@@ -71,8 +71,9 @@ def backtest(
             decision = candidate.decide_as_gate(plan, catalog, goal.text, meta, history)
             report.replayed += 1
             was, now = str(recorded.action), str(decision.action)
-            if was == now == "hold":  # who may release it is part of the decision
-                was += _recorded_terms(session.get(HoldRow, plan.plan_id))
+            hold = session.get(HoldRow, plan.plan_id) if was == now == "hold" else None
+            if hold is not None:  # who may release it is part of the decision (if recorded)
+                was += _recorded_terms(hold)
                 now += candidate.hold_terms(decision).said()
             if was != now:
                 change = Change(
@@ -82,10 +83,8 @@ def backtest(
     return report
 
 
-def _recorded_terms(hold: HoldRow | None) -> str:
+def _recorded_terms(hold: HoldRow) -> str:
     """Say what the recorded hold asked, as `HoldTerms.said` says a candidate's."""
-    if hold is None:
-        return ""
     terms = HoldTerms(
         roles=tuple(sorted(hold.required_roles or [])),
         approvals=hold.approvals_required,

@@ -111,7 +111,8 @@ def _numbers(step: Step, args: dict[str, Any], catalog: Catalog) -> dict[str, An
     properties = (spec.args_schema or {}).get("properties", {}) if spec is not None else {}
     typed = dict(args)
     for name, template in step.args.items():
-        wanted = properties.get(name, {}).get("type") if isinstance(properties, dict) else None
+        declared = properties.get(name) if isinstance(properties, dict) else None
+        wanted = declared.get("type") if isinstance(declared, dict) else None  # or `true`
         value = args.get(name)
         if not (isinstance(template, str) and _PLACEHOLDER.fullmatch(template)):
             continue

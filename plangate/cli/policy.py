@@ -209,9 +209,8 @@ def _print_decision(policy: Any, decision: Any) -> None:
     typer.echo(f"reason: {decision.reason}")
     if decision.shadow_action:
         typer.echo(f"shadow: would {decision.shadow_action}")
-    rule = policy.rule(decision.rule)
-    if rule is not None and rule.requires_role:
-        typer.echo(f"a reviewer needs the role: {rule.requires_role}")
+    if decision.action == "hold" and (asks := policy.hold_terms(decision).said()):
+        typer.echo(f"a reviewer needs:{asks}")  # the strictest of each rule it was held for
 
 
 def _run_policy_tests(policy: Any, catalog: Any, as_json: bool) -> None:

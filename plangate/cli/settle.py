@@ -126,7 +126,7 @@ def review_settle(
     status = settle(access, plan_id, step_id, found)
     if as_json:
         verdict = {"plan_id": plan_id, "step_id": step_id, "happened": happened}
-        typer.echo(json.dumps({**verdict, "resumed": status not in SETTLED_IN}))
+        typer.echo(json.dumps({**verdict, "resumed": status not in (*SETTLED_IN, "")}))
         return
     said = {
         "needs_attention": "other steps still wait to be settled",
