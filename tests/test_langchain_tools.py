@@ -186,3 +186,17 @@ def test_an_argument_the_tool_does_not_name_is_refused_not_dropped(
     assert wrapped.spec.args_schema["additionalProperties"] is False
     with pytest.raises(ToolError, match="mesage: Extra inputs are not permitted"):
         wrapped.invoke({"message": "hi", "mesage": "typo"}, CONTEXT)
+
+
+@tool
+async def weather(city: str) -> str:
+    """Return the weather in `city` (an async tool, as LangGraph users write them)."""
+    return f"sunny in {city}"
+
+
+def test_an_async_langchain_tool_is_called_as_a_sync_one_is() -> None:
+    """It loaded, joined the catalog and was approved, then every call failed: "StructuredTool
+    does not support sync invocation"."""
+    wrapped = from_langchain(weather, effect="read", idempotent=True)
+
+    assert wrapped.invoke({"city": "Oslo"}, CONTEXT) == "sunny in Oslo"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,8 +44,16 @@ def from_langchain(
     if func is not None:
         module = getattr(func, "__module__", module)
 
+    asynchronous = func is None and getattr(lc_tool, "coroutine", None) is not None
+
     def call(args: BaseModel) -> Any:
-        return lc_tool.invoke(args.model_dump(by_alias=True, exclude_unset=True))
+        given = args.model_dump(by_alias=True, exclude_unset=True)
+        if asynchronous:
+            # An `async def` LangChain tool has no sync call ("StructuredTool does not support
+            # sync invocation" failed every goal at run time): each call runs in a thread of
+            # its own, where an event loop of its own is free to run it.
+            return asyncio.run(lc_tool.ainvoke(given))
+        return lc_tool.invoke(given)
 
     return Tool.from_model_callable(
         call,
