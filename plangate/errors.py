@@ -146,9 +146,15 @@ class GoalWaiting(GoalNotCompleted):
     def __init__(self, goal_id: str, status: str, reason: str | None) -> None:
         super().__init__(goal_id, status, reason)
         why = f" ({reason})" if reason else ""
+        # Where a person acts on it: a held plan is reviewed, a step of unknown outcome settled.
+        listed = (
+            "`plangate review unsettled` lists the steps to settle"
+            if status == "needs_attention"
+            else "`plangate review list` shows held plans"
+        )
         self.args = (
-            f"goal {goal_id} waits for a person: it is {status}{why}; `plangate review list` "
-            "shows held plans, and `result(wait_for_people=True)` waits for the decision",
+            f"goal {goal_id} waits for a person ({status}){why}; {listed}, and "
+            "`result(wait_for_people=True)` waits for them",
         )
 
 

@@ -110,7 +110,7 @@ def test_result_of_a_held_goal_says_at_once_that_it_waits_for_a_person(holding: 
     with Client(holding.settings()) as client:
         goal = client.submit(SEED_GOAL)
         started = time.monotonic()
-        with pytest.raises(GoalWaiting, match="waits for a person: it is held") as raised:
+        with pytest.raises(GoalWaiting, match=r"waits for a person \(held\)") as raised:
             goal.result(timeout=120)
         assert time.monotonic() - started < 60
         assert raised.value.status == "held"
@@ -184,3 +184,12 @@ def test_submit_wait_with_the_broker_down_says_the_goal_waits_for_the_broker(
     assert "cannot reach the broker" in done.stderr
     assert "is still submitted after 10 s: the broker did not take it" in done.stderr
     assert "Are the workers running" not in done.stderr
+
+
+def test_a_goal_waiting_for_a_step_to_be_settled_points_to_the_unsettled_steps() -> None:
+    """It pointed to the held plans (`plangate review list`), where a goal needing attention
+    is not: its step is in `plangate review unsettled`."""
+    waiting = GoalWaiting("g1", "needs_attention", "step 'u' may or may not have happened")
+
+    assert "`plangate review unsettled` lists the steps to settle" in str(waiting)
+    assert "review list" not in str(waiting)
