@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, get_args
 from sqlalchemy import select
 
 from plangate import telemetry
+from plangate.client_calls import said_as_plangate
 from plangate.config import Settings
 from plangate.errors import GoalNotCompleted, GoalWaiting, InputInvalid
 from plangate.store import TERMINAL_STATUSES, DecisionRow, StepRunRow, Store, open_store
@@ -155,11 +156,17 @@ class GoalHandle:
 
 
 class Client:
-    """Submits goals to the broker and reads their state from the store."""
+    """Submits goals to the broker and reads their state from the store.
+
+    Its calls raise PlangateError subclasses: StoreUnavailable while the database does not
+    answer, InputInvalid, NotFound, Conflict, Forbidden, as each says. Close it when done (or
+    use it in a `with` block); one Client may be shared by threads.
+    """
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self._store: Store = open_store(self.settings.resolved_database_url(), upgrade=False)
+        self.closed = False
 
     @functools.cached_property
     def _bus(self) -> Bus:
@@ -180,6 +187,7 @@ class Client:
 
         return SentMarker(self._store)
 
+    @said_as_plangate
     def submit(
         self,
         text: str,
@@ -213,6 +221,7 @@ class Client:
             queued=submitted.queued,
         )
 
+    @said_as_plangate
     def goal(self, goal_id: str) -> GoalHandle:
         """Return a handle on an existing goal, named whole or by a unique prefix.
 
@@ -221,6 +230,7 @@ class Client:
         current = self.status(goal_id)
         return GoalHandle(self, current.goal_id, current.trace_id, duplicate=True)
 
+    @said_as_plangate
     def cancel(
         self, goal_id: str, who: str, reason: str = "", roles: frozenset[str] = frozenset()
     ) -> GoalStatus:
@@ -235,6 +245,7 @@ class Client:
         cancel_goal(self._store, goal_id, who, reason, roles)
         return self.status(goal_id)
 
+    @said_as_plangate
     def retry(self, goal_id: str, who: str, reason: str = "") -> GoalStatus:
         """Send a failed, expired or unplannable goal back to the planner, as `who` (audited).
 
@@ -247,6 +258,7 @@ class Client:
         deliver(self._store, self._bus, [retry_goal(self._store, goal_id, who, reason)])
         return self.status(goal_id)
 
+    @said_as_plangate
     def list_goals(
         self,
         *,
@@ -274,6 +286,7 @@ class Client:
                 until=older_than,
             )
 
+    @said_as_plangate
     def status(self, goal_id: str, *, exact: bool = False) -> GoalStatus:
         """Return where a goal stands (NotFound if there is none).
 
@@ -327,6 +340,7 @@ class Client:
 
     def close(self) -> None:
         """Mark what was sent, then release the broker and database connections."""
+        self.closed = True
         if "_marker" in self.__dict__:
             self._marker.close()
         if "_bus" in self.__dict__:

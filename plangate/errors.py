@@ -52,6 +52,10 @@ class BrokerUnavailable(PlangateError):
     """The broker could not be reached for long enough that a publish gave up."""
 
 
+class StoreUnavailable(PlangateError):
+    """The database did not answer (down, restarting, its connection dropped): try again."""
+
+
 class BrokerRefused(BrokerUnavailable):
     """The broker answers, but refuses plangate's settings (a login, a permission, a queue).
 

@@ -23,15 +23,17 @@ from sqlalchemy import func, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from executor_worker.ledger import StepLedger
+from plangate.client import Client
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, PlangateError, StoreUnavailable
 from plangate.store import AuditRow, StepRunRow, Store, audit, open_store, schema
 from plangate.store.claims import insert_if_absent
 from plangate.store.engine import make_engine
 from plangate.tools import tool
 from schemas import Plan, Step, utcnow
 from tests.conftest import SEED_GOAL
+from tests.servers import refusing_connections
 from tests.support import (
     HELD,
     append_after_the_upgrade_and_verify,
@@ -500,3 +502,25 @@ def test_an_upgrade_waiting_for_another_says_so_then_goes_on(
 
     assert upgrade.returncode == 0, said.read_text()
     assert "created the schema" in stdout
+
+
+def test_a_client_call_while_the_database_is_down_raises_store_unavailable(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """A service catching PlangateError got SQLAlchemy's OperationalError while the database
+    restarted, from the first call after it too; and a closed Client went on working."""
+    open_store(postgres_database_url).close()
+    settings = Settings(database_url=postgres_database_url, data_dir=tmp_path)
+    client = Client(settings)
+    try:
+        with (
+            refusing_connections(postgres_database_url),
+            pytest.raises(StoreUnavailable, match="the store does not answer") as raised,
+        ):
+            client.status("0123456789abcdef")
+        assert isinstance(raised.value, PlangateError)
+    finally:
+        client.close()
+
+    with pytest.raises(ConfigError, match="this Client is closed"):
+        client.status("0123456789abcdef")

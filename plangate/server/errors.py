@@ -22,7 +22,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from plangate.errors import NO_ROUTE, Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid
+from plangate.errors import (
+    NO_ROUTE,
+    Conflict,
+    Forbidden,
+    InputInvalid,
+    NotFound,
+    PlanInvalid,
+    StoreUnavailable,
+)
 from plangate.redaction import redact
 from plangate.server.templating import templates
 
@@ -195,6 +203,12 @@ async def _store_failed(request: Request, exc: Exception) -> Response:
     return answer(request, 503, f"{problem}; try again shortly", {"Retry-After": "5"})
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """As `_store_failed`: a Client's call says the driver's outage as StoreUnavailable."""
+    cause = exc.__cause__
+    return await _store_failed(request, cause if isinstance(cause, Exception) else exc)
+
+
 _PROBED_FOR = 5.0  # seconds one look at the store answers for: not one more probe a request
 
 
@@ -230,4 +244,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnicodeEncodeError, _unencodable)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(OperationalError, _store_failed)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)
