@@ -524,14 +524,8 @@ def test_the_seed_goal_runs_through_three_worker_processes_on_postgres(
         fleet.stop_all()
 
 
-def test_a_non_idempotent_write_cut_off_mid_call_is_marked_unknown_not_run_again(
-    fleet: Fleet,
-) -> None:
-    """Given an executor that dies right after a non-idempotent tool did its effect,
-    When another executor picks the plan up,
-    Then the step is `unknown`, the goal stops for a person with that reason, and the effect
-    happened exactly once; settled by a person as happened, the run completes without it.
-    """
+def with_chaos_tools(fleet: Fleet) -> Path:
+    """Give the fleet the chaos tools and playbook; return the file their effects go to."""
     root = Path(__file__).resolve().parent.parent
     effects = fleet.folder / "effects.jsonl"
     fleet.extra_env.update(
@@ -541,6 +535,18 @@ def test_a_non_idempotent_write_cut_off_mid_call_is_marked_unknown_not_run_again
         CHAOS_EFFECTS=str(effects),
         CHAOS_DUPLICATES=str(fleet.folder / "duplicates.jsonl"),
     )
+    return effects
+
+
+def test_a_non_idempotent_write_cut_off_mid_call_is_marked_unknown_not_run_again(
+    fleet: Fleet,
+) -> None:
+    """Given an executor that dies right after a non-idempotent tool did its effect,
+    When another executor picks the plan up,
+    Then the step is `unknown`, the goal stops for a person with that reason, and the effect
+    happened exactly once; settled by a person as happened, the run completes without it.
+    """
+    effects = with_chaos_tools(fleet)
     marker = fleet.folder / "fault-fired"
     doomed = fleet.start("executor", PLANGATE_FAULT="mid_tool", PLANGATE_FAULT_MARKER=str(marker))
     fleet.start("planner")
@@ -589,15 +595,7 @@ def test_a_cancelled_goal_s_write_cut_off_mid_call_is_marked_unknown_for_a_perso
     cancelled. No run resumes a cancelled goal, so the write showed `running` for ever and no
     one was asked whether the card was charged.
     """
-    root = Path(__file__).resolve().parent.parent
-    effects = fleet.folder / "effects.jsonl"
-    fleet.extra_env.update(
-        PLANGATE_PLAYBOOK_FILE=str(root / "tests" / "data" / "chaos_playbook.yaml"),
-        PLANGATE_TOOLS="tests.chaos_tools",
-        PYTHONPATH=str(root),
-        CHAOS_EFFECTS=str(effects),
-        CHAOS_DUPLICATES=str(fleet.folder / "duplicates.jsonl"),
-    )
+    effects = with_chaos_tools(fleet)
     reviewers = fleet.folder / "reviewers.yaml"
     as_carol = {
         "PLANGATE_REVIEWERS_FILE": str(reviewers),
