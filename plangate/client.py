@@ -115,6 +115,10 @@ class GoalHandle:
         # The broker was unreachable: the goal is stored, and a worker's relay publishes it.
         self.queued = queued
 
+    def __repr__(self) -> str:
+        said = ", duplicate" * self.duplicate + ", queued" * self.queued
+        return f"GoalHandle({self.goal_id!r}{said})"
+
     def status(self) -> GoalStatus:
         """Return the goal's current status."""
         return self._client.status(self.goal_id, exact=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from plangate.client import Client
+from plangate.client import Client, GoalHandle
 from plangate.errors import GoalNotCompleted, GoalWaiting
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
@@ -193,3 +193,8 @@ def test_a_goal_waiting_for_a_step_to_be_settled_points_to_the_unsettled_steps()
 
     assert "`plangate review unsettled` lists the steps to settle" in str(waiting)
     assert "review list" not in str(waiting)
+
+
+def test_a_goal_handle_shows_its_goal_in_a_log_or_a_debugger() -> None:
+    """It showed `<plangate.client.GoalHandle object at 0x...>`."""
+    assert repr(GoalHandle(None, "1f3a", None, True)) == "GoalHandle('1f3a', duplicate)"  # type: ignore[arg-type]
