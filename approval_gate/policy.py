@@ -249,7 +249,9 @@ class Policy:
         # Measured only for a rule whose work may exceed a step per value, over what it reads
         # (a large catalog is no reason to hold a plan for a rule that never reads it).
         sizes: dict[frozenset[str], DataSize] = {}
-        broken: list[tuple[Rule, str]] = []  # rules that could not say whether they match
+        # Rules that could not say whether they match, and whether an error stopped them (a
+        # deny rule that failed denies) rather than the plan's size (too large: held, as said).
+        broken: list[tuple[Rule, str, bool]] = []
         for rule in self.rules:
             if rule.cost.bounded:
                 reads = frozenset(rule.program.variables())
@@ -257,14 +259,14 @@ class Policy:
                     sizes[reads] = data_size({k: v for k, v in variables.items() if k in reads})
                 too_costly = rule.cost.refusal(sizes[reads])
                 if too_costly is not None:
-                    broken.append((rule, f"rule {rule.name!r}: {too_costly}"))
+                    broken.append((rule, f"rule {rule.name!r}: {too_costly}", False))
                     continue
             try:
                 result = rule.program.execute(context)
             except Exception as exc:
                 result = exc
             if not isinstance(result, bool):
-                broken.append((rule, _held(f"rule {rule.name!r}", result)))
+                broken.append((rule, _held(f"rule {rule.name!r}", result), True))
                 continue
             if result:
                 if broken:
@@ -287,23 +289,24 @@ def load_policy(settings: Settings) -> Policy:
     return Policy.load(path)
 
 
-def _after_broken(broken: list[tuple[Rule, str]], matched: Rule | None) -> Outcome:
+def _after_broken(broken: list[tuple[Rule, str, bool]], matched: Rule | None) -> Outcome:
     """Decide a plan some rules could not judge, before `matched` (the first that matched).
 
     Fail closed, never weaker than any rule that may have been the one: each broken rule may
     have matched, and `matched` decides if none did. A deny among them denies (a broken deny
-    turned into a hold was released by reviewers); anything else is held, asking what every
-    one of those rules asks. Held by the first broken rule alone, a refund whose amount a
+    turned into a hold was released by reviewers), but for a deny rule the plan was too large
+    to evaluate (held, as `policy check` says); anything else is held, asking what every one
+    of those rules asks. Held by the first broken rule alone, a refund whose amount a
     read fills in (text when the gate decides) was held with none of the roles and
     approvals the refunds' rule after it asks, and one reviewer without them released it.
     """
-    (first, said), *others = broken
-    for rule, why in broken:
-        if rule.action == "deny":
+    (first, said, _), *others = broken
+    for rule, why, failed in broken:
+        if failed and rule.action == "deny":
             return "deny", rule.name, f"{why.removesuffix(_HELD)}; denied, as it may match", ()
     if matched is not None and matched.action == "deny":
         return "deny", matched.name, f"{matched.reason} ({said.removesuffix(_HELD)})", ()
-    candidates = [rule for rule, _ in others] + ([matched] if matched is not None else [])
+    candidates = [rule for rule, _, _ in others] + ([matched] if matched is not None else [])
     holding = (rule.name for rule in candidates if rule.action == "hold")
     also = tuple(dict.fromkeys(name for name in holding if name != first.name))
     if not also:
