@@ -364,6 +364,17 @@ def test_a_refused_edit_keeps_what_the_reviewer_typed_and_long_words_wrap(
     page.wait_for_url("**done=edited&seal=*")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= page.viewport_size["width"]
+    # The edit is a revision the gate decides again: its form shows once it is held (on a
+    # busy machine, after the page came back).
+    eventually(
+        lambda: (
+            client.status(goal.goal_id).status == "held"
+            and client.status(goal.goal_id).plan_id != goal.plan_id
+        ),
+        timeout=30,
+        what="the edited revision held again",
+    )
+    page.reload()
 
     page.fill("#summary", "typed, then refused")
     page.fill("#steps-json", "[not json")
