@@ -177,3 +177,61 @@ def test_a_body_in_an_encoding_or_charset_plangate_does_not_read_is_a_415_saying
     code, _, answer = call(base_url, json.dumps({"text": "Check Jira"}).encode(), **headers)
 
     assert (code, answer["error"]) == (415, said)
+
+
+def test_a_binary_mode_event_lacking_specversion_is_refused_not_taken_as_plain_json(
+    base_url: str,
+) -> None:
+    """Given ce-* headers without ce-specversion (a sender's bug), When it is sent twice,
+    Then each is a 400 naming what the event lacks: read as plain JSON, its ce-* headers were
+    dropped, and each retry made a goal of its own (a write run once per retry)."""
+    headers = {"ce-type": GOAL_EVENT, "ce-source": "urn:billing", "ce-id": "no-specversion-1"}
+    for _ in range(2):
+        status, _, answer = call(
+            base_url, b'{"text": "Check Jira"}', **{"Content-Type": "application/json", **headers}
+        )
+        assert status == 400, answer
+        assert answer["error"].startswith("the CloudEvent lacks specversion;")
+
+
+def test_an_event_s_data_with_fields_a_goal_does_not_take_is_a_422_naming_them(
+    base_url: str,
+) -> None:
+    """Given a structured event whose data holds goal_id and idempotency_key (a plain goal's
+    words), When it is sent, Then a 422 names them, as a plain goal's unknown field is: they
+    were dropped silently, the goal given another id and key than the sender thought."""
+    fields = {"specversion": "1.0", "type": GOAL_EVENT, "source": "/tests", "id": "evt-data"}
+    data = {"text": "Check Jira", "goal_id": "mine", "idempotency_key": "abc"}
+    body = json.dumps({**fields, "data": data}).encode()
+    status, _, answer = call(base_url, body, **{"Content-Type": "application/cloudevents+json"})
+    assert status == 422, answer
+    assert "'goal_id', 'idempotency_key', which a goal does not take" in answer["error"]
+
+
+def test_the_idempotency_key_header_is_a_plain_goal_s_key(base_url: str) -> None:
+    """Given the Idempotency-Key header (as Go and Node middleware send it), When one goal is
+    sent twice with it, Then the second answer is the first goal, marked a duplicate; a body
+    naming another key is refused. The header was ignored: two goals."""
+    body = b'{"text": "Check Jira"}'
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "hdr-key-1"}
+    first = call(base_url, body, **headers)
+    second = call(base_url, body, **headers)
+    assert (first[0], second[0]) == (201, 200), (first, second)
+    assert second[2]["goal_id"] == first[2]["goal_id"]
+    assert second[2]["duplicate"] is True
+    other = b'{"text": "Check Jira", "idempotency_key": "another"}'
+    status, _, answer = call(base_url, other, **headers)
+    assert status == 422
+    assert "the Idempotency-Key header and the body's idempotency_key differ" in answer["error"]
+
+
+def test_a_plain_goal_may_not_set_the_metadata_a_cloudevent_s_source_is_kept_in(
+    base_url: str,
+) -> None:
+    """Given a plain JSON goal whose metadata holds `ce.source`, When it is sent, Then a 422
+    says the key is plangate's: it was shown as the goal's CloudEvent source (provenance a
+    plain submitter could claim)."""
+    body = json.dumps({"text": "Check Jira", "metadata": {"ce.source": "urn:x"}}).encode()
+    status, _, answer = call(base_url, body, **{"Content-Type": "application/json"})
+    assert status == 422
+    assert "metadata keys beginning 'ce.'" in answer["error"]

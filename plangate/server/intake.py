@@ -71,18 +71,42 @@ def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
     """Return the goal a request carries, whichever of the three forms it uses."""
     kind = media_type(headers)
     if kind == CLOUDEVENT_JSON:
-        return _event_goal({"content-type": headers["content-type"]}, body)
-    if kind == JSON and "ce-specversion" in headers:
-        binary = {k: v for k, v in headers.items() if k == "content-type" or k.startswith("ce-")}
-        return _event_goal(binary, body)
+        return _event_goal({"content-type": headers["content-type"]}, body, binary=False)
+    # Any ce-* header makes a binary-mode event, to be refused if incomplete: read as plain
+    # JSON, an event lacking ce-specversion lost its key, and each retry made another goal.
+    binary = {k.lower(): v for k, v in headers.items() if k.lower().startswith("ce-")}
+    if kind == JSON and binary:
+        return _event_goal({"content-type": headers["content-type"], **binary}, body, binary=True)
     if kind == JSON:
-        return _validated(json_object(body, "the body"))
+        return _plain_goal(headers, json_object(body, "the body"))
     raise ApiError(
         415,
         f"unsupported content type {kind or '(none)'!r}; send {JSON} "
         f'({{"text": ...}}), a CloudEvent as {CLOUDEVENT_JSON}, or a binary-mode CloudEvent '
         f"(ce-* headers) with {JSON} data",
     )
+
+
+def _plain_goal(headers: Mapping[str, str], fields: dict[str, Any]) -> GoalRequest:
+    """A plain JSON goal; its key may come as the `Idempotency-Key` header, as is common."""
+    metadata = fields.get("metadata")
+    if isinstance(metadata, dict) and any(str(key).startswith("ce.") for key in metadata):
+        raise ApiError(
+            422,
+            "metadata keys beginning 'ce.' are a CloudEvent's source, id and type, set by "
+            "plangate: rename them, or send the goal as a CloudEvent",
+        )
+    header = headers.get("idempotency-key")
+    if header is not None:
+        given = fields.get("idempotency_key")
+        if given is not None and given != header:
+            raise ApiError(
+                422,
+                "the Idempotency-Key header and the body's idempotency_key differ; send one "
+                "key, in either place",
+            )
+        fields = {**fields, "idempotency_key": header}
+    return _validated(fields)
 
 
 def _validated(fields: Mapping[str, Any]) -> GoalRequest:
@@ -94,8 +118,8 @@ def _validated(fields: Mapping[str, Any]) -> GoalRequest:
         ) from exc
 
 
-def _event_goal(headers: dict[str, str], body: bytes) -> GoalRequest:
-    if "ce-specversion" in headers:
+def _event_goal(headers: dict[str, str], body: bytes, *, binary: bool) -> GoalRequest:
+    if binary:
         given = {name.removeprefix("ce-"): value for name, value in headers.items()}
         if body.strip():  # bounded and storable before the SDK reads it
             json_value(body, "the event's data")
@@ -113,6 +137,14 @@ def _event_goal(headers: dict[str, str], body: bytes) -> GoalRequest:
             422,
             "the event's data must be a JSON object, as `data` (not `data_base64`): "
             '{"text": "what you want done"}',
+        )
+    unknown = sorted(str(name) for name in data if name not in ("text", "metadata"))
+    if unknown:  # a plain goal refuses them too; its key here is the event's source and id
+        raise ApiError(
+            422,
+            f"the event's data holds {', '.join(repr(n[:40]) for n in unknown[:5])}, which a goal "
+            'does not take; send {"text": ..., "metadata": {...}} (its key is the event\'s '
+            "source and id)",
         )
     metadata = data.get("metadata", {})
     if isinstance(metadata, dict):
