@@ -297,7 +297,10 @@ def read_public_key(path: Path) -> Ed25519PublicKey:
 def load_trusted_keys(settings: Settings) -> TrustedKeys:
     """Load every `*.pub` (PEM Ed25519 public key) in the trusted keys folder."""
     directory = trusted_keys_dir(settings)
-    if not directory.is_dir() and settings.trusted_keys_dir is not None:
+    # A folder not made yet on a volume that is there (the gate makes it as it starts; an
+    # executor may start first) is empty, read again for each key not known: it is no error.
+    placed = directory.is_dir() or (not directory.exists() and directory.parent.is_dir())
+    if not placed and settings.trusted_keys_dir is not None:
         raise ConfigError(f"PLANGATE_TRUSTED_KEYS_DIR names {directory}, which is no folder")
     return TrustedKeys(_read_public_keys(directory), reload=lambda: _read_public_keys(directory))
 

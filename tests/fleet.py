@@ -33,7 +33,13 @@ FAST_SWEEPS = {
 
 @dataclass
 class Fleet:
-    """Worker processes of every stage sharing one broker, database and data folder."""
+    """Worker processes of every stage sharing one broker and database, as deploy/ runs them.
+
+    Each worker has a data folder of its own (its slot's: a worker started again in the place
+    of one that ended gets the same folder, as a restarted container keeps its volume), and
+    they share only the gate's public keys folder. The operator's commands and the test's
+    own `Client` use a folder of their own too.
+    """
 
     broker_url: str
     database_url: str
@@ -49,7 +55,8 @@ class Fleet:
         env.update(
             PLANGATE_BROKER_URL=self.broker_url,
             PLANGATE_DATABASE_URL=self.database_url,
-            PLANGATE_DATA_DIR=str(self.folder / "data"),
+            PLANGATE_DATA_DIR=str(self.folder / "operator-data"),
+            PLANGATE_TRUSTED_KEYS_DIR=str(self.trusted_keys),
             PLANGATE_NAMESPACE=self.namespace,
             PLANGATE_DEMO_NOTIFICATIONS=str(self.folder / "notifications.jsonl"),
             PLANGATE_PLANNER="playbook",
@@ -72,13 +79,21 @@ class Fleet:
             check=False,
         )
 
+    @property
+    def trusted_keys(self) -> Path:
+        """The one folder the workers share: the gate's public keys, which executors trust."""
+        return self.folder / "keys" / "trusted"
+
     def start(self, stage: str, **env: str) -> subprocess.Popen[bytes]:
-        """Start one worker of `stage`; its log goes to a file in the folder."""
+        """Start one worker of `stage` in a data folder of its own; its log goes to a file."""
         log = open(self.folder / f"{stage}-{len(self.processes)}.log", "wb")  # noqa: SIM115
         self.log_files.append(log)
+        self.trusted_keys.parent.mkdir(parents=True, exist_ok=True)  # the shared volume
+        live = sum(1 for s, p in self.processes if s == stage and p.poll() is None)
+        own = {"PLANGATE_DATA_DIR": str(self.folder / f"{stage}-{live}-data")}
         process = subprocess.Popen(
             [sys.executable, "-m", "plangate", "worker", stage],
-            env=self.env(**env),
+            env=self.env(**(own | env)),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -119,7 +134,8 @@ class Fleet:
     def settings(self) -> Settings:
         """Settings that reach the fleet's store, broker, namespace and signing key in-process."""
         return Settings(
-            data_dir=self.folder / "data",
+            data_dir=self.folder / "operator-data",
+            trusted_keys_dir=self.trusted_keys,
             database_url=self.database_url,
             broker_url=self.broker_url,
             namespace=self.namespace,

@@ -63,3 +63,49 @@ def test_a_goal_waits_for_the_gate_s_key_and_runs_once_the_executor_has_it(
     finally:
         store.close()
         fleet.stop_all()
+
+
+def test_an_executor_started_before_the_gate_made_the_shared_keys_folder_waits_for_its_key(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given a shared volume where the gate makes `trusted/` as it starts (compose's `keys`),
+    When the executor starts first, the folder not made yet, then the planner and the gate,
+    Then the executor keeps running, saying it has no key yet, and a goal completes: it
+    exited at start ("which is no folder"), and compose restarted it until the gate was up.
+    """
+    volume = tmp_path / "keys"
+    volume.mkdir()
+    database_url = f"sqlite:///{tmp_path / 'plangate.db'}"
+    fleet = Fleet(broker_url=redis_url, database_url=database_url, folder=tmp_path)
+    fleet.extra_env.update(FAST_SWEEPS, PLANGATE_TRUSTED_KEYS_DIR=str(volume / "trusted"))
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    executor = fleet.start("executor")
+    try:
+        poll(lambda: "no trusted keys in" in fleet.logs(), "the executor's warning", fleet)
+        assert executor.poll() is None, fleet.logs()
+        fleet.start("planner")
+        fleet.start("gate")
+        done = fleet.plangate("submit", READ_ONLY_GOAL, "--wait", "--json", timeout=90)
+        assert done.returncode == 0, done.stdout + done.stderr + fleet.logs()
+        assert json.loads(done.stdout)["status"] == "completed"
+    finally:
+        fleet.stop_all()
+
+
+def test_an_executor_given_a_keys_folder_on_no_volume_at_all_refuses_to_start(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given PLANGATE_TRUSTED_KEYS_DIR naming a folder whose parent does not exist (a typo),
+    When an executor starts, Then it stops at once, saying the setting names no folder."""
+    fleet = Fleet(
+        broker_url=redis_url, database_url=f"sqlite:///{tmp_path / 'p.db'}", folder=tmp_path
+    )
+    fleet.extra_env["PLANGATE_TRUSTED_KEYS_DIR"] = str(tmp_path / "no-such-volume" / "trusted")
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    executor = fleet.start("executor")
+    try:
+        assert executor.wait(timeout=30) != 0
+        assert "PLANGATE_TRUSTED_KEYS_DIR names" in fleet.logs()
+        assert "which is no folder" in fleet.logs()
+    finally:
+        fleet.stop_all()

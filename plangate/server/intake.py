@@ -88,7 +88,7 @@ def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
 
 
 def _plain_goal(headers: Mapping[str, str], fields: dict[str, Any]) -> GoalRequest:
-    """A plain JSON goal; its key may come as the `Idempotency-Key` header, as is common."""
+    """Return a plain JSON goal; its key may come as the `Idempotency-Key` header, as is common."""
     metadata = fields.get("metadata")
     if isinstance(metadata, dict) and any(str(key).startswith("ce.") for key in metadata):
         raise ApiError(
