@@ -63,13 +63,17 @@ class GoalSubmitted(Message):
     idempotency_key: str | None = Field(default=None, max_length=200, pattern=r"\S")
 
 
+MAX_TOKENS = 10**12  # a count of tokens past any model's: a server's nonsense
+
+
 class TokenUsage(BaseModel):
     """LLM tokens spent on something (a call, a plan revision, a goal)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
+    # Bounded: a server's 10**30 could not be stored, and the goal stayed `submitted` for ever.
+    input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
 
     @property
     def total(self) -> int:
@@ -78,8 +82,8 @@ class TokenUsage(BaseModel):
 
     def __add__(self, other: TokenUsage) -> TokenUsage:
         return TokenUsage(
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
+            input_tokens=min(self.input_tokens + other.input_tokens, MAX_TOKENS),
+            output_tokens=min(self.output_tokens + other.output_tokens, MAX_TOKENS),
         )
 
 

@@ -284,11 +284,43 @@ def test_a_policy_file_nested_thousands_deep_is_a_policy_error_not_a_crash() -> 
                 "usage": {"prompt_tokens": 10, "completion_tokens": -5, "total_tokens": 5},
             }
         ).encode(),
+        json.dumps(  # a valid plan, but counts no database column holds: stuck `submitted`
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {
+                            "role": "assistant",
+                            "content": json.dumps(
+                                {
+                                    "summary": "Count",
+                                    "steps": [{"id": "count", "tool": "ticket_count", "args": {}}],
+                                }
+                            ),
+                        },
+                    }
+                ],
+                "usage": {"prompt_tokens": 10**30, "completion_tokens": 10**30},
+            }
+        ).encode(),
         b'{"choices": ["x"]}',
         b'{"choices": [{"index": 0, "message": "x", "finish_reason": "stop"}]}',
         b'{"choices": [{"index": 0, "message": {"content": 7}, "finish_reason": "stop"}]}',
     ],
-    ids=["html", "not-utf8", "negative-usage", "choice-text", "message-text", "content-number"],
+    ids=[
+        "html",
+        "not-utf8",
+        "negative-usage",
+        "usage-past-any-model",
+        "choice-text",
+        "message-text",
+        "content-number",
+    ],
 )
 def test_a_model_server_answering_no_chat_completion_fails_the_goal_at_once(
     settings: Settings, stub: OpenAIStub, body: bytes
