@@ -266,7 +266,7 @@ class Client:
     def list_goals(
         self,
         *,
-        state: str | None = None,
+        state: str | Collection[str] | None = None,
         since: datetime | str | None = None,
         search: str | None = None,
         limit: int = 50,

@@ -191,3 +191,21 @@ def test_until_lists_only_goals_submitted_before_it_in_the_cli_and_the_api(
     assert api_before["goals"] == []
     assert wrong.returncode == 2
     assert "until 'tomorrow' is neither an age" in wrong.stderr
+
+
+def test_the_cli_lists_goals_in_any_of_the_states_given(
+    fleet: Fleet,  # noqa: F811
+    goals: dict[str, str],
+) -> None:
+    """`--state held --state cancelled` lists goals in either: the last one given alone was
+    used, and an operator hunting stuck goals was told "no goals match"."""
+    both = fleet.plangate(
+        "goals", "list", "--state", "cancelled", "--state", "held", "--limit", "200", "--json"
+    )
+    assert both.returncode == 0, both.stderr
+    rows = {
+        json.loads(line)["goal_id"]: json.loads(line)["status"] for line in both.stdout.splitlines()
+    }
+    assert rows[goals["held"]] == "held"
+    assert rows[goals["cancelled"]] == "cancelled"
+    assert set(rows.values()) == {"held", "cancelled"}

@@ -27,7 +27,10 @@ app = group(
 @friendly_errors
 def list_goals(
     state: Annotated[
-        str | None, typer.Option(metavar="STATE", help="Only goals in this state (e.g. held).")
+        list[str] | None,
+        typer.Option(
+            metavar="STATE", help="Only goals in this state (e.g. held); again for several."
+        ),
     ] = None,
     since: Annotated[
         str | None,

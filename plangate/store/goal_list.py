@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -87,22 +88,28 @@ class GoalPage:
 def list_goals(
     session: Session,
     *,
-    state: str | None = None,
+    state: str | Collection[str] | None = None,
     since: datetime | None = None,
     search: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
     until: datetime | None = None,
 ) -> GoalPage:
-    """Return the newest goals matching every filter given, `limit` at most (1-200)."""
+    """Return the newest goals matching every filter given, `limit` at most (1-200).
+
+    `state` is one state or several (a goal in any of them).
+    """
     if not 1 <= limit <= MAX_PAGE:
         raise InputInvalid(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
     check_window(since, until)
     query = select(GoalRow)
-    if state:
-        if state not in _STATES:
-            raise InputInvalid(f"no goal state {state!r}; one of: {', '.join(sorted(_STATES))}")
-        query = query.where(GoalRow.status == state)
+    states = [state] if isinstance(state, str) else list(state or ())
+    if states:
+        for one in states:
+            if one not in _STATES:
+                known = ", ".join(sorted(_STATES))
+                raise InputInvalid(f"no goal state {one!r}; one of: {known}")
+        query = query.where(GoalRow.status.in_(states))
     if since is not None:
         query = query.where(GoalRow.created_at >= since)
     if until is not None:
