@@ -563,3 +563,25 @@ def test_policy_check_warns_of_a_rule_below_one_matching_every_plan_and_of_one_m
     assert "rule 'deny-drops' (line 3) can never decide: rule 'approve-all' (line 2)" in said
     assert "rule 'never-on' (line 4) can never decide" in said
     assert checked.returncode == 0, said  # warnings: a tool may come, a rule may move
+
+
+@pytest.mark.postgres
+def test_policy_check_reads_an_empty_database_and_creates_no_schema_in_it(
+    plangate: Run, postgres_database_url: str
+) -> None:
+    """Given a deployment's PostgreSQL database with no schema yet (before `db upgrade`),
+    When `plangate policy check` runs against it, Then it checks the file and the database
+    stays empty: it created every table (read-only commands create no store), and the real
+    `db upgrade` then said the schema was already there."""
+    import sqlalchemy
+
+    checked = plangate(
+        "policy", "check", DEFAULT_POLICY, env={"PLANGATE_DATABASE_URL": postgres_database_url}
+    )
+
+    assert checked.returncode == 0, checked.stderr
+    engine = sqlalchemy.create_engine(postgres_database_url)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()

@@ -320,7 +320,7 @@ def _store_catalog(*, required: bool = False) -> Any:
     from plangate.store import open_store
 
     try:
-        store = open_store(load_settings().resolved_database_url(), create=False)
+        store = open_store(load_settings().resolved_database_url(), upgrade=False, create=False)
     except ConfigError:
         if required:
             raise
