@@ -12,6 +12,7 @@ Workers answer `/metrics` on their probe port (`PLANGATE_METRICS_PORT`); `serve`
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, get_args
 
@@ -65,6 +66,28 @@ SEALING_STOPPED = Gauge(
     "plangate_audit_sealing_stopped",
     "1 while this gate seals no audit checkpoint: one it saw is gone from the store.",
 )
+_BROKER_UP: list[Gauge] = []  # made by the first worker stage to consume: serve has none
+_BROKER_UP_LOCK = threading.Lock()
+
+
+def broker_up(stage: str, up: bool) -> None:
+    """Say whether a stage consumes from the broker (1) or is reconnecting (0).
+
+    Only a worker's /metrics has the gauge, so that an alert on it never fires for `serve`,
+    which consumes nothing.
+    """
+    with _BROKER_UP_LOCK:
+        if not _BROKER_UP:
+            _BROKER_UP.append(
+                Gauge(
+                    "plangate_broker_up",
+                    "1 while the stage consumes from the broker; 0 while it reconnects.",
+                    ["stage"],
+                )
+            )
+    _BROKER_UP[0].labels(stage).set(1 if up else 0)
+
+
 # SQLite's one write lock, which every writing transaction of every process takes in turn: the
 # seconds this process held it bound the goals per second of the whole deployment (PostgreSQL
 # has no such lock, and these stay empty there). Buckets from 0.1 ms: most hold it for 1-5 ms.

@@ -407,11 +407,14 @@ def test_the_reviewers_file_and_the_env_file_are_kept_out_of_git() -> None:
 
 
 def exported_metrics(folder: Path) -> set[str]:
-    """The names of the series a scrape of plangate shows (a store of its own in `folder`)."""
+    """The names of the series a scrape of a plangate worker shows (a store of its own in
+    `folder`), its consumer's broker gauge included."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from plangate import metrics
     from plangate.store import open_store
+
+    metrics.broker_up("planner", True)  # as a worker's consumer does once it consumes
 
     store = open_store(f"sqlite:///{folder / 'metrics.db'}")
     try:

@@ -665,3 +665,43 @@ def test_submit_prints_the_goal_id_alone_on_stdout_for_a_script(fleet: Fleet) ->
     status = fleet.plangate("status", goal_id, "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["goal_id"] == goal_id
+
+
+def broker_up(port: int) -> float | None:
+    """Read a worker's `plangate_broker_up` from its /metrics (None: not there, or no answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            text = answer.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    found = re.search(r'^plangate_broker_up\{stage="planner"\} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def test_a_worker_that_lost_the_broker_says_so_in_a_gauge_and_says_when_it_is_back(
+    fleet_on_own_redis: Fleet, own_redis: OwnRedis
+) -> None:
+    """Given a planner worker consuming from Redis, When Redis dies and comes back,
+    Then `plangate_broker_up` is 0 while it is gone (an alert asks for it) and 1 again after,
+    and the log says the stage consumes again: /metrics still answered 200 with nothing of the
+    broker in it, no alert fired on a quiet system, and the "lost the broker" warnings just
+    stopped."""
+    port = free_port()
+    fleet_on_own_redis.start("planner", PLANGATE_METRICS_PORT=str(port))
+    eventually(lambda: broker_up(port) == 1, what="the gauge at 1", timeout=30)
+
+    own_redis.kill()
+    eventually(lambda: broker_up(port) == 0, what="the gauge at 0", timeout=30)
+    own_redis.restart()
+
+    eventually(lambda: broker_up(port) == 1, what="the gauge at 1 again", timeout=60)
+    eventually(
+        lambda: (
+            "the planner consumes again: the broker answered after" in fleet_on_own_redis.logs()
+        ),
+        what="the log line saying it is back",
+        timeout=10,
+    )

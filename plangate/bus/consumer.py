@@ -28,6 +28,7 @@ from kombu.exceptions import OperationalError
 from kombu.message import Message as KombuMessage
 from kombu.messaging import Consumer
 
+from plangate import metrics
 from plangate import middleware as standard_middleware
 from plangate.bus.chores import Chores
 from plangate.bus.envelope import GOAL_HEADER, Delivery, Envelope, sent_at
@@ -118,6 +119,7 @@ class StageConsumer:
         self._poll = _FIRST_POLL_SECONDS
         self._last_watch = time.monotonic()
         self.ready = threading.Event()
+        self._lost_at: float | None = None  # when the broker went, while it is gone
         with connection_factory() as probe:  # not connected: asking the transport is enough
             self._outages = (OperationalError, OSError, PublishFailed, *probe.connection_errors)
 
@@ -162,7 +164,7 @@ class StageConsumer:
             )
             chores = Chores(connection, channel)
             with consumer:
-                self.ready.set()
+                self._consuming()
                 while not stop.is_set():
                     self._settle_finished()
                     chores.heartbeat()
@@ -196,10 +198,28 @@ class StageConsumer:
         def run(stop: threading.Event) -> None:
             self._done = queue.Queue()
             self._in_flight = InFlight()
-            self.run(stop)
+            try:
+                self.run(stop)
+            except BaseException:
+                metrics.broker_up(self._stage, False)
+                if self._lost_at is None:
+                    self._lost_at = time.monotonic()
+                raise
 
         backoff = Backoff(most=max_backoff)
         run_reconnecting(run, stop, self.ready, self._outages, backoff, f"the {self._stage}")
+
+    def _consuming(self) -> None:
+        """Say the stage consumes: ready, its gauge 1, and back after an outage if it was."""
+        self.ready.set()
+        metrics.broker_up(self._stage, True)
+        if self._lost_at is not None:  # the "lost the broker" warnings just stopped
+            log.info(
+                "the %s consumes again: the broker answered after %.0f s",
+                self._stage,
+                time.monotonic() - self._lost_at,
+            )
+            self._lost_at = None
 
     def _drain(self, connection: Connection) -> None:
         # A finished handler wakes the wait where the transport allows (Redis). Elsewhere the
