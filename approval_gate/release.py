@@ -24,7 +24,7 @@ from approval_gate.holds import check_open, check_sealed, hold_of
 from plangate.bus import Envelope
 from plangate.errors import Conflict, Forbidden, Reject
 from plangate.signing import Signer, TrustedKeys
-from plangate.store import DecisionRow, GoalRow, PlanRow, audit
+from plangate.store import ApprovalRow, DecisionRow, GoalRow, PlanRow, audit
 from plangate.store.goals import latest_plan, transition
 from plangate.store.plan_revision import PlanRevision
 from schemas import ReviewDecided
@@ -118,8 +118,14 @@ def release(
         "approval.signed",
         actor=ACTOR,
         goal_id=plan.goal_id,
+        # What the gate itself checked and signed, named so that an auditor need not trust
+        # the approvals handed in before it (a forged one is recorded too, then refused).
         data={
             "plan_id": plan.plan_id,
+            "plan_hash": plan.plan_hash,
+            "approval_id": session.scalar(
+                select(ApprovalRow.approval_id).where(ApprovalRow.plan_id == plan.plan_id)
+            ),
             "decided_by": decided.decided_by,
             "approvers": approvers,
             "key_id": signing.signer.key_id,

@@ -646,3 +646,23 @@ def test_an_edit_says_why_in_its_record_and_the_audit_log(pipeline: Pipeline) ->
             )
         ).scalar_one()
     assert reason == "edited into revision 2: the message named the wrong team"
+
+
+def test_the_gate_s_signed_entry_names_the_approval_the_run_used_its_plan_and_its_approvers(
+    pipeline: Pipeline,
+) -> None:
+    """Given the seed plan held and approved by alice, When it runs,
+    Then the gate's `approval.signed` entry names the approval id the run's `goal.running`
+    entry used, the plan hash and the approvers: an auditor asking who approved a payment
+    reads what the gate checked and signed, not the approvals handed in before it (a forged
+    one is recorded too, then refused). It named neither the approval nor the plan's hash."""
+    goal_id, plan = held_seed(pipeline)
+    pipeline.approve(plan.plan_id, "alice")
+    assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
+
+    entries = audit_entries(pipeline.store, goal_id)
+    [signed] = [entry.data for entry in entries if entry.kind == "approval.signed"]
+    [running] = [entry.data for entry in entries if entry.kind == "goal.running"]
+    assert signed["approval_id"] == running["approval_id"]
+    assert signed["plan_hash"] == plan_hash(plan)
+    assert signed["approvers"] == ["alice"]
