@@ -1225,3 +1225,16 @@ def test_verify_json_answers_in_json_when_the_export_named_is_missing(
     assert found["verdict"] == "cannot_check"
     assert "is no file" in str(found["problem"])
     assert found["entries"] is None
+
+
+def test_a_goal_backdated_in_sql_breaks_verification(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """A DBA moved a goal's submission a month back: `goals list --since 1d` no longer listed
+    it (a payment left the period), while `audit verify` said intact. Now it names the goal
+    and the time its log records."""
+    run_sql(pipeline, "UPDATE goals SET created_at = '2026-11-01 00:00:00.000000'")
+
+    assert_records_broken(pipeline, f"goal {completed_run} shows it was submitted at 2026-11-01")
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+    assert "but its audit log records its submission at" in verified.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -115,16 +116,21 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
             AuditRow.kind,
             AuditRow.actor,
             sql_cast(AuditRow.data, Text),
+            AuditRow.at,
         )
         .where(AuditRow.goal_id.in_(ids))
         # In the order written: a goal's entries made before per-goal chains (0013) are in the
         # chain `global`, which sorts after its own; by chain, its last move read as its first.
         .order_by(AuditRow.seq)
     )
-    for seq, goal_id, kind, actor, text in session.execute(entries):
+    submitted_at: dict[str, str] = {}
+    for seq, goal_id, kind, actor, text, at in session.execute(entries):
         recorded[str(goal_id)].read(kind, actor, _data(seq, text))  # one of `ids`
+        if kind == "goal.submitted":
+            submitted_at.setdefault(str(goal_id), at)
     for goal in goals:
         yield from _goal_problems(goal, recorded[goal.id])
+        yield from _submitted_time_problems(goal, submitted_at.get(goal.id))
     yield from _plan_rows_problems(session, ids, recorded)
     yield from _decision_rows_problems(session, ids, recorded)
     yield from hold_problems(session, ids, recorded)
@@ -233,6 +239,31 @@ def _goal_problems(goal: GoalRow, recorded: Recorded) -> Iterator[str]:
             f"{where} shows status {goal.status!r} ({goal.status_reason or 'no reason'}), but "
             f"its audit log last moved it to {status!r} ({reason or 'no reason'}): the goal's "
             "row was changed"
+        )
+
+
+# The goal's row and its submission's entry are written in one transaction, a moment apart.
+_SUBMITTED_SLACK = timedelta(seconds=5)
+
+
+def _submitted_time_problems(goal: GoalRow, recorded_at: str | None) -> Iterator[str]:
+    """Name a goal whose row says it was submitted at another time than its log records.
+
+    `goals list --since` filters on the row's time: one backdated in SQL left the list of a
+    period (a payment among them) while the log still verified.
+    """
+    try:
+        at = datetime.fromisoformat(recorded_at) if recorded_at else None
+    except ValueError:  # the chain walk says what is wrong with the entry
+        return
+    if at is None:
+        return
+    shown = goal.created_at if goal.created_at.tzinfo else goal.created_at.replace(tzinfo=UTC)
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    if abs(shown - at) > _SUBMITTED_SLACK:
+        yield (
+            f"goal {goal.id} shows it was submitted at {shown.isoformat()}, but its audit log "
+            f"records its submission at {at.isoformat()}: the goal's row was changed"
         )
 
 
