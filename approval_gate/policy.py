@@ -327,7 +327,8 @@ def _held(subject: str, outcome: object) -> str:
     if "No such overload" in problem:  # most often, not the number types CEL's words suggest
         problem += (
             "; an argument a ${ref} fills in is text until its step runs: a rule that "
-            "approves may ask `type(x) == double && x < 100.0`; one that holds or denies must "
-            "let text match: `type(x) != double || x >= 1000.0`"
+            "approves may ask `type(x) in [int, double] && double(x) < 100.0`; one that "
+            "holds or denies must let text match: `!(type(x) in [int, double]) || "
+            "double(x) >= 1000.0`"
         )
     return f"{subject} could not be evaluated ({problem}){_HELD}"

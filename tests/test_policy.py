@@ -563,6 +563,29 @@ def test_a_rule_may_compare_types_by_cel_s_own_names_and_guard_a_reference() -> 
     assert guarded.decide(referring, CATALOG).reason == "no rule matched; held for a person"
     said = unguarded.decide(referring, CATALOG).reason
     assert "an argument a ${ref} fills in is text until its step runs" in said
+    # The guard it suggests takes a whole amount too: `type(x) == double` held every `50`.
+    assert "`type(x) in [int, double] && double(x) < 100.0`" in said
+
+
+def test_the_guards_the_docs_suggest_decide_whole_and_fractional_amounts_alike() -> None:
+    """An auditor followed the docs' `type(s.args.amount) == double` guard: the playbook's
+    `50` (an int) was held for two approvals, while `policy test` with `10.0` had passed."""
+    policy = policy_of(
+        rule(
+            "small",
+            "plan.steps.all(s, type(s.args.amount) in [int, double] && "
+            "double(s.args.amount) < 100.0)",
+        )
+        + hold_rule(
+            "large",
+            "plan.steps.exists(s, !(type(s.args.amount) in [int, double]) || "
+            "double(s.args.amount) >= 1000.0)",
+        )
+    )
+    for amount in (50, 50.5):
+        assert policy.decide(plan_of("notify", amount=amount), CATALOG).action == "approve"
+    for amount in (5000, 5000.5, "${req.amount}"):
+        assert policy.decide(plan_of("notify", amount=amount), CATALOG).rule == "large"
 
 
 def test_a_broken_deny_rule_denies_whatever_matches_after_it() -> None:
