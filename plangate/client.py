@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import time
+import weakref
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -189,7 +190,12 @@ class Client:
         # take as the redelivery it is.
         from plangate.store.outbox import SentMarker
 
-        return SentMarker(self._store)
+        marker = SentMarker(self._store)
+        # A client never closed (`Client().submit(...)` in a script) marks its rows as it goes
+        # or as the interpreter exits: left unmarked, each goal was sent twice by the relay,
+        # which warned of "outbox messages left unsent" as if the broker had failed.
+        weakref.finalize(self, marker.close)
+        return marker
 
     @said_as_plangate
     def submit(

@@ -8,15 +8,20 @@ type failed deep inside (AttributeError) or were taken (`metadata=[]`); `Client.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import Conflict, InputInvalid
-from tests.support import memory_client
+from plangate.store import OutboxRow, open_store
+from tests.support import memory_client, outer_environment
 
 
 @pytest.fixture
@@ -114,3 +119,40 @@ def test_a_wait_that_cannot_mean_anything_is_refused(
 
     with pytest.raises(InputInvalid, match=said):
         handle.wait(**wait)
+
+
+@pytest.mark.redis
+def test_a_client_never_closed_marks_what_it_sent_as_the_interpreter_exits(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given a script doing `Client().submit(...)` five times and never closing it (as the
+    deploy docs' one-liner), When it exits, Then every goal's message is marked sent: left
+    unmarked, the relay sent each goal a second time, and warned as if the broker had failed."""
+    database_url = f"sqlite:///{tmp_path / 'plangate.db'}"
+    open_store(database_url).close()  # migrated, as `plangate db upgrade`
+    script = (
+        "from plangate.client import Client\n"
+        "from plangate.config import Settings\n"
+        f"client = Client(Settings(broker_url={redis_url!r}, database_url={database_url!r}, "
+        f"data_dir={str(tmp_path / 'data')!r}, namespace='unclosed'))\n"
+        "for number in range(5):\n"
+        "    client.submit(f'goal {number}')\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script],
+        env=outer_environment() | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+
+    store = open_store(database_url, upgrade=False)
+    try:
+        with store.session() as session:
+            rows = session.execute(select(OutboxRow.sent_at)).scalars().all()
+    finally:
+        store.close()
+    assert len(rows) == 5
+    assert all(sent is not None for sent in rows)
