@@ -52,6 +52,26 @@ def check_web_address(url: str) -> str:
     return url
 
 
+def check_model_server_url(url: str) -> str:
+    """Return `url` if the openai SDK can call it (http or https, a host); ValueError if not.
+
+    Without a scheme, every goal failed, each after two retries, as a connection that "broke
+    while it answered", though the worker had started with it.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - read for its check: a port that is no number raises
+        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        usable = False
+    if not usable:
+        raise ValueError(
+            f"{url[:60]!r} is no model server address; give one with its scheme, like "
+            "http://127.0.0.1:8000/v1 (or unset it for OpenAI's)"
+        )
+    return url
+
+
 def check_collector_url(variable: str, url: str) -> str:
     """Return `url` if an OTLP exporter can send to it; ValueError naming `variable` if not."""
     try:

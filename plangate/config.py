@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from plangate import redaction
 from plangate import setting_values as values
-from plangate.addresses import check_broker_url, check_web_address
+from plangate.addresses import check_broker_url, check_model_server_url, check_web_address
 from plangate.errors import ConfigError, own_words
 
 
@@ -348,6 +348,11 @@ class Settings(BaseSettings):
     @classmethod
     def _a_web_address(cls, url: str) -> str:
         return check_web_address(url)
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _a_model_server(cls, url: str | None) -> str | None:
+        return None if url is None else check_model_server_url(url)
 
     @field_validator("broker_url")
     @classmethod

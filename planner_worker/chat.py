@@ -146,7 +146,8 @@ class ChatModel:
         if isinstance(exc, openai.APITimeoutError):
             return (
                 f"the model server at {url} did not answer within {self._client.timeout} s "
-                f"({retries}); raise PLANGATE_PLANNER_TIMEOUT_SECONDS or check the server"
+                f"({retries}); check that it is up and not overloaded (a hung server is cut "
+                "off so too), or raise PLANGATE_PLANNER_TIMEOUT_SECONDS if it is only slow"
             )
         if isinstance(exc, openai.APIConnectionError):
             return _transport_reason(exc, url, retries)

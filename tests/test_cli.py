@@ -212,15 +212,17 @@ def test_a_goal_no_playbook_matches_fails_with_one_line_saying_how_to_add_one(cl
     """Given no LLM configured, so the playbook planner plans.
 
     When the goal matches no playbook,
-    Then plangate exits 1 and stderr is one line: no playbook matched, and how to add one.
+    Then plangate exits 1 and stderr is one line: no playbook matched, and how to add one;
+    then the goal's id and trace (to retry it once a playbook matches: it named neither).
     """
     result = cli("run", "bake a chocolate cake", "--yes")
 
     assert result.returncode == EXIT_FAILED
-    [line] = result.stderr.splitlines()
+    [line, ids] = result.stderr.splitlines()
     assert line.startswith("error: no playbook matched")
     assert "add a pattern" in line
     assert "PLANGATE_PLAYBOOK_FILE" in line
+    assert re.fullmatch(r"goal [0-9a-f]{32}  ·  trace [0-9a-f]{32}", ids), ids
 
 
 def test_an_unknown_option_is_a_usage_error(cli: Cli) -> None:

@@ -124,7 +124,7 @@ def test_submit_wait_with_no_worker_asks_about_the_workers_early(
 ) -> None:
     """Given a store and a broker but no worker running,
     When a goal is submitted with `--wait` and a 13-second timeout,
-    Then after 10 seconds the command says no planner has taken it up and asks whether the
+    Then after 10 seconds the command says no planner has planned it yet and asks whether the
     workers run (it said nothing until the timeout, five minutes by default); then it times
     out as before, exit 1.
     """
@@ -134,7 +134,7 @@ def test_submit_wait_with_no_worker_asks_about_the_workers_early(
     done = fleet.plangate("submit", SEED_GOAL, "--wait", "--timeout", "13")
 
     assert done.returncode == 1, done.stdout + done.stderr
-    assert "is still submitted after 10 s: no planner has taken it up" in done.stderr
+    assert "is still submitted after 10 s: no planner has planned it yet" in done.stderr
     assert "Are the workers running (`plangate worker planner|gate|executor`" in done.stderr
     assert "is still submitted after 13 s" in done.stderr
 

@@ -310,3 +310,22 @@ def test_the_placeholder_secrets_deploy_ships_are_refused(
         f"error: {variable}: is still deploy/'s placeholder; set a secret of your own: "
         "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
     ]
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:8000/v1", "ftp://models/v1", "http://host:99999/v1"]
+)
+def test_a_model_server_address_that_cannot_work_stops_a_planner_at_start(
+    tmp_path: Path, address: str
+) -> None:
+    """Given OPENAI_BASE_URL without a scheme (or another scheme, a bad port),
+    When a planner worker starts, Then it exits 2 in one line saying how to write it: it
+    started, and failed every goal after two retries as a connection that "broke while it
+    answered", blaming the network."""
+    result = plangate_in(tmp_path, "worker", "planner", OPENAI_BASE_URL=address)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: OPENAI_BASE_URL: {address!r} is no model server address; give one with its "
+        "scheme, like http://127.0.0.1:8000/v1 (or unset it for OpenAI's)"
+    ]

@@ -138,7 +138,8 @@ class GoalRun:
             if self.options.as_json:
                 return self._finish(EXIT_FAILED, "plan_failed", reasons=message.reasons)
             said = escape(printable("; ".join(message.reasons)))  # the planner's words
-            self.err.print(f"[red]error:[/] {said}", highlight=False)
+            ids = f"goal {self.goal_id}  ·  trace {self.trace_id}"  # to retry it, or find it
+            self.err.print(f"[red]error:[/] {said}\n[dim]{ids}[/]", highlight=False)
             return EXIT_FAILED
         elif isinstance(message, PlanApproved):
             self._stop_awaiting(message.plan.plan_id)  # approved elsewhere meanwhile

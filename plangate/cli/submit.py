@@ -206,8 +206,9 @@ def _wait(handle: GoalHandle, timeout: float, hints: Mapping[str, str]) -> GoalS
 LOOK_EVERY_SECONDS = 1.0
 # Where a goal that does not move is usually stuck, and what to look at.
 STUCK_HINTS = {
-    "submitted": "no planner has taken it up. Are the workers running (`plangate worker "
-    "planner|gate|executor`, on this broker and store)?",
+    "submitted": "no planner has planned it yet. Are the workers running (`plangate worker "
+    "planner|gate|executor`, on this broker and store)? A planner waiting on its model server "
+    "takes up to PLANGATE_PLANNER_TIMEOUT_SECONDS a try.",
     "approved": "no executor has started it. Is one running, and does it trust the gate's "
     "signing key (its public key in the executor's PLANGATE_TRUSTED_KEYS_DIR)? `plangate dlq "
     "list` shows approvals an executor refused.",
