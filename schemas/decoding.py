@@ -198,9 +198,8 @@ def decode_message(
     if len(body) > max_bytes:
         raise MessageRejected(f"body is {len(body)} bytes; the limit is {max_bytes}")
     if (content_type or "").split(";")[0].strip().lower() != ACCEPTED_CONTENT_TYPE:
-        raise MessageRejected(
-            f"content type {content_type!r} is not accepted; only {ACCEPTED_CONTENT_TYPE}"
-        )
+        given = "no content type is" if not content_type else f"content type {content_type!r} is"
+        raise MessageRejected(f"{given} not accepted; send {ACCEPTED_CONTENT_TYPE}")
     if content_encoding not in (None, "", "utf-8", "utf8"):
         raise MessageRejected(f"content encoding {content_encoding!r} is not accepted")
     if headers and "compression" in headers:
@@ -210,16 +209,12 @@ def decode_message(
         raise MessageRejected("body is not a JSON object")
     if isinstance(data.get("type"), str) and data["type"] in _OUTSIDE_TYPES:
         check_json_value(data, allow_nul=False)
-    version = data.get("schema_version")
-    # type() is int: true == 1 and 1.0 == 1 are not versions; a list is not even hashable
-    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
-        supported = sorted(SUPPORTED_SCHEMA_VERSIONS)
-        raise MessageRejected(
-            f"schema_version {_shown(version)} is not supported (supported: {supported})"
-        )
+    _check_version(data)
     kind = data.get("type")
     model = MESSAGE_MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
+        if kind is None:
+            raise MessageRejected("the message has no type")
         raise MessageRejected(f"message type {_shown(kind)} is unknown")
     try:
         return model.model_validate(data)
@@ -229,6 +224,21 @@ def decode_message(
             for e in exc.errors()[:5]
         )
         raise MessageRejected(f"{kind} does not match its schema: {problems}") from exc
+
+
+def _check_version(data: dict[str, Any]) -> None:
+    """Refuse a message of a schema version this code does not read (1.0 is 1, as in JSON)."""
+    version = data.get("schema_version")
+    if type(version) is float and version.is_integer():  # JSON Schema's integer too
+        version = data["schema_version"] = int(version)
+    # type() is int: true == 1 is no version; a list is not even hashable
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
+        supported = sorted(SUPPORTED_SCHEMA_VERSIONS)
+        if version is None:
+            raise MessageRejected(f"the message has no schema_version (supported: {supported})")
+        raise MessageRejected(
+            f"schema_version {_shown(version)} is not supported (supported: {supported})"
+        )
 
 
 # What a pattern of the messages' fields asks, in words.

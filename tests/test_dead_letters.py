@@ -131,7 +131,7 @@ def test_non_json_content_type_is_dead_lettered_unread(
 
     (letter,) = dead_letters(pipeline)
     assert letter.reason == (
-        f"content type {content_type!r} is not accepted; only application/json"
+        f"content type {content_type!r} is not accepted; send application/json"
     )
     assert letter.content_type == content_type
     assert_seed_goal_still_completes(pipeline)

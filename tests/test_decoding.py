@@ -261,7 +261,8 @@ def test_the_size_limit_can_be_lowered_per_call() -> None:
 def test_any_content_type_but_json_is_refused(content_type: str | None) -> None:
     reason = rejection(goal_body(), content_type)
 
-    assert reason == f"content type {content_type!r} is not accepted; only application/json"
+    given = f"content type {content_type!r}" if content_type else "no content type"
+    assert reason == f"{given} is not accepted; send application/json"
 
 
 def test_a_compression_header_is_refused() -> None:
@@ -284,10 +285,9 @@ def test_a_content_encoding_other_than_utf8_is_refused(encoding: str) -> None:
     ("version", "shown"),
     [
         pytest.param(2, "2", id="newer"),
-        pytest.param(MISSING, "None", id="missing"),
         pytest.param("1", "'1'", id="string"),
         pytest.param(True, "True", id="boolean"),
-        pytest.param(1.0, "1.0", id="float"),
+        pytest.param(1.5, "1.5", id="fraction"),
         pytest.param([1], "[1]", id="list"),
     ],
 )
@@ -297,11 +297,25 @@ def test_an_unknown_schema_version_is_refused(version: Any, shown: str) -> None:
     assert reason == f"schema_version {shown} is not supported (supported: [1])"
 
 
+def test_a_message_without_a_version_or_a_type_is_refused_in_words_not_a_repr() -> None:
+    """The reasons read "schema_version None is not supported", "message type None"."""
+    assert rejection(goal_body(schema_version=MISSING)) == (
+        "the message has no schema_version (supported: [1])"
+    )
+    assert rejection(goal_body(type=MISSING)) == "the message has no type"
+
+
+def test_schema_version_1_0_is_version_1_as_the_exported_schema_says() -> None:
+    """The JSON Schema `plangate schema` exports takes 1.0 as an integer (Draft 2020-12): a
+    client checking its messages against it passed, and the worker dead-lettered them."""
+    message = decode_message(goal_body(schema_version=1.0), "application/json")
+    assert message.schema_version == 1
+
+
 @pytest.mark.parametrize(
     ("kind", "shown"),
     [
         pytest.param("goal.exploded", "'goal.exploded'", id="unknown"),
-        pytest.param(MISSING, "None", id="missing"),
         pytest.param(["goal.submitted"], "['goal.submitted']", id="not-a-string"),
     ],
 )

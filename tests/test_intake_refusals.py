@@ -235,3 +235,16 @@ def test_a_plain_goal_may_not_set_the_metadata_a_cloudevent_s_source_is_kept_in(
     status, _, answer = call(base_url, body, **{"Content-Type": "application/json"})
     assert status == 422
     assert "metadata keys beginning 'ce.'" in answer["error"]
+
+
+def test_following_a_goal_without_a_token_says_the_intake_token_will_do(base_url: str) -> None:
+    """A service that submitted with the intake token was told only of a reviewer's token when
+    it asked for its goal's state without one: the intake token works there too."""
+    request = urllib.request.Request(f"{base_url}/api/v1/goals/0123456789abcdef")
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as refused:
+        with refused:
+            status, said = refused.code, json.loads(refused.read())["error"]
+    assert status == 401
+    assert "or the intake token (PLANGATE_INTAKE_TOKEN) that submitted it" in said

@@ -33,8 +33,16 @@ router = APIRouter(prefix="/api/v1/goals", tags=["goals"])
 
 def _intake_or_reviewer(request: Request) -> None:
     """Let the submitting service (its intake token) or a reviewer follow a goal."""
-    if not intake_token_given(request):
+    if intake_token_given(request):
+        return
+    try:
         require_reviewer(request)  # 401 (a failure counted) unless a reviewer's token
+    except ApiError as refused:
+        if refused.status != 401:
+            raise
+        # The service that submitted follows its goal with the intake token: say so too.
+        said = f"{refused.message}; or the intake token (PLANGATE_INTAKE_TOKEN) that submitted it"
+        raise ApiError(401, said, refused.headers) from None
 
 
 class GoalAccepted(BaseModel):
