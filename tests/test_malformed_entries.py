@@ -224,7 +224,7 @@ def test_100_junk_entries_per_stage_on_redis_are_dead_letters_and_a_goal_behind_
 
 # name: (body, properties as py-amqp takes them, what the dead letter's reason says)
 AMQP_JUNK: dict[str, tuple[bytes, dict[str, Any], str]] = {
-    "not JSON, no properties at all": (b"hello plangate", {}, "content type None"),
+    "not JSON, no properties at all": (b"hello plangate", {}, "no content type is not accepted"),
     "not JSON, declared JSON": (
         b"hello plangate",
         {"content_type": "application/json"},
@@ -431,7 +431,12 @@ def forged_letter(message_id: str, **fields: str) -> bytes:
         "content_type": "application/json",
         "headers": {},
         "failed_at": "2026-12-06T08:40:00Z",
-        "body_b64": base64.b64encode(b"{}").decode("ascii"),
+        # A goal this code reads: a body refused as it is would stay (it would come back).
+        "body_b64": base64.b64encode(
+            json.dumps(
+                {"schema_version": 1, "type": "goal.submitted", "goal_id": message_id, "text": "x"}
+            ).encode()
+        ).decode("ascii"),
     }
     return json.dumps(letter | fields).encode()
 
@@ -500,4 +505,34 @@ def test_replaying_all_says_how_many_letters_it_left_on_the_queue(
     assert replayed.stdout.splitlines() == [f"replayed whole-one to {planner}"]
     assert "1 dead letters are still on the queue, not replayed" in replayed.stderr
     assert [letter.message_id for letter in bus.dead_letters()] == ["cut-one"]
+    bus.close()
+
+
+@pytest.mark.redis
+def test_a_letter_still_refused_as_it_is_is_not_replayed_and_keeps_its_id(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Given a dead letter whose body this code refuses as it is (not JSON), When an operator
+    replays it, Then it stays where it was, under its id, and the command exits 2 saying why:
+    it was "replayed" (exit 0), and came back at once as a new letter, the id the operator held
+    gone (5000 such letters, 5000 "replayed" lines)."""
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    bus = Bus(redis_url, namespace)
+    bus.declare()
+    junk = forged_letter(
+        "junk-a",
+        queue=f"{namespace}.planner",
+        body_b64=base64.b64encode(b"hello not json").decode("ascii"),
+    )
+    redis.Redis.from_url(redis_url).lpush(
+        bus.topology.dead_letter_queue_name, json.dumps(envelope(junk, namespace))
+    )
+    env = {"PLANGATE_BROKER_URL": redis_url, "PLANGATE_NAMESPACE": namespace}
+
+    replayed = plangate_in(tmp_path, "dlq", "replay", "junk-a", **env)
+
+    assert replayed.returncode == 2, replayed.stdout + replayed.stderr
+    assert replayed.stdout == ""
+    assert "still refused as it is" in replayed.stderr
+    assert [letter.message_id for letter in bus.dead_letters()] == ["junk-a"]
     bus.close()

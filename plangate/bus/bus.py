@@ -22,7 +22,7 @@ from kombu.utils.url import maybe_sanitize_url
 from plangate.bus import memory_transport, redis_transport
 from plangate.bus.broker_view import BrokerView
 from plangate.bus.consumer import Handler, StageConsumer
-from plangate.bus.dead_letters import decode_dead_letter, was_cut
+from plangate.bus.dead_letters import decode_dead_letter, still_refused, was_cut
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
 from plangate.bus.inbound import raw_body
 from plangate.bus.middleware import Middleware
@@ -267,9 +267,12 @@ class Bus:
 
         def stays(letter: DeadLetter) -> bool:
             # A letter from a queue we do not know stays for a person to look at; so does one
-            # whose body was cut (replayed, it failed anew as not JSON, its reason lost).
+            # whose body was cut (replayed, it failed anew as not JSON, its reason lost), or
+            # one this code still refuses as it is (it would come back at once, renamed).
             chosen = wanted is None or letter.message_id in wanted
-            return not chosen or letter.queue not in stages or was_cut(letter)
+            return (
+                not chosen or letter.queue not in stages or was_cut(letter) or still_refused(letter)
+            )
 
         def replayed(letter: DeadLetter) -> Envelope:
             return Envelope(

@@ -7,8 +7,8 @@ import base64
 from plangate.bus.envelope import Delivery, Envelope
 from plangate.bus.topology import Topology
 from plangate.redaction import redact
-from schemas import DeadLetter
-from schemas.decoding import MAX_MESSAGE_BYTES
+from schemas import DeadLetter, MessageRejected
+from schemas.decoding import MAX_MESSAGE_BYTES, decode_message
 
 # How much of a body over the largest message plangate reads a dead letter keeps. Kept whole,
 # a body of 5 MB made a letter past what the dead-letter queue's readers accept: it was then
@@ -33,6 +33,21 @@ def was_cut(letter: DeadLetter) -> bool:
     Its body is then exactly `KEPT_BYTES` long too: a reason may quote what a sender wrote.
     """
     return letter.reason.endswith(CUT_NOTE) and len(letter.body_b64) == _KEPT_B64
+
+
+def still_refused(letter: DeadLetter) -> bool:
+    """Whether the letter's body is refused as it is (not JSON, a field wrong), as it was.
+
+    Replayed, it came back at once as a new letter (a new id: the one an operator held was
+    gone), and `dlq replay` had said "replayed".
+    """
+    try:
+        decode_message(
+            base64.b64decode(letter.body_b64), letter.content_type, "utf-8", letter.headers
+        )
+    except MessageRejected:
+        return True
+    return False
 
 
 # Only these headers are copied into a dead letter: anything else may carry a secret.

@@ -118,15 +118,17 @@ def replay(
     if left:
         err_console.print(
             f"{left} dead letters are still on the queue, not replayed (from a queue plangate "
-            "does not know, its body cut when it was dead-lettered, or come since): "
-            "`plangate dlq list` shows them, `plangate dlq show ID` each one's reason"
+            "does not know, its body cut when it was dead-lettered or still refused as it is, "
+            "or come since): `plangate dlq list` shows them, `plangate dlq show ID` each one's "
+            "reason; fix such a message at its publisher, then purge it"
         )
     missing = {named[k] for k in set(named) - {letter.message_id for letter in replayed}}
     if missing:
         names = escape(", ".join(sorted(missing)))
         err_console.print(
-            f"[red]error:[/] not replayed (unknown, from an unknown queue, or its body cut "
-            f"when it was dead-lettered: `plangate dlq show` says): {names}"
+            f"[red]error:[/] not replayed (unknown, from an unknown queue, its body cut when "
+            f"it was dead-lettered, or still refused as it is: `plangate dlq show` says why; "
+            f"fix such a message at its publisher, then purge it): {names}"
         )
         raise typer.Exit(EXIT_USAGE)
 
