@@ -19,16 +19,18 @@ from sqlalchemy.exc import OperationalError
 from executor_worker.abandoned_steps import mark_abandoned
 from plangate import metrics, telemetry
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
+from plangate.bus.reconnect import Backoff
 from plangate.catalog import keep_offering
 from plangate.config import Settings
-from plangate.errors import BrokerUnavailable
-from plangate.health import start_health_server
+from plangate.errors import BrokerUnavailable, ConfigError
+from plangate.health import Exposition, Readiness, start_health_server
 from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
 from plangate.relay import deliver, relay_pending
 from plangate.stages import build_expiry, build_handler, build_sealing, stage_middleware
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
+from plangate.store.engine import is_outage
 from plangate.store.stage_progress import record_progress, stage_progress
 from schemas import utcnow
 
@@ -47,7 +49,42 @@ class Worker:
     def run(self) -> int:
         """Work until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
         telemetry.setup_tracing(f"plangate-{self.stage}")
-        store = open_store(self.settings.resolved_database_url(), upgrade=False)
+        self._handle_signals()
+        # Alive while the consume loop runs (reconnecting included) or waits for the store;
+        # ready once it has subscribed, until shutdown begins.
+        looping = threading.Event()
+        probes = _Probes(looping)
+        health = start_health_server(
+            self.settings, alive=probes.alive, ready=probes.readiness, metrics=probes.exposition
+        )
+        try:
+            store = self._open_store(probes)
+            return 0 if store is None else self._work(store, probes, looping)
+        finally:
+            if health is not None:
+                health.close()
+
+    def _open_store(self, probes: _Probes) -> Store | None:
+        """Open the store, waiting while the database does not answer (None: stopped so).
+
+        A worker started during a database outage exited at once: on Kubernetes its restarts
+        backed off, and it came back minutes after the database did. A store that answers but
+        is not plangate's (an old schema, a file missing) still stops it at once.
+        """
+        backoff = Backoff()
+        while True:
+            try:
+                return open_store(self.settings.resolved_database_url(), upgrade=False)
+            except ConfigError as exc:
+                if exc.__cause__ is None or not is_outage(exc.__cause__):
+                    raise
+                delay = backoff.next()
+                probes.waiting = f"waiting for the store: {exc}"
+                log.warning("%s; trying again in %g s", exc, delay)
+                if self.stop.wait(delay):
+                    return None
+
+    def _work(self, store: Store, probes: _Probes, looping: threading.Event) -> int:
         bus = Bus(
             self.settings.broker_url,
             self.settings.namespace,
@@ -66,18 +103,9 @@ class Worker:
                 handler_deadline=self.settings.handler_timeout_seconds,
                 middleware=stage_middleware(self.stage),
             )
-            self._handle_signals()
-            # Alive while the consume loop runs (reconnecting included); ready once it has
-            # subscribed, until shutdown begins.
-            looping = threading.Event()
-            health = start_health_server(
-                self.settings,
-                alive=looping.is_set,
-                ready=lambda: _readiness(store, bus, consumer.ready, self.stop),
-                metrics=lambda: metrics.exposition(metrics.registry_with(store)),
-            )
-            # Started once the probes are bound: a port that cannot be had stops the worker
-            # before any sweep runs against a store about to be closed.
+            probes.ready = lambda: _readiness(store, bus, consumer.ready, self.stop)
+            probes.metrics = lambda: metrics.exposition(metrics.registry_with(store))
+            probes.waiting = None
             sweeper = threading.Thread(
                 target=self._sweep,
                 args=(store, bus, consumer),
@@ -91,10 +119,9 @@ class Worker:
                 consumer.run_until_stopped(self.stop)
             finally:
                 looping.clear()
-                if health is not None:
-                    health.close()
             sweeper.join(timeout=10)
         finally:
+            probes.ready, probes.metrics = (lambda: "shutting down"), metrics.exposition
             marker.close()
             bus.close()
             store.close()
@@ -169,6 +196,25 @@ class Worker:
                     )
                 except Exception:  # a fault of plangate's own: its traceback says where
                     log.warning("sweep failed; will try again in %g s", interval, exc_info=True)
+
+
+class _Probes:
+    """What the probe endpoint answers: waiting for the store first, then the worker's own."""
+
+    def __init__(self, looping: threading.Event) -> None:
+        self._looping = looping
+        self.waiting: str | None = "starting"  # why it is not consuming yet, before it does
+        self.ready: Readiness = lambda: self.waiting
+        self.metrics: Exposition = metrics.exposition
+
+    def alive(self) -> bool:
+        return self.waiting is not None or self._looping.is_set()
+
+    def readiness(self) -> str | None:
+        return self.ready()
+
+    def exposition(self) -> bytes:
+        return self.metrics()
 
 
 def _readiness(

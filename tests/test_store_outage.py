@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.fleet import FAST_SWEEPS, Fleet
-from tests.servers import refusing_connections
+from tests.servers import free_port, refusing_connections
 from tests.support import eventually
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -37,3 +39,51 @@ def test_a_worker_whose_database_stops_answering_says_so_in_one_line_and_runs_on
     finally:
         codes = fleet.stop_all()
     assert codes == [0], fleet.logs()
+
+
+def test_a_worker_started_while_the_database_refuses_waits_and_consumes_once_it_answers(
+    tmp_path: Path, redis_url: str, postgres_database_url: str
+) -> None:
+    """Given a PostgreSQL database refusing every connection (restarting, or not up yet),
+    When a planner worker starts, Then it waits, alive, its /readyz saying it waits for the
+    store and why, and it consumes once the database answers; a goal then runs. It exited at
+    once ("cannot open the store", exit 2): on Kubernetes, its restarts backed off and it came
+    back minutes after the database."""
+    port = free_port()
+    fleet = Fleet(redis_url, postgres_database_url, tmp_path, extra_env=FAST_SWEEPS)
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    log = tmp_path / "planner-0.log"
+    with refusing_connections(postgres_database_url):
+        worker = fleet.start("planner", PLANGATE_METRICS_PORT=str(port))
+        try:
+            eventually(
+                lambda: "trying again in" in log.read_text(), timeout=30, what="the wait said"
+            )
+            alive, _ = probe(port, "/healthz")
+            ready, why = probe(port, "/readyz")
+            assert worker.poll() is None, fleet.logs()
+            assert (alive, ready) == (200, 503), why
+            assert "waiting for the store: cannot open the store at" in why
+        except BaseException:
+            fleet.stop_all()
+            raise
+    try:
+        eventually(lambda: "planner worker consuming" in log.read_text(), timeout=60, what="it")
+        fleet.start("gate")
+        fleet.start("executor")
+        done = fleet.plangate("submit", "how many tickets are open", "--wait", "--json", timeout=90)
+        assert done.returncode == 0, done.stderr + fleet.logs()
+        assert "Traceback" not in log.read_text()
+    finally:
+        codes = fleet.stop_all()
+    assert codes == [0, 0, 0], fleet.logs()
+
+
+def probe(port: int, path: str) -> tuple[int, str]:
+    """GET a worker's probe endpoint: its status and what it said."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as refused:
+        with refused:
+            return refused.code, refused.read().decode()
