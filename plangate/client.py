@@ -51,6 +51,9 @@ class StepResult:
     error: str | None = None
     duration_ms: float | None = None
     attempt: int | None = None
+    # A write being called: when its claim runs out, and, if its executor is gone, it is
+    # marked `unknown` for a person (it read "running" for the lease's five minutes, no more).
+    claimed_until: datetime | None = None
 
 
 def _check_wait(timeout: float, until: Collection[str]) -> None:
@@ -378,7 +381,10 @@ def _result(step: Mapping[str, Any], run: StepRunRow | None, goal_status: str) -
     duration = None
     if run.finished_at is not None:
         duration = round((run.finished_at - run.started_at).total_seconds() * 1000, 1)
-    return StepResult(step_id, tool, run.status, run.output, run.error, duration, run.attempt)
+    claimed = run.lease_until if run.status == "running" else None
+    return StepResult(
+        step_id, tool, run.status, run.output, run.error, duration, run.attempt, claimed
+    )
 
 
 def _moment(given: datetime | str | None, name: str) -> datetime | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -198,3 +199,57 @@ def test_a_goal_waiting_for_a_step_to_be_settled_points_to_the_unsettled_steps()
 def test_a_goal_handle_shows_its_goal_in_a_log_or_a_debugger() -> None:
     """It showed `<plangate.client.GoalHandle object at 0x...>`."""
     assert repr(GoalHandle(None, "1f3a", None, True)) == "GoalHandle('1f3a', duplicate)"  # type: ignore[arg-type]
+
+
+def test_a_write_being_called_shows_until_when_it_is_claimed(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given a non-idempotent write under way on an executor (a process of its own),
+    When an operator runs `plangate status` (and `--json`), Then the step shows when its claim
+    runs out and what happens then if its executor is gone: an SRE whose executor was killed
+    mid-write read "running" for the lease's five minutes, nothing pointing at it."""
+    from tests.test_database_restart_mid_write import PLAYBOOK
+
+    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
+    (tmp_path / "playbook.yaml").write_text(PLAYBOOK)
+    gate_dir = tmp_path / "gate"
+    gate_dir.mkdir()
+    fleet = Fleet(
+        redis_url,
+        f"sqlite:///{tmp_path / 'plangate.db'}",
+        tmp_path,
+        extra_env={
+            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
+            "PLANGATE_PLAYBOOK_FILE": str(tmp_path / "playbook.yaml"),
+            "PLANGATE_TOOLS": "plangate.demo.tools,tests.gated_write_tools",
+            "PLANGATE_TEST_GATE_DIR": str(gate_dir),
+            "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    fleet.start_all()
+    try:
+        goal_id = fleet.plangate("submit", "write first").stdout.strip()
+        deadline = time.monotonic() + 30
+        while not (gate_dir / "calls").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shown = fleet.plangate("status", goal_id)
+        as_json = fleet.plangate("status", goal_id, "--json")
+        (gate_dir / "release").touch()
+
+        assert re.search(
+            r"step write \(gated_write\): running \(claimed until \d\d:\d\d:\d\d UTC: if its "
+            r"executor is gone, it is marked unknown then, for a person to settle\)",
+            shown.stdout,
+        ), shown.stdout + fleet.logs()
+        [write] = [s for s in json.loads(as_json.stdout)["results"] if s["step_id"] == "write"]
+        assert write["status"] == "running"
+        assert write["claimed_until"] is not None
+        deadline = time.monotonic() + 60
+        while json.loads(fleet.plangate("status", goal_id, "--json").stdout)["status"] != (
+            "completed"
+        ):
+            assert time.monotonic() < deadline, fleet.logs()
+            time.sleep(0.2)
+    finally:
+        fleet.stop_all()

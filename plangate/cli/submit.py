@@ -63,6 +63,11 @@ def _print(current: GoalStatus, as_json: bool, *, aside: bool = False) -> None:
         say(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
     for step in current.results:
         took = f" in {step.duration_ms:g} ms" if step.duration_ms is not None else ""
+        if step.claimed_until is not None:
+            took = (
+                f" (claimed until {step.claimed_until:%H:%M:%S} UTC: if its executor is gone, "
+                "it is marked unknown then, for a person to settle)"
+            )
         say(f"  step {step.step_id} ({step.tool}): {step.status}{took}")
         if step.status == "succeeded":
             say(f"    -> {_shown(step.output)}")
