@@ -206,8 +206,9 @@ class Retry(PlangateError):
 class PlanningFailed(PlangateError):
     """No valid plan could be made for a goal; `reasons` says why, each a full sentence."""
 
-    def __init__(self, reasons: list[str]) -> None:
+    def __init__(self, reasons: list[str], *, model_server: bool = False) -> None:
         self.reasons = reasons
+        self.model_server = model_server  # the model server failed, not the goal's planning
         super().__init__("; ".join(reasons))
 
 

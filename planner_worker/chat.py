@@ -82,7 +82,7 @@ class ChatModel:
             except openai.OpenAIError as exc:
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR))
-                raise PlanningFailed([self._reason(exc)]) from exc
+                raise PlanningFailed([self._reason(exc)], model_server=True) from exc
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise _not_a_completion(span, url, exc) from None
             except RecursionError:
@@ -90,7 +90,8 @@ class ChatModel:
                 span.set_attribute("error.type", "nested_too_deep")
                 span.set_status(Status(StatusCode.ERROR))
                 raise PlanningFailed(
-                    [f"the model server at {url} answered JSON nested too deeply to read"]
+                    [f"the model server at {url} answered JSON nested too deeply to read"],
+                    model_server=True,
                 ) from None
             try:
                 usage = TokenUsage(
@@ -113,7 +114,9 @@ class ChatModel:
             metrics.LLM_TOKENS.labels(self.model, "output").inc(usage.output_tokens)
             if not completion.choices:
                 span.set_attribute("error.type", "no_choices")
-                raise PlanningFailed([f"the model server at {url} answered with no choices"])
+                raise PlanningFailed(
+                    [f"the model server at {url} answered with no choices"], model_server=True
+                )
             try:  # a choice that is no object (`"choices": ["x"]`) crashed the planner
                 choice = completion.choices[0]
                 answer = ChatAnswer(
@@ -220,7 +223,8 @@ def _not_a_completion(span: Span, url: object, exc: Exception) -> PlanningFailed
         [
             f"the model server at {url} answered something that is not a chat completion "
             f"({type(exc).__name__}); check that OPENAI_BASE_URL names an OpenAI-compatible API"
-        ]
+        ],
+        model_server=True,
     )
 
 

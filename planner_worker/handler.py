@@ -183,6 +183,8 @@ class PlannerHandler:
                 plan = _validated(draft, message.goal_id, revision, catalog)
             except PlanningFailed as failure:
                 span.set_attribute("error.type", "planning_failed")
+                if failure.model_server:  # an outage for an operator, not a goal's wording
+                    log.warning("goal %s not planned: %s", message.goal_id, failure)
                 return self._fail(message.goal_id, failure.reasons, session, writing)
             # Inside the span: the gate and executor continue the trace under `plan`.
             return self._propose(plan, draft, session, writing)

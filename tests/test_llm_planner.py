@@ -8,6 +8,7 @@ each test, every stored plan revision is validated again: no invalid plan reache
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import replace
@@ -294,6 +295,23 @@ def test_rate_limits_past_the_sdks_retries_fail_the_goal_with_a_clear_reason(
     assert "rate-limited the planner (HTTP 429 after 1 retry" in goal.status_reason
     assert "Rate limit reached for requests" in goal.status_reason
     assert len(stub.requests) == 2
+
+
+def test_a_model_server_failing_a_goal_is_a_warning_in_the_planner_s_log(
+    llm: Pipeline, stub: OpenAIStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a model server answering HTTP 500 past the SDK's retry, When a goal is planned,
+    Then besides the goal's failure the planner logs a warning naming it and the server's words:
+    an outage was logged at info alone, with a goal no playbook matches, and no alert on
+    warnings saw it."""
+    stub.script(error(500, "upstream overloaded"), error(500, "upstream overloaded"))
+    with caplog.at_level(logging.INFO, logger="planner_worker.handler"):
+        goal_id = llm.submit("how many tickets are open").goal_id
+        assert llm.wait_for(goal_id).status == "plan_failed"
+
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"goal {goal_id} not planned" in r.getMessage() for r in warned), warned
+    assert any("upstream overloaded" in r.getMessage() for r in warned)
 
 
 def test_an_answer_slower_than_the_timeout_fails_the_goal_naming_the_setting(
