@@ -58,9 +58,13 @@ def _print(current: GoalStatus, as_json: bool, *, aside: bool = False) -> None:
     say(f"goal {current.goal_id}: {current.status}" + (f" — {current.reason}" if said else ""))
     if current.plan_id:
         say(f"  plan {current.plan_id} rev {current.revision}: {current.summary}")
+    if current.submitted_by:
+        say(f"  submitted by {current.submitted_by} (as the submitter said)")
     if current.decision:
         d = current.decision
         say(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
+    if current.approvers:
+        say(f"  approvals counted: {', '.join(current.approvers)}")
     for step in current.results:
         took = f" in {step.duration_ms:g} ms" if step.duration_ms is not None else ""
         if step.claimed_until is not None:

@@ -70,6 +70,11 @@ class StepState(BaseModel):
     error: str | None = None
     duration_ms: float | None = None
     attempt: int | None = None
+    claimed_until: datetime | None = Field(
+        default=None,
+        description="A write being called: when its claim runs out (if its executor is gone, "
+        "it is marked unknown then, for a person to settle).",
+    )
 
 
 class GoalState(BaseModel):
@@ -92,6 +97,12 @@ class GoalState(BaseModel):
     )
     results: list[StepState] = Field(
         default=[], description="Every step of the plan, in plan order, with its output."
+    )
+    submitted_by: str | None = Field(
+        default=None, description="Who submitted it, as its submitter said (metadata)."
+    )
+    approvers: list[str] = Field(
+        default=[], description="The people whose approvals of the plan count, in turn."
     )
 
 

@@ -1,0 +1,135 @@
+"""Where a goal stands, read at one moment: its state, its latest plan, decision and steps.
+
+What `Client.status`, `plangate status` and `GET /api/v1/goals/{id}` show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from plangate import telemetry
+from plangate.store import TERMINAL_STATUSES, DecisionRow, ReviewerApprovalRow, StepRunRow
+from plangate.store.goals import get_goal, latest_plan
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step of the goal's latest plan: what it returned (or why not) and how long it took."""
+
+    step_id: str
+    tool: str
+    status: str  # pending, running, succeeded, failed, skipped, unknown
+    output: Any = None
+    error: str | None = None
+    duration_ms: float | None = None
+    attempt: int | None = None
+    # A write being called: when its claim runs out, and, if its executor is gone, it is
+    # marked `unknown` for a person (it read "running" for the lease's five minutes, no more).
+    claimed_until: datetime | None = None
+
+
+@dataclass(frozen=True)
+class GoalStatus:
+    """Where a goal stands: its state, its latest plan, the decision on it and its steps."""
+
+    goal_id: str
+    status: str
+    reason: str | None
+    updated_at: datetime
+    trace_id: str | None = None
+    plan_id: str | None = None
+    revision: int | None = None
+    summary: str | None = None
+    decision: dict[str, str | None] | None = None
+    steps: dict[str, str] = field(default_factory=dict)
+    results: tuple[StepResult, ...] = ()  # every step of the plan, in plan order
+    submitted_by: str | None = None  # as its submitter said (metadata `submitted_by`)
+    approvers: tuple[str, ...] = ()  # the people whose approvals of the plan count, in turn
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """Each finished step's output, by step id."""
+        return {r.step_id: r.output for r in self.results if r.status == "succeeded"}
+
+    @property
+    def terminal(self) -> bool:
+        """True once the goal will not change by itself any more."""
+        return self.status in TERMINAL_STATUSES
+
+
+def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalStatus:
+    """Return where a goal stands (NotFound if there is none; a short id unless `exact`)."""
+    goal = get_goal(session, goal_id, typed=True, exact=exact)
+    plan = latest_plan(session, goal.id)  # goal_id may be a short start of goal.id
+    base = GoalStatus(
+        goal_id=goal.id,
+        status=goal.status,
+        reason=goal.status_reason,
+        updated_at=goal.updated_at,
+        trace_id=telemetry.trace_id_of(goal.trace_headers),
+        submitted_by=(goal.meta or {}).get("submitted_by"),
+    )
+    if plan is None:
+        return base
+    decision = session.execute(
+        select(DecisionRow)
+        .where(DecisionRow.plan_id == plan.plan_id)
+        .order_by(DecisionRow.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    runs = {
+        row.step_id: row
+        for row in session.execute(
+            select(StepRunRow).where(StepRunRow.plan_id == plan.plan_id)
+        ).scalars()
+    }
+    results = tuple(
+        _result(step, runs.get(str(step.get("id"))), goal.status)
+        for step in plan.body.get("steps", [])
+    )
+    return replace(
+        base,
+        plan_id=plan.plan_id,
+        revision=plan.revision,
+        summary=str(plan.body.get("summary", "")),
+        decision=None
+        if decision is None
+        else {
+            "action": decision.action,
+            "decided_by": decision.decided_by,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "policy_version": decision.policy_version,
+            "decided_at": decision.created_at.isoformat(),
+        },
+        steps={step_id: run.status for step_id, run in runs.items()},
+        results=results,
+        approvers=tuple(
+            session.execute(
+                select(ReviewerApprovalRow.reviewer)
+                .where(ReviewerApprovalRow.plan_id == plan.plan_id)
+                .order_by(ReviewerApprovalRow.created_at)
+            ).scalars()
+        ),
+    )
+
+
+def _result(step: Mapping[str, Any], run: StepRunRow | None, goal_status: str) -> StepResult:
+    step_id, tool = str(step.get("id")), str(step.get("tool"))
+    if run is None and goal_status in TERMINAL_STATUSES:  # it never will: not "pending"
+        return StepResult(step_id, tool, "skipped", error=f"not run: the goal is {goal_status}")
+    if run is None:
+        return StepResult(step_id, tool, "pending")
+    duration = None
+    if run.finished_at is not None:
+        duration = round((run.finished_at - run.started_at).total_seconds() * 1000, 1)
+    claimed = run.lease_until if run.status == "running" else None
+    return StepResult(
+        step_id, tool, run.status, run.output, run.error, duration, run.attempt, claimed
+    )
