@@ -666,3 +666,25 @@ def test_the_gate_s_signed_entry_names_the_approval_the_run_used_its_plan_and_it
     assert signed["approval_id"] == running["approval_id"]
     assert signed["plan_hash"] == plan_hash(plan)
     assert signed["approvers"] == ["alice"]
+
+
+def test_a_goal_s_status_names_its_submitter_the_approvers_and_the_policy_version(
+    pipeline: Pipeline,
+) -> None:
+    """An auditor asking `status --json` who submitted a payment and who approved it found
+    neither (the approvers only as text after a reviewer's comment), nor the policy version."""
+    from plangate.client import Client
+
+    goal_id = pipeline.submit(SEED_GOAL, metadata={"submitted_by": "billing"}).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    plan = only_plan(pipeline.store, goal_id)
+    pipeline.approve(plan.plan_id, "alice")
+    pipeline.wait_for(goal_id, timeout=10)
+
+    with Client(pipeline.settings) as client:
+        shown = client.status(goal_id)
+    assert shown.submitted_by == "billing"
+    assert shown.approvers == ("alice",)
+    assert shown.decision is not None
+    assert str(shown.decision["policy_version"]).startswith("sha256:")
+    assert shown.decision["decided_at"]
