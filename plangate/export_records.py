@@ -14,6 +14,7 @@ digest its last entry recorded. Outputs are as stored: redacted of the secrets p
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,8 @@ def write_records(store: Store, recorded: Mapping[str, Recorded], target: Path) 
     on after the export's last entry is left out: no entry of the export vouches for it).
     """
     written = 0
-    with target.open("w", encoding="utf-8") as stream:
+    # Only its owner may read it: plans, arguments and outputs, as the store holds them.
+    with open(target, "w", encoding="utf-8", opener=lambda n, f: os.open(n, f, 0o600)) as stream:
         for record in _records(store, sorted(recorded)):
             if _vouched(record, recorded[record["goal_id"]]):
                 stream.write(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")

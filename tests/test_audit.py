@@ -1238,3 +1238,19 @@ def test_a_goal_backdated_in_sql_breaks_verification(
     assert_records_broken(pipeline, f"goal {completed_run} shows it was submitted at 2026-11-01")
     verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
     assert "but its audit log records its submission at" in verified.stderr
+
+
+def test_an_export_and_its_records_are_readable_by_their_owner_alone(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Under the usual umask (022) the export and its `.records.jsonl` (plans, arguments, tool
+    outputs) were world-readable, while the store and the keys are the owner's alone."""
+    target = tmp_path / "out" / "audit.jsonl"
+    target.parent.mkdir()
+    exported = plangate_cli(
+        pipeline.settings.data_dir, "audit", "export", "-o", str(target), "--records"
+    )
+
+    assert exported.returncode == 0, exported.stderr
+    for written in (target, target.with_name("audit.jsonl.records.jsonl")):
+        assert written.stat().st_mode & 0o777 == 0o600, written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -206,6 +207,10 @@ def _stdout() -> Iterator[TextIO]:
     sys.stdout.flush()
 
 
+def _private(name: str, flags: int) -> int:
+    return os.open(name, flags, 0o600)
+
+
 @contextmanager
 def _replacing(output: Path) -> Iterator[TextIO]:
     """Write beside `output`, then put it in place: an export that failed midway is no file.
@@ -216,7 +221,9 @@ def _replacing(output: Path) -> Iterator[TextIO]:
         raise IsADirectoryError(errno.EISDIR, "it is a folder; give a file's path", str(output))
     partial = output.with_name(f".{output.name}.partial")
     try:
-        with partial.open("w", newline="", encoding="utf-8") as stream:
+        # Only its owner may read it, as the store: entries and records hold goals' texts,
+        # arguments and outputs (it was world-readable under the usual umask).
+        with open(partial, "w", newline="", encoding="utf-8", opener=_private) as stream:
             yield stream
         partial.replace(output)
     finally:
