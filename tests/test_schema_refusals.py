@@ -153,3 +153,23 @@ def test_db_upgrade_of_tables_whose_revision_record_is_gone_says_to_restore_it(
     assert result.returncode == EXIT_USAGE, result.stderr
     [line] = result.stderr.splitlines()
     assert "holds plangate's tables but no record of their schema revision" in line
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("command", [("review", "list"), ("review", "show", "abc")])
+def test_a_review_command_creates_no_schema_in_an_empty_deployment_database(
+    tmp_path: Path, postgres_database_url: str, command: tuple[str, ...]
+) -> None:
+    """`review list` against a deployment's empty database said "no plans are waiting" and
+    made every table: `db upgrade` then found the schema there. It says to run it instead."""
+    import sqlalchemy
+
+    ran = plangate(tmp_path, *command, PLANGATE_DATABASE_URL=postgres_database_url)
+
+    assert ran.returncode == EXIT_USAGE, ran.stdout + ran.stderr
+    assert "plangate db upgrade" in ran.stderr
+    engine = sqlalchemy.create_engine(postgres_database_url)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()

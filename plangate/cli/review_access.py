@@ -138,7 +138,10 @@ def opened_store(settings: Settings | None = None) -> Iterator[tuple[Settings, S
     from plangate.store import open_store
 
     settings = settings or load_settings()
-    store = open_store(settings.resolved_database_url(), create=False)
+    # The data folder's own store is brought up to date, as `plangate run` does; a
+    # deployment's is `plangate db upgrade`'s alone (an empty one was given every table).
+    upgrade = settings.store_in_data_folder
+    store = open_store(settings.resolved_database_url(), upgrade=upgrade, create=False)
     try:
         yield settings, store
     finally:
