@@ -58,8 +58,13 @@ def check_model_server_url(url: str) -> str:
     Without a scheme, every goal failed, each after two retries, as a connection that "broke
     while it answered", though the worker had started with it.
     """
+    if any(character.isspace() or not character.isprintable() for character in url):
+        # A line break crashed the SDK; a space went into the URL as %20 ("cannot reach").
+        raise ValueError(
+            f"{url[:60]!r} holds a space, a line break or a control character; remove it"
+        )
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
         parts.port  # noqa: B018 - read for its check: a port that is no number raises
         usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
     except ValueError:

@@ -198,8 +198,11 @@ def decode_message(
     if len(body) > max_bytes:
         raise MessageRejected(f"body is {len(body)} bytes; the limit is {max_bytes}")
     if (content_type or "").split(";")[0].strip().lower() != ACCEPTED_CONTENT_TYPE:
-        given = "no content type is" if not content_type else f"content type {content_type!r} is"
-        raise MessageRejected(f"{given} not accepted; send {ACCEPTED_CONTENT_TYPE}")
+        if not content_type:
+            raise MessageRejected(f"the message has no content type; send {ACCEPTED_CONTENT_TYPE}")
+        raise MessageRejected(
+            f"content type {content_type!r} is not accepted; send {ACCEPTED_CONTENT_TYPE}"
+        )
     if content_encoding not in (None, "", "utf-8", "utf8"):
         raise MessageRejected(f"content encoding {content_encoding!r} is not accepted")
     if headers and "compression" in headers:

@@ -329,3 +329,20 @@ def test_a_model_server_address_that_cannot_work_stops_a_planner_at_start(
         f"error: OPENAI_BASE_URL: {address!r} is no model server address; give one with its "
         "scheme, like http://127.0.0.1:8000/v1 (or unset it for OpenAI's)"
     ]
+
+
+@pytest.mark.parametrize(
+    "address", ["http://127.0.0.1:8000/v1\n", " http://127.0.0.1:8000/v1", "http://h/v1 "]
+)
+def test_a_model_server_address_with_a_space_or_a_line_break_stops_a_planner_at_start(
+    tmp_path: Path, address: str
+) -> None:
+    """A trailing line break ended in an 84-line traceback from the SDK; a space passed the
+    check and went into the URL as %20, every goal failing as "cannot reach"."""
+    result = plangate_in(tmp_path, "worker", "planner", OPENAI_BASE_URL=address)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: OPENAI_BASE_URL: {address!r} holds a space, a line break or a control "
+        "character; remove it"
+    ]
