@@ -155,6 +155,8 @@ class Worker:
                     # Seen first, before the store is needed: a message held through a database
                     # outage is published again when it ends, and must not then look lost.
                     recently_held = held.update(broker.held_goal_ids())
+                    if consumer.ready.is_set():  # it consumes, and the broker answers reads
+                        metrics.broker_up(self.stage, True)
                     relayed = relay_pending(store, bus, older_than=stale)
                     if relayed:
                         log.warning("relayed %d outbox messages left unsent", relayed)
@@ -186,6 +188,9 @@ class Worker:
                                 ", ".join(abandoned),
                             )
                 except BrokerUnavailable as exc:  # said in full, once a sweep: no traceback
+                    # A broker that hangs (stopped, or its packets dropped) leaves the consume
+                    # loop waiting on a read, never failing: the sweep's reads time out.
+                    metrics.broker_up(self.stage, False)
                     log.warning("sweep skipped: %s; will try again in %g s", exc, interval)
                 except OperationalError as exc:  # the database is down: said, as the broker
                     log.warning(

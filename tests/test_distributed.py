@@ -705,3 +705,22 @@ def test_a_worker_that_lost_the_broker_says_so_in_a_gauge_and_says_when_it_is_ba
         what="the log line saying it is back",
         timeout=10,
     )
+
+
+def test_a_broker_that_hangs_is_a_zero_in_the_gauge_too(
+    fleet_on_own_redis: Fleet, own_redis: OwnRedis
+) -> None:
+    """Given a planner consuming from Redis, When Redis hangs (SIGSTOP: as a frozen host, or a
+    network dropping its packets), Then `plangate_broker_up` goes to 0, and to 1 once it goes
+    on: the consume loop waits on a read that never fails, and the gauge stayed 1 for minutes
+    while /readyz said the broker did not answer."""
+    port = free_port()
+    fleet_on_own_redis.start("planner", PLANGATE_METRICS_PORT=str(port))
+    eventually(lambda: broker_up(port) == 1, what="the gauge at 1", timeout=30)
+
+    own_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        eventually(lambda: broker_up(port) == 0, what="the gauge at 0", timeout=90)
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    eventually(lambda: broker_up(port) == 1, what="the gauge at 1 again", timeout=90)
