@@ -681,6 +681,7 @@ def broker_up(port: int) -> float | None:
     return float(found.group(1)) if found else None
 
 
+@pytest.mark.timeout(180)
 def test_a_worker_that_lost_the_broker_says_so_in_a_gauge_and_says_when_it_is_back(
     fleet_on_own_redis: Fleet, own_redis: OwnRedis
 ) -> None:
@@ -707,6 +708,7 @@ def test_a_worker_that_lost_the_broker_says_so_in_a_gauge_and_says_when_it_is_ba
     )
 
 
+@pytest.mark.timeout(240)
 def test_a_broker_that_hangs_is_a_zero_in_the_gauge_too(
     fleet_on_own_redis: Fleet, own_redis: OwnRedis
 ) -> None:
