@@ -536,3 +536,26 @@ def test_a_letter_still_refused_as_it_is_is_not_replayed_and_keeps_its_id(
     assert "still refused as it is" in replayed.stderr
     assert [letter.message_id for letter in bus.dead_letters()] == ["junk-a"]
     bus.close()
+
+
+@pytest.mark.redis
+def test_a_letter_of_a_type_its_stage_does_not_handle_is_not_replayed(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A valid goal pushed onto the gate's list was dead-lettered ("the gate does not handle
+    GoalSubmitted"); replayed, it came back at once under a new id. It stays, said so."""
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    bus = Bus(redis_url, namespace)
+    bus.declare()
+    misplaced = forged_letter("misplaced", queue=f"{namespace}.gate")
+    redis.Redis.from_url(redis_url).lpush(
+        bus.topology.dead_letter_queue_name, json.dumps(envelope(misplaced, namespace))
+    )
+    env = {"PLANGATE_BROKER_URL": redis_url, "PLANGATE_NAMESPACE": namespace}
+
+    replayed = plangate_in(tmp_path, "dlq", "replay", "misplaced", **env)
+
+    assert replayed.returncode == 2, replayed.stdout + replayed.stderr
+    assert "still refused as it is" in replayed.stderr
+    assert [letter.message_id for letter in bus.dead_letters()] == ["misplaced"]
+    bus.close()

@@ -270,9 +270,9 @@ class Bus:
             # whose body was cut (replayed, it failed anew as not JSON, its reason lost), or
             # one this code still refuses as it is (it would come back at once, renamed).
             chosen = wanted is None or letter.message_id in wanted
-            return (
-                not chosen or letter.queue not in stages or was_cut(letter) or still_refused(letter)
-            )
+            if not chosen or letter.queue not in stages:
+                return True
+            return was_cut(letter) or still_refused(letter, stages[letter.queue])
 
         def replayed(letter: DeadLetter) -> Envelope:
             return Envelope(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 
 from plangate.bus.envelope import Delivery, Envelope
-from plangate.bus.topology import Topology
+from plangate.bus.topology import STAGE_BINDINGS, Stage, Topology
 from plangate.redaction import redact
 from schemas import DeadLetter, MessageRejected
 from schemas.decoding import MAX_MESSAGE_BYTES, decode_message
@@ -35,19 +35,20 @@ def was_cut(letter: DeadLetter) -> bool:
     return letter.reason.endswith(CUT_NOTE) and len(letter.body_b64) == _KEPT_B64
 
 
-def still_refused(letter: DeadLetter) -> bool:
-    """Whether the letter's body is refused as it is (not JSON, a field wrong), as it was.
+def still_refused(letter: DeadLetter, stage: Stage) -> bool:
+    """Whether the letter's stage refuses its body as it is, as it did.
 
+    Not JSON, a field wrong, or a type the stage does not handle (a goal on the gate's list).
     Replayed, it came back at once as a new letter (a new id: the one an operator held was
     gone), and `dlq replay` had said "replayed".
     """
     try:
-        decode_message(
+        message = decode_message(
             base64.b64decode(letter.body_b64), letter.content_type, "utf-8", letter.headers
         )
     except MessageRejected:
         return True
-    return False
+    return str(getattr(message, "type", "")) not in STAGE_BINDINGS[stage]
 
 
 # Only these headers are copied into a dead letter: anything else may carry a secret.
