@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 
 from plangate.errors import InputInvalid, quoted
 
@@ -42,4 +43,24 @@ def refuse_reserved(idempotency_key: object) -> None:
             f"the idempotency key {quoted(idempotency_key)} begins with {EVENT_KEY_PREFIX!r}, "
             "which names CloudEvents' goals; choose a key that begins otherwise, or send the "
             "goal as a CloudEvent"
+        )
+
+
+EVENT_METADATA_PREFIX = "ce."  # a CloudEvent's source, id and type, as plangate records them
+
+
+def refuse_event_metadata(metadata: Mapping[str, object] | None) -> None:
+    """Raise InputInvalid for metadata keys only a CloudEvent's goal has (`ce.source`...).
+
+    A plain goal's `ce.source` was shown as its CloudEvent source: provenance anyone could
+    claim, in any spelling (`CE.source`, ` ce.id`).
+    """
+    taken = [
+        key for key in metadata or {} if str(key).strip().lower().startswith(EVENT_METADATA_PREFIX)
+    ]
+    if taken:
+        raise InputInvalid(
+            f"metadata keys beginning {EVENT_METADATA_PREFIX!r} ({quoted(str(taken[0]))}) are a "
+            "CloudEvent's source, id and type, set by plangate: rename them, or send the goal "
+            "as a CloudEvent"
         )

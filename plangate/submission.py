@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from plangate import telemetry
 from plangate.bus import Bus, Envelope
 from plangate.errors import Conflict, InputInvalid, quoted
-from plangate.event_keys import event_key, legacy_event_key, refuse_reserved
+from plangate.event_keys import event_key, legacy_event_key, refuse_event_metadata, refuse_reserved
 from plangate.relay import deliver
 from plangate.store import Store
 from plangate.store.goals import goal_with_key, store_goal
@@ -53,6 +53,7 @@ def submit_goal(
     """
     if event is None:
         refuse_reserved(idempotency_key)
+        refuse_event_metadata(metadata)
     else:
         idempotency_key = event_key(*event)
     message = _goal_message(text, metadata, idempotency_key)

@@ -156,3 +156,11 @@ def test_a_client_never_closed_marks_what_it_sent_as_the_interpreter_exits(
         store.close()
     assert len(rows) == 5
     assert all(sent is not None for sent in rows)
+
+
+def test_a_plain_goal_s_metadata_may_not_claim_a_cloudevent_s_source(client: Client) -> None:
+    """`plangate submit --meta ce.source=urn:evil` and the Python client took it: `goals list`
+    then showed urn:evil as the goal's CloudEvent source."""
+    for key in ("ce.source", "CE.id", " ce.type"):
+        with pytest.raises(InputInvalid, match=r"metadata keys beginning 'ce\.'"):
+            client.submit("check the tickets", metadata={key: "urn:evil"})

@@ -231,10 +231,32 @@ def test_a_plain_goal_may_not_set_the_metadata_a_cloudevent_s_source_is_kept_in(
     """Given a plain JSON goal whose metadata holds `ce.source`, When it is sent, Then a 422
     says the key is plangate's: it was shown as the goal's CloudEvent source (provenance a
     plain submitter could claim)."""
-    body = json.dumps({"text": "Check Jira", "metadata": {"ce.source": "urn:x"}}).encode()
-    status, _, answer = call(base_url, body, **{"Content-Type": "application/json"})
+    for key in ("ce.source", "CE.source", " ce.id"):
+        body = json.dumps({"text": "Check Jira", "metadata": {key: "urn:x"}}).encode()
+        status, _, answer = call(base_url, body, **{"Content-Type": "application/json"})
+        assert status == 422, key
+        assert "metadata keys beginning 'ce.'" in answer["error"]
+    fields = {"specversion": "1.0", "type": GOAL_EVENT, "source": "/tests", "id": "evt-ce"}
+    data = {"text": "Check Jira", "metadata": {"ce.extra": "x"}}
+    event = json.dumps({**fields, "data": data}).encode()
+    status, _, answer = call(base_url, event, **{"Content-Type": "application/cloudevents+json"})
     assert status == 422
     assert "metadata keys beginning 'ce.'" in answer["error"]
+
+
+def test_a_blank_or_too_long_idempotency_key_header_is_said_as_the_header_s(
+    base_url: str,
+) -> None:
+    """A blank header was refused as the body's field ("idempotency_key: String should have at
+    least 1 character; send {"text": ...}")."""
+    for key in ("  ", "k" * 300):
+        status, _, answer = call(
+            base_url,
+            b'{"text": "Check Jira"}',
+            **{"Content-Type": "application/json", "Idempotency-Key": key},
+        )
+        assert status == 422
+        assert answer["error"].startswith("the Idempotency-Key header must hold 1 to 200")
 
 
 def test_following_a_goal_without_a_token_says_the_intake_token_will_do(base_url: str) -> None:

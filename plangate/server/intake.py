@@ -20,7 +20,8 @@ from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from plangate.event_keys import EVENT_KEY_PREFIX, KEY_LIMIT
+from plangate.errors import InputInvalid
+from plangate.event_keys import EVENT_KEY_PREFIX, KEY_LIMIT, refuse_event_metadata
 from plangate.server.errors import ApiError
 from plangate.server.json_bodies import JSON, json_object, json_value, media_type, problems_of
 from schemas.messages import Metadata
@@ -88,15 +89,18 @@ def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
 
 
 def _plain_goal(headers: Mapping[str, str], fields: dict[str, Any]) -> GoalRequest:
-    """Return a plain JSON goal; its key may come as the `Idempotency-Key` header, as is common."""
-    metadata = fields.get("metadata")
-    if isinstance(metadata, dict) and any(str(key).startswith("ce.") for key in metadata):
+    """Return a plain JSON goal; its key may come as the `Idempotency-Key` header, as is common.
+
+    Metadata only a CloudEvent's goal has (`ce.source`) is refused where every goal is
+    submitted (`plangate.submission`), the CLI's and the Python client's too.
+    """
+    header = headers.get("idempotency-key")
+    if header is not None and not 1 <= len(header.strip()) <= KEY_LIMIT:
         raise ApiError(
             422,
-            "metadata keys beginning 'ce.' are a CloudEvent's source, id and type, set by "
-            "plangate: rename them, or send the goal as a CloudEvent",
+            f"the Idempotency-Key header must hold 1 to {KEY_LIMIT} characters, not "
+            f"{len(header)}; send a key of your own, or none",
         )
-    header = headers.get("idempotency-key")
     if header is not None:
         given = fields.get("idempotency_key")
         if given is not None and given != header:
@@ -148,6 +152,10 @@ def _event_goal(headers: dict[str, str], body: bytes, *, binary: bool) -> GoalRe
         )
     metadata = data.get("metadata", {})
     if isinstance(metadata, dict):
+        try:
+            refuse_event_metadata(metadata)  # the event's own are set below, from the event
+        except InputInvalid as exc:
+            raise ApiError(422, str(exc)) from None
         metadata = {
             **metadata,
             "ce.source": event.get_source(),
