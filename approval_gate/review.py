@@ -139,12 +139,11 @@ class Review:
         """Return this review validating edits against `catalog` (the tools a process loaded)."""
         return Review(self._store, self._hold_ttl, catalog, self._approvers)
 
-    def held(self) -> list[HeldPlan]:
-        """Return every plan revision waiting for a person, oldest first."""
+    def held(self, limit: int | None = None) -> list[HeldPlan]:
+        """Return the plan revisions waiting for a person, oldest first (`limit` at most)."""
         with self._store.session() as session:
-            goals = session.execute(
-                select(GoalRow).where(GoalRow.status == "held").order_by(GoalRow.updated_at)
-            ).scalars()
+            query = select(GoalRow).where(GoalRow.status == "held").order_by(GoalRow.updated_at)
+            goals = session.execute(query.limit(limit)).scalars()
             return [self._held(session, goal) for goal in goals]
 
     def get(self, plan_id: str) -> HeldPlan:

@@ -688,3 +688,29 @@ def test_a_goal_s_status_names_its_submitter_the_approvers_and_the_policy_versio
     assert shown.decision is not None
     assert str(shown.decision["policy_version"]).startswith("sha256:")
     assert shown.decision["decided_at"]
+
+
+def test_review_list_shows_the_oldest_held_plans_up_to_its_limit_and_says_more_wait(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """With 2,451 plans held, `review list` took 7.7 s and printed every one (the API and the
+    page too: a page 207,000 pixels tall). It shows the oldest up to --limit, and says more
+    wait."""
+    goals = [pipeline.submit(SEED_GOAL).goal_id for _ in range(3)]
+    for goal_id in goals:
+        pipeline.wait_for(goal_id, HELD, timeout=10)
+    oldest = [only_plan(pipeline.store, goal_id).plan_id for goal_id in goals[:2]]
+
+    result = subprocess.run(
+        [sys.executable, "-m", "plangate", "review", "list", "--json", "--limit", "2"],
+        capture_output=True,
+        text=True,
+        env=cli_env(pipeline, tmp_path),
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert [view["plan_id"] for view in json.loads(result.stdout)] == oldest
+    assert "more plans are held than these 2, the oldest: --limit for more" in result.stderr
+    assert len(pipeline.review.held(limit=2)) == 2

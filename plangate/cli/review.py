@@ -61,19 +61,28 @@ PlanArgument = Annotated[str, typer.Argument(metavar="PLAN_ID")]
 @app.command("list", short_help="List the plans waiting for a person.")
 @friendly_errors
 def review_list(
-    server: ServerOption = None, token_file: TokenFileOption = None, as_json: JsonOption = False
+    server: ServerOption = None,
+    token_file: TokenFileOption = None,
+    as_json: JsonOption = False,
+    limit: Annotated[
+        int, typer.Option(min=1, max=1000, help="At most this many, the oldest.")
+    ] = 100,
 ) -> None:
     """List the plans waiting for a person, oldest first.
 
-    With --server, --json prints the API's answer (GET /api/v1/reviews).
+    With --server, --json prints the API's answer (GET /api/v1/reviews). When more are held
+    than --limit, stderr says so.
     """
     access = resolve(server, token_file, deciding=False)
     if access.server:
         with access.api() as api:
-            views: list[dict[str, Any]] = api.get("")
+            views: list[dict[str, Any]] = api.get(f"?limit={limit + 1}")
     else:
         with opened_review(access.settings) as (_settings, _store, review):
-            views = [held_json(held) for held in review.held()]
+            views = [held_json(held) for held in review.held(limit + 1)]
+    if len(views) > limit:
+        views = views[:limit]
+        err_console.print(f"more plans are held than these {limit}, the oldest: --limit for more")
     if as_json:
         typer.echo(json.dumps(views))
         return

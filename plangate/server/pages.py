@@ -118,6 +118,9 @@ def review_list(request: Request, desk: Desk) -> Response:
     return list_page(request, desk, web)
 
 
+PAGE_LISTED = 100  # held plans the list page shows, the oldest
+
+
 def list_page(
     request: Request,
     desk: ReviewDesk,
@@ -131,7 +134,9 @@ def list_page(
     context = {
         "reviewer": web.reviewer,
         "csrf": web.csrf,
-        "held": [summary_of(h, catalog) for h in desk.review.held()],
+        # The oldest first, a page's worth: hundreds made a page 200,000 pixels tall.
+        "held": [summary_of(h, catalog) for h in desk.review.held(PAGE_LISTED + 1)],
+        "listed": PAGE_LISTED,
         "now": utcnow(),
         "unsettled": desk.unsettled(),
         "error": error,

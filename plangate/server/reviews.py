@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from approval_gate.review import HeldPlan, Review
@@ -293,6 +293,7 @@ def outcome_of(desk: ReviewDesk, goal_id: str, message: str) -> Outcome:
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
 Person = Annotated[Reviewer, Depends(require_reviewer)]
 _Route = TypeVar("_Route", bound=Callable[..., Outcome])
+MAX_LISTED = 1001  # held plans in one listing (the CLI asks one more than it shows)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)
 }
@@ -304,10 +305,12 @@ def _decision(path: str, body: type[BaseModel]) -> Callable[[_Route], _Route]:
 
 
 @router.get("", response_model=list[ReviewSummary], responses=_ERRORS)
-def list_reviews(desk: Desk, reviewer: Person) -> list[ReviewSummary]:
-    """Return every plan revision waiting for a person, oldest first."""
+def list_reviews(
+    desk: Desk, reviewer: Person, limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = 200
+) -> list[ReviewSummary]:
+    """Return the plan revisions waiting for a person, the `limit` oldest first."""
     catalog = desk.catalog()
-    return [summary_of(held, catalog) for held in desk.review.held()]
+    return [summary_of(held, catalog) for held in desk.review.held(limit)]
 
 
 @router.get("/unsettled", response_model=list[UnsettledView], responses=_ERRORS)
