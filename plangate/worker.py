@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from datetime import timedelta
 from types import FrameType
 
@@ -148,6 +149,7 @@ class Worker:
         # Gate workers hold the signing key: they seal the audit chains with checkpoints.
         seal = build_sealing(self.settings) if self.stage == "gate" else None
         held = RecentlyHeld(stalled)
+        pruning = Every(PRUNE_EVERY_SECONDS)
         # One connection for every sweep's reads of the broker, not one per read.
         with bus.view() as broker:
             while not self.stop.wait(interval):
@@ -160,6 +162,8 @@ class Worker:
                     relayed = relay_pending(store, bus, older_than=stale)
                     if relayed:
                         log.warning("relayed %d outbox messages left unsent", relayed)
+                    if pruning.due():
+                        outbox_rows.prune_sent(store)
                     # How far this stage got, and what waits in each queue: a goal queued behind a
                     # backlog is not resent into it, and one whose message was lost is.
                     if consumer.taken_up_to is not None:
@@ -178,15 +182,8 @@ class Worker:
                         deliver(store, bus, expire(store, utcnow()))
                     if seal is not None:
                         seal(store)
-                    if self.stage == "executor":  # it still offers its tools
-                        keep_offering(store)
-                        abandoned = mark_abandoned(store)
-                        if abandoned:
-                            log.warning(
-                                "cancelled goals' writes left in flight by an executor that "
-                                "stopped are marked unknown, for a person to settle: %s",
-                                ", ".join(abandoned),
-                            )
+                    if self.stage == "executor":
+                        _executor_chores(store)
                 except BrokerUnavailable as exc:  # said in full, once a sweep: no traceback
                     # A broker that hangs (stopped, or its packets dropped) leaves the consume
                     # loop waiting on a read, never failing: the sweep's reads time out.
@@ -201,6 +198,37 @@ class Worker:
                     )
                 except Exception:  # a fault of plangate's own: its traceback says where
                     log.warning("sweep failed; will try again in %g s", interval, exc_info=True)
+
+
+def _executor_chores(store: Store) -> None:
+    """Say the executor still offers its tools; mark cancelled goals' abandoned writes."""
+    keep_offering(store)
+    abandoned = mark_abandoned(store)
+    if abandoned:
+        log.warning(
+            "cancelled goals' writes left in flight by an executor that stopped are marked "
+            "unknown, for a person to settle: %s",
+            ", ".join(abandoned),
+        )
+
+
+PRUNE_EVERY_SECONDS = 600.0  # sent outbox rows are removed a day on: no hurry
+
+
+class Every:
+    """Says when something done now and then is due again (at the first ask, too)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._next = 0.0
+
+    def due(self) -> bool:
+        """Return True if it is due now (and count from now), else False."""
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self._seconds
+        return True
 
 
 class _Probes:

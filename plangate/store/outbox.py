@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, or_, select, update
+from sqlalchemy import Table, bindparam, delete, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
@@ -105,6 +105,33 @@ def delayed_retries(
         else:
             retries[goal_id] = max(sent, retries.get(goal_id) or sent)
     return retries
+
+
+# How long a sent row is kept: for a person looking into what was sent, and for the reconciler's
+# look at delayed retries republished lately (`delayed_retries`: an hour or so). Rows were
+# never removed: the outbox grew to the largest table (4.6 KB a goal, 50 MB at 11,000 goals).
+SENT_KEPT = timedelta(days=1)
+PRUNED_AT_ONCE = 1000  # rows a delete takes: short write transactions, whatever the backlog
+
+
+def prune_sent(store: Store, kept: timedelta = SENT_KEPT) -> int:
+    """Delete rows sent longer than `kept` ago, a batch at a time; return how many went."""
+    cutoff = utcnow() - kept
+    removed = 0
+    while True:
+        with store.session() as session:
+            oldest = (
+                select(OutboxRow.id)
+                .where(OutboxRow.sent_at.is_not(None), OutboxRow.sent_at < cutoff)
+                .order_by(OutboxRow.id)
+                .limit(PRUNED_AT_ONCE)
+            )
+            ids = list(session.execute(oldest).scalars())
+            if ids:
+                session.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids)))
+        removed += len(ids)
+        if len(ids) < PRUNED_AT_ONCE:
+            return removed
 
 
 def unsent_elsewhere(store: Store, goal_ids: Collection[str]) -> int:
