@@ -30,7 +30,7 @@ from executor_worker.preview import Previewer
 from executor_worker.run_end import ACTOR, end_run, outcome_of
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
-from plangate.errors import ApprovalInvalid, Reject, Retry, UnknownSigner
+from plangate.errors import ApprovalInvalid, BrokerUnavailable, Reject, Retry, UnknownSigner
 from plangate.signing import TrustedKeys, ensure_unexpired
 from plangate.store import (
     TERMINAL_STATUSES,
@@ -327,6 +327,13 @@ class ExecutorHandler:
             )
             try:
                 self._notify(Envelope.of(event, headers))
+            except BrokerUnavailable as exc:  # said in a line: a 15 KB traceback each step
+                log.warning(
+                    "could not announce step %s to observers (%s); its run goes on, and the "
+                    "store has its record: nothing to do",
+                    outcome.step_id,
+                    exc,
+                )
             except Exception:  # progress for observers only; the store has the record
                 log.warning("could not announce step %s", outcome.step_id, exc_info=True)
 
