@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from collections import Counter
@@ -558,4 +559,41 @@ def test_a_letter_of_a_type_its_stage_does_not_handle_is_not_replayed(
     assert replayed.returncode == 2, replayed.stdout + replayed.stderr
     assert "still refused as it is" in replayed.stderr
     assert [letter.message_id for letter in bus.dead_letters()] == ["misplaced"]
+    bus.close()
+
+
+@pytest.mark.redis
+def test_listing_dead_letters_leaves_every_one_where_it_is_for_a_listing_beside_it(
+    redis_url: str,
+) -> None:
+    """Two `dlq list` at once each showed part of the queue (a listing took the letters and
+    put them back), and one killed mid-listing hid the letters it held for minutes. A listing
+    on Redis reads them where they are: the queue is as it was, whoever lists beside it."""
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    bus = Bus(redis_url, namespace)
+    bus.declare()
+    client = redis.Redis.from_url(redis_url)
+    queue = bus.topology.dead_letter_queue_name
+    letters = [forged_letter(f"letter-{n}", queue=f"{namespace}.planner") for n in range(200)]
+    client.lpush(queue, *(json.dumps(envelope(letter, namespace)) for letter in letters))
+    client.lpush(queue, "not kombu's envelope")
+    before = client.lrange(queue, 0, -1)
+
+    listed: list[list[str]] = []
+    threads = [
+        threading.Thread(
+            target=lambda: listed.append(
+                [letter.message_id for letter in bus.read_dead_letters()[0]]
+            )
+        )
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert listed == [[f"letter-{n}" for n in range(200)]] * 4
+    assert bus.read_dead_letters()[1] == 1  # the entry that is none, counted, kept
+    assert client.lrange(queue, 0, -1) == before
     bus.close()

@@ -29,6 +29,7 @@ from plangate.bus.middleware import Middleware
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
 from plangate.bus.reconnect import refusal_hint
 from plangate.bus.redis_claims import REDELIVERY_AFTER_SECONDS
+from plangate.bus.redis_peek import peek_bodies
 from plangate.bus.retries import RETRY_DELAYS, DeferHook
 from plangate.bus.settlement import PublishedHook
 from plangate.bus.topology import STAGES, Stage, Topology
@@ -253,8 +254,22 @@ class Bus:
         An entry that is no dead letter (pushed onto the queue by something else) is counted,
         so that a listing can say the queue holds more than it shows.
         """
+        if self.url.split("://", 1)[0] in redis_transport.SCHEMES:
+            return self._peek_dead_letters()
         kept, _taken, unreadable = self._sort_dead_letters(lambda _: True)
         return kept, unreadable
+
+    def _peek_dead_letters(self) -> tuple[list[DeadLetter], int]:
+        """Read the dead letters where they are (Redis): a listing takes none of them."""
+        letters: list[DeadLetter] = []
+        unreadable = 0
+        with self._reachable(), self.connection() as connection:
+            for body in peek_bodies(connection.channel(), self.topology.dead_letter_queue_name):
+                try:
+                    letters.append(decode_dead_letter(body or b""))
+                except ValueError:
+                    unreadable += 1
+        return letters, unreadable
 
     def replay_dead_letters(self, message_ids: Collection[str] | None = None) -> list[DeadLetter]:
         """Send dead letters (all, or those with these ids) back to the stage that failed them.
