@@ -122,7 +122,7 @@ def test_the_cli_pages_through_every_goal_with_the_cursor_it_prints(
 
     assert seen == every_id
     table = fleet.plangate("goals", "list", "--limit", "1", COLUMNS="200")
-    assert "(more match; the next 1: --after " in table.stderr
+    assert "next page: --after " in table.stderr
     wrong = fleet.plangate("goals", "list", "--after", "not-a-cursor")
     assert wrong.returncode == 2
     assert "the cursor is not one this list gave" in wrong.stderr

@@ -88,7 +88,7 @@ def list_goals(
         )
     Console().print(table)
     if page.next_cursor:
-        err_console.print(f"(more match; the next {limit}: --after {page.next_cursor})")
+        err_console.print(f"next page: --after {page.next_cursor}  (more goals match than --limit)")
 
 
 def _age(at: datetime) -> str:
