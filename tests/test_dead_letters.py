@@ -205,14 +205,18 @@ def test_compression_header_on_a_body_that_does_not_decompress_is_dead_lettered(
 def test_message_for_another_stage_is_dead_lettered_by_the_handler(pipeline: Pipeline) -> None:
     """Given a running pipeline,
     When a well-formed goal.submitted is published on the executor's key (plan.approved),
-    Then the executor refuses it into the dead-letter queue, saying it does not handle it.
+    Then the executor refuses it into the dead-letter queue, saying under which key to publish
+    it (observers bound to plan.approved took it for an approval).
     """
     message = GoalSubmitted(goal_id="lost", text=SEED_GOAL)
 
     pipeline.bus.publish([Envelope("plan.approved", encode_message(message), {})])
 
     (letter,) = dead_letters(pipeline)
-    assert letter.reason == "the executor does not handle GoalSubmitted"
+    assert letter.reason == (
+        "it came under the routing key 'plan.approved', but it is a goal.submitted: publish it "
+        "under 'goal.submitted', which observers read as its type"
+    )
     assert letter.queue == f"{pipeline.settings.namespace}.executor"
     assert_seed_goal_still_completes(pipeline)
 

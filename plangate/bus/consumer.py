@@ -36,6 +36,7 @@ from plangate.bus.in_flight import Done, InFlight, Running
 from plangate.bus.inbound import (
     decode,
     delivery_of,
+    misrouted,
     raw_body,
     refuse_compressed_messages,
     unreadable_reason,
@@ -243,6 +244,9 @@ class StageConsumer:
             log.exception("could not decode a message on %s", delivery.routing_key)
             reason = f"it could not be decoded: {type(exc).__name__}"
             self._settlement.dead_letter(raw, delivery, reason)
+            return
+        if (wrong_key := misrouted(delivery.routing_key, message)) is not None:
+            self._settlement.dead_letter(raw, delivery, wrong_key)
             return
         self._middleware.after_receive(delivery)
         self._poll = _FIRST_POLL_SECONDS

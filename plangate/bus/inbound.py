@@ -15,7 +15,7 @@ from kombu.message import Message as KombuMessage
 
 from plangate.bus.envelope import ATTEMPT_HEADER, Delivery
 from plangate.bus.redis_transport import malformed_reason
-from schemas import Message, MessageRejected, decode_message
+from schemas import MESSAGE_MODELS, Message, MessageRejected, decode_message
 
 
 def text(value: Any) -> str:
@@ -51,6 +51,22 @@ def decode(raw: KombuMessage, body: bytes) -> Message:
     if raw.errors:
         raise MessageRejected(f"the broker client could not read it: {raw.errors[0][1]}")
     return decode_message(body, raw.content_type, raw.content_encoding, raw.headers or {})
+
+
+def misrouted(routing_key: str, message: Message) -> str | None:
+    """Say why a message published under another message type's routing key is refused.
+
+    A goal published as `plan.rejected` reached the planner (bound to both) and ran, while
+    observers bound to `plan.rejected` took it for a rejection. A retry's or a queue's own
+    key names no message type, and passes.
+    """
+    kind = str(getattr(message, "type", ""))
+    if routing_key in MESSAGE_MODELS and routing_key != kind:
+        return (
+            f"it came under the routing key {routing_key!r}, but it is a {kind}: publish it "
+            f"under {kind!r}, which observers read as its type"
+        )
+    return None
 
 
 def original_content_type(raw: KombuMessage) -> str | None:
