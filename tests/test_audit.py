@@ -582,6 +582,15 @@ ROWS_REWRITTEN = {
         "does not hash to its plan hash",
     ),
     "plan and its hash": (PLAN_AND_HASH, "records no such plan with this hash"),
+    # Times `status` shows (decided_at, a step's duration): backdated, they told another story.
+    "decision time": (
+        "UPDATE decisions SET created_at = '2026-01-01 00:00:00.000000' WHERE stage = 'human'",
+        "decision made at 2026-01-01T00:00:00",
+    ),
+    "step end": (
+        "UPDATE step_runs SET finished_at = '2026-01-01 00:00:00.000000' WHERE step_id = 'count'",
+        "shows it ended at 2026-01-01T00:00:00",
+    ),
 }
 
 

@@ -13,12 +13,16 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+from uuid import uuid4
 
 import pytest
 
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.server import create_app
+from plangate.store import open_store
+from plangate.store.goals import store_goal
+from schemas import GoalSubmitted
 from tests.fleet import serving_app
 from tests.support import memory_client
 
@@ -122,7 +126,16 @@ def test_an_event_resent_after_the_upgrade_finds_its_goal_under_the_old_key(
     Then it is the same goal (200, duplicate), not a second one.
     """
     labels = {"ce.source": "/billing", "ce.id": "evt-3", "ce.type": GOAL_EVENT}
-    before = client.submit("Check Jira", metadata=labels, idempotency_key="/billing/evt-3")
+    # Stored as that version stored it (a plain submission may no longer carry ce.* labels).
+    before = GoalSubmitted(
+        goal_id=uuid4().hex, text="Check Jira", metadata=labels, idempotency_key="/billing/evt-3"
+    )
+    store = open_store(client.settings.resolved_database_url(), upgrade=False)
+    try:
+        with store.session() as session:
+            store_goal(session, before, {})
+    finally:
+        store.close()
 
     status, answer = send_event(base_url, "/billing", "evt-3")
 

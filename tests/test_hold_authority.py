@@ -207,7 +207,7 @@ def test_a_hold_past_its_expiry_cannot_be_approved_even_before_the_sweep(
     [
         pytest.param({"submitted_by": "alice"}, id="submitted_by-as-the-publishing-docs-show"),
         pytest.param({"submitter": "alice"}, id="submitter"),
-        pytest.param({"ce.source": "svc", "submitter": "alice"}, id="one-of-several-named"),
+        pytest.param({"team": "billing", "submitter": "alice"}, id="one-of-several-named"),
         # Spelled otherwise by the submitting service: she approved her own goal.
         pytest.param({"submitter": "ALICE"}, id="in-capitals"),
         pytest.param({"user": " alice "}, id="with-spaces"),

@@ -7,6 +7,7 @@ the views read with it, and the export writes it beside the rows (`export_record
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 from plangate.redaction import REDACTED, escape_marker
@@ -34,6 +35,29 @@ def edit_reason(revision: int, comment: str = "") -> str:
     return f"edited into revision {revision}" + (f": {comment}" if comment else "")
 
 
+RECORDED_AT = "\x00recorded_at"  # no JSON key of an entry's data can be this one
+# A row and the entry of what made it are written in one transaction, a moment apart.
+_TIME_SLACK = timedelta(seconds=5)
+
+
+def other_time(shown: datetime | None, said: dict[str, Any] | None) -> str | None:
+    """Return the time an entry recorded, if a row's `shown` time is another; else None.
+
+    `goals list --since` filters on a goal's row, `status` shows a decision's and a step's:
+    backdated in SQL, they told another story while the log verified.
+    """
+    recorded = (said or {}).get(RECORDED_AT)
+    if shown is None or not isinstance(recorded, str):
+        return None
+    try:
+        at = datetime.fromisoformat(recorded)
+    except ValueError:  # the chain walk says what is wrong with the entry
+        return None
+    at = at if at.tzinfo else at.replace(tzinfo=UTC)
+    shown = shown if shown.tzinfo else shown.replace(tzinfo=UTC)
+    return at.isoformat() if abs(shown - at) > _TIME_SLACK else None
+
+
 @dataclass
 class Recorded:
     """What one goal's chain says, as the views would show it."""
@@ -55,8 +79,13 @@ class Recorded:
     # (plan_id, reviewer): the roles their approval was counted with.
     approver_roles: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
-    def read(self, kind: str, actor: str, data: dict[str, Any]) -> None:
-        """Take in one entry of the goal's chain, in the order written."""
+    def read(self, kind: str, actor: str, data: dict[str, Any], at: str | None = None) -> None:
+        """Take in one entry of the goal's chain, in the order written (`at`: when, if known).
+
+        What an entry says is kept with its time (RECORDED_AT): a row's own time must agree.
+        """
+        if at is not None:
+            data = {**data, RECORDED_AT: at}
         if kind == "goal.submitted" and self.submitted is None:  # later ones: retries
             self.submitted = data
         if kind.startswith("goal.") and kind[5:] in _STATUSES:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from plangate.errors import AuditBroken
 from plangate.store.audit import stored_data
-from plangate.store.audit_recorded import POLICY_DECIDER, Recorded, shown_as_recorded
+from plangate.store.audit_recorded import POLICY_DECIDER, Recorded, other_time, shown_as_recorded
 from plangate.store.decision_records import (
     approval_problems,
     decision_said_problems,
@@ -123,14 +123,10 @@ def _problems(session: Session, goals: Sequence[GoalRow]) -> Iterator[str]:
         # chain `global`, which sorts after its own; by chain, its last move read as its first.
         .order_by(AuditRow.seq)
     )
-    submitted_at: dict[str, str] = {}
     for seq, goal_id, kind, actor, text, at in session.execute(entries):
-        recorded[str(goal_id)].read(kind, actor, _data(seq, text))  # one of `ids`
-        if kind == "goal.submitted":
-            submitted_at.setdefault(str(goal_id), at)
+        recorded[str(goal_id)].read(kind, actor, _data(seq, text), at)  # one of `ids`
     for goal in goals:
         yield from _goal_problems(goal, recorded[goal.id])
-        yield from _submitted_time_problems(goal, submitted_at.get(goal.id))
     yield from _plan_rows_problems(session, ids, recorded)
     yield from _decision_rows_problems(session, ids, recorded)
     yield from hold_problems(session, ids, recorded)
@@ -230,6 +226,11 @@ def _goal_problems(goal: GoalRow, recorded: Recorded) -> Iterator[str]:
     submitted = [recorded.submitted.get("text"), recorded.submitted.get("metadata")]
     if not shown_as_recorded([goal.text, goal.meta], submitted):
         yield f"{where} shows a text or metadata other than its submission recorded"
+    if (at := other_time(goal.created_at, recorded.submitted)) is not None:
+        yield (
+            f"{where} shows it was submitted at {_shown_time(goal.created_at)}, but its audit "
+            f"log records its submission at {at}: the goal's row was changed"
+        )
     if recorded.status is not None and not (
         recorded.status[0] == goal.status
         and shown_as_recorded(goal.status_reason or None, recorded.status[1])
@@ -239,31 +240,6 @@ def _goal_problems(goal: GoalRow, recorded: Recorded) -> Iterator[str]:
             f"{where} shows status {goal.status!r} ({goal.status_reason or 'no reason'}), but "
             f"its audit log last moved it to {status!r} ({reason or 'no reason'}): the goal's "
             "row was changed"
-        )
-
-
-# The goal's row and its submission's entry are written in one transaction, a moment apart.
-_SUBMITTED_SLACK = timedelta(seconds=5)
-
-
-def _submitted_time_problems(goal: GoalRow, recorded_at: str | None) -> Iterator[str]:
-    """Name a goal whose row says it was submitted at another time than its log records.
-
-    `goals list --since` filters on the row's time: one backdated in SQL left the list of a
-    period (a payment among them) while the log still verified.
-    """
-    try:
-        at = datetime.fromisoformat(recorded_at) if recorded_at else None
-    except ValueError:  # the chain walk says what is wrong with the entry
-        return
-    if at is None:
-        return
-    shown = goal.created_at if goal.created_at.tzinfo else goal.created_at.replace(tzinfo=UTC)
-    at = at if at.tzinfo else at.replace(tzinfo=UTC)
-    if abs(shown - at) > _SUBMITTED_SLACK:
-        yield (
-            f"goal {goal.id} shows it was submitted at {shown.isoformat()}, but its audit log "
-            f"records its submission at {at.isoformat()}: the goal's row was changed"
         )
 
 
@@ -307,3 +283,15 @@ def _step_problems(step: StepRunRow, recorded: Recorded) -> Iterator[str]:
     digest = entry.get("output_sha256")
     if digest is not None and digest != output_digest(step.output):
         yield f"{where}: its stored output is not the one its audit entry recorded"
+    if (at := other_time(step.finished_at, entry)) is not None:
+        yield (
+            f"{where} shows it ended at {_shown_time(step.finished_at)}, but its audit log "
+            f"records its end at {at}: the row was changed"
+        )
+
+
+def _shown_time(moment: datetime | None) -> str:
+    """Return a row's time as the log's are said (UTC, ISO 8601)."""
+    if moment is None:
+        return "no time"
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()

@@ -16,7 +16,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from plangate.store.audit_recorded import POLICY_DECIDER, Recorded, shown_as_recorded
+from plangate.store.audit_recorded import (
+    POLICY_DECIDER,
+    Recorded,
+    other_time,
+    shown_as_recorded,
+)
 from plangate.store.models import ApprovalRow, DecisionRow, HoldRow, ReviewerApprovalRow
 
 CHANGED = "was changed outside plangate"
@@ -49,6 +54,11 @@ def decision_said_problems(row: DecisionRow, recorded: Recorded) -> Iterator[str
         "roles": row.roles,
     }
     whose = "the policy's" if row.decided_by == POLICY_DECIDER else f"{row.decided_by}'s"
+    if (at := other_time(row.created_at, said)) is not None:  # `status` shows it as decided_at
+        yield (
+            f"plan {row.plan_id} shows {whose} decision made at {row.created_at.isoformat()}, "
+            f"but its audit log records it at {at}: the decisions table {CHANGED}"
+        )
     for name, value in shown.items():
         if name in said and not shown_as_recorded(value, said[name]):
             field_name = "reason" if name == "comment" else name
