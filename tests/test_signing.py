@@ -289,10 +289,15 @@ def test_no_trusted_keys_folder_trusts_no_one(tmp_path: Path) -> None:
     assert len(load_trusted_keys(settings_in(tmp_path))) == 0
 
 
-def test_a_configured_trusted_keys_folder_must_exist(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, trusted_keys_dir=tmp_path / "missing")
+def test_a_configured_trusted_keys_folder_must_be_on_a_folder_that_exists(tmp_path: Path) -> None:
+    """A typo names no folder at all: refused. One not made yet on a volume that is there (the
+    gate makes it as it starts) holds no key yet, and is read again for each unknown key."""
+    nowhere = Settings(data_dir=tmp_path, trusted_keys_dir=tmp_path / "missing" / "trusted")
     with pytest.raises(ConfigError, match="PLANGATE_TRUSTED_KEYS_DIR"):
-        load_trusted_keys(settings)
+        load_trusted_keys(nowhere)
+
+    not_yet = Settings(data_dir=tmp_path, trusted_keys_dir=tmp_path / "trusted")
+    assert len(load_trusted_keys(not_yet)) == 0
 
 
 def test_a_refusal_names_a_few_unknown_keys_once_each_not_every_one(

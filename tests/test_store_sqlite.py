@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -347,7 +348,12 @@ def test_a_goal_with_entries_from_before_per_goal_chains_is_read_in_the_order_wr
     with store.session() as session:
         session.add(
             GoalRow(
-                id=goal_id, text="count", status="cancelled", status_reason="not today", meta={}
+                id=goal_id,
+                text="count",
+                status="cancelled",
+                status_reason="not today",
+                meta={},
+                created_at=datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC),  # as its submission's entry
             )
         )
         for seq, (chain, chain_seq, kind, data) in enumerate(entries, start=1):
