@@ -52,6 +52,16 @@ def check_web_address(url: str) -> str:
     return url
 
 
+def _http_address(url: str) -> bool:
+    """Whether `url` is http or https with a host and, if it names one, a port that is one."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - read for its check: a port that is no number raises
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
 def check_model_server_url(url: str) -> str:
     """Return `url` if the openai SDK can call it (http or https, a host); ValueError if not.
 
@@ -63,13 +73,7 @@ def check_model_server_url(url: str) -> str:
         raise ValueError(
             f"{url[:60]!r} holds a space, a line break or a control character; remove it"
         )
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - read for its check: a port that is no number raises
-        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        usable = False
-    if not usable:
+    if not _http_address(url):
         raise ValueError(
             f"{url[:60]!r} is no model server address; give one with its scheme, like "
             "http://127.0.0.1:8000/v1 (or unset it for OpenAI's)"
@@ -79,13 +83,7 @@ def check_model_server_url(url: str) -> str:
 
 def check_collector_url(variable: str, url: str) -> str:
     """Return `url` if an OTLP exporter can send to it; ValueError naming `variable` if not."""
-    try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 - read for its check: a port that is no number raises
-        usable = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        usable = False
-    if not usable:
+    if not _http_address(url.strip()):
         raise ValueError(
             f"{variable}={url[:60]!r} is no collector address; give one like "
             "http://otel-collector:4318 (or unset it to export no spans)"
