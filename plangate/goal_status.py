@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from plangate import telemetry
 from plangate.store import TERMINAL_STATUSES, DecisionRow, ReviewerApprovalRow, StepRunRow
+from plangate.store.goal_list import source_of
 from plangate.store.goals import get_goal, latest_plan
 
 
@@ -49,7 +50,7 @@ class GoalStatus:
     decision: dict[str, str | None] | None = None
     steps: dict[str, str] = field(default_factory=dict)
     results: tuple[StepResult, ...] = ()  # every step of the plan, in plan order
-    submitted_by: str | None = None  # as its submitter said (metadata `submitted_by`)
+    submitted_by: str | None = None  # as its submitter said (metadata: `submitted_by`, ...)
     approvers: tuple[str, ...] = ()  # the people whose approvals of the plan count, in turn
 
     @property
@@ -73,7 +74,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         reason=goal.status_reason,
         updated_at=goal.updated_at,
         trace_id=telemetry.trace_id_of(goal.trace_headers),
-        submitted_by=(goal.meta or {}).get("submitted_by"),
+        submitted_by=source_of(goal.meta or {}),
     )
     if plan is None:
         return base
@@ -106,7 +107,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
             "rule": decision.rule,
             "reason": decision.reason,
             "policy_version": decision.policy_version,
-            "decided_at": decision.created_at.isoformat(),
+            "decided_at": utc_text(decision.created_at),
         },
         steps={step_id: run.status for step_id, run in runs.items()},
         results=results,
@@ -133,3 +134,9 @@ def _result(step: Mapping[str, Any], run: StepRunRow | None, goal_status: str) -
     return StepResult(
         step_id, tool, run.status, run.output, run.error, duration, run.attempt, claimed
     )
+
+
+def utc_text(moment: datetime) -> str:
+    """Return a stored time as ISO 8601 in UTC, as `--json` and the API print times (`...Z`)."""
+    text = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    return text.removesuffix("+00:00") + "Z"

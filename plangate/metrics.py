@@ -187,6 +187,21 @@ def exposition(registry: CollectorRegistry = REGISTRY) -> bytes:
     return generate_latest(registry)
 
 
+def exposition_without_store() -> bytes:
+    """Return the metrics of a process waiting for its store: `plangate_store_up` 0 among them.
+
+    A worker waiting at its start showed no store gauge at all: PlangateStoreDown never fired.
+    """
+    registry = CollectorRegistry()
+    registry.register(_StoreDown())
+    return generate_latest(REGISTRY) + generate_latest(registry)
+
+
+class _StoreDown(Collector):
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("plangate_store_up", _STORE_UP, 0)
+
+
 def decided(action: str, rule: str | None, decided_by: str = "") -> None:
     """Count a decision: a rule's by its name, a person's as `person`.
 

@@ -81,6 +81,7 @@ class Worker:
                     raise
                 delay = backoff.next()
                 probes.waiting = f"waiting for the store: {exc}"
+                probes.metrics = metrics.exposition_without_store
                 log.warning("%s; trying again in %g s", exc, delay)
                 if self.stop.wait(delay):
                     return None
@@ -150,6 +151,7 @@ class Worker:
         seal = build_sealing(self.settings) if self.stage == "gate" else None
         held = RecentlyHeld(stalled)
         pruning = Every(PRUNE_EVERY_SECONDS)
+        seen = _BrokerSeen(self.stage)
         # One connection for every sweep's reads of the broker, not one per read.
         with bus.view() as broker:
             while not self.stop.wait(interval):
@@ -157,8 +159,7 @@ class Worker:
                     # Seen first, before the store is needed: a message held through a database
                     # outage is published again when it ends, and must not then look lost.
                     recently_held = held.update(broker.held_goal_ids())
-                    if consumer.ready.is_set():  # it consumes, and the broker answers reads
-                        metrics.broker_up(self.stage, True)
+                    seen.answered(consuming=consumer.ready.is_set())
                     relayed = relay_pending(store, bus, older_than=stale)
                     if relayed:
                         log.warning("relayed %d outbox messages left unsent", relayed)
@@ -185,10 +186,13 @@ class Worker:
                     if self.stage == "executor":
                         _executor_chores(store)
                 except BrokerUnavailable as exc:  # said in full, once a sweep: no traceback
-                    # A broker that hangs (stopped, or its packets dropped) leaves the consume
-                    # loop waiting on a read, never failing: the sweep's reads time out.
-                    metrics.broker_up(self.stage, False)
-                    log.warning("sweep skipped: %s; will try again in %g s", exc, interval)
+                    seen.lost()
+                    log.warning(
+                        "sweep skipped: the %s lost the broker (%s); will try again in %g s",
+                        self.stage,
+                        exc,
+                        interval,
+                    )
                 except OperationalError as exc:  # the database is down: said, as the broker
                     log.warning(
                         "sweep skipped: the store does not answer (%s); check "
@@ -210,6 +214,32 @@ def _executor_chores(store: Store) -> None:
             "unknown, for a person to settle: %s",
             ", ".join(abandoned),
         )
+
+
+class _BrokerSeen:
+    """What the sweep's reads tell of the broker: a hang the consume loop never notices.
+
+    A broker that stops answering (stopped, its packets dropped) leaves the loop waiting on a
+    read that never fails: the sweep's reads time out, and say it, in the gauge and the log.
+    """
+
+    def __init__(self, stage: str) -> None:
+        self._stage = stage
+        self._lost_at: float | None = None
+
+    def answered(self, *, consuming: bool) -> None:
+        """Note that the broker answered this sweep's reads (and say so, after a loss)."""
+        if consuming:
+            metrics.broker_up(self._stage, True)
+        if self._lost_at is not None:
+            waited = time.monotonic() - self._lost_at
+            log.info("the broker answers the %s's reads again, after %.0f s", self._stage, waited)
+            self._lost_at = None
+
+    def lost(self) -> None:
+        """Note that this sweep's reads of the broker failed."""
+        metrics.broker_up(self._stage, False)
+        self._lost_at = self._lost_at or time.monotonic()
 
 
 PRUNE_EVERY_SECONDS = 600.0  # sent outbox rows are removed a day on: no hurry

@@ -726,3 +726,10 @@ def test_a_broker_that_hangs_is_a_zero_in_the_gauge_too(
     finally:
         own_redis.process.send_signal(signal.SIGCONT)
     eventually(lambda: broker_up(port) == 1, what="the gauge at 1 again", timeout=90)
+    logs = fleet_on_own_redis.logs()
+    assert "sweep skipped: the planner lost the broker" in logs  # as the alert says to look
+    eventually(
+        lambda: "the broker answers the planner's reads again" in fleet_on_own_redis.logs(),
+        what="the log saying it is back",
+        timeout=30,
+    )

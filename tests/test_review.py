@@ -687,7 +687,11 @@ def test_a_goal_s_status_names_its_submitter_the_approvers_and_the_policy_versio
     assert shown.approvers == ("alice",)
     assert shown.decision is not None
     assert str(shown.decision["policy_version"]).startswith("sha256:")
-    assert shown.decision["decided_at"]
+    assert str(shown.decision["decided_at"]).endswith("Z")  # as updated_at prints
+    # Named under another key the policy's submitter bar reads too: shown alike.
+    other = pipeline.submit(SEED_GOAL, metadata={"user": "dan"}).goal_id
+    with Client(pipeline.settings) as client:
+        assert client.status(other).submitted_by == "dan"
 
 
 def test_review_list_shows_the_oldest_held_plans_up_to_its_limit_and_says_more_wait(
@@ -712,5 +716,7 @@ def test_review_list_shows_the_oldest_held_plans_up_to_its_limit_and_says_more_w
 
     assert result.returncode == 0, result.stderr
     assert [view["plan_id"] for view in json.loads(result.stdout)] == oldest
-    assert "more plans are held than these 2, the oldest: --limit for more" in result.stderr
+    assert "more plans are held than these 2, the oldest: --limit for more" in " ".join(
+        result.stderr.split()
+    )
     assert len(pipeline.review.held(limit=2)) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -87,3 +89,33 @@ def probe(port: int, path: str) -> tuple[int, str]:
     except urllib.error.HTTPError as refused:
         with refused:
             return refused.code, refused.read().decode()
+
+
+def test_a_worker_started_on_a_database_that_never_answers_waits_saying_so_and_stops_on_sigterm(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given a PostgreSQL address that takes the connection and never answers (a stopped
+    server, packets dropped), When a planner worker starts, Then within its connect timeout
+    it says it waits for the store, /readyz says why, /metrics shows plangate_store_up 0,
+    and SIGTERM ends it: it hung silently, its /readyz "starting", deaf to SIGTERM, and no
+    store gauge at all for PlangateStoreDown."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # takes connections (the kernel does), answers nothing
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        port = free_port()
+        fleet = Fleet(redis_url, f"postgresql+psycopg://plangate@{address}/plangate", tmp_path)
+        worker = fleet.start("planner", PLANGATE_METRICS_PORT=str(port))
+        log = tmp_path / "planner-0.log"
+        try:
+            eventually(lambda: "trying again in" in log.read_text(), timeout=40, what="a try")
+            ready, why = probe(port, "/readyz")
+            _, exposed = probe(port, "/metrics")
+            assert ready == 503, why
+            assert "waiting for the store: cannot open the store at" in why
+            assert "plangate_store_up 0.0" in exposed
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            code = worker.wait(timeout=30)
+            fleet.stop_all()
+    assert code == 0, fleet.logs()

@@ -82,7 +82,10 @@ def review_list(
             views = [held_json(held) for held in review.held(limit + 1)]
     if len(views) > limit:
         views = views[:limit]
-        err_console.print(f"more plans are held than these {limit}, the oldest: --limit for more")
+        err_console.print(
+            f"more plans are held than these {limit}, the oldest: --limit for more (up to "
+            "1000), or `plangate goals list --state held` pages through every one"
+        )
     if as_json:
         typer.echo(json.dumps(views))
         return

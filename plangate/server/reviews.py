@@ -293,7 +293,7 @@ def outcome_of(desk: ReviewDesk, goal_id: str, message: str) -> Outcome:
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
 Person = Annotated[Reviewer, Depends(require_reviewer)]
 _Route = TypeVar("_Route", bound=Callable[..., Outcome])
-MAX_LISTED = 1001  # held plans in one listing (the CLI asks one more than it shows)
+MAX_LISTED = 1001  # held plans in one listing: the CLI's most (1000) and one to see more
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)
 }

@@ -223,6 +223,9 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
             raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
+POSTGRES_CONNECT_TIMEOUT = 10  # seconds; libpq's own is none
+
+
 def make_engine(url: str, *, create: bool = True) -> Engine:
     """Create the SQLAlchemy engine for a store URL (SQLite gets serialised writes).
 
@@ -258,7 +261,13 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         # SQLAlchemy then drops every pooled connection as old as it, so one failure per
         # database restart, not one per pooled connection (nor per kept one: `kept_sessions`).
         # Room in the pool beyond SQLAlchemy's default for the connections threads keep.
-        return create_engine(parsed, max_overflow=10 + MAX_KEPT_ON_POSTGRES)
+        # A server that takes the connection and never answers (stopped, its packets
+        # dropped) held a starting worker for ever, deaf to SIGTERM: connecting gives up.
+        return create_engine(
+            parsed,
+            max_overflow=10 + MAX_KEPT_ON_POSTGRES,
+            connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT},
+        )
     except ImportError as exc:  # a driver named in the URL that is not installed
         raise ConfigError(
             f"PLANGATE_DATABASE_URL names the driver {parsed.drivername}, which is not "
