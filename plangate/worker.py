@@ -27,6 +27,7 @@ from plangate.errors import BrokerUnavailable, ConfigError
 from plangate.health import Exposition, Readiness, start_health_server
 from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
+from plangate.redaction import redact
 from plangate.relay import deliver, relay_pending
 from plangate.stages import build_expiry, build_handler, build_sealing, stage_middleware
 from plangate.store import Store, open_store
@@ -80,7 +81,7 @@ class Worker:
                 if exc.__cause__ is None or not is_outage(exc.__cause__):
                     raise
                 delay = backoff.next()
-                probes.waiting = f"waiting for the store: {exc}"
+                probes.waiting = redact(f"waiting for the store: {exc}")  # answered to anyone
                 probes.metrics = metrics.exposition_without_store
                 log.warning("%s; trying again in %g s", exc, delay)
                 if self.stop.wait(delay):

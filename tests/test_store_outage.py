@@ -104,7 +104,9 @@ def test_a_worker_started_on_a_database_that_never_answers_waits_saying_so_and_s
         silent.listen(16)  # takes connections (the kernel does), answers nothing
         address = f"127.0.0.1:{silent.getsockname()[1]}"
         port = free_port()
-        fleet = Fleet(redis_url, f"postgresql+psycopg://plangate@{address}/plangate", tmp_path)
+        # Passwords where libpq takes them: the user's, and the query's (`/readyz` showed it).
+        url = f"postgresql+psycopg://plangate:UserPw11@{address}/plangate?password=QueryPw99"
+        fleet = Fleet(redis_url, url, tmp_path)
         worker = fleet.start("planner", PLANGATE_METRICS_PORT=str(port))
         log = tmp_path / "planner-0.log"
         try:
@@ -114,6 +116,8 @@ def test_a_worker_started_on_a_database_that_never_answers_waits_saying_so_and_s
             assert ready == 503, why
             assert "waiting for the store: cannot open the store at" in why
             assert "plangate_store_up 0.0" in exposed
+            for secret in ("UserPw11", "QueryPw99"):
+                assert secret not in why + exposed + log.read_text()
         finally:
             worker.send_signal(signal.SIGTERM)
             code = worker.wait(timeout=30)

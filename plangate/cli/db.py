@@ -15,14 +15,14 @@ def upgrade() -> None:
     """Migrate the database at PLANGATE_DATABASE_URL to the newest schema (safe to repeat)."""
     from sqlalchemy.engine import make_url
 
-    from plangate.store.engine import migrate_store
+    from plangate.store.engine import migrate_store, shown_url
 
     url = load_settings().resolved_database_url()
     before, after = migrate_store(url)
     parsed = make_url(url)
     # Named, so that a mistyped path shows as a new, empty database (its password hidden).
     where = parsed.database if parsed.get_backend_name() == "sqlite" else None
-    where = where or parsed.render_as_string(hide_password=True)
+    where = where or shown_url(parsed)
     if before == after:
         typer.echo(f"the schema of {where} is already at {after}")
     elif before is None:

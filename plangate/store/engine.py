@@ -315,12 +315,22 @@ def _said_plainly(engine: Engine) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as exc:
-        where = engine.url.render_as_string(hide_password=True)
+        where = shown_url(engine.url)
         cause = failure_cause(exc)
         raise ConfigError(
             f"cannot open the store at {where}: {cause}; check PLANGATE_DATABASE_URL, "
             "and that the database is reachable and was made by plangate"
         ) from exc
+
+
+def shown_url(url: URL) -> str:
+    """Return a database URL as it may be shown: every password hidden, the query's too.
+
+    `render_as_string(hide_password=True)` hides the user's alone: `?password=` (libpq's own
+    spelling, or `sslpassword`) reached `/readyz`, which answers anyone on its network.
+    """
+    query = {key: "***" if "password" in key.lower() else value for key, value in url.query.items()}
+    return url.set(query=query).render_as_string(hide_password=True)
 
 
 def is_outage(error: BaseException) -> bool:
