@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from plangate import telemetry
 from plangate.store import TERMINAL_STATUSES, DecisionRow, ReviewerApprovalRow, StepRunRow
-from plangate.store.goal_list import source_of
+from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
 
 
@@ -74,7 +74,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         reason=goal.status_reason,
         updated_at=goal.updated_at,
         trace_id=telemetry.trace_id_of(goal.trace_headers),
-        submitted_by=source_of(goal.meta or {}),
+        submitted_by=submitters_said(goal.meta or {}),
     )
     if plan is None:
         return base

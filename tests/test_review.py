@@ -690,8 +690,11 @@ def test_a_goal_s_status_names_its_submitter_the_approvers_and_the_policy_versio
     assert str(shown.decision["decided_at"]).endswith("Z")  # as updated_at prints
     # Named under another key the policy's submitter bar reads too: shown alike.
     other = pipeline.submit(SEED_GOAL, metadata={"user": "dan"}).goal_id
+    several = pipeline.submit(SEED_GOAL, metadata={"submitted_by": "billing", "user": "alice"})
     with Client(pipeline.settings) as client:
         assert client.status(other).submitted_by == "dan"
+        # Each one the bar reads: showing "billing" alone hid that alice may not approve it.
+        assert client.status(several.goal_id).submitted_by == "billing, alice"
 
 
 def test_review_list_shows_the_oldest_held_plans_up_to_its_limit_and_says_more_wait(

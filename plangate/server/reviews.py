@@ -41,7 +41,7 @@ from plangate.server.json_bodies import documented_body
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.stages import build_review
 from plangate.store import PlanRow, Store, open_store
-from plangate.store.goal_list import source_of
+from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
 from schemas import Catalog, StepPreview
 from schemas.data_flow import untrusted_sources
@@ -240,7 +240,7 @@ def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
         writes=writes,
         required_role=held.required_role,
         policy_version=held.hold.policy_version if held.hold is not None else None,
-        submitter=source_of(held.goal.meta),
+        submitter=submitters_said(held.goal.meta),
         approvals_required=held.approvals_required,
         approvers=list(held.approvers),
         approval_progress=held.approval_progress,

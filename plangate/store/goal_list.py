@@ -200,6 +200,15 @@ def source_of(meta: dict[str, Any]) -> str | None:
     return next(iter(submitters_of(meta)), None)
 
 
+def submitters_said(meta: dict[str, Any]) -> str | None:
+    """Return everyone the submitter bar reads as the goal's submitter, as one text (or None).
+
+    Shown as the submitter, one of several named (`submitted_by: billing`, `user: alice`)
+    hid the one a reviewer was then barred as.
+    """
+    return ", ".join(submitters_of(meta)) or None
+
+
 def submitters_of(meta: dict[str, Any]) -> list[str]:
     """Return everyone a goal's metadata names as its submitter, under any of the keys.
 
