@@ -414,7 +414,7 @@ def test_dlq_list_says_how_many_entries_on_the_queue_are_no_dead_letters(
     )
 
     assert listed.returncode == 0, listed.stderr
-    assert listed.stderr.startswith("2 more entries on the dead-letter queue are not dead letters")
+    assert listed.stderr.startswith("2 more entries on the dead-letter queue are not shown")
     assert "no dead letters" not in listed.stdout
     assert bus.read_dead_letters() == ([], 2)
     bus.close()
@@ -474,7 +474,7 @@ def test_forged_dead_letters_neither_stop_a_replay_nor_forge_rows_of_the_list(
     assert row.startswith("spoofing  ")
     assert "\\x1b[2J" in row
     assert "\\nfake-id" in row
-    assert "1 more entries on the dead-letter queue are not dead letters" in listed.stderr
+    assert "1 more entries on the dead-letter queue are not shown" in listed.stderr
     assert replayed.returncode == 0, replayed.stderr
     assert "Traceback" not in replayed.stderr
     assert replayed.stdout.splitlines() == [f"replayed spoofing to {planner}"]
@@ -596,4 +596,30 @@ def test_listing_dead_letters_leaves_every_one_where_it_is_for_a_listing_beside_
     assert listed == [[f"letter-{n}" for n in range(200)]] * 4
     assert bus.read_dead_letters()[1] == 1  # the entry that is none, counted, kept
     assert client.lrange(queue, 0, -1) == before
+    bus.close()
+
+
+@pytest.mark.redis
+def test_a_listing_past_its_bound_says_how_many_entries_it_did_not_read(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing stopped at 100,000 entries and said nothing: a broker co-tenant pushing 100k
+    tiny entries hid every later letter from `dlq list` and `show`. Entries past the bound,
+    and one too large to be a letter, are counted among those not shown."""
+    from plangate.bus import redis_peek
+
+    monkeypatch.setattr(redis_peek, "MAX_PEEKED", 3)
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    bus = Bus(redis_url, namespace)
+    bus.declare()
+    client = redis.Redis.from_url(redis_url)
+    queue = bus.topology.dead_letter_queue_name
+    letters = [forged_letter(f"letter-{n}", queue=f"{namespace}.planner") for n in range(4)]
+    client.lpush(queue, json.dumps(envelope(letters[0], namespace)), "x" * (2 * 1024 * 1024))
+    client.lpush(queue, *(json.dumps(envelope(letter, namespace)) for letter in letters[1:]))
+
+    shown, not_shown = bus.read_dead_letters()
+
+    assert [letter.message_id for letter in shown] == ["letter-0", "letter-1"]
+    assert not_shown == 3  # the 2 MiB entry, and the two past the bound
     bus.close()

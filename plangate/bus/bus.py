@@ -264,12 +264,13 @@ class Bus:
         letters: list[DeadLetter] = []
         unreadable = 0
         with self._reachable(), self.connection() as connection:
-            for body in peek_bodies(connection.channel(), self.topology.dead_letter_queue_name):
-                try:
-                    letters.append(decode_dead_letter(body or b""))
-                except ValueError:
-                    unreadable += 1
-        return letters, unreadable
+            bodies, unread = peek_bodies(connection.channel(), self.topology.dead_letter_queue_name)
+        for body in bodies:
+            try:
+                letters.append(decode_dead_letter(body or b""))
+            except ValueError:
+                unreadable += 1
+        return letters, unreadable + unread
 
     def replay_dead_letters(self, message_ids: Collection[str] | None = None) -> list[DeadLetter]:
         """Send dead letters (all, or those with these ids) back to the stage that failed them.

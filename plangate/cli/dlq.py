@@ -47,8 +47,9 @@ def list_letters(
         bus.close()
     if unreadable:  # stderr: the listing itself (and its --json) stays the letters
         err_console.print(
-            f"{unreadable} more entries on the dead-letter queue are not dead letters "
-            "(not written by plangate); they are kept, and not shown or purged by id"
+            f"{unreadable} more entries on the dead-letter queue are not shown: not dead "
+            "letters (not written by plangate, or over 1 MiB), or past the first 100000 read; "
+            "they are kept, and not purged by id"
         )
     for letter in letters:
         if as_json:
