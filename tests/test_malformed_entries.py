@@ -623,3 +623,33 @@ def test_a_listing_past_its_bound_says_how_many_entries_it_did_not_read(
     assert [letter.message_id for letter in shown] == ["letter-0", "letter-1"]
     assert not_shown == 3  # the 2 MiB entry, and the two past the bound
     bus.close()
+
+
+@pytest.mark.redis
+def test_purging_a_letter_on_redis_removes_it_alone_and_rewrites_nothing_else(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A purge took every entry and put back those kept: on a long queue it raced the workers'
+    restore of what it held (one letter purged among 200,000 left 293,000 entries), rewrote
+    junk entries as envelopes and merged the priority lists. It removes the one letter."""
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    bus = Bus(redis_url, namespace)
+    bus.declare()
+    client = redis.Redis.from_url(redis_url)
+    queue = bus.topology.dead_letter_queue_name
+    planner = f"{namespace}.planner"
+    entries = [
+        json.dumps(envelope(forged_letter(f"l{n}", queue=planner), namespace)) for n in range(5)
+    ]
+    client.lpush(queue, entries[0], "junk-a", *entries[1:4], "junk-b")
+    client.lpush(f"{queue}\x06\x163", entries[4])  # kombu's list of priority 3
+    before = client.lrange(queue, 0, -1)
+
+    purged = plangate_in(
+        tmp_path, "dlq", "purge", "l2", PLANGATE_BROKER_URL=redis_url, PLANGATE_NAMESPACE=namespace
+    )
+
+    assert purged.returncode == 0, purged.stderr
+    assert client.lrange(queue, 0, -1) == [e for e in before if e != entries[2].encode()]
+    assert client.lrange(f"{queue}\x06\x163", 0, -1) == [entries[4].encode()]
+    bus.close()

@@ -29,7 +29,7 @@ from plangate.bus.middleware import Middleware
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
 from plangate.bus.reconnect import refusal_hint
 from plangate.bus.redis_claims import REDELIVERY_AFTER_SECONDS
-from plangate.bus.redis_peek import peek_bodies
+from plangate.bus.redis_peek import peek, remove
 from plangate.bus.retries import RETRY_DELAYS, DeferHook
 from plangate.bus.settlement import PublishedHook
 from plangate.bus.topology import STAGES, Stage, Topology
@@ -86,6 +86,8 @@ class Bus:
         redelivery_after: float = REDELIVERY_AFTER_SECONDS,
     ) -> None:
         self.url = url
+        # On Redis, dead letters are read and taken where they are (`redis_peek`).
+        self._on_redis = url.split("://", 1)[0] in redis_transport.SCHEMES
         self._redelivery_after = redelivery_after
         self.topology = Topology(namespace)
         self._retry_policy = retry_policy
@@ -254,23 +256,8 @@ class Bus:
         An entry that is no dead letter (pushed onto the queue by something else) is counted,
         so that a listing can say the queue holds more than it shows.
         """
-        if self.url.split("://", 1)[0] in redis_transport.SCHEMES:
-            return self._peek_dead_letters()
         kept, _taken, unreadable = self._sort_dead_letters(lambda _: True)
         return kept, unreadable
-
-    def _peek_dead_letters(self) -> tuple[list[DeadLetter], int]:
-        """Read the dead letters where they are (Redis): a listing takes none of them."""
-        letters: list[DeadLetter] = []
-        unreadable = 0
-        with self._reachable(), self.connection() as connection:
-            bodies, unread = peek_bodies(connection.channel(), self.topology.dead_letter_queue_name)
-        for body in bodies:
-            try:
-                letters.append(decode_dead_letter(body or b""))
-            except ValueError:
-                unreadable += 1
-        return letters, unreadable + unread
 
     def replay_dead_letters(self, message_ids: Collection[str] | None = None) -> list[DeadLetter]:
         """Send dead letters (all, or those with these ids) back to the stage that failed them.
@@ -311,6 +298,8 @@ class Bus:
         letters not yet acked come back. A letter that cannot be read is always put back: the
         queue is never emptied of something an operator has not seen.
         """
+        if self._on_redis:
+            return self._sort_dead_letters_in_place(keep, forward)
         kept: list[DeadLetter] = []
         taken: list[DeadLetter] = []
         unreadable = 0
@@ -342,6 +331,33 @@ class Bus:
                         publish(producer, self.topology, forward(letter), self._retry_policy)
                     taken.append(letter)
                 raw.ack()
+        return kept, taken, unreadable
+
+    def _sort_dead_letters_in_place(
+        self,
+        keep: Callable[[DeadLetter], bool],
+        forward: Callable[[DeadLetter], Envelope] | None,
+    ) -> tuple[list[DeadLetter], list[DeadLetter], int]:
+        """As `_sort_dead_letters`, on Redis: only the letters taken are touched, one by one."""
+        kept: list[DeadLetter] = []
+        taken: list[DeadLetter] = []
+        with self._reachable(), self.connection() as connection:
+            channel = connection.channel()
+            producer = Producer(channel, exchange=self.topology.exchange)
+            entries, unreadable = peek(channel, self.topology.dead_letter_queue_name)
+            for entry in entries:
+                try:
+                    letter = decode_dead_letter(entry.body or b"")
+                except ValueError:
+                    unreadable += 1
+                    continue
+                if keep(letter):
+                    kept.append(letter)
+                    continue
+                if forward is not None:  # published, then removed: at worst sent twice
+                    publish(producer, self.topology, forward(letter), self._retry_policy)
+                remove(channel, entry)
+                taken.append(letter)
         return kept, taken, unreadable
 
     def close(self) -> None:
