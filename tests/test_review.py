@@ -703,9 +703,10 @@ def test_review_list_shows_the_oldest_held_plans_up_to_its_limit_and_says_more_w
     """With 2,451 plans held, `review list` took 7.7 s and printed every one (the API and the
     page too: a page 207,000 pixels tall). It shows the oldest up to --limit, and says more
     wait."""
-    goals = [pipeline.submit(SEED_GOAL).goal_id for _ in range(3)]
-    for goal_id in goals:
-        pipeline.wait_for(goal_id, HELD, timeout=10)
+    goals = []
+    for _ in range(3):  # one after another: the oldest held is the first submitted
+        goals.append(pipeline.submit(SEED_GOAL).goal_id)
+        pipeline.wait_for(goals[-1], HELD, timeout=10)
     oldest = [only_plan(pipeline.store, goal_id).plan_id for goal_id in goals[:2]]
 
     result = subprocess.run(
