@@ -270,3 +270,33 @@ def test_following_a_goal_without_a_token_says_the_intake_token_will_do(base_url
             status, said = refused.code, json.loads(refused.read())["error"]
     assert status == 401
     assert "or the intake token (PLANGATE_INTAKE_TOKEN) that submitted it" in said
+
+
+def test_an_idempotency_key_header_in_utf_8_is_the_same_key_in_the_body(base_url: str) -> None:
+    """The header's UTF-8 bytes were read as Latin-1: `café` in the header and in the body
+    were two keys, two goals. A header that is not UTF-8, or holds a control character, is
+    refused."""
+    as_sent = "café-1".encode().decode("latin-1")  # the bytes a client sends, as http sees them
+    first = call(
+        base_url,
+        b'{"text": "Check Jira"}',
+        **{"Content-Type": "application/json", "Idempotency-Key": as_sent},
+    )
+    second = call(
+        base_url,
+        json.dumps({"text": "Check Jira", "idempotency_key": "café-1"}).encode(),
+        **{"Content-Type": "application/json"},
+    )
+    assert (first[0], second[0]) == (201, 200), (first, second)
+    assert second[2]["goal_id"] == first[2]["goal_id"]
+    for wrong, said in (("caf\\xe9", "not UTF-8"), ("a\\x01b", "control character")):
+        status, _, answer = call(
+            base_url,
+            b'{"text": "Check Jira"}',
+            **{
+                "Content-Type": "application/json",
+                "Idempotency-Key": wrong.encode().decode("unicode_escape"),
+            },
+        )
+        assert status == 422, answer
+        assert said in answer["error"]

@@ -94,7 +94,7 @@ def _plain_goal(headers: Mapping[str, str], fields: dict[str, Any]) -> GoalReque
     Metadata only a CloudEvent's goal has (`ce.source`) is refused where every goal is
     submitted (`plangate.submission`), the CLI's and the Python client's too.
     """
-    header = headers.get("idempotency-key")
+    header = _utf8(headers.get("idempotency-key"))
     if header is not None and not 1 <= len(header.strip()) <= KEY_LIMIT:
         raise ApiError(
             422,
@@ -111,6 +111,22 @@ def _plain_goal(headers: Mapping[str, str], fields: dict[str, Any]) -> GoalReque
             )
         fields = {**fields, "idempotency_key": header}
     return _validated(fields)
+
+
+def _utf8(header: str | None) -> str | None:
+    """Return a header's text as UTF-8 says it (Starlette hands its bytes over as Latin-1).
+
+    Read as Latin-1, `café` sent in the header and in the body were two keys, two goals.
+    """
+    if header is None:
+        return None
+    try:
+        text = header.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise ApiError(422, "the Idempotency-Key header is not UTF-8 text; send it so") from None
+    if not text.isprintable():
+        raise ApiError(422, "the Idempotency-Key header holds a control character; remove it")
+    return text
 
 
 def _validated(fields: Mapping[str, Any]) -> GoalRequest:
