@@ -1,8 +1,9 @@
 """The message bus: a small interface with kombu behind it (memory, Redis, RabbitMQ)."""
 
-from plangate.bus.bus import Bus, Observer
+from plangate.bus.bus import Bus
 from plangate.bus.consumer import Handler, StageConsumer
 from plangate.bus.envelope import Delivery, Envelope
+from plangate.bus.observer import Observer
 from plangate.bus.topology import STAGES, Stage, Topology
 
 __all__ = [

@@ -164,8 +164,7 @@ class GoalRun:
         if isinstance(message, ExecutionCompleted):
             return self._finish(EXIT_COMPLETED, "completed", steps=message.steps)
         if isinstance(message, ExecutionPaused):
-            # Settling needs a deployment's executor to go on: this run's ends with it, so the
-            # deployment's `review settle` command would only be refused here.
+            # Settling needs a deployment's executor: this run's ends with it (no `review settle`).
             found = message.reason.split("; check, then", 1)[0]
             outcome = (
                 f"needs attention: {found}; this run ends here and never calls it again: "
