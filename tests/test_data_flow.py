@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
-from plangate.server.reviews import detail_of
+from plangate.review_views import detail_of
 from plangate.tools import load_tools
 from schemas import Plan, Step, ToolSpec
 from schemas.data_flow import data_flow, untrusted_reaches

@@ -16,10 +16,12 @@ import pytest
 from sqlalchemy import select
 
 from approval_gate.revisions import plan_diff
+from plangate.catalog import load_catalog
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PlanInvalid
+from plangate.review_views import detail_of, summary_of
 from plangate.reviewers import add_reviewer, read_file, remove_reviewer
 from plangate.store import ApprovalRow, DecisionRow
 from schemas.hashing import plan_hash
@@ -366,7 +368,8 @@ def plangate(env: dict[str, str], *args: str) -> Any:
 def test_review_list_json_shows_the_held_plan(pipeline: Pipeline, tmp_path: Path) -> None:
     """Given the seed plan held in the store, with its dry run made,
     When `plangate review list --json` and `review show ID --json` run in another process,
-    Then they show the plan, its steps, the policy's decision, when it expires and the preview.
+    Then they print what the API answers (`GET /api/v1/reviews`, `/{plan_id}`): the plan,
+    its steps with their effect, the policy's decision, when it expires and the preview.
     """
     goal_id, plan = held_seed(pipeline)
     eventually(lambda: pipeline.review.get(plan.plan_id).preview, what="the dry run")
@@ -375,20 +378,25 @@ def test_review_list_json_shows_the_held_plan(pipeline: Pipeline, tmp_path: Path
     listed = plangate(env, "review", "list", "--json")
     shown = plangate(env, "review", "show", plan.plan_id, "--json")
 
-    assert [view["plan_id"] for view in listed] == [plan.plan_id]
-    view = listed[0]
-    assert view["goal_id"] == goal_id
-    assert [step["tool"] for step in view["steps"]] == [s.tool for s in plan.steps]
-    assert view["decision"]["rule"] == "hold-writes"
-    assert view["expires_at"]
-    assert view["previous"] is None
-    assert view["preview_state"] == "ready"
-    assert [(s["step_id"], s["status"]) for s in view["preview"]] == [
+    catalog = load_catalog(pipeline.store)
+    held = pipeline.review.get(plan.plan_id)
+    assert listed == [summary_of(held, catalog).model_dump(mode="json")]
+    assert shown == detail_of(held, catalog).model_dump(mode="json")
+    assert listed[0]["goal_id"] == goal_id
+    assert listed[0]["tools"] == [s.tool for s in plan.steps]
+    assert [(s["tool"], s["effect"]) for s in shown["steps"]] == [
+        (step.tool, catalog[step.tool].effect) for step in plan.steps
+    ]
+    assert shown["steps"][-1]["effect"] == "write"
+    assert shown["policy"]["rule"] == "hold-writes"
+    assert shown["expires_at"]
+    assert shown["previous_revision"] is None
+    assert shown["preview_state"] == "ready"
+    assert [(s["step_id"], s["status"]) for s in shown["preview"]] == [
         ("count", "ran"),
         ("sla", "ran"),
         ("notify", "previewed"),
     ]
-    assert shown == view
 
 
 def test_review_show_prints_the_preview_beside_the_plan(pipeline: Pipeline, tmp_path: Path) -> None:

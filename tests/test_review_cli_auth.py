@@ -186,6 +186,42 @@ def test_edit_through_the_server_makes_the_next_revision(
     assert revisions[1].body["steps"][2]["args"] == {"message": "edited over HTTP"}
 
 
+def test_review_json_is_the_same_read_from_the_store_or_from_the_server(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    """Given a plan held for finance,
+    When `review list --json` and `review show --json` run once against the store and once
+    with --server,
+    Then they print the same JSON (a script written against one works against the other), and
+    the steps `show --json` printed go back as an edit as they are, effects and all.
+    """
+    goal_id, plan_id = held(finance_pipeline)
+    here = {
+        "PLANGATE_DATA_DIR": str(finance_pipeline.settings.data_dir),
+        "PLANGATE_BROKER_URL": "memory://",
+        "PLANGATE_REVIEWER_TOKEN": team.alice,
+        "PLANGATE_REVIEWERS_FILE": str(team.file),
+    }
+    there = {"PLANGATE_SERVER_URL": server, "PLANGATE_REVIEWER_TOKEN": team.alice}
+
+    listed = [cli(tmp_path, "review", "list", "--json", **env) for env in (here, there)]
+    shown = [cli(tmp_path, "review", "show", plan_id, "--json", **env) for env in (here, there)]
+
+    assert all(result.returncode == 0 for result in listed + shown), [r.stderr for r in shown]
+    assert json.loads(listed[0].stdout) == json.loads(listed[1].stdout)
+    assert json.loads(shown[0].stdout) == json.loads(shown[1].stdout)
+    detail = json.loads(shown[0].stdout)
+    assert detail["steps"][2]["effect"] == "write"
+    detail["steps"][2]["args"]["message"] = "edited as shown"
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps({"summary": detail["summary"], "steps": detail["steps"]}))
+    edited = cli(tmp_path, "review", "edit", plan_id, "--file", str(edit), "--json", **here)
+    assert edited.returncode == 0, edited.stderr
+    assert plans_of(finance_pipeline.store, goal_id)[1].body["steps"][2]["args"] == {
+        "message": "edited as shown"
+    }
+
+
 def test_the_servers_refusals_are_one_line_each_with_the_stores_exit_codes(
     finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
 ) -> None:

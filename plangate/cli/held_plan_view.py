@@ -1,7 +1,7 @@
-"""How a held plan is shown in the terminal: its JSON, and the text `review show` prints.
+"""How a held plan is shown in the terminal: the text `review show` and `review list` print.
 
-The JSON is what `review show --json` and `review list --json` print; the API's own view of a
-held plan (with `--server`) is brought to the same shape first (`view_of`), so both print alike.
+Their `--json` is the API's view of a held plan (`plangate.review_views`), read from the store or
+from a `serve`; the text is made from that same view (`view_of`), so both print alike.
 """
 
 from __future__ import annotations
@@ -19,59 +19,13 @@ from plangate.cli import render
 from plangate.printable import printable
 
 if TYPE_CHECKING:
-    from approval_gate.review import HeldPlan
     from schemas import Catalog
 
 console = Console(highlight=False, soft_wrap=True)
 
 
-def held_json(held: HeldPlan) -> dict[str, Any]:
-    """Return what a reviewer sees of a held plan, as JSON."""
-    from approval_gate.revisions import plan_diff
-
-    decision = held.policy_decision
-    return {
-        "plan_id": held.plan.plan_id,
-        "goal_id": held.goal.id,
-        "goal_text": held.goal.text,
-        "status": held.goal.status,
-        "revision": held.plan.revision,
-        "plan_hash": held.plan.plan_hash,
-        "planner": held.plan.planner,
-        "summary": held.plan.body.get("summary", ""),
-        "steps": held.plan.body.get("steps", []),
-        "decision": None
-        if decision is None
-        else {
-            "action": decision.action,
-            "rule": decision.rule,
-            "reason": decision.reason,
-            "decided_by": decision.decided_by,
-            "policy_version": decision.policy_version,
-            "shadow_action": decision.shadow_action,
-        },
-        "required_role": held.required_role,
-        "approvals_required": held.approvals_required,
-        "approvers": list(held.approvers),
-        "approval_progress": held.approval_progress,
-        "expires_at": held.expires_at.isoformat() if held.expires_at else None,
-        "previous": None
-        if held.previous is None
-        else {
-            "plan_id": held.previous.plan_id,
-            "revision": held.previous.revision,
-            "plan_hash": held.previous.plan_hash,
-        },
-        "diff": plan_diff(held.previous, held.plan),
-        "preview_state": held.preview_state,
-        "preview": None
-        if held.preview is None
-        else [step.model_dump(mode="json") for step in held.preview],
-    }
-
-
 def view_of(detail: dict[str, Any]) -> dict[str, Any]:
-    """Return the API's view of a held plan in the shape `held_json` prints (for text)."""
+    """Return the API's view of a held plan in the shape `show_held` prints."""
     policy = detail.get("policy")
     lines = detail.get("diff") or []
     previous = detail.get("previous_revision")

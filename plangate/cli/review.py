@@ -25,7 +25,7 @@ from rich import box
 from rich.table import Table
 
 from plangate.cli.common import err_console, friendly_errors, group
-from plangate.cli.held_plan_view import console, elided, held_json, show_held, view_of
+from plangate.cli.held_plan_view import console, elided, show_held, view_of
 from plangate.cli.render import shown
 from plangate.cli.review_access import (
     Access,
@@ -70,16 +70,21 @@ def review_list(
 ) -> None:
     """List the plans waiting for a person, oldest first.
 
-    With --server, --json prints the API's answer (GET /api/v1/reviews). When more are held
-    than --limit, stderr says so.
+    --json prints what the API answers (GET /api/v1/reviews), with or without --server. When
+    more are held than --limit, stderr says so.
     """
     access = resolve(server, token_file, deciding=False)
     if access.server:
         with access.api() as api:
             views: list[dict[str, Any]] = api.get(f"?limit={limit + 1}")
     else:
-        with opened_review(access.settings) as (_settings, _store, review):
-            views = [held_json(held) for held in review.held(limit + 1)]
+        from plangate.catalog import load_catalog
+        from plangate.review_views import summary_of
+
+        with opened_review(access.settings) as (_settings, store, review):
+            catalog = load_catalog(store)
+            held = review.held(limit + 1)
+            views = [summary_of(plan, catalog).model_dump(mode="json") for plan in held]
     if len(views) > limit:
         views = views[:limit]
         err_console.print(
@@ -125,7 +130,7 @@ def review_show(
 ) -> None:
     """Show a plan: its steps, what the policy said, and the diff to the previous revision.
 
-    With --server, --json prints the API's answer (GET /api/v1/reviews/PLAN_ID).
+    --json prints what the API answers (GET /api/v1/reviews/PLAN_ID), with or without --server.
     """
     from plangate.catalog import load_catalog
 
@@ -135,13 +140,15 @@ def review_show(
             view = api.get(path_of(plan_id))
         catalog: Catalog = {}
     else:
+        from plangate.review_views import detail_of
+
         with opened_review(access.settings) as (_settings, store, review):
-            view = held_json(review.get(plan_id))
             catalog = load_catalog(store)
+            view = detail_of(review.get(plan_id), catalog).model_dump(mode="json")
     if as_json:
         typer.echo(json.dumps(view))
     else:
-        show_held(view_of(view) if access.server else view, catalog)
+        show_held(view_of(view), catalog)
 
 
 def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
@@ -258,6 +265,12 @@ def _parse_edit(text: str, what: str) -> dict[str, Any]:
     if extra:  # silently dropped, a reviewer's change there was lost without a word
         said = ", ".join(f'"{key[:40]}"' for key in extra[:5])
         raise ConfigError(f'{what} holds {said}: an edit has only "summary" and "steps"')
+    if all(isinstance(step, dict) for step in data["steps"]):
+        from approval_gate.revisions import editable_steps
+
+        # As `review show --json` printed them: what it shows beside a step's fields (its
+        # effect, its untrusted inputs) is the catalog's word, not the plan's, and goes.
+        data["steps"] = editable_steps(data["steps"])
     return data
 
 

@@ -20,20 +20,14 @@ from fastapi.responses import RedirectResponse, Response
 from approval_gate.review import HeldPlan
 from approval_gate.revisions import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
+from plangate.review_views import ReviewDetail, detail_of, summary_of
 from plangate.server.cross_site import sent_from_another_site
 from plangate.server.decision_bodies import Settle
 from plangate.server.errors import ApiError
 from plangate.server.json_bodies import read_body
 from plangate.server.progress import plan_progress
 from plangate.server.reviewers import Reviewer, get_reviewers
-from plangate.server.reviews import (
-    ReviewDesk,
-    ReviewDetail,
-    detail_of,
-    get_desk,
-    outcome_of,
-    summary_of,
-)
+from plangate.server.reviews import ReviewDesk, get_desk, outcome_of
 from plangate.server.sessions import SessionKeeper, WebSession
 from plangate.server.templating import templates
 from schemas import MessageRejected, strict_json_loads, utcnow

@@ -1,0 +1,156 @@
+"""A held plan as reviewers read it: one shape for the API, the page and `review --json`.
+
+`plangate review list --json` and `review show --json` print what `GET /api/v1/reviews` and
+`GET /api/v1/reviews/{plan_id}` answer, whether the command reads the store itself or asks a
+`serve` (`--server`): a script written against one works against the other.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from approval_gate.review import HeldPlan
+from approval_gate.revisions import plan_diff
+from plangate.store.goal_list import submitters_said
+from schemas import Catalog, StepPreview
+from schemas.data_flow import untrusted_sources
+
+
+class ReviewStep(BaseModel):
+    """One step as a reviewer sees it: `effect` comes from the tool catalog."""
+
+    id: str
+    tool: str
+    effect: str = Field(description="read or write; a tool missing from the catalog is write")
+    args: dict[str, Any]
+    when: str | None = None
+    after: list[str] = []
+    untrusted_from: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Inputs (arguments, or `when`) fed by steps whose output is untrusted, "
+        "each with those steps as `id (tool)`.",
+    )
+
+
+class PolicyDecision(BaseModel):
+    """What the policy decided of the revision, and why."""
+
+    action: str
+    rule: str | None
+    reason: str
+
+
+class ReviewSummary(BaseModel):
+    """A held plan in the list."""
+
+    plan_id: str
+    goal_id: str
+    revision: int
+    plan_hash: str
+    summary: str
+    goal_text: str = Field(description="As submitted: untrusted data, not instructions.")
+    goal_status: str
+    held_since: datetime
+    policy: PolicyDecision | None
+    planner: str = Field(description="Who made this revision: a planner, or `edit:<reviewer>`.")
+    expires_at: datetime | None = Field(
+        default=None, description="When the held plan expires if nobody decides it."
+    )
+    tools: list[str] = Field(default=[], description="The tools the plan calls, in plan order.")
+    writes: bool | None = Field(
+        default=None, description="Whether a step writes (a tool missing from the catalog does)."
+    )
+    required_role: str | None = Field(default=None, description="The role the hold requires.")
+    policy_version: str | None = Field(default=None, description="The policy that held it.")
+    submitter: str | None = Field(default=None, description="Who or what submitted the goal.")
+    approvals_required: int = Field(
+        default=1, description="How many distinct reviewers must approve it (four eyes: 2)."
+    )
+    approvers: list[str] = Field(
+        default_factory=list, description="Who approved this revision so far."
+    )
+    approval_progress: str = Field(
+        default="", description='How far its approval is: "1 of 2 approvals (alice)".'
+    )
+
+
+class ReviewDetail(ReviewSummary):
+    """A held plan in full: its steps, and the diff to the previous revision."""
+
+    steps: list[ReviewStep]
+    previous_revision: int | None
+    diff: list[str] = Field(description="Unified diff of summary and steps to the previous one.")
+    preview_state: Literal["none", "waiting", "ready"] = Field(
+        description="`ready`: the dry run below is stored; `waiting`: the holding rule asked "
+        "an executor for one; `none`: the rule asks for none (policy `preview: true`)."
+    )
+    preview: list[StepPreview] | None = Field(
+        description="The dry run: each read step's real output, each write step's preview."
+    )
+    editors: list[str] = Field(
+        default_factory=list,
+        description="Who wrote this revision or an edit it builds on: none of them may approve it.",
+    )
+
+
+def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
+    """Return a held plan as the list shows it (whether it writes, given the catalog)."""
+    decision = held.policy_decision
+    tools = [str(step.get("tool")) for step in held.plan.body.get("steps", [])]
+    writes = None
+    if catalog is not None:
+        writes = any(t not in catalog or catalog[t].effect == "write" for t in tools)
+    return ReviewSummary(
+        plan_id=held.plan.plan_id,
+        goal_id=held.goal.id,
+        revision=held.plan.revision,
+        plan_hash=held.plan.plan_hash,
+        summary=str(held.plan.body.get("summary", "")),
+        goal_text=held.goal.text,
+        goal_status=held.goal.status,
+        held_since=held.goal.updated_at,
+        policy=None
+        if decision is None
+        else PolicyDecision(action=decision.action, rule=decision.rule, reason=decision.reason),
+        planner=held.plan.planner,
+        expires_at=held.expires_at,
+        tools=tools,
+        writes=writes,
+        required_role=held.required_role,
+        policy_version=held.hold.policy_version if held.hold is not None else None,
+        submitter=submitters_said(held.goal.meta),
+        approvals_required=held.approvals_required,
+        approvers=list(held.approvers),
+        approval_progress=held.approval_progress,
+    )
+
+
+def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
+    """Return a held plan in full, each step's effect read from `catalog`."""
+    body_steps = held.plan.body.get("steps", [])
+    flows = untrusted_sources(body_steps, catalog)
+    steps = [
+        ReviewStep(
+            id=str(step["id"]),
+            tool=str(step["tool"]),
+            effect=catalog[step["tool"]].effect if step["tool"] in catalog else "write",
+            args=dict(step.get("args") or {}),
+            when=step.get("when"),
+            after=list(step.get("after") or []),
+            untrusted_from=flows.get(str(step["id"]), {}),
+        )
+        for step in body_steps
+    ]
+    previous = held.previous
+    return ReviewDetail(
+        **summary_of(held, catalog).model_dump(),
+        steps=steps,
+        previous_revision=previous.revision if previous else None,
+        diff=plan_diff(previous, held.plan).splitlines(),
+        preview_state=held.preview_state,
+        preview=held.preview,
+        editors=list(held.authors),
+    )
