@@ -6,7 +6,8 @@ secret, passwords in the broker and database URLs, `OTEL_EXPORTER_OTLP_HEADERS`)
 integrations when they load a key (`register_secret`). `redact(text)` replaces each one with
 `[redacted]` in every form an upstream server may quote it back in: raw, URL-encoded, JSON- or
 Python-escaped (twice too: JSON quoted inside JSON), HTML-escaped, and inside base64 (a Basic
-`Authorization` header). Everything that writes outward calls it: log records
+`Authorization` header). A password in any URL a text quotes (`scheme://user:password@`) is
+redacted too, registered or not. Everything that writes outward calls it: log records
 (`plangate.logs`), exported spans (`plangate.telemetry`), audit entries and goal reasons
 (`plangate.store`), dead-letter reasons, HTTP error answers, and the texts quoted from model,
 webhook, MCP, PagerDuty and Jira servers.
@@ -43,6 +44,10 @@ _SECRET_QUERY = re.compile(
     r"(?:token|key|secret|password|passwd|pass|sig|signature|auth|credentials?)$", re.I
 )
 _AUTH_SCHEME = re.compile(r"^\s*(?:Bearer|Basic|Token|ApiKey)\s+(\S+)\s*$", re.I)
+# A password in any URL a text quotes (`scheme://user:password@host`): known or not, it is a
+# credential (a tool's error naming its database, a server quoting its upstream). Not the
+# user name, and not a "password" equal to it, which the URL shows anyway.
+_URL_PASSWORD = re.compile(r"(://([^\s/:@\[\]<>\"'`]*)):([^\s/@<>\"'`]+)@")
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 _UNICODE_ESCAPE = re.compile(r"\\u[0-9a-f]{4}")
 
@@ -151,13 +156,22 @@ def escape_marker(text: str) -> str:
 
 
 def redact(text: str) -> str:
-    """Return `text` with every known secret, in every form, replaced by `[redacted]`."""
+    """Return `text` with every known secret, in every form, and URLs' passwords redacted."""
     if not _registry.environment_read:
         register_environment()
     pattern = _registry.pattern
-    if pattern is None or not text:
+    if not text:
         return text
-    return pattern.sub(REDACTED, text)
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    return _URL_PASSWORD.sub(_url_password_redacted, text) if "://" in text else text
+
+
+def _url_password_redacted(match: re.Match[str]) -> str:
+    before, user, password = match.group(1), match.group(2), match.group(3)
+    if password in (user, REDACTED):
+        return match.group(0)
+    return f"{before}:{REDACTED}@"
 
 
 def quoted(text: str, limit: int = 300) -> str:
@@ -180,9 +194,16 @@ def redact_json(value: Any) -> Any:
     pattern = _registry.pattern
     # ASCII-escaped, as one of each secret's registered forms is: a secret holding both a
     # non-ASCII letter and a character JSON escapes would match no form of a mixed dump.
-    if pattern is None or not pattern.search(json.dumps(value, default=str)):
+    text = json.dumps(value, default=str)
+    if (pattern is None or not pattern.search(text)) and not _has_url_password(text):
         return value
     return _redacted(value)
+
+
+def _has_url_password(text: str) -> bool:
+    return "://" in text and any(
+        match.group(3) not in (match.group(2), REDACTED) for match in _URL_PASSWORD.finditer(text)
+    )
 
 
 def _redacted(value: Any) -> Any:

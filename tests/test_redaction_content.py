@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from plangate.config import Settings
 from plangate.printable import printable
-from plangate.redaction import REDACTED, quoted, redact_json, register_secret
+from plangate.redaction import REDACTED, quoted, redact, redact_json, register_secret
+from plangate.store import StepRunRow
+from plangate.store import audit as audit_log
+from plangate.tools import ToolRegistry, tool
+from tests.support import audit_entries, running_pipeline, write_playbook, write_yaml
 
 
 def test_a_secret_in_json_content_is_redacted_in_values_and_keys_and_nothing_else_changes() -> None:
@@ -45,3 +56,61 @@ def test_invisible_characters_are_shown_where_a_person_reads_remote_text() -> No
     shown = printable("tok-SUPER\u200bSECRET \x1b[2J \u202eevil \ufeffx\u00ady")
 
     assert shown == "tok-SUPER\\u200bSECRET \\x1b[2J \\u202eevil \\ufeffx\\xady"
+
+
+DATABASE_PASSWORD = "hunter2-never-registered-9c1e"
+APPROVE_ALL = {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}]}
+
+
+@tool(effect="read")
+def crm_lookup() -> dict[str, str]:
+    """Fail as a tool does that quotes its own connection string in its error."""
+    raise RuntimeError(f"cannot reach postgres://acme:{DATABASE_PASSWORD}@db.internal/acme")
+
+
+def test_a_password_in_a_url_a_tool_error_quotes_is_redacted_though_nothing_registered_it(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a tool whose error quotes a database URL with a password no setting names,
+    When its goal runs and fails,
+    Then the goal's reason, the step's error, the audit log and the logs say
+    `acme:[redacted]@`, the chain still verifies, and the traceback is in the debug log alone.
+    """
+    caplog.set_level(logging.DEBUG, logger="plangate.tools")
+    steps = [{"id": "crm", "tool": "crm_lookup"}]
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([crm_lookup]),
+        playbook_file=write_playbook(tmp_path, "crm", steps),
+        policy_file=write_yaml(tmp_path / "policy.yaml", APPROVE_ALL),
+    ) as pipeline:
+        goal_id = pipeline.submit("crm").goal_id
+        goal = pipeline.wait_for(goal_id, timeout=20)
+        entries = json.dumps([entry.data for entry in audit_entries(pipeline.store, goal_id)])
+        with pipeline.store.reading() as session:
+            errors = [row.error for row in session.query(StepRunRow).all()]
+        intact = audit_log.verify(pipeline.store).ok
+
+    assert goal.status == "failed"
+    assert "postgres://acme:[redacted]@db.internal/acme" in (goal.status_reason or "")
+    assert errors
+    assert all(DATABASE_PASSWORD not in (error or "") for error in errors)
+    assert "acme:[redacted]@" in entries
+    assert DATABASE_PASSWORD not in entries
+    assert DATABASE_PASSWORD not in caplog.text
+    assert "Traceback" in caplog.text
+    assert 'in crm_lookup\n    raise RuntimeError(f"cannot reach postgres://' in caplog.text
+    assert "Traceback" not in entries
+    assert intact
+
+
+def test_a_url_s_user_name_and_a_password_equal_to_it_are_left_as_written() -> None:
+    assert redact("postgresql://plangate:plangate@db/plangate") == (
+        "postgresql://plangate:plangate@db/plangate"
+    )
+    assert redact("see https://alice@example.com/x and http://h/a:b@c") == (
+        "see https://alice@example.com/x and http://h/a:b@c"
+    )
+    assert redact_json({"dsn": "redis://:s3cret-pass@cache:6379/0"}) == {
+        "dsn": "redis://:[redacted]@cache:6379/0"
+    }

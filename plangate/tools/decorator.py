@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import logging
 import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,8 @@ MAX_TIMEOUT_SECONDS = 86_400
 
 Preview = Callable[[Mapping[str, Any]], str]
 """Say in one sentence what a call with these (possibly unresolved) arguments would do."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,9 @@ class Tool(Generic[P, R]):
         except ToolError:
             raise
         except Exception as exc:
+            # The step keeps the message alone (stored, audited, traced); the traceback is for
+            # the tool's author, in this process's log only, redacted as every log line is.
+            log.debug("tool %s raised", self.name, exc_info=True)
             raise ToolError(f"tool {self.name} failed: {_said(exc)}") from exc
         return self._to_json(result)
 
