@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.policy import Policy
-from plangate.errors import ApprovalInvalid, Conflict, Forbidden
+from plangate.errors import ApprovalInvalid, Conflict, Forbidden, UnknownSigner
 from plangate.reviewers import person_key
 from plangate.signing import Signer, TrustedKeys
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanRow
@@ -93,6 +93,16 @@ def check_sealed(hold: HoldRow, plan: PlanRevision, keys: TrustedKeys) -> None:
         payload, _ = keys.verified_payload(envelope, HOLD_TYPE)
         if payload != hold_payload(hold, plan):
             raise ApprovalInvalid("what it asks was changed after the gate sealed it")
+    except UnknownSigner as exc:
+        # Not a tampered hold: its key left the trusted keys folder (a rotation finished too
+        # early, or a revocation), and which of the two only the operator knows.
+        raise Forbidden(
+            f"the hold of plan {hold.plan_id} was sealed by a key the gate no longer trusts "
+            f"({exc.reason}); nothing is signed. If that key was rotated out, put its public "
+            "key back in the trusted keys folder and approve again; if it was revoked, reject "
+            "the plan and submit the goal again",
+            "",
+        ) from None
     except (ApprovalInvalid, ValueError) as exc:
         reason = exc.reason if isinstance(exc, ApprovalInvalid) else str(exc)
         raise Forbidden(

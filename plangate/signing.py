@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from plangate.config import Settings
 from plangate.errors import ApprovalInvalid, ConfigError, UnknownSigner
+from plangate.file_watch import FileWatch
 from plangate.small_files import read_bytes
 from schemas import Approval, Decision, MessageRejected, Plan, Signature, SignedEnvelope, utcnow
 from schemas.decoding import strict_json_loads
@@ -114,9 +115,16 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
         self,
         keys: Iterable[Ed25519PublicKey] = (),
         reload: Callable[[], Iterable[Ed25519PublicKey]] | None = None,
+        folder: Path | None = None,
     ) -> None:
+        """Trust `keys`; `reload` reads them again, when `folder` changes or a key is unknown.
+
+        The folder is looked at (one `stat`) before each check: a key whose file is removed
+        (revoked) is refused from the next check on, with no restart.
+        """
         self._keys = {key_id(key): key for key in keys}
         self._reload = reload
+        self._folder = FileWatch(folder) if folder is not None and reload is not None else None
 
     def __getitem__(self, keyid: str) -> Ed25519PublicKey:
         return self._keys[keyid]
@@ -180,6 +188,10 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
         return approval
 
     def _verified_signature(self, message: bytes, envelope: SignedEnvelope) -> Signature:
+        if self._folder is not None and self._reload is not None and self._folder.changed():
+            # A key added, replaced or removed: a revoked key must stop counting at once, not
+            # at the next restart (it was only ever added to).
+            self._keys = {key_id(key): key for key in self._reload()}
         trusted = [s for s in envelope.signatures if s.keyid in self._keys]
         if not trusted and self._reload is not None:
             # A gate may have made its key after this executor started: look at the folder again.
@@ -302,7 +314,11 @@ def load_trusted_keys(settings: Settings) -> TrustedKeys:
     placed = directory.is_dir() or (not directory.exists() and directory.parent.is_dir())
     if not placed and settings.trusted_keys_dir is not None:
         raise ConfigError(f"PLANGATE_TRUSTED_KEYS_DIR names {directory}, which is no folder")
-    return TrustedKeys(_read_public_keys(directory), reload=lambda: _read_public_keys(directory))
+    return TrustedKeys(
+        _read_public_keys(directory),
+        reload=lambda: _read_public_keys(directory),
+        folder=directory,
+    )
 
 
 def _read_public_keys(directory: Path) -> list[Ed25519PublicKey]:

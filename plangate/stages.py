@@ -158,13 +158,14 @@ def _fixed_catalog(fixed: Catalog) -> Callable[[Session], Catalog]:
 def _hold_keys(signer: Signer, settings: Settings) -> TrustedKeys:
     """Return the keys a gate's seals on holds may be by: its own, and those it trusts.
 
-    The folder is read again for a key not known yet, as after a rotation.
+    The folder is read again for a key not known yet, as after a rotation, and when it
+    changes: a seal by a key removed from it (revoked) is refused.
     """
 
     def keys() -> list[Ed25519PublicKey]:
         return [signer.public_key, *load_trusted_keys(settings).values()]
 
-    return TrustedKeys(keys(), reload=keys)
+    return TrustedKeys(keys(), reload=keys, folder=trusted_keys_dir(settings))
 
 
 def configured_tools(settings: Settings) -> ToolRegistry:

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from approval_gate.approvals import count_approval
+from approval_gate.holds import check_sealed
 from approval_gate.policy import Policy
 from plangate.bus import Envelope
 from plangate.client import Client
@@ -25,7 +26,7 @@ from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer, remove_reviewer
-from plangate.signing import load_or_create_signer, load_trusted_keys
+from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
 from plangate.store import ApprovalRow, AuditRow, HoldRow, PlanRow, open_store
 from schemas import Decision, Plan, PlanApproved, SignedEnvelope, plan_hash
 from tests.browser import chromium
@@ -921,3 +922,30 @@ def test_the_page_offers_an_edits_author_no_approval_and_says_why(deployed_fleet
     # Two approvals by finance reviewers who did not edit it: bob alone is left.
     assert "needs 2 approvals by reviewers with the role finance who did not edit it" in short_of
     assert "only bob may still approve it" in short_of
+
+
+def test_a_hold_sealed_by_a_key_no_longer_trusted_says_to_put_it_back_or_reject(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a page held for two approvals, its hold sealed by the gate's key,
+    When the hold is checked with keys that no longer hold that one (its file removed after a
+    rotation),
+    Then the refusal says the key is no longer trusted, and what to do either way: put it back
+    and approve again, or reject; not that the hold was changed after the gate sealed it.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+        with pipeline.store.session() as session:
+            hold, plan = session.get_one(HoldRow, plan_id), session.get_one(PlanRow, plan_id)
+            with pytest.raises(Forbidden) as refused:
+                check_sealed(hold, plan, TrustedKeys([]))
+            check_sealed(hold, plan, TrustedKeys([load_or_create_signer(settings).public_key]))
+
+    said = str(refused.value)
+    assert "was sealed by a key the gate no longer trusts (signed by unknown key" in said
+    assert "put its public key back in the trusted keys folder and approve again" in said
+    assert "if it was revoked, reject the plan and submit the goal again" in said
+    assert "not as the gate recorded it" not in said

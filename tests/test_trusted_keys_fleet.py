@@ -109,3 +109,45 @@ def test_an_executor_given_a_keys_folder_on_no_volume_at_all_refuses_to_start(
         assert "which is no folder" in fleet.logs()
     finally:
         fleet.stop_all()
+
+
+def test_a_key_removed_from_the_folder_is_refused_by_a_running_executor_at_once(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given a fleet sharing the gate's public key, one goal run under it,
+    When the operator removes that key's file (a revocation), no worker restarted, and a goal
+    is submitted, Then the running executor refuses the gate's approval ("signed by unknown
+    key") and runs no step: it checked the folder only for keys it did not know, so a revoked
+    key kept working until every executor restarted; put back, the goal completes.
+    """
+    shared = tmp_path / "keys"
+    database_url = f"sqlite:///{tmp_path / 'plangate.db'}"
+    fleet = Fleet(broker_url=redis_url, database_url=database_url, folder=tmp_path)
+    fleet.extra_env.update(FAST_SWEEPS, PLANGATE_TRUSTED_KEYS_DIR=str(shared))
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    for stage in ("planner", "gate", "executor"):
+        fleet.start(stage)
+    store = open_store(database_url)
+    try:
+        first = fleet.plangate("submit", READ_ONLY_GOAL, "--wait", "--json", timeout=90)
+        assert json.loads(first.stdout)["status"] == "completed", first.stderr + fleet.logs()
+        (key,) = shared.glob("*.pub")
+        revoked = tmp_path / key.name
+        key.rename(revoked)
+
+        submitted = fleet.plangate("submit", READ_ONLY_GOAL, "--json")
+        goal_id = json.loads(submitted.stdout)["goal_id"]
+        poll(lambda: "signed by unknown key" in fleet.logs(), "the executor's refusal", fleet)
+        with store.session() as session:
+            assert session.get_one(GoalRow, goal_id).status == "approved"
+
+        revoked.rename(key)
+
+        def status() -> str:
+            with store.session() as session:
+                return session.get_one(GoalRow, goal_id).status
+
+        poll(lambda: status() == "completed", "the goal's run", fleet, timeout=90)
+    finally:
+        store.close()
+        fleet.stop_all()
