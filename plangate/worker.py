@@ -160,6 +160,9 @@ class Worker:
                     # Seen first, before the store is needed: a message held through a database
                     # outage is published again when it ends, and must not then look lost.
                     recently_held = held.update(broker.held_goal_ids())
+                    # A read every broker answers (on RabbitMQ the one above asks nothing):
+                    # without it, a broker down read "answers again" at every sweep.
+                    broker.queue_depth(self.stage)
                     seen.answered(consuming=consumer.ready.is_set())
                     relayed = relay_pending(store, bus, older_than=stale)
                     if relayed:

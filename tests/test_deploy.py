@@ -277,6 +277,9 @@ def test_kubernetes_workers_and_serve_have_liveness_and_readiness_probes() -> No
         assert (live["path"], ready["path"]) == ("/healthz", "/readyz"), name
         assert live["port"] == ready["port"], name
         assert live["port"] in ports, name
+        # Longer than the broker's connect timeout: a broker down is a 503 saying so, not a
+        # probe timing out (the kubelet's default is 1 s).
+        assert container["readinessProbe"]["timeoutSeconds"] > 5, name
         if name in WORKER_NAMES:
             # The worker listens where the probe knocks, on every address (the kubelet is not
             # in the pod).

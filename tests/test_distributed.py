@@ -22,7 +22,14 @@ from plangate.errors import BrokerUnavailable
 from plangate.reviewers import add_reviewer
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
-from tests.servers import accepts_connections, free_port, missing, stop_process, wait_until_ready
+from tests.servers import (
+    accepts_connections,
+    free_port,
+    missing,
+    rabbitmqctl,
+    stop_process,
+    wait_until_ready,
+)
 from tests.support import eventually
 
 pytestmark = pytest.mark.redis
@@ -706,6 +713,45 @@ def test_a_worker_that_lost_the_broker_says_so_in_a_gauge_and_says_when_it_is_ba
         what="the log line saying it is back",
         timeout=10,
     )
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.timeout(180)
+def test_on_rabbitmq_a_broker_down_is_never_said_to_answer_again_until_it_does(
+    tmp_path: Path, rabbitmq_url: str
+) -> None:
+    """Given a planner consuming from RabbitMQ, When RabbitMQ stops and starts again,
+    Then the gauge is 0 while it is down, and the log says "answers the planner's reads
+    again" only after it is back: each sweep's first read asks nothing of RabbitMQ, and the
+    log said the broker answered at every sweep of the outage, between the warnings."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(APPROVE_ALL)
+    fleet = Fleet(
+        rabbitmq_url,
+        f"sqlite:///{tmp_path / 'plangate.db'}",
+        tmp_path,
+        extra_env={"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS},
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    port = free_port()
+    fleet.start("planner", PLANGATE_METRICS_PORT=str(port))
+    lost = "sweep skipped: the planner lost the broker"
+    back = "the broker answers the planner's reads again"
+    try:
+        eventually(lambda: broker_up(port) == 1, what="the gauge at 1", timeout=30)
+        rabbitmqctl(rabbitmq_url, "stop_app")
+        try:
+            eventually(lambda: fleet.logs().count(lost) >= 3, what="three sweeps lost", timeout=60)
+            assert broker_up(port) == 0
+            during = fleet.logs()
+        finally:
+            rabbitmqctl(rabbitmq_url, "start_app")
+        eventually(lambda: broker_up(port) == 1, what="the gauge at 1 again", timeout=90)
+        eventually(lambda: back in fleet.logs(), what="the log saying it is back", timeout=30)
+    finally:
+        fleet.stop_all()
+
+    assert back not in during[during.index(lost) :], during
 
 
 @pytest.mark.timeout(240)

@@ -34,7 +34,7 @@ def _bus() -> Bus:
     return Bus(settings.broker_url, settings.namespace)
 
 
-@app.command("list", short_help="List dead letters: id, queue, when, why.")
+@app.command("list", short_help="List dead letters: id, when, queue, why.")
 @friendly_errors
 def list_letters(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
