@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any, cast
 
 from pydantic import ValidationError
-from sqlalchemy import Table, Text, select, update
+from sqlalchemy import Table, Text, bindparam, select, update
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
@@ -23,10 +23,17 @@ log = logging.getLogger(__name__)
 
 
 # Each spec as the text stored (cast in SQL: a driver that parses JSON columns gets text too),
-# which is what `_spec` is keyed by; one plain statement, read for every plan and decision, on
-# SQLite's own cursor (about 6 µs, not 25 through the ORM's execute).
+# which is what `_spec` is keyed by, and whether an executor offered it lately (compared in SQL:
+# a flag is cheaper to read than a time); one plain statement, read for every plan and
+# decision, on SQLite's own cursor (about 6 µs, not 25 through the ORM's execute).
 _TOOLS = cast(Table, ToolCatalogRow.__table__)
-_CATALOG = HotStatement(select(_TOOLS.c.name, sql_cast(_TOOLS.c.spec, Text)))
+_CATALOG = HotStatement(
+    select(
+        _TOOLS.c.name,
+        sql_cast(_TOOLS.c.spec, Text),
+        (_TOOLS.c.updated_at >= bindparam("since", type_=_TOOLS.c.updated_at.type)).label("fresh"),
+    )
+)
 
 
 # An executor says it still offers its tools by touching their rows this often: an executor
@@ -113,6 +120,40 @@ def offered_lately(store: Store, names: Iterable[str]) -> dict[str, bool]:
         return {str(name): at >= since for name, at in rows}
 
 
+@dataclass(frozen=True)
+class Offer:
+    """A tool in the catalog, and when an executor last said it offers it."""
+
+    name: str
+    effect: str  # "read", "write", or "invalid" (a spec this version cannot read)
+    offered_at: datetime
+    # "offered" lately; "retired": not, while other tools are (left out of plans); "lapsed":
+    # not, and no tool is (every executor stopped: plans are made with it all the same).
+    state: str
+
+
+def list_offers(store: Store) -> list[Offer]:
+    """Return every tool in the catalog, by name, with when it was last offered."""
+    since = utcnow() - OFFER_LAPSES
+    with store.reading() as session:
+        rows = session.execute(
+            select(ToolCatalogRow.name, ToolCatalogRow.spec, ToolCatalogRow.updated_at).order_by(
+                ToolCatalogRow.name
+            )
+        ).all()
+    offered = any(at >= since for _name, _spec, at in rows)
+    lapsed = "retired" if offered else "lapsed"
+    return [
+        Offer(
+            str(name),
+            str(spec.get("effect", "invalid")) if isinstance(spec, dict) else "invalid",
+            at,
+            "offered" if at >= since else lapsed,
+        )
+        for name, spec, at in rows
+    ]
+
+
 def load_catalog(store: Store) -> Catalog:
     """Return every tool spec executors have published, by name."""
     with store.session() as session:
@@ -125,8 +166,30 @@ def read_catalog(session: Session) -> Catalog:
     A handler that already has a transaction open reads it there: on SQLite each transaction
     takes the write lock, and one fewer per goal shows when many goals are in flight.
     """
+    return _read(session, offered_only=False)
+
+
+def read_offered_catalog(session: Session) -> Catalog:
+    """Return the catalog without the tools no executor offers any more (what planners plan with).
+
+    A tool renamed or removed stays in the store (nothing knows it went for good): while
+    executors say they offer other tools, one none has offered for `OFFER_LAPSES` is left out,
+    or every plan using it waited, then failed. While none offers any (all restarting, an
+    outage), every tool is kept: plans wait for executors rather than fail.
+    """
+    return _read(session, offered_only=True)
+
+
+def _read(session: Session, *, offered_only: bool) -> Catalog:
+    rows = _CATALOG.rows(session, {"since": utcnow() - OFFER_LAPSES})
+    offered = offered_only and any(fresh for _name, _text, fresh in rows)
     catalog: Catalog = {}
-    for name, text in _CATALOG.rows(session, {}):
+    for name, text, fresh in rows:
+        if offered and not fresh:
+            _say_retired(name)
+            continue
+        if fresh:
+            _retired_said.discard(name)  # offered again: said again should it go
         try:
             catalog[name] = _spec(text)
         except ValidationError as exc:
@@ -134,6 +197,22 @@ def read_catalog(session: Session) -> Catalog:
             # that use the tool are refused by validation, as for any unknown tool.
             log.warning("tool %s in the catalog is invalid and left out: %s", name, exc)
     return catalog
+
+
+# The retired tools this process said it leaves out of plans: said once each, not per plan.
+_retired_said: set[str] = set()
+
+
+def _say_retired(name: str) -> None:
+    if name not in _retired_said:
+        _retired_said.add(name)
+        log.warning(
+            "tool %s is left out of plans: no running executor has offered it for %d s while "
+            "others offer their tools (renamed or removed? `plangate tools list` shows when each "
+            "was last offered)",
+            name,
+            OFFER_LAPSES.total_seconds(),
+        )
 
 
 @lru_cache(maxsize=1024)

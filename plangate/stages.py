@@ -20,7 +20,7 @@ from executor_worker.handler import ExecutorHandler
 from plangate import metrics, telemetry
 from plangate.bus import Bus, Envelope, Handler, Stage
 from plangate.bus.middleware import Middleware
-from plangate.catalog import publish_catalog, read_catalog
+from plangate.catalog import publish_catalog, read_catalog, read_offered_catalog
 from plangate.checkpoint_memory import CheckpointMemory
 from plangate.config import Settings
 from plangate.errors import AuditBroken
@@ -77,17 +77,20 @@ def _stage_handler(
     previews: bool,
 ) -> Handler:
     # Given the tools (embedded mode), every stage plans and decides with exactly those;
-    # otherwise with the catalog the executors published to the store.
+    # otherwise with the catalog the executors published to the store: planners with the
+    # tools executors still offer, gates with every tool (a plan made before one was retired
+    # is the executors' to hand on or fail, saying why).
     catalog: Callable[[Session], Catalog] = read_catalog
+    planning: Callable[[Session], Catalog] = read_offered_catalog
     if registry is not None:
-        catalog = _fixed_catalog(registry.catalog())
+        catalog = planning = _fixed_catalog(registry.catalog())
     if stage == "planner":
         return PlannerHandler(
             store,
             load_planner(settings),
             ReplanPolicy.from_settings(settings),
             lease=planning_lease(settings),
-            catalog=catalog,
+            catalog=planning,
         )
     if stage == "gate":
         signer = load_or_create_signer(settings)

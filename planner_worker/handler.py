@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
-from plangate.catalog import read_catalog
+from plangate.catalog import read_offered_catalog
 from plangate.errors import InputInvalid, NotReady, PlanningFailed, Reject, Retry, describe
 from plangate.event_keys import refuse_reserved
 from plangate.redaction import redact, redact_json
@@ -71,7 +71,7 @@ class PlannerHandler:
         planner: Planner,
         replan: ReplanPolicy | None = None,
         lease: timedelta | None = timedelta(minutes=10),
-        catalog: Callable[[Session], Catalog] = read_catalog,
+        catalog: Callable[[Session], Catalog] = read_offered_catalog,
     ) -> None:
         self._store = store
         self._planner = planner

@@ -58,6 +58,9 @@ class Commands(LazyGroup):
         LazyCommand("db", "Manage the store's schema (SQLite or PostgreSQL).", _group("db")),
         LazyCommand("dlq", "Inspect and replay the dead-letter queue.", _group("dlq")),
         LazyCommand("goals", "Find and steer goals: list, cancel, retry.", _group("goals")),
+        LazyCommand(
+            "tools", "Show the tool catalog and when each tool was last offered.", _group("tools")
+        ),
         LazyCommand("playbook", "Show the offline planner's playbooks.", _group("playbook")),
         LazyCommand("review", "Review held plans: list, show, approve, reject, edit.", _review),
         LazyCommand("reviewers", "Manage reviewers: names, roles, tokens.", _group("reviewers")),
