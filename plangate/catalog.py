@@ -110,14 +110,28 @@ def _touch(session: Session, names: list[str]) -> None:
 
 def offered_lately(store: Store, names: Iterable[str]) -> dict[str, bool]:
     """Return, for each tool in the catalog of `names`, whether an executor offered it lately."""
-    since = utcnow() - OFFER_LAPSES
     with store.reading() as session:
-        rows = session.execute(
-            select(ToolCatalogRow.name, ToolCatalogRow.updated_at).where(
-                ToolCatalogRow.name.in_(list(names))
-            )
+        return _offered_lately(session, names)
+
+
+def not_offered(session: Session, names: Iterable[str]) -> list[str]:
+    """Return those of `names` no executor offered lately (or ever), sorted, read in `session`.
+
+    What a goal approved but not started waits for: said instead of guessing at signing keys.
+    """
+    names = set(names)
+    offered = _offered_lately(session, names)
+    return sorted(name for name in names if not offered.get(name, False))
+
+
+def _offered_lately(session: Session, names: Iterable[str]) -> dict[str, bool]:
+    since = utcnow() - OFFER_LAPSES
+    rows = session.execute(
+        select(ToolCatalogRow.name, ToolCatalogRow.updated_at).where(
+            ToolCatalogRow.name.in_(list(names))
         )
-        return {str(name): at >= since for name, at in rows}
+    )
+    return {str(name): at >= since for name, at in rows}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plangate import telemetry
+from plangate.catalog import not_offered
 from plangate.store import TERMINAL_STATUSES, DecisionRow, ReviewerApprovalRow, StepRunRow
 from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
@@ -52,6 +53,9 @@ class GoalStatus:
     results: tuple[StepResult, ...] = ()  # every step of the plan, in plan order
     submitted_by: str | None = None  # as its submitter said (metadata: `submitted_by`, ...)
     approvers: tuple[str, ...] = ()  # the people whose approvals of the plan count, in turn
+    # Approved, not started: the plan's tools no running executor has offered lately (its
+    # executors hand it on, then fail it), read from the catalog only in that state.
+    unoffered: tuple[str, ...] = ()
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -94,6 +98,9 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         _result(step, runs.get(str(step.get("id"))), goal.status)
         for step in plan.body.get("steps", [])
     )
+    unoffered: tuple[str, ...] = ()
+    if goal.status == "approved":
+        unoffered = tuple(not_offered(session, {result.tool for result in results}))
     return replace(
         base,
         plan_id=plan.plan_id,
@@ -118,6 +125,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
                 .order_by(ReviewerApprovalRow.created_at)
             ).scalars()
         ),
+        unoffered=unoffered,
     )
 
 

@@ -7,11 +7,18 @@ one has said lately that it does; only when none has is the goal failed, saying 
 
 from __future__ import annotations
 
-import pytest
+import subprocess
+import sys
+from datetime import timedelta
 
-from plangate.catalog import load_catalog
+import pytest
+from sqlalchemy import select, update
+
+from plangate.catalog import load_catalog, publish_catalog
 from plangate.client import Client
-from plangate.store import open_store
+from plangate.store import GoalRow, Store, ToolCatalogRow, open_store
+from plangate.tools import load_tools
+from schemas import utcnow
 from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
 from tests.support import eventually
@@ -87,3 +94,58 @@ def test_a_plan_waits_for_the_executor_offering_its_tools_and_runs_once_it_is_ba
     assert [goal.status for goal in ended] == ["completed"] * 4, fleet.logs()
     pages = (fleet.folder / "notifications.jsonl").read_text().splitlines()
     assert len(pages) == 4
+
+
+def test_submit_wait_names_the_tools_no_running_executor_offers_not_the_signing_key(
+    fleet: Fleet,  # noqa: F811
+) -> None:
+    """Given a planner, a gate and an executor lacking `notify_oncall`, whose executor offering
+    it stopped just after the goal was planned (its catalog row then not refreshed for 100 s),
+    When `plangate submit --wait` follows the approved goal,
+    Then after 10 s it says no running executor has offered `notify_oncall` lately, naming it,
+    and what to start: it asked whether the executor trusts the gate's signing key, while the
+    executor's log said it lacks the tool. `plangate status` says it too.
+    """
+    fleet.start("planner")
+    fleet.start("gate")
+    fleet.start("executor", PLANGATE_TOOLS="tests.partial_tools")
+    store = open_store(fleet.database_url)
+    try:
+        # As the executor offering every demo tool did at its start, moments ago.
+        publish_catalog(store, load_tools(["plangate.demo.tools"]).catalog().values())
+        following = subprocess.Popen(
+            [sys.executable, "-m", "plangate", "submit", SEED_GOAL, "--wait", "--timeout", "14"],
+            env=fleet.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            goal_id = eventually(lambda: approved_goal(store), what="the goal approved", timeout=30)
+            with store.session() as session:  # its executor gone for good since
+                session.execute(
+                    update(ToolCatalogRow)
+                    .where(ToolCatalogRow.name == "notify_oncall")
+                    .values(updated_at=utcnow() - timedelta(minutes=5))
+                )
+            _out, said = following.communicate(timeout=40)
+        finally:
+            if following.poll() is None:
+                following.kill()
+                following.wait()
+    finally:
+        store.close()
+    shown = fleet.plangate("status", goal_id)
+
+    assert "is still approved after" in said, said + fleet.logs()
+    assert "no running executor has offered the tools notify_oncall lately" in said
+    assert "PLANGATE_TOOLS" in said
+    assert "signing key" not in said
+    assert "waiting for an executor: no running executor has offered the tools notify_oncall" in (
+        shown.stdout
+    )
+
+
+def approved_goal(store: Store) -> str | None:
+    with store.reading() as session:
+        return session.scalars(select(GoalRow.id).where(GoalRow.status == "approved")).first()

@@ -54,17 +54,8 @@ def _print(current: GoalStatus, as_json: bool, *, aside: bool = False) -> None:
     def say(line: str) -> None:  # a goal's words are anyone's, a step's output a tool's
         typer.echo(printable(line), err=aside)
 
-    said = current.reason and current.reason.strip().lower() != current.status
-    say(f"goal {current.goal_id}: {current.status}" + (f" — {current.reason}" if said else ""))
-    if current.plan_id:
-        say(f"  plan {current.plan_id} rev {current.revision}: {current.summary}")
-    if current.submitted_by:
-        say(f"  submitted by {current.submitted_by} (as the submitter said)")
-    if current.decision:
-        d = current.decision
-        say(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
-    if current.approvers:
-        say(f"  approvals counted: {', '.join(current.approvers)}")
+    for line in _heading(current):
+        say(line)
     for step in current.results:
         took = f" in {step.duration_ms:g} ms" if step.duration_ms is not None else ""
         if step.claimed_until is not None:
@@ -79,6 +70,24 @@ def _print(current: GoalStatus, as_json: bool, *, aside: bool = False) -> None:
             say(f"    !! {_shown(step.error)}")
     if current.trace_id:
         say(f"  trace {current.trace_id}")
+
+
+def _heading(current: GoalStatus) -> list[str]:
+    """Return the lines before the steps: state, plan, submitter, decision, what it waits for."""
+    said = current.reason and current.reason.strip().lower() != current.status
+    lines = [f"goal {current.goal_id}: {current.status}" + (f" — {current.reason}" if said else "")]
+    if current.plan_id:
+        lines.append(f"  plan {current.plan_id} rev {current.revision}: {current.summary}")
+    if current.submitted_by:
+        lines.append(f"  submitted by {current.submitted_by} (as the submitter said)")
+    if current.decision:
+        d = current.decision
+        lines.append(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
+    if current.approvers:
+        lines.append(f"  approvals counted: {', '.join(current.approvers)}")
+    if current.unoffered:
+        lines.append(f"  waiting for an executor: {_unoffered(current.unoffered)}")
+    return lines
 
 
 def _shown(value: object) -> str:
@@ -196,20 +205,30 @@ def _wait(handle: GoalHandle, timeout: float, hints: Mapping[str, str]) -> GoalS
         try:
             return handle.wait(max(0.0, min(left, look)), until=until)
         except TimeoutError:
-            now, seen = time.monotonic(), handle.status().status
+            now, current = time.monotonic(), handle.status()
             if left <= look:  # said of the whole wait, not of its rest
                 raise TimeoutError(
-                    f"goal {handle.goal_id} is still {seen} after {timeout:g} s"
+                    f"goal {handle.goal_id} is still {current.status} after {timeout:g} s"
                 ) from None
-        if seen != status:
-            status, since = seen, now
+        if current.status != status:
+            status, since = current.status, now
         if status in hints and status not in said and now - since >= UNTAKEN_HINT_SECONDS:
             said.add(status)
+            hint = f"{_unoffered(current.unoffered)}." if current.unoffered else hints[status]
             err_console.print(
                 f"goal {handle.goal_id} is still {status} after {int(now - started)} s: "
-                f"{hints[status]} Waiting on.",
+                f"{hint} Waiting on.",
                 highlight=False,
             )
+
+
+def _unoffered(tools: tuple[str, ...]) -> str:
+    """Say that no running executor offers `tools` (not the signing key: it is not that)."""
+    return (
+        f"no running executor has offered the tools {', '.join(tools)} lately (`plangate "
+        "tools list`): executors hand the plan on, then fail it. Start one whose "
+        "PLANGATE_TOOLS offer them (renamed? `plangate goals retry` plans it again)"
+    )
 
 
 LOOK_EVERY_SECONDS = 1.0
