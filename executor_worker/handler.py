@@ -128,7 +128,12 @@ class ExecutorHandler:
         except (ApprovalInvalid, PlanInvalid) as refusal:
             if isinstance(refusal, PlanInvalid):
                 lacking = hand_back_if_lacking(
-                    message.plan, self._registry, self._store, delivery.attempt, message.occurred_at
+                    message.plan,
+                    self._registry,
+                    self._store,
+                    delivery.attempt,
+                    message.occurred_at,
+                    problems=refusal.problems,
                 )
                 refusal = lacking or refusal
             return self._refuse(message, refusal)

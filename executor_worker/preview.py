@@ -157,7 +157,13 @@ class Previewer:
             # the reviewer's page said "not ready yet" for good).
             asked_at = message.occurred_at
             lacking = hand_back_if_lacking(
-                plan, self._registry, self._store, attempt, asked_at, gives_up=False
+                plan,
+                self._registry,
+                self._store,
+                attempt,
+                asked_at,
+                gives_up=False,
+                problems=invalid.problems,
             )
             said = lacking or invalid
             raise Reject(f"plan {plan.plan_id} cannot be previewed here: {said}") from invalid

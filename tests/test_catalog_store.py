@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -16,7 +17,7 @@ from plangate.errors import NotReady, Reject, Retry
 from plangate.signing import load_or_create_signer
 from plangate.stages import build_handler
 from plangate.store import Store, ToolCatalogRow
-from schemas import Plan, Step, ToolSpec, utcnow
+from schemas import Plan, PlanApproved, Step, ToolSpec, utcnow
 from tests.support import sign_approval
 
 READ = ToolSpec(
@@ -250,3 +251,105 @@ def test_a_previews_plan_waits_for_an_executor_with_its_tools_however_long(
 
     assert waits.value.delay == KEY_WAIT
     assert "waiting for one" in str(waits.value)
+
+
+def notify_with_severity(pipeline: Pipeline) -> tuple[Plan, Callable[[int, PlanApproved], None]]:
+    """Return a plan for the newer `notify_oncall` (a required `severity`), and what delivers it
+    to an executor offering the older one, after the newer's executor published it last."""
+    executor = build_handler("executor", pipeline.settings, pipeline.store, pipeline.bus)
+    older = executor._registry.catalog()["notify_oncall"]
+    newer = older.model_copy(
+        update={
+            "args_schema": {
+                "type": "object",
+                "properties": {"message": {"type": "string"}, "severity": {"type": "string"}},
+                "required": ["message", "severity"],
+                "additionalProperties": False,
+            }
+        }
+    )
+    publish_catalog(pipeline.store, [newer])  # the other executor, started since
+    plan = Plan(
+        plan_id="p-versions",
+        goal_id="g-versions",
+        revision=1,
+        steps=[Step(id="page", tool="notify_oncall", args={"message": "hi", "severity": "high"})],
+    )
+
+    def deliver(attempt: int, approved: PlanApproved) -> None:
+        delivery = Delivery("plangate.executor", "plan.approved", {}, attempt, redelivered=False)
+        executor(approved, delivery)
+
+    return plan, deliver
+
+
+def test_a_plan_made_for_another_version_of_a_tool_is_handed_on_to_the_executor_offering_it(
+    pipeline: Pipeline,
+) -> None:
+    """Given two executors offering different versions of `notify_oncall` (a rollout: the
+    newer takes a required `severity`), the newer's spec in the catalog,
+    When a plan approved with `severity` reaches the executor with the older version,
+    Then it hands the plan on, without using an attempt, saying it offers another version of
+    the tool: one such goal in two failed "the plan is invalid: ... [bad_args]" after a person
+    had approved it, while the executor with the plan's version ran.
+    """
+    plan, deliver = notify_with_severity(pipeline)
+    approved = sign_approval(load_or_create_signer(pipeline.settings), plan)
+
+    for attempt in (1, 3, 9):
+        with pytest.raises(NotReady, match="offers other versions of notify_oncall; handed on"):
+            deliver(attempt, approved)
+
+
+def test_a_plan_for_another_version_no_executor_ran_in_ten_minutes_fails_naming_the_tool(
+    pipeline: Pipeline,
+) -> None:
+    """Given the same rollout, When the plan approved ten minutes ago still reaches only
+    executors with the older version, Then it is handed back twice, then refused saying that
+    executors offer different versions of `notify_oncall`, what its arguments lacked here,
+    and what to do."""
+    plan, deliver = notify_with_severity(pipeline)
+    approved = sign_approval(load_or_create_signer(pipeline.settings), plan)
+    old = approved.model_copy(update={"occurred_at": utcnow() - timedelta(minutes=11)})
+
+    for attempt in (1, 2):
+        with pytest.raises(Retry, match="offers other versions of notify_oncall"):
+            deliver(attempt, old)
+    with pytest.raises(Reject) as refused:
+        deliver(3, old)
+
+    said = str(refused.value)
+    assert "executors offer different versions of notify_oncall" in said
+    assert "give every executor the same version" in said
+    assert "step 'page': args" in said
+    assert "severity" in said
+
+
+def test_a_plan_invalid_for_every_version_fails_at_once_though_a_description_differs(
+    pipeline: Pipeline,
+) -> None:
+    """Given executors whose `notify_oncall` differs in its description only, When a plan
+    whose `ticket_count` step has arguments no version takes reaches one, Then its goal is
+    refused at once as invalid: not handed round for ten minutes for a tool it did not fault."""
+    executor = build_handler("executor", pipeline.settings, pipeline.store, pipeline.bus)
+    described = executor._registry.catalog()["notify_oncall"].model_copy(
+        update={"description": "Page the on-call engineer (v2)."}
+    )
+    publish_catalog(pipeline.store, [described])
+    plan = Plan(
+        plan_id="p-invalid",
+        goal_id="g-invalid",
+        revision=1,
+        steps=[
+            Step(id="count", tool="ticket_count", args={"queue": 7}),
+            Step(id="page", tool="notify_oncall", args={"message": "hi"}),
+        ],
+    )
+    approved = sign_approval(load_or_create_signer(pipeline.settings), plan)
+    delivery = Delivery("plangate.executor", "plan.approved", {}, 1, redelivered=False)
+
+    with pytest.raises(Reject) as refused:
+        executor(approved, delivery)
+
+    assert "the plan is invalid: step 'count'" in str(refused.value)
+    assert "versions" not in str(refused.value)
