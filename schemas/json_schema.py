@@ -13,9 +13,9 @@ stage runs it on every plan. So a schema is:
 - linear in time: `pattern`, `patternProperties` and `additionalProperties` beside them match
   with RE2. Python's backtracking `re` on a catastrophic pattern holds the interpreter lock for
   as long as it takes, and no timeout, deadline or Ctrl-C gets a turn. A pattern RE2 cannot run
-  (a lookahead, as pydantic writes for a Decimal) is not enforced here, with a warning: the
-  tool still checks its own arguments. `unevaluatedProperties` beside `patternProperties` is
-  refused (jsonschema matches those with `re`);
+  (a lookahead) is not enforced here, with a warning: the tool still checks its own arguments
+  (pydantic's pattern for a Decimal is run as its RE2 equivalent). `unevaluatedProperties`
+  beside `patternProperties` is refused (jsonschema matches those with `re`);
 - free of a reference loop at its top that reads nothing of the value (`{"$ref": "#"}`); a
   deeper one fails the validation of the value it meets (`errors_of`), not the process.
 
@@ -197,15 +197,11 @@ def _regex(pattern: str) -> Any:
     options.log_errors = False  # said with our own words, not on stderr
     options.max_mem = _PATTERN_MEMORY
     # ECMA-262's `\uXXXX`, which JSON Schema patterns use, is `\x{XXXX}` to RE2.
-    translated = _ECMA_UNICODE.sub(r"\1\\x{\2}", pattern)
+    translated = _ECMA_UNICODE.sub(r"\1\\x{\2}", _RE2_EQUIVALENTS.get(pattern, pattern))
     try:
         return re2.compile(translated, options)
     except re2.error as exc:
-        # pydantic's own, for every Decimal: said on every command of a deployment with one,
-        # naming no tool, of a pattern the Python tool's pydantic checks anyway.
-        level = logging.DEBUG if pattern == _PYDANTIC_DECIMAL else logging.WARNING
-        log.log(
-            level,
+        log.warning(
             "the schema pattern %r is not checked by plangate: RE2, which matches in linear "
             "time, cannot run it (%s); the tool still checks its own arguments",
             pattern[:100],
@@ -215,6 +211,10 @@ def _regex(pattern: str) -> Any:
 
 
 _PYDANTIC_DECIMAL = r"^(?!^[-+.]*$)[+-]?0*\d*\.?\d*$"
+# Patterns pydantic writes with a lookahead, and the same language without one: a Decimal,
+# the natural type of an amount, was checked by the tool alone, after a person had approved
+# `"amount": "lots"`. (A sign, then digits with at most one point, and at least one digit.)
+_RE2_EQUIVALENTS = {_PYDANTIC_DECIMAL: r"^[+-]?(\d+\.?\d*|\.\d+)$"}
 
 
 def _matches(pattern: str, text: str) -> bool:

@@ -348,8 +348,8 @@ def test_a_pattern_re2_cannot_run_is_kept_but_not_enforced(
 ) -> None:
     """Given a lookahead (RE2 has no lookaround) in a server's schema,
     Then the tool is kept and its pattern not enforced by plangate, with a warning saying so;
-    such tools were refused. pydantic's own for a Decimal, which a Python tool checks itself,
-    is kept as quietly (the warning, naming no tool, was on every command).
+    such tools were refused. pydantic's own for a Decimal is run as its RE2 equivalent, with
+    no warning (one, naming no tool, was on every command).
     """
     decimal = "^(?!^[-+.]*$)[+-]?0*\\d*\\.?\\d*$"
     schema = {
@@ -359,6 +359,7 @@ def test_a_pattern_re2_cannot_run_is_kept_but_not_enforced(
     ToolSpec(name="decimal_tool", effect="read", args_schema=schema)
 
     assert errors_of(validator_for(schema), {"d": "1.5", "e": "ee"}) == []
+    assert len(errors_of(validator_for(schema), {"d": "lots", "e": "ee"})) == 1
     assert "'^(?=e)e+$' is not checked by plangate" in caplog.text
     assert decimal not in caplog.text
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from plangate.tools import tool
 from schemas import Plan, PlanInvalid, PlanProblem, Step, ToolSpec, validate_plan
 from schemas.validation import MAX_PLAN_BYTES, MAX_STEPS
 
@@ -518,3 +520,30 @@ def test_a_date_argument_is_read_as_pydantic_reads_it(day: str, taken: bool) -> 
     else:
         with pytest.raises(PlanInvalid):
             validate_plan(the_plan, {"book": BOOKING})
+
+
+def test_a_decimal_argument_is_checked_when_the_plan_is_made_not_after_its_approval() -> None:
+    """Given a refund tool whose amount is a `Decimal` (pydantic's schema: a number, or a
+    string matching a pattern with a lookahead, which RE2 cannot run as written),
+    When plans give it "lots", "12.50", 12.5 and "-.5",
+    Then "lots" is refused at once, naming the argument (a person approved it, and the tool
+    refused it after), and the others are valid.
+    """
+
+    @tool(effect="write")
+    def create_refund(customer_id: str, amount: Decimal) -> dict[str, str]:
+        """Refund a customer."""
+        return {"refunded": customer_id, "amount": str(amount)}
+
+    catalog = {"create_refund": create_refund.spec}
+
+    def refund(amount: Any) -> Plan:
+        return plan(step("refund", "create_refund", {"customer_id": "c-1", "amount": amount}))
+
+    with pytest.raises(PlanInvalid) as refused:
+        validate_plan(refund("lots"), catalog)
+    for amount in ("12.50", 12.5, "-.5", "100"):
+        validate_plan(refund(amount), catalog)
+
+    assert [(p.step_id, p.code) for p in refused.value.problems] == [("refund", "bad_args")]
+    assert "amount" in refused.value.problems[0].message
