@@ -26,7 +26,7 @@ import threading
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -278,12 +278,7 @@ def add_reviewer(path: Path, name: str, roles: Iterable[str]) -> str:
     """Add a reviewer to the file (created if missing); return their new token, kept nowhere."""
     if problem := name_problem(name):
         raise ConfigError(problem)
-    wanted = sorted(set(roles))
-    for role in wanted:
-        if not re.fullmatch(ROLE_PATTERN, role):
-            raise ConfigError(
-                f"{role!r} is not a role: letters, digits and _.- , up to 64 characters"
-            )
+    wanted = _checked_roles(roles)
     with _editing(path):
         reviewers = read_file(path) if path.exists() else []
         same = next((r.name for r in reviewers if person_key(r.name) == person_key(name)), None)
@@ -304,18 +299,46 @@ def add_reviewer(path: Path, name: str, roles: Iterable[str]) -> str:
     return token
 
 
+def set_roles(path: Path, name: str, roles: Iterable[str]) -> frozenset[str]:
+    """Give a reviewer exactly `roles`, keeping their token; return the roles they had.
+
+    A role taken away counts no more from the gate's next check: an approval they gave under
+    it is dropped, not signed.
+    """
+    wanted = frozenset(_checked_roles(roles))
+    with _editing(path):
+        reviewers = read_file(path)
+        _named(path, reviewers, name)
+        before = next(r.roles for r in reviewers if r.name == name)
+        _write(path, [replace(r, roles=wanted) if r.name == name else r for r in reviewers])
+    return before
+
+
 def remove_reviewer(path: Path, name: str) -> None:
     """Remove a reviewer from the file; their token and web sessions stop working."""
     with _editing(path):
         reviewers = read_file(path, repairing=True)
-        kept = [r for r in reviewers if r.name != name]
-        if len(kept) == len(reviewers):
-            near = [r.name for r in reviewers if person_key(r.name) == person_key(name)]
-            hint = f"; did you mean {near[0]!r}?" if near else ""
+        _named(path, reviewers, name)
+        _write(path, [r for r in reviewers if r.name != name])
+
+
+def _named(path: Path, reviewers: Sequence[Reviewer], name: str) -> None:
+    """Refuse a name the file does not hold, suggesting one it holds told apart by case alone."""
+    if any(r.name == name for r in reviewers):
+        return
+    near = [r.name for r in reviewers if person_key(r.name) == person_key(name)]
+    hint = f"; did you mean {near[0]!r}?" if near else ""
+    raise ConfigError(f"no reviewer {name!r} in {path}{hint}; `plangate reviewers list` names them")
+
+
+def _checked_roles(roles: Iterable[str]) -> list[str]:
+    wanted = sorted(set(roles))
+    for role in wanted:
+        if not re.fullmatch(ROLE_PATTERN, role):
             raise ConfigError(
-                f"no reviewer {name!r} in {path}{hint}; `plangate reviewers list` names them"
+                f"{role!r} is not a role: letters, digits and _.- , up to 64 characters"
             )
-        _write(path, kept)
+    return wanted
 
 
 @contextmanager

@@ -152,6 +152,43 @@ def test_reviewers_list_shows_names_and_roles_and_remove_takes_the_token_away(
     )
 
 
+def test_reviewers_roles_changes_a_reviewer_s_roles_and_keeps_their_token(
+    tmp_path: Path,
+) -> None:
+    """Given alice (finance) and bob,
+    When `reviewers roles alice --role sre` and then `reviewers roles alice` (none) run,
+    Then alice's token still names her, with sre and then no roles, bob is untouched, and a
+    name not in the file or a role not spelled as roles are is refused in one line (a role
+    changed only by editing the YAML by hand, or by remove and add, which replaced her token).
+    """
+    path = tmp_path / "reviewers.yaml"
+    env = {"PLANGATE_REVIEWERS_FILE": str(path)}
+    alice = reviewers_cli(tmp_path, "add", "alice", "--role", "finance", **env).stdout.strip()
+    reviewers_cli(tmp_path, "add", "bob", "--role", "finance", **env)
+
+    to_sre = reviewers_cli(tmp_path, "roles", "alice", "--role", "sre", **env)
+    as_sre = Reviewers.from_file(path).identify(alice)
+    to_none = reviewers_cli(tmp_path, "roles", "alice", **env)
+    unknown = reviewers_cli(tmp_path, "roles", "Alicia", "--role", "sre", **env)
+    bad_role = reviewers_cli(tmp_path, "roles", "alice", "--role", "on call", **env)
+
+    assert to_sre.returncode == 0, to_sre.stderr
+    assert to_sre.stdout.strip() == f"alice now has sre (had finance) in {path}"
+    assert as_sre == Reviewer("alice", frozenset({"sre"}))
+    assert to_none.stdout.strip() == f"alice now has no roles (had sre) in {path}"
+    assert Reviewers.from_file(path).identify(alice) == Reviewer("alice", frozenset())
+    assert json.loads(reviewers_cli(tmp_path, "list", "--json", **env).stdout) == [
+        {"name": "alice", "roles": []},
+        {"name": "bob", "roles": ["finance"]},
+    ]
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == (
+        f"error: no reviewer 'Alicia' in {path}; `plangate reviewers list` names them"
+    )
+    assert bad_role.returncode == 2
+    assert "'on call' is not a role" in bad_role.stderr
+
+
 def test_reviewers_add_refuses_a_second_alice(tmp_path: Path) -> None:
     path = tmp_path / "reviewers.yaml"
     first = add_reviewer(path, "alice", ["finance"])

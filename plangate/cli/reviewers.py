@@ -1,4 +1,4 @@
-"""`plangate reviewers add|list|remove`: who may decide held plans, and with which roles.
+"""`plangate reviewers add|list|roles|remove`: who may decide held plans, and with which roles.
 
 The file keeps each token's SHA-256, never the token: `add` prints a new token once, on its own
 line of stdout (`TOKEN=$(plangate reviewers add alice)` captures it), and it cannot be shown
@@ -110,6 +110,33 @@ def reviewers_list(
     for reviewer in reviewers:
         table.add_row(reviewer.name, ", ".join(sorted(reviewer.roles)))
     console.print(table)
+
+
+@app.command("roles", short_help="Set a reviewer's roles; their token stays.")
+@friendly_errors
+def reviewers_roles(
+    name: NameArgument,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            metavar="ROLE",
+            help="A role they hold from now on (repeatable); none given: no roles.",
+        ),
+    ] = None,
+    file: FileOption = None,
+) -> None:
+    """Give NAME exactly the roles given, keeping their token (remove and add would replace it).
+
+    A role taken away counts no more: an approval NAME gave under it is not signed by the gate.
+    """
+    from plangate.reviewers import set_roles
+
+    path = _path(file)
+    before = set_roles(path, name, role or [])
+    shown = ", ".join(sorted(set(role or []))) or "no roles"
+    had = ", ".join(sorted(before)) or "no roles"
+    typer.echo(f"{name} now has {shown} (had {had}) in {path}")
 
 
 @app.command("remove", short_help="Remove a reviewer: their token and sessions stop working.")
