@@ -45,7 +45,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from approval_gate.policy import load_policy
 from plangate.config import Settings
-from plangate.signing import Signer, load_trusted_keys
+from plangate.signing import Signer
+from plangate.signing_keys import load_trusted_keys
 from plangate.tools import load_tools
 from schemas import (
     GoalSubmitted,

@@ -26,13 +26,8 @@ from plangate.config import Settings
 from plangate.errors import AuditBroken
 from plangate.middleware import standard
 from plangate.middleware.outages import DatabaseOutages
-from plangate.signing import (
-    Signer,
-    TrustedKeys,
-    load_or_create_signer,
-    load_trusted_keys,
-    trusted_keys_dir,
-)
+from plangate.signing import Signer, TrustedKeys
+from plangate.signing_keys import load_or_create_signer, load_trusted_keys, trusted_keys_dir
 from plangate.store import Store, audit_checkpoints
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler

@@ -21,7 +21,8 @@ from plangate.bus import Envelope
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
-from plangate.signing import Signer, load_or_create_signer
+from plangate.signing import Signer
+from plangate.signing_keys import load_or_create_signer
 from plangate.store import ApprovalRow
 from schemas import Plan, PlanApproved, SignedEnvelope, utcnow
 from tests.conftest import SEED_GOAL

@@ -17,7 +17,8 @@ from sqlalchemy import func, select, text
 
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.signing import Signer, TrustedKeys, load_or_create_signer
+from plangate.signing import Signer, TrustedKeys
+from plangate.signing_keys import load_or_create_signer
 from plangate.stages import build_sealing
 from plangate.store import audit, audit_checkpoints
 from plangate.store.models import AuditCheckpointRow

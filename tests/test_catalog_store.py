@@ -14,7 +14,7 @@ from plangate.bus import Delivery
 from plangate.catalog import keep_offering, load_catalog, publish_catalog, read_catalog
 from plangate.embedded import Pipeline
 from plangate.errors import NotReady, Reject, Retry
-from plangate.signing import load_or_create_signer
+from plangate.signing_keys import load_or_create_signer
 from plangate.stages import build_handler
 from plangate.store import Store, ToolCatalogRow
 from schemas import Plan, PlanApproved, Step, ToolSpec, utcnow

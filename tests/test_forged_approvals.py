@@ -25,7 +25,8 @@ from plangate.bus import Bus
 from plangate.client import Client
 from plangate.relay import deliver
 from plangate.reviewers import Reviewers, add_reviewer
-from plangate.signing import PAYLOAD_TYPE, Signer, load_trusted_keys
+from plangate.signing import PAYLOAD_TYPE, Signer
+from plangate.signing_keys import load_trusted_keys
 from plangate.stages import build_review
 from plangate.store import ApprovalRow, GoalRow, StepRunRow, Store, open_store
 from schemas import Decision, Plan, PlanApproved, Signature, SignedEnvelope, new_id

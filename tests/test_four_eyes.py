@@ -26,7 +26,8 @@ from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PolicyError
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer, remove_reviewer
-from plangate.signing import TrustedKeys, load_or_create_signer, load_trusted_keys
+from plangate.signing import TrustedKeys
+from plangate.signing_keys import load_or_create_signer, load_trusted_keys
 from plangate.store import ApprovalRow, AuditRow, HoldRow, PlanRow, open_store
 from schemas import Decision, Plan, PlanApproved, SignedEnvelope, plan_hash
 from tests.browser import chromium

@@ -20,7 +20,8 @@ from sqlalchemy import select, text
 from plangate.audit_export import read_entries
 from plangate.embedded import Pipeline
 from plangate.export_records import records_problem
-from plangate.signing import PAYLOAD_TYPE, read_public_key
+from plangate.signing import PAYLOAD_TYPE
+from plangate.signing_keys import read_public_key
 from plangate.store import ApprovalRow
 from tests.support import audit_entries
 from tests.test_audit import SEED_RUN_ENTRIES, completed_run, plangate_cli

@@ -18,16 +18,8 @@ from pydantic import ValidationError
 
 from plangate.config import Settings
 from plangate.errors import ApprovalInvalid, ConfigError
-from plangate.signing import (
-    PAYLOAD_TYPE,
-    Signer,
-    TrustedKeys,
-    approval_payload,
-    key_id,
-    load_or_create_signer,
-    load_trusted_keys,
-    pae,
-)
+from plangate.signing import PAYLOAD_TYPE, Signer, TrustedKeys, approval_payload, key_id, pae
+from plangate.signing_keys import load_or_create_signer, load_trusted_keys
 from schemas import Decision, Plan, Signature, SignedEnvelope, Step, canonical_json
 from tests.support import outer_environment, write_private_key
 
@@ -53,8 +45,8 @@ def trusted(signer: Signer) -> TrustedKeys:
     return TrustedKeys([signer.public_key])
 
 
-def settings_in(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path, signing_key_file=None, trusted_keys_dir=None)
+def settings_in(tmp_path: Path, trusted_keys_dir: Path | None = None) -> Settings:
+    return Settings(data_dir=tmp_path, signing_key_file=None, trusted_keys_dir=trusted_keys_dir)
 
 
 def reencoded(envelope: SignedEnvelope, payload: bytes) -> SignedEnvelope:
@@ -344,7 +336,7 @@ def test_a_rotated_key_the_gates_folder_does_not_trust_is_warned_of_at_start(
     )
     rotated = Settings(data_dir=tmp_path / "gate", signing_key_file=new_key)
 
-    with caplog.at_level("WARNING", logger="plangate.signing"):
+    with caplog.at_level("WARNING", logger="plangate.signing_keys"):
         second = load_or_create_signer(rotated)
 
     assert second.key_id != first.key_id
@@ -359,7 +351,7 @@ def test_a_given_key_the_gates_folder_trusts_starts_without_a_warning(
     made = load_or_create_signer(settings_in(tmp_path / "gate"))
     key_file = tmp_path / "gate" / "keys" / "approval-signing.pem"
 
-    with caplog.at_level("WARNING", logger="plangate.signing"):
+    with caplog.at_level("WARNING", logger="plangate.signing_keys"):
         signer = load_or_create_signer(
             Settings(data_dir=tmp_path / "gate", signing_key_file=key_file)
         )
@@ -429,14 +421,35 @@ def test_a_gate_pointed_at_a_new_key_warns_while_its_folder_holds_the_old_one(
     write_private_key(new_key)
     rotated = Settings(data_dir=tmp_path / "gate", signing_key_file=new_key)
 
-    with caplog.at_level("WARNING", logger="plangate.signing"):
+    with caplog.at_level("WARNING", logger="plangate.signing_keys"):
         load_or_create_signer(rotated)
     said = caplog.text
     caplog.clear()
     (tmp_path / "gate" / "keys" / "approval-signing.pem").rename(tmp_path / "old.pem")
-    with caplog.at_level("WARNING", logger="plangate.signing"):
+    with caplog.at_level("WARNING", logger="plangate.signing_keys"):
         load_or_create_signer(rotated)
 
     assert f"the data folder still holds the signing key {first.key_id}" in said
     assert "move it out of the folder" in said
     assert "still holds" not in caplog.text
+
+
+def test_a_gate_making_a_key_beside_others_already_trusted_says_how_to_use_one_of_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a trusted keys folder that holds another gate's key (this gate's
+    PLANGATE_SIGNING_KEY_FILE lost in a redeploy), When the gate starts with an empty data
+    folder, Then it makes a key and says so as a warning naming the keys already there and
+    PLANGATE_SIGNING_KEY_FILE (it did so in silence, and every executor trusted the key);
+    alone in the folder, a new key is said at info."""
+    shared = tmp_path / "trusted"
+    first = load_or_create_signer(settings_in(tmp_path / "first", trusted_keys_dir=shared))
+    with caplog.at_level("INFO", logger="plangate.signing_keys"):
+        second = load_or_create_signer(settings_in(tmp_path / "second", trusted_keys_dir=shared))
+        load_or_create_signer(settings_in(tmp_path / "second", trusted_keys_dir=shared))
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert f"made a new signing key {second.key_id}" in warnings[0]
+    assert f"which holds 1 other key(s) ({first.key_id})" in warnings[0]
+    assert "set PLANGATE_SIGNING_KEY_FILE to it" in warnings[0]

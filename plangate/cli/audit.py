@@ -55,7 +55,7 @@ def audit_checkpoint(
     database restored from a backup) unless told --accept-missing.
     """
     from plangate.checkpoint_memory import CheckpointMemory
-    from plangate.signing import load_signer
+    from plangate.signing_keys import load_signer
     from plangate.store import audit_checkpoints, open_store
 
     settings = load_settings()
@@ -134,7 +134,8 @@ def audit_export(
     """
     from plangate.audit_export import ExportSummary, sign_export
     from plangate.export_records import records_path, write_records
-    from plangate.signing import TrustedKeys, load_signer
+    from plangate.signing import TrustedKeys
+    from plangate.signing_keys import load_signer
     from plangate.store import audit, open_store
     from plangate.store.goal_list import check_window, parse_since
 

@@ -120,7 +120,8 @@ def check_memory(store: Store, data_dir: Path) -> None:
 
 def trusted_keys(key_files: list[Path]) -> TrustedKeys:
     """Return the keys given (`--key`), or else the trusted keys folder's."""
-    from plangate.signing import TrustedKeys, load_trusted_keys, read_public_key
+    from plangate.signing import TrustedKeys
+    from plangate.signing_keys import load_trusted_keys, read_public_key
 
     if key_files:
         return TrustedKeys([read_public_key(path) for path in key_files])
