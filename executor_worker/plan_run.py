@@ -19,10 +19,9 @@ from executor_worker.engine import (
     DagWalk,
     StepOutcome,
     idempotency_key,
-    invoke,
-    tool_span,
 )
 from executor_worker.ledger import Claim, ReadAnswer, StepLedger
+from executor_worker.tool_call import invoke, tool_span
 from plangate import faults
 from plangate.tools import ToolRegistry
 from schemas import Plan, Step

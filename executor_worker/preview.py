@@ -24,12 +24,11 @@ from executor_worker.engine import (
     DagWalk,
     StepOutcome,
     idempotency_key,
-    invoke,
-    tool_span,
 )
 from executor_worker.lacking_tools import hand_back_if_lacking
 from executor_worker.output_bounds import PREVIEW_BUDGET_BYTES, PREVIEW_CHARS, json_size, kept_error
 from executor_worker.run_end import ACTOR
+from executor_worker.tool_call import invoke, tool_span
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.errors import Reject
