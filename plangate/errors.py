@@ -22,6 +22,7 @@ __all__ = [
     "Conflict",
     "Forbidden",
     "GoalNotCompleted",
+    "HandBack",
     "MessageRejected",
     "NotFound",
     "NotReady",
@@ -200,6 +201,18 @@ class Retry(PlangateError):
     def __init__(self, reason: str, delay: float = 1.0) -> None:
         self.reason = reason
         self.delay = delay
+        super().__init__(reason)
+
+
+class HandBack(PlangateError):
+    """Raised by a handler: its worker stops midway; the message goes back to the broker.
+
+    Not a failure: no attempt is used and nothing is dead-lettered. What the handler did is
+    recorded, and the worker that takes the message next goes on from there.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
         super().__init__(reason)
 
 

@@ -1,8 +1,9 @@
 """A stage's consume loop: one thread owns the connection; handlers run in a bounded pool.
 
 Handlers return the envelopes to publish, or raise Reject (dead letter), Retry (try again after
-its delay) or anything else (try again after `retry_delays`); either retry counts towards
-`max_attempts`, then the message is dead-lettered. A retry with a delay is stored (the store's
+its delay), HandBack (the worker stops midway: requeued, no attempt used) or anything else (try
+again after `retry_delays`); either retry counts towards `max_attempts`, then the message is
+dead-lettered. A retry with a delay is stored (the store's
 outbox, through the `defer` hook) and its message acked, so a waiting retry holds no slot: the
 loop publishes it when it is due, and the relay does if this worker is gone by then.
 
@@ -57,6 +58,7 @@ from plangate.bus.retries import (
 from plangate.bus.settlement import PublishedHook, PublishFailed, Settlement
 from plangate.bus.topology import Stage, Topology
 from plangate.bus.wakeup import Wakeup
+from plangate.errors import HandBack
 from schemas import Message, MessageRejected
 
 log = logging.getLogger(__name__)
@@ -281,7 +283,8 @@ class StageConsumer:
 
         An outage is held here instead (`held_in_memory`); so is a retry that cannot be stored.
         """
-        if self._defer is None or held_in_memory(error):
+        # A message handed back is not retried: the broker gives it to the next worker.
+        if self._defer is None or held_in_memory(error) or isinstance(error, HandBack):
             return
         delay = self._retry_delay(error, delivery.attempt)
         if delay is None:

@@ -17,7 +17,7 @@ from typing_extensions import override
 from plangate.bus.envelope import Delivery
 from schemas import Message
 
-Outcome = Literal["handled", "retried", "dead_lettered"]
+Outcome = Literal["handled", "retried", "dead_lettered", "handed_back"]
 
 
 class Middleware:

@@ -2,7 +2,8 @@
 
 A handled message is acked once its results are published (its handler published them from
 its own thread); a dead letter or a retry held here is acked once the loop has published its
-copy; a stored retry once it is in the outbox. All of it runs in the loop's thread, but
+copy; a stored retry once it is in the outbox. One its handler handed back (`HandBack`: the
+worker stops midway) is requeued, never acked. All of it runs in the loop's thread, but
 `next_attempt`, which handlers' threads use too.
 """
 
@@ -28,7 +29,7 @@ from plangate.bus.inbound import original_content_type, raw_body, text_headers
 from plangate.bus.middleware import MiddlewareStack
 from plangate.bus.producers import ThreadProducers
 from plangate.bus.retries import Deferred, Waiting
-from plangate.errors import PlangateError, Reject, Retry, Unavailable
+from plangate.errors import HandBack, PlangateError, Reject, Retry, Unavailable
 from plangate.goal_trace import goal_span
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class Settlement:
             self._ack_stored_retry(done, error)
         elif isinstance(error, Reject):
             self.dead_letter(done.raw, done.delivery, error.reason)
+        elif isinstance(error, HandBack):
+            self._hand_back(done, error)
         elif (delay := self._retry_delay(error, done.delivery.attempt)) is None:
             said = error_text(error)
             what = f"{done.delivery.message_type} from {done.delivery.queue}"
@@ -161,6 +164,15 @@ class Settlement:
         self._middleware.after_settle(done.delivery, "retried")
         self._ack(done.raw, done.delivery, ())
         self._stored_retries.add(stored.delay, stored.envelope)
+
+    def _hand_back(self, done: Done, stopping: HandBack) -> None:
+        """Give a message its handler left midway (its worker stops) back to the broker.
+
+        Requeued as it came, its attempt unchanged: stopping is no failure of the message's.
+        """
+        log.info("handing %s back to the broker: %s", done.delivery.routing_key, stopping)
+        self._middleware.after_settle(done.delivery, "handed_back")
+        done.raw.requeue()
 
     def _hold_retry(self, done: Done, error: BaseException, delay: float) -> None:
         attempt = done.delivery.attempt
