@@ -86,9 +86,15 @@ class DagWalk:
         # The step started when nothing else was left to start or still running, if one was.
         self._last: str | None = None
         self._telling: Future[None] | None = None  # an announcement made beside a step
+        # The steps left unstarted because the executor is stopping (`_stopping`), in order.
+        self.not_started: list[str] = []
 
     def run(self) -> dict[str, StepOutcome]:
-        """Bring every step to an outcome; return the outcomes by step id."""
+        """Bring every step to an outcome; return the outcomes by step id.
+
+        Once the executor is stopping, only the steps already started are: `not_started`
+        lists the others.
+        """
         running: dict[Future[StepOutcome], str] = {}
         finished: list[StepOutcome] = []  # not yet announced
         try:
@@ -107,7 +113,13 @@ class DagWalk:
         waiting = {step.id: step for step in self._plan.steps}
         deps = {step.id: dependencies(step) for step in self._plan.steps}
         while waiting or running:
-            ready = [waiting.pop(s) for s in list(waiting) if deps[s] <= self.outcomes.keys()]
+            if self._stopping():  # what runs ends (and is recorded); nothing more starts
+                if not running:
+                    self.not_started = list(waiting)
+                    return
+                ready = []
+            else:
+                ready = [waiting.pop(s) for s in list(waiting) if deps[s] <= self.outcomes.keys()]
             if ready:
                 to_call = self._start_wave(ready, deps, finished)
                 if len(to_call) == 1 and not running:
@@ -215,6 +227,10 @@ class DagWalk:
 
     def _goal_cancelled(self) -> bool:
         """Return whether the goal was cancelled: then no further step starts."""
+        return False
+
+    def _stopping(self) -> bool:
+        """Return whether the executor is stopping: then no further step starts either."""
         return False
 
     def _announce(self, finished: list[StepOutcome]) -> None:

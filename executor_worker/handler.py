@@ -6,6 +6,7 @@ Before any tool is called: the plan is validated against this executor's own too
 approval's signature, plan hash and expiry are checked, and the approval is recorded as used
 (a unique key: one approval, one plan). A redelivered message resumes the same run; finished
 steps are not run again, and a run that already ended has its outcome republished, unchanged.
+An executor that stops hands its runs back between steps (`draining`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from opentelemetry.trace import StatusCode
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
+from executor_worker.draining import Draining, hand_back
 from executor_worker.engine import DEFAULT_TOOL_TIMEOUT, StepOutcome
 from executor_worker.lacking_tools import hand_back_if_lacking
 from executor_worker.ledger import Claim, StepLedger, recorded_steps
@@ -92,7 +94,9 @@ class ExecutorHandler:
         step_lease: timedelta = timedelta(minutes=5),
         link_only: bool | None = None,
         tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
+        stopping: threading.Event | None = None,
     ) -> None:
+        """Run plans with these tools; once `stopping` is set, hand runs back between steps."""
         self._store = store
         self._registry = registry
         self._trusted = trusted
@@ -110,6 +114,11 @@ class ExecutorHandler:
         # dead letters of the same approval replayed at once) is left to the live run.
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
+        self._draining = Draining(stopping)
+
+    def waits_for(self) -> str:
+        """Say what stopping this executor waits for now (its worker logs it at SIGTERM)."""
+        return self._draining.waits_for()
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.approved message (or a held plan's preview request)."""
@@ -284,8 +293,11 @@ class ExecutorHandler:
             self._steps,
             self._tool_timeout,
             self._announcers,
+            self._draining,
         )
         run.run()  # the last step's records are left to the run's end, below
+        if run.not_started:  # the executor is stopping: another one goes on with the run
+            hand_back(run, plan, self._store)
 
         def end() -> Sequence[Envelope]:
             kept = run.kept()

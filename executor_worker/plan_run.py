@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from executor_worker.draining import Draining
 from executor_worker.engine import (
     DEFAULT_TOOL_TIMEOUT,
     DagWalk,
@@ -43,8 +44,10 @@ class PlanRun(DagWalk):
         pool: Executor,
         tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
         announcer: Executor | None = None,
+        draining: Draining | None = None,
     ) -> None:
         super().__init__(plan, pool, on_finished, tool_timeout, announcer)
+        self._draining = draining or Draining()  # the executor's stop: no step starts after
         self._plan_hash = plan_hash
         self._registry = registry
         self._ledger = ledger
@@ -170,6 +173,9 @@ class PlanRun(DagWalk):
             return False
         return self._ledger.goal_cancelled()
 
+    def _stopping(self) -> bool:
+        return self._draining.stopping
+
     def _call(self, step: Step, args: dict[str, Any]) -> StepOutcome:
         tool = self._registry.get(step.tool)
         with tool_span(step) as span:
@@ -179,7 +185,8 @@ class PlanRun(DagWalk):
                 earlier = self._ledger.recorded(step)
                 if earlier is not None:
                     return _recorded(step, earlier)
-                called = invoke(tool, step, args, self._context(step, tool, key), span)
+                with self._draining.calling(self._plan.goal_id, step.id):
+                    called = invoke(tool, step, args, self._context(step, tool, key), span)
                 # Recorded with the run's other finished reads, in one transaction, before any
                 # step that reads them starts (`_start_wave`).
                 return replace(called, provisional=True)
@@ -187,7 +194,8 @@ class PlanRun(DagWalk):
             if claim.kind != "run":
                 return _recorded(step, claim)
             context = self._context(step, tool, key, claim.attempt)
-            outcome = invoke(tool, step, args, context, span)
+            with self._draining.calling(self._plan.goal_id, step.id):
+                outcome = invoke(tool, step, args, context, span)
             if outcome.status == "succeeded":
                 faults.trip("mid_tool")  # the effect happened; its record did not
             if step.id == self._last:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
@@ -54,13 +55,17 @@ def build_handler(
     registry: ToolRegistry | None = None,
     *,
     previews: bool = True,
+    stopping: threading.Event | None = None,
 ) -> Handler:
     """Return the handler of one stage, configured from `settings`.
 
     `previews`: whether the gate asks for the dry runs its rules want (a run approving at its
-    terminal unseen has no one to show them to).
+    terminal unseen has no one to show them to). `stopping`: a worker's stop; once it is set,
+    an executor starts no further step and hands its runs back to the broker, for another
+    executor. (Embedded, no other executor would take them: its runs go on, and Ctrl-C
+    cancels the goal instead.)
     """
-    return _stage_handler(stage, settings, store, bus, registry, previews)
+    return _stage_handler(stage, settings, store, bus, registry, previews, stopping)
 
 
 def _stage_handler(
@@ -70,6 +75,7 @@ def _stage_handler(
     bus: Bus,
     registry: ToolRegistry | None,
     previews: bool,
+    stopping: threading.Event | None = None,
 ) -> Handler:
     # Given the tools (embedded mode), every stage plans and decides with exactly those;
     # otherwise with the catalog the executors published to the store: planners with the
@@ -143,6 +149,7 @@ def _stage_handler(
         bus.publish_one,
         step_lease=lease,
         tool_timeout=settings.tool_timeout_seconds,
+        stopping=stopping,
     )
 
 

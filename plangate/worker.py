@@ -12,8 +12,10 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from types import FrameType
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy.exc import OperationalError
 
@@ -39,6 +41,14 @@ from schemas import utcnow
 log = logging.getLogger(__name__)
 
 
+@runtime_checkable
+class SaysWhatStopWaitsFor(Protocol):
+    """A handler that can say what stopping its worker waits for (the executor's can)."""
+
+    def waits_for(self) -> str:
+        """Say what the worker's stop waits for now, for its log."""
+
+
 class Worker:
     """One stage's worker: the consume loop in the calling thread, the sweeper beside it."""
 
@@ -47,6 +57,8 @@ class Worker:
         self.settings = settings
         self.concurrency = concurrency or settings.concurrency
         self.stop = threading.Event()
+        # What the log says a stop waits for (an executor names its tool calls in flight).
+        self._waits_for: Callable[[], str] = lambda: "finishing in-flight work"
 
     def run(self) -> int:
         """Work until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
@@ -96,7 +108,9 @@ class Worker:
         )
         marker = outbox_rows.SentMarker(store)
         try:
-            handler = build_handler(self.stage, self.settings, store, bus)
+            handler = build_handler(self.stage, self.settings, store, bus, stopping=self.stop)
+            if isinstance(handler, SaysWhatStopWaitsFor):
+                self._waits_for = handler.waits_for
             consumer = bus.stage_consumer(
                 self.stage,
                 handler,
@@ -134,7 +148,7 @@ class Worker:
 
     def _handle_signals(self) -> None:
         def request_stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("received %s: finishing in-flight work", signal.Signals(signum).name)
+            log.info("received %s: %s", signal.Signals(signum).name, self._waits_for())
             self.stop.set()
 
         if threading.current_thread() is threading.main_thread():
