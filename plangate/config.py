@@ -178,6 +178,11 @@ class Settings(BaseSettings):
         default=None,
         description="When set, `plangate serve` accepts goals only with it as a bearer token.",
     )
+    intake_token_previous: SecretStr | None = Field(
+        default=None,
+        description="While the intake token is rotated: the old one, accepted too (its use is "
+        "logged) until every sender has the new one.",
+    )
     server_url: str | None = Field(
         default=None, description="The `plangate serve` the CLI's review commands talk to."
     )
@@ -321,9 +326,9 @@ class Settings(BaseSettings):
     # How a variable's text is read where pydantic alone would read it wrongly (blank, WARN).
     _blank_is_the_default = field_validator("data_dir", mode="before")(values.blank_is_the_default)
     _blank_is_unset = field_validator(*_BLANK_MEANS_UNSET, mode="before")(values.blank_is_unset)
-    _not_a_placeholder = field_validator("session_secret", "intake_token", "reviewer_token")(
-        values.not_a_placeholder
-    )
+    _not_a_placeholder = field_validator(
+        "session_secret", "intake_token", "intake_token_previous", "reviewer_token"
+    )(values.not_a_placeholder)
     _a_whole_number = field_validator("demo_ticket_count", "demo_sla", mode="before")(
         values.a_whole_number
     )

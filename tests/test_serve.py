@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
+from pydantic import SecretStr
 
 from plangate.bus import Bus, Envelope
 from plangate.client import Client
@@ -287,6 +288,44 @@ def test_a_token_is_required_when_set(secured_url: str) -> None:
     assert without[1]["www-authenticate"] == "Bearer"
     assert wrong[0] == 401
     assert with_token[0] == 201, with_token
+
+
+def test_the_intake_token_is_rotated_with_the_previous_one_accepted_meanwhile(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a new PLANGATE_INTAKE_TOKEN and the old one in PLANGATE_INTAKE_TOKEN_PREVIOUS,
+    When senders submit with each, with a third token and with none,
+    Then the new and the old pass (the old one's use logged once, naming the sender: it was
+    refused at once, all senders had to switch at the instant serve restarted), a wrong one is
+    told it is not this intake's token (it read as if none had been sent), and none is told
+    to send one; ten wrong tokens do not lock a reviewer at the same address out.
+    """
+    old, new = "o" * 40, "n" * 40
+    settings = client.settings.model_copy(update={"intake_token_previous": SecretStr(old)})
+    reviewer_token = "r" * 40
+    reviewers = Reviewers([Reviewer.with_token("alice", reviewer_token)])
+    app = create_app(settings, client=client, intake_token=new, reviewers=reviewers)
+    with serving_app(app) as url, caplog.at_level("WARNING", logger="plangate.server.auth"):
+        with_new = post_json(url, {"text": SEED_GOAL}, Authorization=f"Bearer {new}")
+        with_old = [post_json(url, {"text": SEED_GOAL}, Authorization=f"Bearer {old}")]
+        with_old.append(post_json(url, {"text": SEED_GOAL}, Authorization=f"Bearer {old}"))
+        wrong = [
+            post_json(url, {"text": SEED_GOAL}, Authorization="Bearer replaced") for _ in range(10)
+        ]
+        without = post_json(url, {"text": SEED_GOAL})
+        listed = call(f"{url}/api/v1/goals", headers={"Authorization": f"Bearer {reviewer_token}"})
+
+    assert with_new[0] == 201, with_new
+    assert [answer[0] for answer in with_old] == [201, 201]
+    said = [r.getMessage() for r in caplog.records if r.name == "plangate.server.auth"]
+    assert said == [
+        "127.0.0.1 sent the previous intake token (PLANGATE_INTAKE_TOKEN_PREVIOUS): give it the "
+        "new one; unset the previous once every sender has it"
+    ]
+    assert wrong[0][0] == 401
+    assert "the bearer token is not this intake's token" in wrong[0][2]["error"]
+    assert without[0] == 429  # past the limit: the eleventh try from that address
+    assert listed[0] == 200, listed
 
 
 def test_the_openapi_document_describes_intake(base_url: str) -> None:

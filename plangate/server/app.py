@@ -71,6 +71,8 @@ def create_app(
     configured = settings.intake_token.get_secret_value() if settings.intake_token else None
     app.state.intake_token = intake_token or configured or None
     register_secret(app.state.intake_token)
+    previous = settings.intake_token_previous
+    app.state.intake_token_previous = previous.get_secret_value() if previous else None
     app.state.reviewers = reviewers if reviewers is not None else _reviewers(settings)
     app.state.sessions = SessionKeeper(
         session_secret(settings),
