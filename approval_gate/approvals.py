@@ -17,12 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from approval_gate.approvers import ApproverCheck
-from approval_gate.holds import (
-    approvals_needed,
-    check_not_author,
-    check_not_submitter,
-    check_reviewer,
-)
+from approval_gate.holds import approvals_needed, check_approver
 from plangate import metrics
 from plangate.errors import AlreadyApproved, Forbidden
 from plangate.reviewers import approval_proof
@@ -103,10 +98,7 @@ def counted_approvers(
     refused: list[tuple[ReviewerApprovalRow, str]] = []
     for row in sorted(_approvals(session, plan), key=lambda r: (r.created_at, r.reviewer)):
         try:
-            roles = check.roles(row)
-            check_reviewer(hold, plan.plan_id, row.reviewer, roles, "approve")
-            check_not_submitter(hold, goal, row.reviewer)
-            check_not_author(session, hold, plan, row.reviewer)
+            check_approver(session, hold, goal, plan, row.reviewer, check.roles(row))
         except Forbidden as refusal:
             refused.append((row, f"{row.reviewer}'s does not count ({refusal})"))
             continue

@@ -169,6 +169,24 @@ def check_not_submitter(hold: HoldRow | None, goal: GoalRow, reviewer: str) -> N
         )
 
 
+def check_approver(
+    session: Session,
+    hold: HoldRow | None,
+    goal: GoalRow,
+    plan: PlanRevision,
+    reviewer: str,
+    roles: frozenset[str],
+) -> None:
+    """Refuse a reviewer the hold does not let approve this revision (Forbidden, saying why).
+
+    Every bar at once: the roles the hold asks, the submitter where it bars them, and the
+    revision's authors. Whoever asks who may approve asks here, so all of them agree.
+    """
+    check_reviewer(hold, plan.plan_id, reviewer, roles, "approve")
+    check_not_submitter(hold, goal, reviewer)
+    check_not_author(session, hold, plan, reviewer)
+
+
 def check_not_author(
     session: Session, hold: HoldRow | None, plan: PlanRevision, reviewer: str
 ) -> None:

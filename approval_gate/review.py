@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -28,7 +27,6 @@ from approval_gate.approvals import (
     count_approval,
     count_only,
     counted_approvers,
-    progress,
     withdraw_void_approval,
 )
 from approval_gate.approvers import ApproverCheck, RecordedApprovers
@@ -38,17 +36,9 @@ from approval_gate.decisions import (
     person_recorded,
     record_decision,
 )
-from approval_gate.expiry import expires_at
-from approval_gate.holds import (
-    DEFAULT_HOLD_TTL,
-    check_not_author,
-    check_not_submitter,
-    check_open,
-    check_reviewer,
-    hold_of,
-    required_roles,
-    revision_editors,
-)
+from approval_gate.held_plan import HeldPlan as HeldPlan
+from approval_gate.held_plan import read_held
+from approval_gate.holds import DEFAULT_HOLD_TTL, check_approver, check_open, check_reviewer
 from approval_gate.refusals import audits_refusals
 from approval_gate.review_span import review_span
 from approval_gate.revisions import edited_plan
@@ -62,7 +52,7 @@ from plangate.errors import (
     check_comment,
     quoted,
 )
-from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow, Store, audit
+from plangate.store import GoalRow, PlanRow, Store, audit
 from plangate.store.audit_recorded import edit_reason
 from plangate.store.goals import by_id, latest_plan, plan_values, transition
 from plangate.store.locks import PERSON_LOCK_WAIT_SECONDS, waiting_at_most
@@ -72,52 +62,12 @@ from schemas import (
     Catalog,
     Decision,
     PlanProposed,
-    StepPreview,
     utcnow,
     validate_plan,
 )
 from schemas.hashing import written_plan_hash
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HeldPlan:
-    """A plan revision waiting for a person, with what the policy said of it."""
-
-    plan: PlanRow
-    goal: GoalRow
-    policy_decision: DecisionRow | None
-    previous: PlanRow | None = None  # the revision before, for a diff
-    required_role: str | None = None  # the role(s) the hold asks of a reviewer, comma-separated
-    expires_at: datetime | None = None  # when a held plan expires if nobody decides
-    preview: list[StepPreview] | None = None  # its dry run, once an executor has made it
-    preview_requested: bool = False  # the rule that held it asked an executor for a dry run
-    hold: HoldRow | None = None  # what a decision needs, as the gate recorded it
-    approvers: tuple[str, ...] = ()  # who approved this revision so far (of several needed)
-    authors: tuple[str, ...] = ()  # who edited it or an edit it builds on: none may approve it
-
-    @property
-    def roles_required(self) -> frozenset[str]:
-        """The roles a reviewer must hold, all of them, to decide it."""
-        return required_roles(self.hold) if self.hold is not None else frozenset()
-
-    @property
-    def approvals_required(self) -> int:
-        """How many distinct reviewers must approve this revision (1 unless a rule says)."""
-        return approvals_required(self.hold)
-
-    @property
-    def approval_progress(self) -> str:
-        """How far its approval is, as people read it: "1 of 2 approvals (alice)"."""
-        return progress(list(self.approvers), self.approvals_required)
-
-    @property
-    def preview_state(self) -> str:
-        """`ready` (a dry run is stored), `waiting` (asked, not made yet) or `none`."""
-        if self.preview is not None:
-            return "ready"
-        return "waiting" if self.preview_requested else "none"
 
 
 class Review:
@@ -263,47 +213,7 @@ class Review:
 
     def _held(self, session: Session, goal: GoalRow, plan: PlanRow | None = None) -> HeldPlan:
         """Return `plan` (default: the goal's newest revision) with what a reviewer needs."""
-        plan = plan or latest_plan(session, goal.id)
-        if plan is None:
-            raise NotFound(f"goal {goal.id} has no plan")
-        policy = session.execute(
-            select(DecisionRow).where(
-                DecisionRow.plan_id == plan.plan_id, DecisionRow.stage == "policy"
-            )
-        ).scalar_one_or_none()
-        previous = None
-        if plan.revision > 1:
-            previous = session.execute(
-                select(PlanRow).where(
-                    PlanRow.goal_id == goal.id, PlanRow.revision == plan.revision - 1
-                )
-            ).scalar_one_or_none()
-        hold = hold_of(session, plan.plan_id)
-        role = None
-        if hold is not None and hold.required_roles:
-            role = ", ".join(sorted(required_roles(hold)))
-        expiry = None
-        if policy is not None and policy.action == "hold" and goal.status == "held":
-            expiry = expires_at(session, policy, self._hold_ttl)
-        stored = session.get(PlanPreviewRow, plan.plan_id)
-        preview = None
-        if stored is not None and stored.steps is not None:
-            preview = [StepPreview.model_validate(step) for step in stored.steps]
-        approvers = tuple(counted_approvers(session, plan, hold, self._approvers)[0])
-        authors = tuple(sorted(revision_editors(session, plan)))
-        return HeldPlan(
-            plan,
-            goal,
-            policy,
-            previous,
-            role,
-            expiry,
-            preview,
-            stored is not None,
-            hold,
-            approvers,
-            authors,
-        )
+        return read_held(session, goal, plan, self._hold_ttl, self._approvers)
 
     def _decide(
         self,
@@ -319,8 +229,7 @@ class Review:
             held = self._held_for_decision(session, plan_id, expected_hash)
             check_reviewer(held.hold, plan_id, reviewer, roles, action)
             if action == "approve":
-                check_not_submitter(held.hold, held.goal, reviewer)
-                check_not_author(session, held.hold, held.plan, reviewer)
+                check_approver(session, held.hold, held.goal, held.plan, reviewer, roles)
                 withdraw_void_approval(session, held.plan, reviewer, self._approvers)
                 needed = approvals_required(held.hold)
                 try:

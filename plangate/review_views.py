@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from approval_gate.review import HeldPlan
+from approval_gate.held_plan import HeldPlan
 from approval_gate.revisions import plan_diff
 from plangate.store.goal_list import submitters_said
 from schemas import Catalog, StepPreview
@@ -75,6 +75,13 @@ class ReviewSummary(BaseModel):
     approval_progress: str = Field(
         default="", description='How far its approval is: "1 of 2 approvals (alice)".'
     )
+    cannot_be_released: str | None = Field(
+        default=None,
+        description="Why it can never be released, if fewer reviewers in the reviewers file "
+        "may still approve it than it needs (its editors, the submitter where the rule bars "
+        "them, and who approved already may not); null if enough may, or where the reviewers "
+        "are not known (the embedded mode).",
+    )
 
 
 class ReviewDetail(ReviewSummary):
@@ -125,6 +132,7 @@ def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
         approvals_required=held.approvals_required,
         approvers=list(held.approvers),
         approval_progress=held.approval_progress,
+        cannot_be_released=held.cannot_be_released,
     )
 
 

@@ -879,14 +879,16 @@ def test_the_page_offers_an_edits_author_no_approval_and_says_why(deployed_fleet
     When alice opens the revision her edit made,
     Then the page offers her no Approve (a click was refused: she wrote it) but says another
     reviewer approves it, and still lets her reject or edit; bob is offered Approve; and the
-    page says bob alone is left to give the two approvals it needs (it was left to expire,
-    nothing said).
+    page says it cannot be released: bob alone is left to give the two approvals it needs (it
+    was left to expire, nothing said).
     """
     fleet = deployed_fleet  # each stage with a data folder of its own, as deploy/ runs them
     team = fleet.folder / "reviewers.yaml"
     tokens = {name: add_reviewer(team, name, ["finance"]) for name in ("alice", "bob")}
     reviewers = Reviewers.from_file(team)
-    with Client(fleet.settings()) as client, serving(client, reviewers) as url:
+    # `serve` as deployed: it reads the reviewers file the gate workers read.
+    settings = fleet.settings().model_copy(update={"reviewers_file": team})
+    with Client(settings) as client, serving(client, reviewers) as url:
         state = client.submit(SEED_GOAL).wait(timeout=30, until={"held"})
         with chromium() as browser:
 
@@ -921,8 +923,8 @@ def test_the_page_offers_an_edits_author_no_approval_and_says_why(deployed_fleet
     assert alice_other_forms == 2
     assert bob_offered == 1
     # Two approvals by finance reviewers who did not edit it: bob alone is left.
-    assert "needs 2 approvals by reviewers with the role finance who did not edit it" in short_of
-    assert "only bob may still approve it" in short_of
+    assert "cannot be released: 2 approvals needed (0 of 2 approvals)" in short_of
+    assert "only 1 more (bob) in the reviewers file with the role finance" in short_of
 
 
 def test_a_hold_sealed_by_a_key_no_longer_trusted_says_to_put_it_back_or_reject(

@@ -114,10 +114,14 @@ def review_list(
             str(view["revision"]),
             shown(elided(view["goal_text"], goal_width)),  # anyone's text
             shown(elided(decision.get("rule") or "", rule_width)),
-            f"{len(view.get('approvers') or [])} of {needed}",
+            f"{len(view.get('approvers') or [])} of {needed}"
+            + (" ⚠" if view.get("cannot_be_released") else ""),
             (view["expires_at"] or "")[5:16].replace("T", " "),
         )
     console.print(table, soft_wrap=False)
+    for view in views:
+        if view.get("cannot_be_released"):  # said in full: it waits for nobody who can come
+            console.print(shown(f"⚠ {view['plan_id'][:8]} {view['cannot_be_released']}"))
 
 
 @app.command("show", short_help="Show a plan: steps, the policy's decision, the diff.")

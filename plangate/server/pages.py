@@ -17,10 +17,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
-from approval_gate.review import HeldPlan
 from approval_gate.revisions import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
-from plangate.review_views import ReviewDetail, detail_of, summary_of
+from plangate.review_views import detail_of, summary_of
 from plangate.server.cross_site import sent_from_another_site
 from plangate.server.decision_bodies import Settle
 from plangate.server.errors import ApiError
@@ -175,22 +174,6 @@ def _settle(
     return RedirectResponse(_done_link(web, plan_id, "settled"), status_code=303)
 
 
-def _short_of(request: Request, held: HeldPlan, detail: ReviewDetail) -> list[str] | None:
-    """Return who may still approve the revision, if too few are left to release it, else None.
-
-    Reviewers with its roles who did not write it and have not approved it: an edit by one of
-    two who may approve a two-approval plan leaves it to expire, and nothing said so.
-    """
-    left = [
-        reviewer.name
-        for reviewer in get_reviewers(request)
-        if held.roles_required <= reviewer.roles
-        and reviewer.name not in detail.editors
-        and reviewer.name not in detail.approvers
-    ]
-    return left if len(detail.approvers) + len(left) < held.approvals_required else None
-
-
 def _plan_page(
     request: Request,
     desk: ReviewDesk,
@@ -221,7 +204,6 @@ def _plan_page(
         "roles_missing": roles_missing if held_here else [],
         "approved_already": web.reviewer.name in detail.approvers,
         "authored": web.reviewer.name in detail.editors,
-        "short_of": _short_of(request, held, detail) if held_here else None,
         "notice": notice,
         "error": error,
         "problems": problems or [],

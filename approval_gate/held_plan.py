@@ -1,0 +1,137 @@
+"""A held plan as a reviewer reads it: the revision, the goal, the hold and how far it is.
+
+Read by `approval_gate.review` for the list, the page, the API and the CLI alike
+(`plangate.review_views` shapes it for them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from approval_gate.approvals import approvals_required, counted_approvers, progress
+from approval_gate.approvers import ApproverCheck
+from approval_gate.eligible import release_shortfall
+from approval_gate.expiry import expires_at
+from approval_gate.holds import hold_of, required_roles, revision_editors
+from plangate.errors import NotFound
+from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow
+from plangate.store.goals import latest_plan
+from schemas import StepPreview
+
+
+@dataclass(frozen=True)
+class HeldPlan:
+    """A plan revision waiting for a person, with what the policy said of it."""
+
+    plan: PlanRow
+    goal: GoalRow
+    policy_decision: DecisionRow | None
+    previous: PlanRow | None = None  # the revision before, for a diff
+    required_role: str | None = None  # the role(s) the hold asks of a reviewer, comma-separated
+    expires_at: datetime | None = None  # when a held plan expires if nobody decides
+    preview: list[StepPreview] | None = None  # its dry run, once an executor has made it
+    preview_requested: bool = False  # the rule that held it asked an executor for a dry run
+    hold: HoldRow | None = None  # what a decision needs, as the gate recorded it
+    approvers: tuple[str, ...] = ()  # who approved this revision so far (of several needed)
+    authors: tuple[str, ...] = ()  # who edited it or an edit it builds on: none may approve it
+    # Why it can never be released (too few reviewers left who may approve it), if so.
+    cannot_be_released: str | None = None
+
+    @property
+    def roles_required(self) -> frozenset[str]:
+        """The roles a reviewer must hold, all of them, to decide it."""
+        return required_roles(self.hold) if self.hold is not None else frozenset()
+
+    @property
+    def approvals_required(self) -> int:
+        """How many distinct reviewers must approve this revision (1 unless a rule says)."""
+        return approvals_required(self.hold)
+
+    @property
+    def approval_progress(self) -> str:
+        """How far its approval is, as people read it: "1 of 2 approvals (alice)"."""
+        return progress(list(self.approvers), self.approvals_required)
+
+    @property
+    def preview_state(self) -> str:
+        """`ready` (a dry run is stored), `waiting` (asked, not made yet) or `none`."""
+        if self.preview is not None:
+            return "ready"
+        return "waiting" if self.preview_requested else "none"
+
+
+def read_held(
+    session: Session,
+    goal: GoalRow,
+    plan: PlanRow | None,
+    hold_ttl: timedelta,
+    check: ApproverCheck,
+) -> HeldPlan:
+    """Return `plan` (default: the goal's newest revision) with what a reviewer needs.
+
+    `hold_ttl`: when a plan held before holds were recorded expires; `check`: whose approvals
+    count, and who the reviewers are, as the gate has them.
+    """
+    newest = latest_plan(session, goal.id)
+    plan = plan or newest
+    if plan is None:
+        raise NotFound(f"goal {goal.id} has no plan")
+    policy = session.execute(
+        select(DecisionRow).where(
+            DecisionRow.plan_id == plan.plan_id, DecisionRow.stage == "policy"
+        )
+    ).scalar_one_or_none()
+    previous = None
+    if plan.revision > 1:
+        previous = session.execute(
+            select(PlanRow).where(PlanRow.goal_id == goal.id, PlanRow.revision == plan.revision - 1)
+        ).scalar_one_or_none()
+    hold = hold_of(session, plan.plan_id)
+    role = None
+    if hold is not None and hold.required_roles:
+        role = ", ".join(sorted(required_roles(hold)))
+    expiry = None
+    if policy is not None and policy.action == "hold" and goal.status == "held":
+        expiry = expires_at(session, policy, hold_ttl)
+    stored = session.get(PlanPreviewRow, plan.plan_id)
+    preview = None
+    if stored is not None and stored.steps is not None:
+        preview = [StepPreview.model_validate(step) for step in stored.steps]
+    approvers = tuple(counted_approvers(session, plan, hold, check)[0])
+    # An older revision, or one decided already, waits for nobody.
+    waiting = goal.status == "held" and newest is not None and newest.plan_id == plan.plan_id
+    stuck = _stuck(session, plan, hold, goal, approvers, check) if waiting else None
+    return HeldPlan(
+        plan,
+        goal,
+        policy,
+        previous,
+        role,
+        expiry,
+        preview,
+        stored is not None,
+        hold,
+        approvers,
+        tuple(sorted(revision_editors(session, plan))),
+        stuck,
+    )
+
+
+def _stuck(
+    session: Session,
+    plan: PlanRow,
+    hold: HoldRow | None,
+    goal: GoalRow,
+    approvers: tuple[str, ...],
+    check: ApproverCheck,
+) -> str | None:
+    """Say why the revision cannot be released, where the reviewers and the hold are known."""
+    reviewers = check.known()
+    # The embedded mode: any name may approve. No hold: nobody may, `check_reviewer` says why.
+    if reviewers is None or hold is None:
+        return None
+    return release_shortfall(session, plan, hold, goal, approvers, reviewers)

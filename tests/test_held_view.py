@@ -1,0 +1,126 @@
+"""What a reviewer reads of a held plan (the API's view, `review show`, `review list`): what
+stands in the way of releasing it, who edited it and why, whether it still fits the catalog."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from approval_gate.review import Review
+from plangate.catalog import load_catalog
+from plangate.config import Settings
+from plangate.embedded import Pipeline
+from plangate.review_views import ReviewDetail, detail_of
+from plangate.reviewers import Reviewers, add_reviewer
+from plangate.stages import build_review
+from schemas import Plan
+from tests.conftest import SEED_GOAL
+from tests.support import HELD, eventually, only_plan, plangate_in, plans_of, running_pipeline
+
+FINANCE = frozenset({"finance"})
+TWO_FROM_FINANCE = """\
+mode: enforce
+rules:
+  - name: pages-need-two-from-finance
+    match: 'plan.steps.exists(s, s.tool == "notify_oncall")'
+    action: hold
+    reason: paging costs money; two people from finance decide
+    requires_role: finance
+    approvals: 2
+"""
+
+
+@dataclass
+class Desk:
+    """A running pipeline, its reviewers file, and the review as `serve` and the CLI have it."""
+
+    pipeline: Pipeline
+    team: Path
+    review: Review
+
+    def detail(self, plan_id: str) -> ReviewDetail:
+        """Return the API's view of a plan (`GET /api/v1/reviews/{plan_id}`)."""
+        return detail_of(self.review.get(plan_id), load_catalog(self.pipeline.store))
+
+    def cli(self, *args: str) -> str:
+        """Run `plangate ARGS` on the pipeline's store with the reviewers file; return stdout."""
+        result = plangate_in(
+            self.pipeline.settings.data_dir, *args, PLANGATE_REVIEWERS_FILE=str(self.team)
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+
+@pytest.fixture
+def desk(settings: Settings, tmp_path: Path) -> Iterator[Desk]:
+    """A pipeline holding pages for two approvals from finance; alice and frank are finance."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(TWO_FROM_FINANCE)
+    team = tmp_path / "reviewers.yaml"
+    for name in ("alice", "frank"):
+        add_reviewer(team, name, sorted(FINANCE))
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        review = build_review(settings.model_copy(update={"reviewers_file": team}), pipeline.store)
+        yield Desk(pipeline, team, review)
+
+
+def edited_by(desk: Desk, reviewer: str, comment: str = "", **changes: Any) -> Plan:
+    """Submit the seed goal (by bob); have `reviewer` edit its page; return revision 2, held."""
+    pipeline = desk.pipeline
+    goal_id = pipeline.submit(SEED_GOAL, metadata={"submitted_by": "bob"}).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=10)
+    first = only_plan(pipeline.store, goal_id)
+    steps = [step.model_dump(mode="json", exclude_defaults=True) for step in first.steps]
+    steps[2]["args"] = {"message": changes.get("message", "edited: tickets over SLA")}
+    summary = changes.get("summary")
+    pipeline.edit(first.plan_id, reviewer, steps, summary=summary, roles=FINANCE, comment=comment)
+    second = eventually(
+        lambda: next((p for p in plans_of(pipeline.store, goal_id) if p.revision == 2), None),
+        what="revision 2",
+    )
+    pipeline.wait_for(goal_id, HELD, timeout=10)
+    return Plan.model_validate(second.body)
+
+
+def test_a_revision_too_few_reviewers_may_approve_says_it_cannot_be_released(
+    desk: Desk,
+) -> None:
+    """Given alice and frank, the only finance reviewers, and a page bob submitted that alice
+    edited (revision 2, held for two approvals from finance),
+    When frank approves it,
+    Then the view, `review show` and `review list` say it cannot be released: nobody left may
+    approve it (alice wrote it, frank approved), add a reviewer or reject it. It said "1 of 2
+    approvals (frank)" and waited a day for nobody.
+    When carol (finance) is added, Then it says so no more.
+    """
+    edited = edited_by(desk, "alice")
+    before = desk.detail(edited.plan_id).cannot_be_released
+    frank = Reviewers.from_file(desk.team).named("frank")
+    assert frank is not None
+    desk.review.approve(edited.plan_id, "frank", roles=frank.roles, key=frank.token_sha256)
+
+    after = desk.detail(edited.plan_id).cannot_be_released
+    shown = " ".join(desk.cli("review", "show", edited.plan_id).split())
+    listed = desk.cli("review", "list")
+    [summary] = json.loads(desk.cli("review", "list", "--json"))
+    add_reviewer(desk.team, "carol", sorted(FINANCE))
+    once_carol_is_added = desk.detail(edited.plan_id).cannot_be_released
+
+    assert before is not None
+    assert "only 1 more (frank)" in before  # two needed: frank alone is left
+    assert after == (
+        "cannot be released: 2 approvals needed (1 of 2 approvals (frank)), and no reviewer in "
+        "the reviewers file with the role finance may still approve it (its editors, the "
+        "submitter where the rule bars them, and who approved already may not): add a reviewer "
+        "(`plangate reviewers add NAME --role finance`) or reject it"
+    )
+    assert f"This plan {after}" in shown
+    assert "1 of 2 ⚠" in listed
+    assert f"⚠ {edited.plan_id[:8]} cannot be released" in listed
+    assert summary["cannot_be_released"] == after
+    assert once_carol_is_added is None
