@@ -20,6 +20,7 @@ from approval_gate.holds import hold_of, required_roles, revision_editors
 from plangate.errors import NotFound
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow
 from plangate.store.goals import latest_plan
+from plangate.store.plan_edits import PlanEdit, edit_of
 from schemas import StepPreview
 
 
@@ -40,6 +41,7 @@ class HeldPlan:
     authors: tuple[str, ...] = ()  # who edited it or an edit it builds on: none may approve it
     # Why it can never be released (too few reviewers left who may approve it), if so.
     cannot_be_released: str | None = None
+    edit: PlanEdit | None = None  # who made this revision by an edit, and why
 
     @property
     def roles_required(self) -> frozenset[str]:
@@ -118,6 +120,7 @@ def read_held(
         approvers,
         tuple(sorted(revision_editors(session, plan))),
         stuck,
+        edit_of(session, plan),
     )
 
 

@@ -101,6 +101,14 @@ class ReviewDetail(ReviewSummary):
         default_factory=list,
         description="Who wrote this revision or an edit it builds on: none of them may approve it.",
     )
+    edited_by: str | None = Field(
+        default=None, description="The reviewer whose edit made this revision (null: a planner)."
+    )
+    edit_comment: str | None = Field(
+        default=None,
+        description="Why they edited it, as they said (redacted as the audit log keeps it); "
+        '"" if they gave no reason, null for a planner\'s revision.',
+    )
 
 
 def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
@@ -161,4 +169,6 @@ def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
         preview_state=held.preview_state,
         preview=held.preview,
         editors=list(held.authors),
+        edited_by=held.edit.editor if held.edit else None,
+        edit_comment=held.edit.comment if held.edit else None,
     )

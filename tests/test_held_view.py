@@ -13,13 +13,17 @@ import pytest
 
 from approval_gate.review import Review
 from plangate.catalog import load_catalog
+from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.review_views import ReviewDetail, detail_of
 from plangate.reviewers import Reviewers, add_reviewer
+from plangate.server import create_app
 from plangate.stages import build_review
 from schemas import Plan
+from tests.browser import chromium
 from tests.conftest import SEED_GOAL
+from tests.fleet import serving_app
 from tests.support import HELD, eventually, only_plan, plangate_in, plans_of, running_pipeline
 
 FINANCE = frozenset({"finance"})
@@ -42,6 +46,7 @@ class Desk:
     pipeline: Pipeline
     team: Path
     review: Review
+    tokens: dict[str, str]
 
     def detail(self, plan_id: str) -> ReviewDetail:
         """Return the API's view of a plan (`GET /api/v1/reviews/{plan_id}`)."""
@@ -55,6 +60,23 @@ class Desk:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
+    def page(self, reviewer: str, plan_id: str, selector: str) -> str:
+        """Return the text of `selector` on the plan's review page, as `reviewer` sees it."""
+        settings = self.pipeline.settings.model_copy(update={"reviewers_file": self.team})
+        reviewers = Reviewers.from_file(self.team)
+        with (
+            Client(settings) as client,
+            serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
+            chromium() as browser,
+        ):
+            page = browser.new_page(base_url=url)
+            page.goto("/reviews")
+            page.fill("#token", self.tokens[reviewer])
+            page.click("button[type=submit]")
+            page.wait_for_url("**/reviews")
+            page.goto(f"/reviews/{plan_id}")
+            return " ".join(str(page.inner_text(selector)).split())
+
 
 @pytest.fixture
 def desk(settings: Settings, tmp_path: Path) -> Iterator[Desk]:
@@ -62,11 +84,10 @@ def desk(settings: Settings, tmp_path: Path) -> Iterator[Desk]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(TWO_FROM_FINANCE)
     team = tmp_path / "reviewers.yaml"
-    for name in ("alice", "frank"):
-        add_reviewer(team, name, sorted(FINANCE))
+    tokens = {name: add_reviewer(team, name, sorted(FINANCE)) for name in ("alice", "frank")}
     with running_pipeline(settings, policy_file=policy) as pipeline:
         review = build_review(settings.model_copy(update={"reviewers_file": team}), pipeline.store)
-        yield Desk(pipeline, team, review)
+        yield Desk(pipeline, team, review, tokens)
 
 
 def edited_by(desk: Desk, reviewer: str, comment: str = "", **changes: Any) -> Plan:
@@ -124,3 +145,24 @@ def test_a_revision_too_few_reviewers_may_approve_says_it_cannot_be_released(
     assert f"⚠ {edited.plan_id[:8]} cannot be released" in listed
     assert summary["cannot_be_released"] == after
     assert once_carol_is_added is None
+
+
+def test_the_reviewer_deciding_an_edit_reads_who_edited_it_and_why(desk: Desk) -> None:
+    """Given a page alice edited, saying why ("the order says 2000"),
+    When frank reads the revision her edit made (the API's view, `review show`, the page),
+    Then each names alice as its editor, with her comment: it was only in the audit log and on
+    /goals/{id}, never where the edit is decided. A planner's revision names no editor.
+    """
+    why = "the order says 2000, not 50"
+    edited = edited_by(desk, "alice", comment=why)
+    first = plans_of(desk.pipeline.store, edited.goal_id)[0]
+
+    detail = desk.detail(edited.plan_id)
+    shown = " ".join(desk.cli("review", "show", edited.plan_id).split())
+    on_page = desk.page("frank", edited.plan_id, "#edit-comment")
+    planned = desk.detail(first.plan_id)
+
+    assert (detail.edited_by, detail.edit_comment) == ("alice", why)
+    assert f"Edited by alice: {why}" in shown
+    assert on_page == f"Edited by alice from revision 1: {why}"
+    assert (planned.edited_by, planned.edit_comment) == (None, None)

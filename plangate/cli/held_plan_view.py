@@ -87,6 +87,10 @@ def show_held(view: dict[str, Any], catalog: Catalog) -> None:
     console.print(Text(f"Goal {view['goal_id']} ({view['status']}): ", style="bold"), end="")
     console.print(render.shown_line(view["goal_text"], style="dim"), "  [dim](untrusted text)[/]")
     console.print(steps_table(view, catalog))
+    if view.get("edited_by"):
+        why = view.get("edit_comment") or "(no reason given)"
+        # A reviewer's words: one line, as the goal's (a line break forged a line below).
+        console.print(render.shown_line(f"Edited by {view['edited_by']}: {why}"))
     decision = view["decision"]
     if decision:
         by = f"rule {decision['rule']}" if decision["rule"] else decision["decided_by"]
