@@ -41,9 +41,9 @@ from approval_gate.held_plan import read_held
 from approval_gate.holds import DEFAULT_HOLD_TTL, check_approver, check_open, check_reviewer
 from approval_gate.refusals import audits_refusals
 from approval_gate.review_span import review_span
-from approval_gate.revisions import edited_plan
+from approval_gate.revisions import catalog_misfit, edited_plan
 from plangate.bus import Envelope
-from plangate.catalog import load_catalog
+from plangate.catalog import load_catalog, read_catalog
 from plangate.errors import (
     AlreadyApproved,
     Conflict,
@@ -230,6 +230,9 @@ class Review:
             check_reviewer(held.hold, plan_id, reviewer, roles, action)
             if action == "approve":
                 check_approver(session, held.hold, held.goal, held.plan, reviewer, roles)
+                catalog = self._catalog if self._catalog is not None else read_catalog(session)
+                if (misfit := catalog_misfit(held.plan, catalog)) is not None:
+                    raise Conflict(f"plan {plan_id} {misfit}")
                 withdraw_void_approval(session, held.plan, reviewer, self._approvers)
                 needed = approvals_required(held.hold)
                 try:

@@ -17,7 +17,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from plangate.store import PlanRow
-from schemas import Plan, PlanInvalid, PlanProblem, new_id
+from plangate.store.goals import plan_of
+from schemas import Catalog, Plan, PlanInvalid, PlanProblem, new_id, validate_plan
 
 # What the review adds to a step for people to read; an edit sends steps back without them.
 SHOWN_ONLY = frozenset({"effect", "untrusted_from"})
@@ -71,3 +72,23 @@ def edited_plan(old: PlanRow, steps: list[dict[str, Any]], summary: str | None) 
             for e in exc.errors()
         ]
         raise PlanInvalid(problems) from exc
+
+
+def catalog_misfit(plan: PlanRow, catalog: Catalog) -> str | None:
+    """Say what of a stored revision no longer fits the tool catalog; None if it fits.
+
+    A tool's arguments may change while a plan is held (a new required one): the executor
+    validates the plan again, as here, and fails it; an approval of it was wasted. An empty
+    catalog (no executor has published one yet) judges nothing.
+    """
+    if not catalog:
+        return None
+    try:
+        validate_plan(plan_of(plan), catalog)
+    except PlanInvalid as invalid:
+        said = "; ".join(str(problem) for problem in invalid.problems)
+        return (
+            f"no longer fits the tool catalog ({said}): approving it would fail when it runs; "
+            "edit it or reject it"
+        )
+    return None

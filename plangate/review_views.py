@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from approval_gate.held_plan import HeldPlan
-from approval_gate.revisions import plan_diff
+from approval_gate.revisions import catalog_misfit, plan_diff
 from plangate.store.goal_list import submitters_said
 from schemas import Catalog, StepPreview
 from schemas.data_flow import untrusted_sources
@@ -82,6 +82,12 @@ class ReviewSummary(BaseModel):
         "them, and who approved already may not); null if enough may, or where the reviewers "
         "are not known (the embedded mode).",
     )
+    catalog_problem: str | None = Field(
+        default=None,
+        description="What of it no longer fits the tool catalog (a tool's arguments changed "
+        "since it was held): approving it is refused (409), as it would fail when it runs; "
+        "edit or reject it. Null if it fits.",
+    )
 
 
 class ReviewDetail(ReviewSummary):
@@ -141,6 +147,7 @@ def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
         approvers=list(held.approvers),
         approval_progress=held.approval_progress,
         cannot_be_released=held.cannot_be_released,
+        catalog_problem=None if catalog is None else catalog_misfit(held.plan, catalog),
     )
 
 

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 
 from approval_gate.review import Review
-from plangate.catalog import load_catalog
+from plangate.catalog import load_catalog, publish_catalog
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
+from plangate.errors import Conflict
 from plangate.review_views import ReviewDetail, detail_of
 from plangate.reviewers import Reviewers, add_reviewer
 from plangate.server import create_app
@@ -166,3 +167,49 @@ def test_the_reviewer_deciding_an_edit_reads_who_edited_it_and_why(desk: Desk) -
     assert f"Edited by alice: {why}" in shown
     assert on_page == f"Edited by alice from revision 1: {why}"
     assert (planned.edited_by, planned.edit_comment) == (None, None)
+
+
+def test_a_held_plan_that_no_longer_fits_the_catalog_says_so_and_its_approval_is_refused(
+    desk: Desk,
+) -> None:
+    """Given a page held for finance, and then `notify_oncall` published with a new required
+    argument, `reason` (executors of a new version),
+    When frank reads it and approves it,
+    Then the view, `review show` and `review list` say it no longer fits the catalog and why,
+    and the approval is refused (Conflict, 409) with the same words: the plan stays held, to
+    be edited or rejected. It was approved, then failed by the executor, the approval wasted.
+    When alice edits in a reason, Then the revision she made fits and says nothing.
+    """
+    pipeline = desk.pipeline
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=10)
+    plan = only_plan(pipeline.store, goal_id)
+    notify = load_catalog(pipeline.store)["notify_oncall"]
+    schema = dict(notify.args_schema)
+    schema["properties"] = {**schema["properties"], "reason": {"type": "string"}}
+    schema["required"] = [*schema.get("required", []), "reason"]
+    publish_catalog(pipeline.store, [notify.model_copy(update={"args_schema": schema})])
+    frank = Reviewers.from_file(desk.team).named("frank")
+    assert frank is not None
+
+    problem = desk.detail(plan.plan_id).catalog_problem
+    shown = " ".join(desk.cli("review", "show", plan.plan_id).split())
+    listed = desk.cli("review", "list")
+    with pytest.raises(Conflict) as refused:
+        desk.review.approve(plan.plan_id, "frank", roles=frank.roles, key=frank.token_sha256)
+    still = desk.review.get(plan.plan_id)
+    steps = [step.model_dump(mode="json", exclude_defaults=True) for step in plan.steps]
+    steps[2]["args"] = {**steps[2]["args"], "reason": "tickets over SLA"}
+    # Through the review as `serve` has it: it validates edits against the store's catalog.
+    desk.review.edit(plan.plan_id, "alice", steps, roles=FINANCE, comment="it needs a reason")
+    fixed = plans_of(pipeline.store, goal_id)[1]
+
+    assert problem == (
+        "no longer fits the tool catalog (step 'notify': args: 'reason' is a required property "
+        "[bad_args]): approving it would fail when it runs; edit it or reject it"
+    )
+    assert f"This plan {problem}" in shown
+    assert f"⚠ {plan.plan_id[:8]} {problem}" in " ".join(listed.split())
+    assert str(refused.value) == f"plan {plan.plan_id} {problem}"
+    assert (still.goal.status, still.approvers) == ("held", ())
+    assert desk.detail(fixed.plan_id).catalog_problem is None

@@ -100,6 +100,8 @@ def show_held(view: dict[str, Any], catalog: Catalog) -> None:
         console.print(f"Requires the role: [bold]{escape(view['required_role'])}[/]")
     if view.get("approvals_required", 1) > 1:
         console.print(f"Approvals: [bold]{view['approval_progress']}[/]")
+    if view.get("catalog_problem"):
+        console.print(Text(f"⚠ This plan {printable(view['catalog_problem'])}", style="red"))
     if view.get("cannot_be_released"):
         console.print(Text(f"⚠ This plan {printable(view['cannot_be_released'])}", style="red"))
     if view["expires_at"]:

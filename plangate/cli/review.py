@@ -114,14 +114,18 @@ def review_list(
             str(view["revision"]),
             shown(elided(view["goal_text"], goal_width)),  # anyone's text
             shown(elided(decision.get("rule") or "", rule_width)),
-            f"{len(view.get('approvers') or [])} of {needed}"
-            + (" ⚠" if view.get("cannot_be_released") else ""),
+            f"{len(view.get('approvers') or [])} of {needed}" + (" ⚠" if _warned(view) else ""),
             (view["expires_at"] or "")[5:16].replace("T", " "),
         )
     console.print(table, soft_wrap=False)
-    for view in views:
-        if view.get("cannot_be_released"):  # said in full: it waits for nobody who can come
-            console.print(shown(f"⚠ {view['plan_id'][:8]} {view['cannot_be_released']}"))
+    for view in views:  # said in full: it waits for nobody who can come, or would fail
+        for warning in _warned(view):
+            console.print(shown(f"⚠ {view['plan_id'][:8]} {warning}"))
+
+
+def _warned(view: dict[str, Any]) -> list[str]:
+    """Return what stands in the way of a held plan's release, as the view says it."""
+    return [str(view[key]) for key in ("cannot_be_released", "catalog_problem") if view.get(key)]
 
 
 @app.command("show", short_help="Show a plan: steps, the policy's decision, the diff.")
