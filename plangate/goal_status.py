@@ -15,9 +15,16 @@ from sqlalchemy.orm import Session
 
 from plangate import telemetry
 from plangate.catalog import not_offered
-from plangate.store import TERMINAL_STATUSES, DecisionRow, ReviewerApprovalRow, StepRunRow
+from plangate.store import (
+    TERMINAL_STATUSES,
+    DecisionRow,
+    HoldRow,
+    ReviewerApprovalRow,
+    StepRunRow,
+)
 from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
+from plangate.store.plan_edits import edit_of
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,9 @@ class GoalStatus:
     # Approved, not started: the plan's tools no running executor has offered lately (its
     # executors hand it on, then fail it), read from the catalog only in that state.
     unoffered: tuple[str, ...] = ()
+    planner: str | None = None  # who made the latest revision: a planner, or `edit:<reviewer>`
+    edit_comment: str | None = None  # why its editor edited it ("" if they said not); an edit's
+    held_by: str | None = None  # the rule that held the latest revision for a person, if one did
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -101,11 +111,16 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
     unoffered: tuple[str, ...] = ()
     if goal.status == "approved":
         unoffered = tuple(not_offered(session, {result.tool for result in results}))
+    edit = edit_of(session, plan)
+    hold = session.get(HoldRow, plan.plan_id)
     return replace(
         base,
         plan_id=plan.plan_id,
         revision=plan.revision,
         summary=str(plan.body.get("summary", "")),
+        planner=plan.planner,
+        edit_comment=edit.comment if edit is not None else None,
+        held_by=hold.rule if hold is not None else None,
         decision=None
         if decision is None
         else {

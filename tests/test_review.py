@@ -33,6 +33,7 @@ from tests.support import (
     eventually,
     only_plan,
     outer_environment,
+    plangate_in,
     plans_of,
     running_pipeline,
     step_runs,
@@ -703,6 +704,48 @@ def test_a_goal_s_status_names_its_submitter_the_approvers_and_the_policy_versio
         assert client.status(other).submitted_by == "dan"
         # Each one the bar reads: showing "billing" alone hid that alice may not approve it.
         assert client.status(several.goal_id).submitted_by == "billing, alice"
+
+
+def test_a_goal_s_status_names_who_edited_its_plan_why_and_the_rule_that_held_it(
+    pipeline: Pipeline,
+) -> None:
+    """Given the seed plan, held by hold-writes, which bob edits saying why, and alice approves,
+    When `plangate status ID --json` and `status ID` run,
+    Then they name the revision's author (`edit:bob`), his comment and the rule that held it:
+    they said "approved by alice" only, as if the planner's plan had run. A goal nobody edited
+    names its planner and no comment.
+    """
+    goal_id, first = held_seed(pipeline)
+    steps = steps_of(first)
+    steps[2]["args"] = {"message": "edited: tickets over SLA"}
+    pipeline.edit(first.plan_id, "bob", steps, comment="the message named the wrong team")
+    second = eventually(
+        lambda: next((p for p in plans_of(pipeline.store, goal_id) if p.revision == 2), None),
+        what="revision 2",
+    )
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    pipeline.approve(second.plan_id, "alice")
+    assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
+    untouched = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(untouched, HELD, timeout=5)
+
+    data_dir = pipeline.settings.data_dir
+    as_json = json.loads(plangate_in(data_dir, "status", goal_id, "--json").stdout)
+    as_text = plangate_in(data_dir, "status", goal_id).stdout
+    planned = json.loads(plangate_in(data_dir, "status", untouched, "--json").stdout)
+
+    said = {key: as_json[key] for key in ("planner", "edit_comment", "held_by")}
+    assert said == {
+        "planner": "edit:bob",
+        "edit_comment": "the message named the wrong team",
+        "held_by": "hold-writes",
+    }
+    assert as_json["approvers"] == ["alice"]
+    assert "  by edit:bob: the message named the wrong team\n" in as_text
+    assert "  held by rule hold-writes\n" in as_text
+    assert planned["planner"] == plans_of(pipeline.store, untouched)[0].planner
+    assert not planned["planner"].startswith("edit:")
+    assert (planned["edit_comment"], planned["held_by"]) == (None, "hold-writes")
 
 
 def test_review_list_shows_the_oldest_held_plans_up_to_its_limit_and_says_more_wait(

@@ -73,11 +73,17 @@ def _print(current: GoalStatus, as_json: bool, *, aside: bool = False) -> None:
 
 
 def _heading(current: GoalStatus) -> list[str]:
-    """Return the lines before the steps: state, plan, submitter, decision, what it waits for."""
+    """Return the lines before the steps: state, plan and who made it, hold, decision, waits."""
     said = current.reason and current.reason.strip().lower() != current.status
     lines = [f"goal {current.goal_id}: {current.status}" + (f" — {current.reason}" if said else "")]
     if current.plan_id:
         lines.append(f"  plan {current.plan_id} rev {current.revision}: {current.summary}")
+        why = ""
+        if current.edit_comment is not None:  # an edit's: what its editor said
+            why = f": {current.edit_comment}" if current.edit_comment else " (no reason given)"
+        lines.append(f"  by {current.planner}{why}")
+    if current.held_by:
+        lines.append(f"  held by rule {current.held_by}")
     if current.submitted_by:
         lines.append(f"  submitted by {current.submitted_by} (as the submitter said)")
     if current.decision:

@@ -104,6 +104,16 @@ class GoalState(BaseModel):
     approvers: list[str] = Field(
         default=[], description="The people whose approvals of the plan count, in turn."
     )
+    planner: str | None = Field(
+        default=None, description="Who made the latest revision: a planner, or `edit:<reviewer>`."
+    )
+    edit_comment: str | None = Field(
+        default=None,
+        description='Why its reviewer edited it ("" if they gave no reason); null unless edited.',
+    )
+    held_by: str | None = Field(
+        default=None, description="The policy rule that held the latest revision, if one did."
+    )
 
 
 class ErrorBody(BaseModel):
