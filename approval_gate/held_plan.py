@@ -17,6 +17,7 @@ from approval_gate.approvers import ApproverCheck
 from approval_gate.eligible import release_shortfall
 from approval_gate.expiry import expires_at
 from approval_gate.holds import hold_of, required_roles, revision_editors
+from approval_gate.revisions import summary_written_in
 from plangate.errors import NotFound
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow
 from plangate.store.goals import latest_plan
@@ -42,6 +43,7 @@ class HeldPlan:
     # Why it can never be released (too few reviewers left who may approve it), if so.
     cannot_be_released: str | None = None
     edit: PlanEdit | None = None  # who made this revision by an edit, and why
+    summary_from: int | None = None  # the earlier revision whose summary an edit kept
 
     @property
     def roles_required(self) -> frozenset[str]:
@@ -121,6 +123,7 @@ def read_held(
         tuple(sorted(revision_editors(session, plan))),
         stuck,
         edit_of(session, plan),
+        summary_written_in(session, plan),
     )
 
 

@@ -213,3 +213,29 @@ def test_a_held_plan_that_no_longer_fits_the_catalog_says_so_and_its_approval_is
     assert str(refused.value) == f"plan {plan.plan_id} {problem}"
     assert (still.goal.status, still.approvers) == ("held", ())
     assert desk.detail(fixed.plan_id).catalog_problem is None
+
+
+def test_an_edit_that_kept_the_summary_says_whose_words_it_is(desk: Desk) -> None:
+    """Given a page alice edited without touching its summary (the planner's words over the
+    steps she changed),
+    When frank reads the revision (the API's view, `review show`, the page),
+    Then each says the summary is from revision 1, not changed by the edit: it read as if it
+    described the edited steps. An edit that rewrote the summary says nothing of the kind.
+    """
+    kept = edited_by(desk, "alice")
+    rewritten = edited_by(desk, "alice", summary="page on-call: the SLA is breached")
+
+    detail = desk.detail(kept.plan_id)
+    shown = " ".join(desk.cli("review", "show", kept.plan_id).split())
+    on_page = desk.page("frank", kept.plan_id, "#summary-from")
+
+    assert detail.summary_from_revision == 1
+    assert detail.summary == only_plan_summary(desk, kept.goal_id)
+    assert "(summary from revision 1, not changed by the edit)" in shown
+    assert on_page.startswith("Summary from revision 1, not changed by the edit")
+    assert desk.detail(rewritten.plan_id).summary_from_revision is None
+
+
+def only_plan_summary(desk: Desk, goal_id: str) -> str:
+    """The summary the planner wrote for the goal's first revision."""
+    return str(plans_of(desk.pipeline.store, goal_id)[0].body["summary"])

@@ -49,11 +49,11 @@ def steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
     # The summary is the planner's words over untrusted text (a reviewer's edit, too): shown
     # as text, its escape sequences escaped, as every other field here.
     title = f"Plan {view['plan_id']} · revision {view['revision']} · by {view['planner']}"
-    table = Table(
-        title=render.shown(title),
-        caption=render.shown_line(view["summary"]) if view["summary"] else None,
-        title_justify="left",
-    )
+    caption = render.shown_line(view["summary"]) if view["summary"] else None
+    if caption is not None and view.get("summary_from_revision"):
+        caption.append(f" (summary from revision {view['summary_from_revision']}", "yellow")
+        caption.append(", not changed by the edit)", "yellow")
+    table = Table(title=render.shown(title), caption=caption, title_justify="left")
     for column in ("step", "tool", "effect", "args", "when"):
         table.add_column(column, overflow="fold")
     from schemas.data_flow import untrusted_sources
