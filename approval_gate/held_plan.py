@@ -44,6 +44,7 @@ class HeldPlan:
     cannot_be_released: str | None = None
     edit: PlanEdit | None = None  # who made this revision by an edit, and why
     summary_from: int | None = None  # the earlier revision whose summary an edit kept
+    waiting: bool = False  # the revision a person is asked to decide now (its goal held)
 
     @property
     def roles_required(self) -> frozenset[str]:
@@ -124,6 +125,7 @@ def read_held(
         stuck,
         edit_of(session, plan),
         summary_written_in(session, plan),
+        waiting,
     )
 
 

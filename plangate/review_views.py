@@ -153,7 +153,8 @@ def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
         approvers=list(held.approvers),
         approval_progress=held.approval_progress,
         cannot_be_released=held.cannot_be_released,
-        catalog_problem=None if catalog is None else catalog_misfit(held.plan, catalog),
+        # Of the revision waiting only: one decided already ran, or never will, as it was.
+        catalog_problem=catalog_misfit(held.plan, catalog) if catalog and held.waiting else None,
     )
 
 

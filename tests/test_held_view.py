@@ -178,7 +178,8 @@ def test_a_held_plan_that_no_longer_fits_the_catalog_says_so_and_its_approval_is
     Then the view, `review show` and `review list` say it no longer fits the catalog and why,
     and the approval is refused (Conflict, 409) with the same words: the plan stays held, to
     be edited or rejected. It was approved, then failed by the executor, the approval wasted.
-    When alice edits in a reason, Then the revision she made fits and says nothing.
+    When alice edits in a reason, Then the revision she made fits and says nothing, nor does
+    the one it replaced, which nobody is asked to approve any more.
     """
     pipeline = desk.pipeline
     goal_id = pipeline.submit(SEED_GOAL).goal_id
@@ -213,6 +214,8 @@ def test_a_held_plan_that_no_longer_fits_the_catalog_says_so_and_its_approval_is
     assert str(refused.value) == f"plan {plan.plan_id} {problem}"
     assert (still.goal.status, still.approvers) == ("held", ())
     assert desk.detail(fixed.plan_id).catalog_problem is None
+    # Revision 1, replaced, waits for nobody: "approving it would fail" is said of none.
+    assert desk.detail(plan.plan_id).catalog_problem is None
 
 
 def test_an_edit_that_kept_the_summary_says_whose_words_it_is(desk: Desk) -> None:
