@@ -49,7 +49,7 @@ def count_approval(
     if reviewer in approvers_of(session, plan):
         raise AlreadyApproved(
             f"{reviewer} has approved plan {plan.plan_id} already; it waits for approvals by "
-            "other reviewers (`plangate review show` says how many)"
+            "other reviewers (the plan's review says how many)"
         )
     row = {
         "plan_id": plan.plan_id,

@@ -5,6 +5,7 @@ What `Client.status`, `plangate status` and `GET /api/v1/goals/{id}` show.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from plangate import telemetry
 from plangate.catalog import not_offered
 from plangate.store import (
     TERMINAL_STATUSES,
+    ApprovalRow,
     DecisionRow,
     HoldRow,
     ReviewerApprovalRow,
@@ -25,6 +27,7 @@ from plangate.store import (
 from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
 from plangate.store.plan_edits import edit_of
+from schemas import Approval, SignedEnvelope
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,11 @@ class GoalStatus:
     steps: dict[str, str] = field(default_factory=dict)
     results: tuple[StepResult, ...] = ()  # every step of the plan, in plan order
     submitted_by: str | None = None  # as its submitter said (metadata: `submitted_by`, ...)
-    approvers: tuple[str, ...] = ()  # the people whose approvals of the plan count, in turn
+    # Released: the approvers the gate counted and signed; before: the approvals given so far,
+    # which the gate counts against the reviewers file as it releases the plan (a reviewer
+    # removed since counts no more: listed as "counted", they read as 2 of 2 on a held plan).
+    approvers: tuple[str, ...] = ()
+    approvers_signed: bool = False  # whether `approvers` are those of the signed approval
     # Approved, not started: the plan's tools no running executor has offered lately (its
     # executors hand it on, then fail it), read from the catalog only in that state.
     unoffered: tuple[str, ...] = ()
@@ -112,6 +119,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
     if goal.status == "approved":
         unoffered = tuple(not_offered(session, {result.tool for result in results}))
     edit = edit_of(session, plan)
+    signed = _signed_approvers(session, plan.plan_id)
     hold = session.get(HoldRow, plan.plan_id)
     return replace(
         base,
@@ -133,15 +141,42 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         },
         steps={step_id: run.status for step_id, run in runs.items()},
         results=results,
-        approvers=tuple(
-            session.execute(
-                select(ReviewerApprovalRow.reviewer)
-                .where(ReviewerApprovalRow.plan_id == plan.plan_id)
-                .order_by(ReviewerApprovalRow.created_at)
-            ).scalars()
-        ),
+        approvers=signed if signed is not None else _given(session, plan.plan_id),
+        approvers_signed=signed is not None,
         unoffered=unoffered,
     )
+
+
+def _given(session: Session, plan_id: str) -> tuple[str, ...]:
+    """Return who approved the plan so far, in turn (as recorded: the gate counts them later)."""
+    return tuple(
+        session.execute(
+            select(ReviewerApprovalRow.reviewer)
+            .where(ReviewerApprovalRow.plan_id == plan_id)
+            .order_by(ReviewerApprovalRow.created_at)
+        ).scalars()
+    )
+
+
+def _signed_approvers(session: Session, plan_id: str) -> tuple[str, ...] | None:
+    """Return the people the gate's signed approval names (None: no approval signed, or by policy).
+
+    Shown, not trusted: the executor verifies the signature; `audit verify` holds the row to
+    the log.
+    """
+    envelope = session.execute(
+        select(ApprovalRow.envelope).where(ApprovalRow.plan_id == plan_id)
+    ).scalar_one_or_none()
+    if envelope is None:
+        return None
+    try:
+        payload = base64.b64decode(SignedEnvelope.model_validate(envelope).payload)
+        approval = Approval.model_validate_json(payload)
+    except (ValueError, TypeError):  # a row no executor would take either: said elsewhere
+        return None
+    if approval.approvers:
+        return approval.approvers
+    return None if approval.decided_by == "policy" else (approval.decided_by,)
 
 
 def _result(step: Mapping[str, Any], run: StepRunRow | None, goal_status: str) -> StepResult:

@@ -564,20 +564,30 @@ def test_over_processes_the_approval_of_a_reviewer_removed_since_counts_no_more(
     When bob is removed from the reviewers file and carol approves, Then carol is told it is
     1 of 2 (carol), one more needed, and nothing is paged (she was told the plan was released,
     and the gate then refused it, bob being no longer in its reviewers file);
-    When dave approves too, Then carol's and dave's release it.
+    When dave approves too, Then carol's and dave's release it; `status` said the approvals
+    held were given, not counted, and names the signed approval's approvers once released (it
+    listed bob's, removed, as "counted", beside the approval that left him out).
     """
     page = held_page(deployed_fleet, "bob", "carol", "dave")
     page.approve("bob")
     remove_reviewer(page.team, "bob")
     assert "1 of 2 approvals (carol); 1 more needed" in page.approve("carol")
-    assert status_of(deployed_fleet, page.goal_id)["status"] == "held"
+    held = status_of(deployed_fleet, page.goal_id)
+    assert held["status"] == "held"
+    assert held["approvers_signed"] is False
+    held_text = deployed_fleet.plangate("status", page.goal_id).stdout
+    assert "approvals given: " in held_text
+    assert "counted" not in held_text
     assert not (deployed_fleet.folder / "notifications.jsonl").exists()
 
     page.approve("dave")
-    assert (
-        wait_until(deployed_fleet, page.goal_id, {"completed", "failed"})["status"] == "completed"
-    )
+    done = wait_until(deployed_fleet, page.goal_id, {"completed", "failed"})
+    assert done["status"] == "completed"
     assert signed_store_approvers(deployed_fleet, page.plan_id) == ("carol", "dave")
+    assert (done["approvers"], done["approvers_signed"]) == (["carol", "dave"], True)
+    assert "approved by: carol, dave (the gate's signed approval)" in (
+        deployed_fleet.plangate("status", page.goal_id).stdout
+    )
 
 
 def signed_store_approvers(fleet: Fleet, plan_id: str) -> tuple[str, ...]:
@@ -952,3 +962,53 @@ def test_a_hold_sealed_by_a_key_no_longer_trusted_says_to_put_it_back_or_reject(
     assert "put its public key back in the trusted keys folder and approve again" in said
     assert "if it was revoked, reject the plan and submit the goal again" in said
     assert "not as the gate recorded it" not in said
+
+
+@pytest.mark.redis
+def test_the_page_tells_the_submitter_they_may_not_approve_and_a_refusal_survives_a_reload(
+    fleet: Fleet,
+) -> None:
+    """Given a page carol submitted, held for two approvals from finance, the submitter barred,
+    When carol opens it, Then she is told why she may not approve it, and no Approve is offered
+    (it was, then answered 403);
+    When bob rejects it while alice's page is open and alice then clicks Approve, Then she is
+    shown why it was refused on the plan's page after a redirect: reloading it sends nothing
+    again (the refusal was the POST's answer, and a reload recorded it a second time).
+    """
+    team = fleet.folder / "reviewers.yaml"
+    roles = {"alice": ["finance"], "bob": ["finance"], "carol": ["finance"]}
+    tokens = {name: add_reviewer(team, name, wanted) for name, wanted in roles.items()}
+    reviewers = Reviewers.from_file(team)
+    with Client(fleet.settings()) as client, serving(client, reviewers) as url:
+        state = client.submit(SEED_GOAL, metadata={"submitter": "carol"}).wait(
+            timeout=30, until={"held"}
+        )
+        plan_id = str(state.plan_id)
+        with chromium() as browser:
+            carol = plan_page(browser, url, tokens["carol"], plan_id)
+            barred = " ".join(carol.inner_text("#barred").split())
+            carol_approve = carol.locator("#approve").count()
+            alice = plan_page(browser, url, tokens["alice"], plan_id)
+            bob = plan_page(browser, url, tokens["bob"], plan_id)
+            bob.fill("#comment", "not this week")
+            bob.click("#reject")
+            bob.wait_for_url("**done=rejected&seal=*")
+            alice.click("#approve")
+            alice.wait_for_url("**refused=*")
+            said = alice.inner_text("#outcome")
+            alice.reload()
+            said_again = alice.inner_text("#outcome")
+
+    store = open_store(fleet.database_url, upgrade=False)
+    try:
+        refusals = [e for e in audit_entries(store, state.goal_id) if e.kind == "review.refused"]
+    finally:
+        store.close()
+    assert barred == (
+        "You submitted this goal, and rule 'pages-need-two-from-finance' bars the goal's "
+        "submitter from approving it. You may still reject it or edit it."
+    )
+    assert carol_approve == 0
+    assert "not waiting for review" in said
+    assert said_again == said
+    assert [e.actor for e in refusals] == ["alice"]

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from plangate.embedded import Pipeline
 from plangate.reviewers import add_reviewer
 from plangate.server import create_app
-from plangate.server.pages import FORM_FROM_OTHER_SITE, NO_HASH, OTHER_SITE, SESSION_ENDED
+from plangate.server.page_words import FORM_FROM_OTHER_SITE, NO_HASH, OTHER_SITE, SESSION_ENDED
 from plangate.server.sessions import SESSION_COOKIE
 from tests.support import HELD
 from tests.test_review_sessions import (

@@ -7,6 +7,7 @@ decision made through either replica reaches the pipeline's gate and executor.
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from plangate.embedded import Pipeline
 from plangate.errors import ConfigError
 from plangate.reviewers import add_reviewer, hash_token, remove_reviewer
 from plangate.server import create_app
+from plangate.server.page_words import REVIEWER_GONE
 from plangate.server.sessions import SESSION_COOKIE
 from plangate.store import ReviewSessionRow, StepRunRow
 from schemas import utcnow
@@ -192,6 +194,30 @@ def test_a_removed_reviewer_loses_their_sessions(
         remove_reviewer(reviewers_file, "alice")
 
         assert client.get("/reviews").headers["location"] == "/login"
+
+
+def test_a_decision_sent_by_a_reviewer_removed_meanwhile_says_they_are_no_longer_one(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """Given alice on a held plan's page, When she is removed from the reviewers file and then
+    clicks Approve, Then the login page says her token no longer names a reviewer (it said her
+    session had ended: log in and do it again, which her token could not), and the plan stays
+    held; the login form has the cursor in its token field."""
+    goal_id, plan_id = held_plan(pipeline)
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        log_in(client, alice)
+        page = client.get(f"/reviews/{plan_id}").text
+        form = {"csrf": form_field(page, "csrf"), "plan_hash": form_field(page, "plan_hash")}
+        remove_reviewer(reviewers_file, "alice")
+
+        sent = client.post(f"/reviews/{plan_id}/approve", data=form)
+        login = client.get(sent.headers["location"])
+
+    assert sent.status_code == 303
+    assert sent.headers["location"].startswith("/login?ended=gone")
+    assert REVIEWER_GONE in html.unescape(login.text)
+    assert 'name="token" autocomplete="current-password" required autofocus' in login.text
+    assert pipeline.wait_for(goal_id, HELD).status == "held"
 
 
 def test_an_expired_session_is_refused(

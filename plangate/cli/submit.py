@@ -89,8 +89,11 @@ def _heading(current: GoalStatus) -> list[str]:
     if current.decision:
         d = current.decision
         lines.append(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
-    if current.approvers:
-        lines.append(f"  approvals counted: {', '.join(current.approvers)}")
+    if current.approvers and current.approvers_signed:
+        lines.append(f"  approved by: {', '.join(current.approvers)} (the gate's signed approval)")
+    elif current.approvers:  # not yet counted: a reviewer removed since counts no more
+        given = ", ".join(current.approvers)
+        lines.append(f"  approvals given: {given} (the gate counts them as it releases the plan)")
     if current.unoffered:
         lines.append(f"  waiting for an executor: {_unoffered(current.unoffered)}")
     return lines

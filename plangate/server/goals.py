@@ -102,7 +102,13 @@ class GoalState(BaseModel):
         default=None, description="Who submitted it, as its submitter said (metadata)."
     )
     approvers: list[str] = Field(
-        default=[], description="The people whose approvals of the plan count, in turn."
+        default=[],
+        description="Who approved the plan: once released, those the gate counted and signed "
+        "(`approvers_signed`); before, the approvals given so far, in turn, which the gate "
+        "counts against the reviewers file as it releases the plan.",
+    )
+    approvers_signed: bool = Field(
+        default=False, description="Whether `approvers` are those of the gate's signed approval."
     )
     planner: str | None = Field(
         default=None, description="Who made the latest revision: a planner, or `edit:<reviewer>`."

@@ -11,9 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from plangate.server.cross_site import sent_from_another_site
+from plangate.server.page_words import OTHER_SITE, REVIEWER_GONE, SESSION_ENDED
 from plangate.server.pages import (
-    OTHER_SITE,
-    SESSION_ENDED,
     Desk,
     find_session,
     form_refused,
@@ -53,7 +52,8 @@ def home() -> RedirectResponse:
 def login_page(request: Request, ended: str = "", out: str = "", next: str = "") -> Response:
     """Show the login form (saying so when a decision was sent after the session ended)."""
     note = "You are logged out." if out else ""
-    return _login_page(request, SESSION_ENDED if ended else None, back_to=next, note=note)
+    said = REVIEWER_GONE if ended == "gone" else SESSION_ENDED if ended else None
+    return _login_page(request, said, back_to=next, note=note)
 
 
 @router.post("/login")

@@ -17,6 +17,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
+from approval_gate.held_plan import HeldPlan
+from approval_gate.holds import check_not_submitter
 from approval_gate.revisions import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
 from plangate.review_views import detail_of, summary_of
@@ -24,6 +26,13 @@ from plangate.server.cross_site import sent_from_another_site
 from plangate.server.decision_bodies import Settle
 from plangate.server.errors import ApiError
 from plangate.server.json_bodies import read_body
+from plangate.server.page_words import (
+    EXPIRED_FORM,
+    FORM_FROM_OTHER_SITE,
+    MAX_REFUSAL_SHOWN,
+    NO_HASH,
+    NOTICES,
+)
 from plangate.server.progress import plan_progress
 from plangate.server.reviewers import Reviewer, get_reviewers
 from plangate.server.reviews import ReviewDesk, get_desk, outcome_of
@@ -33,18 +42,6 @@ from schemas import MessageRejected, strict_json_loads, utcnow
 
 router = APIRouter(include_in_schema=False)
 
-# What the reviewer did; what came of it is the plan's state below, read from the store.
-NOTICES = {
-    "approved": "Your approval is recorded.",
-    "rejected": "Your rejection is recorded.",
-    "edited": "Your edit is recorded as this new revision, which the policy decides again.",
-    "settled": "What you found is recorded.",
-}
-EXPIRED_FORM = "The form expired; reload and try again."
-SESSION_ENDED = "Your session had ended, so what you sent was not recorded: log in and do it again."
-OTHER_SITE = "A login sent from another site is refused: log in from this page."
-FORM_FROM_OTHER_SITE = "A form sent from another site is refused: decide from this page."
-NO_HASH = "The form does not say which revision you reviewed; reload the plan and decide again."
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
 # Where a login may return to: a plan's page of this server (ids plangate makes), never a URL.
 _PLAN_PAGE = re.compile(r"/reviews/[0-9a-f]{1,64}")
@@ -86,12 +83,19 @@ def session_or_login(request: Request, desk: ReviewDesk) -> WebSession | Redirec
 
 
 def to_login(
-    *, dropped: bool = False, back_to: str = "", logged_out: bool = False
+    *,
+    dropped: bool = False,
+    back_to: str = "",
+    logged_out: bool = False,
+    request: Request | None = None,
 ) -> RedirectResponse:
     """Return the redirect to the login page, saying why, and where to come back to."""
-    # `dropped`: the request was a decision, which is lost with the session; the page says so.
+    # `dropped`: the request was a decision, which is lost with the session; the page says so,
+    # and whether the reviewer is gone (`request`'s session found no reviewer): then logging in
+    # again, as a session ended for its age asks, cannot help.
     # `back_to`: the plan's page the login returns to (a review link in a notice, say).
-    query = {"ended": "1"} if dropped else {"out": "1"} if logged_out else {}
+    gone = request is not None and getattr(request.state, "plangate_reviewer_gone", False)
+    query = {"ended": "gone" if gone else "1"} if dropped else {"out": "1"} if logged_out else {}
     if return_path(back_to):
         query["next"] = back_to
     return RedirectResponse(f"/login?{urlencode(query)}" if query else "/login", status_code=303)
@@ -142,7 +146,7 @@ async def settle_step(request: Request, plan_id: str, step_id: str, desk: Desk) 
     """Say from the page whether a step that may or may not have happened did."""
     web = await run_in_threadpool(find_session, request, desk)
     if web is None:
-        return to_login(dropped=True)
+        return to_login(dropped=True, request=request)
     form = await read_form(request)
     return await run_in_threadpool(_settle, request, desk, plan_id, step_id, web, form)
 
@@ -204,6 +208,8 @@ def _plan_page(
         "roles_missing": roles_missing if held_here else [],
         "approved_already": web.reviewer.name in detail.approvers,
         "authored": web.reviewer.name in detail.editors,
+        # Said up front as for an editor: the Approve button was offered, then refused (403).
+        "barred": _barred(held, web),
         "notice": notice,
         "error": error,
         "problems": problems or [],
@@ -213,9 +219,18 @@ def _plan_page(
     return templates.TemplateResponse(request, "plan.html", context, status_code=status)
 
 
+def _barred(held: HeldPlan, web: WebSession) -> str | None:
+    """Return why the hold bars this reviewer from approving as the goal's submitter, if it does."""
+    try:
+        check_not_submitter(held.hold, held.goal, web.reviewer.name)
+    except Forbidden as exc:
+        return f"You submitted this goal, and {str(exc).split(', and ', 1)[0]}"
+    return None
+
+
 @router.get("/reviews/{plan_id}")
 def plan_view(
-    request: Request, plan_id: str, desk: Desk, done: str = "", seal: str = ""
+    request: Request, plan_id: str, desk: Desk, done: str = "", seal: str = "", refused: str = ""
 ) -> Response:
     """Show one plan: where it stands, its steps, the policy's decision, the diff, the forms."""
     web = find_session(request, desk)
@@ -223,7 +238,9 @@ def plan_view(
         return to_login(back_to=f"/reviews/{plan_id}")
     try:
         notice = _notice(web, plan_id, done, seal)
-        return _plan_page(request, desk, plan_id, web, notice=notice)
+        # Only as this session's own refusal: a link anyone sends may not put words here.
+        error = refused if refused and _sealed(web, plan_id, f"refused:{refused}", seal) else None
+        return _plan_page(request, desk, plan_id, web, notice=notice, error=error)
     except NotFound:  # in the page's words (the store's name a command to run)
         said = f"There is no plan {quoted(plan_id)}: the list below shows the plans held now."
         return list_page(request, desk, web, error=said, status=404)
@@ -234,7 +251,7 @@ async def act(request: Request, plan_id: str, action: str, desk: Desk) -> Respon
     """Approve, reject or edit from the page; show the outcome or why it was refused."""
     web = await run_in_threadpool(find_session, request, desk)
     if web is None:
-        return to_login(dropped=True, back_to=f"/reviews/{plan_id}")
+        return to_login(dropped=True, back_to=f"/reviews/{plan_id}", request=request)
     form = await read_form(request)
     return await run_in_threadpool(_act, request, desk, plan_id, action, web, form)
 
@@ -257,6 +274,10 @@ def _act(
     except (Conflict, Forbidden, NotFound, ValueError) as exc:
         status = {Conflict: 409, Forbidden: 403, NotFound: 404}.get(type(exc), 422)
         said = str(exc)
+        if action != "edit" and status != 422:
+            # Shown after a redirect, not as the POST's answer: a reload sent the decision
+            # again (the browser asked to resubmit, and the audit log had each refusal twice).
+            return RedirectResponse(_refused_link(web, plan_id, said), status_code=303)
         return _plan_page(
             request, desk, plan_id, web, error=said, status=status, draft=draft, summary=summary
         )
@@ -286,16 +307,26 @@ def _done_link(web: WebSession, plan_id: str, done: str) -> str:
     return f"/reviews/{plan_id}?done={done}&seal={_seal(web, plan_id, done)}"
 
 
+def _refused_link(web: WebSession, plan_id: str, said: str) -> str:
+    """Return the plan's page, saying why this session's decision was refused (sealed, too)."""
+    said = said[:MAX_REFUSAL_SHOWN]
+    seal = _seal(web, plan_id, f"refused:{said}")
+    return f"/reviews/{plan_id}?{urlencode({'refused': said, 'seal': seal})}"
+
+
 def _seal(web: WebSession, plan_id: str, done: str) -> str:
     return hmac.new(web.csrf.encode(), f"{plan_id}:{done}".encode(), "sha256").hexdigest()[:32]
 
 
 def _notice(web: WebSession, plan_id: str, done: str, seal: str) -> str | None:
     """Return the notice of what this session recorded, if the link is sealed to it."""
-    expected = _seal(web, plan_id, done).encode()
-    if done not in NOTICES or not hmac.compare_digest(seal.encode(), expected):
+    if done not in NOTICES or not _sealed(web, plan_id, done, seal):
         return None
     return NOTICES[done]
+
+
+def _sealed(web: WebSession, plan_id: str, what: str, seal: str) -> bool:
+    return hmac.compare_digest(seal.encode(), _seal(web, plan_id, what).encode())
 
 
 def _decide(

@@ -120,6 +120,7 @@ class SessionKeeper:
             binding = row.token_sha256
         reviewer = reviewers.by_session_binding(binding)
         if reviewer is None:  # removed from the reviewers file, or given a new token
+            request.state.plangate_reviewer_gone = True  # said so: logging in again won't do
             return None
         return WebSession(reviewer, session_id, self.csrf(session_id))
 
