@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import urllib.error
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from plangate.store import open_store
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.servers import free_port, refusing_connections
 from tests.support import eventually
@@ -123,3 +125,37 @@ def test_a_worker_started_on_a_database_that_never_answers_waits_saying_so_and_s
             code = worker.wait(timeout=30)
             fleet.stop_all()
     assert code == 0, fleet.logs()
+
+
+@pytest.mark.postgres
+def test_postgres_connections_send_tcp_keepalives_unless_the_url_says_otherwise(
+    postgres_database_url: str,
+) -> None:
+    """Given a store on PostgreSQL over TCP, When a connection is opened, Then its socket sends
+    keepalives (idle 30 s, every 10 s, 3 probes): a server gone mid-query (its host down, the
+    network cut) held the worker on a read that never ended. Given the URL's own
+    `keepalives_idle`, Then that one is used."""
+
+    def socket_options(url: str) -> tuple[int, int, int, int]:
+        store = open_store(url)
+        try:
+            with store.engine.connect() as connection:
+                raw = connection.connection.dbapi_connection
+                assert raw is not None
+                sock = socket.socket(fileno=os.dup(raw.fileno()))
+                try:
+                    return (
+                        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+                    )
+                finally:
+                    sock.close()
+        finally:
+            store.close()
+
+    joiner = "&" if "?" in postgres_database_url else "?"
+    assert socket_options(postgres_database_url)[0] == 1
+    assert socket_options(postgres_database_url)[1:] == (30, 10, 3)
+    assert socket_options(f"{postgres_database_url}{joiner}keepalives_idle=45")[1] == 45

@@ -224,6 +224,17 @@ def _sqlite_serialised_writes(engine: Engine) -> None:
 
 
 POSTGRES_CONNECT_TIMEOUT = 10  # seconds; libpq's own is none
+# libpq's options for every PostgreSQL connection, unless the URL's query sets them: a connection
+# whose server went away mid-query (its host gone, the network cut) held its worker on a read
+# that never ends; TCP keepalives find it dead within about a minute (idle 30 s, then 3 probes
+# 10 s apart), and its transaction fails as an outage, waited out as any.
+POSTGRES_OPTIONS = {
+    "connect_timeout": POSTGRES_CONNECT_TIMEOUT,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 def make_engine(url: str, *, create: bool = True) -> Engine:
@@ -266,7 +277,7 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         return create_engine(
             parsed,
             max_overflow=10 + MAX_KEPT_ON_POSTGRES,
-            connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT},
+            connect_args={k: v for k, v in POSTGRES_OPTIONS.items() if k not in parsed.query},
         )
     except ImportError as exc:  # a driver named in the URL that is not installed
         raise ConfigError(
