@@ -8,6 +8,7 @@ are, and a 405 at /api/v1/goals saying `allow: POST` though GET is served there 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -300,3 +301,31 @@ def test_an_idempotency_key_header_in_utf_8_is_the_same_key_in_the_body(base_url
         )
         assert status == 422, answer
         assert said in answer["error"]
+
+
+def test_two_idempotency_key_headers_are_refused_saying_to_send_one(base_url: str) -> None:
+    """Given a request carrying the Idempotency-Key header twice (a proxy adding its own),
+    When it is sent, Then it is refused (422) saying to send one: the first was read alone, so
+    a retry whose headers came in another order made a second goal."""
+    parts = urlsplit(base_url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    body = b'{"text": "Check Jira"}'
+    try:
+        connection.putrequest("POST", "/api/v1/goals")
+        for name, value in (
+            ("Authorization", f"Bearer {TOKEN}"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            ("Idempotency-Key", "from-the-client"),
+            ("Idempotency-Key", "from-a-proxy"),
+        ):
+            connection.putheader(name, value)
+        connection.endheaders(body)
+        answer = connection.getresponse()
+        status, said = answer.status, json.loads(answer.read())
+    finally:
+        connection.close()
+    assert status == 422, said
+    assert said["error"] == (
+        "send one Idempotency-Key header, not 2: a retry must carry the same key"
+    )

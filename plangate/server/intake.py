@@ -19,6 +19,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
 
 from plangate.errors import InputInvalid
 from plangate.event_keys import EVENT_KEY_PREFIX, KEY_LIMIT, refuse_event_metadata
@@ -68,7 +69,7 @@ class EventGoal(GoalRequest):
         return self.event_source, self.event_id
 
 
-def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
+def parse_goal(headers: Headers, body: bytes) -> GoalRequest:
     """Return the goal a request carries, whichever of the three forms it uses."""
     kind = media_type(headers)
     if kind == CLOUDEVENT_JSON:
@@ -88,12 +89,18 @@ def parse_goal(headers: Mapping[str, str], body: bytes) -> GoalRequest:
     )
 
 
-def _plain_goal(headers: Mapping[str, str], fields: dict[str, Any]) -> GoalRequest:
+def _plain_goal(headers: Headers, fields: dict[str, Any]) -> GoalRequest:
     """Return a plain JSON goal; its key may come as the `Idempotency-Key` header, as is common.
 
     Metadata only a CloudEvent's goal has (`ce.source`) is refused where every goal is
     submitted (`plangate.submission`), the CLI's and the Python client's too.
     """
+    sent = headers.getlist("idempotency-key")
+    if len(sent) > 1:  # the first alone was read: a retry whose proxy added one made a goal
+        raise ApiError(
+            422,
+            f"send one Idempotency-Key header, not {len(sent)}: a retry must carry the same key",
+        )
     header = _utf8(headers.get("idempotency-key"))
     if header is not None and not 1 <= len(header.strip()) <= KEY_LIMIT:
         raise ApiError(
