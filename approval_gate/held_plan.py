@@ -17,11 +17,10 @@ from approval_gate.approvers import ApproverCheck
 from approval_gate.eligible import release_shortfall
 from approval_gate.expiry import expires_at
 from approval_gate.holds import hold_of, required_roles, revision_editors
-from approval_gate.revisions import summary_written_in
 from plangate.errors import NotFound
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow
 from plangate.store.goals import latest_plan
-from plangate.store.plan_edits import PlanEdit, edit_of
+from plangate.store.plan_edits import PlanEdit, edit_of, summary_written_in
 from schemas import StepPreview
 
 

@@ -97,10 +97,10 @@ def check_sealed(hold: HoldRow, plan: PlanRevision, keys: TrustedKeys) -> None:
         # Not a tampered hold: its key left the trusted keys folder (a rotation finished too
         # early, or a revocation), and which of the two only the operator knows.
         raise Forbidden(
-            f"the hold of plan {hold.plan_id} was sealed by a key the gate no longer trusts "
-            f"({exc.reason}); nothing is signed. If that key was rotated out, put its public "
-            "key back in the trusted keys folder and approve again; if it was revoked, reject "
-            "the plan and submit the goal again",
+            f"the hold of plan {hold.plan_id} was sealed by key {', '.join(exc.key_ids)}, which "
+            "the gate no longer trusts; nothing is signed. If that key was rotated out, put its "
+            "public key back in the trusted keys folder and approve again; if it was revoked, "
+            "reject the plan and submit the goal again",
             "",
         ) from None
     except (ApprovalInvalid, ValueError) as exc:

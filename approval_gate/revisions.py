@@ -16,12 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from plangate.store import PlanRow
 from plangate.store.goals import plan_of
-from plangate.store.models import EDIT_PREFIX
 from schemas import Catalog, Plan, PlanInvalid, PlanProblem, new_id, validate_plan
 
 # What the review adds to a step for people to read; an edit sends steps back without them.
@@ -96,28 +93,3 @@ def catalog_misfit(plan: PlanRow, catalog: Catalog) -> str | None:
             "edit it or reject it"
         )
     return None
-
-
-def summary_written_in(session: Session, plan: PlanRow) -> int | None:
-    """Return the earlier revision whose author wrote this one's summary, if an edit kept it.
-
-    An edit that leaves the summary as it was keeps the planner's words over steps they no
-    longer describe ("Refund 50" over an amount of 2000): the review says whose they are.
-    None for a planner's revision, or an edit that changed the summary.
-    """
-    if not plan.planner.startswith(EDIT_PREFIX):
-        return None
-    summary = plan.body.get("summary", "")
-    earlier = session.execute(
-        select(PlanRow.revision, PlanRow.planner, PlanRow.body)
-        .where(PlanRow.goal_id == plan.goal_id, PlanRow.revision < plan.revision)
-        .order_by(PlanRow.revision.desc())
-    )
-    written = None
-    for revision, planner, body in earlier:
-        if body.get("summary", "") != summary:
-            break
-        written = revision
-        if not planner.startswith(EDIT_PREFIX):  # a planner wrote it; edits before, no longer
-            break
-    return written

@@ -93,6 +93,11 @@ class ApprovalInvalid(PlangateError):
 class UnknownSigner(ApprovalInvalid):
     """An approval signed by a key this process does not trust: its trusted keys may lack it."""
 
+    def __init__(self, reason: str, key_ids: tuple[str, ...] = ()) -> None:
+        """Refuse, naming the keys that signed (`key_ids`, shortened as the reason says them)."""
+        super().__init__(reason)
+        self.key_ids = key_ids
+
 
 class ToolLoadError(PlangateError):
     """A tool module could not be imported or declares a tool wrongly."""

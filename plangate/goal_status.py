@@ -26,7 +26,7 @@ from plangate.store import (
 )
 from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
-from plangate.store.plan_edits import edit_of
+from plangate.store.plan_edits import edit_of, summary_written_in
 from schemas import Approval, SignedEnvelope
 
 
@@ -73,6 +73,9 @@ class GoalStatus:
     planner: str | None = None  # who made the latest revision: a planner, or `edit:<reviewer>`
     edit_comment: str | None = None  # why its editor edited it ("" if they said not); an edit's
     held_by: str | None = None  # the rule that held the latest revision for a person, if one did
+    # The earlier revision whose summary an edit kept (its words over steps they may no
+    # longer describe: "Refund 80" over an amount of 75), if one did.
+    summary_from_revision: int | None = None
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -129,6 +132,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         planner=plan.planner,
         edit_comment=edit.comment if edit is not None else None,
         held_by=hold.rule if hold is not None else None,
+        summary_from_revision=summary_written_in(session, plan),
         decision=None
         if decision is None
         else {

@@ -87,6 +87,12 @@ class ReviewSummary(BaseModel):
         "them, and who approved already may not); null if enough may, or where the reviewers "
         "are not known (the embedded mode).",
     )
+    refused_by_gate: str | None = Field(
+        default=None,
+        description="Why the gate refused to release it, where it is held again after approvals "
+        "(a reviewer removed, a role taken away, a key no longer trusted): the approvals above "
+        "are those recorded, and the gate counts them again at the next approval. Null if not.",
+    )
     catalog_problem: str | None = Field(
         default=None,
         description="What of it no longer fits the tool catalog (a tool's arguments changed "
@@ -153,6 +159,7 @@ def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
         approvers=list(held.approvers),
         approval_progress=held.approval_progress,
         cannot_be_released=held.cannot_be_released,
+        refused_by_gate=_refused_by_gate(held),
         # Of the revision waiting only: one decided already ran, or never will, as it was.
         catalog_problem=catalog_misfit(held.plan, catalog) if catalog and held.waiting else None,
     )
@@ -186,3 +193,16 @@ def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:
         edited_by=held.edit.editor if held.edit else None,
         edit_comment=held.edit.comment if held.edit else None,
     )
+
+
+def _refused_by_gate(held: HeldPlan) -> str | None:
+    """Return why the goal is held again, if the gate refused to release its approvals.
+
+    Its approvals read "1 of 1 (dave)" while it stayed held: only `status` and the page said
+    why (its reason, which the gate's refusal set; the policy's own otherwise).
+    """
+    decision = held.policy_decision
+    reason = held.goal.status_reason
+    if not held.waiting or not reason:
+        return None
+    return None if decision is not None and reason == decision.reason else reason

@@ -199,7 +199,7 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
                 f" and {len(named) - 3} more" if len(named) > 3 else ""
             )
             hint = "add its public key to the trusted keys folder"
-            raise UnknownSigner(f"signed by unknown key {unknown}; {hint}")
+            raise UnknownSigner(f"signed by unknown key {unknown}; {hint}", tuple(named))
         for signature in trusted:
             with contextlib.suppress(InvalidSignature, ApprovalInvalid):
                 self._keys[signature.keyid].verify(_b64decode(signature.sig, "signature"), message)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from plangate.config import Settings
 from plangate.errors import ConfigError
+from plangate.file_watch import FileWatch
 from plangate.signing import SIGNING_KEY_NAME, Signer, TrustedKeys, key_id
 from plangate.small_files import read_bytes
 
@@ -66,9 +68,36 @@ def load_or_create_signer(settings: Settings) -> Signer:
     signer = Signer(_read_private_key(path))
     if made:
         _say_new_key(settings, signer, path)
-    # Checked on every start, so a crash between creating the key and publishing it heals itself.
-    _publish_public_key(signer.public_key, trusted_keys_dir(settings))
+    _publish_once(signer, path, trusted_keys_dir(settings))
     return signer
+
+
+def _publish_once(signer: Signer, path: Path, folder: Path) -> None:
+    """Trust the key made here in `folder`, once: never again after its file was removed there.
+
+    Published on every start, a key an operator revoked (its .pub removed) was trusted again by
+    the next restart of the gate, and every executor took it back in silence. The folders it
+    was published to are noted beside the key (a crash before the note publishes it again).
+    """
+    noted = path.with_name(path.name + ".published")
+    try:
+        published = set(noted.read_text(encoding="utf-8").splitlines()) if noted.exists() else set()
+    except OSError:
+        published = set()
+    where = str(folder.resolve())
+    target = folder / (signer.key_id.replace(":", "_") + ".pub")
+    if where not in published:
+        _publish_public_key(signer.public_key, folder)
+        noted.write_text("\n".join(sorted(published | {where})) + "\n", encoding="utf-8")
+    elif not target.exists():
+        log.warning(
+            "the signing key %s (%s) was removed from the trusted keys folder %s, revoked: it is "
+            "not trusted again; executors refuse what it signs. Move it out of the data folder "
+            "and give this gate another key (PLANGATE_SIGNING_KEY_FILE)",
+            signer.key_id,
+            path,
+            folder,
+        )
 
 
 def _say_new_key(settings: Settings, signer: Signer, path: Path) -> None:
@@ -89,7 +118,7 @@ def _say_new_key(settings: Settings, signer: Signer, path: Path) -> None:
         "made a new signing key %s at %s, none being in this data folder, and trusted it in %s, "
         "which holds %d other key(s) (%s): if this gate should sign with one of them (its "
         "PLANGATE_SIGNING_KEY_FILE or data folder lost), set PLANGATE_SIGNING_KEY_FILE to it and "
-        "remove this key's .pub; a gate replica with a key of its own is fine",
+        "move this new key out of the data folder; a gate replica with a key of its own is fine",
         signer.key_id,
         path,
         folder,
@@ -216,3 +245,33 @@ def _read_private_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"signing key file {path} is not an Ed25519 private key")
     return key
+
+
+def own_key_watch(settings: Settings) -> Callable[[], None]:
+    """Return what a gate's sweep calls to say when its own key leaves the trusted folder.
+
+    Executors refuse what a key out of their folder signs; a gate whose key was removed there
+    (a revocation, a slip) signed on, and only the executors' logs said why nothing ran. Said
+    when the folder changes so; its state at start is said as the key is loaded.
+    """
+    signer = load_or_create_signer(settings)
+    folder = trusted_keys_dir(settings)
+    watch = FileWatch(folder)
+
+    def look() -> None:
+        if not watch.changed():
+            return
+        try:
+            trusted = {key_id(key) for key in _read_public_keys(folder)}
+        except ConfigError:  # a bad file there is the executors' to report
+            return
+        if signer.key_id not in trusted:
+            log.warning(
+                "this gate signs with %s, which the trusted keys folder %s no longer holds: "
+                "executors refuse what it signs; put its .pub back, or give the gate a key "
+                "that is there (PLANGATE_SIGNING_KEY_FILE)",
+                signer.key_id,
+                folder,
+            )
+
+    return look

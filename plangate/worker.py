@@ -31,6 +31,7 @@ from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
 from plangate.redaction import redact
 from plangate.relay import deliver, relay_pending
+from plangate.signing_keys import own_key_watch
 from plangate.stages import build_expiry, build_handler, build_sealing, stage_middleware
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
@@ -162,8 +163,10 @@ class Worker:
         step_lease = timedelta(seconds=self.settings.step_lease_seconds)
         # Gate workers also expire held plans (idempotent: any number of them may sweep).
         expire = build_expiry(self.settings) if self.stage == "gate" else None
-        # Gate workers hold the signing key: they seal the audit chains with checkpoints.
+        # Gate workers hold the signing key: they seal the audit chains with checkpoints, and
+        # say when their key leaves the trusted keys folder (executors then refuse it).
         seal = build_sealing(self.settings) if self.stage == "gate" else None
+        own_key = own_key_watch(self.settings) if self.stage == "gate" else None
         held = RecentlyHeld(stalled)
         pruning = Every(PRUNE_EVERY_SECONDS)
         seen = _BrokerSeen(self.stage)
@@ -201,6 +204,8 @@ class Worker:
                         deliver(store, bus, expire(store, utcnow()))
                     if seal is not None:
                         seal(store)
+                    if own_key is not None:
+                        own_key()
                     if self.stage == "executor":
                         _executor_chores(store)
                 except BrokerUnavailable as exc:  # said in full, once a sweep: no traceback

@@ -97,6 +97,10 @@ def test_a_goal_page_shows_what_each_step_found_its_audit_and_its_trace(
         assert kind in audit, audit
     assert "alice" in audit
     assert "/trace/" in str(page.get_attribute("#trace", "href"))
+    # Who made the plan that ran, and the rule that held it (the audit table alone said so).
+    made_by = page.inner_text("#made-by")
+    assert made_by.startswith("by playbook:"), made_by
+    assert made_by.endswith("· held by rule hold-writes"), made_by
 
 
 def test_held_plans_show_their_tools_writes_role_time_left_and_the_holds_record(

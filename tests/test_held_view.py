@@ -21,6 +21,7 @@ from plangate.review_views import ReviewDetail, detail_of
 from plangate.reviewers import Reviewers, add_reviewer
 from plangate.server import create_app
 from plangate.stages import build_review
+from plangate.store.goals import transition
 from schemas import Plan
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
@@ -242,3 +243,35 @@ def test_an_edit_that_kept_the_summary_says_whose_words_it_is(desk: Desk) -> Non
 def only_plan_summary(desk: Desk, goal_id: str) -> str:
     """The summary the planner wrote for the goal's first revision."""
     return str(plans_of(desk.pipeline.store, goal_id)[0].body["summary"])
+
+
+def test_a_plan_the_gate_held_again_after_refusing_its_approvals_says_why(desk: Desk) -> None:
+    """Given a page held for two approvals,
+    When it is approved and the gate refuses to release it, holding it again (as it does when
+    an approver no longer counts, or the hold's key is no longer trusted: staged here with the
+    gate's own words),
+    Then the view, `review show` and `review list` say it is held again and why: they read
+    "2 of 2 approvals" and nothing more while it stayed held; a plan held only by the policy
+    says nothing of the kind.
+    """
+    pipeline = desk.pipeline
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=10)
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+    fresh = desk.detail(plan_id).refused_by_gate
+    refusal = (
+        "the approval by alice was refused: the hold of plan x was sealed by key ed25519:ab, "
+        "which the gate no longer trusts; nothing is signed"
+    )
+    with pipeline.store.session() as session:  # approved by people, then refused by the gate
+        transition(session, goal_id, "approved", by="person", actor="alice", reason="approved")
+        transition(session, goal_id, "held", by="gate", actor="gate", reason=refusal)
+
+    view = desk.detail(plan_id)
+    shown = desk.cli("review", "show", plan_id)
+    listed = desk.cli("review", "list")
+
+    assert fresh is None
+    assert view.refused_by_gate == refusal
+    assert "⚠ Held again: the approval by alice was refused" in " ".join(shown.split())
+    assert "the approval by alice was refused" in " ".join(listed.split())

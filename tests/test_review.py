@@ -711,9 +711,9 @@ def test_a_goal_s_status_names_who_edited_its_plan_why_and_the_rule_that_held_it
 ) -> None:
     """Given the seed plan, held by hold-writes, which bob edits saying why, and alice approves,
     When `plangate status ID --json` and `status ID` run,
-    Then they name the revision's author (`edit:bob`), his comment and the rule that held it:
-    they said "approved by alice" only, as if the planner's plan had run. A goal nobody edited
-    names its planner and no comment.
+    Then they name the revision's author (`edit:bob`), his comment, the rule that held it, and
+    that its summary is the planner's (his edit kept it): they said "approved by alice" only,
+    as if the planner's plan had run. A goal nobody edited names its planner and no comment.
     """
     goal_id, first = held_seed(pipeline)
     steps = steps_of(first)
@@ -746,6 +746,9 @@ def test_a_goal_s_status_names_who_edited_its_plan_why_and_the_rule_that_held_it
     assert planned["planner"] == plans_of(pipeline.store, untouched)[0].planner
     assert not planned["planner"].startswith("edit:")
     assert (planned["edit_comment"], planned["held_by"]) == (None, "hold-writes")
+    # Bob's edit kept the planner's summary: said as the planner's, in JSON and in text.
+    assert (as_json["summary_from_revision"], planned["summary_from_revision"]) == (1, None)
+    assert "(summary from revision 1, not changed by the edit)\n" in as_text
 
 
 def test_review_list_shows_the_oldest_held_plans_up_to_its_limit_and_says_more_wait(

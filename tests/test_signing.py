@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from plangate.config import Settings
 from plangate.errors import ApprovalInvalid, ConfigError
 from plangate.signing import PAYLOAD_TYPE, Signer, TrustedKeys, approval_payload, key_id, pae
-from plangate.signing_keys import load_or_create_signer, load_trusted_keys
+from plangate.signing_keys import load_or_create_signer, load_trusted_keys, own_key_watch
 from schemas import Decision, Plan, Signature, SignedEnvelope, Step, canonical_json
 from tests.support import outer_environment, write_private_key
 
@@ -250,6 +250,7 @@ def test_concurrent_first_runs_make_one_key(tmp_path: Path) -> None:
     assert len(set(key_ids)) == 1
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
         "approval-signing.pem",
+        "approval-signing.pem.published",
         "trusted",
     ]
     assert len(list((tmp_path / "keys" / "trusted").iterdir())) == 1
@@ -453,3 +454,54 @@ def test_a_gate_making_a_key_beside_others_already_trusted_says_how_to_use_one_o
     assert f"made a new signing key {second.key_id}" in warnings[0]
     assert f"which holds 1 other key(s) ({first.key_id})" in warnings[0]
     assert "set PLANGATE_SIGNING_KEY_FILE to it" in warnings[0]
+
+
+def test_a_key_revoked_from_the_trusted_folder_is_not_trusted_again_when_the_gate_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a gate whose key it made is trusted in a shared folder,
+    When the operator removes that .pub (a revocation) and the gate starts again,
+    Then the .pub is not written back (it was, at every start: every executor trusted the
+    revoked key again), and the gate warns that executors refuse what it signs;
+    Given a trusted keys folder the gate never published to (moved to a shared volume),
+    Then its key is published there.
+    """
+    shared = tmp_path / "trusted"
+    settings = settings_in(tmp_path / "gate", trusted_keys_dir=shared)
+    signer = load_or_create_signer(settings)
+    (published,) = shared.glob("*.pub")
+    published.unlink()
+
+    with caplog.at_level("WARNING", logger="plangate.signing_keys"):
+        again = load_or_create_signer(settings)
+    moved = tmp_path / "volume" / "trusted"
+    load_or_create_signer(settings_in(tmp_path / "gate", trusted_keys_dir=moved))
+
+    assert again.key_id == signer.key_id
+    assert list(shared.glob("*.pub")) == []
+    assert f"the signing key {signer.key_id}" in caplog.text
+    assert "was removed from the trusted keys folder" in caplog.text
+    assert "it is not trusted again" in caplog.text
+    assert [p.name for p in moved.glob("*.pub")] == [published.name]
+
+
+def test_a_gate_says_when_its_own_key_leaves_the_trusted_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a gate's key trusted in the shared folder, When its .pub is removed there (the gate
+    running), Then the gate's next sweep warns that executors refuse what it signs, once:
+    it signed on in silence, and only the executors' logs said why nothing ran."""
+    shared = tmp_path / "trusted"
+    settings = settings_in(tmp_path / "gate", trusted_keys_dir=shared)
+    look = own_key_watch(settings)
+    with caplog.at_level("WARNING", logger="plangate.signing_keys"):
+        look()
+        quiet = caplog.text
+        (published,) = shared.glob("*.pub")
+        published.unlink()
+        look()
+        look()
+
+    assert quiet == ""
+    assert caplog.text.count("which the trusted keys folder") == 1
+    assert "executors refuse what it signs; put its .pub back" in caplog.text

@@ -104,6 +104,8 @@ def show_held(view: dict[str, Any], catalog: Catalog) -> None:
         console.print(Text(f"⚠ This plan {printable(view['catalog_problem'])}", style="red"))
     if view.get("cannot_be_released"):
         console.print(Text(f"⚠ This plan {printable(view['cannot_be_released'])}", style="red"))
+    if view.get("refused_by_gate"):
+        console.print(Text(f"⚠ Held again: {printable(view['refused_by_gate'])}", style="red"))
     if view["expires_at"]:
         console.print(f"Expires at {view['expires_at']}")
     if view["preview"] is not None:

@@ -125,7 +125,8 @@ def review_list(
 
 def _warned(view: dict[str, Any]) -> list[str]:
     """Return what stands in the way of a held plan's release, as the view says it."""
-    return [str(view[key]) for key in ("cannot_be_released", "catalog_problem") if view.get(key)]
+    keys = ("cannot_be_released", "catalog_problem", "refused_by_gate")
+    return [str(view[key]) for key in keys if view.get(key)]
 
 
 @app.command("show", short_help="Show a plan: steps, the policy's decision, the diff.")

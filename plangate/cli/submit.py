@@ -77,7 +77,9 @@ def _heading(current: GoalStatus) -> list[str]:
     said = current.reason and current.reason.strip().lower() != current.status
     lines = [f"goal {current.goal_id}: {current.status}" + (f" — {current.reason}" if said else "")]
     if current.plan_id:
-        lines.append(f"  plan {current.plan_id} rev {current.revision}: {current.summary}")
+        kept = current.summary_from_revision
+        whose = f" (summary from revision {kept}, not changed by the edit)" if kept else ""
+        lines.append(f"  plan {current.plan_id} rev {current.revision}: {current.summary}{whose}")
         why = ""
         if current.edit_comment is not None:  # an edit's: what its editor said
             why = f": {current.edit_comment}" if current.edit_comment else " (no reason given)"
@@ -93,7 +95,10 @@ def _heading(current: GoalStatus) -> list[str]:
         lines.append(f"  approved by: {', '.join(current.approvers)} (the gate's signed approval)")
     elif current.approvers:  # not yet counted: a reviewer removed since counts no more
         given = ", ".join(current.approvers)
-        lines.append(f"  approvals given: {given} (the gate counts them as it releases the plan)")
+        lines.append(
+            f"  approvals given: {given} (the gate counts them as it releases the plan; "
+            "`plangate review show` says which count now)"
+        )
     if current.unoffered:
         lines.append(f"  waiting for an executor: {_unoffered(current.unoffered)}")
     return lines

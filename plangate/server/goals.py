@@ -120,6 +120,11 @@ class GoalState(BaseModel):
     held_by: str | None = Field(
         default=None, description="The policy rule that held the latest revision, if one did."
     )
+    summary_from_revision: int | None = Field(
+        default=None,
+        description="The earlier revision whose summary an edit kept unchanged, if one did: "
+        "its words, not the editor's.",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -1,4 +1,4 @@
-"""Who edited a revision and why: read where the edit recorded it, its `plan.edited` entry.
+"""Who edited a revision and why (its `plan.edited` entry), and whose words its summary is.
 
 A reviewer's edit is a new revision planned by `edit:<reviewer>`; their comment is kept with
 the edit in the audit log (redacted, as every entry). The review and `status` show it beside
@@ -37,3 +37,28 @@ def edit_of(session: Session, plan: PlanRow) -> PlanEdit | None:
     comment = said.get("comment")
     editor = plan.planner.removeprefix(EDIT_PREFIX)
     return PlanEdit(editor, comment if isinstance(comment, str) else "")
+
+
+def summary_written_in(session: Session, plan: PlanRow) -> int | None:
+    """Return the earlier revision whose author wrote this one's summary, if an edit kept it.
+
+    An edit that leaves the summary as it was keeps the planner's words over steps they no
+    longer describe ("Refund 50" over an amount of 2000): the review says whose they are.
+    None for a planner's revision, or an edit that changed the summary.
+    """
+    if not plan.planner.startswith(EDIT_PREFIX):
+        return None
+    summary = plan.body.get("summary", "")
+    earlier = session.execute(
+        select(PlanRow.revision, PlanRow.planner, PlanRow.body)
+        .where(PlanRow.goal_id == plan.goal_id, PlanRow.revision < plan.revision)
+        .order_by(PlanRow.revision.desc())
+    )
+    written = None
+    for revision, planner, body in earlier:
+        if body.get("summary", "") != summary:
+            break
+        written = revision
+        if not planner.startswith(EDIT_PREFIX):  # a planner wrote it; edits before, no longer
+            break
+    return written
