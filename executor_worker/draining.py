@@ -76,9 +76,11 @@ def hand_back(run: PlanRun, plan: Plan, store: Store) -> NoReturn:
         run.record_last(session)
     run.announce_last()
     ended = ", ".join(repr(step_id) for step_id in run.outcomes)
-    after = f"after step {ended}" if ended else "before any step"
-    left = ", ".join(repr(step_id) for step_id in run.not_started)
+    after = f"after step {ended}" if ended else "before it took up a step"
+    left = [repr(step_id) for step_id in run.not_started]
+    # Not "left to run": a step an earlier executor recorded is among them, and is not run again.
+    which = f"step {left[0]} is" if len(left) == 1 else f"steps {', '.join(left)} are"
     raise HandBack(
         f"goal {plan.goal_id}'s run (plan {plan.plan_id}) stopped {after}, as this executor "
-        f"stops; step {left} is left to another executor"
+        f"stops; {which} left to another executor (any it finds recorded it does not run again)"
     )

@@ -48,6 +48,17 @@ _AUTH_SCHEME = re.compile(r"^\s*(?:Bearer|Basic|Token|ApiKey)\s+(\S+)\s*$", re.I
 # credential (a tool's error naming its database, a server quoting its upstream). Not the
 # user name, and not a "password" equal to it, which the URL shows anyway.
 _URL_PASSWORD = re.compile(r"(://([^\s/:@\[\]<>\"'`]*)):([^\s/@<>\"'`]+)@")
+# Credentials in text by their shape, registered or not: an Authorization value, and a value
+# after a name that says it is one (`password=`, `"token": "`, `api_key:`). For the texts that
+# end somewhere people read and the audit log keeps for good (errors, reasons, logs, entries);
+# not for content that flows on (a tool's output a later step reads, a model's plan), where
+# only the secrets plangate knows are taken out.
+_CREDENTIAL_SHAPES = re.compile(
+    r"(\b(?:bearer|basic)\s+)[a-z0-9._~+/-]{8,}=*"
+    r"|(\b(?:[a-z0-9]+_)*(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?key|"
+    r"(?:access|refresh|auth|id)[_-]?token|token)\b[\"']?\s*[=:]\s*[\"']?)[^\s\"'&,;{}]{4,}",
+    re.IGNORECASE,
+)
 _PERCENT = re.compile(r"%[0-9A-F]{2}")
 _UNICODE_ESCAPE = re.compile(r"\\u[0-9a-f]{4}")
 
@@ -156,6 +167,16 @@ def escape_marker(text: str) -> str:
 
 
 def redact(text: str) -> str:
+    """Return `text` with every known secret and every credential by its shape redacted.
+
+    Known: in every form (`redact_known`); by shape: a URL's password, an Authorization value,
+    a value named as a password, token, secret or key.
+    """
+    text = redact_known(text)
+    return _CREDENTIAL_SHAPES.sub(_shape_redacted, text) if text else text
+
+
+def redact_known(text: str) -> str:
     """Return `text` with every known secret, in every form, and URLs' passwords redacted."""
     if not _registry.environment_read:
         register_environment()
@@ -165,6 +186,10 @@ def redact(text: str) -> str:
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     return _URL_PASSWORD.sub(_url_password_redacted, text) if "://" in text else text
+
+
+def _shape_redacted(match: re.Match[str]) -> str:
+    return f"{match.group(1) or match.group(2)}{REDACTED}"
 
 
 def _url_password_redacted(match: re.Match[str]) -> str:
@@ -208,9 +233,9 @@ def _has_url_password(text: str) -> bool:
 
 def _redacted(value: Any) -> Any:
     if isinstance(value, str):
-        return redact(value)
+        return redact_known(value)
     if isinstance(value, dict):
-        return {redact(str(key)): _redacted(item) for key, item in value.items()}
+        return {redact_known(str(key)): _redacted(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_redacted(item) for item in value]
     return value

@@ -59,13 +59,18 @@ def test_invisible_characters_are_shown_where_a_person_reads_remote_text() -> No
 
 
 DATABASE_PASSWORD = "hunter2-never-registered-9c1e"
+BEARER = "bearer-never-registered-41f7a9"
+SERVICE_PASSWORD = "svc-pw-never-registered-77d2"
 APPROVE_ALL = {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}]}
 
 
 @tool(effect="read")
 def crm_lookup() -> dict[str, str]:
     """Fail as a tool does that quotes its own connection string in its error."""
-    raise RuntimeError(f"cannot reach postgres://acme:{DATABASE_PASSWORD}@db.internal/acme")
+    raise RuntimeError(
+        f"cannot reach postgres://acme:{DATABASE_PASSWORD}@db.internal/acme (sent "
+        f'Authorization: Bearer {BEARER}, password={SERVICE_PASSWORD}, {{"token": "{BEARER}"}})'
+    )
 
 
 def test_a_password_in_a_url_a_tool_error_quotes_is_redacted_though_nothing_registered_it(
@@ -98,10 +103,23 @@ def test_a_password_in_a_url_a_tool_error_quotes_is_redacted_though_nothing_regi
     assert "acme:[redacted]@" in entries
     assert DATABASE_PASSWORD not in entries
     assert DATABASE_PASSWORD not in caplog.text
+    for secret in (BEARER, SERVICE_PASSWORD):  # by their shape: nothing registered them
+        assert secret not in (goal.status_reason or "") + entries + caplog.text
+    said = 'Bearer [redacted], password=[redacted], {"token": "[redacted]"}'
+    assert said in (goal.status_reason or "")
     assert "Traceback" in caplog.text
-    assert 'in crm_lookup\n    raise RuntimeError(f"cannot reach postgres://' in caplog.text
+    assert ", in crm_lookup\n    raise RuntimeError(\n" in caplog.text
     assert "Traceback" not in entries
     assert intact
+
+
+def test_content_that_flows_on_keeps_values_only_their_names_call_secret() -> None:
+    """A tool's output or a model's plan is read by later steps: only the secrets plangate
+    knows, and URLs' passwords, are taken out of it, not values whose names say token."""
+    output = {"token": "abcdef123456", "note": "password=abcdef12", "auth": "Bearer abcdefghij"}
+
+    assert redact_json(output) == output
+    assert redact("password=abcdef12") == "password=[redacted]"
 
 
 def test_a_url_s_user_name_and_a_password_equal_to_it_are_left_as_written() -> None:

@@ -251,9 +251,10 @@ STUCK_HINTS = {
     "submitted": "no planner has planned it yet. Are the workers running (`plangate worker "
     "planner|gate|executor`, on this broker and store)? A planner waiting on its model server "
     "takes up to PLANGATE_PLANNER_TIMEOUT_SECONDS a try.",
-    "approved": "no executor has started it. Is one running, and does it trust the gate's "
-    "signing key (its public key in the executor's PLANGATE_TRUSTED_KEYS_DIR)? `plangate dlq "
-    "list` shows approvals an executor refused.",
+    "approved": "no executor has started it. Is one running, does it offer the plan's tools "
+    "(its log says when it lacks one or offers another version: `plangate tools list`), and "
+    "does it trust the gate's signing key (its public key in the executor's "
+    "PLANGATE_TRUSTED_KEYS_DIR)? `plangate dlq list` shows approvals an executor refused.",
 }
 # A goal the broker did not take when it was submitted waits in the outbox, not for a planner.
 QUEUED_HINTS = STUCK_HINTS | {
