@@ -36,6 +36,15 @@ FileOption = Annotated[
     ),
 ]
 NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="Who, as recorded on decisions.")]
+RoleOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--role",
+        metavar="ROLE",
+        help="A role they hold, as a policy rule's requires_role names it (repeatable; "
+        "`roles` with none: no roles).",
+    ),
+]
 
 
 def _path(file: Path | None) -> Path:
@@ -52,14 +61,7 @@ def _path(file: Path | None) -> Path:
 @friendly_errors
 def reviewers_add(
     name: NameArgument,
-    role: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--role",
-            metavar="ROLE",
-            help="A role they hold, as a policy rule's requires_role names it (repeatable).",
-        ),
-    ] = None,
+    role: RoleOption = None,
     file: FileOption = None,
 ) -> None:
     """Add NAME to the reviewers file (made if missing, readable by you only) with a new token.
@@ -116,14 +118,7 @@ def reviewers_list(
 @friendly_errors
 def reviewers_roles(
     name: NameArgument,
-    role: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--role",
-            metavar="ROLE",
-            help="A role they hold from now on (repeatable); none given: no roles.",
-        ),
-    ] = None,
+    role: RoleOption = None,
     file: FileOption = None,
 ) -> None:
     """Give NAME exactly the roles given, keeping their token (remove and add would replace it).
