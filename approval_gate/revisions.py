@@ -40,7 +40,10 @@ def plan_diff(previous: PlanRow | None, plan: PlanRow) -> str:
 
     def lines(row: PlanRow) -> list[str]:
         body = {"summary": row.body.get("summary", ""), "steps": row.body.get("steps", [])}
-        return json.dumps(body, indent=2, sort_keys=True).splitlines(keepends=True)
+        # As written, not \u-escaped: "\ud83d\udea8" in a diff read as nothing a reviewer knew.
+        return json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False).splitlines(
+            keepends=True
+        )
 
     return "".join(
         difflib.unified_diff(

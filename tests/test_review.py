@@ -23,7 +23,7 @@ from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PlanInvalid
 from plangate.review_views import detail_of, summary_of
 from plangate.reviewers import add_reviewer, read_file, remove_reviewer
-from plangate.store import ApprovalRow, DecisionRow
+from plangate.store import ApprovalRow, DecisionRow, PlanRow
 from schemas.hashing import plan_hash
 from tests.conftest import SEED_GOAL
 from tests.support import (
@@ -778,3 +778,15 @@ def test_review_list_shows_the_oldest_held_plans_up_to_its_limit_and_says_more_w
         result.stderr.split()
     )
     assert len(pipeline.review.held(limit=2)) == 2
+
+
+def test_a_diff_shows_text_as_written_not_escaped() -> None:
+    """Given an edit of a message to one with a dash and an emoji,
+    Then the diff shows them as written: it showed `\\u2014` and `\\ud83d\\udea8`, which the
+    steps table beside it did not."""
+    steps = [{"id": "tell", "tool": "notify_oncall", "args": {"message": "page"}}]
+    edited = [{**steps[0], "args": {"message": "page — the secondary 🚨"}}]
+    before = PlanRow(plan_id="p1", revision=1, body={"summary": "s", "steps": steps})
+    after = PlanRow(plan_id="p2", revision=2, body={"summary": "s", "steps": edited})
+
+    assert '+        "message": "page — the secondary 🚨"' in plan_diff(before, after)

@@ -316,3 +316,67 @@ def test_a_request_without_a_token_is_told_what_to_send_and_never_locked_out(
     assert wrong.status_code == 401
     assert wrong.json()["error"].startswith("that token is no reviewer's")
     assert right.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/logout", "/reviews/{plan_id}/reject"])
+def test_a_form_another_site_posts_without_the_session_cookie_is_refused_saying_so(
+    pipeline: Pipeline, reviewers_file: Path, alice: str, path: str
+) -> None:
+    """Given alice logged in, and a page on another site that posts a logout or a rejection
+    (the browser sends no strict cookie there),
+    When it is sent, Then it is refused (403), saying another site sent it, and alice is
+    still logged in: the logout was answered "You are logged out" (her cookie cleared), and
+    the rejection "your session had ended: log in and do it again", for a decision she never
+    made.
+    """
+    goal_id, plan_id = held_plan(pipeline)
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        cookie = log_in(client, alice)
+        client.cookies.clear()  # what a browser sends with another site's form
+        forged = client.post(
+            path.format(plan_id=plan_id),
+            data={"csrf": "x", "comment": "forged"},
+            headers={"Sec-Fetch-Site": "cross-site", "Accept": "text/html"},
+        )
+        client.cookies.set(SESSION_COOKIE, cookie)
+        still_in = client.get("/reviews")
+
+    assert forged.status_code == 403
+    assert FORM_FROM_OTHER_SITE in forged.text
+    assert "set-cookie" not in forged.headers
+    assert still_in.status_code == 200
+    assert pipeline.wait_for(goal_id, HELD).status == "held"
+
+
+def test_refused_forms_keep_what_was_typed_and_stay_on_the_plan_s_page(
+    pipeline: Pipeline, reviewers_file: Path, alice: str
+) -> None:
+    """Given alice on a held plan's page,
+    When she saves an edit whose steps are not JSON, with a reason typed, and rejects with a
+    comment over the 2000 characters kept,
+    Then the plan's page says what is wrong, the edit's reason kept as typed (it came back
+    empty), and the comment's limit is said there (a bare error page with no way back to the
+    plan); the form says the limit to the browser too; a goal's page asked for logged out
+    comes back after the login (it went to the held plans)."""
+    goal_id, plan_id = held_plan(pipeline)
+    with replica(settings_for(pipeline, reviewers_file)) as client:
+        asked = client.get(f"/goals/{goal_id}")
+        log_in(client, alice)
+        page = client.get(f"/reviews/{plan_id}").text
+        form = {"csrf": form_field(page, "csrf"), "plan_hash": form_field(page, "plan_hash")}
+        bad_edit = client.post(
+            f"/reviews/{plan_id}/edit",
+            data={**form, "steps": "[{,]", "comment": "my careful reasoning"},
+        )
+        long_reject = client.post(
+            f"/reviews/{plan_id}/reject", data={**form, "comment": "x" * 2500}
+        )
+
+    assert asked.headers["location"] == f"/login?next=%2Fgoals%2F{goal_id}"
+    assert bad_edit.status_code == 422
+    assert 'name="comment" maxlength="2000" value="my careful reasoning"' in bad_edit.text
+    assert long_reject.status_code == 422
+    assert "the limit is 2000" in long_reject.text
+    assert 'id="steps-json"' in long_reject.text  # the plan's page, its forms
+    assert 'maxlength="2000" required></textarea>' in page
+    assert pipeline.wait_for(goal_id, HELD).status == "held"

@@ -15,7 +15,8 @@ from sqlalchemy import select
 from plangate.client import Client
 from plangate.errors import InputInvalid
 from plangate.server.deps import get_client
-from plangate.server.pages import Desk, session_or_login
+from plangate.server.page_access import session_or_login
+from plangate.server.pages import Desk
 from plangate.server.templating import templates
 from plangate.store import AuditRow, GoalRow
 from plangate.store.goal_list import parse_since

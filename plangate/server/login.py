@@ -11,17 +11,22 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from plangate.server.cross_site import sent_from_another_site
-from plangate.server.page_words import OTHER_SITE, REVIEWER_GONE, SESSION_ENDED
-from plangate.server.pages import (
-    Desk,
+from plangate.server.errors import ApiError
+from plangate.server.page_access import (
     find_session,
     form_refused,
-    list_page,
     read_form,
     return_path,
     session_keeper,
     to_login,
 )
+from plangate.server.page_words import (
+    FORM_FROM_OTHER_SITE,
+    OTHER_SITE,
+    REVIEWER_GONE,
+    SESSION_ENDED,
+)
+from plangate.server.pages import Desk, list_page
 from plangate.server.ratelimit import client_address, get_limit
 from plangate.server.reviewers import Reviewer, get_reviewers
 from plangate.server.reviews import ReviewDesk
@@ -97,6 +102,10 @@ def _restart(request: Request, desk: ReviewDesk, reviewer: Reviewer, response: R
 async def logout(request: Request, desk: Desk) -> Response:
     """End the session on every replica and forget its cookie."""
     form = await read_form(request)
+    if sent_from_another_site(request, request.app.state.settings.public_url):
+        # Before the session is looked for: a strict cookie is not sent from another site, so
+        # a forged logout found none, cleared the cookie and said "You are logged out."
+        raise ApiError(403, FORM_FROM_OTHER_SITE)
     web = await run_in_threadpool(find_session, request, desk)
     keeper = session_keeper(request)
     response = to_login(logged_out=True)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hmac
 import json
-import re
 from typing import Annotated, Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -22,88 +21,29 @@ from approval_gate.holds import check_not_submitter
 from approval_gate.revisions import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
 from plangate.review_views import detail_of, summary_of
-from plangate.server.cross_site import sent_from_another_site
 from plangate.server.decision_bodies import Settle
-from plangate.server.errors import ApiError
-from plangate.server.json_bodies import read_body
+from plangate.server.page_access import (
+    find_session,
+    form_refused,
+    read_form,
+    refuse_other_sites,
+    to_login,
+)
 from plangate.server.page_words import (
-    EXPIRED_FORM,
-    FORM_FROM_OTHER_SITE,
     MAX_REFUSAL_SHOWN,
     NO_HASH,
     NOTICES,
 )
 from plangate.server.progress import plan_progress
-from plangate.server.reviewers import Reviewer, get_reviewers
+from plangate.server.reviewers import Reviewer
 from plangate.server.reviews import ReviewDesk, get_desk, outcome_of
-from plangate.server.sessions import SessionKeeper, WebSession
+from plangate.server.sessions import WebSession
 from plangate.server.templating import templates
 from schemas import MessageRejected, strict_json_loads, utcnow
 
 router = APIRouter(include_in_schema=False)
 
 Desk = Annotated[ReviewDesk, Depends(get_desk)]
-# Where a login may return to: a plan's page of this server (ids plangate makes), never a URL.
-_PLAN_PAGE = re.compile(r"/reviews/[0-9a-f]{1,64}")
-
-
-def session_keeper(request: Request) -> SessionKeeper:
-    """Return the app's keeper of reviewers' web sessions."""
-    keeper: SessionKeeper = request.app.state.sessions
-    return keeper
-
-
-def form_refused(request: Request, web: WebSession, form: dict[str, str]) -> str | None:
-    """Say why a session's form is refused: sent from another site, or its token is stale."""
-    if sent_from_another_site(request, request.app.state.settings.public_url):
-        return FORM_FROM_OTHER_SITE
-    return None if session_keeper(request).csrf_valid(web, form.get("csrf", "")) else EXPIRED_FORM
-
-
-def find_session(request: Request, desk: ReviewDesk) -> WebSession | None:
-    """Return the browser's web session, or None if it has none (or it ended)."""
-    return session_keeper(request).find(desk.store, get_reviewers(request), request)
-
-
-async def read_form(request: Request) -> dict[str, str]:
-    """Return a form's fields, each its first value (bounded, UTF-8)."""
-    body = await read_body(request, 256 * 1024)
-    try:
-        # Strict: a form a browser sends is UTF-8, percent-encoded beyond ASCII.
-        fields = parse_qs(body.decode(), keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, "the form is not UTF-8; send it from the review page") from exc
-    return {name: values[0] for name, values in fields.items()}
-
-
-def session_or_login(request: Request, desk: ReviewDesk) -> WebSession | RedirectResponse:
-    """Return the reviewer's web session, or the redirect to the login page."""
-    web = find_session(request, desk)
-    return to_login() if web is None else web
-
-
-def to_login(
-    *,
-    dropped: bool = False,
-    back_to: str = "",
-    logged_out: bool = False,
-    request: Request | None = None,
-) -> RedirectResponse:
-    """Return the redirect to the login page, saying why, and where to come back to."""
-    # `dropped`: the request was a decision, which is lost with the session; the page says so,
-    # and whether the reviewer is gone (`request`'s session found no reviewer): then logging in
-    # again, as a session ended for its age asks, cannot help.
-    # `back_to`: the plan's page the login returns to (a review link in a notice, say).
-    gone = request is not None and getattr(request.state, "plangate_reviewer_gone", False)
-    query = {"ended": "gone" if gone else "1"} if dropped else {"out": "1"} if logged_out else {}
-    if return_path(back_to):
-        query["next"] = back_to
-    return RedirectResponse(f"/login?{urlencode(query)}" if query else "/login", status_code=303)
-
-
-def return_path(path: str) -> str | None:
-    """Return `path` if a login may send the browser there: a plan's page here, nothing else."""
-    return path if _PLAN_PAGE.fullmatch(path) else None
 
 
 @router.get("/reviews")
@@ -144,6 +84,7 @@ def list_page(
 @router.post("/reviews/{plan_id}/steps/{step_id}/settle")
 async def settle_step(request: Request, plan_id: str, step_id: str, desk: Desk) -> Response:
     """Say from the page whether a step that may or may not have happened did."""
+    refuse_other_sites(request)
     web = await run_in_threadpool(find_session, request, desk)
     if web is None:
         return to_login(dropped=True, request=request)
@@ -190,6 +131,7 @@ def _plan_page(
     status: int = 200,
     draft: str | None = None,
     summary: str | None = None,
+    why: str = "",
 ) -> Response:
     held = desk.review.get(plan_id)
     detail = detail_of(held, desk.catalog())
@@ -215,6 +157,7 @@ def _plan_page(
         "problems": problems or [],
         "steps_json": draft or json.dumps(editable, indent=2, ensure_ascii=False),
         "summary_text": detail.summary if summary is None else summary,
+        "edit_comment": why,  # a refused edit keeps what its reviewer typed, its reason too
     }
     return templates.TemplateResponse(request, "plan.html", context, status_code=status)
 
@@ -249,6 +192,7 @@ def plan_view(
 @router.post("/reviews/{plan_id}/{action}")
 async def act(request: Request, plan_id: str, action: str, desk: Desk) -> Response:
     """Approve, reject or edit from the page; show the outcome or why it was refused."""
+    refuse_other_sites(request)
     web = await run_in_threadpool(find_session, request, desk)
     if web is None:
         return to_login(dropped=True, back_to=f"/reviews/{plan_id}", request=request)
@@ -267,11 +211,12 @@ def _act(
     # A refused edit shows the form as the reviewer filled it in, summary and steps.
     draft = form.get("steps") if action == "edit" else None
     summary = form.get("summary") if action == "edit" else None
+    why = form.get("comment", "") if action == "edit" else ""
     if refused := form_refused(request, web, form):
         return _plan_page(request, desk, plan_id, web, error=refused, status=403)
     try:
         target = _decide(desk, plan_id, action, web.reviewer, form)
-    except (Conflict, Forbidden, NotFound, ValueError) as exc:
+    except (Conflict, Forbidden, NotFound, InputInvalid, ValueError) as exc:
         status = {Conflict: 409, Forbidden: 403, NotFound: 404}.get(type(exc), 422)
         said = str(exc)
         if action != "edit" and status != 422:
@@ -279,7 +224,15 @@ def _act(
             # again (the browser asked to resubmit, and the audit log had each refusal twice).
             return RedirectResponse(_refused_link(web, plan_id, said), status_code=303)
         return _plan_page(
-            request, desk, plan_id, web, error=said, status=status, draft=draft, summary=summary
+            request,
+            desk,
+            plan_id,
+            web,
+            error=said,
+            status=status,
+            draft=draft,
+            summary=summary,
+            why=why,
         )
     except PlanInvalid as exc:
         return _plan_page(
@@ -292,6 +245,7 @@ def _act(
             status=422,
             draft=draft,
             summary=summary,
+            why=why,
         )
     done = {"approve": "approved", "reject": "rejected", "edit": "edited"}[action]
     return RedirectResponse(_done_link(web, target, done), status_code=303)
