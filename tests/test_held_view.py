@@ -62,8 +62,9 @@ class Desk:
         assert result.returncode == 0, result.stderr
         return result.stdout
 
-    def page(self, reviewer: str, plan_id: str, selector: str) -> str:
-        """Return the text of `selector` on the plan's review page, as `reviewer` sees it."""
+    def page(self, reviewer: str, plan_id: str, selector: str, *, listed: bool = False) -> str:
+        """Return the text of `selector` on the plan's review page (or the list of held plans,
+        `listed`), as `reviewer` sees it."""
         settings = self.pipeline.settings.model_copy(update={"reviewers_file": self.team})
         reviewers = Reviewers.from_file(self.team)
         with (
@@ -76,7 +77,7 @@ class Desk:
             page.fill("#token", self.tokens[reviewer])
             page.click("button[type=submit]")
             page.wait_for_url("**/reviews")
-            page.goto(f"/reviews/{plan_id}")
+            page.goto("/reviews" if listed else f"/reviews/{plan_id}")
             return " ".join(str(page.inner_text(selector)).split())
 
 
@@ -131,6 +132,7 @@ def test_a_revision_too_few_reviewers_may_approve_says_it_cannot_be_released(
     shown = " ".join(desk.cli("review", "show", edited.plan_id).split())
     listed = desk.cli("review", "list")
     [summary] = json.loads(desk.cli("review", "list", "--json"))
+    on_the_list = desk.page("frank", edited.plan_id, "td.approved", listed=True)
     add_reviewer(desk.team, "carol", sorted(FINANCE))
     once_carol_is_added = desk.detail(edited.plan_id).cannot_be_released
 
@@ -146,6 +148,7 @@ def test_a_revision_too_few_reviewers_may_approve_says_it_cannot_be_released(
     assert "1 of 2 ⚠" in listed
     assert f"⚠ {edited.plan_id[:8]} cannot be released" in listed
     assert summary["cannot_be_released"] == after
+    assert on_the_list.startswith("1 of 2 ⚠ cannot be released: 2 approvals needed")
     assert once_carol_is_added is None
 
 
