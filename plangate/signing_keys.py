@@ -179,7 +179,8 @@ def load_trusted_keys(settings: Settings) -> TrustedKeys:
     directory = trusted_keys_dir(settings)
     # A folder not made yet on a volume that is there (the gate makes it as it starts; an
     # executor may start first) is empty, read again for each key not known: it is no error.
-    placed = directory.is_dir() or (not directory.exists() and directory.parent.is_dir())
+    # Not `not exists()`: a gate making the folder between two looks made it "no folder".
+    placed = directory.is_dir() or (directory.parent.is_dir() and not directory.is_file())
     if not placed and settings.trusted_keys_dir is not None:
         raise ConfigError(f"PLANGATE_TRUSTED_KEYS_DIR names {directory}, which is no folder")
     return TrustedKeys(
