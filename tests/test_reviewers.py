@@ -322,3 +322,34 @@ def test_a_file_naming_one_person_twice_is_mended_with_reviewers_remove(tmp_path
     assert [r.name for r in read_file(path)] == ["bob", "carol "]
     gone = reviewers_cli(tmp_path, "remove", "CAROL", "--file", str(path))
     assert "did you mean 'carol '?" in gone.stderr
+
+
+def test_a_role_no_rule_of_the_policy_asks_is_said_as_the_reviewer_is_given_it(
+    tmp_path: Path,
+) -> None:
+    """Given a policy whose rule asks the role `finance` (PLANGATE_POLICY_FILE),
+    When bob is added with `--role Finance`, then given `finance`,
+    Then the first says no rule asks `Finance` and which roles the rules ask (it was taken in
+    silence, and bob could approve nothing held for finance); the second says nothing."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "rules:\n"
+        "  - name: pages-for-finance\n"
+        "    match: 'plan.steps.exists(s, s.tool == \"notify_oncall\")'\n"
+        "    action: hold\n"
+        "    reason: finance decides\n"
+        "    requires_role: finance\n"
+    )
+    env = {
+        "PLANGATE_REVIEWERS_FILE": str(tmp_path / "reviewers.yaml"),
+        "PLANGATE_POLICY_FILE": str(policy),
+    }
+
+    added = reviewers_cli(tmp_path, "add", "bob", "--role", "Finance", **env)
+    fixed = reviewers_cli(tmp_path, "roles", "bob", "--role", "finance", **env)
+
+    assert added.returncode == 0, added.stderr
+    assert "no rule of the policy" in added.stderr
+    assert "asks the role(s) Finance; its rules ask: finance" in " ".join(added.stderr.split())
+    assert fixed.returncode == 0, fixed.stderr
+    assert "no rule of the policy" not in fixed.stderr

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from plangate.cli.common import err_console, friendly_errors, group, load_settings
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, PolicyError
 
 app = group(
     "Manage reviewers: the people who approve, reject or edit held plans. The reviewers file "
@@ -75,6 +75,7 @@ def reviewers_add(
     path = _path(file)
     token = add_reviewer(path, name, role or [])
     typer.echo(token)
+    _warn_of_roles_no_rule_asks(role or [])
     roles = ", ".join(sorted(set(role or []))) or "no roles"
     err_console.print(
         f"added {name} ({roles}) to {path}; the token above is not stored anywhere: "
@@ -129,6 +130,7 @@ def reviewers_roles(
 
     path = _path(file)
     before = set_roles(path, name, role or [])
+    _warn_of_roles_no_rule_asks(role or [])
     shown = ", ".join(sorted(set(role or []))) or "no roles"
     had = ", ".join(sorted(before)) or "no roles"
     typer.echo(f"{name} now has {shown} (had {had}) in {path}")
@@ -146,3 +148,29 @@ def reviewers_remove(name: NameArgument, file: FileOption = None) -> None:
     path = _path(file)
     remove_reviewer(path, name)
     typer.echo(f"removed {name} from {path}")
+
+
+def _warn_of_roles_no_rule_asks(roles: list[str]) -> None:
+    """Say so when the policy (PLANGATE_POLICY_FILE, if set here) asks none of these roles.
+
+    Roles are told apart by case: `--role Finance` where the rules ask `finance` was taken in
+    silence, and that reviewer could approve nothing the rules hold for finance.
+    """
+    path = load_settings().policy_file
+    if not roles or path is None or not path.is_file():
+        return
+    from approval_gate.policy_file import read_policy_file
+
+    try:
+        policy, _ = read_policy_file(path.read_bytes(), str(path))
+    except (PolicyError, OSError):  # a policy that does not read is `policy check`'s to say
+        return
+    asked = {rule.requires_role for rule in policy.rules if rule.requires_role}
+    unasked = sorted(set(roles) - asked)
+    if unasked:
+        known = ", ".join(sorted(asked)) or "none"
+        err_console.print(
+            f"no rule of the policy ({escape(str(path))}) asks the role(s) "
+            f"{escape(', '.join(unasked))}; its rules ask: {escape(known)} (roles are told "
+            "apart by case)"
+        )
