@@ -159,14 +159,19 @@ def check_not_submitter(hold: HoldRow | None, goal: GoalRow, reviewer: str) -> N
     them), told apart regardless of case and spaces (a service may send `CAROL`); a goal that
     names none has no one to bar.
     """
-    if hold is None or not hold.approver_not_submitter:
-        return
-    if person_key(reviewer) in {person_key(name) for name in submitters_of(goal.meta)}:
+    if hold is not None and barred_as_submitter(hold, goal, reviewer):
         raise Forbidden(
             f"rule {hold.rule!r} bars the goal's submitter from approving it, and {reviewer} "
             "submitted goal " + goal.id + ": ask another reviewer",
             "",
         )
+
+
+def barred_as_submitter(hold: HoldRow | None, goal: GoalRow, reviewer: str) -> bool:
+    """Return whether the hold bars `reviewer` from approving as the goal's submitter."""
+    if hold is None or not hold.approver_not_submitter:
+        return False
+    return person_key(reviewer) in {person_key(name) for name in submitters_of(goal.meta)}
 
 
 def check_approver(

@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from approval_gate.held_plan import HeldPlan
-from approval_gate.holds import check_not_submitter
+from approval_gate.holds import barred_as_submitter
 from approval_gate.revisions import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
 from plangate.review_views import detail_of, summary_of
@@ -164,11 +164,10 @@ def _plan_page(
 
 def _barred(held: HeldPlan, web: WebSession) -> str | None:
     """Return why the hold bars this reviewer from approving as the goal's submitter, if it does."""
-    try:
-        check_not_submitter(held.hold, held.goal, web.reviewer.name)
-    except Forbidden as exc:
-        return f"You submitted this goal, and {str(exc).split(', and ', 1)[0]}"
-    return None
+    if held.hold is None or not barred_as_submitter(held.hold, held.goal, web.reviewer.name):
+        return None
+    rule = held.hold.rule
+    return f"You submitted this goal, and rule {rule!r} bars the goal's submitter from approving it"
 
 
 @router.get("/reviews/{plan_id}")
