@@ -21,6 +21,7 @@ from plangate.signing import Signer, TrustedKeys
 from plangate.signing_keys import load_or_create_signer
 from plangate.stages import build_sealing
 from plangate.store import audit, audit_checkpoints
+from plangate.store.audit_entries import export as export_entries
 from plangate.store.models import AuditCheckpointRow
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, audit_entries, eventually, only_plan, plans_of, write_private_key
@@ -940,7 +941,7 @@ def test_each_step_entry_says_what_it_was_called_with_and_a_write_its_key(
     the references filled in, and a write's idempotency key."""
     ended = {
         entry["data"]["step_id"]: entry["data"]
-        for entry in audit.export(pipeline.store, goal_id=completed_run)
+        for entry in export_entries(pipeline.store, goal_id=completed_run)
         if entry["kind"] == "step.succeeded"
     }
 
@@ -1264,3 +1265,79 @@ def test_an_export_and_its_records_are_readable_by_their_owner_alone(
     assert exported.returncode == 0, exported.stderr
     for written in (target, target.with_name("audit.jsonl.records.jsonl")):
         assert written.stat().st_mode & 0o777 == 0o600, written
+
+
+def plangate_cli_quick_progress(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `plangate` in its own process, saying progress from the first unit on, each time."""
+    quick = "import plangate.cli.progress as p; p.QUIET_FOR = p.EVERY = 0.0\n"
+    code = quick + "from plangate.cli.main import app; app()"
+    environ = {**os.environ, "PLANGATE_DATA_DIR": str(data_dir)}
+    environ.pop("PLANGATE_DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_a_long_verify_or_export_says_how_far_it_got_on_stderr_and_keeps_stdout_for_the_result(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Over a year of goals `audit verify` reads tens of millions of entries and said nothing
+    until it ended, half an hour later: a slow check could not be told from a stuck one.
+
+    Given work that lasts past the quiet time (here: from the first unit on),
+    When `audit verify` and `audit export -o FILE` run with stderr not a terminal,
+    Then stderr says how far each check got, stdout holds only the verdict; a monitor's
+    `--json` run and an export to stdout get no progress lines.
+    """
+    data_dir = pipeline.settings.data_dir
+
+    verified = plangate_cli_quick_progress(data_dir, "audit", "verify")
+    as_json = plangate_cli_quick_progress(data_dir, "audit", "verify", "--json")
+    exported = plangate_cli_quick_progress(data_dir, "audit", "export", "-o", str(tmp_path / "a"))
+    to_stdout = plangate_cli_quick_progress(data_dir, "audit", "export")
+
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.strip() == f"audit log intact: {SEED_RUN_ENTRIES} entries in 1 chain"
+    entries = f"{SEED_RUN_ENTRIES} of {SEED_RUN_ENTRIES} entries (100 %)"
+    assert f"checking chains: {entries}" in verified.stderr
+    assert "checking records: 1 of 1 goals (100 %)" in verified.stderr
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["verdict"] == "intact"
+    assert "checking" not in as_json.stderr
+    assert exported.returncode == 0, exported.stderr
+    assert f"exporting: {SEED_RUN_ENTRIES} entries" in exported.stderr
+    assert "exporting" not in to_stdout.stderr
+    assert len(to_stdout.stdout.splitlines()) == SEED_RUN_ENTRIES
+
+
+def test_a_short_verify_says_nothing_but_its_verdict(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a log checked well within the quiet time,
+    When `plangate audit verify` runs,
+    Then no progress is said of work that ends at once.
+    """
+    result = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert result.returncode == 0, result.stderr
+    assert "checking" not in result.stderr
+
+
+def test_verify_tells_its_progress_batch_by_batch_up_to_the_entries_the_heads_count(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given the seed goal's 11 entries read 4 at a time,
+    When the log is verified with a progress callback,
+    Then it is told after each batch how many were read, of the 11 the chains' heads count.
+    """
+    told: list[tuple[int, int]] = []
+
+    report = audit.verify(pipeline.store, batch=4, progress=lambda *at: told.append(at))
+
+    assert report.ok, report.problem
+    assert told == [(4, 11), (8, 11), (11, 11)]

@@ -22,6 +22,7 @@ from plangate.cli.audit_store_checks import (
 )
 from plangate.cli.audit_verify import audit_verify
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
+from plangate.cli.progress import Progress, counted
 from plangate.errors import AuditBroken, NotFound, quoted
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def audit_export(
     from plangate.export_records import records_path, write_records
     from plangate.signing import TrustedKeys
     from plangate.signing_keys import load_signer
-    from plangate.store import audit, open_store
+    from plangate.store import audit_entries, open_store
     from plangate.store.goal_list import check_window, parse_since
 
     if (sign or records) and output is None:
@@ -157,10 +158,13 @@ def audit_export(
         checked_store(store, settings.data_dir, trusted, refused)
     goal = _whole_goal_id(store, goal)
     summary = ExportSummary()
-    entries = summary.counted(audit.export(store, since=after, goal_id=goal, until=before))
-    with _replacing(output) if output else _stdout() as stream:
+    entries = summary.counted(audit_entries.export(store, since=after, goal_id=goal, until=before))
+    # Said only where the entries go to a file: on a terminal it would cut through them.
+    told = Progress(err_console, "exporting", "entries", enabled=output is not None)
+    entries = counted(entries, told)
+    with told, _replacing(output) if output else _stdout() as stream:
         if output_format == "csv":
-            writer = csv.DictWriter(stream, fieldnames=audit.EXPORT_FIELDS)
+            writer = csv.DictWriter(stream, fieldnames=audit_entries.EXPORT_FIELDS)
             writer.writeheader()
             for entry in entries:
                 writer.writerow({**entry, "data": json.dumps(entry["data"], sort_keys=True)})

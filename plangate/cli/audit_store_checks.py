@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from plangate.cli.common import EXIT_FAILED, err_console, load_settings
+from plangate.cli.progress import Progress
 from plangate.errors import AuditBroken, ConfigError
 from plangate.printable import printable
 
@@ -49,15 +50,20 @@ def checked_store(
         say_broken(broken, refused)
 
 
-def check_store(store: Store, data_dir: Path, trusted: TrustedKeys) -> AuditReport:
+def check_store(
+    store: Store, data_dir: Path, trusted: TrustedKeys, *, show_progress: bool = True
+) -> AuditReport:
     """Check the store's chains, checkpoints and records; raise Broken at the first break.
 
-    ConfigError where a check cannot be made (a checkpoint's signer not given).
+    ConfigError where a check cannot be made (a checkpoint's signer not given). How far each
+    check got is said on stderr while it runs long, unless `show_progress` is False.
     """
     from plangate.store import audit, audit_records
 
+    keys = trusted if len(trusted) else None
     try:
-        report = audit.verify(store, keys=trusted if len(trusted) else None)
+        with Progress(err_console, "checking chains", "entries", enabled=show_progress) as told:
+            report = audit.verify(store, keys=keys, progress=told)
     except (ValueError, TypeError, LookupError) as exc:
         # A value of a type plangate never writes there (text in a number column, a signature
         # that is not JSON): the rows were changed outside plangate.
@@ -81,7 +87,8 @@ def check_store(store: Store, data_dir: Path, trusted: TrustedKeys) -> AuditRepo
     # Before the records: a checkpoint this gate's folder saw is gone means the log does not
     # hold, and "records broken: the audit log holds, but ..." said otherwise.
     check_memory(store, data_dir)
-    disagreement = audit_records.disagreement(store)
+    with Progress(err_console, "checking records", "goals", enabled=show_progress) as told:
+        disagreement = audit_records.disagreement(store, progress=told)
     if disagreement is not None:
         raise Broken(
             "records broken",

@@ -92,7 +92,7 @@ def audit_verify(
     try:
         if export is not None and against is not None:
             raise ConfigError("give --export (the file alone) or --against (the store too)")
-        _verify(found, export, manifest, keys or [], against)
+        _verify(found, export, manifest, keys or [], against, show_progress=not as_json)
     except Broken as broken:
         if not as_json:
             say_broken(broken)
@@ -117,6 +117,8 @@ def _verify(
     manifest: Path | None,
     keys: list[Path],
     against: Path | None,
+    *,
+    show_progress: bool,
 ) -> None:
     """Check what was asked, filling in `found`; Broken at the first break."""
     if export is not None:
@@ -128,7 +130,7 @@ def _verify(
 
     settings = load_settings()
     store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
-    report = check_store(store, settings.data_dir, trusted_keys(keys))
+    report = check_store(store, settings.data_dir, trusted_keys(keys), show_progress=show_progress)
     # Checked before "intact" is said: it printed intact, then broken, in one run.
     if against is not None:
         found.against = _check_against(store, against)

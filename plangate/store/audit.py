@@ -12,9 +12,8 @@ text that cannot be encoded is replaced, so a secret never enters the log and no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import Row, Table, Text, bindparam, insert, select, tuple_, update
@@ -189,7 +188,13 @@ def placed(store: Store, seq: int) -> str:
     return f" (entry {chain_seq} of {chain_name(str(chain))}, {printable_line(str(kind))})"
 
 
-def verify(store: Store, *, keys: TrustedKeys | None = None, batch: int = 2000) -> AuditReport:
+def verify(
+    store: Store,
+    *,
+    keys: TrustedKeys | None = None,
+    batch: int = 2000,
+    progress: Callable[[int, int], None] | None = None,
+) -> AuditReport:
     """Check every chain from its start, and the checkpoints; report the first entry that fails.
 
     Chains are read one after another in their own order, a batch at a time: within a chain,
@@ -197,6 +202,7 @@ def verify(store: Store, *, keys: TrustedKeys | None = None, batch: int = 2000) 
     writers never sees a gap that is not one. Each chain must reach the head recorded for it
     (read before the walk) and every head a checkpoint sealed. Of several breaks, the one
     earliest in the log is reported. With `keys`, every checkpoint must be signed by one.
+    `progress` is told the entries walked so far, and how many the chains' heads count.
     """
     from plangate.store import audit_checkpoints
 
@@ -211,7 +217,9 @@ def verify(store: Store, *, keys: TrustedKeys | None = None, batch: int = 2000) 
         expected.setdefault(chain, []).append(head)
     breaks = [_Break(sealed.seq, sealed.problem)] if sealed.problem else []
     count, walked = 0, 0
-    for chain, rows in _chains(store, batch, expected):
+    heads_count = sum(seq for seq, _ in heads.values())
+    read = None if progress is None else lambda done: progress(done, max(done, heads_count))
+    for chain, rows in _chains(store, batch, expected, read):
         walked += 1
         count += rows.count
         breaks.extend(rows.breaks)
@@ -240,20 +248,30 @@ class _Walked:
 
 
 def _chains(
-    store: Store, batch: int, expected: dict[str, list[tuple[int, str]]]
+    store: Store,
+    batch: int,
+    expected: dict[str, list[tuple[int, str]]],
+    read: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[str, _Walked]]:
-    """Yield each chain with its walk, reading the log in (chain, chain_seq) order."""
+    """Yield each chain with its walk, reading the log in (chain, chain_seq) order.
+
+    `read` is told how many entries were read so far, after each batch.
+    """
     chain, walked = "", _Walked()
     after: tuple[str, int] = ("", 0)
+    done = 0
     while True:
         query = (
-            select(*_AS_STORED)
+            select(*AS_STORED)
             .where(tuple_(AuditRow.chain, AuditRow.chain_seq) > after)
             .order_by(AuditRow.chain, AuditRow.chain_seq)
             .limit(batch)
         )
         with store.reading() as session:
             rows = list(session.execute(query).all())
+        done += len(rows)
+        if read is not None:
+            read(done)
         for row in rows:
             if row.chain != chain:
                 if walked.count:
@@ -271,7 +289,7 @@ def _chains(
 # An entry's columns with its data as the text stored: a hand-edited entry whose data is no
 # JSON is then a broken link named like any other, not a traceback from the JSON column type.
 _MAX_ENTRY_CHARS = 64 * 1024 * 1024  # far above any entry plangate writes; still a bound
-_AS_STORED = (
+AS_STORED = (
     *(getattr(AuditRow, name) for name in ("seq", "chain", "chain_seq", "at", "goal_id")),
     *(getattr(AuditRow, name) for name in ("kind", "actor", "prev_hash", "hash")),
     sql_cast(AuditRow.data, Text).label("data"),
@@ -337,50 +355,3 @@ def _unreached(chain: str, walked: _Walked, heads: list[tuple[int, str]]) -> Ite
             yield _Break(last_entry, f"{problem} (it ends at {last_seq}, its head was {seq})")
         elif found is not None and found[0] != digest:
             yield _Break(found[1], f"is not the entry {seq} of {chain_name(chain)} recorded")
-
-
-EXPORT_FIELDS = (
-    "seq",
-    "chain",
-    "chain_seq",
-    "at",
-    "goal_id",
-    "kind",
-    "actor",
-    "data",
-    "prev_hash",
-    "hash",
-)
-
-
-def export(
-    store: Store,
-    *,
-    since: datetime | None = None,
-    goal_id: str | None = None,
-    batch: int = 500,
-    until: datetime | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Yield audit entries in `seq` order (from `since`, before `until`, of one goal), hashed.
-
-    Read in batches so an export of a long history never holds it all in memory.
-    """
-    after = 0
-    while True:
-        query = select(*_AS_STORED).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(batch)
-        if goal_id is not None:
-            query = query.where(AuditRow.goal_id == goal_id)
-        with store.reading() as session:
-            rows = list(session.execute(query).all())
-        entries = [
-            {field: getattr(row, field) for field in EXPORT_FIELDS}
-            | {"data": stored_data(row.seq, row.data)}
-            for row in rows
-        ]
-        if not entries:
-            return
-        for entry in entries:
-            at = datetime.fromisoformat(entry["at"])
-            if (since is None or at >= since) and (until is None or at < until):
-                yield entry
-        after = entries[-1]["seq"]

@@ -11,13 +11,13 @@ So this reads the log once more, goal by goal, and names the first row that says
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Text, exists, select
+from sqlalchemy import Text, exists, func, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
@@ -64,12 +64,18 @@ def _number(text: str) -> int | float:
     return int(exact) if exact == exact.to_integral_value() else float(text)
 
 
-def disagreement(store: Store, *, batch: int = 200) -> str | None:
-    """Return the first row a view shows that the audit log does not record, or None."""
+def disagreement(
+    store: Store, *, batch: int = 200, progress: Callable[[int, int], None] | None = None
+) -> str | None:
+    """Return the first row a view shows that the audit log does not record, or None.
+
+    `progress` is told the goals checked so far, and how many there are.
+    """
     gone = _submitted_goal_gone(store)
     if gone is not None:
         return gone
-    after = ""
+    total = _goal_count(store) if progress is not None else 0
+    after, done = "", 0
     while True:
         # One snapshot for the batch: a goal moved between two of its statements, by a worker
         # running beside the check, read as a row changed outside plangate.
@@ -85,6 +91,14 @@ def disagreement(store: Store, *, batch: int = 200) -> str | None:
         if found is not None:
             return found
         after = goals[-1].id
+        done += len(goals)
+        if progress is not None:
+            progress(done, max(done, total))
+
+
+def _goal_count(store: Store) -> int:
+    with store.reading() as session:
+        return int(session.execute(select(func.count()).select_from(GoalRow)).scalar_one())
 
 
 def _submitted_goal_gone(store: Store) -> str | None:

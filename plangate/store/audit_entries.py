@@ -1,0 +1,59 @@
+"""The audit log's entries read out in log order, as `plangate audit export` writes them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from plangate.store.audit import AS_STORED, stored_data
+from plangate.store.engine import Store
+from plangate.store.models import AuditRow
+
+EXPORT_FIELDS = (
+    "seq",
+    "chain",
+    "chain_seq",
+    "at",
+    "goal_id",
+    "kind",
+    "actor",
+    "data",
+    "prev_hash",
+    "hash",
+)
+
+
+def export(
+    store: Store,
+    *,
+    since: datetime | None = None,
+    goal_id: str | None = None,
+    batch: int = 500,
+    until: datetime | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Yield audit entries in `seq` order (from `since`, before `until`, of one goal), hashed.
+
+    Read in batches so an export of a long history never holds it all in memory.
+    """
+    after = 0
+    while True:
+        query = select(*AS_STORED).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(batch)
+        if goal_id is not None:
+            query = query.where(AuditRow.goal_id == goal_id)
+        with store.reading() as session:
+            rows = list(session.execute(query).all())
+        entries = [
+            {field: getattr(row, field) for field in EXPORT_FIELDS}
+            | {"data": stored_data(row.seq, row.data)}
+            for row in rows
+        ]
+        if not entries:
+            return
+        for entry in entries:
+            at = datetime.fromisoformat(entry["at"])
+            if (since is None or at >= since) and (until is None or at < until):
+                yield entry
+        after = entries[-1]["seq"]
