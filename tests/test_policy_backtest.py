@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
+from approval_gate.backtest import backtest
+from approval_gate.policy import Policy, load_policy
 from plangate.embedded import Pipeline
 from plangate.store import AuditRow, DecisionRow, GoalRow, Store
+from plangate.tools import load_tools
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, audit_kinds, eventually
 from tests.test_audit import plangate_cli
@@ -159,3 +164,63 @@ def test_a_hold_asking_other_roles_or_approvals_is_a_change(
     lines = shown.stdout.splitlines()
     assert lines[0] == f"1 decisions replayed with {candidate}; 1 would change"
     assert lines[1] == "  hold -> hold (role finance, 2 approvals): 1"
+
+
+class WritingWhileDeciding:
+    """A candidate policy that, while it decides, has another thread write to the store.
+
+    It answers as the packaged policy does; what it records is whether that write went
+    through while the backtest was in the middle of its replay.
+    """
+
+    def __init__(self, store: Store, policy: Policy) -> None:
+        self.store, self.policy = store, policy
+        self.reads_history = policy.reads_history
+        self.wrote_while_replaying: bool | None = None
+
+    def decide_as_gate(self, *args: Any) -> Any:
+        if self.wrote_while_replaying is None:
+            self.wrote_while_replaying = self._write_beside()
+        return self.policy.decide_as_gate(*args)
+
+    def hold_terms(self, decision: Any) -> Any:
+        return self.policy.hold_terms(decision)
+
+    def _write_beside(self) -> bool:
+        """Return whether another thread's write transaction commits within 5 s."""
+        committed = threading.Event()
+
+        def write() -> None:
+            with self.store.session() as session:
+                session.execute(text("UPDATE goals SET updated_at = updated_at WHERE 0"))
+            committed.set()
+
+        threading.Thread(target=write, daemon=True).start()
+        return committed.wait(timeout=5)
+
+
+def test_a_backtest_holds_no_write_lock_while_it_replays(pipeline: Pipeline) -> None:
+    """A backtest read in one writing transaction: on SQLite it held the write lock every
+    worker takes for as long as it replayed (minutes over a year of plans), and the pipeline
+    stood still.
+
+    Given three decided goals,
+    When a backtest replays them and, in the middle of its replay, another thread writes,
+    Then that write goes through at once, and every plan is replayed, progress told.
+    """
+    for number in range(3):
+        goal_id = pipeline.submit(f"how many tickets are open ({number})").goal_id
+        assert pipeline.wait_for(goal_id, timeout=30).status == "completed"
+    candidate = WritingWhileDeciding(pipeline.store, load_policy(pipeline.settings))
+    told: list[tuple[int, int]] = []
+
+    report = backtest(
+        pipeline.store,
+        cast(Policy, candidate),
+        load_tools(["plangate.demo.tools"]).catalog(),
+        progress=lambda *at: told.append(at),
+    )
+
+    assert candidate.wrote_while_replaying is True
+    assert report.replayed == 3
+    assert told[-1] == (3, 3)

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
+from plangate.cli.progress import Progress
 from plangate.errors import ConfigError
 from plangate.printable import printable_line
 from plangate.small_files import read_text
@@ -280,7 +281,8 @@ def policy_backtest(
     catalog = _catalog(tools)
     store = open_store(load_settings().resolved_database_url(), upgrade=False)
     try:
-        report = backtest(store, candidate, catalog, since=start, limit=limit)
+        with Progress(err_console, "replaying", "plans", enabled=not as_json) as told:
+            report = backtest(store, candidate, catalog, since=start, limit=limit, progress=told)
     finally:
         store.close()
     if as_json:
