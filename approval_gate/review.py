@@ -90,15 +90,19 @@ class Review:
         return Review(self._store, self._hold_ttl, catalog, self._approvers)
 
     def held(self, limit: int | None = None) -> list[HeldPlan]:
-        """Return the plan revisions waiting for a person, oldest first (`limit` at most)."""
-        with self._store.session() as session:
+        """Return the plan revisions waiting for a person, oldest first (`limit` at most).
+
+        Read in a transaction that only reads, as `get`: in a writing one, every look at the
+        review list held SQLite's write lock, every worker's, while it was made.
+        """
+        with self._store.snapshot() as session:
             query = select(GoalRow).where(GoalRow.status == "held").order_by(GoalRow.updated_at)
             goals = session.execute(query.limit(limit)).scalars()
             return [self._held(session, goal) for goal in goals]
 
     def get(self, plan_id: str) -> HeldPlan:
         """Return one held plan by id (NotFound if unknown)."""
-        with self._store.session() as session:
+        with self._store.snapshot() as session:
             plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id, typed=True)
             if plan is None:
                 said = f"no plan {quoted(plan_id)}; `plangate review list` shows held plans"

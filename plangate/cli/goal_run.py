@@ -308,11 +308,11 @@ class GoalRun:
         return True
 
     def _revision(self, plan_id: str) -> int:
-        with self.pipeline.store.session() as session:
+        with self.pipeline.store.reading() as session:
             return session.get_one(PlanRow, plan_id).revision
 
     def _plan_json(self, plan_id: str) -> str:
-        with self.pipeline.store.session() as session:
+        with self.pipeline.store.reading() as session:
             return json.dumps(session.get_one(PlanRow, plan_id).body, indent=2)
 
     def _show_plan(self, message: PlanProposed) -> None:
@@ -328,7 +328,7 @@ class GoalRun:
         if message is not None:
             decision = message.decision
         else:
-            with self.pipeline.store.session() as session:
+            with self.pipeline.store.reading() as session:
                 rows = (
                     session.query(DecisionRow).filter_by(plan_id=plan_id).order_by(DecisionRow.id)
                 )

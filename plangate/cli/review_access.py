@@ -180,7 +180,7 @@ def outcome_here(store: Store, plan_id: str, goal_id: str, message: str) -> dict
     """Return what a decision led to, read from the store (the API answers the same)."""
     from plangate.store.goals import get_goal, latest_plan
 
-    with store.session() as session:
+    with store.snapshot() as session:
         goal = get_goal(session, goal_id, typed=True)
         newest = latest_plan(session, goal_id)
         return {

@@ -27,7 +27,7 @@ def trace(
     settings = load_settings()
     store = open_store(settings.resolved_database_url(), upgrade=False)
     try:
-        with store.session() as session:
+        with store.reading() as session:
             trace_id = telemetry.trace_id_of(get_goal(session, goal_id, typed=True).trace_headers)
     finally:
         store.close()

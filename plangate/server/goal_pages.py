@@ -76,7 +76,7 @@ def goal_page(request: Request, goal_id: str, desk: Desk, client: ClientDep) -> 
         return web
     current = client.status(goal_id)  # NotFound: 404 like the API
     goal_id = current.goal_id  # a short id named it: the rows are under the whole one
-    with desk.store.session() as session:
+    with desk.store.reading() as session:
         entries = (
             session.execute(
                 select(AuditRow)

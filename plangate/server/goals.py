@@ -125,6 +125,11 @@ class GoalState(BaseModel):
         description="The earlier revision whose summary an edit kept unchanged, if one did: "
         "its words, not the editor's.",
     )
+    catalog_problem: str | None = Field(
+        default=None,
+        description="Held: what of the plan no longer fits the tool catalog (a tool's "
+        "arguments changed since); it cannot be approved as it is, only edited or rejected.",
+    )
 
 
 class ErrorBody(BaseModel):

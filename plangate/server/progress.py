@@ -104,7 +104,7 @@ def _decisions(session: Any, plan_id: str) -> dict[str, DecisionRow]:
 
 def plan_progress(store: Store, plan_id: str) -> PlanProgress:
     """Return where the plan `plan_id` and its goal stand now (NotFound if there is no plan)."""
-    with store.session() as session:
+    with store.snapshot() as session:
         plan = session.get(PlanRow, plan_id)
         if plan is None:
             raise NotFound(f"no plan {quoted(plan_id)}; the list of held plans links to each")

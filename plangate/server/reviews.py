@@ -88,7 +88,7 @@ class ReviewDesk:
 
     def goal_of(self, plan_id: str) -> str:
         """Return the goal a plan belongs to (NotFound if there is no such plan)."""
-        with self.store.session() as session:
+        with self.store.reading() as session:
             plan = session.get(PlanRow, plan_id)
             if plan is None:
                 raise NotFound(f"no plan {quoted(plan_id)}")
@@ -139,7 +139,7 @@ class Outcome(BaseModel):
 
 def outcome_of(desk: ReviewDesk, goal_id: str, message: str) -> Outcome:
     """Return the goal's state after a decision, and its newest revision."""
-    with desk.store.session() as session:
+    with desk.store.snapshot() as session:
         goal = get_goal(session, goal_id, typed=True)
         plan = latest_plan(session, goal_id)
         return Outcome(

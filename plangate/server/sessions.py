@@ -113,7 +113,9 @@ class SessionKeeper:
             return None
         if not isinstance(session_id, str):
             return None
-        with store.session() as session:
+        # Read only: every page a reviewer opens asks, and a writing transaction queued each
+        # behind the workers' writes (and them behind it) for SQLite's one write lock.
+        with store.reading() as session:
             row = session.get(ReviewSessionRow, _row_id(session_id))
             if row is None or row.ended_at is not None or row.expires_at <= utcnow():
                 return None
