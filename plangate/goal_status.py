@@ -20,6 +20,7 @@ from plangate.store import (
     ApprovalRow,
     DecisionRow,
     HoldRow,
+    PlanRow,
     ReviewerApprovalRow,
     StepRunRow,
 )
@@ -75,6 +76,9 @@ class GoalStatus:
     # The earlier revision whose summary an edit kept (its words over steps they may no
     # longer describe: "Refund 80" over an amount of 75), if one did.
     summary_from_revision: int | None = None
+    # Held: what of the plan no longer fits the tool catalog (its approval would be refused),
+    # so that its submitter, polling, is not left waiting for a hold that cannot end well.
+    catalog_problem: str | None = None
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -124,6 +128,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         from plangate.catalog import not_offered
 
         unoffered = tuple(not_offered(session, {result.tool for result in results}))
+    misfit = _catalog_problem(session, plan) if goal.status == "held" else None
     edit = edit_of(session, plan)
     signed = _signed_approvers(session, plan.plan_id)
     hold = session.get(HoldRow, plan.plan_id)
@@ -151,7 +156,17 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         approvers=signed if signed is not None else _given(session, plan.plan_id),
         approvers_signed=signed is not None,
         unoffered=unoffered,
+        catalog_problem=misfit,
     )
+
+
+def _catalog_problem(session: Session, plan: PlanRow) -> str | None:
+    """Say what of a held plan no longer fits the catalog, as the review does; None if it fits."""
+    # Imported here, as above: only a held goal's status reads the catalog.
+    from approval_gate.revisions import catalog_misfit
+    from plangate.catalog import read_catalog
+
+    return catalog_misfit(plan, read_catalog(session))
 
 
 def _given(session: Session, plan_id: str) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict
+from plangate.goal_status import GoalStatus, read_status
 from plangate.review_views import ReviewDetail, detail_of
 from plangate.reviewers import Reviewers, add_reviewer
 from plangate.server import create_app
@@ -79,6 +80,12 @@ class Desk:
             page.wait_for_url("**/reviews")
             page.goto("/reviews" if listed else f"/reviews/{plan_id}")
             return " ".join(str(page.inner_text(selector)).split())
+
+
+def status_of(pipeline: Pipeline, goal_id: str) -> GoalStatus:
+    """Return the goal's status as its submitter reads it (`Client.status`, the goals API)."""
+    with pipeline.store.snapshot() as session:
+        return read_status(session, goal_id)
 
 
 @pytest.fixture
@@ -179,9 +186,10 @@ def test_a_held_plan_that_no_longer_fits_the_catalog_says_so_and_its_approval_is
     """Given a page held for finance, and then `notify_oncall` published with a new required
     argument, `reason` (executors of a new version),
     When frank reads it and approves it,
-    Then the view, `review show` and `review list` say it no longer fits the catalog and why,
-    and the approval is refused (Conflict, 409) with the same words: the plan stays held, to
-    be edited or rejected. It was approved, then failed by the executor, the approval wasted.
+    Then the view, `review show`, `review list` and the goal's status (its submitter's view)
+    say it no longer fits the catalog and why, and the approval is refused (Conflict, 409)
+    with the same words: the plan stays held, to be edited or rejected. It was approved, then
+    failed by the executor, the approval wasted.
     When alice edits in a reason, Then the revision she made fits and says nothing, nor does
     the one it replaced, which nobody is asked to approve any more.
     """
@@ -200,6 +208,8 @@ def test_a_held_plan_that_no_longer_fits_the_catalog_says_so_and_its_approval_is
     problem = desk.detail(plan.plan_id).catalog_problem
     shown = " ".join(desk.cli("review", "show", plan.plan_id).split())
     listed = desk.cli("review", "list")
+    submitter_sees = status_of(pipeline, goal_id).catalog_problem
+    status_says = " ".join(desk.cli("status", goal_id).split())
     with pytest.raises(Conflict) as refused:
         desk.review.approve(plan.plan_id, "frank", roles=frank.roles, key=frank.token_sha256)
     still = desk.review.get(plan.plan_id)
@@ -216,8 +226,12 @@ def test_a_held_plan_that_no_longer_fits_the_catalog_says_so_and_its_approval_is
     assert f"This plan {problem}" in shown
     assert f"⚠ {plan.plan_id[:8]} {problem}" in " ".join(listed.split())
     assert str(refused.value) == f"plan {plan.plan_id} {problem}"
+    # Its submitter, polling the goal, is told too: it waited for a hold that could not end.
+    assert submitter_sees == problem
+    assert f"cannot be approved as it is: it {problem}" in status_says
     assert (still.goal.status, still.approvers) == ("held", ())
     assert desk.detail(fixed.plan_id).catalog_problem is None
+    assert status_of(pipeline, goal_id).catalog_problem is None  # the edit is the newest
     # Revision 1, replaced, waits for nobody: "approving it would fail" is said of none.
     assert desk.detail(plan.plan_id).catalog_problem is None
 

@@ -86,6 +86,8 @@ def _heading(current: GoalStatus) -> list[str]:
         lines.append(f"  by {current.planner}{why}")
     if current.held_by:
         lines.append(f"  held by rule {current.held_by}")
+    if current.catalog_problem:
+        lines.append(f"  cannot be approved as it is: it {current.catalog_problem}")
     if current.submitted_by:
         lines.append(f"  submitted by {current.submitted_by} (as the submitter said)")
     if current.decision:
