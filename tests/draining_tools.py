@@ -24,3 +24,12 @@ def slow_write(name: str, seconds: float) -> str:
     threading.Event().wait(seconds)  # the workload itself: a slow call, not a synchronisation
     _note("end", name)
     return f"wrote {name}"
+
+
+@tool(effect="read", timeout=120)
+def slow_read(name: str, seconds: float) -> str:
+    """Read `name` somewhere, taking `seconds`: safe to call twice, though wasteful."""
+    _note("start", name)
+    threading.Event().wait(seconds)  # the workload itself, as above
+    _note("end", name)
+    return f"read {name}"

@@ -142,6 +142,69 @@ def test_sigterm_during_a_write_ends_it_starts_no_next_step_and_another_executor
     ]
 
 
+READ_SECONDS = 8.0  # four redelivery timeouts: the workload, not a synchronisation
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(180)
+def test_a_draining_executor_keeps_its_message_so_no_other_executor_calls_its_step_again(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """An executor at SIGTERM stopped renewing the message of the run it drained: the
+    redelivery timeout later another executor took the run and called the same read again,
+    beside the first call (every tool call longer than 30 s, at every rolling upgrade).
+
+    Given two executors, messages restored 2 s after their holder stops renewing them, and
+    a read that takes 8 s,
+    When the executor calling it gets SIGTERM,
+    Then it lets the call end while it keeps its message: the other executor never starts
+    the read, and completes the goal once the run is handed back, the read called once.
+    """
+    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
+    read = {"id": "a", "tool": "slow_read", "args": {"name": "a", "seconds": READ_SECONDS}}
+    playbook = write_playbook(tmp_path, "drain", [read])
+    (tmp_path / "writes.log").touch()
+    fleet = Fleet(
+        redis_url,
+        f"sqlite:///{tmp_path / 'plangate.db'}",
+        tmp_path,
+        extra_env={
+            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
+            "PLANGATE_PLAYBOOK_FILE": str(playbook),
+            "PLANGATE_TOOLS": "tests.draining_tools",
+            "PYTHONPATH": str(ROOT),
+            "DRAINING_LOG": str(tmp_path / "writes.log"),
+            "PLANGATE_SWEEP_INTERVAL_SECONDS": "0.5",
+            "PLANGATE_RECONCILE_AFTER_SECONDS": "600",
+            "PLANGATE_REDELIVERY_AFTER_SECONDS": "2",
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    try:
+        fleet.start("planner")
+        fleet.start("gate")
+        executors = {process.pid: process for process in (fleet.start("executor"),)}
+        second = fleet.start("executor")
+        executors[second.pid] = second
+        eventually(lambda: consuming(fleet) == 2, WAIT, "both executors to consume")
+        with Client(fleet.settings()) as client:
+            goal_id = client.submit("drain please").goal_id
+            eventually(lambda: writes(fleet), WAIT, f"the read to begin\n{fleet.logs()}")
+            calling = executors[int(writes(fleet)[0][0])]
+            calling.send_signal(signal.SIGTERM)
+
+            assert calling.wait(timeout=READ_SECONDS + 10) == 0, fleet.logs()
+            eventually(
+                lambda: client.status(goal_id).terminal, WAIT, f"the goal to end\n{fleet.logs()}"
+            )
+            status = client.status(goal_id)
+    finally:
+        fleet.stop_all()
+
+    assert status.status == "completed", fleet.logs()
+    assert writes(fleet) == [(str(calling.pid), "start", "a"), (str(calling.pid), "end", "a")]
+
+
 def test_a_message_handed_back_goes_back_to_the_queue_as_it_came(bus: Bus) -> None:
     """Given a consumer whose handler hands its message back once the worker is stopping,
     When a goal's message is being handled and the consumer is stopped,

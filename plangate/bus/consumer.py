@@ -181,6 +181,11 @@ class StageConsumer:
                         self._drain(connection)
                 while self._in_flight.count:
                     self._settle_finished(block=True)
+                    # Still held while their handlers run: unrenewed, a message went back to
+                    # the queue the redelivery timeout later, and another worker called the
+                    # same step again beside this one (RabbitMQ: a missed heartbeat, the same).
+                    chores.heartbeat()
+                    chores.keep_claims()
                 self._settlement.hand_back_held()
             # Stored retries due in a few seconds (a plan handed on to another executor) are
             # sent now, this consumer cancelled (else it took them back): left to the relay,
