@@ -142,6 +142,19 @@ def _key_taken(key: str, goal_id: str, what: str, event: tuple[str, str] | None)
     )
 
 
+def _key_as_sent(key: str) -> str:
+    """Return an idempotency key without the spaces around it, as an HTTP header carries it.
+
+    Kept as given, `" k "` in a body and `k` in a header (whose spaces HTTP drops) were two
+    keys, two goals. InputInvalid for an empty key, or one holding a control character.
+    """
+    if not key.strip():
+        raise InputInvalid("the idempotency key is empty: give one that names this goal, or none")
+    if not key.isprintable():
+        raise InputInvalid("the idempotency key holds a control character (a newline); remove it")
+    return key.strip()
+
+
 def _goal_message(
     text: object, metadata: object = None, idempotency_key: object = None
 ) -> GoalSubmitted:
@@ -151,8 +164,8 @@ def _goal_message(
     """
     if isinstance(text, str) and not text.strip():
         raise InputInvalid("the goal is empty: say what should be done, in words")
-    if isinstance(idempotency_key, str) and not idempotency_key.strip():
-        raise InputInvalid("the idempotency key is empty: give one that names this goal, or none")
+    if isinstance(idempotency_key, str):
+        idempotency_key = _key_as_sent(idempotency_key)
     if isinstance(metadata, Mapping):  # a mapping that is no dict is read as one
         metadata = dict(metadata)
     try:  # the intake's own check (`strict_json_loads` makes it): NUL cannot be stored

@@ -329,3 +329,36 @@ def test_two_idempotency_key_headers_are_refused_saying_to_send_one(base_url: st
     assert said["error"] == (
         "send one Idempotency-Key header, not 2: a retry must carry the same key"
     )
+
+
+def test_a_body_key_with_spaces_around_it_is_the_header_key_without_them(base_url: str) -> None:
+    """HTTP drops the spaces around a header's value, so `" k "` sent in the header arrives as
+    `k`; in the body it was kept as given: two keys, two goals, for one retry sent by two
+    libraries. Now the body's key loses them too; an empty key, or one holding a control
+    character (a newline), is refused in the body as it is in the header.
+    """
+    json_body = {"Content-Type": "application/json"}
+    header = call(
+        base_url, b'{"text": "Check Jira"}', **json_body, **{"Idempotency-Key": " padded "}
+    )
+    padded = call(
+        base_url,
+        json.dumps({"text": "Check Jira", "idempotency_key": " padded "}).encode(),
+        **json_body,
+    )
+    refused = [
+        call(
+            base_url,
+            json.dumps({"text": "Check Jira", "idempotency_key": key}).encode(),
+            **json_body,
+        )
+        for key in ("", "   ", "line\nbreak")
+    ]
+
+    assert (header[0], padded[0]) == (201, 200), (header, padded)
+    assert padded[2]["goal_id"] == header[2]["goal_id"]
+    assert [(status, answer["error"]) for status, _, answer in refused] == [
+        (422, "the idempotency key is empty: give one that names this goal, or none"),
+        (422, "the idempotency key is empty: give one that names this goal, or none"),
+        (422, "the idempotency key holds a control character (a newline); remove it"),
+    ]

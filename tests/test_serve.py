@@ -334,8 +334,15 @@ def test_the_openapi_document_describes_intake(base_url: str) -> None:
     with urllib.request.urlopen(f"{base_url}/docs", timeout=10) as response:
         assert response.status == 200
 
-    content = spec["paths"]["/api/v1/goals"]["post"]["requestBody"]["content"]
-    assert {"application/json", "application/cloudevents+json"} <= set(content)
+    submit = spec["paths"]["/api/v1/goals"]["post"]
+    assert {"application/json", "application/cloudevents+json"} <= set(
+        submit["requestBody"]["content"]
+    )
+    # Read from the request by hand, so FastAPI did not list them: a generated client could
+    # not send the key as a header, nor read where the goal is.
+    assert {"Idempotency-Key", "traceparent"} <= {p["name"] for p in submit["parameters"]}
+    assert "Location" in submit["responses"]["201"]["headers"]
+    assert "Location" in submit["responses"]["200"]["headers"]
 
 
 def test_a_callers_traceparent_becomes_the_goals_trace(base_url: str) -> None:
@@ -449,6 +456,9 @@ def test_a_publishers_own_short_id_is_polled_as_itself_never_as_anothers_start(
 
     state = eventually(polled_as_itself, timeout=30, what="the publisher's goal stored")
     assert (before, said["error"].startswith(f"no goal '{short}'")) == (404, True)
+    # It said nothing of whole ids; and "a short id needs 6 characters" to a shorter one, as if
+    # a longer start would do.
+    assert "(here a goal's whole id, as its submission answered it)" in said["error"]
     assert state["goal_id"] == short
 
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from plangate import telemetry
 from plangate.client import Client, GoalHandle, GoalStatus
+from plangate.event_keys import KEY_LIMIT
 from plangate.redaction import redact
 from plangate.server.auth import intake_token_given, require_intake_token
 from plangate.server.decision_bodies import CancelRequest, ReasonBody
@@ -178,12 +179,43 @@ def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalH
             otel_context.detach(token)
 
 
+# Read from the request itself (the body's key and CloudEvents' ce-* headers come with it),
+# so FastAPI cannot see them: named here, for clients generated from the document.
+_SUBMIT_HEADERS: list[dict[str, Any]] = [
+    {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "maxLength": KEY_LIMIT},
+        "description": "The goal's idempotency key, instead of the body's `idempotency_key` "
+        "(both: they must be the same). The same key twice yields one goal.",
+    },
+    {
+        "name": "traceparent",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "W3C trace context: the goal's trace joins the caller's.",
+    },
+]
+_WHERE = {
+    "Location": {
+        "description": "The goal's state: GET it to follow the goal.",
+        "schema": {"type": "string", "example": "/api/v1/goals/{goal_id}"},
+    }
+}
+
+
 @router.post(
     "",
     status_code=201,
     response_model=GoalAccepted,
-    responses={200: {"model": GoalAccepted, "description": "Already submitted"}, **_ERRORS},
-    openapi_extra={"requestBody": _SUBMIT_BODY},
+    responses={
+        200: {"model": GoalAccepted, "description": "Already submitted", "headers": _WHERE},
+        201: {"description": "Submitted", "headers": _WHERE},
+        **_ERRORS,
+    },
+    openapi_extra={"requestBody": _SUBMIT_BODY, "parameters": _SUBMIT_HEADERS},
     dependencies=[Depends(require_intake_token)],
 )
 async def submit_goal(

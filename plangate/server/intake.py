@@ -47,8 +47,7 @@ class GoalRequest(BaseModel):
     )
     idempotency_key: str | None = Field(
         default=None,
-        min_length=1,
-        max_length=KEY_LIMIT,
+        max_length=KEY_LIMIT,  # an empty one is refused where every goal is submitted
         description=f"The same key twice yields one goal. Keys beginning {EVENT_KEY_PREFIX!r} "
         "are CloudEvents' (their source and id).",
     )

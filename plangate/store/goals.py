@@ -149,9 +149,12 @@ def get_goal(
     else:
         row = by_id(session, GoalRow, GoalRow.id, goal_id, typed=typed)
     if row is None:
-        short = (
-            f" (a short id needs {MIN_SHORT_ID} characters)" if len(goal_id) < MIN_SHORT_ID else ""
-        )
+        if exact:  # a short id finds nothing here: saying how short one may be misled callers
+            short = " (here a goal's whole id, as its submission answered it)"
+        elif len(goal_id) < MIN_SHORT_ID:
+            short = f" (a short id needs {MIN_SHORT_ID} characters)"
+        else:
+            short = ""
         said = f"no goal {quoted(goal_id)}{short}; check the id (`plangate goals list` shows goals)"
         raise NotFound(said)
     return row
