@@ -49,6 +49,7 @@ from plangate.store.hot_statements import HotStatement
 from plangate.store.outage_retry import riding_out_outages
 from plangate.store.outbox import emit
 from plangate.tools import ToolRegistry
+from plangate.unchecked_approvals import note_unchecked
 from schemas import (
     Approval,
     ExecutionFailed,
@@ -255,10 +256,8 @@ class ExecutorHandler:
             issued = _issued_by_gate(session, message) if goal.status == "approved" else None
             # Until it expires: an approval no run may start on any more ends its goal.
             waits = issued is not None and issued.expires_at > utcnow()
-            if waits and isinstance(refusal, UnknownSigner):
-                log.error("goal %s: cannot check the gate's approval: %s", goal.id, reason)
-                raise Retry(f"{reason}; the goal waits in approved meanwhile", delay=KEY_WAIT)
-            if issued is not None:
+            unchecked = waits and isinstance(refusal, UnknownSigner)
+            if issued is not None and not unchecked:
                 # The plan itself (tools no executor offers) is no fault of the approval's.
                 what = "its plan" if isinstance(refusal, PlanInvalid) else "the gate's approval"
                 log.error("goal %s: %s was refused: %s", goal.id, what, reason)
@@ -270,13 +269,13 @@ class ExecutorHandler:
                 )
                 return [emit(session, failed)]
             status = goal.status
-            audit.append(
-                session,
-                "approval.refused",
-                actor=ACTOR,
-                goal_id=message.goal_id,
-                data={"plan_id": message.plan.plan_id, "reason": reason, "goal_status": status},
-            )
+            if not unchecked:
+                data = {"plan_id": message.plan.plan_id, "reason": reason, "goal_status": status}
+                audit.append(session, "approval.refused", actor=ACTOR, goal_id=goal.id, data=data)
+        if unchecked:  # noted for `status`, which said the gate was still releasing it
+            log.error("goal %s: cannot check the gate's approval: %s", message.goal_id, reason)
+            note_unchecked(self._store, message.goal_id, message.plan.plan_id, ACTOR, reason)
+            raise Retry(f"{reason}; the goal waits in approved meanwhile", delay=KEY_WAIT)
         # Raised once the audit entry is committed: the message goes to the dead letters.
         raise Reject(f"approval refused, goal {message.goal_id} left {status}: {reason}")
 

@@ -27,6 +27,7 @@ from plangate.store import (
 from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
 from plangate.store.plan_edits import edit_of, summary_written_in
+from plangate.unchecked_approvals import unchecked_reason
 from schemas import Approval, SignedEnvelope
 
 
@@ -79,6 +80,8 @@ class GoalStatus:
     # Held: what of the plan no longer fits the tool catalog (its approval would be refused),
     # so that its submitter, polling, is not left waiting for a hold that cannot end well.
     catalog_problem: str | None = None
+    # Approved: why an executor could not check the gate's approval (a key it lacks), if so.
+    approval_unchecked: str | None = None
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -122,6 +125,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         for step in plan.body.get("steps", [])
     )
     unoffered: tuple[str, ...] = ()
+    unchecked = unchecked_reason(session, goal.id) if goal.status == "approved" else None
     if goal.status == "approved":
         # Imported here: the catalog brings jsonschema, which `status` of any other goal never
         # needs (about 40 ms of every start).
@@ -157,6 +161,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         approvers_signed=signed is not None,
         unoffered=unoffered,
         catalog_problem=misfit,
+        approval_unchecked=unchecked,
     )
 
 

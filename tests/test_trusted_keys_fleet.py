@@ -56,13 +56,24 @@ def test_a_goal_waits_for_the_gate_s_key_and_runs_once_the_executor_has_it(
         poll(lambda: "cannot check the gate's approval" in fleet.logs(), "the refusal", fleet)
         assert status() == "approved", fleet.logs()
         assert "no trusted keys in" in fleet.logs()
+        # Said where people look: `status` read "the gate checks the hold and releases the
+        # plan", and only the executor's log said why nothing ran.
+        waiting = fleet.plangate("status", goal_id)
+        as_json = json.loads(fleet.plangate("status", goal_id, "--json").stdout)
 
         for key in shared.glob("*.pub"):
             shutil.copy(key, own / key.name)
         poll(lambda: status() == "completed", "the goal's run", fleet, timeout=90)
+        done = json.loads(fleet.plangate("status", goal_id, "--json").stdout)
     finally:
         store.close()
         fleet.stop_all()
+
+    said = " ".join(waiting.stdout.split())
+    assert "waiting: an executor cannot check the approval: approval refused: signed by" in said
+    assert "add its public key to the trusted keys folder" in said
+    assert "signed by unknown key" in as_json["approval_unchecked"]
+    assert done["approval_unchecked"] is None
 
 
 def test_an_executor_started_before_the_gate_made_the_shared_keys_folder_waits_for_its_key(

@@ -103,6 +103,10 @@ def _heading(current: GoalStatus) -> list[str]:
         )
     if current.unoffered:
         lines.append(f"  waiting for an executor: {_unoffered(current.unoffered)}")
+    if current.approval_unchecked:
+        lines.append(
+            f"  waiting: an executor cannot check the approval: {current.approval_unchecked}"
+        )
     return lines
 
 

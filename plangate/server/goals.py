@@ -131,6 +131,11 @@ class GoalState(BaseModel):
         description="Held: what of the plan no longer fits the tool catalog (a tool's "
         "arguments changed since); it cannot be approved as it is, only edited or rejected.",
     )
+    approval_unchecked: str | None = Field(
+        default=None,
+        description="Approved: why an executor could not check the gate's approval (signed "
+        "by a key not in its trusted keys folder); the goal waits until it can.",
+    )
 
 
 class ErrorBody(BaseModel):
