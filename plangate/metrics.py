@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 MESSAGES = Counter(
     "plangate_messages",
-    "Messages a stage settled, by type and outcome (handled, retried, dead_lettered).",
+    "Messages a stage settled, by type and outcome (handled, retried, dead_lettered, "
+    "handed_back: an executor stopping gave a run back, as at each rolling restart).",
     ["stage", "type", "outcome"],
 )
 HANDLER_SECONDS = Histogram(

@@ -153,6 +153,38 @@ def test_goal_no_playbook_matches_fails_planning_and_says_how_to_add_one(
     assert plans_of(pipeline.store, goal_id) == []
 
 
+def test_a_move_a_person_must_look_at_is_logged_as_a_warning(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a goal that fails (no playbook matches it) and one that completes,
+    When each moves,
+    Then the move to plan_failed is logged at warning, the others at info: a team that keeps
+    warnings only saw no failed goal at all.
+    """
+    caplog.set_level(logging.INFO, logger="plangate.store.goals")
+    failed = pipeline.submit("water the office plants").goal_id
+    done = pipeline.submit("how many tickets are open").goal_id
+    assert pipeline.wait_for(failed, timeout=5).status == "plan_failed"
+    assert pipeline.wait_for(done, timeout=5).status == "completed"
+
+    def level_of(goal_id: str, to: str) -> str:
+        return eventually(
+            lambda: next(
+                (
+                    r.levelname
+                    for r in caplog.records
+                    if r.getMessage().startswith(f"goal {goal_id}: ")
+                    and f"-> {to} by" in r.getMessage()
+                ),
+                None,
+            ),
+            what=f"the move of {goal_id} to {to} logged",
+        )
+
+    assert level_of(failed, "plan_failed") == "WARNING"
+    assert level_of(done, "completed") == "INFO"
+
+
 def test_rejected_plan_runs_nothing(pipeline: Pipeline) -> None:
     """Given the seed plan held for a person,
     When bob rejects it with a comment,

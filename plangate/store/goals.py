@@ -302,12 +302,17 @@ def _log_moves_once_released(session: Session) -> None:
         after_release(session, lambda: _log_moves(moves))
 
 
+# Moves a person must look at are warnings: a team that ships warnings only saw neither.
+_LEVELS = dict.fromkeys(("failed", "plan_failed", "needs_attention"), logging.WARNING)
+
+
 def _log_moves(moves: list[tuple[str, str, str, str, str | None, tuple[str, str] | None]]) -> None:
     for goal_id, old, new, actor, reason, traced in moves:
         fields = {"goal_id": goal_id, "from": old, "to": new, "actor": actor}
         if traced is not None:
             fields["trace_id"], fields["span_id"] = traced
-        log.info(
+        log.log(
+            _LEVELS.get(new, logging.INFO),
             "goal %s: %s -> %s by %s%s",
             goal_id,
             old,
