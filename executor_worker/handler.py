@@ -64,6 +64,7 @@ from schemas import (
 )
 
 ANNOUNCERS = 4  # threads that tell of finished steps, for all of an executor's runs
+PAUSED = "a write may or may not have happened: the run waits for a person to settle it"
 KEY_WAIT = 30.0  # before an approval signed by a key not trusted yet is checked again
 _HOLDS = cast(Table, HoldRow.__table__)
 # Asked on every run's start: a plain statement, built once (not the ORM's).
@@ -176,8 +177,11 @@ class ExecutorHandler:
             span.set_attribute("plangate.approval_id", approval.approval_id)
             # The approval's hash: verification checked that it is this plan's.
             outcome = self._run(message, approval.plan_hash, started.recorded)
-            if any(envelope.routing_key == "execution.failed" for envelope in outcome):
+            kinds = {envelope.routing_key for envelope in outcome}
+            if "execution.failed" in kinds:
                 span.set_status(StatusCode.ERROR, "the run failed")
+            elif "execution.paused" in kinds:  # the trace an alert leads to read as healthy
+                span.set_status(StatusCode.ERROR, PAUSED)
             return outcome
 
     def _start(self, message: PlanApproved, approval: Approval) -> _Started | Envelope | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from schemas import Plan
 from tests.conftest import SEED_GOAL
 from tests.span_recording import recording_spans
 from tests.support import eventually, running_pipeline, write_yaml
+from tests.test_cancel import APPROVE_ALL
 
 
 @pytest.fixture
@@ -185,6 +187,53 @@ def test_a_failed_step_and_its_failed_run_are_errors_in_the_trace(
     assert "upstream refused the credentials" in (call.status.description or "")
     assert (call.attributes or {})["plangate.step.status"] == "failed"
     assert named["run plan"].status.status_code is StatusCode.ERROR
+
+
+@tool(effect="write", idempotent=False, timeout=0.2)
+def slow_transfer() -> str:
+    """Move money, answering after its deadline (its outcome unknown)."""
+    threading.Event().wait(1.0)  # the workload: a call that outlasts its deadline
+    return "moved"
+
+
+def test_a_run_paused_for_a_write_of_unknown_outcome_is_an_error_in_the_trace(
+    settings: Settings, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    """The alert for goals needing attention led to a trace that read as healthy: the run's
+    span unset, nothing saying a write may have happened.
+
+    Given a write that is not idempotent and answers after its deadline,
+    When its goal is paused for a person (needs_attention),
+    Then the run's span is an error saying a write may or may not have happened.
+    """
+    playbook = {
+        "playbooks": [
+            {
+                "name": "transfer",
+                "pattern": "^transfer$",
+                "summary": "one slow write",
+                "steps": [{"id": "move", "tool": "slow_transfer"}],
+            }
+        ]
+    }
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([slow_transfer]),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", playbook),
+        policy_file=write_yaml(tmp_path / "policy.yaml", APPROVE_ALL),
+    ) as pipeline:
+        goal_id = pipeline.submit("transfer").goal_id
+        assert pipeline.wait_for(goal_id, {"needs_attention"}, timeout=10).status == (
+            "needs_attention"
+        )
+        run = eventually(
+            lambda: next((s for s in spans.get_finished_spans() if s.name == "run plan"), None),
+            timeout=5,
+            what="the run's span",
+        )
+
+    assert run.status.status_code is StatusCode.ERROR
+    assert "may or may not have happened" in (run.status.description or "")
 
 
 def test_a_dead_letter_is_an_error_in_its_goals_trace_and_its_log_line_names_the_goal(
