@@ -136,13 +136,14 @@ class StoreCollector(Collector):
 
         goals = GaugeMetricFamily("plangate_goals", "Goals by state.", labels=["state"])
         try:
-            with self._store.session() as session:
+            # Read only: on SQLite a writing transaction took the write lock, every worker's,
+            # at every scrape of every process.
+            with self._store.reading() as session:
                 by_state = session.execute(
-                    select(GoalRow.status, func.count()).group_by(GoalRow.status)
+                    select(GoalRow.status, func.count(), func.min(GoalRow.updated_at)).group_by(
+                        GoalRow.status
+                    )
                 ).all()
-                oldest = session.scalar(
-                    select(func.min(GoalRow.updated_at)).where(GoalRow.status == "held")
-                )
                 backlog = session.scalar(
                     select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
                 )
@@ -152,7 +153,8 @@ class StoreCollector(Collector):
             yield GaugeMetricFamily("plangate_store_up", _STORE_UP, 0)
             return
         yield GaugeMetricFamily("plangate_store_up", _STORE_UP, 1)
-        counts = dict(by_state)
+        counts = {state: count for state, count, _ in by_state}
+        since = {state: moved for state, _, moved in by_state}
         # Every state, 0 included: a series that vanished when its last goal moved on left a
         # panel's line hanging and an alert on it (`> 0`) unable to resolve.
         for state in sorted(set(get_args(GoalStatus)) | set(counts)):
@@ -161,14 +163,24 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "plangate_held_plans", "Plans held for a person.", counts.get("held", 0)
         )
-        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
-        yield GaugeMetricFamily(
-            "plangate_oldest_held_seconds", "Age of the oldest held plan (0: none held).", age
-        )
+        now = utcnow()
+        for state, name, said in _OLDEST:
+            age = (now - since[state]).total_seconds() if since.get(state) is not None else 0.0
+            yield GaugeMetricFamily(name, said, age)
         yield GaugeMetricFamily(
             "plangate_outbox_backlog", "Messages stored but not yet published.", backlog or 0
         )
 
+
+# How long the oldest goal in a state has waited there, for the states a goal should leave.
+_OLDEST = (
+    ("held", "plangate_oldest_held_seconds", "Age of the oldest held plan (0: none held)."),
+    (
+        "approved",
+        "plangate_oldest_approved_seconds",
+        "How long the oldest approved goal has waited for an executor to start it (0: none).",
+    ),
+)
 
 _collector: StoreCollector | None = None
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import update
 
 from plangate import metrics
 from plangate.bus.envelope import Delivery
@@ -18,7 +20,8 @@ from plangate.embedded import Pipeline
 from plangate.metrics import StoreCollector
 from plangate.middleware.message_metrics import MessageMetrics
 from plangate.server import create_app
-from plangate.store import open_store
+from plangate.store import GoalRow, open_store
+from schemas import utcnow
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
 from tests.servers import free_port, refusing_connections
@@ -252,3 +255,35 @@ def test_a_message_of_a_type_plangate_does_not_know_is_counted_as_unknown() -> N
         if family.name == "plangate_messages"
     }
     assert not any(name.startswith("evil.") for name in names)
+
+
+def test_the_oldest_approved_goal_is_aged_for_the_alert_on_goals_no_executor_starts(
+    tmp_path: Path,
+) -> None:
+    """Goals piled up in `approved` while no executor ran (or none trusted the gate's key),
+    and no plangate metric said how long: only `up` could catch a process gone, not an
+    executor that runs and starts nothing.
+
+    Given two goals approved 12 and 3 minutes ago, and one held an hour ago,
+    When the store's gauges are collected,
+    Then the oldest approved goal has waited 12 minutes (what PlangateApprovedNotStarting
+    reads), the held one an hour; with none approved, it is 0.
+    """
+    store = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
+    now = utcnow()
+    waited = {"a": ("approved", 12), "b": ("approved", 3), "h": ("held", 60)}
+    try:
+        with store.session() as session:
+            for goal_id, (status, minutes) in waited.items():
+                moved = now - timedelta(minutes=minutes)
+                session.add(GoalRow(id=goal_id, text="t", status=status, updated_at=moved))
+        aged = {f.name: f.samples[0].value for f in StoreCollector(store).collect() if f.samples}
+        with store.session() as session:
+            session.execute(update(GoalRow).values(status="completed"))
+        none = {f.name: f.samples[0].value for f in StoreCollector(store).collect() if f.samples}
+    finally:
+        store.close()
+
+    assert 12 * 60 <= aged["plangate_oldest_approved_seconds"] < 13 * 60
+    assert 60 * 60 <= aged["plangate_oldest_held_seconds"] < 61 * 60
+    assert none["plangate_oldest_approved_seconds"] == 0
