@@ -53,7 +53,7 @@ def expire_held(
     query = select(GoalRow.id).where(GoalRow.status == "held")
     if goal_ids is not None:
         query = query.where(GoalRow.id.in_(list(goal_ids)))
-    with store.session() as session:
+    with store.reading() as session:  # each is expired in a writing transaction of its own
         held = session.execute(query).scalars().all()
     envelopes: list[Envelope] = []
     for goal_id in held:

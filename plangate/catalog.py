@@ -169,8 +169,8 @@ def list_offers(store: Store) -> list[Offer]:
 
 
 def load_catalog(store: Store) -> Catalog:
-    """Return every tool spec executors have published, by name."""
-    with store.session() as session:
+    """Return every tool spec executors have published, by name (read only: no write lock)."""
+    with store.reading() as session:
         return read_catalog(session)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field
 from plangate.demo import tools as demo
 from plangate.errors import ConfigError, OutputUnusable, ToolError, ToolLoadError
 from plangate.tools import Tool, ToolContext, ToolRegistry, load_tools, tool
+from tests.support import outer_environment
 
 CONTEXT = ToolContext(goal_id="g1", plan_id="p1", step_id="notify", idempotency_key="hash:notify")
 
@@ -558,3 +560,39 @@ def test_a_return_value_of_another_type_is_named_as_the_value_not_the_arguments(
 
     with pytest.raises(OutputUnusable, match="does not match its return type: the value: Input"):
         bad_return.invoke({"x": "not an int"}, ToolContext("g", "p", "s", "k"))
+
+
+def test_a_tool_module_beside_the_user_says_plangate_does_not_look_there(tmp_path: Path) -> None:
+    """A new user with ./shop_tools.py ran `plangate run --tools shop_tools` and was told
+    "No module named 'shop_tools'; check PLANGATE_TOOLS or --tools", of a name that was right:
+    the `plangate` command does not look in the current folder. `--tools shop_tools.py` (a
+    file, not a module) was told the same.
+
+    Given ./shop_tools.py and the installed `plangate` command run in its folder,
+    When it is named as a module, and as a file,
+    Then the first error says to run with PYTHONPATH=., the second to give the module's name.
+    """
+    script = Path(sys.executable).with_name("plangate")
+    if not script.exists():
+        pytest.skip("the plangate console script is not installed beside this Python")
+    (tmp_path / "shop_tools.py").write_text(
+        'from plangate.tools import tool\n\n\n@tool(effect="read")\ndef shop() -> str:\n'
+        '    """Shop."""\n    return "x"\n'
+    )
+    environ = {**outer_environment(), "PLANGATE_DATA_DIR": str(tmp_path / "data")}
+
+    def run(tools: str) -> subprocess.CompletedProcess[str]:
+        command = [str(script), "run", "count the tickets", "--tools", tools, "--yes"]
+        return subprocess.run(
+            command, cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=60
+        )
+
+    as_module, as_file = run("shop_tools"), run("shop_tools.py")
+
+    assert as_module.returncode == 2, as_module.stderr
+    assert "./shop_tools.py is here, but plangate does not look in the current folder" in (
+        as_module.stderr
+    )
+    assert "run it with PYTHONPATH=." in as_module.stderr
+    assert as_file.returncode == 2, as_file.stderr
+    assert "give the module's name ('shop_tools'), not its file" in as_file.stderr

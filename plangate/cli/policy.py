@@ -278,9 +278,11 @@ def policy_backtest(
 
     candidate = Policy.load(file)
     start = parse_since(since) if since is not None else None
-    catalog = _catalog(tools)
+    # The store first: a backtest needs one whatever the catalog, and a missing one was told
+    # "or pass --tools", which did not help.
     store = open_store(load_settings().resolved_database_url(), upgrade=False)
     try:
+        catalog = _catalog(tools)
         with Progress(err_console, "replaying", "plans", enabled=not as_json) as told:
             report = backtest(store, candidate, catalog, since=start, limit=limit, progress=told)
     finally:

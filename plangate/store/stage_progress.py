@@ -27,6 +27,6 @@ def record_progress(store: Store, stage: str, taken_up_to: datetime) -> None:
 
 def stage_progress(store: Store) -> dict[str, datetime]:
     """Return each stage's mark: the newest message any of its workers has taken."""
-    with store.session() as session:
+    with store.reading() as session:
         rows = session.execute(select(StageProgressRow.stage, StageProgressRow.taken_up_to))
         return {stage: at for stage, at in rows}

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from plangate.errors import ToolError, ToolLoadError
@@ -70,9 +73,9 @@ class ToolRegistry:
                     f"here: install it where the tools run (pip install ...), or check the "
                     f"module's imports"
                 ) from exc
+            hint = _where_to_look(dotted_name)
             raise ToolLoadError(
-                f"could not import tool module {dotted_name!r}: {exc}; "
-                "check PLANGATE_TOOLS or --tools"
+                f"could not import tool module {dotted_name!r}: {exc}; {hint}"
             ) from exc
         except ImportError as exc:
             if exc.name and not f"{dotted_name}.".startswith(f"{exc.name}."):
@@ -108,3 +111,25 @@ def load_tools(module_names: Iterable[str]) -> ToolRegistry:
     for name in module_names:
         registry.load_module(name)
     return registry
+
+
+def _where_to_look(dotted_name: str) -> str:
+    """Say what to check for a tool module not found: its name, or where Python looks.
+
+    `--tools shop_tools` beside ./shop_tools.py was "No module named 'shop_tools'": the
+    `plangate` command does not look in the current folder, as `python` does.
+    """
+    module = dotted_name.removesuffix(".py").replace("/", ".").strip(".")
+    as_file = Path(*module.split(".")).with_suffix(".py") if module else None
+    if dotted_name.endswith(".py") or "/" in dotted_name:
+        return (
+            f"give the module's name ({module!r}), not its file, and put the folder it is in "
+            "on PYTHONPATH"
+        )
+    here = {"", ".", os.getcwd()}
+    if as_file is not None and as_file.is_file() and not here & set(sys.path):
+        return (
+            f"./{as_file} is here, but plangate does not look in the current folder: run it "
+            "with PYTHONPATH=. (or install the module)"
+        )
+    return "check PLANGATE_TOOLS or --tools"
