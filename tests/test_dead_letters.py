@@ -221,6 +221,32 @@ def test_message_for_another_stage_is_dead_lettered_by_the_handler(pipeline: Pip
     assert_seed_goal_still_completes(pipeline)
 
 
+def test_a_message_whose_goal_header_names_another_goal_is_dead_lettered(
+    pipeline: Pipeline,
+) -> None:
+    """Given a goal.submitted about goal `mine` whose x-plangate-goal-id header names `other`
+    (the contract: the header is the body's goal_id),
+    When it is published,
+    Then it is refused into the dead-letter queue saying so: it was taken in silence, while
+    observers, the log and the dead-letter queue, which read the header, told of `other`.
+    A goal with no such header (a foreign publisher's) still runs.
+    """
+    message = GoalSubmitted(goal_id="mine", text=SEED_GOAL)
+
+    pipeline.bus.publish(
+        [Envelope("goal.submitted", encode_message(message), {"x-plangate-goal-id": "other"})]
+    )
+
+    (letter,) = dead_letters(pipeline)
+    assert letter.reason == (
+        "its header x-plangate-goal-id names goal 'other', but it is about goal 'mine': set "
+        "the header to the body's goal_id, or leave it out"
+    )
+    headerless = GoalSubmitted(goal_id="no-header", text="how many tickets are open")
+    pipeline.bus.publish([Envelope("goal.submitted", encode_message(headerless), {})])
+    assert pipeline.wait_for("no-header", timeout=10).status == "completed"
+
+
 def test_dead_letter_does_not_carry_a_secret_header(pipeline: Pipeline) -> None:
     """Given a malformed message carrying `authorization: Bearer s3cret` and a trace header,
     When it is dead-lettered,

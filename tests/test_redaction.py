@@ -38,6 +38,7 @@ from plangate.logs import JsonFormatter
 from plangate.server import create_app
 from plangate.store import GoalRow, open_store
 from plangate.store import audit as audit_log
+from plangate.store.audit_entries import export as export_entries
 from plangate.store.goals import ensure_goal, transition
 from schemas import DeadLetter, GoalSubmitted
 from tests.fleet import Fleet, serving_app
@@ -226,7 +227,7 @@ def test_audit_entries_and_goal_reasons_are_redacted_and_storable(tmp_path: Path
                 reason=f"the server said {secret} \udfff",
                 data={"detail": {secret: [secret]}},
             )
-        entries = list(audit_log.export(store))
+        entries = list(export_entries(store))
         with store.session() as session:
             row = session.get(GoalRow, "g1")
             assert row is not None
@@ -281,7 +282,7 @@ class World:
         )
         store = open_store(self.fleet.database_url, upgrade=False)
         try:
-            audit = json.dumps(list(audit_log.export(store)), default=str)
+            audit = json.dumps(list(export_entries(store)), default=str)
         finally:
             store.close()
         dead = json.dumps([letter.reason for letter in self.dead_letters()])

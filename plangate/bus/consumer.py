@@ -37,6 +37,7 @@ from plangate.bus.in_flight import Done, InFlight, Running
 from plangate.bus.inbound import (
     decode,
     delivery_of,
+    mislabelled,
     misrouted,
     raw_body,
     refuse_compressed_messages,
@@ -252,8 +253,9 @@ class StageConsumer:
             reason = f"it could not be decoded: {type(exc).__name__}"
             self._settlement.dead_letter(raw, delivery, reason)
             return
-        if (wrong_key := misrouted(delivery.routing_key, message)) is not None:
-            self._settlement.dead_letter(raw, delivery, wrong_key)
+        wrong = misrouted(delivery.routing_key, message) or mislabelled(delivery.headers, message)
+        if wrong is not None:
+            self._settlement.dead_letter(raw, delivery, wrong)
             return
         self._middleware.after_receive(delivery)
         self._poll = _FIRST_POLL_SECONDS

@@ -7,13 +7,14 @@ message or a MessageRejected with its reason, never in an error that stops a con
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import suppress
 from typing import Any
 
 from kombu import message as kombu_message
 from kombu.message import Message as KombuMessage
 
-from plangate.bus.envelope import ATTEMPT_HEADER, Delivery
+from plangate.bus.envelope import ATTEMPT_HEADER, GOAL_HEADER, Delivery
 from plangate.bus.redis_transport import malformed_reason
 from schemas import MESSAGE_MODELS, Message, MessageRejected, decode_message
 
@@ -65,6 +66,22 @@ def misrouted(routing_key: str, message: Message) -> str | None:
         return (
             f"it came under the routing key {routing_key!r}, but it is a {kind}: publish it "
             f"under {kind!r}, which observers read as its type"
+        )
+    return None
+
+
+def mislabelled(headers: Mapping[str, str], message: Message) -> str | None:
+    """Say why a message whose goal header names another goal than its body is refused.
+
+    Observers, the dead-letter queue, the log and the reconciler's look at held messages read
+    the header: one naming another goal was taken in silence, and each of them told of the
+    wrong goal. A message with no such header (a foreign publisher's) passes.
+    """
+    said = headers.get(GOAL_HEADER)
+    if said is not None and said != message.goal_id:
+        return (
+            f"its header {GOAL_HEADER} names goal {said!r}, but it is about goal "
+            f"{message.goal_id!r}: set the header to the body's goal_id, or leave it out"
         )
     return None
 
