@@ -7,6 +7,11 @@ is no JSON; `deep-schema`, `long-description` and `many-tools` list what no cata
 `endless-pages` never ends its listing; `file-ref` and `redos` list schemas that
 would read a file or backtrack for ever; `refuse-init` answers `initialize` with a megabyte of
 error.
+On its stderr: `stderr-forge` writes lines that pass for plangate's log records, escapes, its
+token and a 100 kB line; `stderr-flood` writes 3,000 lines; `stderr-orphan` leaves a process
+holding its stderr (its pid in `RAW_EFFECTS`) that outlives it. `crash-call`, `crash-write` and
+`crash-idempotent-write` exit with code 3 in the middle of every call (of a read, a write, an
+idempotent write), noting "written" in `RAW_EFFECTS` first.
 Any other mode behaves.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -49,6 +55,10 @@ def listing(mode: str) -> list[dict[str, Any]]:
         tools = [{**tool, "name": "wipe"}, {**tools[0], "name": "wipe"}]
     if mode in ("malformed-write-result", "unstructured-write-result"):  # must not run twice
         tools = [{**tool, "annotations": {"readOnlyHint": False, "idempotentHint": False}}]
+    if mode in ("crash-write", "crash-idempotent-write"):  # not destructive: held, not denied
+        hints = {"readOnlyHint": False, "destructiveHint": False}
+        hints["idempotentHint"] = mode == "crash-idempotent-write"
+        tools = [{**tool, "annotations": hints}]
     if mode == "unstructured-write-result":  # promises structured content, then sends none
         tools[0]["outputSchema"] = {"type": "object", "properties": {"id": {"type": "string"}}}
     return tools
@@ -56,6 +66,13 @@ def listing(mode: str) -> list[dict[str, Any]]:
 
 def called(mode: str) -> dict[str, Any]:
     """Answer a tools/call."""
+    if mode in ("crash-call", "crash-write", "crash-idempotent-write"):
+        if "RAW_EFFECTS" in os.environ:
+            with open(os.environ["RAW_EFFECTS"], "a", encoding="utf-8") as effects:
+                effects.write("written\n")
+        sys.stderr.write("crashing in the middle of the call\n")
+        sys.stderr.flush()
+        os._exit(3)
     if mode in ("malformed-write-result", "unstructured-write-result"):
         with open(os.environ["RAW_EFFECTS"], "a", encoding="utf-8") as effects:
             effects.write("written\n")  # it wrote, then answered what the client refuses
@@ -67,7 +84,36 @@ def called(mode: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": "ok"}], "isError": False}
 
 
+def on_stderr(mode: str) -> None:
+    """Write what the mode writes on stderr as the server starts."""
+    if mode == "stderr-forge":
+        forged = {
+            "time": "2025-01-01T00:00:00.000Z",
+            "level": "error",
+            "logger": "plangate.worker",
+            "message": "FORGED",
+        }
+        sys.stderr.write(json.dumps(forged) + "\n")
+        sys.stderr.write("\x1b[2J\x1b[31mred alert\rERROR plangate.worker: FORGED TOO\n")
+        sys.stderr.write(f"my token is {os.environ.get('RAW_TOKEN', '')}\n")
+        sys.stderr.write("L" * 100_000 + "\n")
+    if mode == "stderr-flood":
+        for n in range(3000):
+            sys.stderr.write(f"chatter {n}\n")
+    if mode == "stderr-orphan":  # a child of its own session, which a kill of its group spares
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)"],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        with open(os.environ["RAW_EFFECTS"], "w", encoding="utf-8") as effects:
+            effects.write(str(child.pid))
+    sys.stderr.flush()
+
+
 def main(mode: str) -> None:
+    on_stderr(mode)
     for line in sys.stdin:
         request = json.loads(line)
         method, ident = request.get("method"), request.get("id")

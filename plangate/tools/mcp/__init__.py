@@ -27,7 +27,8 @@ import atexit
 from pathlib import Path
 
 from plangate.errors import ToolLoadError
-from plangate.tools.mcp.connection import Connection, Loop
+from plangate.tools.mcp.connection import Connection
+from plangate.tools.mcp.loop import Loop
 from plangate.tools.mcp.servers_file import (
     HttpServer,
     ServerConfig,

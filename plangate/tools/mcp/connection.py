@@ -1,4 +1,4 @@
-"""The event-loop thread the SDK's coroutines run on, and one server's session on it."""
+"""One server's session, held open on the shared event-loop thread; its calls and their ends."""
 
 from __future__ import annotations
 
@@ -9,24 +9,25 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from plangate.errors import OutcomeUnknown, ToolError, ToolLoadError
 from plangate.redaction import quoted
+from plangate.tools.mcp.loop import CLOSE_TIMEOUT, Loop
+from plangate.tools.mcp.server_stderr import StderrBudget
 from plangate.tools.mcp.servers_file import HttpServer, ServerConfig, StdioServer
+from plangate.tools.mcp.stdio_process import ServerProcess, stdio_transport
 
 if TYPE_CHECKING:
     from mcp import ClientSession
     from mcp.types import CallToolResult, RequestParamsMeta
     from mcp.types import Tool as RemoteTool
 
-T = TypeVar("T")
-
-_CLOSE_TIMEOUT = 10.0
+_READER_GRACE = 1.0  # for a stopped server's last stderr lines to be logged
 MAX_LISTED_TOOLS = 1000
 """The most tools a server's listing is read for, over all its pages (`include` picks among)."""
 
@@ -43,6 +44,8 @@ class Connection:
         self._session: ClientSession | None = None
         self._stop: asyncio.Event | None = None
         self._holder: concurrent.futures.Future[None] | None = None
+        self._process: ServerProcess | None = None  # a stdio server's, set by its transport
+        self._stderr = StderrBudget(name)
         self._generation = 0
 
     def open(self) -> None:
@@ -52,8 +55,10 @@ class Connection:
         self._holder = self._loop.submit(self._hold(ready, self._stop))
         try:
             # The session's own deadline answers first; this one guards a transport that will
-            # not even let go (its cleanup has _CLOSE_TIMEOUT).
-            self._session = ready.result(timeout=self.config.timeout_seconds + _CLOSE_TIMEOUT)
+            # not even let go (its cleanup has CLOSE_TIMEOUT).
+            self._session = ready.result(timeout=self.config.timeout_seconds + CLOSE_TIMEOUT)
+            if self._process is not None:
+                self._process.serving = True
         except TimeoutError:
             self._holder.cancel()
             self.close()
@@ -104,36 +109,40 @@ class Connection:
             if not isinstance(exc, Exception):
                 raise
 
-    def _transport(self) -> AbstractAsyncContextManager[tuple[Any, Any]]:
+    @asynccontextmanager
+    async def _transport(self) -> AsyncIterator[tuple[Any, Any]]:
         if isinstance(self.config, StdioServer):
-            from mcp import StdioServerParameters, stdio_client
-
-            params = StdioServerParameters(
-                command=self.config.command,
-                args=self.config.args,
-                env=self.config.env,
-                cwd=self.config.cwd,
-            )
-            return stdio_client(params)
-        return _http_transport(self.config)
+            started = stdio_transport(self.where, self.name, self.config, self._stderr)
+            async with started as (read, write, process):
+                self._process = process
+                yield read, write
+        else:
+            async with _http_transport(self.config) as streams:
+                yield streams
 
     def close(self) -> None:
         """End the session (and a stdio server's process); wait for that, within a bound."""
-        stop, holder = self._stop, self._holder
-        self._session = self._stop = self._holder = None
+        stop, holder, process = self._stop, self._holder, self._process
+        self._session = self._stop = self._holder = self._process = None
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        if process is not None:
+            process.ended(wait=0)  # an exit found before it is stopped is still told
+            process.stopping()
         if stop is not None:
             self._loop.call(stop.set)
         if holder is not None:
             try:
-                holder.result(timeout=_CLOSE_TIMEOUT)
+                holder.result(timeout=CLOSE_TIMEOUT - _READER_GRACE)
             except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
                 holder.cancel()
+        if process is not None:
+            process.join(min(_READER_GRACE, deadline - time.monotonic()))
 
     def list_tools(self) -> list[RemoteTool]:
         """Return every tool the server lists, following pagination."""
         from mcp.types import PaginatedRequestParams
 
-        session = self._live()
+        session, _, _ = self._live()
         tools: list[RemoteTool] = []
         cursor: str | None = None
         deadline = time.monotonic() + self.config.timeout_seconds  # for the whole listing
@@ -166,14 +175,24 @@ class Connection:
                 return tools
 
     def call(
-        self, tool: str, args: dict[str, Any], meta: dict[str, Any], *, repeatable: bool
+        self,
+        tool: str,
+        args: dict[str, Any],
+        meta: dict[str, Any],
+        *,
+        repeatable: bool,
+        writes: bool,
     ) -> CallToolResult:
-        """Call `tool`; on a lost connection, reconnect and call again only if `repeatable`."""
+        """Call `tool`; on a lost connection, reconnect and call again only if `repeatable`.
+
+        A call cut off by a lost connection after it was sent (its server exited, say) may
+        have taken effect: for a write that is an OutcomeUnknown, for a person to settle.
+        """
         from mcp import MCPError
         from mcp.types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 
         unknown = "" if repeatable else "; whether it took effect is unknown"
-        session, generation = self._checked(repeatable)
+        session, generation, process = self._checked(repeatable)
         try:
             return self._request(session, tool, args, meta, repeatable)
         except MCPError as exc:
@@ -182,30 +201,72 @@ class Connection:
                 raise cut_off(f"{self._silent(tool)}{unknown}") from exc
             if exc.code != CONNECTION_CLOSED:
                 raise
-            self._reopen(generation)
+            broke = self._broke(tool, process)
             if not repeatable:
                 raise OutcomeUnknown(
-                    f"the connection to {self.where} broke during the call to {tool}{unknown}, "
-                    "so it is not sent again: check the server"
+                    f"{broke}{unknown}, so it is not sent again: check the server"
                 ) from exc
-        session, _ = self._checked(repeatable=True)
-        return self._request(session, tool, args, meta)
+        return self._resend(tool, args, meta, generation, broke, writes)
+
+    def _resend(
+        self,
+        tool: str,
+        args: dict[str, Any],
+        meta: dict[str, Any],
+        generation: int,
+        first: str,
+        writes: bool,
+    ) -> CallToolResult:
+        """Send a repeatable call once more, its first try cut off as `first` says.
+
+        Given up, it is an OutcomeUnknown for a write (a try may have taken effect), else a
+        ToolError.
+        """
+        from mcp import MCPError
+        from mcp.types import CONNECTION_CLOSED
+
+        cut_off = OutcomeUnknown if writes else ToolError
+        unknown = "; whether it took effect is unknown" if writes else ""
+        try:
+            self._reopen(generation)
+            session, _, process = self._checked(repeatable=True)
+        except ToolError as exc:
+            raise cut_off(f"{first}; it could not be sent again: {exc}{unknown}") from exc
+        try:
+            return self._request(session, tool, args, meta)
+        except MCPError as exc:
+            if exc.code != CONNECTION_CLOSED:
+                raise
+            again = self._broke(tool, process)
+            raise cut_off(f"{again}, as on the first try; check the server{unknown}") from exc
+
+    def _broke(self, tool: str, process: ServerProcess | None) -> str:
+        """Say how the connection ended during a call to `tool`: how its server ended, if it did.
+
+        The next call starts a server that exited again (`_live`).
+        """
+        ended = None if process is None else process.ended()
+        if ended is None:
+            return f"the connection to {self.where} broke during the call to {tool}"
+        return f"{self.where} {ended} during the call to {tool}"
 
     def _silent(self, tool: str) -> str:
         timeout = self.config.timeout_seconds
         return f"{self.where}: {tool} gave no answer within {timeout:g} s (its timeout_seconds)"
 
-    def _checked(self, repeatable: bool) -> tuple[ClientSession, int]:
-        session, generation = self._live(), self._generation
+    def _checked(self, repeatable: bool) -> tuple[ClientSession, int, ServerProcess | None]:
+        session, generation, process = self._live()
         if not repeatable:
             # A call that must not run twice is only sent over a session known to be alive,
             # so a lost connection during it really means "outcome unknown".
             try:
                 self._loop.run(session.send_ping(), self.config.timeout_seconds)
             except Exception:
+                if process is not None:
+                    process.ended()  # told, if it exited, before it is started again
                 self._reopen(generation)
-                session, generation = self._live(), self._generation
-        return session, generation
+                session, generation, process = self._live()
+        return session, generation, process
 
     def _request(
         self,
@@ -228,12 +289,17 @@ class Connection:
                 f"{self._silent(tool)}; whether it took effect is unknown"
             ) from None
 
-    def _live(self) -> ClientSession:
+    def _live(self) -> tuple[ClientSession, int, ServerProcess | None]:
         with self._lock:
-            if self._session is None or self._holder is None or self._holder.done():
+            if (
+                self._session is None
+                or self._holder is None
+                or self._holder.done()
+                or (self._process is not None and self._process.exit_code() is not None)
+            ):
                 self._reconnect()
             assert self._session is not None
-            return self._session
+            return self._session, self._generation, self._process
 
     def _reopen(self, generation: int) -> None:
         with self._lock:
@@ -325,40 +391,3 @@ def _from_the_server(error: BaseException) -> bool:
 for _name in ("mcp.client.stdio", "mcp.client.streamable_http", "mcp.shared.jsonrpc_dispatcher"):
     logging.getLogger(_name).addFilter(_OneLineRecords())
 logging.getLogger("client").addFilter(_OneLineRecords())
-
-
-class Loop:
-    """An event loop on its own thread, for the SDK's coroutines."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="plangate-mcp", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
-        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-        self._loop.close()
-
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule `coro` on the loop; return its future."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run `coro` on the loop and wait for its result; cancel it after `timeout` seconds."""
-        future = self.submit(coro)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise
-
-    def call(self, func: Any) -> None:
-        """Call `func()` on the loop's thread."""
-        self._loop.call_soon_threadsafe(func)
-
-    def stop(self) -> None:
-        """Stop the loop and wait for its thread."""
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(_CLOSE_TIMEOUT)

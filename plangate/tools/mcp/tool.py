@@ -78,7 +78,9 @@ class McpTool(Tool[..., Any]):
     def _send(self, args: dict[str, Any], meta: dict[str, Any]) -> Any:
         repeatable = self.spec.effect == "read" or self.spec.idempotent
         try:
-            result = self._connection.call(self._remote, args, meta, repeatable=repeatable)
+            result = self._connection.call(
+                self._remote, args, meta, repeatable=repeatable, writes=self.spec.effect == "write"
+            )
         except ToolError:
             raise
         except Exception as exc:
