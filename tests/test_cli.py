@@ -418,6 +418,21 @@ def test_run_help_mentions_every_option_and_the_exit_codes(cli: Cli) -> None:
     assert "<bool>" not in out
 
 
+@pytest.mark.parametrize(
+    "command", [(), ("run",), ("goals",), ("goals", "cancel"), ("review", "approve")]
+)
+def test_h_is_help_as_help_is_for_every_command(cli: Cli, command: tuple[str, ...]) -> None:
+    """When a user asks `plangate -h`, `plangate run -h` (any command or group),
+    Then it prints that command's help and exits 0, as `--help` does (it said "No such option:
+    -h", exit 2).
+    """
+    result = cli(*command, "-h")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == cli(*command, "--help").stdout
+    assert re.search(r"^\s+-h, --help\s", result.stdout, re.MULTILINE), result.stdout
+
+
 def test_schema_export_writes_a_json_schema_per_message(cli: Cli) -> None:
     """When `plangate schema export DIR` runs,
     Then it exits 0, prints each file it wrote, and each is a JSON Schema (2020-12).

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from plangate.addresses import broker_scheme
+from plangate.cli.lazy import HELP_OPTIONS
 from plangate.config import Settings, settings_error
 from plangate.current_settings import check_variable_names
 from plangate.errors import (
@@ -43,7 +44,11 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT
 def group(help_text: str) -> typer.Typer:
     """Return a command group with plangate's plain help style."""
     return typer.Typer(
-        help=help_text, no_args_is_help=True, add_completion=False, rich_markup_mode=None
+        help=help_text,
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode=None,
+        context_settings=HELP_OPTIONS,
     )
 
 

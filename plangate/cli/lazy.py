@@ -26,6 +26,10 @@ from typer.models import CommandInfo
 
 Loader = Callable[[], "typer.Typer | Callable[..., Any]"]
 
+# `-h` as `--help`, as most commands take it (it said "No such option: -h"); no option of
+# plangate's has `-h` for anything else.
+HELP_OPTIONS = {"help_option_names": ["--help", "-h"]}  # the first: in "Try ... for help"
+
 
 @dataclass(frozen=True)
 class LazyCommand:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from plangate import __version__
-from plangate.cli.lazy import LazyCommand, LazyGroup, Loader, attribute
+from plangate.cli.lazy import HELP_OPTIONS, LazyCommand, LazyGroup, Loader, attribute
 
 
 def _review() -> typer.Typer:
@@ -80,6 +80,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     # Plain help and usage errors: no boxes, no `<bool>` beside every flag, one-line errors.
     rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,  # and its commands' contexts, which inherit it
 )
 
 
