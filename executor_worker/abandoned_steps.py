@@ -22,12 +22,15 @@ ABANDONED = (
 )
 
 
-def mark_abandoned(store: Store, *, goal_id: str | None = None, limit: int = 100) -> list[str]:
+def mark_abandoned(
+    store: Store, *, goal_id: str | None = None, limit: int = 100, why: str = ABANDONED
+) -> list[str]:
     """Mark cancelled goals' writes left running as `unknown`; return `plan_id/step_id` of each.
 
     Without `goal_id`: those whose claim's lease has run out (the executor calling it would
     have recorded its end by then, or its lease says it is still calling). With `goal_id`: that
-    goal's, at once, by the process about to end without waiting for them.
+    goal's, at once, by the process about to end without waiting for them, or by one that knows
+    the process calling them has ended (`plangate.run_marks`). `why` is recorded as the error.
     """
     now = utcnow()
     with store.session() as session:
@@ -45,7 +48,7 @@ def mark_abandoned(store: Store, *, goal_id: str | None = None, limit: int = 100
             query = query.where(StepRunRow.goal_id == goal_id)
         marked = []
         for row in session.scalars(query):
-            row.status, row.error, row.finished_at = "unknown", ABANDONED, now
+            row.status, row.error, row.finished_at = "unknown", why, now
             key = {"plan_id": row.plan_id, "step_id": row.step_id, "tool": row.tool}
             entry = ended_entry(key, None, row.error)
             audit.append(session, "step.unknown", actor="executor", goal_id=row.goal_id, data=entry)

@@ -22,6 +22,7 @@ from plangate.bus import STAGES, Bus
 from plangate.config import Settings
 from plangate.errors import PlangateError
 from plangate.relay import deliver, relay_pending
+from plangate.run_marks import RunMarks, Settled, runs_folder, settle_ended_runs
 from plangate.stages import (
     build_expiry,
     build_handler,
@@ -65,10 +66,15 @@ class Pipeline:
         self._review: Review | None = None
         self._marker = outbox_rows.SentMarker(self.store)
         self._released = False
+        # The data folder's own store: the goals it carries out are marked as a live run's.
+        self._run_marks = RunMarks(runs_folder(settings.data_dir))
+        self.settled: list[Settled] = []  # goals of runs found over at start (see run_marks)
 
     def start(self, timeout: float = 10.0) -> None:
         """Build the handlers, start the consumer threads and wait until all consume."""
         telemetry.setup_tracing()
+        if self.settings.store_in_data_folder:
+            self.settled = settle_ended_runs(self.store, self.settings.data_dir)
         self.bus.declare()
         if self._registry is None:
             self._registry = configured_tools(self.settings)
@@ -124,6 +130,7 @@ class Pipeline:
         if not self._released:
             self._released = True
             self.seal()
+            self._run_marks.release()
             self._marker.close()
             self.bus.close()
             self.store.close()
@@ -200,6 +207,8 @@ class Pipeline:
         )
         if self._own_goals is not None:
             self._own_goals.add(submitted.goal_id)
+        if self.settings.store_in_data_folder and not submitted.duplicate:
+            self._run_marks.hold(submitted.goal_id)
         return submitted
 
     def waiting_elsewhere(self) -> int:

@@ -149,6 +149,36 @@ def test_the_prompt_takes_the_words_too_in_any_case(cli: Cli) -> None:
     assert len(cli.notifications()) == 1
 
 
+@pytest.mark.parametrize("answer", ["y", "YES"])
+def test_the_prompt_takes_y_and_yes_as_approve(cli: Cli, answer: str) -> None:
+    """Typing "y" or "yes" (any case) at the prompt approves, as a yes/no question takes them:
+    they were refused with "Please select one of the available options", naming none."""
+    result = cli("run", SEED_GOAL, answers=f"{answer}\n")
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    assert len(cli.notifications()) == 1
+
+
+def test_the_prompt_takes_n_as_reject(cli: Cli) -> None:
+    """Typing "n" at the prompt, then a comment, rejects the plan: nothing runs (exit 3)."""
+    result = cli("run", SEED_GOAL, answers="n\nnot today\n")
+
+    assert result.returncode == EXIT_REFUSED, result.stderr
+    assert "Decision: reject by " in result.stdout
+    assert "not today" in result.stdout
+    assert cli.notifications() == []
+
+
+def test_an_answer_the_prompt_does_not_take_is_refused_naming_the_choices(cli: Cli) -> None:
+    """Given the seed goal held, When the person types "maybe", then "a",
+    Then "maybe" is refused with the answers the prompt takes, and "a" approves."""
+    result = cli("run", SEED_GOAL, answers="maybe\na\n")
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    assert "Answer a (or approve, y, yes), r (or reject, n, no), or s (or show)" in result.stderr
+    assert len(cli.notifications()) == 1
+
+
 def test_typing_s_shows_the_plan_json_then_a_approves_it(cli: Cli) -> None:
     """Given the seed goal, held by policy.
 
@@ -486,7 +516,9 @@ def test_a_role_rule_at_the_terminal_says_a_deployment_decides_it(cli: Cli) -> N
     assert result.returncode == EXIT_USAGE, result.stderr
     assert "requires the role 'finance'" in result.stderr
     assert "approves with no role (a terminal proves no identity)" in result.stderr
-    assert "the goal stays held until its hold expires, or a reviewer cancels it" in result.stderr
+    assert (
+        "the goal stays held until a reviewer with a token decides or cancels it" in result.stderr
+    )
     assert cli.notifications() == []
 
 
@@ -932,20 +964,24 @@ def ctrl_c_during_the_write(
     return run.returncode, stdout, stderr
 
 
-def test_ctrl_c_during_a_write_that_ends_within_the_grace_counts_it_as_done(
+def test_ctrl_c_during_a_write_that_ends_within_the_grace_shows_it_and_says_it_went_out(
     cli: Cli, tmp_path: Path
 ) -> None:
-    """Given a run whose write takes 2 s,
+    """Given a run whose only step, a write, takes 2 s,
     When Ctrl-C is pressed while it is being called,
-    Then the run waits for it and its summary counts it: "Cancelled · 1 succeeded". It said
-    "Cancelled" with no step done while the write went on to happen: told so, a user could
-    run the goal again and pay twice.
+    Then the run waits for it, prints its line as it ends (as a run does), says the write went
+    out, and its summary counts it: "Cancelled after every step ran · 1 succeeded". It said
+    "Cancelled" with no step done while the write went on to happen (told so, a user could run
+    the goal again and pay twice); then counted the step but never showed it, and read
+    "Cancelled" of a goal whose every step had run.
     """
     code, stdout, stderr = ctrl_c_during_the_write(cli, tmp_path, seconds=2)
 
     assert code == 130, stderr
     assert (tmp_path / "writes.log").read_text().split() == ["start", "end"]
-    assert "Cancelled · 1 succeeded" in stdout, stdout
+    assert "→ paid 40" in step_line(stdout, "pay", "pay", "succeeded")
+    assert "write step pay went out: it succeeded before the run ended" in stderr
+    assert "Cancelled after every step ran · 1 succeeded" in stdout, stdout
     assert "may or may not" not in stderr
 
 

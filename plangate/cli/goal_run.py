@@ -10,20 +10,15 @@ from dataclasses import dataclass
 
 from rich.console import Console
 from rich.markup import escape
-from rich.prompt import Prompt
 from rich.syntax import Syntax
 
 from approval_gate.decisions import decision_of
 from plangate import telemetry
+from plangate.bus import Observer
 from plangate.catalog import load_catalog
-from plangate.cli import event_stream, interrupted, render
-from plangate.cli.common import (
-    EXIT_COMPLETED,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_REFUSED,
-    EXIT_USAGE,
-)
+from plangate.cli import approval_prompt, event_stream, interrupted, render
+from plangate.cli.common import EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
+from plangate.cli.run_signals import Ending, ending_of, signals_as_interrupts
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Forbidden
@@ -48,8 +43,6 @@ from schemas import (
 _REFUSED = {"plan.denied", "plan.rejected", "plan.expired"}
 # How long a hold waits for its dry run before asking without it (reads may be slow).
 PREVIEW_WAIT_SECONDS = 30.0
-# What the prompt takes: a letter or the word, in any case.
-_ANSWERS = {"a": "a", "approve": "a", "r": "r", "reject": "r", "s": "s", "show": "s"}
 
 
 @dataclass
@@ -73,56 +66,75 @@ class GoalRun:
         self.goal_id, self.events = "", sys.stdout  # `--json` events: stdout, kept for them
         self.trace_id: str | None = None
         self.timed_out = self.waited = False  # waited: for the steps running at Ctrl-C
+        self.ending: Ending | None = None  # how an interrupt (Ctrl-C, SIGTERM, SIGHUP) ended it
+        self._observer: Observer
         self.steps: dict[str, str] = {}
         # A hold whose dry run is on its way: asked about once the preview arrives (or is late).
         self._awaiting_preview: tuple[PlanDecided, float] | None = None
 
     def run(self, text: str) -> int:
         """Submit `text` and follow it to the end; return the exit code."""
-        try:
-            return self._follow(text)
-        except KeyboardInterrupt:
-            return self._interrupted()
+        with self.pipeline.bus.observe() as observer:
+            self._observer = observer  # kept open after Ctrl-C: steps ending in the grace
+            try:
+                return self._follow(text)
+            except KeyboardInterrupt as interrupt:  # or SIGTERM, SIGHUP (`run_signals`)
+                self.ending = ending_of(interrupt)
+                return self._interrupted(self.ending)
 
-    def _interrupted(self) -> int:
-        """Say where Ctrl-C left the goal: held, or cancelled so that nothing more of it starts."""
+    def _interrupted(self, ending: Ending) -> int:
+        """Say where the interrupt left the goal: cancelled, so that nothing more of it starts."""
+        code = ending.exit_code
         if not self.goal_id:
-            self.err.print("\ninterrupted before the goal was stored: nothing was submitted")
-            return self._finish(EXIT_INTERRUPTED, "interrupted")
+            self.err.print(f"\n{ending.said} before the goal was stored: nothing was submitted")
+            return self._finish(code, ending.said)
         with self.pipeline.store.reading() as session:
             status = session.get_one(GoalRow, self.goal_id).status
-        if status == "held":
-            self.err.print(f"\ninterrupted: nothing was run; {self._still_held()}")
+        said = (self.pipeline, self.goal_id, self._reviewer, self.err, ending)
+        if status == "held":  # at the prompt: an interrupt there is a "no"
+            return self._finish(code, interrupted.decline(*said))
+        status = interrupted.say_interrupted(*said)
+        self.steps = interrupted.steps_after_waiting(*said[:2], self.err, self._watch)
+        self.waited = True
+        if not self.options.as_json:  # `outcome` in JSON stays the goal's status, for scripts
+            status = interrupted.outcome(self.pipeline, self.goal_id, status)
+        return self._finish(code, status)
+
+    def _watch(self, timeout: float) -> bool:
+        """Show a step of the goal that ended, waiting up to `timeout`; False if nothing came."""
+        message = self._observer.next(timeout=timeout)
+        if message is None:
+            return False
+        if isinstance(message, StepFinished) and message.goal_id == self.goal_id:
+            self._show_step(message)
+        return True
+
+    def _show_step(self, message: StepFinished) -> None:
+        self.steps[message.step_id] = message.status
+        if self.options.as_json:
+            self._json(message.type, message.model_dump(mode="json"))
         else:
-            status = interrupted.say_interrupted(
-                self.pipeline, self.goal_id, self._reviewer, self.err
-            )
-            self.steps = interrupted.steps_after_waiting(self.pipeline, self.goal_id, self.err)
-            self.waited = True
-        return self._finish(EXIT_INTERRUPTED, status)
+            self.out.print(render.step_text(message))
 
     def _still_held(self) -> str:
-        return (
-            "the goal stays held until its hold expires, or a reviewer cancels it "
-            f"(`plangate goals cancel {self.goal_id}`)"
-        )
+        return approval_prompt.still_held(self.goal_id)
 
     def _follow(self, text: str) -> int:
-        with self.pipeline.bus.observe() as observer:
-            submitted = self.pipeline.submit(text, metadata={"submitted_by": "cli"})
-            self.goal_id, self.trace_id = submitted.goal_id, submitted.trace_id
-            if self.options.as_json:
-                ids = {"goal_id": self.goal_id, "trace_id": self.trace_id}
-                self._json("goal.submitted", {**ids, "text": text})
-            deadline = time.monotonic() + self.options.timeout
-            while time.monotonic() < deadline:
-                message = observer.next(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
-                if message is None or message.goal_id != self.goal_id:
-                    code = self._preview_late()
-                else:
-                    code = self._on(message)
-                if code is not None:
-                    return code
+        observer = self._observer
+        submitted = self.pipeline.submit(text, metadata={"submitted_by": "cli"})
+        self.goal_id, self.trace_id = submitted.goal_id, submitted.trace_id
+        if self.options.as_json:
+            ids = {"goal_id": self.goal_id, "trace_id": self.trace_id}
+            self._json("goal.submitted", {**ids, "text": text})
+        deadline = time.monotonic() + self.options.timeout
+        while time.monotonic() < deadline:
+            message = observer.next(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
+            if message is None or message.goal_id != self.goal_id:
+                code = self._preview_late()
+            else:
+                code = self._on(message)
+            if code is not None:
+                return code
         self.timed_out = True
         timeout = self.options.timeout
         why = f"`plangate run --timeout {timeout:g}` passed"
@@ -149,11 +161,7 @@ class GoalRun:
         elif isinstance(message, PlanPreviewed):
             return self._on_preview(message)
         elif isinstance(message, StepFinished):
-            self.steps[message.step_id] = message.status
-            if self.options.as_json:
-                self._json(message.type, message.model_dump(mode="json"))
-            else:
-                self.out.print(render.step_text(message))
+            self._show_step(message)
         elif isinstance(message, ExecutionCompleted | ExecutionPaused | ExecutionFailed):
             return self._on_outcome(message)
         return None
@@ -236,13 +244,7 @@ class GoalRun:
             return self._approve(held, reviewer)
         while True:
             try:
-                answer = Prompt.ask(
-                    r"Held for a person. \[a]pprove, \[r]eject or \[s]how the plan JSON?",
-                    choices=list(_ANSWERS),
-                    show_choices=False,
-                    case_sensitive=False,
-                    console=self.err,
-                )
+                answer = approval_prompt.ask(self.err)
             except EOFError:
                 # A newline first: the prompt left the cursor at the end of its line.
                 self.err.print(
@@ -250,17 +252,13 @@ class GoalRun:
                     "in scripts."
                 )
                 return self._finish(EXIT_REFUSED, "held")
-            answer = _ANSWERS[answer.lower()]
-            if answer == "s":
+            if answer == "show":
                 self.err.print(Syntax(self._plan_json(held.plan_id), "json"))
-            elif answer == "a":
+            elif answer == "approve":
                 return self._approve(held, reviewer)
             else:
-                try:
-                    comment = Prompt.ask(self._why(held.revision), console=self.err)
-                except EOFError:  # input ended after "r": the rejection stands, uncommented
-                    comment = ""
-                why = comment.strip() or "rejected at the terminal"  # a blank answer is no reason
+                comment = approval_prompt.ask_why(self.err, self._why(held.revision))
+                why = comment or "rejected at the terminal"  # a blank answer is no reason
                 self.pipeline.reject(held.plan_id, reviewer, why)
                 return None
 
@@ -376,10 +374,12 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     with (
+        signals_as_interrupts(),
         telemetry.flushing(),
         event_stream.events_only_on_stdout(options.as_json) as events,
         Pipeline(settings, own_goals_only=True, previews=not options.yes) as pipeline,
     ):
+        interrupted.say_settled(pipeline.settled, err)
         waiting = pipeline.waiting_elsewhere()
         if waiting and not options.as_json:
             err.print(
@@ -392,7 +392,7 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
         goal_run = GoalRun(pipeline, options, out, err)
         goal_run.events = events
         code = goal_run.run(text)
-        if code == EXIT_INTERRUPTED:
+        if goal_run.ending is not None:
             grace = 0.0 if goal_run.waited else interrupted.STOP_GRACE_SECONDS
             interrupted.stop_or_abandon(pipeline, err, code, grace, goal_run.goal_id)
         elif goal_run.timed_out:

@@ -6,16 +6,23 @@ import contextlib
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 
 from rich.console import Console
 from sqlalchemy import select
 
 from plangate import telemetry
 from plangate.cancellation import cancel_goal
+from plangate.catalog import load_catalog
+from plangate.cli.approval_prompt import still_held
 from plangate.cli.common import EXIT_INTERRUPTED
+from plangate.cli.run_signals import Ending
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden
+from plangate.run_marks import Settled
 from plangate.store import GoalRow, StepRunRow
+from plangate.store.goals import latest_plan
 
 log = logging.getLogger(__name__)
 
@@ -41,27 +48,50 @@ def give_up(pipeline: Pipeline, goal_id: str, who: str, why: str) -> str:
         return session.get_one(GoalRow, goal_id).status
 
 
-def say_interrupted(pipeline: Pipeline, goal_id: str, who: str, err: Console) -> str:
-    """After Ctrl-C on a goal not held for a person: cancel it; say where it is left."""
-    status = give_up(pipeline, goal_id, who, "interrupted at the terminal (Ctrl-C)")
+def say_interrupted(
+    pipeline: Pipeline, goal_id: str, who: str, err: Console, ending: Ending
+) -> str:
+    """After an interrupt on a goal not held for a person: cancel it; say where it is left."""
+    status = give_up(pipeline, goal_id, who, ending.reason)
     if status == "cancelled":
         err.print(
-            "\ninterrupted: the goal is cancelled, so no further step of it starts; a step "
+            f"\n{ending.said}: the goal is cancelled, so no further step of it starts; a step "
             f"already running is given {STOP_GRACE_SECONDS:g} s to end"
         )
     else:
-        err.print(f"\ninterrupted: the goal is {status}")
+        err.print(f"\n{ending.said}: the goal is {status}")
     return status
 
 
-def steps_after_waiting(pipeline: Pipeline, goal_id: str, err: Console) -> dict[str, str]:
-    """After Ctrl-C: give the steps already running a grace to end; return every step's status.
+def decline(pipeline: Pipeline, goal_id: str, who: str, err: Console, ending: Ending) -> str:
+    """Cancel a goal held for the terminal's answer, as `who`: an interrupt there is a "no".
+
+    Left held, it pointed at `plangate goals cancel`, which the embedded setup refuses without
+    a reviewer's token, and each Ctrl-C left one more goal held for a day.
+    """
+    status = give_up(pipeline, goal_id, who, f"{ending.said} at the approval prompt")
+    if status != "cancelled":  # held for a role this terminal lacks
+        err.print(f"\n{ending.said}: nothing was run; {still_held(goal_id)}")
+        return status
+    err.print(
+        f"\n{ending.said} at the approval prompt: nothing was run, and the goal is cancelled "
+        f"(by {who}); run `plangate run` again to decide anew"
+    )
+    return status
+
+
+def steps_after_waiting(
+    pipeline: Pipeline, goal_id: str, err: Console, watch: Callable[[float], bool]
+) -> dict[str, str]:
+    """After an interrupt: give the steps already running a grace to end; return each's status.
 
     Waited for before the run's summary: it said "1 succeeded" of a run whose write then
-    ended within the grace, and the user, told no more, could run the goal again.
+    ended within the grace, and the user, told no more, could run the goal again. `watch`
+    shows the step that ends next, waiting up to the seconds given (False: none came): each
+    is printed as it ends, as the run prints them (they were only counted).
     """
     try:
-        ended = pipeline.halt(timeout=STOP_GRACE_SECONDS)
+        ended = _wait_watching(pipeline, watch)
     except KeyboardInterrupt:  # a second Ctrl-C: no more waiting
         ended = False
     steps = steps_as_left(pipeline, goal_id, abandoned=not ended)
@@ -71,7 +101,71 @@ def steps_after_waiting(pipeline: Pipeline, goal_id: str, err: Console) -> dict[
             f"write step {', '.join(unknown)} was still being called: it may or may not have "
             "happened; check, then record which with `plangate review settle`"
         )
+    written = went_out(pipeline, goal_id)
+    err.print(
+        f"write step {', '.join(written)} went out: it succeeded before the run ended"
+        if written
+        else "no write step went out"
+    )
     return steps
+
+
+def _wait_watching(pipeline: Pipeline, watch: Callable[[float], bool]) -> bool:
+    """Stop the stages, showing the steps that end meanwhile; False if some outlast the grace."""
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while not pipeline.halt(timeout=0):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        watch(min(0.1, left))
+    while watch(0.05):  # the last steps' messages, published as their handlers ended
+        pass
+    return True
+
+
+def went_out(pipeline: Pipeline, goal_id: str) -> list[str]:
+    """Return the goal's write steps that succeeded (their effect happened)."""
+    with pipeline.store.reading() as session:
+        rows = session.execute(
+            select(StepRunRow.step_id, StepRunRow.tool).where(
+                StepRunRow.goal_id == goal_id, StepRunRow.status == "succeeded"
+            )
+        ).all()
+    catalog = load_catalog(pipeline.store)
+    return sorted(
+        step for step, tool in rows if tool in catalog and catalog[tool].effect == "write"
+    )
+
+
+def outcome(pipeline: Pipeline, goal_id: str, status: str) -> str:
+    """Return the run's outcome after an interrupt: the goal's status, and if it ran in full."""
+    with pipeline.store.reading() as session:
+        plan = latest_plan(session, goal_id)
+        ended = session.scalars(
+            select(StepRunRow.step_id).where(
+                StepRunRow.goal_id == goal_id, StepRunRow.status.in_(("succeeded", "skipped"))
+            )
+        ).all()
+        steps = {str(step.get("id")) for step in plan.body.get("steps", [])} if plan else set()
+    if status == "cancelled" and steps and steps <= set(ended):
+        return "cancelled after every step ran"  # the interrupt came as the last steps ran
+    return status
+
+
+def say_settled(settled: list[Settled], err: Console) -> None:
+    """Say, in one line each, the goals of earlier runs found over and settled at this start."""
+    for goal in settled:
+        done = "is cancelled" if goal.cancelled else "had ended"
+        unknown = (
+            f"; write step {', '.join(goal.unknown)} was being called: it may or may not have "
+            "happened; check, then record which with `plangate review settle`"
+            if goal.unknown
+            else ""
+        )
+        err.print(
+            f"an earlier `plangate run` on this data folder ended without finishing (killed?): "
+            f"its goal {goal.goal_id} {done}{unknown}"
+        )
 
 
 def steps_as_left(pipeline: Pipeline, goal_id: str, *, abandoned: bool) -> dict[str, str]:

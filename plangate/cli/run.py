@@ -76,7 +76,8 @@ def run(
     ($XDG_DATA_HOME/plangate, or ~/.local/share/plangate; PLANGATE_DATA_DIR overrides).
 
     Exit codes: 0 completed, 1 failed, 2 usage error, 3 rejected, denied or left unanswered,
-    130 interrupted (Ctrl-C; the run says where it left the goal).
+    130 interrupted (Ctrl-C; the run says where it left the goal; at the approval prompt it
+    cancels the goal), 143 and 129 for SIGTERM and SIGHUP, which end it as Ctrl-C does.
     """
     require_file(ctx, "policy", policy, "policy")
     require_file(ctx, "playbook", playbook, "playbook")

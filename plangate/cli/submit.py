@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -30,6 +31,7 @@ from plangate.printable import printable
 
 if TYPE_CHECKING:
     from plangate.client import GoalHandle, GoalStatus
+    from plangate.run_marks import RunState
 
 _REFUSED = {"denied", "rejected", "expired", "cancelled"}  # decided not to run: exit 3
 # With `--wait`, how long a goal may stay `submitted` before the command asks about workers.
@@ -43,8 +45,13 @@ def _exit_code(status: str) -> int:
     return EXIT_REFUSED if status in _REFUSED else EXIT_FAILED
 
 
-def _print(current: GoalStatus, as_json: bool, *, aside: bool = False) -> None:
-    """Print the goal's state: JSON, or lines for people (`aside`: on stderr)."""
+def _print(
+    current: GoalStatus, as_json: bool, *, aside: bool = False, run: RunState | None = None
+) -> None:
+    """Print the goal's state: JSON, or lines for people (`aside`: on stderr).
+
+    `run`: whether the `plangate run` carrying out the goal is live or over, if one is.
+    """
     if as_json:
         typer.echo(
             json.dumps({**asdict(current), "terminal": current.terminal}, default=json_default)
@@ -59,10 +66,7 @@ def _print(current: GoalStatus, as_json: bool, *, aside: bool = False) -> None:
     for step in current.results:
         took = f" in {step.duration_ms:g} ms" if step.duration_ms is not None else ""
         if step.claimed_until is not None:
-            took = (
-                f" (claimed until {step.claimed_until:%H:%M:%S} UTC: if its executor is gone, "
-                "it is marked unknown then, for a person to settle)"
-            )
+            took = f" ({_claim(step.claimed_until, run)})"
         say(f"  step {step.step_id} ({step.tool}): {step.status}{took}")
         if step.status == "succeeded":
             say(f"    -> {_shown(step.output)}")
@@ -70,6 +74,21 @@ def _print(current: GoalStatus, as_json: bool, *, aside: bool = False) -> None:
             say(f"    !! {_shown(step.error)}")
     if current.trace_id:
         say(f"  trace {current.trace_id}")
+
+
+def _claim(until: datetime, run: RunState | None) -> str:
+    """Say who holds a write's claim and what happens if they are gone."""
+    if run == "live":
+        return f"claimed until {until:%H:%M:%S} UTC, by its `plangate run`, still under way"
+    if run == "ended":  # no sweep of the embedded mode comes back to it: the next run does
+        return (
+            "its `plangate run` ended mid-call: the next `plangate run` on this data folder "
+            "marks it unknown, for a person to settle"
+        )
+    return (
+        f"claimed until {until:%H:%M:%S} UTC: if its executor is gone, it is marked unknown "
+        "then, for a person to settle"
+    )
 
 
 def _heading(current: GoalStatus) -> list[str]:
@@ -276,6 +295,13 @@ def status(
 ) -> None:
     """Show where a goal stands: state, plan, decision, each step's output and time, trace id."""
     from plangate.client import Client
+    from plangate.run_marks import run_state
 
-    with Client(load_settings()) as client:
-        _print(client.status(goal_id), as_json)
+    settings = load_settings()
+    with Client(settings) as client:
+        current = client.status(goal_id)
+        # A goal of `plangate run`: no deployment's executor comes back to its writes.
+        run = (
+            run_state(settings.data_dir, current.goal_id) if settings.store_in_data_folder else None
+        )
+        _print(current, as_json, run=run)
