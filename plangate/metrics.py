@@ -63,6 +63,15 @@ WEBHOOK_FAILURES = Counter(
     "plangate_review_webhook_failures",
     "Held notices the review webhook did not take (logged; not sent again).",
 )
+SPANS_DROPPED = Counter(
+    "plangate_spans_dropped",
+    "Spans this process could not export, by reason: export_failed (the collector refused "
+    "or did not answer their batch), queue_full (the export queue overflowed).",
+    ["reason"],
+)
+# There at 0 from the start, so that `increase` sees the first spans lost.
+for _reason in ("export_failed", "queue_full"):
+    SPANS_DROPPED.labels(_reason)
 SEALING_STOPPED = Gauge(
     "plangate_audit_sealing_stopped",
     "1 while this gate seals no audit checkpoint: one it saw is gone from the store.",

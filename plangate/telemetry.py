@@ -10,7 +10,9 @@ follows the standard `OTEL_*` variables: with `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`, nothing exports and no thread starts.
 `PLANGATE_TRACE_LINK_ONLY=1` starts the executor's run in a trace of its own, linked to the
 goal's: a run may start hours after the plan. Every exported span is redacted first
-(`RedactingExporter`): its name, attributes, events, links and status say no secret.
+(`RedactingExporter`): its name, attributes, events, links and status say no secret. A
+collector that does not take them is said by plangate in a few lines, and the spans lost
+counted (`span_export`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace import Link, Span, SpanKind, Status
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from plangate import span_export
 from plangate.addresses import check_collector_url
 from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
@@ -66,7 +69,10 @@ def setup_tracing(service_name: str = "plangate") -> None:
     provider = ReceivingProvider(resource=Resource.create({SERVICE_NAME: name}))
     exporter = exporter_from_env(environ)
     if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(RedactingExporter(exporter)))
+        variable, url = collector_endpoint(environ)
+        watch = span_export.ExportWatch(url, variable)
+        watched = span_export.watched(RedactingExporter(exporter), watch)
+        provider.add_span_processor(BatchSpanProcessor(watched))
     trace.set_tracer_provider(provider)
 
 
@@ -82,20 +88,14 @@ def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
         return None
     if environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
         return None
-    # The traces endpoint is used as it is, before the general one (the SDK's order).
-    endpoints = (
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")),
-    )
-    named = [(variable, url) for variable, url in endpoints if url]
-    if not named:
+    if not any(collector_endpoint(environ)):
         return None
     protocol = (
         environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
         or "http/protobuf"
     )
-    variable, url = named[0]
+    variable, url = collector_endpoint(environ)
     grpc_host_port = protocol.strip().lower() == "grpc" and "://" not in url
     try:
         # Else the exporter finds out at the first export, after the work, and says it in
@@ -110,6 +110,15 @@ def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter(timeout=_timeout(environ))
+
+
+def collector_endpoint(environ: Mapping[str, str]) -> tuple[str, str]:
+    """Return the variable naming the collector, and its value (two empty strings: none)."""
+    # The traces endpoint is used as it is, before the general one (the SDK's order).
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if url := environ.get(variable):
+            return variable, url
+    return "", ""
 
 
 class RedactingExporter(SpanExporter):

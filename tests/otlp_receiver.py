@@ -71,13 +71,20 @@ def records_of(request: ExportTraceServiceRequest) -> list[dict[str, Any]]:
     return records
 
 
-def handler_for(out: Path) -> type[BaseHTTPRequestHandler]:
-    """Return a request handler class that appends received spans to `out`."""
+def handler_for(out: Path, refusing: threading.Event | None = None) -> type[BaseHTTPRequestHandler]:
+    """Return a request handler class that appends received spans to `out`.
+
+    While `refusing` is set it answers 500 and keeps nothing, as a collector in trouble does.
+    """
 
     class Receiver(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             if self.path != "/v1/traces":
                 self.send_error(404)
+                return
+            if refusing is not None and refusing.is_set():
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.send_error(500)
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if self.headers.get("Content-Encoding") == "gzip":

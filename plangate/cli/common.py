@@ -93,11 +93,16 @@ def quiet_relay() -> None:
     logging.getLogger("plangate.relay").addFilter(_missed)
 
 
+# plangate.span_export's logger, named here: importing it would load the OpenTelemetry SDK into
+# every command, most of which export nothing.
+_SPAN_EXPORT_LOG = "plangate.span_export"
+
+
 class _ExportTrouble(logging.Handler):
     """Says once, in the command's own words, that spans could not be sent to the collector.
 
-    The OpenTelemetry SDK logs it through `logging`, which a command does not set up: its
-    bare line ran into the command's output.
+    The OpenTelemetry SDK and `span_export` log through `logging`, which a command does not
+    set up: their bare lines ran into the command's output.
     """
 
     def __init__(self) -> None:
@@ -105,23 +110,28 @@ class _ExportTrouble(logging.Handler):
         self.said = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        said = " ".join(record.getMessage().split())[:300]
-        if "export" not in said.lower():  # another of the SDK's complaints: said as it is
+        cause = getattr(record, "export_cause", None)
+        if cause is None and record.name == _SPAN_EXPORT_LOG:
+            return  # a reminder or the recovery: a command has said it once already
+        if cause is None:  # another of the SDK's complaints: said as it is
+            said = " ".join(record.getMessage().split())[:300]
             err_console.print(f"[yellow]warning:[/] {escape(said)}", highlight=False)
         elif not self.said:
             self.said = True
             err_console.print(
                 f"[yellow]warning:[/] the traces were not sent to the collector "
-                f"({escape(said)}); check OTEL_EXPORTER_OTLP_ENDPOINT",
+                f"({escape(str(cause))}); check OTEL_EXPORTER_OTLP_ENDPOINT",
                 highlight=False,
             )
 
 
 def quiet_exporter() -> None:
     """Have the SDK's complaints of a collector that does not answer said once, as a warning."""
-    otel = logging.getLogger("opentelemetry")
-    otel.addHandler(_ExportTrouble())
-    otel.propagate = False
+    trouble = _ExportTrouble()
+    for name in ("opentelemetry", _SPAN_EXPORT_LOG):
+        logger = logging.getLogger(name)
+        logger.addHandler(trouble)
+        logger.propagate = False
 
 
 def warn_broker_unreachable(kept: str) -> None:
