@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from plangate.lasting import Lasting
 from plangate.metrics import SPANS_DROPPED
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,15 @@ def cause_of(said: Sequence[str]) -> str:
 
 
 @dataclass
-class _Outage:
-    began: float
-    said_at: float
-    cause: str
+class _Lost:
+    """Batches and spans lost in an outage, and since it was last said."""
+
     batches: int = 0
     spans: int = 0
     batches_since: int = 0
     spans_since: int = 0
 
-    def lost(self, batches: int, spans: int) -> None:
+    def add(self, batches: int, spans: int) -> None:
         self.batches += batches
         self.spans += spans
         self.batches_since += batches
@@ -87,10 +87,9 @@ class ExportWatch:
     ) -> None:
         self.endpoint = endpoint
         self.variable = variable
-        self.remind_every = remind_every
-        self._clock = clock
         self._lock = threading.Lock()
-        self._outage: _Outage | None = None
+        self._outage = Lasting(remind_every, clock)
+        self._lost = _Lost()
 
     def exported(self, spans: int, succeeded: bool, cause: str) -> None:
         """Take the outcome of one batch's export: `spans` spans, and why it failed."""
@@ -98,25 +97,21 @@ class ExportWatch:
             self._ended()
             return
         SPANS_DROPPED.labels("export_failed").inc(spans)
-        now = self._clock()
         with self._lock:
-            outage = self._outage
-            if outage is None:
-                self._outage = _Outage(began=now, said_at=now, cause=cause, batches=1, spans=spans)
+            self._lost.add(1, spans)
+            said = self._outage.note()
+            if said == "began":
                 self._began(cause)
-                return
-            outage.lost(1, spans)
-            outage.cause = cause
-            if now - outage.said_at >= self.remind_every:
-                self._remind(outage, now)
+            elif said == "goes on":
+                self._remind(cause)
 
     def queue_full(self) -> bool:
         """Count a span the batch processor dropped; return True if no outage says it already."""
         SPANS_DROPPED.labels("queue_full").inc()
         with self._lock:
-            if self._outage is None:
+            if not self._outage.active:
                 return True
-            self._outage.lost(0, 1)
+            self._lost.add(0, 1)
             return False
 
     def _began(self, cause: str) -> None:
@@ -129,32 +124,33 @@ class ExportWatch:
             self.variable,
             extra={"export_cause": cause},
         )
+        self._lost.batches_since = self._lost.spans_since = 0
 
-    def _remind(self, outage: _Outage, now: float) -> None:
+    def _remind(self, cause: str) -> None:
         log.warning(
             "traces still do not reach the collector at %s (%s) after %d s: %d batches "
             "(%d spans) dropped since the last warning; last: %s",
             self.endpoint,
             self.variable,
-            now - outage.began,
-            outage.batches_since,
-            outage.spans_since,
-            outage.cause,
+            self._outage.seconds(),
+            self._lost.batches_since,
+            self._lost.spans_since,
+            cause,
         )
-        outage.said_at, outage.batches_since, outage.spans_since = now, 0, 0
+        self._lost.batches_since = self._lost.spans_since = 0
 
     def _ended(self) -> None:
-        now = self._clock()
         with self._lock:
-            outage, self._outage = self._outage, None
-        if outage is not None:
+            lasted, lost = self._outage.end(), self._lost
+            self._lost = _Lost()
+        if lasted is not None:
             log.warning(
                 "traces reach the collector at %s again, after %d s: %d batches (%d spans) "
                 "were dropped",
                 self.endpoint,
-                now - outage.began,
-                outage.batches,
-                outage.spans,
+                lasted,
+                lost.batches,
+                lost.spans,
             )
 
 

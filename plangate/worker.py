@@ -27,6 +27,7 @@ from plangate.catalog import keep_offering
 from plangate.config import Settings
 from plangate.errors import BrokerUnavailable, ConfigError
 from plangate.health import Exposition, Readiness, start_health_server
+from plangate.lasting import Lasting
 from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
 from plangate.redaction import redact
@@ -208,14 +209,8 @@ class Worker:
                         own_key()
                     if self.stage == "executor":
                         _executor_chores(store)
-                except BrokerUnavailable as exc:  # said in full, once a sweep: no traceback
-                    seen.lost()
-                    log.warning(
-                        "sweep skipped: the %s lost the broker (%s); will try again in %g s",
-                        self.stage,
-                        exc,
-                        interval,
-                    )
+                except BrokerUnavailable as exc:  # said in full, no traceback
+                    seen.lost(exc, interval)
                 except OperationalError as exc:  # the database is down: said, as the broker
                     log.warning(
                         "sweep skipped: the store does not answer (%s); check "
@@ -239,6 +234,11 @@ def _executor_chores(store: Store) -> None:
         )
 
 
+# A lost broker is said when the sweeps find it, then at most this often while it lasts: said
+# at every sweep, it was 8 lines a minute a worker.
+SAY_LOST_BROKER_EVERY = 60.0
+
+
 class _BrokerSeen:
     """What the sweep's reads tell of the broker: a hang the consume loop never notices.
 
@@ -248,21 +248,33 @@ class _BrokerSeen:
 
     def __init__(self, stage: str) -> None:
         self._stage = stage
-        self._lost_at: float | None = None
+        self._outage = Lasting(SAY_LOST_BROKER_EVERY)
 
     def answered(self, *, consuming: bool) -> None:
         """Note that the broker answered this sweep's reads (and say so, after a loss)."""
         if consuming:
             metrics.broker_up(self._stage, True)
-        if self._lost_at is not None:
-            waited = time.monotonic() - self._lost_at
+        if (waited := self._outage.end()) is not None:
             log.info("the broker answers the %s's reads again, after %.0f s", self._stage, waited)
-            self._lost_at = None
 
-    def lost(self) -> None:
-        """Note that this sweep's reads of the broker failed."""
+    def lost(self, exc: BrokerUnavailable, interval: float) -> None:
+        """Note that this sweep's reads of the broker failed; say so, now and then."""
         metrics.broker_up(self._stage, False)
-        self._lost_at = self._lost_at or time.monotonic()
+        said = self._outage.note()
+        if said == "began":
+            log.warning(
+                "sweep skipped: the %s lost the broker (%s); trying again every %g s",
+                self._stage,
+                exc,
+                interval,
+            )
+        elif said == "goes on":
+            log.warning(
+                "sweeps skipped for %.0f s: the %s still cannot reach the broker (%s)",
+                self._outage.seconds(),
+                self._stage,
+                exc,
+            )
 
 
 PRUNE_EVERY_SECONDS = 600.0  # sent outbox rows are removed a day on: no hurry

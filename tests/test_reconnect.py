@@ -70,21 +70,47 @@ def test_an_outage_doubles_the_delay_up_to_the_most(consumer: StageConsumer) -> 
     assert stop.delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
 
 
+def test_a_worker_tries_a_lost_broker_every_10_s_at_most_and_says_it_once(
+    consumer: StageConsumer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a broker down for nine reconnects,
+    When the loop runs with its default backoff,
+    Then it waits 0.5, 1, 2, 4, 8 s, then 10 s at most: at 30 s a worker took up its work 16 s
+    after Redis was back; and the log says the broker lost once, not at every try.
+    """
+    scripted(consumer, "d" * 9, ConnectionError("Connection refused"))
+    stop = RecordingStop(waits=9)
+
+    with caplog.at_level(logging.WARNING):
+        consumer.run_until_stopped(stop)
+
+    assert stop.delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0]
+    assert [record.getMessage() for record in caplog.records] == [
+        "the planner lost the broker (Connection refused); reconnecting in 0.5 s"
+    ]
+
+
 def test_after_a_recovery_the_next_outage_starts_at_the_first_delay(
-    consumer: StageConsumer,
+    consumer: StageConsumer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Given a broker down for three reconnects, then back (the loop consumes), then down again,
     When the loop runs,
     Then the waits are 0.5, 1, 2, and after the recovery 0.5 again, then 1; once more after
-    the next recovery.
+    the next recovery; and each outage is said once, as it begins.
     """
     scripted(consumer, "dddudud", ConnectionError("Connection reset by peer"))
     stop = RecordingStop(waits=7)
 
-    consumer.run_until_stopped(stop)
+    with caplog.at_level(logging.WARNING):
+        consumer.run_until_stopped(stop)
 
     assert stop.delays == [0.5, 1.0, 2.0, 0.5, 1.0, 0.5, 1.0]
     assert not consumer.ready.is_set()  # not ready while it waits to reconnect
+    said = [record.getMessage() for record in caplog.records]
+    assert (
+        said
+        == ["the planner lost the broker (Connection reset by peer); reconnecting in 0.5 s"] * 3
+    )
 
 
 def test_a_fault_that_is_not_a_connection_error_is_not_called_an_outage(

@@ -45,7 +45,7 @@ from plangate.bus.inbound import (
 )
 from plangate.bus.middleware import Middleware, MiddlewareStack
 from plangate.bus.producers import ThreadProducers
-from plangate.bus.reconnect import Backoff, run_reconnecting
+from plangate.bus.reconnect import BROKER_MAX_DELAY, Backoff, run_reconnecting
 from plangate.bus.retries import (
     RETRY_DELAYS,
     DeferHook,
@@ -197,7 +197,9 @@ class StageConsumer:
             except self._outages as exc:  # the relay sends them once the broker answers
                 log.warning("stopping: stored retries left to the relay (%s)", exc)
 
-    def run_until_stopped(self, stop: threading.Event, max_backoff: float = 30.0) -> None:
+    def run_until_stopped(
+        self, stop: threading.Event, max_backoff: float = BROKER_MAX_DELAY
+    ) -> None:
         """Run, reconnecting with backoff whenever the broker goes away, until `stop` is set.
 
         The backoff starts over once the loop consumes again, so each outage begins with the

@@ -1,5 +1,8 @@
 """Running a consume loop again after it fails: a broker outage backs off; a recovery resets it.
 
+An outage is said as it begins, then at most once a minute while it lasts (`Lasting`); the
+consumer says when it consumes again.
+
 Only a connection error is an outage. A malformed message never gets here (each transport turns
 it into a dead letter); anything else that ends the loop is a fault of ours, logged with its
 traceback, and the loop restarts after the same backoff so that a fault that repeats does not
@@ -12,10 +15,17 @@ import logging
 import threading
 from collections.abc import Callable
 
+from plangate.lasting import Lasting
+
 log = logging.getLogger(__name__)
 
 FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
+# A consume loop tries the broker at least this often: at 30 s, a worker took up its work
+# 16 s after Redis was back from a minute's outage.
+BROKER_MAX_DELAY = 10.0
+# A lost broker is said when the loop loses it, then at most this often while it lasts.
+SAY_LOST_EVERY = 60.0
 
 
 class Backoff:
@@ -79,6 +89,7 @@ def run_reconnecting(
     `connected` is set by `run` once it consumes: a run that got that far recovered from any
     outage before it, so the next failure waits the first delay again, not the last one.
     """
+    outage = Lasting(SAY_LOST_EVERY)
     while not stop.is_set():
         connected.clear()
         try:
@@ -86,6 +97,7 @@ def run_reconnecting(
         except Exception as exc:
             if connected.is_set():
                 backoff.reset()
+                outage.end()
             connected.clear()
             delay = backoff.next()
             # A refusal first: a virtual host refused is a connection error too, and said as
@@ -99,9 +111,23 @@ def run_reconnecting(
                     delay,
                 )
             elif isinstance(exc, outages):
-                log.warning("%s lost the broker (%s); reconnecting in %g s", name, exc, delay)
+                _say_lost(outage, name, exc, delay)
             else:
                 log.error(
                     "%s failed (not a broker outage); restarting in %g s", name, delay, exc_info=exc
                 )
             stop.wait(delay)
+
+
+def _say_lost(outage: Lasting, name: str, exc: Exception, delay: float) -> None:
+    said = outage.note()
+    if said == "began":
+        log.warning("%s lost the broker (%s); reconnecting in %g s", name, exc, delay)
+    elif said == "goes on":
+        log.warning(
+            "%s still cannot reach the broker after %.0f s (%s); reconnecting in %g s",
+            name,
+            outage.seconds(),
+            exc,
+            delay,
+        )
