@@ -37,6 +37,7 @@ from plangate.stages import build_expiry, build_handler, build_sealing, stage_mi
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
 from plangate.store.engine import is_outage
+from plangate.store.schema import mismatch
 from plangate.store.stage_progress import record_progress, stage_progress
 from schemas import utcnow
 
@@ -59,6 +60,7 @@ class Worker:
         self.settings = settings
         self.concurrency = concurrency or settings.concurrency
         self.stop = threading.Event()
+        self.exit_code = 0  # set when the worker stops for a reason of its own (see _sweep)
         # What the log says a stop waits for (an executor names its tool calls in flight).
         self._waits_for: Callable[[], str] = lambda: "finishing in-flight work"
 
@@ -146,7 +148,7 @@ class Worker:
             store.close()
             telemetry.flush()  # the last spans, before the process exits
         log.info("%s worker stopped", self.stage)
-        return 0
+        return self.exit_code
 
     def _handle_signals(self) -> None:
         def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -162,18 +164,15 @@ class Worker:
         stale = timedelta(seconds=self.settings.relay_after_seconds)
         stalled = timedelta(seconds=self.settings.reconcile_after_seconds)
         step_lease = timedelta(seconds=self.settings.step_lease_seconds)
-        # Gate workers also expire held plans (idempotent: any number of them may sweep).
-        expire = build_expiry(self.settings) if self.stage == "gate" else None
-        # Gate workers hold the signing key: they seal the audit chains with checkpoints, and
-        # say when their key leaves the trusted keys folder (executors then refuse it).
-        seal = build_sealing(self.settings) if self.stage == "gate" else None
-        own_key = own_key_watch(self.settings) if self.stage == "gate" else None
+        chores = self._stage_chores(bus)
         held = RecentlyHeld(stalled)
         pruning = Every(PRUNE_EVERY_SECONDS)
         seen = _BrokerSeen(self.stage)
         # One connection for every sweep's reads of the broker, not one per read.
         with bus.view() as broker:
             while not self.stop.wait(interval):
+                if self._schema_moved(store):
+                    return
                 try:
                     # Seen first, before the store is needed: a message held through a database
                     # outage is published again when it ends, and must not then look lost.
@@ -201,14 +200,8 @@ class Worker:
                         held=recently_held,
                     )
                     deliver(store, bus, resent)
-                    if expire is not None:
-                        deliver(store, bus, expire(store, utcnow()))
-                    if seal is not None:
-                        seal(store)
-                    if own_key is not None:
-                        own_key()
-                    if self.stage == "executor":
-                        _executor_chores(store)
+                    for chore in chores:
+                        chore(store)
                 except BrokerUnavailable as exc:  # said in full, no traceback
                     seen.lost(exc, interval)
                 except OperationalError as exc:  # the database is down: said, as the broker
@@ -220,6 +213,46 @@ class Worker:
                     )
                 except Exception:  # a fault of plangate's own: its traceback says where
                     log.warning("sweep failed; will try again in %g s", interval, exc_info=True)
+
+    def _stage_chores(self, bus: Bus) -> list[Callable[[Store], object]]:
+        """Return what this stage's sweep does besides every stage's relay and reconciling."""
+        if self.stage == "executor":
+            return [_executor_chores]
+        if self.stage != "gate":
+            return []
+        # Gate workers expire held plans (idempotent: any number of them may sweep). They hold
+        # the signing key: they seal the audit chains with checkpoints, and say when their key
+        # leaves the trusted keys folder (executors then refuse it).
+        expire = build_expiry(self.settings)
+        own_key = own_key_watch(self.settings)
+        return [
+            lambda store: deliver(store, bus, expire(store, utcnow())),
+            build_sealing(self.settings),
+            lambda _store: own_key(),
+        ]
+
+    def _schema_moved(self, store: Store) -> bool:
+        """Stop the worker if the schema is no longer the one it knows; return whether it did.
+
+        A `db upgrade` by a newer plangate moved the schema on under a running worker: its
+        /readyz said so, but it went on consuming, writing with the old code to the new
+        schema. Stopped, it exits as at start (2), and is restarted with the new version.
+        """
+        try:
+            problem = mismatch(store.revision())
+        except Exception:  # the store does not answer: the sweep says so
+            return False
+        if problem is None:
+            return False
+        log.error(
+            "%s; this %s worker stops (messages wait for one that knows it)", problem, self.stage
+        )
+        self.exit_code = EXIT_SCHEMA_MOVED
+        self.stop.set()
+        return True
+
+
+EXIT_SCHEMA_MOVED = 2  # as a worker started on that schema exits
 
 
 def _executor_chores(store: Store) -> None:

@@ -20,6 +20,8 @@ from plangate.errors import ConfigError
 from plangate.readiness import not_ready
 from plangate.store import open_store
 from plangate.store.schema import head_revision
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.support import eventually
 from tests.support import plangate_in as plangate
 
 EXIT_USAGE = 2
@@ -173,3 +175,36 @@ def test_a_review_command_creates_no_schema_in_an_empty_deployment_database(
         assert sqlalchemy.inspect(engine).get_table_names() == []
     finally:
         engine.dispose()
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(90)
+def test_a_running_worker_whose_schema_a_newer_plangate_migrated_stops_saying_so(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A rolling upgrade gone wrong: `db upgrade` by a newer release moved the schema on while
+    a worker of this one ran. Its /readyz said so, but it went on consuming, writing with its
+    code to a schema it does not know.
+
+    Given a planner worker consuming,
+    When a newer plangate's migration moves the schema past what it knows,
+    Then within a few sweeps it stops, logging why and that it stops, and exits 2, as it
+    would at start on that schema (to be started again with the new version).
+    """
+    fleet = Fleet(redis_url, f"sqlite:///{tmp_path / 'plangate.db'}", tmp_path)
+    fleet.extra_env.update(FAST_SWEEPS)
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    try:
+        planner = fleet.start("planner")
+        eventually(lambda: "worker consuming" in fleet.logs(), 30, "the planner to consume")
+        with sqlite3.connect(tmp_path / "plangate.db") as connection:
+            connection.execute("UPDATE alembic_version SET version_num = ?", (NEWER,))
+
+        code = planner.wait(timeout=30)
+    finally:
+        fleet.stop_all()
+
+    assert code == EXIT_USAGE, fleet.logs()
+    said = fleet.logs()
+    assert f"the database schema is at {NEWER}, newer than this plangate knows" in said
+    assert "this planner worker stops (messages wait for one that knows it)" in said
