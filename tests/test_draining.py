@@ -34,46 +34,46 @@ WAIT = 30.0
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def fleet(tmp_path: Path, redis_url: str, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
-    playbook = write_playbook(
-        tmp_path,
-        "drain",
-        [
-            {"id": "a", "tool": "slow_write", "args": {"name": "a", "seconds": FIRST}},
-            {
-                "id": "b",
-                "tool": "slow_write",
-                "args": {"name": "b", "seconds": SECOND},
-                "after": ["a"],
-            },
-        ],
-    )
-    (tmp_path / "writes.log").touch()
+    steps = [
+        {"id": "a", "tool": "slow_write", "args": {"name": "a", "seconds": FIRST}},
+        {"id": "b", "tool": "slow_write", "args": {"name": "b", "seconds": SECOND}, "after": ["a"]},
+    ]
     database = f"sqlite:///{tmp_path / 'plangate.db'}"
     if request.param == "postgresql":
         database = request.getfixturevalue("postgres_database_url")
-    fleet = Fleet(
-        redis_url,
-        database,
-        tmp_path,
-        extra_env={
-            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
-            "PLANGATE_PLAYBOOK_FILE": str(playbook),
-            "PLANGATE_TOOLS": "tests.draining_tools",
-            "PYTHONPATH": str(ROOT),
-            "DRAINING_LOG": str(tmp_path / "writes.log"),
-            "PLANGATE_SWEEP_INTERVAL_SECONDS": "0.5",
-            # Neither the reconciler nor Redis' restore of an unacked message would bring the
-            # run back within the test: only the message handed back does.
-            "PLANGATE_RECONCILE_AFTER_SECONDS": "600",
-            "PLANGATE_REDELIVERY_AFTER_SECONDS": "600",
-        },
-    )
-    assert fleet.plangate("db", "upgrade").returncode == 0
+    # Neither the reconciler nor Redis' restore of an unacked message would bring the run
+    # back within the test: only the message handed back does.
+    fleet = draining_fleet(tmp_path, redis_url, database, steps, redelivery_after=600)
     try:
         yield fleet
     finally:
         fleet.stop_all()
+
+
+def draining_fleet(
+    folder: Path, redis_url: str, database: str, steps: list[dict[str, Any]], redelivery_after: int
+) -> Fleet:
+    """Return a fleet (no worker started yet) whose goal "drain please" runs `steps`."""
+    (folder / "policy.yaml").write_text(APPROVE_ALL)
+    playbook = write_playbook(folder, "drain", steps)
+    (folder / "writes.log").touch()
+    fleet = Fleet(
+        redis_url,
+        database,
+        folder,
+        extra_env={
+            "PLANGATE_POLICY_FILE": str(folder / "policy.yaml"),
+            "PLANGATE_PLAYBOOK_FILE": str(playbook),
+            "PLANGATE_TOOLS": "tests.draining_tools",
+            "PYTHONPATH": str(ROOT),
+            "DRAINING_LOG": str(folder / "writes.log"),
+            "PLANGATE_SWEEP_INTERVAL_SECONDS": "0.5",
+            "PLANGATE_RECONCILE_AFTER_SECONDS": "600",
+            "PLANGATE_REDELIVERY_AFTER_SECONDS": str(redelivery_after),
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    return fleet
 
 
 def writes(fleet: Fleet) -> list[tuple[str, str, str]]:
@@ -160,32 +160,13 @@ def test_a_draining_executor_keeps_its_message_so_no_other_executor_calls_its_st
     Then it lets the call end while it keeps its message: the other executor never starts
     the read, and completes the goal once the run is handed back, the read called once.
     """
-    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
     read = {"id": "a", "tool": "slow_read", "args": {"name": "a", "seconds": READ_SECONDS}}
-    playbook = write_playbook(tmp_path, "drain", [read])
-    (tmp_path / "writes.log").touch()
-    fleet = Fleet(
-        redis_url,
-        f"sqlite:///{tmp_path / 'plangate.db'}",
-        tmp_path,
-        extra_env={
-            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
-            "PLANGATE_PLAYBOOK_FILE": str(playbook),
-            "PLANGATE_TOOLS": "tests.draining_tools",
-            "PYTHONPATH": str(ROOT),
-            "DRAINING_LOG": str(tmp_path / "writes.log"),
-            "PLANGATE_SWEEP_INTERVAL_SECONDS": "0.5",
-            "PLANGATE_RECONCILE_AFTER_SECONDS": "600",
-            "PLANGATE_REDELIVERY_AFTER_SECONDS": "2",
-        },
-    )
-    assert fleet.plangate("db", "upgrade").returncode == 0
+    database = f"sqlite:///{tmp_path / 'plangate.db'}"
+    fleet = draining_fleet(tmp_path, redis_url, database, [read], redelivery_after=2)
     try:
         fleet.start("planner")
         fleet.start("gate")
-        executors = {process.pid: process for process in (fleet.start("executor"),)}
-        second = fleet.start("executor")
-        executors[second.pid] = second
+        executors = {process.pid: process for process in (fleet.start("executor") for _ in "ab")}
         eventually(lambda: consuming(fleet) == 2, WAIT, "both executors to consume")
         with Client(fleet.settings()) as client:
             goal_id = client.submit("drain please").goal_id
