@@ -142,6 +142,19 @@ def _key_taken(key: str, goal_id: str, what: str, event: tuple[str, str] | None)
     )
 
 
+def _undecodable_at(text: str) -> int | None:
+    """Return where `text` holds a byte Python could not decode (U+DC80-U+DCFF), if it does.
+
+    That is how a command line's bytes that are no UTF-8 arrive (`surrogateescape`).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        undecoded = [i for i in range(exc.start, exc.end) if "\udc80" <= text[i] <= "\udcff"]
+        return undecoded[0] if undecoded else None
+    return None
+
+
 def _key_as_sent(key: str) -> str:
     """Return an idempotency key without the spaces around it, as an HTTP header carries it.
 
@@ -164,6 +177,13 @@ def _goal_message(
     """
     if isinstance(text, str) and not text.strip():
         raise InputInvalid("the goal is empty: say what should be done, in words")
+    if isinstance(text, str) and (at := _undecodable_at(text)) is not None:
+        # A command line's bytes that are no UTF-8 arrive as lone surrogates, which were said
+        # as "JSON text ... holds a lone surrogate" to someone who typed no JSON.
+        raise InputInvalid(
+            f"the goal is not UTF-8 text (a byte that is no character, at character {at + 1}): "
+            "set your terminal to UTF-8, or pass the goal as UTF-8 text"
+        )
     if isinstance(idempotency_key, str):
         idempotency_key = _key_as_sent(idempotency_key)
     if isinstance(metadata, Mapping):  # a mapping that is no dict is read as one

@@ -686,6 +686,23 @@ def test_an_empty_idempotency_key_is_refused_in_one_line(cli: Cli) -> None:
     ]
 
 
+def test_a_goal_whose_bytes_are_no_utf_8_says_so_not_that_json_is_wrong(cli: Cli) -> None:
+    """A goal typed in a terminal that is not UTF-8 was refused as "JSON text ... holds a lone
+    surrogate", to someone who typed no JSON.
+
+    Given a goal whose last byte (0xff) is no UTF-8,
+    When `plangate run` is given it,
+    Then one line says the goal is not UTF-8 text and where, and how to send it; nothing runs.
+    """
+    result = cli("run", "count tickets \udcff", "--yes")
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: the goal is not UTF-8 text (a byte that is no character, at character 15): set "
+        "your terminal to UTF-8, or pass the goal as UTF-8 text"
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "env", "said"),
     [
