@@ -115,9 +115,10 @@ def exporter_from_env(environ: Mapping[str, str]) -> SpanExporter | None:
 def collector_endpoint(environ: Mapping[str, str]) -> tuple[str, str]:
     """Return the variable naming the collector, and its value (two empty strings: none)."""
     # The traces endpoint is used as it is, before the general one (the SDK's order).
-    for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
-        if url := environ.get(variable):
-            return variable, url
+    if url := environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url
+    if url := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return "OTEL_EXPORTER_OTLP_ENDPOINT", url
     return "", ""
 
 

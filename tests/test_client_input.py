@@ -37,7 +37,7 @@ def client(settings: Settings) -> Iterator[Client]:
         ("text with \x00 NUL", {}, "holds NUL, which cannot be stored"),
         ("a lone \ud800 surrogate", {}, "holds a lone surrogate"),
         ("fine", {"metadata": {"team": "s\x00re"}}, "holds NUL"),
-        ("fine", {"idempotency_key": "key-\x00"}, "holds NUL"),
+        ("fine", {"idempotency_key": "key-\x00"}, "holds a control character"),
         (None, {}, "the goal's text: Input should be a valid string"),
         (5, {}, "the goal's text: Input should be a valid string"),
         ("fine", {"idempotency_key": 5}, "idempotency_key: Input should be a valid string"),

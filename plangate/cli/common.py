@@ -93,6 +93,19 @@ def quiet_relay() -> None:
     logging.getLogger("plangate.relay").addFilter(_missed)
 
 
+def _not_a_move(record: logging.LogRecord) -> bool:
+    return not hasattr(record, "to")  # a goal's move carries where it went (`to`)
+
+
+def quiet_moves() -> None:
+    """Leave a goal's moves to the command, which says where its goal went in its own words.
+
+    Logged at warning for workers' log pipelines (a move to failed, or needs attention), they
+    ran into a command's output as bare lines, a command setting up no logging of its own.
+    """
+    logging.getLogger("plangate.store.goals").addFilter(_not_a_move)
+
+
 # plangate.span_export's logger, named here: importing it would load the OpenTelemetry SDK into
 # every command, most of which export nothing.
 _SPAN_EXPORT_LOG = "plangate.span_export"

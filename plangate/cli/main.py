@@ -102,7 +102,8 @@ def main(
         # A command that ends in seconds must not wait 10 s at exit for a collector that
         # is down: its spans get one short try (workers and serve keep the SDK's default).
         from plangate import telemetry
-        from plangate.cli.common import quiet_exporter
+        from plangate.cli.common import quiet_exporter, quiet_moves
 
         telemetry.short_lived()
         quiet_exporter()
+        quiet_moves()
