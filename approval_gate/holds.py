@@ -91,8 +91,9 @@ def check_sealed(hold: HoldRow, plan: PlanRevision, keys: TrustedKeys) -> None:
             raise ApprovalInvalid("it carries no seal")
         envelope = SignedEnvelope.model_validate(hold.seal)
         payload, _ = keys.verified_payload(envelope, HOLD_TYPE)
-        if payload != hold_payload(hold, plan):
-            raise ApprovalInvalid("what it asks was changed after the gate sealed it")
+        now = hold_payload(hold, plan)
+        if payload != now:
+            raise ApprovalInvalid(_what_changed(payload, now))
     except UnknownSigner as exc:
         # Not a tampered hold: its key left the trusted keys folder (a rotation finished too
         # early, or a revocation), and which of the two only the operator knows.
@@ -110,6 +111,25 @@ def check_sealed(hold: HoldRow, plan: PlanRevision, keys: TrustedKeys) -> None:
             "nothing is signed: reject the plan and submit the goal again",
             "",
         ) from None
+
+
+def _what_changed(sealed: bytes, now: bytes) -> str:
+    """Say how a hold differs from what the gate sealed: which of its terms, or its version.
+
+    "What it asks was changed" alone read as tampering to the operator of a rolling upgrade,
+    whose gates of two versions sealed holds of two shapes.
+    """
+    try:
+        was, current = json.loads(sealed), json.loads(now)
+    except ValueError:
+        return "what it asks was changed after the gate sealed it"
+    if not isinstance(was, dict) or set(was) != set(current):
+        return (
+            "it was sealed by a gate of another plangate version, whose seal holds other terms "
+            "(decide it with a gate of that version), or changed after it was sealed"
+        )
+    changed = sorted(name for name in current if was[name] != current[name])
+    return f"what it asks was changed after the gate sealed it: {', '.join(changed)}"
 
 
 def hold_of(session: Session, plan_id: str) -> HoldRow | None:

@@ -4,6 +4,7 @@ their own tokens through `plangate review approve` in separate processes."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import time
@@ -17,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from approval_gate.approvals import count_approval
-from approval_gate.holds import check_sealed
+from approval_gate.holds import HOLD_TYPE, check_sealed
 from approval_gate.policy import Policy
 from plangate.bus import Envelope
 from plangate.client import Client
@@ -628,8 +629,44 @@ def test_a_hold_rewritten_in_the_store_to_ask_fewer_approvers_releases_nothing(
         pipeline.approve(plan_id, "bob", roles=FINANCE)
 
         refused = gate_refusal(pipeline, goal_id)
-        assert "is not as the gate recorded it (what it asks was changed" in str(refused.data)
+        changed = "(what it asks was changed after the gate sealed it: approvals_required)"
+        assert f"is not as the gate recorded it {changed}" in str(refused.data)
         assert pipeline.wait_for(goal_id, HELD).status == "held"
+        with pipeline.store.session() as session:
+            assert session.execute(select(ApprovalRow)).first() is None
+
+
+def test_a_hold_sealed_by_a_gate_of_another_version_is_said_so_not_as_tampered(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A rolling upgrade: a gate of the release before sealed a hold with fewer terms (no
+    revision, hash or reason). The new gate refused its approval saying "what it asks was
+    changed after the gate sealed it", which its operator read as tampering.
+
+    Given a page held for two from finance, its seal made over the older shape of the terms
+    by the gate's own key,
+    When it is approved twice,
+    Then the gate signs nothing, saying it was sealed by a gate of another version.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, tampers=True, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+        signer = load_or_create_signer(pipeline.settings)
+        with pipeline.store.session() as session:
+            hold = session.get_one(HoldRow, plan_id)
+            terms = json.loads(base64.b64decode(SignedEnvelope.model_validate(hold.seal).payload))
+            older = {k: v for k, v in terms.items() if k not in ("revision", "plan_hash", "reason")}
+            payload = json.dumps(older, sort_keys=True, separators=(",", ":")).encode()
+            hold.seal = signer.envelope(HOLD_TYPE, payload).model_dump(mode="json")
+
+        pipeline.approve(plan_id, "alice", roles=FINANCE)
+        pipeline.approve(plan_id, "bob", roles=FINANCE)
+
+        refused = str(gate_refusal(pipeline, goal_id).data)
+        assert "it was sealed by a gate of another plangate version" in refused
+        assert "decide it with a gate of that version" in refused
         with pipeline.store.session() as session:
             assert session.execute(select(ApprovalRow)).first() is None
 
