@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from plangate.csv_cells import plain
 from plangate.errors import ApprovalInvalid, ConfigError, UnknownSigner
 from plangate.export_records import read_entry, records_path, records_problem
 from plangate.signing import Signer, TrustedKeys
@@ -192,7 +193,10 @@ def read_entries(export: Path) -> list[dict[str, Any]]:
     text = export.read_text(encoding="utf-8")
     if text.startswith("{") or not text:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
-    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    rows = [
+        {name: plain(cell) if isinstance(cell, str) else cell for name, cell in row.items()}
+        for row in csv.DictReader(io.StringIO(text, newline=""))
+    ]
     for row in rows:
         row["seq"] = int(row["seq"])
         if row.get("chain_seq"):

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import re
 
-# C0 controls but tab and line feed, DEL, C1 controls, Unicode's bidirectional controls, and
-# the invisible ones (zero-width spaces and joiners, word joiner, BOM, soft hyphen): a secret or
-# a name with one inside reads as the same text and is not the same.
+# C0 controls but tab and line feed, DEL, C1 controls, Unicode's line and paragraph separators
+# (a JSON log line holding one is two lines to `splitlines` and to JavaScript), its
+# bidirectional controls, and the invisible ones (zero-width spaces and joiners, word joiner,
+# BOM, soft hyphen): a secret or a name with one inside reads as the same text and is not.
 _UNPRINTABLE = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\xad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
 )
 
 

@@ -114,31 +114,29 @@ def _goal_with_key(
             return None
         if legacy and (existing.meta.get("ce.source"), existing.meta.get("ce.id")) != event:
             return None  # a plain goal's key, or another event's: the old keys were ambiguous
-        differs = [
-            what
-            for what, same in (
-                ("text", existing.text == message.text),
-                ("metadata", dict(existing.meta) == dict(message.metadata)),
-            )
-            if not same
-        ]
-        if differs:
-            raise Conflict(_key_taken(key, existing.id, " and ".join(differs), event))
+        if existing.text != message.text or dict(existing.meta) != dict(message.metadata):
+            raise Conflict(_key_taken(key, event))
         return Submitted(existing.id, telemetry.trace_id_of(existing.trace_headers), duplicate=True)
 
 
-def _key_taken(key: str, goal_id: str, what: str, event: tuple[str, str] | None) -> str:
+def _key_taken(key: str, event: tuple[str, str] | None) -> str:
+    """Say that a key names another goal, naming neither that goal nor what differs.
+
+    Every service submits with the one intake token, which also reads any goal by its id: a
+    refusal that named the goal gave another service's goal, outputs and all, to whoever tried
+    its key; and one that said whether the text or the metadata differed confirmed a guess.
+    """
     if event is not None:
         source, event_id = event
         return (
             f"the CloudEvent with source {quoted(source)} and id {quoted(event_id)} was "
-            f"submitted as goal {goal_id} with another {what}; give each new event an id of "
-            "its own, or send the first event's data unchanged"
+            "submitted before with other data; give each new event an id of its own, or send "
+            "the first event's data unchanged"
         )
     return (
-        f"the idempotency key {quoted(key)} was given to goal {goal_id} with another {what}; "
-        "give each new goal a key of its own, or send the first goal's text and metadata "
-        "unchanged"
+        f"the idempotency key {quoted(key)} was given to another goal, or to this one with "
+        "another text or metadata; give each new goal a key of its own, or send the first "
+        "goal's text and metadata unchanged"
     )
 
 

@@ -8,11 +8,14 @@ read. A file named on the command line that cannot be written is one line and ex
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.support import plangate_in as plangate
+
+ROOT = Path(__file__).resolve().parent.parent
 
 EXIT_USAGE = 2
 HOSTILE_GOAL = (
@@ -175,3 +178,42 @@ def test_a_plan_summary_of_terminal_controls_is_shown_as_escapes_in_review_show(
     # On one line: a line break in it printed a line that read as the decision.
     assert not any(line.startswith("Decision: approve") for line in shown.stdout.splitlines())
     assert "\\nDecision: approve" in shown.stdout
+
+
+def test_a_tool_output_with_a_line_break_is_one_line_of_status(tmp_path: Path) -> None:
+    """A tool's output is an outside system's text: its line break printed a line of its own
+    in `plangate status`, where `  step pay (pay): succeeded` passed for plangate's.
+
+    Given a completed goal whose read returned two lines, the second a forged step line,
+    When `plangate status` shows it,
+    Then the output is one line with its break shown as `\\n`, and no line but plangate's
+    begins with `  step`.
+    """
+    playbook = tmp_path / "playbook.yaml"
+    steps = [{"id": "note", "tool": "fetch_note"}]
+    playbook.write_text(
+        json.dumps({"playbooks": [{"name": "n", "pattern": "^note", "steps": steps}]})
+    )
+    env = {"PYTHONPATH": str(ROOT)}
+    ran = plangate(
+        tmp_path,
+        "run",
+        "note please",
+        "--yes",
+        "--tools",
+        "tests.multiline_tools",
+        "--playbook",
+        str(playbook),
+        "--json",
+        **env,
+    )
+    goal_id = json.loads(ran.stdout.splitlines()[0])["goal_id"]
+
+    shown = plangate(tmp_path, "status", goal_id, **env)
+
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    stepped = [line for line in lines if line.startswith("  step")]
+    assert len(stepped) == 1, lines
+    assert stepped[0].startswith("  step note (fetch_note): succeeded")
+    assert "    -> note for bob\\n  step pay (pay): succeeded" in lines

@@ -362,3 +362,50 @@ def test_a_body_key_with_spaces_around_it_is_the_header_key_without_them(base_ur
         (422, "the idempotency key is empty: give one that names this goal, or none"),
         (422, "the idempotency key holds a control character (a newline); remove it"),
     ]
+
+
+def test_a_cloudevent_header_sent_twice_or_with_an_idempotency_key_is_refused(
+    base_url: str,
+) -> None:
+    """A binary-mode event with `ce-source` twice was read by its last (a proxy reading the
+    first saw another source, which a rule may bar); one with an Idempotency-Key header had
+    the key dropped in silence (an event's key is its source and id).
+
+    Given such requests (and a structured event with the header),
+    When each is sent,
+    Then each is refused (422) saying what to send.
+    """
+    event = {
+        "Content-Type": "application/json",
+        "ce-specversion": "1.0",
+        "ce-type": GOAL_EVENT,
+        "ce-id": "evt-twice",
+    }
+    body = b'{"text": "Check Jira"}'
+    parts = urlsplit(base_url)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/api/v1/goals")
+        headers = [*event.items(), ("ce-source", "urn:y"), ("ce-source", "urn:billing")]
+        for name, value in [*headers, ("Authorization", f"Bearer {TOKEN}")]:
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        answer = connection.getresponse()
+        twice = (answer.status, json.loads(answer.read())["error"])
+    finally:
+        connection.close()
+    keyed = call(base_url, body, **event, **{"ce-source": "urn:y", "Idempotency-Key": "k-1"})
+    structured = json.dumps(
+        {"specversion": "1.0", "type": GOAL_EVENT, "source": "/t", "id": "e", "data": {"text": "x"}}
+    ).encode()
+    keyed_structured = call(
+        base_url,
+        structured,
+        **{"Content-Type": "application/cloudevents+json", "Idempotency-Key": "k-2"},
+    )
+
+    assert twice == (422, "send each CloudEvent header once, not ce-source twice")
+    said = "a CloudEvent's key is its source and id: send it without an Idempotency-Key header"
+    assert (keyed[0], keyed[2]["error"].startswith(said)) == (422, True)
+    assert (keyed_structured[0], keyed_structured[2]["error"].startswith(said)) == (422, True)

@@ -399,7 +399,7 @@ def test_a_message_of_5_mb_is_a_dead_letter_that_can_be_listed_and_purged(
 def test_dlq_list_says_how_many_entries_on_the_queue_are_no_dead_letters(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """Given two junk entries LPUSHed onto the dead-letter queue and nothing else,
+    """Given two junk entries LPUSHed onto the dead-letter queue, one nested 100,000 deep,
     When an operator runs `plangate dlq list`,
     Then it says two entries are not dead letters and are kept (it said "no dead letters" of a
     queue that was not empty), and they are still there.
@@ -407,7 +407,10 @@ def test_dlq_list_says_how_many_entries_on_the_queue_are_no_dead_letters(
     namespace = f"t{uuid.uuid4().hex[:10]}"
     bus = Bus(redis_url, namespace)
     bus.declare()
-    redis.Redis.from_url(redis_url).lpush(bus.topology.dead_letter_queue_name, b"junk", b"{")
+    # The second nested 100,000 deep: unbounded, its reading stopped `dlq list` with a
+    # RecursionError, and no letter could be listed until it was removed by hand.
+    deep = b'{"body":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    redis.Redis.from_url(redis_url).lpush(bus.topology.dead_letter_queue_name, b"junk", deep)
 
     listed = plangate_in(
         tmp_path, "dlq", "list", PLANGATE_BROKER_URL=redis_url, PLANGATE_NAMESPACE=namespace

@@ -288,3 +288,35 @@ def test_records_of_an_export_since_a_time_are_only_those_its_entries_vouch_for(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     read = [json.loads(line) for line in Path(f"{target}.records.jsonl").read_text().splitlines()]
     assert [r["record"] for r in read] == ["step", "step", "step"]
+
+
+def test_a_csv_cell_a_spreadsheet_would_run_is_quoted_and_the_signed_export_still_verifies(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """A submitter's `submitted_by` is an audit entry's actor: `=cmd|'/c calc'!A1` was written
+    as it is into the CSV export, and a spreadsheet opening it ran the formula.
+
+    Given a goal submitted by `=cmd|'/c calc'!A1` and one by `'quoted`,
+    When the log is exported as CSV, signed,
+    Then no cell begins with `=` (it is written behind a quote, as OWASP advises), the
+    auditor's check of the signed export passes, and the entries read back hold the names as
+    they were submitted.
+    """
+    formula, quoted = "=cmd|'/c calc'!A1", "'quoted"
+    for who in (formula, quoted):
+        goal_id = pipeline.submit("how many tickets are open", metadata={"submitted_by": who})
+        assert pipeline.wait_for(goal_id.goal_id, timeout=10).status == "completed"
+    data_dir = pipeline.settings.data_dir
+    assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
+    target = tmp_path / "audit.csv"
+
+    done = plangate_cli(data_dir, "audit", "export", "--format", "csv", "-o", str(target), "--sign")
+    [public] = (data_dir / "keys" / "trusted").glob("*.pub")
+    code, said = verify(tmp_path / "empty", target, public)
+
+    assert done.returncode == 0, done.stderr
+    cells = [cell for line in target.read_text().splitlines() for cell in line.split(",")]
+    assert not any(cell.startswith("=") for cell in cells)
+    assert code == 0, said
+    actors = {entry["actor"] for entry in read_entries(target)}
+    assert {formula, quoted} <= actors

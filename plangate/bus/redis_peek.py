@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any, NamedTuple
+
+from schemas.decoding import JsonRefused, strict_json_loads
 
 MAX_PEEKED = 100_000  # entries read at most: a listing is bounded whatever was pushed
 MAX_ENTRY = 1024 * 1024  # a larger entry is none of plangate's (a letter keeps 64 KiB of body)
@@ -56,10 +57,12 @@ def _body(entry: bytes | str) -> bytes | None:
     if len(entry) > MAX_ENTRY:
         return None
     try:
-        envelope = json.loads(entry)
+        # Bounded: one entry nested 100,000 deep, pushed by anyone who can write to Redis,
+        # stopped `dlq list` with a RecursionError (the workers dead-letter such an entry).
+        envelope = strict_json_loads(entry, max_bytes=MAX_ENTRY)
         body = envelope["body"]
         if envelope.get("properties", {}).get("body_encoding") == "base64":
             return base64.b64decode(body, validate=True)
         return body.encode("utf-8") if isinstance(body, str) else None
-    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error):
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error, JsonRefused):
         return None

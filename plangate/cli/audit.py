@@ -23,6 +23,7 @@ from plangate.cli.audit_store_checks import (
 from plangate.cli.audit_verify import audit_verify
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
 from plangate.cli.progress import Progress, counted
+from plangate.csv_cells import as_cell
 from plangate.errors import AuditBroken, NotFound, quoted
 
 if TYPE_CHECKING:
@@ -167,7 +168,8 @@ def audit_export(
             writer = csv.DictWriter(stream, fieldnames=audit_entries.EXPORT_FIELDS)
             writer.writeheader()
             for entry in entries:
-                writer.writerow({**entry, "data": json.dumps(entry["data"], sort_keys=True)})
+                row = {**entry, "data": json.dumps(entry["data"], sort_keys=True)}
+                writer.writerow({name: as_cell(value) for name, value in row.items()})
         else:
             for entry in entries:
                 stream.write(json.dumps(entry, sort_keys=True) + "\n")

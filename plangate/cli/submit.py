@@ -27,7 +27,7 @@ from plangate.cli.common import (
 )
 from plangate.cli.render import json_default
 from plangate.errors import quoted
-from plangate.printable import printable
+from plangate.printable import printable_line
 
 if TYPE_CHECKING:
     from plangate.client import GoalHandle, GoalStatus
@@ -59,7 +59,9 @@ def _print(
         return
 
     def say(line: str) -> None:  # a goal's words are anyone's, a step's output a tool's
-        typer.echo(printable(line), err=aside)
+        # One line each: a line break in a tool's output printed a line of its own below it,
+        # where it passed for plangate's (`step pay (pay): succeeded`). --json shows all.
+        typer.echo(printable_line(line), err=aside)
 
     for line in _heading(current):
         say(line)

@@ -71,11 +71,18 @@ class EventGoal(GoalRequest):
 def parse_goal(headers: Headers, body: bytes) -> GoalRequest:
     """Return the goal a request carries, whichever of the three forms it uses."""
     kind = media_type(headers)
+    is_event = kind == CLOUDEVENT_JSON or any(k.lower().startswith("ce-") for k in headers)
+    if is_event and "idempotency-key" in headers:  # it was dropped in silence
+        raise ApiError(
+            422,
+            "a CloudEvent's key is its source and id: send it without an Idempotency-Key "
+            "header, or send a plain JSON goal with one",
+        )
     if kind == CLOUDEVENT_JSON:
         return _event_goal({"content-type": headers["content-type"]}, body, binary=False)
     # Any ce-* header makes a binary-mode event, to be refused if incomplete: read as plain
     # JSON, an event lacking ce-specversion lost its key, and each retry made another goal.
-    binary = {k.lower(): v for k, v in headers.items() if k.lower().startswith("ce-")}
+    binary = _event_headers(headers)
     if kind == JSON and binary:
         return _event_goal({"content-type": headers["content-type"], **binary}, body, binary=True)
     if kind == JSON:
@@ -86,6 +93,18 @@ def parse_goal(headers: Headers, body: bytes) -> GoalRequest:
         f'({{"text": ...}}), a CloudEvent as {CLOUDEVENT_JSON}, or a binary-mode CloudEvent '
         f"(ce-* headers) with {JSON} data",
     )
+
+
+def _event_headers(headers: Headers) -> dict[str, str]:
+    """Return a binary-mode event's ce-* headers; 422 for one sent twice.
+
+    The last of two was read: `ce-source: urn:y` then `ce-source: urn:billing` made a goal of
+    billing's, while a proxy reading the first saw urn:y (a source a rule may bar).
+    """
+    names = [name.lower() for name, _ in headers.items() if name.lower().startswith("ce-")]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise ApiError(422, f"send each CloudEvent header once, not {', '.join(twice)} twice")
+    return {name.lower(): value for name, value in headers.items() if name.lower() in names}
 
 
 def _plain_goal(headers: Headers, fields: dict[str, Any]) -> GoalRequest:
