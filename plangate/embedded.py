@@ -207,8 +207,11 @@ class Pipeline:
         )
         if self._own_goals is not None:
             self._own_goals.add(submitted.goal_id)
-        if self.settings.store_in_data_folder and not submitted.duplicate:
-            self._run_marks.hold(submitted.goal_id)
+            # Marked for `plangate run` alone, which carries out a goal or two: a mark is an
+            # open file until the pipeline stops, and a library's pipeline that ran thousands
+            # of goals ran out of file descriptors.
+            if self.settings.store_in_data_folder and not submitted.duplicate:
+                self._run_marks.hold(submitted.goal_id)
         return submitted
 
     def waiting_elsewhere(self) -> int:

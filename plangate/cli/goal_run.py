@@ -18,7 +18,7 @@ from plangate.bus import Observer
 from plangate.catalog import load_catalog
 from plangate.cli import approval_prompt, event_stream, interrupted, render
 from plangate.cli.common import EXIT_COMPLETED, EXIT_FAILED, EXIT_REFUSED, EXIT_USAGE
-from plangate.cli.run_signals import Ending, ending_of, signals_as_interrupts
+from plangate.cli.run_signals import Ending, ending_of, raise_if_dropped, signals_as_interrupts
 from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Forbidden
@@ -103,11 +103,9 @@ class GoalRun:
     def _watch(self, timeout: float) -> bool:
         """Show a step of the goal that ended, waiting up to `timeout`; False if nothing came."""
         message = self._observer.next(timeout=timeout)
-        if message is None:
-            return False
         if isinstance(message, StepFinished) and message.goal_id == self.goal_id:
             self._show_step(message)
-        return True
+        return message is not None
 
     def _show_step(self, message: StepFinished) -> None:
         self.steps[message.step_id] = message.status
@@ -128,6 +126,7 @@ class GoalRun:
             self._json("goal.submitted", {**ids, "text": text})
         deadline = time.monotonic() + self.options.timeout
         while time.monotonic() < deadline:
+            raise_if_dropped()
             message = observer.next(timeout=min(0.5, max(0.01, deadline - time.monotonic())))
             if message is None or message.goal_id != self.goal_id:
                 code = self._preview_late()
@@ -268,6 +267,7 @@ class GoalRun:
         A terminal proves no identity, so its reviewer holds no role; and it is one person, so
         a rule asking several reviewers waits for the others (through a deployment).
         """
+        raise_if_dropped()  # a SIGTERM just before: nothing is approved
         try:
             released = self.pipeline.approve(held.plan_id, reviewer, expected_hash=held.plan_hash)
         except Forbidden as refused:

@@ -58,9 +58,25 @@ class Ending:
         return _SAID[signal.Signals(self.signum)][1]
 
 
+# The signals raised as `Stopped` and not yet taken by the run (see `raise_if_dropped`).
+_received: list[int] = []
+
+
 def ending_of(interrupt: KeyboardInterrupt) -> Ending:
     """Return the ending a KeyboardInterrupt stands for (Ctrl-C's, unless a `Stopped`)."""
+    _received.clear()  # taken
     return Ending(interrupt.signum if isinstance(interrupt, Stopped) else signal.SIGINT)
+
+
+def raise_if_dropped() -> None:
+    """Raise `Stopped` again for a signal whose raise Python dropped; nothing if none was.
+
+    An exception raised by the handler while Python runs a garbage collector's callback is
+    printed ("Exception ignored") and dropped: the run went on, called its write and exited 0.
+    The run asks here at each turn of its loop, and before it decides anything.
+    """
+    if _received:
+        raise Stopped(_received[-1])
 
 
 @contextmanager
@@ -80,6 +96,7 @@ def signals_as_interrupts() -> Iterator[None]:
 def _stop(signum: int, _frame: FrameType | None) -> None:
     if signum == signal.SIGHUP:
         _away_from_the_closed_terminal()
+    _received.append(signum)
     raise Stopped(signum)
 
 
