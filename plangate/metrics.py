@@ -51,7 +51,7 @@ DECISIONS = Counter(
 APPROVALS_EXPIRED = Counter("plangate_approvals_expired", "Held plans that expired undecided.")
 TOOL_CALLS = Counter(
     "plangate_tool_calls",
-    "Tool calls, by tool and outcome (succeeded, failed).",
+    "Tool calls, by tool and outcome (succeeded, failed, timed_out).",
     ["tool", "outcome"],
 )
 TOOL_SECONDS = Histogram("plangate_tool_seconds", "How long a tool call took.", ["tool"])

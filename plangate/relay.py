@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import timedelta
@@ -11,10 +12,16 @@ from sqlalchemy import func, or_, select, update
 
 from plangate.bus import Bus, Envelope
 from plangate.errors import BrokerUnavailable
+from plangate.lasting import Lasting
 from plangate.store import OutboxRow, Store, outbox
 from schemas import utcnow
 
 log = logging.getLogger(__name__)
+
+# A broker away for minutes was said at every publish tried (`serve`: every request): said as
+# it begins, then at most once a minute, and once when a publish goes through again.
+_away = Lasting(every=60.0)
+_away_lock = threading.Lock()
 
 
 def deliver(
@@ -37,12 +44,17 @@ def deliver(
     try:
         bus.publish(envelopes)
     except BrokerUnavailable as exc:
-        log.warning(
-            "%s; %d message(s) wait in the outbox for the relay",
-            exc,
-            len(envelopes),
-            extra={"broker_problem": str(exc)},
-        )
+        with _away_lock:
+            said = _away.note()
+        if said is not None:
+            lasted = "" if said == "began" else f" (for {_away.seconds():.0f} s now)"
+            log.warning(
+                "%s; %d message(s) wait in the outbox for the relay%s",
+                exc,
+                len(envelopes),
+                lasted,
+                extra={"broker_problem": str(exc)},
+            )
         return False
     except Exception:
         # Committed already: whatever else failed the publish (a broker answering with
@@ -52,6 +64,11 @@ def deliver(
             "publishing failed; %d message(s) wait in the outbox for the relay", len(envelopes)
         )
         return False
+    if _away.active:
+        with _away_lock:
+            away_for = _away.end()
+        if away_for is not None:
+            log.warning("the broker takes messages again, after %.0f s", away_for)
     if mark is not None:
         mark(envelopes)
     else:

@@ -273,3 +273,31 @@ def test_rows_sent_longer_ago_than_a_day_are_pruned_and_no_other(store: Store) -
     with store.session() as session:
         left = set(session.execute(select(OutboxRow.id)).scalars())
     assert left == {recent, unsent}
+
+
+def test_a_broker_away_is_said_once_as_it_begins_and_once_as_it_ends_not_at_each_publish(
+    store: Store, bus: Bus, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`serve` said the broker was unreachable at every request for as long as it was (20
+    lines a minute at one request a second), and never that it was back.
+
+    Given a broker that refuses every publish,
+    When ten goals are submitted, then one more once it answers again,
+    Then one warning says the broker cannot be reached, and one that it takes messages again.
+    """
+    real_publish = bus.publish
+
+    def away(envelopes: object) -> None:
+        raise BrokerUnavailable("cannot reach the broker at redis://...")
+
+    monkeypatch.setattr(bus, "publish", away)
+    with caplog.at_level("WARNING", logger="plangate.relay"):
+        for number in range(10):
+            assert submit_goal(store, bus, f"count open tickets {number}").queued
+        monkeypatch.setattr(bus, "publish", real_publish)
+        assert not submit_goal(store, bus, "count open tickets again").queued
+
+    said = [r.getMessage() for r in caplog.records if r.name == "plangate.relay"]
+    assert len(said) == 2, said
+    assert said[0].startswith("cannot reach the broker at redis://...; 1 message(s) wait")
+    assert said[1].startswith("the broker takes messages again, after ")

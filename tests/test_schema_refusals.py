@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import ConfigError
 from plangate.readiness import not_ready
+from plangate.server import create_app, schema_guard
 from plangate.store import open_store
 from plangate.store.schema import head_revision
-from tests.fleet import FAST_SWEEPS, Fleet
+from tests.fleet import FAST_SWEEPS, Fleet, serving_app
 from tests.support import eventually
 from tests.support import plangate_in as plangate
 
@@ -208,3 +212,51 @@ def test_a_running_worker_whose_schema_a_newer_plangate_migrated_stops_saying_so
     said = fleet.logs()
     assert f"the database schema is at {NEWER}, newer than this plangate knows" in said
     assert "this planner worker stops (messages wait for one that knows it)" in said
+
+
+def test_serve_refuses_writes_while_the_schema_is_not_its_own_and_takes_them_again_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers stop when a newer release moves the schema on; `serve` went on taking goals
+    and writing them, saying so only in `/readyz`, which compose does not route on.
+
+    Given `serve` on a store a newer plangate then migrates,
+    When a goal is submitted, and again once the schema is its own again,
+    Then the first is refused (503) saying why and that nothing was stored, while reads are
+    still answered; the second is taken.
+    """
+    monkeypatch.setattr(schema_guard, "EVERY", 0.0)  # the schema read at each write
+    settings = Settings(data_dir=tmp_path, broker_url="memory://")
+    database = tmp_path / "plangate.db"
+    open_store(settings.resolved_database_url()).close()
+
+    def version(revision: str) -> None:
+        with sqlite3.connect(database) as connection:
+            connection.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+
+    def post(url: str) -> tuple[int, str]:
+        request = urllib.request.Request(
+            f"{url}/api/v1/goals",
+            data=b'{"text": "how many tickets are open"}',
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as refused:
+            with refused:
+                return refused.code, refused.read().decode()
+
+    with Client(settings) as client, serving_app(create_app(settings, client=client)) as url:
+        version(NEWER)
+        refused = post(url)
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as answer:
+            read = answer.status
+        version(head_revision())
+        taken = post(url)
+
+    assert refused[0] == 503, refused
+    assert f"the database schema is at {NEWER}, newer than this plangate knows" in refused[1]
+    assert "nothing was stored" in refused[1]
+    assert read == 200
+    assert taken[0] == 201, taken

@@ -21,6 +21,7 @@ from plangate.server.errors import install_handlers
 from plangate.server.head_requests import HeadAsGet
 from plangate.server.ratelimit import FailureLimit
 from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
+from plangate.server.schema_guard import SchemaGuard
 from plangate.server.security_headers import SecurityHeaders
 from plangate.server.sessions import SessionKeeper, session_secret
 
@@ -81,6 +82,7 @@ def create_app(
     )
     app.state.failure_limit = FailureLimit()
     install_handlers(app)
+    app.add_middleware(SchemaGuard)
     app.add_middleware(BodyLimit)
     app.add_middleware(HeadAsGet)
     app.include_router(goals.router)
