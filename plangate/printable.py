@@ -37,3 +37,16 @@ def printable_line(text: str) -> str:
     For one row of a listing, where a line break in a field forges a row below it.
     """
     return printable(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
+def undecodable_at(text: str) -> int | None:
+    """Return where `text` holds a byte Python could not decode (U+DC80-U+DCFF), if it does.
+
+    That is how a command line's bytes that are no UTF-8 arrive (`surrogateescape`).
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        undecoded = [i for i in range(exc.start, exc.end) if "\udc80" <= text[i] <= "\udcff"]
+        return undecoded[0] if undecoded else None
+    return None

@@ -51,6 +51,11 @@ def cause_of(said: Sequence[str]) -> str:
     cause; the retried error before it does ("Connection refused").
     """
     specific = [line for line in said if "max retries or shutdown" not in line]
+    if not specific and said:  # no try failed quickly: each waited for an answer in vain
+        return (
+            "the collector did not answer any try within the export's timeout "
+            "(OTEL_EXPORTER_OTLP_TIMEOUT): it hangs, or the network drops the packets"
+        )
     lines = specific or list(said)
     if not lines:
         return "the exporter gave no reason"

@@ -12,6 +12,7 @@ from plangate import telemetry
 from plangate.bus import Bus, Envelope
 from plangate.errors import Conflict, InputInvalid, quoted
 from plangate.event_keys import event_key, legacy_event_key, refuse_event_metadata, refuse_reserved
+from plangate.printable import undecodable_at
 from plangate.relay import deliver
 from plangate.store import Store
 from plangate.store.goals import goal_with_key, store_goal
@@ -140,19 +141,6 @@ def _key_taken(key: str, event: tuple[str, str] | None) -> str:
     )
 
 
-def _undecodable_at(text: str) -> int | None:
-    """Return where `text` holds a byte Python could not decode (U+DC80-U+DCFF), if it does.
-
-    That is how a command line's bytes that are no UTF-8 arrive (`surrogateescape`).
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        undecoded = [i for i in range(exc.start, exc.end) if "\udc80" <= text[i] <= "\udcff"]
-        return undecoded[0] if undecoded else None
-    return None
-
-
 def _key_as_sent(key: str) -> str:
     """Return an idempotency key without the spaces around it, as an HTTP header carries it.
 
@@ -175,7 +163,7 @@ def _goal_message(
     """
     if isinstance(text, str) and not text.strip():
         raise InputInvalid("the goal is empty: say what should be done, in words")
-    if isinstance(text, str) and (at := _undecodable_at(text)) is not None:
+    if isinstance(text, str) and (at := undecodable_at(text)) is not None:
         # A command line's bytes that are no UTF-8 arrive as lone surrogates, which were said
         # as "JSON text ... holds a lone surrogate" to someone who typed no JSON.
         raise InputInvalid(

@@ -686,20 +686,31 @@ def test_an_empty_idempotency_key_is_refused_in_one_line(cli: Cli) -> None:
     ]
 
 
-def test_a_goal_whose_bytes_are_no_utf_8_says_so_not_that_json_is_wrong(cli: Cli) -> None:
-    """A goal typed in a terminal that is not UTF-8 was refused as "JSON text ... holds a lone
-    surrogate", to someone who typed no JSON.
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "count tickets \udcff", "--yes"),
+        ("goals", "list", "--search", "count tickets \udcff"),
+    ],
+    ids=["a goal", "a search"],
+)
+def test_an_argument_whose_bytes_are_no_utf_8_says_so_in_one_line(
+    cli: Cli, args: tuple[str, ...]
+) -> None:
+    """An argument typed in a terminal that is not UTF-8 was refused as "JSON text ... holds a
+    lone surrogate" (a goal, to someone who typed no JSON), or ended in a traceback (a search,
+    an id, a path).
 
-    Given a goal whose last byte (0xff) is no UTF-8,
-    When `plangate run` is given it,
-    Then one line says the goal is not UTF-8 text and where, and how to send it; nothing runs.
+    Given an argument whose last byte (0xff) is no UTF-8,
+    When a command is given it,
+    Then one line says it is not UTF-8 text and where, and how to send it; nothing runs.
     """
-    result = cli("run", "count tickets \udcff", "--yes")
+    result = cli(*args)
 
     assert result.returncode == EXIT_USAGE, result.stderr
     assert result.stderr.splitlines() == [
-        "error: the goal is not UTF-8 text (a byte that is no character, at character 15): set "
-        "your terminal to UTF-8, or pass the goal as UTF-8 text"
+        "error: the argument 'count tickets \\xff' is not UTF-8 text (a byte that is no "
+        "character, at character 15): set your terminal to UTF-8, or pass it as UTF-8 text"
     ]
 
 

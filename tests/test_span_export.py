@@ -195,3 +195,23 @@ def test_an_outage_that_goes_on_is_said_again_at_most_every_few_minutes(
     assert "after 300 s: 10 batches (10 spans) dropped since the last warning" in said[1]
     assert "last: Failed to export spans batch code: 500" in said[1]
     assert "after 600 s: 10 batches (10 spans) dropped since the last warning" in said[2]
+
+
+def test_a_collector_that_hangs_is_said_as_one_that_does_not_answer_in_time() -> None:
+    """A hung collector was said in the exporter's own words, "Failed to export spans batch
+    due to timeout, max retries or shutdown.", which name no cause: it read as a dead one.
+
+    Given the exporter's lines of a failed batch: the last one alone (every try timed out), or
+    a retried error before it,
+    When the cause is taken from them,
+    Then a hang is said as a collector that answered no try in time, naming the timeout's
+    variable; a refused connection as itself.
+    """
+    last = "Failed to export spans batch due to timeout, max retries or shutdown."
+    refused = "Transient error Connection refused encountered while exporting span batch"
+
+    assert span_export.cause_of([last]) == (
+        "the collector did not answer any try within the export's timeout "
+        "(OTEL_EXPORTER_OTLP_TIMEOUT): it hangs, or the network drops the packets"
+    )
+    assert span_export.cause_of([refused, last]) == "Connection refused"

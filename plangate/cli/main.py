@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
 
+# typer vendors its own click (typer>=0.29), as `plangate.cli.lazy` says.
+from typer import _click as click
+
 from plangate import __version__
 from plangate.cli.lazy import HELP_OPTIONS, LazyCommand, LazyGroup, Loader, attribute
+from plangate.printable import undecodable_at
 
 
 def _review() -> typer.Typer:
@@ -23,6 +28,24 @@ def _group(name: str) -> Loader:
 
 class Commands(LazyGroup):
     """plangate's commands, in the order `plangate --help` lists them."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """Refuse an argument whose bytes are no UTF-8 in one line, before any command runs.
+
+        A terminal in another encoding hands Python bytes it keeps as lone surrogates: a
+        search, an id or a path of them ended in a UnicodeEncodeError's traceback.
+        """
+        for arg in args:
+            if (at := undecodable_at(arg)) is not None:
+                shown = os.fsencode(arg).decode("utf-8", "backslashreplace")
+                click.echo(
+                    f"error: the argument '{shown}' is not UTF-8 text (a byte that is no "
+                    f"character, at character {at + 1}): set your terminal to UTF-8, or pass "
+                    "it as UTF-8 text",
+                    err=True,
+                )
+                ctx.exit(2)
+        return super().parse_args(ctx, args)
 
     table = (
         LazyCommand(
