@@ -165,6 +165,16 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(autouse=True)
+def logged_as_a_worker_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a worker's logging has it: a command run in this process (the `--help` tests) keeps
+    the exporter's lines for itself (`quiet_exporter`), and caplog would see none."""
+    for name in ("opentelemetry", "plangate.span_export"):
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "propagate", True)
+        monkeypatch.setattr(logger, "handlers", [])
+
+
 def test_an_outage_that_goes_on_is_said_again_at_most_every_few_minutes(
     collector: Collector, caplog: pytest.LogCaptureFixture
 ) -> None:
