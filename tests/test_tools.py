@@ -587,12 +587,14 @@ def test_a_tool_module_beside_the_user_says_plangate_does_not_look_there(tmp_pat
             command, cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=60
         )
 
-    as_module, as_file = run("shop_tools"), run("shop_tools.py")
+    as_module, as_file, as_path = run("shop_tools"), run("shop_tools.py"), run("./shop_tools.py")
 
     assert as_module.returncode == 2, as_module.stderr
     assert "./shop_tools.py is here, but plangate does not look in the current folder" in (
         as_module.stderr
     )
     assert "run it with PYTHONPATH=." in as_module.stderr
-    assert as_file.returncode == 2, as_file.stderr
-    assert "give the module's name ('shop_tools'), not its file" in as_file.stderr
+    for named in (as_file, as_path):  # "./x.py" was "the 'package' argument is required ..."
+        assert named.returncode == 2, named.stderr
+        assert "is a file's name: give the module's name ('shop_tools')" in named.stderr
+        assert "(PYTHONPATH=.)" in named.stderr

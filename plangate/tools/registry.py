@@ -59,6 +59,10 @@ class ToolRegistry:
 
     def load_module(self, dotted_name: str) -> list[Tool[..., Any]]:
         """Import `dotted_name` and register every tool among its globals; return those tools."""
+        if dotted_name.endswith(".py") or "/" in dotted_name:  # a file named, not a module
+            raise ToolLoadError(
+                f"tool module {dotted_name!r} is a file's name: {_as_module(dotted_name)}"
+            )
         try:
             module = importlib.import_module(dotted_name)
         except ToolLoadError:
@@ -119,17 +123,23 @@ def _where_to_look(dotted_name: str) -> str:
     `--tools shop_tools` beside ./shop_tools.py was "No module named 'shop_tools'": the
     `plangate` command does not look in the current folder, as `python` does.
     """
-    module = dotted_name.removesuffix(".py").replace("/", ".").strip(".")
-    as_file = Path(*module.split(".")).with_suffix(".py") if module else None
-    if dotted_name.endswith(".py") or "/" in dotted_name:
+    parts = dotted_name.split(".")
+    candidates = (Path(*parts).with_suffix(".py"), Path(*parts) / "__init__.py")
+    found = next((path for path in candidates if all(parts) and path.is_file()), None)
+    if found is not None and not {"", ".", os.getcwd()} & set(sys.path):
+        where = found.parent if found.name == "__init__.py" else found
         return (
-            f"give the module's name ({module!r}), not its file, and put the folder it is in "
-            "on PYTHONPATH"
-        )
-    here = {"", ".", os.getcwd()}
-    if as_file is not None and as_file.is_file() and not here & set(sys.path):
-        return (
-            f"./{as_file} is here, but plangate does not look in the current folder: run it "
+            f"./{where} is here, but plangate does not look in the current folder: run it "
             "with PYTHONPATH=. (or install the module)"
         )
     return "check PLANGATE_TOOLS or --tools"
+
+
+def _as_module(path: str) -> str:
+    """Say how to name a tool module given as its file: by its name, its folder on the path."""
+    file = Path(path)
+    folder = str(file.parent) if str(file.parent) != "." else "."
+    return (
+        f"give the module's name ({file.stem!r}) in PLANGATE_TOOLS or --tools, and put the "
+        f"folder it is in on Python's path (PYTHONPATH={folder})"
+    )
