@@ -19,25 +19,23 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
-from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import Link, Span, SpanKind, Status
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from plangate import span_export
 from plangate.addresses import check_collector_url
 from plangate.current_settings import current_settings
-from plangate.errors import ConfigError
-from plangate.redaction import redact
+from plangate.errors import ConfigError, HandBack, Retry
 from plangate.span_recording import PassingTracer, ReceivingProvider
-from schemas.decoding import storable_text
+from plangate.span_redaction import RedactingExporter
 
 _propagator = TraceContextTextMapPropagator()
 TRACE_HEADERS = ("traceparent", "tracestate")
@@ -120,68 +118,6 @@ def collector_endpoint(environ: Mapping[str, str]) -> tuple[str, str]:
     if url := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return "OTEL_EXPORTER_OTLP_ENDPOINT", url
     return "", ""
-
-
-class RedactingExporter(SpanExporter):
-    """Hands another exporter each span redacted: nothing secret leaves the process in a span."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self.inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        """Export redacted copies of `spans`."""
-        return self.inner.export([redacted_span(span) for span in spans])
-
-    def shutdown(self) -> None:
-        """Shut the inner exporter down."""
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        """Flush the inner exporter."""
-        return self.inner.force_flush(timeout_millis)
-
-
-def redacted_span(span: ReadableSpan) -> ReadableSpan:
-    """Return a copy of `span` whose every text (name, attributes, events, status) is redacted."""
-    status = span.status
-    if status.description:
-        status = Status(status.status_code, _text(status.description))
-    return ReadableSpan(
-        name=_text(span.name),
-        context=span.context,
-        parent=span.parent,
-        resource=span.resource,
-        attributes=_attributes(span.attributes),
-        events=[
-            Event(_text(e.name), _attributes(e.attributes), timestamp=e.timestamp)
-            for e in span.events
-        ],
-        links=[Link(link.context, _attributes(link.attributes)) for link in span.links],
-        kind=span.kind,
-        status=status,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=span.instrumentation_scope,
-    )
-
-
-def _text(text: str) -> str:
-    # Storable too: a lone surrogate would make the whole export batch fail to encode.
-    return storable_text(redact(text))
-
-
-def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {key: _value(value) for key, value in (attributes or {}).items()}
-
-
-def _value(value: Any) -> Any:
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, Mapping):
-        return _attributes(value)
-    if isinstance(value, Sequence) and not isinstance(value, bytes):
-        return tuple(_value(item) for item in value)
-    return value
 
 
 def _grpc_exporter() -> SpanExporter:
@@ -340,19 +276,44 @@ def consumer_span(queue: str, routing_key: str, headers: Mapping[str, str]) -> I
     """Open a messaging consumer (process) span continuing the trace in `headers`."""
     token = otel_context.attach(extract(headers))
     try:
-        with tracer().start_as_current_span(
-            f"process {routing_key}",
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kombu",
-                "messaging.operation.type": "process",
-                "messaging.destination.name": queue,
-                "messaging.rabbitmq.destination.routing_key": routing_key,
-            },
-        ) as span:
+        with (
+            tracer().start_as_current_span(
+                f"process {routing_key}",
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "kombu",
+                    "messaging.operation.type": "process",
+                    "messaging.destination.name": queue,
+                    "messaging.rabbitmq.destination.routing_key": routing_key,
+                },
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span,
+            errors_recorded(span),
+        ):
             yield span
     finally:
         otel_context.detach(token)
+
+
+@contextmanager
+def errors_recorded(span: Span) -> Iterator[None]:
+    """Record an exception that leaves the block as the span's error, unless it defers work.
+
+    A Retry (a step another run has claimed, a key not trusted yet) or a HandBack (an
+    executor stopping) is the message waiting its turn: recorded as an error with its stack,
+    a routine wait read as a failure in the trace viewer. It is an event of the span instead.
+    """
+    try:
+        yield
+    except (Retry, HandBack) as deferred:
+        # Redacted as every text of a span is, by the exporter.
+        span.add_event("deferred", {"plangate.deferred": f"{type(deferred).__name__}: {deferred}"})
+        raise
+    except Exception as exc:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
 
 
 @contextmanager
@@ -371,5 +332,14 @@ def run_span(
         if planned.is_valid and planned != incoming:
             links.append(Link(planned, {"plangate.link": "plan"}))
     parent = otel_context.Context() if linked_only else None  # an empty context: a new trace
-    with tracer().start_as_current_span(name, context=parent, links=links) as span:
+    with (
+        tracer().start_as_current_span(
+            name,
+            context=parent,
+            links=links,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span,
+        errors_recorded(span),
+    ):
         yield span

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from plangate import redaction, telemetry
+from plangate import redaction, span_redaction
 from plangate.bus import Bus
 from plangate.client import Client
 from plangate.config import Settings
@@ -189,7 +189,7 @@ def test_exported_spans_are_redacted_in_attributes_events_and_status() -> None:
     redaction.register_secret(secret)
     memory = InMemorySpanExporter()
     provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(telemetry.RedactingExporter(memory)))
+    provider.add_span_processor(SimpleSpanProcessor(span_redaction.RedactingExporter(memory)))
     with provider.get_tracer("t").start_as_current_span(f"call {secret}") as span:
         span.set_attribute("error.message", f"echo {secret}")
         span.set_attribute("list", [secret, "ok"])

@@ -19,7 +19,7 @@ from opentelemetry.trace import StatusCode
 from plangate import telemetry
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.errors import ToolError
+from plangate.errors import HandBack, Retry, ToolError
 from plangate.logs import JsonFormatter
 from plangate.tools import ToolRegistry, tool
 from schemas import Plan
@@ -376,3 +376,33 @@ def test_a_persons_decision_logs_its_move_in_the_goals_trace_not_the_requests(
     assert line["trace_id"] == format(decision.context.trace_id, "032x")
     assert line["trace_id"] != format(request.get_span_context().trace_id, "032x")
     assert line["span_id"] == format(decision.context.span_id, "016x")
+
+
+def test_a_message_waiting_its_turn_is_an_event_of_its_span_not_an_error(
+    spans: InMemorySpanExporter,
+) -> None:
+    """An executor deferring a run whose step another run has claimed raised a Retry: its
+    span was an error with the stack trace, and the routine wait read as a failure in Jaeger.
+
+    Given a message whose handling raises a Retry, one a HandBack, and one a ValueError,
+    When each span ends,
+    Then the first two are no error, each with a `deferred` event saying why; the third is
+    an error, its exception recorded.
+    """
+    raised: list[Exception] = [
+        Retry("step 'w' is claimed by a run until 07:45:30 UTC, not recorded yet"),
+        HandBack("this executor stops"),
+        ValueError("a fault of the handler's"),
+    ]
+    for exc in raised:
+        with pytest.raises(type(exc)), telemetry.consumer_span("q", "plan.approved", {}):
+            raise exc
+
+    waited, handed_back, failed = spans.get_finished_spans()
+    for deferred, exc in ((waited, raised[0]), (handed_back, raised[1])):
+        assert deferred.status.status_code is StatusCode.UNSET
+        [event] = deferred.events
+        assert event.name == "deferred"
+        assert (event.attributes or {})["plangate.deferred"] == f"{type(exc).__name__}: {exc}"
+    assert failed.status.status_code is StatusCode.ERROR
+    assert [event.name for event in failed.events] == ["exception"]
