@@ -274,3 +274,34 @@ def test_a_library_pipeline_keeps_no_file_open_per_goal(settings: Settings) -> N
 
     assert not list((settings.data_dir / "runs").glob("*.lock"))
     assert held - opened < 5, (opened, held)
+
+
+def test_a_sigterm_as_the_run_starts_is_said_and_exits_as_a_sigterm(tmp_path: Path) -> None:
+    """A SIGTERM while the pipeline was starting (or stopping) ended the run in "Aborted!"
+    and exit 130, whatever the signal was, saying nothing of the goal.
+
+    Given a run whose tools take seconds to load,
+    When it gets SIGTERM as they load,
+    Then it says it was terminated as the run was starting or ending, where to look, and
+    exits 143.
+    """
+    mark = tmp_path / "importing"
+    environ = outer_environment() | {
+        "PLANGATE_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": str(ROOT),
+        "SLOW_IMPORT_MARK": str(mark),
+    }
+    command = [sys.executable, "-m", "plangate", "run", "count", "--yes"]
+    with subprocess.Popen(
+        [*command, "--tools", "tests.slow_import_tools"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as run:
+        eventually(mark.exists, what="the tools to begin loading")
+        run.send_signal(signal.SIGTERM)
+        _, said = run.communicate(timeout=30)
+
+    assert run.returncode == 143, said
+    assert "terminated (SIGTERM) as the run was starting or ending" in said

@@ -373,28 +373,24 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
     """Run one goal in the embedded pipeline; return the process exit code."""
     out = Console(highlight=False)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    with (
-        signals_as_interrupts(),
-        telemetry.flushing(),
-        event_stream.events_only_on_stdout(options.as_json) as events,
-        Pipeline(settings, own_goals_only=True, previews=not options.yes) as pipeline,
-    ):
-        interrupted.say_settled(pipeline.settled, err)
-        waiting = pipeline.waiting_elsewhere()
-        if waiting and not options.as_json:
-            err.print(
-                f"note: {waiting} message(s) of other goals wait in this store for a deployment's "
-                "workers (decisions taken with `plangate review`, goals sent with `plangate "
-                "submit`); this run carries out only its own goal. `plangate worker planner|"
-                "gate|executor` on this store carries them out.",
-                style="dim",
-            )
-        goal_run = GoalRun(pipeline, options, out, err)
-        goal_run.events = events
-        code = goal_run.run(text)
-        if goal_run.ending is not None:
-            grace = 0.0 if goal_run.waited else interrupted.STOP_GRACE_SECONDS
-            interrupted.stop_or_abandon(pipeline, err, code, grace, goal_run.goal_id)
-        elif goal_run.timed_out:
-            interrupted.end_after_timeout(pipeline, goal_run.goal_id, err, code)
-        return code
+    try:
+        with (
+            signals_as_interrupts(),
+            telemetry.flushing(),
+            event_stream.events_only_on_stdout(options.as_json) as events,
+            Pipeline(settings, own_goals_only=True, previews=not options.yes) as pipeline,
+        ):
+            interrupted.say_settled(pipeline.settled, err)
+            if not options.as_json:
+                interrupted.say_waiting_elsewhere(pipeline, err)
+            goal_run = GoalRun(pipeline, options, out, err)
+            goal_run.events = events
+            code = goal_run.run(text)
+            if goal_run.ending is not None:
+                grace = 0.0 if goal_run.waited else interrupted.STOP_GRACE_SECONDS
+                interrupted.stop_or_abandon(pipeline, err, code, grace, goal_run.goal_id)
+            elif goal_run.timed_out:
+                interrupted.end_after_timeout(pipeline, goal_run.goal_id, err, code)
+            return code
+    except KeyboardInterrupt as early:  # as the pipeline started or stopped: said, as ever
+        return interrupted.outside_the_run(ending_of(early), err)

@@ -258,3 +258,28 @@ def stop_or_abandon(
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def say_waiting_elsewhere(pipeline: Pipeline, err: Console) -> None:
+    """Say that messages of other goals wait in this store for a deployment's workers."""
+    waiting = pipeline.waiting_elsewhere()
+    if waiting:
+        err.print(
+            f"note: {waiting} message(s) of other goals wait in this store for a deployment's "
+            "workers (decisions taken with `plangate review`, goals sent with `plangate "
+            "submit`); this run carries out only its own goal. `plangate worker planner|"
+            "gate|executor` on this store carries them out.",
+            style="dim",
+        )
+
+
+def outside_the_run(ending: Ending, err: Console) -> int:
+    """Say that a signal came as the run started or stopped; return the exit code it asks.
+
+    It ended in "Aborted!" and exit 130, whichever signal it was, saying nothing.
+    """
+    err.print(
+        f"\n{ending.said} as the run was starting or ending: `plangate status` says where its "
+        "goal stands, and the next `plangate run` on this data folder settles what it left"
+    )
+    return ending.exit_code
