@@ -102,11 +102,10 @@ def steps_after_waiting(
             "happened; check, then record which with `plangate review settle`"
         )
     written = went_out(pipeline, goal_id)
-    err.print(
-        f"write step {', '.join(written)} went out: it succeeded before the run ended"
-        if written
-        else "no write step went out"
-    )
+    if written:
+        err.print(f"write step {', '.join(written)} went out: it succeeded before the run ended")
+    elif not unknown:  # beside a write of unknown outcome, "none went out" contradicted it
+        err.print("no write step went out")
     return steps
 
 
