@@ -154,7 +154,7 @@ def test_goal_no_playbook_matches_fails_planning_and_says_how_to_add_one(
 
 
 def test_a_move_a_person_must_look_at_is_logged_as_a_warning(
-    pipeline: Pipeline, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Given a goal that fails (no playbook matches it) and one that completes,
     When each moves,
@@ -162,9 +162,6 @@ def test_a_move_a_person_must_look_at_is_logged_as_a_warning(
     warnings only saw no failed goal at all.
     """
     caplog.set_level(logging.INFO, logger="plangate.store.goals")
-    # As a worker's logging has it: a command run in this process (`--help` tests) leaves the
-    # moves to the command (`quiet_moves`).
-    monkeypatch.setattr(logging.getLogger("plangate.store.goals"), "filters", [])
     failed = pipeline.submit("water the office plants").goal_id
     done = pipeline.submit("how many tickets are open").goal_id
     assert pipeline.wait_for(failed, timeout=5).status == "plan_failed"

@@ -94,16 +94,21 @@ def quiet_relay() -> None:
 
 
 def _not_a_move(record: logging.LogRecord) -> bool:
-    return not hasattr(record, "to")  # a goal's move carries where it went (`to`)
+    # A goal's move carries where it went (`to`).
+    return not (record.name == "plangate.store.goals" and hasattr(record, "to"))
 
 
 def quiet_moves() -> None:
     """Leave a goal's moves to the command, which says where its goal went in its own words.
 
     Logged at warning for workers' log pipelines (a move to failed, or needs attention), they
-    ran into a command's output as bare lines, a command setting up no logging of its own.
+    ran into a command's output as bare lines: a command sets up no logging of its own, and
+    Python's last resort printed them. Filtered there, so that any handler that is set up (a
+    library's, a test's) still gets them.
     """
-    logging.getLogger("plangate.store.goals").addFilter(_not_a_move)
+    last_resort = logging.lastResort
+    if last_resort is not None and _not_a_move not in last_resort.filters:
+        last_resort.addFilter(_not_a_move)
 
 
 # plangate.span_export's logger, named here: importing it would load the OpenTelemetry SDK into
