@@ -8,7 +8,9 @@ moment of the machine hits every side alike:
   SQLAlchemy's ORM, nothing of plangate (what `status` cannot do without on this stack);
 - `plangate --help`, and `plangate status ID` on a goal that `plangate run` completed;
 - `plangate run` with no collector configured and with one that is down: what exporting its
-  spans at exit adds when nothing answers.
+  spans at exit adds when nothing answers;
+- a worker's exit at SIGTERM (a planner on a Redis of the bench's own, having traced a goal)
+  with no collector, with one that is down and with one that hangs: what its last spans cost.
 
     python bench/cli_startup.py [--runs 7]
 """
@@ -25,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness import Processes, start_redis
 
 PLANGATE = [sys.executable, "-m", "plangate"]
 FLOOR_IMPORTS = "import typer, pydantic_settings, sqlalchemy.orm"
@@ -90,6 +94,62 @@ def main() -> None:
     for name, median in zip(exit_times, (up, gone), strict=True):
         print(f"  {name:<60} {median * 1000:7.0f} ms")
     print(f"  a collector down adds {gone - up:.2f} s at exit (target <= 1 s)")
+    print_worker_exits(runs)
+
+
+def print_worker_exits(runs: int) -> None:
+    """Print the median time a worker takes to exit at SIGTERM, by its collector's state."""
+    with tempfile.TemporaryDirectory() as folder, socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(64)  # connections complete in the kernel; nothing ever answers them
+        processes = Processes(Path(folder))
+        try:
+            env = {
+                **os.environ,
+                "PLANGATE_BROKER_URL": start_redis(processes),
+                "PLANGATE_DATABASE_URL": f"sqlite:///{folder}/plangate.db",
+                "PLANGATE_PLANNER": "playbook",
+            }
+            env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+            subprocess.run([*PLANGATE, "db", "upgrade"], env=env, check=True, capture_output=True)
+            collectors = {
+                "none": None,
+                "down": f"http://127.0.0.1:{closed_port()}",
+                "hung": f"http://127.0.0.1:{hung.getsockname()[1]}",
+            }
+            exits: dict[str, list[float]] = {name: [] for name in collectors}
+            for run in range(runs):
+                for name, endpoint in collectors.items():
+                    exits[name].append(worker_exit(processes, env, endpoint, f"{name}{run}"))
+        finally:
+            processes.stop()
+    print(f"a planner worker's exit at SIGTERM, having traced a goal (median of {runs})")
+    for name, measured in exits.items():
+        print(f"  its collector {name:<5} {statistics.median(measured) * 1000:7.0f} ms")
+
+
+def worker_exit(
+    processes: Processes, env: dict[str, str], endpoint: str | None, name: str
+) -> float:
+    """Start a planner, let it trace one goal, SIGTERM it; return the seconds it took to exit."""
+    worker_env = {**env, "PLANGATE_DATA_DIR": str(processes.folder / name)}
+    if endpoint is not None:
+        worker_env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    processes.start(name, [*PLANGATE, "worker", "planner"], worker_env)
+    _, process, _ = processes.running[-1]
+    log = processes.folder / f"{name}.log"
+    # With no executor running, the planner traces the goal, then hands it back to wait.
+    subprocess.run(
+        [*PLANGATE, "submit", "restart the api"], env=env, check=True, capture_output=True
+    )
+    deadline = time.monotonic() + 30
+    while "no executor has published its tools" not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline or process.poll() is not None:
+            sys.exit(f"the planner did not take the goal:\n{log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    started = time.perf_counter()
+    processes.stop(lambda entry: entry == name, timeout=60)
+    return time.perf_counter() - started
 
 
 def closed_port() -> int:

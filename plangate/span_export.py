@@ -13,10 +13,12 @@ by reason, for the PlangateTracesLost alert.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -44,6 +46,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:_CAUSE_CHARS]
 
 
+NO_ANSWER = (
+    "the collector did not answer any try within the export's timeout "
+    "(OTEL_EXPORTER_OTLP_TIMEOUT): it hangs, or the network drops the packets"
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def cause_of(said: Sequence[str]) -> str:
     """Return the exporter's line that says best why a batch failed.
 
@@ -52,15 +61,29 @@ def cause_of(said: Sequence[str]) -> str:
     """
     specific = [line for line in said if "max retries or shutdown" not in line]
     if not specific and said:  # no try failed quickly: each waited for an answer in vain
-        return (
-            "the collector did not answer any try within the export's timeout "
-            "(OTEL_EXPORTER_OTLP_TIMEOUT): it hangs, or the network drops the packets"
-        )
+        return NO_ANSWER
     lines = specific or list(said)
     if not lines:
         return "the exporter gave no reason"
     line = lines[-1].removeprefix("Transient error ")
     return _one_line(line.split(" encountered while exporting")[0])
+
+
+def refused(endpoint: str) -> str | None:
+    """Return why a connection to `endpoint` fails at once, or None if one is made.
+
+    With one try in a short command's half second, the exporter logs only that its tries
+    ran out, whether the collector hangs or nothing listens: a connection says which.
+    """
+    parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme, 4317)
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=0.5):
+            return None
+    except TimeoutError:
+        return None  # as a hang: nothing answers
+    except (OSError, ValueError) as exc:
+        return _one_line(f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -118,6 +141,25 @@ class ExportWatch:
                 return True
             self._lost.add(0, 1)
             return False
+
+    def cause(self, said: Sequence[str]) -> str:
+        """Return why a batch failed, from the exporter's lines `said` and the collector."""
+        cause = cause_of(said)
+        return (refused(self.endpoint) or cause) if cause == NO_ANSWER else cause
+
+    def cut_short(self, waited: float) -> None:
+        """Say that the spans a process held as it ended were not all exported in time."""
+        said = _exporter_lines.take()
+        log.warning(
+            "the last spans of this process were not exported: the collector at %s (%s) did "
+            "not take them within %.0f s of its end (%s), and they are dropped: check the "
+            "collector, or %s",
+            self.endpoint,
+            self.variable,
+            waited,
+            self.cause(said) if said else "no answer yet",
+            self.variable,
+        )
 
     def _began(self, cause: str) -> None:
         log.warning(
@@ -210,9 +252,8 @@ class WatchedExporter(SpanExporter):
             self.watch.exported(len(spans), False, _one_line(f"{type(exc).__name__}: {exc}"))
             return SpanExportResult.FAILURE
         succeeded = result is SpanExportResult.SUCCESS
-        self.watch.exported(
-            len(spans), succeeded, "" if succeeded else cause_of(_exporter_lines.take())
-        )
+        cause = "" if succeeded else self.watch.cause(_exporter_lines.take())
+        self.watch.exported(len(spans), succeeded, cause)
         return result
 
     def shutdown(self) -> None:

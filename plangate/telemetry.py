@@ -17,8 +17,10 @@ counted (`span_export`).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 
@@ -48,6 +50,14 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 SHORT_EXPORT_SECONDS = 0.5
 _export_timeout: float | None = None
 
+# Seconds a process's end waits for its last spans to be exported. The SDK's own exit hook
+# waits for the exporter (10 s of retries with the collector down) and joins its thread for up
+# to 30 s: a worker with its collector down took 12-16 s to exit at SIGTERM, eating into the
+# grace an orchestrator gives it.
+EXIT_EXPORT_SECONDS = 1.0
+_exporting: span_export.WatchedExporter | None = None
+_closed = threading.Event()
+
 
 def short_lived() -> None:
     """Bound span export to `SHORT_EXPORT_SECONDS` in this process, unless OTEL_* sets it."""
@@ -64,13 +74,17 @@ def setup_tracing(service_name: str = "plangate") -> None:
         return
     environ = _otel_environ()
     name = environ.get("OTEL_SERVICE_NAME") or service_name
-    provider = ReceivingProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider = ReceivingProvider(
+        resource=Resource.create({SERVICE_NAME: name}), shutdown_on_exit=False
+    )
     exporter = exporter_from_env(environ)
     if exporter is not None:
+        global _exporting
         variable, url = collector_endpoint(environ)
         watch = span_export.ExportWatch(url, variable)
-        watched = span_export.watched(RedactingExporter(exporter), watch)
-        provider.add_span_processor(BatchSpanProcessor(watched))
+        _exporting = span_export.watched(RedactingExporter(exporter), watch)
+        provider.add_span_processor(BatchSpanProcessor(_exporting))
+        atexit.register(close)
     trace.set_tracer_provider(provider)
 
 
@@ -148,6 +162,31 @@ def flush(timeout_millis: int = 5000) -> None:
     provider = trace.get_tracer_provider()
     if isinstance(provider, TracerProvider):
         provider.force_flush(timeout_millis)
+
+
+def close(timeout_seconds: float = EXIT_EXPORT_SECONDS) -> None:
+    """Export the spans still buffered and stop exporting, waiting `timeout_seconds` at most.
+
+    For a process's end (also run at exit): the export goes on in a thread of its own, so a
+    collector that is down or hangs holds that thread, not the exit; what it had not taken
+    by then is dropped, and said.
+    """
+    provider = trace.get_tracer_provider()
+    exporting = _exporting
+    if exporting is None or not isinstance(provider, TracerProvider) or _closed.is_set():
+        return
+    _closed.set()
+    finished = threading.Event()
+
+    def export_then_stop() -> None:
+        try:
+            provider.shutdown()  # the batch processor exports what it holds, then stops
+        finally:
+            finished.set()
+
+    threading.Thread(target=export_then_stop, name="plangate-last-spans", daemon=True).start()
+    if not finished.wait(timeout_seconds):
+        exporting.watch.cut_short(timeout_seconds)
 
 
 @contextmanager

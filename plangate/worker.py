@@ -146,7 +146,7 @@ class Worker:
             marker.close()
             bus.close()
             store.close()
-            telemetry.flush()  # the last spans, before the process exits
+            telemetry.close()  # the last spans, before the process exits
         log.info("%s worker stopped", self.stage)
         return self.exit_code
 

@@ -416,6 +416,9 @@ def test_a_collector_down_is_one_warning_after_the_outcome(tmp_path: Path) -> No
     assert len(warnings) == 1, done.stderr
     assert warnings[0].startswith("warning: the traces were not sent to the collector")
     assert "check OTEL_EXPORTER_OTLP_ENDPOINT" in warnings[0]
+    # One try in the short command's half second: the exporter said only that its tries ran
+    # out, which read as a collector that hangs.
+    assert "Connection refused" in warnings[0], warnings[0]
 
 
 def test_serve_traces_no_probe_or_scrape(tmp_path: Path) -> None:

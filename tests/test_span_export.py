@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -225,3 +226,21 @@ def test_a_collector_that_hangs_is_said_as_one_that_does_not_answer_in_time() ->
         "(OTEL_EXPORTER_OTLP_TIMEOUT): it hangs, or the network drops the packets"
     )
     assert span_export.cause_of([refused, last]) == "Connection refused"
+
+
+def test_tries_that_ran_out_are_told_apart_as_a_refused_connection_or_a_hang() -> None:
+    """Given the exporter's one line when its tries ran out (no cause named),
+    When the watch gives the cause, for a collector where nothing listens and one that takes
+    the connection and never answers,
+    Then the first is said as the refused connection, the second as a collector that does not
+    answer in time.
+    """
+    last = ["Failed to export spans batch due to timeout, max retries or shutdown."]
+    nothing_there = span_export.ExportWatch(f"http://127.0.0.1:{free_port()}", "V")
+    assert "Connection refused" in nothing_there.cause(last)
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        hung = span_export.ExportWatch(f"http://127.0.0.1:{listening.getsockname()[1]}", "V")
+        assert hung.cause(last) == span_export.NO_ANSWER

@@ -253,7 +253,7 @@ def stop_or_abandon(
         )
         pipeline.seal()  # what was recorded, the unknown write included
     with contextlib.suppress(KeyboardInterrupt):  # a further Ctrl-C: it ends all the same
-        telemetry.flush()
+        telemetry.close()  # os._exit runs no exit hook
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
