@@ -303,12 +303,16 @@ def test_the_cli_asks_what_was_found(billing: Pipeline, tmp_path: Path) -> None:
     assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}
 
 
-def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline) -> None:
+@pytest.mark.parametrize("named_by", ["its whole id", "its first 8 characters"])
+def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline, named_by: str) -> None:
     """Given a run stopped on its unknown charge and the API served beside the pipeline,
-    When a reviewer lists the unsettled steps and settles the charge as not happened,
-    Then the list has it, the run resumes and charges once more, and a second settle is 409.
+    When a reviewer lists the unsettled steps and settles the charge as not happened, naming
+    its plan by its whole id or by its first 8 characters (as `status` prints it),
+    Then the list has it, the settle answers 200, the run resumes and charges once more, and
+    a second settle is 409. (Named short, it was settled, then answered 404 "no plan".)
     """
     plan, _ = cut_off_mid_charge(billing)
+    given = plan.plan_id if named_by == "its whole id" else plan.plan_id[:8]
     reviewers = Reviewers([Reviewer.with_token("alice", TOKEN)])
     # The in-memory broker is shared within this process: the app publishes to the pipeline.
     settings = billing.settings.model_copy(update={"broker_url": "memory://"})
@@ -320,7 +324,7 @@ def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline) -> None:
         assert status == 200, listed
         assert [(s["plan_id"], s["step_id"]) for s in listed] == [(plan.plan_id, "charge")]
 
-        settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
+        settle_url = f"{url}/api/v1/reviews/{given}/steps/charge/settle"
         found = {"happened": False, "comment": "declined at the bank"}
         status, outcome = call(settle_url, "POST", found, token=TOKEN)
         assert status == 200, outcome

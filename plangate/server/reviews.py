@@ -42,7 +42,7 @@ from plangate.server.json_bodies import documented_body
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.stages import build_review
 from plangate.store import PlanRow, Store, open_store
-from plangate.store.goals import get_goal, latest_plan
+from plangate.store.goals import by_id, get_goal, latest_plan
 from schemas import Catalog
 
 router = APIRouter(prefix="/api/v1/reviews", tags=["reviews"])
@@ -87,9 +87,12 @@ class ReviewDesk:
         return envelopes
 
     def goal_of(self, plan_id: str) -> str:
-        """Return the goal a plan belongs to (NotFound if there is no such plan)."""
+        """Return the goal a plan belongs to (NotFound if there is no such plan).
+
+        `plan_id` may be a short id, as a person gives it.
+        """
         with self.store.reading() as session:
-            plan = session.get(PlanRow, plan_id)
+            plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id, typed=True)
             if plan is None:
                 raise NotFound(f"no plan {quoted(plan_id)}")
             return plan.goal_id
