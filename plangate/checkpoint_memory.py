@@ -9,12 +9,18 @@ or saw, and before it seals again checks that this checkpoint is still in the st
 was: if not, checkpoints were deleted (or the database restored from a backup), and it seals
 nothing until a person has looked (`plangate audit checkpoint --accept-missing`).
 
-The memory is a small JSON file written whole (`os.replace`). A folder without one (a new
-gate, a data folder lost with its pod) trusts the store as it finds it: that is the window.
+The memory is a small JSON file written whole (`os.replace`), one per store the folder's
+sealer used (named by a digest of the store's URL, its password left out): a folder that once
+sealed an embedded SQLite file and is then pointed at the team's PostgreSQL remembers nothing
+of the latter, instead of taking the SQLite file's checkpoint for a deleted one. A folder
+without a memory of its store (a new gate, a data folder lost with its pod, another store)
+trusts the store as it finds it: that is the window. A memory written before memories named
+their store (`FILE_NAME` alone) is read for any store, as it was, until the next is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from plangate.errors import AuditBroken
 from plangate.small_files import read_text
+from plangate.store.engine import shown_url
 from plangate.store.models import AuditCheckpointRow
 
 FILE_NAME = "audit-checkpoint.json"
@@ -38,32 +45,46 @@ class Seen:
     hash: str
 
 
+def store_of(session: Session) -> str:
+    """Return the URL of the store `session` reads, as it may be written down (no password)."""
+    return shown_url(session.get_bind().engine.url)
+
+
 class CheckpointMemory:
-    """The newest checkpoint this data folder's sealer wrote or saw (`FILE_NAME` in it)."""
+    """The newest checkpoint this data folder's sealer wrote or saw in each store it used."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / FILE_NAME
+        self.folder = data_dir
+        self.legacy = data_dir / FILE_NAME
 
-    def recalled(self) -> Seen | None:
-        """Return the checkpoint remembered, or None when this folder remembers none."""
-        try:
-            data = json.loads(read_text(self.path, 4096))
-            return Seen(int(data["id"]), str(data["hash"]))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AuditBroken(
-                f"cannot read {self.path}, where this folder remembers the newest audit "
-                f"checkpoint it saw ({exc}): if it was damaged, check the log against your "
-                "last signed export (`plangate audit verify --against FILE`), then "
-                "`plangate audit checkpoint --accept-missing`"
-            ) from exc
+    def path(self, store: str) -> Path:
+        """Return the file remembering the store at URL `store` (as `store_of` gives it)."""
+        digest = hashlib.sha256(store.encode()).hexdigest()[:16]
+        return self.folder / f"audit-checkpoint-{digest}.json"
+
+    def recalled(self, store: str) -> tuple[Seen, Path] | None:
+        """Return the checkpoint remembered of `store` and its file, or None if there is none."""
+        for path in (self.path(store), self.legacy):
+            try:
+                data = json.loads(read_text(path, 4096))
+                return Seen(int(data["id"]), str(data["hash"])), path
+            except FileNotFoundError:
+                continue
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise AuditBroken(
+                    f"cannot read {path}, where this folder remembers the newest audit "
+                    f"checkpoint it saw ({exc}): if it was damaged, check the log against your "
+                    "last signed export (`plangate audit verify --against FILE`), then "
+                    "`plangate audit checkpoint --accept-missing`"
+                ) from exc
+        return None
 
     def check(self, session: Session) -> None:
         """Raise AuditBroken if the checkpoint remembered is gone from the store or changed."""
-        seen = self.recalled()
-        if seen is None:
+        recalled = self.recalled(store_of(session))
+        if recalled is None:
             return
+        seen, path = recalled
         stored = session.execute(
             select(AuditCheckpointRow.hash).where(AuditCheckpointRow.id == seen.id)
         ).scalar_one_or_none()
@@ -71,7 +92,8 @@ class CheckpointMemory:
             return
         what = "is gone from the store" if stored is None else "was changed in the store"
         raise AuditBroken(
-            f"audit checkpoint {seen.id}, which this gate's folder saw last ({self.path}), "
+            f"audit checkpoint {seen.id}, which this data folder saw last in this store "
+            f"({path}), "
             f"{what}: checkpoints were deleted or the database restored from a backup, which "
             "unseals what they sealed, so nothing is sealed until a person looks. Check the "
             "log against your last signed export (`plangate audit verify --against FILE`); "
@@ -87,23 +109,25 @@ class CheckpointMemory:
             .limit(1)
         ).one_or_none()
         if newest is not None:
-            self.remember(Seen(newest.id, newest.hash))
+            self.remember(store_of(session), Seen(newest.id, newest.hash))
 
-    def remember(self, seen: Seen) -> None:
-        """Write `seen` as the checkpoint remembered, whole or not at all."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".tmp")
+    def remember(self, store: str, seen: Seen) -> None:
+        """Write `seen` as the checkpoint remembered of `store`, whole or not at all."""
+        path = self.path(store)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
-            json.dump({"id": seen.id, "hash": seen.hash}, file)
+            json.dump({"id": seen.id, "hash": seen.hash, "store": store}, file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(partial, self.path)
+        os.replace(partial, path)
+        self.legacy.unlink(missing_ok=True)  # of this store or another: now each names its own
 
-    def forget(self) -> bool:
-        """Forget the checkpoint remembered (a person looked); say whether there was one."""
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
+    def forget(self, store: str) -> Path | None:
+        """Forget the checkpoint remembered of `store` (a person looked); return its file."""
+        recalled = self.recalled(store)
+        if recalled is None:
+            return None
+        recalled[1].unlink(missing_ok=True)
+        return recalled[1]

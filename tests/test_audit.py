@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,15 @@ from plangate.store import audit, audit_checkpoints
 from plangate.store.audit_entries import export as export_entries
 from plangate.store.models import AuditCheckpointRow
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, audit_entries, eventually, only_plan, plans_of, write_private_key
+from tests.support import (
+    HELD,
+    audit_entries,
+    eventually,
+    only_plan,
+    plangate_in,
+    plans_of,
+    write_private_key,
+)
 
 # Rows and entries are changed behind plangate's back: its records check would rightly fail.
 pytestmark = pytest.mark.tampers
@@ -667,7 +676,7 @@ def test_a_sealer_seals_nothing_over_checkpoints_deleted_since_it_saw_them(
 
     said = " ".join(sealed.stderr.split())
     assert sealed.returncode == 1, sealed.stdout + sealed.stderr
-    assert "audit checkpoint 2, which this gate's folder saw last" in said
+    assert "audit checkpoint 2, which this data folder saw last in this store" in said
     assert "is gone from the store" in said
     assert "--accept-missing" in said
     assert verified.returncode == 1, verified.stdout + verified.stderr
@@ -675,6 +684,63 @@ def test_a_sealer_seals_nothing_over_checkpoints_deleted_since_it_saw_them(
     assert "intact" not in verified.stdout
     assert accepted.returncode == 0, accepted.stderr
     assert "sealing afresh" in accepted.stderr
+
+
+def test_a_folder_that_sealed_another_store_raises_no_alarm_over_this_one(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given a data folder whose embedded `plangate run` sealed its own SQLite file
+    (checkpoint 1 of that store remembered), and the team's store sealed by its gate,
+    When `audit verify` runs with that folder against the team's store, and then against its
+    own file after that file's checkpoint was deleted,
+    Then the team's store is intact: its checkpoint 1 is not the one this folder saw. (It
+    said "broken ... seal again with --accept-missing", a false tamper alarm that taught
+    people to silence the real one.) The folder's own store is still caught.
+    """
+    checkpoint(pipeline)
+    folder = tmp_path / "ops-host"
+    ran = plangate_cli(folder, "run", "how many tickets are open", "--yes")
+    assert ran.returncode == 0, ran.stderr
+    team = {"PLANGATE_DATABASE_URL": pipeline.settings.resolved_database_url()}
+    gate_key = tmp_path / "gate.pub"
+    public = load_or_create_signer(pipeline.settings).public_key
+    pem, spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    gate_key.write_bytes(public.public_bytes(pem, spki))
+
+    on_team_store = plangate_in(folder, "audit", "verify", "--key", str(gate_key), **team)
+    run_sql_at(folder / "plangate.db", "DELETE FROM audit_checkpoint_heads")
+    run_sql_at(folder / "plangate.db", "DELETE FROM audit_checkpoints")
+    on_own_store = plangate_cli(folder, "audit", "verify")
+
+    assert on_team_store.returncode == 0, on_team_store.stdout + on_team_store.stderr
+    assert "audit log intact" in on_team_store.stdout
+    assert on_own_store.returncode == 1, on_own_store.stdout + on_own_store.stderr
+    assert "is gone from the store" in " ".join(on_own_store.stderr.split())
+
+
+def test_a_memory_written_before_memories_named_their_store_still_guards(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a gate's folder whose memory of checkpoint 1 was written by an older plangate
+    (one file, naming no store), when checkpoint 1 is deleted, then `audit verify` in that
+    folder still fails: an upgrade opens no window."""
+    checkpoint(pipeline)
+    with pipeline.store.reading() as session:
+        newest = session.execute(select(AuditCheckpointRow.id, AuditCheckpointRow.hash)).one()
+    older = pipeline.settings.data_dir / "audit-checkpoint.json"
+    older.write_text(json.dumps({"id": newest.id, "hash": newest.hash}))
+    delete_checkpoints_from(pipeline, 1)
+
+    verified = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
+
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "audit checkpoint 1" in verified.stderr
+
+
+def run_sql_at(database: Path, statement: str) -> None:
+    """Change a SQLite file behind plangate's back."""
+    with sqlite3.connect(database) as connection:
+        connection.execute(statement)
 
 
 def test_a_gate_sweep_stops_sealing_and_says_why_when_a_checkpoint_it_saw_is_gone(

@@ -56,18 +56,18 @@ def audit_checkpoint(
     nothing when a checkpoint its data folder saw is gone from the store (deleted, or the
     database restored from a backup) unless told --accept-missing.
     """
-    from plangate.checkpoint_memory import CheckpointMemory
+    from plangate.checkpoint_memory import CheckpointMemory, store_of
     from plangate.signing_keys import load_signer
     from plangate.store import audit_checkpoints, open_store
 
     settings = load_settings()
     signer = load_signer(settings)
     memory = CheckpointMemory(settings.data_dir)
-    if accept_missing and memory.forget():
-        err_console.print(f"forgot the checkpoint {memory.path} remembered; sealing afresh")
     store = open_store(settings.resolved_database_url(), upgrade=False)
     try:
         with store.session() as session:
+            if accept_missing and (forgotten := memory.forget(store_of(session))) is not None:
+                err_console.print(f"forgot the checkpoint {forgotten} remembered; sealing afresh")
             memory.check(session)
             refuse_a_rotated_folder_key(settings, signer, session)
             written = audit_checkpoints.write(session, signer)
