@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
 from plangate.client import Client
+from plangate.config import Settings
+from plangate.store.goal_list import list_goals
+from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
+from tests.support import HELD, only_plan, running_pipeline, write_yaml
+from tests.test_four_eyes import FINANCE, TWO_FROM_FINANCE
 from tests.test_review_api import base_url, call, client, fleet, held_goal  # noqa: F401
 
 pytestmark = pytest.mark.redis
@@ -209,3 +215,26 @@ def test_the_cli_lists_goals_in_any_of_the_states_given(
     assert rows[goals["held"]] == "held"
     assert rows[goals["cancelled"]] == "cancelled"
     assert set(rows.values()) == {"held", "cancelled"}
+
+
+def test_a_goal_two_people_approved_is_listed_as_decided_by_both(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan held for two approvals from finance,
+    When bob, then carol approve it,
+    Then the list's "decided by" names both, in the order they approved: it named carol
+    alone, who only completed the approval, in a column auditors read.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+        pipeline.approve(plan_id, "bob", roles=FINANCE)
+        pipeline.approve(plan_id, "carol", roles=FINANCE)
+        assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
+
+        with pipeline.store.reading() as session:
+            [goal] = list_goals(session, state="completed").goals
+
+    assert goal.decided_by == "bob, carol"

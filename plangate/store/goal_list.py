@@ -18,7 +18,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from plangate.errors import InputInvalid
-from plangate.store.models import AuditRow, DecisionRow, GoalRow, PlanRow
+from plangate.store.models import AuditRow, DecisionRow, GoalRow, PlanRow, ReviewerApprovalRow
 from schemas import utcnow
 from schemas.goal_states import TRANSITIONS
 
@@ -74,7 +74,9 @@ class GoalSummary:
     created_at: datetime
     updated_at: datetime
     revision: int | None
-    decided_by: str | None  # who cancelled it; else the rule that decided, or the person
+    # Who cancelled it; else the rule that decided, or the person, or the people who approved
+    # it together ("alice, bob", in the order they approved).
+    decided_by: str | None
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,19 @@ def _deciders(session: Session, plan_ids: list[str]) -> dict[str, str]:
         .where(DecisionRow.plan_id.in_(plan_ids))
         .order_by(DecisionRow.id)
     )
-    return {plan_id: rule or person for plan_id, rule, person in rows}  # the last one wins
+    decided = {plan_id: rule or person for plan_id, rule, person in rows}  # the last one wins
+    approvers: dict[str, list[str]] = {}
+    for plan_id, reviewer in session.execute(
+        select(ReviewerApprovalRow.plan_id, ReviewerApprovalRow.reviewer)
+        .where(ReviewerApprovalRow.plan_id.in_(plan_ids))
+        .order_by(ReviewerApprovalRow.created_at, ReviewerApprovalRow.reviewer)
+    ):
+        approvers.setdefault(plan_id, []).append(reviewer)
+    for plan_id, names in approvers.items():
+        # An approval that took several people: the last of them alone read as one person's.
+        if len(names) > 1 and decided.get(plan_id) in names:
+            decided[plan_id] = ", ".join(names)
+    return decided
 
 
 def _cancellers(session: Session, goal_ids: list[str]) -> dict[str, str]:
