@@ -18,6 +18,7 @@ from plangate import telemetry
 from plangate.store import (
     TERMINAL_STATUSES,
     ApprovalRow,
+    AuditRow,
     DecisionRow,
     HoldRow,
     PlanRow,
@@ -45,6 +46,9 @@ class StepResult:
     # A write being called: when its claim runs out, and, if its executor is gone, it is
     # marked `unknown` for a person (it read "running" for the lease's five minutes, no more).
     claimed_until: datetime | None = None
+    # A write of unknown outcome that a person found had happened: its output is theirs, and
+    # it has no duration (from the call to the settling, it read as a 6-minute call).
+    settled_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,8 +124,9 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
             select(StepRunRow).where(StepRunRow.plan_id == plan.plan_id)
         ).scalars()
     }
+    settlers = _settlers(session, goal.id, plan.plan_id) if runs else {}
     results = tuple(
-        _result(step, runs.get(str(step.get("id"))), goal.status)
+        _result(step, runs.get(str(step.get("id"))), goal.status, settlers)
         for step in plan.body.get("steps", [])
     )
     unoffered: tuple[str, ...] = ()
@@ -206,18 +211,43 @@ def _signed_approvers(session: Session, plan_id: str) -> tuple[str, ...] | None:
     return None if approval.decided_by == "policy" else (approval.decided_by,)
 
 
-def _result(step: Mapping[str, Any], run: StepRunRow | None, goal_status: str) -> StepResult:
+def _settlers(session: Session, goal_id: str, plan_id: str) -> dict[str, str]:
+    """Return who settled each step of `plan_id` found to have happened, by step id."""
+    entries = session.execute(
+        select(AuditRow.actor, AuditRow.data).where(
+            AuditRow.goal_id == goal_id, AuditRow.kind == "step.settled"
+        )
+    )
+    return {
+        str(data.get("step_id")): actor
+        for actor, data in entries
+        if isinstance(data, dict) and data.get("plan_id") == plan_id and data.get("happened")
+    }
+
+
+def _result(
+    step: Mapping[str, Any], run: StepRunRow | None, goal_status: str, settlers: dict[str, str]
+) -> StepResult:
     step_id, tool = str(step.get("id")), str(step.get("tool"))
     if run is None and goal_status in TERMINAL_STATUSES:  # it never will: not "pending"
         return StepResult(step_id, tool, "skipped", error=f"not run: the goal is {goal_status}")
     if run is None:
         return StepResult(step_id, tool, "pending")
+    settled_by = settlers.get(step_id) if run.status == "succeeded" else None
     duration = None
-    if run.finished_at is not None:
+    if run.finished_at is not None and settled_by is None:
         duration = round((run.finished_at - run.started_at).total_seconds() * 1000, 1)
     claimed = run.lease_until if run.status == "running" else None
     return StepResult(
-        step_id, tool, run.status, run.output, run.error, duration, run.attempt, claimed
+        step_id,
+        tool,
+        run.status,
+        run.output,
+        run.error,
+        duration,
+        run.attempt,
+        claimed,
+        settled_by,
     )
 
 

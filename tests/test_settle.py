@@ -291,6 +291,9 @@ def test_the_cli_lists_unsettled_steps_and_settles_one(billing: Pipeline, tmp_pa
         "resumed": True,
     }
     assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"
+    shown = run_cli(billing, tmp_path, "status", plan.goal_id)
+    # Not "succeeded in 387188 ms": the time from the call to the settling is no call's.
+    assert "step charge (charge_card): succeeded (settled as happened by carol)" in shown.stdout
 
 
 def test_the_cli_asks_what_was_found(billing: Pipeline, tmp_path: Path) -> None:

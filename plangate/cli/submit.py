@@ -69,6 +69,8 @@ def _print(
         took = f" in {step.duration_ms:g} ms" if step.duration_ms is not None else ""
         if step.claimed_until is not None:
             took = f" ({_claim(step.claimed_until, run)})"
+        if step.settled_by is not None:
+            took = f" (settled as happened by {step.settled_by})"
         say(f"  step {step.step_id} ({step.tool}): {step.status}{took}")
         if step.status == "succeeded":
             say(f"    -> {_shown(step.output)}")

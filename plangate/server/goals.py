@@ -76,6 +76,11 @@ class StepState(BaseModel):
         description="A write being called: when its claim runs out (if its executor is gone, "
         "it is marked unknown then, for a person to settle).",
     )
+    settled_by: str | None = Field(
+        default=None,
+        description="A write of unknown outcome that this reviewer found had happened: its "
+        "output is what they gave, and it has no duration.",
+    )
 
 
 class GoalState(BaseModel):
