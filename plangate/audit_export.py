@@ -67,12 +67,13 @@ def sign_export(
     export: Path,
     summary: ExportSummary,
     signer: Signer,
-    scope: Mapping[str, str | None],
+    scope: Mapping[str, str | list[str] | None],
     records: Path | None = None,
 ) -> Path:
     """Write the signed manifest of a finished export file; return its path.
 
-    `scope` says how the export was chosen (format, since, goal), for the auditor to read;
+    `scope` says how the export was chosen (format, since, until, the goal or goals), for the
+    auditor to read;
     `records`, the plans and step results written beside it (`plangate.export_records`).
     """
     manifest = {
@@ -148,6 +149,9 @@ def _part(scope: object) -> str | None:
         for name in ("goal", "since", "until")
         if isinstance(scope.get(name), str)
     ]
+    goals = scope.get("goal")
+    if isinstance(goals, list):  # an export of several goals
+        chosen.insert(0, f"goals {', '.join(str(goal) for goal in goals)}")
     return " and ".join(chosen) or None
 
 

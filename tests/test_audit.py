@@ -1007,7 +1007,7 @@ def test_each_step_entry_says_what_it_was_called_with_and_a_write_its_key(
     the references filled in, and a write's idempotency key."""
     ended = {
         entry["data"]["step_id"]: entry["data"]
-        for entry in export_entries(pipeline.store, goal_id=completed_run)
+        for entry in export_entries(pipeline.store, goal_ids=[completed_run])
         if entry["kind"] == "step.succeeded"
     }
 

@@ -154,6 +154,48 @@ def test_an_export_of_one_goal_verifies_as_a_part_of_the_log(
     assert f"(a part of the log: goal {completed_run})" in said
 
 
+def test_an_export_of_several_goals_holds_every_goal_given_and_its_manifest_names_them(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """`--goal A --goal B` exported B's entries alone, without a word.
+
+    Given three completed goals,
+    When two of them are exported with `--goal` each (one by a short id), signed,
+    Then the file holds every entry of both, in log order, and none of the third; the manifest
+    names both goals, and the auditor's check passes saying the file holds those two goals; a
+    second id that names no goal is refused (exit 2), and no file is written.
+    """
+    others = [pipeline.submit("how many tickets are open").goal_id for _ in range(2)]
+    for goal_id in others:
+        assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
+    data_dir = pipeline.settings.data_dir
+    assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
+    export, refused_file = tmp_path / "two-goals.jsonl", tmp_path / "refused.jsonl"
+    chosen = ["--goal", completed_run, "--goal", others[0][:8]]
+
+    done = plangate_cli(data_dir, "audit", "export", *chosen, "-o", str(export), "--sign")
+    [key] = (data_dir / "keys" / "trusted").glob("*.pub")
+    code, said = verify(tmp_path / "empty", export, key)
+    refused = plangate_cli(
+        data_dir, "audit", "export", "--goal", completed_run, "--goal", "nosuch",
+        "-o", str(refused_file),
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    entries = read_entries(export)
+    assert {entry["goal_id"] for entry in entries} == {completed_run, others[0]}
+    assert sum(entry["goal_id"] == completed_run for entry in entries) == SEED_RUN_ENTRIES
+    assert [entry["seq"] for entry in entries] == sorted(entry["seq"] for entry in entries)
+    envelope = json.loads(Path(f"{export}.dsse.json").read_text())
+    scope = json.loads(base64.b64decode(envelope["payload"]))["scope"]
+    assert scope["goal"] == [completed_run, others[0]]
+    assert code == 0, said
+    assert f"(a part of the log: goals {completed_run}, {others[0]})" in said
+    assert refused.returncode == 2
+    assert "no audit entry of goal 'nosuch'" in refused.stderr
+    assert not refused_file.exists()
+
+
 def test_an_export_that_cannot_be_checked_here_is_exit_2_not_a_break(
     pipeline: Pipeline, completed_run: str, tmp_path: Path
 ) -> None:

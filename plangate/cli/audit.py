@@ -107,7 +107,13 @@ def audit_export(
             help="Only entries before: an age (2h, 7d) or an ISO 8601 time (a quarter's end).",
         ),
     ] = None,
-    goal: Annotated[str | None, typer.Option(metavar="GOAL_ID", help="Only this goal.")] = None,
+    goal: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="GOAL_ID",
+            help="Only this goal's entries (repeatable: every goal given, in log order).",
+        ),
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", metavar="FILE", help="Write here, not stdout.")
     ] = None,
@@ -157,9 +163,10 @@ def audit_export(
         with store.reading() as session:
             refuse_a_rotated_folder_key(settings, signer, session)
         checked_store(store, settings.data_dir, trusted, refused)
-    goal = _whole_goal_id(store, goal)
+    goals = _whole_goal_ids(store, goal)
     summary = ExportSummary()
-    entries = summary.counted(audit_entries.export(store, since=after, goal_id=goal, until=before))
+    chosen = audit_entries.export(store, since=after, goal_ids=goals, until=before)
+    entries = summary.counted(chosen)
     # Said only where the entries go to a file: on a terminal it would cut through them.
     told = Progress(err_console, "exporting", "entries", enabled=output is not None)
     entries = counted(entries, told)
@@ -173,9 +180,12 @@ def audit_export(
         else:
             for entry in entries:
                 stream.write(json.dumps(entry, sort_keys=True) + "\n")
-        if goal is not None and summary.count == 0:  # raised in here: no file is put in place
+        # Raised in here, so no file is put in place: one mistyped id of several made an
+        # export that looked whole.
+        unfound = [one for one in goals or [] if one not in summary.recorded]
+        if unfound:
             raise NotFound(
-                f"no audit entry of goal {quoted(goal)}; check the id "
+                f"no audit entry of goal {quoted(unfound[0])}; check the id "
                 "(`plangate goals list` shows goals)"
             )
     beside = None
@@ -187,7 +197,9 @@ def audit_export(
     if signer is not None and output is not None:
         when = after.isoformat() if after is not None else None
         end = before.isoformat() if before is not None else None
-        scope = {"format": output_format, "since": when, "until": end, "goal": goal}
+        # One goal stays a string, as manifests always said it; several are a list.
+        named = goals[0] if goals is not None and len(goals) == 1 else goals
+        scope = {"format": output_format, "since": when, "until": end, "goal": named}
         signed = sign_export(output, summary, signer, scope, beside)
         said = f"{summary.count} entries written to {output}; signed manifest {signed}"
         err_console.print(escape(said))
@@ -195,17 +207,20 @@ def audit_export(
         err_console.print(escape(f"{summary.count} entries written to {output}"))
 
 
-def _whole_goal_id(store: Store, goal: str | None) -> str | None:
-    """Return the whole id of a goal named by a short one (as every command takes them)."""
+def _whole_goal_ids(store: Store, goals: list[str] | None) -> list[str] | None:
+    """Return the whole ids of goals named by short ones (as every command takes them), once."""
     from plangate.store.goals import get_goal
 
-    if goal is None:
+    if not goals:
         return None
+    whole: dict[str, None] = {}
     with store.reading() as session:
-        try:
-            return get_goal(session, goal, typed=True).id
-        except NotFound:  # its row gone (a goal's entries outlive it): exported by the id given
-            return goal
+        for goal in goals:
+            try:
+                whole[get_goal(session, goal, typed=True).id] = None
+            except NotFound:  # its row gone (a goal's entries outlive it): exported by the id given
+                whole[goal] = None
+    return list(whole)
 
 
 @contextmanager

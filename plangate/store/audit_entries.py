@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -30,19 +30,19 @@ def export(
     store: Store,
     *,
     since: datetime | None = None,
-    goal_id: str | None = None,
+    goal_ids: Collection[str] | None = None,
     batch: int = 500,
     until: datetime | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield audit entries in `seq` order (from `since`, before `until`, of one goal), hashed.
+    """Yield audit entries in `seq` order (from `since`, before `until`, of these goals), hashed.
 
     Read in batches so an export of a long history never holds it all in memory.
     """
     after = 0
     while True:
         query = select(*AS_STORED).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(batch)
-        if goal_id is not None:
-            query = query.where(AuditRow.goal_id == goal_id)
+        if goal_ids is not None:
+            query = query.where(AuditRow.goal_id.in_(goal_ids))
         with store.reading() as session:
             rows = list(session.execute(query).all())
         entries = [
