@@ -110,8 +110,13 @@ class ExportReport:
         return self.problem is None
 
 
-def verify_export(export: Path, keys: TrustedKeys, manifest: Path | None = None) -> ExportReport:
-    """Check an export against its signed manifest, offline, with only public keys."""
+def verify_export(
+    export: Path, keys: TrustedKeys, manifest: Path | None = None, records: Path | None = None
+) -> ExportReport:
+    """Check an export against its signed manifest, offline, with only public keys.
+
+    `records`: the records signed with it, if not beside it (`_records_file`).
+    """
     manifest = manifest or manifest_path(export)
     try:
         facts, key_id = _signed_manifest(manifest, keys)
@@ -123,18 +128,41 @@ def verify_export(export: Path, keys: TrustedKeys, manifest: Path | None = None)
     problem = _chain_problem(entries)
     if problem is None:
         problem = _summary_problem(entries, facts)
-    if problem is None and isinstance(facts.get("records"), dict):
-        problem = _records_problem(export, entries, facts["records"])
+    signed_records = facts.get("records")
+    if problem is None and isinstance(signed_records, dict):
+        found = _records_file(export, str(signed_records.get("file")), records)
+        problem = _records_problem(found, entries, signed_records)
+    elif records is not None:
+        raise ConfigError(
+            f"the manifest signs no records, so {records} cannot be checked; leave out --records"
+        )
     return ExportReport(len(entries), key_id, problem, _part(facts.get("scope")))
 
 
+def _records_file(export: Path, named: str, given: Path | None) -> Path:
+    """Find the records signed with an export: as given, as signed, or by the export's name.
+
+    Archived exports are renamed (by date, say), their records and manifest with them.
+    Whichever file it is, its SHA-256 in the signed manifest is what proves it. None found is a
+    check not made (exit 2), not a break: the auditor was not given them.
+    """
+    if given is not None:
+        if not given.is_file():
+            raise ConfigError(f"{given} is no file; name the records signed with the export")
+        return given
+    for candidate in (export.parent / Path(named).name, records_path(export)):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"the manifest signs records ({Path(named).name}), and none are beside {export.name} "
+        f"(as {Path(named).name} or {records_path(export).name}): pass --records FILE"
+    )
+
+
 def _records_problem(
-    export: Path, entries: list[dict[str, Any]], signed: Mapping[str, Any]
+    records: Path, entries: list[dict[str, Any]], signed: Mapping[str, Any]
 ) -> str | None:
-    """Check the records beside the export: the file signed, each record vouched for."""
-    records = export.with_name(str(signed.get("file")))
-    if records.name != records_path(export).name or not records.is_file():
-        return f"the manifest names records {records.name}, which are not beside the export"
+    """Check the records signed with the export: the file signed, each record vouched for."""
     if _sha256(records) != signed.get("sha256"):
         return f"{records.name} is not the file signed: its SHA-256 differs"
     return records_problem(entries, records)

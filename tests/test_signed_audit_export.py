@@ -276,6 +276,48 @@ def test_an_export_with_its_records_tells_an_auditor_what_ran_and_what_it_return
     assert "audit.jsonl.records.jsonl is not the file signed" in altered.stderr
 
 
+def test_a_signed_export_renamed_with_its_records_and_manifest_still_verifies(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Archived by date, a signed export with records failed as if tampered with (exit 1):
+    its manifest names the records by the export's first name.
+
+    Given an export written with --sign --records, its three files copied under a new name,
+    When an auditor verifies the renamed export,
+    Then it passes (the records, under the export's own name, are the file signed); with the
+    records elsewhere, `--records FILE` finds them; with none given, it says the check cannot
+    be made and what to pass (exit 2), not "not verified".
+    """
+    data_dir = pipeline.settings.data_dir
+    target = data_dir / "all.jsonl"
+    done = plangate_cli(data_dir, "audit", "export", "-o", str(target), "--sign", "--records")
+    assert done.returncode == 0, done.stderr
+    [key] = (data_dir / "keys" / "trusted").glob("*.pub")
+    folder, kept = tmp_path / "archive", tmp_path / "kept"
+    folder.mkdir()
+    kept.mkdir()
+    renamed = folder / "audit-2026-12-07.jsonl"
+    for suffix in ("", ".dsse.json", ".records.jsonl"):
+        shutil.copy(f"{target}{suffix}", f"{renamed}{suffix}")
+
+    beside = verify(tmp_path / "empty", renamed, key)
+    elsewhere = kept / "records.jsonl"
+    Path(f"{renamed}.records.jsonl").rename(elsewhere)
+    missing = verify(tmp_path / "empty", renamed, key)
+    given = plangate_cli(
+        tmp_path / "empty", "audit", "verify", "--export", str(renamed), "--key", str(key),
+        "--records", str(elsewhere),
+    )  # fmt: skip
+
+    assert beside == (0, beside[1]), beside[1]
+    assert f"export intact: {SEED_RUN_ENTRIES} entries" in beside[1]
+    assert missing[0] == 2, missing[1]
+    said = " ".join(missing[1].split())
+    assert "the manifest signs records (all.jsonl.records.jsonl), and none are beside" in said
+    assert "pass --records FILE" in said
+    assert given.returncode == 0, given.stdout + given.stderr
+
+
 def test_a_record_no_entry_vouches_for_is_named(
     pipeline: Pipeline, completed_run: str, tmp_path: Path
 ) -> None:

@@ -49,6 +49,14 @@ def audit_verify(
         Path | None,
         typer.Option(metavar="FILE", help="The signed manifest, if not beside the export."),
     ] = None,
+    records: Annotated[
+        Path | None,
+        typer.Option(
+            "--records",
+            metavar="FILE",
+            help="The records signed with the export, if not beside it (FILE.records.jsonl).",
+        ),
+    ] = None,
     keys: Annotated[
         list[Path] | None,
         typer.Option(
@@ -84,7 +92,9 @@ def audit_verify(
     checked against the trusted keys (--key, or the trusted keys folder).
 
     With --export, check a file written by `plangate audit export --sign` instead, offline:
-    the manifest's signature (by a trusted key), the file's SHA-256, and every entry's hash.
+    the manifest's signature (by a trusted key), the file's SHA-256, and every entry's hash;
+    records signed with it are looked for beside it under the name signed or the export's own
+    (FILE.records.jsonl), or given with --records.
     With --against, check such a file first, then the store, then that the store still holds
     each of the file's entries. Exit 2 when a check cannot be made (no key for a signer).
     """
@@ -92,7 +102,8 @@ def audit_verify(
     try:
         if export is not None and against is not None:
             raise ConfigError("give --export (the file alone) or --against (the store too)")
-        _verify(found, export, manifest, keys or [], against, show_progress=not as_json)
+        given = (manifest, records, keys or [])
+        _verify(found, export, given, against, show_progress=not as_json)
     except Broken as broken:
         if not as_json:
             say_broken(broken)
@@ -111,21 +122,25 @@ def audit_verify(
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
 
 
+# What was given to check a signed export with: its manifest, its records, the keys to trust.
+_Given = tuple[Path | None, Path | None, list[Path]]
+
+
 def _verify(
     found: Verdict,
     export: Path | None,
-    manifest: Path | None,
-    keys: list[Path],
+    given: _Given,
     against: Path | None,
     *,
     show_progress: bool,
 ) -> None:
     """Check what was asked, filling in `found`; Broken at the first break."""
+    keys = given[2]
     if export is not None:
-        _verify_export(found, export, manifest, keys)
+        _verify_export(found, export, given)
         return
     if against is not None:  # the file is trusted only once its signature and hashes hold
-        _verify_export(Verdict(), against, manifest, keys)
+        _verify_export(Verdict(), against, given)
     from plangate.store import open_store
 
     settings = load_settings()
@@ -183,12 +198,13 @@ def _unsealed(store: Store, interval: float) -> str | None:
     )
 
 
-def _verify_export(found: Verdict, export: Path, manifest: Path | None, keys: list[Path]) -> None:
+def _verify_export(found: Verdict, export: Path, given: _Given) -> None:
     from plangate.audit_export import verify_export
 
     if not export.is_file():
         raise ConfigError(f"{export} is no file; name an export written with --sign")
-    report = verify_export(export, trusted_keys(keys), manifest)
+    manifest, records, keys = given
+    report = verify_export(export, trusted_keys(keys), manifest, records)
     if not report.ok:
         raise Broken("export not verified", str(report.problem))
     found.entries, found.signed_by, found.part = report.entries, report.key_id, report.part
