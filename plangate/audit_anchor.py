@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from plangate.audit_export import read_entries
+from plangate.export_file import read_entries
 from plangate.store import AuditRow, Store
 
 _BATCH = 500  # hashes looked up per statement (well under every database's bound variables)

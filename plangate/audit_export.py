@@ -4,15 +4,13 @@
 (standard field names, Ed25519 over PAE, signed by the gate's key) whose payload is a manifest
 of the range, the count, the first and last entry hashes and the export file's SHA-256. An
 auditor checks it with only the public key (`plangate audit verify --export FILE`): the
-signature, the file's digest, and every entry's hash and link within the file.
+signature, the file's digest, and every entry's hash and link within the file. A file that is
+not the one signed is read on, to say where it breaks (`plangate.export_breaks`).
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +18,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from plangate.csv_cells import plain
 from plangate.errors import ApprovalInvalid, ConfigError, UnknownSigner
+from plangate.export_breaks import first_break
+from plangate.export_file import chain_problem, numbered_entries
 from plangate.export_records import read_entry, records_path, records_problem
 from plangate.signing import Signer, TrustedKeys
-from plangate.store.audit import entry_hash
 from plangate.store.audit_recorded import Recorded
 from schemas import MessageRejected, SignedEnvelope, utcnow
 from schemas.decoding import strict_json_loads
@@ -123,9 +121,14 @@ def verify_export(
     except ApprovalInvalid as exc:  # its reason: a manifest is no approval
         return ExportReport(problem=f"the manifest {manifest.name}: {exc.reason}")
     if _sha256(export) != facts.get("sha256"):
-        return ExportReport(problem=f"{export.name} is not the file signed: its SHA-256 differs")
-    entries = read_entries(export)
-    problem = _chain_problem(entries)
+        # Where it breaks, for the auditor to report which record changed.
+        where = first_break(export, facts)
+        return ExportReport(
+            problem=f"{export.name} is not the file signed: its SHA-256 differs; {where}"
+        )
+    numbered = numbered_entries(export)
+    entries = [entry for _, entry in numbered]
+    problem = chain_problem(numbered)
     if problem is None:
         problem = _summary_problem(entries, facts)
     signed_records = facts.get("records")
@@ -218,48 +221,6 @@ def _signed_manifest(path: Path, keys: TrustedKeys) -> tuple[dict[str, Any], str
     if not isinstance(facts, dict):
         raise ApprovalInvalid("its payload is not a manifest")
     return facts, signature.keyid
-
-
-def read_entries(export: Path) -> list[dict[str, Any]]:
-    """Read the entries of a JSON lines or CSV export (told apart by its first character)."""
-    text = export.read_text(encoding="utf-8")
-    if text.startswith("{") or not text:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    rows = [
-        {name: plain(cell) if isinstance(cell, str) else cell for name, cell in row.items()}
-        for row in csv.DictReader(io.StringIO(text, newline=""))
-    ]
-    for row in rows:
-        row["seq"] = int(row["seq"])
-        if row.get("chain_seq"):
-            row["chain_seq"] = int(row["chain_seq"])
-        row["data"] = json.loads(row["data"])
-        row["goal_id"] = row["goal_id"] or None
-    return rows
-
-
-def _chain_problem(entries: list[dict[str, Any]]) -> str | None:
-    """Return the first entry whose hash or link does not hold, within the export.
-
-    Each entry is linked to the one before it in its own chain (a goal's, or the system's);
-    exports written before per-goal chains have no `chain` and form one chain by `seq`.
-    """
-    previous: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        place = _place(entry)
-        fields = (place, entry["at"], entry["goal_id"], entry["kind"], entry["actor"])
-        if entry["hash"] != entry_hash(entry["prev_hash"], *fields, entry["data"]):
-            return f"entry {entry['seq']}: its content does not match its hash"
-        before = previous.get(entry.get("chain") or "")
-        follows = before is not None and _place(before) + 1 == place
-        if follows and before is not None and entry["prev_hash"] != before["hash"]:
-            return f"entry {entry['seq']} does not follow the entry before it"
-        previous[entry.get("chain") or ""] = entry
-    return None
-
-
-def _place(entry: Mapping[str, Any]) -> int:
-    return int(entry.get("chain_seq") or entry["seq"])
 
 
 def _summary_problem(entries: list[dict[str, Any]], facts: Mapping[str, Any]) -> str | None:

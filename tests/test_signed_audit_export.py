@@ -17,8 +17,8 @@ from securesystemslib.dsse import Envelope as SslibEnvelope
 from securesystemslib.signer import SSlibKey
 from sqlalchemy import select, text
 
-from plangate.audit_export import read_entries
 from plangate.embedded import Pipeline
+from plangate.export_file import read_entries
 from plangate.export_records import records_problem
 from plangate.signing import PAYLOAD_TYPE
 from plangate.signing_keys import read_public_key
@@ -97,6 +97,98 @@ def test_one_changed_byte_in_the_export_or_the_manifest_fails_the_check(
     assert "audit.jsonl is not the file signed: its SHA-256 differs" in export_said
     assert manifest_code == 1
     assert "does not match the payload" in manifest_said
+
+
+def test_a_changed_export_names_the_first_entry_that_breaks(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """It said only that the file's SHA-256 differs: an auditor could not report which record.
+
+    Given a signed JSON lines export,
+    When an actor is changed on one line, a line is deleted, a line is garbled, or only a
+    blank line is added,
+    Then each check still fails (exit 1, "export not verified"), and names where: the line and
+    entry whose hash breaks, the entry missing from its chain, the line that is no JSON, or
+    that the entries are those signed and only the layout differs.
+    """
+    export, _manifest, key = signed_export(pipeline, tmp_path / "auditor")
+    original = export.read_text()
+    lines = original.splitlines(keepends=True)
+    approved = next(i for i, line in enumerate(lines) if '"alice"' in line)
+    entry = json.loads(lines[approved])
+    where = f"entry {entry['seq']} (entry {entry['chain_seq']} of goal {completed_run}'s chain"
+    deleted = json.loads(lines[5])  # the sixth line: the seventh entry comes up to line 6
+    edits = {
+        "changed": "".join(
+            [
+                *lines[:approved],
+                lines[approved].replace('"alice"', '"alicf"'),
+                *lines[approved + 1 :],
+            ]
+        ),
+        "deleted": "".join(lines[:5] + lines[6:]),
+        "garbled": "".join([*lines[:3], lines[3][:40] + "\n", *lines[4:]]),
+        "blank": original + "\n",
+    }
+
+    said = {}
+    for name, text_ in edits.items():
+        export.write_text(text_)
+        code, output = verify(tmp_path, export, key)
+        assert code == 1, (name, output)
+        said[name] = " ".join(output.split())
+
+    prefix = "export not verified: audit.jsonl is not the file signed: its SHA-256 differs; "
+    assert all(output.startswith(prefix) for output in said.values()), said
+    assert (
+        f"line {approved + 1}, {where}, {entry['kind']}): its content does not match its hash"
+    ) in said["changed"]
+    assert (
+        f"line 6, entry {deleted['seq'] + 1} (entry {deleted['chain_seq'] + 1} of goal "
+        f"{completed_run}'s chain, "
+    ) in said["deleted"]
+    assert (
+        f"entry {deleted['chain_seq']} of its chain, the one before it, is not in the file"
+    ) in said["deleted"]
+    assert "line 4: it is not JSON" in said["garbled"]
+    assert (
+        "its entries are those signed, each unchanged and in order; only its layout"
+        in (said["blank"])
+    )
+
+
+def test_a_changed_csv_export_names_the_first_entry_that_breaks(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given a signed CSV export, when an actor's cell is changed, then the check fails
+    naming that row's line and entry; with a row whose cells are cut short, that line; with a
+    blank line added, that the entries are those signed."""
+    data_dir = pipeline.settings.data_dir
+    export = tmp_path / "audit.csv"
+    done = plangate_cli(data_dir, "audit", "export", "--format", "csv", "-o", str(export), "--sign")
+    assert done.returncode == 0, done.stderr
+    [key] = (data_dir / "keys" / "trusted").glob("*.pub")
+    lines = export.read_text().splitlines(keepends=True)
+    row = next(i for i, line in enumerate(lines) if ",alice," in line)
+    seq = int(lines[row].split(",")[0])
+
+    export.write_text(
+        "".join([*lines[:row], lines[row].replace(",alice,", ",mallory,"), *lines[row + 1 :]])
+    )
+    changed = verify(tmp_path, export, key)
+    export.write_text("".join([*lines[:2], "3,cut short\r\n", *lines[3:]]))
+    cut = verify(tmp_path, export, key)
+    export.write_text("".join([*lines, "\r\n"]))
+    blank = verify(tmp_path, export, key)
+
+    assert changed[0] == 1, changed[1]
+    said = " ".join(changed[1].split())
+    assert f"its SHA-256 differs; line {row + 1}, entry {seq} (entry " in said
+    assert "its content does not match its hash" in said
+    assert cut[0] == 1, cut[1]
+    assert "line 3: it does not read as an entry" in " ".join(cut[1].split())
+    assert blank[0] == 1, blank[1]
+    assert "its entries are those signed" in " ".join(blank[1].split())
 
 
 def test_signing_needs_an_output_file(pipeline: Pipeline, completed_run: str) -> None:

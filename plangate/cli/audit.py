@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import errno
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -23,7 +21,6 @@ from plangate.cli.audit_store_checks import (
 from plangate.cli.audit_verify import audit_verify
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
 from plangate.cli.progress import Progress, counted
-from plangate.csv_cells import as_cell
 from plangate.errors import AuditBroken, NotFound, quoted
 
 if TYPE_CHECKING:
@@ -141,6 +138,7 @@ def audit_export(
     Before it signs, the store is verified as `plangate audit verify` does (exit 1 if broken).
     """
     from plangate.audit_export import ExportSummary, sign_export
+    from plangate.export_file import write_entries
     from plangate.export_records import records_path, write_records
     from plangate.signing import TrustedKeys
     from plangate.signing_keys import load_signer
@@ -171,15 +169,7 @@ def audit_export(
     told = Progress(err_console, "exporting", "entries", enabled=output is not None)
     entries = counted(entries, told)
     with told, _replacing(output) if output else _stdout() as stream:
-        if output_format == "csv":
-            writer = csv.DictWriter(stream, fieldnames=audit_entries.EXPORT_FIELDS)
-            writer.writeheader()
-            for entry in entries:
-                row = {**entry, "data": json.dumps(entry["data"], sort_keys=True)}
-                writer.writerow({name: as_cell(value) for name, value in row.items()})
-        else:
-            for entry in entries:
-                stream.write(json.dumps(entry, sort_keys=True) + "\n")
+        write_entries(stream, entries, output_format)
         # Raised in here, so no file is put in place: one mistyped id of several made an
         # export that looked whole.
         unfound = [one for one in goals or [] if one not in summary.recorded]
