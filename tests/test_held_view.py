@@ -153,6 +153,7 @@ def test_a_revision_too_few_reviewers_may_approve_says_it_cannot_be_released(
     )
     assert f"This plan {after}" in shown
     assert "1 of 2 ⚠" in listed
+    assert "expires UTC" in listed  # "12-08 09:03" alone was read as a local time
     assert f"⚠ {edited.plan_id[:8]} cannot be released" in listed
     assert summary["cannot_be_released"] == after
     assert on_the_list.startswith("1 of 2 ⚠ cannot be released: 2 approvals needed")

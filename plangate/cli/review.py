@@ -104,7 +104,8 @@ def review_list(
     rule_width = min(max(len(rule) for rule in rules), free - 10)
     goal_width = free - rule_width
     table = Table(title="Held plans", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("plan", "rev", "goal", "rule", "approved", "expires"):
+    # Times in UTC, as everywhere: the header says so (an auditor read "12-08 09:03" as local).
+    for column in ("plan", "rev", "goal", "rule", "approved", "expires UTC"):
         table.add_column(column, no_wrap=True)
     for view in views:
         decision = view.get("decision") or view.get("policy") or {}
