@@ -86,6 +86,9 @@ class GoalStatus:
     catalog_problem: str | None = None
     # Approved: why an executor could not check the gate's approval (a key it lacks), if so.
     approval_unchecked: str | None = None
+    # Its last retry: who sent it back to the planner, from which state, and why. (Only the
+    # audit log said so: `status` showed revision 2 under the submitter's name alone.)
+    retried: str | None = None
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -124,6 +127,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
             select(StepRunRow).where(StepRunRow.plan_id == plan.plan_id)
         ).scalars()
     }
+    retried = _last_retry(session, goal.id) if plan.revision > 1 else None
     settlers = _settlers(session, goal.id, plan.plan_id) if runs else {}
     results = tuple(
         _result(step, runs.get(str(step.get("id"))), goal.status, settlers)
@@ -167,6 +171,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         unoffered=unoffered,
         catalog_problem=misfit,
         approval_unchecked=unchecked,
+        retried=retried,
     )
 
 
@@ -209,6 +214,22 @@ def _signed_approvers(session: Session, plan_id: str) -> tuple[str, ...] | None:
     if approval.approvers:
         return approval.approvers
     return None if approval.decided_by == "policy" else (approval.decided_by,)
+
+
+def _last_retry(session: Session, goal_id: str) -> str | None:
+    """Say the goal's last retry (`plangate goals retry`): by whom, from where, and why."""
+    entry = session.execute(
+        select(AuditRow.actor, AuditRow.data, AuditRow.at)
+        .where(AuditRow.goal_id == goal_id, AuditRow.kind == "goal.submitted")
+        .order_by(AuditRow.seq.desc())
+        .limit(1)
+    ).one_or_none()
+    if entry is None or not isinstance(entry.data, dict) or "retried_from" not in entry.data:
+        return None
+    reason = str(entry.data.get("reason") or "")
+    why = reason.split(": ", 1)[1] if ": " in reason else ""
+    said = f"by {entry.actor} at {entry.at} (it was {entry.data['retried_from']})"
+    return f"{said}: {why}" if why else said
 
 
 def _settlers(session: Session, goal_id: str, plan_id: str) -> dict[str, str]:

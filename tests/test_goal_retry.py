@@ -74,7 +74,8 @@ def test_a_failed_goal_retried_is_a_new_revision_the_gate_decides_again(fleet: F
     """Given a goal whose second read failed (the upstream was down),
     When an operator retries it with `plangate goals retry`,
     Then the planner makes revision 2, the gate decides it (a second decision), it runs and
-    completes; the retry is audited with who and why; retrying the completed goal is refused.
+    completes; the retry is audited with who and why, and `status` says it (only the audit log
+    did); retrying the completed goal is refused.
     """
     token = fleet.plangate("reviewers", "add", "olga").stdout.strip().splitlines()[-1]
     with Client(fleet.settings()) as client:
@@ -98,6 +99,11 @@ def test_a_failed_goal_retried_is_a_new_revision_the_gate_decides_again(fleet: F
         AuditRow.goal_id == goal_id, AuditRow.kind == "goal.submitted", AuditRow.actor == "olga"
     )
     assert count(fleet, audited) == 1
+    assert final.retried is not None
+    assert final.retried.startswith("by olga at ")
+    assert final.retried.endswith("(it was failed): upstream is back")
+    shown = fleet.plangate("status", goal_id).stdout
+    assert f"  retried {final.retried}" in shown
 
     again = fleet.plangate("goals", "retry", goal_id, PLANGATE_REVIEWER_TOKEN=token)
     assert again.returncode == 2

@@ -113,6 +113,8 @@ def _heading(current: GoalStatus) -> list[str]:
         lines.append(f"  cannot be approved as it is: it {current.catalog_problem}")
     if current.submitted_by:
         lines.append(f"  submitted by {current.submitted_by} (as the submitter said)")
+    if current.retried:
+        lines.append(f"  retried {current.retried}")
     if current.decision:
         d = current.decision
         lines.append(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")

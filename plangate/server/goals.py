@@ -141,6 +141,11 @@ class GoalState(BaseModel):
         description="Approved: why an executor could not check the gate's approval (signed "
         "by a key not in its trusted keys folder); the goal waits until it can.",
     )
+    retried: str | None = Field(
+        default=None,
+        description="Its last retry (`plangate goals retry`): by whom, when, from which state, "
+        "and why; its latest plan was made afresh after it.",
+    )
 
 
 class ErrorBody(BaseModel):
