@@ -319,7 +319,7 @@ class ExecutorHandler:
         # A last write's result in hand is kept through a database restart (`riding_out_outages`).
         held = ", ".join(repr(o.step_id) for o in run.outcomes.values() if o.attempt is not None)
         what = f"the end of plan {plan.plan_id}" + (f" (the result of step {held})" if held else "")
-        envelopes = riding_out_outages(end, within=run.result_lease_left(), what=what)
+        envelopes = riding_out_outages(self._store, end, within=run.result_lease_left(), what=what)
         # Ended (or waiting for a person): a copy from now on, e.g. the resume a settle sends
         # while the last step is still being announced, is the stored run's to answer.
         self._no_longer_running(plan.plan_id)

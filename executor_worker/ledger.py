@@ -308,7 +308,7 @@ class StepLedger:
             # called again).
             within = self.lease_left(step) if attempt is not None else None
             what = f"step {step.id!r}'s result ({status}) of plan {self._plan.plan_id}"
-            riding_out_outages(write, within=within, what=what)
+            riding_out_outages(self._store, write, within=within, what=what)
             return
         now = utcnow()
         key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}

@@ -11,7 +11,6 @@ Workers answer `/metrics` on their probe port (`PLANGATE_METRICS_PORT`); `serve`
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, get_args
@@ -29,8 +28,6 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from plangate.store import Store
-
-log = logging.getLogger(__name__)
 
 MESSAGES = Counter(
     "plangate_messages",
@@ -140,6 +137,7 @@ class StoreCollector(Collector):
         from sqlalchemy.exc import SQLAlchemyError
 
         from plangate.store.models import GoalRow, OutboxRow
+        from plangate.store.outages import store_answered, store_failed
         from schemas import utcnow
         from schemas.goal_states import GoalStatus
 
@@ -157,10 +155,11 @@ class StoreCollector(Collector):
                     select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
                 )
         except SQLAlchemyError as exc:
-            log.warning("metrics: the store does not answer (%s)", type(exc).__name__)
+            store_failed(self._store, exc, "a metrics scrape")  # said once, not at every scrape
             # Said as a value, not only as gauges gone missing: a gap alerts nobody.
             yield GaugeMetricFamily("plangate_store_up", _STORE_UP, 0)
             return
+        store_answered(self._store)
         yield GaugeMetricFamily("plangate_store_up", _STORE_UP, 1)
         counts = {state: count for state, count, _ in by_state}
         since = {state: moved for state, _, moved in by_state}

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from plangate.bus import Bus
 from plangate.errors import BrokerRefused, PlangateError
 from plangate.store import Store
+from plangate.store.outages import store_answered, store_failed
 from plangate.store.schema import mismatch
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,9 @@ def not_ready(store: Store, bus: Bus | None = None) -> str | None:
                 raise
             current = store.revision()
         except SQLAlchemyError as again:
-            log.warning("readiness: the store does not answer (%s)", type(again).__name__)
+            store_failed(store, again, "the readiness check")  # said once, not at every probe
             return "the store does not answer"
+    store_answered(store)
     problem = mismatch(current)
     if problem is not None:
         return problem

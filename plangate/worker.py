@@ -37,6 +37,7 @@ from plangate.stages import build_expiry, build_handler, build_sealing, stage_mi
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
 from plangate.store.engine import is_outage
+from plangate.store.outages import store_answered, store_failed
 from plangate.store.schema import mismatch
 from plangate.store.stage_progress import record_progress, stage_progress
 from schemas import utcnow
@@ -202,15 +203,11 @@ class Worker:
                     deliver(store, bus, resent)
                     for chore in chores:
                         chore(store)
+                    store_answered(store)
                 except BrokerUnavailable as exc:  # said in full, no traceback
                     seen.lost(exc, interval)
                 except OperationalError as exc:  # the database is down: said, as the broker
-                    log.warning(
-                        "sweep skipped: the store does not answer (%s); check "
-                        "PLANGATE_DATABASE_URL; will try again in %g s",
-                        type(exc.orig).__name__ if exc.orig is not None else "OperationalError",
-                        interval,
-                    )
+                    store_failed(store, exc, f"the {self.stage}'s sweep")
                 except Exception:  # a fault of plangate's own: its traceback says where
                     log.warning("sweep failed; will try again in %g s", interval, exc_info=True)
 

@@ -423,7 +423,8 @@ def test_a_write_result_kept_through_an_outage_is_logged_once_when_it_starts_and
 ) -> None:
     """Given the seed plan's write claimed and called,
     When the database fails the result's first three tries, then answers,
-    Then the result is recorded, and the log says so in two lines, not one a try.
+    Then the result is recorded, and the log says so in two lines, not one a try: the store's
+    outage as it begins and as it ends, and what waited for it as it began and once recorded.
     """
     goal_id, plan, step, spec = _held_seed_plan(pipeline)
     ledger = StepLedger(pipeline.store, plan)
@@ -435,16 +436,20 @@ def test_a_write_result_kept_through_an_outage_is_logged_once_when_it_starts_and
         return failing() if len(calls) < 3 else answering()
 
     monkeypatch.setattr(pipeline.store, "session", flaky)
-    caplog.set_level(logging.WARNING, logger="plangate.store.outage_retry")
+    caplog.set_level(logging.INFO, logger="plangate.store")
 
     ledger.record(step, "succeeded", {"paged": True}, None, attempt=1)
 
     monkeypatch.undo()
     assert audit_kinds(pipeline.store, goal_id).count("step.succeeded") == 1
-    said = [r.getMessage() for r in caplog.records if r.name == "plangate.store.outage_retry"]
-    assert len(said) == 2, said
-    assert "unavailable" in said[0]
-    assert "answers again" in said[1]
+    outage = [r.getMessage() for r in caplog.records if r.name == "plangate.store.outages"]
+    assert len(outage) == 2, outage
+    assert "does not answer" in outage[0]
+    assert "answers again" in outage[1]
+    waited = [r.getMessage() for r in caplog.records if r.name == "plangate.store.outage_retry"]
+    assert len(waited) == 2, waited
+    assert f"recording step {step.id!r}'s result (succeeded)" in waited[0]
+    assert "recorded after" in waited[1]
 
 
 def test_a_write_result_coming_back_after_a_person_settled_it_as_not_happened_records_nothing(

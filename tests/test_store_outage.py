@@ -1,17 +1,25 @@
-"""A database that stops answering under running workers: said in one line, and outlived."""
+"""A database that stops answering under running workers: said as one outage, and outlived."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 import signal
 import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
+from plangate.bus import Envelope
 from plangate.store import open_store
+from plangate.store.outbox import SentMarker
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.servers import free_port, refusing_connections
 from tests.support import eventually
@@ -19,30 +27,99 @@ from tests.support import eventually
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(120)]
 
 
-def test_a_worker_whose_database_stops_answering_says_so_in_one_line_and_runs_on(
+def test_a_database_outage_under_probes_and_scrapes_is_said_as_it_begins_and_as_it_ends(
     tmp_path: Path, redis_url: str, postgres_database_url: str
 ) -> None:
-    """Given a gate worker on PostgreSQL sweeping every half second,
-    When its database refuses every connection for a while,
-    Then each sweep is skipped saying the store does not answer and what to check, with no
-    traceback (it logged the whole traceback, with the SQL, every sweep), and the worker runs
-    on, ready again once the database answers.
+    """Given a gate worker on PostgreSQL sweeping every half second, its /readyz and /metrics
+    polled as Kubernetes and Prometheus do,
+    When its database refuses every connection for a few seconds, then answers again,
+    Then the probes say so as before (503, `plangate_store_up 0`), and the log says the outage
+    in two lines: as it begins (the store, its password hidden, the database's words, what to
+    check) and as it ends (after how long). It said it at every probe, scrape and sweep. No
+    traceback, and the worker runs on.
     """
-    fleet = Fleet(redis_url, postgres_database_url, tmp_path, extra_env=FAST_SWEEPS)
+    url = make_url(postgres_database_url).set(password="StorePw77").render_as_string(False)
+    fleet = Fleet(redis_url, url, tmp_path, extra_env=FAST_SWEEPS)  # trust: no password asked
     assert fleet.plangate("db", "upgrade").returncode == 0
-    worker = fleet.start("gate")
+    port = free_port()
+    worker = fleet.start("gate", PLANGATE_METRICS_PORT=str(port))
     log = tmp_path / "gate-0.log"
     try:
-        eventually(lambda: "consuming" in log.read_text(), timeout=30, what="the gate consuming")
+        eventually(lambda: probe(port, "/readyz")[0] == 200, timeout=30, what="the gate ready")
+        probed: list[tuple[int, bool]] = []
+
+        def probed_for_a_while(since: float) -> bool:
+            probed.append((probe(port, "/readyz")[0], "store_up 0.0" in probe(port, "/metrics")[1]))
+            return len(probed) >= 8 and time.monotonic() - since > 3  # sweeps every 0.5 s too
+
         with refusing_connections(postgres_database_url):
-            said = "sweep skipped: the store does not answer"
-            eventually(lambda: said in log.read_text(), timeout=30, what="a sweep skipped")
+            eventually(lambda: probe(port, "/readyz")[0] == 503, timeout=10, what="not ready")
+            since = time.monotonic()
+            eventually(lambda: probed_for_a_while(since), timeout=30, what="probes made")
+        eventually(lambda: probe(port, "/readyz")[0] == 200, timeout=30, what="ready again")
+        noise = [line for line in log.read_text().splitlines() if "does not answer" in line]
+        assert len(noise) == 1, noise  # as it began: not a line a probe, scrape or sweep
+        eventually(lambda: "answers again" in log.read_text(), timeout=10, what="its end said")
+        assert set(probed) == {(503, True)}, probed
         assert worker.poll() is None, fleet.logs()
-        assert "check PLANGATE_DATABASE_URL" in log.read_text()
-        assert "Traceback" not in log.read_text()
     finally:
         codes = fleet.stop_all()
     assert codes == [0], fleet.logs()
+    said = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    outage = [r["message"] for r in said if "store" in r["message"] and r["level"] != "info"]
+    database = make_url(url)
+    shown = re.escape(f"@{database.host}:{database.port}/{database.database}")
+    store = rf"the store at postgresql\+psycopg://postgres:[^@ ]+{shown}"  # its password hidden
+    assert len(outage) == 2, outage
+    began, ended = outage
+    assert re.match(rf"{store} does not answer \(", began), began
+    assert "not currently accepting connections" in began
+    assert "check the database and PLANGATE_DATABASE_URL" in began
+    assert re.fullmatch(rf"{store} answers again, after \d+ s", ended), ended
+    assert "StorePw77" not in log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def test_outbox_marks_the_database_refuses_are_said_with_its_outage_and_no_traceback(
+    postgres_database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a consumer's outbox marks (rows it published, to be marked sent) on PostgreSQL,
+    When its database refuses every connection while three batches are marked, then answers,
+    Then the outage is said once as it begins and once as it ends, and each batch left
+    unmarked in a line with no traceback (it logged a traceback a batch); a mark that fails
+    otherwise (its table gone: a fault, not an outage) still logs its traceback.
+    """
+    store = open_store(postgres_database_url)
+    caplog.set_level(logging.INFO)
+
+    def mark(outbox_id: int) -> None:
+        marker = SentMarker(store)
+        marker([Envelope("goal.submitted", b"{}", {}, outbox_id)])
+        marker.close()  # marks what it was given before it returns
+
+    try:
+        with refusing_connections(postgres_database_url):
+            for outbox_id in (1, 2, 3):
+                mark(outbox_id)
+        mark(4)
+        unmarked = [r for r in caplog.records if r.name == "plangate.store.outbox"]
+        outage = [r.getMessage() for r in caplog.records if r.name == "plangate.store.outages"]
+        with store.session() as session:
+            session.execute(text("DROP TABLE outbox"))
+        mark(5)
+    finally:
+        store.close()
+    assert len(outage) == 2, outage
+    assert "does not answer" in outage[0]
+    assert "seen by the outbox's marks" in outage[0]
+    assert "answers again, after" in outage[1]
+    assert [r.getMessage() for r in unmarked] == [
+        "could not mark 1 outbox rows sent: the relay sends them again"
+    ] * 3
+    assert all(r.exc_info is None for r in unmarked)
+    [fault] = [r for r in caplog.records if r.name == "plangate.store.outbox"][3:]
+    assert fault.getMessage() == "could not mark 1 outbox rows sent"
+    assert fault.exc_info is not None
 
 
 def test_a_worker_started_while_the_database_refuses_waits_and_consumes_once_it_answers(
@@ -84,13 +161,15 @@ def test_a_worker_started_while_the_database_refuses_waits_and_consumes_once_it_
 
 
 def probe(port: int, path: str) -> tuple[int, str]:
-    """GET a worker's probe endpoint: its status and what it said."""
+    """GET a worker's probe endpoint: its status and what it said (0: nothing listens)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as refused:
         with refused:
             return refused.code, refused.read().decode()
+    except urllib.error.URLError as unreached:  # not listening yet
+        return 0, str(unreached.reason)
 
 
 def test_a_worker_started_on_a_database_that_never_answers_waits_saying_so_and_stops_on_sigterm(

@@ -6,7 +6,8 @@ dropped the result: the retried message found the step claimed by this very exec
 out the claim's lease (five minutes by default), then called the write again, or asked a
 person whether it had happened. Where a result is in hand, its transaction is tried again
 until the database answers, within the claim's lease; after that the claim is anyone's, and the
-outage is the handler's to wait out as before. stamina paces the tries (backoff with jitter).
+outage is the handler's to wait out as before. stamina paces the tries (backoff with jitter);
+its own line at each try is not logged (`plangate.retry_lines`).
 """
 
 from __future__ import annotations
@@ -18,19 +19,23 @@ from typing import TypeVar
 
 import stamina
 
-from plangate.store.engine import failure_cause, is_outage
+from plangate.store.engine import Store, failure_cause, is_outage
+from plangate.store.outages import store_answered, store_failed
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-def riding_out_outages(write: Callable[[], T], *, within: float | None, what: str) -> T:
-    """Return `write()`, tried again while the database is unreachable, for `within` seconds.
+def riding_out_outages(
+    store: Store, write: Callable[[], T], *, within: float | None, what: str
+) -> T:
+    """Return `write()` on `store`, tried again while it is unreachable, for `within` seconds.
 
     `write` must be whole or nothing each time: one transaction, its in-memory effects undone
     if it fails. Any other error, or an outage outlasting `within`, is raised. The outage is
-    logged once, with its end or with what is given up. `within` None: nothing is in hand
+    said as the process's one (`store_failed`), not at each try; what waits for it in a line
+    when it is first met, and when recorded or given up. `within` None: nothing is in hand
     (`write` fails as any handler's work does, to be retried whole).
     """
     if within is None:
@@ -42,11 +47,10 @@ def riding_out_outages(write: Callable[[], T], *, within: float | None, what: st
     def outage(error: Exception) -> bool:
         if not is_outage(error) or time.monotonic() >= deadline:
             return False
+        store_failed(store, error, f"the recording of {what}")
         if not failed:
-            log.warning(
-                "the database is unavailable (%s): recording %s again once it answers "
-                "(for up to %.0f s)",
-                failure_cause(error),
+            log.info(
+                "the store does not answer: recording %s again once it answers (for up to %.0f s)",
                 what,
                 deadline - time.monotonic(),
             )
@@ -62,8 +66,9 @@ def riding_out_outages(write: Callable[[], T], *, within: float | None, what: st
             with attempt:
                 result = write()
                 if failed:
+                    store_answered(store)
                     took = time.monotonic() - started
-                    log.warning("the database answers again: %s recorded after %.1f s", what, took)
+                    log.info("%s recorded after %.1f s", what, took)
                 return result
     except Exception as error:
         if is_outage(error):

@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.bus.envelope import GOAL_HEADER
-from plangate.store.engine import Store
+from plangate.store.engine import Store, is_outage
 from plangate.store.hot_statements import HotStatement
 from plangate.store.models import OutboxRow
+from plangate.store.outages import store_answered, store_failed
 from schemas import Message, utcnow
 
 log = logging.getLogger(__name__)
@@ -202,5 +203,12 @@ class SentMarker:
             return
         try:
             mark_sent(self._store, batch)
-        except Exception:  # the relay resends them: a duplicate, never a loss
-            log.warning("could not mark %d outbox rows sent", len(batch), exc_info=True)
+        except Exception as exc:  # the relay resends them: a duplicate, never a loss
+            if not is_outage(exc):  # a fault of plangate's: its traceback says where
+                log.warning("could not mark %d outbox rows sent", len(batch), exc_info=True)
+                return
+            # The outage is said once for the process; each batch left unmarked, in a line.
+            store_failed(self._store, exc, "the outbox's marks")
+            log.info("could not mark %d outbox rows sent: the relay sends them again", len(batch))
+            return
+        store_answered(self._store)
