@@ -154,6 +154,9 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = True, stage: str = 
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema checks are not news
+    from plangate import retry_lines  # stamina and SQLAlchemy: not for a command's start
+
+    retry_lines.install()  # stamina's line at every try, quoting the driver, is not ours
     # For every thread of the process: a context variable set here would reach only this one.
     _process_fields.clear()
     if stage:

@@ -46,7 +46,9 @@ def test_a_write_whose_result_meets_a_database_restart_is_recorded_once_it_answe
     When the database refuses every connection (its sessions ended, as in a restart) just as
     the write returns, and answers again once the executor says it waits for it,
     Then the goal completes well within the claim's lease, the write called exactly once,
-    whether its result was to be recorded at the run's end (the last step) or on its own.
+    whether its result was to be recorded at the run's end (the last step) or on its own;
+    and the executor's log says the outage as it begins and as it ends, with none of
+    stamina's own lines (one a try, each quoting the driver's error).
     """
     (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
     (tmp_path / "playbook.yaml").write_text(PLAYBOOK)
@@ -97,3 +99,9 @@ def test_a_write_whose_result_meets_a_database_restart_is_recorded_once_it_answe
     finally:
         codes = fleet.stop_all()
     assert all(code == 0 for code in codes), fleet.logs()
+    said = [json.loads(line) for line in executor_log.read_text().splitlines() if line[:1] == "{"]
+    assert [r for r in said if r["logger"] == "stamina"] == []
+    outage = [r["message"] for r in said if r["logger"] == "plangate.store.outages"]
+    assert len(outage) == 2, outage
+    assert "does not answer" in outage[0]
+    assert "answers again, after" in outage[1]

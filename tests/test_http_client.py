@@ -4,6 +4,8 @@ what it refuses, how long a call may take, that it reuses connections and quotes
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 from collections import deque
@@ -15,7 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from stamina.instrumentation import set_on_retry_hooks
 
+from plangate import retry_lines
 from plangate.errors import ToolError
 from plangate.http_client import MAX_BODY, HttpClient, retry_after_seconds, send
 from plangate.redaction import register_secret
@@ -123,6 +127,25 @@ def test_a_503_is_retried_and_the_next_answer_returned(server: Server) -> None:
     assert (answer.status, answer.attempts) == (200, 2)
     assert answer.json("the receiver") == {"done": True}
     assert len(server.arrivals) == 2
+
+
+def test_a_retry_is_said_in_one_line_of_plangates_and_none_of_staminas(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given plangate's logging (as a worker or serve sets it up), When a receiver answers 503
+    once, then 200, Then the retry is one line of plangate's saying when and why, and stamina
+    logs none of its own (a "stamina.retry_scheduled" with the exception's repr)."""
+    server.answer(Reply(503, {"error": "busy"}), Reply(200, {"done": True}))
+    caplog.set_level(logging.DEBUG)
+    retry_lines.install()
+    try:
+        assert post(server).attempts == 2
+    finally:
+        set_on_retry_hooks(None)  # stamina's own again, as in any other test
+
+    assert [r for r in caplog.records if r.name.startswith("stamina")] == []
+    [said] = [r.getMessage() for r in caplog.records if r.name == "plangate.retry_lines"]
+    assert re.fullmatch(r"trying again in \d+\.\d s \(retry 1\): .*503.*", said), said
 
 
 def test_retry_after_in_seconds_is_waited_out(server: Server) -> None:
