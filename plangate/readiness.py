@@ -52,6 +52,8 @@ def broker_problem(bus: Bus) -> str | None:
     except BrokerRefused:
         return "the broker refuses plangate's settings (the worker's log says what to fix)"
     except (PlangateError, OSError) as exc:
-        log.warning("readiness: the broker does not answer (%s)", type(exc).__name__)
+        # Not a warning at each probe: the outage is said once, as it begins, by the loop
+        # that consumes (and by serve's relay).
+        log.debug("readiness: the broker does not answer (%s)", type(exc).__name__)
         return "the broker does not answer"
     return None

@@ -144,12 +144,16 @@ def test_serve_answers_healthz_and_readyz_from_its_store(tmp_path: Path) -> None
 
 
 @pytest.mark.redis
-def test_readyz_of_a_worker_and_of_serve_follows_the_broker(tmp_path: Path) -> None:
+def test_readyz_of_a_worker_and_of_serve_follows_the_broker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Given a worker and serve on a Redis of their own,
     When Redis stops, Then the worker's /readyz answers 503 "the broker does not answer" (it
-    said only "not consuming"), and serve's stays 200 saying goals are stored meanwhile: it
-    answered 503, and a readiness probe took every replica out of its Service, refusing goals
-    its outbox would have sent; When Redis is back, Then both are ready, and say nothing more.
+    said only "not consuming"), and logs nothing at each probe (the outage is said by the
+    consume loop, once: a line a probe was noise), and serve's stays 200 saying goals are
+    stored meanwhile: it answered 503, and a readiness probe took every replica out of its
+    Service, refusing goals its outbox would have sent; When Redis is back, Then both are
+    ready, and say nothing more.
     """
     redis = OwnRedis(tmp_path)
     port = free_port()
@@ -173,6 +177,9 @@ def test_readyz_of_a_worker_and_of_serve_follows_the_broker(tmp_path: Path) -> N
             assert get(f"{url}/healthz")[0] == 200
             eventually(lambda: answers(worker_url) == 503, timeout=20, what="worker unready")
             assert get(worker_url) == (503, down)  # the broker named, not "not consuming"
+            for _ in range(3):
+                get(worker_url)
+            assert [r for r in caplog.records if r.name == "plangate.readiness"] == []
 
             redis.restart()
             eventually(lambda: answers(worker_url) == 200, timeout=30, what="worker ready")
