@@ -397,16 +397,21 @@ def _start_rabbitmq(
     return url
 
 
-def rabbitmqctl(url: str, *args: str) -> None:
-    """Run `rabbitmqctl` against the node the `rabbitmq_url` fixture started at `url`."""
+def rabbitmqctl(url: str, *args: str) -> str:
+    """Run `rabbitmqctl` against the node the `rabbitmq_url` fixture started at `url`.
+
+    Return what it printed.
+    """
     control = Path(_rabbitmq_server() or "rabbitmq-server").with_name("rabbitmqctl")
-    subprocess.run(
+    done = subprocess.run(
         [str(control), *args],
         env=RABBITMQ_ENVIRONMENTS[url],
         capture_output=True,
         check=True,
         timeout=60,
+        text=True,
     )
+    return done.stdout
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -150,52 +150,72 @@ class StageConsumer:
             try:
                 self._consume_on(connection, stop)
             finally:
-                self._wakeup.close()  # after the pool: no handler is left to set it
+                # After the pool: no handler is left to set it (on AMQP one may be: its Wakeup
+                # does nothing).
+                self._wakeup.close()
 
     def _consume_on(self, connection: Connection, stop: threading.Event) -> None:
-        with ThreadPoolExecutor(self._concurrency, f"plangate-{self._stage}") as pool:
-            channel = connection.channel()
-            for q in self._topology.durable_queues():
-                q.bind(channel).declare()
-            self._pool = pool
-            consumer = Consumer(
-                channel,
-                queues=[self._topology.stage_queue(self._stage)],
-                on_message=self._receive,
-                on_decode_error=self._undecodable,
-                prefetch_count=self._concurrency,
-                accept=["application/json"],
-            )
-            chores = Chores(connection, channel)
-            with consumer:
-                self._consuming()
-                while not stop.is_set():
-                    self._settle_finished()
-                    chores.heartbeat()
-                    chores.keep_claims()
-                    self._hand_back_overdue()
-                    if self._in_flight.count >= self._concurrency:
-                        # No message can come in until a handler finishes: wait for that.
-                        self._settle_finished(block=True)
-                        chores.housekeeping()
-                    else:
-                        self._drain(connection)
-                while self._in_flight.count:
+        pool = ThreadPoolExecutor(self._concurrency, f"plangate-{self._stage}")
+        try:
+            self._consume_with(pool, connection, stop)
+        except BaseException:
+            # On AMQP the broker took back every message this loop held as its channel went
+            # (RabbitMQ's consumer_timeout closes it under a long handler): waiting here for the
+            # handlers kept the worker blind, and /readyz ok, until the slowest ended. They end
+            # on their own; what they end with is not settled (`_receive`), and the message
+            # comes again, which the stores' claims make harmless.
+            if connection.transport.driver_type == "amqp":
+                pool.shutdown(wait=False, cancel_futures=True)
+            else:  # Redis: the loop's claims keep its messages until they lapse
+                pool.shutdown(wait=True)
+            raise
+        pool.shutdown(wait=True)
+
+    def _consume_with(
+        self, pool: ThreadPoolExecutor, connection: Connection, stop: threading.Event
+    ) -> None:
+        channel = connection.channel()
+        for q in self._topology.durable_queues():
+            q.bind(channel).declare()
+        self._pool = pool
+        consumer = Consumer(
+            channel,
+            queues=[self._topology.stage_queue(self._stage)],
+            on_message=self._receive,
+            on_decode_error=self._undecodable,
+            prefetch_count=self._concurrency,
+            accept=["application/json"],
+        )
+        chores = Chores(connection, channel)
+        with consumer:
+            self._consuming()
+            while not stop.is_set():
+                self._settle_finished()
+                chores.heartbeat()
+                chores.keep_claims()
+                self._hand_back_overdue()
+                if self._in_flight.count >= self._concurrency:
+                    # No message can come in until a handler finishes: wait for that.
                     self._settle_finished(block=True)
-                    # Still held while their handlers run: unrenewed, a message went back to
-                    # the queue the redelivery timeout later, and another worker called the
-                    # same step again beside this one (RabbitMQ: a missed heartbeat, the same).
-                    chores.heartbeat()
-                    chores.keep_claims()
-                self._settlement.hand_back_held()
-            # Stored retries due in a few seconds (a plan handed on to another executor) are
-            # sent now, this consumer cancelled (else it took them back): left to the relay,
-            # they waited half a minute. The rest stay in the outbox, for the relay: sent
-            # early, each would spend its try sooner.
-            try:
-                self._settlement.publish_stored(within=_SOON_SECONDS)
-            except self._outages as exc:  # the relay sends them once the broker answers
-                log.warning("stopping: stored retries left to the relay (%s)", exc)
+                    chores.housekeeping()
+                else:
+                    self._drain(connection)
+            while self._in_flight.count:
+                self._settle_finished(block=True)
+                # Still held while their handlers run: unrenewed, a message went back to
+                # the queue the redelivery timeout later, and another worker called the
+                # same step again beside this one (RabbitMQ: a missed heartbeat, the same).
+                chores.heartbeat()
+                chores.keep_claims()
+            self._settlement.hand_back_held()
+        # Stored retries due in a few seconds (a plan handed on to another executor) are
+        # sent now, this consumer cancelled (else it took them back): left to the relay,
+        # they waited half a minute. The rest stay in the outbox, for the relay: sent
+        # early, each would spend its try sooner.
+        try:
+            self._settlement.publish_stored(within=_SOON_SECONDS)
+        except self._outages as exc:  # the relay sends them once the broker answers
+            log.warning("stopping: stored retries left to the relay (%s)", exc)
 
     def run_until_stopped(
         self, stop: threading.Event, max_backoff: float = BROKER_MAX_DELAY
@@ -264,7 +284,10 @@ class StageConsumer:
         future = self._pool.submit(self._call_handler, message, delivery, body)
         running = Running(raw, delivery, body, time.monotonic())
         self._in_flight.started(future, running, sent_at(raw.headers) or message.occurred_at)
-        future.add_done_callback(lambda f: self._finished(Done(raw, delivery, f)))
+        # To this run's queue: a handler outliving its run (its channel gone, its message back
+        # in the queue) ends unsettled, and no later run acks it on a channel of its own.
+        finished = partial(self._finished, self._done)
+        future.add_done_callback(lambda f: finished(Done(raw, delivery, f)))
 
     @property
     def taken_up_to(self) -> datetime | None:
@@ -308,9 +331,9 @@ class StageConsumer:
             return
         raise Deferred(stored, delay) from error
 
-    def _finished(self, done: Done) -> None:
-        """In the handler's thread: hand its message back to the loop, and wake the loop."""
-        self._done.put(done)
+    def _finished(self, to: queue.Queue[Done], done: Done) -> None:
+        """In the handler's thread: hand its message back to its run's loop, and wake it."""
+        to.put(done)
         self._wakeup.set()
 
     def _settle_finished(self, block: bool = False) -> None:

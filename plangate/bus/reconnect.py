@@ -6,7 +6,8 @@ consumer says when it consumes again.
 Only a connection error is an outage. A malformed message never gets here (each transport turns
 it into a dead letter); anything else that ends the loop is a fault of ours, logged with its
 traceback, and the loop restarts after the same backoff so that a fault that repeats does not
-spin.
+spin. A channel RabbitMQ closed because a handler outlasted its `consumer_timeout` is neither:
+it is said with what to set.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ def refusal_hint(exc: BaseException) -> str | None:
     return None
 
 
+def held_too_long(exc: BaseException) -> bool:
+    """Return True if RabbitMQ closed the channel because a message went unacked too long.
+
+    RabbitMQ closes a consumer's channel (406 PRECONDITION_FAILED) once a delivery waits for
+    its ack longer than its `consumer_timeout`, 30 minutes by default: a handler ran that long.
+    """
+    code = getattr(exc, "code", None) if type(exc).__module__.startswith("amqp") else None
+    return code == 406 and "delivery acknowledgement" in str(exc)
+
+
 def run_reconnecting(
     run: Callable[[threading.Event], None],
     stop: threading.Event,
@@ -100,23 +111,42 @@ def run_reconnecting(
                 outage.end()
             connected.clear()
             delay = backoff.next()
-            # A refusal first: a virtual host refused is a connection error too, and said as
-            # a lost broker it gave no hint of what to fix.
-            if (hint := refusal_hint(exc)) is not None:
-                log.error(
-                    "%s: the broker refuses its settings (%s); %s; trying again in %g s",
-                    name,
-                    exc,
-                    hint,
-                    delay,
-                )
-            elif isinstance(exc, outages):
-                _say_lost(outage, name, exc, delay)
-            else:
-                log.error(
-                    "%s failed (not a broker outage); restarting in %g s", name, delay, exc_info=exc
-                )
+            _say_failure(exc, outages, outage, name, delay)
             stop.wait(delay)
+
+
+def _say_failure(
+    exc: Exception,
+    outages: tuple[type[BaseException], ...],
+    outage: Lasting,
+    name: str,
+    delay: float,
+) -> None:
+    # A refusal first: a virtual host refused is a connection error too, and said as a lost
+    # broker it gave no hint of what to fix.
+    if (hint := refusal_hint(exc)) is not None:
+        log.error(
+            "%s: the broker refuses its settings (%s); %s; trying again in %g s",
+            name,
+            exc,
+            hint,
+            delay,
+        )
+    elif held_too_long(exc):  # said as a fault of ours, with a traceback: nothing said why
+        log.warning(
+            "%s: RabbitMQ closed its channel: a handler held a message unacknowledged past "
+            "the broker's consumer_timeout (%s); its messages went back to the queue, and it "
+            "consumes again in %g s, its handlers still running. Set RabbitMQ's "
+            "consumer_timeout above PLANGATE_HANDLER_TIMEOUT_SECONDS and the longest tool "
+            "timeout, or lower those (docs/how-to/deploy.md)",
+            name,
+            getattr(exc, "reply_text", exc),  # py-amqp's str() starts "(0, 0): "
+            delay,
+        )
+    elif isinstance(exc, outages):
+        _say_lost(outage, name, exc, delay)
+    else:
+        log.error("%s failed (not a broker outage); restarting in %g s", name, delay, exc_info=exc)
 
 
 def _say_lost(outage: Lasting, name: str, exc: Exception, delay: float) -> None:

@@ -1,0 +1,143 @@
+"""RabbitMQ's `consumer_timeout`: a handler that outlasts it loses its consume loop's channel.
+
+RabbitMQ closes a consumer's channel once a delivery waits for its ack longer than that (30
+minutes by default), and takes back every message the channel held. The loop must notice at
+once and consume again, with the slow handler still running, rather than wait for it blind.
+These tests lower the broker's timeout to a second, and restore it after.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from uuid import uuid4
+
+import pytest
+
+from plangate.bus import Bus, Delivery, Envelope
+from schemas import GoalSubmitted, Message
+from tests.servers import rabbitmqctl
+from tests.support import eventually
+
+pytestmark = pytest.mark.rabbitmq
+
+# The broker checks its consumers' acks at each channel tick (a minute by default).
+SHORTENED = {"consumer_timeout": 1000, "channel_tick_interval": 200}
+
+
+@contextmanager
+def broker_acks_within(url: str) -> Iterator[None]:
+    """Lower the broker's ack timeout for the channels opened meanwhile; restore it after."""
+    saved = {}
+    for key, value in SHORTENED.items():
+        said = rabbitmqctl(url, "eval", f"application:get_env(rabbit, {key}).")
+        found = re.search(r"\{ok,\s*(\d+)\}", said)
+        saved[key] = found.group(1) if found else None
+        rabbitmqctl(url, "eval", f"application:set_env(rabbit, {key}, {value}).")
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            undo = f"set_env(rabbit, {key}, {old})" if old else f"unset_env(rabbit, {key})"
+            rabbitmqctl(url, "eval", f"application:{undo}.")
+
+
+class Readiness(threading.Event):
+    """The consume loop's `ready` (what /readyz reads), counting the times it was withdrawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.withdrawn = 0
+
+    def clear(self) -> None:
+        if self.is_set():
+            self.withdrawn += 1
+        super().clear()
+
+
+class SlowFirstTime:
+    """A handler that holds the first delivery of "slow" until released; the rest are quick."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.slow_started = threading.Event()
+        self.slow_ended = threading.Event()
+        self.handled: queue.Queue[tuple[str, bool]] = queue.Queue()
+        self.seen: list[tuple[str, bool]] = []
+
+    def __call__(self, message: Message, delivery: Delivery) -> list[Envelope]:
+        text = getattr(message, "text", "")
+        if text == "slow" and not delivery.redelivered:
+            self.slow_started.set()
+            self.release.wait(60)
+            self.slow_ended.set()
+        self.handled.put((text, delivery.redelivered))
+        return []
+
+    def next_handled(self, timeout: float = 10) -> tuple[str, bool]:
+        item = self.handled.get(timeout=timeout)
+        self.seen.append(item)
+        return item
+
+
+def goal(text: str) -> Envelope:
+    return Envelope.of(GoalSubmitted(goal_id=uuid4().hex, text=text))
+
+
+@pytest.mark.timeout(120)
+def test_a_handler_past_rabbitmqs_ack_timeout_does_not_stop_the_others(
+    rabbitmq_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a consume loop on RabbitMQ whose consumer_timeout is 1 s, and a handler that holds
+    its message far longer,
+    When the broker closes the loop's channel and takes the message back,
+    Then the loop says why and what to set, is not ready until it consumes again, and consumes
+    again with the slow handler still running: the message taken back comes again, and a
+    message sent meanwhile is handled at once (the loop waited for the slow handler, blind and
+    ready, and took nothing until it ended); the slow handler's end, on the closed channel,
+    neither fails the loop nor brings the message a third time.
+    """
+    bus = Bus(rabbitmq_url, f"t{uuid4().hex[:10]}", heartbeat=5)
+    bus.declare()
+    handler = SlowFirstTime()
+    consumer = bus.stage_consumer("planner", handler)
+    consumer.ready = readiness = Readiness()
+    stop = threading.Event()
+    loop = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
+    caplog.set_level(logging.WARNING)
+    try:
+        with broker_acks_within(rabbitmq_url):
+            loop.start()
+            assert readiness.wait(10)
+            bus.publish([goal("slow")])
+            assert handler.slow_started.wait(10)
+
+            eventually(lambda: readiness.withdrawn, timeout=15, what="readiness withdrawn")
+            assert handler.next_handled() == ("slow", True)  # taken back, and delivered again
+            eventually(readiness.is_set, what="consuming again")
+            bus.publish([goal("meanwhile")])
+            assert handler.next_handled() == ("meanwhile", False)
+            assert not handler.slow_ended.is_set()
+
+        handler.release.set()
+        assert handler.next_handled() == ("slow", False)  # its end: nothing to ack it on
+        bus.publish([goal("after")])
+        assert handler.next_handled() == ("after", False)
+    finally:
+        handler.release.set()
+        stop.set()
+        loop.join(15)
+        bus.close()
+
+    assert handler.handled.empty()  # the slow message came twice, not a third time
+    [said] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    text = said.getMessage()
+    assert "the planner: RabbitMQ closed its channel" in text
+    assert "(PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out" in text
+    assert "Set RabbitMQ's consumer_timeout above PLANGATE_HANDLER_TIMEOUT_SECONDS" in text
+    assert said.exc_info is None
+    assert readiness.withdrawn == 1
