@@ -196,10 +196,15 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How long a step's claim holds before another may act."
     )
     handler_timeout_seconds: float = Field(
-        default=1800.0,
+        # A minute under RabbitMQ's default consumer_timeout (30 min), which it checks once a
+        # minute: at 30 min the broker closed the worker's channel, and took back all it held,
+        # before the handler was handed back.
+        default=1740.0,
         gt=0,
         description="A worker's handler still running this long is reported, and its message "
-        "handed back to the stage for another attempt (handlers are idempotent).",
+        "handed back to the stage for another attempt (handlers are idempotent). On RabbitMQ, "
+        "keep it and every tool's timeout below the broker's consumer_timeout (30 min by "
+        "default): past that the broker closes the worker's channel.",
     )
     tool_timeout_seconds: float = Field(
         default=60.0,
