@@ -12,21 +12,28 @@ import logging
 import queue
 import re
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
 from plangate.bus import Bus, Delivery, Envelope
+from plangate.client import Client
 from schemas import GoalSubmitted, Message
-from tests.servers import rabbitmqctl
-from tests.support import eventually
+from tests.fleet import Fleet
+from tests.servers import free_port, rabbitmqctl
+from tests.support import eventually, write_playbook
 
 pytestmark = pytest.mark.rabbitmq
 
+ROOT = Path(__file__).resolve().parent.parent
 # The broker checks its consumers' acks at each channel tick (a minute by default).
 SHORTENED = {"consumer_timeout": 1000, "channel_tick_interval": 200}
+APPROVE_ALL = 'rules:\n  - {name: approve-all, match: "true", action: approve, reason: test}\n'
 
 
 @contextmanager
@@ -141,3 +148,96 @@ def test_a_handler_past_rabbitmqs_ack_timeout_does_not_stop_the_others(
     assert "Set RabbitMQ's consumer_timeout above PLANGATE_HANDLER_TIMEOUT_SECONDS" in text
     assert said.exc_info is None
     assert readiness.withdrawn == 1
+
+
+class ProbeAnswers:
+    """Ask a worker's /readyz again and again in a thread; keep each status code that came."""
+
+    def __init__(self, port: int) -> None:
+        self._url = f"http://127.0.0.1:{port}/readyz"
+        self.codes: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._ask, daemon=True)
+
+    def _ask(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                with urllib.request.urlopen(self._url, timeout=2) as answer:
+                    self.codes.append(answer.status)
+            except urllib.error.HTTPError as refused:
+                self.codes.append(refused.code)
+            except OSError:
+                self.codes.append(0)  # not listening yet
+
+    def __enter__(self) -> ProbeAnswers:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.mark.timeout(180)
+def test_an_executor_past_rabbitmqs_ack_timeout_runs_other_goals_and_calls_the_tool_once(
+    rabbitmq_url: str, tmp_path: Path
+) -> None:
+    """Given a fleet on RabbitMQ whose consumer_timeout is 1 s, and a goal whose read the test
+    holds (its tool's timeout is 300 s),
+    When the broker closes the executor's channel under it,
+    Then /readyz says 503 until the executor consumes again, and another goal completes while
+    the read is still held (it waited for the read, ready: 29 s in the finding); once the read
+    ends the first goal completes too, its read called once: its message, come again, was
+    left to the run under way.
+    """
+    (tmp_path / "policy.yaml").write_text(APPROVE_ALL)
+    playbook = write_playbook(tmp_path, "report", [{"id": "only", "tool": "held_read"}])
+    marker = tmp_path / "held.calls"
+    fleet = Fleet(
+        rabbitmq_url,
+        f"sqlite:///{tmp_path / 'plangate.db'}",
+        tmp_path,
+        extra_env={
+            "PLANGATE_POLICY_FILE": str(tmp_path / "policy.yaml"),
+            "PLANGATE_PLAYBOOK_FILE": str(playbook),
+            "PLANGATE_TOOLS": "tests.held_read_tools",
+            "PYTHONPATH": str(ROOT),
+            "HELD_READ_MARKER": str(marker),
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    port = free_port()
+    closed = "RabbitMQ closed its channel"
+    try:
+        with broker_acks_within(rabbitmq_url), Client(fleet.settings()) as client:
+            fleet.start("planner")
+            fleet.start("gate")
+            fleet.start("executor", PLANGATE_METRICS_PORT=str(port))
+            with ProbeAnswers(port) as probe:
+                eventually(lambda: 200 in probe.codes, timeout=60, what="the executor ready")
+                held = client.submit("a held report").goal_id
+                eventually(marker.exists, timeout=60, what="the read to start")
+                eventually(lambda: probe.codes[-1] == 503, timeout=15, what="/readyz 503")
+                other = client.submit("a quick report").goal_id
+                eventually(
+                    lambda: client.status(other).status == "completed",
+                    timeout=30,
+                    what=f"the other goal to complete\n{fleet.logs()}",
+                )
+                eventually(lambda: probe.codes[-1] == 200, what="the executor ready again")
+                answered = list(probe.codes)
+            assert client.status(held).status == "running"
+            marker.with_name(marker.name + ".release").touch()
+            eventually(
+                lambda: client.status(held).status == "completed",
+                timeout=30,
+                what=f"the held goal to complete\n{fleet.logs()}",
+            )
+    finally:
+        fleet.stop_all()
+
+    logs = fleet.logs()
+    assert 503 in answered[answered.index(200) :], answered
+    assert marker.read_text().split() == ["held", "quick"]  # the other goal's read: quick
+    assert "not a broker outage" not in logs, logs
+    assert logs.count(closed) == 1, logs
