@@ -20,6 +20,7 @@ from approval_gate.holds import hold_of, required_roles, revision_editors
 from plangate.errors import NotFound
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow
 from plangate.store.goals import latest_plan
+from plangate.store.plan_decided import Decided, decided_of, decisions_of
 from plangate.store.plan_edits import PlanEdit, edit_of, summary_written_in
 from schemas import StepPreview
 
@@ -44,6 +45,25 @@ class HeldPlan:
     edit: PlanEdit | None = None  # who made this revision by an edit, and why
     summary_from: int | None = None  # the earlier revision whose summary an edit kept
     waiting: bool = False  # the revision a person is asked to decide now (its goal held)
+    newest: PlanRow | None = None  # the goal's newest revision: another replaced this one
+    decided: Decided | None = None  # how a person (or the expiry) decided it, if one did
+
+    @property
+    def held_since(self) -> datetime:
+        """When the gate held this revision (the goal's last move, for one held before holds)."""
+        if self.hold is not None:
+            return self.hold.created_at
+        decision = self.policy_decision
+        if decision is not None and decision.action == "hold":
+            return decision.created_at
+        return self.goal.updated_at
+
+    @property
+    def replaced_by(self) -> PlanRow | None:
+        """The newer revision that replaced this one (an edit, or planning again), if any."""
+        if self.newest is None or self.newest.plan_id == self.plan.plan_id:
+            return None
+        return self.newest
 
     @property
     def roles_required(self) -> frozenset[str]:
@@ -84,11 +104,8 @@ def read_held(
     plan = plan or newest
     if plan is None:
         raise NotFound(f"goal {goal.id} has no plan")
-    policy = session.execute(
-        select(DecisionRow).where(
-            DecisionRow.plan_id == plan.plan_id, DecisionRow.stage == "policy"
-        )
-    ).scalar_one_or_none()
+    decisions = decisions_of(session, plan.plan_id)
+    policy, person = decisions.get("policy"), decisions.get("human")
     previous = None
     if plan.revision > 1:
         previous = session.execute(
@@ -125,6 +142,8 @@ def read_held(
         edit_of(session, plan),
         summary_written_in(session, plan),
         waiting,
+        newest,
+        None if person is None else decided_of(session, plan, person),
     )
 
 

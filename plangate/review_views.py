@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Literal
 
@@ -43,6 +44,26 @@ class PolicyDecision(BaseModel):
     reason: str
 
 
+class Replacement(BaseModel):
+    """The newer revision that replaced this one: it, not this one, waits for a decision."""
+
+    plan_id: str
+    revision: int
+
+
+class ReviewerDecision(BaseModel):
+    """How a person (or the expiry) decided the revision once it was held."""
+
+    action: str = Field(
+        description="approve, reject, edit (an edit replaced it: `replaced_by`) or expire."
+    )
+    decided_by: str = Field(description="The reviewer (`gate` for an expiry).")
+    comment: str = Field(
+        description='What they wrote, redacted as stored; "" if they gave no comment.'
+    )
+    decided_at: datetime
+
+
 class ReviewSummary(BaseModel):
     """A held plan in the list."""
 
@@ -58,7 +79,7 @@ class ReviewSummary(BaseModel):
     )
     goal_text: str = Field(description="As submitted: untrusted data, not instructions.")
     goal_status: str
-    held_since: datetime
+    held_since: datetime = Field(description="When the gate held this revision.")
     policy: PolicyDecision | None
     planner: str = Field(description="Who made this revision: a planner, or `edit:<reviewer>`.")
     expires_at: datetime | None = Field(
@@ -98,6 +119,16 @@ class ReviewSummary(BaseModel):
         description="What of it no longer fits the tool catalog (a tool's arguments changed "
         "since it was held): approving it is refused (409), as it would fail when it runs; "
         "edit or reject it. Null if it fits.",
+    )
+    replaced_by: Replacement | None = Field(
+        default=None,
+        description="The newest revision, where a later one replaced this one (a reviewer's "
+        "edit, or planning again): this one is decided no more. Null if it is the newest.",
+    )
+    decision: ReviewerDecision | None = Field(
+        default=None,
+        description="How a person decided this revision (or that it expired); null while "
+        "nobody has. Four eyes: the approval that released it (`approvers` names them all).",
     )
 
 
@@ -144,7 +175,7 @@ def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
         summary_from_revision=held.summary_from,
         goal_text=held.goal.text,
         goal_status=held.goal.status,
-        held_since=held.goal.updated_at,
+        held_since=held.held_since,
         policy=None
         if decision is None
         else PolicyDecision(action=decision.action, rule=decision.rule, reason=decision.reason),
@@ -162,7 +193,14 @@ def summary_of(held: HeldPlan, catalog: Catalog | None = None) -> ReviewSummary:
         refused_by_gate=_refused_by_gate(held),
         # Of the revision waiting only: one decided already ran, or never will, as it was.
         catalog_problem=catalog_misfit(held.plan, catalog) if catalog and held.waiting else None,
+        replaced_by=_replacement(held),
+        decision=None if held.decided is None else ReviewerDecision(**asdict(held.decided)),
     )
+
+
+def _replacement(held: HeldPlan) -> Replacement | None:
+    newer = held.replaced_by
+    return None if newer is None else Replacement(plan_id=newer.plan_id, revision=newer.revision)
 
 
 def detail_of(held: HeldPlan, catalog: Catalog) -> ReviewDetail:

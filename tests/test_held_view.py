@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,25 @@ from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict
 from plangate.goal_status import GoalStatus, read_status
-from plangate.review_views import ReviewDetail, detail_of
+from plangate.review_views import Replacement, ReviewDetail, detail_of
 from plangate.reviewers import Reviewers, add_reviewer
 from plangate.server import create_app
 from plangate.stages import build_review
+from plangate.store import AuditRow
 from plangate.store.goals import transition
 from schemas import Plan
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import serving_app
-from tests.support import HELD, eventually, only_plan, plangate_in, plans_of, running_pipeline
+from tests.support import (
+    HELD,
+    audit_entries,
+    eventually,
+    only_plan,
+    plangate_in,
+    plans_of,
+    running_pipeline,
+)
 
 FINANCE = frozenset({"finance"})
 TWO_FROM_FINANCE = """\
@@ -293,3 +303,97 @@ def test_a_plan_the_gate_held_again_after_refusing_its_approvals_says_why(desk: 
     assert view.refused_by_gate == refusal
     assert "⚠ Held again: the approval by alice was refused" in " ".join(shown.split())
     assert "the approval by alice was refused" in " ".join(listed.split())
+
+
+def at_of(entry: AuditRow) -> datetime:
+    """Return when an audit entry was written."""
+    return datetime.fromisoformat(entry.at)
+
+
+def test_a_decided_plan_says_when_it_was_held_not_when_its_goal_last_moved(desk: Desk) -> None:
+    """Given a page held for two approvals from finance,
+    When alice and frank approve it and it runs to completion,
+    Then its view's `held_since` is still when the gate held it (its `goal.held` entry), before
+    either approval: it read the goal's last move, the completion, as if it had been held then.
+    """
+    pipeline = desk.pipeline
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=10)
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+    waiting = desk.detail(plan_id).held_since
+    for name in ("alice", "frank"):
+        pipeline.approve(plan_id, name, roles=FINANCE)
+    pipeline.wait_for(goal_id, {"completed"}, timeout=10)
+
+    view = desk.detail(plan_id)
+    [held] = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "goal.held"]
+    [first_approval, *_] = [e for e in audit_entries(pipeline.store, goal_id) if e.actor == "alice"]
+
+    assert view.goal_status == "completed"
+    assert view.held_since == waiting
+    assert timedelta(0) <= at_of(held) - view.held_since < timedelta(seconds=5)
+    assert view.held_since < at_of(first_approval)
+
+
+def test_a_rejected_plan_says_who_rejected_it_and_why_as_its_page_does(desk: Desk) -> None:
+    """Given a page held for finance,
+    When frank rejects it, saying why,
+    Then its view (the API's, `review show --json`) says so: reject, by frank, his comment and
+    when; `review show` and the page say it too. The view had no word of who rejected it.
+    A plan still waiting says no decision.
+    """
+    pipeline = desk.pipeline
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=10)
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+    waiting = desk.detail(plan_id)
+    desk.review.reject(plan_id, "frank", "not during the change freeze", roles=FINANCE)
+    pipeline.wait_for(goal_id, {"rejected"}, timeout=10)
+
+    view = desk.detail(plan_id)
+    shown = json.loads(desk.cli("review", "show", plan_id, "--json"))
+    text = " ".join(desk.cli("review", "show", plan_id).split())
+    headline = desk.page("alice", plan_id, "#headline")
+    [rejected] = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "goal.rejected"]
+
+    assert (waiting.decision, waiting.replaced_by) == (None, None)
+    assert view.decision is not None
+    assert (view.decision.action, view.decision.decided_by, view.decision.comment) == (
+        "reject",
+        "frank",
+        "not during the change freeze",
+    )
+    assert abs(at_of(rejected) - view.decision.decided_at) < timedelta(seconds=5)
+    assert view.replaced_by is None
+    assert shown["decision"] == view.decision.model_dump(mode="json")
+    assert "Decided: reject by frank — not during the change freeze" in text
+    assert headline == "Rejected by frank: it will not run."
+
+
+def test_a_revision_an_edit_replaced_says_by_which_and_whose_edit(desk: Desk) -> None:
+    """Given a page alice edited, saying why (revision 2, held),
+    When a reviewer reads revision 1 (the API's view, `review show`, the page),
+    Then it says revision 2 replaced it and that alice's edit decided it, with her comment:
+    it read "0 of 2 approvals" and nothing else, while the page said "Replaced by revision 2".
+    Revision 2, waiting, names neither.
+    """
+    why = "the message named the wrong team"
+    edited = edited_by(desk, "alice", comment=why)
+    first = plans_of(desk.pipeline.store, edited.goal_id)[0]
+
+    view = desk.detail(first.plan_id)
+    newest = desk.detail(edited.plan_id)
+    text = " ".join(desk.cli("review", "show", first.plan_id).split())
+    headline = desk.page("frank", first.plan_id, "#headline")
+
+    assert view.replaced_by == Replacement(plan_id=edited.plan_id, revision=2)
+    assert view.decision is not None
+    assert (view.decision.action, view.decision.decided_by, view.decision.comment) == (
+        "edit",
+        "alice",
+        why,
+    )
+    assert f"Replaced by revision 2 (plan {edited.plan_id}): review that one" in text
+    assert f"Decided: edit by alice — {why}" in text
+    assert headline == "Replaced by revision 2."
+    assert (newest.replaced_by, newest.decision) == (None, None)

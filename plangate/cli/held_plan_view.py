@@ -32,7 +32,7 @@ def view_of(detail: dict[str, Any]) -> dict[str, Any]:
     return {
         **detail,
         "status": detail["goal_status"],
-        "decision": None if policy is None else {**policy, "decided_by": "policy"},
+        "policy_decision": None if policy is None else {**policy, "decided_by": "policy"},
         "previous": None if previous is None else {"revision": previous},
         "diff": "\n".join(lines) + "\n" if lines else "",
     }
@@ -80,6 +80,23 @@ def steps_table(view: dict[str, Any], catalog: Catalog) -> Table:
     return table
 
 
+def _show_decided(view: dict[str, Any]) -> None:
+    """Print how a person decided the revision, and the revision that replaced it, if any."""
+    decided = view.get("decision")
+    if decided:
+        # Their words: one line, as the goal's; none given, none shown (not "approved").
+        words = f" — {decided['comment']}" if decided["comment"] else ""
+        said = f"Decided: {decided['action']} by {decided['decided_by']}{words}"
+        console.print(render.shown_line(f"{said} ({decided['decided_at']})"))
+    newer = view.get("replaced_by")
+    if newer:
+        console.print(
+            f"Replaced by revision {newer['revision']} (plan {escape(newer['plan_id'])}): "
+            "review that one",
+            style="yellow",
+        )
+
+
 def show_held(view: dict[str, Any], catalog: Catalog) -> None:
     """Print a held plan: the goal, the steps, the policy's reason, the hold, preview and diff."""
     from schemas import StepPreview
@@ -91,11 +108,12 @@ def show_held(view: dict[str, Any], catalog: Catalog) -> None:
         why = view.get("edit_comment") or "(no reason given)"
         # A reviewer's words: one line, as the goal's (a line break forged a line below).
         console.print(render.shown_line(f"Edited by {view['edited_by']}: {why}"))
-    decision = view["decision"]
+    decision = view["policy_decision"]
     if decision:
         by = f"rule {decision['rule']}" if decision["rule"] else decision["decided_by"]
         said = escape(printable(f"{by} — {decision['reason']}"))
         console.print(f"Policy: [bold]{escape(decision['action'])}[/] by {said}")
+    _show_decided(view)
     if view["required_role"]:
         console.print(f"Requires the role: [bold]{escape(view['required_role'])}[/]")
     if view.get("approvals_required", 1) > 1:

@@ -100,7 +100,7 @@ def review_list(
     # Fits the terminal (80 columns too): ids cut to the 8 characters every command takes,
     # the goal and the rule elided with … to share what the fixed columns leave.
     free = max(20, console.width - 52)
-    rules = [str((v.get("decision") or v.get("policy") or {}).get("rule") or "") for v in views]
+    rules = [str((v.get("policy") or {}).get("rule") or "") for v in views]
     rule_width = min(max(len(rule) for rule in rules), free - 10)
     goal_width = free - rule_width
     table = Table(title="Held plans", title_justify="left", box=box.SIMPLE_HEAD)
@@ -108,7 +108,7 @@ def review_list(
     for column in ("plan", "rev", "goal", "rule", "approved", "expires UTC"):
         table.add_column(column, no_wrap=True)
     for view in views:
-        decision = view.get("decision") or view.get("policy") or {}
+        decision = view.get("policy") or {}
         needed = int(view.get("approvals_required") or 1)
         table.add_row(
             view["plan_id"][:8],

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from plangate.errors import NotFound, quoted
 from plangate.store import DecisionRow, GoalRow, PlanRow, ReviewerApprovalRow, StepRunRow, Store
 from plangate.store.goals import latest_plan
+from plangate.store.plan_decided import decisions_of
 
 MAX_SHOWN = 2000  # characters of one output or error; the API and `plangate status` have all
 
@@ -97,11 +98,6 @@ def _headline(
     return lines.get(status, f"The goal is {status}.")
 
 
-def _decisions(session: Any, plan_id: str) -> dict[str, DecisionRow]:
-    rows = session.execute(select(DecisionRow).where(DecisionRow.plan_id == plan_id)).scalars()
-    return {row.stage: row for row in rows}
-
-
 def plan_progress(store: Store, plan_id: str) -> PlanProgress:
     """Return where the plan `plan_id` and its goal stand now (NotFound if there is no plan)."""
     with store.snapshot() as session:
@@ -110,7 +106,7 @@ def plan_progress(store: Store, plan_id: str) -> PlanProgress:
             raise NotFound(f"no plan {quoted(plan_id)}; the list of held plans links to each")
         goal = session.get_one(GoalRow, plan.goal_id)
         newest = latest_plan(session, goal.id) or plan
-        decisions = _decisions(session, plan_id)
+        decisions = decisions_of(session, plan_id)
         approvers = list(
             session.scalars(
                 select(ReviewerApprovalRow.reviewer)
