@@ -27,6 +27,7 @@ from plangate.client_calls import said_as_plangate
 from plangate.config import Settings
 from plangate.errors import GoalNotCompleted, GoalWaiting, InputInvalid
 from plangate.goal_status import GoalStatus, StepResult, read_status
+from plangate.refusals import of_goal, refusal_audited
 from plangate.store import (
     TERMINAL_STATUSES,
     Store,
@@ -211,11 +212,13 @@ class Client:
 
         A goal that has not ended, or a rejected or failed one (feedback may plan it again:
         cancelling stops that). Conflict if it is completed, denied, expired or unplannable;
-        Forbidden if a rule held its plan for a role `who` lacks.
+        Forbidden if a rule held its plan for a role `who` lacks. A refusal is audited
+        (`review.refused`), as a refused approval is.
         """
         from plangate.cancellation import cancel_goal
 
-        cancel_goal(self._store, goal_id, who, reason, roles)
+        with refusal_audited(self._store, who, "cancel", of_goal(goal_id)):
+            cancel_goal(self._store, goal_id, who, reason, roles)
         return self.status(goal_id)
 
     @said_as_plangate
@@ -223,12 +226,14 @@ class Client:
         """Send a failed, expired or unplannable goal back to the planner, as `who` (audited).
 
         The planner makes a new revision and the gate decides it again; Conflict in any other
-        state.
+        state (audited as a refusal, `review.refused`).
         """
         from plangate.goal_retry import retry_goal
         from plangate.relay import deliver
 
-        deliver(self._store, self._bus, [retry_goal(self._store, goal_id, who, reason)])
+        with refusal_audited(self._store, who, "retry", of_goal(goal_id)):
+            retried = retry_goal(self._store, goal_id, who, reason)
+        deliver(self._store, self._bus, [retried])
         return self.status(goal_id)
 
     @said_as_plangate

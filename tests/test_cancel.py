@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,15 +18,19 @@ from plangate.cancellation import cancel_goal
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import Conflict, Forbidden
+from plangate.reviewers import Reviewers, add_reviewer
+from plangate.server import create_app
 from plangate.store.goals import get_goal, store_goal
 from plangate.tools import ToolRegistry, tool
 from schemas import GoalSubmitted
 from tests.conftest import SEED_GOAL
+from tests.fleet import serving_app
 from tests.support import (
     HELD,
     audit_entries,
     eventually,
     only_plan,
+    plangate_in,
     running_pipeline,
     step_runs,
     write_playbook,
@@ -230,3 +238,70 @@ def test_a_whole_id_the_stages_pass_along_is_never_taken_for_a_short_one(
             with pytest.raises(Conflict, match="give the other's whole id"):
                 get_goal(session, "abcdef12", typed=True)
             assert get_goal(session, "abcdef", typed=True).id == "abcdef12" + "f" * 24
+
+
+def post_as(base_url: str, path: str, token: str, body: dict[str, Any]) -> int:
+    """POST `body` as JSON with a reviewer's token; return the HTTP status."""
+    request = urllib.request.Request(
+        base_url + path,
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_a_refused_cancel_or_retry_is_an_audit_entry_as_a_refused_approval_is(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed goal held for `finance`, and carol, a reviewer without the role,
+    When carol approves it, cancels it over the API, retries it, and cancels it with
+    `plangate goals cancel`,
+    Then each is refused (403, 403, 409, exit 2) and each refusal is a `review.refused` entry
+    by carol naming the action, the held plan and why: the log kept her refused approval, but
+    none of her refused cancels, though the docs say every refusal is an entry. The goal stays
+    held.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", HELD_FOR_FINANCE)
+    team = tmp_path / "reviewers.yaml"
+    token = add_reviewer(team, "carol", [])
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+        with pytest.raises(Forbidden):
+            pipeline.approve(plan_id, "carol")
+        served = settings.model_copy(update={"reviewers_file": team})
+        reviewers = Reviewers.from_file(team)
+        with (
+            Client(served) as client,
+            serving_app(create_app(served, client=client, reviewers=reviewers)) as url,
+        ):
+            reason = {"reason": "duplicate request"}
+            cancelled = post_as(url, f"/api/v1/goals/{goal_id}/cancel", token, reason)
+            retried = post_as(url, f"/api/v1/goals/{goal_id}/retry", token, reason)
+        cli = plangate_in(
+            settings.data_dir,
+            *("goals", "cancel", goal_id[:8], "--reason", "duplicate request"),
+            PLANGATE_REVIEWERS_FILE=str(team),
+            PLANGATE_REVIEWER_TOKEN=token,
+        )
+        still = pipeline.wait_for(goal_id, HELD, timeout=5).status
+        refused = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "review.refused"]
+
+    assert (cancelled, retried, cli.returncode, still) == (403, 409, 2, "held")
+    assert "requires the role 'finance'" in cli.stderr
+    assert [(e.actor, e.data["action"], e.data["plan_id"]) for e in refused] == [
+        ("carol", "approve", plan_id),
+        ("carol", "cancel", plan_id),
+        ("carol", "retry", plan_id),
+        ("carol", "cancel", plan_id),
+    ]
+    reasons = [e.data["reason"] for e in refused]
+    assert "cancelling it decides it; carol does not have it" in reasons[1]
+    assert reasons[1] == reasons[3]
+    assert "only a goal that is" in reasons[2]

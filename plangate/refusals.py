@@ -1,0 +1,79 @@
+"""A person's refused decision, kept in the audit log: a review's, a cancel's, a retry's.
+
+The documentation says every refusal is an audit entry, but a decision refused for a role the
+reviewer lacks, their own goal, or a goal no longer in a state to take it left no trace: a
+compliance reader saw only the decisions that counted. A cancel refused for the role its
+goal's hold asks was not recorded, where the same person's refused approval was. The refusal
+is written in a transaction of its own, since the decision's rolls back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.orm import Session
+
+from plangate.errors import Conflict, Forbidden
+from plangate.store import GoalRow, PlanRow, Store, audit
+from plangate.store.goals import by_id, latest_plan
+
+log = logging.getLogger(__name__)
+
+# Finds what a refusal is filed under: (goal id, plan id or None), or None for no such goal.
+Subject = Callable[[Session], tuple[str, str | None] | None]
+
+
+def of_plan(plan_id: str) -> Subject:
+    """File a refusal under the plan `plan_id` names (whole or its start), and its goal."""
+
+    def find(session: Session) -> tuple[str, str | None] | None:
+        plan = by_id(session, PlanRow, PlanRow.plan_id, plan_id, typed=True)
+        return None if plan is None else (plan.goal_id, plan.plan_id)
+
+    return find
+
+
+def of_goal(goal_id: str) -> Subject:
+    """File a refusal under the goal `goal_id` names (whole or its start), and its newest plan."""
+
+    def find(session: Session) -> tuple[str, str | None] | None:
+        goal = by_id(session, GoalRow, GoalRow.id, goal_id, typed=True)
+        if goal is None:
+            return None
+        plan = latest_plan(session, goal.id)  # whose hold a cancel is refused for
+        return goal.id, None if plan is None else plan.plan_id
+
+    return find
+
+
+@contextmanager
+def refusal_audited(store: Store, who: str, action: str, subject: Subject) -> Iterator[None]:
+    """Let a person's decision run; if it is refused, audit who tried what and why, then raise.
+
+    Refused: a role they lack, their own goal (Forbidden), and a plan or goal no longer in a
+    state to take it (decided, replaced, cancelled, expired, ended: Conflict). The last were
+    left out as races; but a person without the role who came second was then told only that
+    the plan was decided, and the log kept no trace of the attempt.
+    """
+    try:
+        yield
+    except (Forbidden, Conflict) as refused:
+        _record(store, who, action, str(refused), subject)
+        raise
+
+
+def _record(store: Store, who: str, action: str, reason: str, subject: Subject) -> None:
+    try:
+        with store.session() as session:
+            found = subject(session)
+            if found is None:  # no plan or goal to file it under
+                return
+            goal_id, plan_id = found
+            data = {"action": action, "reason": reason}
+            if plan_id is not None:
+                data = {"plan_id": plan_id, **data}
+            audit.append(session, "review.refused", actor=who, goal_id=goal_id, data=data)
+    except Exception:  # the refusal is the answer; a store failing now must not replace it
+        log.warning("could not audit %s's refused %s: %s", who, action, reason, exc_info=True)
