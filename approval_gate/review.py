@@ -130,8 +130,10 @@ class Review:
     ) -> Sequence[Envelope]:
         """Approve a held revision; return plan.approved to publish. `key`: see `count_approval`."""
         check_comment(comment)
-        reason = comment or "approved"
-        return self._decide(plan_id, reviewer, "approve", reason, expected_hash, roles, key)
+        # Their words only: none given is none recorded (it read "approved", as if typed).
+        return self._decide(
+            plan_id, reviewer, "approve", comment.strip(), expected_hash, roles, key
+        )
 
     @audits_refusals("reject")
     def reject(
@@ -257,8 +259,6 @@ class Review:
                             session, held.plan, held.hold, reviewer, approvers, reason, roles
                         )
                     return []
-                if needed > 1:
-                    reason = f"{reason}; approved by {', '.join(approvers)}"
             decision = Decision(
                 action=action,
                 decided_by=reviewer,

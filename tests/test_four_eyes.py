@@ -330,6 +330,35 @@ def test_each_approval_of_several_is_audited_with_its_comment(
         ]
 
 
+def test_the_approval_that_releases_several_records_its_reviewers_words_alone(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a page held for two approvals from finance,
+    When alice approves it with a comment and bob releases it with none,
+    Then bob's approval records no comment (""): it read "approved; approved by alice, bob",
+    plangate's words in his comment's place. Who approved is the signed approval's.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+
+        pipeline.review.approve(plan_id, "alice", roles=FINANCE, comment="the breach is real")
+        pipeline.approve(plan_id, "bob", roles=FINANCE)
+        assert pipeline.wait_for(goal_id).status == "completed"
+        entries = audit_entries(pipeline.store, goal_id)
+        approvers = signed_approvers(pipeline, plan_id)
+
+    said = [
+        (e.actor, e.data["comment"])
+        for e in entries
+        if e.kind in ("plan.approval_counted", "goal.approved") and e.actor != "gate"
+    ]
+    assert said == [("alice", "the breach is real"), ("bob", "")]
+    assert approvers == ("alice", "bob")
+
+
 def test_a_single_approval_is_audited_with_its_comment(pipeline: Pipeline) -> None:
     """The seed plan held for one approval: what alice wrote is in the audit log's approval
     (the entry said only "approved by alice; the gate checks the hold")."""

@@ -472,3 +472,52 @@ def test_edit_through_the_server_keeps_the_reviewers_comment(
         e for e in audit_entries(finance_pipeline.store, goal_id) if e.kind == "plan.edited"
     ]
     assert edited.data["comment"] == "the page named the wrong team"
+
+
+def test_an_approval_without_a_comment_records_none_on_the_store_or_through_the_server(
+    finance_pipeline: Pipeline, server: str, team: Team, tmp_path: Path
+) -> None:
+    """Given two plans held for finance,
+    When alice approves one with `review approve ID --hash H` on the store and the other
+    through `serve`, writing no comment,
+    Then each approval's audit entry records no comment (""), `status` says "decision: approve
+    by alice" with nothing after it, and the review's view says no comment: each read
+    "approved", as if she had typed it. The log and the views still agree (`audit verify`).
+    """
+    goal_here, plan_here = held(finance_pipeline)
+    goal_there, plan_there = held(finance_pipeline)
+    here = {
+        "PLANGATE_DATA_DIR": str(finance_pipeline.settings.data_dir),
+        "PLANGATE_BROKER_URL": "memory://",
+        "PLANGATE_REVIEWERS_FILE": str(team.file),
+    }
+    digest = plans_of(finance_pipeline.store, goal_here)[0].plan_hash
+
+    on_store = cli(
+        tmp_path, "review", "approve", plan_here, "--hash", digest,
+        PLANGATE_REVIEWER_TOKEN=team.alice, **here,
+    )  # fmt: skip
+    on_server = cli(
+        tmp_path, "review", "approve", plan_there, "--server", server,
+        PLANGATE_REVIEWER_TOKEN=team.alice,
+    )  # fmt: skip
+    finance_pipeline.wait_for(goal_there, {"completed"})
+    said = [cli(tmp_path, "status", goal, **here).stdout for goal in (goal_here, goal_there)]
+    shown = cli(
+        tmp_path, "review", "show", plan_there, "--json", PLANGATE_REVIEWER_TOKEN=team.alice, **here
+    )
+    verified = cli(tmp_path, "audit", "verify", **here)
+    approvals = [
+        entry
+        for goal in (goal_here, goal_there)
+        for entry in audit_entries(finance_pipeline.store, goal)
+        if entry.kind == "goal.approved" and entry.actor == "alice"
+    ]
+
+    assert (on_store.returncode, on_server.returncode) == (0, 0), on_store.stderr + on_server.stderr
+    assert [entry.data["comment"] for entry in approvals] == ["", ""]
+    for status in said:
+        decision = next(line for line in status.splitlines() if "decision:" in line)
+        assert decision == "  decision: approve by alice"
+    assert json.loads(shown.stdout)["decision"]["comment"] == ""
+    assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -77,7 +77,8 @@ def decision_text(decision: Decision) -> Text:
     text = Text("Decision: ")
     text.append(decision.action, style=_ACTION_STYLE.get(decision.action, "bold"))
     who = f"rule {decision.rule}" if decision.rule else decision.decided_by
-    text.append(printable(f" by {who} — {decision.reason}"))
+    said = f" — {decision.reason}" if decision.reason else ""  # a reviewer may give none
+    text.append(printable(f" by {who}{said}"))
     text.append(f"  (policy {decision.policy_version})", style="dim")
     if decision.shadow_action:
         text.append(f"  shadow: would {decision.shadow_action}", style="dim")

@@ -117,7 +117,8 @@ def _heading(current: GoalStatus) -> list[str]:
         lines.append(f"  retried {current.retried}")
     if current.decision:
         d = current.decision
-        lines.append(f"  decision: {d['action']} by {d['rule'] or d['decided_by']} — {d['reason']}")
+        why = f" — {d['reason']}" if d["reason"] else ""  # a reviewer may give no comment
+        lines.append(f"  decision: {d['action']} by {d['rule'] or d['decided_by']}{why}")
     if current.approvers and current.approvers_signed:
         lines.append(f"  approved by: {', '.join(current.approvers)} (the gate's signed approval)")
     elif current.approvers:  # not yet counted: a reviewer removed since counts no more
