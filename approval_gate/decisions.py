@@ -32,7 +32,9 @@ from schemas import Decision, Plan, PlanApproved, PlanDecided, ReviewDecided, Si
 
 _APPROVALS = cast(Table, ApprovalRow.__table__)
 _ISSUED = HotStatement(
-    select(_APPROVALS.c.envelope).where(_APPROVALS.c.plan_id == bindparam("plan_id"))
+    select(_APPROVALS.c.approval_id, _APPROVALS.c.envelope).where(
+        _APPROVALS.c.plan_id == bindparam("plan_id")
+    )
 )
 _OUTCOMES: dict[str, tuple[str, GoalStatus]] = {
     "deny": ("plan.denied", "denied"),
@@ -163,8 +165,11 @@ def follow_decision(
         if signer is None:  # only a gate worker holds the key: a person's approval goes there
             raise ValueError("an approval is signed by the gate; hand it over with hand_to_gate")
         body = proposed if proposed is not None else plan_of(session.get_one(PlanRow, plan.plan_id))
-        approval = _approval_for(session, plan, body, decision, signer, ttl, approvers)
+        approval_id, approval = _approval_for(session, plan, body, decision, signer, ttl, approvers)
         if move_goal:
+            # The policy's approval has no `approval.signed` entry: this one links the decision
+            # to the run, whose `goal.running` entry names the approval it checked.
+            signed = {"approval_id": approval_id, "key_id": approval.signatures[0].keyid}
             transition(
                 session,
                 plan.goal_id,
@@ -172,7 +177,7 @@ def follow_decision(
                 by="gate",
                 actor=decision.decided_by,
                 reason=decision.reason,
-                data=data,
+                data=data | signed,
             )
         return emit(session, PlanApproved(goal_id=plan.goal_id, plan=body, approval=approval))
     message_type, status = _OUTCOMES[decision.action]
@@ -212,11 +217,11 @@ def _approval_for(
     signer: Signer,
     ttl: timedelta,
     approvers: Sequence[str],
-) -> SignedEnvelope:
-    """Return the plan's approval, issuing and storing it the first time."""
+) -> tuple[str, SignedEnvelope]:
+    """Return the plan's approval (its id, its envelope), issuing and storing it the first time."""
     existing = _ISSUED.first(session, {"plan_id": plan.plan_id})
     if existing is not None:
-        return SignedEnvelope.model_validate(existing[0])
+        return str(existing[0]), SignedEnvelope.model_validate(existing[1])
     approval = signer.approval(body, decision, ttl, approvers)
     if approval.plan_hash != plan.plan_hash:  # the body read back is not what was decided on
         raise Reject(
@@ -233,4 +238,4 @@ def _approval_for(
         "expires_at": approval.expires_at,
     }
     insert_row(session, ApprovalRow, row)
-    return envelope
+    return approval.approval_id, envelope
