@@ -30,6 +30,7 @@ from plangate.catalog import read_catalog
 from plangate.errors import Conflict, Reject
 from plangate.signing import Signer, TrustedKeys
 from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, Store
+from plangate.store.audit_policies import PolicyText, PolicyTexts
 from plangate.store.decision_records import hold_asks
 from plangate.store.hot_statements import HotStatement
 from plangate.store.locks import lock_names
@@ -90,6 +91,7 @@ class GateHandler:
         self._hold_ttl = hold_ttl
         self._catalog = catalog
         self._warnings = PolicyWarnings()
+        self._texts = PolicyTexts(store)  # each version's text, in the log before its decisions
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.proposed (or review.decided) message."""
@@ -105,6 +107,7 @@ class GateHandler:
         # none of which changes under it: on SQLite it decides before the writing transaction,
         # outside the write lock, which every writer of every process waits for.
         policy = self._policies.current()  # one version for the whole decision
+        self._texts.adopt(PolicyText(policy.version, policy.digest, policy.text, policy.source))
         unlocked = self._store.serialises_writes and not policy.reads_history
         early = self._decide_first(policy, message) if unlocked else None
         with self._store.session() as session:

@@ -102,6 +102,9 @@ class Policy:
     version: str
     source: str
     tests: tuple[PolicyCase, ...] = ()
+    # The file's text and its whole digest (the version is its start): the gate records both.
+    text: str = field(default="", repr=False, compare=False)
+    digest: str = field(default="", repr=False, compare=False)
     memo: DecisionMemo[Outcome] = field(
         default_factory=DecisionMemo, init=False, repr=False, compare=False
     )
@@ -144,8 +147,11 @@ class Policy:
                     cost=cost,
                 )
             )
-        version = "sha256:" + hashlib.sha256(data).hexdigest()[:16]
-        return cls(tuple(rules), spec.mode, version, source, tuple(spec.tests))
+        hexdigest = hashlib.sha256(data).hexdigest()
+        version, digest = f"sha256:{hexdigest[:16]}", f"sha256:{hexdigest}"
+        text = data.decode("utf-8")  # read_policy_file refused bytes that are no UTF-8
+        tests = tuple(spec.tests)
+        return cls(tuple(rules), spec.mode, version, source, tests, text, digest)
 
     def rule(self, name: str | None) -> Rule | None:
         """Return the rule called `name`, if this policy has one."""

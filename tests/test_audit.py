@@ -39,8 +39,11 @@ from tests.support import (
 pytestmark = pytest.mark.tampers
 
 # submitted, proposed, held, previewed, approved (by alice), signed (by the gate), running,
-# three steps, completed
+# three steps, completed: the seed goal's chain
 SEED_RUN_ENTRIES = 11
+# and the text of the policy the gate decided under, recorded before its first decision (in
+# the system chain, after the goal's first two entries)
+LOGGED_ENTRIES = SEED_RUN_ENTRIES + 1
 
 
 @pytest.fixture
@@ -92,12 +95,12 @@ def plangate_cli(
 def test_audit_log_of_a_real_run_verifies(pipeline: Pipeline, completed_run: str) -> None:
     """Given the seed goal run to completion,
     When the audit chain is verified,
-    Then every link holds, over all of the run's entries.
+    Then every link holds, over all of the run's entries and the policy's text, in two chains.
     """
     report = audit.verify(pipeline.store)
 
     assert report.ok, report.problem
-    assert report.entries == SEED_RUN_ENTRIES
+    assert (report.entries, report.chains) == (LOGGED_ENTRIES, 2)
     assert report.broken_at is None
 
 
@@ -130,17 +133,17 @@ def test_deleted_last_audit_entry_is_detected(pipeline: Pipeline, completed_run:
     removed from the goal's chain.
     """
     last = seq_of(pipeline, completed_run, "goal.completed")
-    assert last == SEED_RUN_ENTRIES
+    assert last == LOGGED_ENTRIES
 
     run_sql(pipeline, "DELETE FROM audit_log WHERE seq = :seq", seq=last)
 
     report = audit.verify(pipeline.store)
     assert not report.ok
-    assert report.entries == SEED_RUN_ENTRIES - 1
+    assert report.entries == LOGGED_ENTRIES - 1
     assert report.broken_at == last - 1
     assert report.problem == (
         f"entries after this one were removed from goal {completed_run}'s chain "
-        f"(it ends at {last - 1}, its head was {last})"
+        f"(it ends at {SEED_RUN_ENTRIES - 1}, its head was {SEED_RUN_ENTRIES})"
     )
 
 
@@ -149,14 +152,14 @@ def test_deleted_middle_audit_entry_is_detected(pipeline: Pipeline, completed_ru
     When the goal.held entry is deleted in SQL (hiding that policy held the plan),
     Then verification fails at the entry that took its place.
     """
-    held = seq_of(pipeline, completed_run, "goal.held")
+    [held] = [e for e in audit_entries(pipeline.store, completed_run) if e.kind == "goal.held"]
 
-    run_sql(pipeline, "DELETE FROM audit_log WHERE seq = :seq", seq=held)
+    run_sql(pipeline, "DELETE FROM audit_log WHERE seq = :seq", seq=held.seq)
 
     report = audit.verify(pipeline.store)
     assert not report.ok
-    assert report.broken_at == held + 1
-    assert report.problem == f"entry {held} of goal {completed_run}'s chain is missing"
+    assert report.broken_at == held.seq + 1
+    assert report.problem == f"entry {held.chain_seq} of goal {completed_run}'s chain is missing"
 
 
 def test_cli_audit_verify_exits_0_on_an_intact_log(pipeline: Pipeline, completed_run: str) -> None:
@@ -167,7 +170,7 @@ def test_cli_audit_verify_exits_0_on_an_intact_log(pipeline: Pipeline, completed
     result = plangate_cli(pipeline.settings.data_dir, "audit", "verify")
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"audit log intact: {SEED_RUN_ENTRIES} entries in 1 chain"
+    assert result.stdout.strip() == f"audit log intact: {LOGGED_ENTRIES} entries in 2 chains"
 
 
 def test_cli_audit_verify_exits_1_naming_the_broken_entry(
@@ -196,17 +199,23 @@ def test_audit_export_writes_every_entry_with_its_hashes_as_json_lines(
     pipeline: Pipeline, completed_run: str
 ) -> None:
     """Given a completed run, `plangate audit export` writes one JSON object per entry, in log
-    order, each carrying its place in the goal's chain and the hash of the entry before it."""
+    order, each carrying its place in its chain (the goal's, or the system chain for the
+    policy's text) and the hash of the entry before it."""
     exported = plangate_cli(pipeline.settings.data_dir, "audit", "export")
 
     assert exported.returncode == 0, exported.stderr
     entries = [json.loads(line) for line in exported.stdout.splitlines()]
-    assert len(entries) == SEED_RUN_ENTRIES
-    assert [e["seq"] for e in entries] == list(range(1, SEED_RUN_ENTRIES + 1))
-    assert {e["chain"] for e in entries} == {completed_run}
-    assert [e["chain_seq"] for e in entries] == list(range(1, SEED_RUN_ENTRIES + 1))
-    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(entries))
-    assert entries[0]["kind"] == "goal.submitted"
+    assert [e["seq"] for e in entries] == list(range(1, LOGGED_ENTRIES + 1))
+    goal = [e for e in entries if e["chain"] == completed_run]
+    [adopted] = [e for e in entries if e["chain"] == "system"]
+    assert (adopted["kind"], adopted["chain_seq"], adopted["goal_id"]) == (
+        "policy.adopted",
+        1,
+        None,
+    )
+    assert [e["chain_seq"] for e in goal] == list(range(1, SEED_RUN_ENTRIES + 1))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(goal))
+    assert goal[0]["kind"] == "goal.submitted"
 
 
 def test_audit_export_filters_by_goal_and_time_and_writes_csv(
@@ -279,10 +288,10 @@ def test_a_checkpoint_seals_only_what_moved_and_verifies_across_goals(
     with pipeline.store.session() as session:
         assert audit_checkpoints.write(session) is None
         sealed = session.execute(text("SELECT checkpoint_id, chain FROM audit_checkpoint_heads"))
-        assert sorted(sealed) == [(1, completed_run), (2, other)]
+        assert sorted(sealed) == [(1, completed_run), (1, "system"), (2, other)]
     report = audit.verify(pipeline.store)
     assert report.ok, report.problem
-    assert (report.chains, report.checkpoints) == (2, 2)
+    assert (report.chains, report.checkpoints) == (3, 2)
 
 
 def test_a_rewritten_checkpoint_or_a_forged_signature_is_reported(
@@ -356,7 +365,7 @@ def test_a_goal_removed_whole_with_its_checkpoints_is_found_against_an_earlier_e
     assert plangate_cli(data, "audit", "export", "--sign", "-o", str(export)).returncode == 0
     intact = plangate_cli(data, "audit", "verify", "--against", str(export))
     assert intact.returncode == 0, intact.stderr
-    assert f"the store holds all {SEED_RUN_ENTRIES} entries of audit.jsonl" in intact.stdout
+    assert f"the store holds all {LOGGED_ENTRIES} entries of audit.jsonl" in intact.stdout
 
     run_sql(pipeline, "DELETE FROM audit_log WHERE goal_id = :goal", goal=completed_run)
     run_sql(pipeline, "DELETE FROM audit_chains WHERE chain = :goal", goal=completed_run)
@@ -1251,7 +1260,7 @@ def test_verify_json_says_intact_with_what_it_checked(
 
     assert code == 0
     assert found["verdict"] == "intact"
-    assert (found["entries"], found["chains"], found["checkpoints"]) == (SEED_RUN_ENTRIES, 1, 0)
+    assert (found["entries"], found["chains"], found["checkpoints"]) == (LOGGED_ENTRIES, 2, 0)
     assert found["problem"] is None
     assert "no checkpoint seals these chains" in str(found["warnings"])
 
@@ -1368,17 +1377,17 @@ def test_a_long_verify_or_export_says_how_far_it_got_on_stderr_and_keeps_stdout_
     to_stdout = plangate_cli_quick_progress(data_dir, "audit", "export")
 
     assert verified.returncode == 0, verified.stderr
-    assert verified.stdout.strip() == f"audit log intact: {SEED_RUN_ENTRIES} entries in 1 chain"
-    entries = f"{SEED_RUN_ENTRIES} of {SEED_RUN_ENTRIES} entries (100 %)"
+    assert verified.stdout.strip() == f"audit log intact: {LOGGED_ENTRIES} entries in 2 chains"
+    entries = f"{LOGGED_ENTRIES} of {LOGGED_ENTRIES} entries (100 %)"
     assert f"checking chains: {entries}" in verified.stderr
     assert "checking records: 1 of 1 goals (100 %)" in verified.stderr
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout)["verdict"] == "intact"
     assert "checking" not in as_json.stderr
     assert exported.returncode == 0, exported.stderr
-    assert f"exporting: {SEED_RUN_ENTRIES} entries" in exported.stderr
+    assert f"exporting: {LOGGED_ENTRIES} entries" in exported.stderr
     assert "exporting" not in to_stdout.stderr
-    assert len(to_stdout.stdout.splitlines()) == SEED_RUN_ENTRIES
+    assert len(to_stdout.stdout.splitlines()) == LOGGED_ENTRIES
 
 
 def test_a_short_verify_says_nothing_but_its_verdict(
@@ -1397,13 +1406,13 @@ def test_a_short_verify_says_nothing_but_its_verdict(
 def test_verify_tells_its_progress_batch_by_batch_up_to_the_entries_the_heads_count(
     pipeline: Pipeline, completed_run: str
 ) -> None:
-    """Given the seed goal's 11 entries read 4 at a time,
+    """Given the seed goal's 11 entries and the policy's text read 5 at a time,
     When the log is verified with a progress callback,
-    Then it is told after each batch how many were read, of the 11 the chains' heads count.
+    Then it is told after each batch how many were read, of the 12 the chains' heads count.
     """
     told: list[tuple[int, int]] = []
 
-    report = audit.verify(pipeline.store, batch=4, progress=lambda *at: told.append(at))
+    report = audit.verify(pipeline.store, batch=5, progress=lambda *at: told.append(at))
 
     assert report.ok, report.problem
-    assert told == [(4, 11), (8, 11), (11, 11)]
+    assert told == [(5, 12), (10, 12), (12, 12)]

@@ -24,7 +24,7 @@ from plangate.signing import PAYLOAD_TYPE
 from plangate.signing_keys import read_public_key
 from plangate.store import ApprovalRow
 from tests.support import audit_entries
-from tests.test_audit import SEED_RUN_ENTRIES, completed_run, plangate_cli
+from tests.test_audit import LOGGED_ENTRIES, completed_run, plangate_cli
 
 __all__ = ["completed_run"]  # the fixture, shared with the audit log's own tests
 
@@ -34,7 +34,7 @@ def signed_export(pipeline: Pipeline, folder: Path) -> tuple[Path, Path, Path]:
     target = pipeline.settings.data_dir / "audit.jsonl"
     done = plangate_cli(pipeline.settings.data_dir, "audit", "export", "-o", str(target), "--sign")
     assert done.returncode == 0, done.stderr
-    assert f"{SEED_RUN_ENTRIES} entries written" in done.stderr
+    assert f"{LOGGED_ENTRIES} entries written" in done.stderr
     [public] = (pipeline.settings.data_dir / "keys" / "trusted").glob("*.pub")
     folder.mkdir()
     copies = [folder / path.name for path in (target, Path(f"{target}.dsse.json"), public)]
@@ -63,12 +63,12 @@ def test_a_signed_export_verifies_offline_with_the_public_key_alone(
     code, said = verify(tmp_path / "empty", export, key)
 
     assert code == 0, said
-    assert f"export intact: {SEED_RUN_ENTRIES} entries, signed by ed25519:" in said
+    assert f"export intact: {LOGGED_ENTRIES} entries, signed by ed25519:" in said
     envelope = json.loads(manifest.read_text())
     assert set(envelope) == {"payloadType", "payload", "signatures"}
     facts = json.loads(base64.b64decode(envelope["payload"]))
-    assert facts["count"] == SEED_RUN_ENTRIES
-    assert (facts["first_seq"], facts["last_seq"]) == (1, SEED_RUN_ENTRIES)
+    assert facts["count"] == LOGGED_ENTRIES
+    assert (facts["first_seq"], facts["last_seq"]) == (1, LOGGED_ENTRIES)
     lines = export.read_text().splitlines()
     assert facts["first_hash"] == json.loads(lines[0])["hash"]
     assert facts["last_hash"] == json.loads(lines[-1])["hash"]

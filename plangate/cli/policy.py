@@ -9,12 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from plangate.cli.common import EXIT_FAILED, err_console, friendly_errors, group, load_settings
+from plangate.cli.policy_show import policy_show
 from plangate.cli.progress import Progress
 from plangate.errors import ConfigError
 from plangate.printable import printable_line
 from plangate.small_files import read_text
 
 app = group("Check a policy file and try it on a plan.")
+
+app.command("show", short_help="Print the text the audit log recorded of a policy version.")(
+    friendly_errors(policy_show)
+)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 FileArgument = Annotated[Path, typer.Argument(metavar="FILE", help="The policy YAML file.")]
