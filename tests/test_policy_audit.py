@@ -35,7 +35,7 @@ def test_a_policy_approval_s_entry_names_the_approval_the_run_used_and_its_signi
         goal_id = pipeline.submit(SEED_GOAL).goal_id
         assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
 
-        entries = list(export_entries(pipeline.store, goal_id=goal_id))
+        entries = list(export_entries(pipeline.store, goal_ids=[goal_id]))
         [approved] = [entry["data"] for entry in entries if entry["kind"] == "goal.approved"]
         [running] = [entry["data"] for entry in entries if entry["kind"] == "goal.running"]
         issued = stored_approval(pipeline.store, approved["plan_id"]).approval

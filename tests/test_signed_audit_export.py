@@ -24,7 +24,7 @@ from plangate.signing import PAYLOAD_TYPE
 from plangate.signing_keys import read_public_key
 from plangate.store import ApprovalRow
 from tests.support import audit_entries
-from tests.test_audit import LOGGED_ENTRIES, completed_run, plangate_cli
+from tests.test_audit import LOGGED_ENTRIES, SEED_RUN_ENTRIES, completed_run, plangate_cli
 
 __all__ = ["completed_run"]  # the fixture, shared with the audit log's own tests
 
@@ -402,7 +402,7 @@ def test_a_signed_export_renamed_with_its_records_and_manifest_still_verifies(
     )  # fmt: skip
 
     assert beside == (0, beside[1]), beside[1]
-    assert f"export intact: {SEED_RUN_ENTRIES} entries" in beside[1]
+    assert f"export intact: {LOGGED_ENTRIES} entries" in beside[1]
     assert missing[0] == 2, missing[1]
     said = " ".join(missing[1].split())
     assert "the manifest signs records (all.jsonl.records.jsonl), and none are beside" in said
