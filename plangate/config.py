@@ -5,8 +5,8 @@ the `PLANGATE_*` variables, and the few conventional names plangate honours as t
 (`XDG_DATA_HOME`, `OPENAI_API_KEY`, `OPENAI_BASE_URL`). Code given no settings (tools, the
 trace switches, the fault points) asks `plangate.current_settings.current_settings()`.
 
-The default data folder is per user: `$XDG_DATA_HOME/plangate`, else `~/.local/share/plangate`.
-It holds the SQLite database, the approval signing key and the demo tools' records.
+The default data folder is per user: `$XDG_DATA_HOME/plangate`, else `~/.local/share/plangate`
+(the SQLite database, the approval signing key, the demo tools' records).
 """
 
 from __future__ import annotations
@@ -196,15 +196,11 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="How long a step's claim holds before another may act."
     )
     handler_timeout_seconds: float = Field(
-        # A minute under RabbitMQ's default consumer_timeout (30 min), which it checks once a
-        # minute: at 30 min the broker closed the worker's channel, and took back all it held,
-        # before the handler was handed back.
-        default=1740.0,
+        default=1740.0,  # under RabbitMQ's consumer_timeout (30 min), which it checks each minute
         gt=0,
         description="A worker's handler still running this long is reported, and its message "
-        "handed back to the stage for another attempt (handlers are idempotent). On RabbitMQ, "
-        "keep it and every tool's timeout below the broker's consumer_timeout (30 min by "
-        "default): past that the broker closes the worker's channel.",
+        "handed back for another attempt (handlers are idempotent). On RabbitMQ, keep it and "
+        "every tool's timeout below the broker's consumer_timeout (30 min by default).",
     )
     tool_timeout_seconds: float = Field(
         default=60.0,
