@@ -47,8 +47,7 @@ class Settings(BaseSettings):
     (`XDG_DATA_HOME`, `OPENAI_*`); `variable_name(field)` says which variable a field is.
     """
 
-    # populate_by_name: fields read from a conventional name (`validation_alias`, e.g.
-    # OPENAI_API_KEY) can still be given by field name in code and tests.
+    # populate_by_name: a field read from a conventional name can be given by name in code.
     model_config = SettingsConfigDict(env_prefix="PLANGATE_", extra="ignore", populate_by_name=True)
 
     # Declared before data_dir: its default is derived from this one.
