@@ -132,8 +132,6 @@ def test_kubernetes_serves_the_http_api_behind_a_service() -> None:
 
     assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
     assert container["ports"] == [{"name": "http", "containerPort": 8080}]
-    token = {e["name"]: e for e in container["env"]}["PLANGATE_INTAKE_TOKEN"]
-    assert token["valueFrom"]["secretKeyRef"]["optional"] is True
     # The Service reaches exactly the serve pods, on the container's named port.
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     assert (
@@ -298,6 +296,9 @@ def test_kubernetes_serve_has_reviewers_a_session_secret_and_no_key_and_only_the
     assert mounted_path(serve_pod, serve, env["PLANGATE_REVIEWERS_FILE"])
     assert env["PLANGATE_SESSION_SECRET"]["secretKeyRef"]["key"] == "session-secret"
     assert "optional" not in env["PLANGATE_SESSION_SECRET"]["secretKeyRef"]
+    # Optional, a key left out of the secret opened goal intake to anything in the cluster.
+    assert env["PLANGATE_INTAKE_TOKEN"]["secretKeyRef"]["key"] == "intake-token"
+    assert "optional" not in env["PLANGATE_INTAKE_TOKEN"]["secretKeyRef"]
     assert "PLANGATE_POLICY_FILE" not in env
     assert "PLANGATE_SIGNING_KEY_FILE" not in env
     # Who sees the signing Secret, and which of its files.
@@ -311,6 +312,14 @@ def test_kubernetes_serve_has_reviewers_a_session_secret_and_no_key_and_only_the
                 ref = entry.get("valueFrom", {}).get("secretKeyRef", {})
                 assert ref.get("name") != "plangate-signing", (owner, entry["name"])
     assert seen == {"plangate-gate": {"signing.key"}}
+
+
+def test_no_kubernetes_pod_is_given_variables_of_its_services() -> None:
+    """Kubernetes gives every pod variables named after each Service (PLANGATE_SERVE_PORT
+    for plangate-serve), which plangate warned of at every start and command; a Service named
+    plangate-metrics would set PLANGATE_METRICS_PORT to tcp://... and stop every worker."""
+    for owner, pod in pod_specs().items():
+        assert pod.get("enableServiceLinks") is False, owner
 
 
 def test_kubernetes_trusted_keys_are_a_secret_of_public_keys_gate_and_executor_mount_whole() -> (

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from plangate.cli.common import friendly_errors, load_settings
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, PlangateError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from plangate.config import Settings
+
+log = logging.getLogger("plangate.serve")
 
 
 @friendly_errors
@@ -60,6 +69,7 @@ def serve(
     # Opened here, not at startup, so a wrong URL or an old schema is a one-line error.
     with listening, Client(settings) as client:
         app = create_app(settings, client=client)
+        say_what_is_open(app, settings, host)
         # log_config=None: uvicorn's own loggers go through ours, as JSON lines like a worker's.
         # X-Forwarded-For only from the proxies named: uvicorn's default trusts 127.0.0.1, so
         # a local client (or a same-host proxy passing the header on) chose its own address for
@@ -74,3 +84,37 @@ def serve(
             http=HeaderDeadline,  # a request's headers have 30 s to arrive
         )
         CleanExitServer(config).run(sockets=[listening])
+
+
+def say_what_is_open(app: FastAPI, settings: Settings, host: str) -> None:
+    """Warn, at start, of a deployment that left intake open or held plans undecidable.
+
+    Both went unsaid: a secret's key left out (its reference is optional) opened intake to
+    anyone on the network, and an empty reviewers file left every held plan waiting.
+    """
+    if app.state.intake_token is None and not _loopback(host):
+        log.warning(
+            "goal intake is open: PLANGATE_INTAKE_TOKEN is not set, so anyone who reaches "
+            "%s can submit goals; set it, and give it to the services that submit them",
+            host,
+        )
+    try:
+        reviewers = app.state.reviewers.current()
+    except PlangateError:  # a file that cannot be read is said as it is read
+        return
+    if len(reviewers) == 0:
+        where = settings.reviewers_file or "no reviewers file (PLANGATE_REVIEWERS_FILE)"
+        log.warning(
+            "no reviewer is in %s: a held plan cannot be decided here; add one with "
+            "`plangate reviewers add NAME --role ROLE --file FILE`",
+            where,
+        )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name: it may be reached from anywhere
+        return False
