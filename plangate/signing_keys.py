@@ -163,10 +163,25 @@ def load_signer(settings: Settings) -> Signer:
     return Signer(_read_private_key(path))
 
 
+# deploy/kubernetes/secret.yaml's placeholder keys say this where the key would be.
+_PLACEHOLDER = b"REPLACE WITH THE OUTPUT OF"
+
+
+def _placeholder(path: Path, data: bytes, what: str) -> None:
+    if _PLACEHOLDER in data:  # said as an unreadable PEM, it named no cause (InvalidByte(22))
+        raise ConfigError(
+            f"{what} {path} is still deploy/'s placeholder: make the key pair "
+            "(`openssl genpkey -algorithm ed25519 -out signing.key`, then `openssl pkey -in "
+            "signing.key -pubout -out gate.pub`) and put it in the secret (deploy/README.md)"
+        )
+
+
 def read_public_key(path: Path) -> Ed25519PublicKey:
     """Read one PEM Ed25519 public key (a `*.pub` of the trusted keys folder)."""
     try:
-        key = serialization.load_pem_public_key(read_bytes(path))
+        data = read_bytes(path)
+        _placeholder(path, data, "key file")
+        key = serialization.load_pem_public_key(data)
     except (OSError, ValueError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"key file {path} is unreadable: {exc}; fix or remove it") from exc
     if not isinstance(key, Ed25519PublicKey):
@@ -240,7 +255,9 @@ def _publish_public_key(public_key: Ed25519PublicKey, directory: Path) -> None:
 
 def _read_private_key(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(read_bytes(path), password=None)
+        data = read_bytes(path)
+        _placeholder(path, data, "signing key file")
+        key = serialization.load_pem_private_key(data, password=None)
     except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"signing key file {path} is unreadable: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):

@@ -11,6 +11,8 @@ import yaml
 
 from approval_gate.policy import load_policy
 from plangate.config import Settings
+from plangate.errors import ConfigError
+from plangate.signing_keys import load_signer, read_public_key
 from tests.compose import ComposeError, interpolate
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
@@ -644,3 +646,23 @@ def test_every_kubernetes_container_runs_read_only_and_each_folder_it_writes_is_
             data_dir = container_env(container).get("PLANGATE_DATA_DIR", image_data_dir)
             if WRITES_ITS_DATA_FOLDER.get(container["name"], False):
                 assert data_dir in writable, (owner, data_dir)
+
+
+def test_the_secrets_placeholder_keys_are_refused_as_placeholders(tmp_path: Path) -> None:
+    """Given secret.yaml's placeholder signing key and public key, mounted as a gate and an
+    executor would (secret.yaml kept in the kustomization by mistake),
+    When each is read,
+    Then the refusal says it is deploy/'s placeholder and how to make the key pair: it said
+    "Unable to load PEM file ... InvalidByte(22, 58)", naming no cause.
+    """
+    secrets = {o["metadata"]["name"]: o for o in kubernetes_objects() if o["kind"] == "Secret"}
+    private = tmp_path / "signing.key"
+    private.write_text(secrets["plangate-signing"]["stringData"]["signing.key"])
+    public = tmp_path / "gate.pub"
+    public.write_text(secrets["plangate-trusted-keys"]["stringData"]["gate.pub"])
+    settings = Settings(data_dir=tmp_path / "data", signing_key_file=private)
+
+    with pytest.raises(ConfigError, match="still deploy/'s placeholder: make the key pair"):
+        load_signer(settings)
+    with pytest.raises(ConfigError, match="still deploy/'s placeholder"):
+        read_public_key(public)
