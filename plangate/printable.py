@@ -10,6 +10,7 @@ instead (`\x1b`, `\u202e`); line breaks and tabs stay.
 
 from __future__ import annotations
 
+import json
 import re
 
 # C0 controls but tab and line feed, DEL, C1 controls, Unicode's line and paragraph separators
@@ -29,6 +30,18 @@ def printable(text: str) -> str:
 def _escaped(found: re.Match[str]) -> str:
     code = ord(found.group())
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable_json(value: object) -> str:
+    r"""Return `value` as indented JSON, each character `printable` escapes written as `\uXXXX`.
+
+    For JSON a person edits (the review page's steps): it reads as `printable` shows text, and
+    decodes to the same value. `printable`'s own `\xad` is no JSON escape, and an edit that
+    kept one was refused as not JSON; escapes only appear inside JSON's strings here, as those
+    characters do (JSON's whitespace is none of them).
+    """
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return _UNPRINTABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def printable_line(text: str) -> str:

@@ -8,7 +8,6 @@ After a decision the page shows the plan as the store holds it now (`progress.py
 from __future__ import annotations
 
 import hmac
-import json
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -20,6 +19,7 @@ from approval_gate.held_plan import HeldPlan
 from approval_gate.holds import barred_as_submitter
 from approval_gate.revisions import editable_steps
 from plangate.errors import Conflict, Forbidden, InputInvalid, NotFound, PlanInvalid, quoted
+from plangate.printable import printable, printable_json
 from plangate.review_views import detail_of, summary_of
 from plangate.server.decision_bodies import Settle
 from plangate.server.page_access import (
@@ -155,8 +155,10 @@ def _plan_page(
         "notice": notice,
         "error": error,
         "problems": problems or [],
-        "steps_json": draft or json.dumps(editable, indent=2, ensure_ascii=False),
+        # Its hidden characters as JSON's escapes: seen where they are, read back the same.
+        "steps_json": printable_json(editable) if draft is None else draft,
         "summary_text": detail.summary if summary is None else summary,
+        "summary_hides": printable(detail.summary) != detail.summary,
         "edit_comment": why,  # a refused edit keeps what its reviewer typed, its reason too
     }
     return templates.TemplateResponse(request, "plan.html", context, status_code=status)
@@ -291,7 +293,8 @@ def _decide(
     expected = form.get("plan_hash", "").strip()
     if not expected:  # the page always sends it: a decision must be on what was shown
         raise ValueError(NO_HASH)
-    goal_id = desk.review.get(plan_id).goal.id
+    held = desk.review.get(plan_id)
+    goal_id = held.goal.id
     if action == "approve":
         desk.decide(
             lambda r: r.approve(
@@ -313,7 +316,7 @@ def _decide(
         )
     elif action == "edit":
         steps = _steps(form.get("steps", ""))
-        summary = form.get("summary") or None
+        summary = _summary_changed(form.get("summary", ""), held.plan.body.get("summary", ""))
         why = form.get("comment", "").strip()  # bound where it is recorded
         desk.decide(
             lambda r: r.edit(
@@ -330,6 +333,17 @@ def _decide(
     else:
         raise NotFound(f"no action {quoted(action)}; use approve, reject or edit")
     return plan_id
+
+
+def _summary_changed(sent: str, shown: str) -> str | None:
+    """Return the summary an edit form sent; None where it is the revision's, or left empty.
+
+    A text field drops line breaks: a summary holding one came back changed by the browser,
+    not by the reviewer, and was saved so, no longer said to be the planner's words.
+    """
+    if not sent or sent == shown.replace("\r", "").replace("\n", ""):
+        return None
+    return sent
 
 
 def _steps(text: str) -> list[dict[str, Any]]:

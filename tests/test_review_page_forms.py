@@ -1,0 +1,172 @@
+"""The review page's forms in headless Chromium: what they hold, what they send back, what a
+refusal keeps, and what a reload sends again.
+
+One embedded pipeline per test (SQLite, the in-process memory broker, which the served app
+publishes to too); its policy holds pages for two approvals from finance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from plangate.config import Settings
+from plangate.embedded import Pipeline
+from plangate.reviewers import add_reviewer
+from plangate.server import create_app
+from tests.browser import chromium
+from tests.conftest import SEED_GOAL
+from tests.fleet import serving_app
+from tests.support import HELD, only_plan, plans_of, running_pipeline
+
+FINANCE = frozenset({"finance"})
+TWO_FROM_FINANCE = """\
+mode: enforce
+rules:
+  - name: pages-need-two-from-finance
+    match: 'plan.steps.exists(s, s.tool == "notify_oncall")'
+    action: hold
+    reason: paging costs money; two people from finance decide
+    requires_role: finance
+    approvals: 2
+"""
+# As a planner copied them from a goal: a right-to-left override, a zero-width space, a BOM.
+HIDDEN_SUMMARY = "Pay acme 1500.00:\n\u202eevil\u202c \u200bnote\ufeff"
+# A soft hyphen and a C1 control too, which `printable` writes as `\xad`, no JSON escape; and
+# six characters a person typed, `\u202e`, which must stay six characters.
+HIDDEN_MESSAGE = "over SLA \u202eevil\u202c\u00ad\u0085 typed: \\u202e"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def tokens(tmp_path: Path) -> dict[str, str]:
+    team = tmp_path / "reviewers.yaml"
+    return {name: add_reviewer(team, name, sorted(FINANCE)) for name in ("alice", "frank")}
+
+
+@pytest.fixture
+def pipeline(settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as running:
+        yield running
+
+
+@pytest.fixture
+def site(pipeline: Pipeline, tmp_path: Path, tokens: dict[str, str]) -> Iterator[str]:
+    """`plangate serve` on the pipeline's store and broker; yield its base URL."""
+    update = {"reviewers_file": tmp_path / "reviewers.yaml", "broker_url": "memory://"}
+    with serving_app(create_app(pipeline.settings.model_copy(update=update))) as url:
+        yield url
+
+
+def logged_in(browser: Any, site: str, token: str) -> Any:
+    """Return a page of a fresh browser context, logged in with `token`."""
+    page = browser.new_context(base_url=site).new_page()
+    page.set_default_timeout(15_000)
+    page.goto("/login")
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/reviews")
+    return page
+
+
+def held_goal(pipeline: Pipeline) -> tuple[str, str]:
+    """Submit the seed goal; return its id and its held plan's."""
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=10)
+    return goal_id, only_plan(pipeline.store, goal_id).plan_id
+
+
+def edited_by_frank(pipeline: Pipeline, goal_id: str, **changes: str) -> str:
+    """Have frank edit the goal's plan (its message, its summary); return revision 2, held."""
+    first = only_plan(pipeline.store, goal_id)
+    steps = [step.model_dump(mode="json", exclude_defaults=True) for step in first.steps]
+    steps[2]["args"] = {"message": changes.get("message", "frank: tickets over SLA")}
+    summary = changes.get("summary")
+    pipeline.edit(first.plan_id, "frank", steps, summary=summary, roles=FINANCE, comment="typo")
+    pipeline.wait_for(goal_id, HELD, timeout=10)
+    return plans_of(pipeline.store, goal_id)[-1].plan_id
+
+
+def test_saving_an_edit_keeps_hidden_characters_of_the_summary_and_steps_as_they_were(
+    browser: Any, site: str, pipeline: Pipeline, tokens: dict[str, str]
+) -> None:
+    """Given revision 2 of a plan, its summary and a step's message holding bidi and invisible
+    characters (and a line break, which a text field cannot hold),
+    When alice opens it, changes one word of the steps JSON, and saves, leaving the summary,
+    Then revision 3 holds the summary exactly as it was, said to be revision 2's words, and
+    the message as it was but for her word: the page had put each such character in the
+    form as six typed characters (`\\u202e`), which the save then stored; the steps JSON
+    shows them as JSON's escapes, and the page says the summary holds some.
+    """
+    goal_id, _ = held_goal(pipeline)
+    second = edited_by_frank(pipeline, goal_id, summary=HIDDEN_SUMMARY, message=HIDDEN_MESSAGE)
+    page = logged_in(browser, site, tokens["alice"])
+    page.goto(f"/reviews/{second}")
+    typed = page.input_value("#steps-json")
+    hides = page.locator("#summary-hides").count()
+
+    page.fill("#steps-json", typed.replace("over SLA", "over the SLA"))
+    page.click("#edit")
+    page.wait_for_url("**done=edited&seal=*")
+
+    third = plans_of(pipeline.store, goal_id)[-1]
+    assert third.revision == 3
+    assert third.body["summary"] == HIDDEN_SUMMARY
+    message = third.body["steps"][2]["args"]["message"]
+    assert message == HIDDEN_MESSAGE.replace("over SLA", "over the SLA")
+    assert "\\u202eevil\\u202c\\u00ad\\u0085 typed: \\\\u202e" in typed  # seen, and JSON
+    assert "\u202e" not in typed
+    assert hides == 1
+    assert page.inner_text("#summary-from").startswith(
+        "Summary from revision 2, not changed by the edit"
+    )
+    assert '"summary"' not in page.inner_text(".diff")
+
+
+def test_a_refused_edit_shows_back_invisible_characters_as_typed(
+    browser: Any, site: str, pipeline: Pipeline, tokens: dict[str, str]
+) -> None:
+    """Given alice's edit form, a zero-width space typed into its summary and its reason,
+    When she saves steps that are not JSON,
+    Then the refusal shows her summary and reason as she typed them, to be saved once the
+    steps are fixed: they came back with `\\u200b`, six characters, in place of the space.
+    """
+    _, plan_id = held_goal(pipeline)
+    page = logged_in(browser, site, tokens["alice"])
+    page.goto(f"/reviews/{plan_id}")
+
+    page.fill("#summary", "Page on\u200bcall")
+    page.fill("#edit-comment", "why\u200bnot")
+    page.fill("#steps-json", "[not json")
+    page.click("#edit")
+
+    assert "not JSON" in page.inner_text("#outcome")
+    assert page.input_value("#summary") == "Page on\u200bcall"
+    assert page.input_value("#edit-comment") == "why\u200bnot"
+    assert page.input_value("#steps-json") == "[not json"
+
+
+def test_the_goals_filter_shows_the_text_searched_for_as_typed(
+    browser: Any, site: str, tokens: dict[str, str]
+) -> None:
+    """Given alice's search of the goals for a name holding a zero-width space,
+    When the goals page answers,
+    Then its search field holds the text as she typed it, to search again: it held `\\u200b`,
+    six characters, which a second search looked for.
+    """
+    page = logged_in(browser, site, tokens["alice"])
+
+    page.goto("/goals?" + urlencode({"search": "vendor\u200b6"}))
+
+    assert page.input_value("input[name=search]") == "vendor\u200b6"
