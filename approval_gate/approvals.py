@@ -47,10 +47,7 @@ def count_approval(
     nothing, and saying "recorded" would suggest it did.
     """
     if reviewer in approvers_of(session, plan):
-        raise AlreadyApproved(
-            f"{reviewer} has approved plan {plan.plan_id} already; it waits for approvals by "
-            "other reviewers (the plan's review says how many)"
-        )
+        raise already_approved(reviewer, plan.plan_id)
     row = {
         "plan_id": plan.plan_id,
         "reviewer": reviewer,
@@ -61,6 +58,15 @@ def count_approval(
     }
     insert_if_absent(session, ReviewerApprovalRow, row)
     return approvers_of(session, plan)
+
+
+def already_approved(reviewer: str, plan_id: str, so_far: str = "") -> AlreadyApproved:
+    """Return the refusal of `reviewer`'s second approval; `so_far`: "1 of 2 approvals (...)"."""
+    far = so_far or "the plan's review says how many it has"
+    return AlreadyApproved(
+        f"{reviewer} has approved plan {plan_id} already: {far}; it waits for approvals by "
+        "other reviewers"
+    )
 
 
 def approvers_of(session: Session, plan: PlanRow) -> list[str]:

@@ -23,10 +23,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from approval_gate.approvals import (
+    already_approved,
     approvals_required,
     count_approval,
     count_only,
     counted_approvers,
+    progress,
     withdraw_void_approval,
 )
 from approval_gate.approvers import ApproverCheck, RecordedApprovers
@@ -248,8 +250,9 @@ class Review:
                     # did not (a role given back): then this approval releases the plan, which
                     # nothing else would; it stayed held, "2 of 2", for good.
                     counted, _ = counted_approvers(session, held.plan, held.hold, self._approvers)
-                    if len(counted) < needed:
-                        raise
+                    if len(counted) < needed:  # said with how far it is: the page shows it
+                        so_far = progress(counted, needed)
+                        raise already_approved(reviewer, plan_id, so_far) from None
                 # As the gate will count them: "released" must not be said of a plan it holds.
                 approvers, _ = counted_approvers(session, held.plan, held.hold, self._approvers)
                 if len(approvers) < needed:  # one of several: a decision of the trace too

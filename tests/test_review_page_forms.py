@@ -170,3 +170,32 @@ def test_the_goals_filter_shows_the_text_searched_for_as_typed(
     page.goto("/goals?" + urlencode({"search": "vendor\u200b6"}))
 
     assert page.input_value("input[name=search]") == "vendor\u200b6"
+
+
+def test_approving_again_is_refused_after_a_redirect_saying_how_far_the_approval_is(
+    browser: Any, site: str, pipeline: Pipeline, tokens: dict[str, str]
+) -> None:
+    """Given a plan needing two approvals, open in two of alice's tabs,
+    When she approves in one, then in the other,
+    Then the second is refused on the plan's page after a redirect, saying she approved it
+    already, 1 of 2 approvals, and reloading it sends nothing: it was the POST's own 422
+    answer, which a reload sent again.
+    """
+    _, plan_id = held_goal(pipeline)
+    first = logged_in(browser, site, tokens["alice"])
+    first.goto(f"/reviews/{plan_id}")
+    second = first.context.new_page()
+    second.goto(f"/reviews/{plan_id}")
+    first.click("#approve")
+    first.wait_for_url("**done=approved&seal=*")
+
+    second.click("#approve")
+    second.wait_for_url("**refused=*", timeout=5_000)
+    said = second.inner_text("#outcome")
+    sent: list[str] = []
+    second.on("request", lambda request: sent.append(request.method))
+    second.reload()
+
+    assert f"alice has approved plan {plan_id} already: 1 of 2 approvals (alice)" in said
+    assert sent == ["GET"]
+    assert second.inner_text("#outcome") == said

@@ -218,7 +218,7 @@ def _act(
     try:
         target = _decide(desk, plan_id, action, web.reviewer, form)
     except (Conflict, Forbidden, NotFound, InputInvalid, ValueError) as exc:
-        status = {Conflict: 409, Forbidden: 403, NotFound: 404}.get(type(exc), 422)
+        status = _refusal_status(exc)
         said = str(exc)
         if action != "edit" and status != 422:
             # Shown after a redirect, not as the POST's answer: a reload sent the decision
@@ -250,6 +250,18 @@ def _act(
         )
     done = {"approve": "approved", "reject": "rejected", "edit": "edited"}[action]
     return RedirectResponse(_done_link(web, target, done), status_code=303)
+
+
+def _refusal_status(refused: Exception) -> int:
+    """Return the status of a refused decision: 422 only for a form to correct in place.
+
+    By its class and its subclasses: an approval given already (a Conflict) was answered
+    422, as a form to correct, on the POST itself, which a reload sent again.
+    """
+    for kind, status in ((Conflict, 409), (Forbidden, 403), (NotFound, 404)):
+        if isinstance(refused, kind):
+            return status
+    return 422
 
 
 def _done_link(web: WebSession, plan_id: str, done: str) -> str:
