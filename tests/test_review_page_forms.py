@@ -7,6 +7,7 @@ publishes to too); its policy holds pages for two approvals from finance.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,37 @@ def test_approving_again_is_refused_after_a_redirect_saying_how_far_the_approval
     assert f"alice has approved plan {plan_id} already: 1 of 2 approvals (alice)" in said
     assert sent == ["GET"]
     assert second.inner_text("#outcome") == said
+
+
+def test_an_edit_refused_as_replaced_meanwhile_keeps_what_the_reviewer_typed(
+    browser: Any, site: str, pipeline: Pipeline, tokens: dict[str, str]
+) -> None:
+    """Given alice's edit of revision 1, a 10,000-character message, a summary and a reason,
+    typed while frank's edit replaced revision 1 by revision 2,
+    When she saves it,
+    Then it is refused, and the page shows what she typed, read-only, to carry over to
+    revision 2, which it links to; nothing of it is applied to revision 2. The replaced
+    revision's page has no edit form: it all was lost.
+    """
+    goal_id, plan_id = held_goal(pipeline)
+    page = logged_in(browser, site, tokens["alice"])
+    page.goto(f"/reviews/{plan_id}")
+    steps = json.loads(page.input_value("#steps-json"))
+    steps[2]["args"]["message"] = "X" * 10_000
+    typed = json.dumps(steps, indent=2)
+    page.fill("#steps-json", typed)
+    page.fill("#summary", "alice's summary")
+    page.fill("#edit-comment", "alice's reason")
+    newest = edited_by_frank(pipeline, goal_id)
+
+    page.click("#edit")
+
+    assert "revision 2 replaced it" in page.inner_text("#outcome")
+    assert page.input_value("#draft-steps") == typed
+    assert page.input_value("#draft-summary") == "alice's summary"
+    assert page.input_value("#draft-comment") == "alice's reason"
+    assert page.locator("#draft textarea:not([readonly])").count() == 0
+    assert page.get_attribute("#draft-newest", "href") == f"/reviews/{newest}"
+    revisions = plans_of(pipeline.store, goal_id)
+    assert [plan.plan_id for plan in revisions] == [plan_id, newest]
+    assert "X" * 100 not in json.dumps(revisions[-1].body)

@@ -160,6 +160,8 @@ def _plan_page(
         "summary_text": detail.summary if summary is None else summary,
         "summary_hides": printable(detail.summary) != detail.summary,
         "edit_comment": why,  # a refused edit keeps what its reviewer typed, its reason too
+        # Shown to copy where the form is not (another edit replaced the revision meanwhile).
+        "drafted": draft is not None,
     }
     return templates.TemplateResponse(request, "plan.html", context, status_code=status)
 
@@ -223,6 +225,7 @@ def _act(
         if action != "edit" and status != 422:
             # Shown after a redirect, not as the POST's answer: a reload sent the decision
             # again (the browser asked to resubmit, and the audit log had each refusal twice).
+            # An edit's refusal is its answer: what was typed (10,000 characters) is shown.
             return RedirectResponse(_refused_link(web, plan_id, said), status_code=303)
         return _plan_page(
             request,
