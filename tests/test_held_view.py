@@ -182,7 +182,7 @@ def test_the_reviewer_deciding_an_edit_reads_who_edited_it_and_why(desk: Desk) -
 
     detail = desk.detail(edited.plan_id)
     shown = " ".join(desk.cli("review", "show", edited.plan_id).split())
-    on_page = desk.page("frank", edited.plan_id, "#edit-comment")
+    on_page = desk.page("frank", edited.plan_id, "#edited-by")
     planned = desk.detail(first.plan_id)
 
     assert (detail.edited_by, detail.edit_comment) == ("alice", why)

@@ -234,3 +234,26 @@ def test_an_edit_refused_as_replaced_meanwhile_keeps_what_the_reviewer_typed(
     revisions = plans_of(pipeline.store, goal_id)
     assert [plan.plan_id for plan in revisions] == [plan_id, newest]
     assert "X" * 100 not in json.dumps(revisions[-1].body)
+
+
+def test_every_field_of_an_edited_revisions_page_is_named_by_its_label(
+    browser: Any, site: str, pipeline: Pipeline, tokens: dict[str, str]
+) -> None:
+    """Given revision 2, frank's edit, which says "Edited by frank" above its steps,
+    When alice opens it,
+    Then no two elements share an id, and "Why edit it?" names the reason's field: the
+    "Edited by" paragraph had the field's id, so the label named nothing.
+    """
+    goal_id, _ = held_goal(pipeline)
+    second = edited_by_frank(pipeline, goal_id)
+    page = logged_in(browser, site, tokens["alice"])
+
+    page.goto(f"/reviews/{second}")
+
+    repeated = page.evaluate(
+        "[...document.querySelectorAll('[id]')].map(e => e.id)"
+        ".filter((id, i, ids) => ids.indexOf(id) !== i)"
+    )
+    assert repeated == []
+    assert page.get_by_label("Why edit it?").get_attribute("name") == "comment"
+    assert page.inner_text("#edited-by") == "Edited by frank from revision 1: typo"
