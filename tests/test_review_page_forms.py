@@ -257,3 +257,23 @@ def test_every_field_of_an_edited_revisions_page_is_named_by_its_label(
     assert repeated == []
     assert page.get_by_label("Why edit it?").get_attribute("name") == "comment"
     assert page.inner_text("#edited-by") == "Edited by frank from revision 1: typo"
+
+
+def test_the_pages_ask_for_no_favicon(browser: Any, site: str) -> None:
+    """Given a browser that has not visited plangate,
+    When it opens the login page,
+    Then it asks for no /favicon.ico, and logs no error: each first visit logged its 404.
+    """
+    page = browser.new_context(base_url=site).new_page()
+    asked: list[str] = []
+    errors: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+
+    page.goto("/login")
+    page.wait_for_load_state("networkidle")
+
+    assert [url for url in asked if "favicon" in url] == []
+    assert errors == []
