@@ -277,3 +277,29 @@ def test_the_pages_ask_for_no_favicon(browser: Any, site: str) -> None:
 
     assert [url for url in asked if "favicon" in url] == []
     assert errors == []
+
+
+def test_on_a_phone_the_pages_do_not_run_off_screen_and_the_decision_is_a_tap_away(
+    browser: Any, site: str, pipeline: Pipeline, tokens: dict[str, str]
+) -> None:
+    """Given a held plan, and alice on a phone (400 px wide),
+    When she opens the list and the plan,
+    Then neither page scrolls sideways (the list ran to 742 px, its approvals off screen), and
+    the plan's "Skip to the decision" brings Approve into view (on a 25-step plan it sat
+    22,800 px down).
+    """
+    _, plan_id = held_goal(pipeline)
+    page = logged_in(browser, site, tokens["alice"])
+    page.set_viewport_size({"width": 400, "height": 800})
+    wide = "document.documentElement.scrollWidth"
+
+    page.goto("/reviews")
+    list_width = page.evaluate(wide)
+    page.goto(f"/reviews/{plan_id}")
+    plan_width = page.evaluate(wide)
+    page.click("#skip-to-decide")
+    approve = page.locator("#approve").bounding_box()
+
+    assert (list_width, plan_width) == (400, 400)
+    assert approve is not None
+    assert 0 <= approve["y"] < 800
