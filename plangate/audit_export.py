@@ -153,7 +153,9 @@ def _records_file(export: Path, named: str, given: Path | None) -> Path:
         if not given.is_file():
             raise ConfigError(f"{given} is no file; name the records signed with the export")
         return given
-    for candidate in (export.parent / Path(named).name, records_path(export)):
+    # Its own name first: a renamed copy kept beside the original is checked with its own
+    # records, not the original's (a changed copy's records were left unread, said intact).
+    for candidate in (records_path(export), export.parent / Path(named).name):
         if candidate.is_file():
             return candidate
     raise ConfigError(

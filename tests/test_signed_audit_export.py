@@ -272,6 +272,7 @@ def test_an_export_of_several_goals_holds_every_goal_given_and_its_manifest_name
         data_dir, "audit", "export", "--goal", completed_run, "--goal", "nosuch",
         "-o", str(refused_file),
     )  # fmt: skip
+    to_stdout = plangate_cli(data_dir, "audit", "export", "--goal", completed_run, "--goal", "x")
 
     assert done.returncode == 0, done.stderr
     entries = read_entries(export)
@@ -286,6 +287,9 @@ def test_an_export_of_several_goals_holds_every_goal_given_and_its_manifest_name
     assert refused.returncode == 2
     assert "no audit entry of goal 'nosuch'" in refused.stderr
     assert not refused_file.exists()
+    # To stdout, the first goal's entries were written before the refusal: a script's
+    # redirected output held an export that looked whole.
+    assert (to_stdout.returncode, to_stdout.stdout) == (2, "")
 
 
 def test_an_export_that_cannot_be_checked_here_is_exit_2_not_a_break(
@@ -496,3 +500,28 @@ def test_a_csv_cell_a_spreadsheet_would_run_is_quoted_and_the_signed_export_stil
     assert code == 0, said
     actors = {entry["actor"] for entry in read_entries(target)}
     assert {formula, quoted} <= actors
+
+
+def test_a_renamed_copy_beside_its_original_is_checked_with_its_own_records(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given a signed export with records, and a copy renamed beside it (a daily archive),
+    When the copy's records are changed and the copy is verified,
+    Then it is not verified, naming the copy's records: its manifest names the original's,
+    which were checked instead, and the copy was said intact.
+    """
+    data_dir = pipeline.settings.data_dir
+    original = tmp_path / "a.jsonl"
+    done = plangate_cli(data_dir, "audit", "export", "-o", str(original), "--sign", "--records")
+    assert done.returncode == 0, done.stderr
+    [key] = (data_dir / "keys" / "trusted").glob("*.pub")
+    copy = tmp_path / "audit-2026-12-07.jsonl"
+    for suffix in ("", ".dsse.json", ".records.jsonl"):
+        shutil.copy(f"{original}{suffix}", f"{copy}{suffix}")
+    records = Path(f"{copy}.records.jsonl")
+    records.write_text(records.read_text().replace('"record"', '"record" ', 1))
+
+    code, said = verify(tmp_path / "empty", copy, key)
+
+    assert code == 1, said
+    assert "audit-2026-12-07.jsonl.records.jsonl is not the file signed" in said

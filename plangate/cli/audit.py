@@ -162,6 +162,9 @@ def audit_export(
             refuse_a_rotated_folder_key(settings, signer, session)
         checked_store(store, settings.data_dir, trusted, refused)
     goals = _whole_goal_ids(store, goal)
+    # Before a line is written: to stdout, a mistyped id of several left the others' entries,
+    # an export that looked whole, in whatever the output was redirected to.
+    _refuse_unlogged(audit_entries.goals_unlogged(store, goals) if goals else [])
     summary = ExportSummary()
     chosen = audit_entries.export(store, since=after, goal_ids=goals, until=before)
     entries = summary.counted(chosen)
@@ -170,14 +173,8 @@ def audit_export(
     entries = counted(entries, told)
     with told, _replacing(output) if output else _stdout() as stream:
         write_entries(stream, entries, output_format)
-        # Raised in here, so no file is put in place: one mistyped id of several made an
-        # export that looked whole.
-        unfound = [one for one in goals or [] if one not in summary.recorded]
-        if unfound:
-            raise NotFound(
-                f"no audit entry of goal {quoted(unfound[0])}; check the id "
-                "(`plangate goals list` shows goals)"
-            )
+        # Raised in here, so no file is put in place: a goal with no entry in the window.
+        _refuse_unlogged([one for one in goals or [] if one not in summary.recorded])
     beside = None
     if records and output is not None:
         beside = records_path(output)
@@ -195,6 +192,14 @@ def audit_export(
         err_console.print(escape(said))
     elif output is not None:  # a file written without a word looked like nothing happened
         err_console.print(escape(f"{summary.count} entries written to {output}"))
+
+
+def _refuse_unlogged(goals: list[str]) -> None:
+    if goals:
+        raise NotFound(
+            f"no audit entry of goal {quoted(goals[0])}; check the id "
+            "(`plangate goals list` shows goals)"
+        )
 
 
 def _whole_goal_ids(store: Store, goals: list[str] | None) -> list[str] | None:

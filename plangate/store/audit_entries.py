@@ -26,6 +26,17 @@ EXPORT_FIELDS = (
 )
 
 
+def goals_unlogged(store: Store, goal_ids: Collection[str]) -> list[str]:
+    """Return those of `goal_ids` of which the log holds no entry (a mistyped id), in order."""
+    with store.reading() as session:
+        logged = set(
+            session.scalars(
+                select(AuditRow.goal_id).where(AuditRow.goal_id.in_(goal_ids)).distinct()
+            )
+        )
+    return [goal_id for goal_id in goal_ids if goal_id not in logged]
+
+
 def export(
     store: Store,
     *,
