@@ -374,8 +374,8 @@ def test_a_revision_an_edit_replaced_says_by_which_and_whose_edit(desk: Desk) ->
     """Given a page alice edited, saying why (revision 2, held),
     When a reviewer reads revision 1 (the API's view, `review show`, the page),
     Then it says revision 2 replaced it and that alice's edit decided it, with her comment:
-    it read "0 of 2 approvals" and nothing else, while the page said "Replaced by revision 2".
-    Revision 2, waiting, names neither.
+    it read "0 of 2 approvals" and nothing else, while the page said "Replaced by revision 2"
+    (and no more: not who, nor why). Revision 2, waiting, names neither.
     """
     why = "the message named the wrong team"
     edited = edited_by(desk, "alice", comment=why)
@@ -395,5 +395,5 @@ def test_a_revision_an_edit_replaced_says_by_which_and_whose_edit(desk: Desk) ->
     )
     assert f"Replaced by revision 2 (plan {edited.plan_id}): review that one" in text
     assert f"Decided: edit by alice — {why}" in text
-    assert headline == "Replaced by revision 2."
+    assert headline == f"Replaced by revision 2 (edited by alice: {why})."
     assert (newest.replaced_by, newest.decision) == (None, None)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from plangate.errors import NotFound, quoted
 from plangate.store import DecisionRow, GoalRow, PlanRow, ReviewerApprovalRow, StepRunRow, Store
 from plangate.store.goals import latest_plan
-from plangate.store.plan_decided import decisions_of
+from plangate.store.plan_decided import decided_of, decisions_of
 
 MAX_SHOWN = 2000  # characters of one output or error; the API and `plangate status` have all
 
@@ -98,6 +98,17 @@ def _headline(
     return lines.get(status, f"The goal is {status}.")
 
 
+def _by_whom(session: Any, plan: PlanRow, decisions: dict[str, DecisionRow]) -> str:
+    """Say who replaced a revision and why (an edit and its comment), as the API does."""
+    human = decisions.get("human")
+    if human is None:
+        return ""
+    decided = decided_of(session, plan, human)
+    verb = {"edit": "edited", "reject": "rejected", "expire": "expired"}.get(decided.action)
+    said = f"{verb or decided.action} by {decided.decided_by}"
+    return f" ({said}: {decided.comment})" if decided.comment else f" ({said})"
+
+
 def plan_progress(store: Store, plan_id: str) -> PlanProgress:
     """Return where the plan `plan_id` and its goal stand now (NotFound if there is no plan)."""
     with store.snapshot() as session:
@@ -133,11 +144,11 @@ def plan_progress(store: Store, plan_id: str) -> PlanProgress:
                 )
             )
         status = goal.status if newest.plan_id == plan_id else "replaced"
-        headline = (
-            f"Replaced by revision {newest.revision}."
-            if status == "replaced"
-            else _headline(status, decisions.get("human"), decisions.get("policy"), approvers)
-        )
+        if status == "replaced":
+            by_whom = _by_whom(session, plan, decisions)
+            headline = f"Replaced by revision {newest.revision}{by_whom}."
+        else:
+            headline = _headline(status, decisions.get("human"), decisions.get("policy"), approvers)
         return PlanProgress(
             plan_id=plan_id,
             goal_id=goal.id,
