@@ -49,6 +49,10 @@ class ConfigError(PlangateError):
     """A setting or file is missing or wrong; the message names it and how to fix it."""
 
 
+class SchemaBehind(ConfigError):
+    """The database's schema is older than this plangate's (or absent): not migrated yet."""
+
+
 class BrokerUnavailable(PlangateError):
     """The broker could not be reached for long enough that a publish gave up."""
 

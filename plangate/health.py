@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sys
 import threading
 import urllib.error
@@ -77,6 +78,18 @@ def _handler_for(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        listening: socket.socket | None = None,
+    ) -> None:
+        super().__init__(address, handler, bind_and_activate=listening is None)
+        if listening is not None:  # bound and listening already: answered on as it is
+            self.socket.close()
+            self.socket = listening
+            self.server_address = listening.getsockname()[:2]
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log a failure as a record (the standard one prints a traceback on stderr)."""
         if isinstance(sys.exc_info()[1], ConnectionError):
@@ -98,8 +111,10 @@ class HealthServer:
         alive: Check,
         ready: Readiness,
         metrics: Exposition | None = None,
+        *,
+        listening: socket.socket | None = None,
     ) -> None:
-        self._server = _Server((host, port), _handler_for(alive, ready, metrics))
+        self._server = _Server((host, port), _handler_for(alive, ready, metrics), listening)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="plangate-health", daemon=True
         )
@@ -116,9 +131,17 @@ class HealthServer:
 
     def close(self) -> None:
         """Stop answering and free the port."""
+        self.hand_over()
+        self._server.server_close()
+
+    def hand_over(self) -> None:
+        """Stop answering, leaving the socket listening for the server that follows.
+
+        `serve` waiting for the migration answers its probes on its own socket (`listening`),
+        then uvicorn takes it: connections made meanwhile wait in its backlog, none refused.
+        """
         if self._thread.is_alive():
             self._server.shutdown()
-        self._server.server_close()
 
 
 def start_health_server(

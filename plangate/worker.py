@@ -32,6 +32,7 @@ from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
 from plangate.redaction import redact
 from plangate.relay import deliver, relay_pending
+from plangate.schema_wait import SchemaWait
 from plangate.signing_keys import own_key_watch
 from plangate.stages import build_expiry, build_handler, build_sealing, stage_middleware
 from plangate.store import Store, open_store
@@ -56,10 +57,17 @@ class SaysWhatStopWaitsFor(Protocol):
 class Worker:
     """One stage's worker: the consume loop in the calling thread, the sweeper beside it."""
 
-    def __init__(self, stage: Stage, settings: Settings, concurrency: int | None = None) -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        settings: Settings,
+        concurrency: int | None = None,
+        wait_for_schema: float = 0.0,
+    ) -> None:
         self.stage = stage
         self.settings = settings
         self.concurrency = concurrency or settings.concurrency
+        self.wait_for_schema = wait_for_schema  # seconds to wait for the migration (schema_wait)
         self.stop = threading.Event()
         self.exit_code = 0  # set when the worker stops for a reason of its own (see _sweep)
         # What the log says a stop waits for (an executor names its tool calls in flight).
@@ -88,21 +96,31 @@ class Worker:
 
         A worker started during a database outage exited at once: on Kubernetes its restarts
         backed off, and it came back minutes after the database did. A store that answers but
-        is not plangate's (an old schema, a file missing) still stops it at once.
+        is not plangate's (an old schema, a file missing) still stops it at once, but for an
+        old schema within `wait_for_schema` seconds (`plangate.schema_wait`).
         """
         backoff = Backoff()
+        migration = SchemaWait(self.wait_for_schema)
         while True:
             try:
-                return open_store(self.settings.resolved_database_url(), upgrade=False)
+                store = open_store(self.settings.resolved_database_url(), upgrade=False)
             except ConfigError as exc:
-                if exc.__cause__ is None or not is_outage(exc.__cause__):
+                delay = migration.retry_after(exc)
+                if delay is not None:
+                    probes.waiting, probes.metrics = migration.reason, metrics.exposition
+                elif exc.__cause__ is not None and is_outage(exc.__cause__):
+                    delay = backoff.next()
+                    probes.waiting = redact(f"waiting for the store: {exc}")  # said to anyone
+                    probes.metrics = metrics.exposition_without_store
+                    log.warning("%s; trying again in %g s", exc, delay)
+                else:
                     raise
-                delay = backoff.next()
-                probes.waiting = redact(f"waiting for the store: {exc}")  # answered to anyone
-                probes.metrics = metrics.exposition_without_store
-                log.warning("%s; trying again in %g s", exc, delay)
                 if self.stop.wait(delay):
                     return None
+            else:
+                migration.ended()
+                probes.waiting = "starting"
+                return store
 
     def _work(self, store: Store, probes: _Probes, looping: threading.Event) -> int:
         bus = Bus(

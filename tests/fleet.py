@@ -84,20 +84,27 @@ class Fleet:
         """The one folder the workers share: the gate's public keys, which executors trust."""
         return self.folder / "keys" / "trusted"
 
-    def start(self, stage: str, **env: str) -> subprocess.Popen[bytes]:
+    def start(self, stage: str, *options: str, **env: str) -> subprocess.Popen[bytes]:
         """Start one worker of `stage` in a data folder of its own; its log goes to a file."""
-        log = open(self.folder / f"{stage}-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        return self._spawn(stage, ["worker", stage, *options], env)
+
+    def serve(self, port: int, *options: str, **env: str) -> subprocess.Popen[bytes]:
+        """Start `plangate serve` on 127.0.0.1:`port`, as a worker is started."""
+        return self._spawn("serve", ["serve", "--port", str(port), *options], env)
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"{name}-{len(self.processes)}.log", "wb")  # noqa: SIM115
         self.log_files.append(log)
         self.trusted_keys.parent.mkdir(parents=True, exist_ok=True)  # the shared volume
-        live = sum(1 for s, p in self.processes if s == stage and p.poll() is None)
-        own = {"PLANGATE_DATA_DIR": str(self.folder / f"{stage}-{live}-data")}
+        live = sum(1 for s, p in self.processes if s == name and p.poll() is None)
+        own = {"PLANGATE_DATA_DIR": str(self.folder / f"{name}-{live}-data")}
         process = subprocess.Popen(
-            [sys.executable, "-m", "plangate", "worker", stage],
+            [sys.executable, "-m", "plangate", *args],
             env=self.env(**(own | env)),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self.processes.append((stage, process))
+        self.processes.append((name, process))
         return process
 
     def start_all(self, **env: str) -> None:

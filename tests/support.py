@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -78,6 +81,24 @@ def running_pipeline(
         if not tampers:
             problem = audit_records.disagreement(pipeline.store)
             assert problem is None, problem
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    """GET a JSON answer (a probe's); return its status and body, an error's too."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return int(answer.status), json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def answers(url: str) -> int | None:
+    """Return the status `url` answers with (None: nothing answers there)."""
+    try:
+        return get(url)[0]
+    except OSError:
+        return None
 
 
 def outer_environment() -> dict[str, str]:

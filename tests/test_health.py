@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import sqlite3
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from alembic import command
@@ -25,23 +21,8 @@ from plangate.store import Store, open_store, schema
 from plangate.worker import Worker
 from tests.fleet import serving_app
 from tests.servers import free_port
-from tests.support import eventually, plangate_in
+from tests.support import answers, eventually, get, plangate_in
 from tests.test_distributed import OwnRedis
-
-
-def get(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return int(answer.status), json.loads(answer.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def answers(url: str) -> int | None:
-    try:
-        return get(url)[0]
-    except OSError:
-        return None
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -39,6 +39,18 @@ R = TypeVar("R")
 EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 EXIT_HELD = 4  # `submit --wait`: the goal waits for a person, who may take hours
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT
+
+# `plangate worker` and `serve`: a deployment that starts them with its migration, unordered.
+WaitForSchema = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        metavar="SECONDS",
+        help="Wait up to SECONDS at start, not ready, while the database schema is behind this "
+        "plangate's (`plangate db upgrade` has not run yet; one a newer plangate migrated is "
+        "refused at once). 0: refuse at once.",
+    ),
+]
 
 
 def group(help_text: str) -> typer.Typer:

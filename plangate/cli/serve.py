@@ -8,12 +8,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from plangate.cli.common import friendly_errors, load_settings
+from plangate.cli.common import WaitForSchema, friendly_errors, load_settings
 from plangate.errors import ConfigError, PlangateError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # `plangate --help` loads this module: nothing heavy at its top
+    import socket
+
     from fastapi import FastAPI
 
+    from plangate.client import Client
     from plangate.config import Settings
 
 log = logging.getLogger("plangate.serve")
@@ -27,6 +30,7 @@ def serve(
     port: Annotated[
         int, typer.Option(min=0, max=65535, metavar="PORT", help="Port to listen on.")
     ] = 8080,
+    wait_for_schema: WaitForSchema = 0,
 ) -> None:
     """Serve the HTTP API until SIGTERM: /api/v1/goals, /api/v1/reviews, /reviews, /docs.
 
@@ -42,17 +46,14 @@ def serve(
     the same one, or each refuses the others' forms. Failed logins and bad tokens are limited
     per client address (10 in 5 minutes, then 429), in each replica; behind a proxy, name it in
     PLANGATE_TRUSTED_PROXIES so that X-Forwarded-For is read (and only then).
-    Uses PLANGATE_BROKER_URL and PLANGATE_DATABASE_URL like the workers.
+    Uses PLANGATE_BROKER_URL and PLANGATE_DATABASE_URL like the workers; with
+    --wait-for-schema, it waits for `plangate db upgrade` as they do, answering /healthz and
+    /readyz (503) meanwhile.
     """
     import socket
 
-    import uvicorn
-
-    from plangate.client import Client
     from plangate.logs import setup_logging
-    from plangate.server import create_app
-    from plangate.server.clean_exit import CleanExitServer
-    from plangate.server.header_deadline import HeaderDeadline
+    from plangate.server.migration_wait import open_client
 
     settings = load_settings()
     setup_logging(settings.log_level, stage="serve")
@@ -67,23 +68,38 @@ def serve(
             "--port (or --host)"
         ) from exc
     # Opened here, not at startup, so a wrong URL or an old schema is a one-line error.
-    with listening, Client(settings) as client:
-        app = create_app(settings, client=client)
-        say_what_is_open(app, settings, host)
-        # log_config=None: uvicorn's own loggers go through ours, as JSON lines like a worker's.
-        # X-Forwarded-For only from the proxies named: uvicorn's default trusts 127.0.0.1, so
-        # a local client (or a same-host proxy passing the header on) chose its own address for
-        # the failed-login limit, to slip past it or to lock someone else out.
-        trusted = settings.trusted_proxies.strip()
-        config = uvicorn.Config(
-            app,
-            log_level=settings.log_level.lower(),
-            log_config=None,
-            proxy_headers=bool(trusted),
-            forwarded_allow_ips=trusted or None,
-            http=HeaderDeadline,  # a request's headers have 30 s to arrive
-        )
-        CleanExitServer(config).run(sockets=[listening])
+    with listening:
+        client = open_client(settings, listening, wait_for_schema)
+        if client is None:
+            return  # SIGTERM while waiting for the migration: a clean stop
+        with client:
+            _serve(settings, client, listening)
+
+
+def _serve(settings: Settings, client: Client, listening: socket.socket) -> None:
+    """Serve the app on `listening` with uvicorn until SIGTERM."""
+    import uvicorn
+
+    from plangate.server import create_app
+    from plangate.server.clean_exit import CleanExitServer
+    from plangate.server.header_deadline import HeaderDeadline
+
+    app = create_app(settings, client=client)
+    say_what_is_open(app, settings, str(listening.getsockname()[0]))
+    # log_config=None: uvicorn's own loggers go through ours, as JSON lines like a worker's.
+    # X-Forwarded-For only from the proxies named: uvicorn's default trusts 127.0.0.1, so
+    # a local client (or a same-host proxy passing the header on) chose its own address for
+    # the failed-login limit, to slip past it or to lock someone else out.
+    trusted = settings.trusted_proxies.strip()
+    config = uvicorn.Config(
+        app,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+        http=HeaderDeadline,  # a request's headers have 30 s to arrive
+    )
+    CleanExitServer(config).run(sockets=[listening])
 
 
 def say_what_is_open(app: FastAPI, settings: Settings, host: str) -> None:

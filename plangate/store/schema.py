@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, SchemaBehind
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -64,8 +64,7 @@ def mismatch(current: str | None) -> str | None:
     head = head_revision()
     if current == head:
         return None
-    if current is not None and current not in _known_revisions():
-        # A newer plangate migrated it (a rolling upgrade, or a rollback of the code alone).
+    if _ahead(current):
         return (
             f"the database schema is at {current}, newer than this plangate knows ({head}): "
             "run a plangate that knows it (plangate never migrates a schema back); if no "
@@ -77,9 +76,17 @@ def mismatch(current: str | None) -> str | None:
     )
 
 
+def _ahead(current: str | None) -> bool:
+    """Say whether no migration of this plangate made `current`: a newer plangate's did.
+
+    (A rolling upgrade, or a rollback of the code alone.) No migration of this one can move it.
+    """
+    return current is not None and current not in _known_revisions()
+
+
 def _refuse_unknown(current: str | None) -> None:
     """Raise ConfigError for a revision no migration of this plangate made: none can move it."""
-    if current is not None and current not in _known_revisions():
+    if _ahead(current):
         raise ConfigError(str(mismatch(current)))
 
 
@@ -152,7 +159,13 @@ def _upgrade(engine: Engine) -> tuple[str | None, str]:
 
 
 def require_current(engine: Engine) -> None:
-    """Raise ConfigError, saying to run `plangate db upgrade`, unless the schema is current."""
-    problem = mismatch(current_revision(engine))
+    """Raise ConfigError, saying to run `plangate db upgrade`, unless the schema is current.
+
+    SchemaBehind (a ConfigError) when the schema is older: the migration may yet run, and a
+    starting process may wait for it (`--wait-for-schema`); one a newer plangate made will not
+    come back to this one's.
+    """
+    current = current_revision(engine)
+    problem = mismatch(current)
     if problem is not None:
-        raise ConfigError(problem)
+        raise ConfigError(problem) if _ahead(current) else SchemaBehind(problem)

@@ -1,0 +1,72 @@
+"""`serve` waiting at start for the migration (`--wait-for-schema`), answering its probes.
+
+The app's own `/healthz` and `/readyz` come only once its store is open, and uvicorn only
+then: meanwhile the port `serve` listens on answers them itself, `/healthz` 200 (the process
+lives: a liveness probe must not restart it) and `/readyz` 503 with what it waits for. Then
+uvicorn takes the same socket over.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from plangate import metrics
+from plangate.client import Client
+from plangate.config import Settings
+from plangate.errors import ConfigError
+from plangate.health import HealthServer
+from plangate.schema_wait import SchemaWait
+
+
+def open_client(settings: Settings, listening: socket.socket, seconds: float) -> Client | None:
+    """Open serve's Client, waiting up to `seconds` while the schema is behind this plangate's.
+
+    None: a SIGTERM ended the wait (a clean stop, exit 0, as a worker's).
+    """
+    migration = SchemaWait(seconds)
+    try:
+        return Client(settings)
+    except ConfigError as exc:
+        delay = migration.retry_after(exc)
+        if delay is None:
+            raise
+    stop = threading.Event()
+    with _answering(listening, migration, stop):
+        while not stop.wait(delay):
+            try:
+                client = Client(settings)
+            except ConfigError as exc:
+                delay = migration.retry_after(exc)
+                if delay is None:
+                    raise
+            else:
+                migration.ended()
+                return client
+    return None
+
+
+@contextmanager
+def _answering(
+    listening: socket.socket, migration: SchemaWait, stop: threading.Event
+) -> Iterator[None]:
+    """Answer the probes on `listening`, and take SIGTERM as the end of the wait."""
+    probes = HealthServer(
+        "",
+        0,
+        alive=lambda: True,
+        ready=lambda: migration.reason,
+        metrics=metrics.exposition,
+        listening=listening,
+    ).start()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
+    try:
+        yield
+    finally:
+        if in_main:  # uvicorn's own handler comes next
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        probes.hand_over()
