@@ -13,6 +13,7 @@ from approval_gate.policy import load_policy
 from plangate.config import Settings
 from plangate.errors import ConfigError
 from plangate.signing_keys import load_signer, read_public_key
+from plangate.schema_wait import MIGRATION_JOB
 from tests.compose import ComposeError, interpolate
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
@@ -81,7 +82,7 @@ def test_kubernetes_has_a_deployment_per_worker_kind_and_a_migration_job() -> No
         assert spec["selector"]["matchLabels"].items() <= labels.items()
         (container,) = spec["template"]["spec"]["containers"]
         assert container["image"]
-        assert container["args"] == ["worker", stage]
+        assert container["args"][:2] == ["worker", stage]
     (job,) = [o for o in objects if o["kind"] == "Job"]
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["image"]
@@ -132,7 +133,7 @@ def test_kubernetes_serves_the_http_api_behind_a_service() -> None:
     pod = deployment["spec"]["template"]
     (container,) = pod["spec"]["containers"]
 
-    assert container["args"] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
+    assert container["args"][:5] == ["serve", "--host", "0.0.0.0", "--port", "8080"]
     assert container["ports"] == [{"name": "http", "containerPort": 8080}]
     # The Service reaches exactly the serve pods, on the container's named port.
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -500,6 +501,22 @@ def test_the_migration_job_makes_way_for_the_next_release() -> None:
     (job,) = by_kind("Job").values()
 
     assert 0 < job["spec"]["ttlSecondsAfterFinished"] <= 24 * 3600
+
+
+def test_kubernetes_workers_and_serve_wait_for_the_migration_job_applied_with_them() -> None:
+    """`kubectl apply -k` creates the migration Job and the Deployments together, nothing
+    ordering them: on a new database every worker and serve exited 2 and was restarted with a
+    back-off (CrashLoopBackOff) that outlasted the Job. Each waits for it instead, longer than
+    the Job takes, and names it rightly when it did not come."""
+    deployments = by_kind("Deployment")
+    (job,) = by_kind("Job").values()
+
+    assert job["metadata"]["name"] == MIGRATION_JOB  # the name a worker's error tells to look at
+    for name in {*WORKER_NAMES, "plangate-serve"}:
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        assert "--wait-for-schema" in args, name
+        assert int(args[args.index("--wait-for-schema") + 1]) >= 300, name
 
 
 def test_the_example_policy_is_the_built_in_one_rule_for_rule(tmp_path: Path) -> None:
