@@ -2,8 +2,9 @@
 
 The app's own `/healthz` and `/readyz` come only once its store is open, and uvicorn only
 then: meanwhile the port `serve` listens on answers them itself, `/healthz` 200 (the process
-lives: a liveness probe must not restart it) and `/readyz` 503 with what it waits for. Then
-uvicorn takes the same socket over.
+lives: a liveness probe must not restart it) and `/readyz` 503 with what it waits for (any
+other path is 404: nothing routes to a replica that is not ready). Then uvicorn takes the same
+socket over.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def open_client(settings: Settings, listening: socket.socket, seconds: float) ->
     None: a SIGTERM ended the wait (a clean stop, exit 0, as a worker's).
     """
     migration = SchemaWait(seconds)
+    # Tried once first: a current schema (or no wait asked for) starts as it always did, with
+    # no probe server nor signal handler of this module's in the way.
     try:
         return Client(settings)
     except ConfigError as exc:
