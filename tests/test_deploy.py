@@ -12,8 +12,8 @@ import yaml
 from approval_gate.policy import load_policy
 from plangate.config import Settings
 from plangate.errors import ConfigError
-from plangate.signing_keys import load_signer, read_public_key
 from plangate.schema_wait import MIGRATION_JOB
+from plangate.signing_keys import load_signer, read_public_key
 from tests.compose import ComposeError, interpolate
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
