@@ -97,6 +97,9 @@ def test_the_text_of_the_policy_decided_under_is_recorded_once_and_shown_by_its_
     assert written.returncode == 0, written.stderr
     checked = plangate_in(settings.data_dir, "policy", "check", str(kept))
     assert f"version {version}" in checked.stdout
+    # Its first 8 digits, as other ids are given short (it was refused as unknown).
+    short = plangate_in(settings.data_dir, "policy", "show", version.removeprefix("sha256:")[:8])
+    assert (short.returncode, short.stdout) == (0, POLICY_TEXT), short.stderr
 
 
 def test_a_version_no_gate_decided_under_is_refused_naming_the_versions_recorded(

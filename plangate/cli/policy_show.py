@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from plangate.cli.common import err_console, load_settings
-from plangate.errors import NotFound, quoted
+from plangate.errors import Conflict, NotFound, quoted
 from plangate.printable import printable, printable_line
 
 if TYPE_CHECKING:
     from plangate.store.audit_policies import RecordedPolicy
+
+_SHORTEST = 8  # digits of a version given short, as other ids are printed
 
 
 def policy_show(
@@ -45,8 +47,7 @@ def policy_show(
         known = audit_policies.recorded(store)
     finally:
         store.close()
-    wanted = version if version.startswith("sha256:") else f"sha256:{version}"
-    found = [policy for policy in known if policy.version == wanted]
+    found = _under(version.removeprefix("sha256:"), known)
     if not found:
         raise NotFound(_unknown(version, known))
     policy = found[0]
@@ -74,6 +75,17 @@ def policy_show(
     # The file's text, but what a terminal would obey in it shown escaped (-o keeps it all).
     shown = printable(policy.text.replace("\r\n", "\n"))
     typer.echo(shown, nl=not shown.endswith("\n"))
+
+
+def _under(digits: str, known: list[RecordedPolicy]) -> list[RecordedPolicy]:
+    """Return the texts recorded under a version given whole or by its first 8+ digits."""
+    found = [policy for policy in known if policy.version == f"sha256:{digits}"]
+    if found or len(digits) < _SHORTEST:
+        return found
+    found = [policy for policy in known if policy.version.startswith(f"sha256:{digits}")]
+    if len({policy.version for policy in found}) > 1:
+        raise Conflict(f"{quoted(digits)} starts more than one version recorded; give more of it")
+    return found
 
 
 def _unknown(version: str, known: list[RecordedPolicy]) -> str:
