@@ -217,7 +217,7 @@ class Client:
         """
         from plangate.cancellation import cancel_goal
 
-        with refusal_audited(self._store, who, "cancel", of_goal(goal_id)):
+        with refusal_audited(self._store, who, "cancel", of_goal(goal_id), reason):
             cancel_goal(self._store, goal_id, who, reason, roles)
         return self.status(goal_id)
 
@@ -231,7 +231,7 @@ class Client:
         from plangate.goal_retry import retry_goal
         from plangate.relay import deliver
 
-        with refusal_audited(self._store, who, "retry", of_goal(goal_id)):
+        with refusal_audited(self._store, who, "retry", of_goal(goal_id), reason):
             retried = retry_goal(self._store, goal_id, who, reason)
         deliver(self._store, self._bus, [retried])
         return self.status(goal_id)

@@ -49,7 +49,9 @@ def of_goal(goal_id: str) -> Subject:
 
 
 @contextmanager
-def refusal_audited(store: Store, who: str, action: str, subject: Subject) -> Iterator[None]:
+def refusal_audited(
+    store: Store, who: str, action: str, subject: Subject, comment: str = ""
+) -> Iterator[None]:
     """Let a person's decision run; if it is refused, audit who tried what and why, then raise.
 
     Refused: a role they lack, their own goal (Forbidden), and a plan or goal no longer in a
@@ -60,11 +62,13 @@ def refusal_audited(store: Store, who: str, action: str, subject: Subject) -> It
     try:
         yield
     except (Forbidden, Conflict) as refused:
-        _record(store, who, action, str(refused), subject)
+        _record(store, who, action, str(refused), subject, comment)
         raise
 
 
-def _record(store: Store, who: str, action: str, reason: str, subject: Subject) -> None:
+def _record(
+    store: Store, who: str, action: str, reason: str, subject: Subject, comment: str
+) -> None:
     try:
         with store.session() as session:
             found = subject(session)
@@ -72,6 +76,8 @@ def _record(store: Store, who: str, action: str, reason: str, subject: Subject) 
                 return
             goal_id, plan_id = found
             data = {"action": action, "reason": reason}
+            if comment:  # what they said they did it for, as a decision that counts keeps
+                data["comment"] = comment
             if plan_id is not None:
                 data = {"plan_id": plan_id, **data}
             audit.append(session, "review.refused", actor=who, goal_id=goal_id, data=data)

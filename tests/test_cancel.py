@@ -305,3 +305,5 @@ def test_a_refused_cancel_or_retry_is_an_audit_entry_as_a_refused_approval_is(
     assert "cancelling it decides it; carol does not have it" in reasons[1]
     assert reasons[1] == reasons[3]
     assert "only a goal that is" in reasons[2]
+    # What carol said she did it for, as a decision that counts keeps it.
+    assert [e.data.get("comment") for e in refused[1:]] == ["duplicate request"] * 3
