@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from plangate.reviewers import Reviewer
 from tests.fleet import Fleet
 from tests.servers import free_port
-from tests.support import write_reviewers
+from tests.support import answers, eventually, write_reviewers
 
 pytestmark = pytest.mark.redis
 
@@ -22,36 +19,25 @@ pytestmark = pytest.mark.redis
 def started_and_stopped(fleet: Fleet, *args: str, **env: str) -> list[str]:
     """Start `plangate serve ARGS`, wait until it answers, stop it; return its log's messages."""
     port = free_port()
-    log = fleet.folder / f"serve-{port}.log"
-    with log.open("wb") as out:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "plangate", "serve", "--port", str(port), *args],
-            env=fleet.env(**env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert serve.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-        finally:
-            serve.terminate()
-            serve.wait(timeout=20)
+    serve = fleet.serve(port, *args, **env)
+    log = fleet.folder / f"serve-{len(fleet.processes) - 1}.log"
+    try:
+        eventually(lambda: answers(f"http://127.0.0.1:{port}/healthz") == 200, timeout=30)
+    finally:
+        serve.terminate()
+        serve.wait(timeout=20)
+        fleet.log_files[-1].flush()
     return [json.loads(line)["message"] for line in log.read_text().splitlines()]
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, redis_url: str) -> Fleet:
+def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
     fleet = Fleet(redis_url, f"sqlite:///{tmp_path / 'plangate.db'}", tmp_path)
     assert fleet.plangate("db", "upgrade").returncode == 0
-    return fleet
+    try:
+        yield fleet
+    finally:
+        fleet.stop_all()  # closes the logs
 
 
 def test_serve_on_every_address_with_no_intake_token_and_no_reviewers_says_so(
