@@ -19,10 +19,11 @@ from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.reviewers import add_reviewer
 from plangate.server import create_app
+from plangate.store import audit
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import serving_app
-from tests.support import HELD, only_plan, plans_of, running_pipeline
+from tests.support import HELD, audit_entries, only_plan, plans_of, running_pipeline
 
 FINANCE = frozenset({"finance"})
 TWO_FROM_FINANCE = """\
@@ -303,3 +304,35 @@ def test_on_a_phone_the_pages_do_not_run_off_screen_and_the_decision_is_a_tap_aw
     assert (list_width, plan_width) == (400, 400)
     assert approve is not None
     assert 0 <= approve["y"] < 800
+
+
+def test_a_goal_page_whose_audit_was_flooded_still_shows_its_newest_entries(
+    browser: Any, site: str, pipeline: Pipeline, tokens: dict[str, str]
+) -> None:
+    """Given a held goal whose chain someone filled with 600 refused decisions, then approved
+    by alice and frank and completed,
+    When alice opens the goal's page,
+    Then its audit shows the first entries and the newest (the approval, the completion), and
+    says how many are left out between and which command writes them all: it showed the
+    oldest 500 alone, so what happened after the flood could not be seen.
+    """
+    goal_id, plan_id = held_goal(pipeline)
+    with pipeline.store.session() as session:
+        for n in range(600):
+            data = {"plan_id": plan_id, "action": "cancel", "reason": "no role"}
+            audit.append(session, "review.refused", actor=f"mallory{n}", goal_id=goal_id, data=data)
+    for who in ("alice", "frank"):
+        pipeline.approve(plan_id, who, roles=FINANCE)
+    assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
+    page = logged_in(browser, site, tokens["alice"])
+
+    page.goto(f"/goals/{goal_id}")
+    shown = page.inner_text("#audit")
+    left_out = page.inner_text("#audit-left-out")
+
+    assert "goal.submitted" in shown
+    assert "goal.completed" in shown
+    assert "approval.signed" in shown
+    total = len(audit_entries(pipeline.store, goal_id))
+    assert left_out.startswith(f"{total - 500} entries are not shown here")
+    assert f"plangate audit export --goal {goal_id}" in left_out

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from plangate.client import Client
 from plangate.errors import InputInvalid
@@ -25,7 +25,9 @@ from schemas import utcnow
 router = APIRouter(include_in_schema=False)
 ClientDep = Annotated[Client, Depends(get_client)]
 SHOWN_CHARS = 2_000  # of one output on the page; the rest behind "show all"
-MAX_AUDIT = 500
+# Entries of a goal's audit shown: its first and its newest. Oldest first alone, a goal whose
+# chain someone filled (refused decisions) showed only those, and not who approved it after.
+FIRST_AUDIT, LAST_AUDIT = 100, 400
 
 
 @router.get("/goals")
@@ -77,17 +79,17 @@ def goal_page(request: Request, goal_id: str, desk: Desk, client: ClientDep) -> 
     current = client.status(goal_id)  # NotFound: 404 like the API
     goal_id = current.goal_id  # a short id named it: the rows are under the whole one
     with desk.store.reading() as session:
-        entries = (
-            session.execute(
-                select(AuditRow)
-                .where(AuditRow.goal_id == goal_id)
-                .order_by(AuditRow.seq)
-                .limit(MAX_AUDIT)
-            )
-            .scalars()
-            .all()
-        )
-        audit = [{"at": e.at, "kind": e.kind, "actor": e.actor, "data": e.data} for e in entries]
+        of_goal = select(AuditRow).where(AuditRow.goal_id == goal_id)
+        first = session.scalars(of_goal.order_by(AuditRow.seq).limit(FIRST_AUDIT)).all()
+        last = session.scalars(of_goal.order_by(AuditRow.seq.desc()).limit(LAST_AUDIT)).all()
+        newest = [e for e in reversed(last) if not first or e.seq > first[-1].seq]
+        left_out = 0
+        if len(newest) == LAST_AUDIT:  # perhaps more between the two: count them
+            count = select(func.count()).select_from(AuditRow)
+            between = AuditRow.seq.between(first[-1].seq + 1, newest[0].seq - 1)
+            left_out = session.scalar(count.where(AuditRow.goal_id == goal_id, between)) or 0
+        shown = (*first, *newest)
+        audit = [{"at": e.at, "kind": e.kind, "actor": e.actor, "data": e.data} for e in shown]
         text = session.get_one(GoalRow, goal_id).text
     settings = client.settings
     trace_url = (
@@ -99,6 +101,8 @@ def goal_page(request: Request, goal_id: str, desk: Desk, client: ClientDep) -> 
         "goal": current,
         "goal_text": text,
         "audit": audit,
+        "audit_split": len(first) if left_out else None,
+        "audit_left_out": left_out,
         "trace_url": trace_url,
         "shown_chars": SHOWN_CHARS,
     }
