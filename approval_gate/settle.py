@@ -100,7 +100,8 @@ def settle_step(
 
     `roles` are the reviewer's: a plan held for a role is settled only by someone with it.
     """
-    with refusal_audited(store, plan_id, reviewer, "settle"), store.session() as session:
+    refusals = refusal_audited(store, plan_id, reviewer, "settle", comment)
+    with refusals, store.session() as session:
         named = by_id(
             session, PlanRow, PlanRow.plan_id, plan_id, typed=True
         )  # its start names it too

@@ -10,6 +10,9 @@ is written in a transaction of its own, since the decision's rolls back.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -23,6 +26,52 @@ log = logging.getLogger(__name__)
 
 # Finds what a refusal is filed under: (goal id, plan id or None), or None for no such goal.
 Subject = Callable[[Session], tuple[str, str | None] | None]
+
+# What one person's refusals may add to the log, in this process. A reviewer without the role
+# sent refused cancels at 300 a second, each an entry of 12 KB (2,000 characters a JSON escape
+# each): 50 MB in 13 s, and the goal's page showed only those. Past the bound a refusal is
+# still refused, and counted in the log's warning instead of written one by one.
+RECORDED_PER_WINDOW = 30
+WINDOW_SECONDS = 300.0
+COMMENT_KEPT = 500  # characters of what they said: a refusal's record, not their essay
+
+
+class _Budget:
+    """How many refusals each person has had recorded lately, and how many went unrecorded."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._recorded: dict[str, deque[float]] = {}
+        self._unrecorded: dict[str, int] = {}
+
+    def take(self, who: str) -> bool:
+        """Return True if `who`'s refusal may be recorded now; else count it, and say so."""
+        now = self._clock()
+        with self._lock:
+            times = self._recorded.setdefault(who, deque())
+            while times and times[0] <= now - WINDOW_SECONDS:
+                times.popleft()
+            if len(times) < RECORDED_PER_WINDOW:
+                times.append(now)
+                if len(self._recorded) > 10_000:  # forget the people who went quiet
+                    for quiet in [name for name, t in self._recorded.items() if not t]:
+                        del self._recorded[quiet]
+                return True
+            unrecorded = self._unrecorded[who] = self._unrecorded.get(who, 0) + 1
+        if unrecorded == 1 or unrecorded % 1000 == 0:
+            log.warning(
+                "%s had %d decisions refused in %d s, the most recorded one by one: %d more "
+                "refused and not written to the audit log (someone trying again and again?)",
+                who,
+                RECORDED_PER_WINDOW,
+                WINDOW_SECONDS,
+                unrecorded,
+            )
+        return False
+
+
+_budget = _Budget()
 
 
 def of_plan(plan_id: str) -> Subject:
@@ -69,6 +118,8 @@ def refusal_audited(
 def _record(
     store: Store, who: str, action: str, reason: str, subject: Subject, comment: str
 ) -> None:
+    if not _budget.take(who):
+        return
     try:
         with store.session() as session:
             found = subject(session)
@@ -77,7 +128,9 @@ def _record(
             goal_id, plan_id = found
             data = {"action": action, "reason": reason}
             if comment:  # what they said they did it for, as a decision that counts keeps
-                data["comment"] = comment
+                data["comment"] = comment[:COMMENT_KEPT] + (
+                    "…" if len(comment) > COMMENT_KEPT else ""
+                )
             if plan_id is not None:
                 data = {"plan_id": plan_id, **data}
             audit.append(session, "review.refused", actor=who, goal_id=goal_id, data=data)

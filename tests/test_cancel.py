@@ -18,6 +18,7 @@ from plangate.cancellation import cancel_goal
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import Conflict, Forbidden
+from plangate.refusals import COMMENT_KEPT, RECORDED_PER_WINDOW
 from plangate.reviewers import Reviewers, add_reviewer
 from plangate.server import create_app
 from plangate.store.goals import get_goal, store_goal
@@ -307,3 +308,50 @@ def test_a_refused_cancel_or_retry_is_an_audit_entry_as_a_refused_approval_is(
     assert "only a goal that is" in reasons[2]
     # What carol said she did it for, as a decision that counts keeps it.
     assert [e.data.get("comment") for e in refused[1:]] == ["duplicate request"] * 3
+
+
+def test_one_person_s_refusals_are_recorded_up_to_a_bound_then_counted_in_the_log(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given the seed goal held for `finance`,
+    When erin, without the role, has 40 cancels refused, each saying 2,000 characters,
+    Then each is refused, the first 30 are `review.refused` entries keeping at most 500
+    characters of what she said, and the rest are one warning in the log, not entries: a
+    reviewer wrote 50 MB of refusals in 13 s, and the goal's page showed only those.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", HELD_FOR_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        with Client(settings) as client, caplog.at_level("WARNING", logger="plangate.refusals"):
+            for _ in range(40):
+                with pytest.raises(Forbidden):
+                    client.cancel(goal_id, "erin", "x" * 2000)
+        refused = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "review.refused"]
+
+    assert len(refused) == RECORDED_PER_WINDOW
+    assert {len(e.data["comment"]) for e in refused} == {COMMENT_KEPT + 1}  # and its "…"
+    [said] = [r.getMessage() for r in caplog.records if r.name == "plangate.refusals"]
+    assert said.startswith("erin had 30 decisions refused in 300 s")
+    assert "1 more refused and not written to the audit log" in said
+
+
+def test_a_refused_approval_keeps_what_its_reviewer_said(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A refused approve or reject kept no comment, where a refused cancel did."""
+    policy = write_yaml(tmp_path / "policy.yaml", HELD_FOR_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+        with pytest.raises(Forbidden):
+            pipeline.review.approve(plan_id, "dave", comment="looks fine to me")
+        with pytest.raises(Forbidden):
+            pipeline.review.reject(plan_id, "dave", "too costly")
+        refused = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "review.refused"]
+
+    assert [(e.data["action"], e.data["comment"]) for e in refused] == [
+        ("approve", "looks fine to me"),
+        ("reject", "too costly"),
+    ]
