@@ -38,12 +38,18 @@ def cancel_goal(
         ).scalar_one()
         if not cancellable(status):
             raise Conflict(f"goal {goal_id} is {status}: it has ended, nothing to cancel")
-        _check_role(session, goal_id, who, roles)
+        check_role(session, goal_id, who, roles, "cancelling it decides it")
         why = f"cancelled by {who}: {reason}" if reason else f"cancelled by {who}"
         transition(session, goal_id, "cancelled", by="operator", actor=who, reason=why, data={})
 
 
-def _check_role(session: Session, goal_id: str, who: str, roles: frozenset[str]) -> None:
+def check_role(
+    session: Session, goal_id: str, who: str, roles: frozenset[str], because: str
+) -> None:
+    """Raise Forbidden if the goal's newest plan was held for a role `who` lacks.
+
+    `because` says why steering the goal is deciding it (a cancel, a retry).
+    """
     plan = latest_plan(session, goal_id)
     hold = session.get(HoldRow, plan.plan_id) if plan is not None else None
     missing = sorted(set(hold.required_roles or []) - roles) if hold is not None else []
@@ -51,7 +57,7 @@ def _check_role(session: Session, goal_id: str, who: str, roles: frozenset[str])
         needed = ", ".join(repr(role) for role in missing)
         raise Forbidden(
             f"rule {hold.rule!r} requires the role {needed} to decide goal {goal_id}, and "
-            f"cancelling it decides it; {who} does not have it: ask a reviewer who does",
+            f"{because}; {who} does not have it: ask a reviewer who does",
             missing[0],
         )
 

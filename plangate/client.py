@@ -222,7 +222,9 @@ class Client:
         return self.status(goal_id)
 
     @said_as_plangate
-    def retry(self, goal_id: str, who: str, reason: str = "") -> GoalStatus:
+    def retry(
+        self, goal_id: str, who: str, reason: str = "", roles: frozenset[str] = frozenset()
+    ) -> GoalStatus:
         """Send a failed, expired or unplannable goal back to the planner, as `who` (audited).
 
         The planner makes a new revision and the gate decides it again; Conflict in any other
@@ -232,7 +234,7 @@ class Client:
         from plangate.relay import deliver
 
         with refusal_audited(self._store, who, "retry", of_goal(goal_id), reason):
-            retried = retry_goal(self._store, goal_id, who, reason)
+            retried = retry_goal(self._store, goal_id, who, reason, roles)
         deliver(self._store, self._bus, [retried])
         return self.status(goal_id)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from plangate.bus import Envelope
+from plangate.cancellation import check_role
 from plangate.errors import Conflict, check_comment
 from plangate.store import GoalRow, Store
 from plangate.store.goals import get_goal, transition
@@ -24,10 +25,14 @@ RETRYABLE = frozenset(
 )
 
 
-def retry_goal(store: Store, goal_id: str, who: str, reason: str) -> Envelope:
+def retry_goal(
+    store: Store, goal_id: str, who: str, reason: str, roles: frozenset[str] = frozenset()
+) -> Envelope:
     """Send a failed, expired or unplannable goal back to the planner; return its message.
 
-    Conflict if the goal is in any other state (running, held, completed, ...).
+    Conflict if the goal is in any other state (running, held, completed, ...); Forbidden if
+    its newest plan was held for a role `who` (with `roles`) lacks: reviving a plan the role's
+    reviewers let lapse is theirs to do, as cancelling it is.
     """
     check_comment(reason, "the reason")
     with store.session() as session:
@@ -42,6 +47,7 @@ def retry_goal(store: Store, goal_id: str, who: str, reason: str) -> Envelope:
                 f"goal {goal_id} is {goal.status}; only a goal that is "
                 f"{', '.join(sorted(RETRYABLE))} can be retried"
             )
+        check_role(session, goal_id, who, roles, "retrying it brings it back for them")
         why = f"retried by {who}: {reason}" if reason else f"retried by {who}"
         previous = goal.status
         transition(

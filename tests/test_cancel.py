@@ -9,11 +9,13 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from approval_gate.expiry import expire_held
 from plangate.cancellation import cancel_goal
 from plangate.client import Client
 from plangate.config import Settings
@@ -23,7 +25,7 @@ from plangate.reviewers import Reviewers, add_reviewer
 from plangate.server import create_app
 from plangate.store.goals import get_goal, store_goal
 from plangate.tools import ToolRegistry, tool
-from schemas import GoalSubmitted
+from schemas import GoalSubmitted, utcnow
 from tests.conftest import SEED_GOAL
 from tests.fleet import serving_app
 from tests.support import (
@@ -32,6 +34,7 @@ from tests.support import (
     eventually,
     only_plan,
     plangate_in,
+    plans_of,
     running_pipeline,
     step_runs,
     write_playbook,
@@ -355,3 +358,30 @@ def test_a_refused_approval_keeps_what_its_reviewer_said(
         ("approve", "looks fine to me"),
         ("reject", "too costly"),
     ]
+
+
+def test_retrying_a_goal_whose_plan_lapsed_in_a_hold_for_a_role_needs_that_role(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed goal held for `finance`, left to expire,
+    When carol, without the role, retries it, and then alice, with it,
+    Then carol is refused (audited), the goal staying expired, and alice's retry sends it
+    back: a reviewer without the role revived the plans finance let lapse, again and again.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", HELD_FOR_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        expire_held(pipeline.store, utcnow() + timedelta(days=400))
+        assert pipeline.wait_for(goal_id, {"expired"}, timeout=5).status == "expired"
+        # The in-memory broker is shared within this process: the client publishes to it.
+        with Client(settings.model_copy(update={"broker_url": "memory://"})) as client:
+            with pytest.raises(Forbidden, match="retrying it brings it back for them"):
+                client.retry(goal_id, "carol", "try again")
+            assert client.status(goal_id).status == "expired"
+            client.retry(goal_id, "alice", "we are ready now", frozenset({"finance"}))
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        assert len(plans_of(pipeline.store, goal_id)) == 2
+        refused = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "review.refused"]
+
+    assert [(e.actor, e.data["action"]) for e in refused] == [("carol", "retry")]

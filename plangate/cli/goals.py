@@ -163,7 +163,7 @@ def _steer(
             if action == "cancel":
                 moved = client.cancel(goal_id, reviewer.name, reason, reviewer.roles)
             else:
-                moved = client.retry(goal_id, reviewer.name, reason)
+                moved = client.retry(goal_id, reviewer.name, reason, reviewer.roles)
             state = asdict(moved)
     if as_json:
         typer.echo(json.dumps(state, default=json_default))

@@ -329,7 +329,7 @@ def _shown(current: GoalStatus) -> GoalState:
 @router.post(
     "/{goal_id}/cancel",
     response_model=GoalState,
-    responses={code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)},
+    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)},
     **documented_body(CancelRequest),
 )
 def cancel_goal(
@@ -350,7 +350,7 @@ def cancel_goal(
 @router.post(
     "/{goal_id}/retry",
     response_model=GoalState,
-    responses={code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422)},
+    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)},
     **documented_body(CancelRequest),
 )
 def retry_goal(
@@ -359,6 +359,9 @@ def retry_goal(
     client: Annotated[Client, Depends(get_client)],
     reviewer: Annotated[Reviewer, Depends(require_reviewer)],
 ) -> GoalState:
-    """Send a failed, expired or unplannable goal back to the planner (409 in any other state)."""
-    client.retry(goal_id, reviewer.name, body.reason)
+    """Send a failed, expired or unplannable goal back to the planner.
+
+    409 in any other state; 403 if its plan was held for a role the reviewer lacks.
+    """
+    client.retry(goal_id, reviewer.name, body.reason, reviewer.roles)
     return _shown(client.status(goal_id))  # a reviewer's id may be a short one
