@@ -20,6 +20,7 @@ import pytest
 from plangate.bus import Bus, Delivery, Envelope, Handler, Observer, StageConsumer
 from plangate.errors import Reject, Retry
 from schemas import DeadLetter, GoalSubmitted, Message, PlanFailed
+from tests.servers import rabbitmqctl
 from tests.support import eventually
 
 WAIT = 5.0  # seconds: generous upper bound for anything that should happen at once
@@ -606,3 +607,26 @@ def test_listing_dead_letters_sends_none_of_them_out_again(
         alert.delete()
 
     assert len(received) == 1
+
+
+def test_a_publish_after_the_broker_closed_the_connection_goes_out_on_a_new_one(
+    rabbitmq_url: str,
+) -> None:
+    """Given a bus on RabbitMQ that has published, whose connection the broker then closes
+    (`rabbitmqctl close_all_connections`, as a broker restart or a policy does),
+    When the same thread publishes again, with the broker up,
+    Then the message goes out, and the stage consumes it: kombu's retrying publish failed with
+    "'NoneType' object has no attribute 'transport_options'", so serve said a goal was queued
+    for the relay (31 s later) and executors dropped step announcements.
+    """
+    bus = Bus(rabbitmq_url, namespace=f"t{uuid4().hex[:10]}")
+    try:
+        bus.declare()
+        bus.publish([Envelope.of(goal())])
+        rabbitmqctl(rabbitmq_url, "close_all_connections", "a test closes them")
+
+        bus.publish([Envelope.of(goal())])
+
+        assert eventually(lambda: bus.queue_depth("planner") == 2 or None, timeout=5)
+    finally:
+        bus.close()

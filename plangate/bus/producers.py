@@ -69,6 +69,9 @@ def publish(
             send(retry=False)
         except (*connection.recoverable_connection_errors, *connection.recoverable_channel_errors):
             # What kombu's retrying publish would have caught: it reconnects and tries again.
+            # Given the connection again: a channel the broker closed forgot it, and kombu's
+            # retry read `None.transport_options` (AttributeError), so nothing went out.
+            producer.__connection__ = connection
             send(retry=True, retry_policy=retry_policy)
 
 
