@@ -150,6 +150,49 @@ def test_a_handler_past_rabbitmqs_ack_timeout_does_not_stop_the_others(
     assert readiness.withdrawn == 1
 
 
+@pytest.mark.timeout(120)
+def test_a_loop_stopped_while_a_handler_of_its_lost_channel_runs_returns_once_it_ended(
+    rabbitmq_url: str,
+) -> None:
+    """Given a consume loop on RabbitMQ whose channel the broker closed under a slow handler
+    (consumer_timeout), the loop consuming again on a new one,
+    When the worker is stopped (SIGTERM) while that handler still runs,
+    Then the loop returns only once the handler has ended: it returned at once, and the worker
+    closed the store and the bus the handler was still using, and said "stopped".
+    """
+    bus = Bus(rabbitmq_url, f"t{uuid4().hex[:10]}", heartbeat=5)
+    bus.declare()
+    handler = SlowFirstTime()
+    consumer = bus.stage_consumer("planner", handler)
+    consumer.ready = readiness = Readiness()
+    stop = threading.Event()
+    loop = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
+    try:
+        with broker_acks_within(rabbitmq_url):
+            loop.start()
+            assert readiness.wait(10)
+            bus.publish([goal("slow")])
+            assert handler.slow_started.wait(10)
+            eventually(lambda: readiness.withdrawn, timeout=15, what="readiness withdrawn")
+            assert handler.next_handled() == ("slow", True)
+            eventually(readiness.is_set, what="consuming again")
+
+            stop.set()
+            loop.join(3)
+            returned_while_it_ran = not loop.is_alive()
+            handler.release.set()
+            loop.join(15)
+    finally:
+        handler.release.set()
+        stop.set()
+        loop.join(15)
+        bus.close()
+
+    assert not returned_while_it_ran
+    assert handler.slow_ended.is_set()
+    assert not loop.is_alive()
+
+
 class ProbeAnswers:
     """Ask a worker's /readyz again and again in a thread; keep each status code that came."""
 

@@ -116,6 +116,7 @@ class StageConsumer:
         self._defer = defer
         self._retry_delay = partial(retry_delay, max_attempts=max_attempts, delays=retry_delays)
         self._done: queue.Queue[Done] = queue.Queue()
+        self._left_running: list[ThreadPoolExecutor] = []  # handlers of a lost AMQP channel
         self._stored_retries: Waiting[Envelope] = Waiting()  # in the outbox, acked
         self._in_flight = InFlight()
         # A handler running past the deadline is reported and its message handed back.
@@ -150,8 +151,7 @@ class StageConsumer:
             try:
                 self._consume_on(connection, stop)
             finally:
-                # After the pool: no handler is left to set it (on AMQP one may be: its Wakeup
-                # does nothing).
+                # After the pool: no handler is left to set it (on AMQP one may: a no-op).
                 self._wakeup.close()
 
     def _consume_on(self, connection: Connection, stop: threading.Event) -> None:
@@ -163,9 +163,11 @@ class StageConsumer:
             # (RabbitMQ's consumer_timeout closes it under a long handler): waiting here for the
             # handlers kept the worker blind, and /readyz ok, until the slowest ended. They end
             # on their own; what they end with is not settled (`_receive`), and the message
-            # comes again, which the stores' claims make harmless.
-            if connection.transport.driver_type == "amqp":
+            # comes again, which the stores' claims make harmless. Not when stopping: the
+            # worker then closes the store and the bus its handlers still use.
+            if connection.transport.driver_type == "amqp" and not stop.is_set():
                 pool.shutdown(wait=False, cancel_futures=True)
+                self._left_running = [*filter(_running, self._left_running), pool]
             else:  # Redis: the loop's claims keep its messages until they lapse
                 pool.shutdown(wait=True)
             raise
@@ -239,6 +241,8 @@ class StageConsumer:
 
         backoff = Backoff(most=max_backoff)
         run_reconnecting(run, stop, self.ready, self._outages, backoff, f"the {self._stage}")
+        for pool in self._left_running:  # not stopped while they run: the store is theirs too
+            pool.shutdown(wait=True)
 
     def _consuming(self) -> None:
         """Say the stage consumes: ready, its gauge 1, and back after an outage if it was."""
@@ -390,3 +394,7 @@ class StageConsumer:
             return
         delivery = delivery_of(raw, self._queue_name)
         self._settlement.dead_letter(raw, delivery, unreadable_reason(raw, error))
+
+
+def _running(pool: ThreadPoolExecutor) -> bool:
+    return any(thread.is_alive() for thread in getattr(pool, "_threads", ()))
