@@ -55,9 +55,15 @@ class _Budget:
                 times.popleft()
             if len(times) < RECORDED_PER_WINDOW:
                 times.append(now)
+                self._unrecorded.pop(key, None)  # a later burst is said again
                 if len(self._recorded) > 10_000:  # forget the people who went quiet
-                    for quiet in [name for name, t in self._recorded.items() if not t]:
+                    for quiet in [
+                        k
+                        for k, t in self._recorded.items()
+                        if not t or t[-1] <= now - WINDOW_SECONDS
+                    ]:
                         del self._recorded[quiet]
+                        self._unrecorded.pop(quiet, None)
                 return True
             unrecorded = self._unrecorded[key] = self._unrecorded.get(key, 0) + 1
         if unrecorded == 1 or unrecorded % 1000 == 0:
@@ -119,12 +125,12 @@ def refusal_audited(
 def _record(
     store: Store, who: str, action: str, reason: str, subject: Subject, comment: str
 ) -> None:
-    if not _budget.take(str(store.engine.url), who):
-        return
     try:
         with store.session() as session:
             found = subject(session)
-            if found is None:  # no plan or goal to file it under
+            # Counted once it has a goal to be filed under: refusals of ids that name nothing
+            # must not spend the budget, leaving the next on a real goal unrecorded.
+            if found is None or not _budget.take(str(store.engine.url), who):
                 return
             goal_id, plan_id = found
             data = {"action": action, "reason": reason}
