@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from plangate.errors import AuditBroken
 from plangate.small_files import read_text
 from plangate.store.engine import shown_url
-from plangate.store.models import AuditCheckpointRow
+from plangate.store.models import AuditCheckpointRow, AuditRow
 
 FILE_NAME = "audit-checkpoint.json"
 
@@ -43,11 +43,18 @@ class Seen:
 
     id: int
     hash: str
+    first: str = ""  # the store's first audit entry's hash: it, under any URL (none: older)
 
 
 def store_of(session: Session) -> str:
     """Return the URL of the store `session` reads, as it may be written down (no password)."""
     return shown_url(session.get_bind().engine.url)
+
+
+def first_entry(session: Session) -> str:
+    """Return the hash of the store's first audit entry ("" for an empty log)."""
+    first = session.scalar(select(AuditRow.hash).order_by(AuditRow.seq).limit(1))
+    return str(first or "")
 
 
 class CheckpointMemory:
@@ -62,26 +69,27 @@ class CheckpointMemory:
         digest = hashlib.sha256(store.encode()).hexdigest()[:16]
         return self.folder / f"audit-checkpoint-{digest}.json"
 
-    def recalled(self, store: str) -> tuple[Seen, Path] | None:
-        """Return the checkpoint remembered of `store` and its file, or None if there is none."""
-        for path in (self.path(store), self.legacy):
-            try:
-                data = json.loads(read_text(path, 4096))
-                return Seen(int(data["id"]), str(data["hash"])), path
-            except FileNotFoundError:
-                continue
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise AuditBroken(
-                    f"cannot read {path}, where this folder remembers the newest audit "
-                    f"checkpoint it saw ({exc}): if it was damaged, check the log against your "
-                    "last signed export (`plangate audit verify --against FILE`), then "
-                    "`plangate audit checkpoint --accept-missing`"
-                ) from exc
+    def recalled(self, session: Session) -> tuple[Seen, Path] | None:
+        """Return the checkpoint remembered of the store `session` reads, and its file.
+
+        Its URL's file first; else one written for another spelling of its URL (another user,
+        host alias or driver) that names the same first entry, so that a change of settings
+        does not quietly forget it; else a memory from before memories named their store.
+        """
+        own = self.path(store_of(session))
+        if (seen := _read(own)) is not None:
+            return seen, own
+        first = first_entry(session)
+        for path in sorted(self.folder.glob("audit-checkpoint-*.json")):
+            if (seen := _read(path)) is not None and first and seen.first == first:
+                return seen, path
+        if (seen := _read(self.legacy)) is not None:
+            return seen, self.legacy
         return None
 
     def check(self, session: Session) -> None:
         """Raise AuditBroken if the checkpoint remembered is gone from the store or changed."""
-        recalled = self.recalled(store_of(session))
+        recalled = self.recalled(session)
         if recalled is None:
             return
         seen, path = recalled
@@ -108,8 +116,12 @@ class CheckpointMemory:
             .order_by(AuditCheckpointRow.id.desc())
             .limit(1)
         ).one_or_none()
-        if newest is not None:
-            self.remember(store_of(session), Seen(newest.id, newest.hash))
+        if newest is None:
+            return
+        self.remember(store_of(session), Seen(newest.id, newest.hash, first_entry(session)))
+        older = _read(self.legacy)
+        if older is not None and self._holds(session, older):
+            self.legacy.unlink()  # this store's, and now in its own file; another's stays
 
     def remember(self, store: str, seen: Seen) -> None:
         """Write `seen` as the checkpoint remembered of `store`, whole or not at all."""
@@ -118,16 +130,36 @@ class CheckpointMemory:
         partial = path.with_suffix(".tmp")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
-            json.dump({"id": seen.id, "hash": seen.hash, "store": store}, file)
+            json.dump({"id": seen.id, "hash": seen.hash, "first": seen.first, "store": store}, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-        self.legacy.unlink(missing_ok=True)  # of this store or another: now each names its own
 
-    def forget(self, store: str) -> Path | None:
-        """Forget the checkpoint remembered of `store` (a person looked); return its file."""
-        recalled = self.recalled(store)
+    @staticmethod
+    def _holds(session: Session, seen: Seen) -> bool:
+        stored = select(AuditCheckpointRow.hash).where(AuditCheckpointRow.id == seen.id)
+        return session.scalar(stored) == seen.hash
+
+    def forget(self, session: Session) -> Path | None:
+        """Forget the checkpoint remembered of the store `session` reads; return its file."""
+        recalled = self.recalled(session)
         if recalled is None:
             return None
         recalled[1].unlink(missing_ok=True)
         return recalled[1]
+
+
+def _read(path: Path) -> Seen | None:
+    """Return the checkpoint a memory file holds (None: no such file); AuditBroken if damaged."""
+    try:
+        data = json.loads(read_text(path, 4096))
+        return Seen(int(data["id"]), str(data["hash"]), str(data.get("first") or ""))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AuditBroken(
+            f"cannot read {path}, where this folder remembers the newest audit checkpoint it "
+            f"saw ({exc}): if it was damaged, check the log against your last signed export "
+            "(`plangate audit verify --against FILE`), then `plangate audit checkpoint "
+            "--accept-missing`"
+        ) from exc

@@ -727,6 +727,27 @@ def test_a_folder_that_sealed_another_store_raises_no_alarm_over_this_one(
     assert "is gone from the store" in " ".join(on_own_store.stderr.split())
 
 
+def test_a_memory_guards_its_store_under_another_spelling_of_its_url(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a gate's folder that sealed its store (checkpoint 1 remembered under its URL),
+    When checkpoint 1 is deleted and `audit verify` runs with the store's URL spelled another
+    way (a host alias, a rotated user, another driver name: here a path through `..`),
+    Then it still fails: a memory kept under the URL as written alone was forgotten by any
+    change of settings, and the check was off without a word.
+    """
+    data_dir = pipeline.settings.data_dir
+    assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
+    delete_checkpoints_from(pipeline, 1)
+    database = Path(pipeline.settings.resolved_database_url().removeprefix("sqlite:///"))
+    spelled = f"sqlite:///{database.parent}/../{database.parent.name}/{database.name}"
+
+    verified = plangate_in(data_dir, "audit", "verify", PLANGATE_DATABASE_URL=spelled)
+
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert "audit checkpoint 1" in verified.stderr
+
+
 def test_a_memory_written_before_memories_named_their_store_still_guards(
     pipeline: Pipeline, completed_run: str
 ) -> None:

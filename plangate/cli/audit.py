@@ -53,7 +53,7 @@ def audit_checkpoint(
     nothing when a checkpoint its data folder saw is gone from the store (deleted, or the
     database restored from a backup) unless told --accept-missing.
     """
-    from plangate.checkpoint_memory import CheckpointMemory, store_of
+    from plangate.checkpoint_memory import CheckpointMemory
     from plangate.signing_keys import load_signer
     from plangate.store import audit_checkpoints, open_store
 
@@ -63,7 +63,7 @@ def audit_checkpoint(
     store = open_store(settings.resolved_database_url(), upgrade=False)
     try:
         with store.session() as session:
-            if accept_missing and (forgotten := memory.forget(store_of(session))) is not None:
+            if accept_missing and (forgotten := memory.forget(session)) is not None:
                 err_console.print(f"forgot the checkpoint {forgotten} remembered; sealing afresh")
             memory.check(session)
             refuse_a_rotated_folder_key(settings, signer, session)
