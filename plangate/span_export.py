@@ -157,7 +157,7 @@ class ExportWatch:
             self.endpoint,
             self.variable,
             waited,
-            self.cause(said) if said else "no answer yet",
+            cause_of(said) if said else "no answer yet",  # no probe: the exit is waiting
             self.variable,
         )
 
