@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 Check = Callable[[], bool]
 Readiness = Callable[[], "str | None"]  # None: ready; else why not, in one line
 Exposition = Callable[[], bytes]  # the Prometheus text of the process's metrics
+# Seconds a client may take to send its request: the probe port is reachable on the network
+# (and is `serve`'s own public port while it waits for a migration), and a client that sent
+# nothing held a thread of its server for good.
+REQUEST_SECONDS = 10.0
 
 
 def _handler_for(
@@ -43,6 +47,8 @@ def _handler_for(
     checks: dict[str, Readiness] = {"/healthz": alive_or_why, "/readyz": ready}
 
     class HealthHandler(BaseHTTPRequestHandler):
+        timeout = REQUEST_SECONDS
+
         def do_GET(self) -> None:
             path = self.path.partition("?")[0]
             if path == "/metrics" and metrics is not None:

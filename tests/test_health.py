@@ -12,6 +12,7 @@ import pytest
 from alembic import command
 from sqlalchemy import create_engine
 
+from plangate import health
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.health import HealthServer, main
@@ -319,3 +320,20 @@ def test_a_health_port_beside_another_metrics_port_is_refused(
     assert "are one port, the probes' and the metrics'; keep PLANGATE_METRICS_PORT alone" in (
         started.stderr
     )
+
+
+def test_a_client_that_sends_nothing_is_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Given a probe port (a worker's, or serve's public port while it waits for a migration),
+    When a client connects and sends nothing,
+    Then the server closes the connection after its request deadline, and answers others
+    meanwhile: each such client held a thread of it for good.
+    """
+    monkeypatch.setattr(health, "REQUEST_SECONDS", 0.5)
+    server = HealthServer("127.0.0.1", 0, lambda: True, lambda: None).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as silent:
+            assert get(f"http://127.0.0.1:{server.port}/healthz")[0] == 200
+            silent.settimeout(10)
+            assert silent.recv(1) == b""  # closed by the server, not by this test's timeout
+    finally:
+        server.close()
