@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import uuid4
 
@@ -95,9 +96,50 @@ def goal(text: str) -> Envelope:
     return Envelope.of(GoalSubmitted(goal_id=uuid4().hex, text=text))
 
 
+@dataclass
+class SlowLoop:
+    """A planner's consume loop on RabbitMQ, in a thread, whose handler is `SlowFirstTime`."""
+
+    bus: Bus
+    handler: SlowFirstTime
+    readiness: Readiness
+    stop: threading.Event
+    thread: threading.Thread
+
+    def closed_under_the_slow_handler(self) -> None:
+        """Start it, send "slow", and wait until the broker closed its channel under the
+        handler, gave the message back, and the loop consumes again on a new channel."""
+        self.thread.start()
+        assert self.readiness.wait(10)
+        self.bus.publish([goal("slow")])
+        assert self.handler.slow_started.wait(10)
+        eventually(lambda: self.readiness.withdrawn, timeout=15, what="readiness withdrawn")
+        assert self.handler.next_handled() == ("slow", True)  # taken back, and delivered again
+        eventually(self.readiness.is_set, what="consuming again")
+
+
+@pytest.fixture
+def slow_loop(rabbitmq_url: str) -> Iterator[SlowLoop]:
+    bus = Bus(rabbitmq_url, f"t{uuid4().hex[:10]}", heartbeat=5)
+    bus.declare()
+    handler = SlowFirstTime()
+    consumer = bus.stage_consumer("planner", handler)
+    consumer.ready = readiness = Readiness()
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
+    try:
+        with broker_acks_within(rabbitmq_url):
+            yield SlowLoop(bus, handler, readiness, stop, thread)
+    finally:
+        handler.release.set()
+        stop.set()
+        thread.join(15)
+        bus.close()
+
+
 @pytest.mark.timeout(120)
 def test_a_handler_past_rabbitmqs_ack_timeout_does_not_stop_the_others(
-    rabbitmq_url: str, caplog: pytest.LogCaptureFixture
+    slow_loop: SlowLoop, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Given a consume loop on RabbitMQ whose consumer_timeout is 1 s, and a handler that holds
     its message far longer,
@@ -108,37 +150,17 @@ def test_a_handler_past_rabbitmqs_ack_timeout_does_not_stop_the_others(
     ready, and took nothing until it ended); the slow handler's end, on the closed channel,
     neither fails the loop nor brings the message a third time.
     """
-    bus = Bus(rabbitmq_url, f"t{uuid4().hex[:10]}", heartbeat=5)
-    bus.declare()
-    handler = SlowFirstTime()
-    consumer = bus.stage_consumer("planner", handler)
-    consumer.ready = readiness = Readiness()
-    stop = threading.Event()
-    loop = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
+    bus, handler = slow_loop.bus, slow_loop.handler
     caplog.set_level(logging.WARNING)
-    try:
-        with broker_acks_within(rabbitmq_url):
-            loop.start()
-            assert readiness.wait(10)
-            bus.publish([goal("slow")])
-            assert handler.slow_started.wait(10)
+    slow_loop.closed_under_the_slow_handler()
+    bus.publish([goal("meanwhile")])
+    assert handler.next_handled() == ("meanwhile", False)
+    assert not handler.slow_ended.is_set()
 
-            eventually(lambda: readiness.withdrawn, timeout=15, what="readiness withdrawn")
-            assert handler.next_handled() == ("slow", True)  # taken back, and delivered again
-            eventually(readiness.is_set, what="consuming again")
-            bus.publish([goal("meanwhile")])
-            assert handler.next_handled() == ("meanwhile", False)
-            assert not handler.slow_ended.is_set()
-
-        handler.release.set()
-        assert handler.next_handled() == ("slow", False)  # its end: nothing to ack it on
-        bus.publish([goal("after")])
-        assert handler.next_handled() == ("after", False)
-    finally:
-        handler.release.set()
-        stop.set()
-        loop.join(15)
-        bus.close()
+    handler.release.set()
+    assert handler.next_handled() == ("slow", False)  # its end: nothing to ack it on
+    bus.publish([goal("after")])
+    assert handler.next_handled() == ("after", False)
 
     assert handler.handled.empty()  # the slow message came twice, not a third time
     [said] = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -147,12 +169,12 @@ def test_a_handler_past_rabbitmqs_ack_timeout_does_not_stop_the_others(
     assert "(PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out" in text
     assert "Set RabbitMQ's consumer_timeout above PLANGATE_HANDLER_TIMEOUT_SECONDS" in text
     assert said.exc_info is None
-    assert readiness.withdrawn == 1
+    assert slow_loop.readiness.withdrawn == 1
 
 
 @pytest.mark.timeout(120)
 def test_a_loop_stopped_while_a_handler_of_its_lost_channel_runs_returns_once_it_ended(
-    rabbitmq_url: str,
+    slow_loop: SlowLoop,
 ) -> None:
     """Given a consume loop on RabbitMQ whose channel the broker closed under a slow handler
     (consumer_timeout), the loop consuming again on a new one,
@@ -160,37 +182,17 @@ def test_a_loop_stopped_while_a_handler_of_its_lost_channel_runs_returns_once_it
     Then the loop returns only once the handler has ended: it returned at once, and the worker
     closed the store and the bus the handler was still using, and said "stopped".
     """
-    bus = Bus(rabbitmq_url, f"t{uuid4().hex[:10]}", heartbeat=5)
-    bus.declare()
-    handler = SlowFirstTime()
-    consumer = bus.stage_consumer("planner", handler)
-    consumer.ready = readiness = Readiness()
-    stop = threading.Event()
-    loop = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
-    try:
-        with broker_acks_within(rabbitmq_url):
-            loop.start()
-            assert readiness.wait(10)
-            bus.publish([goal("slow")])
-            assert handler.slow_started.wait(10)
-            eventually(lambda: readiness.withdrawn, timeout=15, what="readiness withdrawn")
-            assert handler.next_handled() == ("slow", True)
-            eventually(readiness.is_set, what="consuming again")
+    slow_loop.closed_under_the_slow_handler()
 
-            stop.set()
-            loop.join(3)
-            returned_while_it_ran = not loop.is_alive()
-            handler.release.set()
-            loop.join(15)
-    finally:
-        handler.release.set()
-        stop.set()
-        loop.join(15)
-        bus.close()
+    slow_loop.stop.set()
+    slow_loop.thread.join(3)
+    returned_while_it_ran = not slow_loop.thread.is_alive()
+    slow_loop.handler.release.set()
+    slow_loop.thread.join(15)
 
     assert not returned_while_it_ran
-    assert handler.slow_ended.is_set()
-    assert not loop.is_alive()
+    assert slow_loop.handler.slow_ended.is_set()
+    assert not slow_loop.thread.is_alive()
 
 
 class ProbeAnswers:

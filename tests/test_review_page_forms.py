@@ -24,18 +24,8 @@ from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import serving_app
 from tests.support import HELD, audit_entries, only_plan, plans_of, running_pipeline
+from tests.test_held_view import FINANCE, TWO_FROM_FINANCE
 
-FINANCE = frozenset({"finance"})
-TWO_FROM_FINANCE = """\
-mode: enforce
-rules:
-  - name: pages-need-two-from-finance
-    match: 'plan.steps.exists(s, s.tool == "notify_oncall")'
-    action: hold
-    reason: paging costs money; two people from finance decide
-    requires_role: finance
-    approvals: 2
-"""
 # As a planner copied them from a goal: a right-to-left override, a zero-width space, a BOM.
 HIDDEN_SUMMARY = "Pay acme 1500.00:\n\u202eevil\u202c \u200bnote\ufeff"
 # A soft hyphen and a C1 control too, which `printable` writes as `\xad`, no JSON escape; and
