@@ -182,6 +182,12 @@ class Settings(BaseSettings):
         description="While the intake token is rotated: the old one, accepted too (its use is "
         "logged) until every sender has the new one.",
     )
+    intake_goals_per_minute: int = Field(
+        default=600,
+        ge=0,
+        description="Goals one client address may submit to a `serve` process a minute; past "
+        "it, 429 with Retry-After. 0: no limit. A service sending more publishes on the broker.",
+    )
     server_url: str | None = Field(
         default=None, description="The `plangate serve` the CLI's review commands talk to."
     )
@@ -339,14 +345,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _some_tools(self) -> Settings:
-        # None at all: every plan would name a tool no executor has (a run waited out its
-        # timeout; an executor failed each goal it took). Unset gives the demo tools.
-        if not self.tool_modules() and self.mcp_servers is None:
-            raise ValueError(
-                "PLANGATE_TOOLS names no tool module (nor does PLANGATE_MCP_SERVERS name a "
-                "file of servers); give one or more modules, comma-separated, or leave it "
-                "unset for the demo tools (plangate.demo.tools)"
-            )
+        values.some_tools(self.tool_modules(), self.mcp_servers)
         return self
 
     @field_validator("jaeger_url")

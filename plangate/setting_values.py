@@ -60,3 +60,17 @@ def blank_is_off(value: Any) -> Any:
     if isinstance(value, str):
         return value.strip().lower() or False
     return value
+
+
+def some_tools(tool_modules: list[str], mcp_servers: object | None) -> None:
+    """Refuse settings that give an executor no tool at all.
+
+    Every plan would name a tool no executor has (a run waited out its timeout; an executor
+    failed each goal it took). Unset, PLANGATE_TOOLS gives the demo tools.
+    """
+    if not tool_modules and mcp_servers is None:
+        raise ValueError(
+            "PLANGATE_TOOLS names no tool module (nor does PLANGATE_MCP_SERVERS name a "
+            "file of servers); give one or more modules, comma-separated, or leave it "
+            "unset for the demo tools (plangate.demo.tools)"
+        )

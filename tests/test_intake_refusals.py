@@ -31,6 +31,7 @@ from tests.support import eventually
 TOKEN = "intake-refusals-token-0123456789"
 GOAL_EVENT = "dev.plangate.goal.submitted"
 Answer = tuple[int, dict[str, str], dict[str, Any]]
+JSON_BODY = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -409,3 +410,50 @@ def test_a_cloudevent_header_sent_twice_or_with_an_idempotency_key_is_refused(
     said = "a CloudEvent's key is its source and id: send it without an Idempotency-Key header"
     assert (keyed[0], keyed[2]["error"].startswith(said)) == (422, True)
     assert (keyed_structured[0], keyed_structured[2]["error"].startswith(said)) == (422, True)
+
+
+def submit_many(settings: Settings, per_minute: int, goals: int) -> tuple[list[Answer], int]:
+    """Submit `goals` goals from one address to serve allowing `per_minute`; return the
+    answers and how many goals the store holds then."""
+    settings = settings.model_copy(
+        update={"broker_url": "memory://", "intake_goals_per_minute": per_minute}
+    )
+    open_store(settings.resolved_database_url()).close()
+    with (
+        Client(settings) as client,
+        serving_app(create_app(settings, client=client, intake_token=TOKEN)) as url,
+    ):
+        answers = [
+            call(url, json.dumps({"text": f"Check Jira {n}"}).encode(), **JSON_BODY)
+            for n in range(goals)
+        ]
+        return answers, len(client.list_goals(limit=100).goals)
+
+
+def test_goals_past_the_per_minute_limit_are_refused_with_retry_after_and_not_stored(
+    settings: Settings,
+) -> None:
+    """Given serve allowing 3 goals a minute per address (PLANGATE_INTAKE_GOALS_PER_MINUTE),
+    When one address with the right intake token submits 5 goals,
+    Then the first 3 are stored (201), the others answer 429 with Retry-After and a message
+    naming the setting, and the store holds 3 goals: a holder of the token could write 300
+    goals of 52 KB in 2 s, as fast as serve could store them.
+    """
+    answers, stored = submit_many(settings, per_minute=3, goals=5)
+
+    assert [status for status, _, _ in answers] == [201, 201, 201, 429, 429]
+    _, headers, refused = answers[3]
+    assert 0 < int(headers["retry-after"]) <= 60
+    assert "PLANGATE_INTAKE_GOALS_PER_MINUTE" in refused["error"]
+    assert stored == 3
+
+
+def test_no_per_minute_limit_when_it_is_set_to_zero(settings: Settings) -> None:
+    """Given serve with PLANGATE_INTAKE_GOALS_PER_MINUTE=0,
+    When one address submits 20 goals at once,
+    Then every one is stored.
+    """
+    answers, stored = submit_many(settings, per_minute=0, goals=20)
+
+    assert [status for status, _, _ in answers] == [201] * 20
+    assert stored == 20

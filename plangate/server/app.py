@@ -19,7 +19,7 @@ from plangate.server.api_docs import ASSETS, complete_error_responses, install_a
 from plangate.server.body_limit import BodyLimit
 from plangate.server.errors import install_handlers
 from plangate.server.head_requests import HeadAsGet
-from plangate.server.ratelimit import FailureLimit
+from plangate.server.ratelimit import WindowLimit
 from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
 from plangate.server.schema_guard import SchemaGuard
 from plangate.server.security_headers import SecurityHeaders
@@ -80,7 +80,9 @@ def create_app(
         timedelta(seconds=settings.session_ttl_seconds),
         secure=settings.public_url.startswith("https://"),
     )
-    app.state.failure_limit = FailureLimit()
+    app.state.failure_limit = WindowLimit()
+    per_minute = settings.intake_goals_per_minute
+    app.state.intake_limit = WindowLimit(per_minute, 60.0) if per_minute else None
     install_handlers(app)
     app.add_middleware(SchemaGuard)
     app.add_middleware(BodyLimit)

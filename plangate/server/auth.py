@@ -1,5 +1,8 @@
 """Intake authentication: an optional shared bearer token (`PLANGATE_INTAKE_TOKEN`).
 
+Past the token, each address may submit PLANGATE_INTAKE_GOALS_PER_MINUTE goals a minute to
+this process (`limit_intake`); more answer 429.
+
 A wrong token counts against the client's address, as a reviewer's does (`ratelimit`), but on
 a count of its own: a sender left with a replaced token must not lock the reviewers behind the
 same address out. Past the limit the intake answers 429 until the window has passed; the right
@@ -15,7 +18,7 @@ import secrets
 from fastapi import Request
 
 from plangate.server.errors import ApiError
-from plangate.server.ratelimit import client_address, get_limit
+from plangate.server.ratelimit import WindowLimit, client_address, get_limit
 from plangate.server.reviewers import too_many
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,7 @@ def require_intake_token(request: Request) -> None:
     wait = limit.retry_after(address)
     if wait is not None:
         raise too_many(wait)
-    limit.failed(address)
+    limit.count(address)
     if _bearer(request) is None:
         said = "send `Authorization: Bearer <token>` with the token set in PLANGATE_INTAKE_TOKEN"
     else:  # said apart from no token at all: a sender left with a replaced one knows why
@@ -64,6 +67,25 @@ def require_intake_token(request: Request) -> None:
             "replaced, or mistyped; send the one set there now"
         )
     raise ApiError(401, said, headers={"WWW-Authenticate": "Bearer"})
+
+
+def limit_intake(request: Request) -> None:
+    """Refuse (429) a goal from an address past PLANGATE_INTAKE_GOALS_PER_MINUTE in this process."""
+    limit: WindowLimit | None = request.app.state.intake_limit
+    if limit is None:
+        return
+    address = client_address(request)
+    wait = limit.retry_after(address)
+    if wait is not None:
+        per_minute = request.app.state.settings.intake_goals_per_minute
+        raise ApiError(
+            429,
+            f"your address submitted {per_minute} goals within a minute, the most "
+            f"PLANGATE_INTAKE_GOALS_PER_MINUTE allows; try again in {wait} s, or publish goals "
+            "on the broker if you send more",
+            headers={"Retry-After": str(wait)},
+        )
+    limit.count(address)
 
 
 def _bearer(request: Request) -> str | None:

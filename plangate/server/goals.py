@@ -17,7 +17,7 @@ from plangate import telemetry
 from plangate.client import Client, GoalHandle, GoalStatus
 from plangate.event_keys import KEY_LIMIT
 from plangate.redaction import redact
-from plangate.server.auth import intake_token_given, require_intake_token
+from plangate.server.auth import intake_token_given, limit_intake, require_intake_token
 from plangate.server.decision_bodies import CancelRequest, ReasonBody
 from plangate.server.deps import get_client
 from plangate.server.errors import ApiError
@@ -229,9 +229,14 @@ _WHERE = {
         200: {"model": GoalAccepted, "description": "Already submitted", "headers": _WHERE},
         201: {"description": "Submitted", "headers": _WHERE},
         **_ERRORS,
+        429: {
+            "model": ErrorBody,
+            "description": "Too many failed attempts, or more goals than "
+            "PLANGATE_INTAKE_GOALS_PER_MINUTE, from this address: see Retry-After",
+        },
     },
     openapi_extra={"requestBody": _SUBMIT_BODY, "parameters": _SUBMIT_HEADERS},
-    dependencies=[Depends(require_intake_token)],
+    dependencies=[Depends(require_intake_token), Depends(limit_intake)],
 )
 async def submit_goal(
     request: Request, client: Annotated[Client, Depends(get_client)]

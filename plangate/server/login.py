@@ -81,7 +81,7 @@ async def login(request: Request, desk: Desk) -> Response:
             )
             response.headers["Retry-After"] = str(wait)
             return response
-        limit.failed(address)
+        limit.count(address)
         said = "That token is not a reviewer's; check it and try again."
         return _login_page(request, said, 401, back_to=back_to)
     response = RedirectResponse(return_path(back_to) or "/reviews", status_code=303)

@@ -1,4 +1,8 @@
-"""Failed logins and bad bearer tokens, counted per client address: too many answer 429.
+"""Counts per client address within a window: too many answer 429.
+
+Two things are counted: failed logins and bad bearer tokens (`failure_limit`), and goals
+submitted (`intake_limit`, PLANGATE_INTAKE_GOALS_PER_MINUTE): the intake token is a service's
+credential, and one holder of it could otherwise fill the store as fast as serve can write.
 
 The count is kept in this process: each replica of `serve` counts on its own, so behind N
 replicas a guesser gets up to N times the limit. With 256-bit tokens (`secrets.token_urlsafe
@@ -23,8 +27,8 @@ MAX_FAILURES = 10
 WINDOW_SECONDS = 300.0
 
 
-class FailureLimit:
-    """At most `limit` failures per address within `window` seconds; then wait."""
+class WindowLimit:
+    """At most `limit` events per address within `window` seconds; then wait."""
 
     def __init__(
         self,
@@ -47,8 +51,8 @@ class FailureLimit:
                 return None
             return max(1, math.ceil(failures[0] + self._window - now))
 
-    def failed(self, address: str) -> None:
-        """Count one failure of `address`."""
+    def count(self, address: str) -> None:
+        """Count one event of `address`."""
         now = self._clock()
         with self._lock:
             self._recent(address, now).append(now)
@@ -68,7 +72,7 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def get_limit(request: Request) -> FailureLimit:
-    """Return the app's failure limit."""
-    limit: FailureLimit = request.app.state.failure_limit
+def get_limit(request: Request) -> WindowLimit:
+    """Return the app's limit of failed logins and bad tokens."""
+    limit: WindowLimit = request.app.state.failure_limit
     return limit

@@ -73,5 +73,5 @@ def require_reviewer(request: Request) -> Reviewer:
             "that token is no reviewer's (unknown, or replaced by `plangate reviewers add`); "
             "send `Authorization: Bearer <token>` with a reviewer's token"
         )
-    limit.failed(address)
+    limit.count(address)
     raise ApiError(401, hint, headers={"WWW-Authenticate": "Bearer"})
