@@ -39,7 +39,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -211,6 +211,24 @@ class Instance:
             return False
         return result.returncode == 0
 
+    def start(self) -> Instance:
+        """Start its process in its home folder, its output appended to its log."""
+        assert self.log is not None
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        if self._log_file is not None:  # started again (a restarted container): one log
+            self._log_file.close()
+        self._log_file = self.log.open("ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=self.env["HOME"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
     def tail(self, lines: int = 40) -> str:
         """Return the end of its log."""
         if self.log is None or not self.log.exists():
@@ -218,6 +236,35 @@ class Instance:
         text = self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
         code = self.process.poll() if self.process else None
         return f"--- {self.name} (exit {code}) {self.log}\n" + "\n".join(text)
+
+
+class PortBook:
+    """Free ports of this machine, each handed out once."""
+
+    def __init__(self) -> None:
+        self._handed: set[int] = set()
+
+    def take(self) -> int:
+        """Return a port nothing listens on, never handed out before."""
+        # free_port only says nothing listens now: two instances prepared before either starts
+        # could be handed the same one (the gate's probes and serve-3 were, once).
+        while (port := free_port()) in self._handed:
+            pass
+        self._handed.add(port)
+        return port
+
+
+def container_value(
+    instance: Instance, name: str, value: str, address: Callable[[str, str], str]
+) -> str:
+    """Map an environment value of the container to this machine: each URL's host:port through
+    `address(url_part, host_port)`, a `*_PORT` to its local port, a container path to a folder."""
+    value = _URL_ADDRESS.sub(lambda m: address(m.group(0), m.group(1)), value)
+    if name.endswith("_PORT"):
+        return instance.local(value)
+    if re.fullmatch(r"/[^\s:]*", value):
+        return str(instance.host_path(value))
+    return value
 
 
 # --- the project ----------------------------------------------------------------------------
@@ -246,7 +293,7 @@ class Compose:
         self.one_offs: list[Instance] = []
         self._images: dict[str, Image] = {}
         self._digests: dict[Path, str] = {}
-        self._handed_ports: set[int] = set()
+        self._port_book = PortBook()
 
     # What is started here, and what the test provides.
 
@@ -305,23 +352,7 @@ class Compose:
         container |= {str(v) for k, v in _environment(spec).items() if k.endswith("_PORT")}
         command = [str(w) for w in spec.get("command", [])]
         container |= {b for a, b in itertools.pairwise(command) if a == "--port"}
-        return {port: str(self._distinct_port()) for port in sorted(container) if port.isdigit()}
-
-    def _distinct_port(self) -> int:
-        # free_port only says nothing listens now: two instances prepared before either starts
-        # could be handed the same one (the gate's probes and serve-3 were, once).
-        while (port := free_port()) in self._handed_ports:
-            pass
-        self._handed_ports.add(port)
-        return port
-
-    def _env_value(self, instance: Instance, name: str, value: str) -> str:
-        value = _URL_ADDRESS.sub(lambda m: self._address(m.group(0), m.group(1)), value)
-        if name.endswith("_PORT"):
-            return instance.local(value)
-        if re.fullmatch(r"/[^\s:]*", value):
-            return str(instance.host_path(value))
-        return value
+        return {port: str(self._port_book.take()) for port in sorted(container) if port.isdigit()}
 
     def _address(self, whole: str, address: str) -> str:
         if address.split(":")[0] in self.services and address not in self.addresses:
@@ -350,7 +381,7 @@ class Compose:
         home = str(instance.host_path(image.workdir))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": home}
         for key, value in {**image.env, **_environment(spec)}.items():
-            env[key] = self._env_value(instance, key, str(value))
+            env[key] = container_value(instance, key, str(value), self._address)
         instance.env = env
         instance.healthcheck = self._healthcheck(instance, spec.get("healthcheck"))
         instance.log = self.folder / "logs" / f"{name}.log"
@@ -374,19 +405,7 @@ class Compose:
 
     def start(self, instance: Instance) -> Instance:
         """Start an instance's process, its output appended to its log."""
-        assert instance.log is not None
-        instance.log.parent.mkdir(parents=True, exist_ok=True)
-        instance._log_file = instance.log.open("ab")
-        instance.process = subprocess.Popen(
-            instance.argv,
-            env=instance.env,
-            cwd=instance.env["HOME"],
-            stdin=subprocess.DEVNULL,
-            stdout=instance._log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return instance
+        return instance.start()
 
     def up(self, scale: Mapping[str, int] | None = None, timeout: float = 90) -> None:
         """Start every built service without `profiles`, in `depends_on` order, each once its

@@ -18,7 +18,7 @@ from plangate.store import Store, audit_records, open_store
 from tests.http_recorder import INTEGRATION_VARIABLES
 
 # Not imported here: as a plugin, its asserts are rewritten like a test module's.
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.deployments"]
 
 SEED_GOAL = "Check Jira ticket count, compare with SLA, and notify on-call engineer if breached"
 

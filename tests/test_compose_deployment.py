@@ -19,27 +19,21 @@ their own releases nothing. No private key is ever in serve's or the CLI's data 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from tests.browser import chromium
 from tests.compose import Compose, Instance
 from tests.conftest import SEED_GOAL
-from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
+from tests.deployments import add_reviewer, call, plangate
 from tests.support import eventually
 
 pytestmark = [
@@ -56,77 +50,13 @@ WORKERS = ("planner", "gate", "executor")
 PRIVATE_KEY_MARK = b"PRIVATE KEY-----"
 
 
-# --- the servers the compose file names but does not build ---------------------------------
-
-
-@pytest.fixture
-def postgres_address(postgres_url: str) -> Iterator[str]:
-    """`postgres:5432` as compose names it: role `plangate` (password `plangate`) owning a
-    fresh database `plangate` on the test's PostgreSQL; yields its host:port."""
-    url = make_url(postgres_url)
-    admin = url.set(drivername="postgresql").render_as_string(False)
-    with psycopg.connect(admin, autocommit=True) as connection:
-        exists = connection.execute("SELECT 1 FROM pg_roles WHERE rolname = 'plangate'")
-        if exists.fetchone() is None:
-            connection.execute("CREATE ROLE plangate LOGIN PASSWORD 'plangate'")
-        connection.execute("DROP DATABASE IF EXISTS plangate WITH (FORCE)")
-        connection.execute("CREATE DATABASE plangate OWNER plangate")
-    try:
-        yield f"{url.host}:{url.port}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as connection:
-            connection.execute(sql.SQL("DROP DATABASE IF EXISTS plangate WITH (FORCE)"))
-
-
-@pytest.fixture
-def otlp_receiver(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """tests/otlp_receiver.py for `jaeger:4318`; yields its host:port and its spans file."""
-    port, spans = free_port(), tmp_path / "spans.jsonl"
-    log = tmp_path / "otlp.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.otlp_receiver", str(port), str(spans)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until_ready("otlp receiver", lambda: accepts_connections(port), process, [log], 10)
-        yield f"127.0.0.1:{port}", spans
-    finally:
-        stop_process(process)
+# --- the test's browser, and what an operator does before `docker compose up` -------
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
     with chromium() as launched:
         yield launched
-
-
-# --- what an operator does before `docker compose up` (deploy/README.md) --------------------
-
-
-def plangate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the plangate CLI on this machine with only PATH, HOME and `env`."""
-    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    return subprocess.run(
-        [sys.executable, "-m", "plangate", *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def add_reviewer(file: Path, home: Path, name: str, *roles: str) -> str:
-    """`plangate reviewers add NAME [--role R] --file FILE`; return the token it printed."""
-    options = [word for role in roles for word in ("--role", role)]
-    added = plangate("reviewers", "add", name, *options, "--file", str(file), HOME=str(home))
-    assert added.returncode == 0, added.stderr
-    (token,) = [line for line in added.stdout.splitlines() if line.strip() and " " not in line]
-    assert token not in file.read_text(encoding="utf-8")  # only its hash is kept
-    return token.strip()
 
 
 def role_policy(path: Path) -> Path:
@@ -141,26 +71,6 @@ def role_policy(path: Path) -> Path:
 
 
 # --- talking to the deployment --------------------------------------------------------------
-
-
-def call(
-    url: str, method: str = "GET", body: Any = None, token: str | None = None
-) -> tuple[int, Any]:
-    """One HTTP request; return the status and the JSON answer (or the text)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=15) as answer:
-            status, raw = int(answer.status), answer.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
 
 
 @dataclass
