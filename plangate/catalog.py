@@ -16,6 +16,7 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from plangate.store import Store, ToolCatalogRow
+from plangate.store.claims import insert_if_absent
 from plangate.store.hot_statements import HotStatement
 from schemas import Catalog, ToolSpec, utcnow
 
@@ -65,11 +66,13 @@ def publish_catalog(store: Store, specs: Iterable[ToolSpec], *, shared: bool = T
     with store.session() as session:
         _touch(session, [spec.name for spec in specs])
         for spec in specs:
-            row = session.get(ToolCatalogRow, spec.name)
             body = spec.model_dump(mode="json")
-            if row is None:
-                session.add(ToolCatalogRow(name=spec.name, spec=body))
-            elif row.spec != body:
+            # A claim, not a look then an add: executors of a Deployment start together, and
+            # the one whose add came second failed on the duplicate key and exited.
+            if insert_if_absent(session, ToolCatalogRow, {"name": spec.name, "spec": body}):
+                continue
+            row = session.get(ToolCatalogRow, spec.name)
+            if row is not None and row.spec != body:
                 # Last writer wins, so two executors offering a tool differently (a rollout, or
                 # one loading other modules) plan for one and may call the other: said, as
                 # tools.md asks every executor to load the same tools.

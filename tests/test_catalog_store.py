@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 
+import psycopg
 import pytest
 from sqlalchemy import update
+from sqlalchemy.engine import make_url
 
 from plangate import catalog as catalog_module
 from plangate.bus import Delivery
@@ -16,9 +19,9 @@ from plangate.embedded import Pipeline
 from plangate.errors import NotReady, Reject, Retry
 from plangate.signing_keys import load_or_create_signer
 from plangate.stages import build_handler
-from plangate.store import Store, ToolCatalogRow
+from plangate.store import Store, ToolCatalogRow, open_store
 from schemas import Plan, PlanApproved, Step, ToolSpec, utcnow
-from tests.support import sign_approval
+from tests.support import eventually, sign_approval
 
 READ = ToolSpec(
     name="ticket_count",
@@ -353,3 +356,46 @@ def test_a_plan_invalid_for_every_version_fails_at_once_though_a_description_dif
 
     assert "the plan is invalid: step 'count'" in str(refused.value)
     assert "versions" not in str(refused.value)
+
+
+@pytest.mark.postgres
+def test_executors_publishing_a_new_tool_at_once_both_start(postgres_database_url: str) -> None:
+    """Given an empty catalog and another executor inserting `ticket_count` (its transaction not
+    committed yet: executors of a Deployment start together once the migration ran),
+    When this executor publishes the same tool (its look finds no row; its insert waits for the
+    other's transaction), Then once the other commits, this one's publication succeeds (it
+    exited 1 on a duplicate key, restarted by the kubelet) and the catalog has the tool once."""
+    other, this = open_store(postgres_database_url), open_store(postgres_database_url)
+    admin = make_url(postgres_database_url).set(drivername="postgresql")
+    failures: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            publish_catalog(this, [READ])
+        except BaseException as exc:
+            failures.append(exc)
+
+    publisher = threading.Thread(target=publish)
+    try:
+        with (
+            psycopg.connect(admin.render_as_string(False), autocommit=True) as watcher,
+            other.session() as session,
+        ):
+            session.add(ToolCatalogRow(name=READ.name, spec=READ.model_dump(mode="json")))
+            session.flush()
+            publisher.start()
+            eventually(
+                lambda: watcher.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                ).fetchone(),
+                timeout=10,
+                what="this executor's insert waiting for the other's",
+            )
+        publisher.join(timeout=10)
+        assert not publisher.is_alive()
+        assert failures == []
+        assert load_catalog(this) == {"ticket_count": READ}
+    finally:
+        other.close()
+        this.close()
