@@ -49,6 +49,9 @@ import yaml
 from tests.servers import free_port
 
 PROGRAMS = {"plangate": [sys.executable, "-m", "plangate"], "python": [sys.executable]}
+# What the image installs is this checkout: first on the path, whichever plangate this
+# interpreter has installed (another worktree's, once: the pods ran code the test did not).
+PROGRAM_ENV = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 _VARIABLE = re.compile(r"\$(?:(\$)|\{(\w+)(?:(:?[-?+])([^}]*))?\}|(\w+))")
 _LOCAL_PORT = re.compile(r"((?:127\.0\.0\.1|localhost|0\.0\.0\.0):)(\d+)\b")
 _URL_ADDRESS = re.compile(r"(?<=://)(?:[^@/\s]*@)?([\w.-]+:\d+)")
@@ -380,6 +383,7 @@ class Compose:
         instance.argv = [*PROGRAMS[words[0]], *words[1:]]
         home = str(instance.host_path(image.workdir))
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": home}
+        env |= PROGRAM_ENV
         for key, value in {**image.env, **_environment(spec)}.items():
             env[key] = container_value(instance, key, str(value), self._address)
         instance.env = env

@@ -261,7 +261,7 @@ class Cluster:
         self, pod: Pod, spec: dict[str, Any], container: dict[str, Any]
     ) -> dict[str, str]:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-        env["HOSTNAME"] = pod.name
+        env |= {"HOSTNAME": pod.name, **compose.PROGRAM_ENV}
         env["HOME"] = str(pod.host_path(container.get("workingDir", self.image.workdir)))
         env["TMPDIR"] = str(pod.host_path("/tmp"))
         given = dict(self.image.env)
