@@ -133,7 +133,8 @@ def deployment(
     otlp_receiver: tuple[str, Path],
 ) -> Iterator[Deployment]:
     """The kustomization with its Secrets filled in, read as a cluster; no pod started yet."""
-    redis.Redis.from_url(redis_url).flushdb()  # what an earlier deployment test left queued
+    with redis.Redis.from_url(redis_url) as queues:
+        queues.flushdb()  # what an earlier deployment test left queued (the same namespace)
     operator = tmp_path / "operator"
     operator.mkdir()
     openssl("genpkey", "-algorithm", "ed25519", "-out", str(operator / "signing.key"))
@@ -187,7 +188,8 @@ def scaler_queue_length(deployment: Deployment) -> int:
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "redis"
     address = deployment.cluster.addresses[trigger["metadata"]["address"]]
-    return int(redis.Redis.from_url(f"redis://{address}/0").llen(trigger["metadata"]["listName"]))
+    with redis.Redis.from_url(f"redis://{address}/0") as queues:
+        return int(queues.llen(trigger["metadata"]["listName"]))
 
 
 def waits_for_the_migration(pod: Pod) -> bool:
