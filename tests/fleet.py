@@ -19,6 +19,7 @@ import uvicorn
 
 from plangate.config import Settings
 from tests.servers import free_port
+from tests.support import answers, eventually
 
 STAGES = ("planner", "gate", "executor")
 
@@ -91,6 +92,25 @@ class Fleet:
     def serve(self, port: int, *options: str, **env: str) -> subprocess.Popen[bytes]:
         """Start `plangate serve` on 127.0.0.1:`port`, as a worker is started."""
         return self._spawn("serve", ["serve", "--port", str(port), *options], env)
+
+    def serve_free(self, *options: str, **env: str) -> str:
+        """Start `plangate serve` on a free port and return its base URL (`ready` waits)."""
+        port = free_port()
+        self.serve(port, *options, **env)
+        return f"http://127.0.0.1:{port}"
+
+    def ready(self, url: str) -> str:
+        """Wait until the serve at `url` answers `/readyz` (fail if a serve ended); return `url`."""
+
+        def answering() -> bool:
+            ended = [
+                p.returncode for s, p in self.processes if s == "serve" and p.poll() is not None
+            ]
+            assert not ended, f"serve exited {ended}:\n{self.logs()}"
+            return answers(f"{url}/readyz") == 200
+
+        eventually(answering, timeout=30, what=f"serve answering at {url}")
+        return url
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.folder / f"{name}-{len(self.processes)}.log", "wb")  # noqa: SIM115

@@ -240,6 +240,13 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture
 def postgres_database_url(postgres_url: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped after it."""
+    with fresh_database(postgres_url) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_database(postgres_url: str) -> Iterator[str]:
+    """Create an empty database on the server at `postgres_url`; yield its URL; drop it after."""
     name = f"t_{uuid.uuid4().hex[:16]}"
     admin = make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
     with psycopg.connect(admin, autocommit=True) as connection:

@@ -85,8 +85,23 @@ def running_pipeline(
 
 def get(url: str) -> tuple[int, dict[str, Any]]:
     """GET a JSON answer (a probe's); return its status and body, an error's too."""
+    return call(url)
+
+
+def call(
+    url: str, token: str | None = None, payload: object = None, timeout: float = 5
+) -> tuple[int, Any]:
+    """GET `url` (POST `payload` as JSON if given), as the reviewer `token` names if given.
+
+    Return the status and the JSON body, an error's too.
+    """
+    headers = {"Content-Type": "application/json"} if payload is not None else {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    body = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=body, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
             return int(answer.status), json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         with exc:
