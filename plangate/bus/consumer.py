@@ -32,7 +32,8 @@ from kombu.messaging import Consumer
 from plangate import metrics
 from plangate import middleware as standard_middleware
 from plangate.bus.chores import Chores
-from plangate.bus.envelope import GOAL_HEADER, Delivery, Envelope, sent_at
+from plangate.bus.envelope import Delivery, Envelope, sent_at
+from plangate.bus.handler_deadline import HandlerDeadline
 from plangate.bus.in_flight import Done, InFlight, Running
 from plangate.bus.inbound import (
     decode,
@@ -109,7 +110,6 @@ class StageConsumer:
             middleware = standard_middleware.standard(stage)
         self._middleware = MiddlewareStack(middleware)
         self._concurrency = concurrency
-        self._max_attempts = max_attempts
         self._on_published = on_published
         if defer is None and isinstance(on_published, Deferring):
             defer = on_published.defer
@@ -119,10 +119,8 @@ class StageConsumer:
         self._left_running: list[ThreadPoolExecutor] = []  # handlers of a lost AMQP channel
         self._stored_retries: Waiting[Envelope] = Waiting()  # in the outbox, acked
         self._in_flight = InFlight()
-        # A handler running past the deadline is reported and its message handed back.
-        self._handler_deadline = handler_deadline
+        self._deadline = HandlerDeadline(handler_deadline, max_attempts)
         self._poll = _FIRST_POLL_SECONDS
-        self._last_watch = time.monotonic()
         self.ready = threading.Event()
         self._lost_at: float | None = None  # when the broker went, while it is gone
         with connection_factory() as probe:  # not connected: asking the transport is enough
@@ -195,7 +193,7 @@ class StageConsumer:
                 self._settle_finished()
                 chores.heartbeat()
                 chores.keep_claims()
-                self._hand_back_overdue()
+                self._deadline.hand_back_overdue(self._in_flight, self._settlement)
                 if self._in_flight.count >= self._concurrency:
                     # No message can come in until a handler finishes: wait for that.
                     self._settle_finished(block=True)
@@ -356,36 +354,6 @@ class StageConsumer:
             self._settlement.settle(done)
         else:  # settled when it was handed back
             log.warning("a handler of %s handed back earlier has ended", done.delivery.routing_key)
-
-    def _hand_back_overdue(self) -> None:
-        """Report a handler past its deadline, and hand its message back to the stage.
-
-        Python cannot stop the thread; the copy goes back through the stage's retry key (the
-        next attempt, to any worker) and the original is acked, so the message is not held
-        here for as long as the handler hangs. Handlers are idempotent: if it ends after all,
-        what it did stands and the copy finds it done.
-        """
-        now = time.monotonic()
-        if self._handler_deadline is None or now - self._last_watch < 1.0:
-            return
-        self._last_watch = now
-        for running, ran in self._in_flight.overdue(self._handler_deadline):
-            delivery = running.delivery
-            log.error(
-                "a handler of %s (goal %s) is still running after %.0f s, past its %g s "
-                "deadline; handing its message back to the stage",
-                delivery.routing_key,
-                delivery.headers.get(GOAL_HEADER, "?"),
-                ran,
-                self._handler_deadline,
-            )
-            if delivery.attempt >= self._max_attempts:
-                reason = f"its handler hung past the {self._handler_deadline:g} s deadline"
-                reason = f"{reason} {delivery.attempt} times"
-                self._settlement.dead_letter(running.raw, delivery, reason)
-            else:
-                copy = self._settlement.next_attempt(delivery, running.body)
-                self._settlement.publish_then_ack(running.raw, [copy])
 
     def _undecodable(self, raw: Any, error: Exception) -> None:
         """Dead-letter what kombu itself could not read (a compressed body: it may not inflate)."""
