@@ -14,10 +14,11 @@ import re
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -118,23 +119,39 @@ class SlowLoop:
         eventually(self.readiness.is_set, what="consuming again")
 
 
+MakeSlowLoop = Callable[..., SlowLoop]
+
+
 @pytest.fixture
-def slow_loop(rabbitmq_url: str) -> Iterator[SlowLoop]:
-    bus = Bus(rabbitmq_url, f"t{uuid4().hex[:10]}", heartbeat=5)
-    bus.declare()
-    handler = SlowFirstTime()
-    consumer = bus.stage_consumer("planner", handler)
-    consumer.ready = readiness = Readiness()
-    stop = threading.Event()
-    thread = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
+def make_slow_loop(rabbitmq_url: str) -> Iterator[MakeSlowLoop]:
+    """Make a `SlowLoop` (its handler, and `stage_consumer`'s keywords, the caller's)."""
+    made: list[SlowLoop] = []
+
+    def make(handler: SlowFirstTime | None = None, **options: Any) -> SlowLoop:
+        bus = Bus(rabbitmq_url, f"t{uuid4().hex[:10]}", heartbeat=5)
+        bus.declare()
+        handler = handler or SlowFirstTime()
+        consumer = bus.stage_consumer("planner", handler, **options)
+        consumer.ready = readiness = Readiness()
+        stop = threading.Event()
+        thread = threading.Thread(target=consumer.run_until_stopped, args=(stop,), daemon=True)
+        made.append(SlowLoop(bus, handler, readiness, stop, thread))
+        return made[-1]
+
     try:
         with broker_acks_within(rabbitmq_url):
-            yield SlowLoop(bus, handler, readiness, stop, thread)
+            yield make
     finally:
-        handler.release.set()
-        stop.set()
-        thread.join(15)
-        bus.close()
+        for loop in made:
+            loop.handler.release.set()
+            loop.stop.set()
+            loop.thread.join(15)
+            loop.bus.close()
+
+
+@pytest.fixture
+def slow_loop(make_slow_loop: MakeSlowLoop) -> SlowLoop:
+    return make_slow_loop()
 
 
 @pytest.mark.timeout(120)
@@ -193,6 +210,65 @@ def test_a_loop_stopped_while_a_handler_of_its_lost_channel_runs_returns_once_it
     assert not returned_while_it_ran
     assert slow_loop.handler.slow_ended.is_set()
     assert not slow_loop.thread.is_alive()
+
+
+class CountingHeld(SlowFirstTime):
+    """`SlowFirstTime`, whose "held" messages wait for `release_held`; it counts the handlers
+    running at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release_held = threading.Event()
+        self.held_started: queue.Queue[str] = queue.Queue()
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most = 0
+
+    def __call__(self, message: Message, delivery: Delivery) -> list[Envelope]:
+        with self._lock:
+            self._running += 1
+            self.most = max(self.most, self._running)
+        try:
+            if getattr(message, "text", "") == "held":
+                self.held_started.put(message.goal_id)
+                self.release_held.wait(60)
+            return super().__call__(message, delivery)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+
+@pytest.mark.timeout(120)
+def test_a_handler_left_running_by_a_lost_channel_holds_its_slot_of_the_concurrency(
+    make_slow_loop: MakeSlowLoop,
+) -> None:
+    """Given a consume loop on RabbitMQ with a concurrency of 2, whose channel the broker
+    closed under a slow handler (consumer_timeout), the loop consuming again on a new one,
+    When two held messages come while that handler still runs,
+    Then one is handled and the other waits in the queue until the slow handler ends: the
+    worker never runs more than 2 handlers at once (the new channel took 2 more: 3 ran).
+    """
+    handler = CountingHeld()
+    loop = make_slow_loop(handler, concurrency=2)
+    loop.closed_under_the_slow_handler()
+
+    loop.bus.publish([goal("held"), goal("held")])
+    handler.held_started.get(timeout=10)
+    eventually(
+        lambda: handler.held_started.qsize() or loop.bus.queue_depth("planner") == 1,
+        timeout=10,
+        what="the second held message taken, or left in the queue",
+    )
+    assert handler.held_started.empty()  # the second waits in the queue
+    assert handler.most == 2
+
+    handler.release.set()
+    assert handler.next_handled() == ("slow", False)
+    handler.held_started.get(timeout=10)  # its slot free, the second is taken
+    handler.release_held.set()
+    assert sorted([handler.next_handled(), handler.next_handled()]) == [("held", False)] * 2
+    assert handler.most == 2
+    assert loop.bus.queue_depth("planner") == 0
 
 
 class ProbeAnswers:

@@ -44,6 +44,7 @@ from plangate.bus.inbound import (
     refuse_compressed_messages,
     unreadable_reason,
 )
+from plangate.bus.left_running import LeftRunning, take_freed_slots
 from plangate.bus.middleware import Middleware, MiddlewareStack
 from plangate.bus.producers import ThreadProducers
 from plangate.bus.reconnect import BROKER_MAX_DELAY, Backoff, run_reconnecting
@@ -116,7 +117,8 @@ class StageConsumer:
         self._defer = defer
         self._retry_delay = partial(retry_delay, max_attempts=max_attempts, delays=retry_delays)
         self._done: queue.Queue[Done] = queue.Queue()
-        self._left_running: list[ThreadPoolExecutor] = []  # handlers of a lost AMQP channel
+        self._left = LeftRunning()  # handlers of a lost AMQP channel: they hold slots
+        self._slots = concurrency  # messages the loop's channel takes at once
         self._stored_retries: Waiting[Envelope] = Waiting()  # in the outbox, acked
         self._in_flight = InFlight()
         self._deadline = HandlerDeadline(handler_deadline, max_attempts)
@@ -164,8 +166,7 @@ class StageConsumer:
             # comes again, which the stores' claims make harmless. Not when stopping: the
             # worker then closes the store and the bus its handlers still use.
             if connection.transport.driver_type == "amqp" and not stop.is_set():
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._left_running = [*filter(_running, self._left_running), pool]
+                self._left.leave(pool, self._in_flight.futures())
             else:  # Redis: the loop's claims keep its messages until they lapse
                 pool.shutdown(wait=True)
             raise
@@ -178,36 +179,20 @@ class StageConsumer:
         for q in self._topology.durable_queues():
             q.bind(channel).declare()
         self._pool = pool
-        consumer = Consumer(
-            channel,
-            queues=[self._topology.stage_queue(self._stage)],
-            on_message=self._receive,
-            on_decode_error=self._undecodable,
-            prefetch_count=self._concurrency,
-            accept=["application/json"],
-        )
         chores = Chores(connection, channel)
-        with consumer:
-            self._consuming()
-            while not stop.is_set():
-                self._settle_finished()
-                chores.heartbeat()
-                chores.keep_claims()
-                self._deadline.hand_back_overdue(self._in_flight, self._settlement)
-                if self._in_flight.count >= self._concurrency:
-                    # No message can come in until a handler finishes: wait for that.
-                    self._settle_finished(block=True)
-                    chores.housekeeping()
-                else:
-                    self._drain(connection)
-            while self._in_flight.count:
-                self._settle_finished(block=True)
-                # Still held while their handlers run: unrenewed, a message went back to
-                # the queue the redelivery timeout later, and another worker called the
-                # same step again beside this one (RabbitMQ: a missed heartbeat, the same).
-                chores.heartbeat()
-                chores.keep_claims()
-            self._settlement.hand_back_held()
+        self._consuming()
+        self._slots = self._wait_for_a_slot(chores, stop)
+        if self._slots:  # else stopped while a lost channel's handlers held every slot
+            consumer = Consumer(
+                channel,
+                queues=[self._topology.stage_queue(self._stage)],
+                on_message=self._receive,
+                on_decode_error=self._undecodable,
+                prefetch_count=self._slots,
+                accept=["application/json"],
+            )
+            with consumer:
+                self._take_until_stopped(consumer, connection, chores, stop)
         # Stored retries due in a few seconds (a plan handed on to another executor) are
         # sent now, this consumer cancelled (else it took them back): left to the relay,
         # they waited half a minute. The rest stay in the outbox, for the relay: sent
@@ -216,6 +201,32 @@ class StageConsumer:
             self._settlement.publish_stored(within=_SOON_SECONDS)
         except self._outages as exc:  # the relay sends them once the broker answers
             log.warning("stopping: stored retries left to the relay (%s)", exc)
+
+    def _take_until_stopped(
+        self, consumer: Consumer, connection: Connection, chores: Chores, stop: threading.Event
+    ) -> None:
+        """Take messages up to the free slots until `stop` is set; then settle those in flight."""
+        while not stop.is_set():
+            self._settle_finished()
+            chores.heartbeat()
+            chores.keep_claims()
+            self._deadline.hand_back_overdue(self._in_flight, self._settlement)
+            free = self._left.free(self._concurrency)
+            self._slots = take_freed_slots(consumer, self._slots, free)
+            if self._in_flight.count >= self._slots:
+                # No message can come in until a handler finishes: wait for that.
+                self._settle_finished(block=True)
+                chores.housekeeping()
+            else:
+                self._drain(connection)
+        while self._in_flight.count:
+            self._settle_finished(block=True)
+            # Still held while their handlers run: unrenewed, a message went back to
+            # the queue the redelivery timeout later, and another worker called the
+            # same step again beside this one (RabbitMQ: a missed heartbeat, the same).
+            chores.heartbeat()
+            chores.keep_claims()
+        self._settlement.hand_back_held()
 
     def run_until_stopped(
         self, stop: threading.Event, max_backoff: float = BROKER_MAX_DELAY
@@ -239,8 +250,18 @@ class StageConsumer:
 
         backoff = Backoff(most=max_backoff)
         run_reconnecting(run, stop, self.ready, self._outages, backoff, f"the {self._stage}")
-        for pool in self._left_running:  # not stopped while they run: the store is theirs too
-            pool.shutdown(wait=True)
+        self._left.join()  # not stopped while they run: the store is theirs too
+
+    def _wait_for_a_slot(self, chores: Chores, stop: threading.Event) -> int:
+        """Return the slots free for a new channel; wait while a lost one's handlers hold all.
+
+        At least one, unless stopped meanwhile (then 0: the loop takes nothing).
+        """
+        while not (free := self._left.free(self._concurrency)) and not stop.is_set():
+            chores.heartbeat()
+            chores.housekeeping()
+            self._left.wait(_POLL_SECONDS)
+        return free
 
     def _consuming(self) -> None:
         """Say the stage consumes: ready, its gauge 1, and back after an outage if it was."""
@@ -362,7 +383,3 @@ class StageConsumer:
             return
         delivery = delivery_of(raw, self._queue_name)
         self._settlement.dead_letter(raw, delivery, unreadable_reason(raw, error))
-
-
-def _running(pool: ThreadPoolExecutor) -> bool:
-    return any(thread.is_alive() for thread in getattr(pool, "_threads", ()))
