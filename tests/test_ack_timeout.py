@@ -24,6 +24,7 @@ from uuid import uuid4
 import pytest
 
 from plangate.bus import Bus, Delivery, Envelope
+from plangate.bus.envelope import ATTEMPT_HEADER
 from plangate.client import Client
 from schemas import GoalSubmitted, Message
 from tests.fleet import Fleet
@@ -269,6 +270,54 @@ def test_a_handler_left_running_by_a_lost_channel_holds_its_slot_of_the_concurre
     assert sorted([handler.next_handled(), handler.next_handled()]) == [("held", False)] * 2
     assert handler.most == 2
     assert loop.bus.queue_depth("planner") == 0
+
+
+class FailingSlow(SlowFirstTime):
+    """`SlowFirstTime`, whose "slow" message fails every time (the first, once released)."""
+
+    def __call__(self, message: Message, delivery: Delivery) -> list[Envelope]:
+        super().__call__(message, delivery)
+        if getattr(message, "text", "") == "slow":
+            raise RuntimeError("the slow call failed")
+        return []
+
+
+@pytest.mark.timeout(120)
+def test_a_handler_left_running_by_a_lost_channel_stores_no_retry_when_it_fails(
+    make_slow_loop: MakeSlowLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a consume loop on RabbitMQ whose channel the broker closed under a slow handler
+    (consumer_timeout), the message come again and its copy failed (a retry stored),
+    When the slow handler fails too,
+    Then it stores no retry of its own, and says why: the copy owns the message's retries
+    (a second retry was stored, the same attempt: the message was tried twice more, its
+    attempts counted twice).
+    """
+    stored: list[Envelope] = []
+
+    def defer(envelope: Envelope, _delay: float) -> Envelope:
+        stored.append(envelope)
+        return envelope
+
+    caplog.set_level(logging.WARNING)
+    handler = FailingSlow()
+    loop = make_slow_loop(handler, defer=defer, retry_delays=[60.0])
+    loop.closed_under_the_slow_handler()
+    eventually(lambda: stored, what="the copy's retry stored")
+
+    handler.release.set()
+    assert handler.next_handled() == ("slow", False)
+    loop.stop.set()
+    loop.thread.join(15)  # once the slow handler has ended
+
+    assert not loop.thread.is_alive()
+    assert [envelope.headers[ATTEMPT_HEADER] for envelope in stored] == ["2"]
+    said = [r.getMessage() for r in caplog.records if "whose channel was lost" in r.message]
+    assert said == [
+        "a handler of goal.submitted whose channel was lost failed (RuntimeError: the slow "
+        "call failed); no retry: the message came again as the channel went, and that copy "
+        "is retried if it fails"
+    ]
 
 
 class ProbeAnswers:

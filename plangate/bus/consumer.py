@@ -44,7 +44,7 @@ from plangate.bus.inbound import (
     refuse_compressed_messages,
     unreadable_reason,
 )
-from plangate.bus.left_running import LeftRunning, take_freed_slots
+from plangate.bus.left_running import LeftRunning, say_lost_delivery_failed, take_freed_slots
 from plangate.bus.middleware import Middleware, MiddlewareStack
 from plangate.bus.producers import ThreadProducers
 from plangate.bus.reconnect import BROKER_MAX_DELAY, Backoff, run_reconnecting
@@ -156,6 +156,7 @@ class StageConsumer:
 
     def _consume_on(self, connection: Connection, stop: threading.Event) -> None:
         pool = ThreadPoolExecutor(self._concurrency, f"plangate-{self._stage}")
+        self._lost = threading.Event()  # this channel's, once its handlers are left running
         try:
             self._consume_with(pool, connection, stop)
         except BaseException:
@@ -163,10 +164,11 @@ class StageConsumer:
             # (RabbitMQ's consumer_timeout closes it under a long handler): waiting here for the
             # handlers kept the worker blind, and /readyz ok, until the slowest ended. They end
             # on their own; what they end with is not settled (`_receive`), and the message
-            # comes again, which the stores' claims make harmless. Not when stopping: the
-            # worker then closes the store and the bus its handlers still use.
+            # comes again, which the stores' claims make harmless; that copy owns it (`_lost`:
+            # a failure here stores no retry). Not when stopping: the worker then closes the
+            # store and the bus its handlers still use.
             if connection.transport.driver_type == "amqp" and not stop.is_set():
-                self._left.leave(pool, self._in_flight.futures())
+                self._left.leave(pool, self._in_flight.futures(), self._lost)
             else:  # Redis: the loop's claims keep its messages until they lapse
                 pool.shutdown(wait=True)
             raise
@@ -304,7 +306,7 @@ class StageConsumer:
             return
         self._middleware.after_receive(delivery)
         self._poll = _FIRST_POLL_SECONDS
-        future = self._pool.submit(self._call_handler, message, delivery, body)
+        future = self._pool.submit(self._call_handler, message, delivery, body, self._lost)
         running = Running(raw, delivery, body, time.monotonic())
         self._in_flight.started(future, running, sent_at(raw.headers) or message.occurred_at)
         # To this run's queue: a handler outliving its run (its channel gone, its message back
@@ -318,13 +320,16 @@ class StageConsumer:
         return self._in_flight.taken_up_to
 
     def _call_handler(
-        self, message: Message, delivery: Delivery, body: bytes
+        self, message: Message, delivery: Delivery, body: bytes, lost: threading.Event
     ) -> Sequence[Envelope]:
         try:
             with self._middleware.handling(message, delivery):
                 envelopes = self._handler(message, delivery)
         except Exception as exc:
-            self._store_retry(exc, delivery, body)  # raises Deferred once it is stored
+            if lost.is_set():
+                say_lost_delivery_failed(exc, delivery)
+            else:
+                self._store_retry(exc, delivery, body)  # raises Deferred once it is stored
             raise
         self._middleware.after_handler(delivery)
         try:

@@ -5,16 +5,25 @@ and gives every message the channel held out again. The loop consumes again at o
 channel; the lost channel's handlers run on (Python cannot stop a thread) and keep their slots
 until they end: the new channel takes only the slots left free, and more as they end. Else the
 worker ran its concurrency afresh beside them (8 handlers at `--concurrency 4`).
+
+Their deliveries are lost: the copy the broker gave out again owns the message, so a lost
+handler's failure stores no retry (the copy's would be a second one, an attempt counted twice).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from kombu.messaging import Consumer
+
+from plangate.bus.envelope import Delivery
+from plangate.bus.settlement import error_text
+
+log = logging.getLogger(__name__)
 
 
 class LeftRunning:
@@ -25,8 +34,14 @@ class LeftRunning:
         self._pools: list[ThreadPoolExecutor] = []
         self._count = 0
 
-    def leave(self, pool: ThreadPoolExecutor, futures: Iterable[Future[Any]]) -> None:
-        """Leave a lost channel's pool to end on its own; its running `futures` hold slots."""
+    def leave(
+        self, pool: ThreadPoolExecutor, futures: Iterable[Future[Any]], lost: threading.Event
+    ) -> None:
+        """Leave a lost channel's pool to end on its own; its running `futures` hold slots.
+
+        `lost` tells its handlers their deliveries are lost (set first: one ending now knows).
+        """
+        lost.set()
         pool.shutdown(wait=False, cancel_futures=True)  # those not started yet, never will
         with self._changed:
             self._pools = [*filter(_running, self._pools), pool]
@@ -70,6 +85,16 @@ def take_freed_slots(consumer: Consumer, slots: int, free: int) -> int:
     consumer.qos(prefetch_count=free)
     consumer.consume()
     return free
+
+
+def say_lost_delivery_failed(error: Exception, delivery: Delivery) -> None:
+    """In a handler's thread: say it failed with its channel lost, and so stores no retry."""
+    log.warning(
+        "a handler of %s whose channel was lost failed (%s); no retry: the message came "
+        "again as the channel went, and that copy is retried if it fails",
+        delivery.routing_key,
+        error_text(error),
+    )
 
 
 def _running(pool: ThreadPoolExecutor) -> bool:
