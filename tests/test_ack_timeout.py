@@ -26,6 +26,7 @@ import pytest
 from plangate.bus import Bus, Delivery, Envelope
 from plangate.bus.envelope import ATTEMPT_HEADER
 from plangate.client import Client
+from plangate.errors import HandBack
 from schemas import GoalSubmitted, Message
 from tests.fleet import Fleet
 from tests.servers import free_port, rabbitmqctl
@@ -318,6 +319,60 @@ def test_a_handler_left_running_by_a_lost_channel_stores_no_retry_when_it_fails(
         "call failed); no retry: the message came again as the channel went, and that copy "
         "is retried if it fails"
     ]
+
+
+class StoppingExecutorLike(SlowFirstTime):
+    """`SlowFirstTime` as an executor takes a plan: the copy of "slow" that comes while its
+    first run goes on is left to that run (acked), and that run, released, hands its message
+    back (its worker stops). It notes each message's attempt as it comes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: queue.Queue[tuple[str, int]] = queue.Queue()
+
+    def __call__(self, message: Message, delivery: Delivery) -> list[Envelope]:
+        text = getattr(message, "text", "")
+        self.attempts.put((text, delivery.attempt))
+        super().__call__(message, delivery)
+        if text == "slow" and not delivery.redelivered and self.slow_ended.is_set():
+            raise HandBack("goal g's run stopped after step 'one', as this executor stops")
+        return []
+
+
+@pytest.mark.timeout(120)
+def test_a_run_left_running_by_a_lost_channel_is_handed_back_when_its_worker_stops(
+    make_slow_loop: MakeSlowLoop,
+) -> None:
+    """Given an executor-like consume loop on RabbitMQ whose channel the broker closed under
+    a slow run (consumer_timeout), the message's copy come again and left to that run (acked
+    as running here already),
+    When the worker stops (SIGTERM) and the run hands its message back,
+    Then the message goes back to the stage, its attempt unchanged, and another worker takes it
+    at once (its hand-back went nowhere: the goal waited for the reconciler, 60 s).
+    """
+    handler = StoppingExecutorLike()
+    loop = make_slow_loop(handler)
+    loop.closed_under_the_slow_handler()
+    assert [handler.attempts.get(timeout=1) for _ in range(2)] == [("slow", 1)] * 2
+
+    loop.stop.set()
+    handler.release.set()
+    loop.thread.join(15)
+    assert not loop.thread.is_alive()
+
+    other = StoppingExecutorLike()
+    other_stop = threading.Event()
+    consumer = loop.bus.stage_consumer("planner", other)
+    thread = threading.Thread(target=consumer.run_until_stopped, args=(other_stop,), daemon=True)
+    thread.start()
+    try:
+        assert other.attempts.get(timeout=10) == ("slow", 1)
+        # Redelivered, if it reached the stopping worker's channel before that closed.
+        assert other.next_handled()[0] == "slow"
+    finally:
+        other_stop.set()
+        thread.join(15)
+    assert other.handled.empty()
 
 
 class ProbeAnswers:

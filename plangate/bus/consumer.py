@@ -3,9 +3,10 @@
 Handlers return the envelopes to publish, or raise Reject (dead letter), Retry (try again after
 its delay), HandBack (the worker stops midway: requeued, no attempt used) or anything else (try
 again after `retry_delays`); either retry counts towards `max_attempts`, then the message is
-dead-lettered. A retry with a delay is stored (the store's
-outbox, through the `defer` hook) and its message acked, so a waiting retry holds no slot: the
-loop publishes it when it is due, and the relay does if this worker is gone by then.
+dead-lettered. A retry with a delay is stored (the store's outbox, through the `defer` hook)
+and its message acked, so a waiting retry holds no slot: the loop publishes it when it is due,
+and the relay does if this worker is gone by then. A lost AMQP channel's handlers run on
+(`LeftRunning`).
 
 A message is acked only once what it led to is published (`Settlement`, in the loop's
 thread): a handled one after its handler committed and, from the handler's own thread on a
@@ -117,7 +118,8 @@ class StageConsumer:
         self._defer = defer
         self._retry_delay = partial(retry_delay, max_attempts=max_attempts, delays=retry_delays)
         self._done: queue.Queue[Done] = queue.Queue()
-        self._left = LeftRunning()  # handlers of a lost AMQP channel: they hold slots
+        self._producers = ThreadProducers(self._connect, self._topology)
+        self._left = LeftRunning(self._producers.publish)  # a lost AMQP channel's handlers
         self._slots = concurrency  # messages the loop's channel takes at once
         self._stored_retries: Waiting[Envelope] = Waiting()  # in the outbox, acked
         self._in_flight = InFlight()
@@ -130,7 +132,6 @@ class StageConsumer:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set; in-flight handlers finish and are settled first."""
-        self._producers = ThreadProducers(self._connect, self._topology)
         # Retries held unacked start empty on each run: the broker hands those out again.
         self._settlement = Settlement(
             self._producers,
@@ -168,11 +169,17 @@ class StageConsumer:
             # a failure here stores no retry). Not when stopping: the worker then closes the
             # store and the bus its handlers still use.
             if connection.transport.driver_type == "amqp" and not stop.is_set():
-                self._left.leave(pool, self._in_flight.futures(), self._lost)
+                self._leave_running(pool)
             else:  # Redis: the loop's claims keep its messages until they lapse
                 pool.shutdown(wait=True)
             raise
         pool.shutdown(wait=True)
+
+    def _leave_running(self, pool: ThreadPoolExecutor) -> None:
+        """Leave a lost channel's handlers running, each with the copy that hands it back."""
+        copy = partial(self._settlement.next_attempt, used=False)  # a hand-back uses no attempt
+        running = [(future, copy(r.delivery, r.body)) for future, r in self._in_flight.running()]
+        self._left.leave(pool, running, self._lost)
 
     def _consume_with(
         self, pool: ThreadPoolExecutor, connection: Connection, stop: threading.Event
@@ -183,7 +190,7 @@ class StageConsumer:
         self._pool = pool
         chores = Chores(connection, channel)
         self._consuming()
-        self._slots = self._wait_for_a_slot(chores, stop)
+        self._slots = self._left.wait_for_a_slot(self._concurrency, chores, stop)
         if self._slots:  # else stopped while a lost channel's handlers held every slot
             consumer = Consumer(
                 channel,
@@ -253,17 +260,7 @@ class StageConsumer:
         backoff = Backoff(most=max_backoff)
         run_reconnecting(run, stop, self.ready, self._outages, backoff, f"the {self._stage}")
         self._left.join()  # not stopped while they run: the store is theirs too
-
-    def _wait_for_a_slot(self, chores: Chores, stop: threading.Event) -> int:
-        """Return the slots free for a new channel; wait while a lost one's handlers hold all.
-
-        At least one, unless stopped meanwhile (then 0: the loop takes nothing).
-        """
-        while not (free := self._left.free(self._concurrency)) and not stop.is_set():
-            chores.heartbeat()
-            chores.housekeeping()
-            self._left.wait(_POLL_SECONDS)
-        return free
+        self._producers.close()  # what they handed back went out on these
 
     def _consuming(self) -> None:
         """Say the stage consumes: ready, its gauge 1, and back after an outage if it was."""
@@ -326,7 +323,9 @@ class StageConsumer:
             with self._middleware.handling(message, delivery):
                 envelopes = self._handler(message, delivery)
         except Exception as exc:
-            if lost.is_set():
+            if isinstance(exc, HandBack) and lost.is_set():
+                self._left.handed_back(delivery)
+            elif lost.is_set():
                 say_lost_delivery_failed(exc, delivery)
             else:
                 self._store_retry(exc, delivery, body)  # raises Deferred once it is stored
@@ -378,6 +377,8 @@ class StageConsumer:
     def _settle_one(self, done: Done) -> None:
         if self._in_flight.ended(done.future):
             self._settlement.settle(done)
+            if done.future.exception() is None:  # acked: a copy left to a lost handler?
+                self._left.acked(done.delivery)
         else:  # settled when it was handed back
             log.warning("a handler of %s handed back earlier has ended", done.delivery.routing_key)
 

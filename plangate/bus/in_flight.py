@@ -64,9 +64,9 @@ class InFlight:
             if self.taken_up_to is None or made > self.taken_up_to:
                 self.taken_up_to = made
 
-    def futures(self) -> list[HandlerFuture]:
-        """Return the futures of the handlers started, handed back or not, that have not ended."""
-        return list(self._running)
+    def running(self) -> list[tuple[HandlerFuture, Running]]:
+        """Return the handlers started, handed back or not, whose end the loop has not seen."""
+        return list(self._running.items())
 
     def ended(self, future: HandlerFuture) -> bool:
         """Note a handler ended; return False if its message was already handed back."""

@@ -8,57 +8,95 @@ worker ran its concurrency afresh beside them (8 handlers at `--concurrency 4`).
 
 Their deliveries are lost: the copy the broker gave out again owns the message, so a lost
 handler's failure stores no retry (the copy's would be a second one, an attempt counted twice).
+But a copy this worker takes while the handler runs may be left to it (an executor acks one
+as "running here already"): should the handler then hand its message back (its executor
+stops), the hand-back is published as a copy of its own, else the message was nowhere and its
+goal waited for the reconciler. Whichever comes second, the hand-back or the copy's ack,
+publishes it; a copy taken elsewhere, or still queued, is the hand-back already.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from kombu.messaging import Consumer
 
-from plangate.bus.envelope import Delivery
+from plangate.bus.chores import Chores
+from plangate.bus.envelope import MESSAGE_ID_HEADER, Delivery, Envelope
 from plangate.bus.settlement import error_text
 
 log = logging.getLogger(__name__)
+_WAIT_SECONDS = 0.05  # between a connection's chores, while waiting for a slot
+
+
+@dataclass
+class _Lost:
+    """A lost delivery whose handler runs: its hand-back, and what became of it and its copy."""
+
+    hand_back: Envelope
+    copy_acked: bool = False
+    handed_back: bool = False
 
 
 class LeftRunning:
-    """The handlers of a consume loop's lost channels that still run, counted as they end."""
+    """The handlers of a consume loop's lost channels that still run, counted as they end.
 
-    def __init__(self) -> None:
+    `publish` sends a hand-back (from the thread that calls it: each has its own connection).
+    """
+
+    def __init__(self, publish: Callable[[Sequence[Envelope]], None]) -> None:
+        self._publish = publish
         self._changed = threading.Condition()
         self._pools: list[ThreadPoolExecutor] = []
         self._count = 0
+        self._lost: dict[str, _Lost] = {}  # by message id
 
     def leave(
-        self, pool: ThreadPoolExecutor, futures: Iterable[Future[Any]], lost: threading.Event
+        self,
+        pool: ThreadPoolExecutor,
+        running: Iterable[tuple[Future[Any], Envelope]],
+        lost: threading.Event,
     ) -> None:
-        """Leave a lost channel's pool to end on its own; its running `futures` hold slots.
+        """Leave a lost channel's pool to end on its own; its running handlers hold slots.
 
-        `lost` tells its handlers their deliveries are lost (set first: one ending now knows).
+        Each comes with the copy that hands its message back, should it. `lost` tells its
+        handlers their deliveries are lost (set first: one ending now knows).
         """
         lost.set()
         pool.shutdown(wait=False, cancel_futures=True)  # those not started yet, never will
         with self._changed:
             self._pools = [*filter(_running, self._pools), pool]
-            running = [future for future in futures if not future.done()]
+            running = [(future, copy) for future, copy in running if not future.done()]
             self._count += len(running)
-        for future in running:
-            future.add_done_callback(self._ended)
+            for _, copy in running:
+                if message_id := _message_id(copy.headers):  # plangate's messages all have one
+                    self._lost[message_id] = _Lost(copy)
+        for future, copy in running:
+            future.add_done_callback(partial(self._ended, _message_id(copy.headers)))
 
     def free(self, concurrency: int) -> int:
         """Return how many of `concurrency` slots these handlers leave free."""
         with self._changed:
             return max(0, concurrency - self._count)
 
-    def wait(self, timeout: float) -> None:
-        """Wait up to `timeout` s for one of these handlers to end."""
-        with self._changed:
-            self._changed.wait(timeout)
+    def wait_for_a_slot(self, concurrency: int, chores: Chores, stop: threading.Event) -> int:
+        """Return the slots free for a new channel; wait while these handlers hold all.
+
+        At least one, unless stopped meanwhile (then 0: the loop takes nothing). `chores`
+        keep the new channel's connection alive meanwhile.
+        """
+        while not (free := self.free(concurrency)) and not stop.is_set():
+            chores.heartbeat()
+            chores.housekeeping()
+            with self._changed:
+                self._changed.wait(_WAIT_SECONDS)
+        return free
 
     def join(self) -> None:
         """Wait for every one of them to end (the store and bus they use are about to close)."""
@@ -67,9 +105,61 @@ class LeftRunning:
         for pool in pools:
             pool.shutdown(wait=True)
 
-    def _ended(self, _future: Future[Any]) -> None:
+    def handed_back(self, delivery: Delivery) -> None:
+        """In a lost handler's thread: note it hands its message back (its worker stops).
+
+        The hand-back is published now if the message's copy was acked here, else once it is.
+        """
+        with self._changed:
+            lost = self._lost.get(_message_id(delivery.headers))
+            if lost is None:
+                return
+            lost.handed_back = True
+            if not lost.copy_acked:
+                return  # kept: its copy may yet be acked here
+            del self._lost[_message_id(delivery.headers)]
+        self._hand_back(lost)
+
+    def acked(self, delivery: Delivery) -> None:
+        """In the loop's thread: note a message was handled and acked.
+
+        If it is the copy of a lost delivery whose handler handed it back, that hand-back is
+        published now.
+        """
+        with self._changed:
+            lost = self._lost.get(_message_id(delivery.headers))
+            if lost is None:
+                return
+            lost.copy_acked = True
+            if not lost.handed_back:
+                return
+            del self._lost[_message_id(delivery.headers)]
+        self._hand_back(lost)
+
+    def _hand_back(self, lost: _Lost) -> None:
+        copy = lost.hand_back
+        try:
+            self._publish([copy])
+        except Exception as exc:
+            log.error(
+                "could not hand %s back (%s): the reconciler sends it again",
+                copy.routing_key,
+                exc,
+            )
+            return
+        log.info(
+            "handed %s back: its copy was left to a handler whose channel was lost, which "
+            "stopped short",
+            copy.routing_key,
+        )
+
+    def _ended(self, message_id: str, _future: Future[Any]) -> None:
         with self._changed:
             self._count -= 1
+            lost = self._lost.get(message_id)
+            # One handed back is kept for its copy's ack (a few, and only as a worker stops).
+            if lost is not None and not lost.handed_back:
+                del self._lost[message_id]
             self._changed.notify_all()
 
 
@@ -95,6 +185,10 @@ def say_lost_delivery_failed(error: Exception, delivery: Delivery) -> None:
         delivery.routing_key,
         error_text(error),
     )
+
+
+def _message_id(headers: dict[str, str]) -> str:
+    return headers.get(MESSAGE_ID_HEADER, "")
 
 
 def _running(pool: ThreadPoolExecutor) -> bool:
