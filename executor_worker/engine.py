@@ -183,6 +183,8 @@ class DagWalk:
                 cancelled = self._goal_cancelled()
             if cancelled:  # an operator cancelled the goal: no step starts
                 skipped = StepOutcome(step.id, step.tool, "skipped", error=CANCELLED)
+                # Recorded: `status` tells a step left unstarted from one still running.
+                self._settled(step, skipped)
                 self._finish(skipped, finished)
                 continue
             to_call.append((step, args))

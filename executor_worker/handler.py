@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import cast
 
-from opentelemetry.trace import StatusCode
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
@@ -30,6 +29,7 @@ from executor_worker.ledger import Claim, StepLedger, recorded_steps
 from executor_worker.plan_run import PlanRun
 from executor_worker.preview import Previewer
 from executor_worker.run_end import ACTOR, end_run, outcome_of
+from executor_worker.run_span import mark_outcome, say_resumed
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.errors import ApprovalInvalid, BrokerUnavailable, Reject, Retry, UnknownSigner
@@ -64,7 +64,6 @@ from schemas import (
 )
 
 ANNOUNCERS = 4  # threads that tell of finished steps, for all of an executor's runs
-PAUSED = "a write may or may not have happened: the run waits for a person to settle it"
 KEY_WAIT = 30.0  # before an approval signed by a key not trusted yet is checked again
 _HOLDS = cast(Table, HoldRow.__table__)
 # Asked on every run's start: a plain statement, built once (not the ORM's).
@@ -81,6 +80,7 @@ class _Started:
 
     plan_trace: dict[str, str]
     recorded: dict[str, Claim]
+    resumed: bool  # the goal was running already: an earlier run of it stopped short
 
 
 class ExecutorHandler:
@@ -175,13 +175,11 @@ class ExecutorHandler:
         ) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
+            if started.resumed:
+                say_resumed(span, message.plan, started.recorded)
             # The approval's hash: verification checked that it is this plan's.
             outcome = self._run(message, approval.plan_hash, started.recorded)
-            kinds = {envelope.routing_key for envelope in outcome}
-            if "execution.failed" in kinds:
-                span.set_status(StatusCode.ERROR, "the run failed")
-            elif "execution.paused" in kinds:  # the trace an alert leads to read as healthy
-                span.set_status(StatusCode.ERROR, PAUSED)
+            mark_outcome(span, outcome)
             return outcome
 
     def _start(self, message: PlanApproved, approval: Approval) -> _Started | Envelope | None:
@@ -236,7 +234,9 @@ class ExecutorHandler:
             # The planner's `plan` span, stored with the plan: the run links to it (the span
             # the planner's goal came in with, if the planner recorded none).
             trace = {str(k): str(v) for k, v in (newest.trace_headers if newest else {}).items()}
-            return _Started(trace, recorded_steps(session, plan.plan_id))
+            # Running already: a run of it stopped short (its executor died, or handed it back).
+            resumed = goal.status == "running"
+            return _Started(trace, recorded_steps(session, plan.plan_id), resumed)
 
     def _refuse(
         self, message: PlanApproved, refusal: ApprovalInvalid | PlanInvalid

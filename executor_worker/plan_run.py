@@ -22,7 +22,7 @@ from executor_worker.engine import (
     idempotency_key,
 )
 from executor_worker.ledger import Claim, ReadAnswer, StepLedger
-from executor_worker.tool_call import invoke, tool_span
+from executor_worker.tool_call import invoke, recorded_earlier, tool_span
 from plangate import faults
 from plangate.tools import ToolRegistry
 from schemas import Plan, Step
@@ -184,7 +184,7 @@ class PlanRun(DagWalk):
             if tool.spec.effect == "read":
                 earlier = self._ledger.recorded(step)
                 if earlier is not None:
-                    return _recorded(step, earlier)
+                    return recorded_earlier(_recorded(step, earlier), span)
                 with self._draining.calling(self._plan.goal_id, step.id):
                     called = invoke(tool, step, args, self._context(step, tool, key), span)
                 # Recorded with the run's other finished reads, in one transaction, before any
@@ -192,7 +192,7 @@ class PlanRun(DagWalk):
                 return replace(called, provisional=True)
             claim = self._claims.pop(step.id, None) or self._ledger.claim(step, tool.spec)
             if claim.kind != "run":
-                return _recorded(step, claim)
+                return recorded_earlier(_recorded(step, claim), span)
             context = self._context(step, tool, key, claim.attempt)
             with self._draining.calling(self._plan.goal_id, step.id):
                 outcome = invoke(tool, step, args, context, span)

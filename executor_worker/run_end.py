@@ -1,5 +1,8 @@
 """How a run ends: the goal moved on by its steps' outcomes, and the message that tells it.
 
+A run whose goal was cancelled meanwhile ends with `execution.cancelled`: an operator's
+decision, which no stage takes for a failure (nothing plans it again).
+
 A run that already ended is told again, unchanged, to a redelivered approval (`outcome_of`).
 """
 
@@ -13,10 +16,16 @@ from sqlalchemy.orm import Session
 
 from executor_worker.engine import StepOutcome
 from plangate.bus import Envelope
-from plangate.store import TERMINAL_STATUSES, StepRunRow
+from plangate.store import TERMINAL_STATUSES, AuditRow, StepRunRow
 from plangate.store.goals import GoalState, transition
 from plangate.store.outbox import emit
-from schemas import ExecutionCompleted, ExecutionFailed, ExecutionPaused, Message
+from schemas import (
+    ExecutionCancelled,
+    ExecutionCompleted,
+    ExecutionFailed,
+    ExecutionPaused,
+    Message,
+)
 
 ACTOR = "executor"
 
@@ -99,4 +108,19 @@ def outcome_of(
     if status == "completed":
         return ExecutionCompleted(goal_id=goal_id, plan_id=plan_id, steps=steps)
     reason = reason or f"the goal is {status}"
+    if status == "cancelled":  # an operator's decision: told as such, not as a failure
+        who = _canceller(session, goal_id)
+        return ExecutionCancelled(
+            goal_id=goal_id, plan_id=plan_id, reason=reason, cancelled_by=who, steps=steps
+        )
     return ExecutionFailed(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=steps)
+
+
+def _canceller(session: Session, goal_id: str) -> str | None:
+    """Return who cancelled the goal, as its audit log records the move."""
+    return session.execute(
+        select(AuditRow.actor)
+        .where(AuditRow.goal_id == goal_id, AuditRow.kind == "goal.cancelled")
+        .order_by(AuditRow.seq.desc())
+        .limit(1)
+    ).scalar_one_or_none()

@@ -38,6 +38,17 @@ def tool_span(step: Step) -> Iterator[Span]:
         yield span
 
 
+def recorded_earlier(outcome: StepOutcome, span: Span) -> StepOutcome:
+    """Say on the step's span that no call was made: its result was recorded before.
+
+    As when a run resumes one another executor left: the step's own call is in that run's
+    part of the trace.
+    """
+    span.set_attribute("plangate.step.status", outcome.status)
+    span.set_attribute("plangate.step.recorded_earlier", True)
+    return outcome
+
+
 def invoke(
     tool: Tool[..., Any], step: Step, args: dict[str, Any], context: ToolContext, span: Span
 ) -> StepOutcome:

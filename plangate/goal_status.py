@@ -31,6 +31,9 @@ from plangate.store.plan_edits import edit_of, summary_written_in
 from plangate.unchecked_approvals import unchecked_reason
 from schemas import Approval, SignedEnvelope
 
+# A step of a cancelled goal that started before the cancel, and has not answered yet.
+UNRECORDED = "started before the goal was cancelled: it finishes, and is recorded then"
+
 
 @dataclass(frozen=True)
 class StepResult:
@@ -129,8 +132,10 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
     }
     retried = _last_retry(session, goal.id) if plan.revision > 1 else None
     settlers = _settlers(session, goal.id, plan.plan_id) if runs else {}
+    started = _started_before_cancel(session, plan, runs) if goal.status == "cancelled" else {}
     results = tuple(
-        _result(step, runs.get(str(step.get("id"))), goal.status, settlers)
+        started.get(str(step.get("id")))
+        or _result(step, runs.get(str(step.get("id"))), goal.status, settlers)
         for step in plan.body.get("steps", [])
     )
     unoffered: tuple[str, ...] = ()
@@ -244,6 +249,41 @@ def _settlers(session: Session, goal_id: str, plan_id: str) -> dict[str, str]:
         for actor, data in entries
         if isinstance(data, dict) and data.get("plan_id") == plan_id and data.get("happened")
     }
+
+
+def _started_before_cancel(
+    session: Session, plan: PlanRow, runs: Mapping[str, StepRunRow]
+) -> dict[str, StepResult]:
+    """Return, as running, the steps of a cancelled goal's run that started and are unrecorded.
+
+    A cancel lets the steps already started finish (they are recorded then), but the store
+    holds a read only once it has answered: until then it has no row, and it read as "not
+    run". A step without a row started if the goal's run had begun and every step before it
+    is recorded as succeeded: the run records as skipped the steps it leaves unstarted.
+    """
+    from schemas import Step
+    from schemas.references import dependencies
+
+    steps = [Step.model_validate(step) for step in plan.body.get("steps", [])]
+    unrecorded = [step for step in steps if step.id not in runs]
+    if not unrecorded or not _run_began(session, plan):
+        return {}
+    succeeded = {step_id for step_id, run in runs.items() if run.status == "succeeded"}
+    return {
+        step.id: StepResult(step.id, step.tool, "running", error=UNRECORDED)
+        for step in unrecorded
+        if dependencies(step) <= succeeded
+    }
+
+
+def _run_began(session: Session, plan: PlanRow) -> bool:
+    """Say whether an executor moved the goal to `running` with this plan."""
+    moves = session.execute(
+        select(AuditRow.data).where(
+            AuditRow.goal_id == plan.goal_id, AuditRow.kind == "goal.running"
+        )
+    ).scalars()
+    return any(isinstance(data, dict) and data.get("plan_id") == plan.plan_id for data in moves)
 
 
 def _result(

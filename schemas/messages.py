@@ -292,6 +292,20 @@ class ExecutionFailed(Message):
     steps: dict[str, StepStatus] = Field(default_factory=dict)
 
 
+class ExecutionCancelled(Message):
+    """An approved plan's run stopped because an operator cancelled its goal: no failure.
+
+    The steps already running when the goal was cancelled finished and were recorded; no other
+    step started (`steps` says which is which). The planner never plans a cancelled goal again.
+    """
+
+    type: Literal["execution.cancelled"] = "execution.cancelled"
+    plan_id: Identifier
+    reason: str = Field(description="Who cancelled the goal and why, as its status says.")
+    cancelled_by: str | None = Field(default=None, description="Who cancelled it, if recorded.")
+    steps: dict[str, StepStatus] = Field(default_factory=dict)
+
+
 class ExecutionPaused(Message):
     """A run stopped for a person: a write step may or may not have happened (`unknown`).
 
@@ -339,6 +353,7 @@ StageMessage = (
     | StepFinished
     | ExecutionCompleted
     | ExecutionFailed
+    | ExecutionCancelled
     | ExecutionPaused
 )
 
@@ -357,6 +372,7 @@ MESSAGE_MODELS: dict[str, type[Message]] = {
     "step.finished": StepFinished,
     "execution.completed": ExecutionCompleted,
     "execution.failed": ExecutionFailed,
+    "execution.cancelled": ExecutionCancelled,
     "execution.paused": ExecutionPaused,
 }
 """Message type (= routing key) to the model that decodes it; each has a route (`check_routes`)."""

@@ -65,6 +65,8 @@ _TABLE = (
     # Bound to the planner always (re-planning on failure is a setting; a durable queue keeps
     # its bindings across restarts, so the binding cannot follow the setting).
     Route("execution.failed", ("executor",), ("planner",), terminal=True),
+    # An operator's decision, not a failure: nothing plans the goal again, so no stage takes it.
+    Route("execution.cancelled", ("executor",), terminal=True),
     Route("execution.paused", ("executor",)),
 )
 

@@ -141,6 +141,7 @@ def test_the_goal_ends_with_a_final_outcome_or_a_refusal() -> None:
         "plan.expired",
         "execution.completed",
         "execution.failed",
+        "execution.cancelled",
     } == TERMINAL_TYPES
 
 

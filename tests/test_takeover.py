@@ -12,17 +12,21 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from executor_worker.run_span import RESUMED
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.reconciler import due_after, reconcile
 from plangate.store import AuditRow, GoalRow, Store, open_store
 from plangate.tools import ToolRegistry, tool
 from schemas import utcnow
+from tests import test_otlp_export
 from tests.fleet import Fleet
 from tests.support import running_pipeline, write_playbook
+from tests.test_otlp_export import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 LEASE, SWEEP, AFTER, REDELIVERY = 2.0, 0.5, 1.0, 1.0
+otlp_receiver = test_otlp_export.receiver  # the receiver process, as a fixture here
 APPROVE_ALL = 'rules:\n  - {name: approve-all, match: "true", action: approve, reason: test}\n'
 
 
@@ -102,6 +106,50 @@ def test_an_executor_killed_between_two_reads_is_taken_over_within_a_lease_and_t
     print(f"\ntaken over and completed {elapsed:.2f} s after the kill ({bound})")
     # A lease and two sweeps, plus handling the resent message (generous: a loaded machine).
     assert elapsed < LEASE + 2 * SWEEP + 3.0, fleet.logs()
+
+
+@pytest.mark.redis
+def test_a_run_taken_over_says_so_in_its_span_and_log_and_calls_no_recorded_step_again(
+    fleet: Fleet, tmp_path: Path, otlp_receiver: Receiver
+) -> None:
+    """Given two executors exporting spans, and a plan of a quick read, then a read that hangs,
+    When the executor running it is SIGKILLed while its second read hangs, and the other one
+    takes the run over,
+    Then the new `run plan` span is marked resumed, with the step the store held recorded;
+    that step's span under it says its result was recorded earlier (no call made); and the
+    surviving executor's log says it resumed a run another executor left.
+    """
+    endpoint = otlp_receiver.endpoint
+    exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    fleet.start("planner")
+    fleet.start("gate")
+    executors = [fleet.start("executor", **exporting), fleet.start("executor", **exporting)]
+    poll(lambda: consuming(fleet) == 2, fleet, "both executors to consume")
+    with Client(fleet.settings()) as client:
+        submitted = client.submit("takeover please")
+        marker = tmp_path / "stalled.marker"
+        poll(lambda: marker.exists() and marker.read_text(), fleet, "the second read to start")
+        (doomed,) = [p for p in executors if str(p.pid) == marker.read_text()]
+        fleet.kill(doomed)
+        poll(lambda: submitted.status().status == "completed", fleet, "the goal to complete")
+    fleet.stop_all()  # SIGTERM: the survivor flushes its spans
+
+    ours = [s for s in otlp_receiver.spans() if s["trace_id"] == submitted.trace_id]
+    resumed = [
+        s for s in ours if s["name"] == "run plan" and s["attributes"].get("plangate.resumed")
+    ]
+    assert len(resumed) == 1, ours
+    (run,) = resumed
+    assert run["attributes"]["plangate.resumed.steps_recorded"] == ["first"]
+    assert [e["name"] for e in run["events"]] == [RESUMED]
+    under = {s["name"]: s for s in ours if s["parent_span_id"] == run["span_id"]}
+    reused = under["execute_tool quick_read"]["attributes"]
+    assert (reused["plangate.step.recorded_earlier"], reused["plangate.step.status"]) == (
+        True,
+        "succeeded",
+    )
+    assert "plangate.step.recorded_earlier" not in under["execute_tool stalled_read"]["attributes"]
+    assert f"goal {submitted.goal_id}: {RESUMED}" in fleet.logs()
 
 
 def test_a_sweep_that_sends_nothing_leaves_the_goal_as_it_was(

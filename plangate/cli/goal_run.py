@@ -27,6 +27,7 @@ from plangate.reviewers import terminal_reviewer
 from plangate.store import DecisionRow, GoalRow, PlanRow
 from planner_worker.replan import FeedbackSource, replan_expected
 from schemas import (
+    ExecutionCancelled,
     ExecutionCompleted,
     ExecutionFailed,
     ExecutionPaused,
@@ -163,6 +164,8 @@ class GoalRun:
             self._show_step(message)
         elif isinstance(message, ExecutionCompleted | ExecutionPaused | ExecutionFailed):
             return self._on_outcome(message)
+        elif isinstance(message, ExecutionCancelled):  # by an operator, from elsewhere
+            return self._finish(EXIT_FAILED, message.reason, steps=message.steps)
         return None
 
     def _on_outcome(

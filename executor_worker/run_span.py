@@ -1,0 +1,61 @@
+"""What a run's `run plan` span says: a run resumed from an earlier one, and how the run ended.
+
+A run taken over from an executor that died (or handed back as it stopped) is marked
+`plangate.resumed`, with the steps the store already held: those are not run again. A run
+whose goal an operator cancelled is no error: it is marked `plangate.cancelled`, with who
+cancelled it. A failed run, or one paused for a person, is an error, so that a viewer's
+search for errors finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Sequence
+
+from opentelemetry.trace import Span, StatusCode
+
+from plangate.bus import Envelope
+from schemas import Plan
+
+# An executor that died mid-run, or one that stopped and handed the run back: the run goes on
+# here, from what the store recorded of it.
+RESUMED = "resumed a run another executor left (it died, stopped, or went silent past its lease)"
+PAUSED = "a write may or may not have happened: the run waits for a person to settle it"
+FAILED = "the run failed"
+log = logging.getLogger(__name__)
+
+
+def say_resumed(span: Span, plan: Plan, recorded: Collection[str]) -> None:
+    """Say, on the span and in the log, that the run goes on from an earlier one that stopped.
+
+    With what the store held: the steps already recorded, which are not run again. Not the
+    earlier executor's identity: the store does not keep which process ran a run.
+    """
+    done = sorted(recorded)
+    span.set_attribute("plangate.resumed", True)
+    span.set_attribute("plangate.resumed.steps_recorded", done)
+    span.add_event(RESUMED, {"plangate.resumed.steps_recorded": done})
+    log.info(
+        "goal %s: %s (plan %s); steps already recorded, not run again: %s",
+        plan.goal_id,
+        RESUMED,
+        plan.plan_id,
+        ", ".join(done) or "none",
+        extra={"goal_id": plan.goal_id, "plan_id": plan.plan_id, "steps_recorded": done},
+    )
+
+
+def mark_outcome(span: Span, outcome: Sequence[Envelope]) -> None:
+    """Say on the span how the run ended, by the message its end publishes."""
+    by_kind = {envelope.routing_key: envelope for envelope in outcome}
+    if "execution.failed" in by_kind:
+        span.set_status(StatusCode.ERROR, FAILED)
+    elif "execution.paused" in by_kind:  # the trace an alert leads to read as healthy
+        span.set_status(StatusCode.ERROR, PAUSED)
+    elif (cancelled := by_kind.get("execution.cancelled")) is not None:
+        said = json.loads(cancelled.body)  # our own message, encoded just now
+        span.set_attribute("plangate.cancelled", True)
+        if said.get("cancelled_by"):
+            span.set_attribute("plangate.cancelled_by", str(said["cancelled_by"]))
+        span.add_event("goal cancelled", {"reason": str(said.get("reason", ""))})
