@@ -29,7 +29,8 @@ from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
 from plangate.store.plan_edits import edit_of, summary_written_in
 from plangate.unchecked_approvals import unchecked_reason
-from schemas import Approval, SignedEnvelope
+from schemas import Approval, SignedEnvelope, Step
+from schemas.references import dependencies
 
 # A step of a cancelled goal that started before the cancel, and has not answered yet.
 UNRECORDED = "started before the goal was cancelled: it finishes, and is recorded then"
@@ -261,9 +262,6 @@ def _started_before_cancel(
     run". A step without a row started if the goal's run had begun and every step before it
     is recorded as succeeded: the run records as skipped the steps it leaves unstarted.
     """
-    from schemas import Step
-    from schemas.references import dependencies
-
     steps = [Step.model_validate(step) for step in plan.body.get("steps", [])]
     unrecorded = [step for step in steps if step.id not in runs]
     if not unrecorded or not _run_began(session, plan):
