@@ -18,7 +18,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 Check = Callable[[], bool]
 Readiness = Callable[[], "str | None"]  # None: ready; else why not, in one line
 Exposition = Callable[[], bytes]  # the Prometheus text of the process's metrics
+# More headers for an answer, from its path and content type (serve's security headers on its
+# public port while it waits for a migration; a worker's probe port sends none).
+HeadersFor = Callable[[str, str], Mapping[str, str]]
 # Seconds a client may take to send its request: the probe port is reachable on the network
 # (and is `serve`'s own public port while it waits for a migration), and a client that sent
 # nothing held a thread of its server for good.
@@ -39,7 +42,10 @@ REQUEST_SECONDS = 10.0
 
 
 def _handler_for(
-    alive: Check, ready: Readiness, metrics: Exposition | None = None
+    alive: Check,
+    ready: Readiness,
+    metrics: Exposition | None = None,
+    headers_for: HeadersFor | None = None,
 ) -> type[BaseHTTPRequestHandler]:
     def alive_or_why() -> str | None:
         return None if alive() else "the consume loop is not running"
@@ -71,7 +77,12 @@ def _handler_for(
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
+            headers = {"Cache-Control": "no-store"}
+            if headers_for is not None:
+                path = self.path.partition("?")[0]
+                headers = {**headers_for(path, content_type), **headers}
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -119,8 +130,10 @@ class HealthServer:
         metrics: Exposition | None = None,
         *,
         listening: socket.socket | None = None,
+        headers_for: HeadersFor | None = None,
     ) -> None:
-        self._server = _Server((host, port), _handler_for(alive, ready, metrics), listening)
+        handler = _handler_for(alive, ready, metrics, headers_for)
+        self._server = _Server((host, port), handler, listening)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="plangate-health", daemon=True
         )

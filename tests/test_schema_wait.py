@@ -14,12 +14,14 @@ import signal
 import sqlite3
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from plangate.config import Settings
+from plangate.server.security_headers import security_headers
 from plangate.store import open_store
 from plangate.store.schema import head_revision
 from tests.conftest import SEED_GOAL
@@ -107,6 +109,54 @@ def test_a_deployment_started_before_its_migration_waits_for_it_then_runs_goals(
     assert "the plangate-db-upgrade Job runs it" in said
     assert said.count(f"the database schema is at {head_revision()}, this plangate's") == len(urls)
     assert codes == [0, 0, 0, 0], said
+
+
+def security_headers_of(url: str) -> dict[str, str]:
+    """GET `url` (any status); return the security headers of its answer, by lower-case name."""
+    names = {name.lower() for name in security_headers("/", "text/html")}
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            headers = answer.headers
+    except urllib.error.HTTPError as exc:
+        with exc:
+            headers = exc.headers
+    return {name.lower(): value for name, value in headers.items() if name.lower() in names}
+
+
+@pytest.mark.timeout(60)
+def test_serve_waiting_for_the_migration_answers_with_the_apps_security_headers(
+    tmp_path: Path,
+) -> None:
+    """Given serve started with `--wait-for-schema` on an empty database (its public port
+    answered by the small server that stands in for the app meanwhile),
+    When its probes and any other path are asked for, while it waits and once it runs,
+    Then every answer carries the same security headers as the app's own: never sniffed,
+    cached, framed, nor named in a referrer.
+    """
+    database = tmp_path / "plangate.db"
+    database.touch()
+    fleet = Fleet("memory://", f"sqlite:///{database}", tmp_path)
+    url = f"http://127.0.0.1:{free_port()}"
+    paths = ("/healthz", "/readyz", "/elsewhere")
+    try:
+        fleet.serve(int(url.rpartition(":")[2]), "--wait-for-schema", "30")
+        eventually(lambda: answers(f"{url}/readyz") == 503, 30, "serve waiting")
+        waiting = {path: security_headers_of(f"{url}{path}") for path in paths}
+        upgrade = fleet.plangate("db", "upgrade")
+        assert upgrade.returncode == 0, upgrade.stderr
+        eventually(lambda: answers(f"{url}/readyz") == 200, 30, "serve ready")
+        running = {path: security_headers_of(f"{url}{path}") for path in paths}
+    finally:
+        fleet.stop_all()
+
+    expected = {
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "same-origin",
+        "x-frame-options": "DENY",
+        "cache-control": "no-store",
+    }
+    assert running == {path: expected for path in paths}, fleet.logs()
+    assert waiting == running
 
 
 def started(tmp_path: Path, command: str, *options: str) -> subprocess.CompletedProcess[str]:

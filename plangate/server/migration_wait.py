@@ -3,8 +3,8 @@
 The app's own `/healthz` and `/readyz` come only once its store is open, and uvicorn only
 then: meanwhile the port `serve` listens on answers them itself, `/healthz` 200 (the process
 lives: a liveness probe must not restart it) and `/readyz` 503 with what it waits for (any
-other path is 404: nothing routes to a replica that is not ready). Then uvicorn takes the same
-socket over.
+other path is 404: nothing routes to a replica that is not ready), each answer with the app's
+security headers (it is the app's public port). Then uvicorn takes the same socket over.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from plangate.config import Settings
 from plangate.errors import ConfigError
 from plangate.health import HealthServer
 from plangate.schema_wait import SchemaWait
+from plangate.server.security_headers import security_headers
 
 
 def open_client(settings: Settings, listening: socket.socket, seconds: float) -> Client | None:
@@ -64,6 +65,7 @@ def _answering(
         ready=lambda: migration.reason,
         metrics=metrics.exposition,
         listening=listening,
+        headers_for=security_headers,
     ).start()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None

@@ -20,6 +20,25 @@ PAGE_POLICY = (
 DOCS_POLICY = "frame-ancestors 'none'"
 
 
+def security_headers(path: str, content_type: str, docs_path: str = "/docs") -> dict[str, str]:
+    """Return the headers above for an answer of `content_type` to a request for `path`.
+
+    The one definition of them: the app's middleware adds these, and so does the port `serve`
+    answers on itself while it waits for a migration (a plain standard library server).
+    """
+    in_docs = path == docs_path or path.startswith(docs_path + "/")
+    headers = {
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "X-Frame-Options": "DENY",
+    }
+    if not in_docs:
+        headers["Cache-Control"] = "no-store"
+    if content_type.startswith("text/html"):
+        headers["Content-Security-Policy"] = DOCS_POLICY if in_docs else PAGE_POLICY
+    return headers
+
+
 class SecurityHeaders:
     """ASGI middleware adding the headers above to every HTTP answer (not replacing any)."""
 
@@ -32,19 +51,14 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        in_docs = scope["path"] == self.docs_path or scope["path"].startswith(self.docs_path + "/")
+        path = scope["path"]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("Referrer-Policy", "same-origin")
-                headers.setdefault("X-Frame-Options", "DENY")
-                if not in_docs:
-                    headers.setdefault("Cache-Control", "no-store")
-                if headers.get("content-type", "").startswith("text/html"):
-                    policy = DOCS_POLICY if in_docs else PAGE_POLICY
-                    headers.setdefault("Content-Security-Policy", policy)
+                content_type = headers.get("content-type", "")
+                for name, value in security_headers(path, content_type, self.docs_path).items():
+                    headers.setdefault(name, value)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
