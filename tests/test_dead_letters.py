@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 import resource
 import zlib
 from typing import Any
@@ -15,6 +17,7 @@ from plangate.bus import Envelope, settlement
 from plangate.bus.dead_letters import KEPT_BYTES
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
+from plangate.logs import JsonFormatter
 from plangate.store import GoalRow
 from schemas import GoalSubmitted, encode_message, new_id
 from tests.conftest import SEED_GOAL
@@ -245,6 +248,34 @@ def test_a_message_whose_goal_header_names_another_goal_is_dead_lettered(
     headerless = GoalSubmitted(goal_id="no-header", text="how many tickets are open")
     pipeline.bus.publish([Envelope("goal.submitted", encode_message(headerless), {})])
     assert pipeline.wait_for("no-header", timeout=10).status == "completed"
+
+
+def test_the_dead_letter_of_a_mislabelled_message_is_logged_under_the_goal_it_is_about(
+    pipeline: Pipeline,
+) -> None:
+    """Given a goal.submitted about goal `mine` whose x-plangate-goal-id header names `victim`
+    (a sender's choice, maybe to bury the line under another goal's),
+    When it is dead-lettered,
+    Then its log line names `mine` as its goal, and `victim` only as what the header said: a
+    search of the logs by `mine` finds why it went to the dead-letter queue.
+    """
+    message = GoalSubmitted(goal_id="mine", text=SEED_GOAL)
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())  # formats in the thread that logs, as a worker's
+    logger = logging.getLogger("plangate.bus.settlement")
+    logger.addHandler(handler)
+    try:
+        pipeline.bus.publish(
+            [Envelope("goal.submitted", encode_message(message), {"x-plangate-goal-id": "victim"})]
+        )
+        dead_letters(pipeline)
+    finally:
+        logger.removeHandler(handler)
+
+    [line] = [json.loads(text) for text in lines.getvalue().splitlines() if "dead-lettered" in text]
+    assert line["goal_id"] == "mine"
+    assert line["header_goal_id"] == "victim"
 
 
 def test_dead_letter_does_not_carry_a_secret_header(pipeline: Pipeline) -> None:

@@ -299,7 +299,7 @@ class StageConsumer:
             return
         wrong = misrouted(delivery.routing_key, message) or mislabelled(delivery.headers, message)
         if wrong is not None:
-            self._settlement.dead_letter(raw, delivery, wrong)
+            self._settlement.dead_letter(raw, delivery, wrong, message.goal_id)
             return
         self._middleware.after_receive(delivery)
         self._poll = _FIRST_POLL_SECONDS

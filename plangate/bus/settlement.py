@@ -118,15 +118,18 @@ class Settlement:
         for raw, _ in self._held:
             raw.requeue()
 
-    def dead_letter(self, raw: KombuMessage, delivery: Delivery, reason: str) -> None:
+    def dead_letter(
+        self, raw: KombuMessage, delivery: Delivery, reason: str, goal_id: str | None = None
+    ) -> None:
         """Publish the message to the dead-letter queue with its reason, then ack it.
 
         In the goal's trace as an error, and logged with the goal, message and trace its
         headers name: a message that did not parse has no handler's span or log fields, and
-        its dead letter was a bare `publish` span, its log line naming no goal.
+        its dead letter was a bare `publish` span, its log line naming no goal. `goal_id` is
+        the body's, for a message that was read: logged as the goal in place of the header's.
         """
         name = f"dead-letter {delivery.message_type}"
-        with goal_span(name, delivery.headers, _named_in(delivery.headers)) as span:
+        with goal_span(name, delivery.headers, _named_in(delivery.headers, goal_id)) as span:
             span.set_status(StatusCode.ERROR, reason[:500])
             span.set_attribute("plangate.dead_letter.reason", reason[:2000])
             span.set_attribute("messaging.destination.name", delivery.queue)
@@ -193,12 +196,18 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def _named_in(headers: dict[str, str]) -> dict[str, str]:
+def _named_in(headers: dict[str, str], goal_id: str | None = None) -> dict[str, str]:
     """Return the goal and message ids a message's headers name, for its log line.
 
-    Bounded: whoever published the message wrote them.
+    Bounded: whoever published the message wrote them. `goal_id`, the body's, is the goal
+    when known: a header naming another one (its sender's choice) is kept as
+    `header_goal_id`, so a search of the logs by the real goal finds the line.
     """
-    named = {"goal_id": headers.get(GOAL_HEADER), "message_id": headers.get(MESSAGE_ID_HEADER)}
+    said = headers.get(GOAL_HEADER)
+    named = {"goal_id": said if goal_id is None else goal_id}
+    if goal_id is not None and said not in (None, goal_id):
+        named["header_goal_id"] = said
+    named["message_id"] = headers.get(MESSAGE_ID_HEADER)
     trace_id = telemetry.trace_id_of(headers)
     if trace_id is not None:
         named["trace_id"] = trace_id  # outside a span: the trace it would join
