@@ -88,9 +88,9 @@ class PlannerHandler:
         if isinstance(message, GoalSubmitted):
             return self._on_goal(message, delivery)
         if isinstance(message, PlanDecided) and message.type == "plan.rejected":
-            return self._on_feedback(message.plan_id, message.decision.reason, "reviewer")
+            return self._on_feedback(message, message.decision.reason, "reviewer")
         if isinstance(message, ExecutionFailed):
-            return self._on_feedback(message.plan_id, message.reason, "execution")
+            return self._on_feedback(message, message.reason, "execution")
         raise Reject(f"the planner does not handle {type(message).__name__}")
 
     def _on_goal(self, message: GoalSubmitted, delivery: Delivery) -> Sequence[Envelope]:
@@ -190,15 +190,18 @@ class PlannerHandler:
             return self._propose(plan, draft, session, writing)
 
     def _on_feedback(
-        self, plan_id: str, comment: str, source: FeedbackSource
+        self, message: PlanDecided | ExecutionFailed, comment: str, source: FeedbackSource
     ) -> Sequence[Envelope]:
-        """Make the next revision from feedback on `plan_id`, when that is allowed."""
-        if not self._replan.allows(1, source) or not isinstance(self._planner, RevisingPlanner):
-            return []  # nothing to do; the message is acknowledged
+        """Make the next revision from feedback on the message's plan, when that is allowed.
+
+        Feedback the store cannot place is refused (a dead letter saying why) even when it
+        would revise nothing: acked in silence, a forged one left no trace.
+        """
+        planner = self._planner if isinstance(self._planner, RevisingPlanner) else None
         with self._store.session() as session:
-            row = session.get(PlanRow, plan_id)
-            if row is None:
-                raise Reject(f"feedback on plan {plan_id}, which is not in the store")
+            row = _plan_fed_back(session, message)
+            if planner is None or not self._replan.allows(1, source):
+                return []  # nothing to do; the message is acknowledged
             goal = get_goal(session, row.goal_id)
             newest = latest_plan(session, row.goal_id)
             assert newest is not None  # `row` itself is one of the goal's plans
@@ -214,10 +217,10 @@ class PlannerHandler:
             feedback = Feedback(plan_of(row), comment, source, _tokens_spent(session, goal.id))
             catalog = _catalog_in(session, self._catalog)
             if self._lease is None:
-                return self._revise(self._planner, request, catalog, feedback, session)
+                return self._revise(planner, request, catalog, feedback, session)
             self._take_lease(session, goal.id)
         with self._leased(goal.id):
-            return self._revise(self._planner, request, catalog, feedback)
+            return self._revise(planner, request, catalog, feedback)
 
     def _take_lease(self, session: Session, goal_id: str) -> None:
         """Claim the planning of a goal; Retry once another planner's lease has run out.
@@ -327,6 +330,16 @@ def _refuse_reserved_key(message: GoalSubmitted) -> None:
         refuse_reserved(message.idempotency_key)
     except InputInvalid as exc:
         raise Reject(f"{exc} (published on the broker, not by `serve`)") from exc
+
+
+def _plan_fed_back(session: Session, message: PlanDecided | ExecutionFailed) -> PlanRow:
+    """Return the plan feedback is about; Reject feedback naming no stored plan of its goal."""
+    row = session.get(PlanRow, message.plan_id)
+    if row is None:
+        raise Reject(f"{message.type} names plan {message.plan_id!r}, which is not in the store")
+    if row.goal_id != message.goal_id:  # as the executor refuses another goal's plan
+        raise Reject(f"{message.type} for goal {message.goal_id!r} names another goal's plan")
+    return row
 
 
 def _catalog_in(session: Session, source: Callable[[Session], Catalog]) -> Catalog:

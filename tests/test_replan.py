@@ -20,12 +20,13 @@ from pydantic import SecretStr
 from plangate.bus import Envelope
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from schemas import PlanProposed
+from schemas import ExecutionFailed, PlanProposed
 from tests.conftest import SEED_GOAL
 from tests.openai_stub import OpenAIStub, messages_of, plan_reply, running_stub
 from tests.support import (
     HELD,
     audit_kinds,
+    dead_letters,
     eventually,
     first_envelope,
     next_message,
@@ -159,6 +160,35 @@ def test_with_the_playbook_planner_a_rejection_stands(pipeline: Pipeline) -> Non
 
     assert pipeline.wait_for(goal_id).status == "rejected"
     assert len(plans_of(pipeline.store, goal_id)) == 1
+
+
+def test_a_forged_execution_failure_is_a_dead_letter_saying_why_even_with_replanning_off(
+    pipeline: Pipeline,
+) -> None:
+    """Given the planner with replanning off (the default) and a goal held for review,
+    When an execution.failed names a plan the store does not have, and another names the
+    held plan under another goal,
+    Then each is refused into the dead-letter queue saying why (it was acked in silence, no
+    line logged), as the other stages refuse a message naming what the store does not know;
+    and the held goal is untouched.
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD)
+    plan_id = plans_of(pipeline.store, goal_id)[0].plan_id
+    forged = [
+        ExecutionFailed(goal_id=goal_id, plan_id="no-such-plan", reason="forged"),
+        ExecutionFailed(goal_id="someone-else", plan_id=plan_id, reason="forged"),
+    ]
+
+    pipeline.bus.publish([Envelope.of(message) for message in forged])
+
+    letters = dead_letters(pipeline, count=2)
+    assert sorted(letter.reason for letter in letters) == [
+        "execution.failed for goal 'someone-else' names another goal's plan",
+        "execution.failed names plan 'no-such-plan', which is not in the store",
+    ]
+    assert {letter.queue for letter in letters} == {f"{pipeline.settings.namespace}.planner"}
+    assert pipeline.wait_for(goal_id, HELD).status == "held"
 
 
 def test_a_failed_run_is_revised_when_replan_on_failure_is_set(
