@@ -56,6 +56,16 @@ class StepResult:
 
 
 @dataclass(frozen=True)
+class GoalRetry:
+    """A goal's last retry (`plangate goals retry`), as its audit entry records it."""
+
+    by: str  # the reviewer who sent it back to the planner
+    at: datetime
+    from_state: str  # the state it was retried from: failed, expired or plan_failed
+    reason: str  # as they gave it; "" if they gave none
+
+
+@dataclass(frozen=True)
 class GoalStatus:
     """Where a goal stands: its state, its latest plan, the decision on it and its steps."""
 
@@ -90,9 +100,9 @@ class GoalStatus:
     catalog_problem: str | None = None
     # Approved: why an executor could not check the gate's approval (a key it lacks), if so.
     approval_unchecked: str | None = None
-    # Its last retry: who sent it back to the planner, from which state, and why. (Only the
-    # audit log said so: `status` showed revision 2 under the submitter's name alone.)
-    retried: str | None = None
+    # Its last retry: who sent it back to the planner, when, from which state, and why. (Only
+    # the audit log said so: `status` showed revision 2 under the submitter's name alone.)
+    retried: GoalRetry | None = None
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -222,8 +232,8 @@ def _signed_approvers(session: Session, plan_id: str) -> tuple[str, ...] | None:
     return None if approval.decided_by == "policy" else (approval.decided_by,)
 
 
-def _last_retry(session: Session, goal_id: str) -> str | None:
-    """Say the goal's last retry (`plangate goals retry`): by whom, from where, and why."""
+def _last_retry(session: Session, goal_id: str) -> GoalRetry | None:
+    """Return the goal's last retry (`plangate goals retry`): by whom, when, from where, why."""
     entry = session.execute(
         select(AuditRow.actor, AuditRow.data, AuditRow.at)
         .where(AuditRow.goal_id == goal_id, AuditRow.kind == "goal.submitted")
@@ -232,10 +242,11 @@ def _last_retry(session: Session, goal_id: str) -> str | None:
     ).one_or_none()
     if entry is None or not isinstance(entry.data, dict) or "retried_from" not in entry.data:
         return None
-    reason = str(entry.data.get("reason") or "")
-    why = reason.split(": ", 1)[1] if ": " in reason else ""
-    said = f"by {entry.actor} at {entry.at} (it was {entry.data['retried_from']})"
-    return f"{said}: {why}" if why else said
+    # The transition's reason is "retried by WHO: REASON" (goal_retry.py), or without ": REASON".
+    said, prefix = str(entry.data.get("reason") or ""), f"retried by {entry.actor}"
+    reason = said.removeprefix(prefix).removeprefix(": ") if said.startswith(prefix) else said
+    at = datetime.fromisoformat(entry.at)
+    return GoalRetry(entry.actor, at, str(entry.data["retried_from"]), reason)
 
 
 def _settlers(session: Session, goal_id: str, plan_id: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from executor_worker.engine import idempotency_key
@@ -17,11 +18,19 @@ from plangate.errors import ToolError
 from plangate.goal_retry import retry_goal
 from plangate.relay import deliver
 from plangate.reviewers import add_reviewer
+from plangate.server import create_app
 from plangate.store import AuditRow, DecisionRow, open_store
 from plangate.tools import ToolContext, ToolRegistry, tool
 from schemas import Step
 from tests.fleet import FAST_SWEEPS, Fleet
-from tests.support import eventually, plangate_in, running_pipeline, write_playbook, write_yaml
+from tests.support import (
+    eventually,
+    plangate_in,
+    plans_of,
+    running_pipeline,
+    write_playbook,
+    write_yaml,
+)
 from tests.test_distributed import APPROVE_ALL
 
 pytestmark = pytest.mark.redis
@@ -100,10 +109,12 @@ def test_a_failed_goal_retried_is_a_new_revision_the_gate_decides_again(fleet: F
     )
     assert count(fleet, audited) == 1
     assert final.retried is not None
-    assert final.retried.startswith("by olga at ")
-    assert final.retried.endswith("(it was failed): upstream is back")
+    retried = final.retried
+    assert (retried.by, retried.from_state) == ("olga", "failed")
+    assert retried.reason == "upstream is back"
     shown = fleet.plangate("status", goal_id).stdout
-    assert f"  retried {final.retried}" in shown
+    said = f"  retried by olga at {retried.at.isoformat()} (it was failed): upstream is back"
+    assert said in shown
 
     again = fleet.plangate("goals", "retry", goal_id, PLANGATE_REVIEWER_TOKEN=token)
     assert again.returncode == 2
@@ -182,6 +193,46 @@ def test_a_retried_goal_passes_an_unchanged_write_the_key_it_had(
         eventually(lambda: len(RESERVED) == 2, timeout=10, what="the retry's reservation")
 
     assert RESERVED[0] == RESERVED[1]
+
+
+def test_status_json_and_the_goals_api_give_the_last_retry_as_fields_alike(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a goal that failed, retried by olga with a reason, and failed again,
+    When `plangate status --json` and serve's `GET /api/v1/goals/{id}` are asked for it,
+    Then both give `retried` as the same fields (by, at, from_state, reason), where it was one
+    sentence a program had to take apart; and `plangate status` still says it in one line.
+    """
+    step = {"id": "e", "tool": "explode", "args": {"note": "down"}}
+    playbook = write_playbook(tmp_path, "fail", [step])
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([explode]),
+        playbook_file=playbook,
+        policy_file=write_yaml(tmp_path / "policy.yaml", yaml.safe_load(APPROVE_ALL)),
+    ) as pipeline:
+        goal_id = pipeline.submit("fail").goal_id
+        assert pipeline.wait_for(goal_id).status == "failed"
+        retry = retry_goal(pipeline.store, goal_id, "olga", "upstream is back")
+        deliver(pipeline.store, pipeline.bus, [retry])
+        eventually(lambda: len(plans_of(pipeline.store, goal_id)) == 2, 10, "revision 2")
+        assert pipeline.wait_for(goal_id).status == "failed"
+
+    printed = json.loads(plangate_in(settings.data_dir, "status", goal_id, "--json").stdout)
+    with TestClient(create_app(settings, intake_token="intake")) as http:
+        answer = http.get(f"/api/v1/goals/{goal_id}", headers={"Authorization": "Bearer intake"})
+    human = plangate_in(settings.data_dir, "status", goal_id).stdout
+
+    retried = printed["retried"]
+    assert {k: v for k, v in retried.items() if k != "at"} == {
+        "by": "olga",
+        "from_state": "failed",
+        "reason": "upstream is back",
+    }
+    assert answer.json()["retried"] == retried
+    assert f"  retried by olga at {retried['at'][:-1]}+00:00 (it was failed): upstream is back" in (
+        human
+    )
 
 
 def test_the_key_is_the_same_for_a_call_alike_and_another_for_other_values() -> None:

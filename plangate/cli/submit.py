@@ -114,7 +114,11 @@ def _heading(current: GoalStatus) -> list[str]:
     if current.submitted_by:
         lines.append(f"  submitted by {current.submitted_by} (as the submitter said)")
     if current.retried:
-        lines.append(f"  retried {current.retried}")
+        retry = current.retried
+        why = f": {retry.reason}" if retry.reason else ""
+        lines.append(
+            f"  retried by {retry.by} at {retry.at.isoformat()} (it was {retry.from_state}){why}"
+        )
     if current.decision:
         d = current.decision
         why = f" — {d['reason']}" if d["reason"] else ""  # a reviewer may give no comment

@@ -83,6 +83,15 @@ class StepState(BaseModel):
     )
 
 
+class RetryState(BaseModel):
+    """A goal's last retry (`plangate goals retry`), as its audit entry records it."""
+
+    by: str = Field(description="The reviewer who sent it back to the planner.")
+    at: datetime
+    from_state: str = Field(description="The state it was retried from.")
+    reason: str = Field(description='Why, as they said ("" if they gave no reason).')
+
+
 class GoalState(BaseModel):
     """Where a goal stands: its state, its latest plan, the decision on it and its steps."""
 
@@ -141,7 +150,7 @@ class GoalState(BaseModel):
         description="Approved: why an executor could not check the gate's approval (signed "
         "by a key not in its trusted keys folder); the goal waits until it can.",
     )
-    retried: str | None = Field(
+    retried: RetryState | None = Field(
         default=None,
         description="Its last retry (`plangate goals retry`): by whom, when, from which state, "
         "and why; its latest plan was made afresh after it.",
