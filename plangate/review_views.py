@@ -51,17 +51,35 @@ class Replacement(BaseModel):
     revision: int
 
 
+class GivenApproval(BaseModel):
+    """One reviewer's approval of the revision."""
+
+    approved_by: str
+    comment: str = Field(
+        description='What they wrote, redacted as stored; "" if they gave no comment.'
+    )
+    approved_at: datetime
+
+
 class ReviewerDecision(BaseModel):
     """How a person (or the expiry) decided the revision once it was held."""
 
     action: str = Field(
         description="approve, reject, edit (an edit replaced it: `replaced_by`) or expire."
     )
-    decided_by: str = Field(description="The reviewer (`gate` for an expiry).")
+    decided_by: str = Field(
+        description="The reviewer (`gate` for an expiry); of several approvals, the last one's."
+    )
     comment: str = Field(
-        description='What they wrote, redacted as stored; "" if they gave no comment.'
+        description='What they wrote, redacted as stored; "" if they gave no comment. Of '
+        "several approvals, the last one's: `approvals` has each one's."
     )
     decided_at: datetime
+    approvals: list[GivenApproval] = Field(
+        default=[],
+        description="Every approval of the revision, in turn, each with its comment: of a "
+        "plan two reviewers approved (four eyes), both; of a rejection, those given before it.",
+    )
 
 
 class ReviewSummary(BaseModel):

@@ -10,11 +10,12 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from approval_gate.approvals import count_approval
@@ -26,7 +27,9 @@ from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden, InputInvalid, PolicyError
+from plangate.relay import deliver
 from plangate.reviewers import Reviewer, Reviewers, add_reviewer, remove_reviewer
+from plangate.server import create_app
 from plangate.signing import TrustedKeys
 from plangate.signing_keys import load_or_create_signer, load_trusted_keys
 from plangate.store import ApprovalRow, AuditRow, HoldRow, PlanRow, open_store
@@ -357,6 +360,49 @@ def test_the_approval_that_releases_several_records_its_reviewers_words_alone(
     ]
     assert said == [("alice", "the breach is real"), ("bob", "")]
     assert approvers == ("alice", "bob")
+
+
+def test_a_four_eyes_decision_tells_each_approval_in_the_api_and_on_the_page(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a page held for two approvals from finance,
+    When alice approves it with a comment, then bob releases it with his,
+    Then the review API's `decision` is still bob's approval (its fields as they were), and
+    names both approvals, in turn, each with its comment and time; the review page shows both.
+    The decision named bob alone: alice's comment was only in the audit log.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", TWO_FROM_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+        pipeline.review.approve(plan_id, "alice", roles=FINANCE, comment="the breach is real")
+        released = pipeline.review.approve(plan_id, "bob", roles=FINANCE, comment="page them")
+        deliver(pipeline.store, pipeline.bus, released)
+        assert pipeline.wait_for(goal_id).status == "completed"
+
+    reviewers = Reviewers([Reviewer.with_token("carol", "carol-token", ["finance"])])
+    with TestClient(create_app(settings, reviewers=reviewers), follow_redirects=False) as http:
+        bearer = {"Authorization": "Bearer carol-token"}
+        decision = http.get(f"/api/v1/reviews/{plan_id}", headers=bearer).json()["decision"]
+        assert http.post("/login", data={"token": "carol-token"}).status_code == 303
+        page = http.get(f"/reviews/{plan_id}").text
+
+    assert {k: decision[k] for k in ("action", "decided_by", "comment")} == {
+        "action": "approve",
+        "decided_by": "bob",
+        "comment": "page them",
+    }
+    approvals = decision["approvals"]
+    assert [(a["approved_by"], a["comment"]) for a in approvals] == [
+        ("alice", "the breach is real"),
+        ("bob", "page them"),
+    ]
+    times = [datetime.fromisoformat(a["approved_at"]) for a in approvals]
+    assert times[0] <= times[1] <= datetime.fromisoformat(decision["decided_at"])
+    listed = page.split('id="approvals"', 1)[1].split("</ol>", 1)[0]
+    assert listed.index("alice") < listed.index("the breach is real") < listed.index("bob")
+    assert "page them" in listed
 
 
 def test_a_single_approval_is_audited_with_its_comment(pipeline: Pipeline) -> None:

@@ -88,6 +88,7 @@ def _show_decided(view: dict[str, Any]) -> None:
         words = f" — {decided['comment']}" if decided["comment"] else ""
         said = f"Decided: {decided['action']} by {decided['decided_by']}{words}"
         console.print(render.shown_line(f"{said} ({decided['decided_at']})"))
+        _show_approvals(decided)
     newer = view.get("replaced_by")
     if newer:
         console.print(
@@ -95,6 +96,17 @@ def _show_decided(view: dict[str, Any]) -> None:
             "review that one",
             style="yellow",
         )
+
+
+def _show_approvals(decided: dict[str, Any]) -> None:
+    """Print each approval of several (four eyes), or those a rejection came after."""
+    approvals = decided.get("approvals") or []
+    if decided["action"] == "approve" and len(approvals) < 2:
+        return  # the decision line says the one approval
+    for given in approvals:
+        words = f" — {given['comment']}" if given["comment"] else ""
+        said = f"  approved by {given['approved_by']}{words} ({given['approved_at']})"
+        console.print(render.shown_line(said))
 
 
 def show_held(view: dict[str, Any], catalog: Catalog) -> None:
