@@ -16,7 +16,7 @@ from approval_gate.approvals import approvals_required, counted_approvers, progr
 from approval_gate.approvers import ApproverCheck
 from approval_gate.eligible import release_shortfall
 from approval_gate.expiry import expires_at
-from approval_gate.holds import hold_of, required_roles, revision_editors
+from approval_gate.holds import hold_of, release_bar, required_roles, revision_editors
 from plangate.errors import NotFound
 from plangate.store import DecisionRow, GoalRow, HoldRow, PlanPreviewRow, PlanRow
 from plangate.store.goals import latest_plan
@@ -40,7 +40,7 @@ class HeldPlan:
     hold: HoldRow | None = None  # what a decision needs, as the gate recorded it
     approvers: tuple[str, ...] = ()  # who approved this revision so far (of several needed)
     authors: tuple[str, ...] = ()  # who edited it or an edit it builds on: none may approve it
-    # Why it can never be released (too few reviewers left who may approve it), if so.
+    # Why it can never be released (an unsealed hold, too few reviewers left), if so.
     cannot_be_released: str | None = None
     edit: PlanEdit | None = None  # who made this revision by an edit, and why
     summary_from: int | None = None  # the earlier revision whose summary an edit kept
@@ -155,7 +155,9 @@ def _stuck(
     approvers: tuple[str, ...],
     check: ApproverCheck,
 ) -> str | None:
-    """Say why the revision cannot be released, where the reviewers and the hold are known."""
+    """Say why the revision cannot be released: its hold, or too few reviewers left for it."""
+    if (bar := release_bar(hold)) is not None:  # whoever approves: said before anyone does
+        return bar
     reviewers = check.known()
     # The embedded mode: any name may approve. No hold: nobody may, `check_reviewer` says why.
     if reviewers is None or hold is None:

@@ -84,11 +84,34 @@ def hold_payload(hold: HoldRow, plan: PlanRevision) -> bytes:
     return json.dumps(asked, sort_keys=True, separators=(",", ":")).encode()
 
 
+def release_bar(hold: HoldRow | None) -> str | None:
+    """Say why no approval of a revision held so can ever be released, whoever gives it.
+
+    A hold without a seal was written before migration 0014 sealed holds (by a gate of a
+    release at 0013 or older, even one still running after the upgrade): the gate signs no
+    approval of it. The gate's refusal, the review's views and `serve` ask here alike, so that
+    nobody is invited to approve what the gate will refuse. None: nothing bars its release.
+    """
+    if hold is None or hold.seal is not None:
+        return None  # a plan held before holds were recorded: `check_reviewer` says why
+    return (
+        "cannot be released: its hold carries no seal (a gate of a release before schema "
+        "0014 held it), and the gate signs no approval of an unsealed hold: reject it, and "
+        "submit the goal again"
+    )
+
+
+def check_releasable(hold: HoldRow | None, plan_id: str) -> None:
+    """Refuse an approval of a revision that no approval can release (Conflict, saying why)."""
+    if (bar := release_bar(hold)) is not None:
+        raise Conflict(f"plan {plan_id} {bar}")
+
+
 def check_sealed(hold: HoldRow, plan: PlanRevision, keys: TrustedKeys) -> None:
     """Refuse a hold the gate did not seal as it stands, for this plan (Forbidden, saying why)."""
+    if (bar := release_bar(hold)) is not None:
+        raise Forbidden(f"plan {hold.plan_id} {bar}; nothing is signed", "")
     try:
-        if hold.seal is None:
-            raise ApprovalInvalid("it carries no seal")
         envelope = SignedEnvelope.model_validate(hold.seal)
         payload, _ = keys.verified_payload(envelope, HOLD_TYPE)
         now = hold_payload(hold, plan)

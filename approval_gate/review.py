@@ -40,7 +40,13 @@ from approval_gate.decisions import (
 )
 from approval_gate.held_plan import HeldPlan as HeldPlan
 from approval_gate.held_plan import read_held
-from approval_gate.holds import DEFAULT_HOLD_TTL, check_approver, check_open, check_reviewer
+from approval_gate.holds import (
+    DEFAULT_HOLD_TTL,
+    check_approver,
+    check_open,
+    check_releasable,
+    check_reviewer,
+)
 from approval_gate.refusals import audits_refusals
 from approval_gate.review_span import review_span
 from approval_gate.revisions import catalog_misfit, edited_plan
@@ -237,6 +243,9 @@ class Review:
             held = self._held_for_decision(session, plan_id, expected_hash)
             check_reviewer(held.hold, plan_id, reviewer, roles, action)
             if action == "approve":
+                # Up front: an approval the gate would refuse must not be counted, nor said
+                # to release the plan (a reject still ends it).
+                check_releasable(held.hold, held.plan.plan_id)
                 check_approver(session, held.hold, held.goal, held.plan, reviewer, roles)
                 catalog = self._catalog if self._catalog is not None else read_catalog(session)
                 if (misfit := catalog_misfit(held.plan, catalog)) is not None:

@@ -4,28 +4,34 @@ stands in the way of releasing it, who edited it and why, whether it still fits 
 from __future__ import annotations
 
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
+from approval_gate.holds import check_sealed
 from approval_gate.review import Review
 from plangate.catalog import load_catalog, publish_catalog
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.errors import Conflict
+from plangate.errors import Conflict, Forbidden
 from plangate.goal_status import GoalStatus, read_status
 from plangate.review_views import Replacement, ReviewDetail, detail_of
 from plangate.reviewers import Reviewers, add_reviewer
 from plangate.server import create_app
+from plangate.signing import TrustedKeys
 from plangate.stages import build_review
-from plangate.store import AuditRow
+from plangate.store import AuditRow, HoldRow
 from plangate.store.goals import transition
-from schemas import Plan
+from schemas import Plan, plan_hash
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import serving_app
@@ -245,6 +251,101 @@ def test_a_held_plan_that_no_longer_fits_the_catalog_says_so_and_its_approval_is
     assert status_of(pipeline, goal_id).catalog_problem is None  # the edit is the newest
     # Revision 1, replaced, waits for nobody: "approving it would fail" is said of none.
     assert desk.detail(plan.plan_id).catalog_problem is None
+
+
+@contextmanager
+def serving(desk: Desk) -> Iterator[str]:
+    """Run `serve`'s app on the pipeline's store with the reviewers file; yield its URL."""
+    settings = desk.pipeline.settings.model_copy(update={"reviewers_file": desk.team})
+    reviewers = Reviewers.from_file(desk.team)
+    with (
+        Client(settings) as client,
+        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
+    ):
+        yield url
+
+
+def api_answer(url: str, token: str, payload: object = None) -> tuple[int, Any]:
+    """Return what the API answers at `url` (a POST of `payload`, if given), a refusal too."""
+    request = urllib.request.Request(
+        url,
+        data=None if payload is None else json.dumps(payload).encode(),
+        method="GET" if payload is None else "POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=20) as answer:
+            return int(answer.status), json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        with refused:
+            return refused.code, json.loads(refused.read())
+
+
+def test_a_plan_whose_hold_carries_no_seal_says_it_cannot_be_released_and_refuses_approvals(
+    desk: Desk, tmp_path: Path
+) -> None:
+    """Given a page held for two approvals from finance, its hold without a seal as migration
+    0014 left the holds of a gate of an older release (one still running after the upgrade
+    goes on making them),
+    When frank reads it (the API's view, `review show`, `review list`, the pages),
+    Then each says it cannot be released, why, and what to do: reject it, submit the goal
+    again. Nothing said so: serve recorded "1 of 2 approvals (frank); 1 more needed", then
+    "the gate signs it and releases the plan", and only then did the gate refuse.
+    When frank approves it through `serve`'s API and with `plangate review approve`,
+    Then each approval is refused up front with those words (409; the CLI exits 2), audited
+    as a refusal, and none is counted; the gate refuses such a hold in the same words.
+    When alice rejects it, Then the rejection is taken.
+    """
+    pipeline = desk.pipeline
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=10)
+    plan = only_plan(pipeline.store, goal_id)
+    with pipeline.store.session() as session:  # as migration 0014 found an older gate's hold
+        session.execute(
+            text("UPDATE holds SET seal = NULL WHERE plan_id = :plan_id"), {"plan_id": plan.plan_id}
+        )
+    token = tmp_path / "frank.token"
+    token.write_text(desk.tokens["frank"])
+
+    bar = desk.detail(plan.plan_id).cannot_be_released
+    shown = " ".join(desk.cli("review", "show", plan.plan_id).split())
+    listed = " ".join(desk.cli("review", "list").split())
+    on_the_list = desk.page("frank", plan.plan_id, "td.approved", listed=True)
+    on_its_page = desk.page("frank", plan.plan_id, "#short-of")
+    with serving(desk) as url:
+        reviews = f"{url}/api/v1/reviews/{plan.plan_id}"
+        viewed, view = api_answer(reviews, desk.tokens["frank"])
+        body = {"plan_hash": plan_hash(plan)}
+        answered, refusal = api_answer(f"{reviews}/approve", desk.tokens["frank"], body)
+        by_cli = plangate_in(
+            pipeline.settings.data_dir,
+            *("review", "approve", plan.plan_id, "--server", url, "--token-file", str(token)),
+        )
+    with pipeline.store.session() as session, pytest.raises(Forbidden) as gate_says:
+        check_sealed(session.get_one(HoldRow, plan.plan_id), plan, TrustedKeys([]))
+    still = desk.review.get(plan.plan_id)
+    refused = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "review.refused"]
+    desk.review.reject(plan.plan_id, "alice", "held before the upgrade", roles=FINANCE)
+
+    assert bar == (
+        "cannot be released: its hold carries no seal (a gate of a release before schema 0014 "
+        "held it), and the gate signs no approval of an unsealed hold: reject it, and submit "
+        "the goal again"
+    )
+    assert f"This plan {bar}" in shown
+    assert "0 of 2 ⚠" in listed
+    assert f"⚠ {plan.plan_id[:8]} {bar}" in listed
+    assert on_the_list.startswith("0 of 2 ⚠ cannot be released: its hold carries no seal")
+    assert on_its_page == f"This plan {bar}."
+    assert (viewed, view["cannot_be_released"]) == (200, bar)
+    assert (answered, refusal["error"]) == (409, f"plan {plan.plan_id} {bar}")
+    assert by_cli.returncode == 2, by_cli.stdout
+    assert f"plan {plan.plan_id} {bar}" in " ".join(by_cli.stderr.split())
+    assert [e.data["action"] for e in refused] == ["approve", "approve"]
+    assert {e.data["reason"] for e in refused} == {f"plan {plan.plan_id} {bar}"}
+    assert (still.goal.status, still.approvers) == ("held", ())
+    assert str(gate_says.value) == f"plan {plan.plan_id} {bar}; nothing is signed"
+    assert desk.review.get(plan.plan_id).goal.status == "rejected"
 
 
 def test_an_edit_that_kept_the_summary_says_whose_words_it_is(desk: Desk) -> None:
