@@ -22,7 +22,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from plangate.bus import Bus, Envelope, Observer
 from plangate.client import Client
@@ -291,13 +291,11 @@ def rewind_to_mid_call(store: Store, plan: Plan, step_id: str) -> None:
         row.lease_until = utcnow() - timedelta(seconds=1)
 
 
-def write_a_log_at_0012(url: str) -> None:
-    """Migrate an empty database to 0012 and write two audit entries as 0012 wrote them."""
+def migrate_to(url: str, revision: str) -> Engine:
+    """Migrate the database at `url` to `revision` only, as that release's `db upgrade` did."""
     from alembic import command
     from alembic.config import Config
-    from sqlalchemy import text
 
-    from plangate.store import audit
     from plangate.store.engine import make_engine
 
     engine = make_engine(url)
@@ -305,7 +303,17 @@ def write_a_log_at_0012(url: str) -> None:
     config.set_main_option("script_location", "plangate.store:migrations")
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "0012")
+        command.upgrade(config, revision)
+    return engine
+
+
+def write_a_log_at_0012(url: str) -> None:
+    """Migrate an empty database to 0012 and write two audit entries as 0012 wrote them."""
+    from sqlalchemy import text
+
+    from plangate.store import audit
+
+    engine = migrate_to(url, "0012")
     prev = audit.GENESIS
     with engine.begin() as connection:
         for seq, kind in enumerate(("goal.submitted", "goal.proposed"), start=1):

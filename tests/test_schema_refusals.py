@@ -25,7 +25,7 @@ from plangate.server import create_app, schema_guard
 from plangate.store import open_store
 from plangate.store.schema import head_revision
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
-from tests.support import eventually
+from tests.support import eventually, migrate_to
 from tests.support import plangate_in as plangate
 
 EXIT_USAGE = 2
@@ -78,6 +78,38 @@ def test_db_upgrade_of_a_newer_schema_refuses_and_leaves_it_as_it_is(newer_store
         ]
 
 
+def test_db_current_names_the_revision_the_store_is_at_and_migrates_nothing(
+    tmp_path: Path,
+) -> None:
+    """Given a store that a release at 0013 migrated (its workers, which do not stop when a
+    newer release migrates, may still run on it),
+    When the operator runs `plangate db current` of the new release before `db upgrade`,
+    Then it names 0013 and what to run, exit 2, and leaves the store at 0013: no command said
+    which revision a store was at but the upgrade itself, once done;
+    When `db upgrade` has run, Then it says the store is at this plangate's revision, exit 0.
+    """
+    migrate_to(f"sqlite:///{tmp_path / 'plangate.db'}", "0013").dispose()
+
+    before = plangate(tmp_path, "db", "current")
+    with sqlite3.connect(tmp_path / "plangate.db") as connection:
+        kept = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    upgraded = plangate(tmp_path, "db", "upgrade")
+    after = plangate(tmp_path, "db", "current")
+
+    assert before.returncode == EXIT_USAGE, before.stdout + before.stderr
+    assert before.stderr.splitlines() == [
+        f"error: the database schema is at 0013, this plangate needs {head_revision()}: run "
+        "`plangate db upgrade` first"
+    ]
+    assert kept == [("0013",)]
+    assert upgraded.stdout.endswith(f"from 0013 to {head_revision()}\n"), upgraded.stderr
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == (
+        f"the schema of {tmp_path / 'plangate.db'} is at {head_revision()}, as this plangate "
+        "needs\n"
+    )
+
+
 @pytest.mark.parametrize(
     "args",
     [("goals", "list"), ("run", "how many tickets are open", "--yes")],
@@ -117,7 +149,13 @@ def test_readiness_of_a_process_whose_store_a_newer_plangate_migrated(tmp_path: 
 
 @pytest.mark.parametrize(
     "command",
-    [("status", "abc123"), ("goals", "list"), ("audit", "verify"), ("review", "list")],
+    [
+        ("status", "abc123"),
+        ("goals", "list"),
+        ("audit", "verify"),
+        ("review", "list"),
+        ("db", "current"),
+    ],
 )
 def test_a_command_that_reads_leaves_no_database_at_a_mistyped_path(
     command: tuple[str, ...], tmp_path: Path

@@ -320,6 +320,21 @@ def migrate_store(url: str) -> tuple[str | None, str]:
         engine.dispose()
 
 
+def require_store_schema(url: str) -> str:
+    """Return the schema revision of the store at a SQLAlchemy URL, if it is this plangate's.
+
+    Only reads (a SQLite file is not created); ConfigError, naming the revision found and what
+    to do, if it is older or newer.
+    """
+    engine = make_engine(url, create=False)
+    try:
+        with _said_plainly(engine):
+            schema.require_current(engine)
+    finally:
+        engine.dispose()
+    return schema.head_revision()
+
+
 @contextmanager
 def _said_plainly(engine: Engine) -> Iterator[None]:
     """Turn the database's refusal to open (unreachable, not plangate's) into what to check."""
