@@ -53,7 +53,8 @@ def test_serve_on_every_address_with_no_intake_token_and_no_reviewers_says_so(
 
     [open_intake] = [line for line in said if line.startswith("goal intake is open")]
     assert "PLANGATE_INTAKE_TOKEN is not set" in open_intake
-    [no_reviewer] = [line for line in said if line.startswith("no reviewer is in")]
+    [no_reviewer] = [line for line in said if line.startswith("no reviewer")]
+    assert no_reviewer.startswith("no reviewer file is set (PLANGATE_REVIEWERS_FILE): ")
     assert "plangate reviewers add" in no_reviewer
 
 

@@ -119,9 +119,14 @@ def say_what_is_open(app: FastAPI, settings: Settings, host: str) -> None:
     except PlangateError:  # a file that cannot be read is said as it is read
         return
     if len(reviewers) == 0:
-        where = settings.reviewers_file or "no reviewers file (PLANGATE_REVIEWERS_FILE)"
+        # "no reviewer is in no reviewers file" read as a riddle: the unset file said apart.
+        where = (
+            f"is in {settings.reviewers_file}"
+            if settings.reviewers_file
+            else "file is set (PLANGATE_REVIEWERS_FILE)"
+        )
         log.warning(
-            "no reviewer is in %s: a held plan cannot be decided here; add one with "
+            "no reviewer %s: a held plan cannot be decided here; add one with "
             "`plangate reviewers add NAME --role ROLE --file FILE`",
             where,
         )
