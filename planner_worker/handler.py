@@ -38,7 +38,7 @@ from plangate.store.goals import (
 from plangate.store.outbox import emit
 from planner_worker.answers import failure_of, proposal_of, store_failure, store_proposal
 from planner_worker.planner import Draft, Feedback, Planner, RevisingPlanner
-from planner_worker.replan import FeedbackSource, ReplanPolicy
+from planner_worker.replan import FeedbackSource, ReplanPolicy, UnheardFailures
 from schemas import (
     Catalog,
     ExecutionFailed,
@@ -82,6 +82,8 @@ class PlannerHandler:
         # Longer than planning can take, retries and repairs included; None for a planner that
         # plans without I/O (it plans inside the goal's transaction instead).
         self._lease = lease
+        # A failed run answered by no revision is said (ReplanPolicy alone does nothing then).
+        self._unheard = UnheardFailures(self._replan, planner)
 
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle goal.submitted, plan.rejected or execution.failed."""
@@ -200,8 +202,11 @@ class PlannerHandler:
         planner = self._planner if isinstance(self._planner, RevisingPlanner) else None
         with self._store.session() as session:
             row = _plan_fed_back(session, message)
-            if planner is None or not self._replan.allows(1, source):
+            if not self._replan.allows(1, source):
                 return []  # nothing to do; the message is acknowledged
+            if planner is None:
+                self._unheard.say(row.id, source)
+                return []
             goal = get_goal(session, row.goal_id)
             newest = latest_plan(session, row.goal_id)
             assert newest is not None  # `row` itself is one of the goal's plans

@@ -9,13 +9,16 @@ to know whether to keep following a goal after a rejection.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
 from plangate.config import Settings
 from planner_worker.loading import planner_kind
+from planner_worker.planner import Planner, RevisingPlanner
 
 FeedbackSource = Literal["reviewer", "execution"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,3 +44,38 @@ def replan_expected(settings: Settings, revision: int, source: FeedbackSource) -
     """Whether the configured planner will revise after feedback on `revision`."""
     policy = ReplanPolicy.from_settings(settings)
     return planner_kind(settings) == "openai" and policy.allows(revision, source)
+
+
+class UnheardFailures:
+    """Says that `PLANGATE_REPLAN_ON_FAILURE` asks a planner that takes no feedback.
+
+    The playbook planner cannot revise: a failed run stays failed. Said at the planner's
+    start (a warning), and of the first failed run (info), then of each at debug: a tool
+    that keeps failing must not fill the log.
+    """
+
+    def __init__(self, policy: ReplanPolicy, planner: Planner) -> None:
+        self._planner = type(planner).__name__
+        self._unheard = policy.on_failure and not isinstance(planner, RevisingPlanner)
+        self._said = False
+        if self._unheard:
+            log.warning(
+                "PLANGATE_REPLAN_ON_FAILURE is set, but this planner (%s) takes no feedback: "
+                "a failed run is not planned again; use the LLM planner "
+                "(PLANGATE_PLANNER=openai), or unset PLANGATE_REPLAN_ON_FAILURE",
+                self._planner,
+            )
+
+    def say(self, plan_id: str, source: FeedbackSource) -> None:
+        """Log that the failed run of `plan_id` is not planned again (a rejection: nothing)."""
+        if not self._unheard or source != "execution":
+            return  # a rejection stands with the playbook planner, as the docs say
+        level = logging.DEBUG if self._said else logging.INFO
+        self._said = True
+        log.log(
+            level,
+            "the failed run of plan %s is not planned again: this planner (%s) takes no "
+            "feedback, whatever PLANGATE_REPLAN_ON_FAILURE says",
+            plan_id,
+            self._planner,
+        )

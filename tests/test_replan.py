@@ -7,6 +7,7 @@ stands. The model is the scripted server of tests/openai_stub.py, reached over r
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -221,6 +222,40 @@ def test_a_failed_run_is_revised_when_replan_on_failure_is_set(
     assert "cannot read the demo data" in feedback
     assert goal.status == "failed"
     assert len(stub.requests) == 2
+
+
+def test_replan_on_failure_with_the_playbook_planner_says_it_does_nothing(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given PLANGATE_REPLAN_ON_FAILURE with the playbook planner (it takes no feedback), and a
+    ticket system that cannot be read,
+    When the planner starts, and two read-only goals run and fail,
+    Then it warns at its start that the setting does nothing, says of the first failed run
+    (info) that it is not planned again, and of the second only at debug; each goal ends
+    failed, with its one revision (it consumed execution.failed and said nothing).
+    """
+    monkeypatch.setenv("PLANGATE_DEMO_DATA", str(tmp_path / "missing.json"))
+    caplog.set_level(logging.DEBUG, logger="planner_worker.replan")
+    with running_pipeline(settings, replan_on_failure=True) as pipeline:
+        goal_ids = [pipeline.submit("how many tickets are open").goal_id for _ in range(2)]
+        said = eventually(
+            lambda: [r for r in caplog.records if "not planned again" in r.getMessage()][2:3],
+            what="the planner's lines on both failed runs",
+        )
+        goals = [pipeline.wait_for(goal_id) for goal_id in goal_ids]
+
+    warning, first, second = [r for r in caplog.records if "not planned again" in r.getMessage()]
+    assert said == [second]
+    assert warning.levelno == logging.WARNING
+    assert "PLANGATE_REPLAN_ON_FAILURE is set" in warning.getMessage()
+    assert "use the LLM planner (PLANGATE_PLANNER=openai)" in warning.getMessage()
+    assert (first.levelno, second.levelno) == (logging.INFO, logging.DEBUG)
+    assert "takes no feedback" in first.getMessage()
+    assert [g.status for g in goals] == ["failed", "failed"]
+    assert [len(plans_of(pipeline.store, g)) for g in goal_ids] == [1, 1]
 
 
 def test_plangate_run_shows_the_next_revision_after_a_rejection_and_asks_again(
