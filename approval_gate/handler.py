@@ -239,6 +239,8 @@ class GateHandler:
             span.set_attribute("plangate.decision.action", decision.action)
             span.set_attribute("plangate.decision.decided_by", decision.decided_by)
             span.set_attribute("plangate.decision.rule", decision.rule or "")
+            span.set_attribute("plangate.goal_id", message.goal_id)
+            span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.plan_hash", message.plan_hash)
             span.set_attribute("plangate.policy_version", decision.policy_version)
             return decision

@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
+from opentelemetry import trace
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -113,25 +115,37 @@ def release(
         move_goal=False,
         approvers=approvers,
     )
-    audit.append(
-        session,
-        "approval.signed",
-        actor=ACTOR,
-        goal_id=plan.goal_id,
-        # What the gate itself checked and signed, named so that an auditor need not trust
-        # the approvals handed in before it (a forged one is recorded too, then refused).
-        data={
-            "plan_id": plan.plan_id,
-            "plan_hash": plan.plan_hash,
-            "approval_id": session.scalar(
-                select(ApprovalRow.approval_id).where(ApprovalRow.plan_id == plan.plan_id)
-            ),
-            "decided_by": decided.decided_by,
-            "approvers": approvers,
-            "key_id": signing.signer.key_id,
-        },
-    )
+    # What the gate itself checked and signed, named so that an auditor need not trust
+    # the approvals handed in before it (a forged one is recorded too, then refused).
+    signed = {
+        "plan_id": plan.plan_id,
+        "plan_hash": plan.plan_hash,
+        "approval_id": session.scalar(
+            select(ApprovalRow.approval_id).where(ApprovalRow.plan_id == plan.plan_id)
+        ),
+        "decided_by": decided.decided_by,
+        "approvers": approvers,
+        "key_id": signing.signer.key_id,
+    }
+    audit.append(session, "approval.signed", actor=ACTOR, goal_id=plan.goal_id, data=signed)
+    _name_in_span(plan.goal_id, signed)
     return [envelope]
+
+
+def _name_in_span(goal_id: str, signed: dict[str, Any]) -> None:
+    """Say on the gate's span (`process review.decided`) what it checked and signed.
+
+    As `decide` says a policy's decision: the approvers counted, the approval and its key.
+    """
+    span = trace.get_current_span()
+    span.set_attribute("plangate.goal_id", goal_id)
+    span.set_attribute("plangate.plan_id", signed["plan_id"])
+    span.set_attribute("plangate.plan_hash", signed["plan_hash"])
+    span.set_attribute("plangate.decision.action", "approve")
+    span.set_attribute("plangate.decision.decided_by", signed["decided_by"])
+    span.set_attribute("plangate.approvers", list(signed["approvers"]))
+    span.set_attribute("plangate.approval_id", signed["approval_id"] or "")
+    span.set_attribute("plangate.key_id", signed["key_id"])
 
 
 def _withdraw(

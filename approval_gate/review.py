@@ -207,7 +207,7 @@ class Review:
                     f"revision {plan.revision} of goal {plan.goal_id} exists already; reload it"
                 ) from exc
             moved = {"plan_id": plan.plan_id, "revision": plan.revision, "plan_hash": digest}
-            with review_span(held.goal, old, "edit", reviewer) as span:
+            with review_span(held.goal, old, "edit", reviewer, comment) as span:
                 span.set_attribute("plangate.edit.plan_id", plan.plan_id)
                 span.set_attribute("plangate.edit.plan_hash", digest)
                 edited = {"from_plan_id": old.plan_id, "from_plan_hash": old.plan_hash, **moved}
@@ -223,7 +223,9 @@ class Review:
                 proposal = PlanProposed(
                     goal_id=plan.goal_id, plan=plan, plan_hash=digest, planner=planner
                 )
-                return [emit(session, proposal, trace_headers=held.goal.trace_headers)]
+                # Carrying the edit's span: the new revision's decision reads under the edit
+                # in the trace, as an approval's release does under the approval.
+                return [emit(session, proposal)]
 
     def _held(self, session: Session, goal: GoalRow, plan: PlanRow | None = None) -> HeldPlan:
         """Return `plan` (default: the goal's newest revision) with what a reviewer needs."""
@@ -242,6 +244,7 @@ class Review:
         with self._store.session() as session:
             held = self._held_for_decision(session, plan_id, expected_hash)
             check_reviewer(held.hold, plan_id, reviewer, roles, action)
+            tally = ""  # an approval's count, "2 of 2": each approval's span says it
             if action == "approve":
                 # Up front: an approval the gate would refuse must not be counted, nor said
                 # to release the plan (a reject still ends it).
@@ -264,9 +267,10 @@ class Review:
                         raise already_approved(reviewer, plan_id, so_far) from None
                 # As the gate will count them: "released" must not be said of a plan it holds.
                 approvers, _ = counted_approvers(session, held.plan, held.hold, self._approvers)
+                tally = f"{len(approvers)} of {needed}"
                 if len(approvers) < needed:  # one of several: a decision of the trace too
-                    with review_span(held.goal, held.plan, action, reviewer) as span:
-                        span.set_attribute("plangate.approvals", f"{len(approvers)} of {needed}")
+                    with review_span(held.goal, held.plan, action, reviewer, reason) as span:
+                        span.set_attribute("plangate.approvals", tally)
                         count_only(
                             session, held.plan, held.hold, reviewer, approvers, reason, roles
                         )
@@ -277,7 +281,9 @@ class Review:
                 reason=reason,
                 policy_version=_policy_version(held),
             )
-            with review_span(held.goal, held.plan, action, reviewer):
+            with review_span(held.goal, held.plan, action, reviewer, reason) as span:
+                if tally:
+                    span.set_attribute("plangate.approvals", tally)
                 record_decision(session, held.plan, "human", decision, roles)
                 if action == "approve":
                     return [hand_to_gate(session, held.plan, decision, roles=roles)]

@@ -10,22 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from opentelemetry import trace
-from opentelemetry.trace import Link, Span
+from opentelemetry.trace import Span
 
-from plangate.goal_trace import goal_span
+from plangate.goal_trace import person_span
 from plangate.store import GoalRow, PlanRow
 
 
 @contextmanager
-def review_span(goal: GoalRow, plan: PlanRow, action: str, reviewer: str) -> Iterator[Span]:
+def review_span(
+    goal: GoalRow, plan: PlanRow, action: str, reviewer: str, comment: str = ""
+) -> Iterator[Span]:
     """Open the `review decision` span of `reviewer`'s `action` on `plan`, current inside."""
-    asked = trace.get_current_span().get_span_context()
-    links = [Link(asked)] if asked.is_valid else None
-    with goal_span(
-        "review decision", goal.trace_headers, {"goal_id": goal.id}, links=links
+    with person_span(
+        "review decision", goal.trace_headers, goal.id, action, reviewer, comment
     ) as span:
-        span.set_attribute("plangate.decision.action", action)
-        span.set_attribute("plangate.decision.decided_by", reviewer)
+        span.set_attribute("plangate.plan_id", plan.plan_id)
         span.set_attribute("plangate.plan_hash", plan.plan_hash)
         yield span

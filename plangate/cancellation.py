@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from plangate.errors import Conflict, Forbidden, check_comment
+from plangate.goal_trace import person_span
 from plangate.store import GoalRow, HoldRow, Store
 from plangate.store.goals import get_goal, goal_status, latest_plan, transition
 from schemas.goal_states import cancellable
@@ -30,9 +31,8 @@ def cancel_goal(
     """
     check_comment(reason, "the reason")
     with store.session() as session:
-        goal_id = get_goal(
-            session, goal_id, typed=True
-        ).id  # NotFound; a short id names the whole one
+        goal = get_goal(session, goal_id, typed=True)  # NotFound; a short id names the whole one
+        goal_id = goal.id
         status = session.execute(
             select(GoalRow.status).where(GoalRow.id == goal_id).with_for_update()
         ).scalar_one()
@@ -40,7 +40,9 @@ def cancel_goal(
             raise Conflict(f"goal {goal_id} is {status}: it has ended, nothing to cancel")
         check_role(session, goal_id, who, roles, "cancelling it decides it")
         why = f"cancelled by {who}: {reason}" if reason else f"cancelled by {who}"
-        transition(session, goal_id, "cancelled", by="operator", actor=who, reason=why, data={})
+        # In the goal's trace, as a review is: its move's log line names the goal's trace.
+        with person_span("cancel goal", goal.trace_headers, goal_id, "cancel", who, reason):
+            transition(session, goal_id, "cancelled", by="operator", actor=who, reason=why, data={})
 
 
 def check_role(

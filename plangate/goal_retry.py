@@ -14,6 +14,7 @@ from sqlalchemy import select
 from plangate.bus import Envelope
 from plangate.cancellation import check_role
 from plangate.errors import Conflict, check_comment
+from plangate.goal_trace import person_span
 from plangate.store import GoalRow, Store
 from plangate.store.goals import get_goal, transition
 from plangate.store.outbox import emit
@@ -50,14 +51,17 @@ def retry_goal(
         check_role(session, goal_id, who, roles, "retrying it brings it back for them")
         why = f"retried by {who}: {reason}" if reason else f"retried by {who}"
         previous = goal.status
-        transition(
-            session,
-            goal_id,
-            "submitted",
-            by="operator",
-            actor=who,
-            reason=why,
-            data={"retried_from": previous},
-        )
-        message = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
-        return emit(session, message, trace_headers=goal.trace_headers)
+        # In the goal's trace, as a review is; the goal.submitted it sends carries this span,
+        # so the new revision's planning reads under the retry.
+        with person_span("retry goal", goal.trace_headers, goal_id, "retry", who, reason):
+            transition(
+                session,
+                goal_id,
+                "submitted",
+                by="operator",
+                actor=who,
+                reason=why,
+                data={"retried_from": previous},
+            )
+            message = GoalSubmitted(goal_id=goal.id, text=goal.text, metadata=dict(goal.meta))
+            return emit(session, message)
