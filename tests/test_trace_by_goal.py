@@ -1,9 +1,9 @@
-"""A goal's decisions found in its trace, and serve's lines about them, by the goal's ids.
+"""A goal's decisions found in its trace, and serve's lines about it, by the goal's ids.
 
 A cancel or a retry (serve, the CLI) is a span of the goal's trace, as a review is, and its
 log line names that trace; every decision's span names its goal and plan; each approval says
 how far the count is; the gate's release names the approvers it signed; an edit's new revision
-is published under the edit.
+is published under the edit; serve logs each goal it accepts, in the goal's trace.
 """
 
 from __future__ import annotations
@@ -229,3 +229,28 @@ def test_an_edits_new_revision_is_published_under_the_edit(
         s.parent.span_id for s in named(spans, "publish plan.proposed") if s.parent is not None
     ]
     assert parents.count(edit.context.span_id) == 1
+
+
+def test_serve_logs_each_goal_it_accepts_with_the_goals_id_and_trace(
+    pipeline: Pipeline, settings: Settings, tmp_path: Path
+) -> None:
+    """Given serve,
+    When a service submits a goal with `POST /api/v1/goals`, then the same goal again (its key),
+    Then serve logs a line for each naming the goal, whether it was a duplicate, and the goal's
+    trace (its access line named only the request's trace, and no goal).
+    """
+    goal = {"text": SEED_GOAL, "idempotency_key": "ticket-4711"}
+    with (
+        serving_as(settings, tmp_path, "alice") as (url, _),
+        json_lines("plangate.server.goals") as lines,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
+        first, again = (http.post("/api/v1/goals", json=goal) for _ in range(2))
+        said = read(lines, "accepted")
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    accepted = first.json()
+    assert [(line["goal_id"], line["duplicate"], line["trace_id"]) for line in said] == [
+        (accepted["goal_id"], False, accepted["trace_id"]),
+        (accepted["goal_id"], True, accepted["trace_id"]),
+    ]

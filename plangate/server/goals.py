@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ from plangate.store.goal_list import MAX_PAGE
 # listing, cancelling and retrying a reviewer's; a goal's state either. (One token for the
 # whole router made the reviewers' routes need both in one `Authorization` header.)
 router = APIRouter(prefix="/api/v1/goals", tags=["goals"])
+log = logging.getLogger(__name__)
 
 
 def _intake_or_reviewer(request: Request) -> None:
@@ -254,6 +256,7 @@ async def submit_goal(
     goal = parse_goal(request.headers, await read_body(request))
     handle = await run_in_threadpool(_submit, client, goal, dict(request.headers))
     current = await run_in_threadpool(client.status, handle.goal_id)
+    _log_accepted(handle)
     accepted = GoalAccepted(
         goal_id=handle.goal_id,
         status=current.status,
@@ -266,6 +269,19 @@ async def submit_goal(
         status_code=200 if handle.duplicate else 201,
         headers={"Location": f"{router.prefix}/{handle.goal_id}"},
     )
+
+
+def _log_accepted(handle: GoalHandle) -> None:
+    """Log the goal a submission was answered with, in the goal's trace.
+
+    The access line names the request's trace alone; a duplicate's goal is in its own, older
+    trace, and a CloudEvent's in the one its body named.
+    """
+    fields = {"goal_id": handle.goal_id, "duplicate": handle.duplicate}
+    if handle.trace_id is not None:
+        fields["trace_id"] = handle.trace_id
+    said = " (a duplicate: the goal its key already named)" if handle.duplicate else ""
+    log.info("goal %s accepted%s", handle.goal_id, said, extra=fields)
 
 
 class GoalListItem(BaseModel):
