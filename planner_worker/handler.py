@@ -205,7 +205,7 @@ class PlannerHandler:
             if not self._replan.allows(1, source):
                 return []  # nothing to do; the message is acknowledged
             if planner is None:
-                self._unheard.say(row.id, source)
+                self._unheard.say(row.plan_id, source)
                 return []
             goal = get_goal(session, row.goal_id)
             newest = latest_plan(session, row.goal_id)
