@@ -41,6 +41,10 @@ class StepOutcome:
 DEFAULT_TOOL_TIMEOUT = 60.0
 OUTPUT_NOT_KEPT = "its output was not kept"  # in a succeeded step's note: it was over the limit
 CANCELLED = "not run: goal cancelled"  # why a step was skipped: its goal was cancelled first
+# A finished read is recorded (and told) with the next wave's start. While steps beside it run
+# on and no wave starts, it is recorded this long after instead: a 1 s read beside an 8 s write
+# was told, and recorded, only at the run's end (and lost if the process ended first).
+RECORD_WHILE_WAITING_SECONDS = 0.2
 
 
 def idempotency_key(goal_id: str, step: Step, args: dict[str, Any]) -> str:
@@ -139,13 +143,28 @@ class DagWalk:
             # Announced once the steps they made ready are under way, not before: an
             # announcement is a broker round trip that the next step need not wait for.
             self._announce(finished)
-            if not running:
-                continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                outcome = future.result()  # a step that raised stops the run (see `run`)
-                running.pop(future)
-                self._finish(outcome, finished)
+            if running:
+                self._wait_for_a_step(running, finished)
+
+    def _wait_for_a_step(
+        self, running: dict[Future[StepOutcome], str], finished: list[StepOutcome]
+    ) -> None:
+        """Wait for a running step to end; meanwhile, record what ended unrecorded."""
+        early = RECORD_WHILE_WAITING_SECONDS if self._unrecorded() else None
+        done, _ = wait(running, timeout=early, return_when=FIRST_COMPLETED)
+        if not done:  # the others run on: what ended is recorded now, and told
+            self._record_while_waiting(finished)
+        for future in done:
+            outcome = future.result()  # a step that raised stops the run (see `run`)
+            running.pop(future)
+            self._finish(outcome, finished)
+
+    def _unrecorded(self) -> bool:
+        """Return whether a step ended whose outcome waits to be recorded (`PlanRun`)."""
+        return False
+
+    def _record_while_waiting(self, finished: list[StepOutcome]) -> None:
+        """Record the outcomes that wait to be recorded, adding them to `finished` (`PlanRun`)."""
 
     def _start_wave(
         self, ready: list[Step], deps: Mapping[str, set[str]], finished: list[StepOutcome]

@@ -2,16 +2,19 @@
 
 The walk itself (`engine.DagWalk`) knows no store; this is where a run meets the step ledger:
 a wave's reads are recorded together with the claims of the writes that follow them, and the
-plan's last results with the run's end (`ExecutorHandler._run`).
+plan's last results with the run's end (`ExecutorHandler._run`). A read that ends while steps
+beside it run on, with no wave to start, is recorded by itself shortly after.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from executor_worker.draining import Draining
@@ -24,8 +27,11 @@ from executor_worker.engine import (
 from executor_worker.ledger import Claim, ReadAnswer, StepLedger
 from executor_worker.tool_call import invoke, recorded_earlier, tool_span
 from plangate import faults
+from plangate.errors import StoreUnavailable
 from plangate.tools import ToolRegistry
 from schemas import Plan, Step
+
+log = logging.getLogger(__name__)
 
 
 class PlanRun(DagWalk):
@@ -54,6 +60,7 @@ class PlanRun(DagWalk):
         self._last_finished: list[StepOutcome] = []  # recorded with the run's end
         self._claims: dict[str, Claim] = {}  # made when their wave started, taken by `_call`
         self._wave: Session | None = None  # the transaction that starts a wave, while open
+        self._record_early = True  # reads that ended while others run on (until the store fails)
 
     def _settled(self, step: Step, outcome: StepOutcome) -> None:
         if outcome.status != "pending":  # pending is not an outcome: it runs once settled
@@ -122,6 +129,30 @@ class PlanRun(DagWalk):
             final = _recorded(step, stands[outcome.step_id], outcome.duration_ms)
             self.outcomes[outcome.step_id] = final
             finished.append(final)
+
+    def _unrecorded(self) -> bool:
+        return self._record_early and any(
+            o.provisional and o.attempt is None for o in self.outcomes.values()
+        )
+
+    def _record_while_waiting(self, finished: list[StepOutcome]) -> None:
+        """Record the reads that answered while steps beside them run on, in a transaction.
+
+        Should the store fail, they are left to the next wave or the run's end (which ride
+        an outage out), as before: this run tries no more.
+        """
+        reads = [o for o in self.outcomes.values() if o.provisional and o.attempt is None]
+        answers = [_answer(self._plan.step(o.step_id), o) for o in reads]
+        kept, settled = dict(self.outcomes), list[StepOutcome]()
+        try:
+            with self._ledger.transaction() as session:
+                stands = self._ledger.record_reads(answers, session=session)
+                self._take_what_stands(reads, stands, settled)
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            self.outcomes, self._record_early = kept, False
+            log.debug("reads of plan %s left to its end: %s", self._plan.plan_id, exc)
+            return
+        finished.extend(settled)  # told once committed
 
     def record_last(self, session: Session) -> dict[str, StepOutcome]:
         """Record, in the caller's transaction (the run's end), what is still provisional.

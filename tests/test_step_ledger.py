@@ -327,6 +327,51 @@ def test_reads_that_ran_side_by_side_show_how_long_each_took(
     assert all(r.duration_ms is not None and r.duration_ms >= 200 for r in results), results
 
 
+def test_a_read_that_ends_beside_a_long_step_is_recorded_and_told_while_that_step_runs(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a plan of a quick read `count` beside a write `wait` that runs until the test
+    lets it end,
+    When the read has answered and the write still runs,
+    Then observers hear that `count` finished and the store holds its result, before the write
+    ends: both waited for the run's end (`plangate run` showed a 1 s read only when an 8 s
+    write beside it ended, and an interrupted run that ended first lost the read's record).
+    """
+    release = threading.Event()
+
+    @tool(effect="write", idempotent=True, timeout=30)
+    def wait_for_the_test() -> None:
+        """Run until the test says."""
+        assert release.wait(20), "the test never let the write end"
+
+    playbook = write_playbook(
+        tmp_path,
+        "census",
+        [{"id": "count", "tool": "census"}, {"id": "wait", "tool": "wait_for_the_test"}],
+    )
+    registry = ToolRegistry([census, wait_for_the_test])
+    with running_pipeline(
+        settings, playbook_file=playbook, policy_file=approving_policy(tmp_path), registry=registry
+    ) as pipeline:
+        try:
+            with pipeline.bus.observe(types=["step.finished"]) as observer:
+                goal_id = pipeline.submit("take the census").goal_id
+                told = observer.next(timeout=10)
+                with pipeline.store.reading() as session:
+                    rows = session.query(StepRunRow).filter(StepRunRow.step_id == "count")
+                    recorded = [(row.status, row.output) for row in rows]
+            running = not release.is_set()
+        finally:
+            release.set()
+        goal = pipeline.wait_for(goal_id, timeout=10)
+
+    assert running
+    assert told is not None
+    assert told.step_id == "count"  # type: ignore[attr-defined]
+    assert recorded == [("succeeded", 128)]
+    assert goal.status == "completed", goal.status_reason
+
+
 def _held_seed_plan(pipeline: Pipeline) -> tuple[str, Plan, Step, ToolSpec]:
     """The seed plan, held for review, with its write step and the write's tool spec."""
     goal_id = pipeline.submit(SEED_GOAL).goal_id
