@@ -790,3 +790,30 @@ def test_a_diff_shows_text_as_written_not_escaped() -> None:
     after = PlanRow(plan_id="p2", revision=2, body={"summary": "s", "steps": edited})
 
     assert '+        "message": "page — the secondary 🚨"' in plan_diff(before, after)
+
+
+def test_approving_by_a_short_id_names_the_whole_plan_and_no_other_revision(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Given the seed plan held,
+    When alice approves it by the 8 characters `plangate run` prints,
+    Then the text answer names the whole plan id and says the goal is approved, and does not
+    say "its revision 1 is plan ..." as if another revision had replaced the one she typed
+    (the short id was compared with the whole one); the JSON answer names the whole id.
+    """
+    goal_id, plan = held_seed(pipeline)
+    env = cli_env(pipeline, tmp_path, **reviewer_env(tmp_path, "alice", ["finance"]))
+
+    said = subprocess.run(
+        [sys.executable, "-m", "plangate", "review", "approve", plan.plan_id[:8]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+    assert said.returncode == 0, said.stderr
+    first, now = said.stdout.splitlines()
+    assert first.startswith(f"plan {plan.plan_id}: approval by alice recorded")
+    assert now == f"goal {goal_id} is approved"

@@ -167,7 +167,8 @@ def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
         return
     typer.echo(f"plan {outcome['plan_id']}: {outcome['message']}")
     now = f"goal {outcome['goal_id']} is {outcome['status']}"
-    if outcome["newest_plan_id"] not in (None, outcome["plan_id"]):
+    newest = outcome["newest_plan_id"]
+    if newest is not None and not newest.startswith(outcome["plan_id"]):  # a short id typed
         now += f"; its revision {outcome['revision']} is plan {outcome['newest_plan_id']}"
     typer.echo(now)
 

@@ -203,10 +203,11 @@ def decide_here(
     """Decide in the store as the reviewer the token names; publish; return the outcome."""
     reviewer = access.reviewer()
     with opened_review(access.settings) as (settings, store, review):
-        goal_id = review.get(plan_id).goal.id
+        held = review.get(plan_id)  # by a short id too: the outcome names the whole one
         envelopes = call(review, reviewer)
         publish(settings, store, envelopes)
-        return outcome_here(store, plan_id, goal_id, message(review, reviewer.name))
+        said = message(review, reviewer.name)
+        return outcome_here(store, held.plan.plan_id, held.goal.id, said)
 
 
 def decide_there(access: Access, plan_id: str, action: str, body: dict[str, Any]) -> Any:
