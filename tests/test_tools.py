@@ -197,9 +197,24 @@ def test_invoke_wraps_the_function_s_failure() -> None:
     def broken() -> int:
         raise RuntimeError("upstream is down")
 
-    with pytest.raises(ToolError, match=r"^tool broken failed: upstream is down$") as caught:
+    with pytest.raises(ToolError, match=r"^tool broken failed: RuntimeError: upstream is down$"):
         broken.invoke({}, CONTEXT)
-    assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def test_a_failure_says_the_exception_s_type_as_python_does() -> None:
+    """Given a tool that raises KeyError (whose message is the key alone),
+    When invoked,
+    Then the step's error names the type: "failed: 'A-9999'" told nothing of what went wrong.
+    """
+
+    @tool(effect="read")
+    def order_total(order: str) -> int:
+        return {"A-1": 3}[order]
+
+    with pytest.raises(ToolError) as caught:
+        order_total.invoke({"order": "A-9999"}, CONTEXT)
+    assert str(caught.value) == "tool order_total failed: KeyError: 'A-9999'"
+    assert isinstance(caught.value.__cause__, KeyError)
 
 
 def test_invoke_returns_json_able_output() -> None:

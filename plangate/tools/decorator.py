@@ -299,11 +299,16 @@ def _no_schema(exc: PydanticUserError) -> str:
 
 
 def _said(exc: BaseException) -> str:
-    """Return an exception's message, or its type's name if it has none (or cannot say it)."""
+    """Return an exception's type and message, as Python's traceback ends (`KeyError: 'A-9'`).
+
+    The message alone was cryptic: a KeyError said only the key (`failed: 'A-9'`).
+    """
+    name = type(exc).__name__
     try:
-        return str(exc) or type(exc).__name__
+        message = str(exc)
     except Exception:  # a tool's own exception class whose __str__ fails
-        return type(exc).__name__
+        return name
+    return f"{name}: {message}" if message else name
 
 
 def _build_params(
