@@ -79,3 +79,15 @@ def test_serve_with_its_token_and_reviewers_or_on_loopback_warns_of_nothing_open
         assert not [
             line for line in said if line.startswith(("goal intake is open", "no reviewer"))
         ]
+
+
+def test_serve_says_where_it_listens_and_where_reviewers_go(fleet: Fleet) -> None:
+    """Given serve started on a port of its own,
+    When it starts,
+    Then its log says the address it serves on, and the paths of the review page, intake and
+    API docs: uvicorn, handed the bound socket, said nothing of where it listened.
+    """
+    said = started_and_stopped(fleet, "--host", "127.0.0.1")
+
+    [serving] = [line for line in said if line.startswith("serving on http://127.0.0.1:")]
+    assert "reviews at /reviews, goals at /api/v1/goals" in serving

@@ -85,7 +85,16 @@ def _serve(settings: Settings, client: Client, listening: socket.socket) -> None
     from plangate.server.header_deadline import HeaderDeadline
 
     app = create_app(settings, client=client)
-    say_what_is_open(app, settings, str(listening.getsockname()[0]))
+    host, port = listening.getsockname()[:2]
+    say_what_is_open(app, settings, str(host))
+    # uvicorn says where it listens only when it binds the port itself.
+    address = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    log.info(
+        "serving on http://%s: reviews at /reviews, goals at /api/v1/goals, API docs at /docs "
+        "(reviewers' links use PLANGATE_PUBLIC_URL, %s)",
+        address,
+        settings.public_url,
+    )
     # log_config=None: uvicorn's own loggers go through ours, as JSON lines like a worker's.
     # X-Forwarded-For only from the proxies named: uvicorn's default trusts 127.0.0.1, so
     # a local client (or a same-host proxy passing the header on) chose its own address for
