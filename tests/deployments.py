@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -113,3 +114,41 @@ def call(
         return status, json.loads(raw)
     except ValueError:
         return status, raw.decode(errors="replace")
+
+
+class ServeReplicas:
+    """Talking to a deployment's `serve` replicas: submit on the first, follow on the second.
+
+    A deployment's class gives `intake_token` and `url(replica)`.
+    """
+
+    intake_token: str
+
+    def url(self, replica: int) -> str:
+        """Return the base URL of serve's replica `replica` (1-based)."""
+        raise NotImplementedError
+
+    def submit(self, text: str) -> str:
+        """Submit a goal with the intake token; return its id."""
+        status, answer = call(
+            f"{self.url(1)}/api/v1/goals", "POST", {"text": text}, self.intake_token
+        )
+        assert status in (200, 201, 202), answer
+        return str(answer["goal_id"])
+
+    def goal(self, goal_id: str, until: set[str], timeout: float = 45) -> dict[str, Any]:
+        """Return the goal's state once it is one of `until` (followed on another replica)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, state = call(f"{self.url(2)}/api/v1/goals/{goal_id}", token=self.intake_token)
+            assert status == 200, state
+            if state["status"] in until:
+                return dict(state)
+            assert time.monotonic() < deadline, f"goal {goal_id} is {state['status']}: {state}"
+            time.sleep(0.2)  # a poll's pace, with its deadline above
+
+    def held(self, text: str) -> dict[str, Any]:
+        """Submit `text` and return its goal's state once held (failing if it went elsewhere)."""
+        state = self.goal(self.submit(text), {"held", "completed", "failed", "denied"})
+        assert state["status"] == "held", state
+        return state

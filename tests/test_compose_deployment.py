@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from sqlalchemy.engine import make_url
 from tests.browser import chromium
 from tests.compose import Compose, Instance
 from tests.conftest import SEED_GOAL
-from tests.deployments import add_reviewer, call, plangate
+from tests.deployments import ServeReplicas, add_reviewer, call, plangate
 from tests.support import eventually
 
 pytestmark = [
@@ -74,7 +73,7 @@ def role_policy(path: Path) -> Path:
 
 
 @dataclass
-class Deployment:
+class Deployment(ServeReplicas):
     """The running compose project, its replicas' URLs and the secrets made for it."""
 
     compose: Compose
@@ -92,27 +91,9 @@ class Deployment:
         (only,) = self.compose.instances[service]
         return only
 
-    def submit(self, text: str) -> str:
-        status, answer = call(
-            f"{self.url(1)}/api/v1/goals", "POST", {"text": text}, self.intake_token
-        )
-        assert status in (200, 201, 202), answer
-        return str(answer["goal_id"])
-
-    def goal(self, goal_id: str, until: set[str], timeout: float = 45) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status, state = call(f"{self.url(2)}/api/v1/goals/{goal_id}", token=self.intake_token)
-            assert status == 200, state
-            if state["status"] in until:
-                return dict(state)
-            assert time.monotonic() < deadline, f"goal {goal_id} is {state['status']}: {state}"
-            time.sleep(0.2)
-
     def held(self, text: str = SEED_GOAL) -> dict[str, Any]:
-        state = self.goal(self.submit(text), {"held", "completed", "failed", "denied"})
-        assert state["status"] == "held", state
-        return state
+        """Submit `text` (the seed goal) and return its goal's state once held."""
+        return super().held(text)
 
     def notifications(self) -> int:
         """How many pages the demo notify_oncall sent (kept in the executor's data folder)."""

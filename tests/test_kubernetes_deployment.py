@@ -22,7 +22,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +34,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from tests.conftest import SEED_GOAL
-from tests.deployments import add_reviewer, call
+from tests.deployments import ServeReplicas, add_reviewer, call
 from tests.kubernetes import Cluster, Pod
 from tests.support import eventually
 
@@ -73,7 +72,7 @@ def fill_secrets(path: Path, values: dict[str, dict[str, str]]) -> None:
 
 
 @dataclass
-class Deployment:
+class Deployment(ServeReplicas):
     """The running cluster and the secrets made for it."""
 
     cluster: Cluster
@@ -86,27 +85,9 @@ class Deployment:
         serve = self.cluster.pods["plangate-serve"][replica - 1]
         return f"http://127.0.0.1:{serve.port(8080)}"
 
-    def submit(self, text: str) -> str:
-        status, answer = call(
-            f"{self.url(1)}/api/v1/goals", "POST", {"text": text}, self.intake_token
-        )
-        assert status in (200, 201, 202), answer
-        return str(answer["goal_id"])
-
-    def goal(self, goal_id: str, until: set[str], timeout: float = 45) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            status, state = call(f"{self.url(2)}/api/v1/goals/{goal_id}", token=self.intake_token)
-            assert status == 200, state
-            if state["status"] in until:
-                return dict(state)
-            assert time.monotonic() < deadline, f"goal {goal_id} is {state['status']}: {state}"
-            time.sleep(0.2)
-
-    def held(self) -> dict[str, Any]:
-        state = self.goal(self.submit(SEED_GOAL), {"held", "completed", "failed", "denied"})
-        assert state["status"] == "held", state
-        return state
+    def held(self, text: str = SEED_GOAL) -> dict[str, Any]:
+        """Submit `text` (the seed goal) and return its goal's state once held."""
+        return super().held(text)
 
     def approve(self, plan_id: str, token: str) -> None:
         """Approve a held plan through serve's review API (on the second replica)."""
