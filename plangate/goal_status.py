@@ -126,6 +126,8 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         updated_at=goal.updated_at,
         trace_id=telemetry.trace_id_of(goal.trace_headers),
         submitted_by=submitters_said(goal.meta or {}),
+        # Asked of every goal: a goal retried from plan_failed has no plan, or a revision 1.
+        retried=_last_retry(session, goal.id),
     )
     if plan is None:
         return base
@@ -141,7 +143,6 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
             select(StepRunRow).where(StepRunRow.plan_id == plan.plan_id)
         ).scalars()
     }
-    retried = _last_retry(session, goal.id) if plan.revision > 1 else None
     settlers = _settlers(session, goal.id, plan.plan_id) if runs else {}
     started = _started_before_cancel(session, plan, runs) if goal.status == "cancelled" else {}
     results = tuple(
@@ -187,7 +188,6 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         unoffered=unoffered,
         catalog_problem=misfit,
         approval_unchecked=unchecked,
-        retried=retried,
     )
 
 

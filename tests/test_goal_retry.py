@@ -16,6 +16,7 @@ from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import ToolError
 from plangate.goal_retry import retry_goal
+from plangate.goal_status import GoalStatus, read_status
 from plangate.relay import deliver
 from plangate.reviewers import add_reviewer
 from plangate.server import create_app
@@ -232,6 +233,45 @@ def test_status_json_and_the_goals_api_give_the_last_retry_as_fields_alike(
     assert answer.json()["retried"] == retried
     assert f"  retried by olga at {retried['at'][:-1]}+00:00 (it was failed): upstream is back" in (
         human
+    )
+
+
+def test_a_goal_retried_from_plan_failed_says_who_retried_it_and_why(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a goal no playbook matches (plan_failed), retried by olga with a reason, and
+    failed to plan again,
+    When its status is read,
+    Then `retried` names olga, plan_failed and her reason: it was read only for a goal with a
+    second revision, and such a goal has none (or a first one), so the retry went unsaid.
+    """
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([explode]),
+        playbook_file=write_playbook(tmp_path, "fail", [{"id": "e", "tool": "explode"}]),
+        policy_file=write_yaml(tmp_path / "policy.yaml", yaml.safe_load(APPROVE_ALL)),
+    ) as pipeline:
+        goal_id = pipeline.submit("water the plants").goal_id
+        assert pipeline.wait_for(goal_id).status == "plan_failed"
+        retry = retry_goal(pipeline.store, goal_id, "olga", "the playbook is fixed")
+        deliver(pipeline.store, pipeline.bus, [retry])
+
+        def status() -> GoalStatus:
+            with pipeline.store.reading() as session:
+                return read_status(session, goal_id)
+
+        eventually(
+            lambda: status().status == "plan_failed" and status().retried is not None,
+            timeout=10,
+            what="the retried goal failed to plan again, its retry said",
+        )
+        retried = status().retried
+
+    assert retried is not None
+    assert (retried.by, retried.from_state, retried.reason) == (
+        "olga",
+        "plan_failed",
+        "the playbook is fixed",
     )
 
 
