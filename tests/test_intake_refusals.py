@@ -412,21 +412,22 @@ def test_a_cloudevent_header_sent_twice_or_with_an_idempotency_key_is_refused(
     assert (keyed_structured[0], keyed_structured[2]["error"].startswith(said)) == (422, True)
 
 
-def submit_many(settings: Settings, per_minute: int, goals: int) -> tuple[list[Answer], int]:
-    """Submit `goals` goals from one address to serve allowing `per_minute`; return the
-    answers and how many goals the store holds then."""
+def submit_many(
+    settings: Settings, per_minute: int, goals: int | list[bytes]
+) -> tuple[list[Answer], int]:
+    """Submit `goals` goals (or these bodies) from one address to serve allowing
+    `per_minute`; return the answers and how many goals the store holds then."""
     settings = settings.model_copy(
         update={"broker_url": "memory://", "intake_goals_per_minute": per_minute}
     )
     open_store(settings.resolved_database_url()).close()
+    if isinstance(goals, int):
+        goals = [json.dumps({"text": f"Check Jira {n}"}).encode() for n in range(goals)]
     with (
         Client(settings) as client,
         serving_app(create_app(settings, client=client, intake_token=TOKEN)) as url,
     ):
-        answers = [
-            call(url, json.dumps({"text": f"Check Jira {n}"}).encode(), **JSON_BODY)
-            for n in range(goals)
-        ]
+        answers = [call(url, body, **JSON_BODY) for body in goals]
         return answers, len(client.list_goals(limit=100).goals)
 
 
@@ -457,3 +458,23 @@ def test_no_per_minute_limit_when_it_is_set_to_zero(settings: Settings) -> None:
 
     assert [status for status, _, _ in answers] == [201] * 20
     assert stored == 20
+
+
+def test_duplicates_and_refused_bodies_do_not_count_against_the_per_minute_limit(
+    settings: Settings,
+) -> None:
+    """Given serve allowing 2 goals a minute per address,
+    When one address sends a goal with a key four times, two bodies that are refused, then
+    two new goals,
+    Then the repeats answer 200 and the refusals 422, the first new goal is stored and the
+    second is the one refused (429): a client retrying with its key, as keys are for, was
+    refused and told it had submitted goals it had not.
+    """
+    keyed = json.dumps({"text": "Check Jira", "idempotency_key": "k-1"}).encode()
+    bodies = [keyed] * 4 + [b'{"txt": 1}'] * 2
+    bodies += [json.dumps({"text": f"Check Jira {n}"}).encode() for n in range(2)]
+
+    answers, stored = submit_many(settings, per_minute=2, goals=bodies)
+
+    assert [status for status, _, _ in answers] == [201, 200, 200, 200, 422, 422, 201, 429]
+    assert stored == 2

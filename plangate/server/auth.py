@@ -70,12 +70,15 @@ def require_intake_token(request: Request) -> None:
 
 
 def limit_intake(request: Request) -> None:
-    """Refuse (429) a goal from an address past PLANGATE_INTAKE_GOALS_PER_MINUTE in this process."""
+    """Refuse (429) a goal from an address past PLANGATE_INTAKE_GOALS_PER_MINUTE in this process.
+
+    Only goals stored count (`count_intake`): a duplicate (a client retrying with its key, as
+    keys are for) or a refused body stores nothing, and was told it had submitted a goal.
+    """
     limit: WindowLimit | None = request.app.state.intake_limit
     if limit is None:
         return
-    address = client_address(request)
-    wait = limit.retry_after(address)
+    wait = limit.retry_after(client_address(request))
     if wait is not None:
         per_minute = request.app.state.settings.intake_goals_per_minute
         raise ApiError(
@@ -85,7 +88,13 @@ def limit_intake(request: Request) -> None:
             "on the broker if you send more",
             headers={"Retry-After": str(wait)},
         )
-    limit.count(address)
+
+
+def count_intake(request: Request) -> None:
+    """Count a goal stored for the request's address, against its per-minute limit."""
+    limit: WindowLimit | None = request.app.state.intake_limit
+    if limit is not None:
+        limit.count(client_address(request))
 
 
 def _bearer(request: Request) -> str | None:

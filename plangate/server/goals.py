@@ -18,7 +18,12 @@ from plangate import telemetry
 from plangate.client import Client, GoalHandle, GoalStatus
 from plangate.event_keys import KEY_LIMIT
 from plangate.redaction import redact
-from plangate.server.auth import intake_token_given, limit_intake, require_intake_token
+from plangate.server.auth import (
+    count_intake,
+    intake_token_given,
+    limit_intake,
+    require_intake_token,
+)
 from plangate.server.decision_bodies import CancelRequest, ReasonBody
 from plangate.server.deps import get_client
 from plangate.server.errors import ApiError
@@ -255,6 +260,8 @@ async def submit_goal(
     """Submit a goal; the same idempotency key (or CloudEvent source and id) yields one goal."""
     goal = parse_goal(request.headers, await read_body(request))
     handle = await run_in_threadpool(_submit, client, goal, dict(request.headers))
+    if not handle.duplicate:
+        count_intake(request)
     current = await run_in_threadpool(client.status, handle.goal_id)
     _log_accepted(handle)
     accepted = GoalAccepted(

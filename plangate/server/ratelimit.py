@@ -25,6 +25,10 @@ from starlette.requests import Request
 
 MAX_FAILURES = 10
 WINDOW_SECONDS = 300.0
+# Past this many addresses, those gone quiet are forgotten (at most every tenth of a window);
+# past ten times as many still counting, the longest known are forgotten too: one IPv6 /64
+# holds addresses without end, and each held memory for good.
+MAX_ADDRESSES = 10_000
 
 
 class WindowLimit:
@@ -41,6 +45,7 @@ class WindowLimit:
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self._next_sweep = 0.0
 
     def retry_after(self, address: str) -> int | None:
         """Return the seconds `address` must wait before trying again, or None if it may."""
@@ -56,9 +61,17 @@ class WindowLimit:
         now = self._clock()
         with self._lock:
             self._recent(address, now).append(now)
-            if len(self._failures) > 10_000:  # forget the addresses that went quiet
-                for quiet in [a for a, f in self._failures.items() if not f]:
-                    del self._failures[quiet]
+            if len(self._failures) > MAX_ADDRESSES and now >= self._next_sweep:
+                self._forget_quiet(now)
+
+    def _forget_quiet(self, now: float) -> None:
+        """Forget the addresses with nothing in the window; past 10x the most, the oldest too."""
+        for address in list(self._failures):
+            if not self._recent(address, now):
+                del self._failures[address]
+        for address in list(self._failures)[: max(0, len(self._failures) - 10 * MAX_ADDRESSES)]:
+            del self._failures[address]  # known the longest: a dict keeps insertion order
+        self._next_sweep = now + self._window / 10
 
     def _recent(self, address: str, now: float) -> deque[float]:
         failures = self._failures.setdefault(address, deque())
