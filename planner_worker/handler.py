@@ -205,7 +205,9 @@ class PlannerHandler:
             if not self._replan.allows(1, source):
                 return []  # nothing to do; the message is acknowledged
             if planner is None:
-                self._unheard.say(row.plan_id, source)
+                # Only of a run that did fail: a forged failure of a running goal said one had.
+                if get_goal(session, row.goal_id).status == _AWAITING_FEEDBACK[source]:
+                    self._unheard.say(row.plan_id, source)
                 return []
             goal = get_goal(session, row.goal_id)
             newest = latest_plan(session, row.goal_id)

@@ -258,6 +258,32 @@ def test_replan_on_failure_with_the_playbook_planner_says_it_does_nothing(
     assert [len(plans_of(pipeline.store, g)) for g in goal_ids] == [1, 1]
 
 
+def test_a_forged_failure_of_a_goal_that_did_not_fail_is_not_said_to_have_failed(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given PLANGATE_REPLAN_ON_FAILURE with the playbook planner, and a goal held for review,
+    When an execution.failed names its real plan (someone with the broker learned its id),
+    Then the planner says nothing of a failed run not planned again (it told operators that a
+    run had failed which never ran), and the goal stays held.
+    """
+    caplog.set_level(logging.DEBUG, logger="planner_worker.replan")
+    with running_pipeline(settings, replan_on_failure=True) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        plan_id = plans_of(pipeline.store, goal_id)[0].plan_id
+        forged = ExecutionFailed(goal_id=goal_id, plan_id=plan_id, reason="forged")
+        # Behind it, one the planner dead-letters: once that is, the first was taken too.
+        behind = ExecutionFailed(goal_id=goal_id, plan_id="no-such-plan", reason="forged")
+        pipeline.bus.publish([Envelope.of(forged), Envelope.of(behind)])
+        dead_letters(pipeline, count=1)
+        pipeline.stop()  # the handlers under way end first
+        status = pipeline.wait_for(goal_id, HELD).status
+
+    said = [r.getMessage() for r in caplog.records if "not planned again" in r.getMessage()]
+    assert [line for line in said if "PLANGATE_REPLAN_ON_FAILURE is set" not in line] == []
+    assert status == "held"
+
+
 def test_plangate_run_shows_the_next_revision_after_a_rejection_and_asks_again(
     stub: OpenAIStub, tmp_path: Path
 ) -> None:
