@@ -20,6 +20,7 @@ from typing import Any
 from pythonjsonlogger import json as json_logger
 
 from plangate import telemetry
+from plangate.printable import json_escaped
 from plangate.redaction import redact
 
 _bound: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
@@ -137,8 +138,12 @@ class JsonFormatter(json_logger.JsonFormatter):
             log_data["trace_id"], log_data["span_id"] = ids
 
     def format(self, record: logging.LogRecord) -> str:
-        """Return the record as one redacted JSON line."""
-        return redact(super().format(record))
+        """Return the record as one redacted JSON line, bidi and invisible characters escaped.
+
+        A reviewer's reason or a goal's text may hold U+202E: raw in the line, a terminal or
+        a log viewer reordered what an operator read.
+        """
+        return json_escaped(redact(super().format(record)))
 
 
 def setup_logging(level: str = "INFO", *, json_lines: bool = True, stage: str = "") -> None:

@@ -40,7 +40,15 @@ def printable_json(value: object) -> str:
     kept one was refused as not JSON; escapes only appear inside JSON's strings here, as those
     characters do (JSON's whitespace is none of them).
     """
-    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return json_escaped(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def json_escaped(text: str) -> str:
+    r"""Return JSON text with each character `printable` escapes written as `\uXXXX`.
+
+    The same JSON (it decodes to the same value), shown safely: a log line a person reads on
+    a terminal, a document on a page.
+    """
     return _UNPRINTABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from plangate.client import Client
+from plangate.logs import JsonFormatter
 from plangate.store import GoalRow, open_store
 from tests.conftest import SEED_GOAL
 from tests.fleet import FAST_SWEEPS, Fleet
@@ -130,3 +132,20 @@ def test_serve_logs_json_lines_too(fleet: Fleet) -> None:
         assert entry["stage"] == "serve", entry
         # uvicorn's terminal copy of its message, with ANSI colour codes, is not a field.
         assert "color_message" not in entry, entry
+
+
+def test_a_log_line_shows_bidi_and_invisible_characters_as_json_escapes() -> None:
+    """Given a message holding a right-to-left override, a zero-width space and a C1 control
+    (a reviewer's reason, a goal's text),
+    When it is formatted as a JSON log line,
+    Then the line holds their escapes, not the characters a terminal or log viewer obeys, and
+    decodes to the same message.
+    """
+    said = "cancelled: EVIL\u202eEMCA\u200b\x85 done"
+    record = logging.LogRecord("plangate.test", logging.INFO, __file__, 1, "%s", (said,), None)
+
+    line = JsonFormatter().format(record)
+
+    assert all(escape in line for escape in ("\\u202e", "\\u200b", "\\u0085"))
+    assert not any(c in line for c in "\u202e\u200b\x85")
+    assert json.loads(line)["message"] == said
