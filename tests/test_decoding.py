@@ -15,6 +15,7 @@ import pytest
 from schemas import (
     MESSAGE_MODELS,
     Decision,
+    ExecutionCancelled,
     ExecutionCompleted,
     ExecutionFailed,
     ExecutionPaused,
@@ -121,6 +122,13 @@ BUILDERS: dict[str, Callable[[], Message]] = {
     ),
     "execution.failed": lambda: ExecutionFailed(
         goal_id=GOAL, plan_id=PLAN.plan_id, reason="notify failed", steps={"notify": "failed"}
+    ),
+    "execution.cancelled": lambda: ExecutionCancelled(
+        goal_id=GOAL,
+        plan_id=PLAN.plan_id,
+        reason="cancelled by olga: wrong customer",
+        cancelled_by="olga",
+        steps={"count": "succeeded", "notify": "skipped"},
     ),
 }
 
