@@ -317,7 +317,7 @@ def test_a_handler_left_running_by_a_lost_channel_stores_no_retry_when_it_fails(
     assert said == [
         "a handler of goal.submitted whose channel was lost failed (RuntimeError: the slow "
         "call failed); no retry: the message came again as the channel went, and that copy "
-        "is retried if it fails"
+        "is handled (or sent on again, if it was left to this handler)"
     ]
 
 
@@ -373,6 +373,37 @@ def test_a_run_left_running_by_a_lost_channel_is_handed_back_when_its_worker_sto
         other_stop.set()
         thread.join(15)
     assert other.handled.empty()
+
+
+class FailingExecutorLike(StoppingExecutorLike):
+    """`StoppingExecutorLike` whose first run, released, fails instead (its worker runs on)."""
+
+    def __call__(self, message: Message, delivery: Delivery) -> list[Envelope]:
+        try:
+            return super().__call__(message, delivery)
+        except HandBack:
+            raise RuntimeError("the run's store claim was taken meanwhile") from None
+
+
+@pytest.mark.timeout(120)
+def test_a_run_left_running_by_a_lost_channel_that_fails_sends_its_message_on(
+    make_slow_loop: MakeSlowLoop,
+) -> None:
+    """Given an executor-like consume loop on RabbitMQ whose channel the broker closed under
+    a slow run (consumer_timeout), the message's copy come again and left to that run (acked
+    as running here already),
+    When that run fails,
+    Then the message is sent on again, its attempt unchanged, and handled: the failure stored
+    no retry (the copy owns it), and the copy was gone, so the goal waited for the reconciler.
+    """
+    handler = FailingExecutorLike()
+    loop = make_slow_loop(handler, retry_delays=[60.0])
+    loop.closed_under_the_slow_handler()
+    assert [handler.attempts.get(timeout=1) for _ in range(2)] == [("slow", 1)] * 2
+
+    handler.release.set()
+
+    assert handler.attempts.get(timeout=15) == ("slow", 1)
 
 
 class ProbeAnswers:

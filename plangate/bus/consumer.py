@@ -177,8 +177,9 @@ class StageConsumer:
 
     def _leave_running(self, pool: ThreadPoolExecutor) -> None:
         """Leave a lost channel's handlers running, each with the copy that hands it back."""
+        self._lost.set()  # first: a handler failing from now on stores no retry
         copy = partial(self._settlement.next_attempt, used=False)  # a hand-back uses no attempt
-        running = [(future, copy(r.delivery, r.body)) for future, r in self._in_flight.running()]
+        running = [(future, copy(r.delivery, r.body)) for future, r in self._in_flight.holding()]
         self._left.leave(pool, running, self._lost)
 
     def _consume_with(
@@ -323,10 +324,12 @@ class StageConsumer:
             with self._middleware.handling(message, delivery):
                 envelopes = self._handler(message, delivery)
         except Exception as exc:
-            if isinstance(exc, HandBack) and lost.is_set():
+            if lost.is_set():
+                if not isinstance(exc, HandBack):
+                    say_lost_delivery_failed(exc, delivery)
+                # Its copy may have been left to it here (acked as running here already):
+                # then the message is sent on again, else it is nowhere.
                 self._left.handed_back(delivery)
-            elif lost.is_set():
-                say_lost_delivery_failed(exc, delivery)
             else:
                 self._store_retry(exc, delivery, body)  # raises Deferred once it is stored
             raise

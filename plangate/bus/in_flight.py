@@ -64,9 +64,12 @@ class InFlight:
             if self.taken_up_to is None or made > self.taken_up_to:
                 self.taken_up_to = made
 
-    def running(self) -> list[tuple[HandlerFuture, Running]]:
-        """Return the handlers started, handed back or not, whose end the loop has not seen."""
-        return list(self._running.items())
+    def holding(self) -> list[tuple[HandlerFuture, Running]]:
+        """Return the handlers that hold a slot: running, and not handed back at a deadline.
+
+        One handed back has had its message acked and its copy sent on already.
+        """
+        return [(f, r) for f, r in self._running.items() if f not in self._handed_back]
 
     def ended(self, future: HandlerFuture) -> bool:
         """Note a handler ended; return False if its message was already handed back."""

@@ -9,10 +9,11 @@ worker ran its concurrency afresh beside them (8 handlers at `--concurrency 4`).
 Their deliveries are lost: the copy the broker gave out again owns the message, so a lost
 handler's failure stores no retry (the copy's would be a second one, an attempt counted twice).
 But a copy this worker takes while the handler runs may be left to it (an executor acks one
-as "running here already"): should the handler then hand its message back (its executor
-stops), the hand-back is published as a copy of its own, else the message was nowhere and its
-goal waited for the reconciler. Whichever comes second, the hand-back or the copy's ack,
-publishes it; a copy taken elsewhere, or still queued, is the hand-back already.
+as "running here already"): should the handler then end short (it hands its message back as
+its executor stops, or it fails), the message is published again, else it was nowhere and its
+goal waited for the reconciler. Whichever comes second, the handler's end or the copy's ack,
+publishes it; a copy taken elsewhere, still queued, or taken after the handler ended, is
+handled afresh.
 """
 
 from __future__ import annotations
@@ -106,9 +107,10 @@ class LeftRunning:
             pool.shutdown(wait=True)
 
     def handed_back(self, delivery: Delivery) -> None:
-        """In a lost handler's thread: note it hands its message back (its worker stops).
+        """In a lost handler's thread: note it ends short (it hands back, or it failed).
 
-        The hand-back is published now if the message's copy was acked here, else once it is.
+        Its message is sent on again now if the copy was acked here while it ran, else if the
+        copy is acked here before it ends: that copy was left to it, and is nowhere else.
         """
         with self._changed:
             lost = self._lost.get(_message_id(delivery.headers))
@@ -156,10 +158,9 @@ class LeftRunning:
     def _ended(self, message_id: str, _future: Future[Any]) -> None:
         with self._changed:
             self._count -= 1
-            lost = self._lost.get(message_id)
-            # One handed back is kept for its copy's ack (a few, and only as a worker stops).
-            if lost is not None and not lost.handed_back:
-                del self._lost[message_id]
+            # Its copy, taken from now on, is handled afresh (the run no longer runs here):
+            # nothing to send on for it.
+            self._lost.pop(message_id, None)
             self._changed.notify_all()
 
 
@@ -181,7 +182,8 @@ def say_lost_delivery_failed(error: Exception, delivery: Delivery) -> None:
     """In a handler's thread: say it failed with its channel lost, and so stores no retry."""
     log.warning(
         "a handler of %s whose channel was lost failed (%s); no retry: the message came "
-        "again as the channel went, and that copy is retried if it fails",
+        "again as the channel went, and that copy is handled (or sent on again, if it was "
+        "left to this handler)",
         delivery.routing_key,
         error_text(error),
     )
