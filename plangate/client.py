@@ -217,6 +217,7 @@ class Client:
         """
         from plangate.cancellation import cancel_goal
 
+        telemetry.setup_tracing()  # a span of the goal's trace: none was recorded before a send
         with refusal_audited(self._store, who, "cancel", of_goal(goal_id), reason):
             cancel_goal(self._store, goal_id, who, reason, roles)
         return self.status(goal_id)
@@ -233,6 +234,7 @@ class Client:
         from plangate.goal_retry import retry_goal
         from plangate.relay import deliver
 
+        telemetry.setup_tracing()  # the retry's span, as the cancel's
         with refusal_audited(self._store, who, "retry", of_goal(goal_id), reason):
             retried = retry_goal(self._store, goal_id, who, reason, roles)
         deliver(self._store, self._bus, [retried])

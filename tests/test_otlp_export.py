@@ -23,6 +23,7 @@ from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
 from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
 from tests.span_recording import recording_spans
+from tests.support import eventually
 from tests.test_distributed import APPROVE_ALL, submit_and_wait
 from tests.test_four_eyes import wait_until
 
@@ -405,6 +406,50 @@ def test_a_person_deciding_through_the_cli_or_serve_is_in_the_goals_one_trace(
     assert cli_decision["attributes"]["plangate.decision.action"] == "approve"
     assert api_decision["service"] == "plangate-serve"
     assert api_decision["attributes"]["plangate.decision.action"] == "reject"
+
+
+@pytest.mark.redis
+def test_a_cancel_with_the_cli_on_the_store_is_a_span_of_the_goals_trace(
+    tmp_path: Path, redis_url: str, receiver: Receiver
+) -> None:
+    """Given a goal submitted and waiting, and the CLI exporting spans,
+    When alice cancels it with `plangate goals cancel --reason` on the store (no --server),
+    Then a `cancel goal` span naming her and her reason is in the goal's trace: the CLI set up
+    no tracing before it cancelled (only a send to the broker did), so the cancel of the
+    default path was in no trace, while the same through serve was.
+    """
+    from plangate.reviewers import add_reviewer
+
+    reviewers = tmp_path / "reviewers.yaml"
+    alice = add_reviewer(reviewers, "alice", [])
+    fleet = Fleet(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
+        folder=tmp_path,
+        extra_env={
+            "PLANGATE_REVIEWERS_FILE": str(reviewers),
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        },
+    )
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    submitted = fleet.plangate("submit", "Check Jira", "--json")
+    assert submitted.returncode == 0, submitted.stderr
+    goal = json.loads(submitted.stdout)
+
+    cancelled = fleet.plangate(
+        "goals", "cancel", goal["goal_id"], "--reason", "wrong customer",
+        PLANGATE_REVIEWER_TOKEN=alice,
+    )  # fmt: skip
+
+    assert cancelled.returncode == 0, cancelled.stderr
+    spans = eventually(
+        lambda: [s for s in receiver.spans() if s["name"] == "cancel goal"],
+        what="the cancel's span",
+    )
+    [span] = spans
+    assert span["trace_id"] == goal["trace_id"]
+    assert span["attributes"]["plangate.decision.decided_by"] == "alice"
+    assert span["attributes"]["plangate.decision.reason"] == "wrong customer"
 
 
 def test_a_collector_down_is_one_warning_after_the_outcome(tmp_path: Path) -> None:
