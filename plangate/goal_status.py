@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -34,6 +34,14 @@ from schemas.references import dependencies
 
 # A step of a cancelled goal that started before the cancel, and has not answered yet.
 UNRECORDED = "started before the goal was cancelled: it finishes, and is recorded then"
+NOT_RECORDED = (
+    "started before the goal was cancelled, and no outcome was recorded: its executor stopped "
+    "before the step ended"
+)
+# Past this long after the cancel, a started step still unrecorded is no longer running: longer
+# than a tool's default deadline (60 s) and a step's lease (300 s). Its executor died, and a
+# cancelled goal's run is taken up by no other.
+STILL_RUNNING_AT_MOST = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,11 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         ).scalars()
     }
     settlers = _settlers(session, goal.id, plan.plan_id) if runs else {}
-    started = _started_before_cancel(session, plan, runs) if goal.status == "cancelled" else {}
+    started = (
+        _started_before_cancel(session, plan, runs, goal.updated_at)
+        if goal.status == "cancelled"
+        else {}
+    )
     results = tuple(
         started.get(str(step.get("id")))
         or _result(step, runs.get(str(step.get("id"))), goal.status, settlers)
@@ -264,7 +276,7 @@ def _settlers(session: Session, goal_id: str, plan_id: str) -> dict[str, str]:
 
 
 def _started_before_cancel(
-    session: Session, plan: PlanRow, runs: Mapping[str, StepRunRow]
+    session: Session, plan: PlanRow, runs: Mapping[str, StepRunRow], cancelled_at: datetime
 ) -> dict[str, StepResult]:
     """Return, as running, the steps of a cancelled goal's run that started and are unrecorded.
 
@@ -272,14 +284,18 @@ def _started_before_cancel(
     holds a read only once it has answered: until then it has no row, and it read as "not
     run". A step without a row started if the goal's run had begun and every step before it
     is recorded as succeeded: the run records as skipped the steps it leaves unstarted.
+    Long after the cancel (`STILL_RUNNING_AT_MOST`), such a step is shown skipped: its
+    executor died, and "running" was shown for good.
     """
     steps = [Step.model_validate(step) for step in plan.body.get("steps", [])]
     unrecorded = [step for step in steps if step.id not in runs]
     if not unrecorded or not _run_began(session, plan):
         return {}
     succeeded = {step_id for step_id, run in runs.items() if run.status == "succeeded"}
+    ended = datetime.now(UTC) - cancelled_at > STILL_RUNNING_AT_MOST
+    status, note = ("skipped", NOT_RECORDED) if ended else ("running", UNRECORDED)
     return {
-        step.id: StepResult(step.id, step.tool, "running", error=UNRECORDED)
+        step.id: StepResult(step.id, step.tool, status, error=note)
         for step in unrecorded
         if dependencies(step) <= succeeded
     }

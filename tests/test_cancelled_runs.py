@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from plangate.client import Client
 from plangate.config import Settings
-from plangate.goal_status import UNRECORDED
-from plangate.store import OutboxRow, Store
+from plangate.goal_status import NOT_RECORDED, STILL_RUNNING_AT_MOST, UNRECORDED
+from plangate.store import GoalRow, OutboxRow, Store
 from plangate.tools import ToolRegistry, tool
 from schemas import ExecutionCancelled
 from tests.conftest import SEED_GOAL
@@ -108,6 +109,13 @@ def test_a_goal_cancelled_mid_run_is_answered_and_traced_as_cancelled_not_failed
         plan_id = only_plan(pipeline.store, goal_id).plan_id
         with Client(settings) as client:
             answer = client.cancel(goal_id, "ops-oncall", "wrong census")
+            # As if its executor had died: long after the cancel, nothing was recorded.
+            with pipeline.store.session() as session:
+                long_ago = datetime.now(UTC) - STILL_RUNNING_AT_MOST - timedelta(seconds=1)
+                session.execute(
+                    update(GoalRow).where(GoalRow.id == goal_id).values(updated_at=long_ago)
+                )
+            long_after = client.status(goal_id)
         release.set()
 
         eventually(lambda: len(step_runs(pipeline.store, plan_id)) == 4, what="every record")
@@ -129,6 +137,12 @@ def test_a_goal_cancelled_mid_run_is_answered_and_traced_as_cancelled_not_failed
         ("first", "succeeded", None),
         ("slow", "running", UNRECORDED),
         ("aside", "running", UNRECORDED),
+        ("tell", "skipped", "not run: the goal is cancelled"),
+    ]
+    assert [(r.step_id, r.status, r.error) for r in long_after.results] == [
+        ("first", "succeeded", None),
+        ("slow", "skipped", NOT_RECORDED),
+        ("aside", "skipped", NOT_RECORDED),
         ("tell", "skipped", "not run: the goal is cancelled"),
     ]
     assert [(r.step_id, r.status) for r in later.results] == [
