@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import time
 import weakref
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, get_args
@@ -169,12 +169,14 @@ class Client:
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         event: tuple[str, str] | None = None,
+        admit: Callable[[], None] | None = None,
     ) -> GoalHandle:
         """Submit a goal; the same idempotency key again returns the first goal's handle.
 
         InputInvalid, before anything is stored, for what the HTTP intake refuses too.
         `event`: the goal came as the CloudEvent (source, id), which is its key instead;
-        keys beginning `cloudevent:` are theirs alone.
+        keys beginning `cloudevent:` are theirs alone. `admit`, called before a new goal (not
+        a duplicate) is stored, may raise to refuse it.
         """
         from plangate.submission import submit_goal
 
@@ -186,6 +188,7 @@ class Client:
             idempotency_key=idempotency_key,
             mark=self._marker,
             event=event,
+            admit=admit,
         )
         return GoalHandle(
             self,

@@ -44,13 +44,16 @@ def submit_goal(
     idempotency_key: str | None = None,
     mark: Callable[[Sequence[Envelope]], None] | None = None,
     event: tuple[str, str] | None = None,
+    admit: Callable[[], None] | None = None,
 ) -> Submitted:
     """Store a new goal and publish goal.submitted; the same idempotency key yields one goal.
 
     Everything is checked before anything is stored (InputInvalid saying what to change), by
     the checks the HTTP intake makes: a goal the planner could not store must not wait for ever
     as `submitted`. `mark` marks the published row sent (see `deliver`). `event`: the goal
-    came as the CloudEvent (source, id), which is its key (`plangate.event_keys`).
+    came as the CloudEvent (source, id), which is its key (`plangate.event_keys`). `admit` is
+    called before a new goal is stored, not for a duplicate: it raises to refuse it (serve's
+    per-address limit).
     """
     if event is None:
         refuse_reserved(idempotency_key)
@@ -62,6 +65,8 @@ def submit_goal(
         existing = _earlier_goal(store, message, event)
         if existing is not None:
             return existing
+    if admit is not None:
+        admit()
     with telemetry.tracer().start_as_current_span("submit goal") as span:
         span.set_attribute("plangate.goal_id", message.goal_id)
         headers: dict[str, str] = {}

@@ -15,6 +15,7 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -467,14 +468,37 @@ def test_duplicates_and_refused_bodies_do_not_count_against_the_per_minute_limit
     When one address sends a goal with a key four times, two bodies that are refused, then
     two new goals,
     Then the repeats answer 200 and the refusals 422, the first new goal is stored and the
-    second is the one refused (429): a client retrying with its key, as keys are for, was
-    refused and told it had submitted goals it had not.
+    second is the one refused (429); and the keyed goal sent again then is still answered
+    (200): a client retrying with its key, as keys are for, was refused and told it had
+    submitted goals it had not, and could not learn its goal's id until the minute passed.
     """
     keyed = json.dumps({"text": "Check Jira", "idempotency_key": "k-1"}).encode()
     bodies = [keyed] * 4 + [b'{"txt": 1}'] * 2
-    bodies += [json.dumps({"text": f"Check Jira {n}"}).encode() for n in range(2)]
+    bodies += [json.dumps({"text": f"Check Jira {n}"}).encode() for n in range(2)] + [keyed]
 
     answers, stored = submit_many(settings, per_minute=2, goals=bodies)
 
-    assert [status for status, _, _ in answers] == [201, 200, 200, 200, 422, 422, 201, 429]
+    assert [status for status, _, _ in answers] == [201, 200, 200, 200, 422, 422, 201, 429, 200]
+    assert answers[-1][2]["goal_id"] == answers[0][2]["goal_id"]
     assert stored == 2
+
+
+def test_goals_sent_at_once_from_one_address_are_held_to_the_limit(settings: Settings) -> None:
+    """Given serve allowing 3 goals a minute per address,
+    When one address sends 12 new goals at once,
+    Then 3 are stored and the rest refused (429): a limit looked at first and counted after
+    the goal was stored let every request sent at once pass.
+    """
+    settings = settings.model_copy(update={"broker_url": "memory://", "intake_goals_per_minute": 3})
+    open_store(settings.resolved_database_url()).close()
+    bodies = [json.dumps({"text": f"Check Jira {n}"}).encode() for n in range(12)]
+    with (
+        Client(settings) as client,
+        serving_app(create_app(settings, client=client, intake_token=TOKEN)) as url,
+        ThreadPoolExecutor(12) as pool,
+    ):
+        statuses = sorted(pool.map(lambda body: call(url, body, **JSON_BODY)[0], bodies))
+        stored = len(client.list_goals(limit=100).goals)
+
+    assert statuses == [201] * 3 + [429] * 9
+    assert stored == 3

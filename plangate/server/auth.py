@@ -1,7 +1,7 @@
 """Intake authentication: an optional shared bearer token (`PLANGATE_INTAKE_TOKEN`).
 
 Past the token, each address may submit PLANGATE_INTAKE_GOALS_PER_MINUTE goals a minute to
-this process (`limit_intake`); more answer 429.
+this process (`intake_admission`); more answer 429.
 
 A wrong token counts against the client's address, as a reviewer's does (`ratelimit`), but on
 a count of its own: a sender left with a replaced token must not lock the reviewers behind the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 
 from fastapi import Request
 
@@ -69,32 +70,33 @@ def require_intake_token(request: Request) -> None:
     raise ApiError(401, said, headers={"WWW-Authenticate": "Bearer"})
 
 
-def limit_intake(request: Request) -> None:
-    """Refuse (429) a goal from an address past PLANGATE_INTAKE_GOALS_PER_MINUTE in this process.
+def intake_admission(request: Request) -> Callable[[], None] | None:
+    """Return what refuses (429) a new goal from an address past its per-minute limit.
 
-    Only goals stored count (`count_intake`): a duplicate (a client retrying with its key, as
-    keys are for) or a refused body stores nothing, and was told it had submitted a goal.
+    PLANGATE_INTAKE_GOALS_PER_MINUTE, in this process. Called as a new goal is about to be
+    stored: a duplicate (a client retrying with its key, as keys are for) or a refused body
+    stores nothing and is not counted, and a duplicate is answered even past the limit.
     """
     limit: WindowLimit | None = request.app.state.intake_limit
     if limit is None:
-        return
-    wait = limit.retry_after(client_address(request))
-    if wait is not None:
-        per_minute = request.app.state.settings.intake_goals_per_minute
-        raise ApiError(
-            429,
-            f"your address submitted {per_minute} goals within a minute, the most "
-            f"PLANGATE_INTAKE_GOALS_PER_MINUTE allows; try again in {wait} s, or publish goals "
-            "on the broker if you send more",
-            headers={"Retry-After": str(wait)},
-        )
+        return None
+    address, per_minute = (
+        client_address(request),
+        request.app.state.settings.intake_goals_per_minute,
+    )
 
+    def admit() -> None:
+        wait = limit.take(address)
+        if wait is not None:
+            raise ApiError(
+                429,
+                f"your address submitted {per_minute} goals within a minute, the most "
+                f"PLANGATE_INTAKE_GOALS_PER_MINUTE allows; try again in {wait} s, or publish "
+                "goals on the broker if you send more",
+                headers={"Retry-After": str(wait)},
+            )
 
-def count_intake(request: Request) -> None:
-    """Count a goal stored for the request's address, against its per-minute limit."""
-    limit: WindowLimit | None = request.app.state.intake_limit
-    if limit is not None:
-        limit.count(client_address(request))
+    return admit
 
 
 def _bearer(request: Request) -> str | None:

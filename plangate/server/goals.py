@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated, Any
@@ -18,12 +19,7 @@ from plangate import telemetry
 from plangate.client import Client, GoalHandle, GoalStatus
 from plangate.event_keys import KEY_LIMIT
 from plangate.redaction import redact
-from plangate.server.auth import (
-    count_intake,
-    intake_token_given,
-    limit_intake,
-    require_intake_token,
-)
+from plangate.server.auth import intake_admission, intake_token_given, require_intake_token
 from plangate.server.decision_bodies import CancelRequest, ReasonBody
 from plangate.server.deps import get_client
 from plangate.server.errors import ApiError
@@ -188,7 +184,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalHandle:
+def _submit(
+    client: Client,
+    goal: GoalRequest,
+    headers: dict[str, str],
+    admit: Callable[[], None] | None = None,
+) -> GoalHandle:
     # The goal's trace is the request's (whose span FastAPI made, a child of the caller's
     # `traceparent` if one came): one trace from the caller to the last tool call. Only
     # where no request span is recorded does the caller's header parent it directly.
@@ -204,6 +205,7 @@ def _submit(client: Client, goal: GoalRequest, headers: dict[str, str]) -> GoalH
             metadata=goal.metadata,
             idempotency_key=goal.idempotency_key,
             event=goal.event if isinstance(goal, EventGoal) else None,
+            admit=admit,
         )
     finally:
         if token is not None:
@@ -252,16 +254,15 @@ _WHERE = {
         },
     },
     openapi_extra={"requestBody": _SUBMIT_BODY, "parameters": _SUBMIT_HEADERS},
-    dependencies=[Depends(require_intake_token), Depends(limit_intake)],
+    dependencies=[Depends(require_intake_token)],
 )
 async def submit_goal(
     request: Request, client: Annotated[Client, Depends(get_client)]
 ) -> JSONResponse:
     """Submit a goal; the same idempotency key (or CloudEvent source and id) yields one goal."""
     goal = parse_goal(request.headers, await read_body(request))
-    handle = await run_in_threadpool(_submit, client, goal, dict(request.headers))
-    if not handle.duplicate:
-        count_intake(request)
+    admit = intake_admission(request)
+    handle = await run_in_threadpool(_submit, client, goal, dict(request.headers), admit)
     current = await run_in_threadpool(client.status, handle.goal_id)
     _log_accepted(handle)
     accepted = GoalAccepted(

@@ -51,18 +51,37 @@ class WindowLimit:
         """Return the seconds `address` must wait before trying again, or None if it may."""
         now = self._clock()
         with self._lock:
-            failures = self._recent(address, now)
-            if len(failures) < self._limit:
+            if address not in self._failures:  # asking holds no memory for an address
                 return None
-            return max(1, math.ceil(failures[0] + self._window - now))
+            return self._wait(self._recent(address, now), now)
+
+    def take(self, address: str) -> int | None:
+        """Count one event of `address` if it may have one; else return the seconds to wait.
+
+        One step, so that requests at once from one address cannot all pass a look first.
+        """
+        now = self._clock()
+        with self._lock:
+            wait = self._wait(self._recent(address, now), now)
+            if wait is None:
+                self._counted(address, now)
+            return wait
 
     def count(self, address: str) -> None:
         """Count one event of `address`."""
         now = self._clock()
         with self._lock:
-            self._recent(address, now).append(now)
-            if len(self._failures) > MAX_ADDRESSES and now >= self._next_sweep:
-                self._forget_quiet(now)
+            self._counted(address, now)
+
+    def _wait(self, events: deque[float], now: float) -> int | None:
+        if len(events) < self._limit:
+            return None
+        return max(1, math.ceil(events[0] + self._window - now))
+
+    def _counted(self, address: str, now: float) -> None:
+        self._recent(address, now).append(now)
+        if len(self._failures) > MAX_ADDRESSES and now >= self._next_sweep:
+            self._forget_quiet(now)
 
     def _forget_quiet(self, now: float) -> None:
         """Forget the addresses with nothing in the window; past 10x the most, the oldest too."""
