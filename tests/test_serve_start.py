@@ -91,3 +91,6 @@ def test_serve_says_where_it_listens_and_where_reviewers_go(fleet: Fleet) -> Non
 
     [serving] = [line for line in said if line.startswith("serving on http://127.0.0.1:")]
     assert "reviews at /reviews, goals at /api/v1/goals" in serving
+    # On a port of its own, with PLANGATE_PUBLIC_URL unset: its links name another port.
+    [public] = [line for line in said if line.startswith("PLANGATE_PUBLIC_URL is not set")]
+    assert "http://127.0.0.1:8080, not this port" in public

@@ -95,6 +95,15 @@ def _serve(settings: Settings, client: Client, listening: socket.socket) -> None
         address,
         settings.public_url,
     )
+    if "public_url" not in settings.model_fields_set and not settings.public_url.endswith(
+        f":{port}"
+    ):
+        log.warning(
+            "PLANGATE_PUBLIC_URL is not set: the links held plans' notices give, and the "
+            "origin forms must come from, are %s, not this port; set it to the address "
+            "reviewers reach this serve at",
+            settings.public_url,
+        )
     # log_config=None: uvicorn's own loggers go through ours, as JSON lines like a worker's.
     # X-Forwarded-For only from the proxies named: uvicorn's default trusts 127.0.0.1, so
     # a local client (or a same-host proxy passing the header on) chose its own address for
