@@ -120,9 +120,18 @@ class Review:
     def approval_said(self, plan_id: str, reviewer: str) -> str:
         """Return what an approval by `reviewer` led to, as the CLI and the API say it."""
         held = self.get(plan_id)
-        if held.goal.status == "held" and held.approvals_required > 1:
+        if held.approvals_required > 1:
             left = held.approvals_required - len(held.approvers)
-            return f"approval by {reviewer} recorded: {held.approval_progress}; {left} more needed"
+            if held.goal.status == "held" and left > 0:
+                return (
+                    f"approval by {reviewer} recorded: {held.approval_progress}; {left} more needed"
+                )
+            # The last of several (the gate may have released it already): said as far as the
+            # first ones were ("2 of 2 approvals").
+            return (
+                f"approval by {reviewer} recorded: {held.approval_progress}; the gate signs "
+                "it and releases the plan"
+            )
         return f"approval by {reviewer} recorded; the gate signs it and releases the plan"
 
     @audits_refusals("approve")

@@ -170,6 +170,11 @@ def test_a_page_runs_once_two_people_of_finance_approved_it_neither_the_submitte
     assert json.loads(shown.stdout)["approval_progress"] == "1 of 2 approvals (alice)"
     assert still == "held"
     assert second == 0, second_said
+    # The last approval says how far the approval is too (it said no count at all).
+    assert json.loads(second_said)["message"] == (
+        "approval by bob recorded: 2 of 2 approvals (alice, bob); the gate signs it and "
+        "releases the plan"
+    )
     assert done["status"] == "completed", fleet.logs()
     notified = (fleet.folder / "notifications.jsonl").read_text().splitlines()
     assert len(notified) == 1
