@@ -12,8 +12,7 @@ But a copy this worker takes while the handler runs may be left to it (an execut
 as "running here already"): should the handler then end short (it hands its message back as
 its executor stops, or it fails), the message is published again, else it was nowhere and its
 goal waited for the reconciler. Whichever comes second, the handler's end or the copy's ack,
-publishes it; a copy taken elsewhere, still queued, or taken after the handler ended, is
-handled afresh.
+publishes it; a copy taken elsewhere, or still queued, is handled afresh.
 """
 
 from __future__ import annotations
@@ -109,8 +108,8 @@ class LeftRunning:
     def handed_back(self, delivery: Delivery) -> None:
         """In a lost handler's thread: note it ends short (it hands back, or it failed).
 
-        Its message is sent on again now if the copy was acked here while it ran, else if the
-        copy is acked here before it ends: that copy was left to it, and is nowhere else.
+        Its message is sent on again now if its copy was acked here, else once it is: that copy
+        was left to it, and is nowhere else.
         """
         with self._changed:
             lost = self._lost.get(_message_id(delivery.headers))
@@ -158,9 +157,13 @@ class LeftRunning:
     def _ended(self, message_id: str, _future: Future[Any]) -> None:
         with self._changed:
             self._count -= 1
-            # Its copy, taken from now on, is handled afresh (the run no longer runs here):
-            # nothing to send on for it.
-            self._lost.pop(message_id, None)
+            lost = self._lost.get(message_id)
+            # One that ended short is kept for its copy's ack: the loop may settle that copy
+            # only after this handler ended, though it was left to it while it ran. (A copy
+            # handled afresh after the end is then sent on once more: harmless, as any
+            # redelivery.)
+            if lost is not None and not lost.handed_back:
+                del self._lost[message_id]
             self._changed.notify_all()
 
 
