@@ -133,6 +133,7 @@ def test_a_goal_cancelled_mid_run_is_answered_and_traced_as_cancelled_not_failed
             later = client.status(goal_id)
 
     assert answer.status == "cancelled"
+    assert answer.steps == {r.step_id: r.status for r in answer.results}
     assert [(r.step_id, r.status, r.error) for r in answer.results] == [
         ("first", "succeeded", None),
         ("slow", "running", UNRECORDED),
