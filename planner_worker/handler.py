@@ -14,7 +14,6 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from functools import partial
 
-from pydantic import ValidationError
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -22,9 +21,8 @@ from sqlalchemy.orm import Session
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.catalog import read_offered_catalog
-from plangate.errors import InputInvalid, NotReady, PlanningFailed, Reject, Retry, describe
+from plangate.errors import InputInvalid, NotReady, PlanningFailed, Reject, Retry
 from plangate.event_keys import refuse_reserved
-from plangate.redaction import redact, redact_json
 from plangate.store import GoalRow, PlanRow, Store
 from plangate.store.goals import (
     check_same_goal,
@@ -37,6 +35,7 @@ from plangate.store.goals import (
 )
 from plangate.store.outbox import emit
 from planner_worker.answers import failure_of, proposal_of, store_failure, store_proposal
+from planner_worker.numbered_plan import validated_plan
 from planner_worker.planner import Draft, Feedback, Planner, RevisingPlanner
 from planner_worker.replan import FeedbackSource, ReplanPolicy, UnheardFailures
 from schemas import (
@@ -46,11 +45,7 @@ from schemas import (
     Message,
     Plan,
     PlanDecided,
-    PlanInvalid,
-    Step,
-    new_id,
     utcnow,
-    validate_plan,
 )
 
 Writing = Callable[[], AbstractContextManager[Session]]  # opens a writing transaction
@@ -182,7 +177,7 @@ class PlannerHandler:
             span.set_attribute("plangate.revision", revision)
             try:
                 draft = self._planner.draft(message, catalog)
-                plan = _validated(draft, message.goal_id, revision, catalog)
+                plan = validated_plan(draft, message.goal_id, revision, catalog)
             except PlanningFailed as failure:
                 span.set_attribute("error.type", "planning_failed")
                 if failure.model_server:  # an outage for an operator, not a goal's wording
@@ -204,12 +199,12 @@ class PlannerHandler:
             row = _plan_fed_back(session, message)
             if not self._replan.allows(1, source):
                 return []  # nothing to do; the message is acknowledged
+            goal = get_goal(session, row.goal_id)
             if planner is None:
                 # Only of a run that did fail: a forged failure of a running goal said one had.
-                if get_goal(session, row.goal_id).status == _AWAITING_FEEDBACK[source]:
+                if goal.status == _AWAITING_FEEDBACK[source]:
                     self._unheard.say(row.plan_id, source)
                 return []
-            goal = get_goal(session, row.goal_id)
             newest = latest_plan(session, row.goal_id)
             assert newest is not None  # `row` itself is one of the goal's plans
             if newest.revision == row.revision + 1:  # a redelivery: this feedback was answered
@@ -280,7 +275,7 @@ class PlannerHandler:
             span.set_attribute("plangate.feedback.source", feedback.source)
             try:
                 draft = planner.revise(goal, catalog, feedback)
-                plan = _validated(draft, goal.goal_id, revision, catalog)
+                plan = validated_plan(draft, goal.goal_id, revision, catalog)
             except PlanningFailed as failure:
                 span.set_attribute("error.type", "planning_failed")
                 what = "rejection" if feedback.source == "reviewer" else "failed execution"
@@ -356,42 +351,6 @@ def _catalog_in(session: Session, source: Callable[[Session], Catalog]) -> Catal
         # Executors may still be starting: wait for them rather than fail the goal.
         raise NotReady("no executor has published its tools yet; start an executor")
     return catalog
-
-
-def _validated(draft: Draft, goal_id: str, revision: int, catalog: Catalog) -> Plan:
-    """Return the draft numbered as a plan, validated: nothing invalid leaves the planner.
-
-    A model may write a secret it was sent (the API key a server echoes) into its plan: it is
-    redacted before reviewers, the audit log or a tool see it.
-    """
-    try:
-        plan = Plan(
-            plan_id=new_id(),
-            goal_id=goal_id,
-            revision=revision,
-            summary=redact(draft.summary),
-            steps=tuple(_redacted_step(step) for step in draft.steps),
-        )
-    except ValidationError as exc:
-        # A playbook fills its summary from the goal's words: a long goal can make a plan no
-        # stage accepts. Raised, it failed the message on every resend and the goal stayed
-        # `submitted`; it is the goal's failure, said in the plan's own words.
-        raise PlanningFailed([f"the plan is not valid: {describe(exc)}"]) from exc
-    try:
-        validate_plan(plan, catalog)
-    except PlanInvalid as invalid:
-        raise PlanningFailed([str(p) for p in invalid.problems]) from invalid
-    return plan
-
-
-def _redacted_step(step: Step) -> Step:
-    if redact(step.id) != step.id:
-        # An id is referred to by others (`after`, `${id}`): it cannot be redacted, only refused.
-        raise PlanningFailed(["a step's id quotes a secret plangate knows; the plan is refused"])
-    args, when = redact_json(step.args), redact(step.when) if step.when else step.when
-    if args is step.args and when == step.when:
-        return step
-    return step.model_copy(update={"args": args, "when": when})
 
 
 def _tokens_spent(session: Session, goal_id: str) -> int:

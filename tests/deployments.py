@@ -25,6 +25,9 @@ from sqlalchemy.engine import make_url
 
 from tests.servers import accepts_connections, free_port, stop_process, wait_until_ready
 
+DEPLOY = Path(__file__).parent.parent / "deploy"
+READ_ONLY_GOAL = "How many tickets are open, and what is the SLA?"
+
 # --- the servers the manifests name but do not run --------------------------------------
 
 

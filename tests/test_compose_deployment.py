@@ -32,7 +32,7 @@ from sqlalchemy.engine import make_url
 from tests.browser import chromium
 from tests.compose import Compose, Instance
 from tests.conftest import SEED_GOAL
-from tests.deployments import ServeReplicas, add_reviewer, call, plangate
+from tests.deployments import DEPLOY, READ_ONLY_GOAL, ServeReplicas, add_reviewer, call, plangate
 from tests.support import eventually
 
 pytestmark = [
@@ -42,8 +42,6 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-DEPLOY = Path(__file__).parent.parent / "deploy"
-READ_ONLY_GOAL = "How many tickets are open, and what is the SLA?"
 WORKERS = ("planner", "gate", "executor")
 # PEM private keys of any kind (PKCS#8, OpenSSH, ...), whatever the file is called.
 PRIVATE_KEY_MARK = b"PRIVATE KEY-----"

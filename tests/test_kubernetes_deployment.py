@@ -34,7 +34,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from tests.conftest import SEED_GOAL
-from tests.deployments import ServeReplicas, add_reviewer, call
+from tests.deployments import DEPLOY, READ_ONLY_GOAL, ServeReplicas, add_reviewer, call
 from tests.kubernetes import Cluster, Pod
 from tests.support import eventually
 
@@ -45,8 +45,6 @@ pytestmark = [
     pytest.mark.timeout(180),
 ]
 
-DEPLOY = Path(__file__).parent.parent / "deploy"
-READ_ONLY_GOAL = "How many tickets are open, and what is the SLA?"
 WORKERS = ("plangate-planner", "plangate-gate", "plangate-executor")
 MIGRATION = "plangate-db-upgrade"
 PLACEHOLDERS = ("CHANGE-ME", "REPLACE")

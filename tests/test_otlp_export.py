@@ -325,20 +325,12 @@ def test_a_person_deciding_through_the_cli_or_serve_is_in_the_goals_one_trace(
     its own (and serve's log named it), and neither person's decision was in any trace (the
     CLI recorded no span; serve none until a goal had been submitted through it).
     """
-    from plangate.reviewers import add_reviewer
-
-    reviewers = tmp_path / "reviewers.yaml"
-    alice = add_reviewer(reviewers, "alice", [])
-    fleet = Fleet(
-        broker_url=redis_url,
-        database_url=f"sqlite:///{tmp_path / 'plangate.db'}",
-        folder=tmp_path,
-        extra_env={
-            "PLANGATE_REVIEWERS_FILE": str(reviewers),
-            "PLANGATE_SESSION_SECRET": "s" * 40,
-            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "100",
-        },
+    fleet, alice = exporting_fleet(
+        tmp_path,
+        redis_url,
+        receiver,
+        PLANGATE_SESSION_SECRET="s" * 40,
+        OTEL_BSP_SCHEDULE_DELAY="100",
     )
     assert fleet.plangate("db", "upgrade").returncode == 0
     port = free_port()
@@ -408,16 +400,11 @@ def test_a_person_deciding_through_the_cli_or_serve_is_in_the_goals_one_trace(
     assert api_decision["attributes"]["plangate.decision.action"] == "reject"
 
 
-@pytest.mark.redis
-def test_a_cancel_with_the_cli_on_the_store_is_a_span_of_the_goals_trace(
-    tmp_path: Path, redis_url: str, receiver: Receiver
-) -> None:
-    """Given a goal submitted and waiting, and the CLI exporting spans,
-    When alice cancels it with `plangate goals cancel --reason` on the store (no --server),
-    Then a `cancel goal` span naming her and her reason is in the goal's trace: the CLI set up
-    no tracing before it cancelled (only a send to the broker did), so the cancel of the
-    default path was in no trace, while the same through serve was.
-    """
+def exporting_fleet(
+    tmp_path: Path, redis_url: str, receiver: Receiver, **env: str
+) -> tuple[Fleet, str]:
+    """A fleet on SQLite whose processes export to `receiver`, with alice a reviewer (no
+    role); return it and alice's token."""
     from plangate.reviewers import add_reviewer
 
     reviewers = tmp_path / "reviewers.yaml"
@@ -429,8 +416,23 @@ def test_a_cancel_with_the_cli_on_the_store_is_a_span_of_the_goals_trace(
         extra_env={
             "PLANGATE_REVIEWERS_FILE": str(reviewers),
             "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            **env,
         },
     )
+    return fleet, alice
+
+
+@pytest.mark.redis
+def test_a_cancel_with_the_cli_on_the_store_is_a_span_of_the_goals_trace(
+    tmp_path: Path, redis_url: str, receiver: Receiver
+) -> None:
+    """Given a goal submitted and waiting, and the CLI exporting spans,
+    When alice cancels it with `plangate goals cancel --reason` on the store (no --server),
+    Then a `cancel goal` span naming her and her reason is in the goal's trace: the CLI set up
+    no tracing before it cancelled (only a send to the broker did), so the cancel of the
+    default path was in no trace, while the same through serve was.
+    """
+    fleet, alice = exporting_fleet(tmp_path, redis_url, receiver)
     assert fleet.plangate("db", "upgrade").returncode == 0
     submitted = fleet.plangate("submit", "Check Jira", "--json")
     assert submitted.returncode == 0, submitted.stderr

@@ -37,7 +37,7 @@ from plangate.server.decision_bodies import (
     SettleBody,
 )
 from plangate.server.errors import ApiError
-from plangate.server.goals import ErrorBody
+from plangate.server.goal_bodies import ErrorBody
 from plangate.server.json_bodies import documented_body
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.stages import build_review
