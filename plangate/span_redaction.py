@@ -1,4 +1,4 @@
-"""A span as it leaves the process: every text of it redacted, so nothing secret is exported."""
+"""A span as it leaves the process: its every text redacted (no secret is exported), printable."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status
 
+from plangate.printable import printable
 from plangate.redaction import redact
 from schemas.decoding import storable_text
 
@@ -57,8 +58,10 @@ def redacted_span(span: ReadableSpan) -> ReadableSpan:
 
 
 def _text(text: str) -> str:
-    # Storable too: a lone surrogate would make the whole export batch fail to encode.
-    return storable_text(redact(text))
+    # Storable too: a lone surrogate would make the whole export batch fail to encode. And
+    # printable, as log lines are: a trace viewer shows a reviewer's reason or a goal's text
+    # to an engineer, where a bidirectional override reorders what they read.
+    return storable_text(printable(redact(text)))
 
 
 def _attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -182,8 +182,9 @@ def test_log_records_are_redacted_in_message_arguments_and_traceback(
 
 def test_exported_spans_are_redacted_in_attributes_events_and_status() -> None:
     """Given a provider exporting through the RedactingExporter,
-    When a span quotes a secret in an attribute, an exception event and its status,
-    Then the exported span holds none of it.
+    When a span quotes a secret in an attribute, an exception event and its status, and a
+    reason holds a bidirectional override and an escape sequence,
+    Then the exported span holds none of the secret, and shows those characters as escapes.
     """
     secret = "span-canary-secret-0002"
     redaction.register_secret(secret)
@@ -196,6 +197,7 @@ def test_exported_spans_are_redacted_in_attributes_events_and_status() -> None:
         span.record_exception(RuntimeError(f"boom {secret}"))
         span.set_status(Status(StatusCode.ERROR, f"failed: {secret}"))
         span.set_attribute("bad", "lone \udfff surrogate")
+        span.set_attribute("reason", "approved for EVIL\u202eEMCA\x1b[2J")
 
     (exported,) = memory.get_finished_spans()
     text = repr(
@@ -205,6 +207,8 @@ def test_exported_spans_are_redacted_in_attributes_events_and_status() -> None:
     assert text.count("[redacted]") >= 5
     assert exported.attributes is not None
     assert exported.attributes["bad"] == "lone \ufffd surrogate"
+    # What a trace viewer shows an engineer reads as it is: no override reorders it.
+    assert exported.attributes["reason"] == "approved for EVIL\\u202eEMCA\\x1b[2J"
 
 
 def test_audit_entries_and_goal_reasons_are_redacted_and_storable(tmp_path: Path) -> None:
