@@ -17,7 +17,7 @@ import logging
 from typing import Protocol
 
 from plangate.config import Settings
-from plangate.errors import Forbidden, Unavailable
+from plangate.errors import Forbidden, NotReady, Unavailable
 from plangate.reviewers import Reviewers, ReviewersFile, approval_proof
 from plangate.store import ReviewerApprovalRow
 
@@ -80,20 +80,24 @@ class ProvenApprovers:
 
 
 class NoReviewers:
-    """A worker's gate without a reviewers file: it cannot tell who approved, so nobody did."""
+    """A worker's gate without a reviewers file: it cannot tell who approved, so none counts yet.
+
+    The gate's own setting is missing, not the approver's right: their approval waits (a
+    stored retry, holding no slot) until the gate is started with the file, then counts as the
+    file says. Refused, it was withdrawn, and everyone had to approve again.
+    """
 
     def roles(self, approval: ReviewerApprovalRow) -> frozenset[str]:
-        """Refuse every approval (Forbidden), saying what to configure."""
+        """Keep every approval waiting (NotReady), saying what to configure."""
         log.warning(
-            "refused %s's approval of plan %s: no PLANGATE_REVIEWERS_FILE, so this gate cannot "
-            "check who approved; give it the reviewers file serve uses",
+            "%s's approval of plan %s waits: no PLANGATE_REVIEWERS_FILE, so this gate cannot "
+            "check who approved; start it with the reviewers file serve uses",
             approval.reviewer,
             approval.plan_id,
         )
-        raise Forbidden(
-            "this gate has no reviewers file to check who approved: give it the one serve "
-            "uses (PLANGATE_REVIEWERS_FILE)",
-            "",
+        raise NotReady(
+            "this gate has no reviewers file to check who approved: start it with the one "
+            "serve uses (PLANGATE_REVIEWERS_FILE)"
         )
 
     def known(self) -> Reviewers | None:
@@ -105,8 +109,8 @@ def worker_approvers(settings: Settings) -> ApproverCheck:
     """Return a worker's check: by the reviewers file, or, without one, refusing everyone."""
     if settings.reviewers_file is None:
         log.warning(
-            "PLANGATE_REVIEWERS_FILE is not set: this gate counts no approval by a person (held "
-            "plans wait until they expire); give it the reviewers file `plangate serve` uses"
+            "PLANGATE_REVIEWERS_FILE is not set: this gate counts no approval by a person (each "
+            "waits until the gate is given the reviewers file `plangate serve` uses)"
         )
         return NoReviewers()
     path = settings.reviewers_file

@@ -671,6 +671,46 @@ def test_over_processes_the_approval_of_a_reviewer_removed_since_counts_no_more(
     )
 
 
+@pytest.mark.redis
+def test_over_processes_approvals_wait_for_a_gate_started_without_the_reviewers_file(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Given a deployment whose gate was started without the reviewers file serve and the CLI
+    use (PLANGATE_REVIEWERS_FILE left out of the gate's settings), and a page held for two
+    approvals from finance,
+    When bob and carol approve, Then both approvals are kept and the goal waits, approved, for
+    the gate, whose log says what to configure (it withdrew them, and both had to approve
+    again once the gate was fixed);
+    When the gate is started again with the reviewers file, Then the page is released by bob's
+    and carol's approvals, nobody approving again.
+    """
+    fleet = four_eyes_fleet(tmp_path, redis_url)
+    for stage in ("planner", "executor"):
+        fleet.start(stage)
+    gate = fleet.start("gate", PLANGATE_REVIEWERS_FILE="")
+    try:
+        page = held_page(fleet, "bob", "carol")
+        page.approve("bob")
+        page.approve("carol")
+        eventually(
+            lambda: f"bob's approval of plan {page.plan_id}" in fleet.logs(),
+            timeout=30,
+            what="the gate's word on the approvals",
+        )
+        waiting = status_of(fleet, page.goal_id)
+        assert waiting["status"] == "approved", waiting
+        assert "start it with the reviewers file serve uses" in fleet.logs()
+        assert not (fleet.folder / "notifications.jsonl").exists()
+
+        fleet.kill(gate)
+        fleet.start("gate")
+        done = wait_until(fleet, page.goal_id, {"completed", "failed", "held"}, timeout=60)
+        assert done["status"] == "completed", (done, fleet.logs())
+        assert signed_store_approvers(fleet, page.plan_id) == ("bob", "carol")
+    finally:
+        fleet.stop_all()
+
+
 def signed_store_approvers(fleet: Fleet, plan_id: str) -> tuple[str, ...]:
     """The approvers the gate's signed approval of a revision names, in a fleet's store."""
     store = open_store(fleet.database_url, upgrade=False)
