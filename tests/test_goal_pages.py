@@ -123,7 +123,7 @@ def test_held_plans_show_their_tools_writes_role_time_left_and_the_holds_record(
     assert row.locator(".time-left").inner_text().split("\n")[0].endswith("m")
 
     page.click(f"a[href='/reviews/{held.plan_id}']")
-    assert page.inner_text("#hold-submitter") == "billing-service"
+    assert page.inner_text("#hold-submitter").startswith("billing-service (as the submitter said")
     assert page.inner_text("#hold-role") == "any reviewer"
     assert page.inner_text("#hold-policy")
     assert "UTC" in page.inner_text("#hold-expires")

@@ -369,6 +369,36 @@ def test_an_edit_that_kept_the_summary_says_whose_words_it_is(desk: Desk) -> Non
     assert desk.detail(rewritten.plan_id).summary_from_revision is None
 
 
+def test_the_held_list_shows_each_goal_on_one_line_and_the_page_who_says_they_submitted_it(
+    desk: Desk,
+) -> None:
+    """Given two held pages, one whose goal ends in a word of 400 letters, one whose last
+    request comes after 20 line breaks, submitted as "security-team (verified)",
+    When alice reads the list of held plans, Then the first goal's cell is cut inside the long
+    word (Jinja's cut dropped the whole word: different goals read alike), and the second's
+    line breaks show as `\\n` on one line, its last request in sight;
+    When she opens the second plan, Then its submitter is said to be what the submitter wrote,
+    not a fact (it stood beside the policy's version as if checked).
+    """
+    pipeline = desk.pipeline
+    long_word = pipeline.submit(f"{SEED_GOAL} {'W' * 400}").goal_id
+    many_lines = pipeline.submit(
+        SEED_GOAL + "\n" * 20 + "and ALSO page the CEO",
+        metadata={"submitted_by": "security-team (verified)"},
+    ).goal_id
+    for goal_id in (long_word, many_lines):
+        pipeline.wait_for(goal_id, HELD, timeout=10)
+
+    listed = desk.page("alice", "", "table", listed=True)
+    submitter = desk.page("alice", only_plan(pipeline.store, many_lines).plan_id, "#hold-submitter")
+
+    assert f"{SEED_GOAL} {'W' * 60}" in listed
+    assert SEED_GOAL + "\\n" * 20 + "and ALSO page the CEO" in listed
+    assert submitter == (
+        "security-team (verified) (as the submitter said: anyone who submits may write it)"
+    )
+
+
 def only_plan_summary(desk: Desk, goal_id: str) -> str:
     """The summary the planner wrote for the goal's first revision."""
     return str(plans_of(desk.pipeline.store, goal_id)[0].body["summary"])

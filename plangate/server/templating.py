@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from plangate.printable import printable
+from plangate.printable import printable, printable_line
 from plangate.store.models import EDIT_PREFIX
 
 templates = Jinja2Templates(directory=Path(__file__).with_name("templates"))
@@ -47,4 +47,8 @@ templates.env.filters["editor"] = lambda planner: (
     planner.removeprefix(EDIT_PREFIX) if planner.startswith(EDIT_PREFIX) else None
 )
 templates.env.filters["field"] = FieldValue
+# A list's row: a text's line breaks shown as `\n`, so that 36 of them make no row a screen tall
+# and what follows them stays in sight (`truncate(N, true)` then cuts inside a long word,
+# where Jinja's default dropped the whole word and left `...` alone).
+templates.env.filters["oneline"] = printable_line
 templates.env.filters["pretty"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False)
