@@ -71,7 +71,8 @@ for _reason in ("export_failed", "queue_full"):
     SPANS_DROPPED.labels(_reason)
 SEALING_STOPPED = Gauge(
     "plangate_audit_sealing_stopped",
-    "1 while this gate seals no audit checkpoint: one it saw is gone from the store.",
+    "1 while this gate seals no audit checkpoint (one it saw is gone from the store), or "
+    "leaves out a chain rewritten since it was sealed.",
 )
 _BROKER_UP: list[Gauge] = []  # made by the first worker stage to consume: serve has none
 _BROKER_UP_LOCK = threading.Lock()

@@ -240,12 +240,15 @@ def build_sealing(settings: Settings) -> Callable[[Store], None]:
         try:
             with store.session() as session:
                 memory.check(session)  # never seal over checkpoints someone deleted
-                audit_checkpoints.write(session, signer)
+                refused = audit_checkpoints.write(session, signer).refused
         except AuditBroken as exc:
             metrics.SEALING_STOPPED.set(1)
             log.error("%s", exc)  # said once a checkpoint interval, until a person looks
         else:
-            metrics.SEALING_STOPPED.set(0)
+            # A chain rewritten since it was sealed is left out (the others are sealed).
+            metrics.SEALING_STOPPED.set(1 if refused else 0)
+            for said in refused:
+                log.error("%s", said)
             try:
                 with store.reading() as session:
                     memory.remember_newest(session)

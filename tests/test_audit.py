@@ -142,8 +142,9 @@ def test_deleted_last_audit_entry_is_detected(pipeline: Pipeline, completed_run:
     assert report.entries == LOGGED_ENTRIES - 1
     assert report.broken_at == last - 1
     assert report.problem == (
-        f"entries after this one were removed from goal {completed_run}'s chain "
-        f"(it ends at {SEED_RUN_ENTRIES - 1}, its head was {SEED_RUN_ENTRIES})"
+        f"goal {completed_run}'s chain ends here, at entry {SEED_RUN_ENTRIES - 1}, but its "
+        f"entry {SEED_RUN_ENTRIES} was recorded (by its head, or sealed by a checkpoint): "
+        "entries were removed from it"
     )
 
 
@@ -251,7 +252,7 @@ def checkpoint(pipeline: Pipeline, signer: Signer | None = None) -> None:
     """Seal the chains as the gate does: signed with its key."""
     signer = signer or load_or_create_signer(pipeline.settings)
     with pipeline.store.session() as session:
-        assert audit_checkpoints.write(session, signer) is not None
+        assert audit_checkpoints.write(session, signer).checkpoint is not None
 
 
 def test_a_goal_removed_whole_is_found_by_the_checkpoint_that_sealed_it(
@@ -286,7 +287,7 @@ def test_a_checkpoint_seals_only_what_moved_and_verifies_across_goals(
     checkpoint(pipeline)
 
     with pipeline.store.session() as session:
-        assert audit_checkpoints.write(session) is None
+        assert audit_checkpoints.write(session).checkpoint is None
         sealed = session.execute(text("SELECT checkpoint_id, chain FROM audit_checkpoint_heads"))
         assert sorted(sealed) == [(1, completed_run), (1, "system"), (2, other)]
     report = audit.verify(pipeline.store)

@@ -156,7 +156,9 @@ def test_a_policy_text_rewritten_in_the_store_breaks_verification(
 ) -> None:
     """Given a gate that decided under a policy whose text the log recorded,
     When someone with the database rewrites that text (a rule made to say what it did not),
-    Then `audit verify` names the entry of the system chain that no longer holds (exit 1).
+    Then `audit verify` names the entry of the system chain that no longer holds (exit 1),
+    and `policy show` says the text was changed after it was recorded (it blamed redaction,
+    though the text holds none).
     """
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY_TEXT, encoding="utf-8")
@@ -172,10 +174,14 @@ def test_a_policy_text_rewritten_in_the_store_breaks_verification(
             )
 
     verified = plangate_in(settings.data_dir, "audit", "verify")
+    shown = plangate_in(settings.data_dir, "policy", "show", adopted["data"]["version"])
 
     assert verified.returncode == 1, verified.stdout
     assert f"audit log broken at entry {adopted['seq']}" in verified.stderr
     assert "(entry 1 of the system chain, policy.adopted)" in verified.stderr
+    said = " ".join(shown.stderr.split())
+    assert "so it was changed after it was recorded: treat the audit log as tampered" in said
+    assert "redacted" not in said
 
 
 def test_a_version_recorded_twice_is_one_entry_and_read_back_as_written(store: Store) -> None:

@@ -41,8 +41,9 @@ def audit_checkpoint(
         bool,
         typer.Option(
             "--accept-missing",
-            help="Seal again although a checkpoint this data folder saw is gone from the store "
-            "(after you checked the log against a signed export, or restored a backup).",
+            help="Seal again although a checkpoint this data folder saw is gone from the store, "
+            "or a chain no longer holds the head sealed before (after you checked the log "
+            "against a signed export, or restored a backup).",
         ),
     ] = False,
 ) -> None:
@@ -51,7 +52,8 @@ def audit_checkpoint(
     Gate workers write one every PLANGATE_AUDIT_CHECKPOINT_SECONDS when anything moved; run
     this where the gate's key is, e.g. before an export or a backup. Like a gate, it seals
     nothing when a checkpoint its data folder saw is gone from the store (deleted, or the
-    database restored from a backup) unless told --accept-missing.
+    database restored from a backup), and no chain that no longer holds the head sealed
+    before (exit 1, the rest sealed), unless told --accept-missing.
     """
     from plangate.checkpoint_memory import CheckpointMemory
     from plangate.signing_keys import load_signer
@@ -67,7 +69,8 @@ def audit_checkpoint(
                 err_console.print(f"forgot the checkpoint {forgotten} remembered; sealing afresh")
             memory.check(session)
             refuse_a_rotated_folder_key(settings, signer, session)
-            written = audit_checkpoints.write(session, signer)
+            sealing = audit_checkpoints.write(session, signer, accept_rewritten=accept_missing)
+            written = sealing.checkpoint
             said = (
                 f"checkpoint {written.id}: {written.chains} chain{'s' * (written.chains != 1)}, "
                 f"{written.entries} entries"
@@ -82,6 +85,10 @@ def audit_checkpoint(
     finally:
         store.close()
     typer.echo(said)
+    for refused in sealing.refused:
+        err_console.print(f"[red]not sealed[/]: {escape(refused)}", highlight=False)
+    if sealing.refused:
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("export", short_help="Write the audit log as JSON lines or CSV.")

@@ -10,6 +10,7 @@ import typer
 from plangate.cli.common import err_console, load_settings
 from plangate.errors import Conflict, NotFound, quoted
 from plangate.printable import printable, printable_line
+from plangate.redaction import REDACTED
 
 if TYPE_CHECKING:
     from plangate.store.audit_policies import RecordedPolicy
@@ -62,9 +63,17 @@ def policy_show(
             highlight=False,
         )
     if not policy.as_written:
+        # Redaction is the one reason plangate records another text; with no mark of it, the
+        # text was changed after it was recorded (a rewrite, its chain's hashes recomputed).
+        why = (
+            "something in it looked like a secret and was redacted"
+            if REDACTED in policy.text
+            else "it holds no redaction, so it was changed after it was recorded: treat the "
+            "audit log as tampered, and check it against your last signed export"
+        )
         err_console.print(
-            "note: the text recorded is not the file's byte for byte (something in it looked "
-            f"like a secret and was redacted); the file's digest was {policy.sha256}",
+            f"note: the text recorded is not the file's byte for byte ({why}); the file's "
+            f"digest was {policy.sha256}",
             markup=False,
             highlight=False,
         )

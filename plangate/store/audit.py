@@ -214,7 +214,7 @@ def verify(
         }
     expected = {chain: [head] for chain, head in heads.items()}
     for chain, head in sealed.heads.items():
-        expected.setdefault(chain, []).append(head)
+        expected.setdefault(chain, []).extend([*sealed.earlier.get(chain, ()), head])
     breaks = [_Break(sealed.seq, sealed.problem)] if sealed.problem else []
     count, walked = 0, 0
     heads_count = sum(seq for seq, _ in heads.values())
@@ -351,7 +351,14 @@ def _unreached(chain: str, walked: _Walked, heads: list[tuple[int, str]]) -> Ite
     for seq, digest in heads:
         found = walked.found.get(seq)
         if found is None and seq > last_seq:
-            problem = f"entries after this one were removed from {chain_name(chain)}"
-            yield _Break(last_entry, f"{problem} (it ends at {last_seq}, its head was {seq})")
+            yield _Break(
+                last_entry,
+                f"{chain_name(chain)} ends here, at entry {last_seq}, but its entry {seq} was "
+                "recorded (by its head, or sealed by a checkpoint): entries were removed from it",
+            )
         elif found is not None and found[0] != digest:
-            yield _Break(found[1], f"is not the entry {seq} of {chain_name(chain)} recorded")
+            yield _Break(
+                found[1],
+                f"is not the entry {seq} of {chain_name(chain)} that was recorded (by its "
+                "head, or sealed by a checkpoint): it, or an entry before it, was changed since",
+            )

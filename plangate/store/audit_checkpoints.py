@@ -10,6 +10,12 @@ sealed head must still be in the log.
 
 One writer at a time (a named lock): checkpoints are rare, and a fork in their chain would be
 a false alarm. They are off the hot path: appends never read or lock them.
+
+A chain is sealed again only where it still holds the head sealed before: the sweep signed
+whatever head it found, so a chain rewritten in SQL (its hashes recomputed, needing no key) was
+sealed as it now read, and `verify` said intact one interval later. And `verify` holds each
+chain to every head ever sealed, not only the newest: checkpoints a gate wrote over a rewrite
+before this was so still show it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from plangate.errors import ConfigError
@@ -56,10 +62,22 @@ def checkpoint_hash(prev_hash: str, at: str, chains: int, entries: int, digest: 
     return sha256_hex(prev_hash.encode("ascii") + canonical_json(body))
 
 
-def write(session: Session, signer: Signer | None = None) -> AuditCheckpointRow | None:
+@dataclass(frozen=True)
+class Sealing:
+    """What a sweep sealed: its checkpoint (None: nothing to seal), and the chains it refused."""
+
+    checkpoint: AuditCheckpointRow | None
+    refused: tuple[str, ...] = ()  # each a sentence: which chain, and what to do
+
+
+def write(
+    session: Session, signer: Signer | None = None, *, accept_rewritten: bool = False
+) -> Sealing:
     """Seal the chains' heads as they are now, in the caller's transaction.
 
-    Returns the checkpoint, or None when no chain moved since the last one.
+    A chain that no longer holds the head sealed before is left out, its old seal kept (so
+    `verify` keeps naming the break), and said in `refused`; unless `accept_rewritten`, after
+    a person has looked. The checkpoint is None when no chain moved since the last one.
     """
     lock_names(session, [_WRITER_LOCK])
     last = session.execute(
@@ -70,8 +88,10 @@ def write(session: Session, signer: Signer | None = None) -> AuditCheckpointRow 
         row.chain: (row.seq, row.hash) for row in session.execute(select(AuditChainRow)).scalars()
     }
     moved = {chain: head for chain, head in now.items() if sealed.get(chain) != head}
+    refused = {} if accept_rewritten else _not_extending(session, sealed, moved)
+    moved = {chain: head for chain, head in moved.items() if chain not in refused}
     if not moved:
-        return None
+        return Sealing(None, tuple(refused.values()))
     heads = sealed | moved
     at = utcnow().isoformat()
     entries, digest = sum(seq for seq, _ in heads.values()), heads_digest(heads)
@@ -95,7 +115,35 @@ def write(session: Session, signer: Signer | None = None) -> AuditCheckpointRow 
             for chain, (seq, digest) in moved.items()
         ],
     )
-    return checkpoint
+    return Sealing(checkpoint, tuple(refused.values()))
+
+
+def _not_extending(session: Session, sealed: Heads, moved: Heads) -> dict[str, str]:
+    """Return the moved chains that no longer hold their sealed head, each with what to say."""
+    from plangate.store.audit import chain_name
+
+    again = [(chain, sealed[chain]) for chain in moved if chain in sealed]
+    found: dict[tuple[str, int], str] = {}
+    for start in range(0, len(again), 500):  # one query a batch, within any driver's bound
+        keys = [(chain, seq) for chain, (seq, _) in again[start : start + 500]]
+        rows = session.execute(
+            select(AuditRow.chain, AuditRow.chain_seq, AuditRow.hash).where(
+                tuple_(AuditRow.chain, AuditRow.chain_seq).in_(keys)
+            )
+        )
+        found |= {(chain, seq): digest for chain, seq, digest in rows}
+    refused = {}
+    for chain, (seq, digest) in again:
+        if found.get((chain, seq)) != digest:
+            refused[chain] = (
+                f"{chain_name(chain)} no longer holds its entry {seq} as a checkpoint sealed it "
+                f"(its head is now entry {moved[chain][0]}): it, or an entry before it, was "
+                "changed or removed since, so the chain is not sealed again; `plangate audit "
+                "verify --against` your last signed export "
+                "shows what changed. Restore it from a backup, or, once a person has looked, "
+                "`plangate audit checkpoint --accept-missing` seals it as it is now"
+            )
+    return refused
 
 
 def _signature(signer: Signer | None, digest: str) -> dict[str, Any] | None:
@@ -129,6 +177,8 @@ class Sealed:
     """The checkpoints replayed: each chain's newest sealed head, or the first that fails."""
 
     heads: Heads = field(default_factory=dict)
+    # The heads sealed before each chain's newest: a chain must still hold them too.
+    earlier: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     checkpoints: int = 0
     problem: str | None = None
     seq: int | None = None  # always None: a checkpoint is not an entry of the log
@@ -154,7 +204,10 @@ def sealed_heads(store: Store, keys: TrustedKeys | None = None) -> Sealed:
                     AuditCheckpointHeadRow.checkpoint_id == checkpoint.id
                 )
             ).scalars()
-            sealed.heads |= {row.chain: (row.seq, row.hash) for row in moved}
+            for row in moved:
+                if (before := sealed.heads.get(row.chain)) not in (None, (row.seq, row.hash)):
+                    sealed.earlier.setdefault(row.chain, []).append(before)
+                sealed.heads[row.chain] = (row.seq, row.hash)
             sealed.checkpoints += 1
             try:
                 sealed.problem = _problem(checkpoint, prev_hash, sealed.heads, keys)

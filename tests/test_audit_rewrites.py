@@ -1,0 +1,148 @@
+"""A chain rewritten in SQL with its hashes recomputed, as a DBA needs no key to do.
+
+Within a chain every link then holds; what shows the rewrite is the head a checkpoint sealed
+before it. The gate's sweep must not seal the rewritten head (it did, and `verify` said intact
+one interval later), and `verify` holds each chain to every head ever sealed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+
+from plangate.embedded import Pipeline
+from plangate.signing_keys import load_or_create_signer
+from plangate.stages import build_sealing
+from plangate.store import audit, audit_checkpoints
+from plangate.store.models import AuditChainRow, AuditRow
+from tests.test_audit import checkpoint, completed_run, plangate_cli
+
+__all__ = ["completed_run"]  # the fixture, used by name
+
+pytestmark = pytest.mark.tampers
+
+STEP_KIND = "step.succeeded"
+
+
+def rewrite_chain(pipeline: Pipeline, goal_id: str, kind: str, **data: Any) -> None:
+    """Change the first `kind` entry of a goal's chain, then recompute every hash from there
+    on and the chain's head, as anyone with the database's credentials can."""
+    with pipeline.store.session() as session:
+        rows = session.scalars(
+            select(AuditRow).where(AuditRow.chain == goal_id).order_by(AuditRow.chain_seq)
+        ).all()
+        changed = next(row for row in rows if row.kind == kind)
+        changed.data = {**changed.data, **data}
+        prev = changed.prev_hash
+        for row in rows[changed.chain_seq - 1 :]:
+            row.prev_hash = prev
+            row.hash = audit.entry_hash(
+                prev, row.chain_seq, row.at, row.goal_id, row.kind, row.actor, row.data
+            )
+            prev = row.hash
+        session.get_one(AuditChainRow, goal_id).hash = prev
+
+
+def test_a_gate_sweep_does_not_seal_a_chain_rewritten_since_it_sealed_it(
+    pipeline: Pipeline, completed_run: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a completed run sealed by the gate's sweep,
+    When a DBA rewrites one of its step entries and recomputes the chain's hashes and head,
+    Then the next sweep does not seal that chain: it logs which chain and what to do, and
+    says so on `plangate_audit_sealing_stopped`; `verify` still names the rewritten entry
+    (the sweep had sealed the new head, and `verify` said intact one interval later).
+    """
+    settings = pipeline.settings.model_copy(update={"audit_checkpoint_seconds": 0.0})
+    seal = build_sealing(settings)
+    seal(pipeline.store)
+    rewrite_chain(pipeline, completed_run, STEP_KIND, output_sha256="0" * 64)
+
+    with caplog.at_level("ERROR"):
+        seal(pipeline.store)
+
+    said = [r.getMessage() for r in caplog.records if completed_run in r.getMessage()]
+    assert said, caplog.text
+    assert f"goal {completed_run}'s chain no longer holds its entry" in said[0]
+    assert "plangate audit checkpoint --accept-missing" in said[0]
+    assert REGISTRY.get_sample_value("plangate_audit_sealing_stopped") == 1
+    report = audit.verify(pipeline.store)
+    assert not report.ok
+    assert report.problem is not None
+    assert f"of goal {completed_run}'s chain that was recorded (by its head, or sealed" in (
+        report.problem
+    )
+
+
+def test_verify_holds_a_chain_to_every_head_sealed_not_only_the_newest(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a completed run sealed by a checkpoint,
+    When its chain is rewritten with its hashes recomputed, and a sealer that seals whatever
+    it finds (a gate of an earlier version, or one told to accept) seals the rewritten head,
+    Then `verify` still fails, naming the chain's entry that the first checkpoint sealed.
+    """
+    checkpoint(pipeline)
+    rewrite_chain(pipeline, completed_run, STEP_KIND, output_sha256="0" * 64)
+    signer = load_or_create_signer(pipeline.settings)
+    with pipeline.store.session() as session:
+        resealed = audit_checkpoints.write(session, signer, accept_rewritten=True)
+    assert resealed.checkpoint is not None
+
+    report = audit.verify(pipeline.store)
+
+    assert not report.ok
+    assert report.problem is not None
+    assert "by its head, or sealed by a checkpoint" in report.problem
+
+
+def test_a_chain_that_still_holds_its_sealed_head_is_sealed_again_as_it_grows(
+    pipeline: Pipeline,
+) -> None:
+    """Given a goal's chain sealed by a checkpoint,
+    When an entry is appended to it (as any later event of the goal is) and the sweep seals
+    again, Then it seals the chain at its new head and refuses nothing: a chain that grew is
+    no rewrite.
+    """
+    goal_id = pipeline.submit("make me a sandwich").goal_id
+    pipeline.wait_for(goal_id, timeout=5)
+    checkpoint(pipeline)
+    with pipeline.store.session() as session:
+        before = session.get_one(AuditChainRow, goal_id).seq
+
+    with pipeline.store.session() as session:
+        audit.append(session, "goal.noted", actor="ops", goal_id=goal_id, data={"n": 1})
+        sealing = audit_checkpoints.write(session, load_or_create_signer(pipeline.settings))
+
+    assert sealing.refused == ()
+    assert sealing.checkpoint is not None
+    with pipeline.store.reading() as session:
+        assert session.get_one(AuditChainRow, goal_id).seq == before + 1
+    assert audit.verify(pipeline.store).ok
+
+
+def test_audit_checkpoint_refuses_a_rewritten_chain_then_seals_it_when_told_to_accept(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a sealed run whose chain was then rewritten with its hashes recomputed,
+    When an operator runs `plangate audit checkpoint`, Then it exits 1 saying the chain is
+    not sealed and what to do; with --accept-missing it seals it, and `verify` still names
+    the break (the first seal is kept).
+    """
+    checkpoint(pipeline)
+    rewrite_chain(pipeline, completed_run, STEP_KIND, output_sha256="0" * 64)
+    data_dir = pipeline.settings.data_dir
+
+    refused = plangate_cli(data_dir, "audit", "checkpoint")
+    accepted = plangate_cli(data_dir, "audit", "checkpoint", "--accept-missing")
+    verified = plangate_cli(data_dir, "audit", "verify")
+
+    assert refused.returncode == 1, refused.stderr
+    assert "not sealed" in refused.stderr
+    assert f"goal {completed_run}'s chain no longer holds its entry" in " ".join(
+        refused.stderr.split()
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    assert verified.returncode == 1, verified.stderr
