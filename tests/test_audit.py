@@ -179,7 +179,8 @@ def test_cli_audit_verify_exits_1_naming_the_broken_entry(
 ) -> None:
     """Given the seed goal's audit log with one entry's data rewritten in SQL,
     When `plangate audit verify` runs against it,
-    Then it exits 1 and names the broken entry and what is wrong with it.
+    Then it exits 1, names the broken entry and what is wrong with it, and says what to do
+    next (it stopped at where).
     """
     approved = seq_of(pipeline, completed_run, "goal.approved")
     run_sql(
@@ -194,6 +195,8 @@ def test_cli_audit_verify_exits_1_naming_the_broken_entry(
     assert result.returncode == 1, result.stdout
     assert f"audit log broken at entry {approved}" in result.stderr
     assert "its content does not match its hash" in result.stderr
+    said = " ".join(result.stderr.split())
+    assert "what to do: `plangate audit verify --against FILE` with your last signed" in said
 
 
 def test_audit_export_writes_every_entry_with_its_hashes_as_json_lines(

@@ -106,7 +106,7 @@ def audit_verify(
         _verify(found, export, given, against, show_progress=not as_json)
     except Broken as broken:
         if not as_json:
-            say_broken(broken)
+            say_broken(broken, _next_step(broken, against))
         found.verdict, found.problem = "broken", str(broken)
     except ConfigError as exc:  # a check not made: said by friendly_errors without --json
         if not as_json:
@@ -120,6 +120,25 @@ def audit_verify(
         typer.echo(line)
     for warning in found.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def _next_step(broken: Broken, against: Path | None) -> str:
+    """Say what a person does about a break: where to look next, and what to restore."""
+    if broken.what == "export not verified":
+        return (
+            "what to do: this file is not as it was signed; do not rely on it, and get the "
+            "export again from whoever signed it"
+        )
+    if against is not None:
+        return (
+            "what to do: restore the store from a backup taken before the change, and find "
+            "who had write access to the database since the export"
+        )
+    return (
+        "what to do: `plangate audit verify --against FILE` with your last signed export "
+        "names each entry changed or removed since it; restore from a backup, and find who "
+        "had write access to the database (docs: how-to/operate.md, the audit log)"
+    )
 
 
 # What was given to check a signed export with: its manifest, its records, the keys to trust.
