@@ -354,6 +354,21 @@ def test_audit_export_into_a_folder_names_the_folder_given(
     assert list(folder.iterdir()) == []
 
 
+def test_audit_export_into_a_folder_that_does_not_exist_names_the_path_given(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """`--output` in a folder not made yet is one line naming the path given and its missing
+    folder, exit 2 (it named `.a.jsonl.partial`, which the user never gave)."""
+    target = tmp_path / "no" / "such" / "a.jsonl"
+
+    written = plangate_cli(pipeline.settings.data_dir, "audit", "export", "--output", str(target))
+
+    assert written.returncode == 2
+    said = f"error: cannot use {target}: its folder does not exist"
+    assert written.stderr.startswith(said), written.stderr
+    assert ".partial" not in written.stderr
+
+
 def test_a_goal_removed_whole_with_its_checkpoints_is_found_against_an_earlier_export(
     pipeline: Pipeline, completed_run: str, tmp_path: Path
 ) -> None:

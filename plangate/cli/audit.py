@@ -243,6 +243,8 @@ def _replacing(output: Path) -> Iterator[TextIO]:
     """
     if output.is_dir():  # else the error would name the partial file, not the path given
         raise IsADirectoryError(errno.EISDIR, "it is a folder; give a file's path", str(output))
+    if not output.parent.is_dir():  # likewise: it named `.a.jsonl.partial`, never given
+        raise FileNotFoundError(errno.ENOENT, "its folder does not exist", str(output))
     partial = output.with_name(f".{output.name}.partial")
     try:
         # Only its owner may read it, as the store: entries and records hold goals' texts,
