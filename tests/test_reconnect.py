@@ -18,6 +18,7 @@ import pytest
 from kombu.connection import Connection
 
 from plangate.bus import Bus, Delivery, Envelope, StageConsumer
+from plangate.bus.reconnect import Backoff, run_reconnecting
 from plangate.config import Settings
 from schemas import GoalSubmitted, Message
 from tests.support import first_consume_failure
@@ -202,3 +203,31 @@ def test_a_redis_database_the_server_lacks_is_said_in_one_line_not_as_a_fault(
     assert "the broker refuses its settings (DB index is out of range)" in record.getMessage()
     assert "check PLANGATE_BROKER_URL" in record.getMessage()
     assert record.exc_info is None
+
+
+def test_a_broker_that_refuses_the_settings_is_said_once_then_at_most_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given a consume loop whose every attempt the broker refuses (a wrong password, as a
+    Redis database it lacks is refused too),
+    When it tries ten times in a row, Then the refusal is logged once, as an outage is (it was
+    logged at every try: six lines in 16 s, then one each 10 s for good).
+    """
+    stop = threading.Event()
+    tries: list[int] = []
+
+    def refused(_stop: threading.Event) -> None:
+        tries.append(1)
+        if len(tries) == 10:
+            stop.set()
+        raise ConnectionError("DB index is out of range")
+
+    with caplog.at_level(logging.ERROR, logger="plangate.bus.reconnect"):
+        run_reconnecting(
+            refused, stop, threading.Event(), (ConnectionError,), Backoff(0.001, 0.001), "planner"
+        )
+
+    said = [r.getMessage() for r in caplog.records if "refuses its settings" in r.getMessage()]
+    assert len(tries) == 10
+    assert len(said) == 1, said
+    assert "check PLANGATE_BROKER_URL" in said[0]

@@ -125,13 +125,18 @@ def _say_failure(
     # A refusal first: a virtual host refused is a connection error too, and said as a lost
     # broker it gave no hint of what to fix.
     if (hint := refusal_hint(exc)) is not None:
-        log.error(
-            "%s: the broker refuses its settings (%s); %s; trying again in %g s",
-            name,
-            exc,
-            hint,
-            delay,
-        )
+        # As an outage is: when it begins, then at most once a minute (it was every try, six
+        # lines in 16 s and one each 10 s for good, for one wrong password).
+        if (said := outage.note()) is not None:
+            lasted = "" if said == "began" else f" still, after {outage.seconds():.0f} s"
+            log.error(
+                "%s: the broker refuses its settings%s (%s); %s; trying again in %g s",
+                name,
+                lasted,
+                exc,
+                hint,
+                delay,
+            )
     elif held_too_long(exc):  # said as a fault of ours, with a traceback: nothing said why
         log.warning(
             "%s: RabbitMQ closed its channel: a handler held a message unacknowledged past "
