@@ -153,7 +153,9 @@ class Worker:
                 daemon=True,
             )
             sweeper.start()
-            log.info("%s worker consuming %s", self.stage, bus.topology.queue_name(self.stage))
+            # Not "consuming" yet: the broker may not answer (the consumer says when it does).
+            queue = bus.topology.queue_name(self.stage)
+            log.info("%s worker started; consuming %s once the broker answers", self.stage, queue)
             looping.set()
             try:
                 consumer.run_until_stopped(self.stop)

@@ -83,7 +83,7 @@ def writes(fleet: Fleet) -> list[tuple[str, str, str]]:
 
 
 def consuming(fleet: Fleet) -> int:
-    return sum("worker consuming" in log.read_text() for log in fleet.folder.glob("executor-*.log"))
+    return sum("worker started" in log.read_text() for log in fleet.folder.glob("executor-*.log"))
 
 
 @pytest.mark.redis

@@ -361,7 +361,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
 
 def _consuming(folder: Path) -> bool:
     logs = [path.read_text(errors="replace") for path in folder.glob("*-[0-9].log")]
-    return len(logs) == 3 and all("worker consuming" in log for log in logs)
+    return len(logs) == 3 and all("worker started" in log for log in logs)
 
 
 def _start(folder: Path, name: str, module: str, *args: str) -> subprocess.Popen[bytes]:

@@ -238,7 +238,7 @@ def test_a_running_worker_whose_schema_a_newer_plangate_migrated_stops_saying_so
     assert fleet.plangate("db", "upgrade").returncode == 0
     try:
         planner = fleet.start("planner")
-        eventually(lambda: "worker consuming" in fleet.logs(), 30, "the planner to consume")
+        eventually(lambda: "worker started" in fleet.logs(), 30, "the planner to consume")
         with sqlite3.connect(tmp_path / "plangate.db") as connection:
             connection.execute("UPDATE alembic_version SET version_num = ?", (NEWER,))
 

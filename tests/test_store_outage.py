@@ -149,7 +149,7 @@ def test_a_worker_started_while_the_database_refuses_waits_and_consumes_once_it_
             fleet.stop_all()
             raise
     try:
-        eventually(lambda: "planner worker consuming" in log.read_text(), timeout=60, what="it")
+        eventually(lambda: "planner worker started" in log.read_text(), timeout=60, what="it")
         fleet.start("gate")
         fleet.start("executor")
         done = fleet.plangate("submit", "how many tickets are open", "--wait", "--json", timeout=90)

@@ -68,7 +68,7 @@ def fleet(tmp_path: Path, redis_url: str) -> Iterator[Fleet]:
 def consuming(fleet: Fleet) -> int:
     """Return how many executors' logs say they consume."""
     logs = fleet.folder.glob("executor-*.log")
-    return sum("worker consuming" in log.read_text() for log in logs)
+    return sum("worker started" in log.read_text() for log in logs)
 
 
 def poll(check: object, fleet: Fleet, what: str, timeout: float = 30.0) -> None:

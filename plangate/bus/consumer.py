@@ -127,6 +127,7 @@ class StageConsumer:
         self._poll = _FIRST_POLL_SECONDS
         self.ready = threading.Event()
         self._lost_at: float | None = None  # when the broker went, while it is gone
+        self._consumed = False  # ever: "consumes again" of a first consume misled
         with connection_factory() as probe:  # not connected: asking the transport is enough
             self._outages = (OperationalError, OSError, PublishFailed, *probe.connection_errors)
 
@@ -269,11 +270,13 @@ class StageConsumer:
         metrics.broker_up(self._stage, True)
         if self._lost_at is not None:  # the "lost the broker" warnings just stopped
             log.info(
-                "the %s consumes again: the broker answered after %.0f s",
+                "the %s consumes%s: the broker answered after %.0f s",
                 self._stage,
+                " again" if self._consumed else "",
                 time.monotonic() - self._lost_at,
             )
             self._lost_at = None
+        self._consumed = True
 
     def _drain(self, connection: Connection) -> None:
         # A finished handler wakes the wait where the transport allows (Redis). Elsewhere the

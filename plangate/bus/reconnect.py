@@ -101,17 +101,19 @@ def run_reconnecting(
     outage before it, so the next failure waits the first delay again, not the last one.
     """
     outage = Lasting(SAY_LOST_EVERY)
+    reached = False  # "lost the broker" of one never reached misled: it was never there
     while not stop.is_set():
         connected.clear()
         try:
             run(stop)
         except Exception as exc:
             if connected.is_set():
+                reached = True
                 backoff.reset()
                 outage.end()
             connected.clear()
             delay = backoff.next()
-            _say_failure(exc, outages, outage, name, delay)
+            _say_failure(exc, outages, outage, name, delay, reached=reached)
             stop.wait(delay)
 
 
@@ -121,6 +123,8 @@ def _say_failure(
     outage: Lasting,
     name: str,
     delay: float,
+    *,
+    reached: bool = True,
 ) -> None:
     # A refusal first: a virtual host refused is a connection error too, and said as a lost
     # broker it gave no hint of what to fix.
@@ -149,14 +153,18 @@ def _say_failure(
             delay,
         )
     elif isinstance(exc, outages):
-        _say_lost(outage, name, exc, delay)
+        _say_lost(outage, name, exc, delay, reached=reached)
     else:
         log.error("%s failed (not a broker outage); restarting in %g s", name, delay, exc_info=exc)
 
 
-def _say_lost(outage: Lasting, name: str, exc: Exception, delay: float) -> None:
+def _say_lost(
+    outage: Lasting, name: str, exc: Exception, delay: float, *, reached: bool = True
+) -> None:
     said = outage.note()
-    if said == "began":
+    if said == "began" and not reached:
+        log.warning("%s cannot reach the broker (%s); trying again in %g s", name, exc, delay)
+    elif said == "began":
         log.warning("%s lost the broker (%s); reconnecting in %g s", name, exc, delay)
     elif said == "goes on":
         log.warning(
