@@ -16,7 +16,7 @@ from sqlalchemy import select
 from plangate.embedded import Pipeline
 from plangate.signing_keys import load_or_create_signer
 from plangate.stages import build_sealing
-from plangate.store import audit, audit_checkpoints
+from plangate.store import Store, audit, audit_checkpoints, open_store
 from plangate.store.models import AuditChainRow, AuditRow
 from tests.test_audit import checkpoint, completed_run, plangate_cli
 
@@ -27,10 +27,11 @@ pytestmark = pytest.mark.tampers
 STEP_KIND = "step.succeeded"
 
 
-def rewrite_chain(pipeline: Pipeline, goal_id: str, kind: str, **data: Any) -> None:
+def rewrite_chain(pipeline: Pipeline | Store, goal_id: str, kind: str, **data: Any) -> None:
     """Change the first `kind` entry of a goal's chain, then recompute every hash from there
     on and the chain's head, as anyone with the database's credentials can."""
-    with pipeline.store.session() as session:
+    store = pipeline.store if isinstance(pipeline, Pipeline) else pipeline
+    with store.session() as session:
         rows = session.scalars(
             select(AuditRow).where(AuditRow.chain == goal_id).order_by(AuditRow.chain_seq)
         ).all()
@@ -146,3 +147,26 @@ def test_audit_checkpoint_refuses_a_rewritten_chain_then_seals_it_when_told_to_a
     )
     assert accepted.returncode == 0, accepted.stderr
     assert verified.returncode == 1, verified.stderr
+
+
+@pytest.mark.postgres
+def test_on_postgresql_a_rewritten_chain_is_not_sealed_again(postgres_database_url: str) -> None:
+    """The same on PostgreSQL (the sealed heads looked up in one query a batch)."""
+    store = open_store(postgres_database_url)
+    try:
+        with store.session() as session:
+            for n in range(3):
+                audit.append(session, "goal.noted", actor="ops", goal_id="g1", data={"n": n})
+        with store.session() as session:
+            assert audit_checkpoints.write(session).checkpoint is not None
+        rewrite_chain(store, "g1", "goal.noted", n=99)
+
+        with store.session() as session:
+            sealing = audit_checkpoints.write(session)
+
+        assert sealing.checkpoint is None
+        [said] = sealing.refused
+        assert said.startswith("goal g1's chain no longer holds its entry 3 as a checkpoint")
+        assert not audit.verify(store).ok
+    finally:
+        store.close()
