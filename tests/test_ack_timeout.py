@@ -14,7 +14,7 @@ import re
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +25,12 @@ import pytest
 
 from plangate.bus import Bus, Delivery, Envelope
 from plangate.bus.envelope import ATTEMPT_HEADER
+from plangate.bus.producers import ThreadProducers
 from plangate.client import Client
 from plangate.errors import HandBack
-from schemas import GoalSubmitted, Message
+from plangate.relay import relay_pending
+from plangate.store import Store, open_store, outbox
+from schemas import ExecutionCompleted, GoalSubmitted, Message
 from tests.fleet import Fleet
 from tests.servers import free_port, rabbitmqctl
 from tests.support import eventually, write_playbook
@@ -404,6 +407,109 @@ def test_a_run_left_running_by_a_lost_channel_that_fails_sends_its_message_on(
     handler.release.set()
 
     assert handler.attempts.get(timeout=15) == ("slow", 1)
+
+
+class CompletingSlow(SlowFirstTime):
+    """`SlowFirstTime` as an executor ends a run: the first "slow" delivery, released, stores
+    its `execution.completed` in the outbox and returns it; its copy finds the run under way
+    and sends nothing."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self._store = store
+
+    def __call__(self, message: Message, delivery: Delivery) -> list[Envelope]:
+        super().__call__(message, delivery)
+        if getattr(message, "text", "") != "slow" or delivery.redelivered:
+            return []
+        completed = ExecutionCompleted(goal_id=message.goal_id, plan_id="p1", steps={})
+        with self._store.session() as session:
+            return [outbox.emit(session, completed)]
+
+
+@pytest.fixture
+def outbox_store(tmp_path: Path) -> Iterator[Store]:
+    store = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def completing_loop(make_slow_loop: MakeSlowLoop, outbox_store: Store) -> Iterator[SlowLoop]:
+    """A `SlowLoop` whose handler is `CompletingSlow`, marking what it publishes as a worker
+    does (`SentMarker`)."""
+    marker = outbox.SentMarker(outbox_store)
+    loop = make_slow_loop(CompletingSlow(outbox_store), on_published=marker)
+    try:
+        yield loop
+    finally:
+        loop.handler.release.set()
+        loop.stop.set()
+        loop.thread.join(15)
+        marker.close()
+
+
+def unsent(store: Store) -> int:
+    return outbox.unsent_elsewhere(store, ())
+
+
+@pytest.mark.timeout(120)
+def test_what_a_run_left_running_by_a_lost_channel_published_is_not_sent_again(
+    completing_loop: SlowLoop, outbox_store: Store
+) -> None:
+    """Given a consume loop on RabbitMQ whose channel the broker closed under a slow run
+    (consumer_timeout), its message come again and left to that run,
+    When the run ends and publishes its `execution.completed` (stored in the outbox),
+    Then that row is marked sent, and the relay finds nothing left unsent: the outcome is seen
+    once (it was published a second time, the same message id, half a minute later, and every
+    worker warned "relayed 1 outbox messages left unsent").
+    """
+    loop = completing_loop
+    with loop.bus.observe(["execution.completed"]) as observer:
+        loop.closed_under_the_slow_handler()
+        loop.handler.release.set()
+        assert isinstance(observer.next(timeout=10), ExecutionCompleted)
+        eventually(lambda: unsent(outbox_store) == 0, what="its outbox row marked sent")
+
+        relayed = relay_pending(outbox_store, loop.bus)
+
+        assert relayed == 0
+        assert observer.next(timeout=1) is None
+
+
+@pytest.mark.timeout(120)
+def test_what_a_run_left_running_by_a_lost_channel_failed_to_publish_is_relayed_once(
+    completing_loop: SlowLoop, outbox_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a consume loop on RabbitMQ whose channel the broker closed under a slow run
+    (consumer_timeout), its message come again and left to that run,
+    When the run ends and the publish of its `execution.completed` fails,
+    Then that row stays unsent, and the relay sends it: the outcome is seen once, not lost.
+    """
+    failed = threading.Event()
+    publish = ThreadProducers.publish
+
+    def failing_once(producers: ThreadProducers, envelopes: Sequence[Envelope]) -> None:
+        if not failed.is_set() and any(e.routing_key == "execution.completed" for e in envelopes):
+            failed.set()
+            raise ConnectionError("the broker went as the run published")
+        publish(producers, envelopes)
+
+    monkeypatch.setattr(ThreadProducers, "publish", failing_once)
+    loop = completing_loop
+    with loop.bus.observe(["execution.completed"]) as observer:
+        loop.closed_under_the_slow_handler()
+        loop.handler.release.set()
+        assert failed.wait(10)
+        assert unsent(outbox_store) == 1
+
+        relayed = relay_pending(outbox_store, loop.bus)
+
+        assert relayed == 1
+        assert isinstance(observer.next(timeout=10), ExecutionCompleted)
+        assert observer.next(timeout=1) is None
 
 
 class ProbeAnswers:

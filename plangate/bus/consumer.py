@@ -10,7 +10,8 @@ and the relay does if this worker is gone by then. A lost AMQP channel's handler
 
 A message is acked only once what it led to is published (`Settlement`, in the loop's
 thread): a handled one after its handler committed and, from the handler's own thread on a
-connection of its own, published the results. Threads publish through one `ThreadProducers`.
+connection of its own, published the results and marked their outbox rows sent. Threads
+publish through one `ThreadProducers`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from plangate.bus.retries import (
     retry_delay,
     uses_an_attempt,
 )
-from plangate.bus.settlement import PublishedHook, PublishFailed, Settlement
+from plangate.bus.settlement import PublishedHook, PublishFailed, Settlement, mark_published
 from plangate.bus.topology import Stage, Topology
 from plangate.bus.wakeup import Wakeup
 from plangate.errors import HandBack
@@ -341,6 +342,7 @@ class StageConsumer:
             self._producers.publish(envelopes)
         except Exception as exc:
             raise PublishFailed(f"could not publish what {delivery.routing_key} led to") from exc
+        mark_published(self._on_published, envelopes)  # acked or not: its channel may be lost
         return envelopes
 
     def _store_retry(self, error: Exception, delivery: Delivery, body: bytes) -> None:

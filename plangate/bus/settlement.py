@@ -1,10 +1,11 @@
 """What a finished message leads to, and the one place a stage's loop acks a message.
 
 A handled message is acked once its results are published (its handler published them from
-its own thread); a dead letter or a retry held here is acked once the loop has published its
-copy; a stored retry once it is in the outbox. One its handler handed back (`HandBack`: the
-worker stops midway) is requeued, never acked. All of it runs in the loop's thread, but
-`next_attempt`, which handlers' threads use too.
+its own thread, and marked them sent there: `mark_published`); a dead letter or a retry held
+here is acked once the loop has published its copy; a stored retry once it is in the outbox.
+One its handler handed back (`HandBack`: the worker stops midway) is requeued, never acked.
+All of it runs in the loop's thread, but `next_attempt` and `mark_published`, which handlers'
+threads use too.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class Settlement:
         """Decide what a finished message leads to: its results, a dead letter or a retry."""
         error = done.future.exception()
         if error is None:
-            self._ack(done.raw, done.delivery, done.future.result())
+            self._ack(done.raw, done.delivery)
             self._middleware.after_settle(done.delivery, "handled")
         elif isinstance(error, PublishFailed):
             raise error  # unacked, the message comes back once the broker does
@@ -111,7 +112,7 @@ class Settlement:
         stored = self._stored_retries.due(within)
         if stored:
             self._producers.publish(stored)  # if this fails, the relay sends them later
-            self.mark_published(stored)
+            mark_published(self._on_published, stored)
 
     def hand_back_held(self) -> None:
         """Requeue the retries held here (on shutdown): the broker redelivers them."""
@@ -146,18 +147,8 @@ class Settlement:
         self._producers.publish(envelopes)
         raw.ack()
 
-    def mark_published(self, published: Sequence[Envelope]) -> None:
-        """Tell the outbox these were published (so its relay does not send them again)."""
-        if published and self._on_published is not None:
-            try:
-                self._on_published(published)
-            except Exception:
-                # Unmarked, they are sent again by the relay: harmless (handlers are idempotent).
-                log.exception("could not mark %d outbox rows sent", len(published))
-
-    def _ack(self, raw: KombuMessage, delivery: Delivery, published: Sequence[Envelope]) -> None:
+    def _ack(self, raw: KombuMessage, delivery: Delivery) -> None:
         """Ack a message whose results are stored and published: the one place for that."""
-        self.mark_published(published)
         self._middleware.before_ack(delivery)
         raw.ack()
 
@@ -165,7 +156,7 @@ class Settlement:
         why = stored.__cause__
         log.info("retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, why)
         self._middleware.after_settle(done.delivery, "retried")
-        self._ack(done.raw, done.delivery, ())
+        self._ack(done.raw, done.delivery)
         self._stored_retries.add(stored.delay, stored.envelope)
 
     def _hand_back(self, done: Done, stopping: HandBack) -> None:
@@ -187,6 +178,21 @@ class Settlement:
             attempt += 1
         self._held.add(delay, (done.raw, attempt))
         self._middleware.after_settle(done.delivery, "retried")
+
+
+def mark_published(hook: PublishedHook | None, published: Sequence[Envelope]) -> None:
+    """Tell the outbox, through `hook`, these were published (its relay then leaves them).
+
+    From the thread that published them, as soon as it did: a handler's results were marked
+    only as the loop acked its message, and one whose channel was lost meanwhile (RabbitMQ's
+    consumer_timeout) is never acked, so the relay sent its outcome a second time.
+    """
+    if published and hook is not None:
+        try:
+            hook(published)
+        except Exception:
+            # Unmarked, they are sent again by the relay: harmless (handlers are idempotent).
+            log.exception("could not mark %d outbox rows sent", len(published))
 
 
 def error_text(error: BaseException) -> str:
