@@ -29,7 +29,7 @@ from executor_worker.ledger import Claim, StepLedger, recorded_steps
 from executor_worker.plan_run import PlanRun
 from executor_worker.preview import Previewer
 from executor_worker.run_end import ACTOR, end_run, outcome_of
-from executor_worker.run_span import mark_outcome, say_resumed
+from executor_worker.run_span import Resumption, mark_outcome, unsaid
 from plangate import telemetry
 from plangate.bus import Delivery, Envelope
 from plangate.errors import ApprovalInvalid, BrokerUnavailable, Reject, Retry, UnknownSigner
@@ -175,10 +175,10 @@ class ExecutorHandler:
         ) as span:
             span.set_attribute("plangate.plan_id", message.plan.plan_id)
             span.set_attribute("plangate.approval_id", approval.approval_id)
-            if started.resumed:
-                say_resumed(span, message.plan, started.recorded)
+            # Said as the run first acts: a copy that finds the run live defers to it.
+            acting = Resumption(span, message.plan, started.recorded) if started.resumed else unsaid
             # The approval's hash: verification checked that it is this plan's.
-            outcome = self._run(message, approval.plan_hash, started.recorded)
+            outcome = self._run(message, approval.plan_hash, started.recorded, acting)
             mark_outcome(span, outcome)
             return outcome
 
@@ -284,8 +284,13 @@ class ExecutorHandler:
         raise Reject(f"approval refused, goal {message.goal_id} left {status}: {reason}")
 
     def _run(
-        self, message: PlanApproved, digest: str, recorded: Mapping[str, Claim]
+        self,
+        message: PlanApproved,
+        digest: str,
+        recorded: Mapping[str, Claim],
+        acting: Callable[[], None],
     ) -> Sequence[Envelope]:
+        """Run the plan; `acting` is told as the run first acts (a tool call, or its end)."""
         plan = message.plan
         run = PlanRun(
             plan,
@@ -297,10 +302,12 @@ class ExecutorHandler:
             self._tool_timeout,
             self._announcers,
             self._draining,
+            acting,
         )
         run.run()  # the last step's records are left to the run's end, below
         if run.not_started:  # the executor is stopping: another one goes on with the run
             hand_back(run, plan, self._store)
+        acting()  # a run that called no tool acts as it ends the run
 
         def end() -> Sequence[Envelope]:
             kept = run.kept()

@@ -14,6 +14,7 @@ from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any
 
+from opentelemetry.trace import Span
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,7 @@ from executor_worker.ledger import Claim, ReadAnswer, StepLedger
 from executor_worker.tool_call import invoke, recorded_earlier, tool_span
 from plangate import faults
 from plangate.errors import StoreUnavailable
-from plangate.tools import ToolRegistry
+from plangate.tools import Tool, ToolContext, ToolRegistry
 from schemas import Plan, Step
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,12 @@ class PlanRun(DagWalk):
         tool_timeout: float = DEFAULT_TOOL_TIMEOUT,
         announcer: Executor | None = None,
         draining: Draining | None = None,
+        acting: Callable[[], None] = lambda: None,
     ) -> None:
+        """Run `plan`; `acting` is told before each tool call (`run_span.Resumption`)."""
         super().__init__(plan, pool, on_finished, tool_timeout, announcer)
         self._draining = draining or Draining()  # the executor's stop: no step starts after
+        self._acting = acting
         self._plan_hash = plan_hash
         self._registry = registry
         self._ledger = ledger
@@ -216,8 +220,7 @@ class PlanRun(DagWalk):
                 earlier = self._ledger.recorded(step)
                 if earlier is not None:
                     return recorded_earlier(_recorded(step, earlier), span)
-                with self._draining.calling(self._plan.goal_id, step.id):
-                    called = invoke(tool, step, args, self._context(step, tool, key), span)
+                called = self._invoke(tool, step, args, self._context(step, tool, key), span)
                 # Recorded with the run's other finished reads, in one transaction, before any
                 # step that reads them starts (`_start_wave`).
                 return replace(called, provisional=True)
@@ -225,8 +228,7 @@ class PlanRun(DagWalk):
             if claim.kind != "run":
                 return recorded_earlier(_recorded(step, claim), span)
             context = self._context(step, tool, key, claim.attempt)
-            with self._draining.calling(self._plan.goal_id, step.id):
-                outcome = invoke(tool, step, args, context, span)
+            outcome = self._invoke(tool, step, args, context, span)
             if outcome.status == "succeeded":
                 faults.trip("mid_tool")  # the effect happened; its record did not
             if step.id == self._last:
@@ -236,6 +238,19 @@ class PlanRun(DagWalk):
                 step, outcome.status, outcome.output, outcome.error, attempt=claim.attempt
             )
             return outcome
+
+    def _invoke(
+        self,
+        tool: Tool[..., Any],
+        step: Step,
+        args: dict[str, Any],
+        context: ToolContext,
+        span: Span,
+    ) -> StepOutcome:
+        """Call a step's tool, counted as in flight while it runs (the executor may stop)."""
+        self._acting()
+        with self._draining.calling(self._plan.goal_id, step.id):
+            return invoke(tool, step, args, context, span)
 
 
 def _answer(step: Step, outcome: StepOutcome) -> ReadAnswer:

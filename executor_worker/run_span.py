@@ -1,7 +1,9 @@
 """What a run's `run plan` span says: a run resumed from an earlier one, and how the run ended.
 
 A run taken over from an executor that died (or handed back as it stopped) is marked
-`plangate.resumed`, with the steps the store already held: those are not run again. A run
+`plangate.resumed`, with the steps the store already held: those are not run again. It is
+said as the run first acts (`Resumption`), not as it starts: a copy of the message that finds
+the earlier run still live defers to it, and takes nothing over. A run
 whose goal an operator cancelled is no error: it is marked `plangate.cancelled`, with who
 cancelled it. A failed run, or one paused for a person, is an error, so that a viewer's
 search for errors finds it.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Collection, Sequence
 
 from opentelemetry.trace import Span, StatusCode
@@ -44,6 +47,36 @@ def say_resumed(span: Span, plan: Plan, recorded: Collection[str]) -> None:
         ", ".join(done) or "none",
         extra={"goal_id": plan.goal_id, "plan_id": plan.plan_id, "steps_recorded": done},
     )
+
+
+class Resumption:
+    """Says a run resumed an earlier one (`say_resumed`), once, as it first acts.
+
+    That is as it calls its first tool, or ends the run without one. Not as it starts: a copy
+    of the message that reached a second executor while the first still ran the plan (RabbitMQ
+    gave it out again as its consumer_timeout closed a channel) finds a step claimed by that
+    live run, and comes back later (`Retry`); it said it had resumed a run another executor
+    left. Called from the run's step threads too.
+    """
+
+    def __init__(self, span: Span, plan: Plan, recorded: Collection[str]) -> None:
+        self._span = span
+        self._plan = plan
+        self._recorded = recorded
+        self._lock = threading.Lock()
+        self._said = False
+
+    def __call__(self) -> None:
+        """Say it, unless it was said already."""
+        with self._lock:
+            if self._said:
+                return
+            self._said = True
+        say_resumed(self._span, self._plan, self._recorded)
+
+
+def unsaid() -> None:
+    """Say nothing as a run first acts: it resumes no earlier run."""
 
 
 def mark_outcome(span: Span, outcome: Sequence[Envelope]) -> None:
