@@ -94,15 +94,8 @@ def _stage_handler(
             catalog=planning,
         )
     if stage == "gate":
-        signer = load_or_create_signer(settings)
-        # Said at every start: after a key's rotation, executors refuse what it signs until
-        # its public key is in their trusted keys folder.
-        log.info(
-            "signing approvals with key %s; executors run them only with its public key in "
-            "their trusted keys folder",
-            signer.key_id,
-        )
-        ttl = timedelta(seconds=settings.approval_ttl_seconds)
+        # The policy first: a gate that refuses its policy (exit 2) made a key all the same
+        # and published its .pub to the folder executors trust.
         policies = ReloadingPolicy.from_settings(settings)
         policy = policies.current()
         log.info(
@@ -112,6 +105,15 @@ def _stage_handler(
             if settings.policy_file
             else "the packaged default",
         )
+        signer = load_or_create_signer(settings)
+        # Said at every start: after a key's rotation, executors refuse what it signs until
+        # its public key is in their trusted keys folder.
+        log.info(
+            "signing approvals with key %s; executors run them only with its public key in "
+            "their trusted keys folder",
+            signer.key_id,
+        )
+        ttl = timedelta(seconds=settings.approval_ttl_seconds)
         notifier = None
         if settings.webhook_url:
             notifier = WebhookNotifier(settings.webhook_url, settings.public_url)

@@ -21,7 +21,7 @@ from plangate.errors import ApprovalInvalid, ConfigError
 from plangate.signing import PAYLOAD_TYPE, Signer, TrustedKeys, approval_payload, key_id, pae
 from plangate.signing_keys import load_or_create_signer, load_trusted_keys, own_key_watch
 from schemas import Decision, Plan, Signature, SignedEnvelope, Step, canonical_json
-from tests.support import outer_environment, write_private_key
+from tests.support import outer_environment, plangate_in, write_private_key
 
 PLAN = Plan(
     plan_id="p1",
@@ -505,3 +505,31 @@ def test_a_gate_says_when_its_own_key_leaves_the_trusted_folder(
     assert quiet == ""
     assert caplog.text.count("which the trusted keys folder") == 1
     assert "executors refuse what it signs; put its .pub back" in caplog.text
+
+
+def test_a_gate_that_refuses_its_policy_makes_and_publishes_no_signing_key(tmp_path: Path) -> None:
+    """Given a fresh data folder and trusted keys folder, and a policy file with a rule that
+    does not compile,
+    When `plangate worker gate` starts,
+    Then it exits 2 naming the rule, and leaves no key in either folder: it made a key and
+    published its .pub to the folder executors read before it read its policy.
+    """
+    data, shared = tmp_path / "gate", tmp_path / "trusted"
+    shared.mkdir()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "rules:\n  - {name: half-typed, match: 'plan.steps.all(s,', action: deny, reason: r}\n"
+    )
+    env = {
+        "PLANGATE_BROKER_URL": "memory://",
+        "PLANGATE_POLICY_FILE": str(policy),
+        "PLANGATE_TRUSTED_KEYS_DIR": str(shared),
+    }
+    assert plangate_in(data, "db", "upgrade").returncode == 0
+
+    started = plangate_in(data, "worker", "gate", **env)
+
+    assert started.returncode == 2, started.stderr
+    assert "rule 'half-typed'" in started.stderr
+    assert not (data / "keys").exists()
+    assert list(shared.iterdir()) == []
