@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -15,7 +16,14 @@ import cel
 
 from approval_gate.decision_memo import DecisionMemo
 from approval_gate.policy_context import RULE_VARIABLES, policy_context
-from approval_gate.policy_file import Mode, PolicyCase, RuleAction, read_policy_file
+from approval_gate.policy_file import (
+    MAX_POLICY_BYTES,
+    Mode,
+    PolicyCase,
+    RuleAction,
+    read_policy_file,
+    too_large,
+)
 from approval_gate.rule_checks import check_match
 from approval_gate.rule_cost import RuleCost
 from plangate.config import Settings
@@ -113,8 +121,10 @@ class Policy:
     def load(cls, path: str | Path) -> Policy:
         """Load and compile a policy file; PolicyError if it cannot be read or is wrong."""
         try:
-            data = read_bytes(Path(path))
+            data = read_bytes(Path(path), MAX_POLICY_BYTES)
         except OSError as exc:
+            if exc.errno == errno.EFBIG:  # said as any other bound of a policy is
+                raise too_large(str(path)) from exc
             raise PolicyError(f"cannot read the policy file {path}: {exc.strerror}") from exc
         return cls.from_bytes(data, source=str(path))
 

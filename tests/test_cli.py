@@ -602,7 +602,7 @@ def test_a_broker_url_that_cannot_work_is_refused_in_one_line_and_nothing_is_sto
     [
         (
             ("policy", "check", "/dev/zero"),
-            "error: cannot read the policy file /dev/zero: it holds more than 4096 KiB",
+            "error: /dev/zero holds more than 1 MiB, the most a policy file may (is it the",
         ),
         (
             ("review", "list", "--token-file", "/dev/zero"),

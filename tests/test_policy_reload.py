@@ -168,3 +168,24 @@ def test_a_gate_with_a_reviewers_file_warns_once_of_a_hold_no_reviewer_can_relea
     said = [r.getMessage() for r in caplog.records if r.name == "approval_gate.policy_lint"]
     assert len(said) == 1, said
     assert "asks the role 'auditor', which no reviewer has" in said[0]
+
+
+def test_a_running_gate_refuses_a_policy_file_grown_past_its_bounds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a gate's policy, When its file is replaced by one of 1,001 rules,
+    Then the gate goes on deciding with the version it had, and its error names the bound
+    (20,000 rules were compiled inside a decision, which waited 20 s).
+    """
+    path = tmp_path / "policy.yaml"
+    path.write_text(APPROVE_READS)
+    first = Policy.load(path)
+    policies = ReloadingPolicy(first, path)
+    rule = "  - {{name: r{0}, match: 'true', action: deny, reason: r}}\n"
+    path.write_text("rules:\n" + "".join(rule.format(i) for i in range(1001)))
+
+    with caplog.at_level("ERROR", logger="approval_gate.policy_reload"):
+        kept = policies.current()
+
+    assert kept is first
+    assert "has 1001 rules; a policy may have at most 1000" in caplog.text
