@@ -93,6 +93,14 @@ class GateHandler:
         self._warnings = PolicyWarnings()
         self._texts = PolicyTexts(store)  # each version's text, in the log before its decisions
 
+    def look(self) -> None:
+        """Read the policy file again if it changed; a gate worker's sweep calls it.
+
+        Between plans, too: a file broken while none came was said (and counted) only at the
+        next plan.
+        """
+        self._policies.current()
+
     def __call__(self, message: Message, delivery: Delivery) -> Sequence[Envelope]:
         """Handle one plan.proposed (or review.decided) message."""
         if isinstance(message, ReviewDecided):

@@ -74,6 +74,18 @@ SEALING_STOPPED = Gauge(
     "1 while this gate seals no audit checkpoint (one it saw is gone from the store), or "
     "leaves out a chain rewritten since it was sealed.",
 )
+POLICY_FILE_UNUSABLE = Gauge(
+    "plangate_policy_file_unusable",
+    "1 while the gate's policy file changed into one it cannot use (a rule that does not "
+    "compile, a bound passed, the file gone) and it decides with an older version; 0 otherwise.",
+)
+POLICY_VERSION = Gauge(
+    "plangate_policy_version_info",
+    "1, labelled with the policy version this gate decides with (only that one).",
+    ["version"],
+)
+_POLICY_SHOWN: list[str] = []  # the version POLICY_VERSION is labelled with now
+_POLICY_LOCK = threading.Lock()
 _BROKER_UP: list[Gauge] = []  # made by the first worker stage to consume: serve has none
 _BROKER_UP_LOCK = threading.Lock()
 
@@ -94,6 +106,21 @@ def broker_up(stage: str, up: bool) -> None:
                 )
             )
     _BROKER_UP[0].labels(stage).set(1 if up else 0)
+
+
+def policy_in_force(version: str, *, file_unusable: bool) -> None:
+    """Say which policy version the gate decides with, and whether its file is unusable.
+
+    The version before is removed: a panel or alert reading the version saw every one since
+    the start.
+    """
+    with _POLICY_LOCK:
+        for shown in _POLICY_SHOWN:
+            if shown != version:
+                POLICY_VERSION.remove(shown)
+        _POLICY_SHOWN[:] = [version]
+        POLICY_VERSION.labels(version).set(1)
+    POLICY_FILE_UNUSABLE.set(1 if file_unusable else 0)
 
 
 # SQLite's one write lock, which every writing transaction of every process takes in turn: the

@@ -54,6 +54,14 @@ class SaysWhatStopWaitsFor(Protocol):
         """Say what the worker's stop waits for now, for its log."""
 
 
+@runtime_checkable
+class LooksAtItsFiles(Protocol):
+    """A handler reading a file an operator may change while it runs (the gate's policy)."""
+
+    def look(self) -> None:
+        """Read it again if it changed, saying what is wrong with it."""
+
+
 class Worker:
     """One stage's worker: the consume loop in the calling thread, the sweeper beside it."""
 
@@ -72,6 +80,7 @@ class Worker:
         self.exit_code = 0  # set when the worker stops for a reason of its own (see _sweep)
         # What the log says a stop waits for (an executor names its tool calls in flight).
         self._waits_for: Callable[[], str] = lambda: "finishing in-flight work"
+        self._look: Callable[[], object] = lambda: None  # at each sweep (LooksAtItsFiles)
 
     def run(self) -> int:
         """Work until SIGTERM/SIGINT (or `stop` is set); return the process exit code."""
@@ -134,6 +143,8 @@ class Worker:
             handler = build_handler(self.stage, self.settings, store, bus, stopping=self.stop)
             if isinstance(handler, SaysWhatStopWaitsFor):
                 self._waits_for = handler.waits_for
+            if isinstance(handler, LooksAtItsFiles):
+                self._look = handler.look
             consumer = bus.stage_consumer(
                 self.stage,
                 handler,
@@ -239,13 +250,15 @@ class Worker:
             return []
         # Gate workers expire held plans (idempotent: any number of them may sweep). They hold
         # the signing key: they seal the audit chains with checkpoints, and say when their key
-        # leaves the trusted keys folder (executors then refuse it).
+        # leaves the trusted keys folder (executors then refuse it). And they look at their
+        # policy file, as at each plan.
         expire = build_expiry(self.settings)
         own_key = own_key_watch(self.settings)
         return [
             lambda store: deliver(store, bus, expire(store, utcnow())),
             build_sealing(self.settings),
             lambda _store: own_key(),
+            lambda _store: self._look(),
         ]
 
     def _schema_moved(self, store: Store) -> bool:

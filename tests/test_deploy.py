@@ -560,8 +560,11 @@ def test_the_alert_rules_read_only_metrics_plangate_exports_and_prometheus_loads
     assert read <= exported, read - exported
     for rule in alerts:
         promql_parser.parse(rule["expr"])  # raises, naming the fault, where Prometheus would
-    for needed in ("plangate_store_up", "plangate_audit_sealing_stopped", "plangate_goals"):
-        assert needed in read
+    # And a gate deciding with an older policy than its file's (an emergency rule that did
+    # not compile was said in one log line, and then nothing).
+    needed = ("plangate_store_up", "plangate_audit_sealing_stopped", "plangate_goals")
+    for name in (*needed, "plangate_policy_file_unusable"):
+        assert name in read
     for rule in alerts:
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), rule["alert"]
         assert rule["annotations"]["summary"], rule["alert"]

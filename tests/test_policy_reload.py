@@ -5,9 +5,13 @@ An emergency deny rule used to wait for the gate's restart, and nothing said so.
 
 from __future__ import annotations
 
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from approval_gate import policy_reload
 from approval_gate.approvers import ProvenApprovers
@@ -16,7 +20,10 @@ from approval_gate.policy_lint import PolicyWarnings
 from approval_gate.policy_reload import ReloadingPolicy
 from plangate.config import Settings
 from plangate.reviewers import Reviewers, add_reviewer
-from tests.support import running_pipeline
+from plangate.store import open_store
+from plangate.worker import Worker
+from tests.servers import free_port
+from tests.support import eventually, running_pipeline
 
 APPROVE_READS = """
 rules:
@@ -37,6 +44,13 @@ rules:
   - name: half-typed
     match: plan.steps.all(s,
     action: deny
+"""
+CEL_TYPO = """
+rules:
+  - name: emergency-stop
+    match: plan.steps.exists(s, s.tool == "notify_oncall"
+    action: deny
+    reason: stopped by the on-call engineer
 """
 
 
@@ -189,3 +203,125 @@ def test_a_running_gate_refuses_a_policy_file_grown_past_its_bounds(
 
     assert kept is first
     assert "has 1001 rules; a policy may have at most 1000" in caplog.text
+
+
+def unusable() -> float | None:
+    return REGISTRY.get_sample_value("plangate_policy_file_unusable")
+
+
+def test_a_policy_file_that_stays_unusable_is_said_again_every_few_minutes_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a gate's policy whose file is saved with a deny rule that does not compile,
+    When it decides three plans within a few minutes, Then its log says so once, and
+    `plangate_policy_file_unusable` is 1 (one line at the next decision was all there was:
+    an emergency deny rule that did not compile left the older policy deciding unnoticed);
+    When minutes pass with the file still broken, Then the next decision says it again;
+    When the file is fixed, Then the gauge is 0 again.
+    """
+    path = tmp_path / "policy.yaml"
+    path.write_text(APPROVE_READS)
+    first = Policy.load(path)
+    policies = ReloadingPolicy(first, path)
+    said_before = unusable()
+
+    path.write_text(CEL_TYPO)
+    with caplog.at_level("ERROR", logger="approval_gate.policy_reload"):
+        for _ in range(3):
+            policies.current()
+        said_at_once = caplog.text.count(f"the policy file {path}")
+        flagged = unusable()
+        monkeypatch.setattr(policy_reload, "SAY_AGAIN_EVERY_SECONDS", 0.0)  # minutes later
+        policies.current()
+    path.write_text(DENY_EVERYTHING)
+    policies.current()
+
+    assert said_before == 0
+    assert said_at_once == 1
+    assert flagged == 1
+    assert f"the policy file {path} still cannot be used" in caplog.text
+    assert f"still deciding with version {first.version}: fix the file" in caplog.text
+    assert unusable() == 0
+
+
+def test_a_policy_file_deleted_under_a_gate_is_counted_unusable_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """Given a gate's policy, When its file is deleted, Then the gauge is 1 (the gate decides
+    with the version it had); When it is written back as it was, Then it is 0 again."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(APPROVE_READS)
+    policies = ReloadingPolicy(Policy.load(path), path)
+
+    path.unlink()
+    policies.current()
+    gone = unusable()
+    path.write_text(APPROVE_READS)
+    policies.current()
+
+    assert gone == 1
+    assert unusable() == 0
+
+
+def scraped(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_an_idle_gate_worker_shows_on_metrics_that_its_policy_file_cannot_be_used(
+    tmp_path: Path,
+) -> None:
+    """Given a gate worker on the memory broker, deciding no plan, with its metrics port,
+    When its policy file is saved with a rule that does not compile,
+    Then within a sweep its /metrics says `plangate_policy_file_unusable 1` and still the
+    version it decides with; When the file is fixed, Then 0, and only the new version is
+    labelled (it was seen, and said, only at the next plan).
+    """
+    path = tmp_path / "policy.yaml"
+    path.write_text(APPROVE_READS)
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        broker_url="memory://",
+        namespace="policy-metrics",
+        health_port=port,
+        policy_file=path,
+        sweep_interval_seconds=0.1,
+    )
+    open_store(settings.resolved_database_url()).close()
+    worker = Worker("gate", settings, concurrency=1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    old, new = Policy.load(path).version, Policy.from_text(DENY_EVERYTHING).version
+    try:
+        eventually(lambda: worker_says(url, old, 0), timeout=20, what="the version at start")
+        path.write_text(CEL_TYPO)
+        eventually(lambda: worker_says(url, old, 1), timeout=20, what="the file unusable")
+        path.write_text(DENY_EVERYTHING)
+        eventually(lambda: worker_says(url, new, 0), timeout=20, what="the fixed version")
+        versions = [
+            labels for name, labels in scraped(url) if name == "plangate_policy_version_info"
+        ]
+    finally:
+        worker.stop.set()
+        thread.join(timeout=20)
+
+    assert versions == [(("version", new),)]
+
+
+def worker_says(url: str, version: str, file_unusable: int) -> bool:
+    """Whether the scrape at `url` shows `version` in force and the file (un)usable."""
+    try:
+        samples = scraped(url)
+    except OSError:  # not listening yet
+        return False
+    return (
+        samples.get(("plangate_policy_version_info", (("version", version),))) == 1
+        and samples.get(("plangate_policy_file_unusable", ())) == file_unusable
+    )
