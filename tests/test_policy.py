@@ -600,3 +600,21 @@ def test_a_broken_deny_rule_denies_whatever_matches_after_it() -> None:
 
     assert (decision.action, decision.rule) == ("deny", "deny-huge")
     assert decision.reason.endswith("; denied, as it may match")
+
+
+def test_a_rule_sees_arguments_as_planned_without_the_tools_defaults() -> None:
+    """Given a step that leaves `currency` to its tool's default (docs/how-to/policy.md),
+    When a rule reads `s.args.currency`, Then it cannot be evaluated and holds the plan;
+    When it is guarded with `!has(s.args.currency) || ...`, Then it approves.
+    """
+    plan = plan_of("notify", amount=5)
+    bare = policy_of(rule("eur", 'plan.steps.all(s, s.args.currency == "EUR")'))
+    guarded = policy_of(
+        rule("eur", 'plan.steps.all(s, !has(s.args.currency) || s.args.currency == "EUR")')
+    )
+
+    held = bare.decide(plan, CATALOG)
+
+    assert held.action == "hold"
+    assert "KeyError: 'currency'" in (held.reason or "")
+    assert guarded.decide(plan, CATALOG).action == "approve"
