@@ -234,9 +234,10 @@ def build_sealing(settings: Settings) -> Callable[[Store], None]:
     memory = CheckpointMemory(settings.data_dir)
     every = settings.audit_checkpoint_seconds
     sealed_at = -every
+    stopped = False  # whether the last sweep sealed nothing, or left a chain out
 
     def seal(store: Store) -> None:
-        nonlocal sealed_at
+        nonlocal sealed_at, stopped
         if time.monotonic() - sealed_at < every:
             return
         try:
@@ -244,10 +245,14 @@ def build_sealing(settings: Settings) -> Callable[[Store], None]:
                 memory.check(session)  # never seal over checkpoints someone deleted
                 refused = audit_checkpoints.write(session, signer).refused
         except AuditBroken as exc:
+            stopped = True
             metrics.SEALING_STOPPED.set(1)
             log.error("%s", exc)  # said once a checkpoint interval, until a person looks
         else:
             # A chain rewritten since it was sealed is left out (the others are sealed).
+            if stopped and not refused:
+                log.info("every audit chain holds what was sealed again: sealing them all")
+            stopped = bool(refused)
             metrics.SEALING_STOPPED.set(1 if refused else 0)
             for said in refused:
                 log.error("%s", said)

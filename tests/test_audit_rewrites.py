@@ -7,18 +7,19 @@ one interval later), and `verify` holds each chain to every head ever sealed.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from plangate.embedded import Pipeline
 from plangate.signing_keys import load_or_create_signer
 from plangate.stages import build_sealing
 from plangate.store import Store, audit, audit_checkpoints, open_store
-from plangate.store.models import AuditChainRow, AuditRow
-from tests.test_audit import checkpoint, completed_run, plangate_cli
+from plangate.store.models import AuditChainRow, AuditCheckpointRow, AuditRow
+from tests.test_audit import checkpoint, completed_run, plangate_cli, run_sql
 
 __all__ = ["completed_run"]  # the fixture, used by name
 
@@ -170,3 +171,86 @@ def test_on_postgresql_a_rewritten_chain_is_not_sealed_again(postgres_database_u
         assert not audit.verify(store).ok
     finally:
         store.close()
+
+
+def test_a_sweep_seals_nothing_once_a_checkpoints_sealed_heads_were_deleted(
+    pipeline: Pipeline, completed_run: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a run sealed by the gate's sweep, its chain then rewritten (the sweep refusing it),
+    When the DBA also deletes the checkpoint's head row for that chain (so that no seal of it
+    seems to be left), Then the next sweep seals nothing, saying the checkpoints were changed,
+    and `plangate_audit_sealing_stopped` is 1 (it sealed the rewrite, saying nothing, and the
+    gauge read 0).
+    """
+    settings = pipeline.settings.model_copy(update={"audit_checkpoint_seconds": 0.0})
+    seal = build_sealing(settings)
+    seal(pipeline.store)
+    rewrite_chain(pipeline, completed_run, STEP_KIND, output_sha256="0" * 64)
+    run_sql(pipeline, "DELETE FROM audit_checkpoint_heads WHERE chain = :c", c=completed_run)
+
+    with caplog.at_level("ERROR"):
+        seal(pipeline.store)
+
+    with pipeline.store.reading() as session:
+        assert session.scalar(select(func.count()).select_from(AuditCheckpointRow)) == 1
+    said = [r.getMessage() for r in caplog.records if "checkpoint 1" in r.getMessage()]
+    assert said, caplog.text
+    assert "were deleted or changed in the store, so nothing is sealed" in said[0]
+    assert REGISTRY.get_sample_value("plangate_audit_sealing_stopped") == 1
+
+
+def test_a_chain_removed_whole_is_said_at_each_sweep_until_accepted(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a sealed run whose every entry and head row the DBA deletes,
+    When the sweep seals, Then it names the chain as removed (it said nothing);
+    When an operator accepts (--accept-missing), Then the next sweep says it no more, and
+    `verify` still names the removal.
+    """
+    checkpoint(pipeline)
+    run_sql(pipeline, "DELETE FROM audit_log WHERE chain = :c", c=completed_run)
+    run_sql(pipeline, "DELETE FROM audit_chains WHERE chain = :c", c=completed_run)
+    signer = load_or_create_signer(pipeline.settings)
+
+    with pipeline.store.session() as session:
+        refused = audit_checkpoints.write(session, signer).refused
+    with pipeline.store.session() as session:
+        accepted = audit_checkpoints.write(session, signer, accept_rewritten=True)
+    with pipeline.store.session() as session:
+        after = audit_checkpoints.write(session, signer)
+
+    assert [said.split(",")[0] for said in refused] == [
+        f"every entry of goal {completed_run}'s chain was removed"
+    ]
+    assert accepted.checkpoint is not None
+    assert after.refused == ()
+    report = audit.verify(pipeline.store)
+    assert report.problem == f"every entry of goal {completed_run}'s chain was removed"
+
+
+def test_verify_against_an_export_names_the_entry_rewritten_where_the_store_breaks_at_its_head(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given a sealed run exported with --sign, then its first step entry rewritten with the
+    chain's hashes recomputed (the store's own check sees only the sealed head changed),
+    When `plangate audit verify --against FILE` runs, Then it names the rewritten entry of the
+    export, as the break's next step promises (it said the same break at the head again).
+    """
+    checkpoint(pipeline)
+    data, export = pipeline.settings.data_dir, tmp_path / "audit.jsonl"
+    assert plangate_cli(data, "audit", "export", "--sign", "-o", str(export)).returncode == 0
+    rewrite_chain(pipeline, completed_run, STEP_KIND, output_sha256="0" * 64)
+    with pipeline.store.reading() as session:
+        step = session.scalars(
+            select(AuditRow)
+            .where(AuditRow.chain == completed_run, AuditRow.kind == STEP_KIND)
+            .order_by(AuditRow.chain_seq)
+        ).first()
+    assert step is not None
+
+    checked = plangate_cli(data, "audit", "verify", "--against", str(export))
+
+    assert checked.returncode == 1, checked.stderr
+    said = " ".join(checked.stderr.split())
+    assert f"entry {step.seq} of goal {completed_run} (step.succeeded" in said
+    assert "no longer in the store as it was" in said

@@ -157,8 +157,8 @@ def test_a_policy_text_rewritten_in_the_store_breaks_verification(
     """Given a gate that decided under a policy whose text the log recorded,
     When someone with the database rewrites that text (a rule made to say what it did not),
     Then `audit verify` names the entry of the system chain that no longer holds (exit 1),
-    and `policy show` says the text was changed after it was recorded (it blamed redaction,
-    though the text holds none).
+    and `policy show` says the text was changed after it was recorded and exits 1, writing
+    nothing with -o (it blamed redaction, though the text holds none, and exited 0).
     """
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY_TEXT, encoding="utf-8")
@@ -175,6 +175,10 @@ def test_a_policy_text_rewritten_in_the_store_breaks_verification(
 
     verified = plangate_in(settings.data_dir, "audit", "verify")
     shown = plangate_in(settings.data_dir, "policy", "show", adopted["data"]["version"])
+    kept = tmp_path / "recovered.yaml"
+    written = plangate_in(
+        settings.data_dir, "policy", "show", adopted["data"]["version"], "-o", str(kept)
+    )
 
     assert verified.returncode == 1, verified.stdout
     assert f"audit log broken at entry {adopted['seq']}" in verified.stderr
@@ -182,6 +186,9 @@ def test_a_policy_text_rewritten_in_the_store_breaks_verification(
     said = " ".join(shown.stderr.split())
     assert "so it was changed after it was recorded: treat the audit log as tampered" in said
     assert "redacted" not in said
+    # Exit 1: a script keeps nothing from it (it wrote the forged text with -o and exit 0).
+    assert (shown.returncode, written.returncode) == (1, 1)
+    assert not kept.exists()
 
 
 def test_a_version_recorded_twice_is_one_entry_and_read_back_as_written(store: Store) -> None:

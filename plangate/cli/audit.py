@@ -75,6 +75,8 @@ def audit_checkpoint(
                 f"checkpoint {written.id}: {written.chains} chain{'s' * (written.chains != 1)}, "
                 f"{written.entries} entries"
                 if written is not None
+                else "no checkpoint written: nothing else moved since the last"
+                if sealing.refused
                 else "nothing moved since the last checkpoint; none written"
             )
         with store.reading() as session:

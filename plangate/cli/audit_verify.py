@@ -136,8 +136,8 @@ def _next_step(broken: Broken, against: Path | None) -> str:
         )
     return (
         "what to do: `plangate audit verify --against FILE` with your last signed export "
-        "names each entry changed or removed since it; restore from a backup, and find who "
-        "had write access to the database (docs: how-to/operate.md, the audit log)"
+        "names the first of its entries changed or removed since; restore from a backup, and "
+        "find who had write access to the database (docs: how-to/operate.md, the audit log)"
     )
 
 
@@ -164,7 +164,16 @@ def _verify(
 
     settings = load_settings()
     store = open_store(settings.resolved_database_url(), upgrade=False)  # checked as it is
-    report = check_store(store, settings.data_dir, trusted_keys(keys), show_progress=show_progress)
+    try:
+        report = check_store(
+            store, settings.data_dir, trusted_keys(keys), show_progress=show_progress
+        )
+    except Broken:
+        # The export says which of its entries changed, where the store's own check saw only
+        # the chain's head no longer as sealed (the next step a break tells a person to take).
+        if against is not None:
+            _check_against(store, against)
+        raise
     # Checked before "intact" is said: it printed intact, then broken, in one run.
     if against is not None:
         found.against = _check_against(store, against)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from plangate.cli.common import err_console, load_settings
+from plangate.cli.common import EXIT_FAILED, err_console, load_settings
 from plangate.errors import Conflict, NotFound, quoted
 from plangate.printable import printable, printable_line
 from plangate.redaction import REDACTED
@@ -62,18 +62,26 @@ def policy_show(
             markup=False,
             highlight=False,
         )
-    if not policy.as_written:
-        # Redaction is the one reason plangate records another text; with no mark of it, the
-        # text was changed after it was recorded (a rewrite, its chain's hashes recomputed).
-        why = (
-            "something in it looked like a secret and was redacted"
-            if REDACTED in policy.text
-            else "it holds no redaction, so it was changed after it was recorded: treat the "
-            "audit log as tampered, and check it against your last signed export"
-        )
+    # Redaction is the one reason plangate records another text; with no mark of it, the text
+    # was changed after it was recorded (a rewrite, its chain's hashes recomputed).
+    changed = not policy.as_written and REDACTED not in policy.text
+    if changed:
         err_console.print(
-            f"note: the text recorded is not the file's byte for byte ({why}); the file's "
-            f"digest was {policy.sha256}",
+            "error: the text recorded is not the file's (its digest was "
+            f"{policy.sha256}), and it holds no redaction, so it was changed after it was "
+            "recorded: treat the audit log as tampered, and check it against your last signed "
+            "export (`plangate audit verify --against FILE`); shown only to be looked into"
+            + ("" if output is None else f", and not written to {output}"),
+            markup=False,
+            highlight=False,
+        )
+        if output is None:  # shown to be looked into, exit 1: a script keeps nothing from it
+            typer.echo(printable(policy.text.replace("\r\n", "\n")))
+        raise typer.Exit(EXIT_FAILED)
+    if not policy.as_written:
+        err_console.print(
+            "note: the text recorded is not the file's byte for byte (something in it looked "
+            f"like a secret and was redacted); the file's digest was {policy.sha256}",
             markup=False,
             highlight=False,
         )

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, insert, select, tuple_
 from sqlalchemy.orm import Session
 
-from plangate.errors import ConfigError
+from plangate.errors import AuditBroken, ConfigError
 from plangate.store.engine import Store
 from plangate.store.locks import lock_names
 from plangate.store.models import (
@@ -84,12 +84,21 @@ def write(
         select(AuditCheckpointRow).order_by(AuditCheckpointRow.id.desc()).limit(1)
     ).scalar_one_or_none()
     sealed = _latest_sealed(session)
+    if last is not None and not accept_rewritten:
+        _refuse_changed_checkpoints(last, sealed, signer)
     now = {
         row.chain: (row.seq, row.hash) for row in session.execute(select(AuditChainRow)).scalars()
     }
     moved = {chain: head for chain, head in now.items() if sealed.get(chain) != head}
     refused = {} if accept_rewritten else _not_extending(session, sealed, moved)
     moved = {chain: head for chain, head in moved.items() if chain not in refused}
+    # A chain gone whole, its head row too: said until restored; accepted, sealed as gone
+    # (entry 0), so that it is said no more, while `verify` still names the seal before.
+    gone = [chain for chain, (seq, _) in sealed.items() if chain not in now and seq > 0]
+    if accept_rewritten:
+        moved |= {chain: (0, GENESIS) for chain in gone}
+    else:
+        refused |= {chain: _gone(chain, sealed[chain][0]) for chain in gone}
     if not moved:
         return Sealing(None, tuple(refused.values()))
     heads = sealed | moved
@@ -116,6 +125,46 @@ def write(
         ],
     )
     return Sealing(checkpoint, tuple(refused.values()))
+
+
+def _refuse_changed_checkpoints(
+    last: AuditCheckpointRow, sealed: Heads, signer: Signer | None
+) -> None:
+    """Raise AuditBroken unless the heads sealed add up to the newest checkpoint, as written.
+
+    The newest checkpoint names every chain's head as of then; the heads the checkpoints
+    hold must still be those (its digest), and it must be as it was signed. Head rows or
+    middle checkpoints deleted let an older head stand in for a chain's sealed one, and the
+    sweep sealed a rewrite over it, saying nothing, while `verify` said broken.
+    """
+    keys = None
+    if signer is not None:
+        from plangate.signing import TrustedKeys
+
+        keys = TrustedKeys([signer.public_key])
+    try:
+        problem = _problem(last, last.prev_hash, sealed, keys)
+    except _SignerUnknown:  # signed before a rotation: its hash and heads are checked still
+        problem = _problem(last, last.prev_hash, sealed, None)
+    if problem is not None:
+        raise AuditBroken(
+            f"{problem}: checkpoints or the heads they sealed were deleted or changed in the "
+            "store, so nothing is sealed until a person has looked (sealing now would seal "
+            "whatever was left); `plangate audit verify` names the break; restore the store, "
+            "or, once a person has looked, `plangate audit checkpoint --accept-missing` seals "
+            "afresh"
+        )
+
+
+def _gone(chain: str, seq: int) -> str:
+    from plangate.store.audit import chain_name
+
+    return (
+        f"every entry of {chain_name(chain)} was removed, with its head row, since a checkpoint "
+        f"sealed it at entry {seq}; its seal is kept (`plangate audit verify` names it). "
+        "Restore it from a backup, or, once a person has looked, `plangate audit checkpoint "
+        "--accept-missing` stops saying so"
+    )
 
 
 def _not_extending(session: Session, sealed: Heads, moved: Heads) -> dict[str, str]:
