@@ -19,25 +19,77 @@ from schemas.routing import DEAD_LETTER_TYPE, ROUTES, STAGES, Route, check_route
 ASYNCAPI_VERSION = "3.0.0"
 _REF_TEMPLATE = "#/components/schemas/{model}"
 
+_HEADER_PROPERTIES: dict[str, Any] = {
+    "x-plangate-goal-id": {
+        "type": "string",
+        "description": "The body's `goal_id` (a message whose header names another goal is a "
+        "dead letter).",
+    },
+    "x-plangate-message-id": {"type": "string", "description": "The body's `message_id`."},
+    "x-plangate-type": {"type": "string", "description": "The body's `type`."},
+    "x-plangate-sent-at": {
+        "type": "string",
+        "description": "Set by plangate at each publish: when this copy was handed to the broker "
+        "(ISO 8601).",
+    },
+    "x-plangate-attempt": {
+        "type": "string",
+        "description": "Set by plangate on a retry: the attempt number, from 1.",
+    },
+    "traceparent": {
+        "type": "string",
+        "description": "W3C trace context: the span that published the message.",
+        "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+    },
+    "tracestate": {"type": "string", "description": "W3C trace state, if any."},
+}
+_WHERE = "AMQP message headers (on Redis: the kombu envelope's `headers`)."
+
 HEADERS_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "AMQP message headers (on Redis: the kombu envelope's `headers`).",
-    "required": ["x-plangate-goal-id", "x-plangate-message-id"],
+    "description": f"{_WHERE} plangate sets the required ones on every message it publishes.",
+    "required": [
+        "x-plangate-goal-id",
+        "x-plangate-message-id",
+        "x-plangate-type",
+        "x-plangate-sent-at",
+    ],
+    "properties": _HEADER_PROPERTIES,
+}
+PUBLISHER_HEADERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        f"{_WHERE} A publisher outside plangate need send none: the body says it all. "
+        "`x-plangate-goal-id` and `x-plangate-message-id` (the body's ids) and `traceparent` "
+        "are recommended; plangate's own publishers send all that `Headers` requires."
+    ),
+    "required": [],
+    "properties": _HEADER_PROPERTIES,
+}
+DEAD_LETTER_HEADERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": (
+        f"{_WHERE} The dead letter's own type and id; its goal's id only where the goal is "
+        "known (the refused message's body could be read); the trace of the refused message. "
+        "What the refused message's headers said is in the body's `headers`."
+    ),
+    "required": ["x-plangate-message-id", "x-plangate-type", "x-plangate-sent-at"],
     "properties": {
-        "x-plangate-goal-id": {"type": "string", "description": "The body's `goal_id`."},
-        "x-plangate-message-id": {"type": "string", "description": "The body's `message_id`."},
-        "x-plangate-attempt": {
+        **_HEADER_PROPERTIES,
+        "x-plangate-goal-id": {
             "type": "string",
-            "description": "Set by plangate on a retry: the attempt number, from 1.",
+            "description": "Present only where the goal is known: the refused message's "
+            "`goal_id`, read from its body.",
         },
-        "traceparent": {
+        "x-plangate-message-id": {
             "type": "string",
-            "description": "W3C trace context: the span that published the message.",
-            "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+            "description": "The dead letter's own `message_id`.",
         },
-        "tracestate": {"type": "string", "description": "W3C trace state, if any."},
+        "x-plangate-type": {"type": "string", "const": "dead.letter"},
     },
 }
+# The headers of each message type that does not carry `Headers` (the default).
+_HEADERS_OF = {"goal.submitted": "PublisherHeaders", DEAD_LETTER_TYPE: "DeadLetterHeaders"}
 
 
 def _ident(message_type: str) -> str:
@@ -72,7 +124,7 @@ def _message(message_type: str, model_name: str, shared: bool, summary: str) -> 
         "title": message_type,
         "summary": summary,
         "contentType": "application/json",
-        "headers": {"$ref": "#/components/schemas/Headers"},
+        "headers": {"$ref": _REF_TEMPLATE.format(model=_HEADERS_OF.get(message_type, "Headers"))},
         "payload": payload,
         "bindings": {"amqp": {"contentEncoding": "utf-8", "bindingVersion": "0.3.0"}},
     }
@@ -186,7 +238,12 @@ def asyncapi_document(namespace: str = "plangate") -> dict[str, Any]:
         "channels": channels,
         "operations": _operations(),
         "components": {
-            "schemas": {**schemas, "Headers": HEADERS_SCHEMA},
+            "schemas": {
+                **schemas,
+                "Headers": HEADERS_SCHEMA,
+                "PublisherHeaders": PUBLISHER_HEADERS_SCHEMA,
+                "DeadLetterHeaders": DEAD_LETTER_HEADERS_SCHEMA,
+            },
             "messages": messages,
         },
     }

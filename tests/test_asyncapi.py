@@ -113,7 +113,12 @@ def test_every_message_type_has_a_channel_addressed_by_its_routing_key() -> None
     }
     for message in document["components"]["messages"].values():
         assert message["contentType"] == "application/json"
-        assert message["headers"] == {"$ref": "#/components/schemas/Headers"}
+        headers = message["headers"]["$ref"].rsplit("/", 1)[1]
+        assert document["components"]["schemas"][headers]["type"] == "object"
+    headers_of = document["components"]["messages"]
+    assert headers_of["goalSubmitted"]["headers"]["$ref"].endswith("/PublisherHeaders")
+    assert headers_of["deadLetter"]["headers"]["$ref"].endswith("/DeadLetterHeaders")
+    assert headers_of["planProposed"]["headers"]["$ref"].endswith("/Headers")
 
 
 def addresses_of(document: dict[str, Any], party: str, action: str) -> set[str]:

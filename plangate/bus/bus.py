@@ -22,7 +22,7 @@ from plangate.bus.broker_view import BrokerView
 from plangate.bus.consumer import Handler, StageConsumer
 from plangate.bus.dead_letters import decode_dead_letter, still_refused, was_cut
 from plangate.bus.envelope import ATTEMPT_HEADER, Envelope
-from plangate.bus.inbound import raw_body
+from plangate.bus.inbound import raw_body, text_headers
 from plangate.bus.middleware import Middleware
 from plangate.bus.observer import Observer
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
@@ -323,7 +323,7 @@ class Bus:
                         unreadable += 1
                     # Back into the queue alone: through the exchange, whoever watches
                     # `dead.#` (an alert) got each letter again every time one was listed.
-                    envelope = Envelope(queue.name, body, {})
+                    envelope = Envelope(queue.name, body, text_headers(raw))
                     publish(producer, self.topology, envelope, self._retry_policy, to_queue=True)
                 else:
                     if forward is not None:

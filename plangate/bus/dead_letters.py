@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import base64
 
-from plangate.bus.envelope import Delivery, Envelope
+from plangate.bus.envelope import (
+    GOAL_HEADER,
+    MESSAGE_ID_HEADER,
+    TYPE_HEADER,
+    Delivery,
+    Envelope,
+)
 from plangate.bus.topology import STAGE_BINDINGS, Stage, Topology
 from plangate.redaction import redact
 from schemas import DeadLetter, MessageRejected
@@ -62,13 +68,19 @@ _KEPT_HEADERS = (
 
 
 def dead_letter_envelope(
-    body: bytes, content_type: str | None, delivery: Delivery, reason: str
+    body: bytes,
+    content_type: str | None,
+    delivery: Delivery,
+    reason: str,
+    goal_id: str | None = None,
 ) -> Envelope:
     """Build the envelope that carries a failed message to the dead-letter queue.
 
     Text that came with the message is kept as UTF-8 can carry it (a lone surrogate escaped),
     so that writing the letter cannot fail on what a hostile sender put in it. A body larger
     than any message plangate reads is kept in its first `KEPT_BYTES`, and the reason says so.
+    The envelope's headers are the letter's own, as every message's (its type and id; its
+    goal's id when `goal_id`, the body's, is known), and the trace it continues.
     """
     if len(body) > MAX_MESSAGE_BYTES:
         reason = reason + cut_note(KEPT_BYTES, len(body))
@@ -82,6 +94,9 @@ def dead_letter_envelope(
         body_b64=base64.b64encode(body).decode("ascii"),
     )
     headers = {k: v for k, v in delivery.headers.items() if k in ("traceparent", "tracestate")}
+    headers |= {TYPE_HEADER: letter.type, MESSAGE_ID_HEADER: letter.message_id}
+    if goal_id is not None:
+        headers[GOAL_HEADER] = goal_id
     return Envelope(Topology.dead_key(delivery.queue), encode_message_bytes(letter), headers)
 
 

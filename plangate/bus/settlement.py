@@ -26,7 +26,7 @@ from plangate.bus.envelope import (
     Envelope,
 )
 from plangate.bus.in_flight import Done
-from plangate.bus.inbound import original_content_type, raw_body, text_headers
+from plangate.bus.inbound import decode, original_content_type, raw_body, text_headers
 from plangate.bus.middleware import MiddlewareStack
 from plangate.bus.producers import ThreadProducers
 from plangate.bus.retries import Deferred, Waiting
@@ -127,8 +127,12 @@ class Settlement:
         In the goal's trace as an error, and logged with the goal, message and trace its
         headers name: a message that did not parse has no handler's span or log fields, and
         its dead letter was a bare `publish` span, its log line naming no goal. `goal_id` is
-        the body's, for a message that was read: logged as the goal in place of the header's.
+        the body's, for a message that was read: logged as the goal in place of the header's,
+        and named in the letter's headers. Not given, it is read from the body if it can be.
         """
+        body, content_type = raw_body(raw), original_content_type(raw)
+        if goal_id is None:
+            goal_id = _goal_read_from(raw, body)
         name = f"dead-letter {delivery.message_type}"
         with goal_span(name, delivery.headers, _named_in(delivery.headers, goal_id)) as span:
             span.set_status(StatusCode.ERROR, reason[:500])
@@ -138,8 +142,7 @@ class Settlement:
                 "dead-lettered %s from %s: %s", delivery.message_type, delivery.queue, reason
             )
             self._middleware.after_settle(delivery, "dead_lettered")
-            body, content_type = raw_body(raw), original_content_type(raw)
-            envelope = dead_letter_envelope(body, content_type, delivery, reason)
+            envelope = dead_letter_envelope(body, content_type, delivery, reason, goal_id)
             self.publish_then_ack(raw, [envelope])
 
     def publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:
@@ -200,6 +203,18 @@ def error_text(error: BaseException) -> str:
     if isinstance(error, PlangateError):
         return str(error)
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+def _goal_read_from(raw: KombuMessage, body: bytes) -> str | None:
+    """Return the goal of a message whose body decodes, else None (its goal is not known).
+
+    A message refused by its handler, or given up on, was decoded once already; decoding it
+    again here spares every handler and the in-flight record from carrying its goal along.
+    """
+    try:
+        return decode(raw, body).goal_id
+    except Exception:  # whatever did not decode has no goal plangate can vouch for
+        return None
 
 
 def _named_in(headers: dict[str, str], goal_id: str | None = None) -> dict[str, str]:
