@@ -22,6 +22,7 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from kombu.messaging import Producer
 from sqlalchemy import Engine, select
 
 from plangate.bus import Bus, Envelope, Observer
@@ -42,7 +43,16 @@ from plangate.store import (
     open_store,
 )
 from plangate.store.goals import plan_of
-from schemas import DeadLetter, Decision, Message, Plan, PlanApproved, utcnow
+from schemas import (
+    DeadLetter,
+    Decision,
+    GoalSubmitted,
+    Message,
+    Plan,
+    PlanApproved,
+    encode_message,
+    utcnow,
+)
 
 T = TypeVar("T")
 
@@ -394,3 +404,16 @@ def first_consume_failure(bus: Bus, caplog: pytest.LogCaptureFixture) -> logging
         worker.join(10)
     bus.close()
     return caplog.records[0]
+
+
+def publish_raw(pipeline: Pipeline, routing_key: str, body: bytes, **options: Any) -> None:
+    """Publish with kombu directly, as a foreign producer could, around plangate's bus."""
+    with pipeline.bus.connection() as connection:
+        producer = Producer(connection.channel(), exchange=pipeline.bus.topology.exchange)
+        producer.publish(body, routing_key=routing_key, **options)
+
+
+def publish_goal(pipeline: Pipeline, message: GoalSubmitted, **options: Any) -> None:
+    """Publish a goal as a foreign publisher does: JSON on the broker, no client."""
+    json_body = {"content_type": "application/json", "content_encoding": "utf-8"}
+    publish_raw(pipeline, "goal.submitted", encode_message(message), **json_body, **options)

@@ -14,15 +14,14 @@ from typing import Any
 import jsonschema
 import pytest
 from kombu import Queue
-from kombu.messaging import Producer
 
 from plangate.bus import Envelope
 from plangate.embedded import Pipeline
-from schemas import GoalSubmitted, encode_message
+from schemas import GoalSubmitted
 from schemas.asyncapi import asyncapi_document
 from schemas.messages import DeadLetter
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, eventually
+from tests.support import HELD, eventually, publish_goal
 
 
 @pytest.fixture
@@ -46,18 +45,6 @@ def next_dead_letter(queue: Queue) -> tuple[dict[str, str], DeadLetter]:
     return dict(raw.headers), DeadLetter.model_validate_json(raw.body)
 
 
-def publish_headerless(pipeline: Pipeline, body: bytes) -> None:
-    """Publish on `goal.submitted` as a foreign service may: JSON, no header at all."""
-    with pipeline.bus.connection() as connection:
-        producer = Producer(connection.channel(), exchange=pipeline.bus.topology.exchange)
-        producer.publish(
-            body,
-            routing_key="goal.submitted",
-            content_type="application/json",
-            content_encoding="utf-8",
-        )
-
-
 def headers_schema(message: str) -> dict[str, Any]:
     """The headers schema the AsyncAPI document gives `message` (its refs resolved)."""
     document = asyncapi_document()
@@ -78,7 +65,7 @@ def test_a_refused_goal_s_dead_letter_names_its_type_id_and_goal_in_its_headers(
     pipeline.wait_for(first, HELD)
     refused = GoalSubmitted(goal_id="foreign-1", text="another goal", idempotency_key="nightly")
 
-    publish_headerless(pipeline, encode_message(refused))
+    publish_goal(pipeline, refused)
 
     headers, letter = next_dead_letter(dead_watch)
     assert letter.reason.startswith("the idempotency key 'nightly' is goal")
@@ -117,7 +104,7 @@ def test_a_goal_published_with_no_header_runs_and_the_document_requires_none(
     """
     goal = GoalSubmitted(goal_id="no-headers", text="how many tickets are open")
 
-    publish_headerless(pipeline, encode_message(goal))
+    publish_goal(pipeline, goal)
 
     assert pipeline.wait_for("no-headers", timeout=10).status == "completed"
     jsonschema.Draft202012Validator(headers_schema("goalSubmitted")).validate({})

@@ -8,10 +8,8 @@ import json
 import logging
 import resource
 import zlib
-from typing import Any
 
 import pytest
-from kombu.messaging import Producer
 
 from plangate.bus import Envelope, settlement
 from plangate.bus.dead_letters import KEPT_BYTES
@@ -21,7 +19,7 @@ from plangate.logs import JsonFormatter
 from plangate.store import GoalRow
 from schemas import GoalSubmitted, encode_message, new_id
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, dead_letters, eventually, only_plan
+from tests.support import HELD, dead_letters, eventually, only_plan, publish_goal, publish_raw
 
 STAGE_KEYS = {"goal.submitted": "planner", "plan.proposed": "gate", "plan.approved": "executor"}
 ONE_MIB = 1024 * 1024
@@ -60,19 +58,6 @@ def body_of(case: str, routing_key: str) -> bytes:
     if case == "NaN":
         return (header(routing_key) + '"revision": NaN}').encode()
     return (header(routing_key) + '"text": "' + "x" * ONE_MIB + '"}').encode()
-
-
-def publish_raw(pipeline: Pipeline, routing_key: str, body: bytes, **options: Any) -> None:
-    """Publish with kombu directly, as a foreign producer could, around plangate's bus."""
-    with pipeline.bus.connection() as connection:
-        producer = Producer(connection.channel(), exchange=pipeline.bus.topology.exchange)
-        producer.publish(body, routing_key=routing_key, **options)
-
-
-def publish_goal(pipeline: Pipeline, message: GoalSubmitted, **options: Any) -> None:
-    """Publish a goal as a foreign publisher does: JSON on the broker, no client."""
-    json_body = {"content_type": "application/json", "content_encoding": "utf-8"}
-    publish_raw(pipeline, "goal.submitted", encode_message(message), **json_body, **options)
 
 
 def assert_seed_goal_still_completes(pipeline: Pipeline) -> None:

@@ -458,7 +458,9 @@ def test_a_publishers_own_short_id_is_polled_as_itself_never_as_anothers_start(
     assert (before, said["error"].startswith(f"no goal '{short}'")) == (404, True)
     # It said nothing of whole ids; and "a short id needs 6 characters" to a shorter one, as if
     # a longer start would do.
-    assert "(here a goal's whole id, as its submission answered it)" in said["error"]
+    assert (
+        "(here a goal's whole id, as its submission answered it or its publisher" in said["error"]
+    )
     assert state["goal_id"] == short
 
 

@@ -149,15 +149,30 @@ def get_goal(
     else:
         row = by_id(session, GoalRow, GoalRow.id, goal_id, typed=typed)
     if row is None:
-        if exact:  # a short id finds nothing here: saying how short one may be misled callers
-            short = " (here a goal's whole id, as its submission answered it)"
-        elif len(goal_id) < MIN_SHORT_ID:
-            short = f" (a short id needs {MIN_SHORT_ID} characters)"
-        else:
-            short = ""
-        said = f"no goal {quoted(goal_id)}{short}; check the id (`plangate goals list` shows goals)"
-        raise NotFound(said)
+        raise NotFound(_no_goal(goal_id, exact))
     return row
+
+
+def _no_goal(goal_id: str, exact: bool) -> str:
+    """Say that no goal has the id, and where to look; a program asking is told more.
+
+    A program may have published the goal on the broker, choosing its id: nothing answered
+    it, and a goal the planner refused is never stored, so the answer says where its reason is.
+    """
+    said = f"no goal {quoted(goal_id)}"
+    if not exact:
+        short = f" (a short id needs {MIN_SHORT_ID} characters)"
+        return f"{said}{short * (len(goal_id) < MIN_SHORT_ID)}; {_CHECK_THE_ID}"
+    # A short id finds nothing here: saying how short one may be misled callers.
+    return (
+        f"{said} (here a goal's whole id, as its submission answered it or its publisher chose "
+        f"it); {_CHECK_THE_ID}. A goal published on the broker that the planner refused is "
+        "never stored: its reason is in the dead-letter queue (`plangate dlq list`, or an "
+        "observer bound to `dead.#` as docs/publishing-goals.md says)"
+    )
+
+
+_CHECK_THE_ID = "check the id (`plangate goals list` shows goals)"
 
 
 # Built once, and run as plain statements: a move is made four times per goal, and the ORM's
