@@ -76,7 +76,7 @@ def test_the_api_lists_goals_of_every_state_with_working_filters(
 
 def test_bad_filters_are_4xx_json_and_the_list_needs_a_reviewer(base_url: str) -> None:  # noqa: F811
     for query, words in (
-        ({"state": "sleeping"}, "no goal state"),
+        ({"state": "sleeping"}, "Input should be 'submitted'"),
         ({"since": "yesterday"}, "neither an age"),
         ({"cursor": "not-a-cursor"}, "cursor"),
         ({"limit": 0}, ""),

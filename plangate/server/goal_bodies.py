@@ -9,13 +9,20 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
+from typing_extensions import TypeAliasType
+
+from schemas import goal_states
+
+# A named schema (`#/components/schemas/GoalStatus`) of the states the state machine lists: a
+# client generated from the document gets one enum of them, not one per field.
+GoalStatus = TypeAliasType("GoalStatus", goal_states.GoalStatus)
 
 
 class GoalAccepted(BaseModel):
     """The answer to a submission: the goal (new, or the first one for the same key)."""
 
     goal_id: str
-    status: str
+    status: GoalStatus
     trace_id: str | None
     duplicate: bool
     queued: bool = Field(
@@ -53,7 +60,7 @@ class RetryState(BaseModel):
 
     by: str = Field(description="The reviewer who sent it back to the planner.")
     at: datetime
-    from_state: str = Field(description="The state it was retried from.")
+    from_state: GoalStatus = Field(description="The state it was retried from.")
     reason: str = Field(description='Why, as they said ("" if they gave no reason).')
 
 
@@ -61,7 +68,7 @@ class GoalState(BaseModel):
     """Where a goal stands: its state, its latest plan, the decision on it and its steps."""
 
     goal_id: str
-    status: str
+    status: GoalStatus
     reason: str | None
     updated_at: datetime
     terminal: bool
@@ -133,7 +140,7 @@ class GoalListItem(BaseModel):
     """One goal of the list."""
 
     goal_id: str
-    status: str
+    status: GoalStatus
     text: str
     source: str | None
     created_at: datetime

@@ -17,6 +17,7 @@ from plangate import telemetry
 from plangate.client import Client, GoalHandle, GoalStatus
 from plangate.event_keys import KEY_LIMIT
 from plangate.redaction import redact
+from plangate.server import goal_bodies
 from plangate.server.auth import intake_admission, intake_token_given, require_intake_token
 from plangate.server.decision_bodies import CancelRequest, ReasonBody
 from plangate.server.deps import get_client
@@ -194,7 +195,9 @@ def goal_list(
     client: Annotated[Client, Depends(get_client)],
     _reviewer: Annotated[Reviewer, Depends(require_reviewer)],
     _once: Annotated[None, Depends(_each_filter_once)],
-    state: Annotated[str | None, Query(max_length=32)] = None,
+    state: Annotated[
+        goal_bodies.GoalStatus | None, Query(description="Goals in this state only.")
+    ] = None,
     since: Annotated[str | None, Query(max_length=40, description="2h, 7d or ISO time")] = None,
     until: Annotated[
         str | None, Query(max_length=40, description="submitted before: 2h, 7d or ISO time")

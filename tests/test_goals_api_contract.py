@@ -1,0 +1,75 @@
+"""What a client generated from /openapi.json may rely on: the goal states, and no silent query.
+
+A goal's state is one of the state machine's (`schemas.goal_states`), named as one enum in the
+document; a read of the API refuses a query parameter it does not take, and says which it does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import get_args
+
+import pytest
+from fastapi.testclient import TestClient
+
+from plangate.config import Settings
+from plangate.embedded import Pipeline
+from plangate.reviewers import Reviewer
+from plangate.server import create_app
+from plangate.server.reviewers import Reviewers
+from schemas.goal_states import GoalStatus
+from tests.conftest import SEED_GOAL
+from tests.support import HELD
+
+CAROL = {"Authorization": "Bearer carol-token-0123456789"}
+INTAKE = {"Authorization": "Bearer intake"}
+
+
+@pytest.fixture
+def http(pipeline: Pipeline, settings: Settings) -> Iterator[TestClient]:
+    """`plangate serve`'s app on the pipeline's store, with reviewer carol and an intake token."""
+    reviewers = Reviewers([Reviewer.with_token("carol", "carol-token-0123456789")])
+    with TestClient(create_app(settings, intake_token="intake", reviewers=reviewers)) as client:
+        yield client
+
+
+def test_every_goal_state_field_and_the_state_filter_are_the_state_machine_s_enum(
+    http: TestClient,
+) -> None:
+    """Given the OpenAPI document of `plangate serve`,
+    When a client generator reads a goal's `status`, a submission's, a listed goal's and the
+    list's `state` parameter,
+    Then each is the one schema `GoalStatus`, whose enum is every state of the state machine
+    (they were plain strings: a generated client knew none of them).
+    """
+    spec = http.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    state = {"$ref": "#/components/schemas/GoalStatus"}
+
+    assert schemas["GoalStatus"] == {"type": "string", "enum": list(get_args(GoalStatus))}
+    for body in ("GoalState", "GoalAccepted", "GoalListItem"):
+        assert schemas[body]["properties"]["status"] == state, body
+    [filter_] = [
+        p for p in spec["paths"]["/api/v1/goals"]["get"]["parameters"] if p["name"] == "state"
+    ]
+    assert filter_["schema"]["anyOf"][0] == state
+
+
+def test_a_state_filter_outside_the_enum_is_refused_naming_the_states(
+    pipeline: Pipeline, http: TestClient
+) -> None:
+    """Given a held goal,
+    When a reviewer lists goals with `state=held`, then with `state=sleeping`,
+    Then the first lists it, and the second is a 422 naming the states there are.
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD)
+
+    held = http.get("/api/v1/goals", params={"state": "held"}, headers=CAROL)
+    sleeping = http.get("/api/v1/goals", params={"state": "sleeping"}, headers=CAROL)
+
+    assert [g["goal_id"] for g in held.json()["goals"]] == [goal_id]
+    assert sleeping.status_code == 422
+    assert (
+        "query.state: Input should be 'submitted', 'proposed', 'held'" in sleeping.json()["error"]
+    )
