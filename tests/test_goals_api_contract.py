@@ -7,7 +7,7 @@ document; a read of the API refuses a query parameter it does not take, and says
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import get_args
+from typing import Any, get_args
 
 import pytest
 from fastapi.testclient import TestClient
@@ -73,3 +73,58 @@ def test_a_state_filter_outside_the_enum_is_refused_naming_the_states(
     assert (
         "query.state: Input should be 'submitted', 'proposed', 'held'" in sleeping.json()["error"]
     )
+
+
+def answer(http: TestClient, path: str, **params: Any) -> tuple[int, str]:
+    got = http.get(path, params=params, headers=CAROL)
+    return got.status_code, str(got.json().get("error", "")) if got.status_code >= 400 else ""
+
+
+def test_an_unknown_query_parameter_of_an_api_read_is_a_422_naming_those_it_takes(
+    pipeline: Pipeline, http: TestClient
+) -> None:
+    """Given a held goal,
+    When a reviewer lists goals with `?source=urn:billing` (no such filter), or asks for the goal
+    or the reviews with a parameter those routes do not take,
+    Then each answer is a 422 naming the unknown parameter and the ones the route takes (the
+    list answered every goal, as if filtered by source); known parameters still answer 200.
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD)
+
+    listed = answer(http, "/api/v1/goals", source="urn:billing")
+    one = answer(http, f"/api/v1/goals/{goal_id}", verbose="1", x="2")
+    reviews = answer(http, "/api/v1/reviews", state="held")
+
+    assert listed == (
+        422,
+        "unknown query parameter 'source': GET /api/v1/goals takes only state, since, until, "
+        "search, limit, cursor; leave out the others (nothing is filtered by them)",
+    )
+    assert one == (
+        422,
+        "unknown query parameters 'verbose', 'x': GET /api/v1/goals/{goal_id} takes no query "
+        "parameter; leave out the others (nothing is filtered by them)",
+    )
+    assert reviews[0] == 422
+    assert "'state': GET /api/v1/reviews takes only limit;" in reviews[1]
+    assert answer(http, "/api/v1/goals", state="held", limit=5) == (200, "")
+    assert answer(http, f"/api/v1/goals/{goal_id}") == (200, "")
+    assert answer(http, "/api/v1/reviews", limit=5) == (200, "")
+
+
+def test_the_document_says_every_api_read_may_answer_422(http: TestClient) -> None:
+    """A client generated from the document must expect the 422 of a parameter it sent wrong."""
+    spec = http.get("/openapi.json").json()
+
+    reads = {
+        path: ops["get"]
+        for path, ops in spec["paths"].items()
+        if path.startswith("/api/") and "get" in ops
+    }
+
+    assert "/api/v1/goals/{goal_id}" in reads
+    for path, read in reads.items():
+        assert read["responses"]["422"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorBody"
+        }, path
