@@ -239,9 +239,25 @@ def _check_version(data: dict[str, Any]) -> None:
         supported = sorted(SUPPORTED_SCHEMA_VERSIONS)
         if version is None:
             raise MessageRejected(f"the message has no schema_version (supported: {supported})")
+        if type(version) is not int:  # "1" is not supported "(supported: [1])" read as nonsense
+            kind = _JSON_KINDS.get(type(version), "no number")
+            raise MessageRejected(
+                f"schema_version {_shown(version)} is {kind}: it must be an integer, one of "
+                f"{supported}"
+            )
         raise MessageRejected(
             f"schema_version {_shown(version)} is not supported (supported: {supported})"
         )
+
+
+# What a JSON value that is no integer is, in JSON's words (a float here has a fraction).
+_JSON_KINDS = {
+    str: "a string",
+    bool: "a boolean",
+    float: "a number with a fraction",
+    list: "an array",
+    dict: "an object",
+}
 
 
 # What a pattern of the messages' fields asks, in words.

@@ -291,20 +291,33 @@ def test_a_content_encoding_other_than_utf8_is_refused(encoding: str) -> None:
 # --- version and type --------------------------------------------------------------------------
 
 
+def test_a_newer_schema_version_is_refused_naming_those_supported() -> None:
+    reason = rejection(goal_body(schema_version=2))
+
+    assert reason == "schema_version 2 is not supported (supported: [1])"
+
+
 @pytest.mark.parametrize(
-    ("version", "shown"),
+    ("version", "said"),
     [
-        pytest.param(2, "2", id="newer"),
-        pytest.param("1", "'1'", id="string"),
-        pytest.param(True, "True", id="boolean"),
-        pytest.param(1.5, "1.5", id="fraction"),
-        pytest.param([1], "[1]", id="list"),
+        pytest.param("1", "'1' is a string", id="string"),
+        pytest.param(True, "True is a boolean", id="boolean"),
+        pytest.param(1.5, "1.5 is a number with a fraction", id="fraction"),
+        pytest.param([1], "[1] is an array", id="list"),
+        pytest.param({"v": 1}, "{'v': 1} is an object", id="object"),
     ],
 )
-def test_an_unknown_schema_version_is_refused(version: Any, shown: str) -> None:
+def test_a_schema_version_that_is_no_integer_is_refused_saying_it_must_be_one(
+    version: Any, said: str
+) -> None:
+    """Given a goal whose `schema_version` is no JSON integer (the string "1", true, ...),
+    When it is decoded,
+    Then the reason says what it is and that it must be an integer: it said "schema_version
+    '1' is not supported (supported: [1])", which reads as if 1 were refused.
+    """
     reason = rejection(goal_body(schema_version=version))
 
-    assert reason == f"schema_version {shown} is not supported (supported: [1])"
+    assert reason == f"schema_version {said}: it must be an integer, one of [1]"
 
 
 def test_a_message_without_a_version_or_a_type_is_refused_in_words_not_a_repr() -> None:

@@ -452,7 +452,9 @@ def test_dead_letter_reasons_and_http_answers_hold_no_canary(
     finally:
         bus.close()
     letters = eventually(world.dead_letters, timeout=10, what="the dead letter")
-    assert letters[-1].reason == "schema_version '[redacted]' is not supported (supported: [1])"
+    assert letters[-1].reason == (
+        "schema_version '[redacted]' is a string: it must be an integer, one of [1]"
+    )
 
     with Client(settings) as client, serving_app(create_app(settings, client=client)) as url:
         answers = [
