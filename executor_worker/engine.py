@@ -11,11 +11,12 @@ import contextvars
 import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from plangate.tools import Tool, ToolContext
-from schemas import Plan, Step
+from schemas import Plan, Step, utcnow
 from schemas.cel_check import compiled
 from schemas.cel_cost import condition_too_costly
 from schemas.hashing import sha256_hex
@@ -36,6 +37,9 @@ class StepOutcome:
     # Also the last step's write, recorded with the run's end; `attempt` is its claim's.
     provisional: bool = False
     attempt: int | None = None
+    # When it ended (made then): its `step.finished` says so, however late it is announced
+    # (the last steps are announced after the run's end, which was earlier than they).
+    finished_at: datetime = field(default_factory=utcnow, compare=False)
 
 
 DEFAULT_TOOL_TIMEOUT = 60.0

@@ -351,6 +351,7 @@ class ExecutorHandler:
                 output=outcome.output,
                 error=outcome.error,
                 duration_ms=outcome.duration_ms,
+                occurred_at=outcome.finished_at,
             )
             try:
                 self._notify(Envelope.of(event, headers))

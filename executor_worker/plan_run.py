@@ -130,7 +130,8 @@ class PlanRun(DagWalk):
     ) -> None:
         for outcome in called:
             step = self._plan.step(outcome.step_id)
-            final = _recorded(step, stands[outcome.step_id], outcome.duration_ms)
+            stood = _recorded(step, stands[outcome.step_id], outcome.duration_ms)
+            final = replace(stood, finished_at=outcome.finished_at)  # ended then, not now
             self.outcomes[outcome.step_id] = final
             finished.append(final)
 
