@@ -25,7 +25,7 @@ from plangate.bus import STAGES, Bus, Stage, StageConsumer
 from plangate.bus.reconnect import Backoff
 from plangate.catalog import keep_offering
 from plangate.config import Settings
-from plangate.errors import BrokerUnavailable, ConfigError
+from plangate.errors import BrokerRefused, BrokerUnavailable, ConfigError
 from plangate.health import Exposition, Readiness, start_health_server
 from plangate.lasting import Lasting
 from plangate.readiness import not_ready
@@ -312,28 +312,34 @@ class _BrokerSeen:
     def __init__(self, stage: str) -> None:
         self._stage = stage
         self._outage = Lasting(SAY_LOST_BROKER_EVERY)
+        self._answered = False  # ever: "lost" and "again" of a broker never reached misled
 
     def answered(self, *, consuming: bool) -> None:
         """Note that the broker answered this sweep's reads (and say so, after a loss)."""
         if consuming:
             metrics.broker_up(self._stage, True)
         if (waited := self._outage.end()) is not None:
-            log.info("the broker answers the %s's reads again, after %.0f s", self._stage, waited)
+            again = " again" if self._answered else ""
+            said = "the broker answers the %s's reads%s, after %.0f s"
+            log.info(said, self._stage, again, waited)
+        self._answered = True
 
     def lost(self, exc: BrokerUnavailable, interval: float) -> None:
         """Note that this sweep's reads of the broker failed; say so, now and then."""
         metrics.broker_up(self._stage, False)
         said = self._outage.note()
         if said == "began":
+            how = "lost" if self._answered else "cannot reach"
             log.warning(
-                "sweep skipped: the %s lost the broker (%s); trying again every %g s",
+                "sweep skipped: the %s %s the broker (%s); trying again every %g s",
                 self._stage,
+                "is refused by" if isinstance(exc, BrokerRefused) else how,
                 exc,
                 interval,
             )
         elif said == "goes on":
             log.warning(
-                "sweeps skipped for %.0f s: the %s still cannot reach the broker (%s)",
+                "sweeps skipped for %.0f s: the %s still cannot use the broker (%s)",
                 self._outage.seconds(),
                 self._stage,
                 exc,

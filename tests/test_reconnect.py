@@ -232,3 +232,28 @@ def test_a_broker_that_refuses_the_settings_is_said_once_then_at_most_once_a_min
     assert len(tries) == 10
     assert len(said) == 1, said
     assert "check PLANGATE_BROKER_URL" in said[0]
+
+
+def test_a_sweep_says_a_broker_never_reached_or_refusing_as_it_is_not_as_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given a worker's sweep that has never reached its broker,
+    When its reads fail, Then it says it cannot reach the broker (it said "lost"), and when
+    the broker answers, that it answers (not "again"); a later failure is a loss; a broker
+    that refuses the worker's settings is said to refuse them.
+    """
+    from plangate.errors import BrokerRefused, BrokerUnavailable
+    from plangate.worker import _BrokerSeen
+
+    seen, refused = _BrokerSeen("planner"), _BrokerSeen("gate")
+    with caplog.at_level(logging.INFO, logger="plangate.worker"):
+        seen.lost(BrokerUnavailable("Connection refused"), 2.0)
+        seen.answered(consuming=True)
+        seen.lost(BrokerUnavailable("Connection reset"), 2.0)
+        refused.lost(BrokerRefused("ACCESS_REFUSED"), 2.0)
+
+    said = [record.getMessage() for record in caplog.records]
+    assert said[0].startswith("sweep skipped: the planner cannot reach the broker")
+    assert said[1].startswith("the broker answers the planner's reads, after")
+    assert said[2].startswith("sweep skipped: the planner lost the broker")
+    assert said[3].startswith("sweep skipped: the gate is refused by the broker (ACCESS_REFUSED)")
