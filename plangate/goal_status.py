@@ -325,7 +325,9 @@ def _result(
         return StepResult(step_id, tool, "pending")
     settled_by = settlers.get(step_id) if run.status == "succeeded" else None
     duration = None
-    if run.finished_at is not None and settled_by is None:
+    # An `unknown` step's end is when its claim ran out, not when its call ended (if it did):
+    # "unknown in 300166 ms" read as a call of five minutes.
+    if run.finished_at is not None and settled_by is None and run.status != "unknown":
         duration = round((run.finished_at - run.started_at).total_seconds() * 1000, 1)
     claimed = run.lease_until if run.status == "running" else None
     return StepResult(

@@ -253,3 +253,29 @@ def test_a_write_being_called_shows_until_when_it_is_claimed(
             time.sleep(0.2)
     finally:
         fleet.stop_all()
+
+
+def test_a_write_of_unknown_outcome_shows_no_duration() -> None:
+    """Given a write marked `unknown` when its claim ran out (its executor killed mid-call),
+    When its goal's status is read, Then it has no duration: its end is the claim's, not the
+    call's ("unknown in 300166 ms" read as a call of five minutes)."""
+    from datetime import UTC, datetime, timedelta
+
+    from plangate.goal_status import _result
+    from plangate.store.models import StepRunRow
+
+    started = datetime(2026, 12, 7, 16, 0, tzinfo=UTC)
+    run = StepRunRow(
+        plan_id="p1",
+        step_id="write",
+        goal_id="g1",
+        tool="slow_write",
+        status="unknown",
+        attempt=1,
+        started_at=started,
+        finished_at=started + timedelta(minutes=5),
+    )
+
+    shown = _result({"id": "write", "tool": "slow_write"}, run, "needs_attention", {})
+
+    assert (shown.status, shown.duration_ms) == ("unknown", None)
