@@ -95,9 +95,12 @@ class NoReviewers:
             approval.reviewer,
             approval.plan_id,
         )
+        # Every 30 s: a wait on a person's setting, not an outage (the backoff of an outage
+        # never grew here, and each waiting approval came back, and was logged, every 2 s).
         raise NotReady(
             "this gate has no reviewers file to check who approved: start it with the one "
-            "serve uses (PLANGATE_REVIEWERS_FILE)"
+            "serve uses (PLANGATE_REVIEWERS_FILE)",
+            delay=30.0,
         )
 
     def known(self) -> Reviewers | None:

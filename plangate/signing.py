@@ -198,7 +198,13 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
             unknown = ", ".join(named[:3]) + (
                 f" and {len(named) - 3} more" if len(named) > 3 else ""
             )
-            hint = "add its public key to the trusted keys folder"
+            # Said so that no forger is trusted on its own word: a gate's key is added from
+            # the gate's own folder, never from what a message names.
+            hint = (
+                "if it is your gate's key, add its public key (from the gate's data folder) to "
+                "the trusted keys folder; if no gate of yours has it, the message is forged: "
+                "do not trust it"
+            )
             raise UnknownSigner(f"signed by unknown key {unknown}; {hint}", tuple(named))
         for signature in trusted:
             with contextlib.suppress(InvalidSignature, ApprovalInvalid):

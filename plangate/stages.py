@@ -231,6 +231,7 @@ def build_sealing(settings: Settings) -> Callable[[Store], None]:
     if some chain moved (`plangate.store.audit_checkpoints`).
     """
     signer = load_or_create_signer(settings)
+    trusted = load_trusted_keys(settings)  # the keys it signed with before a rotation
     memory = CheckpointMemory(settings.data_dir)
     every = settings.audit_checkpoint_seconds
     sealed_at = -every
@@ -243,7 +244,7 @@ def build_sealing(settings: Settings) -> Callable[[Store], None]:
         try:
             with store.session() as session:
                 memory.check(session)  # never seal over checkpoints someone deleted
-                refused = audit_checkpoints.write(session, signer).refused
+                refused = audit_checkpoints.write(session, signer, trusted=trusted).refused
         except AuditBroken as exc:
             stopped = True
             metrics.SEALING_STOPPED.set(1)

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from plangate.embedded import Pipeline
+from plangate.errors import AuditBroken
+from plangate.signing import Signer, TrustedKeys
 from plangate.signing_keys import load_or_create_signer
 from plangate.stages import build_sealing
 from plangate.store import Store, audit, audit_checkpoints, open_store
@@ -254,3 +257,60 @@ def test_verify_against_an_export_names_the_entry_rewritten_where_the_store_brea
     said = " ".join(checked.stderr.split())
     assert f"entry {step.seq} of goal {completed_run} (step.succeeded" in said
     assert "no longer in the store as it was" in said
+
+
+def test_a_sweep_seals_nothing_over_a_checkpoint_signed_by_a_key_it_does_not_trust(
+    pipeline: Pipeline, completed_run: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a run sealed by the gate's sweep, its chain then rewritten, and a checkpoint over
+    the rewrite that a DBA signed with a key of their own (linked, hashed and digested right),
+    When the sweep runs, Then it seals nothing, naming the checkpoint and its signer, and says
+    so on `plangate_audit_sealing_stopped` (it took any signer as a key from before a rotation,
+    and signed its own checkpoint over the forgery, saying nothing).
+    """
+    settings = pipeline.settings.model_copy(update={"audit_checkpoint_seconds": 0.0})
+    seal = build_sealing(settings)
+    seal(pipeline.store)
+    rewrite_chain(pipeline, completed_run, STEP_KIND, output_sha256="0" * 64)
+    stranger = Signer(Ed25519PrivateKey.generate())
+    with pipeline.store.session() as session:
+        forged = audit_checkpoints.write(session, stranger, accept_rewritten=True).checkpoint
+        assert forged is not None
+        forged_id = forged.id
+
+    with caplog.at_level("ERROR"):
+        seal(pipeline.store)
+
+    with pipeline.store.reading() as session:
+        newest = session.scalar(select(func.max(AuditCheckpointRow.id)))
+    assert newest == forged_id
+    said = [r.getMessage() for r in caplog.records if f"checkpoint {forged_id}" in r.getMessage()]
+    assert said, caplog.text
+    assert f"is signed by {stranger.key_id}, not by a key trusted here" in said[0]
+    assert REGISTRY.get_sample_value("plangate_audit_sealing_stopped") == 1
+
+
+def test_after_a_key_rotation_the_sweep_seals_over_a_checkpoint_of_the_key_before(
+    pipeline: Pipeline, completed_run: str
+) -> None:
+    """Given a checkpoint signed with the gate's first key, and the gate rotated to a new key,
+    When it seals with the first key's public key among its trusted keys (as the docs say to
+    keep it), Then it seals; with the first key's public key not kept, it seals nothing."""
+    first = Signer(Ed25519PrivateKey.generate())
+    rotated = Signer(Ed25519PrivateKey.generate())
+    with pipeline.store.session() as session:
+        assert audit_checkpoints.write(session, first).checkpoint is not None
+    with pipeline.store.session() as session:
+        audit.append(session, "goal.noted", actor="ops", goal_id=completed_run, data={})
+
+    with (
+        pytest.raises(AuditBroken, match="not by a key trusted here"),
+        pipeline.store.session() as session,
+    ):
+        audit_checkpoints.write(session, rotated, trusted=TrustedKeys([]))
+    with pipeline.store.session() as session:
+        kept = TrustedKeys([first.public_key])
+        sealing = audit_checkpoints.write(session, rotated, trusted=kept)
+
+    assert sealing.checkpoint is not None
+    assert sealing.refused == ()

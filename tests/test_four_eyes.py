@@ -700,6 +700,8 @@ def test_over_processes_approvals_wait_for_a_gate_started_without_the_reviewers_
         waiting = status_of(fleet, page.goal_id)
         assert waiting["status"] == "approved", waiting
         assert "start it with the reviewers file serve uses" in fleet.logs()
+        # Asked again every 30 s, not every 2 s (each time a line of the log).
+        assert "in 30 s: this gate has no reviewers file" in fleet.logs()
         assert not (fleet.folder / "notifications.jsonl").exists()
 
         fleet.kill(gate)

@@ -120,7 +120,9 @@ def test_a_signature_by_an_untrusted_key_is_refused(trusted: TrustedKeys) -> Non
     envelope = stranger.sign(stranger.approval(PLAN, APPROVE, HOUR))
     # Then it is refused, saying what to do
     expected = (
-        f"signed by unknown key {stranger.key_id}; add its public key to the trusted keys folder"
+        f"signed by unknown key {stranger.key_id}; if it is your gate's key, add its public key "
+        "(from the gate's data folder) to the trusted keys folder; if no gate of yours has it, "
+        "the message is forged: do not trust it"
     )
     with pytest.raises(ApprovalInvalid) as raised:
         trusted.verify(envelope)
@@ -306,7 +308,8 @@ def test_a_refusal_names_a_few_unknown_keys_once_each_not_every_one(
     with pytest.raises(ApprovalInvalid) as refused:
         trusted.verify(forged)
     assert str(refused.value).startswith(
-        "approval refused: signed by unknown key ../../etc/passwd, k2, k3 and 2 more; add its"
+        "approval refused: signed by unknown key ../../etc/passwd, k2, k3 and 2 more; "
+        "if it is your gate's key"
     )
 
 

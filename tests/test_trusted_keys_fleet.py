@@ -71,7 +71,7 @@ def test_a_goal_waits_for_the_gate_s_key_and_runs_once_the_executor_has_it(
 
     said = " ".join(waiting.stdout.split())
     assert "waiting: an executor cannot check the approval: approval refused: signed by" in said
-    assert "add its public key to the trusted keys folder" in said
+    assert "add its public key (from the gate's data folder) to the trusted keys folder" in said
     assert "signed by unknown key" in as_json["approval_unchecked"]
     assert done["approval_unchecked"] is None
 

@@ -56,7 +56,7 @@ def audit_checkpoint(
     before (exit 1, the rest sealed), unless told --accept-missing.
     """
     from plangate.checkpoint_memory import CheckpointMemory
-    from plangate.signing_keys import load_signer
+    from plangate.signing_keys import load_signer, load_trusted_keys
     from plangate.store import audit_checkpoints, open_store
 
     settings = load_settings()
@@ -69,7 +69,10 @@ def audit_checkpoint(
                 err_console.print(f"forgot the checkpoint {forgotten} remembered; sealing afresh")
             memory.check(session)
             refuse_a_rotated_folder_key(settings, signer, session)
-            sealing = audit_checkpoints.write(session, signer, accept_rewritten=accept_missing)
+            trusted = load_trusted_keys(settings)
+            sealing = audit_checkpoints.write(
+                session, signer, trusted=trusted, accept_rewritten=accept_missing
+            )
             written = sealing.checkpoint
             said = (
                 f"checkpoint {written.id}: {written.chains} chain{'s' * (written.chains != 1)}, "

@@ -71,13 +71,19 @@ class Sealing:
 
 
 def write(
-    session: Session, signer: Signer | None = None, *, accept_rewritten: bool = False
+    session: Session,
+    signer: Signer | None = None,
+    *,
+    trusted: TrustedKeys | None = None,
+    accept_rewritten: bool = False,
 ) -> Sealing:
     """Seal the chains' heads as they are now, in the caller's transaction.
 
     A chain that no longer holds the head sealed before is left out, its old seal kept (so
     `verify` keeps naming the break), and said in `refused`; unless `accept_rewritten`, after
-    a person has looked. The checkpoint is None when no chain moved since the last one.
+    a person has looked. The newest checkpoint must be signed by `signer`'s key or one of
+    `trusted` (the keys it signed with before a rotation). The checkpoint is None when no
+    chain moved since the last one.
     """
     lock_names(session, [_WRITER_LOCK])
     last = session.execute(
@@ -85,7 +91,7 @@ def write(
     ).scalar_one_or_none()
     sealed = _latest_sealed(session)
     if last is not None and not accept_rewritten:
-        _refuse_changed_checkpoints(last, sealed, signer)
+        _refuse_changed_checkpoints(last, sealed, signer, trusted)
     now = {
         row.chain: (row.seq, row.hash) for row in session.execute(select(AuditChainRow)).scalars()
     }
@@ -128,7 +134,7 @@ def write(
 
 
 def _refuse_changed_checkpoints(
-    last: AuditCheckpointRow, sealed: Heads, signer: Signer | None
+    last: AuditCheckpointRow, sealed: Heads, signer: Signer | None, trusted: TrustedKeys | None
 ) -> None:
     """Raise AuditBroken unless the heads sealed add up to the newest checkpoint, as written.
 
@@ -141,11 +147,12 @@ def _refuse_changed_checkpoints(
     if signer is not None:
         from plangate.signing import TrustedKeys
 
-        keys = TrustedKeys([signer.public_key])
+        before = [trusted[key] for key in trusted] if trusted is not None else []
+        keys = TrustedKeys([signer.public_key, *before])
     try:
         problem = _problem(last, last.prev_hash, sealed, keys)
-    except _SignerUnknown:  # signed before a rotation: its hash and heads are checked still
-        problem = _problem(last, last.prev_hash, sealed, None)
+    except _SignerUnknown as unknown:  # any key passed: a DBA's own one made it the base
+        problem = str(unknown)
     if problem is not None:
         raise AuditBroken(
             f"{problem}: checkpoints or the heads they sealed were deleted or changed in the "
