@@ -79,7 +79,7 @@ DEAD_LETTER_HEADERS_SCHEMA: dict[str, Any] = {
         "x-plangate-goal-id": {
             "type": "string",
             "description": "Present only where the goal is known: the refused message's "
-            "`goal_id`, read from its body.",
+            "`goal_id`, read from its body where that decoded as a valid message.",
         },
         "x-plangate-message-id": {
             "type": "string",

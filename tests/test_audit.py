@@ -385,6 +385,8 @@ def test_a_goal_removed_whole_with_its_checkpoints_is_found_against_an_earlier_e
     intact = plangate_cli(data, "audit", "verify", "--against", str(export))
     assert intact.returncode == 0, intact.stderr
     assert f"the store holds all {LOGGED_ENTRIES} entries of audit.jsonl" in intact.stdout
+    # The export's own check said first, with its signer, as docs/how-to/operate.md shows.
+    assert intact.stdout.startswith(f"export intact: {LOGGED_ENTRIES} entries, signed by ed25519:")
 
     run_sql(pipeline, "DELETE FROM audit_log WHERE goal_id = :goal", goal=completed_run)
     run_sql(pipeline, "DELETE FROM audit_chains WHERE chain = :goal", goal=completed_run)

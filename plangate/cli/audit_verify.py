@@ -33,6 +33,7 @@ class Verdict:
     signed_by: str | None = None  # an export's signer
     part: str | None = None  # what of the log an export holds, if not all of it
     against: str | None = None  # the earlier export the store was checked against
+    against_entries: int | None = None  # how many entries that export holds (signed_by's)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -159,7 +160,10 @@ def _verify(
         _verify_export(found, export, given)
         return
     if against is not None:  # the file is trusted only once its signature and hashes hold
-        _verify_export(Verdict(), against, given)
+        checked = Verdict()
+        _verify_export(checked, against, given)
+        found.signed_by, found.part = checked.signed_by, checked.part
+        found.against_entries = checked.entries
     from plangate.store import open_store
 
     settings = load_settings()
@@ -201,7 +205,12 @@ def _said(found: Verdict) -> list[str]:
     sealed = f", sealed by {count} checkpoint{'s' * (count != 1)}" if count else ""
     said = [f"audit log intact: {found.entries} entries in {chains} chain{'s' * (chains != 1)}"]
     said[0] += sealed
-    return said + ([found.against] if found.against is not None else [])
+    if found.against is None:
+        return said
+    # The export checked first, and by whose key, as `--export` says it (it went unsaid).
+    part = "" if found.part is None else f" (a part of the log: {found.part})"
+    export = f"export intact: {found.against_entries} entries{part}, signed by {found.signed_by}"
+    return [export, *said, found.against]
 
 
 def _unsealed(store: Store, interval: float) -> str | None:
