@@ -35,8 +35,8 @@ from tests.support import (
     write_playbook,
     write_yaml,
 )
+from tests.test_cancelled_runs import APPROVE_ALL
 
-APPROVE_ALL = {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}]}
 STEPS = [
     {"id": "count", "tool": "count_tickets"},
     {"id": "page", "tool": "page_oncall", "args": {"count": "${count}"}},
