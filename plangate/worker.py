@@ -236,7 +236,7 @@ class Worker:
                         chore(store)
                     store_answered(store)
                 except BrokerUnavailable as exc:  # said in full, no traceback
-                    seen.lost(exc, interval)
+                    seen.lost(exc, interval, reached=consumer.consumed)
                 except OperationalError as exc:  # the database is down: said, as the broker
                     store_failed(store, exc, f"the {self.stage}'s sweep")
                 except Exception:  # a fault of plangate's own: its traceback says where
@@ -324,9 +324,10 @@ class _BrokerSeen:
             log.info(said, self._stage, again, waited)
         self._answered = True
 
-    def lost(self, exc: BrokerUnavailable, interval: float) -> None:
-        """Note that this sweep's reads of the broker failed; say so, now and then."""
+    def lost(self, exc: BrokerUnavailable, interval: float, *, reached: bool = False) -> None:
+        """Note that the sweep's reads failed (`reached`: the loop had the broker); say so."""
         metrics.broker_up(self._stage, False)
+        self._answered = self._answered or reached
         said = self._outage.note()
         if said == "began":
             how = "lost" if self._answered else "cannot reach"

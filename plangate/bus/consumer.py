@@ -128,7 +128,7 @@ class StageConsumer:
         self._poll = _FIRST_POLL_SECONDS
         self.ready = threading.Event()
         self._lost_at: float | None = None  # when the broker went, while it is gone
-        self._consumed = False  # ever: "consumes again" of a first consume misled
+        self.consumed = False  # ever: "consumes again" of a first consume misled
         with connection_factory() as probe:  # not connected: asking the transport is enough
             self._outages = (OperationalError, OSError, PublishFailed, *probe.connection_errors)
 
@@ -273,11 +273,11 @@ class StageConsumer:
             log.info(
                 "the %s consumes%s: the broker answered after %.0f s",
                 self._stage,
-                " again" if self._consumed else "",
+                " again" if self.consumed else "",
                 time.monotonic() - self._lost_at,
             )
             self._lost_at = None
-        self._consumed = True
+        self.consumed = True
 
     def _drain(self, connection: Connection) -> None:
         # A finished handler wakes the wait where the transport allows (Redis). Elsewhere the
