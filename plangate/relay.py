@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select, update
 
 from plangate.bus import Bus, Envelope
-from plangate.errors import BrokerUnavailable
+from plangate.errors import BrokerRefused, BrokerUnavailable
 from plangate.lasting import Lasting
 from plangate.store import OutboxRow, Store, outbox
 from schemas import utcnow
@@ -53,7 +53,10 @@ def deliver(
                 exc,
                 len(envelopes),
                 lasted,
-                extra={"broker_problem": str(exc)},
+                extra={
+                    "broker_problem": str(exc),
+                    "broker_refused": isinstance(exc, BrokerRefused),
+                },
             )
         return False
     except Exception:

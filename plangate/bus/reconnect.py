@@ -59,6 +59,13 @@ def refusal_hint(exc: BaseException) -> str | None:
     """
     if "DB index is out of range" in str(exc):
         return "check PLANGATE_BROKER_URL: the server has no database of that number"
+    if type(exc).__module__.startswith("redis") and _redis_refusal(exc):
+        # A wrong password was said as "cannot reach the broker", as if it were down.
+        return (
+            "check the user and password in PLANGATE_BROKER_URL (redis://USER:PASSWORD@HOST:"
+            "PORT/DB) against the server's requirepass or ACL; an ACL user needs the list, "
+            "hash, set, sorted-set and pub/sub commands on every key (kombu's)"
+        )
     code = getattr(exc, "code", None) if type(exc).__module__.startswith("amqp") else None
     if code == 403:  # ACCESS_REFUSED: the login, or a permission
         return (
@@ -75,6 +82,12 @@ def refusal_hint(exc: BaseException) -> str | None:
     if code == 530:  # NOT_ALLOWED: a virtual host the user may not open
         return "check the virtual host in PLANGATE_BROKER_URL and the user's access to it"
     return None
+
+
+def _redis_refusal(exc: BaseException) -> bool:
+    """Return True if Redis refused the login or a command of the user's (ACL)."""
+    refusals = ("AuthenticationError", "AuthenticationWrongNumberOfArgsError", "NoPermissionError")
+    return type(exc).__name__ in refusals or str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
 
 
 def held_too_long(exc: BaseException) -> bool:

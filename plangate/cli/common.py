@@ -87,9 +87,12 @@ class _MissedPublish(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.problem = ""
+        self.refused = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        self.problem = str(getattr(record, "broker_problem", "")) or self.problem
+        if problem := str(getattr(record, "broker_problem", "")):
+            self.problem = problem
+            self.refused = bool(getattr(record, "broker_refused", False))
         return False
 
 
@@ -167,9 +170,11 @@ def quiet_exporter() -> None:
 def warn_broker_unreachable(kept: str) -> None:
     """Say why the broker missed a publish, and that `kept` waits in the outbox for it."""
     problem = _missed.problem or "cannot reach the broker; check PLANGATE_BROKER_URL"
+    # Refused, this command's settings are wrong, not the broker away: a worker sharing the
+    # store sends it with its own.
+    when = "with its own broker settings" if _missed.refused else "once the broker is back"
     err_console.print(
-        f"[yellow]warning:[/] {escape(problem)}; {kept}, and a running worker sends it on "
-        "once the broker is back"
+        f"[yellow]warning:[/] {escape(problem)}; {kept}, and a running worker sends it on {when}"
     )
 
 
