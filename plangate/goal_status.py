@@ -24,6 +24,7 @@ from plangate.store import (
     PlanRow,
     ReviewerApprovalRow,
     StepRunRow,
+    outbox,
 )
 from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
@@ -111,6 +112,9 @@ class GoalStatus:
     # Its last retry: who sent it back to the planner, when, from which state, and why. (Only
     # the audit log said so: `status` showed revision 2 under the submitter's name alone.)
     retried: GoalRetry | None = None
+    # Since when a message of it has waited in the outbox for a broker that did not take it
+    # (away, or refusing the sender's settings): it said only "submitted", as if planning.
+    unsent_since: datetime | None = None
 
     @property
     def outputs(self) -> dict[str, Any]:
@@ -136,6 +140,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         submitted_by=submitters_said(goal.meta or {}),
         # Asked of every goal: a goal retried from plan_failed has no plan, or a revision 1.
         retried=_last_retry(session, goal.id),
+        unsent_since=outbox.waiting_since(session, goal.id),
     )
     if plan is None:
         return base

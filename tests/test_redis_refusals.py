@@ -15,7 +15,7 @@ from uuid import uuid4
 import pytest
 import redis
 
-from tests.support import plangate_in
+from tests.support import eventually, plangate_in
 
 pytestmark = pytest.mark.redis
 
@@ -60,6 +60,29 @@ def test_submit_with_a_wrong_password_stores_the_goal_and_says_to_check_the_pass
     assert "wrong-pw" not in submitted.stdout + submitted.stderr
     goals = [json.loads(line) for line in listed.stdout.splitlines()]
     assert [goal["status"] for goal in goals] == ["submitted"]
+
+
+def test_status_of_a_goal_the_broker_never_took_says_it_waits_for_the_broker(
+    redis_url: str, redis_user: str, tmp_path: Path
+) -> None:
+    """Given a goal stored by a submitter whose password the broker refused
+    When `plangate status` looks at it a few seconds later
+    Then it says the goal waits for the broker, not only "submitted" as if it were planned;
+    the API says since when (`unsent_since`)."""
+    env = {"PLANGATE_BROKER_URL": as_user(redis_url, redis_user, "wrong-pw")}
+    assert plangate_in(tmp_path, "db", "upgrade", **env).returncode == 0
+    goal_id = plangate_in(tmp_path, "submit", "count tickets", **env).stdout.strip()
+
+    def waiting() -> str | None:
+        said = plangate_in(tmp_path, "status", goal_id, **env).stdout
+        return said if "waiting for the broker" in said else None
+
+    said = eventually(waiting, timeout=30, what="status saying the goal waits for the broker")
+    as_json = json.loads(plangate_in(tmp_path, "status", goal_id, "--json", **env).stdout)
+
+    assert f"goal {goal_id}: submitted" in said
+    assert "a running worker sends it on" in said
+    assert as_json["unsent_since"] is not None
 
 
 def test_a_command_reading_redis_with_a_wrong_password_says_what_to_fix_in_one_line(

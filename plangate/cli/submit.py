@@ -131,11 +131,23 @@ def _heading(current: GoalStatus) -> list[str]:
             f"  approvals given: {given} (the gate counts them as it releases the plan; "
             "`plangate review show` says which count now)"
         )
+    return lines + _waits(current)
+
+
+def _waits(current: GoalStatus) -> list[str]:
+    """Return what the goal waits for, beyond its state, if anything."""
+    lines = []
     if current.unoffered:
         lines.append(f"  waiting for an executor: {_unoffered(current.unoffered)}")
     if current.approval_unchecked:
         lines.append(
             f"  waiting: an executor cannot check the approval: {current.approval_unchecked}"
+        )
+    if current.unsent_since:
+        lines.append(
+            f"  waiting for the broker: a message of it is stored, not sent, since "
+            f"{current.unsent_since.isoformat()} (the broker was away or refused the sender); "
+            "a running worker sends it on, and its log says why not yet"
         )
     return lines
 

@@ -128,6 +128,11 @@ class GoalState(BaseModel):
         description="Its last retry (`plangate goals retry`): by whom, when, from which state, "
         "and why; its latest plan was made afresh after it.",
     )
+    unsent_since: datetime | None = Field(
+        default=None,
+        description="Since when a message of it has been stored but not sent, if one has: the "
+        "broker was away or refused the sender's settings; a running worker sends it on.",
+    )
 
 
 class ErrorBody(BaseModel):
