@@ -135,7 +135,9 @@ def _call_within_deadline(tool: Tool[..., Any], args: dict[str, Any], context: T
     started = time.perf_counter()
     _TOOL_THREADS.start(call, f"plangate-tool-{tool.name}")
     ended = finished.wait(context.timeout)
-    outcome = "timed_out" if not ended else "failed" if failure else "succeeded"
+    outcome: metrics.ToolOutcome = (
+        "timed_out" if not ended else "failed" if failure else "succeeded"
+    )
     if not context.preview:  # a reviewer's dry run is no call of the plan's
         metrics.tool_called(tool.name, outcome, time.perf_counter() - started)
     if not ended:

@@ -12,8 +12,8 @@ Workers answer `/metrics` on their probe port (`PLANGATE_METRICS_PORT`); `serve`
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, get_args
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Literal, get_args
 
 from prometheus_client import (
     REGISTRY,
@@ -139,10 +139,24 @@ SQLITE_LOCK_HELD = Histogram(
 )
 
 
-def tool_called(tool: str, outcome: str, seconds: float) -> None:
+ToolOutcome = Literal["succeeded", "failed", "timed_out"]
+
+
+def tool_called(tool: str, outcome: ToolOutcome, seconds: float) -> None:
     """Count a tool call of a plan's run, and how long it took."""
     TOOL_SECONDS.labels(tool).observe(seconds)
     TOOL_CALLS.labels(tool, outcome).inc()
+
+
+def tools_offered(tools: Iterable[str]) -> None:
+    """Show each tool's call counts from the start, at 0.
+
+    Prometheus' `increase` misses a series' first sample: a tool's first failures after an
+    executor's start (its series born at 1) counted one short of PlangateToolFailing's 5.
+    """
+    for tool in tools:
+        for outcome in get_args(ToolOutcome):
+            TOOL_CALLS.labels(tool, outcome)
 
 
 def settled(stage: str, kind: str, outcome: str) -> None:

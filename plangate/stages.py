@@ -135,6 +135,7 @@ def _stage_handler(
     # store, a run's differing tools are said as a worker's are (policies read their effects).
     alone = registry is not None and settings.store_in_data_folder
     publish_catalog(store, tools.catalog().values(), shared=not alone)
+    metrics.tools_offered(tools.catalog())
 
     lease = timedelta(seconds=settings.step_lease_seconds)
     trusted = load_trusted_keys(settings)

@@ -92,7 +92,7 @@ def test_each_worker_and_serve_count_the_seed_goal(fleet: tuple[Fleet, dict[str,
         calls = {
             labels: n
             for (name, labels), n in executor.items()
-            if name == "plangate_tool_calls_total"
+            if name == "plangate_tool_calls_total" and n
         }
         assert sorted(calls.values()) == [1, 1, 1], calls
         assert all(dict(labels)["outcome"] == "succeeded" for labels in calls)
@@ -111,6 +111,36 @@ def test_each_worker_and_serve_count_the_seed_goal(fleet: tuple[Fleet, dict[str,
 
 
 @pytest.mark.postgres
+def test_an_idle_workers_alerted_series_are_there_at_zero(
+    fleet: tuple[Fleet, dict[str, int]],
+) -> None:
+    """Given three workers just started, no goal sent,
+    Then the planner shows its dead letters of an unknown type, and the executor each of its
+    tools' failures, at 0: Prometheus' `increase` misses a series' first sample, so a foreign
+    publisher's first junk entry (a series born at 1) paged nobody, and a tool's first failure
+    after a restart counted one short of PlangateToolFailing's 5.
+    """
+    running, ports = fleet
+
+    def consuming(stage: str) -> Samples | None:
+        """Return the stage's scrape once its consumer counts messages."""
+        try:
+            samples = scrape(f"http://127.0.0.1:{ports[stage]}/metrics")
+        except OSError:
+            return None
+        counts = any(name == "plangate_messages_total" for name, _ in samples)
+        return samples if counts else None
+
+    planner = eventually(lambda: consuming("planner"), timeout=30, what="the planner consuming")
+    executor = eventually(lambda: consuming("executor"), timeout=30, what="the executor consuming")
+
+    junk = {"stage": "planner", "type": "unknown", "outcome": "dead_lettered"}
+    assert ("plangate_messages_total", tuple(sorted(junk.items()))) in planner, running.logs()
+    for outcome in ("succeeded", "failed", "timed_out"):
+        labels = (("outcome", outcome), ("tool", "ticket_count"))
+        assert executor.get(("plangate_tool_calls_total", labels)) == 0
+
+
 def test_a_store_that_does_not_answer_is_a_zero_not_a_gap(postgres_database_url: str) -> None:
     """While PostgreSQL was down, the store's gauges simply went missing from every scrape:
     a dashboard showed a gap, and nothing said the store was down."""

@@ -36,6 +36,9 @@ class MessageMetrics(Middleware):
         for kind in STAGE_BINDINGS.get(cast(Stage, stage), ()):
             for outcome in get_args(Outcome):
                 metrics.MESSAGES.labels(stage, kind, outcome)
+        # And the dead letters of what no stage knows: a foreign publisher's junk is the one
+        # type whose first dead letter (its series born at 1) went unseen.
+        metrics.MESSAGES.labels(stage, UNKNOWN_TYPE, "dead_lettered")
 
     @override
     def handling(self, message: Message, delivery: Delivery) -> AbstractContextManager[None]:
