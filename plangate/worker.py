@@ -21,13 +21,13 @@ from sqlalchemy.exc import OperationalError
 
 from executor_worker.abandoned_steps import mark_abandoned
 from plangate import metrics, telemetry
+from plangate.broker_seen import BrokerSeen
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
 from plangate.bus.reconnect import Backoff
 from plangate.catalog import keep_offering
 from plangate.config import Settings
-from plangate.errors import BrokerRefused, BrokerUnavailable, ConfigError
+from plangate.errors import BrokerUnavailable, ConfigError
 from plangate.health import Exposition, Readiness, start_health_server
-from plangate.lasting import Lasting
 from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
 from plangate.redaction import redact
@@ -199,12 +199,13 @@ class Worker:
         chores = self._stage_chores(bus)
         held = RecentlyHeld(stalled)
         pruning = Every(PRUNE_EVERY_SECONDS)
-        seen = _BrokerSeen(self.stage)
+        seen = BrokerSeen(self.stage)
         # One connection for every sweep's reads of the broker, not one per read.
         with bus.view() as broker:
             while not self.stop.wait(interval):
                 if self._schema_moved(store):
                     return
+                self._look_at_files()  # needing no broker: a file fixed in an outage is seen
                 try:
                     # Seen first, before the store is needed: a message held through a database
                     # outage is published again when it ends, and must not then look lost.
@@ -250,16 +251,21 @@ class Worker:
             return []
         # Gate workers expire held plans (idempotent: any number of them may sweep). They hold
         # the signing key: they seal the audit chains with checkpoints, and say when their key
-        # leaves the trusted keys folder (executors then refuse it). And they look at their
-        # policy file, as at each plan.
+        # leaves the trusted keys folder (executors then refuse it).
         expire = build_expiry(self.settings)
         own_key = own_key_watch(self.settings)
         return [
             lambda store: deliver(store, bus, expire(store, utcnow())),
             build_sealing(self.settings),
             lambda _store: own_key(),
-            lambda _store: self._look(),
         ]
+
+    def _look_at_files(self) -> None:
+        """Have the handler read its files again if they changed (the gate its policy)."""
+        try:
+            self._look()
+        except Exception:  # a fault of plangate's own: its traceback says where
+            log.warning("looking at the %s's files failed", self.stage, exc_info=True)
 
     def _schema_moved(self, store: Store) -> bool:
         """Stop the worker if the schema is no longer the one it knows; return whether it did.
@@ -295,56 +301,6 @@ def _executor_chores(store: Store) -> None:
             "unknown, for a person to settle: %s",
             ", ".join(abandoned),
         )
-
-
-# A lost broker is said when the sweeps find it, then at most this often while it lasts: said
-# at every sweep, it was 8 lines a minute a worker.
-SAY_LOST_BROKER_EVERY = 60.0
-
-
-class _BrokerSeen:
-    """What the sweep's reads tell of the broker: a hang the consume loop never notices.
-
-    A broker that stops answering (stopped, its packets dropped) leaves the loop waiting on a
-    read that never fails: the sweep's reads time out, and say it, in the gauge and the log.
-    """
-
-    def __init__(self, stage: str) -> None:
-        self._stage = stage
-        self._outage = Lasting(SAY_LOST_BROKER_EVERY)
-        self._answered = False  # ever: "lost" and "again" of a broker never reached misled
-
-    def answered(self, *, consuming: bool) -> None:
-        """Note that the broker answered this sweep's reads (and say so, after a loss)."""
-        if consuming:
-            metrics.broker_up(self._stage, True)
-        if (waited := self._outage.end()) is not None:
-            again = " again" if self._answered else ""
-            said = "the broker answers the %s's reads%s, after %.0f s"
-            log.info(said, self._stage, again, waited)
-        self._answered = True
-
-    def lost(self, exc: BrokerUnavailable, interval: float, *, reached: bool = False) -> None:
-        """Note that the sweep's reads failed (`reached`: the loop had the broker); say so."""
-        metrics.broker_up(self._stage, False)
-        self._answered = self._answered or reached
-        said = self._outage.note()
-        if said == "began":
-            how = "lost" if self._answered else "cannot reach"
-            log.warning(
-                "sweep skipped: the %s %s the broker (%s); trying again every %g s",
-                self._stage,
-                "is refused by" if isinstance(exc, BrokerRefused) else how,
-                exc,
-                interval,
-            )
-        elif said == "goes on":
-            log.warning(
-                "sweeps skipped for %.0f s: the %s still cannot use the broker (%s)",
-                self._outage.seconds(),
-                self._stage,
-                exc,
-            )
 
 
 PRUNE_EVERY_SECONDS = 600.0  # sent outbox rows are removed a day on: no hurry

@@ -242,10 +242,10 @@ def test_a_sweep_says_a_broker_never_reached_or_refusing_as_it_is_not_as_lost(
     the broker answers, that it answers (not "again"); a later failure is a loss; a broker
     that refuses the worker's settings is said to refuse them.
     """
+    from plangate.broker_seen import BrokerSeen
     from plangate.errors import BrokerRefused, BrokerUnavailable
-    from plangate.worker import _BrokerSeen
 
-    seen, refused = _BrokerSeen("planner"), _BrokerSeen("gate")
+    seen, refused = BrokerSeen("planner"), BrokerSeen("gate")
     with caplog.at_level(logging.INFO, logger="plangate.worker"):
         seen.lost(BrokerUnavailable("Connection refused"), 2.0)
         seen.answered(consuming=True)
