@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +27,7 @@ from plangate.server import create_app, schema_guard
 from plangate.store import open_store
 from plangate.store.schema import head_revision
 from tests.fleet import FAST_SWEEPS, Fleet, serving_app
-from tests.support import eventually, migrate_to
+from tests.support import eventually, migrate_to, outer_environment
 from tests.support import plangate_in as plangate
 
 EXIT_USAGE = 2
@@ -298,3 +300,35 @@ def test_serve_refuses_writes_while_the_schema_is_not_its_own_and_takes_them_aga
     assert "nothing was stored" in refused[1]
     assert read == 200
     assert taken[0] == 201, taken
+
+
+def test_a_data_folder_mounted_read_only_is_refused_saying_to_copy_it_somewhere_writable(
+    tmp_path: Path,
+) -> None:
+    """Given a data folder holding a store, bind-mounted read-only (a backup, a snapshot)
+    When `plangate goals list` reads it
+    Then one line says its folder cannot be written, which SQLite needs even to read, and to
+    copy it; it pointed at PLANGATE_DATABASE_URL, which the user had never set.
+    """
+    data, view = tmp_path / "data", tmp_path / "view"
+    view.mkdir()
+    assert plangate(data, "db", "upgrade").returncode == 0
+    # A mount namespace of its own (as an unprivileged user may): nothing outside sees it.
+    mounted = subprocess.run(
+        [
+            *("unshare", "-rm", "sh", "-c"),
+            f'mount --bind -o ro "{data}" "{view}" && exec "$0" -m plangate goals list',
+            sys.executable,
+        ],
+        capture_output=True,
+        text=True,
+        env=outer_environment() | {"PLANGATE_DATA_DIR": str(view)},
+        timeout=60,
+        check=False,
+    )
+
+    assert mounted.returncode == EXIT_USAGE, mounted.stdout + mounted.stderr
+    [line] = mounted.stderr.strip().splitlines()
+    assert f"its folder {view} cannot be written" in line
+    assert "copy the folder somewhere writable" in line
+    assert "check PLANGATE_DATABASE_URL" not in line

@@ -343,10 +343,29 @@ def _said_plainly(engine: Engine) -> Iterator[None]:
     except SQLAlchemyError as exc:
         where = shown_url(engine.url)
         cause = failure_cause(exc)
-        raise ConfigError(
-            f"cannot open the store at {where}: {cause}; check PLANGATE_DATABASE_URL, "
-            "and that the database is reachable and was made by plangate"
-        ) from exc
+        check = _unwritable_folder(engine.url) or (
+            "check PLANGATE_DATABASE_URL, and that the database is reachable and was made by "
+            "plangate"
+        )
+        raise ConfigError(f"cannot open the store at {where}: {cause}; {check}") from exc
+
+
+def _unwritable_folder(url: URL) -> str | None:
+    """Say what to do if a SQLite store's folder cannot be written, else None.
+
+    SQLite writes beside its file (the write-ahead log's index) even to read it: a backup
+    mounted read-only was refused as "unable to open database file", pointing at the URL.
+    """
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    folder = Path(url.database).parent
+    if not folder.is_dir() or os.access(folder, os.W_OK):
+        return None
+    return (
+        f"its folder {folder} cannot be written (a read-only file system, or its permissions), "
+        "and SQLite writes beside its file even to read it: copy the folder somewhere "
+        "writable (`cp -a`) and read it there, or make it writable"
+    )
 
 
 def shown_url(url: URL) -> str:
