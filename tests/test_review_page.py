@@ -474,3 +474,28 @@ def test_an_edit_made_in_the_page_keeps_why_in_the_audit_log(
     finally:
         store.close()
     assert data["comment"] == "the on-call rota changed"
+
+
+def test_an_approval_made_in_the_page_keeps_the_reviewers_note_in_the_audit_log(
+    page: Any, fleet: Fleet, client: Client
+) -> None:
+    """The page's approve form had no place for a note: a `comment` posted to it was dropped,
+    though the API and the CLI record one (an auditor read `"comment": ""`)."""
+    goal = held_goal(client)
+    page.goto(f"/reviews/{goal.plan_id}")
+
+    page.fill("#approve-comment", "SOW-22 signed")
+    page.click("#approve")
+
+    page.wait_for_url("**done=approved&seal=*")
+    store = open_store(fleet.database_url)
+    try:
+        with store.reading() as session:
+            rows = session.execute(
+                text("SELECT data FROM audit_log WHERE goal_id = :g AND kind = 'goal.approved'"),
+                {"g": goal.goal_id},
+            ).scalars()
+            comments = [(json.loads(row) if isinstance(row, str) else row) for row in rows]
+    finally:
+        store.close()
+    assert [data.get("comment") for data in comments] == ["SOW-22 signed"]

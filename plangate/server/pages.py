@@ -317,6 +317,7 @@ def _decide(
                 reviewer.name,
                 expected_hash=expected,
                 roles=reviewer.roles,
+                comment=form.get("comment", ""),  # bound where it is recorded
                 key=reviewer.token_sha256,
             )
         )
