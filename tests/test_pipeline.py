@@ -374,7 +374,7 @@ def test_audit_log_tells_the_goals_story(pipeline: Pipeline) -> None:
 
     goal_moves = [(e.kind, e.actor) for e in entries if e.kind.startswith("goal.")]
     assert goal_moves == [
-        ("goal.submitted", "client"),
+        ("goal.submitted", "submitter"),
         ("goal.proposed", "planner"),
         ("goal.held", "policy"),
         ("goal.approved", "alice"),

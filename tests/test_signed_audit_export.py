@@ -23,7 +23,8 @@ from plangate.export_records import records_problem
 from plangate.signing import PAYLOAD_TYPE
 from plangate.signing_keys import read_public_key
 from plangate.store import ApprovalRow
-from tests.support import audit_entries
+from tests.conftest import SEED_GOAL
+from tests.support import HELD, audit_entries, only_plan
 from tests.test_audit import LOGGED_ENTRIES, SEED_RUN_ENTRIES, completed_run, plangate_cli
 
 __all__ = ["completed_run"]  # the fixture, shared with the audit log's own tests
@@ -473,10 +474,11 @@ def test_records_of_an_export_since_a_time_are_only_those_its_entries_vouch_for(
 def test_a_csv_cell_a_spreadsheet_would_run_is_quoted_and_the_signed_export_still_verifies(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
-    """A submitter's `submitted_by` is an audit entry's actor: `=cmd|'/c calc'!A1` was written
-    as it is into the CSV export, and a spreadsheet opening it ran the formula.
+    """A reviewer's name is an audit entry's actor: `=cmd|'/c calc'!A1` (then a submitter's
+    `submitted_by`) was written as it is into the CSV export, and a spreadsheet opening it ran
+    the formula.
 
-    Given a goal submitted by `=cmd|'/c calc'!A1` and one by `'quoted`,
+    Given a goal approved by `=cmd|'/c calc'!A1` and one by `'quoted`,
     When the log is exported as CSV, signed,
     Then no cell begins with `=` (it is written behind a quote, as OWASP advises), the
     auditor's check of the signed export passes, and the entries read back hold the names as
@@ -484,8 +486,10 @@ def test_a_csv_cell_a_spreadsheet_would_run_is_quoted_and_the_signed_export_stil
     """
     formula, quoted = "=cmd|'/c calc'!A1", "'quoted"
     for who in (formula, quoted):
-        goal_id = pipeline.submit("how many tickets are open", metadata={"submitted_by": who})
-        assert pipeline.wait_for(goal_id.goal_id, timeout=10).status == "completed"
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        pipeline.approve(only_plan(pipeline.store, goal_id).plan_id, who)
+        assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
     data_dir = pipeline.settings.data_dir
     assert plangate_cli(data_dir, "audit", "checkpoint").returncode == 0
     target = tmp_path / "audit.csv"
@@ -525,3 +529,23 @@ def test_a_renamed_copy_beside_its_original_is_checked_with_its_own_records(
 
     assert code == 1, said
     assert "audit-2026-12-07.jsonl.records.jsonl is not the file signed" in said
+
+
+def test_a_goals_submission_is_by_the_submitter_whatever_name_its_metadata_gives(
+    pipeline: Pipeline,
+) -> None:
+    """Given a goal whose metadata says `submitted_by: alice` (anyone with the intake token, or
+    the broker, may write it),
+    When its submission is audited,
+    Then the entry's actor is `submitter`, and `alice` is in its data as the submitter's word:
+    the name stood as the actor, beside reviewers' authenticated ones, so an auditor's filter
+    on `actor == "alice"` took entries alice never made (and `policy` ones the policy never).
+    """
+    goal_id = pipeline.submit("how many tickets are open", metadata={"submitted_by": "alice"})
+    pipeline.wait_for(goal_id.goal_id, timeout=10)
+
+    [entry] = [
+        e for e in audit_entries(pipeline.store, goal_id.goal_id) if e.kind == "goal.submitted"
+    ]
+    assert entry.actor == "submitter"
+    assert entry.data["metadata"]["submitted_by"] == "alice"

@@ -67,6 +67,9 @@ def goal_with_key(session: Session, idempotency_key: str) -> GoalRow | None:
     ).scalar_one_or_none()
 
 
+SUBMITTER = "submitter"  # the actor of a goal's submission, whoever its metadata names
+
+
 def store_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str, str]) -> None:
     """Store a new goal, `submitted`, and audit it (a plain INSERT: every goal passes here)."""
     goal = {
@@ -81,7 +84,9 @@ def store_goal(session: Session, message: GoalSubmitted, trace_headers: dict[str
     audit.append(
         session,
         "goal.submitted",
-        actor=message.metadata.get("submitted_by", "client"),
+        # Who sent it is authenticated as no person (an intake token, the broker): the name
+        # its metadata gives is its submitter's word, in `data`, not an actor beside reviewers'.
+        actor=SUBMITTER,
         goal_id=message.goal_id,
         data={"text": message.text, "metadata": dict(message.metadata)},
     )
