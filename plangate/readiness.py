@@ -18,6 +18,7 @@ from plangate.store.outages import store_answered, store_failed
 from plangate.store.schema import mismatch
 
 log = logging.getLogger(__name__)
+READY_READ_TIMEOUT_SECONDS = 1.0
 
 
 def not_ready(store: Store, bus: Bus | None = None) -> str | None:
@@ -48,7 +49,10 @@ def broker_problem(bus: Bus) -> str | None:
     if bus.url.startswith("memory://"):
         return None
     try:
-        bus.queue_depth("planner")  # one round trip: the broker answers, the queue exists
+        # One round trip: the broker answers, the queue exists. Bounded well inside a probe's
+        # timeout (6 s in deploy/): a broker that stopped answering took 22 s to be said, and
+        # the kubelet, its probes timing out, heard no reason (and took serve out of service).
+        bus.queue_depth("planner", read_timeout=READY_READ_TIMEOUT_SECONDS)
     except BrokerRefused:
         return "the broker refuses plangate's settings (the worker's log says what to fix)"
     except (PlangateError, OSError) as exc:

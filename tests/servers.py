@@ -111,13 +111,21 @@ def accepts_connections(port: int) -> bool:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A real redis-server on 127.0.0.1, started for this test session and stopped after."""
+    started = time.monotonic()
+    with redis_server() as (url, _process):
+        STARTUP_SECONDS["redis"] = time.monotonic() - started
+        yield url
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start a redis-server of its own on 127.0.0.1; yield its URL and process, then stop it."""
     binary = shutil.which("redis-server")
     if binary is None:
         missing("redis-server")
     folder = Path(tempfile.mkdtemp(prefix="plangate-redis-"))
     log = folder / "redis.log"
     port = free_port()
-    started = time.monotonic()
     process = subprocess.Popen(
         [
             *(binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)),
@@ -129,8 +137,7 @@ def redis_url() -> Iterator[str]:
     )
     try:
         wait_until_ready("redis-server", lambda: accepts_connections(port), process, [log], 10)
-        STARTUP_SECONDS["redis"] = time.monotonic() - started
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", process
     finally:
         stop_process(process)
         shutil.rmtree(folder, ignore_errors=True)

@@ -64,6 +64,10 @@ AMQP_HEARTBEAT_SECONDS = 60.0
 # A view's connection is kept between sweeps: a broker that went silent (a host gone, no reset)
 # must not hold a sweep for the minutes TCP takes to give up.
 VIEW_READ_TIMEOUT_SECONDS = 10.0
+# A publish is a command or two, answered in milliseconds: a Redis that stopped answering (a
+# stuck server, packets dropped) held `serve`'s goal intake with no end, its retry policy never
+# started, as no error came. Timed out, it is an outage like any, and the goal waits stored.
+PUBLISH_READ_TIMEOUT_SECONDS = 2.0
 
 
 class Bus:
@@ -91,7 +95,7 @@ class Bus:
         self.topology = Topology(namespace)
         self._retry_policy = retry_policy
         self.heartbeat = heartbeat
-        self._producers = ThreadProducers(self.connection, self.topology, retry_policy)
+        self._producers = ThreadProducers(self._publishing, self.topology, retry_policy)
         with self.connection() as probe:  # not connected: asking the transport is enough
             # Connection errors only: a channel error (a server's refusal, a KeyError) is no
             # outage, and must not be reported as one.
@@ -126,6 +130,10 @@ class Bus:
             connect_timeout=5,
             heartbeat=heartbeat,
         )
+
+    def _publishing(self) -> Connection:
+        """Open a connection to publish on: each command's wait for an answer bounded."""
+        return self.connection(read_timeout=PUBLISH_READ_TIMEOUT_SECONDS)
 
     def declare(self) -> None:
         """Declare the exchange and every durable queue, so no early message is dropped."""
@@ -184,7 +192,7 @@ class Bus:
         default `plangate.middleware.standard(stage)`.
         """
         return StageConsumer(
-            self.connection,
+            self._publishing,
             self.topology,
             stage,
             handler,
@@ -212,18 +220,19 @@ class Bus:
             finally:
                 observer.close()
 
-    def view(self) -> BrokerView:
+    def view(self, read_timeout: float = VIEW_READ_TIMEOUT_SECONDS) -> BrokerView:
         """Return reads of the broker's state on one connection kept across them (close it).
 
         For one thread that reads again and again (a worker's sweep); its reads raise
-        BrokerUnavailable as `queue_depth` does.
+        BrokerUnavailable as `queue_depth` does. `read_timeout`: seconds each read (and the
+        connection's start) may wait for the broker's answer.
         """
-        connect = partial(self.connection, read_timeout=VIEW_READ_TIMEOUT_SECONDS)
+        connect = partial(self.connection, read_timeout=read_timeout)
         return BrokerView(self.url, self.topology, connect, self._reachable, self._outages)
 
-    def queue_depth(self, stage: Stage) -> int:
+    def queue_depth(self, stage: Stage, read_timeout: float = VIEW_READ_TIMEOUT_SECONDS) -> int:
         """Return how many messages wait in a stage's queue."""
-        with self.view() as view:
+        with self.view(read_timeout) as view:
             return view.queue_depth(stage)
 
     def held_goal_ids(self) -> set[str]:
