@@ -8,6 +8,11 @@ effect may have happened. The next executor never runs it again on its own; the 
   use it), and nothing is run again;
 - it did not happen: its record is cleared, so the resumed run calls it once more. This is the
   one way a non-idempotent write runs a second attempt, and it is a person's decision, audited.
+  On a cancelled goal, where nothing resumes, it is recorded as `skipped`, settled by them.
+
+Either way its `step.settled` entry records what the write was called with (its arguments and
+idempotency key, as its `step.unknown` entry does), and `unsettled_steps` shows them: what a
+person asks the other system about.
 
 Once no step of the plan is unknown, the plan's own approval is sent again and the run resumes
 where it stopped: finished steps are not repeated. A write a cancelled goal's run left in flight
@@ -28,12 +33,15 @@ from typing import Any
 
 from jsonschema.exceptions import best_match
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from approval_gate.holds import check_not_submitter, check_reviewer, hold_of
 from approval_gate.refusals import refusal_audited
 from plangate.bus import Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound
+from plangate.redaction import redact_json
+from plangate.step_calls import call_of
 from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, audit
 from plangate.store.audit_records import output_digest
 from plangate.store.goals import by_id, plan_of, transition
@@ -43,6 +51,13 @@ from schemas.json_schema import errors_of, validator_for
 
 # The goals whose unknown steps a person settles: a run waiting for them, or a cancelled one.
 SETTLED_IN = ("needs_attention", "cancelled")
+
+
+def not_happened(reviewer: str) -> str:
+    """Return the error a cancelled goal's step settled as not happened is recorded with."""
+    return (
+        f"did not happen, as {reviewer} found; its goal was cancelled, so it was not called again"
+    )
 
 
 @dataclass(frozen=True)
@@ -58,31 +73,40 @@ class UnsettledStep:
     reason: str | None
     since: datetime | None
     goal_status: str = "needs_attention"  # or cancelled: settling it records, resumes nothing
+    # What the write was called with, to ask the other system by (redacted, as in the log):
+    # None if it cannot be made again (an output its arguments read is not recorded).
+    idempotency_key: str | None = None
+    args: dict[str, Any] | None = None
 
 
 def unsettled_steps(store: Store) -> list[UnsettledStep]:
     """Return every unknown step of a goal waiting for a person, oldest first."""
     with store.session() as session:
         rows = session.execute(
-            select(StepRunRow, GoalRow)
+            select(StepRunRow, GoalRow, PlanRow)
             .join(GoalRow, GoalRow.id == StepRunRow.goal_id)
+            .join(PlanRow, PlanRow.plan_id == StepRunRow.plan_id)
             .where(StepRunRow.status == "unknown", GoalRow.status.in_(SETTLED_IN))
             .order_by(StepRunRow.finished_at)
         ).all()
-        return [
-            UnsettledStep(
-                step.plan_id,
-                step.step_id,
-                step.tool,
-                goal.id,
-                goal.text,
-                step.attempt,
-                step.error,
-                step.finished_at,
-                goal.status,
-            )
-            for step, goal in rows
-        ]
+        return [_unsettled(session, step, goal, plan) for step, goal, plan in rows]
+
+
+def _unsettled(session: Session, step: StepRunRow, goal: GoalRow, plan: PlanRow) -> UnsettledStep:
+    call = redact_json(call_of(session, plan_of(plan), step.step_id))
+    return UnsettledStep(
+        step.plan_id,
+        step.step_id,
+        step.tool,
+        goal.id,
+        goal.text,
+        step.attempt,
+        step.error,
+        step.finished_at,
+        goal.status,
+        call.get("idempotency_key"),
+        call.get("args"),
+    )
 
 
 def settle_step(
@@ -140,21 +164,23 @@ def settle_step(
                 f"goal {goal.id} is {goal.status}; a step is settled only while its run "
                 "waits for a person, or once its goal was cancelled"
             )
-        data = {
-            "plan_id": plan_id,
-            "step_id": step_id,
-            "tool": row.tool,
-            "happened": happened,
-            "attempt": row.attempt,
-            "comment": comment,
-        }
+        data: dict[str, Any] = {"plan_id": plan_id, "step_id": step_id, "tool": row.tool}
+        # What it was called with, as its `step.unknown` entry says: what the person asked after.
+        data.update(call_of(session, plan_of(session.get_one(PlanRow, plan_id)), step_id))
+        data.update(happened=happened, attempt=row.attempt, comment=comment)
         if happened:
             _check_output(read_catalog(session).get(row.tool), output)
             row.status, row.output, row.error = "succeeded", output, None
             data["output_sha256"] = output_digest(output)
             row.finished_at, row.lease_until = utcnow(), None
-        else:
+        elif goal.status == "needs_attention":
             session.delete(row)  # no claim left: the resumed run claims and calls it afresh
+        else:
+            # Nothing resumes a cancelled goal's run: deleted, the row left the step to read as
+            # still running (then as "no outcome was recorded"), and out of the export.
+            row.status, row.error = "skipped", not_happened(reviewer)
+            row.finished_at, row.lease_until = utcnow(), None
+            data.update(recorded=row.status, error=row.error)
         audit.append(session, "step.settled", actor=reviewer, goal_id=goal.id, data=data)
         session.flush()
         left = session.scalar(

@@ -10,10 +10,14 @@ goal stays cancelled). Only writes take a claim before their call, so only write
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
 from executor_worker.step_entries import ended_entry
-from plangate.store import GoalRow, StepRunRow, Store, audit
+from plangate.step_calls import call_of
+from plangate.store import GoalRow, PlanRow, StepRunRow, Store, audit
+from plangate.store.goals import plan_of
 from schemas import utcnow
 
 ABANDONED = (
@@ -49,7 +53,10 @@ def mark_abandoned(
         marked = []
         for row in session.scalars(query):
             row.status, row.error, row.finished_at = "unknown", why, now
-            key = {"plan_id": row.plan_id, "step_id": row.step_id, "tool": row.tool}
+            key: dict[str, Any] = {"plan_id": row.plan_id, "step_id": row.step_id}
+            key["tool"] = row.tool
+            plan = plan_of(session.get_one(PlanRow, row.plan_id))
+            key.update(call_of(session, plan, row.step_id))  # what a person asks about
             entry = ended_entry(key, None, row.error)
             audit.append(session, "step.unknown", actor="executor", goal_id=row.goal_id, data=entry)
             marked.append(f"{row.plan_id}/{row.step_id}")

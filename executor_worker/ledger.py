@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from executor_worker.step_entries import called_with, ended_entry
 from plangate.cancellation import cancelled_in, is_cancelled
 from plangate.errors import Retry
+from plangate.step_calls import call_of
 from plangate.store import StepRunRow, Store, audit
 from plangate.store.audit_records import output_digest
 from plangate.store.claims import insert_if_absent
@@ -181,8 +182,10 @@ class StepLedger:
             # Or it lived, but could not record the result within the lease (a database
             # outage longer than the lease): from the row alone, the two look the same.
             row.error = "the executor calling it died mid-call, or could not record its result"
-            # Said in the log as every step's end is: it read as claimed and never ended.
-            key = {"plan_id": self._plan.plan_id, "step_id": step.id, "tool": step.tool}
+            # Said in the log as every step's end is: it read as claimed and never ended. With
+            # what it was called with: a person asks the other system by its key and arguments.
+            key: dict[str, Any] = {"plan_id": self._plan.plan_id, "step_id": step.id}
+            key.update(tool=step.tool, **call_of(session, self._plan, step.id))
             self._audit(session, "step.unknown", ended_entry(key, None, row.error))
             return Claim("unknown", row.attempt, "unknown", None, row.error)
         # Read before the UPDATE: the ORM then refreshes `row` to the new attempt.

@@ -59,8 +59,9 @@ class StepResult:
     # A write being called: when its claim runs out, and, if its executor is gone, it is
     # marked `unknown` for a person (it read "running" for the lease's five minutes, no more).
     claimed_until: datetime | None = None
-    # A write of unknown outcome that a person found had happened: its output is theirs, and
-    # it has no duration (from the call to the settling, it read as a 6-minute call).
+    # A write of unknown outcome a person settled: found to have happened (succeeded, its
+    # output theirs), or not on a cancelled goal (skipped). It has no duration (from the call
+    # to the settling, it read as a 6-minute call).
     settled_by: str | None = None
 
 
@@ -270,18 +271,25 @@ def _last_retry(session: Session, goal_id: str) -> GoalRetry | None:
     return GoalRetry(entry.actor, at, str(entry.data["retried_from"]), reason)
 
 
-def _settlers(session: Session, goal_id: str, plan_id: str) -> dict[str, str]:
-    """Return who settled each step of `plan_id` found to have happened, by step id."""
+def _settlers(session: Session, goal_id: str, plan_id: str) -> dict[str, tuple[str, str]]:
+    """Return who settled each step of `plan_id`, and the status it left, by step id.
+
+    Found to have happened: succeeded. Found not to have happened on a cancelled goal:
+    skipped. (On a goal that goes on, "not happened" leaves no status: the step runs again.)
+    """
     entries = session.execute(
-        select(AuditRow.actor, AuditRow.data).where(
-            AuditRow.goal_id == goal_id, AuditRow.kind == "step.settled"
-        )
+        select(AuditRow.actor, AuditRow.data)
+        .where(AuditRow.goal_id == goal_id, AuditRow.kind == "step.settled")
+        .order_by(AuditRow.seq)
     )
-    return {
-        str(data.get("step_id")): actor
-        for actor, data in entries
-        if isinstance(data, dict) and data.get("plan_id") == plan_id and data.get("happened")
-    }
+    settled = {}
+    for actor, data in entries:
+        if not isinstance(data, dict) or data.get("plan_id") != plan_id:
+            continue
+        left = "succeeded" if data.get("happened") else data.get("recorded")
+        if isinstance(left, str):
+            settled[str(data.get("step_id"))] = (actor, left)
+    return settled
 
 
 def _started_before_cancel(
@@ -321,14 +329,18 @@ def _run_began(session: Session, plan: PlanRow) -> bool:
 
 
 def _result(
-    step: Mapping[str, Any], run: StepRunRow | None, goal_status: str, settlers: dict[str, str]
+    step: Mapping[str, Any],
+    run: StepRunRow | None,
+    goal_status: str,
+    settlers: Mapping[str, tuple[str, str]],
 ) -> StepResult:
     step_id, tool = str(step.get("id")), str(step.get("tool"))
     if run is None and goal_status in TERMINAL_STATUSES:  # it never will: not "pending"
         return StepResult(step_id, tool, "skipped", error=f"not run: the goal is {goal_status}")
     if run is None:
         return StepResult(step_id, tool, "pending")
-    settled_by = settlers.get(step_id) if run.status == "succeeded" else None
+    settler, left = settlers.get(step_id, (None, None))
+    settled_by = settler if left == run.status else None
     duration = None
     # An `unknown` step's end is when its claim ran out, not when its call ended (if it did):
     # "unknown in 300166 ms" read as a call of five minutes.

@@ -41,6 +41,7 @@ from plangate.server import create_app
 from plangate.server.reviewers import Reviewer, Reviewers
 from plangate.signing import Signer
 from plangate.store import StepRunRow
+from plangate.store.audit_records import disagreement
 from plangate.store.goals import goal_status
 from plangate.tools import ToolRegistry, tool
 from schemas import ExecutionPaused, Plan
@@ -598,8 +599,13 @@ def test_a_write_found_cut_off_is_an_audit_entry_of_its_own(billing: Pipeline) -
     and an auditor could not tell when it was found cut off, or by whom."""
     plan, _ = cut_off_mid_charge(billing)
 
-    [entry] = [e for e in audit_entries(billing.store, plan.goal_id) if e.kind == "step.unknown"]
+    entries = audit_entries(billing.store, plan.goal_id)
+    [entry] = [e for e in entries if e.kind == "step.unknown"]
     assert (entry.actor, entry.data["step_id"]) == ("executor", "charge")
+    # What it was called with, as its first run's end said: what a person asks about.
+    [ran] = [e for e in entries if e.kind == "step.succeeded" and e.data["step_id"] == "charge"]
+    assert entry.data["args"] == ran.data["args"] == {"amount": 5}
+    assert entry.data["idempotency_key"] == ran.data["idempotency_key"]
     assert entry.data["error"] == (
         "the executor calling it died mid-call, or could not record its result"
     )
@@ -683,3 +689,79 @@ def test_the_api_settles_a_cancelled_goal_s_write_saying_nothing_runs_again(
     assert outcome["status"] == "cancelled"
     assert outcome["message"] == "alice settled charge: did not happen; its goal was cancelled"
     assert CHARGES == [5]  # the first run's only
+
+
+def cancelled_mid_charge(pipeline: Pipeline) -> Plan:
+    """Run the plan, rewind it to `charge` cut off mid-call, cancel the goal, and sweep it.
+
+    The sweep marks the write its dead executor left in flight `unknown`, for a person.
+    """
+    goal_id = pipeline.submit("charge and receipt").goal_id
+    pipeline.wait_for(goal_id, timeout=5)
+    plan = only_plan(pipeline.store, goal_id)
+    rewind_to_mid_call(pipeline.store, plan, "charge")
+    cancel_goal(pipeline.store, goal_id, "carol", "wrong card")
+    assert mark_abandoned(pipeline.store) == [f"{plan.plan_id}/charge"]
+    return plan
+
+
+def test_a_cancelled_goal_s_write_settled_as_not_happened_reads_skipped_by_its_settler(
+    billing: Pipeline, tmp_path: Path
+) -> None:
+    """Given a goal cancelled while its charge was being called by an executor that died,
+    When alice settles the charge as not happened,
+    Then `status` shows it skipped, settled as not happened by alice (it read "running ...
+    it finishes, and is recorded then", for good: its row was deleted, as if a resumed run
+    would call it again), `--json` and the API agree, the log still holds to the rows, and the
+    export's records carry the step.
+    """
+    plan = cancelled_mid_charge(billing)
+
+    assert settle_step(billing.store, plan.plan_id, "charge", "alice", happened=False) == []
+
+    shown = run_cli(billing, tmp_path, "status", plan.goal_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "step charge (charge_card): skipped (settled as not happened by alice)" in shown.stdout
+    assert "did not happen, as alice found" in shown.stdout
+    assert "it finishes, and is recorded then" not in shown.stdout
+    as_json = json.loads(run_cli(billing, tmp_path, "status", plan.goal_id, "--json").stdout)
+    assert as_json["steps"]["charge"] == "skipped"
+    [charge, _] = as_json["results"]
+    assert (charge["status"], charge["settled_by"]) == ("skipped", "alice")
+    assert disagreement(billing.store) is None
+    target = tmp_path / "audit.jsonl"
+    exported = run_cli(billing, tmp_path, "audit", "export", "-o", str(target), "--records")
+    assert exported.returncode == 0, exported.stderr
+    records = [
+        json.loads(line) for line in Path(f"{target}.records.jsonl").read_text().splitlines()
+    ]
+    [step] = [r for r in records if r["record"] == "step" and r["step_id"] == "charge"]
+    assert step["status"] == "skipped"
+
+
+def test_a_write_in_doubt_is_recorded_and_listed_with_its_arguments_and_key(
+    billing: Pipeline, tmp_path: Path
+) -> None:
+    """Given a goal cancelled mid-charge (its executor died: the sweep marks it unknown),
+    When a person lists the steps to settle, then settles it,
+    Then the list, and the `step.unknown` and `step.settled` entries, carry the charge's
+    arguments and idempotency key, as its `step.succeeded` had: the entries in doubt named the
+    plan, step and tool alone, and the person could not ask the processor about the charge.
+    """
+    plan = cancelled_mid_charge(billing)
+    succeeded = [
+        e for e in audit_entries(billing.store, plan.goal_id) if e.kind == "step.succeeded"
+    ]
+    [ran] = [e.data for e in succeeded if e.data["step_id"] == "charge"]
+
+    listed = run_cli(billing, tmp_path, "review", "unsettled", "--json")
+    settle_step(billing.store, plan.plan_id, "charge", "alice", happened=True)
+
+    assert listed.returncode == 0, listed.stderr
+    [view] = json.loads(listed.stdout)
+    assert (view["args"], view["idempotency_key"]) == ({"amount": 5}, ran["idempotency_key"])
+    entries = audit_entries(billing.store, plan.goal_id)
+    for kind in ("step.unknown", "step.settled"):
+        [entry] = [e for e in entries if e.kind == kind]
+        said = (entry.data["args"], entry.data["idempotency_key"])
+        assert said == (ran["args"], ran["idempotency_key"]), kind

@@ -63,18 +63,28 @@ def review_unsettled(
         return
     table = Table(title="Steps that may or may not have happened", title_justify="left")
     table.add_column("plan", no_wrap=True)
-    for column in ("step", "tool", "goal", "since"):
+    for column in ("step", "tool", "goal", "since", "called with"):
         table.add_column(column, overflow="fold")
     for view in views:
         since = (view["since"] or "")[:19]
         cells = (view["plan_id"], view["step_id"], view["tool"], view["goal_text"][:60], since)
-        table.add_row(*(shown(cell) for cell in cells))  # anyone's goal text
+        # Anyone's goal text; the arguments a planner's (a model's) and outputs' words.
+        table.add_row(*(shown(cell) for cell in (*cells, _called_with(view))))
     console.print(table)
     console.print(
         "Check whether each happened, then: plangate review settle PLAN STEP "
         "--happened | --not-happened",
         style="dim",
     )
+
+
+def _called_with(view: dict[str, Any]) -> str:
+    """Say what a write was called with: what to ask the other system whether it happened."""
+    key, args = view.get("idempotency_key"), view.get("args")
+    if key is None and args is None:
+        return "not known"
+    said = f"key {key}" if key is not None else ""
+    return said + (f" args {json.dumps(args, sort_keys=True)}" if args is not None else "")
 
 
 @friendly_errors

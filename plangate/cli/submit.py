@@ -70,7 +70,8 @@ def _print(
         if step.claimed_until is not None:
             took = f" ({_claim(step.claimed_until, run)})"
         if step.settled_by is not None:
-            took = f" (settled as happened by {step.settled_by})"
+            found = "happened" if step.status == "succeeded" else "not happened"
+            took = f" (settled as {found} by {step.settled_by})"
         say(f"  step {step.step_id} ({step.tool}): {step.status}{took}")
         if step.status == "succeeded":
             say(f"    -> {_shown(step.output)}")

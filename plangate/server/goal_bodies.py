@@ -50,8 +50,9 @@ class StepState(BaseModel):
     )
     settled_by: str | None = Field(
         default=None,
-        description="A write of unknown outcome that this reviewer found had happened: its "
-        "output is what they gave, and it has no duration.",
+        description="A write of unknown outcome this reviewer settled: found to have "
+        "happened (succeeded: its output is what they gave), or, on a cancelled goal, not to "
+        "have happened (skipped). It has no duration.",
     )
 
 

@@ -127,6 +127,14 @@ class UnsettledView(BaseModel):
     goal_status: str = Field(
         description="needs_attention (its run resumes once settled) or cancelled (recorded only)"
     )
+    idempotency_key: str | None = Field(
+        default=None,
+        description="The key the write was called with, to ask the other system by (None if "
+        "it cannot be made again: an output its arguments read is not recorded).",
+    )
+    args: dict[str, Any] | None = Field(
+        default=None, description="The arguments it was called with (redacted, as in the log)."
+    )
 
 
 class Outcome(BaseModel):

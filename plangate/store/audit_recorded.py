@@ -149,10 +149,12 @@ class Recorded:
     def _step(self, what: str, step: tuple[str, str], data: dict[str, Any]) -> None:
         if what in _STEP_ENDS:
             self.steps[step] = {"status": what, **data}
-        elif what == "settled":  # a person said it happened, with this output, or not (no row)
+        elif what == "settled":  # a person said it happened, with this output, or not
             if data.get("happened"):
                 self.steps[step] = {"status": "succeeded", **data}
-            else:
+            elif data.get("recorded") in _STEP_ENDS:  # a cancelled goal's: its row kept
+                self.steps[step] = {"status": data["recorded"], **data}
+            else:  # its row deleted: the resumed run calls it again
                 self.steps.pop(step, None)
 
 
