@@ -4,7 +4,9 @@ A goal that has not ended may be cancelled: held, approved, running, waiting for
 still being planned, and a rejected or failed one that could still be planned again. The
 gate no longer decides it, an approval on its way finds it ended, and a run starts no further
 step (steps already running finish and are recorded). The move is the state machine's
-`cancelled`, audited with who and why.
+`cancelled`, audited with who and why: its `goal.cancelled` entry records the plan it ended
+(the latest, if any), the state it ended in (`from_state`), the canceller's own words
+(`comment`; `reason` says "cancelled by WHO: ..."), and their roles.
 
 Cancelling a goal whose plan a rule held for a role decides it as rejecting would: it asks
 for that role too (a reviewer without it, refused a reject, could cancel instead).
@@ -40,9 +42,20 @@ def cancel_goal(
             raise Conflict(f"goal {goal_id} is {status}: it has ended, nothing to cancel")
         check_role(session, goal_id, who, roles, "cancelling it decides it")
         why = f"cancelled by {who}: {reason}" if reason else f"cancelled by {who}"
+        # Recorded as a decision is: the plan it ended (latest, if any), the state it ended in,
+        # what they wrote apart from the move's own words, and the roles they acted with.
+        plan = latest_plan(session, goal_id)
+        data = {
+            "plan_id": plan.plan_id if plan is not None else None,
+            "from_state": status,
+            "comment": reason,
+            "roles": sorted(roles),
+        }
         # In the goal's trace, as a review is: its move's log line names the goal's trace.
         with person_span("cancel goal", goal.trace_headers, goal_id, "cancel", who, reason):
-            transition(session, goal_id, "cancelled", by="operator", actor=who, reason=why, data={})
+            transition(
+                session, goal_id, "cancelled", by="operator", actor=who, reason=why, data=data
+            )
 
 
 def check_role(

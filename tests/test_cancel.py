@@ -178,6 +178,35 @@ def test_cancelling_a_goal_held_for_a_role_needs_that_role(
         assert pipeline.wait_for(goal_id, timeout=5).status == "cancelled"
 
 
+def test_a_cancel_s_audit_entry_names_the_plan_the_state_the_words_and_roles_apart(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given the seed goal held for `finance`,
+    When alice (with `finance`) cancels it saying "not this week",
+    Then its `goal.cancelled` entry records the plan it ended, the state it was in, her own
+    words apart from the move's reason, and her roles, as a rejection's entry does: it had the
+    reason alone ("cancelled by alice: not this week"), and an auditor could not tell which
+    payment plan was stopped, nor from where.
+    """
+    policy = write_yaml(tmp_path / "policy.yaml", HELD_FOR_FINANCE)
+    with running_pipeline(settings, policy_file=policy) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD, timeout=5)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+
+        cancel_goal(pipeline.store, goal_id, "alice", "not this week", frozenset({"finance"}))
+
+        [entry] = [e for e in audit_entries(pipeline.store, goal_id) if e.kind == "goal.cancelled"]
+    assert entry.actor == "alice"
+    assert entry.data == {
+        "plan_id": plan_id,
+        "from_state": "held",
+        "comment": "not this week",
+        "roles": ["finance"],
+        "reason": "cancelled by alice: not this week",
+    }
+
+
 def test_a_goal_published_under_the_start_of_a_real_one_s_id_takes_none_of_its_commands(
     settings: Settings,
 ) -> None:
