@@ -373,6 +373,44 @@ def test_an_export_with_its_records_tells_an_auditor_what_ran_and_what_it_return
     assert "audit.jsonl.records.jsonl is not the file signed" in altered.stderr
 
 
+def test_verifying_an_export_says_its_records_were_checked_and_json_holds_what_it_has(
+    pipeline: Pipeline, completed_run: str, tmp_path: Path
+) -> None:
+    """Given an export written with --sign --records,
+    When an auditor verifies it, as text and as --json, and again with its records gone,
+    Then the text says how many records were checked, and in which file (it said "export
+    intact: N entries" alone); --json gives that count and leaves out the store's `chains` and
+    `checkpoints` (null, as if none were found); the records missing, the file they are looked
+    for under is named once (it was named twice, "as X or X").
+    """
+    data_dir = pipeline.settings.data_dir
+    target = tmp_path / "m12.jsonl"
+    done = plangate_cli(data_dir, "audit", "export", "-o", str(target), "--sign", "--records")
+    assert done.returncode == 0, done.stderr
+    [key] = (data_dir / "keys" / "trusted").glob("*.pub")
+    records = Path(f"{target}.records.jsonl")
+    count = len(records.read_text().splitlines())
+    args = ("audit", "verify", "--export", str(target), "--key", str(key))
+
+    said = plangate_cli(tmp_path / "auditor", *args)
+    as_json = plangate_cli(tmp_path / "auditor", *args, "--json")
+    records.rename(tmp_path / "elsewhere.jsonl")
+    missing = plangate_cli(tmp_path / "auditor", *args)
+
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.strip().endswith(
+        f"; its {count} records (m12.jsonl.records.jsonl) checked too"
+    )
+    verdict = json.loads(as_json.stdout)
+    assert (verdict["verdict"], verdict["entries"]) == ("intact", LOGGED_ENTRIES)
+    assert (verdict["records"], verdict["records_file"]) == (count, "m12.jsonl.records.jsonl")
+    assert "chains" not in verdict
+    assert "checkpoints" not in verdict
+    assert missing.returncode == 2
+    told = " ".join(missing.stderr.split())
+    assert "(as m12.jsonl.records.jsonl): pass --records FILE" in told
+
+
 def test_a_signed_export_renamed_with_its_records_and_manifest_still_verifies(
     pipeline: Pipeline, completed_run: str, tmp_path: Path
 ) -> None:
@@ -549,3 +587,15 @@ def test_a_goals_submission_is_by_the_submitter_whatever_name_its_metadata_gives
     ]
     assert entry.actor == "submitter"
     assert entry.data["metadata"]["submitted_by"] == "alice"
+
+
+def test_the_export_s_help_says_the_order_the_file_is_in(tmp_path: Path) -> None:
+    """`audit export --help` said "in chain order", and the file is in the order written (the
+    log's `seq`), the goals' chains interleaved: an auditor read a chain as the lines before."""
+    shown = plangate_cli(tmp_path, "audit", "export", "--help")
+
+    said = " ".join(shown.stdout.replace("│", " ").split())
+    assert shown.returncode == 0, shown.stderr
+    assert "in chain order" not in said
+    assert "Export every audit entry in the order written" in said
+    assert "the goals' chains are interleaved" in said

@@ -141,7 +141,10 @@ def audit_export(
         ),
     ] = False,
 ) -> None:
-    """Export every audit entry in chain order, with its hash and its predecessor's.
+    """Export every audit entry in the order written, with its hash and its predecessor's.
+
+    The order written is the log's (each entry's `seq`): the goals' chains are interleaved;
+    each entry names its chain and its place in it, by which `verify` follows each chain.
 
     `plangate audit verify` checks the chain; an exported file keeps the hashes, so an auditor
     can check it again elsewhere. With --sign (and --output), a DSSE envelope over the

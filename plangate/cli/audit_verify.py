@@ -32,6 +32,8 @@ class Verdict:
     checkpoints: int | None = None
     signed_by: str | None = None  # an export's signer
     part: str | None = None  # what of the log an export holds, if not all of it
+    records: int | None = None  # the records checked with an export, if it has some
+    records_file: str | None = None  # the file they were read from
     against: str | None = None  # the earlier export the store was checked against
     against_entries: int | None = None  # how many entries that export holds (signed_by's)
     warnings: list[str] = field(default_factory=list)
@@ -114,13 +116,21 @@ def audit_verify(
             raise
         found.verdict, found.problem = "cannot_check", str(exc)
     if as_json:
-        typer.echo(json.dumps(asdict(found)))
+        typer.echo(json.dumps(_shown(found, export)))
         codes = {"intact": 0, "broken": EXIT_FAILED, "cannot_check": EXIT_USAGE}
         raise typer.Exit(codes[found.verdict])
     for line in _said(found):
         typer.echo(line)
     for warning in found.warnings:
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def _shown(found: Verdict, export: Path | None) -> dict[str, object]:
+    """Return what `--json` prints: of an export, none of the store's chains and checkpoints."""
+    shown = asdict(found)
+    if export is not None:  # it has neither: `null` read as "none found"
+        del shown["chains"], shown["checkpoints"]
+    return shown
 
 
 def _next_step(broken: Broken, against: Path | None) -> str:
@@ -164,6 +174,7 @@ def _verify(
         _verify_export(checked, against, given)
         found.signed_by, found.part = checked.signed_by, checked.part
         found.against_entries = checked.entries
+        found.records, found.records_file = checked.records, checked.records_file
     from plangate.store import open_store
 
     settings = load_settings()
@@ -199,8 +210,7 @@ def _verify(
 def _said(found: Verdict) -> list[str]:
     """Return what people are told of a log or an export found intact."""
     if found.chains is None:  # an export
-        part = "" if found.part is None else f" (a part of the log: {found.part})"
-        return [f"export intact: {found.entries} entries{part}, signed by {found.signed_by}"]
+        return [_export_intact(found, found.entries)]
     count, chains = found.checkpoints or 0, found.chains
     sealed = f", sealed by {count} checkpoint{'s' * (count != 1)}" if count else ""
     said = [f"audit log intact: {found.entries} entries in {chains} chain{'s' * (chains != 1)}"]
@@ -208,9 +218,17 @@ def _said(found: Verdict) -> list[str]:
     if found.against is None:
         return said
     # The export checked first, and by whose key, as `--export` says it (it went unsaid).
+    return [_export_intact(found, found.against_entries), *said, found.against]
+
+
+def _export_intact(found: Verdict, entries: int | None) -> str:
+    """Say an export was found intact: its entries, its part of the log, signer and records."""
     part = "" if found.part is None else f" (a part of the log: {found.part})"
-    export = f"export intact: {found.against_entries} entries{part}, signed by {found.signed_by}"
-    return [export, *said, found.against]
+    said = f"export intact: {entries} entries{part}, signed by {found.signed_by}"
+    if found.records is None:
+        return said
+    plural = "s" * (found.records != 1)
+    return f"{said}; its {found.records} record{plural} ({found.records_file}) checked too"
 
 
 def _unsealed(store: Store, interval: float) -> str | None:
@@ -245,6 +263,8 @@ def _verify_export(found: Verdict, export: Path, given: _Given) -> None:
     if not report.ok:
         raise Broken("export not verified", str(report.problem))
     found.entries, found.signed_by, found.part = report.entries, report.key_id, report.part
+    found.records = report.record_count
+    found.records_file = report.records.name if report.records is not None else None
 
 
 def _check_against(store: Store, export: Path) -> str:
