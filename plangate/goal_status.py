@@ -199,10 +199,11 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
             "policy_version": decision.policy_version,
             "decided_at": utc_text(decision.created_at),
         },
-        # A cancelled goal's steps as its results show them: the rows alone left out a step
-        # running when the goal was cancelled, and those that will never start.
+        # An ended goal's steps as its results show them: the rows alone left out a step
+        # running when the goal was cancelled, and those that will never start (a rejected
+        # goal's `steps` were {} beside results listing each step as skipped).
         steps={r.step_id: r.status for r in results}
-        if goal.status == "cancelled"
+        if goal.status in TERMINAL_STATUSES
         else {step_id: run.status for step_id, run in runs.items()},
         results=results,
         approvers=signed if signed is not None else _given(session, plan.plan_id),

@@ -236,7 +236,7 @@ def test_the_steps_of_a_goal_that_ended_before_running_are_not_run_not_pending(
 ) -> None:
     """Given the seed plan held, When a reviewer rejects it (or it is cancelled),
     Then its status lists each step as skipped, not run because the goal ended: `pending`
-    said they might yet run."""
+    said they might yet run. Its `steps` say the same: they were {} beside those results."""
     with running_pipeline(settings) as pipeline:
         goal_id = pipeline.submit(SEED_GOAL).goal_id
         pipeline.wait_for(goal_id, HELD, timeout=5)
@@ -244,11 +244,12 @@ def test_the_steps_of_a_goal_that_ended_before_running_are_not_run_not_pending(
         pipeline.wait_for(goal_id, {"rejected"}, timeout=5)
 
         with Client(settings) as client:
-            results = client.status(goal_id).results
+            status = client.status(goal_id)
 
-    assert [(r.step_id, r.status, r.error) for r in results] == [
+    assert [(r.step_id, r.status, r.error) for r in status.results] == [
         (step, "skipped", "not run: the goal is rejected") for step in ("count", "sla", "notify")
     ]
+    assert status.steps == {"count": "skipped", "sla": "skipped", "notify": "skipped"}
 
 
 def test_a_whole_id_the_stages_pass_along_is_never_taken_for_a_short_one(
