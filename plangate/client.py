@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, get_args
 from plangate import telemetry
 from plangate.client_calls import said_as_plangate
 from plangate.config import Settings
+from plangate.current_settings import settings_from_environment
 from plangate.errors import GoalNotCompleted, GoalWaiting, InputInvalid
 from plangate.goal_status import GoalStatus, StepResult, read_status
 from plangate.refusals import of_goal, refusal_audited
@@ -129,11 +130,15 @@ class Client:
 
     Its calls raise PlangateError subclasses: StoreUnavailable while the database does not
     answer, InputInvalid, NotFound, Conflict, Forbidden, as each says. Close it when done (or
-    use it in a `with` block); one Client may be shared by threads.
+    use it in a `with` block); one Client may be shared by threads. Given no settings, it reads
+    them from the environment: ConfigError names an invalid variable, or one a slip from a
+    setting's name (`PLANGATE_BROKR_URL`), as the commands do.
     """
 
     def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+        # From the environment: a misspelt variable refused, as every command refuses it (it
+        # was ignored, and the goal queued on the default broker, where no worker heard it).
+        self.settings = settings or settings_from_environment()
         self._store: Store = open_store(self.settings.resolved_database_url(), upgrade=False)
         self.closed = False
 

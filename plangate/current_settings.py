@@ -7,6 +7,7 @@ changed. With `plangate.config`, this is the one module that reads plangate's va
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import threading
 
@@ -75,22 +76,56 @@ def check_variable_names() -> list[str]:
     """Refuse a `PLANGATE_*` variable no setting reads that is one slip from one that does.
 
     `PLANGATE_POLICY_FLIE` was ignored: the gate decided by the packaged default policy, which
-    approves reads unattended, and said so only at info level. Return the other unknown
-    `PLANGATE_*` names (a tool's own variable, one a newer plangate reads), for a warning.
+    approves reads unattended, and said so only at info level. So was `PLANGATE_POLICY`, a
+    setting's name without its suffix, which the spelling match missed. Return the other
+    unknown `PLANGATE_*` names (a tool's own variable, one a newer plangate reads), for a
+    warning.
     """
     unknown = sorted(
         name.upper()
         for name in os.environ
         if name.upper().startswith("PLANGATE_") and name.upper() not in _VARIABLES
     )
-    prefix = len("PLANGATE_")
-    ours = [name[prefix:] for name in _VARIABLES if name.startswith("PLANGATE_")]
-    for name in unknown:  # compared past the prefix, which every name shares
-        meant = difflib.get_close_matches(name[prefix:], ours, n=1, cutoff=0.8)
+    for name in unknown:
+        meant = _meant(name)
         if meant:
             raise ConfigError(
-                f"{name} is not a setting plangate reads; did you mean PLANGATE_{meant[0]}? "
+                f"{name} is not a setting plangate reads; did you mean {meant}? "
                 "(the documentation's Settings page lists them all; a variable of your own "
                 "takes another prefix)"
             )
     return unknown
+
+
+def _meant(name: str) -> str | None:
+    """Return the setting `name` is one slip from, or lacks the suffix of, if just one."""
+    prefix = len("PLANGATE_")
+    ours = sorted(known for known in _VARIABLES if known.startswith("PLANGATE_"))
+    # Compared past the prefix, which every name shares.
+    close = difflib.get_close_matches(name[prefix:], [k[prefix:] for k in ours], n=1, cutoff=0.8)
+    if close:
+        return f"PLANGATE_{close[0]}"
+    # `PLANGATE_POLICY` for `PLANGATE_POLICY_FILE`: too short a name for the match above. Only
+    # one such setting: `PLANGATE_HTTP` could mean any of four, and may be a tool's own.
+    lacking = [known for known in ours if known.rsplit("_", 1)[0] == name]
+    return lacking[0] if len(lacking) == 1 else None
+
+
+def settings_from_environment(**values: object) -> Settings:
+    """Return the settings the environment holds, with `values` over them; ConfigError if wrong.
+
+    What every command and a `Client()` given no settings start from: a variable one slip from
+    a setting is refused (`check_variable_names`), as an invalid value is; another unknown
+    `PLANGATE_*` name is logged as a warning.
+    """
+    unknown = check_variable_names()
+    if unknown:
+        logging.getLogger("plangate").warning(
+            "%s: no plangate setting reads %s",
+            ", ".join(unknown),
+            "it" if len(unknown) == 1 else "them",
+        )
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise settings_error(exc) from exc

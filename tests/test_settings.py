@@ -14,11 +14,12 @@ import pytest
 import yaml
 from pydantic import SecretStr, ValidationError
 
+from plangate.client import Client
 from plangate.config import Settings, default_data_dir, settings_error, variable_name
 from plangate.current_settings import current_settings
 from plangate.errors import ConfigError
 from plangate.redaction import is_secret
-from tests.support import plangate_in
+from tests.support import memory_client, plangate_in
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("plangate", "schemas", "planner_worker", "approval_gate", "executor_worker")
@@ -260,6 +261,10 @@ def test_a_file_or_folder_setting_set_but_empty_is_unset_not_the_current_folder(
         ("PLANGATE_POLICY_FLIE", "PLANGATE_POLICY_FILE"),
         ("PLANGATE_BROKER_ULR", "PLANGATE_BROKER_URL"),
         ("PLANGATE_REVIEWER_FILE", "PLANGATE_REVIEWERS_FILE"),
+        # A setting's name without its suffix: too short for the spelling match.
+        ("PLANGATE_POLICY", "PLANGATE_POLICY_FILE"),
+        ("PLANGATE_DATA", "PLANGATE_DATA_DIR"),
+        ("PLANGATE_BROKER", "PLANGATE_BROKER_URL"),
     ],
 )
 def test_a_variable_one_slip_from_a_setting_is_refused_naming_the_setting(
@@ -278,6 +283,29 @@ def test_a_variable_one_slip_from_a_setting_is_refused_naming_the_setting(
         "documentation's Settings page lists them all; a variable of your own takes another "
         "prefix)"
     ]
+
+
+def test_a_client_reading_the_environment_refuses_a_misspelt_variable_as_commands_do(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given PLANGATE_BROKR_URL set (a slip of PLANGATE_BROKER_URL),
+    When a script makes `Client()`, which reads its settings from the environment,
+    Then it raises the ConfigError a command exits 2 with, naming the setting meant: it used
+    the default broker, and the goal it queued there reached no worker. A Client given its
+    Settings reads no variable, and starts.
+    """
+    monkeypatch.setenv("PLANGATE_BROKR_URL", "redis://127.0.0.1:6379/0")
+
+    with pytest.raises(ConfigError) as refused:
+        Client()
+    with memory_client(settings) as given:
+        assert given.settings.broker_url == "memory://"
+
+    assert str(refused.value) == (
+        "PLANGATE_BROKR_URL is not a setting plangate reads; did you mean PLANGATE_BROKER_URL? "
+        "(the documentation's Settings page lists them all; a variable of your own takes "
+        "another prefix)"
+    )
 
 
 def test_another_unknown_plangate_variable_is_said_and_the_command_runs(tmp_path: Path) -> None:

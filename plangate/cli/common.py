@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from plangate.addresses import broker_scheme
 from plangate.cli.lazy import HELP_OPTIONS
-from plangate.config import Settings, settings_error
-from plangate.current_settings import check_variable_names
+from plangate.config import Settings
+from plangate.current_settings import settings_from_environment
 from plangate.errors import (
     BrokerUnavailable,
     ConfigError,
@@ -257,18 +256,7 @@ def _store_failure(error: Exception) -> str | None:
 
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment, then apply the command line's overrides."""
-    values = {k: v for k, v in overrides.items() if v is not None}
-    unknown = check_variable_names()  # one slip from a setting: refused, as if it were wrong
-    if unknown:
-        logging.getLogger("plangate").warning(
-            "%s: no plangate setting reads %s",
-            ", ".join(unknown),
-            "it" if len(unknown) == 1 else "them",
-        )
-    try:
-        return Settings(**values)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        raise settings_error(exc) from exc
+    return settings_from_environment(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def require_file(ctx: typer.Context, name: str, path: Path | None, what: str) -> None:
