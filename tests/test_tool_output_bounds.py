@@ -6,6 +6,7 @@ server decides it. A huge answer must not fill the store or make a message no ob
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +26,17 @@ from plangate.redaction import REDACTED, register_secret
 from plangate.store import GoalRow, StepRunRow
 from plangate.tools import ToolRegistry, tool
 from schemas import StepPreview
-from tests.support import only_plan, running_pipeline, write_yaml
+from tests.oversized_write_tools import TOO_BIG, huge_write
+from tests.support import only_plan, plangate_in, running_pipeline, write_yaml
 
 APPROVE_ALL = {"rules": [{"name": "all", "match": "true", "action": "approve", "reason": "test"}]}
-TOO_BIG = "x" * (MAX_OUTPUT_BYTES + 1)
+ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-token-for-the-bound-test"
 
 
 @tool(effect="read")
 def huge_read() -> str:
     """Answer with more than plangate keeps."""
-    return TOO_BIG
-
-
-@tool(effect="write", idempotent=True)
-def huge_write() -> str:
-    """Take effect, then answer with more than plangate keeps."""
     return TOO_BIG
 
 
@@ -139,6 +135,41 @@ def test_a_write_over_the_output_limit_succeeds_without_its_output(
     assert steps["w"].output is None
     assert "the write took effect, its output was not kept" in (steps["w"].error or "")
     assert steps["s"].output == 3
+
+
+def test_run_and_status_show_why_a_write_over_the_output_limit_has_no_output(
+    tmp_path: Path,
+) -> None:
+    """Given a write tool that takes effect and returns more than the limit,
+    When `plangate run` runs it, and `plangate status` shows the goal,
+    Then both show, on the step's line, that the write took effect and its output was not
+    kept: they showed `null` (`-> null`), as if the tool had answered nothing, and the note
+    was in `--json` only.
+    """
+    playbook = write_yaml(
+        tmp_path / "playbook.yaml",
+        {
+            "playbooks": [
+                {"name": "w", "pattern": "big write", "steps": [{"id": "w", "tool": "huge_write"}]}
+            ]
+        },
+    )
+    tools = {"PLANGATE_TOOLS": "tests.oversized_write_tools", "PYTHONPATH": str(ROOT)}
+    data = tmp_path / "data"
+
+    ran = plangate_in(data, "run", "a big write", "--yes", "--playbook", str(playbook), **tools)
+    goal_id = re.search(r"^goal (\w+)", ran.stdout, re.MULTILINE)
+    status = plangate_in(data, "status", goal_id[1] if goal_id else "?")
+
+    assert ran.returncode == 0, ran.stderr
+    [step] = [line for line in ran.stdout.splitlines() if "huge_write  " in line]
+    assert "succeeded" in step
+    assert "null" not in step
+    assert f"returned {MAX_OUTPUT_BYTES + 3} bytes" in step
+    assert "the write took effect, its output was not kept" in step
+    assert status.returncode == 0, status.stderr
+    assert "-> null" not in status.stdout
+    assert "the write took effect, its output was not kept" in status.stdout
 
 
 def test_a_tool_error_echoing_a_megabyte_is_kept_short_and_redacted(

@@ -93,11 +93,20 @@ def step_text(event: StepFinished) -> Text:
     text.append(printable(f"{event.tool:<20} "))
     text.append(f"{event.status:<9} ", style=style)
     text.append(f"{event.duration_ms:>8.1f} ms  ", style="dim")
-    if event.status == "succeeded":
+    if event.status == "succeeded" and not output_note(event.status, event.output, event.error):
         text.append("→ " + short(event.output))
     elif event.error:
         text.append(printable(event.error), style=style)
     return text
+
+
+def output_note(status: str, output: object, error: str | None) -> str | None:
+    """Return what a succeeded step with no output says instead, if anything.
+
+    A write whose output was too large to keep took effect: its record says so, and its
+    output (`null`) read as if the tool had answered nothing.
+    """
+    return error if status == "succeeded" and output is None and error else None
 
 
 _PREVIEW_STYLE = {"ran": "cyan", "previewed": "yellow", "failed": "red"}

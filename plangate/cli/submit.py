@@ -25,7 +25,7 @@ from plangate.cli.common import (
     require_shared_broker,
     warn_broker_unreachable,
 )
-from plangate.cli.render import json_default
+from plangate.cli.render import json_default, output_note
 from plangate.errors import quoted
 from plangate.printable import printable_line
 
@@ -73,7 +73,9 @@ def _print(
             found = "happened" if step.status == "succeeded" else "not happened"
             took = f" (settled as {found} by {step.settled_by})"
         say(f"  step {step.step_id} ({step.tool}): {step.status}{took}")
-        if step.status == "succeeded":
+        if note := output_note(step.status, step.output, step.error):
+            say(f"    -- {_shown(note)}")
+        elif step.status == "succeeded":
             say(f"    -> {_shown(step.output)}")
         elif step.error:
             say(f"    !! {_shown(step.error)}")
