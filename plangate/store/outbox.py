@@ -138,10 +138,21 @@ def prune_sent(store: Store, kept: timedelta = SENT_KEPT) -> int:
             return removed
 
 
-def unsent_elsewhere(store: Store, goal_ids: Collection[str]) -> int:
-    """Return how many unsent outbox rows belong to goals other than `goal_ids`."""
+def unsent_elsewhere(
+    store: Store, goal_ids: Collection[str], stuck_after: timedelta = STUCK_AFTER
+) -> int:
+    """Return how many outbox rows of goals other than `goal_ids` wait unsent past `stuck_after`.
+
+    One younger is being published by the process that stored it (another `plangate run` on
+    the same data folder, live): it was counted as left for a deployment's workers.
+    """
+    cutoff = utcnow() - stuck_after
     with store.session() as session:
-        headers = session.execute(select(OutboxRow.headers).where(OutboxRow.sent_at.is_(None)))
+        headers = session.execute(
+            select(OutboxRow.headers).where(
+                OutboxRow.sent_at.is_(None), OutboxRow.created_at < cutoff
+            )
+        )
         return sum(1 for (row,) in headers if row.get(GOAL_HEADER) not in goal_ids)
 
 
