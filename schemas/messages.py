@@ -54,11 +54,14 @@ class Message(BaseModel):
     occurred_at: AwareDatetime = Field(default_factory=utcnow)
 
 
+GOAL_TEXT_MAX = 10_000  # characters of a goal's text
+
+
 class GoalSubmitted(Message):
     """A goal, written by a person or a service: untrusted text to plan for."""
 
     type: Literal["goal.submitted"] = "goal.submitted"
-    text: str = Field(min_length=1, max_length=10_000)
+    text: str = Field(min_length=1, max_length=GOAL_TEXT_MAX)
     metadata: Metadata = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, max_length=200, pattern=r"\S")
 

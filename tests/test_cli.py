@@ -675,6 +675,36 @@ def test_submitting_over_the_in_process_broker_is_refused_and_stores_nothing(cli
     assert cli("goals", "list").stderr.strip() == "no goals match"
 
 
+def test_a_goal_of_dash_is_read_from_stdin(cli: Cli) -> None:
+    """Given the seed goal in a file, When `plangate run - --yes < goal.txt` runs,
+    Then the goal is the file's text (its line end dropped) and it runs to completion: the
+    text "-" was stored as the goal."""
+    result = cli("run", "-", "--yes", "--json", answers=SEED_GOAL + "\n")
+
+    assert result.returncode == EXIT_COMPLETED, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["outcome"] == "completed"
+    store = open_store(f"sqlite:///{cli.data_folder / 'plangate.db'}")
+    with closing(store), store.reading() as session:
+        assert session.scalars(select(GoalRow.text)).all() == [SEED_GOAL]
+
+
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_a_goal_on_stdin_over_the_goals_limit_is_refused_as_an_argument_is(
+    cli: Cli, command: str
+) -> None:
+    """Given 10,001 characters on stdin (and more after), When `plangate run|submit -` reads
+    it, Then it exits 2 with the goal's own limit, and stores no goal."""
+    assert cli("db", "upgrade").returncode == 0
+
+    result = cli(command, "-", "--yes" if command == "run" else "--wait", answers="x" * 20_000)
+
+    assert result.returncode == EXIT_USAGE, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: the goal's text: String should have at most 10000 characters"
+    ]
+    assert cli("goals", "list").stderr.strip() == "no goals match"
+
+
 def test_an_empty_idempotency_key_is_refused_in_one_line(cli: Cli) -> None:
     assert cli("db", "upgrade").returncode == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
@@ -257,6 +258,27 @@ def _store_failure(error: Exception) -> str | None:
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment, then apply the command line's overrides."""
     return settings_from_environment(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# `plangate run|submit -`: the goal read from stdin (`< goal.txt`, a pipe).
+FROM_STDIN = "-"
+GOAL_HELP = "What you want done, in plain words; - reads it from stdin (at most 10,000 characters)."
+
+
+def goal_text(goal: str) -> str:
+    """Return the goal as given, or read from stdin for `-`, bounded by the goal's own limit.
+
+    `-` was taken as the goal's text. Read at most the limit and a line end: input that
+    fills that is longer than a goal may be, and refused as the goal's text is, by its own
+    check; input that ended before is the goal, without the spaces and line ends around it.
+    """
+    if goal != FROM_STDIN:
+        return goal
+    from schemas.messages import GOAL_TEXT_MAX
+
+    bound = GOAL_TEXT_MAX + len("\r\n") + 1
+    read = sys.stdin.read(bound)
+    return read if len(read) == bound else read.strip()
 
 
 def require_file(ctx: typer.Context, name: str, path: Path | None, what: str) -> None:

@@ -7,15 +7,13 @@ from typing import Annotated
 
 import typer
 
-from plangate.cli.common import friendly_errors, load_settings, require_file
+from plangate.cli.common import GOAL_HELP, friendly_errors, goal_text, load_settings, require_file
 
 
 @friendly_errors
 def run(
     ctx: typer.Context,
-    goal: Annotated[
-        str, typer.Argument(metavar="GOAL", help="What you want done, in plain words.")
-    ],
+    goal: Annotated[str, typer.Argument(metavar="GOAL", help=GOAL_HELP)],
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Approve a held plan without asking (for scripts).")
     ] = False,
@@ -75,6 +73,9 @@ def run(
     Uses the in-memory broker and the SQLite store in the data folder
     ($XDG_DATA_HOME/plangate, or ~/.local/share/plangate; PLANGATE_DATA_DIR overrides).
 
+    GOAL `-` reads the goal from stdin (`plangate run - --yes < goal.txt`); with no terminal to
+    ask then, a held plan needs --yes.
+
     Exit codes: 0 completed, 1 failed, 2 usage error, 3 rejected, denied or left unanswered,
     130 interrupted (Ctrl-C; the run says where it left the goal; at the approval prompt it
     cancels the goal), 143 and 129 for SIGTERM and SIGHUP, which end it as Ctrl-C does.
@@ -91,7 +92,7 @@ def run(
     settings = load_settings(tools=tools, policy_file=policy, playbook_file=playbook)
     _not_a_reviewer(reviewer, settings.reviewers_file)
     options = RunOptions(yes=yes, as_json=as_json, timeout=timeout, reviewer=reviewer)
-    raise typer.Exit(run_goal(goal, settings, options))
+    raise typer.Exit(run_goal(goal_text(goal), settings, options))
 
 
 def _not_a_reviewer(name: str, reviewers_file: Path | None) -> None:

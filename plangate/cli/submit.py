@@ -18,8 +18,10 @@ from plangate.cli.common import (
     EXIT_HELD,
     EXIT_INTERRUPTED,
     EXIT_REFUSED,
+    GOAL_HELP,
     err_console,
     friendly_errors,
+    goal_text,
     load_settings,
     quiet_relay,
     require_shared_broker,
@@ -181,9 +183,7 @@ def _metadata(pairs: list[str]) -> dict[str, str]:
 
 @friendly_errors
 def submit(
-    goal: Annotated[
-        str, typer.Argument(metavar="GOAL", help="What you want done, in plain words.")
-    ],
+    goal: Annotated[str, typer.Argument(metavar="GOAL", help=GOAL_HELP)],
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the goal ends.")] = False,
     timeout: Annotated[
         float, typer.Option(min=0.1, metavar="SECONDS", help="How long --wait waits.")
@@ -205,8 +205,8 @@ def submit(
 
     Prints the goal id (alone on stdout, for `GOAL=$(plangate submit ...)`; where it is, on
     stderr), or with --json its state. With --wait, follows it to the end and prints each
-    step's output;
-    exit codes as for `run`: 0 completed, 1 failed or timed out, 3 rejected, denied, expired
+    step's output. GOAL `-` reads the goal from stdin (`plangate submit - < goal.txt`).
+    Exit codes as for `run`: 0 completed, 1 failed or timed out, 3 rejected, denied, expired
     or cancelled, and 4 at once when the goal is held for a person (it says how to review it).
     """
     from plangate import telemetry
@@ -217,7 +217,7 @@ def submit(
     require_shared_broker(settings, "submitting")
     quiet_relay()
     with telemetry.flushing(), Client(settings) as client:
-        handle = client.submit(goal, metadata=_metadata(meta or []), idempotency_key=key)
+        handle = client.submit(goal_text(goal), metadata=_metadata(meta or []), idempotency_key=key)
         if handle.duplicate and key is not None:  # stdout stays the goal: scripts read it
             err_console.print(
                 escape(f"goal {handle.goal_id} was already submitted with the key {quoted(key)}")
