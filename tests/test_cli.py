@@ -898,7 +898,8 @@ def test_ctrl_c_while_a_read_runs_starts_no_write_after_it(cli: Cli, tmp_path: P
     When Ctrl-C is pressed while the read runs,
     Then the read ends, the write never starts, and the goal is cancelled by the terminal's
     user; the run said the goal was "left running, and nothing carries it on" while the
-    stages, let finish their work, went on to run the write.
+    stages, let finish their work, went on to run the write. Its summary counts the write
+    skipped, and says no more: it said "Cancelled after every step ran", of a write never run.
     """
     playbook = slow_playbook(tmp_path, READ, WRITE_AFTER_READ)
     args = ["run", "slow read then write", "--yes", "--playbook", str(playbook)]
@@ -920,7 +921,7 @@ def test_ctrl_c_while_a_read_runs_starts_no_write_after_it(cli: Cli, tmp_path: P
 
             eventually(running, timeout=30, what="the run")
             run.send_signal(signal.SIGINT)
-            _, stderr = run.communicate(timeout=30)
+            stdout, stderr = run.communicate(timeout=30)
             with store.reading() as session:
                 ran = dict(session.execute(select(StepRunRow.step_id, StepRunRow.status)).all())
                 goal = session.scalars(select(GoalRow)).one()
@@ -928,6 +929,7 @@ def test_ctrl_c_while_a_read_runs_starts_no_write_after_it(cli: Cli, tmp_path: P
     assert run.returncode == 130, stderr
     assert "interrupted: the goal is cancelled" in stderr
     assert ran == {"r": "succeeded", "w": "skipped"}  # the write recorded as not run
+    assert "Cancelled · 1 succeeded, 1 skipped" in stdout, stdout
     assert goal.status == "cancelled"
     assert "interrupted at the terminal (Ctrl-C)" in (goal.status_reason or "")
 

@@ -138,11 +138,17 @@ def went_out(pipeline: Pipeline, goal_id: str) -> list[str]:
 
 def outcome(pipeline: Pipeline, goal_id: str, status: str) -> str:
     """Return the run's outcome after an interrupt: the goal's status, and if it ran in full."""
+    from executor_worker.engine import CANCELLED
+
     with pipeline.store.reading() as session:
         plan = latest_plan(session, goal_id)
+        # Skipped by its condition or a step it needs, a step had its turn; skipped because
+        # the goal was cancelled first, it did not ("after every step ran" of a write never run).
         ended = session.scalars(
             select(StepRunRow.step_id).where(
-                StepRunRow.goal_id == goal_id, StepRunRow.status.in_(("succeeded", "skipped"))
+                StepRunRow.goal_id == goal_id,
+                StepRunRow.status.in_(("succeeded", "skipped")),
+                StepRunRow.error.is_distinct_from(CANCELLED),
             )
         ).all()
         steps = {str(step.get("id")) for step in plan.body.get("steps", [])} if plan else set()
