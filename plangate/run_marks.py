@@ -43,7 +43,8 @@ class Settled:
 
     goal_id: str
     cancelled: bool  # it had not ended: cancelled now, so that nothing more of it runs
-    unknown: list[str] = field(default_factory=list)  # its writes left in flight: step ids
+    # Its writes left in flight, as `plan_id/step_id` (`plangate review settle` takes both).
+    unknown: list[str] = field(default_factory=list)
 
 
 def runs_folder(data_dir: Path) -> Path:
@@ -129,7 +130,7 @@ def _settle(store: Store, path: Path) -> Settled | None:
         cancelled = _cancel(store, goal_id)
         marked = mark_abandoned(store, goal_id=goal_id, why=KILLED_MID_CALL)
         path.unlink()
-        return Settled(goal_id, cancelled, [step.split("/", 1)[1] for step in marked])
+        return Settled(goal_id, cancelled, marked)
     finally:
         os.close(fd)
 

@@ -1050,7 +1050,8 @@ def test_ctrl_c_during_a_write_outlasting_the_grace_leaves_it_unknown_for_a_pers
 ) -> None:
     """Given a run whose write takes 20 s,
     When Ctrl-C is pressed while it is being called, and the run ends without waiting for it,
-    Then the run says the write may or may not have happened and counts it `unknown`;
+    Then the run says the write may or may not have happened, gives the command that records
+    which (with the plan's and the step's ids: it named neither), and counts it `unknown`;
     `review unsettled` lists it, and settling it records what a person found, while the goal
     stays cancelled. It stayed `running` for ever, and nothing asked anyone whether the
     payment had been made.
@@ -1069,6 +1070,10 @@ def test_ctrl_c_during_a_write_outlasting_the_grace_leaves_it_unknown_for_a_pers
     assert unsettled.returncode == 0, unsettled.stderr
     (waiting,) = json.loads(unsettled.stdout)
     assert (waiting["step_id"], waiting["goal_status"]) == ("pay", "cancelled")
+    assert (
+        "it may or may not have happened; check, then record which: `plangate review settle "
+        f"{waiting['plan_id']} pay --happened` (or --not-happened)"
+    ) in stderr
     assert "ended mid-call after the goal was cancelled" in waiting["reason"]
 
     settled = cli(

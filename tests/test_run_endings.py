@@ -180,7 +180,8 @@ def test_a_killed_run_s_write_is_marked_unknown_by_the_next_run_on_the_folder(
     assert (
         "an earlier `plangate run` on this data folder ended without finishing (killed?): its "
         f"goal {goal_id} is cancelled; write step pay was being called: it may or may not have "
-        "happened; check, then record which with `plangate review settle`"
+        f"happened; check, then record which: `plangate review settle {status['plan_id']} pay "
+        "--happened` (or --not-happened)"
     ) in next_run.stderr
     assert (status["status"], status["steps"]) == ("cancelled", {"pay": "unknown"})
     [pay] = status["results"]

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from sqlalchemy import select
@@ -99,7 +99,7 @@ def steps_after_waiting(
     if unknown:
         err.print(
             f"write step {', '.join(unknown)} was still being called: it may or may not have "
-            "happened; check, then record which with `plangate review settle`"
+            f"happened; {how_to_settle(_unknown_writes(pipeline, goal_id))}"
         )
     written = went_out(pipeline, goal_id)
     if written:
@@ -107,6 +107,29 @@ def steps_after_waiting(
     elif not unknown:  # beside a write of unknown outcome, "none went out" contradicted it
         err.print("no write step went out")
     return steps
+
+
+def how_to_settle(writes: Sequence[str]) -> str:
+    """Say how to record whether each write of unknown outcome (`plan_id/step_id`) happened.
+
+    It said "`plangate review settle`" alone: the user had to find the plan's and the step's
+    ids, which that command takes.
+    """
+    commands = ", ".join(
+        f"`plangate review settle {w.replace('/', ' ', 1)} --happened`" for w in writes
+    )
+    return f"check, then record which: {commands} (or --not-happened)"
+
+
+def _unknown_writes(pipeline: Pipeline, goal_id: str) -> list[str]:
+    """Return the goal's steps of unknown outcome, as `plan_id/step_id`."""
+    with pipeline.store.reading() as session:
+        rows = session.execute(
+            select(StepRunRow.plan_id, StepRunRow.step_id)
+            .where(StepRunRow.goal_id == goal_id, StepRunRow.status == "unknown")
+            .order_by(StepRunRow.step_id)
+        ).all()
+    return [f"{plan_id}/{step_id}" for plan_id, step_id in rows]
 
 
 def _wait_watching(pipeline: Pipeline, watch: Callable[[float], bool]) -> bool:
@@ -161,9 +184,10 @@ def say_settled(settled: list[Settled], err: Console) -> None:
     """Say, in one line each, the goals of earlier runs found over and settled at this start."""
     for goal in settled:
         done = "is cancelled" if goal.cancelled else "had ended"
+        steps = ", ".join(write.split("/", 1)[1] for write in goal.unknown)
         unknown = (
-            f"; write step {', '.join(goal.unknown)} was being called: it may or may not have "
-            "happened; check, then record which with `plangate review settle`"
+            f"; write step {steps} was being called: it may or may not have happened; "
+            f"{how_to_settle(goal.unknown)}"
             if goal.unknown
             else ""
         )
@@ -248,8 +272,7 @@ def stop_or_abandon(
             marked = []
         steps = ", ".join(step.split("/", 1)[1] for step in marked)
         what = (
-            f"write step {steps} may or may not happen: check, then record which with "
-            "`plangate review settle`"
+            f"write step {steps} may or may not happen: {how_to_settle(marked)}"
             if marked
             else "what it had done is recorded"
         )
