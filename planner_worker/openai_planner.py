@@ -2,9 +2,10 @@
 
 Each attempt asks for a plan in the strict schema of the live catalog, then reads and validates
 it with the one plan validator. An invalid plan is sent back with its problems, up to
-`attempts` times; then planning fails naming every problem. A refusal or a cut-off answer ends
-planning at once (asking again would get the same). The goal's token budget spans attempts and
-revisions: no new request starts once it is spent.
+`attempts` times; then planning fails naming every problem. What is sent back is bounded (the
+answer cut, its problems counted): an answer larger than any plan is not sent back at all. A
+refusal or a cut-off answer ends planning at once (asking again would get the same). The
+goal's token budget spans attempts and revisions: no new request starts once it is spent.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from planner_worker.model_http import ModelHttpClient
 from planner_worker.planner import Draft, Feedback
 from planner_worker.prompt import (
     Message,
+    answer_echo,
+    bounded_problems,
     feedback_message,
     goal_message,
     repair_message,
     system_prompt,
 )
 from schemas import Catalog, GoalSubmitted, Plan, PlanInvalid, Step, validate_plan
-from schemas.decoding import MAX_MESSAGE_BYTES
 from schemas.messages import TokenUsage
+from schemas.validation import MAX_PLAN_BYTES
 
 _PLANNER_NAME_CHARS = 200  # the store's column
 
@@ -75,18 +78,15 @@ class OpenAIPlanner:
                 usage, model = usage + answer.usage, answer.model
                 self._check_finished(answer)
                 try:
-                    summary, steps = read_answer(answer.content, catalog)
-                    validate_plan(_trial_plan(goal, summary, steps), catalog)
+                    summary, steps = _read(answer.content, goal, catalog)
                 except AnswerInvalid as invalid:
                     found = invalid.problems
-                except PlanInvalid as invalid:
-                    found = [str(problem) for problem in invalid.problems]
                 else:
+                    self._check_overspent(spent + usage.total)
                     name = f"{PROVIDER}:{model}"[:_PLANNER_NAME_CHARS]
                     return Draft(summary, steps, name, model=model, usage=usage)
-                problems += [f"attempt {attempt}: {problem}" for problem in found]
-                messages += [{"role": "assistant", "content": answer.content or ""}]
-                messages += [repair_message(found)]
+                problems += [f"attempt {attempt}: {p}" for p in bounded_problems(found)]
+                messages += [answer_echo(answer.content), repair_message(found)]
         finally:
             _record_totals(usage, model)
         raise PlanningFailed(
@@ -100,6 +100,17 @@ class OpenAIPlanner:
                     f"the goal's token budget is spent ({used} of {self._budget} tokens used); "
                     "raise PLANGATE_GOAL_TOKEN_BUDGET or make the goal simpler",
                     *problems,
+                ]
+            )
+
+    def _check_overspent(self, used: int) -> None:
+        """Fail a plan whose answer took the goal past its budget: it was not to be spent."""
+        if used > self._budget:
+            raise PlanningFailed(
+                [
+                    f"the goal's token budget is exceeded ({used} of {self._budget} tokens "
+                    "used, as the model server reported); raise PLANGATE_GOAL_TOKEN_BUDGET or "
+                    "make the goal simpler"
                 ]
             )
 
@@ -117,18 +128,42 @@ class OpenAIPlanner:
                     "raise PLANGATE_PLANNER_MAX_TOKENS or make the goal simpler"
                 ]
             )
-        if answer.content is not None and len(answer.content) > MAX_MESSAGE_BYTES:
-            # No plan fits: sent back for repair it would only grow each request.
-            raise PlanningFailed(
-                [
-                    f"the model's answer is {len(answer.content)} characters, more than a plan "
-                    f"can take (its message holds {MAX_MESSAGE_BYTES} bytes); check that the "
-                    "model server honours "
-                    "max_completion_tokens (PLANGATE_PLANNER_MAX_TOKENS)"
-                ]
-            )
+        size = _utf8_size(answer.content)
+        if size > MAX_PLAN_BYTES:
+            raise PlanningFailed([_too_large(size)])
         if answer.finish_reason == "content_filter":
             raise PlanningFailed(["the model server's content filter stopped the answer"])
+
+
+def _read(
+    content: str | None, goal: GoalSubmitted, catalog: Catalog
+) -> tuple[str, tuple[Step, ...]]:
+    """Return the answer's plan (summary, steps); AnswerInvalid with its problems if invalid.
+
+    PlanningFailed if the plan is too large: no repair can make it fit, and each repair sent
+    its answer back.
+    """
+    summary, steps = read_answer(content, catalog)
+    try:
+        validate_plan(_trial_plan(goal, summary, steps), catalog)
+    except PlanInvalid as invalid:
+        if any(problem.code == "too_large" for problem in invalid.problems):
+            raise PlanningFailed([_too_large(_utf8_size(content))]) from None
+        raise AnswerInvalid([str(problem) for problem in invalid.problems]) from None
+    return summary, steps
+
+
+def _utf8_size(content: str | None) -> int:
+    return len(content.encode("utf-8", "surrogatepass")) if content else 0
+
+
+def _too_large(size: int) -> str:
+    return (
+        f"the model's answer is {size} bytes, more than a plan can take (at most "
+        f"{MAX_PLAN_BYTES} bytes of JSON), so it is not sent back for repair; check that the "
+        "model server honours max_completion_tokens (PLANGATE_PLANNER_MAX_TOKENS), or make "
+        "the goal simpler"
+    )
 
 
 def _trial_plan(goal: GoalSubmitted, summary: str, steps: tuple[Step, ...]) -> Plan:

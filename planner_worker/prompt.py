@@ -81,9 +81,37 @@ def goal_message(goal_text: str) -> Message:
     }
 
 
+# What one repair adds to the conversation, at most: the answer repeated and its problems.
+# Sent whole, a large answer doubled each request (943 KB, then 1.88 MB).
+MAX_ECHO_CHARS = 4096
+MAX_REPAIR_PROBLEMS = 20
+MAX_PROBLEM_CHARS = 500  # a CEL parser error alone takes 300
+
+
+def answer_echo(content: str | None) -> Message:
+    """Return the model's invalid answer as the assistant's turn, cut to MAX_ECHO_CHARS."""
+    text = content or ""
+    if len(text) > MAX_ECHO_CHARS:
+        text = (
+            f"{text[:MAX_ECHO_CHARS]}\n[plangate cut this answer here: it had {len(text)} "
+            f"characters; only the first {MAX_ECHO_CHARS} are repeated]"
+        )
+    return {"role": "assistant", "content": text}
+
+
+def bounded_problems(problems: list[str]) -> list[str]:
+    """Return the first MAX_REPAIR_PROBLEMS problems, each cut short, and how many are left."""
+    shown = [
+        problem if len(problem) <= MAX_PROBLEM_CHARS else problem[:MAX_PROBLEM_CHARS] + "…"
+        for problem in problems[:MAX_REPAIR_PROBLEMS]
+    ]
+    left = len(problems) - len(shown)
+    return [*shown, f"and {left} more problems like these"] if left else shown
+
+
 def repair_message(problems: list[str]) -> Message:
-    """Return the user message that sends a plan's problems back to the model."""
-    listed = "\n".join(f"- {problem}" for problem in problems)
+    """Return the user message that sends a plan's problems back to the model (bounded)."""
+    listed = "\n".join(f"- {problem}" for problem in bounded_problems(problems))
     return {
         "role": "user",
         "content": (

@@ -25,6 +25,7 @@ from plangate.store import TERMINAL_STATUSES, GoalRow
 from plangate.store.goals import plan_of
 from planner_worker.model_http import MAX_ANSWER_BYTES
 from schemas import Plan
+from schemas.validation import MAX_PLAN_BYTES
 from tests.openai_stub import OpenAIStub, Reply, completion, error, plan_reply, running_stub
 from tests.support import HELD, plans_of, running_pipeline
 
@@ -133,6 +134,55 @@ def test_an_answer_content_no_plan_can_fit_is_not_sent_back_for_repair(
     assert goal.status == "plan_failed"
     assert "more than a plan can take" in (goal.status_reason or "")
     assert len(stub.requests) == 1
+
+
+def many_steps(count: int) -> Reply:
+    """An answer of `count` steps of a tool no catalog has (a problem each), ~70 bytes each."""
+    return plan_reply([{"id": f"s{n}", "tool": "no_such_tool"} for n in range(count)])
+
+
+def test_an_invalid_answer_over_the_plan_size_limit_fails_at_once_without_a_repair(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a server answering 10,000 steps (about 700 KB: under the 1 MiB answer check, over
+    the plan's 256 KiB),
+    When a goal is planned with three attempts,
+    Then the goal fails after one request saying the answer is more than a plan can take;
+    each repair used to send it back whole (3.8 KB, then 943 KB, then 1.88 MB requests).
+    """
+    answer = many_steps(10_000)
+    assert MAX_PLAN_BYTES < len(answer.body["choices"][0]["message"]["content"]) < 1 << 20
+    stub.script(*[answer] * 3)
+    goal, _ = planned(settings)
+
+    reason = goal.status_reason or ""
+    assert goal.status == "plan_failed"
+    assert "more than a plan can take" in reason
+    assert f"at most {MAX_PLAN_BYTES} bytes" in reason
+    assert len(stub.requests) == 1
+
+
+def test_an_answer_sent_back_for_repair_is_cut_so_each_request_grows_by_a_few_kib(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a server answering 2,000 steps each time (about 140 KB, 2,000 problems),
+    When the goal is planned in three attempts,
+    Then each repair adds at most 16 KiB to the request: the answer repeated is cut with a note,
+    and its problems are listed up to twenty; the goal's reasons are as short.
+    """
+    stub.script(*[many_steps(2_000)] * 3)
+    goal, _ = planned(settings)
+
+    sizes = [len(json.dumps(request)) for request in stub.requests]
+    assert len(sizes) == 3
+    assert sizes[1] - sizes[0] < 16 * 1024, sizes
+    assert sizes[2] - sizes[1] < 16 * 1024, sizes
+    echoed, repair = stub.requests[2]["messages"][-2:]
+    assert echoed["role"] == "assistant"
+    assert "[plangate cut this answer here: it had" in echoed["content"]
+    assert "and 1981 more problems like these" in repair["content"]
+    assert goal.status == "plan_failed"
+    assert len(goal.status_reason or "") < 30_000
 
 
 def test_a_redirect_to_another_host_is_not_followed(settings: Settings, stub: OpenAIStub) -> None:
