@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
@@ -24,13 +23,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from plangate import metrics, telemetry
 from plangate.errors import PlanningFailed
 from plangate.redaction import quoted
-from planner_worker.model_http import AnswerTooLarge
+from planner_worker.model_errors import failure_reason
 from schemas.messages import TokenUsage
 
 PROVIDER = "openai"
-_DETAIL_CHARS = 300
-# What httpx's HTTP/1.1 parser (h11) says of a status line and headers longer than it reads.
-_HEAD_TOO_LONG = "Receive buffer too long"
 
 
 @dataclass(frozen=True)
@@ -82,7 +78,9 @@ class ChatModel:
             except openai.OpenAIError as exc:
                 span.set_attribute("error.type", type(exc).__name__)
                 span.set_status(Status(StatusCode.ERROR))
-                raise PlanningFailed([self._reason(exc)], model_server=True) from exc
+                raise PlanningFailed(
+                    [failure_reason(exc, self._client, self.model)], model_server=True
+                ) from exc
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise _not_a_completion(span, url, exc) from None
             except RecursionError:
@@ -131,82 +129,6 @@ class ChatModel:
             span.set_attribute("gen_ai.response.finish_reasons", [answer.finish_reason])
             return answer
 
-    def _reason(self, exc: openai.OpenAIError) -> str:
-        """Say in one sentence what went wrong and what to do about it."""
-        url = self._client.base_url
-        count = _retries_taken(exc, self._client.max_retries)
-        retries = f"after {count} {'retry' if count == 1 else 'retries'}"
-        detail = _detail(exc)
-        if isinstance(exc, AnswerTooLarge):
-            return str(exc)
-        if isinstance(exc, openai.APIStatusError) and 300 <= exc.status_code < 400:
-            location = quoted(exc.response.headers.get("location", ""), _DETAIL_CHARS)
-            return (
-                f"the model server at {url} redirects (HTTP {exc.status_code}) to "
-                f"{location or 'nowhere'}; plangate does not follow a model server's redirects "
-                "(they would carry the API key): set OPENAI_BASE_URL to the address it points at"
-            )
-        if isinstance(exc, openai.APITimeoutError):
-            return (
-                f"the model server at {url} did not answer within {self._client.timeout} s "
-                f"({retries}); check that it is up and not overloaded (a hung server is cut "
-                "off so too), or raise PLANGATE_PLANNER_TIMEOUT_SECONDS if it is only slow"
-            )
-        if isinstance(exc, openai.APIConnectionError):
-            return _transport_reason(exc, url, retries)
-        if isinstance(exc, openai.RateLimitError):
-            return (
-                f"the model server rate-limited the planner (HTTP 429 {retries}: {detail}); "
-                "wait and resubmit, lower the planner's concurrency, or raise your rate limit"
-            )
-        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-            return (
-                f"the model server refused the API key (HTTP {exc.status_code}: {detail}); "
-                "check OPENAI_API_KEY"
-            )
-        if isinstance(exc, openai.NotFoundError):
-            return (
-                f"the model server at {url} has no model {self.model!r} (HTTP 404: {detail}); "
-                "check PLANGATE_MODEL and OPENAI_BASE_URL"
-            )
-        if isinstance(exc, openai.APIStatusError) and exc.status_code >= 500:
-            return (
-                f"the model server failed (HTTP {exc.status_code} {retries}: {detail}); "
-                "try again later"
-            )
-        if isinstance(exc, openai.BadRequestError):
-            # Retried only when the server asked (`x-should-retry`): then say so.
-            tried = f" {retries}" if count else ""
-            return (
-                f"the model server refused the request (HTTP 400{tried}: {detail}); it must "
-                f"support structured outputs (response_format json_schema) for model {self.model!r}"
-            )
-        if isinstance(exc, openai.APIStatusError):
-            return f"the model server answered HTTP {exc.status_code}: {detail}"
-        return f"the openai client failed: {detail}"
-
-
-def _transport_reason(exc: openai.APIConnectionError, url: object, retries: str) -> str:
-    """Say whether the server was not reached, or was reached and broke its answer.
-
-    The SDK says only "Connection error."; httpx's error, its cause, says which.
-    """
-    cause = exc.__cause__
-    said = quoted(str(cause) or type(cause).__name__, _DETAIL_CHARS) if cause else _detail(exc)
-    if cause is None or isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
-        return f"cannot reach the model server at {url} ({said}); check OPENAI_BASE_URL"
-    if isinstance(cause, httpx.RemoteProtocolError):
-        if said == _HEAD_TOO_LONG:
-            said = "its status line and headers were longer than plangate reads"
-        return (
-            f"the model server at {url} did not answer in HTTP ({said}; {retries}); check that "
-            "OPENAI_BASE_URL names an OpenAI-compatible HTTP server, not a proxy or another service"
-        )
-    return (
-        f"the connection to the model server at {url} broke while it answered ({said}; "
-        f"{retries}); check the server's log and the network to it"
-    )
-
 
 def _text_or_none(value: object) -> str | None:
     """Return a message's text as the SDK gave it; TypeError if it is something else."""
@@ -226,19 +148,3 @@ def _not_a_completion(span: Span, url: object, exc: Exception) -> PlanningFailed
         ],
         model_server=True,
     )
-
-
-def _retries_taken(exc: openai.OpenAIError, configured: int) -> int:
-    """Return how many retries the SDK made: it numbers each attempt in a request header.
-
-    Not always `max_retries`: the SDK does not retry when a server asks it to wait longer
-    than a minute, or says not to.
-    """
-    request = getattr(exc, "request", None)
-    taken = request.headers.get("x-stainless-retry-count") if request is not None else None
-    return int(taken) if taken is not None and taken.isdigit() else configured
-
-
-def _detail(exc: openai.OpenAIError) -> str:
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return quoted(str(message), _DETAIL_CHARS)
