@@ -3,7 +3,9 @@
 The span follows the OpenTelemetry GenAI conventions: operation, provider, request and
 response model, token usage, finish reasons. Prompts and completions are never recorded on it.
 Transport and HTTP failures (after the SDK's own retries) become PlanningFailed with a reason
-that says what to do; what the model answered (a refusal, a cut-off) is the caller's to judge.
+that says what to do, and so do token counts no real server reports (the goal's budget and the
+token metric believe them); what the model answered (a refusal, a cut-off) is the caller's to
+judge.
 What the server said is quoted redacted: a server that echoes the API key back (verbatim,
 URL- or JSON-escaped) gets `[redacted]` quoted instead.
 """
@@ -101,6 +103,9 @@ class ChatModel:
                 # The SDK hands back what it could not parse as it came (a page's text, a body
                 # that is not UTF-8, negative token counts): no chat completion, no retry.
                 raise _not_a_completion(span, url, exc) from None
+            _check_usage(
+                span, url, usage, self.max_tokens, _request_bytes(messages, response_format)
+            )
             # The server names the model: what it says is quoted, a secret echoed there too.
             model = quoted(completion.model or self.model, 200)
             span.set_attribute("gen_ai.response.model", model)
@@ -135,6 +140,42 @@ def _text_or_none(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     raise TypeError(f"its message holds {type(value).__name__}, not text")
+
+
+def _request_bytes(messages: Sequence[dict[str, str]], response_format: dict[str, Any]) -> int:
+    """Return about how many bytes the request's prompt takes (its messages and schema)."""
+    sent = json.dumps({"messages": list(messages), "response_format": response_format})
+    return len(sent)
+
+
+def _check_usage(span: Span, url: object, usage: TokenUsage, asked: int, sent: int) -> None:
+    """Refuse token counts no real server reports: the budget and the metric believe them.
+
+    An answer takes at most the `max_completion_tokens` asked for; a prompt has no more tokens
+    than the request has bytes (a token stands for one byte at least).
+    """
+    said = None
+    if usage.output_tokens > asked:
+        said = (
+            f"{usage.output_tokens} completion tokens, more than the {asked} plangate asked "
+            "for (max_completion_tokens)"
+        )
+    elif usage.input_tokens > sent:
+        said = (
+            f"{usage.input_tokens} prompt tokens for a request of {sent} bytes (a token is a "
+            "byte at least)"
+        )
+    if said is None:
+        return
+    span.set_attribute("error.type", "impossible_usage")
+    span.set_status(Status(StatusCode.ERROR))
+    raise PlanningFailed(
+        [
+            f"the model server at {url} answered no sane chat completion: it reported {said}; "
+            "check that OPENAI_BASE_URL names the OpenAI-compatible server meant"
+        ],
+        model_server=True,
+    )
 
 
 def _not_a_completion(span: Span, url: object, exc: Exception) -> PlanningFailed:

@@ -5,7 +5,8 @@ it with the one plan validator. An invalid plan is sent back with its problems, 
 `attempts` times; then planning fails naming every problem. What is sent back is bounded (the
 answer cut, its problems counted): an answer larger than any plan is not sent back at all. A
 refusal or a cut-off answer ends planning at once (asking again would get the same). The
-goal's token budget spans attempts and revisions: no new request starts once it is spent.
+goal's token budget spans attempts and revisions: no new request starts once it is spent, and
+a plan whose answer took the goal past it is not proposed.
 """
 
 from __future__ import annotations

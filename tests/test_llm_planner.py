@@ -353,6 +353,27 @@ def test_a_spent_token_budget_stops_the_repairs_and_fails_the_goal_clearly(
     assert len(stub.requests) == 1
 
 
+def test_an_answer_that_takes_the_goal_past_its_token_budget_fails_the_goal(
+    settings: Settings, stub: OpenAIStub
+) -> None:
+    """Given a goal token budget of 1000 and a valid first answer that cost 1100 tokens,
+    Then the plan is not proposed: the goal fails saying its budget is exceeded; the budget
+    used to stop only the next request, and the plan went on with 1100 tokens stored.
+    """
+    stub.script(plan_reply(READ_STEPS, usage=(900, 200)))
+    with llm_pipeline(settings, goal_token_budget=1000) as pipeline:
+        goal_id = pipeline.submit("how many tickets are open").goal_id
+        goal = pipeline.wait_for(goal_id)
+        assert plans_of(pipeline.store, goal_id) == []
+
+    assert goal.status == "plan_failed"
+    assert goal.status_reason is not None
+    assert goal.status_reason.startswith(
+        "the goal's token budget is exceeded (1100 of 1000 tokens used"
+    )
+    assert "PLANGATE_GOAL_TOKEN_BUDGET" in goal.status_reason
+
+
 def test_goal_text_cannot_change_the_system_prompt_and_its_plan_is_judged_like_any_other(
     llm: Pipeline, stub: OpenAIStub
 ) -> None:

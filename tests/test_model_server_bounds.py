@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from plangate.config import Settings
@@ -398,3 +399,42 @@ def test_a_refusal_the_server_asked_to_retry_says_it_was_retried(
     stub.script(error(400, "no such option"))
     goal, _ = planned(settings, planner_max_retries=1)
     assert "HTTP 400: Error code: 400 - no such option" in (goal.status_reason or "")
+
+
+def tokens_counted() -> float:
+    """What plangate_llm_tokens_total says the configured model spent, both kinds."""
+    return sum(
+        REGISTRY.get_sample_value("plangate_llm_tokens_total", {"model": "gpt-4o-mini", "kind": k})
+        or 0.0
+        for k in ("input", "output")
+    )
+
+
+@pytest.mark.parametrize(
+    ("usage", "said"),
+    [
+        ((10**12, 10**12), "reported 1000000000000 completion tokens, more than the 4096"),
+        ((10**12, 50), "reported 1000000000000 prompt tokens for a request of"),
+    ],
+    ids=["completion", "prompt"],
+)
+def test_token_counts_no_real_server_reports_refuse_the_answer_and_count_nothing(
+    settings: Settings, stub: OpenAIStub, usage: tuple[int, int], said: str
+) -> None:
+    """Given a server whose valid plan reports 10**12 tokens (more completion tokens than
+    max_completion_tokens asked for, or more prompt tokens than the request has bytes),
+    When a goal is planned,
+    Then the goal fails saying the server's answer is no sane completion and what it reported,
+    and the token metric does not move; it completed, storing 10**12 tokens against a budget
+    of 60,000, and the metric jumped by 2e12.
+    """
+    before = tokens_counted()
+    stub.script(plan_reply(READ_STEPS, usage=usage))
+    goal, plan = planned(settings)
+
+    reason = goal.status_reason or ""
+    assert goal.status == "plan_failed"
+    assert "answered no sane chat completion" in reason
+    assert said in reason
+    assert plan is None
+    assert tokens_counted() == before
