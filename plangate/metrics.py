@@ -55,6 +55,18 @@ TOOL_SECONDS = Histogram("plangate_tool_seconds", "How long a tool call took.", 
 LLM_TOKENS = Counter(
     "plangate_llm_tokens", "Tokens the planner's model spent, by model and kind.", ["model", "kind"]
 )
+LLM_CALL_OUTCOMES = (
+    *("ok", "refused", "rate_limited", "unauthorized", "server_error", "timeout"),
+    *("unreachable", "invalid_answer"),
+)
+LLM_CALLS = Counter(
+    "plangate_llm_calls",
+    "The planner's calls to its model server, by model and outcome: ok (a chat completion "
+    "came back, whatever the plan in it), refused (HTTP 400, 404, another 4xx or a redirect), "
+    "rate_limited (429), unauthorized (401, 403), server_error (5xx), timeout, unreachable "
+    "(no connection, or it broke), invalid_answer (no sane chat completion, or too large).",
+    ["model", "outcome"],
+)
 RESENDS = Counter("plangate_reconciler_resends", "Messages the reconciler sent again.")
 WEBHOOK_FAILURES = Counter(
     "plangate_review_webhook_failures",

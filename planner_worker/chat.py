@@ -25,7 +25,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from plangate import metrics, telemetry
 from plangate.errors import PlanningFailed
 from plangate.redaction import quoted
-from planner_worker.model_errors import failure_reason
+from planner_worker.model_errors import call_outcome, failure_reason
 from schemas.messages import TokenUsage
 
 PROVIDER = "openai"
@@ -49,11 +49,28 @@ class ChatModel:
         self._client = client
         self.model = model
         self.max_tokens = max_tokens
+        for outcome in metrics.LLM_CALL_OUTCOMES:  # at 0 from the start: `increase` sees the first
+            metrics.LLM_CALLS.labels(model, outcome)
 
     def ask(
         self, messages: Sequence[dict[str, str]], response_format: dict[str, Any]
     ) -> ChatAnswer:
-        """Send one chat completion request; raise PlanningFailed if no answer came back."""
+        """Send one chat completion request; raise PlanningFailed if no answer came back.
+
+        Each call is counted by outcome, so that a failing model server shows in /metrics
+        (every goal then ends plan_failed, each goal.submitted handled all the same).
+        """
+        try:
+            answer = self._ask(messages, response_format)
+        except PlanningFailed as failed:
+            metrics.LLM_CALLS.labels(self.model, call_outcome(failed.__cause__)).inc()
+            raise
+        metrics.LLM_CALLS.labels(self.model, "ok").inc()
+        return answer
+
+    def _ask(
+        self, messages: Sequence[dict[str, str]], response_format: dict[str, Any]
+    ) -> ChatAnswer:
         url = self._client.base_url
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",

@@ -72,6 +72,26 @@ def failure_reason(exc: openai.OpenAIError, client: openai.OpenAI, model: str) -
     return f"the openai client failed: {detail}"
 
 
+def call_outcome(exc: BaseException | None) -> str:
+    """Return the `plangate_llm_calls` outcome of a call that failed with `exc`.
+
+    None (no SDK error: the answer was no sane chat completion) is `invalid_answer`.
+    """
+    if exc is None or isinstance(exc, AnswerTooLarge):
+        return "invalid_answer"
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "unreachable"
+    if isinstance(exc, openai.RateLimitError):
+        return "rate_limited"
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return "unauthorized"
+    if isinstance(exc, openai.APIStatusError):
+        return "server_error" if exc.status_code >= 500 else "refused"
+    return "invalid_answer"  # the SDK could not read what came back
+
+
 def _transport_reason(exc: openai.APIConnectionError, url: object, retries: str) -> str:
     """Say whether the server was not reached, or was reached and broke its answer.
 

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
+from plangate import metrics
 from plangate.config import Settings
 from plangate.redaction import register_secret
 from plangate.store import TERMINAL_STATUSES, GoalRow
@@ -438,3 +439,48 @@ def test_token_counts_no_real_server_reports_refuse_the_answer_and_count_nothing
     assert said in reason
     assert plan is None
     assert tokens_counted() == before
+
+
+def calls_counted(outcome: str) -> float:
+    labels = {"model": "gpt-4o-mini", "outcome": outcome}
+    return REGISTRY.get_sample_value("plangate_llm_calls_total", labels) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome"),
+    [
+        (plan_reply(READ_STEPS), "ok"),
+        (error(401, "Incorrect API key provided"), "unauthorized"),
+        (error(500, "upstream overloaded"), "server_error"),
+        (error(429, "slow down", headers={"Retry-After": "600"}), "rate_limited"),
+        (error(400, "no such option"), "refused"),
+        (Reply(delay=5.0, body=plan_reply(READ_STEPS).body), "timeout"),
+        (Reply(raw=b"<html>bad gateway</html>"), "invalid_answer"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_each_call_to_the_model_server_is_counted_by_its_outcome(
+    settings: Settings, stub: OpenAIStub, reply: Reply, outcome: str
+) -> None:
+    """Given a model server answering a plan, or failing in one way,
+    When a goal is planned,
+    Then plangate_llm_calls_total{model, outcome} counts the call under that outcome alone,
+    every outcome there from the start; during 401s, 500s and timeouts every goal ended
+    plan_failed while /metrics counted each goal.submitted as handled, and nothing else.
+    """
+    stub.script(reply)
+    options = {"planner_max_retries": 0, "planner_timeout_seconds": 1.0}
+    with running_pipeline(settings, planner="openai", **options) as pipeline:
+        before = {name: calls_counted(name) for name in metrics.LLM_CALL_OUTCOMES}
+        assert None not in [
+            REGISTRY.get_sample_value(
+                "plangate_llm_calls_total", {"model": "gpt-4o-mini", "outcome": name}
+            )
+            for name in metrics.LLM_CALL_OUTCOMES
+        ]
+        goal_id = pipeline.submit("how many tickets are open").goal_id
+        pipeline.wait_for(goal_id, HELD | TERMINAL_STATUSES, timeout=20)
+        after = {name: calls_counted(name) for name in metrics.LLM_CALL_OUTCOMES}
+
+    moved = {name: after[name] - before[name] for name in after if after[name] != before[name]}
+    assert moved == {outcome: 1.0}
