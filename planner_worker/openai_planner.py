@@ -132,6 +132,16 @@ class OpenAIPlanner:
         size = _utf8_size(answer.content)
         if size > MAX_PLAN_BYTES:
             raise PlanningFailed([_too_large(size)])
+        if answer.finish_reason in ("tool_calls", "function_call"):
+            # Asked again, it calls tools again: the server did not take the schema.
+            raise PlanningFailed(
+                [
+                    "the model server answered with tool calls instead of the JSON plan; it "
+                    "probably ignores response_format json_schema: use a model and server "
+                    "that support structured outputs (PLANGATE_MODEL, OPENAI_BASE_URL)"
+                ],
+                model_server=True,
+            )
         if answer.finish_reason == "content_filter":
             raise PlanningFailed(["the model server's content filter stopped the answer"])
 

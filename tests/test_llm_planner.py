@@ -250,6 +250,25 @@ def test_a_refusal_fails_the_goal_with_the_models_words(llm: Pipeline, stub: Ope
     assert len(stub.requests) == 1
 
 
+def test_an_answer_of_tool_calls_fails_the_goal_at_once_saying_the_schema_was_ignored(
+    llm: Pipeline, stub: OpenAIStub
+) -> None:
+    """Given a server that answers with tool calls and no content (finish_reason `tool_calls`),
+    Then the goal fails after that one request, saying the server answered tool calls instead
+    of the plan and needs structured outputs; it was said "the answer was empty", three times.
+    """
+    stub.script(*[completion(None, finish_reason="tool_calls")] * 3)
+    goal_id = llm.submit(SEED_GOAL).goal_id
+
+    goal = llm.wait_for(goal_id)
+    assert goal.status == "plan_failed"
+    reason = goal.status_reason or ""
+    assert reason.startswith("the model server answered with tool calls instead of the JSON plan")
+    assert "response_format json_schema" in reason
+    assert "empty" not in reason
+    assert len(stub.requests) == 1
+
+
 def test_an_answer_cut_off_at_max_tokens_fails_the_goal_saying_what_to_raise(
     llm: Pipeline, stub: OpenAIStub
 ) -> None:
