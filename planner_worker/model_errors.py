@@ -10,10 +10,12 @@ from __future__ import annotations
 import httpx
 import openai
 
+from plangate.printable import printable
 from plangate.redaction import quoted
 from planner_worker.model_http import AnswerTooLarge
 
 _DETAIL_CHARS = 300
+_WAIT_CHARS = 64  # an HTTP date is 29
 # What httpx's HTTP/1.1 parser (h11) says of a status line and headers longer than it reads.
 _HEAD_TOO_LONG = "Receive buffer too long"
 
@@ -42,9 +44,15 @@ def failure_reason(exc: openai.OpenAIError, client: openai.OpenAI, model: str) -
     if isinstance(exc, openai.APIConnectionError):
         return _transport_reason(exc, url, retries)
     if isinstance(exc, openai.RateLimitError):
+        wait = _asked_to_wait(exc)
+        when = (
+            f"it asked to wait {wait}: then `plangate goals retry GOAL`"
+            if wait
+            else "wait and resubmit"
+        )
         return (
             f"the model server rate-limited the planner (HTTP 429 {retries}: {detail}); "
-            "wait and resubmit, lower the planner's concurrency, or raise your rate limit"
+            f"{when}, lower the planner's concurrency, or raise your rate limit"
         )
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return (
@@ -112,6 +120,16 @@ def _transport_reason(exc: openai.APIConnectionError, url: object, retries: str)
         f"the connection to the model server at {url} broke while it answered ({said}; "
         f"{retries}); check the server's log and the network to it"
     )
+
+
+def _asked_to_wait(exc: openai.APIStatusError) -> str:
+    """Return how long the server asked to wait, as it said it ('' if it did not say)."""
+    headers = exc.response.headers
+    for name, unit in (("retry-after", "s"), ("retry-after-ms", "ms")):
+        said = printable(quoted(headers.get(name, ""), _WAIT_CHARS))
+        if said:  # seconds (or milliseconds), or an HTTP date: quoted as sent
+            return f"{said} {unit} ({name})" if said.isdigit() else f"until {said} ({name})"
+    return ""
 
 
 def _retries_taken(exc: openai.OpenAIError, configured: int) -> int:

@@ -219,6 +219,36 @@ def test_the_retry_count_said_is_the_number_of_retries_made(
     assert len(stub.requests) == 1
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "said"),
+    [
+        ("86400", "it asked to wait 86400 s (retry-after): then `plangate goals retry GOAL`"),
+        (
+            "Wed, 21 Oct 2065 07:28:00 GMT",
+            "it asked to wait until Wed, 21 Oct 2065 07:28:00 GMT (retry-after)",
+        ),
+        ("\x1b[2J" + "9" * 500, "it asked to wait until \\x1b[2J999"),
+    ],
+    ids=["seconds", "date", "hostile"],
+)
+def test_a_rate_limit_says_how_long_the_server_asked_to_wait(
+    settings: Settings, stub: OpenAIStub, retry_after: str, said: str
+) -> None:
+    """Given a 429 whose Retry-After asks for a day (in seconds, or as a date),
+    Then the goal fails at once naming that wait as the server sent it (bounded, printable)
+    and what to run after it; it said only "wait and resubmit".
+    """
+    stub.script(error(429, "slow down", headers={"Retry-After": retry_after}))
+    goal, _ = planned(settings)
+
+    reason = goal.status_reason or ""
+    assert goal.status == "plan_failed"
+    assert said in reason
+    assert "\x1b" not in reason
+    assert len(reason) < 600
+    assert len(stub.requests) == 1
+
+
 def test_a_secret_the_model_writes_into_its_plan_is_redacted_before_anyone_sees_it(
     settings: Settings, stub: OpenAIStub
 ) -> None:
