@@ -32,7 +32,7 @@ from plangate.signing_keys import load_or_create_signer, load_trusted_keys, trus
 from plangate.store import Store, audit_checkpoints
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
-from planner_worker.loading import load_planner, planning_lease
+from planner_worker.loading import load_planner, planner_line, planner_warning, planning_lease
 from planner_worker.replan import ReplanPolicy
 from schemas import Catalog
 
@@ -86,9 +86,13 @@ def _stage_handler(
     if registry is not None:
         catalog = planning = _fixed_catalog(registry.catalog())
     if stage == "planner":
+        planner = load_planner(settings)
+        log.info("%s", planner_line(settings))
+        if warning := planner_warning(settings):
+            log.warning("%s", warning)
         return PlannerHandler(
             store,
-            load_planner(settings),
+            planner,
             ReplanPolicy.from_settings(settings),
             lease=planning_lease(settings),
             catalog=planning,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Literal
+from urllib.parse import urlsplit
 
 from plangate.config import Settings
 from planner_worker.planner import Planner
@@ -30,6 +31,54 @@ def load_planner(settings: Settings) -> Planner:
     from planner_worker.playbook import load_playbook_planner
 
     return load_playbook_planner(settings)
+
+
+# The openai SDK's own default, where OPENAI_BASE_URL is not set.
+OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
+
+
+def planner_line(settings: Settings) -> str:
+    """Return the start line naming the planner: the playbook file, or the model and server."""
+    if planner_kind(settings) == "openai":
+        return (
+            f"planning with the LLM planner: model {settings.model!r} at "
+            f"{_shown_url(settings.openai_base_url or OPENAI_DEFAULT_URL)}"
+        )
+    playbook = settings.playbook_file or "the packaged example playbooks"
+    return f"planning with the playbook planner ({playbook})"
+
+
+def planner_warning(settings: Settings) -> str | None:
+    """Say what to set when the LLM planner was clearly meant but OPENAI_API_KEY is empty.
+
+    Compose passes `OPENAI_API_KEY: ${OPENAI_API_KEY:-}`: left empty, `auto` quietly chose
+    the playbook planner instead.
+    """
+    if settings.openai_api_key is not None:
+        return None
+    if planner_kind(settings) == "openai":
+        url = _shown_url(settings.openai_base_url or OPENAI_DEFAULT_URL)
+        return (
+            f"OPENAI_API_KEY is empty: requests to the model server at {url} carry no API "
+            "key; set OPENAI_API_KEY if it needs one (a local llama.cpp, vLLM or Ollama may not)"
+        )
+    if settings.planner == "auto" and "model" in settings.model_fields_set:
+        return (
+            f"PLANGATE_MODEL is {settings.model!r} but OPENAI_API_KEY is empty, so the playbook "
+            "planner plans, not the model: set OPENAI_API_KEY (or OPENAI_BASE_URL for an "
+            "OpenAI-compatible server) to plan with it"
+        )
+    return None
+
+
+def _shown_url(url: str) -> str:
+    """Return `url` without what may carry a credential (user and password, query)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def planning_lease(settings: Settings) -> timedelta | None:

@@ -518,6 +518,70 @@ def test_auto_chooses_the_llm_planner_only_when_an_openai_server_is_configured(
     assert planner_kind(configured.model_copy(update={"planner": "playbook"})) == "playbook"
 
 
+def test_the_planner_says_at_start_which_model_and_server_it_plans_with(
+    settings: Settings, stub: OpenAIStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given the LLM planner pointed at a model server,
+    When the planner stage starts,
+    Then one info line names the model and the server's address (no key), and nothing warns;
+    the start said only "planner worker started; consuming ...".
+    """
+    with caplog.at_level(logging.INFO, logger="plangate.stages"), llm_pipeline(settings):
+        pass
+
+    said = [r.getMessage() for r in caplog.records if r.name == "plangate.stages"]
+    assert f"planning with the LLM planner: model 'gpt-4o-mini' at {stub.base_url}" in said
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "warned", "planning"),
+    [
+        (
+            "PLANGATE_MODEL",
+            "my-model",
+            "PLANGATE_MODEL is 'my-model' but OPENAI_API_KEY is empty, so the playbook planner "
+            "plans, not the model: set OPENAI_API_KEY",
+            "planning with the playbook planner (the packaged example playbooks)",
+        ),
+        (
+            "OPENAI_BASE_URL",
+            "http://127.0.0.1:9/v1",
+            "OPENAI_API_KEY is empty: requests to the model server at http://127.0.0.1:9/v1 "
+            "carry no API key; set OPENAI_API_KEY if it needs one",
+            "planning with the LLM planner: model 'gpt-4o-mini' at http://127.0.0.1:9/v1",
+        ),
+    ],
+    ids=["model-set", "base-url-set"],
+)
+def test_an_empty_api_key_where_the_llm_planner_was_meant_is_a_warning_at_start(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variable: str,
+    value: str,
+    warned: str,
+    planning: str,
+) -> None:
+    """Given OPENAI_API_KEY empty (compose's `${OPENAI_API_KEY:-}`) and PLANGATE_MODEL or
+    OPENAI_BASE_URL set,
+    When the planner stage starts,
+    Then it says which planner plans, and warns that the key is empty and what to set; the
+    playbook planner silently took the LLM planner's place.
+    """
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    monkeypatch.setenv(variable, value)
+    configured = Settings(data_dir=settings.data_dir)
+    with caplog.at_level(logging.INFO, logger="plangate.stages"), running_pipeline(configured):
+        pass
+
+    stages = [r for r in caplog.records if r.name == "plangate.stages"]
+    assert planning in [r.getMessage() for r in stages if r.levelno == logging.INFO]
+    [warning] = [r.getMessage() for r in stages if r.levelno == logging.WARNING]
+    assert warning.startswith(warned)
+
+
 def test_a_goal_delivered_again_while_the_model_thinks_is_not_planned_twice(
     llm: Pipeline, stub: OpenAIStub, caplog: pytest.LogCaptureFixture
 ) -> None:
