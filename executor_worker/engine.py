@@ -8,7 +8,6 @@ is called, within its deadline, is `tool_call`'s.
 from __future__ import annotations
 
 import contextvars
-import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from plangate.tools import Tool, ToolContext
 from schemas import Plan, Step, utcnow
 from schemas.cel_check import compiled
 from schemas.cel_cost import condition_too_costly
-from schemas.hashing import sha256_hex
 from schemas.references import UnresolvedReference, data_sources, dependencies, resolve
 
 
@@ -49,13 +47,6 @@ CANCELLED = "not run: goal cancelled"  # why a step was skipped: its goal was ca
 # on and no wave starts, it is recorded this long after instead: a 1 s read beside an 8 s write
 # was told, and recorded, only at the run's end (and lost if the process ended first).
 RECORD_WHILE_WAITING_SECONDS = 0.2
-
-
-def idempotency_key(goal_id: str, step: Step, args: dict[str, Any]) -> str:
-    """Return the key a write passes downstream: one per goal, step and the `args` it gets."""
-    # Not of the plan's hash: a retry's revision (a new hash) redid a write under a new key.
-    planned = [goal_id, step.id, step.tool, args]
-    return sha256_hex(json.dumps(planned, sort_keys=True, separators=(",", ":")).encode())[:40]
 
 
 class DagWalk:

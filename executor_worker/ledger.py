@@ -25,10 +25,10 @@ from typing import Any, Literal, cast
 from sqlalchemy import Table, bindparam, literal, select, update
 from sqlalchemy.orm import Session
 
-from executor_worker.step_entries import called_with, ended_entry
+from executor_worker.step_entries import ended_entry
 from plangate.cancellation import cancelled_in, is_cancelled
 from plangate.errors import Retry
-from plangate.step_calls import call_of
+from plangate.step_calls import call_of, called_with
 from plangate.store import StepRunRow, Store, audit
 from plangate.store.audit_records import output_digest
 from plangate.store.claims import insert_if_absent

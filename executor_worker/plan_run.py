@@ -23,12 +23,12 @@ from executor_worker.engine import (
     DEFAULT_TOOL_TIMEOUT,
     DagWalk,
     StepOutcome,
-    idempotency_key,
 )
 from executor_worker.ledger import Claim, ReadAnswer, StepLedger
 from executor_worker.tool_call import invoke, recorded_earlier, tool_span
 from plangate import faults
 from plangate.errors import StoreUnavailable
+from plangate.step_calls import idempotency_key
 from plangate.tools import Tool, ToolContext, ToolRegistry
 from schemas import Plan, Step
 

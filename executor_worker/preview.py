@@ -23,7 +23,6 @@ from executor_worker.engine import (
     DEFAULT_TOOL_TIMEOUT,
     DagWalk,
     StepOutcome,
-    idempotency_key,
 )
 from executor_worker.lacking_tools import hand_back_if_lacking
 from executor_worker.output_bounds import PREVIEW_BUDGET_BYTES, PREVIEW_CHARS, json_size, kept_error
@@ -32,6 +31,7 @@ from executor_worker.tool_call import invoke, tool_span
 from plangate import telemetry
 from plangate.bus import Envelope
 from plangate.errors import Reject
+from plangate.step_calls import idempotency_key
 from plangate.store import DecisionRow, GoalRow, PlanPreviewRow, PlanRow, Store, audit
 from plangate.store.outbox import emit
 from plangate.tools import Tool, ToolContext, ToolRegistry

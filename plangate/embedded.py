@@ -33,7 +33,7 @@ from plangate.stages import (
 )
 from plangate.store import TERMINAL_STATUSES, GoalRow, Store, open_store
 from plangate.store import outbox as outbox_rows
-from plangate.store.outbox import unsent_elsewhere
+from plangate.store.outbox_waiting import unsent_elsewhere
 from plangate.submission import Submitted, submit_goal
 from plangate.tools import ToolRegistry
 from schemas import utcnow

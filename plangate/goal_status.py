@@ -24,7 +24,7 @@ from plangate.store import (
     PlanRow,
     ReviewerApprovalRow,
     StepRunRow,
-    outbox,
+    outbox_waiting,
 )
 from plangate.store.goal_list import submitters_said
 from plangate.store.goals import get_goal, latest_plan
@@ -141,7 +141,7 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         submitted_by=submitters_said(goal.meta or {}),
         # Asked of every goal: a goal retried from plan_failed has no plan, or a revision 1.
         retried=_last_retry(session, goal.id),
-        unsent_since=outbox.waiting_since(session, goal.id),
+        unsent_since=outbox_waiting.waiting_since(session, goal.id),
     )
     if plan is None:
         return base

@@ -1,4 +1,9 @@
-"""What a write of unknown outcome was called with: its arguments and its idempotency key.
+"""What a step is called with, as its audit entries record it: its arguments and its key.
+
+Here, not in the executor, which calls the steps: a gate settling a write, and `status`, make
+them again, and neither may load the executor's code (it brings CEL with it).
+
+What a write of unknown outcome was called with: its arguments and its idempotency key.
 
 A person settling such a write asks the other system whether it happened (did payment X go
 out?), and the other system knows the call by its key and its arguments. The executor that
@@ -10,15 +15,16 @@ a finished step's entry does, and `plangate review unsettled` shows them.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from executor_worker.engine import idempotency_key
-from executor_worker.step_entries import called_with
 from plangate.store import StepRunRow
-from schemas import Plan
+from plangate.store.audit_records import output_digest
+from schemas import Plan, Step
+from schemas.hashing import canonical_json, sha256_hex
 from schemas.references import UnresolvedReference, resolve
 
 
@@ -43,3 +49,42 @@ def call_of(session: Session, plan: Plan, step_id: str) -> dict[str, Any]:
     except UnresolvedReference:
         return {}
     return called_with(args, idempotency_key(plan.goal_id, step, args))
+
+
+def idempotency_key(goal_id: str, step: Step, args: dict[str, Any]) -> str:
+    """Return the key a write passes downstream: one per goal, step and the `args` it gets."""
+    # Not of the plan's hash: a retry's revision (a new hash) redid a write under a new key.
+    planned = [goal_id, step.id, step.tool, args]
+    return sha256_hex(json.dumps(planned, sort_keys=True, separators=(",", ":")).encode())[:40]
+
+
+ARGS_KEPT = 16 * 1024  # bytes of canonical JSON of a step's arguments kept in its audit entry
+ARGS_DEPTH = 32  # levels of nesting kept (the log's reader refuses far deeper data)
+
+
+def called_with(args: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """Return what a step's audit entry says of its call: its arguments, a write's key.
+
+    The arguments as the entry's hash will read them (RFC 8785); ones it cannot hold (an
+    integer past 2**53 from a read's output, more than `ARGS_KEPT` bytes, deeper than
+    `ARGS_DEPTH`) are named by their digest alone, computed as an output's is (sorted-key
+    JSON): written as they are, the entry could not be hashed and the step's end was lost.
+    """
+    try:
+        fits = _depth(args) <= ARGS_DEPTH and len(canonical_json(args)) <= ARGS_KEPT
+    except (ValueError, TypeError):  # rfc8785's domain errors are ValueErrors
+        fits = False
+    said: dict[str, Any] = {"args": args} if fits else {"args_sha256": output_digest(args)}
+    if key is not None:
+        said["idempotency_key"] = key
+    return said
+
+
+def _depth(value: Any, levels: int = 0) -> int:
+    if levels > ARGS_DEPTH:
+        return levels
+    if isinstance(value, dict):
+        return max((_depth(v, levels + 1) for v in value.values()), default=levels + 1)
+    if isinstance(value, list):
+        return max((_depth(v, levels + 1) for v in value), default=levels + 1)
+    return levels

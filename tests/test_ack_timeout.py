@@ -30,7 +30,7 @@ from plangate.bus.producers import ThreadProducers
 from plangate.client import Client
 from plangate.errors import HandBack
 from plangate.relay import relay_pending
-from plangate.store import Store, open_store, outbox
+from plangate.store import Store, open_store, outbox, outbox_waiting
 from schemas import ExecutionCompleted, GoalSubmitted, Message
 from tests.fleet import Fleet
 from tests.servers import free_port, rabbitmqctl
@@ -454,7 +454,7 @@ def completing_loop(make_slow_loop: MakeSlowLoop, outbox_store: Store) -> Iterat
 
 def unsent(store: Store) -> int:
     """Return how many outbox rows are unsent, however young."""
-    return outbox.unsent_elsewhere(store, (), stuck_after=-timedelta(days=1))
+    return outbox_waiting.unsent_elsewhere(store, (), stuck_after=-timedelta(days=1))
 
 
 @pytest.mark.timeout(120)

@@ -1071,7 +1071,7 @@ def test_each_step_entry_says_what_it_was_called_with_and_a_write_its_key(
 
 
 def test_arguments_too_large_to_keep_are_named_by_their_digest() -> None:
-    from executor_worker.step_entries import ARGS_KEPT, called_with
+    from plangate.step_calls import ARGS_KEPT, called_with
 
     said = called_with({"body": "x" * (ARGS_KEPT + 1)}, "k-1")
 
@@ -1119,7 +1119,7 @@ def test_arguments_the_entrys_hash_cannot_hold_are_named_by_their_digest(
 ) -> None:
     """A write fed a read's id of 2**60 had its end's entry refused by RFC 8785 (which the
     entry's hash uses): the step stayed `running`, then `unknown`, for every such plan."""
-    from executor_worker.step_entries import called_with
+    from plangate.step_calls import called_with
     from plangate.store.audit_records import output_digest
     from schemas import canonical_json
 

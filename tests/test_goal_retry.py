@@ -11,7 +11,6 @@ import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from executor_worker.engine import idempotency_key
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import ToolError
@@ -20,6 +19,7 @@ from plangate.goal_status import GoalStatus, read_status
 from plangate.relay import deliver
 from plangate.reviewers import add_reviewer
 from plangate.server import create_app
+from plangate.step_calls import idempotency_key
 from plangate.store import AuditRow, DecisionRow, open_store
 from plangate.tools import ToolContext, ToolRegistry, tool
 from schemas import Step

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from executor_worker.engine import idempotency_key
 from plangate.bus import Envelope
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
+from plangate.step_calls import idempotency_key
 from plangate.store import StepRunRow
 from schemas import Plan
 from tests.conftest import SEED_GOAL

@@ -21,9 +21,9 @@ import pytest
 
 pytest.importorskip("mcp")
 
-from executor_worker.engine import idempotency_key
 from plangate.config import Settings
 from plangate.errors import ToolError, ToolLoadError
+from plangate.step_calls import idempotency_key
 from plangate.tools import ToolContext
 from plangate.tools.mcp import McpServers, McpTool, close_all, open_mcp_servers
 from plangate.tools.mcp.connection import urls_without_secrets

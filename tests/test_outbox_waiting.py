@@ -14,7 +14,8 @@ from uuid import uuid4
 from sqlalchemy import update
 
 from plangate.store import OutboxRow, open_store
-from plangate.store.outbox import STUCK_AFTER, emit
+from plangate.store.outbox import emit
+from plangate.store.outbox_waiting import STUCK_AFTER
 from schemas import GoalSubmitted, utcnow
 from tests.conftest import SEED_GOAL
 from tests.support import plangate_in

@@ -7,17 +7,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from schemas import MESSAGE_MODELS, Message, encode_message
+from schemas.headers import ATTEMPT_HEADER as ATTEMPT_HEADER
+from schemas.headers import GOAL_HEADER as GOAL_HEADER
+from schemas.headers import MESSAGE_ID_HEADER as MESSAGE_ID_HEADER
+from schemas.headers import SENT_AT_HEADER as SENT_AT_HEADER
+from schemas.headers import TYPE_HEADER as TYPE_HEADER
 
 CONTENT_TYPE = "application/json"
-ATTEMPT_HEADER = "x-plangate-attempt"
-GOAL_HEADER = "x-plangate-goal-id"
-MESSAGE_ID_HEADER = "x-plangate-message-id"
-# The message's type, kept on its retry copies (whose routing key is the stage's retry key).
-TYPE_HEADER = "x-plangate-type"
-# When this copy was handed to the broker (every publish: first send, retry, relay, resend).
-# A queue hands messages out in the order they were published, so the reconciler compares a
-# stage's progress in these times, not in when the message was first made.
-SENT_AT_HEADER = "x-plangate-sent-at"
 
 
 def sent_at(headers: Mapping[str, object]) -> datetime | None:

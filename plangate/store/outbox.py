@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -113,9 +113,6 @@ def delayed_retries(
 # never removed: the outbox grew to the largest table (4.6 KB a goal, 50 MB at 11,000 goals).
 SENT_KEPT = timedelta(days=1)
 PRUNED_AT_ONCE = 1000  # rows a delete takes: short write transactions, whatever the backlog
-# Unsent longer than this, a message waits for the broker (a publish takes milliseconds, and
-# the marks are written every half second).
-STUCK_AFTER = timedelta(seconds=5)
 
 
 def prune_sent(store: Store, kept: timedelta = SENT_KEPT) -> int:
@@ -136,48 +133,6 @@ def prune_sent(store: Store, kept: timedelta = SENT_KEPT) -> int:
         removed += len(ids)
         if len(ids) < PRUNED_AT_ONCE:
             return removed
-
-
-def unsent_elsewhere(
-    store: Store, goal_ids: Collection[str], stuck_after: timedelta = STUCK_AFTER
-) -> int:
-    """Return how many outbox rows of goals other than `goal_ids` wait unsent past `stuck_after`.
-
-    One younger is being published by the process that stored it (another `plangate run` on
-    the same data folder, live): it was counted as left for a deployment's workers.
-    """
-    cutoff = utcnow() - stuck_after
-    with store.session() as session:
-        headers = session.execute(
-            select(OutboxRow.headers).where(
-                OutboxRow.sent_at.is_(None), OutboxRow.created_at < cutoff
-            )
-        )
-        return sum(1 for (row,) in headers if row.get(GOAL_HEADER) not in goal_ids)
-
-
-def waiting_since(
-    session: Session, goal_id: str, stuck_after: timedelta = STUCK_AFTER
-) -> datetime | None:
-    """Return since when a message of the goal has waited unsent in the outbox, if one has.
-
-    Only a message due and older than `stuck_after`: one just stored is being published, and
-    a delayed retry waits for its time, not for the broker.
-    """
-    now = utcnow()
-    rows = session.execute(
-        select(_OUTBOX.c.headers, _OUTBOX.c.created_at, _OUTBOX.c.not_before).where(
-            _OUTBOX.c.sent_at.is_(None), _OUTBOX.c.created_at < now - stuck_after
-        )
-    )
-    return min(
-        (
-            created
-            for headers, created, not_before in rows
-            if headers.get(GOAL_HEADER) == goal_id and (not_before is None or not_before <= now)
-        ),
-        default=None,
-    )
 
 
 def mark_sent(store: Store, envelopes: Sequence[Envelope]) -> None:
