@@ -160,6 +160,35 @@ def test_a_worker_started_while_the_database_refuses_waits_and_consumes_once_it_
     assert codes == [0, 0, 0], fleet.logs()
 
 
+def test_serve_started_while_the_database_refuses_waits_and_serves_once_it_answers(
+    tmp_path: Path, redis_url: str, postgres_database_url: str
+) -> None:
+    """Given a PostgreSQL database refusing every connection (not up yet, failing over),
+    When serve starts as the manifests start it (`--wait-for-schema 600`),
+    Then it waits, alive, its /readyz saying it waits for the store, and serves once the
+    database answers. It exited 2 within a second (the workers waited): on Kubernetes, a
+    CrashLoopBackOff that kept review and intake down minutes after the database was back."""
+    port = free_port()
+    fleet = Fleet(redis_url, postgres_database_url, tmp_path, extra_env=FAST_SWEEPS)
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    log = tmp_path / "serve-0.log"
+    try:
+        with refusing_connections(postgres_database_url):
+            serve = fleet.serve(port, "--wait-for-schema", "600")
+            eventually(
+                lambda: "trying again in" in log.read_text(), timeout=30, what="the wait said"
+            )
+            alive, _ = probe(port, "/healthz")
+            ready, why = probe(port, "/readyz")
+            assert serve.poll() is None, fleet.logs()
+            assert (alive, ready) == (200, 503), why
+            assert "waiting for the store: cannot open the store at" in why
+        fleet.ready(f"http://127.0.0.1:{port}")
+    finally:
+        codes = fleet.stop_all()
+    assert codes == [0], fleet.logs()
+
+
 def probe(port: int, path: str) -> tuple[int, str]:
     """GET a worker's probe endpoint: its status and what it said (0: nothing listens)."""
     try:
