@@ -238,6 +238,11 @@ class StoreCollector(Collector):
 _OLDEST = (
     ("held", "plangate_oldest_held_seconds", "Age of the oldest held plan (0: none held)."),
     (
+        "submitted",
+        "plangate_oldest_submitted_seconds",
+        "How long the oldest submitted goal has waited for a planner to plan it (0: none).",
+    ),
+    (
         "approved",
         "plangate_oldest_approved_seconds",
         "How long the oldest approved goal has waited for an executor to start it (0: none).",

@@ -294,14 +294,21 @@ def test_the_oldest_approved_goal_is_aged_for_the_alert_on_goals_no_executor_sta
     and no plangate metric said how long: only `up` could catch a process gone, not an
     executor that runs and starts nothing.
 
-    Given two goals approved 12 and 3 minutes ago, and one held an hour ago,
+    Given two goals approved 12 and 3 minutes ago, one held an hour ago, and one submitted
+    20 minutes ago (a model server's slow answers held every planner slot, and nothing said so),
     When the store's gauges are collected,
     Then the oldest approved goal has waited 12 minutes (what PlangateApprovedNotStarting
-    reads), the held one an hour; with none approved, it is 0.
+    reads), the held one an hour, the submitted one 20 minutes (PlangateGoalsNotPlanned);
+    with none approved, it is 0.
     """
     store = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
     now = utcnow()
-    waited = {"a": ("approved", 12), "b": ("approved", 3), "h": ("held", 60)}
+    waited = {
+        "a": ("approved", 12),
+        "b": ("approved", 3),
+        "h": ("held", 60),
+        "s": ("submitted", 20),
+    }
     try:
         with store.session() as session:
             for goal_id, (status, minutes) in waited.items():
@@ -316,4 +323,6 @@ def test_the_oldest_approved_goal_is_aged_for_the_alert_on_goals_no_executor_sta
 
     assert 12 * 60 <= aged["plangate_oldest_approved_seconds"] < 13 * 60
     assert 60 * 60 <= aged["plangate_oldest_held_seconds"] < 61 * 60
+    assert 20 * 60 <= aged["plangate_oldest_submitted_seconds"] < 21 * 60
     assert none["plangate_oldest_approved_seconds"] == 0
+    assert none["plangate_oldest_submitted_seconds"] == 0
