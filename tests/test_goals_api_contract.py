@@ -55,6 +55,26 @@ def test_every_goal_state_field_and_the_state_filter_are_the_state_machine_s_enu
     assert filter_["schema"]["anyOf"][0] == state
 
 
+def test_a_goals_decision_is_a_named_schema_of_every_field_it_carries(
+    http: TestClient, pipeline: Pipeline
+) -> None:
+    """Given the OpenAPI document and a held goal's state,
+    Then `decision` is the schema `DecisionState`, naming each field the answer carries
+    (`policy_version`, `decided_at` were there, undocumented: a free object of strings).
+    """
+    schemas = http.get("/openapi.json").json()["components"]["schemas"]
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    decision = http.get(f"/api/v1/goals/{goal_id}", headers=CAROL).json()["decision"]
+
+    documented = schemas["DecisionState"]["properties"]
+    assert schemas["GoalState"]["properties"]["decision"]["anyOf"][0] == {
+        "$ref": "#/components/schemas/DecisionState"
+    }
+    assert set(decision) == set(documented)
+    assert decision["action"] == "hold"
+
+
 def test_a_state_filter_outside_the_enum_is_refused_naming_the_states(
     pipeline: Pipeline, http: TestClient
 ) -> None:

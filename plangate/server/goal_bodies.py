@@ -65,6 +65,19 @@ class RetryState(BaseModel):
     reason: str = Field(description='Why, as they said ("" if they gave no reason).')
 
 
+class DecisionState(BaseModel):
+    """The latest decision on the goal's latest plan: the policy's, or a person's."""
+
+    action: str = Field(description="`approve`, `deny`, `hold`, `reject` or `edit`.")
+    decided_by: str | None = Field(
+        description="`policy` (the rule is in `rule`), `gate`, or the reviewer's name."
+    )
+    rule: str | None = Field(description="The policy rule that decided, if one did.")
+    reason: str | None = Field(description="Why: the rule's reason, or the reviewer's comment.")
+    policy_version: str | None = Field(description="The policy version the decision was made by.")
+    decided_at: str | None = Field(description="When it was recorded (RFC 3339, UTC).")
+
+
 class GoalState(BaseModel):
     """Where a goal stands: its state, its latest plan, the decision on it and its steps."""
 
@@ -77,7 +90,7 @@ class GoalState(BaseModel):
     plan_id: str | None = None
     revision: int | None = None
     summary: str | None = None
-    decision: dict[str, str | None] | None = None
+    decision: DecisionState | None = None
     steps: dict[str, str] = Field(
         default={},
         description="The status of each step with a record of its run (of a cancelled goal, "
