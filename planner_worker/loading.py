@@ -55,7 +55,7 @@ def planner_warning(settings: Settings) -> str | None:
     the playbook planner instead.
     """
     if settings.openai_api_key is not None:
-        return None
+        return _credentials_in_url(settings)
     if planner_kind(settings) == "openai":
         url = _shown_url(settings.openai_base_url or OPENAI_DEFAULT_URL)
         return (
@@ -69,6 +69,23 @@ def planner_warning(settings: Settings) -> str | None:
             "OpenAI-compatible server) to plan with it"
         )
     return None
+
+
+def _credentials_in_url(settings: Settings) -> str | None:
+    """Say that a user and password in OPENAI_BASE_URL take the API key's place, if they do.
+
+    The HTTP client sends them as Basic auth, in the one Authorization header the key's Bearer
+    token needs: the server saw no key, and nothing said why.
+    """
+    parts = urlsplit(settings.openai_base_url or "")
+    if planner_kind(settings) != "openai" or not (parts.username or parts.password):
+        return None
+    return (
+        f"OPENAI_BASE_URL ({_shown_url(settings.openai_base_url or '')}) carries a user and "
+        "password: they are sent as HTTP Basic auth in place of OPENAI_API_KEY, so the model "
+        "server sees no API key; take them out of the URL (a proxy needing its own login "
+        "takes it another way, e.g. by address)"
+    )
 
 
 def _shown_url(url: str) -> str:

@@ -534,6 +534,25 @@ def test_the_planner_says_at_start_which_model_and_server_it_plans_with(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_a_user_and_password_in_the_base_url_are_said_to_take_the_api_keys_place(
+    settings: Settings, stub: OpenAIStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given OPENAI_BASE_URL with a proxy's user and password, and an API key,
+    When the planner stage starts,
+    Then a warning says they replace the API key (sent as Basic auth, the server saw no key,
+    and nothing said why), showing the URL without them.
+    """
+    with_login = stub.base_url.replace("http://", "http://proxyuser:Pr0xyPassw0rd@")
+    configured = settings.model_copy(update={"openai_base_url": with_login})
+    with caplog.at_level(logging.INFO, logger="plangate.stages"), llm_pipeline(configured):
+        pass
+
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith(f"OPENAI_BASE_URL ({stub.base_url}) carries a user and password")
+    assert "in place of OPENAI_API_KEY" in warning
+    assert "Pr0xyPassw0rd" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "warned", "planning"),
     [
