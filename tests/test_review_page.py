@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 from plangate.client import Client
 from plangate.store import GoalRow, StepRunRow, open_store
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
-from tests.support import eventually
+from tests.support import audit_entries, eventually
 from tests.test_review_api import ALICE, BOB, call, fleet_settings, held_goal, serving, start_fleet
 
 pytestmark = pytest.mark.redis
@@ -463,17 +462,17 @@ def test_an_edit_made_in_the_page_keeps_why_in_the_audit_log(
     page.click("#edit")
 
     page.wait_for_url("**done=edited&seal=*")
+    [data] = audited(fleet, goal.goal_id, "plan.edited")
+    assert data["comment"] == "the on-call rota changed"
+
+
+def audited(fleet: Fleet, goal_id: str, kind: str) -> list[dict[str, Any]]:
+    """Return the data of the goal's audit entries of `kind`, in the order written."""
     store = open_store(fleet.database_url)
     try:
-        with store.reading() as session:
-            rows = session.execute(
-                text("SELECT data FROM audit_log WHERE goal_id = :g AND kind = 'plan.edited'"),
-                {"g": goal.goal_id},
-            ).scalars()
-            [data] = [json.loads(row) if isinstance(row, str) else row for row in rows]
+        return [entry.data for entry in audit_entries(store, goal_id) if entry.kind == kind]
     finally:
         store.close()
-    assert data["comment"] == "the on-call rota changed"
 
 
 def test_an_approval_made_in_the_page_keeps_the_reviewers_note_in_the_audit_log(
@@ -488,14 +487,5 @@ def test_an_approval_made_in_the_page_keeps_the_reviewers_note_in_the_audit_log(
     page.click("#approve")
 
     page.wait_for_url("**done=approved&seal=*")
-    store = open_store(fleet.database_url)
-    try:
-        with store.reading() as session:
-            rows = session.execute(
-                text("SELECT data FROM audit_log WHERE goal_id = :g AND kind = 'goal.approved'"),
-                {"g": goal.goal_id},
-            ).scalars()
-            comments = [(json.loads(row) if isinstance(row, str) else row) for row in rows]
-    finally:
-        store.close()
-    assert [data.get("comment") for data in comments] == ["SOW-22 signed"]
+    approvals = audited(fleet, goal.goal_id, "goal.approved")
+    assert [data.get("comment") for data in approvals] == ["SOW-22 signed"]
