@@ -119,10 +119,13 @@ def settle_step(
     output: Any = None,
     comment: str = "",
     roles: frozenset[str] = frozenset(),
+    unknown_since: datetime | None = None,
 ) -> Sequence[Envelope]:
     """Record what a person found of an unknown step; return plan.approved once none is left.
 
     `roles` are the reviewer's: a plan held for a role is settled only by someone with it.
+    `unknown_since`, the `since` of the unknown call they checked (as listed): Conflict if the
+    step's unknown call is another one now.
     """
     refusals = refusal_audited(store, plan_id, reviewer, "settle", comment)
     with refusals, store.session() as session:
@@ -155,6 +158,7 @@ def settle_step(
             )
         if row.status != "unknown":
             raise Conflict(f"step {step_id!r} is {row.status}, not unknown: nothing to settle")
+        _check_same_call(row, unknown_since)
         # Locked: two people settling two steps of one plan agree on what is left.
         goal = session.execute(
             select(GoalRow).where(GoalRow.id == row.goal_id).with_for_update()
@@ -207,6 +211,23 @@ def settle_step(
         envelope = SignedEnvelope.model_validate(approval.envelope)
         resumed = PlanApproved(goal_id=goal.id, plan=plan, approval=envelope)
         return [emit(session, resumed, trace_headers=goal.trace_headers)]
+
+
+def _check_same_call(row: StepRunRow, unknown_since: datetime | None) -> None:
+    """Refuse a settle of an unknown call other than the one its person checked.
+
+    Settled "did not happen", a step is called again, and may be unknown again: a stale page's
+    form, a double click or a client's retry then settled the later call, which nobody had
+    checked, and the write ran a third time.
+    """
+    if unknown_since is None or row.finished_at == unknown_since:
+        return
+    now = row.finished_at.isoformat() if row.finished_at else "a time not recorded"
+    raise Conflict(
+        f"step {row.step_id!r} was settled and called again since you looked: the call you "
+        f"checked is not the one unknown now (since {now}); check that one, then settle it "
+        "(`plangate review unsettled` lists it)"
+    )
 
 
 def _step_ids(plan: PlanRow) -> set[str]:

@@ -623,6 +623,53 @@ def test_a_step_settled_as_not_happened_by_someone_else_meanwhile_is_a_conflict(
         settle_step(billing.store, plan.plan_id, "charge", "bob", happened=False)
 
 
+def test_a_settle_of_a_call_checked_before_the_step_ran_again_is_refused(
+    billing: Pipeline,
+) -> None:
+    """Given a charge cut off mid-call, settled "did not happen" by alice, called again and cut
+    off again (unknown once more),
+    When bob settles it with the `unknown_since` of the call he checked (his page was open on
+    the first one: a stale form, a second click, a client's retry),
+    Then it is refused (409, saying the step was called again since), and the later call is
+    settled only as listed now: the stale settle had the write run a third time.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+    [checked] = unsettled_steps(billing.store)
+    with billing.bus.observe() as observer:
+        billing.bus.publish(
+            settle_step(
+                billing.store,
+                plan.plan_id,
+                "charge",
+                "alice",
+                happened=False,
+                unknown_since=checked.since,
+            )
+        )
+        next_message(observer, "execution.completed", plan.goal_id)
+    rewind_to_mid_call(billing.store, plan, "charge")  # the second call, cut off too
+    with billing.bus.observe() as observer:
+        billing.bus.publish([Envelope.of(stored_approval(billing.store, plan.plan_id))])
+        next_message(observer, "execution.paused", plan.goal_id)
+    [now] = unsettled_steps(billing.store)
+
+    with pytest.raises(Conflict, match="settled and called again since you looked"):
+        settle_step(
+            billing.store,
+            plan.plan_id,
+            "charge",
+            "bob",
+            happened=False,
+            unknown_since=checked.since,
+        )
+    settled = settle_step(
+        billing.store, plan.plan_id, "charge", "bob", happened=True, unknown_since=now.since
+    )
+
+    assert now.since != checked.since
+    assert settled  # the run resumes: nothing else was unknown
+
+
 def test_someone_without_the_role_learns_nothing_of_a_step_settled_meanwhile(
     finance_billing: Pipeline,
 ) -> None:

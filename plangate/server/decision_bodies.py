@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from plangate.server.json_bodies import json_body
 from schemas.messages import MAX_COMMENT_CHARS
@@ -31,6 +31,12 @@ class Settle(_Strict):
     happened: bool
     output: Any = Field(default=None, description="With happened: the output later steps use.")
     comment: str = Field(default="", max_length=MAX_COMMENT_CHARS)
+    unknown_since: AwareDatetime | None = Field(
+        default=None,
+        description="The `since` of the unknown call you checked, as `unsettled` lists it: "
+        "refused (409) if the step was settled and called again meanwhile (a retry, a second "
+        "click), so a later call nobody checked is never settled by it. Send it.",
+    )
 
 
 class Approve(_Strict):

@@ -106,7 +106,12 @@ def _settle(
         happened = {"yes": True, "no": False}[form.get("happened", "")]
         text = form.get("output", "").strip()
         output = strict_json_loads(text.encode()) if text and happened else None
-        found = Settle(happened=happened, output=output, comment=form.get("comment", ""))
+        found = Settle(
+            happened=happened,
+            output=output,
+            comment=form.get("comment", ""),
+            unknown_since=form.get("unknown_since") or None,
+        )
         desk.settle(plan_id, step_id, web.reviewer, found)
     except KeyError:
         return list_page(request, desk, web, error="Say whether it happened.", status=422)

@@ -81,6 +81,7 @@ class ReviewDesk:
                 output=body.output,
                 comment=body.comment,
                 roles=reviewer.roles,
+                unknown_since=body.unknown_since,
             )
         )
         deliver(self.store, self.bus, envelopes)
