@@ -60,4 +60,9 @@ def broker_problem(bus: Bus) -> str | None:
         # that consumes (and by serve's relay).
         log.debug("readiness: the broker does not answer (%s)", type(exc).__name__)
         return "the broker does not answer"
+    except Exception as exc:
+        # Junk on the broker's port (a wrong server, a hostile one) raised the client's
+        # protocol errors out of the probe: serve answered 500, a worker dropped the request.
+        log.debug("readiness: the broker's answer cannot be read (%s)", type(exc).__name__)
+        return "the broker answers what plangate cannot read (is PLANGATE_BROKER_URL a broker?)"
     return None

@@ -1,4 +1,5 @@
-"""A Redis that takes connections but stops answering: a stuck server, packets dropped.
+"""A broker's port that takes connections but stops answering (a stuck server, packets
+dropped), or answers junk (a wrong server, a hostile one).
 
 Stopped (SIGSTOP), its port still accepts: no error ever came. A goal's publish waited with no
 end, so `serve`'s intake held the request (and its goal) until the broker woke, and readiness
@@ -8,9 +9,11 @@ the kubelet took every serve replica out of service, hearing no reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,3 +91,41 @@ def test_a_goal_submitted_while_the_broker_stopped_answering_is_stored_and_queue
     assert handle.queued
     assert state.status == "submitted"
     assert re.fullmatch(r"[0-9a-f]{32}", handle.goal_id)
+
+
+@pytest.fixture
+def junk_broker() -> Iterator[str]:
+    """A server on a broker's port that answers every request with bytes no protocol has."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    stop = threading.Event()
+
+    def answer(connection: socket.socket) -> None:
+        with connection:
+            while not stop.is_set() and connection.recv(4096):
+                connection.sendall(b"\x00\xffnot a broker\r\n")
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                connection, _ = listening.accept()
+                threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop.set()
+        listening.close()
+
+
+def test_readiness_of_a_broker_port_answering_junk_is_a_reason_not_a_fault(
+    junk_broker: str,
+) -> None:
+    """Given a server on the broker's port that answers with junk (a wrong server, a hostile
+    one), When readiness is asked, Then it says the answer cannot be read: the client's
+    protocol error escaped the probe (serve answered 500, a worker dropped the request)."""
+    said = within(probe_timeout() - 1, lambda: broker_problem(Bus(junk_broker, namespace="j")))
+
+    assert said is not None
+    assert said.startswith("the broker answers what plangate cannot read")
