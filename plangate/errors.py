@@ -130,7 +130,9 @@ class InputInvalid(PlangateError):
 
 
 def check_comment(text: str, what: str = "the comment") -> None:
-    """Raise InputInvalid if a person's comment or reason is longer than any entry takes.
+    """Raise InputInvalid if a person's comment or reason cannot be recorded as written.
+
+    Longer than any entry takes, or holding a NUL.
 
     Checked where it is recorded, so the CLI, the API and a library caller are bound alike.
     """
@@ -140,6 +142,10 @@ def check_comment(text: str, what: str = "the comment") -> None:
         raise InputInvalid(
             f"{what} is {len(text)} characters long; the limit is {MAX_COMMENT_CHARS}: shorten it"
         )
+    if "\x00" in text:
+        # Kept with the decision, it became U+FFFD in the audit entry (PostgreSQL's text holds
+        # none): two records of one comment disagreed.
+        raise InputInvalid(f"{what} holds a NUL character, which no record keeps: take it out")
 
 
 class GoalNotCompleted(PlangateError):

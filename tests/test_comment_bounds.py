@@ -51,6 +51,25 @@ def test_a_reason_or_comment_past_the_bound_is_refused_and_nothing_moves(
             assert session.get_one(GoalRow, goal_id).status == "cancelled"
 
 
+def test_a_comment_holding_a_nul_is_refused_and_nothing_moves(settings: Settings) -> None:
+    """Given a held goal,
+    When a reviewer approves or rejects it with a note holding a NUL (as a page's form may send),
+    Then it is refused saying so, and the goal stays held: kept, the decision held the NUL and
+    its audit entry a U+FFFD, two records of one comment that disagreed.
+    """
+    with running_pipeline(settings) as pipeline:
+        goal_id = pipeline.submit(SEED_GOAL).goal_id
+        pipeline.wait_for(goal_id, HELD)
+        plan_id = only_plan(pipeline.store, goal_id).plan_id
+
+        with pytest.raises(InputInvalid, match="the comment holds a NUL character"):
+            pipeline.review.approve(plan_id, "alice", comment="ok\x1b[31m\x00")
+        with pytest.raises(InputInvalid, match="the comment holds a NUL character"):
+            pipeline.reject(plan_id, "alice", "no\x00")
+        with pipeline.store.reading() as session:
+            assert session.get_one(GoalRow, goal_id).status == "held"
+
+
 @pytest.mark.parametrize(
     ("meta", "said"),
     [
