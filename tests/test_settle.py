@@ -297,6 +297,18 @@ def test_the_cli_lists_unsettled_steps_and_settles_one(billing: Pipeline, tmp_pa
     assert "step charge (charge_card): succeeded (settled as happened by carol)" in shown.stdout
 
 
+def test_the_unsettled_table_cuts_a_writes_long_arguments_saying_where_they_are_whole() -> None:
+    """A write's arguments of 10 KB filled 2,135 lines of the table at 80 columns; the goal
+    beside them is cut. Shown cut, with their length and where to read them whole (--json)."""
+    from plangate.cli.settle import ARGS_SHOWN, _called_with
+
+    said = _called_with({"idempotency_key": "k1", "args": {"memo": "x" * 10_000}})
+
+    assert said.startswith('key k1 args {"memo": "xxx')
+    assert len(said) < ARGS_SHOWN + 80
+    assert said.endswith("characters; --json shows all)")
+
+
 def test_the_cli_asks_what_was_found(billing: Pipeline, tmp_path: Path) -> None:
     plan, _ = cut_off_mid_charge(billing)
 

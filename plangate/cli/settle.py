@@ -84,7 +84,15 @@ def _called_with(view: dict[str, Any]) -> str:
     if key is None and args is None:
         return "not known"
     said = f"key {key}" if key is not None else ""
-    return said + (f" args {json.dumps(args, sort_keys=True)}" if args is not None else "")
+    if args is None:
+        return said
+    text = json.dumps(args, sort_keys=True)
+    if len(text) > ARGS_SHOWN:  # a plan's arguments may fill 256 KiB: 2,000 lines of a table
+        text = f"{text[:ARGS_SHOWN]}… ({len(text)} characters; --json shows all)"
+    return f"{said} args {text}"
+
+
+ARGS_SHOWN = 300  # characters of a write's arguments a table row shows
 
 
 @friendly_errors
