@@ -129,9 +129,10 @@ def test_the_cli_pages_through_every_goal_with_the_cursor_it_prints(
     assert seen == every_id
     table = fleet.plangate("goals", "list", "--limit", "1", COLUMNS="200")
     assert "next page: --after " in table.stderr
-    wrong = fleet.plangate("goals", "list", "--after", "not-a-cursor")
-    assert wrong.returncode == 2
-    assert "the cursor is not one this list gave" in wrong.stderr
+    for cursor in ("not-a-cursor", ""):  # empty: a script that lost it repeated page 1
+        wrong = fleet.plangate("goals", "list", "--after", cursor)
+        assert wrong.returncode == 2, cursor
+        assert "the cursor is not one this list gave" in wrong.stderr
 
 
 def test_a_cancelled_goal_is_listed_as_decided_by_who_cancelled_it(

@@ -125,7 +125,7 @@ def list_goals(
         query = query.where(
             or_(GoalRow.text.ilike(pattern, escape="\\"), GoalRow.id == search.strip())
         )
-    if cursor:
+    if cursor is not None:  # an empty one too: a script that lost it repeated page 1 for good
         at, goal_id = _decode(cursor)
         query = query.where(
             or_(
