@@ -68,6 +68,14 @@ LLM_CALLS = Counter(
     ["model", "outcome"],
 )
 RESENDS = Counter("plangate_reconciler_resends", "Messages the reconciler sent again.")
+IntakeOutcome = Literal["accepted", "duplicate", "rate_limited", "refused"]
+INTAKE = Counter(
+    "plangate_intake_goals",
+    "Goals submitted to serve's intake, by outcome: accepted (a new goal), duplicate (the goal "
+    "its key already named), rate_limited (429: past PLANGATE_INTAKE_GOALS_PER_MINUTE), "
+    "refused (a body or header it cannot take). Throttled callers were seen only in access logs.",
+    ["outcome"],
+)
 WEBHOOK_FAILURES = Counter(
     "plangate_review_webhook_failures",
     "Held notices the review webhook did not take (logged; not sent again).",
@@ -158,6 +166,17 @@ def tool_called(tool: str, outcome: ToolOutcome, seconds: float) -> None:
     """Count a tool call of a plan's run, and how long it took."""
     TOOL_SECONDS.labels(tool).observe(seconds)
     TOOL_CALLS.labels(tool, outcome).inc()
+
+
+def intake_counted() -> None:
+    """Show each outcome of serve's intake from its start, at 0 (`increase` sees the first)."""
+    for outcome in get_args(IntakeOutcome):
+        INTAKE.labels(outcome)
+
+
+def intake(outcome: IntakeOutcome) -> None:
+    """Count one submission to serve's intake."""
+    INTAKE.labels(outcome).inc()
 
 
 def tools_offered(tools: Iterable[str]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from prometheus_client import REGISTRY
 
 from plangate.client import Client
 from plangate.config import Settings
@@ -481,6 +482,31 @@ def test_duplicates_and_refused_bodies_do_not_count_against_the_per_minute_limit
     assert [status for status, _, _ in answers] == [201, 200, 200, 200, 422, 422, 201, 429, 200]
     assert answers[-1][2]["goal_id"] == answers[0][2]["goal_id"]
     assert stored == 2
+
+
+def test_each_submission_is_counted_by_its_outcome_on_metrics(settings: Settings) -> None:
+    """Given serve allowing 2 goals a minute per address,
+    When one address sends a keyed goal four times, two refused bodies and two new goals,
+    Then `plangate_intake_goals_total` counts 2 accepted, 3 duplicates, 2 refused and 1 rate
+    limited: 2,401 callers throttled showed only in access logs, with nothing to alert on.
+    """
+    keyed = json.dumps({"text": "Check Jira", "idempotency_key": "k-2"}).encode()
+    bodies = [keyed] * 4 + [b'{"txt": 1}'] * 2
+    bodies += [json.dumps({"text": f"Check Jira again {n}"}).encode() for n in range(2)]
+    outcomes = ("accepted", "duplicate", "refused", "rate_limited")
+
+    def counted() -> list[float]:
+        return [
+            REGISTRY.get_sample_value("plangate_intake_goals_total", {"outcome": outcome}) or 0.0
+            for outcome in outcomes
+        ]
+
+    before = counted()
+    answers, _ = submit_many(settings, per_minute=2, goals=bodies)
+    after = counted()
+
+    assert [status for status, _, _ in answers] == [201, 200, 200, 200, 422, 422, 201, 429]
+    assert [now - then for now, then in zip(after, before, strict=True)] == [2, 3, 2, 1]
 
 
 def test_goals_sent_at_once_from_one_address_are_held_to_the_limit(settings: Settings) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp
 
-from plangate import __version__, telemetry
+from plangate import __version__, metrics, telemetry
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.redaction import register_secret
@@ -84,6 +84,7 @@ def create_app(
     app.state.failure_limit = WindowLimit()
     per_minute = settings.intake_goals_per_minute
     app.state.intake_limit = WindowLimit(per_minute, 60.0) if per_minute else None
+    metrics.intake_counted()
     install_handlers(app)
     app.add_middleware(SchemaGuard)
     app.add_middleware(BodyLimit)

@@ -13,8 +13,9 @@ from fastapi.responses import JSONResponse
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from plangate import telemetry
+from plangate import metrics, telemetry
 from plangate.client import Client, GoalHandle, GoalStatus
+from plangate.errors import PlangateError
 from plangate.event_keys import KEY_LIMIT
 from plangate.redaction import redact
 from plangate.server import goal_bodies
@@ -149,9 +150,17 @@ async def submit_goal(
     request: Request, client: Annotated[Client, Depends(get_client)]
 ) -> JSONResponse:
     """Submit a goal; the same idempotency key (or CloudEvent source and id) yields one goal."""
-    goal = parse_goal(request.headers, await read_body(request))
-    admit = intake_admission(request)
-    handle = await run_in_threadpool(_submit, client, goal, dict(request.headers), admit)
+    try:
+        goal = parse_goal(request.headers, await read_body(request))
+        admit = intake_admission(request)
+        handle = await run_in_threadpool(_submit, client, goal, dict(request.headers), admit)
+    except ApiError as exc:
+        metrics.intake("rate_limited" if exc.status == 429 else "refused")
+        raise
+    except PlangateError:  # answered 4xx by the app's handlers (a conflict, an input refused)
+        metrics.intake("refused")
+        raise
+    metrics.intake("duplicate" if handle.duplicate else "accepted")
     current = await run_in_threadpool(client.status, handle.goal_id)
     _log_accepted(handle)
     accepted = GoalAccepted(
