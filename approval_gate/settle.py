@@ -40,6 +40,7 @@ from approval_gate.refusals import refusal_audited
 from plangate.bus import Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound
+from plangate.goal_status import not_happened
 from plangate.redaction import redact_json
 from plangate.step_calls import call_of
 from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, audit
@@ -51,13 +52,6 @@ from schemas.json_schema import errors_of, validator_for
 
 # The goals whose unknown steps a person settles: a run waiting for them, or a cancelled one.
 SETTLED_IN = ("needs_attention", "cancelled")
-
-
-def not_happened(reviewer: str) -> str:
-    """Return the error a cancelled goal's step settled as not happened is recorded with."""
-    return (
-        f"did not happen, as {reviewer} found; its goal was cancelled, so it was not called again"
-    )
 
 
 @dataclass(frozen=True)

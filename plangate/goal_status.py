@@ -157,11 +157,10 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
             select(StepRunRow).where(StepRunRow.plan_id == plan.plan_id)
         ).scalars()
     }
-    settlers = _settlers(session, goal.id, plan.plan_id) if runs else {}
+    cancelled = goal.status == "cancelled"
+    settlers = _settlers(session, goal.id, plan.plan_id) if runs or cancelled else {}
     started = (
-        _started_before_cancel(session, plan, runs, goal.updated_at)
-        if goal.status == "cancelled"
-        else {}
+        _started_before_cancel(session, plan, runs, goal.updated_at, settlers) if cancelled else {}
     )
     results = tuple(
         started.get(str(step.get("id")))
@@ -272,11 +271,19 @@ def _last_retry(session: Session, goal_id: str) -> GoalRetry | None:
     return GoalRetry(entry.actor, at, str(entry.data["retried_from"]), reason)
 
 
+def not_happened(reviewer: str) -> str:
+    """Return the error a cancelled goal's step settled as not happened is recorded with."""
+    return (
+        f"did not happen, as {reviewer} found; its goal was cancelled, so it was not called again"
+    )
+
+
 def _settlers(session: Session, goal_id: str, plan_id: str) -> dict[str, tuple[str, str]]:
-    """Return who settled each step of `plan_id`, and the status it left, by step id.
+    """Return who last settled each step of `plan_id`, and the status it left, by step id.
 
     Found to have happened: succeeded. Found not to have happened on a cancelled goal:
-    skipped. (On a goal that goes on, "not happened" leaves no status: the step runs again.)
+    skipped. On a goal that went on, "not happened" left no row (the step runs again):
+    `NOT_HAPPENED`, which a cancel then leaves as it is.
     """
     entries = session.execute(
         select(AuditRow.actor, AuditRow.data)
@@ -287,14 +294,21 @@ def _settlers(session: Session, goal_id: str, plan_id: str) -> dict[str, tuple[s
     for actor, data in entries:
         if not isinstance(data, dict) or data.get("plan_id") != plan_id:
             continue
-        left = "succeeded" if data.get("happened") else data.get("recorded")
+        left = "succeeded" if data.get("happened") else data.get("recorded") or NOT_HAPPENED
         if isinstance(left, str):
             settled[str(data.get("step_id"))] = (actor, left)
     return settled
 
 
+NOT_HAPPENED = "not_happened"  # settled so, its row cleared: no status of its own
+
+
 def _started_before_cancel(
-    session: Session, plan: PlanRow, runs: Mapping[str, StepRunRow], cancelled_at: datetime
+    session: Session,
+    plan: PlanRow,
+    runs: Mapping[str, StepRunRow],
+    cancelled_at: datetime,
+    settlers: Mapping[str, tuple[str, str]],
 ) -> dict[str, StepResult]:
     """Return, as running, the steps of a cancelled goal's run that started and are unrecorded.
 
@@ -303,7 +317,9 @@ def _started_before_cancel(
     run". A step without a row started if the goal's run had begun and every step before it
     is recorded as succeeded: the run records as skipped the steps it leaves unstarted.
     Long after the cancel (`STILL_RUNNING_AT_MOST`), such a step is shown skipped: its
-    executor died, and "running" was shown for good.
+    executor died, and "running" was shown for good. One a person last settled as not having
+    happened (its row cleared for a run the cancel then stopped, or cleared so by a release
+    before 2026-12) is skipped, settled so by them: it read as running, then as unrecorded.
     """
     steps = [Step.model_validate(step) for step in plan.body.get("steps", [])]
     unrecorded = [step for step in steps if step.id not in runs]
@@ -312,11 +328,17 @@ def _started_before_cancel(
     succeeded = {step_id for step_id, run in runs.items() if run.status == "succeeded"}
     ended = datetime.now(UTC) - cancelled_at > STILL_RUNNING_AT_MOST
     status, note = ("skipped", NOT_RECORDED) if ended else ("running", UNRECORDED)
-    return {
-        step.id: StepResult(step.id, step.tool, status, error=note)
-        for step in unrecorded
-        if dependencies(step) <= succeeded
-    }
+    shown = {}
+    for step in unrecorded:
+        settler, left = settlers.get(step.id, ("", ""))
+        if left == NOT_HAPPENED:
+            found = not_happened(settler)
+            shown[step.id] = StepResult(
+                step.id, step.tool, "skipped", error=found, settled_by=settler
+            )
+        elif dependencies(step) <= succeeded:
+            shown[step.id] = StepResult(step.id, step.tool, status, error=note)
+    return shown
 
 
 def _run_began(session: Session, plan: PlanRow) -> bool:

@@ -764,6 +764,28 @@ def cancelled_mid_charge(pipeline: Pipeline) -> Plan:
     return plan
 
 
+def test_a_write_settled_not_happened_then_its_goal_cancelled_before_it_ran_reads_skipped(
+    billing: Pipeline, tmp_path: Path
+) -> None:
+    """Given a run stopped on its unknown charge, which bob settles as not happened (its row
+    cleared for the resumed run), its goal then cancelled before the run called it again (a
+    cancel racing the settle, or a store a release before 2026-12 settled so),
+    When `status` shows it,
+    Then the charge is skipped, settled as not happened by bob: it read "running ... it
+    finishes, and is recorded then", then "no outcome was recorded", though bob had said one.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+    settle_step(billing.store, plan.plan_id, "charge", "bob", happened=False)  # not sent on
+    cancel_goal(billing.store, plan.goal_id, "carol", "wrong card")
+
+    shown = run_cli(billing, tmp_path, "status", plan.goal_id)
+
+    assert shown.returncode == 0, shown.stderr
+    assert "step charge (charge_card): skipped (settled as not happened by bob)" in shown.stdout
+    assert "it finishes, and is recorded then" not in shown.stdout
+    assert CHARGES == []
+
+
 def test_a_cancelled_goal_s_write_settled_as_not_happened_reads_skipped_by_its_settler(
     billing: Pipeline, tmp_path: Path
 ) -> None:
