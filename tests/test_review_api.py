@@ -413,3 +413,25 @@ def test_the_held_list_takes_a_limit_and_refuses_one_past_its_bound(
     assert isinstance(listed, list)
     assert len(listed) == 1
     assert too_many == 422
+
+
+def test_a_held_list_cut_by_its_limit_says_more_are_held(base_url: str, client: Client) -> None:
+    """Given at least two held plans,
+    When the API lists one, and then as many as are held,
+    Then the first answer's `X-Plangate-More-Held: true` says more wait (an API client could
+    not see a plan past the oldest 1,001, nor know there was one), and the whole list has none.
+    """
+    held_goal(client)
+    held_goal(client)
+
+    def listed(limit: int) -> tuple[int, str | None]:
+        request = urllib.request.Request(
+            f"{base_url}/api/v1/reviews?limit={limit}", headers={"Authorization": f"Bearer {ALICE}"}
+        )
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return len(json.loads(response.read())), response.headers.get("X-Plangate-More-Held")
+
+    assert listed(1) == (1, "true")
+    every, more = listed(1001)
+    assert every >= 2
+    assert more is None

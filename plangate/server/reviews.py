@@ -168,6 +168,8 @@ Desk = Annotated[ReviewDesk, Depends(get_desk)]
 Person = Annotated[Reviewer, Depends(require_reviewer)]
 _Route = TypeVar("_Route", bound=Callable[..., Outcome])
 MAX_LISTED = 1001  # held plans in one listing: the CLI's most (1000) and one to see more
+MORE_HELD = "X-Plangate-More-Held"
+_MORE = "`true` when more plans are held than `limit`; `GET /api/v1/goals?state=held` pages."
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)
 }
@@ -178,13 +180,30 @@ def _decision(path: str, body: type[BaseModel]) -> Callable[[_Route], _Route]:
     return router.post(path, response_model=Outcome, responses=_ERRORS, **documented_body(body))
 
 
-@router.get("", response_model=list[ReviewSummary], responses=_ERRORS)
+@router.get(
+    "",
+    response_model=list[ReviewSummary],
+    responses={
+        **_ERRORS,
+        200: {"headers": {MORE_HELD: {"schema": {"type": "string"}, "description": _MORE}}},
+    },
+)
 def list_reviews(
-    desk: Desk, reviewer: Person, limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = 200
+    desk: Desk,
+    reviewer: Person,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = 200,
 ) -> list[ReviewSummary]:
-    """Return the plan revisions waiting for a person, the `limit` oldest first."""
+    """Return the plan revisions waiting for a person, the `limit` oldest first.
+
+    More held than `limit`: the header `X-Plangate-More-Held: true` says so (the answer alone
+    could not tell an API client), and `GET /api/v1/goals?state=held` pages through them all.
+    """
     catalog = desk.catalog()
-    return [summary_of(held, catalog) for held in desk.review.held(limit)]
+    held = desk.review.held(limit + 1)
+    if len(held) > limit:
+        response.headers[MORE_HELD] = "true"
+    return [summary_of(plan, catalog) for plan in held[:limit]]
 
 
 @router.get("/unsettled", response_model=list[UnsettledView], responses=_ERRORS)
