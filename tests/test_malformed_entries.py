@@ -656,3 +656,34 @@ def test_purging_a_letter_on_redis_removes_it_alone_and_rewrites_nothing_else(
     assert client.lrange(queue, 0, -1) == [e for e in before if e != entries[2].encode()]
     assert client.lrange(f"{queue}\x06\x163", 0, -1) == [entries[4].encode()]
     bus.close()
+
+
+@pytest.mark.redis
+def test_dlq_list_narrows_thousands_of_letters_by_queue_and_limit(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """Given dead letters of two queues (a publisher's junk piles up on one),
+    When an operator lists them with --queue, and with --limit,
+    Then only that queue's are listed, and at most the N oldest, the rest counted on stderr:
+    10,000 junk letters printed whole, with no way to narrow them.
+    """
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    bus = Bus(redis_url, namespace)
+    bus.declare()
+    planner, gate = f"{namespace}.planner", f"{namespace}.gate"
+    entries = [envelope(forged_letter(f"p{n}", queue=planner), namespace) for n in range(3)] + [
+        envelope(forged_letter("g0", queue=gate), namespace)
+    ]
+    # LPUSH puts the last first: pushed in reverse, the queue holds them oldest first.
+    queue = bus.topology.dead_letter_queue_name
+    redis.Redis.from_url(redis_url).lpush(queue, *(json.dumps(e) for e in reversed(entries)))
+    env = {"PLANGATE_BROKER_URL": redis_url, "PLANGATE_NAMESPACE": namespace}
+
+    of_gate = plangate_in(tmp_path, "dlq", "list", "--queue", gate, "--json", **env)
+    first = plangate_in(tmp_path, "dlq", "list", "--queue", planner, "--limit", "2", **env)
+
+    assert of_gate.returncode == 0, of_gate.stderr
+    assert [json.loads(line)["message_id"] for line in of_gate.stdout.splitlines()] == ["g0"]
+    assert first.returncode == 0, first.stderr
+    assert len(first.stdout.splitlines()) == 2
+    assert "1 more dead letters are not shown (--limit 2)" in first.stderr

@@ -38,13 +38,34 @@ def _bus() -> Bus:
 @friendly_errors
 def list_letters(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    queue: Annotated[
+        str | None,
+        typer.Option(
+            metavar="QUEUE", help="Only the letters of this queue (e.g. plangate.planner)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, metavar="N", help="At most the N oldest (the rest are counted)."),
+    ] = None,
 ) -> None:
-    """List the dead letters, oldest first; they stay in the queue."""
+    """List the dead letters, oldest first; they stay in the queue.
+
+    With thousands (a publisher's junk), --queue and --limit narrow the list, and `--json`
+    gives the ids that `plangate dlq purge` or `replay` take.
+    """
     bus = _bus()
     try:
         letters, unreadable = bus.read_dead_letters()
     finally:
         bus.close()
+    if queue is not None:
+        letters = [letter for letter in letters if letter.queue == queue]
+    if limit is not None and len(letters) > limit:
+        err_console.print(
+            f"{len(letters) - limit} more dead letters are not shown (--limit {limit})"
+        )
+        letters = letters[:limit]
     if unreadable:  # stderr: the listing itself (and its --json) stays the letters
         err_console.print(
             f"{unreadable} more entries on the dead-letter queue are not shown: not dead "
