@@ -63,6 +63,9 @@ class StepResult:
     # output theirs), or not on a cancelled goal (skipped). It has no duration (from the call
     # to the settling, it read as a 6-minute call).
     settled_by: str | None = None
+    # What the plan calls it with, as planned (`${step.field}` references not filled in): how
+    # much, to whom. A tool's output alone left a payment's amount and payee unsaid.
+    args: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,8 +166,11 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         _started_before_cancel(session, plan, runs, goal.updated_at, settlers) if cancelled else {}
     )
     results = tuple(
-        started.get(str(step.get("id")))
-        or _result(step, runs.get(str(step.get("id"))), goal.status, settlers)
+        replace(
+            started.get(str(step.get("id")))
+            or _result(step, runs.get(str(step.get("id"))), goal.status, settlers),
+            args=step.get("args") if isinstance(step.get("args"), dict) else None,
+        )
         for step in plan.body.get("steps", [])
     )
     unoffered: tuple[str, ...] = ()

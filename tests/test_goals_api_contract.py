@@ -19,7 +19,7 @@ from plangate.server import create_app
 from plangate.server.reviewers import Reviewers
 from schemas.goal_states import GoalStatus
 from tests.conftest import SEED_GOAL
-from tests.support import HELD
+from tests.support import HELD, only_plan
 
 CAROL = {"Authorization": "Bearer carol-token-0123456789"}
 INTAKE = {"Authorization": "Bearer intake"}
@@ -73,6 +73,21 @@ def test_a_goals_decision_is_a_named_schema_of_every_field_it_carries(
     }
     assert set(decision) == set(documented)
     assert decision["action"] == "hold"
+
+
+def test_each_step_of_a_goal_carries_its_arguments_as_planned(
+    http: TestClient, pipeline: Pipeline
+) -> None:
+    """Given a held goal, When its state is read,
+    Then each step of `results` carries the arguments its plan gives it (references unfilled):
+    a payment's amount and payee were in no goal view, only in the plan's review.
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    state = http.get(f"/api/v1/goals/{goal_id}", headers=CAROL).json()
+    planned = {step.id: dict(step.args) for step in only_plan(pipeline.store, goal_id).steps}
+
+    assert {result["step_id"]: result["args"] for result in state["results"]} == planned
 
 
 def test_a_state_filter_outside_the_enum_is_refused_naming_the_states(

@@ -54,6 +54,11 @@ class StepState(BaseModel):
         "happened (succeeded: its output is what they gave), or, on a cancelled goal, not to "
         "have happened (skipped). It has no duration.",
     )
+    args: dict[str, Any] | None = Field(
+        default=None,
+        description="What the plan calls it with, as planned: `${step.field}` references are "
+        "not filled in (the audit log's step entries hold the arguments as called).",
+    )
 
 
 class RetryState(BaseModel):
