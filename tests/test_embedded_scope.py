@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
+
+from sqlalchemy import update
 
 from plangate.config import Settings
 from plangate.demo.tools import read_notifications
 from plangate.embedded import Pipeline
-from plangate.store import GoalRow, open_store
+from plangate.store import GoalRow, OutboxRow, open_store
 from plangate.tools import ToolRegistry, tool
+from schemas import utcnow
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, only_plan, outer_environment, step_runs
 
@@ -69,6 +73,18 @@ def test_a_run_does_not_carry_out_a_decision_left_in_the_store_for_another_goal(
     assert approved.returncode == 0, approved.stderr
     assert approved.stderr.count("cannot reach the broker") == 1, approved.stderr
     assert "the decision is recorded" in approved.stderr
+    # Left a while ago: one stored moments before is being published by its process (another
+    # `plangate run` on the folder, live), and is not said to wait for workers.
+    store = open_store(settings.resolved_database_url())
+    try:
+        with store.session() as session:
+            session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.sent_at.is_(None))
+                .values(created_at=utcnow() - timedelta(minutes=1))
+            )
+    finally:
+        store.close()
 
     result = plangate(settings, "run", "how many tickets are open")
 
