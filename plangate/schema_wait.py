@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import time
 
+from plangate.bus.reconnect import Backoff
 from plangate.errors import ConfigError, SchemaBehind
+from plangate.redaction import redact
+from plangate.store.engine import is_outage
 from plangate.store.schema import head_revision
 
 log = logging.getLogger(__name__)
@@ -64,3 +67,33 @@ class SchemaWait:
                 head_revision(),
                 time.monotonic() - self._began,
             )
+
+
+class StoreWait:
+    """What a starting worker or `serve` waits for: its database to answer, or its migration.
+
+    One decision for both: a database that does not answer yet (not up, failing over) is
+    waited for with a growing delay, a schema behind this plangate's for `seconds` at most
+    (`SchemaWait`); anything else is no reason to wait. serve had exited 2 at once on the
+    former, and on Kubernetes crash-looped long after the database was back.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.migration = SchemaWait(seconds)
+        self._backoff = Backoff()
+        self.reason: str | None = None  # what /readyz answers while waiting
+        self.store_out = False  # the database does not answer (its gauges are 0, not read)
+
+    def retry_after(self, exc: ConfigError) -> float | None:
+        """Return the seconds until the store is opened again; None: `exc` is not waited out."""
+        delay = self.migration.retry_after(exc)
+        if delay is not None:
+            self.reason, self.store_out = self.migration.reason, False
+            return delay
+        if exc.__cause__ is None or not is_outage(exc.__cause__):
+            return None
+        delay = self._backoff.next()
+        self.reason = redact(f"waiting for the store: {exc}")  # said to anyone who asks
+        self.store_out = True
+        log.warning("%s; trying again in %g s", exc, delay)
+        return delay

@@ -23,21 +23,18 @@ from executor_worker.abandoned_steps import mark_abandoned
 from plangate import metrics, telemetry
 from plangate.broker_seen import BrokerSeen
 from plangate.bus import STAGES, Bus, Stage, StageConsumer
-from plangate.bus.reconnect import Backoff
 from plangate.catalog import keep_offering
 from plangate.config import Settings
 from plangate.errors import BrokerUnavailable, ConfigError
 from plangate.health import Exposition, Readiness, start_health_server
 from plangate.readiness import not_ready
 from plangate.reconciler import RecentlyHeld, reconcile
-from plangate.redaction import redact
 from plangate.relay import deliver, relay_pending
-from plangate.schema_wait import SchemaWait
+from plangate.schema_wait import StoreWait
 from plangate.signing_keys import own_key_watch
 from plangate.stages import build_expiry, build_handler, build_sealing, stage_middleware
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
-from plangate.store.engine import is_outage
 from plangate.store.outages import store_answered, store_failed
 from plangate.store.schema import mismatch
 from plangate.store.stage_progress import record_progress, stage_progress
@@ -108,26 +105,21 @@ class Worker:
         is not plangate's (an old schema, a file missing) still stops it at once, but for an
         old schema within `wait_for_schema` seconds (`plangate.schema_wait`).
         """
-        backoff = Backoff()
-        migration = SchemaWait(self.wait_for_schema)
+        waits = StoreWait(self.wait_for_schema)
         while True:
             try:
                 store = open_store(self.settings.resolved_database_url(), upgrade=False)
             except ConfigError as exc:
-                delay = migration.retry_after(exc)
-                if delay is not None:
-                    probes.waiting, probes.metrics = migration.reason, metrics.exposition
-                elif exc.__cause__ is not None and is_outage(exc.__cause__):
-                    delay = backoff.next()
-                    probes.waiting = redact(f"waiting for the store: {exc}")  # said to anyone
-                    probes.metrics = metrics.exposition_without_store
-                    log.warning("%s; trying again in %g s", exc, delay)
-                else:
+                delay = waits.retry_after(exc)
+                if delay is None:
                     raise
+                probes.waiting = waits.reason
+                out = waits.store_out
+                probes.metrics = metrics.exposition_without_store if out else metrics.exposition
                 if self.stop.wait(delay):
                     return None
             else:
-                migration.ended()
+                waits.migration.ended()
                 probes.waiting = "starting"
                 return store
 

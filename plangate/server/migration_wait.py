@@ -9,7 +9,6 @@ security headers (it is the app's public port). Then uvicorn takes the same sock
 
 from __future__ import annotations
 
-import logging
 import signal
 import socket
 import threading
@@ -17,44 +16,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from plangate import metrics
-from plangate.bus.reconnect import Backoff
 from plangate.client import Client
 from plangate.config import Settings
 from plangate.errors import ConfigError
 from plangate.health import HealthServer
-from plangate.redaction import redact
-from plangate.schema_wait import SchemaWait
+from plangate.schema_wait import StoreWait
 from plangate.server.security_headers import security_headers
-from plangate.store.engine import is_outage
-
-log = logging.getLogger("plangate.server")
-
-
-class _StartWaits:
-    """What serve waits for at start: its migration (`--wait-for-schema`), or its database.
-
-    A database that does not answer yet (not up, failing over) is waited for, as a worker
-    waits: serve exited 2 at once, and on Kubernetes its restarts backed off (up to 5 minutes)
-    long after the database was back, the workers long since serving.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.migration = SchemaWait(seconds)
-        self._backoff = Backoff()
-        self.reason: str | None = None  # what /readyz answers while waiting
-
-    def retry_after(self, exc: ConfigError) -> float | None:
-        """Return the seconds until the store is opened again; None: `exc` is not waited out."""
-        delay = self.migration.retry_after(exc)
-        if delay is not None:
-            self.reason = self.migration.reason
-            return delay
-        if exc.__cause__ is None or not is_outage(exc.__cause__):
-            return None
-        delay = self._backoff.next()
-        self.reason = redact(f"waiting for the store: {exc}")  # said to anyone who asks
-        log.warning("%s; trying again in %g s", exc, delay)
-        return delay
 
 
 def open_client(settings: Settings, listening: socket.socket, seconds: float) -> Client | None:
@@ -63,7 +30,7 @@ def open_client(settings: Settings, listening: socket.socket, seconds: float) ->
     Up to `seconds` while the schema is behind this plangate's. None: a SIGTERM ended the
     wait (a clean stop, exit 0, as a worker's).
     """
-    waits = _StartWaits(seconds)
+    waits = StoreWait(seconds)
     # Tried once first: a current schema (or no wait asked for) starts as it always did, with
     # no probe server nor signal handler of this module's in the way.
     try:
@@ -88,9 +55,7 @@ def open_client(settings: Settings, listening: socket.socket, seconds: float) ->
 
 
 @contextmanager
-def _answering(
-    listening: socket.socket, waits: _StartWaits, stop: threading.Event
-) -> Iterator[None]:
+def _answering(listening: socket.socket, waits: StoreWait, stop: threading.Event) -> Iterator[None]:
     """Answer the probes on `listening`, and take SIGTERM as the end of the wait."""
     probes = HealthServer(
         "",
