@@ -729,12 +729,7 @@ def test_the_api_settles_a_cancelled_goal_s_write_saying_nothing_runs_again(
     Then it is recorded and the answer says the goal was cancelled: it said the charge "runs
     again" and that "other steps still wait to be settled", of a goal where nothing runs.
     """
-    goal_id = billing.submit("charge and receipt").goal_id
-    billing.wait_for(goal_id, timeout=5)
-    plan = only_plan(billing.store, goal_id)
-    rewind_to_mid_call(billing.store, plan, "charge")
-    cancel_goal(billing.store, goal_id, "carol", "wrong card")
-    assert mark_abandoned(billing.store) == [f"{plan.plan_id}/charge"]
+    plan = cancelled_mid_charge(billing)
     reviewers = Reviewers([Reviewer.with_token("alice", TOKEN)])
     settings = billing.settings.model_copy(update={"broker_url": "memory://"})
     with (
