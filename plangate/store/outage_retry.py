@@ -44,8 +44,10 @@ def riding_out_outages(
     deadline = started + within
     failed: list[Exception] = []
 
-    def outage(error: Exception) -> bool:
-        if not is_outage(error) or time.monotonic() >= deadline:
+    def outage(error: BaseException) -> bool:
+        if not isinstance(error, Exception) or not is_outage(error):
+            return False
+        if time.monotonic() >= deadline:
             return False
         store_failed(store, error, f"the recording of {what}")
         if not failed:
