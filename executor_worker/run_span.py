@@ -22,8 +22,13 @@ from plangate.bus import Envelope
 from schemas import Plan
 
 # An executor that died mid-run, or one that stopped and handed the run back: the run goes on
-# here, from what the store recorded of it.
-RESUMED = "resumed a run another executor left (it died, stopped, or went silent past its lease)"
+# here, from what the store recorded of it. A copy of the approval (the goal published twice,
+# a redelivery) that reached two executors at once reads the same from here: the first's reads
+# recorded as this one calls its first tool. Its writes' claims keep each write to one call.
+RESUMED = (
+    "resumed a run another executor started (it died, stopped, or went silent past its lease; "
+    "or it still runs a copy of the same approval, and no write runs twice)"
+)
 PAUSED = "a write may or may not have happened: the run waits for a person to settle it"
 FAILED = "the run failed"
 log = logging.getLogger(__name__)

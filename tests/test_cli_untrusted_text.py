@@ -82,9 +82,8 @@ def test_an_id_of_markup_is_named_as_given_in_one_line(tmp_path: Path, given: st
     result = plangate(tmp_path, "status", given)
 
     assert result.returncode == EXIT_USAGE, result.stderr
-    assert result.stderr.splitlines() == [
-        f"error: no goal '{given}'; check the id (`plangate goals list` shows goals)"
-    ]
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: no goal '{given}'; check the id (`plangate goals list` ")
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from plangate.embedded import Pipeline
 from plangate.server import create_app
 from schemas import GoalSubmitted
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, dead_letters, publish_goal
+from tests.support import HELD, dead_letters, plangate_in, publish_goal
 
 INTAKE = {"Authorization": "Bearer intake"}
 
@@ -42,3 +42,26 @@ def test_a_refused_published_goal_is_a_404_that_says_where_its_reason_is(
     assert "published on the broker that the planner refused is never stored" in said
     assert "(`plangate dlq list`, or an observer bound to `dead.#`" in said
     assert "idempotency key 'nightly'" in letter.reason
+
+
+def test_the_cli_s_status_of_an_id_no_goal_has_says_where_a_refused_goal_s_reason_is(
+    pipeline: Pipeline, settings: Settings
+) -> None:
+    """Given goal `foreign-1`, published on the broker and refused by the planner,
+    When its publisher asks `plangate status foreign-1`,
+    Then the one line says a goal the planner refused is never stored and names
+    `plangate dlq list`, as the API's 404 does: it said only "check the id".
+    """
+    first = pipeline.submit(SEED_GOAL, idempotency_key="nightly").goal_id
+    pipeline.wait_for(first, HELD)
+    refused = GoalSubmitted(goal_id="foreign-1", text="another goal", idempotency_key="nightly")
+    publish_goal(pipeline, refused)
+    dead_letters(pipeline)
+
+    result = plangate_in(settings.data_dir, "status", "foreign-1")
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "error: no goal 'foreign-1'; check the id (`plangate goals list` shows goals); a goal "
+        "the planner refused is never stored: `plangate dlq list` has it"
+    ]

@@ -22,6 +22,7 @@ from plangate.store.rows import insert_row
 from schemas import GoalSubmitted, Plan, plan_hash, utcnow
 from schemas.decoding import storable_text
 from schemas.goal_states import Mover, check_transition
+from schemas.identifiers import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
 # Moves made in a transaction, logged once it commits (a rolled-back move never happened).
@@ -166,8 +167,11 @@ def _no_goal(goal_id: str, exact: bool) -> str:
     """
     said = f"no goal {quoted(goal_id)}"
     if not exact:
-        short = f" (a short id needs {MIN_SHORT_ID} characters)"
-        return f"{said}{short * (len(goal_id) < MIN_SHORT_ID)}; {_CHECK_THE_ID}"
+        if len(goal_id) < MIN_SHORT_ID:
+            return f"{said} (a short id needs {MIN_SHORT_ID} characters); {_CHECK_THE_ID}"
+        if len(goal_id) > MAX_ID_LENGTH:  # no goal's id: where a refused goal is would mislead
+            return f"{said}; {_CHECK_THE_ID}"
+        return f"{said}; {_CHECK_THE_ID}; {_REFUSED_GOALS_BRIEFLY}"
     # A short id finds nothing here: saying how short one may be misled callers.
     return (
         f"{said} (here a goal's whole id, as its submission answered it or its publisher chose "
@@ -178,6 +182,7 @@ def _no_goal(goal_id: str, exact: bool) -> str:
 
 
 _CHECK_THE_ID = "check the id (`plangate goals list` shows goals)"
+_REFUSED_GOALS_BRIEFLY = "a goal the planner refused is never stored: `plangate dlq list` has it"
 
 
 # Built once, and run as plain statements: a move is made four times per goal, and the ORM's
