@@ -69,6 +69,16 @@ class BrokerRefused(BrokerUnavailable):
     """
 
 
+class BrokerUnreadable(BrokerUnavailable):
+    """The broker's port answers what plangate cannot read: not a broker, or not the URL's kind.
+
+    Nothing but a change of PLANGATE_BROKER_URL helps; meanwhile it is handled as a broker
+    away: a goal stays in the outbox, a worker retries.
+    """
+
+    reason = "the broker answers what plangate cannot read (is PLANGATE_BROKER_URL a broker?)"
+
+
 class ServerUnavailable(PlangateError):
     """`plangate serve` could not be reached or failed; the message says where and why."""
 

@@ -12,7 +12,7 @@ import logging
 from sqlalchemy.exc import SQLAlchemyError
 
 from plangate.bus import Bus
-from plangate.errors import BrokerRefused, PlangateError
+from plangate.errors import BrokerRefused, BrokerUnreadable, PlangateError
 from plangate.store import Store
 from plangate.store.outages import store_answered, store_failed
 from plangate.store.schema import mismatch
@@ -55,6 +55,8 @@ def broker_problem(bus: Bus) -> str | None:
         bus.queue_depth("planner", read_timeout=READY_READ_TIMEOUT_SECONDS)
     except BrokerRefused:
         return "the broker refuses plangate's settings (the worker's log says what to fix)"
+    except BrokerUnreadable:
+        return BrokerUnreadable.reason
     except (PlangateError, OSError) as exc:
         # Not a warning at each probe: the outage is said once, as it begins, by the loop
         # that consumes (and by serve's relay).
@@ -64,5 +66,5 @@ def broker_problem(bus: Bus) -> str | None:
         # Junk on the broker's port (a wrong server, a hostile one) raised the client's
         # protocol errors out of the probe: serve answered 500, a worker dropped the request.
         log.debug("readiness: the broker's answer cannot be read (%s)", type(exc).__name__)
-        return "the broker answers what plangate cannot read (is PLANGATE_BROKER_URL a broker?)"
+        return BrokerUnreadable.reason
     return None

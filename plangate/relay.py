@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import func, or_, select, update
 
 from plangate.bus import Bus, Envelope
-from plangate.errors import BrokerRefused, BrokerUnavailable
+from plangate.errors import BrokerRefused, BrokerUnavailable, BrokerUnreadable
 from plangate.lasting import Lasting
 from plangate.store import OutboxRow, Store, outbox
 from schemas import utcnow
@@ -55,7 +55,9 @@ def deliver(
                 lasted,
                 extra={
                     "broker_problem": str(exc),
-                    "broker_refused": isinstance(exc, BrokerRefused),
+                    # Refused or unreadable: this process's settings are wrong, not the
+                    # broker away (a command says a worker sends it on with its own).
+                    "broker_refused": isinstance(exc, (BrokerRefused, BrokerUnreadable)),
                 },
             )
         return False

@@ -4,7 +4,7 @@ Every server listens on 127.0.0.1 on a free port and keeps its files in its own 
 folder; the fixture waits until it answers (with a timeout), yields its URL, then stops it and
 removes the folder. A failed start says why, with the end of the server's log. A server that is
 not installed skips its tests locally and fails them in CI (`CI=true`), where `.ci/run` installs
-it.
+it. A server on a broker's port that answers junk is started for each test that asks.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -103,6 +104,35 @@ def accepts_connections(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+# --- A broker's port that answers junk ---------------------------------------------------------
+
+
+@pytest.fixture
+def junk_broker() -> Iterator[str]:
+    """A server on a broker's port that answers every request with bytes no protocol has."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    stop = threading.Event()
+
+    def answer(connection: socket.socket) -> None:
+        with connection:
+            while not stop.is_set() and connection.recv(4096):
+                connection.sendall(b"\x00\xffnot a broker\r\n")
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                connection, _ = listening.accept()
+                threading.Thread(target=answer, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop.set()
+        listening.close()
 
 
 # --- Redis ------------------------------------------------------------------------------------

@@ -9,11 +9,10 @@ the kubelet took every serve replica out of service, hearing no reason.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
 import re
 import signal
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,12 +21,17 @@ from typing import Any
 import pytest
 import yaml
 
+from plangate import relay
 from plangate.bus import Bus
 from plangate.client import Client, GoalHandle
 from plangate.config import Settings
+from plangate.lasting import Lasting
 from plangate.readiness import broker_problem
+from plangate.server import create_app
 from plangate.store import open_store
+from tests.fleet import serving_app
 from tests.servers import redis_server
+from tests.support import get, plangate_in
 
 pytestmark = pytest.mark.redis
 MANIFESTS = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
@@ -93,32 +97,6 @@ def test_a_goal_submitted_while_the_broker_stopped_answering_is_stored_and_queue
     assert re.fullmatch(r"[0-9a-f]{32}", handle.goal_id)
 
 
-@pytest.fixture
-def junk_broker() -> Iterator[str]:
-    """A server on a broker's port that answers every request with bytes no protocol has."""
-    listening = socket.create_server(("127.0.0.1", 0))
-    port = listening.getsockname()[1]
-    stop = threading.Event()
-
-    def answer(connection: socket.socket) -> None:
-        with connection:
-            while not stop.is_set() and connection.recv(4096):
-                connection.sendall(b"\x00\xffnot a broker\r\n")
-
-    def serve() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                connection, _ = listening.accept()
-                threading.Thread(target=answer, args=(connection,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop.set()
-        listening.close()
-
-
 def test_readiness_of_a_broker_port_answering_junk_is_a_reason_not_a_fault(
     junk_broker: str,
 ) -> None:
@@ -129,3 +107,68 @@ def test_readiness_of_a_broker_port_answering_junk_is_a_reason_not_a_fault(
 
     assert said is not None
     assert said.startswith("the broker answers what plangate cannot read")
+
+
+def test_serve_readyz_says_a_broker_port_answering_junk_as_the_workers_readyz_does(
+    junk_broker: str, tmp_path: Path
+) -> None:
+    """Given serve whose PLANGATE_BROKER_URL names a server answering junk,
+    When /readyz is asked, Then it stays 200 (goals are stored meanwhile) and its `broker`
+    field gives the reason the workers' /readyz give: it said "does not answer", while the
+    server answers, with what no broker says."""
+    settings = Settings(data_dir=tmp_path, broker_url=junk_broker, namespace="junk")
+    open_store(settings.resolved_database_url()).close()
+    with Client(settings) as client, serving_app(create_app(settings, client=client)) as url:
+        status, body = get(f"{url}/readyz")
+    workers_say = broker_problem(Bus(junk_broker, namespace="junk"))
+
+    assert status == 200
+    assert body["status"] == "ok"
+    assert workers_say is not None
+    assert body["broker"].startswith(workers_say)
+    assert "goals are stored" in body["broker"]
+
+
+def test_a_goal_published_to_a_broker_port_answering_junk_is_said_in_one_line_with_the_url(
+    junk_broker: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a client (as serve's intake) whose PLANGATE_BROKER_URL names a server answering
+    junk, When it submits two goals, Then both are stored and queued, and the log says once,
+    in one line with no traceback, that the broker answers what plangate cannot read and to
+    check PLANGATE_BROKER_URL: it said "publishing failed" with a traceback at each goal."""
+    monkeypatch.setattr(relay, "_away", Lasting(every=60.0))  # no outage of an earlier test's
+    settings = Settings(data_dir=tmp_path, broker_url=junk_broker, namespace="junk")
+    open_store(settings.resolved_database_url()).close()
+    with caplog.at_level(logging.WARNING, logger="plangate.relay"), Client(settings) as client:
+        handles = [client.submit("count the open tickets") for _ in range(2)]
+
+    said = [r for r in caplog.records if r.name == "plangate.relay"]
+    assert all(handle.queued for handle in handles)
+    assert [r.exc_info for r in said] == [None]
+    assert said[0].levelno == logging.WARNING
+    assert "answers what plangate cannot read" in said[0].getMessage()
+    assert "PLANGATE_BROKER_URL" in said[0].getMessage()
+
+
+def test_submit_to_a_broker_port_answering_junk_says_to_check_the_url_not_that_it_is_down(
+    junk_broker: str, tmp_path: Path
+) -> None:
+    """Given `plangate submit` with PLANGATE_BROKER_URL naming a server answering junk,
+    When it submits a goal, Then the goal is stored and one warning says the broker answers
+    what plangate cannot read, to check PLANGATE_BROKER_URL, and that a worker with its own
+    settings sends it on: it said "cannot reach the broker", as if the server were down."""
+    env = {"PLANGATE_BROKER_URL": junk_broker}
+    assert plangate_in(tmp_path, "db", "upgrade", **env).returncode == 0
+
+    submitted = plangate_in(tmp_path, "submit", "count tickets", **env)
+
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    [warning] = [line for line in submitted.stderr.splitlines() if "warning" in line]
+    assert "answers what plangate cannot read" in warning
+    assert "PLANGATE_BROKER_URL" in warning
+    assert "cannot reach" not in warning
+    assert "with its own broker settings" in warning
+    assert "Traceback" not in submitted.stderr

@@ -154,7 +154,7 @@ def test_readyz_of_a_worker_and_of_serve_follows_the_broker(
 
             redis.stop()
             down = {"status": "unavailable", "reason": "the broker does not answer"}
-            stored = "does not answer: goals are stored, and sent once it answers"
+            stored = "the broker does not answer: goals are stored, and sent once it takes them"
             assert get(f"{url}/readyz") == (200, {"status": "ok", "broker": stored})
             assert get(f"{url}/healthz")[0] == 200
             eventually(lambda: answers(worker_url) == 503, timeout=20, what="worker unready")

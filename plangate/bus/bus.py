@@ -26,13 +26,13 @@ from plangate.bus.inbound import raw_body, text_headers
 from plangate.bus.middleware import Middleware
 from plangate.bus.observer import Observer
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
-from plangate.bus.reconnect import refusal_hint
+from plangate.bus.reconnect import refusal_hint, unreadable
 from plangate.bus.redis_claims import REDELIVERY_AFTER_SECONDS
 from plangate.bus.redis_peek import peek, remove
 from plangate.bus.retries import RETRY_DELAYS, DeferHook
 from plangate.bus.settlement import PublishedHook
 from plangate.bus.topology import STAGES, Stage, Topology
-from plangate.errors import BrokerRefused, BrokerUnavailable
+from plangate.errors import BrokerRefused, BrokerUnavailable, BrokerUnreadable
 from schemas import DeadLetter
 
 # AMQP publishes are fire-and-forget unless confirmed: with confirms, `publish` returns once
@@ -158,6 +158,11 @@ class Bus:
             if hint is not None:
                 raise BrokerRefused(
                     f"the broker at {maybe_sanitize_url(self.url)} refuses plangate ({exc}); {hint}"
+                ) from exc
+            if unreadable(exc):
+                raise BrokerUnreadable(
+                    f"{BrokerUnreadable.reason}: {maybe_sanitize_url(self.url)} answered "
+                    f"({exc}); set PLANGATE_BROKER_URL to a Redis or RabbitMQ server's URL"
                 ) from exc
             if not isinstance(exc, self._outages):
                 raise

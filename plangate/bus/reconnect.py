@@ -84,6 +84,15 @@ def refusal_hint(exc: BaseException) -> str | None:
     return None
 
 
+def unreadable(exc: BaseException) -> bool:
+    """Return True if the broker's port answered what the client cannot parse (junk).
+
+    A server that is no broker (another service on the port, a hostile one) or not the kind
+    the URL names: the client's protocol error is no fault of plangate's, and no outage.
+    """
+    return type(exc).__module__.startswith("redis") and type(exc).__name__ == "InvalidResponse"
+
+
 def _redis_refusal(exc: BaseException) -> bool:
     """Return True if Redis refused the login or a command of the user's (ACL)."""
     refusals = ("AuthenticationError", "AuthenticationWrongNumberOfArgsError", "NoPermissionError")

@@ -38,8 +38,8 @@ def readyz(request: Request) -> JSONResponse:
         body = {"status": "unavailable", "reason": problem}
         return JSONResponse(body, status_code=503, headers={"Cache-Control": "no-store"})
     ready = {"status": "ok"}
-    if broker_problem(desk.bus) is not None:
-        ready["broker"] = "does not answer: goals are stored, and sent once it answers"
+    if (broker := broker_problem(desk.bus)) is not None:  # the reason workers' /readyz give
+        ready["broker"] = f"{broker}: goals are stored, and sent once it takes them"
     if get_reviewers(request).problem is not None:  # intake still works: said, not 503
         ready["reviewers"] = "the reviewers file cannot be read: nobody can review (see the log)"
     return JSONResponse(ready, headers={"Cache-Control": "no-store"})
