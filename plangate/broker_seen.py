@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from plangate import metrics
-from plangate.errors import BrokerRefused, BrokerUnavailable
+from plangate.errors import BrokerRefused, BrokerUnavailable, BrokerUnreadable
 from plangate.lasting import Lasting
 
 log = logging.getLogger("plangate.worker")  # the worker's words, under the worker's name
@@ -44,11 +44,10 @@ class BrokerSeen:
         self._answered = self._answered or reached
         said = self._outage.note()
         if said == "began":
-            how = "lost" if self._answered else "cannot reach"
             log.warning(
                 "sweep skipped: the %s %s the broker (%s); trying again every %g s",
                 self._stage,
-                "is refused by" if isinstance(exc, BrokerRefused) else how,
+                self._how(exc),
                 exc,
                 interval,
             )
@@ -59,3 +58,10 @@ class BrokerSeen:
                 self._stage,
                 exc,
             )
+
+    def _how(self, exc: BrokerUnavailable) -> str:
+        if isinstance(exc, BrokerRefused):
+            return "is refused by"
+        if isinstance(exc, BrokerUnreadable):
+            return "cannot read"
+        return "lost" if self._answered else "cannot reach"

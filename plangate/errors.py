@@ -77,6 +77,7 @@ class BrokerUnreadable(BrokerUnavailable):
     """
 
     reason = "the broker answers what plangate cannot read (is PLANGATE_BROKER_URL a broker?)"
+    fix = "set PLANGATE_BROKER_URL to a Redis or RabbitMQ server's URL"
 
 
 class ServerUnavailable(PlangateError):

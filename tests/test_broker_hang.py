@@ -29,9 +29,10 @@ from plangate.lasting import Lasting
 from plangate.readiness import broker_problem
 from plangate.server import create_app
 from plangate.store import open_store
+from plangate.worker import Worker
 from tests.fleet import serving_app
 from tests.servers import redis_server
-from tests.support import get, plangate_in
+from tests.support import eventually, get, plangate_in
 
 pytestmark = pytest.mark.redis
 MANIFESTS = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
@@ -172,3 +173,33 @@ def test_submit_to_a_broker_port_answering_junk_says_to_check_the_url_not_that_i
     assert "cannot reach" not in warning
     assert "with its own broker settings" in warning
     assert "Traceback" not in submitted.stderr
+
+
+def test_a_worker_on_a_broker_port_answering_junk_says_it_cannot_read_the_broker(
+    junk_broker: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a planner worker whose PLANGATE_BROKER_URL names a server answering junk,
+    When its sweep reads the broker, Then it says in one line, no traceback, that it cannot
+    read the broker and to set PLANGATE_BROKER_URL: it said "sweep failed" with a traceback
+    at every sweep, and then that it "cannot reach" a server that answers."""
+    settings = Settings(
+        data_dir=tmp_path, broker_url=junk_broker, namespace="junk", sweep_interval_seconds=0.1
+    )
+    open_store(settings.resolved_database_url()).close()
+    worker = Worker("planner", settings, concurrency=1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+
+    def sweep_said() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "sweep" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO, logger="plangate.worker"):
+        thread.start()
+        try:
+            said = eventually(sweep_said, timeout=20, what="the sweep's line")
+        finally:
+            worker.stop.set()
+            thread.join(timeout=20)
+
+    assert said[0].getMessage().startswith("sweep skipped: the planner cannot read the broker")
+    assert "set PLANGATE_BROKER_URL" in said[0].getMessage()
+    assert said[0].exc_info is None

@@ -206,6 +206,28 @@ def test_a_redis_database_the_server_lacks_is_said_in_one_line_not_as_a_fault(
     assert record.exc_info is None
 
 
+def test_a_consume_loop_on_a_port_answering_junk_says_so_once_in_a_line_naming_the_url(
+    junk_broker: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a consume loop whose PLANGATE_BROKER_URL names a server answering junk,
+    When it tries five times, Then it says once, in one line with no traceback, that the
+    broker answers what plangate cannot read, and to set PLANGATE_BROKER_URL: it said "failed
+    (not a broker outage)" with a 95-line traceback at every try."""
+    consumer = Bus(junk_broker, f"t{uuid4().hex[:10]}").stage_consumer("planner", no_answer)
+    stop = RecordingStop(waits=5)
+
+    with caplog.at_level(logging.INFO, logger="plangate.bus"):
+        consumer.run_until_stopped(stop)
+
+    said = [r for r in caplog.records if r.name == "plangate.bus.reconnect"]
+    assert len(stop.delays) == 5
+    assert [r.exc_info for r in said] == [None]
+    assert (
+        said[0].getMessage().startswith("the planner: the broker answers what plangate cannot read")
+    )
+    assert "PLANGATE_BROKER_URL" in said[0].getMessage()
+
+
 def test_a_broker_that_refuses_the_settings_is_said_once_then_at_most_once_a_minute(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -162,7 +162,7 @@ class Bus:
             if unreadable(exc):
                 raise BrokerUnreadable(
                     f"{BrokerUnreadable.reason}: {maybe_sanitize_url(self.url)} answered "
-                    f"({exc}); set PLANGATE_BROKER_URL to a Redis or RabbitMQ server's URL"
+                    f"({exc}); {BrokerUnreadable.fix}"
                 ) from exc
             if not isinstance(exc, self._outages):
                 raise

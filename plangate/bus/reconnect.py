@@ -4,10 +4,11 @@ An outage is said as it begins, then at most once a minute while it lasts (`Last
 consumer says when it consumes again.
 
 Only a connection error is an outage. A malformed message never gets here (each transport turns
-it into a dead letter); anything else that ends the loop is a fault of ours, logged with its
-traceback, and the loop restarts after the same backoff so that a fault that repeats does not
-spin. A channel RabbitMQ closed because a handler outlasted its `consumer_timeout` is neither:
-it is said with what to set.
+it into a dead letter); a broker refusing plangate's settings, or a port answering what no
+broker does, is said as an outage is, with the setting to fix; anything else that ends the
+loop is a fault of ours, logged with its traceback, and the loop restarts after the same
+backoff so that a fault that repeats does not spin. A channel RabbitMQ closed because a
+handler outlasted its `consumer_timeout` is neither: it is said with what to set.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable
 
+from plangate.errors import BrokerUnreadable
 from plangate.lasting import Lasting
 
 log = logging.getLogger(__name__)
@@ -150,18 +152,15 @@ def _say_failure(
 ) -> None:
     # A refusal first: a virtual host refused is a connection error too, and said as a lost
     # broker it gave no hint of what to fix.
-    if (hint := refusal_hint(exc)) is not None:
+    if (problem := _settings_problem(exc)) is not None:
         # As an outage is: when it begins, then at most once a minute (it was every try, six
-        # lines in 16 s and one each 10 s for good, for one wrong password).
+        # lines in 16 s and one each 10 s for good, for one wrong password; a port answering
+        # junk, a traceback of 95 lines at every try).
         if (said := outage.note()) is not None:
+            what, hint = problem
             lasted = "" if said == "began" else f" still, after {outage.seconds():.0f} s"
             log.error(
-                "%s: the broker refuses its settings%s (%s); %s; trying again in %g s",
-                name,
-                lasted,
-                exc,
-                hint,
-                delay,
+                "%s: %s%s (%s); %s; trying again in %g s", name, what, lasted, exc, hint, delay
             )
     elif held_too_long(exc):  # said as a fault of ours, with a traceback: nothing said why
         log.warning(
@@ -178,6 +177,15 @@ def _say_failure(
         _say_lost(outage, name, exc, delay, reached=reached)
     else:
         log.error("%s failed (not a broker outage); restarting in %g s", name, delay, exc_info=exc)
+
+
+def _settings_problem(exc: BaseException) -> tuple[str, str] | None:
+    """Return what is wrong and what to fix if the broker's settings are, else None."""
+    if (hint := refusal_hint(exc)) is not None:
+        return "the broker refuses its settings", hint
+    if unreadable(exc):
+        return BrokerUnreadable.reason, BrokerUnreadable.fix
+    return None
 
 
 def _say_lost(
