@@ -25,6 +25,7 @@ from plangate import relay
 from plangate.bus import Bus
 from plangate.client import Client, GoalHandle
 from plangate.config import Settings
+from plangate.errors import BrokerUnavailable
 from plangate.lasting import Lasting
 from plangate.readiness import broker_problem
 from plangate.server import create_app
@@ -79,6 +80,21 @@ def test_readiness_says_a_broker_that_stopped_answering_inside_the_probes_timeou
     said = within(probe_timeout() - 1, lambda: broker_problem(Bus(hung_redis, namespace="hang")))
 
     assert said == "the broker does not answer"
+
+
+def test_a_broker_that_stopped_answering_is_said_not_to_answer_not_to_be_stopped(
+    hung_redis: str,
+) -> None:
+    """Given a Redis that takes connections but stopped answering, When plangate reads from
+    it, Then the error says the broker does not answer (stuck, overloaded, or its packets
+    dropped): it said to "check that the broker is running", and it was running."""
+    with pytest.raises(BrokerUnavailable) as raised:
+        Bus(hung_redis, namespace="hang").queue_depth("planner", read_timeout=0.5)
+
+    said = str(raised.value)
+    assert "does not answer" in said
+    assert "stuck or overloaded, or the network drops its packets" in said
+    assert "that the broker is running" not in said
 
 
 def test_a_goal_submitted_while_the_broker_stopped_answering_is_stored_and_queued(

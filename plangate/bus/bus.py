@@ -26,7 +26,7 @@ from plangate.bus.inbound import raw_body, text_headers
 from plangate.bus.middleware import Middleware
 from plangate.bus.observer import Observer
 from plangate.bus.producers import PUBLISH_RETRY_POLICY, ThreadProducers, publish
-from plangate.bus.reconnect import refusal_hint, unreadable
+from plangate.bus.reconnect import out_of_reach, refusal_hint, unreadable
 from plangate.bus.redis_claims import REDELIVERY_AFTER_SECONDS
 from plangate.bus.redis_peek import peek, remove
 from plangate.bus.retries import RETRY_DELAYS, DeferHook
@@ -166,10 +166,7 @@ class Bus:
                 ) from exc
             if not isinstance(exc, self._outages):
                 raise
-            raise BrokerUnavailable(
-                f"cannot reach the broker at {maybe_sanitize_url(self.url)} ({exc}); check "
-                "PLANGATE_BROKER_URL and that the broker is running"
-            ) from exc
+            raise BrokerUnavailable(out_of_reach(maybe_sanitize_url(self.url), exc)) from exc
 
     def publish_one(self, envelope: Envelope) -> None:
         """Publish one envelope from the calling thread (on its own connection)."""

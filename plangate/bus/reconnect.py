@@ -86,6 +86,35 @@ def refusal_hint(exc: BaseException) -> str | None:
     return None
 
 
+def out_of_reach(where: str, exc: BaseException) -> str:
+    """Say what an outage at `where` is, and what to check: not answering, or not reached.
+
+    A broker that takes connections but answers nothing (a timeout) is running: "check that it
+    is running" sent its operator to look at a process that was up.
+    """
+    if timed_out(exc):
+        return (
+            f"the broker at {where} does not answer ({exc}): it is stuck or overloaded, or the "
+            "network drops its packets; check the broker's host and the network to it"
+        )
+    return (
+        f"cannot reach the broker at {where} ({exc}); check PLANGATE_BROKER_URL and that the "
+        "broker is running"
+    )
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Return True if the error, or one it was raised from, is a wait for an answer that ran out."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain's depth, bounded: a cycle of causes must not spin
+        if seen is None:
+            return False
+        if isinstance(seen, TimeoutError) or type(seen).__name__ == "TimeoutError":  # redis'
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def unreadable(exc: BaseException) -> bool:
     """Return True if the broker's port answered what the client cannot parse (junk).
 
