@@ -38,11 +38,22 @@ class BrokerSeen:
             log.info(said, self._stage, again, waited)
         self._answered = True
 
-    def lost(self, exc: BrokerUnavailable, interval: float, *, reached: bool = False) -> None:
-        """Note that the sweep's reads failed (`reached`: the loop had the broker); say so."""
+    def lost(
+        self,
+        exc: BrokerUnavailable,
+        interval: float,
+        *,
+        reached: bool = False,
+        since: float | None = None,
+    ) -> None:
+        """Note that the sweep's reads failed (`reached`: the loop had the broker); say so.
+
+        `since` (time.monotonic()): when the reads that failed began (None: now). Counted from
+        when their timeouts ran out, an outage of 63 s was said to have lasted 32 s.
+        """
         metrics.broker_up(self._stage, False)
         self._answered = self._answered or reached
-        said = self._outage.note()
+        said = self._outage.note(since)
         if said == "began":
             log.warning(
                 "sweep skipped: the %s %s the broker (%s); trying again every %g s",

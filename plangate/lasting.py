@@ -23,11 +23,16 @@ class Lasting:
         self._began: float | None = None
         self._said_at = 0.0
 
-    def note(self) -> Said | None:
-        """Note the trouble now: "began" if it had not, "goes on" if due to be said again."""
+    def note(self, since: float | None = None) -> Said | None:
+        """Note the trouble now: "began" if it had not, "goes on" if due to be said again.
+
+        `since`: when, by the clock, the trouble began if it begins now (a read that failed
+        after waiting out its timeout began to fail as it was sent), else now.
+        """
         now = self._clock()
         if self._began is None:
-            self._began = self._said_at = now
+            self._began = now if since is None else min(since, now)
+            self._said_at = now
             return "began"
         if now - self._said_at < self.every:
             return None

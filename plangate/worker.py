@@ -198,6 +198,7 @@ class Worker:
                 if self._schema_moved(store):
                     return
                 self._look_at_files()  # needing no broker: a file fixed in an outage is seen
+                reading_since = time.monotonic()
                 try:
                     # Seen first, before the store is needed: a message held through a database
                     # outage is published again when it ends, and must not then look lost.
@@ -229,7 +230,7 @@ class Worker:
                         chore(store)
                     store_answered(store)
                 except BrokerUnavailable as exc:  # said in full, no traceback
-                    seen.lost(exc, interval, reached=consumer.consumed)
+                    seen.lost(exc, interval, reached=consumer.consumed, since=reading_since)
                 except OperationalError as exc:  # the database is down: said, as the broker
                     store_failed(store, exc, f"the {self.stage}'s sweep")
                 except Exception:  # a fault of plangate's own: its traceback says where

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,8 @@ from plangate.server import create_app
 from plangate.store import open_store
 from plangate.worker import Worker
 from tests.fleet import serving_app
-from tests.servers import redis_server
-from tests.support import eventually, get, plangate_in
+from tests.servers import free_port, redis_server
+from tests.support import answers, eventually, get, plangate_in
 
 pytestmark = pytest.mark.redis
 MANIFESTS = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
@@ -49,6 +50,61 @@ def hung_redis() -> Iterator[str]:
             yield url
         finally:
             os.kill(process.pid, signal.SIGCONT)
+
+
+# Long enough that "after N s" counted from the sweep's first line (some 20 s in, before)
+# falls well short of it.
+STOPPED_SECONDS = 12.0
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_says_a_broker_that_stopped_answering_within_seconds_and_counts_from_then(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a planner worker on a Redis of its own, When Redis stops answering (SIGSTOP) for
+    12 s, Then the worker's log says so within 10 s (it took 33 s: each read of its sweep
+    waited 10 s, and as long again on a new connection), and once Redis answers, says the
+    outage lasted at least as long as it did (it said 32 s of a 63 s one, counted from its own
+    first line)."""
+    with redis_server() as (url, process), caplog.at_level(logging.INFO, "plangate.worker"):
+        port = free_port()
+        settings = Settings(
+            data_dir=tmp_path,
+            broker_url=url,
+            namespace="hang",
+            sweep_interval_seconds=0.2,
+            health_port=port,
+        )
+        open_store(settings.resolved_database_url()).close()
+        worker = Worker("planner", settings, concurrency=1)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            ready = f"http://127.0.0.1:{port}/readyz"
+            eventually(lambda: answers(ready) == 200, 20, "the worker consuming")
+            os.kill(process.pid, signal.SIGSTOP)
+            stopped = time.monotonic()
+            try:
+                eventually(lambda: said("sweep skipped", caplog), 20, "the outage said")
+                noticed_after = time.monotonic() - stopped
+                time.sleep(max(0.0, STOPPED_SECONDS - noticed_after))  # the outage itself
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            lasted = time.monotonic() - stopped
+            back = eventually(lambda: said("answers the planner's reads again", caplog), 20)
+        finally:
+            worker.stop.set()
+            thread.join(timeout=30)
+
+    assert noticed_after < 10
+    assert "does not answer" in said("sweep skipped", caplog)
+    said_to_last = float(re.search(r"after (\d+) s", back).group(1))  # type: ignore[union-attr]
+    assert said_to_last >= lasted - 1.5, back
+
+
+def said(words: str, caplog: pytest.LogCaptureFixture) -> str:
+    """Return the first line the worker logged with `words` in it ("": none yet)."""
+    return next((r.getMessage() for r in caplog.records if words in r.getMessage()), "")
 
 
 def probe_timeout() -> float:

@@ -62,8 +62,10 @@ _TRANSPORTS: dict[str, type] = {
 # Publishing connections have none: nobody would service them while they sit idle.
 AMQP_HEARTBEAT_SECONDS = 60.0
 # A view's connection is kept between sweeps: a broker that went silent (a host gone, no reset)
-# must not hold a sweep for the minutes TCP takes to give up.
-VIEW_READ_TIMEOUT_SECONDS = 10.0
+# must not hold a sweep for the minutes TCP takes to give up. Its reads are a command or two,
+# as a publish's are: at 10 s each (and once more on a new connection), a worker said a Redis
+# that stopped answering 33 s after it did, while its /readyz said so in 4 s.
+VIEW_READ_TIMEOUT_SECONDS = 2.0
 # A publish is a command or two, answered in milliseconds: a Redis that stopped answering (a
 # stuck server, packets dropped) held `serve`'s goal intake with no end, its retry policy never
 # started, as no error came. Timed out, it is an outage like any, and the goal waits stored.
