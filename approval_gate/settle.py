@@ -47,6 +47,7 @@ from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, aud
 from plangate.store.audit_records import output_digest
 from plangate.store.goals import by_id, plan_of, transition
 from plangate.store.outbox import emit
+from plangate.unknown_calls import since_text
 from schemas import PlanApproved, SignedEnvelope, ToolSpec, utcnow
 from schemas.json_schema import errors_of, validator_for
 
@@ -113,13 +114,13 @@ def settle_step(
     output: Any = None,
     comment: str = "",
     roles: frozenset[str] = frozenset(),
-    unknown_since: datetime | None = None,
+    unknown_since: datetime,
 ) -> Sequence[Envelope]:
     """Record what a person found of an unknown step; return plan.approved once none is left.
 
     `roles` are the reviewer's: a plan held for a role is settled only by someone with it.
-    `unknown_since`, the `since` of the unknown call they checked (as listed): Conflict if the
-    step's unknown call is another one now.
+    `unknown_since`, the `since` of the unknown call they checked (as listed), names the call
+    settled: Conflict if the step's unknown call is another one now.
     """
     refusals = refusal_audited(store, plan_id, reviewer, "settle", comment)
     with refusals, store.session() as session:
@@ -166,6 +167,7 @@ def settle_step(
         # What it was called with, as its `step.unknown` entry says: what the person asked after.
         data.update(call_of(session, plan_of(session.get_one(PlanRow, plan_id)), step_id))
         data.update(happened=happened, attempt=row.attempt, comment=comment)
+        data["unknown_since"] = since_text(unknown_since)  # which of its calls was settled
         if happened:
             _check_output(read_catalog(session).get(row.tool), output)
             row.status, row.output, row.error = "succeeded", output, None
@@ -207,20 +209,20 @@ def settle_step(
         return [emit(session, resumed, trace_headers=goal.trace_headers)]
 
 
-def _check_same_call(row: StepRunRow, unknown_since: datetime | None) -> None:
+def _check_same_call(row: StepRunRow, unknown_since: datetime) -> None:
     """Refuse a settle of an unknown call other than the one its person checked.
 
     Settled "did not happen", a step is called again, and may be unknown again: a stale page's
     form, a double click or a client's retry then settled the later call, which nobody had
-    checked, and the write ran a third time.
+    checked, and the write ran a third time. Named always: a settle naming no call did so too.
     """
-    if unknown_since is None or row.finished_at == unknown_since:
+    if row.finished_at == unknown_since:
         return
-    now = row.finished_at.isoformat() if row.finished_at else "a time not recorded"
+    now = since_text(row.finished_at) if row.finished_at else "a time not recorded"
     raise Conflict(
         f"step {row.step_id!r} was settled and called again since you looked: the call you "
         f"checked is not the one unknown now (since {now}); check that one, then settle it "
-        "(`plangate review unsettled` lists it)"
+        "naming its since (`plangate review unsettled` lists it)"
     )
 
 

@@ -1077,8 +1077,8 @@ def test_ctrl_c_during_a_write_outlasting_the_grace_leaves_it_unknown_for_a_pers
     assert "ended mid-call after the goal was cancelled" in waiting["reason"]
 
     settled = cli(
-        "review", "settle", waiting["plan_id"], "pay", "--happened", "--comment", "bank says paid",
-        env=as_carol,
+        "review", "settle", waiting["plan_id"], "pay", "--since", waiting["since"], "--happened",
+        "--comment", "bank says paid", env=as_carol,
     )  # fmt: skip
 
     assert settled.returncode == 0, settled.stderr

@@ -577,11 +577,17 @@ def test_a_non_idempotent_write_cut_off_mid_call_is_marked_unknown_not_run_again
     assert len(effects.read_text().splitlines()) == 1
 
     reviewers = fleet.folder / "reviewers.yaml"
-    token = add_reviewer(reviewers, "carol", [])
+    as_carol = {
+        "PLANGATE_REVIEWERS_FILE": str(reviewers),
+        "PLANGATE_REVIEWER_TOKEN": add_reviewer(reviewers, "carol", []),
+    }
+    listed = fleet.plangate("review", "unsettled", "--json", **as_carol)
+    assert listed.returncode == 0, listed.stderr
+    (checked,) = json.loads(listed.stdout)  # the call carol checked
     settled = fleet.plangate(
-        *("review", "settle", str(status["plan_id"]), "charge", "--happened"),
-        PLANGATE_REVIEWERS_FILE=str(reviewers),
-        PLANGATE_REVIEWER_TOKEN=token,
+        *("review", "settle", str(status["plan_id"]), "charge"),
+        *("--since", str(checked["since"]), "--happened"),
+        **as_carol,
     )
     assert settled.returncode == 0, settled.stderr
     deadline = time.monotonic() + 40
@@ -629,7 +635,9 @@ def test_a_cancelled_goal_s_write_cut_off_mid_call_is_marked_unknown_for_a_perso
     assert (waiting["goal_id"], waiting["step_id"]) == (goal_id, "charge")
     assert "after the goal was cancelled" in str(waiting["reason"])
     settled = fleet.plangate(
-        "review", "settle", str(waiting["plan_id"]), "charge", "--happened", **as_carol
+        *("review", "settle", str(waiting["plan_id"]), "charge"),
+        *("--since", str(waiting["since"]), "--happened"),
+        **as_carol,
     )
     assert settled.returncode == 0, settled.stderr
     assert "its goal was cancelled, so nothing resumes" in settled.stdout

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,17 @@ def cut_off_mid_charge(
     return plan, paused
 
 
+def since_listed(pipeline: Pipeline, plan: Plan, step_id: str = "charge") -> datetime:
+    """Return the `since` of the step's call unknown now, as a person reads it in the list."""
+    [listed] = [
+        s
+        for s in unsettled_steps(pipeline.store)
+        if (s.plan_id, s.step_id) == (plan.plan_id, step_id)
+    ]
+    assert listed.since is not None
+    return listed.since
+
+
 def test_a_write_cut_off_mid_call_stops_the_run_for_a_person(billing: Pipeline) -> None:
     """Given `charge` (not idempotent) cut off mid-call, and `receipt` needing its output,
     When the approval is delivered again,
@@ -204,6 +216,7 @@ def test_settled_as_happened_the_run_resumes_without_charging_again(billing: Pip
             happened=True,
             output={"charge_id": "ch_1", "amount": 5},
             comment="the processor shows ch_1",
+            unknown_since=since_listed(billing, plan),
         )
         billing.bus.publish(resumed)
         next_message(observer, "execution.completed", plan.goal_id)
@@ -223,7 +236,14 @@ def test_settled_as_not_happened_the_step_runs_once_more(billing: Pipeline) -> N
 
     with billing.bus.observe() as observer:
         billing.bus.publish(
-            settle_step(billing.store, plan.plan_id, "charge", "alice", happened=False)
+            settle_step(
+                billing.store,
+                plan.plan_id,
+                "charge",
+                "alice",
+                happened=False,
+                unknown_since=since_listed(billing, plan),
+            )
         )
         next_message(observer, "execution.completed", plan.goal_id)
 
@@ -238,16 +258,27 @@ def test_only_an_unknown_step_of_a_waiting_run_can_be_settled(billing: Pipeline)
     Then each is refused saying why, and nothing is published.
     """
     plan, _ = cut_off_mid_charge(billing)
+    checked = since_listed(billing, plan)  # the charge's: what each names as the call checked
 
     with pytest.raises(Conflict, match=r"step 'receipt' of plan .* is not unknown"):
-        settle_step(billing.store, plan.plan_id, "receipt", "alice", happened=True)
+        settle_step(
+            billing.store, plan.plan_id, "receipt", "alice", happened=True, unknown_since=checked
+        )
     with pytest.raises(NotFound, match="no step 'nosuchstep' on record"):
-        settle_step(billing.store, plan.plan_id, "nosuchstep", "alice", happened=True)
+        settle_step(
+            billing.store, plan.plan_id, "nosuchstep", "alice", happened=True, unknown_since=checked
+        )
     with pytest.raises(NotFound):
-        settle_step(billing.store, "no-such-plan", "charge", "alice", happened=True)
-    assert settle_step(billing.store, plan.plan_id, "charge", "alice", happened=True)
+        settle_step(
+            billing.store, "no-such-plan", "charge", "alice", happened=True, unknown_since=checked
+        )
+    assert settle_step(
+        billing.store, plan.plan_id, "charge", "alice", happened=True, unknown_since=checked
+    )
     with pytest.raises(Conflict, match="is succeeded, not unknown"):
-        settle_step(billing.store, plan.plan_id, "charge", "bob", happened=False)
+        settle_step(
+            billing.store, plan.plan_id, "charge", "bob", happened=False, unknown_since=checked
+        )
 
 
 def run_cli(pipeline: Pipeline, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -264,21 +295,22 @@ def run_cli(pipeline: Pipeline, tmp_path: Path, *args: str) -> subprocess.Comple
 
 def test_the_cli_lists_unsettled_steps_and_settles_one(billing: Pipeline, tmp_path: Path) -> None:
     """Given a run stopped on its unknown charge,
-    When `plangate review unsettled --json` and `review settle PLAN charge --happened` run,
+    When `plangate review unsettled --json` and `review settle PLAN charge --since SINCE
+    --happened` run, SINCE as listed,
     Then the list names the step, and settling it records the step as succeeded.
     """
     plan, _ = cut_off_mid_charge(billing)
 
     listed = run_cli(billing, tmp_path, "review", "unsettled", "--json")
+    assert listed.returncode == 0, listed.stderr
+    [view] = json.loads(listed.stdout)
     settled = run_cli(
         billing,
         tmp_path,
-        *("review", "settle", plan.plan_id, "charge", "--happened"),
+        *("review", "settle", plan.plan_id, "charge", "--since", view["since"], "--happened"),
         *("--output", '{"charge_id": "ch_9", "amount": 5}', "--json"),
     )
 
-    assert listed.returncode == 0, listed.stderr
-    [view] = json.loads(listed.stdout)
     assert (view["plan_id"], view["step_id"], view["tool"]) == (
         plan.plan_id,
         "charge",
@@ -341,14 +373,16 @@ def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline, named_by: 
         assert [(s["plan_id"], s["step_id"]) for s in listed] == [(plan.plan_id, "charge")]
 
         settle_url = f"{url}/api/v1/reviews/{given}/steps/charge/settle"
-        found = {"happened": False, "comment": "declined at the bank"}
+        checked = listed[0]["since"]
+        found = {"happened": False, "comment": "declined at the bank", "unknown_since": checked}
         status, outcome = call(settle_url, "POST", found, token=TOKEN)
         assert status == 200, outcome
         assert "the run resumes" in outcome["message"]
         assert billing.wait_for(plan.goal_id, timeout=5).status == "completed"
         assert CHARGES == [5]
 
-        status, again = call(settle_url, "POST", {"happened": True}, token=TOKEN)
+        again = {"happened": True, "unknown_since": checked}
+        status, again = call(settle_url, "POST", again, token=TOKEN)
         assert status == 409, again
 
 
@@ -382,6 +416,7 @@ def test_settling_a_step_of_a_plan_held_for_a_role_needs_that_role(
     Then he is refused (Forbidden, naming the role), nothing changes, and alice may settle it.
     """
     plan, _ = cut_off_mid_charge(finance_billing, approver=FINANCE)
+    checked = since_listed(finance_billing, plan)
 
     for happened, output in ((True, {"charge_id": "ch_bob", "amount": 999999}), (False, None)):
         with pytest.raises(Forbidden, match="requires the role 'finance' to settle a step of"):
@@ -392,6 +427,7 @@ def test_settling_a_step_of_a_plan_held_for_a_role_needs_that_role(
                 "bob",
                 happened=happened,
                 output=output,
+                unknown_since=checked,
             )
     assert step_runs(finance_billing.store, plan.plan_id) == {"charge": "unknown"}
     assert "step.settled" not in audit_kinds(finance_billing.store, plan.goal_id)
@@ -403,6 +439,7 @@ def test_settling_a_step_of_a_plan_held_for_a_role_needs_that_role(
         "alice",
         happened=False,
         roles=FINANCE.roles,
+        unknown_since=checked,
     )
     assert resumed
 
@@ -418,13 +455,19 @@ def test_the_api_refuses_a_reviewer_without_the_role_a_settle_needs(
         serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
     ):
         settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
-        found = {"happened": True, "output": {"charge_id": "ch_bob", "amount": 999999}}
+        checked = since_listed(finance_billing, plan).isoformat()
+        found = {
+            "happened": True,
+            "output": {"charge_id": "ch_bob", "amount": 999999},
+            "unknown_since": checked,
+        }
 
         status, refused = call(settle_url, "POST", found, token="b" * 40)
 
         assert status == 403, refused
         assert step_runs(finance_billing.store, plan.plan_id) == {"charge": "unknown"}
-        status, outcome = call(settle_url, "POST", {"happened": False}, token=TOKEN)
+        found = {"happened": False, "unknown_since": checked}
+        status, outcome = call(settle_url, "POST", found, token=TOKEN)
         assert status == 200, outcome
         assert finance_billing.wait_for(plan.goal_id, timeout=5).status == "completed"
         assert CHARGES == [5]
@@ -506,8 +549,16 @@ def test_a_failure_beside_a_step_that_may_have_happened_still_waits_for_a_person
         assert waiting.status == "needs_attention", waiting.status_reason
         assert step_runs(pipeline.store, plan.plan_id) == {"wire": "unknown", "close": "failed"}
 
+        checked = since_listed(pipeline, plan, "wire")
         pipeline.bus.publish(
-            settle_step(pipeline.store, plan.plan_id, "wire", "alice", happened=True)
+            settle_step(
+                pipeline.store,
+                plan.plan_id,
+                "wire",
+                "alice",
+                happened=True,
+                unknown_since=checked,
+            )
         )
         done = pipeline.wait_for(goal_id, {"failed", "completed"}, timeout=5)
 
@@ -562,7 +613,15 @@ def test_an_output_that_is_not_what_the_tool_returns_is_refused(billing: Pipelin
     plan, _ = cut_off_mid_charge(billing)
 
     with pytest.raises(InputInvalid, match="that is not what charge_card returns"):
-        settle_step(billing.store, plan.plan_id, "charge", "alice", happened=True, output={"id": 1})
+        settle_step(
+            billing.store,
+            plan.plan_id,
+            "charge",
+            "alice",
+            happened=True,
+            output={"id": 1},
+            unknown_since=since_listed(billing, plan),
+        )
 
     assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}
 
@@ -582,6 +641,7 @@ def test_the_cli_refuses_an_output_that_is_not_strict_json(
         "--happened",
         "--output",
         '{"charge_id": "ch_1", "amount": NaN}',
+        *("--since", since_listed(billing, plan).isoformat()),
     )
 
     assert result.returncode == 2
@@ -598,8 +658,11 @@ def test_the_cli_settles_a_step_of_a_plan_named_by_its_first_8_characters(
     """
     plan, _ = cut_off_mid_charge(billing)
 
+    since = since_listed(billing, plan).isoformat()
     settled = run_cli(
-        billing, tmp_path, "review", "settle", plan.plan_id[:8], "charge", "--happened"
+        billing,
+        tmp_path,
+        *("review", "settle", plan.plan_id[:8], "charge", "--since", since, "--happened"),
     )
 
     assert settled.returncode == 0, settled.stderr
@@ -629,10 +692,15 @@ def test_a_step_settled_as_not_happened_by_someone_else_meanwhile_is_a_conflict(
     """Two reviewers settled the same step at once on two replicas: the one who came second
     was told the plan had no such step (404), though it was settled and ran again."""
     plan, _ = cut_off_mid_charge(billing)
-    assert settle_step(billing.store, plan.plan_id, "charge", "alice", happened=False)
+    checked = since_listed(billing, plan)  # both had the same call listed
+    assert settle_step(
+        billing.store, plan.plan_id, "charge", "alice", happened=False, unknown_since=checked
+    )
 
     with pytest.raises(Conflict, match="settled already"):
-        settle_step(billing.store, plan.plan_id, "charge", "bob", happened=False)
+        settle_step(
+            billing.store, plan.plan_id, "charge", "bob", happened=False, unknown_since=checked
+        )
 
 
 def test_a_settle_of_a_call_checked_before_the_step_ran_again_is_refused(
@@ -646,24 +714,7 @@ def test_a_settle_of_a_call_checked_before_the_step_ran_again_is_refused(
     settled only as listed now: the stale settle had the write run a third time.
     """
     plan, _ = cut_off_mid_charge(billing)
-    [checked] = unsettled_steps(billing.store)
-    with billing.bus.observe() as observer:
-        billing.bus.publish(
-            settle_step(
-                billing.store,
-                plan.plan_id,
-                "charge",
-                "alice",
-                happened=False,
-                unknown_since=checked.since,
-            )
-        )
-        next_message(observer, "execution.completed", plan.goal_id)
-    rewind_to_mid_call(billing.store, plan, "charge")  # the second call, cut off too
-    with billing.bus.observe() as observer:
-        billing.bus.publish([Envelope.of(stored_approval(billing.store, plan.plan_id))])
-        next_message(observer, "execution.paused", plan.goal_id)
-    [now] = unsettled_steps(billing.store)
+    checked, now = cut_off_again(billing, plan)
 
     with pytest.raises(Conflict, match="settled and called again since you looked"):
         settle_step(
@@ -672,14 +723,39 @@ def test_a_settle_of_a_call_checked_before_the_step_ran_again_is_refused(
             "charge",
             "bob",
             happened=False,
-            unknown_since=checked.since,
+            unknown_since=checked,
         )
     settled = settle_step(
-        billing.store, plan.plan_id, "charge", "bob", happened=True, unknown_since=now.since
+        billing.store, plan.plan_id, "charge", "bob", happened=True, unknown_since=now
     )
 
-    assert now.since != checked.since
+    assert now != checked
     assert settled  # the run resumes: nothing else was unknown
+
+
+def cut_off_again(pipeline: Pipeline, plan: Plan) -> tuple[datetime, datetime]:
+    """Settle the unknown charge "did not happen" as alice; cut its second call off too.
+
+    Returns the `since` of the call alice checked, and that of the call unknown now.
+    """
+    checked = since_listed(pipeline, plan)
+    with pipeline.bus.observe() as observer:
+        pipeline.bus.publish(
+            settle_step(
+                pipeline.store,
+                plan.plan_id,
+                "charge",
+                "alice",
+                happened=False,
+                unknown_since=checked,
+            )
+        )
+        next_message(observer, "execution.completed", plan.goal_id)
+    rewind_to_mid_call(pipeline.store, plan, "charge")  # the second call, cut off too
+    with pipeline.bus.observe() as observer:
+        pipeline.bus.publish([Envelope.of(stored_approval(pipeline.store, plan.plan_id))])
+        next_message(observer, "execution.paused", plan.goal_id)
+    return checked, since_listed(pipeline, plan)
 
 
 def test_someone_without_the_role_learns_nothing_of_a_step_settled_meanwhile(
@@ -688,12 +764,26 @@ def test_someone_without_the_role_learns_nothing_of_a_step_settled_meanwhile(
     """bob, without `finance`, came after alice had settled the charge: he was told it was
     settled already (a 409), not that he may not settle it (a 403)."""
     plan, _ = cut_off_mid_charge(finance_billing, approver=FINANCE)
+    checked = since_listed(finance_billing, plan)
     settle_step(
-        finance_billing.store, plan.plan_id, "charge", "alice", happened=False, roles=FINANCE.roles
+        finance_billing.store,
+        plan.plan_id,
+        "charge",
+        "alice",
+        happened=False,
+        roles=FINANCE.roles,
+        unknown_since=checked,
     )
 
     with pytest.raises(Forbidden, match="requires the role 'finance' to settle a step of"):
-        settle_step(finance_billing.store, plan.plan_id, "charge", "bob", happened=False)
+        settle_step(
+            finance_billing.store,
+            plan.plan_id,
+            "charge",
+            "bob",
+            happened=False,
+            unknown_since=checked,
+        )
 
 
 def test_a_paused_runs_end_told_again_changes_nothing_and_raises_nothing(
@@ -737,7 +827,8 @@ def test_the_api_settles_a_cancelled_goal_s_write_saying_nothing_runs_again(
         serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
     ):
         settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
-        status, outcome = call(settle_url, "POST", {"happened": False}, token=TOKEN)
+        found = {"happened": False, "unknown_since": since_listed(billing, plan).isoformat()}
+        status, outcome = call(settle_url, "POST", found, token=TOKEN)
 
     assert status == 200, outcome
     assert outcome["status"] == "cancelled"
@@ -770,7 +861,10 @@ def test_a_write_settled_not_happened_then_its_goal_cancelled_before_it_ran_read
     finishes, and is recorded then", then "no outcome was recorded", though bob had said one.
     """
     plan, _ = cut_off_mid_charge(billing)
-    settle_step(billing.store, plan.plan_id, "charge", "bob", happened=False)  # not sent on
+    checked = since_listed(billing, plan)
+    settle_step(  # not sent on
+        billing.store, plan.plan_id, "charge", "bob", happened=False, unknown_since=checked
+    )
     cancel_goal(billing.store, plan.goal_id, "carol", "wrong card")
 
     shown = run_cli(billing, tmp_path, "status", plan.goal_id)
@@ -793,7 +887,13 @@ def test_a_cancelled_goal_s_write_settled_as_not_happened_reads_skipped_by_its_s
     """
     plan = cancelled_mid_charge(billing)
 
-    assert settle_step(billing.store, plan.plan_id, "charge", "alice", happened=False) == []
+    checked = since_listed(billing, plan)
+    assert (
+        settle_step(
+            billing.store, plan.plan_id, "charge", "alice", happened=False, unknown_since=checked
+        )
+        == []
+    )
 
     shown = run_cli(billing, tmp_path, "status", plan.goal_id)
     assert shown.returncode == 0, shown.stderr
@@ -831,7 +931,10 @@ def test_a_write_in_doubt_is_recorded_and_listed_with_its_arguments_and_key(
     [ran] = [e.data for e in succeeded if e.data["step_id"] == "charge"]
 
     listed = run_cli(billing, tmp_path, "review", "unsettled", "--json")
-    settle_step(billing.store, plan.plan_id, "charge", "alice", happened=True)
+    checked = since_listed(billing, plan)
+    settle_step(
+        billing.store, plan.plan_id, "charge", "alice", happened=True, unknown_since=checked
+    )
 
     assert listed.returncode == 0, listed.stderr
     [view] = json.loads(listed.stdout)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from plangate.cli.common import friendly_errors
+from plangate.cli.common import err_console, friendly_errors
 from plangate.cli.held_plan_view import console
 from plangate.cli.render import shown
 from plangate.cli.review import JsonOption, PlanArgument
@@ -28,7 +30,8 @@ from plangate.cli.review_access import (
     publish,
     resolve,
 )
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, NotFound
+from plangate.unknown_calls import since_text
 
 if TYPE_CHECKING:
     from plangate.store import Store
@@ -42,19 +45,7 @@ def review_unsettled(
 
     Each one stops its run until a person settles it with `plangate review settle`.
     """
-    from approval_gate.settle import unsettled_steps
-
-    access = resolve(server, token_file, deciding=False)
-    if access.server:
-        with access.api() as api:
-            views: list[dict[str, Any]] = api.get("/unsettled")
-    else:
-        with opened_store(access.settings) as (_settings, store):
-            steps = unsettled_steps(store)
-        views = [
-            {**dataclasses.asdict(s), "since": s.since.isoformat() if s.since else None}
-            for s in steps
-        ]
+    views = _unsettled_views(resolve(server, token_file, deciding=False))
     if as_json:
         typer.echo(json.dumps(views))
         return
@@ -66,16 +57,31 @@ def review_unsettled(
     for column in ("step", "tool", "goal", "since", "called with"):
         table.add_column(column, overflow="fold")
     for view in views:
-        since = (view["since"] or "")[:19]
+        since = view["since"] or ""  # whole: `review settle --since` takes it back
         cells = (view["plan_id"], view["step_id"], view["tool"], view["goal_text"][:60], since)
         # Anyone's goal text; the arguments a planner's (a model's) and outputs' words.
         table.add_row(*(shown(cell) for cell in (*cells, _called_with(view))))
     console.print(table)
     console.print(
-        "Check whether each happened, then: plangate review settle PLAN STEP "
+        "Check whether each happened, then: plangate review settle PLAN STEP --since SINCE "
         "--happened | --not-happened",
         style="dim",
     )
+
+
+def _unsettled_views(access: Access) -> list[dict[str, Any]]:
+    """Return the unknown steps as the API lists them, through the server or from the store."""
+    from approval_gate.settle import unsettled_steps
+
+    if access.server:
+        with access.api() as api:
+            listed: list[dict[str, Any]] = api.get("/unsettled")
+            return listed
+    with opened_store(access.settings) as (_settings, store):
+        steps = unsettled_steps(store)
+    return [
+        {**dataclasses.asdict(s), "since": since_text(s.since) if s.since else None} for s in steps
+    ]
 
 
 def _called_with(view: dict[str, Any]) -> str:
@@ -115,6 +121,16 @@ def review_settle(
         ),
     ] = None,
     comment: Annotated[str, typer.Option(metavar="TEXT", help="What you found (recorded).")] = "",
+    since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TIME",
+            help="The call you checked: its since, as `plangate review unsettled` prints it. "
+            "Refused if the step was settled and called again since. Without it, a terminal "
+            "shows the call unknown now and asks.",
+            show_default=False,
+        ),
+    ] = None,
     server: ServerOption = None,
     token_file: TokenFileOption = None,
     as_json: JsonOption = False,
@@ -122,7 +138,8 @@ def review_settle(
     """Settle STEP_ID of PLAN_ID, which an executor died in the middle of.
 
     Look first (did the card get charged? did the page go out?), then say --happened or
-    --not-happened. When no step of the plan is left unknown, its run resumes where it stopped.
+    --not-happened, naming the call you checked (--since). When no step of the plan is left
+    unknown, its run resumes where it stopped.
     """
     from approval_gate.settle import SETTLED_IN
     from schemas import MessageRejected, strict_json_loads
@@ -139,7 +156,11 @@ def review_settle(
     access = resolve(server, token_file, deciding=False)
     if access.token is None:
         raise ConfigError(NO_TOKEN)
-    found = {"happened": happened, "output": value, "comment": comment}
+    if not access.server and not _deployed(access, plan_id):
+        # Its run resumes once settled: only a deployment's executor carries it on.
+        raise ConfigError(no_deployment("deciding"))
+    checked = _call_checked(access, plan_id, step_id, since)
+    found = {"happened": happened, "output": value, "comment": comment, "unknown_since": checked}
     settle = _settle_there if access.server else _settle_here
     status = settle(access, plan_id, step_id, found)
     if as_json:
@@ -153,10 +174,61 @@ def review_settle(
     typer.echo(f"plan {plan_id}: step {step_id} settled; {said.get(status, 'the run resumes')}")
 
 
+def _call_checked(access: Access, plan_id: str, step_id: str, since: str | None) -> datetime:
+    """Return the `since` of the call the person checked: given, or shown and confirmed.
+
+    A settle names its call: settled "did not happen", a step is called again and may be
+    unknown again, and a command run twice (or from a script's history) settled the later
+    call, which nobody had checked, so that the write ran once more.
+    """
+    if since is not None:
+        return _parsed_since(since)
+    now = _unknown_now(access, plan_id, step_id)
+    shown_since = since_text(_parsed_since(str(now["since"])))
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            f"name the call you checked: add --since {shown_since} (the call of step "
+            f"{step_id} unknown now, {_called_with(now)}) if that is the one you checked"
+        )
+    said = f"step {step_id} of plan {now['plan_id']}: the call unknown now is since {shown_since}"
+    err_console.print(shown(f"{said}, {_called_with(now)}"))
+    typer.confirm("Is it the call you checked?", abort=True, err=True)
+    return _parsed_since(shown_since)
+
+
+def _unknown_now(access: Access, plan_id: str, step_id: str) -> dict[str, Any]:
+    """Return the listed call of `step_id` of the plan `plan_id` names (a short id too)."""
+    views = _unsettled_views(access)
+    matching = [v for v in views if v["step_id"] == step_id and v["plan_id"] == plan_id] or [
+        v for v in views if v["step_id"] == step_id and v["plan_id"].startswith(plan_id)
+    ]
+    if len(matching) != 1 or matching[0]["since"] is None:
+        raise NotFound(
+            f"no call of step {step_id!r} of plan {plan_id} waits to be settled; "
+            "`plangate review unsettled` lists those that do"
+        )
+    return matching[0]
+
+
+def _parsed_since(text: str) -> datetime:
+    """Return the time --since gives; ConfigError if it is not one with its time zone."""
+    try:
+        since = datetime.fromisoformat(text.strip())
+    except ValueError:
+        since = None
+    if since is None or since.tzinfo is None:
+        raise ConfigError(
+            f"--since {text!r} is not a time with its zone: give it whole, as "
+            "`plangate review unsettled` prints it (e.g. 2026-05-01T09:30:00.123456+00:00)"
+        )
+    return since
+
+
 def _settle_there(access: Access, plan_id: str, step_id: str, found: dict[str, Any]) -> str:
     """Settle through the server; return the goal's status then."""
+    body = {**found, "unknown_since": since_text(found["unknown_since"])}
     with access.api() as api:
-        outcome = api.post(path_of(plan_id, "steps", step_id, "settle"), found)
+        outcome = api.post(path_of(plan_id, "steps", step_id, "settle"), body)
     return str(outcome["status"])
 
 
@@ -164,9 +236,6 @@ def _settle_here(access: Access, plan_id: str, step_id: str, found: dict[str, An
     """Settle in the store as the reviewer the token names; return the goal's status then."""
     from approval_gate.settle import settle_step
 
-    if "broker_url" not in access.settings.model_fields_set and not _cancelled(access, plan_id):
-        # Its run resumes once settled: only a deployment's executor carries it on.
-        raise ConfigError(no_deployment("deciding"))
     reviewer = access.reviewer()
     with opened_store(access.settings) as (settings, store):
         envelopes = settle_step(
@@ -174,6 +243,11 @@ def _settle_here(access: Access, plan_id: str, step_id: str, found: dict[str, An
         )
         publish(settings, store, envelopes)
         return _goal_status(store, plan_id) or ""
+
+
+def _deployed(access: Access, plan_id: str) -> bool:
+    """Say whether settling in the store reaches what carries the run on, if anything does."""
+    return "broker_url" in access.settings.model_fields_set or _cancelled(access, plan_id)
 
 
 def _cancelled(access: Access, plan_id: str) -> bool:

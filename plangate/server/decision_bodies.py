@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from plangate.server.json_bodies import json_body
 from schemas.messages import MAX_COMMENT_CHARS
@@ -26,17 +27,33 @@ class CancelRequest(_Strict):
 
 
 class Settle(_Strict):
-    """What you found of an unknown step: whether it happened (and its output, if it did)."""
+    """What you found of the unknown call you checked: whether it happened (and its output).
+
+    `unknown_since` names that call: a body without it is refused (422), as a settle naming no
+    call settled whichever call was unknown when it came (a retry, a second click, a stale tab).
+    """
 
     happened: bool
     output: Any = Field(default=None, description="With happened: the output later steps use.")
     comment: str = Field(default="", max_length=MAX_COMMENT_CHARS)
-    unknown_since: AwareDatetime | None = Field(
-        default=None,
-        description="The `since` of the unknown call you checked, as `unsettled` lists it: "
-        "refused (409) if the step was settled and called again meanwhile (a retry, a second "
-        "click), so a later call nobody checked is never settled by it. Send it.",
+    unknown_since: AwareDatetime = Field(
+        description="Required: the `since` of the unknown call you checked, as "
+        "GET /api/v1/reviews/unsettled lists it. Refused (409) if the step was settled and "
+        "called again meanwhile, so a later call nobody checked is never settled by it.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_the_call(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("unknown_since") is None:
+            raise PydanticCustomError("call_not_named", NAME_THE_CALL)
+        return data
+
+
+NAME_THE_CALL = (
+    "unknown_since is missing: send the `since` of the unknown call you checked, as "
+    "GET /api/v1/reviews/unsettled lists it (a settle names the call it settles)"
+)
 
 
 class Approve(_Strict):

@@ -279,9 +279,10 @@ def edit(plan_id: str, body: EditBody, desk: Desk, reviewer: Person) -> Outcome:
 
 @_decision("/{plan_id}/steps/{step_id}/settle", Settle)
 def settle(plan_id: str, step_id: str, body: SettleBody, desk: Desk, reviewer: Person) -> Outcome:
-    """Say whether an unknown step happened; once none is left, the run resumes.
+    """Say whether the unknown call you checked happened; once none is left, the run resumes.
 
-    409 if the step is not unknown, or its run is not waiting for a person.
+    `unknown_since` names that call (422 without it). 409 if the step is not unknown, if its
+    unknown call is another one now, or if its run is not waiting for a person.
     """
     envelopes = desk.settle(plan_id, step_id, reviewer, body)
     outcome = outcome_of(desk, desk.goal_of(plan_id), "")

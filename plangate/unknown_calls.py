@@ -1,0 +1,16 @@
+"""Naming the call of a write whose outcome is unknown: a person settles that call, not another.
+
+A write cut off mid-call is `unknown` from a moment on, its `since`. Settled "did not happen",
+it is called again and may be cut off again: the same step, a later call, a later `since`. A
+settle names the `since` of the call its person checked, so that a stale page, a second click
+or a client's retry cannot settle a later call nobody checked (`approval_gate.settle`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def since_text(since: datetime) -> str:
+    """Return `since` as a settle takes it back: ISO 8601 in UTC, to the microsecond."""
+    return (since if since.tzinfo else since.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
