@@ -19,6 +19,7 @@ from plangate.bus import Envelope
 from plangate.store import TERMINAL_STATUSES, AuditRow, StepRunRow
 from plangate.store.goals import GoalState, transition
 from plangate.store.outbox import emit
+from plangate.unknown_calls import SINCE_LISTED, settle_command
 from schemas import (
     ExecutionCancelled,
     ExecutionCompleted,
@@ -86,13 +87,17 @@ def _pause(
     # The first one's cause, in its own words: the tool's (a timeout after sending), or that
     # the executor calling it died.
     why = f"{unknown[0].error}; " if unknown[0].error else ""
-    step = unknown[0].step_id if len(unknown) == 1 else "STEP"
+    rows = list(session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars())
+    # The command names the call unknown now (its since): a settle names the call it settles.
+    one = unknown[0].step_id if len(unknown) == 1 else None
+    since = next((row.finished_at for row in rows if row.step_id == one), None)
+    listed = "" if since else f"; {SINCE_LISTED}"
     reason = (
         f"step {names} may or may not have happened ({why}its tool is not idempotent, so "
-        f"nothing calls it again by itself); check, then `plangate review settle {plan_id} "
-        f"{step} --happened` or `--not-happened` (it then runs again)"
+        f"nothing calls it again by itself); check, then "
+        f"`{settle_command(plan_id, one or 'STEP', since)}` or `--not-happened` "
+        f"(it then runs again{listed})"
     )
-    rows = session.execute(select(StepRunRow).where(StepRunRow.plan_id == plan_id)).scalars()
     statuses: dict[str, Any] = {row.step_id: row.status for row in rows}
     transition(session, goal_id, "needs_attention", by="executor", actor=ACTOR, reason=reason)
     return ExecutionPaused(goal_id=goal_id, plan_id=plan_id, reason=reason, steps=statuses)

@@ -14,3 +14,15 @@ from datetime import UTC, datetime
 def since_text(since: datetime) -> str:
     """Return `since` as a settle takes it back: ISO 8601 in UTC, to the microsecond."""
     return (since if since.tzinfo else since.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+def settle_command(plan_id: str, step_id: str, since: datetime | None) -> str:
+    """Return the command that settles the call of `step_id` unknown since `since`, as happened.
+
+    Without `since` (not known here): a placeholder, `SINCE_LISTED` says where to read it.
+    """
+    when = since_text(since) if since is not None else "SINCE"
+    return f"plangate review settle {plan_id} {step_id} --since {when} --happened"
+
+
+SINCE_LISTED = "SINCE as `plangate review unsettled` lists it"

@@ -1070,9 +1070,9 @@ def test_ctrl_c_during_a_write_outlasting_the_grace_leaves_it_unknown_for_a_pers
     assert unsettled.returncode == 0, unsettled.stderr
     (waiting,) = json.loads(unsettled.stdout)
     assert (waiting["step_id"], waiting["goal_status"]) == ("pay", "cancelled")
-    assert (
+    assert (  # a command that works as printed: it names the call unknown (its since)
         "it may or may not have happened; check, then record which: `plangate review settle "
-        f"{waiting['plan_id']} pay --happened` (or --not-happened)"
+        f"{waiting['plan_id']} pay --since {waiting['since']} --happened` (or --not-happened)"
     ) in stderr
     assert "ended mid-call after the goal was cancelled" in waiting["reason"]
 

@@ -171,6 +171,7 @@ def test_a_killed_run_s_write_is_marked_unknown_by_the_next_run_on_the_folder(
 
     next_run = folder.plangate("run", "count tickets", "--yes")
     status = folder.status(goal_id)
+    [unknown] = json.loads(folder.plangate("review", "unsettled", "--json").stdout)
     again = folder.plangate("run", "count tickets", "--yes")
 
     assert live["status"] == "running"
@@ -181,7 +182,7 @@ def test_a_killed_run_s_write_is_marked_unknown_by_the_next_run_on_the_folder(
         "an earlier `plangate run` on this data folder ended without finishing (killed?): its "
         f"goal {goal_id} is cancelled; write step pay was being called: it may or may not have "
         f"happened; check, then record which: `plangate review settle {status['plan_id']} pay "
-        "--happened` (or --not-happened)"
+        f"--since {unknown['since']} --happened` (or --not-happened)"  # the call, as listed
     ) in next_run.stderr
     assert (status["status"], status["steps"]) == ("cancelled", {"pay": "unknown"})
     [pay] = status["results"]

@@ -45,6 +45,7 @@ from plangate.store import StepRunRow
 from plangate.store.audit_records import disagreement
 from plangate.store.goals import goal_status
 from plangate.tools import ToolRegistry, tool
+from plangate.unknown_calls import since_text
 from schemas import ExecutionPaused, Plan
 from tests.fleet import serving_app
 from tests.support import (
@@ -190,8 +191,11 @@ def test_a_write_cut_off_mid_call_stops_the_run_for_a_person(billing: Pipeline) 
     assert "may or may not have happened" in paused.reason
     said = "(the executor calling it died mid-call, or could not record its result; its tool"
     assert f"{said} is not idempotent" in paused.reason
-    assert f"plangate review settle {plan.plan_id} charge --happened" in paused.reason
     [waiting] = unsettled_steps(billing.store)
+    assert waiting.since is not None
+    # The command that settles the call unknown now, as it stands: it names that call.
+    command = f"plangate review settle {plan.plan_id} charge --since {since_text(waiting.since)}"
+    assert f"`{command} --happened` or `--not-happened`" in paused.reason
     assert (waiting.plan_id, waiting.step_id, waiting.tool) == (
         plan.plan_id,
         "charge",

@@ -383,7 +383,7 @@ def run_goal(text: str, settings: Settings, options: RunOptions) -> int:
             event_stream.events_only_on_stdout(options.as_json) as events,
             Pipeline(settings, own_goals_only=True, previews=not options.yes) as pipeline,
         ):
-            interrupted.say_settled(pipeline.settled, err)
+            interrupted.say_settled(pipeline.store, pipeline.settled, err)
             if not options.as_json:
                 interrupted.say_waiting_elsewhere(pipeline, err)
             goal_run = GoalRun(pipeline, options, out, err)

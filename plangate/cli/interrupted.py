@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from rich.console import Console
 from sqlalchemy import select
@@ -21,8 +22,9 @@ from plangate.cli.run_signals import Ending
 from plangate.embedded import Pipeline
 from plangate.errors import Conflict, Forbidden
 from plangate.run_marks import Settled
-from plangate.store import GoalRow, StepRunRow
+from plangate.store import GoalRow, StepRunRow, Store
 from plangate.store.goals import latest_plan
+from plangate.unknown_calls import SINCE_LISTED, settle_command
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ def steps_after_waiting(
     if unknown:
         err.print(
             f"write step {', '.join(unknown)} was still being called: it may or may not have "
-            f"happened; {how_to_settle(_unknown_writes(pipeline, goal_id))}"
+            f"happened; {how_to_settle(pipeline.store, _unknown_writes(pipeline, goal_id))}"
         )
     written = went_out(pipeline, goal_id)
     if written:
@@ -109,16 +111,35 @@ def steps_after_waiting(
     return steps
 
 
-def how_to_settle(writes: Sequence[str]) -> str:
+def how_to_settle(store: Store, writes: Sequence[str]) -> str:
     """Say how to record whether each write of unknown outcome (`plan_id/step_id`) happened.
 
     It said "`plangate review settle`" alone: the user had to find the plan's and the step's
-    ids, which that command takes.
+    ids, which that command takes, and the call's since (`--since`), which names the call.
     """
-    commands = ", ".join(
-        f"`plangate review settle {w.replace('/', ' ', 1)} --happened`" for w in writes
-    )
-    return f"check, then record which: {commands} (or --not-happened)"
+    commands, listed = [], ""
+    for write in writes:
+        plan_id, step_id = write.split("/", 1)
+        since = _unknown_since(store, plan_id, step_id)
+        commands.append(f"`{settle_command(plan_id, step_id, since)}`")
+        listed = listed if since else f"; {SINCE_LISTED}"
+    return f"check, then record which: {', '.join(commands)} (or --not-happened{listed})"
+
+
+def _unknown_since(store: Store, plan_id: str, step_id: str) -> datetime | None:
+    """Return since when the write `step_id` of `plan_id` is unknown (None: not known here)."""
+    try:
+        with store.reading() as session:
+            return session.scalar(
+                select(StepRunRow.finished_at).where(
+                    StepRunRow.plan_id == plan_id,
+                    StepRunRow.step_id == step_id,
+                    StepRunRow.status == "unknown",
+                )
+            )
+    except Exception:  # the store busy or gone: the process ends all the same, saying where
+        log.warning("could not read since when %s is unknown", step_id, exc_info=True)
+        return None
 
 
 def _unknown_writes(pipeline: Pipeline, goal_id: str) -> list[str]:
@@ -180,14 +201,14 @@ def outcome(pipeline: Pipeline, goal_id: str, status: str) -> str:
     return status
 
 
-def say_settled(settled: list[Settled], err: Console) -> None:
+def say_settled(store: Store, settled: list[Settled], err: Console) -> None:
     """Say, in one line each, the goals of earlier runs found over and settled at this start."""
     for goal in settled:
         done = "is cancelled" if goal.cancelled else "had ended"
         steps = ", ".join(write.split("/", 1)[1] for write in goal.unknown)
         unknown = (
             f"; write step {steps} was being called: it may or may not have happened; "
-            f"{how_to_settle(goal.unknown)}"
+            f"{how_to_settle(store, goal.unknown)}"
             if goal.unknown
             else ""
         )
@@ -272,7 +293,7 @@ def stop_or_abandon(
             marked = []
         steps = ", ".join(step.split("/", 1)[1] for step in marked)
         what = (
-            f"write step {steps} may or may not happen: {how_to_settle(marked)}"
+            f"write step {steps} may or may not happen: {how_to_settle(pipeline.store, marked)}"
             if marked
             else "what it had done is recorded"
         )
