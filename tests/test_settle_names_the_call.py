@@ -170,3 +170,32 @@ def test_the_cli_at_a_terminal_shows_the_call_unknown_now_and_settles_it_once_co
     assert "step charge settled" in stdout
     [entry] = [e for e in audit_entries(billing.store, plan.goal_id) if e.kind == "step.settled"]
     assert entry.data["unknown_since"] == now
+
+
+def test_the_cli_through_serve_names_the_call_too(billing: Pipeline, tmp_path: Path) -> None:
+    """Given a run stopped on its unknown charge and `plangate serve` beside it,
+    When `review settle --server URL` runs off a terminal without `--since`, then with the
+    since it gave,
+    Then the first is refused (exit 2, naming the --since to add) and the second settles
+    that call, as on the store.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+    now = since_text(since_listed(billing, plan))
+    reviewers = Reviewers([Reviewer.with_token("alice", TOKEN)])
+    settings = billing.settings.model_copy(update={"broker_url": "memory://"})
+    env = cli_env(billing, tmp_path, PLANGATE_REVIEWER_TOKEN=TOKEN)
+    settle = [sys.executable, "-m", "plangate", "review", "settle", plan.plan_id, "charge"]
+    with (
+        Client(settings) as client,
+        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
+    ):
+        there = [*settle, "--server", url, "--happened"]
+        refused = subprocess.run(there, capture_output=True, text=True, env=env, check=False)
+        settled = subprocess.run(
+            [*there, "--since", now], capture_output=True, text=True, env=env, check=False
+        )
+
+    assert refused.returncode == 2, refused.stderr
+    assert f"add --since {now} " in refused.stderr
+    assert settled.returncode == 0, settled.stderr
+    assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"
