@@ -333,6 +333,38 @@ def test_the_cli_lists_unsettled_steps_and_settles_one(billing: Pipeline, tmp_pa
     assert "step charge (charge_card): succeeded (settled as happened by carol)" in shown.stdout
 
 
+def test_the_unsettled_list_at_80_columns_keeps_each_value_whole_and_prints_the_command(
+    billing: Pipeline, tmp_path: Path
+) -> None:
+    """Given a run stopped on its unknown charge,
+    When `plangate review unsettled` prints to a pipe (80 columns),
+    Then the plan, the since and the arguments are each whole on one line, and the command it
+    prints settles the step as printed. (A table of six columns wrapped them into 6-character
+    fragments: `"amoun / t"`, a date in 2-character pieces.)
+    """
+    plan, _ = cut_off_mid_charge(billing)
+
+    listed = run_cli(billing, tmp_path, "review", "unsettled")
+
+    assert listed.returncode == 0, listed.stderr
+    [since] = [
+        view["since"]
+        for view in json.loads(run_cli(billing, tmp_path, "review", "unsettled", "--json").stdout)
+    ]
+    lines = listed.stdout.splitlines()
+    assert f"plan {plan.plan_id} · step charge (charge_card), unknown since {since}" in lines
+    assert any(line.endswith('args {"amount": 5}') for line in lines), listed.stdout
+    [command] = [line.strip() for line in lines if line.strip().startswith("settle: ")]
+    assert command == (
+        f"settle: plangate review settle {plan.plan_id[:8]} charge --since {since} "
+        "--happened | --not-happened"
+    )
+    settle = command.removeprefix("settle: plangate ").split(" --happened")[0].split()
+    settled = run_cli(billing, tmp_path, *settle, "--happened")
+    assert settled.returncode == 0, settled.stderr
+    assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"
+
+
 def test_the_unsettled_table_cuts_a_writes_long_arguments_saying_where_they_are_whole() -> None:
     """A write's arguments of 10 KB filled 2,135 lines of the table at 80 columns; the goal
     beside them is cut. Shown cut, with their length and where to read them whole (--json)."""

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from plangate.cli.common import err_console, friendly_errors
 from plangate.cli.held_plan_view import console
@@ -52,21 +51,25 @@ def review_unsettled(
     if not views:
         typer.echo("no step is waiting to be settled")
         return
-    table = Table(title="Steps that may or may not have happened", title_justify="left")
-    table.add_column("plan", no_wrap=True)
-    for column in ("step", "tool", "goal", "since", "called with"):
-        table.add_column(column, overflow="fold")
+    # One block per step, not a table: a plan id, a since to the microsecond and a write's
+    # arguments in six columns wrapped to 6-character fragments at 80 columns ("amoun / t").
+    console.print(f"{len(views)} step(s) may or may not have happened; check each, then settle it:")
     for view in views:
-        since = view["since"] or ""  # whole: `review settle --since` takes it back
-        cells = (view["plan_id"], view["step_id"], view["tool"], view["goal_text"][:60], since)
-        # Anyone's goal text; the arguments a planner's (a model's) and outputs' words.
-        table.add_row(*(shown(cell) for cell in (*cells, _called_with(view))))
-    console.print(table)
+        _print_unsettled(view)
+
+
+def _print_unsettled(view: dict[str, Any]) -> None:
+    """Print one unknown step: what to ask the other system, and the command that settles it."""
+    since = view["since"] or "SINCE"  # whole: `review settle --since` takes it back
+    # Anyone's goal text; the arguments a planner's (a model's) and outputs' words.
     console.print(
-        "Check whether each happened, then: plangate review settle PLAN STEP --since SINCE "
-        "--happened | --not-happened",
-        style="dim",
+        f"\nplan {shown(view['plan_id'])} · step {shown(view['step_id'])} "
+        f"({shown(view['tool'])}), unknown since {shown(since)}"
     )
+    console.print(f"  goal: {shown(view['goal_text'][:200])}")
+    console.print(f"  called with: {shown(_called_with(view))}")
+    command = f"plangate review settle {view['plan_id'][:8]} {view['step_id']} --since {since}"
+    console.print(f"  settle: {shown(command)} --happened | --not-happened", style="dim")
 
 
 def _unsettled_views(access: Access) -> list[dict[str, Any]]:
