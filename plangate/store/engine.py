@@ -33,6 +33,7 @@ from plangate.store.kept_sessions import (
     KeptSessions,
 )
 from plangate.store.sqlite_lock import acquire_lock, release_lock
+from plangate.store.sqlstates import what_to_do
 
 log = logging.getLogger(__name__)
 # An execution option of `Store.reading`'s connections: their transactions take no write lock.
@@ -337,16 +338,13 @@ def require_store_schema(url: str) -> str:
 
 @contextmanager
 def _said_plainly(engine: Engine) -> Iterator[None]:
-    """Turn the database's refusal to open (unreachable, not plangate's) into what to check."""
+    """Turn the database's refusal to open (unreachable, not plangate's) into what to do."""
     try:
         yield
     except SQLAlchemyError as exc:
         where = shown_url(engine.url)
         cause = failure_cause(exc)
-        check = _unwritable_folder(engine.url) or (
-            "check PLANGATE_DATABASE_URL, and that the database is reachable and was made by "
-            "plangate"
-        )
+        check = _unwritable_folder(engine.url) or what_to_do(exc)
         raise ConfigError(f"cannot open the store at {where}: {cause}; {check}") from exc
 
 

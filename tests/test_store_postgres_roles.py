@@ -1,0 +1,78 @@
+"""PostgreSQL with two roles, as a DBA runs it: the owner migrates, the workers only use rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fleet import FAST_SWEEPS, Fleet
+from tests.postgres_roles import grant_as_documented, owned_database
+from tests.support import migrate_to
+
+pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(120)]
+
+APPROVE_ALL = """
+rules:
+  - name: approve-everything
+    match: "true"
+    action: approve
+    reason: the roles test approves every plan
+"""
+
+
+def test_db_upgrade_as_a_role_without_a_privilege_names_it_and_says_to_run_it_as_the_owner(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """Given a database owned by one role, and another role that may not create tables in it,
+    When `plangate db upgrade` runs as that other role,
+    Then it exits 2 naming the privilege as PostgreSQL does, and says to run it as the
+    database's owner and what the workers and serve need; it said to check the URL.
+    """
+    with owned_database(postgres_url) as roles:
+        fleet = Fleet(redis_url, roles.user_url, tmp_path)
+        refused = fleet.plangate("db", "upgrade")
+
+    assert refused.returncode == 2, refused.stderr
+    said = " ".join(refused.stderr.split())
+    assert "permission denied for schema public" in said
+    assert "run `plangate db upgrade` as the database's owner" in said
+    assert "SELECT, INSERT, UPDATE, DELETE on its tables and USAGE, SELECT on its sequences" in said
+    assert "check PLANGATE_DATABASE_URL" not in said
+
+
+def test_workers_and_serve_run_a_goal_as_a_role_with_only_the_documented_grants(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """Given a database its owner migrated to an older release's schema, the grants of
+    docs/how-to/deploy.md given to a second role, then the owner's upgrade to this release
+    (whose tables the default privileges reach),
+    When a planner, a gate, an executor and serve run as the second role,
+    Then serve is ready and takes a goal, and the goal completes, with no privilege refused.
+    """
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(APPROVE_ALL)
+    with owned_database(postgres_url) as roles:
+        migrate_to(roles.owner_url, "0012").dispose()
+        grant_as_documented(roles)
+        owner = Fleet(redis_url, roles.owner_url, tmp_path / "owner")
+        upgraded = owner.plangate("db", "upgrade")
+        assert upgraded.returncode == 0, upgraded.stderr
+        env = {"PLANGATE_POLICY_FILE": str(policy), **FAST_SWEEPS}
+        fleet = Fleet(redis_url, roles.user_url, tmp_path, extra_env=env, namespace=owner.namespace)
+        try:
+            fleet.start_all()
+            url = fleet.ready(fleet.serve_free())
+            taken = httpx.post(f"{url}/api/v1/goals", json={"text": "count"}, timeout=10)
+            done = fleet.plangate("submit", "how many tickets are open", "--wait", "--json")
+        finally:
+            codes = fleet.stop_all()
+        logs = fleet.logs()
+
+    assert taken.status_code in (201, 202), taken.text
+    assert done.returncode == 0, done.stderr + logs
+    assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "completed"
+    assert "permission denied" not in logs
+    assert codes == [0, 0, 0, 0], logs
