@@ -16,6 +16,7 @@ from plangate.errors import BrokerRefused, BrokerUnreadable, PlangateError
 from plangate.store import Store
 from plangate.store.outages import store_answered, store_failed
 from plangate.store.schema import mismatch
+from plangate.store.sqlstates import refusal
 
 log = logging.getLogger(__name__)
 READY_READ_TIMEOUT_SECONDS = 1.0
@@ -36,7 +37,8 @@ def not_ready(store: Store, bus: Bus | None = None) -> str | None:
             current = store.revision()
         except SQLAlchemyError as again:
             store_failed(store, again, "the readiness check")  # said once, not at every probe
-            return "the store does not answer"
+            refused = refusal(again)  # it answers, but takes no more connections (say)
+            return "the store does not answer" if refused is None else refused.reason
     store_answered(store)
     problem = mismatch(current)
     if problem is not None:

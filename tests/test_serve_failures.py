@@ -11,17 +11,22 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
+from psycopg import sql
+from sqlalchemy.engine import make_url
 
 from plangate.reviewers import add_reviewer
 from tests.fleet import Fleet
+from tests.postgres_roles import grant_as_documented, owned_database
 from tests.servers import free_port, refusing_connections
+from tests.support import eventually
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 UNKNOWN_GOAL = "0" * 32
@@ -51,13 +56,21 @@ def served(tmp_path: Path, redis_url: str) -> Iterator[Served]:
 
 
 @contextmanager
-def serving(tmp_path: Path, redis_url: str, database_url: str) -> Iterator[Served]:
-    """Run `plangate serve` on a migrated store, with one reviewer, until the block ends."""
+def serving(
+    tmp_path: Path, redis_url: str, database_url: str, *, migrate: Callable[[], None] | None = None
+) -> Iterator[Served]:
+    """Run `plangate serve` on a migrated store, with one reviewer, until the block ends.
+
+    `migrate`: how the store is migrated (by default `plangate db upgrade` at `database_url`).
+    """
     database = tmp_path / "plangate.db"
     reviewers = tmp_path / "reviewers.yaml"
     token = add_reviewer(reviewers, "alice", ["finance"])
     fleet = Fleet(broker_url=redis_url, database_url=database_url, folder=tmp_path)
-    assert fleet.plangate("db", "upgrade").returncode == 0
+    if migrate is None:
+        assert fleet.plangate("db", "upgrade").returncode == 0
+    else:
+        migrate()
     port = free_port()
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
@@ -194,3 +207,96 @@ def test_a_dropped_connection_is_a_503_even_when_the_store_answers_the_probe() -
     assert answer.status_code == 503
     assert b"the database connection was lost" in bytes(answer.body)
     assert answer.headers["retry-after"] == "5"
+
+
+REFUSALS_SQL = """
+CREATE FUNCTION refuse_goals() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.text = 'a slow insert' THEN PERFORM pg_sleep(5); END IF;
+  IF NEW.text = 'a conflict' THEN
+    RAISE EXCEPTION 'could not serialize access' USING ERRCODE = 'serialization_failure';
+  END IF;
+  IF NEW.text = 'a deadlock' THEN
+    RAISE EXCEPTION 'deadlock detected' USING ERRCODE = 'deadlock_detected';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_goals BEFORE INSERT ON goals FOR EACH ROW EXECUTE FUNCTION refuse_goals();
+"""
+
+
+@pytest.mark.postgres
+def test_work_the_database_refuses_for_now_is_a_503_with_its_reason_to_retry(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """Given `serve` on PostgreSQL as a role with the documented grants, a lock_timeout and a
+    statement_timeout, as a DBA sets them,
+    When the database refuses a request's work for now: a lock held past lock_timeout, an
+    insert past statement_timeout, a serialization conflict, a deadlock, every connection
+    slot of the role taken,
+    Then each is a 503 that says why and to try again, with Retry-After, logged as one line
+    with what to change and no traceback: each was a 500 "the server failed" and a traceback.
+    """
+    with owned_database(postgres_url) as roles:
+        admin = make_url(roles.owner_url).set(drivername="postgresql", username="postgres")
+        database = admin.render_as_string(False)
+        user = sql.Identifier(roles.user)
+
+        def migrate() -> None:
+            owner = Fleet(redis_url, roles.owner_url, tmp_path / "owner")
+            assert owner.plangate("db", "upgrade").returncode == 0
+            grant_as_documented(roles)
+            with psycopg.connect(database, autocommit=True) as connection:
+                connection.execute(REFUSALS_SQL.encode())
+                for setting in ("lock_timeout = '300ms'", "statement_timeout = '2s'"):
+                    connection.execute(sql.SQL(f"ALTER ROLE {{}} SET {setting}").format(user))
+
+        with serving(tmp_path, redis_url, roles.user_url, migrate=migrate) as served:
+            reviewer = {"Authorization": f"Bearer {served.token}"}
+
+            def goal(text: str) -> httpx.Response:
+                return httpx.post(f"{served.url}/api/v1/goals", json={"text": text}, timeout=10)
+
+            def reviews() -> httpx.Response:
+                return httpx.get(f"{served.url}/api/v1/reviews", headers=reviewer, timeout=10)
+
+            answered: dict[str, list[httpx.Response]] = {}
+            with psycopg.connect(database) as holder:
+                holder.execute("LOCK TABLE goals, plans IN ACCESS EXCLUSIVE MODE")
+                answered["lock_timeout"] = [goal("count"), reviews()]
+            answered["statement_timeout"] = [goal("a slow insert")]
+            answered["rolled back"] = [goal("a conflict"), goal("a deadlock")]
+            with psycopg.connect(database, autocommit=True) as connection:
+                connection.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT 0").format(user))
+                connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                    (roles.user,),
+                )
+                # The first request may meet a pooled connection ended so (a 503 of its own).
+                refused = eventually(
+                    lambda: None if "connection was lost" in (r := goal("count")).text else r,
+                    timeout=10,
+                    what="a request past the pooled connections ended",
+                )
+                answered["too many connections"] = [refused, reviews()]
+                connection.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT -1").format(user))
+            again = goal("count")
+        log = served.log.read_text()
+
+    reasons = {
+        "lock_timeout": "the database did not grant a lock in time (lock_timeout)",
+        "statement_timeout": "the database cancelled a statement (statement_timeout",
+        "rolled back": "the database rolled back a transaction",
+        "too many connections": "the database refuses new connections (too many connections)",
+    }
+    for case, answers_ in answered.items():
+        for refused in answers_:
+            assert refused.status_code == 503, (case, refused.text)
+            assert reasons[case] in refused.json()["error"], (case, refused.text)
+            assert refused.json()["error"].endswith("; try again shortly"), refused.text
+            assert refused.headers["retry-after"] == "5"
+    assert again.status_code in (201, 202), again.text
+    assert "Traceback" not in log
+    assert "the server failed" not in log
+    assert "raise its max_connections" in log
+    assert "POST /api/v1/goals: the database did not grant a lock in time" in log

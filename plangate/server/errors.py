@@ -33,6 +33,8 @@ from plangate.errors import (
 )
 from plangate.redaction import redact
 from plangate.server.templating import templates
+from plangate.store.engine import failure_cause
+from plangate.store.sqlstates import refusal
 
 _log = logging.getLogger(__name__)
 
@@ -188,14 +190,20 @@ async def _store_failed(request: Request, exc: Exception) -> Response:
     """Answer 503, to be tried again, when the store does not answer (a database restarting).
 
     It was a 500 with a traceback (the statement and its parameters) logged at each request;
-    `/readyz` said the same in one line. Any other failure of the database is still a 500.
+    `/readyz` said the same in one line. So is work the database refused for now (too many
+    connections, a lock or statement timeout, a serialization conflict): its reason answered,
+    what to change logged. Any other failure of the database is still a 500.
     """
+    where = f"{request.method} {request.url.path[:200]}"
+    refused = refusal(exc)
+    if refused is not None:
+        _log.warning("%s: %s (%s)", where, refused, failure_cause(exc))
+        return answer(request, 503, f"{refused.reason}; try again shortly", {"Retry-After": "5"})
     problem = await run_in_threadpool(_store_problem, request)
     if problem is None and getattr(exc, "connection_invalidated", False):
         # The server came back before the probe looked (an immediate restart): the request's
         # connection was the old one's. Worth trying again, as any restart's 503.
         problem = "the database connection was lost (the database restarted?)"
-    where = f"{request.method} {request.url.path[:200]}"
     if problem is None:
         _log.error("%s failed on the store", where, exc_info=exc)
         return await _unexpected(request, exc)

@@ -1,10 +1,51 @@
-"""What PostgreSQL's error codes (SQLSTATE) say to do: grant a privilege, or use the owner.
+"""What PostgreSQL's error codes (SQLSTATE) say to do: wait a refusal out, or grant a privilege.
 
-A role without a privilege (`plangate db upgrade` as a role that cannot create tables) was
-told to check PLANGATE_DATABASE_URL. Imports nothing of the project: `engine` uses it.
+PostgreSQL refuses work it could do a moment later: every connection slot taken, a lock not
+granted within `lock_timeout`, a statement over `statement_timeout`, a transaction that lost a
+serialization conflict or a deadlock. `serve` answered those 500, a traceback logged at each;
+they are a 503 to try again, as an outage is. A role without a privilege (`plangate db
+upgrade` as a role that cannot create tables) was told to check PLANGATE_DATABASE_URL.
+Imports nothing of the project: `engine` uses it.
 """
 
 from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+
+class Refusal(NamedTuple):
+    """Work the database refused now and would likely do when tried again."""
+
+    reason: str  # what happened, for anyone (an HTTP client too)
+    advice: str  # what an operator changes if it lasts ("": nothing, it is the normal way)
+
+    def __str__(self) -> str:
+        return f"{self.reason}; {self.advice}" if self.advice else self.reason
+
+
+# 53300 is every "too many connections": the server's, a role's, a database's.
+_REFUSALS = {
+    "53300": Refusal(
+        "the database refuses new connections (too many connections)",
+        "raise its max_connections, or run fewer plangate processes or a lower --concurrency "
+        "(docs/how-to/deploy.md, Database connections, says how many each process takes)",
+    ),
+    "55P03": Refusal(
+        "the database did not grant a lock in time (lock_timeout)",
+        "another transaction held it; if this lasts, pg_locks shows which",
+    ),
+    "57014": Refusal(
+        "the database cancelled a statement (statement_timeout, or an operator's cancel)",
+        "if this lasts, raise statement_timeout or find what holds the database up",
+    ),
+    "40001": Refusal("the database rolled back a transaction that conflicted with another", ""),
+    "40P01": Refusal("the database rolled back a transaction caught in a deadlock", ""),
+}
+# A connection refused gets no SQLSTATE from libpq: the server's words are all there is.
+_TOO_MANY = re.compile(
+    r"too many clients already|remaining connection slots are reserved|too many connections for"
+)
 
 INSUFFICIENT_PRIVILEGE = "42501"
 OWNER_ADVICE = (
@@ -16,8 +57,17 @@ OWNER_ADVICE = (
 
 def sqlstate(error: BaseException) -> str | None:
     """Return the SQLSTATE of a database error (SQLAlchemy's or the driver's), else None."""
-    code = getattr(getattr(error, "orig", None) or error, "sqlstate", None)
+    driver = getattr(error, "orig", None) or error
+    code = getattr(driver, "sqlstate", None)
+    if code is None and _TOO_MANY.search(str(driver)):
+        return "53300"
     return code if isinstance(code, str) else None
+
+
+def refusal(error: BaseException) -> Refusal | None:
+    """Return the refusal a database error is (too many connections, a lock), else None."""
+    code = sqlstate(error)
+    return None if code is None else _REFUSALS.get(code)
 
 
 def what_to_do(error: BaseException) -> str:
