@@ -267,3 +267,26 @@ def test_postgres_connections_send_tcp_keepalives_unless_the_url_says_otherwise(
     assert socket_options(postgres_database_url)[0] == 1
     assert socket_options(postgres_database_url)[1:] == (30, 10, 3)
     assert socket_options(f"{postgres_database_url}{joiner}keepalives_idle=45")[1] == 45
+
+
+@pytest.mark.postgres
+def test_postgres_connections_carry_the_process_name_unless_the_url_names_one(
+    postgres_database_url: str,
+) -> None:
+    """Given a store on PostgreSQL, When a connection is opened by a process that is not a
+    worker, serve or the CLI (a service's Client), Then pg_stat_activity shows it as `plangate`
+    (every connection looked alike); Given the URL's own `application_name`, Then that one."""
+
+    def application_name(url: str) -> str:
+        store = open_store(url)
+        try:
+            with store.reading() as session:
+                return str(
+                    session.execute(text("SELECT current_setting('application_name')")).one()[0]
+                )
+        finally:
+            store.close()
+
+    joiner = "&" if "?" in postgres_database_url else "?"
+    assert application_name(postgres_database_url) == "plangate"
+    assert application_name(f"{postgres_database_url}{joiner}application_name=billing") == "billing"

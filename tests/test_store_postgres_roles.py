@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.postgres_roles import grant_as_documented, owned_database
-from tests.support import migrate_to
+from tests.support import eventually, migrate_to
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -21,6 +23,17 @@ rules:
     action: approve
     reason: the roles test approves every plan
 """
+PROCESSES = {"plangate-planner", "plangate-gate", "plangate-executor", "plangate-serve"}
+
+
+def application_names(database_url: str, user: str) -> set[str]:
+    """Return the application_name of every connection `user` has open, as a DBA sees them."""
+    admin = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE usename = %s", (user,)
+        ).fetchall()
+    return {name for (name,) in rows}
 
 
 def test_db_upgrade_as_a_role_without_a_privilege_names_it_and_says_to_run_it_as_the_owner(
@@ -50,7 +63,8 @@ def test_workers_and_serve_run_a_goal_as_a_role_with_only_the_documented_grants(
     docs/how-to/deploy.md given to a second role, then the owner's upgrade to this release
     (whose tables the default privileges reach),
     When a planner, a gate, an executor and serve run as the second role,
-    Then serve is ready and takes a goal, and the goal completes, with no privilege refused.
+    Then serve is ready and takes a goal, and the goal completes, with no privilege refused;
+    and pg_stat_activity tells each process's connections apart by their application_name.
     """
     policy = tmp_path / "policy.yaml"
     policy.write_text(APPROVE_ALL)
@@ -66,6 +80,13 @@ def test_workers_and_serve_run_a_goal_as_a_role_with_only_the_documented_grants(
             fleet.start_all()
             url = fleet.ready(fleet.serve_free())
             taken = httpx.post(f"{url}/api/v1/goals", json={"text": "count"}, timeout=10)
+            named = eventually(
+                lambda: (
+                    (names := application_names(roles.owner_url, roles.user)) >= PROCESSES and names
+                ),
+                timeout=10,
+                what="every process's connections named",
+            )
             done = fleet.plangate("submit", "how many tickets are open", "--wait", "--json")
         finally:
             codes = fleet.stop_all()
@@ -75,4 +96,5 @@ def test_workers_and_serve_run_a_goal_as_a_role_with_only_the_documented_grants(
     assert done.returncode == 0, done.stderr + logs
     assert json.loads(done.stdout.strip().splitlines()[-1])["status"] == "completed"
     assert "permission denied" not in logs
+    assert named == PROCESSES, named  # and no connection unnamed
     assert codes == [0, 0, 0, 0], logs

@@ -121,6 +121,9 @@ def main(
     ] = False,
 ) -> None:
     """Plangate: the planner decides, the gate authorises, the executor does."""
+    from plangate.process_name import name_process
+
+    name_process("cli")  # `worker` and `serve` name themselves
     if context.invoked_subcommand not in ("worker", "serve"):
         # A command that ends in seconds must not wait 10 s at exit for a collector that
         # is down: its spans get one short try (workers and serve keep the SDK's default).

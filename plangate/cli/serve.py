@@ -53,8 +53,10 @@ def serve(
     import socket
 
     from plangate.logs import setup_logging
+    from plangate.process_name import name_process
     from plangate.server.migration_wait import open_client
 
+    name_process("serve")
     settings = load_settings()
     setup_logging(settings.log_level, stage="serve")
     # Bound first, so a port in use is one line before anything else (uvicorn would log it

@@ -37,8 +37,10 @@ def worker(
     127.0.0.1); PLANGATE_HEALTH_PORT is its older name.
     """
     from plangate.logs import setup_logging
+    from plangate.process_name import name_process
     from plangate.worker import Worker
 
+    name_process(stage)
     settings = load_settings()
     setup_logging(settings.log_level, stage=stage)
     raise typer.Exit(Worker(stage, settings, concurrency, wait_for_schema).run())

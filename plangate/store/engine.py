@@ -23,6 +23,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from plangate.errors import ConfigError
+from plangate.process_name import process_name
 from plangate.redaction import redact
 from plangate.store import schema
 from plangate.store.kept_sessions import (
@@ -275,10 +276,11 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
         # Room in the pool beyond SQLAlchemy's default for the connections threads keep.
         # A server that takes the connection and never answers (stopped, its packets
         # dropped) held a starting worker for ever, deaf to SIGTERM: connecting gives up.
+        options = {**POSTGRES_OPTIONS, "application_name": process_name()}  # pg_stat_activity
         return create_engine(
             parsed,
             max_overflow=10 + MAX_KEPT_ON_POSTGRES,
-            connect_args={k: v for k, v in POSTGRES_OPTIONS.items() if k not in parsed.query},
+            connect_args={k: v for k, v in options.items() if k not in parsed.query},
         )
     except ImportError as exc:  # a driver named in the URL that is not installed
         raise ConfigError(
