@@ -8,11 +8,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.postgres_roles import grant_as_documented, owned_database
-from tests.support import eventually, migrate_to
+from tests.servers import free_port
+from tests.support import answers, eventually, migrate_to
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -98,3 +100,49 @@ def test_workers_and_serve_run_a_goal_as_a_role_with_only_the_documented_grants(
     assert "permission denied" not in logs
     assert named == PROCESSES, named  # and no connection unnamed
     assert codes == [0, 0, 0, 0], logs
+
+
+def test_a_worker_out_of_connection_slots_says_the_database_refuses_them_and_what_to_raise(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """Given a gate worker running as a role with the documented grants, its /readyz polled,
+    When every connection slot of the role is taken (its connection limit reached) and the
+    worker's connections are ended,
+    Then /readyz says the database refuses new connections (too many connections), and the
+    log says so once, with what to raise or lower; it said "does not answer" for both.
+    """
+    with owned_database(postgres_url) as roles:
+        owner = Fleet(redis_url, roles.owner_url, tmp_path / "owner")
+        assert owner.plangate("db", "upgrade").returncode == 0
+        grant_as_documented(roles)
+        fleet = Fleet(redis_url, roles.user_url, tmp_path, extra_env=FAST_SWEEPS)
+        port = free_port()
+        fleet.start("gate", PLANGATE_METRICS_PORT=str(port))
+        ready = f"http://127.0.0.1:{port}/readyz"
+        admin = make_url(roles.owner_url).set(drivername="postgresql", username="postgres")
+        try:
+            eventually(lambda: answers(ready) == 200, timeout=30, what="the gate ready")
+            with psycopg.connect(admin.render_as_string(False), autocommit=True) as connection:
+                user = sql.Identifier(roles.user)
+                connection.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT 0").format(user))
+                connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                    (roles.user,),
+                )
+                refused = eventually(
+                    lambda: (r := httpx.get(ready, timeout=5)).status_code == 503 and r.text,
+                    timeout=10,
+                    what="the gate not ready",
+                )
+                connection.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT -1").format(user))
+        finally:
+            codes = fleet.stop_all()
+        log = (tmp_path / "gate-0.log").read_text()
+
+    assert "the database refuses new connections (too many connections)" in refused
+    said = [line for line in log.splitlines() if "refuses" in line]
+    assert len(said) == 1, said
+    assert "refuses work: the database refuses new connections (too many connections)" in said[0]
+    assert "raise its max_connections, or run fewer plangate processes" in said[0]
+    assert "does not answer" not in log
+    assert codes == [0], fleet.logs()

@@ -14,6 +14,7 @@ import threading
 
 from plangate.lasting import Lasting
 from plangate.store.engine import Store, failure_cause, shown_url
+from plangate.store.sqlstates import refusal
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,18 @@ def store_failed(store: Store, error: BaseException, seen_by: str) -> None:
         outage = _outages.setdefault(where, Lasting(SAY_AGAIN_EVERY))
         said = outage.note()
         lasted = outage.seconds()
-    if said == "began":
+    refused = refusal(error)
+    if said == "began" and refused is not None:  # it answers, but takes no more work now
+        log.warning(
+            "the store at %s refuses work: %s (%s; seen by %s): not ready, and its work waits "
+            "until it is taken; %s",
+            where,
+            refused.reason,
+            failure_cause(error),
+            seen_by,
+            refused.advice or "it is tried again",
+        )
+    elif said == "began":
         log.warning(
             "the store at %s does not answer (%s; seen by %s): not ready, and its work waits "
             "until it answers; check the database and PLANGATE_DATABASE_URL",
