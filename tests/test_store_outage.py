@@ -12,14 +12,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from plangate.bus import Envelope
+from plangate.bus import Bus, Envelope
 from plangate.store import open_store
 from plangate.store.outbox import SentMarker
+from schemas import GoalSubmitted
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.servers import free_port, refusing_connections
 from tests.support import eventually
@@ -290,3 +292,49 @@ def test_postgres_connections_carry_the_process_name_unless_the_url_names_one(
     joiner = "&" if "?" in postgres_database_url else "?"
     assert application_name(postgres_database_url) == "plangate"
     assert application_name(f"{postgres_database_url}{joiner}application_name=billing") == "billing"
+
+
+def test_a_message_waiting_out_a_database_outage_is_said_as_it_begins_not_at_each_retry(
+    tmp_path: Path, redis_url: str, postgres_database_url: str
+) -> None:
+    """Given a planner worker on PostgreSQL, When its database refuses every connection while
+    a goal arrives on its queue, and the goal is retried several times before it answers again,
+    Then the log says the retries once as they begin (the database's words, what is retried)
+    and once when messages no longer wait: it said each retry (43 lines in a minute).
+    """
+    port = free_port()
+    fleet = Fleet(redis_url, postgres_database_url, tmp_path, extra_env=FAST_SWEEPS)
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    fleet.start("executor")  # its tools published: the planner plans once the database answers
+    worker = fleet.start("planner", PLANGATE_METRICS_PORT=str(port))
+    log = tmp_path / "planner-1.log"
+    bus = Bus(redis_url, fleet.namespace)
+    try:
+        eventually(lambda: probe(port, "/readyz")[0] == 200, timeout=30, what="the planner ready")
+        with refusing_connections(postgres_database_url):
+            bus.publish([Envelope.of(GoalSubmitted(goal_id=uuid4().hex, text="count tickets"))])
+            eventually(lambda: retries(port) >= 4, timeout=60, what="four retries of the goal")
+        eventually(lambda: "no longer wait" in log.read_text(), timeout=60, what="its end said")
+        assert worker.poll() is None, fleet.logs()
+    finally:
+        bus.close()
+        codes = fleet.stop_all()
+    assert codes == [0, 0], fleet.logs()
+    said = [json.loads(line)["message"] for line in log.read_text().splitlines() if "{" in line]
+    # (A goal planned before the executor's tools are published waits for them: not an outage.)
+    retrying = [line for line in said if "retrying" in line and "tools yet" not in line]
+    assert len(retrying) == 1, retrying
+    assert retrying[0].startswith("the database is unavailable: ")
+    assert "; retrying goal.submitted in 2 s (and so on while it lasts)" in retrying[0]
+    ended = r"messages no longer wait out an outage, after \d+ s of retries"
+    assert any(re.fullmatch(ended, line) for line in said), said
+
+
+def retries(port: int) -> float:
+    """Return how many messages the worker's /metrics says it retried."""
+    found = re.findall(
+        r'^plangate_messages_total\{[^}]*outcome="retried"[^}]*\} (\S+)$',
+        probe(port, "/metrics")[1],
+        re.MULTILINE,
+    )
+    return sum(float(count) for count in found)

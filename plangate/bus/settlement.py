@@ -30,11 +30,13 @@ from plangate.bus.inbound import decode, original_content_type, raw_body, text_h
 from plangate.bus.middleware import MiddlewareStack
 from plangate.bus.producers import ThreadProducers
 from plangate.bus.retries import Deferred, Waiting
-from plangate.errors import HandBack, PlangateError, Reject, Retry, Unavailable
+from plangate.errors import HandBack, NotReady, PlangateError, Reject, Retry, Unavailable
 from plangate.goal_trace import goal_span
+from plangate.lasting import Lasting
 
 log = logging.getLogger(__name__)
 
+SAY_AGAIN_EVERY = 60.0  # seconds: an outage's retries are said again at most this often
 PublishedHook = Callable[[Sequence[Envelope]], None]
 RetryDelay = Callable[[BaseException, int], float | None]  # None: dead-letter it
 
@@ -68,10 +70,14 @@ class Settlement:
         self._stored_retries = stored_retries
         self._on_published = on_published
         self._held: Waiting[tuple[KombuMessage, int]] = Waiting()
+        # An outage's retries, said as it begins and now and then, not one line a retry.
+        self._outage = Lasting(SAY_AGAIN_EVERY)
 
     def settle(self, done: Done) -> None:
         """Decide what a finished message leads to: its results, a dead letter or a retry."""
         error = done.future.exception()
+        if not isinstance(error, Unavailable) or isinstance(error, NotReady):
+            self._outage_over()  # this message got past the outage, whatever came of it
         if error is None:
             self._ack(done.raw, done.delivery)
             self._middleware.after_settle(done.delivery, "handled")
@@ -174,13 +180,25 @@ class Settlement:
     def _hold_retry(self, done: Done, error: BaseException, delay: float) -> None:
         attempt = done.delivery.attempt
         if isinstance(error, Unavailable):  # an outage uses no attempt
-            log.warning("%s; retrying %s in %g s", error, done.delivery.routing_key, delay)
+            said = self._outage.note()
+            key = done.delivery.routing_key
+            if said == "began":
+                log.warning("%s; retrying %s in %g s (and so on while it lasts)", error, key, delay)
+            elif said == "goes on":
+                lasted = self._outage.seconds()
+                log.warning("%s, for %.0f s now; retrying %s in %g s", error, lasted, key, delay)
         else:  # a Retry is an expected outcome; anything else is worth a warning
             level = logging.INFO if isinstance(error, Retry) else logging.WARNING
             log.log(level, "retrying %s in %g s: %r", done.delivery.routing_key, delay, error)
             attempt += 1
         self._held.add(delay, (done.raw, attempt))
         self._middleware.after_settle(done.delivery, "retried")
+
+    def _outage_over(self) -> None:
+        """Say, once, that messages are handled again after an outage, and how long it lasted."""
+        if self._outage.active:
+            lasted = self._outage.end()
+            log.warning("messages no longer wait out an outage, after %.0f s of retries", lasted)
 
 
 def mark_published(hook: PublishedHook | None, published: Sequence[Envelope]) -> None:
