@@ -8,7 +8,9 @@ consumer's outbox hook, as every worker has it.
 from __future__ import annotations
 
 import json
+import logging
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -214,6 +216,49 @@ def test_waiting_for_what_is_not_ready_frees_the_slot_and_uses_no_attempt(
     assert len(retries) == 3
     assert {r.headers["x-plangate-attempt"] for r in retries} == {"1"}
     assert bus.take_dead_letters() == []
+
+
+def test_messages_waiting_for_what_is_not_ready_are_said_once_and_once_over(
+    bus: Bus,
+    planner: Callable[..., StageConsumer],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given a planner whose handler says NotReady (no executor has published its tools yet)
+    for three goals, each retried three times,
+    When the tools come and the goals are answered,
+    Then the log says the wait once as it begins and once as it is over: it said a line at
+    each retry, every 2 s for each goal queued behind a missing executor.
+    """
+    tries: list[str] = []
+
+    def handler(message: Message, delivery: Delivery) -> list[Envelope]:
+        assert isinstance(message, GoalSubmitted)
+        if len(tries) < 9:
+            tries.append(message.goal_id)
+            raise NotReady("no executor has published its tools yet", delay=0.05)
+        return answer(message)
+
+    caplog.set_level(logging.INFO, logger="plangate.bus")
+    planner(handler, concurrency=1)
+    goals = [GoalSubmitted(goal_id=uuid4().hex, text=f"goal {n}") for n in range(3)]
+
+    with bus.observe() as observer:
+        bus.publish([Envelope.of(goal) for goal in goals])
+
+        def failed() -> PlanFailed | None:
+            message = observer.next(0.1)
+            return message if isinstance(message, PlanFailed) else None
+
+        answered = {eventually(failed, WAIT, "an answer").goal_id for _ in goals}
+
+    assert answered == {goal.goal_id for goal in goals}
+    assert len(tries) == 9
+    said = [r.getMessage() for r in caplog.records]
+    waits = [line for line in said if "tools yet" in line]
+    [wait] = waits
+    assert wait.startswith("messages wait: no executor has published its tools yet; retrying ")
+    over = r"messages no longer wait for what was not there, after \d+ s"
+    assert any(re.fullmatch(over, line) for line in said), said
 
 
 @pytest.mark.redis

@@ -72,6 +72,9 @@ class Settlement:
         self._held: Waiting[tuple[KombuMessage, int]] = Waiting()
         # An outage's retries, said as it begins and now and then, not one line a retry.
         self._outage = Lasting(SAY_AGAIN_EVERY)
+        # So is a wait for what is not there yet (no executor's tools): it is every message's,
+        # and a line each retry was a line every 2 s for each goal queued.
+        self._not_ready = Lasting(SAY_AGAIN_EVERY)
 
     def settle(self, done: Done) -> None:
         """Decide what a finished message leads to: its results, a dead letter or a retry."""
@@ -79,6 +82,7 @@ class Settlement:
         if not isinstance(error, Unavailable) or isinstance(error, NotReady):
             self._outage_over()  # this message got past the outage, whatever came of it
         if error is None:
+            self._not_ready_over()
             self._ack(done.raw, done.delivery)
             self._middleware.after_settle(done.delivery, "handled")
         elif isinstance(error, PublishFailed):
@@ -163,7 +167,12 @@ class Settlement:
 
     def _ack_stored_retry(self, done: Done, stored: Deferred) -> None:
         why = stored.__cause__
-        log.info("retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, why)
+        key = done.delivery.routing_key
+        if not isinstance(why, NotReady):
+            log.info("retrying %s in %g s: %s", key, stored.delay, why)
+        elif (said := self._not_ready.note()) is not None:
+            lasted = "" if said == "began" else f", for {self._not_ready.seconds():.0f} s now"
+            log.warning("messages wait: %s%s; retrying %s in %g s", why, lasted, key, stored.delay)
         self._middleware.after_settle(done.delivery, "retried")
         self._ack(done.raw, done.delivery)
         self._stored_retries.add(stored.delay, stored.envelope)
@@ -193,6 +202,12 @@ class Settlement:
             attempt += 1
         self._held.add(delay, (done.raw, attempt))
         self._middleware.after_settle(done.delivery, "retried")
+
+    def _not_ready_over(self) -> None:
+        """Say, once, that a message was handled after messages waited for what was not there."""
+        if self._not_ready.active:
+            lasted = self._not_ready.end()
+            log.warning("messages no longer wait for what was not there, after %.0f s", lasted)
 
     def _outage_over(self) -> None:
         """Say, once, that messages are handled again after an outage, and how long it lasted."""
