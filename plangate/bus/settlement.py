@@ -37,6 +37,7 @@ from plangate.lasting import Lasting
 log = logging.getLogger(__name__)
 
 SAY_AGAIN_EVERY = 60.0  # seconds: an outage's retries are said again at most this often
+MAX_WAITS_TRACKED = 256  # distinct reasons of waits remembered to say each once a minute
 PublishedHook = Callable[[Sequence[Envelope]], None]
 RetryDelay = Callable[[BaseException, int], float | None]  # None: dead-letter it
 
@@ -72,9 +73,9 @@ class Settlement:
         self._held: Waiting[tuple[KombuMessage, int]] = Waiting()
         # An outage's retries, said as it begins and now and then, not one line a retry.
         self._outage = Lasting(SAY_AGAIN_EVERY)
-        # So is a wait for what is not there yet (no executor's tools): it is every message's,
-        # and a line each retry was a line every 2 s for each goal queued.
-        self._not_ready = Lasting(SAY_AGAIN_EVERY)
+        # So is a wait for what is not there yet (no executor's tools), by what it says: it is
+        # every message's, and a line each retry was a line every 2 s for each goal queued.
+        self._waits: dict[str, Lasting] = {}
 
     def settle(self, done: Done) -> None:
         """Decide what a finished message leads to: its results, a dead letter or a retry."""
@@ -82,7 +83,6 @@ class Settlement:
         if not isinstance(error, Unavailable) or isinstance(error, NotReady):
             self._outage_over()  # this message got past the outage, whatever came of it
         if error is None:
-            self._not_ready_over()
             self._ack(done.raw, done.delivery)
             self._middleware.after_settle(done.delivery, "handled")
         elif isinstance(error, PublishFailed):
@@ -167,12 +167,8 @@ class Settlement:
 
     def _ack_stored_retry(self, done: Done, stored: Deferred) -> None:
         why = stored.__cause__
-        key = done.delivery.routing_key
-        if not isinstance(why, NotReady):
-            log.info("retrying %s in %g s: %s", key, stored.delay, why)
-        elif (said := self._not_ready.note()) is not None:
-            lasted = "" if said == "began" else f", for {self._not_ready.seconds():.0f} s now"
-            log.warning("messages wait: %s%s; retrying %s in %g s", why, lasted, key, stored.delay)
+        if not isinstance(why, NotReady) or self._wait_due(str(why)):
+            log.info("retrying %s in %g s: %s", done.delivery.routing_key, stored.delay, why)
         self._middleware.after_settle(done.delivery, "retried")
         self._ack(done.raw, done.delivery)
         self._stored_retries.add(stored.delay, stored.envelope)
@@ -203,11 +199,11 @@ class Settlement:
         self._held.add(delay, (done.raw, attempt))
         self._middleware.after_settle(done.delivery, "retried")
 
-    def _not_ready_over(self) -> None:
-        """Say, once, that a message was handled after messages waited for what was not there."""
-        if self._not_ready.active:
-            lasted = self._not_ready.end()
-            log.warning("messages no longer wait for what was not there, after %.0f s", lasted)
+    def _wait_due(self, said: str) -> bool:
+        """Return True if a wait saying `said` is to be logged: first, then once a minute."""
+        if len(self._waits) >= MAX_WAITS_TRACKED and said not in self._waits:
+            self._waits.clear()  # bounded: a reason naming each goal must not grow it for ever
+        return self._waits.setdefault(said, Lasting(SAY_AGAIN_EVERY)).note() is not None
 
     def _outage_over(self) -> None:
         """Say, once, that messages are handled again after an outage, and how long it lasted."""
