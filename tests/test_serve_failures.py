@@ -300,3 +300,48 @@ def test_work_the_database_refuses_for_now_is_a_503_with_its_reason_to_retry(
     assert "the server failed" not in log
     assert "raise its max_connections" in log
     assert "POST /api/v1/goals: the database did not grant a lock in time" in log
+
+
+def test_a_goal_stored_is_answered_201_though_its_status_then_cannot_be_read(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """Given `serve` on PostgreSQL as a role with the documented grants, then none to read
+    plans (as the moment after an insert can find the database out of connections),
+    When a goal without an idempotency key is posted,
+    Then it is answered 201 `submitted` and stored once: it was a 503 "try again", and its
+    client, trying again, made the goal twice.
+    And with no grant to insert goals, a post is a 500 saying the role lacks a privilege, the
+    log one line with PostgreSQL's words and what to grant: it was a traceback of 110 lines
+    with the statement and the goal's text.
+    """
+    with owned_database(postgres_url) as roles:
+        admin = make_url(roles.owner_url).set(drivername="postgresql", username="postgres")
+        database = admin.render_as_string(False)
+        user = sql.Identifier(roles.user)
+
+        def migrate() -> None:
+            owner = Fleet(redis_url, roles.owner_url, tmp_path / "owner")
+            assert owner.plangate("db", "upgrade").returncode == 0
+            grant_as_documented(roles)
+
+        with (
+            serving(tmp_path, redis_url, roles.user_url, migrate=migrate) as served,
+            psycopg.connect(database, autocommit=True) as connection,
+        ):
+            connection.execute(sql.SQL("REVOKE SELECT ON plans FROM {}").format(user))
+            goals = f"{served.url}/api/v1/goals"
+            posted = httpx.post(goals, json={"text": "count tickets"}, timeout=10)
+            stored = connection.execute("SELECT id FROM goals").fetchall()
+            connection.execute(sql.SQL("REVOKE INSERT ON goals FROM {}").format(user))
+            refused = httpx.post(goals, json={"text": "a secret text"}, timeout=10)
+        log = served.log.read_text()
+
+    assert posted.status_code == 201, posted.text
+    assert (posted.json()["status"], posted.json()["duplicate"]) == ("submitted", False)
+    assert [row[0] for row in stored] == [posted.json()["goal_id"]]
+    assert refused.status_code == 500, refused.text
+    assert "refuses plangate's role a privilege" in refused.json()["error"]
+    assert "permission denied for table goals" in log
+    assert "run `plangate db upgrade` as the database's owner" in log
+    assert "Traceback" not in log
+    assert "a secret text" not in log

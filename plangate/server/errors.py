@@ -16,7 +16,7 @@ import time
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -34,7 +34,7 @@ from plangate.errors import (
 from plangate.redaction import redact
 from plangate.server.templating import templates
 from plangate.store.engine import failure_cause
-from plangate.store.sqlstates import refusal
+from plangate.store.sqlstates import INSUFFICIENT_PRIVILEGE, OWNER_ADVICE, refusal, sqlstate
 
 _log = logging.getLogger(__name__)
 
@@ -211,6 +211,22 @@ async def _store_failed(request: Request, exc: Exception) -> Response:
     return answer(request, 503, f"{problem}; try again shortly", {"Retry-After": "5"})
 
 
+async def _store_refused_role(request: Request, exc: Exception) -> Response:
+    """Answer 500 saying so when the database refuses plangate's role a privilege.
+
+    A grant missing (a table revoked, one a migration added without default privileges) was a
+    traceback of 110 lines logged with the statement and its parameters (a goal's text), and
+    "the server failed". One line now says what PostgreSQL refused and what to grant.
+    """
+    where = f"{request.method} {request.url.path[:200]}"
+    if sqlstate(exc) != INSUFFICIENT_PRIVILEGE:
+        _log.error("%s failed on the store", where, exc_info=exc)
+        return await _unexpected(request, exc)
+    _log.error("%s: %s; %s", where, failure_cause(exc), OWNER_ADVICE)
+    said = "the database refuses plangate's role a privilege; the server's log says what to grant"
+    return answer(request, 500, said)
+
+
 async def _store_unavailable(request: Request, exc: Exception) -> Response:
     """As `_store_failed`: a Client's call says the driver's outage as StoreUnavailable."""
     cause = exc.__cause__
@@ -252,5 +268,6 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnicodeEncodeError, _unencodable)
     app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(OperationalError, _store_failed)
+    app.add_exception_handler(ProgrammingError, _store_refused_role)
     app.add_exception_handler(StoreUnavailable, _store_unavailable)
     app.add_exception_handler(Exception, _unexpected)

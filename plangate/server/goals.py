@@ -12,10 +12,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from sqlalchemy.exc import SQLAlchemyError
 
 from plangate import metrics, telemetry
 from plangate.client import Client, GoalHandle, GoalStatus
-from plangate.errors import PlangateError
+from plangate.errors import PlangateError, StoreUnavailable
 from plangate.event_keys import KEY_LIMIT
 from plangate.redaction import redact
 from plangate.server import goal_bodies
@@ -33,6 +34,7 @@ from plangate.server.goal_bodies import (
 from plangate.server.intake import CLOUDEVENT_JSON, EventGoal, GoalRequest, parse_goal
 from plangate.server.json_bodies import JSON, documented_body, read_body
 from plangate.server.reviewers import Reviewer, require_reviewer
+from plangate.store.engine import failure_cause
 from plangate.store.goal_list import MAX_PAGE
 
 # Each route says who may call it: submitting takes the intake token (when one is set);
@@ -161,11 +163,11 @@ async def submit_goal(
         metrics.intake("refused")
         raise
     metrics.intake("duplicate" if handle.duplicate else "accepted")
-    current = await run_in_threadpool(client.status, handle.goal_id)
+    status = await run_in_threadpool(_status_once_stored, client, handle)
     _log_accepted(handle)
     accepted = GoalAccepted(
         goal_id=handle.goal_id,
-        status=current.status,
+        status=status,
         trace_id=handle.trace_id,
         duplicate=handle.duplicate,
         queued=handle.queued,
@@ -175,6 +177,27 @@ async def submit_goal(
         status_code=200 if handle.duplicate else 201,
         headers={"Location": f"{router.prefix}/{handle.goal_id}"},
     )
+
+
+def _status_once_stored(client: Client, handle: GoalHandle) -> str:
+    """Return where a goal just submitted stands; `submitted` if the store cannot say now.
+
+    The goal is stored: a 503 here (the database out of connections the moment after the
+    insert) told its client to send it again, and one with no idempotency key made it twice.
+    A duplicate's status is not known without the read: that is still the store's error (a
+    retry finds the same goal).
+    """
+    try:
+        return client.status(handle.goal_id).status
+    except (SQLAlchemyError, StoreUnavailable) as exc:
+        if handle.duplicate:
+            raise
+        log.warning(
+            "goal %s stored; its status could not be read after (%s): answered as submitted",
+            handle.goal_id,
+            failure_cause(exc),
+        )
+        return "submitted"
 
 
 def _log_accepted(handle: GoalHandle) -> None:
