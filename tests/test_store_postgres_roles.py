@@ -58,6 +58,32 @@ def test_db_upgrade_as_a_role_without_a_privilege_names_it_and_says_to_run_it_as
     assert "check PLANGATE_DATABASE_URL" not in said
 
 
+def test_submit_as_a_role_refused_a_grant_says_what_to_grant_in_one_line(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """Given a store migrated by its owner and the documented grants, then INSERT on goals
+    revoked from the role the commands run as,
+    When `plangate submit` runs as that role,
+    Then it exits 2 with one line: PostgreSQL's words and what to grant; it printed
+    SQLAlchemy's error whole, the statement and the goal's text in it.
+    """
+    with owned_database(postgres_url) as roles:
+        owner = Fleet(redis_url, roles.owner_url, tmp_path / "owner")
+        assert owner.plangate("db", "upgrade").returncode == 0
+        grant_as_documented(roles)
+        admin = make_url(roles.owner_url).set(drivername="postgresql", username="postgres")
+        with psycopg.connect(admin.render_as_string(False), autocommit=True) as connection:
+            revoke = sql.SQL("REVOKE INSERT ON goals FROM {}")
+            connection.execute(revoke.format(sql.Identifier(roles.user)))
+        refused = Fleet(redis_url, roles.user_url, tmp_path).plangate("submit", "a secret text")
+
+    assert refused.returncode == 2, refused.stderr
+    [line] = refused.stderr.splitlines()
+    assert line.startswith("error: the store refused plangate's role: permission denied for")
+    assert "run `plangate db upgrade` as the database's owner" in line
+    assert "a secret text" not in line
+
+
 def test_workers_and_serve_run_a_goal_as_a_role_with_only_the_documented_grants(
     tmp_path: Path, redis_url: str, postgres_url: str
 ) -> None:
