@@ -17,6 +17,7 @@ import pytest
 
 from plangate.client import Client
 from plangate.store import GoalRow, StepRunRow, open_store
+from schemas import utcnow
 from tests.browser import chromium
 from tests.conftest import SEED_GOAL
 from tests.fleet import Fleet
@@ -228,6 +229,29 @@ def test_the_plan_page_shows_the_dry_run_beside_the_steps(
     assert notifications(fleet) == before
 
 
+def notify_left_unknown(base_url: str, client: Client, fleet: Fleet) -> Any:
+    """Run the seed goal to completion, then leave its notify step as an executor killed
+    mid-call leaves a non-idempotent write (`unknown`, the goal needing attention)."""
+    goal = held_goal(client)
+    _, plan = call(f"{base_url}/api/v1/reviews/{goal.plan_id}")
+    call(
+        f"{base_url}/api/v1/reviews/{goal.plan_id}/approve",
+        "POST",
+        {"plan_hash": plan["plan_hash"]},
+    )
+    assert api_status(base_url, goal.goal_id, {"completed", "failed"})["status"] == "completed"
+    store = open_store(fleet_settings(fleet).resolved_database_url(), upgrade=False)
+    try:
+        with store.session() as session:
+            session.get_one(GoalRow, goal.goal_id).status = "needs_attention"
+            step = session.get_one(StepRunRow, (goal.plan_id, "notify"))
+            step.status, step.error = "unknown", "an executor died during this call"
+            step.finished_at = utcnow()
+    finally:
+        store.close()
+    return goal
+
+
 def test_a_step_that_may_have_happened_is_settled_from_the_list_page(
     page: Any, base_url: str, client: Client, fleet: Fleet
 ) -> None:
@@ -237,23 +261,8 @@ def test_a_step_that_may_have_happened_is_settled_from_the_list_page(
     Then the page lists the step with its plan, the run resumes and completes, and nothing is
     paged again.
     """
-    goal = held_goal(client)
-    _, plan = call(f"{base_url}/api/v1/reviews/{goal.plan_id}")
-    call(
-        f"{base_url}/api/v1/reviews/{goal.plan_id}/approve",
-        "POST",
-        {"plan_hash": plan["plan_hash"]},
-    )
-    assert api_status(base_url, goal.goal_id, {"completed", "failed"})["status"] == "completed"
+    goal = notify_left_unknown(base_url, client, fleet)
     pages_sent = notifications(fleet)
-    store = open_store(fleet_settings(fleet).resolved_database_url(), upgrade=False)
-    try:
-        with store.session() as session:
-            session.get_one(GoalRow, goal.goal_id).status = "needs_attention"
-            step = session.get_one(StepRunRow, (goal.plan_id, "notify"))
-            step.status, step.error = "unknown", "an executor died during this call"
-    finally:
-        store.close()
 
     page.goto("/reviews")
     row = page.locator(f"#unsettled tr[data-step='{goal.plan_id}/notify']")
@@ -270,6 +279,32 @@ def test_a_step_that_may_have_happened_is_settled_from_the_list_page(
     assert notifications(fleet) == pages_sent
     page.reload()
     assert page.inner_text("#headline") == "Completed, approved by alice."
+
+
+def test_a_settle_from_a_page_left_open_is_refused_after_a_redirect(
+    page: Any, base_url: str, client: Client, fleet: Fleet
+) -> None:
+    """Given the notify step unknown, and alice's list page open on it (saying since when),
+    When she settles it through the API meanwhile (another tab, a script), then clicks "It
+    happened" on the page,
+    Then her settle is refused on the plan's page after a redirect, saying it is settled
+    already, so that a reload sends nothing again: it was answered at the POST's URL, and a
+    reload offered to send the stale settle again.
+    """
+    goal = notify_left_unknown(base_url, client, fleet)
+    page.goto("/reviews")
+    row = page.locator(f"#unsettled tr[data-step='{goal.plan_id}/notify']")
+    assert "unknown since 20" in row.inner_text()
+    status, [listed] = call(f"{base_url}/api/v1/reviews/unsettled")
+    assert status == 200, listed
+    settle = f"{base_url}/api/v1/reviews/{goal.plan_id}/steps/notify/settle"
+    found = {"happened": True, "unknown_since": listed["since"]}
+    assert call(settle, "POST", found)[0] == 200
+
+    row.locator("button[value=yes]").click()
+
+    page.wait_for_url(f"**/reviews/{goal.plan_id}?refused=*")
+    assert "not unknown: nothing to settle" in page.inner_text("#outcome")
 
 
 def test_the_api_explorer_works_without_internet(browser: Any, base_url: str) -> None:

@@ -119,8 +119,9 @@ def _settle(
         problem = f"That cannot be recorded: {exc}"
         return list_page(request, desk, web, error=problem, status=422)
     except (Conflict, Forbidden, NotFound) as exc:
-        status = {Conflict: 409, Forbidden: 403, NotFound: 404}[type(exc)]
-        return list_page(request, desk, web, error=str(exc), status=status)
+        # Shown after a redirect, as a decision's refusal is: answered at the POST's URL, a
+        # reload offered to send the stale settle again.
+        return RedirectResponse(_refused_link(web, plan_id, str(exc)), status_code=303)
     return RedirectResponse(_done_link(web, plan_id, "settled"), status_code=303)
 
 
