@@ -362,6 +362,8 @@ def test_the_unsettled_list_at_80_columns_keeps_each_value_whole_and_prints_the_
     settle = command.removeprefix("settle: plangate ").split(" --happened")[0].split()
     settled = run_cli(billing, tmp_path, *settle, "--happened")
     assert settled.returncode == 0, settled.stderr
+    said = f"plan {plan.plan_id[:8]}: step charge settled as happened; the run resumes\n"
+    assert settled.stdout == said  # what was recorded: it said only "settled"
     assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"
 
 

@@ -174,7 +174,9 @@ def review_settle(
         "needs_attention": "other steps still wait to be settled",
         "cancelled": "its goal was cancelled, so nothing resumes",
     }
-    typer.echo(f"plan {plan_id}: step {step_id} settled; {said.get(status, 'the run resumes')}")
+    resumes = "the run resumes" + ("" if happened else f", calling {step_id} once more")
+    what = "happened" if happened else "did not happen"
+    typer.echo(f"plan {plan_id}: step {step_id} settled as {what}; {said.get(status, resumes)}")
 
 
 def _call_checked(access: Access, plan_id: str, step_id: str, since: str | None) -> datetime:
