@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from tests.fleet import Fleet
 from tests.servers import fresh_database
 
 DEPLOY_PAGE = Path(__file__).resolve().parent.parent / "docs" / "how-to" / "deploy.md"
@@ -76,3 +77,10 @@ def grant_as_documented(roles: Roles) -> None:
     owner = make_url(roles.owner_url).set(drivername="postgresql").render_as_string(False)
     with psycopg.connect(owner, autocommit=True) as connection:
         connection.execute(statements.encode())
+
+
+def migrate_as_owner(folder: Path, redis_url: str, roles: Roles) -> None:
+    """Run `plangate db upgrade` as the owner, then the page's grants to the user role."""
+    owner = Fleet(redis_url, roles.owner_url, folder / "owner")
+    assert owner.plangate("db", "upgrade").returncode == 0
+    grant_as_documented(roles)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -30,7 +31,7 @@ from tests.servers import (
     stop_process,
     wait_until_ready,
 )
-from tests.support import eventually
+from tests.support import call, eventually
 
 pytestmark = pytest.mark.redis
 
@@ -807,3 +808,70 @@ def test_a_broker_that_hangs_is_a_zero_in_the_gauge_too(
         what="the log saying it is back",
         timeout=30,
     )
+
+
+def doomed_executor(fleet: Fleet, name: str) -> subprocess.Popen[bytes]:
+    """Start an executor that SIGKILLs itself once, right after its write's effect."""
+    marker = str(fleet.folder / f"fault-{name}")
+    return fleet.start("executor", PLANGATE_FAULT="mid_tool", PLANGATE_FAULT_MARKER=marker)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)  # five processes, two of them killed mid-call
+def test_a_stale_settle_posted_to_serve_after_the_write_ran_again_is_refused(
+    fleet: Fleet,
+) -> None:
+    """Given a charge cut off mid-call by a SIGKILL, found unknown by another executor, and
+    settled "did not happen" through serve's API (in a process of its own: tested in one
+    process, the refusal could not show what an attacker found across processes) with the
+    `unknown_since` alice read there,
+    When the charge, run again, is cut off again and found unknown once more, and alice's
+    settle is posted again (a tab left open, a retry),
+    Then serve answers 409 saying the step was called again since, nothing runs a third time,
+    and a settle naming the call now listed resumes the run to completed: two charges in all.
+    """
+    effects = with_chaos_tools(fleet)
+    reviewers = fleet.folder / "reviewers.yaml"
+    added = fleet.plangate("reviewers", "add", "alice", "--file", str(reviewers))
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    first = doomed_executor(fleet, "first")
+    fleet.start("planner")
+    fleet.start("gate")
+    url = fleet.ready(fleet.serve_free(PLANGATE_REVIEWERS_FILE=str(reviewers)))
+    goal_id = json.loads(fleet.plangate("submit", "charge 5", "--json").stdout)["goal_id"]
+    assert first.wait(timeout=30) == -9, fleet.logs()
+    second = doomed_executor(fleet, "second")
+
+    def unsettled() -> list[dict[str, Any]]:
+        code, listed = call(f"{url}/api/v1/reviews/unsettled", token)
+        assert code == 200, listed
+        return [step for step in listed if step["goal_id"] == goal_id]
+
+    [checked] = eventually(unsettled, timeout=40, what="the charge found unknown")
+    settle_url = f"{url}/api/v1/reviews/{checked['plan_id']}/steps/charge/settle"
+    stale = {"happened": False, "unknown_since": checked["since"], "comment": "not at the bank"}
+    code, said = call(settle_url, token, stale)
+    assert code == 200, said
+    assert second.wait(timeout=30) == -9, fleet.logs()  # the charge ran again, cut off again
+    fleet.start("executor")
+    [now] = eventually(
+        lambda: [s for s in unsettled() if s["since"] != checked["since"]],
+        timeout=40,
+        what="the second call found unknown",
+    )
+
+    code, refused = call(settle_url, token, stale)
+    assert code == 409, refused
+    assert "called again since you looked" in json.dumps(refused)
+
+    code, said = call(settle_url, token, {"happened": True, "unknown_since": now["since"]})
+    assert code == 200, said
+
+    def completed() -> dict[str, Any] | None:
+        status: dict[str, Any] = json.loads(fleet.plangate("status", goal_id, "--json").stdout)
+        return status if status["status"] == "completed" else None
+
+    status = eventually(completed, timeout=40, what="the goal completed")
+    assert status["steps"] == {"charge": "succeeded"}
+    assert len(effects.read_text().splitlines()) == 2, fleet.logs()

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from plangate.reviewers import add_reviewer
 from tests.fleet import Fleet
-from tests.postgres_roles import grant_as_documented, owned_database
+from tests.postgres_roles import migrate_as_owner, owned_database
 from tests.servers import free_port, refusing_connections
 from tests.support import eventually
 
@@ -243,9 +243,7 @@ def test_work_the_database_refuses_for_now_is_a_503_with_its_reason_to_retry(
         user = sql.Identifier(roles.user)
 
         def migrate() -> None:
-            owner = Fleet(redis_url, roles.owner_url, tmp_path / "owner")
-            assert owner.plangate("db", "upgrade").returncode == 0
-            grant_as_documented(roles)
+            migrate_as_owner(tmp_path, redis_url, roles)
             with psycopg.connect(database, autocommit=True) as connection:
                 connection.execute(REFUSALS_SQL.encode())
                 for setting in ("lock_timeout = '300ms'", "statement_timeout = '2s'"):
@@ -320,9 +318,7 @@ def test_a_goal_stored_is_answered_201_though_its_status_then_cannot_be_read(
         user = sql.Identifier(roles.user)
 
         def migrate() -> None:
-            owner = Fleet(redis_url, roles.owner_url, tmp_path / "owner")
-            assert owner.plangate("db", "upgrade").returncode == 0
-            grant_as_documented(roles)
+            migrate_as_owner(tmp_path, redis_url, roles)
 
         with (
             serving(tmp_path, redis_url, roles.user_url, migrate=migrate) as served,

@@ -163,6 +163,21 @@ def cut_off_mid_charge(
     return plan, paused
 
 
+@contextmanager
+def api_beside(pipeline: Pipeline, *reviewers: Reviewer) -> Iterator[str]:
+    """Serve the API on the pipeline's store to `reviewers` (alice by default); yield its URL.
+
+    The in-memory broker is shared within this process: the app publishes to the pipeline.
+    """
+    team = Reviewers(list(reviewers) or [Reviewer.with_token("alice", TOKEN)])
+    settings = pipeline.settings.model_copy(update={"broker_url": "memory://"})
+    with (
+        Client(settings) as client,
+        serving_app(create_app(settings, client=client, reviewers=team)) as url,
+    ):
+        yield url
+
+
 def since_listed(pipeline: Pipeline, plan: Plan, step_id: str = "charge") -> datetime:
     """Return the `since` of the step's call unknown now, as a person reads it in the list."""
     [listed] = [
@@ -399,13 +414,7 @@ def test_the_api_lists_and_settles_an_unknown_step(billing: Pipeline, named_by: 
     """
     plan, _ = cut_off_mid_charge(billing)
     given = plan.plan_id if named_by == "its whole id" else plan.plan_id[:8]
-    reviewers = Reviewers([Reviewer.with_token("alice", TOKEN)])
-    # The in-memory broker is shared within this process: the app publishes to the pipeline.
-    settings = billing.settings.model_copy(update={"broker_url": "memory://"})
-    with (
-        Client(settings) as client,
-        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
-    ):
+    with api_beside(billing) as url:
         status, listed = call(f"{url}/api/v1/reviews/unsettled", token=TOKEN)
         assert status == 200, listed
         assert [(s["plan_id"], s["step_id"]) for s in listed] == [(plan.plan_id, "charge")]
@@ -486,12 +495,7 @@ def test_the_api_refuses_a_reviewer_without_the_role_a_settle_needs(
     finance_billing: Pipeline,
 ) -> None:
     plan, _ = cut_off_mid_charge(finance_billing, approver=FINANCE)
-    reviewers = Reviewers([FINANCE, Reviewer.with_token("bob", "b" * 40)])
-    settings = finance_billing.settings.model_copy(update={"broker_url": "memory://"})
-    with (
-        Client(settings) as client,
-        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
-    ):
+    with api_beside(finance_billing, FINANCE, Reviewer.with_token("bob", "b" * 40)) as url:
         settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
         checked = since_listed(finance_billing, plan).isoformat()
         found = {
@@ -858,12 +862,7 @@ def test_the_api_settles_a_cancelled_goal_s_write_saying_nothing_runs_again(
     again" and that "other steps still wait to be settled", of a goal where nothing runs.
     """
     plan = cancelled_mid_charge(billing)
-    reviewers = Reviewers([Reviewer.with_token("alice", TOKEN)])
-    settings = billing.settings.model_copy(update={"broker_url": "memory://"})
-    with (
-        Client(settings) as client,
-        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
-    ):
+    with api_beside(billing) as url:
         settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
         found = {"happened": False, "unknown_since": since_listed(billing, plan).isoformat()}
         status, outcome = call(settle_url, "POST", found, token=TOKEN)

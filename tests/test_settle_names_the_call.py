@@ -18,13 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from plangate.client import Client
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.server import create_app
-from plangate.server.reviewers import Reviewer, Reviewers
 from plangate.unknown_calls import since_text
-from tests.fleet import serving_app
 from tests.support import audit_entries, step_runs
 from tests.test_review import cli_env, reviewer_env
 from tests.test_review_api import call
@@ -32,6 +28,7 @@ from tests.test_settle import (
     APPROVE_ALL,
     CHARGES,
     TOKEN,
+    api_beside,
     billing_under,
     cut_off_again,
     cut_off_mid_charge,
@@ -53,12 +50,7 @@ def test_the_api_refuses_a_settle_that_names_no_call(billing: Pipeline) -> None:
     list gives it, and the charge is still unknown: nothing runs it again.
     """
     plan, _ = cut_off_mid_charge(billing)
-    reviewers = Reviewers([Reviewer.with_token("alice", TOKEN)])
-    settings = billing.settings.model_copy(update={"broker_url": "memory://"})
-    with (
-        Client(settings) as client,
-        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
-    ):
+    with api_beside(billing) as url:
         settle_url = f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle"
         status, refused = call(settle_url, "POST", {"happened": False}, token=TOKEN)
 
@@ -181,14 +173,9 @@ def test_the_cli_through_serve_names_the_call_too(billing: Pipeline, tmp_path: P
     """
     plan, _ = cut_off_mid_charge(billing)
     now = since_text(since_listed(billing, plan))
-    reviewers = Reviewers([Reviewer.with_token("alice", TOKEN)])
-    settings = billing.settings.model_copy(update={"broker_url": "memory://"})
     env = cli_env(billing, tmp_path, PLANGATE_REVIEWER_TOKEN=TOKEN)
     settle = [sys.executable, "-m", "plangate", "review", "settle", plan.plan_id, "charge"]
-    with (
-        Client(settings) as client,
-        serving_app(create_app(settings, client=client, reviewers=reviewers)) as url,
-    ):
+    with api_beside(billing) as url:
         there = [*settle, "--server", url, "--happened"]
         refused = subprocess.run(there, capture_output=True, text=True, env=env, check=False)
         settled = subprocess.run(

@@ -12,7 +12,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from tests.fleet import FAST_SWEEPS, Fleet
-from tests.postgres_roles import grant_as_documented, owned_database
+from tests.postgres_roles import grant_as_documented, migrate_as_owner, owned_database
 from tests.servers import free_port
 from tests.support import answers, eventually, migrate_to
 
@@ -68,9 +68,7 @@ def test_submit_as_a_role_refused_a_grant_says_what_to_grant_in_one_line(
     SQLAlchemy's error whole, the statement and the goal's text in it.
     """
     with owned_database(postgres_url) as roles:
-        owner = Fleet(redis_url, roles.owner_url, tmp_path / "owner")
-        assert owner.plangate("db", "upgrade").returncode == 0
-        grant_as_documented(roles)
+        migrate_as_owner(tmp_path, redis_url, roles)
         admin = make_url(roles.owner_url).set(drivername="postgresql", username="postgres")
         with psycopg.connect(admin.render_as_string(False), autocommit=True) as connection:
             revoke = sql.SQL("REVOKE INSERT ON goals FROM {}")
@@ -138,9 +136,7 @@ def test_a_worker_out_of_connection_slots_says_the_database_refuses_them_and_wha
     log says so once, with what to raise or lower; it said "does not answer" for both.
     """
     with owned_database(postgres_url) as roles:
-        owner = Fleet(redis_url, roles.owner_url, tmp_path / "owner")
-        assert owner.plangate("db", "upgrade").returncode == 0
-        grant_as_documented(roles)
+        migrate_as_owner(tmp_path, redis_url, roles)
         fleet = Fleet(redis_url, roles.user_url, tmp_path, extra_env=FAST_SWEEPS)
         port = free_port()
         fleet.start("gate", PLANGATE_METRICS_PORT=str(port))
