@@ -219,10 +219,13 @@ def _check_same_call(row: StepRunRow, unknown_since: datetime) -> None:
     if row.finished_at == unknown_since:
         return
     now = since_text(row.finished_at) if row.finished_at else "a time not recorded"
+    # Either way round: a client that sent the time cut to seconds, or the docs' example, was
+    # told the step had been settled and called again, when nobody had settled it.
     raise Conflict(
-        f"step {row.step_id!r} was settled and called again since you looked: the call you "
-        f"checked is not the one unknown now (since {now}); check that one, then settle it "
-        "naming its since (`plangate review unsettled` lists it)"
+        f"step {row.step_id!r} is unknown since {now}, not since {since_text(unknown_since)}: "
+        "it was settled and called again since you looked, or the since sent is not the one "
+        "listed; check the call unknown now, then settle it naming its since exactly as listed "
+        "(GET /api/v1/reviews/unsettled, `plangate review unsettled`)"
     )
 
 

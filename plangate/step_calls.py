@@ -54,8 +54,25 @@ def call_of(session: Session, plan: Plan, step_id: str) -> dict[str, Any]:
 def idempotency_key(goal_id: str, step: Step, args: dict[str, Any]) -> str:
     """Return the key a write passes downstream: one per goal, step and the `args` it gets."""
     # Not of the plan's hash: a retry's revision (a new hash) redid a write under a new key.
-    planned = [goal_id, step.id, step.tool, args]
+    planned = [goal_id, step.id, step.tool, _whole_numbers_as_integers(args)]
     return sha256_hex(json.dumps(planned, sort_keys=True, separators=(",", ":")).encode())[:40]
+
+
+def _whole_numbers_as_integers(value: Any) -> Any:
+    """Return `value` with each float that is a whole number as the integer it equals.
+
+    A read's output of 10.0 is stored as the log's canonical JSON writes it (10), and read back
+    so: the key made again for a person (and for the call made again once settled) was of 10,
+    the first call's of 10.0, and the other system, asked by the one, knew nothing of the
+    other. Past 2**53 a float is no exact integer, and is left as it is.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers_as_integers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_integers(v) for v in value]
+    return value
 
 
 ARGS_KEPT = 16 * 1024  # bytes of canonical JSON of a step's arguments kept in its audit entry

@@ -12,8 +12,13 @@ from datetime import UTC, datetime
 
 
 def since_text(since: datetime) -> str:
-    """Return `since` as a settle takes it back: ISO 8601 in UTC, to the microsecond."""
-    return (since if since.tzinfo else since.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    """Return `since` as a settle takes it back: ISO 8601 in UTC, to the microsecond.
+
+    Written with `Z`, as the API's JSON writes every time: a 409 quoting `+00:00` beside a
+    list saying `Z` read as another time.
+    """
+    utc = (since if since.tzinfo else since.replace(tzinfo=UTC)).astimezone(UTC)
+    return utc.isoformat().replace("+00:00", "Z")
 
 
 def settle_command(plan_id: str, step_id: str, since: datetime | None) -> str:

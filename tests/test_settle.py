@@ -44,7 +44,7 @@ from plangate.signing import Signer
 from plangate.store import StepRunRow
 from plangate.store.audit_records import disagreement
 from plangate.store.goals import goal_status
-from plangate.tools import ToolRegistry, tool
+from plangate.tools import ToolContext, ToolRegistry, tool
 from plangate.unknown_calls import since_text
 from schemas import ExecutionPaused, Plan
 from tests.fleet import serving_app
@@ -550,6 +550,74 @@ def test_a_tool_that_cannot_tell_whether_it_acted_stops_the_run(
 
     assert goal.status == "needs_attention", goal.status_reason
     assert step_runs(pipeline.store, plan.plan_id) == {"wire": "unknown"}
+
+
+KEYS_GIVEN: list[str] = []
+
+
+@tool(effect="read", idempotent=True)
+def order_total(order: str) -> float:
+    """Read an order's total: a whole number of euros is still a float (10.0)."""
+    return 10.0
+
+
+@tool(effect="write")
+def charge_order(amount: float, context: ToolContext) -> str:
+    """Charge an order's total through a bank that times out after accepting the request."""
+    KEYS_GIVEN.append(context.idempotency_key)
+    if len(KEYS_GIVEN) == 1:
+        raise OutcomeUnknown("the bank did not answer within 30 s; the charge may have gone out")
+    return "charged"
+
+
+def test_a_write_in_doubt_is_listed_and_called_again_with_the_key_it_was_first_called_with(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Given a charge whose amount is a read's output of 10.0, cut off in doubt,
+    When `review unsettled` lists it, and it is settled as not happened and called again,
+    Then the list names the key the charge was called with, and the second call gets that key
+    too: the list named another (the output, stored, read back as 10), so the bank, asked by
+    it, knew no such charge, and the call made again under a third key charged twice.
+    """
+    playbook = {
+        "playbooks": [
+            {
+                "name": "charge",
+                "pattern": "^charge A-1$",
+                "summary": "Charge the order's total",
+                "steps": [
+                    {"id": "total", "tool": "order_total", "args": {"order": "A-1"}},
+                    {"id": "charge", "tool": "charge_order", "args": {"amount": "${total}"}},
+                ],
+            }
+        ]
+    }
+    KEYS_GIVEN.clear()
+    with running_pipeline(
+        settings,
+        registry=ToolRegistry([order_total, charge_order]),
+        playbook_file=write_yaml(tmp_path / "playbook.yaml", playbook),
+        policy_file=write_yaml(tmp_path / "policy.yaml", APPROVE_ALL),
+    ) as pipeline:
+        goal_id = pipeline.submit("charge A-1").goal_id
+        pipeline.wait_for(goal_id, {"needs_attention"}, timeout=5)
+        plan = only_plan(pipeline.store, goal_id)
+        [listed] = unsettled_steps(pipeline.store)
+        with pipeline.bus.observe() as observer:
+            pipeline.bus.publish(
+                settle_step(
+                    pipeline.store,
+                    plan.plan_id,
+                    "charge",
+                    "alice",
+                    happened=False,
+                    unknown_since=since_listed(pipeline, plan),
+                )
+            )
+            next_message(observer, "execution.completed", goal_id)
+
+    assert listed.idempotency_key == KEYS_GIVEN[0]
+    assert [KEYS_GIVEN[0]] * 2 == KEYS_GIVEN
 
 
 @tool(effect="write", idempotent=True)

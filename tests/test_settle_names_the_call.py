@@ -109,7 +109,7 @@ def test_the_cli_refuses_a_settle_naming_a_call_before_the_one_unknown_now(
     assert stale.returncode == 2, stale.stderr
     [line] = stale.stderr.strip().splitlines()
     assert "was settled and called again since you looked" in line
-    assert f"(since {since_text(second)})" in line
+    assert f"is unknown since {since_text(second)}, not since {since_text(first)}" in line
     assert step_runs(billing.store, plan.plan_id)["charge"] == "unknown"
     assert since_listed(billing, plan) == second
 

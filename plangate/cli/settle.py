@@ -224,7 +224,7 @@ def _parsed_since(text: str) -> datetime:
     if since is None or since.tzinfo is None:
         raise ConfigError(
             f"--since {text!r} is not a time with its zone: give it whole, as "
-            "`plangate review unsettled` prints it (e.g. 2026-05-01T09:30:00.123456+00:00)"
+            "`plangate review unsettled` prints it (e.g. 2026-05-01T09:30:00.123456Z)"
         )
     return since
 
