@@ -305,12 +305,16 @@ def test_a_message_waiting_out_a_database_outage_is_said_as_it_begins_not_at_eac
     port = free_port()
     fleet = Fleet(redis_url, postgres_database_url, tmp_path, extra_env=FAST_SWEEPS)
     assert fleet.plangate("db", "upgrade").returncode == 0
-    fleet.start("executor")  # its tools published: the planner plans once the database answers
+    executor_port = free_port()
+    # Its tools published: the planner plans once the database answers.
+    fleet.start("executor", PLANGATE_METRICS_PORT=str(executor_port))
     worker = fleet.start("planner", PLANGATE_METRICS_PORT=str(port))
     log = tmp_path / "planner-1.log"
     bus = Bus(redis_url, fleet.namespace)
     try:
-        eventually(lambda: probe(port, "/readyz")[0] == 200, timeout=30, what="the planner ready")
+        # Both started before the database refuses: an executor still starting then ended.
+        for ready in (executor_port, port):
+            eventually(lambda at=ready: probe(at, "/readyz")[0] == 200, timeout=30, what="ready")
         with refusing_connections(postgres_database_url):
             bus.publish([Envelope.of(GoalSubmitted(goal_id=uuid4().hex, text="count tickets"))])
             eventually(lambda: retries(port) >= 4, timeout=60, what="four retries of the goal")
