@@ -441,6 +441,7 @@ def test_an_approval_comment_is_bounded_by_the_desk(pipeline: Pipeline) -> None:
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(120)  # processes of every stage, on a busy machine: slow
 def test_over_processes_the_author_of_an_edit_is_refused_and_two_others_release_it(
     fleet: Fleet,
 ) -> None:
@@ -562,6 +563,7 @@ def test_a_refused_release_says_who_does_not_count_and_how_many_more_must_approv
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(120)  # processes of every stage, on a busy machine: slow
 def test_over_processes_approvals_recorded_with_a_reviewers_file_of_ones_own_release_nothing(
     fleet: Fleet,
 ) -> None:
@@ -638,6 +640,7 @@ def held_page(fleet: Fleet, *names: str) -> HeldPage:
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(120)  # processes of every stage, on a busy machine: slow
 def test_over_processes_the_approval_of_a_reviewer_removed_since_counts_no_more(
     deployed_fleet: Fleet,
 ) -> None:
@@ -672,6 +675,7 @@ def test_over_processes_the_approval_of_a_reviewer_removed_since_counts_no_more(
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(120)  # processes of every stage, on a busy machine: slow
 def test_over_processes_approvals_wait_for_a_gate_started_without_the_reviewers_file(
     tmp_path: Path, redis_url: str
 ) -> None:
@@ -836,6 +840,7 @@ def gate_refusal(pipeline: Pipeline, goal_id: str) -> AuditRow:
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(120)  # processes of every stage, on a busy machine: slow
 def test_over_processes_a_reviewer_given_a_new_token_may_approve_again(
     deployed_fleet: Fleet,
 ) -> None:
@@ -860,6 +865,7 @@ def test_over_processes_a_reviewer_given_a_new_token_may_approve_again(
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(120)  # processes of every stage, on a busy machine: slow
 def test_over_processes_the_audit_log_holds_a_refusal_and_proves_what_status_shows(
     deployed_fleet: Fleet,
 ) -> None:
@@ -1020,6 +1026,7 @@ def test_the_page_says_who_may_decide_who_approved_and_who_wrote_the_plan(fleet:
 
 
 @pytest.mark.redis
+@pytest.mark.timeout(120)  # processes of every stage, on a busy machine: slow
 def test_over_processes_a_plan_whose_first_approval_counts_again_is_released_by_it(
     fleet: Fleet,
 ) -> None:
