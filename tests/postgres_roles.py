@@ -32,6 +32,12 @@ class Roles:
     owner: str
     user: str
 
+    @property
+    def admin_url(self) -> str:
+        """The database's URL as the server's superuser (psycopg's form), as a DBA connects."""
+        admin = make_url(self.owner_url).set(drivername="postgresql", username="postgres")
+        return admin.render_as_string(False)
+
 
 def documented_grants() -> str:
     """Return the SQL of the page's "PostgreSQL roles" paragraph."""

@@ -20,7 +20,6 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
-from sqlalchemy.engine import make_url
 
 from plangate.reviewers import add_reviewer
 from tests.fleet import Fleet
@@ -238,8 +237,7 @@ def test_work_the_database_refuses_for_now_is_a_503_with_its_reason_to_retry(
     with what to change and no traceback: each was a 500 "the server failed" and a traceback.
     """
     with owned_database(postgres_url) as roles:
-        admin = make_url(roles.owner_url).set(drivername="postgresql", username="postgres")
-        database = admin.render_as_string(False)
+        database = roles.admin_url
         user = sql.Identifier(roles.user)
 
         def migrate() -> None:
@@ -313,8 +311,7 @@ def test_a_goal_stored_is_answered_201_though_its_status_then_cannot_be_read(
     with the statement and the goal's text.
     """
     with owned_database(postgres_url) as roles:
-        admin = make_url(roles.owner_url).set(drivername="postgresql", username="postgres")
-        database = admin.render_as_string(False)
+        database = roles.admin_url
         user = sql.Identifier(roles.user)
 
         def migrate() -> None:
