@@ -603,18 +603,7 @@ def test_a_write_in_doubt_is_listed_and_called_again_with_the_key_it_was_first_c
         pipeline.wait_for(goal_id, {"needs_attention"}, timeout=5)
         plan = only_plan(pipeline.store, goal_id)
         [listed] = unsettled_steps(pipeline.store)
-        with pipeline.bus.observe() as observer:
-            pipeline.bus.publish(
-                settle_step(
-                    pipeline.store,
-                    plan.plan_id,
-                    "charge",
-                    "alice",
-                    happened=False,
-                    unknown_since=since_listed(pipeline, plan),
-                )
-            )
-            next_message(observer, "execution.completed", goal_id)
+        ran_again(pipeline, plan)
 
     assert listed.idempotency_key == KEYS_GIVEN[0]
     assert [KEYS_GIVEN[0]] * 2 == KEYS_GIVEN
@@ -843,10 +832,10 @@ def test_a_settle_of_a_call_checked_before_the_step_ran_again_is_refused(
     assert settled  # the run resumes: nothing else was unknown
 
 
-def cut_off_again(pipeline: Pipeline, plan: Plan) -> tuple[datetime, datetime]:
-    """Settle the unknown charge "did not happen" as alice; cut its second call off too.
+def ran_again(pipeline: Pipeline, plan: Plan) -> datetime:
+    """Settle the unknown charge "did not happen" as alice and wait for the run to complete.
 
-    Returns the `since` of the call alice checked, and that of the call unknown now.
+    Returns the `since` of the call alice checked.
     """
     checked = since_listed(pipeline, plan)
     with pipeline.bus.observe() as observer:
@@ -861,6 +850,15 @@ def cut_off_again(pipeline: Pipeline, plan: Plan) -> tuple[datetime, datetime]:
             )
         )
         next_message(observer, "execution.completed", plan.goal_id)
+    return checked
+
+
+def cut_off_again(pipeline: Pipeline, plan: Plan) -> tuple[datetime, datetime]:
+    """Settle the unknown charge "did not happen" as alice; cut its second call off too.
+
+    Returns the `since` of the call alice checked, and that of the call unknown now.
+    """
+    checked = ran_again(pipeline, plan)
     rewind_to_mid_call(pipeline.store, plan, "charge")  # the second call, cut off too
     with pipeline.bus.observe() as observer:
         pipeline.bus.publish([Envelope.of(stored_approval(pipeline.store, plan.plan_id))])
