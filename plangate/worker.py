@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from executor_worker.abandoned_steps import mark_abandoned
 from plangate import metrics, telemetry
 from plangate.broker_seen import BrokerSeen
-from plangate.bus import STAGES, Bus, Stage, StageConsumer
+from plangate.bus import STAGES, Bus, Handler, Stage, StageConsumer
 from plangate.catalog import keep_offering
 from plangate.config import Settings
 from plangate.errors import BrokerUnavailable, ConfigError
@@ -35,6 +35,7 @@ from plangate.signing_keys import own_key_watch
 from plangate.stages import build_expiry, build_handler, build_sealing, stage_middleware
 from plangate.store import Store, open_store
 from plangate.store import outbox as outbox_rows
+from plangate.store.engine import said_plainly
 from plangate.store.outages import store_answered, store_failed
 from plangate.store.schema import mismatch
 from plangate.store.stage_progress import record_progress, stage_progress
@@ -91,24 +92,27 @@ class Worker:
             self.settings, alive=probes.alive, ready=probes.readiness, metrics=probes.exposition
         )
         try:
-            store = self._open_store(probes)
-            return 0 if store is None else self._work(store, probes, looping)
+            started = self._start(probes)
+            return 0 if started is None else self._work(*started, probes, looping)
         finally:
             if health is not None:
                 health.close()
 
-    def _open_store(self, probes: _Probes) -> Store | None:
-        """Open the store, waiting while the database does not answer (None: stopped so).
+    def _start(self, probes: _Probes) -> tuple[Store, Bus, Handler] | None:
+        """Open the store and build the handler, waiting while the database does not answer.
 
-        A worker started during a database outage exited at once: on Kubernetes its restarts
-        backed off, and it came back minutes after the database did. A store that answers but
-        is not plangate's (an old schema, a file missing) still stops it at once, but for an
-        old schema within `wait_for_schema` seconds (`plangate.schema_wait`).
+        None: stopped while waiting. A worker started during a database outage exited at
+        once: on Kubernetes its restarts backed off, and it came back minutes after the
+        database did. So did one whose connection the database ended while it started (a
+        restart, `pg_terminate_backend`), after its store opened and before its first reads
+        and writes (the executor's catalog). A store that answers but is not plangate's (an
+        old schema, a file missing) still stops it at once, but for an old schema within
+        `wait_for_schema` seconds (`plangate.schema_wait`).
         """
         waits = StoreWait(self.wait_for_schema)
         while True:
             try:
-                store = open_store(self.settings.resolved_database_url(), upgrade=False)
+                started = self._started()
             except ConfigError as exc:
                 delay = waits.retry_after(exc)
                 if delay is None:
@@ -121,18 +125,37 @@ class Worker:
             else:
                 waits.migration.ended()
                 probes.waiting = "starting"
-                return store
+                return started
 
-    def _work(self, store: Store, probes: _Probes, looping: threading.Event) -> int:
-        bus = Bus(
-            self.settings.broker_url,
-            self.settings.namespace,
-            heartbeat=self.settings.amqp_heartbeat_seconds,
-            redelivery_after=self.settings.redelivery_after_seconds,
-        )
+    def _started(self) -> tuple[Store, Bus, Handler]:
+        """Open the store and the bus, and build the stage's handler on them (its first reads).
+
+        A failure of the store's is a ConfigError caused by it, as at opening; whatever was
+        opened is closed first.
+        """
+        store = open_store(self.settings.resolved_database_url(), upgrade=False)
+        bus: Bus | None = None
+        try:
+            bus = Bus(
+                self.settings.broker_url,
+                self.settings.namespace,
+                heartbeat=self.settings.amqp_heartbeat_seconds,
+                redelivery_after=self.settings.redelivery_after_seconds,
+            )
+            with said_plainly(store.engine):
+                handler = build_handler(self.stage, self.settings, store, bus, stopping=self.stop)
+        except BaseException:
+            if bus is not None:
+                bus.close()
+            store.close()
+            raise
+        return store, bus, handler
+
+    def _work(
+        self, store: Store, bus: Bus, handler: Handler, probes: _Probes, looping: threading.Event
+    ) -> int:
         marker = outbox_rows.SentMarker(store)
         try:
-            handler = build_handler(self.stage, self.settings, store, bus, stopping=self.stop)
             if isinstance(handler, SaysWhatStopWaitsFor):
                 self._waits_for = handler.waits_for
             if isinstance(handler, LooksAtItsFiles):

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 from uuid import uuid4
 
+import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -160,6 +161,65 @@ def test_a_worker_started_while_the_database_refuses_waits_and_consumes_once_it_
     finally:
         codes = fleet.stop_all()
     assert codes == [0, 0, 0], fleet.logs()
+
+
+def test_an_executor_whose_connection_ends_while_it_starts_waits_and_then_runs_goals(
+    tmp_path: Path, redis_url: str, postgres_database_url: str
+) -> None:
+    """Given an executor worker on PostgreSQL that has opened its store and is still starting
+    (importing its tools, before it first writes its catalog),
+    When the database ends its connections then (pg_terminate_backend, as in a restart),
+    Then the executor waits for the store, saying so in a line, and starts once it answers:
+    ready, it runs a goal, and exits 0 on SIGTERM. It exited 2 ("the store failed"), as
+    for a store that is not plangate's; on Kubernetes a restart backed off for minutes.
+    """
+    marker = tmp_path / "import-marker"
+    port = free_port()
+    fleet = Fleet(redis_url, postgres_database_url, tmp_path, extra_env=FAST_SWEEPS)
+    assert fleet.plangate("db", "upgrade").returncode == 0
+    log = tmp_path / "executor-0.log"
+    executor = fleet.start(
+        "executor",
+        PLANGATE_METRICS_PORT=str(port),
+        PLANGATE_TOOLS="plangate.demo.tools,tests.held_import_tools",
+        HELD_IMPORT_MARKER=str(marker),
+    )
+    try:
+        eventually(marker.exists, timeout=30, what="the executor's store open, its tools loading")
+        ended = end_connections_of(postgres_database_url, "plangate-executor")
+        marker.with_name(marker.name + ".release").touch()
+
+        def ready() -> bool:
+            assert executor.poll() is None, fleet.logs()
+            return probe(port, "/readyz")[0] == 200
+
+        eventually(ready, timeout=60, what="the executor ready")
+        fleet.start("planner")
+        fleet.start("gate")
+        done = fleet.plangate("submit", "how many tickets are open", "--wait", "--json", timeout=90)
+        assert done.returncode == 0, done.stderr + fleet.logs()
+    finally:
+        codes = fleet.stop_all()
+    assert ended >= 1
+    assert codes == [0, 0, 0], fleet.logs()
+    said = log.read_text()
+    assert said.count("trying again in") == 1, said  # the wait, in one line
+    assert "terminating connection due to administrator command" in said, said
+    assert "Traceback" not in said, said
+
+
+def end_connections_of(database_url: str, application_name: str) -> int:
+    """End every connection of the process named `application_name`, as a DBA or a restart
+    does; return how many were ended."""
+    url = make_url(database_url)
+    admin = url.set(drivername="postgresql", database="postgres").render_as_string(False)
+    with psycopg.connect(admin, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = %s",
+            (url.database, application_name),
+        ).fetchall()
+    return len(rows)
 
 
 def test_serve_started_while_the_database_refuses_waits_and_serves_once_it_answers(

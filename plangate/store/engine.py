@@ -298,7 +298,7 @@ def open_store(url: str, *, upgrade: bool = True, create: bool | None = None) ->
     """
     engine = make_engine(url, create=upgrade if create is None else create)
     try:
-        with _said_plainly(engine):
+        with said_plainly(engine):
             if upgrade:
                 schema.upgrade(engine)
             else:
@@ -317,7 +317,7 @@ def migrate_store(url: str) -> tuple[str | None, str]:
     """Migrate the store at a SQLAlchemy URL to the newest schema; return (before, after)."""
     engine = make_engine(url)
     try:
-        with _said_plainly(engine):
+        with said_plainly(engine):
             return schema.upgrade(engine)
     finally:
         engine.dispose()
@@ -331,7 +331,7 @@ def require_store_schema(url: str) -> str:
     """
     engine = make_engine(url, create=False)
     try:
-        with _said_plainly(engine):
+        with said_plainly(engine):
             schema.require_current(engine)
     finally:
         engine.dispose()
@@ -339,7 +339,7 @@ def require_store_schema(url: str) -> str:
 
 
 @contextmanager
-def _said_plainly(engine: Engine) -> Iterator[None]:
+def said_plainly(engine: Engine) -> Iterator[None]:
     """Turn the database's refusal to open (unreachable, not plangate's) into what to do."""
     try:
         yield
