@@ -61,6 +61,10 @@ class StoreUnavailable(PlangateError):
     """The database did not answer (down, restarting, its connection dropped): try again."""
 
 
+class StoreRefused(PlangateError):
+    """The database answered, refusing the work (a privilege): tried again, then dead-lettered."""
+
+
 class BrokerRefused(BrokerUnavailable):
     """The broker answers, but refuses plangate's settings (a login, a permission, a queue).
 

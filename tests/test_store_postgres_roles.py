@@ -11,6 +11,7 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from plangate.bus import Bus
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.postgres_roles import grant_as_documented, migrate_as_owner, owned_database
 from tests.servers import free_port
@@ -168,3 +169,48 @@ def test_a_worker_out_of_connection_slots_says_the_database_refuses_them_and_wha
     assert "raise its max_connections, or run fewer plangate processes" in said[0]
     assert "does not answer" not in log
     assert codes == [0], fleet.logs()
+
+
+def test_a_privilege_revoked_under_a_worker_dead_letters_its_message_saying_what_to_grant(
+    tmp_path: Path, redis_url: str, postgres_url: str
+) -> None:
+    """Given an executor and a planner running as a role with the documented grants,
+    When INSERT on plans is revoked from that role and a goal is then submitted,
+    Then the planner tries the goal its attempts and dead-letters it, its reason and each log
+    line saying in one line PostgreSQL's words and what to grant, with no traceback; it
+    logged SQLAlchemy's error whole (the statement in it) and a traceback, and the dead
+    letter gave no advice.
+    """
+    with owned_database(postgres_url) as roles:
+        migrate_as_owner(tmp_path, redis_url, roles)
+        fleet = Fleet(redis_url, roles.user_url, tmp_path, extra_env=FAST_SWEEPS)
+        ports = {stage: free_port() for stage in ("executor", "planner")}
+        for stage, port in ports.items():
+            fleet.start(stage, PLANGATE_METRICS_PORT=str(port))
+        bus = Bus(redis_url, fleet.namespace)
+        try:
+            for port in ports.values():
+                ready = f"http://127.0.0.1:{port}/readyz"
+                eventually(lambda at=ready: answers(at) == 200, timeout=30, what="ready")
+            with psycopg.connect(roles.admin_url, autocommit=True) as connection:
+                revoke = sql.SQL("REVOKE INSERT ON plans FROM {}")
+                connection.execute(revoke.format(sql.Identifier(roles.user)))
+            submitted = fleet.plangate("submit", "how many tickets are open")
+            assert submitted.returncode == 0, submitted.stderr
+            [letter] = eventually(bus.take_dead_letters, timeout=60, what="a dead letter")
+        finally:
+            bus.close()
+            codes = fleet.stop_all()
+        log = (tmp_path / "planner-1.log").read_text()
+
+    refused_role = "the store refused plangate's role: permission denied for table plans; "
+    assert letter.reason.startswith(f"failed 3 times; last error: {refused_role}"), letter.reason
+    assert "SELECT, INSERT, UPDATE, DELETE on its tables" in letter.reason
+    assert "\n" not in letter.reason
+    assert "INSERT INTO" not in letter.reason
+    refused = [line for line in log.splitlines() if "permission denied" in line]
+    assert len(refused) == 4, refused  # two retries, giving up, the dead letter
+    assert all("run `plangate db upgrade` as the database's owner" in line for line in refused)
+    assert "Traceback" not in log
+    assert "INSERT INTO" not in log
+    assert codes == [0, 0], fleet.logs()

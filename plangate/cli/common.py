@@ -239,10 +239,10 @@ def _store_failure(error: Exception) -> str | None:
     from sqlalchemy.exc import OperationalError  # here: no command pays for it unless one failed
 
     from plangate.store.engine import failure_cause
-    from plangate.store.sqlstates import INSUFFICIENT_PRIVILEGE, OWNER_ADVICE, sqlstate
+    from plangate.store.sqlstates import INSUFFICIENT_PRIVILEGE, refused_role, sqlstate
 
     if sqlstate(error) == INSUFFICIENT_PRIVILEGE:  # a grant missing: the DBA's, not a fault
-        return f"the store refused plangate's role: {failure_cause(error)}; {OWNER_ADVICE}"
+        return refused_role(failure_cause(error))
     if not isinstance(error, OperationalError):
         return None
     cause = failure_cause(error)

@@ -1,4 +1,10 @@
-"""A database outage inside a handler is something to wait out, never a dead letter."""
+"""A database outage inside a handler is something to wait out, never a dead letter.
+
+A refusal the database answers is no outage: a privilege plangate's role lacks is refused at
+every try. It fails the message as any failure does (tried again, then dead-lettered), said in
+one line with what to grant: its log lines and dead letter were SQLAlchemy's error whole (the
+statement and its parameters) and a traceback, with no advice.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from typing_extensions import override
 
 from plangate.bus.envelope import Delivery
 from plangate.bus.middleware import Middleware
-from plangate.errors import Unavailable
+from plangate.errors import StoreRefused, Unavailable
 from plangate.store.engine import failure_cause, is_outage
+from plangate.store.sqlstates import INSUFFICIENT_PRIVILEGE, refused_role, sqlstate
 from schemas import Message
 
 
@@ -31,6 +38,8 @@ def _mapped() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
+        if sqlstate(exc) == INSUFFICIENT_PRIVILEGE:
+            raise StoreRefused(refused_role(failure_cause(exc))) from exc
         if is_outage(exc):
             # Its cause said: "database or disk is full" is not waited out as a lost link is.
             raise Unavailable(f"the database is unavailable: {failure_cause(exc)}") from exc

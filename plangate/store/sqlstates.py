@@ -55,6 +55,11 @@ OWNER_ADVICE = (
 )
 
 
+def refused_role(cause: str) -> str:
+    """Say in one line what privilege the database refused (`cause`: its words), what to grant."""
+    return f"the store refused plangate's role: {cause}; {OWNER_ADVICE}"
+
+
 def sqlstate(error: BaseException) -> str | None:
     """Return the SQLSTATE of a database error (SQLAlchemy's or the driver's), else None."""
     driver = getattr(error, "orig", None) or error
