@@ -62,7 +62,7 @@ class StoreUnavailable(PlangateError):
 
 
 class StoreRefused(PlangateError):
-    """The database answered, refusing the work (a privilege): tried again, then dead-lettered."""
+    """The database answered but refused the work (a privilege, a timeout): no outage."""
 
 
 class BrokerRefused(BrokerUnavailable):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from uuid import uuid4
 
 import httpx
 import psycopg
@@ -11,7 +12,8 @@ import pytest
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from plangate.bus import Bus
+from plangate.bus import Bus, Envelope
+from schemas import GoalSubmitted
 from tests.fleet import FAST_SWEEPS, Fleet
 from tests.postgres_roles import grant_as_documented, migrate_as_owner, owned_database
 from tests.servers import free_port
@@ -213,4 +215,75 @@ def test_a_privilege_revoked_under_a_worker_dead_letters_its_message_saying_what
     assert all("run `plangate db upgrade` as the database's owner" in line for line in refused)
     assert "Traceback" not in log
     assert "INSERT INTO" not in log
+    assert codes == [0, 0], fleet.logs()
+
+
+SLOW_PLANS_SQL = """
+CREATE FUNCTION slow_plans() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(5); RETURN NEW; END $$;
+CREATE TRIGGER slow_plans BEFORE INSERT ON plans FOR EACH ROW EXECUTE FUNCTION slow_plans();
+"""
+
+
+@pytest.mark.parametrize(
+    ("timeout", "said", "advice"),
+    [
+        (
+            "statement_timeout",
+            "the database cancelled a statement (statement_timeout, or an operator's cancel) "
+            "(canceling statement due to statement timeout)",
+            "if this lasts, raise statement_timeout or find what holds the database up",
+        ),
+        (
+            "lock_timeout",
+            "the database did not grant a lock in time (lock_timeout) "
+            "(canceling statement due to lock timeout)",
+            "another transaction held it; if this lasts, pg_locks shows which",
+        ),
+    ],
+)
+def test_a_statement_the_database_refuses_at_every_try_is_dead_lettered_after_its_attempts(
+    tmp_path: Path, redis_url: str, postgres_url: str, timeout: str, said: str, advice: str
+) -> None:
+    """Given an executor and a planner running with a statement_timeout of 1 s and a
+    lock_timeout of 300 ms (their URL's `options`),
+    When every plan the planner inserts outlasts the statement_timeout (a slow trigger), or
+    waits on a lock another session keeps on plans,
+    Then the goal is tried its 3 attempts and dead-lettered, the reason saying what the
+    database refused and what to change; it was taken for an outage and tried for ever.
+    """
+    with owned_database(postgres_url) as roles:
+        migrate_as_owner(tmp_path, redis_url, roles)
+        if timeout == "statement_timeout":
+            with psycopg.connect(roles.admin_url, autocommit=True) as connection:
+                connection.execute(SLOW_PLANS_SQL.encode())
+        fleet = Fleet(redis_url, roles.user_url, tmp_path, extra_env=FAST_SWEEPS)
+        timeouts = make_url(roles.user_url).update_query_dict(
+            {"options": "-c statement_timeout=1000 -c lock_timeout=300"}
+        )
+        ports = {stage: free_port() for stage in ("executor", "planner")}
+        for stage, port in ports.items():
+            fleet.start(
+                stage,
+                PLANGATE_METRICS_PORT=str(port),
+                PLANGATE_DATABASE_URL=timeouts.render_as_string(False),
+            )
+        bus = Bus(redis_url, fleet.namespace)
+        try:
+            for port in ports.values():
+                ready = f"http://127.0.0.1:{port}/readyz"
+                eventually(lambda at=ready: answers(at) == 200, timeout=30, what="ready")
+            with psycopg.connect(roles.admin_url) as holder:
+                if timeout == "lock_timeout":
+                    holder.execute("LOCK TABLE plans IN ACCESS EXCLUSIVE MODE")
+                goal = GoalSubmitted(goal_id=uuid4().hex, text="how many tickets are open")
+                bus.publish([Envelope.of(goal)])
+                [letter] = eventually(bus.take_dead_letters, timeout=40, what="a dead letter")
+        finally:
+            bus.close()
+            codes = fleet.stop_all()
+
+    refused = f"the store refused a statement: {said}; {advice}"
+    assert letter.reason == f"failed 3 times; last error: {refused}", letter.reason
+    assert "INSERT INTO" not in letter.reason
     assert codes == [0, 0], fleet.logs()

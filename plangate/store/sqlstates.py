@@ -60,6 +60,27 @@ def refused_role(cause: str) -> str:
     return f"the store refused plangate's role: {cause}; {OWNER_ADVICE}"
 
 
+# Refusals a statement may meet at every try: too slow for statement_timeout, or waiting on a
+# lock another transaction keeps. Waited out as an outage, such a statement was tried for
+# ever; it is tried again as a failure is, up to a message's attempts.
+MAY_LAST = frozenset({"55P03", "57014"})
+
+
+def lasting(error: BaseException, cause: str) -> str | None:
+    """Say a refusal that every try may meet, and what to do; None for any other error.
+
+    A privilege plangate's role lacks, a lock or statement timeout, in one line with the
+    database's own words (`cause`).
+    """
+    code = sqlstate(error)
+    if code == INSUFFICIENT_PRIVILEGE:
+        return refused_role(cause)
+    if code not in MAY_LAST:
+        return None
+    refused = _REFUSALS[code]
+    return f"the store refused a statement: {refused.reason} ({cause}); {refused.advice}"
+
+
 def sqlstate(error: BaseException) -> str | None:
     """Return the SQLSTATE of a database error (SQLAlchemy's or the driver's), else None."""
     driver = getattr(error, "orig", None) or error
