@@ -18,8 +18,10 @@ from pathlib import Path
 from subprocess import PIPE
 from typing import TypeVar
 
+import psycopg
 import pytest
 from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from executor_worker.ledger import StepLedger
@@ -524,3 +526,30 @@ def test_a_client_call_while_the_database_is_down_raises_store_unavailable(
 
     with pytest.raises(ConfigError, match="this Client is closed"):
         client.status("0123456789abcdef")
+
+
+def test_a_client_call_the_database_refuses_for_now_says_what_it_said_and_what_to_do(
+    postgres_database_url: str, tmp_path: Path
+) -> None:
+    """Given a Client whose connections have a lock_timeout of 300 ms (its URL's `options`),
+    When a call waits on a lock another session keeps (a table locked by a migration, say),
+    Then it raises StoreUnavailable saying what PostgreSQL said (a lock not granted in time)
+    and what to look at; it said "the store does not answer" and to check the database is
+    up, which it was.
+    """
+    open_store(postgres_database_url).close()
+    url = make_url(postgres_database_url).update_query_dict({"options": "-c lock_timeout=300"})
+    settings = Settings(database_url=url.render_as_string(False), data_dir=tmp_path)
+    admin = make_url(postgres_database_url).set(drivername="postgresql").render_as_string(False)
+    with Client(settings) as client, psycopg.connect(admin) as holder:
+        holder.execute("LOCK TABLE goals IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(StoreUnavailable) as raised:
+            client.status("0123456789abcdef")
+
+    said = str(raised.value)
+    assert said.startswith(
+        "the store refuses work for now: the database did not grant a lock in time "
+        "(lock_timeout) (canceling statement due to lock timeout); another transaction held "
+        "it; if this lasts, pg_locks shows which"
+    ), said
+    assert "does not answer" not in said
