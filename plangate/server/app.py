@@ -7,7 +7,7 @@ from contextlib import ExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from plangate import __version__, metrics, telemetry
@@ -19,7 +19,6 @@ from plangate.server.api_docs import ASSETS, complete_error_responses, install_a
 from plangate.server.body_limit import BodyLimit
 from plangate.server.errors import install_handlers
 from plangate.server.head_requests import HeadAsGet
-from plangate.server.query_params import known_query_only
 from plangate.server.ratelimit import WindowLimit
 from plangate.server.reviewers import Reviewers, ReviewersFile, ReviewerSource
 from plangate.server.schema_guard import SchemaGuard
@@ -89,9 +88,8 @@ def create_app(
     app.add_middleware(SchemaGuard)
     app.add_middleware(BodyLimit)
     app.add_middleware(HeadAsGet)
-    # The API's reads refuse a query parameter they do not take: ignored, it filtered nothing.
     for api in (goals.router, reviews.router):
-        app.include_router(api, dependencies=[Depends(known_query_only)])
+        app.include_router(api)
     app.include_router(login.router)
     app.include_router(pages.router)
     app.include_router(goal_pages.router)

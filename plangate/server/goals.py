@@ -33,6 +33,7 @@ from plangate.server.goal_bodies import (
 )
 from plangate.server.intake import CLOUDEVENT_JSON, EventGoal, GoalRequest, parse_goal
 from plangate.server.json_bodies import JSON, documented_body, read_body
+from plangate.server.query_params import token_first
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.store.engine import failure_cause
 from plangate.store.goal_list import MAX_PAGE
@@ -146,7 +147,7 @@ _WHERE = {
         },
     },
     openapi_extra={"requestBody": _SUBMIT_BODY, "parameters": _SUBMIT_HEADERS},
-    dependencies=[Depends(require_intake_token)],
+    dependencies=token_first(require_intake_token),
 )
 async def submit_goal(
     request: Request, client: Annotated[Client, Depends(get_client)]
@@ -221,11 +222,13 @@ def _each_filter_once(request: Request) -> None:
 
 
 @router.get(
-    "", response_model=GoalList, responses={code: {"model": ErrorBody} for code in (401, 422)}
+    "",
+    response_model=GoalList,
+    responses={code: {"model": ErrorBody} for code in (401, 422)},
+    dependencies=token_first(require_reviewer),
 )
 def goal_list(
     client: Annotated[Client, Depends(get_client)],
-    _reviewer: Annotated[Reviewer, Depends(require_reviewer)],
     _once: Annotated[None, Depends(_each_filter_once)],
     state: Annotated[
         goal_bodies.GoalStatus | None, Query(description="Goals in this state only.")
@@ -250,7 +253,7 @@ def goal_list(
     "/{goal_id}",
     response_model=GoalState,
     responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
-    dependencies=[Depends(_intake_or_reviewer)],
+    dependencies=token_first(_intake_or_reviewer),
 )
 def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) -> GoalState:
     """Return where a goal stands, by its whole id (404 if there is no such goal yet).
@@ -271,6 +274,7 @@ def _shown(current: GoalStatus) -> GoalState:
     "/{goal_id}/cancel",
     response_model=GoalState,
     responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)},
+    dependencies=token_first(require_reviewer),
     **documented_body(CancelRequest),
 )
 def cancel_goal(
@@ -292,6 +296,7 @@ def cancel_goal(
     "/{goal_id}/retry",
     response_model=GoalState,
     responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)},
+    dependencies=token_first(require_reviewer),
     **documented_body(CancelRequest),
 )
 def retry_goal(

@@ -1,13 +1,18 @@
 """A read of the API refuses a query parameter its route does not take, naming those it does.
 
 `GET /api/v1/goals?source=urn:billing` answered every goal: the caller took the page for the
-goals of that source. Checked once for every API router (`create_app`), from the parameters
-each route declares, so a route's new parameter is known here without a word more.
+goals of that source. Checked from the parameters each route declares, so a route's new
+parameter is known here without a word more.
+
+Checked after the route's token (`token_first`): a caller without one was told which parameters
+a route takes (422) before it was told to authenticate (401).
 """
 
 from __future__ import annotations
 
-from fastapi import Request
+from collections.abc import Callable
+
+from fastapi import Depends, Request, params
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
@@ -15,6 +20,15 @@ from plangate.errors import quoted
 from plangate.server.errors import ApiError
 
 _NAMED = 5  # unknown names quoted at most: whoever sent the query chose how many
+
+
+def token_first(authenticate: Callable[[Request], object]) -> list[params.Depends]:
+    """Return an API route's dependencies: `authenticate` (401 or 429), then its query check.
+
+    FastAPI runs a route's dependencies in order, and calls one named again (the reviewer a
+    route takes as a parameter) once: its answer is kept for the request.
+    """
+    return [Depends(authenticate), Depends(known_query_only)]
 
 
 def known_query_only(request: Request) -> None:

@@ -39,13 +39,17 @@ from plangate.server.decision_bodies import (
 from plangate.server.errors import ApiError
 from plangate.server.goal_bodies import ErrorBody
 from plangate.server.json_bodies import documented_body
+from plangate.server.query_params import token_first
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.stages import build_review
 from plangate.store import PlanRow, Store, open_store
 from plangate.store.goals import by_id, get_goal, latest_plan
 from schemas import Catalog
 
-router = APIRouter(prefix="/api/v1/reviews", tags=["reviews"])
+# Every route is a reviewer's: the token is checked first, before its query and its body.
+router = APIRouter(
+    prefix="/api/v1/reviews", tags=["reviews"], dependencies=token_first(require_reviewer)
+)
 
 
 class ReviewDesk:
