@@ -8,7 +8,10 @@ app (on a real SQLite store, with its pipeline running) and compares with its ow
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +21,16 @@ from plangate.config import Settings
 from plangate.embedded import Pipeline
 from plangate.reviewers import Reviewer
 from plangate.server import create_app
+from plangate.server.body_limit import MAX_REQUEST_BYTES
+from plangate.server.json_bodies import JSON
+from plangate.server.ratelimit import MAX_FAILURES
 from plangate.server.reviewers import Reviewers
+from tests.conftest import SEED_GOAL
+from tests.support import HELD, only_plan
 
 CAROL = {"Authorization": "Bearer carol-token-0123456789"}
 UNKNOWN = "0" * 32
+ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 
 
 @pytest.fixture
@@ -69,3 +78,149 @@ def test_a_request_without_a_token_is_told_to_authenticate_before_any_parameter_
             assert anonymous.status_code == 401, (path, query, anonymous.text)
             assert "Authorization: Bearer" in anonymous.json()["error"], path
         assert http.get(filled(path), params={"verbose": "1"}, headers=CAROL).status_code == 422
+
+
+INTAKE = {"Authorization": "Bearer intake"}
+# A request each operation takes (its token, a body it reads), to see what the store does to it.
+TAKEN: dict[str, dict[str, Any]] = {
+    "/api/v1/goals": {"json": {"text": "count the open tickets"}, "headers": INTAKE},
+    "/cancel": {"json": {}},
+    "/retry": {"json": {}},
+    "/approve": {"json": {"plan_hash": "seen"}},
+    "/reject": {"json": {"plan_hash": "seen", "comment": "no"}},
+    "/edit": {"json": {"plan_hash": "seen", "steps": [{"id": "count", "tool": "ticket_count"}]}},
+    "/settle": {"json": {"happened": False, "unknown_since": "2030-01-01T00:00:00Z"}},
+}
+
+
+def taken(method: str, path: str) -> dict[str, Any]:
+    """Return the keywords of a request `method path` takes: a token, and a body it reads."""
+    if method == "get":
+        return {"headers": CAROL}
+    [request] = [TAKEN[end] for end in TAKEN if path.endswith(end)]
+    return {"headers": CAROL, **request}
+
+
+@contextmanager
+def store_not_answering(database: Path) -> Iterator[None]:
+    """Rename every table of the SQLite store away; rename them back when the block ends.
+
+    Every statement fails meanwhile, and a look at the store finds no schema it knows: it is
+    not the store `serve` can work with, as in an outage or a database restored empty.
+    """
+    named = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    with closing(sqlite3.connect(database)) as db, db:
+        tables = [name for (name,) in db.execute(named)]
+        for name in tables:
+            db.execute(f'ALTER TABLE "{name}" RENAME TO "gone_{name}"')
+    try:
+        yield
+    finally:
+        with closing(sqlite3.connect(database)) as db, db:
+            for name in tables:
+                db.execute(f'ALTER TABLE "gone_{name}" RENAME TO "{name}"')
+
+
+def test_every_operation_documents_the_503_it_answers_while_the_store_does_not(
+    http: TestClient, spec: dict[str, Any], settings: Settings
+) -> None:
+    """Given the store not answering (its file moved away),
+    When each operation of the API is sent a request it would take,
+    Then each answers 503 with Retry-After and the error body, and its document says so: a 503
+    with the Retry-After header and the one error body schema (no operation documented it).
+    """
+    database = Path(settings.resolved_database_url().removeprefix("sqlite:///"))
+    operations = [
+        (method, path) for method in ("get", "post") for path in api_operations(spec, method)
+    ]
+    with store_not_answering(database):
+        answers = {
+            (method, path): http.request(method, filled(path), **taken(method, path))
+            for method, path in operations
+        }
+
+    for (method, path), answer in answers.items():
+        documented = api_operations(spec, method)[path]["responses"]["503"]
+        assert answer.status_code == 503, (method, path, answer.text)
+        assert set(answer.json()) == {"error"}, (method, path)
+        assert int(answer.headers["retry-after"]) > 0
+        assert documented["content"]["application/json"]["schema"] == ERROR_BODY
+        assert "Retry-After" in documented["headers"], (method, path)
+
+
+def statuses(answers: dict[str, Any]) -> set[int]:
+    """Return the error statuses an operation's document lists."""
+    return {int(code) for code in answers if code.startswith(("4", "5"))}
+
+
+def test_each_read_documents_exactly_the_refusals_it_answers_and_no_body_s(
+    http: TestClient, spec: dict[str, Any], pipeline: Pipeline
+) -> None:
+    """Given a held goal, and every read (GET) of the API,
+    When each is asked with no token, with a parameter it does not take, for an id there is
+    not (a read by id), and past the failed tokens an address may send,
+    Then the refusals it answers (with the 503 of the test above) are exactly those it
+    documents, each the error body: reads listed a body's 400, 409, 413 and 415, and the
+    reviews' reads 403 and 404, none of which they can answer.
+    """
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD, timeout=5)
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+    reads = api_operations(spec, "get")
+    seen: dict[str, set[int]] = {path: {503} for path in reads}  # the test above answers 503
+
+    for path in reads:
+        there = path.format(goal_id=goal_id, plan_id=plan_id)
+        assert http.get(there, headers=CAROL).status_code == 200, path
+        seen[path].add(http.get(there).status_code)
+        seen[path].add(http.get(there, params={"verbose": "1"}, headers=CAROL).status_code)
+        if "{" in path:
+            seen[path].add(http.get(filled(path), headers=CAROL).status_code)
+    for _ in range(MAX_FAILURES):
+        http.get("/api/v1/reviews", headers={"Authorization": "Bearer guessed"})
+    for path in reads:
+        seen[path].add(
+            http.get(filled(path), headers={"Authorization": "Bearer guessed"}).status_code
+        )
+
+    for path, read in reads.items():
+        assert seen[path] == statuses(read["responses"]), path
+    assert seen["/api/v1/goals/{goal_id}"] == {401, 404, 422, 429, 503}
+    assert seen["/api/v1/reviews"] == {401, 422, 429, 503}
+
+
+# What no request here can make an operation answer, documented as the code does answer it:
+# a role the hold asks for (403), a body trickled in over 30 s (408), a decision raced (409).
+NOT_PROVOKED_HERE = {403, 408, 409}
+
+
+def test_each_write_answers_and_documents_the_refusals_of_the_body_it_reads(
+    http: TestClient, spec: dict[str, Any]
+) -> None:
+    """Given every operation of the API that reads a body (POST),
+    When each is sent what it refuses: no token, an id there is not, JSON that does not parse,
+    a body that is not JSON, one over the bound, a field none of its bodies names,
+    Then each answers the refusal, and documents it with the error body; what it documents is
+    what it answers (with the 503 and 429 seen above, and those no request here makes).
+    """
+    huge = b"{" + b" " * MAX_REQUEST_BYTES + b"}"
+    for path, write in api_operations(spec, "post").items():
+        request = taken("post", path)
+        url, headers = filled(path), request["headers"]
+        refused = [
+            http.post(url, json=request["json"]),
+            http.post(url, content=b"{", headers={**headers, "Content-Type": JSON}),
+            http.post(url, content=b"text", headers={**headers, "Content-Type": "text/plain"}),
+            http.post(url, content=huge, headers={**headers, "Content-Type": JSON}),
+            http.post(url, json={"coment": "a misspelt field"}, headers=headers),
+        ]
+        if "{" in path:
+            refused.append(http.post(url, json=request["json"], headers=headers))
+        seen = {answer.status_code for answer in refused}
+
+        for answer in refused:
+            assert set(answer.json()) == {"error"}, (path, answer.status_code)
+        assert seen >= {400, 401, 413, 415, 422}, (path, seen)
+        documented = statuses(write["responses"])
+        assert seen <= documented, (path, seen - documented)
+        assert documented - seen <= {429, 503} | NOT_PROVOKED_HERE, path

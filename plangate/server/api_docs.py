@@ -15,6 +15,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from plangate.server.goal_bodies import ErrorBody
+
 ASSETS = "/docs/assets"
 # Only the files: its FastAPI subclass is not used, plangate's app is plain FastAPI.
 _STATIC = Path(fastapi_offline.__file__).parent / "static"
@@ -36,6 +38,32 @@ def install_api_docs(app: FastAPI) -> None:
 
 
 BEARER = "bearer"  # the one security scheme: every token is sent as a bearer token
+Responses = dict[int | str, dict[str, Any]]
+ERROR_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
+
+# What each refusal means, said once for every route that may answer it.
+_SAID = {
+    400: "Not readable: the body is not a JSON object",
+    401: "No token, or not one this server knows: send `Authorization: Bearer <token>`",
+    403: "Your reviewer lacks the role the hold asks for",
+    404: "No such goal or plan",
+    408: "The body took too long to arrive",
+    409: "It changed meanwhile (decided, edited, or a key reused): read it again",
+    413: "Too large",
+    415: "Not JSON, or encoded (send UTF-8 JSON, no Content-Encoding)",
+    422: "A parameter or the body is refused: the error says which and why",
+    429: "Too many failed attempts from this address: see Retry-After",
+    503: "The store does not answer, or refuses work for now (or the reviewers file cannot be "
+    "read): try again after Retry-After",
+}
+# Any route that reads a body may answer these; a read answers none of them.
+_BODY = (400, 408, 413, 415, 422)
+
+
+def refusals(*codes: int) -> Responses:
+    """Return a route's `responses` for these refusals, each the one error body, described once."""
+    return {code: {"model": ErrorBody, "description": _SAID[code]} for code in codes}
 
 
 def complete_error_responses(schema: dict[str, Any]) -> dict[str, Any]:
@@ -44,28 +72,26 @@ def complete_error_responses(schema: dict[str, Any]) -> dict[str, Any]:
     Errors as `{"error": ...}`; a route that takes a token, the bearer scheme it is sent in.
 
     A client generated from the document broke on them: the 429 (with Retry-After) of any
-    route that takes a token, the 413/415/400 of any that reads a body; and FastAPI's own 422
-    for a bad parameter is documented as `{"detail": [...]}`, which plangate never sends.
+    route that takes a token, the 400/408/413/415/422 of any that reads a body (and of those
+    only: reads listed them); the 503 with Retry-After; and FastAPI's own 422 for a bad
+    parameter is documented as `{"detail": [...]}`, which plangate never sends.
     """
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     for path, operations in schema.get("paths", {}).items():
         if not path.startswith("/api/"):
             continue
         for operation in operations.values():
             answers = operation.setdefault("responses", {})
+            added = [str(code) for code in _BODY] if "requestBody" in operation else []
+            if "401" in answers:
+                added.append("429")
+                operation.setdefault("security", [{BEARER: []}])
+            for code in added:
+                answers.setdefault(code, {"description": _SAID[int(code)]})
             for code, answer in answers.items():
                 if code.startswith(("4", "5")):
-                    answer["content"] = error
-            added = {"413": "Too large", "415": "Not JSON", "400": "Not readable"}
-            if "requestBody" not in operation:
-                added = {}
-            if "401" in answers:
-                added["429"] = "Too many failed attempts from this address: see Retry-After"
-                operation.setdefault("security", [{BEARER: []}])
-            for code, description in added.items():
-                answers.setdefault(code, {"description": description, "content": error})
-            if "429" in answers:
-                answers["429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+                    answer["content"] = ERROR_BODY
+                if code in ("429", "503"):
+                    answer["headers"] = _RETRY_AFTER
     schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
     schemes[BEARER] = {
         "type": "http",

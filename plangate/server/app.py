@@ -15,7 +15,12 @@ from plangate.client import Client
 from plangate.config import Settings
 from plangate.redaction import register_secret
 from plangate.server import goal_pages, goals, health, login, pages, reviews
-from plangate.server.api_docs import ASSETS, complete_error_responses, install_api_docs
+from plangate.server.api_docs import (
+    ASSETS,
+    complete_error_responses,
+    install_api_docs,
+    refusals,
+)
 from plangate.server.body_limit import BodyLimit
 from plangate.server.errors import install_handlers
 from plangate.server.head_requests import HeadAsGet
@@ -88,8 +93,9 @@ def create_app(
     app.add_middleware(SchemaGuard)
     app.add_middleware(BodyLimit)
     app.add_middleware(HeadAsGet)
+    # Every route of the API reads or writes the store: each answers 503 while it does not.
     for api in (goals.router, reviews.router):
-        app.include_router(api)
+        app.include_router(api, responses=refusals(503))
     app.include_router(login.router)
     app.include_router(pages.router)
     app.include_router(goal_pages.router)

@@ -20,6 +20,7 @@ from plangate.errors import PlangateError, StoreUnavailable
 from plangate.event_keys import KEY_LIMIT
 from plangate.redaction import redact
 from plangate.server import goal_bodies
+from plangate.server.api_docs import refusals
 from plangate.server.auth import intake_admission, intake_token_given, require_intake_token
 from plangate.server.decision_bodies import CancelRequest, ReasonBody
 from plangate.server.deps import get_client
@@ -71,9 +72,6 @@ _SUBMIT_BODY: dict[str, Any] = {
             }
         },
     },
-}
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 409, 413, 415, 422)
 }
 
 
@@ -139,7 +137,7 @@ _WHERE = {
     responses={
         200: {"model": GoalAccepted, "description": "Already submitted", "headers": _WHERE},
         201: {"description": "Submitted", "headers": _WHERE},
-        **_ERRORS,
+        **refusals(401, 409),
         429: {
             "model": ErrorBody,
             "description": "Too many failed attempts, or more goals than "
@@ -224,7 +222,7 @@ def _each_filter_once(request: Request) -> None:
 @router.get(
     "",
     response_model=GoalList,
-    responses={code: {"model": ErrorBody} for code in (401, 422)},
+    responses=refusals(401, 422),
     dependencies=token_first(require_reviewer),
 )
 def goal_list(
@@ -252,7 +250,7 @@ def goal_list(
 @router.get(
     "/{goal_id}",
     response_model=GoalState,
-    responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+    responses=refusals(401, 404, 422),
     dependencies=token_first(_intake_or_reviewer),
 )
 def goal_status(goal_id: str, client: Annotated[Client, Depends(get_client)]) -> GoalState:
@@ -273,7 +271,7 @@ def _shown(current: GoalStatus) -> GoalState:
 @router.post(
     "/{goal_id}/cancel",
     response_model=GoalState,
-    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)},
+    responses=refusals(401, 403, 404, 409),
     dependencies=token_first(require_reviewer),
     **documented_body(CancelRequest),
 )
@@ -295,7 +293,7 @@ def cancel_goal(
 @router.post(
     "/{goal_id}/retry",
     response_model=GoalState,
-    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)},
+    responses=refusals(401, 403, 404, 409),
     dependencies=token_first(require_reviewer),
     **documented_body(CancelRequest),
 )

@@ -26,6 +26,7 @@ from plangate.config import Settings
 from plangate.errors import NotFound, quoted
 from plangate.relay import deliver
 from plangate.review_views import ReviewDetail, ReviewSummary, detail_of, summary_of
+from plangate.server.api_docs import refusals
 from plangate.server.decision_bodies import (
     Approve,
     ApproveBody,
@@ -37,7 +38,6 @@ from plangate.server.decision_bodies import (
     SettleBody,
 )
 from plangate.server.errors import ApiError
-from plangate.server.goal_bodies import ErrorBody
 from plangate.server.json_bodies import documented_body
 from plangate.server.query_params import token_first
 from plangate.server.reviewers import Reviewer, require_reviewer
@@ -174,21 +174,20 @@ _Route = TypeVar("_Route", bound=Callable[..., Outcome])
 MAX_LISTED = 1001  # held plans in one listing: the CLI's most (1000) and one to see more
 MORE_HELD = "X-Plangate-More-Held"
 _MORE = "`true` when more plans are held than `limit`; `GET /api/v1/goals?state=held` pages."
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422)
-}
+_READ = refusals(401, 422)  # a parameter refused; no body, so none of a body's refusals
 
 
 def _decision(path: str, body: type[BaseModel]) -> Callable[[_Route], _Route]:
     """Declare a decision's route: its answer, its errors and the body it reads."""
-    return router.post(path, response_model=Outcome, responses=_ERRORS, **documented_body(body))
+    responses = refusals(401, 403, 404, 409)  # a body's refusals come with it: `api_docs`
+    return router.post(path, response_model=Outcome, responses=responses, **documented_body(body))
 
 
 @router.get(
     "",
     response_model=list[ReviewSummary],
     responses={
-        **_ERRORS,
+        **_READ,
         200: {"headers": {MORE_HELD: {"schema": {"type": "string"}, "description": _MORE}}},
     },
 )
@@ -210,13 +209,13 @@ def list_reviews(
     return [summary_of(plan, catalog) for plan in held[:limit]]
 
 
-@router.get("/unsettled", response_model=list[UnsettledView], responses=_ERRORS)
+@router.get("/unsettled", response_model=list[UnsettledView], responses=_READ)
 def list_unsettled(desk: Desk, reviewer: Person) -> list[UnsettledView]:
     """Return the steps that may or may not have happened, each stopping its run."""
     return [UnsettledView.model_validate(step, from_attributes=True) for step in desk.unsettled()]
 
 
-@router.get("/{plan_id}", response_model=ReviewDetail, responses=_ERRORS)
+@router.get("/{plan_id}", response_model=ReviewDetail, responses={**_READ, **refusals(404)})
 def show_review(plan_id: str, desk: Desk, reviewer: Person) -> ReviewDetail:
     """Return one plan: steps with their effect, the policy's decision, the diff, the goal."""
     return detail_of(desk.review.get(plan_id), desk.catalog())
