@@ -24,9 +24,9 @@ from plangate.server import create_app
 from plangate.server.body_limit import MAX_REQUEST_BYTES
 from plangate.server.json_bodies import JSON
 from plangate.server.ratelimit import MAX_FAILURES
-from plangate.server.reviewers import Reviewers
+from plangate.server.reviewers import Reviewers, ReviewersFile
 from tests.conftest import SEED_GOAL
-from tests.support import HELD, only_plan
+from tests.support import HELD, only_plan, write_reviewers
 
 CAROL = {"Authorization": "Bearer carol-token-0123456789"}
 UNKNOWN = "0" * 32
@@ -224,3 +224,23 @@ def test_each_write_answers_and_documents_the_refusals_of_the_body_it_reads(
         documented = statuses(write["responses"])
         assert seen <= documented, (path, seen - documented)
         assert documented - seen <= {429, 503} | NOT_PROVOKED_HERE, path
+
+
+def test_a_503_for_a_reviewers_file_that_cannot_be_read_says_when_to_try_again(
+    pipeline: Pipeline, settings: Settings, tmp_path: Path
+) -> None:
+    """Given a reviewers file that is not valid YAML (it is read again once it changes),
+    When a reviewer asks the API for the held plans,
+    Then the answer is the documented 503: the error body, and Retry-After (it had none, though
+    the document says every 503 carries one).
+    """
+    carol = Reviewer.with_token("carol", "carol-token-0123456789")
+    path = write_reviewers(tmp_path / "reviewers.yaml", [carol])
+    with TestClient(create_app(settings, reviewers=ReviewersFile(path))) as http:
+        assert http.get("/api/v1/reviews", headers=CAROL).status_code == 200
+        path.write_text(path.read_text() + "  - [this is not a reviewer\n")
+        answer = http.get("/api/v1/reviews", headers=CAROL)
+
+    assert answer.status_code == 503, answer.text
+    assert "nobody can review until this is fixed" in answer.json()["error"]
+    assert int(answer.headers["retry-after"]) > 0

@@ -26,6 +26,9 @@ class ReviewerSource(Protocol):
         ...
 
 
+FILE_FIXED_SECONDS = 30  # a client's wait for a reviewers file to be fixed (Retry-After)
+
+
 def get_reviewers(request: Request) -> Reviewers:
     """Return the app's reviewers as they are now."""
     source: ReviewerSource = request.app.state.reviewers
@@ -53,7 +56,9 @@ def require_reviewer(request: Request) -> Reviewer:
     if wait is not None:
         raise too_many(wait)
     if reviewers.problem is not None:  # nobody is known: not the client's fault
-        raise ApiError(503, f"nobody can review until this is fixed: {reviewers.problem}")
+        said = f"nobody can review until this is fixed: {reviewers.problem}"
+        # Read again once it changes: a client may try again, as after any 503.
+        raise ApiError(503, said, headers={"Retry-After": str(FILE_FIXED_SECONDS)})
     if not len(reviewers):
         hint = (
             f"no reviewers are configured; add them to {REVIEWERS_FILE_VARIABLE} with "
