@@ -244,3 +244,28 @@ def test_a_503_for_a_reviewers_file_that_cannot_be_read_says_when_to_try_again(
     assert answer.status_code == 503, answer.text
     assert "nobody can review until this is fixed" in answer.json()["error"]
     assert int(answer.headers["retry-after"]) > 0
+
+
+def test_a_body_is_documented_as_required_exactly_where_the_api_refuses_none(
+    http: TestClient, spec: dict[str, Any]
+) -> None:
+    """Given every operation that reads a body,
+    When each is sent no body at all (with its token, for an id there is not),
+    Then the decisions (approve, reject, edit, settle) and a submission refuse it, and
+    their document marks the body required (the decisions' did not); cancel and retry take
+    none (a reason is optional), and their body is not marked required.
+    """
+    required = {}
+    for path, write in api_operations(spec, "post").items():
+        answer = http.post(filled(path), headers=taken("post", path)["headers"])
+        assert answer.status_code in (404, 415, 422), (path, answer.text)
+        required[path] = answer.status_code != 404  # refused, or taken: no goal or plan
+        assert write["requestBody"].get("required", False) is required[path], path
+
+    assert {path.rsplit("/", 1)[-1] for path, needed in required.items() if needed} == {
+        "goals",
+        "approve",
+        "reject",
+        "edit",
+        "settle",
+    }

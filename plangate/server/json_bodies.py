@@ -113,6 +113,11 @@ def json_body(model: type[ModelT]) -> Callable[[Request], Awaitable[ModelT]]:
 
 
 def documented_body(model: type[BaseModel]) -> dict[str, Any]:
-    """Return the route keywords documenting that it reads `model` (FastAPI sees no body)."""
-    body = {"content": {JSON: {"schema": model.model_json_schema()}}}
+    """Return the route keywords documenting that it reads `model` (FastAPI sees no body).
+
+    Required unless every field of `model` has a default: no body is read as `{}`
+    (`json_body`), which such a model takes and any other refuses.
+    """
+    needed = any(field.is_required() for field in model.model_fields.values())
+    body = {"required": needed, "content": {JSON: {"schema": model.model_json_schema()}}}
     return {"openapi_extra": {"requestBody": body}}
