@@ -25,6 +25,7 @@ from plangate.server.body_limit import MAX_REQUEST_BYTES
 from plangate.server.json_bodies import JSON
 from plangate.server.ratelimit import MAX_FAILURES
 from plangate.server.reviewers import Reviewers, ReviewersFile
+from schemas.plan import Step
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, only_plan, write_reviewers
 
@@ -269,3 +270,37 @@ def test_a_body_is_documented_as_required_exactly_where_the_api_refuses_none(
         "edit",
         "settle",
     }
+
+
+def refs(node: Any) -> Iterator[str]:
+    """Yield every `$ref` in a JSON document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from refs(value)
+
+
+def test_an_edits_steps_are_the_plan_step_schema_the_api_validates_them_against(
+    spec: dict[str, Any],
+) -> None:
+    """Given the document's body of an edit,
+    Then its steps are each a reference to the plan's step schema (`schemas.plan.Step`: id,
+    tool, args, when, after), a named schema of the document; they were untyped objects, and
+    every reference in the document resolves within it.
+    """
+    body = spec["paths"]["/api/v1/reviews/{plan_id}/edit"]["post"]["requestBody"]
+    steps = body["content"]["application/json"]["schema"]["properties"]["steps"]
+    named = spec["components"]["schemas"]
+
+    assert steps["items"] == {"$ref": "#/components/schemas/Step"}
+    assert steps["minItems"] == 1
+    assert set(named["Step"]["properties"]) == set(Step.model_fields)
+    assert named["Step"]["required"] == Step.model_json_schema()["required"]
+    assert named["Step"]["additionalProperties"] is False
+    for ref in refs(spec):
+        assert ref.removeprefix("#/components/schemas/") in named, ref

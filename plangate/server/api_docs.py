@@ -66,6 +66,16 @@ def refusals(*codes: int) -> Responses:
     return {code: {"model": ErrorBody, "description": _SAID[code]} for code in codes}
 
 
+def named_body_schemas(schema: dict[str, Any]) -> dict[str, Any]:
+    """Move the models a request body's schema refers to (`$defs`) into the named schemas."""
+    named = schema.setdefault("components", {}).setdefault("schemas", {})
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for kind in operation.get("requestBody", {}).get("content", {}).values():
+                named.update(kind.get("schema", {}).pop("$defs", {}))
+    return schema
+
+
 def complete_error_responses(schema: dict[str, Any]) -> dict[str, Any]:
     """Add to each API operation the errors every route answers alike, and its token's scheme.
 

@@ -19,6 +19,7 @@ from plangate.server.api_docs import (
     ASSETS,
     complete_error_responses,
     install_api_docs,
+    named_body_schemas,
     refusals,
 )
 from plangate.server.body_limit import BodyLimit
@@ -124,7 +125,7 @@ class _App(FastAPI):
     def openapi(self) -> dict[str, Any]:
         """Return the OpenAPI document, with the errors every route answers alike."""
         if self.openapi_schema is None:
-            self.openapi_schema = complete_error_responses(super().openapi())
+            self.openapi_schema = complete_error_responses(named_body_schemas(super().openapi()))
         return self.openapi_schema
 
 

@@ -9,11 +9,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Depends
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from plangate.server.json_bodies import json_body
 from schemas.messages import MAX_COMMENT_CHARS
+from schemas.plan import Step
 
 
 class _Strict(BaseModel):
@@ -70,11 +78,19 @@ class RejectBody(_Strict):
     comment: str = Field(min_length=1, max_length=MAX_COMMENT_CHARS)
 
 
+def _as_sent(steps: Any) -> Any:
+    return steps
+
+
 class Edit(_Strict):
     """Replace the steps (and summary) of the revision whose hash you saw: revision n+1."""
 
     plan_hash: str = Field(min_length=1)
-    steps: list[dict[str, Any]] = Field(min_length=1)
+    # Checked as a plan's steps when the revision is made (`Review.edit`: every problem at
+    # once); documented as them, so a client knows what to send.
+    steps: Annotated[
+        list[dict[str, Any]], BeforeValidator(_as_sent, json_schema_input_type=list[Step])
+    ] = Field(min_length=1, json_schema_extra={"minItems": 1})
     summary: str | None = None
     comment: str = Field(default="", max_length=MAX_COMMENT_CHARS, description="Why you edit it.")
 

@@ -20,6 +20,7 @@ from plangate.server.errors import ApiError
 from schemas.decoding import JsonRefused, strict_json_loads
 
 JSON = "application/json"
+SCHEMAS = "#/components/schemas/"
 MAX_BODY_BYTES = 64 * 1024
 _PARSE_LIMIT = MAX_REQUEST_BYTES  # what intake parses is bounded lower, by its route
 _STATUS = {"size": 413, "syntax": 400, "depth": 422, "text": 422}
@@ -119,5 +120,8 @@ def documented_body(model: type[BaseModel]) -> dict[str, Any]:
     (`json_body`), which such a model takes and any other refuses.
     """
     needed = any(field.is_required() for field in model.model_fields.values())
-    body = {"required": needed, "content": {JSON: {"schema": model.model_json_schema()}}}
+    # Its models in `$defs`, named where a reference finds them: `named_body_schemas` moves
+    # them there (a `#/$defs/...` reference is resolved against the whole document).
+    schema = model.model_json_schema(ref_template=f"{SCHEMAS}{{model}}")
+    body = {"required": needed, "content": {JSON: {"schema": schema}}}
     return {"openapi_extra": {"requestBody": body}}
