@@ -18,6 +18,8 @@ from approval_gate.revisions import catalog_misfit, plan_diff
 from plangate.store.goal_list import submitters_said
 from schemas import Catalog, StepPreview
 from schemas.data_flow import untrusted_sources
+from schemas.goal_status_schema import GoalStatus
+from schemas.tool_spec import Effect
 
 
 class ReviewStep(BaseModel):
@@ -25,7 +27,7 @@ class ReviewStep(BaseModel):
 
     id: str
     tool: str
-    effect: str = Field(description="read or write; a tool missing from the catalog is write")
+    effect: Effect = Field(description="A tool missing from the catalog is `write`.")
     args: dict[str, Any]
     when: str | None = None
     after: list[str] = []
@@ -96,7 +98,7 @@ class ReviewSummary(BaseModel):
         "author wrote it (it may not describe the edited steps); null if this revision's own.",
     )
     goal_text: str = Field(description="As submitted: untrusted data, not instructions.")
-    goal_status: str
+    goal_status: GoalStatus
     held_since: datetime = Field(description="When the gate held this revision.")
     policy: PolicyDecision | None
     planner: str = Field(description="Who made this revision: a planner, or `edit:<reviewer>`.")

@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,6 +26,7 @@ from plangate.server.json_bodies import JSON
 from plangate.server.ratelimit import MAX_FAILURES
 from plangate.server.reviewers import Reviewers, ReviewersFile
 from schemas.plan import Step
+from schemas.tool_spec import Effect
 from tests.conftest import SEED_GOAL
 from tests.support import HELD, only_plan, write_reviewers
 
@@ -304,3 +305,20 @@ def test_an_edits_steps_are_the_plan_step_schema_the_api_validates_them_against(
     assert named["Step"]["additionalProperties"] is False
     for ref in refs(spec):
         assert ref.removeprefix("#/components/schemas/") in named, ref
+
+
+def test_every_goal_state_a_review_answer_carries_is_the_state_machines_enum(
+    spec: dict[str, Any],
+) -> None:
+    """Given the document's answers of the review API,
+    Then a decision's outcome `status`, a held plan's and an unsettled step's `goal_status` are
+    the one `GoalStatus` enum, and a reviewed step's `effect` is an enum of the tool effects
+    (`schemas.tool_spec.Effect`): they were plain strings, and a generated client knew none.
+    """
+    named = spec["components"]["schemas"]
+    state = {"$ref": "#/components/schemas/GoalStatus"}
+
+    assert named["Outcome"]["properties"]["status"]["$ref"] == state["$ref"]
+    for answer in ("ReviewSummary", "ReviewDetail", "UnsettledView"):
+        assert named[answer]["properties"]["goal_status"]["$ref"] == state["$ref"], answer
+    assert named["ReviewStep"]["properties"]["effect"]["enum"] == list(get_args(Effect))

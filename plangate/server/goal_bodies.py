@@ -9,13 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-from typing_extensions import TypeAliasType
 
-from schemas import goal_states
-
-# A named schema (`#/components/schemas/GoalStatus`) of the states the state machine lists: a
-# client generated from the document gets one enum of them, not one per field.
-GoalStatus = TypeAliasType("GoalStatus", goal_states.GoalStatus)
+from schemas.goal_status_schema import GoalStatus
 
 
 class GoalAccepted(BaseModel):

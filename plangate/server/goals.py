@@ -19,7 +19,6 @@ from plangate.client import Client, GoalHandle, GoalStatus
 from plangate.errors import PlangateError, StoreUnavailable
 from plangate.event_keys import KEY_LIMIT
 from plangate.redaction import redact
-from plangate.server import goal_bodies
 from plangate.server.api_docs import refusals
 from plangate.server.auth import intake_admission, intake_token_given, require_intake_token
 from plangate.server.decision_bodies import CancelRequest, ReasonBody
@@ -38,6 +37,7 @@ from plangate.server.query_params import token_first
 from plangate.server.reviewers import Reviewer, require_reviewer
 from plangate.store.engine import failure_cause
 from plangate.store.goal_list import MAX_PAGE
+from schemas import goal_status_schema
 
 # Each route says who may call it: submitting takes the intake token (when one is set);
 # listing, cancelling and retrying a reviewer's; a goal's state either. (One token for the
@@ -229,7 +229,7 @@ def goal_list(
     client: Annotated[Client, Depends(get_client)],
     _once: Annotated[None, Depends(_each_filter_once)],
     state: Annotated[
-        goal_bodies.GoalStatus | None, Query(description="Goals in this state only.")
+        goal_status_schema.GoalStatus | None, Query(description="Goals in this state only.")
     ] = None,
     since: Annotated[str | None, Query(max_length=40, description="2h, 7d or ISO time")] = None,
     until: Annotated[

@@ -45,6 +45,7 @@ from plangate.stages import build_review
 from plangate.store import PlanRow, Store, open_store
 from plangate.store.goals import by_id, get_goal, latest_plan
 from schemas import Catalog
+from schemas.goal_status_schema import GoalStatus
 
 # Every route is a reviewer's: the token is checked first, before its query and its body.
 router = APIRouter(
@@ -129,7 +130,7 @@ class UnsettledView(BaseModel):
     attempt: int
     reason: str | None
     since: datetime | None
-    goal_status: str = Field(
+    goal_status: GoalStatus = Field(
         description="needs_attention (its run resumes once settled) or cancelled (recorded only)"
     )
     idempotency_key: str | None = Field(
@@ -146,7 +147,7 @@ class Outcome(BaseModel):
     """What a decision did: the goal's state now and its newest revision."""
 
     goal_id: str
-    status: str = Field(description="The goal's state in the store as the answer is made.")
+    status: GoalStatus = Field(description="The goal's state in the store as the answer is made.")
     reason: str | None = Field(default=None, description="Why the goal is in that state.")
     plan_id: str | None
     revision: int | None
