@@ -89,6 +89,13 @@ SPANS_DROPPED = Counter(
 # There at 0 from the start, so that `increase` sees the first spans lost.
 for _reason in ("export_failed", "queue_full"):
     SPANS_DROPPED.labels(_reason)
+# A state, not a rate: under light traffic `increase` of the counter fell to 0 between two
+# goals, and an alert on it went pending and cleared for as long as the collector was down.
+SPAN_EXPORT_FAILING = Gauge(
+    "plangate_span_export_failing",
+    "1 while this process's span exports fail (from a failed batch until one succeeds); 0 "
+    "otherwise.",
+)
 SEALING_STOPPED = Gauge(
     "plangate_audit_sealing_stopped",
     "1 while this gate seals no audit checkpoint (one it saw is gone from the store), or "

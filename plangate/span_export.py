@@ -6,8 +6,9 @@ five workers logged 73 such lines in 90 s of a collector answering 500, and noth
 the spans lost. Its lines are kept from the log here (the latest is the cause plangate
 gives); plangate says one warning when exports start failing, naming the endpoint and its
 variable, a reminder at most every `REMIND_SECONDS` with what was lost since, and one line
-when the collector takes spans again. `plangate_spans_dropped_total` counts the spans lost,
-by reason, for the PlangateTracesLost alert.
+when the collector takes spans again. `plangate_span_export_failing` is 1 from a failed batch
+until one succeeds, for the PlangateTracesLost alert; `plangate_spans_dropped_total` counts the
+spans lost, by reason.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from plangate.lasting import Lasting
-from plangate.metrics import SPANS_DROPPED
+from plangate.metrics import SPAN_EXPORT_FAILING, SPANS_DROPPED
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ class ExportWatch:
 
     def exported(self, spans: int, succeeded: bool, cause: str) -> None:
         """Take the outcome of one batch's export: `spans` spans, and why it failed."""
+        SPAN_EXPORT_FAILING.set(0 if succeeded else 1)
         if succeeded:
             self._ended()
             return

@@ -639,6 +639,26 @@ def test_a_stage_with_no_process_at_all_raises_an_alert() -> None:
     assert sorted(asked) == sorted(STAGE_BINDINGS)
 
 
+def alert(name: str) -> dict[str, Any]:
+    """The rule of alerts.yml named `name`."""
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    [rule] = [r for g in groups for r in g["rules"] if r["alert"] == name]
+    return rule
+
+
+def test_traces_lost_fires_on_an_outage_under_light_traffic() -> None:
+    """PlangateTracesLost read `increase(plangate_spans_dropped_total[2m])`, 0 between goals
+    arriving every 150 s: in 9 minutes of a collector down it went pending and cleared, and
+    never fired. It reads the process's state, 1 from a failed export until one succeeds,
+    and holds it 5 minutes; the spans lost are still counted."""
+    lost = alert("PlangateTracesLost")
+
+    assert "plangate_span_export_failing" in lost["expr"]
+    assert 'increase(plangate_spans_dropped_total{reason="queue_full"}' in lost["expr"]
+    assert "increase(plangate_spans_dropped_total[" not in lost["expr"]
+    assert lost["for"] == "5m"
+
+
 # What each kind of plangate process writes in PLANGATE_DATA_DIR (besides /tmp): the gate its
 # first signing key and the newest checkpoint it saw, the executor the demo tools' pages. Run
 # under a read-only root filesystem (the restricted Pod Security Standard), an executor

@@ -244,3 +244,36 @@ def test_tries_that_ran_out_are_told_apart_as_a_refused_connection_or_a_hang() -
         listening.listen(8)
         hung = span_export.ExportWatch(f"http://127.0.0.1:{listening.getsockname()[1]}", "V")
         assert hung.cause(last) == span_export.NO_ANSWER
+
+
+def test_an_outage_under_light_traffic_reads_as_failing_until_a_batch_gets_through(
+    collector: Collector,
+) -> None:
+    """PlangateTracesLost read `increase` of the spans lost, which fell to 0 between goals
+    arriving every 150 s: it went pending and cleared through 9 minutes of total loss.
+
+    Given an exporter watched, its collector answering 500,
+    When one batch fails and no span follows for a while, then one batch gets through,
+    Then plangate_span_export_failing is 1 from the failure, still 1 with no span since, and
+    0 once the collector took a batch.
+    """
+    from prometheus_client import REGISTRY
+
+    def failing() -> float | None:
+        return REGISTRY.get_sample_value("plangate_span_export_failing")
+
+    watch = span_export.ExportWatch(collector.endpoint, "OTEL_EXPORTER_OTLP_ENDPOINT")
+    exporter = span_export.watched(OTLPSpanExporter(f"{collector.endpoint}/v1/traces"), watch)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    collector.refusing.set()
+
+    provider.get_tracer("t").start_span("step").end()
+    after_the_failure = failing()
+    after_a_quiet_while = failing()  # nothing exported in between: no goal came
+    collector.refusing.clear()
+    provider.get_tracer("t").start_span("step").end()
+    provider.shutdown()
+
+    assert (after_the_failure, after_a_quiet_while) == (1.0, 1.0)
+    assert failing() == 0.0
