@@ -35,10 +35,18 @@ MESSAGES = Counter(
     "handed_back: an executor stopping gave a run back, as at each rolling restart).",
     ["stage", "type", "outcome"],
 )
+# Up to half an hour: the client's default buckets stopped at 10 s, where a p95 read by
+# histogram_quantile stopped too, while a tool may take 60 s by default (its own timeout
+# longer) and a handler up to PLANGATE_HANDLER_TIMEOUT_SECONDS (29 min).
+_DURATION_BUCKETS = (
+    *(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    *(30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
+)
 HANDLER_SECONDS = Histogram(
     "plangate_handler_seconds",
     "How long a stage's handler took, by message type.",
     ["stage", "type"],
+    buckets=_DURATION_BUCKETS,
 )
 DECISIONS = Counter(
     "plangate_decisions",
@@ -51,7 +59,9 @@ TOOL_CALLS = Counter(
     "Tool calls, by tool and outcome (succeeded, failed, timed_out).",
     ["tool", "outcome"],
 )
-TOOL_SECONDS = Histogram("plangate_tool_seconds", "How long a tool call took.", ["tool"])
+TOOL_SECONDS = Histogram(
+    "plangate_tool_seconds", "How long a tool call took.", ["tool"], buckets=_DURATION_BUCKETS
+)
 LLM_TOKENS = Counter(
     "plangate_llm_tokens", "Tokens the planner's model spent, by model and kind.", ["model", "kind"]
 )

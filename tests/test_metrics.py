@@ -326,3 +326,33 @@ def test_the_oldest_approved_goal_is_aged_for_the_alert_on_goals_no_executor_sta
     assert 20 * 60 <= aged["plangate_oldest_submitted_seconds"] < 21 * 60
     assert none["plangate_oldest_approved_seconds"] == 0
     assert none["plangate_oldest_submitted_seconds"] == 0
+
+
+def test_a_duration_histogram_tells_apart_calls_up_to_the_longest_deadline() -> None:
+    """The duration histograms had the client's default buckets, up to 10 s: the dashboard's
+    p95 panels read 10 s for tools that took 45 s (timeout 60 s by default) and handlers that
+    took 20 minutes (timeout 29 minutes).
+
+    Given a tool call of 45 s and a handler of 20 minutes,
+    When their histograms are read,
+    Then each falls in a bucket bounded below the longest deadline, not in +Inf alone, and
+    the buckets stay few.
+    """
+    settings = Settings()
+    metrics.tool_called("a_slow_report", "succeeded", 45.0)
+    metrics.HANDLER_SECONDS.labels("executor", "a.slow.type").observe(20 * 60.0)
+
+    for name, labels in (
+        ("plangate_tool_seconds", {"tool": "a_slow_report"}),
+        ("plangate_handler_seconds", {"stage": "executor", "type": "a.slow.type"}),
+    ):
+        bounds = sorted(
+            float(sample.labels["le"])
+            for family in REGISTRY.collect()
+            for sample in family.samples
+            if sample.name == f"{name}_bucket" and {k: sample.labels[k] for k in labels} == labels
+        )
+        finite = [bound for bound in bounds if bound != float("inf")]
+        assert finite[-1] >= settings.handler_timeout_seconds, name
+        assert any(45.0 <= bound <= settings.tool_timeout_seconds for bound in finite), name
+        assert len(bounds) <= 20, name
