@@ -223,7 +223,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield the gauges; only `plangate_store_up` 0 when the store does not answer."""
-        from sqlalchemy import func, select
+        from sqlalchemy import func, not_, or_, select
         from sqlalchemy.exc import SQLAlchemyError
 
         from plangate.store.models import GoalRow, OutboxRow
@@ -232,6 +232,10 @@ class StoreCollector(Collector):
         from schemas.goal_states import GoalStatus
 
         goals = GaugeMetricFamily("plangate_goals", "Goals by state.", labels=["state"])
+        now = utcnow()
+        # A delayed retry waits on purpose: counted as backlog, it read as a broker refusing
+        # messages while the broker was healthy.
+        due = or_(OutboxRow.not_before.is_(None), OutboxRow.not_before <= now)
         try:
             # Read only: on SQLite a writing transaction took the write lock, every worker's,
             # at every scrape of every process.
@@ -241,9 +245,11 @@ class StoreCollector(Collector):
                         GoalRow.status
                     )
                 ).all()
-                backlog = session.scalar(
-                    select(func.count()).select_from(OutboxRow).where(OutboxRow.sent_at.is_(None))
-                )
+                backlog, delayed = session.execute(
+                    select(func.count().filter(due), func.count().filter(not_(due))).where(
+                        OutboxRow.sent_at.is_(None)
+                    )
+                ).one()
         except SQLAlchemyError as exc:
             store_failed(self._store, exc, "a metrics scrape")  # said once, not at every scrape
             # Said as a value, not only as gauges gone missing: a gap alerts nobody.
@@ -261,12 +267,18 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "plangate_held_plans", "Plans held for a person.", counts.get("held", 0)
         )
-        now = utcnow()
         for state, name, said in _OLDEST:
             age = (now - since[state]).total_seconds() if since.get(state) is not None else 0.0
             yield GaugeMetricFamily(name, said, age)
         yield GaugeMetricFamily(
-            "plangate_outbox_backlog", "Messages stored but not yet published.", backlog or 0
+            "plangate_outbox_backlog",
+            "Messages stored, due now and not yet published (delayed retries not counted).",
+            backlog or 0,
+        )
+        yield GaugeMetricFamily(
+            "plangate_outbox_delayed",
+            "Delayed retries stored, to be published once their time comes.",
+            delayed or 0,
         )
 
 

@@ -356,3 +356,33 @@ def test_a_duration_histogram_tells_apart_calls_up_to_the_longest_deadline() -> 
         assert finite[-1] >= settings.handler_timeout_seconds, name
         assert any(45.0 <= bound <= settings.tool_timeout_seconds for bound in finite), name
         assert len(bounds) <= 20, name
+
+
+def test_a_delayed_retry_waiting_in_the_outbox_is_not_a_backlog_the_broker_left(
+    tmp_path: Path,
+) -> None:
+    """After a crash, delayed retries waiting on purpose counted in plangate_outbox_backlog,
+    and PlangateOutboxBacklog ("the broker refuses or does not answer") read non-zero with a
+    healthy broker.
+
+    Given an outbox with one message due now, one whose retry time has passed and one whose
+    retry is due in ten minutes,
+    When the store's gauges are collected,
+    Then the backlog counts the two due, and the one waiting is a delayed retry.
+    """
+    from plangate.bus import Envelope
+    from plangate.store import outbox
+
+    store = open_store(f"sqlite:///{tmp_path / 'plangate.db'}")
+    message = Envelope("goal.submitted", b"{}", {})
+    try:
+        with store.session() as session:
+            outbox.add(session, message)
+            outbox.add(session, message, not_before=utcnow() - timedelta(seconds=5))
+            outbox.add(session, message, not_before=utcnow() + timedelta(minutes=10))
+        gauges = {f.name: f.samples[0].value for f in StoreCollector(store).collect() if f.samples}
+    finally:
+        store.close()
+
+    assert gauges["plangate_outbox_backlog"] == 2
+    assert gauges["plangate_outbox_delayed"] == 1
