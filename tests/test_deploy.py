@@ -639,6 +639,44 @@ def test_a_stage_with_no_process_at_all_raises_an_alert() -> None:
     assert sorted(asked) == sorted(STAGE_BINDINGS)
 
 
+def test_a_stage_whose_only_process_is_down_pages_once_not_twice() -> None:
+    """When a stage's only process died, its failed scrape made `absent` of its series true at
+    once: PlangateStageMissing went pending with PlangateProcessDown, two critical pages for
+    one dead executor. Each stage's `absent` is left out while a target of that stage has an
+    `up` of 0, and every target, in compose's static jobs as on Kubernetes, is labelled with
+    its stage as `component`."""
+    import re
+
+    from plangate.bus.topology import STAGE_BINDINGS
+
+    expr = str(promql_parser.parse(alert("PlangateStageMissing")["expr"]))
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    static = {
+        target: static.get("labels", {}).get("component")
+        for job in scrape["scrape_configs"]
+        for static in job.get("static_configs", [])
+        for target in static["targets"]
+    }
+    [pods] = [job for job in scrape["scrape_configs"] if job["job_name"] == "kubernetes-pods"]
+    workers = {
+        name: deployment["spec"]["template"]["metadata"]["labels"]
+        for name, deployment in by_kind("Deployment").items()
+    }
+
+    for stage in STAGE_BINDINGS:
+        excluded = (
+            rf'\(absent\(plangate_messages_total\{{stage="{stage}"\}}\) '
+            rf'unless on \(\) up\{{component="{stage}"\}} == 0\)'
+        )
+        assert re.search(excluded, expr), stage
+        assert [c for t, c in static.items() if t.startswith(f"{stage}:")] == [stage]
+        assert stage in [labels.get("app.kubernetes.io/component") for labels in workers.values()]
+    assert {
+        "source_labels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"],
+        "target_label": "component",
+    } in pods["relabel_configs"]
+
+
 def alert(name: str) -> dict[str, Any]:
     """The rule of alerts.yml named `name`."""
     groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
