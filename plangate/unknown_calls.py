@@ -21,13 +21,28 @@ def since_text(since: datetime) -> str:
     return utc.isoformat().replace("+00:00", "Z")
 
 
+_SETTLE = "plangate review settle "
+# Where a settle must go through serve and no URL of it is known: the reader gives it.
+SERVE_URL = "SERVE_URL"
+
+
 def settle_command(plan_id: str, step_id: str, since: datetime | None) -> str:
     """Return the command that settles the call of `step_id` unknown since `since`, as happened.
 
     Without `since` (not known here): a placeholder, `SINCE_LISTED` says where to read it.
     """
     when = since_text(since) if since is not None else "SINCE"
-    return f"plangate review settle {plan_id} {step_id} --since {when} --happened"
+    return f"{_SETTLE}{plan_id} {step_id} --since {when} --happened"
+
+
+def through(text: str, server: str | None) -> str:
+    """Return `text` with each settle command in it going through `server` (`--server URL`).
+
+    Written by the executor, the command named no server: run as written on a machine with
+    no reviewers file, it failed ("without --server, a reviewer token is checked against
+    the reviewers file").
+    """
+    return text.replace(_SETTLE, f"{_SETTLE}--server {server} ") if server else text
 
 
 SINCE_LISTED = "SINCE as `plangate review unsettled` lists it"

@@ -697,6 +697,32 @@ def test_traces_lost_fires_on_an_outage_under_light_traffic() -> None:
     assert lost["for"] == "5m"
 
 
+def test_the_commands_an_alert_gives_that_decide_name_the_server_they_go_through() -> None:
+    """PlangateGoalsNeedAttention said `plangate review settle`, which an on-call ran as
+    written and got "without --server, a reviewer token is checked against the reviewers
+    file". Every deciding command an alert gives names `--server URL`, and where the reviewer
+    token goes."""
+    import re
+
+    groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
+    deciding = re.compile(
+        r"`(plangate (?:review (?:settle|approve|reject)|goals (?:retry|cancel))[^`]*)`"
+    )
+    given = {
+        rule["alert"]: deciding.findall(" ".join(rule["annotations"]["description"].split()))
+        for group in groups
+        for rule in group["rules"]
+    }
+
+    assert given["PlangateGoalsNeedAttention"], "no settle command"
+    for name, commands in given.items():
+        for command in commands:
+            assert "--server URL" in command, (name, command)
+    attention = alert("PlangateGoalsNeedAttention")["annotations"]["description"]
+    assert "PLANGATE_REVIEWER_TOKEN" in attention
+    assert "PLANGATE_SERVER_URL" in attention
+
+
 # What each kind of plangate process writes in PLANGATE_DATA_DIR (besides /tmp): the gate its
 # first signing key and the newest checkpoint it saw, the executor the demo tools' pages. Run
 # under a read-only root filesystem (the restricted Pod Security Standard), an executor

@@ -186,3 +186,74 @@ def test_the_cli_through_serve_names_the_call_too(billing: Pipeline, tmp_path: P
     assert f"add --since {now} " in refused.stderr
     assert settled.returncode == 0, settled.stderr
     assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"
+
+
+def printed_settle(output: str) -> list[str]:
+    """The settle command in `output`, as argv for this interpreter's plangate."""
+    import re
+    import shlex
+
+    [command] = re.findall(r"`(plangate review settle [^`]+)`", output) or re.findall(
+        r"settle: (plangate review settle .+?) --happened \|", output
+    )
+    return [sys.executable, "-m", *shlex.split(command)]
+
+
+def test_the_settle_command_status_prints_settles_the_step_as_printed(
+    billing: Pipeline, tmp_path: Path
+) -> None:
+    """`plangate status` printed `plangate review settle PLAN STEP --since ... --happened`,
+    which an on-call with no reviewers file ran and got "without --server, a reviewer token
+    is checked against the reviewers file".
+
+    Given a run stopped on its unknown charge and `plangate serve` beside it, and a CLI with
+    PLANGATE_SERVER_URL and a reviewer token but no reviewers file,
+    When `plangate status GOAL` runs, and the settle command it prints is run in a shell
+    with the token alone,
+    Then the command names the server and settles the charge; with no server URL known, it
+    says where the URL goes.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+    env = cli_env(billing, tmp_path, PLANGATE_REVIEWER_TOKEN=TOKEN)
+    status = [sys.executable, "-m", "plangate", "status", plan.goal_id]
+    with api_beside(billing) as url:
+        told = subprocess.run(
+            status, capture_output=True, text=True, env={**env, "PLANGATE_SERVER_URL": url}
+        )
+        unknown_url = subprocess.run(status, capture_output=True, text=True, env=env)
+        settled = subprocess.run(
+            printed_settle(told.stdout), capture_output=True, text=True, env=env, check=False
+        )
+
+    assert f"`plangate review settle --server {url} {plan.plan_id} charge --since" in told.stdout
+    assert "`plangate review settle --server SERVE_URL " in unknown_url.stdout
+    assert settled.returncode == 0, settled.stderr
+    assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"
+
+
+def test_the_settle_command_the_unsettled_list_prints_goes_through_its_server(
+    billing: Pipeline, tmp_path: Path
+) -> None:
+    """Given a run stopped on its unknown charge and `plangate serve` beside it,
+    When `plangate review unsettled --server URL` lists it, and its settle command is run as
+    printed (with --happened),
+    Then the command names that server, and settles the charge.
+    """
+    plan, _ = cut_off_mid_charge(billing)
+    env = cli_env(billing, tmp_path, PLANGATE_REVIEWER_TOKEN=TOKEN)
+    unsettled = [sys.executable, "-m", "plangate", "review", "unsettled"]
+    with api_beside(billing) as url:
+        listed = subprocess.run(
+            [*unsettled, "--server", url], capture_output=True, text=True, env=env
+        )
+        settled = subprocess.run(
+            [*printed_settle(listed.stdout), "--happened"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+
+    assert f"settle: plangate review settle --server {url} " in listed.stdout
+    assert settled.returncode == 0, settled.stderr
+    assert step_runs(billing.store, plan.plan_id)["charge"] == "succeeded"

@@ -30,7 +30,7 @@ from plangate.cli.review_access import (
     resolve,
 )
 from plangate.errors import ConfigError, NotFound
-from plangate.unknown_calls import since_text
+from plangate.unknown_calls import since_text, through
 
 if TYPE_CHECKING:
     from plangate.store import Store
@@ -44,7 +44,8 @@ def review_unsettled(
 
     Each one stops its run until a person settles it with `plangate review settle`.
     """
-    views = _unsettled_views(resolve(server, token_file, deciding=False))
+    access = resolve(server, token_file, deciding=False)
+    views = _unsettled_views(access)
     if as_json:
         typer.echo(json.dumps(views))
         return
@@ -55,10 +56,10 @@ def review_unsettled(
     # arguments in six columns wrapped to 6-character fragments at 80 columns ("amoun / t").
     console.print(f"{len(views)} step(s) may or may not have happened; check each, then settle it:")
     for view in views:
-        _print_unsettled(view)
+        _print_unsettled(view, access.server)
 
 
-def _print_unsettled(view: dict[str, Any]) -> None:
+def _print_unsettled(view: dict[str, Any], server: str | None) -> None:
     """Print one unknown step: what to ask the other system, and the command that settles it."""
     since = view["since"] or "SINCE"  # whole: `review settle --since` takes it back
     # Anyone's goal text; the arguments a planner's (a model's) and outputs' words.
@@ -68,7 +69,11 @@ def _print_unsettled(view: dict[str, Any]) -> None:
     )
     console.print(f"  goal: {shown(view['goal_text'][:200])}")
     console.print(f"  called with: {shown(_called_with(view))}")
-    command = f"plangate review settle {view['plan_id'][:8]} {view['step_id']} --since {since}"
+    # Through the server this list came from: given as --server, the command printed
+    # without it failed when run as printed.
+    command = through(
+        f"plangate review settle {view['plan_id'][:8]} {view['step_id']} --since {since}", server
+    )
     console.print(f"  settle: {shown(command)} --happened | --not-happened", style="dim")
 
 

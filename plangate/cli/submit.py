@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
@@ -33,6 +33,7 @@ from plangate.printable import printable_line
 
 if TYPE_CHECKING:
     from plangate.client import GoalHandle, GoalStatus
+    from plangate.config import Settings
     from plangate.run_marks import RunState
 
 _REFUSED = {"denied", "rejected", "expired", "cancelled"}  # decided not to run: exit 3
@@ -171,6 +172,19 @@ def _review_hint(current: GoalStatus, server_url: str | None) -> str:
     return f"goal {current.goal_id} waits for a person: {where}"
 
 
+def _settled_through(current: GoalStatus, settings: Settings) -> GoalStatus:
+    """Return `current` with its settle commands going through serve, where they must.
+
+    On the store a settle checks the token against the reviewers file; without one it goes
+    through serve: PLANGATE_SERVER_URL's, or a URL the reader gives.
+    """
+    from plangate.unknown_calls import SERVE_URL, through
+
+    if current.reason is None or (settings.reviewers_file and not settings.server_url):
+        return current
+    return replace(current, reason=through(current.reason, settings.server_url or SERVE_URL))
+
+
 def _metadata(pairs: list[str]) -> dict[str, str]:
     metadata = {}
     for pair in pairs:
@@ -246,7 +260,7 @@ def submit(
                 highlight=False,
             )
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        _print(final, as_json)
+        _print(final if as_json else _settled_through(final, settings), as_json)
         if final.status in WAITING_FOR_PERSON:
             err_console.print(_review_hint(final, settings.server_url), highlight=False)
             raise typer.Exit(EXIT_HELD)
@@ -330,4 +344,4 @@ def status(
         run = (
             run_state(settings.data_dir, current.goal_id) if settings.store_in_data_folder else None
         )
-        _print(current, as_json, run=run)
+        _print(current if as_json else _settled_through(current, settings), as_json, run=run)
