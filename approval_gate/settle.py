@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from approval_gate.holds import check_not_submitter, check_reviewer, hold_of
 from approval_gate.refusals import refusal_audited
+from approval_gate.review_span import settle_span
 from plangate.bus import Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound
@@ -163,50 +164,68 @@ def settle_step(
                 f"goal {goal.id} is {goal.status}; a step is settled only while its run "
                 "waits for a person, or once its goal was cancelled"
             )
-        data: dict[str, Any] = {"plan_id": plan_id, "step_id": step_id, "tool": row.tool}
-        # What it was called with, as its `step.unknown` entry says: what the person asked after.
-        data.update(call_of(session, plan_of(session.get_one(PlanRow, plan_id)), step_id))
-        data.update(happened=happened, attempt=row.attempt, comment=comment)
-        data["unknown_since"] = since_text(unknown_since)  # which of its calls was settled
-        if happened:
+        if happened:  # before its span: a settle refused decided nothing
             _check_output(read_catalog(session).get(row.tool), output)
-            row.status, row.output, row.error = "succeeded", output, None
-            data["output_sha256"] = output_digest(output)
-            row.finished_at, row.lease_until = utcnow(), None
-        elif goal.status == "needs_attention":
-            session.delete(row)  # no claim left: the resumed run claims and calls it afresh
-        else:
-            # Nothing resumes a cancelled goal's run: deleted, the row left the step to read as
-            # still running (then as "no outcome was recorded"), and out of the export.
-            row.status, row.error = "skipped", not_happened(reviewer)
-            row.finished_at, row.lease_until = utcnow(), None
-            data.update(recorded=row.status, error=row.error)
-        audit.append(session, "step.settled", actor=reviewer, goal_id=goal.id, data=data)
-        session.flush()
-        left = session.scalar(
-            select(func.count())
-            .select_from(StepRunRow)
-            .where(StepRunRow.plan_id == plan_id, StepRunRow.status == "unknown")
-        )
-        if left or goal.status == "cancelled":  # recorded only: a cancelled run never resumes
-            return []
-        transition(
-            session,
-            goal.id,
-            "approved",
-            by="person",
-            actor=reviewer,
-            reason="every step that may or may not have happened is settled; the run resumes",
-            data={"plan_id": plan_id},
-        )
-        # The plan's own approval, already used by this run: it resumes the run, nothing more.
-        approval = session.execute(
-            select(ApprovalRow).where(ApprovalRow.plan_id == plan_id)
-        ).scalar_one()
-        plan = plan_of(session.get_one(PlanRow, plan_id))
-        envelope = SignedEnvelope.model_validate(approval.envelope)
-        resumed = PlanApproved(goal_id=goal.id, plan=plan, approval=envelope)
-        return [emit(session, resumed, trace_headers=goal.trace_headers)]
+        # In the goal's trace, as a review is: the request it came in is linked.
+        with settle_span(goal, plan_id, step_id, reviewer, happened, comment):
+            return _record(session, goal, row, reviewer, happened, output, comment, unknown_since)
+
+
+def _record(
+    session: Session,
+    goal: GoalRow,
+    row: StepRunRow,
+    reviewer: str,
+    happened: bool,
+    output: Any,
+    comment: str,
+    unknown_since: datetime,
+) -> Sequence[Envelope]:
+    """Record what `reviewer` found of `row`'s step; return plan.approved once none is left."""
+    plan_id, step_id = row.plan_id, row.step_id
+    data: dict[str, Any] = {"plan_id": plan_id, "step_id": step_id, "tool": row.tool}
+    # What it was called with, as its `step.unknown` entry says: what the person asked after.
+    data.update(call_of(session, plan_of(session.get_one(PlanRow, plan_id)), step_id))
+    data.update(happened=happened, attempt=row.attempt, comment=comment)
+    data["unknown_since"] = since_text(unknown_since)  # which of its calls was settled
+    if happened:
+        row.status, row.output, row.error = "succeeded", output, None
+        data["output_sha256"] = output_digest(output)
+        row.finished_at, row.lease_until = utcnow(), None
+    elif goal.status == "needs_attention":
+        session.delete(row)  # no claim left: the resumed run claims and calls it afresh
+    else:
+        # Nothing resumes a cancelled goal's run: deleted, the row left the step to read as
+        # still running (then as "no outcome was recorded"), and out of the export.
+        row.status, row.error = "skipped", not_happened(reviewer)
+        row.finished_at, row.lease_until = utcnow(), None
+        data.update(recorded=row.status, error=row.error)
+    audit.append(session, "step.settled", actor=reviewer, goal_id=goal.id, data=data)
+    session.flush()
+    left = session.scalar(
+        select(func.count())
+        .select_from(StepRunRow)
+        .where(StepRunRow.plan_id == plan_id, StepRunRow.status == "unknown")
+    )
+    if left or goal.status == "cancelled":  # recorded only: a cancelled run never resumes
+        return []
+    transition(
+        session,
+        goal.id,
+        "approved",
+        by="person",
+        actor=reviewer,
+        reason="every step that may or may not have happened is settled; the run resumes",
+        data={"plan_id": plan_id},
+    )
+    # The plan's own approval, already used by this run: it resumes the run, nothing more.
+    approval = session.execute(
+        select(ApprovalRow).where(ApprovalRow.plan_id == plan_id)
+    ).scalar_one()
+    plan = plan_of(session.get_one(PlanRow, plan_id))
+    envelope = SignedEnvelope.model_validate(approval.envelope)
+    resumed = PlanApproved(goal_id=goal.id, plan=plan, approval=envelope)
+    return [emit(session, resumed, trace_headers=goal.trace_headers)]
 
 
 def _check_same_call(row: StepRunRow, unknown_since: datetime) -> None:

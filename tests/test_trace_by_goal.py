@@ -254,3 +254,58 @@ def test_serve_logs_each_goal_it_accepts_with_the_goals_id_and_trace(
         (accepted["goal_id"], False, accepted["trace_id"]),
         (accepted["goal_id"], True, accepted["trace_id"]),
     ]
+
+
+def test_a_settle_through_serve_is_a_span_of_the_goals_trace(
+    settings: Settings, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    """A settle's request was a trace of its own, and the goal's trace gained only the
+    `publish plan.approved` that resumed its run: who settled which step, and how, was not
+    in it, as a review, a cancel or a retry is.
+
+    Given a run stopped on its unknown charge, and serve,
+    When alice settles the charge as not happened with `POST .../steps/charge/settle`,
+    Then the goal's trace has a `settle step` span naming the goal, the plan, the step,
+    alice, her comment and that it did not happen, linked to the request's span.
+    """
+    from plangate.unknown_calls import since_text
+    from tests.test_settle import (
+        APPROVE_ALL,
+        TOKEN,
+        api_beside,
+        billing_under,
+        cut_off_mid_charge,
+        since_listed,
+    )
+
+    with billing_under(APPROVE_ALL, settings, tmp_path) as billing:
+        plan, _ = cut_off_mid_charge(billing)
+        goal = billing.wait_for(plan.goal_id, {"needs_attention"})
+        goal_trace = goal.trace_headers["traceparent"].split("-")[1]
+        body = {
+            "happened": False,
+            "unknown_since": since_text(since_listed(billing, plan)),
+            "comment": "the bank has no such charge",
+        }
+        with api_beside(billing) as url:
+            answered = httpx.post(
+                f"{url}/api/v1/reviews/{plan.plan_id}/steps/charge/settle",
+                json=body,
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=30,
+            )
+            assert answered.status_code == 200, answered.text
+            [span] = eventually(lambda: named(spans, "settle step"), what="the settle's span")
+
+    attributes = span.attributes or {}
+    assert hex_trace(span) == goal_trace
+    assert attributes["plangate.goal_id"] == plan.goal_id
+    assert attributes["plangate.plan_id"] == plan.plan_id
+    assert attributes["plangate.step_id"] == "charge"
+    assert attributes["plangate.decision.action"] == "settle"
+    assert attributes["plangate.decision.decided_by"] == "alice"
+    assert attributes["plangate.decision.reason"] == "the bank has no such charge"
+    assert attributes["plangate.settle.happened"] is False
+    [link] = span.links
+    request = next(s for s in spans.get_finished_spans() if s.context == link.context)
+    assert hex_trace(request) != goal_trace
