@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plangate.errors import ConfigError
 from plangate.file_watch import FileWatch
+from plangate.redaction import register_secret
 from plangate.small_files import read_text
 
 log = logging.getLogger(__name__)
@@ -132,8 +133,16 @@ class Reviewers:
         return cls(read_file(path))
 
     def identify(self, token: str) -> Reviewer | None:
-        """Return the reviewer whose token this is (None for an empty or unknown token)."""
-        return self.by_hash(hash_token(token)) if token else None
+        """Return the reviewer whose token this is (None for an empty or unknown token).
+
+        A reviewer's token is a secret from then on, redacted wherever plangate writes: one
+        pasted into a comment was copied whole into the `review decision` span's reason. Not
+        an unknown one: a stranger's guesses would grow the set without end.
+        """
+        found = self.by_hash(hash_token(token)) if token else None
+        if found is not None:
+            register_secret(token)
+        return found
 
     def named(self, name: str) -> Reviewer | None:
         """Return the reviewer of this name, if the file lists one."""

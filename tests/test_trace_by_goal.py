@@ -309,3 +309,32 @@ def test_a_settle_through_serve_is_a_span_of_the_goals_trace(
     [link] = span.links
     request = next(s for s in spans.get_finished_spans() if s.context == link.context)
     assert hex_trace(request) != goal_trace
+
+
+def test_a_reviewers_token_pasted_into_a_comment_is_redacted_on_the_decisions_span(
+    pipeline: Pipeline, settings: Settings, tmp_path: Path, spans: InMemorySpanExporter
+) -> None:
+    """A reviewer pasted their own bearer token into a rejection's comment: it reached the
+    `review decision` span's `plangate.decision.reason` whole (no shape marks a bare token).
+
+    Given the seed goal held, and serve with alice as a reviewer,
+    When alice rejects it with her own token in the comment,
+    Then the span as exported says the comment with the token redacted.
+    """
+    from plangate.span_redaction import redacted_span
+
+    goal_id = pipeline.submit(SEED_GOAL).goal_id
+    pipeline.wait_for(goal_id, HELD)
+    plan_id = only_plan(pipeline.store, goal_id).plan_id
+    with serving_as(settings, tmp_path, "alice") as (url, token):
+        auth = {"Authorization": f"Bearer {token}"}
+        review = f"{url}/api/v1/reviews/{plan_id}"
+        shown = httpx.get(review, headers=auth, timeout=30).json()
+        comment = f"oops, my token {token} went here"
+        body = {"comment": comment, "plan_hash": shown["plan_hash"]}
+        rejected = httpx.post(f"{review}/reject", json=body, headers=auth, timeout=30)
+        assert rejected.status_code == 200, rejected.text
+        [span] = eventually(lambda: named(spans, "review decision"), what="the review's span")
+
+    exported = redacted_span(span).attributes or {}
+    assert exported["plangate.decision.reason"] == "oops, my token [redacted] went here"
