@@ -60,7 +60,9 @@ def invoke(
     outcome = _call_tool(tool, step, args, context, span)
     span.set_attribute("plangate.step.status", outcome.status)
     if outcome.status in ("failed", "unknown"):
-        span.set_status(StatusCode.ERROR, outcome.error or outcome.status)
+        span.set_status(
+            StatusCode.ERROR, telemetry.content_or(outcome.error or outcome.status, outcome.status)
+        )
     return outcome
 
 
@@ -78,7 +80,7 @@ def _call_tool(
     try:
         output = _call_within_deadline(tool, args, context)
     except Exception as exc:  # a ToolError; anything else is a fault of the tool's wrapping
-        span.set_attribute("error.type", type(exc).__name__)
+        span.set_attribute("error.type", type(exc.__cause__ or exc).__name__)  # not ToolError
         if not isinstance(exc, ToolError):
             # Not left to stop the run (the plan dead-lettered, a write's claim held for
             # ever): the call was made, so a write may have taken effect.

@@ -211,6 +211,15 @@ def record_content() -> bool:
     return current_settings().trace_content
 
 
+def content_or(text: str, instead: str) -> str:
+    """Return `text` where `PLANGATE_TRACE_CONTENT` opts in to content on spans, else `instead`.
+
+    For a tool's own words (its error may quote its arguments or a server's answer), which
+    are kept off spans as its arguments and results are.
+    """
+    return text if record_content() else instead
+
+
 @functools.cache
 def tracer() -> trace.Tracer:
     """Return plangate's tracer.

@@ -19,7 +19,7 @@ from opentelemetry.trace import StatusCode
 from plangate import telemetry
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.errors import HandBack, Retry, ToolError
+from plangate.errors import HandBack, Retry
 from plangate.logs import JsonFormatter
 from plangate.tools import ToolRegistry, tool
 from schemas import Plan
@@ -149,15 +149,27 @@ def test_headers_read_again_give_the_same_parent_and_other_headers_their_own() -
 
 @tool(effect="read")
 def refused_read() -> int:
-    """Fail, as a read whose service refuses the credentials does."""
-    raise ToolError("upstream refused the credentials")
+    """Fail, as a read whose service answers 503 does, quoting the key it was asked for."""
+    raise RuntimeError("upstream returned 503 for key k8")
 
 
+@pytest.mark.parametrize("content", [False, True])
 def test_a_failed_step_and_its_failed_run_are_errors_in_the_trace(
-    settings: Settings, tmp_path: Path, spans: InMemorySpanExporter
+    settings: Settings,
+    tmp_path: Path,
+    spans: InMemorySpanExporter,
+    monkeypatch: pytest.MonkeyPatch,
+    content: bool,
 ) -> None:
     """An engineer searching a trace viewer for errors finds the failed tool call and the
-    run it failed: both were `unset`, the step's status told nowhere on its span."""
+    run it failed: both were `unset`, the step's status told nowhere on its span.
+
+    The tool's error text, which may quote its arguments (`k8`, from the goal), became the
+    span's status description, though arguments are kept off spans: it is there only with
+    PLANGATE_TRACE_CONTENT; the exception's type always is.
+    """
+    if content:
+        monkeypatch.setenv("PLANGATE_TRACE_CONTENT", "1")
     playbook = {
         "playbooks": [
             {
@@ -184,7 +196,8 @@ def test_a_failed_step_and_its_failed_run_are_errors_in_the_trace(
 
     call = named["execute_tool refused_read"]
     assert call.status.status_code is StatusCode.ERROR
-    assert "upstream refused the credentials" in (call.status.description or "")
+    assert ("for key k8" in (call.status.description or "")) is content
+    assert (call.attributes or {})["error.type"] == "RuntimeError"
     assert (call.attributes or {})["plangate.step.status"] == "failed"
     assert named["run plan"].status.status_code is StatusCode.ERROR
 
