@@ -298,6 +298,10 @@ def test_a_dead_letter_is_an_error_in_its_goals_trace_and_its_log_line_names_the
     assert line["goal_id"] == "goal-from-billing"
     assert line["message_id"] == "message-from-billing"
     assert line["trace_id"] == trace_id
+    # From the line to `plangate dlq show ID`: the id the letter is listed under.
+    [letter] = pipeline.bus.dead_letters()
+    assert line["dead_letter_id"] == letter.message_id
+    assert f"as {letter.message_id}: " in line["message"]
 
 
 def test_an_edit_is_a_review_decision_span_naming_the_editor_and_the_new_revision(

@@ -148,11 +148,18 @@ class Settlement:
             span.set_status(StatusCode.ERROR, reason[:500])
             span.set_attribute("plangate.dead_letter.reason", reason[:2000])
             span.set_attribute("messaging.destination.name", delivery.queue)
+            envelope = dead_letter_envelope(body, content_type, delivery, reason, goal_id)
+            # The id `plangate dlq list` shows and `dlq show` takes: from the line to the letter.
+            letter_id = envelope.headers[MESSAGE_ID_HEADER]
             log.warning(
-                "dead-lettered %s from %s: %s", delivery.message_type, delivery.queue, reason
+                "dead-lettered %s from %s as %s: %s",
+                delivery.message_type,
+                delivery.queue,
+                letter_id,
+                reason,
+                extra={"dead_letter_id": letter_id},
             )
             self._middleware.after_settle(delivery, "dead_lettered")
-            envelope = dead_letter_envelope(body, content_type, delivery, reason, goal_id)
             self.publish_then_ack(raw, [envelope])
 
     def publish_then_ack(self, raw: KombuMessage, envelopes: Sequence[Envelope]) -> None:
