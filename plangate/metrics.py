@@ -83,7 +83,7 @@ INTAKE = Counter(
     "plangate_intake_goals",
     "Goals submitted to serve's intake, by outcome: accepted (a new goal), duplicate (the goal "
     "its key already named), rate_limited (429: past PLANGATE_INTAKE_GOALS_PER_MINUTE), "
-    "refused (a body or header it cannot take). Throttled callers were seen only in access logs.",
+    "refused (a body or header it cannot take).",
     ["outcome"],
 )
 WEBHOOK_FAILURES = Counter(
@@ -108,17 +108,20 @@ SPAN_EXPORT_FAILING = Gauge(
 )
 SEALING_STOPPED = Gauge(
     "plangate_audit_sealing_stopped",
-    "1 while this gate seals no audit checkpoint (one it saw is gone from the store), or "
-    "leaves out a chain rewritten since it was sealed.",
+    "1 while a gate in this process seals no audit checkpoint (one it saw is gone from the "
+    "store), or leaves out a chain rewritten since it was sealed; 0 otherwise, and always 0 "
+    "in a process that runs no gate.",
 )
 POLICY_FILE_UNUSABLE = Gauge(
     "plangate_policy_file_unusable",
-    "1 while the gate's policy file changed into one it cannot use (a rule that does not "
-    "compile, a bound passed, the file gone) and it decides with an older version; 0 otherwise.",
+    "1 while a gate in this process has a policy file changed into one it cannot use (a rule "
+    "that does not compile, a bound passed, the file gone) and decides with an older version; "
+    "0 otherwise, and always 0 in a process that runs no gate.",
 )
 POLICY_VERSION = Gauge(
     "plangate_policy_version_info",
-    "1, labelled with the policy version this gate decides with (only that one).",
+    "1, labelled with the policy version a gate in this process decides with (only that one; "
+    "none in a process that runs no gate).",
     ["version"],
 )
 _POLICY_SHOWN: list[str] = []  # the version POLICY_VERSION is labelled with now

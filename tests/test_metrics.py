@@ -386,3 +386,16 @@ def test_a_delayed_retry_waiting_in_the_outbox_is_not_a_backlog_the_broker_left(
 
     assert gauges["plangate_outbox_backlog"] == 2
     assert gauges["plangate_outbox_delayed"] == 1
+
+
+def test_each_help_text_says_what_is_counted_and_for_which_process() -> None:
+    """A scrape's HELP texts are read by whoever wires plangate into monitoring: the intake's
+    ended with a changelog remark ("Throttled callers were seen only in access logs."), and
+    the gate's gauges said "this gate" in every process, planners and serve included.
+    """
+    helps = {family.name: family.documentation for family in REGISTRY.collect()}
+
+    assert "were seen" not in helps["plangate_intake_goals"]
+    for name in ("plangate_audit_sealing_stopped", "plangate_policy_file_unusable"):
+        assert "this gate" not in helps[name], name
+        assert "a process that runs no gate" in helps[name], name
