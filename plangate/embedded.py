@@ -12,6 +12,7 @@ import functools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
 
@@ -41,6 +42,20 @@ from schemas import utcnow
 log = logging.getLogger(__name__)
 
 
+def bus_namespace(settings: Settings, broker_url: str) -> str:
+    """Return the namespace a pipeline's bus uses: on memory://, one of its own unless given.
+
+    kombu's memory transport is one broker per process: two pipelines on the default namespace
+    took each other's messages (plans missing from the other's store, approvals signed by the
+    other's key dead-lettered as forged), and so did one a failed test left running. A namespace
+    given (`Settings(namespace=...)` or `PLANGATE_NAMESPACE`) is shared as given, so that a
+    `Client` or another pipeline on the same store in this process reaches it.
+    """
+    if "namespace" in settings.model_fields_set or not broker_url.startswith("memory:"):
+        return settings.namespace
+    return f"{settings.namespace}-{uuid.uuid4().hex[:12]}"
+
+
 class Pipeline:
     """planner, gate and executor consuming in threads; use as a context manager."""
 
@@ -55,7 +70,7 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.store: Store = open_store(settings.resolved_database_url())
-        self.bus = Bus(broker_url, settings.namespace)
+        self.bus = Bus(broker_url, bus_namespace(settings, broker_url))
         self._registry = registry
         self._own_goals: set[str] | None = set() if own_goals_only else None
         self._previews = previews  # no: the plan is approved unseen (`plangate run --yes`)
