@@ -22,6 +22,7 @@ from plangate import telemetry
 from plangate.bus import STAGES, Bus
 from plangate.config import Settings
 from plangate.errors import PlangateError
+from plangate.pipeline_ending import STOP_GRACE_SECONDS, cancel_unended
 from plangate.relay import deliver, relay_pending
 from plangate.run_marks import RunMarks, Settled, runs_folder, settle_ended_runs
 from plangate.stages import (
@@ -72,7 +73,8 @@ class Pipeline:
         self.store: Store = open_store(settings.resolved_database_url())
         self.bus = Bus(broker_url, bus_namespace(settings, broker_url))
         self._registry = registry
-        self._own_goals: set[str] | None = set() if own_goals_only else None
+        self._submitted: set[str] = set()  # cancelled if the `with` block raises
+        self._own_goals = self._submitted if own_goals_only else None
         self._previews = previews  # no: the plan is approved unseen (`plangate run --yes`)
         self._stop = threading.Event()
         # Each thread's end, as an event: waiting on a Thread's join that Ctrl-C interrupts
@@ -191,7 +193,48 @@ class Pipeline:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self.stop()
+        if exc_type is None:
+            self.stop()
+        else:
+            self.end_early(f"the `with Pipeline` block ended by {exc_type.__name__}")
+
+    def end_early(self, reason: str, grace: float = STOP_GRACE_SECONDS) -> bool:
+        """Cancel the goals submitted here that have not ended, then stop within `grace`.
+
+        As `plangate run` does after Ctrl-C: no further step of them starts, and steps already
+        running get `grace` seconds to end. Past it, a write still being called is marked
+        `unknown` (for `plangate review settle`), and what still runs is left to end in the
+        background, the store open to record it. Return whether everything stopped.
+        """
+        try:
+            cancelled = cancel_unended(self.store, self._submitted, reason)
+        except Exception:  # the store busy or gone: stopping is still bounded
+            log.warning("could not cancel the pipeline's goals", exc_info=True)
+            cancelled = []
+        try:
+            if self.stop(timeout=grace):
+                return True
+        except KeyboardInterrupt:  # another Ctrl-C: no more waiting
+            pass
+        from executor_worker.abandoned_steps import mark_abandoned
+
+        try:
+            unknown = [
+                step
+                for goal_id in cancelled
+                for step in mark_abandoned(self.store, goal_id=goal_id)
+            ]
+        except Exception:  # the store busy or gone: the block ends all the same
+            log.warning("could not mark the writes in flight as unknown", exc_info=True)
+            unknown = []
+        log.warning(
+            "the pipeline's work (a step, or a plan being drafted) is still running after "
+            "%g s; left to end in the background%s",
+            grace,
+            f" (write {', '.join(unknown)} may or may not happen)" if unknown else "",
+        )
+        self.seal()
+        return False
 
     @property
     def review(self) -> Review:
@@ -220,13 +263,13 @@ class Pipeline:
             idempotency_key=idempotency_key,
             mark=self._marker,
         )
-        if self._own_goals is not None:
-            self._own_goals.add(submitted.goal_id)
-            # Marked for `plangate run` alone, which carries out a goal or two: a mark is an
-            # open file until the pipeline stops, and a library's pipeline that ran thousands
-            # of goals ran out of file descriptors.
-            if self.settings.store_in_data_folder and not submitted.duplicate:
-                self._run_marks.hold(submitted.goal_id)
+        self._submitted.add(submitted.goal_id)
+        # Marked for `plangate run` alone, which carries out a goal or two: a mark is an open
+        # file until the pipeline stops, and a library's pipeline that ran thousands of goals
+        # ran out of file descriptors.
+        own = self._own_goals is not None and self.settings.store_in_data_folder
+        if own and not submitted.duplicate:
+            self._run_marks.hold(submitted.goal_id)
         return submitted
 
     def waiting_elsewhere(self) -> int:

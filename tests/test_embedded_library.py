@@ -3,26 +3,46 @@ stopped, interrupted, waited on and asked for results."""
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from plangate.config import Settings
 from plangate.embedded import Pipeline
+from plangate.goal_status import read_status
+from plangate.pipeline_ending import STOP_GRACE_SECONDS
+from plangate.store import open_store
 from plangate.tools import ToolRegistry, tool
 
 TOTAL_PLAYBOOK = """\
 playbooks:
+  - name: slow
+    pattern: "slow total of order (?P<order>\\\\S+)"
+    steps:
+      - {id: total, tool: slow_total, args: {order_id: "{{order}}"}}
   - name: total
     pattern: "total of order (?P<order>\\\\S+)"
     steps:
       - {id: total, tool: order_total, args: {order_id: "{{order}}"}}
 """
+# A slow tool's call under way, and the end of its wait (else it waits 20 s, as in the report).
+CALLED, RELEASED = threading.Event(), threading.Event()
 
 
 @tool(effect="read", idempotent=True)
 def order_total(order_id: str) -> float:
     """Return an order's total."""
+    return 42.5
+
+
+@tool(effect="read", idempotent=True)
+def slow_total(order_id: str) -> float:
+    """Return an order's total, from a slow system."""
+    CALLED.set()
+    RELEASED.wait(20)
     return 42.5
 
 
@@ -43,7 +63,7 @@ def another(settings: Settings, folder: str) -> Settings:
 
 
 def pipeline_of(settings: Settings) -> Pipeline:
-    return Pipeline(settings, registry=ToolRegistry([order_total]))
+    return Pipeline(settings, registry=ToolRegistry([order_total, slow_total]))
 
 
 def test_two_pipelines_in_one_process_each_carry_out_their_own_goals(
@@ -84,3 +104,52 @@ def test_a_pipeline_left_running_does_not_take_the_next_ones_goals(
     finally:
         left.stop()
     assert statuses == ["completed"] * 3
+
+
+@dataclass
+class Interrupt:
+    """The goal a block submitted, and when the block raised."""
+
+    goal_id: str = ""
+    at: float = 0.0
+
+
+def interrupted_mid_call(pipeline: Pipeline, text: str, noted: Interrupt) -> None:
+    """Submit `text` and raise KeyboardInterrupt in the block once its tool is being called."""
+    with pipeline:
+        noted.goal_id = pipeline.submit(text).goal_id
+        assert CALLED.wait(10)
+        noted.at = time.monotonic()
+        raise KeyboardInterrupt
+
+
+def test_an_exception_in_the_with_block_cancels_its_goals_and_ends_within_the_grace(
+    library_settings: Settings,
+) -> None:
+    """Given a goal whose step, a 20 s tool call, is under way,
+    When the `with Pipeline` block raises (Ctrl-C raises KeyboardInterrupt),
+    Then the block ends within the steps' grace, not when the tool does, and the goal is
+    cancelled (it waited 20 s, and the goal ran on to completion); a later `stop()` waits for
+    what was left running and releases the rest.
+    """
+    CALLED.clear()
+    RELEASED.clear()
+    pipeline = pipeline_of(library_settings)
+    interrupt = Interrupt()
+    with pytest.raises(KeyboardInterrupt):
+        interrupted_mid_call(pipeline, "the slow total of order C-1", interrupt)
+    ended_after = time.monotonic() - interrupt.at
+    RELEASED.set()
+    assert pipeline.stop(timeout=10)
+
+    assert ended_after < STOP_GRACE_SECONDS + 2, ended_after
+    store = open_store(library_settings.resolved_database_url())
+    try:
+        with store.reading() as session:
+            status = read_status(session, interrupt.goal_id)
+    finally:
+        store.close()
+    assert status.status == "cancelled"
+    assert "cancelled by pipeline: the `with Pipeline` block ended by KeyboardInterrupt" in str(
+        status.reason
+    )

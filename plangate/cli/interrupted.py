@@ -13,7 +13,7 @@ from datetime import datetime
 from rich.console import Console
 from sqlalchemy import select
 
-from plangate import telemetry
+from plangate import pipeline_ending, telemetry
 from plangate.cancellation import cancel_goal
 from plangate.catalog import load_catalog
 from plangate.cli.approval_prompt import still_held
@@ -28,8 +28,10 @@ from plangate.unknown_calls import SINCE_LISTED, settle_command
 
 log = logging.getLogger(__name__)
 
-# After Ctrl-C, how long in-flight steps get to finish before the process ends anyway.
-STOP_GRACE_SECONDS = 5.0
+# After Ctrl-C, how long in-flight steps get to finish before the process ends anyway: the
+# grace a library's `Pipeline` gives them too.
+STOP_GRACE_SECONDS = pipeline_ending.STOP_GRACE_SECONDS
+
 # After `--timeout` with no write in flight: what runs (planning, reads) is abandoned, so only
 # a moment is given, for stages between two steps to stop cleanly.
 TIMEOUT_GRACE_SECONDS = 1.0
