@@ -21,7 +21,7 @@ from approval_gate.review import Review
 from plangate import telemetry
 from plangate.bus import STAGES, Bus
 from plangate.config import Settings
-from plangate.errors import PlangateError
+from plangate.errors import ConfigError, PlangateError
 from plangate.pipeline_ending import STOP_GRACE_SECONDS, cancel_unended
 from plangate.relay import deliver, relay_pending
 from plangate.run_marks import RunMarks, Settled, runs_folder, settle_ended_runs
@@ -88,7 +88,17 @@ class Pipeline:
         self.settled: list[Settled] = []  # goals of runs found over at start (see run_marks)
 
     def start(self, timeout: float = 10.0) -> None:
-        """Build the handlers, start the consumer threads and wait until all consume."""
+        """Build the handlers, start the consumer threads and wait until all consume.
+
+        ConfigError if it was started before: a pipeline runs once (make another).
+        """
+        if self._stop.is_set() or self._threads:
+            # Started again, its threads saw the stop of old and ended at once, and the goals
+            # submitted then waited for good.
+            raise ConfigError(
+                f"this Pipeline is {'stopped' if self._stop.is_set() else 'running already'}: "
+                "a pipeline runs once; make another (or use it in a with block)"
+            )
         telemetry.setup_tracing()
         if self.settings.store_in_data_folder:
             self.settled = settle_ended_runs(self.store, self.settings.data_dir)
@@ -254,7 +264,8 @@ class Pipeline:
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
     ) -> Submitted:
-        """Submit a goal to the pipeline."""
+        """Submit a goal to the pipeline; ConfigError once it is stopped (nothing would run it)."""
+        self._refuse_if_stopped()
         submitted = submit_goal(
             self.store,
             self.bus,
@@ -272,6 +283,13 @@ class Pipeline:
             self._run_marks.hold(submitted.goal_id)
         return submitted
 
+    def _refuse_if_stopped(self) -> None:
+        if self._stop.is_set():
+            raise ConfigError(
+                "this Pipeline is stopped: nothing would carry out a goal or a decision given "
+                "it; make another (or use it in a with block)"
+            )
+
     def waiting_elsewhere(self) -> int:
         """Return how many messages of other goals wait unsent in the store's outbox."""
         return unsent_elsewhere(self.store, self._own_goals or set())
@@ -287,6 +305,7 @@ class Pipeline:
 
         False: the approval was counted, and the hold waits for other reviewers' (four eyes).
         """
+        self._refuse_if_stopped()
         envelopes = self.review.approve(plan_id, reviewer, expected_hash=expected_hash, roles=roles)
         deliver(self.store, self.bus, envelopes)
         return bool(envelopes)
@@ -295,6 +314,7 @@ class Pipeline:
         self, plan_id: str, reviewer: str, comment: str, roles: frozenset[str] = frozenset()
     ) -> None:
         """Reject a held plan as `reviewer`, with a comment."""
+        self._refuse_if_stopped()
         deliver(self.store, self.bus, self.review.reject(plan_id, reviewer, comment, roles=roles))
 
     def edit(
@@ -309,6 +329,7 @@ class Pipeline:
         comment: str = "",
     ) -> None:
         """Replace a held plan by `reviewer`'s edit: a new revision the gate decides again."""
+        self._refuse_if_stopped()
         envelopes = self.review.edit(
             plan_id,
             reviewer,

@@ -12,6 +12,7 @@ import pytest
 
 from plangate.config import Settings
 from plangate.embedded import Pipeline
+from plangate.errors import ConfigError
 from plangate.goal_status import read_status
 from plangate.pipeline_ending import STOP_GRACE_SECONDS
 from plangate.store import open_store
@@ -153,3 +154,19 @@ def test_an_exception_in_the_with_block_cancels_its_goals_and_ends_within_the_gr
     assert "cancelled by pipeline: the `with Pipeline` block ended by KeyboardInterrupt" in str(
         status.reason
     )
+
+
+def test_a_stopped_pipeline_refuses_goals_and_a_second_start(library_settings: Settings) -> None:
+    """Given a pipeline that ran and was stopped,
+    When a goal is submitted to it, or it is started again,
+    Then each is refused with a ConfigError saying to make another (the goal was stored and
+    never ran; the start returned, and its threads ended at once).
+    """
+    with pipeline_of(library_settings) as pipeline:
+        goal_id = pipeline.submit("the total of order D-1").goal_id
+        assert pipeline.wait_for(goal_id, timeout=10).status == "completed"
+
+    with pytest.raises(ConfigError, match=r"this Pipeline is stopped: .*make another"):
+        pipeline.submit("the total of order D-2")
+    with pytest.raises(ConfigError, match="this Pipeline is stopped: a pipeline runs once"):
+        pipeline.start()
