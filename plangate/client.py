@@ -15,12 +15,11 @@ relay publishes them a second time.
 from __future__ import annotations
 
 import functools
-import time
 import weakref
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 from plangate import telemetry
 from plangate.client_calls import said_as_plangate
@@ -28,6 +27,7 @@ from plangate.config import Settings
 from plangate.current_settings import settings_from_environment
 from plangate.errors import GoalNotCompleted, GoalWaiting, InputInvalid
 from plangate.goal_status import GoalStatus, StepResult, read_status
+from plangate.goal_waits import wait_until
 from plangate.refusals import of_goal, refusal_audited
 from plangate.store import (
     TERMINAL_STATUSES,
@@ -36,30 +36,12 @@ from plangate.store import (
 )
 from plangate.store.goal_list import GoalPage, list_goals, parse_since
 from schemas.goal_states import WAITING_FOR_PERSON
-from schemas.goal_states import GoalStatus as GoalState
 
 __all__ = ["Client", "GoalHandle", "GoalStatus", "StepResult"]  # the results' types too
 
 if TYPE_CHECKING:
     from plangate.bus import Bus
     from plangate.store.outbox import SentMarker
-
-
-def _check_wait(timeout: float, until: Collection[str]) -> None:
-    """Refuse a wait that could not mean anything: no time to wait, or states no goal has."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise InputInvalid(f"timeout must be a number of seconds, 0 or more, not {timeout!r}")
-    if isinstance(until, str):  # read letter by letter, no state would ever match
-        raise InputInvalid(f"until must be a set of states ({{{until!r}}}), not one text")
-    unknown = sorted(set(until) - _STATES)
-    if unknown:
-        raise InputInvalid(
-            f"until names no goal state: {', '.join(map(repr, unknown))}; the states are "
-            f"{', '.join(sorted(_STATES))}"
-        )
-
-
-_STATES = frozenset(get_args(GoalState))
 
 
 class GoalHandle:
@@ -92,20 +74,11 @@ class GoalHandle:
     def wait(
         self, timeout: float = 300.0, until: Collection[str] = TERMINAL_STATUSES
     ) -> GoalStatus:
-        """Poll until the goal reaches one of `until`; TimeoutError with its last state if not."""
-        _check_wait(timeout, until)
-        deadline = time.monotonic() + timeout
-        pause = 0.02
-        while True:
-            current = self.status()
-            if current.status in until:
-                return current
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"goal {self.goal_id} is still {current.status} after {timeout:g} s"
-                )
-            time.sleep(pause)
-            pause = min(0.5, pause * 1.5)
+        """Poll until the goal reaches one of `until`; TimeoutError with its last state if not.
+
+        GoalEnded at once if it has ended for good in another state (completed, denied, ...).
+        """
+        return wait_until(self.goal_id, self.status, _state, timeout, until)
 
     def result(self, timeout: float = 300.0, wait_for_people: bool = False) -> dict[str, Any]:
         """Wait for the goal to end and return each step's output, by step id.
@@ -305,6 +278,10 @@ class Client:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _state(current: GoalStatus) -> tuple[str, str | None]:
+    return current.status, current.reason
 
 
 def _moment(given: datetime | str | None, name: str) -> datetime | None:

@@ -22,6 +22,7 @@ from plangate import telemetry
 from plangate.bus import STAGES, Bus
 from plangate.config import Settings
 from plangate.errors import ConfigError, PlangateError
+from plangate.goal_waits import FIRST_PAUSE, wait_until
 from plangate.pipeline_ending import STOP_GRACE_SECONDS, cancel_unended
 from plangate.relay import deliver, relay_pending
 from plangate.run_marks import RunMarks, Settled, runs_folder, settle_ended_runs
@@ -344,14 +345,20 @@ class Pipeline:
     def wait_for(
         self, goal_id: str, statuses: Collection[str] = TERMINAL_STATUSES, timeout: float = 30.0
     ) -> GoalRow:
-        """Poll the store until the goal reaches one of `statuses`; TimeoutError otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Poll the store until the goal reaches one of `statuses`; TimeoutError otherwise.
+
+        GoalEnded at once if it has ended for good in another state (completed, denied, ...).
+        """
+
+        def read() -> GoalRow | None:
             with self.store.reading() as session:
-                goal = session.get(GoalRow, goal_id)
-                if goal is not None and goal.status in statuses:
-                    return goal
-            if time.monotonic() > deadline:
-                status = goal.status if goal else "unknown"
-                raise TimeoutError(f"goal {goal_id} is still {status} after {timeout} s")
-            time.sleep(0.02)
+                return session.get(GoalRow, goal_id)
+
+        # Polled as often as at first: a goal here takes milliseconds a hop.
+        found = wait_until(goal_id, read, _state, timeout, statuses, longest_pause=FIRST_PAUSE)
+        assert found is not None  # (None is in no state waited for)
+        return found
+
+
+def _state(goal: GoalRow | None) -> tuple[str, str | None]:
+    return ("unknown", None) if goal is None else (goal.status, goal.status_reason)

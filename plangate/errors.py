@@ -6,6 +6,7 @@ The contract's own errors (PlanInvalid, MessageRejected) live in `schemas.errors
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, get_args, get_origin
 
 from schemas.errors import MessageRejected, PlangateError, PlanInvalid, PlanProblem
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "Forbidden",
+    "GoalEnded",
     "GoalNotCompleted",
     "HandBack",
     "MessageRejected",
@@ -199,6 +201,22 @@ class NotFound(PlangateError):
 
 class Conflict(PlangateError):
     """Someone else already decided or changed this; reload and try again."""
+
+
+class GoalEnded(Conflict):
+    """A goal waited for ended in another state, which nothing but an operator moves it from."""
+
+    def __init__(
+        self, goal_id: str, status: str, reason: str | None, awaited: Iterable[str]
+    ) -> None:
+        self.goal_id, self.status, self.reason = goal_id, status, reason
+        self.awaited = frozenset(awaited)
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"goal {goal_id} is {status}{why}; it has ended, and will not become "
+            f"{' or '.join(sorted(self.awaited))}: `plangate status {goal_id}` shows its steps "
+            "and decision"
+        )
 
 
 class AlreadyApproved(Conflict):

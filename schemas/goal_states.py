@@ -86,6 +86,16 @@ def cancellable(status: str) -> bool:
     return "operator" in TRANSITIONS.get(status, {}).get("cancelled", frozenset())
 
 
+def ended_for_good(status: str) -> bool:
+    """Return whether a goal in `status` has ended and no stage or reviewer moves it again.
+
+    Completed, denied, cancelled; unplannable and expired too, which only an operator's retry
+    sends back. Not a rejected or failed goal: the planner may revise its plan.
+    """
+    moves = TRANSITIONS.get(status, {}).values()
+    return status in TERMINAL and not any(movers - _OPERATOR for movers in moves)
+
+
 STALLED_WHEN_IDLE: frozenset[str] = frozenset({"submitted", "proposed", "approved", "running"})
 """States a stage is working on: left unchanged past a deadline, the reconciler steps in."""
 WAITING_FOR_PERSON: frozenset[str] = frozenset({"held", "needs_attention"})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from sqlalchemy import select
 
 from plangate.client import Client
 from plangate.config import Settings
-from plangate.errors import Conflict, InputInvalid
+from plangate.embedded import Pipeline
+from plangate.errors import Conflict, GoalEnded, InputInvalid
 from plangate.store import OutboxRow, open_store
 from tests.support import memory_client, outer_environment
 
@@ -126,6 +128,22 @@ def test_a_wait_that_cannot_mean_anything_is_refused(
 
     with pytest.raises(InputInvalid, match=said):
         handle.wait(**wait)
+
+
+def test_a_wait_for_a_state_a_finished_goal_cannot_reach_ends_at_once(pipeline: Pipeline) -> None:
+    """Given a goal that has completed,
+    When a client waits for it to be held,
+    Then GoalEnded says at once that it is completed and will not be held (it waited out the
+    timeout, then said the goal "is still completed after 10 s").
+    """
+    goal_id = pipeline.submit("How many tickets are open right now?").goal_id
+    pipeline.wait_for(goal_id, timeout=10)
+    with Client(pipeline.settings) as client:
+        handle = client.goal(goal_id)
+        began = time.monotonic()
+        with pytest.raises(GoalEnded, match="is completed; it has ended, and will not become held"):
+            handle.wait(10, until={"held"})
+    assert time.monotonic() - began < 2
 
 
 @pytest.mark.redis

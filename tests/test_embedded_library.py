@@ -12,7 +12,7 @@ import pytest
 
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.errors import ConfigError
+from plangate.errors import ConfigError, GoalEnded
 from plangate.goal_status import read_status
 from plangate.pipeline_ending import STOP_GRACE_SECONDS
 from plangate.store import open_store
@@ -170,3 +170,22 @@ def test_a_stopped_pipeline_refuses_goals_and_a_second_start(library_settings: S
         pipeline.submit("the total of order D-2")
     with pytest.raises(ConfigError, match="this Pipeline is stopped: a pipeline runs once"):
         pipeline.start()
+
+
+def test_waiting_for_a_state_a_finished_goal_cannot_reach_ends_at_once(
+    library_settings: Settings,
+) -> None:
+    """Given a goal that has completed,
+    When the pipeline is asked to wait until it is held,
+    Then GoalEnded says at once that it is completed, with the goal's id and state (it waited
+    out the timeout, then said the goal "is still completed").
+    """
+    with pipeline_of(library_settings) as pipeline:
+        goal_id = pipeline.submit("the total of order E-1").goal_id
+        pipeline.wait_for(goal_id, timeout=10)
+        began = time.monotonic()
+        with pytest.raises(GoalEnded) as ended:
+            pipeline.wait_for(goal_id, statuses={"held"}, timeout=10)
+    assert time.monotonic() - began < 2
+    assert (ended.value.goal_id, ended.value.status) == (goal_id, "completed")
+    assert "will not become held" in str(ended.value)
