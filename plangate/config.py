@@ -31,13 +31,6 @@ def default_data_dir(xdg_data_home: Path | None) -> Path:
 NAMESPACE_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 # A year: past `timedelta`'s range a hold or an approval failed the gate on each plan.
 MAX_TTL_SECONDS = 366 * 24 * 3600
-# Set but empty (as compose files leave them) means unset, not an empty token or the current
-# folder (a blank PLANGATE_POLICY_FILE read the folder `.`).
-_BLANK_MEANS_UNSET = (
-    *("xdg_data_home", "openai_api_key", "openai_base_url", "intake_token", "demo_data"),
-    *("demo_notifications", "fault", "fault_marker", "playbook_file", "policy_file"),
-    *("mcp_servers", "signing_key_file", "trusted_keys_dir", "reviewers_file"),
-)
 
 
 class Settings(BaseSettings):
@@ -331,7 +324,9 @@ class Settings(BaseSettings):
 
     # How a variable's text is read where pydantic alone would read it wrongly (blank, WARN).
     _blank_is_the_default = field_validator("data_dir", mode="before")(values.blank_is_the_default)
-    _blank_is_unset = field_validator(*_BLANK_MEANS_UNSET, mode="before")(values.blank_is_unset)
+    _blank_is_unset = field_validator(*values.BLANK_MEANS_UNSET, mode="before")(
+        values.blank_is_unset
+    )
     _not_a_placeholder = field_validator(
         "session_secret", "intake_token", "intake_token_previous", "reviewer_token"
     )(values.not_a_placeholder)
@@ -342,6 +337,11 @@ class Settings(BaseSettings):
     _blank_is_off = field_validator("trace_link_only", "trace_content", mode="before")(
         values.blank_is_off
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, given: Any) -> Any:
+        return values.known_names(cls, given)
 
     @model_validator(mode="after")
     def _some_tools(self) -> Settings:

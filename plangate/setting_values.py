@@ -7,10 +7,43 @@ applies them to its fields (`plangate.config`).
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from pydantic_core import PydanticUseDefault
+
+from plangate.errors import ConfigError
+
+# Set but empty (as compose files leave them) means unset, not an empty token or the current
+# folder (a blank PLANGATE_POLICY_FILE read the folder `.`).
+BLANK_MEANS_UNSET = (
+    *("xdg_data_home", "openai_api_key", "openai_base_url", "intake_token", "demo_data"),
+    *("demo_notifications", "fault", "fault_marker", "playbook_file", "policy_file"),
+    *("mcp_servers", "signing_key_file", "trusted_keys_dir", "reviewers_file"),
+)
+
+
+def known_names(model: type[BaseModel], given: Any) -> Any:
+    """Refuse a keyword no setting has, naming the closest one; return what was given.
+
+    Unknown input is ignored (the environment holds variables of every program), and so was
+    `Settings(playbok_file=...)`: the packaged playbook ran instead. A misspelt `PLANGATE_*`
+    variable is refused too (`plangate.current_settings.check_variable_names`).
+    """
+    if not isinstance(given, dict):
+        return given
+    fields = model.model_fields
+    aliases = {f.validation_alias for f in fields.values() if isinstance(f.validation_alias, str)}
+    for name in given:
+        if name not in fields and name not in aliases:
+            close = difflib.get_close_matches(str(name), sorted(fields), n=1, cutoff=0.6)
+            meant = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(
+                f"{name} is not a setting plangate reads{meant} (the documentation's Settings "
+                "page lists them all)"
+            )
+    return given
 
 
 def blank_is_the_default(value: Any) -> Any:

@@ -308,6 +308,31 @@ def test_a_client_reading_the_environment_refuses_a_misspelt_variable_as_command
     )
 
 
+def test_a_keyword_one_slip_from_a_setting_is_refused_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given `Settings(data_dir=..., playbok_file=...)` (a slip of playbook_file) in code,
+    Then it raises a ConfigError naming the setting meant, as a misspelt variable does: it was
+    ignored, and the packaged playbook planned instead. The environment is read as before: the
+    settings' variables, conventional names, and another program's `PLANGATE_*` variable.
+    """
+    monkeypatch.setenv("PLANGATE_NAMESPACE", "fromenv")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("PLANGATE_ACME_CRM_URL", "https://crm.example")
+    playbook = tmp_path / "playbook.yaml"
+
+    with pytest.raises(ConfigError) as refused:
+        Settings(data_dir=tmp_path, playbok_file=playbook)  # type: ignore[call-arg]
+    read = Settings(data_dir=tmp_path, playbook_file=playbook)
+
+    assert str(refused.value) == (
+        "playbok_file is not a setting plangate reads; did you mean playbook_file? (the "
+        "documentation's Settings page lists them all)"
+    )
+    assert (read.playbook_file, read.namespace) == (playbook, "fromenv")
+    assert Settings().data_dir == tmp_path / "xdg" / "plangate"
+
+
 def test_another_unknown_plangate_variable_is_said_and_the_command_runs(tmp_path: Path) -> None:
     """A tool's own `PLANGATE_*` variable, or one a newer plangate reads, is a warning only."""
     result = plangate_in(tmp_path, "db", "upgrade", PLANGATE_ACME_CRM_URL="https://crm.example")
