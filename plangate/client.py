@@ -25,9 +25,9 @@ from plangate import telemetry
 from plangate.client_calls import said_as_plangate
 from plangate.config import Settings
 from plangate.current_settings import settings_from_environment
-from plangate.errors import GoalNotCompleted, GoalWaiting, InputInvalid
-from plangate.goal_status import GoalStatus, StepResult, read_status
-from plangate.goal_waits import wait_until
+from plangate.errors import InputInvalid
+from plangate.goal_status import GoalStatus, StepResult
+from plangate.goal_waits import result_of, status_of, wait_for_status
 from plangate.refusals import of_goal, refusal_audited
 from plangate.store import (
     TERMINAL_STATUSES,
@@ -35,7 +35,6 @@ from plangate.store import (
     open_store,
 )
 from plangate.store.goal_list import GoalPage, list_goals, parse_since
-from schemas.goal_states import WAITING_FOR_PERSON
 
 __all__ = ["Client", "GoalHandle", "GoalStatus", "StepResult"]  # the results' types too
 
@@ -78,7 +77,7 @@ class GoalHandle:
 
         GoalEnded at once if it has ended for good in another state (completed, denied, ...).
         """
-        return wait_until(self.goal_id, self.status, _state, timeout, until)
+        return wait_for_status(self.goal_id, self.status, timeout, until)
 
     def result(self, timeout: float = 300.0, wait_for_people: bool = False) -> dict[str, Any]:
         """Wait for the goal to end and return each step's output, by step id.
@@ -89,13 +88,7 @@ class GoalHandle:
         GoalWaiting at once, as `plangate submit --wait` exits 4: a person may take hours.
         `wait_for_people=True` waits for them instead, up to `timeout`.
         """
-        until = TERMINAL_STATUSES if wait_for_people else TERMINAL_STATUSES | WAITING_FOR_PERSON
-        final = self.wait(timeout, until=until)
-        if final.status in WAITING_FOR_PERSON and not wait_for_people:
-            raise GoalWaiting(final.goal_id, final.status, final.reason)
-        if final.status != "completed":
-            raise GoalNotCompleted(final.goal_id, final.status, final.reason)
-        return final.outputs
+        return result_of(self.goal_id, self.status, timeout, wait_for_people)
 
 
 class Client:
@@ -256,8 +249,7 @@ class Client:
         A person may give a short id; `exact`: only the whole id (a program's, see `get_goal`).
         Read at one moment: the goal's state, its plan's decision and steps agree.
         """
-        with self._store.snapshot() as session:
-            return read_status(session, goal_id, exact=exact)
+        return status_of(self._store, goal_id, exact=exact)
 
     def close(self) -> None:
         """Mark what was sent, then release the broker and database connections."""
@@ -278,10 +270,6 @@ class Client:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _state(current: GoalStatus) -> tuple[str, str | None]:
-    return current.status, current.reason
 
 
 def _moment(given: datetime | str | None, name: str) -> datetime | None:

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
+from typing import Any
 
 from approval_gate.approvers import RecordedApprovers
 from approval_gate.review import Review
@@ -22,7 +23,8 @@ from plangate import telemetry
 from plangate.bus import STAGES, Bus
 from plangate.config import Settings
 from plangate.errors import ConfigError, PlangateError
-from plangate.goal_waits import FIRST_PAUSE, wait_until
+from plangate.goal_status import GoalStatus
+from plangate.goal_waits import FIRST_PAUSE, result_of, status_of, wait_until
 from plangate.pipeline_ending import STOP_GRACE_SECONDS, cancel_unended
 from plangate.relay import deliver, relay_pending
 from plangate.run_marks import RunMarks, Settled, runs_folder, settle_ended_runs
@@ -358,6 +360,26 @@ class Pipeline:
         found = wait_until(goal_id, read, _state, timeout, statuses, longest_pause=FIRST_PAUSE)
         assert found is not None  # (None is in no state waited for)
         return found
+
+    def status(self, goal_id: str) -> GoalStatus:
+        """Return where a goal stands: its plan, decision and each step's result and output.
+
+        As `Client.status` and `plangate status` read it; NotFound if there is none.
+        """
+        return status_of(self.store, goal_id)
+
+    def result(
+        self, goal_id: str, timeout: float = 30.0, wait_for_people: bool = False
+    ) -> dict[str, Any]:
+        """Wait for the goal to end and return each step's output, by step id.
+
+        As `GoalHandle.result`: GoalNotCompleted (with the status and the reason) if it failed,
+        was denied, rejected, expired or cancelled; TimeoutError if it has not ended in
+        `timeout`; GoalWaiting at once if it waits for a person (held for review), unless
+        `wait_for_people`.
+        """
+        read = functools.partial(self.status, goal_id)
+        return result_of(goal_id, read, timeout, wait_for_people, longest_pause=FIRST_PAUSE)
 
 
 def _state(goal: GoalRow | None) -> tuple[str, str | None]:

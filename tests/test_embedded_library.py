@@ -12,7 +12,7 @@ import pytest
 
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.errors import ConfigError, GoalEnded
+from plangate.errors import ConfigError, GoalEnded, GoalWaiting
 from plangate.goal_status import read_status
 from plangate.pipeline_ending import STOP_GRACE_SECONDS
 from plangate.store import open_store
@@ -24,6 +24,11 @@ playbooks:
     pattern: "slow total of order (?P<order>\\\\S+)"
     steps:
       - {id: total, tool: slow_total, args: {order_id: "{{order}}"}}
+  - name: refund
+    pattern: "refund order (?P<order>\\\\S+)"
+    steps:
+      - {id: total, tool: order_total, args: {order_id: "{{order}}"}}
+      - {id: refund, tool: refund, args: {order_id: "{{order}}", amount: "${total}"}}
   - name: total
     pattern: "total of order (?P<order>\\\\S+)"
     steps:
@@ -37,6 +42,12 @@ CALLED, RELEASED = threading.Event(), threading.Event()
 def order_total(order_id: str) -> float:
     """Return an order's total."""
     return 42.5
+
+
+@tool(effect="write")
+def refund(order_id: str, amount: float) -> dict[str, str]:
+    """Refund an order's amount."""
+    return {"refunded": order_id}
 
 
 @tool(effect="read", idempotent=True)
@@ -64,7 +75,7 @@ def another(settings: Settings, folder: str) -> Settings:
 
 
 def pipeline_of(settings: Settings) -> Pipeline:
-    return Pipeline(settings, registry=ToolRegistry([order_total, slow_total]))
+    return Pipeline(settings, registry=ToolRegistry([order_total, slow_total, refund]))
 
 
 def test_two_pipelines_in_one_process_each_carry_out_their_own_goals(
@@ -189,3 +200,31 @@ def test_waiting_for_a_state_a_finished_goal_cannot_reach_ends_at_once(
     assert time.monotonic() - began < 2
     assert (ended.value.goal_id, ended.value.status) == (goal_id, "completed")
     assert "will not become held" in str(ended.value)
+
+
+def test_a_pipeline_says_where_a_goal_stands_and_its_result_as_a_client_does(
+    library_settings: Settings,
+) -> None:
+    """Given a read-only goal and one whose refund the default policy holds for a person,
+    When the pipeline is asked for their status and result,
+    Then it answers as `Client` does: the steps' outputs by step id, a typed status with each
+    step's result, and GoalWaiting at once for the held goal (it took reading the store with
+    `read_status` in a session, and `wait_for` returned an ORM row).
+    """
+    with pipeline_of(library_settings) as pipeline:
+        read_only = pipeline.submit("the total of order F-1").goal_id
+        outputs = pipeline.result(read_only, timeout=10)
+        status = pipeline.status(read_only)
+        held = pipeline.submit("refund order F-2").goal_id
+        with pytest.raises(GoalWaiting) as waiting:
+            pipeline.result(held, timeout=10)
+        pipeline.approve(pipeline.status(held).plan_id or "", "alice")
+        refunded = pipeline.result(held, timeout=10)
+
+    assert outputs == {"total": 42.5}
+    assert (status.status, [(r.step_id, r.status, r.output) for r in status.results]) == (
+        "completed",
+        [("total", "succeeded", 42.5)],
+    )
+    assert waiting.value.status == "held"
+    assert refunded == {"total": 42.5, "refund": {"refunded": "F-2"}}
