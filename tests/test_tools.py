@@ -250,6 +250,20 @@ def test_registry_refuses_two_tools_with_one_name_naming_both_modules() -> None:
         registry.register(make_tool("lookup", "team_b.tools"))
 
 
+def test_registry_refuses_a_plain_function_saying_to_decorate_it() -> None:
+    """`ToolRegistry([f])` of a function without @tool failed with a bare AttributeError."""
+
+    def order_total(order_id: str) -> float:
+        return 42.5
+
+    with pytest.raises(ToolLoadError) as refused:
+        ToolRegistry([order_total])  # type: ignore[list-item]
+
+    assert str(refused.value).startswith(
+        "order_total is not a tool: decorate it with @tool(effect=...)"
+    )
+
+
 def test_registry_accepts_the_same_tool_twice() -> None:
     """Given a module that re-exports another's tool, then registering it again is harmless."""
     same = make_tool("lookup", "team_a.tools")

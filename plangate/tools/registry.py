@@ -23,7 +23,16 @@ class ToolRegistry:
             self.register(each)
 
     def register(self, tool: Tool[..., Any]) -> None:
-        """Add `tool`; another tool under the same name is an error."""
+        """Add `tool`; ToolLoadError for another tool under the same name.
+
+        A plain function is refused too (it failed with AttributeError): decorate it.
+        """
+        if not isinstance(tool, Tool):
+            name = getattr(tool, "__name__", None) or repr(tool)[:80]
+            raise ToolLoadError(
+                f"{name} is not a tool: decorate it with @tool(effect=...) (a LangChain tool: "
+                "from_langchain(...))"
+            )
         known = self._tools.get(tool.name)
         # The same object seen twice is one tool: a module may re-export another module's tools.
         if known is not None and known is not tool:
