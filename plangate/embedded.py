@@ -76,6 +76,7 @@ class Pipeline:
         self.store: Store = open_store(settings.resolved_database_url())
         self.bus = Bus(broker_url, bus_namespace(settings, broker_url))
         self._registry = registry
+        self._held: ToolRegistry | None = None  # the registry, once started with it
         self._submitted: set[str] = set()  # cancelled if the `with` block raises
         self._own_goals = self._submitted if own_goals_only else None
         self._previews = previews  # no: the plan is approved unseen (`plangate run --yes`)
@@ -108,6 +109,8 @@ class Pipeline:
         self.bus.declare()
         if self._registry is None:
             self._registry = configured_tools(self.settings)
+        self._registry.hold()  # its catalog is published below: a tool added later is in none
+        self._held = self._registry
         for stage in STAGES:
             handler = build_handler(
                 stage, self.settings, self.store, self.bus, self._registry, previews=self._previews
@@ -161,6 +164,8 @@ class Pipeline:
             self._released = True
             self.seal()
             self._run_marks.release()
+            if self._held is not None:
+                self._held.release()
             self._marker.close()
             self.bus.close()
             self.store.close()

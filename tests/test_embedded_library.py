@@ -12,7 +12,7 @@ import pytest
 
 from plangate.config import Settings
 from plangate.embedded import Pipeline
-from plangate.errors import ConfigError, GoalEnded, GoalWaiting
+from plangate.errors import ConfigError, GoalEnded, GoalWaiting, ToolLoadError
 from plangate.goal_status import read_status
 from plangate.pipeline_ending import STOP_GRACE_SECONDS
 from plangate.store import open_store
@@ -228,3 +228,20 @@ def test_a_pipeline_says_where_a_goal_stands_and_its_result_as_a_client_does(
     )
     assert waiting.value.status == "held"
     assert refunded == {"total": 42.5, "refund": {"refunded": "F-2"}}
+
+
+def test_a_tool_registered_while_the_pipeline_runs_is_refused(library_settings: Settings) -> None:
+    """Given a pipeline running with a registry,
+    When a tool is registered into it,
+    Then ToolLoadError says to register tools before starting (the tool was taken silently
+    and was in no catalog: a plan calling it failed "not in the catalog"); once the pipeline
+    stopped, the registry takes tools again.
+    """
+    registry = ToolRegistry([order_total])
+    with (
+        Pipeline(library_settings, registry=registry),
+        pytest.raises(ToolLoadError, match="register every tool before starting it"),
+    ):
+        registry.register(refund)
+    registry.register(refund)
+    assert "refund" in registry

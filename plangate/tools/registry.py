@@ -19,11 +19,12 @@ class ToolRegistry:
 
     def __init__(self, tools: Iterable[Tool[..., Any]] = ()) -> None:
         self._tools: dict[str, Tool[..., Any]] = {}
+        self._running = 0  # pipelines running with these tools (`hold`)
         for each in tools:
             self.register(each)
 
     def register(self, tool: Tool[..., Any]) -> None:
-        """Add `tool`; ToolLoadError for another tool under the same name.
+        """Add `tool`; ToolLoadError for another tool under the same name, or while in use.
 
         A plain function is refused too (it failed with AttributeError): decorate it.
         """
@@ -32,6 +33,13 @@ class ToolRegistry:
             raise ToolLoadError(
                 f"{name} is not a tool: decorate it with @tool(effect=...) (a LangChain tool: "
                 "from_langchain(...))"
+            )
+        if self._running:
+            # Taken silently, it was in no catalog: the planner never used it, and a plan
+            # naming it failed "not in the catalog".
+            raise ToolLoadError(
+                f"cannot register {tool.name!r} while a Pipeline runs with these tools: it "
+                "published their catalog as it started; register every tool before starting it"
             )
         known = self._tools.get(tool.name)
         # The same object seen twice is one tool: a module may re-export another module's tools.
@@ -42,6 +50,14 @@ class ToolRegistry:
                 "load only one of them"
             )
         self._tools[tool.name] = tool
+
+    def hold(self) -> None:
+        """Count a pipeline that starts with these tools: until it `release`s, none is added."""
+        self._running += 1
+
+    def release(self) -> None:
+        """Count a pipeline that stopped: once none runs, tools may be registered again."""
+        self._running = max(0, self._running - 1)
 
     def get(self, name: str) -> Tool[..., Any]:
         """Return the tool called `name`."""
