@@ -99,8 +99,10 @@ def test_every_line_of_a_distributed_seed_run_is_json_with_its_goal_and_trace(
 
 def test_serve_logs_json_lines_too(fleet: Fleet) -> None:
     """Given `plangate serve` started as a deployment starts it,
-    When it answers a request and stops,
-    Then its own lines and uvicorn's (startup, access, shutdown) are JSON lines of stage serve.
+    When it answers probes, a scrape and a request, and stops,
+    Then its own lines and uvicorn's (startup, access, shutdown) are JSON lines of stage serve,
+    and the request is in the access log but the probes and the scrape answered are not (an
+    on-call found 92 of serve's 137 lines to be `GET /metrics`).
     """
     port = free_port()
     log = fleet.folder / "serve.log"
@@ -122,11 +124,16 @@ def test_serve_logs_json_lines_too(fleet: Fleet) -> None:
                 assert serve.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, log.read_text()
                 time.sleep(0.1)
+            assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+            assert httpx.get(f"http://127.0.0.1:{port}/api/v1/goals").status_code == 401
         finally:
             serve.terminate()
             serve.wait(timeout=20)
     entries = [json.loads(line) for line in log.read_text().splitlines()]
-    assert any("/healthz" in entry["message"] for entry in entries), entries
+    messages = [entry["message"] for entry in entries]
+    assert any('"GET /api/v1/goals HTTP' in message for message in messages), messages
+    assert not any('"GET /metrics HTTP' in message for message in messages), messages
+    assert not any('"GET /healthz HTTP' in message for message in messages), messages
     for entry in entries:
         assert UTC_MILLISECONDS.match(entry["time"]), entry
         assert entry["stage"] == "serve", entry

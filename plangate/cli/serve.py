@@ -83,6 +83,7 @@ def _serve(settings: Settings, client: Client, listening: socket.socket) -> None
     import uvicorn
 
     from plangate.server import create_app
+    from plangate.server.access_log import leave_probes_out
     from plangate.server.clean_exit import CleanExitServer
     from plangate.server.header_deadline import HeaderDeadline
 
@@ -119,6 +120,7 @@ def _serve(settings: Settings, client: Client, listening: socket.socket) -> None
         forwarded_allow_ips=trusted or None,
         http=HeaderDeadline,  # a request's headers have 30 s to arrive
     )
+    leave_probes_out()
     CleanExitServer(config).run(sockets=[listening])
 
 
