@@ -6,8 +6,9 @@ effect may have happened. The next executor never runs it again on its own; the 
 
 - it happened: the step is recorded as succeeded (with the output they give, if later steps
   use it), and nothing is run again;
-- it did not happen: its record is cleared, so the resumed run calls it once more. This is the
-  one way a non-idempotent write runs a second attempt, and it is a person's decision, audited.
+- it did not happen: its record is kept as `pending` (with the key it was called with), so the
+  resumed run calls it once more, under that key. This is the one way a non-idempotent write
+  runs a second attempt, and it is a person's decision, audited.
   On a cancelled goal, where nothing resumes, it is recorded as `skipped`, settled by them.
 
 Either way its `step.settled` entry records what the write was called with (its arguments and
@@ -43,12 +44,13 @@ from plangate.catalog import read_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound
 from plangate.goal_status import not_happened
 from plangate.redaction import redact_json
-from plangate.step_calls import call_of
+from plangate.step_calls import args_of, call_of
 from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, audit
 from plangate.store.audit_records import output_digest
 from plangate.store.goals import by_id, plan_of, transition
 from plangate.store.outbox import emit
 from plangate.unknown_calls import since_text
+from plangate.unrecorded_keys import CandidateKey, candidate_keys
 from schemas import PlanApproved, SignedEnvelope, ToolSpec, utcnow
 from schemas.json_schema import errors_of, validator_for
 
@@ -73,6 +75,9 @@ class UnsettledStep:
     # None if it cannot be made again (an output its arguments read is not recorded).
     idempotency_key: str | None = None
     args: dict[str, Any] | None = None
+    # Claimed before 0015, which records no key: each key a release could have called it with
+    # (the other system knows the call by one of them). Empty when its key is recorded.
+    candidate_keys: tuple[CandidateKey, ...] = ()
 
 
 def unsettled_steps(store: Store) -> list[UnsettledStep]:
@@ -89,7 +94,7 @@ def unsettled_steps(store: Store) -> list[UnsettledStep]:
 
 
 def _unsettled(session: Session, step: StepRunRow, goal: GoalRow, plan: PlanRow) -> UnsettledStep:
-    call = redact_json(call_of(session, plan_of(plan), step.step_id))
+    call = redact_json(call_of(session, plan_of(plan), step.step_id, step.idempotency_key))
     return UnsettledStep(
         step.plan_id,
         step.step_id,
@@ -102,7 +107,16 @@ def _unsettled(session: Session, step: StepRunRow, goal: GoalRow, plan: PlanRow)
         goal.status,
         call.get("idempotency_key"),
         call.get("args"),
+        () if step.idempotency_key else keys_unrecorded(session, plan, step.step_id),
     )
+
+
+def keys_unrecorded(session: Session, plan: PlanRow, step_id: str) -> tuple[CandidateKey, ...]:
+    """Return the keys a write claimed before 0015 may have been called with (none if unknown)."""
+    body = plan_of(plan)
+    step = body.step(step_id)
+    args = args_of(session, body, step)
+    return () if args is None else candidate_keys(plan.plan_hash, plan.goal_id, step, args)
 
 
 def settle_step(
@@ -140,7 +154,8 @@ def settle_step(
             .where(StepRunRow.plan_id == plan_id, StepRunRow.step_id == step_id)
             .with_for_update()
         ).scalar_one_or_none()
-        if row is None and named is not None and step_id in _step_ids(named):
+        gone = row is None or row.status == "pending"  # settled "did not happen"
+        if gone and named is not None and step_id in _step_ids(named):
             # Settled "did not happen" by someone else meanwhile: its record is gone, and the
             # run claims it afresh. Not "no such step", which sent people looking.
             raise Conflict(
@@ -185,7 +200,11 @@ def _record(
     plan_id, step_id = row.plan_id, row.step_id
     data: dict[str, Any] = {"plan_id": plan_id, "step_id": step_id, "tool": row.tool}
     # What it was called with, as its `step.unknown` entry says: what the person asked after.
-    data.update(call_of(session, plan_of(session.get_one(PlanRow, plan_id)), step_id))
+    plan_row = session.get_one(PlanRow, plan_id)
+    data.update(call_of(session, plan_of(plan_row), step_id, row.idempotency_key))
+    if row.idempotency_key is None:  # claimed before 0015: the keys it may have had
+        keys = keys_unrecorded(session, plan_row, step_id)
+        data["candidate_keys"] = [{"key": c.key, "made_by": c.made_by} for c in keys]
     data.update(happened=happened, attempt=row.attempt, comment=comment)
     data["unknown_since"] = since_text(unknown_since)  # which of its calls was settled
     if happened:
@@ -193,7 +212,9 @@ def _record(
         data["output_sha256"] = output_digest(output)
         row.finished_at, row.lease_until = utcnow(), None
     elif goal.status == "needs_attention":
-        session.delete(row)  # no claim left: the resumed run claims and calls it afresh
+        # Kept, with the key it was called with: the resumed run calls it again under that
+        # key, whatever key its release would make (deleted, it made its own).
+        row.status, row.error, row.lease_until = "pending", None, None
     else:
         # Nothing resumes a cancelled goal's run: deleted, the row left the step to read as
         # still running (then as "no outcome was recorded"), and out of the export.

@@ -56,7 +56,7 @@ def mark_abandoned(
             key: dict[str, Any] = {"plan_id": row.plan_id, "step_id": row.step_id}
             key["tool"] = row.tool
             plan = plan_of(session.get_one(PlanRow, row.plan_id))
-            key.update(call_of(session, plan, row.step_id))  # what a person asks about
+            key.update(call_of(session, plan, row.step_id, row.idempotency_key))  # asked about
             entry = ended_entry(key, None, row.error)
             audit.append(session, "step.unknown", actor="executor", goal_id=row.goal_id, data=entry)
             marked.append(f"{row.plan_id}/{row.step_id}")

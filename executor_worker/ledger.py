@@ -25,6 +25,7 @@ from typing import Any, Literal, cast
 from sqlalchemy import Table, bindparam, literal, select, update
 from sqlalchemy.orm import Session
 
+from executor_worker.claim_held import held_elsewhere
 from executor_worker.step_entries import ended_entry
 from plangate.cancellation import cancelled_in, is_cancelled
 from plangate.errors import Retry
@@ -52,6 +53,7 @@ class Claim:
     status: str | None = None
     output: Any = None
     error: str | None = None
+    key: str | None = None  # a write's idempotency key, as its claim recorded it
 
 
 # Outcomes that never change once recorded; an `unknown` step may be settled by a person at any
@@ -142,14 +144,19 @@ class StepLedger:
         """Return the step's record from before this run started, if it had finished."""
         return self._recorded.get(step.id)
 
-    def claim(self, step: Step, spec: ToolSpec, *, session: Session | None = None) -> Claim:
+    def claim(
+        self, step: Step, spec: ToolSpec, key: str, *, session: Session | None = None
+    ) -> Claim:
         """Claim a step for this executor, or say why it must not run now.
 
-        With `session`, in the caller's transaction (the one that starts the step's wave).
+        `key` is the idempotency key this release makes for the call; the claim records it,
+        and a claim taken over keeps the one recorded first (`Claim.key`): the call made
+        again after a crash, or a person's "did not happen", passes the key the other system
+        knows. With `session`, in the caller's transaction (the one that starts the wave).
         """
         if session is None:
             with self._store.session() as own:
-                return self.claim(step, spec, session=own)
+                return self.claim(step, spec, key, session=own)
         now = utcnow()
         won = insert_if_absent(
             session,
@@ -163,20 +170,23 @@ class StepLedger:
                 "attempt": 1,
                 "lease_until": now + self._lease,
                 "started_at": now,
+                "idempotency_key": key,
             },
         )
         if won:
-            return self._claimed(step, Claim("run"))
+            return self._claimed(step, Claim("run", key=key))
         # Locked: a late `record` of the run whose lease ran out commits first or waits.
         row = self._locked(session, step)
-        if row is None:  # a person's "did not happen" removed it just now
+        if row is None:  # removed just now (by a release that deleted a "did not happen")
             raise Retry(f"step {step.id!r} was settled meanwhile", delay=1.0)
+        if row.status == "pending":  # a person found it did not happen: it is called again
+            return self._take_over(session, step, row, key)
         if row.status != "running":
             kind: ClaimKind = "unknown" if row.status == "unknown" else "done"
             return Claim(kind, row.attempt, row.status, row.output, row.error)
         lease_until = row.lease_until
         if lease_until is not None and lease_until > now:
-            raise _held_elsewhere(step.id, lease_until, now)
+            raise held_elsewhere(step.id, lease_until, now)
         if not spec.idempotent:
             row.status, row.finished_at = "unknown", now
             # Or it lived, but could not record the result within the lease (a database
@@ -184,10 +194,22 @@ class StepLedger:
             row.error = "the executor calling it died mid-call, or could not record its result"
             # Said in the log as every step's end is: it read as claimed and never ended. With
             # what it was called with: a person asks the other system by its key and arguments.
-            key: dict[str, Any] = {"plan_id": self._plan.plan_id, "step_id": step.id}
-            key.update(tool=step.tool, **call_of(session, self._plan, step.id))
-            self._audit(session, "step.unknown", ended_entry(key, None, row.error))
+            said: dict[str, Any] = {"plan_id": self._plan.plan_id, "step_id": step.id}
+            said.update(
+                tool=step.tool, **call_of(session, self._plan, step.id, row.idempotency_key)
+            )
+            self._audit(session, "step.unknown", ended_entry(said, None, row.error))
             return Claim("unknown", row.attempt, "unknown", None, row.error)
+        return self._take_over(session, step, row, key)
+
+    def _take_over(self, session: Session, step: Step, row: StepRunRow, key: str) -> Claim:
+        """Claim a step whose row is left `running` past its lease, or settled `pending`.
+
+        The key recorded first stays: the call made again is the same call to the other
+        system. A row claimed before 0015 has none, and records this release's.
+        """
+        now = utcnow()
+        key = row.idempotency_key or key
         # Read before the UPDATE: the ORM then refreshes `row` to the new attempt.
         attempt = row.attempt + 1
         taken = session.execute(
@@ -196,13 +218,21 @@ class StepLedger:
                 StepRunRow.plan_id == self._plan.plan_id,
                 StepRunRow.step_id == step.id,
                 StepRunRow.attempt == row.attempt,
-                StepRunRow.status == "running",
+                StepRunRow.status == row.status,
             )
-            .values(attempt=attempt, lease_until=now + self._lease, started_at=now)
+            .values(
+                status="running",
+                attempt=attempt,
+                lease_until=now + self._lease,
+                started_at=now,
+                finished_at=None,
+                error=None,
+                idempotency_key=key,
+            )
         )
         if getattr(taken, "rowcount", 0) != 1:
             raise Retry(f"step {step.id!r} was taken over by another executor", delay=5.0)
-        return self._claimed(step, Claim("run", attempt))
+        return self._claimed(step, Claim("run", attempt, key=key))
 
     def _claimed(self, step: Step, claim: Claim) -> Claim:
         self._lease_ends[step.id] = time.monotonic() + self._lease.total_seconds()
@@ -275,7 +305,7 @@ class StepLedger:
             # Claimed by an executor of an older version. Its result will be recorded over
             # this one, so this run must not go on with its own: wait for that one.
             if row.lease_until is not None and row.lease_until > now:
-                raise _held_elsewhere(step.id, row.lease_until, now)
+                raise held_elsewhere(step.id, row.lease_until, now)
             _finish(row, status, output, error, now)
         said = {**key, **self._calls.get(step.id, {})}
         self._audit(session, f"step.{status}", ended_entry(said, output, error))
@@ -325,7 +355,8 @@ class StepLedger:
             # more to say then.
             if locked is None or not _holds(locked, status, attempt, output, error):
                 late = {**key, "status": status, "attempt": attempt, "error": error}
-                late["recorded"] = current or "settled as not happened"
+                settled = current in (None, "pending")  # its row: deleted before 0015
+                late["recorded"] = "settled as not happened" if settled else current
                 self._audit(session, "step.late_result", late)
             return
         if current is not None and attempt is None:
@@ -364,17 +395,3 @@ def _holds(
 def _finish(row: StepRunRow, status: str, output: Any, error: str | None, now: datetime) -> None:
     row.status, row.output, row.error = status, output, error
     row.finished_at, row.lease_until = now, None
-
-
-def _held_elsewhere(step_id: str, lease_until: datetime, now: datetime) -> Retry:
-    """Come back when the other executor's lease runs out (it may have died: then take over).
-
-    Not sooner: each retry spends one of the message's attempts, and a message that a dead
-    executor held comes back long before its lease ends (`plangate.bus.redis_claims`).
-    """
-    wait = max(1.0, (lease_until - now).total_seconds() + 0.1)
-    # Whose claim it is, the row does not say: another executor's, or a run of this one that
-    # stopped before recording its result (a crash, an outage outlasting the lease).
-    until = f"{lease_until:%H:%M:%S} UTC"
-    said = f"step {step_id!r} is claimed by a run until {until}, not recorded yet"
-    return Retry(said, delay=wait)

@@ -107,10 +107,11 @@ class PlanRun(DagWalk):
         return self._registry.get(step.tool).spec.effect == "write"
 
     def _claim_writes(self, to_call: list[tuple[Step, dict[str, Any]]], session: Session) -> None:
-        for step, _ in to_call:
+        for step, args in to_call:
             if self._writes(step):
                 spec = self._registry.get(step.tool).spec
-                self._claims[step.id] = self._ledger.claim(step, spec, session=session)
+                key = idempotency_key(self._plan.goal_id, step, args)
+                self._claims[step.id] = self._ledger.claim(step, spec, key, session=session)
 
     def _claimed(
         self, to_call: list[tuple[Step, dict[str, Any]]], finished: list[StepOutcome]
@@ -216,8 +217,8 @@ class PlanRun(DagWalk):
         tool = self._registry.get(step.tool)
         with tool_span(step) as span:
             key = idempotency_key(self._plan.goal_id, step, args)
-            self._ledger.calling(step, args, key if tool.spec.effect == "write" else None)
             if tool.spec.effect == "read":
+                self._ledger.calling(step, args, None)
                 earlier = self._ledger.recorded(step)
                 if earlier is not None:
                     return recorded_earlier(_recorded(step, earlier), span)
@@ -225,9 +226,12 @@ class PlanRun(DagWalk):
                 # Recorded with the run's other finished reads, in one transaction, before any
                 # step that reads them starts (`_start_wave`).
                 return replace(called, provisional=True)
-            claim = self._claims.pop(step.id, None) or self._ledger.claim(step, tool.spec)
+            claim = self._claims.pop(step.id, None) or self._ledger.claim(step, tool.spec, key)
             if claim.kind != "run":
                 return recorded_earlier(_recorded(step, claim), span)
+            # The key its claim recorded first: this release's formula may not have made it.
+            key = claim.key or key
+            self._ledger.calling(step, args, key)
             context = self._context(step, tool, key, claim.attempt)
             outcome = self._invoke(tool, step, args, context, span)
             if outcome.status == "succeeded":

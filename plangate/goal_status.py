@@ -154,11 +154,14 @@ def read_status(session: Session, goal_id: str, *, exact: bool = False) -> GoalS
         .order_by(DecisionRow.id.desc())
         .limit(1)
     ).scalar_one_or_none()
+    # A `pending` row is a write settled as not happened, kept only for the key its call made
+    # again passes: shown as the row it replaced was deleted (to run, or skipped by a cancel).
     runs = {
         row.step_id: row
         for row in session.execute(
             select(StepRunRow).where(StepRunRow.plan_id == plan.plan_id)
         ).scalars()
+        if row.status != "pending"
     }
     cancelled = goal.status == "cancelled"
     settlers = _settlers(session, goal.id, plan.plan_id) if runs or cancelled else {}

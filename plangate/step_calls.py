@@ -28,16 +28,31 @@ from schemas.hashing import canonical_json, sha256_hex
 from schemas.references import UnresolvedReference, resolve
 
 
-def call_of(session: Session, plan: Plan, step_id: str) -> dict[str, Any]:
+def call_of(
+    session: Session, plan: Plan, step_id: str, recorded_key: str | None = None
+) -> dict[str, Any]:
     """Return what a write step of `plan` is called with: `args` (or `args_sha256`) and its key.
 
-    Empty if the plan has no such step, or an output its arguments read is not recorded (the
-    run would have failed the step before calling it).
+    The key is `recorded_key`, the one its claim recorded, when it has one: made again here it
+    is this release's formula's, which the release that called it may not have used. Empty if
+    the plan has no such step, or an output its arguments read is not recorded (the run would
+    have failed the step before calling it).
     """
     try:
         step = plan.step(step_id)
     except KeyError:
         return {}
+    args = args_of(session, plan, step)
+    if args is None:
+        return {}
+    return called_with(args, recorded_key or idempotency_key(plan.goal_id, step, args))
+
+
+def args_of(session: Session, plan: Plan, step: Step) -> dict[str, Any] | None:
+    """Return `step`'s arguments with its references filled from the outputs recorded.
+
+    None if an output they read is not recorded.
+    """
     recorded = session.execute(
         select(StepRunRow.step_id, StepRunRow.output).where(
             StepRunRow.plan_id == plan.plan_id, StepRunRow.status == "succeeded"
@@ -45,16 +60,20 @@ def call_of(session: Session, plan: Plan, step_id: str) -> dict[str, Any]:
     )
     outputs = {step_id: output for step_id, output in recorded}
     try:
-        args = resolve(dict(step.args), outputs)
+        args: dict[str, Any] = resolve(dict(step.args), outputs)
     except UnresolvedReference:
-        return {}
-    return called_with(args, idempotency_key(plan.goal_id, step, args))
+        return None
+    return args
 
 
 def idempotency_key(goal_id: str, step: Step, args: dict[str, Any]) -> str:
     """Return the key a write passes downstream: one per goal, step and the `args` it gets."""
     # Not of the plan's hash: a retry's revision (a new hash) redid a write under a new key.
-    planned = [goal_id, step.id, step.tool, _whole_numbers_as_integers(args)]
+    return key_of([goal_id, step.id, step.tool, _whole_numbers_as_integers(args)])
+
+
+def key_of(planned: list[Any]) -> str:
+    """Return the key of what a call is keyed by: sorted-key compact JSON, hashed."""
     return sha256_hex(json.dumps(planned, sort_keys=True, separators=(",", ":")).encode())[:40]
 
 

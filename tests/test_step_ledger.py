@@ -35,6 +35,8 @@ from tests.support import (
     write_yaml,
 )
 
+KEY = "0123456789abcdef0123456789abcdef01234567"  # the idempotency key a claim records
+
 
 @tool(effect="read", idempotent=True)
 def census() -> int:
@@ -176,7 +178,7 @@ def test_a_takeover_tells_the_tool_the_attempt_the_store_records(pipeline: Pipel
     spec = load_catalog(pipeline.store)["ticket_count"]
     assert spec.idempotent
 
-    taken = StepLedger(pipeline.store, plan).claim(step, spec)
+    taken = StepLedger(pipeline.store, plan).claim(step, spec, KEY)
 
     assert (taken.kind, taken.attempt) == ("run", 2)
     with pipeline.store.session() as session:
@@ -391,7 +393,7 @@ def test_a_write_result_recorded_again_after_its_commit_answer_was_lost_is_audit
     """
     goal_id, plan, step, spec = _held_seed_plan(pipeline)
     ledger = StepLedger(pipeline.store, plan)
-    assert ledger.claim(step, spec).kind == "run"
+    assert ledger.claim(step, spec, KEY).kind == "run"
 
     ledger.record(step, "succeeded", {"paged": True}, None, attempt=1)
     ledger.record(step, "succeeded", {"paged": True}, None, attempt=1)
@@ -413,11 +415,11 @@ def test_a_write_result_coming_back_after_another_executor_took_the_step_over_re
     """
     goal_id, plan, step, spec = _held_seed_plan(pipeline)
     first = StepLedger(pipeline.store, plan)
-    assert first.claim(step, spec).kind == "run"
+    assert first.claim(step, spec, KEY).kind == "run"
     with pipeline.store.session() as session:
         session.get_one(StepRunRow, (plan.plan_id, step.id)).lease_until = utcnow()
     second = StepLedger(pipeline.store, plan)
-    assert second.claim(step, spec).attempt == 2
+    assert second.claim(step, spec, KEY).attempt == 2
     second.record(step, "succeeded", {"by": "second"}, None, attempt=2)
 
     first.record(step, "succeeded", {"by": "first"}, None, attempt=1)
@@ -450,7 +452,7 @@ def test_a_write_result_waits_for_the_database_only_for_what_is_left_of_its_clai
     """
     _, plan, step, spec = _held_seed_plan(pipeline)
     ledger = StepLedger(pipeline.store, plan, lease=timedelta(seconds=1))
-    assert ledger.claim(step, spec).kind == "run"
+    assert ledger.claim(step, spec, KEY).kind == "run"
     eventually(lambda: ledger.lease_left(step) == 0, timeout=5, what="the claim run out")
     calls: list[int] = []
     monkeypatch.setattr(pipeline.store, "session", _unreachable(calls))
@@ -473,7 +475,7 @@ def test_a_write_result_kept_through_an_outage_is_logged_once_when_it_starts_and
     """
     goal_id, plan, step, spec = _held_seed_plan(pipeline)
     ledger = StepLedger(pipeline.store, plan)
-    assert ledger.claim(step, spec).kind == "run"
+    assert ledger.claim(step, spec, KEY).kind == "run"
     calls: list[int] = []
     failing, answering = _unreachable(calls), pipeline.store.session
 
@@ -508,7 +510,7 @@ def test_a_write_result_coming_back_after_a_person_settled_it_as_not_happened_re
     """
     goal_id, plan, step, spec = _held_seed_plan(pipeline)
     ledger = StepLedger(pipeline.store, plan)
-    assert ledger.claim(step, spec).kind == "run"
+    assert ledger.claim(step, spec, KEY).kind == "run"
     with pipeline.store.session() as session:  # as `settle --not-happened` does
         session.delete(session.get_one(StepRunRow, (plan.plan_id, step.id)))
 

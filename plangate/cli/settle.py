@@ -69,6 +69,8 @@ def _print_unsettled(view: dict[str, Any], server: str | None) -> None:
     )
     console.print(f"  goal: {shown(view['goal_text'][:200])}")
     console.print(f"  called with: {shown(_called_with(view))}")
+    for line in _keys_unrecorded(view):
+        console.print(f"  {shown(line)}")
     # Through the server this list came from: given as --server, the command printed
     # without it failed when run as printed.
     command = through(
@@ -92,9 +94,21 @@ def _unsettled_views(access: Access) -> list[dict[str, Any]]:
     ]
 
 
+def _keys_unrecorded(view: dict[str, Any]) -> list[str]:
+    """Say each key a write claimed before 0015 may have been called with, and whose it is."""
+    candidates = view.get("candidate_keys") or []
+    if not candidates:
+        return []
+    said = ["its key was not recorded (claimed before 0015); ask the other system by each:"]
+    said += [f"  key {c['key']} if called by {c['made_by']}" for c in candidates]
+    return [*said, f"  called again under {candidates[-1]['key']} if it did not happen"]
+
+
 def _called_with(view: dict[str, Any]) -> str:
     """Say what a write was called with: what to ask the other system whether it happened."""
     key, args = view.get("idempotency_key"), view.get("args")
+    if view.get("candidate_keys"):
+        key = None  # not known: `_keys_unrecorded` names each it may be
     if key is None and args is None:
         return "not known"
     said = f"key {key}" if key is not None else ""

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from approval_gate.review import Review
 from approval_gate.revisions import editable_steps
@@ -119,6 +119,15 @@ def get_desk(request: Request) -> ReviewDesk:
     return desk
 
 
+class CandidateKeyView(BaseModel):
+    """A key a write claimed before 0015 may have been called with (its row keeps none)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    key: str
+    made_by: str = Field(description="The releases that made this key, named by commit.")
+
+
 class UnsettledView(BaseModel):
     """A step an executor died in the middle of: a non-idempotent write that may have happened."""
 
@@ -140,6 +149,12 @@ class UnsettledView(BaseModel):
     )
     args: dict[str, Any] | None = Field(
         default=None, description="The arguments it was called with (redacted, as in the log)."
+    )
+    candidate_keys: list[CandidateKeyView] = Field(
+        default=[],
+        description="Claimed before schema 0015, which records no key: each key a release "
+        "could have called it with, this release's last (the one a call made again gets). "
+        "Empty when `idempotency_key` is the key its claim recorded.",
     )
 
 

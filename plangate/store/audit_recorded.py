@@ -154,7 +154,7 @@ class Recorded:
                 self.steps[step] = {"status": "succeeded", **data}
             elif data.get("recorded") in _STEP_ENDS:  # a cancelled goal's: its row kept
                 self.steps[step] = {"status": data["recorded"], **data}
-            else:  # its row deleted: the resumed run calls it again
+            else:  # its row `pending` (deleted before 0015): the resumed run calls it again
                 self.steps.pop(step, None)
 
 

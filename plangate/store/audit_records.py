@@ -280,9 +280,11 @@ def _step_problems(step: StepRunRow, recorded: Recorded) -> Iterator[str]:
     entry = recorded.steps.get((step.plan_id, step.step_id))
     if entry is None:
         # A claim is recorded with the goal's move and its end may be on its way (`running`),
-        # and releases before 0014 left `unknown` rows unaudited; any other status is written
-        # with its entry. A result inserted in SQL was taken by the run as the step's answer.
-        if step.status not in ("running", "unknown"):
+        # and releases before 0014 left `unknown` rows unaudited; a `pending` one is a write
+        # settled as not happened, to be called again (the settle's entry ends what was
+        # recorded of it); any other status is written with its entry. A result inserted in
+        # SQL was taken by the run as the step's answer.
+        if step.status not in ("running", "unknown", "pending"):
             yield (
                 f"{where} shows {step.status!r}, but its audit log records no end of it: the "
                 "row was added outside plangate"

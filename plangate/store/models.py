@@ -206,13 +206,17 @@ class StepRunRow(Base):
     step_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     goal_id: Mapped[str] = mapped_column(String(64), index=True)
     tool: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))  # running, succeeded, failed, skipped, unknown
+    # running, succeeded, failed, skipped, unknown; pending: settled as not happened, to be called
+    status: Mapped[str] = mapped_column(String(16))
     output: Mapped[Any] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     lease_until: Mapped[datetime | None]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # The key a write's tool was called with, recorded by its claim (0015): every later reader
+    # takes this one, never its own formula's. None for reads, and writes claimed before 0015.
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
 
 
 class PlanPreviewRow(Base):
