@@ -59,6 +59,8 @@ def decision_said_problems(row: DecisionRow, recorded: Recorded) -> Iterator[str
             f"plan {row.plan_id} shows {whose} decision made at {row.created_at.isoformat()}, "
             f"but its audit log records it at {at}: the decisions table {CHANGED}"
         )
+    if _approved_before_comments(row, said, recorded):
+        del shown[reason_key]
     for name, value in shown.items():
         if name in said and not shown_as_recorded(value, said[name]):
             field_name = "reason" if name == "comment" else name
@@ -66,6 +68,26 @@ def decision_said_problems(row: DecisionRow, recorded: Recorded) -> Iterator[str
                 f"plan {row.plan_id} shows {whose} decision with the {field_name} {value!r}, "
                 f"but its audit log recorded {said[name]!r}: the decisions table {CHANGED}"
             )
+
+
+# What releases before 15a2fe3 (011f34a among them) recorded as a person's approval's reason.
+_OLD_APPROVED = "approved by {}; the gate checks the hold and releases the plan"
+_OLD_APPROVERS = "; approved by "
+
+
+def _approved_before_comments(row: DecisionRow, said: dict[str, Any], recorded: Recorded) -> bool:
+    """Say whether a person's approval was recorded by a release that kept no comment of it.
+
+    Releases before 15a2fe3 moved the goal with plangate's words alone ("approved by bob; the
+    gate checks the hold ..."), never the reviewer's, which the row keeps: there is nothing to
+    hold the row's reason against. A four-eyes approval's row added "; approved by alice, bob"
+    (`git show 011f34a:approval_gate/review.py`, line 268): those names, at least, must be
+    the approvers the log records.
+    """
+    if "comment" in said or said.get("reason") != _OLD_APPROVED.format(row.decided_by):
+        return False
+    _, named, approvers = (row.reason or "").rpartition(_OLD_APPROVERS)
+    return not named or set(approvers.split(", ")) == recorded.approved_by(row.plan_id)
 
 
 def hold_problems(
