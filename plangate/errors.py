@@ -54,6 +54,11 @@ class ConfigError(PlangateError):
 class SchemaBehind(ConfigError):
     """The database's schema is older than this plangate's (or absent): not migrated yet."""
 
+    def __init__(self, message: str, current: str | None = None) -> None:
+        """Say `message`; `current` is the revision found (None: an empty database)."""
+        super().__init__(message)
+        self.current = current
+
 
 class BrokerUnavailable(PlangateError):
     """The broker could not be reached for long enough that a publish gave up."""

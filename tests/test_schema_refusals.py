@@ -86,8 +86,8 @@ def test_db_current_names_the_revision_the_store_is_at_and_migrates_nothing(
     """Given a store that a release at 0013 migrated (its workers, which do not stop when a
     newer release migrates, may still run on it),
     When the operator runs `plangate db current` of the new release before `db upgrade`,
-    Then it names 0013 and what to run, exit 2, and leaves the store at 0013: no command said
-    which revision a store was at but the upgrade itself, once done;
+    Then it names 0013, notes that it is behind and what to run, exit 0 (it is the read-only
+    check before an upgrade: it exited 2 with nothing on stdout), and leaves the store at 0013;
     When `db upgrade` has run, Then it says the store is at this plangate's revision, exit 0.
     """
     migrate_to(f"sqlite:///{tmp_path / 'plangate.db'}", "0013").dispose()
@@ -98,18 +98,40 @@ def test_db_current_names_the_revision_the_store_is_at_and_migrates_nothing(
     upgraded = plangate(tmp_path, "db", "upgrade")
     after = plangate(tmp_path, "db", "current")
 
-    assert before.returncode == EXIT_USAGE, before.stdout + before.stderr
-    assert before.stderr.splitlines() == [
-        f"error: the database schema is at 0013, this plangate needs {head_revision()}: run "
-        "`plangate db upgrade` first"
+    assert before.returncode == 0, before.stdout + before.stderr
+    assert before.stdout.splitlines() == [
+        f"the schema of {tmp_path / 'plangate.db'} is at 0013; this plangate needs "
+        f"{head_revision()}",
+        "behind: run `plangate db upgrade`",
     ]
     assert kept == [("0013",)]
-    assert upgraded.stdout.endswith(f"from 0013 to {head_revision()}\n"), upgraded.stderr
+    assert upgraded.stdout.startswith(f"migrated the schema of {tmp_path / 'plangate.db'} from")
+    assert f"from 0013 to {head_revision()}" in upgraded.stdout, upgraded.stderr
     assert after.returncode == 0, after.stderr
     assert after.stdout == (
         f"the schema of {tmp_path / 'plangate.db'} is at {head_revision()}, as this plangate "
         "needs\n"
     )
+
+
+def test_db_current_of_an_empty_database_says_it_is_empty(tmp_path: Path) -> None:
+    """Given a database file with no schema in it (made, not yet upgraded),
+    When `plangate db current` runs,
+    Then it says the database is empty and to upgrade, exit 0, and creates nothing.
+    """
+    sqlite3.connect(tmp_path / "plangate.db").close()
+
+    shown = plangate(tmp_path, "db", "current")
+
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines() == [
+        f"the schema of {tmp_path / 'plangate.db'} is empty (no schema yet); this plangate "
+        f"needs {head_revision()}",
+        "behind: run `plangate db upgrade`",
+    ]
+    with sqlite3.connect(tmp_path / "plangate.db") as connection:
+        tables = connection.execute("SELECT name FROM sqlite_master").fetchall()
+    assert tables == []
 
 
 @pytest.mark.parametrize(

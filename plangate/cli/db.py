@@ -31,13 +31,22 @@ def upgrade() -> None:
 def current() -> None:
     """Say the schema revision of the database at PLANGATE_DATABASE_URL, changing nothing.
 
-    Exits 2 naming the revision it found, and what to run, if it is not this plangate's: run
-    it before `db upgrade` to know which releases' workers still run on the schema.
+    Run it before `db upgrade` (it is the read-only check): a database behind this plangate
+    is named with its revision and a note to upgrade, exit 0. Exits 2 for one a newer
+    plangate migrated, or that cannot be read.
     """
+    from plangate.errors import SchemaBehind
     from plangate.store.engine import require_store_schema
+    from plangate.store.schema import head_revision
 
     url = load_settings().resolved_database_url()
-    revision = require_store_schema(url)
+    try:
+        revision = require_store_schema(url)
+    except SchemaBehind as behind:
+        found = f"is at {behind.current}" if behind.current else "is empty (no schema yet)"
+        typer.echo(f"the schema of {_where(url)} {found}; this plangate needs {head_revision()}")
+        typer.echo("behind: run `plangate db upgrade`")
+        return
     typer.echo(f"the schema of {_where(url)} is at {revision}, as this plangate needs")
 
 

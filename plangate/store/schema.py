@@ -168,4 +168,4 @@ def require_current(engine: Engine) -> None:
     current = current_revision(engine)
     problem = mismatch(current)
     if problem is not None:
-        raise ConfigError(problem) if _ahead(current) else SchemaBehind(problem)
+        raise ConfigError(problem) if _ahead(current) else SchemaBehind(problem, current)
