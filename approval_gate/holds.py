@@ -24,6 +24,7 @@ from plangate.store.decision_records import hold_asks
 from plangate.store.goal_list import submitters_of
 from plangate.store.models import EDIT_PREFIX
 from plangate.store.plan_revision import PlanRevision
+from plangate.unsealed_holds import WAY_OUT
 from schemas import Decision, SignedEnvelope, utcnow
 
 DEFAULT_HOLD_TTL = timedelta(days=1)
@@ -96,8 +97,7 @@ def release_bar(hold: HoldRow | None) -> str | None:
         return None  # a plan held before holds were recorded: `check_reviewer` says why
     return (
         "cannot be released: its hold carries no seal (a gate of a release before schema "
-        "0014 held it), and the gate signs no approval of an unsealed hold: reject it, and "
-        "submit the goal again"
+        f"0014 held it), and the gate signs no approval of an unsealed hold: {WAY_OUT}"
     )
 
 

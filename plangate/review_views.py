@@ -124,11 +124,11 @@ class ReviewSummary(BaseModel):
     cannot_be_released: str | None = Field(
         default=None,
         description="Why it can never be released, if so: its hold carries no seal (held by "
-        "a gate of a release before schema 0014; approvals of it are refused: reject it and "
-        "submit the goal again), or fewer reviewers in the reviewers file may still approve it "
-        "than it needs (its editors, the submitter where the rule bars them, and who approved "
-        "already may not). Null if nothing bars it, or, for the reviewers, where they are not "
-        "known (the embedded mode).",
+        "a gate of a release before schema 0014; approvals of it are refused: edit it with the "
+        "same plan, a new revision the gate holds and seals), or fewer reviewers in the "
+        "reviewers file may still approve it than it needs (its editors, the submitter where "
+        "the rule bars them, and who approved already may not). Null if nothing bars it, or, "
+        "for the reviewers, where they are not known (the embedded mode).",
     )
     refused_by_gate: str | None = Field(
         default=None,

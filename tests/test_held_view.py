@@ -288,8 +288,8 @@ def test_a_plan_whose_hold_carries_no_seal_says_it_cannot_be_released_and_refuse
     0014 left the holds of a gate of an older release (one still running after the upgrade
     goes on making them),
     When frank reads it (the API's view, `review show`, `review list`, the pages),
-    Then each says it cannot be released, why, and what to do: reject it, submit the goal
-    again. Nothing said so: serve recorded "1 of 2 approvals (frank); 1 more needed", then
+    Then each says it cannot be released, why, and what to do: edit it with the same plan
+    (reject and submit again fails a sender using an idempotency key). Nothing said so: serve recorded "1 of 2 approvals (frank); 1 more needed", then
     "the gate signs it and releases the plan", and only then did the gate refuse.
     When frank approves it through `serve`'s API and with `plangate review approve`,
     Then each approval is refused up front with those words (409; the CLI exits 2), audited
@@ -329,8 +329,10 @@ def test_a_plan_whose_hold_carries_no_seal_says_it_cannot_be_released_and_refuse
 
     assert bar == (
         "cannot be released: its hold carries no seal (a gate of a release before schema 0014 "
-        "held it), and the gate signs no approval of an unsealed hold: reject it, and submit "
-        "the goal again"
+        "held it), and the gate signs no approval of an unsealed hold: edit it with the same "
+        "plan (`plangate review edit PLAN --file plan.json`: a new revision, which the gate "
+        "holds and seals), or reject it and submit the goal again (not for senders using an "
+        "idempotency key: their retry answers the rejected goal)"
     )
     assert f"This plan {bar}" in shown
     assert "0 of 2 ⚠" in listed

@@ -95,3 +95,20 @@ def test_audit_verify_still_catches_the_approvers_of_an_old_approval_rewritten(
     said = verified.stdout + verified.stderr
     assert "'approved; approved by alice, mallory'" in said
     assert "the decisions table was changed outside plangate" in said
+
+
+def test_db_upgrade_says_which_held_plans_cannot_be_released_now_and_the_way_out(
+    old_data: Path, at_0013: tuple[Path, dict[str, Any]]
+) -> None:
+    """Given two plans 011f34a held (one with alice's approval, 1 of 2), their holds unsealed,
+    When `db upgrade` migrates the database from 0013,
+    Then it says, after migrating, that those two held plans cannot be released now, and to
+    edit each with the same plan first: it said only "migrated the schema ... from 0013".
+    """
+    upgraded = plangate(old_data, "db", "upgrade")
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    migrated, said = upgraded.stdout.splitlines()
+    assert migrated.endswith("from 0013 to 0015")
+    assert said.startswith("2 held plan(s) cannot be released now: a gate of a release before")
+    assert "for each, edit it with the same plan (`plangate review edit PLAN --file" in said

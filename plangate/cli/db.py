@@ -24,6 +24,25 @@ def upgrade() -> None:
         typer.echo(f"created the schema {after} in {where}, a new database")
     else:
         typer.echo(f"migrated the schema of {where} from {before} to {after}")
+        _say_unsealed(url)
+
+
+def _say_unsealed(url: str) -> None:
+    """Say how many held plans no approval can release now (held before 0014), and what to do."""
+    from plangate.store import open_store
+    from plangate.unsealed_holds import WAY_OUT, unsealed_held
+
+    store = open_store(url, upgrade=False)
+    try:
+        barred = unsealed_held(store)
+    finally:
+        store.close()
+    if barred:
+        typer.echo(
+            f"{len(barred)} held plan(s) cannot be released now: a gate of a release before "
+            f"0014 held them, and their holds carry no seal ({', '.join(barred)}); "
+            f"for each, {WAY_OUT}"
+        )
 
 
 @app.command("current", short_help="Say which schema revision the store is at.")
