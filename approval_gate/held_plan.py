@@ -47,6 +47,8 @@ class HeldPlan:
     waiting: bool = False  # the revision a person is asked to decide now (its goal held)
     newest: PlanRow | None = None  # the goal's newest revision: another replaced this one
     decided: Decided | None = None  # how a person (or the expiry) decided it, if one did
+    # Who approved it before 0014 gave approvals token proofs: kept, but never counted.
+    unproven: tuple[str, ...] = ()
 
     @property
     def held_since(self) -> datetime:
@@ -77,8 +79,18 @@ class HeldPlan:
 
     @property
     def approval_progress(self) -> str:
-        """How far its approval is, as people read it: "1 of 2 approvals (alice)"."""
-        return progress(list(self.approvers), self.approvals_required)
+        """How far its approval is, as people read it: "1 of 2 approvals (alice)".
+
+        An approval recorded before the upgrade to 0014 is named as not counted: "0 of 2"
+        alone read as if alice had never approved, and she did not know to approve again.
+        """
+        said = progress(list(self.approvers), self.approvals_required)
+        if self.unproven:
+            said += (
+                f"; {', '.join(self.unproven)} approved before the upgrade: not counted "
+                "(no token proof); approve again"
+            )
+        return said
 
     @property
     def preview_state(self) -> str:
@@ -122,7 +134,9 @@ def read_held(
     preview = None
     if stored is not None and stored.steps is not None:
         preview = [StepPreview.model_validate(step) for step in stored.steps]
-    approvers = tuple(counted_approvers(session, plan, hold, check)[0])
+    counted, refused = counted_approvers(session, plan, hold, check)
+    approvers = tuple(counted)
+    unproven = tuple(row.reviewer for row, _ in refused if row.proof is None)
     # An older revision, or one decided already, waits for nobody.
     waiting = goal.status == "held" and newest is not None and newest.plan_id == plan.plan_id
     stuck = _stuck(session, plan, hold, goal, approvers, check) if waiting else None
@@ -144,6 +158,7 @@ def read_held(
         waiting,
         newest,
         None if person is None else decided_of(session, plan, person),
+        unproven,
     )
 
 

@@ -112,3 +112,36 @@ def test_db_upgrade_says_which_held_plans_cannot_be_released_now_and_the_way_out
     assert migrated.endswith("from 0013 to 0015")
     assert said.startswith("2 held plan(s) cannot be released now: a gate of a release before")
     assert "for each, edit it with the same plan (`plangate review edit PLAN --file" in said
+
+
+def test_review_show_names_an_approval_made_before_the_upgrade_as_not_counted(
+    old_data: Path, at_0013: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Given a plan 011f34a held for two finance approvals, alice's given (1 of 2), upgraded,
+    When bob reads it with `review show`,
+    Then it says 0 of 2, and that alice approved before the upgrade, not counted (no token
+    proof), and must approve again: "0 of 2 approvals" alone read as if she never had.
+    """
+    from plangate.reviewers import add_reviewer
+
+    assert plangate(old_data, "db", "upgrade").returncode == 0
+    reviewers = tmp_path / "reviewers.yaml"
+    tokens = {name: add_reviewer(reviewers, name, ["finance"]) for name in ("alice", "bob")}
+    with sqlite3.connect(old_data / "plangate.db") as connection:
+        [(plan_id,)] = connection.execute(
+            "SELECT plan_id FROM plans WHERE goal_id = ?", (at_0013[1]["half"],)
+        ).fetchall()
+
+    shown = plangate(
+        old_data,
+        *("review", "show", plan_id),
+        PLANGATE_REVIEWERS_FILE=str(reviewers),
+        PLANGATE_REVIEWER_TOKEN=tokens["bob"],
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    said = " ".join(shown.stdout.split())
+    assert (
+        "0 of 2 approvals; alice approved before the upgrade: not counted (no token proof); "
+        "approve again"
+    ) in said
