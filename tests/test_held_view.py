@@ -289,7 +289,8 @@ def test_a_plan_whose_hold_carries_no_seal_says_it_cannot_be_released_and_refuse
     goes on making them),
     When frank reads it (the API's view, `review show`, `review list`, the pages),
     Then each says it cannot be released, why, and what to do: edit it with the same plan
-    (reject and submit again fails a sender using an idempotency key). Nothing said so: serve recorded "1 of 2 approvals (frank); 1 more needed", then
+    (reject and submit again fails a sender using an idempotency key). Nothing said so: serve
+    recorded "1 of 2 approvals (frank); 1 more needed", then
     "the gate signs it and releases the plan", and only then did the gate refuse.
     When frank approves it through `serve`'s API and with `plangate review approve`,
     Then each approval is refused up front with those words (409; the CLI exits 2), audited
