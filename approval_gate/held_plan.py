@@ -136,7 +136,9 @@ def read_held(
         preview = [StepPreview.model_validate(step) for step in stored.steps]
     counted, refused = counted_approvers(session, plan, hold, check)
     approvers = tuple(counted)
-    unproven = tuple(row.reviewer for row, _ in refused if row.proof is None)
+    # Only where approvals need a proof (a reviewers file): the embedded mode records none.
+    proven = check.known() is not None
+    unproven = tuple(row.reviewer for row, _ in refused if proven and row.proof is None)
     # An older revision, or one decided already, waits for nobody.
     waiting = goal.status == "held" and newest is not None and newest.plan_id == plan.plan_id
     stuck = _stuck(session, plan, hold, goal, approvers, check) if waiting else None
