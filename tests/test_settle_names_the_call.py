@@ -47,7 +47,8 @@ def test_the_api_refuses_a_settle_that_names_no_call(billing: Pipeline) -> None:
     """Given a run stopped on its unknown charge,
     When a reviewer posts `{"happened": false}` with no `unknown_since`,
     Then the answer is 422 saying to send the `since` of the call checked, as the unsettled
-    list gives it, and the charge is still unknown: nothing runs it again.
+    list gives it (and that a CLI without `--since` is an older release's, to upgrade), and
+    the charge is still unknown: nothing runs it again.
     """
     plan, _ = cut_off_mid_charge(billing)
     with api_beside(billing) as url:
@@ -59,6 +60,7 @@ def test_the_api_refuses_a_settle_that_names_no_call(billing: Pipeline) -> None:
     assert "unknown_since is missing" in said
     assert "send the `since` of the unknown call you checked" in said
     assert "GET /api/v1/reviews/unsettled" in said
+    assert "without `--since` is of a release before this one: upgrade it" in said
     assert step_runs(billing.store, plan.plan_id) == {"charge": "unknown"}
     assert billing.wait_for(plan.goal_id, {"needs_attention"}, timeout=1).status == (
         "needs_attention"

@@ -60,7 +60,8 @@ class Settle(_Strict):
 
 NAME_THE_CALL = (
     "unknown_since is missing: send the `since` of the unknown call you checked, as "
-    "GET /api/v1/reviews/unsettled lists it (a settle names the call it settles)"
+    "GET /api/v1/reviews/unsettled lists it (a settle names the call it settles; a "
+    "`plangate review settle` without `--since` is of a release before this one: upgrade it)"
 )
 
 
