@@ -461,6 +461,35 @@ def test_the_grafana_dashboard_charts_only_metrics_plangate_exports(tmp_path: Pa
             promql_parser.parse(target["expr"])
 
 
+def test_the_grafana_dashboard_charts_every_signal_an_alert_pages_on_each_with_its_unit() -> None:
+    """An on-call paged by an alert finds its signal on the dashboard: the broker's and the
+    store's `up`, the span export, the oldest waiting goals had no panel, and no panel said
+    its unit (seconds read as a bare number)."""
+    import json
+    import re
+
+    names = re.compile(r"\b(plangate_[a-z_]+|up)\b")
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    paged = {
+        name
+        for group in alerts["groups"]
+        for rule in group["rules"]
+        for name in names.findall(rule["expr"])
+    }
+    dashboard = json.loads((DEPLOY / "grafana" / "plangate-dashboard.json").read_text())
+    charted = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in names.findall(target["expr"])
+    }
+    assert paged <= charted, sorted(paged - charted)
+    for panel in dashboard["panels"]:
+        assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), ids
+
+
 def test_prometheus_scrapes_each_compose_worker_and_serve_where_they_serve_metrics() -> None:
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
