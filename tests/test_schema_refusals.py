@@ -354,3 +354,38 @@ def test_a_data_folder_mounted_read_only_is_refused_saying_to_copy_it_somewhere_
     assert f"its folder {view} cannot be written" in line
     assert "copy the folder somewhere writable" in line
     assert "check PLANGATE_DATABASE_URL" not in line
+
+
+def test_a_migration_installed_under_a_running_process_does_not_make_it_refuse_its_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a process whose store is at the schema of the code it runs,
+    When a newer plangate's migration file lands on disk beside its code (`pip install -U` on
+    the host, before `plangate db upgrade`),
+    Then the process still finds its database current: it compares it with the code it runs.
+    (Every worker of a host stopped within a second, saying to run an upgrade.)
+    """
+    from importlib import resources
+
+    from plangate.store import schema
+
+    installed = tmp_path / "migrations"
+    versions = installed / "versions"
+    versions.mkdir(parents=True)
+    shipped = resources.files("plangate.store").joinpath("migrations", "versions")
+    for entry in shipped.iterdir():
+        if entry.name.endswith(".py"):
+            (versions / entry.name).write_text(entry.read_text())
+    forget = getattr(schema._known_revisions, "cache_clear", lambda: None)
+    forget()  # what an earlier test's store check listed
+    monkeypatch.setattr(schema, "_migrations", lambda: installed)
+    try:
+        running = schema.head_revision()
+        assert schema.mismatch(running) is None
+
+        (versions / f"{int(running) + 1:04d}_newer_release.py").write_text('"""Newer."""\n')
+
+        assert schema.mismatch(running) is None
+        assert schema.head_revision() == running
+    finally:
+        forget()

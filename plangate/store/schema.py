@@ -6,6 +6,7 @@ the embedded mode upgrades its own SQLite file, because it owns it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterator
@@ -46,12 +47,21 @@ def _config() -> Config:
     return config
 
 
-def _known_revisions() -> set[str]:
-    return {
-        found.group(1)
-        for entry in _migrations().joinpath("versions").iterdir()
-        if (found := _MIGRATION_FILE.match(entry.name))
-    }
+@functools.cache
+def _known_revisions() -> frozenset[str]:
+    """Return the migrations this process's code knows, listed once (at its first store check).
+
+    Not again at each check: a `pip install -U` on a host put a newer migration on disk under
+    running workers, which, comparing their database with it, all stopped before anyone ran
+    `plangate db upgrade`. A process compares the database with the code it runs.
+    """
+    return frozenset(
+        {
+            found.group(1)
+            for entry in _migrations().joinpath("versions").iterdir()
+            if (found := _MIGRATION_FILE.match(entry.name))
+        }
+    )
 
 
 def head_revision() -> str:
