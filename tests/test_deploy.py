@@ -752,6 +752,18 @@ def test_the_commands_an_alert_gives_that_decide_name_the_server_they_go_through
     assert "PLANGATE_SERVER_URL" in attention
 
 
+def test_an_alert_that_says_to_verify_the_audit_log_says_where_the_gates_key_comes_from() -> None:
+    """PlangateAuditSealingStopped said `plangate audit verify`, which, run with the store's
+    and broker's URLs alone, exits 2: the checkpoints' signatures need the gate's public key.
+    """
+    for group in yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]:
+        for rule in group["rules"]:
+            description = " ".join(rule["annotations"]["description"].split())
+            if "plangate audit verify" in description:
+                assert "--key FILE" in description, rule["alert"]
+                assert "PLANGATE_TRUSTED_KEYS_DIR" in description, rule["alert"]
+
+
 # What each kind of plangate process writes in PLANGATE_DATA_DIR (besides /tmp): the gate its
 # first signing key and the newest checkpoint it saw, the executor the demo tools' pages. Run
 # under a read-only root filesystem (the restricted Pod Security Standard), an executor
