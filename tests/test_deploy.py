@@ -468,21 +468,13 @@ def test_the_grafana_dashboard_charts_every_signal_an_alert_pages_on_each_with_i
     import json
     import re
 
-    names = re.compile(r"\b(plangate_[a-z_]+|up)\b")
+    def read(expressions: list[str]) -> set[str]:
+        return {name for e in expressions for name in re.findall(r"\b(plangate_[a-z_]+|up)\b", e)}
+
     alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
-    paged = {
-        name
-        for group in alerts["groups"]
-        for rule in group["rules"]
-        for name in names.findall(rule["expr"])
-    }
+    paged = read([rule["expr"] for group in alerts["groups"] for rule in group["rules"]])
     dashboard = json.loads((DEPLOY / "grafana" / "plangate-dashboard.json").read_text())
-    charted = {
-        name
-        for panel in dashboard["panels"]
-        for target in panel["targets"]
-        for name in names.findall(target["expr"])
-    }
+    charted = read([t["expr"] for panel in dashboard["panels"] for t in panel["targets"]])
     assert paged <= charted, sorted(paged - charted)
     for panel in dashboard["panels"]:
         assert panel["fieldConfig"]["defaults"]["unit"], panel["title"]
