@@ -17,11 +17,10 @@ from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any
 
-from approval_gate.approvers import RecordedApprovers
-from approval_gate.review import Review
 from plangate import telemetry
 from plangate.bus import STAGES, Bus
 from plangate.config import Settings
+from plangate.embedded_review import PipelineReview
 from plangate.errors import ConfigError, PlangateError
 from plangate.goal_status import GoalStatus
 from plangate.goal_waits import FIRST_PAUSE, result_of, status_of, wait_until
@@ -31,7 +30,6 @@ from plangate.run_marks import RunMarks, Settled, runs_folder, settle_ended_runs
 from plangate.stages import (
     build_expiry,
     build_handler,
-    build_review,
     build_sealing,
     configured_tools,
     stage_middleware,
@@ -60,7 +58,7 @@ def bus_namespace(settings: Settings, broker_url: str) -> str:
     return f"{settings.namespace}-{uuid.uuid4().hex[:12]}"
 
 
-class Pipeline:
+class Pipeline(PipelineReview):
     """planner, gate and executor consuming in threads; use as a context manager."""
 
     def __init__(
@@ -84,7 +82,7 @@ class Pipeline:
         # Each thread's end, as an event: waiting on a Thread's join that Ctrl-C interrupts
         # leaves it reported dead for good (CPython), and the run then waited on its tool.
         self._threads: list[threading.Event] = []
-        self._review: Review | None = None
+        self._review = None  # made on first use (`review`)
         self._marker = outbox_rows.SentMarker(self.store)
         self._released = False
         # The data folder's own store: the goals it carries out are marked as a live run's.
@@ -254,17 +252,6 @@ class Pipeline:
         self.seal()
         return False
 
-    @property
-    def review(self) -> Review:
-        """The human review service of this pipeline."""
-        if self._review is None:
-            # Counting approvals as this pipeline's gate does: as recorded in this process.
-            review = build_review(self.settings, self.store, RecordedApprovers())
-            self._review = (
-                review if self._registry is None else review.with_catalog(self._registry.catalog())
-            )
-        return self._review
-
     def submit(
         self,
         text: str,
@@ -291,63 +278,9 @@ class Pipeline:
             self._run_marks.hold(submitted.goal_id)
         return submitted
 
-    def _refuse_if_stopped(self) -> None:
-        if self._stop.is_set():
-            raise ConfigError(
-                "this Pipeline is stopped: nothing would carry out a goal or a decision given "
-                "it; make another (or use it in a with block)"
-            )
-
     def waiting_elsewhere(self) -> int:
         """Return how many messages of other goals wait unsent in the store's outbox."""
         return unsent_elsewhere(self.store, self._own_goals or set())
-
-    def approve(
-        self,
-        plan_id: str,
-        reviewer: str,
-        expected_hash: str | None = None,
-        roles: frozenset[str] = frozenset(),
-    ) -> bool:
-        """Approve a held plan as `reviewer`; return whether that released it to the executor.
-
-        False: the approval was counted, and the hold waits for other reviewers' (four eyes).
-        """
-        self._refuse_if_stopped()
-        envelopes = self.review.approve(plan_id, reviewer, expected_hash=expected_hash, roles=roles)
-        deliver(self.store, self.bus, envelopes)
-        return bool(envelopes)
-
-    def reject(
-        self, plan_id: str, reviewer: str, comment: str, roles: frozenset[str] = frozenset()
-    ) -> None:
-        """Reject a held plan as `reviewer`, with a comment."""
-        self._refuse_if_stopped()
-        deliver(self.store, self.bus, self.review.reject(plan_id, reviewer, comment, roles=roles))
-
-    def edit(
-        self,
-        plan_id: str,
-        reviewer: str,
-        steps: list[dict[str, object]],
-        *,
-        summary: str | None = None,
-        expected_hash: str | None = None,
-        roles: frozenset[str] = frozenset(),
-        comment: str = "",
-    ) -> None:
-        """Replace a held plan by `reviewer`'s edit: a new revision the gate decides again."""
-        self._refuse_if_stopped()
-        envelopes = self.review.edit(
-            plan_id,
-            reviewer,
-            steps,
-            summary=summary,
-            expected_hash=expected_hash,
-            roles=roles,
-            comment=comment,
-        )
-        deliver(self.store, self.bus, envelopes)
 
     def wait_for(
         self, goal_id: str, statuses: Collection[str] = TERMINAL_STATUSES, timeout: float = 30.0
