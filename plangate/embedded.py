@@ -25,6 +25,7 @@ from plangate.errors import ConfigError, PlangateError
 from plangate.goal_status import GoalStatus
 from plangate.goal_waits import FIRST_PAUSE, result_of, status_of, wait_until
 from plangate.pipeline_ending import STOP_GRACE_SECONDS, cancel_unended
+from plangate.planning import Planner
 from plangate.relay import deliver, relay_pending
 from plangate.run_marks import RunMarks, Settled, runs_folder, settle_ended_runs
 from plangate.stages import (
@@ -39,6 +40,7 @@ from plangate.store import outbox as outbox_rows
 from plangate.store.outbox_waiting import unsent_elsewhere
 from plangate.submission import Submitted, submit_goal
 from plangate.tools import ToolRegistry
+from planner_worker.loading import given_planner
 from schemas import utcnow
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,11 @@ def bus_namespace(settings: Settings, broker_url: str) -> str:
 
 
 class Pipeline(PipelineReview):
-    """planner, gate and executor consuming in threads; use as a context manager."""
+    """planner, gate and executor consuming in threads; use as a context manager.
+
+    `planner`: one of your own (`plangate.planning.Planner`) in place of the one the settings
+    choose; its drafts are validated and decided as any plan.
+    """
 
     def __init__(
         self,
@@ -69,8 +75,11 @@ class Pipeline(PipelineReview):
         registry: ToolRegistry | None = None,
         own_goals_only: bool = False,
         previews: bool = True,
+        planner: Planner | None = None,
     ) -> None:
         self.settings = settings
+        # Refused here, not at the first goal's planning: a class given for an instance, say.
+        self._planner = None if planner is None else given_planner(planner)
         self.store: Store = open_store(settings.resolved_database_url())
         self.bus = Bus(broker_url, bus_namespace(settings, broker_url))
         self._registry = registry
@@ -111,7 +120,13 @@ class Pipeline(PipelineReview):
         self._held = self._registry
         for stage in STAGES:
             handler = build_handler(
-                stage, self.settings, self.store, self.bus, self._registry, previews=self._previews
+                stage,
+                self.settings,
+                self.store,
+                self.bus,
+                self._registry,
+                previews=self._previews,
+                planner=self._planner,
             )
             consumer = self.bus.stage_consumer(
                 stage,

@@ -32,7 +32,15 @@ from plangate.signing_keys import load_or_create_signer, load_trusted_keys, trus
 from plangate.store import Store, audit_checkpoints
 from plangate.tools import ToolRegistry, load_tools
 from planner_worker.handler import PlannerHandler
-from planner_worker.loading import load_planner, planner_line, planner_warning, planning_lease
+from planner_worker.loading import (
+    GIVEN_PLANNER_LEASE,
+    given_planner_line,
+    load_planner,
+    planner_line,
+    planner_warning,
+    planning_lease,
+)
+from planner_worker.planner import Planner
 from planner_worker.replan import ReplanPolicy
 from schemas import Catalog
 
@@ -56,6 +64,7 @@ def build_handler(
     *,
     previews: bool = True,
     stopping: threading.Event | None = None,
+    planner: Planner | None = None,
 ) -> Handler:
     """Return the handler of one stage, configured from `settings`.
 
@@ -63,9 +72,10 @@ def build_handler(
     terminal unseen has no one to show them to). `stopping`: a worker's stop; once it is set,
     an executor starts no further step and hands its runs back to the broker, for another
     executor. (Embedded, no other executor would take them: its runs go on, and Ctrl-C
-    cancels the goal instead.)
+    cancels the goal instead.) `planner`: the planner stage's, given in code (else the one
+    the settings choose).
     """
-    return _stage_handler(stage, settings, store, bus, registry, previews, stopping)
+    return _stage_handler(stage, settings, store, bus, registry, previews, stopping, planner)
 
 
 def _stage_handler(
@@ -76,6 +86,7 @@ def _stage_handler(
     registry: ToolRegistry | None,
     previews: bool,
     stopping: threading.Event | None = None,
+    planner: Planner | None = None,
 ) -> Handler:
     # Given the tools (embedded mode), every stage plans and decides with exactly those;
     # otherwise with the catalog the executors published to the store: planners with the
@@ -86,17 +97,7 @@ def _stage_handler(
     if registry is not None:
         catalog = planning = _fixed_catalog(registry.catalog())
     if stage == "planner":
-        planner = load_planner(settings)
-        log.info("%s", planner_line(settings))
-        if warning := planner_warning(settings):
-            log.warning("%s", warning)
-        return PlannerHandler(
-            store,
-            planner,
-            ReplanPolicy.from_settings(settings),
-            lease=planning_lease(settings),
-            catalog=planning,
-        )
+        return _planner_handler(settings, store, planning, planner)
     if stage == "gate":
         # The policy first: a gate that refuses its policy (exit 2) made a key all the same
         # and published its .pub to the folder executors trust.
@@ -157,6 +158,26 @@ def _stage_handler(
         step_lease=lease,
         tool_timeout=settings.tool_timeout_seconds,
         stopping=stopping,
+    )
+
+
+def _planner_handler(
+    settings: Settings,
+    store: Store,
+    catalog: Callable[[Session], Catalog],
+    given: Planner | None,
+) -> PlannerHandler:
+    """Return the planner stage's handler: with the planner `given` in code, else the settings'."""
+    if given is None:
+        planner, lease = load_planner(settings), planning_lease(settings)
+        log.info("%s", planner_line(settings))
+        if warning := planner_warning(settings):
+            log.warning("%s", warning)
+    else:
+        planner, lease = given, GIVEN_PLANNER_LEASE
+        log.info("%s", given_planner_line(given))
+    return PlannerHandler(
+        store, planner, ReplanPolicy.from_settings(settings), lease=lease, catalog=catalog
     )
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import urlsplit
 
 from plangate.config import Settings
-from planner_worker.planner import Planner
+from plangate.errors import ConfigError
+from planner_worker.planner import Planner, RevisingPlanner
 
 PlannerKind = Literal["openai", "playbook"]
 
@@ -31,6 +32,38 @@ def load_planner(settings: Settings) -> Planner:
     from planner_worker.playbook import load_playbook_planner
 
     return load_playbook_planner(settings)
+
+
+# A planner given in code may call a service (a rules engine's server) for as long as the LLM
+# planner's defaults allow: it plans under a lease that long, so a second delivery waits for it.
+GIVEN_PLANNER_LEASE = timedelta(minutes=10)
+
+
+def given_planner(planner: object) -> Planner:
+    """Return a planner given in code (`Pipeline(planner=...)`); ConfigError if it cannot plan.
+
+    Refused at once, not at the first goal's `draft`: a class given for its instance, or an
+    object with no `draft` method.
+    """
+    what = type(planner).__name__
+    if isinstance(planner, type):
+        what = f"the class {planner.__name__}, not an instance of it"
+    elif callable(getattr(planner, "draft", None)):
+        return cast(Planner, planner)
+    raise ConfigError(
+        f"planner= takes an object with a draft(goal, catalog) method "
+        f"(plangate.planning.Planner); it was given {what}"
+    )
+
+
+def given_planner_line(planner: Planner) -> str:
+    """Return the start line naming a planner given in code, by its class."""
+    kind = type(planner)
+    revises = isinstance(planner, RevisingPlanner)
+    return (
+        f"planning with the planner given in code ({kind.__module__}.{kind.__qualname__}), "
+        f"which {'revises plans after feedback' if revises else 'takes no feedback'}"
+    )
 
 
 # The openai SDK's own default, where OPENAI_BASE_URL is not set.

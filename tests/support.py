@@ -78,15 +78,18 @@ def running_pipeline(
 ) -> Iterator[Pipeline]:
     """A pipeline on `settings` changed by `overrides` (a policy, a playbook, a registry).
 
+    `planner_in_code` is the pipeline's `planner=` (`planner` is the setting).
+
     After the block, what `status` shows must agree with the audit log, whatever the test drove
     the goals to; unless the test `tampers` with the rows (to stage a crash, a forgery).
     """
     registry = overrides.pop("registry", None)
+    planner = overrides.pop("planner_in_code", None)
     changed = settings.model_copy(update=overrides)
     # The pipeline's bus is its own argument: given only in the settings, a broker_url was
     # ignored and the goal ran on the memory transport (a RabbitMQ test tried nothing).
     broker = {"broker_url": overrides["broker_url"]} if "broker_url" in overrides else {}
-    with Pipeline(changed, registry=registry, **broker) as pipeline:
+    with Pipeline(changed, registry=registry, planner=planner, **broker) as pipeline:
         yield pipeline
         if not tampers:
             problem = audit_records.disagreement(pipeline.store)
