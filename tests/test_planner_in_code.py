@@ -20,7 +20,7 @@ from plangate.planning import (
 )
 from plangate.tools import ToolRegistry, tool
 from schemas import PlanInvalid, plan_hash, validate_plan
-from tests.support import HELD, dead_letters, only_plan, running_pipeline
+from tests.support import HELD, eventually, only_plan, running_pipeline
 
 
 @tool(effect="read", idempotent=True)
@@ -46,16 +46,18 @@ def total_of(order: str) -> Step:
 
 class RulesPlanner:
     """Plans by rules on the goal's words: a refund reads the total then refunds it, anything
-    else reads the total; `no rule` is refused, `bug` is a bug in the rules engine."""
+    else reads the total; `no rule` is refused, `bug` is a bug in the rules engine (until
+    it is `fixed`)."""
 
     def __init__(self) -> None:
         self.bugs = 0
+        self.fixed = False
 
     def draft(self, goal: GoalSubmitted, catalog: Catalog) -> Draft:
         order = goal.text.split()[-1]
         if "no rule" in goal.text:
             raise PlanningFailed(["no rule matches this goal; add one to the rules engine"])
-        if "bug" in goal.text:
+        if "bug" in goal.text and not self.fixed:
             self.bugs += 1
             raise KeyError("rule 17")
         steps = [total_of(order)]
@@ -161,24 +163,30 @@ def test_an_unexpected_error_of_a_planner_in_code_is_retried_then_dead_lettered_
     settings: Settings,
 ) -> None:
     """Given a rules planner with a bug (a KeyError for some goals), and two attempts a message,
-    When such a goal is submitted, then another,
+    When such a goal is submitted, then another, and then the bug is fixed and the dead
+    letter replayed,
     Then the goal is tried twice and its message dead-lettered with the error, the goal left
-    `submitted` (for `plangate dlq replay` once fixed), and the next goal plans and runs.
+    `submitted`; the next goal plans and runs meanwhile; replayed, the goal plans and runs.
     """
     planner = RulesPlanner()
     changed = {"max_attempts": 2}
     with running_pipeline(settings, registry=TOOLS, planner_in_code=planner, **changed) as pipeline:
         broken = pipeline.submit("Total with a bug of A-1").goal_id
-        [letter] = dead_letters(pipeline, timeout=10)
+        [letter] = eventually(pipeline.bus.dead_letters, 10, "the goal's dead letter")
         later = pipeline.submit("What is the total of A-2").goal_id
-        outputs = pipeline.result(later, timeout=10)
+        later_outputs = pipeline.result(later, timeout=10)
         status = pipeline.status(broken)
+        planner.fixed = True
+        [replayed] = pipeline.bus.replay_dead_letters()
+        replayed_outputs = pipeline.result(broken, timeout=10)
 
     assert planner.bugs == 2
     assert letter.queue == f"{settings.namespace}.planner"
     assert letter.reason == "failed 2 times; last error: KeyError: 'rule 17'"
     assert status.status == "submitted"
-    assert outputs == {"total": 42.5}
+    assert later_outputs == {"total": 42.5}
+    assert replayed.message_id == letter.message_id
+    assert replayed_outputs == {"total": 42.5}
 
 
 def test_a_revising_planner_in_code_revises_the_plan_a_reviewer_rejected(
