@@ -30,7 +30,7 @@ def test_the_python_how_to_s_pipeline_tests_pass_as_written(tmp_path: Path) -> N
     Then every test in it passes.
     """
     samples = sample_tests()
-    assert len(samples) == 2, "the page's test samples are no longer the two this test knows"
+    assert len(samples) == 3, "the page's test samples are no longer the three this test knows"
     module = tmp_path / "test_python_how_to.py"
     module.write_text("\n\n".join(samples), encoding="utf-8")
     env = outer_environment() | {"PYTHONPATH": str(ROOT), "XDG_DATA_HOME": str(tmp_path / "xdg")}
@@ -46,4 +46,4 @@ def test_the_python_how_to_s_pipeline_tests_pass_as_written(tmp_path: Path) -> N
     )
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 passed" in done.stdout, done.stdout
+    assert "3 passed" in done.stdout, done.stdout
