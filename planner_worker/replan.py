@@ -62,7 +62,8 @@ class UnheardFailures:
             log.warning(
                 "PLANGATE_REPLAN_ON_FAILURE is set, but this planner (%s) takes no feedback: "
                 "a failed run is not planned again; use the LLM planner "
-                "(PLANGATE_PLANNER=openai), or unset PLANGATE_REPLAN_ON_FAILURE",
+                "(PLANGATE_PLANNER=openai) or a planner of your own with a `revise` method, or "
+                "unset PLANGATE_REPLAN_ON_FAILURE",
                 self._planner,
             )
 

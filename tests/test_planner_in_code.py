@@ -4,6 +4,8 @@ planners' do, and one that can revise revises after a rejection or a failed run.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from plangate.config import Settings
@@ -254,3 +256,28 @@ def test_a_pipeline_refuses_a_planner_it_could_not_plan_with_as_it_is_made(
 
     assert "planner= takes an object with a draft(goal, catalog) method" in str(refused.value)
     assert said in str(refused.value)
+
+
+def test_replanning_on_failure_with_a_planner_in_code_that_cannot_revise_says_what_to_add(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given PLANGATE_REPLAN_ON_FAILURE and a planner in code without `revise`,
+    When the pipeline starts,
+    Then it names that planner as planning, and warns that a failed run is not planned again
+    unless the planner gets a `revise` method.
+    """
+    with (
+        caplog.at_level(logging.INFO),
+        running_pipeline(
+            settings, registry=TOOLS, planner_in_code=RulesPlanner(), replan_on_failure=True
+        ),
+    ):
+        pass
+
+    said = [record.getMessage() for record in caplog.records]
+    assert (
+        "planning with the planner given in code (tests.test_planner_in_code.RulesPlanner), "
+        "which takes no feedback"
+    ) in said
+    [warning] = [line for line in said if "PLANGATE_REPLAN_ON_FAILURE is set" in line]
+    assert "a planner of your own with a `revise` method" in warning
