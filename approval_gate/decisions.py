@@ -199,7 +199,9 @@ def follow_decision(
             plan_id=plan.plan_id,
             revision=plan.revision,
             plan_hash=plan.plan_hash,
-            decision=decision,
+            # Redacted as its row is: a rejection's comment is the planner's feedback, put in
+            # a model's prompt by a process that knows no reviewer's token.
+            decision=decision.model_copy(update={"reason": redact(decision.reason)}),
         ),
     )
 

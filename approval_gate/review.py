@@ -57,9 +57,9 @@ from plangate.errors import (
     Conflict,
     InputInvalid,
     NotFound,
-    check_comment,
     quoted,
 )
+from plangate.person_words import recorded_words
 from plangate.store import GoalRow, PlanRow, Store, audit
 from plangate.store.audit_recorded import edit_reason
 from plangate.store.goals import by_id, latest_plan, plan_values, transition
@@ -146,7 +146,7 @@ class Review:
         key: str = "",
     ) -> Sequence[Envelope]:
         """Approve a held revision; return plan.approved to publish. `key`: see `count_approval`."""
-        check_comment(comment)
+        comment = recorded_words(comment)
         # Their words only: none given is none recorded (it read "approved", as if typed).
         return self._decide(
             plan_id, reviewer, "approve", comment.strip(), expected_hash, roles, key
@@ -168,7 +168,7 @@ class Review:
         """
         if not comment.strip():
             raise InputInvalid("say why you reject the plan: a comment is required")
-        check_comment(comment)
+        comment = recorded_words(comment)
         return self._decide(plan_id, reviewer, "reject", comment.strip(), expected_hash, roles)
 
     @audits_refusals("edit")
@@ -188,7 +188,7 @@ class Review:
         `comment` says why, in the record and the audit log. PlanInvalid if the edit is not a
         valid plan for the catalog; returns plan.proposed.
         """
-        check_comment(comment)
+        comment = recorded_words(comment)
         catalog = self._catalog if self._catalog is not None else load_catalog(self._store)
         with self._store.session() as session:
             held = self._held_for_decision(session, plan_id, expected_hash)

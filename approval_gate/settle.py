@@ -43,6 +43,7 @@ from plangate.bus import Envelope
 from plangate.catalog import read_catalog
 from plangate.errors import Conflict, InputInvalid, NotFound
 from plangate.goal_status import not_happened
+from plangate.person_words import scrubbed
 from plangate.redaction import redact_json
 from plangate.step_calls import args_of, call_of
 from plangate.store import ApprovalRow, GoalRow, PlanRow, StepRunRow, Store, audit
@@ -137,6 +138,7 @@ def settle_step(
     `unknown_since`, the `since` of the unknown call they checked (as listed), names the call
     settled: Conflict if the step's unknown call is another one now.
     """
+    comment = scrubbed(comment)  # before the refusal's record, the span and the entry
     refusals = refusal_audited(store, plan_id, reviewer, "settle", comment)
     with refusals, store.session() as session:
         named = by_id(

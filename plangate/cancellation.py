@@ -17,8 +17,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from plangate.errors import Conflict, Forbidden, check_comment
+from plangate.errors import Conflict, Forbidden
 from plangate.goal_trace import person_span
+from plangate.person_words import recorded_words
 from plangate.store import GoalRow, HoldRow, Store
 from plangate.store.goals import get_goal, goal_status, latest_plan, transition
 from schemas.goal_states import cancellable
@@ -31,7 +32,7 @@ def cancel_goal(
 
     Conflict if it has ended; Forbidden if its plan was held for a role `who` lacks.
     """
-    check_comment(reason, "the reason")
+    reason = recorded_words(reason, "the reason")
     with store.session() as session:
         goal = get_goal(session, goal_id, typed=True)  # NotFound; a short id names the whole one
         goal_id = goal.id

@@ -13,8 +13,9 @@ from sqlalchemy import select
 
 from plangate.bus import Envelope
 from plangate.cancellation import check_role
-from plangate.errors import Conflict, check_comment
+from plangate.errors import Conflict
 from plangate.goal_trace import person_span
+from plangate.person_words import recorded_words
 from plangate.store import GoalRow, Store
 from plangate.store.goals import get_goal, transition
 from plangate.store.outbox import emit
@@ -35,7 +36,7 @@ def retry_goal(
     its newest plan was held for a role `who` (with `roles`) lacks: reviving a plan the role's
     reviewers let lapse is theirs to do, as cancelling it is.
     """
-    check_comment(reason, "the reason")
+    reason = recorded_words(reason, "the reason")
     with store.session() as session:
         goal_id = get_goal(
             session, goal_id, typed=True

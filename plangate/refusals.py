@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from sqlalchemy.orm import Session
 
 from plangate.errors import Conflict, Forbidden
+from plangate.person_words import scrubbed
 from plangate.store import GoalRow, PlanRow, Store, audit
 from plangate.store.goals import by_id, latest_plan
 
@@ -118,7 +119,7 @@ def refusal_audited(
     try:
         yield
     except (Forbidden, Conflict) as refused:
-        _record(store, who, action, str(refused), subject, comment)
+        _record(store, who, action, str(refused), subject, scrubbed(comment))
         raise
 
 

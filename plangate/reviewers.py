@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from plangate.errors import ConfigError
 from plangate.file_watch import FileWatch
+from plangate.person_words import register_token_hashes
 from plangate.redaction import register_secret
 from plangate.small_files import read_text
 
@@ -116,6 +117,10 @@ class Reviewers:
 
     def __init__(self, reviewers: Sequence[Reviewer] = ()) -> None:
         self._reviewers = tuple(reviewers)
+        # Any of their tokens pasted into a person's comment is redacted (`person_words`),
+        # not the deciding reviewer's alone: alice's comment quoting bob's token handed it to
+        # whoever reads the goal.
+        register_token_hashes(reviewer.token_sha256 for reviewer in self._reviewers)
 
     def __len__(self) -> int:
         return len(self._reviewers)

@@ -80,6 +80,7 @@ def create_app(
     register_secret(app.state.intake_token)
     previous = settings.intake_token_previous
     app.state.intake_token_previous = previous.get_secret_value() if previous else None
+    register_secret(app.state.intake_token_previous)  # in a comment too: `person_words`
     app.state.reviewers = reviewers if reviewers is not None else _reviewers(settings)
     app.state.sessions = SessionKeeper(
         session_secret(settings),
