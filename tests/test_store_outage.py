@@ -333,11 +333,15 @@ def test_postgres_connections_send_tcp_keepalives_unless_the_url_says_otherwise(
 
 @pytest.mark.postgres
 def test_postgres_connections_carry_the_process_name_unless_the_url_names_one(
-    postgres_database_url: str,
+    postgres_database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Given a store on PostgreSQL, When a connection is opened by a process that is not a
     worker, serve or the CLI (a service's Client), Then pg_stat_activity shows it as `plangate`
     (every connection looked alike); Given the URL's own `application_name`, Then that one."""
+    from plangate import process_name
+
+    # As a service's process starts: a CLI command an earlier test ran in this process named it.
+    monkeypatch.setattr(process_name, "_named", ["plangate"])
 
     def application_name(url: str) -> str:
         store = open_store(url)
