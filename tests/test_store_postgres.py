@@ -334,7 +334,8 @@ def test_a_takeover_waits_for_the_late_result_of_the_run_whose_lease_ran_out(
     with ThreadPoolExecutor(2) as pool:
         late = pool.submit(record_late)
         assert recording.wait(WAIT)
-        takeover = pool.submit(StepLedger(store, plan).claim, step, page_oncall.spec)
+        call_key = "0123456789abcdef0123456789abcdef01234567"  # the key a claim records
+        takeover = pool.submit(StepLedger(store, plan).claim, step, page_oncall.spec, call_key)
         deadline = time.monotonic() + WAIT
         while not waiting_for_locks() and time.monotonic() < deadline and not takeover.done():
             time.sleep(0.01)  # polling PostgreSQL until the claim waits on the row's lock
